@@ -1,0 +1,33 @@
+# Every target creates the virtualenv on first use, so a fresh clone needs only Python 3.11 and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench proto clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/llm-picker demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/llm-picker bench overhead
+
+# Regenerate the C-backed protobuf module from the project's own minimal ext_proc .proto.
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iextproc/proto --python_out=extproc/_pb --pyi_out=extproc/_pb extproc/proto/ext_proc.proto
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,119 @@
+"""Builds the few ext_proc responses the picker sends, with the C-backed protobuf classes.
+
+Everything here is a pure function of its arguments, so the stream handler stays testable
+without gRPC and every response shape is written once.
+"""
+
+from __future__ import annotations
+
+from extproc._pb import ext_proc_pb2 as pb
+from picker.errors import RequestError
+
+__all__ = [
+    "DESTINATION_HEADER",
+    "LB_METADATA_NAMESPACE",
+    "continue_body",
+    "continue_headers",
+    "continue_response_headers",
+    "continue_trailers",
+    "headers_to_dict",
+    "immediate_error",
+    "route_buffered",
+    "route_streamed",
+]
+
+# Header and metadata names of the Gateway API Inference Extension, so GIE-style Envoy configs
+# (ORIGINAL_DST with use_http_header, or metadata-keyed LB) work unchanged.
+DESTINATION_HEADER = "x-gateway-destination-endpoint"
+LB_METADATA_NAMESPACE = "envoy.lb"
+
+_OVERWRITE = pb.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def headers_to_dict(header_map: pb.HeaderMap) -> dict[str, str]:
+    """Lower-cased name -> value; Envoy sends values in raw_value (bytes) since v1.28."""
+    out: dict[str, str] = {}
+    for header in header_map.headers:
+        raw = header.raw_value
+        out[header.key] = raw.decode("utf-8", "replace") if raw else header.value
+    return out
+
+
+def _set_header(mutation: pb.HeaderMutation, key: str, value: str) -> None:
+    option = mutation.set_headers.add()
+    option.header.key = key
+    option.header.raw_value = value.encode()
+    option.append_action = _OVERWRITE
+
+
+def _destination_metadata(response: pb.ProcessingResponse, host_port: str) -> None:
+    response.dynamic_metadata.fields[LB_METADATA_NAMESPACE].struct_value.fields[
+        DESTINATION_HEADER
+    ].string_value = host_port
+
+
+def continue_headers() -> pb.ProcessingResponse:
+    """Let request headers through, minus any destination a client tried to choose itself."""
+    response = pb.ProcessingResponse()
+    response.request_headers.response.header_mutation.remove_headers.append(DESTINATION_HEADER)
+    return response
+
+
+def continue_body() -> pb.ProcessingResponse:
+    response = pb.ProcessingResponse()
+    response.request_body.response.SetInParent()
+    return response
+
+
+def continue_trailers() -> pb.ProcessingResponse:
+    response = pb.ProcessingResponse()
+    response.request_trailers.SetInParent()
+    return response
+
+
+def continue_response_headers() -> pb.ProcessingResponse:
+    response = pb.ProcessingResponse()
+    response.response_headers.response.SetInParent()
+    return response
+
+
+def route_buffered(host_port: str) -> pb.ProcessingResponse:
+    """BUFFERED mode: the whole body arrived in one message; headers may still be mutated."""
+    response = pb.ProcessingResponse()
+    common = response.request_body.response
+    _set_header(common.header_mutation, DESTINATION_HEADER, host_port)
+    common.clear_route_cache = True
+    _destination_metadata(response, host_port)
+    return response
+
+
+def route_streamed(
+    host_port: str, body: bytes, end_of_stream: bool
+) -> tuple[pb.ProcessingResponse, pb.ProcessingResponse]:
+    """FULL_DUPLEX_STREAMED mode: the delayed headers answer, then the body handed back.
+
+    Envoy drops Content-Length in this mode because it cannot know the body we will return; we
+    do know it (we return the body unchanged), so we set it and upstreams see a plain request.
+    """
+    headers = pb.ProcessingResponse()
+    common = headers.request_headers.response
+    _set_header(common.header_mutation, DESTINATION_HEADER, host_port)
+    _set_header(common.header_mutation, "content-length", str(len(body)))
+    common.clear_route_cache = True
+    _destination_metadata(headers, host_port)
+    body_response = pb.ProcessingResponse()
+    streamed = body_response.request_body.response.body_mutation.streamed_response
+    streamed.body = body
+    streamed.end_of_stream = end_of_stream
+    return headers, body_response
+
+
+def immediate_error(error: RequestError) -> pb.ProcessingResponse:
+    """A local reply with the OpenAI-shaped JSON error; Envoy sends it instead of proxying."""
+    response = pb.ProcessingResponse()
+    immediate = response.immediate_response
+    immediate.status.code = error.status
+    _set_header(immediate.headers, "content-type", "application/json")
+    immediate.body = error.to_json()
+    immediate.details = f"llm_picker_{error.code}"
+    return response

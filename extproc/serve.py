@@ -1,0 +1,68 @@
+"""`llm-picker serve`: the ext_proc gRPC server and the admin API on one asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+
+from extproc.server import create_server
+from picker.admin import create_admin_app
+from picker.config import PickerConfig
+from picker.health import HealthChecker
+from picker.router import build_router
+
+__all__ = ["serve"]
+
+log = logging.getLogger("llm_picker")
+
+# How long in-flight ext_proc streams may take to finish after SIGTERM.
+_GRACE_SECS = 10.0
+
+
+class _AdminServer(uvicorn.Server):
+    """uvicorn without its own signal handling: `serve` owns SIGTERM for both servers."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(config: PickerConfig) -> None:
+    router = build_router(config)
+    grpc_server, grpc_port = create_server(
+        router, config.extproc.host, config.extproc.port, config.max_body_bytes
+    )
+    admin = _AdminServer(
+        uvicorn.Config(
+            create_admin_app(router), host=config.admin.host, port=config.admin.port,
+            log_level="warning", access_log=False, lifespan="off",
+        )
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    health = HealthChecker(router.workers, config.health)
+    await health.start()
+    await grpc_server.start()
+    admin_task = asyncio.create_task(admin.serve())
+    log.warning(
+        "llm-picker serving: ext_proc on %s:%d, admin on %s:%d, policy %s, %d workers",
+        config.extproc.host, grpc_port, config.admin.host, config.admin.port,
+        config.policy.name, len(config.workers),
+    )
+    stop_task = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({admin_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    admin.should_exit = True
+    await grpc_server.stop(_GRACE_SECS)
+    await admin_task
+    await health.stop()
+    stop_task.cancel()
+    if admin_task in done and not admin.started:
+        raise OSError(f"admin API could not listen on {config.admin.host}:{config.admin.port}")

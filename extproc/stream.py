@@ -1,0 +1,151 @@
+"""One ext_proc stream = one HTTP request: the protocol state machine, free of gRPC.
+
+Envoy sends request headers, then the body (whole in BUFFERED mode, in chunks in
+FULL_DUPLEX_STREAMED mode), maybe trailers; the picker routes once the body is complete. The gRPC
+server feeds messages in and writes out whatever `handle` returns; tests and fuzzers drive the
+same object directly.
+
+The stream stays open until the downstream request is over (Envoy half-closes it when the
+upstream response completes, and cancels it on a client reset), so `close` is where the
+in-flight slot is released: no message per streamed token is needed.
+"""
+
+from __future__ import annotations
+
+from extproc import codec
+from extproc._pb import ext_proc_pb2 as pb
+from picker.errors import BodyTooLarge, InvalidRequest, RequestError
+from picker.openai_body import parse_request
+from picker.router import Lease, Router
+
+__all__ = ["RequestStream"]
+
+_FULL_DUPLEX = pb.FULL_DUPLEX_STREAMED
+_NO_RESPONSES: list[pb.ProcessingResponse] = []
+
+
+class RequestStream:
+    __slots__ = (
+        "_router", "_max_body", "_duplex", "_headers", "_chunks", "_size", "_lease",
+        "_finished", "_upstream_status",
+    )
+
+    def __init__(self, router: Router, max_body_bytes: int) -> None:
+        self._router = router
+        self._max_body = max_body_bytes
+        self._duplex = False
+        self._headers: dict[str, str] | None = None
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._lease: Lease | None = None
+        self._finished = False  # a routing answer or local reply has been sent
+        self._upstream_status = 0
+
+    @property
+    def lease(self) -> Lease | None:
+        return self._lease
+
+    def handle(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        """Responses to send for one incoming message, in order (possibly none yet)."""
+        kind = message.WhichOneof("request")
+        if kind == "request_headers":
+            return self._on_headers(message)
+        if kind == "request_body":
+            return self._on_body(message.request_body)
+        if kind == "request_trailers":
+            return self._on_trailers()
+        if kind == "response_headers":
+            self._on_response_headers(message.response_headers)
+            return [codec.continue_response_headers()]
+        if kind == "response_body":
+            response = pb.ProcessingResponse()
+            response.response_body.response.SetInParent()
+            return [response]
+        if kind == "response_trailers":
+            response = pb.ProcessingResponse()
+            response.response_trailers.SetInParent()
+            return [response]
+        return _NO_RESPONSES  # an empty oneof: nothing to answer
+
+    def close(self, cancelled: bool) -> None:
+        """The stream ended; release the slot with the best outcome we know of."""
+        if self._lease is None:
+            return
+        if cancelled:
+            outcome = "cancelled"
+        elif self._upstream_status >= 500:
+            outcome = "upstream_error"
+        else:
+            outcome = "completed"
+        self._lease.release(outcome)
+
+    # -- request path -----------------------------------------------------------------------
+
+    def _on_headers(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        if self._headers is not None or self._finished:
+            return self._protocol_error("request headers sent twice")
+        if message.HasField("protocol_config"):
+            self._duplex = message.protocol_config.request_body_mode == _FULL_DUPLEX
+        self._headers = codec.headers_to_dict(message.request_headers.headers)
+        if message.request_headers.end_of_stream:
+            return self._route()  # no body: parse_request names what is missing
+        return _NO_RESPONSES if self._duplex else [codec.continue_headers()]
+
+    def _on_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
+        if self._headers is None or self._finished:
+            return self._protocol_error("request body outside a request")
+        self._size += len(body.body)
+        if self._size > self._max_body:
+            return self._reject(
+                BodyTooLarge(f"request body exceeds the {self._max_body} byte limit")
+            )
+        self._chunks.append(body.body)
+        # BUFFERED mode delivers the whole body in one message (end_of_stream is false only
+        # when trailers follow), so route on it; in duplex mode wait for the last chunk.
+        if body.end_of_stream or not self._duplex:
+            return self._route(end_of_stream=body.end_of_stream)
+        return _NO_RESPONSES
+
+    def _on_trailers(self) -> list[pb.ProcessingResponse]:
+        if self._headers is None:
+            return self._protocol_error("request trailers outside a request")
+        if self._lease is not None:
+            return [codec.continue_trailers()]
+        if self._finished:
+            return _NO_RESPONSES
+        responses = self._route(end_of_stream=False)
+        if self._lease is not None:
+            responses.append(codec.continue_trailers())
+        return responses
+
+    def _route(self, end_of_stream: bool = True) -> list[pb.ProcessingResponse]:
+        assert self._headers is not None
+        body = b"".join(self._chunks)
+        self._chunks.clear()
+        try:
+            request = parse_request(self._headers.get(":path", ""), body, self._headers)
+            self._lease = self._router.pick(request)
+        except RequestError as error:
+            return self._reject(error)
+        self._finished = True
+        host_port = self._lease.worker.host_port
+        if self._duplex:
+            return list(codec.route_streamed(host_port, body, end_of_stream))
+        return [codec.route_buffered(host_port)]
+
+    def _reject(self, error: RequestError) -> list[pb.ProcessingResponse]:
+        self._finished = True
+        self._router.reject(error)
+        return [codec.immediate_error(error)]
+
+    def _protocol_error(self, what: str) -> list[pb.ProcessingResponse]:
+        """Envoy never does this; a broken or hostile client of the gRPC port might."""
+        if self._finished:
+            return _NO_RESPONSES
+        return self._reject(InvalidRequest(f"ext_proc protocol error: {what}"))
+
+    # -- response path ----------------------------------------------------------------------
+
+    def _on_response_headers(self, headers: pb.HttpHeaders) -> None:
+        status = codec.headers_to_dict(headers.headers).get(":status", "")
+        self._upstream_status = int(status) if status.isdigit() else 0

@@ -1,0 +1,105 @@
+"""`llm-picker serve | sim | demo | bench`; each subcommand imports only what it needs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from picker.errors import ConfigError
+
+__all__ = ["main"]
+
+
+def _serve(ns: argparse.Namespace) -> int:
+    from picker.config import load_config
+
+    try:
+        config = load_config(
+            ns.config,
+            env=os.environ,
+            overrides={
+                "policy.name": ns.policy,
+                "extproc.port": ns.extproc_port,
+                "admin.port": ns.admin_port,
+            },
+        )
+    except ConfigError as exc:
+        print(f"llm-picker: configuration error: {exc}", file=sys.stderr)
+        return 2
+    # The Envoy adapter lives outside the core; only this command needs grpc.
+    from extproc.serve import serve
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        print(f"llm-picker: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _sim(ns: argparse.Namespace) -> int:
+    from picker.sim import config_from_args, run_sim
+
+    run_sim(config_from_args(ns), ns.host, ns.port)
+    return 0
+
+
+def _demo(ns: argparse.Namespace) -> int:
+    from picker.demo import run_demo
+
+    return run_demo(requests=ns.requests, policy=ns.policy, body_mode=ns.body_mode)
+
+
+def _bench(ns: argparse.Namespace) -> int:
+    from picker.bench import run_overhead
+
+    return run_overhead(requests=ns.requests, concurrency=ns.concurrency, peers=ns.peers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-picker", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the ext_proc server and the admin API")
+    serve.add_argument("--config", help="YAML configuration file")
+    serve.add_argument("--policy", help="routing policy (overrides policy.name)")
+    serve.add_argument("--extproc-port", type=int, help="overrides extproc.port")
+    serve.add_argument("--admin-port", type=int, help="overrides admin.port")
+    serve.set_defaults(run=_serve)
+
+    sim = commands.add_parser("sim", help="run a simulated OpenAI-compatible engine")
+    from picker.sim import add_sim_arguments
+
+    add_sim_arguments(sim)
+    sim.set_defaults(run=_sim)
+
+    demo = commands.add_parser("demo", help="Envoy + picker + 3 simulated engines, end to end")
+    demo.add_argument("--requests", type=int, default=200)
+    demo.add_argument("--policy", default="least_load")
+    demo.add_argument(
+        "--body-mode", default="FULL_DUPLEX_STREAMED", choices=["FULL_DUPLEX_STREAMED", "BUFFERED"]
+    )
+    demo.set_defaults(run=_demo)
+
+    bench = commands.add_parser("bench", help="benchmarks (print numbers, assert nothing)")
+    which = bench.add_subparsers(dest="bench", required=True)
+    overhead = which.add_parser("overhead", help="latency added by the picker behind Envoy")
+    overhead.add_argument("--requests", type=int, default=2000, help="per scenario")
+    overhead.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    overhead.add_argument(
+        "--peers", nargs="+", default=["envoy", "buffered", "duplex", "sglang"],
+        help="scenarios to run",
+    )
+    overhead.set_defaults(run=_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    code: int = ns.run(ns)
+    return code

@@ -1,0 +1,117 @@
+"""PickerConfig: one validated settings model fed by a YAML file, env vars and CLI flags.
+
+Precedence is file < environment < flags. Environment variables are `LLM_PICKER_<KEY>` with `__`
+between nesting levels (`LLM_PICKER_EXTPROC__PORT=9102`, `LLM_PICKER_POLICY__NAME=least_load`).
+Every problem surfaces as a ConfigError naming the dotted key, before anything starts listening.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from picker.errors import ConfigError
+from picker.health import HealthSettings
+from picker.policies import create_policy
+from picker.workers import WorkerSpec
+
+__all__ = ["ENV_PREFIX", "ListenConfig", "PickerConfig", "PolicyConfig", "load_config"]
+
+ENV_PREFIX = "LLM_PICKER_"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ListenConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+
+
+class PolicyConfig(_Strict):
+    name: str = "round_robin"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PickerConfig(_Strict):
+    extproc: ListenConfig = Field(default_factory=lambda: ListenConfig(port=9002))
+    admin: ListenConfig = Field(default_factory=lambda: ListenConfig(port=9003))
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    workers: list[WorkerSpec] = Field(default_factory=list)
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _policy_shorthand(cls, value: Any) -> Any:
+        """`policy: least_load` is shorthand for `policy: {name: least_load}`."""
+        return {"name": value} if isinstance(value, str) else value
+
+
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> PickerConfig:
+    """Merge file, env and dotted-key overrides, validate, and check the policy can be built."""
+    data: dict[str, Any] = _read_file(Path(path)) if path is not None else {}
+    for key, value in _env_overrides(env or {}).items():
+        _set_dotted(data, key, value)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, key, value)
+    try:
+        config = PickerConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "<root>"
+        raise ConfigError(key, first["msg"]) from exc
+    create_policy(config.policy.name, config.policy.params)
+    return config
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError("config", f"{path} is not valid YAML: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError("config", f"{path} must hold a mapping, not {type(loaded).__name__}")
+    return loaded
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX):].lower().replace("__", ".")
+        try:
+            out[key] = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError as exc:
+            raise ConfigError(key, f"{name} is not a valid value: {exc}") from exc
+    return out
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = data
+    walked = []
+    for part in parents:
+        walked.append(part)
+        child = node.setdefault(part, {})
+        if isinstance(child, str) and part == "policy":
+            child = node[part] = {"name": child}
+        if not isinstance(child, dict):
+            raise ConfigError(".".join(walked), "is not a section and cannot take sub-keys")
+        node = child
+    node[leaf] = value

@@ -1,0 +1,100 @@
+"""The picker's exceptions, one tree shared by the core and both adapters.
+
+    PickerError
+    ├── ConfigError            bad configuration; raised at start-up, names the key
+    ├── WorkerConflict         a worker with that url is already registered
+    ├── UnknownWorker          no worker with that url or id
+    └── RequestError           this request cannot be routed; carries the HTTP status the client sees
+        ├── InvalidRequest     400: malformed body, missing model, ...
+        ├── UnsupportedPath    404: not an OpenAI endpoint the picker routes
+        ├── ModelNotFound      404: no registered worker serves the model
+        ├── BodyTooLarge       413: body over the configured limit
+        └── NoHealthyWorker    503: workers serve the model, none is routable now
+
+Adapters translate a RequestError in one place each (an Envoy ImmediateResponse, a LiteLLM
+exception); the JSON body follows OpenAI's error shape so SDK clients surface the message.
+"""
+
+from __future__ import annotations
+
+import json
+
+__all__ = [
+    "BodyTooLarge",
+    "ConfigError",
+    "InvalidRequest",
+    "ModelNotFound",
+    "NoHealthyWorker",
+    "PickerError",
+    "RequestError",
+    "UnknownWorker",
+    "UnsupportedPath",
+    "WorkerConflict",
+]
+
+
+class PickerError(Exception):
+    """Base of every error the picker raises on purpose."""
+
+
+class ConfigError(PickerError):
+    """Configuration rejected; `key` is the dotted path of the offending setting."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+class WorkerConflict(PickerError):
+    """Registering a url twice would split its load accounting across two records."""
+
+
+class UnknownWorker(PickerError):
+    pass
+
+
+class RequestError(PickerError):
+    """A request the picker refuses; `status` and `code` are what the client sees."""
+
+    status = 400
+    code = "invalid_request"
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def to_json(self) -> bytes:
+        """OpenAI-compatible error body, so OpenAI SDKs show `message` to the caller."""
+        error = {"message": self.message, "type": self.error_type, "code": self.code}
+        if self.param is not None:
+            error["param"] = self.param
+        return json.dumps({"error": error}).encode()
+
+
+class InvalidRequest(RequestError):
+    pass
+
+
+class UnsupportedPath(RequestError):
+    status = 404
+    code = "unsupported_path"
+    error_type = "not_found_error"
+
+
+class ModelNotFound(RequestError):
+    status = 404
+    code = "model_not_found"
+    error_type = "not_found_error"
+
+
+class BodyTooLarge(RequestError):
+    status = 413
+    code = "body_too_large"
+
+
+class NoHealthyWorker(RequestError):
+    status = 503
+    code = "no_healthy_worker"
+    error_type = "service_unavailable_error"

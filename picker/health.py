@@ -1,0 +1,106 @@
+"""Active health checks: poll each worker's health endpoint and flip its `healthy` flag.
+
+Thresholds avoid flapping: a worker is ejected after `failure_threshold` consecutive failures
+and readmitted after `success_threshold` consecutive successes (the same two knobs as Envoy's
+and SGLang's health checkers). Per-worker `health` overrides in WorkerSpec win over the globals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from picker.registry import Worker, WorkerRegistry
+
+__all__ = ["HealthChecker", "HealthSettings"]
+
+log = logging.getLogger("llm_picker.health")
+
+
+class HealthSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    endpoint: str = "/health"
+    interval_secs: float = Field(default=5.0, gt=0)
+    timeout_secs: float = Field(default=2.0, gt=0)
+    failure_threshold: int = Field(default=3, ge=1)
+    success_threshold: int = Field(default=2, ge=1)
+
+
+@dataclass(slots=True)
+class _Effective:
+    endpoint: str
+    interval: float
+    timeout: float
+    failures_to_eject: int
+    successes_to_admit: int
+
+
+def _effective(settings: HealthSettings, worker: Worker) -> _Effective | None:
+    """Global settings with the worker's overrides applied; None when checks are off for it."""
+    own = worker.spec.health
+    disabled = own.disable if own.disable is not None else not settings.enabled
+    if disabled:
+        return None
+    return _Effective(
+        endpoint=own.endpoint or settings.endpoint,
+        interval=own.interval_secs or settings.interval_secs,
+        timeout=own.timeout_secs or settings.timeout_secs,
+        failures_to_eject=own.failure_threshold or settings.failure_threshold,
+        successes_to_admit=own.success_threshold or settings.success_threshold,
+    )
+
+
+class HealthChecker:
+    """One asyncio task per worker; started and stopped explicitly, never in __init__."""
+
+    def __init__(self, workers: WorkerRegistry, settings: HealthSettings) -> None:
+        self._workers = workers
+        self._settings = settings
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient()
+        for worker in self._workers.workers():
+            plan = _effective(self._settings, worker)
+            if plan is not None:
+                self._tasks[worker.url] = asyncio.create_task(self._watch(worker, plan))
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _watch(self, worker: Worker, plan: _Effective) -> None:
+        failures = successes = 0
+        url = worker.url + plan.endpoint
+        headers = {}
+        if worker.spec.api_key is not None:
+            headers["authorization"] = f"Bearer {worker.spec.api_key.get_secret_value()}"
+        while True:
+            ok = await self._probe(url, headers, plan.timeout)
+            failures, successes = (0, successes + 1) if ok else (failures + 1, 0)
+            if worker.healthy and failures >= plan.failures_to_eject:
+                self._workers.set_healthy(worker, False)
+                log.warning("worker %s unhealthy after %d failed checks", worker.id, failures)
+            elif not worker.healthy and successes >= plan.successes_to_admit:
+                self._workers.set_healthy(worker, True)
+                log.warning("worker %s healthy again", worker.id)
+            await asyncio.sleep(plan.interval)
+
+    async def _probe(self, url: str, headers: dict[str, str], timeout: float) -> bool:
+        assert self._client is not None
+        try:
+            response = await self._client.get(url, headers=headers, timeout=timeout)
+        except httpx.HTTPError:
+            return False
+        return response.is_success

@@ -1,0 +1,34 @@
+"""Built-in routing policies and the one table that names them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from picker.errors import ConfigError
+from picker.policies.base import Policy
+from picker.policies.least_load import LeastLoad
+from picker.policies.power_of_two import PowerOfTwo
+from picker.policies.random import Random
+from picker.policies.round_robin import RoundRobin
+
+__all__ = ["POLICIES", "Policy", "create_policy"]
+
+POLICIES: Mapping[str, Callable[..., Policy]] = {
+    RoundRobin.name: RoundRobin,
+    Random.name: Random,
+    LeastLoad.name: LeastLoad,
+    PowerOfTwo.name: PowerOfTwo,
+}
+
+
+def create_policy(name: str, params: Mapping[str, Any] | None = None) -> Policy:
+    """Build a policy by name; unknown names and parameters are configuration errors."""
+    factory = POLICIES.get(name)
+    if factory is None:
+        known = ", ".join(sorted(POLICIES))
+        raise ConfigError("policy.name", f"unknown policy {name!r} (known: {known})")
+    try:
+        return factory(**dict(params or {}))
+    except TypeError as exc:
+        raise ConfigError("policy.params", f"{name}: {exc}") from exc

@@ -1,0 +1,30 @@
+"""Fewest in-flight requests; among equals prefer higher priority, then lower cost, then chance.
+
+Breaking the final tie at random matters: with list order, the first worker wins every idle
+moment and a lightly loaded fleet skews to it (LiteLLM least-busy issue #39322).
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Sequence
+
+from picker.registry import Worker
+from picker.request import RoutingRequest
+
+
+def load_key(worker: Worker) -> tuple[int, int, float]:
+    """Ordering shared by the load-based policies: lower is better."""
+    return (worker.in_flight, -worker.spec.priority, worker.spec.cost)
+
+
+class LeastLoad:
+    name = "least_load"
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._rng = _random.Random(seed)
+
+    def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker:
+        best = min(map(load_key, candidates))
+        tied = [w for w in candidates if load_key(w) == best]
+        return tied[0] if len(tied) == 1 else self._rng.choice(tied)

@@ -1,0 +1,151 @@
+"""WorkerRegistry: the registered workers, their indices and their live load.
+
+Reads happen on every routed request and must not take a lock: lookups return tuples that are
+rebuilt under the lock on each (rare) membership change and swapped in atomically. Load counters
+change on every request and are updated under the same lock, so asyncio handlers and adapter
+threads (LiteLLM's sync selector) can share one registry.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import TypedDict
+
+from picker.errors import UnknownWorker, WorkerConflict
+from picker.workers import ConnectionMode, WorkerSpec, WorkerType
+
+__all__ = ["RegistryStats", "Worker", "WorkerRegistry"]
+
+
+class Worker:
+    """A registered worker: its spec plus the live state policies read on every pick."""
+
+    __slots__ = ("spec", "id", "url", "host_port", "in_flight", "healthy", "draining")
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.id: str = spec.id or spec.url
+        self.url = spec.url
+        self.host_port = spec.host_port
+        self.in_flight = 0
+        self.healthy = True
+        self.draining = False
+
+    @property
+    def routable(self) -> bool:
+        return self.healthy and not self.draining
+
+    def __repr__(self) -> str:
+        return f"Worker({self.id!r}, {self.url!r}, in_flight={self.in_flight})"
+
+
+class RegistryStats(TypedDict):
+    total_workers: int
+    healthy_workers: int
+    total_models: int
+    total_load: int
+    by_type: dict[str, int]
+
+
+class WorkerRegistry:
+    def __init__(self, specs: Iterable[WorkerSpec] = ()) -> None:
+        self._lock = threading.Lock()
+        self._by_url: dict[str, Worker] = {}
+        self._by_id: dict[str, Worker] = {}
+        self._all: tuple[Worker, ...] = ()
+        self._any_model: tuple[Worker, ...] = ()
+        self._by_model: dict[str, tuple[Worker, ...]] = {}
+        self._by_type: dict[WorkerType, tuple[Worker, ...]] = {}
+        self._by_mode: dict[ConnectionMode, tuple[Worker, ...]] = {}
+        for spec in specs:
+            self.add(spec)
+
+    # -- membership -------------------------------------------------------------------------
+
+    def add(self, spec: WorkerSpec) -> Worker:
+        worker = Worker(spec)
+        with self._lock:
+            if worker.url in self._by_url:
+                raise WorkerConflict(f"worker {worker.url} is already registered")
+            if worker.id in self._by_id:
+                raise WorkerConflict(f"worker id {worker.id!r} is already registered")
+            self._by_url[worker.url] = worker
+            self._by_id[worker.id] = worker
+            self._reindex()
+        return worker
+
+    def remove(self, url: str) -> Worker:
+        with self._lock:
+            worker = self._by_url.pop(url, None)
+            if worker is None:
+                raise UnknownWorker(f"no worker with url {url}")
+            del self._by_id[worker.id]
+            self._reindex()
+        return worker
+
+    def _reindex(self) -> None:
+        """Rebuild every lookup tuple; called with the lock held, O(workers x models)."""
+        workers = tuple(self._by_url.values())
+        any_model = tuple(w for w in workers if not w.spec.models)
+        by_model: dict[str, list[Worker]] = {}
+        for worker in workers:
+            for model in worker.spec.models:
+                by_model.setdefault(model, []).append(worker)
+        self._all = workers
+        self._any_model = any_model
+        self._by_model = {model: tuple(ws) + any_model for model, ws in by_model.items()}
+        self._by_type = {t: tuple(w for w in workers if w.spec.worker_type is t) for t in WorkerType}
+        self._by_mode = {
+            m: tuple(w for w in workers if w.spec.connection_mode is m) for m in ConnectionMode
+        }
+
+    # -- lookups (lock-free) ----------------------------------------------------------------
+
+    def get(self, worker_id: str) -> Worker | None:
+        return self._by_id.get(worker_id)
+
+    def get_by_url(self, url: str) -> Worker | None:
+        return self._by_url.get(url)
+
+    def workers(self) -> tuple[Worker, ...]:
+        return self._all
+
+    def for_model(self, model: str) -> tuple[Worker, ...]:
+        """Workers that serve `model`, healthy or not; workers listing no models serve any."""
+        return self._by_model.get(model, self._any_model)
+
+    def by_type(self, worker_type: WorkerType) -> tuple[Worker, ...]:
+        return self._by_type.get(worker_type, ())
+
+    def by_connection_mode(self, mode: ConnectionMode) -> tuple[Worker, ...]:
+        return self._by_mode.get(mode, ())
+
+    def models(self) -> frozenset[str]:
+        return frozenset(self._by_model)
+
+    # -- live state -------------------------------------------------------------------------
+
+    def acquire(self, worker: Worker) -> None:
+        with self._lock:
+            worker.in_flight += 1
+
+    def release(self, worker: Worker) -> None:
+        with self._lock:
+            worker.in_flight -= 1
+
+    def set_healthy(self, worker: Worker, healthy: bool) -> None:
+        worker.healthy = healthy
+
+    def stats(self) -> RegistryStats:
+        workers = self._all
+        by_type = {t.value: 0 for t in WorkerType}
+        for worker in workers:
+            by_type[worker.spec.worker_type.value] += 1
+        return {
+            "total_workers": len(workers),
+            "healthy_workers": sum(1 for w in workers if w.healthy),
+            "total_models": len(self._by_model),
+            "total_load": sum(w.in_flight for w in workers),
+            "by_type": by_type,
+        }

@@ -1,0 +1,34 @@
+"""RoutingRequest: everything a policy may look at, decoupled from the proxy that produced it."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["Api", "RoutingRequest"]
+
+
+class Api(enum.Enum):
+    """The OpenAI endpoint a request targets; engines cache prompts differently per API."""
+
+    CHAT = "/v1/chat/completions"
+    COMPLETIONS = "/v1/completions"
+    RESPONSES = "/v1/responses"
+    EMBEDDINGS = "/v1/embeddings"
+
+
+@dataclass(slots=True, frozen=True)
+class RoutingRequest:
+    """One request as policies see it.
+
+    Adding an input (tokens, LoRA, priority) adds a field here and changes no policy signature.
+    `prompt_text` is deterministic for equal requests so prefix indexes can hash it.
+    """
+
+    model: str
+    api: Api
+    prompt_text: str = ""
+    stream: bool = False
+    session_key: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)

