@@ -21,17 +21,15 @@ class _Processor:
     async def process(self, _requests: object, context: grpc.aio.ServicerContext) -> None:
         """One HTTP request's stream; read/write calls avoid async-generator overhead."""
         stream = RequestStream(self._router, self._max_body)
-        cancelled = True
-        try:
-            while True:
-                message = await context.read()
-                if message is grpc.aio.EOF:
-                    break
-                for response in stream.handle(message):
-                    await context.write(response)
-            cancelled = False
-        finally:
-            stream.close(cancelled)
+        # The RPC's own end, not the handler's, says whether Envoy half-closed the stream or
+        # reset it: a reset can surface in the handler as a plain EOF.
+        context.add_done_callback(lambda done: stream.close(done.cancelled()))
+        while True:
+            message = await context.read()
+            if message is grpc.aio.EOF:
+                return
+            for response in stream.handle(message):
+                await context.write(response)
 
 
 def create_server(

@@ -71,12 +71,14 @@ class RequestStream:
         """The stream ended; release the slot with the best outcome we know of."""
         if self._lease is None:
             return
-        if cancelled:
-            outcome = "cancelled"
-        elif self._upstream_status >= 500:
+        # Once response headers were seen, Envoy may reset rather than half-close the stream
+        # when it has nothing more to send; the status, not the way the stream ended, decides.
+        if self._upstream_status >= 500:
             outcome = "upstream_error"
-        else:
+        elif self._upstream_status or not cancelled:
             outcome = "completed"
+        else:
+            outcome = "cancelled"
         self._lease.release(outcome)
 
     # -- request path -----------------------------------------------------------------------

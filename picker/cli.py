@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--requests", type=int, default=200)
     demo.add_argument("--policy", default="least_load")
     demo.add_argument(
-        "--body-mode", default="FULL_DUPLEX_STREAMED", choices=["FULL_DUPLEX_STREAMED", "BUFFERED"]
+        "--body-mode", default="BUFFERED", choices=["BUFFERED", "FULL_DUPLEX_STREAMED"]
     )
     demo.set_defaults(run=_demo)
 

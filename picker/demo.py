@@ -85,7 +85,7 @@ def _decisions(fleet: Fleet) -> Counter[str]:
 
 
 def run_demo(requests: int = 200, policy: str = "least_load",
-             body_mode: str = "FULL_DUPLEX_STREAMED") -> int:
+             body_mode: str = "BUFFERED") -> int:
     print(f"starting 3 simulated engines, llm-picker ({policy}) and Envoy ({body_mode}) ...")
     with local_fleet(SIMS, policy=policy, body_mode=body_mode) as fleet:
         started = time.perf_counter()
@@ -93,7 +93,7 @@ def run_demo(requests: int = 200, policy: str = "least_load",
         elapsed = time.perf_counter() - started
         decisions = _decisions(fleet)
 
-    good = [o for o in outcomes[:requests]]
+    good = outcomes[:requests]
     refused = outcomes[requests:]
     print(f"\n{len(outcomes)} requests through Envoy in {elapsed:.1f}s "
           f"({sum(o.streamed for o in good)} streamed)\n")

@@ -4,8 +4,8 @@
     ├── ConfigError            bad configuration; raised at start-up, names the key
     ├── WorkerConflict         a worker with that url is already registered
     ├── UnknownWorker          no worker with that url or id
-    └── RequestError           this request cannot be routed; carries the HTTP status the client sees
-        ├── InvalidRequest     400: malformed body, missing model, ...
+    └── RequestError           cannot route this request; carries the status the client sees
+        ├── InvalidRequest     400: malformed body, missing model
         ├── UnsupportedPath    404: not an OpenAI endpoint the picker routes
         ├── ModelNotFound      404: no registered worker serves the model
         ├── BodyTooLarge       413: body over the configured limit

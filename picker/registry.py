@@ -95,7 +95,9 @@ class WorkerRegistry:
         self._all = workers
         self._any_model = any_model
         self._by_model = {model: tuple(ws) + any_model for model, ws in by_model.items()}
-        self._by_type = {t: tuple(w for w in workers if w.spec.worker_type is t) for t in WorkerType}
+        self._by_type = {
+            t: tuple(w for w in workers if w.spec.worker_type is t) for t in WorkerType
+        }
         self._by_mode = {
             m: tuple(w for w in workers if w.spec.connection_mode is m) for m in ConnectionMode
         }

@@ -31,6 +31,8 @@ __all__ = [
     "SimSpec",
     "envoy_binary",
     "free_port",
+    "spawn",
+    "wait_http",
     "local_fleet",
     "render_envoy_config",
     "start_envoy",
@@ -79,19 +81,20 @@ class Process:
             self.popen.wait(5)
 
 
-def _spawn(name: str, argv: Sequence[str], workdir: Path) -> Process:
+def spawn(name: str, argv: Sequence[str], workdir: Path) -> Process:
     log_path = workdir / f"{name}.log"
     with log_path.open("wb") as log:
         popen = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT)
     return Process(name, popen, log_path)
 
 
-def _wait_http(proc: Process, url: str, timeout: float = 20.0) -> None:
+def wait_http(proc: Process, url: str, timeout: float = 20.0) -> None:
     """Poll until `url` answers 2xx; fail with the child's log if it dies or never answers."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
+            code = proc.popen.returncode
+            raise RuntimeError(f"{proc.name} exited with {code}:\n{proc.log_tail()}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=1.0).is_success:
                 return
@@ -117,8 +120,8 @@ def start_sim(spec: SimSpec, workdir: Path) -> Process:
         sys.executable, "-m", "picker", "sim", "--port", str(port), "--model", spec.model,
         "--worker-id", spec.worker_id, *spec.args,
     ]
-    proc = _spawn(f"sim-{spec.worker_id}", argv, workdir)
-    _wait_http(proc, f"http://127.0.0.1:{port}/health")
+    proc = spawn(f"sim-{spec.worker_id}", argv, workdir)
+    wait_http(proc, f"http://127.0.0.1:{port}/health")
     return proc
 
 
@@ -127,8 +130,8 @@ def start_picker(config: dict[str, Any], workdir: Path, name: str = "picker") ->
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     argv = [sys.executable, "-m", "picker", "serve", "--config", str(path)]
-    proc = _spawn(name, argv, workdir)
-    _wait_http(proc, f"http://127.0.0.1:{config['admin']['port']}/health")
+    proc = spawn(name, argv, workdir)
+    wait_http(proc, f"http://127.0.0.1:{config['admin']['port']}/health")
     return proc
 
 
@@ -147,7 +150,7 @@ def render_envoy_config(
     admin_port: int,
     picker_port: int | None,
     upstream_port: int | None = None,
-    body_mode: str = "FULL_DUPLEX_STREAMED",
+    body_mode: str = "BUFFERED",
     template: Path = ENVOY_TEMPLATE,
 ) -> dict[str, Any]:
     """envoy/envoy.yaml with ports and body mode changed.
@@ -166,7 +169,9 @@ def render_envoy_config(
     if picker_port is None:
         if upstream_port is None:
             raise ValueError("without a picker, an upstream_port is needed")
-        manager["http_filters"] = [f for f in manager["http_filters"] if f["name"] != EXT_PROC_FILTER]
+        manager["http_filters"] = [
+            f for f in manager["http_filters"] if f["name"] != EXT_PROC_FILTER
+        ]
         endpoint["address"]["socket_address"]["port_value"] = upstream_port
         route = manager["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
         route["cluster"] = "llm_picker"
@@ -187,8 +192,8 @@ def start_envoy(config: dict[str, Any], workdir: Path, name: str = "envoy") -> P
         envoy_binary(), "-c", str(path), "--disable-hot-restart", "--concurrency", "1",
         "--log-level", "warning",
     ]
-    proc = _spawn(name, argv, workdir)
-    _wait_http(proc, f"http://127.0.0.1:{admin_port}/ready")
+    proc = spawn(name, argv, workdir)
+    wait_http(proc, f"http://127.0.0.1:{admin_port}/ready")
     return proc
 
 
@@ -199,6 +204,7 @@ class Fleet:
     envoy_url: str
     admin_url: str
     sims: dict[str, SimSpec]
+    body_mode: str
     processes: dict[str, Process] = field(default_factory=dict)
     workdir: Path = Path()
 
@@ -211,7 +217,7 @@ def local_fleet(
     sims: Sequence[SimSpec],
     *,
     policy: str = "round_robin",
-    body_mode: str = "FULL_DUPLEX_STREAMED",
+    body_mode: str = "BUFFERED",
     picker_settings: dict[str, Any] | None = None,
     workdir: Path | None = None,
 ) -> Iterator[Fleet]:
@@ -244,6 +250,7 @@ def local_fleet(
             envoy_url=f"http://127.0.0.1:{listen_port}",
             admin_url=f"http://127.0.0.1:{admin_port}",
             sims={s.worker_id: s for s in sims},
+            body_mode=body_mode,
             processes=processes,
             workdir=root,
         )

@@ -26,7 +26,7 @@ U32 = Annotated[int, Field(ge=0, le=2**32 - 1)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
-class WorkerType(str, enum.Enum):
+class WorkerType(enum.StrEnum):
     """Role in prefill/decode disaggregation; `regular` workers do both."""
 
     REGULAR = "regular"
@@ -34,12 +34,12 @@ class WorkerType(str, enum.Enum):
     DECODE = "decode"
 
 
-class ConnectionMode(str, enum.Enum):
+class ConnectionMode(enum.StrEnum):
     HTTP = "http"
     GRPC = "grpc"
 
 
-class RuntimeType(str, enum.Enum):
+class RuntimeType(enum.StrEnum):
     """Which engine is behind the url; selects metric names and discovery endpoints."""
 
     SGLANG = "sglang"

@@ -19,7 +19,7 @@ FAST_HEALTH = {"health": {"interval_secs": 0.1, "timeout_secs": 0.5, "failure_th
                           "success_threshold": 1}}
 
 
-@pytest.fixture(scope="module", params=["FULL_DUPLEX_STREAMED", "BUFFERED"])
+@pytest.fixture(scope="module", params=["BUFFERED", "FULL_DUPLEX_STREAMED"])
 def rr_fleet(request: pytest.FixtureRequest) -> Iterator[Fleet]:
     """Three equal sims behind round robin, plus a lone sim serving a model of its own."""
     sims = [

