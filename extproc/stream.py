@@ -12,28 +12,47 @@ in-flight slot is released: no message per streamed token is needed.
 
 from __future__ import annotations
 
+import enum
+
 from extproc import codec
 from extproc._pb import ext_proc_pb2 as pb
-from picker.errors import BodyTooLarge, InvalidRequest, RequestError
+from picker.errors import BodyTooLarge, InvalidRequest, ProxyMisconfigured, RequestError
 from picker.openai_body import parse_request
 from picker.router import Lease, Router
 
 __all__ = ["RequestStream"]
 
-_FULL_DUPLEX = pb.FULL_DUPLEX_STREAMED
 _NO_RESPONSES: list[pb.ProcessingResponse] = []
+
+
+class _Mode(enum.Enum):
+    """How Envoy delivers the body, which decides when and how the picker may answer."""
+
+    BUFFERED = "buffered"  # headers answered at once; whole body in one message
+    DUPLEX = "duplex"  # FULL_DUPLEX_STREAMED: answer headers after the body, echo the body
+    UNSUPPORTED = "unsupported"  # STREAMED, BUFFERED_PARTIAL: no complete body to route on
+
+
+def _mode_of(config: pb.ProtocolConfiguration) -> _Mode:
+    body_mode = config.request_body_mode
+    if body_mode == pb.FULL_DUPLEX_STREAMED:
+        return _Mode.DUPLEX
+    # BUFFERED, or an Envoy too old to send protocol_config (it then says NONE).
+    if body_mode in (pb.BUFFERED, pb.NONE):
+        return _Mode.BUFFERED
+    return _Mode.UNSUPPORTED
 
 
 class RequestStream:
     __slots__ = (
-        "_router", "_max_body", "_duplex", "_headers", "_chunks", "_size", "_lease",
+        "_router", "_max_body", "_mode", "_headers", "_chunks", "_size", "_lease",
         "_finished", "_upstream_status",
     )
 
     def __init__(self, router: Router, max_body_bytes: int) -> None:
         self._router = router
         self._max_body = max_body_bytes
-        self._duplex = False
+        self._mode = _Mode.BUFFERED
         self._headers: dict[str, str] | None = None
         self._chunks: list[bytes] = []
         self._size = 0
@@ -86,12 +105,15 @@ class RequestStream:
     def _on_headers(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         if self._headers is not None or self._finished:
             return self._protocol_error("request headers sent twice")
-        if message.HasField("protocol_config"):
-            self._duplex = message.protocol_config.request_body_mode == _FULL_DUPLEX
+        self._mode = _mode_of(message.protocol_config)
         self._headers = codec.headers_to_dict(message.request_headers.headers)
         if message.request_headers.end_of_stream:
             return self._route()  # no body: parse_request names what is missing
-        return _NO_RESPONSES if self._duplex else [codec.continue_headers()]
+        if self._mode is _Mode.UNSUPPORTED:
+            return self._reject(ProxyMisconfigured(
+                "the ext_proc filter's request_body_mode must be BUFFERED or FULL_DUPLEX_STREAMED"
+            ))
+        return [codec.continue_headers()] if self._mode is _Mode.BUFFERED else _NO_RESPONSES
 
     def _on_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
         if self._headers is None or self._finished:
@@ -104,7 +126,7 @@ class RequestStream:
         self._chunks.append(body.body)
         # BUFFERED mode delivers the whole body in one message (end_of_stream is false only
         # when trailers follow), so route on it; in duplex mode wait for the last chunk.
-        if body.end_of_stream or not self._duplex:
+        if body.end_of_stream or self._mode is _Mode.BUFFERED:
             return self._route(end_of_stream=body.end_of_stream)
         return _NO_RESPONSES
 
@@ -131,7 +153,7 @@ class RequestStream:
             return self._reject(error)
         self._finished = True
         host_port = self._lease.worker.host_port
-        if self._duplex:
+        if self._mode is _Mode.DUPLEX:
             return list(codec.route_streamed(host_port, body, end_of_stream))
         return [codec.route_buffered(host_port)]
 

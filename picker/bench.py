@@ -184,7 +184,7 @@ def _scenario(name: str, upstream_port: int, workdir: Path) -> Iterator[int]:
                       "workers": [{"url": f"http://127.0.0.1:{upstream_port}",
                                    "models": [MODEL]}]}
             stack.callback(start_picker(config, workdir, name=f"picker-{name}").stop)
-        body_mode = "BUFFERED" if name == "buffered" else "FULL_DUPLEX_STREAMED"
+        body_mode = "FULL_DUPLEX_STREAMED" if name == "duplex" else "BUFFERED"
         envoy_config = render_envoy_config(
             listen_port=listen, admin_port=free_port(), picker_port=picker_port,
             upstream_port=upstream_port, body_mode=body_mode,

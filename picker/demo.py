@@ -103,8 +103,9 @@ def run_demo(requests: int = 200, policy: str = "least_load",
         errors = sum(o.status != 200 for o in mine)
         mean_ms = 1000 * sum(o.seconds for o in mine) / len(mine)
         print(f"{worker:<10}{len(mine):>8}{errors:>8}{mean_ms:>12.0f} ms")
-    print(f"\nrefused by the picker (unknown model): "
-          f"{Counter(o.status for o in refused)}  (expected 404s)")
+    by_status = Counter(o.status for o in refused)
+    statuses = ", ".join(f"{n} x {status}" for status, n in by_status.items())
+    print(f"\nrefused by the picker (model nobody serves, expected 404): {statuses}")
     print("\npicker decisions (from its /metrics):")
     for key, count in sorted(decisions.items()):
         print(f"  {key:<30}{count:>6}")

@@ -9,7 +9,8 @@
         ├── UnsupportedPath    404: not an OpenAI endpoint the picker routes
         ├── ModelNotFound      404: no registered worker serves the model
         ├── BodyTooLarge       413: body over the configured limit
-        └── NoHealthyWorker    503: workers serve the model, none is routable now
+        ├── NoHealthyWorker    503: workers serve the model, none is routable now
+        └── ProxyMisconfigured 500: the proxy calls the picker in a way it cannot route
 
 Adapters translate a RequestError in one place each (an Envoy ImmediateResponse, a LiteLLM
 exception); the JSON body follows OpenAI's error shape so SDK clients surface the message.
@@ -26,6 +27,7 @@ __all__ = [
     "ModelNotFound",
     "NoHealthyWorker",
     "PickerError",
+    "ProxyMisconfigured",
     "RequestError",
     "UnknownWorker",
     "UnsupportedPath",
@@ -98,3 +100,9 @@ class NoHealthyWorker(RequestError):
     status = 503
     code = "no_healthy_worker"
     error_type = "service_unavailable_error"
+
+
+class ProxyMisconfigured(RequestError):
+    status = 500
+    code = "proxy_misconfigured"
+    error_type = "server_error"

@@ -181,6 +181,7 @@ def render_envoy_config(
     for http_filter in manager["http_filters"]:
         if http_filter["name"] == EXT_PROC_FILTER:
             http_filter["typed_config"]["processing_mode"]["request_body_mode"] = body_mode
+
     return config
 
 

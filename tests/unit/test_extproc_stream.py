@@ -213,3 +213,12 @@ def test_messages_out_of_order_get_a_local_reply_not_a_crash(first: pb.Processin
     assert response.immediate_response.status.code == 400
     stream.close(cancelled=False)
     assert router.workers.stats()["total_load"] == 0
+
+
+def test_streamed_body_mode_is_refused_with_a_clear_500() -> None:
+    """STREAMED answers headers before the body exists, so a body-based pick cannot route."""
+    msg = headers_msg()
+    msg.protocol_config.request_body_mode = pb.STREAMED
+    (response,) = RequestStream(make_router("127.0.0.1:8001"), 1 << 20).handle(msg)
+    assert response.immediate_response.status.code == 500
+    assert b"request_body_mode" in response.immediate_response.body
