@@ -172,7 +172,10 @@ async def _stream(
             else:
                 yield event([{"index": 0, "text": token, "finish_reason": None}])
         last: dict[str, Any] = {"index": 0, "finish_reason": "length"}
-        last.update({"delta": {}} if chat else {"text": ""})
+        if chat:
+            last["delta"] = {}
+        else:
+            last["text"] = ""
         yield event([last])
         yield event([], usage=usage)
         yield b"data: [DONE]\n\n"

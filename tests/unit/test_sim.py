@@ -1,0 +1,147 @@
+"""The simulated engine over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
+
+from picker.sim import WORKER_HEADER, SimConfig, create_app
+from picker.stack import free_port
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # running in a thread
+        pass
+
+
+@pytest.fixture
+def sim_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    settings = {"model": "m", "worker_id": "w1", "ttft_ms": 5, "tpot_ms": 1,
+                **getattr(request, "param", {})}
+    config = SimConfig(**settings)
+    port = free_port()
+    server = _Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=port,
+                                    log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(5)
+
+
+def chat(stream: bool = False, **extra: object) -> dict[str, object]:
+    return {"model": "m", "messages": [{"role": "user", "content": "one two three"}],
+            "stream": stream, **extra}
+
+
+def metric(base: str, name: str) -> float:
+    text = httpx.get(f"{base}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise AssertionError(f"{name} not exported")
+
+
+def test_chat_completion_shape_usage_and_worker_header(sim_url: str) -> None:
+    response = httpx.post(f"{sim_url}/v1/chat/completions", json=chat(max_tokens=4))
+    assert response.status_code == 200
+    assert response.headers[WORKER_HEADER] == "w1"
+    body = response.json()
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["role"] == "assistant"
+    assert len(body["choices"][0]["message"]["content"].split()) == 4
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+
+
+def test_completions_shape(sim_url: str) -> None:
+    body = {"model": "m", "prompt": "hello there", "max_tokens": 2}
+    response = httpx.post(f"{sim_url}/v1/completions", json=body).json()
+    assert response["object"] == "text_completion"
+    assert len(response["choices"][0]["text"].split()) == 2
+
+
+def test_stream_has_one_chunk_per_token_then_usage_then_done(sim_url: str) -> None:
+    with httpx.stream("POST", f"{sim_url}/v1/chat/completions",
+                      json=chat(stream=True, max_tokens=5)) as response:
+        assert response.headers[WORKER_HEADER] == "w1"
+        events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    tokens = [c for c in chunks if c["choices"] and c["choices"][0].get("delta", {}).get("content")]
+    assert len(tokens) == 5
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["usage"]["completion_tokens"] == 5
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [(b"{nope", 400), (json.dumps({"model": "other", "messages": []}).encode(), 404)],
+)
+def test_errors_are_openai_shaped(sim_url: str, body: bytes, status: int) -> None:
+    response = httpx.post(f"{sim_url}/v1/chat/completions", content=body)
+    assert response.status_code == status
+    assert response.headers[WORKER_HEADER] == "w1"
+    assert set(response.json()["error"]) == {"message", "type", "code"}
+
+
+def test_models_and_health(sim_url: str) -> None:
+    assert httpx.get(f"{sim_url}/health").status_code == 200
+    assert [m["id"] for m in httpx.get(f"{sim_url}/v1/models").json()["data"]] == ["m"]
+
+
+@pytest.mark.parametrize("sim_url", [{"ttft_ms": 300}], indirect=True)
+def test_metrics_use_vllm_names_and_follow_running_requests(sim_url: str) -> None:
+    assert metric(sim_url, "vllm:num_requests_running") == 0
+
+    async def slow_and_look() -> float:
+        async with httpx.AsyncClient() as client:
+            pending = asyncio.create_task(
+                client.post(f"{sim_url}/v1/chat/completions", json=chat(max_tokens=1))
+            )
+            await asyncio.sleep(0.15)
+            running = await asyncio.to_thread(metric, sim_url, "vllm:num_requests_running")
+            await pending
+            return running
+
+    assert asyncio.run(slow_and_look()) == 1
+    assert metric(sim_url, "vllm:num_requests_waiting") == 0
+    assert metric(sim_url, "vllm:kv_cache_usage_perc") == 0
+    assert metric(sim_url, "vllm:request_success_total") == 1
+
+
+@pytest.mark.parametrize("sim_url", [{"failure_rate": 1.0}], indirect=True)
+def test_failure_rate_one_fails_every_request(sim_url: str) -> None:
+    for _ in range(3):
+        assert httpx.post(f"{sim_url}/v1/chat/completions", json=chat()).status_code == 500
+    assert httpx.get(f"{sim_url}/sim/stats").json()["failed"] == 3
+
+
+@pytest.mark.parametrize("sim_url", [{"tpot_ms": 50}], indirect=True)
+def test_cancelled_stream_is_counted_and_frees_the_slot(sim_url: str) -> None:
+    with httpx.stream("POST", f"{sim_url}/v1/chat/completions",
+                      json=chat(stream=True, max_tokens=50)) as response:
+        next(response.iter_lines())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        stats = httpx.get(f"{sim_url}/sim/stats").json()
+        if stats["cancelled"] == 1 and stats["running"] == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"cancel not observed: {stats}")
+
+
+def test_config_validation_names_the_field() -> None:
+    with pytest.raises(ValueError, match="failure_rate"):
+        SimConfig(failure_rate=2.0)
