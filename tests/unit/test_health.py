@@ -1,0 +1,94 @@
+"""Active health checks against a real HTTP endpoint whose answer the test controls."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from picker.health import HealthChecker, HealthSettings
+from picker.registry import WorkerRegistry
+from picker.workers import WorkerSpec
+
+
+class Endpoint:
+    """A loopback HTTP server answering /health with a status the test can change."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.auth: list[str | None] = []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                endpoint.auth.append(self.headers.get("authorization"))
+                self.send_response(endpoint.status)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Endpoint]:
+    ep = Endpoint()
+    yield ep
+    ep.server.shutdown()
+
+
+async def wait_for(predicate: object, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+FAST = HealthSettings(interval_secs=0.02, timeout_secs=0.5, failure_threshold=2,
+                      success_threshold=2)
+
+
+async def test_ejects_after_threshold_and_readmits(endpoint: Endpoint) -> None:
+    registry = WorkerRegistry([WorkerSpec(url=endpoint.url, api_key="sk-x")])
+    worker = registry.workers()[0]
+    checker = HealthChecker(registry, FAST)
+    await checker.start()
+    try:
+        await wait_for(lambda: len(endpoint.auth) >= 2)
+        assert worker.healthy
+        endpoint.status = 503
+        await wait_for(lambda: not worker.healthy)
+        endpoint.status = 200
+        await wait_for(lambda: worker.healthy)
+    finally:
+        await checker.stop()
+    assert endpoint.auth[0] == "Bearer sk-x"
+
+
+async def test_unreachable_worker_is_ejected() -> None:
+    registry = WorkerRegistry([WorkerSpec(url="http://127.0.0.1:1")])
+    checker = HealthChecker(registry, FAST)
+    await checker.start()
+    try:
+        await wait_for(lambda: not registry.workers()[0].healthy)
+    finally:
+        await checker.stop()
+
+
+async def test_per_worker_override_disables_checks(endpoint: Endpoint) -> None:
+    endpoint.status = 500
+    registry = WorkerRegistry([WorkerSpec(url=endpoint.url, health={"disable": True})])
+    checker = HealthChecker(registry, FAST)
+    await checker.start()
+    await asyncio.sleep(0.2)
+    await checker.stop()
+    assert endpoint.auth == [] and registry.workers()[0].healthy
