@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import TypedDict
 
 from picker.errors import UnknownWorker, WorkerConflict
+from picker.load_signals import EngineLoad
 from picker.workers import ConnectionMode, WorkerSpec, WorkerType
 
 __all__ = ["RegistryStats", "Worker", "WorkerRegistry"]
@@ -21,7 +22,9 @@ __all__ = ["RegistryStats", "Worker", "WorkerRegistry"]
 class Worker:
     """A registered worker: its spec plus the live state policies read on every pick."""
 
-    __slots__ = ("spec", "id", "url", "host_port", "in_flight", "healthy", "draining")
+    __slots__ = (
+        "spec", "id", "url", "host_port", "in_flight", "healthy", "draining", "engine",
+    )
 
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
@@ -31,6 +34,8 @@ class Worker:
         self.in_flight = 0
         self.healthy = True
         self.draining = False
+        # Latest engine load signals scraped from the worker (picker.load), None until scraped.
+        self.engine: EngineLoad | None = None
 
     @property
     def routable(self) -> bool:

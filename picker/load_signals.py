@@ -1,0 +1,25 @@
+"""EngineLoad: what a worker's engine last said about its own load, and when."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["EngineLoad"]
+
+
+@dataclass(slots=True, frozen=True)
+class EngineLoad:
+    """One scrape of an engine's metrics; a field is None when the engine does not export it.
+
+    `scraped_at` is time.monotonic() at the scrape, so readers can refuse stale values.
+    """
+
+    scraped_at: float
+    running: float | None = None
+    waiting: float | None = None
+    kv_usage: float | None = None  # fraction of KV cache in use, 0..1
+    block_size: int | None = None
+    num_gpu_blocks: int | None = None
+
+    def fresh(self, now: float, max_age_secs: float) -> bool:
+        return now - self.scraped_at <= max_age_secs
