@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from picker.circuit import CircuitSettings
 from picker.errors import ConfigError
 from picker.health import HealthSettings
 from picker.policies import create_policy
@@ -44,6 +45,7 @@ class PickerConfig(_Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    circuit: CircuitSettings = Field(default_factory=CircuitSettings)
     workers: list[WorkerSpec] = Field(default_factory=list)
 
     @field_validator("policy", mode="before")

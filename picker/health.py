@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -57,20 +58,53 @@ def _effective(settings: HealthSettings, worker: Worker) -> _Effective | None:
 
 
 class HealthChecker:
-    """One asyncio task per worker; started and stopped explicitly, never in __init__."""
+    """One asyncio task per worker, following the registry as workers come and go.
+
+    Started and stopped explicitly, never in __init__ (no I/O in constructors).
+    """
 
     def __init__(self, workers: WorkerRegistry, settings: HealthSettings) -> None:
         self._workers = workers
         self._settings = settings
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         self._client = httpx.AsyncClient()
+        self._loop = asyncio.get_running_loop()
+        self._workers.add_listener(self)
         for worker in self._workers.workers():
-            plan = _effective(self._settings, worker)
-            if plan is not None:
-                self._tasks[worker.url] = asyncio.create_task(self._watch(worker, plan))
+            self._begin(worker)
+
+    def worker_added(self, worker: Worker) -> None:
+        self._on_loop(self._begin, worker)
+
+    def worker_removed(self, worker: Worker) -> None:
+        self._on_loop(self._end, worker)
+
+    def _on_loop(self, action: Callable[[Worker], None], worker: Worker) -> None:
+        """Registry changes may come from any thread; tasks live on the checker's loop."""
+        if self._loop is None or self._loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            action(worker)
+        else:
+            self._loop.call_soon_threadsafe(action, worker)
+
+    def _begin(self, worker: Worker) -> None:
+        plan = _effective(self._settings, worker)
+        if plan is not None and worker.url not in self._tasks:
+            self._tasks[worker.url] = asyncio.create_task(self._watch(worker, plan))
+
+    def _end(self, worker: Worker) -> None:
+        task = self._tasks.pop(worker.url, None)
+        if task is not None:
+            task.cancel()
 
     async def stop(self) -> None:
         for task in self._tasks.values():

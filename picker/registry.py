@@ -10,23 +10,24 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from typing import TypedDict
+from typing import Protocol, TypedDict
 
+from picker.circuit import CircuitBreaker, CircuitSettings
 from picker.errors import UnknownWorker, WorkerConflict
 from picker.load_signals import EngineLoad
 from picker.workers import ConnectionMode, WorkerSpec, WorkerType
 
-__all__ = ["RegistryStats", "Worker", "WorkerRegistry"]
+__all__ = ["RegistryListener", "RegistryStats", "Worker", "WorkerRegistry"]
 
 
 class Worker:
     """A registered worker: its spec plus the live state policies read on every pick."""
 
     __slots__ = (
-        "spec", "id", "url", "host_port", "in_flight", "healthy", "draining", "engine",
+        "spec", "id", "url", "host_port", "in_flight", "healthy", "draining", "engine", "circuit",
     )
 
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, circuit: CircuitSettings | None = None) -> None:
         self.spec = spec
         self.id: str = spec.id or spec.url
         self.url = spec.url
@@ -36,13 +37,20 @@ class Worker:
         self.draining = False
         # Latest engine load signals scraped from the worker (picker.load), None until scraped.
         self.engine: EngineLoad | None = None
+        self.circuit = CircuitBreaker(circuit or CircuitSettings())
 
     @property
     def routable(self) -> bool:
-        return self.healthy and not self.draining
+        return self.healthy and not self.draining and self.circuit.allows(self.in_flight)
 
     def __repr__(self) -> str:
         return f"Worker({self.id!r}, {self.url!r}, in_flight={self.in_flight})"
+
+
+class RegistryListener(Protocol):
+    def worker_added(self, worker: Worker) -> None: ...
+
+    def worker_removed(self, worker: Worker) -> None: ...
 
 
 class RegistryStats(TypedDict):
@@ -54,7 +62,11 @@ class RegistryStats(TypedDict):
 
 
 class WorkerRegistry:
-    def __init__(self, specs: Iterable[WorkerSpec] = ()) -> None:
+    def __init__(
+        self, specs: Iterable[WorkerSpec] = (), circuit: CircuitSettings | None = None
+    ) -> None:
+        self._circuit = circuit or CircuitSettings()
+        self._listeners: list[RegistryListener] = []
         self._lock = threading.Lock()
         self._by_url: dict[str, Worker] = {}
         self._by_id: dict[str, Worker] = {}
@@ -68,8 +80,12 @@ class WorkerRegistry:
 
     # -- membership -------------------------------------------------------------------------
 
+    def add_listener(self, listener: RegistryListener) -> None:
+        """Be told of every later add/remove (health checks, load scraping follow the fleet)."""
+        self._listeners.append(listener)
+
     def add(self, spec: WorkerSpec) -> Worker:
-        worker = Worker(spec)
+        worker = Worker(spec, self._circuit)
         with self._lock:
             if worker.url in self._by_url:
                 raise WorkerConflict(f"worker {worker.url} is already registered")
@@ -78,6 +94,8 @@ class WorkerRegistry:
             self._by_url[worker.url] = worker
             self._by_id[worker.id] = worker
             self._reindex()
+        for listener in self._listeners:
+            listener.worker_added(worker)
         return worker
 
     def remove(self, url: str) -> Worker:
@@ -87,7 +105,17 @@ class WorkerRegistry:
                 raise UnknownWorker(f"no worker with url {url}")
             del self._by_id[worker.id]
             self._reindex()
+        for listener in self._listeners:
+            listener.worker_removed(worker)
         return worker
+
+    def replace_spec(self, worker: Worker, spec: WorkerSpec) -> None:
+        """Apply a changed spec (same url and id) so the next decision sees it."""
+        if spec.url != worker.url or spec.id != worker.id:
+            raise ValueError("url and id of a registered worker cannot change")
+        with self._lock:
+            worker.spec = spec
+            self._reindex()
 
     def _reindex(self) -> None:
         """Rebuild every lookup tuple; called with the lock held, O(workers x models)."""

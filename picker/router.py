@@ -14,6 +14,10 @@ from picker.telemetry import PickerMetrics
 __all__ = ["Lease", "Router", "build_router"]
 
 
+# What each request outcome tells the worker's circuit breaker; cancellations say nothing.
+_CIRCUIT_OUTCOMES = {"completed": True, "upstream_error": False}
+
+
 class Lease:
     """One request's in-flight slot on a worker.
 
@@ -35,6 +39,8 @@ class Lease:
             return False
         self._open = False
         self._router.workers.release(self.worker)
+        if outcome in _CIRCUIT_OUTCOMES:
+            self.worker.circuit.record(_CIRCUIT_OUTCOMES[outcome])
         self._router.metrics.requests.labels(outcome).inc()
         return True
 
@@ -72,6 +78,6 @@ class Router:
 
 def build_router(config: PickerConfig) -> Router:
     """The core both adapters share, assembled from validated configuration."""
-    workers = WorkerRegistry(config.workers)
+    workers = WorkerRegistry(config.workers, config.circuit)
     policy = create_policy(config.policy.name, config.policy.params)
     return Router(workers, policy, PickerMetrics(workers))

@@ -92,3 +92,19 @@ async def test_per_worker_override_disables_checks(endpoint: Endpoint) -> None:
     await asyncio.sleep(0.2)
     await checker.stop()
     assert endpoint.auth == [] and registry.workers()[0].healthy
+
+
+async def test_follows_workers_added_and_removed_later(endpoint: Endpoint) -> None:
+    registry = WorkerRegistry()
+    checker = HealthChecker(registry, FAST)
+    await checker.start()
+    try:
+        endpoint.status = 500
+        worker = registry.add(WorkerSpec(url=endpoint.url))
+        await wait_for(lambda: not worker.healthy)
+        registry.remove(worker.url)
+        seen = len(endpoint.auth)
+        await asyncio.sleep(0.15)
+        assert len(endpoint.auth) <= seen + 1  # at most the probe already in flight
+    finally:
+        await checker.stop()

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from picker.circuit import CircuitSettings
 from picker.errors import InvalidRequest, ModelNotFound, NoHealthyWorker
 from picker.policies import create_policy
 from picker.registry import WorkerRegistry
@@ -79,3 +80,17 @@ def test_error_json_is_openai_shaped() -> None:
     error = json.loads(ModelNotFound("nope", param="model").to_json())["error"]
     assert error == {"message": "nope", "type": "not_found_error", "code": "model_not_found",
                      "param": "model"}
+
+
+def test_upstream_errors_open_the_circuit_and_stop_routing_there() -> None:
+    r = router(WorkerSpec(url="a:1", id="a", models=["m"]),
+               WorkerSpec(url="b:1", id="b", models=["m"]))
+    bad = r.workers.get("a")
+    assert bad is not None
+    for _ in range(CircuitSettings().failure_threshold):
+        lease = r.pick(req())
+        while lease.worker is not bad:
+            lease.release("completed")
+            lease = r.pick(req())
+        lease.release("upstream_error")
+    assert {r.pick(req()).worker.id for _ in range(6)} == {"b"}

@@ -1,0 +1,55 @@
+"""A worker dying under load, through the real Envoy: how many clients notice."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from picker.stack import SimSpec, local_fleet
+from tests.integration.conftest import MODEL, SIM_HEADER, metric_values, total_in_flight, wait_until
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+FAILURE_THRESHOLD = 3
+CONCURRENCY = 4
+
+
+def test_killed_engine_is_ejected_by_the_circuit_breaker_within_its_threshold() -> None:
+    sims = [SimSpec(f"e{i}", MODEL, ["--ttft-ms", "5", "--tpot-ms", "1"]) for i in range(3)]
+    settings = {
+        # Health checks far too slow to matter here: the circuit breaker must do the ejecting.
+        "health": {"interval_secs": 30},
+        "circuit": {"failure_threshold": FAILURE_THRESHOLD, "open_duration_secs": 30},
+    }
+    with local_fleet(sims, policy="round_robin", picker_settings=settings) as fleet:
+
+        async def load(seconds: float) -> list[tuple[int, str]]:
+            results: list[tuple[int, str]] = []
+            deadline = time.monotonic() + seconds
+            async with httpx.AsyncClient(base_url=fleet.envoy_url, timeout=10.0) as client:
+                async def user() -> None:
+                    while time.monotonic() < deadline and len(results) < 2000:
+                        body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 2}
+                        response = await client.post("/v1/chat/completions", json=body)
+                        results.append((response.status_code, response.headers.get(SIM_HEADER, "")))
+                await asyncio.gather(*(user() for _ in range(CONCURRENCY)))
+            return results
+
+        async def scenario() -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+            during = asyncio.create_task(load(2.0))
+            await asyncio.sleep(0.5)
+            fleet.processes["sim-e1"].kill()
+            first = await during
+            return first, await load(1.0)
+
+        during, after = asyncio.run(scenario())
+        failures = [status for status, _ in during if status != 200]
+        assert len(during) > 100
+        # Each failure is one the breaker had to see, plus requests already on their way.
+        assert 1 <= len(failures) <= FAILURE_THRESHOLD + CONCURRENCY, failures
+        assert all(status == 200 for status, _ in after)
+        assert {worker for _, worker in after} == {"e0", "e2"}
+        assert metric_values(fleet, "llm_picker_requests_total")[(("outcome", "upstream_error"),)] \
+            == len(failures)
+        wait_until(lambda: total_in_flight(fleet) == 0, what="in-flight back to 0")
