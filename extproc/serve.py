@@ -13,6 +13,7 @@ import uvicorn
 from extproc.server import create_server
 from picker.admin import create_admin_app
 from picker.config import PickerConfig
+from picker.fleet import WorkerManager
 from picker.health import HealthChecker
 from picker.router import build_router
 
@@ -34,12 +35,14 @@ class _AdminServer(uvicorn.Server):
 
 async def serve(config: PickerConfig) -> None:
     router = build_router(config)
+    manager = WorkerManager(router.workers, config.discovery)
     grpc_server, grpc_port = create_server(
         router, config.extproc.host, config.extproc.port, config.max_body_bytes
     )
     admin = _AdminServer(
         uvicorn.Config(
-            create_admin_app(router), host=config.admin.host, port=config.admin.port,
+            create_admin_app(router, manager, config.admin.token),
+            host=config.admin.host, port=config.admin.port,
             log_level="warning", access_log=False, lifespan="off",
         )
     )
@@ -50,6 +53,7 @@ async def serve(config: PickerConfig) -> None:
 
     health = HealthChecker(router.workers, config.health)
     await health.start()
+    await manager.start()
     await grpc_server.start()
     admin_task = asyncio.create_task(admin.serve())
     log.warning(
@@ -63,6 +67,7 @@ async def serve(config: PickerConfig) -> None:
     await grpc_server.stop(_GRACE_SECS)
     await admin_task
     await health.stop()
+    await manager.stop()
     stop_task.cancel()
     if admin_task in done and not admin.started:
         raise OSError(f"admin API could not listen on {config.admin.host}:{config.admin.port}")

@@ -12,15 +12,26 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from picker.circuit import CircuitSettings
+from picker.discovery import DiscoverySettings
 from picker.errors import ConfigError
 from picker.health import HealthSettings
 from picker.policies import create_policy
 from picker.workers import WorkerSpec
 
-__all__ = ["ENV_PREFIX", "ListenConfig", "PickerConfig", "PolicyConfig", "load_config"]
+__all__ = [
+    "ENV_PREFIX", "AdminConfig", "ListenConfig", "PickerConfig", "PolicyConfig", "load_config",
+]
 
 ENV_PREFIX = "LLM_PICKER_"
 
@@ -34,6 +45,24 @@ class ListenConfig(_Strict):
     port: int = Field(ge=0, le=65535)
 
 
+class AdminConfig(ListenConfig):
+    """The admin API; `token` guards mutating calls (env: LLM_PICKER_ADMIN__TOKEN)."""
+
+    token: SecretStr | None = None
+    allow_insecure: bool = Field(
+        default=False, description="Allow a non-loopback listener without a token"
+    )
+
+    @model_validator(mode="after")
+    def _no_open_admin(self) -> AdminConfig:
+        loopback = self.host in ("127.0.0.1", "::1", "localhost")
+        if not loopback and self.token is None and not self.allow_insecure:
+            raise ValueError(
+                f"listening on {self.host} needs admin.token (or admin.allow_insecure: true)"
+            )
+        return self
+
+
 class PolicyConfig(_Strict):
     name: str = "round_robin"
     params: dict[str, Any] = Field(default_factory=dict)
@@ -41,11 +70,12 @@ class PolicyConfig(_Strict):
 
 class PickerConfig(_Strict):
     extproc: ListenConfig = Field(default_factory=lambda: ListenConfig(port=9002))
-    admin: ListenConfig = Field(default_factory=lambda: ListenConfig(port=9003))
+    admin: AdminConfig = Field(default_factory=lambda: AdminConfig(port=9003))
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
     health: HealthSettings = Field(default_factory=HealthSettings)
     circuit: CircuitSettings = Field(default_factory=CircuitSettings)
+    discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)
     workers: list[WorkerSpec] = Field(default_factory=list)
 
     @field_validator("policy", mode="before")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -97,9 +98,8 @@ class HealthChecker:
             self._loop.call_soon_threadsafe(action, worker)
 
     def _begin(self, worker: Worker) -> None:
-        plan = _effective(self._settings, worker)
-        if plan is not None and worker.url not in self._tasks:
-            self._tasks[worker.url] = asyncio.create_task(self._watch(worker, plan))
+        if worker.url not in self._tasks:
+            self._tasks[worker.url] = asyncio.create_task(self._watch(worker))
 
     def _end(self, worker: Worker) -> None:
         task = self._tasks.pop(worker.url, None)
@@ -114,14 +114,20 @@ class HealthChecker:
         if self._client is not None:
             await self._client.aclose()
 
-    async def _watch(self, worker: Worker, plan: _Effective) -> None:
+    async def _watch(self, worker: Worker) -> None:
         failures = successes = 0
-        url = worker.url + plan.endpoint
-        headers = {}
-        if worker.spec.api_key is not None:
-            headers["authorization"] = f"Bearer {worker.spec.api_key.get_secret_value()}"
         while True:
+            # Re-read each round: PATCH /workers may change the worker's overrides.
+            plan = _effective(self._settings, worker)
+            if plan is None:
+                await asyncio.sleep(self._settings.interval_secs)
+                continue
+            headers = {}
+            if worker.spec.api_key is not None:
+                headers["authorization"] = f"Bearer {worker.spec.api_key.get_secret_value()}"
+            url = worker.spec.network_url + plan.endpoint
             ok = await self._probe(url, headers, plan.timeout)
+            worker.last_health_check = time.monotonic()
             failures, successes = (0, successes + 1) if ok else (failures + 1, 0)
             if worker.healthy and failures >= plan.failures_to_eject:
                 self._workers.set_healthy(worker, False)

@@ -25,6 +25,7 @@ class Worker:
 
     __slots__ = (
         "spec", "id", "url", "host_port", "in_flight", "healthy", "draining", "engine", "circuit",
+        "last_health_check",
     )
 
     def __init__(self, spec: WorkerSpec, circuit: CircuitSettings | None = None) -> None:
@@ -38,6 +39,8 @@ class Worker:
         # Latest engine load signals scraped from the worker (picker.load), None until scraped.
         self.engine: EngineLoad | None = None
         self.circuit = CircuitBreaker(circuit or CircuitSettings())
+        # time.monotonic() of the last active health check, None before the first.
+        self.last_health_check: float | None = None
 
     @property
     def routable(self) -> bool:
@@ -115,6 +118,7 @@ class WorkerRegistry:
             raise ValueError("url and id of a registered worker cannot change")
         with self._lock:
             worker.spec = spec
+            worker.host_port = spec.host_port
             self._reindex()
 
     def _reindex(self) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from typing import Annotated
+import ipaddress
+import re
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -88,7 +90,7 @@ class WorkerSpec(BaseModel):
     kv_role: str | None = None
     kv_block_size: int | None = Field(default=None, ge=1)
     health: HealthOverrides = Field(default_factory=HealthOverrides)
-    max_connection_attempts: int = Field(default=20, ge=1)
+    max_connection_attempts: int = Field(default=20, ge=1, le=100)
     load_monitor_interval_secs: float | None = Field(default=None, gt=0)
     model_id: str | None = None
     tokenizer_path: str | None = None
@@ -99,21 +101,15 @@ class WorkerSpec(BaseModel):
     @field_validator("url")
     @classmethod
     def _normalise_url(cls, url: str) -> str:
-        url = url.strip().rstrip("/")
-        if "://" not in url:
-            url = "http://" + url
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https", "grpc", "grpcs"):
-            raise ValueError(f"scheme must be http, https, grpc or grpcs, not {parts.scheme!r}")
-        try:
-            port = parts.port
-        except ValueError as exc:
-            raise ValueError(f"invalid port in {url!r}") from exc
-        if not parts.hostname:
-            raise ValueError(f"no host in {url!r}")
-        if port is None and parts.scheme.startswith("grpc"):
-            raise ValueError("a grpc url needs an explicit port")
-        return url
+        """Normalise to scheme://host:port; `{base}@{rank}` names one data-parallel rank."""
+        base, rank = _split_rank(url.strip())
+        url = _normalise_base(base)
+        return url if rank is None else f"{url}@{rank}"
+
+    @field_validator("dp_base_url")
+    @classmethod
+    def _normalise_dp_base(cls, url: str | None) -> str | None:
+        return None if url is None else _normalise_base(url)
 
     @field_validator("models")
     @classmethod
@@ -125,8 +121,15 @@ class WorkerSpec(BaseModel):
 
     @model_validator(mode="after")
     def _derive(self) -> WorkerSpec:
+        base, rank = _split_rank(self.url)
+        if rank is not None:
+            if self.dp_rank not in (None, rank):
+                raise ValueError(f"url names rank {rank} but dp_rank is {self.dp_rank}")
+            if self.dp_base_url not in (None, base):
+                raise ValueError(f"url names base {base} but dp_base_url is {self.dp_base_url}")
+            self.dp_rank, self.dp_base_url = rank, base
         if self.bootstrap_host is None:
-            self.bootstrap_host = urlsplit(self.url).hostname
+            self.bootstrap_host = urlsplit(self.network_url).hostname
         if self.id is None:
             self.id = "w-" + hashlib.blake2b(self.url.encode(), digest_size=4).hexdigest()
         if self.dp_rank is not None and self.dp_size is not None and self.dp_rank >= self.dp_size:
@@ -134,12 +137,64 @@ class WorkerSpec(BaseModel):
         return self
 
     @property
+    def network_url(self) -> str:
+        """Where to connect: a data-parallel rank is reached through its engine's base url."""
+        return self.dp_base_url or self.url
+
+    @property
     def host_port(self) -> str:
         """`host:port` as Envoy's ORIGINAL_DST cluster expects it in the destination header."""
-        parts = urlsplit(self.url)
+        parts = urlsplit(self.network_url)
         port = parts.port or (443 if parts.scheme in ("https", "grpcs") else 80)
         host = parts.hostname or ""
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def serves(self, model: str) -> bool:
         return not self.models or model in self.models
+
+    def updated(self, **changes: Any) -> WorkerSpec:
+        """A re-validated copy with `changes` applied; keeps the (write-only) api_key."""
+        data = {**self.model_dump(), "api_key": self.api_key, **changes}
+        return WorkerSpec.model_validate(data)
+
+
+def _split_rank(url: str) -> tuple[str, int | None]:
+    base, at, rank = url.rpartition("@")
+    if at and rank.isdigit() and "://" in base and "/" not in base.split("://", 1)[1]:
+        return base, int(rank)
+    return url, None
+
+
+def _normalise_base(url: str) -> str:
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = "http://" + url
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https", "grpc", "grpcs"):
+        raise ValueError(f"scheme must be http, https, grpc or grpcs, not {parts.scheme!r}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"invalid port in {url!r}") from exc
+    if not parts.hostname:
+        raise ValueError(f"no host in {url!r}")
+    if not _valid_host(parts.hostname):
+        raise ValueError(f"invalid host {parts.hostname[:100]!r}")
+    if parts.path or parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("url must be scheme://host[:port] with no path, query or credentials")
+    if port is None and parts.scheme.startswith("grpc"):
+        raise ValueError("a grpc url needs an explicit port")
+    return url
+
+
+_LABEL = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+
+
+def _valid_host(host: str) -> bool:
+    """A DNS name or an IP literal; anything else could not be put in a destination header."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return _HOSTNAME.match(host) is not None
+    return True

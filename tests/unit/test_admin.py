@@ -1,54 +1,171 @@
-"""Admin API and the picker's own metrics, through the ASGI app."""
+"""The admin API over its ASGI app, with real simulated engines on loopback behind it."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from urllib.parse import quote
+
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from picker.admin import create_admin_app
+from picker.discovery import DiscoverySettings
+from picker.fleet import WorkerManager
 from picker.policies import create_policy
 from picker.registry import WorkerRegistry
+from picker.request import Api, RoutingRequest
 from picker.router import Router
 from picker.telemetry import PickerMetrics
 from picker.workers import WorkerSpec
+from tests.sim_thread import running_sim
+
+FAST = DiscoverySettings(attempt_timeout_secs=0.5, backoff_initial_secs=0.01,
+                         backoff_max_secs=0.02)
+TOKEN = "admin-secret-token"
 
 
-def make(*specs: WorkerSpec) -> Router:
-    registry = WorkerRegistry(specs)
-    return Router(registry, create_policy("round_robin"), PickerMetrics(registry))
+class Admin:
+    def __init__(self, token: str | None = None, *specs: WorkerSpec) -> None:
+        registry = WorkerRegistry(specs)
+        self.router = Router(registry, create_policy("least_load"), PickerMetrics(registry))
+        self.manager = WorkerManager(registry, FAST)
+        app = create_admin_app(self.router, self.manager,
+                               SecretStr(token) if token else None)
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                        base_url="http://admin", headers=headers)
 
 
-async def get(router: Router, path: str) -> httpx.Response:
-    transport = httpx.ASGITransport(app=create_admin_app(router))
-    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
-        return await client.get(path)
+@pytest.fixture
+async def admin() -> AsyncIterator[Admin]:
+    a = Admin()
+    await a.manager.start()
+    yield a
+    await a.client.aclose()
+    await a.manager.stop()
 
 
-async def test_health_is_liveness_only() -> None:
-    response = await get(make(), "/health")
-    assert response.status_code == 200 and response.json() == {"status": "healthy"}
+async def test_probes(admin: Admin) -> None:
+    assert (await admin.client.get("/health")).json() == {"status": "healthy"}
+    assert (await admin.client.get("/ready")).status_code == 503
+    admin.router.workers.add(WorkerSpec(url="a:1", models=["m"]))
+    assert (await admin.client.get("/ready")).status_code == 200
 
 
-async def test_ready_needs_a_routable_worker() -> None:
-    router = make(WorkerSpec(url="a:1", models=["m"]))
-    assert (await get(router, "/ready")).status_code == 200
-    router.workers.workers()[0].healthy = False
-    response = await get(router, "/ready")
-    assert response.status_code == 503 and response.json()["routable_workers"] == 0
-    assert (await get(make(), "/ready")).status_code == 503
+async def test_register_with_discovery_then_conflict(admin: Admin) -> None:
+    with running_sim(model="discovered-model") as url:
+        response = await admin.client.post("/workers", json={"url": url, "api_key": "sk-w"})
+        assert response.status_code == 201, response.text
+        body = response.json()
+        assert body["models"] == ["discovered-model"]
+        assert body["model_id"] == "discovered-model"
+        assert body["state"]["healthy"] is True and "api_key" not in body
+        again = await admin.client.post("/workers", json={"url": url})
+        assert again.status_code == 409
+        assert again.json()["error"]["code"] == "conflict"
 
 
-async def test_metrics_are_prometheus_text_with_live_worker_state() -> None:
-    router = make(WorkerSpec(url="a:1", id="a", models=["m"]), WorkerSpec(url="b:1", id="b"))
-    router.workers.acquire(router.workers.get("a"))  # type: ignore[arg-type]
-    router.workers.workers()[1].healthy = False
-    response = await get(router, "/metrics")
-    assert response.headers["content-type"].startswith("text/plain")
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(response.text)
-        for s in family.samples
-    }
+async def test_unreachable_worker_is_503_after_its_attempts(admin: Admin) -> None:
+    response = await admin.client.post(
+        "/workers", json={"url": "http://127.0.0.1:1", "max_connection_attempts": 2}
+    )
+    assert response.status_code == 503
+    assert "2 attempts" in response.json()["error"]["message"]
+    assert (await admin.client.get("/workers")).json()["total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"url": "a:1", "priority": -1}, 422, "priority"),
+        ({"url": "a:1", "nope": 1}, 422, "nope"),
+        ({}, 422, "url"),
+    ],
+)
+async def test_invalid_bodies_name_the_field(
+    admin: Admin, body: dict[str, object], status: int, field: str
+) -> None:
+    response = await admin.client.post("/workers", json=body)
+    assert response.status_code == status
+    assert response.json()["error"]["field"] == field
+
+
+async def test_malformed_json_is_400(admin: Admin) -> None:
+    response = await admin.client.post("/workers", content=b"{oops",
+                                       headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+
+
+async def test_get_list_filters_and_unknown(admin: Admin) -> None:
+    admin.router.workers.add(WorkerSpec(url="a:1", id="a", models=["m"]))
+    admin.router.workers.add(WorkerSpec(url="b:1", id="b", models=["n"], worker_type="prefill"))
+    listing = (await admin.client.get("/workers", params={"model": "m"})).json()
+    assert [w["id"] for w in listing["workers"]] == ["a"]
+    assert listing["stats"]["total_workers"] == 2
+    prefill = (await admin.client.get("/workers", params={"worker_type": "prefill"})).json()
+    assert [w["id"] for w in prefill["workers"]] == ["b"]
+    one = (await admin.client.get(f"/workers/{quote('http://a:1', safe='')}")).json()
+    assert one["id"] == "a" and one["state"]["circuit"]["state"] == "closed"
+    assert (await admin.client.get("/workers/b")).json()["url"] == "http://b:1"
+    missing = await admin.client.get("/workers/http%3A%2F%2Fz%3A9")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_worker"
+
+
+async def test_patch_is_visible_in_the_next_decision(admin: Admin) -> None:
+    admin.router.workers.add(WorkerSpec(url="a:1", id="a", models=["m"]))
+    admin.router.workers.add(WorkerSpec(url="b:1", id="b", models=["m"]))
+    response = await admin.client.patch("/workers/b", json={"priority": 99, "labels": {"z": "1"}})
+    assert response.status_code == 200 and response.json()["priority"] == 99
+    request = RoutingRequest(model="m", api=Api.CHAT)
+    picks = set()
+    for _ in range(10):
+        lease = admin.router.pick(request)
+        picks.add(lease.worker.id)
+        lease.release("completed")
+    assert picks == {"b"}  # equal load: least_load prefers the higher priority
+    bad = await admin.client.patch("/workers/b", json={"url": "http://x:1"})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "url"
+
+
+async def test_delete_drains_then_removes(admin: Admin) -> None:
+    worker = admin.router.workers.add(WorkerSpec(url="a:1", id="a", models=["m"]))
+    lease = admin.router.pick(RoutingRequest(model="m", api=Api.CHAT))
+    timed_out = await admin.client.delete("/workers/a", params={"drain_timeout_secs": 0.1})
+    assert timed_out.json()["drained"] is False
+    assert admin.router.workers.get("a") is None
+    lease.release("completed")
+    assert worker.in_flight == 0
+    assert (await admin.client.delete("/workers/a")).status_code == 404
+
+
+async def test_token_required_for_mutations_only() -> None:
+    admin = Admin(TOKEN)
+    anonymous = httpx.AsyncClient(transport=admin.client._transport, base_url="http://admin")
+    assert (await anonymous.get("/workers")).status_code == 200
+    assert (await anonymous.post("/workers", json={"url": "a:1"})).status_code == 401
+    wrong = await anonymous.delete("/workers/a", headers={"authorization": "Bearer nope"})
+    assert wrong.status_code == 403 and wrong.json()["error"]["code"] == "forbidden"
+    assert (await admin.client.delete("/workers/a")).status_code == 404  # authorised, unknown
+
+
+async def test_secrets_never_appear_in_responses_or_metrics(admin: Admin) -> None:
+    admin.router.workers.add(WorkerSpec(url="a:1", id="a", models=["m"], api_key="sk-TOPSECRET"))
+    texts = [
+        (await admin.client.get("/workers")).text,
+        (await admin.client.get("/workers/a")).text,
+        (await admin.client.patch("/workers/a", json={"cost": 2})).text,
+        (await admin.client.get("/metrics")).text,
+        (await admin.client.get("/openapi.json")).text,
+    ]
+    assert all("sk-TOPSECRET" not in text for text in texts)
+
+
+async def test_metrics_show_live_worker_state(admin: Admin) -> None:
+    admin.router.workers.add(WorkerSpec(url="a:1", id="a", models=["m"]))
+    admin.router.pick(RoutingRequest(model="m", api=Api.CHAT))
+    text = (await admin.client.get("/metrics")).text
+    samples = {(s.name, tuple(s.labels.items())): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
     assert samples[("llm_picker_worker_in_flight", (("worker", "a"),))] == 1
-    assert samples[("llm_picker_worker_healthy", (("worker", "b"),))] == 0
-    assert ("llm_picker_decision_duration_seconds_count", ()) in samples

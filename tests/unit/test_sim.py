@@ -4,40 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from picker.sim import WORKER_HEADER, SimConfig, create_app
-from picker.stack import free_port
-
-
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # running in a thread
-        pass
+from picker.sim import WORKER_HEADER, SimConfig
+from tests.sim_thread import running_sim
 
 
 @pytest.fixture
 def sim_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    settings = {"model": "m", "worker_id": "w1", "ttft_ms": 5, "tpot_ms": 1,
-                **getattr(request, "param", {})}
-    config = SimConfig(**settings)
-    port = free_port()
-    server = _Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=port,
-                                    log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
+    with running_sim(**getattr(request, "param", {})) as url:
+        yield url
 
 
 def chat(stream: bool = False, **extra: object) -> dict[str, object]:
