@@ -11,6 +11,7 @@ from picker.errors import RequestError
 
 __all__ = [
     "DESTINATION_HEADER",
+    "DP_RANK_HEADER",
     "LB_METADATA_NAMESPACE",
     "continue_body",
     "continue_headers",
@@ -26,6 +27,11 @@ __all__ = [
 # (ORIGINAL_DST with use_http_header, or metadata-keyed LB) work unchanged.
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 LB_METADATA_NAMESPACE = "envoy.lb"
+# Data-parallel rank for engines that run several ranks behind one port: vLLM and SGLang both
+# read this header (vLLM's OpenAI server, SGLang's DataParallelController).
+DP_RANK_HEADER = "x-data-parallel-rank"
+# Headers only the picker may set: a client's copy is removed or overwritten.
+PICKER_HEADERS = (DESTINATION_HEADER, DP_RANK_HEADER)
 
 _OVERWRITE = pb.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
@@ -52,10 +58,18 @@ def _destination_metadata(response: pb.ProcessingResponse, host_port: str) -> No
     ].string_value = host_port
 
 
+def _route(mutation: pb.HeaderMutation, host_port: str, dp_rank: int | None) -> None:
+    _set_header(mutation, DESTINATION_HEADER, host_port)
+    if dp_rank is None:
+        mutation.remove_headers.append(DP_RANK_HEADER)
+    else:
+        _set_header(mutation, DP_RANK_HEADER, str(dp_rank))
+
+
 def continue_headers() -> pb.ProcessingResponse:
-    """Let request headers through, minus any destination a client tried to choose itself."""
+    """Let request headers through, minus any routing a client tried to choose itself."""
     response = pb.ProcessingResponse()
-    response.request_headers.response.header_mutation.remove_headers.append(DESTINATION_HEADER)
+    response.request_headers.response.header_mutation.remove_headers.extend(PICKER_HEADERS)
     return response
 
 
@@ -77,18 +91,18 @@ def continue_response_headers() -> pb.ProcessingResponse:
     return response
 
 
-def route_buffered(host_port: str) -> pb.ProcessingResponse:
+def route_buffered(host_port: str, dp_rank: int | None = None) -> pb.ProcessingResponse:
     """BUFFERED mode: the whole body arrived in one message; headers may still be mutated."""
     response = pb.ProcessingResponse()
     common = response.request_body.response
-    _set_header(common.header_mutation, DESTINATION_HEADER, host_port)
+    _route(common.header_mutation, host_port, dp_rank)
     common.clear_route_cache = True
     _destination_metadata(response, host_port)
     return response
 
 
 def route_streamed(
-    host_port: str, body: bytes, end_of_stream: bool
+    host_port: str, body: bytes, end_of_stream: bool, dp_rank: int | None = None
 ) -> tuple[pb.ProcessingResponse, pb.ProcessingResponse]:
     """FULL_DUPLEX_STREAMED mode: the delayed headers answer, then the body handed back.
 
@@ -97,7 +111,7 @@ def route_streamed(
     """
     headers = pb.ProcessingResponse()
     common = headers.request_headers.response
-    _set_header(common.header_mutation, DESTINATION_HEADER, host_port)
+    _route(common.header_mutation, host_port, dp_rank)
     _set_header(common.header_mutation, "content-length", str(len(body)))
     common.clear_route_cache = True
     _destination_metadata(headers, host_port)

@@ -152,10 +152,11 @@ class RequestStream:
         except RequestError as error:
             return self._reject(error)
         self._finished = True
-        host_port = self._lease.worker.host_port
+        worker = self._lease.worker
+        rank = worker.spec.dp_rank
         if self._mode is _Mode.DUPLEX:
-            return list(codec.route_streamed(host_port, body, end_of_stream))
-        return [codec.route_buffered(host_port)]
+            return list(codec.route_streamed(worker.host_port, body, end_of_stream, rank))
+        return [codec.route_buffered(worker.host_port, rank)]
 
     def _reject(self, error: RequestError) -> list[pb.ProcessingResponse]:
         self._finished = True

@@ -91,12 +91,12 @@ def test_buffered_answers_headers_at_once_and_routes_on_body() -> None:
     router = make_router("127.0.0.1:8001")
     stream = RequestStream(router, 1 << 20)
     (first,) = stream.handle(headers_msg(duplex=False))
-    assert list(first.request_headers.response.header_mutation.remove_headers) == [
-        codec.DESTINATION_HEADER
-    ]
+    removed = first.request_headers.response.header_mutation.remove_headers
+    assert list(removed) == [codec.DESTINATION_HEADER, codec.DP_RANK_HEADER]
     (routed,) = stream.handle(body_msg(BODY, True))
     common = routed.request_body.response
     assert set_headers(common.header_mutation) == {codec.DESTINATION_HEADER: "127.0.0.1:8001"}
+    assert list(common.header_mutation.remove_headers) == [codec.DP_RANK_HEADER]
     assert not common.HasField("body_mutation")
 
 
@@ -222,3 +222,28 @@ def test_streamed_body_mode_is_refused_with_a_clear_500() -> None:
     (response,) = RequestStream(make_router("127.0.0.1:8001"), 1 << 20).handle(msg)
     assert response.immediate_response.status.code == 500
     assert b"request_body_mode" in response.immediate_response.body
+
+
+@pytest.mark.parametrize("duplex", [True, False])
+def test_dp_rank_header_set_for_rank_workers_and_client_copy_removed(duplex: bool) -> None:
+    workers = WorkerRegistry([WorkerSpec(url="http://127.0.0.1:8001@3", dp_size=4, models=["m"])])
+    router = Router(workers, create_policy("round_robin"), PickerMetrics(workers))
+    stream = RequestStream(router, 1 << 20)
+    first = stream.handle(headers_msg(duplex=duplex, extra={codec.DP_RANK_HEADER: "0"}))
+    responses = stream.handle(body_msg(BODY, True))
+    routed = responses[0]
+    common = routed.request_headers.response if duplex else routed.request_body.response
+    assert set_headers(common.header_mutation)[codec.DP_RANK_HEADER] == "3"
+    assert set_headers(common.header_mutation)[codec.DESTINATION_HEADER] == "127.0.0.1:8001"
+    if not duplex:
+        removed = first[0].request_headers.response.header_mutation.remove_headers
+        assert codec.DP_RANK_HEADER in removed
+
+
+def test_non_rank_worker_strips_a_client_rank_header() -> None:
+    stream = RequestStream(make_router("127.0.0.1:8001"), 1 << 20)
+    stream.handle(headers_msg(extra={codec.DP_RANK_HEADER: "1"}))
+    headers, _ = stream.handle(body_msg(BODY, True))
+    mutation = headers.request_headers.response.header_mutation
+    assert codec.DP_RANK_HEADER not in set_headers(mutation)
+    assert list(mutation.remove_headers) == [codec.DP_RANK_HEADER]

@@ -1,0 +1,95 @@
+"""Discovery against real HTTP servers: OpenAI /v1/models, SGLang info, DP ranks, retries."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from picker.discovery import DiscoverySettings, WorkerUnreachable, discover, expand_dp_ranks
+from picker.workers import WorkerSpec
+from tests.sim_thread import running_sim
+
+FAST = DiscoverySettings(attempt_timeout_secs=0.5, backoff_initial_secs=0.01,
+                         backoff_max_secs=0.02)
+
+
+class SGLangLike:
+    """Answers the SGLang endpoints discovery reads (the simulator speaks vLLM's dialect)."""
+
+    def __init__(self, dp_size: int) -> None:
+        pages = {
+            "/v1/models": {"object": "list", "data": [{"id": "qwen"}]},
+            "/get_model_info": {"model_path": "Qwen/Qwen3", "tokenizer_path": "/models/qwen"},
+            "/get_server_info": {"dp_size": dp_size},
+        }
+        self.seen_auth: list[str | None] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                outer.seen_auth.append(self.headers.get("authorization"))
+                page = pages.get(self.path)
+                self.send_response(200 if page else 404)
+                self.end_headers()
+                self.wfile.write(json.dumps(page or {}).encode())
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def sglang() -> Iterator[SGLangLike]:
+    engine = SGLangLike(dp_size=4)
+    yield engine
+    engine.server.shutdown()
+
+
+async def test_models_discovered_from_v1_models() -> None:
+    with running_sim(model="llama") as url:
+        async with httpx.AsyncClient() as client:
+            spec = await discover(WorkerSpec(url=url), client, FAST)
+    assert spec.models == ["llama"] and spec.model_id == "llama"
+
+
+async def test_operator_values_are_kept() -> None:
+    with running_sim(model="llama") as url:
+        async with httpx.AsyncClient() as client:
+            spec = await discover(WorkerSpec(url=url, model_id="mine"), client, FAST)
+    assert spec.model_id == "mine"
+
+
+async def test_sglang_info_and_dp_ranks(sglang: SGLangLike) -> None:
+    async with httpx.AsyncClient() as client:
+        spec = await discover(WorkerSpec(url=sglang.url, runtime_type="sglang", id="e",
+                                         api_key="sk-1"), client, FAST)
+    assert spec.tokenizer_path == "/models/qwen" and spec.dp_size == 4
+    assert spec.api_key is not None and spec.api_key.get_secret_value() == "sk-1"
+    assert set(sglang.seen_auth) == {"Bearer sk-1"}
+    ranks = expand_dp_ranks(spec)
+    assert [r.url for r in ranks] == [f"{sglang.url}@{i}" for i in range(4)]
+    assert [r.id for r in ranks] == [f"e@{i}" for i in range(4)]
+    assert {r.host_port for r in ranks} == {sglang.url.removeprefix("http://")}
+    assert all(r.dp_base_url == sglang.url and r.api_key for r in ranks)
+
+
+async def test_unreachable_after_attempts() -> None:
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(WorkerUnreachable, match="3 attempts"):
+            await discover(WorkerSpec(url="127.0.0.1:1", max_connection_attempts=3), client,
+                           FAST)
+
+
+def test_rank_url_round_trips_through_validation() -> None:
+    spec = WorkerSpec(url="http://h:1@2", dp_size=4)
+    assert (spec.dp_rank, spec.dp_base_url, spec.host_port) == (2, "http://h:1", "h:1")
+    with pytest.raises(ValueError, match="rank 2"):
+        WorkerSpec(url="http://h:1@2", dp_rank=1)
