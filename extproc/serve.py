@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -15,6 +17,7 @@ from picker.admin import create_admin_app
 from picker.config import PickerConfig
 from picker.fleet import WorkerManager
 from picker.health import HealthChecker
+from picker.reload import ConfigReloader
 from picker.router import build_router
 
 __all__ = ["serve"]
@@ -33,7 +36,12 @@ class _AdminServer(uvicorn.Server):
         yield
 
 
-async def serve(config: PickerConfig) -> None:
+async def serve(
+    config: PickerConfig,
+    config_path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT; with `config_path`, follow the file (SIGHUP or change)."""
     router = build_router(config)
     manager = WorkerManager(router.workers, config.discovery)
     grpc_server, grpc_port = create_server(
@@ -51,23 +59,30 @@ async def serve(config: PickerConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    health = HealthChecker(router.workers, config.health)
-    await health.start()
-    await manager.start()
-    await grpc_server.start()
-    admin_task = asyncio.create_task(admin.serve())
-    log.warning(
-        "llm-picker serving: ext_proc on %s:%d, admin on %s:%d, policy %s, %d workers",
-        config.extproc.host, grpc_port, config.admin.host, config.admin.port,
-        config.policy.name, len(config.workers),
-    )
-    stop_task = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({admin_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-    admin.should_exit = True
-    await grpc_server.stop(_GRACE_SECS)
-    await admin_task
-    await health.stop()
-    await manager.stop()
-    stop_task.cancel()
+    async with contextlib.AsyncExitStack() as running:
+        health = HealthChecker(router.workers, config.health)
+        await health.start()
+        running.push_async_callback(health.stop)
+        await manager.start()
+        running.push_async_callback(manager.stop)
+        if config_path is not None:
+            reloader = ConfigReloader(config_path, overrides or {}, config, manager,
+                                      router.metrics)
+            await reloader.start()
+            running.push_async_callback(reloader.stop)
+        await grpc_server.start()
+        admin_task = asyncio.create_task(admin.serve())
+        log.warning(
+            "llm-picker serving: ext_proc on %s:%d, admin on %s:%d, policy %s, %d workers",
+            config.extproc.host, grpc_port, config.admin.host, config.admin.port,
+            config.policy.name, len(config.workers),
+        )
+        stop_task = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({admin_task, stop_task},
+                                     return_when=asyncio.FIRST_COMPLETED)
+        admin.should_exit = True
+        await grpc_server.stop(_GRACE_SECS)
+        await admin_task
+        stop_task.cancel()
     if admin_task in done and not admin.started:
         raise OSError(f"admin API could not listen on {config.admin.host}:{config.admin.port}")

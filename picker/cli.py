@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from picker.errors import ConfigError
 
@@ -17,16 +18,13 @@ __all__ = ["main"]
 def _serve(ns: argparse.Namespace) -> int:
     from picker.config import load_config
 
+    overrides = {
+        "policy.name": ns.policy,
+        "extproc.port": ns.extproc_port,
+        "admin.port": ns.admin_port,
+    }
     try:
-        config = load_config(
-            ns.config,
-            env=os.environ,
-            overrides={
-                "policy.name": ns.policy,
-                "extproc.port": ns.extproc_port,
-                "admin.port": ns.admin_port,
-            },
-        )
+        config = load_config(ns.config, env=os.environ, overrides=overrides)
     except ConfigError as exc:
         print(f"llm-picker: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -35,7 +33,7 @@ def _serve(ns: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, Path(ns.config) if ns.config else None, overrides))
     except OSError as exc:
         print(f"llm-picker: {exc}", file=sys.stderr)
         return 1

@@ -60,6 +60,10 @@ class PickerMetrics:
             "llm_picker_decision_duration_seconds", "Time to choose a worker",
             buckets=_DECISION_BUCKETS, registry=self.registry,
         )
+        self.config_reloads = Counter(
+            "llm_picker_config_reloads", "Configuration file reloads by result (applied, rejected)",
+            ["result"], registry=self.registry,
+        )
         self.registry.register(_WorkerStateCollector(workers))
 
     def render(self) -> bytes:
