@@ -6,6 +6,8 @@ without gRPC and every response shape is written once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from extproc._pb import ext_proc_pb2 as pb
 from picker.errors import RequestError
 
@@ -13,6 +15,7 @@ __all__ = [
     "DESTINATION_HEADER",
     "DP_RANK_HEADER",
     "LB_METADATA_NAMESPACE",
+    "Route",
     "continue_body",
     "continue_headers",
     "continue_response_headers",
@@ -58,12 +61,23 @@ def _destination_metadata(response: pb.ProcessingResponse, host_port: str) -> No
     ].string_value = host_port
 
 
-def _route(mutation: pb.HeaderMutation, host_port: str, dp_rank: int | None) -> None:
-    _set_header(mutation, DESTINATION_HEADER, host_port)
-    if dp_rank is None:
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a request goes and what the worker needs to accept it."""
+
+    host_port: str
+    dp_rank: int | None = None
+    api_key: str | None = None  # the worker's own key, sent as Authorization: Bearer
+
+
+def _route(mutation: pb.HeaderMutation, route: Route) -> None:
+    _set_header(mutation, DESTINATION_HEADER, route.host_port)
+    if route.dp_rank is None:
         mutation.remove_headers.append(DP_RANK_HEADER)
     else:
-        _set_header(mutation, DP_RANK_HEADER, str(dp_rank))
+        _set_header(mutation, DP_RANK_HEADER, str(route.dp_rank))
+    if route.api_key is not None:
+        _set_header(mutation, "authorization", f"Bearer {route.api_key}")
 
 
 def continue_headers() -> pb.ProcessingResponse:
@@ -91,18 +105,18 @@ def continue_response_headers() -> pb.ProcessingResponse:
     return response
 
 
-def route_buffered(host_port: str, dp_rank: int | None = None) -> pb.ProcessingResponse:
+def route_buffered(route: Route) -> pb.ProcessingResponse:
     """BUFFERED mode: the whole body arrived in one message; headers may still be mutated."""
     response = pb.ProcessingResponse()
     common = response.request_body.response
-    _route(common.header_mutation, host_port, dp_rank)
+    _route(common.header_mutation, route)
     common.clear_route_cache = True
-    _destination_metadata(response, host_port)
+    _destination_metadata(response, route.host_port)
     return response
 
 
 def route_streamed(
-    host_port: str, body: bytes, end_of_stream: bool, dp_rank: int | None = None
+    route: Route, body: bytes, end_of_stream: bool
 ) -> tuple[pb.ProcessingResponse, pb.ProcessingResponse]:
     """FULL_DUPLEX_STREAMED mode: the delayed headers answer, then the body handed back.
 
@@ -111,10 +125,10 @@ def route_streamed(
     """
     headers = pb.ProcessingResponse()
     common = headers.request_headers.response
-    _route(common.header_mutation, host_port, dp_rank)
+    _route(common.header_mutation, route)
     _set_header(common.header_mutation, "content-length", str(len(body)))
     common.clear_route_cache = True
-    _destination_metadata(headers, host_port)
+    _destination_metadata(headers, route.host_port)
     body_response = pb.ProcessingResponse()
     streamed = body_response.request_body.response.body_mutation.streamed_response
     streamed.body = body

@@ -152,11 +152,14 @@ class RequestStream:
         except RequestError as error:
             return self._reject(error)
         self._finished = True
-        worker = self._lease.worker
-        rank = worker.spec.dp_rank
+        spec = self._lease.worker.spec
+        route = codec.Route(
+            self._lease.worker.host_port, spec.dp_rank,
+            None if spec.api_key is None else spec.api_key.get_secret_value(),
+        )
         if self._mode is _Mode.DUPLEX:
-            return list(codec.route_streamed(worker.host_port, body, end_of_stream, rank))
-        return [codec.route_buffered(worker.host_port, rank)]
+            return list(codec.route_streamed(route, body, end_of_stream))
+        return [codec.route_buffered(route)]
 
     def _reject(self, error: RequestError) -> list[pb.ProcessingResponse]:
         self._finished = True

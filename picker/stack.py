@@ -111,6 +111,7 @@ class SimSpec:
     model: str = "sim-model"
     args: Sequence[str] = ()
     port: int = 0
+    api_key: str | None = None  # required by the sim and given to the picker for this worker
 
 
 def start_sim(spec: SimSpec, workdir: Path) -> Process:
@@ -119,6 +120,7 @@ def start_sim(spec: SimSpec, workdir: Path) -> Process:
     argv = [
         sys.executable, "-m", "picker", "sim", "--port", str(port), "--model", spec.model,
         "--worker-id", spec.worker_id, *spec.args,
+        *(["--api-key", spec.api_key] if spec.api_key else []),
     ]
     proc = spawn(f"sim-{spec.worker_id}", argv, workdir)
     wait_http(proc, f"http://127.0.0.1:{port}/health")
@@ -235,7 +237,8 @@ def local_fleet(
             "admin": {"port": admin_port},
             "policy": policy,
             "workers": [
-                {"url": f"http://127.0.0.1:{s.port}", "id": s.worker_id, "models": [s.model]}
+                {"url": f"http://127.0.0.1:{s.port}", "id": s.worker_id, "models": [s.model],
+                 **({"api_key": s.api_key} if s.api_key else {})}
                 for s in sims
             ],
             **(picker_settings or {}),

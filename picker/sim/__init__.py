@@ -28,6 +28,7 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-concurrency", type=int, default=64)
     parser.add_argument("--failure-rate", type=float, default=0.0, help="fraction answered 500")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--api-key", help="require Authorization: Bearer <key> on /v1/*")
 
 
 def config_from_args(ns: argparse.Namespace) -> SimConfig:
@@ -35,4 +36,5 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
         model=ns.model, worker_id=ns.worker_id or f"sim-{ns.port}", ttft_ms=ns.ttft_ms,
         tpot_ms=ns.tpot_ms, max_tokens_default=ns.max_tokens_default,
         max_concurrency=ns.max_concurrency, failure_rate=ns.failure_rate, seed=ns.seed,
+        api_key=ns.api_key,
     )

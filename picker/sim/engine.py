@@ -29,6 +29,7 @@ class SimConfig:
     max_concurrency: int = 64
     failure_rate: float = 0.0
     seed: int | None = None
+    api_key: str | None = None  # when set, OpenAI endpoints require Authorization: Bearer it
 
     def __post_init__(self) -> None:
         checks = {

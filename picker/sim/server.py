@@ -80,7 +80,16 @@ def create_app(config: SimConfig) -> ASGIApp:
     metrics.register(_VllmMetrics(engine))
     ids = iter(range(1, 1 << 62))
 
+    def unauthorised(request: Request) -> Response | None:
+        if config.api_key is None:
+            return None
+        if request.headers.get("authorization") == f"Bearer {config.api_key}":
+            return None
+        return _error(401, "missing or wrong API key", "authentication_error", "invalid_api_key")
+
     async def generate(request: Request) -> Response:
+        if (denied := unauthorised(request)) is not None:
+            return denied
         chat = request.url.path.endswith("/chat/completions")
         try:
             body = json.loads(await request.body())
@@ -120,7 +129,9 @@ def create_app(config: SimConfig) -> ASGIApp:
         obj = "chat.completion" if chat else "text_completion"
         return JSONResponse({**base, "object": obj, "choices": [choice], "usage": usage})
 
-    async def models(_: Request) -> JSONResponse:
+    async def models(request: Request) -> Response:
+        if (denied := unauthorised(request)) is not None:
+            return denied
         return JSONResponse({"object": "list", "data": [
             {"id": config.model, "object": "model", "created": 0, "owned_by": "llm-picker-sim"}
         ]})

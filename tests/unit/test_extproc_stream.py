@@ -247,3 +247,13 @@ def test_non_rank_worker_strips_a_client_rank_header() -> None:
     mutation = headers.request_headers.response.header_mutation
     assert codec.DP_RANK_HEADER not in set_headers(mutation)
     assert list(mutation.remove_headers) == [codec.DP_RANK_HEADER]
+
+
+def test_worker_api_key_is_set_on_the_routed_request() -> None:
+    workers = WorkerRegistry([WorkerSpec(url="127.0.0.1:8001", models=["m"], api_key="sk-w")])
+    router = Router(workers, create_policy("round_robin"), PickerMetrics(workers))
+    stream = RequestStream(router, 1 << 20)
+    stream.handle(headers_msg(duplex=False, extra={"authorization": "Bearer client-key"}))
+    (routed,) = stream.handle(body_msg(BODY, True))
+    assert set_headers(routed.request_body.response.header_mutation)["authorization"] == \
+        "Bearer sk-w"

@@ -1,0 +1,50 @@
+"""A worker's api_key is used (health checks, discovery, routed requests) and never shown."""
+
+from __future__ import annotations
+
+import httpx
+
+from picker.stack import SimSpec, local_fleet, start_sim
+from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER
+
+KEY = "sk-never-show-4c1d"
+OTHER_KEY = "sk-also-secret-9e2a"
+
+
+def test_api_keys_are_used_and_appear_in_no_response_log_or_metric() -> None:
+    with local_fleet([SimSpec("locked", MODEL, api_key=KEY)], policy="round_robin",
+                     picker_settings=FAST_HEALTH) as fleet:
+        # Routed requests carry the worker's key (the sim answers 401 without it), replacing
+        # whatever the client sent.
+        response = httpx.post(
+            f"{fleet.envoy_url}/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"authorization": "Bearer client-token"}, timeout=10,
+        )
+        assert response.status_code == 200 and response.headers[SIM_HEADER] == "locked"
+
+        # Discovery through the admin API uses the key too (/v1/models is locked).
+        extra = SimSpec("locked-2", MODEL, api_key=OTHER_KEY)
+        proc = start_sim(extra, fleet.workdir)
+        try:
+            added = httpx.post(f"{fleet.admin_url}/workers", timeout=30, json={
+                "url": f"http://127.0.0.1:{extra.port}", "id": "locked-2", "api_key": OTHER_KEY})
+            assert added.status_code == 201, added.text
+            texts = [
+                added.text,
+                httpx.get(f"{fleet.admin_url}/workers").text,
+                httpx.get(f"{fleet.admin_url}/workers/locked").text,
+                httpx.patch(f"{fleet.admin_url}/workers/locked", json={"cost": 2}).text,
+                httpx.get(f"{fleet.admin_url}/metrics").text,
+                httpx.get(f"{fleet.admin_url}/openapi.json").text,
+                httpx.delete(f"{fleet.admin_url}/workers/locked-2").text,
+            ]
+        finally:
+            proc.stop()
+        fleet.processes["picker"].stop()
+        texts += [p.log_path.read_text(errors="replace") for p in fleet.processes.values()
+                  if p.name == "picker"]
+        texts += [path.read_text() for path in fleet.workdir.glob("*.log")
+                  if path.name.startswith("picker")]
+        for text in texts:
+            assert KEY not in text and OTHER_KEY not in text
