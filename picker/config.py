@@ -27,6 +27,7 @@ from picker.discovery import DiscoverySettings
 from picker.errors import ConfigError
 from picker.health import HealthSettings
 from picker.policies import create_policy
+from picker.prefix.producer import PrefixSettings
 from picker.workers import WorkerSpec
 
 __all__ = [
@@ -76,6 +77,7 @@ class PickerConfig(_Strict):
     health: HealthSettings = Field(default_factory=HealthSettings)
     circuit: CircuitSettings = Field(default_factory=CircuitSettings)
     discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)
+    prefix: PrefixSettings = Field(default_factory=PrefixSettings)
     workers: list[WorkerSpec] = Field(default_factory=list)
 
     @field_validator("policy", mode="before")
@@ -103,7 +105,10 @@ def load_config(
         first = exc.errors()[0]
         key = ".".join(str(part) for part in first["loc"]) or "<root>"
         raise ConfigError(key, first["msg"]) from exc
-    create_policy(config.policy.name, config.policy.params)
+    policy = create_policy(config.policy.name, config.policy.params)
+    if policy.needs_prefix and not config.prefix.enabled:
+        raise ConfigError("prefix.enabled",
+                          f"policy {policy.name} reads the prefix index: set prefix.enabled: true")
     return config
 
 

@@ -6,6 +6,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from picker.prefix.index import PrefixMatch
+
 __all__ = ["Api", "RoutingRequest"]
 
 
@@ -32,3 +34,5 @@ class RoutingRequest:
     stream: bool = False
     session_key: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Filled by the router when a prefix index is configured; policies only read it.
+    prefix: PrefixMatch | None = None

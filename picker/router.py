@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 
 from picker.config import PickerConfig
-from picker.errors import ModelNotFound, NoHealthyWorker, RequestError
-from picker.policies import Policy, create_policy
+from picker.errors import InvalidRequest, ModelNotFound, NoHealthyWorker, RequestError
+from picker.policies import POLICIES, Policy, create_policy
+from picker.prefix.producer import PrefixProducer
 from picker.registry import Worker, WorkerRegistry
 from picker.request import RoutingRequest
 from picker.telemetry import PickerMetrics
 
-__all__ = ["Lease", "Router", "build_router"]
+__all__ = ["STRATEGY_HEADER", "Lease", "Router", "build_router"]
 
 
 # What each request outcome tells the worker's circuit breaker; cancellations say nothing.
@@ -49,26 +50,58 @@ class Lease:
         return self._open
 
 
+# A request may name another policy than the configured one (documented in the README).
+STRATEGY_HEADER = "x-routing-strategy"
+
+
 class Router:
-    def __init__(self, workers: WorkerRegistry, policy: Policy, metrics: PickerMetrics) -> None:
+    def __init__(self, workers: WorkerRegistry, policy: Policy, metrics: PickerMetrics,
+                 prefix: PrefixProducer | None = None) -> None:
         self.workers = workers
         self.policy = policy
         self.metrics = metrics
+        self.prefix = prefix
+        self._policies: dict[str, Policy] = {policy.name: policy}
+        if prefix is not None:
+            workers.add_listener(prefix)
 
     def pick(self, request: RoutingRequest) -> Lease:
         """Choose a worker and take an in-flight slot on it; raises RequestError if none fits."""
         started = time.perf_counter()
+        policy = self._policy_for(request)
         serving = self.workers.for_model(request.model)
         if not serving:
             raise ModelNotFound(f"no worker serves model {request.model[:100]!r}", param="model")
         candidates = [w for w in serving if w.routable]
         if not candidates:
             raise NoHealthyWorker(f"no healthy worker for model {request.model[:100]!r}")
-        worker = self.policy.pick(request, candidates)
+        hashes: list[int] = []
+        if self.prefix is not None:
+            request, hashes = self.prefix.annotate(request, candidates)
+        worker = policy.pick(request, candidates)
         self.workers.acquire(worker)
+        if self.prefix is not None:
+            self.prefix.record(hashes, worker)
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
-        self.metrics.decisions.labels(self.policy.name, worker.id).inc()
+        self.metrics.decisions.labels(policy.name, worker.id).inc()
         return Lease(worker, self)
+
+    def _policy_for(self, request: RoutingRequest) -> Policy:
+        name = request.headers.get(STRATEGY_HEADER)
+        if not name:
+            return self.policy
+        policy = self._policies.get(name)
+        if policy is None:
+            if name not in POLICIES:
+                known = ", ".join(sorted(POLICIES))
+                raise InvalidRequest(f"unknown {STRATEGY_HEADER} {name[:100]!r} (known: {known})",
+                                     param=STRATEGY_HEADER)
+            policy = create_policy(name)
+            if policy.needs_prefix and self.prefix is None:
+                raise InvalidRequest(f"{STRATEGY_HEADER} {name} needs the prefix index, which "
+                                     "is not enabled (prefix.enabled)", param=STRATEGY_HEADER)
+            self._policies[name] = policy
+        return policy
 
     def reject(self, error: RequestError) -> None:
         """Count a refused request; adapters call it where they turn the error into a reply."""
@@ -80,4 +113,5 @@ def build_router(config: PickerConfig) -> Router:
     """The core both adapters share, assembled from validated configuration."""
     workers = WorkerRegistry(config.workers, config.circuit)
     policy = create_policy(config.policy.name, config.policy.params)
-    return Router(workers, policy, PickerMetrics(workers))
+    prefix = PrefixProducer(config.prefix) if config.prefix.enabled else None
+    return Router(workers, policy, PickerMetrics(workers), prefix)

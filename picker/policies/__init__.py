@@ -7,8 +7,10 @@ from typing import Any
 
 from picker.errors import ConfigError
 from picker.policies.base import Policy
+from picker.policies.cache_aware import CacheAware
 from picker.policies.least_load import LeastLoad
 from picker.policies.power_of_two import PowerOfTwo
+from picker.policies.prefix_cache import PrefixCache
 from picker.policies.random import Random
 from picker.policies.round_robin import RoundRobin
 
@@ -19,6 +21,8 @@ POLICIES: Mapping[str, Callable[..., Policy]] = {
     Random.name: Random,
     LeastLoad.name: LeastLoad,
     PowerOfTwo.name: PowerOfTwo,
+    PrefixCache.name: PrefixCache,
+    CacheAware.name: CacheAware,
 }
 
 
@@ -30,5 +34,5 @@ def create_policy(name: str, params: Mapping[str, Any] | None = None) -> Policy:
         raise ConfigError("policy.name", f"unknown policy {name!r} (known: {known})")
     try:
         return factory(**dict(params or {}))
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError("policy.params", f"{name}: {exc}") from exc

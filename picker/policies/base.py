@@ -20,5 +20,7 @@ class Policy(Protocol):
     """
 
     name: str
+    # True when the policy reads `request.prefix` (then the prefix index must be enabled).
+    needs_prefix: bool
 
     def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker: ...

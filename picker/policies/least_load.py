@@ -20,6 +20,7 @@ def load_key(worker: Worker) -> tuple[int, int, float]:
 
 class LeastLoad:
     name = "least_load"
+    needs_prefix = False
 
     def __init__(self, seed: int | None = None) -> None:
         self._rng = _random.Random(seed)

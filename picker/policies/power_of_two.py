@@ -16,6 +16,7 @@ from picker.request import RoutingRequest
 
 class PowerOfTwo:
     name = "power_of_two"
+    needs_prefix = False
 
     def __init__(self, seed: int | None = None) -> None:
         self._rng = _random.Random(seed)

@@ -11,6 +11,7 @@ from picker.request import RoutingRequest
 
 class Random:
     name = "random"
+    needs_prefix = False
 
     def __init__(self, seed: int | None = None) -> None:
         self._rng = _random.Random(seed)

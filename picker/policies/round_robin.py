@@ -10,6 +10,7 @@ from picker.request import RoutingRequest
 
 class RoundRobin:
     name = "round_robin"
+    needs_prefix = False
 
     def __init__(self) -> None:
         self._cursor: dict[str, int] = {}

@@ -81,3 +81,11 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_example_config_loads() -> None:
     config = load_config(Path(__file__).parents[2] / "examples" / "picker.yaml")
     assert config.policy.name == "least_load" and len(config.workers) == 2
+
+
+def test_prefix_policy_needs_the_index_enabled(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, "policy: prefix_cache\n"))
+    assert caught.value.key == "prefix.enabled"
+    config = load_config(write(tmp_path, "policy: prefix_cache\nprefix: {enabled: true}\n"))
+    assert config.prefix.block_size == 128

@@ -94,3 +94,52 @@ def test_upstream_errors_open_the_circuit_and_stop_routing_there() -> None:
             lease = r.pick(req())
         lease.release("upstream_error")
     assert {r.pick(req()).worker.id for _ in range(6)} == {"b"}
+
+
+def prefix_router(policy: str = "prefix_cache") -> Router:
+    from picker.prefix.producer import PrefixProducer, PrefixSettings
+
+    registry = WorkerRegistry(WorkerSpec(url=f"a:{i}", id=f"w{i}", models=["m"])
+                              for i in range(1, 5))
+    return Router(registry, create_policy(policy), PickerMetrics(registry),
+                  PrefixProducer(PrefixSettings(enabled=True, block_size=16)))
+
+
+def chat_req(system: str, question: str, **headers: str) -> RoutingRequest:
+    return RoutingRequest(model="m", api=Api.CHAT, prompt_text=system + question,
+                          headers=headers)
+
+
+@pytest.mark.parametrize("policy", ["prefix_cache", "cache_aware"])
+def test_shared_prefix_groups_stick_to_one_worker(policy: str) -> None:
+    r = prefix_router(policy)
+    systems = [f"{g}: system prompt of group {g} " * 20 for g in range(4)]
+    homes: dict[int, set[str]] = {g: set() for g in range(4)}
+    for i in range(40):  # leases held: in-flight load builds up as in a busy fleet
+        g = i % 4
+        homes[g].add(r.pick(chat_req(systems[g], f"question {i}")).worker.id)
+    assert all(len(h) == 1 for h in homes.values()), homes
+    assert len(set().union(*homes.values())) == 4  # first picks went to idle workers
+
+
+def test_removed_worker_leaves_the_index() -> None:
+    r = prefix_router()
+    lease = r.pick(chat_req("x" * 64, "q"))
+    lease.release("completed")
+    r.workers.remove(lease.worker.url)
+    assert r.prefix is not None
+    assert r.prefix.index.match([], []).matched == {}
+    assert lease.worker.id not in {r.pick(chat_req("x" * 64, "q")).worker.id for _ in range(3)}
+
+
+def test_strategy_header_overrides_and_unknown_is_400() -> None:
+    r = prefix_router("prefix_cache")
+    lease = r.pick(chat_req("s", "q", **{"x-routing-strategy": "round_robin"}))
+    line = f'llm_picker_decisions_total{{policy="round_robin",worker="{lease.worker.id}"}}'
+    assert sample(r, line) == 1
+    with pytest.raises(InvalidRequest) as caught:
+        r.pick(chat_req("s", "q", **{"x-routing-strategy": "fastest"}))
+    assert caught.value.status == 400 and caught.value.param == "x-routing-strategy"
+    plain = router(WorkerSpec(url="a:1", models=["m"]))
+    with pytest.raises(InvalidRequest, match="prefix index"):
+        plain.pick(chat_req("s", "q", **{"x-routing-strategy": "cache_aware"}))

@@ -1,0 +1,50 @@
+"""AIBrix-style prefix-cache routing: prefer the worker holding the longest prompt prefix,
+unless load is too uneven or that worker is a load outlier.
+
+1. If max - min in-flight across candidates exceeds `imbalance_abs_count`, restrict to the
+   least loaded candidates (still matching inside them).
+2. Among workers with the best match, ordered by match then load, take the first whose load is
+   at most mean + `std_dev_factor` x stddev of all candidates' loads.
+3. No match (or every match is an outlier): least load.
+
+Defaults are AIBrix's (`AIBRIX_PREFIX_CACHE_POD_RUNNING_REQUEST_IMBALANCE_ABS_COUNT` = 16,
+`AIBRIX_PREFIX_CACHE_STANDARD_DEVIATION_FACTOR` = 2).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from picker.policies.least_load import LeastLoad
+from picker.registry import Worker
+from picker.request import RoutingRequest
+
+
+class PrefixCache:
+    name = "prefix_cache"
+    needs_prefix = True
+
+    def __init__(self, imbalance_abs_count: int = 16, std_dev_factor: float = 2.0,
+                 seed: int | None = None) -> None:
+        if imbalance_abs_count < 0 or std_dev_factor < 0:
+            raise ValueError("imbalance_abs_count and std_dev_factor must be >= 0")
+        self._imbalance = imbalance_abs_count
+        self._factor = std_dev_factor
+        self._fallback = LeastLoad(seed)
+
+    def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker:
+        loads = [w.in_flight for w in candidates]
+        pool: Sequence[Worker] = candidates
+        if max(loads) - min(loads) > self._imbalance:
+            pool = [w for w in candidates if w.in_flight == min(loads)]
+        match = request.prefix
+        if match is not None:
+            matched = sorted((w for w in pool if match.blocks(w.id)),
+                             key=lambda w: (-match.blocks(w.id), w.in_flight))
+            if matched:
+                ceiling = statistics.fmean(loads) + self._factor * statistics.pstdev(loads)
+                for worker in matched:
+                    if worker.in_flight <= ceiling:
+                        return worker
+        return self._fallback.pick(request, pool)

@@ -1,0 +1,36 @@
+"""Chained block hashes: the identity of a prompt prefix, block by block.
+
+h0 = H(model, lora, salt); h_i = H(h_{i-1}, block_i). Equal hashes at position i mean equal
+prompts up to the end of block i within the same model/adapter namespace, which is exactly what
+an engine's prefix cache can reuse.
+
+H is Python's built-in tuple hash (64-bit, SipHash for text, xxHash-style tuple mixing): measured
+11 us for the 128 blocks of an 8k-character prompt against 66 us for hashlib.blake2b (see
+docs/benchmarks.md). It is salted per process, which is harmless: indexes live in one process's
+memory and are rebuilt, not persisted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["block_hashes", "namespace_hash"]
+
+
+def namespace_hash(model: str, lora: str | None = None, salt: str = "") -> int:
+    """h0: two models (or adapters) never share a prefix hit."""
+    return hash(("llm-picker/prefix", model, lora, salt))
+
+
+def block_hashes(seed: int, units: str | Sequence[int], block_size: int) -> list[int]:
+    """Hashes of each *complete* block of `units` (characters or token ids), chained from `seed`.
+
+    A trailing partial block is left out: engines cache whole blocks only.
+    """
+    hashes: list[int] = []
+    current = seed
+    for start in range(0, len(units) - block_size + 1, block_size):
+        block = units[start:start + block_size]
+        current = hash((current, block if isinstance(block, str) else tuple(block)))
+        hashes.append(current)
+    return hashes

@@ -1,0 +1,91 @@
+"""Block hashing and the approximate prefix index."""
+
+from __future__ import annotations
+
+import random
+import sys
+
+import pytest
+
+from picker.prefix import ApproxPrefixIndex, block_hashes, namespace_hash
+
+
+def test_equal_prefixes_share_leading_hashes_only() -> None:
+    seed = namespace_hash("m")
+    a = block_hashes(seed, "A" * 40 + "x" * 20, 10)
+    b = block_hashes(seed, "A" * 40 + "y" * 20, 10)
+    assert a[:4] == b[:4] and a[4:] != b[4:]
+    assert len(block_hashes(seed, "z" * 59, 10)) == 5  # the partial block is left out
+
+
+def test_namespaces_and_token_ids() -> None:
+    m, n = namespace_hash("m"), namespace_hash("n")
+    assert block_hashes(m, "abcd", 2) != block_hashes(n, "abcd", 2)
+    lora = namespace_hash("m", lora="adapter-1")
+    assert block_hashes(lora, "abcd", 2) != block_hashes(namespace_hash("m"), "abcd", 2)
+    assert block_hashes(1, [1, 2, 3, 4], 2) == block_hashes(1, (1, 2, 3, 4), 2)
+
+
+def test_match_is_the_longest_leading_run_per_worker() -> None:
+    index = ApproxPrefixIndex()
+    hashes = block_hashes(namespace_hash("m"), "q" * 100, 10)
+    index.record(hashes[:6], "w1")
+    index.record(hashes[:3], "w2")
+    index.record(hashes[4:], "w3")  # not leading: no match
+    match = index.match(hashes, ["w1", "w2", "w3", "w4"])
+    assert match.total_blocks == 10
+    assert (match.blocks("w1"), match.blocks("w2"), match.blocks("w3")) == (6, 3, 0)
+    assert match.rate("w1") == 0.6
+    assert index.match(hashes, ["w2"]).blocks("w1") == 0  # only candidates are reported
+
+
+def test_capacity_evicts_tails_before_shared_heads() -> None:
+    index = ApproxPrefixIndex(capacity_blocks=8)
+    seed = namespace_hash("m")
+    first = block_hashes(seed, "S" * 40 + "a" * 40, 10)
+    second = block_hashes(seed, "S" * 40 + "b" * 40, 10)
+    index.record(first, "w")
+    index.record(second, "w")
+    assert index.blocks_of("w") == 8
+    assert index.match(second, ["w"]).blocks("w") == 8
+    assert index.match(first, ["w"]).blocks("w") == 4  # its tail went, the shared head stayed
+
+
+def test_remove_worker_purges_everything() -> None:
+    index = ApproxPrefixIndex()
+    hashes = block_hashes(0, "x" * 50, 10)
+    index.record(hashes, "w")
+    index.remove_worker("w")
+    assert index.match(hashes, ["w"]).matched == {}
+    assert index._holders == {}
+
+
+def test_memory_is_bounded_by_capacity() -> None:
+    index = ApproxPrefixIndex(capacity_blocks=100)
+    rng = random.Random(1)
+    for _ in range(200):
+        index.record([rng.getrandbits(60) for _ in range(20)], f"w{rng.randrange(3)}")
+    assert all(index.blocks_of(f"w{i}") <= 100 for i in range(3))
+    assert len(index._holders) <= 300
+
+
+def test_bad_capacity() -> None:
+    with pytest.raises(ValueError):
+        ApproxPrefixIndex(0)
+
+
+def test_bytes_per_entry_is_what_the_docs_say() -> None:
+    """Rough upper bound used in docs/benchmarks.md: well under 300 bytes per cached block."""
+    index = ApproxPrefixIndex(capacity_blocks=10_000)
+    before = _deep_size(index)
+    index.record([random.getrandbits(60) for _ in range(10_000)], "w")
+    per_entry = (_deep_size(index) - before) / 10_000
+    assert per_entry < 300, per_entry
+
+
+def _deep_size(index: ApproxPrefixIndex) -> int:
+    total = sys.getsizeof(index._holders) + sum(
+        sys.getsizeof(k) + sys.getsizeof(v) for k, v in index._holders.items())
+    for lru in index._lru.values():
+        total += sys.getsizeof(lru) + sum(sys.getsizeof(k) for k in lru)
+    return total
