@@ -1,20 +1,24 @@
 """The simulated engine's state and latency model, free of HTTP so it is easy to reason about.
 
-Latency is the usual two-term model of a decoding engine: time to first token (prefill) plus a
-fixed time per output token. Requests above `max_concurrency` wait for a slot, which is what
-makes `num_requests_waiting` and load-aware routing observable.
+A request waits for one of `max_concurrency` running slots (continuous batching: the rest
+queue, which is what `num_requests_waiting` shows), then pays prefill for the prompt tokens its
+prefix cache does not hold, then decodes token by token with a step time that grows with the
+batch. So cache hits shorten time to first token the way they do on a real engine, and routing
+quality shows up in latency, not only in a hit counter.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SimConfig", "SimEngine"]
+from picker.sim.cache import BlockCache, token_block_hashes
+
+__all__ = ["PROFILES", "SimConfig", "SimEngine", "SimRun", "toy_tokens"]
 
 _WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "again")
 
@@ -23,13 +27,17 @@ _WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "
 class SimConfig:
     model: str = "sim-model"
     worker_id: str = "sim"
-    ttft_ms: float = 20.0
-    tpot_ms: float = 2.0
+    ttft_ms: float = 20.0  # fixed part of time to first token (scheduling, sampling)
+    tpot_ms: float = 2.0  # decode step time with a batch of one
     max_tokens_default: int = 16
-    max_concurrency: int = 64
+    max_concurrency: int = 64  # running requests; more wait
     failure_rate: float = 0.0
     seed: int | None = None
     api_key: str | None = None  # when set, OpenAI endpoints require Authorization: Bearer it
+    prefill_tokens_per_sec: float = 0.0  # 0: prompts cost nothing beyond ttft_ms
+    decode_ms_per_running: float = 0.0  # step time added per running request (batch cost)
+    block_tokens: int = 16
+    cache_blocks: int = 4096
 
     def __post_init__(self) -> None:
         checks = {
@@ -40,10 +48,60 @@ class SimConfig:
             "max_tokens_default": self.max_tokens_default >= 1,
             "max_concurrency": self.max_concurrency >= 1,
             "failure_rate": 0.0 <= self.failure_rate <= 1.0,
+            "prefill_tokens_per_sec": self.prefill_tokens_per_sec >= 0,
+            "decode_ms_per_running": self.decode_ms_per_running >= 0,
+            "block_tokens": self.block_tokens >= 1,
+            "cache_blocks": self.cache_blocks >= 1,
         }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"sim config: invalid {name}={getattr(self, name)!r}")
+
+    @classmethod
+    def from_profile(cls, profile: str, **overrides: Any) -> SimConfig:
+        if profile not in PROFILES:
+            raise ValueError(f"unknown sim profile {profile!r} (known: {', '.join(PROFILES)})")
+        return cls(**{**PROFILES[profile], **overrides})
+
+
+# Named latency/cache profiles so benchmarks are reproducible. "8b-h100-like" is shaped after
+# an 8B model on one H100 (prefill in the tens of thousands of tokens/s, decode steps of a few
+# ms growing with the batch), scaled to the toy tokenizer; the cache is sized so that a fleet
+# holds a benchmark's working set only if requests sharing a prefix share an engine.
+PROFILES: Mapping[str, Mapping[str, Any]] = {
+    "8b-h100-like": {
+        "ttft_ms": 5.0, "tpot_ms": 6.0, "prefill_tokens_per_sec": 20_000.0,
+        "decode_ms_per_running": 0.1, "max_concurrency": 32, "block_tokens": 16,
+        "cache_blocks": 2_500,
+    },
+    "instant": {"ttft_ms": 0.0, "tpot_ms": 0.0},
+}
+
+
+def toy_tokens(text: str) -> list[str]:
+    """The simulator's tokenizer: whitespace words. Deterministic, dependency-free."""
+    return text.split()
+
+
+@dataclass(slots=True)
+class SimRun:
+    """One admitted request: what it costs and what it holds in the cache."""
+
+    engine: SimEngine
+    prompt_tokens: int
+    cached_tokens: int
+
+    async def first_token(self) -> None:
+        config = self.engine.config
+        delay = config.ttft_ms / 1000
+        if config.prefill_tokens_per_sec:
+            delay += (self.prompt_tokens - self.cached_tokens) / config.prefill_tokens_per_sec
+        await asyncio.sleep(delay)
+
+    async def next_token(self) -> None:
+        config = self.engine.config
+        step = config.tpot_ms + config.decode_ms_per_running * self.engine.running
+        await asyncio.sleep(step / 1000)
 
 
 @dataclass(slots=True)
@@ -55,16 +113,20 @@ class SimEngine:
     completed: int = 0
     failed: int = 0
     cancelled: int = 0
+    prompt_tokens_total: int = 0  # vllm:prefix_cache_queries_total counts these
+    cached_tokens_total: int = 0  # vllm:prefix_cache_hits_total
+    cache: BlockCache = field(init=False)
     _rng: random.Random = field(init=False)
     _slots: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.config.seed)
         self._slots = asyncio.Semaphore(self.config.max_concurrency)
+        self.cache = BlockCache(self.config.cache_blocks)
 
     @asynccontextmanager
-    async def admitted(self) -> AsyncIterator[None]:
-        """Hold one engine slot for the duration of a request (queued while full)."""
+    async def admitted(self, prompt: Sequence[str] = ()) -> AsyncIterator[SimRun]:
+        """Wait for a running slot, claim the prompt's cache blocks, release both at the end."""
         self.requests_total += 1
         self.waiting += 1
         try:
@@ -72,12 +134,17 @@ class SimEngine:
         finally:
             self.waiting -= 1
         self.running += 1
+        claim = self.cache.acquire(token_block_hashes(prompt, self.config.block_tokens))
+        cached = min(len(prompt), claim.hit_blocks * self.config.block_tokens)
+        self.prompt_tokens_total += len(prompt)
+        self.cached_tokens_total += cached
         try:
-            yield
+            yield SimRun(self, len(prompt), cached)
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
         finally:
+            self.cache.release(claim)
             self.running -= 1
             self._slots.release()
 
@@ -91,20 +158,11 @@ class SimEngine:
                 return value
         return self.config.max_tokens_default
 
-    async def first_token(self) -> None:
-        await asyncio.sleep(self.config.ttft_ms / 1000)
-
-    async def next_token(self) -> None:
-        await asyncio.sleep(self.config.tpot_ms / 1000)
-
     @staticmethod
     def token(index: int) -> str:
         return _WORDS[index % len(_WORDS)] + " "
 
     def kv_cache_usage(self) -> float:
+        """Blocks held by running requests' prompts, as vLLM reports KV usage (0..1)."""
         return min(1.0, self.running / self.config.max_concurrency)
 
-
-def toy_tokens(text: str) -> list[str]:
-    """The simulator's tokenizer: whitespace words. Deterministic, dependency-free."""
-    return text.split()

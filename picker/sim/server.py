@@ -40,10 +40,16 @@ class _VllmMetrics(Collector):
             gauge = GaugeMetricFamily(name, doc, labels=["model_name"])
             gauge.add_metric(model, value)
             yield gauge
-        success = CounterMetricFamily("vllm:request_success", "Finished requests",
-                                      labels=["model_name"])
-        success.add_metric(model, engine.completed)
-        yield success
+        for name, doc, count in (
+            ("vllm:request_success", "Finished requests", engine.completed),
+            ("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
+             engine.prompt_tokens_total),
+            ("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache",
+             engine.cached_tokens_total),
+        ):
+            counter = CounterMetricFamily(name, doc, labels=["model_name"])
+            counter.add_metric(model, count)
+            yield counter
 
 
 class _WorkerHeader:
@@ -69,8 +75,10 @@ def _error(status: int, message: str, error_type: str, code: str) -> JSONRespons
 
 
 def _prompt_text(body: dict[str, Any]) -> str:
+    """What the engine would tokenize: messages in order (role, then content), or the prompt."""
     if "messages" in body and isinstance(body["messages"], list):
-        return " ".join(str(m.get("content", "")) for m in body["messages"] if isinstance(m, dict))
+        return " ".join(f"{m.get('role', '')} {m.get('content', '')}"
+                        for m in body["messages"] if isinstance(m, dict))
     return str(body.get("prompt", ""))
 
 
@@ -105,20 +113,22 @@ def create_app(config: SimConfig) -> ASGIApp:
             engine.failed += 1
             return _error(500, "simulated engine failure", "server_error", "sim_failure")
         n_out = engine.output_tokens(body)
-        usage = {"prompt_tokens": len(toy_tokens(_prompt_text(body))), "completion_tokens": n_out,
-                 "total_tokens": len(toy_tokens(_prompt_text(body))) + n_out}
+        prompt = toy_tokens(_prompt_text(body))
+        usage = {"prompt_tokens": len(prompt), "completion_tokens": n_out,
+                 "total_tokens": len(prompt) + n_out}
         reply_id = f"{'chatcmpl' if chat else 'cmpl'}-{config.worker_id}-{next(ids)}"
         created = int(time.time())
         base = {"id": reply_id, "created": created, "model": config.model}
 
         if body.get("stream") is True:
             return StreamingResponse(
-                _stream(engine, chat, base, n_out, usage), media_type="text/event-stream"
+                _stream(engine, prompt, chat, base, n_out, usage),
+                media_type="text/event-stream",
             )
-        async with engine.admitted():
-            await engine.first_token()
+        async with engine.admitted(prompt) as run:
+            await run.first_token()
             for _ in range(n_out - 1):
-                await engine.next_token()
+                await run.next_token()
             engine.completed += 1
         text = "".join(engine.token(i) for i in range(n_out))
         choice: dict[str, Any] = (
@@ -142,12 +152,17 @@ def create_app(config: SimConfig) -> ASGIApp:
     async def prometheus(_: Request) -> Response:
         return Response(generate_latest(metrics), media_type="text/plain; version=0.0.4")
 
+    async def reset_prefix_cache(_: Request) -> Response:
+        engine.cache.clear()
+        return Response(status_code=200)
+
     async def stats(_: Request) -> JSONResponse:
         return JSONResponse({
             "worker_id": config.worker_id, "requests_total": engine.requests_total,
             "running": engine.running, "waiting": engine.waiting,
             "completed": engine.completed, "failed": engine.failed,
-            "cancelled": engine.cancelled,
+            "cancelled": engine.cancelled, "prompt_tokens": engine.prompt_tokens_total,
+            "cached_tokens": engine.cached_tokens_total, "cache_blocks": len(engine.cache),
         })
 
     app = Starlette(routes=[
@@ -157,12 +172,14 @@ def create_app(config: SimConfig) -> ASGIApp:
         Route("/health", health),
         Route("/metrics", prometheus),
         Route("/sim/stats", stats),
+        Route("/reset_prefix_cache", reset_prefix_cache, methods=["POST"]),
     ])
     return _WorkerHeader(app, config.worker_id)
 
 
 async def _stream(
-    engine: SimEngine, chat: bool, base: dict[str, Any], n_out: int, usage: dict[str, int]
+    engine: SimEngine, prompt: list[str], chat: bool, base: dict[str, Any], n_out: int,
+    usage: dict[str, int],
 ) -> AsyncIterator[bytes]:
     """SSE chunks, one per token, then a usage chunk (always sent) and [DONE]."""
     obj = "chat.completion.chunk" if chat else "text_completion"
@@ -171,11 +188,11 @@ async def _stream(
         return b"data: " + json.dumps({**base, "object": obj, "choices": choices,
                                        **extra}).encode() + b"\n\n"
 
-    async with engine.admitted():
-        await engine.first_token()
+    async with engine.admitted(prompt) as run:
+        await run.first_token()
         for i in range(n_out):
             if i:
-                await engine.next_token()
+                await run.next_token()
             token = engine.token(i)
             if chat:
                 delta = {"role": "assistant", "content": token} if i == 0 else {"content": token}

@@ -43,7 +43,7 @@ def test_chat_completion_shape_usage_and_worker_header(sim_url: str) -> None:
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"]["role"] == "assistant"
     assert len(body["choices"][0]["message"]["content"].split()) == 4
-    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8}
 
 
 def test_completions_shape(sim_url: str) -> None:
