@@ -54,7 +54,12 @@ def _demo(ns: argparse.Namespace) -> int:
 
 
 def _bench(ns: argparse.Namespace) -> int:
-    from picker.bench import run_overhead
+    if ns.bench == "routing":
+        from picker.bench.routing import run_routing
+
+        return run_routing(engines=ns.engines, groups=ns.groups, rate=ns.rate,
+                           contenders=ns.contenders, seed=ns.seed)
+    from picker.bench.overhead import run_overhead
 
     return run_overhead(requests=ns.requests, concurrency=ns.concurrency, peers=ns.peers)
 
@@ -94,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="scenarios to run",
     )
     overhead.set_defaults(run=_bench)
+    routing = which.add_parser("routing", help="routing quality on a shared-prefix workload")
+    routing.add_argument("--engines", type=int, default=8)
+    routing.add_argument("--groups", type=int, default=64, help="distinct system prompts")
+    routing.add_argument("--rate", type=float, default=40.0, help="arrivals per second")
+    routing.add_argument("--seed", type=int, default=0)
+    routing.add_argument(
+        "--contenders", nargs="+",
+        default=["round_robin", "least_load", "prefix_cache", "cache_aware", "sglang"],
+    )
+    routing.set_defaults(run=_bench)
     return parser
 
 

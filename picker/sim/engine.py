@@ -18,7 +18,7 @@ from typing import Any
 
 from picker.sim.cache import BlockCache, token_block_hashes
 
-__all__ = ["PROFILES", "SimConfig", "SimEngine", "SimRun", "toy_tokens"]
+__all__ = ["PROFILES", "SimConfig", "SimEngine", "SimRun", "prompt_tokens", "toy_tokens"]
 
 _WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "again")
 
@@ -81,6 +81,17 @@ PROFILES: Mapping[str, Mapping[str, Any]] = {
 def toy_tokens(text: str) -> list[str]:
     """The simulator's tokenizer: whitespace words. Deterministic, dependency-free."""
     return text.split()
+
+
+def prompt_tokens(body: Mapping[str, Any]) -> list[str]:
+    """What the engine computes: messages in order (role, then content), or the prompt."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        text = " ".join(f"{m.get('role', '')} {m.get('content', '')}"
+                        for m in messages if isinstance(m, dict))
+    else:
+        text = str(body.get("prompt", ""))
+    return toy_tokens(text)
 
 
 @dataclass(slots=True)

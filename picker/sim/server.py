@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from picker.sim.engine import SimConfig, SimEngine, toy_tokens
+from picker.sim.engine import SimConfig, SimEngine, prompt_tokens
 
 __all__ = ["WORKER_HEADER", "create_app", "run_sim"]
 
@@ -74,14 +74,6 @@ def _error(status: int, message: str, error_type: str, code: str) -> JSONRespons
     )
 
 
-def _prompt_text(body: dict[str, Any]) -> str:
-    """What the engine would tokenize: messages in order (role, then content), or the prompt."""
-    if "messages" in body and isinstance(body["messages"], list):
-        return " ".join(f"{m.get('role', '')} {m.get('content', '')}"
-                        for m in body["messages"] if isinstance(m, dict))
-    return str(body.get("prompt", ""))
-
-
 def create_app(config: SimConfig) -> ASGIApp:
     engine = SimEngine(config)
     metrics = CollectorRegistry()
@@ -113,7 +105,7 @@ def create_app(config: SimConfig) -> ASGIApp:
             engine.failed += 1
             return _error(500, "simulated engine failure", "server_error", "sim_failure")
         n_out = engine.output_tokens(body)
-        prompt = toy_tokens(_prompt_text(body))
+        prompt = prompt_tokens(body)
         usage = {"prompt_tokens": len(prompt), "completion_tokens": n_out,
                  "total_tokens": len(prompt) + n_out}
         reply_id = f"{'chatcmpl' if chat else 'cmpl'}-{config.worker_id}-{next(ids)}"

@@ -1,0 +1,194 @@
+"""`llm-picker bench routing`: routing quality of each policy on the same seeded workload.
+
+Every contender gets fresh simulated engines (empty caches) and the same arrivals; picker
+policies run through the real Envoy + `llm-picker serve`, sglang-router (Rust, cache_aware) is
+pointed at its own fresh engines. Hit rates come from the engines' own metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from picker.bench.workload import Workload, make_workload, oracle_hit_rate
+from picker.sim.engine import PROFILES
+from picker.stack import (
+    SimSpec,
+    free_port,
+    render_envoy_config,
+    spawn,
+    start_envoy,
+    start_picker,
+    start_sim,
+    wait_http,
+)
+
+__all__ = ["run_routing"]
+
+PROFILE = "8b-h100-like"
+MAX_OUTSTANDING = 256
+WORKER_HEADER = "x-picker-sim-worker"
+
+
+@dataclass
+class Outcome:
+    worker: str
+    status: int
+    ttft: float
+    e2e: float
+
+
+@dataclass
+class Report:
+    contender: str
+    hit_rate: float
+    ttft_p50: float
+    ttft_p99: float
+    e2e_p50: float
+    e2e_p99: float
+    throughput: float
+    max_per_engine: int
+    min_per_engine: int
+    errors: int
+
+
+async def _one(client: httpx.AsyncClient, body: dict[str, Any]) -> Outcome:
+    started = time.perf_counter()
+    ttft = 0.0
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        async for line in response.aiter_lines():
+            if not ttft and line.startswith("data: {") and '"content"' in line:
+                ttft = time.perf_counter() - started
+    e2e = time.perf_counter() - started
+    return Outcome(response.headers.get(WORKER_HEADER, "-"), response.status_code,
+                   ttft or e2e, e2e)
+
+
+async def _drive(base_url: str, workload: Workload) -> tuple[list[Outcome], float]:
+    gate = asyncio.Semaphore(MAX_OUTSTANDING)
+    limits = httpx.Limits(max_connections=MAX_OUTSTANDING, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as client:
+        started = time.perf_counter()
+
+        async def scheduled(at: float, body: dict[str, Any]) -> Outcome:
+            await asyncio.sleep(max(0.0, at - (time.perf_counter() - started)))
+            async with gate:
+                return await _one(client, body)
+
+        outcomes = await asyncio.gather(
+            *(scheduled(at, body) for at, body in zip(workload.arrivals, workload.bodies,
+                                                       strict=True)))
+        return list(outcomes), time.perf_counter() - started
+
+
+def _engine_counters(url: str) -> tuple[float, float]:
+    queries = hits = 0.0
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == "vllm:prefix_cache_queries_total":
+                queries += sample.value
+            elif sample.name == "vllm:prefix_cache_hits_total":
+                hits += sample.value
+    return queries, hits
+
+
+@contextmanager
+def _contender(name: str, engines: int, workdir: Path) -> Iterator[tuple[str, list[str]]]:
+    """Fresh engines plus the router under test; yields (client base url, engine urls)."""
+    with ExitStack() as stack:
+        sims = [SimSpec(f"e{i}", "sim-model", ["--profile", PROFILE]) for i in range(engines)]
+        for spec in sims:
+            stack.callback(start_sim(spec, workdir).stop)
+        urls = [f"http://127.0.0.1:{s.port}" for s in sims]
+        listen = free_port()
+        if name == "sglang":
+            argv = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
+                    "--port", str(listen), "--policy", "cache_aware", "--log-level", "warn",
+                    "--worker-urls", *urls]
+            proc = spawn("sglang-router", argv, workdir)
+            stack.callback(proc.stop)
+            wait_http(proc, f"http://127.0.0.1:{listen}/health", timeout=60)
+            # Workers are added asynchronously after start-up; wait until one request routes.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                probe = httpx.post(f"http://127.0.0.1:{listen}/v1/chat/completions", json={
+                    "model": "sim-model", "messages": [{"role": "user", "content": "warm"}],
+                    "max_tokens": 1}, timeout=10)
+                if probe.status_code == 200:
+                    break
+                time.sleep(0.5)
+            yield f"http://127.0.0.1:{listen}", urls
+            return
+        picker_port = free_port()
+        config = {
+            "extproc": {"port": picker_port}, "admin": {"port": free_port()},
+            "policy": name, "prefix": {"enabled": True},
+            "workers": [{"url": u, "id": s.worker_id, "models": ["sim-model"]}
+                        for u, s in zip(urls, sims, strict=True)],
+        }
+        stack.callback(start_picker(config, workdir, name=f"picker-{name}").stop)
+        envoy = render_envoy_config(listen_port=listen, admin_port=free_port(),
+                                    picker_port=picker_port)
+        stack.callback(start_envoy(envoy, workdir, name=f"envoy-{name}").stop)
+        yield f"http://127.0.0.1:{listen}", urls
+
+
+def _quantile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
+
+
+def _measure(name: str, engines: int, workload: Workload, workdir: Path) -> Report:
+    with _contender(name, engines, workdir) as (base_url, engine_urls):
+        before = [_engine_counters(u) for u in engine_urls]
+        outcomes, elapsed = asyncio.run(_drive(base_url, workload))
+        after = [_engine_counters(u) for u in engine_urls]
+    queries = sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
+    hits = sum(a[1] - b[1] for a, b in zip(after, before, strict=True))
+    ok = [o for o in outcomes if o.status == 200]
+    per_engine = Counter(o.worker for o in ok)
+    counts = [per_engine.get(f"e{i}", 0) for i in range(engines)]
+    return Report(
+        contender=name, hit_rate=hits / queries if queries else 0.0,
+        ttft_p50=_quantile([o.ttft for o in ok], 50), ttft_p99=_quantile([o.ttft for o in ok], 99),
+        e2e_p50=_quantile([o.e2e for o in ok], 50), e2e_p99=_quantile([o.e2e for o in ok], 99),
+        throughput=len(ok) / elapsed, max_per_engine=max(counts), min_per_engine=min(counts),
+        errors=len(outcomes) - len(ok),
+    )
+
+
+def run_routing(engines: int = 8, groups: int = 64, rate: float = 40.0,
+                contenders: list[str] | None = None, seed: int = 0) -> int:
+    names = contenders or ["round_robin", "least_load", "prefix_cache", "cache_aware", "sglang"]
+    workload = make_workload(seed=seed, groups=groups, rate=rate)
+    oracle = oracle_hit_rate(workload, int(PROFILES[PROFILE]["block_tokens"]))
+    print(f"workload: {len(workload.bodies)} streaming chat requests at {rate}/s, {groups} "
+          f"system prompts, {engines} engines ({PROFILE}); oracle hit rate {oracle:.1%}",
+          flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="llm-picker-routing-"))
+    reports = []
+    for name in names:
+        reports.append(_measure(name, engines, workload, workdir))
+        print(f"  measured {name}", file=sys.stderr, flush=True)
+    base = next((r for r in reports if r.contender == "round_robin"), reports[0])
+    print(f"{'contender':<14}{'hit rate':>9}{'of oracle':>10}{'TTFT p50':>10}{'TTFT p99':>10}"
+          f"{'e2e p50':>9}{'e2e p99':>9}{'req/s':>7}{'max/min':>9}{'errors':>7}"
+          f"{'TTFT p50 vs ' + base.contender:>26}")
+    for r in reports:
+        print(f"{r.contender:<14}{r.hit_rate:>9.1%}{r.hit_rate / oracle:>10.0%}"
+              f"{r.ttft_p50 * 1000:>8.0f}ms{r.ttft_p99 * 1000:>8.0f}ms"
+              f"{r.e2e_p50 * 1000:>7.0f}ms{r.e2e_p99 * 1000:>7.0f}ms{r.throughput:>7.1f}"
+              f"{f'{r.max_per_engine}/{r.min_per_engine}':>9}{r.errors:>7}"
+              f"{r.ttft_p50 / base.ttft_p50:>25.2f}x")
+    return 0 if all(r.errors == 0 for r in reports) else 1
