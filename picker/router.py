@@ -10,7 +10,7 @@ from picker.policies import POLICIES, Policy, create_policy
 from picker.prefix.producer import PrefixProducer
 from picker.registry import Worker, WorkerRegistry
 from picker.request import RoutingRequest
-from picker.telemetry import PickerMetrics
+from picker.telemetry import PickerMetrics, match_bucket
 
 __all__ = ["STRATEGY_HEADER", "Lease", "Router", "build_router"]
 
@@ -64,6 +64,7 @@ class Router:
         self._policies: dict[str, Policy] = {policy.name: policy}
         if prefix is not None:
             workers.add_listener(prefix)
+            metrics.watch_prefix_index(prefix.index)
 
     def pick(self, request: RoutingRequest) -> Lease:
         """Choose a worker and take an in-flight slot on it; raises RequestError if none fits."""
@@ -84,6 +85,11 @@ class Router:
             self.prefix.record(hashes, worker)
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         self.metrics.decisions.labels(policy.name, worker.id).inc()
+        # Only registered model names become label values: a wildcard worker must not let
+        # clients mint time series with made-up model names.
+        model = request.model if request.model in self.workers.models() else "other"
+        rate = None if request.prefix is None else request.prefix.rate(worker.id)
+        self.metrics.routing_decisions.labels(model, policy.name, match_bucket(rate)).inc()
         return Lease(worker, self)
 
     def _policy_for(self, request: RoutingRequest) -> Policy:

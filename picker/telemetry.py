@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from picker.prefix.index import PrefixIndex
 from picker.registry import WorkerRegistry
 
 __all__ = ["CONTENT_TYPE", "PickerMetrics"]
@@ -22,9 +23,25 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _DECISION_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 2.5e-2)
 
 
+def match_bucket(rate: float | None) -> str:
+    """Prefix match of the chosen worker as a coarse label: 0, 1-25, 26-50, 51-75, 76-99, 100."""
+    if rate is None:
+        return "none"
+    percent = round(rate * 100)
+    if percent <= 0:
+        return "0"
+    if percent >= 100:
+        return "100"
+    for upper, label in ((25, "1-25"), (50, "26-50"), (75, "51-75")):
+        if percent <= upper:
+            return label
+    return "76-99"
+
+
 class _WorkerStateCollector(Collector):
     def __init__(self, workers: WorkerRegistry) -> None:
         self._workers = workers
+        self.prefix_index: PrefixIndex | None = None
 
     def collect(self) -> Iterator[Metric]:
         in_flight = GaugeMetricFamily(
@@ -34,11 +51,19 @@ class _WorkerStateCollector(Collector):
         healthy = GaugeMetricFamily(
             "llm_picker_worker_healthy", "1 when the worker is routable", labels=["worker"]
         )
+        blocks = GaugeMetricFamily(
+            "llm_picker_prefix_index_blocks", "Prompt blocks the prefix index holds per worker",
+            labels=["worker"],
+        )
         for worker in self._workers.workers():
             in_flight.add_metric([worker.id], worker.in_flight)
             healthy.add_metric([worker.id], 1.0 if worker.routable else 0.0)
+            if self.prefix_index is not None:
+                blocks.add_metric([worker.id], self.prefix_index.blocks_of(worker.id))
         yield in_flight
         yield healthy
+        if self.prefix_index is not None:
+            yield blocks
 
 
 class PickerMetrics:
@@ -56,6 +81,11 @@ class PickerMetrics:
             "llm_picker_decisions", "Routing decisions by policy and chosen worker",
             ["policy", "worker"], registry=self.registry,
         )
+        self.routing_decisions = Counter(
+            "llm_picker_routing_decisions",
+            "Decisions by model, policy and prefix match of the chosen worker (percent bucket)",
+            ["model", "policy", "match_percent_bucket"], registry=self.registry,
+        )
         self.decision_seconds = Histogram(
             "llm_picker_decision_duration_seconds", "Time to choose a worker",
             buckets=_DECISION_BUCKETS, registry=self.registry,
@@ -64,7 +94,11 @@ class PickerMetrics:
             "llm_picker_config_reloads", "Configuration file reloads by result (applied, rejected)",
             ["result"], registry=self.registry,
         )
-        self.registry.register(_WorkerStateCollector(workers))
+        self._state = _WorkerStateCollector(workers)
+        self.registry.register(self._state)
+
+    def watch_prefix_index(self, index: PrefixIndex) -> None:
+        self._state.prefix_index = index
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

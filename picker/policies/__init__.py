@@ -13,6 +13,7 @@ from picker.policies.power_of_two import PowerOfTwo
 from picker.policies.prefix_cache import PrefixCache
 from picker.policies.random import Random
 from picker.policies.round_robin import RoundRobin
+from picker.policies.session_affinity import SessionAffinity
 
 __all__ = ["POLICIES", "Policy", "create_policy"]
 
@@ -23,6 +24,7 @@ POLICIES: Mapping[str, Callable[..., Policy]] = {
     PowerOfTwo.name: PowerOfTwo,
     PrefixCache.name: PrefixCache,
     CacheAware.name: CacheAware,
+    SessionAffinity.name: SessionAffinity,
 }
 
 

@@ -96,3 +96,27 @@ def test_power_of_two_never_picks_the_unique_most_loaded() -> None:
     counts = Counter(policy.pick(req(), pool).id for _ in range(600))
     assert counts["w2"] == 0
     assert counts["w0"] > counts["w1"] > 0
+
+
+def test_session_affinity_is_sticky_and_moves_only_the_leaving_workers_sessions() -> None:
+    policy = create_policy("session_affinity")
+    fleet = workers(0, 0, 0, 0)
+    keys = [f"user-{i}" for i in range(200)]
+
+    def home(key: str, pool: list[Worker]) -> str:
+        request = RoutingRequest(model="m", api=Api.CHAT, session_key=key)
+        return policy.pick(request, pool).id
+
+    before = {key: home(key, fleet) for key in keys}
+    assert before == {key: home(key, fleet) for key in keys}
+    assert len(set(before.values())) == 4
+    after = {key: home(key, fleet[1:]) for key in keys}  # w0 leaves
+    assert all(after[k] == before[k] for k in keys if before[k] != "w0")
+
+
+def test_session_affinity_header_and_fallback() -> None:
+    policy = create_policy("session_affinity", {"header": "X-Tenant", "seed": 1})
+    fleet = workers(5, 0, 5)
+    keyed = RoutingRequest(model="m", api=Api.CHAT, headers={"x-tenant": "acme"})
+    assert len({policy.pick(keyed, fleet).id for _ in range(10)}) == 1
+    assert policy.pick(RoutingRequest(model="m", api=Api.CHAT), fleet).id == "w1"

@@ -143,3 +143,25 @@ def test_strategy_header_overrides_and_unknown_is_400() -> None:
     plain = router(WorkerSpec(url="a:1", models=["m"]))
     with pytest.raises(InvalidRequest, match="prefix index"):
         plain.pick(chat_req("s", "q", **{"x-routing-strategy": "cache_aware"}))
+
+
+def test_prefix_metrics_report_match_buckets_and_index_size() -> None:
+    r = prefix_router()
+    for _ in range(2):
+        r.pick(chat_req("p" * 320, "")).release("completed")
+    text = r.metrics.render().decode()
+    assert ('llm_picker_routing_decisions_total{match_percent_bucket="0",model="m",'
+            'policy="prefix_cache"} 1.0') in text
+    assert ('llm_picker_routing_decisions_total{match_percent_bucket="100",model="m",'
+            'policy="prefix_cache"} 1.0') in text
+    assert any(line.startswith("llm_picker_prefix_index_blocks{") and line.endswith(" 20.0")
+               for line in text.splitlines())
+
+
+@pytest.mark.parametrize(("rate", "bucket"), [(None, "none"), (0, "0"), (0.01, "1-25"),
+                                              (0.5, "26-50"), (0.75, "51-75"), (0.99, "76-99"),
+                                              (1.0, "100")])
+def test_match_bucket(rate: float | None, bucket: str) -> None:
+    from picker.telemetry import match_bucket
+
+    assert match_bucket(rate) == bucket

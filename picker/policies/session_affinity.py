@@ -1,0 +1,31 @@
+"""Session affinity: the same session key goes to the same worker while that worker is there.
+
+Rendezvous (highest-random-weight) hashing: each candidate scores hash(key, worker id) and the
+highest wins, so when a worker leaves only its own sessions move, and no ring has to be kept in
+sync with the registry. Requests without a key go to the fallback policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from picker.policies.least_load import LeastLoad
+from picker.registry import Worker
+from picker.request import RoutingRequest
+
+
+class SessionAffinity:
+    name = "session_affinity"
+    needs_prefix = False
+
+    def __init__(self, header: str | None = None, seed: int | None = None) -> None:
+        """`header`: read the key from this request header instead of the default session key
+        (the `x-session-id` header, else the body's `user`)."""
+        self._header = header.lower() if header else None
+        self._fallback = LeastLoad(seed)
+
+    def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker:
+        key = request.headers.get(self._header) if self._header else request.session_key
+        if not key:
+            return self._fallback.pick(request, candidates)
+        return max(candidates, key=lambda w: hash((key, w.id)))
