@@ -17,6 +17,7 @@ from picker.admin import create_admin_app
 from picker.config import PickerConfig
 from picker.fleet import WorkerManager
 from picker.health import HealthChecker
+from picker.load import LoadMonitor
 from picker.reload import ConfigReloader
 from picker.router import build_router
 
@@ -65,6 +66,9 @@ async def serve(
         running.push_async_callback(health.stop)
         await manager.start()
         running.push_async_callback(manager.stop)
+        load = LoadMonitor(router.workers, config.load)
+        await load.start()
+        running.push_async_callback(load.stop)
         if config_path is not None:
             reloader = ConfigReloader(config_path, overrides or {}, config, manager,
                                       router.metrics)

@@ -8,12 +8,14 @@ from typing import Any
 from picker.errors import ConfigError
 from picker.policies.base import Policy
 from picker.policies.cache_aware import CacheAware
+from picker.policies.engine_signal import LeastKv, LeastQueue
 from picker.policies.least_load import LeastLoad
 from picker.policies.power_of_two import PowerOfTwo
 from picker.policies.prefix_cache import PrefixCache
 from picker.policies.random import Random
 from picker.policies.round_robin import RoundRobin
 from picker.policies.session_affinity import SessionAffinity
+from picker.policies.weighted import Weighted
 
 __all__ = ["POLICIES", "Policy", "create_policy"]
 
@@ -25,6 +27,9 @@ POLICIES: Mapping[str, Callable[..., Policy]] = {
     PrefixCache.name: PrefixCache,
     CacheAware.name: CacheAware,
     SessionAffinity.name: SessionAffinity,
+    LeastQueue.name: LeastQueue,
+    LeastKv.name: LeastKv,
+    Weighted.name: Weighted,
 }
 
 

@@ -126,6 +126,12 @@ class SimEngine:
     cancelled: int = 0
     prompt_tokens_total: int = 0  # vllm:prefix_cache_queries_total counts these
     cached_tokens_total: int = 0  # vllm:prefix_cache_hits_total
+    # Knobs tests turn through POST /sim/control: what /health answers and how slowly, and
+    # load the engine reports beyond its real state.
+    health_status: int = 200
+    health_delay_ms: float = 0.0
+    extra_waiting: int = 0
+    kv_usage_override: float | None = None
     cache: BlockCache = field(init=False)
     _rng: random.Random = field(init=False)
     _slots: asyncio.Semaphore = field(init=False)
@@ -174,6 +180,8 @@ class SimEngine:
         return _WORDS[index % len(_WORDS)] + " "
 
     def kv_cache_usage(self) -> float:
-        """Blocks held by running requests' prompts, as vLLM reports KV usage (0..1)."""
+        """Share of running slots in use, standing in for vLLM's KV usage (0..1)."""
+        if self.kv_usage_override is not None:
+            return self.kv_usage_override
         return min(1.0, self.running / self.config.max_concurrency)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +23,13 @@ from picker.sim.engine import SimConfig, SimEngine, prompt_tokens
 __all__ = ["WORKER_HEADER", "create_app", "run_sim"]
 
 WORKER_HEADER = "x-picker-sim-worker"
+# /sim/control key -> (SimEngine attribute, accepted JSON types)
+_CONTROLS: dict[str, tuple[str, tuple[type, ...]]] = {
+    "health_status": ("health_status", (int,)),
+    "health_delay_ms": ("health_delay_ms", (int, float)),
+    "extra_waiting": ("extra_waiting", (int,)),
+    "kv_usage": ("kv_usage_override", (int, float)),
+}
 
 
 class _VllmMetrics(Collector):
@@ -34,7 +42,8 @@ class _VllmMetrics(Collector):
         engine, model = self._engine, [self._engine.config.model]
         for name, doc, value in (
             ("vllm:num_requests_running", "Requests running on the engine", engine.running),
-            ("vllm:num_requests_waiting", "Requests waiting for a slot", engine.waiting),
+            ("vllm:num_requests_waiting", "Requests waiting for a slot",
+             engine.waiting + engine.extra_waiting),
             ("vllm:kv_cache_usage_perc", "KV-cache usage, 0..1", engine.kv_cache_usage()),
         ):
             gauge = GaugeMetricFamily(name, doc, labels=["model_name"])
@@ -139,7 +148,24 @@ def create_app(config: SimConfig) -> ASGIApp:
         ]})
 
     async def health(_: Request) -> Response:
-        return Response(status_code=200)
+        if engine.health_delay_ms:
+            await asyncio.sleep(engine.health_delay_ms / 1000)
+        return Response(status_code=engine.health_status)
+
+    async def control(request: Request) -> Response:
+        """Test knobs: {"health_status", "health_delay_ms", "extra_waiting", "kv_usage"}."""
+        try:
+            changes = json.loads(await request.body())
+        except ValueError:
+            return _error(400, "invalid JSON body", "invalid_request_error", "invalid_json")
+        if not isinstance(changes, dict):
+            return _error(400, "body must be a JSON object", "invalid_request_error", "invalid")
+        for key, value in changes.items():
+            knob = _CONTROLS.get(key)
+            if knob is None or not isinstance(value, knob[1]) or isinstance(value, bool):
+                return _error(400, f"bad control {key!r}", "invalid_request_error", key[:50])
+            setattr(engine, knob[0], value)
+        return JSONResponse({"ok": True})
 
     async def prometheus(_: Request) -> Response:
         return Response(generate_latest(metrics), media_type="text/plain; version=0.0.4")
@@ -165,6 +191,7 @@ def create_app(config: SimConfig) -> ASGIApp:
         Route("/metrics", prometheus),
         Route("/sim/stats", stats),
         Route("/reset_prefix_cache", reset_prefix_cache, methods=["POST"]),
+        Route("/sim/control", control, methods=["POST"]),
     ])
     return _WorkerHeader(app, config.worker_id)
 

@@ -70,3 +70,15 @@ def test_patch_priority_steers_least_load() -> None:
         patched = httpx.patch(f"{fleet.admin_url}/workers/a", json={"priority": 90}, timeout=5)
         assert patched.status_code == 200 and patched.json()["priority"] == 90
         assert {chat(fleet.envoy_url) for _ in range(6)} == {"a"}
+
+
+def test_least_queue_follows_engine_metrics_and_state_is_visible() -> None:
+    settings = {**FAST_HEALTH, "load": {"interval_secs": 0.1}}
+    with local_fleet([SimSpec("a", MODEL), SimSpec("b", MODEL)], policy="least_queue",
+                     picker_settings=settings) as fleet:
+        httpx.post(f"{fleet.sim_url('a')}/sim/control", json={"extra_waiting": 12}, timeout=5)
+        wait_until(lambda: (httpx.get(f"{fleet.admin_url}/workers/a").json()["state"]["engine"]
+                            or {}).get("waiting") == 12, what="a's queue scraped")
+        assert {chat(fleet.envoy_url) for _ in range(6)} == {"b"}
+        engine = httpx.get(f"{fleet.admin_url}/workers/a").json()["state"]["engine"]
+        assert 0 <= engine["age_secs"] < 5

@@ -126,3 +126,13 @@ def test_cancelled_stream_is_counted_and_frees_the_slot(sim_url: str) -> None:
 def test_config_validation_names_the_field() -> None:
     with pytest.raises(ValueError, match="failure_rate"):
         SimConfig(failure_rate=2.0)
+
+
+def test_control_knobs_change_health_and_metrics(sim_url: str) -> None:
+    assert httpx.post(f"{sim_url}/sim/control",
+                      json={"health_status": 503, "extra_waiting": 4}).status_code == 200
+    assert httpx.get(f"{sim_url}/health").status_code == 503
+    assert metric(sim_url, "vllm:num_requests_waiting") == 4
+    bad = httpx.post(f"{sim_url}/sim/control", json={"colour": 1})
+    assert bad.status_code == 400 and "colour" in bad.json()["error"]["message"]
+    assert httpx.post(f"{sim_url}/sim/control", json={"health_status": "x"}).status_code == 400
