@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from picker.circuit import CircuitState
 from picker.prefix.index import PrefixIndex
 from picker.registry import WorkerRegistry
 
@@ -51,6 +52,10 @@ class _WorkerStateCollector(Collector):
         healthy = GaugeMetricFamily(
             "llm_picker_worker_healthy", "1 when the worker is routable", labels=["worker"]
         )
+        circuit = GaugeMetricFamily(
+            "llm_picker_worker_circuit_state", "1 for the circuit breaker's current state",
+            labels=["worker", "state"],
+        )
         blocks = GaugeMetricFamily(
             "llm_picker_prefix_index_blocks", "Prompt blocks the prefix index holds per worker",
             labels=["worker"],
@@ -58,10 +63,14 @@ class _WorkerStateCollector(Collector):
         for worker in self._workers.workers():
             in_flight.add_metric([worker.id], worker.in_flight)
             healthy.add_metric([worker.id], 1.0 if worker.routable else 0.0)
+            for state in CircuitState:
+                circuit.add_metric([worker.id, state.value],
+                                   1.0 if worker.circuit.state is state else 0.0)
             if self.prefix_index is not None:
                 blocks.add_metric([worker.id], self.prefix_index.blocks_of(worker.id))
         yield in_flight
         yield healthy
+        yield circuit
         if self.prefix_index is not None:
             yield blocks
 

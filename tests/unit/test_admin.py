@@ -169,3 +169,13 @@ async def test_metrics_show_live_worker_state(admin: Admin) -> None:
     samples = {(s.name, tuple(s.labels.items())): s.value
                for f in text_string_to_metric_families(text) for s in f.samples}
     assert samples[("llm_picker_worker_in_flight", (("worker", "a"),))] == 1
+
+
+async def test_circuit_state_is_in_metrics(admin: Admin) -> None:
+    worker = admin.router.workers.add(WorkerSpec(url="a:1", id="a", models=["m"]))
+    for _ in range(5):
+        worker.circuit.record(False)
+    text = (await admin.client.get("/metrics")).text
+    assert 'llm_picker_worker_circuit_state{state="open",worker="a"} 1.0' in text
+    view = (await admin.client.get("/workers/a")).json()
+    assert view["state"]["circuit"]["state"] == "open" and view["state"]["routable"] is False

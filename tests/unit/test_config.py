@@ -89,3 +89,16 @@ def test_prefix_policy_needs_the_index_enabled(tmp_path: Path) -> None:
     assert caught.value.key == "prefix.enabled"
     config = load_config(write(tmp_path, "policy: prefix_cache\nprefix: {enabled: true}\n"))
     assert config.prefix.block_size == 128
+
+
+def test_admin_off_loopback_needs_a_token(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, "admin: {host: 0.0.0.0, port: 9003}\n"))
+    assert caught.value.key == "admin" and "admin.token" in str(caught.value)
+    with_token = load_config(write(tmp_path, "admin: {host: 0.0.0.0, port: 9003}\n"),
+                             env={"LLM_PICKER_ADMIN__TOKEN": "t0ken"})
+    assert with_token.admin.token is not None
+    assert "t0ken" not in repr(with_token)
+    insecure = load_config(write(tmp_path, "admin: {host: 0.0.0.0, port: 9003, "
+                                           "allow_insecure: true}\n"))
+    assert insecure.admin.allow_insecure
