@@ -41,8 +41,9 @@ ENGINE_METRICS: Mapping[RuntimeType, Mapping[str, tuple[str, ...]]] = {
     RuntimeType.TRTLLM: {},
     RuntimeType.EXTERNAL: {},
 }
-# vLLM publishes its cache geometry as labels of an info gauge.
+# vLLM publishes its cache geometry and its active LoRA adapters as labels of info gauges.
 _CACHE_CONFIG = "vllm:cache_config_info"
+_LORA_INFO = "vllm:lora_requests_info"
 
 
 class LoadSettings(BaseModel):
@@ -60,6 +61,7 @@ def parse_engine_load(text: str, runtime: RuntimeType, now: float) -> EngineLoad
     wanted = ENGINE_METRICS.get(runtime, {})
     by_name: dict[str, float] = {}
     geometry: dict[str, int] = {}
+    loras: set[str] = set()
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -68,6 +70,9 @@ def parse_engine_load(text: str, runtime: RuntimeType, now: float) -> EngineLoad
                         value = sample.labels.get(key, "")
                         if value.isdigit():
                             geometry[key] = int(value)
+                elif sample.name == _LORA_INFO:
+                    for key in ("running_lora_adapters", "waiting_lora_adapters"):
+                        loras.update(n for n in sample.labels.get(key, "").split(",") if n)
                 else:
                     by_name[sample.name] = by_name.get(sample.name, 0.0) + sample.value
     except (ValueError, TypeError, IndexError):
@@ -78,7 +83,7 @@ def parse_engine_load(text: str, runtime: RuntimeType, now: float) -> EngineLoad
     return EngineLoad(
         scraped_at=now, running=values.get("running"), waiting=values.get("waiting"),
         kv_usage=values.get("kv_usage"), block_size=geometry.get("block_size"),
-        num_gpu_blocks=geometry.get("num_gpu_blocks"),
+        num_gpu_blocks=geometry.get("num_gpu_blocks"), loras=frozenset(loras),
     )
 
 

@@ -20,6 +20,8 @@ class EngineLoad:
     kv_usage: float | None = None  # fraction of KV cache in use, 0..1
     block_size: int | None = None
     num_gpu_blocks: int | None = None
+    # LoRA adapters loaded and serving or queued (vllm:lora_requests_info), for adapter affinity.
+    loras: frozenset[str] = frozenset()
 
     def fresh(self, now: float, max_age_secs: float) -> bool:
         return now - self.scraped_at <= max_age_secs

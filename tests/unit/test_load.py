@@ -19,6 +19,7 @@ vllm:num_requests_running{model_name="b"} 1
 vllm:num_requests_waiting{model_name="a"} 7
 vllm:kv_cache_usage_perc{model_name="a"} 0.25
 vllm:cache_config_info{block_size="16",num_gpu_blocks="4096"} 1
+vllm:lora_requests_info{max_lora="4",running_lora_adapters="sql,chat",waiting_lora_adapters=""} 1
 """
 OLD_VLLM = "vllm:gpu_cache_usage_perc 0.5\nvllm:num_requests_waiting 2\n"
 SGLANG = "sglang:num_running_reqs 5\nsglang:num_queue_reqs 9\nsglang:token_usage 0.8\n"
@@ -82,3 +83,7 @@ async def test_failed_scrape_keeps_the_previous_value() -> None:
         assert worker.engine is None
     finally:
         await monitor.stop()
+
+
+def test_lora_adapters_are_read_from_the_info_gauge() -> None:
+    assert parse_engine_load(VLLM, RuntimeType.VLLM, 0.0).loras == {"sql", "chat"}
