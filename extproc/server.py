@@ -30,6 +30,9 @@ class _Processor:
                 return
             for response in stream.handle(message):
                 await context.write(response)
+            if stream.pending:
+                for response in await stream.finish():
+                    await context.write(response)
 
 
 def create_server(

@@ -18,6 +18,7 @@ from extproc import codec
 from extproc._pb import ext_proc_pb2 as pb
 from picker.errors import BodyTooLarge, InvalidRequest, ProxyMisconfigured, RequestError
 from picker.openai_body import parse_request
+from picker.request import RoutingRequest
 from picker.router import Lease, Router
 
 __all__ = ["RequestStream"]
@@ -46,7 +47,7 @@ def _mode_of(config: pb.ProtocolConfiguration) -> _Mode:
 class RequestStream:
     __slots__ = (
         "_router", "_max_body", "_mode", "_headers", "_chunks", "_size", "_lease",
-        "_finished", "_upstream_status",
+        "_finished", "_upstream_status", "_pending",
     )
 
     def __init__(self, router: Router, max_body_bytes: int) -> None:
@@ -59,10 +60,27 @@ class RequestStream:
         self._lease: Lease | None = None
         self._finished = False  # a routing answer or local reply has been sent
         self._upstream_status = 0
+        self._pending: tuple[RoutingRequest, bytes, bool, bool] | None = None
 
     @property
     def lease(self) -> Lease | None:
         return self._lease
+
+    @property
+    def pending(self) -> bool:
+        """The body is complete and the router's awaited step (remote tokenizer) must run:
+        the caller awaits `finish()` for the routing answer."""
+        return self._pending is not None
+
+    async def finish(self) -> list[pb.ProcessingResponse]:
+        assert self._pending is not None
+        request, body, end_of_stream, ack_trailers = self._pending
+        self._pending = None
+        try:
+            request = await self._router.prepare(request)
+        except RequestError as error:
+            return self._reject(error)
+        return self._pick(request, body, end_of_stream, ack_trailers)
 
     def handle(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         """Responses to send for one incoming message, in order (possibly none yet)."""
@@ -137,29 +155,38 @@ class RequestStream:
             return [codec.continue_trailers()]
         if self._finished:
             return _NO_RESPONSES
-        responses = self._route(end_of_stream=False)
-        if self._lease is not None:
-            responses.append(codec.continue_trailers())
-        return responses
+        return self._route(end_of_stream=False, ack_trailers=True)
 
-    def _route(self, end_of_stream: bool = True) -> list[pb.ProcessingResponse]:
+    def _route(self, end_of_stream: bool = True,
+               ack_trailers: bool = False) -> list[pb.ProcessingResponse]:
         assert self._headers is not None
         body = b"".join(self._chunks)
         self._chunks.clear()
         try:
             request = parse_request(self._headers.get(":path", ""), body, self._headers)
+        except RequestError as error:
+            return self._reject(error)
+        if self._router.needs_prepare:
+            self._pending = (request, body, end_of_stream, ack_trailers)
+            return _NO_RESPONSES
+        return self._pick(request, body, end_of_stream, ack_trailers)
+
+    def _pick(self, request: RoutingRequest, body: bytes, end_of_stream: bool,
+              ack_trailers: bool) -> list[pb.ProcessingResponse]:
+        try:
             self._lease = self._router.pick(request)
         except RequestError as error:
             return self._reject(error)
         self._finished = True
+        trailers = [codec.continue_trailers()] if ack_trailers else []
         spec = self._lease.worker.spec
         route = codec.Route(
             self._lease.worker.host_port, spec.dp_rank,
             None if spec.api_key is None else spec.api_key.get_secret_value(),
         )
         if self._mode is _Mode.DUPLEX:
-            return list(codec.route_streamed(route, body, end_of_stream))
-        return [codec.route_buffered(route)]
+            return [*codec.route_streamed(route, body, end_of_stream), *trailers]
+        return [codec.route_buffered(route), *trailers]
 
     def _reject(self, error: RequestError) -> list[pb.ProcessingResponse]:
         self._finished = True

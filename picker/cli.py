@@ -34,6 +34,9 @@ def _serve(ns: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     try:
         asyncio.run(serve(config, Path(ns.config) if ns.config else None, overrides))
+    except ConfigError as exc:  # found while building (e.g. a tokenizer file that won't load)
+        print(f"llm-picker: configuration error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"llm-picker: {exc}", file=sys.stderr)
         return 1

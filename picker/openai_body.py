@@ -54,6 +54,7 @@ def parse_request(path: str, body: bytes, headers: Mapping[str, str]) -> Routing
         stream=stream,
         session_key=_session_key(data, headers),
         headers=headers,
+        messages=data["messages"] if api is Api.CHAT else None,
     )
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from picker.prefix.index import PrefixMatch
 
@@ -34,5 +35,8 @@ class RoutingRequest:
     stream: bool = False
     session_key: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Chat messages as sent (for a remote tokenizer's chat form); token ids once tokenized.
+    messages: Sequence[Mapping[str, Any]] | None = None
+    tokens: Sequence[int] | None = None
     # Filled by the router when a prefix index is configured; policies only read it.
     prefix: PrefixMatch | None = None

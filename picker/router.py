@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from picker.config import PickerConfig
 from picker.errors import InvalidRequest, ModelNotFound, NoHealthyWorker, RequestError
@@ -65,6 +66,20 @@ class Router:
         if prefix is not None:
             workers.add_listener(prefix)
             metrics.watch_prefix_index(prefix.index)
+
+    @property
+    def needs_prepare(self) -> bool:
+        """True when picks need an awaited step first (a remote tokenizer is configured)."""
+        return self.prefix is not None and self.prefix.remote is not None
+
+    async def prepare(self, request: RoutingRequest) -> RoutingRequest:
+        """Tokenize remotely; with fallback allowed, a failure leaves character blocks."""
+        assert self.prefix is not None and self.prefix.remote is not None
+        tokens = await self.prefix.remote.tokens(request)
+        if tokens is None:
+            self.metrics.tokenizer_fallbacks.inc()
+            return request
+        return replace(request, tokens=tokens)
 
     def pick(self, request: RoutingRequest) -> Lease:
         """Choose a worker and take an in-flight slot on it; raises RequestError if none fits."""

@@ -99,6 +99,10 @@ class PickerMetrics:
             "llm_picker_decision_duration_seconds", "Time to choose a worker",
             buckets=_DECISION_BUCKETS, registry=self.registry,
         )
+        self.tokenizer_fallbacks = Counter(
+            "llm_picker_tokenizer_fallbacks", "Requests whose remote tokenization failed and "
+            "fell back to character blocks", registry=self.registry,
+        )
         self.config_reloads = Counter(
             "llm_picker_config_reloads", "Configuration file reloads by result (applied, rejected)",
             ["result"], registry=self.registry,

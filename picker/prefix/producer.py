@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from picker.prefix.approx import ApproxPrefixIndex
 from picker.prefix.blocks import block_hashes, namespace_hash
 from picker.prefix.index import PrefixIndex
+from picker.prefix.tokenizers import RemoteTokenizer, TokenizerSettings, load_hf_tokenizer
 from picker.registry import Worker
 from picker.request import RoutingRequest
 
@@ -28,18 +29,34 @@ class PrefixSettings(BaseModel):
     block_size: int = Field(default=128, ge=1)
     # ~160 bytes per block (measured): 32768 blocks is ~5 MB per worker.
     capacity_blocks: int = Field(default=32768, ge=1, description="Per worker")
+    tokenizer: TokenizerSettings = Field(default_factory=TokenizerSettings)
 
 
 class PrefixProducer:
+    """Built at start-up (an hf tokenizer file is read here, so a bad path fails early)."""
+
     def __init__(self, settings: PrefixSettings, index: PrefixIndex | None = None) -> None:
         self._block_size = settings.block_size
         self.index: PrefixIndex = index or ApproxPrefixIndex(settings.capacity_blocks)
+        kind = settings.tokenizer.kind
+        path = settings.tokenizer.path
+        self._hf = load_hf_tokenizer(path) if kind == "hf" and path else None
+        self.remote = RemoteTokenizer(settings.tokenizer) if kind == "remote" else None
 
     def annotate(
         self, request: RoutingRequest, candidates: Sequence[Worker]
     ) -> tuple[RoutingRequest, list[int]]:
-        seed = namespace_hash(request.model)
-        hashes = block_hashes(seed, request.prompt_text, self._block_size)
+        units: str | Sequence[int]
+        if request.tokens is not None:
+            units, space = request.tokens, "tokens"
+        elif self._hf is not None:
+            units, space = self._hf.units(request), "tokens"
+        else:
+            units, space = request.prompt_text, "characters"
+        # Character and token blocks live in different namespaces: a fallback to characters
+        # never claims a match against token blocks.
+        seed = namespace_hash(request.model, salt=space)
+        hashes = block_hashes(seed, units, self._block_size)
         match = self.index.match(hashes, (w.id for w in candidates))
         return replace(request, prefix=match), hashes
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -18,7 +19,9 @@ from typing import Any
 
 from picker.sim.cache import BlockCache, token_block_hashes
 
-__all__ = ["PROFILES", "SimConfig", "SimEngine", "SimRun", "prompt_tokens", "toy_tokens"]
+__all__ = [
+    "PROFILES", "SimConfig", "SimEngine", "SimRun", "prompt_tokens", "token_ids", "toy_tokens",
+]
 
 _WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "again")
 
@@ -81,6 +84,11 @@ PROFILES: Mapping[str, Mapping[str, Any]] = {
 def toy_tokens(text: str) -> list[str]:
     """The simulator's tokenizer: whitespace words. Deterministic, dependency-free."""
     return text.split()
+
+
+def token_ids(tokens: Sequence[str]) -> list[int]:
+    """Stable ids for the toy tokens (what the simulated /tokenize returns)."""
+    return [zlib.crc32(token.encode()) % 100_000 for token in tokens]
 
 
 def prompt_tokens(body: Mapping[str, Any]) -> list[str]:

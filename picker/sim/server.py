@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from picker.sim.engine import SimConfig, SimEngine, prompt_tokens
+from picker.sim.engine import SimConfig, SimEngine, prompt_tokens, token_ids
 
 __all__ = ["WORKER_HEADER", "create_app", "run_sim"]
 
@@ -170,6 +170,17 @@ def create_app(config: SimConfig) -> ASGIApp:
     async def prometheus(_: Request) -> Response:
         return Response(generate_latest(metrics), media_type="text/plain; version=0.0.4")
 
+    async def tokenize(request: Request) -> Response:
+        """vLLM's /tokenize: {model, prompt} or {model, messages, ...} -> {tokens, count, ...}."""
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(400, "invalid JSON body", "invalid_request_error", "invalid_json")
+        if not isinstance(body, dict) or ("prompt" not in body and "messages" not in body):
+            return _error(400, "need prompt or messages", "invalid_request_error", "invalid")
+        tokens = token_ids(prompt_tokens(body))
+        return JSONResponse({"tokens": tokens, "count": len(tokens), "max_model_len": 32768})
+
     async def reset_prefix_cache(_: Request) -> Response:
         engine.cache.clear()
         return Response(status_code=200)
@@ -192,6 +203,7 @@ def create_app(config: SimConfig) -> ASGIApp:
         Route("/sim/stats", stats),
         Route("/reset_prefix_cache", reset_prefix_cache, methods=["POST"]),
         Route("/sim/control", control, methods=["POST"]),
+        Route("/tokenize", tokenize, methods=["POST"]),
     ])
     return _WorkerHeader(app, config.worker_id)
 

@@ -5,14 +5,21 @@ from __future__ import annotations
 from collections import defaultdict
 
 import httpx
+import pytest
 
-from picker.stack import SimSpec, local_fleet
+from picker.stack import SimSpec, free_port, local_fleet
 from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER
 
 
-def test_shared_prefix_groups_stay_on_one_engine_and_hit_its_cache() -> None:
-    sims = [SimSpec(f"e{i}", MODEL, ["--ttft-ms", "1", "--tpot-ms", "1"]) for i in range(3)]
-    settings = {**FAST_HEALTH, "prefix": {"enabled": True, "block_size": 64}}
+@pytest.mark.parametrize("tokenizer", ["character", "remote"])
+def test_shared_prefix_groups_stay_on_one_engine_and_hit_its_cache(tokenizer: str) -> None:
+    sims = [SimSpec(f"e{i}", MODEL, ["--ttft-ms", "1", "--tpot-ms", "1"], port=free_port())
+            for i in range(3)]
+    prefix: dict[str, object] = {"enabled": True, "block_size": 64}
+    if tokenizer == "remote":  # the engines' own /tokenize; blocks of 16 tokens
+        prefix.update(block_size=16, tokenizer={
+            "kind": "remote", "endpoint": f"http://127.0.0.1:{sims[0].port}"})
+    settings = {**FAST_HEALTH, "prefix": prefix}
     with local_fleet(sims, policy="prefix_cache", picker_settings=settings) as fleet:
         homes: dict[int, set[str]] = defaultdict(set)
         for i in range(24):
@@ -29,3 +36,5 @@ def test_shared_prefix_groups_stay_on_one_engine_and_hit_its_cache() -> None:
         stats = [httpx.get(f"{fleet.sim_url(s.worker_id)}/sim/stats").json() for s in sims]
         hit_rate = sum(s["cached_tokens"] for s in stats) / sum(s["prompt_tokens"] for s in stats)
         assert hit_rate > 0.7, hit_rate  # 20 of 24 requests reuse their group's prompt
+        metrics = httpx.get(f"{fleet.admin_url}/metrics").text
+        assert "llm_picker_tokenizer_fallbacks_total 0.0" in metrics

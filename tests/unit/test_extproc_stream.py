@@ -257,3 +257,25 @@ def test_worker_api_key_is_set_on_the_routed_request() -> None:
     (routed,) = stream.handle(body_msg(BODY, True))
     assert set_headers(routed.request_body.response.header_mutation)["authorization"] == \
         "Bearer sk-w"
+
+
+async def test_remote_tokenizer_makes_routing_an_awaited_step() -> None:
+    from picker.prefix.producer import PrefixProducer, PrefixSettings
+    from picker.prefix.tokenizers import TokenizerSettings
+    from tests.sim_thread import running_sim
+
+    with running_sim(model="m") as url:
+        settings = PrefixSettings(enabled=True, block_size=2,
+                                  tokenizer=TokenizerSettings(kind="remote", endpoint=url))
+        workers = WorkerRegistry([WorkerSpec(url="127.0.0.1:8001", models=["m"])])
+        router = Router(workers, create_policy("prefix_cache"), PickerMetrics(workers),
+                        PrefixProducer(settings))
+        stream = RequestStream(router, 1 << 20)
+        stream.handle(headers_msg(duplex=False))
+        assert stream.handle(body_msg(BODY, True)) == [] and stream.pending
+        (routed,) = await stream.finish()
+        assert not stream.pending
+        headers = set_headers(routed.request_body.response.header_mutation)
+        assert headers[codec.DESTINATION_HEADER] == "127.0.0.1:8001"
+        assert router.prefix is not None
+        assert router.prefix.index.blocks_of(workers.workers()[0].id) == 1  # 2 tokens / 2

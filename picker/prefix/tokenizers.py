@@ -1,0 +1,117 @@
+"""How a request becomes the units its prefix blocks are made of.
+
+- `character` (default, no dependencies): the prompt text itself; blocks are characters.
+- `hf`: HuggingFace `tokenizers` from a tokenizer.json on disk (the `hf` extra); blocks are
+  token ids, the same ids the engine computes when the file is the model's.
+- `remote`: the engine's own `POST /tokenize` (vLLM's API: completion form {model, prompt},
+  chat form {model, messages, add_generation_prompt} -> {tokens, count, max_model_len}); exact
+  by construction, one HTTP call per request, so it is the only tokenizer the router awaits.
+
+Misconfiguration is caught at start-up: a remote tokenizer without an endpoint, an hf
+tokenizer whose file is missing or unreadable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from picker.errors import ConfigError, NoHealthyWorker
+from picker.request import Api, RoutingRequest
+
+__all__ = ["HfTokenizer", "RemoteTokenizer", "TokenizerSettings", "load_hf_tokenizer"]
+
+log = logging.getLogger("llm_picker.tokenizer")
+
+
+class TokenizerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["character", "hf", "remote"] = "character"
+    path: str | None = Field(default=None, description="hf: tokenizer.json file")
+    endpoint: str | None = Field(default=None, description="remote: base url with /tokenize")
+    timeout_secs: float = Field(default=0.5, gt=0)
+    retries: int = Field(default=1, ge=0)
+    fallback: bool = Field(default=False, description="remote: use characters on failure")
+
+    @model_validator(mode="after")
+    def _complete(self) -> TokenizerSettings:
+        if self.kind == "remote" and not self.endpoint:
+            raise ValueError("a remote tokenizer needs an endpoint (prefix.tokenizer.endpoint)")
+        if self.kind == "hf" and not self.path:
+            raise ValueError("an hf tokenizer needs a path to tokenizer.json "
+                             "(prefix.tokenizer.path)")
+        return self
+
+
+class HfTokenizer:
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def units(self, request: RoutingRequest) -> list[int]:
+        ids: list[int] = self._tokenizer.encode(request.prompt_text,
+                                                add_special_tokens=False).ids
+        return ids
+
+
+def load_hf_tokenizer(path: str) -> HfTokenizer:
+    """Load at start-up so a wrong path fails before serving, naming the key."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as exc:
+        raise ConfigError("prefix.tokenizer.kind",
+                          "hf needs the tokenizers package: pip install 'llm-picker[hf]'") from exc
+    if not Path(path).is_file():
+        raise ConfigError("prefix.tokenizer.path", f"no tokenizer file at {path}")
+    try:
+        return HfTokenizer(Tokenizer.from_file(path))
+    except Exception as exc:  # the library raises bare Exception on malformed files
+        raise ConfigError("prefix.tokenizer.path", f"cannot load {path}: {exc}") from exc
+
+
+class RemoteTokenizer:
+    """vLLM-style /tokenize on an engine; the one asynchronous step a pick can have."""
+
+    def __init__(self, settings: TokenizerSettings) -> None:
+        assert settings.endpoint is not None
+        self._url = settings.endpoint.rstrip("/") + "/tokenize"
+        self._settings = settings
+        self._client: httpx.AsyncClient | None = None
+        self.failures = 0
+
+    async def tokens(self, request: RoutingRequest) -> list[int] | None:
+        """Token ids, or None when the call failed and fallback to characters is allowed."""
+        if self._client is None:
+            self._client = httpx.AsyncClient()
+        payload: dict[str, Any] = {"model": request.model}
+        if request.api is Api.CHAT and request.messages is not None:
+            payload.update(messages=list(request.messages), add_generation_prompt=True)
+        else:
+            payload["prompt"] = request.prompt_text
+        for attempt in range(self._settings.retries + 1):
+            try:
+                response = await self._client.post(self._url, json=payload,
+                                                    timeout=self._settings.timeout_secs)
+                response.raise_for_status()
+                tokens = response.json()["tokens"]
+                if isinstance(tokens, list) and all(isinstance(t, int) for t in tokens):
+                    return tokens
+                raise ValueError("tokens is not a list of ints")
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                error = exc
+                if attempt < self._settings.retries:
+                    await asyncio.sleep(0.01 * (attempt + 1))
+        self.failures += 1
+        if self._settings.fallback:
+            return None
+        raise NoHealthyWorker(f"tokenizer at {self._url} unavailable ({type(error).__name__})")
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+

@@ -1,0 +1,101 @@
+"""Tokenizers for the prefix index: configuration rules, hf files, the remote /tokenize."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from picker.config import load_config
+from picker.errors import ConfigError, NoHealthyWorker
+from picker.policies import create_policy
+from picker.prefix.producer import PrefixProducer, PrefixSettings
+from picker.prefix.tokenizers import RemoteTokenizer, TokenizerSettings, load_hf_tokenizer
+from picker.registry import WorkerRegistry
+from picker.request import Api, RoutingRequest
+from picker.router import Router
+from picker.sim.engine import prompt_tokens, token_ids
+from picker.telemetry import PickerMetrics
+from picker.workers import WorkerSpec
+from tests.sim_thread import running_sim
+
+
+@pytest.mark.parametrize(
+    ("tokenizer", "message"),
+    [
+        ({"kind": "remote"}, "endpoint"),
+        ({"kind": "hf"}, "tokenizer.json"),
+        ({"kind": "sentencepiece"}, "character"),
+    ],
+)
+def test_configuration_rules_at_start_up(tmp_path: Path, tokenizer: dict[str, str],
+                                         message: str) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(json.dumps({"prefix": {"enabled": True, "tokenizer": tokenizer}}))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.key.startswith("prefix.tokenizer") and message in str(caught.value)
+
+
+def test_missing_or_broken_hf_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no tokenizer file"):
+        load_hf_tokenizer(str(tmp_path / "absent.json"))
+    broken = tmp_path / "tokenizer.json"
+    broken.write_text("{not a tokenizer")
+    with pytest.raises(ConfigError) as caught:
+        load_hf_tokenizer(str(broken))
+    assert caught.value.key == "prefix.tokenizer.path"
+
+
+def hf_file(tmp_path: Path) -> str:
+    """A real tokenizer.json, trained here (no model download needed)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    words = [f"word{i}" for i in range(200)]
+    tokenizer.train_from_iterator([" ".join(words)],
+                                  trainers.WordLevelTrainer(special_tokens=["[UNK]"]))
+    path = tmp_path / "tokenizer.json"
+    tokenizer.save(str(path))
+    return str(path)
+
+
+def test_hf_tokenizer_blocks_are_token_blocks(tmp_path: Path) -> None:
+    settings = PrefixSettings(enabled=True, block_size=4,
+                              tokenizer=TokenizerSettings(kind="hf", path=hf_file(tmp_path)))
+    producer = PrefixProducer(settings)
+    text = " ".join(f"word{i}" for i in range(40))
+    request = RoutingRequest(model="m", api=Api.CHAT, prompt_text=text)
+    annotated, hashes = producer.annotate(request, [])
+    assert len(hashes) == 10  # 40 tokens / 4, where characters would give 70 blocks
+    assert annotated.prefix is not None and annotated.prefix.total_blocks == 10
+
+
+def test_remote_tokenizer_matches_the_engine_and_falls_back_only_when_allowed() -> None:
+    messages = [{"role": "user", "content": "alpha beta gamma"}]
+    request = RoutingRequest(model="m", api=Api.CHAT, prompt_text="x", messages=messages)
+    with running_sim() as url:
+        remote = RemoteTokenizer(TokenizerSettings(kind="remote", endpoint=url))
+        tokens = asyncio.run(remote.tokens(request))
+        assert tokens == token_ids(prompt_tokens({"messages": messages}))
+    dead = TokenizerSettings(kind="remote", endpoint="http://127.0.0.1:1", retries=1)
+    with pytest.raises(NoHealthyWorker):
+        asyncio.run(RemoteTokenizer(dead).tokens(request))
+    lenient = RemoteTokenizer(dead.model_copy(update={"fallback": True}))
+    assert asyncio.run(lenient.tokens(request)) is None and lenient.failures == 1
+
+
+async def test_router_prepare_counts_fallbacks() -> None:
+    settings = PrefixSettings(enabled=True, tokenizer=TokenizerSettings(
+        kind="remote", endpoint="http://127.0.0.1:1", retries=0, fallback=True))
+    registry = WorkerRegistry([WorkerSpec(url="a:1", models=["m"])])
+    router = Router(registry, create_policy("prefix_cache"), PickerMetrics(registry),
+                    PrefixProducer(settings))
+    assert router.needs_prepare
+    request = await router.prepare(RoutingRequest(model="m", api=Api.COMPLETIONS,
+                                                  prompt_text="p"))
+    assert request.tokens is None
+    assert "llm_picker_tokenizer_fallbacks_total 1.0" in router.metrics.render().decode()
