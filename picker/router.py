@@ -11,7 +11,7 @@ from picker.policies import POLICIES, Policy, create_policy
 from picker.prefix.producer import PrefixProducer
 from picker.registry import Worker, WorkerRegistry
 from picker.request import RoutingRequest
-from picker.telemetry import PickerMetrics, match_bucket
+from picker.telemetry import IMBALANCE_ABS_COUNT, PickerMetrics, match_bucket
 
 __all__ = ["STRATEGY_HEADER", "Lease", "Router", "build_router"]
 
@@ -95,6 +95,10 @@ class Router:
         if self.prefix is not None:
             request, hashes = self.prefix.annotate(request, candidates)
         worker = policy.pick(request, candidates)
+        if len(candidates) > 1:
+            loads = [w.in_flight for w in candidates]
+            if max(loads) - min(loads) > IMBALANCE_ABS_COUNT:
+                self.metrics.load_imbalance.inc()
         self.workers.acquire(worker)
         if self.prefix is not None:
             self.prefix.record(hashes, worker)

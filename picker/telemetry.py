@@ -16,7 +16,9 @@ from picker.circuit import CircuitState
 from picker.prefix.index import PrefixIndex
 from picker.registry import WorkerRegistry
 
-__all__ = ["CONTENT_TYPE", "PickerMetrics"]
+__all__ = ["CONTENT_TYPE", "IMBALANCE_ABS_COUNT", "PickerMetrics", "match_bucket"]
+
+IMBALANCE_ABS_COUNT = 16
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -73,6 +75,13 @@ class _WorkerStateCollector(Collector):
         yield circuit
         if self.prefix_index is not None:
             yield blocks
+            status = GaugeMetricFamily(
+                "llm_picker_prefix_indexer_status", "1 when a prefix index serves the model",
+                labels=["model", "kind"],
+            )
+            for model in sorted(self._workers.models()):
+                status.add_metric([model, self.prefix_index.kind], 1.0)
+            yield status
 
 
 class PickerMetrics:
@@ -98,6 +107,12 @@ class PickerMetrics:
         self.decision_seconds = Histogram(
             "llm_picker_decision_duration_seconds", "Time to choose a worker",
             buckets=_DECISION_BUCKETS, registry=self.registry,
+        )
+        self.load_imbalance = Counter(
+            "llm_picker_load_imbalance",
+            "Decisions taken while candidates' in-flight counts differed by more than "
+            f"{IMBALANCE_ABS_COUNT} (AIBrix's default imbalance threshold)",
+            registry=self.registry,
         )
         self.tokenizer_fallbacks = Counter(
             "llm_picker_tokenizer_fallbacks", "Requests whose remote tokenization failed and "

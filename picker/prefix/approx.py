@@ -19,10 +19,13 @@ __all__ = ["ApproxPrefixIndex"]
 
 
 class ApproxPrefixIndex:
+    kind = "approximate"
+
     def __init__(self, capacity_blocks: int = 65536) -> None:
         if capacity_blocks < 1:
             raise ValueError("capacity_blocks must be at least 1")
         self._capacity = capacity_blocks
+        self._capacity_of: dict[str, int] = {}  # per-worker overrides (engine-sized)
         self._lru: dict[str, OrderedDict[int, None]] = {}
         self._holders: dict[int, int] = {}  # block hash -> bitmask of worker bits
         self._bit: dict[str, int] = {}  # worker id -> its bit
@@ -62,6 +65,7 @@ class ApproxPrefixIndex:
                 bit = self._new_bit(worker_id)
             lru = self._lru[worker_id]
             holders = self._holders
+            capacity = self._capacity_of.get(worker_id, self._capacity)
             # Newest last, and leading blocks touched last: like the engines, evict a prompt's
             # tail before its shared head.
             for block in reversed(hashes):
@@ -70,7 +74,7 @@ class ApproxPrefixIndex:
                     continue
                 lru[block] = None
                 holders[block] = holders.get(block, 0) | bit
-                if len(lru) > self._capacity:
+                if len(lru) > capacity:
                     self._forget(lru.popitem(last=False)[0], bit)
 
     def remove_worker(self, worker_id: str) -> None:
@@ -81,6 +85,15 @@ class ApproxPrefixIndex:
             for block in self._lru.pop(worker_id):
                 self._forget(block, bit)
             del self._ids[bit]
+            self._capacity_of.pop(worker_id, None)
+
+    def set_capacity(self, worker_id: str, blocks: int) -> None:
+        """Size one worker's LRU like its engine's cache, trimming it at once if smaller."""
+        with self._lock:
+            self._capacity_of[worker_id] = max(1, blocks)
+            lru, bit = self._lru.get(worker_id), self._bit.get(worker_id)
+            while lru is not None and bit is not None and len(lru) > max(1, blocks):
+                self._forget(lru.popitem(last=False)[0], bit)
 
     def blocks_of(self, worker_id: str) -> int:
         return len(self._lru.get(worker_id, ()))

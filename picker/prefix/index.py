@@ -27,6 +27,8 @@ class PrefixMatch:
 class PrefixIndex(Protocol):
     """Producer of prefix matches; policies only ever read the PrefixMatch it computes."""
 
+    kind: str  # "approximate" or "kv_events", reported in metrics
+
     def match(self, hashes: list[int], worker_ids: Iterable[str]) -> PrefixMatch: ...
 
     def record(self, hashes: list[int], worker_id: str) -> None:
@@ -34,6 +36,8 @@ class PrefixIndex(Protocol):
         ...
 
     def remove_worker(self, worker_id: str) -> None: ...
+
+    def set_capacity(self, worker_id: str, blocks: int) -> None: ...
 
     def blocks_of(self, worker_id: str) -> int:
         """Blocks currently believed cached on the worker (exported as a metric)."""

@@ -30,6 +30,9 @@ class PrefixSettings(BaseModel):
     # ~160 bytes per block (measured): 32768 blocks is ~5 MB per worker.
     capacity_blocks: int = Field(default=32768, ge=1, description="Per worker")
     tokenizer: TokenizerSettings = Field(default_factory=TokenizerSettings)
+    # Size each worker's index like its engine's KV cache once `vllm:cache_config_info` has been
+    # scraped (num_gpu_blocks x block_size tokens, at ~4 characters per token for characters).
+    autotune_capacity: bool = True
 
 
 class PrefixProducer:
@@ -37,6 +40,8 @@ class PrefixProducer:
 
     def __init__(self, settings: PrefixSettings, index: PrefixIndex | None = None) -> None:
         self._block_size = settings.block_size
+        self._autotune = settings.autotune_capacity
+        self._tuned: set[str] = set()
         self.index: PrefixIndex = index or ApproxPrefixIndex(settings.capacity_blocks)
         kind = settings.tokenizer.kind
         path = settings.tokenizer.path
@@ -61,7 +66,18 @@ class PrefixProducer:
         return replace(request, prefix=match), hashes
 
     def record(self, hashes: list[int], worker: Worker) -> None:
+        if self._autotune and worker.id not in self._tuned:
+            self._tune(worker)
         self.index.record(hashes, worker.id)
+
+    def _tune(self, worker: Worker) -> None:
+        engine = worker.engine
+        if engine is None or not engine.num_gpu_blocks or not engine.block_size:
+            return
+        tokens = engine.num_gpu_blocks * engine.block_size
+        units = tokens if self._hf is not None or self.remote is not None else tokens * 4
+        self.index.set_capacity(worker.id, units // self._block_size)
+        self._tuned.add(worker.id)
 
     # RegistryListener: a removed worker's cache is gone with it.
     def worker_added(self, worker: Worker) -> None:
@@ -69,3 +85,4 @@ class PrefixProducer:
 
     def worker_removed(self, worker: Worker) -> None:
         self.index.remove_worker(worker.id)
+        self._tuned.discard(worker.id)

@@ -165,3 +165,12 @@ def test_match_bucket(rate: float | None, bucket: str) -> None:
     from picker.telemetry import match_bucket
 
     assert match_bucket(rate) == bucket
+
+
+def test_imbalance_and_indexer_status_metrics() -> None:
+    r = prefix_router()
+    r.workers.workers()[0].in_flight = 20
+    r.pick(chat_req("s", "q")).release("completed")
+    text = r.metrics.render().decode()
+    assert "llm_picker_load_imbalance_total 1.0" in text
+    assert 'llm_picker_prefix_indexer_status{kind="approximate",model="m"} 1.0' in text
