@@ -45,7 +45,8 @@ class PrefixProducer:
         self.index: PrefixIndex = index or ApproxPrefixIndex(settings.capacity_blocks)
         kind = settings.tokenizer.kind
         path = settings.tokenizer.path
-        self._hf = load_hf_tokenizer(path) if kind == "hf" and path else None
+        self._hf = (load_hf_tokenizer(path, settings.tokenizer.chat_template)
+                    if kind == "hf" and path else None)
         self.remote = RemoteTokenizer(settings.tokenizer) if kind == "remote" else None
 
     def annotate(

@@ -34,6 +34,8 @@ class TokenizerSettings(BaseModel):
 
     kind: Literal["character", "hf", "remote"] = "character"
     path: str | None = Field(default=None, description="hf: tokenizer.json file")
+    chat_template: str | None = Field(
+        default=None, description="hf: Jinja chat template file applied to chat messages")
     endpoint: str | None = Field(default=None, description="remote: base url with /tokenize")
     timeout_secs: float = Field(default=0.5, gt=0)
     retries: int = Field(default=1, ge=0)
@@ -50,16 +52,37 @@ class TokenizerSettings(BaseModel):
 
 
 class HfTokenizer:
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, template: Any = None) -> None:
         self._tokenizer = tokenizer
+        self._template = template
 
     def units(self, request: RoutingRequest) -> list[int]:
-        ids: list[int] = self._tokenizer.encode(request.prompt_text,
-                                                add_special_tokens=False).ids
+        """Token ids of the text the engine sees: chat messages rendered through the model's
+        chat template when one is configured (as vLLM does before tokenizing)."""
+        text = request.prompt_text
+        if self._template is not None and request.messages is not None:
+            text = self._template.render(messages=list(request.messages),
+                                         add_generation_prompt=True)
+        ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False).ids
         return ids
 
 
-def load_hf_tokenizer(path: str) -> HfTokenizer:
+def _load_template(path: str) -> Any:
+    try:
+        from jinja2 import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError as exc:
+        raise ConfigError("prefix.tokenizer.chat_template",
+                          "needs jinja2: pip install 'llm-picker[hf]'") from exc
+    try:
+        source = Path(path).read_text()
+        # Sandboxed, as Hugging Face renders chat templates: the file is configuration, not code.
+        return ImmutableSandboxedEnvironment().from_string(source)
+    except (OSError, TemplateError) as exc:
+        raise ConfigError("prefix.tokenizer.chat_template", f"cannot load {path}: {exc}") from exc
+
+
+def load_hf_tokenizer(path: str, chat_template: str | None = None) -> HfTokenizer:
     """Load at start-up so a wrong path fails before serving, naming the key."""
     try:
         from tokenizers import Tokenizer
@@ -69,9 +92,10 @@ def load_hf_tokenizer(path: str) -> HfTokenizer:
     if not Path(path).is_file():
         raise ConfigError("prefix.tokenizer.path", f"no tokenizer file at {path}")
     try:
-        return HfTokenizer(Tokenizer.from_file(path))
+        tokenizer = Tokenizer.from_file(path)
     except Exception as exc:  # the library raises bare Exception on malformed files
         raise ConfigError("prefix.tokenizer.path", f"cannot load {path}: {exc}") from exc
+    return HfTokenizer(tokenizer, _load_template(chat_template) if chat_template else None)
 
 
 class RemoteTokenizer:

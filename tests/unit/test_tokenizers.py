@@ -99,3 +99,18 @@ async def test_router_prepare_counts_fallbacks() -> None:
                                                   prompt_text="p"))
     assert request.tokens is None
     assert "llm_picker_tokenizer_fallbacks_total 1.0" in router.metrics.render().decode()
+
+
+def test_hf_chat_template_is_applied_to_messages(tmp_path: Path) -> None:
+    template = tmp_path / "chat.jinja"
+    template.write_text("{% for m in messages %}word1 {{ m['content'] }} {% endfor %}"
+                        "{% if add_generation_prompt %}word2{% endif %}")
+    tokenizer = load_hf_tokenizer(hf_file(tmp_path), str(template))
+    request = RoutingRequest(model="m", api=Api.CHAT, prompt_text="ignored",
+                             messages=[{"role": "user", "content": "word7 word8"}])
+    plain = load_hf_tokenizer(hf_file(tmp_path))
+    expected = plain.units(RoutingRequest(model="m", api=Api.CHAT,
+                                          prompt_text="word1 word7 word8 word2"))
+    assert tokenizer.units(request) == expected
+    with pytest.raises(ConfigError, match="chat_template"):
+        load_hf_tokenizer(hf_file(tmp_path), str(tmp_path / "absent.jinja"))
