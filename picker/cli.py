@@ -61,7 +61,7 @@ def _bench(ns: argparse.Namespace) -> int:
         from picker.bench.routing import run_routing
 
         return run_routing(engines=ns.engines, groups=ns.groups, rate=ns.rate,
-                           contenders=ns.contenders, seed=ns.seed)
+                           contenders=ns.contenders, seed=ns.seed, plot=ns.plot)
     from picker.bench.overhead import run_overhead
 
     return run_overhead(requests=ns.requests, concurrency=ns.concurrency, peers=ns.peers)
@@ -109,8 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     routing.add_argument("--seed", type=int, default=0)
     routing.add_argument(
         "--contenders", nargs="+",
-        default=["round_robin", "least_load", "prefix_cache", "cache_aware", "sglang"],
+        default=["round_robin", "least_load", "prefix_cache", "cache_aware", "weighted",
+                 "sglang"],
     )
+    routing.add_argument("--plot", help="write an SVG chart of the results to this path")
     routing.set_defaults(run=_bench)
     return parser
 

@@ -23,6 +23,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from picker.bench.decision import decision_latency
+from picker.bench.plot import bar_chart_svg
 from picker.bench.workload import Workload, make_workload, oracle_hit_rate
 from picker.sim.engine import PROFILES
 from picker.stack import (
@@ -39,6 +40,11 @@ from picker.stack import (
 __all__ = ["run_routing"]
 
 PROFILE = "8b-h100-like"
+# Contenders that need parameters; others are policy names with their defaults.
+_POLICY_CONFIG: dict[str, Any] = {
+    "weighted": {"name": "weighted",
+                 "params": {"scorers": {"prefix": 3.0, "queue": 1.0, "in_flight": 1.0}}},
+}
 MAX_OUTSTANDING = 256
 WORKER_HEADER = "x-picker-sim-worker"
 
@@ -135,7 +141,7 @@ def _contender(name: str, engines: int, workdir: Path) -> Iterator[tuple[str, li
         picker_port = free_port()
         config = {
             "extproc": {"port": picker_port}, "admin": {"port": free_port()},
-            "policy": name, "prefix": {"enabled": True},
+            "policy": _POLICY_CONFIG.get(name, name), "prefix": {"enabled": True},
             "workers": [{"url": u, "id": s.worker_id, "models": ["sim-model"]}
                         for u, s in zip(urls, sims, strict=True)],
         }
@@ -170,7 +176,8 @@ def _measure(name: str, engines: int, workload: Workload, workdir: Path) -> Repo
 
 
 def run_routing(engines: int = 8, groups: int = 64, rate: float = 40.0,
-                contenders: list[str] | None = None, seed: int = 0) -> int:
+                contenders: list[str] | None = None, seed: int = 0,
+                plot: str | None = None) -> int:
     names = contenders or ["round_robin", "least_load", "prefix_cache", "cache_aware", "sglang"]
     workload = make_workload(seed=seed, groups=groups, rate=rate)
     oracle = oracle_hit_rate(workload, int(PROFILES[PROFILE]["block_tokens"]))
@@ -196,4 +203,14 @@ def run_routing(engines: int = 8, groups: int = 64, rate: float = 40.0,
               f"{r.e2e_p50 * 1000:>7.0f}ms{r.e2e_p99 * 1000:>7.0f}ms{r.throughput:>7.1f}"
               f"{f'{r.max_per_engine}/{r.min_per_engine}':>9}{r.errors:>7}"
               f"{r.ttft_p50 / base.ttft_p50:>25.2f}x")
+    if plot:
+        Path(plot).write_text(bar_chart_svg(
+            f"Routing quality, {len(workload.bodies)} shared-prefix chat requests, "
+            f"{engines} simulated engines",
+            [r.contender for r in reports],
+            [("hit rate", "% of prompt tokens", [100 * r.hit_rate for r in reports]),
+             ("TTFT p50", "ms", [1000 * r.ttft_p50 for r in reports]),
+             ("TTFT p99", "ms", [1000 * r.ttft_p99 for r in reports])],
+        ))
+        print(f"plot written to {plot}")
     return 0 if all(r.errors == 0 for r in reports) else 1
