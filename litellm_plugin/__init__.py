@@ -1,5 +1,9 @@
-"""LiteLLM adapter: the picker's core as a LiteLLM routing strategy and proxy callback.
+"""LiteLLM adapter: the picker's core as a LiteLLM Router routing strategy.
 
-Not implemented yet (tracked as its own issue); the package exists so the distribution's layout
-is final. Nothing here is imported by the core or by the Envoy adapter.
+Importing this package imports litellm (the `litellm` extra); the core never does.
 """
+
+from litellm_plugin.strategy import PickerStrategy
+from litellm_plugin.tracking import InFlightTracker
+
+__all__ = ["InFlightTracker", "PickerStrategy"]

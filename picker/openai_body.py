@@ -14,7 +14,7 @@ from typing import Any
 from picker.errors import InvalidRequest, UnsupportedPath
 from picker.request import Api, RoutingRequest
 
-__all__ = ["parse_request"]
+__all__ = ["parse_request", "request_from_data"]
 
 _APIS = {api.value: api for api in Api}
 _MAX_MODEL_CHARS = 256
@@ -33,7 +33,12 @@ def parse_request(path: str, body: bytes, headers: Mapping[str, str]) -> Routing
     api = _APIS.get(path.split("?", 1)[0].rstrip("/"))
     if api is None:
         raise UnsupportedPath(f"the picker routes only {', '.join(_APIS)}; got {_clip(path)!r}")
-    data = _load_object(body)
+    return request_from_data(api, _load_object(body), headers)
+
+
+def request_from_data(api: Api, data: Mapping[str, Any],
+                      headers: Mapping[str, str]) -> RoutingRequest:
+    """A request already decoded (LiteLLM hands over Python objects, not bytes)."""
     model = data.get("model")
     if model is None:
         raise InvalidRequest("'model' is required", param="model")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import replace
 
 from picker.config import PickerConfig
@@ -83,12 +84,25 @@ class Router:
 
     def pick(self, request: RoutingRequest) -> Lease:
         """Choose a worker and take an in-flight slot on it; raises RequestError if none fits."""
+        worker = self.choose(request)
+        self.workers.acquire(worker)
+        return Lease(worker, self)
+
+    def lease(self, worker: Worker) -> Lease:
+        """Take a slot on a worker chosen earlier (LiteLLM chooses, then calls, separately)."""
+        self.workers.acquire(worker)
+        return Lease(worker, self)
+
+    def choose(self, request: RoutingRequest, allowed: Collection[str] | None = None) -> Worker:
+        """The decision alone. `allowed` (worker ids) narrows the candidates further, e.g. to
+        the deployments LiteLLM has not cooled down."""
         started = time.perf_counter()
         policy = self._policy_for(request)
         serving = self.workers.for_model(request.model)
         if not serving:
             raise ModelNotFound(f"no worker serves model {request.model[:100]!r}", param="model")
-        candidates = [w for w in serving if w.routable]
+        candidates = [w for w in serving
+                      if w.routable and (allowed is None or w.id in allowed)]
         if not candidates:
             raise NoHealthyWorker(f"no healthy worker for model {request.model[:100]!r}")
         hashes: list[int] = []
@@ -99,7 +113,6 @@ class Router:
             loads = [w.in_flight for w in candidates]
             if max(loads) - min(loads) > IMBALANCE_ABS_COUNT:
                 self.metrics.load_imbalance.inc()
-        self.workers.acquire(worker)
         if self.prefix is not None:
             self.prefix.record(hashes, worker)
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
@@ -109,7 +122,7 @@ class Router:
         model = request.model if request.model in self.workers.models() else "other"
         rate = None if request.prefix is None else request.prefix.rate(worker.id)
         self.metrics.routing_decisions.labels(model, policy.name, match_bucket(rate)).inc()
-        return Lease(worker, self)
+        return worker
 
     def _policy_for(self, request: RoutingRequest) -> Policy:
         name = request.headers.get(STRATEGY_HEADER)

@@ -1,0 +1,76 @@
+"""LiteLLM deployments as picker workers: one worker per engine address (`api_base`).
+
+Deployments are matched by `model_info.id`; several deployments on one engine (one per model
+group) share its worker, so its load is counted once. Deployments without an `api_base`
+(hosted providers) are not engines the picker can reason about and are left to LiteLLM.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from picker.errors import PickerError
+from picker.registry import WorkerRegistry
+from picker.workers import WorkerSpec
+
+__all__ = ["DeploymentFleet", "engine_url"]
+
+log = logging.getLogger("llm_picker.litellm")
+
+
+def engine_url(api_base: str) -> str:
+    """`http://host:8000/v1` -> `http://host:8000`: the engine, whatever API path LiteLLM uses."""
+    parts = urlsplit(api_base if "://" in api_base else "http://" + api_base)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class DeploymentFleet:
+    def __init__(self, workers: WorkerRegistry) -> None:
+        self.workers = workers
+        self._seen: frozenset[str] = frozenset()
+        self._worker_of: dict[str, str] = {}  # deployment id -> worker id
+
+    def worker_id(self, deployment: Mapping[str, Any]) -> str | None:
+        return self._worker_of.get(str(deployment.get("model_info", {}).get("id")))
+
+    def sync(self, deployments: Iterable[Mapping[str, Any]]) -> None:
+        """Follow LiteLLM's model list (added/deleted deployments); cheap when unchanged."""
+        deployments = list(deployments)
+        ids = frozenset(str(d.get("model_info", {}).get("id")) for d in deployments)
+        if ids == self._seen:
+            return
+        wanted: dict[str, tuple[set[str], set[str], str | None]] = {}
+        for deployment in deployments:
+            params = deployment.get("litellm_params", {})
+            api_base = params.get("api_base")
+            if not api_base:
+                continue
+            url = engine_url(str(api_base))
+            models, ids_here, _ = wanted.setdefault(url, (set(), set(), params.get("api_key")))
+            models.add(str(deployment.get("model_name")))
+            ids_here.add(str(deployment.get("model_info", {}).get("id")))
+        for worker in self.workers.workers():
+            if worker.url not in wanted:
+                self.workers.remove(worker.url)
+        worker_of: dict[str, str] = {}
+        for url, (models, dep_ids, api_key) in wanted.items():
+            try:
+                spec = WorkerSpec.model_validate({"url": url, "id": min(dep_ids),
+                                                  "models": sorted(models), "api_key": api_key})
+                existing = self.workers.get_by_url(url)
+                if existing is None:
+                    worker = self.workers.add(spec)
+                else:
+                    worker = existing
+                    if set(worker.spec.models) != models:
+                        self.workers.replace_spec(worker, spec.updated(id=worker.id))
+            except (PickerError, ValueError) as exc:
+                log.warning("deployment at %s not routed by the picker: %s", url, exc)
+                continue
+            for dep_id in dep_ids:
+                worker_of[dep_id] = worker.id
+        self._worker_of = worker_of
+        self._seen = ids

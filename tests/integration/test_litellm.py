@@ -1,0 +1,146 @@
+"""The picker as a strategy of the real litellm.Router, sending real HTTP to simulated engines."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # before litellm is imported: no network
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import litellm
+import pytest
+
+from examples.litellm.sdk import make_router
+from litellm_plugin import PickerStrategy
+from picker.stack import Process, SimSpec, start_sim
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+def engines(tmp_path: Path) -> Iterator[tuple[list[str], dict[str, Process]]]:
+    specs = [SimSpec(f"e{i}", "sim-model", ["--ttft-ms", "2", "--tpot-ms", "2"])
+             for i in range(3)]
+    procs = {s.worker_id: start_sim(s, tmp_path) for s in specs}
+    yield [f"http://127.0.0.1:{s.port}/v1" for s in specs], procs
+    for proc in procs.values():
+        proc.stop()
+
+
+def served(response: object) -> str:
+    return str(response._hidden_params["api_base"])  # type: ignore[attr-defined]
+
+
+def strategy_of(router: litellm.Router) -> PickerStrategy:
+    strategy = router.async_get_available_deployment.__self__
+    assert isinstance(strategy, PickerStrategy)
+    return strategy
+
+
+async def wait_idle(strategy: PickerStrategy) -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if all(w.in_flight == 0 for w in strategy.core.workers.workers()):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"in-flight did not return to zero: "
+                         f"{[(w.id, w.in_flight) for w in strategy.core.workers.workers()]}")
+
+
+def test_round_robin_spreads_evenly_sync_and_async(engines: tuple[list[str], dict]) -> None:
+    bases, _ = engines
+    router = make_router(bases, policy="round_robin")
+    counts = Counter(served(router.completion(model="my-model", messages=MESSAGES,
+                                              max_tokens=2)) for _ in range(6))
+
+    async def more() -> Counter[str]:
+        return Counter([served(await router.acompletion(model="my-model", messages=MESSAGES,
+                                                         max_tokens=2)) for _ in range(6)])
+
+    counts += asyncio.run(more())
+    assert sorted(counts.values()) == [4, 4, 4] and len(counts) == 3
+
+
+def test_least_load_spreads_concurrent_calls(engines: tuple[list[str], dict]) -> None:
+    bases, _ = engines
+    router = make_router(bases, policy="least_load")
+
+    async def burst() -> Counter[str]:
+        replies = await asyncio.gather(*(router.acompletion(
+            model="my-model", messages=MESSAGES, max_tokens=20) for _ in range(9)))
+        return Counter(served(r) for r in replies)
+
+    assert sorted(asyncio.run(burst()).values()) == [3, 3, 3]
+
+
+def test_prefix_routing_keeps_a_shared_prefix_group_on_one_engine(
+        engines: tuple[list[str], dict]) -> None:
+    bases, _ = engines
+    router = make_router(bases, policy="prefix_cache")
+    homes: dict[int, set[str]] = {0: set(), 1: set(), 2: set()}
+    for i in range(12):
+        group = i % 3
+        system = f"group {group}: " + "shared instructions " * 60
+        reply = router.completion(model="my-model", max_tokens=1, messages=[
+            {"role": "system", "content": system}, {"role": "user", "content": f"q{i}"}])
+        homes[group].add(served(reply))
+    assert all(len(h) == 1 for h in homes.values()), homes
+
+
+def test_dead_engine_is_cooled_down_and_no_longer_chosen(
+        engines: tuple[list[str], dict]) -> None:
+    bases, procs = engines
+    router = make_router(bases, policy="round_robin")
+    router.allowed_fails = 0
+    router.cooldown_time = 60
+    procs["e1"].kill()
+    dead = bases[1]
+
+    async def calls() -> list[str]:
+        out = []
+        for _ in range(9):
+            try:
+                out.append(served(await router.acompletion(
+                    model="my-model", messages=MESSAGES, max_tokens=2, num_retries=0)))
+            except (litellm.APIConnectionError, litellm.InternalServerError):
+                out.append("failed")
+        return out
+
+    async def calls_then_idle() -> list[str]:
+        results = await calls()
+        await wait_idle(strategy_of(router))  # LiteLLM's success hooks run on this loop
+        return results
+
+    results = asyncio.run(calls_then_idle())
+    assert results.count("failed") == 1  # the one call that found it dead
+    assert dead not in results
+
+
+def test_in_flight_returns_to_zero_after_streams_and_failures(
+        engines: tuple[list[str], dict]) -> None:
+    bases, procs = engines
+    router = make_router(bases, policy="least_load")
+    strategy = strategy_of(router)
+
+    async def mixed() -> None:
+        for _ in range(3):
+            stream = await router.acompletion(model="my-model", messages=MESSAGES,
+                                              max_tokens=5, stream=True)
+            async for _chunk in stream:
+                pass
+        procs["e2"].kill()
+        for _ in range(6):
+            with contextlib.suppress(litellm.APIConnectionError, litellm.InternalServerError):
+                await router.acompletion(model="my-model", messages=MESSAGES, max_tokens=2,
+                                         num_retries=0)
+        await wait_idle(strategy)
+
+    asyncio.run(mixed())
+    text = strategy.core.metrics.render().decode()
+    assert 'llm_picker_requests_total{outcome="upstream_error"}' in text

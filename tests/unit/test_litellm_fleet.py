@@ -1,0 +1,35 @@
+"""LiteLLM deployments -> picker workers, followed as the model list changes."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from litellm_plugin.fleet import DeploymentFleet, engine_url  # noqa: E402
+from picker.registry import WorkerRegistry  # noqa: E402
+
+
+def deployment(dep_id: str, group: str, api_base: str | None) -> dict[str, object]:
+    params = {"model": "hosted_vllm/x", **({"api_base": api_base} if api_base else {})}
+    return {"model_name": group, "litellm_params": params, "model_info": {"id": dep_id}}
+
+
+def test_engine_url_drops_the_api_path() -> None:
+    assert engine_url("http://h:8000/v1") == "http://h:8000"
+    assert engine_url("h:8000/v1/") == "http://h:8000"
+
+
+def test_sync_adds_merges_and_removes() -> None:
+    fleet = DeploymentFleet(WorkerRegistry())
+    fleet.sync([deployment("d1", "chat", "http://a:1/v1"), deployment("d2", "code", "http://a:1/v1"),
+                deployment("d3", "chat", "http://b:1/v1"), deployment("d4", "gpt", None)])
+    workers = {w.url: w for w in fleet.workers.workers()}
+    assert set(workers) == {"http://a:1", "http://b:1"}
+    assert workers["http://a:1"].spec.models == ["chat", "code"]  # one engine, one load count
+    assert fleet.worker_id({"model_info": {"id": "d2"}}) == fleet.worker_id(
+        {"model_info": {"id": "d1"}})
+    assert fleet.worker_id({"model_info": {"id": "d4"}}) is None  # hosted: left to LiteLLM
+    fleet.sync([deployment("d3", "chat", "http://b:1/v1")])
+    assert [w.url for w in fleet.workers.workers()] == ["http://b:1"]
+    assert fleet.worker_id({"model_info": {"id": "d1"}}) is None
