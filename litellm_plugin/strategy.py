@@ -15,22 +15,16 @@ is balanced by load-aware policies instead of all seeing idle engines.
 from __future__ import annotations
 
 import os
-import random
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from litellm.exceptions import ServiceUnavailableError
 from litellm.router import Router as LiteLLMRouter
 from litellm.types.router import CustomRoutingStrategyBase
 
-from litellm_plugin.errors import to_litellm_error
+from litellm_plugin.choose import choose_deployment
 from litellm_plugin.fleet import DeploymentFleet
 from litellm_plugin.tracking import InFlightTracker
 from picker.config import load_config
-from picker.errors import RequestError
-from picker.openai_body import request_from_data
-from picker.request import Api
 from picker.router import Router, build_router
 
 __all__ = ["PickerStrategy"]
@@ -82,30 +76,8 @@ class PickerStrategy(CustomRoutingStrategyBase):
                 request_kwargs: dict[str, Any] | None) -> dict[str, Any]:
         if isinstance(healthy, dict):
             return healthy  # a specific deployment was asked for
-        if not healthy:
-            raise ServiceUnavailableError(
-                message=f"no healthy deployment for {model}", model=model, llm_provider="")
-        self.fleet.sync(self._router.model_list)
-        by_worker: dict[str, dict[str, Any]] = {}
-        for deployment in healthy:
-            worker_id = self.fleet.worker_id(deployment)
-            if worker_id is not None:
-                by_worker.setdefault(worker_id, deployment)
-        if not by_worker:
-            return random.choice(healthy)  # none of them is an engine the picker knows
-        data: dict[str, Any] = {"model": model}
-        if messages is not None:
-            api, data["messages"] = Api.CHAT, messages
-        else:
-            api, data["input"] = Api.EMBEDDINGS, input if input is not None else ""
-        headers: Mapping[str, str] = {}
-        metadata = (request_kwargs or {}).get("metadata") or {}
-        if isinstance(metadata, dict) and isinstance(metadata.get("headers"), dict):
-            headers = {str(k).lower(): str(v) for k, v in metadata["headers"].items()}
-        try:
-            worker = self.core.choose(request_from_data(api, data, headers), set(by_worker))
-        except RequestError as error:
-            self.core.reject(error)
-            raise to_litellm_error(error, model) from error
-        self.tracker.begin(request_kwargs, self.core, worker)
-        return by_worker[worker.id]
+        return choose_deployment(
+            self.core, self.fleet, self.tracker, model=model, healthy=healthy,
+            all_deployments=self._router.model_list, messages=messages, input=input,
+            request_kwargs=request_kwargs,
+        )
