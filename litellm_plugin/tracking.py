@@ -68,13 +68,14 @@ class InFlightTracker(CustomLogger):
             return
         previous = metadata.get(LEASE_KEY)
         if isinstance(previous, str):
-            self._end(previous, "upstream_error")  # this is a retry of a failed attempt
+            self.end(previous, "upstream_error")  # this is a retry of a failed attempt
         token = uuid.uuid4().hex
         with self._lock:
             self._leases[token] = core.lease(worker)
         metadata[LEASE_KEY] = token
 
-    def _end(self, token: str | None, outcome: str) -> None:
+    def end(self, token: str | None, outcome: str) -> None:
+        """Release the lease behind `token` (once; later calls do nothing)."""
         with self._lock:
             lease = self._leases.pop(token, None) if token else None
         if lease is not None:
@@ -84,16 +85,16 @@ class InFlightTracker(CustomLogger):
 
     def log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any,
                           end_time: Any) -> None:
-        self._end(_token(kwargs), "completed")
+        self.end(_token(kwargs), "completed")
 
     async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any,
                                       start_time: Any, end_time: Any) -> None:
-        self._end(_token(kwargs), "completed")
+        self.end(_token(kwargs), "completed")
 
     def log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any,
                           end_time: Any) -> None:
-        self._end(_token(kwargs), "upstream_error")
+        self.end(_token(kwargs), "upstream_error")
 
     async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any,
                                       start_time: Any, end_time: Any) -> None:
-        self._end(_token(kwargs), "upstream_error")
+        self.end(_token(kwargs), "upstream_error")

@@ -61,7 +61,8 @@ def _bench(ns: argparse.Namespace) -> int:
         from picker.bench.routing import run_routing
 
         return run_routing(engines=ns.engines, groups=ns.groups, rate=ns.rate,
-                           contenders=ns.contenders, seed=ns.seed, plot=ns.plot)
+                           contenders=ns.contenders, seed=ns.seed, plot=ns.plot,
+                           frontend=ns.frontend)
     from picker.bench.overhead import run_overhead
 
     return run_overhead(requests=ns.requests, concurrency=ns.concurrency, peers=ns.peers)
@@ -107,11 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     routing.add_argument("--groups", type=int, default=64, help="distinct system prompts")
     routing.add_argument("--rate", type=float, default=40.0, help="arrivals per second")
     routing.add_argument("--seed", type=int, default=0)
-    routing.add_argument(
-        "--contenders", nargs="+",
-        default=["round_robin", "least_load", "prefix_cache", "cache_aware", "weighted",
-                 "sglang"],
-    )
+    routing.add_argument("--frontend", choices=["envoy", "litellm"], default="envoy",
+                         help="envoy: picker policies through Envoy vs sglang-router; litellm: "
+                              "LiteLLM's strategies vs the picker strategy inside LiteLLM")
+    routing.add_argument("--contenders", nargs="+", help="default: all of the frontend's")
     routing.add_argument("--plot", help="write an SVG chart of the results to this path")
     routing.set_defaults(run=_bench)
     return parser

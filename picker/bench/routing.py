@@ -12,8 +12,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,25 +99,36 @@ async def _drive(base_url: str, workload: Workload) -> tuple[list[Outcome], floa
         return list(outcomes), time.perf_counter() - started
 
 
-def _engine_counters(url: str) -> tuple[float, float]:
-    queries = hits = 0.0
+def _engine_counters(url: str) -> tuple[float, float, float]:
+    """(prompt tokens looked up, prompt tokens hit, requests) from one engine."""
+    queries = hits = requests = 0.0
     for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
         for sample in family.samples:
             if sample.name == "vllm:prefix_cache_queries_total":
                 queries += sample.value
             elif sample.name == "vllm:prefix_cache_hits_total":
                 hits += sample.value
-    return queries, hits
+            elif sample.name == "vllm:request_success_total":
+                requests += sample.value
+    return queries, hits, requests
+
+
+Driver = Callable[[Workload], Coroutine[Any, Any, tuple[list[Outcome], float]]]
 
 
 @contextmanager
-def _contender(name: str, engines: int, workdir: Path) -> Iterator[tuple[str, list[str]]]:
-    """Fresh engines plus the router under test; yields (client base url, engine urls)."""
+def _contender(name: str, engines: int, workdir: Path) -> Iterator[tuple[Driver, list[str]]]:
+    """Fresh engines plus the router under test; yields (workload driver, engine urls)."""
     with ExitStack() as stack:
         sims = [SimSpec(f"e{i}", "sim-model", ["--profile", PROFILE]) for i in range(engines)]
         for spec in sims:
             stack.callback(start_sim(spec, workdir).stop)
         urls = [f"http://127.0.0.1:{s.port}" for s in sims]
+        if name.startswith("litellm:"):
+            from picker.bench.litellm_frontend import litellm_driver
+
+            yield litellm_driver(name.removeprefix("litellm:"), urls), urls
+            return
         listen = free_port()
         if name == "sglang":
             argv = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
@@ -136,7 +146,7 @@ def _contender(name: str, engines: int, workdir: Path) -> Iterator[tuple[str, li
                 if probe.status_code == 200:
                     break
                 time.sleep(0.5)
-            yield f"http://127.0.0.1:{listen}", urls
+            yield _http_driver(f"http://127.0.0.1:{listen}"), urls
             return
         picker_port = free_port()
         config = {
@@ -149,7 +159,11 @@ def _contender(name: str, engines: int, workdir: Path) -> Iterator[tuple[str, li
         envoy = render_envoy_config(listen_port=listen, admin_port=free_port(),
                                     picker_port=picker_port)
         stack.callback(start_envoy(envoy, workdir, name=f"envoy-{name}").stop)
-        yield f"http://127.0.0.1:{listen}", urls
+        yield _http_driver(f"http://127.0.0.1:{listen}"), urls
+
+
+def _http_driver(base_url: str) -> Driver:
+    return lambda workload: _drive(base_url, workload)
 
 
 def _quantile(values: list[float], q: int) -> float:
@@ -157,15 +171,14 @@ def _quantile(values: list[float], q: int) -> float:
 
 
 def _measure(name: str, engines: int, workload: Workload, workdir: Path) -> Report:
-    with _contender(name, engines, workdir) as (base_url, engine_urls):
+    with _contender(name, engines, workdir) as (drive, engine_urls):
         before = [_engine_counters(u) for u in engine_urls]
-        outcomes, elapsed = asyncio.run(_drive(base_url, workload))
+        outcomes, elapsed = asyncio.run(drive(workload))
         after = [_engine_counters(u) for u in engine_urls]
     queries = sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
     hits = sum(a[1] - b[1] for a, b in zip(after, before, strict=True))
     ok = [o for o in outcomes if o.status == 200]
-    per_engine = Counter(o.worker for o in ok)
-    counts = [per_engine.get(f"e{i}", 0) for i in range(engines)]
+    counts = [int(a[2] - b[2]) for a, b in zip(after, before, strict=True)]
     return Report(
         contender=name, hit_rate=hits / queries if queries else 0.0,
         ttft_p50=_quantile([o.ttft for o in ok], 50), ttft_p99=_quantile([o.ttft for o in ok], 99),
@@ -175,10 +188,15 @@ def _measure(name: str, engines: int, workload: Workload, workdir: Path) -> Repo
     )
 
 
+LITELLM_CONTENDERS = ["litellm:simple-shuffle", "litellm:least-busy", "litellm:prefix_cache"]
+
+
 def run_routing(engines: int = 8, groups: int = 64, rate: float = 40.0,
                 contenders: list[str] | None = None, seed: int = 0,
-                plot: str | None = None) -> int:
-    names = contenders or ["round_robin", "least_load", "prefix_cache", "cache_aware", "sglang"]
+                plot: str | None = None, frontend: str = "envoy") -> int:
+    default = LITELLM_CONTENDERS if frontend == "litellm" else [
+        "round_robin", "least_load", "prefix_cache", "cache_aware", "weighted", "sglang"]
+    names = contenders or default
     workload = make_workload(seed=seed, groups=groups, rate=rate)
     oracle = oracle_hit_rate(workload, int(PROFILES[PROFILE]["block_tokens"]))
     print(f"workload: {len(workload.bodies)} streaming chat requests at {rate}/s, {groups} "
@@ -188,12 +206,20 @@ def run_routing(engines: int = 8, groups: int = 64, rate: float = 40.0,
         p50, p99 = decision_latency(policy)
         print(f"decision latency, in-process, 8 workers, 8k-char prompt, {policy}: "
               f"p50 {p50:.0f} us, p99 {p99:.0f} us", flush=True)
+    if frontend == "litellm":
+        from picker.bench.litellm_frontend import selection_overhead
+
+        for strategy in ("simple-shuffle", "prefix_cache"):
+            p50, p99 = selection_overhead(strategy)
+            print(f"LiteLLM deployment selection, 8 deployments, 8k-char prompt, {strategy}: "
+                  f"p50 {p50:.0f} us, p99 {p99:.0f} us", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="llm-picker-routing-"))
     reports = []
     for name in names:
         reports.append(_measure(name, engines, workload, workdir))
         print(f"  measured {name}", file=sys.stderr, flush=True)
-    base = next((r for r in reports if r.contender == "round_robin"), reports[0])
+    base = next((r for r in reports if r.contender in ("round_robin", "litellm:least-busy")),
+                reports[0])
     print(f"{'contender':<14}{'hit rate':>9}{'of oracle':>10}{'TTFT p50':>10}{'TTFT p99':>10}"
           f"{'e2e p50':>9}{'e2e p99':>9}{'req/s':>7}{'max/min':>9}{'errors':>7}"
           f"{'TTFT p50 vs ' + base.contender:>26}")
