@@ -75,7 +75,10 @@ async def serve(
             await reloader.start()
             running.push_async_callback(reloader.stop)
         await grpc_server.start()
-        admin_task = asyncio.create_task(admin.serve())
+        # admin.enabled: None (the default) means on for `serve`; only an explicit false
+        # turns it off (then nothing answers /ready: the operator chose that).
+        admin_task = asyncio.create_task(
+            admin.serve() if config.admin.enabled is not False else stop.wait())
         log.warning(
             "llm-picker serving: ext_proc on %s:%d, admin on %s:%d, policy %s, %d workers",
             config.extproc.host, grpc_port, config.admin.host, config.admin.port,

@@ -18,6 +18,7 @@ from typing import Any
 from litellm_plugin.choose import choose_deployment
 from litellm_plugin.fleet import DeploymentFleet
 from litellm_plugin.tracking import InFlightTracker
+from picker.admin import serve_admin_in_thread
 from picker.config import load_config
 from picker.router import Router, build_router
 
@@ -38,6 +39,8 @@ class ProxyPicker(InFlightTracker):
                 config = load_config(os.environ.get("LLM_PICKER_CONFIG"), env=os.environ)
                 self._core = build_router(config)
                 self._fleet = DeploymentFleet(self._core.workers)
+                if config.admin.enabled:
+                    serve_admin_in_thread(self._core, config)
             return self._core, self._fleet
 
     async def async_filter_deployments(

@@ -24,6 +24,7 @@ from litellm.types.router import CustomRoutingStrategyBase
 from litellm_plugin.choose import choose_deployment
 from litellm_plugin.fleet import DeploymentFleet
 from litellm_plugin.tracking import InFlightTracker
+from picker.admin import serve_admin_in_thread
 from picker.config import load_config
 from picker.router import Router, build_router
 
@@ -46,6 +47,8 @@ class PickerStrategy(CustomRoutingStrategyBase):
         picker_config = load_config(config, env=os.environ, overrides=overrides)
         strategy = cls(router, build_router(picker_config))
         router.set_custom_routing_strategy(strategy)
+        if picker_config.admin.enabled:
+            serve_admin_in_thread(strategy.core, picker_config)
         return strategy
 
     # LiteLLM's base class annotates these as returning None; they return the deployment.

@@ -7,16 +7,20 @@ Every error has one shape, `{"error": {"code", "message", "field"?}}`. Mutating 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import threading
 import time
 from typing import Annotated, Any
 
+import uvicorn
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, SecretStr
 from starlette.exceptions import HTTPException
 
+from picker.config import PickerConfig
 from picker.discovery import WorkerUnreachable
 from picker.errors import UnknownWorker, WorkerConflict
 from picker.fleet import WorkerManager, WorkerPatch
@@ -25,7 +29,7 @@ from picker.router import Router
 from picker.telemetry import CONTENT_TYPE
 from picker.workers import ConnectionMode, WorkerSpec, WorkerType
 
-__all__ = ["create_admin_app", "worker_view"]
+__all__ = ["create_admin_app", "serve_admin_in_thread", "worker_view"]
 
 _MUTATION_STATUS = {WorkerConflict: 409, UnknownWorker: 404, WorkerUnreachable: 503}
 
@@ -166,3 +170,29 @@ def create_admin_app(router: Router, manager: WorkerManager,
         return DrainResult(worker=worker_view(worker), drained=drained)
 
     return app
+
+
+def serve_admin_in_thread(router: Router, config: PickerConfig) -> threading.Thread:
+    """The admin API on its own thread and event loop, for hosts that own the main loop
+    (the LiteLLM adapters). Returns once it listens; raises if it cannot."""
+    manager = WorkerManager(router.workers, config.discovery)
+    server = uvicorn.Server(uvicorn.Config(
+        create_admin_app(router, manager, config.admin.token), host=config.admin.host,
+        port=config.admin.port, log_level="warning", access_log=False, lifespan="off"))
+
+    async def run() -> None:
+        await manager.start()
+        try:
+            await server.serve()
+        finally:
+            await manager.stop()
+
+    thread = threading.Thread(target=asyncio.run, args=(run(),), daemon=True,
+                              name="llm-picker-admin")
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not server.started:
+        raise OSError(f"admin API could not listen on {config.admin.host}:{config.admin.port}")
+    return thread

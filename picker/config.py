@@ -51,6 +51,9 @@ class AdminConfig(ListenConfig):
     """The admin API; `token` guards mutating calls (env: LLM_PICKER_ADMIN__TOKEN)."""
 
     token: SecretStr | None = None
+    # None: the mode's default - on for `llm-picker serve`, off inside LiteLLM (where binding a
+    # port must be asked for).
+    enabled: bool | None = None
     allow_insecure: bool = Field(
         default=False, description="Allow a non-loopback listener without a token"
     )

@@ -220,15 +220,16 @@ def run_routing(engines: int = 8, groups: int = 64, rate: float = 40.0,
         print(f"  measured {name}", file=sys.stderr, flush=True)
     base = next((r for r in reports if r.contender in ("round_robin", "litellm:least-busy")),
                 reports[0])
-    print(f"{'contender':<14}{'hit rate':>9}{'of oracle':>10}{'TTFT p50':>10}{'TTFT p99':>10}"
+    width = max(14, *(len(r.contender) + 1 for r in reports))
+    print(f"{'contender':<{width}}{'hit rate':>9}{'of oracle':>10}{'TTFT p50':>10}{'TTFT p99':>10}"
           f"{'e2e p50':>9}{'e2e p99':>9}{'req/s':>7}{'max/min':>9}{'errors':>7}"
-          f"{'TTFT p50 vs ' + base.contender:>26}")
+          f"  TTFT p50 vs {base.contender}")
     for r in reports:
-        print(f"{r.contender:<14}{r.hit_rate:>9.1%}{r.hit_rate / oracle:>10.0%}"
+        print(f"{r.contender:<{width}}{r.hit_rate:>9.1%}{r.hit_rate / oracle:>10.0%}"
               f"{r.ttft_p50 * 1000:>8.0f}ms{r.ttft_p99 * 1000:>8.0f}ms"
               f"{r.e2e_p50 * 1000:>7.0f}ms{r.e2e_p99 * 1000:>7.0f}ms{r.throughput:>7.1f}"
               f"{f'{r.max_per_engine}/{r.min_per_engine}':>9}{r.errors:>7}"
-              f"{r.ttft_p50 / base.ttft_p50:>25.2f}x")
+              f"{r.ttft_p50 / base.ttft_p50:>9.2f}x")
     if plot:
         Path(plot).write_text(bar_chart_svg(
             f"Routing quality, {len(workload.bodies)} shared-prefix chat requests, "

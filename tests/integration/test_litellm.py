@@ -144,3 +144,20 @@ def test_in_flight_returns_to_zero_after_streams_and_failures(
     asyncio.run(mixed())
     text = strategy.core.metrics.render().decode()
     assert 'llm_picker_requests_total{outcome="upstream_error"}' in text
+
+
+def test_picker_metrics_on_its_admin_port_when_enabled(engines: tuple[list[str], dict]) -> None:
+    import httpx
+
+    from picker.stack import free_port
+
+    bases, _ = engines
+    router = litellm.Router(model_list=[{"model_name": "my-model", "litellm_params": {
+        "model": "hosted_vllm/sim-model", "api_base": base, "api_key": "x"}} for base in bases])
+    port = free_port()
+    PickerStrategy.attach(router, policy="least_load", admin={"enabled": True, "port": port})
+    router.completion(model="my-model", messages=MESSAGES, max_tokens=2)
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert 'llm_picker_decisions_total{policy="least_load"' in text
+    listed = httpx.get(f"http://127.0.0.1:{port}/workers", timeout=5).json()
+    assert listed["total"] == 3
