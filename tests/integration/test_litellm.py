@@ -161,3 +161,22 @@ def test_picker_metrics_on_its_admin_port_when_enabled(engines: tuple[list[str],
     assert 'llm_picker_decisions_total{policy="least_load"' in text
     listed = httpx.get(f"http://127.0.0.1:{port}/workers", timeout=5).json()
     assert listed["total"] == 3
+
+
+def test_deployments_added_and_deleted_at_runtime_are_followed(
+        engines: tuple[list[str], dict]) -> None:
+    from litellm.types.router import Deployment
+
+    bases, _ = engines
+    router = make_router(bases[:2], policy="round_robin")
+    first = Counter(served(router.completion(model="my-model", messages=MESSAGES, max_tokens=1))
+                    for _ in range(4))
+    assert set(first) == set(bases[:2])
+    router.add_deployment(Deployment(model_name="my-model", litellm_params={
+        "model": "hosted_vllm/sim-model", "api_base": bases[2], "api_key": "x"},
+        model_info={"id": "added"}))
+    router.delete_deployment(id=router.model_list[0]["model_info"]["id"])
+    later = Counter(served(router.completion(model="my-model", messages=MESSAGES, max_tokens=1))
+                    for _ in range(4))
+    assert set(later) == {bases[1], bases[2]}
+    assert len(strategy_of(router).core.workers.workers()) == 2
