@@ -142,6 +142,8 @@ def immediate_error(error: RequestError) -> pb.ProcessingResponse:
     immediate = response.immediate_response
     immediate.status.code = error.status
     _set_header(immediate.headers, "content-type", "application/json")
+    for name, value in error.headers().items():
+        _set_header(immediate.headers, name, value)
     immediate.body = error.to_json()
     immediate.details = f"llm_picker_{error.code}"
     return response

@@ -19,7 +19,7 @@ from picker.fleet import WorkerManager
 from picker.health import HealthChecker
 from picker.load import LoadMonitor
 from picker.reload import ConfigReloader
-from picker.router import build_router
+from picker.router import Router, build_router
 
 __all__ = ["serve"]
 
@@ -84,12 +84,30 @@ async def serve(
             config.extproc.host, grpc_port, config.admin.host, config.admin.port,
             config.policy.name, len(config.workers),
         )
+        expiry = asyncio.create_task(_expire_forever(router))
+        running.callback(expiry.cancel)
         stop_task = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({admin_task, stop_task},
                                      return_when=asyncio.FIRST_COMPLETED)
+        # Graceful shutdown: /ready turns 503 at once; requests in flight get the grace
+        # period to finish (their streams end normally); then everything stops.
+        router.draining = True
+        deadline = loop.time() + _GRACE_SECS
+        while router.active_requests and loop.time() < deadline:
+            await asyncio.sleep(0.05)
         admin.should_exit = True
-        await grpc_server.stop(_GRACE_SECS)
+        await grpc_server.stop(1.0)
         await admin_task
         stop_task.cancel()
     if admin_task in done and not admin.started:
         raise OSError(f"admin API could not listen on {config.admin.host}:{config.admin.port}")
+
+
+async def _expire_forever(router: Router) -> None:
+    """Release slots of requests whose end never arrived (limits.timeout_secs)."""
+    while True:
+        await asyncio.sleep(1.0)
+        expired = router.expire()
+        if expired:
+            log.warning("released %d requests older than %.0fs", expired,
+                        router.limits.timeout_secs)

@@ -80,7 +80,7 @@ class RequestStream:
             request = await self._router.prepare(request)
         except RequestError as error:
             return self._reject(error)
-        return self._pick(request, body, end_of_stream, ack_trailers)
+        return self._pick(request, body, end_of_stream, ack_trailers, admitted=True)
 
     def handle(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         """Responses to send for one incoming message, in order (possibly none yet)."""
@@ -172,9 +172,9 @@ class RequestStream:
         return self._pick(request, body, end_of_stream, ack_trailers)
 
     def _pick(self, request: RoutingRequest, body: bytes, end_of_stream: bool,
-              ack_trailers: bool) -> list[pb.ProcessingResponse]:
+              ack_trailers: bool, admitted: bool = False) -> list[pb.ProcessingResponse]:
         try:
-            self._lease = self._router.pick(request)
+            self._lease = self._router.pick(request, admitted)
         except RequestError as error:
             return self._reject(error)
         self._finished = True

@@ -47,8 +47,8 @@ def choose_deployment(
         headers = {str(k).lower(): str(v) for k, v in metadata["headers"].items()}
     try:
         worker = core.choose(request_from_data(api, data, headers), set(by_worker))
+        tracker.begin(request_kwargs, core, worker)  # takes the slot: may be Overloaded (429)
     except RequestError as error:
         core.reject(error)
         raise to_litellm_error(error, model) from error
-    tracker.begin(request_kwargs, core, worker)
     return by_worker[worker.id]

@@ -110,17 +110,21 @@ def create_admin_app(router: Router, manager: WorkerManager,
         app.add_exception_handler(error_type, handler)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
+    async def health() -> dict[str, Any]:
         """Liveness: the process answers; says nothing about workers (that is /ready)."""
-        return {"status": "healthy"}
+        return {"status": "unhealthy" if router.draining else "healthy",
+                "active_requests": router.active_requests,
+                "max_concurrent_requests": router.admission.limit}
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
-        """Readiness: traffic sent now can be routed, i.e. some worker is routable."""
+        """Readiness: serving (not shutting down) and some worker is routable."""
         routable = sum(1 for w in router.workers.workers() if w.routable)
-        body = {"status": "ready" if routable else "not_ready", "routable_workers": routable,
+        ok = routable > 0 and not router.draining
+        status = "draining" if router.draining else "ready" if routable else "not_ready"
+        body = {"status": status, "routable_workers": routable,
                 "total_workers": len(router.workers.workers())}
-        return JSONResponse(body, status_code=200 if routable else 503)
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -26,6 +26,7 @@ from picker.circuit import CircuitSettings
 from picker.discovery import DiscoverySettings
 from picker.errors import ConfigError
 from picker.health import HealthSettings
+from picker.limits import LimitSettings
 from picker.load import LoadSettings
 from picker.policies import create_policy
 from picker.prefix.producer import PrefixSettings
@@ -83,6 +84,7 @@ class PickerConfig(_Strict):
     discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)
     prefix: PrefixSettings = Field(default_factory=PrefixSettings)
     load: LoadSettings = Field(default_factory=LoadSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
     workers: list[WorkerSpec] = Field(default_factory=list)
 
     @field_validator("policy", mode="before")

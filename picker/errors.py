@@ -9,6 +9,7 @@
         ├── UnsupportedPath    404: not an OpenAI endpoint the picker routes
         ├── ModelNotFound      404: no registered worker serves the model
         ├── BodyTooLarge       413: body over the configured limit
+        ├── Overloaded         429: at the concurrency limit (with Retry-After)
         ├── NoHealthyWorker    503: workers serve the model, none is routable now
         └── ProxyMisconfigured 500: the proxy calls the picker in a way it cannot route
 
@@ -26,6 +27,7 @@ __all__ = [
     "InvalidRequest",
     "ModelNotFound",
     "NoHealthyWorker",
+    "Overloaded",
     "PickerError",
     "ProxyMisconfigured",
     "RequestError",
@@ -67,6 +69,10 @@ class RequestError(PickerError):
         self.message = message
         self.param = param
 
+    def headers(self) -> dict[str, str]:
+        """Extra response headers the client should see (e.g. Retry-After)."""
+        return {}
+
     def to_json(self) -> bytes:
         """OpenAI-compatible error body, so OpenAI SDKs show `message` to the caller."""
         error = {"message": self.message, "type": self.error_type, "code": self.code}
@@ -106,3 +112,16 @@ class ProxyMisconfigured(RequestError):
     status = 500
     code = "proxy_misconfigured"
     error_type = "server_error"
+
+
+class Overloaded(RequestError):
+    status = 429
+    code = "overloaded"
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after)}

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Collection
 from dataclasses import replace
 
 from picker.config import PickerConfig
-from picker.errors import InvalidRequest, ModelNotFound, NoHealthyWorker, RequestError
+from picker.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    NoHealthyWorker,
+    Overloaded,
+    RequestError,
+)
+from picker.limits import Admission, LimitSettings
 from picker.policies import POLICIES, Policy, create_policy
 from picker.prefix.producer import PrefixProducer
 from picker.registry import Worker, WorkerRegistry
@@ -29,19 +37,23 @@ class Lease:
     exactly zero whatever the order of events.
     """
 
-    __slots__ = ("worker", "_router", "_open")
+    __slots__ = ("worker", "_router", "_open", "started")
 
     def __init__(self, worker: Worker, router: Router) -> None:
         self.worker = worker
         self._router = router
         self._open = True
+        self.started = time.monotonic()
 
     def release(self, outcome: str) -> bool:
         """Free the slot once; returns False if it was already released."""
-        if not self._open:
-            return False
-        self._open = False
+        with self._router.lease_lock:
+            if not self._open:
+                return False
+            self._open = False
+            self._router.open_leases.pop(id(self), None)
         self._router.workers.release(self.worker)
+        self._router.admission.leave()
         if outcome in _CIRCUIT_OUTCOMES:
             self.worker.circuit.record(_CIRCUIT_OUTCOMES[outcome])
         self._router.metrics.requests.labels(outcome).inc()
@@ -58,11 +70,19 @@ STRATEGY_HEADER = "x-routing-strategy"
 
 class Router:
     def __init__(self, workers: WorkerRegistry, policy: Policy, metrics: PickerMetrics,
-                 prefix: PrefixProducer | None = None) -> None:
+                 prefix: PrefixProducer | None = None,
+                 limits: LimitSettings | None = None) -> None:
         self.workers = workers
         self.policy = policy
         self.metrics = metrics
         self.prefix = prefix
+        self.limits = limits or LimitSettings()
+        self.admission = Admission(self.limits)
+        self.lease_lock = threading.Lock()
+        self.open_leases: dict[int, Lease] = {}
+        # Set on SIGTERM: /ready turns false so load balancers stop sending new traffic.
+        self.draining = False
+        metrics.watch_admission(self.admission)
         self._policies: dict[str, Policy] = {policy.name: policy}
         if prefix is not None:
             workers.add_listener(prefix)
@@ -70,28 +90,58 @@ class Router:
 
     @property
     def needs_prepare(self) -> bool:
-        """True when picks need an awaited step first (a remote tokenizer is configured)."""
-        return self.prefix is not None and self.prefix.remote is not None
+        """True when picks need an awaited step first: a remote tokenizer, or a waiting queue
+        for admission."""
+        remote = self.prefix is not None and self.prefix.remote is not None
+        return remote or (self.admission.limit > 0 and self.limits.queue_size > 0)
 
     async def prepare(self, request: RoutingRequest) -> RoutingRequest:
-        """Tokenize remotely; with fallback allowed, a failure leaves character blocks."""
-        assert self.prefix is not None and self.prefix.remote is not None
-        tokens = await self.prefix.remote.tokens(request)
-        if tokens is None:
-            self.metrics.tokenizer_fallbacks.inc()
-            return request
-        return replace(request, tokens=tokens)
+        """The awaited steps, then `pick(..., admitted=True)`: remote tokenization (with
+        fallback allowed, a failure leaves character blocks) and queueing for admission."""
+        if self.prefix is not None and self.prefix.remote is not None:
+            tokens = await self.prefix.remote.tokens(request)
+            if tokens is None:
+                self.metrics.tokenizer_fallbacks.inc()
+            else:
+                request = replace(request, tokens=tokens)
+        await self.admission.enter()
+        return request
 
-    def pick(self, request: RoutingRequest) -> Lease:
-        """Choose a worker and take an in-flight slot on it; raises RequestError if none fits."""
-        worker = self.choose(request)
-        self.workers.acquire(worker)
-        return Lease(worker, self)
+    def pick(self, request: RoutingRequest, admitted: bool = False) -> Lease:
+        """Choose a worker and take an in-flight slot on it; raises RequestError if none fits.
+
+        `admitted`: prepare() already took the admission slot (it is given back on error)."""
+        if not admitted:
+            self.admission.try_enter()
+        try:
+            worker = self.choose(request)
+        except RequestError:
+            self.admission.leave()
+            raise
+        return self._lease(worker)
 
     def lease(self, worker: Worker) -> Lease:
         """Take a slot on a worker chosen earlier (LiteLLM chooses, then calls, separately)."""
+        self.admission.try_enter()
+        return self._lease(worker)
+
+    def _lease(self, worker: Worker) -> Lease:
         self.workers.acquire(worker)
-        return Lease(worker, self)
+        lease = Lease(worker, self)
+        with self.lease_lock:
+            self.open_leases[id(lease)] = lease
+        return lease
+
+    def expire(self, now: float | None = None) -> int:
+        """Release leases older than limits.timeout_secs (the picker never heard their end)."""
+        cutoff = (now if now is not None else time.monotonic()) - self.limits.timeout_secs
+        with self.lease_lock:
+            stale = [lease for lease in self.open_leases.values() if lease.started < cutoff]
+        return sum(lease.release("timeout") for lease in stale)
+
+    @property
+    def active_requests(self) -> int:
+        return self.admission.active
 
     def choose(self, request: RoutingRequest, allowed: Collection[str] | None = None) -> Worker:
         """The decision alone. `allowed` (worker ids) narrows the candidates further, e.g. to
@@ -105,6 +155,13 @@ class Router:
                       if w.routable and (allowed is None or w.id in allowed)]
         if not candidates:
             raise NoHealthyWorker(f"no healthy worker for model {request.model[:100]!r}")
+        cap = self.limits.per_worker_max
+        if cap:
+            candidates = [w for w in candidates if w.in_flight < cap]
+            if not candidates:
+                raise Overloaded(f"every worker serving {request.model[:100]!r} is at its limit "
+                                 f"of {cap} requests; retry later",
+                                 retry_after=self.limits.retry_after_secs)
         hashes: list[int] = []
         if self.prefix is not None:
             request, hashes = self.prefix.annotate(request, candidates)
@@ -152,4 +209,4 @@ def build_router(config: PickerConfig) -> Router:
     workers = WorkerRegistry(config.workers, config.circuit)
     policy = create_policy(config.policy.name, config.policy.params)
     prefix = PrefixProducer(config.prefix) if config.prefix.enabled else None
-    return Router(workers, policy, PickerMetrics(workers), prefix)
+    return Router(workers, policy, PickerMetrics(workers), prefix, config.limits)

@@ -13,6 +13,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from picker.circuit import CircuitState
+from picker.limits import Admission
 from picker.prefix.index import PrefixIndex
 from picker.registry import WorkerRegistry
 
@@ -45,6 +46,7 @@ class _WorkerStateCollector(Collector):
     def __init__(self, workers: WorkerRegistry) -> None:
         self._workers = workers
         self.prefix_index: PrefixIndex | None = None
+        self.admission: Admission | None = None
 
     def collect(self) -> Iterator[Metric]:
         in_flight = GaugeMetricFamily(
@@ -73,6 +75,16 @@ class _WorkerStateCollector(Collector):
         yield in_flight
         yield healthy
         yield circuit
+        if self.admission is not None:
+            active = self.admission.active
+            limit = self.admission.limit
+            yield GaugeMetricFamily("llm_picker_active_requests",
+                                    "Requests admitted and not finished", value=active)
+            yield GaugeMetricFamily("llm_picker_queued_requests",
+                                    "Requests waiting for admission", value=self.admission.waiting)
+            yield GaugeMetricFamily("llm_picker_utilization",
+                                    "active / max_concurrent_requests (0 when unlimited)",
+                                    value=active / limit if limit else 0.0)
         if self.prefix_index is not None:
             yield blocks
             status = GaugeMetricFamily(
@@ -127,6 +139,9 @@ class PickerMetrics:
 
     def watch_prefix_index(self, index: PrefixIndex) -> None:
         self._state.prefix_index = index
+
+    def watch_admission(self, admission: Admission) -> None:
+        self._state.admission = admission
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

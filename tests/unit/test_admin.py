@@ -48,7 +48,8 @@ async def admin() -> AsyncIterator[Admin]:
 
 
 async def test_probes(admin: Admin) -> None:
-    assert (await admin.client.get("/health")).json() == {"status": "healthy"}
+    assert (await admin.client.get("/health")).json() == {
+        "status": "healthy", "active_requests": 0, "max_concurrent_requests": 0}
     assert (await admin.client.get("/ready")).status_code == 503
     admin.router.workers.add(WorkerSpec(url="a:1", models=["m"]))
     assert (await admin.client.get("/ready")).status_code == 200

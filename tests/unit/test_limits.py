@@ -1,0 +1,109 @@
+"""Admission limits, the waiting queue, per-worker caps and exactly-once slot release."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+
+import pytest
+
+from picker.circuit import CircuitSettings
+from picker.errors import Overloaded
+from picker.limits import Admission, LimitSettings
+from picker.policies import create_policy
+from picker.registry import WorkerRegistry
+from picker.request import Api, RoutingRequest
+from picker.router import Router
+from picker.telemetry import PickerMetrics
+from picker.workers import WorkerSpec
+
+REQ = RoutingRequest(model="m", api=Api.CHAT)
+
+
+def router(workers: int = 2, **limits: float) -> Router:
+    # Circuit breakers off: upstream_error outcomes here are bookkeeping, not worker faults.
+    registry = WorkerRegistry((WorkerSpec(url=f"h:{i + 1}", id=f"w{i}", models=["m"])
+                               for i in range(workers)), CircuitSettings(enabled=False))
+    return Router(registry, create_policy("least_load"), PickerMetrics(registry),
+                  limits=LimitSettings.model_validate(limits))
+
+
+def test_global_limit_refuses_with_retry_after_and_recovers() -> None:
+    r = router(max_concurrent_requests=2, retry_after_secs=3)
+    leases = [r.pick(REQ), r.pick(REQ)]
+    with pytest.raises(Overloaded) as caught:
+        r.pick(REQ)
+    assert caught.value.status == 429 and caught.value.headers() == {"retry-after": "3"}
+    leases[0].release("completed")
+    r.pick(REQ)
+    assert r.active_requests == 2
+
+
+def test_per_worker_cap() -> None:
+    r = router(per_worker_max=1)
+    r.pick(REQ), r.pick(REQ)
+    with pytest.raises(Overloaded, match="per|limit"):
+        r.pick(REQ)
+    assert r.active_requests == 2  # the refused pick gave its admission slot back
+
+
+async def test_queue_waits_for_a_release_then_times_out() -> None:
+    admission = Admission(LimitSettings(max_concurrent_requests=1, queue_size=1,
+                                        queue_timeout_secs=0.2))
+    admission.try_enter()
+    waiter = asyncio.create_task(admission.enter())
+    await asyncio.sleep(0.05)
+    assert admission.waiting == 1
+    with pytest.raises(Overloaded):  # queue full
+        await admission.enter()
+    admission.leave()  # hands the slot to the waiter
+    await waiter
+    assert admission.active == 1 and admission.waiting == 0
+    with pytest.raises(Overloaded, match="timed out"):
+        await admission.enter()
+    assert admission.active == 1 and admission.waiting == 0
+
+
+def test_expire_releases_leases_whose_end_never_came() -> None:
+    r = router(timeout_secs=10)
+    lease = r.pick(REQ)
+    assert r.expire(now=lease.started + 5) == 0
+    assert r.expire(now=lease.started + 11) == 1
+    assert not lease.open and r.active_requests == 0
+    assert 'outcome="timeout"' in r.metrics.render().decode()
+
+
+def test_thousands_of_mixed_outcomes_leave_every_counter_at_zero() -> None:
+    """Releases from several threads, repeated and out of order: each counts exactly once."""
+    r = router(workers=4, max_concurrent_requests=64)
+    rng = random.Random(5)
+    outcomes = ["completed", "cancelled", "upstream_error", "timeout"]
+    leases = []
+    refused = 0
+    for _ in range(5000):
+        try:
+            leases.append(r.pick(REQ))
+        except Overloaded:
+            refused += 1
+            victim = leases.pop(rng.randrange(len(leases)))
+            victim.release(rng.choice(outcomes))
+    assert refused > 0
+
+    def release_all(chunk: list) -> None:  # type: ignore[type-arg]
+        for lease in chunk:
+            for _ in range(3):
+                lease.release(rng.choice(outcomes))
+
+    threads = [threading.Thread(target=release_all, args=(leases[i::4] + leases[:50],))
+               for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert r.active_requests == 0 and not r.open_leases
+    assert all(w.in_flight == 0 for w in r.workers.workers())
+    text = r.metrics.render().decode()
+    released = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("llm_picker_requests_total{"))
+    assert released == 5000 - refused  # every admitted request ended exactly once
