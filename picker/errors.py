@@ -9,6 +9,7 @@
         ├── UnsupportedPath    404: not an OpenAI endpoint the picker routes
         ├── ModelNotFound      404: no registered worker serves the model
         ├── BodyTooLarge       413: body over the configured limit
+        ├── UnsupportedMediaType 415: a content-type that is not JSON
         ├── Overloaded         429: at the concurrency limit (with Retry-After)
         ├── NoHealthyWorker    503: workers serve the model, none is routable now
         └── ProxyMisconfigured 500: the proxy calls the picker in a way it cannot route
@@ -32,6 +33,7 @@ __all__ = [
     "ProxyMisconfigured",
     "RequestError",
     "UnknownWorker",
+    "UnsupportedMediaType",
     "UnsupportedPath",
     "WorkerConflict",
 ]
@@ -125,3 +127,8 @@ class Overloaded(RequestError):
 
     def headers(self) -> dict[str, str]:
         return {"retry-after": str(self.retry_after)}
+
+
+class UnsupportedMediaType(RequestError):
+    status = 415
+    code = "unsupported_media_type"

@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from picker.errors import InvalidRequest, UnsupportedPath
+from picker.errors import InvalidRequest, UnsupportedMediaType, UnsupportedPath
 from picker.request import Api, RoutingRequest
 
 __all__ = ["parse_request", "request_from_data"]
@@ -33,6 +33,10 @@ def parse_request(path: str, body: bytes, headers: Mapping[str, str]) -> Routing
     api = _APIS.get(path.split("?", 1)[0].rstrip("/"))
     if api is None:
         raise UnsupportedPath(f"the picker routes only {', '.join(_APIS)}; got {_clip(path)!r}")
+    media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type and media_type != "application/json" and not media_type.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"content-type must be application/json, not {_clip(media_type)!r}")
     return request_from_data(api, _load_object(body), headers)
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from picker.errors import InvalidRequest, RequestError, UnsupportedPath
+from picker.errors import InvalidRequest, RequestError, UnsupportedMediaType, UnsupportedPath
 from picker.openai_body import parse_request
 from picker.request import Api
 
@@ -153,3 +153,16 @@ def test_arbitrary_json_only_raises_request_errors(
     except RequestError:
         return
     assert isinstance(request.prompt_text, str)
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
+                                          "application/vnd.api+json", ""])
+def test_json_content_types_are_accepted(content_type: str) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    assert parse_request(CHAT, body(model="m", messages=[]), headers).model == "m"
+
+
+def test_other_content_types_are_415() -> None:
+    with pytest.raises(UnsupportedMediaType) as caught:
+        parse_request(CHAT, b"model=m", {"content-type": "application/x-www-form-urlencoded"})
+    assert caught.value.status == 415
