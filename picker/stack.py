@@ -25,6 +25,7 @@ import httpx
 import yaml
 
 __all__ = [
+    "ENVOY_FAIL_OPEN",
     "ENVOY_TEMPLATE",
     "Fleet",
     "Process",
@@ -40,7 +41,9 @@ __all__ = [
     "start_sim",
 ]
 
-ENVOY_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "envoy.yaml"
+ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
+ENVOY_TEMPLATE = ENVOY_DIR / "envoy.yaml"
+ENVOY_FAIL_OPEN = ENVOY_DIR / "envoy-fail-open.yaml"
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 
 
@@ -154,6 +157,8 @@ def render_envoy_config(
     upstream_port: int | None = None,
     body_mode: str = "BUFFERED",
     template: Path = ENVOY_TEMPLATE,
+    fallback_ports: Sequence[int] = (),
+    route_timeout: str | None = None,
 ) -> dict[str, Any]:
     """envoy/envoy.yaml with ports and body mode changed.
 
@@ -180,6 +185,15 @@ def render_envoy_config(
         picker_cluster["typed_extension_protocol_options"] = {}
         return config
     endpoint["address"]["socket_address"]["port_value"] = picker_port
+    if route_timeout is not None:
+        for route in manager["route_config"]["virtual_hosts"][0]["routes"]:
+            route["route"]["timeout"] = route_timeout
+    if "llm_fallback" in clusters:
+        clusters["llm_fallback"]["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                         "port_value": port}}}}
+            for port in fallback_ports
+        ]
     for http_filter in manager["http_filters"]:
         if http_filter["name"] == EXT_PROC_FILTER:
             http_filter["typed_config"]["processing_mode"]["request_body_mode"] = body_mode
@@ -223,6 +237,8 @@ def local_fleet(
     body_mode: str = "BUFFERED",
     picker_settings: dict[str, Any] | None = None,
     workdir: Path | None = None,
+    envoy_template: Path = ENVOY_TEMPLATE,
+    route_timeout: str | None = None,
 ) -> Iterator[Fleet]:
     """Start sims, then the picker (workers from the sims), then Envoy; stop all on exit."""
     own_dir = workdir is None
@@ -247,7 +263,8 @@ def local_fleet(
         listen_port = free_port()
         envoy_config = render_envoy_config(
             listen_port=listen_port, admin_port=free_port(), picker_port=picker_port,
-            body_mode=body_mode,
+            body_mode=body_mode, template=envoy_template,
+            fallback_ports=[s.port for s in sims], route_timeout=route_timeout,
         )
         processes["envoy"] = start_envoy(envoy_config, root)
         yield Fleet(

@@ -53,3 +53,53 @@ def test_killed_engine_is_ejected_by_the_circuit_breaker_within_its_threshold() 
         assert metric_values(fleet, "llm_picker_requests_total")[(("outcome", "upstream_error"),)] \
             == len(failures)
         wait_until(lambda: total_in_flight(fleet) == 0, what="in-flight back to 0")
+
+
+def test_engine_killed_mid_stream_fails_that_stream_only() -> None:
+    sims = [SimSpec(w, MODEL, ["--ttft-ms", "5", "--tpot-ms", "50"]) for w in ("x", "y")]
+    settings = {"health": {"interval_secs": 0.1, "timeout_secs": 0.5, "failure_threshold": 1,
+                           "success_threshold": 1}}
+    with local_fleet(sims, policy="round_robin", picker_settings=settings) as fleet:
+
+        async def scenario() -> tuple[bool, list[str]]:
+            async with httpx.AsyncClient(base_url=fleet.envoy_url, timeout=10) as client:
+                body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 100, "stream": True}
+                broke = False
+                async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                    victim = response.headers[SIM_HEADER]
+                    lines = response.aiter_lines()
+                    await anext(lines)
+                    fleet.processes[f"sim-{victim}"].kill()
+                    try:
+                        async for line in lines:
+                            if line == "data: [DONE]":
+                                break
+                        else:
+                            broke = True  # ended without [DONE]
+                    except httpx.HTTPError:
+                        broke = True
+                await asyncio.sleep(0.5)  # one health interval and then some
+                after = []
+                for _ in range(6):
+                    reply = await client.post("/v1/chat/completions", json={
+                        "model": MODEL, "messages": MESSAGES, "max_tokens": 1})
+                    assert reply.status_code == 200
+                    after.append(reply.headers[SIM_HEADER])
+                return broke, [victim, *after]
+
+        broke, (victim, *after) = asyncio.run(scenario())
+        assert broke
+        assert victim not in after
+        wait_until(lambda: total_in_flight(fleet) == 0, what="in-flight back to 0")
+
+
+def test_engine_that_never_answers_is_bounded_by_timeouts() -> None:
+    sims = [SimSpec("hang", MODEL, ["--ttft-ms", "60000"])]
+    settings = {"health": {"interval_secs": 30}, "limits": {"timeout_secs": 2}}
+    with local_fleet(sims, picker_settings=settings, route_timeout="1s") as fleet:
+        started = time.monotonic()
+        response = httpx.post(f"{fleet.envoy_url}/v1/chat/completions",
+                              json={"model": MODEL, "messages": MESSAGES}, timeout=30)
+        assert response.status_code == 504  # Envoy's route timeout
+        assert time.monotonic() - started < 5
+        wait_until(lambda: total_in_flight(fleet) == 0, timeout=5, what="slot released")

@@ -1,0 +1,78 @@
+"""The picker itself failing under load, through the real Envoy: fail-open and fail-closed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import httpx
+import yaml
+
+from picker.stack import ENVOY_FAIL_OPEN, Fleet, SimSpec, local_fleet, start_picker
+from tests.integration.conftest import FAST_HEALTH, MODEL, metric_values
+
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+
+
+class SteadyLoad:
+    """One client thread sending requests back to back (bounded in time and count)."""
+
+    def __init__(self, url: str, seconds: float, limit: int = 3000) -> None:
+        self.results: list[tuple[float, int]] = []
+        self._stop = time.monotonic() + seconds
+
+        def run() -> None:
+            with httpx.Client(base_url=url, timeout=5) as client:
+                while time.monotonic() < self._stop and len(self.results) < limit:
+                    try:
+                        status = client.post("/v1/chat/completions", json=BODY).status_code
+                    except httpx.HTTPError:
+                        status = 0
+                    self.results.append((time.monotonic(), status))
+
+        self._thread = threading.Thread(target=run)
+        self._thread.start()
+
+    def join(self) -> list[tuple[float, int]]:
+        self._thread.join()
+        return self.results
+
+
+def restart_picker(fleet: Fleet) -> None:
+    config = yaml.safe_load((fleet.workdir / "picker.yaml").read_text())
+    fleet.processes["picker"] = start_picker(config, fleet.workdir)
+
+
+def test_fail_open_no_client_sees_the_picker_die() -> None:
+    with local_fleet([SimSpec("a", MODEL), SimSpec("b", MODEL)], picker_settings=FAST_HEALTH,
+                     envoy_template=ENVOY_FAIL_OPEN) as fleet:
+        load = SteadyLoad(fleet.envoy_url, seconds=4.0)
+        time.sleep(1.0)
+        fleet.processes["picker"].kill()
+        time.sleep(1.0)
+        restart_picker(fleet)
+        results = load.join()
+        statuses = Counter(status for _, status in results)
+        assert statuses == {200: len(results)}, statuses
+        assert len(results) > 50
+        decided = sum(metric_values(fleet, "llm_picker_decisions_total").values())
+        assert decided > 0  # the restarted picker is routing again
+
+
+def test_fail_closed_clean_5xx_while_down_and_recovery_within_2s() -> None:
+    with local_fleet([SimSpec("a", MODEL)], picker_settings=FAST_HEALTH) as fleet:
+        load = SteadyLoad(fleet.envoy_url, seconds=4.0)
+        time.sleep(0.8)
+        fleet.processes["picker"].kill()
+        time.sleep(1.0)
+        restarted = time.monotonic()
+        restart_picker(fleet)
+        ready = time.monotonic()
+        results = load.join()
+        down = [status for at, status in results if ready > at > restarted - 0.8]
+        assert down and all(status in (200, 500, 502, 503) for status in down)
+        assert any(status >= 500 for status in down)  # refused cleanly, not hung
+        recovered = next(at for at, status in results if at > ready and status == 200)
+        assert recovered - restarted < 2.0
+        assert all(status == 200 for at, status in results if at > recovered)
