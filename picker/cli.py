@@ -57,6 +57,10 @@ def _demo(ns: argparse.Namespace) -> int:
 
 
 def _bench(ns: argparse.Namespace) -> int:
+    if ns.bench == "soak":
+        from picker.bench.soak import run_soak
+
+        return run_soak(minutes=ns.minutes, users=ns.users, kill_every=ns.kill_every)
     if ns.bench == "routing":
         from picker.bench.routing import run_routing
 
@@ -114,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     routing.add_argument("--contenders", nargs="+", help="default: all of the frontend's")
     routing.add_argument("--plot", help="write an SVG chart of the results to this path")
     routing.set_defaults(run=_bench)
+    soak = which.add_parser("soak", help="long load with engines and the picker killed")
+    soak.add_argument("--minutes", type=float, default=10.0)
+    soak.add_argument("--users", type=int, default=8)
+    soak.add_argument("--kill-every", type=float, default=60.0, help="seconds between kills")
+    soak.set_defaults(run=_bench)
     return parser
 
 
