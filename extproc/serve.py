@@ -13,7 +13,7 @@ from typing import Any
 import uvicorn
 
 from extproc.server import create_server
-from picker.admin import create_admin_app
+from picker.admin import admin_tls, create_admin_app
 from picker.config import PickerConfig
 from picker.fleet import WorkerManager
 from picker.health import HealthChecker
@@ -46,13 +46,15 @@ async def serve(
     router = build_router(config)
     manager = WorkerManager(router.workers, config.discovery)
     grpc_server, grpc_port = create_server(
-        router, config.extproc.host, config.extproc.port, config.max_body_bytes
+        router, config.extproc.host, config.extproc.port, config.max_body_bytes,
+        config.extproc.tls,
     )
     admin = _AdminServer(
         uvicorn.Config(
             create_admin_app(router, manager, config.admin.token),
             host=config.admin.host, port=config.admin.port,
             log_level="warning", access_log=False, lifespan="off",
+            **admin_tls(config.admin.tls),
         )
     )
     stop = asyncio.Event()

@@ -6,6 +6,7 @@ import grpc
 
 from extproc._pb import ext_proc_pb2 as pb
 from extproc.stream import RequestStream
+from picker.config import TlsConfig
 from picker.router import Router
 
 __all__ = ["SERVICE_NAME", "create_server"]
@@ -36,7 +37,7 @@ class _Processor:
 
 
 def create_server(
-    router: Router, host: str, port: int, max_body_bytes: int
+    router: Router, host: str, port: int, max_body_bytes: int, tls: TlsConfig | None = None
 ) -> tuple[grpc.aio.Server, int]:
     """A server bound to host:port (0 picks a free port), not yet started; returns the port."""
     processor = _Processor(router, max_body_bytes)
@@ -59,7 +60,15 @@ def create_server(
         ]
     )
     server.add_generic_rpc_handlers((handler,))
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        credentials = grpc.ssl_server_credentials(
+            [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+            root_certificates=tls.client_ca_file.read_bytes() if tls.client_ca_file else None,
+            require_client_auth=tls.client_ca_file is not None,
+        )
+        bound = server.add_secure_port(f"{host}:{port}", credentials)
     if bound == 0:
         raise OSError(f"cannot listen for ext_proc on {host}:{port}")
     return server, bound

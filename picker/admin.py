@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ssl
 import threading
 import time
 from typing import Annotated, Any
@@ -20,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, SecretStr
 from starlette.exceptions import HTTPException
 
-from picker.config import PickerConfig
+from picker.config import PickerConfig, TlsConfig
 from picker.discovery import WorkerUnreachable
 from picker.errors import UnknownWorker, WorkerConflict
 from picker.fleet import WorkerManager, WorkerPatch
@@ -176,13 +177,25 @@ def create_admin_app(router: Router, manager: WorkerManager,
     return app
 
 
+def admin_tls(tls: TlsConfig | None) -> dict[str, Any]:
+    """uvicorn's TLS settings for the admin API (client certificates required with a CA)."""
+    if tls is None:
+        return {}
+    settings: dict[str, Any] = {"ssl_certfile": str(tls.cert_file),
+                                "ssl_keyfile": str(tls.key_file)}
+    if tls.client_ca_file is not None:
+        settings.update(ssl_ca_certs=str(tls.client_ca_file), ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return settings
+
+
 def serve_admin_in_thread(router: Router, config: PickerConfig) -> threading.Thread:
     """The admin API on its own thread and event loop, for hosts that own the main loop
     (the LiteLLM adapters). Returns once it listens; raises if it cannot."""
     manager = WorkerManager(router.workers, config.discovery)
     server = uvicorn.Server(uvicorn.Config(
         create_admin_app(router, manager, config.admin.token), host=config.admin.host,
-        port=config.admin.port, log_level="warning", access_log=False, lifespan="off"))
+        port=config.admin.port, log_level="warning", access_log=False, lifespan="off",
+        **admin_tls(config.admin.tls)))
 
     async def run() -> None:
         await manager.start()

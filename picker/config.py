@@ -33,7 +33,8 @@ from picker.prefix.producer import PrefixSettings
 from picker.workers import WorkerSpec
 
 __all__ = [
-    "ENV_PREFIX", "AdminConfig", "ListenConfig", "PickerConfig", "PolicyConfig", "load_config",
+    "ENV_PREFIX", "AdminConfig", "ListenConfig", "PickerConfig", "PolicyConfig", "TlsConfig",
+    "load_config",
 ]
 
 ENV_PREFIX = "LLM_PICKER_"
@@ -43,9 +44,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class TlsConfig(_Strict):
+    """Serve TLS; with `client_ca_file`, require client certificates signed by it (mTLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> TlsConfig:
+        for name in ("cert_file", "key_file", "client_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path} does not exist")
+        return self
+
+
 class ListenConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(ge=0, le=65535)
+    tls: TlsConfig | None = None
 
 
 class AdminConfig(ListenConfig):

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import yaml
 
 __all__ = [
     "ENVOY_FAIL_OPEN",
+    "ENVOY_MTLS",
     "ENVOY_TEMPLATE",
     "Fleet",
     "Process",
@@ -44,6 +45,7 @@ __all__ = [
 ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
 ENVOY_TEMPLATE = ENVOY_DIR / "envoy.yaml"
 ENVOY_FAIL_OPEN = ENVOY_DIR / "envoy-fail-open.yaml"
+ENVOY_MTLS = ENVOY_DIR / "envoy-mtls.yaml"
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 
 
@@ -159,13 +161,18 @@ def render_envoy_config(
     template: Path = ENVOY_TEMPLATE,
     fallback_ports: Sequence[int] = (),
     route_timeout: str | None = None,
+    tls_files: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """envoy/envoy.yaml with ports and body mode changed.
 
     `picker_port=None` drops the ext_proc filter and sends everything to `upstream_port`: the
     "Envoy alone" baseline of the overhead benchmark.
     """
-    config: dict[str, Any] = yaml.safe_load(template.read_text())
+    text = template.read_text()
+    for name, path in (tls_files or {}).items():
+        # The mTLS template names /etc/llm-picker/tls/<file>; point them at these files.
+        text = text.replace(f"/etc/llm-picker/tls/{name}", path)
+    config: dict[str, Any] = yaml.safe_load(text)
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     listener = config["static_resources"]["listeners"][0]
     listener["address"]["socket_address"]["port_value"] = listen_port
@@ -239,6 +246,7 @@ def local_fleet(
     workdir: Path | None = None,
     envoy_template: Path = ENVOY_TEMPLATE,
     route_timeout: str | None = None,
+    tls_files: Mapping[str, str] | None = None,
 ) -> Iterator[Fleet]:
     """Start sims, then the picker (workers from the sims), then Envoy; stop all on exit."""
     own_dir = workdir is None
@@ -257,14 +265,19 @@ def local_fleet(
                  **({"api_key": s.api_key} if s.api_key else {})}
                 for s in sims
             ],
-            **(picker_settings or {}),
         }
+        for key, value in (picker_settings or {}).items():  # sections merge, others replace
+            if isinstance(value, dict) and isinstance(config.get(key), dict):
+                config[key] = {**config[key], **value}
+            else:
+                config[key] = value
         processes["picker"] = start_picker(config, root)
         listen_port = free_port()
         envoy_config = render_envoy_config(
             listen_port=listen_port, admin_port=free_port(), picker_port=picker_port,
             body_mode=body_mode, template=envoy_template,
             fallback_ports=[s.port for s in sims], route_timeout=route_timeout,
+            tls_files=tls_files,
         )
         processes["envoy"] = start_envoy(envoy_config, root)
         yield Fleet(

@@ -18,6 +18,11 @@ __all__ = [
 
 
 def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sim's flags, shared by `python -m picker.sim` and `llm-picker sim`.
+
+    Tuning flags default to None so `config_from_args` can tell "not given" from a value and
+    let a --profile fill the gaps.
+    """
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model", default="sim-model")

@@ -109,6 +109,13 @@ class SimRun:
     engine: SimEngine
     prompt_tokens: int
     cached_tokens: int
+    finished: bool = False
+
+    def finish(self) -> None:
+        """The last token is out: the request counts as completed, whatever the client does next."""
+        if not self.finished:
+            self.finished = True
+            self.engine.completed += 1
 
     async def first_token(self) -> None:
         config = self.engine.config
@@ -151,11 +158,20 @@ class SimEngine:
 
     @asynccontextmanager
     async def admitted(self, prompt: Sequence[str] = ()) -> AsyncIterator[SimRun]:
-        """Wait for a running slot, claim the prompt's cache blocks, release both at the end."""
+        """Wait for a running slot, claim the prompt's cache blocks, release both at the end.
+
+        A request that leaves before `SimRun.finish()` counts as cancelled: the client went away
+        while it queued (CancelledError in the wait), while it generated (CancelledError in a
+        sleep), or while its stream was parked at a `yield` (GeneratorExit when the server
+        closes the abandoned generator).
+        """
         self.requests_total += 1
         self.waiting += 1
         try:
             await self._slots.acquire()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
         finally:
             self.waiting -= 1
         self.running += 1
@@ -163,10 +179,12 @@ class SimEngine:
         cached = min(len(prompt), claim.hit_blocks * self.config.block_tokens)
         self.prompt_tokens_total += len(prompt)
         self.cached_tokens_total += cached
+        run = SimRun(self, len(prompt), cached)
         try:
-            yield SimRun(self, len(prompt), cached)
-        except asyncio.CancelledError:
-            self.cancelled += 1
+            yield run
+        except (asyncio.CancelledError, GeneratorExit):
+            if not run.finished:
+                self.cancelled += 1
             raise
         finally:
             self.cache.release(claim)
@@ -177,10 +195,18 @@ class SimEngine:
         return self.config.failure_rate > 0 and self._rng.random() < self.config.failure_rate
 
     def output_tokens(self, body: Mapping[str, Any]) -> int:
+        """`max_completion_tokens`, else `max_tokens`, else the configured default.
+
+        A present but unusable value is the client's mistake, answered (as vLLM does) with an
+        error naming the field rather than a silent default.
+        """
         for key in ("max_completion_tokens", "max_tokens"):
             value = body.get(key)
+            if value is None:
+                continue
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 return value
+            raise ValueError(f"{key} must be a positive integer, got {value!r}"[:200])
         return self.config.max_tokens_default
 
     @staticmethod

@@ -84,6 +84,7 @@ def _error(status: int, message: str, error_type: str, code: str) -> JSONRespons
 
 
 def create_app(config: SimConfig) -> ASGIApp:
+    """One engine per app, with its own metrics registry, so several sims can share a process."""
     engine = SimEngine(config)
     metrics = CollectorRegistry()
     metrics.register(_VllmMetrics(engine))
@@ -106,14 +107,21 @@ def create_app(config: SimConfig) -> ASGIApp:
             return _error(400, "invalid JSON body", "invalid_request_error", "invalid_json")
         if not isinstance(body, dict):
             return _error(400, "body must be a JSON object", "invalid_request_error", "invalid")
-        if body.get("model") != config.model:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return _error(400, "model must be a non-empty string", "invalid_request_error",
+                          "missing_model")
+        if model != config.model:
             return _error(404, f"model {str(body.get('model'))[:100]!r} not served here",
                           "not_found_error", "model_not_found")
         if engine.should_fail():
             engine.requests_total += 1
             engine.failed += 1
             return _error(500, "simulated engine failure", "server_error", "sim_failure")
-        n_out = engine.output_tokens(body)
+        try:
+            n_out = engine.output_tokens(body)
+        except ValueError as exc:
+            return _error(400, str(exc), "invalid_request_error", "invalid_max_tokens")
         prompt = prompt_tokens(body)
         usage = {"prompt_tokens": len(prompt), "completion_tokens": n_out,
                  "total_tokens": len(prompt) + n_out}
@@ -130,7 +138,7 @@ def create_app(config: SimConfig) -> ASGIApp:
             await run.first_token()
             for _ in range(n_out - 1):
                 await run.next_token()
-            engine.completed += 1
+            run.finish()
         text = "".join(engine.token(i) for i in range(n_out))
         choice: dict[str, Any] = (
             {"index": 0, "message": {"role": "assistant", "content": text},
@@ -212,7 +220,13 @@ async def _stream(
     engine: SimEngine, prompt: list[str], chat: bool, base: dict[str, Any], n_out: int,
     usage: dict[str, int],
 ) -> AsyncIterator[bytes]:
-    """SSE chunks, one per token, then a usage chunk (always sent) and [DONE]."""
+    """SSE chunks, one per token, then a finish chunk, a usage chunk and `data: [DONE]`.
+
+    The usage chunk is sent whether or not the client asked for `stream_options.include_usage`:
+    OpenAI clients ignore a chunk with empty `choices`, and tests and benchmarks always get
+    token counts. The request counts as completed once its last token is out; the trailer is
+    sent after its running slot is released, as an engine's scheduler frees it at that point.
+    """
     obj = "chat.completion.chunk" if chat else "text_completion"
 
     def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
@@ -230,17 +244,18 @@ async def _stream(
                 yield event([{"index": 0, "delta": delta, "finish_reason": None}])
             else:
                 yield event([{"index": 0, "text": token, "finish_reason": None}])
-        last: dict[str, Any] = {"index": 0, "finish_reason": "length"}
-        if chat:
-            last["delta"] = {}
-        else:
-            last["text"] = ""
-        yield event([last])
-        yield event([], usage=usage)
-        yield b"data: [DONE]\n\n"
-        engine.completed += 1
+        run.finish()
+    last: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+    if chat:
+        last["delta"] = {}
+    else:
+        last["text"] = ""
+    yield event([last])
+    yield event([], usage=usage)
+    yield b"data: [DONE]\n\n"
 
 
 def run_sim(config: SimConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve until interrupted; warnings only and no access log, so a fleet of sims stays quiet."""
     uvicorn.run(create_app(config), host=host, port=port, log_level="warning",
                 access_log=False, lifespan="off")

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from picker.sim import WORKER_HEADER, SimConfig
+from picker.sim import WORKER_HEADER, SimConfig, add_sim_arguments, config_from_args
+from picker.sim.engine import SimEngine
 from tests.sim_thread import running_sim
 
 
@@ -77,6 +80,33 @@ def test_errors_are_openai_shaped(sim_url: str, body: bytes, status: int) -> Non
     assert set(response.json()["error"]) == {"message", "type", "code"}
 
 
+def test_completions_stream_and_max_completion_tokens(sim_url: str) -> None:
+    body = {"model": "m", "prompt": "hi", "stream": True, "max_tokens": 9,
+            "max_completion_tokens": 3}
+    with httpx.stream("POST", f"{sim_url}/v1/completions", json=body) as response:
+        events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert {c["object"] for c in chunks} == {"text_completion"}
+    assert len([c for c in chunks if c["choices"] and c["choices"][0]["text"]]) == 3
+    assert chunks[-1]["usage"] == {"prompt_tokens": 1, "completion_tokens": 3,
+                                   "total_tokens": 4}
+    assert httpx.get(f"{sim_url}/sim/stats").json()["completed"] == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [({"messages": []}, "missing_model"),
+     ({"model": "m", "messages": [], "max_tokens": 0}, "invalid_max_tokens"),
+     ({"model": "m", "messages": [], "max_completion_tokens": "5"}, "invalid_max_tokens"),
+     ([1, 2], "invalid")],
+)
+def test_bad_requests_are_400_naming_the_problem(sim_url: str, body: object, code: str) -> None:
+    response = httpx.post(f"{sim_url}/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == code
+
+
 def test_models_and_health(sim_url: str) -> None:
     assert httpx.get(f"{sim_url}/health").status_code == 200
     assert [m["id"] for m in httpx.get(f"{sim_url}/v1/models").json()["data"]] == ["m"]
@@ -136,3 +166,53 @@ def test_control_knobs_change_health_and_metrics(sim_url: str) -> None:
     bad = httpx.post(f"{sim_url}/sim/control", json={"colour": 1})
     assert bad.status_code == 400 and "colour" in bad.json()["error"]["message"]
     assert httpx.post(f"{sim_url}/sim/control", json={"health_status": "x"}).status_code == 400
+
+
+@pytest.mark.parametrize("sim_url", [{"ttft_ms": 400, "max_concurrency": 1}], indirect=True)
+def test_beyond_max_concurrency_requests_wait_and_may_leave_the_queue(sim_url: str) -> None:
+    first = threading.Thread(
+        target=httpx.post, args=(f"{sim_url}/v1/chat/completions",), kwargs={"json": chat()}
+    )
+    first.start()
+    time.sleep(0.1)
+    with httpx.stream("POST", f"{sim_url}/v1/chat/completions", json=chat(stream=True)):
+        time.sleep(0.1)
+        assert metric(sim_url, "vllm:num_requests_waiting") == 1
+        assert metric(sim_url, "vllm:num_requests_running") == 1
+        assert metric(sim_url, "vllm:kv_cache_usage_perc") == 1
+    first.join()
+    stats = httpx.get(f"{sim_url}/sim/stats").json()
+    assert (stats["waiting"], stats["running"]) == (0, 0)
+    assert (stats["completed"], stats["cancelled"]) == (1, 1)
+
+
+async def test_stream_closed_while_parked_at_a_yield_is_cancelled() -> None:
+    """A slow reader's generator sits at `yield` when the server abandons it: GeneratorExit."""
+    engine = SimEngine(SimConfig(ttft_ms=0, tpot_ms=0))
+
+    async def tokens(finish_early: bool) -> AsyncGenerator[int, None]:
+        async with engine.admitted(["a"]) as run:
+            if finish_early:
+                run.finish()
+            yield 1
+            yield 2
+
+    for finish_early in (False, True):
+        stream = tokens(finish_early)
+        assert await anext(stream) == 1
+        assert engine.running == 1
+        await stream.aclose()
+    assert (engine.running, engine.cancelled, engine.completed) == (0, 1, 1)
+
+
+def test_cli_flags_build_the_config_and_profiles_yield_to_explicit_flags() -> None:
+    parser = argparse.ArgumentParser()
+    add_sim_arguments(parser)
+    config = config_from_args(parser.parse_args(
+        ["--port", "9001", "--model", "x", "--tpot-ms", "7", "--profile", "8b-h100-like"]))
+    assert (config.model, config.worker_id, config.tpot_ms) == ("x", "sim-9001", 7.0)
+    assert config.max_concurrency == 32  # from the profile
+    plain = config_from_args(parser.parse_args(["--port", "1", "--worker-id", "w"]))
+    assert (plain.worker_id, plain.ttft_ms) == ("w", 20.0)
+    with pytest.raises(ValueError, match="ttft_ms"):
+        config_from_args(parser.parse_args(["--port", "1", "--ttft-ms", "-1"]))
