@@ -52,6 +52,8 @@ class Lease:
                 return False
             self._open = False
             self._router.open_leases.pop(id(self), None)
+            outcomes = self._router.outcomes
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
         self._router.workers.release(self.worker)
         self._router.admission.leave()
         if outcome in _CIRCUIT_OUTCOMES:
@@ -80,9 +82,10 @@ class Router:
         self.admission = Admission(self.limits)
         self.lease_lock = threading.Lock()
         self.open_leases: dict[int, Lease] = {}
+        self.outcomes: dict[str, int] = {}  # finished requests by outcome (success ratio)
         # Set on SIGTERM: /ready turns false so load balancers stop sending new traffic.
         self.draining = False
-        metrics.watch_admission(self.admission)
+        metrics.watch_admission(self.admission, self.outcomes)
         self._policies: dict[str, Policy] = {policy.name: policy}
         if prefix is not None:
             workers.add_listener(prefix)

@@ -6,7 +6,7 @@ pushed on every request: the hot path then only bumps two counters and one histo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -47,6 +47,7 @@ class _WorkerStateCollector(Collector):
         self._workers = workers
         self.prefix_index: PrefixIndex | None = None
         self.admission: Admission | None = None
+        self.outcomes: Mapping[str, int] = {}
 
     def collect(self) -> Iterator[Metric]:
         in_flight = GaugeMetricFamily(
@@ -85,6 +86,11 @@ class _WorkerStateCollector(Collector):
             yield GaugeMetricFamily("llm_picker_utilization",
                                     "active / max_concurrent_requests (0 when unlimited)",
                                     value=active / limit if limit else 0.0)
+            finished = sum(self.outcomes.values())
+            yield GaugeMetricFamily(
+                "llm_picker_success_ratio",
+                "completed / finished requests since start (1 before any finished)",
+                value=self.outcomes.get("completed", 0) / finished if finished else 1.0)
         if self.prefix_index is not None:
             yield blocks
             status = GaugeMetricFamily(
@@ -140,8 +146,9 @@ class PickerMetrics:
     def watch_prefix_index(self, index: PrefixIndex) -> None:
         self._state.prefix_index = index
 
-    def watch_admission(self, admission: Admission) -> None:
+    def watch_admission(self, admission: Admission, outcomes: Mapping[str, int]) -> None:
         self._state.admission = admission
+        self._state.outcomes = outcomes
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,11 +9,14 @@ from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER
 
 KEY = "sk-never-show-4c1d"
 OTHER_KEY = "sk-also-secret-9e2a"
+ADMIN_TOKEN = "admin-token-never-show-77f3"
 
 
-def test_api_keys_are_used_and_appear_in_no_response_log_or_metric() -> None:
+def test_api_keys_and_admin_token_appear_in_no_response_log_or_metric() -> None:
+    settings = {**FAST_HEALTH, "admin": {"token": ADMIN_TOKEN}}
+    auth = {"authorization": f"Bearer {ADMIN_TOKEN}"}
     with local_fleet([SimSpec("locked", MODEL, api_key=KEY)], policy="round_robin",
-                     picker_settings=FAST_HEALTH) as fleet:
+                     picker_settings=settings) as fleet:
         # Routed requests carry the worker's key (the sim answers 401 without it), replacing
         # whatever the client sent.
         response = httpx.post(
@@ -27,17 +30,21 @@ def test_api_keys_are_used_and_appear_in_no_response_log_or_metric() -> None:
         extra = SimSpec("locked-2", MODEL, api_key=OTHER_KEY)
         proc = start_sim(extra, fleet.workdir)
         try:
-            added = httpx.post(f"{fleet.admin_url}/workers", timeout=30, json={
+            added = httpx.post(f"{fleet.admin_url}/workers", timeout=30, headers=auth, json={
                 "url": f"http://127.0.0.1:{extra.port}", "id": "locked-2", "api_key": OTHER_KEY})
             assert added.status_code == 201, added.text
             texts = [
                 added.text,
                 httpx.get(f"{fleet.admin_url}/workers").text,
                 httpx.get(f"{fleet.admin_url}/workers/locked").text,
-                httpx.patch(f"{fleet.admin_url}/workers/locked", json={"cost": 2}).text,
+                httpx.patch(f"{fleet.admin_url}/workers/locked", json={"cost": 2},
+                            headers=auth).text,
+                # A wrong token's refusal must not echo either token.
+                httpx.patch(f"{fleet.admin_url}/workers/locked", json={"cost": 3},
+                            headers={"authorization": f"Bearer {ADMIN_TOKEN}x"}).text,
                 httpx.get(f"{fleet.admin_url}/metrics").text,
                 httpx.get(f"{fleet.admin_url}/openapi.json").text,
-                httpx.delete(f"{fleet.admin_url}/workers/locked-2").text,
+                httpx.delete(f"{fleet.admin_url}/workers/locked-2", headers=auth).text,
             ]
         finally:
             proc.stop()
@@ -47,4 +54,4 @@ def test_api_keys_are_used_and_appear_in_no_response_log_or_metric() -> None:
         texts += [path.read_text() for path in fleet.workdir.glob("*.log")
                   if path.name.startswith("picker")]
         for text in texts:
-            assert KEY not in text and OTHER_KEY not in text
+            assert KEY not in text and OTHER_KEY not in text and ADMIN_TOKEN not in text

@@ -107,3 +107,6 @@ def test_thousands_of_mixed_outcomes_leave_every_counter_at_zero() -> None:
     released = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith("llm_picker_requests_total{"))
     assert released == 5000 - refused  # every admitted request ended exactly once
+    assert sum(r.outcomes.values()) == 5000 - refused
+    ratio = r.outcomes.get("completed", 0) / (5000 - refused)
+    assert f"llm_picker_success_ratio {ratio}" in text
