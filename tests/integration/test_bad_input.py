@@ -71,8 +71,8 @@ def test_headers_over_envoys_limit_never_reach_the_picker(fleet: Fleet) -> None:
         response = httpx.post(f"{fleet.envoy_url}{CHAT}", json=GOOD, timeout=10,
                               headers={"x-junk": "j" * 70_000})
         assert response.status_code == 431
-    except httpx.RemoteProtocolError:
-        pass  # Envoy's HTTP/1 codec may close the connection instead of answering 431
+    except (httpx.RemoteProtocolError, httpx.ReadError):
+        pass  # Envoy's HTTP/1 codec may close or reset the connection instead of a 431
     assert httpx.get(f"{fleet.admin_url}/health").status_code == 200
 
 
