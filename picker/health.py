@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from picker.registry import Worker, WorkerRegistry
+from picker.worker_tasks import WorkerTasks
 
 __all__ = ["HealthChecker", "HealthSettings"]
 
@@ -59,58 +59,21 @@ def _effective(settings: HealthSettings, worker: Worker) -> _Effective | None:
 
 
 class HealthChecker:
-    """One asyncio task per worker, following the registry as workers come and go.
-
-    Started and stopped explicitly, never in __init__ (no I/O in constructors).
-    """
+    """A probing task per worker (WorkerTasks); started and stopped explicitly, never in
+    __init__ (no I/O in constructors)."""
 
     def __init__(self, workers: WorkerRegistry, settings: HealthSettings) -> None:
         self._workers = workers
         self._settings = settings
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks = WorkerTasks(workers, self._watch)
         self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         self._client = httpx.AsyncClient()
-        self._loop = asyncio.get_running_loop()
-        self._workers.add_listener(self)
-        for worker in self._workers.workers():
-            self._begin(worker)
-
-    def worker_added(self, worker: Worker) -> None:
-        self._on_loop(self._begin, worker)
-
-    def worker_removed(self, worker: Worker) -> None:
-        self._on_loop(self._end, worker)
-
-    def _on_loop(self, action: Callable[[Worker], None], worker: Worker) -> None:
-        """Registry changes may come from any thread; tasks live on the checker's loop."""
-        if self._loop is None or self._loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            action(worker)
-        else:
-            self._loop.call_soon_threadsafe(action, worker)
-
-    def _begin(self, worker: Worker) -> None:
-        if worker.url not in self._tasks:
-            self._tasks[worker.url] = asyncio.create_task(self._watch(worker))
-
-    def _end(self, worker: Worker) -> None:
-        task = self._tasks.pop(worker.url, None)
-        if task is not None:
-            task.cancel()
+        self._tasks.start()
 
     async def stop(self) -> None:
-        for task in self._tasks.values():
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-        self._tasks.clear()
+        await self._tasks.stop()
         if self._client is not None:
             await self._client.aclose()
 

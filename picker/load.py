@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from picker.load_signals import EngineLoad
 from picker.registry import Worker, WorkerRegistry
+from picker.worker_tasks import WorkerTasks
 from picker.workers import RuntimeType
 
 __all__ = ["ENGINE_METRICS", "LoadMonitor", "LoadSettings", "parse_engine_load"]
@@ -95,45 +96,21 @@ class LoadMonitor:
         self._workers = workers
         self._settings = settings
         self._clock = clock
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks = WorkerTasks(workers, self._poll)
         self._client: httpx.AsyncClient | None = None
         self._gate: asyncio.Semaphore | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         if not self._settings.enabled:
             return
         self._client = httpx.AsyncClient()
         self._gate = asyncio.Semaphore(self._settings.max_concurrency)
-        self._loop = asyncio.get_running_loop()
-        self._workers.add_listener(self)
-        for worker in self._workers.workers():
-            self._begin(worker)
+        self._tasks.start()
 
     async def stop(self) -> None:
-        for task in self._tasks.values():
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-        self._tasks.clear()
+        await self._tasks.stop()
         if self._client is not None:
             await self._client.aclose()
-
-    def worker_added(self, worker: Worker) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._begin, worker)
-
-    def worker_removed(self, worker: Worker) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._end, worker)
-
-    def _begin(self, worker: Worker) -> None:
-        if worker.url not in self._tasks:
-            self._tasks[worker.url] = asyncio.create_task(self._poll(worker))
-
-    def _end(self, worker: Worker) -> None:
-        task = self._tasks.pop(worker.url, None)
-        if task is not None:
-            task.cancel()
 
     async def _poll(self, worker: Worker) -> None:
         while True:
