@@ -2,55 +2,30 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
 from picker.discovery import DiscoverySettings, WorkerUnreachable, discover, expand_dp_ranks
 from picker.workers import WorkerSpec
+from tests.http_stub import StubServer
 from tests.sim_thread import running_sim
 
 FAST = DiscoverySettings(attempt_timeout_secs=0.5, backoff_initial_secs=0.01,
                          backoff_max_secs=0.02)
 
 
-class SGLangLike:
-    """Answers the SGLang endpoints discovery reads (the simulator speaks vLLM's dialect)."""
-
-    def __init__(self, dp_size: int) -> None:
-        pages = {
-            "/v1/models": {"object": "list", "data": [{"id": "qwen"}]},
-            "/get_model_info": {"model_path": "Qwen/Qwen3", "tokenizer_path": "/models/qwen"},
-            "/get_server_info": {"dp_size": dp_size},
-        }
-        self.seen_auth: list[str | None] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                outer.seen_auth.append(self.headers.get("authorization"))
-                page = pages.get(self.path)
-                self.send_response(200 if page else 404)
-                self.end_headers()
-                self.wfile.write(json.dumps(page or {}).encode())
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
-def sglang() -> Iterator[SGLangLike]:
-    engine = SGLangLike(dp_size=4)
-    yield engine
-    engine.server.shutdown()
+def sglang() -> Iterator[StubServer]:
+    """Answers the SGLang endpoints discovery reads (the simulator speaks vLLM's dialect)."""
+    stub = StubServer({
+        "/v1/models": {"object": "list", "data": [{"id": "qwen"}]},
+        "/get_model_info": {"model_path": "Qwen/Qwen3", "tokenizer_path": "/models/qwen"},
+        "/get_server_info": {"dp_size": 4},
+    }, status=404)
+    yield stub
+    stub.close()
 
 
 async def test_models_discovered_from_v1_models() -> None:
@@ -67,13 +42,13 @@ async def test_operator_values_are_kept() -> None:
     assert spec.model_id == "mine"
 
 
-async def test_sglang_info_and_dp_ranks(sglang: SGLangLike) -> None:
+async def test_sglang_info_and_dp_ranks(sglang: StubServer) -> None:
     async with httpx.AsyncClient() as client:
         spec = await discover(WorkerSpec(url=sglang.url, runtime_type="sglang", id="e",
                                          api_key="sk-1"), client, FAST)
     assert spec.tokenizer_path == "/models/qwen" and spec.dp_size == 4
     assert spec.api_key is not None and spec.api_key.get_secret_value() == "sk-1"
-    assert set(sglang.seen_auth) == {"Bearer sk-1"}
+    assert set(sglang.auth) == {"Bearer sk-1"}
     ranks = expand_dp_ranks(spec)
     assert [r.url for r in ranks] == [f"{sglang.url}@{i}" for i in range(4)]
     assert [r.id for r in ranks] == [f"e@{i}" for i in range(4)]

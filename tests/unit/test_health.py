@@ -3,45 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from picker.health import HealthChecker, HealthSettings
 from picker.registry import WorkerRegistry
 from picker.workers import WorkerSpec
-
-
-class Endpoint:
-    """A loopback HTTP server answering /health with a status the test can change."""
-
-    def __init__(self) -> None:
-        self.status = 200
-        self.auth: list[str | None] = []
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                endpoint.auth.append(self.headers.get("authorization"))
-                self.send_response(endpoint.status)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+from tests.http_stub import StubServer
 
 
 @pytest.fixture
-def endpoint() -> Iterator[Endpoint]:
-    ep = Endpoint()
-    yield ep
-    ep.server.shutdown()
+def endpoint() -> Iterator[StubServer]:
+    stub = StubServer()  # every path answers `stub.status`
+    yield stub
+    stub.close()
 
 
 async def wait_for(predicate: object, timeout: float = 3.0) -> None:
@@ -57,7 +34,7 @@ FAST = HealthSettings(interval_secs=0.02, timeout_secs=0.5, failure_threshold=2,
                       success_threshold=2)
 
 
-async def test_ejects_after_threshold_and_readmits(endpoint: Endpoint) -> None:
+async def test_ejects_after_threshold_and_readmits(endpoint: StubServer) -> None:
     registry = WorkerRegistry([WorkerSpec(url=endpoint.url, api_key="sk-x")])
     worker = registry.workers()[0]
     checker = HealthChecker(registry, FAST)
@@ -84,7 +61,7 @@ async def test_unreachable_worker_is_ejected() -> None:
         await checker.stop()
 
 
-async def test_per_worker_override_disables_checks(endpoint: Endpoint) -> None:
+async def test_per_worker_override_disables_checks(endpoint: StubServer) -> None:
     endpoint.status = 500
     registry = WorkerRegistry([WorkerSpec(url=endpoint.url, health={"disable": True})])
     checker = HealthChecker(registry, FAST)
@@ -94,7 +71,7 @@ async def test_per_worker_override_disables_checks(endpoint: Endpoint) -> None:
     assert endpoint.auth == [] and registry.workers()[0].healthy
 
 
-async def test_follows_workers_added_and_removed_later(endpoint: Endpoint) -> None:
+async def test_follows_workers_added_and_removed_later(endpoint: StubServer) -> None:
     registry = WorkerRegistry()
     checker = HealthChecker(registry, FAST)
     await checker.start()
