@@ -1,15 +1,28 @@
 """OpenAI-style request bodies -> RoutingRequest.
 
-This runs on every routed request, so it is plain `json` and dict lookups (no model classes).
-Every malformed input becomes InvalidRequest naming the field; nothing else escapes.
+This runs on every routed request, so it is plain `json` and dict lookups (no model classes),
+and error messages are built only on the error path. Every malformed input becomes
+InvalidRequest naming the field (`param`); nothing else escapes, whatever the bytes.
+
+`prompt_text` is what the engine sees first, in order, so equal prompts give equal text and a
+shared system prompt or shared first turns give a shared text prefix (what a prefix index
+hashes). Its layout, with separators that do not occur in ordinary text:
+
+    chat / responses   "\\0{role}\\0{content}" per message; parts of one content joined by
+                       "\\1"; a participant `name` as "{role}\\2{name}"; tool calls and
+                       non-message items as compact JSON; images, audio and files as
+                       "[{type}:{url or data}]", hashed (blake2b) when longer than 256 chars
+    completions        the prompt; strings or token id lists joined by "\\1", token ids as
+    / embeddings       space-separated numbers
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from picker.errors import InvalidRequest, UnsupportedMediaType, UnsupportedPath
 from picker.request import Api, RoutingRequest
@@ -18,10 +31,14 @@ __all__ = ["parse_request", "request_from_data"]
 
 _APIS = {api.value: api for api in Api}
 _MAX_MODEL_CHARS = 256
-# Separators that do not occur in normal text, so distinct message lists give distinct texts.
 _ROLE = "\x00"
 _PART = "\x01"
+_NAME = "\x02"
 _INLINE_LIMIT = 256
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+# The field that carries the prompt, for errors about the prompt as a whole.
+_PROMPT_PARAM = {Api.CHAT: "messages", Api.COMPLETIONS: "prompt", Api.RESPONSES: "input",
+                 Api.EMBEDDINGS: "input"}
 
 
 def _clip(value: str, limit: int = 100) -> str:
@@ -30,6 +47,7 @@ def _clip(value: str, limit: int = 100) -> str:
 
 
 def parse_request(path: str, body: bytes, headers: Mapping[str, str]) -> RoutingRequest:
+    """Route-relevant facts of one HTTP request; `headers` keys are lower-case."""
     api = _APIS.get(path.split("?", 1)[0].rstrip("/"))
     if api is None:
         raise UnsupportedPath(f"the picker routes only {', '.join(_APIS)}; got {_clip(path)!r}")
@@ -37,23 +55,32 @@ def parse_request(path: str, body: bytes, headers: Mapping[str, str]) -> Routing
     if media_type and media_type != "application/json" and not media_type.endswith("+json"):
         raise UnsupportedMediaType(
             f"content-type must be application/json, not {_clip(media_type)!r}")
-    return request_from_data(api, _load_object(body), headers)
+    request = request_from_data(api, _load_object(body), headers)
+    # Strict UTF-8 decoding admits no surrogates, so a lone one can only come from a JSON
+    # escape; engines' tokenizers cannot encode it. Only bodies with such escapes pay the check.
+    if b"\\ud" in body or b"\\uD" in body:
+        _check_unicode(request)
+    return request
 
 
 def request_from_data(api: Api, data: Mapping[str, Any],
                       headers: Mapping[str, str]) -> RoutingRequest:
     """A request already decoded (LiteLLM hands over Python objects, not bytes)."""
     model = data.get("model")
-    if model is None:
-        raise InvalidRequest("'model' is required", param="model")
     if not isinstance(model, str):
+        if "model" not in data:
+            raise InvalidRequest("'model' is required", param="model")
         raise InvalidRequest(f"'model' must be a string, not {_json_type(model)}", param="model")
-    if not model or len(model) > _MAX_MODEL_CHARS:
+    if not model:
+        raise InvalidRequest("'model' is empty", param="model")
+    if len(model) > _MAX_MODEL_CHARS:
         raise InvalidRequest(
-            f"'model' must be 1 to {_MAX_MODEL_CHARS} characters", param="model"
-        )
-    stream = data.get("stream", False)
-    if not isinstance(stream, bool):
+            f"'model' is {len(model)} characters long; the limit is {_MAX_MODEL_CHARS}",
+            param="model")
+    stream = data.get("stream")
+    if stream is None:  # OpenAI's schema makes it nullable, meaning the default
+        stream = False
+    elif not isinstance(stream, bool):
         raise InvalidRequest(f"'stream' must be a boolean, not {_json_type(stream)}",
                              param="stream")
     return RoutingRequest(
@@ -67,22 +94,45 @@ def request_from_data(api: Api, data: Mapping[str, Any],
     )
 
 
+def _reject_constant(name: str) -> NoReturn:
+    raise InvalidRequest(f"invalid JSON: {name} is not a JSON value")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _load_object(body: bytes) -> dict[str, Any]:
     if not body:
         raise InvalidRequest("request body is empty; expected a JSON object")
-    try:
-        data = json.loads(body)
+    try:  # RFC 8259: JSON exchanged between systems is UTF-8 (a BOM is tolerated)
+        text = (body[3:] if body.startswith(codecs.BOM_UTF8) else body).decode()
     except UnicodeDecodeError as exc:
-        raise InvalidRequest(f"request body is not UTF-8 ({exc.reason})") from exc
+        raise InvalidRequest(
+            f"request body is not UTF-8: {exc.reason} at byte {exc.start}") from exc
+    try:
+        data = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(
-            f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})"
         ) from exc
+    except ValueError as exc:  # int() refuses numbers of more than sys.get_int_max_str_digits()
+        raise InvalidRequest("invalid JSON: a number has too many digits") from exc
     except RecursionError as exc:
         raise InvalidRequest("invalid JSON: nested too deeply") from exc
     if not isinstance(data, dict):
         raise InvalidRequest(f"request body must be a JSON object, not {_json_type(data)}")
     return data
+
+
+def _check_unicode(request: RoutingRequest) -> None:
+    for param, text in (("model", request.model),
+                        (_PROMPT_PARAM[request.api], request.prompt_text)):
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidRequest(
+                f"'{param}' contains an unpaired UTF-16 surrogate escape"
+                f" ({text[exc.start]!a}); text must be valid Unicode", param=param) from exc
 
 
 def _json_type(value: object) -> str:
@@ -96,7 +146,9 @@ def _json_type(value: object) -> str:
         return "a string"
     if isinstance(value, list):
         return "an array"
-    return "an object"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a Python {type(value).__name__}"  # request_from_data given a non-JSON value
 
 
 def _session_key(data: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:
@@ -104,65 +156,102 @@ def _session_key(data: Mapping[str, Any], headers: Mapping[str, str]) -> str | N
     if header:
         return header
     user = data.get("user")
-    return user if isinstance(user, str) and user else None
+    if user is None or isinstance(user, str):
+        return user or None
+    raise InvalidRequest(f"'user' must be a string, not {_json_type(user)}", param="user")
 
 
-def _marker(kind: str, payload: object) -> str:
+def _json_text(value: object, param: str) -> str:
+    """Compact, key-sorted JSON: deterministic text for structured content."""
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"'{param}' is not JSON-encodable or nested too deeply",
+                             param=param) from exc
+
+
+def _marker(kind: str, payload: object, param: str) -> str:
     """A short stable stand-in for non-text content (images, audio): same input, same marker."""
-    text = payload if isinstance(payload, str) else json.dumps(payload, sort_keys=True)
+    text = payload if isinstance(payload, str) else _json_text(payload, param)
     if len(text) > _INLINE_LIMIT:
-        text = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16)
+        text = "blake2b:" + digest.hexdigest()
     return f"[{kind}:{text}]"
+
+
+def _part_text(part: object, param: str) -> str:
+    """One content part: text verbatim, anything else as a marker."""
+    if not isinstance(part, dict):
+        raise InvalidRequest(f"'{param}' must be an object, not {_json_type(part)}", param=param)
+    kind = part.get("type")
+    if not isinstance(kind, str):
+        raise InvalidRequest(f"'{param}.type' must be a string, not {_json_type(kind)}",
+                             param=f"{param}.type")
+    if kind in _TEXT_PARTS:
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise InvalidRequest(f"'{param}.text' must be a string, not {_json_type(text)}",
+                                 param=f"{param}.text")
+        return text
+    # Chat nests the payload under the type's name ({"type": "image_url", "image_url": {...}});
+    # Responses puts it beside the type ({"type": "input_image", "image_url": "..."}).
+    payload = part.get(kind)
+    if payload is None:
+        payload = {key: value for key, value in part.items() if key != "type"}
+    return _marker(kind, payload, param)
 
 
 def _content_text(content: object, param: str) -> str:
     """Chat/Responses content: a string, null, or a list of typed parts."""
-    if content is None:
-        return ""
     if isinstance(content, str):
         return content
+    if content is None:
+        return ""
     if not isinstance(content, list):
         raise InvalidRequest(
-            f"'{param}' must be a string or an array of parts, not {_json_type(content)}",
-            param=param,
-        )
-    pieces = []
-    for index, part in enumerate(content):
-        if isinstance(part, str):
-            pieces.append(part)
-            continue
-        if not isinstance(part, dict):
-            raise InvalidRequest(
-                f"'{param}[{index}]' must be an object, not {_json_type(part)}",
-                param=f"{param}[{index}]",
-            )
-        text = part.get("text")
-        if isinstance(text, str):
-            pieces.append(text)
-        else:
-            kind = part.get("type")
-            kind = kind if isinstance(kind, str) else "part"
-            pieces.append(_marker(kind, part.get(kind, part)))
-    return _PART.join(pieces)
+            f"'{param}' must be a string, an array of content parts or null,"
+            f" not {_json_type(content)}", param=param)
+    return _PART.join([_part_text(part, f"{param}[{i}]") for i, part in enumerate(content)])
 
 
-def _messages_text(messages: object, param: str) -> str:
+def _messages_text(messages: object, param: str, items: bool = False) -> str:
+    """Chat messages, or Responses input items (`items`: role-less typed items allowed)."""
     if not isinstance(messages, list):
         raise InvalidRequest(f"'{param}' must be an array, not {_json_type(messages)}",
                              param=param)
-    pieces = []
+    pieces: list[str] = []
     for index, message in enumerate(messages):
-        where = f"{param}[{index}]"
         if not isinstance(message, dict):
+            where = f"{param}[{index}]"
             raise InvalidRequest(f"'{where}' must be an object, not {_json_type(message)}",
                                  param=where)
-        role = message.get("role", "")
+        role = message.get("role")
         if not isinstance(role, str):
-            raise InvalidRequest(f"'{where}.role' must be a string", param=f"{where}.role")
-        text = _content_text(message.get("content"), f"{where}.content")
-        if "tool_calls" in message:
-            text += _marker("tool_calls", message["tool_calls"])
-        pieces.append(f"{_ROLE}{role}{_ROLE}{text}")
+            kind = message.get("type")
+            if role is None and items and isinstance(kind, str) and kind != "message":
+                # function_call, function_call_output, reasoning, ...: verbatim, compact
+                body = {key: value for key, value in message.items() if key != "type"}
+                pieces += (_ROLE, kind, _ROLE, _json_text(body, f"{param}[{index}]"))
+                continue
+            where = f"{param}[{index}].role"
+            if role is None:
+                raise InvalidRequest(f"'{where}' is required", param=where)
+            raise InvalidRequest(f"'{where}' must be a string, not {_json_type(role)}",
+                                 param=where)
+        name = message.get("name")
+        if name is not None:
+            if not isinstance(name, str):
+                where = f"{param}[{index}].name"
+                raise InvalidRequest(f"'{where}' must be a string, not {_json_type(name)}",
+                                     param=where)
+            role = f"{role}{_NAME}{name}"
+        content = message.get("content")
+        text = (content if isinstance(content, str)
+                else _content_text(content, f"{param}[{index}].content"))
+        pieces += (_ROLE, role, _ROLE, text)
+        tool_calls = message.get("tool_calls")
+        if tool_calls is not None:
+            pieces.append(_json_text(tool_calls, f"{param}[{index}].tool_calls"))
     return "".join(pieces)
 
 
@@ -172,26 +261,36 @@ def _chat_text(data: Mapping[str, Any]) -> str:
     return _messages_text(data["messages"], "messages")
 
 
+def _is_token_ids(value: list[Any]) -> bool:
+    return all(type(item) is int for item in value)  # `type is`: a boolean is no token id
+
+
 def _prompt_like_text(value: object, param: str) -> str:
     """Completions `prompt` / embeddings `input`: string, strings, token ids, token id lists."""
     if isinstance(value, str):
         return value
-    if isinstance(value, list):
+    if not isinstance(value, list):
+        raise InvalidRequest(
+            f"'{param}' must be a string, an array of strings, an array of token ids or an"
+            f" array of token id arrays, not {_json_type(value)}", param=param)
+    if not value:
+        return ""
+    first = value[0]
+    if isinstance(first, str):
         if all(isinstance(item, str) for item in value):
             return _PART.join(value)
-        if all(isinstance(item, int) and not isinstance(item, bool) for item in value):
-            return " ".join(map(str, value))
-        if all(
-            isinstance(item, list)
-            and all(isinstance(t, int) and not isinstance(t, bool) for t in item)
-            for item in value
-        ):
-            return _PART.join(" ".join(map(str, item)) for item in value)
+        expected = "strings"
+    elif isinstance(first, list):
+        if all(isinstance(item, list) and _is_token_ids(item) for item in value):
+            return _PART.join([" ".join(map(str, item)) for item in value])
+        expected = "arrays of token ids (integers)"
+    elif _is_token_ids(value):
+        return " ".join(map(str, value))
+    else:
+        expected = "token ids (integers)"
     raise InvalidRequest(
-        f"'{param}' must be a string, an array of strings, an array of token ids or an array of"
-        f" token id arrays; got {_json_type(value)}",
-        param=param,
-    )
+        f"'{param}' must be an array of {expected} throughout (a string, an array of strings,"
+        f" of token ids, or of token id arrays)", param=param)
 
 
 def _completions_text(data: Mapping[str, Any]) -> str:
@@ -209,14 +308,18 @@ def _embeddings_text(data: Mapping[str, Any]) -> str:
 def _responses_text(data: Mapping[str, Any]) -> str:
     instructions = data.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
-        raise InvalidRequest("'instructions' must be a string", param="instructions")
+        raise InvalidRequest(f"'instructions' must be a string, not {_json_type(instructions)}",
+                             param="instructions")
     prefix = f"{_ROLE}instructions{_ROLE}{instructions}" if instructions else ""
     value = data.get("input")
-    if value is None:
-        raise InvalidRequest("'input' is required", param="input")
     if isinstance(value, str):
         return f"{prefix}{_ROLE}user{_ROLE}{value}"
-    return prefix + _messages_text(value, "input")
+    if value is None:
+        if "input" not in data:
+            raise InvalidRequest("'input' is required", param="input")
+        raise InvalidRequest("'input' must be a string or an array of items, not null",
+                             param="input")
+    return prefix + _messages_text(value, "input", items=True)
 
 
 _PROMPT_TEXT = {

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from picker.errors import InvalidRequest, RequestError, UnsupportedMediaType, UnsupportedPath
@@ -15,98 +14,232 @@ from picker.openai_body import parse_request
 from picker.request import Api
 
 CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+RESPONSES = "/v1/responses"
+EMBEDDINGS = "/v1/embeddings"
+PATHS = [CHAT, COMPLETIONS, RESPONSES, EMBEDDINGS]
 
 
 def body(**fields: object) -> bytes:
     return json.dumps(fields).encode()
 
 
-@pytest.mark.parametrize(
-    ("path", "raw", "api", "text_fragment"),
-    [
-        (CHAT, body(model="m", messages=[{"role": "user", "content": "hi"}]), Api.CHAT, "hi"),
-        (CHAT + "?x=1", body(model="m", messages=[
-            {"role": "user", "content": [{"type": "text", "text": "look"},
-                                         {"type": "image_url", "image_url": {"url": "u://a"}}]}
-        ]), Api.CHAT, "u://a"),
-        ("/v1/completions", body(model="m", prompt="once upon"), Api.COMPLETIONS, "once upon"),
-        ("/v1/completions/", body(model="m", prompt=[1, 2, 3]), Api.COMPLETIONS, "1 2 3"),
-        ("/v1/completions", body(model="m", prompt=["a", "b"]), Api.COMPLETIONS, "a"),
-        ("/v1/completions", body(model="m", prompt=[[1, 2], [3]]), Api.COMPLETIONS, "1 2"),
-        ("/v1/responses", body(model="m", input="hello", instructions="be brief"),
-         Api.RESPONSES, "be brief"),
-        ("/v1/responses", body(model="m", input=[{"role": "user", "content": [
-            {"type": "input_text", "text": "yo"}]}]), Api.RESPONSES, "yo"),
-        ("/v1/embeddings", body(model="m", input=["x", "y"]), Api.EMBEDDINGS, "y"),
-    ],
-    ids=["chat", "chat-parts", "completion", "tokens", "prompts", "token-lists",
-         "responses-str", "responses-items", "embeddings"],
-)
-def test_good_bodies(path: str, raw: bytes, api: Api, text_fragment: str) -> None:
+def chat(*messages: object, **fields: object) -> bytes:
+    return body(model="m", messages=list(messages), **fields)
+
+
+def user(content: object) -> dict[str, object]:
+    return {"role": "user", "content": content}
+
+
+GOOD = [
+    ("chat", CHAT, chat({"role": "system", "content": "S"}, user("hi")), Api.CHAT,
+     "\x00system\x00S\x00user\x00hi"),
+    ("chat-query-and-slash", CHAT + "/?api-version=1", chat(user("hi")), Api.CHAT,
+     "\x00user\x00hi"),
+    ("chat-parts", CHAT, chat(user([{"type": "text", "text": "look"},
+                                    {"type": "image_url", "image_url": {"url": "u://a"}}])),
+     Api.CHAT, '\x00user\x00look\x01[image_url:{"url":"u://a"}]'),
+    ("chat-audio", CHAT, chat(user([{"type": "input_audio",
+                                     "input_audio": {"data": "QUJD", "format": "wav"}}])),
+     Api.CHAT, '\x00user\x00[input_audio:{"data":"QUJD","format":"wav"}]'),
+    ("chat-tool-call", CHAT, chat({"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"}), Api.CHAT,
+     '\x00assistant\x00[{"function":{"arguments":"{}","name":"f"},"id":"c1","type":"function"}]'
+     "\x00tool\x0042"),
+    ("chat-name", CHAT, chat({"role": "user", "name": "bob", "content": "hi"}), Api.CHAT,
+     "\x00user\x02bob\x00hi"),
+    ("chat-empty", CHAT, chat(), Api.CHAT, ""),
+    ("chat-utf8-bom", CHAT, b"\xef\xbb\xbf" + chat(user("hi")), Api.CHAT, "\x00user\x00hi"),
+    ("chat-emoji-escape", CHAT, chat(user("\U0001f600")), Api.CHAT, "\x00user\x00\U0001f600"),
+    ("completions", COMPLETIONS, body(model="m", prompt="once upon"), Api.COMPLETIONS,
+     "once upon"),
+    ("completions-strings", COMPLETIONS, body(model="m", prompt=["a", "b"]), Api.COMPLETIONS,
+     "a\x01b"),
+    ("completions-tokens", COMPLETIONS + "/", body(model="m", prompt=[1, 2, 3]),
+     Api.COMPLETIONS, "1 2 3"),
+    ("completions-token-lists", COMPLETIONS, body(model="m", prompt=[[1, 2], [3]]),
+     Api.COMPLETIONS, "1 2\x013"),
+    ("completions-empty-list", COMPLETIONS, body(model="m", prompt=[]), Api.COMPLETIONS, ""),
+    ("responses-string", RESPONSES, body(model="m", input="hello", instructions="be brief"),
+     Api.RESPONSES, "\x00instructions\x00be brief\x00user\x00hello"),
+    ("responses-items", RESPONSES, body(model="m", input=[user([
+        {"type": "input_text", "text": "yo"},
+        {"type": "input_image", "image_url": "https://x/i.png", "detail": "low"}])]),
+     Api.RESPONSES, '\x00user\x00yo\x01[input_image:{"detail":"low","image_url":"https://x/i.png"}]'),
+    ("responses-function-items", RESPONSES, body(model="m", input=[
+        {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c", "output": "42"}]), Api.RESPONSES,
+     '\x00function_call\x00{"arguments":"{}","call_id":"c","name":"f"}'
+     '\x00function_call_output\x00{"call_id":"c","output":"42"}'),
+    ("responses-null-instructions", RESPONSES, body(model="m", input="x", instructions=None),
+     Api.RESPONSES, "\x00user\x00x"),
+    ("embeddings", EMBEDDINGS, body(model="m", input="x"), Api.EMBEDDINGS, "x"),
+    ("embeddings-strings", EMBEDDINGS, body(model="m", input=["x", "y"]), Api.EMBEDDINGS,
+     "x\x01y"),
+    ("embeddings-tokens", EMBEDDINGS, body(model="m", input=[7, 8]), Api.EMBEDDINGS, "7 8"),
+    ("embeddings-token-lists", EMBEDDINGS, body(model="m", input=[[7], [8, 9]]),
+     Api.EMBEDDINGS, "7\x018 9"),
+]
+
+
+@pytest.mark.parametrize(("path", "raw", "api", "text"), [case[1:] for case in GOOD],
+                         ids=[case[0] for case in GOOD])
+def test_good_bodies(path: str, raw: bytes, api: Api, text: str) -> None:
     request = parse_request(path, raw, {})
     assert request.model == "m"
     assert request.api is api
-    assert text_fragment in request.prompt_text
+    assert request.prompt_text == text
     assert request.stream is False
+    assert request.session_key is None
+    assert (request.messages is not None) == (api is Api.CHAT)
 
 
-def test_stream_and_session_key() -> None:
-    raw = body(model="m", messages=[], stream=True, user="alice")
+def test_stream_session_key_and_headers() -> None:
+    raw = chat(stream=True, user="alice")
+    headers = {"x-session-id": "s1", "x-other": "v"}
+    request = parse_request(CHAT, raw, headers)
+    assert request.stream is True
+    assert request.session_key == "s1"
+    assert request.headers is headers
     assert parse_request(CHAT, raw, {}).session_key == "alice"
-    assert parse_request(CHAT, raw, {"x-session-id": "s1"}).session_key == "s1"
-    assert parse_request(CHAT, raw, {}).stream is True
+    assert parse_request(CHAT, raw, {"x-session-id": ""}).session_key == "alice"
+    assert parse_request(CHAT, chat(user=""), {}).session_key is None
+    assert parse_request(CHAT, chat(user=None, stream=None), {}).stream is False
 
 
-def test_shared_system_prompt_gives_a_shared_text_prefix() -> None:
+def test_shared_system_prompt_and_first_turn_give_a_shared_text_prefix() -> None:
     system = {"role": "system", "content": "You are a pirate. " * 20}
-    first = parse_request(CHAT, body(model="m", messages=[
-        system, {"role": "user", "content": "hello"}]), {}).prompt_text
-    second = parse_request(CHAT, body(model="m", messages=[
-        system, {"role": "user", "content": "goodbye"}]), {}).prompt_text
+    first_turn = user("Tell me about ships.")
+    first = parse_request(CHAT, chat(system, first_turn, user("hello")), {}).prompt_text
+    second = parse_request(CHAT, chat(system, first_turn, user("goodbye")), {}).prompt_text
     common = os.path.commonprefix([first, second])
-    assert len(common) > len(system["content"])
+    assert len(common) > len(system["content"]) + len("Tell me about ships.")
     assert first != second
 
 
-def test_prompt_text_is_deterministic() -> None:
-    raw = body(model="m", messages=[{"role": "user", "content": [
-        {"type": "input_audio", "input_audio": {"data": "A" * 5000}}]}])
-    first, second = (parse_request(CHAT, raw, {}).prompt_text for _ in range(2))
-    assert first == second
-    assert len(first) < 200  # large inline data is hashed, not copied
+def test_equal_prompts_give_equal_text_whatever_the_json_layout() -> None:
+    compact = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+    spaced = b'{ "messages" : [ {"content": "hi", "role": "user"} ], "model": "m" }'
+    assert parse_request(CHAT, compact, {}).prompt_text == \
+        parse_request(CHAT, spaced, {}).prompt_text
+    # A Responses string input reads as the same user turn as its item form.
+    assert parse_request(RESPONSES, body(model="m", input="hi"), {}).prompt_text == \
+        parse_request(RESPONSES, body(model="m", input=[user("hi")]), {}).prompt_text
 
 
 @pytest.mark.parametrize(
-    ("path", "raw", "param", "fragment"),
+    ("left", "right"),
     [
-        (CHAT, b"", None, "empty"),
-        (CHAT, b"{nope", None, "invalid JSON"),
-        (CHAT, b"\xff\xfe{}", None, "invalid JSON"),
-        (CHAT, b"[1]", None, "an array"),
-        (CHAT, b"42", None, "a number"),
-        (CHAT, b'"s"', None, "a string"),
-        (CHAT, b"[" * 100_000 + b"]" * 100_000, None, "invalid JSON"),
-        (CHAT, body(messages=[]), "model", "required"),
-        (CHAT, body(model="", messages=[]), "model", "1 to 256"),
-        (CHAT, body(model=5, messages=[]), "model", "a number"),
-        (CHAT, body(model="m" * 10_000, messages=[]), "model", "1 to 256"),
-        (CHAT, body(model="m"), "messages", "required"),
-        (CHAT, body(model="m", messages="hi"), "messages", "array"),
-        (CHAT, body(model="m", messages=[3]), "messages[0]", "object"),
-        (CHAT, body(model="m", messages=[{"role": 1}]), "messages[0].role", "string"),
-        (CHAT, body(model="m", messages=[{"role": "u", "content": 5}]),
-         "messages[0].content", "string or an array"),
-        (CHAT, body(model="m", messages=[{"role": "u", "content": [7]}]),
-         "messages[0].content[0]", "object"),
-        (CHAT, body(model="m", messages=[], stream="yes"), "stream", "boolean"),
-        ("/v1/completions", body(model="m"), "prompt", "required"),
-        ("/v1/completions", body(model="m", prompt=[1, "a"]), "prompt", "token ids"),
-        ("/v1/completions", body(model="m", prompt={"a": 1}), "prompt", "an object"),
-        ("/v1/embeddings", body(model="m", input=None), "input", "got null"),
-        ("/v1/embeddings", body(model="m"), "input", "required"),
-        ("/v1/responses", body(model="m", input="x", instructions=3), "instructions", "string"),
+        ([user("ab")], [user([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}])]),
+        ([user("ab")], [user("a"), user("b")]),
+        ([user("hi")], [{"role": "assistant", "content": "hi"}]),
+        ([user("hi")], [{"role": "user", "name": "x", "content": "hi"}]),
     ],
+    ids=["string-vs-parts", "one-vs-two-messages", "roles", "name"],
 )
+def test_different_messages_give_different_text(
+    left: list[object], right: list[object]
+) -> None:
+    assert parse_request(CHAT, chat(*left), {}).prompt_text != \
+        parse_request(CHAT, chat(*right), {}).prompt_text
+
+
+def test_large_inline_data_is_hashed_deterministically() -> None:
+    def audio(data: str) -> bytes:
+        return chat(user([{"type": "input_audio", "input_audio": {"data": data}}]))
+
+    first, second = (parse_request(CHAT, audio("A" * 5000), {}).prompt_text for _ in range(2))
+    assert first == second
+    assert "blake2b:" in first
+    assert len(first) < 100
+    assert parse_request(CHAT, audio("B" * 5000), {}).prompt_text != first
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+BAD = [
+    # The body as a whole.
+    ("empty", CHAT, b"", None, "empty"),
+    ("invalid-json", CHAT, b"{nope", None, "invalid JSON: Expecting property name"),
+    ("invalid-json-position", CHAT, b'{"model": "m",\n "x": }', None, "line 2 column 7 (char 21)"),
+    ("trailing-data", CHAT, b"{} {}", None, "Extra data"),
+    ("not-utf8", CHAT, b'{"model": "\xff"}', None, "not UTF-8"),
+    ("utf16", CHAT, chat().decode().encode("utf-16"), None, "not UTF-8"),
+    ("array", CHAT, b"[1]", None, "not an array"),
+    ("number", CHAT, b"42", None, "not a number"),
+    ("string", CHAT, b'"s"', None, "not a string"),
+    ("null", CHAT, b"null", None, "not null"),
+    ("deeply-nested", CHAT, DEEP, None, "nested too deeply"),
+    ("deeply-nested-inside", CHAT, b'{"model":"m","messages":' + DEEP + b"}", None,
+     "nested too deeply"),
+    ("huge-number", COMPLETIONS, b'{"model":"m","prompt":[' + b"9" * 5000 + b"]}", None,
+     "too many digits"),
+    ("nan", COMPLETIONS, b'{"model":"m","prompt":[NaN]}', None, "NaN is not a JSON value"),
+    # model
+    ("model-missing", CHAT, body(messages=[]), "model", "'model' is required"),
+    ("model-null", CHAT, body(model=None, messages=[]), "model", "not null"),
+    ("model-number", CHAT, body(model=5, messages=[]), "model", "must be a string, not a number"),
+    ("model-empty", CHAT, body(model="", messages=[]), "model", "'model' is empty"),
+    ("model-too-long", CHAT, body(model="m" * 10_000, messages=[]), "model",
+     "10000 characters long; the limit is 256"),
+    ("model-lone-surrogate", CHAT, body(model="m\ud800", messages=[]), "model",
+     "unpaired UTF-16 surrogate"),
+    # stream, user
+    ("stream-string", CHAT, chat(stream="yes"), "stream", "must be a boolean, not a string"),
+    ("stream-number", CHAT, chat(stream=1), "stream", "must be a boolean, not a number"),
+    ("user-number", CHAT, chat(user=7), "user", "must be a string, not a number"),
+    # chat messages
+    ("messages-missing", CHAT, body(model="m"), "messages", "'messages' is required"),
+    ("messages-string", CHAT, body(model="m", messages="hi"), "messages",
+     "must be an array, not a string"),
+    ("message-number", CHAT, chat(user("a"), 3), "messages[1]", "must be an object, not a number"),
+    ("role-missing", CHAT, chat({"content": "hi"}), "messages[0].role", "is required"),
+    ("role-number", CHAT, chat({"role": 1}), "messages[0].role", "must be a string"),
+    ("name-number", CHAT, chat({"role": "user", "name": 1}), "messages[0].name",
+     "must be a string"),
+    ("content-number", CHAT, chat(user(5)), "messages[0].content",
+     "a string, an array of content parts or null, not a number"),
+    ("content-object", CHAT, chat(user({"text": "hi"})), "messages[0].content", "not an object"),
+    ("part-string", CHAT, chat(user(["hi"])), "messages[0].content[0]",
+     "must be an object, not a string"),
+    ("part-without-type", CHAT, chat(user([{"text": "hi"}])), "messages[0].content[0].type",
+     "must be a string, not null"),
+    ("text-part-number", CHAT, chat(user([{"type": "text", "text": 5}])),
+     "messages[0].content[0].text", "must be a string, not a number"),
+    ("content-lone-surrogate", CHAT, chat(user("a\udc00b")), "messages",
+     "unpaired UTF-16 surrogate escape ('\\udc00')"),
+    # completions / embeddings
+    ("prompt-missing", COMPLETIONS, body(model="m"), "prompt", "'prompt' is required"),
+    ("prompt-object", COMPLETIONS, body(model="m", prompt={"a": 1}), "prompt", "not an object"),
+    ("prompt-null", COMPLETIONS, body(model="m", prompt=None), "prompt", "not null"),
+    ("prompt-ints-then-string", COMPLETIONS, body(model="m", prompt=[1, "a"]), "prompt",
+     "array of token ids (integers) throughout"),
+    ("prompt-strings-then-int", COMPLETIONS, body(model="m", prompt=["a", 1]), "prompt",
+     "array of strings throughout"),
+    ("prompt-bad-token-list", COMPLETIONS, body(model="m", prompt=[[1], [2, "x"]]), "prompt",
+     "arrays of token ids"),
+    ("prompt-booleans", COMPLETIONS, body(model="m", prompt=[True]), "prompt", "token ids"),
+    ("prompt-floats", COMPLETIONS, body(model="m", prompt=[1.5]), "prompt", "token ids"),
+    ("input-missing", EMBEDDINGS, body(model="m"), "input", "'input' is required"),
+    ("input-null", EMBEDDINGS, body(model="m", input=None), "input", "not null"),
+    ("input-bool", EMBEDDINGS, body(model="m", input=True), "input", "not a boolean"),
+    # responses
+    ("instructions-number", RESPONSES, body(model="m", input="x", instructions=3),
+     "instructions", "must be a string, not a number"),
+    ("responses-input-missing", RESPONSES, body(model="m"), "input", "'input' is required"),
+    ("responses-input-null", RESPONSES, body(model="m", input=None), "input", "not null"),
+    ("responses-input-number", RESPONSES, body(model="m", input=1), "input",
+     "must be an array, not a number"),
+    ("responses-item-untyped", RESPONSES, body(model="m", input=[{"content": "x"}]),
+     "input[0].role", "is required"),
+    ("responses-part-text-null", RESPONSES, body(model="m", input=[user(
+        [{"type": "input_text"}])]), "input[0].content[0].text", "must be a string, not null"),
+]
+
+
+@pytest.mark.parametrize(("path", "raw", "param", "fragment"), [case[1:] for case in BAD],
+                         ids=[case[0] for case in BAD])
 def test_bad_bodies_name_what_is_wrong(
     path: str, raw: bytes, param: str | None, fragment: str
 ) -> None:
@@ -114,55 +247,84 @@ def test_bad_bodies_name_what_is_wrong(
         parse_request(path, raw, {})
     assert caught.value.param == param
     assert fragment in caught.value.message
+    assert caught.value.status == 400
     assert len(caught.value.message) < 300  # never echoes large input
 
 
-@pytest.mark.parametrize("path", ["/v1/models", "/", "/v2/chat/completions", "/x" * 500])
+@pytest.mark.parametrize("path", ["/v1/models", "/", "", "/v2/chat/completions",
+                                  "/v1/chat/completions/x", "/x" * 500],
+                         ids=["models", "root", "empty", "v2", "sub-path", "huge"])
 def test_unsupported_paths(path: str) -> None:
     with pytest.raises(UnsupportedPath) as caught:
-        parse_request(path, body(model="m", messages=[]), {})
+        parse_request(path, chat(), {})
     assert caught.value.status == 404
+    assert repr(path[:100]) in caught.value.message or repr(path[:100])[:-1] in \
+        caught.value.message
     assert len(caught.value.message) < 300
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=20,
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=200), st.sampled_from(["/v1/chat/completions", "/v1/completions",
-                                                 "/v1/responses", "/v1/embeddings"]))
-def test_arbitrary_bytes_only_raise_request_errors(raw: bytes, path: str) -> None:
-    with contextlib.suppress(RequestError):
-        parse_request(path, raw, {})
-
-
-@settings(max_examples=300, deadline=None)
-@given(json_values, json_values, st.sampled_from(["messages", "prompt", "input"]),
-       st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/responses",
-                        "/v1/embeddings"]))
-def test_arbitrary_json_only_raises_request_errors(
-    model: object, value: object, key: str, path: str
-) -> None:
-    raw = json.dumps({"model": model, key: value, "instructions": value}).encode()
-    try:
-        request = parse_request(path, raw, {})
-    except RequestError:
-        return
-    assert isinstance(request.prompt_text, str)
-
-
 @pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
-                                          "application/vnd.api+json", ""])
+                                          "Application/JSON", "application/vnd.api+json", ""])
 def test_json_content_types_are_accepted(content_type: str) -> None:
     headers = {"content-type": content_type} if content_type else {}
-    assert parse_request(CHAT, body(model="m", messages=[]), headers).model == "m"
+    assert parse_request(CHAT, chat(), headers).model == "m"
 
 
 def test_other_content_types_are_415() -> None:
     with pytest.raises(UnsupportedMediaType) as caught:
         parse_request(CHAT, b"model=m", {"content-type": "application/x-www-form-urlencoded"})
     assert caught.value.status == 415
+
+
+# -- fuzzing: any bytes, any JSON in any field -> a RoutingRequest or a RequestError -----------
+
+# Text including lone surrogates, which json.dumps sends as \udXXX escapes.
+texts = st.text(st.characters(codec=None, exclude_categories=()), max_size=8)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | texts,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
+    max_leaves=20,
+)
+# Values shaped like real content, so the fuzzer also reaches the parts and items parsers.
+parts = st.fixed_dictionaries(
+    {"type": st.sampled_from(["text", "input_text", "image_url", "input_image", "input_audio"])},
+    optional={"text": json_values, "image_url": json_values, "input_audio": json_values})
+messages = st.lists(st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "user", "assistant"]) | json_values},
+    optional={"content": texts | st.lists(parts | json_values, max_size=3) | json_values,
+              "name": json_values, "tool_calls": json_values, "type": json_values}), max_size=3)
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def assert_routable_or_refused(path: str, raw: bytes) -> None:
+    try:
+        request = parse_request(path, raw, {})
+    except RequestError:
+        return
+    # What is accepted is valid Unicode, so tokenizers and JSON encoders downstream cope.
+    request.model.encode()
+    request.prompt_text.encode()
+
+
+@FUZZ
+@given(st.binary(max_size=200), st.sampled_from(PATHS))
+def test_arbitrary_bytes_only_raise_request_errors(raw: bytes, path: str) -> None:
+    assert_routable_or_refused(path, raw)
+
+
+@FUZZ
+@given(json_values, json_values, st.sampled_from(["messages", "prompt", "input"]),
+       json_values, st.sampled_from(PATHS))
+def test_arbitrary_json_only_raises_request_errors(
+    model: object, value: object, key: str, extra: object, path: str
+) -> None:
+    fields = {"model": model, key: value, "instructions": extra, "stream": extra, "user": extra}
+    assert_routable_or_refused(path, json.dumps(fields).encode())
+
+
+@FUZZ
+@given(messages, st.sampled_from(["messages", "input"]), st.sampled_from([CHAT, RESPONSES]))
+def test_message_shaped_json_only_raises_request_errors(
+    value: list[object], key: str, path: str
+) -> None:
+    assert_routable_or_refused(path, json.dumps({"model": "m", key: value}).encode())
