@@ -38,7 +38,7 @@ def choose_deployment(
         return random.choice(healthy)  # none of them is an engine the picker knows
     data: dict[str, Any] = {"model": model}
     if messages is not None:
-        api, data["messages"] = Api.CHAT, messages
+        api, data["messages"] = Api.CHAT, [_plain(m) for m in messages]
     else:
         api, data["input"] = Api.EMBEDDINGS, input if input is not None else ""
     headers: Mapping[str, str] = {}
@@ -52,3 +52,10 @@ def choose_deployment(
         core.reject(error)
         raise to_litellm_error(error, model) from error
     return by_worker[worker.id]
+
+
+def _plain(message: Any) -> Any:
+    """LiteLLM may hand over its pydantic `Message` objects instead of dicts; the core reads
+    OpenAI JSON, so they are turned back into it (unset fields left out, as a client sends)."""
+    dump = getattr(message, "model_dump", None)
+    return dump(exclude_none=True) if callable(dump) else message

@@ -93,6 +93,20 @@ def test_prefix_routing_keeps_a_shared_prefix_group_on_one_engine(
     assert all(len(h) == 1 for h in homes.values()), homes
 
 
+def test_a_reply_message_object_fed_back_into_the_conversation_is_routed(
+        engines: tuple[list[str], dict]) -> None:
+    """Multi-turn clients append LiteLLM's own pydantic `Message` to the next call's messages."""
+    bases, _ = engines
+    router = make_router(bases, policy="prefix_cache")
+    history: list[object] = [{"role": "user", "content": "shared question " * 50}]
+    first = router.completion(model="my-model", max_tokens=2, messages=history)
+    reply = first.choices[0].message  # type: ignore[union-attr]
+    assert not isinstance(reply, dict)
+    history += [reply, {"role": "user", "content": "and then?"}]
+    second = router.completion(model="my-model", max_tokens=2, messages=history)
+    assert served(second) == served(first)  # the conversation's prefix stays on its engine
+
+
 def test_dead_engine_is_cooled_down_and_no_longer_chosen(
         engines: tuple[list[str], dict]) -> None:
     bases, procs = engines
