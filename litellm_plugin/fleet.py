@@ -24,7 +24,11 @@ log = logging.getLogger("llm_picker.litellm")
 def engine_url(api_base: str) -> str:
     """`http://host:8000/v1` -> `http://host:8000`: the engine, whatever API path LiteLLM uses."""
     parts = urlsplit(api_base if "://" in api_base else "http://" + api_base)
-    return f"{parts.scheme}://{parts.netloc}"
+    base = f"{parts.scheme}://{parts.netloc}"
+    try:
+        return WorkerSpec(url=base).url  # the registry's spelling, so lookups by url match
+    except ValueError:
+        return base  # rejected again, and logged, where the worker is registered
 
 
 class DeploymentFleet:

@@ -14,7 +14,15 @@ import re
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "ConnectionMode",
@@ -132,9 +140,18 @@ class WorkerSpec(BaseModel):
             self.bootstrap_host = urlsplit(self.network_url).hostname
         if self.id is None:
             self.id = "w-" + hashlib.blake2b(self.url.encode(), digest_size=4).hexdigest()
-        if self.dp_rank is not None and self.dp_size is not None and self.dp_rank >= self.dp_size:
-            raise ValueError(f"dp_rank {self.dp_rank} must be below dp_size {self.dp_size}")
         return self
+
+    @field_validator("dp_size")
+    @classmethod
+    def _rank_below_size(cls, size: int | None, info: ValidationInfo) -> int | None:
+        """Checked here rather than in `_derive` so the error names a field (`dp_size`)."""
+        rank = info.data.get("dp_rank")
+        if rank is None and "url" in info.data:
+            rank = _split_rank(info.data["url"])[1]
+        if size is not None and rank is not None and rank >= size:
+            raise ValueError(f"dp_rank {rank} must be below dp_size {size}")
+        return size
 
     @property
     def network_url(self) -> str:
@@ -166,9 +183,10 @@ def _split_rank(url: str) -> tuple[str, int | None]:
 
 
 def _normalise_base(url: str) -> str:
-    url = url.strip().rstrip("/")
+    url = url.strip()
     if "://" not in url:
         url = "http://" + url
+    url = url.rstrip("/")  # after the scheme test: "http://" must not turn into host "http"
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https", "grpc", "grpcs"):
         raise ValueError(f"scheme must be http, https, grpc or grpcs, not {parts.scheme!r}")
@@ -182,9 +200,15 @@ def _normalise_base(url: str) -> str:
         raise ValueError(f"invalid host {parts.hostname[:100]!r}")
     if parts.path or parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError("url must be scheme://host[:port] with no path, query or credentials")
+    if port == 0:
+        raise ValueError(f"invalid port in {url!r}")
     if port is None and parts.scheme.startswith("grpc"):
         raise ValueError("a grpc url needs an explicit port")
-    return url
+    # One spelling per endpoint (lower-case scheme and host, explicit port), so the registry's
+    # url index cannot hold the same engine twice as `HTTP://A` and `http://a:80`.
+    port = port or (443 if parts.scheme in ("https", "grpcs") else 80)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}:{port}"
 
 
 _LABEL = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}"

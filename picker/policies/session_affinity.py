@@ -7,6 +7,7 @@ sync with the registry. Requests without a key go to the fallback policy.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 from picker.policies.least_load import LeastLoad
@@ -28,4 +29,11 @@ class SessionAffinity:
         key = request.headers.get(self._header) if self._header else request.session_key
         if not key:
             return self._fallback.pick(request, candidates)
-        return max(candidates, key=lambda w: hash((key, w.id)))
+        return max(candidates, key=lambda w: _weight(key, w.id))
+
+
+def _weight(key: str, worker_id: str) -> int:
+    """A hash that is the same in every process: Python's hash() of a str is salted per
+    process, which would move every session on a restart and split it across picker replicas."""
+    digest = hashlib.blake2b(f"{key}\x00{worker_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")

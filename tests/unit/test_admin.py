@@ -17,7 +17,7 @@ from picker.policies import create_policy
 from picker.registry import WorkerRegistry
 from picker.request import Api, RoutingRequest
 from picker.router import Router
-from picker.telemetry import PickerMetrics
+from picker.telemetry import CONTENT_TYPE, PickerMetrics
 from picker.workers import WorkerSpec
 from tests.sim_thread import running_sim
 
@@ -47,12 +47,88 @@ async def admin() -> AsyncIterator[Admin]:
     await a.manager.stop()
 
 
-async def test_probes(admin: Admin) -> None:
-    assert (await admin.client.get("/health")).json() == {
-        "status": "healthy", "active_requests": 0, "max_concurrent_requests": 0}
-    assert (await admin.client.get("/ready")).status_code == 503
+async def test_health_is_liveness_only(admin: Admin) -> None:
+    response = await admin.client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "healthy", "active_requests": 0,
+                               "max_concurrent_requests": 0}
     admin.router.workers.add(WorkerSpec(url="a:1", models=["m"]))
+    lease = admin.router.pick(RoutingRequest(model="m", api=Api.CHAT))
+    assert (await admin.client.get("/health")).json()["active_requests"] == 1
+    lease.release("completed")
+    admin.router.draining = True
+    draining = await admin.client.get("/health")
+    assert draining.status_code == 200 and draining.json()["status"] == "unhealthy"
+
+
+@pytest.mark.parametrize(
+    ("states", "draining", "status", "body_status", "routable"),
+    [
+        ((), False, 503, "not_ready", 0),  # no worker at all
+        (("unhealthy",), False, 503, "not_ready", 0),
+        (("draining",), False, 503, "not_ready", 0),
+        (("unhealthy", "draining"), False, 503, "not_ready", 0),
+        (("ok",), False, 200, "ready", 1),
+        (("unhealthy", "ok", "draining"), False, 200, "ready", 1),
+        (("ok", "ok"), True, 503, "draining", 2),  # shutting down: stop sending traffic
+    ],
+)
+async def test_ready_needs_a_routable_worker(
+    admin: Admin, states: tuple[str, ...], draining: bool, status: int, body_status: str,
+    routable: int,
+) -> None:
+    for i, state in enumerate(states):
+        worker = admin.router.workers.add(WorkerSpec(url=f"a:{i + 1}", models=["m"]))
+        worker.healthy = state != "unhealthy"
+        worker.draining = state == "draining"
+    admin.router.draining = draining
+    response = await admin.client.get("/ready")
+    assert response.status_code == status
+    assert response.json() == {"status": body_status, "routable_workers": routable,
+                               "total_workers": len(states)}
+
+
+async def test_ready_follows_the_registry(admin: Admin) -> None:
+    assert (await admin.client.get("/ready")).status_code == 503
+    worker = admin.router.workers.add(WorkerSpec(url="a:1", models=["m"]))
     assert (await admin.client.get("/ready")).status_code == 200
+    admin.router.workers.set_healthy(worker, False)
+    assert (await admin.client.get("/ready")).status_code == 503
+    admin.router.workers.set_healthy(worker, True)
+    assert (await admin.client.get("/ready")).status_code == 200
+    admin.router.workers.remove(worker.url)
+    assert (await admin.client.get("/ready")).status_code == 503
+
+
+async def test_metrics_content_type_and_content(admin: Admin) -> None:
+    admin.router.workers.add(WorkerSpec(url="a:1", id="a", models=["m"]))
+    admin.router.pick(RoutingRequest(model="m", api=Api.CHAT)).release("completed")
+    response = await admin.client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == CONTENT_TYPE
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    assert {"llm_picker_requests", "llm_picker_decisions", "llm_picker_worker_in_flight",
+            "llm_picker_worker_healthy", "llm_picker_decision_duration_seconds"} <= set(families)
+    completed = [s for s in families["llm_picker_requests"].samples
+                 if s.name == "llm_picker_requests_total"]
+    assert [(s.labels, s.value) for s in completed] == [({"outcome": "completed"}, 1.0)]
+
+
+async def test_probes_and_metrics_need_no_token() -> None:
+    admin = Admin(TOKEN, WorkerSpec(url="a:1", models=["m"]))
+    anonymous = httpx.AsyncClient(transport=admin.client._transport, base_url="http://admin")
+    for path in ("/health", "/ready", "/metrics"):
+        assert (await anonymous.get(path)).status_code == 200
+    await anonymous.aclose()
+    await admin.client.aclose()
+
+
+async def test_unknown_path_and_method_use_the_error_shape(admin: Admin) -> None:
+    missing = await admin.client.get("/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    wrong = await admin.client.post("/health")
+    assert wrong.status_code == 405
+    assert wrong.json()["error"]["code"] == "method_not_allowed"
 
 
 async def test_register_with_discovery_then_conflict(admin: Admin) -> None:

@@ -33,3 +33,20 @@ def test_sync_adds_merges_and_removes() -> None:
     fleet.sync([deployment("d3", "chat", "http://b:1/v1")])
     assert [w.url for w in fleet.workers.workers()] == ["http://b:1"]
     assert fleet.worker_id({"model_info": {"id": "d1"}}) is None
+
+
+def test_engine_url_is_the_registrys_spelling() -> None:
+    assert engine_url("HTTP://Engine.Local/v1") == "http://engine.local:80"
+    assert engine_url("https://h/v1") == "https://h:443"
+
+
+def test_resync_keeps_a_worker_whose_api_base_is_spelled_differently() -> None:
+    """A later sync must find the worker again, not replace it and lose its in-flight count."""
+    fleet = DeploymentFleet(WorkerRegistry())
+    first = deployment("d1", "chat", "http://Engine.local/v1")
+    fleet.sync([first])
+    (worker,) = fleet.workers.workers()
+    fleet.workers.acquire(worker)
+    fleet.sync([first, deployment("d2", "code", "http://b:1/v1")])
+    assert fleet.workers.get_by_url("http://engine.local:80") is worker
+    assert worker.in_flight == 1

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Sequence
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from picker.circuit import CircuitSettings
-from picker.errors import InvalidRequest, ModelNotFound, NoHealthyWorker
+from picker.errors import (
+    BodyTooLarge,
+    InvalidRequest,
+    ModelNotFound,
+    NoHealthyWorker,
+    Overloaded,
+    ProxyMisconfigured,
+    RequestError,
+    UnsupportedMediaType,
+    UnsupportedPath,
+)
 from picker.policies import create_policy
-from picker.registry import WorkerRegistry
+from picker.registry import Worker, WorkerRegistry
 from picker.request import Api, RoutingRequest
 from picker.router import Router
 from picker.telemetry import PickerMetrics
@@ -32,54 +45,254 @@ def sample(r: Router, line_start: str) -> float:
     return 0.0
 
 
+def samples(r: Router, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Every sample of one metric, keyed by its sorted labels."""
+    return {tuple(sorted(s.labels.items())): s.value
+            for family in text_string_to_metric_families(r.metrics.render().decode())
+            for s in family.samples if s.name == name}
+
+
+class Recording:
+    """A policy that remembers what it was offered and picks the last candidate."""
+
+    name = "recording"
+    needs_prefix = False
+
+    def __init__(self) -> None:
+        self.offered: list[list[str]] = []
+
+    def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker:
+        self.offered.append([w.id for w in candidates])
+        return candidates[-1]
+
+
+def recording_router(*specs: WorkerSpec) -> tuple[Router, Recording]:
+    registry = WorkerRegistry(specs)
+    policy = Recording()
+    return Router(registry, policy, PickerMetrics(registry)), policy
+
+
+def fleet(n: int, **fields: object) -> list[WorkerSpec]:
+    return [WorkerSpec.model_validate({"url": f"a:{i}", "id": f"w{i}", "models": ["m"], **fields})
+            for i in range(1, n + 1)]
+
+
 def test_pick_takes_a_slot_and_release_counts_once() -> None:
     r = router(WorkerSpec(url="a:1", id="a", models=["m"]))
     lease = r.pick(req())
-    assert lease.worker.in_flight == 1 and lease.open
+    assert lease.worker is r.workers.get("a")
+    assert lease.worker.in_flight == 1 and lease.open and r.active_requests == 1
+    assert r.workers.stats()["total_load"] == 1
     assert lease.release("completed") is True
     assert lease.release("cancelled") is False
-    assert lease.worker.in_flight == 0 and not lease.open
+    assert lease.release("completed") is False
+    assert lease.worker.in_flight == 0 and not lease.open and r.active_requests == 0
+    assert r.outcomes == {"completed": 1}
     assert sample(r, 'llm_picker_requests_total{outcome="completed"}') == 1
     assert sample(r, 'llm_picker_requests_total{outcome="cancelled"}') == 0
     assert sample(r, 'llm_picker_decisions_total{policy="round_robin",worker="a"}') == 1
 
 
-def test_unknown_model_is_404_naming_the_model() -> None:
-    r = router(WorkerSpec(url="a:1", models=["m"]))
+def test_held_leases_add_up_and_release_to_zero() -> None:
+    r = router(*fleet(3))
+    leases = [r.pick(req()) for _ in range(9)]
+    assert [w.in_flight for w in r.workers.workers()] == [3, 3, 3]
+    assert r.active_requests == 9
+    for lease in leases:
+        lease.release("completed")
+    assert [w.in_flight for w in r.workers.workers()] == [0, 0, 0]
+    assert r.active_requests == 0 and r.open_leases == {}
+
+
+def test_racing_releases_count_once() -> None:
+    """Stream end, reset and timeout may report the same request's end on different threads."""
+    r = router(*fleet(2))
+    leases = [r.pick(req()) for _ in range(200)]
+    results: list[bool] = []
+
+    def release_all(outcome: str) -> None:
+        results.extend(lease.release(outcome) for lease in leases)
+
+    threads = [threading.Thread(target=release_all, args=(o,))
+               for o in ("completed", "cancelled", "timeout", "completed")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results.count(True) == 200 and len(results) == 800
+    assert [w.in_flight for w in r.workers.workers()] == [0, 0]
+    assert sum(r.outcomes.values()) == 200 and r.active_requests == 0
+
+
+@pytest.mark.parametrize(
+    ("specs", "model"),
+    [
+        ((WorkerSpec(url="a:1", models=["m"]),), "gpt-9"),
+        ((), "m"),  # no worker at all
+        ((WorkerSpec(url="a:1", models=["m"]), WorkerSpec(url="b:1", models=["n"])), "M"),
+    ],
+)
+def test_unknown_model_is_404_naming_the_model(specs: tuple[WorkerSpec, ...],
+                                                model: str) -> None:
+    r = router(*specs)
     with pytest.raises(ModelNotFound) as caught:
-        r.pick(req("gpt-9"))
-    assert caught.value.status == 404 and caught.value.param == "model"
-    assert "gpt-9" in caught.value.message
+        r.pick(req(model))
+    error = caught.value
+    assert error.status == 404 and error.param == "model" and error.code == "model_not_found"
+    assert repr(model) in error.message
+    assert r.active_requests == 0  # the admission slot is given back
+    assert all(w.in_flight == 0 for w in r.workers.workers())
 
 
-@pytest.mark.parametrize("flag", ["healthy", "draining"])
-def test_no_routable_worker_is_503(flag: str) -> None:
-    r = router(WorkerSpec(url="a:1", models=["m"]))
-    worker = r.workers.workers()[0]
-    setattr(worker, flag, flag == "draining")
+def test_a_worker_listing_no_models_serves_any_model() -> None:
+    r = router(WorkerSpec(url="a:1", id="any"))
+    assert r.pick(req("whatever-model")).worker.id == "any"
+
+
+def disable(worker: Worker, how: str) -> None:
+    if how == "unhealthy":
+        worker.healthy = False
+    elif how == "draining":
+        worker.draining = True
+    else:  # circuit open
+        for _ in range(CircuitSettings().failure_threshold):
+            worker.circuit.record(False)
+
+
+@pytest.mark.parametrize(
+    "hows",
+    [("unhealthy",), ("draining",), ("circuit",), ("unhealthy", "draining"),
+     ("draining", "circuit", "unhealthy")],
+)
+def test_no_routable_worker_is_503(hows: tuple[str, ...]) -> None:
+    r, policy = recording_router(*fleet(len(hows)))
+    for worker, how in zip(r.workers.workers(), hows, strict=True):
+        disable(worker, how)
     with pytest.raises(NoHealthyWorker) as caught:
         r.pick(req())
-    assert caught.value.status == 503
+    error = caught.value
+    assert error.status == 503 and error.code == "no_healthy_worker"
+    assert "'m'" in error.message
+    assert policy.offered == []  # the policy is never asked with nobody to pick
+    assert r.active_requests == 0 and all(w.in_flight == 0 for w in r.workers.workers())
 
 
-def test_only_routable_workers_reach_the_policy() -> None:
-    r = router(*(WorkerSpec(url=f"a:{i}", id=f"w{i}", models=["m"]) for i in range(1, 4)))
-    r.workers.workers()[1].healthy = False
-    picked = {r.pick(req()).worker.id for _ in range(10)}
-    assert picked == {"w1", "w3"}
+@pytest.mark.parametrize(
+    ("hows", "offered"),
+    [
+        ({}, ["w1", "w2", "w3", "w4"]),
+        ({"w2": "unhealthy"}, ["w1", "w3", "w4"]),
+        ({"w1": "draining", "w4": "circuit"}, ["w2", "w3"]),
+        ({"w1": "unhealthy", "w2": "draining", "w3": "circuit"}, ["w4"]),
+    ],
+)
+def test_only_routable_workers_reach_the_policy(hows: dict[str, str],
+                                                offered: list[str]) -> None:
+    r, policy = recording_router(*fleet(4), WorkerSpec(url="z:1", id="other", models=["n"]))
+    for worker_id, how in hows.items():
+        worker = r.workers.get(worker_id)
+        assert worker is not None
+        disable(worker, how)
+    lease = r.pick(req())
+    assert policy.offered == [offered]
+    assert lease.worker.id == offered[-1]
 
 
-def test_reject_counts_by_code() -> None:
+def test_recovered_worker_is_offered_again() -> None:
+    r, policy = recording_router(*fleet(2))
+    worker = r.workers.get("w1")
+    assert worker is not None
+    worker.healthy = False
+    r.pick(req()).release("completed")
+    worker.healthy = True
+    r.pick(req()).release("completed")
+    assert policy.offered == [["w2"], ["w1", "w2"]]
+
+
+def test_allowed_narrows_the_candidates() -> None:
+    r, policy = recording_router(*fleet(3))
+    assert r.choose(req(), allowed={"w1", "w3"}).id == "w3"
+    assert policy.offered == [["w1", "w3"]]
+    with pytest.raises(NoHealthyWorker):
+        r.choose(req(), allowed=set())
+
+
+def test_decision_and_request_counters() -> None:
+    r = router(*fleet(2), policy="round_robin")
+    outcomes = ["completed", "completed", "cancelled", "upstream_error", "completed"]
+    for outcome in outcomes:
+        r.pick(req()).release(outcome)
+    decisions = samples(r, "llm_picker_decisions_total")
+    assert decisions == {(("policy", "round_robin"), ("worker", "w1")): 3,
+                         (("policy", "round_robin"), ("worker", "w2")): 2}
+    assert samples(r, "llm_picker_requests_total") == {
+        (("outcome", "completed"),): 3, (("outcome", "cancelled"),): 1,
+        (("outcome", "upstream_error"),): 1}
+    assert samples(r, "llm_picker_decision_duration_seconds_count") == {(): 5}
+    routed = samples(r, "llm_picker_routing_decisions_total")
+    assert routed == {(("match_percent_bucket", "none"), ("model", "m"),
+                       ("policy", "round_robin")): 5}
+
+
+def test_refused_requests_are_not_counted_as_decisions() -> None:
+    r = router(WorkerSpec(url="a:1", models=["m"]))
+    with pytest.raises(ModelNotFound):
+        r.pick(req("nope"))
+    assert samples(r, "llm_picker_decisions_total") == {}
+    assert samples(r, "llm_picker_decision_duration_seconds_count") == {(): 0}
+
+
+def test_unregistered_model_names_do_not_become_label_values() -> None:
+    r = router(WorkerSpec(url="a:1", id="any"), WorkerSpec(url="b:1", id="b", models=["m"]))
+    r.pick(req("client-invented-name")).release("completed")
+    models = {dict(labels)["model"] for labels in samples(r, "llm_picker_routing_decisions_total")}
+    assert models == {"other"}
+
+
+@pytest.mark.parametrize(
+    "error",
+    [InvalidRequest("bad"), ModelNotFound("x", param="model"), NoHealthyWorker("y"),
+     Overloaded("z", retry_after=3), BodyTooLarge("big")],
+)
+def test_reject_counts_by_code(error: RequestError) -> None:
     r = router(WorkerSpec(url="a:1"))
-    r.reject(InvalidRequest("bad"))
-    assert sample(r, 'llm_picker_rejections_total{code="invalid_request"}') == 1
-    assert sample(r, 'llm_picker_requests_total{outcome="rejected"}') == 1
+    r.reject(error)
+    r.reject(error)
+    assert samples(r, "llm_picker_rejections_total") == {(("code", error.code),): 2}
+    assert samples(r, "llm_picker_requests_total") == {(("outcome", "rejected"),): 2}
 
 
-def test_error_json_is_openai_shaped() -> None:
-    error = json.loads(ModelNotFound("nope", param="model").to_json())["error"]
-    assert error == {"message": "nope", "type": "not_found_error", "code": "model_not_found",
-                     "param": "model"}
+@pytest.mark.parametrize(
+    ("error", "status", "error_type", "code"),
+    [
+        (InvalidRequest("m"), 400, "invalid_request_error", "invalid_request"),
+        (UnsupportedPath("m"), 404, "not_found_error", "unsupported_path"),
+        (ModelNotFound("m"), 404, "not_found_error", "model_not_found"),
+        (BodyTooLarge("m"), 413, "invalid_request_error", "body_too_large"),
+        (UnsupportedMediaType("m"), 415, "invalid_request_error", "unsupported_media_type"),
+        (Overloaded("m"), 429, "rate_limit_error", "overloaded"),
+        (ProxyMisconfigured("m"), 500, "server_error", "proxy_misconfigured"),
+        (NoHealthyWorker("m"), 503, "service_unavailable_error", "no_healthy_worker"),
+    ],
+)
+def test_error_json_is_openai_shaped(error: RequestError, status: int, error_type: str,
+                                     code: str) -> None:
+    assert error.status == status
+    body = json.loads(error.to_json())
+    assert body == {"error": {"message": "m", "type": error_type, "code": code}}
+
+
+def test_error_json_carries_param_and_escapes_the_message() -> None:
+    error = ModelNotFound('no "model" \n here', param="model")
+    body = json.loads(error.to_json())
+    assert body == {"error": {"message": 'no "model" \n here', "type": "not_found_error",
+                              "code": "model_not_found", "param": "model"}}
+    assert str(error) == error.message
+
+
+def test_overloaded_tells_when_to_retry() -> None:
+    assert Overloaded("busy", retry_after=7).headers() == {"retry-after": "7"}
+    assert InvalidRequest("x").headers() == {}
 
 
 def test_upstream_errors_open_the_circuit_and_stop_routing_there() -> None:

@@ -1,0 +1,170 @@
+"""PickerMetrics: valid Prometheus text, live per-worker state read from the registry."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from picker.circuit import CircuitSettings, CircuitState
+from picker.errors import NoHealthyWorker
+from picker.limits import LimitSettings
+from picker.policies import create_policy
+from picker.registry import WorkerRegistry
+from picker.request import Api, RoutingRequest
+from picker.router import Router
+from picker.telemetry import CONTENT_TYPE, PickerMetrics, match_bucket
+from picker.workers import WorkerSpec
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse(metrics: PickerMetrics) -> tuple[dict[str, str], Samples]:
+    """Family name -> type, and (sample name, sorted labels) -> value; fails on invalid text."""
+    types: dict[str, str] = {}
+    samples: Samples = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        assert family.name not in types, f"family {family.name} rendered twice"
+        types[family.name] = family.type
+        for s in family.samples:
+            key = (s.name, tuple(sorted(s.labels.items())))
+            assert key not in samples, f"duplicate sample {key}"
+            samples[key] = s.value
+    return types, samples
+
+
+def in_flight(samples: Samples) -> dict[str, float]:
+    return {dict(labels)["worker"]: value for (name, labels), value in samples.items()
+            if name == "llm_picker_worker_in_flight"}
+
+
+def registry(*ids: str) -> WorkerRegistry:
+    return WorkerRegistry(WorkerSpec(url=f"h:{i + 1}", id=worker_id, models=["m"])
+                          for i, worker_id in enumerate(ids))
+
+
+def test_render_is_valid_prometheus_text_with_every_family() -> None:
+    workers = registry("a", "b")
+    metrics = PickerMetrics(workers)
+    types, _ = parse(metrics)
+    # prometheus_client adds `_created` series unless PROMETHEUS_DISABLE_CREATED_SERIES is set
+    types = {name: kind for name, kind in types.items() if not name.endswith("_created")}
+    assert types == {
+        "llm_picker_requests": "counter",
+        "llm_picker_rejections": "counter",
+        "llm_picker_decisions": "counter",
+        "llm_picker_routing_decisions": "counter",
+        "llm_picker_decision_duration_seconds": "histogram",
+        "llm_picker_load_imbalance": "counter",
+        "llm_picker_tokenizer_fallbacks": "counter",
+        "llm_picker_config_reloads": "counter",
+        "llm_picker_worker_in_flight": "gauge",
+        "llm_picker_worker_healthy": "gauge",
+        "llm_picker_worker_circuit_state": "gauge",
+    }
+    assert CONTENT_TYPE.startswith("text/plain; version=0.0.4")
+
+
+def test_per_worker_in_flight_is_read_live_from_the_registry() -> None:
+    workers = registry("a", "b")
+    metrics = PickerMetrics(workers)
+    assert in_flight(parse(metrics)[1]) == {"a": 0, "b": 0}
+    a, b = workers.workers()
+    for _ in range(3):
+        workers.acquire(a)
+    workers.acquire(b)
+    assert in_flight(parse(metrics)[1]) == {"a": 3, "b": 1}
+    workers.release(a)
+    assert in_flight(parse(metrics)[1]) == {"a": 2, "b": 1}
+    workers.add(WorkerSpec(url="h:9", id="c"))  # membership is followed too
+    workers.remove(b.url)
+    assert in_flight(parse(metrics)[1]) == {"a": 2, "c": 0}
+
+
+def test_health_gauge_is_routability() -> None:
+    workers = registry("ok", "sick", "leaving", "tripped")
+    metrics = PickerMetrics(workers)
+    _, sick, leaving, tripped = workers.workers()
+    workers.set_healthy(sick, False)
+    leaving.draining = True
+    for _ in range(CircuitSettings().failure_threshold):
+        tripped.circuit.record(False)
+    samples = parse(metrics)[1]
+    healthy = {dict(labels)["worker"]: value for (name, labels), value in samples.items()
+               if name == "llm_picker_worker_healthy"}
+    assert healthy == {"ok": 1, "sick": 0, "leaving": 0, "tripped": 0}
+    states = {(dict(labels)["worker"], dict(labels)["state"]): value
+              for (name, labels), value in samples.items()
+              if name == "llm_picker_worker_circuit_state"}
+    for worker_id in ("ok", "sick", "leaving", "tripped"):  # exactly one state set per worker
+        assert sum(states[(worker_id, s.value)] for s in CircuitState) == 1
+    assert states[("tripped", "open")] == 1 and states[("ok", "closed")] == 1
+
+
+def test_awkward_worker_ids_are_escaped_and_read_back() -> None:
+    odd = 'a"b\\c\nd'
+    workers = WorkerRegistry([WorkerSpec(url="h:1", id=odd)])
+    workers.acquire(workers.workers()[0])
+    assert in_flight(parse(PickerMetrics(workers))[1]) == {odd: 1}
+
+
+def test_instances_do_not_share_a_registry() -> None:
+    """No module-global state: two pickers in one process count separately."""
+    first, second = PickerMetrics(registry("a")), PickerMetrics(registry("b"))
+    first.requests.labels("completed").inc(5)
+    assert parse(first)[1][("llm_picker_requests_total", (("outcome", "completed"),))] == 5
+    assert ("llm_picker_requests_total", (("outcome", "completed"),)) not in parse(second)[1]
+    assert set(in_flight(parse(second)[1])) == {"b"}
+
+
+def test_no_secret_reaches_the_metrics() -> None:
+    workers = WorkerRegistry([WorkerSpec(url="h:1", id="a", api_key="sk-METRICS-SECRET")])
+    r = Router(workers, create_policy("least_load"), PickerMetrics(workers))
+    r.pick(RoutingRequest(model="m", api=Api.CHAT)).release("completed")
+    assert b"sk-METRICS-SECRET" not in r.metrics.render()
+
+
+def test_router_wires_admission_gauges_and_success_ratio() -> None:
+    workers = registry("a")
+    r = Router(workers, create_policy("least_load"), PickerMetrics(workers),
+               limits=LimitSettings(max_concurrent_requests=4))
+    request = RoutingRequest(model="m", api=Api.CHAT)
+
+    def gauge(name: str) -> float:
+        return parse(r.metrics)[1][(name, ())]
+
+    assert gauge("llm_picker_success_ratio") == 1.0  # nothing finished yet
+    leases = [r.pick(request) for _ in range(3)]
+    assert gauge("llm_picker_active_requests") == 3
+    assert gauge("llm_picker_utilization") == 0.75
+    assert gauge("llm_picker_queued_requests") == 0
+    leases[0].release("completed")
+    leases[1].release("completed")
+    leases[2].release("upstream_error")
+    assert gauge("llm_picker_active_requests") == 0
+    assert gauge("llm_picker_success_ratio") == pytest.approx(2 / 3)
+
+
+def test_decisions_and_rejections_show_up_as_counters() -> None:
+    workers = registry("a")
+    r = Router(workers, create_policy("round_robin"), PickerMetrics(workers))
+    r.pick(RoutingRequest(model="m", api=Api.CHAT)).release("completed")
+    r.reject(NoHealthyWorker("none"))
+    samples = parse(r.metrics)[1]
+    assert samples[("llm_picker_decisions_total",
+                    (("policy", "round_robin"), ("worker", "a")))] == 1
+    assert samples[("llm_picker_rejections_total", (("code", "no_healthy_worker"),))] == 1
+    assert samples[("llm_picker_requests_total", (("outcome", "rejected"),))] == 1
+    assert samples[("llm_picker_requests_total", (("outcome", "completed"),))] == 1
+    assert samples[("llm_picker_decision_duration_seconds_count", ())] == 1
+    # buckets are fine enough for microsecond decisions
+    assert ("llm_picker_decision_duration_seconds_bucket", (("le", "5e-06"),)) in samples
+
+
+@pytest.mark.parametrize(
+    ("rate", "bucket"),
+    [(None, "none"), (0, "0"), (0.004, "0"), (0.006, "1-25"), (0.25, "1-25"), (0.26, "26-50"),
+     (0.5, "26-50"), (0.51, "51-75"), (0.75, "51-75"), (0.76, "76-99"), (0.994, "76-99"),
+     (1.0, "100"), (1.5, "100"), (-0.1, "0")],
+)
+def test_match_bucket(rate: float | None, bucket: str) -> None:
+    assert match_bucket(rate) == bucket
