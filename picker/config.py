@@ -28,7 +28,7 @@ from picker.errors import ConfigError
 from picker.health import HealthSettings
 from picker.limits import LimitSettings
 from picker.load import LoadSettings
-from picker.policies import create_policy
+from picker.policies import READS_ENGINE, create_policy
 from picker.prefix.producer import PrefixSettings
 from picker.workers import WorkerSpec
 
@@ -111,6 +111,15 @@ class PickerConfig(_Strict):
         """`policy: least_load` is shorthand for `policy: {name: least_load}`."""
         return {"name": value} if isinstance(value, str) else value
 
+    @model_validator(mode="after")
+    def _engine_staleness(self) -> PickerConfig:
+        """Engine metrics older than load.stale_after_secs are unknown to the policy too,
+        unless its own params set stale_after_secs."""
+        if self.policy.name in READS_ENGINE and "stale_after_secs" not in self.policy.params:
+            params = {"stale_after_secs": self.load.stale_after_secs, **self.policy.params}
+            self.policy = PolicyConfig(name=self.policy.name, params=params)
+        return self
+
 
 def load_config(
     path: str | Path | None = None,
@@ -130,11 +139,23 @@ def load_config(
         first = exc.errors()[0]
         key = ".".join(str(part) for part in first["loc"]) or "<root>"
         raise ConfigError(key, first["msg"]) from exc
+    _check_unique_workers(config.workers)
     policy = create_policy(config.policy.name, config.policy.params)
     if policy.needs_prefix and not config.prefix.enabled:
         raise ConfigError("prefix.enabled",
                           f"policy {policy.name} reads the prefix index: set prefix.enabled: true")
     return config
+
+
+def _check_unique_workers(workers: list[WorkerSpec]) -> None:
+    """Two entries for one url or id would fail later, in the registry, as a crash at start-up."""
+    seen: dict[tuple[str, str], int] = {}
+    for i, spec in enumerate(workers):
+        for field, value in (("url", spec.url), ("id", spec.id or spec.url)):
+            first = seen.setdefault((field, value), i)
+            if first != i:
+                raise ConfigError(f"workers.{i}.{field}",
+                                  f"{value!r} is already used by workers.{first}")
 
 
 def _read_file(path: Path) -> dict[str, Any]:

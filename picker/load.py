@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,30 +23,56 @@ from picker.registry import Worker, WorkerRegistry
 from picker.worker_tasks import WorkerTasks
 from picker.workers import RuntimeType
 
-__all__ = ["ENGINE_METRICS", "LoadMonitor", "LoadSettings", "parse_engine_load"]
+__all__ = [
+    "ENGINE_METRICS", "EngineMetrics", "LoadMonitor", "LoadSettings", "parse_engine_load",
+    "scraped",
+]
 
 log = logging.getLogger("llm_picker.load")
 
-# EngineLoad field -> metric names (first found wins), per runtime. Sources: vLLM
-# vllm/v1/metrics/loggers.py (kv_cache_usage_perc replaced gpu_cache_usage_perc in v0.10),
-# SGLang python/sglang/srt/metrics/collector.py.
-ENGINE_METRICS: Mapping[RuntimeType, Mapping[str, tuple[str, ...]]] = {
-    RuntimeType.VLLM: {
-        "running": ("vllm:num_requests_running",),
-        "waiting": ("vllm:num_requests_waiting",),
-        "kv_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
-    },
-    RuntimeType.SGLANG: {
+
+@dataclass(frozen=True, slots=True)
+class EngineMetrics:
+    """Where one engine kind publishes each EngineLoad field."""
+
+    # EngineLoad field -> metric names, first one exported wins (renamed metrics, newest first).
+    gauges: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Info gauge whose labels carry the KV-cache geometry (block_size, num_gpu_blocks).
+    cache_info: str | None = None
+    # Info gauge whose labels list the LoRA adapters running or waiting (comma-separated).
+    lora_info: str | None = None
+
+
+# Sources: vLLM vllm/v1/metrics/loggers.py (kv_cache_usage_perc replaced gpu_cache_usage_perc
+# in v0.10), SGLang python/sglang/srt/metrics/collector.py. TRT-LLM's /metrics is JSON
+# iteration stats, not Prometheus text; external APIs publish nothing: neither is scraped.
+ENGINE_METRICS: Mapping[RuntimeType, EngineMetrics] = {
+    RuntimeType.VLLM: EngineMetrics(
+        gauges={
+            "running": ("vllm:num_requests_running",),
+            "waiting": ("vllm:num_requests_waiting",),
+            "kv_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+        },
+        cache_info="vllm:cache_config_info",
+        lora_info="vllm:lora_requests_info",
+    ),
+    RuntimeType.SGLANG: EngineMetrics(gauges={
         "running": ("sglang:num_running_reqs",),
         "waiting": ("sglang:num_queue_reqs",),
         "kv_usage": ("sglang:token_usage",),
-    },
-    RuntimeType.TRTLLM: {},
-    RuntimeType.EXTERNAL: {},
+    }),
+    RuntimeType.TRTLLM: EngineMetrics(),
+    RuntimeType.EXTERNAL: EngineMetrics(),
 }
-# vLLM publishes its cache geometry and its active LoRA adapters as labels of info gauges.
-_CACHE_CONFIG = "vllm:cache_config_info"
-_LORA_INFO = "vllm:lora_requests_info"
+_NOTHING = EngineMetrics()
+_GEOMETRY = ("block_size", "num_gpu_blocks")
+_LORA_LABELS = ("running_lora_adapters", "waiting_lora_adapters")
+
+
+def scraped(runtime: RuntimeType) -> bool:
+    """Whether an engine of this kind publishes anything the picker reads."""
+    table = ENGINE_METRICS.get(runtime, _NOTHING)
+    return bool(table.gauges or table.cache_info or table.lora_info)
 
 
 class LoadSettings(BaseModel):
@@ -58,29 +86,33 @@ class LoadSettings(BaseModel):
 
 
 def parse_engine_load(text: str, runtime: RuntimeType, now: float) -> EngineLoad:
-    """Never raises: text that does not parse yields an EngineLoad with nothing known."""
-    wanted = ENGINE_METRICS.get(runtime, {})
+    """Never raises: text that does not parse yields an EngineLoad with nothing known.
+
+    Gauges are summed over label sets; samples that are not finite numbers (NaN, +Inf) are
+    skipped, so an engine never reports "NaN waiting" to a policy comparing numbers.
+    """
+    table = ENGINE_METRICS.get(runtime, _NOTHING)
+    info = {table.cache_info, None if table.cache_info is None else table.cache_info + "_total"}
     by_name: dict[str, float] = {}
     geometry: dict[str, int] = {}
     loras: set[str] = set()
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == _CACHE_CONFIG or sample.name == _CACHE_CONFIG + "_total":
-                    for key in ("block_size", "num_gpu_blocks"):
+                if sample.name in info:
+                    for key in _GEOMETRY:
                         value = sample.labels.get(key, "")
-                        if value.isdigit():
+                        if value.isascii() and value.isdigit() and int(value) > 0:
                             geometry[key] = int(value)
-                elif sample.name == _LORA_INFO:
-                    for key in ("running_lora_adapters", "waiting_lora_adapters"):
+                elif sample.name == table.lora_info:
+                    for key in _LORA_LABELS:
                         loras.update(n for n in sample.labels.get(key, "").split(",") if n)
-                else:
+                elif math.isfinite(sample.value):
                     by_name[sample.name] = by_name.get(sample.name, 0.0) + sample.value
     except (ValueError, TypeError, IndexError):
         return EngineLoad(scraped_at=now)
-    values: dict[str, float | None] = {}
-    for field_name, names in wanted.items():
-        values[field_name] = next((by_name[n] for n in names if n in by_name), None)
+    values = {name: next((by_name[m] for m in metrics if m in by_name), None)
+              for name, metrics in table.gauges.items()}
     return EngineLoad(
         scraped_at=now, running=values.get("running"), waiting=values.get("waiting"),
         kv_usage=values.get("kv_usage"), block_size=geometry.get("block_size"),
@@ -114,7 +146,9 @@ class LoadMonitor:
 
     async def _poll(self, worker: Worker) -> None:
         while True:
-            await self.scrape(worker)
+            # Re-read each round: PATCH /workers may change the runtime or the interval.
+            if scraped(worker.spec.runtime_type):
+                await self.scrape(worker)
             interval = worker.spec.load_monitor_interval_secs or self._settings.interval_secs
             await asyncio.sleep(interval)
 
@@ -130,7 +164,8 @@ class LoadMonitor:
                     worker.spec.network_url + "/metrics", headers=headers,
                     timeout=self._settings.timeout_secs,
                 )
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
+                log.debug("metrics of worker %s: %s", worker.id, type(exc).__name__)
                 return
         if response.is_success:
             worker.engine = parse_engine_load(response.text, worker.spec.runtime_type,

@@ -17,7 +17,7 @@ from picker.policies.round_robin import RoundRobin
 from picker.policies.session_affinity import SessionAffinity
 from picker.policies.weighted import Weighted
 
-__all__ = ["POLICIES", "Policy", "create_policy"]
+__all__ = ["POLICIES", "READS_ENGINE", "Policy", "create_policy"]
 
 POLICIES: Mapping[str, Callable[..., Policy]] = {
     RoundRobin.name: RoundRobin,
@@ -31,6 +31,8 @@ POLICIES: Mapping[str, Callable[..., Policy]] = {
     LeastKv.name: LeastKv,
     Weighted.name: Weighted,
 }
+# Policies reading engine metrics: their `stale_after_secs` defaults to load.stale_after_secs.
+READS_ENGINE: frozenset[str] = frozenset({LeastQueue.name, LeastKv.name, Weighted.name})
 
 
 def create_policy(name: str, params: Mapping[str, Any] | None = None) -> Policy:

@@ -21,7 +21,7 @@ class _LeastEngineValue:
     needs_prefix = False
 
     def __init__(self, stale_after_secs: float = 5.0, seed: int | None = None) -> None:
-        if stale_after_secs <= 0:
+        if not stale_after_secs > 0:  # NaN too
             raise ValueError("stale_after_secs must be > 0")
         self._stale = stale_after_secs
         self._fallback = LeastLoad(seed)

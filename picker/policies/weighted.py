@@ -7,6 +7,7 @@ scorers and picker). Example: `{scorers: {prefix: 3, queue: 2, in_flight: 1}}`.
 
 from __future__ import annotations
 
+import math
 import random as _random
 import time
 from collections.abc import Mapping, Sequence
@@ -23,16 +24,23 @@ class Weighted:
 
     def __init__(self, scorers: Mapping[str, float] | None = None,
                  stale_after_secs: float = 5.0, seed: int | None = None) -> None:
-        chosen = dict(scorers or {"queue": 1.0, "in_flight": 1.0})
+        chosen = dict(scorers) if scorers is not None else {"queue": 1.0, "in_flight": 1.0}
         unknown = sorted(set(chosen) - set(SCORERS))
         if unknown:
             raise ValueError(f"unknown scorers {unknown} (known: {', '.join(sorted(SCORERS))})")
-        if not chosen or any(w < 0 for w in chosen.values()) or not any(chosen.values()):
-            raise ValueError("scorer weights must be >= 0 with at least one positive")
-        self._weights = chosen
+        for scorer_name, weight in chosen.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                raise TypeError(f"weight of scorer {scorer_name!r} must be a number")
+            if not 0 <= weight < math.inf:
+                raise ValueError(f"weight of scorer {scorer_name!r} must be >= 0, got {weight}")
+        if not any(chosen.values()):
+            raise ValueError("at least one scorer weight must be positive")
+        if not stale_after_secs > 0:
+            raise ValueError("stale_after_secs must be > 0")
+        self._weights = {name: weight for name, weight in chosen.items() if weight}
         self._stale = stale_after_secs
         self._rng = _random.Random(seed)
-        self.needs_prefix = "prefix" in chosen
+        self.needs_prefix = "prefix" in self._weights
 
     def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker:
         now = time.monotonic()

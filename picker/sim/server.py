@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, NamedTuple
 
 import uvicorn
 from prometheus_client import CollectorRegistry, generate_latest
@@ -23,13 +24,36 @@ from picker.sim.engine import SimConfig, SimEngine, prompt_tokens, token_ids
 __all__ = ["WORKER_HEADER", "create_app", "run_sim"]
 
 WORKER_HEADER = "x-picker-sim-worker"
-# /sim/control key -> (SimEngine attribute, accepted JSON types)
-_CONTROLS: dict[str, tuple[str, tuple[type, ...]]] = {
-    "health_status": ("health_status", (int,)),
-    "health_delay_ms": ("health_delay_ms", (int, float)),
-    "extra_waiting": ("extra_waiting", (int,)),
-    "kv_usage": ("kv_usage_override", (int, float)),
+
+
+class _Control(NamedTuple):
+    attribute: str  # on SimEngine
+    types: tuple[type, ...]  # accepted JSON types (bool never, though it is an int)
+    allowed: str  # the rule, for the error message
+    ok: Callable[[float], bool]
+
+
+_INT, _NUMBER = (int,), (int, float)
+_CONTROLS: dict[str, _Control] = {
+    "health_status": _Control("health_status", _INT, "an integer in 100..599",
+                              lambda v: 100 <= v <= 599),
+    "health_delay_ms": _Control("health_delay_ms", _NUMBER, "a number >= 0",
+                                lambda v: 0 <= v < math.inf),
+    "extra_waiting": _Control("extra_waiting", _INT, "an integer >= 0", lambda v: v >= 0),
+    "kv_usage": _Control("kv_usage_override", _NUMBER, "a number in 0..1",
+                         lambda v: 0 <= v <= 1),
 }
+
+
+def _bad_control(key: str, value: object) -> str | None:
+    """Why `key: value` is not a control the sim takes, or None when it is."""
+    control = _CONTROLS.get(key)
+    if control is None:
+        return f"unknown control {key[:100]!r} (known: {', '.join(_CONTROLS)})"
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not isinstance(value, control.types) or not control.ok(value)):
+        return f"control {key!r} must be {control.allowed}, got {str(value)[:50]!r}"
+    return None
 
 
 class _VllmMetrics(Collector):
@@ -49,6 +73,11 @@ class _VllmMetrics(Collector):
             gauge = GaugeMetricFamily(name, doc, labels=["model_name"])
             gauge.add_metric(model, value)
             yield gauge
+        # vLLM's info gauge: the cache geometry as labels, value 1.
+        info = GaugeMetricFamily("vllm:cache_config_info", "Information of the cache config",
+                                 labels=["block_size", "num_gpu_blocks"])
+        info.add_metric([str(engine.config.block_tokens), str(engine.config.cache_blocks)], 1)
+        yield info
         for name, doc, count in (
             ("vllm:request_success", "Finished requests", engine.completed),
             ("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
@@ -161,7 +190,10 @@ def create_app(config: SimConfig) -> ASGIApp:
         return Response(status_code=engine.health_status)
 
     async def control(request: Request) -> Response:
-        """Test knobs: {"health_status", "health_delay_ms", "extra_waiting", "kv_usage"}."""
+        """Test knobs: {"health_status", "health_delay_ms", "extra_waiting", "kv_usage"}.
+
+        All or nothing: one bad key (unknown, wrong type, out of range) changes no knob.
+        """
         try:
             changes = json.loads(await request.body())
         except ValueError:
@@ -169,10 +201,10 @@ def create_app(config: SimConfig) -> ASGIApp:
         if not isinstance(changes, dict):
             return _error(400, "body must be a JSON object", "invalid_request_error", "invalid")
         for key, value in changes.items():
-            knob = _CONTROLS.get(key)
-            if knob is None or not isinstance(value, knob[1]) or isinstance(value, bool):
-                return _error(400, f"bad control {key!r}", "invalid_request_error", key[:50])
-            setattr(engine, knob[0], value)
+            if (problem := _bad_control(key, value)) is not None:
+                return _error(400, problem, "invalid_request_error", "invalid_control")
+        for key, value in changes.items():
+            setattr(engine, _CONTROLS[key].attribute, value)
         return JSONResponse({"ok": True})
 
     async def prometheus(_: Request) -> Response:

@@ -19,30 +19,102 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_defaults_without_a_file() -> None:
     config = load_config()
     assert (config.extproc.port, config.admin.port) == (9002, 9003)
-    assert config.extproc.host == "127.0.0.1"
-    assert config.policy.name == "round_robin"
+    assert config.extproc.host == config.admin.host == "127.0.0.1"
+    assert config.extproc.tls is None and config.admin.token is None
+    assert (config.policy.name, config.policy.params) == ("round_robin", {})
+    assert config.max_body_bytes == 8 * 1024 * 1024
     assert config.workers == []
+    assert config.prefix.enabled is False
 
 
-def test_file_with_policy_shorthand_and_workers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n"])
+def test_empty_file_is_the_defaults(tmp_path: Path, text: str) -> None:
+    assert load_config(write(tmp_path, text)) == load_config()
+
+
+def test_yaml_file_is_parsed_into_every_section(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, """
-policy: least_load
+extproc:
+  host: 0.0.0.0
+  port: 9102
+admin: {port: 9103}
+policy:
+  name: power_of_two
+  params: {seed: 7}
+max_body_bytes: 1024
+health: {interval_secs: 2.5}
 workers:
-  - url: http://127.0.0.1:8001
-    models: [m]
+  - url: 10.0.0.1:8000
+    id: engine-a
+    models: [llama, qwen]
+    priority: 70
+    cost: 0.5
+    worker_type: prefill
+    bootstrap_port: 8998
+    labels: {zone: eu}
+  - url: https://engine-b.internal
 """))
-    assert config.policy.name == "least_load"
-    assert config.workers[0].models == ["m"]
+    assert (config.extproc.host, config.extproc.port, config.admin.port) == ("0.0.0.0", 9102, 9103)
+    assert (config.policy.name, config.policy.params) == ("power_of_two", {"seed": 7})
+    assert config.max_body_bytes == 1024 and config.health.interval_secs == 2.5
+    first, second = config.workers
+    assert (first.url, first.id, first.models) == ("http://10.0.0.1:8000", "engine-a",
+                                                    ["llama", "qwen"])
+    assert (first.priority, first.cost, first.worker_type.value) == (70, 0.5, "prefill")
+    assert (first.bootstrap_port, first.labels) == (8998, {"zone": "eu"})
+    assert second.url == "https://engine-b.internal:443" and second.priority == 50
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "params"),
+    [
+        ("policy: least_load\n", "least_load", {}),
+        ("policy: {name: least_load}\n", "least_load", {}),
+        ("policy: {name: random, params: {seed: 2}}\n", "random", {"seed": 2}),
+        ("policy: {params: {}}\n", "round_robin", {}),
+    ],
+)
+def test_policy_shorthand_and_long_form(tmp_path: Path, text: str, name: str,
+                                        params: dict[str, object]) -> None:
+    config = load_config(write(tmp_path, text))
+    assert (config.policy.name, config.policy.params) == (name, params)
+
+
+@pytest.mark.parametrize(
+    ("env", "port", "policy"),
+    [
+        ({}, 1000, "random"),
+        ({"LLM_PICKER_EXTPROC__PORT": "2000"}, 2000, "random"),
+        ({"LLM_PICKER_POLICY__NAME": "least_load"}, 1000, "least_load"),
+        ({"LLM_PICKER_POLICY": "power_of_two"}, 1000, "power_of_two"),
+        ({"LLM_PICKER_EXTPROC__PORT": "2000", "LLM_PICKER_POLICY__NAME": "least_load",
+          "OTHER": "x", "llm_picker_extproc__port": "1", "LLM_PICKERX": "1"}, 2000, "least_load"),
+    ],
+)
+def test_env_overrides_the_file(tmp_path: Path, env: dict[str, str], port: int,
+                                policy: str) -> None:
+    path = write(tmp_path, "extproc: {port: 1000}\npolicy: random\n")
+    config = load_config(path, env=env)
+    assert (config.extproc.port, config.policy.name) == (port, policy)
 
 
 def test_precedence_file_env_flags(tmp_path: Path) -> None:
-    path = write(tmp_path, "extproc: {port: 1000}\npolicy: random\n")
-    env = {"LLM_PICKER_EXTPROC__PORT": "2000", "LLM_PICKER_POLICY__NAME": "least_load",
-           "OTHER": "x"}
+    path = write(tmp_path, "extproc: {port: 1000}\nadmin: {port: 1001}\npolicy: random\n")
+    env = {"LLM_PICKER_EXTPROC__PORT": "2000", "LLM_PICKER_ADMIN__PORT": "2001",
+           "LLM_PICKER_POLICY__NAME": "least_load"}
     config = load_config(path, env=env)
+    assert (config.extproc.port, config.admin.port, config.policy.name) == (2000, 2001,
+                                                                            "least_load")
+    config = load_config(path, env=env, overrides={"extproc.port": 3000,
+                                                   "policy.name": "power_of_two"})
+    assert (config.extproc.port, config.admin.port, config.policy.name) == (3000, 2001,
+                                                                            "power_of_two")
+    # a flag that was not given (None) leaves the lower layers alone
+    config = load_config(path, env=env, overrides={"extproc.port": None, "policy.name": None})
     assert (config.extproc.port, config.policy.name) == (2000, "least_load")
-    config = load_config(path, env=env, overrides={"extproc.port": 3000, "policy.name": None})
-    assert (config.extproc.port, config.policy.name) == (3000, "least_load")
+    # flags beat the file without any env
+    config = load_config(path, overrides={"admin.port": 4001})
+    assert (config.extproc.port, config.admin.port) == (1000, 4001)
 
 
 def test_env_params_under_a_shorthand_policy(tmp_path: Path) -> None:
@@ -54,28 +126,67 @@ def test_env_params_under_a_shorthand_policy(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "env", "key"),
     [
-        ("bogus: 1\n", {}, "bogus"),
-        ("extproc: {port: http}\n", {}, "extproc.port"),
+        ("bogus: 1\n", {}, "bogus"),  # unknown top-level key
+        ("extproc: {port: http}\n", {}, "extproc.port"),  # bad port
+        ("extproc: {port: 65536}\n", {}, "extproc.port"),
+        ("extproc: {port: -1}\n", {}, "extproc.port"),
+        ("extproc: {colour: red, port: 1}\n", {}, "extproc.colour"),
+        ("extproc: 5\n", {}, "extproc"),
         ("workers: [{url: 'a:1', priority: -3}]\n", {}, "workers.0.priority"),
-        ("workers: [{url: 'a:1', colour: red}]\n", {}, "workers.0.colour"),
-        ("policy: fastest\n", {}, "policy.name"),
+        ("workers: [{url: 'a:1'}, {url: 'b:1', priority: 4294967296}]\n", {},
+         "workers.1.priority"),
+        ("workers: [{url: 'a:1', colour: red}]\n", {}, "workers.0.colour"),  # unknown field
+        ("workers: [{url: 'ftp://a:1'}]\n", {}, "workers.0.url"),
+        ("workers: [{models: [m]}]\n", {}, "workers.0.url"),
+        ("workers: [{url: 'a:1', dp_rank: 2, dp_size: 2}]\n", {}, "workers.0.dp_size"),
+        ("workers: [{url: 'a:1', health: {timeout_secs: 0}}]\n", {},
+         "workers.0.health.timeout_secs"),
+        ("workers: {url: 'a:1'}\n", {}, "workers"),
+        ("workers: [{url: 'a:1'}, {url: 'http://a:1/'}]\n", {}, "workers.1.url"),  # duplicate
+        ("workers: [{url: 'a:1', id: x}, {url: 'b:1', id: x}]\n", {}, "workers.1.id"),
+        ("policy: fastest\n", {}, "policy.name"),  # unknown policy
         ("policy: {name: least_load, params: {x: 1}}\n", {}, "policy.params"),
-        ("- a\n- b\n", {}, "config"),
-        ("a: [unclosed\n", {}, "config"),
+        ("policy: {name: least_load, weight: 1}\n", {}, "policy.weight"),
+        ("policy: {params: {seed: 1}}\n", {}, "policy.params"),  # round_robin takes no seed
+        ("- a\n- b\n", {}, "config"),  # not a mapping
+        ("42\n", {}, "config"),
+        ("just text\n", {}, "config"),
+        ("a: [unclosed\n", {}, "config"),  # invalid YAML
+        ("a: b: c\n", {}, "config"),
         ("", {"LLM_PICKER_ADMIN__PORT": "70000"}, "admin.port"),
+        ("", {"LLM_PICKER_EXTPROC__PORT": "[unclosed"}, "extproc.port"),
+        ("", {"LLM_PICKER_POLICY__NAME": "fastest"}, "policy.name"),
         ("", {"LLM_PICKER_NOPE": "1"}, "nope"),
+        ("extproc: 5\n", {"LLM_PICKER_EXTPROC__PORT": "1"}, "extproc"),
         ("health: {interval_secs: 0}\n", {}, "health.interval_secs"),
+        ("max_body_bytes: 0\n", {}, "max_body_bytes"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, env: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, text), env=env)
     assert caught.value.key == key, caught.value
+    assert str(caught.value).startswith(f"{key}: ")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [({"extproc.port": "x"}, "extproc.port"), ({"policy.name": "fastest"}, "policy.name"),
+     ({"admin.port": 99999}, "admin.port")],
+)
+def test_bad_flags_name_the_key(overrides: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(overrides=overrides)
+    assert caught.value.key == key
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="cannot read") as caught:
         load_config(tmp_path / "absent.yaml")
+    assert caught.value.key == "config"
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path)  # a directory
+    assert caught.value.key == "config"
 
 
 def test_example_config_loads() -> None:

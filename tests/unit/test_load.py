@@ -1,16 +1,22 @@
-"""Engine metrics parsing (table-driven) and the load monitor against a real simulated engine."""
+"""Engine metrics parsing (table-driven) and the load monitor against real HTTP on loopback."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
-from picker.load import LoadMonitor, LoadSettings, parse_engine_load
+from picker.config import load_config
+from picker.errors import ConfigError
+from picker.load import ENGINE_METRICS, LoadMonitor, LoadSettings, parse_engine_load, scraped
 from picker.registry import WorkerRegistry
 from picker.workers import RuntimeType, WorkerSpec
+from tests.http_stub import StubServer
 from tests.sim_thread import running_sim
 
 VLLM = """# TYPE vllm:num_requests_running gauge
@@ -22,7 +28,18 @@ vllm:cache_config_info{block_size="16",num_gpu_blocks="4096"} 1
 vllm:lora_requests_info{max_lora="4",running_lora_adapters="sql,chat",waiting_lora_adapters=""} 1
 """
 OLD_VLLM = "vllm:gpu_cache_usage_perc 0.5\nvllm:num_requests_waiting 2\n"
+# Both names exported (a transition release): the newer one wins, they are not added up.
+BOTH_KV_NAMES = "vllm:kv_cache_usage_perc 0.1\nvllm:gpu_cache_usage_perc 0.9\n"
 SGLANG = "sglang:num_running_reqs 5\nsglang:num_queue_reqs 9\nsglang:token_usage 0.8\n"
+SGLANG_DP = """sglang:num_running_reqs{dp_rank="0"} 2
+sglang:num_running_reqs{dp_rank="1"} 3
+sglang:num_queue_reqs{dp_rank="0"} 4
+sglang:num_queue_reqs{dp_rank="1"} 6
+"""
+NOT_FINITE = "vllm:num_requests_waiting NaN\nvllm:kv_cache_usage_perc +Inf\n" \
+             "vllm:num_requests_running 2\n"
+BAD_GEOMETRY = 'vllm:cache_config_info{block_size="0",num_gpu_blocks="١٠"} 1\n'
+NOTHING = (None, None, None, None, None)
 
 
 @pytest.mark.parametrize(
@@ -30,13 +47,24 @@ SGLANG = "sglang:num_running_reqs 5\nsglang:num_queue_reqs 9\nsglang:token_usage
     [
         (VLLM, RuntimeType.VLLM, (4, 7, 0.25, 16, 4096)),
         (OLD_VLLM, RuntimeType.VLLM, (None, 2, 0.5, None, None)),
+        (BOTH_KV_NAMES, RuntimeType.VLLM, (None, None, 0.1, None, None)),
         (SGLANG, RuntimeType.SGLANG, (5, 9, 0.8, None, None)),
-        (SGLANG, RuntimeType.VLLM, (None, None, None, None, None)),
-        (VLLM, RuntimeType.EXTERNAL, (None, None, None, 16, 4096)),
-        ("this is { not prometheus", RuntimeType.VLLM, (None, None, None, None, None)),
-        ("", RuntimeType.VLLM, (None, None, None, None, None)),
+        (SGLANG_DP, RuntimeType.SGLANG, (5, 10, None, None, None)),
+        (SGLANG, RuntimeType.VLLM, NOTHING),
+        (VLLM, RuntimeType.SGLANG, NOTHING),
+        (VLLM, RuntimeType.EXTERNAL, NOTHING),
+        (VLLM, RuntimeType.TRTLLM, NOTHING),
+        (NOT_FINITE, RuntimeType.VLLM, (2, None, None, None, None)),
+        (BAD_GEOMETRY, RuntimeType.VLLM, NOTHING),
+        ("this is { not prometheus", RuntimeType.VLLM, NOTHING),
+        (VLLM + "vllm:num_requests_waiting{oops 3\n", RuntimeType.VLLM, NOTHING),
+        ('{"running": 3}', RuntimeType.VLLM, NOTHING),
+        ("", RuntimeType.VLLM, NOTHING),
     ],
-    ids=["vllm", "old-vllm", "sglang", "wrong-runtime", "external", "garbage", "empty"],
+    ids=["vllm", "old-vllm", "newer-name-wins", "sglang", "sglang-dp-ranks-summed",
+         "sglang-text-read-as-vllm", "vllm-text-read-as-sglang", "external", "trtllm",
+         "nan-and-inf-skipped", "bad-geometry-labels", "garbage", "garbage-after-good-lines",
+         "json", "empty"],
 )
 def test_parse(text: str, runtime: RuntimeType,
                expected: tuple[object, object, object, object, object]) -> None:
@@ -46,44 +74,186 @@ def test_parse(text: str, runtime: RuntimeType,
     assert load.scraped_at == 10.0
 
 
+def test_lora_adapters_are_read_from_the_info_gauge() -> None:
+    assert parse_engine_load(VLLM, RuntimeType.VLLM, 0.0).loras == {"sql", "chat"}
+    assert parse_engine_load(VLLM, RuntimeType.SGLANG, 0.0).loras == frozenset()
+
+
+def test_every_runtime_has_a_table_entry_and_only_prometheus_engines_are_scraped() -> None:
+    assert set(ENGINE_METRICS) == set(RuntimeType)
+    assert {r for r in RuntimeType if scraped(r)} == {RuntimeType.VLLM, RuntimeType.SGLANG}
+
+
 def test_staleness() -> None:
     load = parse_engine_load(VLLM, RuntimeType.VLLM, now=100.0)
     assert load.fresh(104.0, 5.0) and not load.fresh(106.0, 5.0)
 
 
-async def test_monitor_follows_engine_metrics_and_keeps_stale_values_marked() -> None:
-    with running_sim() as url:
-        registry = WorkerRegistry([WorkerSpec(url=url, load_monitor_interval_secs=0.05)])
-        worker = registry.workers()[0]
-        monitor = LoadMonitor(registry, LoadSettings(interval_secs=1.0, timeout_secs=1.0))
-        await monitor.start()
-        try:
-            async with httpx.AsyncClient() as client:
-                await client.post(f"{url}/sim/control", json={"extra_waiting": 7,
-                                                               "kv_usage": 0.6})
-            deadline = time.monotonic() + 3
-            while time.monotonic() < deadline and (worker.engine is None
-                                                    or worker.engine.waiting != 7):
-                await asyncio.sleep(0.02)
-            assert worker.engine is not None and worker.engine.waiting == 7
-            assert worker.engine.kv_usage == 0.6
-        finally:
-            await monitor.stop()
-    seen = worker.engine.scraped_at
-    assert not worker.engine.fresh(seen + 6, 5.0)
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [({"load.interval": 1}, "load.interval"),
+     ({"load.interval_secs": 0}, "load.interval_secs"),
+     ({"load.stale_after_secs": -1}, "load.stale_after_secs"),
+     ({"load.max_concurrency": 0}, "load.max_concurrency")],
+)
+def test_bad_load_settings_name_the_key(overrides: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(overrides=overrides)
+    assert caught.value.key == key
 
 
-async def test_failed_scrape_keeps_the_previous_value() -> None:
-    registry = WorkerRegistry([WorkerSpec(url="http://127.0.0.1:1")])
-    worker = registry.workers()[0]
-    monitor = LoadMonitor(registry, LoadSettings())
-    await monitor.start()
+def test_load_settings_come_from_the_config() -> None:
+    config = load_config(overrides={"load.interval_secs": 0.5, "load.enabled": False})
+    assert config.load == LoadSettings(interval_secs=0.5, enabled=False)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_monitor_follows_the_sim_then_keeps_the_last_value_which_goes_stale() -> None:
+    # The global interval is long: the worker's own interval must be the one used.
+    settings = LoadSettings(interval_secs=30.0, timeout_secs=0.5)
     try:
-        await monitor.scrape(worker)
-        assert worker.engine is None
+        with running_sim(block_tokens=32, cache_blocks=512) as url:
+            registry = WorkerRegistry([WorkerSpec(url=url, load_monitor_interval_secs=0.05)])
+            worker = registry.workers()[0]
+            monitor = LoadMonitor(registry, settings)
+            await monitor.start()
+            await wait_for(lambda: worker.engine is not None)
+            assert worker.engine is not None and worker.engine.waiting == 0
+            assert (worker.engine.block_size, worker.engine.num_gpu_blocks) == (32, 512)
+            async with httpx.AsyncClient() as client:
+                reply = await client.post(f"{url}/sim/control",
+                                          json={"extra_waiting": 7, "kv_usage": 0.6})
+                assert reply.status_code == 200
+            await wait_for(lambda: worker.engine is not None and worker.engine.waiting == 7,
+                           timeout=1.0)  # within a few 50 ms intervals
+            assert worker.engine.kv_usage == 0.6
+            last = worker.engine
+        # The engine is gone: scrapes fail, the last value stays and ages past the threshold.
+        await asyncio.sleep(0.3)
+        assert worker.engine is last
+        assert last.fresh(time.monotonic(), 5.0)
+        assert not last.fresh(time.monotonic(), 0.25)
     finally:
         await monitor.stop()
 
 
-def test_lora_adapters_are_read_from_the_info_gauge() -> None:
-    assert parse_engine_load(VLLM, RuntimeType.VLLM, 0.0).loras == {"sql", "chat"}
+async def test_api_key_is_sent_as_bearer_token_and_never_without_one() -> None:
+    with_key, without = StubServer(), StubServer()
+    try:
+        registry = WorkerRegistry([WorkerSpec(url=with_key.url, api_key="sk-load"),
+                                   WorkerSpec(url=without.url)])
+        monitor = LoadMonitor(registry, LoadSettings(interval_secs=0.05))
+        await monitor.start()
+        try:
+            await wait_for(lambda: len(with_key.auth) >= 2 and len(without.auth) >= 2)
+        finally:
+            await monitor.stop()
+        assert set(with_key.auth) == {"Bearer sk-load"}
+        assert set(without.auth) == {None}
+        # An empty 200 page parses to "nothing known", not to an error.
+        engine = registry.workers()[0].engine
+        assert engine is not None and engine.waiting is None
+    finally:
+        with_key.close()
+        without.close()
+
+
+async def test_failed_scrape_keeps_the_previous_value() -> None:
+    failing = StubServer(status=500)
+    try:
+        registry = WorkerRegistry([WorkerSpec(url=failing.url),
+                                   WorkerSpec(url="http://127.0.0.1:1")])
+        monitor = LoadMonitor(registry, LoadSettings())
+        await monitor.start()
+        try:
+            for worker in registry.workers():
+                before = parse_engine_load(VLLM, RuntimeType.VLLM, 1.0)
+                worker.engine = before
+                await monitor.scrape(worker)  # 500, then connection refused
+                assert worker.engine is before
+        finally:
+            await monitor.stop()
+    finally:
+        failing.close()
+
+
+async def test_external_workers_and_a_disabled_monitor_scrape_nothing() -> None:
+    stub = StubServer()
+    try:
+        external = WorkerRegistry([WorkerSpec(url=stub.url, runtime_type=RuntimeType.EXTERNAL)])
+        monitor = LoadMonitor(external, LoadSettings(interval_secs=0.02))
+        await monitor.start()
+        await asyncio.sleep(0.2)
+        await monitor.stop()
+        disabled = WorkerRegistry([WorkerSpec(url=stub.url)])
+        monitor = LoadMonitor(disabled, LoadSettings(enabled=False, interval_secs=0.02))
+        await monitor.start()
+        await asyncio.sleep(0.2)
+        await monitor.stop()
+        assert stub.auth == []
+    finally:
+        stub.close()
+
+
+class _SlowMetrics:
+    """Loopback servers answering /metrics slowly, counting how many answer at once."""
+
+    def __init__(self, servers: int, delay: float) -> None:
+        self.now = self.peak = 0
+        lock = threading.Lock()
+        gauge = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                with lock:
+                    gauge.now += 1
+                    gauge.peak = max(gauge.peak, gauge.now)
+                time.sleep(delay)
+                with lock:
+                    gauge.now -= 1
+                body = b"vllm:num_requests_waiting 1\n"
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.servers = [ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(servers)]
+        self.urls = [f"http://127.0.0.1:{s.server_address[1]}" for s in self.servers]
+        for server in self.servers:
+            threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
+
+
+@pytest.fixture
+def slow_fleet() -> Iterator[_SlowMetrics]:
+    fleet = _SlowMetrics(servers=6, delay=0.15)
+    yield fleet
+    fleet.close()
+
+
+async def test_concurrent_scrapes_are_bounded_by_max_concurrency(
+        slow_fleet: _SlowMetrics) -> None:
+    registry = WorkerRegistry([WorkerSpec(url=url) for url in slow_fleet.urls])
+    monitor = LoadMonitor(registry, LoadSettings(max_concurrency=2, timeout_secs=2.0))
+    await monitor.start()
+    try:
+        await asyncio.gather(*(monitor.scrape(w) for w in registry.workers()))
+    finally:
+        await monitor.stop()
+    assert slow_fleet.peak == 2
+    assert all(w.engine is not None and w.engine.waiting == 1 for w in registry.workers())

@@ -216,3 +216,66 @@ def test_cli_flags_build_the_config_and_profiles_yield_to_explicit_flags() -> No
     assert (plain.worker_id, plain.ttft_ms) == ("w", 20.0)
     with pytest.raises(ValueError, match="ttft_ms"):
         config_from_args(parser.parse_args(["--port", "1", "--ttft-ms", "-1"]))
+
+
+def cache_config_labels(base: str) -> dict[str, str]:
+    for family in text_string_to_metric_families(httpx.get(f"{base}/metrics").text):
+        for sample in family.samples:
+            if sample.name == "vllm:cache_config_info":
+                assert sample.value == 1
+                return dict(sample.labels)
+    raise AssertionError("vllm:cache_config_info not exported")
+
+
+def test_cache_config_info_reports_the_sim_cache_geometry(sim_url: str) -> None:
+    assert cache_config_labels(sim_url) == {"block_size": "16", "num_gpu_blocks": "4096"}
+    with running_sim(block_tokens=32, cache_blocks=100) as other:
+        assert cache_config_labels(other) == {"block_size": "32", "num_gpu_blocks": "100"}
+
+
+def test_control_knobs_kv_usage_and_health_delay(sim_url: str) -> None:
+    assert httpx.post(f"{sim_url}/sim/control",
+                      json={"kv_usage": 0.75, "health_delay_ms": 300}).status_code == 200
+    assert metric(sim_url, "vllm:kv_cache_usage_perc") == 0.75
+    started = time.monotonic()
+    assert httpx.get(f"{sim_url}/health").status_code == 200
+    assert time.monotonic() - started >= 0.3
+    with pytest.raises(httpx.TimeoutException):
+        httpx.get(f"{sim_url}/health", timeout=0.1)
+    assert httpx.post(f"{sim_url}/sim/control",
+                      json={"health_delay_ms": 0, "extra_waiting": 0}).status_code == 200
+    started = time.monotonic()
+    httpx.get(f"{sim_url}/health")
+    assert time.monotonic() - started < 0.3
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"colour": 1}, "colour"),
+        ({"health_status": "503"}, "health_status"),
+        ({"health_status": 503.0}, "health_status"),
+        ({"health_status": True}, "health_status"),
+        ({"health_status": 42}, "health_status"),
+        ({"health_delay_ms": -1}, "health_delay_ms"),
+        ({"health_delay_ms": None}, "health_delay_ms"),
+        ({"extra_waiting": 1.5}, "extra_waiting"),
+        ({"extra_waiting": -3}, "extra_waiting"),
+        ({"kv_usage": 1.5}, "kv_usage"),
+        ({"kv_usage": [0.5]}, "kv_usage"),
+        # All or nothing: the good knob before the bad one is not applied either.
+        ({"extra_waiting": 5, "kv_usage": "high"}, "kv_usage"),
+    ],
+)
+def test_bad_controls_are_400_naming_the_key_and_change_nothing(
+        sim_url: str, changes: dict[str, object], key: str) -> None:
+    reply = httpx.post(f"{sim_url}/sim/control", json=changes)
+    assert reply.status_code == 400
+    assert key in reply.json()["error"]["message"]
+    assert metric(sim_url, "vllm:num_requests_waiting") == 0
+    assert httpx.get(f"{sim_url}/health").status_code == 200
+
+
+@pytest.mark.parametrize("body", [b"{nope", b"[1, 2]", b"NaN"])
+def test_control_body_must_be_a_json_object(sim_url: str, body: bytes) -> None:
+    assert httpx.post(f"{sim_url}/sim/control", content=body).status_code == 400
