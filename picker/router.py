@@ -17,6 +17,7 @@ from picker.errors import (
 )
 from picker.limits import Admission, LimitSettings
 from picker.policies import POLICIES, Policy, create_policy
+from picker.prefix.index import PromptBlocks
 from picker.prefix.producer import PrefixProducer
 from picker.registry import Worker, WorkerRegistry
 from picker.request import RoutingRequest
@@ -165,16 +166,16 @@ class Router:
                 raise Overloaded(f"every worker serving {request.model[:100]!r} is at its limit "
                                  f"of {cap} requests; retry later",
                                  retry_after=self.limits.retry_after_secs)
-        hashes: list[int] = []
+        prompt: PromptBlocks | None = None
         if self.prefix is not None:
-            request, hashes = self.prefix.annotate(request, candidates)
+            request, prompt = self.prefix.annotate(request, candidates)
         worker = policy.pick(request, candidates)
         if len(candidates) > 1:
             loads = [w.in_flight for w in candidates]
             if max(loads) - min(loads) > IMBALANCE_ABS_COUNT:
                 self.metrics.load_imbalance.inc()
-        if self.prefix is not None:
-            self.prefix.record(hashes, worker)
+        if self.prefix is not None and prompt is not None:
+            self.prefix.record(prompt, worker)
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         self.metrics.decisions.labels(policy.name, worker.id).inc()
         # Only registered model names become label values: a wildcard worker must not let

@@ -26,6 +26,7 @@ from pydantic import (
 
 __all__ = [
     "ConnectionMode",
+    "KvEventsEndpoint",
     "HealthOverrides",
     "RuntimeType",
     "WorkerSpec",
@@ -71,6 +72,35 @@ class HealthOverrides(BaseModel):
     disable: bool | None = None
 
 
+class KvEventsEndpoint(BaseModel):
+    """Where an engine publishes its KV-cache events (vLLM `--kv-events-config`'s endpoint and
+    replay_endpoint, seen from the picker). A data-parallel rank r publishes on port + r, as
+    vLLM offsets them, so one entry serves every rank of an engine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str = Field(description="ZMQ PUB address, e.g. tcp://10.0.0.5:5557")
+    replay_endpoint: str | None = Field(default=None,
+                                        description="ZMQ ROUTER address for missed batches")
+    topic: str = ""
+
+    @field_validator("endpoint", "replay_endpoint")
+    @classmethod
+    def _zmq_address(cls, address: str | None) -> str | None:
+        if address is None:
+            return None
+        address = address.strip()
+        scheme, _, rest = address.partition("://")
+        if scheme == "ipc" and rest:
+            return address
+        host, _, port = rest.rpartition(":")
+        if scheme != "tcp" or not host or "*" in host or not port.isdigit() \
+                or not 1 <= int(port) <= 65535:
+            raise ValueError(f"must be tcp://host:port or ipc://path, not {address[:100]!r} "
+                             "(the picker connects: a wildcard host is the engine's bind side)")
+        return address
+
+
 class WorkerSpec(BaseModel):
     """A worker as operators configure it. Unknown fields are rejected, naming the field."""
 
@@ -97,6 +127,8 @@ class WorkerSpec(BaseModel):
     kv_connector: str | None = None
     kv_role: str | None = None
     kv_block_size: int | None = Field(default=None, ge=1)
+    kv_events: KvEventsEndpoint | None = Field(
+        default=None, description="Subscribe to the engine's KV events (prefix.index kv_events)")
     health: HealthOverrides = Field(default_factory=HealthOverrides)
     max_connection_attempts: int = Field(default=20, ge=1, le=100)
     load_monitor_interval_secs: float | None = Field(default=None, gt=0)

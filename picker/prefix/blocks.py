@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["block_hashes", "namespace_hash"]
+__all__ = ["block_hashes", "namespace_hash", "next_hash"]
 
 
 def namespace_hash(model: str, lora: str | None = None, salt: str = "") -> int:
@@ -30,7 +30,11 @@ def block_hashes(seed: int, units: str | Sequence[int], block_size: int) -> list
     hashes: list[int] = []
     current = seed
     for start in range(0, len(units) - block_size + 1, block_size):
-        block = units[start:start + block_size]
-        current = hash((current, block if isinstance(block, str) else tuple(block)))
+        current = next_hash(current, units[start:start + block_size])
         hashes.append(current)
     return hashes
+
+
+def next_hash(previous: int, block: str | Sequence[int]) -> int:
+    """The hash of `block` following a block (or seed) hashed `previous`."""
+    return hash((previous, block if isinstance(block, str) else tuple(block)))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["PrefixIndex", "PrefixMatch"]
+from picker.prefix.blocks import block_hashes, namespace_hash
+
+__all__ = ["PrefixIndex", "PrefixMatch", "PromptBlocks"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -24,14 +26,45 @@ class PrefixMatch:
         return self.matched.get(worker_id, 0) / self.total_blocks if self.total_blocks else 0.0
 
 
+class PromptBlocks:
+    """A request's prompt as indexes read it: characters or token ids, cut into chained blocks
+    on demand.
+
+    Indexes hash with their own block size (the KV-event index with each engine's), so the
+    prompt is hashed lazily and each (seed, block size) once per request: the router's match
+    and record, and engines sharing a geometry, reuse one computation.
+    """
+
+    __slots__ = ("model", "units", "is_tokens", "_hashes")
+
+    def __init__(self, model: str, units: str | Sequence[int], is_tokens: bool) -> None:
+        self.model = model
+        self.units = units
+        self.is_tokens = is_tokens
+        self._hashes: dict[tuple[int | None, int], list[int]] = {}
+
+    def hashes(self, block_size: int, seed: int | None = None) -> list[int]:
+        """Chained hashes of the complete blocks; `seed` defaults to the model's namespace, in
+        which character and token blocks never meet (a fallback to characters cannot claim a
+        match against token blocks)."""
+        key = (seed, block_size)
+        cached = self._hashes.get(key)
+        if cached is None:
+            if seed is None:
+                seed = namespace_hash(self.model,
+                                      salt="tokens" if self.is_tokens else "characters")
+            cached = self._hashes[key] = block_hashes(seed, self.units, block_size)
+        return cached
+
+
 class PrefixIndex(Protocol):
     """Producer of prefix matches; policies only ever read the PrefixMatch it computes."""
 
     kind: str  # "approximate" or "kv_events", reported in metrics
 
-    def match(self, hashes: list[int], worker_ids: Iterable[str]) -> PrefixMatch: ...
+    def match(self, prompt: PromptBlocks, worker_ids: Iterable[str]) -> PrefixMatch: ...
 
-    def record(self, hashes: list[int], worker_id: str) -> None:
+    def record(self, prompt: PromptBlocks, worker_id: str) -> None:
         """The request went to `worker_id`: assume it now caches these blocks."""
         ...
 

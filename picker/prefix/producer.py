@@ -1,19 +1,20 @@
 """PrefixProducer: computes each request's prefix match before policies run, records after.
 
-The one place that knows how a request becomes block hashes (tokenizer, block size, namespace)
-and which index holds them; policies only read `request.prefix`.
+The one place that knows how a request becomes prompt blocks (tokenizer, block size) and which
+index holds them; policies only read `request.prefix`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from picker.prefix.approx import ApproxPrefixIndex
-from picker.prefix.blocks import block_hashes, namespace_hash
-from picker.prefix.index import PrefixIndex
+from picker.prefix.index import PrefixIndex, PromptBlocks
+from picker.prefix.kv_settings import KvEventSettings
 from picker.prefix.tokenizers import RemoteTokenizer, TokenizerSettings, load_hf_tokenizer
 from picker.registry import Worker
 from picker.request import RoutingRequest
@@ -25,7 +26,11 @@ class PrefixSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = False
-    # Characters per block with the character tokenizer; 128 is AIBrix's recommendation.
+    # approximate: learned from the picker's own decisions. kv_events: what the engines report
+    # holding (workers with `kv_events` endpoints), see picker/prefix/kv_index.py.
+    index: Literal["approximate", "kv_events"] = "approximate"
+    # Units per block of the approximate index: characters with the character tokenizer
+    # (128 is AIBrix's recommendation), else tokens. The kv_events index uses each engine's.
     block_size: int = Field(default=128, ge=1)
     # ~160 bytes per block (measured): 32768 blocks is ~5 MB per worker.
     capacity_blocks: int = Field(default=32768, ge=1, description="Per worker")
@@ -33,51 +38,81 @@ class PrefixSettings(BaseModel):
     # Size each worker's index like its engine's KV cache once `vllm:cache_config_info` has been
     # scraped (num_gpu_blocks x block_size tokens, at ~4 characters per token for characters).
     autotune_capacity: bool = True
+    kv_events: KvEventSettings = Field(default_factory=KvEventSettings)
+
+    @model_validator(mode="after")
+    def _kv_needs_engine_tokens(self) -> PrefixSettings:
+        # AIBrix refuses the same combination: engines report token ids, so requests must be
+        # cut into the same token ids to be compared with them.
+        if self.index == "kv_events" and self.tokenizer.kind == "character":
+            raise ValueError(
+                "index kv_events matches prompts on the engines' token ids, so it needs a "
+                "tokenizer that produces them: prefix.tokenizer.kind remote (the engine's "
+                "/tokenize) or hf (the model's tokenizer.json); character cannot")
+        return self
 
 
 class PrefixProducer:
     """Built at start-up (an hf tokenizer file is read here, so a bad path fails early)."""
 
     def __init__(self, settings: PrefixSettings, index: PrefixIndex | None = None) -> None:
-        self._block_size = settings.block_size
         self._autotune = settings.autotune_capacity
         self._tuned: set[str] = set()
-        self.index: PrefixIndex = index or ApproxPrefixIndex(settings.capacity_blocks)
         kind = settings.tokenizer.kind
         path = settings.tokenizer.path
         self._hf = (load_hf_tokenizer(path, settings.tokenizer.chat_template)
                     if kind == "hf" and path else None)
         self.remote = RemoteTokenizer(settings.tokenizer) if kind == "remote" else None
+        # The approximate index: the index itself, or under kv_events the one prompts go to when
+        # the remote tokenizer failed and fell back to characters (they match no engine block).
+        self._approx: PrefixIndex | None = None
+        if settings.index == "approximate" or self.remote is not None:
+            self._approx = ApproxPrefixIndex(settings.capacity_blocks, settings.block_size)
+        if index is not None:
+            self.index = index
+        elif settings.index == "kv_events":
+            # Imported here: with KV sync off, nothing of it is loaded (nor pyzmq, msgspec).
+            from picker.prefix.kv_index import SyncPrefixIndex
+            self.index = SyncPrefixIndex(settings.kv_events)
+        else:
+            assert self._approx is not None
+            self.index = self._approx
+        self._units_per_block = settings.block_size
 
     def annotate(
         self, request: RoutingRequest, candidates: Sequence[Worker]
-    ) -> tuple[RoutingRequest, list[int]]:
-        units: str | Sequence[int]
+    ) -> tuple[RoutingRequest, PromptBlocks]:
+        prompt: PromptBlocks
         if request.tokens is not None:
-            units, space = request.tokens, "tokens"
+            prompt = PromptBlocks(request.model, request.tokens, is_tokens=True)
         elif self._hf is not None:
-            units, space = self._hf.units(request), "tokens"
+            prompt = PromptBlocks(request.model, self._hf.units(request), is_tokens=True)
         else:
-            units, space = request.prompt_text, "characters"
-        # Character and token blocks live in different namespaces: a fallback to characters
-        # never claims a match against token blocks.
-        seed = namespace_hash(request.model, salt=space)
-        hashes = block_hashes(seed, units, self._block_size)
-        match = self.index.match(hashes, (w.id for w in candidates))
-        return replace(request, prefix=match), hashes
+            prompt = PromptBlocks(request.model, request.prompt_text, is_tokens=False)
+        match = self._index_for(prompt).match(prompt, (w.id for w in candidates))
+        return replace(request, prefix=match), prompt
 
-    def record(self, hashes: list[int], worker: Worker) -> None:
+    def record(self, prompt: PromptBlocks, worker: Worker) -> None:
         if self._autotune and worker.id not in self._tuned:
             self._tune(worker)
-        self.index.record(hashes, worker.id)
+        self._index_for(prompt).record(prompt, worker.id)
+
+    def _index_for(self, prompt: PromptBlocks) -> PrefixIndex:
+        if prompt.is_tokens or self._approx is None:
+            return self.index
+        return self._approx
 
     def _tune(self, worker: Worker) -> None:
         engine = worker.engine
-        if engine is None or not engine.num_gpu_blocks or not engine.block_size:
+        if self._approx is None or engine is None or not engine.num_gpu_blocks \
+                or not engine.block_size:
             return
         tokens = engine.num_gpu_blocks * engine.block_size
-        units = tokens if self._hf is not None or self.remote is not None else tokens * 4
-        self.index.set_capacity(worker.id, units // self._block_size)
+        # Under kv_events the approximate index only ever sees character (fallback) prompts.
+        sees_tokens = self._hf is not None or (self.remote is not None
+                                               and self._approx is self.index)
+        units = tokens if sees_tokens else tokens * 4
+        self._approx.set_capacity(worker.id, units // self._units_per_block)
         self._tuned.add(worker.id)
 
     # RegistryListener: a removed worker's cache is gone with it.
@@ -86,4 +121,6 @@ class PrefixProducer:
 
     def worker_removed(self, worker: Worker) -> None:
         self.index.remove_worker(worker.id)
+        if self._approx is not None and self._approx is not self.index:
+            self._approx.remove_worker(worker.id)
         self._tuned.discard(worker.id)

@@ -7,7 +7,11 @@ import sys
 
 import pytest
 
-from picker.prefix import ApproxPrefixIndex, block_hashes, namespace_hash
+from picker.prefix import ApproxPrefixIndex, PromptBlocks, block_hashes, namespace_hash
+
+
+def text(units: str) -> PromptBlocks:
+    return PromptBlocks("m", units, is_tokens=False)
 
 
 def test_equal_prefixes_share_leading_hashes_only() -> None:
@@ -27,23 +31,29 @@ def test_namespaces_and_token_ids() -> None:
 
 
 def test_match_is_the_longest_leading_run_per_worker() -> None:
-    index = ApproxPrefixIndex()
-    hashes = block_hashes(namespace_hash("m"), "q" * 100, 10)
-    index.record(hashes[:6], "w1")
-    index.record(hashes[:3], "w2")
-    index.record(hashes[4:], "w3")  # not leading: no match
-    match = index.match(hashes, ["w1", "w2", "w3", "w4"])
+    index = ApproxPrefixIndex(block_size=10)
+    prompt = "".join(chr(65 + i) * 10 for i in range(10))
+    index.record(text(prompt[:60]), "w1")
+    index.record(text(prompt[:35]), "w2")  # 3 complete blocks
+    index.record(text("x" + prompt), "w3")  # same blocks shifted: not leading, no match
+    match = index.match(text(prompt), ["w1", "w2", "w3", "w4"])
     assert match.total_blocks == 10
     assert (match.blocks("w1"), match.blocks("w2"), match.blocks("w3")) == (6, 3, 0)
     assert match.rate("w1") == 0.6
-    assert index.match(hashes, ["w2"]).blocks("w1") == 0  # only candidates are reported
+    assert index.match(text(prompt), ["w2"]).blocks("w1") == 0  # only candidates reported
+
+
+def test_characters_and_tokens_never_match_each_other() -> None:
+    index = ApproxPrefixIndex(block_size=2)
+    index.record(PromptBlocks("m", [1, 2, 3, 4], is_tokens=True), "w")
+    assert index.match(PromptBlocks("m", [1, 2, 3, 4], is_tokens=True), ["w"]).blocks("w") == 2
+    assert index.match(PromptBlocks("other", [1, 2, 3, 4], is_tokens=True), ["w"]).matched == {}
 
 
 def test_capacity_evicts_tails_before_shared_heads() -> None:
-    index = ApproxPrefixIndex(capacity_blocks=8)
-    seed = namespace_hash("m")
-    first = block_hashes(seed, "S" * 40 + "a" * 40, 10)
-    second = block_hashes(seed, "S" * 40 + "b" * 40, 10)
+    index = ApproxPrefixIndex(capacity_blocks=8, block_size=10)
+    first = text("S" * 40 + "a" * 40)
+    second = text("S" * 40 + "b" * 40)
     index.record(first, "w")
     index.record(second, "w")
     assert index.blocks_of("w") == 8
@@ -52,21 +62,21 @@ def test_capacity_evicts_tails_before_shared_heads() -> None:
 
 
 def test_remove_worker_purges_everything() -> None:
-    index = ApproxPrefixIndex()
-    hashes = block_hashes(0, "x" * 50, 10)
-    index.record(hashes, "w")
+    index = ApproxPrefixIndex(block_size=10)
+    index.record(text("x" * 50), "w")
     index.remove_worker("w")
-    assert index.match(hashes, ["w"]).matched == {}
-    assert index._holders == {}
+    assert index.match(text("x" * 50), ["w"]).matched == {}
+    assert index._holders.masks == {}
 
 
 def test_memory_is_bounded_by_capacity() -> None:
-    index = ApproxPrefixIndex(capacity_blocks=100)
+    index = ApproxPrefixIndex(capacity_blocks=100, block_size=1)
     rng = random.Random(1)
     for _ in range(200):
-        index.record([rng.getrandbits(60) for _ in range(20)], f"w{rng.randrange(3)}")
+        index.record(PromptBlocks("m", [rng.getrandbits(60) for _ in range(20)], True),
+                     f"w{rng.randrange(3)}")
     assert all(index.blocks_of(f"w{i}") <= 100 for i in range(3))
-    assert len(index._holders) <= 300
+    assert len(index._holders.masks) <= 300
 
 
 def test_bad_capacity() -> None:
@@ -76,16 +86,17 @@ def test_bad_capacity() -> None:
 
 def test_bytes_per_entry_is_what_the_docs_say() -> None:
     """Rough upper bound used in docs/benchmarks.md: well under 300 bytes per cached block."""
-    index = ApproxPrefixIndex(capacity_blocks=10_000)
+    index = ApproxPrefixIndex(capacity_blocks=10_000, block_size=1)
     before = _deep_size(index)
-    index.record([random.getrandbits(60) for _ in range(10_000)], "w")
+    index.record(PromptBlocks("m", [random.getrandbits(60) for _ in range(10_000)], True), "w")
     per_entry = (_deep_size(index) - before) / 10_000
     assert per_entry < 300, per_entry
 
 
 def _deep_size(index: ApproxPrefixIndex) -> int:
-    total = sys.getsizeof(index._holders) + sum(
-        sys.getsizeof(k) + sys.getsizeof(v) for k, v in index._holders.items())
+    masks = index._holders.masks
+    total = sys.getsizeof(masks) + sum(sys.getsizeof(k) + sys.getsizeof(v)
+                                       for k, v in masks.items())
     for lru in index._lru.values():
         total += sys.getsizeof(lru) + sum(sys.getsizeof(k) for k in lru)
     return total
@@ -101,10 +112,10 @@ def test_capacity_follows_the_engine_once_its_geometry_is_known() -> None:
     producer = PrefixProducer(PrefixSettings(enabled=True, block_size=64, capacity_blocks=1000))
     worker = Worker(WorkerSpec(url="a:1", id="w"))
     request = RoutingRequest(model="m", api=Api.CHAT, prompt_text="z" * 64 * 300)
-    _, hashes = producer.annotate(request, [worker])
-    producer.record(hashes, worker)
+    _, prompt = producer.annotate(request, [worker])
+    producer.record(prompt, worker)
     assert producer.index.blocks_of("w") == 300  # default capacity 1000: all kept
     # 10 engine blocks of 16 tokens = 160 tokens ~ 640 characters = 10 of our 64-char blocks
     worker.engine = EngineLoad(scraped_at=0.0, num_gpu_blocks=10, block_size=16)
-    producer.record(hashes, worker)
+    producer.record(prompt, worker)
     assert producer.index.blocks_of("w") == 10

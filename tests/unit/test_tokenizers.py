@@ -69,8 +69,9 @@ def test_hf_tokenizer_blocks_are_token_blocks(tmp_path: Path) -> None:
     producer = PrefixProducer(settings)
     text = " ".join(f"word{i}" for i in range(40))
     request = RoutingRequest(model="m", api=Api.CHAT, prompt_text=text)
-    annotated, hashes = producer.annotate(request, [])
-    assert len(hashes) == 10  # 40 tokens / 4, where characters would give 70 blocks
+    annotated, prompt = producer.annotate(request, [])
+    assert prompt.is_tokens
+    assert len(prompt.hashes(4)) == 10  # 40 tokens / 4, where characters would give 70 blocks
     assert annotated.prefix is not None and annotated.prefix.total_blocks == 10
 
 
