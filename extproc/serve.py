@@ -71,6 +71,9 @@ async def serve(
         load = LoadMonitor(router.workers, config.load)
         await load.start()
         running.push_async_callback(load.stop)
+        if config.prefix.enabled and config.prefix.index == "kv_events":
+            from picker.prefix.kv_events import start_kv_events
+            running.push_async_callback(await start_kv_events(router, config.prefix.kv_events))
         if config_path is not None:
             reloader = ConfigReloader(config_path, overrides or {}, config, manager,
                                       router.metrics)

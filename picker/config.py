@@ -140,6 +140,8 @@ def load_config(
         key = ".".join(str(part) for part in first["loc"]) or "<root>"
         raise ConfigError(key, first["msg"]) from exc
     _check_unique_workers(config.workers)
+    if config.prefix.enabled and (problem := config.prefix.engine_tokens_problem()):
+        raise ConfigError("prefix.tokenizer.kind", problem)
     policy = create_policy(config.policy.name, config.policy.params)
     if policy.needs_prefix and not config.prefix.enabled:
         raise ConfigError("prefix.enabled",

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from picker.prefix.approx import ApproxPrefixIndex
 from picker.prefix.index import PrefixIndex, PromptBlocks
@@ -40,16 +40,14 @@ class PrefixSettings(BaseModel):
     autotune_capacity: bool = True
     kv_events: KvEventSettings = Field(default_factory=KvEventSettings)
 
-    @model_validator(mode="after")
-    def _kv_needs_engine_tokens(self) -> PrefixSettings:
-        # AIBrix refuses the same combination: engines report token ids, so requests must be
-        # cut into the same token ids to be compared with them.
+    def engine_tokens_problem(self) -> str | None:
+        """Why these settings cannot work, or None. AIBrix refuses the same combination:
+        engines report token ids, so prompts must be cut into the same token ids."""
         if self.index == "kv_events" and self.tokenizer.kind == "character":
-            raise ValueError(
-                "index kv_events matches prompts on the engines' token ids, so it needs a "
-                "tokenizer that produces them: prefix.tokenizer.kind remote (the engine's "
-                "/tokenize) or hf (the model's tokenizer.json); character cannot")
-        return self
+            return ("index kv_events matches prompts on the engines' token ids, so it needs a "
+                    "tokenizer that produces them: remote (the engine's /tokenize) or hf (the "
+                    "model's tokenizer.json); character cannot")
+        return None
 
 
 class PrefixProducer:

@@ -40,6 +40,11 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode-ms-per-running", type=float)
     parser.add_argument("--block-tokens", type=int)
     parser.add_argument("--cache-blocks", type=int)
+    parser.add_argument("--kv-events-port", type=int,
+                        help="publish KV-cache events (vLLM format, ZMQ PUB) on this port")
+    parser.add_argument("--kv-replay-port", type=int, help="ZMQ ROUTER port for replays")
+    parser.add_argument("--kv-encoding", choices=("map", "array"),
+                        help="event encoding: map (current vLLM) or array (older vLLM, SGLang)")
 
 
 def config_from_args(ns: argparse.Namespace) -> SimConfig:
@@ -51,6 +56,8 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
         "prefill_tokens_per_sec": ns.prefill_tokens_per_sec,
         "decode_ms_per_running": ns.decode_ms_per_running,
         "block_tokens": ns.block_tokens, "cache_blocks": ns.cache_blocks,
+        "kv_events_port": ns.kv_events_port, "kv_replay_port": ns.kv_replay_port,
+        "kv_encoding": ns.kv_encoding,
     }
     explicit = {k: v for k, v in given.items() if v is not None}
     identity = {"model": ns.model, "worker_id": ns.worker_id or f"sim-{ns.port}"}

@@ -15,9 +15,9 @@ import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from picker.sim.cache import BlockCache, token_block_hashes
+from picker.sim.cache import BlockCache, Claim, token_block_hashes
 
 __all__ = [
     "PROFILES", "SimConfig", "SimEngine", "SimRun", "prompt_tokens", "token_ids", "toy_tokens",
@@ -41,6 +41,10 @@ class SimConfig:
     decode_ms_per_running: float = 0.0  # step time added per running request (batch cost)
     block_tokens: int = 16
     cache_blocks: int = 4096
+    # KV events in vLLM's format over ZMQ (picker.sim.kv_publisher); off without a port.
+    kv_events_port: int | None = None
+    kv_replay_port: int | None = None
+    kv_encoding: str = "map"  # "map" (current vLLM) or "array" (older vLLM, SGLang)
 
     def __post_init__(self) -> None:
         checks = {
@@ -55,6 +59,8 @@ class SimConfig:
             "decode_ms_per_running": self.decode_ms_per_running >= 0,
             "block_tokens": self.block_tokens >= 1,
             "cache_blocks": self.cache_blocks >= 1,
+            "kv_encoding": self.kv_encoding in ("map", "array"),
+            "kv_replay_port": self.kv_replay_port is None or self.kv_events_port is not None,
         }
         for name, ok in checks.items():
             if not ok:
@@ -102,6 +108,14 @@ def prompt_tokens(body: Mapping[str, Any]) -> list[str]:
     return toy_tokens(text)
 
 
+class KvEventSink(Protocol):
+    """Told of every change to the block cache (picker.sim.server publishes them)."""
+
+    def claimed(self, prompt: Sequence[str], hashes: Sequence[int], claim: Claim) -> None: ...
+
+    def dropped(self, hashes: Sequence[int], everything: bool) -> None: ...
+
+
 @dataclass(slots=True)
 class SimRun:
     """One admitted request: what it costs and what it holds in the cache."""
@@ -147,6 +161,7 @@ class SimEngine:
     health_delay_ms: float = 0.0
     extra_waiting: int = 0
     kv_usage_override: float | None = None
+    events: KvEventSink | None = None
     cache: BlockCache = field(init=False)
     _rng: random.Random = field(init=False)
     _slots: asyncio.Semaphore = field(init=False)
@@ -175,7 +190,10 @@ class SimEngine:
         finally:
             self.waiting -= 1
         self.running += 1
-        claim = self.cache.acquire(token_block_hashes(prompt, self.config.block_tokens))
+        hashes = token_block_hashes(prompt, self.config.block_tokens)
+        claim = self.cache.acquire(hashes)
+        if self.events is not None:
+            self.events.claimed(prompt, hashes, claim)
         cached = min(len(prompt), claim.hit_blocks * self.config.block_tokens)
         self.prompt_tokens_total += len(prompt)
         self.cached_tokens_total += cached
@@ -190,6 +208,11 @@ class SimEngine:
             self.cache.release(claim)
             self.running -= 1
             self._slots.release()
+
+    def reset_prefix_cache(self) -> None:
+        dropped = self.cache.clear()
+        if self.events is not None:
+            self.events.dropped(dropped, everything=not len(self.cache))
 
     def should_fail(self) -> bool:
         return self.config.failure_rate > 0 and self._rng.random() < self.config.failure_rate

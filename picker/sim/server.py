@@ -112,9 +112,15 @@ def _error(status: int, message: str, error_type: str, code: str) -> JSONRespons
     )
 
 
-def create_app(config: SimConfig) -> ASGIApp:
+def create_app(config: SimConfig, host: str = "127.0.0.1") -> ASGIApp:
     """One engine per app, with its own metrics registry, so several sims can share a process."""
     engine = SimEngine(config)
+    if config.kv_events_port is not None:
+        from picker.sim.kv_publisher import CacheEvents, KvEventPublisher
+
+        publisher = KvEventPublisher(host, config.kv_events_port, config.kv_replay_port,
+                                     "array" if config.kv_encoding == "array" else "map")
+        engine.events = CacheEvents(publisher, config.block_tokens)
     metrics = CollectorRegistry()
     metrics.register(_VllmMetrics(engine))
     ids = iter(range(1, 1 << 62))
@@ -222,7 +228,7 @@ def create_app(config: SimConfig) -> ASGIApp:
         return JSONResponse({"tokens": tokens, "count": len(tokens), "max_model_len": 32768})
 
     async def reset_prefix_cache(_: Request) -> Response:
-        engine.cache.clear()
+        engine.reset_prefix_cache()
         return Response(status_code=200)
 
     async def stats(_: Request) -> JSONResponse:
@@ -289,5 +295,5 @@ async def _stream(
 
 def run_sim(config: SimConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve until interrupted; warnings only and no access log, so a fleet of sims stays quiet."""
-    uvicorn.run(create_app(config), host=host, port=port, log_level="warning",
+    uvicorn.run(create_app(config, host), host=host, port=port, log_level="warning",
                 access_log=False, lifespan="off")

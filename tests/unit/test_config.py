@@ -160,6 +160,14 @@ def test_env_params_under_a_shorthand_policy(tmp_path: Path) -> None:
         ("extproc: 5\n", {"LLM_PICKER_EXTPROC__PORT": "1"}, "extproc"),
         ("health: {interval_secs: 0}\n", {}, "health.interval_secs"),
         ("max_body_bytes: 0\n", {}, "max_body_bytes"),
+        ("prefix: {enabled: true, index: kv_events}\n", {}, "prefix.tokenizer.kind"),
+        ("prefix: {index: exact}\n", {}, "prefix.index"),
+        ("prefix: {kv_events: {pending_secs: -1}}\n", {}, "prefix.kv_events.pending_secs"),
+        ("workers: [{url: 'a:1', kv_events: {endpoint: 'tcp://*:5557'}}]\n", {},
+         "workers.0.kv_events.endpoint"),
+        ("workers: [{url: 'a:1', kv_events: {endpoint: 'http://a:1'}}]\n", {},
+         "workers.0.kv_events.endpoint"),
+        ("workers: [{url: 'a:1', kv_events: {}}]\n", {}, "workers.0.kv_events.endpoint"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, env: dict[str, str], key: str) -> None:

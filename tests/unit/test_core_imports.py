@@ -50,3 +50,20 @@ def test_core_imports_no_proxy_module() -> None:
     assert set(core) <= set(report["imported"])
     assert "picker.health" in report["imported"]  # the walk found the rest of the package
     assert report["charged"] == {}
+
+
+def test_kv_event_sync_off_loads_none_of_it() -> None:
+    """prefix.index approximate (the default): the KV-event modules, pyzmq and msgspec stay
+    out of the process."""
+    code = """
+import sys
+from picker.config import load_config
+from picker.router import build_router
+build_router(load_config(overrides={"prefix.enabled": True, "policy.name": "prefix_cache"}))
+print(sorted(m for m in sys.modules if m.startswith(("picker.prefix.kv_", "zmq", "msgspec"))
+             and m != "picker.prefix.kv_settings"))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

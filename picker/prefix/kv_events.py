@@ -1,0 +1,270 @@
+"""KV-event subscriber: keeps the sync index equal to what each engine reports caching.
+
+Per worker with `kv_events`, a ZMQ SUB socket receives vLLM's multipart messages
+`[topic, seq (8-byte big-endian), payload]` (vllm/distributed/kv_events.py, ZmqEventPublisher).
+Sequence numbers are consecutive per publisher, starting at 0:
+- connecting to the engine, or a message that skips numbers, triggers a replay from the
+  engine's ROUTER socket: send `[b"", start_seq]`, read `[b"", seq, payload]` until seq is -1;
+- one that goes backwards means a new publisher, i.e. the engine restarted: its state is
+  cleared, then replayed from 0. A dropped connection clears it too (a restarted engine holds
+  nothing), and libzmq reconnects with exponential backoff.
+Undecodable payloads are counted and logged once per worker per minute; nothing a publisher
+sends stops the subscriber.
+
+A data-parallel rank r of an engine publishes on the endpoint's port + r (vLLM's
+offset_endpoint_port), so the worker `{base}@{r}` subscribes there, and its batches carry
+`data_parallel_rank` r: each rank is its own worker in the index.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import zmq
+import zmq.asyncio
+import zmq.utils.monitor
+from prometheus_client import CollectorRegistry, Counter
+
+from picker.prefix.kv_index import SyncPrefixIndex
+from picker.prefix.kv_settings import KvEventSettings
+from picker.prefix.kv_wire import (
+    AllBlocksCleared,
+    BlockRemoved,
+    BlockStored,
+    DecodedBatch,
+    decode_batch,
+)
+from picker.registry import Worker, WorkerRegistry
+from picker.router import Router
+from picker.worker_tasks import WorkerTasks
+from picker.workers import KvEventsEndpoint
+
+__all__ = ["KvEventHub", "KvEventMetrics", "endpoint_for_rank", "start_kv_events"]
+
+log = logging.getLogger("llm_picker.kv_events")
+
+_END_SEQ = -1
+_LOG_EVERY_SECS = 60.0
+
+
+def endpoint_for_rank(endpoint: str, rank: int | None) -> str:
+    """vLLM's convention: rank r's tcp port is the base port + r (ipc gets a `_dp{r}` suffix)."""
+    if not rank:
+        return endpoint
+    if endpoint.startswith("ipc://"):
+        return f"{endpoint}_dp{rank}"
+    host, _, port = endpoint.rpartition(":")
+    return f"{host}:{int(port) + rank}"
+
+
+class KvEventMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter(
+            "llm_picker_kv_events", "KV-cache events applied, by worker and kind "
+            "(stored, removed, cleared)", ["worker", "event"], registry=registry)
+        self.problems = Counter(
+            "llm_picker_kv_event_problems", "KV-event stream trouble by worker and kind: "
+            "undecodable (batch), skipped_event, orphan_block (parent never seen), gap, "
+            "replay_failed, engine_restart, foreign_rank", ["worker", "problem"],
+            registry=registry)
+
+
+class KvEventHub:
+    """One subscription task per worker that publishes events, following the registry."""
+
+    def __init__(self, workers: WorkerRegistry, index: SyncPrefixIndex,
+                 settings: KvEventSettings, metrics: KvEventMetrics) -> None:
+        self._index = index
+        self._settings = settings
+        self._metrics = metrics
+        self._tasks = WorkerTasks(workers, self._follow)
+        self._context: zmq.asyncio.Context | None = None
+
+    async def start(self) -> None:
+        self._context = zmq.asyncio.Context()
+        self._tasks.start()
+
+    async def stop(self) -> None:
+        await self._tasks.stop()
+        if self._context is not None:
+            self._context.destroy(linger=0)
+
+    async def _follow(self, worker: Worker) -> None:
+        spec = worker.spec.kv_events
+        if spec is None or self._context is None:
+            return
+        block_size = worker.spec.kv_block_size
+        if block_size:
+            self._index.expect(worker.id, block_size)
+        subscription = _Subscription(worker, spec, self._context, self._index, self._settings,
+                                     self._metrics)
+        try:
+            await subscription.run()
+        finally:
+            subscription.close()
+
+
+async def start_kv_events(
+        router: Router, settings: KvEventSettings) -> Callable[[], Awaitable[None]]:
+    """Subscribe for the router's sync index on the running loop; returns the stop call."""
+    assert router.prefix is not None and isinstance(router.prefix.index, SyncPrefixIndex)
+    hub = KvEventHub(router.workers, router.prefix.index, settings,
+                     KvEventMetrics(router.metrics.registry))
+    await hub.start()
+    return hub.stop
+
+
+class _Subscription:
+    def __init__(self, worker: Worker, spec: KvEventsEndpoint, context: zmq.asyncio.Context,
+                 index: SyncPrefixIndex, settings: KvEventSettings,
+                 metrics: KvEventMetrics) -> None:
+        self._worker = worker
+        self._rank = worker.spec.dp_rank
+        self._spec = spec
+        self._context = context
+        self._index = index
+        self._settings = settings
+        self._count_event = _labelled(metrics.events, worker.id)
+        self._count_problem = _labelled(metrics.problems, worker.id)
+        self._next: int | None = None  # next sequence number expected; None: unknown
+        self._last_log = -_LOG_EVERY_SECS
+        self._sub = context.socket(zmq.SUB)
+        self._sub.setsockopt(zmq.RECONNECT_IVL, 100)
+        self._sub.setsockopt(zmq.RECONNECT_IVL_MAX, int(settings.reconnect_max_secs * 1000))
+        self._sub.setsockopt(zmq.SUBSCRIBE, spec.topic.encode())
+        self._monitor = self._sub.get_monitor_socket(zmq.EVENT_CONNECTED
+                                                     | zmq.EVENT_DISCONNECTED)
+        self._sub.connect(endpoint_for_rank(spec.endpoint, self._rank))
+        self._replay: zmq.asyncio.Socket | None = None
+
+    async def run(self) -> None:
+        poller = zmq.asyncio.Poller()
+        poller.register(self._sub, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        while True:
+            ready = dict(await poller.poll())
+            if self._monitor in ready:
+                event = zmq.utils.monitor.parse_monitor_message(
+                    await self._monitor.recv_multipart())
+                if event["event"] == zmq.EVENT_DISCONNECTED:
+                    self._restarted("disconnected")
+                elif self._next is None:
+                    await self._catch_up(0)  # connected: what it published before we joined
+            if self._sub in ready:
+                frames = await self._sub.recv_multipart()
+                if len(frames) != 3 or len(frames[1]) != 8:
+                    self._undecodable(f"{len(frames)} frames, expected [topic, seq, payload]")
+                    continue
+                await self._on_live(int.from_bytes(frames[1], "big"), frames[2])
+
+    def close(self) -> None:
+        self._sub.disable_monitor()
+        for socket in (self._monitor, self._sub, self._replay):
+            if socket is not None:
+                socket.close(linger=0)
+
+    async def _on_live(self, seq: int, payload: bytes) -> None:
+        if self._next is not None and seq < self._next:
+            self._restarted("sequence went back")
+        if self._next is None or seq > self._next:
+            if self._next is not None:
+                self._count_problem("gap")
+            await self._catch_up(self._next or 0)
+        if self._next is None or seq >= self._next:
+            self._apply(payload)
+            self._next = seq + 1
+
+    def _restarted(self, why: str) -> None:
+        """A new engine process: what the old one cached is gone."""
+        if self._next is None:
+            return
+        log.info("kv events of %s: %s; state cleared", self._worker.id, why)
+        self._count_problem("engine_restart")
+        self._index.cleared(self._worker.id)
+        self._next = None
+
+    async def _catch_up(self, start: int) -> None:
+        """Apply the batches the engine still buffers from `start` on."""
+        if self._spec.replay_endpoint is None:
+            return
+        if self._replay is None:
+            self._replay = self._context.socket(zmq.DEALER)
+            self._replay.connect(endpoint_for_rank(self._spec.replay_endpoint, self._rank))
+        await self._replay.send_multipart((b"", start.to_bytes(8, "big")))
+        deadline = time.monotonic() + self._settings.replay_timeout_secs
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not await self._replay.poll(remaining * 1000):
+                # A late answer would be read as the reply to the next request: start afresh.
+                self._count_problem("replay_failed")
+                self._replay.close(linger=0)
+                self._replay = None
+                return
+            frames = await self._replay.recv_multipart()
+            if len(frames) != 3 or len(frames[1]) != 8:
+                self._undecodable(f"replay frame of {len(frames)} parts")
+                continue
+            seq = int.from_bytes(frames[1], "big", signed=True)
+            if seq == _END_SEQ:
+                return
+            if self._next is None or seq >= self._next:
+                self._apply(frames[2])
+                self._next = seq + 1
+
+    def _apply(self, payload: bytes) -> None:
+        try:
+            batch = decode_batch(payload)
+        except ValueError as exc:
+            self._undecodable(str(exc))
+            return
+        if batch.skipped:
+            self._count_problem("skipped_event", batch.skipped)
+            self._log(f"{batch.skipped} events of unknown kind or shape skipped")
+        if self._rank is not None and batch.data_parallel_rank not in (None, self._rank):
+            self._count_problem("foreign_rank")
+            return
+        self._apply_events(batch)
+
+    def _apply_events(self, batch: DecodedBatch) -> None:
+        index, worker_id = self._index, self._worker.id
+        for event in batch.events:
+            if isinstance(event, BlockStored):
+                block_size = event.block_size or self._engine_block_size()
+                lora = event.lora_name or (None if event.lora_id is None
+                                           else f"lora-id:{event.lora_id}")
+                if index.stored(worker_id, event.block_hashes, event.parent_block_hash,
+                                event.token_ids, block_size, lora, event.medium,
+                                event.extra_keys):
+                    self._count_event("stored")
+                else:
+                    self._count_problem("orphan_block")
+            elif isinstance(event, BlockRemoved):
+                index.removed(worker_id, event.block_hashes, event.medium)
+                self._count_event("removed")
+            elif isinstance(event, AllBlocksCleared):
+                index.cleared(worker_id)
+                self._count_event("cleared")
+
+    def _engine_block_size(self) -> int:
+        """When events leave block_size out: configured, else scraped from the engine."""
+        engine = self._worker.engine
+        return self._worker.spec.kv_block_size or (engine.block_size if engine else None) or 0
+
+    def _undecodable(self, why: str) -> None:
+        self._count_problem("undecodable")
+        self._log(f"undecodable payload: {why}")
+
+    def _log(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_log >= _LOG_EVERY_SECS:
+            self._last_log = now
+            log.warning("kv events of %s: %s (logged once a minute)", self._worker.id,
+                        message[:200])
+
+
+def _labelled(counter: Counter, worker_id: str) -> Callable[..., None]:
+    def count(label: str, amount: int = 1) -> None:
+        counter.labels(worker_id, label).inc(amount)
+    return count

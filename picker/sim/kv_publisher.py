@@ -1,0 +1,145 @@
+"""The simulator's KV-event publisher, with vLLM's ZmqEventPublisher semantics.
+
+PUB socket: `[topic, seq (8-byte big-endian), payload]`, seq from 0 per process. ROUTER replay
+socket: a request `[identity, b"", start_seq]` is answered with every buffered batch from
+start_seq on, `[identity, b"", seq, payload]`, then `[identity, b"", -1, b""]`. The buffer
+keeps the last `buffer_batches` (vLLM's buffer_steps, default 10,000).
+
+Publishing happens on the sim's event loop (a non-blocking send: PUB drops at its high-water
+mark, as vLLM's does); replay is served by a thread, so a slow replay client never stalls the
+engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+
+import zmq
+
+from picker.prefix.kv_wire import WIRE, Encoding, KvEvent, WireFormat
+from picker.sim.cache import Claim
+from picker.sim.engine import token_ids
+
+__all__ = ["CacheEvents", "KvEventPublisher"]
+
+_END_SEQ = (-1).to_bytes(8, "big", signed=True)
+
+
+class KvEventPublisher:
+    def __init__(self, host: str, port: int, replay_port: int | None = None,
+                 encoding: Encoding = "map", topic: str = "",
+                 buffer_batches: int = 10_000, data_parallel_rank: int = 0) -> None:
+        self.wire: WireFormat = WIRE[encoding]
+        self._rank = data_parallel_rank
+        self._topic = topic.encode()
+        self._seq = 0
+        self._buffer: deque[tuple[int, bytes]] = deque(maxlen=buffer_batches)
+        self._lock = threading.Lock()
+        self._context = zmq.Context()
+        self._pub = self._context.socket(zmq.PUB)
+        self._pub.setsockopt(zmq.SNDHWM, 100_000)
+        self._pub.bind(f"tcp://{host}:{port}")
+        self._running = True
+        self._thread: threading.Thread | None = None
+        if replay_port is not None:
+            router = self._context.socket(zmq.ROUTER)
+            router.bind(f"tcp://{host}:{replay_port}")
+            self._thread = threading.Thread(target=self._serve_replay, args=(router,),
+                                            daemon=True, name="sim-kv-replay")
+            self._thread.start()
+        self.dropped_next = 0  # test knob: leave this many batches out of the PUB stream
+
+    def publish(self, events: Sequence[KvEvent]) -> None:
+        if not events:
+            return
+        payload = self.wire.encode(self.wire.batch(ts=time.time(), events=list(events),
+                                                   data_parallel_rank=self._rank))
+        with self._lock:
+            seq = self._seq
+            self._seq += 1
+            self._buffer.append((seq, payload))
+        if self.dropped_next:
+            self.dropped_next -= 1
+            return
+        # PUB drops at its high-water mark; subscribers that cannot keep up recover by replay.
+        with contextlib.suppress(zmq.Again):
+            self._pub.send_multipart((self._topic, seq.to_bytes(8, "big"), payload),
+                                     flags=zmq.NOBLOCK)
+
+    def close(self) -> None:
+        self._running = False
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+        self._pub.close(linger=0)
+        self._context.term()
+
+    def _serve_replay(self, router: zmq.Socket) -> None:  # type: ignore[type-arg]
+        try:
+            while self._running:
+                if not router.poll(100):
+                    continue
+                frames = router.recv_multipart()
+                if len(frames) != 3 or len(frames[2]) != 8:
+                    continue  # not a replay request
+                identity, start = frames[0], int.from_bytes(frames[2], "big")
+                with self._lock:
+                    batches = [item for item in self._buffer if item[0] >= start]
+                for seq, payload in batches:
+                    router.send_multipart((identity, b"", seq.to_bytes(8, "big"), payload))
+                router.send_multipart((identity, b"", _END_SEQ, b""))
+        finally:
+            router.close(linger=0)
+
+
+class CacheEvents:
+    """The engine's KvEventSink: cache changes as vLLM events.
+
+    Per claim, evictions first, then one BlockStored per run of consecutive new blocks (its
+    parent is the block before the run). Evicting first is exact: a stored block is pinned, so
+    a claim never evicts what it stores. Hashes go out as bytes in the map encoding and as ints
+    in the array encoding, so a subscriber meets both kinds vLLM declares (ExternalBlockHash).
+    """
+
+    def __init__(self, publisher: KvEventPublisher, block_tokens: int) -> None:
+        self._publisher = publisher
+        self._wire = publisher.wire
+        self._block = block_tokens
+        self._as_bytes = publisher.wire is WIRE["map"]
+
+    def claimed(self, prompt: Sequence[str], hashes: Sequence[int], claim: Claim) -> None:
+        events: list[KvEvent] = []
+        if claim.evicted:
+            events.append(self._wire.removed(block_hashes=self._ids(claim.evicted),
+                                             medium="GPU"))
+        position = {block: i for i, block in enumerate(hashes)}
+        runs: list[list[int]] = []
+        for i in sorted(position[block] for block in claim.stored):
+            if runs and runs[-1][-1] == i - 1:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        size = self._block
+        for run in runs:
+            first, last = run[0], run[-1]
+            events.append(self._wire.stored(
+                block_hashes=self._ids([hashes[i] for i in run]),
+                parent_block_hash=self._ids([hashes[first - 1]])[0] if first else None,
+                token_ids=token_ids(prompt[first * size:(last + 1) * size]),
+                block_size=size, medium="GPU"))
+        self._publisher.publish(events)
+
+    def dropped(self, hashes: Sequence[int], everything: bool) -> None:
+        if everything:
+            self._publisher.publish([self._wire.cleared()])
+        elif hashes:
+            self._publisher.publish([self._wire.removed(block_hashes=self._ids(hashes),
+                                                        medium="GPU")])
+
+    def _ids(self, hashes: Sequence[int]) -> list[int | bytes]:
+        if self._as_bytes:
+            return [(block & (2**64 - 1)).to_bytes(8, "big") for block in hashes]
+        return list(hashes)
