@@ -66,7 +66,7 @@ def _bench(ns: argparse.Namespace) -> int:
 
         return run_routing(engines=ns.engines, groups=ns.groups, rate=ns.rate,
                            contenders=ns.contenders, seed=ns.seed, plot=ns.plot,
-                           frontend=ns.frontend)
+                           frontend=ns.frontend, cache_blocks=ns.cache_blocks)
     from picker.bench.overhead import run_overhead
 
     return run_overhead(requests=ns.requests, concurrency=ns.concurrency, peers=ns.peers)
@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "LiteLLM's strategies vs the picker strategy inside LiteLLM")
     routing.add_argument("--contenders", nargs="+", help="default: all of the frontend's")
     routing.add_argument("--plot", help="write an SVG chart of the results to this path")
+    routing.add_argument("--cache-blocks", type=int,
+                         help="KV-cache blocks per engine (default: the profile's); small "
+                              "values make engines evict often")
     routing.set_defaults(run=_bench)
     soak = which.add_parser("soak", help="long load with engines and the picker killed")
     soak.add_argument("--minutes", type=float, default=10.0)

@@ -116,12 +116,29 @@ def _engine_counters(url: str) -> tuple[float, float, float]:
 Driver = Callable[[Workload], Coroutine[Any, Any, tuple[list[Outcome], float]]]
 
 
+KV_SUFFIX = "+kv_events"
+
+
 @contextmanager
-def _contender(name: str, engines: int, workdir: Path) -> Iterator[tuple[Driver, list[str]]]:
-    """Fresh engines plus the router under test; yields (workload driver, engine urls)."""
+def _contender(name: str, engines: int, workdir: Path,
+               cache_blocks: int | None = None) -> Iterator[tuple[Driver, list[str]]]:
+    """Fresh engines plus the router under test; yields (workload driver, engine urls).
+
+    `policy+kv_events`: the engines publish KV events and the picker follows them (sync index,
+    the engines' /tokenize as tokenizer) instead of learning from its own picks."""
+    kv = name.endswith(KV_SUFFIX)
     with ExitStack() as stack:
         sims = [SimSpec(f"e{i}", "sim-model", ["--profile", PROFILE]) for i in range(engines)]
+        kv_ports: list[tuple[int, int]] = []
         for spec in sims:
+            args = list(spec.args)
+            if cache_blocks:
+                args += ["--cache-blocks", str(cache_blocks)]
+            if kv:
+                kv_ports.append((free_port(), free_port()))
+                args += ["--kv-events-port", str(kv_ports[-1][0]),
+                         "--kv-replay-port", str(kv_ports[-1][1])]
+            spec.args = args
             stack.callback(start_sim(spec, workdir).stop)
         urls = [f"http://127.0.0.1:{s.port}" for s in sims]
         if name.startswith("litellm:"):
@@ -149,11 +166,25 @@ def _contender(name: str, engines: int, workdir: Path) -> Iterator[tuple[Driver,
             yield _http_driver(f"http://127.0.0.1:{listen}"), urls
             return
         picker_port = free_port()
+        policy = name.removesuffix(KV_SUFFIX)
+        workers: list[dict[str, Any]] = [{"url": u, "id": s.worker_id, "models": ["sim-model"]}
+                                         for u, s in zip(urls, sims, strict=True)]
+        prefix: dict[str, Any] = {"enabled": True}
+        if kv:
+            # Tokenization by a sim of its own, as a tokenizer service would be deployed: the
+            # serving engines' loops stay out of the routing path.
+            tokenizer = SimSpec("tokenizer", "sim-model")
+            stack.callback(start_sim(tokenizer, workdir).stop)
+            block_tokens = int(PROFILES[PROFILE]["block_tokens"])
+            prefix.update(index="kv_events", tokenizer={
+                "kind": "remote", "endpoint": f"http://127.0.0.1:{tokenizer.port}"})
+            for worker, (events, replay) in zip(workers, kv_ports, strict=True):
+                worker.update(kv_block_size=block_tokens, kv_events={
+                    "endpoint": f"tcp://127.0.0.1:{events}",
+                    "replay_endpoint": f"tcp://127.0.0.1:{replay}"})
         config = {
             "extproc": {"port": picker_port}, "admin": {"port": free_port()},
-            "policy": _POLICY_CONFIG.get(name, name), "prefix": {"enabled": True},
-            "workers": [{"url": u, "id": s.worker_id, "models": ["sim-model"]}
-                        for u, s in zip(urls, sims, strict=True)],
+            "policy": _POLICY_CONFIG.get(policy, policy), "prefix": prefix, "workers": workers,
         }
         stack.callback(start_picker(config, workdir, name=f"picker-{name}").stop)
         envoy = render_envoy_config(listen_port=listen, admin_port=free_port(),
@@ -170,8 +201,9 @@ def _quantile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 
-def _measure(name: str, engines: int, workload: Workload, workdir: Path) -> Report:
-    with _contender(name, engines, workdir) as (drive, engine_urls):
+def _measure(name: str, engines: int, workload: Workload, workdir: Path,
+             cache_blocks: int | None = None) -> Report:
+    with _contender(name, engines, workdir, cache_blocks) as (drive, engine_urls):
         before = [_engine_counters(u) for u in engine_urls]
         outcomes, elapsed = asyncio.run(drive(workload))
         after = [_engine_counters(u) for u in engine_urls]
@@ -193,15 +225,18 @@ LITELLM_CONTENDERS = ["litellm:simple-shuffle", "litellm:least-busy", "litellm:p
 
 def run_routing(engines: int = 8, groups: int = 64, rate: float = 40.0,
                 contenders: list[str] | None = None, seed: int = 0,
-                plot: str | None = None, frontend: str = "envoy") -> int:
+                plot: str | None = None, frontend: str = "envoy",
+                cache_blocks: int | None = None) -> int:
     default = LITELLM_CONTENDERS if frontend == "litellm" else [
-        "round_robin", "least_load", "prefix_cache", "cache_aware", "weighted", "sglang"]
+        "round_robin", "least_load", "prefix_cache", "cache_aware", "weighted",
+        "prefix_cache" + KV_SUFFIX, "weighted" + KV_SUFFIX, "sglang"]
     names = contenders or default
     workload = make_workload(seed=seed, groups=groups, rate=rate)
     oracle = oracle_hit_rate(workload, int(PROFILES[PROFILE]["block_tokens"]))
+    cache = cache_blocks or int(PROFILES[PROFILE]["cache_blocks"])
     print(f"workload: {len(workload.bodies)} streaming chat requests at {rate}/s, {groups} "
-          f"system prompts, {engines} engines ({PROFILE}); oracle hit rate {oracle:.1%}",
-          flush=True)
+          f"system prompts, {engines} engines ({PROFILE}, {cache} cache blocks each); oracle "
+          f"hit rate {oracle:.1%} (unbounded caches)", flush=True)
     for policy in ("round_robin", "prefix_cache", "cache_aware"):
         p50, p99 = decision_latency(policy)
         print(f"decision latency, in-process, 8 workers, 8k-char prompt, {policy}: "
@@ -216,7 +251,7 @@ def run_routing(engines: int = 8, groups: int = 64, rate: float = 40.0,
     workdir = Path(tempfile.mkdtemp(prefix="llm-picker-routing-"))
     reports = []
     for name in names:
-        reports.append(_measure(name, engines, workload, workdir))
+        reports.append(_measure(name, engines, workload, workdir, cache_blocks))
         print(f"  measured {name}", file=sys.stderr, flush=True)
     base = next((r for r in reports if r.contender in ("round_robin", "litellm:least-busy")),
                 reports[0])
