@@ -61,6 +61,10 @@ def _bench(ns: argparse.Namespace) -> int:
         from picker.bench.soak import run_soak
 
         return run_soak(minutes=ns.minutes, users=ns.users, kill_every=ns.kill_every)
+    if ns.bench == "kv-events":
+        from picker.bench.kv_ingest import run_kv_events
+
+        return run_kv_events(rates=ns.rates, seconds=ns.seconds)
     if ns.bench == "routing":
         from picker.bench.routing import run_routing
 
@@ -126,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--users", type=int, default=8)
     soak.add_argument("--kill-every", type=float, default=60.0, help="seconds between kills")
     soak.set_defaults(run=_bench)
+    kv = which.add_parser("kv-events", help="KV-event ingestion rate and routing latency under it")
+    kv.add_argument("--rates", type=int, nargs="+", default=[10_000, 20_000],
+                    help="BlockStored events per second to publish while measuring")
+    kv.add_argument("--seconds", type=float, default=10.0, help="per phase")
+    kv.set_defaults(run=_bench)
     return parser
 
 

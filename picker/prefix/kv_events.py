@@ -41,7 +41,9 @@ from picker.router import Router
 from picker.worker_tasks import WorkerTasks
 from picker.workers import KvEventsEndpoint
 
-__all__ = ["KvEventHub", "KvEventMetrics", "endpoint_for_rank", "start_kv_events"]
+__all__ = [
+    "EventApplier", "KvEventHub", "KvEventMetrics", "endpoint_for_rank", "start_kv_events",
+]
 
 log = logging.getLogger("llm_picker.kv_events")
 
@@ -126,10 +128,9 @@ class _Subscription:
         self._context = context
         self._index = index
         self._settings = settings
-        self._count_event = _labelled(metrics.events, worker.id)
-        self._count_problem = _labelled(metrics.problems, worker.id)
+        self._applier = EventApplier(worker, index, metrics)
+        self._count_problem = self._applier.count_problem
         self._next: int | None = None  # next sequence number expected; None: unknown
-        self._last_log = -_LOG_EVERY_SECS
         self._sub = context.socket(zmq.SUB)
         self._sub.setsockopt(zmq.RECONNECT_IVL, 100)
         self._sub.setsockopt(zmq.RECONNECT_IVL_MAX, int(settings.reconnect_max_secs * 1000))
@@ -155,7 +156,8 @@ class _Subscription:
             if self._sub in ready:
                 frames = await self._sub.recv_multipart()
                 if len(frames) != 3 or len(frames[1]) != 8:
-                    self._undecodable(f"{len(frames)} frames, expected [topic, seq, payload]")
+                    self._applier.undecodable(
+                        f"{len(frames)} frames, expected [topic, seq, payload]")
                     continue
                 await self._on_live(int.from_bytes(frames[1], "big"), frames[2])
 
@@ -173,7 +175,7 @@ class _Subscription:
                 self._count_problem("gap")
             await self._catch_up(self._next or 0)
         if self._next is None or seq >= self._next:
-            self._apply(payload)
+            self._applier.apply(payload)
             self._next = seq + 1
 
     def _restarted(self, why: str) -> None:
@@ -204,26 +206,38 @@ class _Subscription:
                 return
             frames = await self._replay.recv_multipart()
             if len(frames) != 3 or len(frames[1]) != 8:
-                self._undecodable(f"replay frame of {len(frames)} parts")
+                self._applier.undecodable(f"replay frame of {len(frames)} parts")
                 continue
             seq = int.from_bytes(frames[1], "big", signed=True)
             if seq == _END_SEQ:
                 return
             if self._next is None or seq >= self._next:
-                self._apply(frames[2])
+                self._applier.apply(frames[2])
                 self._next = seq + 1
 
-    def _apply(self, payload: bytes) -> None:
+class EventApplier:
+    """Payload in, index updated: what a subscription does with each batch, on its own so the
+    benchmark measures exactly this path."""
+
+    def __init__(self, worker: Worker, index: SyncPrefixIndex, metrics: KvEventMetrics) -> None:
+        self._worker = worker
+        self._rank = worker.spec.dp_rank
+        self._index = index
+        self._count_event = _labelled(metrics.events, worker.id)
+        self.count_problem = _labelled(metrics.problems, worker.id)
+        self._last_log = -_LOG_EVERY_SECS
+
+    def apply(self, payload: bytes) -> None:
         try:
             batch = decode_batch(payload)
         except ValueError as exc:
-            self._undecodable(str(exc))
+            self.undecodable(str(exc))
             return
         if batch.skipped:
-            self._count_problem("skipped_event", batch.skipped)
+            self.count_problem("skipped_event", batch.skipped)
             self._log(f"{batch.skipped} events of unknown kind or shape skipped")
         if self._rank is not None and batch.data_parallel_rank not in (None, self._rank):
-            self._count_problem("foreign_rank")
+            self.count_problem("foreign_rank")
             return
         self._apply_events(batch)
 
@@ -239,7 +253,7 @@ class _Subscription:
                                 event.extra_keys):
                     self._count_event("stored")
                 else:
-                    self._count_problem("orphan_block")
+                    self.count_problem("orphan_block")
             elif isinstance(event, BlockRemoved):
                 index.removed(worker_id, event.block_hashes, event.medium)
                 self._count_event("removed")
@@ -252,8 +266,8 @@ class _Subscription:
         engine = self._worker.engine
         return self._worker.spec.kv_block_size or (engine.block_size if engine else None) or 0
 
-    def _undecodable(self, why: str) -> None:
-        self._count_problem("undecodable")
+    def undecodable(self, why: str) -> None:
+        self.count_problem("undecodable")
         self._log(f"undecodable payload: {why}")
 
     def _log(self, message: str) -> None:
@@ -262,6 +276,7 @@ class _Subscription:
             self._last_log = now
             log.warning("kv events of %s: %s (logged once a minute)", self._worker.id,
                         message[:200])
+
 
 
 def _labelled(counter: Counter, worker_id: str) -> Callable[..., None]:

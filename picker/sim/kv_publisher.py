@@ -34,6 +34,7 @@ class KvEventPublisher:
                  encoding: Encoding = "map", topic: str = "",
                  buffer_batches: int = 10_000, data_parallel_rank: int = 0) -> None:
         self.wire: WireFormat = WIRE[encoding]
+        self.port = port
         self._rank = data_parallel_rank
         self._topic = topic.encode()
         self._seq = 0
