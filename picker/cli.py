@@ -70,7 +70,8 @@ def _bench(ns: argparse.Namespace) -> int:
 
         return run_routing(engines=ns.engines, groups=ns.groups, rate=ns.rate,
                            contenders=ns.contenders, seed=ns.seed, plot=ns.plot,
-                           frontend=ns.frontend, cache_blocks=ns.cache_blocks)
+                           frontend=ns.frontend, cache_blocks=ns.cache_blocks,
+                           kv_tokenizer=ns.kv_tokenizer)
     from picker.bench.overhead import run_overhead
 
     return run_overhead(requests=ns.requests, concurrency=ns.concurrency, peers=ns.peers)
@@ -124,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     routing.add_argument("--cache-blocks", type=int,
                          help="KV-cache blocks per engine (default: the profile's); small "
                               "values make engines evict often")
+    routing.add_argument("--kv-tokenizer", choices=["hf", "remote"], default="hf",
+                         help="tokenizer of the +kv_events contenders: an in-process hf file "
+                              "equal to the sims' tokenizer, or a sim's /tokenize")
     routing.set_defaults(run=_bench)
     soak = which.add_parser("soak", help="long load with engines and the picker killed")
     soak.add_argument("--minutes", type=float, default=10.0)

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from picker.bench.decision import decision_latency
 from picker.bench.plot import bar_chart_svg
 from picker.bench.workload import Workload, make_workload, oracle_hit_rate
-from picker.sim.engine import PROFILES
+from picker.sim.engine import PROFILES, prompt_tokens, token_ids
 from picker.stack import (
     SimSpec,
     free_port,
@@ -120,8 +120,9 @@ KV_SUFFIX = "+kv_events"
 
 
 @contextmanager
-def _contender(name: str, engines: int, workdir: Path,
-               cache_blocks: int | None = None) -> Iterator[tuple[Driver, list[str]]]:
+def _contender(name: str, engines: int, workdir: Path, workload: Workload,
+               cache_blocks: int | None = None,
+               kv_tokenizer: str = "hf") -> Iterator[tuple[Driver, list[str]]]:
     """Fresh engines plus the router under test; yields (workload driver, engine urls).
 
     `policy+kv_events`: the engines publish KV events and the picker follows them (sync index,
@@ -171,13 +172,9 @@ def _contender(name: str, engines: int, workdir: Path,
                                          for u, s in zip(urls, sims, strict=True)]
         prefix: dict[str, Any] = {"enabled": True}
         if kv:
-            # Tokenization by a sim of its own, as a tokenizer service would be deployed: the
-            # serving engines' loops stay out of the routing path.
-            tokenizer = SimSpec("tokenizer", "sim-model")
-            stack.callback(start_sim(tokenizer, workdir).stop)
             block_tokens = int(PROFILES[PROFILE]["block_tokens"])
-            prefix.update(index="kv_events", tokenizer={
-                "kind": "remote", "endpoint": f"http://127.0.0.1:{tokenizer.port}"})
+            prefix.update(index="kv_events", tokenizer=_engine_tokenizer(
+                kv_tokenizer, workload, workdir, stack))
             for worker, (events, replay) in zip(workers, kv_ports, strict=True):
                 worker.update(kv_block_size=block_tokens, kv_events={
                     "endpoint": f"tcp://127.0.0.1:{events}",
@@ -193,6 +190,31 @@ def _contender(name: str, engines: int, workdir: Path,
         yield _http_driver(f"http://127.0.0.1:{listen}"), urls
 
 
+def _engine_tokenizer(kind: str, workload: Workload, workdir: Path,
+                      stack: ExitStack) -> dict[str, Any]:
+    """Tokenizer settings that give the sims' own token ids.
+
+    remote: a sim of its own serving /tokenize, as a tokenizer service would be deployed.
+    hf: a tokenizer.json reproducing the sims' toy tokenizer (whitespace words, crc32 ids) over
+    the workload's words, and a chat template joining "role content" as the sims do; in-process,
+    so the comparison with the approximate index is not about an HTTP round trip."""
+    if kind == "remote":
+        service = SimSpec("tokenizer", "sim-model")
+        stack.callback(start_sim(service, workdir).stop)
+        return {"kind": "remote", "endpoint": f"http://127.0.0.1:{service.port}"}
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = sorted({word for body in workload.bodies for word in prompt_tokens(body)})
+    vocab = dict(zip(words, token_ids(words), strict=True)) | {"[UNK]": 0}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    path, template = workdir / "sim-tokenizer.json", workdir / "sim-chat-template.jinja"
+    tokenizer.save(str(path))
+    template.write_text("{% for m in messages %}{{ m['role'] }} {{ m['content'] }} "
+                        "{% endfor %}")
+    return {"kind": "hf", "path": str(path), "chat_template": str(template)}
+
+
 def _http_driver(base_url: str) -> Driver:
     return lambda workload: _drive(base_url, workload)
 
@@ -202,8 +224,9 @@ def _quantile(values: list[float], q: int) -> float:
 
 
 def _measure(name: str, engines: int, workload: Workload, workdir: Path,
-             cache_blocks: int | None = None) -> Report:
-    with _contender(name, engines, workdir, cache_blocks) as (drive, engine_urls):
+             cache_blocks: int | None = None, kv_tokenizer: str = "hf") -> Report:
+    with _contender(name, engines, workdir, workload, cache_blocks,
+                    kv_tokenizer) as (drive, engine_urls):
         before = [_engine_counters(u) for u in engine_urls]
         outcomes, elapsed = asyncio.run(drive(workload))
         after = [_engine_counters(u) for u in engine_urls]
@@ -226,7 +249,7 @@ LITELLM_CONTENDERS = ["litellm:simple-shuffle", "litellm:least-busy", "litellm:p
 def run_routing(engines: int = 8, groups: int = 64, rate: float = 40.0,
                 contenders: list[str] | None = None, seed: int = 0,
                 plot: str | None = None, frontend: str = "envoy",
-                cache_blocks: int | None = None) -> int:
+                cache_blocks: int | None = None, kv_tokenizer: str = "hf") -> int:
     default = LITELLM_CONTENDERS if frontend == "litellm" else [
         "round_robin", "least_load", "prefix_cache", "cache_aware", "weighted",
         "prefix_cache" + KV_SUFFIX, "weighted" + KV_SUFFIX, "sglang"]
@@ -251,7 +274,7 @@ def run_routing(engines: int = 8, groups: int = 64, rate: float = 40.0,
     workdir = Path(tempfile.mkdtemp(prefix="llm-picker-routing-"))
     reports = []
     for name in names:
-        reports.append(_measure(name, engines, workload, workdir, cache_blocks))
+        reports.append(_measure(name, engines, workload, workdir, cache_blocks, kv_tokenizer))
         print(f"  measured {name}", file=sys.stderr, flush=True)
     base = next((r for r in reports if r.contender in ("round_robin", "litellm:least-busy")),
                 reports[0])

@@ -202,6 +202,13 @@ def test_example_config_loads() -> None:
     assert config.policy.name == "least_load" and len(config.workers) == 2
 
 
+def test_kv_events_example_config_loads() -> None:
+    config = load_config(Path(__file__).parents[2] / "examples" / "picker-kv-events.yaml")
+    assert config.prefix.index == "kv_events"
+    assert [w.kv_events.endpoint for w in config.workers if w.kv_events] == [
+        "tcp://127.0.0.1:5557", "tcp://127.0.0.1:5567"]
+
+
 def test_prefix_policy_needs_the_index_enabled(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, "policy: prefix_cache\n"))
