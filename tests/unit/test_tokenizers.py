@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from picker.errors import ConfigError, NoHealthyWorker
 from picker.policies import create_policy
 from picker.prefix.producer import PrefixProducer, PrefixSettings
 from picker.prefix.tokenizers import RemoteTokenizer, TokenizerSettings, load_hf_tokenizer
-from picker.registry import WorkerRegistry
+from picker.registry import Worker, WorkerRegistry
 from picker.request import Api, RoutingRequest
 from picker.router import Router
 from picker.sim.engine import prompt_tokens, token_ids
@@ -100,6 +101,28 @@ async def test_router_prepare_counts_fallbacks() -> None:
                                                   prompt_text="p"))
     assert request.tokens is None
     assert "llm_picker_tokenizer_fallbacks_total 1.0" in router.metrics.render().decode()
+
+
+def test_under_kv_events_a_fallback_prompt_uses_the_approximate_index() -> None:
+    """Engines report token ids, so a prompt the tokenizer could not cut (fallback to
+    characters) can match nothing they hold; it is matched against the picker's own history
+    instead, and that history never leaks into token matches."""
+    pytest.importorskip("msgspec")
+    settings = PrefixSettings(enabled=True, index="kv_events", block_size=8,
+                              tokenizer=TokenizerSettings(kind="remote",
+                                                          endpoint="http://127.0.0.1:1",
+                                                          fallback=True))
+    producer = PrefixProducer(settings)
+    a, b = Worker(WorkerSpec(url="a:1", id="a")), Worker(WorkerSpec(url="b:1", id="b"))
+    by_chars = RoutingRequest(model="m", api=Api.COMPLETIONS, prompt_text="x" * 80)
+    first, prompt = producer.annotate(by_chars, [a, b])
+    assert first.prefix is not None and first.prefix.matched == {}
+    producer.record(prompt, b)
+    again, _ = producer.annotate(by_chars, [a, b])
+    assert again.prefix is not None and again.prefix.matched == {"b": 10}
+    by_tokens = replace(by_chars, tokens=[7] * 80)
+    tokens, _ = producer.annotate(by_tokens, [a, b])
+    assert tokens.prefix is not None and tokens.prefix.matched == {}
 
 
 def test_hf_chat_template_is_applied_to_messages(tmp_path: Path) -> None:
