@@ -32,6 +32,7 @@ from picker.prefix.kv_index import SyncPrefixIndex
 from picker.prefix.kv_settings import KvEventSettings
 from picker.prefix.kv_wire import WIRE, KvEvent, WireFormat
 from picker.registry import Worker, WorkerRegistry
+from picker.sim.hf_twin import write_hf_twin
 from picker.sim.kv_publisher import KvEventPublisher
 from picker.stack import SimSpec, free_port, start_picker, start_sim
 from picker.workers import KvEventsEndpoint, WorkerSpec
@@ -125,19 +126,6 @@ def _publish_all(publisher: KvEventPublisher, batches: list[list[KvEvent]]) -> N
         publisher.publish(batch)
 
 
-def _tokenizer_file(workdir: Path) -> tuple[str, list[str]]:
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    words = [f"word{i}" for i in range(VOCAB)]
-    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator([" ".join(words)],
-                                  trainers.WordLevelTrainer(special_tokens=["[UNK]"]))
-    path = workdir / "tokenizer.json"
-    tokenizer.save(str(path))
-    return str(path), words
-
-
 def _decisions(port: int, bodies: Iterator[bytes], seconds: float, pace: float) -> list[float]:
     """Sequential decisions at one per `pace` seconds; round-trip times in seconds."""
     timings: list[float] = []
@@ -188,7 +176,7 @@ def routing_under_ingestion(rates: list[int], seconds: float, pace: float = 0.00
                             workers: int = 4) -> list[tuple[str, float, float, float]]:
     """[(phase, p50 ms, p99 ms, events/s applied by the picker)], idle first."""
     workdir = Path(tempfile.mkdtemp(prefix="llm-picker-kv-bench-"))
-    path, words = _tokenizer_file(workdir)
+    words = [f"word{i}" for i in range(VOCAB)]
     publishers = [KvEventPublisher("127.0.0.1", free_port()) for _ in range(workers)]
     sims = [SimSpec(f"e{i}", "m", ["--profile", "instant"]) for i in range(workers)]
     procs = [start_sim(spec, workdir) for spec in sims]
@@ -196,7 +184,7 @@ def routing_under_ingestion(rates: list[int], seconds: float, pace: float = 0.00
     config = {
         "extproc": {"port": extproc}, "admin": {"port": admin}, "policy": "prefix_cache",
         "prefix": {"enabled": True, "index": "kv_events",
-                   "tokenizer": {"kind": "hf", "path": path}},
+                   "tokenizer": write_hf_twin(words, workdir)},
         "workers": [{"url": f"http://127.0.0.1:{s.port}", "id": s.worker_id, "models": ["m"],
                      "kv_block_size": BLOCK,
                      "kv_events": {"endpoint": f"tcp://127.0.0.1:{p.port}"}}

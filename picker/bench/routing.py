@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from picker.bench.decision import decision_latency
 from picker.bench.plot import bar_chart_svg
 from picker.bench.workload import Workload, make_workload, oracle_hit_rate
-from picker.sim.engine import PROFILES, prompt_tokens, token_ids
+from picker.sim.engine import PROFILES, prompt_tokens
+from picker.sim.hf_twin import write_hf_twin
 from picker.stack import (
     SimSpec,
     free_port,
@@ -195,24 +196,14 @@ def _engine_tokenizer(kind: str, workload: Workload, workdir: Path,
     """Tokenizer settings that give the sims' own token ids.
 
     remote: a sim of its own serving /tokenize, as a tokenizer service would be deployed.
-    hf: a tokenizer.json reproducing the sims' toy tokenizer (whitespace words, crc32 ids) over
-    the workload's words, and a chat template joining "role content" as the sims do; in-process,
-    so the comparison with the approximate index is not about an HTTP round trip."""
+    hf: a tokenizer.json reproducing the sims' toy tokenizer over the workload's words;
+    in-process, so the comparison with the approximate index is not about an HTTP round trip."""
     if kind == "remote":
         service = SimSpec("tokenizer", "sim-model")
         stack.callback(start_sim(service, workdir).stop)
         return {"kind": "remote", "endpoint": f"http://127.0.0.1:{service.port}"}
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    words = sorted({word for body in workload.bodies for word in prompt_tokens(body)})
-    vocab = dict(zip(words, token_ids(words), strict=True)) | {"[UNK]": 0}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    path, template = workdir / "sim-tokenizer.json", workdir / "sim-chat-template.jinja"
-    tokenizer.save(str(path))
-    template.write_text("{% for m in messages %}{{ m['role'] }} {{ m['content'] }} "
-                        "{% endfor %}")
-    return {"kind": "hf", "path": str(path), "chat_template": str(template)}
+    return write_hf_twin((word for body in workload.bodies for word in prompt_tokens(body)),
+                         workdir)
 
 
 def _http_driver(base_url: str) -> Driver:

@@ -95,7 +95,7 @@ def toy_tokens(text: str) -> list[str]:
 def token_ids(tokens: Sequence[str]) -> list[int]:
     """Stable ids for the toy tokens (what the simulated /tokenize returns): 32-bit, so a
     vocabulary of thousands of words has no two sharing an id and an hf tokenizer file can
-    reproduce them (picker.bench.routing)."""
+    reproduce them (picker.sim.hf_twin)."""
     return [zlib.crc32(token.encode()) for token in tokens]
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from picker.bench.workload import make_workload
 from picker.config import load_config
 from picker.errors import ConfigError, NoHealthyWorker
 from picker.policies import create_policy
@@ -18,6 +19,7 @@ from picker.registry import Worker, WorkerRegistry
 from picker.request import Api, RoutingRequest
 from picker.router import Router
 from picker.sim.engine import prompt_tokens, token_ids
+from picker.sim.hf_twin import write_hf_twin
 from picker.telemetry import PickerMetrics
 from picker.workers import WorkerSpec
 from tests.sim_thread import running_sim
@@ -107,7 +109,6 @@ def test_under_kv_events_a_fallback_prompt_uses_the_approximate_index() -> None:
     """Engines report token ids, so a prompt the tokenizer could not cut (fallback to
     characters) can match nothing they hold; it is matched against the picker's own history
     instead, and that history never leaks into token matches."""
-    pytest.importorskip("msgspec")
     settings = PrefixSettings(enabled=True, index="kv_events", block_size=8,
                               tokenizer=TokenizerSettings(kind="remote",
                                                           endpoint="http://127.0.0.1:1",
@@ -138,3 +139,16 @@ def test_hf_chat_template_is_applied_to_messages(tmp_path: Path) -> None:
     assert tokenizer.units(request) == expected
     with pytest.raises(ConfigError, match="chat_template"):
         load_hf_tokenizer(hf_file(tmp_path), str(tmp_path / "absent.jinja"))
+
+
+def test_the_hf_twin_yields_the_simulators_token_ids(tmp_path: Path) -> None:
+    """The KV-event benchmarks tokenize in the picker with this file; a mismatch with the sims'
+    ids would silently turn every prefix match into a miss."""
+    workload = make_workload(groups=4, system_tokens=200, conversations=2)
+    settings = write_hf_twin((word for body in workload.bodies for word in prompt_tokens(body)),
+                             tmp_path)
+    tokenizer = load_hf_tokenizer(settings["path"], settings["chat_template"])
+    for body in workload.bodies:
+        request = RoutingRequest(model="m", api=Api.CHAT, prompt_text="ignored",
+                                 messages=body["messages"])
+        assert tokenizer.units(request) == token_ids(prompt_tokens(body))
