@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from picker.sim import SimConfig, create_app
-from picker.stack import free_port
+from picker_bench.stack import free_port
+from picker_sim import SimConfig, create_app
 
 
 class _ThreadServer(uvicorn.Server):

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from picker.stack import Fleet, SimSpec, local_fleet
+from picker_bench.stack import Fleet, SimSpec, local_fleet
 
 SIM_HEADER = "x-picker-sim-worker"
 MODEL = "sim-model"

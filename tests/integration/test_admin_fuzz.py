@@ -9,7 +9,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from picker.stack import free_port, start_picker
+from picker_bench.stack import free_port, start_picker
 from tests.sim_thread import running_sim
 
 ADMIN_PORT = free_port()

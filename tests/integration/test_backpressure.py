@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from picker.stack import SimSpec, local_fleet
+from picker_bench.stack import SimSpec, local_fleet
 from tests.integration.conftest import FAST_HEALTH, MODEL, total_in_flight, wait_until
 
 SLOW = ["--ttft-ms", "400", "--tpot-ms", "1"]

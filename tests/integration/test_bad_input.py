@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from picker.stack import Fleet, SimSpec, local_fleet
+from picker_bench.stack import Fleet, SimSpec, local_fleet
 from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER
 
 CHAT = "/v1/chat/completions"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from picker.stack import ENVOY_TEMPLATE, envoy_binary, render_envoy_config
+from picker_bench.stack import ENVOY_TEMPLATE, envoy_binary, render_envoy_config
 
 
 def validate(config: dict[str, Any] | None, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from picker.stack import Fleet, SimSpec, local_fleet
+from picker_bench.stack import Fleet, SimSpec, local_fleet
 from tests.integration.conftest import (
     FAST_HEALTH,
     MODEL,

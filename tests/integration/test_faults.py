@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from picker.stack import SimSpec, local_fleet
+from picker_bench.stack import SimSpec, local_fleet
 from tests.integration.conftest import MODEL, SIM_HEADER, metric_values, total_in_flight, wait_until
 
 MESSAGES = [{"role": "user", "content": "hi"}]

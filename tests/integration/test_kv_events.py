@@ -19,9 +19,9 @@ from picker.prefix.kv_index import SyncPrefixIndex
 from picker.prefix.kv_settings import KvEventSettings
 from picker.prefix.kv_wire import WIRE, Encoding
 from picker.registry import WorkerRegistry
-from picker.sim.kv_publisher import KvEventPublisher
-from picker.stack import free_port
 from picker.workers import KvEventsEndpoint, WorkerSpec
+from picker_bench.stack import free_port
+from picker_sim.kv_publisher import KvEventPublisher
 from tests.sim_thread import running_sim
 
 B = 4

@@ -13,7 +13,7 @@ import httpx
 
 from extproc._pb import PROCESS_METHOD
 from extproc._pb import ext_proc_pb2 as pb
-from picker.stack import SimSpec, free_port, local_fleet, start_picker
+from picker_bench.stack import SimSpec, free_port, local_fleet, start_picker
 from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER
 from tests.unit.test_extproc_stream import body_msg, headers_msg, set_headers
 

@@ -18,7 +18,7 @@ import pytest
 
 from examples.litellm.sdk import make_router
 from litellm_plugin import PickerStrategy
-from picker.stack import Process, SimSpec, start_sim
+from picker_bench.stack import Process, SimSpec, start_sim
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -163,7 +163,7 @@ def test_in_flight_returns_to_zero_after_streams_and_failures(
 def test_picker_metrics_on_its_admin_port_when_enabled(engines: tuple[list[str], dict]) -> None:
     import httpx
 
-    from picker.stack import free_port
+    from picker_bench.stack import free_port
 
     bases, _ = engines
     router = litellm.Router(model_list=[{"model_name": "my-model", "litellm_params": {

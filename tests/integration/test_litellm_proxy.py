@@ -11,7 +11,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from picker.stack import SimSpec, free_port, spawn, start_sim, wait_http
+from picker_bench.stack import SimSpec, free_port, spawn, start_sim, wait_http
 
 CONFIG = Path(__file__).resolve().parents[2] / "examples" / "litellm" / "config.yaml"
 MASTER_KEY = "sk-test-master-key-0123456789abcdef"

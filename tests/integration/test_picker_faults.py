@@ -9,7 +9,7 @@ from collections import Counter
 import httpx
 import yaml
 
-from picker.stack import ENVOY_FAIL_OPEN, Fleet, SimSpec, local_fleet, start_picker
+from picker_bench.stack import ENVOY_FAIL_OPEN, Fleet, SimSpec, local_fleet, start_picker
 from tests.integration.conftest import FAST_HEALTH, MODEL, metric_values
 
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}

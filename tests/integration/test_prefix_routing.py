@@ -7,7 +7,7 @@ from collections import defaultdict
 import httpx
 import pytest
 
-from picker.stack import SimSpec, free_port, local_fleet
+from picker_bench.stack import SimSpec, free_port, local_fleet
 from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER
 
 

@@ -8,7 +8,7 @@ from collections import Counter
 import httpx
 import yaml
 
-from picker.stack import SimSpec, local_fleet, start_sim
+from picker_bench.stack import SimSpec, local_fleet, start_sim
 from tests.integration.conftest import (
     FAST_HEALTH,
     MODEL,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from picker.stack import SimSpec, local_fleet, start_sim
+from picker_bench.stack import SimSpec, local_fleet, start_sim
 from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER
 
 KEY = "sk-never-show-4c1d"

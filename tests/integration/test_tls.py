@@ -22,7 +22,7 @@ from extproc._pb import ext_proc_pb2 as pb
 from picker.admin import serve_admin_in_thread
 from picker.config import load_config
 from picker.router import build_router
-from picker.stack import ENVOY_MTLS, Fleet, SimSpec, free_port, local_fleet
+from picker_bench.stack import ENVOY_MTLS, Fleet, SimSpec, free_port, local_fleet
 from tests.integration.conftest import MODEL, SIM_HEADER
 
 

@@ -7,7 +7,7 @@ from collections import Counter
 
 import httpx
 
-from picker.stack import SimSpec, local_fleet, start_sim
+from picker_bench.stack import SimSpec, local_fleet, start_sim
 from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER, total_in_flight, wait_until
 
 MESSAGES = [{"role": "user", "content": "hi"}]

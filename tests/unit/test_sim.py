@@ -13,8 +13,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from picker.sim import WORKER_HEADER, SimConfig, add_sim_arguments, config_from_args
-from picker.sim.engine import SimEngine
+from picker_sim import WORKER_HEADER, SimConfig, add_sim_arguments, config_from_args
+from picker_sim.engine import SimEngine
 from tests.sim_thread import running_sim
 
 

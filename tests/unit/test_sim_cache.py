@@ -7,8 +7,8 @@ import time
 import httpx
 import pytest
 
-from picker.sim.cache import BlockCache, token_block_hashes
-from picker.sim.engine import PROFILES, SimConfig
+from picker_sim.cache import BlockCache, token_block_hashes
+from picker_sim.engine import PROFILES, SimConfig
 from tests.sim_thread import running_sim
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from picker.bench.workload import make_workload
 from picker.config import load_config
 from picker.errors import ConfigError, NoHealthyWorker
 from picker.policies import create_policy
@@ -18,10 +17,11 @@ from picker.prefix.tokenizers import RemoteTokenizer, TokenizerSettings, load_hf
 from picker.registry import Worker, WorkerRegistry
 from picker.request import Api, RoutingRequest
 from picker.router import Router
-from picker.sim.engine import prompt_tokens, token_ids
-from picker.sim.hf_twin import write_hf_twin
 from picker.telemetry import PickerMetrics
 from picker.workers import WorkerSpec
+from picker_bench.workload import make_workload
+from picker_sim.engine import prompt_tokens, token_ids
+from picker_sim.hf_twin import write_hf_twin
 from tests.sim_thread import running_sim
 
 

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from picker.sim.engine import SimConfig, SimEngine, prompt_tokens, token_ids
+from picker_sim.engine import SimConfig, SimEngine, prompt_tokens, token_ids
 
 __all__ = ["WORKER_HEADER", "create_app", "run_sim"]
 
@@ -116,7 +116,7 @@ def create_app(config: SimConfig, host: str = "127.0.0.1") -> ASGIApp:
     """One engine per app, with its own metrics registry, so several sims can share a process."""
     engine = SimEngine(config)
     if config.kv_events_port is not None:
-        from picker.sim.kv_publisher import CacheEvents, KvEventPublisher
+        from picker_sim.kv_publisher import CacheEvents, KvEventPublisher
 
         publisher = KvEventPublisher(host, config.kv_events_port, config.kv_replay_port,
                                      "array" if config.kv_encoding == "array" else "map")

@@ -32,10 +32,10 @@ from picker.prefix.kv_index import SyncPrefixIndex
 from picker.prefix.kv_settings import KvEventSettings
 from picker.prefix.kv_wire import WIRE, KvEvent, WireFormat
 from picker.registry import Worker, WorkerRegistry
-from picker.sim.hf_twin import write_hf_twin
-from picker.sim.kv_publisher import KvEventPublisher
-from picker.stack import SimSpec, free_port, start_picker, start_sim
 from picker.workers import KvEventsEndpoint, WorkerSpec
+from picker_bench.stack import SimSpec, free_port, start_picker, start_sim
+from picker_sim.hf_twin import write_hf_twin
+from picker_sim.kv_publisher import KvEventPublisher
 
 __all__ = ["run_kv_events"]
 

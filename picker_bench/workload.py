@@ -12,8 +12,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from picker.sim.cache import token_block_hashes
-from picker.sim.engine import prompt_tokens
+from picker_sim.cache import token_block_hashes
+from picker_sim.engine import prompt_tokens
 
 __all__ = ["Workload", "make_workload", "oracle_hit_rate"]
 

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from picker.sim.engine import token_ids
+from picker_sim.engine import token_ids
 
 __all__ = ["write_hf_twin"]
 

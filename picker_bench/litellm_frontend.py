@@ -19,8 +19,8 @@ from litellm.router import Router as LiteLLMRouter  # noqa: E402
 
 from litellm_plugin import PickerStrategy  # noqa: E402
 from litellm_plugin.tracking import LEASE_KEY, InFlightTracker  # noqa: E402
-from picker.bench.routing import Driver, Outcome  # noqa: E402
-from picker.bench.workload import Workload  # noqa: E402
+from picker_bench.routing import Driver, Outcome  # noqa: E402
+from picker_bench.workload import Workload  # noqa: E402
 
 __all__ = ["litellm_driver", "selection_overhead"]
 

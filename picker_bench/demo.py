@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from picker.stack import Fleet, SimSpec, local_fleet
+from picker_bench.stack import Fleet, SimSpec, local_fleet
 
 __all__ = ["run_demo"]
 

@@ -123,7 +123,7 @@ def start_sim(spec: SimSpec, workdir: Path) -> Process:
     port = spec.port or free_port()
     spec.port = port
     argv = [
-        sys.executable, "-m", "picker", "sim", "--port", str(port), "--model", spec.model,
+        sys.executable, "-m", "llm_picker", "sim", "--port", str(port), "--model", spec.model,
         "--worker-id", spec.worker_id, *spec.args,
         *(["--api-key", spec.api_key] if spec.api_key else []),
     ]
@@ -136,7 +136,7 @@ def start_picker(config: dict[str, Any], workdir: Path, name: str = "picker") ->
     """`llm-picker serve` with `config` written as YAML; waits for its admin /health."""
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
-    argv = [sys.executable, "-m", "picker", "serve", "--config", str(path)]
+    argv = [sys.executable, "-m", "llm_picker", "serve", "--config", str(path)]
     proc = spawn(name, argv, workdir)
     wait_http(proc, f"http://127.0.0.1:{config['admin']['port']}/health")
     return proc

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from picker.sim.engine import PROFILES, SimConfig
-from picker.sim.server import WORKER_HEADER, create_app, run_sim
+from picker_sim.engine import PROFILES, SimConfig
+from picker_sim.server import WORKER_HEADER, create_app, run_sim
 
 __all__ = [
     "WORKER_HEADER",
@@ -18,7 +18,7 @@ __all__ = [
 
 
 def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
-    """The sim's flags, shared by `python -m picker.sim` and `llm-picker sim`.
+    """The sim's flags, shared by `python -m picker_sim` and `llm-picker sim`.
 
     Tuning flags default to None so `config_from_args` can tell "not given" from a value and
     let a --profile fill the gaps.

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from picker.stack import ENVOY_FAIL_OPEN, Fleet, SimSpec, local_fleet, start_picker, start_sim
+from picker_bench.stack import ENVOY_FAIL_OPEN, Fleet, SimSpec, local_fleet, start_picker, start_sim
 
 __all__ = ["run_soak"]
 

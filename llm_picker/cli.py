@@ -44,35 +44,35 @@ def _serve(ns: argparse.Namespace) -> int:
 
 
 def _sim(ns: argparse.Namespace) -> int:
-    from picker.sim import config_from_args, run_sim
+    from picker_sim import config_from_args, run_sim
 
     run_sim(config_from_args(ns), ns.host, ns.port)
     return 0
 
 
 def _demo(ns: argparse.Namespace) -> int:
-    from picker.demo import run_demo
+    from picker_bench.demo import run_demo
 
     return run_demo(requests=ns.requests, policy=ns.policy, body_mode=ns.body_mode)
 
 
 def _bench(ns: argparse.Namespace) -> int:
     if ns.bench == "soak":
-        from picker.bench.soak import run_soak
+        from picker_bench.soak import run_soak
 
         return run_soak(minutes=ns.minutes, users=ns.users, kill_every=ns.kill_every)
     if ns.bench == "kv-events":
-        from picker.bench.kv_ingest import run_kv_events
+        from picker_bench.kv_ingest import run_kv_events
 
         return run_kv_events(rates=ns.rates, seconds=ns.seconds)
     if ns.bench == "routing":
-        from picker.bench.routing import run_routing
+        from picker_bench.routing import run_routing
 
         return run_routing(engines=ns.engines, groups=ns.groups, rate=ns.rate,
                            contenders=ns.contenders, seed=ns.seed, plot=ns.plot,
                            frontend=ns.frontend, cache_blocks=ns.cache_blocks,
                            kv_tokenizer=ns.kv_tokenizer)
-    from picker.bench.overhead import run_overhead
+    from picker_bench.overhead import run_overhead
 
     return run_overhead(requests=ns.requests, concurrency=ns.concurrency, peers=ns.peers)
 
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     sim = commands.add_parser("sim", help="run a simulated OpenAI-compatible engine")
-    from picker.sim import add_sim_arguments
+    from picker_sim import add_sim_arguments
 
     add_sim_arguments(sim)
     sim.set_defaults(run=_sim)

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 import zmq
 
 from picker.prefix.kv_wire import WIRE, Encoding, KvEvent, WireFormat
-from picker.sim.cache import Claim
-from picker.sim.engine import token_ids
+from picker_sim.cache import Claim
+from picker_sim.engine import token_ids
 
 __all__ = ["CacheEvents", "KvEventPublisher"]
 

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from picker.sim.cache import BlockCache, Claim, token_block_hashes
+from picker_sim.cache import BlockCache, Claim, token_block_hashes
 
 __all__ = [
     "PROFILES", "SimConfig", "SimEngine", "SimRun", "prompt_tokens", "token_ids", "toy_tokens",
@@ -41,7 +41,7 @@ class SimConfig:
     decode_ms_per_running: float = 0.0  # step time added per running request (batch cost)
     block_tokens: int = 16
     cache_blocks: int = 4096
-    # KV events in vLLM's format over ZMQ (picker.sim.kv_publisher); off without a port.
+    # KV events in vLLM's format over ZMQ (picker_sim.kv_publisher); off without a port.
     kv_events_port: int | None = None
     kv_replay_port: int | None = None
     kv_encoding: str = "map"  # "map" (current vLLM) or "array" (older vLLM, SGLang)
@@ -95,7 +95,7 @@ def toy_tokens(text: str) -> list[str]:
 def token_ids(tokens: Sequence[str]) -> list[int]:
     """Stable ids for the toy tokens (what the simulated /tokenize returns): 32-bit, so a
     vocabulary of thousands of words has no two sharing an id and an hf tokenizer file can
-    reproduce them (picker.sim.hf_twin)."""
+    reproduce them (picker_sim.hf_twin)."""
     return [zlib.crc32(token.encode()) for token in tokens]
 
 
@@ -111,7 +111,7 @@ def prompt_tokens(body: Mapping[str, Any]) -> list[str]:
 
 
 class KvEventSink(Protocol):
-    """Told of every change to the block cache (picker.sim.server publishes them)."""
+    """Told of every change to the block cache (picker_sim.server publishes them)."""
 
     def claimed(self, prompt: Sequence[str], hashes: Sequence[int], claim: Claim) -> None: ...
 

@@ -21,12 +21,9 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from picker.bench.decision import decision_latency
-from picker.bench.plot import bar_chart_svg
-from picker.bench.workload import Workload, make_workload, oracle_hit_rate
-from picker.sim.engine import PROFILES, prompt_tokens
-from picker.sim.hf_twin import write_hf_twin
-from picker.stack import (
+from picker_bench.decision import decision_latency
+from picker_bench.plot import bar_chart_svg
+from picker_bench.stack import (
     SimSpec,
     free_port,
     render_envoy_config,
@@ -36,6 +33,9 @@ from picker.stack import (
     start_sim,
     wait_http,
 )
+from picker_bench.workload import Workload, make_workload, oracle_hit_rate
+from picker_sim.engine import PROFILES, prompt_tokens
+from picker_sim.hf_twin import write_hf_twin
 
 __all__ = ["run_routing"]
 
@@ -144,7 +144,7 @@ def _contender(name: str, engines: int, workdir: Path, workload: Workload,
             stack.callback(start_sim(spec, workdir).stop)
         urls = [f"http://127.0.0.1:{s.port}" for s in sims]
         if name.startswith("litellm:"):
-            from picker.bench.litellm_frontend import litellm_driver
+            from picker_bench.litellm_frontend import litellm_driver
 
             yield litellm_driver(name.removeprefix("litellm:"), urls), urls
             return
@@ -256,7 +256,7 @@ def run_routing(engines: int = 8, groups: int = 64, rate: float = 40.0,
         print(f"decision latency, in-process, 8 workers, 8k-char prompt, {policy}: "
               f"p50 {p50:.0f} us, p99 {p99:.0f} us", flush=True)
     if frontend == "litellm":
-        from picker.bench.litellm_frontend import selection_overhead
+        from picker_bench.litellm_frontend import selection_overhead
 
         for strategy in ("simple-shuffle", "prefix_cache"):
             p50, p99 = selection_overhead(strategy)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from picker.stack import (
+from picker_bench.stack import (
     free_port,
     render_envoy_config,
     spawn,

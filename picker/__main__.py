@@ -1,5 +1,0 @@
-import sys
-
-from picker.cli import main
-
-sys.exit(main())
