@@ -7,7 +7,7 @@ import grpc
 from extproc._pb import ext_proc_pb2 as pb
 from extproc.stream import RequestStream
 from picker.config import TlsConfig
-from picker.router import Router
+from picker.runtime import PickerRuntime
 
 __all__ = ["SERVICE_NAME", "create_server"]
 
@@ -15,13 +15,13 @@ SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 
 class _Processor:
-    def __init__(self, router: Router, max_body_bytes: int) -> None:
-        self._router = router
+    def __init__(self, runtime: PickerRuntime, max_body_bytes: int) -> None:
+        self._runtime = runtime
         self._max_body = max_body_bytes
 
     async def process(self, _requests: object, context: grpc.aio.ServicerContext) -> None:
         """One HTTP request's stream; read/write calls avoid async-generator overhead."""
-        stream = RequestStream(self._router, self._max_body)
+        stream = RequestStream(self._runtime, self._max_body)
         # The RPC's own end, not the handler's, says whether Envoy half-closed the stream or
         # reset it: a reset can surface in the handler as a plain EOF.
         context.add_done_callback(lambda done: stream.close(done.cancelled()))
@@ -37,10 +37,10 @@ class _Processor:
 
 
 def create_server(
-    router: Router, host: str, port: int, max_body_bytes: int, tls: TlsConfig | None = None
+    runtime: PickerRuntime, host: str, port: int, max_body_bytes: int, tls: TlsConfig | None = None
 ) -> tuple[grpc.aio.Server, int]:
     """A server bound to host:port (0 picks a free port), not yet started; returns the port."""
-    processor = _Processor(router, max_body_bytes)
+    processor = _Processor(runtime, max_body_bytes)
     handler = grpc.method_handlers_generic_handler(
         SERVICE_NAME,
         {

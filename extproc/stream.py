@@ -17,9 +17,10 @@ import enum
 from extproc import codec
 from extproc._pb import ext_proc_pb2 as pb
 from picker.errors import BodyTooLarge, InvalidRequest, ProxyMisconfigured, RequestError
+from picker.leases import Lease
 from picker.openai_body import parse_request
 from picker.request import RoutingRequest
-from picker.router import Lease, Router
+from picker.runtime import PickerRuntime
 
 __all__ = ["RequestStream"]
 
@@ -46,12 +47,12 @@ def _mode_of(config: pb.ProtocolConfiguration) -> _Mode:
 
 class RequestStream:
     __slots__ = (
-        "_router", "_max_body", "_mode", "_headers", "_chunks", "_size", "_lease",
+        "_runtime", "_max_body", "_mode", "_headers", "_chunks", "_size", "_lease",
         "_finished", "_upstream_status", "_pending",
     )
 
-    def __init__(self, router: Router, max_body_bytes: int) -> None:
-        self._router = router
+    def __init__(self, runtime: PickerRuntime, max_body_bytes: int) -> None:
+        self._runtime = runtime
         self._max_body = max_body_bytes
         self._mode = _Mode.BUFFERED
         self._headers: dict[str, str] | None = None
@@ -68,8 +69,8 @@ class RequestStream:
 
     @property
     def pending(self) -> bool:
-        """The body is complete and the router's awaited step (remote tokenizer) must run:
-        the caller awaits `finish()` for the routing answer."""
+        """The body is complete and routing has an awaited step (remote tokenizer, admission
+        queue): the caller awaits `finish()` for the routing answer."""
         return self._pending is not None
 
     async def finish(self) -> list[pb.ProcessingResponse]:
@@ -77,10 +78,10 @@ class RequestStream:
         request, body, end_of_stream, ack_trailers = self._pending
         self._pending = None
         try:
-            request = await self._router.prepare(request)
+            lease = await self._runtime.route(request)
         except RequestError as error:
             return self._reject(error)
-        return self._pick(request, body, end_of_stream, ack_trailers, admitted=True)
+        return self._answer(lease, body, end_of_stream, ack_trailers)
 
     def handle(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         """Responses to send for one incoming message, in order (possibly none yet)."""
@@ -166,17 +167,18 @@ class RequestStream:
             request = parse_request(self._headers.get(":path", ""), body, self._headers)
         except RequestError as error:
             return self._reject(error)
-        if self._router.needs_prepare:
+        if self._runtime.awaits:
             self._pending = (request, body, end_of_stream, ack_trailers)
             return _NO_RESPONSES
-        return self._pick(request, body, end_of_stream, ack_trailers)
-
-    def _pick(self, request: RoutingRequest, body: bytes, end_of_stream: bool,
-              ack_trailers: bool, admitted: bool = False) -> list[pb.ProcessingResponse]:
         try:
-            self._lease = self._router.pick(request, admitted)
+            lease = self._runtime.route_sync(request)
         except RequestError as error:
             return self._reject(error)
+        return self._answer(lease, body, end_of_stream, ack_trailers)
+
+    def _answer(self, lease: Lease, body: bytes, end_of_stream: bool,
+                ack_trailers: bool) -> list[pb.ProcessingResponse]:
+        self._lease = lease
         self._finished = True
         trailers = [codec.continue_trailers()] if ack_trailers else []
         spec = self._lease.worker.spec
@@ -190,7 +192,7 @@ class RequestStream:
 
     def _reject(self, error: RequestError) -> list[pb.ProcessingResponse]:
         self._finished = True
-        self._router.reject(error)
+        self._runtime.reject(error)
         return [codec.immediate_error(error)]
 
     def _protocol_error(self, what: str) -> list[pb.ProcessingResponse]:

@@ -10,6 +10,9 @@ healthy (not cooled-down) deployments, then lets the picker's policy choose amon
 in-flight slot is released when the call ends, by the callback this
 attaches (`InFlightTracker`); the slot is taken at the pick, so a burst of concurrent calls
 is balanced by load-aware policies instead of all seeing idle engines.
+
+`attach` starts a full PickerRuntime (health checks, engine metrics, lease expiry, the admin API
+when enabled) on a thread of its own; `detach` stops it.
 """
 
 from __future__ import annotations
@@ -21,21 +24,20 @@ from typing import Any
 from litellm.router import Router as LiteLLMRouter
 from litellm.types.router import CustomRoutingStrategyBase
 
-from litellm_plugin.choose import choose_deployment
+from litellm_plugin.choose import choose_deployment, choose_deployment_sync
 from litellm_plugin.fleet import DeploymentFleet
 from litellm_plugin.tracking import InFlightTracker
-from picker.admin import serve_admin_in_thread
 from picker.config import load_config
-from picker.router import Router, build_router
+from picker.runtime import Host, PickerRuntime
 
 __all__ = ["PickerStrategy"]
 
 
 class PickerStrategy(CustomRoutingStrategyBase):
-    def __init__(self, router: LiteLLMRouter, core: Router) -> None:
+    def __init__(self, router: LiteLLMRouter, runtime: PickerRuntime) -> None:
         self._router = router
-        self.core = core
-        self.fleet = DeploymentFleet(core.workers)
+        self.runtime = runtime
+        self.fleet = DeploymentFleet(runtime.registry)
         self.tracker = InFlightTracker.installed()
 
     @classmethod
@@ -45,11 +47,17 @@ class PickerStrategy(CustomRoutingStrategyBase):
         `prefix={"enabled": True}`), overriding the file; workers come from LiteLLM."""
         overrides = {key: value for key, value in settings.items()}
         picker_config = load_config(config, env=os.environ, overrides=overrides)
-        strategy = cls(router, build_router(picker_config))
+        runtime = PickerRuntime(picker_config, Host.LITELLM)
+        runtime.start_in_thread()
+        strategy = cls(router, runtime)
+        # Workers now, not at the first call: health checks and engine metrics start at once.
+        strategy.fleet.sync(router.model_list)
         router.set_custom_routing_strategy(strategy)
-        if picker_config.admin.enabled:
-            serve_admin_in_thread(strategy.core, picker_config)
         return strategy
+
+    def detach(self) -> None:
+        """Stop the picker's runtime (its background services and admin API)."""
+        self.runtime.stop_thread()
 
     # LiteLLM's base class annotates these as returning None; they return the deployment.
     async def async_get_available_deployment(  # type: ignore[override]
@@ -61,7 +69,13 @@ class PickerStrategy(CustomRoutingStrategyBase):
             model=model, request_kwargs=request_kwargs or {}, messages=messages, input=input,
             specific_deployment=specific_deployment,
         )
-        return self._choose(model, healthy, messages, input, request_kwargs)
+        if isinstance(healthy, dict):
+            return healthy  # a specific deployment was asked for
+        return await choose_deployment(
+            self.runtime, self.fleet, self.tracker, model=model, healthy=healthy,
+            all_deployments=self._router.model_list, messages=messages, input=input,
+            request_kwargs=request_kwargs,
+        )
 
     def get_available_deployment(  # type: ignore[override]
         self, model: str, messages: list[dict[str, str]] | None = None,
@@ -72,15 +86,10 @@ class PickerStrategy(CustomRoutingStrategyBase):
         # own sync selector uses (cooldowns and blocked deployments filtered out).
         found = self._router._get_healthy_deployments(model, None)
         healthy = found[0] if isinstance(found, tuple) else found
-        return self._choose(model, healthy, messages, input, request_kwargs)
-
-    def _choose(self, model: str, healthy: list[dict[str, Any]] | dict[str, Any],
-                messages: list[dict[str, str]] | None, input: str | list[Any] | None,
-                request_kwargs: dict[str, Any] | None) -> dict[str, Any]:
         if isinstance(healthy, dict):
             return healthy  # a specific deployment was asked for
-        return choose_deployment(
-            self.core, self.fleet, self.tracker, model=model, healthy=healthy,
+        return choose_deployment_sync(
+            self.runtime, self.fleet, self.tracker, model=model, healthy=healthy,
             all_deployments=self._router.model_list, messages=messages, input=input,
             request_kwargs=request_kwargs,
         )

@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import threading
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
-from picker.registry import Worker
-from picker.router import Lease
-
-if TYPE_CHECKING:
-    from picker.router import Router
+from picker.leases import Lease
 
 __all__ = ["LEASE_KEY", "InFlightTracker"]
 
@@ -58,20 +54,20 @@ class InFlightTracker(CustomLogger):
     def open_calls(self) -> int:
         return len(self._leases)
 
-    def begin(self, request_kwargs: dict[str, Any] | None, core: Router,
-              worker: Worker) -> None:
-        """Take the slot for the call about to go to `worker`."""
-        if request_kwargs is None:
-            return
-        metadata = request_kwargs.setdefault("metadata", {})
+    def begin(self, request_kwargs: dict[str, Any] | None, lease: Lease) -> None:
+        """Hold `lease` until LiteLLM reports the call's end. A call LiteLLM gives no
+        metadata to carry the lease's token can never be reported: its slot is released at
+        once rather than left to limits.timeout_secs."""
+        metadata = None if request_kwargs is None else request_kwargs.setdefault("metadata", {})
         if not isinstance(metadata, dict):
+            lease.release("untracked")
             return
         previous = metadata.get(LEASE_KEY)
         if isinstance(previous, str):
             self.end(previous, "upstream_error")  # this is a retry of a failed attempt
         token = uuid.uuid4().hex
         with self._lock:
-            self._leases[token] = core.lease(worker)
+            self._leases[token] = lease
         metadata[LEASE_KEY] = token
 
     def end(self, token: str | None, outcome: str) -> None:

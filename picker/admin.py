@@ -7,30 +7,29 @@ Every error has one shape, `{"error": {"code", "message", "field"?}}`. Mutating 
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import ssl
-import threading
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import uvicorn
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, SecretStr
 from starlette.exceptions import HTTPException
 
-from picker.config import PickerConfig, TlsConfig
+from picker.config import TlsConfig
 from picker.discovery import WorkerUnreachable
 from picker.errors import UnknownWorker, WorkerConflict
-from picker.fleet import WorkerManager, WorkerPatch
+from picker.fleet import WorkerPatch
 from picker.registry import Worker
-from picker.router import Router
 from picker.telemetry import CONTENT_TYPE
 from picker.workers import ConnectionMode, WorkerSpec, WorkerType
 
-__all__ = ["create_admin_app", "serve_admin_in_thread", "worker_view"]
+if TYPE_CHECKING:
+    from picker.runtime import PickerRuntime
+
+__all__ = ["admin_tls", "create_admin_app", "worker_view"]
 
 _MUTATION_STATUS = {WorkerConflict: 409, UnknownWorker: 404, WorkerUnreachable: 503}
 
@@ -68,8 +67,9 @@ class DrainResult(BaseModel):
     drained: bool
 
 
-def create_admin_app(router: Router, manager: WorkerManager,
-                     token: SecretStr | None = None) -> FastAPI:
+def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None) -> FastAPI:
+    """The admin API of a running picker; reads and changes go through its runtime."""
+    manager, workers = runtime.manager, runtime.registry
     app = FastAPI(title="llm-picker admin", version="0.1.0", docs_url=None, redoc_url=None)
 
     def require_token(request: Request) -> None:
@@ -113,23 +113,23 @@ def create_admin_app(router: Router, manager: WorkerManager,
     @app.get("/health")
     async def health() -> dict[str, Any]:
         """Liveness: the process answers; says nothing about workers (that is /ready)."""
-        return {"status": "unhealthy" if router.draining else "healthy",
-                "active_requests": router.active_requests,
-                "max_concurrent_requests": router.admission.limit}
+        return {"status": "unhealthy" if runtime.draining else "healthy",
+                "active_requests": runtime.leases.active,
+                "max_concurrent_requests": runtime.leases.limit}
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
         """Readiness: serving (not shutting down) and some worker is routable."""
-        routable = sum(1 for w in router.workers.workers() if w.routable)
-        ok = routable > 0 and not router.draining
-        status = "draining" if router.draining else "ready" if routable else "not_ready"
+        routable = sum(1 for w in workers.workers() if w.routable)
+        ok = routable > 0 and not runtime.draining
+        status = "draining" if runtime.draining else "ready" if routable else "not_ready"
         body = {"status": status, "routable_workers": routable,
-                "total_workers": len(router.workers.workers())}
+                "total_workers": len(workers.workers())}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(router.metrics.render(), media_type=CONTENT_TYPE)
+        return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.post("/workers", status_code=201, dependencies=mutating)
     async def add_worker(spec: WorkerSpec) -> dict[str, Any]:
@@ -146,7 +146,7 @@ def create_admin_app(router: Router, manager: WorkerManager,
         connection_mode: ConnectionMode | None = None,
         healthy: bool | None = None,
     ) -> dict[str, Any]:
-        chosen = router.workers.for_model(model) if model else router.workers.workers()
+        chosen = workers.for_model(model) if model else workers.workers()
         chosen = tuple(
             w for w in chosen
             if (worker_type is None or w.spec.worker_type is worker_type)
@@ -154,7 +154,7 @@ def create_admin_app(router: Router, manager: WorkerManager,
             and (healthy is None or w.healthy is healthy)
         )
         return {"workers": [worker_view(w) for w in chosen], "total": len(chosen),
-                "stats": router.workers.stats()}
+                "stats": workers.stats()}
 
     @app.get("/workers/{url:path}")
     async def get_worker(url: str) -> dict[str, Any]:
@@ -186,30 +186,3 @@ def admin_tls(tls: TlsConfig | None) -> dict[str, Any]:
     if tls.client_ca_file is not None:
         settings.update(ssl_ca_certs=str(tls.client_ca_file), ssl_cert_reqs=ssl.CERT_REQUIRED)
     return settings
-
-
-def serve_admin_in_thread(router: Router, config: PickerConfig) -> threading.Thread:
-    """The admin API on its own thread and event loop, for hosts that own the main loop
-    (the LiteLLM adapters). Returns once it listens; raises if it cannot."""
-    manager = WorkerManager(router.workers, config.discovery)
-    server = uvicorn.Server(uvicorn.Config(
-        create_admin_app(router, manager, config.admin.token), host=config.admin.host,
-        port=config.admin.port, log_level="warning", access_log=False, lifespan="off",
-        **admin_tls(config.admin.tls)))
-
-    async def run() -> None:
-        await manager.start()
-        try:
-            await server.serve()
-        finally:
-            await manager.stop()
-
-    thread = threading.Thread(target=asyncio.run, args=(run(),), daemon=True,
-                              name="llm-picker-admin")
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    if not server.started:
-        raise OSError(f"admin API could not listen on {config.admin.host}:{config.admin.port}")
-    return thread

@@ -28,7 +28,7 @@ from picker.errors import ConfigError
 from picker.health import HealthSettings
 from picker.limits import LimitSettings
 from picker.load import LoadSettings
-from picker.policies import READS_ENGINE, create_policy
+from picker.policies import PolicyParams, parse_params
 from picker.prefix.producer import PrefixSettings
 from picker.workers import WorkerSpec
 
@@ -88,6 +88,8 @@ class AdminConfig(ListenConfig):
 
 
 class PolicyConfig(_Strict):
+    """The default policy; `x-routing-strategy` may name another per request."""
+
     name: str = "round_robin"
     params: dict[str, Any] = Field(default_factory=dict)
 
@@ -104,6 +106,9 @@ class PickerConfig(_Strict):
     load: LoadSettings = Field(default_factory=LoadSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     workers: list[WorkerSpec] = Field(default_factory=list)
+    # Parameters of other policies, by name, for requests choosing them with
+    # `x-routing-strategy` (unlisted ones run with their defaults).
+    policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("policy", mode="before")
     @classmethod
@@ -111,14 +116,21 @@ class PickerConfig(_Strict):
         """`policy: least_load` is shorthand for `policy: {name: least_load}`."""
         return {"name": value} if isinstance(value, str) else value
 
-    @model_validator(mode="after")
-    def _engine_staleness(self) -> PickerConfig:
-        """Engine metrics older than load.stale_after_secs are unknown to the policy too,
-        unless its own params set stale_after_secs."""
-        if self.policy.name in READS_ENGINE and "stale_after_secs" not in self.policy.params:
-            params = {"stale_after_secs": self.load.stale_after_secs, **self.policy.params}
-            self.policy = PolicyConfig(name=self.policy.name, params=params)
-        return self
+    def policy_params(self) -> dict[str, PolicyParams]:
+        """Every configured policy's parsed parameters, the default policy's included.
+
+        Engine metrics older than load.stale_after_secs are unknown to a policy too, unless
+        its own params set stale_after_secs. Raises ConfigError naming the key."""
+        stale = self.load.stale_after_secs
+        parsed = {name: parse_params(name, raw, f"policies.{name}", stale)
+                  for name, raw in self.policies.items()}
+        if self.policy.name in parsed and self.policy.params:
+            raise ConfigError("policy.params", f"parameters of {self.policy.name} are also given "
+                              f"in policies.{self.policy.name}: keep one")
+        if self.policy.params or self.policy.name not in parsed:
+            parsed[self.policy.name] = parse_params(self.policy.name, self.policy.params,
+                                                    "policy", stale)
+        return parsed
 
 
 def load_config(
@@ -142,11 +154,22 @@ def load_config(
     _check_unique_workers(config.workers)
     if config.prefix.enabled and (problem := config.prefix.engine_tokens_problem()):
         raise ConfigError("prefix.tokenizer.kind", problem)
-    policy = create_policy(config.policy.name, config.policy.params)
-    if policy.needs_prefix and not config.prefix.enabled:
-        raise ConfigError("prefix.enabled",
-                          f"policy {policy.name} reads the prefix index: set prefix.enabled: true")
+    _check_policies(config)
     return config
+
+
+def _check_policies(config: PickerConfig) -> None:
+    """Each configured policy's parameters parse, and what it reads is switched on."""
+    for name, params in config.policy_params().items():
+        key = "policy" if name == config.policy.name else f"policies.{name}"
+        if params.needs_prefix() and not config.prefix.enabled:
+            raise ConfigError("prefix.enabled", f"policy {name} ({key}) reads the prefix "
+                              "index: set prefix.enabled: true")
+        signals = params.engine_signals()
+        if signals and not config.load.enabled:
+            read = ", ".join(sorted(s.value for s in signals))
+            raise ConfigError("load.enabled", f"policy {name} ({key}) reads engine metrics "
+                              f"({read}): set load.enabled: true")
 
 
 def _check_unique_workers(workers: list[WorkerSpec]) -> None:

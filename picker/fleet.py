@@ -88,7 +88,7 @@ class WorkerManager:
         Returns whether the worker went idle in time; it is removed either way, and requests
         still running finish normally (their slots are released on the removed record).
         """
-        worker.draining = True
+        self.workers.set_draining(worker)
         deadline = time.monotonic() + timeout_secs
         while worker.in_flight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

@@ -90,7 +90,7 @@ class HealthChecker:
                 headers["authorization"] = f"Bearer {worker.spec.api_key.get_secret_value()}"
             url = worker.spec.network_url + plan.endpoint
             ok = await self._probe(url, headers, plan.timeout)
-            worker.last_health_check = time.monotonic()
+            self._workers.record_health_check(worker, time.monotonic())
             failures, successes = (0, successes + 1) if ok else (failures + 1, 0)
             if worker.healthy and failures >= plan.failures_to_eject:
                 self._workers.set_healthy(worker, False)

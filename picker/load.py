@@ -168,5 +168,5 @@ class LoadMonitor:
                 log.debug("metrics of worker %s: %s", worker.id, type(exc).__name__)
                 return
         if response.is_success:
-            worker.engine = parse_engine_load(response.text, worker.spec.runtime_type,
-                                              self._clock())
+            self._workers.set_engine_load(
+                worker, parse_engine_load(response.text, worker.spec.runtime_type, self._clock()))

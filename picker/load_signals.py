@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
-__all__ = ["EngineLoad"]
+__all__ = ["EngineLoad", "EngineSignal"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -25,3 +26,18 @@ class EngineLoad:
 
     def fresh(self, now: float, max_age_secs: float) -> bool:
         return now - self.scraped_at <= max_age_secs
+
+
+class EngineSignal(enum.Enum):
+    """A load signal a policy or scorer may read from a worker's EngineLoad."""
+
+    RUNNING = "running"
+    WAITING = "waiting"
+    KV_USAGE = "kv_usage"
+
+    def read(self, load: EngineLoad) -> float | None:
+        if self is EngineSignal.RUNNING:
+            return load.running
+        if self is EngineSignal.WAITING:
+            return load.waiting
+        return load.kv_usage

@@ -1,9 +1,11 @@
 """WorkerRegistry: the registered workers, their indices and their live load.
 
 Reads happen on every routed request and must not take a lock: lookups return tuples that are
-rebuilt under the lock on each (rare) membership change and swapped in atomically. Load counters
-change on every request and are updated under the same lock, so asyncio handlers and adapter
-threads (LiteLLM's sync selector) can share one registry.
+rebuilt under the lock on each (rare) membership change and swapped in atomically. The registry
+is the only writer of a worker's live state (in-flight, health, engine load, draining, circuit):
+each change is a registry method taking the same lock, so asyncio handlers, the picker's own
+background tasks and adapter threads (LiteLLM's sync selector) can share one registry, and a
+reader of `Worker` sees read-only properties.
 """
 
 from __future__ import annotations
@@ -21,30 +23,66 @@ __all__ = ["RegistryListener", "RegistryStats", "Worker", "WorkerRegistry"]
 
 
 class Worker:
-    """A registered worker: its spec plus the live state policies read on every pick."""
+    """A registered worker: its spec plus the live state policies read on every pick.
+
+    Read-only to everyone but the registry, which owns every change (see the module doc)."""
 
     __slots__ = (
-        "spec", "id", "url", "host_port", "in_flight", "healthy", "draining", "engine", "circuit",
-        "last_health_check",
+        "_spec", "id", "url", "_host_port", "_in_flight", "_healthy", "_draining", "_engine",
+        "_circuit", "_last_health_check",
     )
 
     def __init__(self, spec: WorkerSpec, circuit: CircuitSettings | None = None) -> None:
-        self.spec = spec
+        self._spec = spec
         self.id: str = spec.id or spec.url
         self.url = spec.url
-        self.host_port = spec.host_port
-        self.in_flight = 0
-        self.healthy = True
-        self.draining = False
-        # Latest engine load signals scraped from the worker (picker.load), None until scraped.
-        self.engine: EngineLoad | None = None
-        self.circuit = CircuitBreaker(circuit or CircuitSettings())
-        # time.monotonic() of the last active health check, None before the first.
-        self.last_health_check: float | None = None
+        self._host_port = spec.host_port
+        self._in_flight = 0
+        self._healthy = True
+        self._draining = False
+        self._engine: EngineLoad | None = None
+        self._circuit = CircuitBreaker(circuit or CircuitSettings())
+        self._last_health_check: float | None = None
+
+    @property
+    def spec(self) -> WorkerSpec:
+        return self._spec
+
+    @property
+    def host_port(self) -> str:
+        return self._host_port
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def engine(self) -> EngineLoad | None:
+        """Latest engine load signals scraped from the worker (picker.load), None until
+        scraped."""
+        return self._engine
+
+    @property
+    def circuit(self) -> CircuitBreaker:
+        return self._circuit
+
+    @property
+    def last_health_check(self) -> float | None:
+        """time.monotonic() of the last active health check, None before the first."""
+        return self._last_health_check
 
     @property
     def routable(self) -> bool:
-        return self.healthy and not self.draining and self.circuit.allows(self.in_flight)
+        return (self._healthy and not self._draining
+                and self._circuit.allows(self._in_flight))
 
     def __repr__(self) -> str:
         return f"Worker({self.id!r}, {self.url!r}, in_flight={self.in_flight})"
@@ -117,8 +155,8 @@ class WorkerRegistry:
         if spec.url != worker.url or spec.id != worker.id:
             raise ValueError("url and id of a registered worker cannot change")
         with self._lock:
-            worker.spec = spec
-            worker.host_port = spec.host_port
+            worker._spec = spec
+            worker._host_port = spec.host_port
             self._reindex()
 
     def _reindex(self) -> None:
@@ -167,14 +205,33 @@ class WorkerRegistry:
 
     def acquire(self, worker: Worker) -> None:
         with self._lock:
-            worker.in_flight += 1
+            worker._in_flight += 1
 
     def release(self, worker: Worker) -> None:
         with self._lock:
-            worker.in_flight -= 1
+            worker._in_flight -= 1
 
     def set_healthy(self, worker: Worker, healthy: bool) -> None:
-        worker.healthy = healthy
+        with self._lock:
+            worker._healthy = healthy
+
+    def record_health_check(self, worker: Worker, at: float) -> None:
+        with self._lock:
+            worker._last_health_check = at
+
+    def set_engine_load(self, worker: Worker, load: EngineLoad | None) -> None:
+        with self._lock:
+            worker._engine = load
+
+    def set_draining(self, worker: Worker) -> None:
+        """No new requests; in-flight ones finish. There is no way back: a drained worker is
+        removed, and one that returns is registered anew."""
+        with self._lock:
+            worker._draining = True
+
+    def record_outcome(self, worker: Worker, success: bool) -> None:
+        """A finished request's verdict for the worker's circuit breaker (it locks itself)."""
+        worker._circuit.record(success)
 
     def stats(self) -> RegistryStats:
         workers = self._all

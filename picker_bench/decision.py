@@ -1,4 +1,4 @@
-"""In-process decision latency: Router.pick with prefix hashing, 8 workers, 8k-char prompts."""
+"""In-process decision latency: the runtime's route with prefix hashing, 8 workers, 8k prompts."""
 
 from __future__ import annotations
 
@@ -6,25 +6,23 @@ import random
 import statistics
 import time
 
-from picker.policies import create_policy
-from picker.prefix.producer import PrefixProducer, PrefixSettings
-from picker.registry import WorkerRegistry
+from picker.config import load_config
 from picker.request import Api, RoutingRequest
-from picker.router import Router
-from picker.telemetry import PickerMetrics
-from picker.workers import WorkerSpec
+from picker.runtime import PickerRuntime
 
 __all__ = ["decision_latency"]
 
 
 def decision_latency(policy: str, workers: int = 8, prompt_chars: int = 8192,
                      picks: int = 5000, seed: int = 0) -> tuple[float, float]:
-    """(p50, p99) in microseconds of Router.pick + release over a shared-prefix mix."""
+    """(p50, p99) in microseconds of PickerRuntime.route_sync + release over a shared-prefix
+    mix."""
     rng = random.Random(seed)
-    registry = WorkerRegistry(WorkerSpec(url=f"10.0.0.{i}:8000", id=f"w{i}", models=["m"])
-                              for i in range(workers))
-    router = Router(registry, create_policy(policy), PickerMetrics(registry),
-                    PrefixProducer(PrefixSettings(enabled=True)))
+    config = load_config(overrides={
+        "policy.name": policy, "prefix.enabled": True,
+        "workers": [{"url": f"10.0.0.{i}:8000", "id": f"w{i}", "models": ["m"]}
+                    for i in range(workers)]})
+    runtime = PickerRuntime(config)  # not started: the decision needs no background service
     systems = ["".join(rng.choices("abcdefghij ", k=prompt_chars - 200)) for _ in range(32)]
     requests = [RoutingRequest(model="m", api=Api.CHAT,
                                prompt_text=rng.choice(systems) + f"question {i} " * 20)
@@ -32,7 +30,7 @@ def decision_latency(policy: str, workers: int = 8, prompt_chars: int = 8192,
     timings = []
     for request in requests:
         started = time.perf_counter()
-        lease = router.pick(request)
+        lease = runtime.route_sync(request)
         timings.append(time.perf_counter() - started)
         lease.release("completed")
     cuts = statistics.quantiles(timings, n=100)

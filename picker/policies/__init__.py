@@ -1,47 +1,63 @@
-"""Built-in routing policies and the one table that names them."""
+"""Built-in routing policies: the one table that names them, and building one from config."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
 from picker.errors import ConfigError
-from picker.policies.base import Policy
-from picker.policies.cache_aware import CacheAware
-from picker.policies.engine_signal import LeastKv, LeastQueue
-from picker.policies.least_load import LeastLoad
-from picker.policies.power_of_two import PowerOfTwo
-from picker.policies.prefix_cache import PrefixCache
-from picker.policies.random import Random
-from picker.policies.round_robin import RoundRobin
-from picker.policies.session_affinity import SessionAffinity
-from picker.policies.weighted import Weighted
+from picker.policies import (
+    cache_aware,
+    engine_signal,
+    least_load,
+    power_of_two,
+    prefix_cache,
+    random,
+    round_robin,
+    session_affinity,
+    weighted,
+)
+from picker.policies.base import Policy, PolicyDescriptor, PolicyParams, StaleAfterParams
 
-__all__ = ["POLICIES", "READS_ENGINE", "Policy", "create_policy"]
+__all__ = ["POLICIES", "Policy", "PolicyDescriptor", "PolicyParams", "create_policy",
+           "parse_params"]
 
-POLICIES: Mapping[str, Callable[..., Policy]] = {
-    RoundRobin.name: RoundRobin,
-    Random.name: Random,
-    LeastLoad.name: LeastLoad,
-    PowerOfTwo.name: PowerOfTwo,
-    PrefixCache.name: PrefixCache,
-    CacheAware.name: CacheAware,
-    SessionAffinity.name: SessionAffinity,
-    LeastQueue.name: LeastQueue,
-    LeastKv.name: LeastKv,
-    Weighted.name: Weighted,
+POLICIES: Mapping[str, PolicyDescriptor[Any]] = {
+    d.name: d for d in (
+        round_robin.DESCRIPTOR, random.DESCRIPTOR, least_load.DESCRIPTOR,
+        power_of_two.DESCRIPTOR, prefix_cache.DESCRIPTOR, cache_aware.DESCRIPTOR,
+        session_affinity.DESCRIPTOR, engine_signal.LEAST_QUEUE, engine_signal.LEAST_KV,
+        weighted.DESCRIPTOR,
+    )
 }
-# Policies reading engine metrics: their `stale_after_secs` defaults to load.stale_after_secs.
-READS_ENGINE: frozenset[str] = frozenset({LeastQueue.name, LeastKv.name, Weighted.name})
 
 
-def create_policy(name: str, params: Mapping[str, Any] | None = None) -> Policy:
-    """Build a policy by name; unknown names and parameters are configuration errors."""
-    factory = POLICIES.get(name)
-    if factory is None:
+def parse_params(name: str, raw: Mapping[str, Any] | None, key: str = "policy",
+                 stale_after_secs: float | None = None) -> PolicyParams:
+    """Validate `raw` as policy `name`'s parameters; errors name `<key>.params.<field>` (or
+    `<key>.name` for an unknown policy). `stale_after_secs` fills the parameter of the same
+    name for policies reading engine metrics when the config leaves it unset."""
+    descriptor = POLICIES.get(name)
+    if descriptor is None:
         known = ", ".join(sorted(POLICIES))
-        raise ConfigError("policy.name", f"unknown policy {name!r} (known: {known})")
+        raise ConfigError(f"{key}.name", f"unknown policy {name!r} (known: {known})")
     try:
-        return factory(**dict(params or {}))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError("policy.params", f"{name}: {exc}") from exc
+        params: PolicyParams = descriptor.parse(dict(raw or {}))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"{key}.params" + (f".{where}" if where else ""),
+                          f"{name}: {first['msg']}") from exc
+    if (isinstance(params, StaleAfterParams) and params.stale_after_secs is None
+            and stale_after_secs is not None):
+        params = params.model_copy(update={"stale_after_secs": stale_after_secs})
+    return params
+
+
+def create_policy(name: str, params: Mapping[str, Any] | PolicyParams | None = None) -> Policy:
+    """Build a policy by name from raw or already-parsed parameters."""
+    if not isinstance(params, PolicyParams):
+        params = parse_params(name, params)
+    return POLICIES[name].create(params)

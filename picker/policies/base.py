@@ -1,14 +1,18 @@
-"""The one interface every routing policy implements."""
+"""What every routing policy is (`Policy`) and how it declares itself (`PolicyDescriptor`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from picker.load_signals import EngineSignal
 from picker.registry import Worker
 from picker.request import RoutingRequest
 
-__all__ = ["Policy"]
+__all__ = ["Policy", "PolicyDescriptor", "PolicyParams", "SeededParams", "StaleAfterParams"]
 
 
 class Policy(Protocol):
@@ -20,7 +24,49 @@ class Policy(Protocol):
     """
 
     name: str
-    # True when the policy reads `request.prefix` (then the prefix index must be enabled).
-    needs_prefix: bool
 
     def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker: ...
+
+
+class PolicyParams(BaseModel):
+    """A policy's parameters. Unknown keys are errors; what the policy needs from the rest of
+    the picker (the prefix index, engine metrics) is answered here because for some policies
+    (weighted) it depends on the parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def needs_prefix(self) -> bool:
+        return False
+
+    def engine_signals(self) -> frozenset[EngineSignal]:
+        return frozenset()
+
+
+class SeededParams(PolicyParams):
+    """Policies that break ties at random; a seed makes them repeatable (tests, benchmarks)."""
+
+    seed: int | None = None
+
+
+class StaleAfterParams(SeededParams):
+    """Policies reading engine metrics; None takes `load.stale_after_secs`."""
+
+    stale_after_secs: float | None = Field(default=None, gt=0)
+
+
+P = TypeVar("P", bound=PolicyParams)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDescriptor(Generic[P]):
+    """One built-in policy, declared once: its name, its typed parameters and how to build it."""
+
+    name: str
+    params: type[P]
+    build: Callable[[P], Policy]
+
+    def create(self, params: P) -> Policy:
+        return self.build(params)
+
+    def parse(self, raw: Any) -> P:
+        return self.params.model_validate(raw)

@@ -11,23 +11,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pydantic import Field
+
+from picker.policies.base import PolicyDescriptor, SeededParams
 from picker.policies.least_load import LeastLoad
 from picker.registry import Worker
 from picker.request import RoutingRequest
 
 
+class CacheAwareParams(SeededParams):
+    cache_threshold: float = Field(default=0.3, ge=0, le=1)
+    balance_abs_threshold: int = Field(default=64, ge=0)
+    balance_rel_threshold: float = Field(default=1.5, gt=0)
+
+    def needs_prefix(self) -> bool:
+        return True
+
+
 class CacheAware:
     name = "cache_aware"
-    needs_prefix = True
 
-    def __init__(self, cache_threshold: float = 0.3, balance_abs_threshold: int = 64,
-                 balance_rel_threshold: float = 1.5, seed: int | None = None) -> None:
-        if not 0 <= cache_threshold <= 1:
-            raise ValueError("cache_threshold must be within [0, 1]")
-        self._threshold = cache_threshold
-        self._abs = balance_abs_threshold
-        self._rel = balance_rel_threshold
-        self._fallback = LeastLoad(seed)
+    def __init__(self, params: CacheAwareParams) -> None:
+        self._threshold = params.cache_threshold
+        self._abs = params.balance_abs_threshold
+        self._rel = params.balance_rel_threshold
+        self._fallback = LeastLoad(params)
 
     def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker:
         loads = [w.in_flight for w in candidates]
@@ -39,3 +47,6 @@ class CacheAware:
             if match.rate(best.id) > self._threshold:
                 return best
         return self._fallback.pick(request, candidates)
+
+
+DESCRIPTOR = PolicyDescriptor(CacheAware.name, CacheAwareParams, CacheAware)

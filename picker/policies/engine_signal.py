@@ -9,27 +9,36 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from picker.load_signals import EngineSignal
+from picker.policies.base import PolicyDescriptor, StaleAfterParams
 from picker.policies.least_load import LeastLoad
-from picker.policies.scorers import fresh_engine_value
+from picker.policies.scorers import DEFAULT_STALE_SECS, fresh_engine_value
 from picker.registry import Worker
 from picker.request import RoutingRequest
 
 
+class LeastQueueParams(StaleAfterParams):
+    def engine_signals(self) -> frozenset[EngineSignal]:
+        return frozenset({EngineSignal.WAITING})
+
+
+class LeastKvParams(StaleAfterParams):
+    def engine_signals(self) -> frozenset[EngineSignal]:
+        return frozenset({EngineSignal.KV_USAGE})
+
+
 class _LeastEngineValue:
     name = ""
-    field = ""
-    needs_prefix = False
+    signal = EngineSignal.WAITING
 
-    def __init__(self, stale_after_secs: float = 5.0, seed: int | None = None) -> None:
-        if not stale_after_secs > 0:  # NaN too
-            raise ValueError("stale_after_secs must be > 0")
-        self._stale = stale_after_secs
-        self._fallback = LeastLoad(seed)
+    def __init__(self, params: StaleAfterParams) -> None:
+        self._stale = params.stale_after_secs or DEFAULT_STALE_SECS
+        self._fallback = LeastLoad(params)
 
     def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker:
         now = time.monotonic()
         known = [(v, w) for w in candidates
-                 if (v := fresh_engine_value(w, self.field, now, self._stale)) is not None]
+                 if (v := fresh_engine_value(w, self.signal, now, self._stale)) is not None]
         if not known:
             return self._fallback.pick(request, candidates)
         best = min(v for v, _ in known)
@@ -38,9 +47,13 @@ class _LeastEngineValue:
 
 class LeastQueue(_LeastEngineValue):
     name = "least_queue"
-    field = "waiting"
+    signal = EngineSignal.WAITING
 
 
 class LeastKv(_LeastEngineValue):
     name = "least_kv"
-    field = "kv_usage"
+    signal = EngineSignal.KV_USAGE
+
+
+LEAST_QUEUE = PolicyDescriptor(LeastQueue.name, LeastQueueParams, LeastQueue)
+LEAST_KV = PolicyDescriptor(LeastKv.name, LeastKvParams, LeastKv)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random as _random
 from collections.abc import Sequence
 
+from picker.policies.base import PolicyDescriptor, SeededParams
 from picker.registry import Worker
 from picker.request import RoutingRequest
 
@@ -20,12 +21,14 @@ def load_key(worker: Worker) -> tuple[int, int, float]:
 
 class LeastLoad:
     name = "least_load"
-    needs_prefix = False
 
-    def __init__(self, seed: int | None = None) -> None:
-        self._rng = _random.Random(seed)
+    def __init__(self, params: SeededParams) -> None:
+        self._rng = _random.Random(params.seed)
 
     def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker:
         best = min(map(load_key, candidates))
         tied = [w for w in candidates if load_key(w) == best]
         return tied[0] if len(tied) == 1 else self._rng.choice(tied)
+
+
+DESCRIPTOR = PolicyDescriptor(LeastLoad.name, SeededParams, LeastLoad)

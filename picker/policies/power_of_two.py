@@ -9,6 +9,7 @@ from __future__ import annotations
 import random as _random
 from collections.abc import Sequence
 
+from picker.policies.base import PolicyDescriptor, SeededParams
 from picker.policies.least_load import load_key
 from picker.registry import Worker
 from picker.request import RoutingRequest
@@ -16,13 +17,15 @@ from picker.request import RoutingRequest
 
 class PowerOfTwo:
     name = "power_of_two"
-    needs_prefix = False
 
-    def __init__(self, seed: int | None = None) -> None:
-        self._rng = _random.Random(seed)
+    def __init__(self, params: SeededParams) -> None:
+        self._rng = _random.Random(params.seed)
 
     def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker:
         if len(candidates) == 1:
             return candidates[0]
         first, second = self._rng.sample(candidates, 2)
         return first if load_key(first) <= load_key(second) else second
+
+
+DESCRIPTOR = PolicyDescriptor(PowerOfTwo.name, SeededParams, PowerOfTwo)

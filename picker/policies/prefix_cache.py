@@ -16,22 +16,29 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
+from pydantic import Field
+
+from picker.policies.base import PolicyDescriptor, SeededParams
 from picker.policies.least_load import LeastLoad
 from picker.registry import Worker
 from picker.request import RoutingRequest
 
 
+class PrefixCacheParams(SeededParams):
+    imbalance_abs_count: int = Field(default=16, ge=0)
+    std_dev_factor: float = Field(default=2.0, ge=0)
+
+    def needs_prefix(self) -> bool:
+        return True
+
+
 class PrefixCache:
     name = "prefix_cache"
-    needs_prefix = True
 
-    def __init__(self, imbalance_abs_count: int = 16, std_dev_factor: float = 2.0,
-                 seed: int | None = None) -> None:
-        if imbalance_abs_count < 0 or std_dev_factor < 0:
-            raise ValueError("imbalance_abs_count and std_dev_factor must be >= 0")
-        self._imbalance = imbalance_abs_count
-        self._factor = std_dev_factor
-        self._fallback = LeastLoad(seed)
+    def __init__(self, params: PrefixCacheParams) -> None:
+        self._imbalance = params.imbalance_abs_count
+        self._factor = params.std_dev_factor
+        self._fallback = LeastLoad(params)
 
     def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker:
         loads = [w.in_flight for w in candidates]
@@ -48,3 +55,6 @@ class PrefixCache:
                     if worker.in_flight <= ceiling:
                         return worker
         return self._fallback.pick(request, pool)
+
+
+DESCRIPTOR = PolicyDescriptor(PrefixCache.name, PrefixCacheParams, PrefixCache)

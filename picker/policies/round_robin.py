@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from picker.policies.base import PolicyDescriptor, PolicyParams
 from picker.registry import Worker
 from picker.request import RoutingRequest
 
 
 class RoundRobin:
     name = "round_robin"
-    needs_prefix = False
 
-    def __init__(self) -> None:
+    def __init__(self, params: PolicyParams) -> None:
         self._cursor: dict[str, int] = {}
 
     def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker:
         turn = self._cursor.get(request.model, 0)
         self._cursor[request.model] = turn + 1
         return candidates[turn % len(candidates)]
+
+
+DESCRIPTOR = PolicyDescriptor(RoundRobin.name, PolicyParams, RoundRobin)

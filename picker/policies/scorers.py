@@ -2,28 +2,41 @@
 
 A scorer knows nothing of its weight, and may answer None for a candidate it knows nothing
 about (no fresh engine metrics, no prefix index): the combining policy treats that as neutral.
-One table names them all; adding a signal is one function and one entry.
+One table names them all, with the engine signal each reads; adding a signal is one function
+and one entry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
+from picker.load_signals import EngineSignal
 from picker.registry import Worker
 from picker.request import RoutingRequest
 
-__all__ = ["SCORERS", "Scorer", "fresh_engine_value"]
+__all__ = ["DEFAULT_STALE_SECS", "SCORERS", "Scorer", "ScorerFn", "fresh_engine_value"]
 
-Scorer = Callable[[RoutingRequest, Sequence[Worker], float, float], list[float | None]]
+# Engine metrics older than this are unknown (LoadSettings.stale_after_secs's default).
+DEFAULT_STALE_SECS = 5.0
+
+ScorerFn = Callable[[RoutingRequest, Sequence[Worker], float, float], list[float | None]]
 
 
-def fresh_engine_value(worker: Worker, field: str, now: float, stale_after: float) -> float | None:
+@dataclass(frozen=True, slots=True)
+class Scorer:
+    score: ScorerFn
+    reads: EngineSignal | None = None  # the engine signal it needs, if any
+    needs_prefix: bool = False
+
+
+def fresh_engine_value(worker: Worker, signal: EngineSignal, now: float,
+                       stale_after: float) -> float | None:
     """An engine-reported value, or None when never scraped, not exported, or stale."""
     engine = worker.engine
     if engine is None or not engine.fresh(now, stale_after):
         return None
-    value: float | None = getattr(engine, field)
-    return value
+    return signal.read(engine)
 
 
 def _lower_is_better(values: list[float | None]) -> list[float | None]:
@@ -32,17 +45,17 @@ def _lower_is_better(values: list[float | None]) -> list[float | None]:
     return [None if v is None else (1.0 if top <= 0 else 1.0 - v / top) for v in values]
 
 
-def _engine(field: str) -> Scorer:
+def _engine(signal: EngineSignal) -> Scorer:
     def score(_: RoutingRequest, candidates: Sequence[Worker], now: float,
               stale_after: float) -> list[float | None]:
-        return _lower_is_better([fresh_engine_value(w, field, now, stale_after)
+        return _lower_is_better([fresh_engine_value(w, signal, now, stale_after)
                                  for w in candidates])
-    return score
+    return Scorer(score, reads=signal)
 
 
 def _kv(_: RoutingRequest, candidates: Sequence[Worker], now: float,
         stale_after: float) -> list[float | None]:
-    values = [fresh_engine_value(w, "kv_usage", now, stale_after) for w in candidates]
+    values = [fresh_engine_value(w, EngineSignal.KV_USAGE, now, stale_after) for w in candidates]
     return [None if v is None else 1.0 - v for v in values]
 
 
@@ -58,9 +71,9 @@ def _prefix(request: RoutingRequest, candidates: Sequence[Worker], now: float,
 
 
 SCORERS: Mapping[str, Scorer] = {
-    "queue": _engine("waiting"),
-    "running": _engine("running"),
-    "kv": _kv,
-    "in_flight": _in_flight,
-    "prefix": _prefix,
+    "queue": _engine(EngineSignal.WAITING),
+    "running": _engine(EngineSignal.RUNNING),
+    "kv": Scorer(_kv, reads=EngineSignal.KV_USAGE),
+    "in_flight": Scorer(_in_flight),
+    "prefix": Scorer(_prefix, needs_prefix=True),
 }

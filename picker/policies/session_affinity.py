@@ -10,20 +10,24 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from picker.policies.base import PolicyDescriptor, SeededParams
 from picker.policies.least_load import LeastLoad
 from picker.registry import Worker
 from picker.request import RoutingRequest
 
 
+class SessionAffinityParams(SeededParams):
+    # Read the key from this request header instead of the default session key (the
+    # `x-session-id` header, else the body's `user`).
+    header: str | None = None
+
+
 class SessionAffinity:
     name = "session_affinity"
-    needs_prefix = False
 
-    def __init__(self, header: str | None = None, seed: int | None = None) -> None:
-        """`header`: read the key from this request header instead of the default session key
-        (the `x-session-id` header, else the body's `user`)."""
-        self._header = header.lower() if header else None
-        self._fallback = LeastLoad(seed)
+    def __init__(self, params: SessionAffinityParams) -> None:
+        self._header = params.header.lower() if params.header else None
+        self._fallback = LeastLoad(params)
 
     def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker:
         key = request.headers.get(self._header) if self._header else request.session_key
@@ -37,3 +41,7 @@ def _weight(key: str, worker_id: str) -> int:
     process, which would move every session on a restart and split it across picker replicas."""
     digest = hashlib.blake2b(f"{key}\x00{worker_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
+
+
+DESCRIPTOR = PolicyDescriptor(SessionAffinity.name, SessionAffinityParams,
+                              SessionAffinity)

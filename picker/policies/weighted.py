@@ -10,46 +10,65 @@ from __future__ import annotations
 import math
 import random as _random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from typing import Annotated
 
-from picker.policies.scorers import SCORERS
+from pydantic import Field, field_validator
+
+from picker.load_signals import EngineSignal
+from picker.policies.base import PolicyDescriptor, StaleAfterParams
+from picker.policies.scorers import DEFAULT_STALE_SECS, SCORERS
 from picker.registry import Worker
 from picker.request import RoutingRequest
 
 _NEUTRAL = 0.5
 
 
+class WeightedParams(StaleAfterParams):
+    # Strict: a weight written "2" or true is a typo, not a number.
+    scorers: dict[str, Annotated[float, Field(strict=True)]] = Field(
+        default_factory=lambda: {"queue": 1.0, "in_flight": 1.0})
+
+    @field_validator("scorers")
+    @classmethod
+    def _known_positive(cls, scorers: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(scorers) - set(SCORERS))
+        if unknown:
+            raise ValueError(f"unknown scorers {unknown} (known: {', '.join(sorted(SCORERS))})")
+        for name, weight in scorers.items():
+            if not 0 <= weight < math.inf:
+                raise ValueError(f"weight of scorer {name!r} must be >= 0, got {weight}")
+        if not any(scorers.values()):
+            raise ValueError("at least one scorer weight must be positive")
+        return scorers
+
+    def needs_prefix(self) -> bool:
+        return any(SCORERS[name].needs_prefix for name, w in self.scorers.items() if w)
+
+    def engine_signals(self) -> frozenset[EngineSignal]:
+        return frozenset(signal for name, w in self.scorers.items()
+                         if w and (signal := SCORERS[name].reads) is not None)
+
+
 class Weighted:
     name = "weighted"
 
-    def __init__(self, scorers: Mapping[str, float] | None = None,
-                 stale_after_secs: float = 5.0, seed: int | None = None) -> None:
-        chosen = dict(scorers) if scorers is not None else {"queue": 1.0, "in_flight": 1.0}
-        unknown = sorted(set(chosen) - set(SCORERS))
-        if unknown:
-            raise ValueError(f"unknown scorers {unknown} (known: {', '.join(sorted(SCORERS))})")
-        for scorer_name, weight in chosen.items():
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-                raise TypeError(f"weight of scorer {scorer_name!r} must be a number")
-            if not 0 <= weight < math.inf:
-                raise ValueError(f"weight of scorer {scorer_name!r} must be >= 0, got {weight}")
-        if not any(chosen.values()):
-            raise ValueError("at least one scorer weight must be positive")
-        if not stale_after_secs > 0:
-            raise ValueError("stale_after_secs must be > 0")
-        self._weights = {name: weight for name, weight in chosen.items() if weight}
-        self._stale = stale_after_secs
-        self._rng = _random.Random(seed)
-        self.needs_prefix = "prefix" in self._weights
+    def __init__(self, params: WeightedParams) -> None:
+        self._scorers = [(SCORERS[name].score, weight)
+                         for name, weight in params.scorers.items() if weight]
+        self._stale = params.stale_after_secs or DEFAULT_STALE_SECS
+        self._rng = _random.Random(params.seed)
 
     def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker:
         now = time.monotonic()
         totals = [0.0] * len(candidates)
-        for scorer_name, weight in self._weights.items():
-            scores = SCORERS[scorer_name](request, candidates, now, self._stale)
-            for i, score in enumerate(scores):
-                value = _NEUTRAL if score is None else min(1.0, max(0.0, score))
-                totals[i] += weight * value
+        for score, weight in self._scorers:
+            for i, value in enumerate(score(request, candidates, now, self._stale)):
+                clamped = _NEUTRAL if value is None else min(1.0, max(0.0, value))
+                totals[i] += weight * clamped
         best = max(totals)
         tied = [w for w, total in zip(candidates, totals, strict=True) if total >= best - 1e-12]
         return tied[0] if len(tied) == 1 else self._rng.choice(tied)
+
+
+DESCRIPTOR = PolicyDescriptor(Weighted.name, WeightedParams, Weighted)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import zmq
 import zmq.asyncio
@@ -37,12 +37,11 @@ from picker.prefix.kv_wire import (
     decode_batch,
 )
 from picker.registry import Worker, WorkerRegistry
-from picker.router import Router
 from picker.worker_tasks import WorkerTasks
 from picker.workers import KvEventsEndpoint
 
 __all__ = [
-    "EventApplier", "KvEventHub", "KvEventMetrics", "endpoint_for_rank", "start_kv_events",
+    "EventApplier", "KvEventHub", "KvEventMetrics", "endpoint_for_rank",
 ]
 
 log = logging.getLogger("llm_picker.kv_events")
@@ -106,16 +105,6 @@ class KvEventHub:
             await subscription.run()
         finally:
             subscription.close()
-
-
-async def start_kv_events(
-        router: Router, settings: KvEventSettings) -> Callable[[], Awaitable[None]]:
-    """Subscribe for the router's sync index on the running loop; returns the stop call."""
-    assert router.prefix is not None and isinstance(router.prefix.index, SyncPrefixIndex)
-    hub = KvEventHub(router.workers, router.prefix.index, settings,
-                     KvEventMetrics(router.metrics.registry))
-    await hub.start()
-    return hub.stop
 
 
 class _Subscription:

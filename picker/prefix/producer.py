@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +18,9 @@ from picker.prefix.kv_settings import KvEventSettings
 from picker.prefix.tokenizers import RemoteTokenizer, TokenizerSettings, load_hf_tokenizer
 from picker.registry import Worker
 from picker.request import RoutingRequest
+
+if TYPE_CHECKING:
+    from picker.prefix.kv_index import SyncPrefixIndex
 
 __all__ = ["PrefixProducer", "PrefixSettings"]
 
@@ -76,6 +79,14 @@ class PrefixProducer:
             assert self._approx is not None
             self.index = self._approx
         self._units_per_block = settings.block_size
+
+    def sync_index(self) -> SyncPrefixIndex:
+        """The KV-event index that subscribers feed (prefix.index kv_events only)."""
+        from picker.prefix.kv_index import SyncPrefixIndex
+
+        if not isinstance(self.index, SyncPrefixIndex):
+            raise RuntimeError("prefix.index is not kv_events")
+        return self.index
 
     def annotate(
         self, request: RoutingRequest, candidates: Sequence[Worker]

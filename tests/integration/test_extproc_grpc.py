@@ -12,10 +12,8 @@ import pytest
 from extproc._pb import PROCESS_METHOD
 from extproc._pb import ext_proc_pb2 as pb
 from extproc.server import create_server
-from picker.policies import create_policy
-from picker.registry import WorkerRegistry
-from picker.router import Router
-from picker.telemetry import PickerMetrics
+from picker.config import PickerConfig
+from picker.runtime import PickerRuntime
 from picker.workers import WorkerSpec
 from tests.unit.test_extproc_stream import body_msg, headers_msg
 
@@ -23,9 +21,8 @@ BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture
-async def served() -> AsyncIterator[tuple[Router, grpc.aio.Channel]]:
-    workers = WorkerRegistry([WorkerSpec(url="127.0.0.1:8001", models=["m"])])
-    router = Router(workers, create_policy("round_robin"), PickerMetrics(workers))
+async def served() -> AsyncIterator[tuple[PickerRuntime, grpc.aio.Channel]]:
+    router = PickerRuntime(PickerConfig(workers=[WorkerSpec(url="127.0.0.1:8001", models=["m"])]))
     server, port = create_server(router, "127.0.0.1", 0, 1 << 20)
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -43,12 +40,12 @@ def process_call(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
     return method()
 
 
-async def wait_for_load(router: Router, expected: int) -> None:
+async def wait_for_load(router: PickerRuntime, expected: int) -> None:
     for _ in range(100):
-        if router.workers.stats()["total_load"] == expected:
+        if router.registry.stats()["total_load"] == expected:
             return
         await asyncio.sleep(0.01)
-    raise AssertionError(f"load stayed at {router.workers.stats()['total_load']}")
+    raise AssertionError(f"load stayed at {router.registry.stats()['total_load']}")
 
 
 async def route_one(call: grpc.aio.StreamStreamCall) -> pb.ProcessingResponse:
@@ -60,7 +57,7 @@ async def route_one(call: grpc.aio.StreamStreamCall) -> pb.ProcessingResponse:
 
 
 async def test_half_close_after_routing_releases_as_completed(
-    served: tuple[Router, grpc.aio.Channel],
+    served: tuple[PickerRuntime, grpc.aio.Channel],
 ) -> None:
     router, channel = served
     call = process_call(channel)
@@ -74,7 +71,7 @@ async def test_half_close_after_routing_releases_as_completed(
 
 
 async def test_stream_reset_releases_the_slot_once(
-    served: tuple[Router, grpc.aio.Channel],
+    served: tuple[PickerRuntime, grpc.aio.Channel],
 ) -> None:
     """A reset may reach the handler as a cancellation or as a plain EOF, depending on timing
     inside gRPC; either way the slot is released, and counted once."""
@@ -90,7 +87,7 @@ async def test_stream_reset_releases_the_slot_once(
 
 
 async def test_many_concurrent_streams_mixed_endings_leave_no_load(
-    served: tuple[Router, grpc.aio.Channel],
+    served: tuple[PickerRuntime, grpc.aio.Channel],
 ) -> None:
     router, channel = served
 

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import litellm
 import pytest
@@ -33,6 +34,23 @@ def engines(tmp_path: Path) -> Iterator[tuple[list[str], dict[str, Process]]]:
         proc.stop()
 
 
+@pytest.fixture(autouse=True)
+def detach_strategies(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every strategy a test attaches runs a picker runtime on a thread: stop it after."""
+    attached: list[PickerStrategy] = []
+    attach = PickerStrategy.attach
+
+    def recording(*args: Any, **kwargs: Any) -> PickerStrategy:
+        strategy = attach(*args, **kwargs)
+        attached.append(strategy)
+        return strategy
+
+    monkeypatch.setattr(PickerStrategy, "attach", recording)
+    yield
+    for strategy in attached:
+        strategy.detach()
+
+
 def served(response: object) -> str:
     return str(response._hidden_params["api_base"])  # type: ignore[attr-defined]
 
@@ -46,11 +64,11 @@ def strategy_of(router: litellm.Router) -> PickerStrategy:
 async def wait_idle(strategy: PickerStrategy) -> None:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        if all(w.in_flight == 0 for w in strategy.core.workers.workers()):
+        if all(w.in_flight == 0 for w in strategy.runtime.registry.workers()):
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"in-flight did not return to zero: "
-                         f"{[(w.id, w.in_flight) for w in strategy.core.workers.workers()]}")
+                         f"{[(w.id, w.in_flight) for w in strategy.runtime.registry.workers()]}")
 
 
 def test_round_robin_spreads_evenly_sync_and_async(engines: tuple[list[str], dict]) -> None:
@@ -156,7 +174,7 @@ def test_in_flight_returns_to_zero_after_streams_and_failures(
         await wait_idle(strategy)
 
     asyncio.run(mixed())
-    text = strategy.core.metrics.render().decode()
+    text = strategy.runtime.metrics.render().decode()
     assert 'llm_picker_requests_total{outcome="upstream_error"}' in text
 
 
@@ -193,4 +211,4 @@ def test_deployments_added_and_deleted_at_runtime_are_followed(
     later = Counter(served(router.completion(model="my-model", messages=MESSAGES, max_tokens=1))
                     for _ in range(4))
     assert set(later) == {bases[1], bases[2]}
-    assert len(strategy_of(router).core.workers.workers()) == 2
+    assert len(strategy_of(router).runtime.registry.workers()) == 2

@@ -19,9 +19,8 @@ import yaml
 
 from extproc._pb import PROCESS_METHOD
 from extproc._pb import ext_proc_pb2 as pb
-from picker.admin import serve_admin_in_thread
 from picker.config import load_config
-from picker.router import build_router
+from picker.runtime import PickerRuntime
 from picker_bench.stack import ENVOY_MTLS, Fleet, SimSpec, free_port, local_fleet
 from tests.integration.conftest import MODEL, SIM_HEADER
 
@@ -112,12 +111,16 @@ def test_admin_api_over_tls(pki: dict[str, str], tmp_path: Path) -> None:
     path.write_text(json.dumps({"admin": {"port": port, "tls": {
         "cert_file": pki["server.pem"], "key_file": pki["server.key"]}}}))
     config = load_config(path)
-    serve_admin_in_thread(build_router(config), config)
-    trusted = ssl.create_default_context(cafile=pki["ca.pem"])
-    response = httpx.get(f"https://127.0.0.1:{port}/health", verify=trusted, timeout=5)
-    assert response.status_code == 200
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"https://127.0.0.1:{port}/health", timeout=5)  # not trusted without the CA
+    runtime = PickerRuntime(config)
+    runtime.start_in_thread()
+    try:
+        trusted = ssl.create_default_context(cafile=pki["ca.pem"])
+        response = httpx.get(f"https://127.0.0.1:{port}/health", verify=trusted, timeout=5)
+        assert response.status_code == 200
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"https://127.0.0.1:{port}/health", timeout=5)  # untrusted without the CA
+    finally:
+        runtime.stop_thread()
 
 
 def test_missing_certificate_file_is_a_config_error(tmp_path: Path) -> None:

@@ -11,13 +11,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from picker.admin import create_admin_app
+from picker.config import PickerConfig
 from picker.discovery import DiscoverySettings
-from picker.fleet import WorkerManager
-from picker.policies import create_policy
-from picker.registry import WorkerRegistry
 from picker.request import Api, RoutingRequest
-from picker.router import Router
-from picker.telemetry import CONTENT_TYPE, PickerMetrics
+from picker.runtime import PickerRuntime
+from picker.telemetry import CONTENT_TYPE
 from picker.workers import WorkerSpec
 from tests.sim_thread import running_sim
 
@@ -28,11 +26,11 @@ TOKEN = "admin-secret-token"
 
 class Admin:
     def __init__(self, token: str | None = None, *specs: WorkerSpec) -> None:
-        registry = WorkerRegistry(specs)
-        self.router = Router(registry, create_policy("least_load"), PickerMetrics(registry))
-        self.manager = WorkerManager(registry, FAST)
-        app = create_admin_app(self.router, self.manager,
-                               SecretStr(token) if token else None)
+        # Not started: the tests drive the admin app, and start the worker manager only.
+        self.runtime = PickerRuntime(PickerConfig(workers=list(specs), policy="least_load",
+                                                  discovery=FAST))
+        self.registry, self.manager = self.runtime.registry, self.runtime.manager
+        app = create_admin_app(self.runtime, SecretStr(token) if token else None)
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                         base_url="http://admin", headers=headers)
@@ -51,12 +49,12 @@ async def test_health_is_liveness_only(admin: Admin) -> None:
     response = await admin.client.get("/health")
     assert response.status_code == 200
     assert response.json() == {"status": "healthy", "active_requests": 0,
-                               "max_concurrent_requests": 0}
-    admin.router.workers.add(WorkerSpec(url="a:1", models=["m"]))
-    lease = admin.router.pick(RoutingRequest(model="m", api=Api.CHAT))
+                               "max_concurrent_requests": None}
+    admin.registry.add(WorkerSpec(url="a:1", models=["m"]))
+    lease = admin.runtime.route_sync(RoutingRequest(model="m", api=Api.CHAT))
     assert (await admin.client.get("/health")).json()["active_requests"] == 1
     lease.release("completed")
-    admin.router.draining = True
+    await admin.runtime.stop()  # drains
     draining = await admin.client.get("/health")
     assert draining.status_code == 200 and draining.json()["status"] == "unhealthy"
 
@@ -78,10 +76,12 @@ async def test_ready_needs_a_routable_worker(
     routable: int,
 ) -> None:
     for i, state in enumerate(states):
-        worker = admin.router.workers.add(WorkerSpec(url=f"a:{i + 1}", models=["m"]))
-        worker.healthy = state != "unhealthy"
-        worker.draining = state == "draining"
-    admin.router.draining = draining
+        worker = admin.registry.add(WorkerSpec(url=f"a:{i + 1}", models=["m"]))
+        admin.registry.set_healthy(worker, state != "unhealthy")
+        if state == "draining":
+            admin.registry.set_draining(worker)
+    if draining:
+        await admin.runtime.stop()
     response = await admin.client.get("/ready")
     assert response.status_code == status
     assert response.json() == {"status": body_status, "routable_workers": routable,
@@ -90,19 +90,19 @@ async def test_ready_needs_a_routable_worker(
 
 async def test_ready_follows_the_registry(admin: Admin) -> None:
     assert (await admin.client.get("/ready")).status_code == 503
-    worker = admin.router.workers.add(WorkerSpec(url="a:1", models=["m"]))
+    worker = admin.registry.add(WorkerSpec(url="a:1", models=["m"]))
     assert (await admin.client.get("/ready")).status_code == 200
-    admin.router.workers.set_healthy(worker, False)
+    admin.registry.set_healthy(worker, False)
     assert (await admin.client.get("/ready")).status_code == 503
-    admin.router.workers.set_healthy(worker, True)
+    admin.registry.set_healthy(worker, True)
     assert (await admin.client.get("/ready")).status_code == 200
-    admin.router.workers.remove(worker.url)
+    admin.registry.remove(worker.url)
     assert (await admin.client.get("/ready")).status_code == 503
 
 
 async def test_metrics_content_type_and_content(admin: Admin) -> None:
-    admin.router.workers.add(WorkerSpec(url="a:1", id="a", models=["m"]))
-    admin.router.pick(RoutingRequest(model="m", api=Api.CHAT)).release("completed")
+    admin.registry.add(WorkerSpec(url="a:1", id="a", models=["m"]))
+    admin.runtime.route_sync(RoutingRequest(model="m", api=Api.CHAT)).release("completed")
     response = await admin.client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"] == CONTENT_TYPE
@@ -176,8 +176,8 @@ async def test_malformed_json_is_400(admin: Admin) -> None:
 
 
 async def test_get_list_filters_and_unknown(admin: Admin) -> None:
-    admin.router.workers.add(WorkerSpec(url="a:1", id="a", models=["m"]))
-    admin.router.workers.add(WorkerSpec(url="b:1", id="b", models=["n"], worker_type="prefill"))
+    admin.registry.add(WorkerSpec(url="a:1", id="a", models=["m"]))
+    admin.registry.add(WorkerSpec(url="b:1", id="b", models=["n"], worker_type="prefill"))
     listing = (await admin.client.get("/workers", params={"model": "m"})).json()
     assert [w["id"] for w in listing["workers"]] == ["a"]
     assert listing["stats"]["total_workers"] == 2
@@ -191,14 +191,14 @@ async def test_get_list_filters_and_unknown(admin: Admin) -> None:
 
 
 async def test_patch_is_visible_in_the_next_decision(admin: Admin) -> None:
-    admin.router.workers.add(WorkerSpec(url="a:1", id="a", models=["m"]))
-    admin.router.workers.add(WorkerSpec(url="b:1", id="b", models=["m"]))
+    admin.registry.add(WorkerSpec(url="a:1", id="a", models=["m"]))
+    admin.registry.add(WorkerSpec(url="b:1", id="b", models=["m"]))
     response = await admin.client.patch("/workers/b", json={"priority": 99, "labels": {"z": "1"}})
     assert response.status_code == 200 and response.json()["priority"] == 99
     request = RoutingRequest(model="m", api=Api.CHAT)
     picks = set()
     for _ in range(10):
-        lease = admin.router.pick(request)
+        lease = admin.runtime.route_sync(request)
         picks.add(lease.worker.id)
         lease.release("completed")
     assert picks == {"b"}  # equal load: least_load prefers the higher priority
@@ -207,11 +207,11 @@ async def test_patch_is_visible_in_the_next_decision(admin: Admin) -> None:
 
 
 async def test_delete_drains_then_removes(admin: Admin) -> None:
-    worker = admin.router.workers.add(WorkerSpec(url="a:1", id="a", models=["m"]))
-    lease = admin.router.pick(RoutingRequest(model="m", api=Api.CHAT))
+    worker = admin.registry.add(WorkerSpec(url="a:1", id="a", models=["m"]))
+    lease = admin.runtime.route_sync(RoutingRequest(model="m", api=Api.CHAT))
     timed_out = await admin.client.delete("/workers/a", params={"drain_timeout_secs": 0.1})
     assert timed_out.json()["drained"] is False
-    assert admin.router.workers.get("a") is None
+    assert admin.registry.get("a") is None
     lease.release("completed")
     assert worker.in_flight == 0
     assert (await admin.client.delete("/workers/a")).status_code == 404
@@ -228,7 +228,7 @@ async def test_token_required_for_mutations_only() -> None:
 
 
 async def test_secrets_never_appear_in_responses_or_metrics(admin: Admin) -> None:
-    admin.router.workers.add(WorkerSpec(url="a:1", id="a", models=["m"], api_key="sk-TOPSECRET"))
+    admin.registry.add(WorkerSpec(url="a:1", id="a", models=["m"], api_key="sk-TOPSECRET"))
     texts = [
         (await admin.client.get("/workers")).text,
         (await admin.client.get("/workers/a")).text,
@@ -240,8 +240,8 @@ async def test_secrets_never_appear_in_responses_or_metrics(admin: Admin) -> Non
 
 
 async def test_metrics_show_live_worker_state(admin: Admin) -> None:
-    admin.router.workers.add(WorkerSpec(url="a:1", id="a", models=["m"]))
-    admin.router.pick(RoutingRequest(model="m", api=Api.CHAT))
+    admin.registry.add(WorkerSpec(url="a:1", id="a", models=["m"]))
+    admin.runtime.route_sync(RoutingRequest(model="m", api=Api.CHAT))
     text = (await admin.client.get("/metrics")).text
     samples = {(s.name, tuple(s.labels.items())): s.value
                for f in text_string_to_metric_families(text) for s in f.samples}
@@ -249,9 +249,9 @@ async def test_metrics_show_live_worker_state(admin: Admin) -> None:
 
 
 async def test_circuit_state_is_in_metrics(admin: Admin) -> None:
-    worker = admin.router.workers.add(WorkerSpec(url="a:1", id="a", models=["m"]))
+    worker = admin.registry.add(WorkerSpec(url="a:1", id="a", models=["m"]))
     for _ in range(5):
-        worker.circuit.record(False)
+        admin.registry.record_outcome(worker, False)
     text = (await admin.client.get("/metrics")).text
     assert 'llm_picker_worker_circuit_state{state="open",worker="a"} 1.0' in text
     view = (await admin.client.get("/workers/a")).json()

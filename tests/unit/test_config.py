@@ -145,9 +145,9 @@ def test_env_params_under_a_shorthand_policy(tmp_path: Path) -> None:
         ("workers: [{url: 'a:1'}, {url: 'http://a:1/'}]\n", {}, "workers.1.url"),  # duplicate
         ("workers: [{url: 'a:1', id: x}, {url: 'b:1', id: x}]\n", {}, "workers.1.id"),
         ("policy: fastest\n", {}, "policy.name"),  # unknown policy
-        ("policy: {name: least_load, params: {x: 1}}\n", {}, "policy.params"),
+        ("policy: {name: least_load, params: {x: 1}}\n", {}, "policy.params.x"),
         ("policy: {name: least_load, weight: 1}\n", {}, "policy.weight"),
-        ("policy: {params: {seed: 1}}\n", {}, "policy.params"),  # round_robin takes no seed
+        ("policy: {params: {seed: 1}}\n", {}, "policy.params.seed"),  # round_robin takes no seed
         ("- a\n- b\n", {}, "config"),  # not a mapping
         ("42\n", {}, "config"),
         ("just text\n", {}, "config"),

@@ -57,8 +57,8 @@ def test_kv_event_sync_off_loads_none_of_it() -> None:
     code = """
 import sys
 from picker.config import load_config
-from picker.router import build_router
-build_router(load_config(overrides={"prefix.enabled": True, "policy.name": "prefix_cache"}))
+from picker.runtime import PickerRuntime
+PickerRuntime(load_config(overrides={"prefix.enabled": True, "policy.name": "prefix_cache"}))
 print(sorted(m for m in sys.modules if m.startswith(("picker.prefix.kv_", "zmq", "msgspec"))
              and m != "picker.prefix.kv_settings"))
 """

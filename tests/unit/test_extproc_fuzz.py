@@ -57,8 +57,8 @@ def test_random_message_sequences(sequence: list[pb.ProcessingRequest], cancelle
             response.SerializeToString()
     stream.close(cancelled)
     stream.close(not cancelled)  # a second end must change nothing
-    assert router.workers.stats()["total_load"] == 0
-    assert router.active_requests == 0
+    assert router.registry.stats()["total_load"] == 0
+    assert router.leases.active == 0
 
 
 @settings(max_examples=300, deadline=None)
@@ -69,11 +69,11 @@ def test_after_a_real_pick_any_noise_still_releases_once(
     stream = RequestStream(router, max_body_bytes=1 << 16)
     stream.handle(headers_msg(duplex=duplex))
     stream.handle(body_msg(GOOD, True))
-    assert stream.lease is not None and router.active_requests == 1
+    assert stream.lease is not None and router.leases.active == 1
     for message in noise:
         stream.handle(message)
     stream.close(cancelled)
-    assert router.workers.stats()["total_load"] == 0 and router.active_requests == 0
+    assert router.registry.stats()["total_load"] == 0 and router.leases.active == 0
     ended = [line for line in router.metrics.render().decode().splitlines()
              if line.startswith("llm_picker_requests_total{") and 'rejected' not in line]
     assert sum(float(line.rsplit(" ", 1)[1]) for line in ended) == 1.0

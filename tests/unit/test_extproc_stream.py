@@ -9,10 +9,8 @@ import pytest
 from extproc import codec
 from extproc._pb import ext_proc_pb2 as pb
 from extproc.stream import RequestStream
-from picker.policies import create_policy
-from picker.registry import WorkerRegistry
-from picker.router import Router
-from picker.telemetry import PickerMetrics
+from picker.config import PickerConfig
+from picker.runtime import PickerRuntime
 from picker.workers import WorkerSpec
 
 BODY = json.dumps(
@@ -20,9 +18,13 @@ BODY = json.dumps(
 ).encode()
 
 
-def make_router(*urls: str, models: list[str] | None = None) -> Router:
-    workers = WorkerRegistry(WorkerSpec(url=u, models=models or ["m"]) for u in urls)
-    return Router(workers, create_policy("round_robin"), PickerMetrics(workers))
+def make_router(*urls: str, models: list[str] | None = None) -> PickerRuntime:
+    return runtime_of(*(WorkerSpec(url=u, models=models or ["m"]) for u in urls))
+
+
+def runtime_of(*specs: WorkerSpec, **settings: object) -> PickerRuntime:
+    """A runtime, not started: the stream needs none of its background services."""
+    return PickerRuntime(PickerConfig.model_validate({"workers": list(specs), **settings}))
 
 
 def headers_msg(
@@ -72,9 +74,9 @@ def test_duplex_routes_once_body_is_complete_and_returns_body_unchanged() -> Non
     assert lb.fields[codec.DESTINATION_HEADER].string_value == "127.0.0.1:8001"
     streamed = body.request_body.response.body_mutation.streamed_response
     assert streamed.body == BODY and streamed.end_of_stream
-    assert router.workers.workers()[0].in_flight == 1
+    assert router.registry.workers()[0].in_flight == 1
     stream.close(cancelled=False)
-    assert router.workers.workers()[0].in_flight == 0
+    assert router.registry.workers()[0].in_flight == 0
 
 
 @pytest.mark.parametrize("split", [1, 7, len(BODY) - 1])
@@ -133,12 +135,12 @@ def test_bad_requests_become_immediate_json_errors(
     assert set_headers(immediate.headers)["content-type"] == "application/json"
     assert stream.lease is None
     stream.close(cancelled=False)
-    assert router.workers.stats()["total_load"] == 0
+    assert router.registry.stats()["total_load"] == 0
 
 
 def test_no_healthy_worker_is_503() -> None:
     router = make_router("127.0.0.1:8001")
-    router.workers.workers()[0].healthy = False
+    router.registry.set_healthy(router.registry.workers()[0], False)
     stream = RequestStream(router, 1 << 20)
     stream.handle(headers_msg())
     (response,) = stream.handle(body_msg(BODY, True))
@@ -169,7 +171,7 @@ def test_close_releases_the_slot_exactly_once(cancelled: bool) -> None:
     stream.handle(body_msg(BODY, True))
     stream.close(cancelled)
     stream.close(cancelled)
-    assert router.workers.workers()[0].in_flight == 0
+    assert router.registry.workers()[0].in_flight == 0
     text = router.metrics.render().decode()
     outcome = "cancelled" if cancelled else "completed"
     assert f'llm_picker_requests_total{{outcome="{outcome}"}} 1.0' in text
@@ -212,7 +214,7 @@ def test_messages_out_of_order_get_a_local_reply_not_a_crash(first: pb.Processin
     (response,) = stream.handle(first)
     assert response.immediate_response.status.code == 400
     stream.close(cancelled=False)
-    assert router.workers.stats()["total_load"] == 0
+    assert router.registry.stats()["total_load"] == 0
 
 
 def test_streamed_body_mode_is_refused_with_a_clear_500() -> None:
@@ -226,8 +228,7 @@ def test_streamed_body_mode_is_refused_with_a_clear_500() -> None:
 
 @pytest.mark.parametrize("duplex", [True, False])
 def test_dp_rank_header_set_for_rank_workers_and_client_copy_removed(duplex: bool) -> None:
-    workers = WorkerRegistry([WorkerSpec(url="http://127.0.0.1:8001@3", dp_size=4, models=["m"])])
-    router = Router(workers, create_policy("round_robin"), PickerMetrics(workers))
+    router = runtime_of(WorkerSpec(url="http://127.0.0.1:8001@3", dp_size=4, models=["m"]))
     stream = RequestStream(router, 1 << 20)
     first = stream.handle(headers_msg(duplex=duplex, extra={codec.DP_RANK_HEADER: "0"}))
     responses = stream.handle(body_msg(BODY, True))
@@ -250,8 +251,7 @@ def test_non_rank_worker_strips_a_client_rank_header() -> None:
 
 
 def test_worker_api_key_is_set_on_the_routed_request() -> None:
-    workers = WorkerRegistry([WorkerSpec(url="127.0.0.1:8001", models=["m"], api_key="sk-w")])
-    router = Router(workers, create_policy("round_robin"), PickerMetrics(workers))
+    router = runtime_of(WorkerSpec(url="127.0.0.1:8001", models=["m"], api_key="sk-w"))
     stream = RequestStream(router, 1 << 20)
     stream.handle(headers_msg(duplex=False, extra={"authorization": "Bearer client-key"}))
     (routed,) = stream.handle(body_msg(BODY, True))
@@ -260,16 +260,13 @@ def test_worker_api_key_is_set_on_the_routed_request() -> None:
 
 
 async def test_remote_tokenizer_makes_routing_an_awaited_step() -> None:
-    from picker.prefix.producer import PrefixProducer, PrefixSettings
-    from picker.prefix.tokenizers import TokenizerSettings
     from tests.sim_thread import running_sim
 
     with running_sim(model="m") as url:
-        settings = PrefixSettings(enabled=True, block_size=2,
-                                  tokenizer=TokenizerSettings(kind="remote", endpoint=url))
-        workers = WorkerRegistry([WorkerSpec(url="127.0.0.1:8001", models=["m"])])
-        router = Router(workers, create_policy("prefix_cache"), PickerMetrics(workers),
-                        PrefixProducer(settings))
+        router = runtime_of(
+            WorkerSpec(url="127.0.0.1:8001", models=["m"]), policy="prefix_cache",
+            prefix={"enabled": True, "block_size": 2,
+                    "tokenizer": {"kind": "remote", "endpoint": url}})
         stream = RequestStream(router, 1 << 20)
         stream.handle(headers_msg(duplex=False))
         assert stream.handle(body_msg(BODY, True)) == [] and stream.pending
@@ -277,5 +274,5 @@ async def test_remote_tokenizer_makes_routing_an_awaited_step() -> None:
         assert not stream.pending
         headers = set_headers(routed.request_body.response.header_mutation)
         assert headers[codec.DESTINATION_HEADER] == "127.0.0.1:8001"
-        assert router.prefix is not None
-        assert router.prefix.index.blocks_of(workers.workers()[0].id) == 1  # 2 tokens / 2
+        assert router.router.prefix is not None
+        assert router.router.prefix.index.blocks_of(router.registry.workers()[0].id) == 1

@@ -8,44 +8,40 @@ import threading
 
 import pytest
 
-from picker.circuit import CircuitSettings
+from picker.config import PickerConfig
 from picker.errors import Overloaded
 from picker.limits import Admission, LimitSettings
-from picker.policies import create_policy
-from picker.registry import WorkerRegistry
 from picker.request import Api, RoutingRequest
-from picker.router import Router
-from picker.telemetry import PickerMetrics
-from picker.workers import WorkerSpec
+from picker.runtime import PickerRuntime
 
 REQ = RoutingRequest(model="m", api=Api.CHAT)
 
 
-def router(workers: int = 2, **limits: float) -> Router:
+def router(workers: int = 2, **limits: float) -> PickerRuntime:
     # Circuit breakers off: upstream_error outcomes here are bookkeeping, not worker faults.
-    registry = WorkerRegistry((WorkerSpec(url=f"h:{i + 1}", id=f"w{i}", models=["m"])
-                               for i in range(workers)), CircuitSettings(enabled=False))
-    return Router(registry, create_policy("least_load"), PickerMetrics(registry),
-                  limits=LimitSettings.model_validate(limits))
+    return PickerRuntime(PickerConfig.model_validate({
+        "workers": [{"url": f"h:{i + 1}", "id": f"w{i}", "models": ["m"]}
+                    for i in range(workers)],
+        "circuit": {"enabled": False}, "policy": "least_load", "limits": limits}))
 
 
 def test_global_limit_refuses_with_retry_after_and_recovers() -> None:
     r = router(max_concurrent_requests=2, retry_after_secs=3)
-    leases = [r.pick(REQ), r.pick(REQ)]
+    leases = [r.route_sync(REQ), r.route_sync(REQ)]
     with pytest.raises(Overloaded) as caught:
-        r.pick(REQ)
+        r.route_sync(REQ)
     assert caught.value.status == 429 and caught.value.headers() == {"retry-after": "3"}
     leases[0].release("completed")
-    r.pick(REQ)
-    assert r.active_requests == 2
+    r.route_sync(REQ)
+    assert r.leases.active == 2
 
 
 def test_per_worker_cap() -> None:
     r = router(per_worker_max=1)
-    r.pick(REQ), r.pick(REQ)
+    r.route_sync(REQ), r.route_sync(REQ)
     with pytest.raises(Overloaded, match="per|limit"):
-        r.pick(REQ)
-    assert r.active_requests == 2  # the refused pick gave its admission slot back
+        r.route_sync(REQ)
+    assert r.leases.active == 2  # the refused pick gave its admission slot back
 
 
 async def test_queue_waits_for_a_release_then_times_out() -> None:
@@ -67,10 +63,10 @@ async def test_queue_waits_for_a_release_then_times_out() -> None:
 
 def test_expire_releases_leases_whose_end_never_came() -> None:
     r = router(timeout_secs=10)
-    lease = r.pick(REQ)
-    assert r.expire(now=lease.started + 5) == 0
-    assert r.expire(now=lease.started + 11) == 1
-    assert not lease.open and r.active_requests == 0
+    lease = r.route_sync(REQ)
+    assert r.leases.expire(now=lease.started + 5) == 0
+    assert r.leases.expire(now=lease.started + 11) == 1
+    assert not lease.open and r.leases.active == 0
     assert 'outcome="timeout"' in r.metrics.render().decode()
 
 
@@ -83,7 +79,7 @@ def test_thousands_of_mixed_outcomes_leave_every_counter_at_zero() -> None:
     refused = 0
     for _ in range(5000):
         try:
-            leases.append(r.pick(REQ))
+            leases.append(r.route_sync(REQ))
         except Overloaded:
             refused += 1
             victim = leases.pop(rng.randrange(len(leases)))
@@ -101,12 +97,12 @@ def test_thousands_of_mixed_outcomes_leave_every_counter_at_zero() -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert r.active_requests == 0 and not r.open_leases
-    assert all(w.in_flight == 0 for w in r.workers.workers())
+    assert r.leases.active == 0 and r.leases.expire(now=float("inf")) == 0
+    assert all(w.in_flight == 0 for w in r.registry.workers())
     text = r.metrics.render().decode()
     released = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith("llm_picker_requests_total{"))
     assert released == 5000 - refused  # every admitted request ended exactly once
-    assert sum(r.outcomes.values()) == 5000 - refused
-    ratio = r.outcomes.get("completed", 0) / (5000 - refused)
+    assert sum(r.leases.outcomes.values()) == 5000 - refused
+    ratio = r.leases.outcomes.get("completed", 0) / (5000 - refused)
     assert f"llm_picker_success_ratio {ratio}" in text

@@ -176,7 +176,7 @@ async def test_failed_scrape_keeps_the_previous_value() -> None:
         try:
             for worker in registry.workers():
                 before = parse_engine_load(VLLM, RuntimeType.VLLM, 1.0)
-                worker.engine = before
+                registry.set_engine_load(worker, before)
                 await monitor.scrape(worker)  # 500, then connection refused
                 assert worker.engine is before
         finally:

@@ -9,25 +9,24 @@ import pytest
 from picker.config import load_config
 from picker.errors import ConfigError
 from picker.load_signals import EngineLoad
-from picker.policies import create_policy
+from picker.policies import create_policy, parse_params
 from picker.policies.scorers import SCORERS
 from picker.prefix import PrefixMatch
-from picker.registry import Worker
 from picker.request import Api, RoutingRequest
 from picker.workers import WorkerSpec
+from tests.live import Fleet
 
 REQ = RoutingRequest(model="m", api=Api.CHAT)
 
 
 def fleet(*engines: dict[str, float] | None, age: float = 0.0,
-          in_flight: tuple[int, ...] | None = None) -> list[Worker]:
+          in_flight: tuple[int, ...] | None = None) -> Fleet:
     now = time.monotonic()
-    out = []
-    for i, values in enumerate(engines):
-        worker = Worker(WorkerSpec(url=f"h:{i + 1}", id=f"w{i}"))
-        worker.engine = None if values is None else EngineLoad(scraped_at=now - age, **values)
-        worker.in_flight = in_flight[i] if in_flight else 0
-        out.append(worker)
+    out = Fleet(WorkerSpec(url=f"h:{i + 1}", id=f"w{i}") for i in range(len(engines)))
+    for i, (worker, values) in enumerate(zip(out, engines, strict=True)):
+        out.set_engine(worker, None if values is None
+                       else EngineLoad(scraped_at=now - age, **values))
+        out.set_in_flight(worker, in_flight[i] if in_flight else 0)
     return out
 
 
@@ -74,12 +73,12 @@ def test_weights_change_the_winner(weights: dict[str, float], expected: str) -> 
 def test_bad_weighted_config(params: dict[str, object]) -> None:
     with pytest.raises(ConfigError) as caught:
         create_policy("weighted", params)
-    assert caught.value.key == "policy.params"
+    assert caught.value.key.startswith("policy.params.scorers")
 
 
 def test_weighted_with_prefix_scorer_needs_the_index() -> None:
-    assert create_policy("weighted", {"scorers": {"prefix": 1}}).needs_prefix
-    assert not create_policy("weighted", {"scorers": {"queue": 1}}).needs_prefix
+    assert parse_params("weighted", {"scorers": {"prefix": 1}}).needs_prefix()
+    assert not parse_params("weighted", {"scorers": {"queue": 1}}).needs_prefix()
 
 
 @pytest.mark.parametrize(
@@ -123,13 +122,13 @@ def test_stale_threshold_is_the_policy_parameter() -> None:
 def test_scorers(scorer: str, engines: tuple[dict[str, float] | None, ...],
                  in_flight: tuple[int, ...], expected: list[float | None]) -> None:
     workers = fleet(*engines, in_flight=in_flight)
-    assert SCORERS[scorer](REQ, workers, time.monotonic(), 5.0) == expected
+    assert SCORERS[scorer].score(REQ, workers, time.monotonic(), 5.0) == expected
 
 
 def test_scorers_treat_stale_values_as_unknown() -> None:
     workers = fleet({"waiting": 1, "running": 1, "kv_usage": 0.5}, age=10.0)
     for name in ("queue", "running", "kv"):
-        assert SCORERS[name](REQ, workers, time.monotonic(), 5.0) == [None]
+        assert SCORERS[name].score(REQ, workers, time.monotonic(), 5.0) == [None]
 
 
 @pytest.mark.parametrize(
@@ -189,17 +188,18 @@ def test_bad_params_are_config_errors(name: str, params: dict[str, object],
                                       mentions: str) -> None:
     with pytest.raises(ConfigError) as caught:
         create_policy(name, params)
-    assert caught.value.key == "policy.params"
+    assert caught.value.key.startswith("policy.params")
     assert mentions in str(caught.value)
 
 
 @pytest.mark.parametrize("policy", ["least_queue", "least_kv", "weighted"])
 def test_load_stale_after_secs_is_the_default_threshold(policy: str) -> None:
     config = load_config(overrides={"policy.name": policy, "load.stale_after_secs": 2.0})
-    assert config.policy.params["stale_after_secs"] == 2.0
+    params = config.policy_params()[policy]
+    assert params.stale_after_secs == 2.0  # type: ignore[attr-defined]
     workers = fleet({"waiting": 0, "kv_usage": 0.0}, {"waiting": 9, "kv_usage": 0.9}, age=3.0,
                     in_flight=(5, 0))
-    built = create_policy(config.policy.name, config.policy.params)
+    built = create_policy(config.policy.name, params)
     assert built.pick(REQ, workers).id == "w1"  # 3 s old is stale at 2 s: in-flight decides
 
 
@@ -212,4 +212,4 @@ def test_policy_params_win_over_the_load_default() -> None:
 
 
 def test_a_zero_weight_prefix_scorer_does_not_need_the_index() -> None:
-    assert not create_policy("weighted", {"scorers": {"prefix": 0, "queue": 1}}).needs_prefix
+    assert not parse_params("weighted", {"scorers": {"prefix": 0, "queue": 1}}).needs_prefix()

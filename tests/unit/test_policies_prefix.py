@@ -6,17 +6,15 @@ import pytest
 
 from picker.policies import create_policy
 from picker.prefix import PrefixMatch
-from picker.registry import Worker
 from picker.request import Api, RoutingRequest
 from picker.workers import WorkerSpec
+from tests.live import Fleet
 
 
-def pool(*loads: int) -> list[Worker]:
-    out = []
-    for i, load in enumerate(loads):
-        worker = Worker(WorkerSpec(url=f"h:{i + 1}", id=f"w{i}"))
-        worker.in_flight = load
-        out.append(worker)
+def pool(*loads: int) -> Fleet:
+    out = Fleet(WorkerSpec(url=f"h:{i + 1}", id=f"w{i}") for i in range(len(loads)))
+    for worker, load in zip(out, loads, strict=True):
+        out.set_in_flight(worker, load)
     return out
 
 

@@ -1,15 +1,17 @@
-"""Router.pick and Lease: the one core call both adapters make."""
+"""PickerRuntime.route and Lease: the one core call both adapters make, and the Router's
+decision behind it."""
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from picker.circuit import CircuitSettings
+from picker.config import PickerConfig
 from picker.errors import (
     BodyTooLarge,
     InvalidRequest,
@@ -21,31 +23,31 @@ from picker.errors import (
     UnsupportedMediaType,
     UnsupportedPath,
 )
-from picker.policies import create_policy
-from picker.registry import Worker, WorkerRegistry
+from picker.policies import POLICIES, PolicyDescriptor, PolicyParams
+from picker.registry import Worker
 from picker.request import Api, RoutingRequest
-from picker.router import Router
-from picker.telemetry import PickerMetrics
+from picker.runtime import PickerRuntime
 from picker.workers import WorkerSpec
 
 
-def router(*specs: WorkerSpec, policy: str = "round_robin") -> Router:
-    registry = WorkerRegistry(specs)
-    return Router(registry, create_policy(policy), PickerMetrics(registry))
+def router(*specs: WorkerSpec, policy: str = "round_robin", **settings: object) -> PickerRuntime:
+    """A runtime, not started: routing needs none of its background services."""
+    return PickerRuntime(PickerConfig.model_validate(
+        {"workers": list(specs), "policy": {"name": policy}, **settings}))
 
 
 def req(model: str = "m") -> RoutingRequest:
     return RoutingRequest(model=model, api=Api.CHAT)
 
 
-def sample(r: Router, line_start: str) -> float:
+def sample(r: PickerRuntime, line_start: str) -> float:
     for line in r.metrics.render().decode().splitlines():
         if line.startswith(line_start):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
 
-def samples(r: Router, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+def samples(r: PickerRuntime, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     """Every sample of one metric, keyed by its sorted labels."""
     return {tuple(sorted(s.labels.items())): s.value
             for family in text_string_to_metric_families(r.metrics.render().decode())
@@ -56,7 +58,6 @@ class Recording:
     """A policy that remembers what it was offered and picks the last candidate."""
 
     name = "recording"
-    needs_prefix = False
 
     def __init__(self) -> None:
         self.offered: list[list[str]] = []
@@ -66,10 +67,18 @@ class Recording:
         return candidates[-1]
 
 
-def recording_router(*specs: WorkerSpec) -> tuple[Router, Recording]:
-    registry = WorkerRegistry(specs)
-    policy = Recording()
-    return Router(registry, policy, PickerMetrics(registry)), policy
+RecordingFactory = Callable[..., tuple[PickerRuntime, Recording]]
+
+
+@pytest.fixture
+def recording_router(monkeypatch: pytest.MonkeyPatch) -> RecordingFactory:
+    """Runtimes whose policy is a Recording, declared like a built-in one."""
+    def build(*specs: WorkerSpec) -> tuple[PickerRuntime, Recording]:
+        policy = Recording()
+        monkeypatch.setitem(POLICIES, "recording",  # type: ignore[arg-type]
+                            PolicyDescriptor("recording", PolicyParams, lambda _: policy))
+        return router(*specs, policy="recording"), policy
+    return build
 
 
 def fleet(n: int, **fields: object) -> list[WorkerSpec]:
@@ -79,15 +88,15 @@ def fleet(n: int, **fields: object) -> list[WorkerSpec]:
 
 def test_pick_takes_a_slot_and_release_counts_once() -> None:
     r = router(WorkerSpec(url="a:1", id="a", models=["m"]))
-    lease = r.pick(req())
-    assert lease.worker is r.workers.get("a")
-    assert lease.worker.in_flight == 1 and lease.open and r.active_requests == 1
-    assert r.workers.stats()["total_load"] == 1
+    lease = r.route_sync(req())
+    assert lease.worker is r.registry.get("a")
+    assert lease.worker.in_flight == 1 and lease.open and r.leases.active == 1
+    assert r.registry.stats()["total_load"] == 1
     assert lease.release("completed") is True
     assert lease.release("cancelled") is False
     assert lease.release("completed") is False
-    assert lease.worker.in_flight == 0 and not lease.open and r.active_requests == 0
-    assert r.outcomes == {"completed": 1}
+    assert lease.worker.in_flight == 0 and not lease.open and r.leases.active == 0
+    assert r.leases.outcomes == {"completed": 1}
     assert sample(r, 'llm_picker_requests_total{outcome="completed"}') == 1
     assert sample(r, 'llm_picker_requests_total{outcome="cancelled"}') == 0
     assert sample(r, 'llm_picker_decisions_total{policy="round_robin",worker="a"}') == 1
@@ -95,19 +104,19 @@ def test_pick_takes_a_slot_and_release_counts_once() -> None:
 
 def test_held_leases_add_up_and_release_to_zero() -> None:
     r = router(*fleet(3))
-    leases = [r.pick(req()) for _ in range(9)]
-    assert [w.in_flight for w in r.workers.workers()] == [3, 3, 3]
-    assert r.active_requests == 9
+    leases = [r.route_sync(req()) for _ in range(9)]
+    assert [w.in_flight for w in r.registry.workers()] == [3, 3, 3]
+    assert r.leases.active == 9
     for lease in leases:
         lease.release("completed")
-    assert [w.in_flight for w in r.workers.workers()] == [0, 0, 0]
-    assert r.active_requests == 0 and r.open_leases == {}
+    assert [w.in_flight for w in r.registry.workers()] == [0, 0, 0]
+    assert r.leases.active == 0
 
 
 def test_racing_releases_count_once() -> None:
     """Stream end, reset and timeout may report the same request's end on different threads."""
     r = router(*fleet(2))
-    leases = [r.pick(req()) for _ in range(200)]
+    leases = [r.route_sync(req()) for _ in range(200)]
     results: list[bool] = []
 
     def release_all(outcome: str) -> None:
@@ -120,8 +129,8 @@ def test_racing_releases_count_once() -> None:
     for thread in threads:
         thread.join()
     assert results.count(True) == 200 and len(results) == 800
-    assert [w.in_flight for w in r.workers.workers()] == [0, 0]
-    assert sum(r.outcomes.values()) == 200 and r.active_requests == 0
+    assert [w.in_flight for w in r.registry.workers()] == [0, 0]
+    assert sum(r.leases.outcomes.values()) == 200 and r.leases.active == 0
 
 
 @pytest.mark.parametrize(
@@ -136,27 +145,27 @@ def test_unknown_model_is_404_naming_the_model(specs: tuple[WorkerSpec, ...],
                                                 model: str) -> None:
     r = router(*specs)
     with pytest.raises(ModelNotFound) as caught:
-        r.pick(req(model))
+        r.route_sync(req(model))
     error = caught.value
     assert error.status == 404 and error.param == "model" and error.code == "model_not_found"
     assert repr(model) in error.message
-    assert r.active_requests == 0  # the admission slot is given back
-    assert all(w.in_flight == 0 for w in r.workers.workers())
+    assert r.leases.active == 0  # the admission slot is given back
+    assert all(w.in_flight == 0 for w in r.registry.workers())
 
 
 def test_a_worker_listing_no_models_serves_any_model() -> None:
     r = router(WorkerSpec(url="a:1", id="any"))
-    assert r.pick(req("whatever-model")).worker.id == "any"
+    assert r.route_sync(req("whatever-model")).worker.id == "any"
 
 
-def disable(worker: Worker, how: str) -> None:
+def disable(r: PickerRuntime, worker: Worker, how: str) -> None:
     if how == "unhealthy":
-        worker.healthy = False
+        r.registry.set_healthy(worker, False)
     elif how == "draining":
-        worker.draining = True
+        r.registry.set_draining(worker)
     else:  # circuit open
         for _ in range(CircuitSettings().failure_threshold):
-            worker.circuit.record(False)
+            r.registry.record_outcome(worker, False)
 
 
 @pytest.mark.parametrize(
@@ -164,17 +173,18 @@ def disable(worker: Worker, how: str) -> None:
     [("unhealthy",), ("draining",), ("circuit",), ("unhealthy", "draining"),
      ("draining", "circuit", "unhealthy")],
 )
-def test_no_routable_worker_is_503(hows: tuple[str, ...]) -> None:
+def test_no_routable_worker_is_503(hows: tuple[str, ...],
+                                   recording_router: RecordingFactory) -> None:
     r, policy = recording_router(*fleet(len(hows)))
-    for worker, how in zip(r.workers.workers(), hows, strict=True):
-        disable(worker, how)
+    for worker, how in zip(r.registry.workers(), hows, strict=True):
+        disable(r, worker, how)
     with pytest.raises(NoHealthyWorker) as caught:
-        r.pick(req())
+        r.route_sync(req())
     error = caught.value
     assert error.status == 503 and error.code == "no_healthy_worker"
     assert "'m'" in error.message
     assert policy.offered == []  # the policy is never asked with nobody to pick
-    assert r.active_requests == 0 and all(w.in_flight == 0 for w in r.workers.workers())
+    assert r.leases.active == 0 and all(w.in_flight == 0 for w in r.registry.workers())
 
 
 @pytest.mark.parametrize(
@@ -186,42 +196,42 @@ def test_no_routable_worker_is_503(hows: tuple[str, ...]) -> None:
         ({"w1": "unhealthy", "w2": "draining", "w3": "circuit"}, ["w4"]),
     ],
 )
-def test_only_routable_workers_reach_the_policy(hows: dict[str, str],
-                                                offered: list[str]) -> None:
+def test_only_routable_workers_reach_the_policy(hows: dict[str, str], offered: list[str],
+                                                recording_router: RecordingFactory) -> None:
     r, policy = recording_router(*fleet(4), WorkerSpec(url="z:1", id="other", models=["n"]))
     for worker_id, how in hows.items():
-        worker = r.workers.get(worker_id)
+        worker = r.registry.get(worker_id)
         assert worker is not None
-        disable(worker, how)
-    lease = r.pick(req())
+        disable(r, worker, how)
+    lease = r.route_sync(req())
     assert policy.offered == [offered]
     assert lease.worker.id == offered[-1]
 
 
-def test_recovered_worker_is_offered_again() -> None:
+def test_recovered_worker_is_offered_again(recording_router: RecordingFactory) -> None:
     r, policy = recording_router(*fleet(2))
-    worker = r.workers.get("w1")
+    worker = r.registry.get("w1")
     assert worker is not None
-    worker.healthy = False
-    r.pick(req()).release("completed")
-    worker.healthy = True
-    r.pick(req()).release("completed")
+    r.registry.set_healthy(worker, False)
+    r.route_sync(req()).release("completed")
+    r.registry.set_healthy(worker, True)
+    r.route_sync(req()).release("completed")
     assert policy.offered == [["w2"], ["w1", "w2"]]
 
 
-def test_allowed_narrows_the_candidates() -> None:
+def test_allowed_narrows_the_candidates(recording_router: RecordingFactory) -> None:
     r, policy = recording_router(*fleet(3))
-    assert r.choose(req(), allowed={"w1", "w3"}).id == "w3"
+    assert r.router.choose(req(), allowed={"w1", "w3"}).id == "w3"
     assert policy.offered == [["w1", "w3"]]
     with pytest.raises(NoHealthyWorker):
-        r.choose(req(), allowed=set())
+        r.router.choose(req(), allowed=set())
 
 
 def test_decision_and_request_counters() -> None:
     r = router(*fleet(2), policy="round_robin")
     outcomes = ["completed", "completed", "cancelled", "upstream_error", "completed"]
     for outcome in outcomes:
-        r.pick(req()).release(outcome)
+        r.route_sync(req()).release(outcome)
     decisions = samples(r, "llm_picker_decisions_total")
     assert decisions == {(("policy", "round_robin"), ("worker", "w1")): 3,
                          (("policy", "round_robin"), ("worker", "w2")): 2}
@@ -237,14 +247,14 @@ def test_decision_and_request_counters() -> None:
 def test_refused_requests_are_not_counted_as_decisions() -> None:
     r = router(WorkerSpec(url="a:1", models=["m"]))
     with pytest.raises(ModelNotFound):
-        r.pick(req("nope"))
+        r.route_sync(req("nope"))
     assert samples(r, "llm_picker_decisions_total") == {}
     assert samples(r, "llm_picker_decision_duration_seconds_count") == {(): 0}
 
 
 def test_unregistered_model_names_do_not_become_label_values() -> None:
     r = router(WorkerSpec(url="a:1", id="any"), WorkerSpec(url="b:1", id="b", models=["m"]))
-    r.pick(req("client-invented-name")).release("completed")
+    r.route_sync(req("client-invented-name")).release("completed")
     models = {dict(labels)["model"] for labels in samples(r, "llm_picker_routing_decisions_total")}
     assert models == {"other"}
 
@@ -298,24 +308,20 @@ def test_overloaded_tells_when_to_retry() -> None:
 def test_upstream_errors_open_the_circuit_and_stop_routing_there() -> None:
     r = router(WorkerSpec(url="a:1", id="a", models=["m"]),
                WorkerSpec(url="b:1", id="b", models=["m"]))
-    bad = r.workers.get("a")
+    bad = r.registry.get("a")
     assert bad is not None
     for _ in range(CircuitSettings().failure_threshold):
-        lease = r.pick(req())
+        lease = r.route_sync(req())
         while lease.worker is not bad:
             lease.release("completed")
-            lease = r.pick(req())
+            lease = r.route_sync(req())
         lease.release("upstream_error")
-    assert {r.pick(req()).worker.id for _ in range(6)} == {"b"}
+    assert {r.route_sync(req()).worker.id for _ in range(6)} == {"b"}
 
 
-def prefix_router(policy: str = "prefix_cache") -> Router:
-    from picker.prefix.producer import PrefixProducer, PrefixSettings
-
-    registry = WorkerRegistry(WorkerSpec(url=f"a:{i}", id=f"w{i}", models=["m"])
-                              for i in range(1, 5))
-    return Router(registry, create_policy(policy), PickerMetrics(registry),
-                  PrefixProducer(PrefixSettings(enabled=True, block_size=16)))
+def prefix_router(policy: str = "prefix_cache") -> PickerRuntime:
+    return router(*(WorkerSpec(url=f"a:{i}", id=f"w{i}", models=["m"]) for i in range(1, 5)),
+                  policy=policy, prefix={"enabled": True, "block_size": 16})
 
 
 def chat_req(system: str, question: str, **headers: str) -> RoutingRequest:
@@ -330,38 +336,39 @@ def test_shared_prefix_groups_stick_to_one_worker(policy: str) -> None:
     homes: dict[int, set[str]] = {g: set() for g in range(4)}
     for i in range(40):  # leases held: in-flight load builds up as in a busy fleet
         g = i % 4
-        homes[g].add(r.pick(chat_req(systems[g], f"question {i}")).worker.id)
+        homes[g].add(r.route_sync(chat_req(systems[g], f"question {i}")).worker.id)
     assert all(len(h) == 1 for h in homes.values()), homes
     assert len(set().union(*homes.values())) == 4  # first picks went to idle workers
 
 
 def test_removed_worker_leaves_the_index() -> None:
     r = prefix_router()
-    lease = r.pick(chat_req("x" * 64, "q"))
+    lease = r.route_sync(chat_req("x" * 64, "q"))
     lease.release("completed")
-    r.workers.remove(lease.worker.url)
-    assert r.prefix is not None
-    assert r.prefix.index.blocks_of(lease.worker.id) == 0
-    assert lease.worker.id not in {r.pick(chat_req("x" * 64, "q")).worker.id for _ in range(3)}
+    r.registry.remove(lease.worker.url)
+    assert r.router.prefix is not None
+    assert r.router.prefix.index.blocks_of(lease.worker.id) == 0
+    again = {r.route_sync(chat_req("x" * 64, "q")).worker.id for _ in range(3)}
+    assert lease.worker.id not in again
 
 
 def test_strategy_header_overrides_and_unknown_is_400() -> None:
     r = prefix_router("prefix_cache")
-    lease = r.pick(chat_req("s", "q", **{"x-routing-strategy": "round_robin"}))
+    lease = r.route_sync(chat_req("s", "q", **{"x-routing-strategy": "round_robin"}))
     line = f'llm_picker_decisions_total{{policy="round_robin",worker="{lease.worker.id}"}}'
     assert sample(r, line) == 1
     with pytest.raises(InvalidRequest) as caught:
-        r.pick(chat_req("s", "q", **{"x-routing-strategy": "fastest"}))
+        r.route_sync(chat_req("s", "q", **{"x-routing-strategy": "fastest"}))
     assert caught.value.status == 400 and caught.value.param == "x-routing-strategy"
     plain = router(WorkerSpec(url="a:1", models=["m"]))
     with pytest.raises(InvalidRequest, match="prefix index"):
-        plain.pick(chat_req("s", "q", **{"x-routing-strategy": "cache_aware"}))
+        plain.route_sync(chat_req("s", "q", **{"x-routing-strategy": "cache_aware"}))
 
 
 def test_prefix_metrics_report_match_buckets_and_index_size() -> None:
     r = prefix_router()
     for _ in range(2):
-        r.pick(chat_req("p" * 320, "")).release("completed")
+        r.route_sync(chat_req("p" * 320, "")).release("completed")
     text = r.metrics.render().decode()
     assert ('llm_picker_routing_decisions_total{match_percent_bucket="0",model="m",'
             'policy="prefix_cache"} 1.0') in text
@@ -382,8 +389,10 @@ def test_match_bucket(rate: float | None, bucket: str) -> None:
 
 def test_imbalance_and_indexer_status_metrics() -> None:
     r = prefix_router()
-    r.workers.workers()[0].in_flight = 20
-    r.pick(chat_req("s", "q")).release("completed")
+    busy = r.registry.workers()[0]
+    for _ in range(20):
+        r.registry.acquire(busy)
+    r.route_sync(chat_req("s", "q")).release("completed")
     text = r.metrics.render().decode()
     assert "llm_picker_load_imbalance_total 1.0" in text
     assert 'llm_picker_prefix_indexer_status{kind="approximate",model="m"} 1.0' in text

@@ -6,12 +6,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from picker.circuit import CircuitSettings, CircuitState
+from picker.config import PickerConfig
 from picker.errors import NoHealthyWorker
-from picker.limits import LimitSettings
-from picker.policies import create_policy
 from picker.registry import WorkerRegistry
 from picker.request import Api, RoutingRequest
-from picker.router import Router
+from picker.runtime import PickerRuntime
 from picker.telemetry import CONTENT_TYPE, PickerMetrics, match_bucket
 from picker.workers import WorkerSpec
 
@@ -85,9 +84,9 @@ def test_health_gauge_is_routability() -> None:
     metrics = PickerMetrics(workers)
     _, sick, leaving, tripped = workers.workers()
     workers.set_healthy(sick, False)
-    leaving.draining = True
+    workers.set_draining(leaving)
     for _ in range(CircuitSettings().failure_threshold):
-        tripped.circuit.record(False)
+        workers.record_outcome(tripped, False)
     samples = parse(metrics)[1]
     healthy = {dict(labels)["worker"]: value for (name, labels), value in samples.items()
                if name == "llm_picker_worker_healthy"}
@@ -117,23 +116,21 @@ def test_instances_do_not_share_a_registry() -> None:
 
 
 def test_no_secret_reaches_the_metrics() -> None:
-    workers = WorkerRegistry([WorkerSpec(url="h:1", id="a", api_key="sk-METRICS-SECRET")])
-    r = Router(workers, create_policy("least_load"), PickerMetrics(workers))
-    r.pick(RoutingRequest(model="m", api=Api.CHAT)).release("completed")
+    r = runtime(WorkerSpec(url="h:1", id="a", api_key="sk-METRICS-SECRET"), policy="least_load")
+    r.route_sync(RoutingRequest(model="m", api=Api.CHAT)).release("completed")
     assert b"sk-METRICS-SECRET" not in r.metrics.render()
 
 
 def test_router_wires_admission_gauges_and_success_ratio() -> None:
-    workers = registry("a")
-    r = Router(workers, create_policy("least_load"), PickerMetrics(workers),
-               limits=LimitSettings(max_concurrent_requests=4))
+    r = runtime(WorkerSpec(url="h:1", id="a"), policy="least_load",
+                limits={"max_concurrent_requests": 4})
     request = RoutingRequest(model="m", api=Api.CHAT)
 
     def gauge(name: str) -> float:
         return parse(r.metrics)[1][(name, ())]
 
     assert gauge("llm_picker_success_ratio") == 1.0  # nothing finished yet
-    leases = [r.pick(request) for _ in range(3)]
+    leases = [r.route_sync(request) for _ in range(3)]
     assert gauge("llm_picker_active_requests") == 3
     assert gauge("llm_picker_utilization") == 0.75
     assert gauge("llm_picker_queued_requests") == 0
@@ -145,9 +142,8 @@ def test_router_wires_admission_gauges_and_success_ratio() -> None:
 
 
 def test_decisions_and_rejections_show_up_as_counters() -> None:
-    workers = registry("a")
-    r = Router(workers, create_policy("round_robin"), PickerMetrics(workers))
-    r.pick(RoutingRequest(model="m", api=Api.CHAT)).release("completed")
+    r = runtime(WorkerSpec(url="h:1", id="a"))
+    r.route_sync(RoutingRequest(model="m", api=Api.CHAT)).release("completed")
     r.reject(NoHealthyWorker("none"))
     samples = parse(r.metrics)[1]
     assert samples[("llm_picker_decisions_total",
@@ -168,3 +164,7 @@ def test_decisions_and_rejections_show_up_as_counters() -> None:
 )
 def test_match_bucket(rate: float | None, bucket: str) -> None:
     assert match_bucket(rate) == bucket
+
+
+def runtime(*specs: WorkerSpec, **settings: object) -> PickerRuntime:
+    return PickerRuntime(PickerConfig.model_validate({"workers": list(specs), **settings}))

@@ -9,15 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from picker.config import load_config
+from picker.config import PickerConfig, load_config
 from picker.errors import ConfigError, NoHealthyWorker
-from picker.policies import create_policy
 from picker.prefix.producer import PrefixProducer, PrefixSettings
 from picker.prefix.tokenizers import RemoteTokenizer, TokenizerSettings, load_hf_tokenizer
-from picker.registry import Worker, WorkerRegistry
+from picker.registry import Worker
 from picker.request import Api, RoutingRequest
-from picker.router import Router
-from picker.telemetry import PickerMetrics
+from picker.runtime import PickerRuntime
 from picker.workers import WorkerSpec
 from picker_bench.workload import make_workload
 from picker_sim.engine import prompt_tokens, token_ids
@@ -92,17 +90,17 @@ def test_remote_tokenizer_matches_the_engine_and_falls_back_only_when_allowed() 
     assert asyncio.run(lenient.tokens(request)) is None and lenient.failures == 1
 
 
-async def test_router_prepare_counts_fallbacks() -> None:
-    settings = PrefixSettings(enabled=True, tokenizer=TokenizerSettings(
-        kind="remote", endpoint="http://127.0.0.1:1", retries=0, fallback=True))
-    registry = WorkerRegistry([WorkerSpec(url="a:1", models=["m"])])
-    router = Router(registry, create_policy("prefix_cache"), PickerMetrics(registry),
-                    PrefixProducer(settings))
-    assert router.needs_prepare
-    request = await router.prepare(RoutingRequest(model="m", api=Api.COMPLETIONS,
-                                                  prompt_text="p"))
-    assert request.tokens is None
-    assert "llm_picker_tokenizer_fallbacks_total 1.0" in router.metrics.render().decode()
+async def test_route_awaits_the_tokenizer_and_counts_fallbacks() -> None:
+    runtime = PickerRuntime(PickerConfig.model_validate({
+        "workers": [{"url": "a:1", "models": ["m"]}], "policy": "prefix_cache",
+        "prefix": {"enabled": True, "tokenizer": {
+            "kind": "remote", "endpoint": "http://127.0.0.1:1", "retries": 0,
+            "fallback": True}}}))
+    assert runtime.awaits
+    lease = await runtime.route(RoutingRequest(model="m", api=Api.COMPLETIONS,
+                                               prompt_text="p"))
+    assert lease.worker.url == "http://a:1"
+    assert "llm_picker_tokenizer_fallbacks_total 1.0" in runtime.metrics.render().decode()
 
 
 def test_under_kv_events_a_fallback_prompt_uses_the_approximate_index() -> None:

@@ -1,0 +1,118 @@
+"""The lease book: every in-flight request's slot, from admission to its one release.
+
+One lock guards the open leases and the outcome counts; admission (the global concurrency
+limit and its waiting queue) is taken when a lease opens and given back when it closes, so
+"one admission slot per lease" holds whatever the adapter does. Adapters learn that a request
+ended from several places (stream end, reset, error, timeout) and may report it more than once:
+only the first report counts, so load returns to exactly zero whatever the order of events.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+
+from picker.limits import Admission, LimitSettings
+from picker.registry import Worker, WorkerRegistry
+from picker.telemetry import PickerMetrics
+
+__all__ = ["Lease", "LeaseBook"]
+
+# What each request outcome tells the worker's circuit breaker; cancellations say nothing.
+_CIRCUIT_OUTCOMES = {"completed": True, "upstream_error": False}
+
+
+class Lease:
+    """One request's in-flight slot on a worker; `release` it once the request is over."""
+
+    __slots__ = ("worker", "started", "_book", "_open")
+
+    def __init__(self, worker: Worker, book: LeaseBook) -> None:
+        self.worker = worker
+        self.started = time.monotonic()
+        self._book = book
+        self._open = True
+
+    def release(self, outcome: str) -> bool:
+        """Free the slot once; returns False if it was already released."""
+        return self._book.close(self, outcome)
+
+    @property
+    def open(self) -> bool:
+        return self._open
+
+
+class LeaseBook:
+    def __init__(self, workers: WorkerRegistry, limits: LimitSettings,
+                 metrics: PickerMetrics) -> None:
+        self._workers = workers
+        self._limits = limits
+        self._metrics = metrics
+        self._admission = Admission(limits)
+        self._lock = threading.Lock()
+        self._open: dict[int, Lease] = {}
+        self._outcomes: dict[str, int] = {}  # finished requests by outcome (success ratio)
+        metrics.watch_admission(self._admission, self._outcomes)
+
+    @property
+    def queueing(self) -> bool:
+        """True when admission may have to wait (a limit with a waiting queue): then only the
+        async path can admit."""
+        return self._admission.limit > 0 and self._limits.queue_size > 0
+
+    @property
+    def active(self) -> int:
+        """Admitted requests not yet released."""
+        return self._admission.active
+
+    @property
+    def limit(self) -> int | None:
+        """The global concurrency limit, None when unlimited."""
+        return self._admission.limit or None
+
+    @property
+    def outcomes(self) -> Mapping[str, int]:
+        return self._outcomes
+
+    def admit_now(self) -> None:
+        """Take an admission slot now or raise Overloaded (no waiting)."""
+        self._admission.try_enter()
+
+    async def admit(self) -> None:
+        """Take an admission slot, waiting in the bounded queue if configured."""
+        await self._admission.enter()
+
+    def cancel_admission(self) -> None:
+        """Give back a slot taken by `admit` or `admit_now` when no lease was opened on it."""
+        self._admission.leave()
+
+    def open(self, worker: Worker) -> Lease:
+        """Open a lease on an admission slot already taken; the worker's in-flight grows."""
+        self._workers.acquire(worker)
+        lease = Lease(worker, self)
+        with self._lock:
+            self._open[id(lease)] = lease
+        return lease
+
+    def close(self, lease: Lease, outcome: str) -> bool:
+        with self._lock:
+            if not lease._open:
+                return False
+            lease._open = False
+            self._open.pop(id(lease), None)
+            self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
+        self._workers.release(lease.worker)
+        self._admission.leave()
+        verdict = _CIRCUIT_OUTCOMES.get(outcome)
+        if verdict is not None:
+            self._workers.record_outcome(lease.worker, verdict)
+        self._metrics.requests.labels(outcome).inc()
+        return True
+
+    def expire(self, now: float | None = None) -> int:
+        """Release leases older than limits.timeout_secs (the picker never heard their end)."""
+        cutoff = (now if now is not None else time.monotonic()) - self._limits.timeout_secs
+        with self._lock:
+            stale = [lease for lease in self._open.values() if lease.started < cutoff]
+        return sum(lease.release("timeout") for lease in stale)
