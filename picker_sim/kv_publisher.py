@@ -2,8 +2,10 @@
 
 PUB socket: `[topic, seq (8-byte big-endian), payload]`, seq from 0 per process. ROUTER replay
 socket: a request `[identity, b"", start_seq]` is answered with every buffered batch from
-start_seq on, `[identity, b"", seq, payload]`, then `[identity, b"", -1, b""]`. The buffer
-keeps the last `buffer_batches` (vLLM's buffer_steps, default 10,000).
+start_seq on, then an end marker of seq -1 and an empty payload. vLLM 0.33 sends
+`[identity, b"", topic, seq, payload]` and ends with topic b""; older vLLM sent
+`[identity, b"", seq, payload]` (the encoding picks which, see kv_formats). The buffer keeps
+the last `buffer_batches` (vLLM's buffer_steps, default 10,000).
 
 Publishing happens on the sim's event loop (a non-blocking send: PUB drops at its high-water
 mark, as vLLM's does); replay is served by a thread, so a slow replay client never stalls the
@@ -20,9 +22,9 @@ from collections.abc import Sequence
 
 import zmq
 
-from picker.prefix.kv_wire import WIRE, Encoding, KvEvent, WireFormat
 from picker_sim.cache import Claim
 from picker_sim.engine import token_ids
+from picker_sim.kv_formats import WIRE, Encoding, KvEvent, WireFormat
 
 __all__ = ["CacheEvents", "KvEventPublisher"]
 
@@ -57,8 +59,7 @@ class KvEventPublisher:
     def publish(self, events: Sequence[KvEvent]) -> None:
         if not events:
             return
-        payload = self.wire.encode(self.wire.batch(ts=time.time(), events=list(events),
-                                                   data_parallel_rank=self._rank))
+        payload = self.wire.batch(list(events), time.time(), self._rank)
         with self._lock:
             seq = self._seq
             self._seq += 1
@@ -89,9 +90,12 @@ class KvEventPublisher:
                 identity, start = frames[0], int.from_bytes(frames[2], "big")
                 with self._lock:
                     batches = [item for item in self._buffer if item[0] >= start]
+                topic = (self._topic,) if self.wire.replay_has_topic else ()
                 for seq, payload in batches:
-                    router.send_multipart((identity, b"", seq.to_bytes(8, "big"), payload))
-                router.send_multipart((identity, b"", _END_SEQ, b""))
+                    router.send_multipart((identity, b"", *topic, seq.to_bytes(8, "big"),
+                                           payload))
+                end = (b"",) if self.wire.replay_has_topic else ()
+                router.send_multipart((identity, b"", *end, _END_SEQ, b""))
         finally:
             router.close(linger=0)
 
@@ -114,8 +118,7 @@ class CacheEvents:
     def claimed(self, prompt: Sequence[str], hashes: Sequence[int], claim: Claim) -> None:
         events: list[KvEvent] = []
         if claim.evicted:
-            events.append(self._wire.removed(block_hashes=self._ids(claim.evicted),
-                                             medium="GPU"))
+            events.append(self._wire.removed_event(self._ids(claim.evicted)))
         position = {block: i for i, block in enumerate(hashes)}
         runs: list[list[int]] = []
         for i in sorted(position[block] for block in claim.stored):
@@ -126,19 +129,17 @@ class CacheEvents:
         size = self._block
         for run in runs:
             first, last = run[0], run[-1]
-            events.append(self._wire.stored(
-                block_hashes=self._ids([hashes[i] for i in run]),
-                parent_block_hash=self._ids([hashes[first - 1]])[0] if first else None,
-                token_ids=token_ids(prompt[first * size:(last + 1) * size]),
-                block_size=size, medium="GPU"))
+            events.append(self._wire.stored_event(
+                self._ids([hashes[i] for i in run]),
+                self._ids([hashes[first - 1]])[0] if first else None,
+                token_ids(prompt[first * size:(last + 1) * size]), size))
         self._publisher.publish(events)
 
     def dropped(self, hashes: Sequence[int], everything: bool) -> None:
         if everything:
             self._publisher.publish([self._wire.cleared()])
         elif hashes:
-            self._publisher.publish([self._wire.removed(block_hashes=self._ids(hashes),
-                                                        medium="GPU")])
+            self._publisher.publish([self._wire.removed_event(self._ids(hashes))])
 
     def _ids(self, hashes: Sequence[int]) -> list[int | bytes]:
         if self._as_bytes:

@@ -38,7 +38,7 @@ def store(ix: SyncPrefixIndex, worker: str, *path: int, start: int = 0,
     """Store blocks path[start:] of the chain `path`, as one BlockStored."""
     hashes = [engine_hash(path[:i + 1], salt) for i in range(start, len(path))]
     parent = engine_hash(path[:start], salt) if start else None
-    return ix.stored(worker, hashes, parent, tokens(*path[start:]), B)
+    return ix.stored(worker, hashes, parent, tokens(*path[start:]), B) == "stored"
 
 
 def test_stored_chains_across_events_and_matches_leading_blocks() -> None:
@@ -76,8 +76,8 @@ def test_unknown_parent_and_inconsistent_token_counts_are_refused() -> None:
     ix = index()
     assert not store(ix, "a", 1, 2, start=1)
     assert ix.orphans == 1
-    assert not ix.stored("a", [b"h"], None, [1, 2, 3], B)  # 3 tokens for one block of 4
-    assert not ix.stored("a", [b"h"], None, [], 0)
+    assert ix.stored("a", [b"h"], None, [1, 2, 3], B) == "invalid"  # 3 tokens, block of 4
+    assert ix.stored("a", [b"h", b"i"], None, tokens(1), B) == "invalid"  # 2 hashes, 1 block
     assert ix.blocks_of("a") == 0
 
 
@@ -137,7 +137,8 @@ def test_a_pick_is_pending_until_its_ttl_then_only_events_count() -> None:
     store(ix, "a", 1)  # the engine confirms the first block
     time.sleep(0.06)
     assert ix.match(prompt(1, 2), ["a"]).blocks("a") == 1
-    assert ix._views["a"].held == {ix._views["a"].engine[engine_hash((1,))]: 1}
+    view = ix._views["a"]
+    assert view.held == {view.prefixes[B, engine_hash((1,))][0]: 1}
 
 
 def test_pending_of_a_cleared_worker_is_forgotten_not_double_released() -> None:
