@@ -7,14 +7,17 @@ start_seq on, then an end marker of seq -1 and an empty payload. vLLM 0.33 sends
 `[identity, b"", seq, payload]` (the encoding picks which, see kv_formats). The buffer keeps
 the last `buffer_batches` (vLLM's buffer_steps, default 10,000).
 
-Publishing happens on the sim's event loop (a non-blocking send: PUB drops at its high-water
-mark, as vLLM's does); replay is served by a thread, so a slow replay client never stalls the
-engine.
+As in vLLM, one publisher thread owns both sockets: `publish` only queues, and the thread
+alternates between answering a waiting replay request and sending the next queued batch (PUB
+drops at its high-water mark). So, as with a real engine, a replay is answered after live sends
+that the subscriber's SUB queue also holds: catch-up always overlaps the live stream when the
+engine is busy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import time
 from collections import deque
@@ -41,63 +44,70 @@ class KvEventPublisher:
         self._topic = topic.encode()
         self._seq = 0
         self._buffer: deque[tuple[int, bytes]] = deque(maxlen=buffer_batches)
-        self._lock = threading.Lock()
         self._context = zmq.Context()
         self._pub = self._context.socket(zmq.PUB)
         self._pub.setsockopt(zmq.SNDHWM, 100_000)
         self._pub.bind(f"tcp://{host}:{port}")
-        self._running = True
-        self._thread: threading.Thread | None = None
+        self._router: zmq.Socket | None = None  # type: ignore[type-arg]
         if replay_port is not None:
-            router = self._context.socket(zmq.ROUTER)
-            router.bind(f"tcp://{host}:{replay_port}")
-            self._thread = threading.Thread(target=self._serve_replay, args=(router,),
-                                            daemon=True, name="sim-kv-replay")
-            self._thread.start()
+            self._router = self._context.socket(zmq.ROUTER)
+            self._router.bind(f"tcp://{host}:{replay_port}")
+        self._queue: queue.Queue[bytes | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="sim-kv-publisher")
+        self._thread.start()
         self.dropped_next = 0  # test knob: leave this many batches out of the PUB stream
 
     def publish(self, events: Sequence[KvEvent]) -> None:
         if not events:
             return
-        payload = self.wire.batch(list(events), time.time(), self._rank)
-        with self._lock:
-            seq = self._seq
-            self._seq += 1
-            self._buffer.append((seq, payload))
+        self.publish_payload(self.wire.batch(list(events), time.time(), self._rank))
+
+    def publish_payload(self, payload: bytes) -> None:
+        """Queue an encoded batch: tests use it to send other engines' bytes."""
+        self._queue.put(payload)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=2.0)
+        self._pub.close(linger=0)
+        if self._router is not None:
+            self._router.close(linger=0)
+        self._context.term()
+
+    def _run(self) -> None:
+        while True:
+            if self._router is not None and self._router.poll(0):
+                self._serve_replay(self._router)
+            try:
+                payload = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if payload is None:
+                return
+            self._send(payload)
+
+    def _send(self, payload: bytes) -> None:
+        seq = self._seq
+        self._seq += 1
+        self._buffer.append((seq, payload))
         if self.dropped_next:
             self.dropped_next -= 1
             return
-        # PUB drops at its high-water mark; subscribers that cannot keep up recover by replay.
         with contextlib.suppress(zmq.Again):
             self._pub.send_multipart((self._topic, seq.to_bytes(8, "big"), payload),
                                      flags=zmq.NOBLOCK)
 
-    def close(self) -> None:
-        self._running = False
-        if self._thread is not None:
-            self._thread.join(timeout=1.0)
-        self._pub.close(linger=0)
-        self._context.term()
-
     def _serve_replay(self, router: zmq.Socket) -> None:  # type: ignore[type-arg]
-        try:
-            while self._running:
-                if not router.poll(100):
-                    continue
-                frames = router.recv_multipart()
-                if len(frames) != 3 or len(frames[2]) != 8:
-                    continue  # not a replay request
-                identity, start = frames[0], int.from_bytes(frames[2], "big")
-                with self._lock:
-                    batches = [item for item in self._buffer if item[0] >= start]
-                topic = (self._topic,) if self.wire.replay_has_topic else ()
-                for seq, payload in batches:
-                    router.send_multipart((identity, b"", *topic, seq.to_bytes(8, "big"),
-                                           payload))
-                end = (b"",) if self.wire.replay_has_topic else ()
-                router.send_multipart((identity, b"", *end, _END_SEQ, b""))
-        finally:
-            router.close(linger=0)
+        frames = router.recv_multipart()
+        if len(frames) != 3 or len(frames[2]) != 8:
+            return  # not a replay request
+        identity, start = frames[0], int.from_bytes(frames[2], "big")
+        topic = (self._topic,) if self.wire.replay_has_topic else ()
+        for seq, payload in self._buffer:
+            if seq >= start:
+                router.send_multipart((identity, b"", *topic, seq.to_bytes(8, "big"), payload))
+        end = (b"",) if self.wire.replay_has_topic else ()
+        router.send_multipart((identity, b"", *end, _END_SEQ, b""))
 
 
 class CacheEvents:

@@ -190,3 +190,68 @@ def test_index_agrees_with_a_reference_model(ops: list[tuple[str, tuple[int, ...
             while depth < len(query) and query[:depth + 1] in paths:
                 depth += 1
             assert match.blocks(worker) == depth, (worker, query, paths)
+
+
+# -- vLLM 0.33 shapes: hybrid groups, masked sliding-window stores, offload placeholders, LoRA
+
+
+def test_a_removal_in_one_group_leaves_the_other_groups_copy() -> None:
+    ix = index()
+    path = (1, 2)
+    hashes = [engine_hash(path[:1]), engine_hash(path)]
+    for group in (0, 1):  # vLLM hashes before tagging the group: same hashes in both groups
+        assert ix.stored("a", hashes, None, tokens(*path), B, group=group) == "stored"
+    ix.removed("a", hashes[1:], group=1)
+    assert ix.match(prompt(1, 2), ["a"]).blocks("a") == 2
+    ix.removed("a", hashes[1:], group=0)
+    assert ix.match(prompt(1, 2), ["a"]).blocks("a") == 1
+
+
+def test_a_masked_sliding_window_store_is_placed_by_hash_not_counted_as_orphan() -> None:
+    """Hashes for the kept blocks only, token ids over the whole range (block_pool.py)."""
+    ix = index()
+    path = (1, 2, 3, 4)
+    hashes = [engine_hash(path[:i + 1]) for i in range(4)]
+    assert ix.stored("a", hashes, None, tokens(*path), B, group=0) == "stored"
+    # group 1 keeps only the last block of the window; its parent was never kept there
+    assert ix.stored("a", hashes[3:], None, tokens(*path), B, group=1) == "stored"
+    assert ix.orphans == 0 and ix.blocks_of("a") == 5
+    ix.removed("a", hashes[3:], group=0)  # the full-attention copy goes; the window's stays
+    assert ix.match(prompt(*path), ["a"]).blocks("a") == 4
+    # a masked store nobody else announced is tracked, matches nothing, removes cleanly
+    assert ix.stored("b", [b"x"], None, tokens(1, 2), B, group=1) == "unplaced"
+    ix.removed("b", [b"x"], group=1)
+    assert ix.blocks_of("b") == 0
+
+
+def test_an_offload_placeholder_is_a_copy_of_a_known_block_in_another_tier() -> None:
+    """The offloading connector's legacy store: token_ids [], block_size 0, medium CPU."""
+    ix = index()
+    store(ix, "a", 1, 2)
+    last = engine_hash((1, 2))
+    assert ix.stored("a", [last], None, [], 0, medium="CPU", group=0) == "stored"
+    ix.removed("a", [last], medium="GPU")  # evicted from the GPU, still on the CPU
+    assert ix.match(prompt(1, 2), ["a"]).blocks("a") == 2
+    ix.removed("a", [last], medium="CPU")
+    assert ix.match(prompt(1, 2), ["a"]).blocks("a") == 1
+    assert ix.stored("a", [b"never seen"], None, [], 0, medium="CPU") == "unplaced"
+    assert ix.orphans == 0
+
+
+def test_lora_blocks_match_requests_naming_the_adapter_only() -> None:
+    """vLLM 0.33 lists the LoRA name first in every block's extra keys."""
+    ix = index()
+    hashes = [engine_hash((1,), b"sql"), engine_hash((1, 2), b"sql")]
+    assert ix.stored("a", hashes, None, tokens(1, 2), B, lora="sql",
+                     extra_keys=[["sql"], ["sql"]]) == "stored"
+    assert ix.match(prompt(1, 2, model="sql"), ["a"]).blocks("a") == 2
+    assert ix.match(prompt(1, 2, model="base"), ["a"]).blocks("a") == 0
+    # with a salt too, the blocks are the salted request's alone
+    ix.stored("b", [b"s"], None, tokens(1), B, lora="sql", extra_keys=[["sql", "salt"]])
+    assert ix.match(prompt(1, model="sql"), ["b"]).blocks("b") == 0
+
+
+def test_a_sglang_salted_store_never_matches_a_plain_request() -> None:
+    ix = index()
+    assert ix.stored("a", [7], None, tokens(1), B, salt="tenant") == "stored"
+    assert ix.match(prompt(1), ["a"]).blocks("a") == 0
