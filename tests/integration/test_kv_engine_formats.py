@@ -181,3 +181,42 @@ async def test_soak_a_busy_engine_joined_late(ports: tuple[int, int],
         if sub is not None:
             await sub.hub.stop()
         pub.close()
+
+
+async def test_a_repeat_is_a_duplicate_and_a_new_payload_at_an_old_seq_a_restart(
+        ports: tuple[int, int]) -> None:
+    """Raw PUB frames: the same (seq, payload) again is dropped; seq 0 with another payload is
+    a new publisher (cleared), and a second one within restart_min_interval_secs waits."""
+    import zmq
+    context = zmq.Context()
+    raw = context.socket(zmq.PUB)
+    raw.bind(f"tcp://127.0.0.1:{ports[0]}")
+    sub = await subscribe(spec(ports[0], None))
+    engine = eng.VLLM_033
+
+    def send(seq: int, payload: bytes) -> None:
+        raw.send_multipart([b"", seq.to_bytes(8, "big"), payload])
+
+    first = engine.batch(0, [store(engine, (1,), 0)], ts=1.0)
+    try:
+        for _ in range(100):  # until the SUB has joined
+            send(0, first)
+            await asyncio.sleep(0.02)
+            if sub.held(1):
+                break
+        second = engine.batch(0, [store(engine, (1, 2), 1)], ts=2.0)
+        send(1, second)
+        await eventually(lambda: sub.held(1, 2) == 2)
+        send(1, second)  # delivered twice (as a replay overlapping the live stream does)
+        await eventually(lambda: sub.problems("duplicate") >= 1)
+        assert sub.problems("engine_restart") == 0 and counted(sub, "stored") == 2
+        send(0, engine.batch(0, [store(engine, (5,), 0)], ts=3.0))  # a new process
+        await eventually(lambda: sub.held(5) == 1)
+        assert sub.held(1, 2) == 0 and sub.problems("engine_restart") == 1
+        send(0, engine.batch(0, [store(engine, (6,), 0)], ts=4.0))  # and another, at once
+        await eventually(lambda: sub.problems("restart_deferred") == 1)
+        assert sub.held(6) == 0 and sub.problems("engine_restart") == 1
+    finally:
+        await sub.hub.stop()
+        raw.close(linger=0)
+        context.term()
