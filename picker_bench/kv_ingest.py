@@ -30,11 +30,11 @@ from extproc._pb import ext_proc_pb2 as pb
 from picker.prefix.kv_events import EventApplier, KvEventHub, KvEventMetrics
 from picker.prefix.kv_index import SyncPrefixIndex
 from picker.prefix.kv_settings import KvEventSettings
-from picker.prefix.kv_wire import WIRE, KvEvent, WireFormat
 from picker.registry import Worker, WorkerRegistry
 from picker.workers import KvEventsEndpoint, WorkerSpec
 from picker_bench.stack import SimSpec, free_port, start_picker, start_sim
 from picker_sim.hf_twin import write_hf_twin
+from picker_sim.kv_formats import WIRE, KvEvent, WireFormat
 from picker_sim.kv_publisher import KvEventPublisher
 
 __all__ = ["run_kv_events"]
@@ -58,10 +58,9 @@ class _Chains:
         out: list[KvEvent] = []
         for _ in range(count):
             self._next_hash += 1
-            out.append(self._wire.stored(
-                block_hashes=[self._next_hash], parent_block_hash=self._parent,
-                token_ids=[self._rng.randrange(VOCAB) for _ in range(BLOCK)], block_size=BLOCK,
-                medium="GPU"))
+            out.append(self._wire.stored_event(
+                [self._next_hash], self._parent,
+                [self._rng.randrange(VOCAB) for _ in range(BLOCK)], BLOCK))
             self._parent, self._depth = self._next_hash, self._depth + 1
             if self._depth == 32:
                 self._parent, self._depth = None, 0
@@ -77,7 +76,7 @@ def apply_rate(events: int = 100_000, per_batch: int = 100) -> float:
     """Events per second through decode + apply, in this thread."""
     wire = WIRE["map"]
     chains = _Chains(wire, seed=1)
-    payloads = [wire.encode(wire.batch(ts=0.0, events=chains.events(per_batch)))
+    payloads = [wire.batch(chains.events(per_batch), 0.0, 0)
                 for _ in range(events // per_batch)]
     applier = EventApplier(Worker(_worker("w")), SyncPrefixIndex(KvEventSettings()),
                            KvEventMetrics(CollectorRegistry()))

@@ -44,7 +44,7 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
                         help="publish KV-cache events (vLLM format, ZMQ PUB) on this port")
     parser.add_argument("--kv-replay-port", type=int, help="ZMQ ROUTER port for replays")
     parser.add_argument("--kv-encoding", choices=("map", "array"),
-                        help="event encoding: map (current vLLM) or array (older vLLM, SGLang)")
+                        help="event encoding: map (vLLM 0.33, tagged events) or array (vLLM 0.11)")
 
 
 def config_from_args(ns: argparse.Namespace) -> SimConfig:

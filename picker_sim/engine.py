@@ -44,7 +44,7 @@ class SimConfig:
     # KV events in vLLM's format over ZMQ (picker_sim.kv_publisher); off without a port.
     kv_events_port: int | None = None
     kv_replay_port: int | None = None
-    kv_encoding: str = "map"  # "map" (current vLLM) or "array" (older vLLM, SGLang)
+    kv_encoding: str = "map"  # "map" (vLLM 0.33, tagged events) or "array" (vLLM 0.11)
 
     def __post_init__(self) -> None:
         checks = {

@@ -2,17 +2,22 @@
 
 PUB socket: `[topic, seq (8-byte big-endian), payload]`, seq from 0 per process. ROUTER replay
 socket: a request `[identity, b"", start_seq]` is answered with every buffered batch from
-start_seq on, `[identity, b"", seq, payload]`, then `[identity, b"", -1, b""]`. The buffer
-keeps the last `buffer_batches` (vLLM's buffer_steps, default 10,000).
+start_seq on, then an end marker of seq -1 and an empty payload. vLLM 0.33 sends
+`[identity, b"", topic, seq, payload]` and ends with topic b""; older vLLM sent
+`[identity, b"", seq, payload]` (the encoding picks which, see kv_formats). The buffer keeps
+the last `buffer_batches` (vLLM's buffer_steps, default 10,000).
 
-Publishing happens on the sim's event loop (a non-blocking send: PUB drops at its high-water
-mark, as vLLM's does); replay is served by a thread, so a slow replay client never stalls the
-engine.
+As in vLLM, one publisher thread owns both sockets: `publish` only queues, and the thread
+alternates between answering a waiting replay request and sending the next queued batch (PUB
+drops at its high-water mark). So, as with a real engine, a replay is answered after live sends
+that the subscriber's SUB queue also holds: catch-up always overlaps the live stream when the
+engine is busy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import time
 from collections import deque
@@ -20,9 +25,9 @@ from collections.abc import Sequence
 
 import zmq
 
-from picker.prefix.kv_wire import WIRE, Encoding, KvEvent, WireFormat
 from picker_sim.cache import Claim
 from picker_sim.engine import token_ids
+from picker_sim.kv_formats import WIRE, Encoding, KvEvent, WireFormat
 
 __all__ = ["CacheEvents", "KvEventPublisher"]
 
@@ -39,61 +44,70 @@ class KvEventPublisher:
         self._topic = topic.encode()
         self._seq = 0
         self._buffer: deque[tuple[int, bytes]] = deque(maxlen=buffer_batches)
-        self._lock = threading.Lock()
         self._context = zmq.Context()
         self._pub = self._context.socket(zmq.PUB)
         self._pub.setsockopt(zmq.SNDHWM, 100_000)
         self._pub.bind(f"tcp://{host}:{port}")
-        self._running = True
-        self._thread: threading.Thread | None = None
+        self._router: zmq.Socket | None = None  # type: ignore[type-arg]
         if replay_port is not None:
-            router = self._context.socket(zmq.ROUTER)
-            router.bind(f"tcp://{host}:{replay_port}")
-            self._thread = threading.Thread(target=self._serve_replay, args=(router,),
-                                            daemon=True, name="sim-kv-replay")
-            self._thread.start()
+            self._router = self._context.socket(zmq.ROUTER)
+            self._router.bind(f"tcp://{host}:{replay_port}")
+        self._queue: queue.Queue[bytes | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="sim-kv-publisher")
+        self._thread.start()
         self.dropped_next = 0  # test knob: leave this many batches out of the PUB stream
 
     def publish(self, events: Sequence[KvEvent]) -> None:
         if not events:
             return
-        payload = self.wire.encode(self.wire.batch(ts=time.time(), events=list(events),
-                                                   data_parallel_rank=self._rank))
-        with self._lock:
-            seq = self._seq
-            self._seq += 1
-            self._buffer.append((seq, payload))
+        self.publish_payload(self.wire.batch(list(events), time.time(), self._rank))
+
+    def publish_payload(self, payload: bytes) -> None:
+        """Queue an encoded batch: tests use it to send other engines' bytes."""
+        self._queue.put(payload)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=2.0)
+        self._pub.close(linger=0)
+        if self._router is not None:
+            self._router.close(linger=0)
+        self._context.term()
+
+    def _run(self) -> None:
+        while True:
+            if self._router is not None and self._router.poll(0):
+                self._serve_replay(self._router)
+            try:
+                payload = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if payload is None:
+                return
+            self._send(payload)
+
+    def _send(self, payload: bytes) -> None:
+        seq = self._seq
+        self._seq += 1
+        self._buffer.append((seq, payload))
         if self.dropped_next:
             self.dropped_next -= 1
             return
-        # PUB drops at its high-water mark; subscribers that cannot keep up recover by replay.
         with contextlib.suppress(zmq.Again):
             self._pub.send_multipart((self._topic, seq.to_bytes(8, "big"), payload),
                                      flags=zmq.NOBLOCK)
 
-    def close(self) -> None:
-        self._running = False
-        if self._thread is not None:
-            self._thread.join(timeout=1.0)
-        self._pub.close(linger=0)
-        self._context.term()
-
     def _serve_replay(self, router: zmq.Socket) -> None:  # type: ignore[type-arg]
-        try:
-            while self._running:
-                if not router.poll(100):
-                    continue
-                frames = router.recv_multipart()
-                if len(frames) != 3 or len(frames[2]) != 8:
-                    continue  # not a replay request
-                identity, start = frames[0], int.from_bytes(frames[2], "big")
-                with self._lock:
-                    batches = [item for item in self._buffer if item[0] >= start]
-                for seq, payload in batches:
-                    router.send_multipart((identity, b"", seq.to_bytes(8, "big"), payload))
-                router.send_multipart((identity, b"", _END_SEQ, b""))
-        finally:
-            router.close(linger=0)
+        frames = router.recv_multipart()
+        if len(frames) != 3 or len(frames[2]) != 8:
+            return  # not a replay request
+        identity, start = frames[0], int.from_bytes(frames[2], "big")
+        topic = (self._topic,) if self.wire.replay_has_topic else ()
+        for seq, payload in self._buffer:
+            if seq >= start:
+                router.send_multipart((identity, b"", *topic, seq.to_bytes(8, "big"), payload))
+        end = (b"",) if self.wire.replay_has_topic else ()
+        router.send_multipart((identity, b"", *end, _END_SEQ, b""))
 
 
 class CacheEvents:
@@ -114,8 +128,7 @@ class CacheEvents:
     def claimed(self, prompt: Sequence[str], hashes: Sequence[int], claim: Claim) -> None:
         events: list[KvEvent] = []
         if claim.evicted:
-            events.append(self._wire.removed(block_hashes=self._ids(claim.evicted),
-                                             medium="GPU"))
+            events.append(self._wire.removed_event(self._ids(claim.evicted)))
         position = {block: i for i, block in enumerate(hashes)}
         runs: list[list[int]] = []
         for i in sorted(position[block] for block in claim.stored):
@@ -126,19 +139,17 @@ class CacheEvents:
         size = self._block
         for run in runs:
             first, last = run[0], run[-1]
-            events.append(self._wire.stored(
-                block_hashes=self._ids([hashes[i] for i in run]),
-                parent_block_hash=self._ids([hashes[first - 1]])[0] if first else None,
-                token_ids=token_ids(prompt[first * size:(last + 1) * size]),
-                block_size=size, medium="GPU"))
+            events.append(self._wire.stored_event(
+                self._ids([hashes[i] for i in run]),
+                self._ids([hashes[first - 1]])[0] if first else None,
+                token_ids(prompt[first * size:(last + 1) * size]), size))
         self._publisher.publish(events)
 
     def dropped(self, hashes: Sequence[int], everything: bool) -> None:
         if everything:
             self._publisher.publish([self._wire.cleared()])
         elif hashes:
-            self._publisher.publish([self._wire.removed(block_hashes=self._ids(hashes),
-                                                        medium="GPU")])
+            self._publisher.publish([self._wire.removed_event(self._ids(hashes))])
 
     def _ids(self, hashes: Sequence[int]) -> list[int | bytes]:
         if self._as_bytes:

@@ -1,13 +1,19 @@
 """KV-event subscriber: keeps the sync index equal to what each engine reports caching.
 
-Per worker with `kv_events`, a ZMQ SUB socket receives vLLM's multipart messages
-`[topic, seq (8-byte big-endian), payload]` (vllm/distributed/kv_events.py, ZmqEventPublisher).
-Sequence numbers are consecutive per publisher, starting at 0:
+Per worker with `kv_events`, a ZMQ SUB socket receives the engine's multipart messages
+`[topic, seq (8-byte big-endian), payload]` (vllm/distributed/kv_events.py, ZmqEventPublisher;
+SGLang's is the same). Sequence numbers are consecutive per publisher, starting at 0:
 - connecting to the engine, or a message that skips numbers, triggers a replay from the
-  engine's ROUTER socket: send `[b"", start_seq]`, read `[b"", seq, payload]` until seq is -1;
-- one that goes backwards means a new publisher, i.e. the engine restarted: its state is
-  cleared, then replayed from 0. A dropped connection clears it too (a restarted engine holds
-  nothing), and libzmq reconnects with exponential backoff.
+  engine's ROUTER socket: send `[b"", start_seq]`, read until seq is -1. vLLM 0.33 and SGLang
+  answer `[b"", topic, seq, payload]` and end with topic b"", older vLLM `[b"", seq, payload]`;
+  both are read.
+- a replay overlaps the live stream (the engine answers between live sends, and the SUB queue
+  holds what arrived meanwhile): a live message at a sequence already applied, with the same
+  payload, is a duplicate and dropped. The payload carries the batch's timestamp, so the same
+  sequence number with another payload is a new publisher, i.e. the engine restarted: its
+  state is cleared, then replayed from 0, at most once per `restart_min_interval_secs`. A
+  dropped connection clears it too (a restarted engine holds nothing), and libzmq reconnects
+  with exponential backoff.
 Undecodable payloads are counted and logged once per worker per minute; nothing a publisher
 sends stops the subscriber.
 
@@ -48,6 +54,9 @@ log = logging.getLogger("llm_picker.kv_events")
 
 _END_SEQ = -1
 _LOG_EVERY_SECS = 60.0
+# Sequences whose payload is remembered for duplicate detection: more than a replay's overlap
+# with the live stream at any rate the subscriber keeps up with.
+_DEDUP_WINDOW = 1 << 15
 
 
 def endpoint_for_rank(endpoint: str, rank: int | None) -> str:
@@ -64,11 +73,14 @@ class KvEventMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.events = Counter(
             "llm_picker_kv_events", "KV-cache events applied, by worker and kind "
-            "(stored, removed, cleared)", ["worker", "event"], registry=registry)
+            "(stored, unplaced: stored by hash only, matching nothing yet, removed, cleared)",
+            ["worker", "event"], registry=registry)
         self.problems = Counter(
             "llm_picker_kv_event_problems", "KV-event stream trouble by worker and kind: "
-            "undecodable (batch), skipped_event, orphan_block (parent never seen), gap, "
-            "replay_failed, engine_restart, foreign_rank", ["worker", "problem"],
+            "undecodable (batch), skipped_event, orphan_block (parent never seen), invalid_block "
+            "(tokens do not fit the hashes), gap, replay_failed, engine_restart, "
+            "restart_deferred (rate-limited), foreign_rank; duplicates dropped after a replay "
+            "are counted as duplicate", ["worker", "problem"],
             registry=registry)
 
 
@@ -120,6 +132,8 @@ class _Subscription:
         self._applier = EventApplier(worker, index, metrics)
         self._count_problem = self._applier.count_problem
         self._next: int | None = None  # next sequence number expected; None: unknown
+        self._recent: list[tuple[int, int] | None] = [None] * _DEDUP_WINDOW  # (seq, hash)
+        self._last_restart = -settings.restart_min_interval_secs
         self._sub = context.socket(zmq.SUB)
         self._sub.setsockopt(zmq.RECONNECT_IVL, 100)
         self._sub.setsockopt(zmq.RECONNECT_IVL_MAX, int(settings.reconnect_max_secs * 1000))
@@ -158,14 +172,32 @@ class _Subscription:
 
     async def _on_live(self, seq: int, payload: bytes) -> None:
         if self._next is not None and seq < self._next:
-            self._restarted("sequence went back")
+            if self._seen(seq, payload):
+                self._count_problem("duplicate")
+                return
+            now = time.monotonic()
+            if now - self._last_restart < self._settings.restart_min_interval_secs:
+                self._count_problem("restart_deferred")
+                return
+            self._last_restart = now
+            self._restarted("sequence started over")
         if self._next is None or seq > self._next:
             if self._next is not None:
                 self._count_problem("gap")
             await self._catch_up(self._next or 0)
         if self._next is None or seq >= self._next:
-            self._applier.apply(payload)
-            self._next = seq + 1
+            self._deliver(seq, payload)
+        else:
+            self._count_problem("duplicate")  # the catch-up just replayed it
+
+    def _deliver(self, seq: int, payload: bytes) -> None:
+        self._applier.apply(payload)
+        self._recent[seq % _DEDUP_WINDOW] = (seq, hash(payload))
+        self._next = seq + 1
+
+    def _seen(self, seq: int, payload: bytes) -> bool:
+        """Whether this exact message was applied already (delivered by replay and live)."""
+        return self._recent[seq % _DEDUP_WINDOW] == (seq, hash(payload))
 
     def _restarted(self, why: str) -> None:
         """A new engine process: what the old one cached is gone."""
@@ -175,6 +207,7 @@ class _Subscription:
         self._count_problem("engine_restart")
         self._index.cleared(self._worker.id)
         self._next = None
+        self._recent = [None] * _DEDUP_WINDOW
 
     async def _catch_up(self, start: int) -> None:
         """Apply the batches the engine still buffers from `start` on."""
@@ -194,15 +227,16 @@ class _Subscription:
                 self._replay = None
                 return
             frames = await self._replay.recv_multipart()
-            if len(frames) != 3 or len(frames[1]) != 8:
-                self._applier.undecodable(f"replay frame of {len(frames)} parts")
+            # [b"", topic, seq, payload] (vLLM 0.33, SGLang) or [b"", seq, payload] (older).
+            if len(frames) not in (3, 4) or frames[0] or len(frames[-2]) != 8:
+                self._applier.undecodable(f"replay message of {len(frames)} frames")
                 continue
-            seq = int.from_bytes(frames[1], "big", signed=True)
+            seq = int.from_bytes(frames[-2], "big", signed=True)
             if seq == _END_SEQ:
                 return
             if self._next is None or seq >= self._next:
-                self._applier.apply(frames[2])
-                self._next = seq + 1
+                self._deliver(seq, frames[-1])
+
 
 class EventApplier:
     """Payload in, index updated: what a subscription does with each batch, on its own so the
@@ -234,17 +268,21 @@ class EventApplier:
         index, worker_id = self._index, self._worker.id
         for event in batch.events:
             if isinstance(event, BlockStored):
-                block_size = event.block_size or self._engine_block_size()
+                # Without token ids the size is the connector's 0 (a placeholder), kept as is.
+                block_size = event.block_size or (self._engine_block_size()
+                                                  if event.token_ids else 0)
                 lora = event.lora_name or (None if event.lora_id is None
                                            else f"lora-id:{event.lora_id}")
-                if index.stored(worker_id, event.block_hashes, event.parent_block_hash,
-                                event.token_ids, block_size, lora, event.medium,
-                                event.extra_keys):
-                    self._count_event("stored")
+                result = index.stored(
+                    worker_id, event.block_hashes, event.parent_block_hash, event.token_ids,
+                    block_size, lora=lora, medium=event.medium, extra_keys=event.extra_keys,
+                    group=event.group_idx, salt=event.cache_salt)
+                if result in ("stored", "unplaced"):
+                    self._count_event(result)
                 else:
-                    self.count_problem("orphan_block")
+                    self.count_problem(f"{result}_block")
             elif isinstance(event, BlockRemoved):
-                index.removed(worker_id, event.block_hashes, event.medium)
+                index.removed(worker_id, event.block_hashes, event.medium, event.group_idx)
                 self._count_event("removed")
             elif isinstance(event, AllBlocksCleared):
                 index.cleared(worker_id)

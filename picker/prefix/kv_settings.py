@@ -17,5 +17,9 @@ class KvEventSettings(BaseModel):
     # Memory bound when removals are missed: the oldest blocks of a worker go first.
     max_blocks_per_worker: int = Field(default=262_144, ge=1)
     replay_timeout_secs: float = Field(default=2.0, gt=0)
+    # An engine whose sequence starts over is cleared and replayed at most once per this long:
+    # a flapping or misbehaving publisher cannot make the index churn. Messages it sends
+    # meanwhile are dropped; the replay after the pause recovers them.
+    restart_min_interval_secs: float = Field(default=1.0, ge=0)
     # libzmq reconnects with exponential backoff from 100 ms up to this.
     reconnect_max_secs: float = Field(default=5.0, gt=0)

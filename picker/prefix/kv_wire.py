@@ -1,104 +1,105 @@
-"""KV-cache events on the wire: vLLM's msgpack EventBatch, in both encodings engines ship.
+"""KV-cache events on the wire: decoding what vLLM and SGLang publish.
 
-Facts from vLLM (vllm/distributed/kv_events.py) and SGLang (which publishes the same classes):
-a batch is `(ts, events, data_parallel_rank)`; events are msgspec tagged unions whose tag is the
-class name. Older vLLM and SGLang encode structs as positional arrays (`array_like`, tag first);
-current vLLM encodes maps with the tag under "type". Block hashes are 64-bit ints or bytes
-(sha256-based hashing). Later versions append fields: extra trailing array items and unknown map
-keys are ignored, missing optional ones default.
+Facts from the engines' sources (vllm/distributed/kv_events.py in vLLM 0.33.0, and
+python/sglang/srt/disaggregation/kv_events.py in SGLang 0.5.23):
+- the batch is always a positional array `[ts, events, rank]` (msgspec `array_like`); vLLM
+  omits a None rank (`omit_defaults`), SGLang sends it as nil;
+- vLLM 0.33 and SGLang encode each event as a tagged map: `{"type": "BlockStored", ...}`, with
+  every required field present (nil when None) and optional fields left out when at their
+  default;
+- older vLLM releases encoded events positionally too: `["BlockStored", hashes, parent, ...]`,
+  fields in declaration order, tag first.
+Block hashes are 64-bit ints or bytes. Both engines append fields over time: unknown map keys
+and extra trailing array items are ignored, missing optional ones default.
 
-Decoding is typed (msgspec builds the objects in C); only a batch that fails typed decoding is
-taken apart event by event, so one event of an unknown kind costs that event, not the batch.
+The structs below are the union of what the engines declare, every field but the hashes
+optional, so one decoder reads every version. Decoding is typed (msgspec builds the objects in
+C); only a batch that fails typed decoding is taken apart event by event, so an event of an
+unknown kind costs that event, not the batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
 __all__ = [
-    "AllBlocksCleared", "BlockRemoved", "BlockStored", "DecodedBatch", "Encoding", "EventBatch",
-    "KvEvent", "WIRE", "decode_batch",
+    "AllBlocksCleared", "BlockRemoved", "BlockStored", "DecodedBatch", "KvEvent", "decode_batch",
 ]
 
 EngineHash = int | bytes
-Encoding = Literal["array", "map"]
 
 
-class BlockStored(msgspec.Struct, tag="BlockStored", omit_defaults=True, gc=False):
+class BlockStored(msgspec.Struct, tag="BlockStored", gc=False):
+    # vLLM 0.33's field order (the positional form depends on it), then SGLang's extra field.
     block_hashes: list[EngineHash]
     parent_block_hash: EngineHash | None = None
     token_ids: list[int] = []
-    block_size: int = 0  # 0: not sent (the worker's kv_block_size or scraped geometry is used)
+    block_size: int = 0  # 0 with token ids: not sent, the worker's configured size is used
     lora_id: int | None = None
     medium: str | None = None
     lora_name: str | None = None
-    # vLLM: per-block extra hash inputs (multimodal ids, cache_salt, LoRA); None when plain text.
+    # vLLM: per kept block, the untagged extra hash inputs (LoRA name first, multimodal
+    # (identifier, offset) pairs, cache_salt, prompt-embedding digests); None for plain text.
     extra_keys: list[Any] | None = None
+    group_idx: int | None = None  # vLLM's KV cache group (hybrid models)
+    kv_cache_spec_kind: str | None = None
+    kv_cache_spec_sliding_window: int | None = None
+    locality: str | None = None
+    ownership: str | None = None
+    session_id: str | None = None
+    lookahead_token_ids: list[list[int]] | None = None
+    cache_salt: str | None = None  # SGLang: the request's salt (its hashes are scoped by it)
 
 
-class BlockRemoved(msgspec.Struct, tag="BlockRemoved", omit_defaults=True, gc=False):
+class BlockRemoved(msgspec.Struct, tag="BlockRemoved", gc=False):
     block_hashes: list[EngineHash]
     medium: str | None = None
+    group_idx: int | None = None
+    locality: str | None = None
+    ownership: str | None = None
 
 
-class AllBlocksCleared(msgspec.Struct, tag="AllBlocksCleared", omit_defaults=True, gc=False):
+class AllBlocksCleared(msgspec.Struct, tag="AllBlocksCleared", gc=False):
     pass
 
 
 KvEvent = BlockStored | BlockRemoved | AllBlocksCleared
 
 
-class EventBatch(msgspec.Struct, omit_defaults=True, gc=False):
+# Older vLLM: the same events, positional. Subclasses, so callers test for the base classes.
+class _PositionalBlockStored(BlockStored, array_like=True, tag="BlockStored"):
+    pass
+
+
+class _PositionalBlockRemoved(BlockRemoved, array_like=True, tag="BlockRemoved"):
+    pass
+
+
+class _PositionalAllBlocksCleared(AllBlocksCleared, array_like=True, tag="AllBlocksCleared"):
+    pass
+
+
+_PositionalEvent = _PositionalBlockStored | _PositionalBlockRemoved | _PositionalAllBlocksCleared
+
+
+class _TaggedBatch(msgspec.Struct, array_like=True, gc=False):
     ts: float
     events: Sequence[KvEvent]
+    data_parallel_rank: int | None = None  # SGLang names it attn_dp_rank; same position
+
+
+class _PositionalBatch(msgspec.Struct, array_like=True, gc=False):
+    ts: float
+    events: Sequence[_PositionalEvent]
     data_parallel_rank: int | None = None
 
 
-# The positional encoding: the same structs, fields in declaration order, tag first.
-class _ArrayBlockStored(BlockStored, array_like=True, tag="BlockStored"):
-    pass
-
-
-class _ArrayBlockRemoved(BlockRemoved, array_like=True, tag="BlockRemoved"):
-    pass
-
-
-class _ArrayAllBlocksCleared(AllBlocksCleared, array_like=True, tag="AllBlocksCleared"):
-    pass
-
-
-_ArrayEvent = _ArrayBlockStored | _ArrayBlockRemoved | _ArrayAllBlocksCleared
-
-
-class _ArrayEventBatch(EventBatch, array_like=True):
-    events: Sequence[_ArrayEvent]
-
-
-@dataclass(frozen=True, slots=True)
-class WireFormat:
-    """The classes of one encoding: what a publisher (the simulator) builds to emit it."""
-
-    stored: type[BlockStored]
-    removed: type[BlockRemoved]
-    cleared: type[AllBlocksCleared]
-    batch: type[EventBatch]
-    event: Any  # the tagged union, for event-by-event decoding
-
-    def encode(self, batch: EventBatch) -> bytes:
-        return _ENCODER.encode(batch)
-
-
-WIRE: dict[Encoding, WireFormat] = {
-    "map": WireFormat(BlockStored, BlockRemoved, AllBlocksCleared, EventBatch, KvEvent),
-    "array": WireFormat(_ArrayBlockStored, _ArrayBlockRemoved, _ArrayAllBlocksCleared,
-                        _ArrayEventBatch, _ArrayEvent),
-}
-_ENCODER = msgspec.msgpack.Encoder()
-_DECODERS = {name: msgspec.msgpack.Decoder(wire.batch) for name, wire in WIRE.items()}
+# The current form first: a mismatch fails at the first event, so the order costs little.
+_DECODERS = (msgspec.msgpack.Decoder(_TaggedBatch), msgspec.msgpack.Decoder(_PositionalBatch))
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,37 +111,30 @@ class DecodedBatch:
 
 def decode_batch(payload: bytes) -> DecodedBatch:
     """Raises ValueError (naming what was wrong) when the batch itself is not one."""
-    encoding: Encoding = "array" if payload[:1] and _is_array(payload[0]) else "map"
-    try:
-        batch = _DECODERS[encoding].decode(payload)
+    for decoder in _DECODERS:
+        try:
+            batch = decoder.decode(payload)
+        except msgspec.DecodeError:
+            continue
         return DecodedBatch(batch.events, batch.data_parallel_rank, 0)
-    except msgspec.DecodeError:
-        return _decode_event_by_event(payload, encoding)
+    return _decode_event_by_event(payload)
 
 
-def _is_array(first: int) -> bool:
-    """msgpack type byte: fixarray 0x90-0x9f, array16 0xdc, array32 0xdd."""
-    return 0x90 <= first <= 0x9F or first in (0xDC, 0xDD)
-
-
-def _decode_event_by_event(payload: bytes, encoding: Encoding) -> DecodedBatch:
+def _decode_event_by_event(payload: bytes) -> DecodedBatch:
     try:
         raw = msgspec.msgpack.decode(payload)
     except msgspec.DecodeError as exc:
         raise ValueError(f"not msgpack: {exc}") from exc
-    if isinstance(raw, list) and len(raw) >= 2:
-        events, rank = raw[1], (raw[2] if len(raw) > 2 else None)
-    elif isinstance(raw, dict) and "events" in raw:
-        events, rank = raw["events"], raw.get("data_parallel_rank")
-    else:
-        raise ValueError(f"not an EventBatch: a {type(raw).__name__} without events")
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise ValueError(f"not an EventBatch: a {type(raw).__name__}, not [ts, events, rank]")
+    events, rank = raw[1], (raw[2] if len(raw) > 2 else None)
     if not isinstance(events, list):
         raise ValueError(f"EventBatch.events is a {type(events).__name__}, not an array")
     if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool)):
         raise ValueError(f"EventBatch.data_parallel_rank is {rank!r:.50}, not an integer")
-    union = WIRE[encoding].event
     decoded: list[KvEvent] = []
     for event in events:
+        union: Any = KvEvent if isinstance(event, dict) else _PositionalEvent
         try:
             decoded.append(msgspec.convert(event, union))
         except msgspec.ValidationError:

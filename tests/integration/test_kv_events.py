@@ -17,10 +17,10 @@ from picker.prefix.index import PromptBlocks
 from picker.prefix.kv_events import KvEventHub, KvEventMetrics
 from picker.prefix.kv_index import SyncPrefixIndex
 from picker.prefix.kv_settings import KvEventSettings
-from picker.prefix.kv_wire import WIRE, Encoding
 from picker.registry import WorkerRegistry
 from picker.workers import KvEventsEndpoint, WorkerSpec
 from picker_bench.stack import free_port
+from picker_sim.kv_formats import WIRE, Encoding
 from picker_sim.kv_publisher import KvEventPublisher
 from tests.sim_thread import running_sim
 
@@ -74,10 +74,9 @@ def h(*path: int) -> bytes:
 
 
 def stored(pub: KvEventPublisher, *path: int, start: int = 0) -> None:
-    pub.publish([pub.wire.stored(
-        block_hashes=[h(*path[:i + 1]) for i in range(start, len(path))],
-        parent_block_hash=h(*path[:start]) if start else None,
-        token_ids=[v for v in path[start:] for _ in range(B)], block_size=B, medium="GPU")])
+    pub.publish([pub.wire.stored_event(
+        [h(*path[:i + 1]) for i in range(start, len(path))], h(*path[:start]) if start else None,
+        [v for v in path[start:] for _ in range(B)], B)])
 
 
 @pytest.fixture
@@ -94,7 +93,7 @@ async def test_stored_removed_and_cleared_are_applied(ports: tuple[int, int],
         stored(pub, 1, 2)  # may be published before the SUB joins: replay recovers it
         stored(pub, 1, 2, 3, start=2)
         await eventually(lambda: sub.held(1, 2, 3) == 3)
-        pub.publish([pub.wire.removed(block_hashes=[h(1, 2)], medium="GPU")])
+        pub.publish([pub.wire.removed_event([h(1, 2)])])
         await eventually(lambda: sub.held(1, 2, 3) == 1)
         pub.publish([pub.wire.cleared()])
         await eventually(lambda: sub.index.blocks_of("w") == 0)
@@ -167,8 +166,7 @@ async def test_undecodable_payloads_are_counted_and_the_stream_goes_on(
     raw = context.socket(zmq.PUB)
     raw.bind(f"tcp://127.0.0.1:{ports[0]}")
     sub = await subscribe(spec(ports[0], None))
-    good = WIRE["map"].encode(WIRE["map"].batch(ts=0.0, events=[WIRE["map"].stored(
-        block_hashes=[b"x"], token_ids=[9] * B, block_size=B)]))
+    good = WIRE["map"].batch([WIRE["map"].stored_event([b"x"], None, [9] * B, B)], 0.0, 0)
     try:
         frames: Sequence[Sequence[bytes]] = [
             [b"", (0).to_bytes(8, "big"), b"\xc1garbage"],

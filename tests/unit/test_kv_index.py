@@ -38,7 +38,7 @@ def store(ix: SyncPrefixIndex, worker: str, *path: int, start: int = 0,
     """Store blocks path[start:] of the chain `path`, as one BlockStored."""
     hashes = [engine_hash(path[:i + 1], salt) for i in range(start, len(path))]
     parent = engine_hash(path[:start], salt) if start else None
-    return ix.stored(worker, hashes, parent, tokens(*path[start:]), B)
+    return ix.stored(worker, hashes, parent, tokens(*path[start:]), B) == "stored"
 
 
 def test_stored_chains_across_events_and_matches_leading_blocks() -> None:
@@ -76,8 +76,8 @@ def test_unknown_parent_and_inconsistent_token_counts_are_refused() -> None:
     ix = index()
     assert not store(ix, "a", 1, 2, start=1)
     assert ix.orphans == 1
-    assert not ix.stored("a", [b"h"], None, [1, 2, 3], B)  # 3 tokens for one block of 4
-    assert not ix.stored("a", [b"h"], None, [], 0)
+    assert ix.stored("a", [b"h"], None, [1, 2, 3], B) == "invalid"  # 3 tokens, block of 4
+    assert ix.stored("a", [b"h", b"i"], None, tokens(1), B) == "invalid"  # 2 hashes, 1 block
     assert ix.blocks_of("a") == 0
 
 
@@ -137,7 +137,8 @@ def test_a_pick_is_pending_until_its_ttl_then_only_events_count() -> None:
     store(ix, "a", 1)  # the engine confirms the first block
     time.sleep(0.06)
     assert ix.match(prompt(1, 2), ["a"]).blocks("a") == 1
-    assert ix._views["a"].held == {ix._views["a"].engine[engine_hash((1,))]: 1}
+    view = ix._views["a"]
+    assert view.held == {view.prefixes[B, engine_hash((1,))][0]: 1}
 
 
 def test_pending_of_a_cleared_worker_is_forgotten_not_double_released() -> None:
@@ -189,3 +190,68 @@ def test_index_agrees_with_a_reference_model(ops: list[tuple[str, tuple[int, ...
             while depth < len(query) and query[:depth + 1] in paths:
                 depth += 1
             assert match.blocks(worker) == depth, (worker, query, paths)
+
+
+# -- vLLM 0.33 shapes: hybrid groups, masked sliding-window stores, offload placeholders, LoRA
+
+
+def test_a_removal_in_one_group_leaves_the_other_groups_copy() -> None:
+    ix = index()
+    path = (1, 2)
+    hashes = [engine_hash(path[:1]), engine_hash(path)]
+    for group in (0, 1):  # vLLM hashes before tagging the group: same hashes in both groups
+        assert ix.stored("a", hashes, None, tokens(*path), B, group=group) == "stored"
+    ix.removed("a", hashes[1:], group=1)
+    assert ix.match(prompt(1, 2), ["a"]).blocks("a") == 2
+    ix.removed("a", hashes[1:], group=0)
+    assert ix.match(prompt(1, 2), ["a"]).blocks("a") == 1
+
+
+def test_a_masked_sliding_window_store_is_placed_by_hash_not_counted_as_orphan() -> None:
+    """Hashes for the kept blocks only, token ids over the whole range (block_pool.py)."""
+    ix = index()
+    path = (1, 2, 3, 4)
+    hashes = [engine_hash(path[:i + 1]) for i in range(4)]
+    assert ix.stored("a", hashes, None, tokens(*path), B, group=0) == "stored"
+    # group 1 keeps only the last block of the window; its parent was never kept there
+    assert ix.stored("a", hashes[3:], None, tokens(*path), B, group=1) == "stored"
+    assert ix.orphans == 0 and ix.blocks_of("a") == 5
+    ix.removed("a", hashes[3:], group=0)  # the full-attention copy goes; the window's stays
+    assert ix.match(prompt(*path), ["a"]).blocks("a") == 4
+    # a masked store nobody else announced is tracked, matches nothing, removes cleanly
+    assert ix.stored("b", [b"x"], None, tokens(1, 2), B, group=1) == "unplaced"
+    ix.removed("b", [b"x"], group=1)
+    assert ix.blocks_of("b") == 0
+
+
+def test_an_offload_placeholder_is_a_copy_of_a_known_block_in_another_tier() -> None:
+    """The offloading connector's legacy store: token_ids [], block_size 0, medium CPU."""
+    ix = index()
+    store(ix, "a", 1, 2)
+    last = engine_hash((1, 2))
+    assert ix.stored("a", [last], None, [], 0, medium="CPU", group=0) == "stored"
+    ix.removed("a", [last], medium="GPU")  # evicted from the GPU, still on the CPU
+    assert ix.match(prompt(1, 2), ["a"]).blocks("a") == 2
+    ix.removed("a", [last], medium="CPU")
+    assert ix.match(prompt(1, 2), ["a"]).blocks("a") == 1
+    assert ix.stored("a", [b"never seen"], None, [], 0, medium="CPU") == "unplaced"
+    assert ix.orphans == 0
+
+
+def test_lora_blocks_match_requests_naming_the_adapter_only() -> None:
+    """vLLM 0.33 lists the LoRA name first in every block's extra keys."""
+    ix = index()
+    hashes = [engine_hash((1,), b"sql"), engine_hash((1, 2), b"sql")]
+    assert ix.stored("a", hashes, None, tokens(1, 2), B, lora="sql",
+                     extra_keys=[["sql"], ["sql"]]) == "stored"
+    assert ix.match(prompt(1, 2, model="sql"), ["a"]).blocks("a") == 2
+    assert ix.match(prompt(1, 2, model="base"), ["a"]).blocks("a") == 0
+    # with a salt too, the blocks are the salted request's alone
+    ix.stored("b", [b"s"], None, tokens(1), B, lora="sql", extra_keys=[["sql", "salt"]])
+    assert ix.match(prompt(1, model="sql"), ["b"]).blocks("b") == 0
+
+
+def test_a_sglang_salted_store_never_matches_a_plain_request() -> None:
+    ix = index()
+    assert ix.stored("a", [7], None, tokens(1), B, salt="tenant") == "stored"
+    assert ix.match(prompt(1), ["a"]).blocks("a") == 0
