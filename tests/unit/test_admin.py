@@ -398,3 +398,25 @@ async def test_workers_declared_in_the_file_are_changed_by_the_file_only(admin: 
     assert (await admin.client.get("/workers/b")).json()["declared_in"] is None
     assert (await admin.client.patch("/workers/b", json={"priority": 9})).status_code == 200
     assert (await admin.client.delete("/workers/b")).status_code == 200
+
+
+async def test_openapi_documents_the_real_error_shape_and_statuses(admin: Admin) -> None:
+    """schemathesis (tests/integration/test_admin_fuzz.py) checks answers against this
+    document; here, the parts fuzzing a healthy picker does not reach."""
+    document = (await admin.client.get("/openapi.json")).json()
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    paths = document["paths"]
+    for path, method, statuses in [
+        ("/workers", "post", {400, 401, 403, 409, 413, 422, 503}),
+        ("/workers/{url}", "patch", {400, 401, 403, 404, 409, 413, 422}),
+        ("/workers/{url}", "delete", {401, 403, 404, 409, 422}),
+        ("/workers/{url}", "get", {404}),
+    ]:
+        responses = paths[path][method]["responses"]
+        for status in statuses:
+            assert responses[str(status)]["content"]["application/json"]["schema"] == error
+    assert set(paths["/workers"]["post"]["responses"]) >= {"201", "202"}
+    ready = paths["/ready"]["get"]["responses"]["503"]["content"]["application/json"]
+    assert ready["schema"] == {"$ref": "#/components/schemas/Ready"}
+    assert (await admin.client.get("/ready")).status_code == 503  # no worker: documented
