@@ -103,7 +103,7 @@ ERRORS = {
     409: "Conflict: already registered, or declared in the configuration file",
     413: "Body over the admin API's limit",
     422: "A field is invalid (`field` names it)",
-    503: "The worker did not answer (and no `models` were given)",
+    503: "The worker did not answer within discovery.max_wait_secs",
 }
 
 
