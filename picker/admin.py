@@ -1,8 +1,10 @@
 """The admin HTTP API: workers (add, list, inspect, change, drain), probes and metrics.
 
-Every error has one shape, `{"error": {"code", "message", "field"?}}`. Mutating calls need
-`Authorization: Bearer <admin.token>` when a token is configured. The OpenAPI document is at
-/openapi.json. Secrets never leave: `api_key` is excluded from every worker view.
+Every error has one shape, `{"error": {"code", "message", "field"?}}`, and /openapi.json
+documents it with every status each operation can answer (picker.admin_schema). Mutating calls
+need `Authorization: Bearer <admin.token>` when a token is configured. Bodies are JSON whatever
+their content-type says, and at most MAX_BODY_BYTES. Who may change which worker is
+WorkerManager's rule (picker.fleet). Secrets never leave: `api_key` is excluded from every view.
 """
 
 from __future__ import annotations
@@ -14,14 +16,24 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, SecretStr
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import SecretStr
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from picker.admin_schema import (
+    DrainResult,
+    Health,
+    Ready,
+    WorkerGroup,
+    WorkerList,
+    WorkerView,
+    errors,
+)
 from picker.config import TlsConfig
 from picker.discovery import WorkerUnreachable
 from picker.errors import UnknownWorker, WorkerConflict
-from picker.fleet import WorkerPatch
+from picker.fleet import DeclaredInFile, WorkerPatch
 from picker.registry import Worker
 from picker.telemetry import CONTENT_TYPE
 from picker.workers import ConnectionMode, WorkerSpec, WorkerType
@@ -29,9 +41,18 @@ from picker.workers import ConnectionMode, WorkerSpec, WorkerType
 if TYPE_CHECKING:
     from picker.runtime import PickerRuntime
 
-__all__ = ["admin_tls", "create_admin_app", "worker_view"]
+__all__ = ["MAX_BODY_BYTES", "admin_tls", "create_admin_app", "worker_view"]
 
-_MUTATION_STATUS = {WorkerConflict: 409, UnknownWorker: 404, WorkerUnreachable: 503}
+# A worker spec is well under 4 KiB; this leaves room for many labels and models.
+MAX_BODY_BYTES = 64 * 1024
+
+# Most specific first: DeclaredInFile is a WorkerConflict.
+_MUTATION_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    DeclaredInFile: (409, "declared_in_file"),
+    WorkerConflict: (409, "conflict"),
+    UnknownWorker: (404, "unknown_worker"),
+    WorkerUnreachable: (503, "worker_unreachable"),
+}
 
 
 def _error(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
@@ -41,8 +62,9 @@ def _error(status: int, code: str, message: str, field: str | None = None) -> JS
     return JSONResponse({"error": error}, status_code=status)
 
 
-def worker_view(worker: Worker) -> dict[str, Any]:
-    """The spec as posted (minus secrets) plus live state, ages in seconds."""
+def worker_view(worker: Worker, declared_in: str | None) -> dict[str, Any]:
+    """The spec as posted (minus secrets) plus live state (ages in seconds) and the file that
+    owns it (None: the admin API may change it)."""
     now = time.monotonic()
     engine = worker.engine
     state: dict[str, Any] = {
@@ -59,18 +81,58 @@ def worker_view(worker: Worker) -> dict[str, Any]:
             "age_secs": round(now - engine.scraped_at, 3),
         },
     }
-    return {**worker.spec.model_dump(mode="json"), "state": state}
+    return {**worker.spec.model_dump(mode="json"), "state": state, "declared_in": declared_in}
 
 
-class DrainResult(BaseModel):
-    worker: dict[str, Any]
-    drained: bool
+class _JsonBodies:
+    """Bound request bodies (413 naming the limit) and read every body as JSON.
+
+    `curl -d` sends `application/x-www-form-urlencoded`; the API takes nothing but JSON, so the
+    content-type carries no information and is set to JSON before FastAPI parses the body
+    (a body that is not JSON then gets the clear 400 invalid_json).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self._app = app
+        self._limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PATCH", "PUT"):
+            await self._app(scope, receive, send)
+            return
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self._limit:
+                too_large = _error(413, "body_too_large",
+                                   f"the body is over the admin API's limit of {self._limit} "
+                                   "bytes")
+                await too_large(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+        headers.append((b"content-type", b"application/json"))
+        await self._app({**scope, "headers": headers}, replay, send)
 
 
 def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None) -> FastAPI:
     """The admin API of a running picker; reads and changes go through its runtime."""
     manager, workers = runtime.manager, runtime.registry
     app = FastAPI(title="llm-picker admin", version="0.1.0", docs_url=None, redoc_url=None)
+    app.add_middleware(_JsonBodies)
 
     def require_token(request: Request) -> None:
         if token is None:
@@ -93,6 +155,8 @@ def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None) -> 
         field = ".".join(loc[1:]) if loc and loc[0] in ("body", "query", "path") else ".".join(loc)
         if first.get("type") == "json_invalid":
             return _error(400, "invalid_json", f"body is not valid JSON: {first.get('msg')}")
+        # A whole-body check (WorkerPatch's fixed fields) names its field in the context.
+        field = field or str(first.get("ctx", {}).get("field", ""))
         return _error(422, "invalid_field", str(first.get("msg", "invalid value")), field or None)
 
     @app.exception_handler(HTTPException)
@@ -101,23 +165,25 @@ def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None) -> 
                  405: "method_not_allowed"}
         return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
 
-    for error_type, status in _MUTATION_STATUS.items():
-        code = {409: "conflict", 404: "unknown_worker", 503: "worker_unreachable"}[status]
-
+    for error_type, (status, code) in _MUTATION_ERRORS.items():
         async def handler(_: Request, exc: Exception, status: int = status,
                           code: str = code) -> JSONResponse:
             return _error(status, code, str(exc))
 
         app.add_exception_handler(error_type, handler)
 
-    @app.get("/health")
+    def view(worker: Worker) -> dict[str, Any]:
+        return worker_view(worker, manager.declared_in(worker))
+
+    @app.get("/health", response_model=Health)
     async def health() -> dict[str, Any]:
         """Liveness: the process answers; says nothing about workers (that is /ready)."""
         return {"status": "unhealthy" if runtime.draining else "healthy",
                 "active_requests": runtime.leases.active,
                 "max_concurrent_requests": runtime.leases.limit}
 
-    @app.get("/ready")
+    @app.get("/ready", response_model=Ready, responses={
+        503: {"model": Ready, "description": "Draining, or no worker is routable"}})
     async def ready() -> JSONResponse:
         """Readiness: serving (not shutting down) and some worker is routable."""
         routable = sum(1 for w in workers.workers() if w.routable)
@@ -127,19 +193,27 @@ def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None) -> 
                 "total_workers": len(workers.workers())}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.post("/workers", status_code=201, dependencies=mutating)
-    async def add_worker(spec: WorkerSpec) -> dict[str, Any]:
-        """Connect, discover what is missing, register. A DP engine registers one per rank."""
-        added = await manager.register(spec)
-        if len(added) == 1:
-            return worker_view(added[0])
-        return {"workers": [worker_view(w) for w in added], "total": len(added)}
+    @app.post("/workers", status_code=201, dependencies=mutating,
+              response_model=WorkerView | WorkerGroup, responses={
+                  202: {"model": WorkerView | WorkerGroup,
+                        "description": "Registered unhealthy: it did not answer yet; health "
+                                       "checks admit it once it does"},
+                  **errors(400, 401, 403, 409, 413, 422, 503)})
+    async def add_worker(spec: WorkerSpec) -> JSONResponse:
+        """Check conflicts, discover what is missing, register; a DP engine registers one
+        worker per rank. With `models` given, a worker that does not answer yet is registered
+        unhealthy (202) instead of being waited for."""
+        registered = await manager.register(spec)
+        added = registered.workers
+        body = view(added[0]) if len(added) == 1 else {
+            "workers": [view(w) for w in added], "total": len(added)}
+        return JSONResponse(body, status_code=201 if registered.reached else 202)
 
-    @app.get("/workers")
+    @app.get("/workers", response_model=WorkerList, responses=errors(422))
     async def list_workers(
         model: str | None = None,
         worker_type: WorkerType | None = None,
@@ -153,26 +227,29 @@ def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None) -> 
             and (connection_mode is None or w.spec.connection_mode is connection_mode)
             and (healthy is None or w.healthy is healthy)
         )
-        return {"workers": [worker_view(w) for w in chosen], "total": len(chosen),
+        return {"workers": [view(w) for w in chosen], "total": len(chosen),
                 "stats": workers.stats()}
 
-    @app.get("/workers/{url:path}")
+    @app.get("/workers/{url:path}", response_model=WorkerView, responses=errors(404, 422))
     async def get_worker(url: str) -> dict[str, Any]:
-        return worker_view(manager.find(url))
+        return view(manager.find(url))
 
-    @app.patch("/workers/{url:path}", dependencies=mutating)
+    @app.patch("/workers/{url:path}", dependencies=mutating, response_model=WorkerView,
+               responses=errors(400, 401, 403, 404, 409, 413, 422))
     async def patch_worker(url: str, patch: WorkerPatch) -> dict[str, Any]:
-        return worker_view(manager.patch(manager.find(url), patch))
+        """Change priority, cost, labels or health overrides; url, id and models are fixed
+        (DELETE and POST again). Workers declared in the configuration file: edit the file."""
+        return view(manager.change(url, patch))
 
-    @app.delete("/workers/{url:path}", dependencies=mutating)
+    @app.delete("/workers/{url:path}", dependencies=mutating, response_model=DrainResult,
+                responses=errors(401, 403, 404, 409, 422))
     async def delete_worker(
         url: str,
         drain_timeout_secs: Annotated[float, Query(ge=0, le=3600)] = 30.0,
-    ) -> DrainResult:
+    ) -> dict[str, Any]:
         """Drain: no new requests; waits for in-flight ones up to the timeout, then removes."""
-        worker = manager.find(url)
-        drained = await manager.drain(worker, drain_timeout_secs)
-        return DrainResult(worker=worker_view(worker), drained=drained)
+        worker, drained = await manager.delete(url, drain_timeout_secs)
+        return {"worker": view(worker), "drained": drained}
 
     return app
 

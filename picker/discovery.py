@@ -24,10 +24,13 @@ class DiscoverySettings(BaseModel):
     attempt_timeout_secs: float = Field(default=2.0, gt=0)
     backoff_initial_secs: float = Field(default=0.1, ge=0)
     backoff_max_secs: float = Field(default=2.0, ge=0)
+    # Bounds every registration's wait, whatever a worker's max_connection_attempts says: an
+    # admin call or a reload must not hang for half a minute on an engine that is down.
+    max_wait_secs: float = Field(default=10.0, gt=0)
 
 
 class WorkerUnreachable(PickerError):
-    """The worker did not answer within `max_connection_attempts`."""
+    """The worker did not answer within `max_connection_attempts` or `max_wait_secs`."""
 
 
 def _auth(spec: WorkerSpec) -> dict[str, str]:
@@ -44,21 +47,36 @@ async def _get_json(client: httpx.AsyncClient, spec: WorkerSpec, path: str,
 
 
 async def discover(
-    spec: WorkerSpec, client: httpx.AsyncClient, settings: DiscoverySettings
+    spec: WorkerSpec, client: httpx.AsyncClient, settings: DiscoverySettings,
+    attempts: int | None = None,
 ) -> WorkerSpec:
-    """Connect (with backoff) and fill in what the spec leaves out; returns the completed spec."""
+    """Connect (with backoff) and fill in what the spec leaves out; returns the completed spec.
+
+    Tries `attempts` times (default: the spec's max_connection_attempts), and never longer than
+    `settings.max_wait_secs` in all.
+    """
+    attempts = attempts or spec.max_connection_attempts
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.max_wait_secs
     delay = settings.backoff_initial_secs
     last_error = "no attempt made"
-    for attempt in range(spec.max_connection_attempts):
+    made = 0
+    while made < attempts:
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        made += 1
         try:
-            return await _complete(spec, client, settings.attempt_timeout_secs)
+            async with asyncio.timeout(left):  # TimeoutError is an OSError
+                return await _complete(spec, client, settings.attempt_timeout_secs)
         except (httpx.HTTPError, httpx.InvalidURL, ValueError, OSError) as exc:
             last_error = f"{type(exc).__name__}: {exc}"[:200]
-        if attempt + 1 < spec.max_connection_attempts:
-            await asyncio.sleep(delay)
+        if made < attempts:
+            await asyncio.sleep(max(0.0, min(delay, deadline - loop.time())))
             delay = min(delay * 2 or settings.backoff_initial_secs, settings.backoff_max_secs)
     raise WorkerUnreachable(
-        f"{spec.url} did not answer after {spec.max_connection_attempts} attempts ({last_error})"
+        f"{spec.url} did not answer after {made} attempts in {settings.max_wait_secs:g} s at "
+        f"most ({last_error})"
     )
 
 

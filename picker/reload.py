@@ -1,10 +1,10 @@
 """Follow the configuration file: on SIGHUP or when it changes, apply its `workers:` list.
 
-Only workers that came from the file are managed here (ones added through the admin API are
-left alone). Added workers are registered, removed ones drained, changed ones updated in place.
-A file that fails validation is rejected with its error logged, and the running configuration
-keeps serving. Other settings (ports, policy) take effect on restart; a change to them is
-logged as such rather than half-applied.
+The file owns the workers it declares (WorkerManager.declare: the admin API cannot change them,
+and workers the API added are left alone). They go through the API's path: discovery,
+data-parallel ranks, drain on removal or replacement. A file that fails validation is rejected
+with its error logged, and the running configuration keeps serving. Other settings (ports,
+policy) take effect on restart; a change to them is logged as such rather than half-applied.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from picker.config import PickerConfig, load_config
-from picker.errors import ConfigError, PickerError
+from picker.errors import ConfigError
 from picker.fleet import WorkerManager
 from picker.telemetry import PickerMetrics
-from picker.workers import WorkerSpec
 
 __all__ = ["ConfigReloader"]
 
@@ -34,17 +33,19 @@ class ConfigReloader:
                  manager: WorkerManager, metrics: PickerMetrics, poll_secs: float = 1.0,
                  drain_timeout_secs: float = 30.0) -> None:
         self._path = path
+        self._owner = str(path.resolve())  # what the admin API's refusals name
         self._overrides = overrides
         self._current = current
         self._manager = manager
         self._poll_secs = poll_secs
         self._drain_timeout = drain_timeout_secs
-        self._managed = {spec.url: spec for spec in current.workers}
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._metrics = metrics
 
     async def start(self) -> None:
+        """Claim the file's workers (already registered at start-up), then follow the file."""
+        await self._manager.declare(self._owner, self._current.workers, self._drain_timeout)
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._wake.set)
         self._task = asyncio.create_task(self._follow())
 
@@ -79,37 +80,12 @@ class ConfigReloader:
             self._metrics.config_reloads.labels("rejected").inc()
             log.error("configuration reload rejected, previous configuration kept: %s", exc)
             return
-        self._metrics.config_reloads.labels("applied").inc()
         if new.model_dump(exclude={"workers"}) != self._current.model_dump(exclude={"workers"}):
             log.warning("settings other than workers changed in %s; they apply on restart",
                         self._path)
-        await self._apply({spec.url: spec for spec in new.workers})
+        await self._manager.declare(self._owner, new.workers, self._drain_timeout)
         self._current = new
-
-    async def _apply(self, wanted: dict[str, WorkerSpec]) -> None:
-        registry = self._manager.workers
-        drains = []
-        for url in self._managed.keys() - wanted.keys():
-            worker = registry.get_by_url(url)
-            if worker is not None:
-                drains.append(self._manager.drain(worker, self._drain_timeout))
-        for url, spec in wanted.items():
-            worker = registry.get_by_url(url)
-            try:
-                if worker is None:
-                    registry.add(spec)
-                elif url in self._managed and spec != worker.spec:
-                    if spec.id == worker.id:
-                        registry.replace_spec(worker, spec)
-                    else:
-                        registry.remove(url)
-                        registry.add(spec)
-            except PickerError as exc:
-                log.error("worker %s from %s not applied: %s", url, self._path, exc)
-                continue
-        self._managed = wanted
+        # Counted once the workers are applied, so a watcher of the metric sees the new fleet.
+        self._metrics.config_reloads.labels("applied").inc()
         log.warning("configuration reloaded from %s: %d workers from the file",
-                    self._path, len(wanted))
-        # Drains run after the new set is live; they finish in the background.
-        for drain in drains:
-            asyncio.create_task(drain)
+                    self._path, len(new.workers))

@@ -86,7 +86,9 @@ class PickerRuntime:
                              self.metrics, self._prefix, config.limits,
                              config.load.stale_after_secs)
         self.leases = LeaseBook(self.registry, config.limits, self.metrics)
-        self.manager = WorkerManager(self.registry, config.discovery)
+        # Workers registered before they answer are admitted by health checks, when they run.
+        self.manager = WorkerManager(self.registry, config.discovery,
+                                     health_checked=config.health.enabled)
         self._awaits = (self._prefix is not None and self._prefix.remote is not None) \
             or self.leases.queueing
         self._draining = False

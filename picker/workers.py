@@ -28,6 +28,7 @@ __all__ = [
     "ConnectionMode",
     "KvEventsEndpoint",
     "HealthOverrides",
+    "Labels",
     "RuntimeType",
     "WorkerSpec",
     "WorkerType",
@@ -35,6 +36,14 @@ __all__ = [
 
 U32 = Annotated[int, Field(ge=0, le=2**32 - 1)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+# Bounded like Kubernetes labels (63-character keys), so one request cannot make every worker
+# view, listing and reindex carry megabytes.
+MAX_LABELS = 64
+Labels = Annotated[
+    dict[Annotated[str, Field(min_length=1, max_length=63)],
+         Annotated[str, Field(max_length=256)]],
+    Field(max_length=MAX_LABELS),
+]
 
 
 class WorkerType(enum.StrEnum):
@@ -115,7 +124,7 @@ class WorkerSpec(BaseModel):
     connection_mode: ConnectionMode = ConnectionMode.HTTP
     runtime_type: RuntimeType = RuntimeType.VLLM
     provider: str | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
     priority: U32 = Field(default=50, description="Higher is preferred where a policy uses it")
     cost: float = Field(default=1.0, gt=0, description="Relative cost; 1.0 is the baseline")
     api_key: SecretStr | None = Field(default=None, exclude=True, description="Write-only")

@@ -36,40 +36,66 @@ def test_added_worker_is_discovered_then_routed_to() -> None:
 
 
 def test_delete_while_streams_are_in_flight_loses_none() -> None:
-    sims = [SimSpec(w, MODEL, ["--ttft-ms", "5", "--tpot-ms", "20"]) for w in ("a", "b")]
-    with local_fleet(sims, policy="round_robin", picker_settings=FAST_HEALTH) as fleet:
-
-        async def scenario() -> tuple[list[tuple[int, str, int]], dict[str, object]]:
-            async with httpx.AsyncClient(base_url=fleet.envoy_url, timeout=20) as client:
-                async def stream() -> tuple[int, str, int]:
-                    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 30,
-                            "stream": True}
-                    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
-                        lines = [line async for line in r.aiter_lines() if line]
-                        return r.status_code, r.headers[SIM_HEADER], len(lines)
-
-                streams = [asyncio.create_task(stream()) for _ in range(8)]
-                await asyncio.sleep(0.2)
-                async with httpx.AsyncClient(base_url=fleet.admin_url, timeout=30) as admin:
-                    deleted = (await admin.delete("/workers/a")).json()
-                return list(await asyncio.gather(*streams)), deleted
-
-        results, deleted = asyncio.run(scenario())
-        assert deleted["drained"] is True
-        assert {status for status, _, _ in results} == {200}
-        # 30 tokens + final chunk + usage + [DONE]: every stream arrived whole.
-        assert {lines for _, _, lines in results} == {33}
-        assert Counter(worker for _, worker, _ in results) == {"a": 4, "b": 4}
-        assert {chat(fleet.envoy_url) for _ in range(6)} == {"b"}
-        wait_until(lambda: total_in_flight(fleet) == 0, what="in-flight back to 0")
-
-
-def test_patch_priority_steers_least_load() -> None:
-    with local_fleet([SimSpec("a", MODEL), SimSpec("b", MODEL)], policy="least_load",
+    sim_args = ["--ttft-ms", "5", "--tpot-ms", "20"]
+    with local_fleet([SimSpec("b", MODEL, sim_args)], policy="round_robin",
                      picker_settings=FAST_HEALTH) as fleet:
-        patched = httpx.patch(f"{fleet.admin_url}/workers/a", json={"priority": 90}, timeout=5)
-        assert patched.status_code == 200 and patched.json()["priority"] == 90
-        assert {chat(fleet.envoy_url) for _ in range(6)} == {"a"}
+        extra = SimSpec("a", MODEL, sim_args)
+        proc = start_sim(extra, fleet.workdir)
+        try:
+            added = httpx.post(f"{fleet.admin_url}/workers", timeout=30,
+                               json={"url": f"http://127.0.0.1:{extra.port}", "id": "a"})
+            assert added.status_code == 201, added.text
+
+            async def scenario() -> tuple[list[tuple[int, str, int]], dict[str, object]]:
+                async with httpx.AsyncClient(base_url=fleet.envoy_url, timeout=20) as client:
+                    async def stream() -> tuple[int, str, int]:
+                        body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 30,
+                                "stream": True}
+                        async with client.stream("POST", "/v1/chat/completions",
+                                                 json=body) as r:
+                            lines = [line async for line in r.aiter_lines() if line]
+                            return r.status_code, r.headers[SIM_HEADER], len(lines)
+
+                    streams = [asyncio.create_task(stream()) for _ in range(8)]
+                    await asyncio.sleep(0.2)
+                    async with httpx.AsyncClient(base_url=fleet.admin_url, timeout=30) as admin:
+                        deleted = (await admin.delete("/workers/a")).json()
+                    return list(await asyncio.gather(*streams)), deleted
+
+            results, deleted = asyncio.run(scenario())
+            assert deleted["drained"] is True
+            assert {status for status, _, _ in results} == {200}
+            # 30 tokens + final chunk + usage + [DONE]: every stream arrived whole.
+            assert {lines for _, _, lines in results} == {33}
+            assert Counter(worker for _, worker, _ in results) == {"a": 4, "b": 4}
+            assert {chat(fleet.envoy_url) for _ in range(6)} == {"b"}
+            wait_until(lambda: total_in_flight(fleet) == 0, what="in-flight back to 0")
+        finally:
+            proc.stop()
+
+
+def test_patch_priority_steers_least_load_and_file_workers_are_the_files() -> None:
+    with local_fleet([SimSpec("a", MODEL)], policy="least_load",
+                     picker_settings=FAST_HEALTH) as fleet:
+        extra = SimSpec("b", MODEL)
+        proc = start_sim(extra, fleet.workdir)
+        try:
+            url = f"http://127.0.0.1:{extra.port}"
+            assert httpx.post(f"{fleet.admin_url}/workers", json={"url": url, "id": "b"},
+                              timeout=30).status_code == 201
+            patched = httpx.patch(f"{fleet.admin_url}/workers/b", json={"priority": 90},
+                                  timeout=5)
+            assert patched.status_code == 200 and patched.json()["priority"] == 90
+            assert {chat(fleet.envoy_url) for _ in range(6)} == {"b"}
+            # "a" is declared in the picker's configuration file: the API says to edit it.
+            refused = httpx.patch(f"{fleet.admin_url}/workers/a", json={"priority": 99},
+                                  timeout=5)
+            assert refused.status_code == 409
+            assert str(fleet.workdir / "picker.yaml") in refused.json()["error"]["message"]
+            assert httpx.delete(f"{fleet.admin_url}/workers/a", timeout=5).status_code == 409
+            assert {chat(fleet.envoy_url) for _ in range(6)} == {"b"}
+        finally:
+            proc.stop()
 
 
 def test_least_queue_follows_engine_metrics_and_state_is_visible() -> None:

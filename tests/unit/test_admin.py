@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
@@ -10,9 +11,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from picker.admin import create_admin_app
+from picker.admin import MAX_BODY_BYTES, create_admin_app
 from picker.config import PickerConfig
 from picker.discovery import DiscoverySettings
+from picker.limits import LimitSettings
 from picker.request import Api, RoutingRequest
 from picker.runtime import PickerRuntime
 from picker.telemetry import CONTENT_TYPE
@@ -25,10 +27,13 @@ TOKEN = "admin-secret-token"
 
 
 class Admin:
-    def __init__(self, token: str | None = None, *specs: WorkerSpec) -> None:
+    def __init__(self, token: str | None = None, *specs: WorkerSpec,
+                 limits: LimitSettings | None = None,
+                 discovery: DiscoverySettings = FAST) -> None:
         # Not started: the tests drive the admin app, and start the worker manager only.
-        self.runtime = PickerRuntime(PickerConfig(workers=list(specs), policy="least_load",
-                                                  discovery=FAST))
+        self.runtime = PickerRuntime(PickerConfig(
+            workers=list(specs), policy="least_load", discovery=discovery,
+            limits=limits or LimitSettings()))
         self.registry, self.manager = self.runtime.registry, self.runtime.manager
         app = create_admin_app(self.runtime, SecretStr(token) if token else None)
         headers = {"authorization": f"Bearer {token}"} if token else {}
@@ -48,6 +53,7 @@ async def admin() -> AsyncIterator[Admin]:
 async def test_health_is_liveness_only(admin: Admin) -> None:
     response = await admin.client.get("/health")
     assert response.status_code == 200
+    # No limit configured: null, not a 0 that reads as "no request allowed".
     assert response.json() == {"status": "healthy", "active_requests": 0,
                                "max_concurrent_requests": None}
     admin.registry.add(WorkerSpec(url="a:1", models=["m"]))
@@ -256,3 +262,161 @@ async def test_circuit_state_is_in_metrics(admin: Admin) -> None:
     assert 'llm_picker_worker_circuit_state{state="open",worker="a"} 1.0' in text
     view = (await admin.client.get("/workers/a")).json()
     assert view["state"]["circuit"]["state"] == "open" and view["state"]["routable"] is False
+
+
+async def test_health_shows_a_configured_limit() -> None:
+    admin = Admin(limits=LimitSettings(max_concurrent_requests=7))
+    assert (await admin.client.get("/health")).json()["max_concurrent_requests"] == 7
+    await admin.client.aclose()
+
+
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded",
+                                          "text/plain"])
+async def test_a_json_body_is_json_whatever_its_content_type(
+    admin: Admin, content_type: str | None
+) -> None:
+    """`curl -d '{...}'` sends a form content-type; the README's examples must work as written."""
+    headers = {"content-type": content_type} if content_type else {}
+    with running_sim(model="m") as url:
+        response = await admin.client.post("/workers", content=f'{{"url": "{url}"}}'.encode(),
+                                           headers=headers)
+        assert response.status_code == 201, response.text
+        patched = await admin.client.patch(f"/workers/{response.json()['id']}",
+                                           content=b'{"priority": 7}', headers=headers)
+        assert patched.status_code == 200 and patched.json()["priority"] == 7
+
+
+async def test_a_non_json_body_is_400_saying_so(admin: Admin) -> None:
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    response = await admin.client.post("/workers", content=b"url=a:1", headers=form)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_json"
+    assert "not valid JSON" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+async def test_bodies_over_the_limit_are_413_naming_it(admin: Admin, method: str) -> None:
+    admin.registry.add(WorkerSpec(url="a:1", id="a", models=["m"]))
+    labels = {f"k{i}": "v" * 200 for i in range(400)}
+    body = {"labels": labels} if method == "PATCH" else {"url": "b:1", "labels": labels}
+    response = await admin.client.request(method, "/workers" + ("/a" if method == "PATCH" else ""),
+                                          json=body)
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["code"] == "body_too_large" and str(MAX_BODY_BYTES) in error["message"]
+    worker = admin.registry.get("a")
+    assert worker is not None and worker.spec.labels == {}
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ({f"k{i}": "v" for i in range(65)}, "at most 64"),
+        ({"k" * 64: "v"}, "at most 63"),
+        ({"k": "v" * 257}, "at most 256"),
+    ],
+)
+async def test_label_counts_and_sizes_are_bounded(
+    admin: Admin, labels: dict[str, str], message: str
+) -> None:
+    response = await admin.client.post("/workers", json={"url": "a:1", "models": ["m"],
+                                                         "labels": labels})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["field"].startswith("labels") and message in error["message"]
+    admin.registry.add(WorkerSpec(url="a:1", id="a", models=["m"]))
+    patched = await admin.client.patch("/workers/a", json={"labels": labels})
+    assert patched.status_code == 422 and message in patched.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("field", ["url", "models", "id", "dp_size"])
+async def test_patch_of_a_fixed_field_says_how_to_change_it(admin: Admin, field: str) -> None:
+    admin.registry.add(WorkerSpec(url="a:1", id="a", models=["m"]))
+    value: object = {"url": "http://x:1", "models": ["n"], "id": "b", "dp_size": 2}[field]
+    response = await admin.client.patch("/workers/a", json={field: value, "priority": 3})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["field"] == field
+    assert "cannot be changed" in error["message"]
+    assert "DELETE" in error["message"] and "POST" in error["message"]
+    assert admin.registry.get("a").spec.priority == 50  # type: ignore[union-attr]
+
+
+async def test_unreachable_worker_with_models_registers_at_once_unhealthy(admin: Admin) -> None:
+    started = time.monotonic()
+    response = await admin.client.post(
+        "/workers", json={"url": "http://127.0.0.1:1", "id": "later", "models": ["m"]})
+    assert time.monotonic() - started < 2
+    assert response.status_code == 202, response.text
+    state = response.json()["state"]
+    assert state["healthy"] is False and state["routable"] is False
+    worker = admin.registry.get("later")
+    assert worker is not None and not worker.healthy
+
+
+async def test_conflicts_are_checked_before_connecting() -> None:
+    slow = Admin(discovery=DiscoverySettings(attempt_timeout_secs=5, backoff_initial_secs=1))
+    slow.registry.add(WorkerSpec(url="a:1", id="taken", models=["m"]))
+    await slow.manager.start()
+    started = time.monotonic()
+    same_id = await slow.client.post("/workers", json={"url": "http://127.0.0.1:1", "id": "taken"})
+    same_url = await slow.client.post("/workers", json={"url": "a:1", "id": "other"})
+    assert time.monotonic() - started < 1
+    assert (same_id.status_code, same_url.status_code) == (409, 409)
+    assert "taken" in same_id.json()["error"]["message"]
+    await slow.client.aclose()
+    await slow.manager.stop()
+
+
+async def test_an_unreachable_worker_without_models_waits_at_most_max_wait() -> None:
+    bounded = Admin(discovery=DiscoverySettings(attempt_timeout_secs=0.2, backoff_initial_secs=0.2,
+                                                backoff_max_secs=0.2, max_wait_secs=0.5))
+    await bounded.manager.start()
+    started = time.monotonic()
+    response = await bounded.client.post("/workers", json={"url": "http://127.0.0.1:1"})
+    assert time.monotonic() - started < 1.5
+    assert response.status_code == 503
+    assert "0.5 s" in response.json()["error"]["message"]
+    await bounded.client.aclose()
+    await bounded.manager.stop()
+
+
+async def test_workers_declared_in_the_file_are_changed_by_the_file_only(admin: Admin) -> None:
+    await admin.manager.declare("/etc/picker.yaml", [WorkerSpec(url="a:1", id="a", models=["m"])])
+    admin.registry.add(WorkerSpec(url="b:1", id="b", models=["m"]))
+    view = (await admin.client.get("/workers/a")).json()
+    assert view["declared_in"] == "/etc/picker.yaml"
+    for response in (await admin.client.patch("/workers/a", json={"priority": 9}),
+                     await admin.client.delete("/workers/a")):
+        assert response.status_code == 409
+        error = response.json()["error"]
+        assert error["code"] == "declared_in_file"
+        assert "/etc/picker.yaml" in error["message"] and "edit" in error["message"]
+    worker = admin.registry.get("a")
+    assert worker is not None and worker.spec.priority == 50 and not worker.draining
+    # A worker the API may change says so, and is changed.
+    assert (await admin.client.get("/workers/b")).json()["declared_in"] is None
+    assert (await admin.client.patch("/workers/b", json={"priority": 9})).status_code == 200
+    assert (await admin.client.delete("/workers/b")).status_code == 200
+
+
+async def test_openapi_documents_the_real_error_shape_and_statuses(admin: Admin) -> None:
+    """schemathesis (tests/integration/test_admin_fuzz.py) checks answers against this
+    document; here, the parts fuzzing a healthy picker does not reach."""
+    document = (await admin.client.get("/openapi.json")).json()
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    paths = document["paths"]
+    for path, method, statuses in [
+        ("/workers", "post", {400, 401, 403, 409, 413, 422, 503}),
+        ("/workers/{url}", "patch", {400, 401, 403, 404, 409, 413, 422}),
+        ("/workers/{url}", "delete", {401, 403, 404, 409, 422}),
+        ("/workers/{url}", "get", {404}),
+    ]:
+        responses = paths[path][method]["responses"]
+        for status in statuses:
+            assert responses[str(status)]["content"]["application/json"]["schema"] == error
+    assert set(paths["/workers"]["post"]["responses"]) >= {"201", "202"}
+    ready = paths["/ready"]["get"]["responses"]["503"]["content"]["application/json"]
+    assert ready["schema"] == {"$ref": "#/components/schemas/Ready"}
+    assert (await admin.client.get("/ready")).status_code == 503  # no worker: documented

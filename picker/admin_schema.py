@@ -1,0 +1,112 @@
+"""The admin API's response shapes, as /openapi.json documents them.
+
+Routes declare them as response models, so FastAPI checks each answer against the documented
+shape (an admin call is rare; the check is cheap), and schemathesis checks the document against
+the running API: every status code an operation answers is listed, every error in one shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from picker.workers import WorkerSpec
+
+__all__ = ["ERRORS", "DrainResult", "ErrorBody", "Health", "Ready", "WorkerList", "WorkerView",
+           "errors"]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error the admin API answers, whatever its status."""
+
+    error: ErrorDetail
+
+
+class EngineView(BaseModel):
+    running: float | None
+    waiting: float | None
+    kv_usage: float | None
+    block_size: int | None
+    num_gpu_blocks: int | None
+    age_secs: float
+
+
+class WorkerState(BaseModel):
+    healthy: bool
+    routable: bool
+    draining: bool
+    in_flight: int
+    circuit: dict[str, Any]
+    last_health_check_age_secs: float | None
+    engine: EngineView | None
+
+
+class WorkerView(WorkerSpec):
+    """A worker as posted (api_key is write-only, never shown) plus its live state and owner."""
+
+    model_config = ConfigDict(extra="forbid", title="WorkerView")
+
+    state: WorkerState
+    declared_in: str | None = None
+
+
+class WorkerGroup(BaseModel):
+    """A data-parallel engine registers one worker per rank."""
+
+    workers: list[WorkerView]
+    total: int
+
+
+class FleetStats(BaseModel):
+    """registry.RegistryStats (a typing.TypedDict, which pydantic reads only on 3.12+)."""
+
+    total_workers: int
+    healthy_workers: int
+    total_models: int
+    total_load: int
+    by_type: dict[str, int]
+
+
+class WorkerList(WorkerGroup):
+    stats: FleetStats
+
+
+class DrainResult(BaseModel):
+    worker: WorkerView
+    drained: bool
+
+
+class Health(BaseModel):
+    status: str
+    active_requests: int
+    max_concurrent_requests: int | None  # None: unlimited
+
+
+class Ready(BaseModel):
+    status: str
+    routable_workers: int
+    total_workers: int
+
+
+ERRORS = {
+    400: "Body is not valid JSON",
+    401: "Authorization: Bearer <admin token> required",
+    403: "Admin token rejected",
+    404: "No worker with that url or id",
+    409: "Conflict: already registered, or declared in the configuration file",
+    413: "Body over the admin API's limit",
+    422: "A field is invalid (`field` names it)",
+    503: "The worker did not answer within discovery.max_wait_secs",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, all in the one error shape."""
+    return {status: {"model": ErrorBody, "description": ERRORS[status]} for status in statuses}
