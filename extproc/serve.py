@@ -13,10 +13,12 @@ from typing import Any
 import uvicorn
 
 from extproc.server import create_server
+from picker.access_log import AccessLog
 from picker.admin import admin_tls, create_admin_app
 from picker.config import PickerConfig
 from picker.fleet import WorkerManager
 from picker.health import HealthChecker
+from picker.listen import listen_socket
 from picker.load import LoadMonitor
 from picker.reload import ConfigReloader
 from picker.router import Router, build_router
@@ -47,8 +49,14 @@ async def serve(
     manager = WorkerManager(router.workers, config.discovery)
     grpc_server, grpc_port = create_server(
         router, config.extproc.host, config.extproc.port, config.max_body_bytes,
-        config.extproc.tls,
+        config.extproc.tls, AccessLog() if config.log.access else None,
     )
+    # admin.enabled: None (the default) means on for `serve`; only an explicit false
+    # turns it off (then nothing answers /ready: the operator chose that). Bound here, before
+    # anything starts, so a busy port is a one-line error rather than a traceback later.
+    admin_enabled = config.admin.enabled is not False
+    admin_socket = (listen_socket(config.admin.host, config.admin.port, "the admin API")
+                    if admin_enabled else None)
     admin = _AdminServer(
         uvicorn.Config(
             create_admin_app(router, manager, config.admin.token),
@@ -80,11 +88,9 @@ async def serve(
             await reloader.start()
             running.push_async_callback(reloader.stop)
         await grpc_server.start()
-        # admin.enabled: None (the default) means on for `serve`; only an explicit false
-        # turns it off (then nothing answers /ready: the operator chose that).
         admin_task = asyncio.create_task(
-            admin.serve() if config.admin.enabled is not False else stop.wait())
-        log.warning(
+            admin.serve([admin_socket]) if admin_socket is not None else stop.wait())
+        log.info(
             "llm-picker serving: ext_proc on %s:%d, admin on %s:%d, policy %s, %d workers",
             config.extproc.host, grpc_port, config.admin.host, config.admin.port,
             config.policy.name, len(config.workers),
