@@ -125,3 +125,22 @@ def test_envoy_config_rejects_a_bad_address(tmp_path: Path) -> None:
     path, _, _ = _config(tmp_path)
     done = _run(["envoy-config", "--config", str(path), "--listen", "10000"])
     assert done.returncode == 2 and "'10000' is not [host]:port" in done.stderr
+
+
+def test_sim_prints_a_start_up_line(tmp_path: Path) -> None:
+    """Item 17: a sim used to print nothing, so a new user could not tell it was up."""
+    sim = SimSpec("a", "my-model")
+    proc = start_sim(sim, tmp_path)
+    proc.stop()
+    assert f"llm-picker sim 'a' serving model 'my-model' on http://127.0.0.1:{sim.port}" \
+        in proc.log_path.read_text()
+
+
+def test_example_config_lists_every_policy() -> None:
+    """Item 17: examples/picker.yaml's comment named 4 of the 10 policies."""
+    from picker.policies import POLICIES
+
+    text = (Path(__file__).resolve().parents[2] / "examples" / "picker.yaml").read_text()
+    comments = " ".join(line.split("#", 1)[1] for line in text.splitlines() if "#" in line)
+    words = set(comments.replace("|", " ").replace(",", " ").split())
+    assert set(POLICIES) <= words, sorted(set(POLICIES) - words)
