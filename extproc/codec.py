@@ -22,6 +22,7 @@ __all__ = [
     "continue_trailers",
     "headers_to_dict",
     "immediate_error",
+    "immediate_json",
     "route_buffered",
     "route_streamed",
 ]
@@ -146,4 +147,15 @@ def immediate_error(error: RequestError) -> pb.ProcessingResponse:
         _set_header(immediate.headers, name, value)
     immediate.body = error.to_json()
     immediate.details = f"llm_picker_{error.code}"
+    return response
+
+
+def immediate_json(body: bytes) -> pb.ProcessingResponse:
+    """A 200 local reply with a JSON body the picker answers itself (`GET /v1/models`)."""
+    response = pb.ProcessingResponse()
+    immediate = response.immediate_response
+    immediate.status.code = 200
+    _set_header(immediate.headers, "content-type", "application/json")
+    immediate.body = body
+    immediate.details = "llm_picker_models"
     return response

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from extproc.server import create_server
+from picker.access_log import AccessLog
 from picker.config import PickerConfig
 from picker.runtime import Host, PickerRuntime
 
@@ -26,11 +27,13 @@ async def serve(
     config_path: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT; with `config_path`, follow the file (SIGHUP or change)."""
+    """Run until SIGTERM/SIGINT; with `config_path`, follow the file (SIGHUP or change).
+
+    A busy ext_proc or admin port is an OSError naming it, before anything serves."""
     runtime = PickerRuntime(config, Host.SERVE, config_path, overrides)
     grpc_server, grpc_port = create_server(
         runtime, config.extproc.host, config.extproc.port, config.max_body_bytes,
-        config.extproc.tls,
+        config.extproc.tls, AccessLog() if config.log.access else None,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -39,7 +42,7 @@ async def serve(
     await runtime.start()
     try:
         await grpc_server.start()
-        log.warning(
+        log.info(
             "llm-picker serving: ext_proc on %s:%d, admin on %s:%s, policy %s, %d workers",
             config.extproc.host, grpc_port, config.admin.host,
             runtime.admin_port if runtime.admin_port is not None else "off",

@@ -6,7 +6,9 @@ import grpc
 
 from extproc._pb import ext_proc_pb2 as pb
 from extproc.stream import RequestStream
+from picker.access_log import AccessLog
 from picker.config import TlsConfig
+from picker.listen import check_free
 from picker.runtime import PickerRuntime
 
 __all__ = ["SERVICE_NAME", "create_server"]
@@ -15,13 +17,15 @@ SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 
 class _Processor:
-    def __init__(self, runtime: PickerRuntime, max_body_bytes: int) -> None:
+    def __init__(self, runtime: PickerRuntime, max_body_bytes: int,
+                 access: AccessLog | None) -> None:
         self._runtime = runtime
         self._max_body = max_body_bytes
+        self._access = access
 
     async def process(self, _requests: object, context: grpc.aio.ServicerContext) -> None:
         """One HTTP request's stream; read/write calls avoid async-generator overhead."""
-        stream = RequestStream(self._runtime, self._max_body)
+        stream = RequestStream(self._runtime, self._max_body, self._access)
         # The RPC's own end, not the handler's, says whether Envoy half-closed the stream or
         # reset it: a reset can surface in the handler as a plain EOF.
         context.add_done_callback(lambda done: stream.close(done.cancelled()))
@@ -37,10 +41,11 @@ class _Processor:
 
 
 def create_server(
-    runtime: PickerRuntime, host: str, port: int, max_body_bytes: int, tls: TlsConfig | None = None
+    runtime: PickerRuntime, host: str, port: int, max_body_bytes: int, tls: TlsConfig | None = None,
+    access: AccessLog | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A server bound to host:port (0 picks a free port), not yet started; returns the port."""
-    processor = _Processor(runtime, max_body_bytes)
+    processor = _Processor(runtime, max_body_bytes, access)
     handler = grpc.method_handlers_generic_handler(
         SERVICE_NAME,
         {
@@ -53,22 +58,27 @@ def create_server(
     )
     # Bodies arrive inside gRPC messages: allow the configured body limit plus framing.
     limit = max_body_bytes + 64 * 1024
+    # gRPC's default SO_REUSEPORT would let a second picker share the port and split Envoy's
+    # streams between two processes with separate state; check first for a one-line error.
+    check_free(host, port, "ext_proc")
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
         ]
     )
     server.add_generic_rpc_handlers((handler,))
-    if tls is None:
-        bound = server.add_insecure_port(f"{host}:{port}")
-    else:
-        credentials = grpc.ssl_server_credentials(
-            [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
-            root_certificates=tls.client_ca_file.read_bytes() if tls.client_ca_file else None,
-            require_client_auth=tls.client_ca_file is not None,
-        )
-        bound = server.add_secure_port(f"{host}:{port}", credentials)
-    if bound == 0:
-        raise OSError(f"cannot listen for ext_proc on {host}:{port}")
+    try:
+        if tls is None:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+                root_certificates=tls.client_ca_file.read_bytes() if tls.client_ca_file else None,
+                require_client_auth=tls.client_ca_file is not None,
+            )
+            bound = server.add_secure_port(f"{host}:{port}", credentials)
+    except RuntimeError as exc:  # taken between the check and the bind
+        raise OSError(f"ext_proc cannot listen on {host}:{port}") from exc
     return server, bound

@@ -13,13 +13,17 @@ in-flight slot is released: no message per streamed token is needed.
 from __future__ import annotations
 
 import enum
+import time
 
 from extproc import codec
 from extproc._pb import ext_proc_pb2 as pb
+from picker.access_log import AccessEntry, AccessLog
 from picker.errors import BodyTooLarge, InvalidRequest, ProxyMisconfigured, RequestError
 from picker.leases import Lease
+from picker.model_list import model_object, models_path_id
 from picker.openai_body import parse_request
 from picker.request import RoutingRequest
+from picker.router import STRATEGY_HEADER
 from picker.runtime import PickerRuntime
 
 __all__ = ["RequestStream"]
@@ -48,12 +52,16 @@ def _mode_of(config: pb.ProtocolConfiguration) -> _Mode:
 class RequestStream:
     __slots__ = (
         "_runtime", "_max_body", "_mode", "_headers", "_chunks", "_size", "_lease",
-        "_finished", "_upstream_status", "_pending",
+        "_finished", "_upstream_status", "_pending", "_access", "_started", "_model",
     )
 
-    def __init__(self, runtime: PickerRuntime, max_body_bytes: int) -> None:
+    def __init__(self, runtime: PickerRuntime, max_body_bytes: int,
+                 access: AccessLog | None = None) -> None:
         self._runtime = runtime
         self._max_body = max_body_bytes
+        self._access = access
+        self._started = time.monotonic()
+        self._model = ""
         self._mode = _Mode.BUFFERED
         self._headers: dict[str, str] | None = None
         self._chunks: list[bytes] = []
@@ -117,7 +125,8 @@ class RequestStream:
             outcome = "completed"
         else:
             outcome = "cancelled"
-        self._lease.release(outcome)
+        if self._lease.release(outcome) and self._access is not None:
+            self._log(outcome, self._upstream_status or None, self._lease.worker.id)
 
     # -- request path -----------------------------------------------------------------------
 
@@ -126,6 +135,10 @@ class RequestStream:
             return self._protocol_error("request headers sent twice")
         self._mode = _mode_of(message.protocol_config)
         self._headers = codec.headers_to_dict(message.request_headers.headers)
+        if self._headers.get(":method") == "GET":
+            model_id = models_path_id(self._headers.get(":path", ""))
+            if model_id is not None:
+                return self._list_models(model_id)
         if message.request_headers.end_of_stream:
             return self._route()  # no body: parse_request names what is missing
         if self._mode is _Mode.UNSUPPORTED:
@@ -167,6 +180,7 @@ class RequestStream:
             request = parse_request(self._headers.get(":path", ""), body, self._headers)
         except RequestError as error:
             return self._reject(error)
+        self._model = request.model
         if self._runtime.awaits:
             self._pending = (request, body, end_of_stream, ack_trailers)
             return _NO_RESPONSES
@@ -190,10 +204,30 @@ class RequestStream:
             return [*codec.route_streamed(route, body, end_of_stream), *trailers]
         return [codec.route_buffered(route), *trailers]
 
+    def _list_models(self, model_id: str) -> list[pb.ProcessingResponse]:
+        try:
+            body = model_object(self._runtime.registry.workers(), model_id)
+        except RequestError as error:
+            return self._reject(error)
+        self._finished = True
+        return [codec.immediate_json(body)]
+
     def _reject(self, error: RequestError) -> list[pb.ProcessingResponse]:
         self._finished = True
         self._runtime.reject(error)
+        if self._access is not None:
+            self._log("rejected", error.status, None)
         return [codec.immediate_error(error)]
+
+    def _log(self, outcome: str, status: int | None, worker: str | None) -> None:
+        assert self._access is not None
+        headers = self._headers or {}
+        self._access.record(AccessEntry(
+            request_id=headers.get("x-request-id", ""), model=self._model,
+            policy=headers.get(STRATEGY_HEADER) or self._runtime.router.policy.name, worker=worker,
+            outcome=outcome, status=status,
+            duration_ms=(time.monotonic() - self._started) * 1000.0,
+        ))
 
     def _protocol_error(self, what: str) -> list[pb.ProcessingResponse]:
         """Envoy never does this; a broken or hostile client of the gRPC port might."""

@@ -1,4 +1,5 @@
-"""`llm-picker serve | sim | demo | bench`; each subcommand imports only what it needs."""
+"""`llm-picker serve | envoy-config | sim | demo | bench`; each subcommand imports only what it
+needs."""
 
 from __future__ import annotations
 
@@ -15,6 +16,14 @@ from picker.errors import ConfigError
 __all__ = ["main"]
 
 
+def _config_path(ns: argparse.Namespace) -> str | None:
+    """--config, else LLM_PICKER_CONFIG (the variable the LiteLLM adapter reads too)."""
+    from picker.config import CONFIG_ENV
+
+    path: str | None = ns.config or os.environ.get(CONFIG_ENV) or None
+    return path
+
+
 def _serve(ns: argparse.Namespace) -> int:
     from picker.config import load_config
 
@@ -22,24 +31,40 @@ def _serve(ns: argparse.Namespace) -> int:
         "policy.name": ns.policy,
         "extproc.port": ns.extproc_port,
         "admin.port": ns.admin_port,
+        "log.level": ns.log_level,
     }
+    path = _config_path(ns)
     try:
-        config = load_config(ns.config, env=os.environ, overrides=overrides)
+        config = load_config(path, env=os.environ, overrides=overrides)
     except ConfigError as exc:
         print(f"llm-picker: configuration error: {exc}", file=sys.stderr)
         return 2
     # The Envoy adapter lives outside the core; only this command needs grpc.
     from extproc.serve import serve
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=config.log.level, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        asyncio.run(serve(config, Path(ns.config) if ns.config else None, overrides))
+        asyncio.run(serve(config, Path(path) if path else None, overrides))
     except ConfigError as exc:  # found while building (e.g. a tokenizer file that won't load)
         print(f"llm-picker: configuration error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"llm-picker: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _envoy_config(ns: argparse.Namespace) -> int:
+    from extproc.bootstrap import render_bootstrap
+    from picker.config import load_config
+
+    try:
+        config = load_config(_config_path(ns), env=os.environ)
+        print(render_bootstrap(config, listen=ns.listen, admin=ns.admin, body_mode=ns.body_mode,
+                               tls_dir=ns.tls_dir), end="")
+    except (ConfigError, ValueError) as exc:
+        print(f"llm-picker: configuration error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -86,7 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--policy", help="routing policy (overrides policy.name)")
     serve.add_argument("--extproc-port", type=int, help="overrides extproc.port")
     serve.add_argument("--admin-port", type=int, help="overrides admin.port")
+    serve.add_argument("--log-level", type=str.upper,
+                       choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="overrides log.level")
     serve.set_defaults(run=_serve)
+
+    envoy = commands.add_parser(
+        "envoy-config", help="print an Envoy bootstrap matching the picker configuration")
+    envoy.add_argument("--config", help="the picker's YAML file (default: LLM_PICKER_CONFIG)")
+    envoy.add_argument("--listen", default=":10000", help="[host]:port of Envoy's listener")
+    envoy.add_argument("--admin", default=":9901", help="[host]:port of Envoy's admin")
+    envoy.add_argument("--body-mode", default="BUFFERED",
+                       choices=["BUFFERED", "FULL_DUPLEX_STREAMED"],
+                       help="the ext_proc request_body_mode (see README, Body modes)")
+    envoy.add_argument("--tls-dir", default="/etc/llm-picker/tls",
+                       help="with extproc.tls: where Envoy finds envoy-client.pem/.key, ca.pem")
+    envoy.set_defaults(run=_envoy_config)
 
     sim = commands.add_parser("sim", help="run a simulated OpenAI-compatible engine")
     from picker_sim import add_sim_arguments

@@ -30,7 +30,9 @@ class CircuitSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    failure_threshold: int = Field(default=5, ge=1)
+    # Three consecutive failed requests: Envoy does not retry onto another worker (ORIGINAL_DST
+    # reconnects to the same one), so every failure before the breaker opens is a client error.
+    failure_threshold: int = Field(default=3, ge=1)
     success_threshold: int = Field(default=2, ge=1)
     open_duration_secs: float = Field(default=10.0, gt=0)
     window_secs: float = Field(default=30.0, gt=0)

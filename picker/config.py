@@ -1,15 +1,17 @@
 """PickerConfig: one validated settings model fed by a YAML file, env vars and CLI flags.
 
 Precedence is file < environment < flags. Environment variables are `LLM_PICKER_<KEY>` with `__`
-between nesting levels (`LLM_PICKER_EXTPROC__PORT=9102`, `LLM_PICKER_POLICY__NAME=least_load`).
-Every problem surfaces as a ConfigError naming the dotted key, before anything starts listening.
+between nesting levels (`LLM_PICKER_EXTPROC__PORT=9102`, `LLM_PICKER_POLICY__NAME=least_load`);
+`LLM_PICKER_CONFIG` is not a key but the file's path, read by the adapters. Every problem surfaces
+as a ConfigError naming the dotted key (and the variable, when the value came from one), before
+anything starts listening.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -33,11 +35,13 @@ from picker.prefix.producer import PrefixSettings
 from picker.workers import WorkerSpec
 
 __all__ = [
-    "ENV_PREFIX", "AdminConfig", "ListenConfig", "PickerConfig", "PolicyConfig", "TlsConfig",
-    "load_config",
+    "CONFIG_ENV", "ENV_PREFIX", "AdminConfig", "ListenConfig", "LogConfig", "PickerConfig",
+    "PolicyConfig", "TlsConfig", "load_config",
 ]
 
 ENV_PREFIX = "LLM_PICKER_"
+# The configuration file's path: shares the prefix, so the key parser must skip it.
+CONFIG_ENV = "LLM_PICKER_CONFIG"
 
 
 class _Strict(BaseModel):
@@ -94,6 +98,19 @@ class PolicyConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class LogConfig(_Strict):
+    """Process logging. The access log is opt-in: one JSON line per request is real I/O on
+    the hot path, and operators who have Envoy's access log may not want a second one."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access: bool = False
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
 class PickerConfig(_Strict):
     extproc: ListenConfig = Field(default_factory=lambda: ListenConfig(port=9002))
     admin: AdminConfig = Field(default_factory=lambda: AdminConfig(port=9003))
@@ -109,6 +126,7 @@ class PickerConfig(_Strict):
     # Parameters of other policies, by name, for requests choosing them with
     # `x-routing-strategy` (unlisted ones run with their defaults).
     policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    log: LogConfig = Field(default_factory=LogConfig)
 
     @field_validator("policy", mode="before")
     @classmethod
@@ -140,11 +158,31 @@ def load_config(
 ) -> PickerConfig:
     """Merge file, env and dotted-key overrides, validate, and check the policy can be built."""
     data: dict[str, Any] = _read_file(Path(path)) if path is not None else {}
-    for key, value in _env_overrides(env or {}).items():
-        _set_dotted(data, key, value)
-    for key, value in (overrides or {}).items():
-        if value is not None:
+    from_env = _env_overrides(env or {})
+    try:
+        for key, (value, _) in from_env.items():
             _set_dotted(data, key, value)
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                _set_dotted(data, key, value)
+        return _validate(data)
+    except ConfigError as exc:
+        flagged = {key for key, value in (overrides or {}).items() if value is not None}
+        variables = [name for key, (_, name) in from_env.items()
+                     if key not in flagged and _related(key, exc.key)]
+        if not variables:
+            raise
+        message = str(exc).removeprefix(f"{exc.key}: ")
+        raise ConfigError(exc.key, f"{message} (set by {', '.join(sorted(variables))})") from exc
+
+
+def _related(env_key: str, error_key: str) -> bool:
+    """The error is about this variable's key, a section it sits in, or a key inside it."""
+    return (env_key == error_key or env_key.startswith(f"{error_key}.")
+            or error_key.startswith(f"{env_key}."))
+
+
+def _validate(data: dict[str, Any]) -> PickerConfig:
     try:
         config = PickerConfig.model_validate(data)
     except ValidationError as exc:
@@ -197,14 +235,15 @@ def _read_file(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _env_overrides(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    """Dotted key -> (parsed value, the variable it came from)."""
+    out: dict[str, tuple[Any, str]] = {}
     for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
         key = name[len(ENV_PREFIX):].lower().replace("__", ".")
         try:
-            out[key] = yaml.safe_load(raw) if raw else raw
+            out[key] = (yaml.safe_load(raw) if raw else raw, name)
         except yaml.YAMLError as exc:
             raise ConfigError(key, f"{name} is not a valid value: {exc}") from exc
     return out

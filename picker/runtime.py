@@ -38,6 +38,7 @@ from picker.errors import ConfigError, RequestError
 from picker.fleet import WorkerManager
 from picker.health import HealthChecker
 from picker.leases import Lease, LeaseBook
+from picker.listen import listen_socket
 from picker.load import LoadMonitor
 from picker.prefix.producer import PrefixProducer
 from picker.registry import WorkerRegistry
@@ -271,25 +272,27 @@ class PickerRuntime:
 
     async def _start_admin(self, running: contextlib.AsyncExitStack) -> None:
         admin = self._config.admin
+        # Bound first: a busy port is one line naming it, never a traceback after "serving".
+        sock = listen_socket(admin.host, admin.port, "the admin API")
+        self._admin_port = sock.getsockname()[1]
         server = _AdminServer(uvicorn.Config(
             create_admin_app(self, admin.token), host=admin.host, port=admin.port,
             log_level="warning", access_log=False, lifespan="off", **admin_tls(admin.tls)))
-        task = asyncio.create_task(server.serve())
+        task = asyncio.create_task(server.serve([sock]))
         deadline = time.monotonic() + _ADMIN_START_SECS
         while not server.started and not task.done() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         if not server.started:
             server.should_exit = True
             await _cancel(task)
-            raise OSError(f"admin API could not listen on {admin.host}:{admin.port} "
-                          "(in use, or not an address of this host)")
-        sockets = [s for srv in server.servers for s in srv.sockets]
-        self._admin_port = sockets[0].getsockname()[1] if sockets else admin.port
+            sock.close()
+            raise OSError(f"the admin API did not start on {admin.host}:{admin.port}")
 
         async def stop_admin() -> None:
             server.should_exit = True
             await asyncio.wait({task}, timeout=5)
             await _cancel(task)
+            sock.close()
 
         running.push_async_callback(stop_admin)
 

@@ -293,7 +293,25 @@ async def _stream(
     yield b"data: [DONE]\n\n"
 
 
+class _AnnouncingServer(uvicorn.Server):
+    """Prints one line once the port is bound: with logging at WARNING a sim would otherwise
+    say nothing, and a new user cannot tell a running sim from a hung one."""
+
+    def __init__(self, config: uvicorn.Config, line: str) -> None:
+        super().__init__(config)
+        self._line = line
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            print(self._line, flush=True)
+
+
 def run_sim(config: SimConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve until interrupted; warnings only and no access log, so a fleet of sims stays quiet."""
-    uvicorn.run(create_app(config, host), host=host, port=port, log_level="warning",
-                access_log=False, lifespan="off")
+    """Serve until interrupted; one start-up line, then warnings only and no access log, so a
+    fleet of sims stays quiet."""
+    server_config = uvicorn.Config(create_app(config, host), host=host, port=port,
+                                   log_level="warning", access_log=False, lifespan="off")
+    line = (f"llm-picker sim {config.worker_id!r} serving model {config.model!r} on "
+            f"http://{host}:{port}")
+    _AnnouncingServer(server_config, line).run()

@@ -1,6 +1,12 @@
-"""LiteLLM Router with the picker choosing among self-hosted engines (run against `llm-picker
-sim` engines on 8001/8002, or your vLLM/SGLang servers)."""
+"""LiteLLM Router with the picker choosing among self-hosted engines.
 
+    python examples/litellm/sdk.py http://127.0.0.1:8001/v1 http://127.0.0.1:8002/v1
+
+Each argument is an engine's OpenAI base URL (`llm-picker sim` engines, or vLLM/SGLang servers)
+serving the model named by `--model` (default my-model, as the README's sims do).
+"""
+
+import argparse
 import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network for the cost map
@@ -10,10 +16,11 @@ from litellm import Router  # noqa: E402
 from litellm_plugin import PickerStrategy  # noqa: E402
 
 
-def make_router(api_bases: list[str], policy: str = "prefix_cache") -> Router:
+def make_router(api_bases: list[str], model: str = "my-model",
+                policy: str = "prefix_cache") -> Router:
     router = Router(model_list=[
-        {"model_name": "my-model",
-         "litellm_params": {"model": "hosted_vllm/sim-model", "api_base": base, "api_key": "x"}}
+        {"model_name": model,
+         "litellm_params": {"model": f"hosted_vllm/{model}", "api_base": base, "api_key": "x"}}
         for base in api_bases
     ])
     PickerStrategy.attach(router, policy=policy, prefix={"enabled": policy in (
@@ -22,6 +29,11 @@ def make_router(api_bases: list[str], policy: str = "prefix_cache") -> Router:
 
 
 if __name__ == "__main__":
-    router = make_router(["http://127.0.0.1:8001/v1", "http://127.0.0.1:8002/v1"])
-    reply = router.completion(model="my-model", messages=[{"role": "user", "content": "hi"}])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("api_bases", nargs="+", help="engine base URLs, e.g. http://h:8001/v1")
+    parser.add_argument("--model", default="my-model")
+    parser.add_argument("--policy", default="prefix_cache")
+    args = parser.parse_args()
+    router = make_router(args.api_bases, args.model, args.policy)
+    reply = router.completion(model=args.model, messages=[{"role": "user", "content": "hi"}])
     print(reply.choices[0].message.content)

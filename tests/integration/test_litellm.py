@@ -26,7 +26,7 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 
 @pytest.fixture
 def engines(tmp_path: Path) -> Iterator[tuple[list[str], dict[str, Process]]]:
-    specs = [SimSpec(f"e{i}", "sim-model", ["--ttft-ms", "2", "--tpot-ms", "2"])
+    specs = [SimSpec(f"e{i}", "my-model", ["--ttft-ms", "2", "--tpot-ms", "2"])
              for i in range(3)]
     procs = {s.worker_id: start_sim(s, tmp_path) for s in specs}
     yield [f"http://127.0.0.1:{s.port}/v1" for s in specs], procs
@@ -185,7 +185,7 @@ def test_picker_metrics_on_its_admin_port_when_enabled(engines: tuple[list[str],
 
     bases, _ = engines
     router = litellm.Router(model_list=[{"model_name": "my-model", "litellm_params": {
-        "model": "hosted_vllm/sim-model", "api_base": base, "api_key": "x"}} for base in bases])
+        "model": "hosted_vllm/my-model", "api_base": base, "api_key": "x"}} for base in bases])
     port = free_port()
     PickerStrategy.attach(router, policy="least_load", admin={"enabled": True, "port": port})
     router.completion(model="my-model", messages=MESSAGES, max_tokens=2)
@@ -205,7 +205,7 @@ def test_deployments_added_and_deleted_at_runtime_are_followed(
                     for _ in range(4))
     assert set(first) == set(bases[:2])
     router.add_deployment(Deployment(model_name="my-model", litellm_params={
-        "model": "hosted_vllm/sim-model", "api_base": bases[2], "api_key": "x"},
+        "model": "hosted_vllm/my-model", "api_base": bases[2], "api_key": "x"},
         model_info={"id": "added"}))
     router.delete_deployment(id=router.model_list[0]["model_info"]["id"])
     later = Counter(served(router.completion(model="my-model", messages=MESSAGES, max_tokens=1))

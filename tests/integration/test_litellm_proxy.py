@@ -14,28 +14,29 @@ import pytest
 from picker_bench.stack import SimSpec, free_port, spawn, start_sim, wait_http
 
 CONFIG = Path(__file__).resolve().parents[2] / "examples" / "litellm" / "config.yaml"
-MASTER_KEY = "sk-test-master-key-0123456789abcdef"
+MASTER_KEY = "sk-llm-picker-example"  # the example's general_settings.master_key
 SERVED_BY = "llm_provider-x-picker-sim-worker"  # the sim's header, as LiteLLM forwards it
 
 
 @pytest.fixture(scope="module")
 def proxy_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     workdir = tmp_path_factory.mktemp("proxy")
-    sims = [SimSpec(name, "sim-model") for name in ("A", "B")]
+    sims = [SimSpec(name, "my-model") for name in ("A", "B")]
     procs = [start_sim(spec, workdir) for spec in sims]
     port = free_port()
+    # The example names the README's sim ports; these sims run on free ports instead.
+    config = workdir / "config.yaml"
+    config.write_text(CONFIG.read_text().replace("127.0.0.1:8001", f"127.0.0.1:{sims[0].port}")
+                      .replace("127.0.0.1:8002", f"127.0.0.1:{sims[1].port}"))
     env = {
-        "ENGINE_A_BASE": f"http://127.0.0.1:{sims[0].port}/v1",
-        "ENGINE_B_BASE": f"http://127.0.0.1:{sims[1].port}/v1",
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        "LITELLM_MASTER_KEY": MASTER_KEY,
         "LLM_PICKER_POLICY__NAME": "round_robin",
     }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)  # spawn() passes the environment on
     try:
         litellm_cli = Path(sys.executable).parent / "litellm"
-        proxy = spawn("litellm-proxy", [str(litellm_cli), "--config", str(CONFIG), "--host",
+        proxy = spawn("litellm-proxy", [str(litellm_cli), "--config", str(config), "--host",
                                         "127.0.0.1", "--port", str(port)], workdir)
         procs.append(proxy)
         wait_http(proxy, f"http://127.0.0.1:{port}/health/liveliness", timeout=90)

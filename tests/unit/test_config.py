@@ -228,3 +228,40 @@ def test_admin_off_loopback_needs_a_token(tmp_path: Path) -> None:
     insecure = load_config(write(tmp_path, "admin: {host: 0.0.0.0, port: 9003, "
                                            "allow_insecure: true}\n"))
     assert insecure.admin.allow_insecure
+
+
+def test_config_path_variable_is_not_a_key(tmp_path: Path) -> None:
+    """Issue 13.1: LLM_PICKER_CONFIG names the file; it used to fail as key `config`."""
+    path = write(tmp_path, "policy: random\n")
+    config = load_config(path, env={"LLM_PICKER_CONFIG": str(path)})
+    assert config.policy.name == "random"
+
+
+@pytest.mark.parametrize(
+    ("env", "key", "variable"),
+    [
+        ({"LLM_PICKER_POLCY__NAME": "least_load"}, "polcy", "LLM_PICKER_POLCY__NAME"),
+        ({"LLM_PICKER_POLICY__NAME": "fastest"}, "policy.name", "LLM_PICKER_POLICY__NAME"),
+        ({"LLM_PICKER_ADMIN__PORT": "70000"}, "admin.port", "LLM_PICKER_ADMIN__PORT"),
+        ({"LLM_PICKER_LOG__LEVEL": "chatty"}, "log.level", "LLM_PICKER_LOG__LEVEL"),
+    ],
+)
+def test_env_mistakes_name_the_variable(env: dict[str, str], key: str, variable: str) -> None:
+    """Issue 13.12: the key alone (`polcy:`) does not say where the value came from."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={**env, "LLM_PICKER_EXTPROC__PORT": "9"})
+    assert caught.value.key == key
+    assert variable in str(caught.value) and "EXTPROC" not in str(caught.value)
+
+
+def test_a_flag_mistake_does_not_blame_the_environment() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={"LLM_PICKER_POLICY__NAME": "random"},
+                    overrides={"policy.name": "fastest"})
+    assert "LLM_PICKER" not in str(caught.value)
+
+
+def test_log_settings() -> None:
+    assert (load_config().log.level, load_config().log.access) == ("INFO", False)
+    config = load_config(env={"LLM_PICKER_LOG__LEVEL": "debug", "LLM_PICKER_LOG__ACCESS": "true"})
+    assert (config.log.level, config.log.access) == ("DEBUG", True)

@@ -1,0 +1,28 @@
+"""picker.access_log: one bare JSON line per request (item 11)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from picker.access_log import AccessEntry, AccessLog
+
+ENTRY = AccessEntry(request_id="r1", model="m" * 500, policy="least_load", worker="w",
+                    outcome="completed", status=200, duration_ms=12.3456)
+
+
+def test_one_json_line_with_bounded_fields() -> None:
+    out = io.StringIO()
+    AccessLog(out).record(ENTRY)
+    line = out.getvalue()
+    assert line.endswith("\n") and line.count("\n") == 1
+    fields = json.loads(line)
+    assert len(fields["model"]) == 200 and fields["duration_ms"] == 12.35
+    assert fields["worker"] == "w" and fields["status"] == 200
+
+
+def test_two_logs_do_not_share_handlers() -> None:
+    first, second = io.StringIO(), io.StringIO()
+    AccessLog(first)
+    AccessLog(second).record(ENTRY)
+    assert first.getvalue() == "" and second.getvalue()

@@ -1,0 +1,51 @@
+"""extproc.bootstrap: the settings an Envoy bootstrap must share with the picker (item 16)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from extproc.bootstrap import parse_address, render_bootstrap
+from picker.config import load_config
+
+
+@pytest.mark.parametrize(("text", "address"), [
+    (":10000", ("127.0.0.1", 10000)), ("0.0.0.0:80", ("0.0.0.0", 80)),
+    ("[::1]:9000", ("::1", 9000)),
+])
+def test_parse_address(text: str, address: tuple[str, int]) -> None:
+    assert parse_address(text) == address
+
+
+@pytest.mark.parametrize("text", ["10000", ":0", ":70000", "host:", "host:x"])
+def test_bad_address(text: str) -> None:
+    with pytest.raises(ValueError, match="is not"):
+        parse_address(text)
+
+
+def _picker_cluster(bootstrap: dict[str, object]) -> dict[str, object]:
+    clusters = bootstrap["static_resources"]["clusters"]  # type: ignore[index]
+    return next(c for c in clusters if c["name"] == "llm_picker")  # type: ignore[no-any-return]
+
+
+def test_tls_picks_the_mtls_template(tmp_path: Path) -> None:
+    for name in ("c.pem", "k.pem"):
+        (tmp_path / name).write_text("x")
+    config = load_config(overrides={"extproc.tls": {"cert_file": str(tmp_path / "c.pem"),
+                                                    "key_file": str(tmp_path / "k.pem")},
+                                    "extproc.host": "0.0.0.0", "extproc.port": 7000})
+    text = render_bootstrap(config, tls_dir="/srv/tls/", body_mode="FULL_DUPLEX_STREAMED")
+    cluster = _picker_cluster(yaml.safe_load(text))
+    assert "/srv/tls/ca.pem" in text and "/etc/llm-picker" not in text
+    assert cluster["transport_socket"]["name"] == "envoy.transport_sockets.tls"  # type: ignore[index]
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]  # type: ignore[index]
+    assert address["endpoint"]["address"]["socket_address"] == {  # a wildcard bind: loopback
+        "address": "127.0.0.1", "port_value": 7000}
+    assert "request_body_mode: FULL_DUPLEX_STREAMED" in text
+
+
+def test_plain_config_has_no_tls() -> None:
+    assert "transport_socket" not in _picker_cluster(
+        yaml.safe_load(render_bootstrap(load_config())))
