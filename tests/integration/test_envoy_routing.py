@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from picker.circuit import CircuitSettings
 from picker_bench.stack import Fleet, SimSpec, local_fleet
 from tests.integration.conftest import (
     FAST_HEALTH,
@@ -187,7 +188,8 @@ def test_least_load_avoids_a_slow_engine() -> None:
 def test_upstream_failure_releases_the_slot() -> None:
     sims = [SimSpec("broken", MODEL, ["--failure-rate", "1"])]
     with local_fleet(sims, policy="round_robin") as fleet:
-        for _ in range(5):
+        # As many failures as the circuit breaker takes before it opens (then 503s follow).
+        for _ in range(CircuitSettings().failure_threshold):
             response = httpx.post(
                 f"{fleet.envoy_url}/v1/chat/completions",
                 json={"model": MODEL, "messages": MESSAGES}, timeout=5.0,

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
-from picker_bench.stack import SimSpec, free_port, spawn, start_sim, wait_http
+from picker_bench.stack import Process, SimSpec, free_port, spawn, start_sim, wait_http
 
 CONFIG = Path(__file__).resolve().parents[2] / "examples" / "litellm" / "config.yaml"
 MASTER_KEY = "sk-llm-picker-example"  # the example's general_settings.master_key
 SERVED_BY = "llm_provider-x-picker-sim-worker"  # the sim's header, as LiteLLM forwards it
 
 
-@pytest.fixture(scope="module")
-def proxy_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    workdir = tmp_path_factory.mktemp("proxy")
+@contextlib.contextmanager
+def proxy(workdir: Path, env: dict[str, str]) -> Iterator[tuple[str, list[SimSpec], Process]]:
+    """Two sims and the real LiteLLM proxy running the example config with `env` added;
+    yields the proxy's url, the sims and the proxy process (not waited for: callers decide
+    what start-up should look like)."""
     sims = [SimSpec(name, "my-model") for name in ("A", "B")]
     procs = [start_sim(spec, workdir) for spec in sims]
     port = free_port()
@@ -28,19 +34,15 @@ def proxy_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     config = workdir / "config.yaml"
     config.write_text(CONFIG.read_text().replace("127.0.0.1:8001", f"127.0.0.1:{sims[0].port}")
                       .replace("127.0.0.1:8002", f"127.0.0.1:{sims[1].port}"))
-    env = {
-        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        "LLM_PICKER_POLICY__NAME": "round_robin",
-    }
+    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", **env}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)  # spawn() passes the environment on
     try:
         litellm_cli = Path(sys.executable).parent / "litellm"
-        proxy = spawn("litellm-proxy", [str(litellm_cli), "--config", str(config), "--host",
-                                        "127.0.0.1", "--port", str(port)], workdir)
-        procs.append(proxy)
-        wait_http(proxy, f"http://127.0.0.1:{port}/health/liveliness", timeout=90)
-        yield f"http://127.0.0.1:{port}"
+        process = spawn("litellm-proxy", [str(litellm_cli), "--config", str(config), "--host",
+                                          "127.0.0.1", "--port", str(port)], workdir)
+        procs.append(process)
+        yield f"http://127.0.0.1:{port}", sims, process
     finally:
         for proc in procs:
             proc.stop()
@@ -49,6 +51,14 @@ def proxy_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def proxy_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with proxy(tmp_path_factory.mktemp("proxy"),
+               {"LLM_PICKER_POLICY__NAME": "round_robin"}) as (url, _, process):
+        wait_http(process, f"{url}/health/liveliness", timeout=90)
+        yield url
 
 
 def test_proxy_routes_with_the_picker(proxy_url: str) -> None:
@@ -69,3 +79,41 @@ def test_proxy_streams_through_the_picker(proxy_url: str) -> None:
         stream=True)
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert len(text.split()) == 4
+
+
+def test_least_queue_in_the_proxy_reads_the_engines_queues(tmp_path: Path) -> None:
+    admin = free_port()
+    env = {"LLM_PICKER_POLICY__NAME": "least_queue", "LLM_PICKER_LOAD__INTERVAL_SECS": "0.1",
+           "LLM_PICKER_ADMIN__ENABLED": "true", "LLM_PICKER_ADMIN__PORT": str(admin)}
+    with proxy(tmp_path, env) as (url, sims, process):
+        wait_http(process, f"{url}/health/liveliness", timeout=90)
+        for spec, waiting in zip(sims, (9, 0), strict=True):
+            httpx.post(f"http://127.0.0.1:{spec.port}/sim/control",
+                       json={"extra_waiting": waiting}, timeout=5).raise_for_status()
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=MASTER_KEY, max_retries=0)
+        ask = {"model": "my-model", "messages": [{"role": "user", "content": "hi"}],
+               "max_tokens": 1}
+        client.chat.completions.create(**ask)  # the picker learns the deployments here
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            workers = httpx.get(f"http://127.0.0.1:{admin}/workers", timeout=5).json()["workers"]
+            if len(workers) == 2 and all(w["state"]["engine"] for w in workers):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"engine metrics never scraped: {workers}")
+        served = Counter(client.chat.completions.with_raw_response.create(**ask)
+                         .headers[SERVED_BY] for _ in range(6))
+        assert served == {"B": 6}  # the short queue
+
+
+def test_a_bad_picker_setting_stops_the_proxy_at_start_up(tmp_path: Path) -> None:
+    # prefix_cache reads the prefix index, which is not enabled.
+    with proxy(tmp_path, {"LLM_PICKER_POLICY__NAME": "prefix_cache"}) as (_, _, process):
+        try:
+            code = process.popen.wait(120)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the proxy kept running with a bad picker setting") from None
+        log = process.log_tail()
+    assert code != 0
+    assert "prefix.enabled" in log

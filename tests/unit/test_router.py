@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -396,3 +397,44 @@ def test_imbalance_and_indexer_status_metrics() -> None:
     text = r.metrics.render().decode()
     assert "llm_picker_load_imbalance_total 1.0" in text
     assert 'llm_picker_prefix_indexer_status{kind="approximate",model="m"} 1.0' in text
+
+
+def test_a_policy_chosen_per_request_runs_with_its_configured_params() -> None:
+    """w1: short engine queue, busy picker; w2 the reverse. Configured weights (queue only)
+    always choose w1; the default weights (queue 1, in_flight 1) tie them."""
+    from picker.load_signals import EngineLoad
+
+    def configured(weights: dict[str, float] | None) -> PickerRuntime:
+        policies = {} if weights is None else {"weighted": {"scorers": weights, "seed": 1}}
+        r = router(*fleet(2), policies=policies)
+        w0, w1 = r.registry.workers()
+        now = time.monotonic()
+        r.registry.set_engine_load(w0, EngineLoad(scraped_at=now, waiting=0))
+        r.registry.set_engine_load(w1, EngineLoad(scraped_at=now, waiting=9))
+        for _ in range(5):
+            r.registry.acquire(w0)
+        return r
+
+    def picks(r: PickerRuntime) -> set[str]:
+        chosen = set()
+        for _ in range(30):
+            lease = r.route_sync(chat_req("s", "q", **{"x-routing-strategy": "weighted"}))
+            chosen.add(lease.worker.id)
+            lease.release("completed")
+        return chosen
+
+    assert picks(configured({"queue": 1.0})) == {"w1"}
+    assert picks(configured(None)) == {"w1", "w2"}
+
+
+def test_bad_params_of_a_per_request_policy_stop_start_up() -> None:
+    from picker.config import load_config
+    from picker.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(overrides={"policies": {"weighted": {"scorerz": {"queue": 1}}}})
+    assert caught.value.key == "policies.weighted.params.scorerz"
+    with pytest.raises(ConfigError) as caught:
+        load_config(overrides={"policy": {"name": "weighted",
+                                          "params": {"scorerz": {"queue": 1}}}})
+    assert caught.value.key == "policy.params.scorerz"
