@@ -224,7 +224,8 @@ class RequestStream:
         headers = self._headers or {}
         self._access.record(AccessEntry(
             request_id=headers.get("x-request-id", ""), model=self._model,
-            policy=headers.get(STRATEGY_HEADER) or self._runtime.router.policy.name, worker=worker,
+            policy=headers.get(STRATEGY_HEADER) or self._runtime.router.default_policy,
+            worker=worker,
             outcome=outcome, status=status,
             duration_ms=(time.monotonic() - self._started) * 1000.0,
         ))

@@ -2,13 +2,15 @@
 
 `choose_deployment` (async: the proxy's filter and the Router's async selector) and
 `choose_deployment_sync` (the Router's sync selector) differ only in how they call the runtime's
-one entry point; the request building and the lease hand-over are shared.
+one entry point; the request building and the lease hand-over (`_Choice`) are shared.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from litellm.exceptions import ServiceUnavailableError
@@ -22,88 +24,92 @@ from picker.openai_body import request_from_data
 from picker.request import Api, RoutingRequest
 from picker.runtime import PickerRuntime
 
-__all__ = ["choose_deployment", "choose_deployment_sync"]
+__all__ = ["Call", "choose_deployment", "choose_deployment_sync"]
 
 Deployment = dict[str, Any]
 
 
-async def choose_deployment(
-    runtime: PickerRuntime, fleet: DeploymentFleet, tracker: InFlightTracker, *, model: str,
-    healthy: list[Deployment], all_deployments: Iterable[Mapping[str, Any]],
-    messages: list[Any] | None, input: Any, request_kwargs: dict[str, Any] | None,
-) -> Deployment:
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What LiteLLM hands a selector for one call."""
+
+    model: str
+    healthy: list[Deployment]
+    all_deployments: Iterable[Mapping[str, Any]]
+    messages: list[Any] | None
+    input: Any
+    request_kwargs: dict[str, Any] | None
+
+
+async def choose_deployment(runtime: PickerRuntime, fleet: DeploymentFleet,
+                            tracker: InFlightTracker, call: Call) -> Deployment:
     """The picker's policy among LiteLLM's healthy deployments; takes the in-flight slot."""
-    prepared = _prepare(fleet, model, healthy, all_deployments, messages, input, request_kwargs)
-    if not isinstance(prepared, tuple):
-        return prepared
-    request, by_worker = prepared
-    try:
-        lease = await runtime.route(request, set(by_worker))
-    except RequestError as error:
-        raise _refused(runtime, error, model) from error
-    return _hand_over(tracker, request_kwargs, lease, by_worker)
+    choice = _Choice(runtime, fleet, call)
+    if choice.request is not None:
+        with _refusals(runtime, call.model):
+            choice.lease = await runtime.route(choice.request, set(choice.by_worker))
+    return choice.hand_over(tracker)
 
 
-def choose_deployment_sync(
-    runtime: PickerRuntime, fleet: DeploymentFleet, tracker: InFlightTracker, *, model: str,
-    healthy: list[Deployment], all_deployments: Iterable[Mapping[str, Any]],
-    messages: list[Any] | None, input: Any, request_kwargs: dict[str, Any] | None,
-) -> Deployment:
+def choose_deployment_sync(runtime: PickerRuntime, fleet: DeploymentFleet,
+                           tracker: InFlightTracker, call: Call) -> Deployment:
     """`choose_deployment` for LiteLLM's synchronous `completion()`."""
-    prepared = _prepare(fleet, model, healthy, all_deployments, messages, input, request_kwargs)
-    if not isinstance(prepared, tuple):
-        return prepared
-    request, by_worker = prepared
-    try:
-        lease = runtime.route_sync(request, set(by_worker))
-    except RequestError as error:
-        raise _refused(runtime, error, model) from error
-    return _hand_over(tracker, request_kwargs, lease, by_worker)
+    choice = _Choice(runtime, fleet, call)
+    if choice.request is not None:
+        with _refusals(runtime, call.model):
+            choice.lease = runtime.route_sync(choice.request, set(choice.by_worker))
+    return choice.hand_over(tracker)
 
 
-def _prepare(
-    fleet: DeploymentFleet, model: str, healthy: list[Deployment],
-    all_deployments: Iterable[Mapping[str, Any]], messages: list[Any] | None, input: Any,
-    request_kwargs: dict[str, Any] | None,
-) -> Deployment | tuple[RoutingRequest, dict[str, Deployment]]:
-    """The routing request and the candidates by worker id, or the answer when the picker
-    has nothing to decide (no engine it knows among them)."""
-    if not healthy:
-        raise ServiceUnavailableError(message=f"no healthy deployment for {model}",
-                                      model=model, llm_provider="")
-    fleet.sync(all_deployments)
-    by_worker: dict[str, Deployment] = {}
-    for deployment in healthy:
-        worker_id = fleet.worker_id(deployment)
-        if worker_id is not None:
-            by_worker.setdefault(worker_id, deployment)
-    if not by_worker:
-        return random.choice(healthy)  # none of them is an engine the picker knows
-    data: dict[str, Any] = {"model": model}
-    if messages is not None:
-        api, data["messages"] = Api.CHAT, [_plain(m) for m in messages]
+class _Choice:
+    """One call's routing request and candidates by worker id; `request` is None when the
+    picker has nothing to decide (no engine it knows among the healthy deployments)."""
+
+    def __init__(self, runtime: PickerRuntime, fleet: DeploymentFleet, call: Call) -> None:
+        if not call.healthy:
+            raise ServiceUnavailableError(message=f"no healthy deployment for {call.model}",
+                                          model=call.model, llm_provider="")
+        self._call = call
+        self.lease: Lease | None = None
+        self.request: RoutingRequest | None = None
+        fleet.sync(call.all_deployments)
+        self.by_worker: dict[str, Deployment] = {}
+        for deployment in call.healthy:
+            worker_id = fleet.worker_id(deployment)
+            if worker_id is not None:
+                self.by_worker.setdefault(worker_id, deployment)
+        if self.by_worker:
+            with _refusals(runtime, call.model):
+                self.request = _routing_request(call)
+
+    def hand_over(self, tracker: InFlightTracker) -> Deployment:
+        if self.lease is None:
+            return random.choice(self._call.healthy)  # none is an engine the picker knows
+        tracker.begin(self._call.request_kwargs, self.lease)
+        return self.by_worker[self.lease.worker.id]
+
+
+def _routing_request(call: Call) -> RoutingRequest:
+    data: dict[str, Any] = {"model": call.model}
+    if call.messages is not None:
+        api, data["messages"] = Api.CHAT, [_plain(m) for m in call.messages]
     else:
-        api, data["input"] = Api.EMBEDDINGS, input if input is not None else ""
+        api, data["input"] = Api.EMBEDDINGS, call.input if call.input is not None else ""
     headers: Mapping[str, str] = {}
-    metadata = (request_kwargs or {}).get("metadata") or {}
+    metadata = (call.request_kwargs or {}).get("metadata") or {}
     if isinstance(metadata, dict) and isinstance(metadata.get("headers"), dict):
         headers = {str(k).lower(): str(v) for k, v in metadata["headers"].items()}
+    return request_from_data(api, data, headers)
+
+
+@contextlib.contextmanager
+def _refusals(runtime: PickerRuntime, model: str) -> Iterator[None]:
+    """The picker's refusal, counted, as LiteLLM's exception of the same meaning."""
     try:
-        request = request_from_data(api, data, headers)
+        yield
     except RequestError as error:
+        runtime.reject(error)
         raise to_litellm_error(error, model) from error
-    return request, by_worker
-
-
-def _hand_over(tracker: InFlightTracker, request_kwargs: dict[str, Any] | None, lease: Lease,
-               by_worker: dict[str, Deployment]) -> Deployment:
-    tracker.begin(request_kwargs, lease)
-    return by_worker[lease.worker.id]
-
-
-def _refused(runtime: PickerRuntime, error: RequestError, model: str) -> Exception:
-    runtime.reject(error)
-    return to_litellm_error(error, model)
 
 
 def _plain(message: Any) -> Any:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from litellm_plugin.choose import choose_deployment
+from litellm_plugin.choose import Call, choose_deployment
 from litellm_plugin.fleet import DeploymentFleet
 from litellm_plugin.tracking import InFlightTracker
 from picker.config import load_config
@@ -47,12 +47,9 @@ class ProxyPicker(InFlightTracker):
         self, model: str, healthy_deployments: list[Any], messages: list[Any] | None,
         request_kwargs: dict[str, Any] | None = None, parent_otel_span: Any = None,
     ) -> list[dict[str, Any]]:
-        chosen = await choose_deployment(
-            self.runtime, self._fleet, self, model=model, healthy=healthy_deployments,
-            all_deployments=_proxy_model_list() or healthy_deployments, messages=messages,
-            input=(request_kwargs or {}).get("input"), request_kwargs=request_kwargs,
-        )
-        return [chosen]
+        call = Call(model, healthy_deployments, _proxy_model_list() or healthy_deployments,
+                    messages, (request_kwargs or {}).get("input"), request_kwargs)
+        return [await choose_deployment(self.runtime, self._fleet, self, call)]
 
 
 def _proxy_model_list() -> list[dict[str, Any]]:

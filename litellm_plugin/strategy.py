@@ -24,7 +24,7 @@ from typing import Any
 from litellm.router import Router as LiteLLMRouter
 from litellm.types.router import CustomRoutingStrategyBase
 
-from litellm_plugin.choose import choose_deployment, choose_deployment_sync
+from litellm_plugin.choose import Call, choose_deployment, choose_deployment_sync
 from litellm_plugin.fleet import DeploymentFleet
 from litellm_plugin.tracking import InFlightTracker
 from picker.config import load_config
@@ -71,11 +71,8 @@ class PickerStrategy(CustomRoutingStrategyBase):
         )
         if isinstance(healthy, dict):
             return healthy  # a specific deployment was asked for
-        return await choose_deployment(
-            self.runtime, self.fleet, self.tracker, model=model, healthy=healthy,
-            all_deployments=self._router.model_list, messages=messages, input=input,
-            request_kwargs=request_kwargs,
-        )
+        call = Call(model, healthy, self._router.model_list, messages, input, request_kwargs)
+        return await choose_deployment(self.runtime, self.fleet, self.tracker, call)
 
     def get_available_deployment(  # type: ignore[override]
         self, model: str, messages: list[dict[str, str]] | None = None,
@@ -88,8 +85,5 @@ class PickerStrategy(CustomRoutingStrategyBase):
         healthy = found[0] if isinstance(found, tuple) else found
         if isinstance(healthy, dict):
             return healthy  # a specific deployment was asked for
-        return choose_deployment_sync(
-            self.runtime, self.fleet, self.tracker, model=model, healthy=healthy,
-            all_deployments=self._router.model_list, messages=messages, input=input,
-            request_kwargs=request_kwargs,
-        )
+        call = Call(model, healthy, self._router.model_list, messages, input, request_kwargs)
+        return choose_deployment_sync(self.runtime, self.fleet, self.tracker, call)

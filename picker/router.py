@@ -50,15 +50,7 @@ class Router:
         self._lock = threading.Lock()
         self._policies: dict[str, Policy] = {}
         self._default = self._policy_named(policy)
-
-    @property
-    def policy(self) -> Policy:
-        """The default policy (requests without x-routing-strategy)."""
-        return self._default
-
-    @property
-    def prefix(self) -> PrefixProducer | None:
-        return self._prefix
+        self.default_policy = policy  # the name, for requests without x-routing-strategy
 
     def choose(self, request: RoutingRequest, allowed: Collection[str] | None = None) -> Worker:
         """The decision alone. `allowed` (worker ids) narrows the candidates further, e.g. to

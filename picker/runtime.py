@@ -40,6 +40,7 @@ from picker.health import HealthChecker
 from picker.leases import Lease, LeaseBook
 from picker.listen import listen_socket
 from picker.load import LoadMonitor
+from picker.prefix.index import PrefixIndex
 from picker.prefix.producer import PrefixProducer
 from picker.registry import WorkerRegistry
 from picker.reload import ConfigReloader
@@ -165,6 +166,10 @@ class PickerRuntime:
             self.leases.cancel_admission()
             raise
         return self.leases.open(worker)
+
+    def prefix_index(self) -> PrefixIndex | None:
+        """The prefix index routing reads (None when prefix.enabled is false)."""
+        return None if self._prefix is None else self._prefix.index
 
     def reject(self, error: RequestError) -> None:
         """Count a refused request; adapters call it where they turn the error into a reply

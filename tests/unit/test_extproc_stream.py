@@ -274,5 +274,5 @@ async def test_remote_tokenizer_makes_routing_an_awaited_step() -> None:
         assert not stream.pending
         headers = set_headers(routed.request_body.response.header_mutation)
         assert headers[codec.DESTINATION_HEADER] == "127.0.0.1:8001"
-        assert router.router.prefix is not None
-        assert router.router.prefix.index.blocks_of(router.registry.workers()[0].id) == 1
+        index = router.prefix_index()
+        assert index is not None and index.blocks_of(router.registry.workers()[0].id) == 1

@@ -347,8 +347,8 @@ def test_removed_worker_leaves_the_index() -> None:
     lease = r.route_sync(chat_req("x" * 64, "q"))
     lease.release("completed")
     r.registry.remove(lease.worker.url)
-    assert r.router.prefix is not None
-    assert r.router.prefix.index.blocks_of(lease.worker.id) == 0
+    index = r.prefix_index()
+    assert index is not None and index.blocks_of(lease.worker.id) == 0
     again = {r.route_sync(chat_req("x" * 64, "q")).worker.id for _ in range(3)}
     assert lease.worker.id not in again
 
