@@ -69,6 +69,7 @@ class Route:
     host_port: str
     dp_rank: int | None = None
     api_key: str | None = None  # the worker's own key, sent as Authorization: Bearer
+    headers: tuple[tuple[str, str], ...] = ()  # more to set (a prefill/decode protocol's)
 
 
 def _route(mutation: pb.HeaderMutation, route: Route) -> None:
@@ -79,6 +80,8 @@ def _route(mutation: pb.HeaderMutation, route: Route) -> None:
         _set_header(mutation, DP_RANK_HEADER, str(route.dp_rank))
     if route.api_key is not None:
         _set_header(mutation, "authorization", f"Bearer {route.api_key}")
+    for key, value in route.headers:
+        _set_header(mutation, key, value)
 
 
 def continue_headers() -> pb.ProcessingResponse:
@@ -106,11 +109,16 @@ def continue_response_headers() -> pb.ProcessingResponse:
     return response
 
 
-def route_buffered(route: Route) -> pb.ProcessingResponse:
-    """BUFFERED mode: the whole body arrived in one message; headers may still be mutated."""
+def route_buffered(route: Route, body: bytes | None = None) -> pb.ProcessingResponse:
+    """BUFFERED mode: the whole body arrived in one message; headers may still be mutated.
+    `body`: sent upstream instead of the client's (a prefill/decode rewrite), with its length.
+    """
     response = pb.ProcessingResponse()
     common = response.request_body.response
     _route(common.header_mutation, route)
+    if body is not None:
+        common.body_mutation.body = body
+        _set_header(common.header_mutation, "content-length", str(len(body)))
     common.clear_route_cache = True
     _destination_metadata(response, route.host_port)
     return response

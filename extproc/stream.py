@@ -195,14 +195,17 @@ class RequestStream:
         self._lease = lease
         self._finished = True
         trailers = [codec.continue_trailers()] if ack_trailers else []
-        spec = self._lease.worker.spec
+        spec = lease.worker.spec
+        forward = lease.forward
         route = codec.Route(
-            self._lease.worker.host_port, spec.dp_rank,
+            lease.worker.host_port, spec.dp_rank,
             None if spec.api_key is None else spec.api_key.get_secret_value(),
+            () if forward is None else forward.headers,
         )
+        rewritten = None if forward is None else forward.body
         if self._mode is _Mode.DUPLEX:
-            return [*codec.route_streamed(route, body, end_of_stream), *trailers]
-        return [codec.route_buffered(route), *trailers]
+            return [*codec.route_streamed(route, rewritten or body, end_of_stream), *trailers]
+        return [codec.route_buffered(route, rewritten), *trailers]
 
     def _list_models(self, model_id: str) -> list[pb.ProcessingResponse]:
         try:

@@ -25,6 +25,7 @@ from picker.admin_schema import (
     DrainResult,
     Health,
     Ready,
+    RouterList,
     WorkerGroup,
     WorkerList,
     WorkerView,
@@ -192,6 +193,12 @@ def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None) -> 
         body = {"status": status, "routable_workers": routable,
                 "total_workers": len(workers.workers())}
         return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/routers", response_model=RouterList)
+    async def routers() -> dict[str, Any]:
+        """The routers in service: one over all workers, or (enable_igw) one per connection
+        mode and kind, each appearing with its first worker and retiring with its last."""
+        return {"routers": runtime.routers.describe(), "enable_igw": runtime.routers.igw}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from picker.workers import WorkerSpec
 
@@ -81,6 +81,19 @@ class WorkerList(WorkerGroup):
 class DrainResult(BaseModel):
     worker: WorkerView
     drained: bool
+
+
+class RouterView(BaseModel):
+    router: str = Field(description="connection mode and kind, e.g. http-regular, http-pd")
+    policy: str
+    workers: int
+    healthy_workers: int
+    models: list[str] = Field(description='"*" when a worker serves any model')
+
+
+class RouterList(BaseModel):
+    routers: list[RouterView]
+    enable_igw: bool
 
 
 class Health(BaseModel):

@@ -98,6 +98,30 @@ class PolicyConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class PdConfig(_Strict):
+    """Prefill/decode disaggregation (with `enable_igw: true`): how pairs are chosen.
+
+    Prefill is where a prompt's cache matters, decode where load does: by default prefill
+    workers are chosen prefix-aware (cache_aware, when prefix.enabled) and decode workers
+    load-aware (least_load)."""
+
+    prefill_policy: PolicyConfig | None = None
+    decode_policy: PolicyConfig = Field(default_factory=lambda: PolicyConfig(name="least_load"))
+    # Pairs tried per request when the prefill step fails (connect error, error status).
+    max_attempts: int = Field(default=2, ge=1, le=10)
+    prefill_timeout_secs: float = Field(default=60.0, gt=0)
+
+    @field_validator("prefill_policy", "decode_policy", mode="before")
+    @classmethod
+    def _policy_shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    def prefill(self, prefix_enabled: bool) -> PolicyConfig:
+        if self.prefill_policy is not None:
+            return self.prefill_policy
+        return PolicyConfig(name="cache_aware" if prefix_enabled else "least_load")
+
+
 class LogConfig(_Strict):
     """Process logging. The access log is opt-in: one JSON line per request is real I/O on
     the hot path, and operators who have Envoy's access log may not want a second one."""
@@ -127,6 +151,10 @@ class PickerConfig(_Strict):
     # `x-routing-strategy` (unlisted ones run with their defaults).
     policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
     log: LogConfig = Field(default_factory=LogConfig)
+    # SGLang gateway's "IGW" mode: a router per connection mode and worker role (regular,
+    # prefill/decode pairs), chosen per request; off: one router over all workers.
+    enable_igw: bool = False
+    pd: PdConfig = Field(default_factory=PdConfig)
 
     @field_validator("policy", mode="before")
     @classmethod
@@ -149,6 +177,14 @@ class PickerConfig(_Strict):
             parsed[self.policy.name] = parse_params(self.policy.name, self.policy.params,
                                                     "policy", stale)
         return parsed
+
+    def pd_policies(self) -> dict[str, tuple[str, PolicyParams]]:
+        """The prefill and decode policies (enable_igw) by role: name and parsed params."""
+        stale = self.load.stale_after_secs
+        roles = {"prefill": self.pd.prefill(self.prefix.enabled), "decode": self.pd.decode_policy}
+        return {role: (chosen.name, parse_params(chosen.name, chosen.params,
+                                                 f"pd.{role}_policy", stale))
+                for role, chosen in roles.items()}
 
 
 def load_config(
@@ -198,8 +234,12 @@ def _validate(data: dict[str, Any]) -> PickerConfig:
 
 def _check_policies(config: PickerConfig) -> None:
     """Each configured policy's parameters parse, and what it reads is switched on."""
-    for name, params in config.policy_params().items():
-        key = "policy" if name == config.policy.name else f"policies.{name}"
+    keyed = [("policy" if name == config.policy.name else f"policies.{name}", name, params)
+             for name, params in config.policy_params().items()]
+    if config.enable_igw:
+        keyed += [(f"pd.{role}_policy", name, params)
+                  for role, (name, params) in config.pd_policies().items()]
+    for key, name, params in keyed:
         if params.needs_prefix() and not config.prefix.enabled:
             raise ConfigError("prefix.enabled", f"policy {name} ({key}) reads the prefix "
                               "index: set prefix.enabled: true")

@@ -12,6 +12,7 @@
         ├── UnsupportedMediaType 415: a content-type that is not JSON
         ├── Overloaded         429: at the concurrency limit (with Retry-After)
         ├── NoHealthyWorker    503: workers serve the model, none is routable now
+        ├── PrefillFailed      503: every prefill/decode pair tried failed at prefill
         └── ProxyMisconfigured 500: the proxy calls the picker in a way it cannot route
 
 Adapters translate a RequestError in one place each (an Envoy ImmediateResponse, a LiteLLM
@@ -30,6 +31,7 @@ __all__ = [
     "NoHealthyWorker",
     "Overloaded",
     "PickerError",
+    "PrefillFailed",
     "ProxyMisconfigured",
     "RequestError",
     "UnknownWorker",
@@ -107,6 +109,12 @@ class BodyTooLarge(RequestError):
 class NoHealthyWorker(RequestError):
     status = 503
     code = "no_healthy_worker"
+    error_type = "service_unavailable_error"
+
+
+class PrefillFailed(RequestError):
+    status = 503
+    code = "prefill_failed"
     error_type = "service_unavailable_error"
 
 

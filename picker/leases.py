@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping
 
 from picker.limits import Admission, LimitSettings
+from picker.pd.protocols import Forward
 from picker.registry import Worker, WorkerRegistry
 from picker.telemetry import PickerMetrics
 
@@ -24,15 +25,29 @@ _CIRCUIT_OUTCOMES = {"completed": True, "upstream_error": False}
 
 
 class Lease:
-    """One request's in-flight slot on a worker; `release` it once the request is over."""
+    """One request's in-flight slot on a worker; `release` it once the request is over.
 
-    __slots__ = ("worker", "started", "_book", "_open")
+    A prefill/decode pair is one lease: `worker` is where the proxy sends the request (decode),
+    `prefill` the worker that prefilled it, whose slot is held and released with it. `forward`
+    is what the proxy sends instead of the client's request, when the pair's protocol says."""
 
-    def __init__(self, worker: Worker, book: LeaseBook) -> None:
+    __slots__ = ("worker", "prefill", "started", "_book", "_open", "_forward")
+
+    def __init__(self, worker: Worker, book: LeaseBook, prefill: Worker | None = None) -> None:
         self.worker = worker
+        self.prefill = prefill
         self.started = time.monotonic()
         self._book = book
         self._open = True
+        self._forward: Forward | None = None
+
+    @property
+    def forward(self) -> Forward | None:
+        return self._forward
+
+    def forward_as(self, forward: Forward) -> None:
+        """Set by the runtime once the pair's protocol step is done."""
+        self._forward = forward
 
     def release(self, outcome: str) -> bool:
         """Free the slot once; returns False if it was already released."""
@@ -87,10 +102,13 @@ class LeaseBook:
         """Give back a slot taken by `admit` or `admit_now` when no lease was opened on it."""
         self._admission.leave()
 
-    def open(self, worker: Worker) -> Lease:
-        """Open a lease on an admission slot already taken; the worker's in-flight grows."""
+    def open(self, worker: Worker, prefill: Worker | None = None) -> Lease:
+        """Open a lease on an admission slot already taken; the worker's in-flight grows (and
+        the prefill worker's, for a pair)."""
         self._workers.acquire(worker)
-        lease = Lease(worker, self)
+        if prefill is not None:
+            self._workers.acquire(prefill)
+        lease = Lease(worker, self, prefill)
         with self._lock:
             self._open[id(lease)] = lease
         return lease
@@ -102,11 +120,13 @@ class LeaseBook:
             lease._open = False
             self._open.pop(id(lease), None)
             self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
-        self._workers.release(lease.worker)
         self._admission.leave()
         verdict = _CIRCUIT_OUTCOMES.get(outcome)
-        if verdict is not None:
-            self._workers.record_outcome(lease.worker, verdict)
+        for worker in (lease.worker, lease.prefill):
+            if worker is not None:
+                self._workers.release(worker)
+                if verdict is not None:
+                    self._workers.record_outcome(worker, verdict)
         self._metrics.requests.labels(outcome).inc()
         return True
 

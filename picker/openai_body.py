@@ -91,6 +91,7 @@ def request_from_data(api: Api, data: Mapping[str, Any],
         session_key=_session_key(data, headers),
         headers=headers,
         messages=data["messages"] if api is Api.CHAT else None,
+        body=data,
     )
 
 

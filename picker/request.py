@@ -40,3 +40,5 @@ class RoutingRequest:
     tokens: Sequence[int] | None = None
     # Filled by the router when a prefix index is configured; policies only read it.
     prefix: PrefixMatch | None = None
+    # The decoded JSON body (a reference, not a copy): what prefill/decode protocols rewrite.
+    body: Mapping[str, Any] | None = None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from picker.errors import (
     InvalidRequest,
@@ -36,11 +36,13 @@ class Router:
 
     def __init__(self, workers: WorkerRegistry, policy: str, params: Mapping[str, PolicyParams],
                  metrics: PickerMetrics, prefix: PrefixProducer | None = None,
-                 limits: LimitSettings | None = None, stale_after_secs: float | None = None
-                 ) -> None:
+                 limits: LimitSettings | None = None, stale_after_secs: float | None = None,
+                 pool: Callable[[Worker], bool] | None = None) -> None:
         """`params`: the configured parameters by policy name (the default `policy`'s
         included, or it runs with its defaults); a policy named by a request's
-        x-routing-strategy runs with its configured parameters too."""
+        x-routing-strategy runs with its configured parameters too. `pool`: the workers this
+        router may choose (a role and connection mode, under enable_igw); None: all."""
+        self._pool = pool
         self._workers = workers
         self._metrics = metrics
         self._prefix = prefix
@@ -58,6 +60,8 @@ class Router:
         started = time.perf_counter()
         policy = self._policy_for(request)
         serving = self._workers.for_model(request.model)
+        if self._pool is not None:
+            serving = tuple(filter(self._pool, serving))
         if not serving:
             raise ModelNotFound(f"no worker serves model {request.model[:100]!r}", param="model")
         candidates = [w for w in serving

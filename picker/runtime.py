@@ -22,7 +22,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import enum
+import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Collection, Iterator, Mapping
@@ -34,18 +36,29 @@ import uvicorn
 
 from picker.admin import admin_tls, create_admin_app
 from picker.config import PickerConfig
-from picker.errors import ConfigError, RequestError
+from picker.errors import ConfigError, PrefillFailed, RequestError
 from picker.fleet import WorkerManager
 from picker.health import HealthChecker
 from picker.leases import Lease, LeaseBook
 from picker.listen import listen_socket
 from picker.load import LoadMonitor
+from picker.pd import (
+    PREFILLER_HEADER,
+    Forward,
+    PdProtocol,
+    PrefillClient,
+    nixl_prefill_body,
+    protocol_of,
+    with_bootstrap,
+    with_kv_transfer_params,
+)
 from picker.prefix.index import PrefixIndex
 from picker.prefix.producer import PrefixProducer
-from picker.registry import WorkerRegistry
+from picker.registry import Worker, WorkerRegistry
 from picker.reload import ConfigReloader
 from picker.request import RoutingRequest
 from picker.router import Router
+from picker.routers import PdRouters, RouterManager
 from picker.telemetry import PickerMetrics
 
 __all__ = ["Host", "PickerRuntime"]
@@ -84,15 +97,17 @@ class PickerRuntime:
         if self._prefix is not None:
             self.registry.add_listener(self._prefix)
             self.metrics.watch_prefix_index(self._prefix.index)
-        self.router = Router(self.registry, config.policy.name, config.policy_params(),
-                             self.metrics, self._prefix, config.limits,
-                             config.load.stale_after_secs)
+        self.routers = RouterManager(self.registry, config, self.metrics, self._prefix)
+        self.router = self.routers.default  # enable_igw off: the one router
         self.leases = LeaseBook(self.registry, config.limits, self.metrics)
         # Workers registered before they answer are admitted by health checks, when they run.
         self.manager = WorkerManager(self.registry, config.discovery,
                                      health_checked=config.health.enabled)
+        # Prefill/decode pairs (enable_igw) may need the picker's own prefill request.
         self._awaits = (self._prefix is not None and self._prefix.remote is not None) \
-            or self.leases.queueing
+            or self.leases.queueing or config.enable_igw
+        self._prefill = PrefillClient(config.pd.prefill_timeout_secs, self._prefill_failed)
+        self._rng = random.Random()  # SGLang bootstrap rooms
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -134,16 +149,15 @@ class PickerRuntime:
             return self._route_now(request, allowed)
         if self._loop is None or not self._loop.is_running():
             raise RuntimeError("the picker runtime is not running: start it first")
-        with contextlib.suppress(RuntimeError):
-            if asyncio.get_running_loop() is self._loop:
-                raise RuntimeError("route_sync on the picker's own loop: await route()")
+        if _running_loop() is self._loop:
+            raise RuntimeError("route_sync on the picker's own loop: await route()")
         future = asyncio.run_coroutine_threadsafe(self._route_awaited(request, allowed),
                                                   self._loop)
         return future.result()
 
     def _route_now(self, request: RoutingRequest, allowed: Collection[str] | None) -> Lease:
         self.leases.admit_now()
-        return self._open(request, allowed)
+        return self._open(self.router, request, allowed)
 
     async def _route_awaited(self, request: RoutingRequest,
                              allowed: Collection[str] | None) -> Lease:
@@ -155,17 +169,78 @@ class PickerRuntime:
             else:
                 request = replace(request, tokens=tokens)
         await self.leases.admit()
-        return self._open(request, allowed)
+        try:
+            target = self.routers.select(request)
+        except RequestError:
+            self.leases.cancel_admission()
+            raise
+        if isinstance(target, PdRouters):
+            return await self._open_pair(target, request, allowed)
+        return self._open(target, request, allowed)
 
-    def _open(self, request: RoutingRequest, allowed: Collection[str] | None) -> Lease:
+    def _open(self, router: Router, request: RoutingRequest,
+              allowed: Collection[str] | None) -> Lease:
         """On an admission slot already taken: decide, then open the lease (or give the slot
         back if no worker fits)."""
         try:
-            worker = self.router.choose(request, allowed)
+            worker = router.choose(request, allowed)
         except RequestError:
             self.leases.cancel_admission()
             raise
         return self.leases.open(worker)
+
+    async def _open_pair(self, routers: PdRouters, request: RoutingRequest,
+                         allowed: Collection[str] | None) -> Lease:
+        """Choose a prefill/decode pair, hold both, and run the pair's protocol step; a
+        prefill that fails frees both and another pair is tried (pd.max_attempts)."""
+        failed: set[str] = set()
+        for attempt in range(self._config.pd.max_attempts):
+            try:
+                prefill = routers.prefill.choose(request, self._excluding(allowed, failed))
+                decode = routers.decode.choose(request, allowed)
+            except RequestError:
+                self.leases.cancel_admission()
+                raise
+            lease = self.leases.open(decode, prefill)
+            try:
+                lease.forward_as(await self._pd_step(request, prefill, decode))
+                return lease
+            except PrefillFailed:
+                failed.add(prefill.id)
+                lease.release("cancelled")  # the prefill's failure is already recorded
+                if attempt + 1 == self._config.pd.max_attempts:
+                    raise
+                self.leases.admit_now()  # the next pair's slot
+        raise AssertionError("unreachable: pd.max_attempts >= 1")
+
+    async def _pd_step(self, request: RoutingRequest, prefill: Worker,
+                       decode: Worker) -> Forward:
+        """Tell the pair about each other, as the decode worker's protocol says."""
+        protocol = protocol_of(decode.spec)
+        if protocol is PdProtocol.SIDECAR:
+            return Forward(headers=((PREFILLER_HEADER, prefill.host_port),))
+        data = request.body or {}
+        path = request.api.value
+        if protocol is PdProtocol.SGLANG:
+            body = with_bootstrap(data, prefill.spec.bootstrap_host, prefill.spec.bootstrap_port,
+                                  self._rng)
+            await self._prefill.dispatch(prefill, path, body)
+        else:
+            params = await self._prefill.kv_transfer_params(prefill, path,
+                                                           nixl_prefill_body(data))
+            body = with_kv_transfer_params(data, params)
+        return Forward(body=json.dumps(body, ensure_ascii=False).encode())
+
+    def _prefill_failed(self, worker: Worker) -> None:
+        self.registry.record_outcome(worker, False)
+        self.metrics.prefill_failures.labels(worker.id).inc()
+
+    def _excluding(self, allowed: Collection[str] | None,
+                   failed: set[str]) -> Collection[str] | None:
+        if not failed:
+            return allowed
+        ids = allowed if allowed is not None else [w.id for w in self.registry.workers()]
+        return set(ids) - failed
 
     def prefix_index(self) -> PrefixIndex | None:
         """The prefix index routing reads (None when prefix.enabled is false)."""
@@ -224,6 +299,7 @@ class PickerRuntime:
                                           self.manager, self.metrics)
                 await reloader.start()
                 running.push_async_callback(reloader.stop)
+            running.push_async_callback(self._prefill.close)
             expiry = asyncio.create_task(self._expire_forever())
             running.push_async_callback(_cancel, expiry)
             if self.admin_enabled:
@@ -318,6 +394,17 @@ def _check_litellm_config(config: PickerConfig) -> None:
     if config.prefix.enabled and config.prefix.index == "kv_events":
         raise ConfigError("prefix.index", "kv_events needs workers declaring kv_events "
                           "endpoints, which LiteLLM deployments cannot: use approximate")
+    if config.enable_igw:
+        raise ConfigError("enable_igw", "LiteLLM deployments are regular workers: "
+                          "prefill/decode pairs and per-mode routers need `llm-picker serve` "
+                          "behind Envoy")
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

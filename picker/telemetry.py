@@ -136,6 +136,11 @@ class PickerMetrics:
             "llm_picker_tokenizer_fallbacks", "Requests whose remote tokenization failed and "
             "fell back to character blocks", registry=self.registry,
         )
+        self.prefill_failures = Counter(
+            "llm_picker_pd_prefill_failures", "Prefill requests the picker sent for a "
+            "prefill/decode pair that failed, by prefill worker", ["worker"],
+            registry=self.registry,
+        )
         self.config_reloads = Counter(
             "llm_picker_config_reloads", "Configuration file reloads by result (applied, rejected)",
             ["result"], registry=self.registry,

@@ -117,6 +117,8 @@ class SimSpec:
     args: Sequence[str] = ()
     port: int = 0
     api_key: str | None = None  # required by the sim and given to the picker for this worker
+    # More WorkerSpec fields the picker registers the sim with (worker_type, runtime_type...).
+    worker: Mapping[str, Any] = field(default_factory=dict)
 
 
 def start_sim(spec: SimSpec, workdir: Path) -> Process:
@@ -262,7 +264,7 @@ def local_fleet(
             "policy": policy,
             "workers": [
                 {"url": f"http://127.0.0.1:{s.port}", "id": s.worker_id, "models": [s.model],
-                 **({"api_key": s.api_key} if s.api_key else {})}
+                 **({"api_key": s.api_key} if s.api_key else {}), **s.worker}
                 for s in sims
             ],
         }

@@ -43,6 +43,12 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-events-port", type=int,
                         help="publish KV-cache events (vLLM format, ZMQ PUB) on this port")
     parser.add_argument("--kv-replay-port", type=int, help="ZMQ ROUTER port for replays")
+    parser.add_argument("--role", choices=("regular", "prefill", "decode"),
+                        help="prefill/decode disaggregation role (default regular)")
+    parser.add_argument("--pd-protocol", choices=("sglang", "nixl", "sidecar"),
+                        help="how a prefill/decode pair hands over the KV: SGLang bootstrap "
+                             "rooms, vLLM NIXL kv_transfer_params, or (decode) an llm-d "
+                             "sidecar running the NIXL prefill itself (default sglang)")
     parser.add_argument("--kv-encoding", choices=("map", "array"),
                         help="event encoding: map (vLLM 0.33, tagged events) or array (vLLM 0.11)")
 
@@ -57,7 +63,7 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
         "decode_ms_per_running": ns.decode_ms_per_running,
         "block_tokens": ns.block_tokens, "cache_blocks": ns.cache_blocks,
         "kv_events_port": ns.kv_events_port, "kv_replay_port": ns.kv_replay_port,
-        "kv_encoding": ns.kv_encoding,
+        "kv_encoding": ns.kv_encoding, "role": ns.role, "pd_protocol": ns.pd_protocol,
     }
     explicit = {k: v for k, v in given.items() if v is not None}
     identity = {"model": ns.model, "worker_id": ns.worker_id or f"sim-{ns.port}"}

@@ -45,6 +45,11 @@ class SimConfig:
     kv_events_port: int | None = None
     kv_replay_port: int | None = None
     kv_encoding: str = "map"  # "map" (vLLM 0.33, tagged events) or "array" (vLLM 0.11)
+    # Prefill/decode disaggregation (picker_sim.pd): "regular", "prefill" or "decode", over
+    # "sglang" (bootstrap rooms) or "nixl" (kv_transfer_params).
+    role: str = "regular"
+    pd_protocol: str = "sglang"
+    pd_wait_ms: float = 5000.0  # how long a decode sim waits for its prefill
 
     def __post_init__(self) -> None:
         checks = {
@@ -61,6 +66,10 @@ class SimConfig:
             "cache_blocks": self.cache_blocks >= 1,
             "kv_encoding": self.kv_encoding in ("map", "array"),
             "kv_replay_port": self.kv_replay_port is None or self.kv_events_port is not None,
+            "role": self.role in ("regular", "prefill", "decode"),
+            "pd_protocol": self.pd_protocol in ("sglang", "nixl", "sidecar")
+            and (self.pd_protocol != "sidecar" or self.role == "decode"),
+            "pd_wait_ms": self.pd_wait_ms > 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -174,7 +183,8 @@ class SimEngine:
         self.cache = BlockCache(self.config.cache_blocks)
 
     @asynccontextmanager
-    async def admitted(self, prompt: Sequence[str] = ()) -> AsyncIterator[SimRun]:
+    async def admitted(self, prompt: Sequence[str] = (),
+                       prefilled: bool = False) -> AsyncIterator[SimRun]:
         """Wait for a running slot, claim the prompt's cache blocks, release both at the end.
 
         A request that leaves before `SimRun.finish()` counts as cancelled: the client went away
@@ -196,7 +206,9 @@ class SimEngine:
         claim = self.cache.acquire(hashes)
         if self.events is not None:
             self.events.claimed(prompt, hashes, claim)
-        cached = min(len(prompt), claim.hit_blocks * self.config.block_tokens)
+        # A decode worker of a PD pair received the prompt's KV: it pays no prefill.
+        cached = len(prompt) if prefilled else min(len(prompt),
+                                                   claim.hit_blocks * self.config.block_tokens)
         self.prompt_tokens_total += len(prompt)
         self.cached_tokens_total += cached
         run = SimRun(self, len(prompt), cached)

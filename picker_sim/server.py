@@ -20,6 +20,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from picker_sim.engine import SimConfig, SimEngine, prompt_tokens, token_ids
+from picker_sim.pd import PdPeer
 
 __all__ = ["WORKER_HEADER", "create_app", "run_sim"]
 
@@ -112,9 +113,12 @@ def _error(status: int, message: str, error_type: str, code: str) -> JSONRespons
     )
 
 
-def create_app(config: SimConfig, host: str = "127.0.0.1") -> ASGIApp:
-    """One engine per app, with its own metrics registry, so several sims can share a process."""
+def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASGIApp:
+    """One engine per app, with its own metrics registry, so several sims can share a process.
+    `port`: where the app is served, which a prefill sim tells its decode peers."""
     engine = SimEngine(config)
+    pd = None if config.role == "regular" else PdPeer(
+        config.role, config.pd_protocol, config.worker_id, host, port, config.pd_wait_ms / 1000)
     if config.kv_events_port is not None:
         from picker_sim.kv_publisher import CacheEvents, KvEventPublisher
 
@@ -158,22 +162,31 @@ def create_app(config: SimConfig, host: str = "127.0.0.1") -> ASGIApp:
         except ValueError as exc:
             return _error(400, str(exc), "invalid_request_error", "invalid_max_tokens")
         prompt = prompt_tokens(body)
+        decode = pd is not None and pd.role == "decode"
+        if pd is not None and decode and (refused := await pd.fetch(body, request.url.path,
+                                                                   request.headers)) is not None:
+            return refused
+        extra: dict[str, Any] = {}
+        if pd is not None and pd.role == "prefill":
+            n_out = 1  # a prefill engine computes the prompt's KV and one token
         usage = {"prompt_tokens": len(prompt), "completion_tokens": n_out,
                  "total_tokens": len(prompt) + n_out}
         reply_id = f"{'chatcmpl' if chat else 'cmpl'}-{config.worker_id}-{next(ids)}"
         created = int(time.time())
         base = {"id": reply_id, "created": created, "model": config.model}
 
-        if body.get("stream") is True:
+        if body.get("stream") is True and (pd is None or decode):
             return StreamingResponse(
-                _stream(engine, prompt, chat, base, n_out, usage),
+                _stream(engine, prompt, chat, base, n_out, usage, decode),
                 media_type="text/event-stream",
             )
-        async with engine.admitted(prompt) as run:
+        async with engine.admitted(prompt, prefilled=decode) as run:
             await run.first_token()
             for _ in range(n_out - 1):
                 await run.next_token()
             run.finish()
+        if pd is not None and pd.role == "prefill":
+            extra = pd.prefilled(body)
         text = "".join(engine.token(i) for i in range(n_out))
         choice: dict[str, Any] = (
             {"index": 0, "message": {"role": "assistant", "content": text},
@@ -181,7 +194,8 @@ def create_app(config: SimConfig, host: str = "127.0.0.1") -> ASGIApp:
             if chat else {"index": 0, "text": text, "finish_reason": "length"}
         )
         obj = "chat.completion" if chat else "text_completion"
-        return JSONResponse({**base, "object": obj, "choices": [choice], "usage": usage})
+        return JSONResponse({**base, "object": obj, "choices": [choice], "usage": usage,
+                             **extra})
 
     async def models(request: Request) -> Response:
         if (denied := unauthorised(request)) is not None:
@@ -250,13 +264,14 @@ def create_app(config: SimConfig, host: str = "127.0.0.1") -> ASGIApp:
         Route("/reset_prefix_cache", reset_prefix_cache, methods=["POST"]),
         Route("/sim/control", control, methods=["POST"]),
         Route("/tokenize", tokenize, methods=["POST"]),
+        *(pd.routes() if pd is not None else []),
     ])
     return _WorkerHeader(app, config.worker_id)
 
 
 async def _stream(
     engine: SimEngine, prompt: list[str], chat: bool, base: dict[str, Any], n_out: int,
-    usage: dict[str, int],
+    usage: dict[str, int], prefilled: bool = False,
 ) -> AsyncIterator[bytes]:
     """SSE chunks, one per token, then a finish chunk, a usage chunk and `data: [DONE]`.
 
@@ -271,7 +286,7 @@ async def _stream(
         return b"data: " + json.dumps({**base, "object": obj, "choices": choices,
                                        **extra}).encode() + b"\n\n"
 
-    async with engine.admitted(prompt) as run:
+    async with engine.admitted(prompt, prefilled) as run:
         await run.first_token()
         for i in range(n_out):
             if i:
@@ -310,7 +325,7 @@ class _AnnouncingServer(uvicorn.Server):
 def run_sim(config: SimConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve until interrupted; one start-up line, then warnings only and no access log, so a
     fleet of sims stays quiet."""
-    server_config = uvicorn.Config(create_app(config, host), host=host, port=port,
+    server_config = uvicorn.Config(create_app(config, host, port), host=host, port=port,
                                    log_level="warning", access_log=False, lifespan="off")
     line = (f"llm-picker sim {config.worker_id!r} serving model {config.model!r} on "
             f"http://{host}:{port}")

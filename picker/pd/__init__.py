@@ -1,0 +1,17 @@
+"""Prefill/decode disaggregation: the protocols engines speak (pure), and the prefill step."""
+
+from picker.pd.prefill import PrefillClient
+from picker.pd.protocols import (
+    PREFILLER_HEADER,
+    Forward,
+    PdProtocol,
+    nixl_prefill_body,
+    protocol_of,
+    with_bootstrap,
+    with_kv_transfer_params,
+)
+
+__all__ = [
+    "PREFILLER_HEADER", "Forward", "PdProtocol", "PrefillClient",
+    "nixl_prefill_body", "protocol_of", "with_bootstrap", "with_kv_transfer_params",
+]

@@ -1,0 +1,93 @@
+"""The picker's own requests to prefill workers (SGLang bootstrap and vLLM NIXL two-step).
+
+The client's request goes through the proxy to the decode worker; the prefill request is the
+picker's, sent on its event loop with one shared HTTP client. A prefill that cannot start
+(connection refused, an error status before the two-step's answer) is a PrefillFailed, so the
+runtime can choose another pair; an SGLang prefill that fails after it was dispatched is only
+counted: its decode worker fails the request when the room never fills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+
+from picker.errors import PrefillFailed
+from picker.registry import Worker
+
+__all__ = ["PrefillClient"]
+
+log = logging.getLogger("llm_picker.pd")
+
+# How long a dispatched SGLang prefill may take to fail before the pair counts as started: a
+# dead engine refuses the connection within milliseconds.
+_DISPATCH_WINDOW_SECS = 0.05
+
+
+class PrefillClient:
+    def __init__(self, timeout_secs: float, on_failure: Callable[[Worker], None]) -> None:
+        self._timeout = timeout_secs
+        self._on_failure = on_failure
+        self._client: httpx.AsyncClient | None = None
+        self._background: set[asyncio.Task[httpx.Response]] = set()
+
+    async def close(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def dispatch(self, worker: Worker, path: str, body: Mapping[str, Any]) -> None:
+        """Send the SGLang prefill and return once it is under way (its answer is not
+        awaited); raises PrefillFailed if it fails at once."""
+        task = asyncio.create_task(self._post(worker, path, body))
+        done, _ = await asyncio.wait({task}, timeout=_DISPATCH_WINDOW_SECS)
+        if done:
+            task.result()  # raises PrefillFailed
+            return
+        self._background.add(task)
+        task.add_done_callback(self._settled)
+
+    async def kv_transfer_params(self, worker: Worker, path: str,
+                                 body: Mapping[str, Any]) -> dict[str, Any]:
+        """The NIXL two-step's first step: the prefill worker's `kv_transfer_params`."""
+        response = await self._post(worker, path, body)
+        try:
+            reply = response.json()
+        except ValueError:
+            reply = None
+        params = reply.get("kv_transfer_params") if isinstance(reply, dict) else None
+        if not isinstance(params, dict):
+            self._on_failure(worker)
+            raise PrefillFailed(f"prefill worker {worker.id} answered without "
+                                "kv_transfer_params (is its kv connector configured?)")
+        return params
+
+    async def _post(self, worker: Worker, path: str,
+                    body: Mapping[str, Any]) -> httpx.Response:
+        """POST the prefill; its body is read whole (an SGLang prefill may stream it)."""
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self._timeout)
+        headers = {"content-type": "application/json"}
+        if worker.spec.api_key is not None:
+            headers["authorization"] = f"Bearer {worker.spec.api_key.get_secret_value()}"
+        try:
+            response = await self._client.post(worker.spec.network_url + path,
+                                               content=json.dumps(body), headers=headers)
+            response.raise_for_status()
+            return response
+        except httpx.HTTPError as exc:
+            self._on_failure(worker)
+            raise PrefillFailed(f"prefill on worker {worker.id} failed: "
+                                f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+
+    def _settled(self, task: asyncio.Task[httpx.Response]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("%s", task.exception())

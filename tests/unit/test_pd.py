@@ -1,0 +1,136 @@
+"""Prefill/decode: the protocols' body rewrites (pure) and which router a request gets."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from picker.config import PickerConfig, load_config
+from picker.errors import ConfigError, ModelNotFound, NoHealthyWorker
+from picker.pd import (
+    PREFILLER_HEADER,
+    PdProtocol,
+    nixl_prefill_body,
+    protocol_of,
+    with_bootstrap,
+    with_kv_transfer_params,
+)
+from picker.request import Api, RoutingRequest
+from picker.runtime import Host, PickerRuntime
+from picker.workers import WorkerSpec
+
+
+@pytest.mark.parametrize(("prompt", "rooms"), [
+    ("one prompt", None), ([1, 2, 3], None), (["a", "b", "c"], 3), ([[1, 2], [3]], 2)])
+def test_bootstrap_rooms_one_per_prompt(prompt: Any, rooms: int | None) -> None:
+    body = with_bootstrap({"model": "m", "prompt": prompt}, "10.0.0.1", 8998, random.Random(1))
+    assert body["prompt"] == prompt and body["model"] == "m"
+    if rooms is None:
+        assert isinstance(body["bootstrap_room"], int) and 0 <= body["bootstrap_room"] < 2**63
+        assert body["bootstrap_host"] == "10.0.0.1" and body["bootstrap_port"] == 8998
+    else:
+        assert len(set(body["bootstrap_room"])) == rooms
+        assert body["bootstrap_host"] == ["10.0.0.1"] * rooms
+        assert body["bootstrap_port"] == [8998] * rooms
+
+
+def test_nixl_two_step_bodies() -> None:
+    client = {"model": "m", "messages": [], "stream": True, "max_tokens": 99,
+              "max_completion_tokens": 99, "stream_options": {"include_usage": True}}
+    prefill = nixl_prefill_body(client)
+    assert prefill["stream"] is False and prefill["max_tokens"] == 1
+    assert prefill["max_completion_tokens"] == 1 and "stream_options" not in prefill
+    assert prefill["kv_transfer_params"]["do_remote_decode"] is True
+    assert client["max_tokens"] == 99  # the client's body is not changed in place
+    params = {"do_remote_prefill": True, "remote_host": "h", "remote_port": 1}
+    assert with_kv_transfer_params(client, params) == {**client, "kv_transfer_params": params}
+
+
+@pytest.mark.parametrize(("fields", "protocol"), [
+    ({"runtime_type": "sglang"}, PdProtocol.SGLANG),
+    ({"runtime_type": "vllm", "kv_connector": "NixlConnector"}, PdProtocol.NIXL),
+    ({"runtime_type": "vllm"}, PdProtocol.NIXL),
+    ({"runtime_type": "vllm", "kv_connector": "llm-d"}, PdProtocol.SIDECAR),
+])
+def test_protocol_follows_the_decode_worker(fields: dict[str, str],
+                                            protocol: PdProtocol) -> None:
+    assert protocol_of(WorkerSpec.model_validate({"url": "a:1", **fields})) is protocol
+
+
+def runtime(*workers: dict[str, Any]) -> PickerRuntime:
+    """Sidecar-style pairs need no prefill request: selection runs without engines."""
+    return PickerRuntime(PickerConfig.model_validate({"enable_igw": True, "workers": [
+        {"models": ["m"], "kv_connector": "llm-d", **w} for w in workers]}))
+
+
+REQ = RoutingRequest(model="m", api=Api.CHAT)
+REGULAR = {"url": "r:1", "id": "r"}
+PREFILL = {"url": "p:1", "id": "p", "worker_type": "prefill"}
+DECODE = {"url": "d:1", "id": "d", "worker_type": "decode"}
+
+
+async def test_a_model_with_only_regular_workers_goes_regular() -> None:
+    lease = await runtime(REGULAR).route(REQ)
+    assert lease.worker.id == "r" and lease.prefill is None and lease.forward is None
+
+
+async def test_an_incomplete_pd_set_falls_back_to_regular() -> None:
+    lease = await runtime(REGULAR, DECODE).route(REQ)
+    assert lease.worker.id == "r" and lease.prefill is None
+
+
+async def test_a_complete_pd_set_is_preferred_and_holds_both_slots() -> None:
+    r = runtime(REGULAR, PREFILL, DECODE)
+    lease = await r.route(REQ)
+    assert (lease.worker.id, lease.prefill and lease.prefill.id) == ("d", "p")
+    assert lease.forward is not None and lease.forward.headers == ((PREFILLER_HEADER, "p:1"),)
+    assert {w.id: w.in_flight for w in r.registry.workers()} == {"r": 0, "p": 1, "d": 1}
+    lease.release("completed")
+    assert all(w.in_flight == 0 for w in r.registry.workers()) and r.leases.active == 0
+
+
+async def test_an_unhealthy_prefill_breaks_the_pair() -> None:
+    r = runtime(REGULAR, PREFILL, DECODE)
+    r.registry.set_healthy(r.registry.get("p"), False)  # type: ignore[arg-type]
+    assert (await r.route(REQ)).worker.id == "r"
+
+
+async def test_no_regular_and_no_complete_pair_is_a_503_naming_what_is_missing() -> None:
+    r = runtime(DECODE)
+    with pytest.raises(NoHealthyWorker) as caught:
+        await r.route(REQ)
+    assert "'m'" in caught.value.message and "prefill: 0 healthy of 0" in caught.value.message
+    assert r.leases.active == 0
+    with pytest.raises(ModelNotFound):
+        await r.route(RoutingRequest(model="other", api=Api.CHAT))
+
+
+async def test_grpc_only_models_are_named_as_such() -> None:
+    r = runtime({**REGULAR, "url": "grpc://r:1", "connection_mode": "grpc"})
+    with pytest.raises(NoHealthyWorker, match="only over grpc"):
+        await r.route(REQ)
+
+
+def test_igw_off_keeps_one_router_over_every_worker() -> None:
+    r = PickerRuntime(PickerConfig.model_validate({"workers": [
+        {**DECODE, "models": ["m"]}, {**PREFILL, "models": ["m"]}]}))
+    assert [v["router"] for v in r.routers.describe()] == ["http-regular"]
+    assert r.route_sync(REQ).prefill is None
+
+
+def test_pd_policies_are_checked_at_start_up() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(overrides={"enable_igw": True, "pd": {"prefill_policy": "prefix_cache"}})
+    assert caught.value.key == "prefix.enabled" and "pd.prefill_policy" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        load_config(overrides={"enable_igw": True, "pd": {"decode_policy": {
+            "name": "least_load", "params": {"sed": 1}}}})
+    assert caught.value.key == "pd.decode_policy.params.sed"
+
+
+def test_litellm_mode_refuses_igw() -> None:
+    with pytest.raises(ConfigError) as caught:
+        PickerRuntime(PickerConfig(enable_igw=True), Host.LITELLM)
+    assert caught.value.key == "enable_igw"
