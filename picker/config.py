@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from picker.circuit import CircuitSettings
+from picker.decisions import ExplainSettings
 from picker.discovery import DiscoverySettings
 from picker.errors import ConfigError
 from picker.health import HealthSettings
@@ -127,6 +128,7 @@ class PickerConfig(_Strict):
     # `x-routing-strategy` (unlisted ones run with their defaults).
     policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
     log: LogConfig = Field(default_factory=LogConfig)
+    explain: ExplainSettings = Field(default_factory=ExplainSettings)
 
     @field_validator("policy", mode="before")
     @classmethod
@@ -190,6 +192,9 @@ def _validate(data: dict[str, Any]) -> PickerConfig:
         key = ".".join(str(part) for part in first["loc"]) or "<root>"
         raise ConfigError(key, first["msg"]) from exc
     _check_unique_workers(config.workers)
+    if config.explain.allow_header and not config.explain.enabled:
+        raise ConfigError("explain.allow_header", "the explain header reads decision records: "
+                          "set explain.enabled: true")
     if config.prefix.enabled and (problem := config.prefix.engine_tokens_problem()):
         raise ConfigError("prefix.tokenizer.kind", problem)
     _check_policies(config)

@@ -13,8 +13,9 @@ import threading
 import time
 from collections.abc import Mapping
 
+from picker.decisions import Choice
 from picker.limits import Admission, LimitSettings
-from picker.registry import Worker, WorkerRegistry
+from picker.registry import WorkerRegistry
 from picker.telemetry import PickerMetrics
 
 __all__ = ["Lease", "LeaseBook"]
@@ -24,12 +25,14 @@ _CIRCUIT_OUTCOMES = {"completed": True, "upstream_error": False}
 
 
 class Lease:
-    """One request's in-flight slot on a worker; `release` it once the request is over."""
+    """One request's in-flight slot on a worker; `release` it once the request is over.
+    `choice` says who chose the worker and why (its record when explain is enabled)."""
 
-    __slots__ = ("worker", "started", "_book", "_open")
+    __slots__ = ("worker", "choice", "started", "_book", "_open")
 
-    def __init__(self, worker: Worker, book: LeaseBook) -> None:
-        self.worker = worker
+    def __init__(self, choice: Choice, book: LeaseBook) -> None:
+        self.worker = choice.worker
+        self.choice = choice
         self.started = time.monotonic()
         self._book = book
         self._open = True
@@ -87,10 +90,10 @@ class LeaseBook:
         """Give back a slot taken by `admit` or `admit_now` when no lease was opened on it."""
         self._admission.leave()
 
-    def open(self, worker: Worker) -> Lease:
+    def open(self, choice: Choice) -> Lease:
         """Open a lease on an admission slot already taken; the worker's in-flight grows."""
-        self._workers.acquire(worker)
-        lease = Lease(worker, self)
+        self._workers.acquire(choice.worker)
+        lease = Lease(choice, self)
         with self._lock:
             self._open[id(lease)] = lease
         return lease

@@ -34,6 +34,7 @@ import uvicorn
 
 from picker.admin import admin_tls, create_admin_app
 from picker.config import PickerConfig
+from picker.decisions import DecisionLog
 from picker.errors import ConfigError, RequestError
 from picker.fleet import WorkerManager
 from picker.health import HealthChecker
@@ -85,7 +86,8 @@ class PickerRuntime:
             self.metrics.watch_prefix_index(self._prefix.index)
         self.router = Router(self.registry, config.policy.name, config.policy_params(),
                              self.metrics, self._prefix, config.limits,
-                             config.load.stale_after_secs)
+                             config.load.stale_after_secs,
+                             DecisionLog(config.explain) if config.explain.enabled else None)
         self.leases = LeaseBook(self.registry, config.limits, self.metrics)
         # Workers registered before they answer are admitted by health checks, when they run.
         self.manager = WorkerManager(self.registry, config.discovery,
@@ -160,11 +162,11 @@ class PickerRuntime:
         """On an admission slot already taken: decide, then open the lease (or give the slot
         back if no worker fits)."""
         try:
-            worker = self.router.choose(request, allowed)
+            choice = self.router.choose(request, allowed)
         except RequestError:
             self.leases.cancel_admission()
             raise
-        return self.leases.open(worker)
+        return self.leases.open(choice)
 
     def reject(self, error: RequestError) -> None:
         """Count a refused request; adapters call it where they turn the error into a reply
