@@ -25,7 +25,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,7 +36,7 @@ from picker.prefix.index import PrefixMatch
 from picker.registry import Worker
 from picker.request import RoutingRequest
 
-__all__ = ["EXPLAIN_HEADER", "Choice", "Decision", "DecisionLog", "Exclusion",
+__all__ = ["EXPLAIN_HEADER", "MAX_CAPACITY", "Choice", "Decision", "DecisionLog", "Exclusion",
            "ExplainSettings", "Scoring", "explain_line"]
 
 # Request header asking for the explanation (honoured only with explain.allow_header), and the
@@ -44,6 +44,8 @@ __all__ = ["EXPLAIN_HEADER", "Choice", "Decision", "DecisionLog", "Exclusion",
 EXPLAIN_HEADER = "x-llm-picker-explain"
 # Model names and request ids are client text: bounded in records so a client cannot grow them.
 _MAX_TEXT = 200
+# The most records explain.capacity may ask for (~1 KB each with 8 candidates).
+MAX_CAPACITY = 100_000
 # What a header value may hold of an id; anything else (control characters, `;`) becomes `_`.
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:/@+-]")
 
@@ -57,7 +59,7 @@ class ExplainSettings(BaseModel):
     allow_header: bool = Field(default=False, description=(
         f"Answer a request carrying `{EXPLAIN_HEADER}: 1` with the one-line explanation in "
         "the response header of the same name (needs enabled)"))
-    capacity: int = Field(default=1000, ge=1, le=100_000,
+    capacity: int = Field(default=1000, ge=1, le=MAX_CAPACITY,
                           description="Decisions kept for /debug/decisions (a ring buffer)")
 
 
@@ -215,6 +217,9 @@ class DecisionLog:
         self.settings = settings
         self._records: deque[Decision] = deque(maxlen=settings.capacity)
         self._ids = itertools.count(1)
+        # Whether each policy (by name: one instance per name) scores candidates; asked once,
+        # since a runtime_checkable isinstance takes microseconds.
+        self._scoring: dict[str, bool] = {}
 
     def __len__(self) -> int:
         return len(self._records)
@@ -230,8 +235,11 @@ class DecisionLog:
             kept = {id(w) for w in candidates}
             excluded = tuple((w.id, _exclusion(w, allowed)) for w in serving
                              if id(w) not in kept)
-        scores = (policy.scores(request, candidates)
-                  if winner is not None and isinstance(policy, Scoring) else None)
+        scoring = self._scoring.get(policy.name)
+        if scoring is None:
+            scoring = self._scoring[policy.name] = isinstance(policy, Scoring)
+        scores = (cast(Scoring, policy).scores(request, candidates)
+                  if winner is not None and scoring else None)
         request_id = request.headers.get("x-request-id") or f"picker-{next(self._ids)}"
         decision = Decision(
             request_id[:_MAX_TEXT], request.model[:_MAX_TEXT], policy.name,

@@ -46,6 +46,7 @@ from picker.registry import WorkerRegistry
 from picker.reload import ConfigReloader
 from picker.request import RoutingRequest
 from picker.router import Router
+from picker.status import ActivityHistory
 from picker.telemetry import PickerMetrics
 
 __all__ = ["Host", "PickerRuntime"]
@@ -89,6 +90,7 @@ class PickerRuntime:
                              config.load.stale_after_secs,
                              DecisionLog(config.explain) if config.explain.enabled else None)
         self.leases = LeaseBook(self.registry, config.limits, self.metrics)
+        self.history = ActivityHistory(self.metrics)  # the status page's plots
         # Workers registered before they answer are admitted by health checks, when they run.
         self.manager = WorkerManager(self.registry, config.discovery,
                                      health_checked=config.health.enabled)
@@ -224,6 +226,8 @@ class PickerRuntime:
             expiry = asyncio.create_task(self._expire_forever())
             running.push_async_callback(_cancel, expiry)
             if self.admin_enabled:
+                sampler = asyncio.create_task(self.history.run())
+                running.push_async_callback(_cancel, sampler)
                 await self._start_admin(running)
             self._running = running.pop_all()
         log.info("llm-picker runtime started (%s): policy %s, %d workers", self._host.value,
