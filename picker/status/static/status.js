@@ -28,7 +28,14 @@ function spark(values, top, className) {
   const step = values.length > 1 ? 160 / (values.length - 1) : 0;
   let points = [];
   const flush = () => {
-    if (points.length) {
+    if (points.length === 1) {  // a lone point would be an invisible line
+      const [x, y] = points[0].split(",");
+      const dot = document.createElementNS(ns, "circle");
+      dot.setAttribute("cx", x);
+      dot.setAttribute("cy", y);
+      dot.setAttribute("r", "2");
+      svg.appendChild(dot);
+    } else if (points.length) {
       const line = document.createElementNS(ns, "polyline");
       line.setAttribute("points", points.join(" "));
       svg.appendChild(line);
