@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from extproc._pb import ext_proc_pb2 as pb
+from picker.decisions import EXPLAIN_HEADER
 from picker.errors import RequestError
 
 __all__ = [
@@ -103,9 +104,13 @@ def continue_trailers() -> pb.ProcessingResponse:
     return response
 
 
-def continue_response_headers() -> pb.ProcessingResponse:
+def continue_response_headers(explain: str | None = None) -> pb.ProcessingResponse:
+    """Let the upstream's response headers through, with the explain line when given (an
+    upstream's own copy of that header is overwritten, never trusted)."""
     response = pb.ProcessingResponse()
     response.response_headers.response.SetInParent()
+    if explain is not None:
+        _set_header(response.response_headers.response.header_mutation, EXPLAIN_HEADER, explain)
     return response
 
 

@@ -18,6 +18,7 @@ import time
 from extproc import codec
 from extproc._pb import ext_proc_pb2 as pb
 from picker.access_log import AccessEntry, AccessLog
+from picker.decisions import explain_line
 from picker.errors import BodyTooLarge, InvalidRequest, ProxyMisconfigured, RequestError
 from picker.leases import Lease
 from picker.model_list import model_object, models_path_id
@@ -102,7 +103,7 @@ class RequestStream:
             return self._on_trailers()
         if kind == "response_headers":
             self._on_response_headers(message.response_headers)
-            return [codec.continue_response_headers()]
+            return [codec.continue_response_headers(self._explanation())]
         if kind == "response_body":
             response = pb.ProcessingResponse()
             response.response_body.response.SetInParent()
@@ -126,7 +127,7 @@ class RequestStream:
         else:
             outcome = "cancelled"
         if self._lease.release(outcome) and self._access is not None:
-            self._log(outcome, self._upstream_status or None, self._lease.worker.id)
+            self._log(outcome, self._upstream_status or None, self._lease)
 
     # -- request path -----------------------------------------------------------------------
 
@@ -222,13 +223,16 @@ class RequestStream:
             self._log("rejected", error.status, None)
         return [codec.immediate_error(error)]
 
-    def _log(self, outcome: str, status: int | None, worker: str | None) -> None:
+    def _log(self, outcome: str, status: int | None, lease: Lease | None) -> None:
         assert self._access is not None
         headers = self._headers or {}
+        choice = None if lease is None else lease.choice
         self._access.record(AccessEntry(
             request_id=headers.get("x-request-id", ""), model=self._model,
-            policy=headers.get(STRATEGY_HEADER) or self._runtime.router.default_policy,
-            worker=worker,
+            policy=choice.policy if choice is not None
+            else headers.get(STRATEGY_HEADER) or self._runtime.router.default_policy,
+            worker=None if choice is None else choice.worker.id,
+            match=None if choice is None else choice.match,
             outcome=outcome, status=status,
             duration_ms=(time.monotonic() - self._started) * 1000.0,
         ))
@@ -240,6 +244,13 @@ class RequestStream:
         return self._reject(InvalidRequest(f"ext_proc protocol error: {what}"))
 
     # -- response path ----------------------------------------------------------------------
+
+    def _explanation(self) -> str | None:
+        """The explain header's line, when allowed and asked for (picker.decisions)."""
+        if self._lease is None or self._headers is None:
+            return None
+        return explain_line(self._runtime.config.explain, self._headers,
+                            self._lease.choice.decision)
 
     def _on_response_headers(self, headers: pb.HttpHeaders) -> None:
         status = codec.headers_to_dict(headers.headers).get(":status", "")

@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     overhead.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     overhead.add_argument(
         "--peers", nargs="+", default=["envoy", "buffered", "duplex", "sglang"],
-        help="scenarios to run",
+        help="scenarios to run (also: explain - buffered with explain.enabled)",
     )
     overhead.set_defaults(run=_bench)
     routing = which.add_parser("routing", help="routing quality on a shared-prefix workload")

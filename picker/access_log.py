@@ -1,7 +1,8 @@
 """The opt-in access log: one JSON line per request, for `log.access: true`.
 
 Fields are the ones an operator joins with Envoy's own log and the engines' logs: Envoy's
-`x-request-id`, the model asked for, the worker chosen, the policy that chose it, how the request
+`x-request-id`, the model asked for, the worker chosen, the policy that chose it, that worker's
+prefix match (how much of the prompt it was believed to hold), how the request
 ended and how long the picker held it. Prompt text, headers and worker api keys are never fields,
 so no configuration can leak them here.
 """
@@ -27,6 +28,7 @@ class AccessEntry:
     model: str
     policy: str
     worker: str | None  # None: refused before a worker was chosen
+    match: float | None  # the worker's prefix match, 0..1 (None: no prefix index, or refused)
     outcome: str  # completed | upstream_error | cancelled | timeout | rejected
     status: int | None  # the upstream's status, or the picker's own for a refusal
     duration_ms: float
@@ -36,6 +38,7 @@ def format_entry(entry: AccessEntry) -> str:
     fields = asdict(entry)
     fields["model"] = entry.model[:_MAX_MODEL_CHARS]
     fields["duration_ms"] = round(entry.duration_ms, 2)
+    fields["match"] = None if entry.match is None else round(entry.match, 4)
     return json.dumps(fields, separators=(",", ":"))
 
 

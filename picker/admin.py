@@ -1,10 +1,12 @@
-"""The admin HTTP API: workers (add, list, inspect, change, drain), probes and metrics.
+"""The admin HTTP API: workers (add, list, inspect, change, drain), probes and metrics,
+decision records (/debug/decisions) and the live status page (`/`, polling /debug/status).
 
 Every error has one shape, `{"error": {"code", "message", "field"?}}`, and /openapi.json
 documents it with every status each operation can answer (picker.admin_schema). Mutating calls
 need `Authorization: Bearer <admin.token>` when a token is configured. Bodies are JSON whatever
-their content-type says, and at most MAX_BODY_BYTES. Who may change which worker is
-WorkerManager's rule (picker.fleet). Secrets never leave: `api_key` is excluded from every view.
+their content-type says, and at most MAX_BODY_BYTES. Reads (the status page included) are open,
+so the page works whether or not a token is set. Who may change which worker is WorkerManager's
+rule (picker.fleet). Secrets never leave: `api_key` is excluded from every view.
 """
 
 from __future__ import annotations
@@ -12,30 +14,36 @@ from __future__ import annotations
 import hmac
 import ssl
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import SecretStr
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from picker.admin_schema import (
+    DecisionList,
+    DecisionView,
     DrainResult,
     Health,
     Ready,
     RouterList,
+    StatusView,
     WorkerGroup,
     WorkerList,
     WorkerView,
     errors,
 )
 from picker.config import TlsConfig
+from picker.decisions import MAX_CAPACITY, DecisionLog
 from picker.discovery import WorkerUnreachable
 from picker.errors import UnknownWorker, WorkerConflict
 from picker.fleet import DeclaredInFile, WorkerPatch
 from picker.registry import Worker
+from picker.status import static_file, status_view
 from picker.telemetry import CONTENT_TYPE
 from picker.workers import ConnectionMode, WorkerSpec, WorkerType
 
@@ -258,7 +266,71 @@ def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None) -> 
         worker, drained = await manager.delete(url, drain_timeout_secs)
         return {"worker": view(worker), "drained": drained}
 
+    add_status_routes(app, runtime, view)
     return app
+
+
+def add_status_routes(app: FastAPI, runtime: PickerRuntime,
+                      view: Callable[[Worker], dict[str, Any]]) -> None:
+    """The status page and the reads behind it."""
+
+    def records() -> DecisionLog:
+        log = runtime.router.decisions
+        if log is None:
+            raise _Disabled()
+        return log
+
+    @app.exception_handler(_Disabled)
+    async def disabled(_: Request, exc: _Disabled) -> JSONResponse:
+        return _error(404, "explain_disabled", "decision records are off: set "
+                      "explain.enabled: true (env LLM_PICKER_EXPLAIN__ENABLED=true)")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def status_page() -> Response:
+        return _static("index.html")
+
+    @app.get("/status/{name}", include_in_schema=False)
+    async def status_asset(name: str) -> Response:
+        return _static(name)
+
+    @app.get("/debug/status", response_model=StatusView)
+    async def status() -> dict[str, Any]:
+        """Everything the status page shows, in one document."""
+        return status_view(runtime, view)
+
+    @app.get("/debug/decisions", response_model=DecisionList, responses=errors(
+        404, 422, s404="Decision records are off (explain.enabled)"))
+    async def decisions(
+        limit: Annotated[int, Query(ge=1, le=MAX_CAPACITY)] = 50,
+        model: str | None = None,
+        worker: str | None = None,
+    ) -> dict[str, Any]:
+        """The newest decisions first, optionally of one model and/or chosen worker."""
+        log = records()
+        found = log.recent(limit, model, worker)
+        return {"decisions": [d.to_dict() for d in found], "total": len(found),
+                "capacity": log.settings.capacity}
+
+    @app.get("/debug/decisions/{request_id}", response_model=DecisionView, responses=errors(
+        404, 422, s404="No record of that request id, or decision records are off"))
+    async def decision(request_id: str) -> dict[str, Any] | JSONResponse:
+        found = records().find(request_id)
+        if found is None:
+            return _error(404, "unknown_decision", f"no record of request id "
+                          f"{request_id[:100]!r} (only the newest explain.capacity are kept)")
+        return found.to_dict()
+
+
+class _Disabled(Exception):
+    """A decision-record read while explain.enabled is off."""
+
+
+def _static(name: str) -> Response:
+    found = static_file(name)
+    if found is None:
+        raise HTTPException(404, f"no status page file {name[:100]!r}")
+    content, media_type = found
+    return Response(content, media_type=media_type, headers={"cache-control": "no-cache"})
 
 
 def admin_tls(tls: TlsConfig | None) -> dict[str, Any]:

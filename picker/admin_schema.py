@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from picker.workers import WorkerSpec
 
-__all__ = ["ERRORS", "DrainResult", "ErrorBody", "Health", "Ready", "WorkerList", "WorkerView",
-           "errors"]
+__all__ = ["ERRORS", "DecisionList", "DecisionView", "DrainResult", "ErrorBody", "Health",
+           "Ready", "StatusView", "WorkerList", "WorkerView", "errors"]
 
 
 class ErrorDetail(BaseModel):
@@ -108,6 +108,78 @@ class Ready(BaseModel):
     total_workers: int
 
 
+class DecisionCandidate(BaseModel):
+    """A candidate's inputs as the policy read them (engine values as last scraped)."""
+
+    worker: str
+    in_flight: int
+    circuit: str
+    queue: float | None
+    kv_usage: float | None
+    engine_age_secs: float | None
+    match: float | None  # share of the prompt's blocks it was believed to hold
+    match_blocks: int | None
+    scores: dict[str, float] | None  # per scorer and `total`, for policies that score
+
+
+class DecisionExclusion(BaseModel):
+    worker: str
+    reason: str  # other_model, unhealthy, draining, circuit_open, not_allowed, cap_reached
+
+
+class DecisionView(BaseModel):
+    """One decision (picker.decisions): no prompt text, no worker url or key."""
+
+    request_id: str
+    time: float  # unix seconds
+    age_secs: float
+    model: str
+    policy: str
+    worker: str | None  # None: refused (`error` says why)
+    error: str | None
+    reason: str
+    match: float | None
+    prompt_blocks: int | None
+    candidates: list[DecisionCandidate]
+    excluded: list[DecisionExclusion]
+
+
+class DecisionList(BaseModel):
+    decisions: list[DecisionView]
+    total: int
+    capacity: int
+
+
+class ActivityView(BaseModel):
+    rate: list[float | None]  # requests per second, per interval
+    hit_rate: list[float | None]  # prefix hits / decisions, None without decisions
+
+
+class HistoryView(BaseModel):
+    period_secs: float
+    ages_secs: list[float]
+    workers: dict[str, ActivityView]
+
+
+class ExplainView(BaseModel):
+    enabled: bool
+    allow_header: bool
+
+
+class StatusView(BaseModel):
+    """Everything the status page shows, in one poll."""
+
+    workers: list[WorkerView]
+    stats: FleetStats
+    active_requests: int
+    draining: bool
+    history: HistoryView
+    policy: str
+    policies: dict[str, dict[str, Any]]
+    explain: ExplainView
+    decisions: list[DecisionView]
+
+
 ERRORS = {
     400: "Body is not valid JSON",
     401: "Authorization: Bearer <admin token> required",
@@ -120,6 +192,9 @@ ERRORS = {
 }
 
 
-def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for these error statuses, all in the one error shape."""
-    return {status: {"model": ErrorBody, "description": ERRORS[status]} for status in statuses}
+def errors(*statuses: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, all in the one error shape;
+    `descriptions` replace the default ones (`s404="..."`)."""
+    return {status: {"model": ErrorBody,
+                     "description": descriptions.get(f"s{status}", ERRORS[status])}
+            for status in statuses}

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from picker.circuit import CircuitSettings
+from picker.decisions import ExplainSettings
 from picker.discovery import DiscoverySettings
 from picker.errors import ConfigError
 from picker.health import HealthSettings
@@ -155,6 +156,7 @@ class PickerConfig(_Strict):
     # prefill/decode pairs), chosen per request; off: one router over all workers.
     enable_igw: bool = False
     pd: PdConfig = Field(default_factory=PdConfig)
+    explain: ExplainSettings = Field(default_factory=ExplainSettings)
 
     @field_validator("policy", mode="before")
     @classmethod
@@ -226,6 +228,9 @@ def _validate(data: dict[str, Any]) -> PickerConfig:
         key = ".".join(str(part) for part in first["loc"]) or "<root>"
         raise ConfigError(key, first["msg"]) from exc
     _check_unique_workers(config.workers)
+    if config.explain.allow_header and not config.explain.enabled:
+        raise ConfigError("explain.allow_header", "the explain header reads decision records: "
+                          "set explain.enabled: true")
     if config.prefix.enabled and (problem := config.prefix.engine_tokens_problem()):
         raise ConfigError("prefix.tokenizer.kind", problem)
     _check_policies(config)

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Mapping
 
+from picker.decisions import Choice
 from picker.limits import Admission, LimitSettings
 from picker.pd.protocols import Forward
 from picker.registry import Worker, WorkerRegistry
@@ -29,12 +30,14 @@ class Lease:
 
     A prefill/decode pair is one lease: `worker` is where the proxy sends the request (decode),
     `prefill` the worker that prefilled it, whose slot is held and released with it. `forward`
-    is what the proxy sends instead of the client's request, when the pair's protocol says."""
+    is what the proxy sends instead of the client's request, when the pair's protocol says.
+    `choice` says who chose the worker and why (its record when explain is enabled)."""
 
-    __slots__ = ("worker", "prefill", "started", "_book", "_open", "_forward")
+    __slots__ = ("worker", "choice", "prefill", "started", "_book", "_open", "_forward")
 
-    def __init__(self, worker: Worker, book: LeaseBook, prefill: Worker | None = None) -> None:
-        self.worker = worker
+    def __init__(self, choice: Choice, book: LeaseBook, prefill: Worker | None = None) -> None:
+        self.worker = choice.worker
+        self.choice = choice
         self.prefill = prefill
         self.started = time.monotonic()
         self._book = book
@@ -102,13 +105,13 @@ class LeaseBook:
         """Give back a slot taken by `admit` or `admit_now` when no lease was opened on it."""
         self._admission.leave()
 
-    def open(self, worker: Worker, prefill: Worker | None = None) -> Lease:
+    def open(self, choice: Choice, prefill: Worker | None = None) -> Lease:
         """Open a lease on an admission slot already taken; the worker's in-flight grows (and
         the prefill worker's, for a pair)."""
-        self._workers.acquire(worker)
+        self._workers.acquire(choice.worker)
         if prefill is not None:
             self._workers.acquire(prefill)
-        lease = Lease(worker, self, prefill)
+        lease = Lease(choice, self, prefill)
         with self._lock:
             self._open[id(lease)] = lease
         return lease

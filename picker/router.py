@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 
+from picker.decisions import Choice, Decision, DecisionLog
 from picker.errors import (
     InvalidRequest,
     ModelNotFound,
     NoHealthyWorker,
     Overloaded,
+    RequestError,
 )
 from picker.limits import LimitSettings
 from picker.policies import POLICIES, Policy, PolicyParams, create_policy, parse_params
@@ -37,11 +39,13 @@ class Router:
     def __init__(self, workers: WorkerRegistry, policy: str, params: Mapping[str, PolicyParams],
                  metrics: PickerMetrics, prefix: PrefixProducer | None = None,
                  limits: LimitSettings | None = None, stale_after_secs: float | None = None,
+                 decisions: DecisionLog | None = None,
                  pool: Callable[[Worker], bool] | None = None) -> None:
         """`params`: the configured parameters by policy name (the default `policy`'s
         included, or it runs with its defaults); a policy named by a request's
-        x-routing-strategy runs with its configured parameters too. `pool`: the workers this
-        router may choose (a role and connection mode, under enable_igw); None: all."""
+        x-routing-strategy runs with its configured parameters too. `decisions`: where to
+        record each decision (explain.enabled), None to record nothing. `pool`: the workers
+        this router may choose (a role and connection mode, under enable_igw); None: all."""
         self._pool = pool
         self._workers = workers
         self._metrics = metrics
@@ -49,19 +53,53 @@ class Router:
         self._limits = limits or LimitSettings()
         self._stale = stale_after_secs
         self._params = dict(params)
+        self._decisions = decisions
         self._lock = threading.Lock()
         self._policies: dict[str, Policy] = {}
         self._default = self._policy_named(policy)
         self.default_policy = policy  # the name, for requests without x-routing-strategy
 
-    def choose(self, request: RoutingRequest, allowed: Collection[str] | None = None) -> Worker:
+    @property
+    def decisions(self) -> DecisionLog | None:
+        """The decision records, None unless explain.enabled."""
+        return self._decisions
+
+    def choose(self, request: RoutingRequest, allowed: Collection[str] | None = None) -> Choice:
         """The decision alone. `allowed` (worker ids) narrows the candidates further, e.g. to
-        the deployments LiteLLM has not cooled down."""
+        the deployments LiteLLM has not cooled down. Records it when explain is enabled."""
         started = time.perf_counter()
         policy = self._policy_for(request)
         serving = self._workers.for_model(request.model)
         if self._pool is not None:
             serving = tuple(filter(self._pool, serving))
+        candidates: list[Worker] = []
+        try:
+            request, candidates, worker = self._pick(request, policy, serving, allowed)
+        except RequestError as error:
+            if self._decisions is not None:
+                self._record(request, policy, serving, candidates, allowed, None, error.code)
+            raise
+        if len(candidates) > 1:
+            loads = [w.in_flight for w in candidates]
+            if max(loads) - min(loads) > IMBALANCE_ABS_COUNT:
+                self._metrics.load_imbalance.inc()
+        self._metrics.decision_seconds.observe(time.perf_counter() - started)
+        self._metrics.decisions.labels(policy.name, worker.id).inc()
+        # Only registered model names become label values: a wildcard worker must not let
+        # clients mint time series with made-up model names.
+        model = request.model if request.model in self._workers.models() else "other"
+        rate = None if request.prefix is None else request.prefix.rate(worker.id)
+        self._metrics.routing_decisions.labels(model, policy.name, match_bucket(rate)).inc()
+        if rate:
+            self._metrics.prefix_hits.labels(worker.id).inc()
+        decision = None if self._decisions is None else \
+            self._record(request, policy, serving, candidates, allowed, worker, None)
+        return Choice(worker, policy.name, rate, decision)
+
+    def _pick(self, request: RoutingRequest, policy: Policy, serving: Sequence[Worker],
+              allowed: Collection[str] | None) -> tuple[RoutingRequest, list[Worker], Worker]:
+        """Filter, annotate the prefix match, pick: (the annotated request, candidates, the
+        winner)."""
         if not serving:
             raise ModelNotFound(f"no worker serves model {request.model[:100]!r}", param="model")
         candidates = [w for w in serving
@@ -79,20 +117,17 @@ class Router:
         if self._prefix is not None:
             request, prompt = self._prefix.annotate(request, candidates)
         worker = policy.pick(request, candidates)
-        if len(candidates) > 1:
-            loads = [w.in_flight for w in candidates]
-            if max(loads) - min(loads) > IMBALANCE_ABS_COUNT:
-                self._metrics.load_imbalance.inc()
         if self._prefix is not None and prompt is not None:
             self._prefix.record(prompt, worker)
-        self._metrics.decision_seconds.observe(time.perf_counter() - started)
-        self._metrics.decisions.labels(policy.name, worker.id).inc()
-        # Only registered model names become label values: a wildcard worker must not let
-        # clients mint time series with made-up model names.
-        model = request.model if request.model in self._workers.models() else "other"
-        rate = None if request.prefix is None else request.prefix.rate(worker.id)
-        self._metrics.routing_decisions.labels(model, policy.name, match_bucket(rate)).inc()
-        return worker
+        return request, candidates, worker
+
+    def _record(self, request: RoutingRequest, policy: Policy, serving: Sequence[Worker],
+                candidates: Sequence[Worker], allowed: Collection[str] | None,
+                worker: Worker | None, error: str | None) -> Decision:
+        assert self._decisions is not None
+        reads_prefix = self._params[policy.name].needs_prefix()
+        return self._decisions.record(request, policy, reads_prefix, serving, candidates,
+                                      self._workers.workers(), allowed, worker, error)
 
     def _policy_for(self, request: RoutingRequest) -> Policy:
         name = request.headers.get(STRATEGY_HEADER)
@@ -117,5 +152,6 @@ class Router:
             if params.needs_prefix() and self._prefix is None:
                 raise InvalidRequest(f"{STRATEGY_HEADER} {name} needs the prefix index, which "
                                      "is not enabled (prefix.enabled)", param=STRATEGY_HEADER)
+            self._params[name] = params
             policy = self._policies[name] = create_policy(name, params)
             return policy

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from picker.config import PickerConfig
+from picker.decisions import DecisionLog
 from picker.errors import ModelNotFound, NoHealthyWorker
 from picker.prefix.producer import PrefixProducer
 from picker.registry import Worker, WorkerRegistry
@@ -36,8 +37,10 @@ class PdRouters:
 
 class RouterManager:
     def __init__(self, workers: WorkerRegistry, config: PickerConfig, metrics: PickerMetrics,
-                 prefix: PrefixProducer | None) -> None:
+                 prefix: PrefixProducer | None, decisions: DecisionLog | None) -> None:
+        """`decisions`: where every router records its decisions (explain.enabled)."""
         self._workers = workers
+        self._decisions = decisions
         self._config = config
         self._metrics = metrics
         self._prefix = prefix
@@ -130,7 +133,8 @@ class RouterManager:
 
     def _router(self, policy: str, params: Any, pool: Callable[[Worker], bool] | None) -> Router:
         return Router(self._workers, policy, params, self._metrics, self._prefix,
-                      self._config.limits, self._config.load.stale_after_secs, pool)
+                      self._config.limits, self._config.load.stale_after_secs,
+                      self._decisions, pool)
 
     def _view(self, kind: str, policy: str, members: Any) -> dict[str, Any]:
         models = sorted({m for w in members for m in w.spec.models} or {"*"}) if members else []

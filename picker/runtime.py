@@ -36,6 +36,7 @@ import uvicorn
 
 from picker.admin import admin_tls, create_admin_app
 from picker.config import PickerConfig
+from picker.decisions import DecisionLog
 from picker.errors import ConfigError, PrefillFailed, RequestError
 from picker.fleet import WorkerManager
 from picker.health import HealthChecker
@@ -59,6 +60,7 @@ from picker.reload import ConfigReloader
 from picker.request import RoutingRequest
 from picker.router import Router
 from picker.routers import PdRouters, RouterManager
+from picker.status import ActivityHistory
 from picker.telemetry import PickerMetrics
 
 __all__ = ["Host", "PickerRuntime"]
@@ -97,9 +99,12 @@ class PickerRuntime:
         if self._prefix is not None:
             self.registry.add_listener(self._prefix)
             self.metrics.watch_prefix_index(self._prefix.index)
-        self.routers = RouterManager(self.registry, config, self.metrics, self._prefix)
+        decisions = DecisionLog(config.explain) if config.explain.enabled else None
+        self.routers = RouterManager(self.registry, config, self.metrics, self._prefix,
+                                     decisions)
         self.router = self.routers.default  # enable_igw off: the one router
         self.leases = LeaseBook(self.registry, config.limits, self.metrics)
+        self.history = ActivityHistory(self.metrics)  # the status page's plots
         # Workers registered before they answer are admitted by health checks, when they run.
         self.manager = WorkerManager(self.registry, config.discovery,
                                      health_checked=config.health.enabled)
@@ -183,11 +188,11 @@ class PickerRuntime:
         """On an admission slot already taken: decide, then open the lease (or give the slot
         back if no worker fits)."""
         try:
-            worker = router.choose(request, allowed)
+            choice = router.choose(request, allowed)
         except RequestError:
             self.leases.cancel_admission()
             raise
-        return self.leases.open(worker)
+        return self.leases.open(choice)
 
     async def _open_pair(self, routers: PdRouters, request: RoutingRequest,
                          allowed: Collection[str] | None) -> Lease:
@@ -196,14 +201,14 @@ class PickerRuntime:
         failed: set[str] = set()
         for attempt in range(self._config.pd.max_attempts):
             try:
-                prefill = routers.prefill.choose(request, self._excluding(allowed, failed))
+                prefill = routers.prefill.choose(request, self._excluding(allowed, failed)).worker
                 decode = routers.decode.choose(request, allowed)
             except RequestError:
                 self.leases.cancel_admission()
                 raise
             lease = self.leases.open(decode, prefill)
             try:
-                lease.forward_as(await self._pd_step(request, prefill, decode))
+                lease.forward_as(await self._pd_step(request, prefill, decode.worker))
                 return lease
             except PrefillFailed:
                 failed.add(prefill.id)
@@ -303,6 +308,8 @@ class PickerRuntime:
             expiry = asyncio.create_task(self._expire_forever())
             running.push_async_callback(_cancel, expiry)
             if self.admin_enabled:
+                sampler = asyncio.create_task(self.history.run())
+                running.push_async_callback(_cancel, sampler)
                 await self._start_admin(running)
             self._running = running.pop_all()
         log.info("llm-picker runtime started (%s): policy %s, %d workers", self._host.value,

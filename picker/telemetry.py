@@ -122,6 +122,12 @@ class PickerMetrics:
             "Decisions by model, policy and prefix match of the chosen worker (percent bucket)",
             ["model", "policy", "match_percent_bucket"], registry=self.registry,
         )
+        self.prefix_hits = Counter(
+            "llm_picker_prefix_hits",
+            "Decisions whose chosen worker held part of the prompt (prefix index enabled); "
+            "divided by llm_picker_decisions it is the worker's prefix hit rate",
+            ["worker"], registry=self.registry,
+        )
         self.decision_seconds = Histogram(
             "llm_picker_decision_duration_seconds", "Time to choose a worker",
             buckets=_DECISION_BUCKETS, registry=self.registry,

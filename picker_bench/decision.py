@@ -14,12 +14,13 @@ __all__ = ["decision_latency"]
 
 
 def decision_latency(policy: str, workers: int = 8, prompt_chars: int = 8192,
-                     picks: int = 5000, seed: int = 0) -> tuple[float, float]:
+                     picks: int = 5000, seed: int = 0, explain: bool = False
+                     ) -> tuple[float, float]:
     """(p50, p99) in microseconds of PickerRuntime.route_sync + release over a shared-prefix
-    mix."""
+    mix; `explain` records every decision (explain.enabled; the header is not asked for)."""
     rng = random.Random(seed)
     config = load_config(overrides={
-        "policy.name": policy, "prefix.enabled": True,
+        "policy.name": policy, "prefix.enabled": True, "explain.enabled": explain,
         "workers": [{"url": f"10.0.0.{i}:8000", "id": f"w{i}", "models": ["m"]}
                     for i in range(workers)]})
     runtime = PickerRuntime(config)  # not started: the decision needs no background service

@@ -183,6 +183,8 @@ def _scenario(name: str, upstream_port: int, workdir: Path) -> Iterator[int]:
                       "policy": "round_robin", "health": {"enabled": False},
                       "workers": [{"url": f"http://127.0.0.1:{upstream_port}",
                                    "models": [MODEL]}]}
+            if name == "explain":  # buffered, recording every decision; no header asked for
+                config["explain"] = {"enabled": True, "allow_header": True}
             stack.callback(start_picker(config, workdir, name=f"picker-{name}").stop)
         body_mode = "FULL_DUPLEX_STREAMED" if name == "duplex" else "BUFFERED"
         envoy_config = render_envoy_config(

@@ -54,21 +54,38 @@ class Weighted:
     name = "weighted"
 
     def __init__(self, params: WeightedParams) -> None:
-        self._scorers = [(SCORERS[name].score, weight)
+        self._scorers = [(name, SCORERS[name].score, weight)
                          for name, weight in params.scorers.items() if weight]
         self._stale = params.stale_after_secs or DEFAULT_STALE_SECS
         self._rng = _random.Random(params.seed)
 
     def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker:
-        now = time.monotonic()
         totals = [0.0] * len(candidates)
-        for score, weight in self._scorers:
-            for i, value in enumerate(score(request, candidates, now, self._stale)):
-                clamped = _NEUTRAL if value is None else min(1.0, max(0.0, value))
-                totals[i] += weight * clamped
+        for _, weight, column in self._columns(request, candidates):
+            for i, value in enumerate(column):
+                totals[i] += weight * value
         best = max(totals)
         tied = [w for w, total in zip(candidates, totals, strict=True) if total >= best - 1e-12]
         return tied[0] if len(tied) == 1 else self._rng.choice(tied)
+
+    def scores(self, request: RoutingRequest,
+               candidates: Sequence[Worker]) -> list[dict[str, float]]:
+        """Per candidate, each scorer's score as `pick` weighs it and the weighted `total`
+        (for decision records; picker.decisions.Scoring)."""
+        per: list[dict[str, float]] = [{"total": 0.0} for _ in candidates]
+        for name, weight, column in self._columns(request, candidates):
+            for scores, value in zip(per, column, strict=True):
+                scores[name] = value
+                scores["total"] += weight * value
+        return per
+
+    def _columns(self, request: RoutingRequest, candidates: Sequence[Worker]
+                 ) -> list[tuple[str, float, list[float]]]:
+        """(scorer, weight, clamped scores by candidate); unknown scores are neutral."""
+        now = time.monotonic()
+        return [(name, weight, [_NEUTRAL if v is None else min(1.0, max(0.0, v))
+                                for v in score(request, candidates, now, self._stale)])
+                for name, score, weight in self._scorers]
 
 
 DESCRIPTOR = PolicyDescriptor(Weighted.name, WeightedParams, Weighted)

@@ -8,7 +8,7 @@ import json
 from picker.access_log import AccessEntry, AccessLog
 
 ENTRY = AccessEntry(request_id="r1", model="m" * 500, policy="least_load", worker="w",
-                    outcome="completed", status=200, duration_ms=12.3456)
+                    match=0.823456, outcome="completed", status=200, duration_ms=12.3456)
 
 
 def test_one_json_line_with_bounded_fields() -> None:
@@ -19,6 +19,7 @@ def test_one_json_line_with_bounded_fields() -> None:
     fields = json.loads(line)
     assert len(fields["model"]) == 200 and fields["duration_ms"] == 12.35
     assert fields["worker"] == "w" and fields["status"] == 200
+    assert fields["policy"] == "least_load" and fields["match"] == 0.8235
 
 
 def test_two_logs_do_not_share_handlers() -> None:

@@ -222,7 +222,7 @@ def test_recovered_worker_is_offered_again(recording_router: RecordingFactory) -
 
 def test_allowed_narrows_the_candidates(recording_router: RecordingFactory) -> None:
     r, policy = recording_router(*fleet(3))
-    assert r.router.choose(req(), allowed={"w1", "w3"}).id == "w3"
+    assert r.router.choose(req(), allowed={"w1", "w3"}).worker.id == "w3"
     assert policy.offered == [["w1", "w3"]]
     with pytest.raises(NoHealthyWorker):
         r.router.choose(req(), allowed=set())

@@ -57,6 +57,7 @@ def test_render_is_valid_prometheus_text_with_every_family() -> None:
         "llm_picker_tokenizer_fallbacks": "counter",
         "llm_picker_config_reloads": "counter",
         "llm_picker_pd_prefill_failures": "counter",
+        "llm_picker_prefix_hits": "counter",
         "llm_picker_worker_in_flight": "gauge",
         "llm_picker_worker_healthy": "gauge",
         "llm_picker_worker_circuit_state": "gauge",
