@@ -18,13 +18,17 @@ from litellm.exceptions import ServiceUnavailableError
 from litellm_plugin.errors import to_litellm_error
 from litellm_plugin.fleet import DeploymentFleet
 from litellm_plugin.tracking import InFlightTracker
+from picker.decisions import explain_line
 from picker.errors import RequestError
 from picker.leases import Lease
 from picker.openai_body import request_from_data
 from picker.request import Api, RoutingRequest
 from picker.runtime import PickerRuntime
 
-__all__ = ["Call", "choose_deployment", "choose_deployment_sync"]
+__all__ = ["EXPLAIN_KEY", "Call", "choose_deployment", "choose_deployment_sync"]
+
+# Where a call's explain line waits in its metadata for the response (explain.allow_header).
+EXPLAIN_KEY = "llm_picker_explain"
 
 Deployment = dict[str, Any]
 
@@ -81,11 +85,17 @@ class _Choice:
         if self.by_worker:
             with _refusals(runtime, call.model):
                 self.request = _routing_request(call)
+        self._explain = runtime.config.explain
 
     def hand_over(self, tracker: InFlightTracker) -> Deployment:
         if self.lease is None:
             return random.choice(self._call.healthy)  # none is an engine the picker knows
         tracker.begin(self._call.request_kwargs, self.lease)
+        assert self.request is not None
+        line = explain_line(self._explain, self.request.headers, self.lease.choice.decision)
+        metadata = (self._call.request_kwargs or {}).get("metadata")
+        if line is not None and isinstance(metadata, dict):
+            metadata[EXPLAIN_KEY] = line  # the proxy's response-headers hook sends it
         return self.by_worker[self.lease.worker.id]
 
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from litellm_plugin.choose import Call, choose_deployment
+from litellm_plugin.choose import EXPLAIN_KEY, Call, choose_deployment
 from litellm_plugin.fleet import DeploymentFleet
 from litellm_plugin.tracking import InFlightTracker
 from picker.config import load_config
+from picker.decisions import EXPLAIN_HEADER
 from picker.runtime import Host, PickerRuntime
 
 __all__ = ["CONFIG_ENV", "ProxyPicker"]
@@ -50,6 +51,20 @@ class ProxyPicker(InFlightTracker):
         call = Call(model, healthy_deployments, _proxy_model_list() or healthy_deployments,
                     messages, (request_kwargs or {}).get("input"), request_kwargs)
         return [await choose_deployment(self.runtime, self._fleet, self, call)]
+
+
+    async def async_post_call_response_headers_hook(
+        self, data: dict[str, Any], user_api_key_dict: Any, response: object,
+        request_headers: dict[str, str] | None = None,
+        litellm_call_info: dict[str, object] | None = None,
+    ) -> dict[str, str] | None:
+        """The explain header (explain.allow_header, asked for with x-llm-picker-explain: 1),
+        as Envoy adds it on the ext_proc path."""
+        for key in ("metadata", "litellm_metadata"):
+            holder = data.get(key)
+            if isinstance(holder, dict) and isinstance(holder.get(EXPLAIN_KEY), str):
+                return {EXPLAIN_HEADER: holder[EXPLAIN_KEY]}
+        return None
 
 
 def _proxy_model_list() -> list[dict[str, Any]]:

@@ -90,6 +90,10 @@ def _bench(ns: argparse.Namespace) -> int:
         from picker_bench.kv_ingest import run_kv_events
 
         return run_kv_events(rates=ns.rates, seconds=ns.seconds)
+    if ns.bench == "routing" and ns.pd:
+        from picker_bench.pd import run_pd
+
+        return run_pd(requests=ns.requests, rate=ns.rate, seed=ns.seed)
     if ns.bench == "routing":
         from picker_bench.routing import run_routing
 
@@ -167,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     routing.add_argument("--kv-tokenizer", choices=["hf", "remote"], default="hf",
                          help="tokenizer of the +kv_events contenders: an in-process hf file "
                               "equal to the sims' tokenizer, or a sim's /tokenize")
+    routing.add_argument("--pd", action="store_true",
+                         help="prefill/decode layouts (4 regular, 1P+3D, 2P+2D) on prefill- "
+                              "and decode-heavy workloads instead (uses --rate, --requests)")
+    routing.add_argument("--requests", type=int, default=200, help="per run, with --pd")
     routing.set_defaults(run=_bench)
     soak = which.add_parser("soak", help="long load with engines and the picker killed")
     soak.add_argument("--minutes", type=float, default=10.0)

@@ -117,3 +117,25 @@ def test_a_bad_picker_setting_stops_the_proxy_at_start_up(tmp_path: Path) -> Non
         log = process.log_tail()
     assert code != 0
     assert "prefix.enabled" in log
+
+
+def test_the_explain_header_through_the_proxy_only_when_allowed_and_asked(
+        tmp_path: Path) -> None:
+    env = {"LLM_PICKER_POLICY__NAME": "least_load", "LLM_PICKER_EXPLAIN__ENABLED": "true",
+           "LLM_PICKER_EXPLAIN__ALLOW_HEADER": "true"}
+    with proxy(tmp_path, env) as (url, _, process):
+        wait_http(process, f"{url}/health/liveliness", timeout=90)
+        ask = {"model": "my-model", "messages": [{"role": "user", "content": "hi"}],
+               "max_tokens": 1}
+        headers = {"authorization": f"Bearer {MASTER_KEY}"}
+        plain = httpx.post(f"{url}/v1/chat/completions", json=ask, headers=headers, timeout=30)
+        assert plain.status_code == 200 and "x-llm-picker-explain" not in plain.headers
+        asked = httpx.post(f"{url}/v1/chat/completions", json=ask, timeout=30,
+                           headers={**headers, "x-llm-picker-explain": "1"})
+        assert asked.status_code == 200
+        line = asked.headers["x-llm-picker-explain"]
+        assert line.startswith("policy=least_load; worker=") and "reason=" in line
+        worker = line.split("worker=", 1)[1].split(";", 1)[0]
+        # The example config's deployment ids name the engines the sims answer as.
+        assert worker == {"A": "engine-a", "B": "engine-b"}[asked.headers[SERVED_BY]]
+        assert "hi" not in line.split("; ")  # no prompt text
