@@ -82,7 +82,7 @@ class PickerRuntime:
         self._prefix = PrefixProducer(config.prefix) if config.prefix.enabled else None
         if self._prefix is not None:
             self.registry.add_listener(self._prefix)
-            self.metrics.watch_prefix_index(self._prefix.index)
+            self.metrics.watch_prefix_index(self._prefix.index, self._prefix.calibration)
         self.router = Router(self.registry, config.policy.name, config.policy_params(),
                              self.metrics, self._prefix, config.limits,
                              config.load.stale_after_secs)
