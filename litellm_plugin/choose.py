@@ -15,7 +15,7 @@ from litellm.exceptions import ServiceUnavailableError
 
 from litellm_plugin.errors import to_litellm_error
 from litellm_plugin.fleet import DeploymentFleet
-from litellm_plugin.tracking import InFlightTracker
+from litellm_plugin.tracking import InFlightTracker, Observer
 from picker.errors import RequestError
 from picker.leases import Lease
 from picker.openai_body import request_from_data
@@ -41,7 +41,8 @@ async def choose_deployment(
         lease = await runtime.route(request, set(by_worker))
     except RequestError as error:
         raise _refused(runtime, error, model) from error
-    return _hand_over(tracker, request_kwargs, lease, by_worker)
+    return _hand_over(tracker, request_kwargs, lease, by_worker,
+                      Observer(runtime.registry, len(request.prompt_text)))
 
 
 def choose_deployment_sync(
@@ -58,7 +59,8 @@ def choose_deployment_sync(
         lease = runtime.route_sync(request, set(by_worker))
     except RequestError as error:
         raise _refused(runtime, error, model) from error
-    return _hand_over(tracker, request_kwargs, lease, by_worker)
+    return _hand_over(tracker, request_kwargs, lease, by_worker,
+                      Observer(runtime.registry, len(request.prompt_text)))
 
 
 def _prepare(
@@ -96,8 +98,8 @@ def _prepare(
 
 
 def _hand_over(tracker: InFlightTracker, request_kwargs: dict[str, Any] | None, lease: Lease,
-               by_worker: dict[str, Deployment]) -> Deployment:
-    tracker.begin(request_kwargs, lease)
+               by_worker: dict[str, Deployment], observer: Observer) -> Deployment:
+    tracker.begin(request_kwargs, lease, observer)
     return by_worker[lease.worker.id]
 
 

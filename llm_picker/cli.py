@@ -96,6 +96,7 @@ def _bench(ns: argparse.Namespace) -> int:
         return run_routing(engines=ns.engines, groups=ns.groups, rate=ns.rate,
                            contenders=ns.contenders, seed=ns.seed, plot=ns.plot,
                            frontend=ns.frontend, cache_blocks=ns.cache_blocks,
+                           fleet=ns.fleet, chars_per_token=ns.chars_per_token,
                            kv_tokenizer=ns.kv_tokenizer)
     from picker_bench.overhead import run_overhead
 
@@ -167,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     routing.add_argument("--kv-tokenizer", choices=["hf", "remote"], default="hf",
                          help="tokenizer of the +kv_events contenders: an in-process hf file "
                               "equal to the sims' tokenizer, or a sim's /tokenize")
+    routing.add_argument("--fleet", choices=["homogeneous", "hetero"], default="homogeneous",
+                         help="hetero: half the engines at half speed, session-heavy traffic")
+    routing.add_argument("--chars-per-token", type=int, default=6,
+                         help="characters per engine token of the workload's prompts")
     routing.set_defaults(run=_bench)
     soak = which.add_parser("soak", help="long load with engines and the picker killed")
     soak.add_argument("--minutes", type=float, default=10.0)

@@ -105,6 +105,16 @@ def _decode(_: RoutingRequest, candidates: Sequence[Worker], now: float,
     return _faster_is_better([w.speed.decode_step_secs for w in candidates])
 
 
+def _cache_space(request: RoutingRequest, candidates: Sequence[Worker], now: float,
+                 stale_after: float) -> list[float | None]:
+    """Smaller believed cache contents score higher: new prefixes spread over the caches (what
+    SGLang's smallest-tree rule does), instead of piling onto the fastest engine."""
+    match = request.prefix
+    if match is None:
+        return [None] * len(candidates)
+    return _lower_is_better([float(match.held.get(w.id, 0)) for w in candidates])
+
+
 def _prefix(request: RoutingRequest, candidates: Sequence[Worker], now: float,
             stale_after: float) -> list[float | None]:
     match = request.prefix
@@ -118,5 +128,6 @@ SCORERS: Mapping[str, Scorer] = {
     "in_flight": Scorer(_in_flight),
     "prefix": Scorer(_prefix, needs_prefix=True),
     "ttft": Scorer(_ttft),
+    "cache_space": Scorer(_cache_space, needs_prefix=True),
     "decode": Scorer(_decode),
 }

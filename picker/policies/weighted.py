@@ -5,8 +5,9 @@ as neutral (0.5) and breaks ties at random (the Gateway API Inference Extension'
 scorers and picker). Example: `{scorers: {prefix: 3, queue: 2, in_flight: 1}}`.
 
 Without `scorers`, the default profile weighs every signal the picker has: the prefix (3) when
-the prefix index is enabled, the predicted time to first token (2) once engines' speeds are
-learned, the engine's queue and the in-flight count (1 each). A scorer without data is neutral,
+the prefix index is enabled, and 1 each for the predicted time to first token (once engines'
+speeds are learned), free cache (smallest believed cache contents, with the prefix index),
+the engine's queue and the in-flight count. A scorer without data is neutral,
 so the profile degrades to load balancing on a fleet the picker knows nothing about.
 
 A request may carry `x-slo-ttft-ms`: candidates predicted to miss it are left out unless all
@@ -32,7 +33,8 @@ from picker.request import RoutingRequest
 
 _NEUTRAL = 0.5
 SLO_HEADER = "x-slo-ttft-ms"
-DEFAULT_PROFILE = {"prefix": 3.0, "ttft": 2.0, "queue": 1.0, "in_flight": 1.0}
+DEFAULT_PROFILE = {"prefix": 3.0, "ttft": 1.0, "cache_space": 1.0, "queue": 1.0,
+                   "in_flight": 1.0}
 
 
 class WeightedParams(StaleAfterParams):
