@@ -28,7 +28,6 @@ POLICIES: Mapping[str, PolicyDescriptor[Any]] = {
     d.name: d for d in (
         round_robin.DESCRIPTOR, random.DESCRIPTOR, least_load.DESCRIPTOR,
         power_of_two.DESCRIPTOR, prefix_cache.DESCRIPTOR, cache_aware.DESCRIPTOR,
-        cache_aware.LEAST_LOAD_DESCRIPTOR,
         session_affinity.DESCRIPTOR, engine_signal.LEAST_QUEUE, engine_signal.LEAST_KV,
         weighted.DESCRIPTOR,
     )

@@ -62,10 +62,6 @@ def sized(total: int, held: dict[str, int], **matched: int) -> RoutingRequest:
         ("cache_aware", (100, 70, 90), req(10, w0=10), {}, "w0"),  # 30 <= 64: balanced
         # imbalanced: least load, whatever the trees
         ("cache_aware", (100, 10, 50), sized(10, {"w0": 0, "w1": 9, "w2": 9}), {}, "w1"),
-        # the least-load variant: below the threshold, least load whatever the trees
-        ("cache_aware_least_load", (2, 1, 2), sized(10, {"w0": 5, "w1": 9, "w2": 7}, w2=2),
-         {}, "w1"),
-        ("cache_aware_least_load", (2, 2, 2), req(10, w2=8), {}, "w2"),
     ],
 )
 def test_cache_aware(policy: str, loads: tuple[int, ...], request_: RoutingRequest,
@@ -74,7 +70,7 @@ def test_cache_aware(policy: str, loads: tuple[int, ...], request_: RoutingReque
     assert picked.id == expected
 
 
-@pytest.mark.parametrize("name", ["prefix_cache", "cache_aware", "cache_aware_least_load"])
+@pytest.mark.parametrize("name", ["prefix_cache", "cache_aware"])
 def test_without_match_info_they_fall_back_to_least_load(name: str) -> None:
     policy = create_policy(name)
     assert policy.pick(RoutingRequest(model="m", api=Api.CHAT), pool(3, 0, 3)).id == "w1"
