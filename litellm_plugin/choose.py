@@ -17,7 +17,7 @@ from litellm.exceptions import ServiceUnavailableError
 
 from litellm_plugin.errors import to_litellm_error
 from litellm_plugin.fleet import DeploymentFleet
-from litellm_plugin.tracking import InFlightTracker
+from litellm_plugin.tracking import InFlightTracker, Observer
 from picker.decisions import explain_line
 from picker.errors import RequestError
 from picker.leases import Lease
@@ -86,12 +86,15 @@ class _Choice:
             with _refusals(runtime, call.model):
                 self.request = _routing_request(call)
         self._explain = runtime.config.explain
+        self._registry = runtime.registry
 
     def hand_over(self, tracker: InFlightTracker) -> Deployment:
         if self.lease is None:
             return random.choice(self._call.healthy)  # none is an engine the picker knows
-        tracker.begin(self._call.request_kwargs, self.lease)
         assert self.request is not None
+        # The call's timing and usage, when LiteLLM reports them, teach the engine's speed.
+        observer = Observer(self._registry, len(self.request.prompt_text))
+        tracker.begin(self._call.request_kwargs, self.lease, observer)
         line = explain_line(self._explain, self.request.headers, self.lease.choice.decision)
         metadata = (self._call.request_kwargs or {}).get("metadata")
         if line is not None and isinstance(metadata, dict):

@@ -6,20 +6,28 @@ earlier picks of that burst. The lease's token rides in the request's `metadata`
 hands back to its success hook (after the last chunk for streams) and failure hook (errors,
 timeouts, cancels). A retry selects again for the same request: the previous attempt's lease is
 then released as failed. Either way each lease is released exactly once.
+
+A successful call also teaches the picker its engine's speed: LiteLLM reports the call's start,
+first chunk (`completion_start_time`) and end, and the response's usage; they reach the
+registry's one entry point for observations (`WorkerRegistry.observe`, picker.speed).
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
 from picker.leases import Lease
+from picker.registry import WorkerRegistry
+from picker.speed import Observation
 
-__all__ = ["LEASE_KEY", "InFlightTracker"]
+__all__ = ["LEASE_KEY", "InFlightTracker", "Observer", "observation_of"]
 
 LEASE_KEY = "llm_picker_lease"
 
@@ -31,13 +39,53 @@ def _token(kwargs: dict[str, Any]) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Observer:
+    """Where a call's observation goes, and the prompt characters the picker routed on."""
+
+    registry: WorkerRegistry
+    prompt_chars: int
+
+
+def _seconds(later: Any, earlier: Any) -> float | None:
+    if isinstance(later, datetime) and isinstance(earlier, datetime):
+        return (later - earlier).total_seconds()
+    if isinstance(later, int | float) and isinstance(earlier, int | float):
+        return float(later - earlier)
+    return None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def observation_of(kwargs: dict[str, Any], response: Any, start: Any, end: Any,
+                   prompt_chars: int | None) -> Observation:
+    """A LiteLLM success callback's arguments as an Observation; unknown parts stay None.
+
+    Only streams have a first token distinct from the end: a non-streaming call's TTFT is its
+    whole duration, which says nothing of prefill, so it is left out."""
+    usage = getattr(response, "usage", None)
+    details = getattr(usage, "prompt_tokens_details", None)
+    first = kwargs.get("completion_start_time")
+    streamed = bool(kwargs.get("stream")) and first is not None and first != end
+    return Observation(
+        prompt_tokens=_count(getattr(usage, "prompt_tokens", None)),
+        cached_tokens=_count(getattr(details, "cached_tokens", None)),
+        output_tokens=_count(getattr(usage, "completion_tokens", None)),
+        ttft_secs=_seconds(first, start) if streamed else None,
+        decode_secs=_seconds(end, first) if streamed else None,
+        prompt_chars=prompt_chars,
+    )
+
+
 class InFlightTracker(CustomLogger):
     """One per process, like LiteLLM's callback list it lives in (LiteLLM invokes only one
     callback instance per class): every attached strategy's leases go through it."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._leases: dict[str, Lease] = {}
+        self._leases: dict[str, tuple[Lease, Observer | None]] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -54,7 +102,8 @@ class InFlightTracker(CustomLogger):
     def open_calls(self) -> int:
         return len(self._leases)
 
-    def begin(self, request_kwargs: dict[str, Any] | None, lease: Lease) -> None:
+    def begin(self, request_kwargs: dict[str, Any] | None, lease: Lease,
+              observer: Observer | None = None) -> None:
         """Hold `lease` until LiteLLM reports the call's end. A call LiteLLM gives no
         metadata to carry the lease's token can never be reported: its slot is released at
         once rather than left to limits.timeout_secs."""
@@ -67,25 +116,36 @@ class InFlightTracker(CustomLogger):
             self.end(previous, "upstream_error")  # this is a retry of a failed attempt
         token = uuid.uuid4().hex
         with self._lock:
-            self._leases[token] = lease
+            self._leases[token] = (lease, observer)
         metadata[LEASE_KEY] = token
 
     def end(self, token: str | None, outcome: str) -> None:
         """Release the lease behind `token` (once; later calls do nothing)."""
+        self._pop(token, outcome)
+
+    def _pop(self, token: str | None, outcome: str) -> tuple[Lease, Observer | None] | None:
         with self._lock:
-            lease = self._leases.pop(token, None) if token else None
-        if lease is not None:
-            lease.release(outcome)
+            held = self._leases.pop(token, None) if token else None
+        if held is not None:
+            held[0].release(outcome)
+        return held
+
+    def _succeeded(self, kwargs: dict[str, Any], response: Any, start: Any, end: Any) -> None:
+        held = self._pop(_token(kwargs), "completed")
+        if held is not None and held[1] is not None:
+            lease, observer = held[0], held[1]
+            observer.registry.observe(lease.worker, observation_of(
+                kwargs, response, start, end, observer.prompt_chars))
 
     # -- LiteLLM hooks ----------------------------------------------------------------------
 
     def log_success_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any,
                           end_time: Any) -> None:
-        self.end(_token(kwargs), "completed")
+        self._succeeded(kwargs, response_obj, start_time, end_time)
 
     async def async_log_success_event(self, kwargs: dict[str, Any], response_obj: Any,
                                       start_time: Any, end_time: Any) -> None:
-        self.end(_token(kwargs), "completed")
+        self._succeeded(kwargs, response_obj, start_time, end_time)
 
     def log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any,
                           end_time: Any) -> None:

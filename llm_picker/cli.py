@@ -100,6 +100,7 @@ def _bench(ns: argparse.Namespace) -> int:
         return run_routing(engines=ns.engines, groups=ns.groups, rate=ns.rate,
                            contenders=ns.contenders, seed=ns.seed, plot=ns.plot,
                            frontend=ns.frontend, cache_blocks=ns.cache_blocks,
+                           fleet=ns.fleet, chars_per_token=ns.chars_per_token,
                            kv_tokenizer=ns.kv_tokenizer)
     from picker_bench.overhead import run_overhead
 
@@ -175,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="prefill/decode layouts (4 regular, 1P+3D, 2P+2D) on prefill- "
                               "and decode-heavy workloads instead (uses --rate, --requests)")
     routing.add_argument("--requests", type=int, default=200, help="per run, with --pd")
+    routing.add_argument("--fleet", choices=["homogeneous", "hetero"], default="homogeneous",
+                         help="hetero: half the engines at half speed, session-heavy traffic")
+    routing.add_argument("--chars-per-token", type=int, default=6,
+                         help="characters per engine token of the workload's prompts")
     routing.set_defaults(run=_bench)
     soak = which.add_parser("soak", help="long load with engines and the picker killed")
     soak.add_argument("--minutes", type=float, default=10.0)

@@ -18,7 +18,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field
 
-from picker.load_signals import EngineLoad
+from picker.load_signals import EngineCounter, EngineLoad
 from picker.registry import Worker, WorkerRegistry
 from picker.worker_tasks import WorkerTasks
 from picker.workers import RuntimeType
@@ -37,6 +37,8 @@ class EngineMetrics:
 
     # EngineLoad field -> metric names, first one exported wins (renamed metrics, newest first).
     gauges: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # EngineCounter -> sample names (a counter's `_total`, a histogram's `_sum`/`_count`).
+    counters: Mapping[EngineCounter, tuple[str, ...]] = field(default_factory=dict)
     # Info gauge whose labels carry the KV-cache geometry (block_size, num_gpu_blocks).
     cache_info: str | None = None
     # Info gauge whose labels list the LoRA adapters running or waiting (comma-separated).
@@ -44,7 +46,9 @@ class EngineMetrics:
 
 
 # Sources: vLLM vllm/v1/metrics/loggers.py (kv_cache_usage_perc replaced gpu_cache_usage_perc
-# in v0.10), SGLang python/sglang/srt/metrics/collector.py. TRT-LLM's /metrics is JSON
+# in v0.10; prefix_cache_queries/hits replaced gpu_prefix_cache_*; inter_token_latency_seconds
+# replaced time_per_output_token_seconds), SGLang python/sglang/srt/metrics/collector.py (its
+# cached_tokens_total is per cache_source, summed here). TRT-LLM's /metrics is JSON
 # iteration stats, not Prometheus text; external APIs publish nothing: neither is scraped.
 ENGINE_METRICS: Mapping[RuntimeType, EngineMetrics] = {
     RuntimeType.VLLM: EngineMetrics(
@@ -53,14 +57,42 @@ ENGINE_METRICS: Mapping[RuntimeType, EngineMetrics] = {
             "waiting": ("vllm:num_requests_waiting",),
             "kv_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
         },
+        counters={
+            EngineCounter.PROMPT_TOKENS: ("vllm:prompt_tokens_total",),
+            EngineCounter.PREFIX_QUERIES: ("vllm:prefix_cache_queries_total",
+                                           "vllm:gpu_prefix_cache_queries_total"),
+            EngineCounter.PREFIX_HITS: ("vllm:prefix_cache_hits_total",
+                                        "vllm:gpu_prefix_cache_hits_total"),
+            EngineCounter.TTFT_SUM: ("vllm:time_to_first_token_seconds_sum",),
+            EngineCounter.TTFT_COUNT: ("vllm:time_to_first_token_seconds_count",),
+            EngineCounter.ITL_SUM: ("vllm:inter_token_latency_seconds_sum",
+                                    "vllm:time_per_output_token_seconds_sum"),
+            EngineCounter.ITL_COUNT: ("vllm:inter_token_latency_seconds_count",
+                                      "vllm:time_per_output_token_seconds_count"),
+            EngineCounter.PREFILL_SECS: ("vllm:request_prefill_time_seconds_sum",),
+            EngineCounter.PREFILL_TOKENS: ("vllm:request_prefill_kv_computed_tokens_sum",),
+        },
         cache_info="vllm:cache_config_info",
         lora_info="vllm:lora_requests_info",
     ),
-    RuntimeType.SGLANG: EngineMetrics(gauges={
-        "running": ("sglang:num_running_reqs",),
-        "waiting": ("sglang:num_queue_reqs",),
-        "kv_usage": ("sglang:token_usage",),
-    }),
+    RuntimeType.SGLANG: EngineMetrics(
+        gauges={
+            "running": ("sglang:num_running_reqs",),
+            "waiting": ("sglang:num_queue_reqs",),
+            "kv_usage": ("sglang:token_usage",),
+        },
+        counters={
+            EngineCounter.PROMPT_TOKENS: ("sglang:prompt_tokens_total",),
+            EngineCounter.PREFIX_QUERIES: ("sglang:prompt_tokens_total",),
+            EngineCounter.PREFIX_HITS: ("sglang:cached_tokens_total",),
+            EngineCounter.TTFT_SUM: ("sglang:time_to_first_token_seconds_sum",),
+            EngineCounter.TTFT_COUNT: ("sglang:time_to_first_token_seconds_count",),
+            EngineCounter.ITL_SUM: ("sglang:inter_token_latency_seconds_sum",
+                                    "sglang:time_per_output_token_seconds_sum"),
+            EngineCounter.ITL_COUNT: ("sglang:inter_token_latency_seconds_count",
+                                      "sglang:time_per_output_token_seconds_count"),
+        },
+    ),
     RuntimeType.TRTLLM: EngineMetrics(),
     RuntimeType.EXTERNAL: EngineMetrics(),
 }
@@ -111,12 +143,17 @@ def parse_engine_load(text: str, runtime: RuntimeType, now: float) -> EngineLoad
                     by_name[sample.name] = by_name.get(sample.name, 0.0) + sample.value
     except (ValueError, TypeError, IndexError):
         return EngineLoad(scraped_at=now)
-    values = {name: next((by_name[m] for m in metrics if m in by_name), None)
-              for name, metrics in table.gauges.items()}
+    def first(names: tuple[str, ...]) -> float | None:
+        return next((by_name[n] for n in names if n in by_name), None)
+
+    values = {name: first(names) for name, names in table.gauges.items()}
+    counters = {counter: count for counter, names in table.counters.items()
+                if (count := first(names)) is not None}
     return EngineLoad(
         scraped_at=now, running=values.get("running"), waiting=values.get("waiting"),
         kv_usage=values.get("kv_usage"), block_size=geometry.get("block_size"),
         num_gpu_blocks=geometry.get("num_gpu_blocks"), loras=frozenset(loras),
+        counters=counters,
     )
 
 

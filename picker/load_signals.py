@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-__all__ = ["EngineLoad", "EngineSignal"]
+__all__ = ["EngineCounter", "EngineLoad", "EngineSignal"]
+
+
+class EngineCounter(enum.Enum):
+    """A cumulative number an engine exports (a counter, or a histogram's sum or count).
+
+    Only differences between two scrapes mean anything: the picker learns each engine's cache
+    accuracy and speed from them (picker.speed, picker.prefix.calibration)."""
+
+    PROMPT_TOKENS = "prompt_tokens"  # prompt tokens received
+    PREFIX_QUERIES = "prefix_queries"  # prompt tokens looked up in the prefix cache
+    PREFIX_HITS = "prefix_hits"  # of those, found cached
+    TTFT_SUM = "ttft_sum"  # seconds, over requests' time to first token
+    TTFT_COUNT = "ttft_count"
+    ITL_SUM = "itl_sum"  # seconds, over decode steps (inter-token latency)
+    ITL_COUNT = "itl_count"
+    PREFILL_SECS = "prefill_secs"  # seconds requests spent in prefill
+    PREFILL_TOKENS = "prefill_tokens"  # tokens those prefills computed (cache hits excluded)
 
 
 @dataclass(slots=True, frozen=True)
@@ -23,6 +41,15 @@ class EngineLoad:
     num_gpu_blocks: int | None = None
     # LoRA adapters loaded and serving or queued (vllm:lora_requests_info), for adapter affinity.
     loras: frozenset[str] = frozenset()
+    counters: Mapping[EngineCounter, float] = field(default_factory=dict)
+
+    def delta(self, before: EngineLoad, counter: EngineCounter) -> float | None:
+        """How much `counter` grew since `before`; None when either scrape lacks it or it went
+        backwards (the engine restarted)."""
+        now, then = self.counters.get(counter), before.counters.get(counter)
+        if now is None or then is None or now < then:
+            return None
+        return now - then
 
     def fresh(self, now: float, max_age_secs: float) -> bool:
         return now - self.scraped_at <= max_age_secs

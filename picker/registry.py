@@ -17,6 +17,7 @@ from typing import Protocol, TypedDict
 from picker.circuit import CircuitBreaker, CircuitSettings
 from picker.errors import UnknownWorker, WorkerConflict
 from picker.load_signals import EngineLoad
+from picker.speed import Observation, SpeedModel
 from picker.workers import ConnectionMode, WorkerSpec, WorkerType
 
 __all__ = ["RegistryListener", "RegistryStats", "Worker", "WorkerRegistry"]
@@ -29,7 +30,7 @@ class Worker:
 
     __slots__ = (
         "_spec", "id", "url", "_host_port", "_in_flight", "_healthy", "_draining", "_engine",
-        "_circuit", "_last_health_check",
+        "_circuit", "_last_health_check", "_speed",
     )
 
     def __init__(self, spec: WorkerSpec, circuit: CircuitSettings | None = None) -> None:
@@ -43,6 +44,7 @@ class Worker:
         self._engine: EngineLoad | None = None
         self._circuit = CircuitBreaker(circuit or CircuitSettings())
         self._last_health_check: float | None = None
+        self._speed = SpeedModel()
 
     @property
     def spec(self) -> WorkerSpec:
@@ -69,6 +71,11 @@ class Worker:
         """Latest engine load signals scraped from the worker (picker.load), None until
         scraped."""
         return self._engine
+
+    @property
+    def speed(self) -> SpeedModel:
+        """The engine's speed as learned from scrapes and finished requests (picker.speed)."""
+        return self._speed
 
     @property
     def circuit(self) -> CircuitBreaker:
@@ -220,8 +227,18 @@ class WorkerRegistry:
             worker._last_health_check = at
 
     def set_engine_load(self, worker: Worker, load: EngineLoad | None) -> None:
+        """A new scrape; the counters' growth since the previous one teaches the worker's
+        speed."""
         with self._lock:
+            if load is not None:
+                worker._speed = worker._speed.scraped(worker._engine, load)
             worker._engine = load
+
+    def observe(self, worker: Worker, observation: Observation) -> None:
+        """A finished request's timing and usage, as a proxy saw it: the one entry point every
+        adapter's response path feeds (Envoy's response stream, LiteLLM's success callback)."""
+        with self._lock:
+            worker._speed = worker._speed.observe(observation)
 
     def set_draining(self, worker: Worker) -> None:
         """No new requests; in-flight ones finish. There is no way back: a drained worker is

@@ -98,7 +98,7 @@ class PickerRuntime:
         self._prefix = PrefixProducer(config.prefix) if config.prefix.enabled else None
         if self._prefix is not None:
             self.registry.add_listener(self._prefix)
-            self.metrics.watch_prefix_index(self._prefix.index)
+            self.metrics.watch_prefix_index(self._prefix.index, self._prefix.calibration)
         decisions = DecisionLog(config.explain) if config.explain.enabled else None
         self.routers = RouterManager(self.registry, config, self.metrics, self._prefix,
                                      decisions)

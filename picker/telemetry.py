@@ -6,7 +6,7 @@ pushed on every request: the hot path then only bumps two counters and one histo
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -14,8 +14,9 @@ from prometheus_client.registry import Collector
 
 from picker.circuit import CircuitState
 from picker.limits import Admission
+from picker.prefix.calibration import Calibration
 from picker.prefix.index import PrefixIndex
-from picker.registry import WorkerRegistry
+from picker.registry import Worker, WorkerRegistry
 
 __all__ = ["CONTENT_TYPE", "IMBALANCE_ABS_COUNT", "PickerMetrics", "match_bucket"]
 
@@ -46,6 +47,7 @@ class _WorkerStateCollector(Collector):
     def __init__(self, workers: WorkerRegistry) -> None:
         self._workers = workers
         self.prefix_index: PrefixIndex | None = None
+        self.calibration: Calibration | None = None
         self.admission: Admission | None = None
         self.outcomes: Mapping[str, int] = {}
 
@@ -76,6 +78,9 @@ class _WorkerStateCollector(Collector):
         yield in_flight
         yield healthy
         yield circuit
+        yield from _speeds(self._workers.workers())
+        if self.calibration is not None:
+            yield from _calibration(self.calibration)
         if self.admission is not None:
             active = self.admission.active
             limit = self.admission.limit
@@ -100,6 +105,53 @@ class _WorkerStateCollector(Collector):
             for model in sorted(self._workers.models()):
                 status.add_metric([model, self.prefix_index.kind], 1.0)
             yield status
+
+
+def _speeds(workers: Iterable[Worker]) -> Iterator[Metric]:
+    """What the picker learned of each engine's speed (picker.speed); unknown: no sample."""
+    prefill = GaugeMetricFamily(
+        "llm_picker_worker_prefill_tokens_per_second",
+        "Learned prefill rate of the worker's engine (uncached prompt tokens per second)",
+        labels=["worker"])
+    decode = GaugeMetricFamily(
+        "llm_picker_worker_decode_step_seconds",
+        "Learned decode step of the worker's engine (seconds per output token)",
+        labels=["worker"])
+    for worker in workers:
+        speed = worker.speed
+        if speed.prefill_tokens_per_sec is not None:
+            prefill.add_metric([worker.id], speed.prefill_tokens_per_sec)
+        if speed.decode_step_secs is not None:
+            decode.add_metric([worker.id], speed.decode_step_secs)
+    yield prefill
+    yield decode
+
+
+def _calibration(calibration: Calibration) -> Iterator[Metric]:
+    """The approximate index's sizing per worker (picker/prefix/calibration.py)."""
+    families = {
+        "units_per_token": GaugeMetricFamily(
+            "llm_picker_prefix_units_per_token",
+            "Measured prompt units (characters, or 1 for tokens) per engine token",
+            labels=["worker"]),
+        "capacity_blocks": GaugeMetricFamily(
+            "llm_picker_prefix_index_capacity_blocks",
+            "Blocks the approximate index keeps for the worker, sized from its engine",
+            labels=["worker"]),
+        "hit_ratio": GaugeMetricFamily(
+            "llm_picker_prefix_hit_prediction_ratio",
+            "Engine-reported prefix-cache hits over the hits the index predicted (1 = exact)",
+            labels=["worker"]),
+        "correction": GaugeMetricFamily(
+            "llm_picker_prefix_capacity_correction",
+            "Factor applied to the engine-sized capacity after comparing hits", labels=["worker"]),
+    }
+    for worker_id, state in calibration.snapshot().items():
+        for field, family in families.items():
+            value = getattr(state, field)
+            if value is not None:
+                family.add_metric([worker_id], float(value))
+    yield from families.values()
 
 
 class PickerMetrics:
@@ -154,8 +206,10 @@ class PickerMetrics:
         self._state = _WorkerStateCollector(workers)
         self.registry.register(self._state)
 
-    def watch_prefix_index(self, index: PrefixIndex) -> None:
+    def watch_prefix_index(self, index: PrefixIndex,
+                           calibration: Calibration | None = None) -> None:
         self._state.prefix_index = index
+        self._state.calibration = calibration
 
     def watch_admission(self, admission: Admission, outcomes: Mapping[str, int]) -> None:
         self._state.admission = admission

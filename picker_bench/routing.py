@@ -3,6 +3,12 @@
 Every contender gets fresh simulated engines (empty caches) and the same arrivals; picker
 policies run through the real Envoy + `llm-picker serve`, sglang-router (Rust, cache_aware) is
 pointed at its own fresh engines. Hit rates come from the engines' own metrics.
+
+`fleet="hetero"`: half the engines run at half speed (prefill rate, decode step and fixed
+time to first token), as a fleet mixing GPU generations does; the workload then has more and
+longer multi-turn sessions. Beside hit rate and latency the report counts session stickiness
+(follow-up turns served by the engine that served the previous turn) and group splits (system
+prompt groups and sessions served by more than one engine: each split re-prefills the prefix).
 """
 
 from __future__ import annotations
@@ -40,11 +46,12 @@ from picker_sim.hf_twin import write_hf_twin
 __all__ = ["run_routing"]
 
 PROFILE = "8b-h100-like"
-# Contenders that need parameters; others are policy names with their defaults.
-_POLICY_CONFIG: dict[str, Any] = {
-    "weighted": {"name": "weighted",
-                 "params": {"scorers": {"prefix": 3.0, "queue": 1.0, "in_flight": 1.0}}},
-}
+# Contenders that need parameters; others are policy names with their defaults (weighted:
+# its default profile, which reads the prefix index and the learned engine speeds).
+_POLICY_CONFIG: dict[str, Any] = {}
+# Fixed time to first token of the fast engines: scheduling and sampling on a real engine, so
+# the routing (not the proxy's milliseconds) decides the heterogeneous fleet's TTFT p50.
+_HETERO_TTFT_MS = 20.0
 MAX_OUTSTANDING = 256
 WORKER_HEADER = "x-picker-sim-worker"
 
@@ -60,6 +67,10 @@ class Outcome:
 @dataclass
 class Report:
     contender: str
+    sticky: int  # follow-up turns on the previous turn's engine
+    follow_ups: int
+    split_groups: int  # groups served by more than one engine
+    groups: int
     hit_rate: float
     ttft_p50: float
     ttft_p99: float
@@ -122,8 +133,8 @@ KV_SUFFIX = "+kv_events"
 
 @contextmanager
 def _contender(name: str, engines: int, workdir: Path, workload: Workload,
-               cache_blocks: int | None = None,
-               kv_tokenizer: str = "hf") -> Iterator[tuple[Driver, list[str]]]:
+               cache_blocks: int | None = None, kv_tokenizer: str = "hf",
+               fleet: str = "homogeneous") -> Iterator[tuple[Driver, list[str]]]:
     """Fresh engines plus the router under test; yields (workload driver, engine urls).
 
     `policy+kv_events`: the engines publish KV events and the picker follows them (sync index,
@@ -132,8 +143,8 @@ def _contender(name: str, engines: int, workdir: Path, workload: Workload,
     with ExitStack() as stack:
         sims = [SimSpec(f"e{i}", "sim-model", ["--profile", PROFILE]) for i in range(engines)]
         kv_ports: list[tuple[int, int]] = []
-        for spec in sims:
-            args = list(spec.args)
+        for i, spec in enumerate(sims):
+            args = list(spec.args) + _speed_args(fleet, i, engines)
             if cache_blocks:
                 args += ["--cache-blocks", str(cache_blocks)]
             if kv:
@@ -191,6 +202,34 @@ def _contender(name: str, engines: int, workdir: Path, workload: Workload,
         yield _http_driver(f"http://127.0.0.1:{listen}"), urls
 
 
+def _speed_args(fleet: str, index: int, engines: int) -> list[str]:
+    """Sim flags of engine `index`: in a heterogeneous fleet the second half runs at half
+    speed."""
+    if fleet != "hetero":
+        return []
+    profile = PROFILES[PROFILE]
+    slow = 2.0 if index >= engines // 2 else 1.0
+    return ["--ttft-ms", str(_HETERO_TTFT_MS * slow),
+            "--prefill-tokens-per-sec", str(float(profile["prefill_tokens_per_sec"]) / slow),
+            "--tpot-ms", str(float(profile["tpot_ms"]) * slow)]
+
+
+def _stickiness(workload: Workload, outcomes: list[Outcome]) -> tuple[int, int, int, int]:
+    """(follow-up turns on the previous turn's engine, follow-up turns, groups split over
+    engines, groups), over the requests that succeeded."""
+    engines: dict[str, set[str]] = {}
+    turns: dict[tuple[str, int], str] = {}
+    for (group, turn), outcome in zip(workload.keys, outcomes, strict=True):
+        if outcome.status == 200:
+            engines.setdefault(group, set()).add(outcome.worker)
+            turns[(group, turn)] = outcome.worker
+    follow_ups = [(worker, turns.get((group, turn - 1)))
+                  for (group, turn), worker in turns.items() if turn]
+    sticky = sum(1 for worker, previous in follow_ups if worker == previous)
+    splits = sum(1 for served in engines.values() if len(served) > 1)
+    return sticky, len(follow_ups), splits, len(engines)
+
+
 def _engine_tokenizer(kind: str, workload: Workload, workdir: Path,
                       stack: ExitStack) -> dict[str, Any]:
     """Tokenizer settings that give the sims' own token ids.
@@ -215,9 +254,10 @@ def _quantile(values: list[float], q: int) -> float:
 
 
 def _measure(name: str, engines: int, workload: Workload, workdir: Path,
-             cache_blocks: int | None = None, kv_tokenizer: str = "hf") -> Report:
+             cache_blocks: int | None = None, kv_tokenizer: str = "hf",
+             fleet: str = "homogeneous") -> Report:
     with _contender(name, engines, workdir, workload, cache_blocks,
-                    kv_tokenizer) as (drive, engine_urls):
+                    kv_tokenizer, fleet) as (drive, engine_urls):
         before = [_engine_counters(u) for u in engine_urls]
         outcomes, elapsed = asyncio.run(drive(workload))
         after = [_engine_counters(u) for u in engine_urls]
@@ -225,8 +265,10 @@ def _measure(name: str, engines: int, workload: Workload, workdir: Path,
     hits = sum(a[1] - b[1] for a, b in zip(after, before, strict=True))
     ok = [o for o in outcomes if o.status == 200]
     counts = [int(a[2] - b[2]) for a, b in zip(after, before, strict=True)]
+    sticky, follow_ups, splits, groups = _stickiness(workload, outcomes)
     return Report(
-        contender=name, hit_rate=hits / queries if queries else 0.0,
+        contender=name, sticky=sticky, follow_ups=follow_ups, split_groups=splits,
+        groups=groups, hit_rate=hits / queries if queries else 0.0,
         ttft_p50=_quantile([o.ttft for o in ok], 50), ttft_p99=_quantile([o.ttft for o in ok], 99),
         e2e_p50=_quantile([o.e2e for o in ok], 50), e2e_p99=_quantile([o.e2e for o in ok], 99),
         throughput=len(ok) / elapsed, max_per_engine=max(counts), min_per_engine=min(counts),
@@ -240,16 +282,22 @@ LITELLM_CONTENDERS = ["litellm:simple-shuffle", "litellm:least-busy", "litellm:p
 def run_routing(engines: int = 8, groups: int = 64, rate: float = 40.0,
                 contenders: list[str] | None = None, seed: int = 0,
                 plot: str | None = None, frontend: str = "envoy",
-                cache_blocks: int | None = None, kv_tokenizer: str = "hf") -> int:
+                cache_blocks: int | None = None, kv_tokenizer: str = "hf",
+                fleet: str = "homogeneous", chars_per_token: int = 6) -> int:
     default = LITELLM_CONTENDERS if frontend == "litellm" else [
         "round_robin", "least_load", "prefix_cache", "cache_aware", "weighted",
         "prefix_cache" + KV_SUFFIX, "weighted" + KV_SUFFIX, "sglang"]
     names = contenders or default
-    workload = make_workload(seed=seed, groups=groups, rate=rate)
+    # The heterogeneous fleet's traffic is session-heavy: sessions resending their history.
+    sessions = {"conversations": 48, "turns": 6} if fleet == "hetero" else {}
+    workload = make_workload(seed=seed, groups=groups, rate=rate,
+                             chars_per_token=chars_per_token, **sessions)
     oracle = oracle_hit_rate(workload, int(PROFILES[PROFILE]["block_tokens"]))
     cache = cache_blocks or int(PROFILES[PROFILE]["cache_blocks"])
     print(f"workload: {len(workload.bodies)} streaming chat requests at {rate}/s, {groups} "
-          f"system prompts, {engines} engines ({PROFILE}, {cache} cache blocks each); oracle "
+          f"system prompts, {sessions.get('conversations', 16)} sessions, ~{chars_per_token} "
+          f"characters per token, {engines} engines ({PROFILE}, {cache} cache blocks each"
+          f"{', half of them at half speed' if fleet == 'hetero' else ''}); oracle "
           f"hit rate {oracle:.1%} (unbounded caches)", flush=True)
     for policy in ("round_robin", "prefix_cache", "cache_aware"):
         p50, p99 = decision_latency(policy)
@@ -265,20 +313,23 @@ def run_routing(engines: int = 8, groups: int = 64, rate: float = 40.0,
     workdir = Path(tempfile.mkdtemp(prefix="llm-picker-routing-"))
     reports = []
     for name in names:
-        reports.append(_measure(name, engines, workload, workdir, cache_blocks, kv_tokenizer))
+        reports.append(_measure(name, engines, workload, workdir, cache_blocks, kv_tokenizer,
+                                fleet))
         print(f"  measured {name}", file=sys.stderr, flush=True)
-    base = next((r for r in reports if r.contender in ("round_robin", "litellm:least-busy")),
+    base = next((r for r in reports if r.contender in ("sglang", "litellm:least-busy")),
                 reports[0])
     width = max(14, *(len(r.contender) + 1 for r in reports))
     print(f"{'contender':<{width}}{'hit rate':>9}{'of oracle':>10}{'TTFT p50':>10}{'TTFT p99':>10}"
           f"{'e2e p50':>9}{'e2e p99':>9}{'req/s':>7}{'max/min':>9}{'errors':>7}"
-          f"  TTFT p50 vs {base.contender}")
+          f"{'sticky':>10}{'split':>7}  vs {base.contender}: hit, TTFT p50, p99")
     for r in reports:
         print(f"{r.contender:<{width}}{r.hit_rate:>9.1%}{r.hit_rate / oracle:>10.0%}"
               f"{r.ttft_p50 * 1000:>8.0f}ms{r.ttft_p99 * 1000:>8.0f}ms"
               f"{r.e2e_p50 * 1000:>7.0f}ms{r.e2e_p99 * 1000:>7.0f}ms{r.throughput:>7.1f}"
               f"{f'{r.max_per_engine}/{r.min_per_engine}':>9}{r.errors:>7}"
-              f"{r.ttft_p50 / base.ttft_p50:>9.2f}x")
+              f"{f'{r.sticky}/{r.follow_ups}':>10}{f'{r.split_groups}/{r.groups}':>7}"
+              f"  {r.hit_rate / base.hit_rate if base.hit_rate else 0:>5.2f}x"
+              f" {r.ttft_p50 / base.ttft_p50:>5.2f}x {r.ttft_p99 / base.ttft_p99:>5.2f}x")
     if plot:
         Path(plot).write_text(bar_chart_svg(
             f"Routing quality, {len(workload.bodies)} shared-prefix chat requests, "

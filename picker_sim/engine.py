@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -134,6 +135,7 @@ class SimRun:
     engine: SimEngine
     prompt_tokens: int
     cached_tokens: int
+    arrived: float = 0.0  # time.monotonic() when the request reached the engine
     finished: bool = False
 
     def finish(self) -> None:
@@ -143,16 +145,23 @@ class SimRun:
             self.engine.completed += 1
 
     async def first_token(self) -> None:
-        config = self.engine.config
+        engine = self.engine
+        config = engine.config
         delay = config.ttft_ms / 1000
         if config.prefill_tokens_per_sec:
             delay += (self.prompt_tokens - self.cached_tokens) / config.prefill_tokens_per_sec
         await asyncio.sleep(delay)
+        engine.prefill_secs_total += delay
+        engine.prefill_tokens_total += self.prompt_tokens - self.cached_tokens
+        engine.ttft_secs_total += time.monotonic() - self.arrived
+        engine.ttft_count += 1
 
     async def next_token(self) -> None:
-        config = self.engine.config
-        step = config.tpot_ms + config.decode_ms_per_running * self.engine.running
-        await asyncio.sleep(step / 1000)
+        engine = self.engine
+        step = (engine.config.tpot_ms + engine.config.decode_ms_per_running * engine.running) / 1000
+        await asyncio.sleep(step)
+        engine.itl_secs_total += step
+        engine.itl_count += 1
 
 
 @dataclass(slots=True)
@@ -166,6 +175,14 @@ class SimEngine:
     cancelled: int = 0
     prompt_tokens_total: int = 0  # vllm:prefix_cache_queries_total counts these
     cached_tokens_total: int = 0  # vllm:prefix_cache_hits_total
+    # vLLM's latency histograms, as sum and count: time to first token (queueing included),
+    # prefill time and the tokens it computed, decode steps (inter-token latency).
+    ttft_secs_total: float = 0.0
+    ttft_count: int = 0
+    prefill_secs_total: float = 0.0
+    prefill_tokens_total: int = 0
+    itl_secs_total: float = 0.0
+    itl_count: int = 0
     # Knobs tests turn through POST /sim/control: what /health answers and how slowly, and
     # load the engine reports beyond its real state.
     health_status: int = 200
@@ -194,6 +211,7 @@ class SimEngine:
         """
         self.requests_total += 1
         self.waiting += 1
+        arrived = time.monotonic()
         try:
             await self._slots.acquire()
         except asyncio.CancelledError:
@@ -211,7 +229,7 @@ class SimEngine:
                                                    claim.hit_blocks * self.config.block_tokens)
         self.prompt_tokens_total += len(prompt)
         self.cached_tokens_total += cached
-        run = SimRun(self, len(prompt), cached)
+        run = SimRun(self, len(prompt), cached, arrived)
         try:
             yield run
         except (asyncio.CancelledError, GeneratorExit):

@@ -11,7 +11,12 @@ from typing import Any, NamedTuple
 
 import uvicorn
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -81,6 +86,7 @@ class _VllmMetrics(Collector):
         yield info
         for name, doc, count in (
             ("vllm:request_success", "Finished requests", engine.completed),
+            ("vllm:prompt_tokens", "Prompt tokens received", engine.prompt_tokens_total),
             ("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
              engine.prompt_tokens_total),
             ("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache",
@@ -89,6 +95,21 @@ class _VllmMetrics(Collector):
             counter = CounterMetricFamily(name, doc, labels=["model_name"])
             counter.add_metric(model, count)
             yield counter
+        # Histograms with only the +Inf bucket: readers of sum and count (the picker) get
+        # vLLM's names and numbers; nobody reads quantiles from a simulator.
+        for name, doc, total, count in (
+            ("vllm:time_to_first_token_seconds", "Time to first token",
+             engine.ttft_secs_total, engine.ttft_count),
+            ("vllm:inter_token_latency_seconds", "Time between output tokens",
+             engine.itl_secs_total, engine.itl_count),
+            ("vllm:request_prefill_time_seconds", "Time requests spent in prefill",
+             engine.prefill_secs_total, engine.ttft_count),
+            ("vllm:request_prefill_kv_computed_tokens", "Tokens computed in prefill",
+             engine.prefill_tokens_total, engine.ttft_count),
+        ):
+            histogram = HistogramMetricFamily(name, doc, labels=["model_name"])
+            histogram.add_metric(model, [("+Inf", count)], total)
+            yield histogram
 
 
 class _WorkerHeader:

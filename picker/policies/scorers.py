@@ -14,11 +14,17 @@ from dataclasses import dataclass
 from picker.load_signals import EngineSignal
 from picker.registry import Worker
 from picker.request import RoutingRequest
+from picker.speed import predicted_ttft
 
-__all__ = ["DEFAULT_STALE_SECS", "SCORERS", "Scorer", "ScorerFn", "fresh_engine_value"]
+__all__ = ["DEFAULT_STALE_SECS", "SCORERS", "Scorer", "ScorerFn", "fresh_engine_value",
+           "request_ttft"]
 
 # Engine metrics older than this are unknown (LoadSettings.stale_after_secs's default).
 DEFAULT_STALE_SECS = 5.0
+# Times within this of each other score alike: a 2 ms and a 4 ms first token are both "now".
+_TIME_FLOOR_SECS = 0.005
+# Characters per token when neither the prefix index nor the engine's responses measured it.
+_FALLBACK_CHARS_PER_TOKEN = 4.0
 
 ScorerFn = Callable[[RoutingRequest, Sequence[Worker], float, float], list[float | None]]
 
@@ -64,6 +70,51 @@ def _in_flight(_: RoutingRequest, candidates: Sequence[Worker], now: float,
     return _lower_is_better([float(w.in_flight) for w in candidates])
 
 
+def _faster_is_better(values: list[float | None]) -> list[float | None]:
+    """Ratio to the fastest known candidate: half as fast scores 0.5."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return [None] * len(values)
+    best = min(known) + _TIME_FLOOR_SECS
+    return [None if v is None else best / (v + _TIME_FLOOR_SECS) for v in values]
+
+
+def request_ttft(request: RoutingRequest, worker: Worker, now: float,
+                 stale_after: float) -> float | None:
+    """Predicted seconds to this request's first token on `worker` (picker.speed), from the
+    prompt the worker is not believed to hold; None while the worker's speed is unknown."""
+    match = request.prefix
+    if match is not None:
+        uncached = match.uncached_tokens(worker.id)
+    elif request.tokens is not None:
+        uncached = float(len(request.tokens))
+    else:
+        per_token = worker.speed.chars_per_token or _FALLBACK_CHARS_PER_TOKEN
+        uncached = len(request.prompt_text) / per_token
+    waiting = fresh_engine_value(worker, EngineSignal.WAITING, now, stale_after) or 0.0
+    return predicted_ttft(worker.speed, uncached, waiting)
+
+
+def _ttft(request: RoutingRequest, candidates: Sequence[Worker], now: float,
+          stale_after: float) -> list[float | None]:
+    return _faster_is_better([request_ttft(request, w, now, stale_after) for w in candidates])
+
+
+def _decode(_: RoutingRequest, candidates: Sequence[Worker], now: float,
+            stale_after: float) -> list[float | None]:
+    return _faster_is_better([w.speed.decode_step_secs for w in candidates])
+
+
+def _cache_space(request: RoutingRequest, candidates: Sequence[Worker], now: float,
+                 stale_after: float) -> list[float | None]:
+    """Smaller believed cache contents score higher: new prefixes spread over the caches (what
+    SGLang's smallest-tree rule does), instead of piling onto the fastest engine."""
+    match = request.prefix
+    if match is None:
+        return [None] * len(candidates)
+    return _lower_is_better([float(match.held.get(w.id, 0)) for w in candidates])
+
+
 def _prefix(request: RoutingRequest, candidates: Sequence[Worker], now: float,
             stale_after: float) -> list[float | None]:
     match = request.prefix
@@ -76,4 +127,7 @@ SCORERS: Mapping[str, Scorer] = {
     "kv": Scorer(_kv, reads=EngineSignal.KV_USAGE),
     "in_flight": Scorer(_in_flight),
     "prefix": Scorer(_prefix, needs_prefix=True),
+    "ttft": Scorer(_ttft),
+    "cache_space": Scorer(_cache_space, needs_prefix=True),
+    "decode": Scorer(_decode),
 }

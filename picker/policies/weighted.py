@@ -3,6 +3,15 @@
 The framework, not the scorers, clamps scores to [0, 1], applies weights, treats unknown scores
 as neutral (0.5) and breaks ties at random (the Gateway API Inference Extension's split of
 scorers and picker). Example: `{scorers: {prefix: 3, queue: 2, in_flight: 1}}`.
+
+Without `scorers`, the default profile weighs every signal the picker has: the prefix (3) when
+the prefix index is enabled, and 1 each for the predicted time to first token (once engines'
+speeds are learned), free cache (smallest believed cache contents, with the prefix index),
+the engine's queue and the in-flight count. A scorer without data is neutral,
+so the profile degrades to load balancing on a fleet the picker knows nothing about.
+
+A request may carry `x-slo-ttft-ms`: candidates predicted to miss it are left out unless all
+are (the scorers then choose among the rest; a worker of unknown speed is not predicted).
 """
 
 from __future__ import annotations
@@ -15,23 +24,29 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
+from picker.errors import InvalidRequest
 from picker.load_signals import EngineSignal
 from picker.policies.base import PolicyDescriptor, StaleAfterParams
-from picker.policies.scorers import DEFAULT_STALE_SECS, SCORERS
+from picker.policies.scorers import DEFAULT_STALE_SECS, SCORERS, request_ttft
 from picker.registry import Worker
 from picker.request import RoutingRequest
 
 _NEUTRAL = 0.5
+SLO_HEADER = "x-slo-ttft-ms"
+DEFAULT_PROFILE = {"prefix": 3.0, "ttft": 1.0, "cache_space": 1.0, "queue": 1.0,
+                   "in_flight": 1.0}
 
 
 class WeightedParams(StaleAfterParams):
-    # Strict: a weight written "2" or true is a typo, not a number.
-    scorers: dict[str, Annotated[float, Field(strict=True)]] = Field(
-        default_factory=lambda: {"queue": 1.0, "in_flight": 1.0})
+    # Strict: a weight written "2" or true is a typo, not a number. None: DEFAULT_PROFILE,
+    # which reads the prefix index when it is there rather than requiring it.
+    scorers: dict[str, Annotated[float, Field(strict=True)]] | None = None
 
     @field_validator("scorers")
     @classmethod
-    def _known_positive(cls, scorers: dict[str, float]) -> dict[str, float]:
+    def _known_positive(cls, scorers: dict[str, float] | None) -> dict[str, float] | None:
+        if scorers is None:
+            return None
         unknown = sorted(set(scorers) - set(SCORERS))
         if unknown:
             raise ValueError(f"unknown scorers {unknown} (known: {', '.join(sorted(SCORERS))})")
@@ -42,11 +57,15 @@ class WeightedParams(StaleAfterParams):
             raise ValueError("at least one scorer weight must be positive")
         return scorers
 
+    def profile(self) -> dict[str, float]:
+        return DEFAULT_PROFILE if self.scorers is None else self.scorers
+
     def needs_prefix(self) -> bool:
-        return any(SCORERS[name].needs_prefix for name, w in self.scorers.items() if w)
+        return self.scorers is not None and any(
+            SCORERS[name].needs_prefix for name, w in self.scorers.items() if w)
 
     def engine_signals(self) -> frozenset[EngineSignal]:
-        return frozenset(signal for name, w in self.scorers.items()
+        return frozenset(signal for name, w in self.profile().items()
                          if w and (signal := SCORERS[name].reads) is not None)
 
 
@@ -55,11 +74,14 @@ class Weighted:
 
     def __init__(self, params: WeightedParams) -> None:
         self._scorers = [(name, SCORERS[name].score, weight)
-                         for name, weight in params.scorers.items() if weight]
+                         for name, weight in params.profile().items() if weight]
         self._stale = params.stale_after_secs or DEFAULT_STALE_SECS
         self._rng = _random.Random(params.seed)
 
     def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker:
+        slo = _slo_secs(request)
+        if slo is not None:
+            candidates = self._meeting(request, candidates, slo, time.monotonic())
         totals = [0.0] * len(candidates)
         for _, weight, column in self._columns(request, candidates):
             for i, value in enumerate(column):
@@ -86,6 +108,28 @@ class Weighted:
         return [(name, weight, [_NEUTRAL if v is None else min(1.0, max(0.0, v))
                                 for v in score(request, candidates, now, self._stale)])
                 for name, score, weight in self._scorers]
+
+    def _meeting(self, request: RoutingRequest, candidates: Sequence[Worker], slo: float,
+                 now: float) -> Sequence[Worker]:
+        """The candidates not predicted to miss the SLO (unknown speed is no prediction), or
+        all of them when every one is predicted to miss it."""
+        meeting = [w for w in candidates
+                   if (t := request_ttft(request, w, now, self._stale)) is None or t <= slo]
+        return meeting or candidates
+
+
+def _slo_secs(request: RoutingRequest) -> float | None:
+    raw = request.headers.get(SLO_HEADER)
+    if raw is None:
+        return None
+    try:
+        millis = float(raw)
+    except ValueError:
+        millis = math.nan
+    if not 0 < millis < math.inf:
+        raise InvalidRequest(f"{SLO_HEADER} must be a positive number of milliseconds, got "
+                             f"{raw[:50]!r}", param=SLO_HEADER)
+    return millis / 1000
 
 
 DESCRIPTOR = PolicyDescriptor(Weighted.name, WeightedParams, Weighted)

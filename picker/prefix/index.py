@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from picker.prefix.blocks import block_hashes, namespace_hash
@@ -17,6 +17,10 @@ class PrefixMatch:
 
     total_blocks: int
     matched: Mapping[str, int]  # worker id -> leading blocks present (absent = 0)
+    # Blocks each candidate is believed to hold in all (its tree size, in SGLang's words).
+    held: Mapping[str, int] = field(default_factory=dict)
+    # Estimated engine tokens per block, to turn unmatched blocks into prefill work.
+    tokens_per_block: float = 0.0
 
     def blocks(self, worker_id: str) -> int:
         return self.matched.get(worker_id, 0)
@@ -24,6 +28,10 @@ class PrefixMatch:
     def rate(self, worker_id: str) -> float:
         """Fraction of the prompt's blocks cached on the worker, 0..1."""
         return self.matched.get(worker_id, 0) / self.total_blocks if self.total_blocks else 0.0
+
+    def uncached_tokens(self, worker_id: str) -> float:
+        """Prompt tokens the worker would have to prefill (whole blocks only)."""
+        return (self.total_blocks - self.matched.get(worker_id, 0)) * self.tokens_per_block
 
 
 class PromptBlocks:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from picker.prefix.approx import ApproxPrefixIndex
+from picker.prefix.calibration import Calibration
 from picker.prefix.index import PrefixIndex, PromptBlocks
 from picker.prefix.kv_settings import KvEventSettings
 from picker.prefix.tokenizers import RemoteTokenizer, TokenizerSettings, load_hf_tokenizer
@@ -39,8 +40,12 @@ class PrefixSettings(BaseModel):
     capacity_blocks: int = Field(default=32768, ge=1, description="Per worker")
     tokenizer: TokenizerSettings = Field(default_factory=TokenizerSettings)
     # Size each worker's index like its engine's KV cache once `vllm:cache_config_info` has been
-    # scraped (num_gpu_blocks x block_size tokens, at ~4 characters per token for characters).
+    # scraped (num_gpu_blocks x block_size tokens, at the measured characters per token for
+    # characters), corrected by the engine's own prefix-cache hits (picker/prefix/calibration.py).
     autotune_capacity: bool = True
+    # How much more than the engine holds the index remembers: forgetting first costs a
+    # session's whole history, remembering longer at most one cold prefill.
+    capacity_margin: float = Field(default=1.1, ge=1.0, le=4.0)
     kv_events: KvEventSettings = Field(default_factory=KvEventSettings)
 
     def engine_tokens_problem(self) -> str | None:
@@ -57,8 +62,6 @@ class PrefixProducer:
     """Built at start-up (an hf tokenizer file is read here, so a bad path fails early)."""
 
     def __init__(self, settings: PrefixSettings, index: PrefixIndex | None = None) -> None:
-        self._autotune = settings.autotune_capacity
-        self._tuned: set[str] = set()
         kind = settings.tokenizer.kind
         path = settings.tokenizer.path
         self._hf = (load_hf_tokenizer(path, settings.tokenizer.chat_template)
@@ -79,6 +82,12 @@ class PrefixProducer:
             assert self._approx is not None
             self.index = self._approx
         self._units_per_block = settings.block_size
+        # Under kv_events the approximate index only ever sees character (fallback) prompts.
+        sees_tokens = self._hf is not None or (self.remote is not None
+                                               and self._approx is self.index)
+        self.calibration = (Calibration(settings.block_size, sees_tokens,
+                                        settings.capacity_margin)
+                            if settings.autotune_capacity and self._approx is not None else None)
 
     def sync_index(self) -> SyncPrefixIndex:
         """The KV-event index that subscribers feed (prefix.index kv_events only)."""
@@ -98,31 +107,39 @@ class PrefixProducer:
             prompt = PromptBlocks(request.model, self._hf.units(request), is_tokens=True)
         else:
             prompt = PromptBlocks(request.model, request.prompt_text, is_tokens=False)
-        match = self._index_for(prompt).match(prompt, (w.id for w in candidates))
+        index = self._index_for(prompt)
+        match = index.match(prompt, (w.id for w in candidates))
+        match = replace(match, held={w.id: index.blocks_of(w.id) for w in candidates},
+                        tokens_per_block=self._tokens_per_block(prompt, match.total_blocks))
         return replace(request, prefix=match), prompt
 
     def record(self, prompt: PromptBlocks, worker: Worker) -> None:
-        if self._autotune and worker.id not in self._tuned:
-            self._tune(worker)
-        self._index_for(prompt).record(prompt, worker.id)
+        index = self._index_for(prompt)
+        if self.calibration is not None and index is self._approx:
+            predicted = index.match(prompt, (worker.id,)).blocks(worker.id)
+            capacity = self.calibration.recorded(worker, len(prompt.units),
+                                                 predicted * self._units_per_block)
+            if capacity is not None:
+                index.set_capacity(worker.id, capacity)
+        index.record(prompt, worker.id)
+
+    def _tokens_per_block(self, prompt: PromptBlocks, blocks: int) -> float:
+        """Prompt tokens per matched block, the partial tail spread over the blocks."""
+        if not blocks:
+            return 0.0
+        per_token = 1.0
+        if not prompt.is_tokens:
+            measured = (self.calibration.units_per_token()
+                        if self.calibration is not None else None)
+            # Unmeasured: 4 characters per token, only to weigh prefill work across
+            # candidates (index sizing never assumes it).
+            per_token = measured or 4.0
+        return len(prompt.units) / blocks / per_token
 
     def _index_for(self, prompt: PromptBlocks) -> PrefixIndex:
         if prompt.is_tokens or self._approx is None:
             return self.index
         return self._approx
-
-    def _tune(self, worker: Worker) -> None:
-        engine = worker.engine
-        if self._approx is None or engine is None or not engine.num_gpu_blocks \
-                or not engine.block_size:
-            return
-        tokens = engine.num_gpu_blocks * engine.block_size
-        # Under kv_events the approximate index only ever sees character (fallback) prompts.
-        sees_tokens = self._hf is not None or (self.remote is not None
-                                               and self._approx is self.index)
-        units = tokens if sees_tokens else tokens * 4
-        self._approx.set_capacity(worker.id, units // self._units_per_block)
-        self._tuned.add(worker.id)
 
     # RegistryListener: a removed worker's cache is gone with it.
     def worker_added(self, worker: Worker) -> None:
@@ -132,4 +149,5 @@ class PrefixProducer:
         self.index.remove_worker(worker.id)
         if self._approx is not None and self._approx is not self.index:
             self._approx.remove_worker(worker.id)
-        self._tuned.discard(worker.id)
+        if self.calibration is not None:
+            self.calibration.forget(worker.id)

@@ -45,20 +45,29 @@ def test_prefix_cache(loads: tuple[int, ...], matched: dict[str, int],
     assert policy.pick(req(10, **matched), pool(*loads)).id == expected
 
 
+def sized(total: int, held: dict[str, int], **matched: int) -> RoutingRequest:
+    return RoutingRequest(model="m", api=Api.CHAT, prefix=PrefixMatch(total, matched, held))
+
+
 @pytest.mark.parametrize(
-    ("loads", "matched", "params", "expected"),
+    ("policy", "loads", "request_", "params", "expected"),
     [
-        ((2, 2, 2), {"w2": 8}, {}, "w2"),  # rate 0.8 > 0.3
-        ((2, 1, 2), {"w2": 2}, {}, "w1"),  # rate 0.2 <= 0.3: least load
-        ((2, 1, 2), {"w2": 2}, {"cache_threshold": 0.1}, "w2"),
-        ((100, 10, 50), {"w0": 10}, {}, "w1"),  # 90 > 64 and 100 > 15: imbalanced
-        ((100, 70, 90), {"w0": 10}, {}, "w0"),  # 30 <= 64: balanced enough
+        ("cache_aware", (2, 2, 2), req(10, w2=8), {}, "w2"),  # rate 0.8 > 0.3
+        # rate 0.2 <= 0.3: the smallest tree (SGLang), even if it is busier
+        ("cache_aware", (2, 1, 2), sized(10, {"w0": 5, "w1": 9, "w2": 7}, w2=2), {}, "w0"),
+        # equal trees (an empty fleet): least load among them
+        ("cache_aware", (2, 1, 2), req(10, w2=2), {}, "w1"),
+        ("cache_aware", (2, 1, 2), req(10, w2=2), {"cache_threshold": 0.1}, "w2"),
+        ("cache_aware", (100, 10, 50), req(10, w0=10), {}, "w1"),  # 90 > 64, 100 > 15
+        ("cache_aware", (100, 70, 90), req(10, w0=10), {}, "w0"),  # 30 <= 64: balanced
+        # imbalanced: least load, whatever the trees
+        ("cache_aware", (100, 10, 50), sized(10, {"w0": 0, "w1": 9, "w2": 9}), {}, "w1"),
     ],
 )
-def test_cache_aware(loads: tuple[int, ...], matched: dict[str, int],
+def test_cache_aware(policy: str, loads: tuple[int, ...], request_: RoutingRequest,
                      params: dict[str, float], expected: str) -> None:
-    policy = create_policy("cache_aware", {"seed": 0, **params})
-    assert policy.pick(req(10, **matched), pool(*loads)).id == expected
+    picked = create_policy(policy, {"seed": 0, **params}).pick(request_, pool(*loads))
+    assert picked.id == expected
 
 
 @pytest.mark.parametrize("name", ["prefix_cache", "cache_aware"])

@@ -100,24 +100,3 @@ def _deep_size(index: ApproxPrefixIndex) -> int:
     for lru in index._lru.values():
         total += sys.getsizeof(lru) + sum(sys.getsizeof(k) for k in lru)
     return total
-
-
-def test_capacity_follows_the_engine_once_its_geometry_is_known() -> None:
-    from picker.load_signals import EngineLoad
-    from picker.prefix.producer import PrefixProducer, PrefixSettings
-    from picker.registry import WorkerRegistry
-    from picker.request import Api, RoutingRequest
-    from picker.workers import WorkerSpec
-
-    producer = PrefixProducer(PrefixSettings(enabled=True, block_size=64, capacity_blocks=1000))
-    registry = WorkerRegistry([WorkerSpec(url="a:1", id="w")])
-    worker = registry.workers()[0]
-    request = RoutingRequest(model="m", api=Api.CHAT, prompt_text="z" * 64 * 300)
-    _, prompt = producer.annotate(request, [worker])
-    producer.record(prompt, worker)
-    assert producer.index.blocks_of("w") == 300  # default capacity 1000: all kept
-    # 10 engine blocks of 16 tokens = 160 tokens ~ 640 characters = 10 of our 64-char blocks
-    registry.set_engine_load(worker, EngineLoad(scraped_at=0.0, num_gpu_blocks=10,
-                                                block_size=16))
-    producer.record(prompt, worker)
-    assert producer.index.blocks_of("w") == 10

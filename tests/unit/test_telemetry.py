@@ -61,6 +61,8 @@ def test_render_is_valid_prometheus_text_with_every_family() -> None:
         "llm_picker_worker_in_flight": "gauge",
         "llm_picker_worker_healthy": "gauge",
         "llm_picker_worker_circuit_state": "gauge",
+        "llm_picker_worker_prefill_tokens_per_second": "gauge",
+        "llm_picker_worker_decode_step_seconds": "gauge",
     }
     assert CONTENT_TYPE.startswith("text/plain; version=0.0.4")
 
@@ -170,3 +172,29 @@ def test_match_bucket(rate: float | None, bucket: str) -> None:
 
 def runtime(*specs: WorkerSpec, **settings: object) -> PickerRuntime:
     return PickerRuntime(PickerConfig.model_validate({"workers": list(specs), **settings}))
+
+
+def test_learned_speed_and_index_sizing_are_exported_per_worker() -> None:
+    from picker.load_signals import EngineCounter, EngineLoad
+    from picker.prefix.approx import ApproxPrefixIndex
+    from picker.prefix.calibration import Calibration
+    from picker.prefix.index import PrefixIndex
+    from picker.speed import Observation
+
+    workers = registry("a")
+    (a,) = workers.workers()
+    workers.observe(a, Observation(prompt_tokens=1000, ttft_secs=0.1, output_tokens=3,
+                                   decode_secs=0.02))
+    calibration = Calibration(64, sees_tokens=False)
+    for at, tokens in ((0.0, 0.0), (1.0, 4000.0)):
+        workers.set_engine_load(a, EngineLoad(at, num_gpu_blocks=100, block_size=16,
+                                              counters={EngineCounter.PROMPT_TOKENS: tokens}))
+        calibration.recorded(a, 12000, 0)
+    metrics = PickerMetrics(workers)
+    index: PrefixIndex = ApproxPrefixIndex()
+    metrics.watch_prefix_index(index, calibration)
+    text = metrics.render().decode()
+    assert 'llm_picker_worker_prefill_tokens_per_second{worker="a"} 10000.0' in text
+    assert 'llm_picker_worker_decode_step_seconds{worker="a"} 0.01' in text
+    assert 'llm_picker_prefix_units_per_token{worker="a"} 3.0' in text
+    assert 'llm_picker_prefix_index_capacity_blocks{worker="a"} 82.0' in text

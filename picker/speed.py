@@ -1,0 +1,120 @@
+"""How fast each engine is, learned from what the picker observes: one value per worker.
+
+Engines in one fleet differ (GPU generation, tensor parallelism, quantisation), so "least
+loaded" is not "soonest answered". A `SpeedModel` holds an engine's prefill rate (uncached
+prompt tokens per second), decode step (seconds per output token), mean time to first token and
+the characters of prompt text per token its tokenizer produces. It is an immutable value: the
+registry (the only writer of live worker state) replaces a worker's with `observe(...)` on a
+finished request and with `scraped(...)` on each engine metrics scrape, so readers on the hot
+path never lock.
+
+Two sources, one model:
+- `Observation`: one finished request as a proxy saw it (TTFT, usage). The Envoy response path
+  and LiteLLM's success callback both report through `WorkerRegistry.observe`.
+- The engine's own counters between two scrapes (picker.load_signals.EngineCounter): vLLM's
+  prefill time and computed tokens give the prefill rate directly; TTFT and prompt/hit
+  counters give a lower bound of it otherwise (SGLang); inter-token latency gives the decode
+  step.
+
+Estimates are exponentially weighted, so an engine that slows down (thermal throttling, a
+noisy neighbour) is followed within a few observations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from picker.load_signals import EngineCounter, EngineLoad
+
+__all__ = ["Observation", "SpeedModel", "predicted_ttft"]
+
+# Weight of the newest observation in each moving average.
+_ALPHA = 0.2
+# Prefills shorter than this say more about scheduling overhead than about the prefill rate.
+_MIN_PREFILL_TOKENS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One finished request on one worker; any field may be unknown (None)."""
+
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens
+    output_tokens: int | None = None
+    ttft_secs: float | None = None
+    decode_secs: float | None = None  # first token to last
+    prompt_chars: int | None = None  # of the prompt text the picker routed on
+
+
+def _mix(old: float | None, new: float) -> float:
+    return new if old is None else old + _ALPHA * (new - old)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeedModel:
+    """What the picker has learned about one engine's speed; None until observed."""
+
+    prefill_tokens_per_sec: float | None = None
+    decode_step_secs: float | None = None
+    ttft_secs: float | None = None  # mean time to first token, queueing included
+    chars_per_token: float | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.prefill_tokens_per_sec is not None
+
+    def observe(self, obs: Observation) -> SpeedModel:
+        """This model updated with one finished request."""
+        speed = self
+        if obs.ttft_secs is not None and obs.ttft_secs > 0:
+            speed = replace(speed, ttft_secs=_mix(speed.ttft_secs, obs.ttft_secs))
+            if obs.prompt_tokens is not None:
+                uncached = obs.prompt_tokens - (obs.cached_tokens or 0)
+                if uncached >= _MIN_PREFILL_TOKENS:
+                    speed = replace(speed, prefill_tokens_per_sec=_mix(
+                        speed.prefill_tokens_per_sec, uncached / obs.ttft_secs))
+        if (obs.decode_secs is not None and obs.output_tokens is not None
+                and obs.output_tokens > 1 and obs.decode_secs > 0):
+            speed = replace(speed, decode_step_secs=_mix(
+                speed.decode_step_secs, obs.decode_secs / (obs.output_tokens - 1)))
+        if obs.prompt_chars and obs.prompt_tokens:
+            speed = replace(speed, chars_per_token=_mix(
+                speed.chars_per_token, obs.prompt_chars / obs.prompt_tokens))
+        return speed
+
+    def scraped(self, before: EngineLoad | None, after: EngineLoad) -> SpeedModel:
+        """This model updated with what the engine counted between two scrapes."""
+        if before is None:
+            return self
+        speed = self
+
+        def grew(counter: EngineCounter) -> float:
+            return after.delta(before, counter) or 0.0
+
+        requests = grew(EngineCounter.TTFT_COUNT)
+        ttft_total = grew(EngineCounter.TTFT_SUM)
+        if requests > 0 and ttft_total > 0:
+            speed = replace(speed, ttft_secs=_mix(speed.ttft_secs, ttft_total / requests))
+        computed, prefill = grew(EngineCounter.PREFILL_TOKENS), grew(EngineCounter.PREFILL_SECS)
+        if not (computed and prefill):
+            # No prefill timing (SGLang): uncached tokens over whole TTFTs, a lower bound.
+            computed = grew(EngineCounter.PREFIX_QUERIES) - grew(EngineCounter.PREFIX_HITS)
+            prefill = ttft_total
+        if computed >= _MIN_PREFILL_TOKENS * max(1.0, requests) and prefill > 0:
+            speed = replace(speed, prefill_tokens_per_sec=_mix(
+                speed.prefill_tokens_per_sec, computed / prefill))
+        steps, step_total = grew(EngineCounter.ITL_COUNT), grew(EngineCounter.ITL_SUM)
+        if steps > 0 and step_total > 0:
+            speed = replace(speed, decode_step_secs=_mix(speed.decode_step_secs,
+                                                         step_total / steps))
+        return speed
+
+
+def predicted_ttft(speed: SpeedModel, uncached_tokens: float, waiting: float) -> float | None:
+    """Seconds until a request's first token on this engine: the `waiting` requests ahead
+    (each costing the engine's mean TTFT, which already holds their prefill) plus this
+    request's uncached prompt at the engine's prefill rate. None when the rate is unknown."""
+    rate = speed.prefill_tokens_per_sec
+    if rate is None or rate <= 0:
+        return None
+    return waiting * (speed.ttft_secs or 0.0) + max(0.0, uncached_tokens) / rate

@@ -1,0 +1,136 @@
+"""Learning engine speed (picker/speed.py) through the registry, and scoring on it."""
+
+from __future__ import annotations
+
+import pytest
+
+from picker.errors import InvalidRequest
+from picker.load_signals import EngineCounter, EngineLoad
+from picker.policies import create_policy
+from picker.prefix import PrefixMatch
+from picker.request import Api, RoutingRequest
+from picker.speed import Observation, SpeedModel, predicted_ttft
+from picker.workers import WorkerSpec
+from tests.live import Fleet
+
+C = EngineCounter
+
+
+@pytest.mark.parametrize(
+    ("observation", "prefill", "step", "chars"),
+    [
+        (Observation(prompt_tokens=2000, cached_tokens=0, ttft_secs=0.1), 20000.0, None, None),
+        (Observation(prompt_tokens=2000, cached_tokens=1000, ttft_secs=0.1), 10000.0, None,
+         None),
+        # a short prefill says nothing about the rate
+        (Observation(prompt_tokens=40, ttft_secs=0.01), None, None, None),
+        (Observation(output_tokens=11, decode_secs=0.1), None, 0.01, None),
+        (Observation(prompt_tokens=100, prompt_chars=550), None, None, 5.5),
+    ],
+)
+def test_observe(observation: Observation, prefill: float | None, step: float | None,
+                 chars: float | None) -> None:
+    fleet = Fleet([WorkerSpec(url="a:1", id="w")])
+    fleet.registry.observe(fleet[0], observation)
+    speed = fleet[0].speed
+    assert speed.prefill_tokens_per_sec == (pytest.approx(prefill) if prefill else None)
+    assert speed.decode_step_secs == (pytest.approx(step) if step else None)
+    assert speed.chars_per_token == (pytest.approx(chars) if chars else None)
+
+
+@pytest.mark.parametrize(
+    ("grown", "prefill"),
+    [
+        # vLLM: computed prefill tokens over prefill seconds
+        ({C.PREFILL_TOKENS: 4000.0, C.PREFILL_SECS: 0.4, C.TTFT_COUNT: 2.0, C.TTFT_SUM: 0.5},
+         10000.0),
+        # SGLang: uncached tokens over whole TTFTs
+        ({C.PREFIX_QUERIES: 5000.0, C.PREFIX_HITS: 1000.0, C.TTFT_COUNT: 2.0, C.TTFT_SUM: 0.5},
+         8000.0),
+        ({C.TTFT_COUNT: 2.0, C.TTFT_SUM: 0.5}, None),
+    ],
+)
+def test_scrapes_teach_the_prefill_rate(grown: dict[EngineCounter, float],
+                                        prefill: float | None) -> None:
+    fleet = Fleet([WorkerSpec(url="a:1", id="w")])
+    fleet.set_engine(fleet[0], EngineLoad(0.0, counters={c: 0.0 for c in grown}))
+    fleet.set_engine(fleet[0], EngineLoad(1.0, counters=grown))
+    assert fleet[0].speed.prefill_tokens_per_sec == (pytest.approx(prefill) if prefill else None)
+    assert fleet[0].speed.ttft_secs == pytest.approx(0.25)
+
+
+def test_a_restarted_engine_teaches_nothing() -> None:
+    fleet = Fleet([WorkerSpec(url="a:1", id="w")])
+    fleet.set_engine(fleet[0], EngineLoad(0.0, counters={C.ITL_SUM: 5.0, C.ITL_COUNT: 100.0}))
+    fleet.set_engine(fleet[0], EngineLoad(1.0, counters={C.ITL_SUM: 0.1, C.ITL_COUNT: 10.0}))
+    assert fleet[0].speed.decode_step_secs is None
+
+
+def test_predicted_ttft() -> None:
+    assert predicted_ttft(SpeedModel(), 100, 0) is None
+    speed = SpeedModel(prefill_tokens_per_sec=1000.0, ttft_secs=0.2)
+    assert predicted_ttft(speed, 500, 2) == pytest.approx(0.9)
+
+
+def fleet_with_speeds(*rates: float | None) -> Fleet:
+    fleet = Fleet(WorkerSpec(url=f"h:{i + 1}", id=f"w{i}") for i in range(len(rates)))
+    for worker, rate in zip(fleet, rates, strict=True):
+        if rate is not None:
+            fleet.registry.observe(worker, Observation(prompt_tokens=int(rate),
+                                                       cached_tokens=0, ttft_secs=1.0))
+    return fleet
+
+
+def req(total: int, headers: dict[str, str] | None = None, **matched: int) -> RoutingRequest:
+    return RoutingRequest(model="m", api=Api.CHAT, headers=headers or {},
+                          prefix=PrefixMatch(total, matched, tokens_per_block=100.0))
+
+
+@pytest.mark.parametrize(
+    ("rates", "request_", "expected"),
+    [
+        # no match anywhere: the faster engine
+        ((10000.0, 20000.0), req(20), "w1"),
+        # the slow engine holds it: 100 uncached tokens there beat 2000 on the fast one
+        ((10000.0, 20000.0), req(20, w0=19), "w0"),
+        # speed unknown everywhere: scorers neutral, the prefix decides
+        ((None, None), req(20, w0=10), "w0"),
+        # a small match on the slow engine does not outweigh twice the prefill speed
+        ((10000.0, 20000.0), req(20, w0=2), "w1"),
+    ],
+)
+def test_default_weighted_profile(rates: tuple[float | None, ...], request_: RoutingRequest,
+                                  expected: str) -> None:
+    policy = create_policy("weighted", {"seed": 0})
+    assert policy.pick(request_, fleet_with_speeds(*rates)).id == expected
+
+
+@pytest.mark.parametrize(
+    ("slo", "expected"),
+    [
+        # w0 holds all but one block (100 tokens) but prefills 100 tokens/s: 1 s
+        (None, "w0"),
+        ("500", "w1"),  # w0 predicted 1 s: out; w1 2000 tokens at 10000/s = 0.2 s
+        ("50", "w0"),  # both predicted to miss: the scorers decide as without an SLO
+    ],
+)
+def test_slo_header_steers_away_from_engines_predicted_to_miss_it(
+        slo: str | None, expected: str) -> None:
+    fleet = fleet_with_speeds(100.0, 10000.0)
+    policy = create_policy("weighted", {"seed": 0, "scorers": {"prefix": 3.0, "ttft": 1.0}})
+    headers = {} if slo is None else {"x-slo-ttft-ms": slo}
+    assert policy.pick(req(20, headers, w0=19), fleet).id == expected
+
+
+@pytest.mark.parametrize("bad", ["soon", "-5", "0", "inf", "nan"])
+def test_a_bad_slo_header_is_a_client_error(bad: str) -> None:
+    policy = create_policy("weighted", {"seed": 0})
+    with pytest.raises(InvalidRequest, match="x-slo-ttft-ms"):
+        policy.pick(req(20, {"x-slo-ttft-ms": bad}), fleet_with_speeds(None, None))
+
+
+def test_default_profile_reads_the_prefix_without_requiring_it() -> None:
+    from picker.policies import parse_params
+
+    assert not parse_params("weighted", {}).needs_prefix()
+    assert parse_params("weighted", {"scorers": {"prefix": 1.0}}).needs_prefix()
