@@ -103,7 +103,7 @@ def test_access_log_one_json_line_per_request(fleet: Fleet) -> None:
 
     wait_until(lambda: {"req-access-1", "req-access-2"} <= entries().keys(), what="log lines")
     ok, refused = entries()["req-access-1"], entries()["req-access-2"]
-    assert ok.keys() == {"request_id", "model", "policy", "worker", "outcome", "status",
+    assert ok.keys() == {"request_id", "model", "policy", "worker", "match", "outcome", "status",
                          "duration_ms"}
     assert (ok["model"], ok["worker"], ok["policy"], ok["outcome"], ok["status"]) == (
         MODEL, "live", "round_robin", "completed", 200)
