@@ -17,6 +17,7 @@ from typing import Protocol, TypedDict
 from picker.circuit import CircuitBreaker, CircuitSettings
 from picker.errors import UnknownWorker, WorkerConflict
 from picker.load_signals import EngineLoad
+from picker.response_stats import ResponseSample, ResponseStats
 from picker.workers import ConnectionMode, WorkerSpec, WorkerType
 
 __all__ = ["RegistryListener", "RegistryStats", "Worker", "WorkerRegistry"]
@@ -29,7 +30,7 @@ class Worker:
 
     __slots__ = (
         "_spec", "id", "url", "_host_port", "_in_flight", "_healthy", "_draining", "_engine",
-        "_circuit", "_last_health_check",
+        "_circuit", "_last_health_check", "_response",
     )
 
     def __init__(self, spec: WorkerSpec, circuit: CircuitSettings | None = None) -> None:
@@ -43,6 +44,7 @@ class Worker:
         self._engine: EngineLoad | None = None
         self._circuit = CircuitBreaker(circuit or CircuitSettings())
         self._last_health_check: float | None = None
+        self._response = ResponseStats()
 
     @property
     def spec(self) -> WorkerSpec:
@@ -78,6 +80,12 @@ class Worker:
     def last_health_check(self) -> float | None:
         """time.monotonic() of the last active health check, None before the first."""
         return self._last_health_check
+
+    @property
+    def response(self) -> ResponseStats:
+        """Speed observed in the worker's own responses (picker.response_stats); empty until
+        an adapter that sees response bodies has finished one."""
+        return self._response
 
     @property
     def routable(self) -> bool:
@@ -232,6 +240,11 @@ class WorkerRegistry:
     def record_outcome(self, worker: Worker, success: bool) -> None:
         """A finished request's verdict for the worker's circuit breaker (it locks itself)."""
         worker._circuit.record(success)
+
+    def record_response(self, worker: Worker, sample: ResponseSample) -> None:
+        """Fold a finished response's observed TTFT and chunk rate into the worker's stats."""
+        with self._lock:
+            worker._response = worker._response.updated(sample)
 
     def stats(self) -> RegistryStats:
         workers = self._all
