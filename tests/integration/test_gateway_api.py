@@ -271,3 +271,31 @@ def test_fallback_serves_when_the_primary_is_dead_and_the_lease_follows(
     tokens = per_worker(metadata_fleet, "llm_picker_worker_tokens_total", kind="completion")
     assert tokens.get("sim-a", 0) == tokens_before.get("sim-a", 0)
     assert sum(tokens.values()) - sum(tokens_before.values()) == 3 * 30
+
+
+def test_buffered_both_ways_works_too(tmp_path: Path) -> None:
+    """The gateways' "buffered" option: request and response bodies BUFFERED."""
+    config: dict[str, Any] = yaml.safe_load(GATEWAY.read_text())
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    ext_proc = manager["typed_config"]["http_filters"][0]["typed_config"]
+    ext_proc["processing_mode"].update(request_body_mode="BUFFERED", response_body_mode="BUFFERED")
+    template = tmp_path / "envoy-gateway-buffered.yaml"
+    template.write_text(yaml.safe_dump(config))
+    sims = [SimSpec("sim-a", MODEL), SimSpec("sim-b", MODEL)]
+    with local_fleet(sims, policy="round_robin", body_mode="BUFFERED", envoy_template=template,
+                     picker_settings={"extproc": {"tls": "self_signed"}}) as fleet:
+        client = client_for(fleet)
+        served: Counter[str] = Counter()
+        for i in range(10):
+            raw = client.chat.completions.with_raw_response.create(
+                model=MODEL, messages=MESSAGES, max_tokens=4, stream=i % 2 == 0)  # type: ignore[arg-type]
+            parsed: Any = raw.parse()
+            if i % 2 == 0:
+                assert "".join(c.choices[0].delta.content or "" for c in parsed if c.choices)
+            else:
+                assert parsed.choices[0].message.content
+            served[raw.headers[SIM_HEADER]] += 1
+        assert served == {"sim-a": 5, "sim-b": 5}
+        wait_until(lambda: total_in_flight(fleet) == 0, what="in-flight back to 0")
+        tokens = per_worker(fleet, "llm_picker_worker_tokens_total", kind="completion")
+        assert tokens == {"sim-a": 20.0, "sim-b": 20.0}
