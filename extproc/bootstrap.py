@@ -43,7 +43,10 @@ def render_bootstrap(config: PickerConfig, *, listen: str = ":10000", admin: str
     """The bootstrap YAML text for an Envoy in front of a picker configured by `config`."""
     if body_mode not in _BODY_MODES:
         raise ValueError(f"body mode {body_mode!r} is not one of {', '.join(_BODY_MODES)}")
-    template = ENVOY_DIR / ("envoy-mtls.yaml" if config.extproc.tls else "envoy.yaml")
+    tls = config.extproc.tls
+    # A self-signed picker is what gateways expect: their configuration, TLS without validation.
+    template = ENVOY_DIR / ("envoy-gateway.yaml" if tls == "self_signed"
+                            else "envoy-mtls.yaml" if tls else "envoy.yaml")
     text = template.read_text().replace(_TEMPLATE_TLS_DIR, tls_dir.rstrip("/"))
     bootstrap: dict[str, Any] = yaml.safe_load(text)
     bootstrap["admin"]["address"] = _socket(*parse_address(admin))
@@ -52,7 +55,7 @@ def render_bootstrap(config: PickerConfig, *, listen: str = ":10000", admin: str
     listener["per_connection_buffer_limit_bytes"] = config.max_body_bytes
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     for http_filter in manager["http_filters"]:
-        if http_filter["name"] == "envoy.filters.http.ext_proc":
+        if http_filter["name"].startswith("envoy.filters.http.ext_proc"):
             http_filter["typed_config"]["processing_mode"]["request_body_mode"] = body_mode
     picker_host = _WILDCARDS.get(config.extproc.host, config.extproc.host)
     for cluster in bootstrap["static_resources"]["clusters"]:

@@ -9,21 +9,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from extproc._pb import ext_proc_pb2 as pb
-from picker.decisions import EXPLAIN_HEADER
 from picker.errors import RequestError
 
 __all__ = [
     "DESTINATION_HEADER",
     "DP_RANK_HEADER",
     "LB_METADATA_NAMESPACE",
+    "SERVED_KEY",
+    "SUBSET_KEY",
+    "SUBSET_NAMESPACE",
     "Route",
     "continue_body",
     "continue_headers",
+    "continue_response_body",
     "continue_response_headers",
+    "continue_response_trailers",
     "continue_trailers",
+    "echo_response_body",
     "headers_to_dict",
     "immediate_error",
     "immediate_json",
+    "metadata_string",
+    "metadata_strings",
     "route_buffered",
     "route_streamed",
 ]
@@ -37,6 +44,12 @@ LB_METADATA_NAMESPACE = "envoy.lb"
 DP_RANK_HEADER = "x-data-parallel-rank"
 # Headers only the picker may set: a client's copy is removed or overwritten.
 PICKER_HEADERS = (DESTINATION_HEADER, DP_RANK_HEADER)
+# Endpoint Picker Protocol v1 (gateway-api-inference-extension, proposal 004): the gateway may
+# restrict the candidates (request metadata) and reports the endpoint that served (response
+# metadata), since its retries may have walked the fallback list.
+SUBSET_NAMESPACE = "envoy.lb.subset_hint"
+SUBSET_KEY = "x-gateway-destination-endpoint-subset"
+SERVED_KEY = "x-gateway-destination-endpoint-served"
 
 _OVERWRITE = pb.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
@@ -57,10 +70,38 @@ def _set_header(mutation: pb.HeaderMutation, key: str, value: str) -> None:
     option.append_action = _OVERWRITE
 
 
-def _destination_metadata(response: pb.ProcessingResponse, host_port: str) -> None:
+def metadata_string(message: pb.ProcessingRequest, namespace: str, key: str) -> str | None:
+    """A string the proxy forwarded in the message's metadata_context, None if absent."""
+    if not message.HasField("metadata_context"):
+        return None
+    spaces = message.metadata_context.filter_metadata
+    if namespace not in spaces:
+        return None
+    value = spaces[namespace].fields.get(key)
+    return value.string_value if value is not None and value.HasField("string_value") else None
+
+
+def metadata_strings(message: pb.ProcessingRequest, namespace: str,
+                     key: str) -> list[str] | None:
+    """A list of strings in the metadata_context (a comma-separated string counts as one);
+    None when the key is absent, which is not the same as an empty list."""
+    if not message.HasField("metadata_context"):
+        return None
+    spaces = message.metadata_context.filter_metadata
+    if namespace not in spaces:
+        return None
+    value = spaces[namespace].fields.get(key)
+    if value is None:
+        return None
+    if value.HasField("list_value"):
+        return [v.string_value for v in value.list_value.values if v.string_value]
+    return [part.strip() for part in value.string_value.split(",") if part.strip()]
+
+
+def _destination_metadata(response: pb.ProcessingResponse, destination: str) -> None:
     response.dynamic_metadata.fields[LB_METADATA_NAMESPACE].struct_value.fields[
         DESTINATION_HEADER
-    ].string_value = host_port
+    ].string_value = destination
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +112,16 @@ class Route:
     dp_rank: int | None = None
     api_key: str | None = None  # the worker's own key, sent as Authorization: Bearer
     headers: tuple[tuple[str, str], ...] = ()  # more to set (a prefill/decode protocol's)
+    fallbacks: tuple[str, ...] = ()  # host:port to retry on, in order, after host_port
+
+    @property
+    def destination(self) -> str:
+        """The header and metadata value: `primary` or `primary,fallback,...`."""
+        return ",".join((self.host_port, *self.fallbacks)) if self.fallbacks else self.host_port
 
 
 def _route(mutation: pb.HeaderMutation, route: Route) -> None:
-    _set_header(mutation, DESTINATION_HEADER, route.host_port)
+    _set_header(mutation, DESTINATION_HEADER, route.destination)
     if route.dp_rank is None:
         mutation.remove_headers.append(DP_RANK_HEADER)
     else:
@@ -104,13 +151,36 @@ def continue_trailers() -> pb.ProcessingResponse:
     return response
 
 
-def continue_response_headers(explain: str | None = None) -> pb.ProcessingResponse:
-    """Let the upstream's response headers through, with the explain line when given (an
-    upstream's own copy of that header is overwritten, never trusted)."""
+def continue_response_headers(set_headers: dict[str, str] | None = None
+                              ) -> pb.ProcessingResponse:
     response = pb.ProcessingResponse()
-    response.response_headers.response.SetInParent()
-    if explain is not None:
-        _set_header(response.response_headers.response.header_mutation, EXPLAIN_HEADER, explain)
+    common = response.response_headers.response
+    common.SetInParent()
+    for key, value in (set_headers or {}).items():
+        _set_header(common.header_mutation, key, value)
+    return response
+
+
+def echo_response_body(chunk: bytes, end_of_stream: bool) -> pb.ProcessingResponse:
+    """FULL_DUPLEX_STREAMED response mode: a chunk handed back unchanged. This mode allows no
+    plain "continue": every chunk must come back as a streamed body mutation, in order."""
+    response = pb.ProcessingResponse()
+    streamed = response.response_body.response.body_mutation.streamed_response
+    streamed.body = chunk
+    streamed.end_of_stream = end_of_stream
+    return response
+
+
+def continue_response_body() -> pb.ProcessingResponse:
+    """BUFFERED or STREAMED response mode: let the body through as it is."""
+    response = pb.ProcessingResponse()
+    response.response_body.response.SetInParent()
+    return response
+
+
+def continue_response_trailers() -> pb.ProcessingResponse:
+    response = pb.ProcessingResponse()
+    response.response_trailers.SetInParent()
     return response
 
 
@@ -125,7 +195,7 @@ def route_buffered(route: Route, body: bytes | None = None) -> pb.ProcessingResp
         common.body_mutation.body = body
         _set_header(common.header_mutation, "content-length", str(len(body)))
     common.clear_route_cache = True
-    _destination_metadata(response, route.host_port)
+    _destination_metadata(response, route.destination)
     return response
 
 
@@ -142,7 +212,7 @@ def route_streamed(
     _route(common.header_mutation, route)
     _set_header(common.header_mutation, "content-length", str(len(body)))
     common.clear_route_cache = True
-    _destination_metadata(headers, route.host_port)
+    _destination_metadata(headers, route.destination)
     body_response = pb.ProcessingResponse()
     streamed = body_response.request_body.response.body_mutation.streamed_response
     streamed.body = body

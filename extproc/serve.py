@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from extproc.server import create_server
+from extproc.health import HealthService
+from extproc.server import SERVICE_NAME, create_server
 from picker.access_log import AccessLog
 from picker.config import PickerConfig
 from picker.runtime import Host, PickerRuntime
@@ -31,9 +32,10 @@ async def serve(
 
     A busy ext_proc or admin port is an OSError naming it, before anything serves."""
     runtime = PickerRuntime(config, Host.SERVE, config_path, overrides)
+    health = HealthService(runtime, SERVICE_NAME)
     grpc_server, grpc_port = create_server(
         runtime, config.extproc.host, config.extproc.port, config.max_body_bytes,
-        config.extproc.tls, AccessLog() if config.log.access else None,
+        config.extproc.tls, AccessLog() if config.log.access else None, health,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -41,6 +43,7 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     await runtime.start()
     try:
+        await health.start()
         await grpc_server.start()
         log.info(
             "llm-picker serving: ext_proc on %s:%d, admin on %s:%s, policy %s, %d workers",
@@ -52,5 +55,6 @@ async def serve(
     finally:
         # Graceful shutdown: /ready turns 503 at once; requests in flight get the grace
         # period to finish (their streams end normally); then everything stops.
+        await health.stop()
         await runtime.stop(_GRACE_SECS)
         await grpc_server.stop(1.0)

@@ -1,10 +1,15 @@
-"""The gRPC face of the picker: Envoy's ExternalProcessor/Process on grpc.aio."""
+"""The gRPC face of the picker: Envoy's ExternalProcessor/Process on grpc.aio (plus, when given,
+the gRPC health services on the same port)."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import grpc
 
 from extproc._pb import ext_proc_pb2 as pb
+from extproc.health import HealthService
+from extproc.self_signed import self_signed_pair
 from extproc.stream import RequestStream
 from picker.access_log import AccessLog
 from picker.config import TlsConfig
@@ -41,8 +46,9 @@ class _Processor:
 
 
 def create_server(
-    runtime: PickerRuntime, host: str, port: int, max_body_bytes: int, tls: TlsConfig | None = None,
-    access: AccessLog | None = None,
+    runtime: PickerRuntime, host: str, port: int, max_body_bytes: int,
+    tls: TlsConfig | Literal["self_signed"] | None = None, access: AccessLog | None = None,
+    health: HealthService | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A server bound to host:port (0 picks a free port), not yet started; returns the port."""
     processor = _Processor(runtime, max_body_bytes, access)
@@ -69,9 +75,14 @@ def create_server(
         ]
     )
     server.add_generic_rpc_handlers((handler,))
+    if health is not None:
+        health.add_to(server)
     try:
         if tls is None:
             bound = server.add_insecure_port(f"{host}:{port}")
+        elif tls == "self_signed":
+            bound = server.add_secure_port(
+                f"{host}:{port}", grpc.ssl_server_credentials([self_signed_pair(host)]))
         else:
             credentials = grpc.ssl_server_credentials(
                 [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],

@@ -5,9 +5,13 @@ FULL_DUPLEX_STREAMED mode), maybe trailers; the picker routes once the body is c
 server feeds messages in and writes out whatever `handle` returns; tests and fuzzers drive the
 same object directly.
 
-The stream stays open until the downstream request is over (Envoy half-closes it when the
-upstream response completes, and cancels it on a client reset), so `close` is where the
-in-flight slot is released: no message per streamed token is needed.
+The response side depends on what Envoy was told to send. Response headers give the status and,
+with the Endpoint Picker Protocol's metadata, the endpoint that served (the lease moves there if
+Envoy retried elsewhere). With a response body mode (FULL_DUPLEX_STREAMED, as gateways configure
+it, or BUFFERED) every chunk passes by: the picker hands it back - as a streamed mutation in
+duplex mode, the only answer that mode allows - and learns TTFT, chunk rate and usage from it
+(picker.response_stats). The in-flight slot is then released at the response's last chunk or
+trailers. Without a response body mode the stream's end (`close`) is the only signal.
 """
 
 from __future__ import annotations
@@ -18,18 +22,30 @@ import time
 from extproc import codec
 from extproc._pb import ext_proc_pb2 as pb
 from picker.access_log import AccessEntry, AccessLog
-from picker.decisions import explain_line
-from picker.errors import BodyTooLarge, InvalidRequest, ProxyMisconfigured, RequestError
+from picker.decisions import EXPLAIN_HEADER, explain_line
+from picker.errors import (
+    BodyTooLarge,
+    InvalidRequest,
+    NoHealthyWorker,
+    ProxyMisconfigured,
+    RequestError,
+)
 from picker.leases import Lease
 from picker.model_list import model_object, models_path_id
 from picker.openai_body import parse_request
+from picker.registry import Worker
 from picker.request import RoutingRequest
+from picker.response_stats import ResponseObserver
 from picker.router import STRATEGY_HEADER
 from picker.runtime import PickerRuntime
 
-__all__ = ["RequestStream"]
+__all__ = ["CONFORMANCE_SELECTION_HEADER", "CONFORMANCE_SERVED_HEADER", "RequestStream"]
 
 _NO_RESPONSES: list[pb.ProcessingResponse] = []
+# The Gateway API Inference Extension conformance suite steers requests with this header and
+# reads the served endpoint back from the other; honoured only with extproc.conformance.
+CONFORMANCE_SELECTION_HEADER = "test-epp-endpoint-selection"
+CONFORMANCE_SERVED_HEADER = "x-conformance-test-served-endpoint"
 
 
 class _Mode(enum.Enum):
@@ -54,6 +70,7 @@ class RequestStream:
     __slots__ = (
         "_runtime", "_max_body", "_mode", "_headers", "_chunks", "_size", "_lease",
         "_finished", "_upstream_status", "_pending", "_access", "_started", "_model",
+        "_echo", "_sees_body", "_observer", "_subset",
     )
 
     def __init__(self, runtime: PickerRuntime, max_body_bytes: int,
@@ -71,6 +88,10 @@ class RequestStream:
         self._finished = False  # a routing answer or local reply has been sent
         self._upstream_status = 0
         self._pending: tuple[RoutingRequest, bytes, bool, bool] | None = None
+        self._echo = False  # response body FULL_DUPLEX_STREAMED: hand every chunk back
+        self._sees_body = False  # response body sent to us: its end is the request's end
+        self._observer: ResponseObserver | None = None
+        self._subset: list[str] | None = None  # the gateway's endpoint subset hint
 
     @property
     def lease(self) -> Lease | None:
@@ -87,10 +108,11 @@ class RequestStream:
         request, body, end_of_stream, ack_trailers = self._pending
         self._pending = None
         try:
-            lease = await self._runtime.route(request)
+            allowed = self._allowed()
+            lease = await self._runtime.route(request, allowed)
         except RequestError as error:
             return self._reject(error)
-        return self._answer(lease, body, end_of_stream, ack_trailers)
+        return self._answer(lease, request, allowed, body, end_of_stream, ack_trailers)
 
     def handle(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         """Responses to send for one incoming message, in order (possibly none yet)."""
@@ -101,32 +123,39 @@ class RequestStream:
             return self._on_body(message.request_body)
         if kind == "request_trailers":
             return self._on_trailers()
-        if kind == "response_headers":
-            self._on_response_headers(message.response_headers)
-            return [codec.continue_response_headers(self._explanation())]
         if kind == "response_body":
-            response = pb.ProcessingResponse()
-            response.response_body.response.SetInParent()
-            return [response]
+            return self._on_response_body(message.response_body)
+        if kind == "response_headers":
+            return self._on_response_headers(message)
         if kind == "response_trailers":
-            response = pb.ProcessingResponse()
-            response.response_trailers.SetInParent()
-            return [response]
+            self._response_over()
+            return [codec.continue_response_trailers()]
         return _NO_RESPONSES  # an empty oneof: nothing to answer
 
     def close(self, cancelled: bool) -> None:
-        """The stream ended; release the slot with the best outcome we know of."""
+        """The stream ended; release the slot with the best outcome we know of (a no-op when
+        the response's end already released it)."""
         if self._lease is None:
             return
-        # Once response headers were seen, Envoy may reset rather than half-close the stream
-        # when it has nothing more to send; the status, not the way the stream ended, decides.
         if self._upstream_status >= 500:
             outcome = "upstream_error"
+        elif self._sees_body and self._upstream_status:
+            # The body's end would have released the slot: the response was cut short, by the
+            # client going away or the upstream resetting mid-stream - unless all of it passed.
+            complete = self._observer is not None and self._observer.complete
+            outcome = "completed" if complete else "cancelled"
         elif self._upstream_status or not cancelled:
+            # Without the body, Envoy may reset rather than half-close the stream once it has
+            # nothing more to send; the status, not the way the stream ended, decides.
             outcome = "completed"
         else:
             outcome = "cancelled"
-        if self._lease.release(outcome) and self._access is not None:
+        self._release(outcome)
+
+    def _release(self, outcome: str) -> None:
+        assert self._lease is not None
+        sample = self._observer.sample() if self._observer is not None else None
+        if self._lease.release(outcome, sample) and self._access is not None:
             self._log(outcome, self._upstream_status or None, self._lease)
 
     # -- request path -----------------------------------------------------------------------
@@ -135,6 +164,10 @@ class RequestStream:
         if self._headers is not None or self._finished:
             return self._protocol_error("request headers sent twice")
         self._mode = _mode_of(message.protocol_config)
+        response_mode = message.protocol_config.response_body_mode
+        self._echo = response_mode == pb.FULL_DUPLEX_STREAMED
+        self._sees_body = response_mode != pb.NONE
+        self._subset = codec.metadata_strings(message, codec.SUBSET_NAMESPACE, codec.SUBSET_KEY)
         self._headers = codec.headers_to_dict(message.request_headers.headers)
         if self._headers.get(":method") == "GET":
             model_id = models_path_id(self._headers.get(":path", ""))
@@ -186,22 +219,48 @@ class RequestStream:
             self._pending = (request, body, end_of_stream, ack_trailers)
             return _NO_RESPONSES
         try:
-            lease = self._runtime.route_sync(request)
+            allowed = self._allowed()
+            lease = self._runtime.route_sync(request, allowed)
         except RequestError as error:
             return self._reject(error)
-        return self._answer(lease, body, end_of_stream, ack_trailers)
+        return self._answer(lease, request, allowed, body, end_of_stream, ack_trailers)
 
-    def _answer(self, lease: Lease, body: bytes, end_of_stream: bool,
+    def _allowed(self) -> set[str] | None:
+        """Worker ids the gateway's subset hint (and, in conformance mode, the test's steering
+        header) allow; None when nothing restricts the candidates."""
+        allowed: set[str] | None = None
+        if self._subset is not None:
+            subset = set(self._subset)
+            allowed = {w.id for w in self._runtime.registry.workers() if w.host_port in subset}
+            if not allowed:
+                raise NoHealthyWorker(f"none of the {len(subset)} endpoints in the gateway's "
+                                      "subset hint is a worker of this picker")
+        steering = (self._headers or {}).get(CONFORMANCE_SELECTION_HEADER)
+        if steering and self._runtime.config.extproc.conformance:
+            # Pod IPs in the suite; host:port works too (local tests share one IP).
+            wanted = {part.strip() for part in steering.split(",")}
+            steered = {w.id for w in self._runtime.registry.workers()
+                       if w.host_port in wanted or w.host_port.rpartition(":")[0] in wanted}
+            if steered:  # the suite's own picker ignores a header naming no endpoint it has
+                allowed = steered if allowed is None else allowed & steered
+        return allowed
+
+    def _answer(self, lease: Lease, request: RoutingRequest, allowed: set[str] | None,
+                body: bytes, end_of_stream: bool,
                 ack_trailers: bool) -> list[pb.ProcessingResponse]:
         self._lease = lease
         self._finished = True
         trailers = [codec.continue_trailers()] if ack_trailers else []
         spec = lease.worker.spec
         forward = lease.forward
+        # A prefill/decode pair is bound to its decode worker: no fallback can take over.
+        others = [] if forward is not None else self._runtime.router.fallbacks(
+            request, lease.worker, self._runtime.config.extproc.fallbacks, allowed)
         route = codec.Route(
             lease.worker.host_port, spec.dp_rank,
             None if spec.api_key is None else spec.api_key.get_secret_value(),
             () if forward is None else forward.headers,
+            tuple(w.host_port for w in others),
         )
         rewritten = None if forward is None else forward.body
         if self._mode is _Mode.DUPLEX:
@@ -231,7 +290,7 @@ class RequestStream:
             request_id=headers.get("x-request-id", ""), model=self._model,
             policy=choice.policy if choice is not None
             else headers.get(STRATEGY_HEADER) or self._runtime.router.default_policy,
-            worker=None if choice is None else choice.worker.id,
+            worker=None if lease is None else lease.worker.id,
             match=None if choice is None else choice.match,
             outcome=outcome, status=status,
             duration_ms=(time.monotonic() - self._started) * 1000.0,
@@ -245,6 +304,32 @@ class RequestStream:
 
     # -- response path ----------------------------------------------------------------------
 
+    def _on_response_headers(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        headers = codec.headers_to_dict(message.response_headers.headers)
+        status = headers.get(":status", "")
+        self._upstream_status = int(status) if status.isdigit() else 0
+        served = codec.metadata_string(message, codec.LB_METADATA_NAMESPACE, codec.SERVED_KEY)
+        lease = self._lease
+        if served and lease is not None and served != lease.worker.host_port:
+            worker = self._worker_at(served)
+            if worker is not None:
+                lease.move_to(worker)
+        mutation: dict[str, str] = {}
+        explanation = self._explanation()
+        if explanation is not None:  # an upstream's own copy is overwritten, never trusted
+            mutation[EXPLAIN_HEADER] = explanation
+        if self._runtime.config.extproc.conformance:
+            mutation[CONFORMANCE_SERVED_HEADER] = served or "fail: missing destination endpoint " \
+                                                            "served metadata"
+        if self._sees_body and lease is not None:
+            streamed = headers.get("content-type", "").startswith("text/event-stream")
+            length = headers.get("content-length", "")
+            self._observer = ResponseObserver(lease.started, streamed,
+                                              int(length) if length.isdigit() else None)
+        if message.response_headers.end_of_stream:
+            self._response_over()
+        return [codec.continue_response_headers(mutation)]
+
     def _explanation(self) -> str | None:
         """The explain header's line, when allowed and asked for (picker.decisions)."""
         if self._lease is None or self._headers is None:
@@ -252,6 +337,23 @@ class RequestStream:
         return explain_line(self._runtime.config.explain, self._headers,
                             self._lease.choice.decision)
 
-    def _on_response_headers(self, headers: pb.HttpHeaders) -> None:
-        status = codec.headers_to_dict(headers.headers).get(":status", "")
-        self._upstream_status = int(status) if status.isdigit() else 0
+    def _on_response_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
+        chunk = body.body
+        if self._observer is not None:
+            self._observer.chunk(chunk, time.monotonic())
+        if body.end_of_stream:
+            self._response_over()
+        if self._echo:
+            return [codec.echo_response_body(chunk, body.end_of_stream)]
+        return [codec.continue_response_body()]
+
+    def _response_over(self) -> None:
+        """The response's last byte passed (last chunk, trailers or a bodiless response)."""
+        if self._lease is not None:
+            self._release("upstream_error" if self._upstream_status >= 500 else "completed")
+
+    def _worker_at(self, host_port: str) -> Worker | None:
+        for worker in self._runtime.registry.workers():
+            if worker.host_port == host_port:
+                return worker
+        return None

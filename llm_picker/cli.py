@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     overhead.add_argument("--requests", type=int, default=2000, help="per scenario")
     overhead.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     overhead.add_argument(
-        "--peers", nargs="+", default=["envoy", "buffered", "duplex", "sglang"],
+        "--peers", nargs="+",
+        default=["envoy", "buffered", "duplex", "duplex2", "sglang", "stream"],
         help="scenarios to run (also: explain - buffered with explain.enabled)",
     )
     overhead.set_defaults(run=_bench)

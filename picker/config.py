@@ -36,8 +36,8 @@ from picker.prefix.producer import PrefixSettings
 from picker.workers import WorkerSpec
 
 __all__ = [
-    "CONFIG_ENV", "ENV_PREFIX", "AdminConfig", "ListenConfig", "LogConfig", "PickerConfig",
-    "PolicyConfig", "TlsConfig", "load_config",
+    "CONFIG_ENV", "ENV_PREFIX", "AdminConfig", "ExtprocConfig", "ListenConfig", "LogConfig",
+    "PickerConfig", "PolicyConfig", "TlsConfig", "load_config",
 ]
 
 ENV_PREFIX = "LLM_PICKER_"
@@ -69,6 +69,22 @@ class ListenConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(ge=0, le=65535)
     tls: TlsConfig | None = None
+
+
+class ExtprocConfig(ListenConfig):
+    """The ext_proc server Envoy calls, and the Endpoint Picker Protocol options gateways use.
+
+    `tls: self_signed` serves TLS with a certificate generated at start-up, as gateways expect
+    of an endpoint picker (they connect with TLS and do not verify it). `fallbacks`: how many
+    endpoints after the chosen one the destination lists, so proxy retries walk them (needs an
+    Envoy LB that reads lists: envoy/envoy-gateway-metadata.yaml). `conformance`: honour the
+    Gateway API Inference Extension conformance suite's steering header; off, because it lets
+    a client choose its upstream."""
+
+    port: int = Field(default=9002, ge=0, le=65535)
+    tls: TlsConfig | Literal["self_signed"] | None = None  # type: ignore[assignment]
+    fallbacks: int = Field(default=0, ge=0, le=16)
+    conformance: bool = False
 
 
 class AdminConfig(ListenConfig):
@@ -137,7 +153,7 @@ class LogConfig(_Strict):
 
 
 class PickerConfig(_Strict):
-    extproc: ListenConfig = Field(default_factory=lambda: ListenConfig(port=9002))
+    extproc: ExtprocConfig = Field(default_factory=lambda: ExtprocConfig(port=9002))
     admin: AdminConfig = Field(default_factory=lambda: AdminConfig(port=9003))
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
@@ -225,7 +241,8 @@ def _validate(data: dict[str, Any]) -> PickerConfig:
         config = PickerConfig.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = ".".join(str(part) for part in first["loc"]) or "<root>"
+        # Union members appear in the location as "function-after[..., TlsConfig]": not keys.
+        key = ".".join(str(part) for part in first["loc"] if "[" not in str(part)) or "<root>"
         raise ConfigError(key, first["msg"]) from exc
     _check_unique_workers(config.workers)
     if config.explain.allow_header and not config.explain.enabled:

@@ -5,6 +5,9 @@ limit and its waiting queue) is taken when a lease opens and given back when it 
 "one admission slot per lease" holds whatever the adapter does. Adapters learn that a request
 ended from several places (stream end, reset, error, timeout) and may report it more than once:
 only the first report counts, so load returns to exactly zero whatever the order of events.
+
+A lease may move once it is open: when the proxy reports that another worker served the
+request (Envoy retried down the picker's fallback list), the in-flight slot follows it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from picker.decisions import Choice
 from picker.limits import Admission, LimitSettings
 from picker.pd.protocols import Forward
 from picker.registry import Worker, WorkerRegistry
+from picker.response_stats import ResponseSample
 from picker.telemetry import PickerMetrics
 
 __all__ = ["Lease", "LeaseBook"]
@@ -33,10 +37,10 @@ class Lease:
     is what the proxy sends instead of the client's request, when the pair's protocol says.
     `choice` says who chose the worker and why (its record when explain is enabled)."""
 
-    __slots__ = ("worker", "choice", "prefill", "started", "_book", "_open", "_forward")
+    __slots__ = ("_worker", "choice", "prefill", "started", "_book", "_open", "_forward")
 
     def __init__(self, choice: Choice, book: LeaseBook, prefill: Worker | None = None) -> None:
-        self.worker = choice.worker
+        self._worker = choice.worker
         self.choice = choice
         self.prefill = prefill
         self.started = time.monotonic()
@@ -52,9 +56,21 @@ class Lease:
         """Set by the runtime once the pair's protocol step is done."""
         self._forward = forward
 
-    def release(self, outcome: str) -> bool:
-        """Free the slot once; returns False if it was already released."""
-        return self._book.close(self, outcome)
+    @property
+    def worker(self) -> Worker:
+        """The worker holding the slot: the chosen one, or the one that served (`move_to`)."""
+        return self._worker
+
+    def release(self, outcome: str, response: ResponseSample | None = None) -> bool:
+        """Free the slot once, with what was observed of the response if the adapter saw it;
+        returns False if it was already released."""
+        return self._book.close(self, outcome, response)
+
+    def move_to(self, worker: Worker) -> bool:
+        """The request was served by `worker`, not the chosen one: move the slot there (the
+        chosen worker's circuit breaker hears it failed this request). False if released or
+        already there."""
+        return self._book.move(self, worker)
 
     @property
     def open(self) -> bool:
@@ -116,21 +132,36 @@ class LeaseBook:
             self._open[id(lease)] = lease
         return lease
 
-    def close(self, lease: Lease, outcome: str) -> bool:
+    def close(self, lease: Lease, outcome: str, response: ResponseSample | None = None) -> bool:
         with self._lock:
             if not lease._open:
                 return False
             lease._open = False
             self._open.pop(id(lease), None)
             self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
+            worker = lease._worker
         self._admission.leave()
         verdict = _CIRCUIT_OUTCOMES.get(outcome)
-        for worker in (lease.worker, lease.prefill):
-            if worker is not None:
-                self._workers.release(worker)
+        for held in (worker, lease.prefill):
+            if held is not None:
+                self._workers.release(held)
                 if verdict is not None:
-                    self._workers.record_outcome(worker, verdict)
+                    self._workers.record_outcome(held, verdict)
+        if response is not None:
+            self._workers.record_response(worker, response)
+            self._metrics.observe_response(worker.id, response)
         self._metrics.requests.labels(outcome).inc()
+        return True
+
+    def move(self, lease: Lease, worker: Worker) -> bool:
+        with self._lock:
+            if not lease._open or lease._worker is worker:
+                return False
+            previous, lease._worker = lease._worker, worker
+            # Under the book's lock, so a concurrent close releases exactly one of the two.
+            self._workers.acquire(worker)
+            self._workers.release(previous)
+        self._workers.record_outcome(previous, False)
         return True
 
     def expire(self, now: float | None = None) -> int:

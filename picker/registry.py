@@ -17,6 +17,7 @@ from typing import Protocol, TypedDict
 from picker.circuit import CircuitBreaker, CircuitSettings
 from picker.errors import UnknownWorker, WorkerConflict
 from picker.load_signals import EngineLoad
+from picker.response_stats import ResponseSample, ResponseStats
 from picker.speed import Observation, SpeedModel
 from picker.workers import ConnectionMode, WorkerSpec, WorkerType
 
@@ -30,7 +31,7 @@ class Worker:
 
     __slots__ = (
         "_spec", "id", "url", "_host_port", "_in_flight", "_healthy", "_draining", "_engine",
-        "_circuit", "_last_health_check", "_speed",
+        "_circuit", "_last_health_check", "_speed", "_response",
     )
 
     def __init__(self, spec: WorkerSpec, circuit: CircuitSettings | None = None) -> None:
@@ -45,6 +46,7 @@ class Worker:
         self._circuit = CircuitBreaker(circuit or CircuitSettings())
         self._last_health_check: float | None = None
         self._speed = SpeedModel()
+        self._response = ResponseStats()
 
     @property
     def spec(self) -> WorkerSpec:
@@ -85,6 +87,12 @@ class Worker:
     def last_health_check(self) -> float | None:
         """time.monotonic() of the last active health check, None before the first."""
         return self._last_health_check
+
+    @property
+    def response(self) -> ResponseStats:
+        """Speed observed in the worker's own responses (picker.response_stats); empty until
+        an adapter that sees response bodies has finished one."""
+        return self._response
 
     @property
     def routable(self) -> bool:
@@ -249,6 +257,13 @@ class WorkerRegistry:
     def record_outcome(self, worker: Worker, success: bool) -> None:
         """A finished request's verdict for the worker's circuit breaker (it locks itself)."""
         worker._circuit.record(success)
+
+    def record_response(self, worker: Worker, sample: ResponseSample) -> None:
+        """Fold a response the proxy passed through into the worker's observed stats, and
+        teach its speed model (`observe`) what it shows."""
+        with self._lock:
+            worker._response = worker._response.updated(sample)
+        self.observe(worker, sample.observation())
 
     def stats(self) -> RegistryStats:
         workers = self._all

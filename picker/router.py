@@ -129,6 +129,24 @@ class Router:
         return self._decisions.record(request, policy, reads_prefix, serving, candidates,
                                       self._workers.workers(), allowed, worker, error)
 
+    def fallbacks(self, request: RoutingRequest, primary: Worker, count: int,
+                  allowed: Collection[str] | None = None) -> list[Worker]:
+        """Up to `count` workers for the proxy to retry on if `primary` fails, least loaded
+        first: routable, serving the model, inside `allowed`, at another address, and able to
+        take the request with the primary's headers (same API key and data-parallel rank).
+
+        Not a decision: the policy's state and the decision metrics are left alone, since the
+        request normally never reaches them."""
+        if count <= 0:
+            return []
+        spec = primary.spec
+        others = [w for w in self._workers.for_model(request.model)
+                  if w.routable and w.host_port != primary.host_port
+                  and (allowed is None or w.id in allowed)
+                  and w.spec.api_key == spec.api_key and w.spec.dp_rank == spec.dp_rank]
+        others.sort(key=lambda w: (w.in_flight, w.id))
+        return others[:count]
+
     def _policy_for(self, request: RoutingRequest) -> Policy:
         name = request.headers.get(STRATEGY_HEADER)
         if not name:

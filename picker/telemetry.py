@@ -17,6 +17,7 @@ from picker.limits import Admission
 from picker.prefix.calibration import Calibration
 from picker.prefix.index import PrefixIndex
 from picker.registry import Worker, WorkerRegistry
+from picker.response_stats import ResponseSample
 
 __all__ = ["CONTENT_TYPE", "IMBALANCE_ABS_COUNT", "PickerMetrics", "match_bucket"]
 
@@ -26,6 +27,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Decisions take microseconds; default Prometheus buckets start at 5 ms and would see nothing.
 _DECISION_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 2.5e-2)
+# Observed time to first token: from a few ms (cache hit, idle engine) to queueing for seconds.
+_TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Gap between streamed chunks (one token each): decode steps of a few to a few hundred ms.
+_CHUNK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
 
 
 def match_bucket(rate: float | None) -> str:
@@ -203,6 +208,22 @@ class PickerMetrics:
             "llm_picker_config_reloads", "Configuration file reloads by result (applied, rejected)",
             ["result"], registry=self.registry,
         )
+        self.worker_ttft_seconds = Histogram(
+            "llm_picker_worker_ttft_seconds",
+            "Observed time from the pick to the first chunk of a streamed response",
+            ["worker"], buckets=_TTFT_BUCKETS, registry=self.registry,
+        )
+        self.worker_chunk_seconds = Histogram(
+            "llm_picker_worker_time_per_chunk_seconds",
+            "Observed mean gap between a streamed response's chunks (one token per SSE event)",
+            ["worker"], buckets=_CHUNK_BUCKETS, registry=self.registry,
+        )
+        self.worker_tokens = Counter(
+            "llm_picker_worker_tokens",
+            "Tokens in the usage of responses seen passing through, by kind (prompt, "
+            "completion, cached: prompt tokens the engine served from its prefix cache)",
+            ["worker", "kind"], registry=self.registry,
+        )
         self._state = _WorkerStateCollector(workers)
         self.registry.register(self._state)
 
@@ -214,6 +235,18 @@ class PickerMetrics:
     def watch_admission(self, admission: Admission, outcomes: Mapping[str, int]) -> None:
         self._state.admission = admission
         self._state.outcomes = outcomes
+
+    def observe_response(self, worker_id: str, sample: ResponseSample) -> None:
+        if sample.ttft_secs is not None:
+            self.worker_ttft_seconds.labels(worker_id).observe(sample.ttft_secs)
+        if sample.per_chunk_secs is not None:
+            self.worker_chunk_seconds.labels(worker_id).observe(sample.per_chunk_secs)
+        usage = sample.usage
+        if usage is not None:
+            for kind, count in (("prompt", usage.prompt_tokens),
+                                ("completion", usage.completion_tokens),
+                                ("cached", usage.cached_tokens)):
+                self.worker_tokens.labels(worker_id, kind).inc(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

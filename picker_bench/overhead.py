@@ -5,12 +5,19 @@ a noisy machine:
 
   envoy     client -> Envoy -> upstream                       (no ext_proc: the baseline)
   buffered  client -> Envoy -> ext_proc(picker, BUFFERED) -> upstream
-  duplex    client -> Envoy -> ext_proc(picker, FULL_DUPLEX_STREAMED) -> upstream
+  duplex    client -> Envoy -> ext_proc(picker, FULL_DUPLEX_STREAMED request body) -> upstream
+  duplex2   the same with the response body FULL_DUPLEX_STREAMED too (what gateways generate:
+            every response chunk goes through the picker and back)
   sglang    client -> sglang-router (Rust, round_robin) -> upstream
 
 The upstream is an Envoy answering a fixed chat completion (direct_response), so neither the
 upstream nor Python on the server side is what gets measured. The load generator is a small
 keep-alive HTTP/1.1 client on raw asyncio sockets (httpx would cost more than the picker).
+
+`stream` is a second table: 200-token streamed answers from a simulated engine (profile
+8b-h100-like), Envoy alone (static cluster) against Envoy + picker with both bodies duplex,
+with the picker's CPU per ext_proc message next to the floor of grpc.aio itself, measured in
+the same run: a server echoing each message and nothing else (picker_bench.grpc_echo).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -29,12 +37,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from picker_bench.grpc_echo import drive
 from picker_bench.stack import (
+    Process,
+    SimSpec,
     free_port,
     render_envoy_config,
     spawn,
     start_envoy,
     start_picker,
+    start_sim,
     wait_http,
 )
 
@@ -114,12 +126,13 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def _load(port: int, concurrency: int, requests: int) -> tuple[list[float], float, int]:
+async def _load(port: int, concurrency: int, requests: int,
+                body: bytes = BODY) -> tuple[list[float], float, int]:
     """`requests` POSTs over `concurrency` keep-alive connections; latencies in seconds."""
     request = (
         b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
-        b"content-type: application/json\r\ncontent-length: " + str(len(BODY)).encode()
-        + b"\r\n\r\n" + BODY
+        b"content-type: application/json\r\ncontent-length: " + str(len(body)).encode()
+        + b"\r\n\r\n" + body
     )
     latencies: list[float] = []
     errors = 0
@@ -186,13 +199,26 @@ def _scenario(name: str, upstream_port: int, workdir: Path) -> Iterator[int]:
             if name == "explain":  # buffered, recording every decision; no header asked for
                 config["explain"] = {"enabled": True, "allow_header": True}
             stack.callback(start_picker(config, workdir, name=f"picker-{name}").stop)
-        body_mode = "FULL_DUPLEX_STREAMED" if name == "duplex" else "BUFFERED"
+        body_mode = "FULL_DUPLEX_STREAMED" if name in ("duplex", "duplex2") else "BUFFERED"
         envoy_config = render_envoy_config(
             listen_port=listen, admin_port=free_port(), picker_port=picker_port,
             upstream_port=upstream_port, body_mode=body_mode,
         )
+        if name == "duplex2":
+            _duplex_both_ways(envoy_config)
         stack.callback(start_envoy(envoy_config, workdir, name=f"envoy-{name}").stop)
         yield listen
+
+
+def _duplex_both_ways(envoy_config: dict[str, Any]) -> None:
+    """Switch the rendered envoy.yaml's ext_proc filter to what gateways generate."""
+    manager = envoy_config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    for http_filter in manager["typed_config"]["http_filters"]:
+        if http_filter["name"] == "envoy.filters.http.ext_proc":
+            http_filter["typed_config"]["processing_mode"] = {
+                "request_header_mode": "SEND", "request_body_mode": "FULL_DUPLEX_STREAMED",
+                "request_trailer_mode": "SEND", "response_header_mode": "SEND",
+                "response_body_mode": "FULL_DUPLEX_STREAMED", "response_trailer_mode": "SEND"}
 
 
 def _print_table(results: list[Result]) -> None:
@@ -207,25 +233,153 @@ def _print_table(results: list[Result]) -> None:
               f"{r.rps:>9.0f}{r.errors:>7}{extra:>18}{ratio:>14}")
 
 
+def _cpu_seconds(proc: Process) -> float:
+    """User + system CPU time of a child process so far (Linux /proc)."""
+    fields = Path(f"/proc/{proc.popen.pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _idle_cpu_rate(proc: Process, window_secs: float = 3.0) -> float:
+    """CPU seconds per second the process burns with no traffic."""
+    before, started = _cpu_seconds(proc), time.monotonic()
+    time.sleep(window_secs)
+    return (_cpu_seconds(proc) - before) / (time.monotonic() - started)
+
+
+def _ext_proc_messages(admin_port: int) -> tuple[int, int]:
+    """(messages Envoy sent to the picker, responses it received), from Envoy's own stats."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{admin_port}/stats?filter=ext_proc", timeout=5).text
+    counts = {"stream_msgs_sent": 0, "stream_msgs_received": 0}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        for key in counts:
+            if name.endswith(f".{key}"):
+                counts[key] += int(value)
+    return counts["stream_msgs_sent"], counts["stream_msgs_received"]
+
+
+@dataclass
+class StreamResult:
+    scenario: str
+    concurrency: int
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_us_per_message: float | None = None
+    messages: int = 0
+
+
+STREAM_TOKENS = 200
+
+
+def _stream_scenarios(requests: int, levels: list[int], workdir: Path) -> list[StreamResult]:
+    """Envoy alone vs Envoy + picker (both bodies duplex) on 200-token streams, and the grpc.aio
+    echo floor driven with as many messages as the picker answered."""
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Tell a story"}],
+                       "max_tokens": STREAM_TOKENS, "stream": True}).encode()
+    results: list[StreamResult] = []
+    with ExitStack() as stack:
+        sim = SimSpec("bench-sim", MODEL, ["--profile", "8b-h100-like", "--max-concurrency",
+                                           "256"])
+        stack.callback(start_sim(sim, workdir).stop)
+        alone, alone_admin = free_port(), free_port()
+        stack.callback(start_envoy(render_envoy_config(
+            listen_port=alone, admin_port=alone_admin, picker_port=None,
+            upstream_port=sim.port), workdir, "envoy-stream-alone").stop)
+        picker_port, admin = free_port(), free_port()
+        picker = start_picker({"extproc": {"port": picker_port}, "admin": {"port": free_port()},
+                               "policy": "round_robin", "health": {"enabled": False},
+                               "workers": [{"url": f"http://127.0.0.1:{sim.port}",
+                                            "models": [MODEL]}]}, workdir, "picker-stream")
+        stack.callback(picker.stop)
+        config = render_envoy_config(listen_port=(front := free_port()), admin_port=admin,
+                                     picker_port=picker_port, body_mode="FULL_DUPLEX_STREAMED")
+        _duplex_both_ways(config)
+        stack.callback(start_envoy(config, workdir, "envoy-stream-picker").stop)
+        echo_port = free_port()
+        echo = spawn("grpc-echo", [sys.executable, "-m", "picker_bench.grpc_echo",
+                                   str(echo_port)], workdir)
+        stack.callback(echo.stop)
+        for level in levels:
+            for name, port in (("envoy", alone), ("picker", front)):
+                asyncio.run(_load(port, level, level, body))  # warm connections
+                idle_rate = _idle_cpu_rate(picker)
+                cpu, (sent, answered) = _cpu_seconds(picker), _ext_proc_messages(admin)
+                latencies, elapsed, errors = asyncio.run(_load(port, level, requests, body))
+                cuts = statistics.quantiles(latencies, n=100)
+                result = StreamResult(name, level, cuts[49] * 1e3, cuts[98] * 1e3, errors)
+                if name == "picker":
+                    sent2, answered2 = _ext_proc_messages(admin)
+                    result.messages = answered2 - answered
+                    # The picker's background tasks (lease expiry, admin API) tick during a
+                    # slow stream too: their idle rate is not per-message work.
+                    work = _cpu_seconds(picker) - cpu - idle_rate * elapsed
+                    result.cpu_us_per_message = work * 1e6 / max(1, result.messages)
+                    if sent2 - sent != result.messages:
+                        print(f"  note: Envoy sent {sent2 - sent} messages, the picker "
+                              f"answered {result.messages}", file=sys.stderr)
+                results.append(result)
+                print(f"  measured stream/{name} at concurrency {level}", file=sys.stderr)
+            messages = results[-1].messages
+            cpu = _cpu_seconds(echo)
+            echoed = asyncio.run(drive(echo_port, level, max(1, messages // level), 256))
+            results.append(StreamResult("grpc-echo", level, 0.0, 0.0, 0,
+                                        (_cpu_seconds(echo) - cpu) * 1e6 / echoed, echoed))
+    return results
+
+
+def _print_stream_table(results: list[StreamResult]) -> None:
+    print(f"\n{STREAM_TOKENS}-token streams (sim 8b-h100-like); CPU per ext_proc message")
+    print(f"{'scenario':<11}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'errors':>7}"
+          f"{'p50 vs envoy':>14}{'messages':>10}{'CPU us/msg':>12}{'vs floor':>10}")
+    print("(picker CPU net of its idle rate; grpc-echo: the same message count on one "
+          "grpc.aio stream per connection)")
+    by_key = {(r.scenario, r.concurrency): r for r in results}
+    for r in results:
+        base = by_key.get(("envoy", r.concurrency))
+        floor = by_key.get(("grpc-echo", r.concurrency))
+        timed = r.scenario != "grpc-echo"
+        ratio = f"{r.p50_ms / base.p50_ms:.3f}x" if timed and base else "-"
+        cpu = f"{r.cpu_us_per_message:.0f}" if r.cpu_us_per_message is not None else "-"
+        vs = (f"{r.cpu_us_per_message / floor.cpu_us_per_message:.2f}x"
+              if r.scenario == "picker" and floor and floor.cpu_us_per_message
+              and r.cpu_us_per_message is not None else "-")
+        p50 = f"{r.p50_ms:.1f}" if timed else "-"
+        p99 = f"{r.p99_ms:.1f}" if timed else "-"
+        print(f"{r.scenario:<11}{r.concurrency:>5}{p50:>9}{p99:>9}{r.errors:>7}{ratio:>14}"
+              f"{r.messages or '-':>10}{cpu:>12}{vs:>10}")
+
+
 def run_overhead(requests: int = 2000, concurrency: list[int] | None = None,
                  peers: list[str] | None = None) -> int:
     levels = concurrency or [1, 16]
-    scenarios = peers or ["envoy", "buffered", "duplex", "sglang"]
+    scenarios = peers or ["envoy", "buffered", "duplex", "duplex2", "sglang", "stream"]
     if "sglang" in scenarios and importlib.util.find_spec("sglang_router") is None:
         print("sglang-router not installed (pip install sglang-router): skipping it")
         scenarios = [s for s in scenarios if s != "sglang"]
     workdir = Path(tempfile.mkdtemp(prefix="llm-picker-bench-"))
     results: list[Result] = []
+    streams: list[StreamResult] = []
     with ExitStack() as stack:
         upstream_port = free_port()
         upstream = start_envoy(_upstream_config(upstream_port, free_port()), workdir, "upstream")
         stack.callback(upstream.stop)
         for name in scenarios:
+            if name == "stream":
+                # A 200-token stream takes ~1.2 s: fewer requests give the same precision.
+                streams = _stream_scenarios(max(8, requests // 20), levels, workdir)
+                continue
             with _scenario(name, upstream_port, workdir) as port:
                 for level in levels:
                     results.append(_measure(name, port, level, requests))
                     print(f"  measured {name} at concurrency {level}", file=sys.stderr)
-    _print_table(results)
+    if results:
+        _print_table(results)
+    if streams:
+        _print_stream_table(streams)
     shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if all(r.errors == 0 for r in results) else 1
+    errors = sum(r.errors for r in results) + sum(r.errors for r in streams)
+    return 0 if errors == 0 else 1
 

@@ -49,3 +49,14 @@ def test_tls_picks_the_mtls_template(tmp_path: Path) -> None:
 def test_plain_config_has_no_tls() -> None:
     assert "transport_socket" not in _picker_cluster(
         yaml.safe_load(render_bootstrap(load_config())))
+
+
+def test_self_signed_picker_gets_the_gateway_configuration() -> None:
+    config = load_config(overrides={"extproc.tls": "self_signed", "extproc.port": 7001})
+    text = render_bootstrap(config, body_mode="FULL_DUPLEX_STREAMED")
+    cluster = _picker_cluster(yaml.safe_load(text))
+    tls = cluster["transport_socket"]["typed_config"]  # type: ignore[index]
+    assert "validation_context" not in tls["common_tls_context"]  # it cannot verify a self-sign
+    assert "response_body_mode: FULL_DUPLEX_STREAMED" in text
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]  # type: ignore[index]
+    assert address["endpoint"]["address"]["socket_address"]["port_value"] == 7001

@@ -1,0 +1,61 @@
+"""gRPC Health Checking on the ext_proc port, with the services the Endpoint Picker Protocol names.
+
+Gateways and Kubernetes probe an endpoint picker with the standard grpc.health.v1 service:
+
+  liveness                                     the process answers (SERVING while not draining)
+  readiness                                    at least one worker is routable, not draining
+  envoy.service.ext_proc.v3.ExternalProcessor  same as readiness: ext_proc can route
+
+The picker has no leader election, so a replica that can route is ready. Statuses are recomputed
+on a short period rather than per check, so Watch streams see changes too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from picker.runtime import PickerRuntime
+
+__all__ = ["LIVENESS", "READINESS", "HealthService"]
+
+LIVENESS = "liveness"
+READINESS = "readiness"
+_PERIOD_SECS = 0.25
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class HealthService:
+    def __init__(self, runtime: PickerRuntime, ext_proc_service: str) -> None:
+        self._runtime = runtime
+        self._ready_services = (READINESS, ext_proc_service)
+        self._servicer = health.aio.HealthServicer()
+        self._task: asyncio.Task[None] | None = None
+
+    def add_to(self, server: grpc.aio.Server) -> None:
+        health_pb2_grpc.add_HealthServicer_to_server(self._servicer, server)
+
+    async def start(self) -> None:
+        await self._update()
+        self._task = asyncio.create_task(self._follow())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._servicer.enter_graceful_shutdown()
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(_PERIOD_SECS)
+            await self._update()
+
+    async def _update(self) -> None:
+        draining = self._runtime.draining
+        ready = not draining and any(w.routable for w in self._runtime.registry.workers())
+        await self._servicer.set(LIVENESS, _NOT_SERVING if draining else _SERVING)
+        for service in self._ready_services:
+            await self._servicer.set(service, _SERVING if ready else _NOT_SERVING)
