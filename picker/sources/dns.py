@@ -18,7 +18,7 @@ import dns.nameserver
 import dns.resolver
 
 from picker.fleet import WorkerManager
-from picker.sources.settings import DnsSettings
+from picker.sources.settings import DnsSettings, nameserver_address
 from picker.workers import WorkerSpec
 
 __all__ = ["DnsSource"]
@@ -112,15 +112,7 @@ def _resolver(settings: DnsSettings) -> dns.asyncresolver.Resolver:
 
 
 def _nameserver(text: str) -> dns.nameserver.Nameserver:
-    """`host`, `host:port` or `[v6]:port`."""
-    host, port = text, 53
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else 53
-    elif text.count(":") == 1:
-        host, _, number = text.partition(":")
-        port = int(number)
-    return dns.nameserver.Do53Nameserver(host, port)
+    return dns.nameserver.Do53Nameserver(*nameserver_address(text))
 
 
 def _host(ip: str) -> str:

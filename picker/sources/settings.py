@@ -6,13 +6,16 @@ Kubernetes and DNS clients are optional extras, imported only when a source is c
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from picker.workers import Port, RuntimeType
 
-__all__ = ["DnsSettings", "KubernetesSettings", "LabelSelector", "APP_PROTOCOLS"]
+__all__ = [
+    "APP_PROTOCOLS", "DnsSettings", "KubernetesSettings", "LabelSelector", "nameserver_address",
+]
 
 # InferencePool v1 `spec.appProtocol`; absent means HTTP/1.1.
 APP_PROTOCOLS = ("http", "kubernetes.io/h2c")
@@ -80,8 +83,34 @@ class DnsSettings(_SourceSettings):
     timeout_secs: float = Field(default=2.0, gt=0)
     scheme: Literal["http", "https"] = "http"
 
+    @field_validator("nameservers")
+    @classmethod
+    def _addresses(cls, servers: list[str]) -> list[str]:
+        for server in servers:
+            nameserver_address(server)
+        return servers
+
     @model_validator(mode="after")
     def _port_known(self) -> DnsSettings:
         if self.port is None and not self.srv:
             raise ValueError("set port (A/AAAA records carry none), or srv: true")
         return self
+
+
+def nameserver_address(text: str) -> tuple[str, int]:
+    """`ip`, `ip:port` or `[v6]:port` -> (ip, port); ValueError naming the nameserver."""
+    host, port = text, "53"
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        host = host if bracket else ""
+        port = rest[1:] if rest.startswith(":") else "" if rest else "53"
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        number = 0
+    if not 0 < number < 65536:
+        raise ValueError(f"nameserver {text!r} is not ip, ip:port or [ipv6]:port")
+    return host, number
