@@ -3,7 +3,8 @@
 Gateways and Kubernetes probe an endpoint picker with the standard grpc.health.v1 service:
 
   liveness                                     the process answers (SERVING while not draining)
-  readiness                                    at least one worker is routable, not draining
+  readiness                                    PickerRuntime.ready: a worker is routable,
+                                               discovery synced, not draining
   envoy.service.ext_proc.v3.ExternalProcessor  same as readiness: ext_proc can route
 
 The picker has no leader election, so a replica that can route is ready. Statuses are recomputed
@@ -55,7 +56,7 @@ class HealthService:
 
     async def _update(self) -> None:
         draining = self._runtime.draining
-        ready = not draining and any(w.routable for w in self._runtime.registry.workers())
+        ready = self._runtime.ready
         await self._servicer.set(LIVENESS, _NOT_SERVING if draining else _SERVING)
         for service in self._ready_services:
             await self._servicer.set(service, _SERVING if ready else _NOT_SERVING)

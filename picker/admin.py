@@ -192,12 +192,16 @@ def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None) -> 
                 "max_concurrent_requests": runtime.leases.limit}
 
     @app.get("/ready", response_model=Ready, responses={
-        503: {"model": Ready, "description": "Draining, or no worker is routable"}})
+        503: {"model": Ready, "description": "Draining, discovery not synced yet, or no "
+                     "worker is routable"}})
     async def ready() -> JSONResponse:
-        """Readiness: serving (not shutting down) and some worker is routable."""
+        """Readiness: serving (not shutting down), discovery sources synced once, and some
+        worker is routable."""
         routable = sum(1 for w in workers.workers() if w.routable)
-        ok = routable > 0 and not runtime.draining
-        status = "draining" if runtime.draining else "ready" if routable else "not_ready"
+        synced = runtime.discovery_synced
+        ok = runtime.ready
+        status = ("draining" if runtime.draining else "syncing" if not synced
+                  else "ready" if routable else "not_ready")
         body = {"status": status, "routable_workers": routable,
                 "total_workers": len(workers.workers())}
         return JSONResponse(body, status_code=200 if ok else 503)

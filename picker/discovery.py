@@ -13,6 +13,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from picker.errors import PickerError
+from picker.sources.settings import DnsSettings, KubernetesSettings
 from picker.workers import RuntimeType, WorkerSpec
 
 __all__ = ["DiscoverySettings", "WorkerUnreachable", "discover", "expand_dp_ranks"]
@@ -27,6 +28,9 @@ class DiscoverySettings(BaseModel):
     # Bounds every registration's wait, whatever a worker's max_connection_attempts says: an
     # admin call or a reload must not hang for half a minute on an engine that is down.
     max_wait_secs: float = Field(default=10.0, gt=0)
+    # Sources that find workers by themselves; each owns the workers it found (WorkerManager).
+    kubernetes: KubernetesSettings | None = None
+    dns: DnsSettings | None = None
 
 
 class WorkerUnreachable(PickerError):

@@ -147,9 +147,8 @@ class WorkerManager:
         path = self.declared_in(worker)
         if path is not None:
             raise DeclaredInFile(
-                f"worker {worker.id} is declared in {path}: edit that file to change or remove "
-                "it (it is re-read on change and on SIGHUP); the admin API changes only the "
-                "workers it added")
+                f"worker {worker.id} is declared in {path}: {_how_to_change(path)}; the admin "
+                "API changes only the workers it added")
         return worker
 
     # -- the configuration file's call --------------------------------------------------------
@@ -286,6 +285,16 @@ class WorkerManager:
 def _only_patchable_differ(old: WorkerSpec, new: WorkerSpec) -> bool:
     return (old.model_dump(exclude=set(PATCHABLE)) == new.model_dump(exclude=set(PATCHABLE))
             and old.api_key == new.api_key)
+
+
+def _how_to_change(owner: str) -> str:
+    """Owners are a configuration file's path or a discovery source (`kubernetes:ns/pool`,
+    `dns:name`): each is changed where it lives."""
+    if owner.startswith("kubernetes:"):
+        return "change the pods or the InferencePool (the picker follows them)"
+    if owner.startswith("dns:"):
+        return "change the DNS records (the picker polls them)"
+    return "edit that file to change or remove it (it is re-read on change and on SIGHUP)"
 
 
 def _owned_by(path: str | None) -> str:

@@ -60,6 +60,7 @@ from picker.reload import ConfigReloader
 from picker.request import RoutingRequest
 from picker.router import Router
 from picker.routers import PdRouters, RouterManager
+from picker.sources import build_sources
 from picker.status import ActivityHistory
 from picker.telemetry import PickerMetrics
 
@@ -108,6 +109,7 @@ class PickerRuntime:
         # Workers registered before they answer are admitted by health checks, when they run.
         self.manager = WorkerManager(self.registry, config.discovery,
                                      health_checked=config.health.enabled)
+        self._sources = build_sources(config.discovery, self.manager)  # Kubernetes, DNS
         # Prefill/decode pairs (enable_igw) may need the picker's own prefill request.
         self._awaits = (self._prefix is not None and self._prefix.remote is not None) \
             or self.leases.queueing or config.enable_igw
@@ -265,6 +267,20 @@ class PickerRuntime:
         return self._draining
 
     @property
+    def ready(self) -> bool:
+        """Readiness, for HTTP /ready and the gRPC `readiness` service alike: not draining,
+        discovery synced once, and some worker routable."""
+        return (not self._draining and self.discovery_synced
+                and any(w.routable for w in self.registry.workers()))
+
+    @property
+    def discovery_synced(self) -> bool:
+        """Every discovery source (Kubernetes, DNS) has applied its first view: until then
+        readiness (HTTP /ready, gRPC health) says not ready, so no traffic meets a fleet that
+        is still being found."""
+        return all(source.synced for source in self._sources)
+
+    @property
     def admin_port(self) -> int | None:
         """The admin API's bound port once it listens (None when disabled)."""
         return self._admin_port
@@ -304,6 +320,9 @@ class PickerRuntime:
                                           self.manager, self.metrics)
                 await reloader.start()
                 running.push_async_callback(reloader.stop)
+            for source in self._sources:
+                await source.start()
+                running.push_async_callback(source.stop)
             running.push_async_callback(self._prefill.close)
             expiry = asyncio.create_task(self._expire_forever())
             running.push_async_callback(_cancel, expiry)
@@ -401,6 +420,11 @@ def _check_litellm_config(config: PickerConfig) -> None:
     if config.prefix.enabled and config.prefix.index == "kv_events":
         raise ConfigError("prefix.index", "kv_events needs workers declaring kv_events "
                           "endpoints, which LiteLLM deployments cannot: use approximate")
+    for name in ("kubernetes", "dns"):
+        if getattr(config.discovery, name) is not None:
+            raise ConfigError(f"discovery.{name}", "inside LiteLLM the workers are LiteLLM's "
+                              "deployments (model_list): discovery sources need `llm-picker "
+                              "serve`")
     if config.enable_igw:
         raise ConfigError("enable_igw", "LiteLLM deployments are regular workers: "
                           "prefill/decode pairs and per-mode routers need `llm-picker serve` "

@@ -1,0 +1,133 @@
+"""deploy/: every manifest parses into the Kubernetes API's own types (kubernetes_asyncio's
+models, generated from the API's OpenAPI: unknown fields are errors here), the InferencePool is
+one the picker follows, RBAC is exactly what discovery needs, and the picker YAML inside the
+ConfigMap is valid for `llm-picker serve`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+models = pytest.importorskip("kubernetes_asyncio.client.models")
+
+from picker.config import load_config  # noqa: E402
+from picker.sources.pods import pool_target  # noqa: E402
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+CORE = {("v1", "ServiceAccount"): "V1ServiceAccount", ("v1", "ConfigMap"): "V1ConfigMap",
+        ("v1", "Service"): "V1Service", ("apps/v1", "Deployment"): "V1Deployment",
+        ("rbac.authorization.k8s.io/v1", "Role"): "V1Role",
+        ("rbac.authorization.k8s.io/v1", "RoleBinding"): "V1RoleBinding"}
+# Kinds from CRDs (Gateway API, GIE, Istio): their top-level shape only.
+CRDS = {("inference.networking.k8s.io/v1", "InferencePool"),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+        ("gateway.networking.k8s.io/v1", "Gateway"),
+        ("networking.istio.io/v1", "DestinationRule")}
+
+
+def _documents() -> list[tuple[Path, dict[str, Any]]]:
+    found = []
+    for path in sorted(DEPLOY.rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert isinstance(doc, dict), path
+            found.append((path, doc))
+    return found
+
+
+DOCS = _documents()
+
+
+def _check(value: Any, type_name: str, where: str) -> None:
+    """`value` fits the generated model `type_name`: every key is a field of it, all the way
+    down (the models' openapi_types / attribute_map)."""
+    if value is None:
+        return
+    listed = re.fullmatch(r"list\[(.+)\]", type_name)
+    mapped = re.fullmatch(r"dict\(str, (.+)\)", type_name)
+    if listed:
+        assert isinstance(value, list), where
+        for i, item in enumerate(value):
+            _check(item, listed.group(1), f"{where}[{i}]")
+    elif mapped:
+        assert isinstance(value, dict), where
+        for key, item in value.items():
+            _check(item, mapped.group(1), f"{where}.{key}")
+    elif hasattr(models, type_name):
+        model = getattr(models, type_name)
+        fields = {json: attr for attr, json in model.attribute_map.items()}
+        assert isinstance(value, dict), f"{where}: expected an object"
+        for key, item in value.items():
+            assert key in fields, f"{where}: {key!r} is not a field of {type_name}"
+            _check(item, model.openapi_types[fields[key]], f"{where}.{key}")
+
+
+def test_every_manifest_is_a_known_kind_with_known_fields() -> None:
+    assert DOCS
+    for path, doc in DOCS:
+        key = (doc.get("apiVersion"), doc.get("kind"))
+        where = str(path.relative_to(DEPLOY))
+        if key[1] == "Kustomization":
+            for entry in doc.get("resources", []) + [p["path"] for p in doc.get("patches", [])
+                                                      if "path" in p]:
+                assert (path.parent / entry).exists(), f"{where}: {entry} missing"
+        elif key in CORE:
+            _check(doc, CORE[key], where)
+        else:
+            assert key in CRDS, f"{where}: unexpected kind {key}"
+            assert set(doc) <= {"apiVersion", "kind", "metadata", "spec"}, where
+
+
+async def test_full_manifests_deserialize_into_the_client_models() -> None:
+    """The client's own deserializer, with client-side validation (required fields, enums)."""
+    import json
+    from types import SimpleNamespace
+
+    from kubernetes_asyncio.client import ApiClient
+
+    async with ApiClient() as client:
+        for path, doc in DOCS:
+            key = (doc.get("apiVersion"), doc.get("kind"))
+            if key in CORE and "overlays" not in path.parts:  # overlays hold partial patches
+                obj = client.deserialize(SimpleNamespace(data=json.dumps(doc)), CORE[key])
+                assert obj.metadata.name, path
+
+
+def _one(kind: str) -> dict[str, Any]:
+    docs = [d for p, d in DOCS if d["kind"] == kind and "overlays" not in p.parts
+            and "gateways" not in p.parts]
+    assert len(docs) == 1, kind
+    return docs[0]
+
+
+def test_rbac_is_read_only_on_pods_and_inferencepools() -> None:
+    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): sorted(r["verbs"])
+             for r in _one("Role")["rules"]}
+    assert rules == {(("",), ("pods",)): ["get", "list", "watch"],
+                     (("inference.networking.k8s.io",), ("inferencepools",)):
+                         ["get", "list", "watch"]}
+    assert _one("RoleBinding")["subjects"][0]["name"] == _one("ServiceAccount")["metadata"]["name"]
+
+
+def test_the_pool_is_followable_and_points_at_the_picker(tmp_path: Path) -> None:
+    pool = _one("InferencePool")
+    assert pool_target(pool).ports == (8000,)
+    service = _one("Service")
+    assert pool["spec"]["endpointPickerRef"]["name"] == service["metadata"]["name"]
+    ext_proc = service["spec"]["ports"][0]
+    assert ext_proc["appProtocol"] == "kubernetes.io/h2c"
+    assert ext_proc["port"] == pool["spec"]["endpointPickerRef"]["port"]["number"]
+
+    path = tmp_path / "picker.yaml"
+    path.write_text(_one("ConfigMap")["data"]["picker.yaml"])
+    config = load_config(path, env={"LLM_PICKER_ADMIN__TOKEN": "secret-from-the-secret"})
+    assert config.discovery.kubernetes is not None
+    assert config.discovery.kubernetes.inference_pool == pool["metadata"]["name"]
+    assert config.extproc.port == ext_proc["port"]
+    container = _one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert {p["containerPort"] for p in container["ports"]} == {config.extproc.port,
+                                                                config.admin.port}
