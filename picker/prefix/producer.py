@@ -75,7 +75,7 @@ class PrefixProducer:
         if index is not None:
             self.index = index
         elif settings.index == "kv_events":
-            # Imported here: with KV sync off, nothing of it is loaded (nor pyzmq, msgspec).
+            # Imported here: with KV sync off, nothing of it is loaded (nor pyzmq).
             from picker.prefix.kv_index import SyncPrefixIndex
             self.index = SyncPrefixIndex(settings.kv_events)
         else:
