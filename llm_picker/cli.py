@@ -108,7 +108,8 @@ def _bench(ns: argparse.Namespace) -> int:
                            kv_tokenizer=ns.kv_tokenizer)
     from picker_bench.overhead import run_overhead
 
-    return run_overhead(requests=ns.requests, concurrency=ns.concurrency, peers=ns.peers)
+    return run_overhead(requests=ns.requests, concurrency=ns.concurrency, peers=ns.peers,
+                        long_context=ns.long_context)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,7 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     which = bench.add_subparsers(dest="bench", required=True)
     overhead = which.add_parser("overhead", help="latency added by the picker behind Envoy")
     overhead.add_argument("--requests", type=int, default=2000, help="per scenario")
-    overhead.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    overhead.add_argument("--concurrency", type=int, nargs="+", help="default 1 16 (20 60 with"
+                          " --long-context)")
+    overhead.add_argument("--long-context", type=int, default=0, metavar="REQUESTS",
+                          help="instead: 220 KB and 1 MB streaming prompts on 4 instant sims, "
+                               "Envoy + picker (prefix_cache) vs sglang-router cache_aware, "
+                               "REQUESTS per size and concurrency")
     overhead.add_argument(
         "--peers", nargs="+", default=["envoy", "buffered", "duplex", "sglang"],
         help="scenarios to run (also: explain - buffered with explain.enabled)",
