@@ -94,6 +94,10 @@ def _bench(ns: argparse.Namespace) -> int:
         from picker_bench.pd import run_pd
 
         return run_pd(requests=ns.requests, rate=ns.rate, seed=ns.seed)
+    if ns.bench == "longprompt":
+        from picker_bench.decision import run_long_prompt
+
+        return run_long_prompt(sizes=ns.sizes, requests=ns.requests)
     if ns.bench == "routing":
         from picker_bench.routing import run_routing
 
@@ -104,7 +108,8 @@ def _bench(ns: argparse.Namespace) -> int:
                            kv_tokenizer=ns.kv_tokenizer)
     from picker_bench.overhead import run_overhead
 
-    return run_overhead(requests=ns.requests, concurrency=ns.concurrency, peers=ns.peers)
+    return run_overhead(requests=ns.requests, concurrency=ns.concurrency, peers=ns.peers,
+                        long_context=ns.long_context)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,7 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     which = bench.add_subparsers(dest="bench", required=True)
     overhead = which.add_parser("overhead", help="latency added by the picker behind Envoy")
     overhead.add_argument("--requests", type=int, default=2000, help="per scenario")
-    overhead.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    overhead.add_argument("--concurrency", type=int, nargs="+", help="default 1 16 (20 60 with"
+                          " --long-context)")
+    overhead.add_argument("--long-context", type=int, default=0, metavar="REQUESTS",
+                          help="instead: 220 KB and 1 MB streaming prompts on 4 instant sims, "
+                               "Envoy + picker (prefix_cache) vs sglang-router cache_aware, "
+                               "REQUESTS per size and concurrency")
     overhead.add_argument(
         "--peers", nargs="+",
         default=["envoy", "buffered", "duplex", "duplex2", "sglang", "stream"],
@@ -187,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--users", type=int, default=8)
     soak.add_argument("--kill-every", type=float, default=60.0, help="seconds between kills")
     soak.set_defaults(run=_bench)
+    long = which.add_parser("longprompt", help="in-process cost of long prompts: parse + route")
+    long.add_argument("--sizes", type=int, nargs="+", default=[225_280, 1_048_576],
+                      help="prompt characters")
+    long.add_argument("--requests", type=int, default=100, help="per size and body shape")
+    long.set_defaults(run=_bench)
     kv = which.add_parser("kv-events", help="KV-event ingestion rate and routing latency under it")
     kv.add_argument("--rates", type=int, nargs="+", default=[10_000, 20_000],
                     help="BlockStored events per second to publish while measuring")

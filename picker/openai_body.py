@@ -1,8 +1,11 @@
 """OpenAI-style request bodies -> RoutingRequest.
 
-This runs on every routed request, so it is plain `json` and dict lookups (no model classes),
-and error messages are built only on the error path. Every malformed input becomes
-InvalidRequest naming the field (`param`); nothing else escapes, whatever the bytes.
+This runs on every routed request, so it is one msgspec parse straight from the body's bytes
+and dict lookups (no model classes). msgspec rejects everything the standard library rejects
+and more (a lone surrogate escape, a float overflowing to infinity); only then is the body
+parsed again by `json`, which either accepts it as before or gives the error message clients
+have always seen. Every malformed input becomes InvalidRequest naming the field (`param`);
+nothing else escapes, whatever the bytes.
 
 `prompt_text` is what the engine sees first, in order, so equal prompts give equal text and a
 shared system prompt or shared first turns give a shared text prefix (what a prefix index
@@ -23,6 +26,8 @@ import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any, NoReturn
+
+import msgspec
 
 from picker.errors import InvalidRequest, UnsupportedMediaType, UnsupportedPath
 from picker.request import Api, RoutingRequest
@@ -55,12 +60,19 @@ def parse_request(path: str, body: bytes, headers: Mapping[str, str]) -> Routing
     if media_type and media_type != "application/json" and not media_type.endswith("+json"):
         raise UnsupportedMediaType(
             f"content-type must be application/json, not {_clip(media_type)!r}")
-    request = request_from_data(api, _load_object(body), headers)
-    # Strict UTF-8 decoding admits no surrogates, so a lone one can only come from a JSON
-    # escape; engines' tokenizers cannot encode it. Only bodies with such escapes pay the check.
-    if b"\\ud" in body or b"\\uD" in body:
-        _check_unicode(request)
-    return request
+    try:
+        data = _FAST.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        data = None
+    if not isinstance(data, dict):
+        # Malformed, or valid but not a plain JSON object: the standard library decides.
+        request = request_from_data(api, _load_object(body), headers)
+        # A lone surrogate can only come from a JSON escape (strict UTF-8 admits none), and
+        # msgspec refuses those, so only bodies parsed here need the check.
+        if b"\\ud" in body or b"\\uD" in body:
+            _check_unicode(request)
+        return request
+    return request_from_data(api, data, headers)
 
 
 def request_from_data(api: Api, data: Mapping[str, Any],
@@ -100,6 +112,7 @@ def _reject_constant(name: str) -> NoReturn:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_FAST = msgspec.json.Decoder()
 
 
 def _load_object(body: bytes) -> dict[str, Any]:

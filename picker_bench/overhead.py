@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from picker_bench.grpc_echo import drive
+from picker_bench.longcontext import print_long_context, run_long_context
 from picker_bench.stack import (
     Process,
     SimSpec,
@@ -353,7 +354,16 @@ def _print_stream_table(results: list[StreamResult]) -> None:
 
 
 def run_overhead(requests: int = 2000, concurrency: list[int] | None = None,
-                 peers: list[str] | None = None) -> int:
+                 peers: list[str] | None = None, long_context: int = 0) -> int:
+    """`long_context` > 0: instead, that many long-prompt requests per size and level
+    (picker_bench/longcontext.py)."""
+    if long_context:
+        workdir = Path(tempfile.mkdtemp(prefix="llm-picker-bench-"))
+        long_results = run_long_context([225_280, 1_048_576], concurrency or [20, 60],
+                                        long_context, workdir)
+        print_long_context(long_results)
+        shutil.rmtree(workdir, ignore_errors=True)
+        return 0 if all(r.errors == 0 for r in long_results) else 1
     levels = concurrency or [1, 16]
     scenarios = peers or ["envoy", "buffered", "duplex", "duplex2", "sglang", "stream"]
     if "sglang" in scenarios and importlib.util.find_spec("sglang_router") is None:

@@ -43,12 +43,15 @@ class PromptBlocks:
     and record, and engines sharing a geometry, reuse one computation.
     """
 
-    __slots__ = ("model", "units", "is_tokens", "_hashes")
+    __slots__ = ("model", "units", "is_tokens", "predicted", "_hashes")
 
     def __init__(self, model: str, units: str | Sequence[int], is_tokens: bool) -> None:
         self.model = model
         self.units = units
         self.is_tokens = is_tokens
+        # The match computed for the decision, set by the producer: what the index predicted
+        # for the pick, read again when the pick is recorded instead of matching twice.
+        self.predicted: PrefixMatch | None = None
         self._hashes: dict[tuple[int | None, int], list[int]] = {}
 
     def hashes(self, block_size: int, seed: int | None = None) -> list[int]:

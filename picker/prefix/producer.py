@@ -75,7 +75,7 @@ class PrefixProducer:
         if index is not None:
             self.index = index
         elif settings.index == "kv_events":
-            # Imported here: with KV sync off, nothing of it is loaded (nor pyzmq, msgspec).
+            # Imported here: with KV sync off, nothing of it is loaded (nor pyzmq).
             from picker.prefix.kv_index import SyncPrefixIndex
             self.index = SyncPrefixIndex(settings.kv_events)
         else:
@@ -111,12 +111,15 @@ class PrefixProducer:
         match = index.match(prompt, (w.id for w in candidates))
         match = replace(match, held={w.id: index.blocks_of(w.id) for w in candidates},
                         tokens_per_block=self._tokens_per_block(prompt, match.total_blocks))
+        prompt.predicted = match
         return replace(request, prefix=match), prompt
 
     def record(self, prompt: PromptBlocks, worker: Worker) -> None:
         index = self._index_for(prompt)
         if self.calibration is not None and index is self._approx:
-            predicted = index.match(prompt, (worker.id,)).blocks(worker.id)
+            # The decision's own prediction (matching again would walk a long prompt twice).
+            match = prompt.predicted or index.match(prompt, (worker.id,))
+            predicted = match.blocks(worker.id)
             capacity = self.calibration.recorded(worker, len(prompt.units),
                                                  predicted * self._units_per_block)
             if capacity is not None:

@@ -328,3 +328,57 @@ def test_message_shaped_json_only_raises_request_errors(
     value: list[object], key: str, path: str
 ) -> None:
     assert_routable_or_refused(path, json.dumps({"model": "m", key: value}).encode())
+
+
+# -- the fast parser (msgspec) accepts exactly what the standard library accepts, identically --
+
+def stdlib_body(raw: bytes) -> object:
+    """The body as `json` alone decodes it (strict UTF-8, no NaN), or None if it refuses."""
+    def refuse(name: str) -> object:
+        raise ValueError(name)
+
+    try:
+        return json.loads(raw.decode("utf-8-sig"), parse_constant=refuse)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def assert_parsed_like_stdlib(raw: bytes) -> None:
+    expected = stdlib_body(raw)
+    try:
+        parsed = parse_request(COMPLETIONS, raw, {}).body
+    except InvalidRequest:
+        parsed = None
+    if parsed is not None or not isinstance(expected, dict) or expected.get("model") != "m":
+        # repr tells 1 from 1.0 and keeps key order, which == does not
+        assert repr(parsed) == repr(expected)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"model":"m","prompt":"p","big":' + b"1" * 30 + b"}",  # beyond 64 bits: still an int
+    b'{"model":"m","prompt":"p","x":1e400}',  # msgspec refuses; json gives inf
+    b'{"model":"m","prompt":"p","x":"\\ud800"}',  # lone surrogate outside the prompt
+    b'{"model":"m","prompt":"p","x":"\\ud83d\\ude00"}',
+    b'\xef\xbb\xbf{"model":"m","prompt":"p"}',  # BOM
+    b'{"model":"m","prompt":"p","x":1,"x":2.0}',  # duplicate keys: the last wins
+    b'{"model":"m","prompt":"p","x":"a\nb"}',  # raw control character: refused by both
+    b'{"model":"m","prompt":"p","x":[1,]}',
+    b'{"model":"m","prompt":"p","x":"\xed\xa0\x80"}',  # UTF-8-encoded surrogate
+    b' \t\r\n{"model":"m","prompt":"p","x":-0.0E+2}\n',
+], ids=["huge-int", "float-overflow", "lone-surrogate", "pair", "bom", "duplicate-keys",
+        "control-char", "trailing-comma", "encoded-surrogate", "whitespace-and-exponent"])
+def test_fast_parser_agrees_with_stdlib(raw: bytes) -> None:
+    assert_parsed_like_stdlib(raw)
+
+
+@FUZZ
+@given(json_values, st.booleans())
+def test_fast_parser_agrees_with_stdlib_on_any_json(value: object, ascii_only: bool) -> None:
+    raw = json.dumps({"model": "m", "prompt": "p", "x": value}, ensure_ascii=ascii_only)
+    assert_parsed_like_stdlib(raw.encode("utf-8", "surrogatepass"))
+
+
+@FUZZ
+@given(st.binary(max_size=60))
+def test_fast_parser_agrees_with_stdlib_on_any_bytes(tail: bytes) -> None:
+    assert_parsed_like_stdlib(b'{"model":"m","prompt":"p","x":' + tail)

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from picker.prefix import ApproxPrefixIndex, PromptBlocks, block_hashes, namespace_hash
+from picker.prefix.blocks import next_hash
 
 
 def text(units: str) -> PromptBlocks:
@@ -28,6 +29,13 @@ def test_namespaces_and_token_ids() -> None:
     lora = namespace_hash("m", lora="adapter-1")
     assert block_hashes(lora, "abcd", 2) != block_hashes(namespace_hash("m"), "abcd", 2)
     assert block_hashes(1, [1, 2, 3, 4], 2) == block_hashes(1, (1, 2, 3, 4), 2)
+
+
+@pytest.mark.parametrize("units", ["abcdefg", [5, 6, 7, 8, 9, 10, 11]], ids=["chars", "tokens"])
+def test_block_hashes_chain_next_hash(units: str | list[int]) -> None:
+    """The KV-event index chains engine-reported blocks with next_hash: both must agree."""
+    first = next_hash(7, units[0:3])
+    assert block_hashes(7, units, 3) == [first, next_hash(first, units[3:6])]
 
 
 def test_match_is_the_longest_leading_run_per_worker() -> None:
