@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from google.protobuf import struct_pb2
+
 from extproc._pb import ext_proc_pb2 as pb
 from picker.errors import RequestError
 
@@ -70,14 +72,20 @@ def _set_header(mutation: pb.HeaderMutation, key: str, value: str) -> None:
     option.append_action = _OVERWRITE
 
 
-def metadata_string(message: pb.ProcessingRequest, namespace: str, key: str) -> str | None:
-    """A string the proxy forwarded in the message's metadata_context, None if absent."""
+def _metadata_value(message: pb.ProcessingRequest, namespace: str,
+                    key: str) -> struct_pb2.Value | None:
+    """A value the proxy forwarded in the message's metadata_context, None if absent."""
     if not message.HasField("metadata_context"):
         return None
     spaces = message.metadata_context.filter_metadata
     if namespace not in spaces:
         return None
-    value = spaces[namespace].fields.get(key)
+    return spaces[namespace].fields.get(key)
+
+
+def metadata_string(message: pb.ProcessingRequest, namespace: str, key: str) -> str | None:
+    """A string the proxy forwarded in the message's metadata_context, None if absent."""
+    value = _metadata_value(message, namespace, key)
     return value.string_value if value is not None and value.HasField("string_value") else None
 
 
@@ -85,12 +93,7 @@ def metadata_strings(message: pb.ProcessingRequest, namespace: str,
                      key: str) -> list[str] | None:
     """A list of strings in the metadata_context (a comma-separated string counts as one);
     None when the key is absent, which is not the same as an empty list."""
-    if not message.HasField("metadata_context"):
-        return None
-    spaces = message.metadata_context.filter_metadata
-    if namespace not in spaces:
-        return None
-    value = spaces[namespace].fields.get(key)
+    value = _metadata_value(message, namespace, key)
     if value is None:
         return None
     if value.HasField("list_value"):
@@ -139,16 +142,20 @@ def continue_headers() -> pb.ProcessingResponse:
     return response
 
 
+# Answers that never vary are built once; grpc only reads them to serialize.
+_CONTINUE_BODY = pb.ProcessingResponse(request_body=pb.BodyResponse(response=pb.CommonResponse()))
+_CONTINUE_TRAILERS = pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
+_CONTINUE_RESPONSE_BODY = pb.ProcessingResponse(
+    response_body=pb.BodyResponse(response=pb.CommonResponse()))
+_CONTINUE_RESPONSE_TRAILERS = pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
+
+
 def continue_body() -> pb.ProcessingResponse:
-    response = pb.ProcessingResponse()
-    response.request_body.response.SetInParent()
-    return response
+    return _CONTINUE_BODY
 
 
 def continue_trailers() -> pb.ProcessingResponse:
-    response = pb.ProcessingResponse()
-    response.request_trailers.SetInParent()
-    return response
+    return _CONTINUE_TRAILERS
 
 
 def continue_response_headers(set_headers: dict[str, str] | None = None
@@ -173,15 +180,11 @@ def echo_response_body(chunk: bytes, end_of_stream: bool) -> pb.ProcessingRespon
 
 def continue_response_body() -> pb.ProcessingResponse:
     """BUFFERED or STREAMED response mode: let the body through as it is."""
-    response = pb.ProcessingResponse()
-    response.response_body.response.SetInParent()
-    return response
+    return _CONTINUE_RESPONSE_BODY
 
 
 def continue_response_trailers() -> pb.ProcessingResponse:
-    response = pb.ProcessingResponse()
-    response.response_trailers.SetInParent()
-    return response
+    return _CONTINUE_RESPONSE_TRAILERS
 
 
 def route_buffered(route: Route, body: bytes | None = None) -> pb.ProcessingResponse:

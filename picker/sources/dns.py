@@ -19,6 +19,7 @@ import dns.resolver
 
 from picker.fleet import WorkerManager
 from picker.sources.settings import DnsSettings, nameserver_address
+from picker.sources.status import SourceStatus
 from picker.workers import WorkerSpec
 
 __all__ = ["DnsSource"]
@@ -28,27 +29,17 @@ log = logging.getLogger("llm_picker.sources.dns")
 _EMPTY = (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer)
 
 
-class DnsSource:
+class DnsSource(SourceStatus):
     def __init__(self, settings: DnsSettings, manager: WorkerManager) -> None:
+        super().__init__(log)
         self._settings = settings
         self._manager = manager
         self._resolver = _resolver(settings)
         self._task: asyncio.Task[None] | None = None
-        self._synced = False
-        self._last_error: str | None = None
 
     @property
     def owner(self) -> str:
         return f"dns:{self._settings.name}"
-
-    @property
-    def synced(self) -> bool:
-        return self._synced
-
-    @property
-    def last_error(self) -> str | None:
-        """Why the last lookup failed (None after a successful one)."""
-        return self._last_error
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._poll_forever())
@@ -63,10 +54,8 @@ class DnsSource:
             try:
                 endpoints = await self.endpoints()
             except dns.exception.DNSException as exc:
-                message = f"{self._settings.name}: {type(exc).__name__}: {exc}"[:300]
-                if message != self._last_error:
-                    log.error("dns discovery failed, workers kept: %s", message)
-                self._last_error = message
+                self._failed(f"dns discovery failed, workers kept: {self._settings.name}: "
+                             f"{type(exc).__name__}: {exc}"[:300])
             else:
                 self._last_error = None
                 specs = [WorkerSpec(url=f"{self._settings.scheme}://{_host(ip)}:{port}",

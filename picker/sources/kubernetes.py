@@ -41,6 +41,7 @@ from picker.sources.pods import (
     worker_specs,
 )
 from picker.sources.settings import KubernetesSettings
+from picker.sources.status import SourceStatus
 
 __all__ = ["KubernetesSource"]
 
@@ -56,9 +57,10 @@ Lister = Callable[[], Awaitable[tuple[list[Object], str]]]
 Watcher = Callable[[str, Callable[[str, Object], None]], Awaitable[str]]
 
 
-class KubernetesSource:
+class KubernetesSource(SourceStatus):
     def __init__(self, settings: KubernetesSettings, manager: WorkerManager,
                  environ: Mapping[str, str] = os.environ) -> None:
+        super().__init__(log)
         self._settings = settings
         self._manager = manager
         self._environ = environ
@@ -69,8 +71,6 @@ class KubernetesSource:
         self._pods: dict[str, Object] = {}
         self._listed = False  # the pods of the current target have been listed
         self._changed = asyncio.Event()
-        self._synced = False
-        self._last_error: str | None = None
         self._pods_task: asyncio.Task[None] | None = None
 
     @property
@@ -78,15 +78,6 @@ class KubernetesSource:
         """Who owns the workers found (what the admin API's refusals name)."""
         what = self._settings.inference_pool or selector_string(settings_target(self._settings))
         return f"kubernetes:{self._namespace}/{what}"
-
-    @property
-    def synced(self) -> bool:
-        return self._synced
-
-    @property
-    def last_error(self) -> str | None:
-        """Why the source is not following its pods right now (None when it is)."""
-        return self._last_error
 
     async def start(self) -> None:
         """Connect (in-cluster service account, else kubeconfig) and start following; the
@@ -148,7 +139,7 @@ class KubernetesSource:
 
     def _pool_listed(self, pools: list[Object]) -> None:
         if not pools:
-            self._error(f"InferencePool {self._namespace}/{self._settings.inference_pool} "
+            self._failed(f"InferencePool {self._namespace}/{self._settings.inference_pool} "
                         "not found")
             self._follow(None)
         else:
@@ -161,7 +152,7 @@ class KubernetesSource:
         try:
             target = pool_target(pool)
         except ValueError as exc:
-            self._error(f"InferencePool {self._namespace}/{self._settings.inference_pool}: "
+            self._failed(f"InferencePool {self._namespace}/{self._settings.inference_pool}: "
                         f"{exc}")
             self._follow(None)
             return
@@ -218,16 +209,11 @@ class KubernetesSource:
                 if exc.status == 410:
                     log.info("%s: resourceVersion expired (410 Gone), listing again", what)
                     continue
-                self._error(_api_error(exc, what, self._namespace))
+                self._failed(_api_error(exc, what, self._namespace))
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-                self._error(f"{what} in {self._namespace}: {type(exc).__name__}: {exc}"[:300])
+                self._failed(f"{what} in {self._namespace}: {type(exc).__name__}: {exc}"[:300])
             await asyncio.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX_SECS)
-
-    def _error(self, message: str) -> None:
-        if message != self._last_error:
-            log.error("kubernetes discovery: %s", message)
-        self._last_error = message
 
     async def _list_pods(self) -> tuple[list[Object], str]:
         assert self._target is not None
