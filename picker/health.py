@@ -70,16 +70,12 @@ class HealthChecker:
         self._workers = workers
         self._settings = settings
         self._tasks = WorkerTasks(workers, self._watch)
-        self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
-        self._client = httpx.AsyncClient()
         self._tasks.start()
 
     async def stop(self) -> None:
         await self._tasks.stop()
-        if self._client is not None:
-            await self._client.aclose()
 
     async def _watch(self, worker: Worker) -> None:
         failures = successes = 0
@@ -105,9 +101,8 @@ class HealthChecker:
             await asyncio.sleep(plan.interval)
 
     async def _probe(self, url: str, headers: dict[str, str], timeout: float) -> bool:
-        assert self._client is not None
         try:
-            response = await self._client.get(url, headers=headers, timeout=timeout)
+            response = await self._tasks.client.get(url, headers=headers, timeout=timeout)
         except httpx.HTTPError:
             return False
         return response.is_success

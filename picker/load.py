@@ -166,20 +166,16 @@ class LoadMonitor:
         self._settings = settings
         self._clock = clock
         self._tasks = WorkerTasks(workers, self._poll)
-        self._client: httpx.AsyncClient | None = None
         self._gate: asyncio.Semaphore | None = None
 
     async def start(self) -> None:
         if not self._settings.enabled:
             return
-        self._client = httpx.AsyncClient()
         self._gate = asyncio.Semaphore(self._settings.max_concurrency)
         self._tasks.start()
 
     async def stop(self) -> None:
         await self._tasks.stop()
-        if self._client is not None:
-            await self._client.aclose()
 
     async def _poll(self, worker: Worker) -> None:
         while True:
@@ -191,13 +187,13 @@ class LoadMonitor:
 
     async def scrape(self, worker: Worker) -> None:
         """One scrape; a failure keeps the previous value, which then goes stale."""
-        assert self._client is not None and self._gate is not None
+        assert self._gate is not None
         headers = {}
         if worker.spec.api_key is not None:
             headers["authorization"] = f"Bearer {worker.spec.api_key.get_secret_value()}"
         async with self._gate:
             try:
-                response = await self._client.get(
+                response = await self._tasks.client.get(
                     worker.spec.network_url + "/metrics", headers=headers,
                     timeout=self._settings.timeout_secs,
                 )
