@@ -5,10 +5,12 @@ policies run through the real Envoy + `llm-picker serve`, sglang-router (Rust, c
 pointed at its own fresh engines. Hit rates come from the engines' own metrics.
 
 `fleet="hetero"`: half the engines run at half speed (prefill rate, decode step and fixed
-time to first token), as a fleet mixing GPU generations does; the workload then has more and
-longer multi-turn sessions. Beside hit rate and latency the report counts session stickiness
-(follow-up turns served by the engine that served the previous turn) and group splits (system
-prompt groups and sessions served by more than one engine: each split re-prefills the prefix).
+time to first token), as a fleet mixing GPU generations does, and every engine schedules
+prefills and decodes in one per-step token budget as vLLM does (profile `8b-h100-batched`);
+the workload then has more and longer multi-turn sessions. Beside hit rate and latency the
+report counts session stickiness (follow-up turns served by the engine that served the
+previous turn) and group splits (system prompt groups and sessions served by more than one
+engine: each split re-prefills the prefix).
 """
 
 from __future__ import annotations
@@ -45,7 +47,11 @@ from picker_sim.hf_twin import write_hf_twin
 
 __all__ = ["run_routing"]
 
-PROFILE = "8b-h100-like"
+# Sim profile per fleet. The heterogeneous fleet's engines schedule as vLLM does (one token
+# budget per step, picker_sim.scheduler), so prefills queue behind each other and "how much
+# prefill is ahead on that engine" decides the TTFT tail; the homogeneous fleet keeps the
+# profile its earlier results were measured with.
+PROFILE = {"homogeneous": "8b-h100-like", "hetero": "8b-h100-batched"}
 # Contenders that need parameters; others are policy names with their defaults (weighted:
 # its default profile, which reads the prefix index and the learned engine speeds).
 _POLICY_CONFIG: dict[str, Any] = {}
@@ -141,7 +147,8 @@ def _contender(name: str, engines: int, workdir: Path, workload: Workload,
     the engines' /tokenize as tokenizer) instead of learning from its own picks."""
     kv = name.endswith(KV_SUFFIX)
     with ExitStack() as stack:
-        sims = [SimSpec(f"e{i}", "sim-model", ["--profile", PROFILE]) for i in range(engines)]
+        sims = [SimSpec(f"e{i}", "sim-model", ["--profile", PROFILE[fleet]])
+                for i in range(engines)]
         kv_ports: list[tuple[int, int]] = []
         for i, spec in enumerate(sims):
             args = list(spec.args) + _speed_args(fleet, i, engines)
@@ -184,7 +191,7 @@ def _contender(name: str, engines: int, workdir: Path, workload: Workload,
                                          for u, s in zip(urls, sims, strict=True)]
         prefix: dict[str, Any] = {"enabled": True}
         if kv:
-            block_tokens = int(PROFILES[PROFILE]["block_tokens"])
+            block_tokens = int(PROFILES[PROFILE[fleet]]["block_tokens"])
             prefix.update(index="kv_events", tokenizer=_engine_tokenizer(
                 kv_tokenizer, workload, workdir, stack))
             for worker, (events, replay) in zip(workers, kv_ports, strict=True):
@@ -207,7 +214,7 @@ def _speed_args(fleet: str, index: int, engines: int) -> list[str]:
     speed."""
     if fleet != "hetero":
         return []
-    profile = PROFILES[PROFILE]
+    profile = PROFILES[PROFILE[fleet]]
     slow = 2.0 if index >= engines // 2 else 1.0
     return ["--ttft-ms", str(_HETERO_TTFT_MS * slow),
             "--prefill-tokens-per-sec", str(float(profile["prefill_tokens_per_sec"]) / slow),
@@ -292,11 +299,11 @@ def run_routing(engines: int = 8, groups: int = 64, rate: float = 40.0,
     sessions = {"conversations": 48, "turns": 6} if fleet == "hetero" else {}
     workload = make_workload(seed=seed, groups=groups, rate=rate,
                              chars_per_token=chars_per_token, **sessions)
-    oracle = oracle_hit_rate(workload, int(PROFILES[PROFILE]["block_tokens"]))
-    cache = cache_blocks or int(PROFILES[PROFILE]["cache_blocks"])
+    oracle = oracle_hit_rate(workload, int(PROFILES[PROFILE[fleet]]["block_tokens"]))
+    cache = cache_blocks or int(PROFILES[PROFILE[fleet]]["cache_blocks"])
     print(f"workload: {len(workload.bodies)} streaming chat requests at {rate}/s, {groups} "
           f"system prompts, {sessions.get('conversations', 16)} sessions, ~{chars_per_token} "
-          f"characters per token, {engines} engines ({PROFILE}, {cache} cache blocks each"
+          f"characters per token, {engines} engines ({PROFILE[fleet]}, {cache} cache blocks each"
           f"{', half of them at half speed' if fleet == 'hetero' else ''}); oracle "
           f"hit rate {oracle:.1%} (unbounded caches)", flush=True)
     for policy in ("round_robin", "prefix_cache", "cache_aware"):

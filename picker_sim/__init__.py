@@ -38,6 +38,9 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
                         help="named latency/cache profile; explicit flags override it")
     parser.add_argument("--prefill-tokens-per-sec", type=float)
     parser.add_argument("--decode-ms-per-running", type=float)
+    parser.add_argument("--max-batched-tokens", type=int,
+                        help="per-step token budget shared by prefill chunks and decodes, as "
+                             "vLLM's max_num_batched_tokens (0: prefills do not contend)")
     parser.add_argument("--block-tokens", type=int)
     parser.add_argument("--cache-blocks", type=int)
     parser.add_argument("--kv-events-port", type=int,
@@ -61,6 +64,7 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
         "failure_rate": ns.failure_rate, "seed": ns.seed, "api_key": ns.api_key,
         "prefill_tokens_per_sec": ns.prefill_tokens_per_sec,
         "decode_ms_per_running": ns.decode_ms_per_running,
+        "max_batched_tokens": ns.max_batched_tokens,
         "block_tokens": ns.block_tokens, "cache_blocks": ns.cache_blocks,
         "kv_events_port": ns.kv_events_port, "kv_replay_port": ns.kv_replay_port,
         "kv_encoding": ns.kv_encoding, "role": ns.role, "pd_protocol": ns.pd_protocol,

@@ -5,6 +5,10 @@ queue, which is what `num_requests_waiting` shows), then pays prefill for the pr
 prefix cache does not hold, then decodes token by token with a step time that grows with the
 batch. So cache hits shorten time to first token the way they do on a real engine, and routing
 quality shows up in latency, not only in a hit counter.
+
+With `max_batched_tokens` set, prefills and decodes are no longer private sleeps: they share
+each step's token budget the way vLLM's scheduler shares `max_num_batched_tokens`
+(picker_sim.scheduler), so prefills queue behind each other and slow the decodes beside them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from picker_sim.cache import BlockCache, Claim, token_block_hashes
+from picker_sim.scheduler import StepScheduler
 
 __all__ = [
     "PROFILES", "SimConfig", "SimEngine", "SimRun", "prompt_tokens", "token_ids", "toy_tokens",
@@ -40,6 +45,9 @@ class SimConfig:
     api_key: str | None = None  # when set, OpenAI endpoints require Authorization: Bearer it
     prefill_tokens_per_sec: float = 0.0  # 0: prompts cost nothing beyond ttft_ms
     decode_ms_per_running: float = 0.0  # step time added per running request (batch cost)
+    # 0: each prefill is its own sleep; > 0: vLLM's max_num_batched_tokens, a per-step token
+    # budget that prefill chunks and decode tokens share (picker_sim.scheduler).
+    max_batched_tokens: int = 0
     block_tokens: int = 16
     cache_blocks: int = 4096
     # KV events in vLLM's format over ZMQ (picker_sim.kv_publisher); off without a port.
@@ -63,6 +71,7 @@ class SimConfig:
             "failure_rate": 0.0 <= self.failure_rate <= 1.0,
             "prefill_tokens_per_sec": self.prefill_tokens_per_sec >= 0,
             "decode_ms_per_running": self.decode_ms_per_running >= 0,
+            "max_batched_tokens": self.max_batched_tokens >= 0,
             "block_tokens": self.block_tokens >= 1,
             "cache_blocks": self.cache_blocks >= 1,
             "kv_encoding": self.kv_encoding in ("map", "array"),
@@ -92,6 +101,13 @@ PROFILES: Mapping[str, Mapping[str, Any]] = {
         "ttft_ms": 5.0, "tpot_ms": 6.0, "prefill_tokens_per_sec": 20_000.0,
         "decode_ms_per_running": 0.1, "max_concurrency": 32, "block_tokens": 16,
         "cache_blocks": 2_500,
+    },
+    # The same engine scheduled as vLLM does on an H100 (the OpenAI server's default budget
+    # of 8,192 tokens per step): prefills contend with each other and with decodes.
+    "8b-h100-batched": {
+        "ttft_ms": 5.0, "tpot_ms": 6.0, "prefill_tokens_per_sec": 20_000.0,
+        "decode_ms_per_running": 0.1, "max_concurrency": 32, "block_tokens": 16,
+        "cache_blocks": 2_500, "max_batched_tokens": 8_192,
     },
     "instant": {"ttft_ms": 0.0, "tpot_ms": 0.0},
 }
@@ -147,20 +163,29 @@ class SimRun:
     async def first_token(self) -> None:
         engine = self.engine
         config = engine.config
-        delay = config.ttft_ms / 1000
-        if config.prefill_tokens_per_sec:
-            delay += (self.prompt_tokens - self.cached_tokens) / config.prefill_tokens_per_sec
-        await asyncio.sleep(delay)
-        engine.prefill_secs_total += delay
-        engine.prefill_tokens_total += self.prompt_tokens - self.cached_tokens
+        uncached = self.prompt_tokens - self.cached_tokens
+        if engine.scheduler is not None:
+            await asyncio.sleep(config.ttft_ms / 1000)
+            prefill = await engine.scheduler.prefill(uncached)
+        else:
+            prefill = config.ttft_ms / 1000
+            if config.prefill_tokens_per_sec:
+                prefill += uncached / config.prefill_tokens_per_sec
+            await asyncio.sleep(prefill)
+        engine.prefill_secs_total += prefill
+        engine.prefill_tokens_total += uncached
         engine.ttft_secs_total += time.monotonic() - self.arrived
         engine.ttft_count += 1
 
     async def next_token(self) -> None:
         engine = self.engine
-        step = (engine.config.tpot_ms + engine.config.decode_ms_per_running * engine.running) / 1000
-        await asyncio.sleep(step)
-        engine.itl_secs_total += step
+        started = time.monotonic()
+        if engine.scheduler is not None:
+            await engine.scheduler.decode()
+        else:
+            await asyncio.sleep((engine.config.tpot_ms
+                                 + engine.config.decode_ms_per_running * engine.running) / 1000)
+        engine.itl_secs_total += time.monotonic() - started
         engine.itl_count += 1
 
 
@@ -191,6 +216,7 @@ class SimEngine:
     kv_usage_override: float | None = None
     events: KvEventSink | None = None
     cache: BlockCache = field(init=False)
+    scheduler: StepScheduler | None = field(init=False)
     _rng: random.Random = field(init=False)
     _slots: asyncio.Semaphore = field(init=False)
 
@@ -198,6 +224,20 @@ class SimEngine:
         self._rng = random.Random(self.config.seed)
         self._slots = asyncio.Semaphore(self.config.max_concurrency)
         self.cache = BlockCache(self.config.cache_blocks)
+        config = self.config
+        self.scheduler = StepScheduler(
+            config.max_batched_tokens, config.tpot_ms, config.decode_ms_per_running,
+            config.prefill_tokens_per_sec) if config.max_batched_tokens else None
+
+    def requests_waiting(self) -> int:
+        """vLLM's num_requests_waiting: waiting for a slot, or admitted but not yet given a
+        prefill chunk by the step scheduler."""
+        queued = self.scheduler.unstarted if self.scheduler is not None else 0
+        return self.waiting + queued + self.extra_waiting
+
+    def requests_running(self) -> int:
+        """vLLM's num_requests_running: admitted and scheduled at least once."""
+        return self.running - (self.scheduler.unstarted if self.scheduler is not None else 0)
 
     @asynccontextmanager
     async def admitted(self, prompt: Sequence[str] = (),

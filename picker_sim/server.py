@@ -71,9 +71,10 @@ class _VllmMetrics(Collector):
     def collect(self) -> Iterator[Metric]:
         engine, model = self._engine, [self._engine.config.model]
         for name, doc, value in (
-            ("vllm:num_requests_running", "Requests running on the engine", engine.running),
-            ("vllm:num_requests_waiting", "Requests waiting for a slot",
-             engine.waiting + engine.extra_waiting),
+            ("vllm:num_requests_running", "Requests running on the engine",
+             engine.requests_running()),
+            ("vllm:num_requests_waiting", "Requests waiting to be scheduled",
+             engine.requests_waiting()),
             ("vllm:kv_cache_usage_perc", "KV-cache usage, 0..1", engine.kv_cache_usage()),
         ):
             gauge = GaugeMetricFamily(name, doc, labels=["model_name"])

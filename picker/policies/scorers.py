@@ -108,9 +108,14 @@ def _decode(_: RoutingRequest, candidates: Sequence[Worker], now: float,
 def _cache_space(request: RoutingRequest, candidates: Sequence[Worker], now: float,
                  stale_after: float) -> list[float | None]:
     """Smaller believed cache contents score higher: new prefixes spread over the caches (what
-    SGLang's smallest-tree rule does), instead of piling onto the fastest engine."""
+    SGLang's smallest-tree rule does), instead of piling onto the fastest engine.
+
+    Only for a prompt no candidate holds any of: for one that some engine holds, the engine
+    holding it has the bigger cache by that very prompt, and scoring it down sends multi-turn
+    sessions away from their history (SGLang, too, applies the rule only below its match
+    threshold)."""
     match = request.prefix
-    if match is None:
+    if match is None or any(match.rate(w.id) > 0 for w in candidates):
         return [None] * len(candidates)
     return _lower_is_better([float(match.held.get(w.id, 0)) for w in candidates])
 

@@ -134,3 +134,22 @@ def test_default_profile_reads_the_prefix_without_requiring_it() -> None:
 
     assert not parse_params("weighted", {}).needs_prefix()
     assert parse_params("weighted", {"scorers": {"prefix": 1.0}}).needs_prefix()
+
+
+@pytest.mark.parametrize(
+    ("matched", "expected"),
+    [
+        # a new prompt: the emptier cache (w1) scores higher
+        ({}, [0.0, 0.9]),
+        # a prompt w0 holds part of: no opinion, or it would push sessions off their history
+        ({"w0": 5}, [None, None]),
+    ],
+)
+def test_cache_space_scores_only_prompts_no_one_holds(
+        matched: dict[str, int], expected: list[float | None]) -> None:
+    from picker.policies.scorers import SCORERS
+
+    request = RoutingRequest(model="m", api=Api.CHAT, headers={},
+                             prefix=PrefixMatch(20, matched, held={"w0": 100, "w1": 10}))
+    scores = SCORERS["cache_space"].score(request, fleet_with_speeds(None, None), 0.0, 5.0)
+    assert scores == [None if e is None else pytest.approx(e) for e in expected]
