@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import msgspec
 
+from picker.prefix.blocks import block_hashes, namespace_hash
+
 __all__ = ["MAX_BLOCKS", "MAX_FRAME", "VERSION", "Hello", "Pick", "decode_hello",
            "decode_pick", "frame", "hash_probe"]
 
@@ -46,8 +48,9 @@ _pick = msgspec.msgpack.Decoder(Pick)
 
 
 def hash_probe() -> int:
-    """Equal on two processes only if their string hashes are (same PYTHONHASHSEED)."""
-    return hash("llm-picker/replicas")
+    """Equal on two processes only if they hash prompts alike (same PYTHONHASHSEED, same
+    hashing code): the block hashing itself, run on a fixed prompt."""
+    return block_hashes(namespace_hash("llm-picker/replicas"), "probe", 5)[0]
 
 
 def frame(message: Hello | Pick) -> bytes:
