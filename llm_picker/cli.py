@@ -105,7 +105,8 @@ def _bench(ns: argparse.Namespace) -> int:
                            contenders=ns.contenders, seed=ns.seed, plot=ns.plot,
                            frontend=ns.frontend, cache_blocks=ns.cache_blocks,
                            fleet=ns.fleet, chars_per_token=ns.chars_per_token,
-                           kv_tokenizer=ns.kv_tokenizer)
+                           kv_tokenizer=ns.kv_tokenizer, replicas=ns.replicas,
+                           share_picks=ns.share_picks)
     from picker_bench.overhead import run_overhead
 
     return run_overhead(requests=ns.requests, concurrency=ns.concurrency, peers=ns.peers,
@@ -191,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="hetero: half the engines at half speed, session-heavy traffic")
     routing.add_argument("--chars-per-token", type=int, default=6,
                          help="characters per engine token of the workload's prompts")
+    routing.add_argument("--replicas", type=int, default=1,
+                         help="picker replicas behind the one Envoy (round-robined streams)")
+    routing.add_argument("--share-picks", action=argparse.BooleanOptionalAction, default=True,
+                         help="replicas share their approximate-index picks (replicas:)")
     routing.set_defaults(run=_bench)
     soak = which.add_parser("soak", help="long load with engines and the picker killed")
     soak.add_argument("--minutes", type=float, default=10.0)

@@ -33,6 +33,7 @@ from picker.limits import LimitSettings
 from picker.load import LoadSettings
 from picker.policies import PolicyParams, parse_params
 from picker.prefix.producer import PrefixSettings
+from picker.replicas.settings import ReplicaSettings
 from picker.workers import WorkerSpec
 
 __all__ = [
@@ -161,6 +162,8 @@ class PickerConfig(_Strict):
     circuit: CircuitSettings = Field(default_factory=CircuitSettings)
     discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)
     prefix: PrefixSettings = Field(default_factory=PrefixSettings)
+    # Replicas behind one Envoy cluster sharing their approximate-index picks (picker/replicas).
+    replicas: ReplicaSettings | None = None
     load: LoadSettings = Field(default_factory=LoadSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     workers: list[WorkerSpec] = Field(default_factory=list)
@@ -251,6 +254,11 @@ def _validate(data: dict[str, Any]) -> PickerConfig:
     if config.prefix.enabled and (problem := config.prefix.engine_tokens_problem()):
         raise ConfigError("prefix.tokenizer.kind", problem)
     _check_policies(config)
+    if config.replicas is not None and not (config.prefix.enabled
+                                            and config.prefix.index == "approximate"):
+        raise ConfigError("replicas", "replicas share the picks of the approximate prefix "
+                          "index: set prefix.enabled (index approximate); with kv_events the "
+                          "engines' events already keep replicas in agreement")
     return config
 
 

@@ -24,13 +24,14 @@ import contextlib
 import enum
 import json
 import logging
+import os
 import random
 import threading
 import time
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -62,7 +63,11 @@ from picker.router import Router
 from picker.routers import PdRouters, RouterManager
 from picker.sources import build_sources
 from picker.status import ActivityHistory
-from picker.telemetry import PickerMetrics
+from picker.telemetry import PickerMetrics, ReplicaMetrics
+
+if TYPE_CHECKING:
+    from picker.replicas.sharing import PickSharing
+    from picker.replicas.wire import Pick
 
 __all__ = ["Host", "PickerRuntime"]
 
@@ -96,7 +101,10 @@ class PickerRuntime:
         self._overrides = dict(overrides or {})
         self.registry = WorkerRegistry(config.workers, config.circuit)
         self.metrics = PickerMetrics(self.registry)
-        self._prefix = PrefixProducer(config.prefix) if config.prefix.enabled else None
+        self._sharing = self._pick_sharing(config)
+        self._prefix = PrefixProducer(
+            config.prefix, publish=None if self._sharing is None else self._sharing.publish,
+        ) if config.prefix.enabled else None
         if self._prefix is not None:
             self.registry.add_listener(self._prefix)
             self.metrics.watch_prefix_index(self._prefix.index, self._prefix.calibration)
@@ -249,6 +257,25 @@ class PickerRuntime:
         ids = allowed if allowed is not None else [w.id for w in self.registry.workers()]
         return set(ids) - failed
 
+    def _pick_sharing(self, config: PickerConfig) -> PickSharing | None:
+        if config.replicas is None:
+            return None
+        if os.environ.get("PYTHONHASHSEED", "random") == "random":
+            raise ConfigError("replicas", "block hashes are Python's salted string hash: set "
+                              "the same PYTHONHASHSEED (e.g. a random 32-bit number) in every "
+                              "replica's environment")
+        from picker.replicas.sharing import PickSharing  # msgspec only when configured
+
+        return PickSharing(config.replicas, config.prefix.block_size,
+                           ReplicaMetrics(self.metrics.registry), self._apply_peer_pick)
+
+    def _apply_peer_pick(self, pick: Pick) -> bool:
+        worker = self.registry.get(pick.worker)
+        if worker is None or self._prefix is None:
+            return False
+        self._prefix.apply(pick, worker)
+        return True
+
     def prefix_index(self) -> PrefixIndex | None:
         """The prefix index routing reads (None when prefix.enabled is false)."""
         return None if self._prefix is None else self._prefix.index
@@ -323,6 +350,9 @@ class PickerRuntime:
             for source in self._sources:
                 await source.start()
                 running.push_async_callback(source.stop)
+            if self._sharing is not None:
+                await self._sharing.start()
+                running.push_async_callback(self._sharing.stop)
             running.push_async_callback(self._prefill.close)
             expiry = asyncio.create_task(self._expire_forever())
             running.push_async_callback(_cancel, expiry)

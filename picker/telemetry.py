@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -19,7 +19,8 @@ from picker.prefix.index import PrefixIndex
 from picker.registry import Worker, WorkerRegistry
 from picker.response_stats import ResponseSample
 
-__all__ = ["CONTENT_TYPE", "IMBALANCE_ABS_COUNT", "PickerMetrics", "match_bucket"]
+__all__ = ["CONTENT_TYPE", "IMBALANCE_ABS_COUNT", "PickerMetrics", "ReplicaMetrics",
+           "match_bucket"]
 
 IMBALANCE_ABS_COUNT = 16
 
@@ -157,6 +158,24 @@ def _calibration(calibration: Calibration) -> Iterator[Metric]:
             if value is not None:
                 family.add_metric([worker_id], float(value))
     yield from families.values()
+
+
+class ReplicaMetrics:
+    """Picks shared among picker replicas (picker/replicas): a drop costs affinity only, so
+    drops are counted by reason to tell overload, slow and absent peers apart."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.sent = Counter("llm_picker_replica_picks_sent", "Picks sent to a peer replica",
+                            ["peer"], registry=registry)
+        self.received = Counter("llm_picker_replica_picks_received",
+                                "Picks received from peer replicas", registry=registry)
+        self.dropped = Counter(
+            "llm_picker_replica_picks_dropped", "Picks not shared or not applied: overload "
+            "(send queue full), peer_slow, peer_down, unknown_worker, invalid",
+            ["reason"], registry=registry)
+        self.peers_connected = Gauge("llm_picker_replica_peers_connected",
+                                     "Peer replicas this one is sending its picks to",
+                                     registry=registry)
 
 
 class PickerMetrics:

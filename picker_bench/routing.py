@@ -35,6 +35,7 @@ from picker_bench.stack import (
     SimSpec,
     free_port,
     render_envoy_config,
+    replica_configs,
     spawn,
     start_envoy,
     start_picker,
@@ -140,11 +141,13 @@ KV_SUFFIX = "+kv_events"
 @contextmanager
 def _contender(name: str, engines: int, workdir: Path, workload: Workload,
                cache_blocks: int | None = None, kv_tokenizer: str = "hf",
-               fleet: str = "homogeneous") -> Iterator[tuple[Driver, list[str]]]:
+               fleet: str = "homogeneous", replicas: int = 1,
+               share_picks: bool = True) -> Iterator[tuple[Driver, list[str]]]:
     """Fresh engines plus the router under test; yields (workload driver, engine urls).
 
     `policy+kv_events`: the engines publish KV events and the picker follows them (sync index,
-    the engines' /tokenize as tokenizer) instead of learning from its own picks."""
+    the engines' /tokenize as tokenizer) instead of learning from its own picks. `replicas`
+    pickers behind the one Envoy, sharing their approximate-index picks with `share_picks`."""
     kv = name.endswith(KV_SUFFIX)
     with ExitStack() as stack:
         sims = [SimSpec(f"e{i}", "sim-model", ["--profile", PROFILE[fleet]])
@@ -185,7 +188,6 @@ def _contender(name: str, engines: int, workdir: Path, workload: Workload,
                 time.sleep(0.5)
             yield _http_driver(f"http://127.0.0.1:{listen}"), urls
             return
-        picker_port = free_port()
         policy = name.removesuffix(KV_SUFFIX)
         workers: list[dict[str, Any]] = [{"url": u, "id": s.worker_id, "models": ["sim-model"]}
                                          for u, s in zip(urls, sims, strict=True)]
@@ -198,13 +200,14 @@ def _contender(name: str, engines: int, workdir: Path, workload: Workload,
                 worker.update(kv_block_size=block_tokens, kv_events={
                     "endpoint": f"tcp://127.0.0.1:{events}",
                     "replay_endpoint": f"tcp://127.0.0.1:{replay}"})
-        config = {
-            "extproc": {"port": picker_port}, "admin": {"port": free_port()},
-            "policy": _POLICY_CONFIG.get(policy, policy), "prefix": prefix, "workers": workers,
-        }
-        stack.callback(start_picker(config, workdir, name=f"picker-{name}").stop)
+        config = {"policy": _POLICY_CONFIG.get(policy, policy), "prefix": prefix,
+                  "workers": workers}
+        pickers = replica_configs(config, replicas, share_picks and replicas > 1 and not kv)
+        for i, picker in enumerate(pickers):
+            stack.callback(start_picker(picker, workdir, name=f"picker-{name}-{i}").stop)
+        ports = [picker["extproc"]["port"] for picker in pickers]
         envoy = render_envoy_config(listen_port=listen, admin_port=free_port(),
-                                    picker_port=picker_port)
+                                    picker_port=ports[0], replica_ports=ports[1:])
         stack.callback(start_envoy(envoy, workdir, name=f"envoy-{name}").stop)
         yield _http_driver(f"http://127.0.0.1:{listen}"), urls
 
@@ -262,9 +265,9 @@ def _quantile(values: list[float], q: int) -> float:
 
 def _measure(name: str, engines: int, workload: Workload, workdir: Path,
              cache_blocks: int | None = None, kv_tokenizer: str = "hf",
-             fleet: str = "homogeneous") -> Report:
+             fleet: str = "homogeneous", replicas: int = 1, share_picks: bool = True) -> Report:
     with _contender(name, engines, workdir, workload, cache_blocks,
-                    kv_tokenizer, fleet) as (drive, engine_urls):
+                    kv_tokenizer, fleet, replicas, share_picks) as (drive, engine_urls):
         before = [_engine_counters(u) for u in engine_urls]
         outcomes, elapsed = asyncio.run(drive(workload))
         after = [_engine_counters(u) for u in engine_urls]
@@ -290,7 +293,8 @@ def run_routing(engines: int = 8, groups: int = 64, rate: float = 40.0,
                 contenders: list[str] | None = None, seed: int = 0,
                 plot: str | None = None, frontend: str = "envoy",
                 cache_blocks: int | None = None, kv_tokenizer: str = "hf",
-                fleet: str = "homogeneous", chars_per_token: int = 6) -> int:
+                fleet: str = "homogeneous", chars_per_token: int = 6, replicas: int = 1,
+                share_picks: bool = True) -> int:
     default = LITELLM_CONTENDERS if frontend == "litellm" else [
         "round_robin", "least_load", "prefix_cache", "cache_aware", "weighted",
         "prefix_cache" + KV_SUFFIX, "weighted" + KV_SUFFIX, "sglang"]
@@ -321,7 +325,7 @@ def run_routing(engines: int = 8, groups: int = 64, rate: float = 40.0,
     reports = []
     for name in names:
         reports.append(_measure(name, engines, workload, workdir, cache_blocks, kv_tokenizer,
-                                fleet))
+                                fleet, replicas, share_picks))
         print(f"  measured {name}", file=sys.stderr, flush=True)
     base = next((r for r in reports if r.contender in ("sglang", "litellm:least-busy")),
                 reports[0])

@@ -37,6 +37,7 @@ __all__ = [
     "wait_http",
     "local_fleet",
     "render_envoy_config",
+    "replica_configs",
     "start_envoy",
     "start_picker",
     "start_sim",
@@ -86,10 +87,13 @@ class Process:
             self.popen.wait(5)
 
 
-def spawn(name: str, argv: Sequence[str], workdir: Path) -> Process:
+def spawn(name: str, argv: Sequence[str], workdir: Path,
+          env: Mapping[str, str] | None = None) -> Process:
+    """`env`: variables added to this process's environment."""
     log_path = workdir / f"{name}.log"
     with log_path.open("wb") as log:
-        popen = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT)
+        popen = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT,
+                                 env=None if env is None else {**os.environ, **env})
     return Process(name, popen, log_path)
 
 
@@ -134,14 +138,30 @@ def start_sim(spec: SimSpec, workdir: Path) -> Process:
     return proc
 
 
+# Replicas sharing picks must hash prompts alike (picker/replicas/wire.py).
+REPLICA_ENV = {"PYTHONHASHSEED": "20240515"}
+
+
 def start_picker(config: dict[str, Any], workdir: Path, name: str = "picker") -> Process:
     """`llm-picker serve` with `config` written as YAML; waits for its admin /health."""
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     argv = [sys.executable, "-m", "llm_picker", "serve", "--config", str(path)]
-    proc = spawn(name, argv, workdir)
+    proc = spawn(name, argv, workdir, REPLICA_ENV if "replicas" in config else None)
     wait_http(proc, f"http://127.0.0.1:{config['admin']['port']}/health")
     return proc
+
+
+def replica_configs(config: Mapping[str, Any], count: int,
+                    share: bool) -> list[dict[str, Any]]:
+    """`count` copies of a picker configuration on ports of their own; with `share`, each
+    lists every replica (itself included) as a peer to share its picks with."""
+    ports = [(free_port(), free_port(), free_port()) for _ in range(count)]
+    peers = [f"127.0.0.1:{share_port}" for _, _, share_port in ports]
+    return [{**config, "extproc": {**config.get("extproc", {}), "port": extproc},
+             "admin": {**config.get("admin", {}), "port": admin},
+             **({"replicas": {"listen": peers[i], "peers": peers}} if share else {})}
+            for i, (extproc, admin, _) in enumerate(ports)]
 
 
 def envoy_binary() -> str:
@@ -164,11 +184,14 @@ def render_envoy_config(
     fallback_ports: Sequence[int] = (),
     route_timeout: str | None = None,
     tls_files: Mapping[str, str] | None = None,
+    replica_ports: Sequence[int] = (),
 ) -> dict[str, Any]:
     """envoy/envoy.yaml with ports and body mode changed.
 
     `picker_port=None` drops the ext_proc filter and sends everything to `upstream_port`: the
-    "Envoy alone" baseline of the overhead benchmark.
+    "Envoy alone" baseline of the overhead benchmark. `replica_ports`: more picker replicas in
+    the ext_proc cluster (Envoy round-robins its streams over them), checked with the gRPC
+    `readiness` service so that a replica gone stops getting streams within a second.
     """
     text = template.read_text()
     for name, path in (tls_files or {}).items():
@@ -194,6 +217,14 @@ def render_envoy_config(
         picker_cluster["typed_extension_protocol_options"] = {}
         return config
     endpoint["address"]["socket_address"]["port_value"] = picker_port
+    if replica_ports:
+        lb_endpoints = picker_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        lb_endpoints += [{"endpoint": {"address": {"socket_address": {
+            "address": "127.0.0.1", "port_value": port}}}} for port in replica_ports]
+        picker_cluster["health_checks"] = [{
+            "timeout": "0.5s", "interval": "0.25s", "no_traffic_interval": "0.25s",
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 1, "grpc_health_check": {"service_name": "readiness"}}]
     if route_timeout is not None:
         for route in manager["route_config"]["virtual_hosts"][0]["routes"]:
             route["route"]["timeout"] = route_timeout

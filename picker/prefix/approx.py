@@ -38,7 +38,11 @@ class ApproxPrefixIndex:
                            self._holders.leading(hashes, self._holders.mask_of(worker_ids)))
 
     def record(self, prompt: PromptBlocks, worker_id: str) -> None:
-        hashes = prompt.hashes(self.block_size)
+        self.record_hashes(prompt.hashes(self.block_size), worker_id)
+
+    def record_hashes(self, hashes: list[int], worker_id: str) -> None:
+        """`record` of a prompt already hashed at this index's block size (a peer replica's
+        pick arrives so)."""
         with self._lock:
             bit = self._holders.bit(worker_id)
             lru = self._lru.setdefault(worker_id, OrderedDict())

@@ -18,8 +18,12 @@ __all__ = ["block_hashes", "namespace_hash", "next_hash"]
 
 
 def namespace_hash(model: str, lora: str | None = None, salt: str = "") -> int:
-    """h0: two models (or adapters) never share a prefix hit."""
-    return hash(("llm-picker/prefix", model, lora, salt))
+    """h0: two models (or adapters) never share a prefix hit.
+
+    Only strings and ints are hashed, never None (its hash is its address before Python
+    3.12): under one PYTHONHASHSEED every process then computes the same hashes, which
+    replicas sharing picks rely on (picker/replicas)."""
+    return hash(("llm-picker/prefix", model, "" if lora is None else f"lora:{lora}", salt))
 
 
 def block_hashes(seed: int, units: str | Sequence[int], block_size: int) -> list[int]:

@@ -6,7 +6,7 @@ index holds them; policies only read `request.prefix`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Literal
 
@@ -22,6 +22,7 @@ from picker.request import RoutingRequest
 
 if TYPE_CHECKING:
     from picker.prefix.kv_index import SyncPrefixIndex
+    from picker.replicas.wire import Pick
 
 __all__ = ["PrefixProducer", "PrefixSettings"]
 
@@ -59,9 +60,14 @@ class PrefixSettings(BaseModel):
 
 
 class PrefixProducer:
-    """Built at start-up (an hf tokenizer file is read here, so a bad path fails early)."""
+    """Built at start-up (an hf tokenizer file is read here, so a bad path fails early).
 
-    def __init__(self, settings: PrefixSettings, index: PrefixIndex | None = None) -> None:
+    `publish` receives every pick recorded into the approximate index (worker id, prompt
+    units, predicted blocks, block hashes), for peer replicas (picker/replicas), whose picks
+    come back through `apply`."""
+
+    def __init__(self, settings: PrefixSettings, index: PrefixIndex | None = None,
+                 publish: Callable[[str, int, int, list[int]], None] | None = None) -> None:
         kind = settings.tokenizer.kind
         path = settings.tokenizer.path
         self._hf = (load_hf_tokenizer(path, settings.tokenizer.chat_template)
@@ -69,7 +75,7 @@ class PrefixProducer:
         self.remote = RemoteTokenizer(settings.tokenizer) if kind == "remote" else None
         # The approximate index: the index itself, or under kv_events the one prompts go to when
         # the remote tokenizer failed and fell back to characters (they match no engine block).
-        self._approx: PrefixIndex | None = None
+        self._approx: ApproxPrefixIndex | None = None
         if settings.index == "approximate" or self.remote is not None:
             self._approx = ApproxPrefixIndex(settings.capacity_blocks, settings.block_size)
         if index is not None:
@@ -82,6 +88,7 @@ class PrefixProducer:
             assert self._approx is not None
             self.index = self._approx
         self._units_per_block = settings.block_size
+        self._publish = publish
         # Under kv_events the approximate index only ever sees character (fallback) prompts.
         sees_tokens = self._hf is not None or (self.remote is not None
                                                and self._approx is self.index)
@@ -116,15 +123,34 @@ class PrefixProducer:
 
     def record(self, prompt: PromptBlocks, worker: Worker) -> None:
         index = self._index_for(prompt)
-        if self.calibration is not None and index is self._approx:
+        approx = self._approx
+        if index is not approx or approx is None:
+            index.record(prompt, worker.id)
+            return
+        predicted = 0
+        if self.calibration is not None or self._publish is not None:
             # The decision's own prediction (matching again would walk a long prompt twice).
-            match = prompt.predicted or index.match(prompt, (worker.id,))
+            match = prompt.predicted or approx.match(prompt, (worker.id,))
             predicted = match.blocks(worker.id)
-            capacity = self.calibration.recorded(worker, len(prompt.units),
-                                                 predicted * self._units_per_block)
+        hashes = prompt.hashes(approx.block_size)
+        self._learn(approx, worker, len(prompt.units), predicted, hashes)
+        if self._publish is not None:
+            self._publish(worker.id, len(prompt.units), predicted, hashes)
+
+    def apply(self, pick: Pick, worker: Worker) -> None:
+        """A peer replica's pick: learned as if this replica had made it, never published."""
+        if self._approx is not None:
+            self._learn(self._approx, worker, pick.units, pick.predicted, pick.hashes)
+
+    def _learn(self, approx: ApproxPrefixIndex, worker: Worker, units: int,
+               predicted_blocks: int, hashes: list[int]) -> None:
+        if self.calibration is not None:
+            # Peers' picks count too: the engine's counters hold every replica's traffic.
+            capacity = self.calibration.recorded(worker, units,
+                                                 predicted_blocks * self._units_per_block)
             if capacity is not None:
-                index.set_capacity(worker.id, capacity)
-        index.record(prompt, worker.id)
+                approx.set_capacity(worker.id, capacity)
+        approx.record_hashes(hashes, worker.id)
 
     def _tokens_per_block(self, prompt: PromptBlocks, blocks: int) -> float:
         """Prompt tokens per matched block, the partial tail spread over the blocks."""

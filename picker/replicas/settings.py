@@ -1,0 +1,73 @@
+"""`replicas:` settings: where this replica listens for peers' picks and how it finds peers."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from picker.workers import Port
+
+__all__ = ["PeerDnsSettings", "ReplicaSettings", "host_port"]
+
+
+class PeerDnsSettings(BaseModel):
+    """Peers from a name (the replicas' headless Service), polled like DNS worker discovery.
+
+    The system resolver (getaddrinfo) is enough here: replicas need no SRV records, and the
+    optional DNS client stays optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="e.g. llm-picker-peers.default.svc")
+    port: Port
+    interval_secs: float = Field(default=10.0, gt=0)
+
+
+class ReplicaSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    listen: str = Field(description="host:port peers connect to, e.g. 0.0.0.0:9004")
+    # Every replica may list them all, itself included: a link that reaches this replica is
+    # recognised by its greeting and left idle.
+    peers: list[str] = Field(default_factory=list, max_length=64)
+    dns: PeerDnsSettings | None = None
+    # Picks waiting for the sender task; beyond this, picks are dropped (and counted) rather
+    # than slowing routing.
+    queue: int = Field(default=4096, ge=1, le=1_000_000)
+    # Bytes a slow peer's connection may buffer before further picks to it are dropped.
+    peer_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    connect_timeout_secs: float = Field(default=2.0, gt=0)
+    # Reconnection backoff doubles from 0.1 s up to this.
+    max_backoff_secs: float = Field(default=5.0, ge=0.1)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, text: str) -> str:
+        host_port(text)
+        return text
+
+    @field_validator("peers")
+    @classmethod
+    def _peers(cls, peers: list[str]) -> list[str]:
+        for peer in peers:
+            host_port(peer)
+        return peers
+
+    @model_validator(mode="after")
+    def _one_way_to_find_peers(self) -> ReplicaSettings:
+        if bool(self.peers) == (self.dns is not None):
+            raise ValueError("set peers (host:port list) or dns (name, port), not both")
+        return self
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host, port); ValueError naming the text."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        number = int(port)
+    except ValueError:
+        number = 0
+    if not sep or not host or not 0 < number < 65536:
+        raise ValueError(f"{text!r} is not host:port")
+    return host, number

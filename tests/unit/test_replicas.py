@@ -1,0 +1,327 @@
+"""Pick sharing among picker replicas: the frames, the producer's publish/apply, and two or
+three sharing services on loopback (one process, so one PYTHONHASHSEED)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import msgspec
+import pytest
+from prometheus_client import CollectorRegistry
+
+from picker.config import load_config
+from picker.errors import ConfigError
+from picker.prefix.index import PromptBlocks
+from picker.prefix.producer import PrefixProducer, PrefixSettings
+from picker.registry import Worker
+from picker.replicas.settings import ReplicaSettings, host_port
+from picker.replicas.sharing import PickSharing
+from picker.replicas.wire import (
+    MAX_BLOCKS,
+    VERSION,
+    Hello,
+    Pick,
+    decode_hello,
+    decode_pick,
+    frame,
+)
+from picker.request import Api, RoutingRequest
+from picker.runtime import PickerRuntime
+from picker.telemetry import ReplicaMetrics
+from picker.workers import WorkerSpec
+
+SYSTEM = "shared system prompt " * 40
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def body(data: bytes) -> bytes:
+    assert int.from_bytes(data[:4]) == len(data) - 4
+    return data[4:]
+
+
+# -- the frames ---------------------------------------------------------------------------------
+
+def test_pick_and_hello_round_trip_compactly() -> None:
+    hashes = [2**63 - 1, -(2**63), 0, 12345]
+    pick = Pick("w-1", 8000, 3, hashes)
+    data = frame(pick)
+    assert decode_pick(body(data)) == pick
+    # Array-encoded: no field names on the wire, about 9 bytes per 64-bit hash.
+    assert len(data) < 4 + 8 + 3 * 4 + 9 * len(hashes)
+    hello = Hello(VERSION, 7, 128, -5)
+    assert decode_hello(body(frame(hello))) == hello
+
+
+@pytest.mark.parametrize("payload", [
+    b"\xc1",  # not MessagePack
+    msgspec.msgpack.encode(["w", 1, 0, ["not a hash"]]),
+    msgspec.msgpack.encode(["w", -1, 0, []]),
+    msgspec.msgpack.encode(["w", 1, 0, [1] * (MAX_BLOCKS + 1)]),
+    msgspec.msgpack.encode(Hello(VERSION, 1, 128, 0)),  # a greeting is no pick
+])
+def test_bad_picks_are_value_errors(payload: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_pick(payload)
+
+
+# -- settings -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("127.0.0.1:9004", ("127.0.0.1", 9004)), ("[::1]:80", ("::1", 80)),
+    ("peer.svc:1", ("peer.svc", 1)),
+])
+def test_host_port(text: str, expected: tuple[str, int]) -> None:
+    assert host_port(text) == expected
+
+
+@pytest.mark.parametrize("text", ["9004", "host:", ":9004", "host:0", "host:70000", "h:x"])
+def test_host_port_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="host:port"):
+        host_port(text)
+
+
+@pytest.mark.parametrize(("yaml", "key"), [
+    ("replicas: {listen: '127.0.0.1:9004'}", "replicas"),  # no peers, no dns
+    ("replicas: {listen: '127.0.0.1:9004', peers: ['a:1'], dns: {name: n, port: 1}}",
+     "replicas"),
+    ("replicas: {listen: 'nowhere', peers: ['a:1']}", "replicas.listen"),
+    ("replicas: {listen: '127.0.0.1:9004', peers: ['a']}", "replicas.peers"),
+    # Needs the approximate index: kv_events replicas agree through the engines' events.
+    ("replicas: {listen: '127.0.0.1:9004', peers: ['a:1']}", "replicas"),
+    ("prefix: {enabled: true, index: kv_events, tokenizer: {kind: remote, endpoint: "
+     "'http://t:1'}}\nreplicas: {listen: '127.0.0.1:9004', peers: ['a:1']}", "replicas"),
+])
+def test_bad_replica_settings_name_the_key(tmp_path: Path, yaml: str, key: str) -> None:
+    path = tmp_path / "picker.yaml"
+    path.write_text(yaml)
+    with pytest.raises(ConfigError) as error:
+        load_config(path, env={})
+    assert error.value.key == key
+
+
+def test_sharing_needs_a_fixed_hash_seed(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "picker.yaml"
+    path.write_text("prefix: {enabled: true}\n"
+                    "replicas: {listen: '127.0.0.1:9004', dns: {name: peers, port: 9004}}")
+    config = load_config(path, env={})
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    with pytest.raises(ConfigError, match="PYTHONHASHSEED"):
+        PickerRuntime(config)
+    monkeypatch.setenv("PYTHONHASHSEED", "1234")
+    PickerRuntime(config)  # built, nothing started
+
+
+# -- the producer's hook --------------------------------------------------------------------------
+
+def worker(worker_id: str) -> Worker:
+    return Worker(WorkerSpec(url=f"http://{worker_id}:1", id=worker_id, models=["m"]))
+
+
+def prompt(text: str) -> PromptBlocks:
+    return PromptBlocks("m", text, is_tokens=False)
+
+
+def routed(producer: PrefixProducer, text: str, chosen: Worker,
+           candidates: list[Worker]) -> None:
+    """What the router does with a request: annotate, (pick), record."""
+    _, blocks = producer.annotate(RoutingRequest(model="m", api=Api.CHAT, prompt_text=text),
+                                  candidates)
+    producer.record(blocks, chosen)
+
+
+def matched(producer: PrefixProducer, text: str, candidates: list[Worker]) -> dict[str, int]:
+    request, _ = producer.annotate(RoutingRequest(model="m", api=Api.CHAT, prompt_text=text),
+                                   candidates)
+    assert request.prefix is not None
+    return dict(request.prefix.matched)
+
+
+SETTINGS = PrefixSettings(enabled=True, block_size=16, autotune_capacity=False)
+
+
+def test_recorded_picks_are_published_and_peers_apply_without_republishing() -> None:
+    fleet = [worker("a"), worker("b")]
+    published: list[Pick] = []
+    deciding = PrefixProducer(SETTINGS, publish=lambda *pick: published.append(Pick(*pick)))
+    echoed: list[Pick] = []
+    peer = PrefixProducer(SETTINGS, publish=lambda *pick: echoed.append(Pick(*pick)))
+    routed(deciding, SYSTEM + "first question", fleet[1], fleet)
+    (pick,) = published
+    assert pick.worker == "b" and pick.units == len(SYSTEM + "first question")
+    assert pick.hashes == prompt(SYSTEM + "first question").hashes(16)
+    assert pick.predicted == 0  # nothing was known yet
+    assert matched(peer, SYSTEM + "second question", fleet) == {}
+    peer.apply(pick, fleet[1])
+    assert echoed == []  # applied, not passed on
+    # The peer now expects the shared system prompt on b, as the deciding replica does.
+    assert matched(peer, SYSTEM + "second question", fleet) == matched(
+        deciding, SYSTEM + "second question", fleet) == {"b": len(SYSTEM) // 16}
+    routed(deciding, SYSTEM + "third", fleet[1], fleet)
+    assert published[1].predicted == len(SYSTEM) // 16  # the decision's own prediction
+
+
+def test_peers_picks_feed_the_index_calibration() -> None:
+    """The engines count every replica's traffic: calibration must see peers' picks too."""
+    settings = PrefixSettings(enabled=True, block_size=16)
+    peer = PrefixProducer(settings)
+    assert peer.calibration is not None
+    peer.apply(Pick("a", 4000, 10, [1, 2, 3]), worker("a"))
+    state = peer.calibration.snapshot()["a"]
+    assert (state.units_sent, state.units_predicted) == (4000, 160)
+
+
+# -- services on loopback -------------------------------------------------------------------------
+
+class Replica:
+    def __init__(self, port: int, peers: list[int], block_size: int = 16,
+                 queue: int = 4096) -> None:
+        self.registry = CollectorRegistry()
+        self.applied: list[Pick] = []
+        self.known = {"a", "b"}
+        self.sharing = PickSharing(
+            ReplicaSettings(listen=f"127.0.0.1:{port}", queue=queue, max_backoff_secs=0.2,
+                            peers=[f"127.0.0.1:{p}" for p in peers]),
+            block_size, ReplicaMetrics(self.registry), self._apply)
+
+    def _apply(self, pick: Pick) -> bool:
+        if pick.worker not in self.known:
+            return False
+        self.applied.append(pick)
+        return True
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+
+async def until(condition: Callable[[], bool], secs: float = 5.0) -> None:
+    for _ in range(int(secs / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+async def trio() -> AsyncIterator[list[Replica]]:
+    """Three replicas, each configured with all three addresses (itself included)."""
+    ports = [free_port() for _ in range(3)]
+    replicas = [Replica(port, ports) for port in ports]
+    for replica in replicas:
+        await replica.sharing.start()
+    yield replicas
+    for replica in replicas:
+        await replica.sharing.stop()
+
+
+async def test_every_pick_reaches_every_other_replica_once(trio: list[Replica]) -> None:
+    await until(lambda: all(r.metric("llm_picker_replica_peers_connected") == 2 for r in trio))
+    for replica in trio:
+        assert len(replica.sharing.peers()) == 2  # its own address recognised and left idle
+    trio[0].sharing.publish("a", 100, 0, [1, 2, 3])
+    trio[1].sharing.publish("b", 50, 1, [4])
+    await until(lambda: len(trio[2].applied) == 2 and len(trio[0].applied) == 1
+                and len(trio[1].applied) == 1)
+    assert trio[1].applied == [Pick("a", 100, 0, [1, 2, 3])]
+    assert trio[0].applied == [Pick("b", 50, 1, [4])]
+    assert sorted(p.worker for p in trio[2].applied) == ["a", "b"]
+    await asyncio.sleep(0.1)
+    assert [len(r.applied) for r in trio] == [1, 1, 2]  # nothing echoed back
+    assert trio[0].metric("llm_picker_replica_picks_sent_total", peer=f"127.0.0.1:"
+                          f"{trio[1].sharing.port}") == 1
+    assert trio[2].metric("llm_picker_replica_picks_received_total") == 2
+
+
+async def test_publish_from_another_thread(trio: list[Replica]) -> None:
+    await until(lambda: trio[0].metric("llm_picker_replica_peers_connected") == 2)
+    await asyncio.to_thread(trio[0].sharing.publish, "a", 1, 0, [9])
+    await until(lambda: len(trio[1].applied) == 1 and len(trio[2].applied) == 1)
+
+
+async def test_unknown_workers_are_counted_not_applied(trio: list[Replica]) -> None:
+    await until(lambda: trio[0].metric("llm_picker_replica_peers_connected") == 2)
+    trio[0].sharing.publish("gone", 1, 0, [9])
+    await until(lambda: trio[1].metric("llm_picker_replica_picks_dropped_total",
+                                       reason="unknown_worker") == 1)
+    assert trio[1].applied == []
+
+
+async def test_a_peer_down_costs_its_picks_only_and_it_is_rejoined() -> None:
+    ports = [free_port(), free_port()]
+    first, second = Replica(ports[0], ports), Replica(ports[1], ports)
+    await first.sharing.start()
+    try:
+        await until(lambda: len(first.sharing.peers()) == 1)  # its own address recognised
+        first.sharing.publish("a", 1, 0, [1])  # nobody there yet
+        await until(lambda: first.metric("llm_picker_replica_picks_dropped_total",
+                                         reason="peer_down") == 1)
+        await second.sharing.start()
+        await until(lambda: first.metric("llm_picker_replica_peers_connected") == 1)
+        first.sharing.publish("a", 2, 0, [2])
+        await until(lambda: [p.units for p in second.applied] == [2])
+        await second.sharing.stop()
+        await until(lambda: first.metric("llm_picker_replica_peers_connected") == 0)
+        first.sharing.publish("a", 3, 0, [3])
+        await until(lambda: first.metric("llm_picker_replica_picks_dropped_total",
+                                         reason="peer_down") == 2)
+        second = Replica(ports[1], ports)  # a new process on the same address
+        await second.sharing.start()
+        await until(lambda: first.metric("llm_picker_replica_peers_connected") == 1)
+        first.sharing.publish("a", 4, 0, [4])
+        await until(lambda: [p.units for p in second.applied] == [4])
+    finally:
+        await first.sharing.stop()
+        await second.sharing.stop()
+
+
+async def test_overload_drops_instead_of_queueing_without_bound() -> None:
+    ports = [free_port(), free_port()]
+    replica = Replica(ports[0], ports, queue=2)
+    await replica.sharing.start()
+    try:
+        for units in range(5):  # no await between: the sender task cannot run
+            replica.sharing.publish("a", units, 0, [units])
+        assert replica.metric("llm_picker_replica_picks_dropped_total", reason="overload") == 3
+    finally:
+        await replica.sharing.stop()
+
+
+async def test_incompatible_peers_do_not_share() -> None:
+    ports = [free_port(), free_port()]
+    first, second = Replica(ports[0], ports), Replica(ports[1], ports, block_size=64)
+    await first.sharing.start()
+    await second.sharing.start()
+    try:
+        await asyncio.sleep(0.5)
+        assert first.sharing.peers() == {f"127.0.0.1:{ports[1]}": False}
+        assert second.sharing.peers() == {f"127.0.0.1:{ports[0]}": False}
+    finally:
+        await first.sharing.stop()
+        await second.sharing.stop()
+
+
+async def test_garbage_closes_the_link_and_is_counted(trio: list[Replica]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", trio[0].sharing.port)
+    hello = decode_hello(await reader.readexactly(
+        int.from_bytes(await reader.readexactly(4)))
+    )
+    assert hello.replica == trio[0].sharing.replica_id
+    writer.write(frame(Pick("a", 1, 0, [1])) + (5).to_bytes(4, "big") + b"\xc1junk")
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the replica
+    writer.close()
+    assert [p.units for p in trio[0].applied] == [1]  # what came before the garbage
+    assert trio[0].metric("llm_picker_replica_picks_dropped_total", reason="invalid") == 1
+    reader, writer = await asyncio.open_connection("127.0.0.1", trio[0].sharing.port)
+    writer.write((2**31).to_bytes(4, "big"))  # a 2 GB frame is refused before it is read
+    assert await asyncio.wait_for(reader.read(), 5) == frame(hello)  # greeting, then closed
+    writer.close()
+    assert trio[0].metric("llm_picker_replica_picks_dropped_total", reason="invalid") == 2
