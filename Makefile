@@ -25,9 +25,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/llm-picker bench overhead
 
-# Regenerate the C-backed protobuf module from the project's own minimal ext_proc .proto.
+# Regenerate the C-backed protobuf modules from the project's own minimal ext_proc and access-log .protos.
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iextproc/proto --python_out=extproc/_pb --pyi_out=extproc/_pb extproc/proto/ext_proc.proto
+	$(BIN)/python -m grpc_tools.protoc -Iauthz/proto --python_out=authz/_pb --pyi_out=authz/_pb authz/proto/als.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -39,12 +39,18 @@ def _serve(ns: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"llm-picker: configuration error: {exc}", file=sys.stderr)
         return 2
-    # The Envoy adapter lives outside the core; only this command needs grpc.
-    from extproc.serve import serve
-
     logging.basicConfig(level=config.log.level, format="%(asctime)s %(levelname)s %(message)s")
+    config_file = Path(path) if path else None
     try:
-        asyncio.run(serve(config, Path(path) if path else None, overrides))
+        # The Envoy adapters live outside the core; only this command needs grpc.
+        if ns.mode == "authz":
+            from authz.serve import serve_authz
+
+            asyncio.run(serve_authz(config, ns.authz_port, config_file, overrides))
+        else:
+            from extproc.serve import serve
+
+            asyncio.run(serve(config, config_file, overrides))
     except ConfigError as exc:  # found while building (e.g. a tokenizer file that won't load)
         print(f"llm-picker: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -122,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--policy", help="routing policy (overrides policy.name)")
     serve.add_argument("--extproc-port", type=int, help="overrides extproc.port")
     serve.add_argument("--admin-port", type=int, help="overrides admin.port")
+    serve.add_argument("--mode", choices=["extproc", "authz"], default="extproc",
+                       help="extproc: Envoy's ext_proc filter (envoy/envoy.yaml, gateways); "
+                            "authz: ext_authz + gRPC access log (envoy/envoy-authz.yaml)")
+    serve.add_argument("--authz-port", type=int, default=9004,
+                       help="with --mode authz: the HTTP check port (extproc.port then serves "
+                            "the access-log stream)")
     serve.add_argument("--log-level", type=str.upper,
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="overrides log.level")
     serve.set_defaults(run=_serve)
@@ -164,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "REQUESTS per size and concurrency")
     overhead.add_argument(
         "--peers", nargs="+",
-        default=["envoy", "buffered", "duplex", "duplex2", "sglang", "stream"],
+        default=["envoy", "buffered", "authz", "duplex", "duplex2", "sglang", "stream"],
         help="scenarios to run (also: explain - buffered with explain.enabled)",
     )
     overhead.set_defaults(run=_bench)

@@ -8,6 +8,8 @@ a noisy machine:
   duplex    client -> Envoy -> ext_proc(picker, FULL_DUPLEX_STREAMED request body) -> upstream
   duplex2   the same with the response body FULL_DUPLEX_STREAMED too (what gateways generate:
             every response chunk goes through the picker and back)
+  authz     client -> Envoy -> ext_authz(picker's HTTP check, body included) -> upstream,
+            the picker releasing slots from Envoy's gRPC access log (envoy/envoy-authz.yaml)
   sglang    client -> sglang-router (Rust, round_robin) -> upstream
 
 The upstream is an Envoy answering a fixed chat completion (direct_response), so neither the
@@ -43,6 +45,7 @@ from picker_bench.stack import (
     Process,
     SimSpec,
     free_port,
+    render_authz_config,
     render_envoy_config,
     spawn,
     start_envoy,
@@ -166,19 +169,26 @@ class Result:
     p99_us: float
     rps: float
     errors: int
+    picker_cpu_us: float | None = None  # picker CPU per request during the measured load
 
 
-def _measure(scenario: str, port: int, concurrency: int, requests: int) -> Result:
+def _measure(scenario: str, port: int, concurrency: int, requests: int,
+             picker: Process | None) -> Result:
     asyncio.run(_load(port, concurrency, min(200, requests)))  # warm connections and caches
+    cpu = _cpu_seconds(picker) if picker is not None else 0.0
     latencies, elapsed, errors = asyncio.run(_load(port, concurrency, requests))
     cuts = statistics.quantiles(latencies, n=100)
-    return Result(scenario, concurrency, cuts[49] * 1e6, cuts[98] * 1e6,
-                  len(latencies) / elapsed, errors)
+    result = Result(scenario, concurrency, cuts[49] * 1e6, cuts[98] * 1e6,
+                    len(latencies) / elapsed, errors)
+    if picker is not None:
+        result.picker_cpu_us = (_cpu_seconds(picker) - cpu) * 1e6 / len(latencies)
+    return result
 
 
 @contextmanager
-def _scenario(name: str, upstream_port: int, workdir: Path) -> Iterator[int]:
-    """Start what scenario `name` needs; yield the port clients should hit."""
+def _scenario(name: str, upstream_port: int,
+              workdir: Path) -> Iterator[tuple[int, Process | None]]:
+    """Start what scenario `name` needs; yield the port clients should hit and the picker."""
     with ExitStack() as stack:
         listen = free_port()
         if name == "sglang":
@@ -188,9 +198,11 @@ def _scenario(name: str, upstream_port: int, workdir: Path) -> Iterator[int]:
             proc = spawn("sglang-router", argv, workdir)
             stack.callback(proc.stop)
             wait_http(proc, f"http://127.0.0.1:{listen}/health", timeout=60)
-            yield listen
+            yield listen, None
             return
         picker_port = None
+        picker = None
+        authz_port = free_port() if name == "authz" else None
         if name != "envoy":
             picker_port = free_port()
             config = {"extproc": {"port": picker_port}, "admin": {"port": free_port()},
@@ -199,7 +211,14 @@ def _scenario(name: str, upstream_port: int, workdir: Path) -> Iterator[int]:
                                    "models": [MODEL]}]}
             if name == "explain":  # buffered, recording every decision; no header asked for
                 config["explain"] = {"enabled": True, "allow_header": True}
-            stack.callback(start_picker(config, workdir, name=f"picker-{name}").stop)
+            picker = start_picker(config, workdir, name=f"picker-{name}", authz_port=authz_port)
+            stack.callback(picker.stop)
+        if picker_port is not None and authz_port is not None:
+            authz = render_authz_config(listen_port=listen, admin_port=free_port(),
+                                        picker_port=picker_port, authz_port=authz_port)
+            stack.callback(start_envoy(authz, workdir, name=f"envoy-{name}").stop)
+            yield listen, picker
+            return
         body_mode = "FULL_DUPLEX_STREAMED" if name in ("duplex", "duplex2") else "BUFFERED"
         envoy_config = render_envoy_config(
             listen_port=listen, admin_port=free_port(), picker_port=picker_port,
@@ -208,7 +227,7 @@ def _scenario(name: str, upstream_port: int, workdir: Path) -> Iterator[int]:
         if name == "duplex2":
             _duplex_both_ways(envoy_config)
         stack.callback(start_envoy(envoy_config, workdir, name=f"envoy-{name}").stop)
-        yield listen
+        yield listen, picker
 
 
 def _duplex_both_ways(envoy_config: dict[str, Any]) -> None:
@@ -225,13 +244,14 @@ def _duplex_both_ways(envoy_config: dict[str, Any]) -> None:
 def _print_table(results: list[Result]) -> None:
     baseline = {r.concurrency: r for r in results if r.scenario == "envoy"}
     print(f"{'scenario':<10}{'conc':>5}{'p50 us':>9}{'p99 us':>9}{'req/s':>9}"
-          f"{'errors':>7}{'p50 +us vs envoy':>18}{'rps vs envoy':>14}")
+          f"{'errors':>7}{'p50 +us vs envoy':>18}{'rps vs envoy':>14}{'picker CPU us/req':>19}")
     for r in results:
         base = baseline.get(r.concurrency)
         extra = f"{r.p50_us - base.p50_us:+.0f}" if base else "-"
         ratio = f"{r.rps / base.rps:.2f}x" if base else "-"
+        cpu = "-" if r.picker_cpu_us is None else f"{r.picker_cpu_us:.0f}"
         print(f"{r.scenario:<10}{r.concurrency:>5}{r.p50_us:>9.0f}{r.p99_us:>9.0f}"
-              f"{r.rps:>9.0f}{r.errors:>7}{extra:>18}{ratio:>14}")
+              f"{r.rps:>9.0f}{r.errors:>7}{extra:>18}{ratio:>14}{cpu:>19}")
 
 
 def _cpu_seconds(proc: Process) -> float:
@@ -365,13 +385,14 @@ def run_overhead(requests: int = 2000, concurrency: list[int] | None = None,
         shutil.rmtree(workdir, ignore_errors=True)
         return 0 if all(r.errors == 0 for r in long_results) else 1
     levels = concurrency or [1, 16]
-    scenarios = peers or ["envoy", "buffered", "duplex", "duplex2", "sglang", "stream"]
+    scenarios = peers or ["envoy", "buffered", "authz", "duplex", "duplex2", "sglang", "stream"]
     if "sglang" in scenarios and importlib.util.find_spec("sglang_router") is None:
         print("sglang-router not installed (pip install sglang-router): skipping it")
         scenarios = [s for s in scenarios if s != "sglang"]
     workdir = Path(tempfile.mkdtemp(prefix="llm-picker-bench-"))
     results: list[Result] = []
     streams: list[StreamResult] = []
+    lags: list[str] = []
     with ExitStack() as stack:
         upstream_port = free_port()
         upstream = start_envoy(_upstream_config(upstream_port, free_port()), workdir, "upstream")
@@ -381,12 +402,19 @@ def run_overhead(requests: int = 2000, concurrency: list[int] | None = None,
                 # A 200-token stream takes ~1.2 s: fewer requests give the same precision.
                 streams = _stream_scenarios(max(8, requests // 20), levels, workdir)
                 continue
-            with _scenario(name, upstream_port, workdir) as port:
+            with _scenario(name, upstream_port, workdir) as (port, picker):
                 for level in levels:
-                    results.append(_measure(name, port, level, requests))
+                    results.append(_measure(name, port, level, requests, picker))
                     print(f"  measured {name} at concurrency {level}", file=sys.stderr)
+            if name == "authz" and picker is not None:
+                # The picker logs, as it stops, how long after each request ended its slot
+                # was released (Envoy's access-log flush and the stream's delivery).
+                lags += [line.partition(" INFO ")[2] for line in picker.log_tail().splitlines()
+                         if "release lag" in line]
     if results:
         _print_table(results)
+    for line in lags:
+        print(f"authz: {line}")
     if streams:
         _print_stream_table(streams)
     shutil.rmtree(workdir, ignore_errors=True)

@@ -25,6 +25,7 @@ import httpx
 import yaml
 
 __all__ = [
+    "ENVOY_AUTHZ",
     "ENVOY_FAIL_OPEN",
     "ENVOY_MTLS",
     "ENVOY_TEMPLATE",
@@ -36,6 +37,7 @@ __all__ = [
     "spawn",
     "wait_http",
     "local_fleet",
+    "render_authz_config",
     "render_envoy_config",
     "replica_configs",
     "start_envoy",
@@ -47,6 +49,7 @@ ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
 ENVOY_TEMPLATE = ENVOY_DIR / "envoy.yaml"
 ENVOY_FAIL_OPEN = ENVOY_DIR / "envoy-fail-open.yaml"
 ENVOY_MTLS = ENVOY_DIR / "envoy-mtls.yaml"
+ENVOY_AUTHZ = ENVOY_DIR / "envoy-authz.yaml"
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 
 
@@ -142,11 +145,15 @@ def start_sim(spec: SimSpec, workdir: Path) -> Process:
 REPLICA_ENV = {"PYTHONHASHSEED": "20240515"}
 
 
-def start_picker(config: dict[str, Any], workdir: Path, name: str = "picker") -> Process:
-    """`llm-picker serve` with `config` written as YAML; waits for its admin /health."""
+def start_picker(config: dict[str, Any], workdir: Path, name: str = "picker",
+                 authz_port: int | None = None) -> Process:
+    """`llm-picker serve` with `config` written as YAML (with `authz_port`: `--mode authz`);
+    waits for its admin /health."""
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     argv = [sys.executable, "-m", "llm_picker", "serve", "--config", str(path)]
+    if authz_port is not None:
+        argv += ["--mode", "authz", "--authz-port", str(authz_port)]
     proc = spawn(name, argv, workdir, REPLICA_ENV if "replicas" in config else None)
     wait_http(proc, f"http://127.0.0.1:{config['admin']['port']}/health")
     return proc
@@ -241,6 +248,27 @@ def render_envoy_config(
     return config
 
 
+def render_authz_config(*, listen_port: int, admin_port: int, picker_port: int,
+                        authz_port: int) -> dict[str, Any]:
+    """envoy/envoy-authz.yaml with its ports changed (the picker's gRPC port carries the
+    access log; `authz_port` is its HTTP check server)."""
+    config: dict[str, Any] = yaml.safe_load(ENVOY_AUTHZ.read_text())
+    config["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = \
+        listen_port
+    ports = {"llm_picker": picker_port, "llm_picker_authz": authz_port}
+    for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] in ports:
+            endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+            endpoint["address"]["socket_address"]["port_value"] = ports[cluster["name"]]
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    for http_filter in manager["typed_config"]["http_filters"]:
+        if http_filter["name"] == "envoy.filters.http.ext_authz":
+            http_filter["typed_config"]["http_service"]["server_uri"]["uri"] = \
+                f"http://127.0.0.1:{authz_port}"
+    return config
+
+
 def start_envoy(config: dict[str, Any], workdir: Path, name: str = "envoy") -> Process:
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -280,8 +308,10 @@ def local_fleet(
     envoy_template: Path = ENVOY_TEMPLATE,
     route_timeout: str | None = None,
     tls_files: Mapping[str, str] | None = None,
+    authz: bool = False,
 ) -> Iterator[Fleet]:
-    """Start sims, then the picker (workers from the sims), then Envoy; stop all on exit."""
+    """Start sims, then the picker (workers from the sims), then Envoy; stop all on exit.
+    `authz`: the picker in `--mode authz` behind envoy/envoy-authz.yaml instead."""
     own_dir = workdir is None
     root = Path(tempfile.mkdtemp(prefix="llm-picker-")) if workdir is None else workdir
     processes: dict[str, Process] = {}
@@ -304,14 +334,19 @@ def local_fleet(
                 config[key] = {**config[key], **value}
             else:
                 config[key] = value
-        processes["picker"] = start_picker(config, root)
+        authz_port = free_port() if authz else None
+        processes["picker"] = start_picker(config, root, authz_port=authz_port)
         listen_port = free_port()
-        envoy_config = render_envoy_config(
-            listen_port=listen_port, admin_port=free_port(), picker_port=picker_port,
-            body_mode=body_mode, template=envoy_template,
-            fallback_ports=[s.port for s in sims], route_timeout=route_timeout,
-            tls_files=tls_files,
-        )
+        if authz_port is not None:
+            envoy_config = render_authz_config(listen_port=listen_port, admin_port=free_port(),
+                                               picker_port=picker_port, authz_port=authz_port)
+        else:
+            envoy_config = render_envoy_config(
+                listen_port=listen_port, admin_port=free_port(), picker_port=picker_port,
+                body_mode=body_mode, template=envoy_template,
+                fallback_ports=[s.port for s in sims], route_timeout=route_timeout,
+                tls_files=tls_files,
+            )
         processes["envoy"] = start_envoy(envoy_config, root)
         yield Fleet(
             envoy_url=f"http://127.0.0.1:{listen_port}",

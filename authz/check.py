@@ -1,0 +1,147 @@
+"""One ext_authz check = one routing decision; one access-log entry = its release. No I/O here.
+
+Envoy's ext_authz filter (HTTP service, `with_request_body`) sends the client's method, path,
+headers and buffered body; a 200 answer lets the request through with the answer's headers
+copied onto it (`allowed_upstream_headers`): the destination the ORIGINAL_DST cluster follows,
+and a lease token. Any other status is a denial that Envoy forwards to the client as it is: the
+picker's OpenAI-shaped JSON error.
+
+ext_authz has no response path, so the picker learns that a request ended from Envoy's gRPC
+access-log service: each entry carries the request headers as forwarded upstream, lease token
+included (`additional_request_headers_to_log`). The token is random, not a counter: a client
+could put a counter value of its own on a request the picker denies (denials cannot change
+request headers) and so release another request's slot. An entry that never arrives (the log
+stream is lossy by design) leaves the lease to the lease book's expiry (limits.timeout_secs).
+
+The HTTP server (authz.http) and the log service (authz.als) only move bytes to and from here,
+so tests drive both halves without Envoy.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from dataclasses import dataclass
+
+from picker.errors import BodyTooLarge, ProxyMisconfigured, RequestError
+from picker.leases import Lease
+from picker.openai_body import parse_request
+from picker.request import RoutingRequest
+from picker.runtime import PickerRuntime
+
+__all__ = ["LEASE_HEADER", "Answer", "Checker"]
+
+LEASE_HEADER = "x-llm-picker-lease"
+DESTINATION_HEADER = "x-gateway-destination-endpoint"
+DP_RANK_HEADER = "x-data-parallel-rank"
+# Envoy's ext_authz removes the request headers named here before forwarding: a client's own
+# rank must not reach a worker the picker sent it to without one.
+_REMOVE_HEADER = "x-envoy-auth-headers-to-remove"
+_JSON = ("content-type", "application/json")
+# Recent release lags kept for the shutdown summary (how stale in-flight counts run).
+_LAG_SAMPLES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the HTTP server writes back: 200 = allow (headers go upstream), else a denial."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes = b""
+
+
+class Checker:
+    """Turns checks into leases and access-log entries into releases; owns the token table."""
+
+    def __init__(self, runtime: PickerRuntime, max_body_bytes: int) -> None:
+        self._runtime = runtime
+        self._max_body = max_body_bytes
+        self._leases: dict[str, Lease] = {}
+        self.lags: deque[float] = deque(maxlen=_LAG_SAMPLES)
+
+    @property
+    def open_leases(self) -> int:
+        return len(self._leases)
+
+    def parse(self, path: str, headers: dict[str, str],
+              body: bytes) -> RoutingRequest | Answer:
+        """The routing request, or the denial for a body the picker cannot route."""
+        if len(body) > self._max_body:
+            return self.deny(BodyTooLarge(f"request body exceeds the {self._max_body} byte limit"))
+        try:
+            return parse_request(path, body, headers)
+        except RequestError as error:
+            return self.deny(error)
+
+    def check(self, path: str, headers: dict[str, str], body: bytes) -> Answer:
+        """The whole check when routing needs no await (`runtime.awaits` is False)."""
+        request = self.parse(path, headers, body)
+        if isinstance(request, Answer):
+            return request
+        try:
+            lease = self._runtime.route_sync(request)
+        except RequestError as error:
+            return self.deny(error)
+        return self.allow(lease)
+
+    async def check_async(self, path: str, headers: dict[str, str], body: bytes) -> Answer:
+        """The check when routing awaits (remote tokenizer, admission queue, PD step)."""
+        request = self.parse(path, headers, body)
+        if isinstance(request, Answer):
+            return request
+        try:
+            lease = await self._runtime.route(request)
+        except RequestError as error:
+            return self.deny(error)
+        return self.allow(lease)
+
+    def allow(self, lease: Lease) -> Answer:
+        forward = lease.forward
+        if forward is not None and forward.body is not None:
+            # ext_authz can add headers but never replace the body a PD protocol rewrites.
+            lease.release("cancelled")
+            return self.deny(ProxyMisconfigured(
+                "this prefill/decode protocol rewrites the body: serve it over ext_proc"))
+        token = secrets.token_hex(12)
+        self._leases[token] = lease
+        spec = lease.worker.spec
+        headers = [(DESTINATION_HEADER, lease.worker.host_port),
+                   (LEASE_HEADER, token)]
+        if spec.dp_rank is None:
+            headers.append((_REMOVE_HEADER, DP_RANK_HEADER))
+        else:
+            headers.append((DP_RANK_HEADER, str(spec.dp_rank)))
+        if spec.api_key is not None:
+            headers.append(("authorization", f"Bearer {spec.api_key.get_secret_value()}"))
+        if forward is not None:
+            headers.extend(forward.headers)
+        return Answer(200, tuple(headers))
+
+    def deny(self, error: RequestError) -> Answer:
+        self._runtime.reject(error)
+        return Answer(error.status, (_JSON, *error.headers().items()), error.to_json())
+
+    def ended(self, token: str, status: int, client_gone: bool, lag: float | None) -> bool:
+        """An access-log entry for the request holding `token`: release its slot once. False
+        for tokens the picker does not hold (denied requests, another picker's, a replay)."""
+        lease = self._leases.pop(token, None)
+        if lease is None:
+            return False
+        if status >= 500:
+            outcome = "upstream_error"
+        elif client_gone:
+            outcome = "cancelled"
+        else:
+            outcome = "completed"
+        if lag is not None:
+            self.lags.append(lag)
+        lease.release(outcome)
+        return True
+
+    def forget_released(self) -> int:
+        """Drop tokens whose lease the book already expired (their log entry never came)."""
+        stale = [token for token, lease in self._leases.items() if not lease.open]
+        for token in stale:
+            del self._leases[token]
+        return len(stale)

@@ -1,0 +1,124 @@
+"""The ext_authz HTTP service: a lean HTTP/1.1 server on asyncio's Protocol API.
+
+Its only client is Envoy's ext_authz filter, which sends one complete request at a time per
+connection (Content-Length framed; keep-alive). A general framework (uvicorn + ASGI, h11) costs
+more per request than the routing decision itself, which is the point of this mode; so this
+parses just what that client sends and answers anything else with a 400 and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import cast
+
+from authz.check import Answer, Checker
+from picker.errors import InvalidRequest
+
+__all__ = ["serve_http"]
+
+_HEAD_LIMIT = 64 * 1024
+_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 413: b"Payload Too Large",
+            415: b"Unsupported Media Type", 429: b"Too Many Requests",
+            500: b"Internal Server Error", 503: b"Service Unavailable"}
+
+
+def _encode(answer: Answer) -> bytes:
+    lines = [b"HTTP/1.1 %d %s" % (answer.status, _REASONS.get(answer.status, b"Status"))]
+    lines.extend(f"{name}: {value}".encode() for name, value in answer.headers)
+    lines.append(b"content-length: %d" % len(answer.body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + answer.body
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection from Envoy; requests are answered in order."""
+
+    def __init__(self, checker: Checker, awaits: bool) -> None:
+        self._checker = checker
+        self._awaits = awaits
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._busy = False  # an awaited check is running: later bytes wait in the buffer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if not self._busy:
+            self._drain()
+
+    def _drain(self) -> None:
+        while self._transport is not None and not self._busy:
+            request = self._next_request()
+            if request is None:
+                return
+            path, headers, body = request
+            if self._awaits:
+                self._busy = True
+                task = asyncio.ensure_future(self._checker.check_async(path, headers, body))
+                task.add_done_callback(self._answered)
+                return
+            self._transport.write(_encode(self._checker.check(path, headers, body)))
+
+    def _answered(self, task: asyncio.Future[Answer]) -> None:
+        self._busy = False
+        if self._transport is None or task.cancelled():
+            return
+        self._transport.write(_encode(task.result()))
+        self._drain()
+
+    def _next_request(self) -> tuple[str, dict[str, str], bytes] | None:
+        """Pop one complete request off the buffer; None until one is there."""
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._buffer) > _HEAD_LIMIT:
+                self._fail("request head too large")
+            return None
+        lines = bytes(self._buffer[:end]).decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            self._fail("not an HTTP/1.1 request line")
+            return None
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep:
+                self._fail("malformed header line")
+                return None
+            headers[name.strip().lower()] = value.strip()
+        if "transfer-encoding" in headers:
+            self._fail("chunked check requests are not supported: Envoy sends Content-Length")
+            return None
+        length_text = headers.get("content-length", "0")
+        if not length_text.isdigit():
+            self._fail("bad content-length")
+            return None
+        start = end + 4
+        length = int(length_text)
+        if len(self._buffer) < start + length:
+            return None
+        body = bytes(self._buffer[start:start + length])
+        del self._buffer[:start + length]
+        # The picker reads headers as the client sent them, pseudo-headers included.
+        headers[":method"] = parts[0]
+        headers[":path"] = parts[1]
+        return parts[1], headers, body
+
+    def _fail(self, why: str) -> None:
+        assert self._transport is not None
+        error = InvalidRequest(f"authz check request: {why}")
+        self._transport.write(_encode(Answer(400, (("content-type", "application/json"),
+                                                    ("connection", "close")),
+                                             error.to_json())))
+        self._transport.close()
+        self._transport = None
+
+
+async def serve_http(checker: Checker, awaits: bool, sock: socket.socket) -> asyncio.Server:
+    """Serving on a listening socket (picker.listen) until the returned server is closed."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: _Connection(checker, awaits), sock=sock)

@@ -1,0 +1,86 @@
+"""`llm-picker serve --mode authz`: the ext_authz HTTP check server and the access-log gRPC
+service in front of one PickerRuntime, on one asyncio loop.
+
+The gRPC port (extproc.host/port) carries the access-log stream instead of ext_proc streams;
+the check server listens on its own port (`--authz-port`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import statistics
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from authz.als import AccessLogService
+from authz.check import Checker
+from authz.http import serve_http
+from picker.config import PickerConfig
+from picker.listen import check_free, listen_socket
+from picker.runtime import Host, PickerRuntime
+
+__all__ = ["serve_authz"]
+
+log = logging.getLogger("llm_picker")
+
+_GRACE_SECS = 10.0
+# How often tokens of leases the book expired (their log entry never came) are dropped.
+_SWEEP_SECS = 30.0
+
+
+async def _sweep(checker: Checker) -> None:
+    while True:
+        await asyncio.sleep(_SWEEP_SECS)
+        checker.forget_released()
+
+
+def _lag_summary(checker: Checker) -> str:
+    lags = sorted(checker.lags)
+    if len(lags) < 2:
+        return "release lag: too few samples"
+    cuts = statistics.quantiles(lags, n=100)
+    return (f"release lag after the response ended (last {len(lags)}): p50 "
+            f"{cuts[49] * 1e3:.2f} ms, p99 {cuts[98] * 1e3:.2f} ms, max {lags[-1] * 1e3:.2f} ms")
+
+
+async def serve_authz(
+    config: PickerConfig, authz_port: int, config_path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT. A busy port is an OSError naming it, before anything serves."""
+    runtime = PickerRuntime(config, Host.SERVE, config_path, overrides)
+    checker = Checker(runtime, config.max_body_bytes)
+    host, port = config.extproc.host, config.extproc.port
+    check_free(host, port, "access-log gRPC")
+    sock = listen_socket(host, authz_port, "authz HTTP")
+    grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    AccessLogService(checker).add_to(grpc_server)
+    grpc_server.add_insecure_port(f"{host}:{port}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await runtime.start()
+    http_server = None
+    sweeper = asyncio.create_task(_sweep(checker))
+    try:
+        await grpc_server.start()
+        http_server = await serve_http(checker, runtime.awaits, sock)
+        log.info("llm-picker serving (authz mode): checks on %s:%d, access log on %s:%d, "
+                 "policy %s, %d workers", host, sock.getsockname()[1], host, port,
+                 config.policy.name,
+                 len(runtime.registry.workers()))
+        await stop.wait()
+    finally:
+        log.info(_lag_summary(checker))
+        sweeper.cancel()
+        if http_server is not None:
+            http_server.close()
+        # Requests in flight get the grace period; their access-log entries still arrive.
+        await runtime.stop(_GRACE_SECS)
+        await grpc_server.stop(1.0)

@@ -1,0 +1,153 @@
+"""The authz adapter without Envoy: checks into leases, access-log entries into releases, and
+the HTTP/1.1 framing Envoy's ext_authz client uses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from authz._pb import als_pb2 as pb
+from authz.als import AccessLogService
+from authz.check import LEASE_HEADER, Checker
+from authz.http import _Connection
+from picker.config import PickerConfig
+from picker.runtime import PickerRuntime
+from picker.workers import WorkerSpec
+
+BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+PATH = "/v1/chat/completions"
+JSON = {"content-type": "application/json"}
+
+
+def checker(*urls: str, **settings: object) -> Checker:
+    specs = [WorkerSpec(url=u, models=["m"]) for u in urls or ("http://10.0.0.1:8000",)]
+    runtime = PickerRuntime(PickerConfig.model_validate({"workers": specs, **settings}))
+    return Checker(runtime, max_body_bytes=1024)
+
+
+def in_flight(check: Checker) -> int:
+    return sum(w.in_flight for w in check._runtime.registry.workers())
+
+
+def log_entry(token: str, status: int = 200, client_gone: bool = False) -> pb.HTTPAccessLogEntry:
+    entry = pb.HTTPAccessLogEntry()
+    entry.request.request_headers[LEASE_HEADER] = token
+    entry.response.response_code.value = status
+    entry.common_properties.response_flags.downstream_connection_termination = client_gone
+    return entry
+
+
+def batch(*entries: pb.HTTPAccessLogEntry) -> pb.StreamAccessLogsMessage:
+    message = pb.StreamAccessLogsMessage()
+    message.http_logs.log_entry.extend(entries)
+    return message
+
+
+def test_allow_sets_destination_and_a_lease_token_and_removes_a_client_rank() -> None:
+    check = checker()
+    answer = check.check(PATH, dict(JSON), BODY)
+    headers = dict(answer.headers)
+    assert answer.status == 200
+    assert headers["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
+    assert len(headers[LEASE_HEADER]) == 24  # 12 random bytes: not guessable by a client
+    assert headers["x-envoy-auth-headers-to-remove"] == "x-data-parallel-rank"
+    assert in_flight(check) == 1
+
+
+@pytest.mark.parametrize(("path", "body", "headers", "status"), [
+    (PATH, b"{bad", JSON, 400),
+    (PATH, json.dumps({"model": "nope", "messages": []}).encode(), JSON, 404),
+    ("/v1/other", BODY, JSON, 404),
+    (PATH, BODY, {"content-type": "text/plain"}, 415),
+    (PATH, b" " * 2048, JSON, 413),
+])
+def test_denials_carry_the_status_and_the_openai_error(path: str, body: bytes,
+                                                       headers: dict[str, str],
+                                                       status: int) -> None:
+    check = checker()
+    answer = check.check(path, dict(headers), body)
+    assert answer.status == status
+    assert ("content-type", "application/json") in answer.headers
+    assert "message" in json.loads(answer.body)["error"]
+    assert in_flight(check) == 0 and check.open_leases == 0
+
+
+def test_overload_is_a_429_with_retry_after() -> None:
+    check = checker(limits={"max_concurrent_requests": 1})
+    assert check.check(PATH, dict(JSON), BODY).status == 200
+    answer = check.check(PATH, dict(JSON), BODY)
+    assert answer.status == 429
+    assert any(name.lower() == "retry-after" for name, _ in answer.headers)
+
+
+@pytest.mark.parametrize(("status", "client_gone", "outcome"), [
+    (200, False, "completed"), (200, True, "cancelled"), (0, True, "cancelled"),
+    (503, False, "upstream_error"),
+])
+def test_an_access_log_entry_releases_its_lease_once(status: int, client_gone: bool,
+                                                     outcome: str) -> None:
+    check = checker()
+    token = dict(check.check(PATH, dict(JSON), BODY).headers)[LEASE_HEADER]
+    service = AccessLogService(check)
+    assert service.consume(batch(log_entry(token, status, client_gone))) == 1
+    assert service.consume(batch(log_entry(token))) == 0  # a replay changes nothing
+    assert in_flight(check) == 0
+    assert check._runtime.leases.outcomes == {outcome: 1}
+
+
+def test_unknown_and_missing_tokens_are_ignored() -> None:
+    check = checker()
+    check.check(PATH, dict(JSON), BODY)
+    service = AccessLogService(check)
+    assert service.consume(batch(log_entry("guessed"), pb.HTTPAccessLogEntry())) == 0
+    assert in_flight(check) == 1
+
+
+def test_a_batch_releases_every_request_it_reports() -> None:
+    check = checker("http://10.0.0.1:8000", "http://10.0.0.2:8000")
+    tokens = [dict(check.check(PATH, dict(JSON), BODY).headers)[LEASE_HEADER]
+              for _ in range(10)]
+    assert in_flight(check) == 10
+    wire = batch(*(log_entry(t) for t in tokens)).SerializeToString()
+    assert AccessLogService(check).consume(pb.StreamAccessLogsMessage.FromString(wire)) == 10
+    assert in_flight(check) == 0
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.out += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _request(body: bytes = BODY) -> bytes:
+    return (b"POST /v1/chat/completions HTTP/1.1\r\nhost: picker\r\ncontent-type: "
+            b"application/json\r\ncontent-length: %d\r\n\r\n" % len(body)) + body
+
+
+def test_http_answers_requests_split_and_back_to_back_in_order() -> None:
+    check = checker()
+    connection, transport = _Connection(check, awaits=False), _Transport()
+    connection.connection_made(transport)
+    wire = _request() + _request(b"{bad")
+    for i in range(0, len(wire), 7):  # arbitrary segmentation
+        connection.data_received(wire[i:i + 7])
+    first, second = transport.out.split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"200 ") and b"x-gateway-destination-endpoint: " in first
+    assert second.startswith(b"400 ") and second.endswith(b"}")
+    assert not transport.closed
+
+
+def test_http_refuses_what_envoy_never_sends() -> None:
+    connection, transport = _Connection(checker(), awaits=False), _Transport()
+    connection.connection_made(transport)
+    connection.data_received(b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n")
+    assert transport.out.startswith(b"HTTP/1.1 400 ") and transport.closed
