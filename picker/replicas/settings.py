@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from picker.workers import Port
 
@@ -25,10 +27,10 @@ class PeerDnsSettings(BaseModel):
 class ReplicaSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    listen: str = Field(description="host:port peers connect to, e.g. 0.0.0.0:9004")
+    listen: HostPort = Field(description="host:port peers connect to, e.g. 0.0.0.0:9004")
     # Every replica may list them all, itself included: a link that reaches this replica is
     # recognised by its greeting and left idle.
-    peers: list[str] = Field(default_factory=list, max_length=64)
+    peers: list[HostPort] = Field(default_factory=list, max_length=64)
     dns: PeerDnsSettings | None = None
     # Picks waiting for the sender task; beyond this, picks are dropped (and counted) rather
     # than slowing routing.
@@ -38,19 +40,6 @@ class ReplicaSettings(BaseModel):
     connect_timeout_secs: float = Field(default=2.0, gt=0)
     # Reconnection backoff doubles from 0.1 s up to this.
     max_backoff_secs: float = Field(default=5.0, ge=0.1)
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, text: str) -> str:
-        host_port(text)
-        return text
-
-    @field_validator("peers")
-    @classmethod
-    def _peers(cls, peers: list[str]) -> list[str]:
-        for peer in peers:
-            host_port(peer)
-        return peers
 
     @model_validator(mode="after")
     def _one_way_to_find_peers(self) -> ReplicaSettings:
@@ -71,3 +60,12 @@ def host_port(text: str) -> tuple[str, int]:
     if not sep or not host or not 0 < number < 65536:
         raise ValueError(f"{text!r} is not host:port")
     return host, number
+
+
+def _checked(text: str) -> str:
+    host_port(text)
+    return text
+
+
+# A `host:port` setting, checked where it is read.
+HostPort = Annotated[str, AfterValidator(_checked)]

@@ -94,7 +94,7 @@ def test_host_port_refuses(text: str) -> None:
     ("replicas: {listen: '127.0.0.1:9004', peers: ['a:1'], dns: {name: n, port: 1}}",
      "replicas"),
     ("replicas: {listen: 'nowhere', peers: ['a:1']}", "replicas.listen"),
-    ("replicas: {listen: '127.0.0.1:9004', peers: ['a']}", "replicas.peers"),
+    ("replicas: {listen: '127.0.0.1:9004', peers: ['a']}", "replicas.peers.0"),  # the entry itself
     # Needs the approximate index: kv_events replicas agree through the engines' events.
     ("replicas: {listen: '127.0.0.1:9004', peers: ['a:1']}", "replicas"),
     ("prefix: {enabled: true, index: kv_events, tokenizer: {kind: remote, endpoint: "
