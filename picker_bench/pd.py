@@ -1,15 +1,16 @@
 """`llm-picker bench routing --pd`: the same fleet size split into prefill and decode roles.
 
-Four simulated engines ("8b-h100-like": prefill 20,000 tokens/s, decode steps of 6 ms plus
-0.1 ms per running request, 32 running at most) serve each layout - 4 regular, 1 prefill + 3
+Four simulated engines ("8b-h100-batched": 8b-h100-like's prefill 20,000 tokens/s and decode
+steps of 6 ms plus 0.1 ms per running request, 32 running at most, with vLLM's per-step token
+budget, so a prefill chunk shares - and slows - the step of every running decode) serve each
+layout - 4 regular, 1 prefill + 3
 decode, 2 prefill + 2 decode (vLLM NIXL two-step) - behind the real Envoy and `llm-picker
 serve`, on a prefill-heavy workload (long prompts, 4 output tokens) and a decode-heavy one
 (short prompts, 64 output tokens), with open-loop arrivals. TTFT is the time to the first
 streamed token, TPOT the mean gap between the following ones.
 
-What the simulator does not model, and a GPU would: a prefill stalling the decode steps of
-requests batched with it. Here a regular engine's prefill costs only the request's own TTFT, so
-the split shows its capacity effects, not the interference it removes on real engines.
+What the simulator does not model: the KV transfer between the pair (free here), and the
+prefill request's own HTTP round trip inside the picker is real.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from picker_bench.stack import SimSpec, free_port, local_fleet
 __all__ = ["run_pd"]
 
 MODEL = "pd-model"
-PROFILE = "8b-h100-like"
+PROFILE = "8b-h100-batched"
 LAYOUTS = {"4 regular": (0, 0), "1P+3D": (1, 3), "2P+2D": (2, 2)}
 WORKLOADS = {"prefill-heavy": (2_000, 4), "decode-heavy": (50, 64)}  # prompt words, outputs
 
