@@ -100,6 +100,10 @@ def _bench(ns: argparse.Namespace) -> int:
         from picker_bench.pd import run_pd
 
         return run_pd(requests=ns.requests, rate=ns.rate, seed=ns.seed)
+    if ns.bench == "chunk":
+        from picker_bench.chunk import run_chunk
+
+        return run_chunk(chunks=ns.chunks)
     if ns.bench == "longprompt":
         from picker_bench.decision import run_long_prompt
 
@@ -214,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--users", type=int, default=8)
     soak.add_argument("--kill-every", type=float, default=60.0, help="seconds between kills")
     soak.set_defaults(run=_bench)
+    chunk = which.add_parser("chunk", help="in-process cost of one echoed response chunk")
+    chunk.add_argument("--chunks", type=int, default=100_000)
+    chunk.set_defaults(run=_bench)
     long = which.add_parser("longprompt", help="in-process cost of long prompts: parse + route")
     long.add_argument("--sizes", type=int, nargs="+", default=[225_280, 1_048_576],
                       help="prompt characters")
