@@ -16,9 +16,9 @@ from pathlib import Path
 CORE = ["picker.workers", "picker.registry", "picker.request", "picker.errors",
         "picker.policies", "picker.router", "picker.telemetry", "picker.config",
         "picker.admin", "picker.openai_body"]
-FORBIDDEN = ("grpc", "envoy", "litellm", "extproc", "authz", "envoy_data_plane", "litellm_plugin")
-# Benchmark front ends drive the adapters on purpose; a `__main__` module would run its CLI.
-NOT_CORE = ("picker_bench",)
+# Proxies, adapters, and the harness (simulator, benchmarks, the CLI that composes them).
+FORBIDDEN = ("grpc", "envoy", "litellm", "extproc", "authz", "envoy_data_plane", "litellm_plugin",
+             "picker_sim", "picker_bench", "llm_picker")
 
 PROBE = """
 import importlib, json, pkgutil, sys
