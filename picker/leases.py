@@ -123,10 +123,8 @@ class LeaseBook:
 
     def open(self, choice: Choice, prefill: Worker | None = None) -> Lease:
         """Open a lease on an admission slot already taken; the worker's in-flight grows (and
-        the prefill worker's, for a pair), and so does its prefill backlog (a pair's decode
-        worker prefills nothing)."""
-        self._workers.acquire(choice.worker,
-                              choice.uncached_tokens if prefill is None else 0.0)
+        the prefill worker's, for a pair)."""
+        self._workers.acquire(choice.worker)
         if prefill is not None:
             self._workers.acquire(prefill)
         lease = Lease(choice, self, prefill)

@@ -18,12 +18,6 @@ Two sources, one model:
 
 Estimates are exponentially weighted, so an engine that slows down (thermal throttling, a
 noisy neighbour) is followed within a few observations.
-
-A `PrefillBacklog` is the prefill work the picker itself has just sent to an engine: the scraped
-waiting count is a second old when a prefill burst lasts a few hundred milliseconds, so the
-picker counts the uncached prompt tokens of each request it sends and lets them drain at the
-engine's learned prefill rate (the first token is not seen when Envoy does not pass response
-bodies, so the rate, not the response, ends the work).
 """
 
 from __future__ import annotations
@@ -32,7 +26,7 @@ from dataclasses import dataclass, replace
 
 from picker.load_signals import EngineCounter, EngineLoad
 
-__all__ = ["Observation", "PrefillBacklog", "SpeedModel", "predicted_ttft"]
+__all__ = ["Observation", "SpeedModel", "predicted_ttft"]
 
 # Weight of the newest observation in each moving average.
 _ALPHA = 0.2
@@ -116,37 +110,11 @@ class SpeedModel:
         return speed
 
 
-@dataclass(frozen=True, slots=True)
-class PrefillBacklog:
-    """Uncached prompt tokens sent to one engine and not yet prefilled, as a fluid queue: it
-    drains at the engine's prefill rate from `at` (time.monotonic()) on. Immutable, replaced by
-    the registry on each request sent, like `SpeedModel`."""
-
-    tokens: float = 0.0
-    at: float = 0.0
-
-    def left(self, rate: float | None, now: float) -> float:
-        """Tokens still ahead at `now`; 0 while the rate is unknown (nothing could use them)."""
-        if rate is None or rate <= 0:
-            return 0.0
-        return max(0.0, self.tokens - rate * (now - self.at))
-
-    def plus(self, tokens: float, rate: float | None, now: float) -> PrefillBacklog:
-        return PrefillBacklog(self.left(rate, now) + max(0.0, tokens), now)
-
-
-def predicted_ttft(speed: SpeedModel, uncached_tokens: float, waiting: float,
-                   ahead_tokens: float = 0.0) -> float | None:
-    """Seconds until a request's first token on this engine: the work queued ahead plus this
-    request's uncached prompt at the engine's prefill rate. None when the rate is unknown.
-
-    The queue ahead is the larger of two views: the `waiting` requests the engine last reported
-    (each costing its mean TTFT, which already holds their prefill), which sees every client
-    but is up to a scrape interval old, and `ahead_tokens`, the picker's own sent-but-unprefilled
-    tokens (`PrefillBacklog`), current but blind to other clients. They count the same requests
-    when both see them, so they are not added."""
+def predicted_ttft(speed: SpeedModel, uncached_tokens: float, waiting: float) -> float | None:
+    """Seconds until a request's first token on this engine: the `waiting` requests ahead
+    (each costing the engine's mean TTFT, which already holds their prefill) plus this
+    request's uncached prompt at the engine's prefill rate. None when the rate is unknown."""
     rate = speed.prefill_tokens_per_sec
     if rate is None or rate <= 0:
         return None
-    ahead = max(waiting * (speed.ttft_secs or 0.0), ahead_tokens / rate)
-    return ahead + max(0.0, uncached_tokens) / rate
+    return waiting * (speed.ttft_secs or 0.0) + max(0.0, uncached_tokens) / rate

@@ -17,7 +17,7 @@ from picker.request import RoutingRequest
 from picker.speed import predicted_ttft
 
 __all__ = ["DEFAULT_STALE_SECS", "SCORERS", "Scorer", "ScorerFn", "fresh_engine_value",
-           "request_ttft", "uncached_tokens"]
+           "request_ttft"]
 
 # Engine metrics older than this are unknown (LoadSettings.stale_after_secs's default).
 DEFAULT_STALE_SECS = 5.0
@@ -79,25 +79,20 @@ def _faster_is_better(values: list[float | None]) -> list[float | None]:
     return [None if v is None else best / (v + _TIME_FLOOR_SECS) for v in values]
 
 
-def uncached_tokens(request: RoutingRequest, worker: Worker) -> float:
-    """Prompt tokens `worker` would prefill for this request: those past its prefix match, or
-    the whole prompt without a prefix index."""
-    match = request.prefix
-    if match is not None:
-        return match.uncached_tokens(worker.id)
-    if request.tokens is not None:
-        return float(len(request.tokens))
-    per_token = worker.speed.chars_per_token or _FALLBACK_CHARS_PER_TOKEN
-    return len(request.prompt_text) / per_token
-
-
 def request_ttft(request: RoutingRequest, worker: Worker, now: float,
                  stale_after: float) -> float | None:
-    """Predicted seconds to this request's first token on `worker` (picker.speed), behind the
-    prefill work already sent there; None while the worker's speed is unknown."""
+    """Predicted seconds to this request's first token on `worker` (picker.speed), from the
+    prompt the worker is not believed to hold; None while the worker's speed is unknown."""
+    match = request.prefix
+    if match is not None:
+        uncached = match.uncached_tokens(worker.id)
+    elif request.tokens is not None:
+        uncached = float(len(request.tokens))
+    else:
+        per_token = worker.speed.chars_per_token or _FALLBACK_CHARS_PER_TOKEN
+        uncached = len(request.prompt_text) / per_token
     waiting = fresh_engine_value(worker, EngineSignal.WAITING, now, stale_after) or 0.0
-    return predicted_ttft(worker.speed, uncached_tokens(request, worker), waiting,
-                          worker.prefill_ahead(now))
+    return predicted_ttft(worker.speed, uncached, waiting)
 
 
 def _ttft(request: RoutingRequest, candidates: Sequence[Worker], now: float,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from picker.errors import InvalidRequest
@@ -11,7 +9,7 @@ from picker.load_signals import EngineCounter, EngineLoad
 from picker.policies import create_policy
 from picker.prefix import PrefixMatch
 from picker.request import Api, RoutingRequest
-from picker.speed import Observation, PrefillBacklog, SpeedModel, predicted_ttft
+from picker.speed import Observation, SpeedModel, predicted_ttft
 from picker.workers import WorkerSpec
 from tests.live import Fleet
 
@@ -68,50 +66,10 @@ def test_a_restarted_engine_teaches_nothing() -> None:
     assert fleet[0].speed.decode_step_secs is None
 
 
-@pytest.mark.parametrize(
-    ("waiting", "ahead_tokens", "expected"),
-    [
-        (2, 0.0, 0.9),  # 2 waiting x 0.2 s + 500 tokens at 1000/s
-        (0, 300.0, 0.8),  # 300 tokens sent and not yet prefilled, then its own 500
-        (2, 300.0, 0.9),  # both views of the same queue: the larger, not the sum
-        (1, 1000.0, 1.5),
-    ],
-)
-def test_predicted_ttft(waiting: float, ahead_tokens: float, expected: float) -> None:
+def test_predicted_ttft() -> None:
+    assert predicted_ttft(SpeedModel(), 100, 0) is None
     speed = SpeedModel(prefill_tokens_per_sec=1000.0, ttft_secs=0.2)
-    assert predicted_ttft(speed, 500, waiting, ahead_tokens) == pytest.approx(expected)
-    assert predicted_ttft(SpeedModel(), 500, waiting, ahead_tokens) is None
-
-
-@pytest.mark.parametrize(
-    ("backlog", "rate", "now", "left"),
-    [
-        (PrefillBacklog(2000.0, 10.0), 1000.0, 10.0, 2000.0),
-        (PrefillBacklog(2000.0, 10.0), 1000.0, 11.5, 500.0),  # drains at the prefill rate
-        (PrefillBacklog(2000.0, 10.0), 1000.0, 13.0, 0.0),  # and never below empty
-        (PrefillBacklog(2000.0, 10.0), None, 10.0, 0.0),  # rate unknown: nothing to use
-    ],
-)
-def test_prefill_backlog_drains(backlog: PrefillBacklog, rate: float | None, now: float,
-                                left: float) -> None:
-    assert backlog.left(rate, now) == pytest.approx(left)
-
-
-@pytest.mark.parametrize(
-    ("sent", "left"),
-    [
-        ([(0.0, 1000.0)], 1000.0),
-        ([(0.0, 1000.0), (0.0, 500.0)], 1500.0),  # a burst adds up
-        ([(0.0, 1000.0), (0.5, 500.0)], 1000.0),  # 500 of the first drained before the second
-        ([(0.0, 1000.0), (2.0, 500.0)], 500.0),  # the first was done: only the second
-    ],
-)
-def test_prefill_backlog_adds_what_is_sent(sent: list[tuple[float, float]],
-                                           left: float) -> None:
-    backlog = PrefillBacklog()
-    for at, tokens in sent:
-        backlog = backlog.plus(tokens, 1000.0, at)
-    assert backlog.left(1000.0, sent[-1][0]) == pytest.approx(left)
+    assert predicted_ttft(speed, 500, 2) == pytest.approx(0.9)
 
 
 def fleet_with_speeds(*rates: float | None) -> Fleet:
@@ -145,28 +103,6 @@ def test_default_weighted_profile(rates: tuple[float | None, ...], request_: Rou
                                   expected: str) -> None:
     policy = create_policy("weighted", {"seed": 0})
     assert policy.pick(request_, fleet_with_speeds(*rates)).id == expected
-
-
-@pytest.mark.parametrize(
-    ("backlog", "request_", "expected"),
-    [
-        # as fast as each other: the one without prefill work queued wins
-        ((0.0, 0.0), req(20), [1.0, 1.0]),
-        ((2000.0, 0.0), req(20), [pytest.approx(0.5, abs=0.01), 1.0]),
-        # w0 holds the prompt (100 tokens to prefill) but 2000 queued there: w1 is sooner
-        ((2000.0, 0.0), req(20, w0=19), [pytest.approx(0.95, abs=0.01), 1.0]),
-        ((0.0, 0.0), req(20, w0=19), [1.0, pytest.approx(0.05, abs=0.01)]),
-    ],
-)
-def test_ttft_scorer_waits_behind_the_prefill_work_sent(
-        backlog: tuple[float, float], request_: RoutingRequest, expected: list[float]) -> None:
-    from picker.policies.scorers import SCORERS
-
-    fleet = fleet_with_speeds(1000.0, 1000.0)  # draining 1 token per ms of the test: noise
-    for worker, tokens in zip(fleet, backlog, strict=True):
-        fleet.registry.acquire(worker, tokens)
-    now = time.monotonic()
-    assert SCORERS["ttft"].score(request_, fleet, now, 5.0) == expected
 
 
 @pytest.mark.parametrize(
