@@ -75,6 +75,16 @@ class Admission:
                     self._waiters.remove((loop, future))
                     raise self._overloaded("queue wait timed out") from None
             # leave() handed us the slot just as we timed out: keep it.
+        except asyncio.CancelledError:
+            # The client went away while queued: leave the queue, or give back the slot
+            # leave() may already have handed over - never keep a slot nobody will release.
+            with self._lock:
+                queued = (loop, future) in self._waiters
+                if queued:
+                    self._waiters.remove((loop, future))
+            if not queued:
+                self.leave()
+            raise
 
     def leave(self) -> None:
         with self._lock:

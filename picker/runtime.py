@@ -226,6 +226,11 @@ class PickerRuntime:
                 if attempt + 1 == self._config.pd.max_attempts:
                     raise
                 self.leases.admit_now()  # the next pair's slot
+            except BaseException:
+                # Cancelled (the client went away) or failed unexpectedly: nobody else holds
+                # this lease, so it is released here or never.
+                lease.release("cancelled")
+                raise
         raise AssertionError("unreachable: pd.max_attempts >= 1")
 
     async def _pd_step(self, request: RoutingRequest, prefill: Worker,

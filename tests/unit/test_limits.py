@@ -106,3 +106,32 @@ def test_thousands_of_mixed_outcomes_leave_every_counter_at_zero() -> None:
     assert sum(r.leases.outcomes.values()) == 5000 - refused
     ratio = r.leases.outcomes.get("completed", 0) / (5000 - refused)
     assert f"llm_picker_success_ratio {ratio}" in text
+
+
+async def test_a_request_cancelled_while_queued_leaks_no_slot() -> None:
+    """A client that goes away while queued must not take the next free slot with it."""
+    admission = Admission(LimitSettings(max_concurrent_requests=1, queue_size=4,
+                                        queue_timeout_secs=5))
+    admission.try_enter()
+    waiter = asyncio.create_task(admission.enter())
+    await asyncio.sleep(0.02)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert admission.waiting == 0
+    admission.leave()
+    assert admission.active == 0
+    admission.try_enter()  # the freed slot is there for the next request
+
+
+async def test_a_waiter_cancelled_just_after_its_handover_gives_the_slot_back() -> None:
+    admission = Admission(LimitSettings(max_concurrent_requests=1, queue_size=4,
+                                        queue_timeout_secs=5))
+    admission.try_enter()
+    waiter = asyncio.create_task(admission.enter())
+    await asyncio.sleep(0.02)
+    admission.leave()  # hands the slot to the waiter (resolved on the loop's next turn)
+    waiter.cancel()  # ... which is cancelled before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert admission.active == 0 and admission.waiting == 0

@@ -134,3 +134,30 @@ def test_litellm_mode_refuses_igw() -> None:
     with pytest.raises(ConfigError) as caught:
         PickerRuntime(PickerConfig(enable_igw=True), Host.LITELLM)
     assert caught.value.key == "enable_igw"
+
+
+async def test_a_client_gone_during_the_prefill_step_leaks_no_slot() -> None:
+    """NIXL two-step: the prefill worker accepts and never answers, the client goes away
+    (the route is cancelled); both workers' slots and the admission slot come back."""
+    import asyncio
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        r = PickerRuntime(PickerConfig.model_validate({"enable_igw": True, "workers": [
+            {"url": f"127.0.0.1:{port}", "id": "p", "models": ["m"], "worker_type": "prefill"},
+            {"url": "d:1", "id": "d", "models": ["m"], "worker_type": "decode"}]}))
+        routing = asyncio.create_task(r.route(RoutingRequest(
+            model="m", api=Api.CHAT, body={"model": "m", "messages": []})))
+        await asyncio.sleep(0.3)
+        assert r.leases.active == 1
+        routing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await routing
+        assert r.leases.active == 0
+        assert all(w.in_flight == 0 for w in r.registry.workers())
+    finally:
+        server.close()
