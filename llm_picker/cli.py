@@ -40,6 +40,10 @@ def _serve(ns: argparse.Namespace) -> int:
         print(f"llm-picker: configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=config.log.level, format="%(asctime)s %(levelname)s %(message)s")
+    if config.log.level == "INFO":
+        # httpx logs every request at INFO: each health check and metrics scrape, several a
+        # second, would drown the start-up lines INFO is for (DEBUG still shows them).
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     config_file = Path(path) if path else None
     try:
         # The Envoy adapters live outside the core; only this command needs grpc.

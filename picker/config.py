@@ -91,7 +91,9 @@ class ExtprocConfig(ListenConfig):
 class AdminConfig(ListenConfig):
     """The admin API; `token` guards mutating calls (env: LLM_PICKER_ADMIN__TOKEN)."""
 
-    token: SecretStr | None = None
+    port: int = Field(default=9003, ge=0, le=65535)
+    # An empty token would let `Authorization: Bearer ` (nothing after it) through.
+    token: SecretStr | None = Field(default=None, min_length=1)
     # None: the mode's default - on for `llm-picker serve`, off inside LiteLLM (where binding a
     # port must be asked for).
     enabled: bool | None = None

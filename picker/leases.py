@@ -1,7 +1,8 @@
 """The lease book: every in-flight request's slot, from admission to its one release.
 
 One lock guards the open leases and the outcome counts; admission (the global concurrency
-limit and its waiting queue) is taken when a lease opens and given back when it closes, so
+limit and its waiting queue) is taken just before a lease opens (`admit` / `admit_now`, by the
+runtime) and given back when it closes - or with `cancel_admission` when no worker fits - so
 "one admission slot per lease" holds whatever the adapter does. Adapters learn that a request
 ended from several places (stream end, reset, error, timeout) and may report it more than once:
 only the first report counts, so load returns to exactly zero whatever the order of events.

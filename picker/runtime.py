@@ -137,8 +137,9 @@ class PickerRuntime:
 
     @property
     def awaits(self) -> bool:
-        """True when routing has an awaited step (remote tokenizer, admission queue): then
-        only `route` (or `route_sync` off the runtime's loop) can route. The ext_proc stream
+        """True when routing has an awaited step (remote tokenizer, admission queue, or a
+        prefill/decode pair's prefill under enable_igw): then only `route` (or `route_sync`
+        off the runtime's loop) can route. The ext_proc stream
         answers in the same call when this is False."""
         return self._awaits
 

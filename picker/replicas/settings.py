@@ -43,8 +43,11 @@ class ReplicaSettings(BaseModel):
 
     @model_validator(mode="after")
     def _one_way_to_find_peers(self) -> ReplicaSettings:
-        if bool(self.peers) == (self.dns is not None):
+        if self.peers and self.dns is not None:
             raise ValueError("set peers (host:port list) or dns (name, port), not both")
+        if not self.peers and self.dns is None:
+            raise ValueError("set peers (a host:port list) or dns (name, port) to find the "
+                             "other replicas")
         return self
 
 

@@ -265,3 +265,15 @@ def test_log_settings() -> None:
     assert (load_config().log.level, load_config().log.access) == ("INFO", False)
     config = load_config(env={"LLM_PICKER_LOG__LEVEL": "debug", "LLM_PICKER_LOG__ACCESS": "true"})
     assert (config.log.level, config.log.access) == ("DEBUG", True)
+
+
+def test_admin_settings_without_a_port_keep_the_default_port() -> None:
+    """`admin: {enabled: true}` (the README's LiteLLM line) needs no port."""
+    assert load_config(overrides={"admin": {"enabled": True}}).admin.port == 9003
+    assert load_config(env={"LLM_PICKER_ADMIN__TOKEN": "t0ken"}).admin.port == 9003
+
+
+def test_an_empty_admin_token_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={"LLM_PICKER_ADMIN__TOKEN": "''", "LLM_PICKER_ADMIN__HOST": "0.0.0.0"})
+    assert caught.value.key == "admin.token"
