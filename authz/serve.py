@@ -28,7 +28,6 @@ __all__ = ["serve_authz"]
 
 log = logging.getLogger("llm_picker")
 
-_GRACE_SECS = 10.0
 # How often tokens of leases the book expired (their log entry never came) are dropped.
 _SWEEP_SECS = 30.0
 
@@ -82,5 +81,5 @@ async def serve_authz(
         if http_server is not None:
             http_server.close()
         # Requests in flight get the grace period; their access-log entries still arrive.
-        await runtime.stop(_GRACE_SECS)
+        await runtime.stop(config.limits.shutdown_grace_secs)
         await grpc_server.stop(1.0)

@@ -19,9 +19,6 @@ __all__ = ["serve"]
 
 log = logging.getLogger("llm_picker")
 
-# How long in-flight ext_proc streams may take to finish after SIGTERM.
-_GRACE_SECS = 10.0
-
 
 async def serve(
     config: PickerConfig,
@@ -56,5 +53,5 @@ async def serve(
         # Graceful shutdown: /ready turns 503 at once; requests in flight get the grace
         # period to finish (their streams end normally); then everything stops.
         await health.stop()
-        await runtime.stop(_GRACE_SECS)
+        await runtime.stop(config.limits.shutdown_grace_secs)
         await grpc_server.stop(1.0)

@@ -29,6 +29,9 @@ class LimitSettings(BaseModel):
     retry_after_secs: int = Field(default=1, ge=0)
     # A request whose end the picker never hears of is released after this long.
     timeout_secs: float = Field(default=3600.0, gt=0)
+    # On SIGTERM, how long requests in flight may take to finish (a long generation streams
+    # for minutes; deploy/'s terminationGracePeriodSeconds leaves 10 s more).
+    shutdown_grace_secs: float = Field(default=120.0, ge=0)
 
 
 class Admission:

@@ -373,9 +373,14 @@ class PickerRuntime:
     async def stop(self, grace_secs: float = 0.0) -> None:
         """Drain (up to `grace_secs` for requests in flight), then stop every service."""
         self._draining = True
+        if self.leases.active:
+            log.info("draining: %d requests in flight, up to %.0fs", self.leases.active,
+                     grace_secs)
         deadline = time.monotonic() + grace_secs
         while self.leases.active and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        if self.leases.active:
+            log.warning("stopping with %d requests still in flight", self.leases.active)
         running, self._running = self._running, None
         if running is not None:
             await running.aclose()
