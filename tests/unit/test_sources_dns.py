@@ -13,7 +13,6 @@ import pytest
 pytest.importorskip("dns")
 pytest.importorskip("dnslib")
 
-from aiohttp import web  # noqa: E402
 from dnslib import AAAA, QTYPE, RR, SRV, A, DNSRecord  # noqa: E402
 from dnslib.server import BaseResolver, DNSServer  # noqa: E402
 
@@ -22,7 +21,7 @@ from picker.fleet import WorkerManager  # noqa: E402
 from picker.registry import WorkerRegistry  # noqa: E402
 from picker.sources.dns import DnsSource  # noqa: E402
 from picker.sources.settings import DnsSettings  # noqa: E402
-from tests.unit.test_sources_kubernetes import IPS, _free_port  # noqa: E402
+from tests.unit.test_sources_kubernetes import IPS, _free_port, vllm_models  # noqa: E402
 
 NAME = "vllm.ns.svc.cluster.local."
 
@@ -58,24 +57,16 @@ def zone() -> Iterator[tuple[Zone, int]]:
 
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
-    app = web.Application()
-
-    async def models(request: web.Request) -> web.Response:
-        return web.json_response({"data": [{"id": "m"}]})
-
-    app.router.add_get("/v1/models", models)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
-    await runner.setup()
     number = _free_port()
-    for ip in IPS[:2]:
-        await web.TCPSite(runner, ip, number).start()
-    yield number
-    await runner.cleanup()
+    async with vllm_models(IPS[:2], [number]):
+        yield number
 
 
 async def _urls(registry: WorkerRegistry, want: set[str], source: DnsSource) -> None:
+    """Until the registry holds `want` and the lookup that put it there has finished (the
+    registry changes inside `declare`, before the source counts the view as applied)."""
     deadline = time.monotonic() + 8
-    while {w.url for w in registry.workers()} != want:
+    while {w.url for w in registry.workers()} != want or not source.synced:
         assert time.monotonic() < deadline, (
             f"workers {[w.url for w in registry.workers()]}, error {source.last_error}")
         await asyncio.sleep(0.02)
