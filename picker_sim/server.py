@@ -129,6 +129,17 @@ class _WorkerHeader:
         await self._app(scope, receive, stamped)
 
 
+async def _json_object(request: Request) -> dict[str, Any] | Response:
+    """The request's JSON object body, or the 400 an engine answers for anything else."""
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        return _error(400, "invalid JSON body", "invalid_request_error", "invalid_json")
+    if not isinstance(body, dict):
+        return _error(400, "body must be a JSON object", "invalid_request_error", "invalid")
+    return body
+
+
 def _error(status: int, message: str, error_type: str, code: str) -> JSONResponse:
     return JSONResponse(
         {"error": {"message": message, "type": error_type, "code": code}}, status_code=status
@@ -162,12 +173,9 @@ def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASG
         if (denied := unauthorised(request)) is not None:
             return denied
         chat = request.url.path.endswith("/chat/completions")
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            return _error(400, "invalid JSON body", "invalid_request_error", "invalid_json")
-        if not isinstance(body, dict):
-            return _error(400, "body must be a JSON object", "invalid_request_error", "invalid")
+        body = await _json_object(request)
+        if isinstance(body, Response):
+            return body
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return _error(400, "model must be a non-empty string", "invalid_request_error",
@@ -236,12 +244,9 @@ def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASG
 
         All or nothing: one bad key (unknown, wrong type, out of range) changes no knob.
         """
-        try:
-            changes = json.loads(await request.body())
-        except ValueError:
-            return _error(400, "invalid JSON body", "invalid_request_error", "invalid_json")
-        if not isinstance(changes, dict):
-            return _error(400, "body must be a JSON object", "invalid_request_error", "invalid")
+        changes = await _json_object(request)
+        if isinstance(changes, Response):
+            return changes
         for key, value in changes.items():
             if (problem := _bad_control(key, value)) is not None:
                 return _error(400, problem, "invalid_request_error", "invalid_control")

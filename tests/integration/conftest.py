@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
@@ -46,6 +47,30 @@ def metric_values(fleet: Fleet, name: str) -> dict[tuple[tuple[str, str], ...], 
 
 def total_in_flight(fleet: Fleet) -> float:
     return sum(metric_values(fleet, "llm_picker_worker_in_flight").values())
+
+
+def in_flight_mid_stream(fleet: Fleet, messages: list[dict[str, str]], max_tokens: int,
+                         finish: bool = True) -> float:
+    """The picker's in-flight count while a streamed chat completion through Envoy is under
+    way (read after its first chunk); the stream is then read to its end, or abandoned
+    (`finish=False`: the client goes away mid-stream)."""
+
+    async def run() -> float:
+        async with httpx.AsyncClient(base_url=fleet.envoy_url, timeout=10.0) as client:
+            body = {"model": MODEL, "messages": messages, "max_tokens": max_tokens,
+                    "stream": True}
+            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                lines = response.aiter_lines()
+                await anext(lines)
+                if finish:
+                    await asyncio.sleep(0.1)
+                seen = await asyncio.to_thread(total_in_flight, fleet)
+                if finish:
+                    async for _ in lines:
+                        pass
+                return seen
+
+    return asyncio.run(run())
 
 
 def wait_until(predicate: object, timeout: float = 5.0, what: str = "condition") -> None:

@@ -18,6 +18,7 @@ from tests.integration.conftest import (
     FAST_HEALTH,
     MODEL,
     SIM_HEADER,
+    in_flight_mid_stream,
     metric_values,
     total_in_flight,
     wait_until,
@@ -81,19 +82,7 @@ def test_bad_body_is_400_with_json_error(authz_fleet: Fleet) -> None:
 
 
 def test_in_flight_spans_the_response_and_returns_to_zero(authz_fleet: Fleet) -> None:
-    async def during_a_long_stream() -> float:
-        async with httpx.AsyncClient(base_url=authz_fleet.envoy_url, timeout=10.0) as client:
-            body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 100, "stream": True}
-            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-                lines = response.aiter_lines()
-                await anext(lines)
-                await asyncio.sleep(0.1)
-                seen = await asyncio.to_thread(total_in_flight, authz_fleet)
-                async for _ in lines:
-                    pass
-            return seen
-
-    assert asyncio.run(during_a_long_stream()) == 1.0
+    assert in_flight_mid_stream(authz_fleet, MESSAGES, max_tokens=100) == 1.0
     wait_until(lambda: total_in_flight(authz_fleet) == 0, what="in-flight back to 0")
 
 

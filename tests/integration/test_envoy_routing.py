@@ -16,6 +16,7 @@ from tests.integration.conftest import (
     FAST_HEALTH,
     MODEL,
     SIM_HEADER,
+    in_flight_mid_stream,
     metric_values,
     total_in_flight,
     wait_until,
@@ -145,19 +146,7 @@ def test_in_flight_spans_the_response_in_buffered_mode_only(rr_fleet: Fleet) -> 
     assumed): in BUFFERED mode Envoy keeps the ext_proc stream open until the response ends;
     in FULL_DUPLEX_STREAMED mode it closes it once the request is forwarded."""
 
-    async def during_a_long_stream() -> float:
-        async with httpx.AsyncClient(base_url=rr_fleet.envoy_url, timeout=10.0) as client:
-            body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 100, "stream": True}
-            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-                lines = response.aiter_lines()
-                await anext(lines)
-                await asyncio.sleep(0.1)
-                seen = await asyncio.to_thread(total_in_flight, rr_fleet)
-                async for _ in lines:
-                    pass
-            return seen
-
-    seen = asyncio.run(during_a_long_stream())
+    seen = in_flight_mid_stream(rr_fleet, MESSAGES, max_tokens=100)
     assert seen == (1.0 if rr_fleet.body_mode == "BUFFERED" else 0.0)
     wait_until(lambda: total_in_flight(rr_fleet) == 0, what="in-flight back to 0")
 

@@ -28,6 +28,7 @@ from tests.integration.conftest import (
     FAST_HEALTH,
     MODEL,
     SIM_HEADER,
+    in_flight_mid_stream,
     metric_values,
     total_in_flight,
     wait_until,
@@ -110,16 +111,8 @@ def test_200_chunk_stream_arrives_as_the_engine_sent_it(gateway_fleet: Fleet) ->
 
 
 def test_cancel_mid_stream_releases_the_slot(gateway_fleet: Fleet) -> None:
-    async def cancel_after_first_chunk() -> float:
-        async with httpx.AsyncClient(base_url=gateway_fleet.envoy_url, timeout=10) as client:
-            body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 2000, "stream": True}
-            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-                lines = response.aiter_lines()
-                await anext(lines)
-                # The slot spans the response now, not only the request.
-                return await asyncio.to_thread(total_in_flight, gateway_fleet)
-
-    assert asyncio.run(cancel_after_first_chunk()) == 1.0
+    # The slot spans the response now, not only the request.
+    assert in_flight_mid_stream(gateway_fleet, MESSAGES, max_tokens=2000, finish=False) == 1.0
     wait_until(lambda: total_in_flight(gateway_fleet) == 0, what="in-flight back to 0")
     outcomes = metric_values(gateway_fleet, "llm_picker_requests_total")
     assert outcomes.get((("outcome", "cancelled"),), 0) >= 1

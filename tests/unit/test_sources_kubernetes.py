@@ -5,9 +5,10 @@ speaking the real list/watch protocol; pods are engine stubs on 127.0.0.2-4 answ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,9 @@ def _free_port() -> int:
     raise RuntimeError("no port free on every test address")
 
 
-@pytest.fixture
-async def engines() -> AsyncIterator[tuple[int, int]]:
-    """Two ports, each served on every test address, answering like vLLM."""
+@contextlib.asynccontextmanager
+async def vllm_models(ips: Sequence[str], ports: Sequence[int]) -> AsyncIterator[None]:
+    """Engine stubs answering /v1/models like vLLM on every address x port given."""
     app = web.Application()
 
     async def models(request: web.Request) -> web.Response:
@@ -56,12 +57,21 @@ async def engines() -> AsyncIterator[tuple[int, int]]:
     app.router.add_get("/v1/models", models)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
     await runner.setup()
-    ports = (_free_port(), _free_port())
-    for ip in IPS:
+    for ip in ips:
         for port in ports:
             await web.TCPSite(runner, ip, port).start()
-    yield ports
-    await runner.cleanup()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def engines() -> AsyncIterator[tuple[int, int]]:
+    """Two ports, each served on every test address, answering like vLLM."""
+    ports = (_free_port(), _free_port())
+    async with vllm_models(IPS, ports):
+        yield ports
 
 
 @pytest.fixture
