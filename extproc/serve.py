@@ -13,6 +13,7 @@ from extproc.health import HealthService
 from extproc.server import SERVICE_NAME, create_server
 from picker.access_log import AccessLog
 from picker.config import PickerConfig
+from picker.processes.group import ProcessGroup
 from picker.runtime import Host, PickerRuntime
 
 __all__ = ["serve"]
@@ -24,11 +25,13 @@ async def serve(
     config: PickerConfig,
     config_path: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    group: ProcessGroup | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT; with `config_path`, follow the file (SIGHUP or change).
+    `group`: this process's place in `serve --workers N`.
 
     A busy ext_proc or admin port is an OSError naming it, before anything serves."""
-    runtime = PickerRuntime(config, Host.SERVE, config_path, overrides)
+    runtime = PickerRuntime(config, Host.SERVE, config_path, overrides, group)
     health = HealthService(runtime, SERVICE_NAME)
     grpc_server, grpc_port = create_server(
         runtime, config.extproc.host, config.extproc.port, config.max_body_bytes,
@@ -43,7 +46,8 @@ async def serve(
         await health.start()
         await grpc_server.start()
         log.info(
-            "llm-picker serving: ext_proc on %s:%d, admin on %s:%s, policy %s, %d workers",
+            "llm-picker serving%s: ext_proc on %s:%d, admin on %s:%s, policy %s, %d workers",
+            "" if group is None else f" (process {group.index} of {group.count})",
             config.extproc.host, grpc_port, config.admin.host,
             runtime.admin_port if runtime.admin_port is not None else "off",
             config.policy.name, len(runtime.registry.workers()),

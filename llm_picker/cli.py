@@ -10,8 +10,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from picker.errors import ConfigError
+
+if TYPE_CHECKING:
+    from picker.config import PickerConfig
 
 __all__ = ["main"]
 
@@ -26,6 +30,7 @@ def _config_path(ns: argparse.Namespace) -> str | None:
 
 def _serve(ns: argparse.Namespace) -> int:
     from picker.config import load_config
+    from picker.processes.group import ProcessGroup
 
     overrides = {
         "policy.name": ns.policy,
@@ -36,6 +41,9 @@ def _serve(ns: argparse.Namespace) -> int:
     path = _config_path(ns)
     try:
         config = load_config(path, env=os.environ, overrides=overrides)
+        group = ProcessGroup.from_env()
+        if group is None and ns.workers > 1:
+            _check_group(config, ns)
     except ConfigError as exc:
         print(f"llm-picker: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -45,6 +53,17 @@ def _serve(ns: argparse.Namespace) -> int:
         # second, would drown the start-up lines INFO is for (DEBUG still shows them).
         logging.getLogger("httpx").setLevel(logging.WARNING)
     config_file = Path(path) if path else None
+    if group is None and ns.workers > 1:
+        from llm_picker.supervisor import run_group
+
+        try:
+            return run_group(config, ns.workers, ns.argv)
+        except OSError as exc:
+            print(f"llm-picker: {exc}", file=sys.stderr)
+            return 1
+    if group is not None:  # one of the supervisor's processes: its own ext_proc port
+        extproc = config.extproc.model_copy(update={"port": config.extproc.port + group.index})
+        config = config.model_copy(update={"extproc": extproc})
     try:
         # The Envoy adapters live outside the core; only this command needs grpc.
         if ns.mode == "authz":
@@ -54,7 +73,7 @@ def _serve(ns: argparse.Namespace) -> int:
         else:
             from extproc.serve import serve
 
-            asyncio.run(serve(config, config_file, overrides))
+            asyncio.run(serve(config, config_file, overrides, group))
     except ConfigError as exc:  # found while building (e.g. a tokenizer file that won't load)
         print(f"llm-picker: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -64,6 +83,17 @@ def _serve(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _check_group(config: PickerConfig, ns: argparse.Namespace) -> None:
+    """What `--workers N` cannot do, refused before any process starts."""
+    if ns.mode == "authz":
+        raise ConfigError("--workers", "runs ext_proc processes only: with --mode authz each "
+                          "request's access-log entry must reach the process that admitted "
+                          "it, which one access-log stream cannot do; run one authz process")
+    if not config.extproc.port:
+        raise ConfigError("extproc.port", "--workers gives process i the port extproc.port + "
+                          "i: set a port, not 0")
+
+
 def _envoy_config(ns: argparse.Namespace) -> int:
     from extproc.bootstrap import render_bootstrap
     from picker.config import load_config
@@ -71,7 +101,7 @@ def _envoy_config(ns: argparse.Namespace) -> int:
     try:
         config = load_config(_config_path(ns), env=os.environ)
         print(render_bootstrap(config, listen=ns.listen, admin=ns.admin, body_mode=ns.body_mode,
-                               tls_dir=ns.tls_dir), end="")
+                               tls_dir=ns.tls_dir, processes=ns.workers), end="")
     except (ConfigError, ValueError) as exc:
         print(f"llm-picker: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -144,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "the access-log stream)")
     serve.add_argument("--log-level", type=str.upper,
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="overrides log.level")
+    serve.add_argument("--workers", type=_positive, default=1,
+                       help="processes acting as one picker, process i on extproc.port + i "
+                            "(ext_proc mode; pair with `envoy-config --workers N`)")
     serve.set_defaults(run=_serve)
 
     envoy = commands.add_parser(
@@ -156,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the ext_proc request_body_mode (see README, Body modes)")
     envoy.add_argument("--tls-dir", default="/etc/llm-picker/tls",
                        help="with extproc.tls: where Envoy finds envoy-client.pem/.key, ca.pem")
+    envoy.add_argument("--workers", type=_positive, default=1,
+                       help="the picker runs `serve --workers N`: list its N ports")
     envoy.set_defaults(run=_envoy_config)
 
     sim = commands.add_parser("sim", help="run a simulated OpenAI-compatible engine")
@@ -238,7 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     ns = build_parser().parse_args(argv)
+    ns.argv = argv  # `serve --workers N` starts N copies of this very command
     code: int = ns.run(ns)
     return code

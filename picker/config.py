@@ -37,13 +37,15 @@ from picker.replicas.settings import ReplicaSettings
 from picker.workers import WorkerSpec
 
 __all__ = [
-    "CONFIG_ENV", "ENV_PREFIX", "AdminConfig", "ExtprocConfig", "ListenConfig", "LogConfig",
-    "PickerConfig", "PolicyConfig", "TlsConfig", "load_config",
+    "CONFIG_ENV", "ENV_PREFIX", "GROUP_ENV", "AdminConfig", "ExtprocConfig", "ListenConfig",
+    "LogConfig", "PickerConfig", "PolicyConfig", "TlsConfig", "load_config",
 ]
 
 ENV_PREFIX = "LLM_PICKER_"
 # The configuration file's path: shares the prefix, so the key parser must skip it.
 CONFIG_ENV = "LLM_PICKER_CONFIG"
+# Set by `serve --workers N` for each of its processes (picker.processes.group); not a key.
+GROUP_ENV = "LLM_PICKER_PROCESS_GROUP"
 
 
 class _Strict(BaseModel):
@@ -311,7 +313,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
     """Dotted key -> (parsed value, the variable it came from)."""
     out: dict[str, tuple[Any, str]] = {}
     for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+        if not name.startswith(ENV_PREFIX) or name in (CONFIG_ENV, GROUP_ENV):
             continue
         key = name[len(ENV_PREFIX):].lower().replace("__", ".")
         try:

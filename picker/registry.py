@@ -6,6 +6,10 @@ is the only writer of a worker's live state (in-flight, health, engine load, dra
 each change is a registry method taking the same lock, so asyncio handlers, the picker's own
 background tasks and adapter threads (LiteLLM's sync selector) can share one registry, and a
 reader of `Worker` sees read-only properties.
+
+In a multi-process picker (`serve --workers N`, picker.processes) in-flight counts also live in
+a table every process shares: a worker's `in_flight` is then the whole picker's, while the
+registry still writes only this process's share.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Protocol, TypedDict
 from picker.circuit import CircuitBreaker, CircuitSettings
 from picker.errors import UnknownWorker, WorkerConflict
 from picker.load_signals import EngineLoad
+from picker.processes.counts import SharedCounts
 from picker.response_stats import ResponseSample, ResponseStats
 from picker.speed import Observation, SpeedModel
 from picker.workers import ConnectionMode, WorkerSpec, WorkerType
@@ -31,10 +36,11 @@ class Worker:
 
     __slots__ = (
         "_spec", "id", "url", "_host_port", "_in_flight", "_healthy", "_draining", "_engine",
-        "_circuit", "_last_health_check", "_speed", "_response",
+        "_circuit", "_last_health_check", "_speed", "_response", "_counts", "_column",
     )
 
-    def __init__(self, spec: WorkerSpec, circuit: CircuitSettings | None = None) -> None:
+    def __init__(self, spec: WorkerSpec, circuit: CircuitSettings | None = None,
+                 counts: SharedCounts | None = None, column: int = 0) -> None:
         self._spec = spec
         self.id: str = spec.id or spec.url
         self.url = spec.url
@@ -47,6 +53,8 @@ class Worker:
         self._last_health_check: float | None = None
         self._speed = SpeedModel()
         self._response = ResponseStats()
+        self._counts = counts
+        self._column = column
 
     @property
     def spec(self) -> WorkerSpec:
@@ -58,7 +66,15 @@ class Worker:
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        """Requests in flight on the worker: this process's, or with shared counts every
+        process's."""
+        counts = self._counts
+        return self._in_flight if counts is None else counts.total(self._column)
+
+    @property
+    def column(self) -> int:
+        """The worker's column in the shared in-flight table (0 without one)."""
+        return self._column
 
     @property
     def healthy(self) -> bool:
@@ -131,6 +147,8 @@ class WorkerRegistry:
         self._by_model: dict[str, tuple[Worker, ...]] = {}
         self._by_type: dict[WorkerType, tuple[Worker, ...]] = {}
         self._by_mode: dict[ConnectionMode, tuple[Worker, ...]] = {}
+        self._counts: SharedCounts | None = None
+        self._version = 0  # bumped by every change but in-flight and outcomes (mirroring)
         for spec in specs:
             self.add(spec)
 
@@ -140,13 +158,31 @@ class WorkerRegistry:
         """Be told of every later add/remove (health checks, load scraping follow the fleet)."""
         self._listeners.append(listener)
 
-    def add(self, spec: WorkerSpec) -> Worker:
-        worker = Worker(spec, self._circuit)
+    def share_in_flight(self, counts: SharedCounts) -> None:
+        """Count in-flight requests in `counts`, shared with the picker's other processes;
+        called before any worker is added."""
+        if self._all:
+            raise RuntimeError("share_in_flight before any worker is registered")
+        self._counts = counts
+
+    @property
+    def version(self) -> int:
+        """Grows with every change of membership, spec, health, draining or engine load: what
+        a mirror of this registry must follow."""
+        return self._version
+
+    def add(self, spec: WorkerSpec, column: int | None = None) -> Worker:
+        """Register a worker. With shared counts, `column` is the worker's column as the
+        primary process allocated it (None: allocate one here, the primary's own adds)."""
+        worker_id = spec.id or spec.url
         with self._lock:
-            if worker.url in self._by_url:
-                raise WorkerConflict(f"worker {worker.url} is already registered")
-            if worker.id in self._by_id:
-                raise WorkerConflict(f"worker id {worker.id!r} is already registered")
+            if spec.url in self._by_url:
+                raise WorkerConflict(f"worker {spec.url} is already registered")
+            if worker_id in self._by_id:
+                raise WorkerConflict(f"worker id {worker_id!r} is already registered")
+            if column is None and self._counts is not None:
+                column = self._counts.allocate()
+            worker = Worker(spec, self._circuit, self._counts, column or 0)
             self._by_url[worker.url] = worker
             self._by_id[worker.id] = worker
             self._reindex()
@@ -160,6 +196,8 @@ class WorkerRegistry:
             if worker is None:
                 raise UnknownWorker(f"no worker with url {url}")
             del self._by_id[worker.id]
+            if self._counts is not None and self._counts.allocates:
+                self._counts.retire(worker.column)
             self._reindex()
         for listener in self._listeners:
             listener.worker_removed(worker)
@@ -176,6 +214,7 @@ class WorkerRegistry:
 
     def _reindex(self) -> None:
         """Rebuild every lookup tuple; called with the lock held, O(workers x models)."""
+        self._version += 1
         workers = tuple(self._by_url.values())
         any_model = tuple(w for w in workers if not w.spec.models)
         by_model: dict[str, list[Worker]] = {}
@@ -221,14 +260,20 @@ class WorkerRegistry:
     def acquire(self, worker: Worker) -> None:
         with self._lock:
             worker._in_flight += 1
+            if worker._counts is not None:
+                worker._counts.set_own(worker._column, worker._in_flight)
 
     def release(self, worker: Worker) -> None:
         with self._lock:
             worker._in_flight -= 1
+            if worker._counts is not None:
+                worker._counts.set_own(worker._column, worker._in_flight)
 
     def set_healthy(self, worker: Worker, healthy: bool) -> None:
         with self._lock:
-            worker._healthy = healthy
+            if worker._healthy != healthy:
+                worker._healthy = healthy
+                self._version += 1
 
     def record_health_check(self, worker: Worker, at: float) -> None:
         with self._lock:
@@ -241,6 +286,7 @@ class WorkerRegistry:
             if load is not None:
                 worker._speed = worker._speed.scraped(worker._engine, load)
             worker._engine = load
+            self._version += 1
 
     def observe(self, worker: Worker, observation: Observation) -> None:
         """A finished request's timing and usage, as a proxy saw it: the one entry point every
@@ -253,6 +299,7 @@ class WorkerRegistry:
         removed, and one that returns is registered anew."""
         with self._lock:
             worker._draining = True
+            self._version += 1
 
     def record_outcome(self, worker: Worker, success: bool) -> None:
         """A finished request's verdict for the worker's circuit breaker (it locks itself)."""

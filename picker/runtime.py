@@ -14,6 +14,10 @@ follow/reload, lease expiry and the admin API - and offers adapters one entry po
 the background services run on one event loop: the host's (`await start()`) or a thread of the
 runtime's own (`start_in_thread()`, for LiteLLM, whose callers may be sync or on other loops).
 What a host cannot support is a ConfigError at construction, naming the key.
+
+In a multi-process picker (`serve --workers N`, picker.processes) each process runs a runtime
+of its own: the primary runs everything, the others route on a mirror of its registry, and all
+count in-flight requests in one shared table.
 """
 
 from __future__ import annotations
@@ -56,12 +60,14 @@ from picker.pd import (
 )
 from picker.prefix.index import PrefixIndex
 from picker.prefix.producer import PrefixProducer
+from picker.processes.counts import SharedCounts
+from picker.processes.group import ProcessGroup
 from picker.registry import Worker, WorkerRegistry
 from picker.reload import ConfigReloader
 from picker.request import RoutingRequest
 from picker.router import Router
 from picker.routers import PdRouters, RouterManager
-from picker.sources import build_sources
+from picker.sources import Source, build_sources
 from picker.status import ActivityHistory
 from picker.telemetry import PickerMetrics, ReplicaMetrics
 
@@ -89,18 +95,30 @@ class Host(enum.Enum):
 class PickerRuntime:
     def __init__(self, config: PickerConfig, host: Host = Host.SERVE,
                  config_path: Path | None = None,
-                 overrides: Mapping[str, Any] | None = None) -> None:
+                 overrides: Mapping[str, Any] | None = None,
+                 group: ProcessGroup | None = None) -> None:
         """Build everything, start nothing (no I/O): `start()` or `start_in_thread()` does.
 
-        `config_path`: follow that file (SIGHUP or change) for its `workers:` list."""
+        `config_path`: follow that file (SIGHUP or change) for its `workers:` list.
+        `group`: this process's place in a multi-process picker."""
         if host is Host.LITELLM:
             _check_litellm_config(config)
         self._config = config
         self._host = host
         self._config_path = config_path
         self._overrides = dict(overrides or {})
-        self.registry = WorkerRegistry(config.workers, config.circuit)
-        self.metrics = PickerMetrics(self.registry)
+        self._group = group
+        self._follower = group is not None and not group.primary
+        self.registry = WorkerRegistry(circuit=config.circuit)
+        self._counts: SharedCounts | None = None
+        if group is not None:
+            self._counts = SharedCounts(group.counts_path, group.count, group.index)
+            self.registry.share_in_flight(self._counts)
+        if not self._follower:  # followers get every worker, config's included, mirrored
+            for spec in config.workers:
+                self.registry.add(spec)
+        self.metrics = PickerMetrics(self.registry,
+                                     None if group is None else group.metrics_dir)
         self._sharing = self._pick_sharing(config)
         self._prefix = PrefixProducer(
             config.prefix, publish=None if self._sharing is None else self._sharing.publish,
@@ -112,12 +130,18 @@ class PickerRuntime:
         self.routers = RouterManager(self.registry, config, self.metrics, self._prefix,
                                      decisions)
         self.router = self.routers.default  # enable_igw off: the one router
-        self.leases = LeaseBook(self.registry, config.limits, self.metrics)
+        self.leases = LeaseBook(
+            self.registry, config.limits if group is None else group.share_of(config.limits),
+            self.metrics)
         self.history = ActivityHistory(self.metrics)  # the status page's plots
         # Workers registered before they answer are admitted by health checks, when they run.
         self.manager = WorkerManager(self.registry, config.discovery,
                                      health_checked=config.health.enabled)
-        self._sources = build_sources(config.discovery, self.manager)  # Kubernetes, DNS
+        self._sources: list[Source] = build_sources(config.discovery, self.manager)
+        if group is not None and self._follower:
+            from picker.processes.mirror import StateFollower  # msgspec only when needed
+
+            self._sources = [StateFollower(self.registry, group.feed_path)]
         # Prefill/decode pairs (enable_igw) may need the picker's own prefill request.
         self._awaits = (self._prefix is not None and self._prefix.remote is not None) \
             or self.leases.queueing or config.enable_igw
@@ -264,7 +288,14 @@ class PickerRuntime:
         return set(ids) - failed
 
     def _pick_sharing(self, config: PickerConfig) -> PickSharing | None:
-        if config.replicas is None:
+        settings = config.replicas
+        if self._group is not None and config.prefix.enabled \
+                and config.prefix.index == "approximate":
+            if settings is not None:
+                raise ConfigError("replicas", "with --workers the processes share picks among "
+                                  "themselves: run replicas with one process each")
+            settings = self._group.pick_sharing()
+        if settings is None:
             return None
         if os.environ.get("PYTHONHASHSEED", "random") == "random":
             raise ConfigError("replicas", "block hashes are Python's salted string hash: set "
@@ -272,7 +303,7 @@ class PickerRuntime:
                               "replica's environment")
         from picker.replicas.sharing import PickSharing  # msgspec only when configured
 
-        return PickSharing(config.replicas, config.prefix.block_size,
+        return PickSharing(settings, config.prefix.block_size,
                            ReplicaMetrics(self.metrics.registry), self._apply_peer_pick)
 
     def _apply_peer_pick(self, pick: Pick) -> bool:
@@ -322,6 +353,8 @@ class PickerRuntime:
     def admin_enabled(self) -> bool:
         # admin.enabled None (the default) means on for `serve`, off inside LiteLLM (binding a
         # port there must be asked for).
+        if self._follower:
+            return False  # one admin API for the whole picker: the primary's
         enabled = self._config.admin.enabled
         return enabled if enabled is not None else self._host is Host.SERVE
 
@@ -333,14 +366,8 @@ class PickerRuntime:
         self._loop = asyncio.get_running_loop()
         config = self._config
         async with contextlib.AsyncExitStack() as running:
-            health = HealthChecker(self.registry, config.health)
-            await health.start()
-            running.push_async_callback(health.stop)
-            await self.manager.start()
-            running.push_async_callback(self.manager.stop)
-            load = LoadMonitor(self.registry, config.load)
-            await load.start()
-            running.push_async_callback(load.stop)
+            if not self._follower:  # the fleet's owner
+                await self._start_fleet_services(running)
             if self._prefix is not None and config.prefix.index == "kv_events":
                 from picker.prefix.kv_events import KvEventHub, KvEventMetrics
 
@@ -348,11 +375,6 @@ class PickerRuntime:
                                  config.prefix.kv_events, KvEventMetrics(self.metrics.registry))
                 await hub.start()
                 running.push_async_callback(hub.stop)
-            if self._config_path is not None:
-                reloader = ConfigReloader(self._config_path, self._overrides, config,
-                                          self.manager, self.metrics)
-                await reloader.start()
-                running.push_async_callback(reloader.stop)
             for source in self._sources:
                 await source.start()
                 running.push_async_callback(source.stop)
@@ -369,6 +391,30 @@ class PickerRuntime:
             self._running = running.pop_all()
         log.info("llm-picker runtime started (%s): policy %s, %d workers", self._host.value,
                  config.policy.name, len(self.registry.workers()))
+
+    async def _start_fleet_services(self, running: contextlib.AsyncExitStack) -> None:
+        """What changes the fleet: health checks, engine scraping, the worker manager, config
+        reload and, in a multi-process picker, the feed mirroring it all to the others."""
+        config = self._config
+        health = HealthChecker(self.registry, config.health)
+        await health.start()
+        running.push_async_callback(health.stop)
+        await self.manager.start()
+        running.push_async_callback(self.manager.stop)
+        load = LoadMonitor(self.registry, config.load)
+        await load.start()
+        running.push_async_callback(load.stop)
+        if self._config_path is not None:
+            reloader = ConfigReloader(self._config_path, self._overrides, config,
+                                      self.manager, self.metrics)
+            await reloader.start()
+            running.push_async_callback(reloader.stop)
+        if self._group is not None:
+            from picker.processes.mirror import StatePublisher
+
+            publisher = StatePublisher(self.registry, self._group.feed_path)
+            await publisher.start()
+            running.push_async_callback(publisher.stop)
 
     async def stop(self, grace_secs: float = 0.0) -> None:
         """Drain (up to `grace_secs` for requests in flight), then stop every service."""

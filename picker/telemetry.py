@@ -2,14 +2,21 @@
 
 Per-worker in-flight and health are read from the WorkerRegistry at scrape time instead of being
 pushed on every request: the hot path then only bumps two counters and one histogram.
+
+In a multi-process picker every process keeps its counters in prometheus_client's multiprocess
+files (the supervisor sets PROMETHEUS_MULTIPROC_DIR before any import), and the primary's
+/metrics sums them all; the worker state it adds is the primary's view of the fleet, whose
+in-flight counts are the shared ones.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from picker.circuit import CircuitState
@@ -175,11 +182,13 @@ class ReplicaMetrics:
             ["reason"], registry=registry)
         self.peers_connected = Gauge("llm_picker_replica_peers_connected",
                                      "Peer replicas this one is sending its picks to",
-                                     registry=registry)
+                                     registry=registry, multiprocess_mode="livesum")
 
 
 class PickerMetrics:
-    def __init__(self, workers: WorkerRegistry) -> None:
+    def __init__(self, workers: WorkerRegistry, processes_dir: Path | None = None) -> None:
+        """`processes_dir`: the multiprocess files of every process of this picker, which
+        `render` sums (PROMETHEUS_MULTIPROC_DIR, set before prometheus_client is imported)."""
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "llm_picker_requests", "Requests by outcome (completed, cancelled, rejected, ...)",
@@ -245,6 +254,11 @@ class PickerMetrics:
         )
         self._state = _WorkerStateCollector(workers)
         self.registry.register(self._state)
+        self._exposed = self.registry
+        if processes_dir is not None:
+            self._exposed = CollectorRegistry()
+            MultiProcessCollector(self._exposed, str(processes_dir))  # type: ignore[no-untyped-call]
+            self._exposed.register(self._state)
 
     def watch_prefix_index(self, index: PrefixIndex,
                            calibration: Calibration | None = None) -> None:
@@ -268,4 +282,4 @@ class PickerMetrics:
                 self.worker_tokens.labels(worker_id, kind).inc(count)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)

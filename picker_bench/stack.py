@@ -60,6 +60,24 @@ def free_port() -> int:
         return port
 
 
+def free_port_run(count: int) -> int:
+    """The first of `count` consecutive loopback ports that are free now (`serve --workers`
+    listens on extproc.port + i)."""
+    for _ in range(100):
+        base = free_port()
+        if base + count > 65536:
+            continue
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(base, base + count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise OSError(f"no {count} consecutive free ports")
+
+
 @dataclass
 class Process:
     """A child process with its output in a log file, stopped with SIGTERM then SIGKILL."""
@@ -146,14 +164,16 @@ REPLICA_ENV = {"PYTHONHASHSEED": "20240515"}
 
 
 def start_picker(config: dict[str, Any], workdir: Path, name: str = "picker",
-                 authz_port: int | None = None) -> Process:
-    """`llm-picker serve` with `config` written as YAML (with `authz_port`: `--mode authz`);
-    waits for its admin /health."""
+                 authz_port: int | None = None, processes: int = 1) -> Process:
+    """`llm-picker serve` with `config` written as YAML (with `authz_port`: `--mode authz`;
+    with `processes` > 1: `--workers N`); waits for its admin /health."""
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     argv = [sys.executable, "-m", "llm_picker", "serve", "--config", str(path)]
     if authz_port is not None:
         argv += ["--mode", "authz", "--authz-port", str(authz_port)]
+    if processes > 1:
+        argv += ["--workers", str(processes)]
     proc = spawn(name, argv, workdir, REPLICA_ENV if "replicas" in config else None)
     wait_http(proc, f"http://127.0.0.1:{config['admin']['port']}/health")
     return proc
@@ -309,16 +329,18 @@ def local_fleet(
     route_timeout: str | None = None,
     tls_files: Mapping[str, str] | None = None,
     authz: bool = False,
+    processes: int = 1,
 ) -> Iterator[Fleet]:
     """Start sims, then the picker (workers from the sims), then Envoy; stop all on exit.
-    `authz`: the picker in `--mode authz` behind envoy/envoy-authz.yaml instead."""
+    `authz`: the picker in `--mode authz` behind envoy/envoy-authz.yaml instead.
+    `processes`: `serve --workers N`, Envoy's ext_proc cluster listing every process."""
     own_dir = workdir is None
     root = Path(tempfile.mkdtemp(prefix="llm-picker-")) if workdir is None else workdir
-    processes: dict[str, Process] = {}
+    procs: dict[str, Process] = {}
     try:
         for spec in sims:
-            processes[f"sim-{spec.worker_id}"] = start_sim(spec, root)
-        picker_port, admin_port = free_port(), free_port()
+            procs[f"sim-{spec.worker_id}"] = start_sim(spec, root)
+        picker_port, admin_port = free_port_run(processes), free_port()
         config: dict[str, Any] = {
             "extproc": {"port": picker_port},
             "admin": {"port": admin_port},
@@ -335,7 +357,8 @@ def local_fleet(
             else:
                 config[key] = value
         authz_port = free_port() if authz else None
-        processes["picker"] = start_picker(config, root, authz_port=authz_port)
+        procs["picker"] = start_picker(config, root, authz_port=authz_port,
+                                       processes=processes)
         listen_port = free_port()
         if authz_port is not None:
             envoy_config = render_authz_config(listen_port=listen_port, admin_port=free_port(),
@@ -346,18 +369,19 @@ def local_fleet(
                 body_mode=body_mode, template=envoy_template,
                 fallback_ports=[s.port for s in sims], route_timeout=route_timeout,
                 tls_files=tls_files,
+                replica_ports=range(picker_port + 1, picker_port + processes),
             )
-        processes["envoy"] = start_envoy(envoy_config, root)
+        procs["envoy"] = start_envoy(envoy_config, root)
         yield Fleet(
             envoy_url=f"http://127.0.0.1:{listen_port}",
             admin_url=f"http://127.0.0.1:{admin_port}",
             sims={s.worker_id: s for s in sims},
             body_mode=body_mode,
-            processes=processes,
+            processes=procs,
             workdir=root,
         )
     finally:
-        for proc in reversed(list(processes.values())):
+        for proc in reversed(list(procs.values())):
             proc.stop()
         if own_dir and not os.environ.get("LLM_PICKER_KEEP_LOGS"):
             shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,123 @@
+"""`llm-picker serve --workers N`: N processes acting as one picker.
+
+The supervisor makes the group's directory (shared in-flight table, registry-feed socket,
+prometheus_client multiprocess files), starts N copies of the same `serve` command, each told
+its place through LLM_PICKER_PROCESS_GROUP, and forwards SIGTERM/SIGINT to them. Process i
+serves Envoy on extproc.port + i: an HTTP/2 connection carries every ext_proc stream of an
+Envoy worker thread, so one shared port (SO_REUSEPORT) would pin whole connections to one
+process, while N endpoints in Envoy's cluster spread the streams (`llm-picker envoy-config
+--workers N` writes them). Process 0 also runs the admin API and everything that changes the
+fleet. If any process exits on its own, the others are stopped too and the supervisor exits
+non-zero, so a process manager (systemd, Kubernetes) restarts the whole picker.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from picker.config import GROUP_ENV, PickerConfig
+from picker.listen import check_free
+from picker.processes.counts import SharedCounts
+from picker.processes.group import ProcessGroup
+
+__all__ = ["run_group"]
+
+log = logging.getLogger("llm_picker")
+
+_POLL_SECS = 0.1
+_PR_SET_PDEATHSIG = 1
+# Beyond the configured drain, how long a stopping process may take before it is killed.
+_STOP_MARGIN_SECS = 10.0
+
+
+def run_group(config: PickerConfig, count: int, serve_argv: Sequence[str]) -> int:
+    """Run `count` processes of `llm-picker <serve_argv>` until signalled or one exits."""
+    host, base = config.extproc.host, config.extproc.port
+    for index in range(count):
+        check_free(host, base + index, f"ext_proc (process {index})")
+    if config.admin.enabled is not False:
+        check_free(config.admin.host, config.admin.port, "the admin API")
+    directory = Path(tempfile.mkdtemp(prefix="llm-picker-"))
+    try:
+        SharedCounts.create(directory / "in_flight", count)
+        (directory / "metrics").mkdir()
+        ports = _free_loopback_ports(count)
+        env = dict(os.environ)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(directory / "metrics")
+        if env.get("PYTHONHASHSEED", "random") == "random":
+            # Block hashes are Python's salted string hash: every process must agree.
+            env["PYTHONHASHSEED"] = str(secrets.randbelow(2**32))
+        children = []
+        for index in range(count):
+            group = ProcessGroup(index, count, directory, ports)
+            children.append(subprocess.Popen(
+                [sys.executable, "-m", "llm_picker", *serve_argv],
+                env={**env, GROUP_ENV: group.to_env()}, preexec_fn=_die_with_parent))
+        log.info("llm-picker: %d processes, ext_proc on %s:%d-%d, admin API in process 0",
+                 count, host, base, base + count - 1)
+        return _supervise(children, config.limits.shutdown_grace_secs + _STOP_MARGIN_SECS)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _supervise(children: list[subprocess.Popen[bytes]], stop_secs: float) -> int:
+    stopping = False
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    while not stopping and all(child.poll() is None for child in children):
+        time.sleep(_POLL_SECS)
+    crashed = not stopping
+    if crashed:
+        for index, child in enumerate(children):
+            if child.returncode is not None:
+                print(f"llm-picker: process {index} exited with code {child.returncode}; "
+                      "stopping the others", file=sys.stderr)
+        forward(signal.SIGTERM, None)
+    deadline = time.monotonic() + stop_secs
+    for child in children:
+        try:
+            child.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return 1 if crashed or any(child.returncode for child in children) else 0
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the supervisor dies, even by SIGKILL, so no
+    process of the group outlives it (Linux prctl PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _free_loopback_ports(count: int) -> tuple[int, ...]:
+    """Ports the kernel calls free now, for the processes' pick sharing (they bind them a
+    moment later; a clash is a start-up error naming the port)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return tuple(sock.getsockname()[1] for sock in sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
