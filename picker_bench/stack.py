@@ -78,6 +78,19 @@ def free_port_run(count: int) -> int:
     raise OSError(f"no {count} consecutive free ports")
 
 
+def wait_picker_hosts(envoy_admin: str, count: int, timeout: float = 20.0) -> None:
+    """Until Envoy's health checks call `count` picker processes healthy (a follower is ready
+    once it mirrored the fleet, a moment after the primary)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = httpx.get(f"{envoy_admin}/clusters", timeout=5).text
+        if sum(1 for line in text.splitlines() if line.startswith("llm_picker::")
+               and line.endswith("::health_flags::healthy")) == count:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"Envoy did not see {count} healthy picker processes in {timeout}s")
+
+
 @dataclass
 class Process:
     """A child process with its output in a log file, stopped with SIGTERM then SIGKILL."""
@@ -312,6 +325,7 @@ class Fleet:
     body_mode: str
     processes: dict[str, Process] = field(default_factory=dict)
     workdir: Path = Path()
+    envoy_admin_url: str = ""
 
     def sim_url(self, worker_id: str) -> str:
         return f"http://127.0.0.1:{self.sims[worker_id].port}"
@@ -359,19 +373,21 @@ def local_fleet(
         authz_port = free_port() if authz else None
         procs["picker"] = start_picker(config, root, authz_port=authz_port,
                                        processes=processes)
-        listen_port = free_port()
+        listen_port, envoy_admin = free_port(), free_port()
         if authz_port is not None:
-            envoy_config = render_authz_config(listen_port=listen_port, admin_port=free_port(),
+            envoy_config = render_authz_config(listen_port=listen_port, admin_port=envoy_admin,
                                                picker_port=picker_port, authz_port=authz_port)
         else:
             envoy_config = render_envoy_config(
-                listen_port=listen_port, admin_port=free_port(), picker_port=picker_port,
+                listen_port=listen_port, admin_port=envoy_admin, picker_port=picker_port,
                 body_mode=body_mode, template=envoy_template,
                 fallback_ports=[s.port for s in sims], route_timeout=route_timeout,
                 tls_files=tls_files,
                 replica_ports=range(picker_port + 1, picker_port + processes),
             )
         procs["envoy"] = start_envoy(envoy_config, root)
+        if processes > 1:
+            wait_picker_hosts(f"http://127.0.0.1:{envoy_admin}", processes)
         yield Fleet(
             envoy_url=f"http://127.0.0.1:{listen_port}",
             admin_url=f"http://127.0.0.1:{admin_port}",
@@ -379,6 +395,7 @@ def local_fleet(
             body_mode=body_mode,
             processes=procs,
             workdir=root,
+            envoy_admin_url=f"http://127.0.0.1:{envoy_admin}",
         )
     finally:
         for proc in reversed(list(procs.values())):

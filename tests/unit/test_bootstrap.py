@@ -60,3 +60,12 @@ def test_self_signed_picker_gets_the_gateway_configuration() -> None:
     assert "response_body_mode: FULL_DUPLEX_STREAMED" in text
     address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]  # type: ignore[index]
     assert address["endpoint"]["address"]["socket_address"]["port_value"] == 7001
+
+
+def test_workers_list_every_process_port() -> None:
+    """`serve --workers 3` listens on extproc.port + i: Envoy's cluster must list all three."""
+    config = load_config(overrides={"extproc.port": 7100})
+    cluster = _picker_cluster(yaml.safe_load(render_bootstrap(config, processes=3)))
+    endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]  # type: ignore[index]
+    assert [e["endpoint"]["address"]["socket_address"]["port_value"]
+            for e in endpoints] == [7100, 7101, 7102]

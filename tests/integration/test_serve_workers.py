@@ -1,0 +1,196 @@
+"""`llm-picker serve --workers 2` behind a real Envoy listing both processes (issue 17, item 3):
+the two processes act as one picker. In-flight counts are shared (a least_load pick in one
+process sees the other's streams; per_worker_max holds across both), a worker added through
+the one admin API is routed to by both, and /metrics counts both processes' requests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from picker_bench.stack import Fleet, SimSpec, free_port, free_port_run, local_fleet, start_sim
+from tests.integration.conftest import (
+    FAST_HEALTH,
+    MODEL,
+    SIM_HEADER,
+    metric_values,
+    total_in_flight,
+    wait_until,
+)
+
+ENGINES = 4
+SLOW = ["--ttft-ms", "5", "--tpot-ms", "40"]  # a 100-token stream lasts ~4 s
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[Fleet]:
+    sims = [SimSpec(f"sim-{i}", MODEL, SLOW) for i in range(ENGINES)]
+    with local_fleet(sims, policy="least_load", processes=2,
+                     picker_settings=FAST_HEALTH) as running:
+        yield running
+
+
+def _chat(model: str = MODEL, max_tokens: int = 1, stream: bool = False) -> dict[str, object]:
+    return {"model": model, "max_tokens": max_tokens, "stream": stream,
+            "messages": [{"role": "user", "content": "hello"}]}
+
+
+@contextlib.asynccontextmanager
+async def _held_streams(fleet: Fleet, count: int) -> AsyncIterator[list[str]]:
+    """Open `count` long streams one after the other (each after the previous one's first
+    chunk, so every pick sees the streams before it); yields the engine serving each."""
+    async with httpx.AsyncClient(base_url=fleet.envoy_url, timeout=20.0) as client, \
+            contextlib.AsyncExitStack() as streams:
+        engines, readers = [], []
+        for _ in range(count):
+            response = await streams.enter_async_context(client.stream(
+                "POST", "/v1/chat/completions", json=_chat(max_tokens=100, stream=True)))
+            assert response.status_code == 200
+            # Kept: a line iterator collected mid-stream closes its connection (a cancel).
+            readers.append(response.aiter_lines())
+            await anext(readers[-1])
+            engines.append(response.headers[SIM_HEADER])
+        yield engines
+
+
+def _served_by_process(fleet: Fleet) -> list[int]:
+    """ext_proc streams Envoy sent to each picker process (its cluster's per-host rq_total)."""
+    text = httpx.get(f"{fleet.envoy_admin_url}/clusters", timeout=5).text
+    return [int(line.rsplit("::", 1)[1]) for line in sorted(text.splitlines())
+            if line.startswith("llm_picker::") and "::rq_total::" in line]
+
+
+def test_least_load_sees_both_processes_streams(fleet: Fleet) -> None:
+    """4 streams held open, opened one by one and alternating between the processes: each goes
+    to an idle engine only if every pick counts the other process's streams too (a process
+    counting its own would send its second stream to an engine the other one filled, 2 times
+    in 3 by least_load's random tie-break)."""
+
+    async def run() -> tuple[list[str], float]:
+        async with _held_streams(fleet, ENGINES) as engines:
+            seen = await asyncio.to_thread(total_in_flight, fleet)
+            return engines, seen
+
+    for _ in range(2):
+        before = _served_by_process(fleet)
+        engines, in_flight = asyncio.run(run())
+        assert sorted(engines) == [f"sim-{i}" for i in range(ENGINES)], engines
+        assert in_flight == ENGINES  # the primary's /metrics counts the follower's streams
+        after = _served_by_process(fleet)
+        assert all(b - a >= 1 for a, b in zip(before, after, strict=True)), (before, after)
+    wait_until(lambda: total_in_flight(fleet) == 0, what="every stream released")
+
+
+def test_metrics_count_every_process(fleet: Fleet) -> None:
+    def completed() -> float:
+        return metric_values(fleet, "llm_picker_requests_total").get(
+            (("outcome", "completed"),), 0.0)
+
+    before, served_before = completed(), sum(_served_by_process(fleet))
+    with httpx.Client(base_url=fleet.envoy_url, timeout=10) as client:
+        for _ in range(20):
+            assert client.post("/v1/chat/completions", json=_chat()).status_code == 200
+    assert sum(_served_by_process(fleet)) - served_before == 20
+    wait_until(lambda: completed() - before == 20, what="20 completed requests in /metrics")
+
+
+def test_worker_added_through_the_admin_api_reaches_both(fleet: Fleet) -> None:
+    solo = SimSpec("sim-solo", "solo-model")
+    proc = start_sim(solo, fleet.workdir)
+    try:
+        with httpx.Client(base_url=fleet.envoy_url, timeout=10) as client:
+            assert client.post("/v1/chat/completions",
+                               json=_chat("solo-model")).status_code == 404
+            url = f"http://127.0.0.1:{solo.port}"
+            added = httpx.post(f"{fleet.admin_url}/workers",
+                               json={"url": url, "id": "sim-solo", "models": ["solo-model"]})
+            assert added.status_code in (200, 201, 202), added.text
+            wait_until(lambda: client.post("/v1/chat/completions", json=_chat("solo-model"))
+                       .status_code == 200, what="the new worker routable")
+            time.sleep(0.1)  # the follower's mirror lags the primary by ~10 ms
+            for _ in range(6):  # Envoy alternates processes: both must know the worker
+                response = client.post("/v1/chat/completions", json=_chat("solo-model"))
+                assert response.status_code == 200, response.text
+                assert response.headers[SIM_HEADER] == "sim-solo"
+            assert httpx.delete(f"{fleet.admin_url}/workers/sim-solo").status_code in (200, 202)
+            wait_until(lambda: all(client.post("/v1/chat/completions",
+                                               json=_chat("solo-model")).status_code == 404
+                                   for _ in range(4)), what="the worker gone in both")
+    finally:
+        proc.stop()
+
+
+def test_per_worker_max_holds_across_processes() -> None:
+    sims = [SimSpec(f"sim-{i}", MODEL, SLOW) for i in range(2)]
+    with local_fleet(sims, policy="least_load", processes=2,
+                     picker_settings={**FAST_HEALTH, "limits": {"per_worker_max": 1}}) as fleet:
+
+        async def run() -> int:
+            async with _held_streams(fleet, 2), httpx.AsyncClient(timeout=10) as client:
+                statuses = [(await client.post(f"{fleet.envoy_url}/v1/chat/completions",
+                                               json=_chat())).status_code for _ in range(2)]
+                # Both processes got one of the two extra requests: both refused them.
+                assert len(set(statuses)) == 1, statuses
+                return statuses[0]
+
+        assert asyncio.run(run()) in (429, 503)
+
+
+def _picker_argv(tmp_path: Path, *extra: str, **config: object) -> list[str]:
+    path = tmp_path / "picker.yaml"
+    path.write_text(yaml.safe_dump({"admin": {"port": free_port()}, **config}))
+    return [sys.executable, "-m", "llm_picker", "serve", "--config", str(path), *extra]
+
+
+def test_stop_and_crash_take_the_whole_group_down(tmp_path: Path) -> None:
+    argv = _picker_argv(tmp_path, "--workers", "2", extproc={"port": free_port_run(2)})
+    for how in ("sigterm", "crash"):
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        try:
+            children: list[int] = []
+            deadline = time.monotonic() + 20
+            while len(children) < 2 and time.monotonic() < deadline:
+                found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                       text=True).stdout.split()
+                children = [int(pid) for pid in found]
+                time.sleep(0.1)
+            assert len(children) == 2
+            time.sleep(1.0)  # both serving
+            if how == "sigterm":
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(20) == 0
+            else:
+                os.kill(children[1], signal.SIGKILL)
+                assert proc.wait(20) == 1
+                assert "process 1 exited with code -9; stopping the others" in (
+                    proc.stdout.read() if proc.stdout else "")
+            for pid in children:
+                with pytest.raises(ProcessLookupError):
+                    os.kill(pid, 0)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(("extra", "config", "message"), [
+    (["--mode", "authz"], {"extproc": {"port": 1}}, "--workers: runs ext_proc processes only"),
+    ([], {"extproc": {"port": 0}}, "extproc.port: --workers gives process i"),
+])
+def test_what_workers_cannot_do_is_a_config_error(
+        tmp_path: Path, extra: list[str], config: dict[str, object], message: str) -> None:
+    done = subprocess.run(_picker_argv(tmp_path, "--workers", "2", *extra, **config),
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert message in done.stderr, done.stderr

@@ -1,0 +1,160 @@
+"""picker.processes: the in-flight table shared by the processes of one picker, the group's
+settings, and the registry feed mirroring the primary's fleet (over a real Unix socket)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from picker.config import GROUP_ENV
+from picker.errors import ConfigError
+from picker.limits import LimitSettings
+from picker.load_signals import EngineCounter, EngineLoad
+from picker.processes.counts import SharedCounts
+from picker.processes.group import ProcessGroup
+from picker.processes.mirror import StateFollower, StatePublisher, WorkerState
+from picker.registry import WorkerRegistry
+from picker.workers import WorkerSpec
+
+
+def _table(tmp_path: Path, rows: int = 2, columns: int = 4) -> list[SharedCounts]:
+    path = tmp_path / "in_flight"
+    SharedCounts.create(path, rows, columns)
+    return [SharedCounts(path, rows, row, columns) for row in range(rows)]
+
+
+def test_each_process_writes_its_row_and_reads_the_sum(tmp_path: Path) -> None:
+    primary, follower = _table(tmp_path)
+    primary.set_own(1, 3)
+    follower.set_own(1, 2)
+    follower.set_own(2, 7)
+    assert (primary.total(1), follower.total(1)) == (5, 5)
+    assert primary.total(2) == 7 and primary.total(0) == 0
+    follower.set_own(1, 0)
+    assert primary.total(1) == 3
+
+
+def test_a_retired_column_is_reused_only_once_nobody_holds_it(tmp_path: Path) -> None:
+    primary, follower = _table(tmp_path, columns=2)
+    assert [primary.allocate(), primary.allocate()] == [0, 1]
+    follower.set_own(0, 1)  # the follower still finishes a request on the removed worker
+    primary.retire(0)
+    with pytest.raises(OverflowError, match="more than 2 workers"):
+        primary.allocate()
+    follower.set_own(0, 0)
+    assert primary.allocate() == 0
+    with pytest.raises(RuntimeError, match="only the primary"):
+        follower.allocate()
+
+
+def test_registries_sharing_a_table_see_each_others_in_flight(tmp_path: Path) -> None:
+    spec = WorkerSpec(url="http://127.0.0.1:8001", id="w1")
+    primary_counts, follower_counts = _table(tmp_path)
+    primary, follower = WorkerRegistry(), WorkerRegistry()
+    primary.share_in_flight(primary_counts)
+    follower.share_in_flight(follower_counts)
+    mine = primary.add(spec)
+    theirs = follower.add(spec, column=mine.column)
+    primary.acquire(mine)
+    follower.acquire(theirs)
+    follower.acquire(theirs)
+    assert mine.in_flight == theirs.in_flight == 3
+    follower.release(theirs)
+    assert mine.in_flight == 2
+    with pytest.raises(RuntimeError, match="before any worker"):
+        primary.share_in_flight(primary_counts)
+
+
+def test_limits_are_split_over_the_processes() -> None:
+    group = ProcessGroup(0, 3, Path("/x"), (1, 2, 3))
+    limits = LimitSettings(max_concurrent_requests=10, queue_size=4)
+    parts = [ProcessGroup(i, 3, Path("/x"), (1, 2, 3)).share_of(limits) for i in range(3)]
+    assert [p.max_concurrent_requests for p in parts] == [4, 3, 3]
+    assert [p.queue_size for p in parts] == [2, 1, 1]
+    assert group.share_of(LimitSettings()) == LimitSettings()  # unlimited stays unlimited
+    tiny = ProcessGroup(2, 3, Path("/x"), (1, 2, 3)).share_of(
+        LimitSettings(max_concurrent_requests=1))
+    assert tiny.max_concurrent_requests == 1  # never 0, which would mean unlimited
+
+
+def test_group_travels_in_one_variable() -> None:
+    group = ProcessGroup(1, 2, Path("/tmp/g"), (4000, 4001))
+    assert ProcessGroup.from_env({GROUP_ENV: group.to_env()}) == group
+    assert ProcessGroup.from_env({}) is None
+    with pytest.raises(ConfigError, match=GROUP_ENV):
+        ProcessGroup.from_env({GROUP_ENV: '{"index": 1}'})
+    settings = group.pick_sharing()
+    assert settings.listen == "127.0.0.1:4001" and len(settings.peers) == 2
+
+
+async def _until(predicate: object, what: str) -> None:
+    for _ in range(200):
+        if predicate():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_follower_mirrors_the_primarys_fleet(tmp_path: Path) -> None:
+    primary_counts, follower_counts = _table(tmp_path, columns=8)
+    primary, follower = WorkerRegistry(), WorkerRegistry()
+    primary.share_in_flight(primary_counts)
+    follower.share_in_flight(follower_counts)
+    a = primary.add(WorkerSpec(url="http://127.0.0.1:8001", id="a", models=["m"]))
+    publisher = StatePublisher(primary, tmp_path / "feed.sock", period_secs=0.005)
+    mirror = StateFollower(follower, tmp_path / "feed.sock")
+    await mirror.start()  # before the primary listens: it retries
+    await asyncio.sleep(0.1)
+    assert not mirror.synced
+    await publisher.start()
+    try:
+        await _until(lambda: mirror.synced, "the first snapshot")
+        copy = follower.get("a")
+        assert copy is not None and copy.spec == a.spec and copy.column == a.column
+
+        b = primary.add(WorkerSpec(url="http://127.0.0.1:8002", id="b"))
+        primary.set_healthy(a, False)
+        load = EngineLoad(scraped_at=12.5, waiting=3.0,
+                          counters={EngineCounter.PROMPT_TOKENS: 100.0})
+        primary.set_engine_load(b, load)
+        await _until(lambda: follower.get("b") is not None
+                     and not follower.get("a").healthy, "b added, a unhealthy")  # type: ignore[union-attr]
+        copy_b = follower.get("b")
+        assert copy_b is not None and copy_b.engine == load and copy_b.column == b.column
+        primary.replace_spec(a, a.spec.model_copy(update={"models": ["m", "n"]}))
+        await _until(lambda: follower.models() == {"m", "n"}, "the new spec")
+
+        primary.acquire(b)  # in flight in the primary: the follower sees it
+        assert follower.get("b").in_flight == 1  # type: ignore[union-attr]
+        primary.set_draining(b)
+        await _until(lambda: follower.get("b").draining, "draining")  # type: ignore[union-attr]
+        primary.release(b)
+        primary.remove(b.url)
+        await _until(lambda: follower.get("b") is None, "b removed")
+        assert [w.id for w in follower.workers()] == ["a"]
+    finally:
+        await mirror.stop()
+        await publisher.stop()
+
+
+async def test_a_worker_re_added_under_a_new_column_is_replaced(tmp_path: Path) -> None:
+    counts = _table(tmp_path, columns=8)
+    follower = WorkerRegistry()
+    follower.share_in_flight(counts[1])
+    mirror = StateFollower(follower, tmp_path / "unused.sock")
+    primary = WorkerRegistry()
+    primary.share_in_flight(counts[0])
+    spec = WorkerSpec(url="http://127.0.0.1:8001", id="a")
+
+    def state(column: int) -> WorkerState:
+        return WorkerState(spec.model_dump(mode="json"), column, True, False, None)
+
+    mirror.apply([state(0)])
+    old = follower.get("a")
+    follower.acquire(old)  # type: ignore[arg-type]
+    mirror.apply([state(3)])
+    new = follower.get("a")
+    assert new is not None and new is not old and new.column == 3
+    assert new.in_flight == 0 and counts[0].total(0) == 1  # the old request still counted
