@@ -126,6 +126,11 @@ def _bench(ns: argparse.Namespace) -> int:
         from picker_bench.soak import run_soak
 
         return run_soak(minutes=ns.minutes, users=ns.users, kill_every=ns.kill_every)
+    if ns.bench == "spread":
+        from picker_bench.spread import run_spread
+
+        return run_spread(requests=ns.requests, concurrency=ns.concurrency,
+                          processes=ns.processes)
     if ns.bench == "kv-events":
         from picker_bench.kv_ingest import run_kv_events
 
@@ -220,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     overhead.add_argument(
         "--peers", nargs="+",
         default=["envoy", "buffered", "authz", "duplex", "duplex2", "sglang", "stream"],
-        help="scenarios to run (also: explain - buffered with explain.enabled)",
+        help="scenarios to run (also: explain - buffered with explain.enabled; buffered2 - "
+             "buffered with `serve --workers 2`)",
     )
     overhead.set_defaults(run=_bench)
     routing = which.add_parser("routing", help="routing quality on a shared-prefix workload")
@@ -265,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="prompt characters")
     long.add_argument("--requests", type=int, default=100, help="per size and body shape")
     long.set_defaults(run=_bench)
+    spread = which.add_parser("spread", help="a least_load burst over 4 engines with "
+                              "`serve --workers N`, per process count")
+    spread.add_argument("--requests", type=int, default=2000)
+    spread.add_argument("--concurrency", type=int, default=32)
+    spread.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    spread.set_defaults(run=_bench)
     kv = which.add_parser("kv-events", help="KV-event ingestion rate and routing latency under it")
     kv.add_argument("--rates", type=int, nargs="+", default=[10_000, 20_000],
                     help="BlockStored events per second to publish while measuring")

@@ -5,6 +5,7 @@ a noisy machine:
 
   envoy     client -> Envoy -> upstream                       (no ext_proc: the baseline)
   buffered  client -> Envoy -> ext_proc(picker, BUFFERED) -> upstream
+  buffered2 the same with `serve --workers 2` (Envoy round-robins streams over both processes)
   duplex    client -> Envoy -> ext_proc(picker, FULL_DUPLEX_STREAMED request body) -> upstream
   duplex2   the same with the response body FULL_DUPLEX_STREAMED too (what gateways generate:
             every response chunk goes through the picker and back)
@@ -45,6 +46,7 @@ from picker_bench.stack import (
     Process,
     SimSpec,
     free_port,
+    free_port_run,
     render_authz_config,
     render_envoy_config,
     spawn,
@@ -52,6 +54,7 @@ from picker_bench.stack import (
     start_picker,
     start_sim,
     wait_http,
+    wait_picker_hosts,
 )
 
 __all__ = ["run_overhead"]
@@ -203,15 +206,17 @@ def _scenario(name: str, upstream_port: int,
         picker_port = None
         picker = None
         authz_port = free_port() if name == "authz" else None
+        processes = 2 if name == "buffered2" else 1  # `serve --workers 2`
         if name != "envoy":
-            picker_port = free_port()
+            picker_port = free_port_run(processes)
             config = {"extproc": {"port": picker_port}, "admin": {"port": free_port()},
                       "policy": "round_robin", "health": {"enabled": False},
                       "workers": [{"url": f"http://127.0.0.1:{upstream_port}",
                                    "models": [MODEL]}]}
             if name == "explain":  # buffered, recording every decision; no header asked for
                 config["explain"] = {"enabled": True, "allow_header": True}
-            picker = start_picker(config, workdir, name=f"picker-{name}", authz_port=authz_port)
+            picker = start_picker(config, workdir, name=f"picker-{name}", authz_port=authz_port,
+                                  processes=processes)
             stack.callback(picker.stop)
         if picker_port is not None and authz_port is not None:
             authz = render_authz_config(listen_port=listen, admin_port=free_port(),
@@ -220,13 +225,18 @@ def _scenario(name: str, upstream_port: int,
             yield listen, picker
             return
         body_mode = "FULL_DUPLEX_STREAMED" if name in ("duplex", "duplex2") else "BUFFERED"
+        envoy_admin = free_port()
         envoy_config = render_envoy_config(
-            listen_port=listen, admin_port=free_port(), picker_port=picker_port,
+            listen_port=listen, admin_port=envoy_admin, picker_port=picker_port,
             upstream_port=upstream_port, body_mode=body_mode,
+            replica_ports=[] if picker_port is None else
+            range(picker_port + 1, picker_port + processes),
         )
         if name == "duplex2":
             _duplex_both_ways(envoy_config)
         stack.callback(start_envoy(envoy_config, workdir, name=f"envoy-{name}").stop)
+        if processes > 1:
+            wait_picker_hosts(f"http://127.0.0.1:{envoy_admin}", processes)
         yield listen, picker
 
 
@@ -255,9 +265,15 @@ def _print_table(results: list[Result]) -> None:
 
 
 def _cpu_seconds(proc: Process) -> float:
-    """User + system CPU time of a child process so far (Linux /proc)."""
-    fields = Path(f"/proc/{proc.popen.pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a child process and its live children (`serve
+    --workers N`'s processes), from Linux /proc."""
+    return _tree_cpu_ticks(proc.popen.pid) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return int(fields[11]) + int(fields[12]) + sum(_tree_cpu_ticks(int(c)) for c in children)
 
 
 def _idle_cpu_rate(proc: Process, window_secs: float = 3.0) -> float:
