@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator
 import grpc
 
 from authz._pb import als_pb2 as pb
-from authz.check import LEASE_HEADER, Checker
+from authz.check import Checker
+from authz.tokens import LEASE_HEADER
 
 __all__ = ["SERVICE_NAME", "AccessLogService"]
 

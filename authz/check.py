@@ -19,19 +19,17 @@ so tests drive both halves without Envoy.
 
 from __future__ import annotations
 
-import secrets
 from collections import deque
 from dataclasses import dataclass
 
+from authz.tokens import LEASE_HEADER, new_token
 from picker.errors import BodyTooLarge, ProxyMisconfigured, RequestError
 from picker.leases import Lease
 from picker.openai_body import parse_request
 from picker.request import RoutingRequest
 from picker.runtime import PickerRuntime
 
-__all__ = ["LEASE_HEADER", "Answer", "Checker"]
-
-LEASE_HEADER = "x-llm-picker-lease"
+__all__ = ["Answer", "Checker"]
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 DP_RANK_HEADER = "x-data-parallel-rank"
 # Envoy's ext_authz removes the request headers named here before forwarding: a client's own
@@ -54,8 +52,11 @@ class Answer:
 class Checker:
     """Turns checks into leases and access-log entries into releases; owns the token table."""
 
-    def __init__(self, runtime: PickerRuntime, max_body_bytes: int) -> None:
+    def __init__(self, runtime: PickerRuntime, max_body_bytes: int,
+                 token_prefix: str = "") -> None:
+        """`token_prefix`: this process's (authz.tokens.process_prefix) in `serve --workers`."""
         self._runtime = runtime
+        self._token_prefix = token_prefix
         self._max_body = max_body_bytes
         self._leases: dict[str, Lease] = {}
         self.lags: deque[float] = deque(maxlen=_LAG_SAMPLES)
@@ -103,7 +104,7 @@ class Checker:
             lease.release("cancelled")
             return self.deny(ProxyMisconfigured(
                 "this prefill/decode protocol rewrites the body: serve it over ext_proc"))
-        token = secrets.token_hex(12)
+        token = new_token(self._token_prefix)
         self._leases[token] = lease
         spec = lease.worker.spec
         headers = [(DESTINATION_HEADER, lease.worker.host_port),

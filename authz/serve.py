@@ -20,8 +20,10 @@ import grpc
 from authz.als import AccessLogService
 from authz.check import Checker
 from authz.http import serve_http
+from authz.tokens import process_prefix
 from picker.config import PickerConfig
 from picker.listen import check_free, listen_socket
+from picker.processes.group import ProcessGroup
 from picker.runtime import Host, PickerRuntime
 
 __all__ = ["serve_authz"]
@@ -49,11 +51,18 @@ def _lag_summary(checker: Checker) -> str:
 
 async def serve_authz(
     config: PickerConfig, authz_port: int, config_path: Path | None = None,
-    overrides: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None, group: ProcessGroup | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT. A busy port is an OSError naming it, before anything serves."""
-    runtime = PickerRuntime(config, Host.SERVE, config_path, overrides)
-    checker = Checker(runtime, config.max_body_bytes)
+    """Run until SIGTERM/SIGINT. A busy port is an OSError naming it, before anything serves.
+
+    `group`: this process's place in `serve --workers N`: its check server listens on
+    `authz_port` + i (its access-log gRPC port is already extproc.port + i), and its lease
+    tokens carry its prefix so that Envoy logs each request to the process holding it."""
+    runtime = PickerRuntime(config, Host.SERVE, config_path, overrides, group)
+    if group is not None:
+        authz_port += group.index
+    checker = Checker(runtime, config.max_body_bytes,
+                      "" if group is None else process_prefix(group.index))
     host, port = config.extproc.host, config.extproc.port
     check_free(host, port, "access-log gRPC")
     sock = listen_socket(host, authz_port, "authz HTTP")
@@ -70,8 +79,10 @@ async def serve_authz(
     try:
         await grpc_server.start()
         http_server = await serve_http(checker, runtime.awaits, sock)
-        log.info("llm-picker serving (authz mode): checks on %s:%d, access log on %s:%d, "
-                 "policy %s, %d workers", host, sock.getsockname()[1], host, port,
+        log.info("llm-picker serving (authz mode%s): checks on %s:%d, access log on %s:%d, "
+                 "policy %s, %d workers",
+                 "" if group is None else f", process {group.index} of {group.count}",
+                 host, sock.getsockname()[1], host, port,
                  config.policy.name,
                  len(runtime.registry.workers()))
         await stop.wait()

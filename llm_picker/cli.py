@@ -57,7 +57,8 @@ def _serve(ns: argparse.Namespace) -> int:
         from llm_picker.supervisor import run_group
 
         try:
-            return run_group(config, ns.workers, ns.argv)
+            return run_group(config, ns.workers, ns.argv,
+                             ns.authz_port if ns.mode == "authz" else None)
         except OSError as exc:
             print(f"llm-picker: {exc}", file=sys.stderr)
             return 1
@@ -69,7 +70,7 @@ def _serve(ns: argparse.Namespace) -> int:
         if ns.mode == "authz":
             from authz.serve import serve_authz
 
-            asyncio.run(serve_authz(config, ns.authz_port, config_file, overrides))
+            asyncio.run(serve_authz(config, ns.authz_port, config_file, overrides, group))
         else:
             from extproc.serve import serve
 
@@ -85,13 +86,9 @@ def _serve(ns: argparse.Namespace) -> int:
 
 def _check_group(config: PickerConfig, ns: argparse.Namespace) -> None:
     """What `--workers N` cannot do, refused before any process starts."""
-    if ns.mode == "authz":
-        raise ConfigError("--workers", "runs ext_proc processes only: with --mode authz each "
-                          "request's access-log entry must reach the process that admitted "
-                          "it, which one access-log stream cannot do; run one authz process")
-    if not config.extproc.port:
+    if not config.extproc.port or (ns.mode == "authz" and not ns.authz_port):
         raise ConfigError("extproc.port", "--workers gives process i the port extproc.port + "
-                          "i: set a port, not 0")
+                          "i (and --authz-port + i): set ports, not 0")
 
 
 def _envoy_config(ns: argparse.Namespace) -> int:
@@ -101,7 +98,9 @@ def _envoy_config(ns: argparse.Namespace) -> int:
     try:
         config = load_config(_config_path(ns), env=os.environ)
         print(render_bootstrap(config, listen=ns.listen, admin=ns.admin, body_mode=ns.body_mode,
-                               tls_dir=ns.tls_dir, processes=ns.workers), end="")
+                               tls_dir=ns.tls_dir, processes=ns.workers,
+                               authz_port=ns.authz_port if ns.mode == "authz" else None),
+              end="")
     except (ConfigError, ValueError) as exc:
         print(f"llm-picker: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -196,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with extproc.tls: where Envoy finds envoy-client.pem/.key, ca.pem")
     envoy.add_argument("--workers", type=_positive, default=1,
                        help="the picker runs `serve --workers N`: list its N ports")
+    envoy.add_argument("--mode", choices=["extproc", "authz"], default="extproc",
+                       help="the picker's `serve --mode` (authz: envoy/envoy-authz.yaml)")
+    envoy.add_argument("--authz-port", type=int, default=9004,
+                       help="with --mode authz: the picker's `--authz-port`")
     envoy.set_defaults(run=_envoy_config)
 
     sim = commands.add_parser("sim", help="run a simulated OpenAI-compatible engine")
@@ -225,8 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     overhead.add_argument(
         "--peers", nargs="+",
         default=["envoy", "buffered", "authz", "duplex", "duplex2", "sglang", "stream"],
-        help="scenarios to run (also: explain - buffered with explain.enabled; buffered2 - "
-             "buffered with `serve --workers 2`)",
+        help="scenarios to run (also: explain - buffered with explain.enabled; buffered2, "
+             "authz2 - buffered, authz with `serve --workers 2`)",
     )
     overhead.set_defaults(run=_bench)
     routing = which.add_parser("routing", help="routing quality on a shared-prefix workload")

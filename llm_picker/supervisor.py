@@ -3,12 +3,13 @@
 The supervisor makes the group's directory (shared in-flight table, registry-feed socket,
 prometheus_client multiprocess files), starts N copies of the same `serve` command, each told
 its place through LLM_PICKER_PROCESS_GROUP, and forwards SIGTERM/SIGINT to them. Process i
-serves Envoy on extproc.port + i: an HTTP/2 connection carries every ext_proc stream of an
-Envoy worker thread, so one shared port (SO_REUSEPORT) would pin whole connections to one
-process, while N endpoints in Envoy's cluster spread the streams (`llm-picker envoy-config
---workers N` writes them). Process 0 also runs the admin API and everything that changes the
-fleet. If any process exits on its own, the others are stopped too and the supervisor exits
-non-zero, so a process manager (systemd, Kubernetes) restarts the whole picker.
+serves Envoy on extproc.port + i (and, in authz mode, checks on --authz-port + i): an HTTP/2
+connection carries every ext_proc stream of an Envoy worker thread, so one shared port
+(SO_REUSEPORT) would pin whole connections to one process, while N endpoints in Envoy's
+cluster spread the streams (`llm-picker envoy-config --workers N` writes them). Process 0
+also runs the admin API and everything that changes the fleet. If any process exits on its
+own, the others are stopped too and the supervisor exits non-zero, so a process manager
+(systemd, Kubernetes) restarts the whole picker.
 """
 
 from __future__ import annotations
@@ -43,11 +44,15 @@ _PR_SET_PDEATHSIG = 1
 _STOP_MARGIN_SECS = 10.0
 
 
-def run_group(config: PickerConfig, count: int, serve_argv: Sequence[str]) -> int:
-    """Run `count` processes of `llm-picker <serve_argv>` until signalled or one exits."""
+def run_group(config: PickerConfig, count: int, serve_argv: Sequence[str],
+              authz_port: int | None = None) -> int:
+    """Run `count` processes of `llm-picker <serve_argv>` until signalled or one exits;
+    `authz_port`: they serve `--mode authz`, checks on authz_port + i."""
     host, base = config.extproc.host, config.extproc.port
     for index in range(count):
         check_free(host, base + index, f"ext_proc (process {index})")
+        if authz_port is not None:
+            check_free(host, authz_port + index, f"authz HTTP (process {index})")
     if config.admin.enabled is not False:
         check_free(config.admin.host, config.admin.port, "the admin API")
     directory = Path(tempfile.mkdtemp(prefix="llm-picker-"))

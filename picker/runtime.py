@@ -83,6 +83,8 @@ log = logging.getLogger("llm_picker")
 _EXPIRY_PERIOD_SECS = 1.0
 # How long start() waits for the admin API to listen before calling it a failure.
 _ADMIN_START_SECS = 10.0
+# How long a follower process waits for the primary's first registry snapshot.
+_MIRROR_START_SECS = 60.0
 
 
 class Host(enum.Enum):
@@ -378,6 +380,8 @@ class PickerRuntime:
             for source in self._sources:
                 await source.start()
                 running.push_async_callback(source.stop)
+            if self._follower:
+                await self._wait_for_fleet()
             if self._sharing is not None:
                 await self._sharing.start()
                 running.push_async_callback(self._sharing.stop)
@@ -415,6 +419,16 @@ class PickerRuntime:
             publisher = StatePublisher(self.registry, self._group.feed_path)
             await publisher.start()
             running.push_async_callback(publisher.stop)
+
+    async def _wait_for_fleet(self) -> None:
+        """A follower starts serving only with the primary's fleet: before it, every request
+        would be refused for want of workers (an Envoy without health checks on the picker
+        sends traffic as soon as the port accepts)."""
+        deadline = time.monotonic() + _MIRROR_START_SECS
+        while not self.discovery_synced:
+            if time.monotonic() > deadline:
+                raise OSError(f"no registry from process 0 within {_MIRROR_START_SECS:.0f}s")
+            await asyncio.sleep(0.01)
 
     async def stop(self, grace_secs: float = 0.0) -> None:
         """Drain (up to `grace_secs` for requests in flight), then stop every service."""

@@ -11,6 +11,7 @@ a noisy machine:
             every response chunk goes through the picker and back)
   authz     client -> Envoy -> ext_authz(picker's HTTP check, body included) -> upstream,
             the picker releasing slots from Envoy's gRPC access log (envoy/envoy-authz.yaml)
+  authz2    the same with `serve --mode authz --workers 2`
   sglang    client -> sglang-router (Rust, round_robin) -> upstream
 
 The upstream is an Envoy answering a fixed chat completion (direct_response), so neither the
@@ -54,6 +55,7 @@ from picker_bench.stack import (
     start_picker,
     start_sim,
     wait_http,
+    wait_listening,
     wait_picker_hosts,
 )
 
@@ -205,8 +207,8 @@ def _scenario(name: str, upstream_port: int,
             return
         picker_port = None
         picker = None
-        authz_port = free_port() if name == "authz" else None
-        processes = 2 if name == "buffered2" else 1  # `serve --workers 2`
+        processes = 2 if name in ("buffered2", "authz2") else 1  # `serve --workers 2`
+        authz_port = free_port_run(processes) if name.startswith("authz") else None
         if name != "envoy":
             picker_port = free_port_run(processes)
             config = {"extproc": {"port": picker_port}, "admin": {"port": free_port()},
@@ -220,8 +222,10 @@ def _scenario(name: str, upstream_port: int,
             stack.callback(picker.stop)
         if picker_port is not None and authz_port is not None:
             authz = render_authz_config(listen_port=listen, admin_port=free_port(),
-                                        picker_port=picker_port, authz_port=authz_port)
+                                        picker_port=picker_port, authz_port=authz_port,
+                                        processes=processes)
             stack.callback(start_envoy(authz, workdir, name=f"envoy-{name}").stop)
+            wait_listening([authz_port + i for i in range(processes)])
             yield listen, picker
             return
         body_mode = "FULL_DUPLEX_STREAMED" if name in ("duplex", "duplex2") else "BUFFERED"
@@ -422,7 +426,7 @@ def run_overhead(requests: int = 2000, concurrency: list[int] | None = None,
                 for level in levels:
                     results.append(_measure(name, port, level, requests, picker))
                     print(f"  measured {name} at concurrency {level}", file=sys.stderr)
-            if name == "authz" and picker is not None:
+            if name.startswith("authz") and picker is not None:
                 # The picker logs, as it stops, how long after each request ended its slot
                 # was released (Envoy's access-log flush and the stream's delivery).
                 lags += [line.partition(" INFO ")[2] for line in picker.log_tail().splitlines()

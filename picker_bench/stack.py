@@ -24,6 +24,8 @@ from typing import Any
 import httpx
 import yaml
 
+from extproc.bootstrap import point_authz
+
 __all__ = [
     "ENVOY_AUTHZ",
     "ENVOY_FAIL_OPEN",
@@ -76,6 +78,20 @@ def free_port_run(count: int) -> int:
         except OSError:
             continue
     raise OSError(f"no {count} consecutive free ports")
+
+
+def wait_listening(ports: Sequence[int], timeout: float = 20.0) -> None:
+    """Until every loopback port accepts connections (a follower process listens only once
+    it has the fleet)."""
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+            time.sleep(0.05)
 
 
 def wait_picker_hosts(envoy_admin: str, count: int, timeout: float = 20.0) -> None:
@@ -282,23 +298,14 @@ def render_envoy_config(
 
 
 def render_authz_config(*, listen_port: int, admin_port: int, picker_port: int,
-                        authz_port: int) -> dict[str, Any]:
+                        authz_port: int, processes: int = 1) -> dict[str, Any]:
     """envoy/envoy-authz.yaml with its ports changed (the picker's gRPC port carries the
-    access log; `authz_port` is its HTTP check server)."""
+    access log; `authz_port` is its HTTP check server; `processes`: `serve --workers N`)."""
     config: dict[str, Any] = yaml.safe_load(ENVOY_AUTHZ.read_text())
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = \
         listen_port
-    ports = {"llm_picker": picker_port, "llm_picker_authz": authz_port}
-    for cluster in config["static_resources"]["clusters"]:
-        if cluster["name"] in ports:
-            endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-            endpoint["address"]["socket_address"]["port_value"] = ports[cluster["name"]]
-    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    for http_filter in manager["typed_config"]["http_filters"]:
-        if http_filter["name"] == "envoy.filters.http.ext_authz":
-            http_filter["typed_config"]["http_service"]["server_uri"]["uri"] = \
-                f"http://127.0.0.1:{authz_port}"
+    point_authz(config, "127.0.0.1", picker_port, authz_port, processes)
     return config
 
 
@@ -370,13 +377,14 @@ def local_fleet(
                 config[key] = {**config[key], **value}
             else:
                 config[key] = value
-        authz_port = free_port() if authz else None
+        authz_port = free_port_run(processes) if authz else None
         procs["picker"] = start_picker(config, root, authz_port=authz_port,
                                        processes=processes)
         listen_port, envoy_admin = free_port(), free_port()
         if authz_port is not None:
             envoy_config = render_authz_config(listen_port=listen_port, admin_port=envoy_admin,
-                                               picker_port=picker_port, authz_port=authz_port)
+                                               picker_port=picker_port, authz_port=authz_port,
+                                               processes=processes)
         else:
             envoy_config = render_envoy_config(
                 listen_port=listen_port, admin_port=envoy_admin, picker_port=picker_port,
@@ -386,7 +394,9 @@ def local_fleet(
                 replica_ports=range(picker_port + 1, picker_port + processes),
             )
         procs["envoy"] = start_envoy(envoy_config, root)
-        if processes > 1:
+        if processes > 1 and authz_port is not None:
+            wait_listening([authz_port + i for i in range(processes)])
+        elif processes > 1:
             wait_picker_hosts(f"http://127.0.0.1:{envoy_admin}", processes)
         yield Fleet(
             envoy_url=f"http://127.0.0.1:{listen_port}",

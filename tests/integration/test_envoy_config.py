@@ -40,3 +40,33 @@ def test_envoy_alone_variant_has_no_ext_proc(tmp_path: Path) -> None:
                                  upstream_port=18003)
     assert "ext_proc" not in yaml.safe_dump(config)
     validate(config, tmp_path)
+
+
+@pytest.mark.parametrize("processes", [1, 3])
+def test_authz_bootstrap_for_every_process_is_valid(tmp_path: Path, processes: int) -> None:
+    """`envoy-config --mode authz --workers N`: N check endpoints, and N access loggers each
+    keeping the entries whose lease token carries its process's prefix."""
+    from extproc.bootstrap import render_bootstrap
+    from picker.config import load_config
+
+    text = render_bootstrap(load_config(overrides={"extproc.port": 19002}),
+                            authz_port=19100, processes=processes)
+    config = yaml.safe_load(text)
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    checks = clusters["llm_picker_authz"]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert [e["endpoint"]["address"]["socket_address"]["port_value"] for e in checks] == \
+        [19100 + i for i in range(processes)]
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    loggers = [entry for entry in manager["typed_config"]["access_log"]
+               if entry["name"] == "envoy.access_loggers.http_grpc"]
+    assert len(loggers) == processes
+    if processes > 1:
+        for index, logger in enumerate(loggers):
+            header = logger["filter"]["header_filter"]["header"]
+            assert header["string_match"] == {"prefix": f"p{index}-"}
+            cluster = clusters[logger["typed_config"]["common_config"]["grpc_service"]
+                               ["envoy_grpc"]["cluster_name"]]
+            address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+            assert address["endpoint"]["address"]["socket_address"]["port_value"] == \
+                19002 + index
+    validate(config, tmp_path)

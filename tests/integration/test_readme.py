@@ -37,7 +37,7 @@ RETRY_SECS = 120.0
 BACKGROUND = re.compile(r"&\s*(#.*)?$")
 FENCE = re.compile(r"^```(\S*)\s*$")
 # The ports the README's commands listen on (sims, picker, Envoy, Envoy admin, LiteLLM).
-PORTS = (8001, 8002, 9002, 9003, 10000, 9901, 4000, 10001, 9902)
+PORTS = (8001, 8002, 9002, 9003, 10000, 9901, 4000, 10001, 9902, 9012, 9013, 9014, 10002, 9903)
 
 
 def blocks(text: str) -> list[tuple[str, list[str]]]:

@@ -1,7 +1,8 @@
 """`llm-picker serve --workers 2` behind a real Envoy listing both processes (issue 17, item 3):
 the two processes act as one picker. In-flight counts are shared (a least_load pick in one
 process sees the other's streams; per_worker_max holds across both), a worker added through
-the one admin API is routed to by both, and /metrics counts both processes' requests."""
+the one admin API is routed to by both, and /metrics counts both processes' requests. In
+`--mode authz` each request's access-log entry reaches the process that admitted it."""
 
 from __future__ import annotations
 
@@ -64,11 +65,12 @@ async def _held_streams(fleet: Fleet, count: int) -> AsyncIterator[list[str]]:
         yield engines
 
 
-def _served_by_process(fleet: Fleet) -> list[int]:
-    """ext_proc streams Envoy sent to each picker process (its cluster's per-host rq_total)."""
+def _served_by_process(fleet: Fleet, cluster: str = "llm_picker") -> list[int]:
+    """ext_proc streams (or authz checks) Envoy sent to each picker process (its cluster's
+    per-host rq_total)."""
     text = httpx.get(f"{fleet.envoy_admin_url}/clusters", timeout=5).text
     return [int(line.rsplit("::", 1)[1]) for line in sorted(text.splitlines())
-            if line.startswith("llm_picker::") and "::rq_total::" in line]
+            if line.startswith(f"{cluster}::") and "::rq_total::" in line]
 
 
 def test_least_load_sees_both_processes_streams(fleet: Fleet) -> None:
@@ -147,6 +149,30 @@ def test_per_worker_max_holds_across_processes() -> None:
         assert asyncio.run(run()) in (429, 503)
 
 
+def test_authz_processes_release_their_own_leases() -> None:
+    sims = [SimSpec(f"sim-{i}", MODEL, SLOW) for i in range(ENGINES)]
+    with local_fleet(sims, policy="least_load", processes=2, authz=True,
+                     picker_settings=FAST_HEALTH) as fleet:
+
+        async def run() -> tuple[list[str], float]:
+            async with _held_streams(fleet, ENGINES) as engines:
+                return engines, await asyncio.to_thread(total_in_flight, fleet)
+
+        engines, in_flight = asyncio.run(run())
+        assert sorted(engines) == [f"sim-{i}" for i in range(ENGINES)], engines
+        assert in_flight == ENGINES
+        with httpx.Client(base_url=fleet.envoy_url, timeout=10) as client:
+            for _ in range(20):
+                assert client.post("/v1/chat/completions", json=_chat()).status_code == 200
+        checks = _served_by_process(fleet, "llm_picker_authz")
+        assert len(checks) == 2 and min(checks) >= 10, checks
+        # Every lease, whichever process admitted it, is released by its own access log.
+        wait_until(lambda: total_in_flight(fleet) == 0, what="every lease released")
+        outcomes = metric_values(fleet, "llm_picker_requests_total")
+        assert outcomes == {(("outcome", "completed"),): 20,  # the held streams were abandoned
+                            (("outcome", "cancelled"),): ENGINES}, outcomes
+
+
 def _picker_argv(tmp_path: Path, *extra: str, **config: object) -> list[str]:
     path = tmp_path / "picker.yaml"
     path.write_text(yaml.safe_dump({"admin": {"port": free_port()}, **config}))
@@ -185,7 +211,8 @@ def test_stop_and_crash_take_the_whole_group_down(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("extra", "config", "message"), [
-    (["--mode", "authz"], {"extproc": {"port": 1}}, "--workers: runs ext_proc processes only"),
+    (["--mode", "authz", "--authz-port", "0"], {"extproc": {"port": 1}},
+     "extproc.port: --workers gives process i"),
     ([], {"extproc": {"port": 0}}, "extproc.port: --workers gives process i"),
 ])
 def test_what_workers_cannot_do_is_a_config_error(

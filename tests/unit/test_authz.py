@@ -10,8 +10,9 @@ import pytest
 
 from authz._pb import als_pb2 as pb
 from authz.als import AccessLogService
-from authz.check import LEASE_HEADER, Checker
+from authz.check import Checker
 from authz.http import _Connection
+from authz.tokens import LEASE_HEADER
 from picker.config import PickerConfig
 from picker.runtime import PickerRuntime
 from picker.workers import WorkerSpec
