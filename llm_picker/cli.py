@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--peers", nargs="+",
         default=["envoy", "buffered", "authz", "duplex", "duplex2", "sglang", "stream"],
         help="scenarios to run (also: explain - buffered with explain.enabled; buffered2, "
-             "authz2 - buffered, authz with `serve --workers 2`)",
+             "authz2 - buffered, authz with `serve --workers 2`; authz-floor - authz's Envoy "
+             "with checks answered by an Envoy)",
     )
     overhead.set_defaults(run=_bench)
     routing = which.add_parser("routing", help="routing quality on a shared-prefix workload")

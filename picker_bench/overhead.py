@@ -12,6 +12,8 @@ a noisy machine:
   authz     client -> Envoy -> ext_authz(picker's HTTP check, body included) -> upstream,
             the picker releasing slots from Envoy's gRPC access log (envoy/envoy-authz.yaml)
   authz2    the same with `serve --mode authz --workers 2`
+  authz-floor  the same Envoy configuration, its checks answered by an Envoy (direct_response,
+            no picker, no access log): what the ext_authz round trip itself adds
   sglang    client -> sglang-router (Rust, round_robin) -> upstream
 
 The upstream is an Envoy answering a fixed chat completion (direct_response), so neither the
@@ -82,13 +84,25 @@ def _upstream_config(port: int, admin_port: int) -> dict[str, Any]:
                 "response_headers_to_add": [{"header": {"key": "content-type",
                                                         "value": "application/json"}}]}
 
-    routes = [
+    return _direct_envoy(port, admin_port, [
         answer("/health", "{}"),
         answer("/v1/models", json.dumps({"object": "list", "data": [{"id": MODEL}]})),
         answer("/get_model_info", json.dumps({"model_path": MODEL})),
         answer("/get_server_info", "{}"),
         answer("/", COMPLETION),
-    ]
+    ])
+
+
+def _check_floor_config(port: int, admin_port: int, upstream_port: int) -> dict[str, Any]:
+    """An Envoy answering every ext_authz check with 200 and the upstream's address at once:
+    the cost of the ext_authz round trip with a check server that costs nothing."""
+    return _direct_envoy(port, admin_port, [{
+        "match": {"prefix": "/"}, "direct_response": {"status": 200},
+        "response_headers_to_add": [{"header": {
+            "key": "x-gateway-destination-endpoint", "value": f"127.0.0.1:{upstream_port}"}}]}])
+
+
+def _direct_envoy(port: int, admin_port: int, routes: list[dict[str, Any]]) -> dict[str, Any]:
     manager = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
                  "http_connection_manager.v3.HttpConnectionManager",
@@ -209,6 +223,18 @@ def _scenario(name: str, upstream_port: int,
         picker = None
         processes = 2 if name in ("buffered2", "authz2") else 1  # `serve --workers 2`
         authz_port = free_port_run(processes) if name.startswith("authz") else None
+        if name == "authz-floor":
+            assert authz_port is not None
+            floor = start_envoy(_check_floor_config(authz_port, free_port(), upstream_port),
+                                workdir, name="check-floor")
+            stack.callback(floor.stop)
+            front = render_authz_config(listen_port=listen, admin_port=free_port(),
+                                        picker_port=free_port(), authz_port=authz_port)
+            manager = front["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            del manager["typed_config"]["access_log"]  # nobody to release anything
+            stack.callback(start_envoy(front, workdir, name=f"envoy-{name}").stop)
+            yield listen, None
+            return
         if name != "envoy":
             picker_port = free_port_run(processes)
             config = {"extproc": {"port": picker_port}, "admin": {"port": free_port()},
@@ -257,14 +283,14 @@ def _duplex_both_ways(envoy_config: dict[str, Any]) -> None:
 
 def _print_table(results: list[Result]) -> None:
     baseline = {r.concurrency: r for r in results if r.scenario == "envoy"}
-    print(f"{'scenario':<10}{'conc':>5}{'p50 us':>9}{'p99 us':>9}{'req/s':>9}"
+    print(f"{'scenario':<12}{'conc':>5}{'p50 us':>9}{'p99 us':>9}{'req/s':>9}"
           f"{'errors':>7}{'p50 +us vs envoy':>18}{'rps vs envoy':>14}{'picker CPU us/req':>19}")
     for r in results:
         base = baseline.get(r.concurrency)
         extra = f"{r.p50_us - base.p50_us:+.0f}" if base else "-"
         ratio = f"{r.rps / base.rps:.2f}x" if base else "-"
         cpu = "-" if r.picker_cpu_us is None else f"{r.picker_cpu_us:.0f}"
-        print(f"{r.scenario:<10}{r.concurrency:>5}{r.p50_us:>9.0f}{r.p99_us:>9.0f}"
+        print(f"{r.scenario:<12}{r.concurrency:>5}{r.p50_us:>9.0f}{r.p99_us:>9.0f}"
               f"{r.rps:>9.0f}{r.errors:>7}{extra:>18}{ratio:>14}{cpu:>19}")
 
 
