@@ -158,7 +158,7 @@ def _bench(ns: argparse.Namespace) -> int:
     from picker_bench.overhead import run_overhead
 
     return run_overhead(requests=ns.requests, concurrency=ns.concurrency, peers=ns.peers,
-                        long_context=ns.long_context)
+                        long_context=ns.long_context, picker_workers=ns.picker_workers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="instead: 220 KB and 1 MB streaming prompts on 4 instant sims, "
                                "Envoy + picker (prefix_cache) vs sglang-router cache_aware, "
                                "REQUESTS per size and concurrency")
+    overhead.add_argument("--picker-workers", type=_positive, default=1,
+                          help="with --long-context: the picker runs `serve --workers N`")
     overhead.add_argument(
         "--peers", nargs="+",
         default=["envoy", "buffered", "authz", "duplex", "duplex2", "sglang", "stream"],

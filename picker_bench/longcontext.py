@@ -23,12 +23,14 @@ from pathlib import Path
 from picker_bench.stack import (
     SimSpec,
     free_port,
+    free_port_run,
     render_envoy_config,
     spawn,
     start_envoy,
     start_picker,
     start_sim,
     wait_http,
+    wait_picker_hosts,
 )
 
 __all__ = ["LongResult", "run_long_context"]
@@ -112,7 +114,8 @@ async def _load(port: int, concurrency: int, requests: list[bytes]
 
 
 @contextmanager
-def _router(name: str, sims: list[SimSpec], workdir: Path) -> Iterator[int]:
+def _router(name: str, sims: list[SimSpec], workdir: Path,
+            processes: int = 1) -> Iterator[int]:
     with ExitStack() as stack:
         listen = free_port()
         if name == "sglang":
@@ -123,31 +126,38 @@ def _router(name: str, sims: list[SimSpec], workdir: Path) -> Iterator[int]:
             stack.callback(proc.stop)
             wait_http(proc, f"http://127.0.0.1:{listen}/health", timeout=60)
         else:
-            picker_port = free_port()
+            picker_port = free_port_run(processes)
             config = {"extproc": {"port": picker_port}, "admin": {"port": free_port()},
                       "policy": "prefix_cache", "prefix": {"enabled": True},
                       "health": {"enabled": False},
                       "workers": [{"url": f"http://127.0.0.1:{s.port}", "id": s.worker_id,
                                    "models": [MODEL]} for s in sims]}
-            stack.callback(start_picker(config, workdir, name="picker-long").stop)
-            envoy = render_envoy_config(listen_port=listen, admin_port=free_port(),
-                                        picker_port=picker_port)
+            stack.callback(start_picker(config, workdir, name="picker-long",
+                                        processes=processes).stop)
+            envoy_admin = free_port()
+            envoy = render_envoy_config(
+                listen_port=listen, admin_port=envoy_admin, picker_port=picker_port,
+                replica_ports=range(picker_port + 1, picker_port + processes))
             stack.callback(start_envoy(envoy, workdir, name="envoy-long").stop)
+            if processes > 1:
+                wait_picker_hosts(f"http://127.0.0.1:{envoy_admin}", processes)
         yield listen
 
 
 def run_long_context(sizes: list[int], levels: list[int], requests: int,
-                     workdir: Path) -> list[LongResult]:
+                     workdir: Path, picker_workers: int = 1) -> list[LongResult]:
     """Each router, each prompt size, each concurrency: `requests` after a 2x-concurrency
-    warm-up (which also fills both routers' prefix trees)."""
+    warm-up (which also fills both routers' prefix trees). `picker_workers`: the picker runs
+    `serve --workers N` (its rows are named pickerxN)."""
     results = []
     with ExitStack() as stack:
         sims = [SimSpec(worker_id=f"e{i}", model=MODEL, args=["--profile", "instant"])
                 for i in range(ENGINES)]
         for spec in sims:
             stack.callback(start_sim(spec, workdir).stop)
-        for name in ("picker", "sglang"):
-            with _router(name, sims, workdir) as port:
+        picker = "picker" if picker_workers == 1 else f"pickerx{picker_workers}"
+        for name in (picker, "sglang"):
+            with _router(name, sims, workdir, picker_workers) as port:
                 for chars in sizes:
                     for level in levels:
                         batch = _requests(chars, requests + 2 * level)

@@ -420,13 +420,14 @@ def _print_stream_table(results: list[StreamResult]) -> None:
 
 
 def run_overhead(requests: int = 2000, concurrency: list[int] | None = None,
-                 peers: list[str] | None = None, long_context: int = 0) -> int:
+                 peers: list[str] | None = None, long_context: int = 0,
+                 picker_workers: int = 1) -> int:
     """`long_context` > 0: instead, that many long-prompt requests per size and level
-    (picker_bench/longcontext.py)."""
+    (picker_bench/longcontext.py), the picker running `serve --workers picker_workers`."""
     if long_context:
         workdir = Path(tempfile.mkdtemp(prefix="llm-picker-bench-"))
         long_results = run_long_context([225_280, 1_048_576], concurrency or [20, 60],
-                                        long_context, workdir)
+                                        long_context, workdir, picker_workers)
         print_long_context(long_results)
         shutil.rmtree(workdir, ignore_errors=True)
         return 0 if all(r.errors == 0 for r in long_results) else 1
