@@ -203,6 +203,21 @@ class PickerConfig(_Strict):
                                                     "policy", stale)
         return parsed
 
+    def longest_wait_secs(self) -> float:
+        """The longest the picker may take to answer one request's pick, from its own waits:
+        the admission queue, a remote tokenizer's attempts, a prefill/decode pair's prefills.
+        A proxy's timeout for the pick (Envoy's ext_proc message_timeout) must be longer."""
+        wait = 0.0
+        limits = self.limits
+        if limits.max_concurrent_requests and limits.queue_size:
+            wait += limits.queue_timeout_secs
+        tokenizer = self.prefix.tokenizer
+        if self.prefix.enabled and tokenizer.kind == "remote":
+            wait += tokenizer.timeout_secs * (tokenizer.retries + 1)
+        if self.enable_igw:
+            wait += self.pd.prefill_timeout_secs * self.pd.max_attempts
+        return wait
+
     def pd_policies(self) -> dict[str, tuple[str, PolicyParams]]:
         """The prefill and decode policies (enable_igw) by role: name and parsed params."""
         stale = self.load.stale_after_secs

@@ -69,3 +69,28 @@ def test_workers_list_every_process_port() -> None:
     endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]  # type: ignore[index]
     assert [e["endpoint"]["address"]["socket_address"]["port_value"]
             for e in endpoints] == [7100, 7101, 7102]
+
+
+def _ext_proc_timeout(text: str) -> str:
+    manager = yaml.safe_load(text)["static_resources"]["listeners"][0]["filter_chains"][0]
+    http_filters = manager["filters"][0]["typed_config"]["http_filters"]
+    ext_proc = next(f for f in http_filters if f["name"] == "envoy.filters.http.ext_proc")
+    return str(ext_proc["typed_config"]["message_timeout"])
+
+
+@pytest.mark.parametrize(("overrides", "timeout"), [
+    ({}, "5s"),  # nothing waits: the template's own
+    ({"limits": {"max_concurrent_requests": 4, "queue_size": 8, "queue_timeout_secs": 30}},
+     "31s"),
+    ({"limits": {"max_concurrent_requests": 4, "queue_timeout_secs": 30}}, "5s"),  # no queue
+    ({"prefix": {"enabled": True, "tokenizer": {
+        "kind": "remote", "endpoint": "http://t:1", "timeout_secs": 3, "retries": 2}}},
+     "10s"),
+    ({"enable_igw": True, "pd": {"prefill_timeout_secs": 20, "max_attempts": 2}}, "41s"),
+])
+def test_message_timeout_outlasts_the_pickers_waits(overrides: dict[str, object],
+                                                    timeout: str) -> None:
+    """A queued request used to meet Envoy's 504 after 5 s while the picker would still have
+    admitted it within queue_timeout_secs."""
+    config = load_config(overrides=overrides)
+    assert _ext_proc_timeout(render_bootstrap(config)) == timeout
