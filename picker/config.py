@@ -241,7 +241,16 @@ def load_config(
         for key, value in (overrides or {}).items():
             if value is not None:
                 _set_dotted(data, key, value)
-        return _validate(data)
+        while True:
+            try:
+                return _validate(data)
+            except ConfigError as exc:
+                # `LLM_PICKER_ADMIN__TOKEN=12345` reads as a YAML number where the key wants
+                # text: take the variable's text as written, then validate again.
+                raw = env.get(from_env[exc.key][1], "") if exc.key in from_env and env else ""
+                if "valid string" not in str(exc) or not raw or _dotted(data, exc.key) == raw:
+                    raise
+                _set_dotted(data, exc.key, raw)
     except ConfigError as exc:
         flagged = {key for key, value in (overrides or {}).items() if value is not None}
         variables = [name for key, (_, name) in from_env.items()
@@ -316,12 +325,20 @@ def _read_file(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError("config", f"{path} is not valid YAML: {exc}") from exc
+        raise ConfigError("config", f"{path} is not valid YAML: {_one_line(exc)}") from exc
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
         raise ConfigError("config", f"{path} must hold a mapping, not {type(loaded).__name__}")
     return loaded
+
+
+def _one_line(error: yaml.YAMLError) -> str:
+    """PyYAML's message spans lines (context, a caret drawing); keep what and where."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
@@ -336,6 +353,14 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
         except yaml.YAMLError as exc:
             raise ConfigError(key, f"{name} is not a valid value: {exc}") from exc
     return out
+
+
+def _dotted(data: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key, None where a part is missing."""
+    node: Any = data
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

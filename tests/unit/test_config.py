@@ -277,3 +277,22 @@ def test_an_empty_admin_token_is_refused() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(env={"LLM_PICKER_ADMIN__TOKEN": "''", "LLM_PICKER_ADMIN__HOST": "0.0.0.0"})
     assert caught.value.key == "admin.token"
+
+
+def test_a_numeric_looking_variable_for_a_text_key_is_taken_as_written() -> None:
+    """`LLM_PICKER_ADMIN__TOKEN=12345` was refused: YAML read it as a number."""
+    config = load_config(env={"LLM_PICKER_ADMIN__TOKEN": "0012345",
+                              "LLM_PICKER_LOG__LEVEL": "DEBUG"})
+    assert config.admin.token is not None
+    assert config.admin.token.get_secret_value() == "0012345"  # not 12345: as written
+    with pytest.raises(ConfigError, match=r"extproc.port: .*valid integer.*EXTPROC__PORT"):
+        load_config(env={"LLM_PICKER_EXTPROC__PORT": "abc"})
+
+
+def test_broken_yaml_is_one_line_naming_where(tmp_path: Path) -> None:
+    path = tmp_path / "picker.yaml"
+    path.write_text("policy: least_load\nworkers: [\n  {url: x\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert "\n" not in message and "at line 4" in message, message
