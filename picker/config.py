@@ -364,6 +364,8 @@ def _dotted(data: dict[str, Any], key: str) -> Any:
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted key; a mapping merges into the section already there (`prefix={"enabled":
+    True}` keeps the file's other prefix settings), anything else replaces it."""
     *parents, leaf = key.split(".")
     node = data
     walked = []
@@ -375,4 +377,10 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         if not isinstance(child, dict):
             raise ConfigError(".".join(walked), "is not a section and cannot take sub-keys")
         node = child
-    node[leaf] = value
+    node[leaf] = _merged(node.get(leaf), value)
+
+
+def _merged(current: Any, value: Any) -> Any:
+    if isinstance(current, dict) and isinstance(value, dict):
+        return {**current, **{k: _merged(current.get(k), v) for k, v in value.items()}}
+    return value

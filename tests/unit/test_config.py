@@ -296,3 +296,12 @@ def test_broken_yaml_is_one_line_naming_where(tmp_path: Path) -> None:
         load_config(path)
     message = str(caught.value)
     assert "\n" not in message and "at line 4" in message, message
+
+
+def test_a_section_given_as_a_mapping_merges_into_the_files(tmp_path: Path) -> None:
+    """`PickerStrategy.attach(router, config=file, prefix={"enabled": True})` dropped the
+    file's other prefix settings."""
+    path = tmp_path / "picker.yaml"
+    path.write_text("prefix: {block_size: 64, enabled: false}\npolicy: prefix_cache\n")
+    config = load_config(path, overrides={"prefix": {"enabled": True}})
+    assert config.prefix.enabled and config.prefix.block_size == 64
