@@ -25,11 +25,10 @@ from picker_bench.stack import (
     free_port,
     free_port_run,
     render_envoy_config,
-    spawn,
     start_envoy,
     start_picker,
+    start_sglang_router,
     start_sim,
-    wait_http,
     wait_picker_hosts,
 )
 
@@ -119,12 +118,9 @@ def _router(name: str, sims: list[SimSpec], workdir: Path,
     with ExitStack() as stack:
         listen = free_port()
         if name == "sglang":
-            argv = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
-                    "--port", str(listen), "--policy", "cache_aware", "--log-level", "warn",
-                    "--worker-urls", *(f"http://127.0.0.1:{s.port}" for s in sims)]
-            proc = spawn("sglang-router-long", argv, workdir)
-            stack.callback(proc.stop)
-            wait_http(proc, f"http://127.0.0.1:{listen}/health", timeout=60)
+            urls = [f"http://127.0.0.1:{s.port}" for s in sims]
+            stack.callback(start_sglang_router(listen, urls, "cache_aware", workdir,
+                                               name="sglang-router-long").stop)
         else:
             picker_port = free_port_run(processes)
             config = {"extproc": {"port": picker_port}, "admin": {"port": free_port()},

@@ -55,8 +55,8 @@ from picker_bench.stack import (
     spawn,
     start_envoy,
     start_picker,
+    start_sglang_router,
     start_sim,
-    wait_http,
     wait_listening,
     wait_picker_hosts,
 )
@@ -211,12 +211,8 @@ def _scenario(name: str, upstream_port: int,
     with ExitStack() as stack:
         listen = free_port()
         if name == "sglang":
-            argv = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
-                    "--port", str(listen), "--worker-urls", f"http://127.0.0.1:{upstream_port}",
-                    "--policy", "round_robin", "--log-level", "warn"]
-            proc = spawn("sglang-router", argv, workdir)
-            stack.callback(proc.stop)
-            wait_http(proc, f"http://127.0.0.1:{listen}/health", timeout=60)
+            stack.callback(start_sglang_router(
+                listen, [f"http://127.0.0.1:{upstream_port}"], "round_robin", workdir).stop)
             yield listen, None
             return
         picker_port = None

