@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from picker_bench.stack import (
+    Process,
     SimSpec,
+    cpu_seconds,
     free_port,
     free_port_run,
     render_envoy_config,
@@ -85,6 +87,9 @@ class LongResult:
     ttft_p99_ms: float
     rps: float
     errors: int
+    # CPU per measured request (ms) of the router's processes: the picker's (all of `serve
+    # --workers N`'s) and its Envoy's, or sglang-router's.
+    cpu_ms: dict[str, float]
 
 
 async def _load(port: int, concurrency: int, requests: list[bytes]
@@ -114,13 +119,16 @@ async def _load(port: int, concurrency: int, requests: list[bytes]
 
 @contextmanager
 def _router(name: str, sims: list[SimSpec], workdir: Path,
-            processes: int = 1) -> Iterator[int]:
+            processes: int = 1) -> Iterator[tuple[int, dict[str, Process]]]:
+    """The router listening; yields its port and its processes by role."""
     with ExitStack() as stack:
         listen = free_port()
         if name == "sglang":
             urls = [f"http://127.0.0.1:{s.port}" for s in sims]
-            stack.callback(start_sglang_router(listen, urls, "cache_aware", workdir,
-                                               name="sglang-router-long").stop)
+            router = start_sglang_router(listen, urls, "cache_aware", workdir,
+                                         name="sglang-router-long")
+            stack.callback(router.stop)
+            yield listen, {"sglang": router}
         else:
             picker_port = free_port_run(processes)
             config = {"extproc": {"port": picker_port}, "admin": {"port": free_port()},
@@ -128,16 +136,17 @@ def _router(name: str, sims: list[SimSpec], workdir: Path,
                       "health": {"enabled": False},
                       "workers": [{"url": f"http://127.0.0.1:{s.port}", "id": s.worker_id,
                                    "models": [MODEL]} for s in sims]}
-            stack.callback(start_picker(config, workdir, name="picker-long",
-                                        processes=processes).stop)
+            picker = start_picker(config, workdir, name="picker-long", processes=processes)
+            stack.callback(picker.stop)
             envoy_admin = free_port()
-            envoy = render_envoy_config(
+            envoy = start_envoy(render_envoy_config(
                 listen_port=listen, admin_port=envoy_admin, picker_port=picker_port,
-                replica_ports=range(picker_port + 1, picker_port + processes))
-            stack.callback(start_envoy(envoy, workdir, name="envoy-long").stop)
+                replica_ports=range(picker_port + 1, picker_port + processes)),
+                workdir, name="envoy-long")
+            stack.callback(envoy.stop)
             if processes > 1:
                 wait_picker_hosts(f"http://127.0.0.1:{envoy_admin}", processes)
-        yield listen
+            yield listen, {"envoy": envoy, "picker": picker}
 
 
 def run_long_context(sizes: list[int], levels: list[int], requests: int,
@@ -153,29 +162,36 @@ def run_long_context(sizes: list[int], levels: list[int], requests: int,
             stack.callback(start_sim(spec, workdir).stop)
         picker = "picker" if picker_workers == 1 else f"pickerx{picker_workers}"
         for name in (picker, "sglang"):
-            with _router(name, sims, workdir, picker_workers) as port:
+            with _router(name, sims, workdir, picker_workers) as (port, parts):
                 for chars in sizes:
                     for level in levels:
                         batch = _requests(chars, requests + 2 * level)
                         asyncio.run(_load(port, level, batch[:2 * level]))
+                        cpu = {role: cpu_seconds(proc) for role, proc in parts.items()}
                         ttfts, elapsed, errors = asyncio.run(
                             _load(port, level, batch[2 * level:]))
+                        cpu_ms = {role: (cpu_seconds(proc) - cpu[role]) * 1e3 / len(ttfts)
+                                  for role, proc in parts.items()}
                         cuts = statistics.quantiles(ttfts, n=100)
                         results.append(LongResult(name, chars, level, cuts[49] * 1e3,
-                                                  cuts[98] * 1e3, len(ttfts) / elapsed, errors))
+                                                  cuts[98] * 1e3, len(ttfts) / elapsed, errors,
+                                                  cpu_ms))
                         print(f"  measured {name} {chars} chars at concurrency {level}",
                               file=sys.stderr)
     return results
 
 
 def print_long_context(results: list[LongResult]) -> None:
-    """Per size and concurrency, the picker's ratios to sglang-router's of the same run."""
+    """Per size and concurrency, the picker's ratios to sglang-router's of the same run, and
+    each router process's CPU per request."""
     peer = {(r.chars, r.concurrency): r for r in results if r.router == "sglang"}
-    print(f"{'router':<8}{'chars':>9}{'conc':>5}{'ttft p50 ms':>12}{'ttft p99 ms':>12}"
-          f"{'req/s':>8}{'errors':>7}{'rps vs sglang':>14}{'p50 vs sglang':>14}")
+    print(f"{'router':<9}{'chars':>8}{'conc':>5}{'ttft p50 ms':>12}{'ttft p99 ms':>12}"
+          f"{'req/s':>8}{'errors':>7}{'rps vs sglang':>14}{'p50 vs sglang':>14}"
+          f"  CPU ms/req")
     for r in results:
         base = peer.get((r.chars, r.concurrency))
         rps = f"{r.rps / base.rps:.2f}x" if base else "-"
         p50 = f"{r.ttft_p50_ms / base.ttft_p50_ms:.2f}x" if base else "-"
-        print(f"{r.router:<8}{r.chars:>9}{r.concurrency:>5}{r.ttft_p50_ms:>12.1f}"
-              f"{r.ttft_p99_ms:>12.1f}{r.rps:>8.1f}{r.errors:>7}{rps:>14}{p50:>14}")
+        cpu = ", ".join(f"{role} {ms:.2f}" for role, ms in r.cpu_ms.items())
+        print(f"{r.router:<9}{r.chars:>8}{r.concurrency:>5}{r.ttft_p50_ms:>12.1f}"
+              f"{r.ttft_p99_ms:>12.1f}{r.rps:>8.1f}{r.errors:>7}{rps:>14}{p50:>14}  {cpu}")

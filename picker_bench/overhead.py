@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -48,6 +47,7 @@ from picker_bench.longcontext import print_long_context, run_long_context
 from picker_bench.stack import (
     Process,
     SimSpec,
+    cpu_seconds,
     free_port,
     free_port_run,
     render_authz_config,
@@ -194,13 +194,13 @@ class Result:
 def _measure(scenario: str, port: int, concurrency: int, requests: int,
              picker: Process | None) -> Result:
     asyncio.run(_load(port, concurrency, min(200, requests)))  # warm connections and caches
-    cpu = _cpu_seconds(picker) if picker is not None else 0.0
+    cpu = cpu_seconds(picker) if picker is not None else 0.0
     latencies, elapsed, errors = asyncio.run(_load(port, concurrency, requests))
     cuts = statistics.quantiles(latencies, n=100)
     result = Result(scenario, concurrency, cuts[49] * 1e6, cuts[98] * 1e6,
                     len(latencies) / elapsed, errors)
     if picker is not None:
-        result.picker_cpu_us = (_cpu_seconds(picker) - cpu) * 1e6 / len(latencies)
+        result.picker_cpu_us = (cpu_seconds(picker) - cpu) * 1e6 / len(latencies)
     return result
 
 
@@ -290,23 +290,11 @@ def _print_table(results: list[Result]) -> None:
               f"{r.rps:>9.0f}{r.errors:>7}{extra:>18}{ratio:>14}{cpu:>19}")
 
 
-def _cpu_seconds(proc: Process) -> float:
-    """User + system CPU time so far of a child process and its live children (`serve
-    --workers N`'s processes), from Linux /proc."""
-    return _tree_cpu_ticks(proc.popen.pid) / os.sysconf("SC_CLK_TCK")
-
-
-def _tree_cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return int(fields[11]) + int(fields[12]) + sum(_tree_cpu_ticks(int(c)) for c in children)
-
-
 def _idle_cpu_rate(proc: Process, window_secs: float = 3.0) -> float:
     """CPU seconds per second the process burns with no traffic."""
-    before, started = _cpu_seconds(proc), time.monotonic()
+    before, started = cpu_seconds(proc), time.monotonic()
     time.sleep(window_secs)
-    return (_cpu_seconds(proc) - before) / (time.monotonic() - started)
+    return (cpu_seconds(proc) - before) / (time.monotonic() - started)
 
 
 def _ext_proc_messages(admin_port: int) -> tuple[int, int]:
@@ -369,7 +357,7 @@ def _stream_scenarios(requests: int, levels: list[int], workdir: Path) -> list[S
             for name, port in (("envoy", alone), ("picker", front)):
                 asyncio.run(_load(port, level, level, body))  # warm connections
                 idle_rate = _idle_cpu_rate(picker)
-                cpu, (sent, answered) = _cpu_seconds(picker), _ext_proc_messages(admin)
+                cpu, (sent, answered) = cpu_seconds(picker), _ext_proc_messages(admin)
                 latencies, elapsed, errors = asyncio.run(_load(port, level, requests, body))
                 cuts = statistics.quantiles(latencies, n=100)
                 result = StreamResult(name, level, cuts[49] * 1e3, cuts[98] * 1e3, errors)
@@ -378,7 +366,7 @@ def _stream_scenarios(requests: int, levels: list[int], workdir: Path) -> list[S
                     result.messages = answered2 - answered
                     # The picker's background tasks (lease expiry, admin API) tick during a
                     # slow stream too: their idle rate is not per-message work.
-                    work = _cpu_seconds(picker) - cpu - idle_rate * elapsed
+                    work = cpu_seconds(picker) - cpu - idle_rate * elapsed
                     result.cpu_us_per_message = work * 1e6 / max(1, result.messages)
                     if sent2 - sent != result.messages:
                         print(f"  note: Envoy sent {sent2 - sent} messages, the picker "
@@ -386,10 +374,10 @@ def _stream_scenarios(requests: int, levels: list[int], workdir: Path) -> list[S
                 results.append(result)
                 print(f"  measured stream/{name} at concurrency {level}", file=sys.stderr)
             messages = results[-1].messages
-            cpu = _cpu_seconds(echo)
+            cpu = cpu_seconds(echo)
             echoed = asyncio.run(drive(echo_port, level, max(1, messages // level), 256))
             results.append(StreamResult("grpc-echo", level, 0.0, 0.0, 0,
-                                        (_cpu_seconds(echo) - cpu) * 1e6 / echoed, echoed))
+                                        (cpu_seconds(echo) - cpu) * 1e6 / echoed, echoed))
     return results
 
 

@@ -80,6 +80,18 @@ def free_port_run(count: int) -> int:
     raise OSError(f"no {count} consecutive free ports")
 
 
+def cpu_seconds(proc: Process) -> float:
+    """User + system CPU time so far of a child process and its live children (`serve
+    --workers N`'s processes), from Linux /proc."""
+    return _tree_cpu_ticks(proc.popen.pid) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return int(fields[11]) + int(fields[12]) + sum(_tree_cpu_ticks(int(c)) for c in children)
+
+
 def wait_listening(ports: Sequence[int], timeout: float = 20.0) -> None:
     """Until every loopback port accepts connections (a follower process listens only once
     it has the fleet)."""
