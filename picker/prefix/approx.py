@@ -48,15 +48,29 @@ class ApproxPrefixIndex:
             lru = self._lru.setdefault(worker_id, OrderedDict())
             capacity = self._capacity_of.get(worker_id, self._capacity)
             # Newest last, and leading blocks touched last: like the engines, evict a prompt's
-            # tail before its shared head.
-            for block in reversed(hashes):
+            # tail before its shared head. A prompt longer than the LRU would evict its own
+            # tail while recording it: only its leading `capacity` blocks can stay.
+            # Holders.add/discard are inlined: this loop runs once per prompt block, and a
+            # long prompt that keeps missing (an engine cache smaller than its working set)
+            # spent half its time in the calls.
+            masks = self._holders.masks
+            touch, evict, free = lru.move_to_end, lru.popitem, ~bit
+            size = len(lru)
+            for block in reversed(hashes[:capacity]):
                 if block in lru:
-                    lru.move_to_end(block)
+                    touch(block)
                     continue
                 lru[block] = None
-                self._holders.add(block, bit)
-                if len(lru) > capacity:
-                    self._holders.discard(lru.popitem(last=False)[0], bit)
+                masks[block] = masks.get(block, 0) | bit
+                size += 1
+                if size > capacity:
+                    old = evict(last=False)[0]
+                    size -= 1
+                    mask = masks.get(old, 0) & free
+                    if mask:
+                        masks[old] = mask
+                    else:
+                        masks.pop(old, None)
 
     def remove_worker(self, worker_id: str) -> None:
         with self._lock:

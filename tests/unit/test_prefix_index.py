@@ -108,3 +108,15 @@ def _deep_size(index: ApproxPrefixIndex) -> int:
     for lru in index._lru.values():
         total += sys.getsizeof(lru) + sum(sys.getsizeof(k) for k in lru)
     return total
+
+
+def test_a_prompt_longer_than_the_lru_keeps_its_head() -> None:
+    """Recording more blocks than a worker's LRU holds keeps the leading ones (the engine
+    evicts a prompt's tail first) and no holder entry of the blocks that could not stay."""
+    from picker.prefix.approx import ApproxPrefixIndex
+
+    index = ApproxPrefixIndex(capacity_blocks=4, block_size=1)
+    index.record_hashes([10, 11], "w")
+    index.record_hashes(list(range(1, 10)), "w")  # 9 blocks into 4 places
+    assert list(index._lru["w"]) == [4, 3, 2, 1]  # the head, leading block touched last
+    assert set(index._holders.masks) == {1, 2, 3, 4}  # 10 and 11 evicted, 5-9 never kept
