@@ -131,12 +131,15 @@ class StateFollower:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _follow_forever(self) -> None:
+        """Connect (the primary may still be starting), apply every snapshot; when the feed
+        ends (the primary stopping, or gone: the supervisor then stops this process too),
+        say so once and keep trying quietly, routing on the last fleet meanwhile."""
         while True:
             try:
                 reader, writer = await asyncio.open_unix_connection(str(self._path),
                                                                     limit=_LINE_LIMIT)
             except (FileNotFoundError, ConnectionError):
-                await asyncio.sleep(_RETRY_SECS)  # the primary is still starting
+                await asyncio.sleep(_RETRY_SECS)
                 continue
             try:
                 while line := await reader.readline():
@@ -145,7 +148,8 @@ class StateFollower:
                 log.error("registry feed from the primary process broke: %s", exc)
             finally:
                 writer.close()
-            log.warning("registry feed from the primary process closed; reconnecting")
+            log.warning("registry feed from the primary process ended; routing on the last "
+                        "fleet it sent")
             await asyncio.sleep(_RETRY_SECS)
 
     def apply(self, states: list[WorkerState]) -> None:
