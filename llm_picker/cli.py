@@ -89,6 +89,19 @@ def _check_group(config: PickerConfig, ns: argparse.Namespace) -> None:
     if not config.extproc.port or (ns.mode == "authz" and not ns.authz_port):
         raise ConfigError("extproc.port", "--workers gives process i the port extproc.port + "
                           "i (and --authz-port + i): set ports, not 0")
+    count, extproc = ns.workers, config.extproc.port
+    taken = {port: "extproc.port" for port in range(extproc, extproc + count)}
+    if ns.mode == "authz":
+        for port in range(ns.authz_port, ns.authz_port + count):
+            if port in taken:
+                raise ConfigError("--authz-port", f"{ns.authz_port}-{ns.authz_port + count - 1}"
+                                  f" overlaps ext_proc's {extproc}-{extproc + count - 1} with "
+                                  f"--workers {count}: move one of them")
+    admin = config.admin.port
+    if config.admin.enabled is not False and admin in taken:
+        raise ConfigError("admin.port", f"{admin} is in ext_proc's {extproc}-"
+                          f"{extproc + count - 1} with --workers {count} (process i listens on "
+                          "extproc.port + i): move admin.port or extproc.port")
 
 
 def _envoy_config(ns: argparse.Namespace) -> int:

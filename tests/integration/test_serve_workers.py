@@ -175,7 +175,7 @@ def test_authz_processes_release_their_own_leases() -> None:
 
 def _picker_argv(tmp_path: Path, *extra: str, **config: object) -> list[str]:
     path = tmp_path / "picker.yaml"
-    path.write_text(yaml.safe_dump({"admin": {"port": free_port()}, **config}))
+    path.write_text(yaml.safe_dump({"admin": {"port": free_port()}} | config))
     return [sys.executable, "-m", "llm_picker", "serve", "--config", str(path), *extra]
 
 
@@ -214,6 +214,11 @@ def test_stop_and_crash_take_the_whole_group_down(tmp_path: Path) -> None:
     (["--mode", "authz", "--authz-port", "0"], {"extproc": {"port": 1}},
      "extproc.port: --workers gives process i"),
     ([], {"extproc": {"port": 0}}, "extproc.port: --workers gives process i"),
+    # The defaults (9002, 9003) with --workers 2: process 1 would take the admin port.
+    ([], {"extproc": {"port": 9002}, "admin": {"port": 9003}},
+     "admin.port: 9003 is in ext_proc's 9002-9003 with --workers 2"),
+    (["--mode", "authz", "--authz-port", "9003"], {"extproc": {"port": 9002}},
+     "--authz-port: 9003-9004 overlaps ext_proc's 9002-9003"),
 ])
 def test_what_workers_cannot_do_is_a_config_error(
         tmp_path: Path, extra: list[str], config: dict[str, object], message: str) -> None:
