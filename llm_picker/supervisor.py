@@ -2,7 +2,8 @@
 
 The supervisor makes the group's directory (shared in-flight table, registry-feed socket,
 prometheus_client multiprocess files), starts N copies of the same `serve` command, each told
-its place through LLM_PICKER_PROCESS_GROUP, and forwards SIGTERM/SIGINT to them. Process i
+its place through LLM_PICKER_PROCESS_GROUP, and forwards SIGTERM/SIGINT to them (SIGHUP, the
+config reload, to process 0, which follows the file). Process i
 serves Envoy on extproc.port + i (and, in authz mode, checks on --authz-port + i): an HTTP/2
 connection carries every ext_proc stream of an Envoy worker thread, so one shared port
 (SO_REUSEPORT) would pin whole connections to one process, while N endpoints in Envoy's
@@ -88,8 +89,13 @@ def _supervise(children: list[subprocess.Popen[bytes]], stop_secs: float) -> int
             if child.poll() is None:
                 child.send_signal(signum)
 
+    def reload(signum: int, _frame: FrameType | None) -> None:
+        if children[0].poll() is None:
+            children[0].send_signal(signum)  # process 0 follows the config file
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
+    signal.signal(signal.SIGHUP, reload)
     while not stopping and all(child.poll() is None for child in children):
         time.sleep(_POLL_SECS)
     crashed = not stopping
