@@ -283,3 +283,16 @@ class PickerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self._exposed)
+
+    def by_worker(self, counter: str) -> dict[str, float]:
+        """A per-worker counter's totals as /metrics shows them (every process's, in a
+        multi-process picker), e.g. `by_worker("llm_picker_decisions")`."""
+        totals: dict[str, float] = {}
+        for family in self._exposed.collect():
+            if family.name != counter:
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    worker = sample.labels["worker"]
+                    totals[worker] = totals.get(worker, 0.0) + sample.value
+        return totals

@@ -1,9 +1,9 @@
 """Per-worker request rate and prefix hit rate over the last minutes, for the status page.
 
-Sampled from the picker's own Prometheus counters (llm_picker_decisions, llm_picker_prefix_hits)
-every `period_secs` by a background task, so the hot path does no extra work and the page has
-minutes of history the moment it opens. Memory is bounded: `window_secs / period_secs` samples
-of one number pair per worker.
+Sampled from the picker's own Prometheus counters (llm_picker_decisions, llm_picker_prefix_hits,
+every process's in `serve --workers N`) every `period_secs` by a background task, so the hot
+path does no extra work and the page has minutes of history the moment it opens. Memory is
+bounded: `window_secs / period_secs` samples of one number pair per worker.
 """
 
 from __future__ import annotations
@@ -13,24 +13,12 @@ import time
 from collections import deque
 from typing import Any
 
-from prometheus_client import Counter
-
 from picker.telemetry import PickerMetrics
 
 __all__ = ["ActivityHistory"]
 
 # (monotonic time, worker id -> (decisions, prefix hits) since start)
 _Sample = tuple[float, dict[str, tuple[float, float]]]
-
-
-def _by_worker(counter: Counter) -> dict[str, float]:
-    totals: dict[str, float] = {}
-    for family in counter.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                worker = sample.labels["worker"]
-                totals[worker] = totals.get(worker, 0.0) + sample.value
-    return totals
 
 
 class ActivityHistory:
@@ -41,8 +29,8 @@ class ActivityHistory:
         self._samples: deque[_Sample] = deque(maxlen=int(window_secs / period_secs) + 1)
 
     def sample(self, now: float | None = None) -> None:
-        decisions = _by_worker(self._metrics.decisions)
-        hits = _by_worker(self._metrics.prefix_hits)
+        decisions = self._metrics.by_worker("llm_picker_decisions")
+        hits = self._metrics.by_worker("llm_picker_prefix_hits")
         self._samples.append((time.monotonic() if now is None else now,
                               {w: (n, hits.get(w, 0.0)) for w, n in decisions.items()}))
 

@@ -4,6 +4,9 @@ settings, and the registry feed mirroring the primary's fleet (over a real Unix 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,3 +161,30 @@ async def test_a_worker_re_added_under_a_new_column_is_replaced(tmp_path: Path) 
     new = follower.get("a")
     assert new is not None and new is not old and new.column == 3
     assert new.in_flight == 0 and counts[0].total(0) == 1  # the old request still counted
+
+
+_COUNT = """
+import sys
+from pathlib import Path
+from picker.registry import WorkerRegistry
+from picker.telemetry import PickerMetrics
+metrics = PickerMetrics(WorkerRegistry(), Path(sys.argv[1]))
+for _ in range(int(sys.argv[2])):
+    metrics.decisions.labels("least_load", "w1").inc()
+metrics.requests.labels("completed").inc(int(sys.argv[2]))
+if sys.argv[3] == "read":
+    print(metrics.by_worker("llm_picker_decisions")["w1"])
+    print(b'llm_picker_requests_total{outcome="completed"} 5.0' in metrics.render())
+"""
+
+
+def test_one_metrics_endpoint_sums_every_process(tmp_path: Path) -> None:
+    """Counters of each process land in prometheus_client's multiprocess files (the variable
+    is set before the import, as the supervisor does); the primary's render and the status
+    page's per-worker totals sum them."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for count, role in ((2, "write"), (3, "read")):
+        done = subprocess.run([sys.executable, "-c", _COUNT, str(tmp_path), str(count), role],
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["5.0", "True"]
