@@ -28,20 +28,21 @@ SIM_HEADER = "x-picker-sim-worker"
 _SIM = ["--ttft-ms", "20", "--tpot-ms", "5"]
 
 
-async def _burst(fleet: Fleet, requests: int, concurrency: int) -> tuple[Counter[str], int]:
+async def _burst(fleet: Fleet, requests: int,
+                 concurrency: int) -> tuple[Counter[str], Counter[str]]:
+    """Requests served per engine, and failures by status and body."""
     served: Counter[str] = Counter()
-    errors = 0
+    errors: Counter[str] = Counter()
     todo = iter(range(requests))
     body = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
 
     async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal errors
         for _ in todo:
             response = await client.post("/v1/chat/completions", json=body)
             if response.status_code == 200:
                 served[response.headers[SIM_HEADER]] += 1
             else:
-                errors += 1
+                errors[f"{response.status_code} {response.text[:200]}"] += 1
 
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(base_url=fleet.envoy_url, timeout=30, limits=limits) as client:
@@ -87,6 +88,8 @@ def run_spread(requests: int = 2000, concurrency: int = 32,
         gap = f"{gaps[len(gaps) // 2]:.0f}/{gaps[-1]:.0f}" if gaps else "-"
         ratio = f"{max(per_engine) / max(min(per_engine), 1):.2f}x"
         print(f"{count:>9}  {'/'.join(map(str, per_engine)):<24}{ratio:>8}{gap:>23}"
-              f"{sum(per_engine) / elapsed:>8.0f}{errors:>7}")
-        failed += errors
+              f"{sum(per_engine) / elapsed:>8.0f}{sum(errors.values()):>7}")
+        for error, times in errors.items():
+            print(f"           {times} x {error}")
+        failed += sum(errors.values())
     return 0 if failed == 0 else 1

@@ -26,8 +26,11 @@ class LeastLoad:
         self._rng = _random.Random(params.seed)
 
     def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker:
-        best = min(map(load_key, candidates))
-        tied = [w for w in candidates if load_key(w) == best]
+        # Each load read once: another thread or process may change it between two reads,
+        # and a second read could then match no minimum at all.
+        keys = [load_key(w) for w in candidates]
+        best = min(keys)
+        tied = [w for w, key in zip(candidates, keys, strict=True) if key == best]
         return tied[0] if len(tied) == 1 else self._rng.choice(tied)
 
 

@@ -41,10 +41,11 @@ class PrefixCache:
         self._fallback = LeastLoad(params)
 
     def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker:
-        loads = [w.in_flight for w in candidates]
+        loads = [w.in_flight for w in candidates]  # read once (see least_load)
         pool: Sequence[Worker] = candidates
-        if max(loads) - min(loads) > self._imbalance:
-            pool = [w for w in candidates if w.in_flight == min(loads)]
+        low = min(loads)
+        if max(loads) - low > self._imbalance:
+            pool = [w for w, load in zip(candidates, loads, strict=True) if load == low]
         match = request.prefix
         if match is not None:
             matched = sorted((w for w in pool if match.blocks(w.id)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from collections import Counter
@@ -291,3 +292,30 @@ def test_session_affinity_header_and_fallback() -> None:
     keyed = RoutingRequest(model="m", api=Api.CHAT, headers={"x-tenant": "acme"})
     assert len({policy.pick(keyed, fleet).id for _ in range(10)}) == 1
     assert policy.pick(RoutingRequest(model="m", api=Api.CHAT), fleet).id == "w1"
+
+
+class _MovingCounts:
+    """Shared in-flight counts another process keeps changing: every read is one higher."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def total(self, column: int) -> int:
+        self.reads += 1
+        return self.reads
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_loads_changing_under_a_decision_never_break_it(name: str) -> None:
+    """`serve --workers` (and LiteLLM's threads): least_load read each load twice and found no
+    worker at the minimum it had just computed (IndexError, a 500 through Envoy)."""
+    from picker.prefix import PrefixMatch
+
+    counts = _MovingCounts()
+    candidates = [Worker(WorkerSpec(url=f"http://10.0.0.{i}:8000", id=f"w{i}"),
+                         counts=counts, column=i)  # type: ignore[arg-type]
+                  for i in range(1, 5)]
+    request = dataclasses.replace(req(), prefix=PrefixMatch(8, {"w1": 4}))
+    policy = create_policy(name)
+    for _ in range(20):
+        assert policy.pick(request, candidates) in candidates
