@@ -11,6 +11,7 @@ reader of `Worker` sees read-only properties.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from typing import Protocol, TypedDict
 
@@ -18,7 +19,7 @@ from picker.circuit import CircuitBreaker, CircuitSettings
 from picker.errors import UnknownWorker, WorkerConflict
 from picker.load_signals import EngineLoad
 from picker.response_stats import ResponseSample, ResponseStats
-from picker.speed import Observation, SpeedModel
+from picker.speed import Observation, PrefillBacklog, SpeedModel
 from picker.workers import ConnectionMode, WorkerSpec, WorkerType
 
 __all__ = ["RegistryListener", "RegistryStats", "Worker", "WorkerRegistry"]
@@ -31,7 +32,7 @@ class Worker:
 
     __slots__ = (
         "_spec", "id", "url", "_host_port", "_in_flight", "_healthy", "_draining", "_engine",
-        "_circuit", "_last_health_check", "_speed", "_response",
+        "_circuit", "_last_health_check", "_speed", "_response", "_backlog",
     )
 
     def __init__(self, spec: WorkerSpec, circuit: CircuitSettings | None = None) -> None:
@@ -47,6 +48,7 @@ class Worker:
         self._last_health_check: float | None = None
         self._speed = SpeedModel()
         self._response = ResponseStats()
+        self._backlog = PrefillBacklog()
 
     @property
     def spec(self) -> WorkerSpec:
@@ -78,6 +80,11 @@ class Worker:
     def speed(self) -> SpeedModel:
         """The engine's speed as learned from scrapes and finished requests (picker.speed)."""
         return self._speed
+
+    def prefill_ahead(self, now: float) -> float:
+        """Uncached prompt tokens the picker has sent here and believes not yet prefilled at
+        `now` (time.monotonic()): the queue a new request would wait behind (picker.speed)."""
+        return self._backlog.left(self._speed.prefill_tokens_per_sec, now)
 
     @property
     def circuit(self) -> CircuitBreaker:
@@ -221,6 +228,14 @@ class WorkerRegistry:
     def acquire(self, worker: Worker) -> None:
         with self._lock:
             worker._in_flight += 1
+
+    def sent_prefill(self, worker: Worker, tokens: float) -> None:
+        """A request was routed to `worker` with `tokens` of prompt it is believed not to hold
+        (`Worker.prefill_ahead`)."""
+        now = time.monotonic()
+        with self._lock:
+            worker._backlog = worker._backlog.plus(tokens, worker._speed.prefill_tokens_per_sec,
+                                                   now)
 
     def release(self, worker: Worker) -> None:
         with self._lock:

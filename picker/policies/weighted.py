@@ -6,7 +6,8 @@ scorers and picker). Example: `{scorers: {prefix: 3, queue: 2, in_flight: 1}}`.
 
 Without `scorers`, the default profile weighs every signal the picker has: the prefix (3) when
 the prefix index is enabled, and 1 each for the predicted time to first token (once engines'
-speeds are learned), free cache (smallest believed cache contents, with the prefix index),
+speeds are learned; for a prompt no engine holds, behind the prefill the picker has just sent
+each engine), free cache (smallest believed cache contents, with the prefix index),
 the engine's queue and the in-flight count. A scorer without data is neutral,
 so the profile degrades to load balancing on a fleet the picker knows nothing about.
 
