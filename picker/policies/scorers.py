@@ -17,7 +17,7 @@ from picker.request import RoutingRequest
 from picker.speed import predicted_ttft
 
 __all__ = ["DEFAULT_STALE_SECS", "SCORERS", "Scorer", "ScorerFn", "fresh_engine_value",
-           "request_ttft", "uncached_tokens"]
+           "request_ttft", "uncached_tokens", "with_room"]
 
 # Engine metrics older than this are unknown (LoadSettings.stale_after_secs's default).
 DEFAULT_STALE_SECS = 5.0
@@ -25,6 +25,12 @@ DEFAULT_STALE_SECS = 5.0
 _TIME_FLOOR_SECS = 0.005
 # Characters per token when neither the prefix index nor the engine's responses measured it.
 _FALLBACK_CHARS_PER_TOKEN = 4.0
+# Share of its cache an engine may be filled to by a new prompt (`with_room`). The rest is left
+# to the groups already there, which grow (each session turn appends its exchange): filled to
+# the brim, an engine evicts some other session's history as soon as that grows. Measured on the
+# heterogeneous bench (docs/benchmarks.md, issue 19): 234-238 of 240 follow-up turns stayed on
+# their engine filling to 100% (5 runs), 240 in each of 5 runs at 85%.
+_NEW_PROMPT_FILL = 0.85
 
 ScorerFn = Callable[[RoutingRequest, Sequence[Worker], float, float], list[float | None]]
 
@@ -97,6 +103,21 @@ def _held(request: RoutingRequest, candidates: Sequence[Worker]) -> bool:
     being a new group whose placement is free."""
     match = request.prefix
     return match is not None and any(match.rate(w.id) > 0 for w in candidates)
+
+
+def with_room(request: RoutingRequest, candidates: Sequence[Worker]) -> Sequence[Worker]:
+    """For a prompt no candidate holds, the candidates it fits in without filling their cache
+    past _NEW_PROMPT_FILL; all of them when it fits nowhere, when the capacities are unknown
+    (no approximate index), or when the prompt has a home.
+
+    Why: a new group placed on a full engine evicts the history of the sessions already there,
+    and their next turns then move to another engine and prefill it all again. Speed pulls new
+    groups to the fast engines, so without this rule those fill first and lose sessions; with
+    it, the speed scorers choose among the engines that have room."""
+    match = request.prefix
+    if match is None or _held(request, candidates):
+        return candidates
+    return [w for w in candidates if match.fits(w.id, _NEW_PROMPT_FILL)] or candidates
 
 
 def request_ttft(request: RoutingRequest, worker: Worker, now: float, stale_after: float,

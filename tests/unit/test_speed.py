@@ -215,3 +215,38 @@ def test_default_profile_sends_a_new_prompt_past_a_fast_engine_busy_prefilling()
     assert policy.pick(req(20), fleet).id == "w1"  # idle: the faster
     sent(fleet, 1, 4000.0)  # 0.2 s of prefill ahead on w1: 0.3 s there, 0.2 s on w0
     assert policy.pick(req(20), fleet).id == "w0"
+
+
+def room_req(matched: dict[str, int], held: dict[str, int],
+             capacity: dict[str, int]) -> RoutingRequest:
+    return RoutingRequest(model="m", api=Api.CHAT, prefix=PrefixMatch(
+        20, matched, held=held, tokens_per_block=100.0, capacity=capacity))
+
+
+@pytest.mark.parametrize(
+    ("matched", "held", "capacity", "expected"),
+    [
+        # a new prompt: the fast engine (w1) would be filled past 85%, the slow one has room
+        ({}, {"w0": 50, "w1": 70}, {"w0": 100, "w1": 100}, "w0"),
+        # room on both: speed decides
+        ({}, {"w0": 50, "w1": 60}, {"w0": 100, "w1": 100}, "w1"),
+        # room on neither: as without the rule
+        ({}, {"w0": 90, "w1": 90}, {"w0": 100, "w1": 100}, "w1"),
+        # capacities unknown (KV-event index): as without the rule
+        ({}, {"w0": 50, "w1": 70}, {}, "w1"),
+        # the full engine holds the prompt: it stays there
+        ({"w1": 19}, {"w0": 50, "w1": 90}, {"w0": 100, "w1": 100}, "w1"),
+    ],
+)
+def test_default_profile_places_a_new_prompt_where_it_fits(
+        matched: dict[str, int], held: dict[str, int], capacity: dict[str, int],
+        expected: str) -> None:
+    policy = create_policy("weighted", {"seed": 0})
+    fleet = fleet_with_speeds(10000.0, 20000.0)
+    assert policy.pick(room_req(matched, held, capacity), fleet).id == expected
+
+
+def test_a_profile_without_cache_space_ignores_room() -> None:
+    policy = create_policy("weighted", {"seed": 0, "scorers": {"prefix": 3.0, "ttft": 1.0}})
+    request = room_req({}, {"w0": 50, "w1": 70}, {"w0": 100, "w1": 100})
+    assert policy.pick(request, fleet_with_speeds(10000.0, 20000.0)).id == "w1"
