@@ -188,12 +188,14 @@ class Decision:
 
 class Choice(NamedTuple):
     """The router's answer: the worker, the policy that chose it, the winner's prefix match
-    (None without a prefix index), and the record when explain is enabled."""
+    (None without a prefix index), the record when explain is enabled, and the prompt tokens
+    the worker is believed not to hold (its prefill work, counted when the lease opens)."""
 
     worker: Worker
     policy: str
     match: float | None
     decision: Decision | None
+    uncached_tokens: float = 0.0
 
 
 def _exclusion(worker: Worker, allowed: Collection[str] | None) -> Exclusion:

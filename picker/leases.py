@@ -124,10 +124,13 @@ class LeaseBook:
 
     def open(self, choice: Choice, prefill: Worker | None = None) -> Lease:
         """Open a lease on an admission slot already taken; the worker's in-flight grows (and
-        the prefill worker's, for a pair)."""
+        the prefill worker's, for a pair), and so does its prefill backlog (a pair's decode
+        worker receives the prompt's KV and prefills nothing)."""
         self._workers.acquire(choice.worker)
         if prefill is not None:
             self._workers.acquire(prefill)
+        else:
+            self._workers.sent_prefill(choice.worker, choice.uncached_tokens)
         lease = Lease(choice, self, prefill)
         with self._lock:
             self._open[id(lease)] = lease

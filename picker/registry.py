@@ -15,6 +15,7 @@ registry still writes only this process's share.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from typing import Protocol, TypedDict
 
@@ -23,7 +24,7 @@ from picker.errors import UnknownWorker, WorkerConflict
 from picker.load_signals import EngineLoad
 from picker.processes.counts import SharedCounts
 from picker.response_stats import ResponseSample, ResponseStats
-from picker.speed import Observation, SpeedModel
+from picker.speed import Observation, PrefillBacklog, SpeedModel
 from picker.workers import ConnectionMode, WorkerSpec, WorkerType
 
 __all__ = ["RegistryListener", "RegistryStats", "Worker", "WorkerRegistry"]
@@ -36,7 +37,8 @@ class Worker:
 
     __slots__ = (
         "_spec", "id", "url", "_host_port", "_in_flight", "_healthy", "_draining", "_engine",
-        "_circuit", "_last_health_check", "_speed", "_response", "_counts", "_column",
+        "_circuit", "_last_health_check", "_speed", "_response", "_backlog", "_counts",
+        "_column",
     )
 
     def __init__(self, spec: WorkerSpec, circuit: CircuitSettings | None = None,
@@ -53,6 +55,7 @@ class Worker:
         self._last_health_check: float | None = None
         self._speed = SpeedModel()
         self._response = ResponseStats()
+        self._backlog = PrefillBacklog()
         self._counts = counts
         self._column = column
 
@@ -94,6 +97,11 @@ class Worker:
     def speed(self) -> SpeedModel:
         """The engine's speed as learned from scrapes and finished requests (picker.speed)."""
         return self._speed
+
+    def prefill_ahead(self, now: float) -> float:
+        """Uncached prompt tokens the picker has sent here and believes not yet prefilled at
+        `now` (time.monotonic()): the queue a new request would wait behind (picker.speed)."""
+        return self._backlog.left(self._speed.prefill_tokens_per_sec, now)
 
     @property
     def circuit(self) -> CircuitBreaker:
@@ -262,6 +270,14 @@ class WorkerRegistry:
             worker._in_flight += 1
             if worker._counts is not None:
                 worker._counts.set_own(worker._column, worker._in_flight)
+
+    def sent_prefill(self, worker: Worker, tokens: float) -> None:
+        """A request was routed to `worker` with `tokens` of prompt it is believed not to hold
+        (`Worker.prefill_ahead`)."""
+        now = time.monotonic()
+        with self._lock:
+            worker._backlog = worker._backlog.plus(tokens, worker._speed.prefill_tokens_per_sec,
+                                                   now)
 
     def release(self, worker: Worker) -> None:
         with self._lock:

@@ -20,6 +20,7 @@ from picker.errors import (
 )
 from picker.limits import LimitSettings
 from picker.policies import POLICIES, Policy, PolicyParams, create_policy, parse_params
+from picker.policies.scorers import uncached_tokens
 from picker.prefix.index import PromptBlocks
 from picker.prefix.producer import PrefixProducer
 from picker.registry import Worker, WorkerRegistry
@@ -94,7 +95,7 @@ class Router:
             self._metrics.prefix_hits.labels(worker.id).inc()
         decision = None if self._decisions is None else \
             self._record(request, policy, serving, candidates, allowed, worker, None)
-        return Choice(worker, policy.name, rate, decision)
+        return Choice(worker, policy.name, rate, decision, uncached_tokens(request, worker))
 
     def _pick(self, request: RoutingRequest, policy: Policy, serving: Sequence[Worker],
               allowed: Collection[str] | None) -> tuple[RoutingRequest, list[Worker], Worker]:

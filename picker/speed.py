@@ -18,6 +18,12 @@ Two sources, one model:
 
 Estimates are exponentially weighted, so an engine that slows down (thermal throttling, a
 noisy neighbour) is followed within a few observations.
+
+A `PrefillBacklog` is the prefill work the picker itself has just sent to an engine: the scraped
+waiting count is up to a scrape interval old while a burst of cold prefills lasts a few hundred
+milliseconds, so the picker counts the uncached prompt tokens of each request it sends there and
+lets them drain at the engine's learned prefill rate (the first token is not seen when Envoy
+does not pass response bodies, so the rate, not the response, ends the work).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from dataclasses import dataclass, replace
 
 from picker.load_signals import EngineCounter, EngineLoad
 
-__all__ = ["Observation", "SpeedModel", "predicted_ttft"]
+__all__ = ["Observation", "PrefillBacklog", "SpeedModel", "predicted_ttft"]
 
 # Weight of the newest observation in each moving average.
 _ALPHA = 0.2
@@ -110,11 +116,37 @@ class SpeedModel:
         return speed
 
 
-def predicted_ttft(speed: SpeedModel, uncached_tokens: float, waiting: float) -> float | None:
-    """Seconds until a request's first token on this engine: the `waiting` requests ahead
-    (each costing the engine's mean TTFT, which already holds their prefill) plus this
-    request's uncached prompt at the engine's prefill rate. None when the rate is unknown."""
+@dataclass(frozen=True, slots=True)
+class PrefillBacklog:
+    """Uncached prompt tokens sent to one engine and not yet prefilled, as a fluid queue
+    draining at the engine's prefill rate from `at` (time.monotonic()) on. Immutable: the
+    registry replaces a worker's on each request sent, as it does its `SpeedModel`."""
+
+    tokens: float = 0.0
+    at: float = 0.0
+
+    def left(self, rate: float | None, now: float) -> float:
+        """Tokens still ahead at `now`; 0 while the rate is unknown (nothing could use them)."""
+        if rate is None or rate <= 0:
+            return 0.0
+        return max(0.0, self.tokens - rate * (now - self.at))
+
+    def plus(self, tokens: float, rate: float | None, now: float) -> PrefillBacklog:
+        return PrefillBacklog(self.left(rate, now) + max(0.0, tokens), now)
+
+
+def predicted_ttft(speed: SpeedModel, uncached_tokens: float, waiting: float,
+                   ahead_tokens: float = 0.0) -> float | None:
+    """Seconds until a request's first token on this engine: the work queued ahead plus this
+    request's uncached prompt at the engine's prefill rate. None when the rate is unknown.
+
+    The queue ahead is the larger of two views of it: the `waiting` requests the engine last
+    reported (each costing its mean TTFT, which already holds their prefill), which sees every
+    client but is up to a scrape interval old, and `ahead_tokens`, the picker's own sent but
+    not yet prefilled tokens (`PrefillBacklog`), current but blind to other clients. Both count
+    the same requests when both see them, so they are not added."""
     rate = speed.prefill_tokens_per_sec
     if rate is None or rate <= 0:
         return None
-    return waiting * (speed.ttft_secs or 0.0) + max(0.0, uncached_tokens) / rate
+    ahead = max(waiting * (speed.ttft_secs or 0.0), ahead_tokens / rate)
+    return ahead + max(0.0, uncached_tokens) / rate

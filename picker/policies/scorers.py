@@ -17,7 +17,7 @@ from picker.request import RoutingRequest
 from picker.speed import predicted_ttft
 
 __all__ = ["DEFAULT_STALE_SECS", "SCORERS", "Scorer", "ScorerFn", "fresh_engine_value",
-           "request_ttft"]
+           "request_ttft", "uncached_tokens", "with_room"]
 
 # Engine metrics older than this are unknown (LoadSettings.stale_after_secs's default).
 DEFAULT_STALE_SECS = 5.0
@@ -25,6 +25,12 @@ DEFAULT_STALE_SECS = 5.0
 _TIME_FLOOR_SECS = 0.005
 # Characters per token when neither the prefix index nor the engine's responses measured it.
 _FALLBACK_CHARS_PER_TOKEN = 4.0
+# Share of its cache an engine may be filled to by a new prompt (`with_room`). The rest is left
+# to the groups already there, which grow (each session turn appends its exchange): filled to
+# the brim, an engine evicts some other session's history as soon as that grows. Measured on the
+# heterogeneous bench (docs/benchmarks.md, issue 19): 234-238 of 240 follow-up turns stayed on
+# their engine filling to 100% (5 runs), 240 in each of 5 runs at 85%.
+_NEW_PROMPT_FILL = 0.85
 
 ScorerFn = Callable[[RoutingRequest, Sequence[Worker], float, float], list[float | None]]
 
@@ -79,25 +85,63 @@ def _faster_is_better(values: list[float | None]) -> list[float | None]:
     return [None if v is None else best / (v + _TIME_FLOOR_SECS) for v in values]
 
 
-def request_ttft(request: RoutingRequest, worker: Worker, now: float,
-                 stale_after: float) -> float | None:
-    """Predicted seconds to this request's first token on `worker` (picker.speed), from the
-    prompt the worker is not believed to hold; None while the worker's speed is unknown."""
+def uncached_tokens(request: RoutingRequest, worker: Worker) -> float:
+    """Prompt tokens `worker` would prefill for this request: those past its prefix match, or
+    the whole prompt without a prefix index."""
     match = request.prefix
     if match is not None:
-        uncached = match.uncached_tokens(worker.id)
-    elif request.tokens is not None:
-        uncached = float(len(request.tokens))
-    else:
-        per_token = worker.speed.chars_per_token or _FALLBACK_CHARS_PER_TOKEN
-        uncached = len(request.prompt_text) / per_token
+        return match.uncached_tokens(worker.id)
+    if request.tokens is not None:
+        return float(len(request.tokens))
+    per_token = worker.speed.chars_per_token or _FALLBACK_CHARS_PER_TOKEN
+    return len(request.prompt_text) / per_token
+
+
+def _held(request: RoutingRequest, candidates: Sequence[Worker]) -> bool:
+    """Whether some candidate is believed to hold part of the prompt: the request has a home (a
+    session's next turn, a known system prompt) where its follow-ups must stay, rather than
+    being a new group whose placement is free."""
+    match = request.prefix
+    return match is not None and any(match.rate(w.id) > 0 for w in candidates)
+
+
+def with_room(request: RoutingRequest, candidates: Sequence[Worker]) -> Sequence[Worker]:
+    """For a prompt no candidate holds, the candidates it fits in without filling their cache
+    past _NEW_PROMPT_FILL; all of them when it fits nowhere, when the capacities are unknown
+    (no approximate index), or when the prompt has a home.
+
+    Why: a new group placed on a full engine evicts the history of the sessions already there,
+    and their next turns then move to another engine and prefill it all again. Speed pulls new
+    groups to the fast engines, so without this rule those fill first and lose sessions; with
+    it, the speed scorers choose among the engines that have room."""
+    match = request.prefix
+    if match is None or _held(request, candidates):
+        return candidates
+    return [w for w in candidates if match.fits(w.id, _NEW_PROMPT_FILL)] or candidates
+
+
+def request_ttft(request: RoutingRequest, worker: Worker, now: float, stale_after: float,
+                 behind_sent: bool = True) -> float | None:
+    """Predicted seconds to this request's first token on `worker` (picker.speed), from the
+    prompt the worker is not believed to hold, behind the prefill work the picker has sent there
+    unless `behind_sent` is False; None while the worker's speed is unknown. The SLO filter
+    (picker.policies.weighted) predicts with that work whoever holds the prompt: a deadline is
+    not to be missed for stickiness."""
     waiting = fresh_engine_value(worker, EngineSignal.WAITING, now, stale_after) or 0.0
-    return predicted_ttft(worker.speed, uncached, waiting)
+    return predicted_ttft(worker.speed, uncached_tokens(request, worker), waiting,
+                          worker.prefill_ahead(now) if behind_sent else 0.0)
 
 
 def _ttft(request: RoutingRequest, candidates: Sequence[Worker], now: float,
           stale_after: float) -> list[float | None]:
-    return _faster_is_better([request_ttft(request, w, now, stale_after) for w in candidates])
+    """Faster predicted first token scores higher. The prefill work just sent to an engine
+    counts only for a prompt no one holds: the engine a group's follow-ups should stay on is the
+    one busiest with that group's own first prefill, and scoring it down by that moves them off
+    their history (docs/benchmarks.md, issue 19, run 4: counted for every request, 233 of 240
+    follow-up turns stayed on their engine)."""
+    behind_sent = not _held(request, candidates)
+    return _faster_is_better([request_ttft(request, w, now, stale_after, behind_sent)
+                              for w in candidates])
 
 
 def _decode(_: RoutingRequest, candidates: Sequence[Worker], now: float,
@@ -115,7 +159,7 @@ def _cache_space(request: RoutingRequest, candidates: Sequence[Worker], now: flo
     sessions away from their history (SGLang, too, applies the rule only below its match
     threshold)."""
     match = request.prefix
-    if match is None or any(match.rate(w.id) > 0 for w in candidates):
+    if match is None or _held(request, candidates):
         return [None] * len(candidates)
     return _lower_is_better([float(match.held.get(w.id, 0)) for w in candidates])
 

@@ -6,9 +6,14 @@ scorers and picker). Example: `{scorers: {prefix: 3, queue: 2, in_flight: 1}}`.
 
 Without `scorers`, the default profile weighs every signal the picker has: the prefix (3) when
 the prefix index is enabled, and 1 each for the predicted time to first token (once engines'
-speeds are learned), free cache (smallest believed cache contents, with the prefix index),
+speeds are learned; for a prompt no engine holds, behind the prefill the picker has just sent
+each engine), free cache (smallest believed cache contents, with the prefix index),
 the engine's queue and the in-flight count. A scorer without data is neutral,
 so the profile degrades to load balancing on a fleet the picker knows nothing about.
+
+A profile weighing `cache_space` also places a prompt no engine holds only on the engines it
+fits in without filling their caches (`scorers.with_room`), when there are any: free cache is
+then a condition, not only a score the speed scorers can outweigh.
 
 A request may carry `x-slo-ttft-ms`: candidates predicted to miss it are left out unless all
 are (the scorers then choose among the rest; a worker of unknown speed is not predicted).
@@ -27,7 +32,7 @@ from pydantic import Field, field_validator
 from picker.errors import InvalidRequest
 from picker.load_signals import EngineSignal
 from picker.policies.base import PolicyDescriptor, StaleAfterParams
-from picker.policies.scorers import DEFAULT_STALE_SECS, SCORERS, request_ttft
+from picker.policies.scorers import DEFAULT_STALE_SECS, SCORERS, request_ttft, with_room
 from picker.registry import Worker
 from picker.request import RoutingRequest
 
@@ -75,10 +80,13 @@ class Weighted:
     def __init__(self, params: WeightedParams) -> None:
         self._scorers = [(name, SCORERS[name].score, weight)
                          for name, weight in params.profile().items() if weight]
+        self._spreads = bool(params.profile().get("cache_space"))
         self._stale = params.stale_after_secs or DEFAULT_STALE_SECS
         self._rng = _random.Random(params.seed)
 
     def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker:
+        if self._spreads:
+            candidates = with_room(request, candidates)
         slo = _slo_secs(request)
         if slo is not None:
             candidates = self._meeting(request, candidates, slo, time.monotonic())

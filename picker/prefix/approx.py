@@ -87,3 +87,7 @@ class ApproxPrefixIndex:
 
     def blocks_of(self, worker_id: str) -> int:
         return len(self._lru.get(worker_id, ()))
+
+    def capacity_of(self, worker_id: str) -> int:
+        """The most blocks the worker's LRU holds (its engine's cache, once calibrated)."""
+        return self._capacity_of.get(worker_id, self._capacity)

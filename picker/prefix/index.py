@@ -21,6 +21,9 @@ class PrefixMatch:
     held: Mapping[str, int] = field(default_factory=dict)
     # Estimated engine tokens per block, to turn unmatched blocks into prefill work.
     tokens_per_block: float = 0.0
+    # Blocks each candidate's cache is believed to hold at most (the approximate index's size
+    # for it); absent when unknown.
+    capacity: Mapping[str, int] = field(default_factory=dict)
 
     def blocks(self, worker_id: str) -> int:
         return self.matched.get(worker_id, 0)
@@ -28,6 +31,13 @@ class PrefixMatch:
     def rate(self, worker_id: str) -> float:
         """Fraction of the prompt's blocks cached on the worker, 0..1."""
         return self.matched.get(worker_id, 0) / self.total_blocks if self.total_blocks else 0.0
+
+    def fits(self, worker_id: str, fill: float) -> bool:
+        """Whether the whole prompt fits beside what the worker holds within `fill` (0..1) of
+        its capacity; False when the capacity is unknown."""
+        capacity = self.capacity.get(worker_id)
+        return capacity is not None and \
+            self.held.get(worker_id, 0) + self.total_blocks <= fill * capacity
 
     def uncached_tokens(self, worker_id: str) -> float:
         """Prompt tokens the worker would have to prefill (whole blocks only)."""

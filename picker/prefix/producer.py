@@ -116,8 +116,11 @@ class PrefixProducer:
             prompt = PromptBlocks(request.model, request.prompt_text, is_tokens=False)
         index = self._index_for(prompt)
         match = index.match(prompt, (w.id for w in candidates))
+        approx = self._approx
         match = replace(match, held={w.id: index.blocks_of(w.id) for w in candidates},
-                        tokens_per_block=self._tokens_per_block(prompt, match.total_blocks))
+                        tokens_per_block=self._tokens_per_block(prompt, match.total_blocks),
+                        capacity={} if index is not approx or approx is None else
+                        {w.id: approx.capacity_of(w.id) for w in candidates})
         prompt.predicted = match
         return replace(request, prefix=match), prompt
 

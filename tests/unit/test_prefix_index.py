@@ -120,3 +120,34 @@ def test_a_prompt_longer_than_the_lru_keeps_its_head() -> None:
     index.record_hashes(list(range(1, 10)), "w")  # 9 blocks into 4 places
     assert list(index._lru["w"]) == [4, 3, 2, 1]  # the head, leading block touched last
     assert set(index._holders.masks) == {1, 2, 3, 4}  # 10 and 11 evicted, 5-9 never kept
+
+
+@pytest.mark.parametrize(
+    ("held", "capacity", "fill", "fits"),
+    [
+        ({"w": 70}, {"w": 100}, 1.0, True),  # 70 + 20 blocks in 100
+        ({"w": 70}, {"w": 100}, 0.85, False),  # 90 past 85
+        ({}, {"w": 100}, 0.85, True),
+        ({"w": 0}, {}, 1.0, False),  # capacity unknown: no room known
+    ],
+)
+def test_fits(held: dict[str, int], capacity: dict[str, int], fill: float, fits: bool) -> None:
+    from picker.prefix import PrefixMatch
+
+    assert PrefixMatch(20, {}, held=held, capacity=capacity).fits("w", fill) is fits
+
+
+def test_the_producer_reports_the_approximate_index_capacity() -> None:
+    from picker.prefix.producer import PrefixProducer, PrefixSettings
+    from picker.request import Api, RoutingRequest
+    from picker.workers import WorkerSpec
+    from tests.live import Fleet
+
+    producer = PrefixProducer(PrefixSettings(enabled=True, block_size=16, capacity_blocks=300))
+    fleet = Fleet([WorkerSpec(url="a:1", id="w")])
+    request, prompt = producer.annotate(RoutingRequest(model="m", api=Api.CHAT,
+                                                       prompt_text="a" * 160), fleet)
+    assert request.prefix is not None and request.prefix.capacity == {"w": 300}
+    producer.record(prompt, fleet[0])
+    request, _ = producer.annotate(request, fleet)
+    assert request.prefix is not None and request.prefix.held == {"w": 10}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -13,6 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from picker.errors import PickerError, UnknownWorker, WorkerConflict
 from picker.registry import Worker, WorkerRegistry
+from picker.speed import Observation
 from picker.workers import ConnectionMode, WorkerSpec, WorkerType
 
 MODELS = ("a", "b", "c")
@@ -154,6 +156,29 @@ def test_stats_shape_and_numbers() -> None:
     stats = registry.stats()
     assert (stats["total_workers"], stats["total_models"], stats["total_load"]) == (3, 2, 2)
     assert stats["by_type"]["decode"] == 1
+
+
+@pytest.mark.parametrize(
+    ("rate", "sent", "ahead"),
+    [
+        (None, [500.0], 0.0),  # speed unknown: nothing could use it
+        (1000.0, [500.0], 500.0),
+        (1000.0, [500.0, 0.0, 300.0], 800.0),  # a fully cached request adds no work
+        (1000.0, [], 0.0),
+    ],
+)
+def test_sent_prefill_is_ahead_until_the_engine_had_time_for_it(
+        rate: float | None, sent: list[float], ahead: float) -> None:
+    registry = WorkerRegistry([spec(1)])
+    worker = registry.workers()[0]
+    if rate is not None:
+        registry.observe(worker, Observation(prompt_tokens=int(rate), cached_tokens=0,
+                                             ttft_secs=1.0))
+    for tokens in sent:
+        registry.sent_prefill(worker, tokens)
+    now = time.monotonic()
+    assert worker.prefill_ahead(now) == pytest.approx(ahead, abs=5.0)  # 1 token/ms drains
+    assert worker.prefill_ahead(now + 10.0) == 0.0
 
 
 class RegistryMachine(RuleBasedStateMachine):

@@ -103,6 +103,42 @@ def test_pick_takes_a_slot_and_release_counts_once() -> None:
     assert sample(r, 'llm_picker_decisions_total{policy="round_robin",worker="a"}') == 1
 
 
+@pytest.mark.parametrize(
+    ("prompt", "ahead"),
+    [
+        ("x" * 4000, 1000.0),  # no prefix index nor measured ratio: 4 characters per token
+        ("", 0.0),
+    ],
+)
+def test_a_lease_brings_its_uncached_prompt_to_the_prefill_backlog(prompt: str,
+                                                                    ahead: float) -> None:
+    from picker.speed import Observation
+
+    r = router(WorkerSpec(url="a:1", id="w"))
+    worker = r.registry.workers()[0]
+    r.registry.observe(worker, Observation(prompt_tokens=1000, cached_tokens=0, ttft_secs=1.0))
+    lease = r.route_sync(RoutingRequest(model="m", api=Api.CHAT, prompt_text=prompt))
+    assert lease.choice.uncached_tokens == ahead
+    assert worker.prefill_ahead(time.monotonic()) == pytest.approx(ahead, abs=5.0)
+    lease.release("completed")
+
+
+def test_a_pairs_decode_worker_has_no_prefill_to_do() -> None:
+    from picker.decisions import Choice
+    from picker.speed import Observation
+
+    r = router(*fleet(2))
+    decode, prefill = r.registry.workers()
+    for worker in (decode, prefill):
+        r.registry.observe(worker, Observation(prompt_tokens=1000, cached_tokens=0,
+                                               ttft_secs=1.0))
+    r.leases.admit_now()
+    lease = r.leases.open(Choice(decode, "round_robin", None, None, 800.0), prefill)
+    assert decode.prefill_ahead(time.monotonic()) == 0.0
+    assert (decode.in_flight, prefill.in_flight) == (1, 1)
+    lease.release("completed")
+
+
 def test_held_leases_add_up_and_release_to_zero() -> None:
     r = router(*fleet(3))
     leases = [r.route_sync(req()) for _ in range(9)]

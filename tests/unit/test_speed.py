@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from picker.errors import InvalidRequest
@@ -9,7 +11,7 @@ from picker.load_signals import EngineCounter, EngineLoad
 from picker.policies import create_policy
 from picker.prefix import PrefixMatch
 from picker.request import Api, RoutingRequest
-from picker.speed import Observation, SpeedModel, predicted_ttft
+from picker.speed import Observation, PrefillBacklog, SpeedModel, predicted_ttft
 from picker.workers import WorkerSpec
 from tests.live import Fleet
 
@@ -66,10 +68,38 @@ def test_a_restarted_engine_teaches_nothing() -> None:
     assert fleet[0].speed.decode_step_secs is None
 
 
-def test_predicted_ttft() -> None:
-    assert predicted_ttft(SpeedModel(), 100, 0) is None
+@pytest.mark.parametrize(
+    ("waiting", "ahead_tokens", "expected"),
+    [
+        (2, 0.0, 0.9),  # 2 waiting x 0.2 s + 500 tokens at 1000/s
+        (0, 300.0, 0.8),  # 300 tokens sent and not yet prefilled, then its own 500
+        (2, 300.0, 0.9),  # both views of the same queue: the larger, not the sum
+        (1, 1000.0, 1.5),
+    ],
+)
+def test_predicted_ttft(waiting: float, ahead_tokens: float, expected: float) -> None:
     speed = SpeedModel(prefill_tokens_per_sec=1000.0, ttft_secs=0.2)
-    assert predicted_ttft(speed, 500, 2) == pytest.approx(0.9)
+    assert predicted_ttft(speed, 500, waiting, ahead_tokens) == pytest.approx(expected)
+    assert predicted_ttft(SpeedModel(), 500, waiting, ahead_tokens) is None
+
+
+@pytest.mark.parametrize(
+    ("rate", "now", "left"),
+    [
+        (1000.0, 10.0, 2000.0),
+        (1000.0, 11.5, 500.0),  # drains at the prefill rate
+        (1000.0, 13.0, 0.0),  # and never below empty
+        (None, 10.0, 0.0),  # rate unknown: nothing could use it
+    ],
+)
+def test_prefill_backlog_drains(rate: float | None, now: float, left: float) -> None:
+    assert PrefillBacklog(2000.0, 10.0).left(rate, now) == pytest.approx(left)
+
+
+def test_prefill_backlog_adds_to_what_is_left() -> None:
+    backlog = PrefillBacklog(2000.0, 10.0).plus(300.0, 1000.0, 11.5)
+    assert backlog == PrefillBacklog(800.0, 11.5)
+    assert backlog.plus(-50.0, 1000.0, 11.5) == backlog  # no negative work
 
 
 def fleet_with_speeds(*rates: float | None) -> Fleet:
@@ -153,3 +183,70 @@ def test_cache_space_scores_only_prompts_no_one_holds(
                              prefix=PrefixMatch(20, matched, held={"w0": 100, "w1": 10}))
     scores = SCORERS["cache_space"].score(request, fleet_with_speeds(None, None), 0.0, 5.0)
     assert scores == [None if e is None else pytest.approx(e) for e in expected]
+
+
+def sent(fleet: Fleet, worker: int, tokens: float) -> None:
+    fleet.registry.sent_prefill(fleet[worker], tokens)
+
+
+@pytest.mark.parametrize(
+    ("matched", "expected"),
+    [
+        # a new prompt (2000 tokens): w0 has 2000 tokens of it ahead, so 4 s against 2 s
+        ({}, [0.5, 1.0]),
+        # w0 holds all but 100 tokens: 0.1 s there, the work ahead ignored, or this session's
+        # own first prefill would send its next turn away from its history
+        ({"w0": 19}, [1.0, 0.05]),
+    ],
+)
+def test_ttft_waits_behind_work_sent_only_for_a_prompt_without_a_home(
+        matched: dict[str, int], expected: list[float]) -> None:
+    from picker.policies.scorers import SCORERS
+
+    fleet = fleet_with_speeds(1000.0, 1000.0)
+    sent(fleet, 0, 2000.0)
+    scores = SCORERS["ttft"].score(req(20, **matched), fleet, time.monotonic(), 5.0)
+    assert scores == [pytest.approx(e, abs=0.01) for e in expected]
+
+
+def test_default_profile_sends_a_new_prompt_past_a_fast_engine_busy_prefilling() -> None:
+    fleet = fleet_with_speeds(10000.0, 20000.0)
+    policy = create_policy("weighted", {"seed": 0})
+    assert policy.pick(req(20), fleet).id == "w1"  # idle: the faster
+    sent(fleet, 1, 4000.0)  # 0.2 s of prefill ahead on w1: 0.3 s there, 0.2 s on w0
+    assert policy.pick(req(20), fleet).id == "w0"
+
+
+def room_req(matched: dict[str, int], held: dict[str, int],
+             capacity: dict[str, int]) -> RoutingRequest:
+    return RoutingRequest(model="m", api=Api.CHAT, prefix=PrefixMatch(
+        20, matched, held=held, tokens_per_block=100.0, capacity=capacity))
+
+
+@pytest.mark.parametrize(
+    ("matched", "held", "capacity", "expected"),
+    [
+        # a new prompt: the fast engine (w1) would be filled past 85%, the slow one has room
+        ({}, {"w0": 50, "w1": 70}, {"w0": 100, "w1": 100}, "w0"),
+        # room on both: speed decides
+        ({}, {"w0": 50, "w1": 60}, {"w0": 100, "w1": 100}, "w1"),
+        # room on neither: as without the rule
+        ({}, {"w0": 90, "w1": 90}, {"w0": 100, "w1": 100}, "w1"),
+        # capacities unknown (KV-event index): as without the rule
+        ({}, {"w0": 50, "w1": 70}, {}, "w1"),
+        # the full engine holds the prompt: it stays there
+        ({"w1": 19}, {"w0": 50, "w1": 90}, {"w0": 100, "w1": 100}, "w1"),
+    ],
+)
+def test_default_profile_places_a_new_prompt_where_it_fits(
+        matched: dict[str, int], held: dict[str, int], capacity: dict[str, int],
+        expected: str) -> None:
+    policy = create_policy("weighted", {"seed": 0})
+    fleet = fleet_with_speeds(10000.0, 20000.0)
+    assert policy.pick(room_req(matched, held, capacity), fleet).id == expected
+
+
+def test_a_profile_without_cache_space_ignores_room() -> None:
+    policy = create_policy("weighted", {"seed": 0, "scorers": {"prefix": 3.0, "ttft": 1.0}})
+    request = room_req({}, {"w0": 50, "w1": 70}, {"w0": 100, "w1": 100})
+    assert policy.pick(request, fleet_with_speeds(10000.0, 20000.0)).id == "w1"
