@@ -26,11 +26,13 @@ from picker_bench.stack import (
     cpu_seconds,
     free_port,
     free_port_run,
+    render_authz_config,
     render_envoy_config,
     start_envoy,
     start_picker,
     start_sglang_router,
     start_sim,
+    wait_listening,
     wait_picker_hosts,
 )
 
@@ -136,15 +138,24 @@ def _router(name: str, sims: list[SimSpec], workdir: Path,
                       "health": {"enabled": False},
                       "workers": [{"url": f"http://127.0.0.1:{s.port}", "id": s.worker_id,
                                    "models": [MODEL]} for s in sims]}
-            picker = start_picker(config, workdir, name="picker-long", processes=processes)
+            authz_port = free_port_run(processes) if name.startswith("authz") else None
+            picker = start_picker(config, workdir, name="picker-long", processes=processes,
+                                  authz_port=authz_port)
             stack.callback(picker.stop)
             envoy_admin = free_port()
-            envoy = start_envoy(render_envoy_config(
-                listen_port=listen, admin_port=envoy_admin, picker_port=picker_port,
-                replica_ports=range(picker_port + 1, picker_port + processes)),
-                workdir, name="envoy-long")
+            if authz_port is not None:
+                bootstrap = render_authz_config(
+                    listen_port=listen, admin_port=envoy_admin, picker_port=picker_port,
+                    authz_port=authz_port, processes=processes)
+            else:
+                bootstrap = render_envoy_config(
+                    listen_port=listen, admin_port=envoy_admin, picker_port=picker_port,
+                    replica_ports=range(picker_port + 1, picker_port + processes))
+            envoy = start_envoy(bootstrap, workdir, name="envoy-long")
             stack.callback(envoy.stop)
-            if processes > 1:
+            if authz_port is not None:
+                wait_listening([authz_port + i for i in range(processes)])
+            elif processes > 1:
                 wait_picker_hosts(f"http://127.0.0.1:{envoy_admin}", processes)
             yield listen, {"envoy": envoy, "picker": picker}
 
@@ -152,16 +163,17 @@ def _router(name: str, sims: list[SimSpec], workdir: Path,
 def run_long_context(sizes: list[int], levels: list[int], requests: int,
                      workdir: Path, picker_workers: int = 1) -> list[LongResult]:
     """Each router, each prompt size, each concurrency: `requests` after a 2x-concurrency
-    warm-up (which also fills both routers' prefix trees). `picker_workers`: the picker runs
-    `serve --workers N` (its rows are named pickerxN)."""
+    warm-up (which also fills the routers' prefix trees). The picker runs behind Envoy twice:
+    over ext_proc (BUFFERED, rows `picker`) and over ext_authz (`--mode authz`, rows `authz`).
+    `picker_workers`: it runs `serve --workers N` (rows pickerxN, authzxN)."""
     results = []
     with ExitStack() as stack:
         sims = [SimSpec(worker_id=f"e{i}", model=MODEL, args=["--profile", "instant"])
                 for i in range(ENGINES)]
         for spec in sims:
             stack.callback(start_sim(spec, workdir).stop)
-        picker = "picker" if picker_workers == 1 else f"pickerx{picker_workers}"
-        for name in (picker, "sglang"):
+        suffix = "" if picker_workers == 1 else f"x{picker_workers}"
+        for name in (f"picker{suffix}", f"authz{suffix}", "sglang"):
             with _router(name, sims, workdir, picker_workers) as (port, parts):
                 for chars in sizes:
                     for level in levels:
