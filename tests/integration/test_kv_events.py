@@ -4,6 +4,7 @@ one the simulator uses), raw sockets for malformed traffic, and a simulated engi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -91,7 +92,13 @@ async def test_stored_removed_and_cleared_are_applied(ports: tuple[int, int],
     sub = await subscribe(spec(*ports))
     try:
         stored(pub, 1, 2)  # may be published before the SUB joins: replay recovers it
-        stored(pub, 1, 2, 3, start=2)
+        # So may this one, on a loaded machine (then nothing arrives to show a gap): it is
+        # published again, a fresh sequence number each time, until it is seen.
+        for _ in range(10):
+            stored(pub, 1, 2, 3, start=2)
+            with contextlib.suppress(AssertionError):
+                await eventually(lambda: sub.held(1, 2, 3) == 3, timeout=0.5)
+                break
         await eventually(lambda: sub.held(1, 2, 3) == 3)
         pub.publish([pub.wire.removed_event([h(1, 2)])])
         await eventually(lambda: sub.held(1, 2, 3) == 1)
@@ -99,7 +106,7 @@ async def test_stored_removed_and_cleared_are_applied(ports: tuple[int, int],
         await eventually(lambda: sub.index.blocks_of("w") == 0)
         counted = sub.metrics.get_sample_value("llm_picker_kv_events_total",
                                                {"worker": "w", "event": "stored"})
-        assert counted == 2
+        assert counted is not None and counted >= 2  # more if the second was published again
     finally:
         await sub.hub.stop()
         pub.close()
