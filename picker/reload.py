@@ -35,7 +35,10 @@ class ConfigReloader:
         self._path = path
         self._owner = str(path.resolve())  # what the admin API's refusals name
         self._overrides = overrides
-        self._current = current
+        self._workers = current.workers  # claimed at start()
+        # What the running picker uses: a reload compares against it, not the previous file,
+        # so a setting changed twice (or changed and reverted) is reported truthfully.
+        self._running = current.model_dump(exclude={"workers"})
         self._manager = manager
         self._poll_secs = poll_secs
         self._drain_timeout = drain_timeout_secs
@@ -45,7 +48,7 @@ class ConfigReloader:
 
     async def start(self) -> None:
         """Claim the file's workers (already registered at start-up), then follow the file."""
-        await self._manager.declare(self._owner, self._current.workers, self._drain_timeout)
+        await self._manager.declare(self._owner, self._workers, self._drain_timeout)
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._wake.set)
         self._task = asyncio.create_task(self._follow())
 
@@ -80,11 +83,10 @@ class ConfigReloader:
             self._metrics.config_reloads.labels("rejected").inc()
             log.error("configuration reload rejected, previous configuration kept: %s", exc)
             return
-        if new.model_dump(exclude={"workers"}) != self._current.model_dump(exclude={"workers"}):
-            log.warning("settings other than workers changed in %s; they apply on restart",
-                        self._path)
+        if new.model_dump(exclude={"workers"}) != self._running:
+            log.warning("settings other than workers in %s differ from the running ones; "
+                        "they apply on restart", self._path)
         await self._manager.declare(self._owner, new.workers, self._drain_timeout)
-        self._current = new
         # Counted once the workers are applied, so a watcher of the metric sees the new fleet.
         self._metrics.config_reloads.labels("applied").inc()
         log.warning("configuration reloaded from %s: %d workers from the file",

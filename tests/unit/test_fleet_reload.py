@@ -150,3 +150,20 @@ async def test_the_file_owns_its_workers_and_the_api_its_own(picker: Picker) -> 
     picker.write([])
     await picker.reloader.reload()
     assert picker.ids() == ["b"]
+
+
+async def test_settings_are_compared_with_the_running_ones(
+        picker: Picker, caplog: pytest.LogCaptureFixture) -> None:
+    """A changed policy was reported once, then a second reload compared against the edited
+    file and said nothing, though the running policy still differed."""
+    workers = [{"url": "http://127.0.0.1:1", "id": "a", "models": ["m"]}]
+
+    async def reload(**settings: object) -> bool:
+        picker.path.write_text(yaml.safe_dump({"workers": workers, **settings}))
+        caplog.clear()
+        await picker.reloader.reload()
+        return "apply on restart" in caplog.text
+
+    assert await reload(policy="least_load")
+    assert await reload(policy="least_load")  # still not what runs
+    assert not await reload()  # back to what runs
