@@ -156,7 +156,10 @@ class WorkerRegistry:
         self._by_type: dict[WorkerType, tuple[Worker, ...]] = {}
         self._by_mode: dict[ConnectionMode, tuple[Worker, ...]] = {}
         self._counts: SharedCounts | None = None
-        self._version = 0  # bumped by every change but in-flight and outcomes (mirroring)
+        # Bumped by changes a mirror must follow (picker.processes.mirror): the fleet's
+        # (membership, spec, health, draining) at once, engine scrapes on a slower beat.
+        self._version = 0
+        self._load_version = 0
         for spec in specs:
             self.add(spec)
 
@@ -175,9 +178,13 @@ class WorkerRegistry:
 
     @property
     def version(self) -> int:
-        """Grows with every change of membership, spec, health, draining or engine load: what
-        a mirror of this registry must follow."""
+        """Grows with every change of membership, spec, health or draining."""
         return self._version
+
+    @property
+    def load_version(self) -> int:
+        """Grows with every engine scrape."""
+        return self._load_version
 
     def add(self, spec: WorkerSpec, column: int | None = None) -> Worker:
         """Register a worker. With shared counts, `column` is the worker's column as the
@@ -302,7 +309,7 @@ class WorkerRegistry:
             if load is not None:
                 worker._speed = worker._speed.scraped(worker._engine, load)
             worker._engine = load
-            self._version += 1
+            self._load_version += 1
 
     def observe(self, worker: Worker, observation: Observation) -> None:
         """A finished request's timing and usage, as a proxy saw it: the one entry point every

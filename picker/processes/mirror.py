@@ -6,7 +6,7 @@ in-flight column, health, draining, latest engine scrape - when the follower con
 whenever the registry's version moved, checked every `period_secs`; `StateFollower` applies
 each snapshot through the follower's own registry methods, so its routers, prefix index and
 KV-event subscribers follow as they would in the primary. A follower is `synced` (and ready)
-once it applied the first snapshot.
+once it applied the first snapshot. Engine scrapes alone are sent at most every 0.5 s.
 
 A snapshot is one JSON line over a Unix socket in the group's directory: fleets are small
 (hundreds of workers, a few hundred bytes each), changes are rare, and a whole snapshot needs
@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from picker.errors import PickerError
 from picker.load_signals import EngineLoad
 from picker.registry import Worker, WorkerRegistry
 from picker.workers import WorkerSpec
@@ -33,6 +35,9 @@ __all__ = ["StateFollower", "StatePublisher"]
 log = logging.getLogger("llm_picker.processes")
 
 _PERIOD_SECS = 0.01
+# Engine scrapes alone (each worker's, once a second by default) are sent at most this often:
+# a snapshot of a large fleet costs milliseconds to encode and to apply.
+_LOAD_PERIOD_SECS = 0.5
 # A follower whose socket holds this much unsent is not reading: it is dropped and reconnects.
 _MAX_BUFFER_BYTES = 64 * 1024 * 1024
 _LINE_LIMIT = 256 * 1024 * 1024
@@ -45,6 +50,12 @@ class WorkerState(msgspec.Struct, frozen=True):
     healthy: bool
     draining: bool
     engine: EngineLoad | None
+    # The spec's dump leaves the write-only key out; followers must send it to the engine.
+    # (The socket lives in the group's own directory, which only this user can read.)
+    api_key: str | None = None
+
+    def worker_spec(self) -> WorkerSpec:
+        return WorkerSpec.model_validate({**self.spec, "api_key": self.api_key})
 
 
 _encoder = msgspec.json.Encoder()
@@ -53,7 +64,9 @@ _decoder = msgspec.json.Decoder(list[WorkerState])
 
 def _snapshot(registry: WorkerRegistry) -> bytes:
     states = [WorkerState(w.spec.model_dump(mode="json"), w.column, w.healthy, w.draining,
-                          w.engine) for w in registry.workers()]
+                          w.engine, None if w.spec.api_key is None
+                          else w.spec.api_key.get_secret_value())
+              for w in registry.workers()]
     return _encoder.encode(states) + b"\n"
 
 
@@ -90,13 +103,19 @@ class StatePublisher:
         writer.close()
 
     async def _publish_forever(self) -> None:
-        sent = self._registry.version
+        registry = self._registry
+        sent, loads_sent = registry.version, registry.load_version
+        loads_due = 0.0
         while True:
             await asyncio.sleep(self._period)
-            version = self._registry.version
-            if version == sent:
+            now = time.monotonic()
+            fleet_moved = registry.version != sent
+            loads_moved = registry.load_version != loads_sent and now >= loads_due
+            if not (fleet_moved or loads_moved):
                 continue
-            sent = version  # followers connecting later get a snapshot of their own
+            # Followers connecting later get a snapshot of their own.
+            sent, loads_sent = registry.version, registry.load_version
+            loads_due = now + _LOAD_PERIOD_SECS
             line = _snapshot(self._registry)
             for writer in list(self._followers):
                 if writer.transport.get_write_buffer_size() > _MAX_BUFFER_BYTES:
@@ -114,7 +133,8 @@ class StateFollower:
     def __init__(self, registry: WorkerRegistry, path: Path) -> None:
         self._registry = registry
         self._path = path
-        self._specs: dict[str, dict[str, Any]] = {}  # url -> the spec last applied, as sent
+        # url -> the spec (and key) last applied, as sent
+        self._specs: dict[str, tuple[dict[str, Any], str | None]] = {}
         self._synced = False
         self._task: asyncio.Task[None] | None = None
 
@@ -143,8 +163,14 @@ class StateFollower:
                 continue
             try:
                 while line := await reader.readline():
-                    self.apply(_decoder.decode(line))
-            except (ConnectionError, msgspec.DecodeError) as exc:
+                    try:
+                        self.apply(_decoder.decode(line))
+                    except (ValueError, PickerError) as exc:  # msgspec and pydantic errors too
+                        # One snapshot this process cannot apply must not freeze its fleet:
+                        # the next one (at the next change) is tried in full.
+                        log.error("a registry snapshot from the primary process could not be "
+                                  "applied: %s", exc)
+            except ConnectionError as exc:
                 log.error("registry feed from the primary process broke: %s", exc)
             finally:
                 writer.close()
@@ -159,18 +185,22 @@ class StateFollower:
         wanted = {state.spec["url"]: state for state in states}
         for worker in registry.workers():
             state = wanted.get(worker.url)
-            if state is None or state.column != worker.column:
+            # Another column or id, or a drained worker no longer draining: the primary
+            # removed it and registered one anew at that url, maybe between two snapshots.
+            if state is None or state.column != worker.column \
+                    or worker.id != (state.spec.get("id") or worker.url) \
+                    or (worker.draining and not state.draining):
                 registry.remove(worker.url)
                 self._specs.pop(worker.url, None)
         for url, state in wanted.items():
             known = registry.get_by_url(url)
             if known is None:
-                worker = registry.add(WorkerSpec.model_validate(state.spec), state.column)
+                worker = registry.add(state.worker_spec(), state.column)
             else:
                 worker = known
-                if self._specs.get(url) != state.spec:
-                    registry.replace_spec(worker, WorkerSpec.model_validate(state.spec))
-            self._specs[url] = state.spec
+                if self._specs.get(url) != (state.spec, state.api_key):
+                    registry.replace_spec(worker, state.worker_spec())
+            self._specs[url] = (state.spec, state.api_key)
             self._apply_live(worker, state)
         self._synced = True
 

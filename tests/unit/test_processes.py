@@ -117,7 +117,7 @@ async def test_follower_mirrors_the_primarys_fleet(tmp_path: Path) -> None:
         copy = follower.get("a")
         assert copy is not None and copy.spec == a.spec and copy.column == a.column
 
-        b = primary.add(WorkerSpec(url="http://127.0.0.1:8002", id="b"))
+        b = primary.add(WorkerSpec(url="http://127.0.0.1:8002", id="b", api_key="sk-b"))
         primary.set_healthy(a, False)
         load = EngineLoad(scraped_at=12.5, waiting=3.0,
                           counters={EngineCounter.PROMPT_TOKENS: 100.0})
@@ -126,6 +126,9 @@ async def test_follower_mirrors_the_primarys_fleet(tmp_path: Path) -> None:
                      and not follower.get("a").healthy, "b added, a unhealthy")  # type: ignore[union-attr]
         copy_b = follower.get("b")
         assert copy_b is not None and copy_b.engine == load and copy_b.column == b.column
+        # The write-only key travels too: followers send it to the engine (it was lost).
+        assert copy_b.spec.api_key is not None
+        assert copy_b.spec.api_key.get_secret_value() == "sk-b"
         primary.replace_spec(a, a.spec.model_copy(update={"models": ["m", "n"]}))
         await _until(lambda: follower.models() == {"m", "n"}, "the new spec")
 
@@ -151,8 +154,8 @@ async def test_a_worker_re_added_under_a_new_column_is_replaced(tmp_path: Path) 
     primary.share_in_flight(counts[0])
     spec = WorkerSpec(url="http://127.0.0.1:8001", id="a")
 
-    def state(column: int) -> WorkerState:
-        return WorkerState(spec.model_dump(mode="json"), column, True, False, None)
+    def state(column: int, draining: bool = False) -> WorkerState:
+        return WorkerState(spec.model_dump(mode="json"), column, True, draining, None)
 
     mirror.apply([state(0)])
     old = follower.get("a")
@@ -161,6 +164,13 @@ async def test_a_worker_re_added_under_a_new_column_is_replaced(tmp_path: Path) 
     new = follower.get("a")
     assert new is not None and new is not old and new.column == 3
     assert new.in_flight == 0 and counts[0].total(0) == 1  # the old request still counted
+    # Drained, then registered anew at the same url and column between two snapshots: the
+    # follower must not keep routing around a worker it thinks is draining.
+    mirror.apply([state(3, draining=True)])
+    drained = follower.get("a")
+    mirror.apply([state(3)])
+    again = follower.get("a")
+    assert again is not None and again is not drained and not again.draining
 
 
 _COUNT = """
