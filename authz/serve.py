@@ -73,7 +73,9 @@ async def serve_authz(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await runtime.start()
+    if not await runtime.start_unless(stop):
+        sock.close()
+        return
     http_server = None
     sweeper = asyncio.create_task(_sweep(checker))
     try:

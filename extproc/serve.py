@@ -41,7 +41,8 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await runtime.start()
+    if not await runtime.start_unless(stop):
+        return
     try:
         await health.start()
         await grpc_server.start()

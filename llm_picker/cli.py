@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,9 @@ def _serve(ns: argparse.Namespace) -> int:
         "log.level": ns.log_level,
     }
     path = _config_path(ns)
+    if ns.workers > 1:
+        # A hangup (a config reload) must not kill the supervisor while it is starting.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         config = load_config(path, env=os.environ, overrides=overrides)
         group = ProcessGroup.from_env()
@@ -85,23 +89,33 @@ def _serve(ns: argparse.Namespace) -> int:
 
 
 def _check_group(config: PickerConfig, ns: argparse.Namespace) -> None:
-    """What `--workers N` cannot do, refused before any process starts."""
-    if not config.extproc.port or (ns.mode == "authz" and not ns.authz_port):
+    """What `--workers N` cannot do, refused before any process starts (and by envoy-config,
+    which must describe the same processes)."""
+    count, extproc = ns.workers, config.extproc.port
+    authz = ns.mode == "authz"
+    if not extproc or (authz and not ns.authz_port):
         raise ConfigError("extproc.port", "--workers gives process i the port extproc.port + "
                           "i (and --authz-port + i): set ports, not 0")
-    count, extproc = ns.workers, config.extproc.port
-    taken = {port: "extproc.port" for port in range(extproc, extproc + count)}
-    if ns.mode == "authz":
-        for port in range(ns.authz_port, ns.authz_port + count):
+    ranges = [("extproc.port", extproc)] + ([("--authz-port", ns.authz_port)] if authz else [])
+    taken: dict[int, str] = {}
+    for key, first in ranges:
+        last = first + count - 1
+        if last > 65535:
+            raise ConfigError(key, f"{first}-{last} with --workers {count} runs past port 65535")
+        for port in range(first, last + 1):
             if port in taken:
-                raise ConfigError("--authz-port", f"{ns.authz_port}-{ns.authz_port + count - 1}"
-                                  f" overlaps ext_proc's {extproc}-{extproc + count - 1} with "
-                                  f"--workers {count}: move one of them")
+                raise ConfigError(key, f"{first}-{last} overlaps {taken[port]}'s ports with "
+                                  f"--workers {count} (process i listens on port + i): move "
+                                  "one of them")
+            taken[port] = key
     admin = config.admin.port
     if config.admin.enabled is not False and admin in taken:
-        raise ConfigError("admin.port", f"{admin} is in ext_proc's {extproc}-"
-                          f"{extproc + count - 1} with --workers {count} (process i listens on "
-                          "extproc.port + i): move admin.port or extproc.port")
+        raise ConfigError("admin.port", f"{admin} is one of {taken[admin]}'s ports with "
+                          f"--workers {count} (process i listens on port + i): move admin.port "
+                          f"or {taken[admin]}")
+    if config.replicas is not None:
+        raise ConfigError("replicas", "with --workers the processes share picks among "
+                          "themselves: run replicas with one process each")
 
 
 def _envoy_config(ns: argparse.Namespace) -> int:
@@ -110,6 +124,8 @@ def _envoy_config(ns: argparse.Namespace) -> int:
 
     try:
         config = load_config(_config_path(ns), env=os.environ)
+        if ns.workers > 1:
+            _check_group(config, ns)
         print(render_bootstrap(config, listen=ns.listen, admin=ns.admin, body_mode=ns.body_mode,
                                tls_dir=ns.tls_dir, processes=ns.workers,
                                authz_port=ns.authz_port if ns.mode == "authz" else None),

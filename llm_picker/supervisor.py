@@ -57,6 +57,7 @@ def run_group(config: PickerConfig, count: int, serve_argv: Sequence[str],
     if config.admin.enabled is not False:
         check_free(config.admin.host, config.admin.port, "the admin API")
     directory = Path(tempfile.mkdtemp(prefix="llm-picker-"))
+    group = _Group()  # signals are handled from here on, before any child exists
     try:
         SharedCounts.create(directory / "in_flight", count)
         (directory / "metrics").mkdir()
@@ -66,59 +67,74 @@ def run_group(config: PickerConfig, count: int, serve_argv: Sequence[str],
         if env.get("PYTHONHASHSEED", "random") == "random":
             # Block hashes are Python's salted string hash: every process must agree.
             env["PYTHONHASHSEED"] = str(secrets.randbelow(2**32))
-        children = []
+        supervisor = os.getpid()
         for index in range(count):
-            group = ProcessGroup(index, count, directory, ports)
-            children.append(subprocess.Popen(
+            if group.stopping:
+                break
+            place = ProcessGroup(index, count, directory, ports)
+            group.children.append(subprocess.Popen(
                 [sys.executable, "-m", "llm_picker", *serve_argv],
-                env={**env, GROUP_ENV: group.to_env()}, preexec_fn=_die_with_parent))
+                env={**env, GROUP_ENV: place.to_env()},
+                preexec_fn=lambda: _child_setup(supervisor)))
         log.info("llm-picker: %d processes, ext_proc on %s:%d-%d, admin API in process 0",
                  count, host, base, base + count - 1)
-        return _supervise(children, config.limits.shutdown_grace_secs + _STOP_MARGIN_SECS)
+        return group.supervise(config.limits.shutdown_grace_secs + _STOP_MARGIN_SECS)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _supervise(children: list[subprocess.Popen[bytes]], stop_secs: float) -> int:
-    stopping = False
+class _Group:
+    """The children and what the supervisor's signals do to them."""
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        for child in children:
+    def __init__(self) -> None:
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.stopping = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._forward)
+        signal.signal(signal.SIGHUP, self._reload)
+
+    def _forward(self, signum: int, _frame: FrameType | None) -> None:
+        self.stopping = True
+        for child in self.children:
             if child.poll() is None:
                 child.send_signal(signum)
 
-    def reload(signum: int, _frame: FrameType | None) -> None:
-        if children[0].poll() is None:
-            children[0].send_signal(signum)  # process 0 follows the config file
+    def _reload(self, signum: int, _frame: FrameType | None) -> None:
+        if self.children and self.children[0].poll() is None:
+            self.children[0].send_signal(signum)  # process 0 follows the config file
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, forward)
-    signal.signal(signal.SIGHUP, reload)
-    while not stopping and all(child.poll() is None for child in children):
-        time.sleep(_POLL_SECS)
-    crashed = not stopping
-    if crashed:
-        for index, child in enumerate(children):
-            if child.returncode is not None:
-                print(f"llm-picker: process {index} exited with code {child.returncode}; "
-                      "stopping the others", file=sys.stderr)
-        forward(signal.SIGTERM, None)
-    deadline = time.monotonic() + stop_secs
-    for child in children:
-        try:
-            child.wait(max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-    return 1 if crashed or any(child.returncode for child in children) else 0
+    def supervise(self, stop_secs: float) -> int:
+        """Until signalled or a child exits on its own; then stop them all (SIGKILL after
+        `stop_secs`). Non-zero if a child failed or exited unasked."""
+        children = self.children
+        while not self.stopping and all(child.poll() is None for child in children):
+            time.sleep(_POLL_SECS)
+        crashed = not self.stopping
+        if crashed:
+            for index, child in enumerate(children):
+                if child.returncode is not None:
+                    print(f"llm-picker: process {index} exited with code {child.returncode}; "
+                          "stopping the others", file=sys.stderr)
+            self._forward(signal.SIGTERM, None)
+        deadline = time.monotonic() + stop_secs
+        for child in children:
+            try:
+                child.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        return 1 if crashed or any(child.returncode for child in children) else 0
 
 
-def _die_with_parent() -> None:
+def _child_setup(supervisor: int) -> None:
     """In the child before exec: SIGTERM it when the supervisor dies, even by SIGKILL, so no
-    process of the group outlives it (Linux prctl PR_SET_PDEATHSIG)."""
+    process of the group outlives it (Linux prctl PR_SET_PDEATHSIG; if the supervisor died
+    just before, exit now). SIGHUP is ignored until process 0's config reload takes it
+    (followers keep ignoring it): a hangup must not kill a process of the group."""
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:
+        os._exit(1)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def _free_loopback_ports(count: int) -> tuple[int, ...]:

@@ -381,6 +381,10 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _merged(current: Any, value: Any) -> Any:
-    if isinstance(current, dict) and isinstance(value, dict):
+    """`value` over `current`, mappings merged key by key; a mapping naming another `name`
+    (`policy: {name: random}` over the file's prefix_cache) replaces the section: the old
+    one's params belong to the old name."""
+    if isinstance(current, dict) and isinstance(value, dict) \
+            and current.get("name", value.get("name")) == value.get("name", current.get("name")):
         return {**current, **{k: _merged(current.get(k), v) for k, v in value.items()}}
     return value

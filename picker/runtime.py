@@ -396,6 +396,20 @@ class PickerRuntime:
         log.info("llm-picker runtime started (%s): policy %s, %d workers", self._host.value,
                  config.policy.name, len(self.registry.workers()))
 
+    async def start_unless(self, stop: asyncio.Event) -> bool:
+        """`start()`, given up if `stop` is set first (SIGTERM while a follower still waits for
+        process 0's fleet): False then, with nothing left running."""
+        starting = asyncio.ensure_future(self.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait({starting, stopping},
+                                     return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if starting in done:
+            starting.result()  # what start() raised, if it did
+            return True
+        await _cancel(starting)
+        return False
+
     async def _start_fleet_services(self, running: contextlib.AsyncExitStack) -> None:
         """What changes the fleet: health checks, engine scraping, the worker manager, config
         reload and, in a multi-process picker, the feed mirroring it all to the others."""

@@ -225,9 +225,16 @@ def _alive(pid: int) -> bool:
     ([], {"extproc": {"port": 0}}, "extproc.port: --workers gives process i"),
     # The defaults (9002, 9003) with --workers 2: process 1 would take the admin port.
     ([], {"extproc": {"port": 9002}, "admin": {"port": 9003}},
-     "admin.port: 9003 is in ext_proc's 9002-9003 with --workers 2"),
+     "admin.port: 9003 is one of extproc.port's ports with --workers 2"),
     (["--mode", "authz", "--authz-port", "9003"], {"extproc": {"port": 9002}},
-     "--authz-port: 9003-9004 overlaps ext_proc's 9002-9003"),
+     "--authz-port: 9003-9004 overlaps extproc.port's ports"),
+    (["--mode", "authz", "--authz-port", "9114"], {"extproc": {"port": 9002},
+                                                  "admin": {"port": 9115}},
+     "admin.port: 9115 is one of --authz-port's ports"),
+    ([], {"extproc": {"port": 65535}}, "extproc.port: 65535-65536 with --workers 2 runs past"),
+    ([], {"extproc": {"port": 9002}, "prefix": {"enabled": True},
+          "replicas": {"listen": "127.0.0.1:9300", "peers": ["127.0.0.1:9300"]}},
+     "replicas: with --workers the processes share picks"),
 ])
 def test_what_workers_cannot_do_is_a_config_error(
         tmp_path: Path, extra: list[str], config: dict[str, object], message: str) -> None:

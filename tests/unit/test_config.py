@@ -305,3 +305,14 @@ def test_a_section_given_as_a_mapping_merges_into_the_files(tmp_path: Path) -> N
     path.write_text("prefix: {block_size: 64, enabled: false}\npolicy: prefix_cache\n")
     config = load_config(path, overrides={"prefix": {"enabled": True}})
     assert config.prefix.enabled and config.prefix.block_size == 64
+
+
+def test_a_mapping_naming_another_policy_replaces_it(tmp_path: Path) -> None:
+    """Merging kept the file's prefix_cache params under the new policy's name."""
+    path = tmp_path / "picker.yaml"
+    path.write_text("prefix: {enabled: true}\n"
+                    "policy: {name: prefix_cache, params: {imbalance_abs_count: 8}}\n")
+    assert load_config(path, env={"LLM_PICKER_POLICY": "{name: random}"}).policy.name == \
+        "random"
+    same = load_config(path, overrides={"policy": {"params": {"std_dev_factor": 2.0}}})
+    assert same.policy.params == {"imbalance_abs_count": 8, "std_dev_factor": 2.0}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from picker.config import GROUP_ENV
+from picker.config import GROUP_ENV, load_config
 from picker.errors import ConfigError
 from picker.limits import LimitSettings
 from picker.load_signals import EngineCounter, EngineLoad
@@ -19,6 +19,7 @@ from picker.processes.counts import SharedCounts
 from picker.processes.group import ProcessGroup
 from picker.processes.mirror import StateFollower, StatePublisher, WorkerState
 from picker.registry import WorkerRegistry
+from picker.runtime import PickerRuntime
 from picker.workers import WorkerSpec
 
 
@@ -198,3 +199,17 @@ def test_one_metrics_endpoint_sums_every_process(tmp_path: Path) -> None:
                               env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["5.0", "True"]
+
+
+async def test_a_follower_waiting_for_the_fleet_stops_when_asked(tmp_path: Path) -> None:
+    """A follower waits (up to a minute) for process 0's first snapshot before serving; a
+    SIGTERM meanwhile (process 0 failed at start-up) used to wait that minute out."""
+    SharedCounts.create(tmp_path / "in_flight", 2)
+    (tmp_path / "metrics").mkdir()
+    follower = PickerRuntime(load_config(), group=ProcessGroup(1, 2, tmp_path, (1, 2)))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.2, stop.set)
+    started = asyncio.get_running_loop().time()
+    assert not await follower.start_unless(stop)
+    assert asyncio.get_running_loop().time() - started < 2
+    assert not follower.discovery_synced
