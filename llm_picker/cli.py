@@ -30,6 +30,9 @@ def _config_path(ns: argparse.Namespace) -> str | None:
 
 
 def _serve(ns: argparse.Namespace) -> int:
+    if ns.workers > 1:
+        # A hangup (a config reload) must not kill the supervisor while it is starting.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from picker.config import load_config
     from picker.processes.group import ProcessGroup
 
@@ -40,9 +43,6 @@ def _serve(ns: argparse.Namespace) -> int:
         "log.level": ns.log_level,
     }
     path = _config_path(ns)
-    if ns.workers > 1:
-        # A hangup (a config reload) must not kill the supervisor while it is starting.
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         config = load_config(path, env=os.environ, overrides=overrides)
         group = ProcessGroup.from_env()
