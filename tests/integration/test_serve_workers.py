@@ -20,6 +20,7 @@ import httpx
 import pytest
 import yaml
 
+from extproc.bootstrap import ENVOY_DIR
 from picker_bench.stack import Fleet, SimSpec, free_port, free_port_run, local_fleet, start_sim
 from tests.integration.conftest import (
     FAST_HEALTH,
@@ -147,6 +148,25 @@ def test_per_worker_max_holds_across_processes() -> None:
                 return statuses[0]
 
         assert asyncio.run(run()) in (429, 503)
+
+
+def test_gateway_configuration_with_two_processes() -> None:
+    """What an InferencePool gateway generates (self-signed TLS to the picker, both bodies
+    FULL_DUPLEX_STREAMED, every response chunk echoed by the picker) in front of two
+    processes: streams complete through both, and every slot is released at its end."""
+    sims = [SimSpec(f"sim-{i}", MODEL, ["--ttft-ms", "5", "--tpot-ms", "2"]) for i in range(2)]
+    with local_fleet(sims, policy="least_load", body_mode="FULL_DUPLEX_STREAMED",
+                     envoy_template=ENVOY_DIR / "envoy-gateway.yaml", processes=2,
+                     picker_settings={"extproc": {"tls": "self_signed"}, **FAST_HEALTH}) as fleet:
+        with httpx.Client(base_url=fleet.envoy_url, timeout=10) as client:
+            for _ in range(8):
+                response = client.post("/v1/chat/completions",
+                                       json=_chat(max_tokens=5, stream=True))
+                assert response.status_code == 200, response.text
+                assert response.text.rstrip().endswith("data: [DONE]")
+        served = _served_by_process(fleet)
+        assert len(served) == 2 and min(served) >= 1, served  # both processes served
+        wait_until(lambda: total_in_flight(fleet) == 0, what="every slot released")
 
 
 def test_authz_processes_release_their_own_leases() -> None:
