@@ -165,7 +165,9 @@ def test_gateway_configuration_with_two_processes() -> None:
                 assert response.status_code == 200, response.text
                 assert response.text.rstrip().endswith("data: [DONE]")
         served = _served_by_process(fleet)
-        assert len(served) == 2 and min(served) >= 1, served  # both processes served
+        # Both processes served; the gateway's cluster is LEAST_REQUEST, not round robin, so
+        # short streams need not alternate (3/5 and 1/7 were seen).
+        assert len(served) == 2 and min(served) >= 1, served
         wait_until(lambda: total_in_flight(fleet) == 0, what="every slot released")
 
 
