@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -24,6 +24,7 @@ from picker_bench.stack import free_port
 from picker_sim.kv_formats import WIRE, Encoding
 from picker_sim.kv_publisher import KvEventPublisher
 from tests.sim_thread import running_sim
+from tests.waiting import eventually
 
 B = 4
 
@@ -60,14 +61,6 @@ def spec(port: int, replay: int | None, worker_id: str = "w",
     kv = KvEventsEndpoint(endpoint=f"tcp://127.0.0.1:{port}",
                           replay_endpoint=None if replay is None else f"tcp://127.0.0.1:{replay}")
     return WorkerSpec(url=url, id=worker_id, models=["m"], kv_block_size=B, kv_events=kv)
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 def h(*path: int) -> bytes:

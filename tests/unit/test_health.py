@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import functools
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +12,7 @@ from picker.health import HealthChecker, HealthSettings
 from picker.registry import WorkerRegistry
 from picker.workers import WorkerSpec
 from tests.http_stub import StubServer
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -21,13 +22,7 @@ def endpoint() -> Iterator[StubServer]:
     stub.close()
 
 
-async def wait_for(predicate: object, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
+wait_for = functools.partial(eventually, timeout=3.0)
 
 
 FAST = HealthSettings(interval_secs=0.02, timeout_secs=0.5, failure_threshold=2,

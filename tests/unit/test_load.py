@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -18,6 +19,7 @@ from picker.registry import WorkerRegistry
 from picker.workers import RuntimeType, WorkerSpec
 from tests.http_stub import StubServer
 from tests.sim_thread import running_sim
+from tests.waiting import eventually
 
 VLLM = """# TYPE vllm:num_requests_running gauge
 vllm:num_requests_running{model_name="a"} 3
@@ -107,13 +109,7 @@ def test_load_settings_come_from_the_config() -> None:
     assert config.load == LoadSettings(interval_secs=0.5, enabled=False)
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
+wait_for = functools.partial(eventually, timeout=3.0)
 
 
 async def test_monitor_follows_the_sim_then_keeps_the_last_value_which_goes_stale() -> None:

@@ -21,6 +21,7 @@ from picker.processes.mirror import StateFollower, StatePublisher, WorkerState
 from picker.registry import WorkerRegistry
 from picker.runtime import PickerRuntime
 from picker.workers import WorkerSpec
+from tests.waiting import eventually
 
 
 def _table(tmp_path: Path, rows: int = 2, columns: int = 4) -> list[SharedCounts]:
@@ -93,14 +94,6 @@ def test_group_travels_in_one_variable() -> None:
     assert settings.listen == "127.0.0.1:4001" and len(settings.peers) == 2
 
 
-async def _until(predicate: object, what: str) -> None:
-    for _ in range(200):
-        if predicate():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_follower_mirrors_the_primarys_fleet(tmp_path: Path) -> None:
     primary_counts, follower_counts = _table(tmp_path, columns=8)
     primary, follower = WorkerRegistry(), WorkerRegistry()
@@ -114,7 +107,7 @@ async def test_follower_mirrors_the_primarys_fleet(tmp_path: Path) -> None:
     assert not mirror.synced
     await publisher.start()
     try:
-        await _until(lambda: mirror.synced, "the first snapshot")
+        await eventually(lambda: mirror.synced, timeout=2.0, what="the first snapshot")
         copy = follower.get("a")
         assert copy is not None and copy.spec == a.spec and copy.column == a.column
 
@@ -123,23 +116,26 @@ async def test_follower_mirrors_the_primarys_fleet(tmp_path: Path) -> None:
         load = EngineLoad(scraped_at=12.5, waiting=3.0,
                           counters={EngineCounter.PROMPT_TOKENS: 100.0})
         primary.set_engine_load(b, load)
-        await _until(lambda: follower.get("b") is not None
-                     and not follower.get("a").healthy, "b added, a unhealthy")  # type: ignore[union-attr]
+        await eventually(lambda: follower.get("b") is not None
+                         and not follower.get("a").healthy,  # type: ignore[union-attr]
+                         timeout=2.0, what="b added, a unhealthy")
         copy_b = follower.get("b")
         assert copy_b is not None and copy_b.engine == load and copy_b.column == b.column
         # The write-only key travels too: followers send it to the engine (it was lost).
         assert copy_b.spec.api_key is not None
         assert copy_b.spec.api_key.get_secret_value() == "sk-b"
         primary.replace_spec(a, a.spec.model_copy(update={"models": ["m", "n"]}))
-        await _until(lambda: follower.models() == {"m", "n"}, "the new spec")
+        await eventually(lambda: follower.models() == {"m", "n"}, timeout=2.0,
+                         what="the new spec")
 
         primary.acquire(b)  # in flight in the primary: the follower sees it
         assert follower.get("b").in_flight == 1  # type: ignore[union-attr]
         primary.set_draining(b)
-        await _until(lambda: follower.get("b").draining, "draining")  # type: ignore[union-attr]
+        await eventually(lambda: follower.get("b").draining,  # type: ignore[union-attr]
+                         timeout=2.0, what="draining")
         primary.release(b)
         primary.remove(b.url)
-        await _until(lambda: follower.get("b") is None, "b removed")
+        await eventually(lambda: follower.get("b") is None, timeout=2.0, what="b removed")
         assert [w.id for w in follower.workers()] == ["a"]
     finally:
         await mirror.stop()

@@ -4,8 +4,7 @@ three sharing services on loopback (one process, so one PYTHONHASHSEED)."""
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
@@ -32,15 +31,10 @@ from picker.request import Api, RoutingRequest
 from picker.runtime import PickerRuntime
 from picker.telemetry import ReplicaMetrics
 from picker.workers import WorkerSpec
+from picker_bench.stack import free_port
+from tests.waiting import eventually
 
 SYSTEM = "shared system prompt " * 40
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def body(data: bytes) -> bytes:
@@ -203,14 +197,6 @@ class Replica:
         return self.registry.get_sample_value(name, labels) or 0.0
 
 
-async def until(condition: Callable[[], bool], secs: float = 5.0) -> None:
-    for _ in range(int(secs / 0.02)):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
-
-
 @pytest.fixture
 async def trio() -> AsyncIterator[list[Replica]]:
     """Three replicas, each configured with all three addresses (itself included)."""
@@ -224,12 +210,12 @@ async def trio() -> AsyncIterator[list[Replica]]:
 
 
 async def test_every_pick_reaches_every_other_replica_once(trio: list[Replica]) -> None:
-    await until(lambda: all(r.metric("llm_picker_replica_peers_connected") == 2 for r in trio))
+    await eventually(lambda: all(r.metric("llm_picker_replica_peers_connected") == 2 for r in trio))
     for replica in trio:
         assert len(replica.sharing.peers()) == 2  # its own address recognised and left idle
     trio[0].sharing.publish("a", 100, 0, [1, 2, 3])
     trio[1].sharing.publish("b", 50, 1, [4])
-    await until(lambda: len(trio[2].applied) == 2 and len(trio[0].applied) == 1
+    await eventually(lambda: len(trio[2].applied) == 2 and len(trio[0].applied) == 1
                 and len(trio[1].applied) == 1)
     assert trio[1].applied == [Pick("a", 100, 0, [1, 2, 3])]
     assert trio[0].applied == [Pick("b", 50, 1, [4])]
@@ -242,15 +228,15 @@ async def test_every_pick_reaches_every_other_replica_once(trio: list[Replica]) 
 
 
 async def test_publish_from_another_thread(trio: list[Replica]) -> None:
-    await until(lambda: trio[0].metric("llm_picker_replica_peers_connected") == 2)
+    await eventually(lambda: trio[0].metric("llm_picker_replica_peers_connected") == 2)
     await asyncio.to_thread(trio[0].sharing.publish, "a", 1, 0, [9])
-    await until(lambda: len(trio[1].applied) == 1 and len(trio[2].applied) == 1)
+    await eventually(lambda: len(trio[1].applied) == 1 and len(trio[2].applied) == 1)
 
 
 async def test_unknown_workers_are_counted_not_applied(trio: list[Replica]) -> None:
-    await until(lambda: trio[0].metric("llm_picker_replica_peers_connected") == 2)
+    await eventually(lambda: trio[0].metric("llm_picker_replica_peers_connected") == 2)
     trio[0].sharing.publish("gone", 1, 0, [9])
-    await until(lambda: trio[1].metric("llm_picker_replica_picks_dropped_total",
+    await eventually(lambda: trio[1].metric("llm_picker_replica_picks_dropped_total",
                                        reason="unknown_worker") == 1)
     assert trio[1].applied == []
 
@@ -260,24 +246,24 @@ async def test_a_peer_down_costs_its_picks_only_and_it_is_rejoined() -> None:
     first, second = Replica(ports[0], ports), Replica(ports[1], ports)
     await first.sharing.start()
     try:
-        await until(lambda: len(first.sharing.peers()) == 1)  # its own address recognised
+        await eventually(lambda: len(first.sharing.peers()) == 1)  # its own address recognised
         first.sharing.publish("a", 1, 0, [1])  # nobody there yet
-        await until(lambda: first.metric("llm_picker_replica_picks_dropped_total",
+        await eventually(lambda: first.metric("llm_picker_replica_picks_dropped_total",
                                          reason="peer_down") == 1)
         await second.sharing.start()
-        await until(lambda: first.metric("llm_picker_replica_peers_connected") == 1)
+        await eventually(lambda: first.metric("llm_picker_replica_peers_connected") == 1)
         first.sharing.publish("a", 2, 0, [2])
-        await until(lambda: [p.units for p in second.applied] == [2])
+        await eventually(lambda: [p.units for p in second.applied] == [2])
         await second.sharing.stop()
-        await until(lambda: first.metric("llm_picker_replica_peers_connected") == 0)
+        await eventually(lambda: first.metric("llm_picker_replica_peers_connected") == 0)
         first.sharing.publish("a", 3, 0, [3])
-        await until(lambda: first.metric("llm_picker_replica_picks_dropped_total",
+        await eventually(lambda: first.metric("llm_picker_replica_picks_dropped_total",
                                          reason="peer_down") == 2)
         second = Replica(ports[1], ports)  # a new process on the same address
         await second.sharing.start()
-        await until(lambda: first.metric("llm_picker_replica_peers_connected") == 1)
+        await eventually(lambda: first.metric("llm_picker_replica_peers_connected") == 1)
         first.sharing.publish("a", 4, 0, [4])
-        await until(lambda: [p.units for p in second.applied] == [4])
+        await eventually(lambda: [p.units for p in second.applied] == [4])
     finally:
         await first.sharing.stop()
         await second.sharing.stop()
