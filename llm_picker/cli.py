@@ -91,6 +91,8 @@ def _serve(ns: argparse.Namespace) -> int:
 def _check_group(config: PickerConfig, ns: argparse.Namespace) -> None:
     """What `--workers N` cannot do, refused before any process starts (and by envoy-config,
     which must describe the same processes)."""
+    from picker.processes.group import check_group_config
+
     count, extproc = ns.workers, config.extproc.port
     authz = ns.mode == "authz"
     if not extproc or (authz and not ns.authz_port):
@@ -113,9 +115,7 @@ def _check_group(config: PickerConfig, ns: argparse.Namespace) -> None:
         raise ConfigError("admin.port", f"{admin} is one of {taken[admin]}'s ports with "
                           f"--workers {count} (process i listens on port + i): move admin.port "
                           f"or {taken[admin]}")
-    if config.replicas is not None:
-        raise ConfigError("replicas", "with --workers the processes share picks among "
-                          "themselves: run replicas with one process each")
+    check_group_config(config)
 
 
 def _envoy_config(ns: argparse.Namespace) -> int:

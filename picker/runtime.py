@@ -61,7 +61,7 @@ from picker.pd import (
 from picker.prefix.index import PrefixIndex
 from picker.prefix.producer import PrefixProducer
 from picker.processes.counts import SharedCounts
-from picker.processes.group import ProcessGroup
+from picker.processes.group import ProcessGroup, check_group_config
 from picker.registry import Worker, WorkerRegistry
 from picker.reload import ConfigReloader
 from picker.request import RoutingRequest
@@ -109,6 +109,8 @@ class PickerRuntime:
         self._host = host
         self._config_path = config_path
         self._overrides = dict(overrides or {})
+        if group is not None:
+            check_group_config(config)
         self._group = group
         self._follower = group is not None and not group.primary
         self.registry = WorkerRegistry(circuit=config.circuit)
@@ -293,9 +295,6 @@ class PickerRuntime:
         settings = config.replicas
         if self._group is not None and config.prefix.enabled \
                 and config.prefix.index == "approximate":
-            if settings is not None:
-                raise ConfigError("replicas", "with --workers the processes share picks among "
-                                  "themselves: run replicas with one process each")
             settings = self._group.pick_sharing()
         if settings is None:
             return None

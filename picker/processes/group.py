@@ -15,12 +15,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from picker.config import GROUP_ENV
+from picker.config import GROUP_ENV, PickerConfig
 from picker.errors import ConfigError
 from picker.limits import LimitSettings
 from picker.replicas.settings import ReplicaSettings
 
-__all__ = ["ProcessGroup"]
+__all__ = ["ProcessGroup", "check_group_config"]
+
+
+def check_group_config(config: PickerConfig) -> None:
+    """What a multi-process picker cannot be configured with; ConfigError naming the key.
+
+    Checked by `serve --workers` before it starts anything, and by each process's runtime."""
+    if config.replicas is not None:
+        raise ConfigError("replicas", "with --workers the processes share picks among "
+                          "themselves: run replicas with one process each")
 
 
 @dataclass(frozen=True)
