@@ -272,7 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     routing.add_argument("--frontend", choices=["envoy", "litellm"], default="envoy",
                          help="envoy: picker policies through Envoy vs sglang-router; litellm: "
                               "LiteLLM's strategies vs the picker strategy inside LiteLLM")
-    routing.add_argument("--contenders", nargs="+", help="default: all of the frontend's")
+    routing.add_argument("--contenders", nargs="+",
+                         help="policy names or sglang (default: all of the frontend's); a "
+                              "policy may end in +kv_events (index from the engines' KV "
+                              "events) or +gateway (Envoy with both bodies "
+                              "FULL_DUPLEX_STREAMED, as gateways configure it)")
     routing.add_argument("--plot", help="write an SVG chart of the results to this path")
     routing.add_argument("--cache-blocks", type=int,
                          help="KV-cache blocks per engine (default: the profile's); small "

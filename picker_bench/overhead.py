@@ -48,6 +48,7 @@ from picker_bench.stack import (
     Process,
     SimSpec,
     cpu_seconds,
+    duplex_both_ways,
     free_port,
     free_port_run,
     render_authz_config,
@@ -259,22 +260,11 @@ def _scenario(name: str, upstream_port: int,
             range(picker_port + 1, picker_port + processes),
         )
         if name == "duplex2":
-            _duplex_both_ways(envoy_config)
+            duplex_both_ways(envoy_config)
         stack.callback(start_envoy(envoy_config, workdir, name=f"envoy-{name}").stop)
         if processes > 1:
             wait_picker_hosts(f"http://127.0.0.1:{envoy_admin}", processes)
         yield listen, picker
-
-
-def _duplex_both_ways(envoy_config: dict[str, Any]) -> None:
-    """Switch the rendered envoy.yaml's ext_proc filter to what gateways generate."""
-    manager = envoy_config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    for http_filter in manager["typed_config"]["http_filters"]:
-        if http_filter["name"] == "envoy.filters.http.ext_proc":
-            http_filter["typed_config"]["processing_mode"] = {
-                "request_header_mode": "SEND", "request_body_mode": "FULL_DUPLEX_STREAMED",
-                "request_trailer_mode": "SEND", "response_header_mode": "SEND",
-                "response_body_mode": "FULL_DUPLEX_STREAMED", "response_trailer_mode": "SEND"}
 
 
 def _print_table(results: list[Result]) -> None:
@@ -347,7 +337,7 @@ def _stream_scenarios(requests: int, levels: list[int], workdir: Path) -> list[S
         stack.callback(picker.stop)
         config = render_envoy_config(listen_port=(front := free_port()), admin_port=admin,
                                      picker_port=picker_port, body_mode="FULL_DUPLEX_STREAMED")
-        _duplex_both_ways(config)
+        duplex_both_ways(config)
         stack.callback(start_envoy(config, workdir, "envoy-stream-picker").stop)
         echo_port = free_port()
         echo = spawn("grpc-echo", [sys.executable, "-m", "picker_bench.grpc_echo",

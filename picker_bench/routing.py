@@ -33,6 +33,7 @@ from picker_bench.decision import decision_latency
 from picker_bench.plot import bar_chart_svg
 from picker_bench.stack import (
     SimSpec,
+    duplex_both_ways,
     free_port,
     render_envoy_config,
     replica_configs,
@@ -86,6 +87,9 @@ class Report:
     max_per_engine: int
     min_per_engine: int
     errors: int
+    # Heterogeneous fleet: successful requests' TTFTs per "fast warm", "slow cold", ... (engine
+    # half, and whether the request was the first of its group); empty otherwise.
+    ttft_by_class: dict[str, list[float]]
 
 
 async def _one(client: httpx.AsyncClient, body: dict[str, Any]) -> Outcome:
@@ -135,6 +139,10 @@ Driver = Callable[[Workload], Coroutine[Any, Any, tuple[list[Outcome], float]]]
 
 
 KV_SUFFIX = "+kv_events"
+# The picker behind Envoy configured as Gateway API inference gateways do (both bodies
+# FULL_DUPLEX_STREAMED): every response passes through it, so it learns each engine's TTFT and
+# prefill rate from the first responses instead of from metrics scrapes.
+GATEWAY_SUFFIX = "+gateway"
 
 
 @contextmanager
@@ -147,6 +155,8 @@ def _contender(name: str, engines: int, workdir: Path, workload: Workload,
     `policy+kv_events`: the engines publish KV events and the picker follows them (sync index,
     the engines' /tokenize as tokenizer) instead of learning from its own picks. `replicas`
     pickers behind the one Envoy, sharing their approximate-index picks with `share_picks`."""
+    gateway = name.endswith(GATEWAY_SUFFIX)
+    name = name.removesuffix(GATEWAY_SUFFIX)
     kv = name.endswith(KV_SUFFIX)
     with ExitStack() as stack:
         sims = [SimSpec(f"e{i}", "sim-model", ["--profile", PROFILE[fleet]])
@@ -202,6 +212,8 @@ def _contender(name: str, engines: int, workdir: Path, workload: Workload,
         ports = [picker["extproc"]["port"] for picker in pickers]
         envoy = render_envoy_config(listen_port=listen, admin_port=free_port(),
                                     picker_port=ports[0], replica_ports=ports[1:])
+        if gateway:
+            duplex_both_ways(envoy)
         stack.callback(start_envoy(envoy, workdir, name=f"envoy-{name}").stop)
         yield _http_driver(f"http://127.0.0.1:{listen}"), urls
 
@@ -270,14 +282,56 @@ def _measure(name: str, engines: int, workload: Workload, workdir: Path,
     ok = [o for o in outcomes if o.status == 200]
     counts = [int(a[2] - b[2]) for a, b in zip(after, before, strict=True)]
     sticky, follow_ups, splits, groups = _stickiness(workload, outcomes)
+    by_class = _ttft_by_class(workload, outcomes, engines) if fleet == "hetero" else {}
     return Report(
         contender=name, sticky=sticky, follow_ups=follow_ups, split_groups=splits,
         groups=groups, hit_rate=hits / queries if queries else 0.0,
         ttft_p50=_quantile([o.ttft for o in ok], 50), ttft_p99=_quantile([o.ttft for o in ok], 99),
         e2e_p50=_quantile([o.e2e for o in ok], 50), e2e_p99=_quantile([o.e2e for o in ok], 99),
         throughput=len(ok) / elapsed, max_per_engine=max(counts), min_per_engine=min(counts),
-        errors=len(outcomes) - len(ok),
+        errors=len(outcomes) - len(ok), ttft_by_class=by_class,
     )
+
+
+TTFT_CLASSES = ("fast warm", "fast cold", "slow warm", "slow cold")
+
+
+def _ttft_by_class(workload: Workload, outcomes: list[Outcome],
+                   engines: int) -> dict[str, list[float]]:
+    """TTFTs split by where a request ran (the fleet's fast or slow half, `_speed_args`) and
+    whether any engine could hold its prefix yet (cold: the first request of its group): what
+    bounds a router's TTFT p50 on the heterogeneous fleet."""
+    fast = {f"e{i}" for i in range(engines // 2)}
+    seen: set[str] = set()
+    by_class: dict[str, list[float]] = {name: [] for name in TTFT_CLASSES}
+    for (group, _), outcome in zip(workload.keys, outcomes, strict=True):
+        cold = group not in seen
+        seen.add(group)
+        if outcome.status == 200:
+            half = "fast" if outcome.worker in fast else "slow"
+            by_class[f"{half} {'cold' if cold else 'warm'}"].append(outcome.ttft)
+    return by_class
+
+
+def _print_classes(reports: list[Report], base: Report) -> None:
+    """Per class: requests, their TTFT p50, and how many came in under 0.9x of the baseline's
+    TTFT p50 (issue 19's target: more than half of all requests must)."""
+    threshold = 0.9 * base.ttft_p50
+    print(f"TTFT by engine half and cache state: requests / p50 / under {threshold * 1000:.0f}ms "
+          f"(0.9x {base.contender}'s TTFT p50)")
+    width = max(14, *(len(r.contender) + 1 for r in reports))
+    print(f"{'contender':<{width}}" + "".join(f"{name:>20}" for name in TTFT_CLASSES)
+          + f"{'under, all':>12}")
+    for r in reports:
+        cells, under = [], 0
+        for name in TTFT_CLASSES:
+            values = r.ttft_by_class[name]
+            fast_enough = sum(1 for v in values if v < threshold)
+            under += fast_enough
+            p50 = f"{statistics.median(values) * 1000:.0f}ms" if values else "-"
+            cells.append(f"{f'{len(values)} / {p50} / {fast_enough}':>20}")
+        total = sum(len(v) for v in r.ttft_by_class.values())
+        print(f"{r.contender:<{width}}" + "".join(cells) + f"{f'{under}/{total}':>12}")
 
 
 LITELLM_CONTENDERS = ["litellm:simple-shuffle", "litellm:least-busy", "litellm:prefix_cache"]
@@ -335,6 +389,8 @@ def run_routing(engines: int = 8, groups: int = 64, rate: float = 40.0,
               f"{f'{r.sticky}/{r.follow_ups}':>10}{f'{r.split_groups}/{r.groups}':>7}"
               f"  {r.hit_rate / base.hit_rate if base.hit_rate else 0:>5.2f}x"
               f" {r.ttft_p50 / base.ttft_p50:>5.2f}x {r.ttft_p99 / base.ttft_p99:>5.2f}x")
+    if fleet == "hetero":
+        _print_classes(reports, base)
     if plot:
         Path(plot).write_text(bar_chart_svg(
             f"Routing quality, {len(workload.bodies)} shared-prefix chat requests, "

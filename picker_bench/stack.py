@@ -34,6 +34,7 @@ __all__ = [
     "Fleet",
     "Process",
     "SimSpec",
+    "duplex_both_ways",
     "envoy_binary",
     "free_port",
     "spawn",
@@ -320,6 +321,17 @@ def render_envoy_config(
             http_filter["typed_config"]["processing_mode"]["request_body_mode"] = body_mode
 
     return config
+
+
+def duplex_both_ways(envoy_config: dict[str, Any]) -> None:
+    """Switch the rendered envoy.yaml's ext_proc filter to what gateways generate."""
+    manager = envoy_config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    for http_filter in manager["typed_config"]["http_filters"]:
+        if http_filter["name"] == "envoy.filters.http.ext_proc":
+            http_filter["typed_config"]["processing_mode"] = {
+                "request_header_mode": "SEND", "request_body_mode": "FULL_DUPLEX_STREAMED",
+                "request_trailer_mode": "SEND", "response_header_mode": "SEND",
+                "response_body_mode": "FULL_DUPLEX_STREAMED", "response_trailer_mode": "SEND"}
 
 
 def render_authz_config(*, listen_port: int, admin_port: int, picker_port: int,
