@@ -195,6 +195,31 @@ def test_picker_metrics_on_its_admin_port_when_enabled(engines: tuple[list[str],
     assert listed["total"] == 3
 
 
+def test_the_explain_line_lands_in_the_calls_metadata_only_when_allowed_and_asked(
+        engines: tuple[list[str], dict]) -> None:
+    """The SDK has no response headers: the line the proxy sends as x-llm-picker-explain is left
+    in the metadata dict the caller passed, under "llm_picker_explain"."""
+    bases, _ = engines
+    router = litellm.Router(model_list=[{"model_name": "my-model", "litellm_params": {
+        "model": "hosted_vllm/my-model", "api_base": base, "api_key": "x"}} for base in bases])
+    PickerStrategy.attach(router, policy="least_load",
+                          explain={"enabled": True, "allow_header": True})
+    asked = {"headers": {"x-llm-picker-explain": "1"}}
+    response = router.completion(model="my-model", messages=MESSAGES, max_tokens=2,
+                                 metadata=asked)
+    line = asked["llm_picker_explain"]
+    assert line.startswith("policy=least_load; worker=") and "reason=" in line
+    assert f"worker={response._hidden_params['model_id']};" in line  # type: ignore[attr-defined]
+    plain: dict[str, Any] = {}
+    asyncio.run(router.acompletion(model="my-model", messages=MESSAGES, max_tokens=2,
+                                   metadata=plain))
+    assert "llm_picker_explain" not in plain
+    asked_async = {"headers": {"x-llm-picker-explain": "1"}}
+    asyncio.run(router.acompletion(model="my-model", messages=MESSAGES, max_tokens=2,
+                                   metadata=asked_async))
+    assert asked_async["llm_picker_explain"].startswith("policy=least_load; worker=")
+
+
 def test_deployments_added_and_deleted_at_runtime_are_followed(
         engines: tuple[list[str], dict]) -> None:
     from litellm.types.router import Deployment
