@@ -41,6 +41,11 @@ log = logging.getLogger("llm_picker")
 
 _POLL_SECS = 0.1
 _PR_SET_PDEATHSIG = 1
+# The group's directory in the temporary directory, and the file naming its supervisor's pid.
+_GROUP_PREFIX = "llm-picker-group-"
+_OWNER_FILE = "supervisor.pid"
+# A Unix socket's path holds at most 107 bytes (sun_path, NUL-terminated).
+_SOCKET_PATH_MAX = 107
 # Beyond the configured drain, how long a stopping process may take before it is killed.
 _STOP_MARGIN_SECS = 10.0
 
@@ -56,9 +61,12 @@ def run_group(config: PickerConfig, count: int, serve_argv: Sequence[str],
             check_free(host, authz_port + index, f"authz HTTP (process {index})")
     if config.admin.enabled is not False:
         check_free(config.admin.host, config.admin.port, "the admin API")
-    directory = Path(tempfile.mkdtemp(prefix="llm-picker-"))
+    groups = _groups_base()
+    _remove_orphaned_groups(groups)
+    directory = Path(tempfile.mkdtemp(prefix=_GROUP_PREFIX, dir=groups))
     group = _Group()  # signals are handled from here on, before any child exists
     try:
+        (directory / _OWNER_FILE).write_text(str(os.getpid()))
         SharedCounts.create(directory / "in_flight", count)
         (directory / "metrics").mkdir()
         ports = _free_loopback_ports(count)
@@ -81,6 +89,27 @@ def run_group(config: PickerConfig, count: int, serve_argv: Sequence[str],
         return group.supervise(config.limits.shutdown_grace_secs + _STOP_MARGIN_SECS)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _groups_base() -> Path:
+    """Where group directories go: the temporary directory, or /tmp when the registry feed's
+    socket would not fit under it (macOS's /var/folders/..., a CI workspace as TMPDIR)."""
+    base = Path(tempfile.gettempdir())
+    longest = ProcessGroup(0, 1, base / f"{_GROUP_PREFIX}{'x' * 8}", ()).feed_path
+    return base if len(os.fsencode(longest)) <= _SOCKET_PATH_MAX else Path("/tmp")
+
+
+def _remove_orphaned_groups(base: Path) -> None:
+    """Remove the directories of groups whose supervisor was killed (SIGKILL, OOM) before it
+    could remove its own: its children follow it (PR_SET_PDEATHSIG), its files would not.
+    A directory without an owner file yet is a group being created right now, and is left."""
+    for directory in base.glob(f"{_GROUP_PREFIX}*"):
+        try:
+            os.kill(int((directory / _OWNER_FILE).read_text()), 0)
+        except ProcessLookupError:
+            shutil.rmtree(directory, ignore_errors=True)
+        except (OSError, ValueError):
+            pass  # no owner file yet, or an owner alive that this user may not signal
 
 
 class _Group:
