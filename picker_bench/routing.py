@@ -16,6 +16,7 @@ engine: each split re-prefills the prefix).
 from __future__ import annotations
 
 import asyncio
+import re
 import statistics
 import sys
 import tempfile
@@ -29,6 +30,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from picker.policies.weighted import SLO_HEADER
 from picker_bench.decision import decision_latency
 from picker_bench.plot import bar_chart_svg
 from picker_bench.stack import (
@@ -104,10 +106,12 @@ async def _one(client: httpx.AsyncClient, body: dict[str, Any]) -> Outcome:
                    ttft or e2e, e2e)
 
 
-async def _drive(base_url: str, workload: Workload) -> tuple[list[Outcome], float]:
+async def _drive(base_url: str, workload: Workload,
+                 headers: dict[str, str]) -> tuple[list[Outcome], float]:
     gate = asyncio.Semaphore(MAX_OUTSTANDING)
     limits = httpx.Limits(max_connections=MAX_OUTSTANDING, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits,
+                                 headers=headers) as client:
         started = time.perf_counter()
 
         async def scheduled(at: float, body: dict[str, Any]) -> Outcome:
@@ -143,6 +147,8 @@ KV_SUFFIX = "+kv_events"
 # FULL_DUPLEX_STREAMED): every response passes through it, so it learns each engine's TTFT and
 # prefill rate from the first responses instead of from metrics scrapes.
 GATEWAY_SUFFIX = "+gateway"
+# `weighted+slo300`: every request carries x-slo-ttft-ms: 300.
+SLO_SUFFIX = re.compile(r"\+slo(\d+)$")
 
 
 @contextmanager
@@ -155,6 +161,9 @@ def _contender(name: str, engines: int, workdir: Path, workload: Workload,
     `policy+kv_events`: the engines publish KV events and the picker follows them (sync index,
     the engines' /tokenize as tokenizer) instead of learning from its own picks. `replicas`
     pickers behind the one Envoy, sharing their approximate-index picks with `share_picks`."""
+    slo = SLO_SUFFIX.search(name)
+    headers = {} if slo is None else {SLO_HEADER: slo.group(1)}
+    name = SLO_SUFFIX.sub("", name)
     gateway = name.endswith(GATEWAY_SUFFIX)
     name = name.removesuffix(GATEWAY_SUFFIX)
     kv = name.endswith(KV_SUFFIX)
@@ -215,7 +224,7 @@ def _contender(name: str, engines: int, workdir: Path, workload: Workload,
         if gateway:
             duplex_both_ways(envoy)
         stack.callback(start_envoy(envoy, workdir, name=f"envoy-{name}").stop)
-        yield _http_driver(f"http://127.0.0.1:{listen}"), urls
+        yield _http_driver(f"http://127.0.0.1:{listen}", headers), urls
 
 
 def _speed_args(fleet: str, index: int, engines: int) -> list[str]:
@@ -261,8 +270,8 @@ def _engine_tokenizer(kind: str, workload: Workload, workdir: Path,
                          workdir)
 
 
-def _http_driver(base_url: str) -> Driver:
-    return lambda workload: _drive(base_url, workload)
+def _http_driver(base_url: str, headers: dict[str, str] | None = None) -> Driver:
+    return lambda workload: _drive(base_url, workload, headers or {})
 
 
 def _quantile(values: list[float], q: int) -> float:
