@@ -275,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     routing.add_argument("--contenders", nargs="+",
                          help="policy names or sglang (default: all of the frontend's); a "
                               "policy may end in +kv_events (index from the engines' KV "
-                              "events) or +gateway (Envoy with both bodies "
-                              "FULL_DUPLEX_STREAMED, as gateways configure it)")
+                              "events), +gateway (Envoy with both bodies "
+                              "FULL_DUPLEX_STREAMED, as gateways configure it) and/or "
+                              "+slo<ms> (every request carries x-slo-ttft-ms)")
     routing.add_argument("--plot", help="write an SVG chart of the results to this path")
     routing.add_argument("--cache-blocks", type=int,
                          help="KV-cache blocks per engine (default: the profile's); small "
