@@ -47,11 +47,12 @@ def _socket(host: str, port: int) -> dict[str, Any]:
 
 
 def render_bootstrap(config: PickerConfig, *, listen: str = ":10000", admin: str = ":9901",
-                     body_mode: str = "BUFFERED", tls_dir: str = _TEMPLATE_TLS_DIR,
+                     body_mode: str = "BUFFERED", tls_dir: str | None = None,
                      processes: int = 1, authz_port: int | None = None) -> str:
     """The bootstrap YAML text for an Envoy in front of a picker configured by `config`;
     `processes`: the picker runs `serve --workers N`, listening on extproc.port + i;
-    `authz_port`: it runs `--mode authz` with that check port."""
+    `authz_port`: it runs `--mode authz` with that check port; `tls_dir`: where Envoy finds
+    its client certificate for extproc.tls files (default: the template's)."""
     if body_mode not in _BODY_MODES:
         raise ValueError(f"body mode {body_mode!r} is not one of {', '.join(_BODY_MODES)}")
     tls = config.extproc.tls
@@ -62,7 +63,9 @@ def render_bootstrap(config: PickerConfig, *, listen: str = ":10000", admin: str
     template = ENVOY_DIR / ("envoy-authz.yaml" if authz_port is not None
                             else "envoy-gateway.yaml" if tls == "self_signed"
                             else "envoy-mtls.yaml" if tls else "envoy.yaml")
-    text = template.read_text().replace(_TEMPLATE_TLS_DIR, tls_dir.rstrip("/"))
+    text = template.read_text()
+    if tls_dir is not None:
+        text = text.replace(_TEMPLATE_TLS_DIR, tls_dir.rstrip("/"))
     bootstrap: dict[str, Any] = yaml.safe_load(text)
     bootstrap["admin"]["address"] = _socket(*parse_address(admin))
     listener = bootstrap["static_resources"]["listeners"][0]

@@ -46,12 +46,15 @@ async def serve(
     try:
         await health.start()
         await grpc_server.start()
+        admin = (f"admin on {config.admin.host}:{runtime.admin_port}"
+                 if runtime.admin_port is not None
+                 else "admin in process 0" if group is not None and not group.primary
+                 else "admin off")
         log.info(
-            "llm-picker serving%s: ext_proc on %s:%d, admin on %s:%s, policy %s, %d workers",
+            "llm-picker serving%s: ext_proc on %s:%d, %s, policy %s, %d workers",
             "" if group is None else f" (process {group.index} of {group.count})",
-            config.extproc.host, grpc_port, config.admin.host,
-            runtime.admin_port if runtime.admin_port is not None else "off",
-            config.policy.name, len(runtime.registry.workers()),
+            config.extproc.host, grpc_port, admin, config.policy.name,
+            len(runtime.registry.workers()),
         )
         await stop.wait()
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
 import os
 import signal
@@ -46,8 +47,8 @@ def _serve(ns: argparse.Namespace) -> int:
     try:
         config = load_config(path, env=os.environ, overrides=overrides)
         group = ProcessGroup.from_env()
-        if group is None and ns.workers > 1:
-            _check_group(config, ns)
+        if group is None:
+            _check_ports(config, ns)
     except ConfigError as exc:
         print(f"llm-picker: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -88,44 +89,49 @@ def _serve(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _check_group(config: PickerConfig, ns: argparse.Namespace) -> None:
-    """What `--workers N` cannot do, refused before any process starts (and by envoy-config,
-    which must describe the same processes)."""
+def _check_ports(config: PickerConfig, ns: argparse.Namespace) -> None:
+    """Ports that would collide, and what `--workers N` cannot do, refused before anything
+    listens (and by envoy-config, which must describe the same processes). With `--workers N`
+    process i listens on each port + i."""
     from picker.processes.group import check_group_config
 
     count, extproc = ns.workers, config.extproc.port
     authz = ns.mode == "authz"
-    if not extproc or (authz and not ns.authz_port):
+    if count > 1 and (not extproc or (authz and not ns.authz_port)):
         raise ConfigError("extproc.port", "--workers gives process i the port extproc.port + "
                           "i (and --authz-port + i): set ports, not 0")
+    each = f" with --workers {count} (process i listens on port + i)" if count > 1 else ""
     ranges = [("extproc.port", extproc)] + ([("--authz-port", ns.authz_port)] if authz else [])
     taken: dict[int, str] = {}
     for key, first in ranges:
         last = first + count - 1
         if last > 65535:
             raise ConfigError(key, f"{first}-{last} with --workers {count} runs past port 65535")
-        for port in range(first, last + 1):
+        for port in range(first, last + 1) if first else ():  # 0: any free port
             if port in taken:
-                raise ConfigError(key, f"{first}-{last} overlaps {taken[port]}'s ports with "
-                                  f"--workers {count} (process i listens on port + i): move "
-                                  "one of them")
+                clash = (f"{first}-{last} overlaps {taken[port]}'s ports{each}" if count > 1
+                         else f"{first} is also {taken[port]}")
+                raise ConfigError(key, f"{clash}: move one of them")
             taken[port] = key
     admin = config.admin.port
     if config.admin.enabled is not False and admin in taken:
-        raise ConfigError("admin.port", f"{admin} is one of {taken[admin]}'s ports with "
-                          f"--workers {count} (process i listens on port + i): move admin.port "
-                          f"or {taken[admin]}")
-    check_group_config(config)
+        clash = (f"is one of {taken[admin]}'s ports{each}" if count > 1
+                 else f"is also {taken[admin]}")
+        raise ConfigError("admin.port", f"{admin} {clash}: move admin.port or {taken[admin]}")
+    if count > 1:
+        check_group_config(config)
 
 
 def _envoy_config(ns: argparse.Namespace) -> int:
     from extproc.bootstrap import render_bootstrap
-    from picker.config import load_config
+    from picker.config import TlsConfig, load_config
 
     try:
         config = load_config(_config_path(ns), env=os.environ)
-        if ns.workers > 1:
-            _check_group(config, ns)
+        _check_ports(config, ns)
+        if ns.tls_dir is not None and not isinstance(config.extproc.tls, TlsConfig):
+            raise ConfigError("--tls-dir", "only with extproc.tls given as files (Envoy then "
+                              "presents its client certificate from there)")
         print(render_bootstrap(config, listen=ns.listen, admin=ns.admin, body_mode=ns.body_mode,
                                tls_dir=ns.tls_dir, processes=ns.workers,
                                authz_port=ns.authz_port if ns.mode == "authz" else None),
@@ -137,15 +143,28 @@ def _envoy_config(ns: argparse.Namespace) -> int:
 
 
 def _sim(ns: argparse.Namespace) -> int:
+    from picker.listen import check_free
     from picker_sim import config_from_args, run_sim
 
-    run_sim(config_from_args(ns), ns.host, ns.port)
+    try:
+        config = config_from_args(ns)
+        check_free(ns.host, ns.port, "the sim")
+    except (ValueError, OSError) as exc:
+        print(f"llm-picker sim: {exc}", file=sys.stderr)
+        return 2
+    run_sim(config, ns.host, ns.port)
     return 0
 
 
 def _demo(ns: argparse.Namespace) -> int:
+    from picker.config import load_config
     from picker_bench.demo import run_demo
 
+    try:  # the policy is checked here, before three sims and Envoy start for nothing
+        load_config(None, overrides={"policy.name": ns.policy})
+    except ConfigError as exc:
+        print(f"llm-picker: configuration error: {exc}", file=sys.stderr)
+        return 2
     return run_demo(requests=ns.requests, policy=ns.policy, body_mode=ns.body_mode)
 
 
@@ -192,6 +211,8 @@ def _bench(ns: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-picker", description=__doc__)
+    parser.add_argument("--version", action="version",
+                        version=f"llm-picker {importlib.metadata.version('llm-picker')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the ext_proc server and the admin API")
@@ -220,8 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     envoy.add_argument("--body-mode", default="BUFFERED",
                        choices=["BUFFERED", "FULL_DUPLEX_STREAMED"],
                        help="the ext_proc request_body_mode (see README, Body modes)")
-    envoy.add_argument("--tls-dir", default="/etc/llm-picker/tls",
-                       help="with extproc.tls: where Envoy finds envoy-client.pem/.key, ca.pem")
+    envoy.add_argument("--tls-dir",
+                       help="with extproc.tls: where Envoy finds envoy-client.pem/.key, ca.pem "
+                            "(default /etc/llm-picker/tls)")
     envoy.add_argument("--workers", type=_positive, default=1,
                        help="the picker runs `serve --workers N`: list its N ports")
     envoy.add_argument("--mode", choices=["extproc", "authz"], default="extproc",
@@ -237,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(run=_sim)
 
     demo = commands.add_parser("demo", help="Envoy + picker + 3 simulated engines, end to end")
-    demo.add_argument("--requests", type=int, default=200)
+    demo.add_argument("--requests", type=_positive, default=200)
     demo.add_argument("--policy", default="least_load")
     demo.add_argument(
         "--body-mode", default="BUFFERED", choices=["BUFFERED", "FULL_DUPLEX_STREAMED"]

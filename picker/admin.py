@@ -64,6 +64,10 @@ _MUTATION_ERRORS: dict[type[Exception], tuple[int, str]] = {
 }
 
 
+# How a body that is not an object is named back to its sender.
+_JSON_KINDS: dict[type, str] = {list: "an array", str: "a string", type(None): "null",
+                                bool: "a boolean", int: "a number", float: "a number"}
+
 def _error(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
     error: dict[str, Any] = {"code": code, "message": message}
     if field:
@@ -160,12 +164,21 @@ def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None) -> 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
+        kind, ctx = first.get("type"), first.get("ctx") or {}
         loc = [str(part) for part in first.get("loc", ())]
         field = ".".join(loc[1:]) if loc and loc[0] in ("body", "query", "path") else ".".join(loc)
-        if first.get("type") == "json_invalid":
-            return _error(400, "invalid_json", f"body is not valid JSON: {first.get('msg')}")
+        if kind == "json_invalid":
+            at = f" at character {loc[1]}" if len(loc) > 1 else ""
+            return _error(400, "invalid_json",
+                          f"body is not valid JSON: {ctx.get('error', first.get('msg'))}{at}")
+        if loc == ["body"] and kind == "missing":
+            return _error(422, "invalid_field", "a JSON object body is required", "body")
+        if loc == ["body"] and kind in ("model_attributes_type", "dict_type"):
+            given = _JSON_KINDS.get(type(first.get("input")), "another value")
+            return _error(422, "invalid_field", f"body must be a JSON object, not {given}",
+                          "body")
         # A whole-body check (WorkerPatch's fixed fields) names its field in the context.
-        field = field or str(first.get("ctx", {}).get("field", ""))
+        field = field or str(ctx.get("field", ""))
         return _error(422, "invalid_field", str(first.get("msg", "invalid value")), field or None)
 
     @app.exception_handler(HTTPException)

@@ -89,6 +89,16 @@ class ExtprocConfig(ListenConfig):
     fallbacks: int = Field(default=0, ge=0, le=16)
     conformance: bool = False
 
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _tls_forms(cls, value: object) -> object:
+        """Name both forms, rather than pydantic's first failed branch of the union."""
+        if value is not None and not isinstance(value, (dict, TlsConfig)) \
+                and value != "self_signed":
+            raise ValueError("must be self_signed or a mapping with cert_file and key_file "
+                             f"(and client_ca_file for mTLS), not {value!r}")
+        return value
+
 
 class AdminConfig(ListenConfig):
     """The admin API; `token` guards mutating calls (env: LLM_PICKER_ADMIN__TOKEN)."""
@@ -274,7 +284,8 @@ def _validate(data: dict[str, Any]) -> PickerConfig:
         first = exc.errors()[0]
         # Union members appear in the location as "function-after[..., TlsConfig]": not keys.
         key = ".".join(str(part) for part in first["loc"] if "[" not in str(part)) or "<root>"
-        raise ConfigError(key, first["msg"]) from exc
+        # A validator's own ValueError already says what is wrong: no "Value error, " before it.
+        raise ConfigError(key, first["msg"].removeprefix("Value error, ")) from exc
     _check_unique_workers(config.workers)
     if config.explain.allow_header and not config.explain.enabled:
         raise ConfigError("explain.allow_header", "the explain header reads decision records: "

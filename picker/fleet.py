@@ -48,7 +48,8 @@ class WorkerPatch(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _fixed_fields(cls, data: Any) -> Any:
-        """Say how to change what PATCH cannot, rather than pydantic's 'extra inputs'."""
+        """Say how to change what PATCH cannot, rather than pydantic's 'extra inputs', and
+        refuse null: it would reach the worker's spec, where None is not a value."""
         if isinstance(data, dict):
             fixed = sorted(k for k in data if k in WorkerSpec.model_fields
                            and k not in cls.model_fields)
@@ -59,6 +60,11 @@ class WorkerPatch(BaseModel):
                     "POST it again with the new value",
                     {"field": fixed[0]},
                 )
+            nulls = sorted(k for k, v in data.items() if v is None)
+            if nulls:
+                raise PydanticCustomError(
+                    "null_field", "{field} cannot be null: give a value, or leave the field "
+                    "out to keep the current one", {"field": nulls[0]})
         return data
 
 

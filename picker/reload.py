@@ -89,5 +89,5 @@ class ConfigReloader:
         await self._manager.declare(self._owner, new.workers, self._drain_timeout)
         # Counted once the workers are applied, so a watcher of the metric sees the new fleet.
         self._metrics.config_reloads.labels("applied").inc()
-        log.warning("configuration reloaded from %s: %d workers from the file",
+        log.info("configuration reloaded from %s: %d workers from the file",
                     self._path, len(new.workers))

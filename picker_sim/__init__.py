@@ -24,7 +24,7 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     let a --profile fill the gaps.
     """
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=_port, required=True)
     parser.add_argument("--model", default="sim-model")
     parser.add_argument("--worker-id", help="name in x-picker-sim-worker (default sim-<port>)")
     parser.add_argument("--ttft-ms", type=float, help="time to first token")
@@ -43,9 +43,9 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
                              "vLLM's max_num_batched_tokens (0: prefills do not contend)")
     parser.add_argument("--block-tokens", type=int)
     parser.add_argument("--cache-blocks", type=int)
-    parser.add_argument("--kv-events-port", type=int,
+    parser.add_argument("--kv-events-port", type=_port,
                         help="publish KV-cache events (vLLM format, ZMQ PUB) on this port")
-    parser.add_argument("--kv-replay-port", type=int, help="ZMQ ROUTER port for replays")
+    parser.add_argument("--kv-replay-port", type=_port, help="ZMQ ROUTER port for replays")
     parser.add_argument("--role", choices=("regular", "prefill", "decode"),
                         help="prefill/decode disaggregation role (default regular)")
     parser.add_argument("--pd-protocol", choices=("sglang", "nixl", "sidecar"),
@@ -54,6 +54,13 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
                              "sidecar running the NIXL prefill itself (default sglang)")
     parser.add_argument("--kv-encoding", choices=("map", "array"),
                         help="event encoding: map (vLLM 0.33, tagged events) or array (vLLM 0.11)")
+
+
+def _port(text: str) -> int:
+    number = int(text)
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535, not {number}")
+    return number
 
 
 def config_from_args(ns: argparse.Namespace) -> SimConfig:

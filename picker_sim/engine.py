@@ -61,29 +61,34 @@ class SimConfig:
     pd_wait_ms: float = 5000.0  # how long a decode sim waits for its prefill
 
     def __post_init__(self) -> None:
-        checks = {
-            "model": bool(self.model),
-            "worker_id": bool(self.worker_id),
-            "ttft_ms": self.ttft_ms >= 0,
-            "tpot_ms": self.tpot_ms >= 0,
-            "max_tokens_default": self.max_tokens_default >= 1,
-            "max_concurrency": self.max_concurrency >= 1,
-            "failure_rate": 0.0 <= self.failure_rate <= 1.0,
-            "prefill_tokens_per_sec": self.prefill_tokens_per_sec >= 0,
-            "decode_ms_per_running": self.decode_ms_per_running >= 0,
-            "max_batched_tokens": self.max_batched_tokens >= 0,
-            "block_tokens": self.block_tokens >= 1,
-            "cache_blocks": self.cache_blocks >= 1,
-            "kv_encoding": self.kv_encoding in ("map", "array"),
-            "kv_replay_port": self.kv_replay_port is None or self.kv_events_port is not None,
-            "role": self.role in ("regular", "prefill", "decode"),
-            "pd_protocol": self.pd_protocol in ("sglang", "nixl", "sidecar")
-            and (self.pd_protocol != "sidecar" or self.role == "decode"),
-            "pd_wait_ms": self.pd_wait_ms > 0,
+        at_least_0, at_least_1 = "at least 0", "at least 1"
+        checks = {  # field: (valid, what a valid value is)
+            "model": (bool(self.model), "a non-empty name"),
+            "worker_id": (bool(self.worker_id), "a non-empty name"),
+            "ttft_ms": (self.ttft_ms >= 0, at_least_0),
+            "tpot_ms": (self.tpot_ms >= 0, at_least_0),
+            "max_tokens_default": (self.max_tokens_default >= 1, at_least_1),
+            "max_concurrency": (self.max_concurrency >= 1, at_least_1),
+            "failure_rate": (0.0 <= self.failure_rate <= 1.0, "between 0 and 1"),
+            "prefill_tokens_per_sec": (self.prefill_tokens_per_sec >= 0, at_least_0),
+            "decode_ms_per_running": (self.decode_ms_per_running >= 0, at_least_0),
+            "max_batched_tokens": (self.max_batched_tokens >= 0, at_least_0),
+            "block_tokens": (self.block_tokens >= 1, at_least_1),
+            "cache_blocks": (self.cache_blocks >= 1, at_least_1),
+            "kv_encoding": (self.kv_encoding in ("map", "array"), "map or array"),
+            "kv_replay_port": (self.kv_replay_port is None or self.kv_events_port is not None,
+                               "given only with kv_events_port"),
+            "role": (self.role in ("regular", "prefill", "decode"),
+                     "regular, prefill or decode"),
+            "pd_protocol": (self.pd_protocol in ("sglang", "nixl", "sidecar")
+                            and (self.pd_protocol != "sidecar" or self.role == "decode"),
+                            "sglang or nixl, or sidecar with role decode"),
+            "pd_wait_ms": (self.pd_wait_ms > 0, "more than 0"),
         }
-        for name, ok in checks.items():
+        for name, (ok, valid) in checks.items():
             if not ok:
-                raise ValueError(f"sim config: invalid {name}={getattr(self, name)!r}")
+                raise ValueError(f"sim config: {name} must be {valid}, got "
+                                 f"{getattr(self, name)!r}")
 
     @classmethod
     def from_profile(cls, profile: str, **overrides: Any) -> SimConfig:

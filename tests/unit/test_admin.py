@@ -175,10 +175,40 @@ async def test_invalid_bodies_name_the_field(
     assert response.json()["error"]["field"] == field
 
 
-async def test_malformed_json_is_400(admin: Admin) -> None:
+async def test_malformed_json_is_400_saying_where(admin: Admin) -> None:
     response = await admin.client.post("/workers", content=b"{oops",
                                        headers={"content-type": "application/json"})
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+    assert "at character 1" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+@pytest.mark.parametrize(("body", "message"), [
+    (b"", "a JSON object body is required"),
+    (b"[]", "body must be a JSON object, not an array"),
+    (b'"url"', "body must be a JSON object, not a string"),
+    (b"null", "body must be a JSON object, not null"),
+    (b"7", "body must be a JSON object, not a number"),
+])
+async def test_a_body_that_is_not_an_object_is_named(
+        admin: Admin, method: str, body: bytes, message: str) -> None:
+    admin.registry.add(WorkerSpec(url="a:1", id="a", models=["m"]))
+    response = await admin.client.request(
+        method, "/workers" + ("/a" if method == "PATCH" else ""), content=body,
+        headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == {"code": "invalid_field", "message": message,
+                                        "field": "body"}
+
+
+@pytest.mark.parametrize("field", ["priority", "cost", "labels", "health"])
+async def test_patch_with_null_is_422_naming_the_field(admin: Admin, field: str) -> None:
+    admin.registry.add(WorkerSpec(url="a:1", id="a", models=["m"]))
+    response = await admin.client.patch("/workers/a", json={field: None})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["field"] == field and "cannot be null" in error["message"]
+    assert admin.registry.get("a").spec.priority == 50  # type: ignore[union-attr]
 
 
 async def test_get_list_filters_and_unknown(admin: Admin) -> None:
