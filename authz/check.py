@@ -23,14 +23,23 @@ from collections import deque
 from dataclasses import dataclass
 
 from authz.tokens import LEASE_HEADER, new_token
-from picker.errors import BodyTooLarge, ProxyMisconfigured, RequestError
+from picker.errors import (
+    BodyTooLarge,
+    MethodNotAllowed,
+    ProxyMisconfigured,
+    RequestError,
+    UnsupportedPath,
+)
 from picker.leases import Lease
+from picker.model_list import MODELS_PATH, model_object, models_path_id
 from picker.openai_body import parse_request
 from picker.request import RoutingRequest
 from picker.runtime import PickerRuntime
 
 __all__ = ["Answer", "Checker"]
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
+# Added by envoy-authz.yaml's /v1/models route, which skips the check: answer, do not check.
+DIRECT_HEADER = "x-llm-picker-direct"
 DP_RANK_HEADER = "x-data-parallel-rank"
 # Envoy's ext_authz removes the request headers named here before forwarding: a client's own
 # rank must not reach a worker the picker sent it to without one.
@@ -67,7 +76,10 @@ class Checker:
 
     def parse(self, path: str, headers: dict[str, str],
               body: bytes) -> RoutingRequest | Answer:
-        """The routing request, or the denial for a body the picker cannot route."""
+        """The routing request, or the denial for a body the picker cannot route; or, for a
+        request Envoy sent straight here (`DIRECT_HEADER`), its answer."""
+        if headers.get(DIRECT_HEADER) == "models":
+            return self._models(path, headers)
         if len(body) > self._max_body:
             return self.deny(BodyTooLarge(f"request body exceeds the {self._max_body} byte limit"))
         try:
@@ -96,6 +108,19 @@ class Checker:
         except RequestError as error:
             return self.deny(error)
         return self.allow(lease)
+
+    def _models(self, path: str, headers: dict[str, str]) -> Answer:
+        """GET /v1/models or /v1/models/{id}, as the ext_proc adapter answers it."""
+        model_id = models_path_id(path)
+        try:
+            if headers.get(":method") not in ("GET", "HEAD"):
+                raise MethodNotAllowed(f"{MODELS_PATH} answers GET, not {headers.get(':method')}")
+            if model_id is None:
+                raise UnsupportedPath(f"no such path: {path[:100]!r}")
+            body = model_object(self._runtime.registry.workers(), model_id)
+        except RequestError as error:
+            return self.deny(error)
+        return Answer(200, (_JSON,), b"" if headers.get(":method") == "HEAD" else body)
 
     def allow(self, lease: Lease) -> Answer:
         forward = lease.forward

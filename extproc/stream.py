@@ -169,7 +169,7 @@ class RequestStream:
         self._sees_body = response_mode != pb.NONE
         self._subset = codec.metadata_strings(message, codec.SUBSET_NAMESPACE, codec.SUBSET_KEY)
         self._headers = codec.headers_to_dict(message.request_headers.headers)
-        if self._headers.get(":method") == "GET":
+        if self._headers.get(":method") in ("GET", "HEAD"):
             model_id = models_path_id(self._headers.get(":path", ""))
             if model_id is not None:
                 return self._list_models(model_id)

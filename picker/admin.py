@@ -277,7 +277,7 @@ def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None) -> 
                 responses=errors(401, 403, 404, 409, 422))
     async def delete_worker(
         url: str,
-        drain_timeout_secs: Annotated[float, Query(ge=0, le=3600)] = 30.0,
+        drain_timeout_secs: Annotated[float, Query(ge=0, le=3600, allow_inf_nan=False)] = 30.0,
     ) -> dict[str, Any]:
         """Drain: no new requests; waits for in-flight ones up to the timeout, then removes."""
         worker, drained = await manager.delete(url, drain_timeout_secs)

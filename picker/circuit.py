@@ -27,7 +27,7 @@ class CircuitState(enum.StrEnum):
 
 
 class CircuitSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = True
     # Three consecutive failed requests: Envoy does not retry onto another worker (ORIGINAL_DST

@@ -49,7 +49,8 @@ GROUP_ENV = "LLM_PICKER_PROCESS_GROUP"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf and nan are no durations, limits or weights (YAML .inf, JSON 1e999).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TlsConfig(_Strict):
@@ -359,6 +360,9 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
         if not name.startswith(ENV_PREFIX) or name in (CONFIG_ENV, GROUP_ENV):
             continue
         key = name[len(ENV_PREFIX):].lower().replace("__", ".")
+        if "" in key.split("."):
+            raise ConfigError(name, "names no setting: a section and its key are separated by "
+                              "two underscores, e.g. LLM_PICKER_POLICY__NAME")
         try:
             out[key] = (yaml.safe_load(raw) if raw else raw, name)
         except yaml.YAMLError as exc:

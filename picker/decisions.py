@@ -37,7 +37,7 @@ from picker.registry import Worker
 from picker.request import RoutingRequest
 
 __all__ = ["EXPLAIN_HEADER", "MAX_CAPACITY", "Choice", "Decision", "DecisionLog", "Exclusion",
-           "ExplainSettings", "Scoring", "explain_line"]
+           "ExplainSettings", "Scoring", "exclusion", "explain_line"]
 
 # Request header asking for the explanation (honoured only with explain.allow_header), and the
 # response header carrying it.
@@ -53,7 +53,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._:/@+-]")
 class ExplainSettings(BaseModel):
     """`explain:` in the configuration. Off by default: records are cheap, not free."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = False
     allow_header: bool = Field(default=False, description=(
@@ -198,7 +198,7 @@ class Choice(NamedTuple):
     uncached_tokens: float = 0.0
 
 
-def _exclusion(worker: Worker, allowed: Collection[str] | None) -> Exclusion:
+def exclusion(worker: Worker, allowed: Collection[str] | None) -> Exclusion:
     """Why a worker serving the model was filtered out (it was, or this is not called)."""
     if not worker.healthy:
         return Exclusion.UNHEALTHY
@@ -235,7 +235,7 @@ class DecisionLog:
         excluded: tuple[tuple[str, Exclusion], ...] = ()
         if len(candidates) != len(serving):
             kept = {id(w) for w in candidates}
-            excluded = tuple((w.id, _exclusion(w, allowed)) for w in serving
+            excluded = tuple((w.id, exclusion(w, allowed)) for w in serving
                              if id(w) not in kept)
         scoring = self._scoring.get(policy.name)
         if scoring is None:

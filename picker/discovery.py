@@ -20,7 +20,7 @@ __all__ = ["DiscoverySettings", "WorkerUnreachable", "discover", "expand_dp_rank
 
 
 class DiscoverySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     attempt_timeout_secs: float = Field(default=2.0, gt=0)
     backoff_initial_secs: float = Field(default=0.1, ge=0)

@@ -27,6 +27,7 @@ __all__ = [
     "BodyTooLarge",
     "ConfigError",
     "InvalidRequest",
+    "MethodNotAllowed",
     "ModelNotFound",
     "NoHealthyWorker",
     "Overloaded",
@@ -93,6 +94,11 @@ class UnsupportedPath(RequestError):
     status = 404
     code = "unsupported_path"
     error_type = "not_found_error"
+
+
+class MethodNotAllowed(RequestError):
+    status = 405
+    code = "method_not_allowed"
 
 
 class ModelNotFound(RequestError):

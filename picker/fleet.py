@@ -38,7 +38,7 @@ log = logging.getLogger("llm_picker.fleet")
 class WorkerPatch(BaseModel):
     """What may change on a registered worker without re-registering it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     priority: U32 | None = None
     cost: float | None = Field(default=None, gt=0)

@@ -24,7 +24,7 @@ log = logging.getLogger("llm_picker.health")
 
 
 class HealthSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = True
     endpoint: str = "/health"

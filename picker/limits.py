@@ -20,7 +20,7 @@ __all__ = ["Admission", "LimitSettings"]
 
 
 class LimitSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_concurrent_requests: int = Field(default=0, ge=0, description="0: unlimited")
     per_worker_max: int = Field(default=0, ge=0, description="0: unlimited")

@@ -108,7 +108,7 @@ def scraped(runtime: RuntimeType) -> bool:
 
 
 class LoadSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = True
     interval_secs: float = Field(default=1.0, gt=0)

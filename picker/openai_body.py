@@ -29,13 +29,18 @@ from typing import Any, NoReturn
 
 import msgspec
 
-from picker.errors import InvalidRequest, UnsupportedMediaType, UnsupportedPath
+from picker.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    UnsupportedMediaType,
+    UnsupportedPath,
+)
 from picker.request import Api, RoutingRequest
+from picker.workers import MAX_NAME_CHARS
 
 __all__ = ["parse_request", "request_from_data"]
 
 _APIS = {api.value: api for api in Api}
-_MAX_MODEL_CHARS = 256
 _ROLE = "\x00"
 _PART = "\x01"
 _NAME = "\x02"
@@ -56,6 +61,13 @@ def parse_request(path: str, body: bytes, headers: Mapping[str, str]) -> Routing
     api = _APIS.get(path.split("?", 1)[0].rstrip("/"))
     if api is None:
         raise UnsupportedPath(f"the picker routes only {', '.join(_APIS)}; got {_clip(path)!r}")
+    method = headers.get(":method", "POST")
+    if method != "POST":
+        raise MethodNotAllowed(f"{api.value} takes POST, not {_clip(method)}")
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaType(f"content-encoding {_clip(encoding)!r} is not supported: "
+                                   "send the body uncompressed")
     media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type and media_type != "application/json" and not media_type.endswith("+json"):
         raise UnsupportedMediaType(
@@ -85,9 +97,9 @@ def request_from_data(api: Api, data: Mapping[str, Any],
         raise InvalidRequest(f"'model' must be a string, not {_json_type(model)}", param="model")
     if not model:
         raise InvalidRequest("'model' is empty", param="model")
-    if len(model) > _MAX_MODEL_CHARS:
+    if len(model) > MAX_NAME_CHARS:
         raise InvalidRequest(
-            f"'model' is {len(model)} characters long; the limit is {_MAX_MODEL_CHARS}",
+            f"'model' is {len(model)} characters long; the limit is {MAX_NAME_CHARS}",
             param="model")
     stream = data.get("stream")
     if stream is None:  # OpenAI's schema makes it nullable, meaning the default
@@ -328,11 +340,11 @@ def _responses_text(data: Mapping[str, Any]) -> str:
     value = data.get("input")
     if isinstance(value, str):
         return f"{prefix}{_ROLE}user{_ROLE}{value}"
-    if value is None:
+    if not isinstance(value, list):
         if "input" not in data:
             raise InvalidRequest("'input' is required", param="input")
-        raise InvalidRequest("'input' must be a string or an array of items, not null",
-                             param="input")
+        raise InvalidRequest("'input' must be a string or an array of items, not "
+                             f"{_json_type(value)}", param="input")
     return prefix + _messages_text(value, "input", items=True)
 
 

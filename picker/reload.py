@@ -83,9 +83,11 @@ class ConfigReloader:
             self._metrics.config_reloads.labels("rejected").inc()
             log.error("configuration reload rejected, previous configuration kept: %s", exc)
             return
-        if new.model_dump(exclude={"workers"}) != self._running:
-            log.warning("settings other than workers in %s differ from the running ones; "
-                        "they apply on restart", self._path)
+        changed = sorted(key for key, value in new.model_dump(exclude={"workers"}).items()
+                         if self._running.get(key) != value)
+        if changed:
+            log.warning("%s: changes to %s apply on restart (workers apply now)", self._path,
+                        ", ".join(changed))
         await self._manager.declare(self._owner, new.workers, self._drain_timeout)
         # Counted once the workers are applied, so a watcher of the metric sees the new fleet.
         self._metrics.config_reloads.labels("applied").inc()

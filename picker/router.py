@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 
-from picker.decisions import Choice, Decision, DecisionLog
+from picker.decisions import Choice, Decision, DecisionLog, exclusion
 from picker.errors import (
     InvalidRequest,
     ModelNotFound,
@@ -106,7 +107,10 @@ class Router:
         candidates = [w for w in serving
                       if w.routable and (allowed is None or w.id in allowed)]
         if not candidates:
-            raise NoHealthyWorker(f"no healthy worker for model {request.model[:100]!r}")
+            why = Counter(exclusion(w, allowed).value.replace("_", " ") for w in serving)
+            raise NoHealthyWorker(f"no routable worker for model {request.model[:100]!r} ("
+                                  + ", ".join(f"{n} {reason}" for reason, n in sorted(
+                                      why.items())) + ")")
         cap = self._limits.per_worker_max
         if cap:
             candidates = [w for w in candidates if w.in_flight < cap]

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -23,6 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "ConnectionMode",
@@ -34,7 +36,21 @@ __all__ = [
     "WorkerType",
 ]
 
-U32 = Annotated[int, Field(ge=0, le=2**32 - 1)]
+def _not_bool(value: Any) -> Any:
+    """JSON/YAML true is not the number 1 (pydantic's lax int would take it)."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("int_type", "Input should be a valid integer, not a boolean")
+    return value
+
+
+U32 = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=2**32 - 1)]
+# The longest model name a request may carry (picker.openai_body): a worker serving a longer
+# one could never be routed to. Ids share it: they label metrics and log lines.
+MAX_NAME_CHARS = 256
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+# Each data-parallel rank is a worker of its own (health-checked, scraped, scored): beyond this,
+# a typo (dp_size: 100000) would make the picker spend itself on ranks that do not exist.
+MAX_DP_SIZE = 256
 Port = Annotated[int, Field(ge=1, le=65535)]
 # Bounded like Kubernetes labels (63-character keys), so one request cannot make every worker
 # view, listing and reindex carry megabytes.
@@ -71,7 +87,7 @@ class RuntimeType(enum.StrEnum):
 class HealthOverrides(BaseModel):
     """Per-worker overrides of the global health-check settings; unset fields inherit them."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     endpoint: str | None = None
     interval_secs: float | None = Field(default=None, gt=0)
@@ -86,7 +102,7 @@ class KvEventsEndpoint(BaseModel):
     replay_endpoint, seen from the picker). A data-parallel rank r publishes on port + r, as
     vLLM offsets them, so one entry serves every rank of an engine."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     endpoint: str = Field(description="ZMQ PUB address, e.g. tcp://10.0.0.5:5557")
     replay_endpoint: str | None = Field(default=None,
@@ -113,11 +129,11 @@ class KvEventsEndpoint(BaseModel):
 class WorkerSpec(BaseModel):
     """A worker as operators configure it. Unknown fields are rejected, naming the field."""
 
-    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+    model_config = ConfigDict(extra="forbid", use_enum_values=False, allow_inf_nan=False)
 
     url: str = Field(description="Base URL, e.g. http://10.0.0.5:8000 (scheme defaults to http)")
-    id: str | None = Field(default=None, description="Stable name; derived from url when unset")
-    models: list[str] = Field(
+    id: Name | None = Field(default=None, description="Stable name; derived from url when unset")
+    models: list[Name] = Field(
         default_factory=list, description="Served model names; empty means any model"
     )
     worker_type: WorkerType = WorkerType.REGULAR
@@ -132,7 +148,7 @@ class WorkerSpec(BaseModel):
     bootstrap_host: str | None = Field(default=None, description="Derived from url when unset")
     dp_base_url: str | None = None
     dp_rank: int | None = Field(default=None, ge=0)
-    dp_size: int | None = Field(default=None, ge=1)
+    dp_size: int | None = Field(default=None, ge=1, le=MAX_DP_SIZE)
     kv_connector: str | None = None
     kv_role: str | None = None
     kv_block_size: int | None = Field(default=None, ge=1)

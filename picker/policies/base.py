@@ -33,7 +33,7 @@ class PolicyParams(BaseModel):
     the picker (the prefix index, engine metrics) is answered here because for some policies
     (weighted) it depends on the parameters."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def needs_prefix(self) -> bool:
         return False

@@ -8,7 +8,7 @@ __all__ = ["KvEventSettings"]
 
 
 class KvEventSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # A pick counts as held by its worker for this long, until the engine's own BlockStored
     # arrives (prefill plus publishing takes tens of ms): requests sharing a new prefix that

@@ -28,7 +28,7 @@ __all__ = ["PrefixProducer", "PrefixSettings"]
 
 
 class PrefixSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = False
     # approximate: learned from the picker's own decisions. kv_events: what the engines report

@@ -30,7 +30,7 @@ log = logging.getLogger("llm_picker.tokenizer")
 
 
 class TokenizerSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: Literal["character", "hf", "remote"] = "character"
     path: str | None = Field(default=None, description="hf: tokenizer.json file")

@@ -17,7 +17,7 @@ class PeerDnsSettings(BaseModel):
     The system resolver (getaddrinfo) is enough here: replicas need no SRV records, and the
     optional DNS client stays optional."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(min_length=1, description="e.g. llm-picker-peers.default.svc")
     port: Port
@@ -25,7 +25,7 @@ class PeerDnsSettings(BaseModel):
 
 
 class ReplicaSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     listen: HostPort = Field(description="host:port peers connect to, e.g. 0.0.0.0:9004")
     # Every replica may list them all, itself included: a link that reaches this replica is

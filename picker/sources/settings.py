@@ -24,7 +24,7 @@ APP_PROTOCOLS = ("http", "kubernetes.io/h2c")
 class LabelSelector(BaseModel):
     """Pods by label, as an InferencePool (v1) selects them: equality on every label."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     match_labels: dict[str, str] = Field(alias="matchLabels", min_length=1)
 
@@ -32,7 +32,7 @@ class LabelSelector(BaseModel):
 class _SourceSettings(BaseModel):
     """What every self-discovering source needs to turn an address into a worker."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     runtime_type: RuntimeType = Field(
         default=RuntimeType.VLLM, description="The engines' kind (metrics names, SGLang info)")

@@ -26,6 +26,7 @@ from tests.integration.conftest import (
 from tests.integration.test_envoy_routing import (
     MESSAGES,
     _stream_then_maybe_cancel,
+    assert_method_and_encoding_named,
     client_for,
     served_by,
 )
@@ -79,6 +80,21 @@ def test_bad_body_is_400_with_json_error(authz_fleet: Fleet) -> None:
     assert response.status_code == 400
     assert response.headers["content-type"] == "application/json"
     assert "invalid JSON" in response.json()["error"]["message"]
+
+
+def test_the_model_list_is_answered_by_the_picker_as_in_ext_proc_mode(
+        authz_fleet: Fleet) -> None:
+    client = client_for(authz_fleet)
+    assert sorted(m.id for m in client.models.list()) == [MODEL, "solo-model"]
+    assert client.models.retrieve("solo-model").id == "solo-model"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+    posted = httpx.post(f"{authz_fleet.envoy_url}/v1/models", json={}, timeout=5.0)
+    assert posted.status_code == 405 and posted.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_wrong_method_and_compressed_bodies_are_named(authz_fleet: Fleet) -> None:
+    assert_method_and_encoding_named(authz_fleet.envoy_url)
 
 
 def test_in_flight_spans_the_response_and_returns_to_zero(authz_fleet: Fleet) -> None:

@@ -95,6 +95,22 @@ def test_bad_bodies_are_400_with_json_error(rr_fleet: Fleet, body: bytes, fragme
     assert fragment in error["message"]
 
 
+def assert_method_and_encoding_named(envoy_url: str) -> None:
+    """A GET of an inference path is a 405, a compressed body a 415, each saying why."""
+    got = httpx.get(f"{envoy_url}/v1/chat/completions", timeout=5.0)
+    assert got.status_code == 405
+    assert got.json()["error"]["message"] == "/v1/chat/completions takes POST, not GET"
+    gzipped = httpx.post(f"{envoy_url}/v1/chat/completions", content=b"\x1f\x8b",
+                         headers={"content-type": "application/json",
+                                  "content-encoding": "gzip"}, timeout=5.0)
+    assert gzipped.status_code == 415
+    assert "content-encoding 'gzip' is not supported" in gzipped.json()["error"]["message"]
+
+
+def test_wrong_method_and_compressed_bodies_are_named(rr_fleet: Fleet) -> None:
+    assert_method_and_encoding_named(rr_fleet.envoy_url)
+
+
 def test_dead_worker_is_ejected_then_its_model_gets_503(rr_fleet: Fleet) -> None:
     client = client_for(rr_fleet)
     assert served_by(client, stream=False, model="solo-model") == "sim-solo"

@@ -450,3 +450,34 @@ async def test_openapi_documents_the_real_error_shape_and_statuses(admin: Admin)
     ready = paths["/ready"]["get"]["responses"]["503"]["content"]["application/json"]
     assert ready["schema"] == {"$ref": "#/components/schemas/Ready"}
     assert (await admin.client.get("/ready")).status_code == 503  # no worker: documented
+
+
+@pytest.mark.parametrize(("body", "field", "message"), [
+    (b'{"url": "a:1", "models": ["m"], "dp_size": 100000}', "dp_size",
+     "less than or equal to 256"),
+    (b'{"url": "a:1", "models": ["m"], "cost": 1e999}', "cost", "finite number"),
+    (b'{"url": "a:1", "models": ["m"], "priority": true}', "priority", "not a boolean"),
+    (b'{"url": "a:1", "models": ["' + b"m" * 257 + b'"]}', "models.0", "at most 256"),
+    (b'{"url": "a:1", "id": "' + b"w" * 257 + b'"}', "id", "at most 256"),
+    (b'{"url": "a:1", "models": ["m"], "health": {"interval_secs": 1e999}}',
+     "health.interval_secs", "finite number"),
+])
+async def test_values_no_worker_could_have_are_422_and_register_nothing(
+        admin: Admin, body: bytes, field: str, message: str) -> None:
+    response = await admin.client.post("/workers", content=body,
+                                       headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == field and message in error["message"]
+    assert not admin.registry.workers()
+
+
+async def test_patch_and_delete_refuse_infinite_and_nan(admin: Admin) -> None:
+    admin.registry.add(WorkerSpec(url="a:1", id="a", models=["m"]))
+    patched = await admin.client.patch("/workers/a", content=b'{"cost": 1e999}',
+                                       headers={"content-type": "application/json"})
+    assert patched.status_code == 422 and patched.json()["error"]["field"] == "cost"
+    deleted = await admin.client.delete("/workers/a", params={"drain_timeout_secs": "nan"})
+    assert deleted.status_code == 422
+    assert deleted.json()["error"]["field"] == "drain_timeout_secs"
+    assert admin.registry.get("a") is not None

@@ -244,6 +244,8 @@ def test_config_path_variable_is_not_a_key(tmp_path: Path) -> None:
         ({"LLM_PICKER_POLICY__NAME": "fastest"}, "policy.name", "LLM_PICKER_POLICY__NAME"),
         ({"LLM_PICKER_ADMIN__PORT": "70000"}, "admin.port", "LLM_PICKER_ADMIN__PORT"),
         ({"LLM_PICKER_LOG__LEVEL": "chatty"}, "log.level", "LLM_PICKER_LOG__LEVEL"),
+        ({"LLM_PICKER___ADMIN": "1"}, "LLM_PICKER___ADMIN", "LLM_PICKER___ADMIN"),
+        ({"LLM_PICKER_ADMIN__": "1"}, "LLM_PICKER_ADMIN__", "LLM_PICKER_ADMIN__"),
     ],
 )
 def test_env_mistakes_name_the_variable(env: dict[str, str], key: str, variable: str) -> None:

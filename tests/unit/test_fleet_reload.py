@@ -165,5 +165,6 @@ async def test_settings_are_compared_with_the_running_ones(
         return "apply on restart" in caplog.text
 
     assert await reload(policy="least_load")
+    assert "changes to policy apply on restart" in caplog.text  # names what waits
     assert await reload(policy="least_load")  # still not what runs
     assert not await reload()  # back to what runs

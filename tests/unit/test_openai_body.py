@@ -230,7 +230,7 @@ BAD = [
     ("responses-input-missing", RESPONSES, body(model="m"), "input", "'input' is required"),
     ("responses-input-null", RESPONSES, body(model="m", input=None), "input", "not null"),
     ("responses-input-number", RESPONSES, body(model="m", input=1), "input",
-     "must be an array, not a number"),
+     "must be a string or an array of items, not a number"),
     ("responses-item-untyped", RESPONSES, body(model="m", input=[{"content": "x"}]),
      "input[0].role", "is required"),
     ("responses-part-text-null", RESPONSES, body(model="m", input=[user(

@@ -219,7 +219,10 @@ def test_no_routable_worker_is_503(hows: tuple[str, ...],
         r.route_sync(req())
     error = caught.value
     assert error.status == 503 and error.code == "no_healthy_worker"
-    assert "'m'" in error.message
+    reasons = {"unhealthy": "unhealthy", "draining": "draining", "circuit": "circuit open"}
+    said = ", ".join(f"{hows.count(how)} {reasons[how]}"
+                     for how in sorted(set(hows), key=lambda how: reasons[how]))
+    assert error.message == f"no routable worker for model 'm' ({said})"
     assert policy.offered == []  # the policy is never asked with nobody to pick
     assert r.leases.active == 0 and all(w.in_flight == 0 for w in r.registry.workers())
 
