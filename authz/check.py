@@ -23,15 +23,9 @@ from collections import deque
 from dataclasses import dataclass
 
 from authz.tokens import LEASE_HEADER, new_token
-from picker.errors import (
-    BodyTooLarge,
-    MethodNotAllowed,
-    ProxyMisconfigured,
-    RequestError,
-    UnsupportedPath,
-)
+from picker.errors import BodyTooLarge, ProxyMisconfigured, RequestError, UnsupportedPath
 from picker.leases import Lease
-from picker.model_list import MODELS_PATH, model_object, models_path_id
+from picker.model_list import model_object, models_path_id
 from picker.openai_body import parse_request
 from picker.request import RoutingRequest
 from picker.runtime import PickerRuntime
@@ -74,6 +68,13 @@ class Checker:
     def open_leases(self) -> int:
         return len(self._leases)
 
+    @property
+    def max_body_bytes(self) -> int:
+        return self._max_body
+
+    def too_large(self) -> BodyTooLarge:
+        return BodyTooLarge(f"request body exceeds the {self._max_body} byte limit")
+
     def parse(self, path: str, headers: dict[str, str],
               body: bytes) -> RoutingRequest | Answer:
         """The routing request, or the denial for a body the picker cannot route; or, for a
@@ -81,7 +82,7 @@ class Checker:
         if headers.get(DIRECT_HEADER) == "models":
             return self._models(path, headers)
         if len(body) > self._max_body:
-            return self.deny(BodyTooLarge(f"request body exceeds the {self._max_body} byte limit"))
+            return self.deny(self.too_large())
         try:
             return parse_request(path, body, headers)
         except RequestError as error:
@@ -110,11 +111,10 @@ class Checker:
         return self.allow(lease)
 
     def _models(self, path: str, headers: dict[str, str]) -> Answer:
-        """GET /v1/models or /v1/models/{id}, as the ext_proc adapter answers it."""
+        """GET (or HEAD) /v1/models or /v1/models/{id}, as the ext_proc adapter answers it
+        (envoy-authz.yaml routes only those methods here)."""
         model_id = models_path_id(path)
         try:
-            if headers.get(":method") not in ("GET", "HEAD"):
-                raise MethodNotAllowed(f"{MODELS_PATH} answers GET, not {headers.get(':method')}")
             if model_id is None:
                 raise UnsupportedPath(f"no such path: {path[:100]!r}")
             body = model_object(self._runtime.registry.workers(), model_id)

@@ -13,12 +13,13 @@ import socket
 from typing import cast
 
 from authz.check import Answer, Checker
-from picker.errors import InvalidRequest
+from picker.errors import InvalidRequest, RequestError
 
 __all__ = ["serve_http"]
 
 _HEAD_LIMIT = 64 * 1024
-_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 413: b"Payload Too Large",
+_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+            413: b"Payload Too Large",
             415: b"Unsupported Media Type", 429: b"Too Many Requests",
             500: b"Internal Server Error", 503: b"Service Unavailable"}
 
@@ -99,6 +100,11 @@ class _Connection(asyncio.Protocol):
             return None
         start = end + 4
         length = int(length_text)
+        if length > self._checker.max_body_bytes:
+            # Checks come through Envoy's max_request_bytes, but GET /v1/models is routed here
+            # from clients directly: no body is buffered past the limit.
+            self._refuse(self._checker.too_large())
+            return None
         if len(self._buffer) < start + length:
             return None
         body = bytes(self._buffer[start:start + length])
@@ -109,10 +115,13 @@ class _Connection(asyncio.Protocol):
         return parts[1], headers, body
 
     def _fail(self, why: str) -> None:
+        self._refuse(InvalidRequest(f"authz check request: {why}"))
+
+    def _refuse(self, error: RequestError) -> None:
+        """Answer with `error` and close: the rest of the connection's bytes are unframed."""
         assert self._transport is not None
-        error = InvalidRequest(f"authz check request: {why}")
-        self._transport.write(_encode(Answer(400, (("content-type", "application/json"),
-                                                    ("connection", "close")),
+        self._transport.write(_encode(Answer(error.status, (("content-type", "application/json"),
+                                                             ("connection", "close")),
                                              error.to_json())))
         self._transport.close()
         self._transport = None

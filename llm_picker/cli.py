@@ -211,8 +211,7 @@ def _bench(ns: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-picker", description=__doc__)
-    parser.add_argument("--version", action="version",
-                        version=f"llm-picker {importlib.metadata.version('llm-picker')}")
+    parser.add_argument("--version", action="version", version=f"llm-picker {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the ext_proc server and the admin API")
@@ -296,10 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "LiteLLM's strategies vs the picker strategy inside LiteLLM")
     routing.add_argument("--contenders", nargs="+",
                          help="policy names or sglang (default: all of the frontend's); a "
-                              "policy may end in +kv_events (index from the engines' KV "
-                              "events), +gateway (Envoy with both bodies "
-                              "FULL_DUPLEX_STREAMED, as gateways configure it) and/or "
-                              "+slo<ms> (every request carries x-slo-ttft-ms)")
+                              "policy takes options in any order: +kv_events (index from the "
+                              "engines' KV events), +gateway (Envoy with both bodies "
+                              "FULL_DUPLEX_STREAMED, as gateways configure it), +slo<ms> "
+                              "(every request carries x-slo-ttft-ms)")
     routing.add_argument("--plot", help="write an SVG chart of the results to this path")
     routing.add_argument("--cache-blocks", type=int,
                          help="KV-cache blocks per engine (default: the profile's); small "
@@ -345,6 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
     kv.add_argument("--seconds", type=float, default=10.0, help="per phase")
     kv.set_defaults(run=_bench)
     return parser
+
+
+def _version() -> str:
+    """The installed package's version; a source tree run without installing has none."""
+    try:
+        return importlib.metadata.version("llm-picker")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _positive(text: str) -> int:

@@ -16,6 +16,7 @@ own, the others are stopped too and the supervisor exits non-zero, so a process 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import logging
 import os
 import secrets
@@ -41,9 +42,9 @@ log = logging.getLogger("llm_picker")
 
 _POLL_SECS = 0.1
 _PR_SET_PDEATHSIG = 1
-# The group's directory in the temporary directory, and the file naming its supervisor's pid.
+# The group's directory in the temporary directory, and the file its processes hold locked.
 _GROUP_PREFIX = "llm-picker-group-"
-_OWNER_FILE = "supervisor.pid"
+_LOCK_FILE = "lock"
 # A Unix socket's path holds at most 107 bytes (sun_path, NUL-terminated).
 _SOCKET_PATH_MAX = 107
 # Beyond the configured drain, how long a stopping process may take before it is killed.
@@ -66,7 +67,7 @@ def run_group(config: PickerConfig, count: int, serve_argv: Sequence[str],
     directory = Path(tempfile.mkdtemp(prefix=_GROUP_PREFIX, dir=groups))
     group = _Group()  # signals are handled from here on, before any child exists
     try:
-        (directory / _OWNER_FILE).write_text(str(os.getpid()))
+        lock = _hold_lock(directory)
         SharedCounts.create(directory / "in_flight", count)
         (directory / "metrics").mkdir()
         ports = _free_loopback_ports(count)
@@ -82,7 +83,7 @@ def run_group(config: PickerConfig, count: int, serve_argv: Sequence[str],
             place = ProcessGroup(index, count, directory, ports)
             group.children.append(subprocess.Popen(
                 [sys.executable, "-m", "llm_picker", *serve_argv],
-                env={**env, GROUP_ENV: place.to_env()},
+                env={**env, GROUP_ENV: place.to_env()}, pass_fds=(lock,),
                 preexec_fn=lambda: _child_setup(supervisor)))
         log.info("llm-picker: %d processes, ext_proc on %s:%d-%d, admin API in process 0",
                  count, host, base, base + count - 1)
@@ -99,17 +100,37 @@ def _groups_base() -> Path:
     return base if len(os.fsencode(longest)) <= _SOCKET_PATH_MAX else Path("/tmp")
 
 
+def _hold_lock(directory: Path) -> int:
+    """Lock the group's directory for as long as any process of the group lives: the returned
+    descriptor is kept open here and inherited by every child (flock locks belong to the open
+    file, shared by all its descriptors). The file is locked under a temporary name and then
+    renamed, so no other supervisor ever finds it unlocked while this group is starting."""
+    staging = directory / f".{_LOCK_FILE}"
+    lock = os.open(staging, os.O_CREAT | os.O_WRONLY, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    staging.rename(directory / _LOCK_FILE)
+    return lock
+
+
 def _remove_orphaned_groups(base: Path) -> None:
-    """Remove the directories of groups whose supervisor was killed (SIGKILL, OOM) before it
-    could remove its own: its children follow it (PR_SET_PDEATHSIG), its files would not.
-    A directory without an owner file yet is a group being created right now, and is left."""
+    """Remove the directories of groups whose every process is gone: a supervisor killed
+    (SIGKILL, OOM) before it could remove its own leaves its files behind. Whether one is gone
+    is its lock, not a pid: a restarted container's supervisor is pid 1 again, and another pid
+    namespace sharing /tmp has pids of its own. A directory without a lock file yet is a group
+    being created, and is left."""
     for directory in base.glob(f"{_GROUP_PREFIX}*"):
         try:
-            os.kill(int((directory / _OWNER_FILE).read_text()), 0)
-        except ProcessLookupError:
+            lock = os.open(directory / _LOCK_FILE, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # held: the group lives
+        else:
             shutil.rmtree(directory, ignore_errors=True)
-        except (OSError, ValueError):
-            pass  # no owner file yet, or an owner alive that this user may not signal
+        finally:
+            os.close(lock)
 
 
 class _Group:

@@ -7,6 +7,7 @@ becomes one logical worker per rank (`{base}@{rank}`), so load is tracked per ra
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import httpx
@@ -14,9 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from picker.errors import PickerError
 from picker.sources.settings import DnsSettings, KubernetesSettings
-from picker.workers import RuntimeType, WorkerSpec
+from picker.workers import MAX_NAME_CHARS, RuntimeType, WorkerSpec
 
 __all__ = ["DiscoverySettings", "WorkerUnreachable", "discover", "expand_dp_ranks"]
+
+log = logging.getLogger(__name__)
 
 
 class DiscoverySettings(BaseModel):
@@ -93,10 +96,18 @@ async def _complete(spec: WorkerSpec, client: httpx.AsyncClient, timeout: float)
         response.raise_for_status()
     else:
         listing = await _get_json(client, spec, "/v1/models", timeout)
-        models = [m["id"] for m in listing.get("data", []) if isinstance(m, dict)
+        listed = [m["id"] for m in listing.get("data", []) if isinstance(m, dict)
                   and isinstance(m.get("id"), str) and m["id"]]
+        # A request names its model in at most MAX_NAME_CHARS: a longer one (vLLM lists the
+        # model's path by default) could never be asked for. It is left out, not fatal.
+        models = [m for m in listed if len(m) <= MAX_NAME_CHARS]
+        if len(models) < len(listed):
+            log.warning("%s: /v1/models listed %d model(s) over %d characters, which requests "
+                        "cannot name; left out (serve them under --served-model-name)",
+                        spec.url, len(listed) - len(models), MAX_NAME_CHARS)
         if not models:
-            raise ValueError("/v1/models listed no model")
+            raise ValueError(f"/v1/models listed no model of at most {MAX_NAME_CHARS} "
+                             "characters")
         update["models"] = models
         update["model_id"] = spec.model_id or models[0]
     if spec.runtime_type is RuntimeType.SGLANG:

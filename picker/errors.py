@@ -97,8 +97,13 @@ class UnsupportedPath(RequestError):
 
 
 class MethodNotAllowed(RequestError):
+    """Only POST reaches an inference path; the answer says so (RFC 9110 requires Allow)."""
+
     status = 405
     code = "method_not_allowed"
+
+    def headers(self) -> dict[str, str]:
+        return {"allow": "POST"}
 
 
 class ModelNotFound(RequestError):

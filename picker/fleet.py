@@ -60,7 +60,7 @@ class WorkerPatch(BaseModel):
                     "POST it again with the new value",
                     {"field": fixed[0]},
                 )
-            nulls = sorted(k for k, v in data.items() if v is None)
+            nulls = sorted(k for k, v in data.items() if v is None and k in cls.model_fields)
             if nulls:
                 raise PydanticCustomError(
                     "null_field", "{field} cannot be null: give a value, or leave the field "

@@ -197,6 +197,13 @@ class WorkerSpec(BaseModel):
             self.bootstrap_host = urlsplit(self.network_url).hostname
         if self.id is None:
             self.id = "w-" + hashlib.blake2b(self.url.encode(), digest_size=4).hexdigest()
+        elif self.dp_size and self.dp_size > 1 and self.dp_rank is None \
+                and len(self.id) + len(f"@{self.dp_size - 1}") > MAX_NAME_CHARS:
+            # Each rank becomes a worker `{id}@{rank}` (picker.discovery.expand_dp_ranks).
+            raise PydanticCustomError(
+                "id_too_long", "with dp_size {dp_size} the rank ids (id@rank) would be over "
+                "{limit} characters: shorten id",
+                {"dp_size": self.dp_size, "limit": MAX_NAME_CHARS, "field": "id"})
         return self
 
     @field_validator("dp_size")

@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -142,13 +142,39 @@ def _engine_counters(url: str) -> tuple[float, float, float]:
 Driver = Callable[[Workload], Coroutine[Any, Any, tuple[list[Outcome], float]]]
 
 
-KV_SUFFIX = "+kv_events"
-# The picker behind Envoy configured as Gateway API inference gateways do (both bodies
-# FULL_DUPLEX_STREAMED): every response passes through it, so it learns each engine's TTFT and
-# prefill rate from the first responses instead of from metrics scrapes.
-GATEWAY_SUFFIX = "+gateway"
-# `weighted+slo300`: every request carries x-slo-ttft-ms: 300.
-SLO_SUFFIX = re.compile(r"\+slo(\d+)$")
+@dataclass(frozen=True)
+class _Variant:
+    """A contender's name taken apart: the router (a policy, `sglang` or `litellm:<strategy>`)
+    and `+`-joined options in any order.
+
+    kv_events: the engines publish KV events and the picker follows them (sync index, the
+    engines' /tokenize as tokenizer) instead of learning from its own picks. gateway: Envoy
+    configured as Gateway API inference gateways do (both bodies FULL_DUPLEX_STREAMED), so every
+    response passes through the picker and it learns each engine's TTFT and prefill rate from
+    the first responses instead of from metrics scrapes. slo<ms>: every request carries
+    x-slo-ttft-ms."""
+
+    router: str
+    kv_events: bool = False
+    gateway: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, name: str) -> _Variant:
+        router, *options = name.split("+")
+        variant = cls(router)
+        for option in options:
+            slo = re.fullmatch(r"slo(\d+)", option)
+            if option == "kv_events":
+                variant = replace(variant, kv_events=True)
+            elif option == "gateway":
+                variant = replace(variant, gateway=True)
+            elif slo is not None:
+                variant = replace(variant, headers=((SLO_HEADER, slo.group(1)),))
+            else:
+                raise ValueError(f"contender {name!r}: unknown option +{option} (kv_events, "
+                                 "gateway, slo<ms>)")
+        return variant
 
 
 @contextmanager
@@ -156,17 +182,11 @@ def _contender(name: str, engines: int, workdir: Path, workload: Workload,
                cache_blocks: int | None = None, kv_tokenizer: str = "hf",
                fleet: str = "homogeneous", replicas: int = 1,
                share_picks: bool = True) -> Iterator[tuple[Driver, list[str]]]:
-    """Fresh engines plus the router under test; yields (workload driver, engine urls).
-
-    `policy+kv_events`: the engines publish KV events and the picker follows them (sync index,
-    the engines' /tokenize as tokenizer) instead of learning from its own picks. `replicas`
-    pickers behind the one Envoy, sharing their approximate-index picks with `share_picks`."""
-    slo = SLO_SUFFIX.search(name)
-    headers = {} if slo is None else {SLO_HEADER: slo.group(1)}
-    name = SLO_SUFFIX.sub("", name)
-    gateway = name.endswith(GATEWAY_SUFFIX)
-    name = name.removesuffix(GATEWAY_SUFFIX)
-    kv = name.endswith(KV_SUFFIX)
+    """Fresh engines plus the router under test (`_Variant`); yields (workload driver, engine
+    urls). `replicas` pickers behind the one Envoy, sharing their approximate-index picks with
+    `share_picks`."""
+    variant = _Variant.parse(name)
+    kv, router, label = variant.kv_events, variant.router, name.replace("+", "-")
     with ExitStack() as stack:
         sims = [SimSpec(f"e{i}", "sim-model", ["--profile", PROFILE[fleet]])
                 for i in range(engines)]
@@ -182,13 +202,13 @@ def _contender(name: str, engines: int, workdir: Path, workload: Workload,
             spec.args = args
             stack.callback(start_sim(spec, workdir).stop)
         urls = [f"http://127.0.0.1:{s.port}" for s in sims]
-        if name.startswith("litellm:"):
+        if router.startswith("litellm:"):
             from picker_bench.litellm_frontend import litellm_driver
 
-            yield litellm_driver(name.removeprefix("litellm:"), urls), urls
+            yield litellm_driver(router.removeprefix("litellm:"), urls), urls
             return
         listen = free_port()
-        if name == "sglang":
+        if router == "sglang":
             stack.callback(start_sglang_router(listen, urls, "cache_aware", workdir).stop)
             # Workers are added asynchronously after start-up; wait until one request routes.
             deadline = time.monotonic() + 30
@@ -201,7 +221,6 @@ def _contender(name: str, engines: int, workdir: Path, workload: Workload,
                 time.sleep(0.5)
             yield _http_driver(f"http://127.0.0.1:{listen}"), urls
             return
-        policy = name.removesuffix(KV_SUFFIX)
         workers: list[dict[str, Any]] = [{"url": u, "id": s.worker_id, "models": ["sim-model"]}
                                          for u, s in zip(urls, sims, strict=True)]
         prefix: dict[str, Any] = {"enabled": True}
@@ -213,18 +232,18 @@ def _contender(name: str, engines: int, workdir: Path, workload: Workload,
                 worker.update(kv_block_size=block_tokens, kv_events={
                     "endpoint": f"tcp://127.0.0.1:{events}",
                     "replay_endpoint": f"tcp://127.0.0.1:{replay}"})
-        config = {"policy": _POLICY_CONFIG.get(policy, policy), "prefix": prefix,
+        config = {"policy": _POLICY_CONFIG.get(router, router), "prefix": prefix,
                   "workers": workers}
         pickers = replica_configs(config, replicas, share_picks and replicas > 1 and not kv)
         for i, picker in enumerate(pickers):
-            stack.callback(start_picker(picker, workdir, name=f"picker-{name}-{i}").stop)
+            stack.callback(start_picker(picker, workdir, name=f"picker-{label}-{i}").stop)
         ports = [picker["extproc"]["port"] for picker in pickers]
         envoy = render_envoy_config(listen_port=listen, admin_port=free_port(),
                                     picker_port=ports[0], replica_ports=ports[1:])
-        if gateway:
+        if variant.gateway:
             duplex_both_ways(envoy)
-        stack.callback(start_envoy(envoy, workdir, name=f"envoy-{name}").stop)
-        yield _http_driver(f"http://127.0.0.1:{listen}", headers), urls
+        stack.callback(start_envoy(envoy, workdir, name=f"envoy-{label}").stop)
+        yield _http_driver(f"http://127.0.0.1:{listen}", dict(variant.headers)), urls
 
 
 def _speed_args(fleet: str, index: int, engines: int) -> list[str]:
@@ -354,8 +373,14 @@ def run_routing(engines: int = 8, groups: int = 64, rate: float = 40.0,
                 share_picks: bool = True) -> int:
     default = LITELLM_CONTENDERS if frontend == "litellm" else [
         "round_robin", "least_load", "prefix_cache", "cache_aware", "weighted",
-        "prefix_cache" + KV_SUFFIX, "weighted" + KV_SUFFIX, "sglang"]
+        "prefix_cache+kv_events", "weighted+kv_events", "sglang"]
     names = contenders or default
+    try:
+        for name in names:  # a typo fails now, not after the contenders before it have run
+            _Variant.parse(name)
+    except ValueError as error:
+        print(f"llm-picker bench routing: {error}", file=sys.stderr)
+        return 2
     # The heterogeneous fleet's traffic is session-heavy: sessions resending their history.
     sessions = {"conversations": 48, "turns": 6} if fleet == "hetero" else {}
     workload = make_workload(seed=seed, groups=groups, rate=rate,

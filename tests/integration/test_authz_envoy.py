@@ -89,8 +89,15 @@ def test_the_model_list_is_answered_by_the_picker_as_in_ext_proc_mode(
     assert client.models.retrieve("solo-model").id == "solo-model"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
+    head = httpx.head(f"{authz_fleet.envoy_url}/v1/models", timeout=5.0)
+    assert head.status_code == 200 and head.headers["content-type"] == "application/json"
+    # Other methods are checked like any path the picker does not route, as in ext_proc mode.
     posted = httpx.post(f"{authz_fleet.envoy_url}/v1/models", json={}, timeout=5.0)
-    assert posted.status_code == 405 and posted.json()["error"]["code"] == "method_not_allowed"
+    assert posted.status_code == 404 and posted.json()["error"]["code"] == "unsupported_path"
+    # Only a bodiless GET skips the check: with a body it is checked, and bounded there.
+    huge = httpx.request("GET", f"{authz_fleet.envoy_url}/v1/models", content=b"x" * 9_000_000,
+                         timeout=10.0)
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "body_too_large"
 
 
 def test_wrong_method_and_compressed_bodies_are_named(authz_fleet: Fleet) -> None:

@@ -98,7 +98,7 @@ def test_bad_bodies_are_400_with_json_error(rr_fleet: Fleet, body: bytes, fragme
 def assert_method_and_encoding_named(envoy_url: str) -> None:
     """A GET of an inference path is a 405, a compressed body a 415, each saying why."""
     got = httpx.get(f"{envoy_url}/v1/chat/completions", timeout=5.0)
-    assert got.status_code == 405
+    assert got.status_code == 405 and got.headers["allow"] == "POST"
     assert got.json()["error"]["message"] == "/v1/chat/completions takes POST, not GET"
     gzipped = httpx.post(f"{envoy_url}/v1/chat/completions", content=b"\x1f\x8b",
                          headers={"content-type": "application/json",

@@ -209,6 +209,9 @@ async def test_patch_with_null_is_422_naming_the_field(admin: Admin, field: str)
     error = response.json()["error"]
     assert error["field"] == field and "cannot be null" in error["message"]
     assert admin.registry.get("a").spec.priority == 50  # type: ignore[union-attr]
+    typo = await admin.client.patch("/workers/a", json={"prioriti": None})
+    assert typo.status_code == 422 and typo.json()["error"]["field"] == "prioriti"
+    assert "cannot be null" not in typo.json()["error"]["message"]
 
 
 async def test_get_list_filters_and_unknown(admin: Admin) -> None:
@@ -459,6 +462,8 @@ async def test_openapi_documents_the_real_error_shape_and_statuses(admin: Admin)
     (b'{"url": "a:1", "models": ["m"], "priority": true}', "priority", "not a boolean"),
     (b'{"url": "a:1", "models": ["' + b"m" * 257 + b'"]}', "models.0", "at most 256"),
     (b'{"url": "a:1", "id": "' + b"w" * 257 + b'"}', "id", "at most 256"),
+    (b'{"url": "a:1", "models": ["m"], "dp_size": 10, "id": "' + b"w" * 255 + b'"}', "id",
+     "with dp_size 10 the rank ids (id@rank) would be over 256 characters"),
     (b'{"url": "a:1", "models": ["m"], "health": {"interval_secs": 1e999}}',
      "health.interval_secs", "finite number"),
 ])

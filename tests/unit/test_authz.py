@@ -152,3 +152,23 @@ def test_http_refuses_what_envoy_never_sends() -> None:
     connection.connection_made(transport)
     connection.data_received(b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n")
     assert transport.out.startswith(b"HTTP/1.1 400 ") and transport.closed
+
+
+def test_http_refuses_a_body_over_the_limit_before_buffering_it() -> None:
+    """A client's GET /v1/models reaches this server without Envoy's max_request_bytes: the
+    declared length alone decides, so a 2 GB promise costs nothing."""
+    connection, transport = _Connection(checker(), awaits=False), _Transport()
+    connection.connection_made(transport)
+    connection.data_received(b"GET /v1/models HTTP/1.1\r\nx-llm-picker-direct: models\r\n"
+                             b"content-length: 2000000000\r\n\r\n" + b"x" * 4096)
+    assert transport.out.startswith(b"HTTP/1.1 413 Payload Too Large\r\n") and transport.closed
+    assert b'"body_too_large"' in transport.out
+    assert len(connection._buffer) <= 8192
+
+
+def test_http_answers_the_model_list_sent_straight_to_it() -> None:
+    connection, transport = _Connection(checker(), awaits=False), _Transport()
+    connection.connection_made(transport)
+    connection.data_received(b"GET /v1/models HTTP/1.1\r\nx-llm-picker-direct: models\r\n\r\n")
+    assert transport.out.startswith(b"HTTP/1.1 200 OK\r\n") and not transport.closed
+    assert json.loads(transport.out.split(b"\r\n\r\n", 1)[1])["object"] == "list"

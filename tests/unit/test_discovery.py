@@ -68,3 +68,17 @@ def test_rank_url_round_trips_through_validation() -> None:
     assert (spec.dp_rank, spec.dp_base_url, spec.host_port) == (2, "http://h:1", "h:1")
     with pytest.raises(ValueError, match="rank 2"):
         WorkerSpec(url="http://h:1@2", dp_rank=1)
+
+
+async def test_a_model_name_no_request_could_carry_is_left_out(
+        caplog: pytest.LogCaptureFixture) -> None:
+    long_path = "/models/" + "x" * 300
+    stub = StubServer({"/v1/models": {"object": "list", "data": [{"id": long_path},
+                                                                 {"id": "short"}]}}, status=404)
+    try:
+        async with httpx.AsyncClient() as client:
+            spec = await discover(WorkerSpec(url=stub.url), client, FAST)
+    finally:
+        stub.close()
+    assert spec.models == ["short"]
+    assert "1 model(s) over 256 characters" in caplog.text

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from llm_picker.supervisor import _GROUP_PREFIX, _hold_lock, _remove_orphaned_groups
 from picker.config import GROUP_ENV, load_config
 from picker.errors import ConfigError
 from picker.limits import LimitSettings
@@ -209,3 +210,20 @@ async def test_a_follower_waiting_for_the_fleet_stops_when_asked(tmp_path: Path)
     assert not await follower.start_unless(stop)
     assert asyncio.get_running_loop().time() - started < 2
     assert not follower.discovery_synced
+
+
+def test_only_groups_no_process_holds_are_removed(tmp_path: Path) -> None:
+    """A group is gone when nobody holds its lock; pids say nothing across containers."""
+    live, orphaned, starting = (tmp_path / f"{_GROUP_PREFIX}{name}"
+                                for name in ("live", "orphaned", "starting"))
+    for directory in (live, orphaned, starting):
+        directory.mkdir()
+    held = _hold_lock(live)
+    os.close(_hold_lock(orphaned))  # its processes are gone
+    (tmp_path / "llm-picker-other").mkdir()  # not a group directory
+    try:
+        _remove_orphaned_groups(tmp_path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            f"{_GROUP_PREFIX}live", f"{_GROUP_PREFIX}starting", "llm-picker-other"]
+    finally:
+        os.close(held)

@@ -3,7 +3,9 @@ issue 19's p50 argument rests on (picker_bench.routing)."""
 
 from __future__ import annotations
 
-from picker_bench.routing import Outcome, _stickiness, _ttft_by_class
+import pytest
+
+from picker_bench.routing import Outcome, _stickiness, _ttft_by_class, _Variant
 from picker_bench.workload import Workload
 
 
@@ -40,3 +42,13 @@ def test_a_failed_first_request_still_makes_the_group_warm() -> None:
     workload = _workload([("g0", 0), ("g0", 0)])
     outcomes = [Outcome("e0", 503, 0.0, 0.0), Outcome("e0", 200, 0.05, 0.1)]
     assert _ttft_by_class(workload, outcomes, engines=2)["fast warm"] == [0.05]
+
+
+def test_contender_options_parse_in_any_order_and_unknown_ones_are_named() -> None:
+    assert _Variant.parse("weighted+slo300+gateway") == _Variant(
+        "weighted", gateway=True, headers=(("x-slo-ttft-ms", "300"),))
+    assert _Variant.parse("prefix_cache+gateway+kv_events") == _Variant(
+        "prefix_cache", kv_events=True, gateway=True)
+    assert _Variant.parse("litellm:least-busy") == _Variant("litellm:least-busy")
+    with pytest.raises(ValueError, match=r"unknown option \+fast"):
+        _Variant.parse("weighted+fast")
