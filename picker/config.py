@@ -9,6 +9,7 @@ anything starts listening.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -353,11 +354,17 @@ def _one_line(error: yaml.YAMLError) -> str:
     return f"{problem}{where}"
 
 
+# What Kubernetes injects into every pod for a Service named llm-picker in its namespace
+# (service links: LLM_PICKER_SERVICE_HOST, LLM_PICKER_PORT_9002_TCP_ADDR, ...): not settings.
+_SERVICE_LINK = re.compile(r"LLM_PICKER_(SERVICE_(HOST|PORT)\w*|PORT(_\d+_(TCP|UDP|SCTP)\w*)?)")
+
+
 def _env_overrides(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
     """Dotted key -> (parsed value, the variable it came from)."""
     out: dict[str, tuple[Any, str]] = {}
     for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX) or name in (CONFIG_ENV, GROUP_ENV):
+        if not name.startswith(ENV_PREFIX) or name in (CONFIG_ENV, GROUP_ENV) \
+                or _SERVICE_LINK.fullmatch(name):
             continue
         key = name[len(ENV_PREFIX):].lower().replace("__", ".")
         if "" in key.split("."):

@@ -318,3 +318,17 @@ def test_a_mapping_naming_another_policy_replaces_it(tmp_path: Path) -> None:
         "random"
     same = load_config(path, overrides={"policy": {"params": {"std_dev_factor": 2.0}}})
     assert same.policy.params == {"imbalance_abs_count": 8, "std_dev_factor": 2.0}
+
+
+def test_kubernetes_service_links_are_not_settings() -> None:
+    """A Service named llm-picker makes Kubernetes inject these into the picker's own pod."""
+    links = {"LLM_PICKER_SERVICE_HOST": "10.96.0.7", "LLM_PICKER_SERVICE_PORT": "9002",
+             "LLM_PICKER_SERVICE_PORT_GRPC_EXT_PROC": "9002",
+             "LLM_PICKER_PORT": "tcp://10.96.0.7:9002",
+             "LLM_PICKER_PORT_9002_TCP": "tcp://10.96.0.7:9002",
+             "LLM_PICKER_PORT_9002_TCP_ADDR": "10.96.0.7",
+             "LLM_PICKER_PORT_9002_TCP_PORT": "9002", "LLM_PICKER_PORT_9002_TCP_PROTO": "tcp"}
+    config = load_config(env={**links, "LLM_PICKER_EXTPROC__PORT": "9100"})
+    assert config.extproc.port == 9100
+    with pytest.raises(ConfigError, match="LLM_PICKER_SERVICE"):
+        load_config(env={"LLM_PICKER_SERVICE": "x"})  # not a link: still a mistake
