@@ -17,7 +17,7 @@ from litellm.exceptions import ServiceUnavailableError
 
 from litellm_plugin.errors import to_litellm_error
 from litellm_plugin.fleet import DeploymentFleet
-from litellm_plugin.tracking import InFlightTracker, Observer
+from litellm_plugin.tracking import InFlightTracker, Observer, caller_metadata
 from picker.decisions import explain_line
 from picker.errors import RequestError
 from picker.leases import Lease
@@ -94,11 +94,15 @@ class _Choice:
         assert self.request is not None
         # The call's timing and usage, when LiteLLM reports them, teach the engine's speed.
         observer = Observer(self._registry, len(self.request.prompt_text))
-        tracker.begin(self._call.request_kwargs, self.lease, observer)
+        caller = caller_metadata(self._call.request_kwargs)
+        own = tracker.begin(self._call.request_kwargs, self.lease, observer)
         line = explain_line(self._explain, self.request.headers, self.lease.choice.decision)
-        metadata = (self._call.request_kwargs or {}).get("metadata")
-        if line is not None and isinstance(metadata, dict):
-            metadata[EXPLAIN_KEY] = line  # the proxy's response-headers hook sends it
+        if line is not None:
+            # The proxy's response-headers hook sends it from the call's own metadata; an SDK
+            # caller reads it from the dict it passed.
+            for metadata in (own, caller):
+                if isinstance(metadata, dict):
+                    metadata[EXPLAIN_KEY] = line
         return self.by_worker[self.lease.worker.id]
 
 
@@ -109,7 +113,7 @@ def _routing_request(call: Call) -> RoutingRequest:
     else:
         api, data["input"] = Api.EMBEDDINGS, call.input if call.input is not None else ""
     headers: Mapping[str, str] = {}
-    metadata = (call.request_kwargs or {}).get("metadata") or {}
+    metadata = caller_metadata(call.request_kwargs)
     if isinstance(metadata, dict) and isinstance(metadata.get("headers"), dict):
         headers = {str(k).lower(): str(v) for k, v in metadata["headers"].items()}
     return request_from_data(api, data, headers)

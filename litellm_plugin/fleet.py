@@ -34,17 +34,18 @@ def engine_url(api_base: str) -> str:
 class DeploymentFleet:
     def __init__(self, workers: WorkerRegistry) -> None:
         self.workers = workers
-        self._seen: frozenset[str] = frozenset()
+        self._seen: frozenset[tuple[str, ...]] = frozenset()
         self._worker_of: dict[str, str] = {}  # deployment id -> worker id
 
     def worker_id(self, deployment: Mapping[str, Any]) -> str | None:
         return self._worker_of.get(str(deployment.get("model_info", {}).get("id")))
 
     def sync(self, deployments: Iterable[Mapping[str, Any]]) -> None:
-        """Follow LiteLLM's model list (added/deleted deployments); cheap when unchanged."""
+        """Follow LiteLLM's model list (deployments added, deleted, or updated in place, e.g.
+        moved to another api_base); cheap when unchanged."""
         deployments = list(deployments)
-        ids = frozenset(str(d.get("model_info", {}).get("id")) for d in deployments)
-        if ids == self._seen:
+        seen = frozenset(_what_matters(d) for d in deployments)
+        if seen == self._seen:
             return
         wanted: dict[str, tuple[set[str], set[str], str | None]] = {}
         for deployment in deployments:
@@ -69,7 +70,7 @@ class DeploymentFleet:
                     worker = self.workers.add(spec)
                 else:
                     worker = existing
-                    if set(worker.spec.models) != models:
+                    if set(worker.spec.models) != models or _key(worker.spec) != api_key:
                         self.workers.replace_spec(worker, spec.updated(id=worker.id))
             except (PickerError, ValueError) as exc:
                 log.warning("deployment at %s not routed by the picker: %s", url, exc)
@@ -77,4 +78,15 @@ class DeploymentFleet:
             for dep_id in dep_ids:
                 worker_of[dep_id] = worker.id
         self._worker_of = worker_of
-        self._seen = ids
+        self._seen = seen
+
+
+def _what_matters(deployment: Mapping[str, Any]) -> tuple[str, ...]:
+    """What of a deployment its worker depends on."""
+    params = deployment.get("litellm_params", {})
+    return (str(deployment.get("model_info", {}).get("id")), str(deployment.get("model_name")),
+            str(params.get("api_base")), str(params.get("api_key")))
+
+
+def _key(spec: WorkerSpec) -> str | None:
+    return None if spec.api_key is None else spec.api_key.get_secret_value()

@@ -56,7 +56,14 @@ class PickerStrategy(CustomRoutingStrategyBase):
         return strategy
 
     def detach(self) -> None:
-        """Stop the picker's runtime (its background services and admin API)."""
+        """Give the router back LiteLLM's own routing (unless another strategy has replaced
+        this one since), release the calls this strategy still holds slots for, and stop the
+        picker's runtime (its background services and admin API)."""
+        for name in ("get_available_deployment", "async_get_available_deployment"):
+            installed = self._router.__dict__.get(name)
+            if getattr(installed, "__self__", None) is self:
+                delattr(self._router, name)
+        self.tracker.drop(self.runtime.registry)
         self.runtime.stop_thread()
 
     # LiteLLM's base class annotates these as returning None; they return the deployment.

@@ -27,13 +27,28 @@ from picker.leases import Lease
 from picker.registry import WorkerRegistry
 from picker.speed import Observation
 
-__all__ = ["LEASE_KEY", "InFlightTracker", "Observer", "observation_of"]
+__all__ = ["LEASE_KEY", "InFlightTracker", "Observer", "caller_metadata", "observation_of"]
 
 LEASE_KEY = "llm_picker_lease"
+# Where LiteLLM keeps a call's metadata: `litellm_metadata` on routes whose API has a
+# `metadata` field of its own (Anthropic's /v1/messages), `metadata` on the others.
+_METADATA_KEYS = ("litellm_metadata", "metadata")
+
+
+def _metadata_key(request_kwargs: dict[str, Any]) -> str:
+    return "litellm_metadata" if "litellm_metadata" in request_kwargs else "metadata"
+
+
+def caller_metadata(request_kwargs: dict[str, Any] | None) -> Any:
+    """The metadata the call came with (a dict, normally): where the caller's headers are and
+    where an SDK caller reads the explain line."""
+    return None if request_kwargs is None else request_kwargs.get(_metadata_key(request_kwargs))
 
 
 def _token(kwargs: dict[str, Any]) -> str | None:
-    for holder in ((kwargs.get("litellm_params") or {}).get("metadata"), kwargs.get("metadata")):
+    params = kwargs.get("litellm_params") or {}
+    for holder in (*(params.get(key) for key in _METADATA_KEYS),
+                   *(kwargs.get(key) for key in _METADATA_KEYS)):
         if isinstance(holder, dict) and isinstance(holder.get(LEASE_KEY), str):
             return str(holder[LEASE_KEY])
     return None
@@ -103,21 +118,38 @@ class InFlightTracker(CustomLogger):
         return len(self._leases)
 
     def begin(self, request_kwargs: dict[str, Any] | None, lease: Lease,
-              observer: Observer | None = None) -> None:
-        """Hold `lease` until LiteLLM reports the call's end. A call LiteLLM gives no
-        metadata to carry the lease's token can never be reported: its slot is released at
-        once rather than left to limits.timeout_secs."""
-        metadata = None if request_kwargs is None else request_kwargs.setdefault("metadata", {})
-        if not isinstance(metadata, dict):
+              observer: Observer | None = None) -> dict[str, Any] | None:
+        """Hold `lease` until LiteLLM reports the call's end; the call's own metadata, which
+        now carries the lease's token (None: the lease was released at once, because a call
+        LiteLLM gives no metadata to carry a token can never be reported).
+
+        The token goes into a copy of the caller's metadata made for this call: a caller may
+        pass one dict to many concurrent calls, which LiteLLM hands on by reference, and a
+        token in it would be every call's (each would end the others' leases). A retry runs on
+        the same request kwargs, so it finds its failed attempt's token in the copy."""
+        metadata = caller_metadata(request_kwargs)
+        if request_kwargs is None or not isinstance(metadata, dict | None):
             lease.release("untracked")
-            return
-        previous = metadata.get(LEASE_KEY)
+            return None
+        own = dict(metadata or {})
+        previous = own.get(LEASE_KEY)
         if isinstance(previous, str):
             self.end(previous, "upstream_error")  # this is a retry of a failed attempt
         token = uuid.uuid4().hex
         with self._lock:
             self._leases[token] = (lease, observer)
-        metadata[LEASE_KEY] = token
+        own[LEASE_KEY] = token
+        request_kwargs[_metadata_key(request_kwargs)] = own
+        return own
+
+    def drop(self, registry: WorkerRegistry) -> None:
+        """Release every open call routed by the runtime owning `registry` (its strategy is
+        being detached: their ends may never be reported to a picker that still runs)."""
+        with self._lock:
+            dropped = [token for token, (_, observer) in self._leases.items()
+                       if observer is not None and observer.registry is registry]
+        for token in dropped:
+            self.end(token, "cancelled")
 
     def end(self, token: str | None, outcome: str) -> None:
         """Release the lease behind `token` (once; later calls do nothing)."""

@@ -220,6 +220,88 @@ def test_the_explain_line_lands_in_the_calls_metadata_only_when_allowed_and_aske
     assert asked_async["llm_picker_explain"].startswith("policy=least_load; worker=")
 
 
+def test_concurrent_calls_sharing_one_metadata_dict_keep_their_own_leases(
+        engines: tuple[list[str], dict]) -> None:
+    """LiteLLM hands a caller's metadata dict on by reference: a lease token kept in it would
+    be every concurrent call's, each ending the others' leases as failed retries until the
+    engines' circuits open."""
+    bases, _ = engines
+    router = make_router(bases, policy="least_load")
+    strategy = strategy_of(router)
+    shared: dict[str, Any] = {"app": "demo"}
+    seen_in_flight: list[int] = []
+
+    async def burst() -> list[object]:
+        async def one() -> object:
+            return await router.acompletion(model="my-model", messages=MESSAGES, max_tokens=20,
+                                            metadata=shared)
+
+        calls = [asyncio.ensure_future(one()) for _ in range(12)]
+        await asyncio.sleep(0.05)
+        seen_in_flight.append(sum(w.in_flight for w in strategy.runtime.registry.workers()))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        await wait_idle(strategy)
+        return results
+
+    results = asyncio.run(burst())
+    assert not [r for r in results if isinstance(r, BaseException)]
+    assert seen_in_flight[0] > 1  # every call holds its own slot
+    assert all(w.circuit.state.value == "closed" for w in strategy.runtime.registry.workers())
+    assert "llm_picker_lease" not in shared
+
+
+def test_anthropic_messages_release_their_slot(
+        engines: tuple[list[str], dict]) -> None:
+    """/v1/messages has a `metadata` field of its own: LiteLLM keeps its metadata under
+    `litellm_metadata` there, and the lease token must ride in that, not in the request."""
+    bases, _ = engines
+    router = make_router(bases, policy="least_load")
+    strategy = strategy_of(router)
+
+    async def calls() -> None:
+        for _ in range(3):
+            await router.aanthropic_messages(model="my-model", max_tokens=5,
+                                             messages=[{"role": "user", "content": "hi"}])
+        await wait_idle(strategy)
+
+    asyncio.run(calls())
+    assert strategy.tracker.open_calls == 0
+
+
+def test_a_deployment_moved_to_another_engine_is_followed(
+        engines: tuple[list[str], dict]) -> None:
+    """Same deployment id, new api_base (Router.upsert_deployment, the proxy's /model/update):
+    the picker's worker must move too, or it health-checks and scrapes the old engine."""
+    from litellm.types.router import Deployment
+
+    bases, _ = engines
+    router = make_router(bases[:2], policy="round_robin")
+    moved = router.model_list[1]
+    router.upsert_deployment(Deployment(model_name="my-model", litellm_params={
+        "model": "hosted_vllm/my-model", "api_base": bases[2], "api_key": "x"},
+        model_info={"id": moved["model_info"]["id"]}))
+    served_by = {served(router.completion(model="my-model", messages=MESSAGES, max_tokens=1))
+                 for _ in range(4)}
+    assert served_by == {bases[0], bases[2]}
+    urls = {w.url for w in strategy_of(router).runtime.registry.workers()}
+    assert urls == {base.removesuffix("/v1") for base in (bases[0], bases[2])}
+
+
+def test_detach_gives_the_router_back_its_own_routing(engines: tuple[list[str], dict]) -> None:
+    bases, _ = engines
+    router = make_router(bases, policy="least_load")
+    strategy = strategy_of(router)
+    stream = router.completion(model="my-model", messages=MESSAGES, max_tokens=50, stream=True)
+    next(iter(stream))  # an abandoned stream: LiteLLM never reports its end
+    assert strategy.tracker.open_calls >= 1
+    strategy.detach()
+    assert "get_available_deployment" not in router.__dict__
+    assert "async_get_available_deployment" not in router.__dict__
+    assert not [w for w in strategy.runtime.registry.workers() if w.in_flight]
+    response = router.completion(model="my-model", messages=MESSAGES, max_tokens=1)
+    assert served(response) in bases  # LiteLLM's own strategy, the stopped picker unasked
+
+
 def test_deployments_added_and_deleted_at_runtime_are_followed(
         engines: tuple[list[str], dict]) -> None:
     from litellm.types.router import Deployment
