@@ -8,6 +8,7 @@ group) share its worker, so its load is counted once. Deployments without an `ap
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +37,8 @@ class DeploymentFleet:
         self.workers = workers
         self._seen: frozenset[tuple[str, ...]] = frozenset()
         self._worker_of: dict[str, str] = {}  # deployment id -> worker id
+        # Calls sync on LiteLLM's loop; the proxy also follows its model list from a thread.
+        self._lock = threading.Lock()
 
     def worker_id(self, deployment: Mapping[str, Any]) -> str | None:
         return self._worker_of.get(str(deployment.get("model_info", {}).get("id")))
@@ -47,6 +50,11 @@ class DeploymentFleet:
         seen = frozenset(_what_matters(d) for d in deployments)
         if seen == self._seen:
             return
+        with self._lock:
+            self._follow(deployments, seen)
+
+    def _follow(self, deployments: list[Mapping[str, Any]],
+                seen: frozenset[tuple[str, ...]]) -> None:
         wanted: dict[str, tuple[set[str], set[str], str | None]] = {}
         for deployment in deployments:
             params = deployment.get("litellm_params", {})

@@ -14,6 +14,8 @@ still apply; the same callback tracks in-flight requests (it is the process's In
 from __future__ import annotations
 
 import os
+import threading
+import time
 from typing import Any
 
 from litellm_plugin.choose import EXPLAIN_KEY, Call, choose_deployment
@@ -27,6 +29,8 @@ __all__ = ["CONFIG_ENV", "ProxyPicker"]
 
 # Names the picker YAML file; read by the proxy hook only (not a config key).
 CONFIG_ENV = "LLM_PICKER_CONFIG"
+# How often the proxy's model list is compared with the picker's workers between requests.
+_FOLLOW_SECS = 1.0
 
 
 class ProxyPicker(InFlightTracker):
@@ -42,7 +46,21 @@ class ProxyPicker(InFlightTracker):
         config = load_config(os.environ.get(CONFIG_ENV), env=os.environ)
         runtime = PickerRuntime(config, Host.LITELLM)
         runtime.start_in_thread()
-        return cls(runtime)
+        picker = cls(runtime)
+        threading.Thread(target=picker._follow_model_list, name="llm-picker-models",
+                         daemon=True).start()
+        return picker
+
+    def _follow_model_list(self) -> None:
+        """Register the proxy's deployments as soon as its router exists, and follow its
+        model list (/model/new, /model/delete) between requests too: without this the picker
+        knew no worker, checked no engine's health and read no metrics until the first
+        request. Requests still sync at once (`choose_deployment`)."""
+        while True:
+            deployments = _proxy_model_list()
+            if deployments:
+                self._fleet.sync(deployments)
+            time.sleep(_FOLLOW_SECS)
 
     async def async_filter_deployments(
         self, model: str, healthy_deployments: list[Any], messages: list[Any] | None,

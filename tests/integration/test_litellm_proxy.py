@@ -93,7 +93,7 @@ def test_least_queue_in_the_proxy_reads_the_engines_queues(tmp_path: Path) -> No
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=MASTER_KEY, max_retries=0)
         ask = {"model": "my-model", "messages": [{"role": "user", "content": "hi"}],
                "max_tokens": 1}
-        client.chat.completions.create(**ask)  # the picker learns the deployments here
+        # No request yet: the picker follows the proxy's model list from start-up.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             workers = httpx.get(f"http://127.0.0.1:{admin}/workers", timeout=5).json()["workers"]
