@@ -15,7 +15,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from picker.strict import StrictModel
 
 __all__ = ["CircuitBreaker", "CircuitSettings", "CircuitState"]
 
@@ -26,8 +28,7 @@ class CircuitState(enum.StrEnum):
     HALF_OPEN = "half_open"
 
 
-class CircuitSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class CircuitSettings(StrictModel):
 
     enabled: bool = True
     # Three consecutive failed requests: Envoy does not retry onto another worker (ORIGINAL_DST

@@ -16,8 +16,6 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -35,6 +33,7 @@ from picker.load import LoadSettings
 from picker.policies import PolicyParams, parse_params
 from picker.prefix.producer import PrefixSettings
 from picker.replicas.settings import ReplicaSettings
+from picker.strict import StrictModel
 from picker.workers import WorkerSpec
 
 __all__ = [
@@ -49,12 +48,7 @@ CONFIG_ENV = "LLM_PICKER_CONFIG"
 GROUP_ENV = "LLM_PICKER_PROCESS_GROUP"
 
 
-class _Strict(BaseModel):
-    # inf and nan are no durations, limits or weights (YAML .inf, JSON 1e999).
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class TlsConfig(_Strict):
+class TlsConfig(StrictModel):
     """Serve TLS; with `client_ca_file`, require client certificates signed by it (mTLS)."""
 
     cert_file: Path
@@ -70,7 +64,7 @@ class TlsConfig(_Strict):
         return self
 
 
-class ListenConfig(_Strict):
+class ListenConfig(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(ge=0, le=65535)
     tls: TlsConfig | None = None
@@ -125,14 +119,14 @@ class AdminConfig(ListenConfig):
         return self
 
 
-class PolicyConfig(_Strict):
+class PolicyConfig(StrictModel):
     """The default policy; `x-routing-strategy` may name another per request."""
 
     name: str = "round_robin"
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class PdConfig(_Strict):
+class PdConfig(StrictModel):
     """Prefill/decode disaggregation (with `enable_igw: true`): how pairs are chosen.
 
     Prefill is where a prompt's cache matters, decode where load does: by default prefill
@@ -156,7 +150,7 @@ class PdConfig(_Strict):
         return PolicyConfig(name="cache_aware" if prefix_enabled else "least_load")
 
 
-class LogConfig(_Strict):
+class LogConfig(StrictModel):
     """Process logging. The access log is opt-in: one JSON line per request is real I/O on
     the hot path, and operators who have Envoy's access log may not want a second one."""
 
@@ -169,7 +163,7 @@ class LogConfig(_Strict):
         return value.upper() if isinstance(value, str) else value
 
 
-class PickerConfig(_Strict):
+class PickerConfig(StrictModel):
     extproc: ExtprocConfig = Field(default_factory=lambda: ExtprocConfig(port=9002))
     admin: AdminConfig = Field(default_factory=lambda: AdminConfig(port=9003))
     policy: PolicyConfig = Field(default_factory=PolicyConfig)

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from picker.circuit import CircuitState
 from picker.load_signals import EngineLoad
@@ -35,6 +35,7 @@ from picker.policies import Policy
 from picker.prefix.index import PrefixMatch
 from picker.registry import Worker
 from picker.request import RoutingRequest
+from picker.strict import StrictModel
 
 __all__ = ["EXPLAIN_HEADER", "MAX_CAPACITY", "Choice", "Decision", "DecisionLog", "Exclusion",
            "ExplainSettings", "Scoring", "exclusion", "explain_line"]
@@ -50,10 +51,8 @@ MAX_CAPACITY = 100_000
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:/@+-]")
 
 
-class ExplainSettings(BaseModel):
+class ExplainSettings(StrictModel):
     """`explain:` in the configuration. Off by default: records are cheap, not free."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = False
     allow_header: bool = Field(default=False, description=(

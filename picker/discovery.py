@@ -11,10 +11,11 @@ import logging
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from picker.errors import PickerError
 from picker.sources.settings import DnsSettings, KubernetesSettings
+from picker.strict import StrictModel
 from picker.workers import MAX_NAME_CHARS, RuntimeType, WorkerSpec
 
 __all__ = ["DiscoverySettings", "WorkerUnreachable", "discover", "expand_dp_ranks"]
@@ -22,8 +23,7 @@ __all__ = ["DiscoverySettings", "WorkerUnreachable", "discover", "expand_dp_rank
 log = logging.getLogger(__name__)
 
 
-class DiscoverySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class DiscoverySettings(StrictModel):
 
     attempt_timeout_secs: float = Field(default=2.0, gt=0)
     backoff_initial_secs: float = Field(default=0.1, ge=0)

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from picker.discovery import DiscoverySettings, WorkerUnreachable, discover, expand_dp_ranks
 from picker.errors import PickerError, UnknownWorker, WorkerConflict
 from picker.registry import Worker, WorkerRegistry
+from picker.strict import StrictModel
 from picker.workers import U32, HealthOverrides, Labels, WorkerSpec
 
 __all__ = ["DeclaredInFile", "Registered", "WorkerManager", "WorkerPatch"]
@@ -35,10 +36,8 @@ __all__ = ["DeclaredInFile", "Registered", "WorkerManager", "WorkerPatch"]
 log = logging.getLogger("llm_picker.fleet")
 
 
-class WorkerPatch(BaseModel):
+class WorkerPatch(StrictModel):
     """What may change on a registered worker without re-registering it."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     priority: U32 | None = None
     cost: float | None = Field(default=None, gt=0)

@@ -13,9 +13,10 @@ import time
 from dataclasses import dataclass
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from picker.registry import Worker, WorkerRegistry
+from picker.strict import StrictModel
 from picker.worker_tasks import WorkerTasks
 
 __all__ = ["HealthChecker", "HealthSettings"]
@@ -23,8 +24,7 @@ __all__ = ["HealthChecker", "HealthSettings"]
 log = logging.getLogger("llm_picker.health")
 
 
-class HealthSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class HealthSettings(StrictModel):
 
     enabled: bool = True
     endpoint: str = "/health"

@@ -12,15 +12,15 @@ import asyncio
 import threading
 from collections import deque
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from picker.errors import Overloaded
+from picker.strict import StrictModel
 
 __all__ = ["Admission", "LimitSettings"]
 
 
-class LimitSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class LimitSettings(StrictModel):
 
     max_concurrent_requests: int = Field(default=0, ge=0, description="0: unlimited")
     per_worker_max: int = Field(default=0, ge=0, description="0: unlimited")

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from picker.load_signals import EngineCounter, EngineLoad
 from picker.registry import Worker, WorkerRegistry
+from picker.strict import StrictModel
 from picker.worker_tasks import WorkerTasks
 from picker.workers import RuntimeType
 
@@ -107,8 +108,7 @@ def scraped(runtime: RuntimeType) -> bool:
     return bool(table.gauges or table.cache_info or table.lora_info)
 
 
-class LoadSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class LoadSettings(StrictModel):
 
     enabled: bool = True
     interval_secs: float = Field(default=1.0, gt=0)

@@ -15,7 +15,6 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -25,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from picker.strict import StrictModel
 
 __all__ = [
     "ConnectionMode",
@@ -84,10 +85,8 @@ class RuntimeType(enum.StrEnum):
     EXTERNAL = "external"
 
 
-class HealthOverrides(BaseModel):
+class HealthOverrides(StrictModel):
     """Per-worker overrides of the global health-check settings; unset fields inherit them."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     endpoint: str | None = None
     interval_secs: float | None = Field(default=None, gt=0)
@@ -97,12 +96,10 @@ class HealthOverrides(BaseModel):
     disable: bool | None = None
 
 
-class KvEventsEndpoint(BaseModel):
+class KvEventsEndpoint(StrictModel):
     """Where an engine publishes its KV-cache events (vLLM `--kv-events-config`'s endpoint and
     replay_endpoint, seen from the picker). A data-parallel rank r publishes on port + r, as
     vLLM offsets them, so one entry serves every rank of an engine."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     endpoint: str = Field(description="ZMQ PUB address, e.g. tcp://10.0.0.5:5557")
     replay_endpoint: str | None = Field(default=None,
@@ -126,10 +123,10 @@ class KvEventsEndpoint(BaseModel):
         return address
 
 
-class WorkerSpec(BaseModel):
+class WorkerSpec(StrictModel):
     """A worker as operators configure it. Unknown fields are rejected, naming the field."""
 
-    model_config = ConfigDict(extra="forbid", use_enum_values=False, allow_inf_nan=False)
+    model_config = ConfigDict(use_enum_values=False)
 
     url: str = Field(description="Base URL, e.g. http://10.0.0.5:8000 (scheme defaults to http)")
     id: Name | None = Field(default=None, description="Stable name; derived from url when unset")

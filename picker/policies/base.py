@@ -6,11 +6,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from picker.load_signals import EngineSignal
 from picker.registry import Worker
 from picker.request import RoutingRequest
+from picker.strict import StrictModel
 
 __all__ = ["Policy", "PolicyDescriptor", "PolicyParams", "SeededParams", "StaleAfterParams"]
 
@@ -28,12 +29,12 @@ class Policy(Protocol):
     def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker: ...
 
 
-class PolicyParams(BaseModel):
+class PolicyParams(StrictModel):
     """A policy's parameters. Unknown keys are errors; what the policy needs from the rest of
     the picker (the prefix index, engine metrics) is answered here because for some policies
     (weighted) it depends on the parameters."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True)
 
     def needs_prefix(self) -> bool:
         return False

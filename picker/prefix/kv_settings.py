@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from picker.strict import StrictModel
 
 __all__ = ["KvEventSettings"]
 
 
-class KvEventSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class KvEventSettings(StrictModel):
 
     # A pick counts as held by its worker for this long, until the engine's own BlockStored
     # arrives (prefill plus publishing takes tens of ms): requests sharing a new prefix that

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from picker.prefix.approx import ApproxPrefixIndex
 from picker.prefix.calibration import Calibration
@@ -19,6 +19,7 @@ from picker.prefix.kv_settings import KvEventSettings
 from picker.prefix.tokenizers import RemoteTokenizer, TokenizerSettings, load_hf_tokenizer
 from picker.registry import Worker
 from picker.request import RoutingRequest
+from picker.strict import StrictModel
 
 if TYPE_CHECKING:
     from picker.prefix.kv_index import SyncPrefixIndex
@@ -27,8 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["PrefixProducer", "PrefixSettings"]
 
 
-class PrefixSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class PrefixSettings(StrictModel):
 
     enabled: bool = False
     # approximate: learned from the picker's own decisions. kv_events: what the engines report

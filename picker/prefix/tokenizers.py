@@ -19,18 +19,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from picker.errors import ConfigError, NoHealthyWorker
 from picker.request import Api, RoutingRequest
+from picker.strict import StrictModel
 
 __all__ = ["HfTokenizer", "RemoteTokenizer", "TokenizerSettings", "load_hf_tokenizer"]
 
 log = logging.getLogger("llm_picker.tokenizer")
 
 
-class TokenizerSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class TokenizerSettings(StrictModel):
 
     kind: Literal["character", "hf", "remote"] = "character"
     path: str | None = Field(default=None, description="hf: tokenizer.json file")

@@ -4,28 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
+from picker.strict import StrictModel
 from picker.workers import Port
 
 __all__ = ["PeerDnsSettings", "ReplicaSettings", "host_port"]
 
 
-class PeerDnsSettings(BaseModel):
+class PeerDnsSettings(StrictModel):
     """Peers from a name (the replicas' headless Service), polled like DNS worker discovery.
 
     The system resolver (getaddrinfo) is enough here: replicas need no SRV records, and the
     optional DNS client stays optional."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(min_length=1, description="e.g. llm-picker-peers.default.svc")
     port: Port
     interval_secs: float = Field(default=10.0, gt=0)
 
 
-class ReplicaSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class ReplicaSettings(StrictModel):
 
     listen: HostPort = Field(description="host:port peers connect to, e.g. 0.0.0.0:9004")
     # Every replica may list them all, itself included: a link that reaches this replica is

@@ -9,8 +9,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from picker.strict import StrictModel
 from picker.workers import Port, RuntimeType
 
 __all__ = [
@@ -21,18 +22,16 @@ __all__ = [
 APP_PROTOCOLS = ("http", "kubernetes.io/h2c")
 
 
-class LabelSelector(BaseModel):
+class LabelSelector(StrictModel):
     """Pods by label, as an InferencePool (v1) selects them: equality on every label."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
+    model_config = ConfigDict(populate_by_name=True)
 
     match_labels: dict[str, str] = Field(alias="matchLabels", min_length=1)
 
 
-class _SourceSettings(BaseModel):
+class _SourceSettings(StrictModel):
     """What every self-discovering source needs to turn an address into a worker."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     runtime_type: RuntimeType = Field(
         default=RuntimeType.VLLM, description="The engines' kind (metrics names, SGLang info)")

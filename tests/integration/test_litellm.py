@@ -218,6 +218,11 @@ def test_the_explain_line_lands_in_the_calls_metadata_only_when_allowed_and_aske
     asyncio.run(router.acompletion(model="my-model", messages=MESSAGES, max_tokens=2,
                                    metadata=asked_async))
     assert asked_async["llm_picker_explain"].startswith("policy=least_load; worker=")
+    strategy_of(router).detach()
+    PickerStrategy.attach(router, policy="least_load", explain={"enabled": True})
+    not_allowed = {"headers": {"x-llm-picker-explain": "1"}}
+    router.completion(model="my-model", messages=MESSAGES, max_tokens=2, metadata=not_allowed)
+    assert "llm_picker_explain" not in not_allowed  # allow_header is off
 
 
 def test_concurrent_calls_sharing_one_metadata_dict_keep_their_own_leases(

@@ -43,6 +43,12 @@ class SteadyLoad:
         return self.results
 
 
+def load_tail(results: list[tuple[float, int]], since: float) -> str:
+    """What the load got after `since`, for a failure message."""
+    after = Counter(status for at, status in results if at > since)
+    return f"{sum(after.values())} requests ({dict(after)})"
+
+
 def restart_picker(fleet: Fleet) -> None:
     config = yaml.safe_load((fleet.workdir / "picker.yaml").read_text())
     fleet.processes["picker"] = start_picker(config, fleet.workdir)
@@ -81,6 +87,7 @@ def test_fail_closed_clean_5xx_while_down_and_recovery_within_2s() -> None:
         down = [status for at, status in results if ready > at > restarted - 0.8]
         assert down and all(status in (200, 500, 502, 503) for status in down)
         assert any(status >= 500 for status in down)  # refused cleanly, not hung
-        recovered = next(at for at, status in results if at > ready and status == 200)
+        recovered = next((at for at, status in results if at > ready and status == 200), None)
+        assert recovered is not None, f"no 200 in the {load_tail(results, ready)} after ready"
         assert recovered - ready < 2.0
         assert all(status == 200 for at, status in results if at > recovered)
