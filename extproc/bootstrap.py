@@ -47,13 +47,13 @@ def _socket(host: str, port: int) -> dict[str, Any]:
 
 
 def render_bootstrap(config: PickerConfig, *, listen: str = ":10000", admin: str = ":9901",
-                     body_mode: str = "BUFFERED", tls_dir: str | None = None,
+                     body_mode: str | None = None, tls_dir: str | None = None,
                      processes: int = 1, authz_port: int | None = None) -> str:
     """The bootstrap YAML text for an Envoy in front of a picker configured by `config`;
     `processes`: the picker runs `serve --workers N`, listening on extproc.port + i;
     `authz_port`: it runs `--mode authz` with that check port; `tls_dir`: where Envoy finds
     its client certificate for extproc.tls files (default: the template's)."""
-    if body_mode not in _BODY_MODES:
+    if body_mode is not None and body_mode not in _BODY_MODES:
         raise ValueError(f"body mode {body_mode!r} is not one of {', '.join(_BODY_MODES)}")
     tls = config.extproc.tls
     if authz_port is not None and tls:
@@ -75,7 +75,8 @@ def render_bootstrap(config: PickerConfig, *, listen: str = ":10000", admin: str
     for http_filter in manager["http_filters"]:
         if http_filter["name"].startswith("envoy.filters.http.ext_proc"):
             ext_proc = http_filter["typed_config"]
-            ext_proc["processing_mode"]["request_body_mode"] = body_mode
+            if body_mode is not None:  # else the template's: BUFFERED, or the gateway's
+                ext_proc["processing_mode"]["request_body_mode"] = body_mode
             ext_proc["message_timeout"] = _message_timeout(ext_proc["message_timeout"],
                                                            config.longest_wait_secs())
     picker_host = _WILDCARDS.get(config.extproc.host, config.extproc.host)

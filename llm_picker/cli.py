@@ -237,9 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     envoy.add_argument("--config", help="the picker's YAML file (default: LLM_PICKER_CONFIG)")
     envoy.add_argument("--listen", default=":10000", help="[host]:port of Envoy's listener")
     envoy.add_argument("--admin", default=":9901", help="[host]:port of Envoy's admin")
-    envoy.add_argument("--body-mode", default="BUFFERED",
-                       choices=["BUFFERED", "FULL_DUPLEX_STREAMED"],
-                       help="the ext_proc request_body_mode (see README, Body modes)")
+    envoy.add_argument("--body-mode", choices=["BUFFERED", "FULL_DUPLEX_STREAMED"],
+                       help="the ext_proc request_body_mode (see README, Body modes; default "
+                            "BUFFERED, or FULL_DUPLEX_STREAMED with extproc.tls: self_signed, "
+                            "as gateways configure it)")
     envoy.add_argument("--tls-dir",
                        help="with extproc.tls: where Envoy finds envoy-client.pem/.key, ca.pem "
                             "(default /etc/llm-picker/tls)")

@@ -33,6 +33,7 @@ __all__ = [
     "Overloaded",
     "PickerError",
     "PrefillFailed",
+    "PrefillRejected",
     "ProxyMisconfigured",
     "RequestError",
     "UnknownWorker",
@@ -127,6 +128,16 @@ class PrefillFailed(RequestError):
     status = 503
     code = "prefill_failed"
     error_type = "service_unavailable_error"
+
+
+class PrefillRejected(RequestError):
+    """The prefill engine refused the request itself (a 4xx: max_tokens 0, an API it does not
+    serve): the client's to fix, so its status goes back to the client, and neither the engine
+    is blamed nor another pair tried."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ProxyMisconfigured(RequestError):

@@ -149,8 +149,14 @@ class LeaseBook:
         for held in (worker, lease.prefill):
             if held is not None:
                 self._workers.release(held)
-                if verdict is not None:
-                    self._workers.record_outcome(held, verdict)
+        if verdict is not None:
+            # The outcome is the served (decode) engine's. A pair's answer proves its prefill
+            # too, but a failure does not blame it: a dead decode engine must not open the
+            # circuit of the healthy prefill it was paired with. The prefill's own failures are
+            # counted where the picker sends it (picker.pd.prefill).
+            self._workers.record_outcome(worker, verdict)
+            if verdict and lease.prefill is not None:
+                self._workers.record_outcome(lease.prefill, True)
         if response is not None:
             self._workers.record_response(worker, response)
             self._metrics.observe_response(worker.id, response)

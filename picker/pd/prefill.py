@@ -17,13 +17,15 @@ from typing import Any
 
 import httpx
 
-from picker.errors import PrefillFailed
+from picker.errors import PrefillFailed, PrefillRejected
 from picker.registry import Worker
 
 __all__ = ["PrefillClient"]
 
 log = logging.getLogger("llm_picker.pd")
 
+# 4xx statuses that say something about the engine (timeout, overload), not the request.
+_ENGINE_TROUBLE = frozenset({408, 429})
 # How long a dispatched SGLang prefill may take to fail before the pair counts as started: a
 # dead engine refuses the connection within milliseconds.
 _DISPATCH_WINDOW_SECS = 0.05
@@ -80,14 +82,35 @@ class PrefillClient:
         try:
             response = await self._client.post(worker.spec.network_url + path,
                                                content=json.dumps(body), headers=headers)
-            response.raise_for_status()
-            return response
         except httpx.HTTPError as exc:
-            self._on_failure(worker)
-            raise PrefillFailed(f"prefill on worker {worker.id} failed: "
-                                f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+            failure = type(exc).__name__  # not str(exc): it names the engine's url
+        else:
+            status = response.status_code
+            if status < 400:
+                return response
+            if status < 500 and status not in _ENGINE_TROUBLE:
+                raise PrefillRejected(f"the prefill engine refused the request: "
+                                      f"{_engine_message(response)}", status)
+            failure = f"HTTP {status}"
+        self._on_failure(worker)
+        raise PrefillFailed(f"prefill on worker {worker.id} failed: {failure}")
 
     def _settled(self, task: asyncio.Task[httpx.Response]) -> None:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("%s", task.exception())
+
+
+def _engine_message(response: httpx.Response) -> str:
+    """The error message an engine put in its JSON answer (OpenAI's `error.message`, or a
+    FastAPI `detail`), else its status; short, and without the engine's address."""
+    try:
+        reply = response.json()
+    except ValueError:
+        reply = None
+    if isinstance(reply, dict):
+        error = reply.get("error")
+        message = error.get("message") if isinstance(error, dict) else reply.get("detail")
+        if isinstance(message, str) and message:
+            return message[:300]
+    return f"HTTP {response.status_code}"

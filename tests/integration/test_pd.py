@@ -97,6 +97,24 @@ def _texts(reply: Any, api: str, stream: bool) -> Iterator[str]:
             yield part or ""
 
 
+def test_a_request_an_engine_refuses_is_the_clients_error_not_the_engines(fleet: Fleet) -> None:
+    """max_tokens 0: the prefill engine answers 400. That is the client's to fix: it gets the
+    400 (with the engine's message, not its address), the engine is not blamed, and repeating
+    it does not open the prefill engines' circuits for everyone else."""
+    bad = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}
+    for _ in range(4):
+        reply = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", json=bad, timeout=10)
+        assert reply.status_code == 400, reply.text
+        assert "127.0.0.1" not in reply.text
+    client = openai.OpenAI(base_url=f"{fleet.envoy_url}/v1", api_key="x", max_retries=0)
+    for i in range(4):  # every pair still serves
+        client.chat.completions.create(model=MODEL, max_tokens=2,
+                                       messages=[{"role": "user", "content": f"ok {i}"}])
+    metrics = httpx.get(f"{fleet.admin_url}/metrics", timeout=5).text
+    assert "llm_picker_pd_prefill_failures_total{" not in metrics
+    wait_idle(fleet)
+
+
 def test_the_decode_engine_got_the_room_its_prefill_engine_filled() -> None:
     with local_fleet(pd_sims("sglang", prefills=1, decodes=1),
                      picker_settings={"enable_igw": True}) as fleet:

@@ -52,8 +52,12 @@ def test_plain_config_has_no_tls() -> None:
 
 
 def test_self_signed_picker_gets_the_gateway_configuration() -> None:
+    """Both bodies FULL_DUPLEX_STREAMED without asking, as gateways configure it; the plain
+    template stays BUFFERED."""
     config = load_config(overrides={"extproc.tls": "self_signed", "extproc.port": 7001})
-    text = render_bootstrap(config, body_mode="FULL_DUPLEX_STREAMED")
+    text = render_bootstrap(config)
+    assert "request_body_mode: FULL_DUPLEX_STREAMED" in text
+    assert "request_body_mode: BUFFERED" in render_bootstrap(load_config())
     cluster = _picker_cluster(yaml.safe_load(text))
     tls = cluster["transport_socket"]["typed_config"]  # type: ignore[index]
     assert "validation_context" not in tls["common_tls_context"]  # it cannot verify a self-sign

@@ -91,6 +91,16 @@ async def test_a_complete_pd_set_is_preferred_and_holds_both_slots() -> None:
     assert all(w.in_flight == 0 for w in r.registry.workers()) and r.leases.active == 0
 
 
+async def test_a_failed_pair_is_the_decode_engines_failure() -> None:
+    """The upstream error Envoy reports is the served (decode) engine's: a dead decode engine
+    must not open the circuit of the healthy prefill it was paired with."""
+    r = runtime(PREFILL, DECODE)
+    for _ in range(3):  # circuit.failure_threshold
+        (await r.route(REQ)).release("upstream_error")
+    circuits = {w.id: w.circuit.state.value for w in r.registry.workers()}
+    assert circuits == {"p": "closed", "d": "open"}
+
+
 async def test_an_unhealthy_prefill_breaks_the_pair() -> None:
     r = runtime(REGULAR, PREFILL, DECODE)
     r.registry.set_healthy(r.registry.get("p"), False)  # type: ignore[arg-type]
