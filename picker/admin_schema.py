@@ -124,7 +124,8 @@ class DecisionCandidate(BaseModel):
 
 class DecisionExclusion(BaseModel):
     worker: str
-    reason: str  # other_model, unhealthy, draining, circuit_open, not_allowed, cap_reached
+    reason: str  # other_model, other_role, unhealthy, draining, circuit_open, not_allowed,
+    # cap_reached
 
 
 class DecisionView(BaseModel):

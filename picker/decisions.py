@@ -66,6 +66,9 @@ class Exclusion(enum.StrEnum):
     """Why a registered worker was not a candidate."""
 
     OTHER_MODEL = "other_model"
+    # Serves the model, in another role or connection mode: a prefill engine in the decode
+    # router's decision, and so on.
+    OTHER_ROLE = "other_role"
     UNHEALTHY = "unhealthy"
     DRAINING = "draining"
     CIRCUIT_OPEN = "circuit_open"
@@ -139,7 +142,9 @@ class Decision:
     def excluded(self) -> list[tuple[str, Exclusion]]:
         """Every registered worker that was not a candidate, and why."""
         serving = {id(w) for w in self._serving}
-        others = [(w.id, Exclusion.OTHER_MODEL) for w in self._everyone if id(w) not in serving]
+        others = [(w.id, Exclusion.OTHER_ROLE if w.spec.serves(self.model)
+                   else Exclusion.OTHER_MODEL)
+                  for w in self._everyone if id(w) not in serving]
         return [*self._excluded, *others]
 
     def header_line(self) -> str:

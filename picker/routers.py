@@ -77,10 +77,12 @@ class RouterManager:
             return self._get(mode, pd=True)
         if ready[WorkerType.REGULAR]:
             return self._get(mode, pd=False)
-        counts = ", ".join(f"{role}: {ready[role]} healthy of {len(roles[role])}"
+        # Routable: healthy, not draining, circuit not open (a health-checked engine whose
+        # circuit is open is not "healthy" here either).
+        counts = ", ".join(f"{role}: {ready[role]} routable of {len(roles[role])}"
                            for role in WorkerType)
-        raise NoHealthyWorker(f"model {model!r} has no healthy regular worker and no "
-                              f"complete healthy prefill/decode pair ({counts})")
+        raise NoHealthyWorker(f"model {model!r} has no routable regular worker and no "
+                              f"complete routable prefill/decode pair ({counts})")
 
     def describe(self) -> list[dict[str, Any]]:
         """The routers in service, for GET /routers."""

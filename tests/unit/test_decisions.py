@@ -197,3 +197,19 @@ def test_allow_header_needs_enabled() -> None:
     with pytest.raises(ConfigError, match=r"explain\.allow_header"):
         load_config(overrides={"explain.allow_header": True})
     assert ExplainSettings().enabled is False
+
+
+async def test_a_pair_decision_names_the_other_role_as_such() -> None:
+    """The decode router's record lists the prefill engine of the same model: not another
+    model's, another role's."""
+    r = PickerRuntime(PickerConfig.model_validate({
+        "enable_igw": True, "explain": {"enabled": True}, "workers": [
+            {"url": "p:1", "id": "p", "models": ["m"], "worker_type": "prefill",
+             "kv_connector": "llm-d"},
+            {"url": "d:1", "id": "d", "models": ["m"], "worker_type": "decode",
+             "kv_connector": "llm-d"},
+            {"url": "o:1", "id": "o", "models": ["other-model"]}]}))
+    lease = await r.route(RoutingRequest(model="m", api=Api.CHAT))
+    decision = lease.choice.decision
+    assert decision is not None and lease.worker.id == "d"
+    assert sorted(decision.excluded()) == [("o", "other_model"), ("p", "other_role")]

@@ -111,7 +111,7 @@ async def test_no_regular_and_no_complete_pair_is_a_503_naming_what_is_missing()
     r = runtime(DECODE)
     with pytest.raises(NoHealthyWorker) as caught:
         await r.route(REQ)
-    assert "'m'" in caught.value.message and "prefill: 0 healthy of 0" in caught.value.message
+    assert "'m'" in caught.value.message and "prefill: 0 routable of 0" in caught.value.message
     assert r.leases.active == 0
     with pytest.raises(ModelNotFound):
         await r.route(RoutingRequest(model="other", api=Api.CHAT))
