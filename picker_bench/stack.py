@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -56,11 +57,37 @@ ENVOY_AUTHZ = ENVOY_DIR / "envoy-authz.yaml"
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 
 
+# Ports this process has handed out: never twice, since a server given one may not have
+# bound it yet.
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_start() -> int:
+    """Where the kernel's range for outgoing connections' local ports begins."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A loopback port free now, below the ephemeral range: between this call and the bind of
+    the server it is for, no outgoing connection (Envoy's, a client's) can take it, and no
+    other call of this process returns it. (Port 0's choice is an ephemeral port, which a
+    test's own connections raced for: a server then failed with "address already in use".)"""
+    top = _ephemeral_start()
+    for _ in range(1000):
+        port = random.randrange(max(1024, top - 12000), top)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
         return port
+    raise OSError("no free loopback port below the ephemeral range")
 
 
 def free_port_run(count: int) -> int:
@@ -70,14 +97,18 @@ def free_port_run(count: int) -> int:
         base = free_port()
         if base + count > 65536:
             continue
+        run = range(base, base + count)
+        if _HANDED_OUT.intersection(run[1:]):
+            continue
         try:
             with contextlib.ExitStack() as held:
-                for port in range(base, base + count):
+                for port in run:
                     sock = held.enter_context(socket.socket())
                     sock.bind(("127.0.0.1", port))
-            return base
         except OSError:
             continue
+        _HANDED_OUT.update(run)
+        return base
     raise OSError(f"no {count} consecutive free ports")
 
 
