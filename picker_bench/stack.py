@@ -7,6 +7,7 @@ latency is then not polluted by the simulators sharing its interpreter.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import random
@@ -181,6 +182,19 @@ class Process:
             self.popen.wait(5)
 
 
+# Every child spawned here, killed at exit if still running: a test or benchmark that fails
+# between starting two servers (`[start_sim(s) for s in specs]`) must not leave the first one
+# running after it.
+_SPAWNED: list[subprocess.Popen[bytes]] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for popen in _SPAWNED:
+        if popen.poll() is None:
+            popen.kill()
+
+
 def spawn(name: str, argv: Sequence[str], workdir: Path,
           env: Mapping[str, str] | None = None) -> Process:
     """`env`: variables added to this process's environment."""
@@ -188,6 +202,7 @@ def spawn(name: str, argv: Sequence[str], workdir: Path,
     with log_path.open("wb") as log:
         popen = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT,
                                  env=None if env is None else {**os.environ, **env})
+    _SPAWNED.append(popen)
     return Process(name, popen, log_path)
 
 

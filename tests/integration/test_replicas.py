@@ -89,9 +89,10 @@ def replicas_behind_envoy(count: int, share: bool) -> Iterator[Stack]:
         configs = replica_configs({**FAST_HEALTH, "policy": "prefix_cache",
                                    "prefix": {"enabled": True}, "workers": workers},
                                   count, share)
-        pickers = [start_picker(config, workdir, name=f"picker-{i}")
-                   for i, config in enumerate(configs)]
-        started += pickers
+        pickers: list[Process] = []
+        for i, config in enumerate(configs):  # each stopped below even if a later one fails
+            pickers.append(start_picker(config, workdir, name=f"picker-{i}"))
+            started.append(pickers[-1])
         ports = [config["extproc"]["port"] for config in configs]
         listen, admin = free_port(), free_port()
         started.append(start_envoy(render_envoy_config(

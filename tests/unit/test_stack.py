@@ -1,0 +1,47 @@
+"""picker_bench.stack, the harness every integration test and benchmark starts servers with."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from picker_bench.stack import free_port, free_port_run
+
+_FAILS_BETWEEN_TWO_STARTS = """
+import sys
+from pathlib import Path
+from picker_bench.stack import SimSpec, start_sim
+proc = start_sim(SimSpec("leftover", "m"), Path(sys.argv[1]))
+print(proc.popen.pid, flush=True)
+raise SystemExit("failed before stopping it")
+"""
+
+
+def test_a_server_left_running_by_a_failure_dies_with_the_harness(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _FAILS_BETWEEN_TWO_STARTS, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    pid = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 5
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(pid)
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_ports_are_never_handed_out_twice_nor_from_the_ephemeral_range() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    run = free_port_run(3)
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert not set(ports) & {run, run + 1, run + 2}
+    assert all(port < low for port in [*ports, run])
