@@ -42,6 +42,7 @@ from picker.decisions import MAX_CAPACITY, DecisionLog
 from picker.discovery import WorkerUnreachable
 from picker.errors import UnknownWorker, WorkerConflict
 from picker.fleet import DeclaredInFile, WorkerPatch
+from picker.openai_body import json_type
 from picker.registry import Worker
 from picker.status import static_file, status_view
 from picker.telemetry import CONTENT_TYPE
@@ -63,10 +64,6 @@ _MUTATION_ERRORS: dict[type[Exception], tuple[int, str]] = {
     WorkerUnreachable: (503, "worker_unreachable"),
 }
 
-
-# How a body that is not an object is named back to its sender.
-_JSON_KINDS: dict[type, str] = {list: "an array", str: "a string", type(None): "null",
-                                bool: "a boolean", int: "a number", float: "a number"}
 
 def _error(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
     error: dict[str, Any] = {"code": code, "message": message}
@@ -174,9 +171,8 @@ def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None) -> 
         if loc == ["body"] and kind == "missing":
             return _error(422, "invalid_field", "a JSON object body is required", "body")
         if loc == ["body"] and kind in ("model_attributes_type", "dict_type"):
-            given = _JSON_KINDS.get(type(first.get("input")), "another value")
-            return _error(422, "invalid_field", f"body must be a JSON object, not {given}",
-                          "body")
+            return _error(422, "invalid_field", "body must be a JSON object, not "
+                          f"{json_type(first.get('input'))}", "body")
         # A whole-body check (WorkerPatch's fixed fields) names its field in the context.
         field = field or str(ctx.get("field", ""))
         return _error(422, "invalid_field", str(first.get("msg", "invalid value")), field or None)

@@ -38,7 +38,7 @@ from picker.errors import (
 from picker.request import Api, RoutingRequest
 from picker.workers import MAX_NAME_CHARS
 
-__all__ = ["parse_request", "request_from_data"]
+__all__ = ["json_type", "parse_request", "request_from_data"]
 
 _APIS = {api.value: api for api in Api}
 _ROLE = "\x00"
@@ -94,7 +94,7 @@ def request_from_data(api: Api, data: Mapping[str, Any],
     if not isinstance(model, str):
         if "model" not in data:
             raise InvalidRequest("'model' is required", param="model")
-        raise InvalidRequest(f"'model' must be a string, not {_json_type(model)}", param="model")
+        raise InvalidRequest(f"'model' must be a string, not {json_type(model)}", param="model")
     if not model:
         raise InvalidRequest("'model' is empty", param="model")
     if len(model) > MAX_NAME_CHARS:
@@ -105,7 +105,7 @@ def request_from_data(api: Api, data: Mapping[str, Any],
     if stream is None:  # OpenAI's schema makes it nullable, meaning the default
         stream = False
     elif not isinstance(stream, bool):
-        raise InvalidRequest(f"'stream' must be a boolean, not {_json_type(stream)}",
+        raise InvalidRequest(f"'stream' must be a boolean, not {json_type(stream)}",
                              param="stream")
     return RoutingRequest(
         model=model,
@@ -146,7 +146,7 @@ def _load_object(body: bytes) -> dict[str, Any]:
     except RecursionError as exc:
         raise InvalidRequest("invalid JSON: nested too deeply") from exc
     if not isinstance(data, dict):
-        raise InvalidRequest(f"request body must be a JSON object, not {_json_type(data)}")
+        raise InvalidRequest(f"request body must be a JSON object, not {json_type(data)}")
     return data
 
 
@@ -161,7 +161,8 @@ def _check_unicode(request: RoutingRequest) -> None:
                 f" ({text[exc.start]!a}); text must be valid Unicode", param=param) from exc
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
+    """How a decoded JSON value is named back to its sender: "an array", "null", ..."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -184,7 +185,7 @@ def _session_key(data: Mapping[str, Any], headers: Mapping[str, str]) -> str | N
     user = data.get("user")
     if user is None or isinstance(user, str):
         return user or None
-    raise InvalidRequest(f"'user' must be a string, not {_json_type(user)}", param="user")
+    raise InvalidRequest(f"'user' must be a string, not {json_type(user)}", param="user")
 
 
 def _json_text(value: object, param: str) -> str:
@@ -208,15 +209,15 @@ def _marker(kind: str, payload: object, param: str) -> str:
 def _part_text(part: object, param: str) -> str:
     """One content part: text verbatim, anything else as a marker."""
     if not isinstance(part, dict):
-        raise InvalidRequest(f"'{param}' must be an object, not {_json_type(part)}", param=param)
+        raise InvalidRequest(f"'{param}' must be an object, not {json_type(part)}", param=param)
     kind = part.get("type")
     if not isinstance(kind, str):
-        raise InvalidRequest(f"'{param}.type' must be a string, not {_json_type(kind)}",
+        raise InvalidRequest(f"'{param}.type' must be a string, not {json_type(kind)}",
                              param=f"{param}.type")
     if kind in _TEXT_PARTS:
         text = part.get("text")
         if not isinstance(text, str):
-            raise InvalidRequest(f"'{param}.text' must be a string, not {_json_type(text)}",
+            raise InvalidRequest(f"'{param}.text' must be a string, not {json_type(text)}",
                                  param=f"{param}.text")
         return text
     # Chat nests the payload under the type's name ({"type": "image_url", "image_url": {...}});
@@ -236,20 +237,20 @@ def _content_text(content: object, param: str) -> str:
     if not isinstance(content, list):
         raise InvalidRequest(
             f"'{param}' must be a string, an array of content parts or null,"
-            f" not {_json_type(content)}", param=param)
+            f" not {json_type(content)}", param=param)
     return _PART.join([_part_text(part, f"{param}[{i}]") for i, part in enumerate(content)])
 
 
 def _messages_text(messages: object, param: str, items: bool = False) -> str:
     """Chat messages, or Responses input items (`items`: role-less typed items allowed)."""
     if not isinstance(messages, list):
-        raise InvalidRequest(f"'{param}' must be an array, not {_json_type(messages)}",
+        raise InvalidRequest(f"'{param}' must be an array, not {json_type(messages)}",
                              param=param)
     pieces: list[str] = []
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             where = f"{param}[{index}]"
-            raise InvalidRequest(f"'{where}' must be an object, not {_json_type(message)}",
+            raise InvalidRequest(f"'{where}' must be an object, not {json_type(message)}",
                                  param=where)
         role = message.get("role")
         if not isinstance(role, str):
@@ -262,13 +263,13 @@ def _messages_text(messages: object, param: str, items: bool = False) -> str:
             where = f"{param}[{index}].role"
             if role is None:
                 raise InvalidRequest(f"'{where}' is required", param=where)
-            raise InvalidRequest(f"'{where}' must be a string, not {_json_type(role)}",
+            raise InvalidRequest(f"'{where}' must be a string, not {json_type(role)}",
                                  param=where)
         name = message.get("name")
         if name is not None:
             if not isinstance(name, str):
                 where = f"{param}[{index}].name"
-                raise InvalidRequest(f"'{where}' must be a string, not {_json_type(name)}",
+                raise InvalidRequest(f"'{where}' must be a string, not {json_type(name)}",
                                      param=where)
             role = f"{role}{_NAME}{name}"
         content = message.get("content")
@@ -298,7 +299,7 @@ def _prompt_like_text(value: object, param: str) -> str:
     if not isinstance(value, list):
         raise InvalidRequest(
             f"'{param}' must be a string, an array of strings, an array of token ids or an"
-            f" array of token id arrays, not {_json_type(value)}", param=param)
+            f" array of token id arrays, not {json_type(value)}", param=param)
     if not value:
         return ""
     first = value[0]
@@ -334,7 +335,7 @@ def _embeddings_text(data: Mapping[str, Any]) -> str:
 def _responses_text(data: Mapping[str, Any]) -> str:
     instructions = data.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
-        raise InvalidRequest(f"'instructions' must be a string, not {_json_type(instructions)}",
+        raise InvalidRequest(f"'instructions' must be a string, not {json_type(instructions)}",
                              param="instructions")
     prefix = f"{_ROLE}instructions{_ROLE}{instructions}" if instructions else ""
     value = data.get("input")
@@ -344,7 +345,7 @@ def _responses_text(data: Mapping[str, Any]) -> str:
         if "input" not in data:
             raise InvalidRequest("'input' is required", param="input")
         raise InvalidRequest("'input' must be a string or an array of items, not "
-                             f"{_json_type(value)}", param="input")
+                             f"{json_type(value)}", param="input")
     return prefix + _messages_text(value, "input", items=True)
 
 
