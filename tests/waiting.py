@@ -1,12 +1,14 @@
-"""Waiting, in async tests, for something the code under test does on its own time."""
+"""Waiting for something the code under test does on its own time: a condition (async tests),
+a process's end."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["eventually"]
+__all__ = ["eventually", "process_running"]
 
 
 async def eventually(check: Callable[[], object], timeout: float = 5.0,
@@ -18,3 +20,12 @@ async def eventually(check: Callable[[], object], timeout: float = 5.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def process_running(pid: int) -> bool:
+    """Running, not a zombie: an orphan is reaped by whoever adopts it, if at all."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

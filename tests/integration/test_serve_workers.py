@@ -32,6 +32,7 @@ from tests.integration.conftest import (
     total_in_flight,
     wait_until,
 )
+from tests.waiting import process_running
 
 ENGINES = 4
 SLOW = ["--ttft-ms", "5", "--tpot-ms", "40"]  # a 100-token stream lasts ~4 s
@@ -229,14 +230,15 @@ def test_stop_and_crash_take_the_whole_group_down(tmp_path: Path) -> None:
                 time.sleep(1.0)  # both serving
                 proc.send_signal(signal.SIGHUP)  # a config reload: goes to process 0, stops nobody
                 time.sleep(0.5)
-                assert proc.poll() is None and all(_alive(pid) for pid in children)
+                assert proc.poll() is None and all(process_running(pid) for pid in children)
                 if how == "sigkill":
                     proc.kill()
                     proc.wait(5)
                     deadline = time.monotonic() + 10
-                    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+                    while (any(process_running(pid) for pid in children)
+                           and time.monotonic() < deadline):
                         time.sleep(0.1)
-                    assert not any(_alive(pid) for pid in children)
+                    assert not any(process_running(pid) for pid in children)
                     assert len(list(temp.glob("llm-picker-group-*"))) == 1  # orphaned
                     continue
                 if how == "sigterm":
@@ -248,21 +250,12 @@ def test_stop_and_crash_take_the_whole_group_down(tmp_path: Path) -> None:
                     assert proc.wait(20) == 1
                     assert "process 1 exited with code -9; stopping the others" in (
                         proc.stdout.read() if proc.stdout else "")
-                assert not any(_alive(pid) for pid in children)
+                assert not any(process_running(pid) for pid in children)
             finally:
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie (orphans are reaped by whoever adopts them, if at all)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.mark.parametrize(("extra", "config", "message"), [

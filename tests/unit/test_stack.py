@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from picker_bench.stack import free_port, free_port_run
+from tests.waiting import process_running
 
 _FAILS_BETWEEN_TWO_STARTS = """
 import sys
@@ -25,17 +26,9 @@ def test_a_server_left_running_by_a_failure_dies_with_the_harness(tmp_path: Path
     assert done.returncode == 1, done.stderr
     pid = int(done.stdout.split()[0])
     deadline = time.monotonic() + 5
-    while _running(pid) and time.monotonic() < deadline:
+    while process_running(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _running(pid)
-
-
-def _running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    assert not process_running(pid)
 
 
 def test_ports_are_never_handed_out_twice_nor_from_the_ephemeral_range() -> None:
