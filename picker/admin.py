@@ -42,7 +42,7 @@ from picker.decisions import MAX_CAPACITY, DecisionLog
 from picker.discovery import WorkerUnreachable
 from picker.errors import UnknownWorker, WorkerConflict
 from picker.fleet import DeclaredInFile, WorkerPatch
-from picker.openai_body import json_type
+from picker.json_kind import json_type
 from picker.registry import Worker
 from picker.status import static_file, status_view
 from picker.telemetry import CONTENT_TYPE

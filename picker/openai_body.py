@@ -35,10 +35,11 @@ from picker.errors import (
     UnsupportedMediaType,
     UnsupportedPath,
 )
+from picker.json_kind import json_type
 from picker.request import Api, RoutingRequest
 from picker.workers import MAX_NAME_CHARS
 
-__all__ = ["json_type", "parse_request", "request_from_data"]
+__all__ = ["parse_request", "request_from_data"]
 
 _APIS = {api.value: api for api in Api}
 _ROLE = "\x00"
@@ -159,23 +160,6 @@ def _check_unicode(request: RoutingRequest) -> None:
             raise InvalidRequest(
                 f"'{param}' contains an unpaired UTF-16 surrogate escape"
                 f" ({text[exc.start]!a}); text must be valid Unicode", param=param) from exc
-
-
-def json_type(value: object) -> str:
-    """How a decoded JSON value is named back to its sender: "an array", "null", ..."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return f"a Python {type(value).__name__}"  # request_from_data given a non-JSON value
 
 
 def _session_key(data: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:
