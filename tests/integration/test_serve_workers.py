@@ -161,15 +161,18 @@ def test_gateway_configuration_with_two_processes() -> None:
     with local_fleet(sims, policy="least_load", body_mode="FULL_DUPLEX_STREAMED",
                      envoy_template=ENVOY_DIR / "envoy-gateway.yaml", processes=2,
                      picker_settings={"extproc": {"tls": "self_signed"}, **FAST_HEALTH}) as fleet:
+        # Both processes serve; the gateway's cluster is LEAST_REQUEST, not round robin, so
+        # short streams need not alternate (3/5, 1/7 and 0/8 were seen): 8 streams, then more
+        # until both have served, at most 40 (all on one process: 1 in 2^39).
         with httpx.Client(base_url=fleet.envoy_url, timeout=10) as client:
-            for _ in range(8):
+            for sent in range(1, 41):
                 response = client.post("/v1/chat/completions",
                                        json=_chat(max_tokens=5, stream=True))
                 assert response.status_code == 200, response.text
                 assert response.text.rstrip().endswith("data: [DONE]")
-        served = _served_by_process(fleet)
-        # Both processes served; the gateway's cluster is LEAST_REQUEST, not round robin, so
-        # short streams need not alternate (3/5 and 1/7 were seen).
+                served = _served_by_process(fleet)
+                if sent >= 8 and len(served) == 2 and min(served) >= 1:
+                    break
         assert len(served) == 2 and min(served) >= 1, served
         wait_until(lambda: total_in_flight(fleet) == 0, what="every slot released")
 
