@@ -158,10 +158,10 @@ def _sim(ns: argparse.Namespace) -> int:
 
 def _demo(ns: argparse.Namespace) -> int:
     from picker.config import load_config
-    from picker_bench.demo import run_demo
+    from picker_bench.demo import demo_settings, run_demo
 
     try:  # the policy is checked here, before three sims and Envoy start for nothing
-        load_config(None, overrides={"policy.name": ns.policy})
+        load_config(None, overrides={"policy.name": ns.policy, **demo_settings(ns.policy)})
     except ConfigError as exc:
         print(f"llm-picker: configuration error: {exc}", file=sys.stderr)
         return 2

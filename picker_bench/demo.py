@@ -11,13 +11,15 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from picker.policies import parse_params
 from picker_bench.stack import Fleet, SimSpec, local_fleet
 
-__all__ = ["run_demo"]
+__all__ = ["demo_settings", "run_demo"]
 
 SIM_HEADER = "x-picker-sim-worker"
 MODEL = "sim-model"
@@ -84,10 +86,27 @@ def _decisions(fleet: Fleet) -> Counter[str]:
     return counts
 
 
+def demo_settings(policy: str) -> dict[str, Any]:
+    """What `policy` reads, switched on: the demo takes no config file, so a policy that reads
+    the prefix index (prefix_cache, cache_aware, weighted profiles with a prefix scorer) would
+    otherwise be refused for want of `prefix.enabled`. Raises ConfigError for an unknown name."""
+    params = parse_params(policy, None)
+    settings: dict[str, Any] = {}
+    if params.needs_prefix():
+        settings["prefix"] = {"enabled": True}
+    if params.engine_signals():
+        settings["load"] = {"enabled": True}
+    return settings
+
+
 def run_demo(requests: int = 200, policy: str = "least_load",
              body_mode: str = "BUFFERED") -> int:
-    print(f"starting 3 simulated engines, llm-picker ({policy}) and Envoy ({body_mode}) ...")
-    with local_fleet(SIMS, policy=policy, body_mode=body_mode) as fleet:
+    settings = demo_settings(policy)
+    switched = ", ".join(f"{section}.enabled" for section in settings)
+    print(f"starting 3 simulated engines, llm-picker ({policy}"
+          f"{f'; {switched}' if switched else ''}) and Envoy ({body_mode}) ...")
+    with local_fleet(SIMS, policy=policy, body_mode=body_mode,
+                     picker_settings=settings) as fleet:
         started = time.perf_counter()
         outcomes = asyncio.run(_drive(fleet.envoy_url, requests))
         elapsed = time.perf_counter() - started
