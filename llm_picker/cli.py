@@ -1,5 +1,5 @@
-"""`llm-picker serve | envoy-config | sim | demo | bench`; each subcommand imports only what it
-needs."""
+"""`llm-picker serve | envoy-config | check-config | sim | demo | bench`; each subcommand
+imports only what it needs."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def _serve(ns: argparse.Namespace) -> int:
         config = load_config(path, env=os.environ, overrides=overrides)
         group = ProcessGroup.from_env()
         if group is None:
-            _check_ports(config, ns)
+            check_ports(config, ns.workers, _authz_port(ns))
     except ConfigError as exc:
         print(f"llm-picker: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -62,8 +62,7 @@ def _serve(ns: argparse.Namespace) -> int:
         from llm_picker.supervisor import run_group
 
         try:
-            return run_group(config, ns.workers, ns.argv,
-                             ns.authz_port if ns.mode == "authz" else None)
+            return run_group(config, ns.workers, ns.argv, _authz_port(ns))
         except OSError as exc:
             print(f"llm-picker: {exc}", file=sys.stderr)
             return 1
@@ -89,19 +88,25 @@ def _serve(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _check_ports(config: PickerConfig, ns: argparse.Namespace) -> None:
+def _authz_port(ns: argparse.Namespace) -> int | None:
+    """--authz-port in --mode authz; None in ext_proc mode."""
+    port: int = ns.authz_port
+    return port if ns.mode == "authz" else None
+
+
+def check_ports(config: PickerConfig, workers: int, authz_port: int | None) -> None:
     """Ports that would collide, and what `--workers N` cannot do, refused before anything
-    listens (and by envoy-config, which must describe the same processes). With `--workers N`
-    process i listens on each port + i."""
+    listens (and by envoy-config and check-config, which must describe the same processes).
+    With `--workers N` process i listens on each port + i; `authz_port`: --mode authz."""
     from picker.processes.group import check_group_config
 
-    count, extproc = ns.workers, config.extproc.port
-    authz = ns.mode == "authz"
-    if count > 1 and (not extproc or (authz and not ns.authz_port)):
+    count, extproc = workers, config.extproc.port
+    authz = authz_port is not None
+    if count > 1 and (not extproc or (authz and not authz_port)):
         raise ConfigError("extproc.port", "--workers gives process i the port extproc.port + "
                           "i (and --authz-port + i): set ports, not 0")
     each = f" with --workers {count} (process i listens on port + i)" if count > 1 else ""
-    ranges = [("extproc.port", extproc)] + ([("--authz-port", ns.authz_port)] if authz else [])
+    ranges = [("extproc.port", extproc)] + ([("--authz-port", authz_port or 0)] if authz else [])
     taken: dict[int, str] = {}
     for key, first in ranges:
         last = first + count - 1
@@ -128,18 +133,27 @@ def _envoy_config(ns: argparse.Namespace) -> int:
 
     try:
         config = load_config(_config_path(ns), env=os.environ)
-        _check_ports(config, ns)
+        check_ports(config, ns.workers, _authz_port(ns))
         if ns.tls_dir is not None and not isinstance(config.extproc.tls, TlsConfig):
             raise ConfigError("--tls-dir", "only with extproc.tls given as files (Envoy then "
                               "presents its client certificate from there)")
         print(render_bootstrap(config, listen=ns.listen, admin=ns.admin, body_mode=ns.body_mode,
                                tls_dir=ns.tls_dir, processes=ns.workers,
-                               authz_port=ns.authz_port if ns.mode == "authz" else None),
+                               authz_port=_authz_port(ns)),
               end="")
     except (ConfigError, ValueError) as exc:
         print(f"llm-picker: configuration error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _check_config(ns: argparse.Namespace) -> int:
+    from llm_picker.check_config import check_files
+
+    lines = check_files(ns.files, os.environ)
+    for passed, line in lines:
+        print(line, file=sys.stdout if passed else sys.stderr)
+    return 0 if all(passed for passed, _ in lines) else 2
 
 
 def _sim(ns: argparse.Namespace) -> int:
@@ -251,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     envoy.add_argument("--authz-port", type=int, default=9004,
                        help="with --mode authz: the picker's `--authz-port`")
     envoy.set_defaults(run=_envoy_config)
+
+    check = commands.add_parser(
+        "check-config", help="validate configuration files (or Kubernetes ConfigMaps holding "
+                             "one) as serve would, without starting anything")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.set_defaults(run=_check_config)
 
     sim = commands.add_parser("sim", help="run a simulated OpenAI-compatible engine")
     from picker_sim import add_sim_arguments

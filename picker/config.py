@@ -38,7 +38,8 @@ from picker.workers import WorkerSpec
 
 __all__ = [
     "CONFIG_ENV", "ENV_PREFIX", "GROUP_ENV", "AdminConfig", "ExtprocConfig", "ListenConfig",
-    "LogConfig", "PickerConfig", "PolicyConfig", "TlsConfig", "load_config",
+    "LogConfig", "PickerConfig", "PolicyConfig", "TlsConfig", "config_from_data", "load_config",
+    "read_config_text",
 ]
 
 ENV_PREFIX = "LLM_PICKER_"
@@ -239,7 +240,14 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> PickerConfig:
     """Merge file, env and dotted-key overrides, validate, and check the policy can be built."""
-    data: dict[str, Any] = _read_file(Path(path)) if path is not None else {}
+    data: dict[str, Any] = read_config_text(_read_text(Path(path)), str(path)) \
+        if path is not None else {}
+    return config_from_data(data, env, overrides)
+
+
+def config_from_data(data: dict[str, Any], env: Mapping[str, str] | None = None,
+                     overrides: Mapping[str, Any] | None = None) -> PickerConfig:
+    """load_config for a mapping already read (a ConfigMap's embedded file, say)."""
     from_env = _env_overrides(env or {})
     try:
         for key, (value, _) in from_env.items():
@@ -326,17 +334,27 @@ def _check_unique_workers(workers: list[WorkerSpec]) -> None:
                                   f"{value!r} is already used by workers.{first}")
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def _read_text(path: Path) -> str:
     try:
-        loaded = yaml.safe_load(path.read_text())
+        return path.read_text()
     except OSError as exc:
         raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError("config", f"{path} is not UTF-8 text: {exc.reason} at byte "
+                          f"{exc.start}") from exc
+
+
+def read_config_text(text: str, source: str) -> dict[str, Any]:
+    """A configuration's YAML as a mapping; `source` names it in errors."""
+    try:
+        loaded = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError("config", f"{path} is not valid YAML: {_one_line(exc)}") from exc
+        raise ConfigError("config", f"{source} is not valid YAML: {_one_line(exc)}") from exc
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError("config", f"{path} must hold a mapping, not {type(loaded).__name__}")
+        raise ConfigError("config", f"{source} must hold a mapping, not "
+                          f"{type(loaded).__name__}")
     return loaded
 
 
