@@ -236,6 +236,8 @@ class PickerMetrics:
             "llm_picker_config_reloads", "Configuration file reloads by result (applied, rejected)",
             ["result"], registry=self.registry,
         )
+        for result in ("applied", "rejected"):  # at 0 from the start: rate() needs a before
+            self.config_reloads.labels(result)
         self.worker_ttft_seconds = Histogram(
             "llm_picker_worker_ttft_seconds",
             "Observed time from the pick to the first chunk of a streamed response",

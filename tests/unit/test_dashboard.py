@@ -28,7 +28,6 @@ def exported_samples() -> set[str]:
     request = RoutingRequest(model="m", api=Api.CHAT, prompt_text="shared system prompt " * 20)
     r.route_sync(request).release("completed")
     r.route_sync(request).release("completed")
-    r.metrics.config_reloads.labels("applied").inc(0)
     r.metrics.tokenizer_fallbacks.inc(0)
     r.reject(Overloaded("full", retry_after=1))
     text = r.metrics.render().decode()
@@ -42,3 +41,22 @@ def test_every_dashboard_query_names_an_exported_metric() -> None:
     assert len(queried) >= 15, queried  # the dashboard covers the picker's families
     missing = queried - exported_samples()
     assert not missing, f"the dashboard queries metrics the picker does not export: {missing}"
+
+
+def test_a_fresh_picker_exports_config_reloads_at_zero() -> None:
+    """Grafana's increase() needs a sample before the first reload to show it."""
+    text = PickerRuntime(PickerConfig()).metrics.render().decode()
+    assert 'llm_picker_config_reloads_total{result="applied"} 0.0' in text
+    assert 'llm_picker_config_reloads_total{result="rejected"} 0.0' in text
+
+
+def test_every_query_follows_the_job_and_instance_variables() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert set(variables) == {"job", "instance"}
+    assert "$job" in variables["instance"]["query"]["query"]  # instances of the chosen jobs
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            selectors = re.findall(r"llm_picker_[a-z0-9_]+(\{[^}]*\})?", target["expr"])
+            assert selectors and all('job=~"$job", instance=~"$instance"' in s
+                                     for s in selectors), (panel["title"], target["expr"])
