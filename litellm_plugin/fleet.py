@@ -1,13 +1,16 @@
 """LiteLLM deployments as picker workers: one worker per engine address (`api_base`).
 
 Deployments are matched by `model_info.id`; several deployments on one engine (one per model
-group) share its worker, so its load is counted once. Deployments without an `api_base`
-(hosted providers) are not engines the picker can reason about and are left to LiteLLM.
+group) share its worker, so its load is counted once. The worker is named by the operator's own
+`model_info.id`, or by the engine's host:port when LiteLLM made the id up. Deployments without
+an `api_base` (hosted providers) are not engines the picker can reason about and are left to
+LiteLLM.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -20,6 +23,10 @@ from picker.workers import WorkerSpec
 __all__ = ["DeploymentFleet", "engine_url"]
 
 log = logging.getLogger("llm_picker.litellm")
+
+# What LiteLLM fills an unset model_info.id with: the sha256 hex digest of the deployment's
+# model group and params (Router.generate_model_id, litellm/router.py in 1.106).
+_GENERATED_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def engine_url(api_base: str) -> str:
@@ -71,7 +78,7 @@ class DeploymentFleet:
         worker_of: dict[str, str] = {}
         for url, (models, dep_ids, api_key) in wanted.items():
             try:
-                spec = WorkerSpec.model_validate({"url": url, "id": min(dep_ids),
+                spec = WorkerSpec.model_validate({"url": url, "id": _worker_name(dep_ids, url),
                                                   "models": sorted(models), "api_key": api_key})
                 existing = self.workers.get_by_url(url)
                 if existing is None:
@@ -87,6 +94,13 @@ class DeploymentFleet:
                 worker_of[dep_id] = worker.id
         self._worker_of = worker_of
         self._seen = seen
+
+
+def _worker_name(deployment_ids: set[str], url: str) -> str:
+    """The smallest id the operator gave an engine's deployments, else its host:port: a
+    generated id is 64 hex digits nobody recognises in an explain line or /debug/decisions."""
+    given = sorted(i for i in deployment_ids if not _GENERATED_ID.fullmatch(i))
+    return given[0] if given else urlsplit(url).netloc
 
 
 def _what_matters(deployment: Mapping[str, Any]) -> tuple[str, ...]:

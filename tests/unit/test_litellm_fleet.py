@@ -50,3 +50,23 @@ def test_resync_keeps_a_worker_whose_api_base_is_spelled_differently() -> None:
     fleet.sync([first, deployment("d2", "code", "http://b:1/v1")])
     assert fleet.workers.get_by_url("http://engine.local:80") is worker
     assert worker.in_flight == 1
+
+
+def test_a_worker_is_named_by_the_operators_id_or_by_its_address() -> None:
+    """Without model_info.id, LiteLLM's Router makes one up (a sha256 of the params): the
+    worker then goes by the engine's host:port, not 64 hex digits."""
+    from litellm import Router
+
+    router = Router(model_list=[
+        {"model_name": "chat", "litellm_params": {"model": "hosted_vllm/x",
+                                                  "api_base": "http://10.0.0.7:8000/v1"}},
+        {"model_name": "chat", "litellm_params": {"model": "hosted_vllm/x",
+                                                  "api_base": "http://10.0.0.8:8000/v1"},
+         "model_info": {"id": "engine-b"}},
+    ])
+    generated = router.model_list[0]["model_info"]["id"]
+    assert len(generated) == 64  # what the pin above is about
+    fleet = DeploymentFleet(WorkerRegistry())
+    fleet.sync(router.model_list)
+    assert sorted(w.id for w in fleet.workers.workers()) == ["10.0.0.7:8000", "engine-b"]
+    assert fleet.worker_id(router.model_list[0]) == "10.0.0.7:8000"
