@@ -394,6 +394,14 @@ class PickerRuntime:
             self._running = running.pop_all()
         log.info("llm-picker runtime started (%s): policy %s, %d workers", self._host.value,
                  config.policy.name, len(self.registry.workers()))
+        if self._host is Host.SERVE and not self._follower and not config.workers \
+                and not self._sources:
+            where = (f"POST them to http://{config.admin.host}:{self.admin_port}/workers"
+                     if self.admin_port is not None else "the admin API is off (admin.enabled), "
+                     "so only a restart with workers or discovery configured adds them")
+            log.warning("no workers: none in the configuration (workers:) and no discovery "
+                        "source (discovery.kubernetes, discovery.dns); every request gets 503 "
+                        "until workers are added: %s", where)
 
     async def start_unless(self, stop: asyncio.Event) -> bool:
         """`start()`, given up if `stop` is set first (SIGTERM while a follower still waits for
@@ -457,6 +465,7 @@ class PickerRuntime:
         running, self._running = self._running, None
         if running is not None:
             await running.aclose()
+            log.info("llm-picker runtime stopped (%s)", self._host.value)
 
     def start_in_thread(self) -> None:
         """Run the runtime on a daemon thread with its own loop (hosts whose callers are sync
