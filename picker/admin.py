@@ -40,7 +40,7 @@ from picker.admin_schema import (
 from picker.config import TlsConfig
 from picker.decisions import MAX_CAPACITY, DecisionLog
 from picker.discovery import WorkerUnreachable
-from picker.errors import UnknownWorker, WorkerConflict
+from picker.errors import ConfigError, UnknownWorker, WorkerConflict
 from picker.fleet import DeclaredInFile, WorkerPatch
 from picker.json_kind import json_type
 from picker.registry import Worker
@@ -62,6 +62,7 @@ _MUTATION_ERRORS: dict[type[Exception], tuple[int, str]] = {
     WorkerConflict: (409, "conflict"),
     UnknownWorker: (404, "unknown_worker"),
     WorkerUnreachable: (503, "worker_unreachable"),
+    ConfigError: (422, "invalid_field"),  # a worker the picker's settings cannot take
 }
 
 

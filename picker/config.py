@@ -34,7 +34,7 @@ from picker.policies import PolicyParams, parse_params
 from picker.prefix.producer import PrefixSettings
 from picker.replicas.settings import ReplicaSettings
 from picker.strict import StrictModel
-from picker.workers import WorkerSpec
+from picker.workers import WorkerSpec, WorkerType, unpaired_role
 
 __all__ = [
     "CONFIG_ENV", "ENV_PREFIX", "GROUP_ENV", "AdminConfig", "ExtprocConfig", "ListenConfig",
@@ -291,6 +291,10 @@ def _validate(data: dict[str, Any]) -> PickerConfig:
         # A validator's own ValueError already says what is wrong: no "Value error, " before it.
         raise ConfigError(key, first["msg"].removeprefix("Value error, ")) from exc
     _check_unique_workers(config.workers)
+    if not config.enable_igw:
+        for i, spec in enumerate(config.workers):
+            if spec.worker_type is not WorkerType.REGULAR:
+                raise ConfigError(f"workers.{i}.worker_type", unpaired_role(spec.worker_type))
     if config.explain.allow_header and not config.explain.enabled:
         raise ConfigError("explain.allow_header", "the explain header reads decision records: "
                           "set explain.enabled: true")

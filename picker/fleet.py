@@ -26,10 +26,10 @@ from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from picker.discovery import DiscoverySettings, WorkerUnreachable, discover, expand_dp_ranks
-from picker.errors import PickerError, UnknownWorker, WorkerConflict
+from picker.errors import ConfigError, PickerError, UnknownWorker, WorkerConflict
 from picker.registry import Worker, WorkerRegistry
 from picker.strict import StrictModel
-from picker.workers import U32, HealthOverrides, Labels, WorkerSpec
+from picker.workers import U32, HealthOverrides, Labels, WorkerSpec, WorkerType, unpaired_role
 
 __all__ = ["DeclaredInFile", "Registered", "WorkerManager", "WorkerPatch"]
 
@@ -93,12 +93,15 @@ class _Registration:
 
 class WorkerManager:
     def __init__(self, workers: WorkerRegistry, settings: DiscoverySettings,
-                 health_checked: bool = True) -> None:
+                 health_checked: bool = True, pd_paired: bool = False) -> None:
         """`health_checked`: active health checks run, so a worker registered before it
-        answered is admitted once it does; without them such a registration is refused."""
+        answered is admitted once it does; without them such a registration is refused.
+        `pd_paired`: prefill and decode workers are paired (enable_igw); without it they are
+        refused."""
         self.workers = workers
         self._settings = settings
         self._health_checked = health_checked
+        self._pd_paired = pd_paired
         self._client: httpx.AsyncClient | None = None
         self._registrations: dict[str, _Registration] = {}  # by spec url
         self._registration_of: dict[str, str] = {}  # worker url -> spec url
@@ -205,6 +208,8 @@ class WorkerManager:
     # -- shared steps -------------------------------------------------------------------------
 
     async def _register(self, spec: WorkerSpec, declared_in: str | None) -> Registered:
+        if spec.worker_type is not WorkerType.REGULAR and not self._pd_paired:
+            raise ConfigError("worker_type", unpaired_role(spec.worker_type))
         self._check_free(spec)  # before any network call: a conflict is not worth a wait
         complete, reached = await self._discover(spec)
         self._check_free(complete)  # discovery may have found dp_size; others may have won

@@ -140,7 +140,8 @@ class PickerRuntime:
         self.history = ActivityHistory(self.metrics)  # the status page's plots
         # Workers registered before they answer are admitted by health checks, when they run.
         self.manager = WorkerManager(self.registry, config.discovery,
-                                     health_checked=config.health.enabled)
+                                     health_checked=config.health.enabled,
+                                     pd_paired=config.enable_igw)
         self._sources: list[Source] = build_sources(config.discovery, self.manager)
         if group is not None and self._follower:
             from picker.processes.mirror import StateFollower  # msgspec only when needed

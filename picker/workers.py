@@ -35,6 +35,7 @@ __all__ = [
     "RuntimeType",
     "WorkerSpec",
     "WorkerType",
+    "unpaired_role",
 ]
 
 def _not_bool(value: Any) -> Any:
@@ -234,6 +235,15 @@ class WorkerSpec(StrictModel):
         """A re-validated copy with `changes` applied; keeps the (write-only) api_key."""
         data = {**self.model_dump(), "api_key": self.api_key, **changes}
         return WorkerSpec.model_validate(data)
+
+
+def unpaired_role(role: WorkerType) -> str:
+    """Why a prefill or decode worker is refused without enable_igw: with one router over every
+    worker, a prefill engine would answer whole requests alone and a decode engine would get
+    requests with no KV to take over."""
+    return (f"{role.value} workers are paired with the other role only with enable_igw: true; "
+            "without it they would serve whole requests alone. Set enable_igw: true, or leave "
+            "worker_type out (regular)")
 
 
 def _split_rank(url: str) -> tuple[str, int | None]:

@@ -486,3 +486,17 @@ async def test_patch_and_delete_refuse_infinite_and_nan(admin: Admin) -> None:
     assert deleted.status_code == 422
     assert deleted.json()["error"]["field"] == "drain_timeout_secs"
     assert admin.registry.get("a") is not None
+
+
+async def test_a_prefill_worker_without_enable_igw_is_a_422_naming_worker_type(
+        admin: Admin) -> None:
+    """Without enable_igw there is one router over every worker: a prefill engine would
+    answer whole requests alone, a decode engine get requests with no KV to take over."""
+    response = await admin.client.post("/workers", json={
+        "url": "http://127.0.0.1:9", "models": ["m"], "worker_type": "prefill"})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "invalid_field"
+    assert error["message"].startswith("worker_type: prefill workers are paired with the other "
+                                       "role only with enable_igw: true")
+    assert not admin.registry.workers()

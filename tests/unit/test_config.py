@@ -43,6 +43,7 @@ policy:
   params: {seed: 7}
 max_body_bytes: 1024
 health: {interval_secs: 2.5}
+enable_igw: true
 workers:
   - url: 10.0.0.1:8000
     id: engine-a
@@ -332,3 +333,14 @@ def test_kubernetes_service_links_are_not_settings() -> None:
     assert config.extproc.port == 9100
     with pytest.raises(ConfigError, match="LLM_PICKER_SERVICE"):
         load_config(env={"LLM_PICKER_SERVICE": "x"})  # not a link: still a mistake
+
+
+@pytest.mark.parametrize("role", ["prefill", "decode"])
+def test_a_prefill_or_decode_worker_without_enable_igw_is_refused_naming_it(
+        tmp_path: Path, role: str) -> None:
+    text = ("workers:\n  - {url: 10.0.0.1:8000}\n"
+            f"  - {{url: 10.0.0.2:8000, worker_type: {role}}}\n")
+    with pytest.raises(ConfigError, match=rf"^workers\.1\.worker_type: {role} workers are "
+                                          "paired with the other role only with enable_igw"):
+        load_config(write(tmp_path, text))
+    assert load_config(write(tmp_path, "enable_igw: true\n" + text)).enable_igw
