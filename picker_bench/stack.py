@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import yaml
 
-from extproc.bootstrap import point_authz
+from extproc.bootstrap import ENVOY_DIR, point_authz
 
 __all__ = [
     "ENVOY_AUTHZ",
@@ -50,7 +50,6 @@ __all__ = [
     "start_sim",
 ]
 
-ENVOY_DIR = Path(__file__).resolve().parent.parent / "envoy"
 ENVOY_TEMPLATE = ENVOY_DIR / "envoy.yaml"
 ENVOY_FAIL_OPEN = ENVOY_DIR / "envoy-fail-open.yaml"
 ENVOY_MTLS = ENVOY_DIR / "envoy-mtls.yaml"
