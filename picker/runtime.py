@@ -32,6 +32,7 @@ import os
 import random
 import threading
 import time
+import uuid
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -50,6 +51,7 @@ from picker.listen import listen_socket
 from picker.load import LoadMonitor
 from picker.pd import (
     PREFILLER_HEADER,
+    REQUEST_ID_HEADER,
     Forward,
     PdProtocol,
     PrefillClient,
@@ -271,15 +273,21 @@ class PickerRuntime:
             return Forward(headers=((PREFILLER_HEADER, prefill.host_port),))
         data = request.body or {}
         path = request.api.value
+        # One id on both legs: the client's (Envoy adds one when it sent none), else ours.
+        sent = request.headers.get(REQUEST_ID_HEADER)
+        request_id = sent or uuid.uuid4().hex
+        headers = () if sent else ((REQUEST_ID_HEADER, request_id),)
         if protocol is PdProtocol.SGLANG:
-            body = with_bootstrap(data, prefill.spec.bootstrap_host, prefill.spec.bootstrap_port,
-                                  self._rng)
-            await self._prefill.dispatch(prefill, path, body)
+            pair = with_bootstrap(data, prefill.spec, decode.spec, self._rng)
+            await self._prefill.dispatch(prefill, path, pair.prefill, request_id)
+            body = pair.decode
         else:
-            params = await self._prefill.kv_transfer_params(prefill, path,
-                                                           nixl_prefill_body(data))
+            params = await self._prefill.kv_transfer_params(
+                prefill, path, nixl_prefill_body(data, request.api), request_id)
+            if params is None:
+                return Forward(headers=headers)
             body = with_kv_transfer_params(data, params)
-        return Forward(body=json.dumps(body, ensure_ascii=False).encode())
+        return Forward(body=json.dumps(body, ensure_ascii=False).encode(), headers=headers)
 
     def _prefill_failed(self, worker: Worker) -> None:
         self.registry.record_outcome(worker, False)

@@ -219,6 +219,9 @@ class SimEngine:
     health_delay_ms: float = 0.0
     extra_waiting: int = 0
     kv_usage_override: float | None = None
+    # 1: a NIXL prefill sim answers as vLLM's NixlConnector does for a prefill that did not
+    # end by its length cap (EOS or a stop string first; aborted): no kv_transfer_params.
+    prefill_stops_early: int = 0
     events: KvEventSink | None = None
     cache: BlockCache = field(init=False)
     scheduler: StepScheduler | None = field(init=False)

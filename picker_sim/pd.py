@@ -6,11 +6,14 @@ Protocols: "sglang" (bootstrap rooms), "nixl" (vLLM kv_transfer_params) and, for
 
 A prefill sim pays the prompt's prefill cost, answers with one token, and holds what a decode
 engine will fetch: the bootstrap rooms it prefilled (SGLang) or a KV handle it returns as
-`kv_transfer_params` (vLLM NIXL). A decode sim refuses a request that lacks them (400, as the
-engines do), waits until its prefill peer has the room or the handle (bounded: a 503 when it
-never comes), then decodes without paying prefill. Where real engines move KV over their own
-side channel (SGLang's bootstrap server, NIXL's), the sims use the prefill sim's HTTP port:
-`bootstrap_port` and `remote_port` name it.
+`kv_transfer_params` (vLLM NIXL; none when told its prefill stopped early, as vLLM's connector
+answers then). An SGLang decode sim refuses a request without a room (400, as the engine
+does); a NIXL decode sim serves a request without kv_transfer_params by computing the prompt
+itself, as vLLM does. Otherwise a decode sim waits until its prefill peer has the room or the
+handle (bounded: a 503 when it never comes), then decodes without paying prefill.
+Both roles report (GET /sim/pd) the PD fields and request id of what they received. Where real
+engines move KV over their own side channel (SGLang's bootstrap server, NIXL's), the sims use
+the prefill sim's HTTP port: `bootstrap_port` and `remote_port` name it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from picker.pd.protocols import PREFILLER_HEADER, nixl_prefill_body
+from picker.pd.protocols import PREFILLER_HEADER, REQUEST_ID_HEADER, nixl_prefill_body
+from picker.request import Api
 
 __all__ = ["PdPeer"]
 
@@ -36,7 +40,8 @@ _RECEIVED = 1_000  # PD parameters a decode sim remembers, for tests
 _POLL_SECS = 0.005
 # What a decode sim reports receiving (GET /sim/pd), so tests can check the pair's hand-over.
 _PD_FIELDS = frozenset({"bootstrap_host", "bootstrap_port", "bootstrap_room",
-                        "kv_transfer_params", PREFILLER_HEADER})
+                        "kv_transfer_params", "routed_dp_rank", "disagg_prefill_dp_rank",
+                        PREFILLER_HEADER, REQUEST_ID_HEADER})
 
 
 class PdPeer:
@@ -59,11 +64,15 @@ class PdPeer:
 
     # -- prefill side ---------------------------------------------------------------------------
 
-    def prefilled(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def prefilled(self, body: Mapping[str, Any], headers: Mapping[str, str],
+                  by_length: bool) -> dict[str, Any]:
         """Record what was prefilled; returns the fields to add to the answer."""
+        self._record(body, headers)
         if self._protocol == "sglang":
             for room in _as_list(body.get("bootstrap_room")):
                 self._hold(str(room))
+            return {}
+        if not by_length:
             return {}
         handle = f"{self._worker_id}-{next(self._handles)}"
         self._hold(handle)
@@ -80,8 +89,10 @@ class PdPeer:
     # -- decode side ----------------------------------------------------------------------------
 
     async def fetch(self, body: Mapping[str, Any], path: str,
-                    headers: Mapping[str, str]) -> Response | None:
-        """Wait for the prefilled KV this request names; an error response if it cannot."""
+                    headers: Mapping[str, str]) -> Response | bool:
+        """Wait for the prefilled KV this request names: True once it is there, False when
+        the request names none and the prompt is computed here; an error response if the KV
+        cannot be had."""
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=max(self._wait, 1.0))
         if self._protocol == "sidecar":
@@ -90,25 +101,32 @@ class PdPeer:
                 return _error(400, f"the sidecar needs {PREFILLER_HEADER}")
             try:
                 answer = await self._client.post(f"http://{prefiller}{path}",
-                                                 json=nixl_prefill_body(body))
+                                                 json=nixl_prefill_body(body, Api(path)))
                 answer.raise_for_status()
-                body = {**body, "kv_transfer_params": answer.json()["kv_transfer_params"]}
-            except (httpx.HTTPError, ValueError, KeyError) as exc:
+                params = answer.json().get("kv_transfer_params")
+            except (httpx.HTTPError, ValueError, AttributeError) as exc:
                 return _error(503, f"prefill at {prefiller} failed: {type(exc).__name__}")
+            if params:
+                body = {**body, "kv_transfer_params": params}
+        self._record(body, headers)
+        if self._protocol != "sglang" and body.get("kv_transfer_params") is None:
+            return False  # vLLM: a plain request, prefilled here
         where = self._where(body)
         if isinstance(where, str):
             return _error(400, where)
         host, port, keys = where
-        self.received.append({key: value for key, value in (*body.items(), *headers.items())
-                              if key in _PD_FIELDS})
-        del self.received[:-_RECEIVED]
         deadline = time.monotonic() + self._wait
         for key in keys:
             while not await self._peer_holds(host, port, key):
                 if time.monotonic() > deadline:
                     return _error(503, f"prefill at {host}:{port} never provided {key}")
                 await asyncio.sleep(_POLL_SECS)
-        return None
+        return True
+
+    def _record(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> None:
+        self.received.append({key: value for key, value in (*body.items(), *headers.items())
+                              if key in _PD_FIELDS})
+        del self.received[:-_RECEIVED]
 
     def _where(self, body: Mapping[str, Any]) -> tuple[str, int, list[str]] | str:
         if self._protocol == "sglang":

@@ -48,6 +48,8 @@ _CONTROLS: dict[str, _Control] = {
     "extra_waiting": _Control("extra_waiting", _INT, "an integer >= 0", lambda v: v >= 0),
     "kv_usage": _Control("kv_usage_override", _NUMBER, "a number in 0..1",
                          lambda v: 0 <= v <= 1),
+    "prefill_stops_early": _Control("prefill_stops_early", _INT, "0 or 1",
+                                    lambda v: v in (0, 1)),
 }
 
 
@@ -193,9 +195,12 @@ def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASG
             return _error(400, str(exc), "invalid_request_error", "invalid_max_tokens")
         prompt = prompt_tokens(body)
         decode = pd is not None and pd.role == "decode"
-        if pd is not None and decode and (refused := await pd.fetch(body, request.url.path,
-                                                                   request.headers)) is not None:
-            return refused
+        fetched = False  # the prompt's KV came from a prefill peer, not computed here
+        if pd is not None and decode:
+            outcome = await pd.fetch(body, request.url.path, request.headers)
+            if isinstance(outcome, Response):
+                return outcome
+            fetched = outcome
         extra: dict[str, Any] = {}
         if pd is not None and pd.role == "prefill":
             n_out = 1  # a prefill engine computes the prompt's KV and one token
@@ -207,21 +212,24 @@ def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASG
 
         if body.get("stream") is True and (pd is None or decode):
             return StreamingResponse(
-                _stream(engine, prompt, chat, base, n_out, usage, decode),
+                _stream(engine, prompt, chat, base, n_out, usage, fetched),
                 media_type="text/event-stream",
             )
-        async with engine.admitted(prompt, prefilled=decode) as run:
+        async with engine.admitted(prompt, prefilled=fetched) as run:
             await run.first_token()
             for _ in range(n_out - 1):
                 await run.next_token()
             run.finish()
+        finish = "length"
         if pd is not None and pd.role == "prefill":
-            extra = pd.prefilled(body)
+            by_length = not engine.prefill_stops_early
+            extra = pd.prefilled(body, request.headers, by_length)
+            finish = "length" if by_length else "stop"
         text = "".join(engine.token(i) for i in range(n_out))
         choice: dict[str, Any] = (
             {"index": 0, "message": {"role": "assistant", "content": text},
-             "finish_reason": "length"}
-            if chat else {"index": 0, "text": text, "finish_reason": "length"}
+             "finish_reason": finish}
+            if chat else {"index": 0, "text": text, "finish_reason": finish}
         )
         obj = "chat.completion" if chat else "text_completion"
         return JSONResponse({**base, "object": obj, "choices": [choice], "usage": usage,

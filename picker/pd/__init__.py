@@ -3,8 +3,10 @@
 from picker.pd.prefill import PrefillClient
 from picker.pd.protocols import (
     PREFILLER_HEADER,
+    REQUEST_ID_HEADER,
     Forward,
     PdProtocol,
+    SglangPair,
     nixl_prefill_body,
     protocol_of,
     with_bootstrap,
@@ -12,6 +14,7 @@ from picker.pd.protocols import (
 )
 
 __all__ = [
-    "PREFILLER_HEADER", "Forward", "PdProtocol", "PrefillClient",
+    "PREFILLER_HEADER", "REQUEST_ID_HEADER", "Forward", "PdProtocol", "PrefillClient",
+    "SglangPair",
     "nixl_prefill_body", "protocol_of", "with_bootstrap", "with_kv_transfer_params",
 ]

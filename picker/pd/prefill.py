@@ -4,7 +4,8 @@ The client's request goes through the proxy to the decode worker; the prefill re
 picker's, sent on its event loop with one shared HTTP client. A prefill that cannot start
 (connection refused, an error status before the two-step's answer) is a PrefillFailed, so the
 runtime can choose another pair; an SGLang prefill that fails after it was dispatched is only
-counted: its decode worker fails the request when the room never fills.
+counted: its decode worker fails the request when the room never fills. A two-step answer
+without `kv_transfer_params` is a healthy engine's (below), not a failure.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 
 from picker.errors import PrefillFailed, PrefillRejected
+from picker.pd.protocols import REQUEST_ID_HEADER
 from picker.registry import Worker
 
 __all__ = ["PrefillClient"]
@@ -45,10 +47,11 @@ class PrefillClient:
         if self._client is not None:
             await self._client.aclose()
 
-    async def dispatch(self, worker: Worker, path: str, body: Mapping[str, Any]) -> None:
+    async def dispatch(self, worker: Worker, path: str, body: Mapping[str, Any],
+                       request_id: str) -> None:
         """Send the SGLang prefill and return once it is under way (its answer is not
         awaited); raises PrefillFailed if it fails at once."""
-        task = asyncio.create_task(self._post(worker, path, body))
+        task = asyncio.create_task(self._post(worker, path, body, request_id))
         done, _ = await asyncio.wait({task}, timeout=_DISPATCH_WINDOW_SECS)
         if done:
             task.result()  # raises PrefillFailed
@@ -56,27 +59,43 @@ class PrefillClient:
         self._background.add(task)
         task.add_done_callback(self._settled)
 
-    async def kv_transfer_params(self, worker: Worker, path: str,
-                                 body: Mapping[str, Any]) -> dict[str, Any]:
-        """The NIXL two-step's first step: the prefill worker's `kv_transfer_params`."""
-        response = await self._post(worker, path, body)
+    async def kv_transfer_params(self, worker: Worker, path: str, body: Mapping[str, Any],
+                                 request_id: str) -> dict[str, Any] | None:
+        """The NIXL two-step's first step: the prefill worker's `kv_transfer_params`, or None
+        when its successful answer has none.
+
+        vLLM's NixlConnector returns none for a prefill that did not end by its length cap
+        (releases up to 0.11: any other status, nixl_connector.py NixlConnectorScheduler.
+        request_finished, `if request.status != RequestStatus.FINISHED_LENGTH_CAPPED: ...
+        return False, None`; 0.33.0: besides stopped, e.g. aborted,
+        nixl/pull_scheduler.py:235-244). The engine is healthy and its answer is final, so
+        vLLM's proxy sends decode the client's request unchanged
+        (tests/v1/kv_connector/nixl_integration/toy_proxy_server.py, _handle_completions:
+        `if kv_transfer_params: req_data["kv_transfer_params"] = ...`), as llm-d's sidecar
+        does (pkg/sidecar/proxy/connector_nixlv2.go:281-284): decode computes the prompt
+        itself. No strike on the prefill worker.
+        """
+        response = await self._post(worker, path, body, request_id)
         try:
             reply = response.json()
         except ValueError:
             reply = None
-        params = reply.get("kv_transfer_params") if isinstance(reply, dict) else None
-        if not isinstance(params, dict):
+        if not isinstance(reply, dict):
             self._on_failure(worker)
-            raise PrefillFailed(f"prefill worker {worker.id} answered without "
-                                "kv_transfer_params (is its kv connector configured?)")
+            raise PrefillFailed(f"prefill worker {worker.id} answered with no JSON object")
+        params = reply.get("kv_transfer_params")
+        if not isinstance(params, dict) or not params:
+            log.info("prefill worker %s answered without kv_transfer_params: decode computes "
+                     "the prompt itself", worker.id)
+            return None
         return params
 
-    async def _post(self, worker: Worker, path: str,
-                    body: Mapping[str, Any]) -> httpx.Response:
+    async def _post(self, worker: Worker, path: str, body: Mapping[str, Any],
+                    request_id: str) -> httpx.Response:
         """POST the prefill; its body is read whole (an SGLang prefill may stream it)."""
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self._timeout)
-        headers = {"content-type": "application/json"}
+        headers = {"content-type": "application/json", REQUEST_ID_HEADER: request_id}
         if worker.spec.api_key is not None:
             headers["authorization"] = f"Bearer {worker.spec.api_key.get_secret_value()}"
         try:

@@ -1,12 +1,14 @@
 """The three ways a prefill/decode pair is told about each other, as pure body/header rewrites.
 
-- SGLang bootstrap (SGLang's PD router, mini_lb): both workers get the same body with
+- SGLang bootstrap (SGLang's PD router, mini_lb): both workers get the body with
   `bootstrap_host`, `bootstrap_port` (the prefill worker's bootstrap server) and
   `bootstrap_room` (a random 63-bit id; one per prompt for batched inputs); the decode worker
-  pulls the KV cache of that room from the prefill worker.
+  pulls the KV cache of that room from the prefill worker. With data-parallel ranks the room
+  names the prefill rank too (`room % dp_size`), and the rank fields say it outright.
 - vLLM NIXL two-step (vLLM's disaggregated-serving proxy): the prefill worker gets the body
-  with `max_tokens: 1`, `stream: false` and `kv_transfer_params: {do_remote_decode: true}`;
-  its reply's `kv_transfer_params` go into the decode worker's body.
+  capped at one output token, `stream: false` and `kv_transfer_params: {do_remote_decode:
+  true}`; its reply's `kv_transfer_params` go into the decode worker's body. A reply without
+  them (the prefill stopped before its length cap) sends decode the client's request as is.
 - llm-d routing sidecar: the decode worker's sidecar runs the prefill itself; the request
   goes to decode with `x-prefiller-host-port: <prefill host:port>`.
 
@@ -21,15 +23,35 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from picker.request import Api
 from picker.workers import RuntimeType, WorkerSpec
 
 __all__ = [
-    "PREFILLER_HEADER", "Forward", "PdProtocol", "nixl_prefill_body", "protocol_of",
-    "with_bootstrap", "with_kv_transfer_params",
+    "PREFILLER_HEADER", "REQUEST_ID_HEADER", "Forward", "PdProtocol", "SglangPair",
+    "nixl_prefill_body", "protocol_of", "with_bootstrap", "with_kv_transfer_params",
 ]
 
 # llm-d's routing sidecar reads the prefill worker's address from this request header.
 PREFILLER_HEADER = "x-prefiller-host-port"
+# Both legs carry one request id, as vLLM's NIXL proxy sends them
+# (tests/v1/kv_connector/nixl_integration/toy_proxy_server.py, send_request_to_service and
+# stream_service_response: "X-Request-Id": request_id) and llm-d's sidecar does
+# (pkg/sidecar/proxy/connector_nixlv2.go:100 and :310): vLLM releases without
+# `remote_request_id` in kv_transfer_params free the prefill's blocks by the decode's id.
+REQUEST_ID_HEADER = "x-request-id"
+
+# The output-token limits each API reads, all capped at one token on the prefill leg (llm-d
+# pkg/sidecar/proxy/proxy.go:143-145, applied in connector_nixlv2.go:179-181). `min_tokens` at
+# one is also the cap's floor: vLLM masks EOS and stop strings below it, so the prefill ends by
+# length, the one status for which every NixlConnector release returns kv_transfer_params.
+_PREFILL_TOKEN_LIMITS: Mapping[Api, tuple[str, ...]] = {
+    Api.CHAT: ("max_tokens", "min_tokens"),
+    Api.COMPLETIONS: ("max_tokens", "min_tokens"),
+    Api.RESPONSES: ("max_output_tokens",),  # vLLM entrypoints/openai/responses/protocol.py:273
+}
+# Capped only when the client sent it (vLLM's toy proxy: `if "max_completion_tokens" in
+# req_data`): completions does not declare it.
+_PREFILL_LIMITS_IF_SENT = ("max_completion_tokens",)
 
 # kv_connector values (case-insensitive) that mean the llm-d routing sidecar does the prefill.
 _SIDECAR_CONNECTORS = frozenset({"llm-d", "llm-d-sidecar", "sidecar"})
@@ -61,26 +83,58 @@ class Forward:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-def with_bootstrap(data: Mapping[str, Any], host: str | None, port: int | None,
-                   rng: random.Random) -> dict[str, Any]:
-    """The body both workers of an SGLang pair get: one room per prompt of a batch."""
+@dataclass(frozen=True, slots=True)
+class SglangPair:
+    """The two bodies of an SGLang pair: the same rooms and bootstrap address, rank fields
+    each for its own worker."""
+
+    prefill: dict[str, Any]
+    decode: dict[str, Any]
+
+
+def with_bootstrap(data: Mapping[str, Any], prefill: WorkerSpec, decode: WorkerSpec,
+                   rng: random.Random) -> SglangPair:
+    """One room per prompt of a batch, each a random 63-bit id.
+
+    A data-parallel prefill engine sends a request to rank `room % dp_size` unless told a rank
+    (SGLang 0.5.23 srt/managers/data_parallel_controller.py:901-910, follow_bootstrap_room),
+    and its decode peer looks for the KV on that rank (srt/disaggregation/decode.py:879-896):
+    so the room is drawn to name the prefill rank the picker chose. The rank fields are smg's
+    (model_gateway/src/routers/http/pd_router.rs:403-421): `routed_dp_rank` for the prefill
+    rank on prefill and the decode rank on decode, `disagg_prefill_dp_rank` on decode; SGLang
+    declares them in srt/entrypoints/openai/protocol.py:348-359.
+    """
     size = _batch_size(data)
-    rooms: int | list[int] = (rng.getrandbits(63) if size is None
-                              else [rng.getrandbits(63) for _ in range(size)])
+    rank, ranks = prefill.dp_rank, prefill.dp_size or 1
+
+    def room() -> int:
+        drawn = rng.getrandbits(63)
+        if rank is None or ranks == 1:
+            return drawn
+        aligned = drawn - drawn % ranks + rank
+        return aligned if aligned < 2**63 else aligned - ranks
+
+    rooms: int | list[int] = room() if size is None else [room() for _ in range(size)]
+    host, port = prefill.bootstrap_host, prefill.bootstrap_port
     hosts: str | None | list[str | None] = host if size is None else [host] * size
     ports: int | None | list[int | None] = port if size is None else [port] * size
-    return {**data, "bootstrap_host": hosts, "bootstrap_port": ports, "bootstrap_room": rooms}
+    body = {**data, "bootstrap_host": hosts, "bootstrap_port": ports, "bootstrap_room": rooms}
+    if rank is None:
+        return SglangPair(body, body)
+    decode_ranks = {} if decode.dp_rank is None else {"routed_dp_rank": decode.dp_rank}
+    return SglangPair({**body, "routed_dp_rank": rank},
+                      {**body, "disagg_prefill_dp_rank": rank, **decode_ranks})
 
 
-def nixl_prefill_body(data: Mapping[str, Any]) -> dict[str, Any]:
+def nixl_prefill_body(data: Mapping[str, Any], api: Api) -> dict[str, Any]:
     """The prefill worker's request in the two-step: one token, not streamed, KV kept for a
     remote decode."""
     body = {key: value for key, value in data.items() if key != "stream_options"}
-    body.update(stream=False, max_tokens=1, kv_transfer_params={
+    body.update(stream=False, kv_transfer_params={
         "do_remote_decode": True, "do_remote_prefill": False, "remote_engine_id": None,
         "remote_block_ids": None, "remote_host": None, "remote_port": None})
-    if "max_completion_tokens" in body:
-        body["max_completion_tokens"] = 1
+    body.update(dict.fromkeys(_PREFILL_TOKEN_LIMITS.get(api, ("max_tokens",)), 1))
+    body.update({key: 1 for key in _PREFILL_LIMITS_IF_SENT if key in body})
     return body
 
 

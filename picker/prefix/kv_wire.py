@@ -8,7 +8,9 @@ python/sglang/srt/disaggregation/kv_events.py in SGLang 0.5.23):
   every required field present (nil when None) and optional fields left out when at their
   default;
 - older vLLM releases encoded events positionally too: `["BlockStored", hashes, parent, ...]`,
-  fields in declaration order, tag first.
+  fields in declaration order, tag first; so does SGLang's main after 0.5.23, where a salted
+  request's BlockStored (BlockStoredWithMetadata, same tag) carries one more item, a map
+  `{"cache_salt": ...}`, at the position where vLLM's positional form has `lora_name`.
 Block hashes are 64-bit ints or bytes. Both engines append fields over time: unknown map keys
 and extra trailing array items are ignored, missing optional ones default.
 
@@ -70,9 +72,37 @@ class AllBlocksCleared(msgspec.Struct, tag="AllBlocksCleared", gc=False):
 KvEvent = BlockStored | BlockRemoved | AllBlocksCleared
 
 
-# Older vLLM: the same events, positional. Subclasses, so callers test for the base classes.
-class _PositionalBlockStored(BlockStored, array_like=True, tag="BlockStored"):
-    pass
+class _StoredMetadata(msgspec.Struct, gc=False):
+    """SGLang's BlockStoredMetadata: the trailing map of a salted request's BlockStored."""
+
+    cache_salt: str | None = None
+
+
+# Positional events (older vLLM, SGLang main). The removal and clear are subclasses, so
+# callers test for the base classes; a positional BlockStored is turned into a BlockStored.
+class _PositionalBlockStored(msgspec.Struct, array_like=True, tag="BlockStored", gc=False):
+    block_hashes: list[EngineHash]
+    parent_block_hash: EngineHash | None = None
+    token_ids: list[int] = []
+    block_size: int = 0
+    lora_id: int | None = None
+    medium: str | None = None
+    lora_name: str | _StoredMetadata | None = None  # vLLM's adapter name; SGLang's metadata
+    extra_keys: list[Any] | None = None
+    group_idx: int | None = None
+    kv_cache_spec_kind: str | None = None
+    kv_cache_spec_sliding_window: int | None = None
+    locality: str | None = None
+    ownership: str | None = None
+    session_id: str | None = None
+    lookahead_token_ids: list[list[int]] | None = None
+    cache_salt: str | None = None
+
+    def public(self) -> BlockStored:
+        fields = msgspec.structs.asdict(self)
+        if isinstance(self.lora_name, _StoredMetadata):
+            fields.update(lora_name=None, cache_salt=self.lora_name.cache_salt)
+        return BlockStored(**fields)
 
 
 class _PositionalBlockRemoved(BlockRemoved, array_like=True, tag="BlockRemoved"):
@@ -116,8 +146,17 @@ def decode_batch(payload: bytes) -> DecodedBatch:
             batch = decoder.decode(payload)
         except msgspec.DecodeError:
             continue
-        return DecodedBatch(batch.events, batch.data_parallel_rank, 0)
+        return DecodedBatch(_public(batch.events), batch.data_parallel_rank, 0)
     return _decode_event_by_event(payload)
+
+
+def _public(events: Sequence[KvEvent | _PositionalEvent]) -> Sequence[KvEvent]:
+    """The events as callers see them: positional BlockStored turned into BlockStored (the
+    tagged-map form, the common one, is returned as decoded)."""
+    if not any(isinstance(event, _PositionalBlockStored) for event in events):
+        return events  # type: ignore[return-value]  # no positional BlockStored left
+    return [event.public() if isinstance(event, _PositionalBlockStored) else event
+            for event in events]
 
 
 def _decode_event_by_event(payload: bytes) -> DecodedBatch:
@@ -132,11 +171,11 @@ def _decode_event_by_event(payload: bytes) -> DecodedBatch:
         raise ValueError(f"EventBatch.events is a {type(events).__name__}, not an array")
     if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool)):
         raise ValueError(f"EventBatch.data_parallel_rank is {rank!r:.50}, not an integer")
-    decoded: list[KvEvent] = []
+    decoded: list[KvEvent | _PositionalEvent] = []
     for event in events:
         union: Any = KvEvent if isinstance(event, dict) else _PositionalEvent
         try:
             decoded.append(msgspec.convert(event, union))
         except msgspec.ValidationError:
             continue
-    return DecodedBatch(decoded, rank, len(events) - len(decoded))
+    return DecodedBatch(_public(decoded), rank, len(events) - len(decoded))

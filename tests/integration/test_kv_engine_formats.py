@@ -36,7 +36,7 @@ def publisher(engine: eng.Engine, port: int, replay: int) -> KvEventPublisher:
 def ehash(engine: eng.Engine, path: tuple[int, ...]) -> int | bytes:
     """vLLM 0.10 and SGLang declare int hashes; the others get bytes (vLLM's sha256 default)."""
     digest = hashlib.sha256(repr(path).encode()).digest()[:8]
-    if engine in (eng.VLLM_010, eng.SGLANG):
+    if engine in (eng.VLLM_010, eng.SGLANG, eng.SGLANG_MAIN):
         return int.from_bytes(digest, "big", signed=True)
     return digest
 

@@ -132,6 +132,46 @@ def test_the_decode_engine_got_the_room_its_prefill_engine_filled() -> None:
         assert [r["router"] for r in routers["routers"]] == ["http-pd"]
 
 
+def test_a_nixl_prefill_that_stopped_early_sends_decode_the_clients_request() -> None:
+    """vLLM's NixlConnector answers without kv_transfer_params when the prefill did not end by
+    its length cap; vLLM's proxy then sends decode the original request. The prefill engine is
+    healthy: no failure counted, no strike (one prefill engine serves every request), and the
+    decode engine computes the prompt itself."""
+    with local_fleet(pd_sims("nixl", prefills=1, decodes=1),
+                     picker_settings={"enable_igw": True}) as fleet:
+        httpx.post(f"{fleet.sim_url('p0')}/sim/control", json={"prefill_stops_early": 1},
+                   timeout=5).raise_for_status()
+        client = openai.OpenAI(base_url=f"{fleet.envoy_url}/v1", api_key="x", max_retries=0)
+        for i in range(6):
+            reply = client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": f"q{i}"}], max_tokens=3)
+            assert len((reply.choices[0].message.content or "").split()) == 3
+        received = pd_report(fleet, "d0")["received"]
+        assert len(received) == 6 and not any("kv_transfer_params" in e for e in received)
+        assert len(pd_report(fleet, "p0")["received"]) == 6  # every request was prefilled
+        metrics = httpx.get(f"{fleet.admin_url}/metrics", timeout=5).text
+        assert "llm_picker_pd_prefill_failures_total{" not in metrics
+        wait_idle(fleet)
+
+
+@pytest.mark.parametrize("protocol", ["nixl", "sglang"])
+def test_both_legs_carry_one_request_id(protocol: str) -> None:
+    """As vLLM's proxy sends them (X-Request-Id on prefill and decode): the client's id when
+    it sent one, else the one Envoy or the picker made, the same on both legs."""
+    with local_fleet(pd_sims(protocol, prefills=1, decodes=1),
+                     picker_settings={"enable_igw": True}) as fleet:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+        for headers in ({"x-request-id": "client-id-7"}, {}):
+            reply = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", json=body,
+                               headers=headers, timeout=10)
+            assert reply.status_code == 200, reply.text
+        prefilled = [e.get("x-request-id") for e in pd_report(fleet, "p0")["received"]]
+        decoded = [e.get("x-request-id") for e in pd_report(fleet, "d0")["received"]]
+        assert prefilled == decoded and prefilled[0] == "client-id-7"
+        assert prefilled[1] and prefilled[1] != "client-id-7"
+        wait_idle(fleet)
+
+
 def test_a_killed_prefill_engine_makes_the_picker_choose_another_pair() -> None:
     with local_fleet(pd_sims("nixl", prefills=2, decodes=1),
                      picker_settings={"enable_igw": True,

@@ -5,7 +5,9 @@ Same msgspec options, same fields, same order, same required/optional split as:
   tag=True + omit_defaults, not array_like);
 - vLLM 0.11.0 and 0.10.0, the same file (events array_like too; 0.10 has no `medium`);
 - SGLang 0.5.23, python/sglang/srt/disaggregation/kv_events.py (EventBatch array_like without
-  omit_defaults, third field attn_dp_rank; events tagged maps with SGLang's own fields).
+  omit_defaults, third field attn_dp_rank; events tagged maps with SGLang's own fields);
+- SGLang main after 0.5.23, the same file (events tagged arrays again; a salted BlockStored
+  is BlockStoredWithMetadata, a trailing `{"cache_salt": ...}` map).
 One module per engine version, so msgspec's tag (the class name) is the engine's. Kept apart
 from the simulator's declarations (picker_sim/kv_formats.py) on purpose: the tests
 pin the simulator against these.
@@ -19,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from tests.kv_engines import sglang_0_5_23, vllm_0_10, vllm_0_11, vllm_0_33
+from tests.kv_engines import sglang_0_5_23, sglang_main, vllm_0_10, vllm_0_11, vllm_0_33
 
 EngineHash = bytes | int
 
@@ -60,4 +62,5 @@ VLLM_033 = Engine("vllm-0.33.0", vllm_0_33, True, True, lambda medium: (medium, 
 VLLM_011 = Engine("vllm-0.11.0", vllm_0_11, True, False, lambda medium: (medium,))
 VLLM_010 = Engine("vllm-0.10.0", vllm_0_10, False, False, lambda medium: ())
 SGLANG = Engine("sglang-0.5.23", sglang_0_5_23, True, True, lambda medium: (medium,))
-ENGINES = (VLLM_033, VLLM_011, VLLM_010, SGLANG)
+SGLANG_MAIN = Engine("sglang-main", sglang_main, True, False, lambda medium: (medium,))
+ENGINES = (VLLM_033, VLLM_011, VLLM_010, SGLANG, SGLANG_MAIN)

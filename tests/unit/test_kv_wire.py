@@ -152,3 +152,20 @@ def test_well_formed_msgpack_of_any_shape_decodes_or_says_why(events: list[objec
     except ValueError:
         return
     assert len(decoded.events) + decoded.skipped == len(events)
+
+
+def test_sglang_main_salted_block_stored_keeps_its_salt() -> None:
+    """SGLang main: a salted request's BlockStored is BlockStoredWithMetadata, whose trailing
+    `{"cache_salt": ...}` map sits where vLLM's positional form has lora_name."""
+    from tests.kv_engines import sglang_main as sg
+
+    salted = sg.BlockStoredWithMetadata([11, 12], None, list(range(8)), 4, None, "GPU",
+                                        metadata=sg.BlockStoredMetadata("tenant-a"))
+    plain = sg.BlockStored([13], 12, list(range(4)), 4, None, "GPU")
+    payload = msgspec.msgpack.Encoder().encode(sg.EventBatch(1.0, [salted, plain], 1))
+    batch = decode_batch(payload)
+    assert batch.skipped == 0 and batch.data_parallel_rank == 1
+    first, second = batch.events
+    assert isinstance(first, BlockStored) and isinstance(second, BlockStored)
+    assert (first.block_hashes, first.cache_salt, first.lora_name) == ([11, 12], "tenant-a", None)
+    assert (second.parent_block_hash, second.cache_salt, second.medium) == (12, None, "GPU")

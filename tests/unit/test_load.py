@@ -6,11 +6,13 @@ import asyncio
 import functools
 import threading
 import time
+import unittest.mock
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from picker.config import load_config
 from picker.errors import ConfigError
@@ -253,3 +255,95 @@ async def test_concurrent_scrapes_are_bounded_by_max_concurrency(
         await monitor.stop()
     assert slow_fleet.peak == 2
     assert all(w.engine is not None and w.engine.waiting == 1 for w in registry.workers())
+
+
+def _exposition(registry: CollectorRegistry) -> str:
+    return generate_latest(registry).decode()
+
+
+def _vllm_dp_metrics(loras: tuple[str, ...] = ("old-a,old-b", "sql", "")) -> str:
+    """Two data-parallel engines as vLLM 0.33.0 exports them: every per-engine series labelled
+    ["model_name", "engine"] with engine = str(index) (v1/metrics/loggers.py:499-504), the
+    cache info per engine (:1114-1136), and the LoRA info gauge set_to_current_time for each
+    adapter combination, the stale ones left in place (:1103-1111, :1224-1236)."""
+    registry = CollectorRegistry()
+    labels = ["model_name", "engine"]
+    running = Gauge("vllm:num_requests_running", "", labels, registry=registry)
+    waiting = Gauge("vllm:num_requests_waiting", "", labels, registry=registry)
+    usage = Gauge("vllm:kv_cache_usage_perc", "", labels, registry=registry)
+    for engine, (r, w, u) in enumerate([(3, 5, 0.75), (1, 0, 0.5)]):
+        running.labels("m", str(engine)).set(r)
+        waiting.labels("m", str(engine)).set(w)
+        usage.labels("m", str(engine)).set(u)
+    info = Gauge("vllm:cache_config_info", "", ["block_size", "num_gpu_blocks", "engine"],
+                 registry=registry)
+    for index in ("0", "1"):
+        info.labels("16", "4096", index).set(1)
+    lora = Gauge("vllm:lora_requests_info", "",
+                 ["max_lora", "waiting_lora_adapters", "running_lora_adapters"],
+                 registry=registry)
+    for second, running_loras in enumerate(loras):  # oldest first
+        with unittest.mock.patch("time.time", lambda second=second: 1000.0 + second):
+            lora.labels("4", "", running_loras).set_to_current_time()
+    return _exposition(registry)
+
+
+def test_vllm_data_parallel_engines_are_read_per_rank_and_ratios_never_summed() -> None:
+    text = _vllm_dp_metrics()
+    rank0 = parse_engine_load(text, RuntimeType.VLLM, 0.0, rank=0)
+    rank1 = parse_engine_load(text, RuntimeType.VLLM, 0.0, rank=1)
+    assert (rank0.running, rank0.waiting, rank0.kv_usage) == (3, 5, 0.75)
+    assert (rank1.running, rank1.waiting, rank1.kv_usage) == (1, 0, 0.5)
+    whole = parse_engine_load(text, RuntimeType.VLLM, 0.0)  # one worker for every rank
+    assert (whole.running, whole.waiting) == (4, 5)
+    assert whole.kv_usage == pytest.approx(0.625)  # a mean, not 1.25
+    assert (rank1.block_size, rank1.num_gpu_blocks) == (16, 4096)
+
+
+def test_vllm_lora_info_is_read_from_its_newest_series_only() -> None:
+    """The newest combination ("" running: nothing) wins over the stale "sql" and
+    "old-a,old-b", which vLLM keeps exporting."""
+    load = parse_engine_load(_vllm_dp_metrics(), RuntimeType.VLLM, 0.0)
+    assert load.loras == frozenset()
+    text = _vllm_dp_metrics(("old-a,old-b", "", "sql"))
+    assert parse_engine_load(text, RuntimeType.VLLM, 0.0).loras == {"sql"}
+
+
+def _sglang_metrics() -> str:
+    """SGLang 0.5.23 with priority scheduling and data-parallel ranks: each scheduler's labels
+    (srt/observability/metrics_collector.py:1382-1392), the total under priority="" and one
+    series per priority (_log_gauge_queue_count, :1417-1429), page geometry (:1325-1335)."""
+    registry = CollectorRegistry()
+    names = ["model_name", "engine_type", "tp_rank", "pp_rank", "moe_ep_rank", "priority",
+             "dp_rank"]
+    gauges = {name: Gauge(name, "", names, registry=registry) for name in (
+        "sglang:num_running_reqs", "sglang:num_queue_reqs", "sglang:token_usage",
+        "sglang:page_size", "sglang:num_pages")}
+    for dp_rank, (running, queued, usage) in enumerate([(4, {0: 3, 5: 2}, 0.9), (2, {0: 1}, 0.8)]):
+        base = {"model_name": "m", "engine_type": "unified", "tp_rank": "0", "pp_rank": "0",
+                "moe_ep_rank": "0", "priority": "", "dp_rank": str(dp_rank)}
+        gauges["sglang:num_running_reqs"].labels(**base).set(running)
+        gauges["sglang:num_queue_reqs"].labels(**base).set(sum(queued.values()))
+        for priority, count in queued.items():
+            gauges["sglang:num_queue_reqs"].labels(**{**base, "priority": str(priority)}).set(
+                count)
+        gauges["sglang:token_usage"].labels(**base).set(usage)
+        gauges["sglang:page_size"].labels(**base).set(64)
+        gauges["sglang:num_pages"].labels(**base).set(2000)
+    return _exposition(registry)
+
+
+def test_sglang_priority_breakdowns_are_not_added_to_their_total() -> None:
+    text = _sglang_metrics()
+    rank0 = parse_engine_load(text, RuntimeType.SGLANG, 0.0, rank=0)
+    assert (rank0.running, rank0.waiting, rank0.kv_usage) == (4, 5, 0.9)  # not 10 waiting
+    rank1 = parse_engine_load(text, RuntimeType.SGLANG, 0.0, rank=1)
+    assert (rank1.running, rank1.waiting, rank1.kv_usage) == (2, 1, 0.8)
+    whole = parse_engine_load(text, RuntimeType.SGLANG, 0.0)
+    assert whole.waiting == 6 and whole.kv_usage == pytest.approx(0.85)
+    assert whole.kv_usage is not None and whole.kv_usage <= 1
+
+
+def test_sglang_page_geometry_is_the_kv_capacity() -> None:
+    load = parse_engine_load(_sglang_metrics(), RuntimeType.SGLANG, 0.0, rank=1)
+    assert (load.block_size, load.num_gpu_blocks) == (64, 2000)

@@ -25,7 +25,12 @@ from picker.workers import WorkerSpec
 @pytest.mark.parametrize(("prompt", "rooms"), [
     ("one prompt", None), ([1, 2, 3], None), (["a", "b", "c"], 3), ([[1, 2], [3]], 2)])
 def test_bootstrap_rooms_one_per_prompt(prompt: Any, rooms: int | None) -> None:
-    body = with_bootstrap({"model": "m", "prompt": prompt}, "10.0.0.1", 8998, random.Random(1))
+    prefill = WorkerSpec.model_validate({"url": "http://10.0.0.1:8000",
+                                         "bootstrap_port": 8998})
+    decode = WorkerSpec.model_validate({"url": "http://10.0.0.2:8000"})
+    pair = with_bootstrap({"model": "m", "prompt": prompt}, prefill, decode, random.Random(1))
+    body = pair.decode
+    assert pair.prefill == body  # no ranks: both workers get one body
     assert body["prompt"] == prompt and body["model"] == "m"
     if rooms is None:
         assert isinstance(body["bootstrap_room"], int) and 0 <= body["bootstrap_room"] < 2**63
@@ -36,10 +41,57 @@ def test_bootstrap_rooms_one_per_prompt(prompt: Any, rooms: int | None) -> None:
         assert body["bootstrap_port"] == [8998] * rooms
 
 
+@pytest.mark.parametrize("rank", [0, 1, 6])
+@pytest.mark.parametrize("prompt", ["one prompt", ["a", "b", "c"]])
+def test_sglang_data_parallel_rooms_name_the_prefill_rank(rank: int, prompt: Any) -> None:
+    """SGLang sends a prefill to rank `room % dp_size` (data_parallel_controller.py,
+    follow_bootstrap_room_scheduler) and its decode looks there (decode.py,
+    _resolve_prefill_dp_rank); smg's rank fields say it too (pd_router.rs:403-421)."""
+    prefill = WorkerSpec.model_validate({"url": "http://10.0.0.1:8000@" + str(rank),
+                                         "dp_size": 7, "bootstrap_port": 8998})
+    decode = WorkerSpec.model_validate({"url": "http://10.0.0.2:8000@2", "dp_size": 4})
+    for seed in range(50):
+        pair = with_bootstrap({"model": "m", "prompt": prompt}, prefill, decode,
+                              random.Random(seed))
+        rooms = pair.prefill["bootstrap_room"]
+        assert pair.decode["bootstrap_room"] == rooms
+        for room in rooms if isinstance(rooms, list) else [rooms]:
+            assert 0 <= room < 2**63 and room % 7 == rank
+        assert pair.prefill["routed_dp_rank"] == rank
+        assert "disagg_prefill_dp_rank" not in pair.prefill
+        assert pair.decode["disagg_prefill_dp_rank"] == rank
+        assert pair.decode["routed_dp_rank"] == 2
+    # SGLang's own request model declares the fields (0.5.23 srt/entrypoints/openai/
+    # protocol.py:348-359, PDRoutingFields), so the engine reads, not drops, them.
+    assert {"bootstrap_host", "bootstrap_port", "bootstrap_room", "routed_dp_rank",
+            "disagg_prefill_dp_rank"} >= set(pair.decode) - {"model", "prompt"}
+
+
+# vLLM 0.33.0's request models: the output-token limit each API declares
+# (chat_completion/protocol.py:244-249 max_tokens, max_completion_tokens, :295 min_tokens;
+# completion/protocol.py:64 max_tokens, :86 min_tokens; responses/protocol.py:273
+# max_output_tokens, the only one /v1/responses reads).
+@pytest.mark.parametrize(("api", "client", "capped"), [
+    (Api.CHAT, {"max_tokens": 99, "max_completion_tokens": 99, "min_tokens": 5},
+     {"max_tokens": 1, "max_completion_tokens": 1, "min_tokens": 1}),
+    (Api.CHAT, {"max_completion_tokens": 99},
+     {"max_tokens": 1, "max_completion_tokens": 1, "min_tokens": 1}),
+    (Api.COMPLETIONS, {"max_tokens": 99, "min_tokens": 40}, {"max_tokens": 1, "min_tokens": 1}),
+    (Api.RESPONSES, {"max_output_tokens": 500}, {"max_output_tokens": 1}),
+    (Api.RESPONSES, {}, {"max_output_tokens": 1}),
+])
+def test_the_prefill_leg_is_capped_at_one_token_in_each_apis_own_field(
+        api: Api, client: dict[str, Any], capped: dict[str, int]) -> None:
+    prefill = nixl_prefill_body({"model": "m", **client}, api)
+    limits = {"max_tokens", "max_completion_tokens", "min_tokens", "max_output_tokens"}
+    assert {k: v for k, v in prefill.items() if k in limits} == capped
+    assert prefill["min_tokens" if "min_tokens" in capped else "max_output_tokens"] <= 1
+
+
 def test_nixl_two_step_bodies() -> None:
     client = {"model": "m", "messages": [], "stream": True, "max_tokens": 99,
               "max_completion_tokens": 99, "stream_options": {"include_usage": True}}
-    prefill = nixl_prefill_body(client)
+    prefill = nixl_prefill_body(client, Api.CHAT)
     assert prefill["stream"] is False and prefill["max_tokens"] == 1
     assert prefill["max_completion_tokens"] == 1 and "stream_options" not in prefill
     assert prefill["kv_transfer_params"]["do_remote_decode"] is True
