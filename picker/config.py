@@ -200,7 +200,7 @@ class PickerConfig(StrictModel):
         Engine metrics older than load.stale_after_secs are unknown to a policy too, unless
         its own params set stale_after_secs. Raises ConfigError naming the key."""
         stale = self.load.stale_after_secs
-        parsed = {name: parse_params(name, raw, f"policies.{name}", stale)
+        parsed = {name: parse_params(name, raw, f"policies.{name}", stale, flat=True)
                   for name, raw in self.policies.items()}
         if self.policy.name in parsed and self.policy.params:
             raise ConfigError("policy.params", f"parameters of {self.policy.name} are also given "

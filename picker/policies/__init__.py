@@ -35,21 +35,25 @@ POLICIES: Mapping[str, PolicyDescriptor[Any]] = {
 
 
 def parse_params(name: str, raw: Mapping[str, Any] | None, key: str = "policy",
-                 stale_after_secs: float | None = None) -> PolicyParams:
-    """Validate `raw` as policy `name`'s parameters; errors name `<key>.params.<field>` (or
-    `<key>.name` for an unknown policy). `stale_after_secs` fills the parameter of the same
-    name for policies reading engine metrics when the config leaves it unset."""
+                 stale_after_secs: float | None = None, flat: bool = False) -> PolicyParams:
+    """Validate `raw` as policy `name`'s parameters; errors name the key as the user wrote
+    it: `<key>.params.<field>` and `<key>.name` for a `{name, params}` section, or
+    `<key>.<field>` and `<key>` itself when `flat` (`policies: {<name>: {<field>: ...}}`).
+    `stale_after_secs` fills the parameter of the same name for policies reading engine
+    metrics when the config leaves it unset."""
     descriptor = POLICIES.get(name)
     if descriptor is None:
         known = ", ".join(sorted(POLICIES))
-        raise ConfigError(f"{key}.name", f"unknown policy {name!r} (known: {known})")
+        raise ConfigError(key if flat else f"{key}.name",
+                          f"unknown policy {name!r} (known: {known})")
     try:
         params: PolicyParams = descriptor.parse(dict(raw or {}))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise ConfigError(f"{key}.params" + (f".{where}" if where else ""),
-                          f"{name}: {first['msg']}") from exc
+        params_key = key if flat else f"{key}.params"
+        raise ConfigError(params_key + (f".{where}" if where else ""),
+                          f"{name}: {first['msg'].removeprefix('Value error, ')}") from exc
     if (isinstance(params, StaleAfterParams) and params.stale_after_secs is None
             and stale_after_secs is not None):
         params = params.model_copy(update={"stale_after_secs": stale_after_secs})

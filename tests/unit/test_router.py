@@ -472,7 +472,7 @@ def test_bad_params_of_a_per_request_policy_stop_start_up() -> None:
 
     with pytest.raises(ConfigError) as caught:
         load_config(overrides={"policies": {"weighted": {"scorerz": {"queue": 1}}}})
-    assert caught.value.key == "policies.weighted.params.scorerz"
+    assert caught.value.key == "policies.weighted.scorerz"  # as written: no params level
     with pytest.raises(ConfigError) as caught:
         load_config(overrides={"policy": {"name": "weighted",
                                           "params": {"scorerz": {"queue": 1}}}})
