@@ -44,7 +44,7 @@ from picker.errors import ConfigError, UnknownWorker, WorkerConflict
 from picker.fleet import DeclaredInFile, WorkerPatch
 from picker.json_kind import json_type
 from picker.registry import Worker
-from picker.status import static_file, status_view
+from picker.status import first_page, static_file, status_view
 from picker.telemetry import CONTENT_TYPE
 from picker.workers import ConnectionMode, WorkerSpec, WorkerType
 
@@ -301,7 +301,9 @@ def add_status_routes(app: FastAPI, runtime: PickerRuntime,
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def status_page() -> Response:
-        return _static("index.html")
+        return Response(first_page(status_view(runtime, view)),
+                        media_type="text/html; charset=utf-8",
+                        headers={"cache-control": "no-cache"})
 
     @app.get("/status/{name}", include_in_schema=False)
     async def status_asset(name: str) -> Response:

@@ -40,7 +40,10 @@ class Chromium:
     def __init__(self, executable: str, width: int = 1280, height: int = 800) -> None:
         self._executable = executable
         self._size = (width, height)
-        self._profile = tempfile.TemporaryDirectory(prefix="llm-picker-chromium-")
+        # Chromium's helpers may still write to the profile as it exits: a leftover file is not
+        # the page test's failure.
+        self._profile = tempfile.TemporaryDirectory(prefix="llm-picker-chromium-",
+                                                    ignore_cleanup_errors=True)
         self._process: subprocess.Popen[bytes] | None = None
         self._socket: Any = None
         self._ids = itertools.count(1)

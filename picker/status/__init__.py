@@ -3,6 +3,6 @@
 admin API at `/`; plain HTML and JS, no build step, no CDN)."""
 
 from picker.status.history import ActivityHistory
-from picker.status.view import static_file, status_view
+from picker.status.view import first_page, static_file, status_view
 
-__all__ = ["ActivityHistory", "static_file", "status_view"]
+__all__ = ["ActivityHistory", "first_page", "static_file", "status_view"]

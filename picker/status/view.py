@@ -8,6 +8,7 @@ out api keys (the admin API's worker view) and decision records hold no prompt t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -16,10 +17,11 @@ if TYPE_CHECKING:
     from picker.registry import Worker
     from picker.runtime import PickerRuntime
 
-__all__ = ["RECENT_DECISIONS", "static_file", "status_view"]
+__all__ = ["RECENT_DECISIONS", "first_page", "static_file", "status_view"]
 
 RECENT_DECISIONS = 20
 # The page's files, by the name it is served under, with their media type.
+_SCRIPT = '<script src="status/status.js"></script>'
 _STATIC = {
     "index.html": "text/html; charset=utf-8",
     "status.js": "text/javascript; charset=utf-8",
@@ -34,6 +36,16 @@ def static_file(name: str) -> tuple[bytes, str] | None:
         return None
     return (resources.files("picker.status").joinpath("static", name).read_bytes(),
             media_type)
+
+
+def first_page(status: dict[str, Any]) -> bytes:
+    """index.html carrying the status it opens with, so the first paint shows workers (a
+    screenshot taken at load showed "loading..." and empty tables until the first poll). The
+    JSON sits in a data block; `<` is escaped so no text from the fleet can close the tag."""
+    page = resources.files("picker.status").joinpath("static", "index.html").read_text()
+    data = json.dumps(status, separators=(",", ":")).replace("<", "\\u003c")
+    block = f'<script id="first-status" type="application/json">{data}</script>\n'
+    return page.replace(_SCRIPT, block + _SCRIPT, 1).encode()
 
 
 def status_view(runtime: PickerRuntime,

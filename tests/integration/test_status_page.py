@@ -84,9 +84,12 @@ async def test_status_page_renders_workers_and_follows_a_kill(fleet: Fleet,
     sender = threading.Thread(target=_traffic, args=(fleet, stop), daemon=True)
     sender.start()
     try:
-        async with Chromium(chromium) as browser:
+        async with Chromium(chromium, width=1400) as browser:
             await browser.open(f"{fleet.admin_url}/")
-            rows = await browser.wait_for(
+            # Drawn with the page, before the first poll (POLL_MS after load): a screenshot
+            # right after load shows workers, not "loading..." and empty tables.
+            await browser.wait_for("document.readyState === 'complete'")
+            rows = await browser.evaluate(
                 "[...document.querySelectorAll('#workers tbody tr')]"
                 ".map(r => r.dataset.worker + ':' + r.dataset.state).join(',')")
             assert rows == "sim-a:healthy,sim-b:healthy,sim-c:healthy"
@@ -116,6 +119,12 @@ async def test_status_page_renders_workers_and_follows_a_kill(fleet: Fleet,
             await browser.wait_for(
                 "document.querySelector('#decisions tbody tr td:nth-child(8)')"
                 "?.textContent.includes('sim-b: ')")
+            # A dead worker serves nothing: no hit rate, rather than its last one.
+            await browser.wait_for(
+                "document.querySelector('#workers tr[data-worker=\"sim-b\"] td:nth-child(8)')"
+                ".textContent.trim() === '–'", timeout=20)
+            assert await browser.evaluate(
+                "document.documentElement.scrollWidth <= window.innerWidth")
             await asyncio.sleep(1.0)
             shot = tmp_path / "status-page.png"
             await browser.screenshot(shot)

@@ -120,3 +120,23 @@ async def test_status_routes_are_documented() -> None:
         paths = (await c.get("/openapi.json")).json()["paths"]
     assert {"/debug/status", "/debug/decisions", "/debug/decisions/{request_id}"} <= set(paths)
     assert "/" not in paths  # the page is HTML, not part of the API
+
+
+async def test_the_page_arrives_with_its_first_status_and_nothing_can_close_its_tag() -> None:
+    """The first paint shows workers: the status rides in the page, not after a poll."""
+    import json
+    import re
+
+    r = runtime()
+    r.registry.add(r.registry.get("x0").spec.updated(  # type: ignore[union-attr]
+        url="10.0.2.1:8000", id="x1", models=["</script><script>alert(1)</script>"]))
+    async with client(r) as c:
+        page = (await c.get("/")).text
+    block = re.search(r'<script id="first-status" type="application/json">(.*?)</script>',
+                      page, re.S)
+    assert block is not None and page.index(block.group(0)) < page.index("status/status.js")
+    assert "</script><script>" not in block.group(1)  # `<` escaped inside the JSON
+    status = json.loads(block.group(1))
+    assert [w["id"] for w in status["workers"]] == ["w0", "w1", "x0", "x1"]
+    assert status["workers"][3]["models"] == ["</script><script>alert(1)</script>"]
+    assert API_KEY not in page

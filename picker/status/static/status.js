@@ -59,9 +59,10 @@ function stateOf(worker) {
   return "healthy";
 }
 
-function last(values) {
-  for (let i = values.length - 1; i >= 0; i--) if (values[i] !== null) return values[i];
-  return null;
+// The newest interval's value: null when that interval had no decisions, so a worker that
+// stopped serving (dead, drained) shows no hit rate rather than its last one before.
+function newest(values) {
+  return values.length ? values[values.length - 1] : null;
 }
 
 function renderWorkers(status) {
@@ -89,9 +90,9 @@ function renderWorkers(status) {
     tr.append(el("td", engine ? num(engine.waiting, 0) : "–", "num"));
     tr.append(el("td", engine ? percent(engine.kv_usage) : "–", "num"));
     const rate = el("td");
-    rate.append(spark(activity.rate, topRate, "rate"), el("span", " " + num(last(activity.rate), 1)));
+    rate.append(spark(activity.rate, topRate, "rate"), el("span", " " + num(newest(activity.rate), 1)));
     const hits = el("td");
-    hits.append(spark(activity.hit_rate, 1, "hit"), el("span", " " + percent(last(activity.hit_rate))));
+    hits.append(spark(activity.hit_rate, 1, "hit"), el("span", " " + percent(newest(activity.hit_rate))));
     tr.append(rate, hits);
     return tr;
   });
@@ -106,7 +107,8 @@ function renderDecisions(status) {
     tr.append(el("td", num(d.age_secs, 1) + "s", "num"), el("td", d.request_id),
               el("td", d.model), el("td", d.policy), el("td", d.worker || "refused"),
               el("td", percent(d.match), "num"), el("td", d.reason));
-    const excluded = el("td", d.excluded.map((e) => e.worker + ": " + e.reason).join(", "));
+    const excluded = el("td", d.excluded.map((e) => e.worker + ": " + e.reason).join(", "),
+                        "excluded");
     tr.append(excluded);
     return tr;
   });
@@ -151,4 +153,8 @@ async function poll() {
   setTimeout(poll, POLL_MS);
 }
 
-poll();
+// The page arrives with its first status (first_page, server side): drawn at once, then
+// polled.
+const first = document.getElementById("first-status");
+if (first) render(JSON.parse(first.textContent));
+setTimeout(poll, first ? POLL_MS : 0);
