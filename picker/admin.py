@@ -75,7 +75,7 @@ def _error(status: int, code: str, message: str, field: str | None = None) -> JS
 
 def worker_view(worker: Worker, declared_in: str | None) -> dict[str, Any]:
     """The spec as posted (minus secrets) plus live state (ages in seconds) and the file that
-    owns it (None: the admin API may change it)."""
+    owns it (absent: the admin API may change it)."""
     now = time.monotonic()
     engine = worker.engine
     state: dict[str, Any] = {
@@ -92,7 +92,15 @@ def worker_view(worker: Worker, declared_in: str | None) -> dict[str, Any]:
             "age_secs": round(now - engine.scraped_at, 3),
         },
     }
-    return {**worker.spec.model_dump(mode="json"), "state": state, "declared_in": declared_in}
+    # Only what is known or set (a spec has ~30 optional fields, nearly all unset on any one
+    # worker); routes returning this through a response model exclude None for the same reason.
+    view = {**worker.spec.model_dump(mode="json"), "state": state, "declared_in": declared_in}
+    return _without_nulls(view)
+
+
+def _without_nulls(value: dict[str, Any]) -> dict[str, Any]:
+    return {k: _without_nulls(v) if isinstance(v, dict) else v
+            for k, v in value.items() if v is not None}
 
 
 class _JsonBodies:
@@ -176,7 +184,9 @@ def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None) -> 
                           f"{json_type(first.get('input'))}", "body")
         # A whole-body check (WorkerPatch's fixed fields) names its field in the context.
         field = field or str(ctx.get("field", ""))
-        return _error(422, "invalid_field", str(first.get("msg", "invalid value")), field or None)
+        # A validator's own ValueError already says what is wrong: no "Value error, " before it.
+        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        return _error(422, "invalid_field", message, field or None)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
@@ -242,7 +252,8 @@ def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None) -> 
             "workers": [view(w) for w in added], "total": len(added)}
         return JSONResponse(body, status_code=201 if registered.reached else 202)
 
-    @app.get("/workers", response_model=WorkerList, responses=errors(422))
+    @app.get("/workers", response_model=WorkerList, response_model_exclude_none=True,
+             responses=errors(422))
     async def list_workers(
         model: str | None = None,
         worker_type: WorkerType | None = None,
@@ -259,11 +270,13 @@ def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None) -> 
         return {"workers": [view(w) for w in chosen], "total": len(chosen),
                 "stats": workers.stats()}
 
-    @app.get("/workers/{url:path}", response_model=WorkerView, responses=errors(404, 422))
+    @app.get("/workers/{url:path}", response_model=WorkerView, response_model_exclude_none=True,
+             responses=errors(404, 422))
     async def get_worker(url: str) -> dict[str, Any]:
         return view(manager.find(url))
 
     @app.patch("/workers/{url:path}", dependencies=mutating, response_model=WorkerView,
+               response_model_exclude_none=True,
                responses=errors(400, 401, 403, 404, 409, 413, 422))
     async def patch_worker(url: str, patch: WorkerPatch) -> dict[str, Any]:
         """Change priority, cost, labels or health overrides; url, id and models are fixed

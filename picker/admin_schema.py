@@ -30,11 +30,13 @@ class ErrorBody(BaseModel):
 
 
 class EngineView(BaseModel):
-    running: float | None
-    waiting: float | None
-    kv_usage: float | None
-    block_size: int | None
-    num_gpu_blocks: int | None
+    """What the engine's last scrape said; a value it did not report is left out."""
+
+    running: float | None = None
+    waiting: float | None = None
+    kv_usage: float | None = None
+    block_size: int | None = None
+    num_gpu_blocks: int | None = None
     age_secs: float
 
 
@@ -44,8 +46,8 @@ class WorkerState(BaseModel):
     draining: bool
     in_flight: int
     circuit: dict[str, Any]
-    last_health_check_age_secs: float | None
-    engine: EngineView | None
+    last_health_check_age_secs: float | None = None  # absent: not checked yet
+    engine: EngineView | None = None  # absent: not scraped (yet, or not a scraped runtime)
 
 
 class WorkerView(WorkerSpec):

@@ -428,7 +428,7 @@ async def test_workers_declared_in_the_file_are_changed_by_the_file_only(admin: 
     worker = admin.registry.get("a")
     assert worker is not None and worker.spec.priority == 50 and not worker.draining
     # A worker the API may change says so, and is changed.
-    assert (await admin.client.get("/workers/b")).json()["declared_in"] is None
+    assert "declared_in" not in (await admin.client.get("/workers/b")).json()
     assert (await admin.client.patch("/workers/b", json={"priority": 9})).status_code == 200
     assert (await admin.client.delete("/workers/b")).status_code == 200
 
@@ -500,3 +500,24 @@ async def test_a_prefill_worker_without_enable_igw_is_a_422_naming_worker_type(
     assert error["message"].startswith("worker_type: prefill workers are paired with the other "
                                        "role only with enable_igw: true")
     assert not admin.registry.workers()
+
+
+async def test_a_worker_view_shows_what_is_set_not_thirty_nulls(admin: Admin) -> None:
+    posted = await admin.client.post("/workers", json={
+        "url": "http://127.0.0.1:9", "models": ["m"], "id": "plain"})
+    listed = (await admin.client.get("/workers")).json()["workers"][0]
+    one = (await admin.client.get("/workers/plain")).json()
+    for view in (posted.json(), listed, one):
+        nulls = [k for k, v in view.items() if v is None]
+        assert not nulls, nulls
+        assert view["id"] == "plain" and view["models"] == ["m"]
+        assert "dp_rank" not in view and "chat_template" not in view
+        assert view["state"]["in_flight"] == 0 and "engine" not in view["state"]
+    assert len(listed) <= 16, sorted(listed)
+
+
+async def test_a_validators_message_comes_without_pydantics_prefix(admin: Admin) -> None:
+    response = await admin.client.post("/workers", json={
+        "url": "http://127.0.0.1:9", "models": ["m"], "dp_rank": 3, "dp_size": 2})
+    assert response.status_code == 422
+    assert response.json()["error"]["message"] == "dp_rank 3 must be below dp_size 2"
