@@ -13,6 +13,7 @@ still apply; the same callback tracks in-flight requests (it is the process's In
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -29,6 +30,7 @@ __all__ = ["CONFIG_ENV", "ProxyPicker"]
 
 # Names the picker YAML file; read by the proxy hook only (not a config key).
 CONFIG_ENV = "LLM_PICKER_CONFIG"
+log = logging.getLogger("llm_picker.litellm")
 # How often the proxy's model list is compared with the picker's workers between requests.
 _FOLLOW_SECS = 1.0
 
@@ -44,8 +46,11 @@ class ProxyPicker(InFlightTracker):
         """Load the configuration from the environment and start the runtime (on a thread of
         its own: the proxy's loop is not running yet when callbacks are imported)."""
         config = load_config(os.environ.get(CONFIG_ENV), env=os.environ)
+        _log_to_stderr(config.log.level)
         runtime = PickerRuntime(config, Host.LITELLM)
         runtime.start_in_thread()
+        log.info("llm-picker attached to the LiteLLM proxy: policy %s, config %s",
+                 config.policy.name, os.environ.get(CONFIG_ENV) or "from LLM_PICKER_* only")
         picker = cls(runtime)
         threading.Thread(target=picker._follow_model_list, name="llm-picker-models",
                          daemon=True).start()
@@ -56,10 +61,17 @@ class ProxyPicker(InFlightTracker):
         model list (/model/new, /model/delete) between requests too: without this the picker
         knew no worker, checked no engine's health and read no metrics until the first
         request. Requests still sync at once (`choose_deployment`)."""
+        announced = False
         while True:
             deployments = _proxy_model_list()
             if deployments:
                 self._fleet.sync(deployments)
+                if not announced:
+                    announced = True
+                    log.info("llm-picker routes %d of the proxy's %d deployments, as %d "
+                             "workers (deployments without api_base are left to LiteLLM)",
+                             sum(self._fleet.worker_id(d) is not None for d in deployments),
+                             len(deployments), len(self.runtime.registry.workers()))
             time.sleep(_FOLLOW_SECS)
 
     async def async_filter_deployments(
@@ -83,6 +95,18 @@ class ProxyPicker(InFlightTracker):
             if isinstance(holder, dict) and isinstance(holder.get(EXPLAIN_KEY), str):
                 return {EXPLAIN_HEADER: holder[EXPLAIN_KEY]}
         return None
+
+
+def _log_to_stderr(level: str) -> None:
+    """The proxy configures no handler for other libraries' loggers: without one the picker's
+    start-up lines (and any warning below WARNING's last-resort handler) would not show."""
+    picker_log = logging.getLogger("llm_picker")
+    if not picker_log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        picker_log.addHandler(handler)
+        picker_log.setLevel(level)
+        picker_log.propagate = False  # once, even if the proxy's root logger gains a handler
 
 
 def _proxy_model_list() -> list[dict[str, Any]]:

@@ -54,11 +54,27 @@ def proxy(workdir: Path, env: dict[str, str]) -> Iterator[tuple[str, list[SimSpe
 
 
 @pytest.fixture(scope="module")
-def proxy_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def running_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Process]]:
     with proxy(tmp_path_factory.mktemp("proxy"),
                {"LLM_PICKER_POLICY__NAME": "round_robin"}) as (url, _, process):
         wait_http(process, f"{url}/health/liveliness", timeout=90)
-        yield url
+        yield url, process
+
+
+@pytest.fixture(scope="module")
+def proxy_url(running_proxy: tuple[str, Process]) -> str:
+    return running_proxy[0]
+
+
+def test_the_proxy_log_says_the_picker_is_attached_and_what_it_routes(
+        running_proxy: tuple[str, Process]) -> None:
+    _, process = running_proxy
+    deadline = time.monotonic() + 10  # the model list is followed every second
+    while "llm-picker routes" not in process.log_tail(400) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    log = process.log_tail(400)
+    assert "llm-picker attached to the LiteLLM proxy: policy round_robin" in log
+    assert "llm-picker routes 2 of the proxy's 2 deployments, as 2 workers" in log
 
 
 def test_proxy_routes_with_the_picker(proxy_url: str) -> None:
@@ -97,7 +113,7 @@ def test_least_queue_in_the_proxy_reads_the_engines_queues(tmp_path: Path) -> No
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             workers = httpx.get(f"http://127.0.0.1:{admin}/workers", timeout=5).json()["workers"]
-            if len(workers) == 2 and all(w["state"]["engine"] for w in workers):
+            if len(workers) == 2 and all("engine" in w["state"] for w in workers):
                 break
             time.sleep(0.1)
         else:

@@ -103,7 +103,7 @@ def test_least_queue_follows_engine_metrics_and_state_is_visible() -> None:
     with local_fleet([SimSpec("a", MODEL), SimSpec("b", MODEL)], policy="least_queue",
                      picker_settings=settings) as fleet:
         httpx.post(f"{fleet.sim_url('a')}/sim/control", json={"extra_waiting": 12}, timeout=5)
-        wait_until(lambda: (httpx.get(f"{fleet.admin_url}/workers/a").json()["state"]["engine"]
+        wait_until(lambda: (httpx.get(f"{fleet.admin_url}/workers/a").json()["state"].get("engine")
                             or {}).get("waiting") == 12, what="a's queue scraped")
         assert {chat(fleet.envoy_url) for _ in range(6)} == {"b"}
         engine = httpx.get(f"{fleet.admin_url}/workers/a").json()["state"]["engine"]
