@@ -9,9 +9,10 @@ SGLang's is the same). Sequence numbers are consecutive per publisher, starting 
   both are read.
 - a replay overlaps the live stream (the engine answers between live sends, and the SUB queue
   holds what arrived meanwhile): a live message at a sequence already applied, with the same
-  payload, is a duplicate and dropped. The payload carries the batch's timestamp, so the same
-  sequence number with another payload is a new publisher, i.e. the engine restarted: its
-  state is cleared, then replayed from 0, at most once per `restart_min_interval_secs`. A
+  payload, is an overlap and dropped (counted apart from problems: it is normal). The payload
+  carries the batch's timestamp, so the same sequence number with another payload is a new
+  publisher, i.e. the engine restarted: its state is cleared, then replayed from 0, at most
+  once per `restart_min_interval_secs`. A
   dropped connection clears it too (a restarted engine holds nothing), and libzmq reconnects
   with exponential backoff.
 Undecodable payloads are counted and logged once per worker per minute; nothing a publisher
@@ -79,8 +80,12 @@ class KvEventMetrics:
             "llm_picker_kv_event_problems", "KV-event stream trouble by worker and kind: "
             "undecodable (batch), skipped_event, orphan_block (parent never seen), invalid_block "
             "(tokens do not fit the hashes), gap, replay_failed, engine_restart, "
-            "restart_deferred (rate-limited), foreign_rank; duplicates dropped after a replay "
-            "are counted as duplicate", ["worker", "problem"],
+            "restart_deferred (rate-limited), foreign_rank", ["worker", "problem"],
+            registry=registry)
+        # Not trouble: after a connect or a gap the replay and the live stream overlap.
+        self.overlaps = Counter(
+            "llm_picker_kv_event_overlaps", "Live KV-event batches the replay had already "
+            "delivered, dropped (normal after a connect or a gap), by worker", ["worker"],
             registry=registry)
 
 
@@ -131,6 +136,7 @@ class _Subscription:
         self._settings = settings
         self._applier = EventApplier(worker, index, metrics)
         self._count_problem = self._applier.count_problem
+        self._overlaps = metrics.overlaps.labels(worker.id)
         self._next: int | None = None  # next sequence number expected; None: unknown
         self._recent: list[tuple[int, int] | None] = [None] * _DEDUP_WINDOW  # (seq, hash)
         self._last_restart = -settings.restart_min_interval_secs
@@ -173,7 +179,7 @@ class _Subscription:
     async def _on_live(self, seq: int, payload: bytes) -> None:
         if self._next is not None and seq < self._next:
             if self._seen(seq, payload):
-                self._count_problem("duplicate")
+                self._overlaps.inc()
                 return
             now = time.monotonic()
             if now - self._last_restart < self._settings.restart_min_interval_secs:
@@ -188,7 +194,7 @@ class _Subscription:
         if self._next is None or seq >= self._next:
             self._deliver(seq, payload)
         else:
-            self._count_problem("duplicate")  # the catch-up just replayed it
+            self._overlaps.inc()  # the catch-up just replayed it
 
     def _deliver(self, seq: int, payload: bytes) -> None:
         self._applier.apply(payload)

@@ -41,6 +41,16 @@ class Subscribed:
                                               {"worker": worker, "problem": problem})
         return value or 0.0
 
+    def all_problems(self) -> float:
+        return sum(sample.value for family in self.metrics.collect()
+                   if family.name == "llm_picker_kv_event_problems"
+                   for sample in family.samples if sample.name.endswith("_total"))
+
+    def overlaps(self, worker: str = "w") -> float:
+        value = self.metrics.get_sample_value("llm_picker_kv_event_overlaps_total",
+                                              {"worker": worker})
+        return value or 0.0
+
     def held(self, *blocks: int, worker: str = "w") -> int:
         toks = [value for value in blocks for _ in range(B)]
         return self.index.match(PromptBlocks("m", toks, True), [worker]).blocks(worker)
@@ -100,6 +110,8 @@ async def test_stored_removed_and_cleared_are_applied(ports: tuple[int, int],
         counted = sub.metrics.get_sample_value("llm_picker_kv_events_total",
                                                {"worker": "w", "event": "stored"})
         assert counted is not None and counted >= 2  # more if the second was published again
+        # A clean start: the replay's overlap with the live stream is no problem.
+        assert sub.all_problems() == 0
     finally:
         await sub.hub.stop()
         pub.close()
