@@ -139,6 +139,8 @@ class DecisionView(BaseModel):
     model: str
     policy: str
     worker: str | None  # None: refused (`error` says why)
+    role: str | None  # prefill or decode: one half of a pair's choice; None: a regular worker
+    pair: str | None  # the pair's other worker
     error: str | None
     reason: str
     match: float | None

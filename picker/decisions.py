@@ -36,6 +36,7 @@ from picker.prefix.index import PrefixMatch
 from picker.registry import Worker
 from picker.request import RoutingRequest
 from picker.strict import StrictModel
+from picker.workers import WorkerType
 
 __all__ = ["EXPLAIN_HEADER", "MAX_CAPACITY", "Choice", "Decision", "DecisionLog", "Exclusion",
            "ExplainSettings", "Scoring", "exclusion", "explain_line"]
@@ -92,13 +93,16 @@ class Decision:
     """One decision as it happened; read-only, and derived views are computed on read."""
 
     __slots__ = ("request_id", "model", "policy", "winner", "error", "match", "scores",
-                 "at", "_candidates", "_excluded", "_serving", "_everyone", "_reads_prefix")
+                 "at", "role", "partner", "_candidates", "_excluded", "_serving", "_everyone",
+                 "_reads_prefix")
 
     def __init__(self, request_id: str, model: str, policy: str, winner: str | None,
                  error: str | None, candidates: tuple[_Snapshot, ...],
                  excluded: tuple[tuple[str, Exclusion], ...], serving: Collection[Worker],
                  everyone: Sequence[Worker], match: PrefixMatch | None,
-                 scores: list[dict[str, float]] | None, reads_prefix: bool) -> None:
+                 scores: list[dict[str, float]] | None, reads_prefix: bool,
+                 role: str | None = None) -> None:
+        """`role`: prefill or decode, for one half of a prefill/decode pair's choice."""
         self.request_id = request_id
         self.model = model
         self.policy = policy
@@ -107,6 +111,8 @@ class Decision:
         self.match = match
         self.scores = scores
         self.at = time.monotonic()
+        self.role = role
+        self.partner: str | None = None  # the pair's other worker, once the pair is chosen
         self._candidates = candidates
         self._excluded = excluded
         self._serving = serving
@@ -147,9 +153,19 @@ class Decision:
                   for w in self._everyone if id(w) not in serving]
         return [*self._excluded, *others]
 
+    def paired_with(self, other: Decision) -> None:
+        """The two halves of a prefill/decode pair name each other: a record, or the explain
+        line, that showed one engine would hide the other."""
+        self.partner, other.partner = other.winner, self.winner
+
     def header_line(self) -> str:
         """The one line of the explain response header (ids made header-safe)."""
         parts = [f"policy={self.policy}", f"worker={_UNSAFE.sub('_', self.winner or '-')}"]
+        if self.role is not None:
+            parts.append(f"role={self.role}")
+            if self.partner is not None:
+                other = "prefill" if self.role == "decode" else "decode"
+                parts.append(f"{other}={_UNSAFE.sub('_', self.partner)}")
         rate = self.match_rate
         if rate is not None:
             parts.append(f"match={rate:.2f}")
@@ -181,6 +197,8 @@ class Decision:
             "model": self.model,
             "policy": self.policy,
             "worker": self.winner,
+            "role": self.role,
+            "pair": self.partner,
             "error": self.error,
             "reason": self.reason,
             "match": None if self.match_rate is None else round(self.match_rate, 4),
@@ -247,11 +265,14 @@ class DecisionLog:
         scores = (cast(Scoring, policy).scores(request, candidates)
                   if winner is not None and scoring else None)
         request_id = request.headers.get("x-request-id") or f"picker-{next(self._ids)}"
+        roles = {w.spec.worker_type for w in serving}
+        role = next(iter(roles)) if len(roles) == 1 else WorkerType.REGULAR
         decision = Decision(
             request_id[:_MAX_TEXT], request.model[:_MAX_TEXT], policy.name,
             None if winner is None else winner.id, error,
             tuple((w.id, w.in_flight, w.circuit.state, w.engine) for w in candidates),
-            excluded, serving, everyone, request.prefix, scores, reads_prefix)
+            excluded, serving, everyone, request.prefix, scores, reads_prefix,
+            None if role is WorkerType.REGULAR else role.value)
         self._records.append(decision)
         return decision
 

@@ -243,11 +243,14 @@ class PickerRuntime:
         failed: set[str] = set()
         for attempt in range(self._config.pd.max_attempts):
             try:
-                prefill = routers.prefill.choose(request, self._excluding(allowed, failed)).worker
+                prefill_choice = routers.prefill.choose(request, self._excluding(allowed, failed))
                 decode = routers.decode.choose(request, allowed)
             except RequestError:
                 self.leases.cancel_admission()
                 raise
+            prefill = prefill_choice.worker
+            if decode.decision is not None and prefill_choice.decision is not None:
+                decode.decision.paired_with(prefill_choice.decision)
             lease = self.leases.open(decode, prefill)
             try:
                 lease.forward_as(await self._pd_step(request, prefill, decode.worker))

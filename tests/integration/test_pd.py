@@ -233,3 +233,19 @@ def test_the_rewritten_body_reaches_decode_whole_in_both_body_modes(body_mode: s
         assert reply.status_code == 200, reply.text
         (entry,) = pd_report(fleet, "d0")["received"]
         assert entry["kv_transfer_params"]["remote_port"] == fleet.sims["p0"].port
+
+
+def test_the_explain_line_and_records_name_both_workers_of_the_pair() -> None:
+    settings = {"enable_igw": True, "explain": {"enabled": True, "allow_header": True}}
+    with local_fleet(pd_sims("sglang", prefills=1, decodes=1), policy="round_robin",
+                     picker_settings=settings) as running:
+        answer = httpx.post(f"{running.envoy_url}/v1/chat/completions", timeout=10, headers={
+            "x-llm-picker-explain": "1", "x-request-id": "pair-1"}, json={
+            "model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
+        answer.raise_for_status()
+        line = answer.headers["x-llm-picker-explain"]
+        assert "worker=d0; role=decode; prefill=p0;" in line, line
+        records = httpx.get(f"{running.admin_url}/debug/decisions", timeout=5).json()
+        halves = {(d["role"], d["worker"], d["pair"]) for d in records["decisions"]
+                  if d["request_id"] == "pair-1"}
+        assert halves == {("prefill", "p0", "d0"), ("decode", "d0", "p0")}
