@@ -22,6 +22,7 @@ from authz.check import Checker
 from authz.http import serve_http
 from authz.tokens import process_prefix
 from picker.config import PickerConfig
+from picker.errors import ConfigError
 from picker.listen import check_free, listen_socket
 from picker.processes.group import ProcessGroup
 from picker.runtime import Host, PickerRuntime
@@ -58,6 +59,16 @@ async def serve_authz(
     `group`: this process's place in `serve --workers N`: its check server listens on
     `authz_port` + i (its access-log gRPC port is already extproc.port + i), and its lease
     tokens carry its prefix so that Envoy logs each request to the process holding it."""
+    # The check server and the access-log port are plain: extproc.tls authenticates nobody
+    # here, so worker keys (in every check's answer) need the explicit opt-out.
+    config = config.model_copy(update={"extproc": config.extproc.model_copy(
+        update={"tls": None})})
+    keyed = [i for i, spec in enumerate(config.workers) if spec.api_key is not None]
+    if keyed and not config.extproc.allow_unauthenticated_keys:
+        raise ConfigError(f"workers.{keyed[0]}.api_key", "--mode authz answers checks over "
+                          "plain HTTP with the worker's key in them, to any client reaching the "
+                          "check port: set extproc.allow_unauthenticated_keys: true to accept "
+                          "that, or serve ext_proc with mutual TLS (extproc.tls.client_ca_file)")
     runtime = PickerRuntime(config, Host.SERVE, config_path, overrides, group)
     if group is not None:
         authz_port += group.index

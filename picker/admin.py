@@ -246,6 +246,8 @@ def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None) -> 
         """Check conflicts, discover what is missing, register; a DP engine registers one
         worker per rank. With `models` given, a worker that does not answer yet is registered
         unhealthy (202) instead of being waited for."""
+        if spec.api_key is not None and (problem := runtime.worker_keys_problem()) is not None:
+            return _error(422, "invalid_field", f"api_key refused: {problem}", "api_key")
         registered = await manager.register(spec)
         added = registered.workers
         body = view(added[0]) if len(added) == 1 else {

@@ -85,6 +85,24 @@ class ExtprocConfig(ListenConfig):
     tls: TlsConfig | Literal["self_signed"] | None = None  # type: ignore[assignment]
     fallbacks: int = Field(default=0, ge=0, le=16)
     conformance: bool = False
+    # Worker api_keys travel to Envoy in header mutations: whoever completes an ext_proc stream
+    # reads them. Off, keyed workers need mutual TLS here (worker_keys_problem).
+    allow_unauthenticated_keys: bool = False
+
+    @property
+    def authenticates_clients(self) -> bool:
+        """Mutual TLS: only clients with a certificate from client_ca_file complete a stream."""
+        return isinstance(self.tls, TlsConfig) and self.tls.client_ca_file is not None
+
+    def worker_keys_problem(self) -> str | None:
+        """Why a worker with an api_key may not be routed to through this port, or None."""
+        if self.authenticates_clients or self.allow_unauthenticated_keys:
+            return None
+        return ("the picker sends a worker's api_key to Envoy in the ext_proc header "
+                "mutation, so any client reaching the ext_proc port could read it: set "
+                "extproc.tls with cert_file, key_file and client_ca_file (mutual TLS, Envoy "
+                "presenting a client certificate), or extproc.allow_unauthenticated_keys: true "
+                "to hand keys to whoever connects")
 
     @field_validator("tls", mode="before")
     @classmethod
@@ -295,6 +313,7 @@ def _validate(data: dict[str, Any]) -> PickerConfig:
         for i, spec in enumerate(config.workers):
             if spec.worker_type is not WorkerType.REGULAR:
                 raise ConfigError(f"workers.{i}.worker_type", unpaired_role(spec.worker_type))
+    _check_worker_keys(config)
     if config.explain.allow_header and not config.explain.enabled:
         raise ConfigError("explain.allow_header", "the explain header reads decision records: "
                           "set explain.enabled: true")
@@ -336,6 +355,14 @@ def _check_unique_workers(workers: list[WorkerSpec]) -> None:
             if first != i:
                 raise ConfigError(f"workers.{i}.{field}",
                                   f"{value!r} is already used by workers.{first}")
+
+
+def _check_worker_keys(config: PickerConfig) -> None:
+    """Keys go to ext_proc clients: refused at start-up unless those clients authenticate."""
+    keyed = [i for i, spec in enumerate(config.workers) if spec.api_key is not None]
+    problem = config.extproc.worker_keys_problem()
+    if keyed and problem is not None:
+        raise ConfigError("extproc.tls", f"workers.{keyed[0]}.api_key is set: {problem}")
 
 
 def _read_text(path: Path) -> str:

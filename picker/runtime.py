@@ -362,6 +362,11 @@ class PickerRuntime:
         """The admin API's bound port once it listens (None when disabled)."""
         return self._admin_port
 
+    def worker_keys_problem(self) -> str | None:
+        """Why a worker with an api_key may not be registered (None: it may). Inside LiteLLM
+        keys stay in the process; under `serve` they go out on the ext_proc port."""
+        return None if self._host is Host.LITELLM else self._config.extproc.worker_keys_problem()
+
     @property
     def admin_enabled(self) -> bool:
         # admin.enabled None (the default) means on for `serve`, off inside LiteLLM (binding a

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 from picker_bench.stack import Fleet, SimSpec, local_fleet
@@ -18,6 +20,30 @@ MODEL = "sim-model"
 # Fast health checks so tests see ejection in well under a second.
 FAST_HEALTH = {"health": {"interval_secs": 0.1, "timeout_secs": 0.5, "failure_threshold": 1,
                           "success_threshold": 1}}
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Certificates made at test time (trustme): a CA, the picker's server certificate for
+    llm-picker.local, a client certificate for Envoy; file name -> path."""
+    root = Path(tmp_path_factory.mktemp("pki"))
+    ca = trustme.CA()
+    server = ca.issue_cert("llm-picker.local", "127.0.0.1")
+    client = ca.issue_cert("envoy.local")
+    files = {"ca.pem": ca.cert_pem, "server.pem": server.cert_chain_pems[0],
+             "server.key": server.private_key_pem, "envoy-client.pem": client.cert_chain_pems[0],
+             "envoy-client.key": client.private_key_pem}
+    paths = {}
+    for name, blob in files.items():
+        blob.write_to_path(str(root / name))
+        paths[name] = str(root / name)
+    return paths
+
+
+def mtls_settings(pki: dict[str, str]) -> dict[str, object]:
+    """Picker settings for ext_proc over mutual TLS (Envoy side: envoy/envoy-mtls.yaml)."""
+    return {"extproc": {"tls": {"cert_file": pki["server.pem"], "key_file": pki["server.key"],
+                                "client_ca_file": pki["ca.pem"]}}}
 
 
 @pytest.fixture(scope="module", params=["BUFFERED", "FULL_DUPLEX_STREAMED"])

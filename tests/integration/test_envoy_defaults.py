@@ -35,7 +35,9 @@ def fleet() -> Iterator[Fleet]:
         {"url": f"http://127.0.0.1:{dead}", "id": "dead", "models": ["dead-model"]},
     ]
     settings = {"workers": workers, "log": {"access": True}, "max_body_bytes": 4096,
-                "health": {"interval_secs": 30}}  # keep the dead worker routable
+                "health": {"interval_secs": 30},  # keep the dead worker routable
+                # envoy/envoy.yaml's plaintext ext_proc (test_tls.py runs keys over mTLS)
+                "extproc": {"allow_unauthenticated_keys": True}}
     with local_fleet(sims, picker_settings=settings, route_timeout="1s") as running:
         yield running
 

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import httpx
 
-from picker_bench.stack import SimSpec, local_fleet, start_sim
-from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER
+from picker_bench.stack import ENVOY_MTLS, SimSpec, local_fleet, start_sim
+from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER, mtls_settings
 
 KEY = "sk-never-show-4c1d"
 OTHER_KEY = "sk-also-secret-9e2a"
 ADMIN_TOKEN = "admin-token-never-show-77f3"
 
 
-def test_api_keys_and_admin_token_appear_in_no_response_log_or_metric() -> None:
-    settings = {**FAST_HEALTH, "admin": {"token": ADMIN_TOKEN}}
+def test_api_keys_and_admin_token_appear_in_no_response_log_or_metric(
+        pki: dict[str, str]) -> None:
+    # Keyed workers need Envoy authenticated on ext_proc (mutual TLS).
+    settings = {**FAST_HEALTH, **mtls_settings(pki), "admin": {"token": ADMIN_TOKEN}}
     auth = {"authorization": f"Bearer {ADMIN_TOKEN}"}
     with local_fleet([SimSpec("locked", MODEL, api_key=KEY)], policy="round_robin",
-                     picker_settings=settings) as fleet:
+                     picker_settings=settings, envoy_template=ENVOY_MTLS,
+                     tls_files=pki) as fleet:
         # Routed requests carry the worker's key (the sim answers 401 without it), replacing
         # whatever the client sent.
         response = httpx.post(

@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import httpx
 import pytest
-import trustme
 import yaml
 
 from extproc._pb import PROCESS_METHOD
@@ -22,32 +23,18 @@ from extproc._pb import ext_proc_pb2 as pb
 from picker.config import load_config
 from picker.runtime import PickerRuntime
 from picker_bench.stack import ENVOY_MTLS, Fleet, SimSpec, free_port, local_fleet
-from tests.integration.conftest import MODEL, SIM_HEADER
+from tests.integration.conftest import MODEL, SIM_HEADER, mtls_settings
+from tests.unit.test_extproc_stream import body_msg, headers_msg, set_headers
 
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = Path(tmp_path_factory.mktemp("pki"))
-    ca = trustme.CA()
-    server = ca.issue_cert("llm-picker.local", "127.0.0.1")
-    client = ca.issue_cert("envoy.local")
-    files = {"ca.pem": ca.cert_pem, "server.pem": server.cert_chain_pems[0],
-             "server.key": server.private_key_pem, "envoy-client.pem": client.cert_chain_pems[0],
-             "envoy-client.key": client.private_key_pem}
-    paths = {}
-    for name, blob in files.items():
-        blob.write_to_path(str(root / name))
-        paths[name] = str(root / name)
-    return paths
+KEY = "sk-only-for-envoy-5b7e"
+BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).encode()
 
 
 @pytest.fixture(scope="module")
 def mtls_fleet(pki: dict[str, str]) -> Iterator[tuple[Fleet, int]]:
-    settings = {"extproc": {"tls": {
-        "cert_file": pki["server.pem"], "key_file": pki["server.key"],
-        "client_ca_file": pki["ca.pem"]}}}
-    with local_fleet([SimSpec("a", MODEL)], picker_settings=settings, envoy_template=ENVOY_MTLS,
-                     tls_files=pki) as fleet:
+    """One sim that needs its api_key (mutual TLS is what lets the picker hold it)."""
+    with local_fleet([SimSpec("a", MODEL, api_key=KEY)], picker_settings=mtls_settings(pki),
+                     envoy_template=ENVOY_MTLS, tls_files=pki) as fleet:
         config = yaml.safe_load((fleet.workdir / "picker.yaml").read_text())
         yield fleet, config["extproc"]["port"]
 
@@ -60,23 +47,27 @@ def test_envoy_routes_through_mtls(mtls_fleet: tuple[Fleet, int]) -> None:
 
 
 def _one_stream(channel: grpc.aio.Channel) -> object:
+    """A chat request's headers and body (BUFFERED) on one ext_proc stream; the answer to
+    the body, which carries the routing header mutation."""
     method = channel.stream_stream(PROCESS_METHOD,
                                    request_serializer=pb.ProcessingRequest.SerializeToString,
                                    response_deserializer=pb.ProcessingResponse.FromString)
 
     async def call() -> object:
         stream = method()
-        request = pb.ProcessingRequest()
-        request.request_headers.end_of_stream = True
-        await stream.write(request)
+        await stream.write(headers_msg(duplex=False))
+        await stream.write(body_msg(BODY, True))
+        await asyncio.wait_for(stream.read(), 3)  # the headers' answer: continue
         return await asyncio.wait_for(stream.read(), 3)
 
     return call()
 
 
 @pytest.mark.parametrize("client_cert", [False, True])
-def test_ext_proc_refuses_clients_without_a_certificate(
+def test_worker_keys_go_only_to_a_client_with_a_certificate(
         mtls_fleet: tuple[Fleet, int], pki: dict[str, str], client_cert: bool) -> None:
+    """A raw gRPC client on the ext_proc port: without Envoy's client certificate (over TLS,
+    or plaintext) it completes no stream, so never sees the worker's key."""
     _, port = mtls_fleet
     root = Path(pki["ca.pem"]).read_bytes()
     key = Path(pki["envoy-client.key"]).read_bytes() if client_cert else None
@@ -91,8 +82,9 @@ def test_ext_proc_refuses_clients_without_a_certificate(
 
     if client_cert:
         answer = asyncio.run(attempt())
-        # Authenticated: the picker answers (a bodiless request is refused as a bad path).
-        assert answer.immediate_response.status.code == 404  # type: ignore[attr-defined]
+        # Authenticated: routed to the keyed worker, its key in the header mutation.
+        mutation = answer.request_body.response.header_mutation  # type: ignore[attr-defined]
+        assert set_headers(mutation)["authorization"] == f"Bearer {KEY}"
     else:
         with pytest.raises((grpc.aio.AioRpcError, TimeoutError)):
             asyncio.run(attempt())
@@ -103,6 +95,23 @@ def test_ext_proc_refuses_clients_without_a_certificate(
 
     with pytest.raises((grpc.aio.AioRpcError, TimeoutError)):
         asyncio.run(plaintext())
+
+
+@pytest.mark.parametrize("tls", ["none", "self_signed", "server_only"])
+def test_serve_refuses_keyed_workers_without_mutual_tls(
+        pki: dict[str, str], tmp_path: Path, tls: str) -> None:
+    """`llm-picker serve` exits at start-up, naming the setting, instead of listening."""
+    extproc: dict[str, object] = {"port": free_port(), "tls": {
+        "none": None, "self_signed": "self_signed",
+        "server_only": {"cert_file": pki["server.pem"], "key_file": pki["server.key"]}}[tls]}
+    path = tmp_path / "picker.yaml"
+    path.write_text(json.dumps({"extproc": extproc, "admin": {"port": free_port()}, "workers": [
+        {"url": "http://127.0.0.1:1", "models": [MODEL], "api_key": KEY}]}))
+    done = subprocess.run([sys.executable, "-m", "llm_picker", "serve", "--config", str(path)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert "extproc.tls" in done.stderr and "client_ca_file" in done.stderr
+    assert "workers.0.api_key" in done.stderr and KEY not in done.stderr
 
 
 def test_admin_api_over_tls(pki: dict[str, str], tmp_path: Path) -> None:
@@ -132,3 +141,18 @@ def test_missing_certificate_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert caught.value.key == "extproc.tls" and "cert_file" in str(caught.value)
+
+
+def test_authz_mode_refuses_keyed_workers_even_with_mutual_tls_configured(
+        pki: dict[str, str], tmp_path: Path) -> None:
+    """Its check port is plain HTTP and answers with the key: extproc.tls protects nothing."""
+    path = tmp_path / "picker.yaml"
+    path.write_text(json.dumps({**mtls_settings(pki), "admin": {"port": free_port()},
+                                "workers": [{"url": "http://127.0.0.1:1", "models": [MODEL],
+                                             "api_key": KEY}]}))
+    done = subprocess.run([sys.executable, "-m", "llm_picker", "serve", "--config", str(path),
+                           "--mode", "authz", "--authz-port", str(free_port()),
+                           "--extproc-port", str(free_port())],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert "workers.0.api_key" in done.stderr and "allow_unauthenticated_keys" in done.stderr

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from picker.admin import MAX_BODY_BYTES, create_admin_app
-from picker.config import PickerConfig
+from picker.config import ExtprocConfig, PickerConfig
 from picker.discovery import DiscoverySettings
 from picker.limits import LimitSettings
 from picker.request import Api, RoutingRequest
@@ -29,11 +29,13 @@ TOKEN = "admin-secret-token"
 class Admin:
     def __init__(self, token: str | None = None, *specs: WorkerSpec,
                  limits: LimitSettings | None = None,
-                 discovery: DiscoverySettings = FAST) -> None:
+                 discovery: DiscoverySettings = FAST, keys: bool = False) -> None:
+        """`keys`: accept worker api_keys without mutual TLS on ext_proc."""
         # Not started: the tests drive the admin app, and start the worker manager only.
         self.runtime = PickerRuntime(PickerConfig(
             workers=list(specs), policy="least_load", discovery=discovery,
-            limits=limits or LimitSettings()))
+            limits=limits or LimitSettings(),
+            extproc=ExtprocConfig(allow_unauthenticated_keys=keys)))
         self.registry, self.manager = self.runtime.registry, self.runtime.manager
         app = create_admin_app(self.runtime, SecretStr(token) if token else None)
         headers = {"authorization": f"Bearer {token}"} if token else {}
@@ -137,7 +139,19 @@ async def test_unknown_path_and_method_use_the_error_shape(admin: Admin) -> None
     assert wrong.json()["error"]["code"] == "method_not_allowed"
 
 
-async def test_register_with_discovery_then_conflict(admin: Admin) -> None:
+async def test_a_keyed_worker_is_refused_while_ext_proc_clients_are_not_authenticated(
+        admin: Admin) -> None:
+    response = await admin.client.post("/workers", json={"url": "a:1", "api_key": "sk-w"})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["field"] == "api_key" and "extproc.tls" in error["message"]
+    assert "client_ca_file" in error["message"] and "sk-w" not in response.text
+    assert admin.registry.workers() == ()
+
+
+async def test_register_with_discovery_then_conflict() -> None:
+    admin = Admin(keys=True)
+    await admin.manager.start()
     with running_sim(model="discovered-model") as url:
         response = await admin.client.post("/workers", json={"url": url, "api_key": "sk-w"})
         assert response.status_code == 201, response.text
@@ -148,6 +162,8 @@ async def test_register_with_discovery_then_conflict(admin: Admin) -> None:
         again = await admin.client.post("/workers", json={"url": url})
         assert again.status_code == 409
         assert again.json()["error"]["code"] == "conflict"
+    await admin.client.aclose()
+    await admin.manager.stop()
 
 
 async def test_unreachable_worker_is_503_after_its_attempts(admin: Admin) -> None:

@@ -344,3 +344,21 @@ def test_a_prefill_or_decode_worker_without_enable_igw_is_refused_naming_it(
                                           "paired with the other role only with enable_igw"):
         load_config(write(tmp_path, text))
     assert load_config(write(tmp_path, "enable_igw: true\n" + text)).enable_igw
+
+
+def test_keyed_workers_need_mutual_tls_on_ext_proc(tmp_path: Path) -> None:
+    keyed = "workers: [{url: 'a:1', api_key: sk-x}, {url: 'b:1', api_key: sk-y}]\n"
+    for extproc in ("", "extproc: {tls: self_signed}\n"):
+        with pytest.raises(ConfigError) as caught:
+            load_config(write(tmp_path, keyed + extproc))
+        assert caught.value.key == "extproc.tls"
+        assert "workers.0.api_key" in str(caught.value) and "client_ca_file" in str(caught.value)
+        assert "sk-x" not in str(caught.value)
+    allowed = load_config(write(tmp_path, keyed + "extproc: {allow_unauthenticated_keys: true}"))
+    assert allowed.workers[0].api_key is not None
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-")
+    mutual = load_config(write(tmp_path, keyed + f"extproc: {{tls: {{cert_file: {ca}, "
+                                                 f"key_file: {ca}, client_ca_file: {ca}}}}}"))
+    assert mutual.extproc.authenticates_clients
+    assert load_config(write(tmp_path, "workers: [{url: 'a:1'}]\n")).workers  # no key: no rule
