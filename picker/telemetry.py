@@ -180,6 +180,9 @@ class ReplicaMetrics:
             "llm_picker_replica_picks_dropped", "Picks not shared or not applied: overload "
             "(send queue full), peer_slow, peer_down, unknown_worker, invalid",
             ["reason"], registry=registry)
+        self.refused = Counter("llm_picker_replica_links_refused",
+                               "Inbound replica links closed for not proving replicas.secret",
+                               registry=registry)
         self.peers_connected = Gauge("llm_picker_replica_peers_connected",
                                      "Peer replicas this one is sending its picks to",
                                      registry=registry, multiprocess_mode="livesum")

@@ -246,8 +246,10 @@ def start_sim(spec: SimSpec, workdir: Path) -> Process:
     return proc
 
 
-# Replicas sharing picks must hash prompts alike (picker/replicas/wire.py).
-REPLICA_ENV = {"PYTHONHASHSEED": "20240515"}
+# Replicas sharing picks must hash prompts alike (picker/replicas/wire.py), and hold one
+# secret to authenticate their links.
+REPLICA_ENV = {"PYTHONHASHSEED": "20240515",
+               "LLM_PICKER_REPLICAS__SECRET": "bench-replicas-shared-secret"}
 
 
 def start_picker(config: dict[str, Any], workdir: Path, name: str = "picker",

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, SecretStr, model_validator
 
 from picker.strict import StrictModel
 from picker.workers import Port
 
-__all__ = ["PeerDnsSettings", "ReplicaSettings", "host_port"]
+__all__ = ["MIN_SECRET_CHARS", "PeerDnsSettings", "ReplicaSettings", "host_port"]
+
+# A shared secret guessable offline from one recorded handshake is no secret: 16 characters at
+# least (`openssl rand -hex 16` gives 32).
+MIN_SECRET_CHARS = 16
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class PeerDnsSettings(StrictModel):
@@ -24,8 +30,13 @@ class PeerDnsSettings(StrictModel):
 
 
 class ReplicaSettings(StrictModel):
+    """`secret` (env LLM_PICKER_REPLICAS__SECRET) or `secret_file`: what every replica shares
+    to authenticate its links (picker/replicas/wire.py); needed when `listen` is beyond
+    loopback, since a link accepts picks that steer routing."""
 
     listen: HostPort = Field(description="host:port peers connect to, e.g. 0.0.0.0:9004")
+    secret: SecretStr | None = Field(default=None, min_length=MIN_SECRET_CHARS)
+    secret_file: Path | None = None
     # Every replica may list them all, itself included: a link that reaches this replica is
     # recognised by its greeting and left idle.
     peers: list[HostPort] = Field(default_factory=list, max_length=64)
@@ -46,7 +57,30 @@ class ReplicaSettings(StrictModel):
         if not self.peers and self.dns is None:
             raise ValueError("set peers (a host:port list) or dns (name, port) to find the "
                              "other replicas")
+        if self.secret is not None and self.secret_file is not None:
+            raise ValueError("set secret or secret_file, not both")
+        if self.secret_file is not None:
+            self.key()  # unreadable or too short: refused now, not at the first link
+        elif self.secret is None and host_port(self.listen)[0] not in _LOOPBACK:
+            raise ValueError(f"listening on {self.listen} needs replicas.secret (env "
+                             "LLM_PICKER_REPLICAS__SECRET) or replicas.secret_file: without "
+                             "one, anyone reaching the port could feed this replica picks")
         return self
+
+    def key(self) -> bytes:
+        """The shared secret's bytes (empty without one: links on loopback only)."""
+        if self.secret is not None:
+            return self.secret.get_secret_value().encode()
+        if self.secret_file is None:
+            return b""
+        try:
+            text = self.secret_file.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"secret_file {self.secret_file}: {exc.strerror}") from exc
+        if len(text) < MIN_SECRET_CHARS:
+            raise ValueError(f"secret_file {self.secret_file} holds under {MIN_SECRET_CHARS} "
+                             "characters")
+        return text.encode()
 
 
 def host_port(text: str) -> tuple[str, int]:

@@ -34,10 +34,15 @@ from picker.replicas.wire import (
     VERSION,
     Hello,
     Pick,
+    Proof,
+    challenge,
     decode_hello,
     decode_pick,
+    decode_proof,
     frame,
     hash_probe,
+    proof_valid,
+    prove,
 )
 from picker.telemetry import ReplicaMetrics
 
@@ -90,7 +95,7 @@ class _Link:
                 log.debug("replica %s unreachable: %s", self.name, exc)
             else:
                 try:
-                    if await self._greeted(reader):
+                    if await self._greeted(reader, writer):
                         backoff = _FIRST_BACKOFF_SECS
                         self._writer = writer
                         log.info("sharing picks with replica %s", self.name)
@@ -107,20 +112,41 @@ class _Link:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, settings.max_backoff_secs)
 
-    async def _greeted(self, reader: asyncio.StreamReader) -> bool:
-        """Read the peer's Hello: True to start sending, False if it is this replica."""
+    async def _greeted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Read the peer's Hello and prove the secret to it, then check its proof: True to
+        start sending, False if it is this replica; ValueError if it cannot be trusted."""
         timeout = self._sharing.settings.connect_timeout_secs
-        size = int.from_bytes(await asyncio.wait_for(reader.readexactly(_HEADER), timeout))
-        if size > MAX_FRAME:
-            raise ValueError(f"greeting of {size} bytes")
-        hello = decode_hello(await asyncio.wait_for(reader.readexactly(size), timeout))
+        hello = decode_hello(await _read_frame(reader, timeout))
         if hello.replica == self._sharing.replica_id:
             self.is_self = True
             return False
         problem = self._sharing.incompatibility(hello)
         if problem is not None:
             raise ValueError(problem)
+        key, mine = self._sharing.key, challenge()
+        writer.write(frame(Proof(mine, prove(key, False, hello.challenge, mine))))
+        answer = decode_proof(await _read_frame(reader, timeout))
+        if not proof_valid(key, answer.mac, True, hello.challenge, mine):
+            raise ValueError("it failed authentication (another replicas.secret?): not "
+                             "sharing picks with it")
         return True
+
+
+async def _read_frame(reader: asyncio.StreamReader, timeout: float | None = None) -> bytes:
+    """One frame's body; ValueError for a length over MAX_FRAME.
+
+    asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+    arrives as the read completes (CPython bpo-42130), which left a link task cancelled by
+    stop() blocked on its next read."""
+    async with asyncio.timeout(timeout):
+        size = int.from_bytes(await reader.readexactly(_HEADER))
+        if size > MAX_FRAME:
+            raise ValueError(f"frame of {size} bytes (limit {MAX_FRAME})")
+        return await reader.readexactly(size)
+
+
+class _Unauthenticated(Exception):
+    """An inbound link that did not prove the shared secret."""
 
 
 class PickSharing:
@@ -131,6 +157,7 @@ class PickSharing:
         """`apply` records a peer's pick into this replica's index; False when it names a
         worker this replica does not know (not yet discovered, or already removed)."""
         self.settings = settings
+        self.key = settings.key()
         self.replica_id = secrets.randbits(62)
         self._block_size = block_size
         self._metrics = metrics
@@ -142,7 +169,6 @@ class PickSharing:
         self._server: asyncio.Server | None = None
         self._inbound: set[asyncio.StreamWriter] = set()  # closed at stop (Server.close won't)
         self._tasks: list[asyncio.Task[None]] = []
-        self._greeting = frame(Hello(VERSION, self.replica_id, block_size, hash_probe()))
         metrics.peers_connected.set_function(lambda: sum(self.peers().values()))
 
     @property
@@ -253,20 +279,22 @@ class PickSharing:
             await self._links.pop(address).close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One peer's picks, applied in order until it disconnects or sends garbage."""
+        """One peer's picks, once it proved the secret, applied in order until it disconnects
+        or sends garbage."""
         self._inbound.add(writer)
         try:
-            writer.write(self._greeting)
+            await self._authenticate(reader, writer)
             while True:
-                size = int.from_bytes(await reader.readexactly(_HEADER))
-                if size > MAX_FRAME:
-                    raise ValueError(f"frame of {size} bytes (limit {MAX_FRAME})")
-                pick = decode_pick(await reader.readexactly(size))
+                pick = decode_pick(await _read_frame(reader))
                 self._metrics.received.inc()
                 if not self._apply(pick):
                     self._metrics.dropped.labels("unknown_worker").inc()
         except asyncio.IncompleteReadError:
             pass  # the peer closed (or is this replica's own link, greeted and gone)
+        except _Unauthenticated as exc:
+            self._metrics.refused.inc()
+            log.warning("replica link from %s refused: %s", writer.get_extra_info("peername"),
+                        exc)
         except ValueError as exc:  # msgspec's DecodeError and ValidationError among them
             self._metrics.dropped.labels("invalid").inc()
             log.warning("replica link from %s closed: %s",
@@ -276,3 +304,21 @@ class PickSharing:
         finally:
             self._inbound.discard(writer)
             writer.close()
+
+    async def _authenticate(self, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+        """Greet with a fresh challenge, check the connector's proof, answer with ours;
+        _Unauthenticated (its text never holds the secret) if the proof is missing or wrong."""
+        mine = challenge()
+        writer.write(frame(Hello(VERSION, self.replica_id, self._block_size, hash_probe(), mine)))
+        try:
+            proof = decode_proof(await _read_frame(reader, self.settings.connect_timeout_secs))
+        except TimeoutError as exc:
+            raise _Unauthenticated("no proof of replicas.secret within "
+                                   f"{self.settings.connect_timeout_secs} s") from exc
+        except ValueError as exc:
+            raise _Unauthenticated(f"its first frame is not a proof ({exc})") from exc
+        if len(proof.challenge) != len(mine) \
+                or not proof_valid(self.key, proof.mac, False, mine, proof.challenge):
+            raise _Unauthenticated("wrong proof of replicas.secret")
+        writer.write(frame(Proof(b"", prove(self.key, True, mine, proof.challenge))))

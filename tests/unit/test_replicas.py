@@ -4,12 +4,14 @@ three sharing services on loopback (one process, so one PYTHONHASHSEED)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from picker.config import load_config
 from picker.errors import ConfigError
@@ -23,9 +25,14 @@ from picker.replicas.wire import (
     VERSION,
     Hello,
     Pick,
+    Proof,
+    challenge,
     decode_hello,
     decode_pick,
+    decode_proof,
     frame,
+    proof_valid,
+    prove,
 )
 from picker.request import Api, RoutingRequest
 from picker.runtime import PickerRuntime
@@ -35,6 +42,7 @@ from picker_bench.stack import free_port
 from tests.waiting import eventually
 
 SYSTEM = "shared system prompt " * 40
+SECRET = "replica-secret-never-logged-31f"
 
 
 def body(data: bytes) -> bytes:
@@ -51,8 +59,18 @@ def test_pick_and_hello_round_trip_compactly() -> None:
     assert decode_pick(body(data)) == pick
     # Array-encoded: no field names on the wire, about 9 bytes per 64-bit hash.
     assert len(data) < 4 + 8 + 3 * 4 + 9 * len(hashes)
-    hello = Hello(VERSION, 7, 128, -5)
+    hello = Hello(VERSION, 7, 128, -5, b"c" * 32)
     assert decode_hello(body(frame(hello))) == hello
+    proof = Proof(b"c" * 32, b"m" * 32)
+    assert decode_proof(body(frame(proof))) == proof
+
+
+def test_proofs_need_the_key_and_the_role_and_both_challenges() -> None:
+    mac = prove(SECRET.encode(), False, b"a" * 32, b"c" * 32)
+    assert proof_valid(SECRET.encode(), mac, False, b"a" * 32, b"c" * 32)
+    assert not proof_valid(b"another secret!!", mac, False, b"a" * 32, b"c" * 32)
+    assert not proof_valid(SECRET.encode(), mac, True, b"a" * 32, b"c" * 32)  # role
+    assert not proof_valid(SECRET.encode(), mac, False, b"b" * 32, b"c" * 32)  # stale challenge
 
 
 @pytest.mark.parametrize("payload", [
@@ -60,7 +78,7 @@ def test_pick_and_hello_round_trip_compactly() -> None:
     msgspec.msgpack.encode(["w", 1, 0, ["not a hash"]]),
     msgspec.msgpack.encode(["w", -1, 0, []]),
     msgspec.msgpack.encode(["w", 1, 0, [1] * (MAX_BLOCKS + 1)]),
-    msgspec.msgpack.encode(Hello(VERSION, 1, 128, 0)),  # a greeting is no pick
+    msgspec.msgpack.encode(Hello(VERSION, 1, 128, 0, b"")),  # a greeting is no pick
 ])
 def test_bad_picks_are_value_errors(payload: bytes) -> None:
     with pytest.raises(ValueError):
@@ -100,6 +118,31 @@ def test_bad_replica_settings_name_the_key(tmp_path: Path, yaml: str, key: str) 
     with pytest.raises(ConfigError) as error:
         load_config(path, env={})
     assert error.value.key == key
+
+
+def test_a_replica_listening_beyond_loopback_needs_a_secret(tmp_path: Path) -> None:
+    path = tmp_path / "picker.yaml"
+    base = "prefix: {enabled: true}\nreplicas: {listen: '0.0.0.0:9004', peers: ['a:1']"
+    path.write_text(base + "}")
+    with pytest.raises(ConfigError) as error:
+        load_config(path, env={})
+    assert error.value.key == "replicas" and "replicas.secret" in str(error.value)
+    assert "LLM_PICKER_REPLICAS__SECRET" in str(error.value)
+    config = load_config(path, env={"LLM_PICKER_REPLICAS__SECRET": SECRET})
+    assert config.replicas is not None and config.replicas.key() == SECRET.encode()
+    secret_file = tmp_path / "secret"
+    for text, problem in (("short", "under 16 characters"), (None, "No such file")):
+        if text is not None:
+            secret_file.write_text(text)
+        path.write_text(base + f", secret_file: {tmp_path / ('secret' if text else 'nope')}}}")
+        with pytest.raises(ConfigError, match=problem):
+            load_config(path, env={})
+    secret_file.write_text(SECRET + "\n")
+    path.write_text(base + f", secret_file: {secret_file}}}")
+    config = load_config(path, env={})
+    assert config.replicas is not None and config.replicas.key() == SECRET.encode()
+    with pytest.raises(ConfigError, match="not both"):
+        load_config(path, env={"LLM_PICKER_REPLICAS__SECRET": SECRET})
 
 
 def test_sharing_needs_a_fixed_hash_seed(tmp_path: Path,
@@ -178,13 +221,14 @@ def test_peers_picks_feed_the_index_calibration() -> None:
 
 class Replica:
     def __init__(self, port: int, peers: list[int], block_size: int = 16,
-                 queue: int = 4096) -> None:
+                 queue: int = 4096, secret: str = SECRET) -> None:
         self.registry = CollectorRegistry()
         self.applied: list[Pick] = []
         self.known = {"a", "b"}
         self.sharing = PickSharing(
             ReplicaSettings(listen=f"127.0.0.1:{port}", queue=queue, max_backoff_secs=0.2,
-                            peers=[f"127.0.0.1:{p}" for p in peers]),
+                            peers=[f"127.0.0.1:{p}" for p in peers], secret=SecretStr(secret),
+                            connect_timeout_secs=0.5),
             block_size, ReplicaMetrics(self.registry), self._apply)
 
     def _apply(self, pick: Pick) -> bool:
@@ -295,19 +339,74 @@ async def test_incompatible_peers_do_not_share() -> None:
         await second.sharing.stop()
 
 
+async def linked(port: int, key: str = SECRET) -> tuple[asyncio.StreamReader,
+                                                       asyncio.StreamWriter, Hello]:
+    """A raw socket through the handshake, as a peer replica holding `key` goes through it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    hello = decode_hello(await reader.readexactly(int.from_bytes(await reader.readexactly(4))))
+    mine = challenge()
+    writer.write(frame(Proof(mine, prove(key.encode(), False, hello.challenge, mine))))
+    return reader, writer, hello
+
+
 async def test_garbage_closes_the_link_and_is_counted(trio: list[Replica]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", trio[0].sharing.port)
-    hello = decode_hello(await reader.readexactly(
-        int.from_bytes(await reader.readexactly(4)))
-    )
+    reader, writer, hello = await linked(trio[0].sharing.port or 0)
     assert hello.replica == trio[0].sharing.replica_id
+    answer = decode_proof(await reader.readexactly(int.from_bytes(await reader.readexactly(4))))
+    assert proof_valid(SECRET.encode(), answer.mac, True, hello.challenge, b"") is False
     writer.write(frame(Pick("a", 1, 0, [1])) + (5).to_bytes(4, "big") + b"\xc1junk")
     assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the replica
     writer.close()
     assert [p.units for p in trio[0].applied] == [1]  # what came before the garbage
     assert trio[0].metric("llm_picker_replica_picks_dropped_total", reason="invalid") == 1
-    reader, writer = await asyncio.open_connection("127.0.0.1", trio[0].sharing.port)
+    reader, writer, _ = await linked(trio[0].sharing.port or 0)
+    await reader.readexactly(int.from_bytes(await reader.readexactly(4)))  # the answer
     writer.write((2**31).to_bytes(4, "big"))  # a 2 GB frame is refused before it is read
-    assert await asyncio.wait_for(reader.read(), 5) == frame(hello)  # greeting, then closed
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed
     writer.close()
     assert trio[0].metric("llm_picker_replica_picks_dropped_total", reason="invalid") == 2
+
+
+@pytest.mark.parametrize("opening", ["picks", "wrong_secret", "silence"])
+async def test_a_raw_socket_without_the_secret_gets_no_pick_applied(
+        trio: list[Replica], opening: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Forged picks from a raw socket (straight away, after a proof under another secret, or
+    after waiting) are never applied; the link is closed and the refusal logged, secret-free."""
+    target = trio[0]
+    port = target.sharing.port or 0
+    forged = b"".join(frame(Pick("a", units, 0, [units])) for units in range(2000))
+    if opening == "wrong_secret":
+        reader, writer, _ = await linked(port, "not-the-replica-secret")
+    else:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await reader.readexactly(int.from_bytes(await reader.readexactly(4)))  # the Hello
+    if opening == "silence":
+        await asyncio.sleep(0.7)  # past connect_timeout_secs
+    with contextlib.suppress(ConnectionError):
+        writer.write(forged)
+        await writer.drain()
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, no answer given
+    writer.close()
+    await eventually(lambda: target.metric("llm_picker_replica_links_refused_total") == 1)
+    assert target.applied == []
+    assert target.metric("llm_picker_replica_picks_received_total") == 0
+    assert "refused" in caplog.text and SECRET not in caplog.text
+
+
+async def test_replicas_with_different_secrets_share_nothing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    ports = [free_port(), free_port()]
+    first = Replica(ports[0], ports)
+    second = Replica(ports[1], ports, secret="a-different-secret-for-2")
+    await first.sharing.start()
+    await second.sharing.start()
+    try:
+        first.known.add("x")
+        await eventually(lambda: first.metric("llm_picker_replica_links_refused_total") >= 1
+                         and second.metric("llm_picker_replica_links_refused_total") >= 1)
+        assert first.sharing.peers() == {f"127.0.0.1:{ports[1]}": False}
+        assert second.sharing.peers() == {f"127.0.0.1:{ports[0]}": False}
+        assert SECRET not in caplog.text and "a-different-secret-for-2" not in caplog.text
+    finally:
+        await first.sharing.stop()
+        await second.sharing.stop()
