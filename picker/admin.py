@@ -4,8 +4,10 @@ decision records (/debug/decisions) and the live status page (`/`, polling /debu
 Every error has one shape, `{"error": {"code", "message", "field"?}}`, and /openapi.json
 documents it with every status each operation can answer (picker.admin_schema). Mutating calls
 need `Authorization: Bearer <admin.token>` when a token is configured. Bodies are JSON whatever
-their content-type says, and at most MAX_BODY_BYTES. Reads (the status page included) are open,
-so the page works whether or not a token is set. Who may change which worker is WorkerManager's
+their content-type says, and at most MAX_BODY_BYTES. Reads that show state need
+`admin.read_token` (or admin.token) when a read token is configured, as a Bearer header or as the
+cookie `/?token=...` sets for the status page's own polls; probes (/health, /ready), the
+page's static files and /openapi.json stay open. Who may change which worker is WorkerManager's
 rule (picker.fleet). Secrets never leave: `api_key` is excluded from every view.
 """
 
@@ -19,7 +21,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from pydantic import SecretStr
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -51,7 +59,12 @@ from picker.workers import ConnectionMode, WorkerSpec, WorkerType
 if TYPE_CHECKING:
     from picker.runtime import PickerRuntime
 
-__all__ = ["MAX_BODY_BYTES", "admin_tls", "create_admin_app", "worker_view"]
+__all__ = ["MAX_BODY_BYTES", "READ_COOKIE", "admin_tls", "create_admin_app", "worker_view"]
+
+# Set by `/?token=<token>`: the status page's script polls /debug/status with it, since a page
+# loaded by a browser cannot add an Authorization header to its own fetches. Reads only:
+# mutations never accept it, so a cross-site form cannot ride on it.
+READ_COOKIE = "llm_picker_read_token"
 
 # A worker spec is well under 4 KiB; this leaves room for many labels and models.
 MAX_BODY_BYTES = 64 * 1024
@@ -147,22 +160,58 @@ class _JsonBodies:
         await self._app({**scope, "headers": headers}, replay, send)
 
 
-def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None) -> FastAPI:
+def _matches(given: str, tokens: tuple[SecretStr | None, ...]) -> bool:
+    """Constant-time comparison against each configured token."""
+    found = False
+    for token in tokens:
+        if token is not None:
+            found |= hmac.compare_digest(given.encode(), token.get_secret_value().encode())
+    return found
+
+
+def _bearer(request: Request) -> str | None:
+    """The Bearer credential, "" for another scheme, None without the header."""
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, given = header.partition(" ")
+    return given.strip() if scheme.lower() == "bearer" else ""
+
+
+def _read_credential(request: Request) -> str | None:
+    """What a read presents: the Authorization header's Bearer, else the status page cookie."""
+    given = _bearer(request)
+    return request.cookies.get(READ_COOKIE) if given is None else given
+
+
+def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None,
+                     read_token: SecretStr | None = None) -> FastAPI:
     """The admin API of a running picker; reads and changes go through its runtime."""
     manager, workers = runtime.manager, runtime.registry
     app = FastAPI(title="llm-picker admin", version="0.1.0", docs_url=None, redoc_url=None)
     app.add_middleware(_JsonBodies)
 
+    def check_read(given: str | None) -> None:
+        """401 without a credential, 403 with one that is neither token."""
+        if given is None:
+            raise HTTPException(401, "Authorization: Bearer <admin read_token or token> "
+                                     "required (the status page: open /?token=<token>)")
+        if not _matches(given, (read_token, token)):
+            raise HTTPException(403, "admin token rejected")
+
+    def require_read_token(request: Request) -> None:
+        if read_token is not None:
+            check_read(_read_credential(request))
+
+    reading = [Depends(require_read_token)]
+
     def require_token(request: Request) -> None:
         if token is None:
             return
-        header = request.headers.get("authorization", "")
-        if not header:
+        given = _bearer(request)
+        if not request.headers.get("authorization"):
             raise HTTPException(401, "Authorization: Bearer <admin token> required")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), token.get_secret_value().encode()
-        ):
+        if not given or not _matches(given, (token,)):
             raise HTTPException(403, "admin token rejected")
 
     mutating = [Depends(require_token)]
@@ -226,13 +275,15 @@ def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None) -> 
                 "total_workers": len(workers.workers())}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/routers", response_model=RouterList)
+    @app.get("/routers", response_model=RouterList, dependencies=reading,
+             responses=errors(401, 403))
     async def routers() -> dict[str, Any]:
         """The routers in service: one over all workers, or (enable_igw) one per connection
         mode and kind, each appearing with its first worker and retiring with its last."""
         return {"routers": runtime.routers.describe(), "enable_igw": runtime.routers.igw}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, dependencies=reading,
+             responses=errors(401, 403))
     async def metrics() -> Response:
         return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
 
@@ -255,7 +306,7 @@ def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None) -> 
         return JSONResponse(body, status_code=201 if registered.reached else 202)
 
     @app.get("/workers", response_model=WorkerList, response_model_exclude_none=True,
-             responses=errors(422))
+             dependencies=reading, responses=errors(401, 403, 422))
     async def list_workers(
         model: str | None = None,
         worker_type: WorkerType | None = None,
@@ -273,7 +324,7 @@ def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None) -> 
                 "stats": workers.stats()}
 
     @app.get("/workers/{url:path}", response_model=WorkerView, response_model_exclude_none=True,
-             responses=errors(404, 422))
+             dependencies=reading, responses=errors(401, 403, 404, 422))
     async def get_worker(url: str) -> dict[str, Any]:
         return view(manager.find(url))
 
@@ -295,13 +346,15 @@ def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None) -> 
         worker, drained = await manager.delete(url, drain_timeout_secs)
         return {"worker": view(worker), "drained": drained}
 
-    add_status_routes(app, runtime, view)
+    add_status_routes(app, runtime, view, reading, None if read_token is None else check_read)
     return app
 
 
 def add_status_routes(app: FastAPI, runtime: PickerRuntime,
-                      view: Callable[[Worker], dict[str, Any]]) -> None:
-    """The status page and the reads behind it."""
+                      view: Callable[[Worker], dict[str, Any]], reading: list[Any],
+                      check_read: Callable[[str | None], None] | None) -> None:
+    """The status page and the reads behind it; `reading` guards the reads, and with
+    `check_read` (a read token is set) `/?token=` hands the page its cookie."""
 
     def records() -> DecisionLog:
         log = runtime.router.decisions
@@ -315,22 +368,35 @@ def add_status_routes(app: FastAPI, runtime: PickerRuntime,
                       "explain.enabled: true (env LLM_PICKER_EXPLAIN__ENABLED=true)")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def status_page() -> Response:
-        return Response(first_page(status_view(runtime, view)),
-                        media_type="text/html; charset=utf-8",
-                        headers={"cache-control": "no-cache"})
+    async def status_page(request: Request, token: str | None = None) -> Response:
+        """With a read token set, `?token=` is checked, kept in a cookie (HttpOnly, this
+        site only) and dropped from the address bar by a redirect; without a cookie the page
+        says how to get one."""
+        if check_read is not None:
+            check_read(_read_credential(request) if token is None else token)
+        if check_read is None or token is None:
+            # The page arrives with its first status, drawn before the first poll.
+            return Response(first_page(status_view(runtime, view)),
+                            media_type="text/html; charset=utf-8",
+                            headers={"cache-control": "no-cache"})
+        redirect = RedirectResponse("./", status_code=303)
+        redirect.set_cookie(READ_COOKIE, token, httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https")
+        return redirect
 
     @app.get("/status/{name}", include_in_schema=False)
     async def status_asset(name: str) -> Response:
         return _static(name)
 
-    @app.get("/debug/status", response_model=StatusView)
+    @app.get("/debug/status", response_model=StatusView, dependencies=reading,
+             responses=errors(401, 403))
     async def status() -> dict[str, Any]:
         """Everything the status page shows, in one document."""
         return status_view(runtime, view)
 
-    @app.get("/debug/decisions", response_model=DecisionList, responses=errors(
-        404, 422, s404="Decision records are off (explain.enabled)"))
+    @app.get("/debug/decisions", response_model=DecisionList, dependencies=reading,
+             responses=errors(401, 403, 404, 422,
+                              s404="Decision records are off (explain.enabled)"))
     async def decisions(
         limit: Annotated[int, Query(ge=1, le=MAX_CAPACITY)] = 50,
         model: str | None = None,
@@ -342,8 +408,10 @@ def add_status_routes(app: FastAPI, runtime: PickerRuntime,
         return {"decisions": [d.to_dict() for d in found], "total": len(found),
                 "capacity": log.settings.capacity}
 
-    @app.get("/debug/decisions/{request_id}", response_model=DecisionView, responses=errors(
-        404, 422, s404="No record of that request id, or decision records are off"))
+    @app.get("/debug/decisions/{request_id}", response_model=DecisionView,
+             dependencies=reading, responses=errors(
+                 401, 403, 404, 422,
+                 s404="No record of that request id, or decision records are off"))
     async def decision(request_id: str) -> dict[str, Any] | JSONResponse:
         found = records().find(request_id)
         if found is None:

@@ -116,11 +116,13 @@ class ExtprocConfig(ListenConfig):
 
 
 class AdminConfig(ListenConfig):
-    """The admin API; `token` guards mutating calls (env: LLM_PICKER_ADMIN__TOKEN)."""
+    """The admin API; `token` guards mutating calls (env: LLM_PICKER_ADMIN__TOKEN), and
+    `read_token`, when set, the reads that show state (either token is accepted for them)."""
 
     port: int = Field(default=9003, ge=0, le=65535)
     # An empty token would let `Authorization: Bearer ` (nothing after it) through.
     token: SecretStr | None = Field(default=None, min_length=1)
+    read_token: SecretStr | None = Field(default=None, min_length=1)
     # None: the mode's default - on for `llm-picker serve`, off inside LiteLLM (where binding a
     # port must be asked for).
     enabled: bool | None = None
@@ -130,6 +132,9 @@ class AdminConfig(ListenConfig):
 
     @model_validator(mode="after")
     def _no_open_admin(self) -> AdminConfig:
+        if self.read_token is not None and self.token is None:
+            raise ValueError("read_token without admin.token would guard reads and leave "
+                             "changes open: set admin.token too")
         loopback = self.host in ("127.0.0.1", "::1", "localhost")
         if not loopback and self.token is None and not self.allow_insecure:
             raise ValueError(

@@ -523,7 +523,7 @@ class PickerRuntime:
         sock = listen_socket(admin.host, admin.port, "the admin API")
         self._admin_port = sock.getsockname()[1]
         server = _AdminServer(uvicorn.Config(
-            create_admin_app(self, admin.token), host=admin.host, port=admin.port,
+            create_admin_app(self, admin.token, admin.read_token), host=admin.host, port=admin.port,
             log_level="warning", access_log=False, lifespan="off", **admin_tls(admin.tls)))
         task = asyncio.create_task(server.serve([sock]))
         deadline = time.monotonic() + _ADMIN_START_SECS

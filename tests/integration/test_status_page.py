@@ -18,7 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from picker_bench.stack import Fleet, SimSpec, local_fleet
+from picker.config import load_config
+from picker.runtime import PickerRuntime
+from picker_bench.stack import Fleet, SimSpec, free_port, local_fleet
 from tests.browser import Chromium, find_chromium
 from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER
 
@@ -134,3 +136,31 @@ async def test_status_page_renders_workers_and_follows_a_kill(fleet: Fleet,
     finally:
         stop.set()
         sender.join(15)
+
+
+async def test_status_page_with_a_read_token_in_a_browser(tmp_path: Path) -> None:
+    """`/?token=` once: the cookie it sets carries the page's own polls of /debug/status."""
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("NO BROWSER: Debian's chromium is not installed (apt-get install -y chromium)")
+    port = free_port()
+    config = load_config(overrides={"admin": {"port": port, "token": "write-token-x1",
+                                              "read_token": "read-token-y2"},
+                                    "workers": [{"url": "127.0.0.1:1", "id": "w0",
+                                                 "models": [MODEL]}]})
+    runtime = PickerRuntime(config)
+    runtime.start_in_thread()
+    try:
+        async with Chromium(chromium) as browser:
+            await browser.open(f"http://127.0.0.1:{port}/")
+            refused = await browser.wait_for("document.body?.innerText.includes('?token=') "
+                                             "&& document.body.innerText")
+            assert "unauthorized" in refused  # no cookie yet: the error says how to get one
+            await browser.open(f"http://127.0.0.1:{port}/?token=read-token-y2")
+            rows = await browser.wait_for(
+                "[...document.querySelectorAll('#workers tbody tr')]"
+                ".map(r => r.dataset.worker).join(',')")
+            assert rows == "w0"
+            assert await browser.evaluate("location.search") == ""  # token left the address
+    finally:
+        runtime.stop_thread()

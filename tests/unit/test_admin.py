@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from picker.admin import MAX_BODY_BYTES, create_admin_app
-from picker.config import ExtprocConfig, PickerConfig
+from picker.config import AdminConfig, ExtprocConfig, PickerConfig
 from picker.discovery import DiscoverySettings
 from picker.limits import LimitSettings
 from picker.request import Api, RoutingRequest
@@ -29,7 +29,8 @@ TOKEN = "admin-secret-token"
 class Admin:
     def __init__(self, token: str | None = None, *specs: WorkerSpec,
                  limits: LimitSettings | None = None,
-                 discovery: DiscoverySettings = FAST, keys: bool = False) -> None:
+                 discovery: DiscoverySettings = FAST, keys: bool = False,
+                 read_token: str | None = None) -> None:
         """`keys`: accept worker api_keys without mutual TLS on ext_proc."""
         # Not started: the tests drive the admin app, and start the worker manager only.
         self.runtime = PickerRuntime(PickerConfig(
@@ -37,7 +38,8 @@ class Admin:
             limits=limits or LimitSettings(),
             extproc=ExtprocConfig(allow_unauthenticated_keys=keys)))
         self.registry, self.manager = self.runtime.registry, self.runtime.manager
-        app = create_admin_app(self.runtime, SecretStr(token) if token else None)
+        app = create_admin_app(self.runtime, SecretStr(token) if token else None,
+                               SecretStr(read_token) if read_token else None)
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                         base_url="http://admin", headers=headers)
@@ -280,6 +282,54 @@ async def test_token_required_for_mutations_only() -> None:
     wrong = await anonymous.delete("/workers/a", headers={"authorization": "Bearer nope"})
     assert wrong.status_code == 403 and wrong.json()["error"]["code"] == "forbidden"
     assert (await admin.client.delete("/workers/a")).status_code == 404  # authorised, unknown
+
+
+READ_TOKEN = "admin-read-token-6e1"
+GUARDED_READS = ["/workers", "/workers/a", "/routers", "/metrics", "/debug/status",
+                 "/debug/decisions", "/debug/decisions/r1", "/"]
+
+
+async def test_reads_need_a_token_once_a_read_token_is_set() -> None:
+    admin = Admin(TOKEN, WorkerSpec(url="a:1", id="a", models=["m"]), read_token=READ_TOKEN)
+    anonymous = httpx.AsyncClient(transport=admin.client._transport, base_url="http://admin")
+    for path in GUARDED_READS:
+        refused = await anonymous.get(path)
+        assert refused.status_code == 401, path
+        assert refused.json()["error"]["code"] == "unauthorized"
+        wrong = await anonymous.get(path, headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 403, path
+        for accepted in (READ_TOKEN, TOKEN):
+            answer = await anonymous.get(path, headers={"authorization": f"Bearer {accepted}"})
+            assert answer.status_code in (200, 404), (path, answer.text)  # 404: explain off
+            assert answer.status_code != 404 or "explain" in answer.text
+    # Probes (kubelet sends no token), the page's static files and the schema stay open.
+    for path in ("/health", "/ready", "/status/status.js", "/openapi.json"):
+        assert (await anonymous.get(path)).status_code in (200, 503), path
+    # The read token reads; it never changes anything.
+    reader = {"authorization": f"Bearer {READ_TOKEN}"}
+    change = await anonymous.patch("/workers/a", json={"cost": 2}, headers=reader)
+    assert change.status_code == 403
+
+
+async def test_the_status_page_gets_its_token_as_a_cookie() -> None:
+    admin = Admin(TOKEN, read_token=READ_TOKEN)
+    browser = httpx.AsyncClient(transport=admin.client._transport, base_url="http://admin")
+    assert (await browser.get("/?token=nope")).status_code == 403
+    assert "llm_picker_read_token" not in browser.cookies
+    landing = await browser.get(f"/?token={READ_TOKEN}")
+    assert landing.status_code == 303 and landing.headers["location"] == "./"
+    cookie = landing.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    # What the page's script then fetches (same origin: the cookie goes with it).
+    assert (await browser.get("/")).status_code == 200
+    assert (await browser.get("/debug/status")).status_code == 200
+    # Never for a change: a cross-site form cannot ride on the cookie.
+    assert (await browser.post("/workers", json={"url": "b:1"})).status_code == 401
+
+
+def test_a_read_token_without_a_write_token_is_refused() -> None:
+    with pytest.raises(ValueError, match="admin.token"):
+        AdminConfig(port=0, read_token=SecretStr("r"))
 
 
 async def test_secrets_never_appear_in_responses_or_metrics(admin: Admin) -> None:
