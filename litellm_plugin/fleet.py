@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from picker.errors import PickerError
 from picker.registry import WorkerRegistry
-from picker.workers import WorkerSpec
+from picker.workers import WorkerSpec, redact_url
 
 __all__ = ["DeploymentFleet", "engine_url"]
 
@@ -88,7 +88,7 @@ class DeploymentFleet:
                     if set(worker.spec.models) != models or _key(worker.spec) != api_key:
                         self.workers.replace_spec(worker, spec.updated(id=worker.id))
             except (PickerError, ValueError) as exc:
-                log.warning("deployment at %s not routed by the picker: %s", url, exc)
+                log.warning("deployment at %s not routed by the picker: %s", redact_url(url), exc)
                 continue
             for dep_id in dep_ids:
                 worker_of[dep_id] = worker.id

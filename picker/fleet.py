@@ -29,7 +29,15 @@ from picker.discovery import DiscoverySettings, WorkerUnreachable, discover, exp
 from picker.errors import ConfigError, PickerError, UnknownWorker, WorkerConflict
 from picker.registry import Worker, WorkerRegistry
 from picker.strict import StrictModel
-from picker.workers import U32, HealthOverrides, Labels, WorkerSpec, WorkerType, unpaired_role
+from picker.workers import (
+    U32,
+    HealthOverrides,
+    Labels,
+    WorkerSpec,
+    WorkerType,
+    redact_url,
+    unpaired_role,
+)
 
 __all__ = ["DeclaredInFile", "Registered", "WorkerManager", "WorkerPatch"]
 
@@ -124,7 +132,7 @@ class WorkerManager:
             except ValueError:
                 worker = None
         if worker is None:
-            raise UnknownWorker(f"no worker with url or id {key[:200]!r}")
+            raise UnknownWorker(f"no worker with url or id {redact_url(key)[:200]!r}")
         return worker
 
     def declared_in(self, worker: Worker) -> str | None:

@@ -35,6 +35,7 @@ __all__ = [
     "RuntimeType",
     "WorkerSpec",
     "WorkerType",
+    "redact_url",
     "unpaired_role",
 ]
 
@@ -50,6 +51,11 @@ U32 = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=2**32 - 1)]
 # one could never be routed to. Ids share it: they label metrics and log lines.
 MAX_NAME_CHARS = 256
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+# Worker ids label metrics, log lines, headers and admin URL paths: a character set like
+# Kubernetes object names (plus `_`, `:` for discovered `pod:port` and `@` for DP ranks), so a
+# CR cannot break Prometheus' text format nor a `/` an admin path.
+ID_CHARS = "letters, digits and . _ - : @"
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*")
 # Each data-parallel rank is a worker of its own (health-checked, scraped, scored): beyond this,
 # a typo (dp_size: 100000) would make the picker spend itself on ranks that do not exist.
 MAX_DP_SIZE = 256
@@ -119,7 +125,8 @@ class KvEventsEndpoint(StrictModel):
         host, _, port = rest.rpartition(":")
         if scheme != "tcp" or not host or "*" in host or not port.isdigit() \
                 or not 1 <= int(port) <= 65535:
-            raise ValueError(f"must be tcp://host:port or ipc://path, not {address[:100]!r} "
+            raise ValueError(f"must be tcp://host:port or ipc://path, not "
+                             f"{redact_url(address)[:100]!r} "
                              "(the picker connects: a wildcard host is the engine's bind side)")
         return address
 
@@ -145,7 +152,7 @@ class WorkerSpec(StrictModel):
     bootstrap_port: Port | None = None
     bootstrap_host: str | None = Field(default=None, description="Derived from url when unset")
     dp_base_url: str | None = None
-    dp_rank: int | None = Field(default=None, ge=0)
+    dp_rank: int | None = Field(default=None, ge=0, lt=MAX_DP_SIZE)
     dp_size: int | None = Field(default=None, ge=1, le=MAX_DP_SIZE)
     kv_connector: str | None = None
     kv_role: str | None = None
@@ -166,8 +173,19 @@ class WorkerSpec(StrictModel):
     def _normalise_url(cls, url: str) -> str:
         """Normalise to scheme://host:port; `{base}@{rank}` names one data-parallel rank."""
         base, rank = _split_rank(url.strip())
+        if rank is not None and rank >= MAX_DP_SIZE:
+            raise ValueError(f"rank {rank} (after @) must be below {MAX_DP_SIZE}, the "
+                             "largest dp_size")
         url = _normalise_base(base)
         return url if rank is None else f"{url}@{rank}"
+
+    @field_validator("id")
+    @classmethod
+    def _safe_id(cls, worker_id: str | None) -> str | None:
+        if worker_id is not None and not _ID.fullmatch(worker_id):
+            raise ValueError(f"id must be {ID_CHARS}, starting with a letter or digit (as "
+                             f"Kubernetes names), not {worker_id[:100]!r}")
+        return worker_id
 
     @field_validator("dp_base_url")
     @classmethod
@@ -248,9 +266,27 @@ def unpaired_role(role: WorkerType) -> str:
 
 def _split_rank(url: str) -> tuple[str, int | None]:
     base, at, rank = url.rpartition("@")
-    if at and rank.isdigit() and "://" in base and "/" not in base.split("://", 1)[1]:
+    if at and rank.isascii() and rank.isdigit() and "://" in base \
+            and "/" not in base.split("://", 1)[1]:
         return base, int(rank)
     return url, None
+
+
+_RANK_SUFFIX = re.compile(r"@[0-9]+$")
+
+
+def redact_url(url: str) -> str:
+    """`url` with any userinfo (`user:password@`) replaced by `***@`, for error messages and
+    logs: a url refused as invalid must not carry its credentials into them. Everything up to
+    the last `@` (a DP rank suffix `@N` aside) counts as userinfo, even past a `/`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    suffix = _RANK_SUFFIX.search(rest)
+    core, rank = (rest[:suffix.start()], suffix.group()) if suffix else (rest, "")
+    if "@" in core:
+        core = "***@" + core.rpartition("@")[2]
+    return f"{scheme}{sep}{core}{rank}"
 
 
 def _normalise_base(url: str) -> str:
@@ -258,21 +294,22 @@ def _normalise_base(url: str) -> str:
     if "://" not in url:
         url = "http://" + url
     url = url.rstrip("/")  # after the scheme test: "http://" must not turn into host "http"
+    shown = redact_url(url)[:200]
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https", "grpc", "grpcs"):
         raise ValueError(f"scheme must be http, https, grpc or grpcs, not {parts.scheme!r}")
     try:
         port = parts.port
     except ValueError as exc:
-        raise ValueError(f"invalid port in {url!r}") from exc
+        raise ValueError(f"invalid port in {shown!r}") from exc
     if not parts.hostname:
-        raise ValueError(f"no host in {url!r}")
+        raise ValueError(f"no host in {shown!r}")
     if not _valid_host(parts.hostname):
         raise ValueError(f"invalid host {parts.hostname[:100]!r}")
     if parts.path or parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError("url must be scheme://host[:port] with no path, query or credentials")
     if port == 0:
-        raise ValueError(f"invalid port in {url!r}")
+        raise ValueError(f"invalid port in {shown!r}")
     if port is None and parts.scheme.startswith("grpc"):
         raise ValueError("a grpc url needs an explicit port")
     # One spelling per endpoint (lower-case scheme and host, explicit port), so the registry's

@@ -284,6 +284,23 @@ async def test_token_required_for_mutations_only() -> None:
     assert (await admin.client.delete("/workers/a")).status_code == 404  # authorised, unknown
 
 
+@pytest.mark.parametrize(("body", "field"), [
+    ({"url": "http://user:pa55word@h:99999"}, "url"),
+    ({"url": "http://user:pa55word@h:1@99999"}, "url"),
+    ({"url": "a:1", "id": "w\r0"}, "id"),
+    ({"url": "a:1", "id": "../w0"}, "id"),
+    ({"url": "a:1@99999"}, "url"),
+])
+async def test_bad_urls_and_ids_are_422s_naming_the_field_without_credentials(
+        admin: Admin, body: dict[str, str], field: str) -> None:
+    response = await admin.client.post("/workers", json=body)
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == field
+    assert "pa55word" not in response.text and "\r" not in response.json()["error"]["message"]
+    lookup = await admin.client.get("/workers/http://user:pa55word@h:1")
+    assert lookup.status_code == 404 and "pa55word" not in lookup.text
+
+
 READ_TOKEN = "admin-read-token-6e1"
 GUARDED_READS = ["/workers", "/workers/a", "/routers", "/metrics", "/debug/status",
                  "/debug/decisions", "/debug/decisions/r1", "/"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from picker.config import PickerConfig, load_config
 from picker.decisions import EXPLAIN_HEADER, ExplainSettings, explain_line
@@ -176,14 +177,12 @@ def test_explain_header_only_when_allowed_and_asked(settings: dict[str, object],
 
 
 def test_header_line_cannot_be_split_by_a_worker_id() -> None:
-    r = PickerRuntime(PickerConfig.model_validate({
-        "workers": [{"url": "10.0.0.1:8000", "id": "evil\r\nset-cookie: x; y", "models": ["m"]}],
-        "explain": {"enabled": True}}))
-    decision = r.route_sync(chat()).choice.decision
-    assert decision is not None
-    line = decision.header_line()
-    assert "\r" not in line and "\n" not in line and " x" not in line
-    assert line == "policy=round_robin; worker=evil__set-cookie:_x__y; reason=only-candidate"
+    """Such an id is refused where workers are declared (picker.workers' id characters)."""
+    with pytest.raises(ValidationError, match="letters, digits"):
+        PickerConfig.model_validate({
+            "workers": [{"url": "10.0.0.1:8000", "id": "evil\r\nset-cookie: x; y",
+                         "models": ["m"]}],
+            "explain": {"enabled": True}})
 
 
 def test_explain_off_records_nothing() -> None:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from picker.workers import ConnectionMode, HealthOverrides, RuntimeType, WorkerSpec, WorkerType
+from picker.workers import (
+    ConnectionMode,
+    HealthOverrides,
+    RuntimeType,
+    WorkerSpec,
+    WorkerType,
+    redact_url,
+)
 
 
 def test_defaults() -> None:
@@ -117,12 +124,59 @@ def test_bad_urls_are_rejected_on_the_url_field(url: str) -> None:
         ({"models": [" "]}, ("models",)),
         ({"labels": {"zone": 1}}, ("labels", "zone")),
         ({"url": None}, ("url",)),
+        ({"url": "http://h:1@99999"}, ("url",)),  # ranks stop below dp_size's limit, 256
+        ({"url": "http://h:1@256"}, ("url",)),
+        ({"dp_rank": 256}, ("dp_rank",)),
+        ({"id": "bad\rid"}, ("id",)),  # a CR breaks Prometheus' text format
+        ({"id": "a\nb"}, ("id",)),
+        ({"id": "a/b"}, ("id",)),  # and a path separator the admin API's paths
+        ({"id": "a\\b"}, ("id",)),
+        ({"id": "../x"}, ("id",)),
+        ({"id": "a b"}, ("id",)),
+        ({"id": "-a"}, ("id",)),
+        ({"id": 'a"b'}, ("id",)),
     ],
 )
 def test_validation_errors_name_the_field(fields: dict[str, object], loc: tuple[str, ...]) -> None:
     with pytest.raises(ValidationError) as caught:
         WorkerSpec.model_validate({"url": "a:1", **fields})
     assert caught.value.errors()[0]["loc"] == loc
+
+
+def test_a_bad_id_names_the_characters_allowed() -> None:
+    with pytest.raises(ValidationError, match=r"letters, digits and \. _ - : @"):
+        WorkerSpec(url="a:1", id="bad\rid")
+
+
+@pytest.mark.parametrize("worker_id", ["sim-a", "w0", "Engine_7.east", "pod-5f:8000", "e@3"])
+def test_ids_of_every_origin_are_accepted(worker_id: str) -> None:
+    """Written ones, derived ones (w-<hash>), DP ranks ({id}@{rank}), pods ({pod}:{port})."""
+    assert WorkerSpec(url="a:1", id=worker_id).id == worker_id
+    derived = WorkerSpec(url="http://10.0.0.1:8000@3")
+    assert derived.id is not None and WorkerSpec(url="b:1", id=derived.id).id == derived.id
+    assert WorkerSpec(url="http://h:1@255").dp_rank == 255
+
+
+@pytest.mark.parametrize("url", ["http://user:s3cret@h:99999", "user:s3cret@h:0",
+                                 "http://user:s3cret@h:1@99999", "http://u:s3cret/x@h:-1",
+                                 "http://user:s3cret@:1"])
+def test_refused_urls_never_echo_their_credentials(url: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        WorkerSpec(url=url)
+    message = caught.value.errors()[0]["msg"]
+    assert "s3cret" not in message and "user" not in message, message
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("http://user:pw@h:1", "http://***@h:1"),
+    ("user:pw@h:1", "***@h:1"),
+    ("http://h:1@3", "http://h:1@3"),  # a DP rank is no userinfo
+    ("http://user:pw@h:1@3", "http://***@h:1@3"),
+    ("http://u:p/w@h", "http://***@h"),
+    ("tcp://h:5557", "tcp://h:5557"),
+])
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
 
 
 def test_missing_url_names_url() -> None:
