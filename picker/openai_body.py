@@ -24,6 +24,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
@@ -36,6 +37,7 @@ from picker.errors import (
     UnsupportedPath,
 )
 from picker.json_kind import json_type
+from picker.policies.weighted import SLO_HEADER
 from picker.request import Api, RoutingRequest
 from picker.workers import MAX_NAME_CHARS
 
@@ -50,6 +52,10 @@ _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 # The field that carries the prompt, for errors about the prompt as a whole.
 _PROMPT_PARAM = {Api.CHAT: "messages", Api.COMPLETIONS: "prompt", Api.RESPONSES: "input",
                  Api.EMBEDDINGS: "input"}
+# Count fields of the OpenAI APIs (and vLLM/SGLang's extras): `json` reads 1e999 as infinity
+# (only the words Infinity/NaN reach parse_constant), and engines read these as integers.
+_INTEGER_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "n", "seed",
+                   "top_logprobs", "top_k", "min_tokens")
 
 
 def _clip(value: str, limit: int = 100) -> str:
@@ -108,6 +114,10 @@ def request_from_data(api: Api, data: Mapping[str, Any],
     elif not isinstance(stream, bool):
         raise InvalidRequest(f"'stream' must be a boolean, not {json_type(stream)}",
                              param="stream")
+    for field in _INTEGER_FIELDS:
+        if field in data:
+            _check_integer(data[field], field)
+    _check_slo(headers)
     return RoutingRequest(
         model=model,
         api=api,
@@ -118,6 +128,32 @@ def request_from_data(api: Api, data: Mapping[str, Any],
         messages=data["messages"] if api is Api.CHAT else None,
         body=data,
     )
+
+
+def _check_integer(value: object, field: str) -> None:
+    """null (the default) or a whole number; 1e999 (infinity) and 2.5 are not."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return  # 100.0: engines' pydantic models take it as 100
+    shown = "a number out of range" if isinstance(value, float) and not math.isfinite(value) \
+        else f"{value!r}" if isinstance(value, float) else json_type(value)
+    raise InvalidRequest(f"'{field}' must be an integer, not {shown}", param=field)
+
+
+def _check_slo(headers: Mapping[str, str]) -> None:
+    """The TTFT target only `weighted` acts on, refused when malformed under every policy, so
+    a client learns of its typo whichever policy serves it."""
+    raw = headers.get(SLO_HEADER)
+    if raw is None:
+        return
+    try:
+        millis = float(raw)
+    except ValueError:
+        millis = math.nan
+    if not 0 < millis < math.inf:
+        raise InvalidRequest(f"{SLO_HEADER} must be a positive number of milliseconds, got "
+                             f"{_clip(raw, 50)!r}", param=SLO_HEADER)
 
 
 def _reject_constant(name: str) -> NoReturn:

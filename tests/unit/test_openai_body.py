@@ -382,3 +382,36 @@ def test_fast_parser_agrees_with_stdlib_on_any_json(value: object, ascii_only: b
 @given(st.binary(max_size=60))
 def test_fast_parser_agrees_with_stdlib_on_any_bytes(tail: bytes) -> None:
     assert_parsed_like_stdlib(b'{"model":"m","prompt":"p","x":' + tail)
+
+
+@pytest.mark.parametrize(("raw_value", "field", "fragment"), [
+    (b"1e999", "max_tokens", "out of range"),  # json reads it as infinity
+    (b"-1e999", "max_completion_tokens", "out of range"),
+    (b"2.5", "max_tokens", "2.5"),
+    (b'"10"', "max_tokens", "string"),
+    (b"true", "n", "boolean"),
+    (b"1e999", "seed", "out of range"),
+])
+def test_integer_fields_refuse_what_is_no_integer(raw_value: bytes, field: str,
+                                                  fragment: str) -> None:
+    raw = b'{"model": "m", "messages": [], "%s": %s}' % (field.encode(), raw_value)
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request("/v1/chat/completions", raw, {})
+    assert caught.value.param == field and caught.value.status == 400
+    assert "must be an integer" in caught.value.message and fragment in caught.value.message
+
+
+@pytest.mark.parametrize("raw_value", [b"100", b"100.0", b"null", b"0"])
+def test_integer_fields_take_whole_numbers_and_null(raw_value: bytes) -> None:
+    raw = b'{"model": "m", "messages": [], "max_tokens": %s}' % raw_value
+    assert parse_request("/v1/chat/completions", raw, {}).model == "m"
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "inf", "nan", "1e999", ""])
+def test_a_malformed_slo_header_is_a_400_whatever_the_policy(value: str) -> None:
+    """Parsed before any policy runs: round_robin's clients learn of the typo too."""
+    raw = b'{"model": "m", "messages": []}'
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request("/v1/chat/completions", raw, {"x-slo-ttft-ms": value})
+    assert caught.value.param == "x-slo-ttft-ms" and caught.value.status == 400
+    assert parse_request("/v1/chat/completions", raw, {"x-slo-ttft-ms": "250"}).model == "m"
