@@ -52,10 +52,11 @@ U32 = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=2**32 - 1)]
 MAX_NAME_CHARS = 256
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
 # Worker ids label metrics, log lines, headers and admin URL paths: a character set like
-# Kubernetes object names (plus `_`, `:` for discovered `pod:port` and `@` for DP ranks), so a
-# CR cannot break Prometheus' text format nor a `/` an admin path.
-ID_CHARS = "letters, digits and . _ - : @"
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*")
+# Kubernetes object names (plus `_`, `:` for discovered `pod:port`, `@` for DP ranks and `[ ]`
+# for LiteLLM's `[v6]:port` names), so a CR cannot break Prometheus' text format nor a `/` an
+# admin path.
+ID_CHARS = "letters, digits and . _ - : @ [ ]"
+_ID = re.compile(r"[A-Za-z0-9\[][A-Za-z0-9._:@\[\]-]*")
 # Each data-parallel rank is a worker of its own (health-checked, scraped, scored): beyond this,
 # a typo (dp_size: 100000) would make the picker spend itself on ranks that do not exist.
 MAX_DP_SIZE = 256
@@ -183,7 +184,7 @@ class WorkerSpec(StrictModel):
     @classmethod
     def _safe_id(cls, worker_id: str | None) -> str | None:
         if worker_id is not None and not _ID.fullmatch(worker_id):
-            raise ValueError(f"id must be {ID_CHARS}, starting with a letter or digit (as "
+            raise ValueError(f"id must be {ID_CHARS}, starting with a letter, digit or [ (as "
                              f"Kubernetes names), not {worker_id[:100]!r}")
         return worker_id
 

@@ -144,11 +144,12 @@ def test_validation_errors_name_the_field(fields: dict[str, object], loc: tuple[
 
 
 def test_a_bad_id_names_the_characters_allowed() -> None:
-    with pytest.raises(ValidationError, match=r"letters, digits and \. _ - : @"):
+    with pytest.raises(ValidationError, match=r"letters, digits and \. _ - : @ \[ \]"):
         WorkerSpec(url="a:1", id="bad\rid")
 
 
-@pytest.mark.parametrize("worker_id", ["sim-a", "w0", "Engine_7.east", "pod-5f:8000", "e@3"])
+@pytest.mark.parametrize("worker_id", ["sim-a", "w0", "Engine_7.east", "pod-5f:8000", "e@3",
+                                       "[::1]:8000"])
 def test_ids_of_every_origin_are_accepted(worker_id: str) -> None:
     """Written ones, derived ones (w-<hash>), DP ranks ({id}@{rank}), pods ({pod}:{port})."""
     assert WorkerSpec(url="a:1", id=worker_id).id == worker_id
