@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from authz.tokens import LEASE_HEADER, new_token
+from picker import control_headers
 from picker.errors import BodyTooLarge, ProxyMisconfigured, RequestError, UnsupportedPath
 from picker.leases import Lease
 from picker.model_list import model_object, models_path_id
@@ -31,12 +32,13 @@ from picker.request import RoutingRequest
 from picker.runtime import PickerRuntime
 
 __all__ = ["Answer", "Checker"]
-DESTINATION_HEADER = "x-gateway-destination-endpoint"
+DESTINATION_HEADER = control_headers.DESTINATION
 # Added by envoy-authz.yaml's /v1/models route, which skips the check: answer, do not check.
-DIRECT_HEADER = "x-llm-picker-direct"
-DP_RANK_HEADER = "x-data-parallel-rank"
-# Envoy's ext_authz removes the request headers named here before forwarding: a client's own
-# rank must not reach a worker the picker sent it to without one.
+DIRECT_HEADER = control_headers.DIRECT
+DP_RANK_HEADER = control_headers.DP_RANK
+# Envoy's ext_authz removes the request headers named here (comma-separated) before forwarding:
+# every control header the answer does not set (a client's own rank, strategy, SLO...) is
+# removed, none reaches the worker (picker.control_headers).
 _REMOVE_HEADER = "x-envoy-auth-headers-to-remove"
 _JSON = ("content-type", "application/json")
 # Recent release lags kept for the shutdown summary (how stale in-flight counts run).
@@ -134,14 +136,15 @@ class Checker:
         spec = lease.worker.spec
         headers = [(DESTINATION_HEADER, lease.worker.host_port),
                    (LEASE_HEADER, token)]
-        if spec.dp_rank is None:
-            headers.append((_REMOVE_HEADER, DP_RANK_HEADER))
-        else:
+        if spec.dp_rank is not None:
             headers.append((DP_RANK_HEADER, str(spec.dp_rank)))
         if spec.api_key is not None:
             headers.append(("authorization", f"Bearer {spec.api_key.get_secret_value()}"))
         if forward is not None:
             headers.extend(forward.headers)
+        written = {key for key, _ in headers}
+        headers.append((_REMOVE_HEADER, ",".join(
+            name for name in control_headers.STRIPPED if name not in written)))
         return Answer(200, tuple(headers))
 
     def deny(self, error: RequestError) -> Answer:

@@ -344,7 +344,7 @@ class RequestStream:
         if body.end_of_stream:
             self._response_over()
         if self._echo:
-            return [codec.echo_response_body(chunk, body.end_of_stream)]
+            return codec.echo_response_body(chunk, body.end_of_stream)
         return [codec.continue_response_body()]
 
     def _response_over(self) -> None:

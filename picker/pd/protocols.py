@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from picker import control_headers
 from picker.workers import RuntimeType, WorkerSpec
 
 __all__ = [
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 # llm-d's routing sidecar reads the prefill worker's address from this request header.
-PREFILLER_HEADER = "x-prefiller-host-port"
+PREFILLER_HEADER = control_headers.PREFILLER
 
 # kv_connector values (case-insensitive) that mean the llm-d routing sidecar does the prefill.
 _SIDECAR_CONNECTORS = frozenset({"llm-d", "llm-d-sidecar", "sidecar"})

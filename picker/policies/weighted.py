@@ -29,6 +29,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
+from picker import control_headers
 from picker.errors import InvalidRequest
 from picker.load_signals import EngineSignal
 from picker.policies.base import PolicyDescriptor, StaleAfterParams
@@ -37,7 +38,7 @@ from picker.registry import Worker
 from picker.request import RoutingRequest
 
 _NEUTRAL = 0.5
-SLO_HEADER = "x-slo-ttft-ms"
+SLO_HEADER = control_headers.SLO_TTFT  # or llm-d's x-llm-d-slo-ttft-ms
 DEFAULT_PROFILE = {"prefix": 3.0, "ttft": 1.0, "cache_space": 1.0, "queue": 1.0,
                    "in_flight": 1.0}
 
@@ -127,7 +128,7 @@ class Weighted:
 
 
 def _slo_secs(request: RoutingRequest) -> float | None:
-    raw = request.headers.get(SLO_HEADER)
+    raw = control_headers.client_value(request.headers, SLO_HEADER)
     if raw is None:
         return None
     try:

@@ -13,6 +13,7 @@ from authz.als import AccessLogService
 from authz.check import Checker
 from authz.http import _Connection
 from authz.tokens import LEASE_HEADER
+from picker import control_headers
 from picker.config import PickerConfig
 from picker.runtime import PickerRuntime
 from picker.workers import WorkerSpec
@@ -53,7 +54,10 @@ def test_allow_sets_destination_and_a_lease_token_and_removes_a_client_rank() ->
     assert answer.status == 200
     assert headers["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
     assert len(headers[LEASE_HEADER]) == 24  # 12 random bytes: not guessable by a client
-    assert headers["x-envoy-auth-headers-to-remove"] == "x-data-parallel-rank"
+    # Every control header the answer does not set, a client's rank among them.
+    assert headers["x-envoy-auth-headers-to-remove"].split(",") == [
+        name for name in control_headers.STRIPPED
+        if name not in ("x-gateway-destination-endpoint", LEASE_HEADER)]
     assert in_flight(check) == 1
 
 

@@ -9,6 +9,7 @@ import pytest
 from extproc import codec
 from extproc._pb import ext_proc_pb2 as pb
 from extproc.stream import RequestStream
+from picker import control_headers
 from picker.config import PickerConfig
 from picker.runtime import PickerRuntime
 from picker.workers import WorkerSpec
@@ -94,11 +95,13 @@ def test_buffered_answers_headers_at_once_and_routes_on_body() -> None:
     stream = RequestStream(router, 1 << 20)
     (first,) = stream.handle(headers_msg(duplex=False))
     removed = first.request_headers.response.header_mutation.remove_headers
-    assert list(removed) == [codec.DESTINATION_HEADER, codec.DP_RANK_HEADER]
+    assert list(removed) == list(control_headers.STRIPPED)
     (routed,) = stream.handle(body_msg(BODY, True))
     common = routed.request_body.response
     assert set_headers(common.header_mutation) == {codec.DESTINATION_HEADER: "127.0.0.1:8001"}
-    assert list(common.header_mutation.remove_headers) == [codec.DP_RANK_HEADER]
+    # Every other control header is removed again by the answer Envoy applies with the route.
+    assert list(common.header_mutation.remove_headers) == [
+        name for name in control_headers.STRIPPED if name != codec.DESTINATION_HEADER]
     assert not common.HasField("body_mutation")
 
 
@@ -247,7 +250,7 @@ def test_non_rank_worker_strips_a_client_rank_header() -> None:
     headers, _ = stream.handle(body_msg(BODY, True))
     mutation = headers.request_headers.response.header_mutation
     assert codec.DP_RANK_HEADER not in set_headers(mutation)
-    assert list(mutation.remove_headers) == [codec.DP_RANK_HEADER]
+    assert codec.DP_RANK_HEADER in mutation.remove_headers
 
 
 def test_worker_api_key_is_set_on_the_routed_request() -> None:

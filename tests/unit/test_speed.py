@@ -144,11 +144,12 @@ def test_default_weighted_profile(rates: tuple[float | None, ...], request_: Rou
         ("50", "w0"),  # both predicted to miss: the scorers decide as without an SLO
     ],
 )
+@pytest.mark.parametrize("name", ["x-slo-ttft-ms", "x-llm-d-slo-ttft-ms"])  # llm-d's alias
 def test_slo_header_steers_away_from_engines_predicted_to_miss_it(
-        slo: str | None, expected: str) -> None:
+        slo: str | None, expected: str, name: str) -> None:
     fleet = fleet_with_speeds(100.0, 10000.0)
     policy = create_policy("weighted", {"seed": 0, "scorers": {"prefix": 3.0, "ttft": 1.0}})
-    headers = {} if slo is None else {"x-slo-ttft-ms": slo}
+    headers = {} if slo is None else {name: slo}
     assert policy.pick(req(20, headers, w0=19), fleet).id == expected
 
 
