@@ -279,3 +279,42 @@ async def test_remote_tokenizer_makes_routing_an_awaited_step() -> None:
         assert headers[codec.DESTINATION_HEADER] == "127.0.0.1:8001"
         index = router.prefix_index()
         assert index is not None and index.blocks_of(router.registry.workers()[0].id) == 1
+
+
+def _streamed(responses: list[pb.ProcessingResponse], request: bool) -> list[tuple[int, bool]]:
+    out = []
+    for response in responses:
+        common = response.request_body.response if request else response.response_body.response
+        streamed = common.body_mutation.streamed_response
+        out.append((len(streamed.body), streamed.end_of_stream))
+    return out
+
+
+@pytest.mark.parametrize(("size", "chunks"), [
+    (0, [(0, True)]), (62_000, [(62_000, True)]), (62_001, [(62_000, False), (1, True)]),
+    (150_000, [(62_000, False), (62_000, False), (26_000, True)]),
+])
+def test_duplex_echoes_a_large_body_in_chunks_of_at_most_62000_bytes(
+        size: int, chunks: list[tuple[int, bool]]) -> None:
+    """llm-d-router pkg/common/envoy/chunking.go:26: Envoy builds with a 64 KiB cap on a
+    streamed mutation; the end of stream only on the last chunk, the bytes unchanged."""
+    body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    route = codec.Route("127.0.0.1:8001")
+    headers, *rest = codec.route_streamed(route, body, end_of_stream=True)
+    assert headers.HasField("request_headers")
+    assert _streamed(rest, request=True) == chunks
+    assert b"".join(r.request_body.response.body_mutation.streamed_response.body
+                    for r in rest) == body
+    assert _streamed(codec.echo_response_body(body, True), request=False) == chunks
+
+
+def test_duplex_stream_answers_a_megabyte_body_in_chunks() -> None:
+    big = json.dumps({"model": "m", "messages": [{"role": "user",
+                                                    "content": "x" * 1_200_000}]}).encode()
+    stream = RequestStream(make_router("127.0.0.1:8001"), 1 << 22)
+    stream.handle(headers_msg())
+    responses = stream.handle(body_msg(big, True))
+    bodies = _streamed(responses[1:], request=True)
+    assert len(bodies) == -(-len(big) // codec.BODY_CHUNK_BYTES)
+    assert all(size <= 62_000 for size, _ in bodies)
+    assert [eos for _, eos in bodies] == [False] * (len(bodies) - 1) + [True]
