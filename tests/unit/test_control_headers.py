@@ -55,13 +55,13 @@ def _rendered() -> dict[str, dict[str, Any]]:
     }
 
 
-def _bootstraps() -> dict[str, dict[str, Any]]:
+def all_bootstraps() -> dict[str, dict[str, Any]]:
     shipped = {path.name: yaml.safe_load(path.read_text())
                for path in sorted(ENVOY_DIR.glob("*.yaml"))}
     return {**shipped, **_rendered()}
 
 
-@pytest.mark.parametrize(("name", "bootstrap"), list(_bootstraps().items()))
+@pytest.mark.parametrize(("name", "bootstrap"), list(all_bootstraps().items()))
 def test_the_first_filter_removes_every_picker_set_header(name: str,
                                                           bootstrap: dict[str, Any]) -> None:
     first = _manager(bootstrap)["http_filters"][0]
