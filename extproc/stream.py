@@ -21,6 +21,7 @@ import time
 
 from extproc import codec
 from extproc._pb import ext_proc_pb2 as pb
+from extproc.subset import SubsetMatcher
 from picker.access_log import AccessEntry, AccessLog
 from picker.decisions import EXPLAIN_HEADER, explain_line
 from picker.errors import (
@@ -70,12 +71,15 @@ class RequestStream:
     __slots__ = (
         "_runtime", "_max_body", "_mode", "_headers", "_chunks", "_size", "_lease",
         "_finished", "_upstream_status", "_pending", "_access", "_started", "_model",
-        "_echo", "_sees_body", "_observer", "_subset",
+        "_echo", "_sees_body", "_observer", "_subset", "_subsets",
     )
 
     def __init__(self, runtime: PickerRuntime, max_body_bytes: int,
-                 access: AccessLog | None = None) -> None:
+                 access: AccessLog | None = None,
+                 subsets: SubsetMatcher | None = None) -> None:
+        """`subsets`: the server's, shared by its streams (else one of this stream's own)."""
         self._runtime = runtime
+        self._subsets = subsets or SubsetMatcher()
         self._max_body = max_body_bytes
         self._access = access
         self._started = time.monotonic()
@@ -230,11 +234,10 @@ class RequestStream:
         header) allow; None when nothing restricts the candidates."""
         allowed: set[str] | None = None
         if self._subset is not None:
-            subset = set(self._subset)
-            allowed = {w.id for w in self._runtime.registry.workers() if w.host_port in subset}
+            allowed = self._subsets.allowed(self._runtime.registry.workers(), self._subset)
             if not allowed:
-                raise NoHealthyWorker(f"none of the {len(subset)} endpoints in the gateway's "
-                                      "subset hint is a worker of this picker")
+                raise NoHealthyWorker(f"none of the {len(self._subset)} endpoints in the "
+                                      "gateway's subset hint is a worker of this picker")
         steering = (self._headers or {}).get(CONFORMANCE_SELECTION_HEADER)
         if steering and self._runtime.config.extproc.conformance:
             # Pod IPs in the suite; host:port works too (local tests share one IP).
