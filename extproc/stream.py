@@ -262,13 +262,23 @@ class RequestStream:
         route = codec.Route(
             lease.worker.host_port, spec.dp_rank,
             None if spec.api_key is None else spec.api_key.get_secret_value(),
-            () if forward is None else forward.headers,
+            (*(() if forward is None else forward.headers), *self._path_fix(request)),
             tuple(w.host_port for w in others),
         )
         rewritten = None if forward is None else forward.body
         if self._mode is _Mode.DUPLEX:
             return [*codec.route_streamed(route, rewritten or body, end_of_stream), *trailers]
         return [codec.route_buffered(route, rewritten), *trailers]
+
+    def _path_fix(self, request: RoutingRequest) -> tuple[tuple[str, str], ...]:
+        """`/v1/chat/completions/` is routed as `/v1/chat/completions` (openai_body ignores
+        trailing slashes, as llm-d-router's MatchPathSuffix does); the engine gets the path it
+        serves too, since vLLM's and SGLang's FastAPI apps answer the slashed one with a 307
+        redirect that OpenAI's SDKs do not follow."""
+        path, mark, query = (self._headers or {}).get(":path", "").partition("?")
+        if path == request.api.value:
+            return ()
+        return ((":path", request.api.value + mark + query),)
 
     def _list_models(self, model_id: str) -> list[pb.ProcessingResponse]:
         try:
