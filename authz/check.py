@@ -28,6 +28,7 @@ from picker.errors import BodyTooLarge, ProxyMisconfigured, RequestError, Unsupp
 from picker.leases import Lease
 from picker.model_list import model_object, models_path_id
 from picker.openai_body import parse_request
+from picker.probes import is_probe, probe_target
 from picker.request import RoutingRequest
 from picker.runtime import PickerRuntime
 
@@ -83,6 +84,8 @@ class Checker:
         request Envoy sent straight here (`DIRECT_HEADER`), its answer."""
         if headers.get(DIRECT_HEADER) == "models":
             return self._models(path, headers)
+        if not body and is_probe(headers.get(":method", ""), path):
+            return self._probe()
         if len(body) > self._max_body:
             return self.deny(self.too_large())
         try:
@@ -123,6 +126,15 @@ class Checker:
         except RequestError as error:
             return self.deny(error)
         return Answer(200, (_JSON,), b"" if headers.get(":method") == "HEAD" else body)
+
+    def _probe(self) -> Answer:
+        """A health probe through the gateway: to a routable worker, no lease (picker.probes)."""
+        try:
+            worker = probe_target(self._runtime.registry.workers())
+        except RequestError as error:
+            return self.deny(error)
+        return Answer(200, ((DESTINATION_HEADER, worker.host_port), (_REMOVE_HEADER, ",".join(
+            name for name in control_headers.STRIPPED if name != DESTINATION_HEADER))))
 
     def allow(self, lease: Lease) -> Answer:
         forward = lease.forward

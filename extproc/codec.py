@@ -36,6 +36,7 @@ __all__ = [
     "metadata_string",
     "metadata_strings",
     "route_buffered",
+    "route_headers",
     "route_streamed",
 ]
 
@@ -225,6 +226,17 @@ def route_buffered(route: Route, body: bytes | None = None) -> pb.ProcessingResp
     return response
 
 
+def route_headers(route: Route) -> pb.ProcessingResponse:
+    """The routing answer to request headers: a request without a body (a health probe), or
+    FULL_DUPLEX_STREAMED mode's delayed headers answer."""
+    headers = pb.ProcessingResponse()
+    common = headers.request_headers.response
+    _route(common.header_mutation, route)
+    common.clear_route_cache = True
+    _destination_metadata(headers, route.destination)
+    return headers
+
+
 def route_streamed(route: Route, body: bytes,
                    end_of_stream: bool) -> list[pb.ProcessingResponse]:
     """FULL_DUPLEX_STREAMED mode: the delayed headers answer, then the body handed back in
@@ -233,12 +245,9 @@ def route_streamed(route: Route, body: bytes,
     Envoy drops Content-Length in this mode because it cannot know the body we will return; we
     do know it (we return the body unchanged), so we set it and upstreams see a plain request.
     """
-    headers = pb.ProcessingResponse()
-    common = headers.request_headers.response
-    _route(common.header_mutation, route)
-    _set_header(common.header_mutation, "content-length", str(len(body)))
-    common.clear_route_cache = True
-    _destination_metadata(headers, route.destination)
+    headers = route_headers(route)
+    _set_header(headers.request_headers.response.header_mutation, "content-length",
+                str(len(body)))
     return [headers, *_streamed_bodies(body, end_of_stream, request=True)]
 
 

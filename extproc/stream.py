@@ -34,6 +34,7 @@ from picker.errors import (
 from picker.leases import Lease
 from picker.model_list import model_object, models_path_id
 from picker.openai_body import parse_request
+from picker.probes import is_probe, probe_target
 from picker.registry import Worker
 from picker.request import RoutingRequest
 from picker.response_stats import ResponseObserver
@@ -173,11 +174,14 @@ class RequestStream:
         self._sees_body = response_mode != pb.NONE
         self._subset = codec.metadata_strings(message, codec.SUBSET_NAMESPACE, codec.SUBSET_KEY)
         self._headers = codec.headers_to_dict(message.request_headers.headers)
-        if self._headers.get(":method") in ("GET", "HEAD"):
-            model_id = models_path_id(self._headers.get(":path", ""))
+        method, path = self._headers.get(":method", ""), self._headers.get(":path", "")
+        if method in ("GET", "HEAD"):
+            model_id = models_path_id(path)
             if model_id is not None:
                 return self._list_models(model_id)
         if message.request_headers.end_of_stream:
+            if is_probe(method, path):
+                return self._probe()
             return self._route()  # no body: parse_request names what is missing
         if self._mode is _Mode.UNSUPPORTED:
             return self._reject(ProxyMisconfigured(
@@ -279,6 +283,18 @@ class RequestStream:
         if path == request.api.value:
             return ()
         return ((":path", request.api.value + mark + query),)
+
+    def _probe(self) -> list[pb.ProcessingResponse]:
+        """A health probe through the gateway: to a routable worker, no lease (picker.probes)."""
+        try:
+            worker = probe_target(self._runtime.registry.workers())
+        except RequestError as error:
+            return self._reject(error)
+        self._finished = True
+        spec = worker.spec
+        return [codec.route_headers(codec.Route(
+            worker.host_port, spec.dp_rank,
+            None if spec.api_key is None else spec.api_key.get_secret_value()))]
 
     def _list_models(self, model_id: str) -> list[pb.ProcessingResponse]:
         try:

@@ -35,6 +35,12 @@ class StubServer:
                 self._reply(200 if page is not None else stub.status,
                             b"" if page is None else json.dumps(page).encode())
 
+            def do_HEAD(self) -> None:  # noqa: N802
+                page = stub.pages.get(self.path)
+                self.send_response(200 if page is not None else stub.status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("content-length") or 0)
                 self.rfile.read(length)

@@ -176,3 +176,17 @@ def test_http_answers_the_model_list_sent_straight_to_it() -> None:
     connection.data_received(b"GET /v1/models HTTP/1.1\r\nx-llm-picker-direct: models\r\n\r\n")
     assert transport.out.startswith(b"HTTP/1.1 200 OK\r\n") and not transport.closed
     assert json.loads(transport.out.split(b"\r\n\r\n", 1)[1])["object"] == "list"
+
+
+def test_a_health_probe_is_allowed_to_a_routable_worker_without_a_lease() -> None:
+    """Issue 31 item 11 (picker.probes), as in ext_proc mode."""
+    check = checker("http://10.0.0.1:8000", "http://10.0.0.2:8000")
+    registry = check._runtime.registry  # noqa: SLF001 - the test sets a worker's health
+    registry.set_healthy(registry.workers()[0], False)
+    answer = check.check("/health", {":method": "GET"}, b"")
+    headers = dict(answer.headers)
+    assert (answer.status, headers["x-gateway-destination-endpoint"]) == (200, "10.0.0.2:8000")
+    assert LEASE_HEADER not in headers and in_flight(check) == 0
+    registry.set_healthy(registry.workers()[1], False)
+    assert check.check("/health", {":method": "GET"}, b"").status == 503
+    assert check.check("/health", {":method": "POST"}, b"").status == 404

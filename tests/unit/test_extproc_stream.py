@@ -318,3 +318,35 @@ def test_duplex_stream_answers_a_megabyte_body_in_chunks() -> None:
     assert len(bodies) == -(-len(big) // codec.BODY_CHUNK_BYTES)
     assert all(size <= 62_000 for size, _ in bodies)
     assert [eos for _, eos in bodies] == [False] * (len(bodies) - 1) + [True]
+
+
+def _probe_msg(method: str = "GET", path: str = "/health") -> pb.ProcessingRequest:
+    return headers_msg(path, end_of_stream=True, extra={":method": method})
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_a_health_probe_goes_to_a_routable_worker_without_a_lease(method: str) -> None:
+    """Issue 31 item 11 (picker.probes): the reference picker routes bodiless requests to a
+    random endpoint; the picker does for health probes, to a routable one."""
+    runtime = make_router("127.0.0.1:8001", "127.0.0.1:8002")
+    runtime.registry.set_healthy(runtime.registry.workers()[0], False)
+    stream = RequestStream(runtime, 1 << 20)
+    (routed,) = stream.handle(_probe_msg(method))
+    mutation = routed.request_headers.response.header_mutation
+    assert set_headers(mutation) == {codec.DESTINATION_HEADER: "127.0.0.1:8002"}
+    assert stream.lease is None
+
+
+def test_a_health_probe_with_no_routable_worker_is_503() -> None:
+    runtime = make_router("127.0.0.1:8001")
+    runtime.registry.set_healthy(runtime.registry.workers()[0], False)
+    (reply,) = RequestStream(runtime, 1 << 20).handle(_probe_msg())
+    assert reply.immediate_response.status.code == 503
+
+
+def test_other_bodiless_requests_keep_their_clear_errors() -> None:
+    runtime = make_router("127.0.0.1:8001")
+    (post,) = RequestStream(runtime, 1 << 20).handle(_probe_msg("POST", "/health"))
+    (metrics,) = RequestStream(runtime, 1 << 20).handle(_probe_msg("GET", "/metrics"))
+    assert post.immediate_response.status.code == 404
+    assert metrics.immediate_response.status.code == 404
