@@ -8,7 +8,6 @@ ext_proc FULL_DUPLEX_STREAMED both ways (as gateways configure it), and ext_auth
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,10 +96,10 @@ def with_picker_down(name: str, engine_port: int, root: Path) -> tuple[dict[str,
 
 @pytest.mark.parametrize("bootstrap", BOOTSTRAPS)
 def test_picker_down_never_routes_to_a_client_named_host(
-        bootstrap: str, stubs: tuple[StubServer, StubServer]) -> None:
+        bootstrap: str, stubs: tuple[StubServer, StubServer], tmp_path: Path) -> None:
     """Before the fix, envoy-fail-open.yaml forwarded this request to the victim."""
     engine, victim = stubs
-    root = Path(tempfile.mkdtemp(prefix="llm-picker-down-"))
+    root = tmp_path
     config, listen = with_picker_down(bootstrap, engine.port, root)
     envoy = start_envoy(config, root)
     try:

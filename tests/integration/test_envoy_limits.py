@@ -24,13 +24,13 @@ HEADER_TIMEOUT_SECS = 10.0  # request_headers_timeout in every bootstrap
 @contextlib.contextmanager
 def envoy_for(bootstrap: str) -> Iterator[tuple[Process, int]]:
     """The bootstrap running (no picker needed: Envoy answers these itself)."""
-    root = Path(tempfile.mkdtemp(prefix="llm-picker-limits-"))
-    config, listen = with_picker_down(bootstrap, 1, root)
-    envoy = start_envoy(config, root)
-    try:
-        yield envoy, listen
-    finally:
-        envoy.kill()
+    with tempfile.TemporaryDirectory(prefix="llm-picker-limits-") as root:
+        config, listen = with_picker_down(bootstrap, 1, Path(root))
+        envoy = start_envoy(config, Path(root))
+        try:
+            yield envoy, listen
+        finally:
+            envoy.kill()
 
 
 def exchange(port: int, request: bytes, timeout: float = 10.0) -> bytes:
