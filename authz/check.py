@@ -23,20 +23,23 @@ from collections import deque
 from dataclasses import dataclass
 
 from authz.tokens import LEASE_HEADER, new_token
+from picker import control_headers
 from picker.errors import BodyTooLarge, ProxyMisconfigured, RequestError, UnsupportedPath
 from picker.leases import Lease
 from picker.model_list import model_object, models_path_id
 from picker.openai_body import parse_request
+from picker.probes import is_probe, probe_target
 from picker.request import RoutingRequest
 from picker.runtime import PickerRuntime
 
 __all__ = ["Answer", "Checker"]
-DESTINATION_HEADER = "x-gateway-destination-endpoint"
+DESTINATION_HEADER = control_headers.DESTINATION
 # Added by envoy-authz.yaml's /v1/models route, which skips the check: answer, do not check.
-DIRECT_HEADER = "x-llm-picker-direct"
-DP_RANK_HEADER = "x-data-parallel-rank"
-# Envoy's ext_authz removes the request headers named here before forwarding: a client's own
-# rank must not reach a worker the picker sent it to without one.
+DIRECT_HEADER = control_headers.DIRECT
+DP_RANK_HEADER = control_headers.DP_RANK
+# Envoy's ext_authz removes the request headers named here (comma-separated) before forwarding:
+# every control header the answer does not set (a client's own rank, strategy, SLO...) is
+# removed, none reaches the worker (picker.control_headers).
 _REMOVE_HEADER = "x-envoy-auth-headers-to-remove"
 _JSON = ("content-type", "application/json")
 # Recent release lags kept for the shutdown summary (how stale in-flight counts run).
@@ -81,6 +84,8 @@ class Checker:
         request Envoy sent straight here (`DIRECT_HEADER`), its answer."""
         if headers.get(DIRECT_HEADER) == "models":
             return self._models(path, headers)
+        if not body and is_probe(headers.get(":method", ""), path):
+            return self._probe()
         if len(body) > self._max_body:
             return self.deny(self.too_large())
         try:
@@ -122,6 +127,15 @@ class Checker:
             return self.deny(error)
         return Answer(200, (_JSON,), b"" if headers.get(":method") == "HEAD" else body)
 
+    def _probe(self) -> Answer:
+        """A health probe through the gateway: to a routable worker, no lease (picker.probes)."""
+        try:
+            worker = probe_target(self._runtime.registry.workers())
+        except RequestError as error:
+            return self.deny(error)
+        return Answer(200, ((DESTINATION_HEADER, worker.host_port), (_REMOVE_HEADER, ",".join(
+            name for name in control_headers.STRIPPED if name != DESTINATION_HEADER))))
+
     def allow(self, lease: Lease) -> Answer:
         forward = lease.forward
         if forward is not None and forward.body is not None:
@@ -134,14 +148,15 @@ class Checker:
         spec = lease.worker.spec
         headers = [(DESTINATION_HEADER, lease.worker.host_port),
                    (LEASE_HEADER, token)]
-        if spec.dp_rank is None:
-            headers.append((_REMOVE_HEADER, DP_RANK_HEADER))
-        else:
+        if spec.dp_rank is not None:
             headers.append((DP_RANK_HEADER, str(spec.dp_rank)))
         if spec.api_key is not None:
             headers.append(("authorization", f"Bearer {spec.api_key.get_secret_value()}"))
         if forward is not None:
             headers.extend(forward.headers)
+        written = {key for key, _ in headers}
+        headers.append((_REMOVE_HEADER, ",".join(
+            name for name in control_headers.STRIPPED if name not in written)))
         return Answer(200, tuple(headers))
 
     def deny(self, error: RequestError) -> Answer:

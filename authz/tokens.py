@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import secrets
 
+from picker import control_headers
+
 __all__ = ["LEASE_HEADER", "new_token", "process_prefix"]
 
-LEASE_HEADER = "x-llm-picker-lease"
+LEASE_HEADER = control_headers.LEASE
 
 
 def process_prefix(index: int) -> str:

@@ -24,7 +24,7 @@ import yaml
 from authz.tokens import LEASE_HEADER, process_prefix
 from picker.config import PickerConfig
 
-__all__ = ["ENVOY_DIR", "parse_address", "point_authz", "render_bootstrap"]
+__all__ = ["ENVOY_DIR", "ext_proc_config", "parse_address", "point_authz", "render_bootstrap"]
 
 
 
@@ -50,6 +50,17 @@ def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{text!r} is not [host]:port")
     return (host.strip("[]") or default_host), int(port)
+
+
+def ext_proc_config(http_filter: dict[str, Any]) -> dict[str, Any] | None:
+    """The ExternalProcessor settings of one `http_filters` entry, inside the matcher the
+    shipped bootstraps wrap around it (it skips Envoy's own 408/431 replies); None for another
+    filter."""
+    if not http_filter["name"].startswith("envoy.filters.http.ext_proc"):
+        return None
+    config: dict[str, Any] = http_filter["typed_config"]
+    wrapped = config.get("extension_config")
+    return config if wrapped is None else wrapped["typed_config"]
 
 
 def _socket(host: str, port: int) -> dict[str, Any]:
@@ -83,8 +94,7 @@ def render_bootstrap(config: PickerConfig, *, listen: str = ":10000", admin: str
     listener["per_connection_buffer_limit_bytes"] = config.max_body_bytes
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     for http_filter in manager["http_filters"]:
-        if http_filter["name"].startswith("envoy.filters.http.ext_proc"):
-            ext_proc = http_filter["typed_config"]
+        if (ext_proc := ext_proc_config(http_filter)) is not None:
             if body_mode is not None:  # else the template's: BUFFERED, or the gateway's
                 ext_proc["processing_mode"]["request_body_mode"] = body_mode
             ext_proc["message_timeout"] = _message_timeout(ext_proc["message_timeout"],

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from google.protobuf import struct_pb2
 
 from extproc._pb import ext_proc_pb2 as pb
+from picker import control_headers
 from picker.errors import RequestError
 
 __all__ = [
+    "BODY_CHUNK_BYTES",
     "DESTINATION_HEADER",
     "DP_RANK_HEADER",
     "LB_METADATA_NAMESPACE",
@@ -34,24 +36,27 @@ __all__ = [
     "metadata_string",
     "metadata_strings",
     "route_buffered",
+    "route_headers",
     "route_streamed",
 ]
 
 # Header and metadata names of the Gateway API Inference Extension, so GIE-style Envoy configs
 # (ORIGINAL_DST with use_http_header, or metadata-keyed LB) work unchanged.
-DESTINATION_HEADER = "x-gateway-destination-endpoint"
+DESTINATION_HEADER = control_headers.DESTINATION
 LB_METADATA_NAMESPACE = "envoy.lb"
 # Data-parallel rank for engines that run several ranks behind one port: vLLM and SGLang both
 # read this header (vLLM's OpenAI server, SGLang's DataParallelController).
-DP_RANK_HEADER = "x-data-parallel-rank"
-# Headers only the picker may set: a client's copy is removed or overwritten.
-PICKER_HEADERS = (DESTINATION_HEADER, DP_RANK_HEADER)
+DP_RANK_HEADER = control_headers.DP_RANK
 # Endpoint Picker Protocol v1 (gateway-api-inference-extension, proposal 004): the gateway may
 # restrict the candidates (request metadata) and reports the endpoint that served (response
 # metadata), since its retries may have walked the fallback list.
 SUBSET_NAMESPACE = "envoy.lb.subset_hint"
-SUBSET_KEY = "x-gateway-destination-endpoint-subset"
-SERVED_KEY = "x-gateway-destination-endpoint-served"
+SUBSET_KEY = control_headers.SUBSET
+SERVED_KEY = control_headers.SERVED
+# The largest body a streamed mutation carries: some Envoy builds cap one at 64 KiB, and the
+# reference picker keeps a margin below it (llm-d-router pkg/common/envoy/chunking.go:26,
+# BodyByteLimit = 62000).
+BODY_CHUNK_BYTES = 62_000
 
 _OVERWRITE = pb.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
@@ -124,21 +129,27 @@ class Route:
 
 
 def _route(mutation: pb.HeaderMutation, route: Route) -> None:
-    _set_header(mutation, DESTINATION_HEADER, route.destination)
-    if route.dp_rank is None:
-        mutation.remove_headers.append(DP_RANK_HEADER)
-    else:
-        _set_header(mutation, DP_RANK_HEADER, str(route.dp_rank))
+    """Set what the worker needs and remove every other control header a client sent
+    (picker.control_headers): a header is either set here or removed, never passed on."""
+    sets = [(DESTINATION_HEADER, route.destination)]
+    if route.dp_rank is not None:
+        sets.append((DP_RANK_HEADER, str(route.dp_rank)))
     if route.api_key is not None:
-        _set_header(mutation, "authorization", f"Bearer {route.api_key}")
-    for key, value in route.headers:
+        sets.append(("authorization", f"Bearer {route.api_key}"))
+    sets.extend(route.headers)
+    for key, value in sets:
         _set_header(mutation, key, value)
+    written = {key for key, _ in sets}
+    mutation.remove_headers.extend(name for name in control_headers.STRIPPED
+                                   if name not in written)
 
 
 def continue_headers() -> pb.ProcessingResponse:
-    """Let request headers through, minus any routing a client tried to choose itself."""
+    """BUFFERED mode's answer to the headers, before routing: let them through minus every
+    control header (the routing answer, on the body, removes them again with its own sets)."""
     response = pb.ProcessingResponse()
-    response.request_headers.response.header_mutation.remove_headers.extend(PICKER_HEADERS)
+    response.request_headers.response.header_mutation.remove_headers.extend(
+        control_headers.STRIPPED)
     return response
 
 
@@ -168,14 +179,27 @@ def continue_response_headers(set_headers: dict[str, str] | None = None
     return response
 
 
-def echo_response_body(chunk: bytes, end_of_stream: bool) -> pb.ProcessingResponse:
-    """FULL_DUPLEX_STREAMED response mode: a chunk handed back unchanged. This mode allows no
-    plain "continue": every chunk must come back as a streamed body mutation, in order."""
-    response = pb.ProcessingResponse()
-    streamed = response.response_body.response.body_mutation.streamed_response
-    streamed.body = chunk
-    streamed.end_of_stream = end_of_stream
-    return response
+def _streamed_bodies(body: bytes, end_of_stream: bool,
+                     request: bool) -> list[pb.ProcessingResponse]:
+    """A body as streamed mutations of at most BODY_CHUNK_BYTES each, end of stream on the
+    last only; an empty body is one empty mutation (it may still carry the end of stream)."""
+    out: list[pb.ProcessingResponse] = []
+    last = max(len(body) - 1, 0) // BODY_CHUNK_BYTES * BODY_CHUNK_BYTES
+    for start in range(0, last + 1, BODY_CHUNK_BYTES):
+        response = pb.ProcessingResponse()
+        common = response.request_body.response if request else response.response_body.response
+        streamed = common.body_mutation.streamed_response
+        streamed.body = body[start:start + BODY_CHUNK_BYTES]
+        streamed.end_of_stream = end_of_stream and start == last
+        out.append(response)
+    return out
+
+
+def echo_response_body(chunk: bytes, end_of_stream: bool) -> list[pb.ProcessingResponse]:
+    """FULL_DUPLEX_STREAMED response mode: a chunk handed back unchanged (in pieces, when it is
+    over BODY_CHUNK_BYTES). This mode allows no plain "continue": every chunk must come back
+    as a streamed body mutation, in order."""
+    return _streamed_bodies(chunk, end_of_stream, request=False)
 
 
 def continue_response_body() -> pb.ProcessingResponse:
@@ -202,25 +226,29 @@ def route_buffered(route: Route, body: bytes | None = None) -> pb.ProcessingResp
     return response
 
 
-def route_streamed(
-    route: Route, body: bytes, end_of_stream: bool
-) -> tuple[pb.ProcessingResponse, pb.ProcessingResponse]:
-    """FULL_DUPLEX_STREAMED mode: the delayed headers answer, then the body handed back.
+def route_headers(route: Route) -> pb.ProcessingResponse:
+    """The routing answer to request headers: a request without a body (a health probe), or
+    FULL_DUPLEX_STREAMED mode's delayed headers answer."""
+    headers = pb.ProcessingResponse()
+    common = headers.request_headers.response
+    _route(common.header_mutation, route)
+    common.clear_route_cache = True
+    _destination_metadata(headers, route.destination)
+    return headers
+
+
+def route_streamed(route: Route, body: bytes,
+                   end_of_stream: bool) -> list[pb.ProcessingResponse]:
+    """FULL_DUPLEX_STREAMED mode: the delayed headers answer, then the body handed back in
+    chunks of at most BODY_CHUNK_BYTES, the end of stream on the last.
 
     Envoy drops Content-Length in this mode because it cannot know the body we will return; we
     do know it (we return the body unchanged), so we set it and upstreams see a plain request.
     """
-    headers = pb.ProcessingResponse()
-    common = headers.request_headers.response
-    _route(common.header_mutation, route)
-    _set_header(common.header_mutation, "content-length", str(len(body)))
-    common.clear_route_cache = True
-    _destination_metadata(headers, route.destination)
-    body_response = pb.ProcessingResponse()
-    streamed = body_response.request_body.response.body_mutation.streamed_response
-    streamed.body = body
-    streamed.end_of_stream = end_of_stream
-    return headers, body_response
+    headers = route_headers(route)
+    _set_header(headers.request_headers.response.header_mutation, "content-length",
+                str(len(body)))
+    return [headers, *_streamed_bodies(body, end_of_stream, request=True)]
 
 
 def immediate_error(error: RequestError) -> pb.ProcessingResponse:

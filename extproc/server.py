@@ -11,6 +11,7 @@ from extproc._pb import ext_proc_pb2 as pb
 from extproc.health import HealthService
 from extproc.self_signed import self_signed_pair
 from extproc.stream import RequestStream
+from extproc.subset import SubsetMatcher
 from picker.access_log import AccessLog
 from picker.config import TlsConfig
 from picker.listen import check_free
@@ -27,10 +28,11 @@ class _Processor:
         self._runtime = runtime
         self._max_body = max_body_bytes
         self._access = access
+        self._subsets = SubsetMatcher()  # its hostname cache is shared by every stream
 
     async def process(self, _requests: object, context: grpc.aio.ServicerContext) -> None:
         """One HTTP request's stream; read/write calls avoid async-generator overhead."""
-        stream = RequestStream(self._runtime, self._max_body, self._access)
+        stream = RequestStream(self._runtime, self._max_body, self._access, self._subsets)
         # The RPC's own end, not the handler's, says whether Envoy half-closed the stream or
         # reset it: a reset can surface in the handler as a plain EOF.
         context.add_done_callback(lambda done: stream.close(done.cancelled()))

@@ -21,6 +21,7 @@ import time
 
 from extproc import codec
 from extproc._pb import ext_proc_pb2 as pb
+from extproc.subset import SubsetMatcher
 from picker.access_log import AccessEntry, AccessLog
 from picker.decisions import EXPLAIN_HEADER, explain_line
 from picker.errors import (
@@ -33,6 +34,7 @@ from picker.errors import (
 from picker.leases import Lease
 from picker.model_list import model_object, models_path_id
 from picker.openai_body import parse_request
+from picker.probes import is_probe, probe_target
 from picker.registry import Worker
 from picker.request import RoutingRequest
 from picker.response_stats import ResponseObserver
@@ -70,12 +72,15 @@ class RequestStream:
     __slots__ = (
         "_runtime", "_max_body", "_mode", "_headers", "_chunks", "_size", "_lease",
         "_finished", "_upstream_status", "_pending", "_access", "_started", "_model",
-        "_echo", "_sees_body", "_observer", "_subset",
+        "_echo", "_sees_body", "_observer", "_subset", "_subsets",
     )
 
     def __init__(self, runtime: PickerRuntime, max_body_bytes: int,
-                 access: AccessLog | None = None) -> None:
+                 access: AccessLog | None = None,
+                 subsets: SubsetMatcher | None = None) -> None:
+        """`subsets`: the server's, shared by its streams (else one of this stream's own)."""
         self._runtime = runtime
+        self._subsets = subsets or SubsetMatcher()
         self._max_body = max_body_bytes
         self._access = access
         self._started = time.monotonic()
@@ -169,11 +174,14 @@ class RequestStream:
         self._sees_body = response_mode != pb.NONE
         self._subset = codec.metadata_strings(message, codec.SUBSET_NAMESPACE, codec.SUBSET_KEY)
         self._headers = codec.headers_to_dict(message.request_headers.headers)
-        if self._headers.get(":method") in ("GET", "HEAD"):
-            model_id = models_path_id(self._headers.get(":path", ""))
+        method, path = self._headers.get(":method", ""), self._headers.get(":path", "")
+        if method in ("GET", "HEAD"):
+            model_id = models_path_id(path)
             if model_id is not None:
                 return self._list_models(model_id)
         if message.request_headers.end_of_stream:
+            if is_probe(method, path):
+                return self._probe()
             return self._route()  # no body: parse_request names what is missing
         if self._mode is _Mode.UNSUPPORTED:
             return self._reject(ProxyMisconfigured(
@@ -230,11 +238,10 @@ class RequestStream:
         header) allow; None when nothing restricts the candidates."""
         allowed: set[str] | None = None
         if self._subset is not None:
-            subset = set(self._subset)
-            allowed = {w.id for w in self._runtime.registry.workers() if w.host_port in subset}
+            allowed = self._subsets.allowed(self._runtime.registry.workers(), self._subset)
             if not allowed:
-                raise NoHealthyWorker(f"none of the {len(subset)} endpoints in the gateway's "
-                                      "subset hint is a worker of this picker")
+                raise NoHealthyWorker(f"none of the {len(self._subset)} endpoints in the "
+                                      "gateway's subset hint is a worker of this picker")
         steering = (self._headers or {}).get(CONFORMANCE_SELECTION_HEADER)
         if steering and self._runtime.config.extproc.conformance:
             # Pod IPs in the suite; host:port works too (local tests share one IP).
@@ -259,13 +266,35 @@ class RequestStream:
         route = codec.Route(
             lease.worker.host_port, spec.dp_rank,
             None if spec.api_key is None else spec.api_key.get_secret_value(),
-            () if forward is None else forward.headers,
+            (*(() if forward is None else forward.headers), *self._path_fix(request)),
             tuple(w.host_port for w in others),
         )
         rewritten = None if forward is None else forward.body
         if self._mode is _Mode.DUPLEX:
             return [*codec.route_streamed(route, rewritten or body, end_of_stream), *trailers]
         return [codec.route_buffered(route, rewritten), *trailers]
+
+    def _path_fix(self, request: RoutingRequest) -> tuple[tuple[str, str], ...]:
+        """`/v1/chat/completions/` is routed as `/v1/chat/completions` (openai_body ignores
+        trailing slashes, as llm-d-router's MatchPathSuffix does); the engine gets the path it
+        serves too, since vLLM's and SGLang's FastAPI apps answer the slashed one with a 307
+        redirect that OpenAI's SDKs do not follow."""
+        path, mark, query = (self._headers or {}).get(":path", "").partition("?")
+        if path == request.api.value:
+            return ()
+        return ((":path", request.api.value + mark + query),)
+
+    def _probe(self) -> list[pb.ProcessingResponse]:
+        """A health probe through the gateway: to a routable worker, no lease (picker.probes)."""
+        try:
+            worker = probe_target(self._runtime.registry.workers())
+        except RequestError as error:
+            return self._reject(error)
+        self._finished = True
+        spec = worker.spec
+        return [codec.route_headers(codec.Route(
+            worker.host_port, spec.dp_rank,
+            None if spec.api_key is None else spec.api_key.get_secret_value()))]
 
     def _list_models(self, model_id: str) -> list[pb.ProcessingResponse]:
         try:
@@ -344,7 +373,7 @@ class RequestStream:
         if body.end_of_stream:
             self._response_over()
         if self._echo:
-            return [codec.echo_response_body(chunk, body.end_of_stream)]
+            return codec.echo_response_body(chunk, body.end_of_stream)
         return [codec.continue_response_body()]
 
     def _response_over(self) -> None:

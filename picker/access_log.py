@@ -15,11 +15,12 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import TextIO
 
-__all__ = ["ACCESS_LOGGER", "AccessEntry", "AccessLog", "format_entry"]
+__all__ = ["ACCESS_LOGGER", "MAX_CLIENT_CHARS", "AccessEntry", "AccessLog", "clip", "format_entry"]
 
 ACCESS_LOGGER = "llm_picker.access"
-# A model name is client-chosen text: bounded so a hostile client cannot write huge lines.
-_MAX_MODEL_CHARS = 200
+# Client-chosen text (the request id, the model, a policy named by x-routing-strategy): bounded
+# so that a hostile client cannot write huge lines; the marker says how much was cut.
+MAX_CLIENT_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +35,17 @@ class AccessEntry:
     duration_ms: float
 
 
+def clip(value: str) -> str:
+    """`value`, or its first MAX_CLIENT_CHARS characters and `...[+N chars]`."""
+    if len(value) <= MAX_CLIENT_CHARS:
+        return value
+    return f"{value[:MAX_CLIENT_CHARS]}...[+{len(value) - MAX_CLIENT_CHARS} chars]"
+
+
 def format_entry(entry: AccessEntry) -> str:
     fields = asdict(entry)
-    fields["model"] = entry.model[:_MAX_MODEL_CHARS]
+    for name in ("request_id", "model", "policy"):
+        fields[name] = clip(fields[name])
     fields["duration_ms"] = round(entry.duration_ms, 2)
     fields["match"] = None if entry.match is None else round(entry.match, 4)
     return json.dumps(fields, separators=(",", ":"))

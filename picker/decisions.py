@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
 
 from pydantic import Field
 
+from picker import control_headers
 from picker.circuit import CircuitState
 from picker.load_signals import EngineLoad
 from picker.policies import Policy
@@ -43,7 +44,7 @@ __all__ = ["EXPLAIN_HEADER", "MAX_CAPACITY", "Choice", "Decision", "DecisionLog"
 
 # Request header asking for the explanation (honoured only with explain.allow_header), and the
 # response header carrying it.
-EXPLAIN_HEADER = "x-llm-picker-explain"
+EXPLAIN_HEADER = control_headers.EXPLAIN
 # Model names and request ids are client text: bounded in records so a client cannot grow them.
 _MAX_TEXT = 200
 # The most records explain.capacity may ask for (~1 KB each with 8 candidates).

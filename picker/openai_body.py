@@ -30,6 +30,7 @@ from typing import Any, NoReturn
 
 import msgspec
 
+from picker import control_headers
 from picker.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -37,7 +38,6 @@ from picker.errors import (
     UnsupportedPath,
 )
 from picker.json_kind import json_type
-from picker.policies.weighted import SLO_HEADER
 from picker.request import Api, RoutingRequest
 from picker.workers import MAX_NAME_CHARS
 
@@ -117,7 +117,7 @@ def request_from_data(api: Api, data: Mapping[str, Any],
     for field in _INTEGER_FIELDS:
         if field in data:
             _check_integer(data[field], field)
-    _check_slo(headers)
+    slo = _slo_secs(headers)
     return RoutingRequest(
         model=model,
         api=api,
@@ -127,6 +127,7 @@ def request_from_data(api: Api, data: Mapping[str, Any],
         headers=headers,
         messages=data["messages"] if api is Api.CHAT else None,
         body=data,
+        slo_ttft_secs=slo,
     )
 
 
@@ -141,19 +142,21 @@ def _check_integer(value: object, field: str) -> None:
     raise InvalidRequest(f"'{field}' must be an integer, not {shown}", param=field)
 
 
-def _check_slo(headers: Mapping[str, str]) -> None:
-    """The TTFT target only `weighted` acts on, refused when malformed under every policy, so
-    a client learns of its typo whichever policy serves it."""
-    raw = headers.get(SLO_HEADER)
+def _slo_secs(headers: Mapping[str, str]) -> float | None:
+    """The TTFT target (only `weighted` acts on it), read once here and refused when malformed
+    under every policy, so a client learns of its typo whichever policy serves it."""
+    raw = control_headers.client_value(headers, control_headers.SLO_TTFT)
     if raw is None:
-        return
+        return None
     try:
         millis = float(raw)
     except ValueError:
         millis = math.nan
     if not 0 < millis < math.inf:
-        raise InvalidRequest(f"{SLO_HEADER} must be a positive number of milliseconds, got "
-                             f"{_clip(raw, 50)!r}", param=SLO_HEADER)
+        raise InvalidRequest(f"{control_headers.SLO_TTFT} must be a positive number of "
+                             f"milliseconds, got {_clip(raw, 50)!r}",
+                             param=control_headers.SLO_TTFT)
+    return millis / 1000
 
 
 def _reject_constant(name: str) -> NoReturn:

@@ -42,3 +42,5 @@ class RoutingRequest:
     prefix: PrefixMatch | None = None
     # The decoded JSON body (a reference, not a copy): what prefill/decode protocols rewrite.
     body: Mapping[str, Any] | None = None
+    # The client's time-to-first-token target (x-slo-ttft-ms or llm-d's alias), in seconds.
+    slo_ttft_secs: float | None = None

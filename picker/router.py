@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 
+from picker import control_headers
 from picker.decisions import Choice, Decision, DecisionLog, exclusion
 from picker.errors import (
     InvalidRequest,
@@ -32,7 +33,7 @@ __all__ = ["STRATEGY_HEADER", "Router"]
 
 
 # A request may name another policy than the configured one (documented in the README).
-STRATEGY_HEADER = "x-routing-strategy"
+STRATEGY_HEADER = control_headers.STRATEGY
 
 
 class Router:

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from picker.policies.weighted import SLO_HEADER
+from picker.control_headers import SLO_TTFT
 from picker_bench.decision import decision_latency
 from picker_bench.plot import bar_chart_svg
 from picker_bench.stack import (
@@ -170,7 +170,7 @@ class _Variant:
             elif option == "gateway":
                 variant = replace(variant, gateway=True)
             elif slo is not None:
-                variant = replace(variant, headers=((SLO_HEADER, slo.group(1)),))
+                variant = replace(variant, headers=((SLO_TTFT, slo.group(1)),))
             else:
                 raise ValueError(f"contender {name!r}: unknown option +{option} (kv_events, "
                                  "gateway, slo<ms>)")

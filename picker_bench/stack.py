@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import yaml
 
-from extproc.bootstrap import ENVOY_DIR, point_authz
+from extproc.bootstrap import ENVOY_DIR, ext_proc_config, point_authz
 
 __all__ = [
     "ENVOY_AUTHZ",
@@ -364,8 +364,10 @@ def render_envoy_config(
             for port in fallback_ports
         ]
     for http_filter in manager["http_filters"]:
-        if http_filter["name"] == EXT_PROC_FILTER:
-            http_filter["typed_config"]["processing_mode"]["request_body_mode"] = body_mode
+        if http_filter["name"] == EXT_PROC_FILTER:  # not a gateway template's
+            ext_proc = ext_proc_config(http_filter)
+            assert ext_proc is not None
+            ext_proc["processing_mode"]["request_body_mode"] = body_mode
 
     return config
 
@@ -374,8 +376,9 @@ def duplex_both_ways(envoy_config: dict[str, Any]) -> None:
     """Switch the rendered envoy.yaml's ext_proc filter to what gateways generate."""
     manager = envoy_config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     for http_filter in manager["typed_config"]["http_filters"]:
-        if http_filter["name"] == "envoy.filters.http.ext_proc":
-            http_filter["typed_config"]["processing_mode"] = {
+        if http_filter["name"] == EXT_PROC_FILTER and (
+                ext_proc := ext_proc_config(http_filter)) is not None:
+            ext_proc["processing_mode"] = {
                 "request_header_mode": "SEND", "request_body_mode": "FULL_DUPLEX_STREAMED",
                 "request_trailer_mode": "SEND", "response_header_mode": "SEND",
                 "response_body_mode": "FULL_DUPLEX_STREAMED", "response_trailer_mode": "SEND"}

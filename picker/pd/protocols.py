@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from picker import control_headers
 from picker.request import Api
 from picker.workers import RuntimeType, WorkerSpec
 
@@ -32,7 +33,7 @@ __all__ = [
 ]
 
 # llm-d's routing sidecar reads the prefill worker's address from this request header.
-PREFILLER_HEADER = "x-prefiller-host-port"
+PREFILLER_HEADER = control_headers.PREFILLER
 # Both legs carry one request id, as vLLM's NIXL proxy sends them
 # (tests/v1/kv_connector/nixl_integration/toy_proxy_server.py, send_request_to_service and
 # stream_service_response: "X-Request-Id": request_id) and llm-d's sidecar does

@@ -29,7 +29,6 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
-from picker.errors import InvalidRequest
 from picker.load_signals import EngineSignal
 from picker.policies.base import PolicyDescriptor, StaleAfterParams
 from picker.policies.scorers import DEFAULT_STALE_SECS, SCORERS, request_ttft, with_room
@@ -37,7 +36,6 @@ from picker.registry import Worker
 from picker.request import RoutingRequest
 
 _NEUTRAL = 0.5
-SLO_HEADER = "x-slo-ttft-ms"
 DEFAULT_PROFILE = {"prefix": 3.0, "ttft": 1.0, "cache_space": 1.0, "queue": 1.0,
                    "in_flight": 1.0}
 
@@ -87,7 +85,7 @@ class Weighted:
     def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker:
         if self._spreads:
             candidates = with_room(request, candidates)
-        slo = _slo_secs(request)
+        slo = request.slo_ttft_secs
         if slo is not None:
             candidates = self._meeting(request, candidates, slo, time.monotonic())
         totals = [0.0] * len(candidates)
@@ -124,20 +122,6 @@ class Weighted:
         meeting = [w for w in candidates
                    if (t := request_ttft(request, w, now, self._stale)) is None or t <= slo]
         return meeting or candidates
-
-
-def _slo_secs(request: RoutingRequest) -> float | None:
-    raw = request.headers.get(SLO_HEADER)
-    if raw is None:
-        return None
-    try:
-        millis = float(raw)
-    except ValueError:
-        millis = math.nan
-    if not 0 < millis < math.inf:
-        raise InvalidRequest(f"{SLO_HEADER} must be a positive number of milliseconds, got "
-                             f"{raw[:50]!r}", param=SLO_HEADER)
-    return millis / 1000
 
 
 DESCRIPTOR = PolicyDescriptor(Weighted.name, WeightedParams, Weighted)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from extproc.bootstrap import ext_proc_config
 from picker_bench.stack import ENVOY_TEMPLATE, envoy_binary, render_envoy_config
 
 
@@ -38,7 +39,8 @@ def test_rendered_variants_are_valid(tmp_path: Path, body_mode: str) -> None:
 def test_envoy_alone_variant_has_no_ext_proc(tmp_path: Path) -> None:
     config = render_envoy_config(listen_port=18000, admin_port=18001, picker_port=None,
                                  upstream_port=18003)
-    assert "ext_proc" not in yaml.safe_dump(config)
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    assert all(ext_proc_config(f) is None for f in manager["typed_config"]["http_filters"])
     validate(config, tmp_path)
 
 

@@ -116,6 +116,26 @@ def test_access_log_one_json_line_per_request(fleet: Fleet) -> None:
     assert PROMPT not in text and SECRET not in text
 
 
+def test_client_values_in_the_access_log_are_capped(fleet: Fleet) -> None:
+    """Issue 30 item 14: a 5 KB request id and a 10 KB strategy name were written whole."""
+    request_id = "req-long-" + "i" * 5000
+    response = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", json=_chat(MODEL),
+                          headers={"x-request-id": request_id,
+                                   "x-routing-strategy": "s" * 10_000})
+    assert response.status_code == 400  # an unknown strategy
+    log_path = fleet.processes["picker"].log_path
+
+    def line() -> str | None:
+        return next((text for text in log_path.read_text().splitlines()
+                     if text.startswith('{"request_id":"req-long-')), None)
+
+    wait_until(lambda: line() is not None, what="the log line")
+    entry = json.loads(str(line()))
+    assert entry["request_id"] == request_id[:256] + "...[+4753 chars]"
+    assert entry["policy"].endswith("...[+9744 chars]")
+    assert len(str(line())) < 1000
+
+
 def test_default_settings_eject_a_dead_engine_within_seconds() -> None:
     """Item 15: with the shipped health/circuit defaults (no overrides), a killed engine stops
     receiving requests within a few seconds, idle (health checks) or under load (circuit

@@ -202,3 +202,16 @@ def test_upstream_failure_releases_the_slot() -> None:
             assert response.status_code == 500
             assert response.headers[SIM_HEADER] == "broken"
         wait_until(lambda: total_in_flight(fleet) == 0, what="in-flight back to 0")
+
+
+def test_a_body_over_a_megabyte_arrives_whole(rr_fleet: Fleet) -> None:
+    """Issue 31 item 8: in FULL_DUPLEX_STREAMED the picker hands the body back in chunks of at
+    most 62,000 bytes; the engine must get every byte (its prompt token count equals the count
+    for the same body sent to it directly)."""
+    body = {"model": MODEL, "max_tokens": 1,
+            "messages": [{"role": "user", "content": "lorem ipsum " * 120_000}]}
+    through = httpx.post(f"{rr_fleet.envoy_url}/v1/chat/completions", json=body, timeout=30)
+    assert through.status_code == 200, through.text[:300]
+    direct = httpx.post(f"{rr_fleet.sim_url(through.headers[SIM_HEADER])}/v1/chat/completions",
+                        json=body, timeout=30)
+    assert through.json()["usage"]["prompt_tokens"] == direct.json()["usage"]["prompt_tokens"]

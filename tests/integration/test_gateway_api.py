@@ -23,6 +23,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from extproc.bootstrap import ext_proc_config
 from picker_bench.stack import ENVOY_DIR, Fleet, SimSpec, free_port, local_fleet
 from tests.integration.conftest import (
     FAST_HEALTH,
@@ -270,7 +271,8 @@ def test_buffered_both_ways_works_too(tmp_path: Path) -> None:
     """The gateways' "buffered" option: request and response bodies BUFFERED."""
     config: dict[str, Any] = yaml.safe_load(GATEWAY.read_text())
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    ext_proc = manager["typed_config"]["http_filters"][0]["typed_config"]
+    [ext_proc] = [ext for f in manager["typed_config"]["http_filters"]
+                  if (ext := ext_proc_config(f)) is not None]
     ext_proc["processing_mode"].update(request_body_mode="BUFFERED", response_body_mode="BUFFERED")
     template = tmp_path / "envoy-gateway-buffered.yaml"
     template.write_text(yaml.safe_dump(config))

@@ -13,6 +13,7 @@ from authz.als import AccessLogService
 from authz.check import Checker
 from authz.http import _Connection
 from authz.tokens import LEASE_HEADER
+from picker import control_headers
 from picker.config import PickerConfig
 from picker.runtime import PickerRuntime
 from picker.workers import WorkerSpec
@@ -53,7 +54,10 @@ def test_allow_sets_destination_and_a_lease_token_and_removes_a_client_rank() ->
     assert answer.status == 200
     assert headers["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
     assert len(headers[LEASE_HEADER]) == 24  # 12 random bytes: not guessable by a client
-    assert headers["x-envoy-auth-headers-to-remove"] == "x-data-parallel-rank"
+    # Every control header the answer does not set, a client's rank among them.
+    assert headers["x-envoy-auth-headers-to-remove"].split(",") == [
+        name for name in control_headers.STRIPPED
+        if name not in ("x-gateway-destination-endpoint", LEASE_HEADER)]
     assert in_flight(check) == 1
 
 
@@ -172,3 +176,17 @@ def test_http_answers_the_model_list_sent_straight_to_it() -> None:
     connection.data_received(b"GET /v1/models HTTP/1.1\r\nx-llm-picker-direct: models\r\n\r\n")
     assert transport.out.startswith(b"HTTP/1.1 200 OK\r\n") and not transport.closed
     assert json.loads(transport.out.split(b"\r\n\r\n", 1)[1])["object"] == "list"
+
+
+def test_a_health_probe_is_allowed_to_a_routable_worker_without_a_lease() -> None:
+    """Issue 31 item 11 (picker.probes), as in ext_proc mode."""
+    check = checker("http://10.0.0.1:8000", "http://10.0.0.2:8000")
+    registry = check._runtime.registry  # noqa: SLF001 - the test sets a worker's health
+    registry.set_healthy(registry.workers()[0], False)
+    answer = check.check("/health", {":method": "GET"}, b"")
+    headers = dict(answer.headers)
+    assert (answer.status, headers["x-gateway-destination-endpoint"]) == (200, "10.0.0.2:8000")
+    assert LEASE_HEADER not in headers and in_flight(check) == 0
+    registry.set_healthy(registry.workers()[1], False)
+    assert check.check("/health", {":method": "GET"}, b"").status == 503
+    assert check.check("/health", {":method": "POST"}, b"").status == 404

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from extproc.bootstrap import parse_address, render_bootstrap
+from extproc.bootstrap import ext_proc_config, parse_address, render_bootstrap
 from picker.config import load_config
+from tests.unit.test_control_headers import all_bootstraps
 
 
 @pytest.mark.parametrize(("text", "address"), [
@@ -78,8 +80,8 @@ def test_workers_list_every_process_port() -> None:
 def _ext_proc_timeout(text: str) -> str:
     manager = yaml.safe_load(text)["static_resources"]["listeners"][0]["filter_chains"][0]
     http_filters = manager["filters"][0]["typed_config"]["http_filters"]
-    ext_proc = next(f for f in http_filters if f["name"] == "envoy.filters.http.ext_proc")
-    return str(ext_proc["typed_config"]["message_timeout"])
+    configs = [ext_proc_config(f) for f in http_filters]
+    return str(next(c for c in configs if c is not None)["message_timeout"])
 
 
 @pytest.mark.parametrize(("overrides", "timeout"), [
@@ -98,3 +100,14 @@ def test_message_timeout_outlasts_the_pickers_waits(overrides: dict[str, object]
     admitted it within queue_timeout_secs."""
     config = load_config(overrides=overrides)
     assert _ext_proc_timeout(render_bootstrap(config)) == timeout
+
+
+@pytest.mark.parametrize(("name", "bootstrap"), list(all_bootstraps().items()))
+def test_every_bootstrap_closes_quiet_client_connections(name: str,
+                                                         bootstrap: dict[str, Any]) -> None:
+    """Issue 30 item 3: Envoy's defaults keep a half-open connection for an hour."""
+    manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    settings = manager["typed_config"]
+    assert settings["request_headers_timeout"] == "10s", name
+    assert settings["common_http_protocol_options"]["idle_timeout"] == "30s", name
+    assert "stream_idle_timeout" not in settings  # Envoy's 5 minutes: generations run long

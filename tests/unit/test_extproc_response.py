@@ -7,6 +7,7 @@ import pytest
 from extproc import codec
 from extproc._pb import ext_proc_pb2 as pb
 from extproc.stream import CONFORMANCE_SELECTION_HEADER, CONFORMANCE_SERVED_HEADER, RequestStream
+from extproc.subset import SubsetMatcher
 from picker.runtime import PickerRuntime
 from picker.workers import WorkerSpec
 from tests.unit.test_extproc_stream import BODY, body_msg, headers_msg, make_router, runtime_of
@@ -227,3 +228,26 @@ def test_client_hanging_up_after_the_whole_answer_is_completed_not_cancelled(
         stream.handle(response_body(chunk, False))
     stream.close(cancelled=True)  # the end-of-stream message never came
     assert 'outcome="completed"} 1.0' in runtime.metrics.render().decode()
+
+
+@pytest.mark.parametrize(("workers", "hint", "expected"), [
+    # declared by hostname: the hint names its resolved address (was a 503)
+    (["http://localhost:8001"], ["127.0.0.1:8001"], {"w0"}),
+    # another port at the hinted address: the reference picker matches the IP alone
+    (["http://127.0.0.1:9001"], ["127.0.0.1:8001"], {"w0"}),
+    # an exact address and port still narrows the subset among engines sharing a host
+    (["http://127.0.0.1:8001", "http://127.0.0.1:8002"], ["127.0.0.1:8002"], {"w1"}),
+    (["http://[::1]:8001"], ["[0:0::1]:8001"], {"w0"}),
+    (["http://127.0.0.1:8001"], ["10.0.0.9:8001"], set()),
+])
+def test_subset_hint_matches_by_address_as_the_reference_picker(
+        workers: list[str], hint: list[str], expected: set[str]) -> None:
+    """llm-d-router pkg/epp/requestcontrol/candidates.go:132-156 compares the hint's address
+    with each endpoint's IP (issue 31 item 7)."""
+    runtime = runtime_of(*(WorkerSpec(url=u, id=f"w{i}", models=["m"])
+                           for i, u in enumerate(workers)))
+    assert SubsetMatcher().allowed(runtime.registry.workers(), hint) == expected
+    stream = RequestStream(runtime, 1 << 20)
+    stream.handle(duplex_both_ways(metadata={codec.SUBSET_NAMESPACE: {codec.SUBSET_KEY: hint}}))
+    (reply, *_) = stream.handle(body_msg(BODY, True))
+    assert (reply.immediate_response.status.code == 503) == (not expected)

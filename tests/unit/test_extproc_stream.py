@@ -9,6 +9,7 @@ import pytest
 from extproc import codec
 from extproc._pb import ext_proc_pb2 as pb
 from extproc.stream import RequestStream
+from picker import control_headers
 from picker.config import PickerConfig
 from picker.runtime import PickerRuntime
 from picker.workers import WorkerSpec
@@ -94,11 +95,13 @@ def test_buffered_answers_headers_at_once_and_routes_on_body() -> None:
     stream = RequestStream(router, 1 << 20)
     (first,) = stream.handle(headers_msg(duplex=False))
     removed = first.request_headers.response.header_mutation.remove_headers
-    assert list(removed) == [codec.DESTINATION_HEADER, codec.DP_RANK_HEADER]
+    assert list(removed) == list(control_headers.STRIPPED)
     (routed,) = stream.handle(body_msg(BODY, True))
     common = routed.request_body.response
     assert set_headers(common.header_mutation) == {codec.DESTINATION_HEADER: "127.0.0.1:8001"}
-    assert list(common.header_mutation.remove_headers) == [codec.DP_RANK_HEADER]
+    # Every other control header is removed again by the answer Envoy applies with the route.
+    assert list(common.header_mutation.remove_headers) == [
+        name for name in control_headers.STRIPPED if name != codec.DESTINATION_HEADER]
     assert not common.HasField("body_mutation")
 
 
@@ -247,7 +250,7 @@ def test_non_rank_worker_strips_a_client_rank_header() -> None:
     headers, _ = stream.handle(body_msg(BODY, True))
     mutation = headers.request_headers.response.header_mutation
     assert codec.DP_RANK_HEADER not in set_headers(mutation)
-    assert list(mutation.remove_headers) == [codec.DP_RANK_HEADER]
+    assert codec.DP_RANK_HEADER in mutation.remove_headers
 
 
 def test_worker_api_key_is_set_on_the_routed_request() -> None:
@@ -276,3 +279,74 @@ async def test_remote_tokenizer_makes_routing_an_awaited_step() -> None:
         assert headers[codec.DESTINATION_HEADER] == "127.0.0.1:8001"
         index = router.prefix_index()
         assert index is not None and index.blocks_of(router.registry.workers()[0].id) == 1
+
+
+def _streamed(responses: list[pb.ProcessingResponse], request: bool) -> list[tuple[int, bool]]:
+    out = []
+    for response in responses:
+        common = response.request_body.response if request else response.response_body.response
+        streamed = common.body_mutation.streamed_response
+        out.append((len(streamed.body), streamed.end_of_stream))
+    return out
+
+
+@pytest.mark.parametrize(("size", "chunks"), [
+    (0, [(0, True)]), (62_000, [(62_000, True)]), (62_001, [(62_000, False), (1, True)]),
+    (150_000, [(62_000, False), (62_000, False), (26_000, True)]),
+])
+def test_duplex_echoes_a_large_body_in_chunks_of_at_most_62000_bytes(
+        size: int, chunks: list[tuple[int, bool]]) -> None:
+    """llm-d-router pkg/common/envoy/chunking.go:26: Envoy builds with a 64 KiB cap on a
+    streamed mutation; the end of stream only on the last chunk, the bytes unchanged."""
+    body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    route = codec.Route("127.0.0.1:8001")
+    headers, *rest = codec.route_streamed(route, body, end_of_stream=True)
+    assert headers.HasField("request_headers")
+    assert _streamed(rest, request=True) == chunks
+    assert b"".join(r.request_body.response.body_mutation.streamed_response.body
+                    for r in rest) == body
+    assert _streamed(codec.echo_response_body(body, True), request=False) == chunks
+
+
+def test_duplex_stream_answers_a_megabyte_body_in_chunks() -> None:
+    big = json.dumps({"model": "m", "messages": [{"role": "user",
+                                                    "content": "x" * 1_200_000}]}).encode()
+    stream = RequestStream(make_router("127.0.0.1:8001"), 1 << 22)
+    stream.handle(headers_msg())
+    responses = stream.handle(body_msg(big, True))
+    bodies = _streamed(responses[1:], request=True)
+    assert len(bodies) == -(-len(big) // codec.BODY_CHUNK_BYTES)
+    assert all(size <= 62_000 for size, _ in bodies)
+    assert [eos for _, eos in bodies] == [False] * (len(bodies) - 1) + [True]
+
+
+def _probe_msg(method: str = "GET", path: str = "/health") -> pb.ProcessingRequest:
+    return headers_msg(path, end_of_stream=True, extra={":method": method})
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_a_health_probe_goes_to_a_routable_worker_without_a_lease(method: str) -> None:
+    """Issue 31 item 11 (picker.probes): the reference picker routes bodiless requests to a
+    random endpoint; the picker does for health probes, to a routable one."""
+    runtime = make_router("127.0.0.1:8001", "127.0.0.1:8002")
+    runtime.registry.set_healthy(runtime.registry.workers()[0], False)
+    stream = RequestStream(runtime, 1 << 20)
+    (routed,) = stream.handle(_probe_msg(method))
+    mutation = routed.request_headers.response.header_mutation
+    assert set_headers(mutation) == {codec.DESTINATION_HEADER: "127.0.0.1:8002"}
+    assert stream.lease is None
+
+
+def test_a_health_probe_with_no_routable_worker_is_503() -> None:
+    runtime = make_router("127.0.0.1:8001")
+    runtime.registry.set_healthy(runtime.registry.workers()[0], False)
+    (reply,) = RequestStream(runtime, 1 << 20).handle(_probe_msg())
+    assert reply.immediate_response.status.code == 503
+
+
+def test_other_bodiless_requests_keep_their_clear_errors() -> None:
+    runtime = make_router("127.0.0.1:8001")
+    (post,) = RequestStream(runtime, 1 << 20).handle(_probe_msg("POST", "/health"))
+    (metrics,) = RequestStream(runtime, 1 << 20).handle(_probe_msg("GET", "/metrics"))
+    assert post.immediate_response.status.code == 404
+    assert metrics.immediate_response.status.code == 404

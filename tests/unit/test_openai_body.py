@@ -415,3 +415,13 @@ def test_a_malformed_slo_header_is_a_400_whatever_the_policy(value: str) -> None
         parse_request("/v1/chat/completions", raw, {"x-slo-ttft-ms": value})
     assert caught.value.param == "x-slo-ttft-ms" and caught.value.status == 400
     assert parse_request("/v1/chat/completions", raw, {"x-slo-ttft-ms": "250"}).model == "m"
+
+
+@pytest.mark.parametrize("name", ["x-slo-ttft-ms", "x-llm-d-slo-ttft-ms"])  # llm-d's alias
+def test_the_slo_header_is_read_once_in_seconds_under_either_name(name: str) -> None:
+    raw = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
+    assert parse_request("/v1/chat/completions", raw, {name: "250"}).slo_ttft_secs == 0.25
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request("/v1/chat/completions", raw, {name: "soon"})
+    assert caught.value.param == "x-slo-ttft-ms"
+    assert parse_request("/v1/chat/completions", raw, {}).slo_ttft_secs is None

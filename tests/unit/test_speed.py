@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 
-from picker.errors import InvalidRequest
 from picker.load_signals import EngineCounter, EngineLoad
 from picker.policies import create_policy
 from picker.prefix import PrefixMatch
@@ -140,23 +140,16 @@ def test_default_weighted_profile(rates: tuple[float | None, ...], request_: Rou
     [
         # w0 holds all but one block (100 tokens) but prefills 100 tokens/s: 1 s
         (None, "w0"),
-        ("500", "w1"),  # w0 predicted 1 s: out; w1 2000 tokens at 10000/s = 0.2 s
-        ("50", "w0"),  # both predicted to miss: the scorers decide as without an SLO
+        (0.5, "w1"),  # w0 predicted 1 s: out; w1 2000 tokens at 10000/s = 0.2 s
+        (0.05, "w0"),  # both predicted to miss: the scorers decide as without an SLO
     ],
 )
-def test_slo_header_steers_away_from_engines_predicted_to_miss_it(
-        slo: str | None, expected: str) -> None:
+def test_an_slo_steers_away_from_engines_predicted_to_miss_it(
+        slo: float | None, expected: str) -> None:
     fleet = fleet_with_speeds(100.0, 10000.0)
     policy = create_policy("weighted", {"seed": 0, "scorers": {"prefix": 3.0, "ttft": 1.0}})
-    headers = {} if slo is None else {"x-slo-ttft-ms": slo}
-    assert policy.pick(req(20, headers, w0=19), fleet).id == expected
-
-
-@pytest.mark.parametrize("bad", ["soon", "-5", "0", "inf", "nan"])
-def test_a_bad_slo_header_is_a_client_error(bad: str) -> None:
-    policy = create_policy("weighted", {"seed": 0})
-    with pytest.raises(InvalidRequest, match="x-slo-ttft-ms"):
-        policy.pick(req(20, {"x-slo-ttft-ms": bad}), fleet_with_speeds(None, None))
+    request = replace(req(20, w0=19), slo_ttft_secs=slo)
+    assert policy.pick(request, fleet).id == expected
 
 
 def test_default_profile_reads_the_prefix_without_requiring_it() -> None:
