@@ -178,6 +178,11 @@ def _bench(ns: argparse.Namespace) -> int:
 
         return run_spread(requests=ns.requests, concurrency=ns.concurrency,
                           processes=ns.processes)
+    if ns.bench == "health-scale":
+        from picker_bench.health_scale import run_health_scale
+
+        return run_health_scale(workers=ns.workers, unreachable=ns.unreachable,
+                                seconds=ns.seconds)
     if ns.bench == "kv-events":
         from picker_bench.kv_ingest import run_kv_events
 
@@ -344,6 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="BlockStored events per second to publish while measuring")
     kv.add_argument("--seconds", type=float, default=10.0, help="per phase")
     kv.set_defaults(run=_bench)
+    scale = which.add_parser("health-scale", help="health checks with thousands of workers "
+                             "registered through the admin API, a share unreachable")
+    scale.add_argument("--workers", type=int, default=2000)
+    scale.add_argument("--unreachable", type=float, default=0.5, help="share of the workers")
+    scale.add_argument("--seconds", type=float, default=30.0, help="per phase")
+    scale.set_defaults(run=_bench)
     return parser
 
 
