@@ -70,6 +70,9 @@ def _serve(ns: argparse.Namespace) -> int:
     if group is not None:  # one of the supervisor's processes: its own ext_proc port
         extproc = config.extproc.model_copy(update={"port": config.extproc.port + group.index})
         config = config.model_copy(update={"extproc": extproc})
+    from llm_picker.allocator import bound_large_allocations
+
+    bound_large_allocations()
     try:
         # The Envoy adapters live outside the core; only this command needs grpc.
         if ns.mode == "authz":
