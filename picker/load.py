@@ -8,7 +8,6 @@ sets (several models or data-parallel ranks behind one port).
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -28,8 +27,6 @@ __all__ = [
     "ENGINE_METRICS", "EngineMetrics", "LoadMonitor", "LoadSettings", "parse_engine_load",
     "scraped",
 ]
-
-log = logging.getLogger("llm_picker.load")
 
 
 @dataclass(frozen=True, slots=True)
