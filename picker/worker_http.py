@@ -1,6 +1,6 @@
 """WorkerRequests: the GETs health checks and metrics scraping send to every worker.
 
-Thousands of workers share one HTTP client, so three things are kept bounded here, once:
+Thousands of workers share one HTTP client, so four things are kept bounded here, once:
 
 - **Concurrency below the pool.** At most `concurrency` requests per lane are in flight and the
   connection pool holds more connections than both lanes together, so the pool never queues.
@@ -15,6 +15,11 @@ Thousands of workers share one HTTP client, so three things are kept bounded her
   worker, or one whose last request failed (refused, timed out, unreadable), waits in the
   other. So any number of dead workers, registered dead or dying, delay the requests of
   workers that answer by at most one request each; one answer moves a worker back.
+- **No request cut short by its caller.** httpcore also orphans a connection, for good, when a
+  request is cancelled after the pool handed it a new connection and before it sent on it
+  (#1093, #986): deleting workers mid-probe filled a pool that way. A request runs to its end
+  (within its deadline) even when its worker's loop is cancelled; and should the pool still
+  lose its slots (a PoolTimeout, impossible otherwise), a new client takes over.
 """
 
 from __future__ import annotations
@@ -46,17 +51,25 @@ class WorkerRequests:
         self._client: httpx.AsyncClient | None = None
         self._lanes: dict[bool, asyncio.Semaphore] = {}  # keyed by "last request answered"
         self._answering: set[str] = set()  # worker urls whose last request was answered
+        self._running: set[asyncio.Task[httpx.Response | None]] = set()
+        self._closing: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._lanes = {False: asyncio.Semaphore(self._concurrency),
                        True: asyncio.Semaphore(self._concurrency)}
+        self._client = self._new_client()
+
+    def _new_client(self) -> httpx.AsyncClient:
         # Every request in flight holds a lane slot, so the pool always has a connection to
         # hand out at once: reused, new, or made by closing an idle one.
         slots = 2 * self._concurrency
-        self._client = httpx.AsyncClient(
+        return httpx.AsyncClient(
             limits=httpx.Limits(max_connections=slots, max_keepalive_connections=_KEEPALIVE))
 
     async def stop(self) -> None:
+        for task in self._running:
+            task.cancel()
+        await asyncio.gather(*self._running, *self._closing, return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
 
@@ -68,18 +81,47 @@ class WorkerRequests:
         """GET `path` on `worker` (with its API key), read whole within `deadline` seconds
         of taking a slot; None when the worker could not be reached or did not answer in
         time. The wait for a slot is not counted: it is not the worker's fault."""
+        lane = self._lanes[worker.url in self._answering]
+        await lane.acquire()  # cancelled while waiting here: nothing was sent
+        request = asyncio.create_task(self._send(worker, path, deadline))
+        request.add_done_callback(lambda _: lane.release())
+        self._running.add(request)
+        request.add_done_callback(self._running.discard)
+        response = await asyncio.shield(request)  # cancelled now: the request ends itself
+        if response is None:
+            self._answering.discard(worker.url)
+        else:
+            self._answering.add(worker.url)
+        return response
+
+    async def _send(self, worker: Worker, path: str, deadline: float) -> httpx.Response | None:
         assert self._client is not None, "WorkerRequests.start() was not called"
         headers = {}
         if worker.spec.api_key is not None:
             headers["authorization"] = f"Bearer {worker.spec.api_key.get_secret_value()}"
-        async with self._lanes[worker.url in self._answering]:
-            try:
-                async with asyncio.timeout(deadline):
-                    response = await self._client.get(worker.spec.network_url + path,
-                                                      headers=headers, timeout=deadline)
-            except (httpx.HTTPError, TimeoutError) as exc:
-                log.debug("GET %s of worker %s: %s", path, worker.id, type(exc).__name__)
-                self._answering.discard(worker.url)
-                return None
-        self._answering.add(worker.url)
-        return response
+        client = self._client
+        try:
+            async with asyncio.timeout(deadline):
+                return await client.get(worker.spec.network_url + path, headers=headers,
+                                        timeout=deadline)
+        except (httpx.HTTPError, TimeoutError) as exc:
+            log.debug("GET %s of worker %s: %s", path, worker.id, type(exc).__name__)
+            if isinstance(exc, httpx.PoolTimeout):
+                self._renew(client, deadline)
+            return None
+
+    def _renew(self, broken: httpx.AsyncClient, deadline: float) -> None:
+        """A new client for the next requests; the broken one is closed once the requests
+        still on it are over (each within its deadline)."""
+        if self._client is not broken:
+            return  # renewed already
+        log.warning("worker requests: the connection pool lost its slots; using a new one")
+        self._client = self._new_client()
+
+        async def close_later() -> None:
+            await asyncio.sleep(deadline)
+            await broken.aclose()
+
+        closing = asyncio.create_task(close_later())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)

@@ -1,14 +1,17 @@
-"""WorkerRequests against real loopback servers: a whole-request deadline, and lanes that keep
-workers which do not answer from delaying workers that do."""
+"""WorkerRequests against real loopback servers: a whole-request deadline, lanes that keep
+workers which do not answer from delaying workers that do, and a pool no cancellation can
+wedge."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import httpx
 import pytest
 
 from picker.registry import WorkerRegistry
@@ -95,3 +98,40 @@ async def test_workers_that_do_not_answer_never_delay_one_that_does(
     for server, _ in silent:
         server.close()
     ok.close()
+
+
+async def test_requests_cancelled_mid_flight_never_wedge_the_pool(
+        requests: WorkerRequests) -> None:
+    """Workers deleted while probed: their loops are cancelled at every point of a request.
+    httpcore orphans a connection cancelled between being handed out and sent on; four such
+    filled this pool (2 lanes x 2) before requests were shielded from their callers."""
+    servers = [await _serve(_ok) for _ in range(20)]
+    workers = WorkerRegistry([WorkerSpec(url=url) for _, url in servers]).workers()
+    steps = random.Random(30)
+    for _ in range(300):
+        probes = [asyncio.create_task(requests.get(w, "/health", deadline=1.0)) for w in workers]
+        for _ in range(steps.randrange(1, 12)):
+            await asyncio.sleep(0)
+        for probe in probes:
+            probe.cancel()
+        await asyncio.gather(*probes, return_exceptions=True)
+    started = time.monotonic()
+    assert await requests.get(workers[0], "/health", deadline=1.0) is not None
+    assert time.monotonic() - started < 0.5
+    for server, _ in servers:
+        server.close()
+
+
+async def test_a_pool_that_lost_its_slots_is_replaced(requests: WorkerRequests) -> None:
+    """The last resort: a PoolTimeout (impossible with a pool larger than both lanes, unless
+    slots were lost) gives the next requests a new client."""
+    server, url = await _serve(_ok)
+    worker = WorkerRegistry([WorkerSpec(url=url)]).workers()[0]
+
+    def no_slot(request: httpx.Request) -> httpx.Response:
+        raise httpx.PoolTimeout("no connection slot", request=request)
+
+    requests._client = httpx.AsyncClient(transport=httpx.MockTransport(no_slot))
+    assert await requests.get(worker, "/health", deadline=1.0) is None
+    assert await requests.get(worker, "/health", deadline=1.0) is not None
+    server.close()
