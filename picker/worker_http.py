@@ -67,9 +67,10 @@ class WorkerRequests:
             limits=httpx.Limits(max_connections=slots, max_keepalive_connections=_KEEPALIVE))
 
     async def stop(self) -> None:
-        for task in self._running:
+        tasks = [*self._running, *self._closing]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._running, *self._closing, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
 
