@@ -181,6 +181,10 @@ def _bench(ns: argparse.Namespace) -> int:
 
         return run_spread(requests=ns.requests, concurrency=ns.concurrency,
                           processes=ns.processes)
+    if ns.bench == "large-bodies":
+        from picker_bench.large_bodies import run_large_bodies
+
+        return run_large_bodies(requests=ns.requests, concurrency=ns.concurrency)
     if ns.bench == "health-scale":
         from picker_bench.health_scale import run_health_scale
 
@@ -358,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--unreachable", type=float, default=0.5, help="share of the workers")
     scale.add_argument("--seconds", type=float, default=30.0, help="per phase")
     scale.set_defaults(run=_bench)
+    large = which.add_parser("large-bodies", help="picker memory under 3-8 MB request bodies "
+                             "through Envoy, per body mode")
+    large.add_argument("--requests", type=int, default=120)
+    large.add_argument("--concurrency", type=int, default=2)
+    large.set_defaults(run=_bench)
     return parser
 
 
