@@ -4,6 +4,10 @@ Its only client is Envoy's ext_authz filter, which sends one complete request at
 connection (Content-Length framed; keep-alive). A general framework (uvicorn + ASGI, h11) costs
 more per request than the routing decision itself, which is the point of this mode; so this
 parses just what that client sends and answers anything else with a 400 and closes.
+
+A request must arrive whole within `head_timeout_secs` of its first byte (or of the connection
+opening): a half-open connection, or one that stops mid-request, is closed rather than held
+(issue 30). Between requests a connection may idle for as long as Envoy's pool keeps it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from picker.errors import InvalidRequest, RequestError
 __all__ = ["serve_http"]
 
 _HEAD_LIMIT = 64 * 1024
+# Envoy sends each check request whole at once; ten seconds covers any scheduling hiccup.
+HEAD_TIMEOUT_SECS = 10.0
 _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
             413: b"Payload Too Large",
             415: b"Unsupported Media Type", 429: b"Too Many Requests",
@@ -34,23 +40,45 @@ def _encode(answer: Answer) -> bytes:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection from Envoy; requests are answered in order."""
 
-    def __init__(self, checker: Checker, awaits: bool) -> None:
+    def __init__(self, checker: Checker, awaits: bool,
+                 head_timeout_secs: float = HEAD_TIMEOUT_SECS) -> None:
         self._checker = checker
         self._awaits = awaits
+        self._head_timeout_secs = head_timeout_secs
+        self._head_timer: asyncio.TimerHandle | None = None
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
         self._busy = False  # an awaited check is running: later bytes wait in the buffer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        self._watch_head(waiting=True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._watch_head(waiting=False)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
         if not self._busy:
             self._drain()
+        self._watch_head(waiting=bool(self._buffer) and not self._busy)
+
+    def _watch_head(self, waiting: bool) -> None:
+        """Keep a deadline running while part of a request is waiting for the rest."""
+        if not waiting or self._transport is None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+        elif self._head_timer is None:
+            self._head_timer = asyncio.get_running_loop().call_later(
+                self._head_timeout_secs, self._head_expired)
+
+    def _head_expired(self) -> None:
+        self._head_timer = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
 
     def _drain(self) -> None:
         while self._transport is not None and not self._busy:
@@ -71,6 +99,7 @@ class _Connection(asyncio.Protocol):
             return
         self._transport.write(_encode(task.result()))
         self._drain()
+        self._watch_head(waiting=bool(self._buffer) and not self._busy)
 
     def _next_request(self) -> tuple[str, dict[str, str], bytes] | None:
         """Pop one complete request off the buffer; None until one is there."""
@@ -127,7 +156,9 @@ class _Connection(asyncio.Protocol):
         self._transport = None
 
 
-async def serve_http(checker: Checker, awaits: bool, sock: socket.socket) -> asyncio.Server:
+async def serve_http(checker: Checker, awaits: bool, sock: socket.socket,
+                     head_timeout_secs: float = HEAD_TIMEOUT_SECS) -> asyncio.Server:
     """Serving on a listening socket (picker.listen) until the returned server is closed."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: _Connection(checker, awaits), sock=sock)
+    return await loop.create_server(
+        lambda: _Connection(checker, awaits, head_timeout_secs), sock=sock)

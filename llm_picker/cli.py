@@ -69,6 +69,9 @@ def _serve(ns: argparse.Namespace) -> int:
     if group is not None:  # one of the supervisor's processes: its own ext_proc port
         extproc = config.extproc.model_copy(update={"port": config.extproc.port + group.index})
         config = config.model_copy(update={"extproc": extproc})
+    from llm_picker.allocator import bound_large_allocations
+
+    bound_large_allocations()
     try:
         # The Envoy adapters live outside the core; only this command needs grpc.
         if ns.mode == "authz":
@@ -192,6 +195,15 @@ def _bench(ns: argparse.Namespace) -> int:
 
         return run_spread(requests=ns.requests, concurrency=ns.concurrency,
                           processes=ns.processes)
+    if ns.bench == "large-bodies":
+        from picker_bench.large_bodies import run_large_bodies
+
+        return run_large_bodies(requests=ns.requests, concurrency=ns.concurrency)
+    if ns.bench == "health-scale":
+        from picker_bench.health_scale import run_health_scale
+
+        return run_health_scale(workers=ns.workers, unreachable=ns.unreachable,
+                                seconds=ns.seconds)
     if ns.bench == "kv-events":
         from picker_bench.kv_ingest import run_kv_events
 
@@ -364,6 +376,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="BlockStored events per second to publish while measuring")
     kv.add_argument("--seconds", type=float, default=10.0, help="per phase")
     kv.set_defaults(run=_bench)
+    scale = which.add_parser("health-scale", help="health checks with thousands of workers "
+                             "registered through the admin API, a share unreachable")
+    scale.add_argument("--workers", type=int, default=2000)
+    scale.add_argument("--unreachable", type=float, default=0.5, help="share of the workers")
+    scale.add_argument("--seconds", type=float, default=30.0, help="per phase")
+    scale.set_defaults(run=_bench)
+    large = which.add_parser("large-bodies", help="picker memory under 3-8 MB request bodies "
+                             "through Envoy, per body mode")
+    large.add_argument("--requests", type=int, default=120)
+    large.add_argument("--concurrency", type=int, default=2)
+    large.set_defaults(run=_bench)
     return parser
 
 

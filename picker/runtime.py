@@ -45,6 +45,7 @@ from picker.config import PickerConfig
 from picker.decisions import DecisionLog
 from picker.errors import ConfigError, PrefillFailed, RequestError
 from picker.fleet import WorkerManager
+from picker.head_deadline import head_deadline_protocol
 from picker.health import HealthChecker
 from picker.leases import Lease, LeaseBook
 from picker.listen import listen_socket
@@ -523,8 +524,10 @@ class PickerRuntime:
         sock = listen_socket(admin.host, admin.port, "the admin API")
         self._admin_port = sock.getsockname()[1]
         server = _AdminServer(uvicorn.Config(
-            create_admin_app(self, admin.token, admin.read_token), host=admin.host, port=admin.port,
-            log_level="warning", access_log=False, lifespan="off", **admin_tls(admin.tls)))
+            create_admin_app(self, admin.token, admin.read_token), host=admin.host,
+            port=admin.port, log_level="warning", access_log=False, lifespan="off",
+            http=head_deadline_protocol(admin.header_timeout_secs),
+            timeout_keep_alive=admin.keep_alive_timeout_secs, **admin_tls(admin.tls)))
         task = asyncio.create_task(server.serve([sock]))
         deadline = time.monotonic() + _ADMIN_START_SECS
         while not server.started and not task.done() and time.monotonic() < deadline:

@@ -1,7 +1,8 @@
 """WorkerTasks: one asyncio task per registered worker, following the registry.
 
-Health checks and metrics scraping both need "a loop per worker, started when it is added and
-cancelled when it goes", and an HTTP client for those loops to share; this is that, once.
+Health checks, metrics scraping and KV-event subscriptions all need "a loop per worker, started
+when it is added and cancelled when it goes"; this is that, once. (The HTTP requests those loops
+send are bounded in picker.worker_http.)
 Registry changes may come from any thread (the admin API, config reload, LiteLLM's threads);
 tasks always live on the loop that started them.
 """
@@ -11,8 +12,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
-
-import httpx
 
 from picker.registry import Worker, WorkerRegistry
 
@@ -26,18 +25,10 @@ class WorkerTasks:
         self._run = run
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: httpx.AsyncClient | None = None
-
-    @property
-    def client(self) -> httpx.AsyncClient:
-        """The HTTP client the worker loops share (between start and stop)."""
-        assert self._client is not None, "WorkerTasks.start() was not called"
-        return self._client
 
     def start(self) -> None:
         """On the running loop: a task for every worker now, and for every one added later."""
         self._loop = asyncio.get_running_loop()
-        self._client = httpx.AsyncClient()
         self._workers.add_listener(self)
         for worker in self._workers.workers():
             self._begin(worker)
@@ -47,8 +38,6 @@ class WorkerTasks:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._tasks.clear()
-        if self._client is not None:
-            await self._client.aclose()
 
     # RegistryListener
     def worker_added(self, worker: Worker) -> None:

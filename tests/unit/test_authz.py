@@ -11,10 +11,11 @@ import pytest
 from authz._pb import als_pb2 as pb
 from authz.als import AccessLogService
 from authz.check import Checker
-from authz.http import _Connection
+from authz.http import _Connection, serve_http
 from authz.tokens import LEASE_HEADER
 from picker import control_headers
 from picker.config import PickerConfig
+from picker.listen import listen_socket
 from picker.runtime import PickerRuntime
 from picker.workers import WorkerSpec
 
@@ -138,7 +139,7 @@ def _request(body: bytes = BODY) -> bytes:
             b"application/json\r\ncontent-length: %d\r\n\r\n" % len(body)) + body
 
 
-def test_http_answers_requests_split_and_back_to_back_in_order() -> None:
+async def test_http_answers_requests_split_and_back_to_back_in_order() -> None:
     check = checker()
     connection, transport = _Connection(check, awaits=False), _Transport()
     connection.connection_made(transport)
@@ -151,14 +152,14 @@ def test_http_answers_requests_split_and_back_to_back_in_order() -> None:
     assert not transport.closed
 
 
-def test_http_refuses_what_envoy_never_sends() -> None:
+async def test_http_refuses_what_envoy_never_sends() -> None:
     connection, transport = _Connection(checker(), awaits=False), _Transport()
     connection.connection_made(transport)
     connection.data_received(b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n")
     assert transport.out.startswith(b"HTTP/1.1 400 ") and transport.closed
 
 
-def test_http_refuses_a_body_over_the_limit_before_buffering_it() -> None:
+async def test_http_refuses_a_body_over_the_limit_before_buffering_it() -> None:
     """A client's GET /v1/models reaches this server without Envoy's max_request_bytes: the
     declared length alone decides, so a 2 GB promise costs nothing."""
     connection, transport = _Connection(checker(), awaits=False), _Transport()
@@ -170,7 +171,7 @@ def test_http_refuses_a_body_over_the_limit_before_buffering_it() -> None:
     assert len(connection._buffer) <= 8192
 
 
-def test_http_answers_the_model_list_sent_straight_to_it() -> None:
+async def test_http_answers_the_model_list_sent_straight_to_it() -> None:
     connection, transport = _Connection(checker(), awaits=False), _Transport()
     connection.connection_made(transport)
     connection.data_received(b"GET /v1/models HTTP/1.1\r\nx-llm-picker-direct: models\r\n\r\n")
@@ -190,3 +191,25 @@ def test_a_health_probe_is_allowed_to_a_routable_worker_without_a_lease() -> Non
     registry.set_healthy(registry.workers()[1], False)
     assert check.check("/health", {":method": "GET"}, b"").status == 503
     assert check.check("/health", {":method": "POST"}, b"").status == 404
+
+
+async def test_http_closes_a_request_left_unfinished_but_not_an_idle_keep_alive() -> None:
+    """On a real socket: part of a request is closed after the head timeout; a connection
+    that finished its request may idle (Envoy pools it)."""
+    sock = listen_socket("127.0.0.1", 0, "authz HTTP")
+    server = await serve_http(checker(), awaits=False, sock=sock, head_timeout_secs=0.3)
+    port = sock.getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(_request()[:20])
+        assert await asyncio.wait_for(reader.read(), 2) == b""  # closed, nothing answered
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(_request())
+        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200 ")
+        await asyncio.sleep(0.6)
+        writer.write(_request())
+        assert (await asyncio.wait_for(reader.readuntil(b"HTTP/1.1 200 "), 2))
+        writer.close()
+    finally:
+        server.close()
