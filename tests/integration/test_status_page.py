@@ -58,6 +58,9 @@ def test_explain_header_only_when_asked(fleet: Fleet) -> None:
     assert "hunter2" not in line and "house rules" not in line
     plain = chat(fleet, system, "no explanation please")
     assert plain.status_code == 200 and EXPLAIN not in plain.headers
+    # Envoy returns the request id it made, so a caller can look its decision up.
+    found = httpx.get(f"{fleet.admin_url}/debug/decisions/{plain.headers['x-request-id']}")
+    assert found.status_code == 200 and found.json()["worker"] == plain.headers[SIM_HEADER]
     record = httpx.get(f"{fleet.admin_url}/debug/decisions",
                        params={"limit": 1, "worker": worker}).json()["decisions"][0]
     assert record["worker"] == worker and record["reason"] == "best-prefix"
