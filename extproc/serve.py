@@ -51,9 +51,9 @@ async def serve(
                  else "admin in process 0" if group is not None and not group.primary
                  else "admin off")
         log.info(
-            "llm-picker serving%s: ext_proc on %s:%d, %s, policy %s, %d workers",
+            "llm-picker serving%s: ext_proc on %s:%d (%s), %s, policy %s, %d workers",
             "" if group is None else f" (process {group.index} of {group.count})",
-            config.extproc.host, grpc_port, admin, config.policy.name,
+            config.extproc.host, grpc_port, _transport(config), admin, config.policy.name,
             len(runtime.registry.workers()),
         )
         await stop.wait()
@@ -63,3 +63,13 @@ async def serve(
         await health.stop()
         await runtime.stop(config.limits.shutdown_grace_secs)
         await grpc_server.stop(1.0)
+
+
+def _transport(config: PickerConfig) -> str:
+    """How Envoy reaches the ext_proc port, for the start-up line."""
+    tls = config.extproc.tls
+    if tls is None:
+        return "plaintext"
+    if tls == "self_signed":
+        return "TLS, self-signed"
+    return "mutual TLS" if config.extproc.authenticates_clients else "TLS"

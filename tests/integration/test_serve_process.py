@@ -84,6 +84,7 @@ def test_log_level(tmp_path: Path) -> None:
             proc.stop()
         log = proc.log_path.read_text()
         assert (" INFO llm-picker serving: ext_proc on " in log) is shown, log
+        assert ("(plaintext), admin on " in log) is shown, log  # the transport, said
         assert "WARNING llm-picker serving" not in log
 
 

@@ -44,6 +44,7 @@ def test_envoy_routes_through_mtls(mtls_fleet: tuple[Fleet, int]) -> None:
     response = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", timeout=10,
                           json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 200 and response.headers[SIM_HEADER] == "a"
+    assert "(mutual TLS), admin on " in fleet.processes["picker"].log_path.read_text()
 
 
 def _one_stream(channel: grpc.aio.Channel) -> object:
