@@ -402,7 +402,7 @@ def test_strategy_header_overrides_and_unknown_is_400() -> None:
     assert caught.value.status == 400 and caught.value.param == "x-routing-strategy"
     plain = router(WorkerSpec(url="a:1", models=["m"]))
     with pytest.raises(InvalidRequest, match="prefix index"):
-        plain.route_sync(chat_req("s", "q", **{"x-routing-strategy": "cache_aware"}))
+        plain.route_sync(chat_req("s", "q", **{"x-routing-strategy": "prefix_cache"}))
 
 
 def test_prefix_metrics_report_match_buckets_and_index_size() -> None:
