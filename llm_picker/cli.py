@@ -223,12 +223,19 @@ def _bench(ns: argparse.Namespace) -> int:
     if ns.bench == "routing":
         from picker_bench.routing import run_routing
 
+        if ns.workload == "mooncake" and not ns.trace:
+            print("llm-picker bench routing: --workload mooncake needs --trace FILE",
+                  file=sys.stderr)
+            return 2
+
         return run_routing(engines=ns.engines, groups=ns.groups, rate=ns.rate,
                            contenders=ns.contenders, seed=ns.seed, plot=ns.plot,
                            frontend=ns.frontend, cache_blocks=ns.cache_blocks,
                            fleet=ns.fleet, chars_per_token=ns.chars_per_token,
                            kv_tokenizer=ns.kv_tokenizer, replicas=ns.replicas,
-                           share_picks=ns.share_picks)
+                           share_picks=ns.share_picks,
+                           trace=ns.trace if ns.workload == "mooncake" else None,
+                           requests=ns.requests if ns.workload == "mooncake" else None)
     from picker_bench.overhead import run_overhead
 
     return run_overhead(requests=ns.requests, concurrency=ns.concurrency, peers=ns.peers,
@@ -342,7 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     routing.add_argument("--pd", action="store_true",
                          help="prefill/decode layouts (4 regular, 1P+3D, 2P+2D) on prefill- "
                               "and decode-heavy workloads instead (uses --rate, --requests)")
-    routing.add_argument("--requests", type=int, default=200, help="per run, with --pd")
+    routing.add_argument("--requests", type=int, default=200,
+                         help="per run, with --pd; trace records read, with --workload mooncake")
+    routing.add_argument("--workload", choices=["synthetic", "mooncake"], default="synthetic",
+                         help="mooncake: replay a Mooncake FAST'25 trace (--trace) scaled to "
+                              "the simulator")
+    routing.add_argument("--trace", help="the trace file (JSONL) for --workload mooncake; "
+                                         "picker_bench/data/mooncake_synthetic.jsonl is a "
+                                         "made-up sample in its format")
     routing.add_argument("--fleet", choices=["homogeneous", "hetero"], default="homogeneous",
                          help="hetero: half the engines at half speed, session-heavy traffic")
     routing.add_argument("--chars-per-token", type=int, default=6,

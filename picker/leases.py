@@ -149,6 +149,8 @@ class LeaseBook:
         for held in (worker, lease.prefill):
             if held is not None:
                 self._workers.release(held)
+        if lease.prefill is None:
+            self._workers.ended_prefill(worker, lease.choice.uncached_tokens)
         if verdict is not None:
             # The outcome is the served (decode) engine's. A pair's answer proves its prefill
             # too, but a failure does not blame it: a dead decode engine must not open the
@@ -171,6 +173,10 @@ class LeaseBook:
             # Under the book's lock, so a concurrent close releases exactly one of the two.
             self._workers.acquire(worker)
             self._workers.release(previous)
+            if lease.prefill is None:  # the prompt went to the worker that served it
+                tokens = lease.choice.uncached_tokens
+                self._workers.ended_prefill(previous, tokens)
+                self._workers.sent_prefill(worker, tokens)
         self._workers.record_outcome(previous, False)
         return True
 

@@ -286,6 +286,14 @@ class WorkerRegistry:
             worker._backlog = worker._backlog.plus(tokens, worker._speed.prefill_tokens_per_sec,
                                                    now)
 
+    def ended_prefill(self, worker: Worker, tokens: float) -> None:
+        """A request given to `sent_prefill` with `tokens` has ended: its prompt is no longer
+        ahead of anything (picker.speed.PrefillBacklog.ended)."""
+        now = time.monotonic()
+        with self._lock:
+            worker._backlog = worker._backlog.ended(tokens, worker._speed.prefill_tokens_per_sec,
+                                                    now)
+
     def release(self, worker: Worker) -> None:
         with self._lock:
             worker._in_flight -= 1

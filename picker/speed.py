@@ -23,7 +23,8 @@ A `PrefillBacklog` is the prefill work the picker itself has just sent to an eng
 waiting count is up to a scrape interval old while a burst of cold prefills lasts a few hundred
 milliseconds, so the picker counts the uncached prompt tokens of each request it sends there and
 lets them drain at the engine's learned prefill rate (the first token is not seen when Envoy
-does not pass response bodies, so the rate, not the response, ends the work).
+does not pass response bodies, so the rate, not the response, ends the work), and never more
+than the requests still open there were sent with.
 """
 
 from __future__ import annotations
@@ -119,20 +120,35 @@ class SpeedModel:
 @dataclass(frozen=True, slots=True)
 class PrefillBacklog:
     """Uncached prompt tokens sent to one engine and not yet prefilled, as a fluid queue
-    draining at the engine's prefill rate from `at` (time.monotonic()) on. Immutable: the
-    registry replaces a worker's on each request sent, as it does its `SpeedModel`."""
+    draining at the engine's prefill rate from `at` (time.monotonic()) on, bounded by
+    `open_tokens`: the uncached prompt tokens of the requests sent there that have not ended.
+
+    The bound is a count, not an estimate (issue 35.3): an ended request has certainly been
+    prefilled, so what the fluid queue still holds beyond the open requests' tokens is an
+    underestimated prefill rate, not work. The count ends at the request's end, since the core
+    does not see first tokens as they pass (extproc reports the TTFT when the stream closes);
+    a first-token hook would end it sooner. Immutable: the registry replaces a worker's on each
+    request sent and ended, as it does its `SpeedModel`."""
 
     tokens: float = 0.0
     at: float = 0.0
+    open_tokens: float = 0.0
 
     def left(self, rate: float | None, now: float) -> float:
         """Tokens still ahead at `now`; 0 while the rate is unknown (nothing could use them)."""
         if rate is None or rate <= 0:
             return 0.0
-        return max(0.0, self.tokens - rate * (now - self.at))
+        return min(self.open_tokens, max(0.0, self.tokens - rate * (now - self.at)))
 
     def plus(self, tokens: float, rate: float | None, now: float) -> PrefillBacklog:
-        return PrefillBacklog(self.left(rate, now) + max(0.0, tokens), now)
+        """A request with `tokens` uncached prompt tokens was sent."""
+        tokens = max(0.0, tokens)
+        return PrefillBacklog(self.left(rate, now) + tokens, now, self.open_tokens + tokens)
+
+    def ended(self, tokens: float, rate: float | None, now: float) -> PrefillBacklog:
+        """A request sent with `tokens` (as given to `plus`) has ended."""
+        still_open = max(0.0, self.open_tokens - max(0.0, tokens))
+        return PrefillBacklog(min(still_open, self.left(rate, now)), now, still_open)
 
 
 def predicted_ttft(speed: SpeedModel, uncached_tokens: float, waiting: float,

@@ -32,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from picker.control_headers import SLO_TTFT
 from picker_bench.decision import decision_latency
+from picker_bench.mooncake import read_trace, trace_workload
 from picker_bench.plot import bar_chart_svg
 from picker_bench.stack import (
     SimSpec,
@@ -370,7 +371,10 @@ def run_routing(engines: int = 8, groups: int = 64, rate: float = 40.0,
                 plot: str | None = None, frontend: str = "envoy",
                 cache_blocks: int | None = None, kv_tokenizer: str = "hf",
                 fleet: str = "homogeneous", chars_per_token: int = 6, replicas: int = 1,
-                share_picks: bool = True) -> int:
+                share_picks: bool = True, trace: str | None = None,
+                requests: int | None = None) -> int:
+    """`trace`: a Mooncake FAST'25 trace file (picker_bench.mooncake) to replay, its first
+    `requests` records, instead of the seeded synthetic workload."""
     default = LITELLM_CONTENDERS if frontend == "litellm" else [
         "round_robin", "least_load", "prefix_cache", "cache_aware", "weighted",
         "prefix_cache+kv_events", "weighted+kv_events", "sglang"]
@@ -383,15 +387,26 @@ def run_routing(engines: int = 8, groups: int = 64, rate: float = 40.0,
         return 2
     # The heterogeneous fleet's traffic is session-heavy: sessions resending their history.
     sessions = {"conversations": 48, "turns": 6} if fleet == "hetero" else {}
-    workload = make_workload(seed=seed, groups=groups, rate=rate,
-                             chars_per_token=chars_per_token, **sessions)
+    if trace is not None:
+        try:
+            records = read_trace(Path(trace), requests)
+        except (OSError, ValueError) as error:
+            print(f"llm-picker bench routing: --trace: {error}", file=sys.stderr)
+            return 2
+        workload = trace_workload(records, rate=rate, chars_per_token=chars_per_token,
+                                  seed=seed)
+        shape = (f"the first {len(records)} records of Mooncake trace {trace} "
+                 f"({len({key for key, _ in workload.keys})} groups)")
+    else:
+        workload = make_workload(seed=seed, groups=groups, rate=rate,
+                                 chars_per_token=chars_per_token, **sessions)
+        shape = f"{groups} system prompts, {sessions.get('conversations', 16)} sessions"
     oracle = oracle_hit_rate(workload, int(PROFILES[PROFILE[fleet]]["block_tokens"]))
     cache = cache_blocks or int(PROFILES[PROFILE[fleet]]["cache_blocks"])
-    print(f"workload: {len(workload.bodies)} streaming chat requests at {rate}/s, {groups} "
-          f"system prompts, {sessions.get('conversations', 16)} sessions, ~{chars_per_token} "
-          f"characters per token, {engines} engines ({PROFILE[fleet]}, {cache} cache blocks each"
-          f"{', half of them at half speed' if fleet == 'hetero' else ''}); oracle "
-          f"hit rate {oracle:.1%} (unbounded caches)", flush=True)
+    print(f"workload: {len(workload.bodies)} streaming chat requests at {rate}/s, {shape}, "
+          f"~{chars_per_token} characters per token, {engines} engines ({PROFILE[fleet]}, "
+          f"{cache} cache blocks each{', half of them at half speed' if fleet == 'hetero' else ''}"
+          f"); oracle hit rate {oracle:.1%} (unbounded caches)", flush=True)
     for policy in ("round_robin", "prefix_cache", "cache_aware"):
         p50, p99 = decision_latency(policy)
         print(f"decision latency, in-process, 8 workers, 8k-char prompt, {policy}: "

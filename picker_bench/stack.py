@@ -281,13 +281,17 @@ def replica_configs(config: Mapping[str, Any], count: int,
 
 
 def start_sglang_router(listen: int, worker_urls: Sequence[str], policy: str,
-                        workdir: Path, name: str = "sglang-router") -> Process:
+                        workdir: Path, name: str = "sglang-router",
+                        options: Mapping[str, float] | None = None) -> Process:
     """sglang-router (`python -m sglang_router.launch_router`), the peer the benchmarks compare
     with, on `listen`; waits for its /health. Its Prometheus exporter gets a free port of its
-    own (the default, 29000, is taken as soon as two benchmarks run at once)."""
+    own (the default, 29000, is taken as soon as two benchmarks run at once). `options`: more
+    flags by their policy parameter names (`cache_threshold` -> `--cache-threshold`)."""
+    flags = [item for key, value in (options or {}).items()
+             for item in (f"--{key.replace('_', '-')}", str(value))]
     argv = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
             "--port", str(listen), "--policy", policy, "--log-level", "warn",
-            "--prometheus-port", str(free_port()), "--worker-urls", *worker_urls]
+            "--prometheus-port", str(free_port()), *flags, "--worker-urls", *worker_urls]
     proc = spawn(name, argv, workdir)
     wait_http(proc, f"http://127.0.0.1:{listen}/health", timeout=60)
     return proc

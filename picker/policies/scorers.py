@@ -152,11 +152,13 @@ def _decode(_: RoutingRequest, candidates: Sequence[Worker], now: float,
 def _cache_space(request: RoutingRequest, candidates: Sequence[Worker], now: float,
                  stale_after: float) -> list[float | None]:
     """Smaller believed cache contents score higher: new prefixes spread over the caches (what
-    SGLang's smallest-tree rule does), instead of piling onto the fastest engine.
+    SGLang's smallest-tree rule did until sglang-router 0.3.2 replaced it by least load, smg
+    6fe82758a), instead of piling onto the fastest engine. A weight among others here, not a
+    rule alone: alone, it ignored load and speed (docs/benchmarks.md, issue 35).
 
     Only for a prompt no candidate holds any of: for one that some engine holds, the engine
     holding it has the bigger cache by that very prompt, and scoring it down sends multi-turn
-    sessions away from their history (SGLang, too, applies the rule only below its match
+    sessions away from their history (SGLang, too, applied the rule only below its match
     threshold)."""
     match = request.prefix
     if match is None or _held(request, candidates):

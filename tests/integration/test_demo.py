@@ -13,7 +13,8 @@ from picker.errors import ConfigError
 from picker_bench.demo import demo_settings
 
 
-@pytest.mark.parametrize("policy", ["prefix_cache", "cache_aware"])
+# cache_aware keeps a tree of its own (sglang-router's) and needs no prefix index.
+@pytest.mark.parametrize("policy", ["prefix_cache"])
 def test_a_prefix_policy_is_refused_alone_and_accepted_with_the_demo_settings(
         policy: str) -> None:
     with pytest.raises(ConfigError, match="prefix.enabled"):
@@ -23,8 +24,9 @@ def test_a_prefix_policy_is_refused_alone_and_accepted_with_the_demo_settings(
                                         **demo_settings(policy)}).prefix.enabled
 
 
-def test_a_policy_reading_nothing_extra_changes_nothing() -> None:
-    assert demo_settings("round_robin") == {}
+@pytest.mark.parametrize("policy", ["round_robin", "cache_aware"])
+def test_a_policy_reading_nothing_extra_changes_nothing(policy: str) -> None:
+    assert demo_settings(policy) == {}
 
 
 def test_demo_runs_a_prefix_policy_end_to_end() -> None:

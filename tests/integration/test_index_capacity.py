@@ -30,7 +30,7 @@ def test_sessions_are_not_forgotten_before_the_engine_forgets_them() -> None:
                     port=free_port()) for i in range(2)]
     settings = {**FAST_HEALTH, "load": {"interval_secs": 0.05},
                 "prefix": {"enabled": True, "block_size": 64}}
-    with local_fleet(sims, policy="cache_aware", picker_settings=settings) as fleet:
+    with local_fleet(sims, policy="prefix_cache", picker_settings=settings) as fleet:
         def send(messages: list[dict[str, str]]) -> str:
             response = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", timeout=10, json={
                 "model": MODEL, "max_tokens": 1, "messages": messages})

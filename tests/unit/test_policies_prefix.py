@@ -1,10 +1,11 @@
-"""prefix_cache (AIBrix semantics) and cache_aware (SGLang semantics), table-driven."""
+"""prefix_cache (AIBrix semantics) and cache_aware (sglang-router 0.3.2's), table-driven."""
 
 from __future__ import annotations
 
 import pytest
 
 from picker.policies import create_policy
+from picker.policies.cache_aware import routing_text
 from picker.prefix import PrefixMatch
 from picker.request import Api, RoutingRequest
 from picker.workers import WorkerSpec
@@ -45,29 +46,71 @@ def test_prefix_cache(loads: tuple[int, ...], matched: dict[str, int],
     assert policy.pick(req(10, **matched), pool(*loads)).id == expected
 
 
-def sized(total: int, held: dict[str, int], **matched: int) -> RoutingRequest:
-    return RoutingRequest(model="m", api=Api.CHAT, prefix=PrefixMatch(total, matched, held))
+def text_req(text: str) -> RoutingRequest:
+    return RoutingRequest(model="m", api=Api.COMPLETIONS, prompt_text=text)
+
+
+SYSTEM = "You are a careful assistant. " * 4  # 116 characters
 
 
 @pytest.mark.parametrize(
-    ("policy", "loads", "request_", "params", "expected"),
+    ("loads", "history", "prompt", "params", "expected"),
     [
-        ("cache_aware", (2, 2, 2), req(10, w2=8), {}, "w2"),  # rate 0.8 > 0.3
-        # rate 0.2 <= 0.3: the smallest tree (SGLang), even if it is busier
-        ("cache_aware", (2, 1, 2), sized(10, {"w0": 5, "w1": 9, "w2": 7}, w2=2), {}, "w0"),
-        # equal trees (an empty fleet): least load among them
-        ("cache_aware", (2, 1, 2), req(10, w2=2), {}, "w1"),
-        ("cache_aware", (2, 1, 2), req(10, w2=2), {"cache_threshold": 0.1}, "w2"),
-        ("cache_aware", (100, 10, 50), req(10, w0=10), {}, "w1"),  # 90 > 64, 100 > 15
-        ("cache_aware", (100, 70, 90), req(10, w0=10), {}, "w0"),  # 30 <= 64: balanced
-        # imbalanced: least load, whatever the trees
-        ("cache_aware", (100, 10, 50), sized(10, {"w0": 0, "w1": 9, "w2": 9}), {}, "w1"),
+        # an empty tree, loads tied: the first candidate (sglang-router's min_by_key)
+        ((2, 2, 2), [], SYSTEM, {}, "w0"),
+        # no match: the least loaded, even if another tree is smaller (sglang-router 0.3.2)
+        ((2, 1, 2), [("w2", "unrelated " * 10)], SYSTEM, {}, "w1"),
+        # match rate 116/126 > 0.3: the tenant, though busier
+        ((2, 1, 2), [("w2", SYSTEM)], SYSTEM + "question 1", {}, "w2"),
+        # match rate 116/500 = 0.23 <= 0.3: least load; 0.2 threshold: the tenant
+        ((2, 1, 2), [("w2", SYSTEM)], SYSTEM + "z" * 384, {}, "w1"),
+        ((2, 1, 2), [("w2", SYSTEM)], SYSTEM + "z" * 384, {"cache_threshold": 0.2}, "w2"),
+        # imbalanced (90 > 64 and 100 > 15): least load whatever the match
+        ((100, 10, 50), [("w0", SYSTEM)], SYSTEM, {}, "w1"),
+        # balanced (30 <= 64): the match, though the busiest
+        ((100, 70, 90), [("w0", SYSTEM)], SYSTEM, {}, "w0"),
+        # two tenants hold the system prompt: the one that reached it first (SGLang's
+        # last_tenant, set when a node is created), not the less loaded one
+        ((2, 9, 1), [("w1", SYSTEM + "a"), ("w2", SYSTEM + "b")], SYSTEM + "c", {}, "w1"),
     ],
 )
-def test_cache_aware(policy: str, loads: tuple[int, ...], request_: RoutingRequest,
+def test_cache_aware(loads: tuple[int, ...], history: list[tuple[str, str]], prompt: str,
                      params: dict[str, float], expected: str) -> None:
-    picked = create_policy(policy, {"seed": 0, **params}).pick(request_, pool(*loads))
-    assert picked.id == expected
+    workers = pool(*loads)
+    policy = create_policy("cache_aware", {"tie_break": "first", **params})
+    for worker_id, text in history:  # earlier picks, forced through a single candidate
+        policy.pick(text_req(text), [w for w in workers if w.id == worker_id])
+    assert policy.pick(text_req(prompt), workers).id == expected
+
+
+def test_cache_aware_imbalanced_picks_still_teach_the_tree() -> None:
+    workers = pool(100, 10, 50)
+    policy = create_policy("cache_aware", {"tie_break": "first"})
+    assert policy.pick(text_req(SYSTEM), workers).id == "w1"
+    workers.set_in_flight(workers[0], 10)
+    workers.set_in_flight(workers[2], 10)
+    workers.set_in_flight(workers[1], 20)
+    assert policy.pick(text_req(SYSTEM + "more"), workers).id == "w1"
+
+
+def test_cache_aware_random_ties_spread_cold_prompts() -> None:
+    policy = create_policy("cache_aware", {"seed": 1})
+    workers = pool(0, 0, 0, 0)
+    picked = {policy.pick(text_req(f"cold prompt {i} " * 8), workers).id for i in range(20)}
+    assert len(picked) == 4  # tie_break first would send all 20 to w0
+
+
+def test_cache_aware_matches_chat_text_as_sglang_router_does() -> None:
+    """Contents joined by spaces, roles and non-text parts left out (protocols/chat.rs)."""
+    messages = [{"role": "system", "content": "sys"}, {"role": "user", "content": ""},
+                {"role": "user", "content": [{"type": "text", "text": "a"},
+                                             {"type": "image_url", "image_url": {}},
+                                             {"type": "text", "text": "b"}]},
+                {"role": "assistant", "content": "c", "reasoning_content": "r"}]
+    request = RoutingRequest(model="m", api=Api.CHAT, prompt_text="ignored",
+                             messages=messages)
+    assert routing_text(request) == "sys a b c r"
+    assert routing_text(text_req("plain")) == "plain"
 
 
 @pytest.mark.parametrize("name", ["prefix_cache", "cache_aware"])

@@ -123,6 +123,24 @@ def test_a_lease_brings_its_uncached_prompt_to_the_prefill_backlog(prompt: str,
     lease.release("completed")
 
 
+def test_a_released_lease_takes_its_prompt_out_of_the_prefill_backlog() -> None:
+    """However slow the learned prefill rate, an ended request is no longer ahead of anyone
+    (issue 35.3); one still open is."""
+    from picker.speed import Observation
+
+    r = router(WorkerSpec(url="a:1", id="w"))
+    worker = r.registry.workers()[0]
+    r.registry.observe(worker, Observation(prompt_tokens=1000, cached_tokens=0,
+                                           ttft_secs=100.0))  # 10 tokens/s
+    leases = [r.route_sync(RoutingRequest(model="m", api=Api.CHAT, prompt_text="x" * 4000))
+              for _ in range(2)]
+    assert worker.prefill_ahead(time.monotonic()) == pytest.approx(2000.0, abs=5.0)
+    leases[0].release("completed")
+    assert worker.prefill_ahead(time.monotonic()) == pytest.approx(1000.0, abs=5.0)
+    leases[1].release("completed")
+    assert worker.prefill_ahead(time.monotonic()) == 0.0
+
+
 def test_a_pairs_decode_worker_has_no_prefill_to_do() -> None:
     from picker.decisions import Choice
     from picker.speed import Observation
@@ -402,7 +420,7 @@ def test_strategy_header_overrides_and_unknown_is_400() -> None:
     assert caught.value.status == 400 and caught.value.param == "x-routing-strategy"
     plain = router(WorkerSpec(url="a:1", models=["m"]))
     with pytest.raises(InvalidRequest, match="prefix index"):
-        plain.route_sync(chat_req("s", "q", **{"x-routing-strategy": "cache_aware"}))
+        plain.route_sync(chat_req("s", "q", **{"x-routing-strategy": "prefix_cache"}))
 
 
 def test_prefix_metrics_report_match_buckets_and_index_size() -> None:

@@ -93,13 +93,26 @@ def test_predicted_ttft(waiting: float, ahead_tokens: float, expected: float) ->
     ],
 )
 def test_prefill_backlog_drains(rate: float | None, now: float, left: float) -> None:
-    assert PrefillBacklog(2000.0, 10.0).left(rate, now) == pytest.approx(left)
+    assert PrefillBacklog(2000.0, 10.0, 2000.0).left(rate, now) == pytest.approx(left)
 
 
 def test_prefill_backlog_adds_to_what_is_left() -> None:
-    backlog = PrefillBacklog(2000.0, 10.0).plus(300.0, 1000.0, 11.5)
-    assert backlog == PrefillBacklog(800.0, 11.5)
+    backlog = PrefillBacklog(2000.0, 10.0, 2000.0).plus(300.0, 1000.0, 11.5)
+    assert backlog == PrefillBacklog(800.0, 11.5, 2300.0)
     assert backlog.plus(-50.0, 1000.0, 11.5) == backlog  # no negative work
+
+
+def test_prefill_backlog_is_never_more_than_the_open_requests_were_sent_with() -> None:
+    """A prefill rate learned too low keeps the fluid queue full after the requests ended;
+    their end empties it (issue 35.3)."""
+    slow = 10.0  # tokens/s: 3000 tokens would take 5 minutes
+    backlog = PrefillBacklog().plus(1000.0, slow, 0.0).plus(2000.0, slow, 0.0)
+    assert backlog.left(slow, 1.0) == pytest.approx(2990.0)
+    backlog = backlog.ended(2000.0, slow, 1.0)
+    assert backlog.open_tokens == 1000.0 and backlog.left(slow, 1.0) == 1000.0
+    backlog = backlog.ended(1000.0, slow, 2.0)
+    assert backlog.left(slow, 2.0) == 0.0 and backlog.open_tokens == 0.0
+    assert backlog.ended(500.0, slow, 3.0).open_tokens == 0.0  # never below empty
 
 
 def fleet_with_speeds(*rates: float | None) -> Fleet:
