@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from extproc import codec
@@ -251,3 +253,32 @@ def test_subset_hint_matches_by_address_as_the_reference_picker(
     stream.handle(duplex_both_ways(metadata={codec.SUBSET_NAMESPACE: {codec.SUBSET_KEY: hint}}))
     (reply, *_) = stream.handle(body_msg(BODY, True))
     assert (reply.immediate_response.status.code == 503) == (not expected)
+
+
+async def test_a_hostname_is_resolved_off_the_serving_loop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the loop that serves every stream, a slow resolver must stall nothing: the blocking
+    call is never made there; the loop's resolver thread fills the cache for later hints."""
+    import socket
+
+    def blocking(*_: object, **__: object) -> object:
+        raise AssertionError("getaddrinfo called on the serving loop")
+
+    runtime = runtime_of(WorkerSpec(url="http://localhost:8001", id="w0", models=["m"]))
+    matcher = SubsetMatcher()
+    monkeypatch.setattr(socket, "getaddrinfo", blocking)
+    workers = runtime.registry.workers()
+    assert matcher.allowed(workers, ["127.0.0.1:8001"]) == set()  # not known yet: a miss
+    monkeypatch.undo()
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if matcher.allowed(workers, ["127.0.0.1:8001"]) == {"w0"}:
+            break
+    assert matcher.allowed(workers, ["127.0.0.1:8001"]) == {"w0"}
+
+
+def test_a_zoned_ipv6_answer_keeps_the_other_addresses() -> None:
+    matcher = SubsetMatcher()
+    matcher._store("engine.local", [  # noqa: SLF001 - what getaddrinfo answers, as tuples
+        (None, None, None, "", ("fe80::1%eth0", 0, 0, 2)), (None, None, None, "", ("10.0.0.5", 0))])
+    assert matcher._addresses("engine.local") == {"engine.local", "fe80::1", "10.0.0.5"}  # noqa: SLF001
