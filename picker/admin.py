@@ -75,7 +75,6 @@ _MUTATION_ERRORS: dict[type[Exception], tuple[int, str]] = {
     WorkerConflict: (409, "conflict"),
     UnknownWorker: (404, "unknown_worker"),
     WorkerUnreachable: (503, "worker_unreachable"),
-    ConfigError: (422, "invalid_field"),  # a worker the picker's settings cannot take
 }
 
 
@@ -243,6 +242,12 @@ def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None,
                  405: "method_not_allowed"}
         return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
 
+    @app.exception_handler(ConfigError)
+    async def refused(_: Request, exc: ConfigError) -> JSONResponse:
+        """A worker the running picker's settings cannot take (a role without enable_igw, a
+        key without mutual TLS on ext_proc): the field it names."""
+        return _error(422, "invalid_field", str(exc), exc.key)
+
     for error_type, (status, code) in _MUTATION_ERRORS.items():
         async def handler(_: Request, exc: Exception, status: int = status,
                           code: str = code) -> JSONResponse:
@@ -297,8 +302,6 @@ def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None,
         """Check conflicts, discover what is missing, register; a DP engine registers one
         worker per rank. With `models` given, a worker that does not answer yet is registered
         unhealthy (202) instead of being waited for."""
-        if spec.api_key is not None and (problem := runtime.worker_keys_problem()) is not None:
-            return _error(422, "invalid_field", f"api_key refused: {problem}", "api_key")
         registered = await manager.register(spec)
         added = registered.workers
         body = view(added[0]) if len(added) == 1 else {

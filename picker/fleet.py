@@ -101,15 +101,19 @@ class _Registration:
 
 class WorkerManager:
     def __init__(self, workers: WorkerRegistry, settings: DiscoverySettings,
-                 health_checked: bool = True, pd_paired: bool = False) -> None:
+                 health_checked: bool = True, pd_paired: bool = False,
+                 keys_refused: str | None = None) -> None:
         """`health_checked`: active health checks run, so a worker registered before it
         answered is admitted once it does; without them such a registration is refused.
         `pd_paired`: prefill and decode workers are paired (enable_igw); without it they are
-        refused."""
+        refused. `keys_refused`: why workers with an api_key may not be registered (the
+        running ext_proc port does not authenticate its clients), None when they may: checked
+        here, on the one path of the admin API, a config reload and discovery alike."""
         self.workers = workers
         self._settings = settings
         self._health_checked = health_checked
         self._pd_paired = pd_paired
+        self._keys_refused = keys_refused
         self._client: httpx.AsyncClient | None = None
         self._registrations: dict[str, _Registration] = {}  # by spec url
         self._registration_of: dict[str, str] = {}  # worker url -> spec url
@@ -218,6 +222,8 @@ class WorkerManager:
     async def _register(self, spec: WorkerSpec, declared_in: str | None) -> Registered:
         if spec.worker_type is not WorkerType.REGULAR and not self._pd_paired:
             raise ConfigError("worker_type", unpaired_role(spec.worker_type))
+        if spec.api_key is not None and self._keys_refused is not None:
+            raise ConfigError("api_key", f"refused: {self._keys_refused}")
         self._check_free(spec)  # before any network call: a conflict is not worth a wait
         complete, reached = await self._discover(spec)
         self._check_free(complete)  # discovery may have found dp_size; others may have won

@@ -144,7 +144,11 @@ class PickerRuntime:
         # Workers registered before they answer are admitted by health checks, when they run.
         self.manager = WorkerManager(self.registry, config.discovery,
                                      health_checked=config.health.enabled,
-                                     pd_paired=config.enable_igw)
+                                     pd_paired=config.enable_igw,
+                                     # Inside LiteLLM keys stay in the process; under
+                                     # serve they go out on the ext_proc port.
+                                     keys_refused=None if host is Host.LITELLM
+                                     else config.extproc.worker_keys_problem())
         self._sources: list[Source] = build_sources(config.discovery, self.manager)
         if group is not None and self._follower:
             from picker.processes.mirror import StateFollower  # msgspec only when needed
@@ -362,11 +366,6 @@ class PickerRuntime:
     def admin_port(self) -> int | None:
         """The admin API's bound port once it listens (None when disabled)."""
         return self._admin_port
-
-    def worker_keys_problem(self) -> str | None:
-        """Why a worker with an api_key may not be registered (None: it may). Inside LiteLLM
-        keys stay in the process; under `serve` they go out on the ext_proc port."""
-        return None if self._host is Host.LITELLM else self._config.extproc.worker_keys_problem()
 
     @property
     def admin_enabled(self) -> bool:

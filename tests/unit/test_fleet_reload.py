@@ -168,3 +168,19 @@ async def test_settings_are_compared_with_the_running_ones(
     assert "changes to policy apply on restart" in caplog.text  # names what waits
     assert await reload(policy="least_load")  # still not what runs
     assert not await reload()  # back to what runs
+
+
+async def test_a_reload_cannot_bring_in_a_keyed_worker_the_running_port_would_leak(
+        picker: Picker, caplog: pytest.LogCaptureFixture) -> None:
+    """The new file's own `extproc` settings wait for a restart: a key it adds (with the
+    opt-out beside it) would otherwise go out on the running plaintext ext_proc port (review
+    finding). The file path refuses it as the admin API does."""
+    picker.path.write_text(yaml.safe_dump({
+        "extproc": {"allow_unauthenticated_keys": True},
+        "workers": [{"url": "http://127.0.0.1:1", "id": "a", "models": ["m"]},
+                    {"url": "http://127.0.0.1:2", "id": "k", "models": ["m"],
+                     "api_key": "sk-secret-key"}]}))
+    await picker.reloader.reload()
+    assert picker.ids() == ["a"]
+    refused = [r.getMessage() for r in caplog.records if "api_key" in r.getMessage()]
+    assert refused and "extproc.tls" in refused[0] and "sk-secret-key" not in caplog.text
