@@ -24,6 +24,9 @@ __all__ = ["serve_http"]
 _HEAD_LIMIT = 64 * 1024
 # Envoy sends each check request whole at once; ten seconds covers any scheduling hiccup.
 HEAD_TIMEOUT_SECS = 10.0
+# A connection with no request for this long is closed (else anyone reaching the port could
+# hold descriptors for ever); envoy-authz.yaml closes its pooled ones after 60 s, first.
+IDLE_TIMEOUT_SECS = 120.0
 _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
             413: b"Payload Too Large",
             415: b"Unsupported Media Type", 429: b"Too Many Requests",
@@ -41,11 +44,14 @@ class _Connection(asyncio.Protocol):
     """One keep-alive connection from Envoy; requests are answered in order."""
 
     def __init__(self, checker: Checker, awaits: bool,
-                 head_timeout_secs: float = HEAD_TIMEOUT_SECS) -> None:
+                 head_timeout_secs: float = HEAD_TIMEOUT_SECS,
+                 idle_timeout_secs: float = IDLE_TIMEOUT_SECS) -> None:
         self._checker = checker
         self._awaits = awaits
         self._head_timeout_secs = head_timeout_secs
+        self._idle_timeout_secs = idle_timeout_secs
         self._head_timer: asyncio.TimerHandle | None = None
+        self._timing_head = False  # the timer running is the head timeout, not the idle one
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
         self._busy = False  # an awaited check is running: later bytes wait in the buffer
@@ -65,14 +71,19 @@ class _Connection(asyncio.Protocol):
         self._watch_head(waiting=bool(self._buffer) and not self._busy)
 
     def _watch_head(self, waiting: bool) -> None:
-        """Keep a deadline running while part of a request is waiting for the rest."""
-        if not waiting or self._transport is None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-        elif self._head_timer is None:
-            self._head_timer = asyncio.get_running_loop().call_later(
-                self._head_timeout_secs, self._head_expired)
+        """One deadline at a time: the head timeout while part of a request waits for the
+        rest (from its first byte: dribbling bytes does not extend it), the idle timeout while
+        nothing is asked, none while a check runs."""
+        if waiting and self._timing_head and self._head_timer is not None:
+            return
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        if self._transport is None or self._busy:
+            return
+        self._timing_head = waiting
+        delay = self._head_timeout_secs if waiting else self._idle_timeout_secs
+        self._head_timer = asyncio.get_running_loop().call_later(delay, self._head_expired)
 
     def _head_expired(self) -> None:
         self._head_timer = None
@@ -157,8 +168,9 @@ class _Connection(asyncio.Protocol):
 
 
 async def serve_http(checker: Checker, awaits: bool, sock: socket.socket,
-                     head_timeout_secs: float = HEAD_TIMEOUT_SECS) -> asyncio.Server:
+                     head_timeout_secs: float = HEAD_TIMEOUT_SECS,
+                     idle_timeout_secs: float = IDLE_TIMEOUT_SECS) -> asyncio.Server:
     """Serving on a listening socket (picker.listen) until the returned server is closed."""
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: _Connection(checker, awaits, head_timeout_secs), sock=sock)
+        lambda: _Connection(checker, awaits, head_timeout_secs, idle_timeout_secs), sock=sock)

@@ -4,7 +4,9 @@ the HTTP/1.1 framing Envoy's ext_authz client uses."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 
 import pytest
 
@@ -195,9 +197,10 @@ def test_a_health_probe_is_allowed_to_a_routable_worker_without_a_lease() -> Non
 
 async def test_http_closes_a_request_left_unfinished_but_not_an_idle_keep_alive() -> None:
     """On a real socket: part of a request is closed after the head timeout; a connection
-    that finished its request may idle (Envoy pools it)."""
+    that finished its request may idle (Envoy pools it) up to the idle timeout."""
     sock = listen_socket("127.0.0.1", 0, "authz HTTP")
-    server = await serve_http(checker(), awaits=False, sock=sock, head_timeout_secs=0.3)
+    server = await serve_http(checker(), awaits=False, sock=sock, head_timeout_secs=0.3,
+                              idle_timeout_secs=1.5)
     port = sock.getsockname()[1]
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -210,6 +213,24 @@ async def test_http_closes_a_request_left_unfinished_but_not_an_idle_keep_alive(
         await asyncio.sleep(0.6)
         writer.write(_request())
         assert (await asyncio.wait_for(reader.readuntil(b"HTTP/1.1 200 "), 2))
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)  # the rest of its head
+        # Idle past the idle timeout: closed (anyone could otherwise hold descriptors).
+        rest = await asyncio.wait_for(reader.read(), 4)
+        assert b"HTTP/1.1" not in rest and reader.at_eof()
+        writer.close()
+        # Dribbling a request does not extend its head timeout (0.3 s from the first byte).
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionError):
+            for byte in _request()[:20]:  # 2 s of dribbling if nobody closed it
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.1)
+        try:
+            rest = await asyncio.wait_for(reader.read(), 2)
+        except ConnectionError:  # the close came while a byte was on its way
+            rest = b""
+        assert rest == b"" and time.monotonic() - started < 1.2
         writer.close()
     finally:
         server.close()
