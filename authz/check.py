@@ -29,6 +29,7 @@ from picker.leases import Lease
 from picker.model_list import model_object, models_path_id
 from picker.openai_body import parse_request
 from picker.probes import is_probe, probe_target
+from picker.registry import Worker
 from picker.request import RoutingRequest
 from picker.runtime import PickerRuntime
 
@@ -133,8 +134,7 @@ class Checker:
             worker = probe_target(self._runtime.registry.workers())
         except RequestError as error:
             return self.deny(error)
-        return Answer(200, ((DESTINATION_HEADER, worker.host_port), (_REMOVE_HEADER, ",".join(
-            name for name in control_headers.STRIPPED if name != DESTINATION_HEADER))))
+        return _routed(_to_worker(worker))
 
     def allow(self, lease: Lease) -> Answer:
         forward = lease.forward
@@ -145,19 +145,10 @@ class Checker:
                 "this prefill/decode protocol rewrites the body: serve it over ext_proc"))
         token = new_token(self._token_prefix)
         self._leases[token] = lease
-        spec = lease.worker.spec
-        headers = [(DESTINATION_HEADER, lease.worker.host_port),
-                   (LEASE_HEADER, token)]
-        if spec.dp_rank is not None:
-            headers.append((DP_RANK_HEADER, str(spec.dp_rank)))
-        if spec.api_key is not None:
-            headers.append(("authorization", f"Bearer {spec.api_key.get_secret_value()}"))
+        headers = [*_to_worker(lease.worker), (LEASE_HEADER, token)]
         if forward is not None:
             headers.extend(forward.headers)
-        written = {key for key, _ in headers}
-        headers.append((_REMOVE_HEADER, ",".join(
-            name for name in control_headers.STRIPPED if name not in written)))
-        return Answer(200, tuple(headers))
+        return _routed(headers)
 
     def deny(self, error: RequestError) -> Answer:
         self._runtime.reject(error)
@@ -186,3 +177,22 @@ class Checker:
         for token in stale:
             del self._leases[token]
         return len(stale)
+
+
+def _to_worker(worker: Worker) -> list[tuple[str, str]]:
+    """What reaching `worker` takes, for a request and a gateway health probe alike: its
+    address, its data-parallel rank and its own key."""
+    spec = worker.spec
+    headers = [(DESTINATION_HEADER, worker.host_port)]
+    if spec.dp_rank is not None:
+        headers.append((DP_RANK_HEADER, str(spec.dp_rank)))
+    if spec.api_key is not None:
+        headers.append(("authorization", f"Bearer {spec.api_key.get_secret_value()}"))
+    return headers
+
+
+def _routed(headers: list[tuple[str, str]]) -> Answer:
+    """Allowed with `headers` set, and every control header the picker did not set removed."""
+    written = {key for key, _ in headers}
+    return Answer(200, (*headers, (_REMOVE_HEADER, ",".join(
+        name for name in control_headers.STRIPPED if name not in written))))

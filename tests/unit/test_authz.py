@@ -234,3 +234,14 @@ async def test_http_closes_a_request_left_unfinished_but_not_an_idle_keep_alive(
         writer.close()
     finally:
         server.close()
+
+
+def test_a_health_probe_to_a_keyed_rank_carries_what_a_request_would() -> None:
+    """The probe reaches its worker as a routed request does (its key, its rank), in authz
+    mode as in ext_proc mode (review finding: only the destination was set here)."""
+    check = checker(extproc={"allow_unauthenticated_keys": True}, workers=[{
+        "url": "http://10.0.0.1:8000@1", "dp_size": 2, "models": ["m"], "api_key": "sk-engine"}])
+    answer = check.check("/health", {":method": "GET"}, b"")
+    headers = dict(answer.headers)
+    assert answer.status == 200 and headers["authorization"] == "Bearer sk-engine"
+    assert headers[control_headers.DP_RANK] == "1"
