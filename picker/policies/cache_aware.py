@@ -57,6 +57,10 @@ class CacheAwareParams(SeededParams):
     # Seconds between evictions; 0 never evicts (sglang-router --eviction-interval-secs).
     eviction_interval_secs: float = Field(default=60, ge=0)
     tie_break: Literal["random", "first"] = "random"
+    # A worker not chosen for this long leaves the tree at the next eviction: a removed or
+    # long-dead worker's prompts would otherwise stay resident (up to max_tree_size each).
+    # sglang-router forgets a worker when it is removed; this policy does not see removals.
+    forget_after_secs: float = Field(default=600, gt=0)
 
 
 def routing_text(request: RoutingRequest) -> str:
@@ -91,8 +95,10 @@ class CacheAware:
         self._interval = params.eviction_interval_secs
         self._rng = _random.Random(params.seed) if params.tie_break == "random" else None
         self._tree = RadixTree()
+        self._forget_after = params.forget_after_secs
         self._clock = clock
         self._evicted_at = clock()
+        self._chosen_at: dict[str, float] = {}  # worker id -> when last chosen
 
     def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker:
         self._maybe_evict()
@@ -107,6 +113,7 @@ class CacheAware:
         if chosen is None:
             chosen = self._least_loaded(candidates, loads, low)
         self._tree.insert(text, chosen.id)
+        self._chosen_at[chosen.id] = self._evicted_at
         return chosen
 
     def _least_loaded(self, candidates: Sequence[Worker], loads: list[int],
@@ -115,8 +122,16 @@ class CacheAware:
         return tied[0] if self._rng is None or len(tied) == 1 else self._rng.choice(tied)
 
     def _maybe_evict(self) -> None:
-        if self._interval and self._clock() - self._evicted_at >= self._interval:
-            self._evicted_at = self._clock()
+        """Every eviction interval: forget workers not chosen for forget_after_secs, then
+        trim the others to max_tree_size. (`_evicted_at` doubles as the pick's clock reading:
+        one clock call per interval, not per pick.)"""
+        now = self._clock()
+        if self._interval and now - self._evicted_at >= self._interval:
+            self._evicted_at = now
+            gone = [w for w, at in self._chosen_at.items() if now - at > self._forget_after]
+            for worker_id in gone:
+                del self._chosen_at[worker_id]
+                self._tree.remove(worker_id)
             self._tree.evict(self._max_chars)
 
 

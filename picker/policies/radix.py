@@ -151,6 +151,22 @@ class RadixTree:
                 if parent is not self._root and self._leaf_of(parent, tenant):
                     heapq.heappush(heap, (parent.tenants[tenant], next(order), tenant, parent))
 
+    def remove(self, tenant: str) -> None:
+        """Forget `tenant` everywhere; nodes no tenant holds any more go too."""
+        with self._lock:
+            self._chars.pop(tenant, None)
+            order = []  # every node, each parent before its children
+            stack = [self._root]
+            while stack:
+                node = stack.pop()
+                node.tenants.pop(tenant, None)
+                order.append(node)
+                stack.extend(node.children.values())
+            for node in reversed(order):  # children first: an emptied parent goes after them
+                parent = node.parent
+                if parent is not None and not node.tenants and not node.children:
+                    del parent.children[node.text[0]]
+
     @staticmethod
     def _leaf_of(node: _Node, tenant: str) -> bool:
         return tenant in node.tenants and not any(

@@ -124,3 +124,21 @@ def test_bad_parameters_are_config_errors() -> None:
 
     with pytest.raises(ConfigError, match="cache_threshold"):
         create_policy("cache_aware", {"cache_threshold": 2})
+
+
+def test_cache_aware_forgets_a_worker_not_chosen_for_forget_after_secs() -> None:
+    """A removed (or long-dead) worker's prompts leave the tree instead of staying resident
+    for ever (review finding): at the first eviction after forget_after_secs."""
+    from picker.policies.cache_aware import CacheAware, CacheAwareParams
+
+    now = [0.0]
+    policy = CacheAware(CacheAwareParams(tie_break="first", eviction_interval_secs=10,
+                                         forget_after_secs=100), clock=lambda: now[0])
+    both = pool(0, 0)
+    assert policy.pick(text_req(SYSTEM), both).id == "w0"
+    only_w1 = [both[1]]
+    for step in range(1, 13):  # w0 gone: every pick goes to w1, on other prompts
+        now[0] = step * 10.0
+        policy.pick(text_req(f"other prompt {step} " * 4), only_w1)
+    assert policy._tree.chars("w0") == 0  # noqa: SLF001 - the tree is the policy's own
+    assert policy._tree.chars("w1") > 0  # noqa: SLF001

@@ -42,3 +42,16 @@ def test_eviction_drops_least_recently_used_leaves_of_tenants_over_the_bound() -
     tree.evict(max_chars=3)  # a leaf at a time, then its parent once it is a's leaf
     assert tree.chars("a") == 0 and tree.chars("b") == 0
     assert tree.match("system other")[1] == 0  # the root keeps its tenants, as SGLang's
+
+
+def test_remove_forgets_a_tenant_and_the_nodes_only_it_held() -> None:
+    tree = RadixTree()
+    tree.insert("shared system prompt, then a", "w0")
+    tree.insert("shared system prompt, then b", "w1")
+    tree.insert("only w0 says this", "w0")
+    tree.remove("w0")
+    assert tree.chars("w0") == 0
+    assert tree.match("only w0 says this")[1] == 0  # its own branch is gone
+    assert tree.match("shared system prompt, then a") == ("w1", len("shared system prompt, then "))
+    tree.remove("w1")
+    assert tree.match("shared system prompt, then b") == (None, 0)  # an empty tree
