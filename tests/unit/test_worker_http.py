@@ -122,9 +122,14 @@ async def test_requests_cancelled_mid_flight_never_wedge_the_pool(
         server.close()
 
 
-async def test_a_pool_that_lost_its_slots_is_replaced(requests: WorkerRequests) -> None:
+async def test_a_pool_that_lost_its_slots_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
     """The last resort: a PoolTimeout (impossible with a pool larger than both lanes, unless
-    slots were lost) gives the next requests a new client."""
+    slots were lost) gives the next requests a new client. A proxy in the environment keeps
+    plain http workers' requests on httpx (which honours it, and NO_PROXY)."""
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    requests = WorkerRequests(concurrency=2)
+    requests.start()
     server, url = await _serve(_ok)
     worker = WorkerRegistry([WorkerSpec(url=url)]).workers()[0]
 
@@ -134,4 +139,5 @@ async def test_a_pool_that_lost_its_slots_is_replaced(requests: WorkerRequests) 
     requests._client = httpx.AsyncClient(transport=httpx.MockTransport(no_slot))
     assert await requests.get(worker, "/health", deadline=1.0) is None
     assert await requests.get(worker, "/health", deadline=1.0) is not None
+    await requests.stop()
     server.close()
