@@ -141,3 +141,32 @@ async def test_a_pool_that_lost_its_slots_is_replaced(monkeypatch: pytest.Monkey
     assert await requests.get(worker, "/health", deadline=1.0) is not None
     await requests.stop()
     server.close()
+
+
+async def test_plain_http_workers_get_their_key_on_one_kept_connection(
+        requests: WorkerRequests) -> None:
+    """Plain http workers go through picker.plain_get: the API key is sent, the connection is
+    kept between requests, and a removed worker's connection is closed."""
+    heads: list[bytes] = []
+    connections: list[asyncio.StreamWriter] = []
+    ended = asyncio.Event()
+
+    @_quiet
+    async def keyed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        while head := await reader.read(65536):
+            heads.append(head)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+            await writer.drain()
+        ended.set()
+
+    server, url = await _serve(keyed)
+    worker = WorkerRegistry([WorkerSpec(url=url, api_key="k-30")]).workers()[0]
+    for _ in range(2):
+        answer = await requests.get(worker, "/health", deadline=1.0)
+        assert answer is not None and answer.is_success
+    assert len(heads) == 2 and all(b"\r\nauthorization: Bearer k-30\r\n" in h for h in heads)
+    assert len(connections) == 1 and not ended.is_set()
+    requests.forget(worker)
+    await asyncio.wait_for(ended.wait(), 2)
+    server.close()
