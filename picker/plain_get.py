@@ -174,20 +174,15 @@ class PlainGetter:
         if version not in (b"HTTP/1.1", b"HTTP/1.0") or not rest[:3].isdigit():
             raise ValueError(f"not an HTTP/1.x status line: {status_line[:80]!r}")
         status = int(rest[:3])
-        fields: dict[bytes, bytes] = {}
-        while (line := await reader.readline()) not in (b"\r\n", b"\n"):
-            if not line.endswith(b"\n"):
-                raise _Closed("in the headers")
-            name, colon, value = line.partition(b":")
-            if not colon:
-                raise ValueError(f"bad header line: {line[:80]!r}")
-            fields[name.strip().lower()] = value.strip()
+        fields = await self._fields(reader)
+        if 100 <= status < 200:  # an interim answer (103 Early Hints): the answer follows
+            return await self._read_answer(await reader.readline(), reader)
         encoding = fields.get(b"content-encoding", b"identity").lower()
         if encoding != b"identity":
             raise ValueError(f"content-encoding {encoding[:40]!r} was not asked for")
         connection = fields.get(b"connection", b"").lower()
         keep = connection != b"close" if version == b"HTTP/1.1" else connection == b"keep-alive"
-        if status in (204, 304) or 100 <= status < 200:
+        if status in (204, 304):
             return Answer(status, b""), keep
         if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
             return Answer(status, await self._chunked(reader)), keep
@@ -203,6 +198,18 @@ class PlainGetter:
         if len(body) > self._body_limit:
             raise ValueError(f"body over {self._body_limit} bytes")
         return Answer(status, body), False
+
+    @staticmethod
+    async def _fields(reader: asyncio.StreamReader) -> dict[bytes, bytes]:
+        fields: dict[bytes, bytes] = {}
+        while (line := await reader.readline()) not in (b"\r\n", b"\n"):
+            if not line.endswith(b"\n"):
+                raise _Closed("in the headers")
+            name, colon, value = line.partition(b":")
+            if not colon:
+                raise ValueError(f"bad header line: {line[:80]!r}")
+            fields[name.strip().lower()] = value.strip()
+        return fields
 
     async def _chunked(self, reader: asyncio.StreamReader) -> bytes:
         parts: list[bytes] = []

@@ -108,7 +108,14 @@ class WorkerRequests:
         request.add_done_callback(lambda _: lane.release())
         self._running.add(request)
         request.add_done_callback(self._running.discard)
-        response = await asyncio.shield(request)  # cancelled now: the request ends itself
+        try:
+            response = await asyncio.shield(request)  # cancelled now: the request ends itself
+        except asyncio.CancelledError:
+            # The worker's loop ended (it was removed): no connection is kept for it after.
+            if self._plain is not None:
+                plain, url = self._plain, worker.spec.network_url
+                request.add_done_callback(lambda _: plain.forget(url))
+            raise
         if response is None:
             self._answering.discard(worker.url)
         else:

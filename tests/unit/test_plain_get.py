@@ -103,6 +103,14 @@ async def test_chunked_body_with_extension_and_trailer(getter: PlainGetter) -> N
     assert server.connections == 1
 
 
+async def test_an_interim_answer_is_skipped(getter: PlainGetter) -> None:
+    server = Server(answering(b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n" + OK, OK))
+    async with server.running() as url:
+        assert await getter.get(url, "/health", {}, 1.0) == Answer(200, b"{}")
+        assert await getter.get(url, "/health", {}, 1.0) == Answer(200, b"{}")
+    assert server.connections == 1
+
+
 async def test_a_body_delimited_by_the_close(getter: PlainGetter) -> None:
     server = Server(answering(b"HTTP/1.0 200 OK\r\n\r\nuntil the end", then_close=True))
     async with server.running() as url:

@@ -170,3 +170,28 @@ async def test_plain_http_workers_get_their_key_on_one_kept_connection(
     requests.forget(worker)
     await asyncio.wait_for(ended.wait(), 2)
     server.close()
+
+
+async def test_a_request_whose_worker_loop_ended_keeps_no_connection(
+        requests: WorkerRequests) -> None:
+    """A worker removed mid-request: the request runs to its end (shielded), and its
+    connection is closed after rather than kept for a worker that is gone."""
+    ended = asyncio.Event()
+
+    @_quiet
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(0.2)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+        await writer.drain()
+        await reader.read()
+        ended.set()
+
+    server, url = await _serve(slow)
+    worker = WorkerRegistry([WorkerSpec(url=url)]).workers()[0]
+    probe = asyncio.create_task(requests.get(worker, "/health", deadline=1.0))
+    await asyncio.sleep(0.05)
+    probe.cancel()
+    await asyncio.gather(probe, return_exceptions=True)
+    await asyncio.wait_for(ended.wait(), 2)
+    server.close()
