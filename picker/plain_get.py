@@ -33,17 +33,18 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-__all__ = ["Answer", "PlainGetter", "plain_target"]
+__all__ = ["Answer", "PlainGetter"]
 
 log = logging.getLogger("llm_picker.plain_get")
 
 # Each live worker keeps an idle connection per getter (health, load): at most this share of
 # the soft file-descriptor limit, so that Envoy-facing sockets and files always have the rest.
 _FD_SHARE = 8
-# What may not appear in a request line or header (it would end or split them): a request
-# carrying it goes through httpx, which refuses it.
-_FORBIDDEN = re.compile(r"[\r\n\0]")
-_FORBIDDEN_IN_TARGET = re.compile(r"[\r\n\0 ]")
+# Anything but printable ASCII in a header (tab allowed) or in the url and path (no space):
+# CR or LF would end or split the request, and other bytes need an encoding to be chosen. A
+# request carrying any goes through httpx, which refuses or encodes it as it always did.
+_FORBIDDEN = re.compile(r"[^\t\x20-\x7e]")
+_FORBIDDEN_IN_TARGET = re.compile(r"[^\x21-\x7e]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +80,7 @@ class _ClosedIdle(_Closed):
 
 
 @lru_cache(maxsize=65536)
-def plain_target(url: str) -> _Target | None:
+def _target_of(url: str) -> _Target | None:
     """Where a GET to `url` (a worker's scheme://host[:port], as WorkerSpec validates it)
     connects, when this module can send it: plain http; None sends it through httpx."""
     try:
@@ -112,7 +113,7 @@ class PlainGetter:
     @staticmethod
     def sendable(url: str, path: str, headers: Mapping[str, str]) -> bool:
         """Whether `get` can send this request as given (else httpx must)."""
-        return plain_target(url) is not None and path.startswith("/") \
+        return _target_of(url) is not None and path.startswith("/") \
             and not _FORBIDDEN_IN_TARGET.search(path) \
             and not any(_FORBIDDEN.search(f"{name}{value}") for name, value in headers.items())
 
@@ -120,12 +121,12 @@ class PlainGetter:
                   deadline: float) -> Answer | None:
         """GET `url` + `path`; None when the worker could not be reached, closed, answered
         what is not HTTP/1.x, or did not finish within `deadline` seconds."""
-        target = plain_target(url)
+        target = _target_of(url)
         assert target is not None, "PlainGetter.get of a url sendable() refuses"
         head = [f"GET {path} HTTP/1.1", f"host: {target.host_header}",
                 "user-agent: llm-picker", "accept: */*",
                 *(f"{name}: {value}" for name, value in headers.items())]
-        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1", errors="replace")
+        request = ("\r\n".join(head) + "\r\n\r\n").encode("ascii")
         try:
             async with asyncio.timeout(deadline):
                 kept = self._idle.pop(url, None)

@@ -252,6 +252,8 @@ async def test_idle_connections_are_bounded() -> None:
     ("http://127.0.0.1:8000", "health", {}),
     ("http://127.0.0.1:8000", "/he alth", {}),
     ("http://127.0.0.1:8000", "/health", {"authorization": "Bearer a\r\nx-injected: 1"}),
+    ("http://127.0.0.1:8000", "/health", {"authorization": "Bearer clé"}),
+    ("http://127.0.0.1:8000", "/héalth", {}),
 ])
 def test_what_it_cannot_send_goes_to_httpx(url: str, path: str,
                                            headers: dict[str, str]) -> None:
