@@ -122,9 +122,14 @@ async def test_requests_cancelled_mid_flight_never_wedge_the_pool(
         server.close()
 
 
-async def test_a_pool_that_lost_its_slots_is_replaced(requests: WorkerRequests) -> None:
+async def test_a_pool_that_lost_its_slots_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
     """The last resort: a PoolTimeout (impossible with a pool larger than both lanes, unless
-    slots were lost) gives the next requests a new client."""
+    slots were lost) gives the next requests a new client. A proxy in the environment keeps
+    plain http workers' requests on httpx (which honours it, and NO_PROXY)."""
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    requests = WorkerRequests(concurrency=2)
+    requests.start()
     server, url = await _serve(_ok)
     worker = WorkerRegistry([WorkerSpec(url=url)]).workers()[0]
 
@@ -134,4 +139,68 @@ async def test_a_pool_that_lost_its_slots_is_replaced(requests: WorkerRequests) 
     requests._client = httpx.AsyncClient(transport=httpx.MockTransport(no_slot))
     assert await requests.get(worker, "/health", deadline=1.0) is None
     assert await requests.get(worker, "/health", deadline=1.0) is not None
+    await requests.stop()
+    server.close()
+
+
+async def test_plain_http_workers_get_their_key_on_one_kept_connection(
+        requests: WorkerRequests) -> None:
+    """Plain http workers go through picker.plain_get: the API key is sent, the connection is
+    kept between requests, and a removed worker's connection is closed."""
+    heads: list[bytes] = []
+    connections: list[asyncio.StreamWriter] = []
+    ended = asyncio.Event()
+
+    @_quiet
+    async def keyed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        while head := await reader.read(65536):
+            heads.append(head)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+            await writer.drain()
+        ended.set()
+
+    server, url = await _serve(keyed)
+    worker = WorkerRegistry([WorkerSpec(url=url, api_key="k-30")]).workers()[0]
+    for _ in range(2):
+        answer = await requests.get(worker, "/health", deadline=1.0)
+        assert answer is not None and answer.is_success
+    assert len(heads) == 2 and all(b"\r\nauthorization: Bearer k-30\r\n" in h for h in heads)
+    assert len(connections) == 1 and not ended.is_set()
+    requests.forget(worker)
+    await asyncio.wait_for(ended.wait(), 2)
+    server.close()
+
+
+async def test_a_request_whose_worker_loop_ended_keeps_no_connection(
+        requests: WorkerRequests) -> None:
+    """A worker removed mid-request: the request runs to its end (shielded), and its
+    connection is closed after rather than kept for a worker that is gone."""
+    ended = asyncio.Event()
+
+    @_quiet
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(0.2)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+        await writer.drain()
+        await reader.read()
+        ended.set()
+
+    server, url = await _serve(slow)
+    worker = WorkerRegistry([WorkerSpec(url=url)]).workers()[0]
+    probe = asyncio.create_task(requests.get(worker, "/health", deadline=1.0))
+    await asyncio.sleep(0.05)
+    probe.cancel()
+    await asyncio.gather(probe, return_exceptions=True)
+    await asyncio.wait_for(ended.wait(), 2)
+    server.close()
+
+
+async def test_a_key_that_cannot_be_sent_is_a_failed_request(requests: WorkerRequests) -> None:
+    """Not ASCII, it goes through httpx, which cannot encode it: a failure, not an exception
+    that would end the worker's health loop."""
+    server, url = await _serve(_ok)
+    worker = WorkerRegistry([WorkerSpec(url=url, api_key="clé")]).workers()[0]
+    assert await requests.get(worker, "/health", deadline=1.0) is None
     server.close()
