@@ -3,7 +3,7 @@
 Thousands of workers share one HTTP client, so four things are kept bounded here, once:
 
 - **Concurrency below the pool.** At most `concurrency` requests per lane are in flight and the
-  connection pool holds more connections than both lanes together, so the pool never queues.
+  connection pool holds more connections than all lanes together, so the pool never queues.
   A queue in httpcore's pool is what failed with ~500 unreachable workers: its bookkeeping is
   O(queued x connections) on every request (100% CPU), and a request cancelled or timed out
   while queued leaves a connection stuck CONNECTING that holds a pool slot for good
@@ -11,10 +11,12 @@ Thousands of workers share one HTTP client, so four things are kept bounded here
 - **A deadline per request**, from the moment it has a slot to the end of its body
   (asyncio.timeout): httpx's own timeouts are per phase, and a worker dribbling bytes would
   otherwise hold a slot for ever.
-- **Two lanes.** Workers whose last request was answered have a lane of their own; a new
-  worker, or one whose last request failed (refused, timed out, unreadable), waits in the
-  other. So any number of dead workers, registered dead or dying, delay the requests of
-  workers that answer by at most one request each; one answer moves a worker back.
+- **Three lanes.** A worker that has answered stays in the answering lane until it misses two
+  requests in a row (one miss, a slow moment, does not demote it: that is when its ejection is
+  decided); a new worker's first request has a lane of its own; every other worker (never
+  answered, or missed twice) waits in the failing lane, where dead workers that hang until the
+  deadline hold their slots. So dead workers, however many and however slow, never delay a
+  worker that answers, nor the first request of a new one; one answer moves a worker back.
 - **No request cut short by its caller.** httpcore also orphans a connection, for good, when a
   request is cancelled after the pool handed it a new connection and before it sent on it
   (#1093, #986): deleting workers mid-probe filled a pool that way. A request runs to its end
@@ -30,6 +32,7 @@ the deadline and the shield above hold for both.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import urllib.request
 
@@ -51,6 +54,15 @@ _KEEPALIVE = 8
 # Health answers are a few bytes, but a vLLM /metrics page with histograms and LoRA adapters
 # runs to hundreds of KiB: a bound on memory, far above either.
 _BODY_LIMIT = 8 * 1024 * 1024
+# Misses in a row that move an answering worker to the failing lane: the health checker's
+# default failure_threshold, so a worker is demoted when it is ejected, not before.
+_MISSES_TO_DEMOTE = 2
+
+
+class _Lane(enum.Enum):
+    ANSWERING = "answering"
+    NEW = "new"
+    FAILING = "failing"
 
 
 class WorkerRequests:
@@ -60,14 +72,14 @@ class WorkerRequests:
         self._concurrency = concurrency
         self._client: httpx.AsyncClient | None = None
         self._plain: PlainGetter | None = None
-        self._lanes: dict[bool, asyncio.Semaphore] = {}  # keyed by "last request answered"
-        self._answering: set[str] = set()  # worker urls whose last request was answered
+        self._lanes: dict[_Lane, asyncio.Semaphore] = {}
+        self._answered: set[str] = set()  # worker urls that have answered a request
+        self._misses: dict[str, int] = {}  # worker url -> requests missed in a row
         self._running: set[asyncio.Task[Answer | None]] = set()
         self._closing: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
-        self._lanes = {False: asyncio.Semaphore(self._concurrency),
-                       True: asyncio.Semaphore(self._concurrency)}
+        self._lanes = {lane: asyncio.Semaphore(self._concurrency) for lane in _Lane}
         self._client = self._new_client()
         # httpx sends through a proxy set in the environment (trust_env); requests that must
         # keep doing so stay with it.
@@ -78,7 +90,7 @@ class WorkerRequests:
     def _new_client(self) -> httpx.AsyncClient:
         # Every request in flight holds a lane slot, so the pool always has a connection to
         # hand out at once: reused, new, or made by closing an idle one.
-        slots = 2 * self._concurrency
+        slots = len(_Lane) * self._concurrency
         return httpx.AsyncClient(
             limits=httpx.Limits(max_connections=slots, max_keepalive_connections=_KEEPALIVE))
 
@@ -94,7 +106,8 @@ class WorkerRequests:
 
     def forget(self, worker: Worker) -> None:
         """A worker removed: a new one at its url starts as unproven, on a new connection."""
-        self._answering.discard(worker.url)
+        self._answered.discard(worker.url)
+        self._misses.pop(worker.url, None)
         if self._plain is not None:
             self._plain.forget(worker.spec.network_url)
 
@@ -102,7 +115,7 @@ class WorkerRequests:
         """GET `path` on `worker` (with its API key), read whole within `deadline` seconds
         of taking a slot; None when the worker could not be reached or did not answer in
         time. The wait for a slot is not counted: it is not the worker's fault."""
-        lane = self._lanes[worker.url in self._answering]
+        lane = self._lanes[self._lane_of(worker.url)]
         await lane.acquire()  # cancelled while waiting here: nothing was sent
         request = asyncio.create_task(self._send(worker, path, deadline))
         request.add_done_callback(lambda _: lane.release())
@@ -117,10 +130,17 @@ class WorkerRequests:
                 request.add_done_callback(lambda _: plain.forget(url))
             raise
         if response is None:
-            self._answering.discard(worker.url)
+            self._misses[worker.url] = self._misses.get(worker.url, 0) + 1
         else:
-            self._answering.add(worker.url)
+            self._answered.add(worker.url)
+            self._misses.pop(worker.url, None)
         return response
+
+    def _lane_of(self, url: str) -> _Lane:
+        misses = self._misses.get(url, 0)
+        if url in self._answered:
+            return _Lane.ANSWERING if misses < _MISSES_TO_DEMOTE else _Lane.FAILING
+        return _Lane.NEW if misses == 0 else _Lane.FAILING
 
     async def _send(self, worker: Worker, path: str, deadline: float) -> Answer | None:
         assert self._client is not None, "WorkerRequests.start() was not called"

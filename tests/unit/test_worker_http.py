@@ -100,6 +100,37 @@ async def test_workers_that_do_not_answer_never_delay_one_that_does(
     ok.close()
 
 
+async def test_hanging_dead_workers_delay_neither_a_new_worker_nor_a_single_miss(
+        requests: WorkerRequests) -> None:
+    """Dead workers that hang until the deadline fill the failing lane; a new worker's first
+    request and a live worker's request after one miss do not queue behind them (review
+    finding: both waited about dead workers / slots x deadline)."""
+    silent = [await _serve(_silent) for _ in range(10)]  # five times a lane's slots
+    registry = WorkerRegistry([WorkerSpec(url=url) for _, url in silent])
+    stuck = registry.workers()
+    first = [asyncio.create_task(requests.get(w, "/health", deadline=0.2)) for w in stuck]
+    await asyncio.gather(*first)  # each missed once: now in the failing lane
+    waiting = [asyncio.create_task(requests.get(w, "/health", deadline=3.0)) for w in stuck]
+    await asyncio.sleep(0.1)
+    ok, ok_url = await _serve(_ok)
+    new = registry.add(WorkerSpec(url=ok_url))
+    started = time.monotonic()
+    assert await requests.get(new, "/health", deadline=1.0) is not None  # its first request
+    assert time.monotonic() - started < 0.5
+    flaky, flaky_url = await _serve(_silent)
+    missed = registry.add(WorkerSpec(url=flaky_url))
+    requests._answered.add(missed.url)  # noqa: SLF001 - it answered before, then missed once
+    assert await requests.get(missed, "/health", deadline=0.2) is None
+    started = time.monotonic()
+    assert await requests.get(missed, "/health", deadline=0.2) is None  # its own deadline,
+    assert time.monotonic() - started < 0.5  # not a wait behind the hanging ones
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    for server in (ok, flaky, *(server for server, _ in silent)):
+        server.close()
+
+
 async def test_requests_cancelled_mid_flight_never_wedge_the_pool(
         requests: WorkerRequests) -> None:
     """Workers deleted while probed: their loops are cancelled at every point of a request.
