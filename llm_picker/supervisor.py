@@ -139,12 +139,14 @@ class _Group:
     def __init__(self) -> None:
         self.children: list[subprocess.Popen[bytes]] = []
         self.stopping = False
+        self._forwarded: int | None = None  # the stop signal passed on to the children
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._forward)
         signal.signal(signal.SIGHUP, self._reload)
 
     def _forward(self, signum: int, _frame: FrameType | None) -> None:
         self.stopping = True
+        self._forwarded = signum
         for child in self.children:
             if child.poll() is None:
                 child.send_signal(signum)
@@ -173,7 +175,10 @@ class _Group:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
-        return 1 if crashed or any(child.returncode for child in children) else 0
+        # A child still starting when the stop came dies of the signal itself (its handler
+        # not yet installed): asked to stop, that is a clean stop, not a failure.
+        clean = (0, None if crashed or self._forwarded is None else -self._forwarded)
+        return 1 if crashed or any(child.returncode not in clean for child in children) else 0
 
 
 def _child_setup(supervisor: int) -> None:

@@ -227,3 +227,30 @@ def test_only_groups_no_process_holds_are_removed(tmp_path: Path) -> None:
             f"{_GROUP_PREFIX}live", f"{_GROUP_PREFIX}starting", "llm-picker-other"]
     finally:
         os.close(held)
+
+
+def test_a_stop_asked_for_while_children_start_is_a_clean_stop() -> None:
+    """A child still starting when SIGTERM comes dies of the signal itself (no handler yet):
+    the group was asked to stop, so it exits 0; a child dying unasked is still a failure."""
+    import signal
+    import subprocess
+    import sys
+
+    from llm_picker.supervisor import _Group
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT,
+                                                       signal.SIGHUP)}
+    sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]
+    try:
+        group = _Group()
+        group.children = [subprocess.Popen(sleeper) for _ in range(2)]
+        signal.raise_signal(signal.SIGTERM)  # the supervisor's own SIGTERM, forwarded
+        assert group.supervise(stop_secs=5) == 0
+        assert [child.returncode for child in group.children] == [-signal.SIGTERM] * 2
+        crashed = _Group()
+        crashed.children = [subprocess.Popen(sleeper),
+                            subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])]
+        assert crashed.supervise(stop_secs=5) == 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
