@@ -69,7 +69,9 @@ class DeploymentFleet:
             if not api_base:
                 continue
             url = engine_url(str(api_base))
-            models, ids_here, _ = wanted.setdefault(url, (set(), set(), params.get("api_key")))
+            # An empty key (a common placeholder for engines without one) is no key.
+            key = params.get("api_key") or None
+            models, ids_here, _ = wanted.setdefault(url, (set(), set(), key))
             models.add(str(deployment.get("model_name")))
             ids_here.add(str(deployment.get("model_info", {}).get("id")))
         for worker in self.workers.workers():

@@ -169,6 +169,18 @@ class WorkerSpec(StrictModel):
     tool_parser: str | None = None
     chat_template: str | None = None
 
+    @field_validator("api_key")
+    @classmethod
+    def _sendable_key(cls, key: SecretStr | None) -> SecretStr | None:
+        """The key travels as `Authorization: Bearer <key>`: printable ASCII without spaces,
+        or no request to the worker could carry it. The message never shows the key (the
+        config and admin errors show pydantic's message, not the input)."""
+        text = None if key is None else key.get_secret_value()
+        if text is not None and not (text and all(33 <= ord(c) <= 126 for c in text)):
+            raise ValueError("must be non-empty printable ASCII without spaces (it is sent in "
+                             "the Authorization header)")
+        return key
+
     @field_validator("url")
     @classmethod
     def _normalise_url(cls, url: str) -> str:

@@ -70,3 +70,11 @@ def test_a_worker_is_named_by_the_operators_id_or_by_its_address() -> None:
     fleet.sync(router.model_list)
     assert sorted(w.id for w in fleet.workers.workers()) == ["10.0.0.7:8000", "engine-b"]
     assert fleet.worker_id(router.model_list[0]) == "10.0.0.7:8000"
+
+
+def test_an_empty_api_key_is_no_key() -> None:
+    fleet = DeploymentFleet(WorkerRegistry())
+    fleet.sync([{"model_name": "chat", "model_info": {"id": "d1"}, "litellm_params": {
+        "model": "hosted_vllm/x", "api_base": "http://a:1/v1", "api_key": ""}}])
+    (worker,) = fleet.workers.workers()
+    assert worker.spec.api_key is None

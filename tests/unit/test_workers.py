@@ -288,3 +288,12 @@ def test_round_trip_through_json_is_identity_minus_secret() -> None:
 )
 def test_serves(models: list[str], asked: str, served: bool) -> None:
     assert WorkerSpec(url="a:1", models=models).serves(asked) is served
+
+
+@pytest.mark.parametrize("key", ["sk-é", "two words", "line\nbreak", ""])
+def test_an_api_key_no_header_could_carry_is_refused_without_showing_it(key: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        WorkerSpec(url="http://a:1", api_key=key)
+    error = caught.value.errors()[0]
+    assert error["loc"] == ("api_key",) and "printable ASCII" in error["msg"]
+    assert not key or key not in error["msg"]
