@@ -20,7 +20,7 @@ import pytest
 
 from examples.litellm.sdk import make_router
 from litellm_plugin import PickerStrategy
-from picker_bench.stack import Process, SimSpec, start_sim
+from picker_bench.stack import Process, SimSpec, start_sims
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -29,7 +29,7 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 def engines(tmp_path: Path) -> Iterator[tuple[list[str], dict[str, Process]]]:
     specs = [SimSpec(f"e{i}", "my-model", ["--ttft-ms", "2", "--tpot-ms", "2"])
              for i in range(3)]
-    procs = {s.worker_id: start_sim(s, tmp_path) for s in specs}
+    procs = {s.worker_id: p for s, p in zip(specs, start_sims(specs, tmp_path), strict=True)}
     yield [f"http://127.0.0.1:{s.port}/v1" for s in specs], procs
     for proc in procs.values():
         proc.stop()
