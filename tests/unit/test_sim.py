@@ -235,6 +235,7 @@ def test_cache_config_info_reports_the_sim_cache_geometry(sim_url: str) -> None:
         assert cache_config_labels(other) == {"block_size": "32", "num_gpu_blocks": "100"}
 
 
+@pytest.mark.xdist_group("timing")  # bounds a wall-clock time: tests/conftest.py
 def test_control_knobs_kv_usage_and_health_delay(sim_url: str) -> None:
     assert httpx.post(f"{sim_url}/sim/control",
                       json={"kv_usage": 0.75, "health_delay_ms": 300}).status_code == 200
