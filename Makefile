@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/llm-picker demo
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 4 --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -32,7 +32,7 @@ from picker.prefix.kv_index import SyncPrefixIndex
 from picker.prefix.kv_settings import KvEventSettings
 from picker.registry import Worker, WorkerRegistry
 from picker.workers import KvEventsEndpoint, WorkerSpec
-from picker_bench.stack import SimSpec, free_port, start_picker, start_sim
+from picker_bench.stack import SimSpec, free_port, start_picker, start_sims
 from picker_sim.hf_twin import write_hf_twin
 from picker_sim.kv_formats import WIRE, KvEvent, WireFormat
 from picker_sim.kv_publisher import KvEventPublisher
@@ -178,7 +178,7 @@ def routing_under_ingestion(rates: list[int], seconds: float, pace: float = 0.00
     words = [f"word{i}" for i in range(VOCAB)]
     publishers = [KvEventPublisher("127.0.0.1", free_port()) for _ in range(workers)]
     sims = [SimSpec(f"e{i}", "m", ["--profile", "instant"]) for i in range(workers)]
-    procs = [start_sim(spec, workdir) for spec in sims]
+    procs = start_sims(sims, workdir)
     extproc, admin = free_port(), free_port()
     config = {
         "extproc": {"port": extproc}, "admin": {"port": admin}, "policy": "prefix_cache",

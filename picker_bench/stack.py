@@ -33,12 +33,15 @@ __all__ = [
     "ENVOY_FAIL_OPEN",
     "ENVOY_MTLS",
     "ENVOY_TEMPLATE",
+    "FIXED_PORTS_BELOW",
     "Fleet",
     "Process",
     "SimSpec",
     "duplex_both_ways",
     "envoy_binary",
     "free_port",
+    "free_port_run",
+    "port_range",
     "spawn",
     "wait_http",
     "local_fleet",
@@ -48,6 +51,7 @@ __all__ = [
     "start_envoy",
     "start_picker",
     "start_sim",
+    "start_sims",
 ]
 
 ENVOY_TEMPLATE = ENVOY_DIR / "envoy.yaml"
@@ -60,6 +64,12 @@ EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 # Ports this process has handed out: never twice, since a server given one may not have
 # bound it yet.
 _HANDED_OUT: set[int] = set()
+# The fixed ports of the README's commands and of the defaults (9002, 9003, 9901, 10000...) are
+# all below this: a free port is never one of them, so a test given free ports cannot take a
+# port the README test (tests/integration/test_readme.py, PORTS) is about to listen on.
+FIXED_PORTS_BELOW = 11000
+# How many ports below the ephemeral range free ports come from.
+_SPAN = 12000
 
 
 def _ephemeral_start() -> int:
@@ -70,14 +80,35 @@ def _ephemeral_start() -> int:
         return 32768
 
 
+def port_range() -> range:
+    """Where this process's free ports come from: below the ephemeral range, above the fixed
+    ports, and, under pytest-xdist (PYTEST_XDIST_WORKER gw<i> of PYTEST_XDIST_WORKER_COUNT),
+    the i-th of equal slices: _HANDED_OUT is per process, so two test processes (and the
+    servers each starts) drawing from one range could hand out the same port before either
+    bound it. A child process inherits its test process's slice."""
+    top = _ephemeral_start()
+    bottom = max(FIXED_PORTS_BELOW, top - _SPAN)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker.startswith("gw") and count > 1:
+        size = (top - bottom) // count
+        bottom += int(worker[2:]) * size
+        top = bottom + size
+    if top - bottom < 100:
+        raise OSError(f"too few loopback ports for free_port: {bottom}-{top} (the ephemeral "
+                      "range, /proc/sys/net/ipv4/ip_local_port_range, starts too low)")
+    return range(bottom, top)
+
+
 def free_port() -> int:
     """A loopback port free now, below the ephemeral range: between this call and the bind of
     the server it is for, no outgoing connection (Envoy's, a client's) can take it, and no
-    other call of this process returns it. (Port 0's choice is an ephemeral port, which a
-    test's own connections raced for: a server then failed with "address already in use".)"""
-    top = _ephemeral_start()
+    other call of this process (nor of another pytest-xdist worker: port_range) returns it.
+    (Port 0's choice is an ephemeral port, which a test's own connections raced for: a server
+    then failed with "address already in use".)"""
+    ports = port_range()
     for _ in range(1000):
-        port = random.randrange(max(1024, top - 12000), top)
+        port = random.randrange(ports.start, ports.stop)
         if port in _HANDED_OUT:
             continue
         with socket.socket() as sock:
@@ -87,7 +118,7 @@ def free_port() -> int:
                 continue
         _HANDED_OUT.add(port)
         return port
-    raise OSError("no free loopback port below the ephemeral range")
+    raise OSError(f"no free loopback port in {ports.start}-{ports.stop - 1}")
 
 
 def free_port_run(count: int) -> int:
@@ -95,7 +126,7 @@ def free_port_run(count: int) -> int:
     listens on extproc.port + i)."""
     for _ in range(100):
         base = free_port()
-        if base + count > 65536:
+        if base + count > port_range().stop:
             continue
         run = range(base, base + count)
         if _HANDED_OUT.intersection(run[1:]):
@@ -234,16 +265,28 @@ class SimSpec:
 
 
 def start_sim(spec: SimSpec, workdir: Path) -> Process:
-    port = spec.port or free_port()
-    spec.port = port
-    argv = [
-        sys.executable, "-m", "llm_picker", "sim", "--port", str(port), "--model", spec.model,
-        "--worker-id", spec.worker_id, *spec.args,
-        *(["--api-key", spec.api_key] if spec.api_key else []),
-    ]
-    proc = spawn(f"sim-{spec.worker_id}", argv, workdir)
-    wait_http(proc, f"http://127.0.0.1:{port}/health")
-    return proc
+    return start_sims([spec], workdir)[0]
+
+
+def start_sims(specs: Sequence[SimSpec], workdir: Path) -> list[Process]:
+    """Start every sim, then wait for each: their start-ups (an interpreter each, most of a
+    second) overlap instead of adding up. If one never answers, all are stopped."""
+    procs: list[Process] = []
+    try:
+        for spec in specs:
+            spec.port = spec.port or free_port()
+            procs.append(spawn(f"sim-{spec.worker_id}", [
+                sys.executable, "-m", "llm_picker", "sim", "--port", str(spec.port),
+                "--model", spec.model, "--worker-id", spec.worker_id, *spec.args,
+                *(["--api-key", spec.api_key] if spec.api_key else []),
+            ], workdir))
+        for spec, proc in zip(specs, procs, strict=True):
+            wait_http(proc, f"http://127.0.0.1:{spec.port}/health")
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+        raise
+    return procs
 
 
 # Replicas sharing picks must hash prompts alike (picker/replicas/wire.py), and hold one
@@ -450,8 +493,8 @@ def local_fleet(
     root = Path(tempfile.mkdtemp(prefix="llm-picker-")) if workdir is None else workdir
     procs: dict[str, Process] = {}
     try:
-        for spec in sims:
-            procs[f"sim-{spec.worker_id}"] = start_sim(spec, root)
+        for spec, proc in zip(sims, start_sims(sims, root), strict=True):
+            procs[f"sim-{spec.worker_id}"] = proc
         picker_port, admin_port = free_port_run(processes), free_port()
         config: dict[str, Any] = {
             "extproc": {"port": picker_port},

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["eventually", "process_running"]
+__all__ = ["eventually", "process_running", "wait_until"]
 
 
 async def eventually(check: Callable[[], object], timeout: float = 5.0,
@@ -20,6 +20,17 @@ async def eventually(check: Callable[[], object], timeout: float = 5.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 5.0,
+               what: str = "condition") -> None:
+    """`eventually` for synchronous tests: poll every 50 ms."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def process_running(pid: int) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 from picker_bench.stack import Fleet, SimSpec, local_fleet
+from tests.waiting import wait_until as wait_until  # where the integration tests import it from
 
 SIM_HEADER = "x-picker-sim-worker"
 MODEL = "sim-model"
@@ -97,12 +97,3 @@ def in_flight_mid_stream(fleet: Fleet, messages: list[dict[str, str]], max_token
                 return seen
 
     return asyncio.run(run())
-
-
-def wait_until(predicate: object, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -52,7 +52,7 @@ from picker_bench.stack import (
     start_envoy,
     start_picker,
     start_sglang_router,
-    start_sim,
+    start_sims,
 )
 from tests.integration.conftest import MODEL, SIM_HEADER, metric_values
 
@@ -153,7 +153,7 @@ def _sglang_workers(base_url: str) -> list[str]:
 
 def test_picker_cache_aware_decides_as_sglang_router(tmp_path: Path) -> None:
     sims = [SimSpec(f"e{i}", MODEL, ["--ttft-ms", "1", "--tpot-ms", "5"]) for i in range(4)]
-    procs = [start_sim(spec, tmp_path) for spec in sims]
+    procs = start_sims(sims, tmp_path)
     try:
         steps = sequence()
         port = free_port()

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from picker_bench.stack import Process, SimSpec, free_port, spawn, start_sim, wait_http
+from picker_bench.stack import Process, SimSpec, free_port, spawn, start_sims, wait_http
 
 CONFIG = Path(__file__).resolve().parents[2] / "examples" / "litellm" / "config.yaml"
 MASTER_KEY = "sk-llm-picker-example"  # the example's general_settings.master_key
@@ -28,7 +28,7 @@ def proxy(workdir: Path, env: dict[str, str]) -> Iterator[tuple[str, list[SimSpe
     yields the proxy's url, the sims and the proxy process (not waited for: callers decide
     what start-up should look like)."""
     sims = [SimSpec(name, "my-model") for name in ("A", "B")]
-    procs = [start_sim(spec, workdir) for spec in sims]
+    procs = start_sims(sims, workdir)
     port = free_port()
     # The example names the README's sim ports; these sims run on free ports instead.
     config = workdir / "config.yaml"

@@ -17,7 +17,7 @@ import pytest
 from litellm_plugin import PickerStrategy
 from picker.errors import ConfigError
 from picker.registry import Worker
-from picker_bench.stack import Process, SimSpec, start_sim
+from picker_bench.stack import Process, SimSpec, start_sims
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -26,7 +26,7 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 def sims(tmp_path: Path) -> Iterator[tuple[list[SimSpec], dict[str, Process]]]:
     specs = [SimSpec(f"e{i}", "sim-model", ["--ttft-ms", "2", "--tpot-ms", "20"])
              for i in range(3)]
-    procs = {s.worker_id: start_sim(s, tmp_path) for s in specs}
+    procs = {s.worker_id: p for s, p in zip(specs, start_sims(specs, tmp_path), strict=True)}
     yield specs, procs
     for proc in procs.values():
         proc.stop()

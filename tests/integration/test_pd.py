@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from picker_bench.stack import Fleet, SimSpec, free_port, local_fleet, start_sim
+from picker_bench.stack import Fleet, SimSpec, free_port, local_fleet, start_sims
 
 MODEL = "pd-model"
 RUNTIME = {"sglang": "sglang", "nixl": "vllm", "sidecar": "vllm"}
@@ -201,7 +201,7 @@ def test_routers_appear_and_retire_with_their_workers(tmp_path: Any) -> None:
 
         assert kinds() == ["http-regular"]
         extra = pd_sims("nixl", prefills=1, decodes=1)
-        procs = [start_sim(spec, tmp_path) for spec in extra]
+        procs = start_sims(extra, tmp_path)
         try:
             for spec in extra:
                 posted = httpx.post(f"{fleet.admin_url}/workers", timeout=10, json={

@@ -25,7 +25,7 @@ from picker_bench.stack import (
     replica_configs,
     start_envoy,
     start_picker,
-    start_sim,
+    start_sims,
 )
 from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER, wait_until
 
@@ -83,7 +83,7 @@ def replicas_behind_envoy(count: int, share: bool) -> Iterator[Stack]:
     try:
         sims = [SimSpec(f"e{i}", MODEL, ["--ttft-ms", "1", "--tpot-ms", "1"])
                 for i in range(3)]
-        started += [start_sim(spec, workdir) for spec in sims]
+        started += start_sims(sims, workdir)
         workers = [{"url": f"http://127.0.0.1:{s.port}", "id": s.worker_id, "models": [MODEL]}
                    for s in sims]
         configs = replica_configs({**FAST_HEALTH, "policy": "prefix_cache",

@@ -23,7 +23,15 @@ import pytest
 import yaml
 
 from extproc.bootstrap import ENVOY_DIR
-from picker_bench.stack import Fleet, SimSpec, free_port, free_port_run, local_fleet, start_sim
+from picker_bench.stack import (
+    Fleet,
+    SimSpec,
+    free_port,
+    free_port_run,
+    local_fleet,
+    start_sim,
+    wait_listening,
+)
 from tests.integration.conftest import (
     FAST_HEALTH,
     MODEL,
@@ -211,7 +219,8 @@ def test_stop_and_crash_take_the_whole_group_down(tmp_path: Path) -> None:
     """SIGTERM stops the group (exit 0), a dead child stops it (exit 1), and a supervisor
     killed outright takes its children with it; the directory it could not remove is removed
     by the next group started."""
-    argv = _picker_argv(tmp_path, "--workers", "2", extproc={"port": free_port_run(2)})
+    port = free_port_run(2)
+    argv = _picker_argv(tmp_path, "--workers", "2", extproc={"port": port})
     temp = Path(tempfile.mkdtemp(prefix="group-test-", dir="/tmp"))
     # Too long for the registry feed's Unix socket (107 bytes): the group goes to /tmp.
     long_temp = tmp_path / ("d" * 100)
@@ -230,7 +239,8 @@ def test_stop_and_crash_take_the_whole_group_down(tmp_path: Path) -> None:
                     children = [int(pid) for pid in found]
                     time.sleep(0.1)
                 assert len(children) == 2
-                time.sleep(1.0)  # both serving
+                # Both serving (a wait, not a sleep: a child still starting dies of SIGTERM).
+                wait_listening([port, port + 1])
                 proc.send_signal(signal.SIGHUP)  # a config reload: goes to process 0, stops nobody
                 time.sleep(0.5)
                 assert proc.poll() is None and all(process_running(pid) for pid in children)

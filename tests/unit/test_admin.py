@@ -458,6 +458,7 @@ async def test_patch_of_a_fixed_field_says_how_to_change_it(admin: Admin, field:
     assert admin.registry.get("a").spec.priority == 50  # type: ignore[union-attr]
 
 
+@pytest.mark.xdist_group("timing")  # bounds a wall-clock time: tests/conftest.py
 async def test_unreachable_worker_with_models_registers_at_once_unhealthy(admin: Admin) -> None:
     started = time.monotonic()
     response = await admin.client.post(
@@ -470,6 +471,7 @@ async def test_unreachable_worker_with_models_registers_at_once_unhealthy(admin:
     assert worker is not None and not worker.healthy
 
 
+@pytest.mark.xdist_group("timing")  # bounds a wall-clock time: tests/conftest.py
 async def test_conflicts_are_checked_before_connecting() -> None:
     slow = Admin(discovery=DiscoverySettings(attempt_timeout_secs=5, backoff_initial_secs=1))
     slow.registry.add(WorkerSpec(url="a:1", id="taken", models=["m"]))
@@ -484,6 +486,7 @@ async def test_conflicts_are_checked_before_connecting() -> None:
     await slow.manager.stop()
 
 
+@pytest.mark.xdist_group("timing")  # bounds a wall-clock time: tests/conftest.py
 async def test_an_unreachable_worker_without_models_waits_at_most_max_wait() -> None:
     bounded = Admin(discovery=DiscoverySettings(attempt_timeout_secs=0.2, backoff_initial_secs=0.2,
                                                 backoff_max_secs=0.2, max_wait_secs=0.5))

@@ -195,6 +195,7 @@ def test_a_health_probe_is_allowed_to_a_routable_worker_without_a_lease() -> Non
     assert check.check("/health", {":method": "POST"}, b"").status == 404
 
 
+@pytest.mark.xdist_group("timing")  # bounds a wall-clock time: tests/conftest.py
 async def test_http_closes_a_request_left_unfinished_but_not_an_idle_keep_alive() -> None:
     """On a real socket: part of a request is closed after the head timeout; a connection
     that finished its request may idle (Envoy pools it) up to the idle timeout."""

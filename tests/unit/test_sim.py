@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from picker_sim import WORKER_HEADER, SimConfig, add_sim_arguments, config_from_args
 from picker_sim.engine import SimEngine
 from tests.sim_thread import running_sim
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -174,9 +175,10 @@ def test_beyond_max_concurrency_requests_wait_and_may_leave_the_queue(sim_url: s
         target=httpx.post, args=(f"{sim_url}/v1/chat/completions",), kwargs={"json": chat()}
     )
     first.start()
-    time.sleep(0.1)
+    # Conditions, not sleeps: on a busy machine either request may take longer to arrive.
+    wait_until(lambda: metric(sim_url, "vllm:num_requests_running") == 1, what="the first")
     with httpx.stream("POST", f"{sim_url}/v1/chat/completions", json=chat(stream=True)):
-        time.sleep(0.1)
+        wait_until(lambda: metric(sim_url, "vllm:num_requests_waiting") == 1, what="queued")
         assert metric(sim_url, "vllm:num_requests_waiting") == 1
         assert metric(sim_url, "vllm:num_requests_running") == 1
         assert metric(sim_url, "vllm:kv_cache_usage_perc") == 1
@@ -233,6 +235,7 @@ def test_cache_config_info_reports_the_sim_cache_geometry(sim_url: str) -> None:
         assert cache_config_labels(other) == {"block_size": "32", "num_gpu_blocks": "100"}
 
 
+@pytest.mark.xdist_group("timing")  # bounds a wall-clock time: tests/conftest.py
 def test_control_knobs_kv_usage_and_health_delay(sim_url: str) -> None:
     assert httpx.post(f"{sim_url}/sim/control",
                       json={"kv_usage": 0.75, "health_delay_ms": 300}).status_code == 200

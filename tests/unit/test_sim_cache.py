@@ -55,9 +55,13 @@ def timed_chat(base: str, system: str, question: str) -> float:
     return time.perf_counter() - started
 
 
+@pytest.mark.xdist_group("timing")  # bounds a wall-clock time: tests/conftest.py
 def test_cached_prefix_shortens_time_to_first_token_and_is_counted() -> None:
     system = " ".join(f"word{i}" for i in range(3000))
-    with running_sim(ttft_ms=0, tpot_ms=0, prefill_tokens_per_sec=20_000,
+    # 3,004 tokens at 5,000/s: 0.6 s of prefill, far above the request's other costs
+    # (tokenizing, hashing 3,000 words: 74 ms seen on a busy 2-core machine, more than a third
+    # of the 0.15 s that 20,000/s gave), so `warm < cold / 3` is about the cache alone.
+    with running_sim(ttft_ms=0, tpot_ms=0, prefill_tokens_per_sec=5_000,
                      block_tokens=16, cache_blocks=1000) as base:
         cold = timed_chat(base, system, "first question")
         warm = timed_chat(base, system, "second question")

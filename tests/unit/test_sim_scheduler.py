@@ -43,6 +43,7 @@ async def _prefill_secs(budget: int, prompts: list[int]) -> list[float]:
     return list(await asyncio.gather(*(one(t) for t in prompts)))
 
 
+@pytest.mark.xdist_group("timing")  # bounds a wall-clock time: tests/conftest.py
 @pytest.mark.parametrize(("budget", "prompts", "expected"), [
     # 2,000 tokens at 20k/s: 100 ms alone.
     (8192, [2000], [0.1]),
@@ -58,6 +59,7 @@ async def test_concurrent_prefills_take_about_twice_as_long(
         assert want * 0.9 <= got <= want * 1.6, (measured, expected)
 
 
+@pytest.mark.xdist_group("timing")  # bounds a wall-clock time: tests/conftest.py
 async def test_a_decode_step_beside_a_prefill_chunk_is_slower() -> None:
     scheduler = StepScheduler(8192, fixed_ms=5.0, decode_ms=0.0, prefill_tokens_per_sec=20_000)
     started = time.monotonic()
@@ -73,6 +75,7 @@ async def test_a_decode_step_beside_a_prefill_chunk_is_slower() -> None:
     assert alone < 0.03 and beside >= 0.1, (alone, beside)
 
 
+@pytest.mark.xdist_group("timing")  # bounds a wall-clock time: tests/conftest.py
 async def test_a_cancelled_prefill_leaves_the_queue() -> None:
     scheduler = StepScheduler(1000, fixed_ms=0.0, decode_ms=0.0, prefill_tokens_per_sec=20_000)
     gone = asyncio.ensure_future(scheduler.prefill(20_000))  # 1 s if it stayed

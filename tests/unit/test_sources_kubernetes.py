@@ -153,6 +153,8 @@ async def test_the_pools_selector_and_ports_are_followed(
 
 async def test_watches_resume_from_the_last_bookmark_without_relisting(
         fleet: Fleet, api: FakeKubeApi) -> None:
+    # The pods' watch starts after their list: on a busy machine, not yet when the fleet is up.
+    await fleet.until(lambda: len(api.watches("pods")) >= 1, "the first watch")
     listed_version = int(api.watches("pods")[0]["resourceVersion"])
     # watch_timeout_secs=1: the server ends each watch, the client resumes it.
     await fleet.until(lambda: len(api.watches("pods")) >= 3, "resumed watches")

@@ -7,7 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from picker_bench.stack import free_port, free_port_run
+import pytest
+
+from picker_bench.stack import FIXED_PORTS_BELOW, free_port, free_port_run, port_range
+from tests.integration.test_readme import PORTS as README_PORTS
 from tests.waiting import process_running
 
 _FAILS_BETWEEN_TWO_STARTS = """
@@ -38,3 +41,25 @@ def test_ports_are_never_handed_out_twice_nor_from_the_ephemeral_range() -> None
     assert len(set(ports)) == len(ports)
     assert not set(ports) & {run, run + 1, run + 2}
     assert all(port < low for port in [*ports, run])
+
+
+def test_free_ports_are_never_the_readmes_fixed_ports() -> None:
+    """The README test listens on fixed ports while other tests run beside it (pytest-xdist)."""
+    assert max(README_PORTS) < FIXED_PORTS_BELOW <= port_range().start
+    assert not {free_port() for _ in range(200)} & set(README_PORTS)
+
+
+def test_each_xdist_worker_hands_out_ports_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two test processes check a port free, each before the other's server binds it: they
+    must never draw from the same ports."""
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
+    slices = []
+    for worker in ("gw0", "gw1", "gw2"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        slices.append(set(port_range()))
+    assert all(len(ports) >= 1000 for ports in slices)
+    assert not slices[0] & slices[1] and not slices[1] & slices[2] and not slices[0] & slices[2]
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    assert {free_port() for _ in range(50)} <= slices[1]
+    run = free_port_run(3)
+    assert set(range(run, run + 3)) <= slices[1]

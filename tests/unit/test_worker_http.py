@@ -68,6 +68,7 @@ async def requests() -> AsyncIterator[WorkerRequests]:
     await sender.stop()
 
 
+@pytest.mark.xdist_group("timing")  # bounds a wall-clock time: tests/conftest.py
 async def test_deadline_covers_the_whole_request(requests: WorkerRequests) -> None:
     server, url = await _serve(_dribble)
     worker = WorkerRegistry([WorkerSpec(url=url)]).workers()[0]
@@ -78,6 +79,7 @@ async def test_deadline_covers_the_whole_request(requests: WorkerRequests) -> No
     server.close()
 
 
+@pytest.mark.xdist_group("timing")  # bounds a wall-clock time: tests/conftest.py
 async def test_workers_that_do_not_answer_never_delay_one_that_does(
         requests: WorkerRequests) -> None:
     ok, ok_url = await _serve(_ok)
@@ -100,6 +102,7 @@ async def test_workers_that_do_not_answer_never_delay_one_that_does(
     ok.close()
 
 
+@pytest.mark.xdist_group("timing")  # bounds a wall-clock time: tests/conftest.py
 async def test_hanging_dead_workers_delay_neither_a_new_worker_nor_a_single_miss(
         requests: WorkerRequests) -> None:
     """Dead workers that hang until the deadline fill the failing lane; a new worker's first
@@ -131,6 +134,7 @@ async def test_hanging_dead_workers_delay_neither_a_new_worker_nor_a_single_miss
         server.close()
 
 
+@pytest.mark.xdist_group("timing")  # bounds a wall-clock time: tests/conftest.py
 async def test_requests_cancelled_mid_flight_never_wedge_the_pool(
         requests: WorkerRequests) -> None:
     """Workers deleted while probed: their loops are cancelled at every point of a request.
