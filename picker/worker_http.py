@@ -155,9 +155,7 @@ class WorkerRequests:
             async with asyncio.timeout(deadline):
                 response = await client.get(url + path, headers=headers, timeout=deadline)
                 return Answer(response.status_code, response.content)
-        # ValueError: a request httpx cannot build (an api_key that is not ASCII) fails like
-        # any other, rather than ending the worker's loop.
-        except (httpx.HTTPError, TimeoutError, ValueError) as exc:
+        except (httpx.HTTPError, TimeoutError) as exc:
             log.debug("GET %s of worker %s: %s", path, worker.id, type(exc).__name__)
             if isinstance(exc, httpx.PoolTimeout):
                 self._renew(client, deadline)
