@@ -22,7 +22,15 @@ from extproc._pb import PROCESS_METHOD
 from extproc._pb import ext_proc_pb2 as pb
 from picker.config import load_config
 from picker.runtime import PickerRuntime
-from picker_bench.stack import ENVOY_MTLS, Fleet, SimSpec, free_port, local_fleet
+from picker_bench.stack import (
+    ENVOY_MTLS,
+    Fleet,
+    SimSpec,
+    free_port,
+    local_fleet,
+    spawn,
+    wait_http,
+)
 from tests.integration.conftest import MODEL, SIM_HEADER, mtls_settings
 from tests.unit.test_extproc_stream import body_msg, headers_msg, set_headers
 
@@ -157,3 +165,25 @@ def test_authz_mode_refuses_keyed_workers_even_with_mutual_tls_configured(
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2, done.stderr
     assert "workers.0.api_key" in done.stderr and "allow_unauthenticated_keys" in done.stderr
+
+
+def test_authz_mode_refuses_a_keyed_worker_posted_at_runtime_too(
+        pki: dict[str, str], tmp_path: Path) -> None:
+    """The admin API judges keys against the port that really serves: in authz mode a plain
+    check port, whatever extproc.tls says (the gap a review left open)."""
+    admin = free_port()
+    path = tmp_path / "picker.yaml"
+    path.write_text(json.dumps({**mtls_settings(pki), "admin": {"port": admin}}))
+    picker = spawn("picker-authz", [sys.executable, "-m", "llm_picker", "serve", "--config",
+                                    str(path), "--mode", "authz", "--authz-port",
+                                    str(free_port()), "--extproc-port", str(free_port())],
+                   tmp_path)
+    try:
+        wait_http(picker, f"http://127.0.0.1:{admin}/health")
+        posted = httpx.post(f"http://127.0.0.1:{admin}/workers", timeout=10, json={
+            "url": "http://127.0.0.1:1", "models": [MODEL], "api_key": KEY})
+        assert posted.status_code == 422, posted.text
+        error = posted.json()["error"]
+        assert error["field"] == "api_key" and KEY not in posted.text
+    finally:
+        picker.stop()
