@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from litellm_plugin import PickerStrategy
 from picker.errors import ConfigError
 from picker.registry import Worker
 from picker_bench.stack import Process, SimSpec, start_sims
+from tests.waiting import wait_until
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -47,15 +48,6 @@ def attached(specs: list[SimSpec], **settings: Any) -> tuple[litellm.Router, Pic
     return router, PickerStrategy.attach(router, **settings)
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
-
 def worker_at(strategy: PickerStrategy, spec: SimSpec) -> Worker:
     (worker,) = [w for w in strategy.runtime.registry.workers()
                  if w.url == f"http://127.0.0.1:{spec.port}"]
@@ -73,9 +65,9 @@ def test_least_queue_reads_the_engines_queues(
         control(spec, extra_waiting=waiting)
     router, strategy = attached(specs, policy="least_queue", load={"interval_secs": 0.1})
     try:
-        wait_until("every engine's metrics scraped", lambda: all(
-            w.engine is not None and w.engine.waiting is not None
-            for w in strategy.runtime.registry.workers()))
+        wait_until(lambda: all(w.engine is not None and w.engine.waiting is not None
+                               for w in strategy.runtime.registry.workers()),
+                   timeout=8.0, what="every engine's metrics scraped")
         picks = Counter(served(router.completion(model="my-model", messages=MESSAGES,
                                                  max_tokens=1)) for _ in range(6))
         assert picks == {base(specs[1]): 6}  # the engine with the short queue, every time
@@ -91,9 +83,11 @@ def test_a_dead_engine_is_ejected_before_any_call_fails(
                                         "failure_threshold": 1})
     try:
         dead = worker_at(strategy, specs[0])
-        wait_until("health checks ran", lambda: dead.last_health_check is not None)
+        wait_until(lambda: dead.last_health_check is not None, timeout=8.0,
+                   what="health checks ran")
         procs["e0"].stop()
-        wait_until("the dead engine is marked unhealthy", lambda: not dead.healthy)
+        wait_until(lambda: not dead.healthy, timeout=8.0,
+                   what="the dead engine is marked unhealthy")
         picks = Counter(served(router.completion(model="my-model", messages=MESSAGES,
                                                  max_tokens=1, num_retries=0))
                         for _ in range(6))
