@@ -38,9 +38,10 @@ class HealthSettings(StrictModel):
     timeout_secs: float = Field(default=2.0, gt=0)
     failure_threshold: int = Field(default=2, ge=1)
     success_threshold: int = Field(default=2, ge=1)
-    # Probes in flight at once, per lane (workers answering / workers failing): a refused probe
-    # costs ~0.2 ms of CPU and a live one ~0.1 ms of CPU and a few ms of wall time, so 32 keeps
-    # thousands of workers at their interval (docs/benchmarks.md, health checks at scale).
+    # Probes in flight at once, per lane (answering, new, failing; picker.worker_http): a
+    # refused probe costs ~0.2 ms of CPU and a live one ~0.1 ms of CPU and a few ms of wall
+    # time, so 32 keeps thousands of workers at their interval (docs/benchmarks.md, health
+    # checks at scale).
     max_concurrency: int = Field(default=32, ge=1)
 
 
