@@ -258,17 +258,14 @@ class RequestStream:
         self._lease = lease
         self._finished = True
         trailers = [codec.continue_trailers()] if ack_trailers else []
-        spec = lease.worker.spec
         forward = lease.forward
         # A prefill/decode pair is bound to its decode worker: no fallback can take over.
         others = [] if forward is not None else self._runtime.router.fallbacks(
             request, lease.worker, self._runtime.config.extproc.fallbacks, allowed)
-        route = codec.Route(
-            lease.worker.host_port, spec.dp_rank,
-            None if spec.api_key is None else spec.api_key.get_secret_value(),
-            (*(() if forward is None else forward.headers), *self._path_fix(request)),
-            tuple(w.host_port for w in others),
-        )
+        route = _route_to(
+            lease.worker, (*(() if forward is None else forward.headers),
+                           *self._path_fix(request)),
+            tuple(w.host_port for w in others))
         rewritten = None if forward is None else forward.body
         if self._mode is _Mode.DUPLEX:
             return [*codec.route_streamed(route, rewritten or body, end_of_stream), *trailers]
@@ -291,10 +288,7 @@ class RequestStream:
         except RequestError as error:
             return self._reject(error)
         self._finished = True
-        spec = worker.spec
-        return [codec.route_headers(codec.Route(
-            worker.host_port, spec.dp_rank,
-            None if spec.api_key is None else spec.api_key.get_secret_value()))]
+        return [codec.route_headers(_route_to(worker))]
 
     def _list_models(self, model_id: str) -> list[pb.ProcessingResponse]:
         try:
@@ -386,3 +380,12 @@ class RequestStream:
             if worker.host_port == host_port:
                 return worker
         return None
+
+
+def _route_to(worker: Worker, headers: tuple[tuple[str, str], ...] = (),
+              fallbacks: tuple[str, ...] = ()) -> codec.Route:
+    """What reaching `worker` takes (its address, data-parallel rank and own key), for a
+    routed request and a gateway health probe alike."""
+    spec = worker.spec
+    key = None if spec.api_key is None else spec.api_key.get_secret_value()
+    return codec.Route(worker.host_port, spec.dp_rank, key, headers, fallbacks)
