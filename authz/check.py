@@ -23,14 +23,14 @@ from collections import deque
 from dataclasses import dataclass
 
 from authz.tokens import LEASE_HEADER, new_token
-from picker import control_headers
 from picker.errors import BodyTooLarge, ProxyMisconfigured, RequestError, UnsupportedPath
-from picker.leases import Lease
-from picker.model_list import model_object, models_path_id
-from picker.openai_body import parse_request
-from picker.probes import is_probe, probe_target
-from picker.registry import Worker
-from picker.request import RoutingRequest
+from picker.fleet.registry import Worker
+from picker.routing import control_headers
+from picker.routing.gateway_probes import is_probe, probe_target
+from picker.routing.leases import Lease
+from picker.routing.model_list import model_object, models_path_id
+from picker.routing.openai_body import parse_request
+from picker.routing.request import RoutingRequest
 from picker.runtime import PickerRuntime
 
 __all__ = ["Answer", "Checker"]
@@ -40,7 +40,7 @@ DIRECT_HEADER = control_headers.DIRECT
 DP_RANK_HEADER = control_headers.DP_RANK
 # Envoy's ext_authz removes the request headers named here (comma-separated) before forwarding:
 # every control header the answer does not set (a client's own rank, strategy, SLO...) is
-# removed, none reaches the worker (picker.control_headers).
+# removed, none reaches the worker (picker.routing.control_headers).
 _REMOVE_HEADER = "x-envoy-auth-headers-to-remove"
 _JSON = ("content-type", "application/json")
 # Recent release lags kept for the shutdown summary (how stale in-flight counts run).
@@ -129,7 +129,8 @@ class Checker:
         return Answer(200, (_JSON,), b"" if headers.get(":method") == "HEAD" else body)
 
     def _probe(self) -> Answer:
-        """A health probe through the gateway: to a routable worker, no lease (picker.probes)."""
+        """A health probe through the gateway: to a routable worker, no lease
+        (picker.routing.gateway_probes)."""
         try:
             worker = probe_target(self._runtime.registry.workers())
         except RequestError as error:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 
-from picker import control_headers
+from picker.routing import control_headers
 
 __all__ = ["LEASE_HEADER", "new_token", "process_prefix"]
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from google.protobuf import struct_pb2
 
 from extproc._pb import ext_proc_pb2 as pb
-from picker import control_headers
 from picker.errors import RequestError
+from picker.routing import control_headers
 
 __all__ = [
     "BODY_CHUNK_BYTES",
@@ -130,7 +130,7 @@ class Route:
 
 def _route(mutation: pb.HeaderMutation, route: Route) -> None:
     """Set what the worker needs and remove every other control header a client sent
-    (picker.control_headers): a header is either set here or removed, never passed on."""
+    (picker.routing.control_headers): a header is either set here or removed, never passed on."""
     sets = [(DESTINATION_HEADER, route.destination)]
     if route.dp_rank is not None:
         sets.append((DP_RANK_HEADER, str(route.dp_rank)))

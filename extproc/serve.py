@@ -11,8 +11,8 @@ from typing import Any
 
 from extproc.health import HealthService
 from extproc.server import SERVICE_NAME, create_server
-from picker.access_log import AccessLog
 from picker.config import PickerConfig
+from picker.observe.access_log import AccessLog
 from picker.processes.group import ProcessGroup
 from picker.runtime import Host, PickerRuntime
 

@@ -12,9 +12,9 @@ from extproc.health import HealthService
 from extproc.self_signed import self_signed_pair
 from extproc.stream import RequestStream
 from extproc.subset import SubsetMatcher
-from picker.access_log import AccessLog
 from picker.config import TlsConfig
 from picker.listen import check_free
+from picker.observe.access_log import AccessLog
 from picker.runtime import PickerRuntime
 
 __all__ = ["SERVICE_NAME", "create_server"]

@@ -10,7 +10,7 @@ with the Endpoint Picker Protocol's metadata, the endpoint that served (the leas
 Envoy retried elsewhere). With a response body mode (FULL_DUPLEX_STREAMED, as gateways configure
 it, or BUFFERED) every chunk passes by: the picker hands it back - as a streamed mutation in
 duplex mode, the only answer that mode allows - and learns TTFT, chunk rate and usage from it
-(picker.response_stats). The in-flight slot is then released at the response's last chunk or
+(picker.routing.response_stats). The in-flight slot is then released at the response's last chunk or
 trailers. Without a response body mode the stream's end (`close`) is the only signal.
 """
 
@@ -22,8 +22,6 @@ import time
 from extproc import codec
 from extproc._pb import ext_proc_pb2 as pb
 from extproc.subset import SubsetMatcher
-from picker.access_log import AccessEntry, AccessLog
-from picker.decisions import EXPLAIN_HEADER, explain_line
 from picker.errors import (
     BodyTooLarge,
     InvalidRequest,
@@ -31,14 +29,16 @@ from picker.errors import (
     ProxyMisconfigured,
     RequestError,
 )
-from picker.leases import Lease
-from picker.model_list import model_object, models_path_id
-from picker.openai_body import parse_request
-from picker.probes import is_probe, probe_target
-from picker.registry import Worker
-from picker.request import RoutingRequest
-from picker.response_stats import ResponseObserver
-from picker.router import STRATEGY_HEADER
+from picker.fleet.registry import Worker
+from picker.observe.access_log import AccessEntry, AccessLog
+from picker.observe.decisions import EXPLAIN_HEADER, explain_line
+from picker.routing.gateway_probes import is_probe, probe_target
+from picker.routing.leases import Lease
+from picker.routing.model_list import model_object, models_path_id
+from picker.routing.openai_body import parse_request
+from picker.routing.request import RoutingRequest
+from picker.routing.response_stats import ResponseObserver
+from picker.routing.router import STRATEGY_HEADER
 from picker.runtime import PickerRuntime
 
 __all__ = ["CONFORMANCE_SELECTION_HEADER", "CONFORMANCE_SERVED_HEADER", "RequestStream"]
@@ -282,7 +282,8 @@ class RequestStream:
         return ((":path", request.api.value + mark + query),)
 
     def _probe(self) -> list[pb.ProcessingResponse]:
-        """A health probe through the gateway: to a routable worker, no lease (picker.probes)."""
+        """A health probe through the gateway: to a routable worker, no lease
+        (picker.routing.gateway_probes)."""
         try:
             worker = probe_target(self._runtime.registry.workers())
         except RequestError as error:
@@ -354,7 +355,7 @@ class RequestStream:
         return [codec.continue_response_headers(mutation)]
 
     def _explanation(self) -> str | None:
-        """The explain header's line, when allowed and asked for (picker.decisions)."""
+        """The explain header's line, when allowed and asked for (picker.observe.decisions)."""
         if self._lease is None or self._headers is None:
             return None
         return explain_line(self._runtime.config.explain, self._headers,

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from picker.registry import Worker
+from picker.fleet.registry import Worker
 
 __all__ = ["SubsetMatcher"]
 

@@ -18,11 +18,11 @@ from litellm.exceptions import ServiceUnavailableError
 from litellm_plugin.errors import to_litellm_error
 from litellm_plugin.fleet import DeploymentFleet
 from litellm_plugin.tracking import InFlightTracker, Observer, caller_metadata
-from picker.decisions import explain_line
 from picker.errors import RequestError
-from picker.leases import Lease
-from picker.openai_body import request_from_data
-from picker.request import Api, RoutingRequest
+from picker.observe.decisions import explain_line
+from picker.routing.leases import Lease
+from picker.routing.openai_body import request_from_data
+from picker.routing.request import Api, RoutingRequest
 from picker.runtime import PickerRuntime
 
 __all__ = ["EXPLAIN_KEY", "Call", "choose_deployment", "choose_deployment_sync"]

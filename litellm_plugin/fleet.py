@@ -17,8 +17,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from picker.errors import PickerError
-from picker.registry import WorkerRegistry
-from picker.workers import WorkerSpec, redact_url
+from picker.fleet.registry import WorkerRegistry
+from picker.fleet.worker_spec import WorkerSpec, redact_url
 
 __all__ = ["DeploymentFleet", "engine_url"]
 

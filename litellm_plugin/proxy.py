@@ -23,7 +23,7 @@ from litellm_plugin.choose import EXPLAIN_KEY, Call, choose_deployment
 from litellm_plugin.fleet import DeploymentFleet
 from litellm_plugin.tracking import InFlightTracker
 from picker.config import load_config
-from picker.decisions import EXPLAIN_HEADER
+from picker.observe.decisions import EXPLAIN_HEADER
 from picker.runtime import Host, PickerRuntime
 
 __all__ = ["CONFIG_ENV", "ProxyPicker"]

@@ -9,7 +9,7 @@ then released as failed. Either way each lease is released exactly once.
 
 A successful call also teaches the picker its engine's speed: LiteLLM reports the call's start,
 first chunk (`completion_start_time`) and end, and the response's usage; they reach the
-registry's one entry point for observations (`WorkerRegistry.observe`, picker.speed).
+registry's one entry point for observations (`WorkerRegistry.observe`, picker.fleet.speed).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
-from picker.leases import Lease
-from picker.registry import WorkerRegistry
-from picker.speed import Observation
+from picker.fleet.registry import WorkerRegistry
+from picker.fleet.speed import Observation
+from picker.routing.leases import Lease
 
 __all__ = ["LEASE_KEY", "InFlightTracker", "Observer", "caller_metadata", "observation_of"]
 

@@ -23,18 +23,18 @@ from pydantic import (
     model_validator,
 )
 
-from picker.circuit import CircuitSettings
-from picker.decisions import ExplainSettings
-from picker.discovery import DiscoverySettings
 from picker.errors import ConfigError
-from picker.health import HealthSettings
-from picker.limits import LimitSettings
-from picker.load import LoadSettings
+from picker.fleet.circuit import CircuitSettings
+from picker.fleet.engine_scrape import LoadSettings
+from picker.fleet.health import HealthSettings
+from picker.fleet.served_models import DiscoverySettings
+from picker.fleet.worker_spec import WorkerSpec, WorkerType, unpaired_role
+from picker.observe.decisions import ExplainSettings
 from picker.policies import PolicyParams, parse_params
 from picker.prefix.producer import PrefixSettings
 from picker.replicas.settings import ReplicaSettings
+from picker.routing.admission import LimitSettings
 from picker.strict import StrictModel
-from picker.workers import WorkerSpec, WorkerType, unpaired_role
 
 __all__ = [
     "CONFIG_ENV", "ENV_PREFIX", "GROUP_ENV", "AdminConfig", "ExtprocConfig", "ListenConfig",

@@ -40,16 +40,20 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from picker.admin import admin_tls, create_admin_app
+from picker.admin.api import admin_tls, create_admin_app
+from picker.admin.head_deadline import head_deadline_protocol
 from picker.config import PickerConfig
-from picker.decisions import DecisionLog
 from picker.errors import ConfigError, PrefillFailed, RequestError
-from picker.fleet import WorkerManager
-from picker.head_deadline import head_deadline_protocol
-from picker.health import HealthChecker
-from picker.leases import Lease, LeaseBook
+from picker.fleet.config_follow import ConfigReloader
+from picker.fleet.engine_scrape import LoadMonitor
+from picker.fleet.health import HealthChecker
+from picker.fleet.manager import WorkerManager
+from picker.fleet.registry import Worker, WorkerRegistry
+from picker.fleet.sources import Source, build_sources
 from picker.listen import listen_socket
-from picker.load import LoadMonitor
+from picker.observe.decisions import DecisionLog
+from picker.observe.metrics import PickerMetrics, ReplicaMetrics
+from picker.observe.status import ActivityHistory
 from picker.pd import (
     PREFILLER_HEADER,
     REQUEST_ID_HEADER,
@@ -65,14 +69,10 @@ from picker.prefix.index import PrefixIndex
 from picker.prefix.producer import PrefixProducer
 from picker.processes.counts import SharedCounts
 from picker.processes.group import ProcessGroup, check_group_config
-from picker.registry import Worker, WorkerRegistry
-from picker.reload import ConfigReloader
-from picker.request import RoutingRequest
-from picker.router import Router
-from picker.routers import PdRouters, RouterManager
-from picker.sources import Source, build_sources
-from picker.status import ActivityHistory
-from picker.telemetry import PickerMetrics, ReplicaMetrics
+from picker.routing.leases import Lease, LeaseBook
+from picker.routing.request import RoutingRequest
+from picker.routing.router import Router
+from picker.routing.router_manager import PdRouters, RouterManager
 
 if TYPE_CHECKING:
     from picker.replicas.sharing import PickSharing

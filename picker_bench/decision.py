@@ -9,8 +9,8 @@ import statistics
 import time
 
 from picker.config import load_config
-from picker.openai_body import parse_request
-from picker.request import Api, RoutingRequest
+from picker.routing.openai_body import parse_request
+from picker.routing.request import Api, RoutingRequest
 from picker.runtime import PickerRuntime
 
 __all__ = ["decision_latency", "long_prompt_latency", "run_long_prompt"]

@@ -27,11 +27,11 @@ from prometheus_client import CollectorRegistry
 
 from extproc._pb import PROCESS_METHOD
 from extproc._pb import ext_proc_pb2 as pb
+from picker.fleet.registry import Worker, WorkerRegistry
+from picker.fleet.worker_spec import KvEventsEndpoint, WorkerSpec
 from picker.prefix.kv_events import EventApplier, KvEventHub, KvEventMetrics
 from picker.prefix.kv_index import SyncPrefixIndex
 from picker.prefix.kv_settings import KvEventSettings
-from picker.registry import Worker, WorkerRegistry
-from picker.workers import KvEventsEndpoint, WorkerSpec
 from picker_bench.stack import SimSpec, free_port, start_picker, start_sims
 from picker_sim.hf_twin import write_hf_twin
 from picker_sim.kv_formats import WIRE, KvEvent, WireFormat

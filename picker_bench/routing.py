@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from picker.control_headers import SLO_TTFT
+from picker.routing.control_headers import SLO_TTFT
 from picker_bench.decision import decision_latency
 from picker_bench.mooncake import read_trace, trace_workload
 from picker_bench.plot import bar_chart_svg

@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from picker.pd.protocols import PREFILLER_HEADER, REQUEST_ID_HEADER, nixl_prefill_body
-from picker.request import Api
+from picker.routing.request import Api
 
 __all__ = ["PdPeer"]
 

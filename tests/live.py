@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from picker.load_signals import EngineLoad
-from picker.registry import Worker, WorkerRegistry
-from picker.workers import WorkerSpec
+from picker.fleet.engine_load import EngineLoad
+from picker.fleet.registry import Worker, WorkerRegistry
+from picker.fleet.worker_spec import WorkerSpec
 
 
 class Fleet(list[Worker]):

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 
 from picker.errors import PrefillFailed, PrefillRejected
+from picker.fleet.registry import Worker
 from picker.pd.protocols import REQUEST_ID_HEADER
-from picker.registry import Worker
 
 __all__ = ["PrefillClient"]
 

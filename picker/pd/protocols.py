@@ -23,9 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from picker import control_headers
-from picker.request import Api
-from picker.workers import RuntimeType, WorkerSpec
+from picker.fleet.worker_spec import RuntimeType, WorkerSpec
+from picker.routing import control_headers
+from picker.routing.request import Api
 
 __all__ = [
     "PREFILLER_HEADER", "REQUEST_ID_HEADER", "Forward", "PdProtocol", "SglangPair",

@@ -8,9 +8,9 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import ConfigDict, Field
 
-from picker.load_signals import EngineSignal
-from picker.registry import Worker
-from picker.request import RoutingRequest
+from picker.fleet.engine_load import EngineSignal
+from picker.fleet.registry import Worker
+from picker.routing.request import RoutingRequest
 from picker.strict import StrictModel
 
 __all__ = ["Policy", "PolicyDescriptor", "PolicyParams", "SeededParams", "StaleAfterParams"]

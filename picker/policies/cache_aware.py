@@ -42,10 +42,10 @@ from typing import Literal
 
 from pydantic import Field
 
+from picker.fleet.registry import Worker
 from picker.policies.base import PolicyDescriptor, SeededParams
 from picker.policies.radix import RadixTree
-from picker.registry import Worker
-from picker.request import Api, RoutingRequest
+from picker.routing.request import Api, RoutingRequest
 
 
 class CacheAwareParams(SeededParams):

@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from picker.load_signals import EngineSignal
+from picker.fleet.engine_load import EngineSignal
+from picker.fleet.registry import Worker
 from picker.policies.base import PolicyDescriptor, StaleAfterParams
 from picker.policies.least_load import LeastLoad
 from picker.policies.scorers import DEFAULT_STALE_SECS, fresh_engine_value
-from picker.registry import Worker
-from picker.request import RoutingRequest
+from picker.routing.request import RoutingRequest
 
 
 class LeastQueueParams(StaleAfterParams):

@@ -9,10 +9,10 @@ from __future__ import annotations
 import random as _random
 from collections.abc import Sequence
 
+from picker.fleet.registry import Worker
 from picker.policies.base import PolicyDescriptor, SeededParams
 from picker.policies.least_load import load_key
-from picker.registry import Worker
-from picker.request import RoutingRequest
+from picker.routing.request import RoutingRequest
 
 
 class PowerOfTwo:

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
+from picker.fleet.registry import Worker
 from picker.policies.base import PolicyDescriptor, SeededParams
 from picker.policies.least_load import LeastLoad
-from picker.registry import Worker
-from picker.request import RoutingRequest
+from picker.routing.request import RoutingRequest
 
 
 class PrefixCacheParams(SeededParams):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random as _random
 from collections.abc import Sequence
 
+from picker.fleet.registry import Worker
 from picker.policies.base import PolicyDescriptor, SeededParams
-from picker.registry import Worker
-from picker.request import RoutingRequest
+from picker.routing.request import RoutingRequest
 
 
 class Random:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from picker.fleet.registry import Worker
 from picker.policies.base import PolicyDescriptor, PolicyParams
-from picker.registry import Worker
-from picker.request import RoutingRequest
+from picker.routing.request import RoutingRequest
 
 
 class RoundRobin:

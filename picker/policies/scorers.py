@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from picker.load_signals import EngineSignal
-from picker.registry import Worker
-from picker.request import RoutingRequest
-from picker.speed import predicted_ttft
+from picker.fleet.engine_load import EngineSignal
+from picker.fleet.registry import Worker
+from picker.fleet.speed import predicted_ttft
+from picker.routing.request import RoutingRequest
 
 __all__ = ["DEFAULT_STALE_SECS", "SCORERS", "Scorer", "ScorerFn", "fresh_engine_value",
            "request_ttft", "uncached_tokens", "with_room"]
@@ -122,7 +122,7 @@ def with_room(request: RoutingRequest, candidates: Sequence[Worker]) -> Sequence
 
 def request_ttft(request: RoutingRequest, worker: Worker, now: float, stale_after: float,
                  behind_sent: bool = True) -> float | None:
-    """Predicted seconds to this request's first token on `worker` (picker.speed), from the
+    """Predicted seconds to this request's first token on `worker` (picker.fleet.speed), from the
     prompt the worker is not believed to hold, behind the prefill work the picker has sent there
     unless `behind_sent` is False; None while the worker's speed is unknown. The SLO filter
     (picker.policies.weighted) predicts with that work whoever holds the prompt: a deadline is

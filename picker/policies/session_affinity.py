@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from picker.fleet.registry import Worker
 from picker.policies.base import PolicyDescriptor, SeededParams
 from picker.policies.least_load import LeastLoad
-from picker.registry import Worker
-from picker.request import RoutingRequest
+from picker.routing.request import RoutingRequest
 
 
 class SessionAffinityParams(SeededParams):

@@ -29,11 +29,11 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
-from picker.load_signals import EngineSignal
+from picker.fleet.engine_load import EngineSignal
+from picker.fleet.registry import Worker
 from picker.policies.base import PolicyDescriptor, StaleAfterParams
 from picker.policies.scorers import DEFAULT_STALE_SECS, SCORERS, request_ttft, with_room
-from picker.registry import Worker
-from picker.request import RoutingRequest
+from picker.routing.request import RoutingRequest
 
 _NEUTRAL = 0.5
 DEFAULT_PROFILE = {"prefix": 3.0, "ttft": 1.0, "cache_space": 1.0, "queue": 1.0,
@@ -99,7 +99,7 @@ class Weighted:
     def scores(self, request: RoutingRequest,
                candidates: Sequence[Worker]) -> list[dict[str, float]]:
         """Per candidate, each scorer's score as `pick` weighs it and the weighted `total`
-        (for decision records; picker.decisions.Scoring)."""
+        (for decision records; picker.observe.decisions.Scoring)."""
         per: list[dict[str, float]] = [{"total": 0.0} for _ in candidates]
         for name, weight, column in self._columns(request, candidates):
             for scores, value in zip(per, column, strict=True):

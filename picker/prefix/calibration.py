@@ -11,13 +11,13 @@ which then prefills what any other engine would have. So the index errs on remem
    characters the picker sent a worker over the prompt tokens the engine counted for them
    (`vllm:prompt_tokens_total`) since the first scrape, which holds the chat template and the
    real tokenizer, whatever the language. Until enough has been sent, the chars/token
-   observed in responses (picker.speed), else no engine sizing (the configured capacity).
+   observed in responses (picker.fleet.speed), else no engine sizing (the configured capacity).
 3. Then `margin` more, and a correction learned by comparing the hits the index predicted for
    its picks with the engine's own prefix-cache hit counter between scrapes: more real hits
    than predicted means the index forgot what the engine held (grow), fewer means it
    remembers what the engine evicted (shrink).
 
-The estimate, the correction and the hit ratio are exported per worker (picker.telemetry).
+The estimate, the correction and the hit ratio are exported per worker (picker.observe.metrics).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from picker.load_signals import EngineCounter, EngineLoad
-from picker.registry import Worker
+from picker.fleet.engine_load import EngineCounter, EngineLoad
+from picker.fleet.registry import Worker
 
 __all__ = ["Calibration", "WorkerCalibration"]
 

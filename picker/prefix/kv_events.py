@@ -34,6 +34,9 @@ import zmq.asyncio
 import zmq.utils.monitor
 from prometheus_client import CollectorRegistry, Counter
 
+from picker.fleet.registry import Worker, WorkerRegistry
+from picker.fleet.worker_loops import WorkerTasks
+from picker.fleet.worker_spec import KvEventsEndpoint
 from picker.prefix.kv_index import SyncPrefixIndex
 from picker.prefix.kv_settings import KvEventSettings
 from picker.prefix.kv_wire import (
@@ -43,9 +46,6 @@ from picker.prefix.kv_wire import (
     DecodedBatch,
     decode_batch,
 )
-from picker.registry import Worker, WorkerRegistry
-from picker.worker_tasks import WorkerTasks
-from picker.workers import KvEventsEndpoint
 
 __all__ = [
     "EventApplier", "KvEventHub", "KvEventMetrics", "endpoint_for_rank",

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
+from picker.fleet.registry import Worker
 from picker.prefix.approx import ApproxPrefixIndex
 from picker.prefix.calibration import Calibration
 from picker.prefix.index import PrefixIndex, PromptBlocks
 from picker.prefix.kv_settings import KvEventSettings
 from picker.prefix.tokenizers import RemoteTokenizer, TokenizerSettings, load_hf_tokenizer
-from picker.registry import Worker
-from picker.request import RoutingRequest
+from picker.routing.request import RoutingRequest
 from picker.strict import StrictModel
 
 if TYPE_CHECKING:

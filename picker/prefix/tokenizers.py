@@ -22,7 +22,7 @@ import httpx
 from pydantic import Field, model_validator
 
 from picker.errors import ConfigError, NoHealthyWorker
-from picker.request import Api, RoutingRequest
+from picker.routing.request import Api, RoutingRequest
 from picker.strict import StrictModel
 
 __all__ = ["HfTokenizer", "RemoteTokenizer", "TokenizerSettings", "load_hf_tokenizer"]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from picker.config import GROUP_ENV, PickerConfig
 from picker.errors import ConfigError
-from picker.limits import LimitSettings
 from picker.replicas.settings import ReplicaSettings
+from picker.routing.admission import LimitSettings
 
 __all__ = ["ProcessGroup", "check_group_config"]
 

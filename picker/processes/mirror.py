@@ -26,9 +26,9 @@ from typing import Any
 import msgspec
 
 from picker.errors import PickerError
-from picker.load_signals import EngineLoad
-from picker.registry import Worker, WorkerRegistry
-from picker.workers import WorkerSpec
+from picker.fleet.engine_load import EngineLoad
+from picker.fleet.registry import Worker, WorkerRegistry
+from picker.fleet.worker_spec import WorkerSpec
 
 __all__ = ["StateFollower", "StatePublisher"]
 

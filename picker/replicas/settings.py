@@ -7,8 +7,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 
+from picker.fleet.worker_spec import Port
 from picker.strict import StrictModel
-from picker.workers import Port
 
 __all__ = ["MIN_SECRET_CHARS", "PeerDnsSettings", "ReplicaSettings", "host_port"]
 

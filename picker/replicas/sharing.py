@@ -27,6 +27,7 @@ from collections.abc import Callable
 import msgspec
 
 from picker.listen import listen_socket
+from picker.observe.metrics import ReplicaMetrics
 from picker.replicas.settings import ReplicaSettings, host_port
 from picker.replicas.wire import (
     MAX_BLOCKS,
@@ -44,7 +45,6 @@ from picker.replicas.wire import (
     proof_valid,
     prove,
 )
-from picker.telemetry import ReplicaMetrics
 
 __all__ = ["PickSharing"]
 

@@ -18,7 +18,7 @@ import trustme
 import yaml
 
 from extproc.bootstrap import ENVOY_DIR, point_authz
-from picker import control_headers
+from picker.routing import control_headers
 from picker_bench.stack import (
     ENVOY_FAIL_OPEN,
     ENVOY_TEMPLATE,

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from picker.circuit import CircuitSettings
+from picker.fleet.circuit import CircuitSettings
 from picker_bench.stack import Fleet, SimSpec, local_fleet
 from tests.integration.conftest import (
     FAST_HEALTH,

@@ -13,8 +13,8 @@ from extproc._pb import PROCESS_METHOD
 from extproc._pb import ext_proc_pb2 as pb
 from extproc.server import create_server
 from picker.config import PickerConfig
+from picker.fleet.worker_spec import WorkerSpec
 from picker.runtime import PickerRuntime
-from picker.workers import WorkerSpec
 from tests.unit.test_extproc_stream import body_msg, headers_msg
 
 BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()

@@ -14,12 +14,12 @@ import pytest
 import zmq
 from prometheus_client import CollectorRegistry
 
+from picker.fleet.registry import WorkerRegistry
+from picker.fleet.worker_spec import KvEventsEndpoint, WorkerSpec
 from picker.prefix.index import PromptBlocks
 from picker.prefix.kv_events import KvEventHub, KvEventMetrics
 from picker.prefix.kv_index import SyncPrefixIndex
 from picker.prefix.kv_settings import KvEventSettings
-from picker.registry import WorkerRegistry
-from picker.workers import KvEventsEndpoint, WorkerSpec
 from picker_bench.stack import free_port
 from picker_sim.kv_formats import WIRE, Encoding
 from picker_sim.kv_publisher import KvEventPublisher

@@ -16,7 +16,7 @@ import pytest
 
 from litellm_plugin import PickerStrategy
 from picker.errors import ConfigError
-from picker.registry import Worker
+from picker.fleet.registry import Worker
 from picker_bench.stack import Process, SimSpec, start_sims
 from tests.waiting import wait_until
 

@@ -1,11 +1,11 @@
-"""picker.access_log: one bare JSON line per request (item 11)."""
+"""picker.observe.access_log: one bare JSON line per request (item 11)."""
 
 from __future__ import annotations
 
 import io
 import json
 
-from picker.access_log import AccessEntry, AccessLog
+from picker.observe.access_log import AccessEntry, AccessLog
 
 ENTRY = AccessEntry(request_id="r1", model="m" * 500, policy="least_load", worker="w",
                     match=0.823456, outcome="completed", status=200, duration_ms=12.3456)

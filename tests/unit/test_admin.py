@@ -11,14 +11,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from picker.admin import MAX_BODY_BYTES, create_admin_app
+from picker.admin.api import MAX_BODY_BYTES, create_admin_app
 from picker.config import AdminConfig, ExtprocConfig, PickerConfig
-from picker.discovery import DiscoverySettings
-from picker.limits import LimitSettings
-from picker.request import Api, RoutingRequest
+from picker.fleet.served_models import DiscoverySettings
+from picker.fleet.worker_spec import WorkerSpec
+from picker.observe.metrics import CONTENT_TYPE
+from picker.routing.admission import LimitSettings
+from picker.routing.request import Api, RoutingRequest
 from picker.runtime import PickerRuntime
-from picker.telemetry import CONTENT_TYPE
-from picker.workers import WorkerSpec
 from tests.sim_thread import running_sim
 
 FAST = DiscoverySettings(attempt_timeout_secs=0.5, backoff_initial_secs=0.01,

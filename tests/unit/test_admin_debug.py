@@ -9,9 +9,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from picker.admin import create_admin_app
+from picker.admin.api import create_admin_app
 from picker.config import PickerConfig
-from picker.request import Api, RoutingRequest
+from picker.routing.request import Api, RoutingRequest
 from picker.runtime import PickerRuntime
 
 TOKEN = "admin-secret-token"

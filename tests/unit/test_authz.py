@@ -15,11 +15,11 @@ from authz.als import AccessLogService
 from authz.check import Checker
 from authz.http import _Connection, serve_http
 from authz.tokens import LEASE_HEADER
-from picker import control_headers
 from picker.config import PickerConfig
+from picker.fleet.worker_spec import WorkerSpec
 from picker.listen import listen_socket
+from picker.routing import control_headers
 from picker.runtime import PickerRuntime
-from picker.workers import WorkerSpec
 
 BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
 PATH = "/v1/chat/completions"
@@ -182,7 +182,7 @@ async def test_http_answers_the_model_list_sent_straight_to_it() -> None:
 
 
 def test_a_health_probe_is_allowed_to_a_routable_worker_without_a_lease() -> None:
-    """Issue 31 item 11 (picker.probes), as in ext_proc mode."""
+    """Issue 31 item 11 (picker.routing.gateway_probes), as in ext_proc mode."""
     check = checker("http://10.0.0.1:8000", "http://10.0.0.2:8000")
     registry = check._runtime.registry  # noqa: SLF001 - the test sets a worker's health
     registry.set_healthy(registry.workers()[0], False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from picker.circuit import CircuitBreaker, CircuitSettings, CircuitState
+from picker.fleet.circuit import CircuitBreaker, CircuitSettings, CircuitState
 
 
 class Clock:

@@ -1,4 +1,5 @@
-"""picker.control_headers: one table of routing headers, and every Envoy bootstrap the project
+"""picker.routing.control_headers: one table of routing headers, and every Envoy bootstrap the
+project
 ships or renders agreeing with it (issue 30 items 5-6, issue 31 items 4 and 10)."""
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import pytest
 import yaml
 
 from extproc.bootstrap import ENVOY_DIR, render_bootstrap
-from picker import control_headers
 from picker.config import load_config
+from picker.routing import control_headers
 
 
 def test_llm_d_names_are_read_first_then_the_gateway_ones() -> None:

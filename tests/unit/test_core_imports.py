@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 # The modules the design names as the core, in the order a reader meets them.
-CORE = ["picker.workers", "picker.registry", "picker.request", "picker.errors",
-        "picker.policies", "picker.router", "picker.telemetry", "picker.config",
-        "picker.admin", "picker.openai_body"]
+CORE = ["picker.fleet.worker_spec", "picker.fleet.registry", "picker.routing.request",
+        "picker.errors", "picker.policies", "picker.routing.router", "picker.observe.metrics",
+        "picker.config", "picker.admin.api", "picker.routing.openai_body"]
 # Proxies, adapters, and the harness (simulator, benchmarks, the CLI that composes them).
 FORBIDDEN = ("grpc", "envoy", "litellm", "extproc", "authz", "envoy_data_plane", "litellm_plugin",
              "picker_sim", "picker_bench", "llm_picker")
@@ -40,14 +40,14 @@ print(json.dumps({{"imported": wanted, "charged": charged}}))
 
 def test_core_imports_no_proxy_module() -> None:
     core = [m for m in CORE
-            if m != "picker.openai_body" or Path("picker/openai_body.py").exists()]
+            if m != "picker.routing.openai_body" or Path("picker/routing/openai_body.py").exists()]
     code = PROBE.format(forbidden=FORBIDDEN, core=core)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).parents[2])
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert set(core) <= set(report["imported"])
-    assert "picker.health" in report["imported"]  # the walk found the rest of the package
+    assert "picker.fleet.health" in report["imported"]  # the walk found the rest of the package
     assert report["charged"] == {}
 
 

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from picker.config import PickerConfig
 from picker.errors import Overloaded
-from picker.request import Api, RoutingRequest
+from picker.routing.request import Api, RoutingRequest
 from picker.runtime import PickerRuntime
 
 DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "llm-picker.json"

@@ -1,4 +1,4 @@
-"""picker.decisions: records match what happened, stay bounded, carry no prompt text; the
+"""picker.observe.decisions: records match what happened, stay bounded, carry no prompt text; the
 explain header only when allowed and asked for."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import pytest
 from pydantic import ValidationError
 
 from picker.config import PickerConfig, load_config
-from picker.decisions import EXPLAIN_HEADER, ExplainSettings, explain_line
 from picker.errors import ConfigError, NoHealthyWorker, Overloaded
-from picker.leases import Lease
-from picker.request import Api, RoutingRequest
+from picker.observe.decisions import EXPLAIN_HEADER, ExplainSettings, explain_line
+from picker.routing.leases import Lease
+from picker.routing.request import Api, RoutingRequest
 from picker.runtime import PickerRuntime
 
 SECRET_PROMPT = "the launch code is 0000-tango-" * 20
@@ -177,7 +177,8 @@ def test_explain_header_only_when_allowed_and_asked(settings: dict[str, object],
 
 
 def test_header_line_cannot_be_split_by_a_worker_id() -> None:
-    """Such an id is refused where workers are declared (picker.workers' id characters)."""
+    """Such an id is refused where workers are declared (picker.fleet.worker_spec's id
+    characters)."""
     with pytest.raises(ValidationError, match="letters, digits"):
         PickerConfig.model_validate({
             "workers": [{"url": "10.0.0.1:8000", "id": "evil\r\nset-cookie: x; y",

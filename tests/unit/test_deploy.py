@@ -15,7 +15,7 @@ import yaml
 models = pytest.importorskip("kubernetes_asyncio.client.models")
 
 from picker.config import load_config  # noqa: E402
-from picker.sources.pods import pool_target  # noqa: E402
+from picker.fleet.sources.pods import pool_target  # noqa: E402
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 CORE = {("v1", "ServiceAccount"): "V1ServiceAccount", ("v1", "ConfigMap"): "V1ConfigMap",

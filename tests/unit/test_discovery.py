@@ -7,8 +7,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from picker.discovery import DiscoverySettings, WorkerUnreachable, discover, expand_dp_ranks
-from picker.workers import WorkerSpec
+from picker.fleet.served_models import (
+    DiscoverySettings,
+    WorkerUnreachable,
+    discover,
+    expand_dp_ranks,
+)
+from picker.fleet.worker_spec import WorkerSpec
 from tests.http_stub import StubServer
 from tests.sim_thread import running_sim
 

@@ -10,8 +10,8 @@ from extproc import codec
 from extproc._pb import ext_proc_pb2 as pb
 from extproc.stream import CONFORMANCE_SELECTION_HEADER, CONFORMANCE_SERVED_HEADER, RequestStream
 from extproc.subset import SubsetMatcher
+from picker.fleet.worker_spec import WorkerSpec
 from picker.runtime import PickerRuntime
-from picker.workers import WorkerSpec
 from tests.unit.test_extproc_stream import BODY, body_msg, headers_msg, make_router, runtime_of
 
 A, B, C = "127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"

@@ -9,10 +9,10 @@ import pytest
 from extproc import codec
 from extproc._pb import ext_proc_pb2 as pb
 from extproc.stream import RequestStream
-from picker import control_headers
 from picker.config import PickerConfig
+from picker.fleet.worker_spec import WorkerSpec
+from picker.routing import control_headers
 from picker.runtime import PickerRuntime
-from picker.workers import WorkerSpec
 
 BODY = json.dumps(
     {"model": "m", "messages": [{"role": "user", "content": "hello"}], "stream": False}
@@ -326,8 +326,8 @@ def _probe_msg(method: str = "GET", path: str = "/health") -> pb.ProcessingReque
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 def test_a_health_probe_goes_to_a_routable_worker_without_a_lease(method: str) -> None:
-    """Issue 31 item 11 (picker.probes): the reference picker routes bodiless requests to a
-    random endpoint; the picker does for health probes, to a routable one."""
+    """Issue 31 item 11 (picker.routing.gateway_probes): the reference picker routes bodiless
+    requests to a random endpoint; the picker does for health probes, to a routable one."""
     runtime = make_router("127.0.0.1:8001", "127.0.0.1:8002")
     runtime.registry.set_healthy(runtime.registry.workers()[0], False)
     stream = RequestStream(runtime, 1 << 20)

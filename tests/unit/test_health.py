@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from picker.health import HealthChecker, HealthSettings
-from picker.registry import WorkerRegistry
-from picker.workers import WorkerSpec
+from picker.fleet.health import HealthChecker, HealthSettings
+from picker.fleet.registry import WorkerRegistry
+from picker.fleet.worker_spec import WorkerSpec
 from tests.http_stub import StubServer
 from tests.waiting import eventually
 

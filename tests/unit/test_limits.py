@@ -10,8 +10,8 @@ import pytest
 
 from picker.config import PickerConfig
 from picker.errors import Overloaded
-from picker.limits import Admission, LimitSettings
-from picker.request import Api, RoutingRequest
+from picker.routing.admission import Admission, LimitSettings
+from picker.routing.request import Api, RoutingRequest
 from picker.runtime import PickerRuntime
 
 REQ = RoutingRequest(model="m", api=Api.CHAT)

@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from litellm_plugin.fleet import DeploymentFleet, engine_url  # noqa: E402
-from picker.registry import WorkerRegistry  # noqa: E402
+from picker.fleet.registry import WorkerRegistry  # noqa: E402
 
 
 def deployment(dep_id: str, group: str, api_base: str | None) -> dict[str, object]:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from litellm_plugin.tracking import observation_of
-from picker.speed import Observation
+from picker.fleet.speed import Observation
 
 T0 = datetime(2025, 1, 1)
 USAGE = SimpleNamespace(usage=SimpleNamespace(

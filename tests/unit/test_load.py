@@ -16,9 +16,15 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from picker.config import load_config
 from picker.errors import ConfigError
-from picker.load import ENGINE_METRICS, LoadMonitor, LoadSettings, parse_engine_load, scraped
-from picker.registry import WorkerRegistry
-from picker.workers import RuntimeType, WorkerSpec
+from picker.fleet.engine_scrape import (
+    ENGINE_METRICS,
+    LoadMonitor,
+    LoadSettings,
+    parse_engine_load,
+    scraped,
+)
+from picker.fleet.registry import WorkerRegistry
+from picker.fleet.worker_spec import RuntimeType, WorkerSpec
 from tests.http_stub import StubServer
 from tests.sim_thread import running_sim
 from tests.waiting import eventually

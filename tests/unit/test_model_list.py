@@ -1,4 +1,4 @@
-"""picker.model_list: `GET /v1/models` lists what routable workers serve (item 13)."""
+"""picker.routing.model_list: `GET /v1/models` lists what routable workers serve (item 13)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from picker.circuit import CircuitSettings
 from picker.errors import ModelNotFound
-from picker.model_list import model_object, models_path_id
-from picker.registry import WorkerRegistry
-from picker.workers import WorkerSpec
+from picker.fleet.circuit import CircuitSettings
+from picker.fleet.registry import WorkerRegistry
+from picker.fleet.worker_spec import WorkerSpec
+from picker.routing.model_list import model_object, models_path_id
 
 
 @pytest.mark.parametrize(("path", "model_id"), [

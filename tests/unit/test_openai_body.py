@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from picker.errors import InvalidRequest, RequestError, UnsupportedMediaType, UnsupportedPath
-from picker.openai_body import parse_request
-from picker.request import Api
+from picker.routing.openai_body import parse_request
+from picker.routing.request import Api
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"

@@ -9,6 +9,7 @@ import pytest
 
 from picker.config import PickerConfig, load_config
 from picker.errors import ConfigError, ModelNotFound, NoHealthyWorker
+from picker.fleet.worker_spec import WorkerSpec
 from picker.pd import (
     PREFILLER_HEADER,
     PdProtocol,
@@ -17,9 +18,8 @@ from picker.pd import (
     with_bootstrap,
     with_kv_transfer_params,
 )
-from picker.request import Api, RoutingRequest
+from picker.routing.request import Api, RoutingRequest
 from picker.runtime import Host, PickerRuntime
-from picker.workers import WorkerSpec
 
 
 @pytest.mark.parametrize(("prompt", "rooms"), [

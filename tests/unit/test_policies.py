@@ -10,10 +10,10 @@ from collections import Counter
 import pytest
 
 from picker.errors import ConfigError
+from picker.fleet.registry import Worker
+from picker.fleet.worker_spec import WorkerSpec
 from picker.policies import POLICIES, create_policy
-from picker.registry import Worker
-from picker.request import Api, RoutingRequest
-from picker.workers import WorkerSpec
+from picker.routing.request import Api, RoutingRequest
 from tests.live import Fleet
 
 
@@ -267,9 +267,9 @@ def test_session_affinity_is_the_same_in_every_process() -> None:
     """A restarted picker, or another replica, sends a session to the same worker."""
     code = (
         "from picker.policies import create_policy\n"
-        "from picker.registry import Worker\n"
-        "from picker.request import Api, RoutingRequest\n"
-        "from picker.workers import WorkerSpec\n"
+        "from picker.fleet.registry import Worker\n"
+        "from picker.routing.request import Api, RoutingRequest\n"
+        "from picker.fleet.worker_spec import WorkerSpec\n"
         "pool = [Worker(WorkerSpec(url=f'h:{i + 1}', id=f'w{i}')) for i in range(4)]\n"
         "policy = create_policy('session_affinity')\n"
         "print(' '.join(policy.pick(RoutingRequest(model='m', api=Api.CHAT,\n"

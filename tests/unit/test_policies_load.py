@@ -8,12 +8,12 @@ import pytest
 
 from picker.config import load_config
 from picker.errors import ConfigError
-from picker.load_signals import EngineLoad
+from picker.fleet.engine_load import EngineLoad
+from picker.fleet.worker_spec import WorkerSpec
 from picker.policies import create_policy, parse_params
 from picker.policies.scorers import SCORERS
 from picker.prefix import PrefixMatch
-from picker.request import Api, RoutingRequest
-from picker.workers import WorkerSpec
+from picker.routing.request import Api, RoutingRequest
 from tests.live import Fleet
 
 REQ = RoutingRequest(model="m", api=Api.CHAT)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from picker.fleet.worker_spec import WorkerSpec
 from picker.policies import create_policy
 from picker.policies.cache_aware import routing_text
 from picker.prefix import PrefixMatch
-from picker.request import Api, RoutingRequest
-from picker.workers import WorkerSpec
+from picker.routing.request import Api, RoutingRequest
 from tests.live import Fleet
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from picker.load_signals import EngineCounter, EngineLoad
+from picker.fleet.engine_load import EngineCounter, EngineLoad
+from picker.fleet.speed import Observation
+from picker.fleet.worker_spec import WorkerSpec
 from picker.prefix.calibration import Calibration
 from picker.prefix.producer import PrefixProducer, PrefixSettings
-from picker.request import Api, RoutingRequest
-from picker.speed import Observation
-from picker.workers import WorkerSpec
+from picker.routing.request import Api, RoutingRequest
 from tests.live import Fleet
 
 BLOCK = 64

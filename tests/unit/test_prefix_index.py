@@ -138,9 +138,9 @@ def test_fits(held: dict[str, int], capacity: dict[str, int], fill: float, fits:
 
 
 def test_the_producer_reports_the_approximate_index_capacity() -> None:
+    from picker.fleet.worker_spec import WorkerSpec
     from picker.prefix.producer import PrefixProducer, PrefixSettings
-    from picker.request import Api, RoutingRequest
-    from picker.workers import WorkerSpec
+    from picker.routing.request import Api, RoutingRequest
     from tests.live import Fleet
 
     producer = PrefixProducer(PrefixSettings(enabled=True, block_size=16, capacity_blocks=300))

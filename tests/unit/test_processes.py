@@ -14,14 +14,14 @@ import pytest
 from llm_picker.supervisor import _GROUP_PREFIX, _hold_lock, _remove_orphaned_groups
 from picker.config import GROUP_ENV, load_config
 from picker.errors import ConfigError
-from picker.limits import LimitSettings
-from picker.load_signals import EngineCounter, EngineLoad
+from picker.fleet.engine_load import EngineCounter, EngineLoad
+from picker.fleet.registry import WorkerRegistry
+from picker.fleet.worker_spec import WorkerSpec
 from picker.processes.counts import SharedCounts
 from picker.processes.group import ProcessGroup
 from picker.processes.mirror import StateFollower, StatePublisher, WorkerState
-from picker.registry import WorkerRegistry
+from picker.routing.admission import LimitSettings
 from picker.runtime import PickerRuntime
-from picker.workers import WorkerSpec
 from tests.waiting import eventually
 
 
@@ -174,8 +174,8 @@ async def test_a_worker_re_added_under_a_new_column_is_replaced(tmp_path: Path) 
 _COUNT = """
 import sys
 from pathlib import Path
-from picker.registry import WorkerRegistry
-from picker.telemetry import PickerMetrics
+from picker.fleet.registry import WorkerRegistry
+from picker.observe.metrics import PickerMetrics
 metrics = PickerMetrics(WorkerRegistry(), Path(sys.argv[1]))
 for _ in range(int(sys.argv[2])):
     metrics.decisions.labels("least_load", "w1").inc()

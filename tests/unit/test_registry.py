@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from picker.errors import PickerError, UnknownWorker, WorkerConflict
-from picker.registry import Worker, WorkerRegistry
-from picker.speed import Observation
-from picker.workers import ConnectionMode, WorkerSpec, WorkerType
+from picker.fleet.registry import Worker, WorkerRegistry
+from picker.fleet.speed import Observation
+from picker.fleet.worker_spec import ConnectionMode, WorkerSpec, WorkerType
 
 MODELS = ("a", "b", "c")
 

@@ -15,9 +15,11 @@ from pydantic import SecretStr
 
 from picker.config import load_config
 from picker.errors import ConfigError
+from picker.fleet.registry import Worker
+from picker.fleet.worker_spec import WorkerSpec
+from picker.observe.metrics import ReplicaMetrics
 from picker.prefix.index import PromptBlocks
 from picker.prefix.producer import PrefixProducer, PrefixSettings
-from picker.registry import Worker
 from picker.replicas.settings import ReplicaSettings, host_port
 from picker.replicas.sharing import PickSharing
 from picker.replicas.wire import (
@@ -34,10 +36,8 @@ from picker.replicas.wire import (
     proof_valid,
     prove,
 )
-from picker.request import Api, RoutingRequest
+from picker.routing.request import Api, RoutingRequest
 from picker.runtime import PickerRuntime
-from picker.telemetry import ReplicaMetrics
-from picker.workers import WorkerSpec
 from picker_bench.stack import free_port
 from tests.waiting import eventually
 

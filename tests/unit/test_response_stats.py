@@ -1,10 +1,16 @@
-"""Reading TTFT, chunk rate and usage off a response in passing (picker.response_stats)."""
+"""Reading TTFT, chunk rate and usage off a response in passing (picker.routing.response_stats)."""
 
 from __future__ import annotations
 
 import pytest
 
-from picker.response_stats import ResponseObserver, ResponseSample, ResponseStats, Usage, find_usage
+from picker.routing.response_stats import (
+    ResponseObserver,
+    ResponseSample,
+    ResponseStats,
+    Usage,
+    find_usage,
+)
 
 
 @pytest.mark.parametrize(("tail", "usage"), [

@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from picker.circuit import CircuitSettings
 from picker.config import PickerConfig
 from picker.errors import (
     BodyTooLarge,
@@ -24,11 +23,12 @@ from picker.errors import (
     UnsupportedMediaType,
     UnsupportedPath,
 )
+from picker.fleet.circuit import CircuitSettings
+from picker.fleet.registry import Worker
+from picker.fleet.worker_spec import WorkerSpec
 from picker.policies import POLICIES, PolicyDescriptor, PolicyParams
-from picker.registry import Worker
-from picker.request import Api, RoutingRequest
+from picker.routing.request import Api, RoutingRequest
 from picker.runtime import PickerRuntime
-from picker.workers import WorkerSpec
 
 
 def router(*specs: WorkerSpec, policy: str = "round_robin", **settings: object) -> PickerRuntime:
@@ -112,7 +112,7 @@ def test_pick_takes_a_slot_and_release_counts_once() -> None:
 )
 def test_a_lease_brings_its_uncached_prompt_to_the_prefill_backlog(prompt: str,
                                                                     ahead: float) -> None:
-    from picker.speed import Observation
+    from picker.fleet.speed import Observation
 
     r = router(WorkerSpec(url="a:1", id="w"))
     worker = r.registry.workers()[0]
@@ -126,7 +126,7 @@ def test_a_lease_brings_its_uncached_prompt_to_the_prefill_backlog(prompt: str,
 def test_a_released_lease_takes_its_prompt_out_of_the_prefill_backlog() -> None:
     """However slow the learned prefill rate, an ended request is no longer ahead of anyone
     (issue 35.3); one still open is."""
-    from picker.speed import Observation
+    from picker.fleet.speed import Observation
 
     r = router(WorkerSpec(url="a:1", id="w"))
     worker = r.registry.workers()[0]
@@ -142,8 +142,8 @@ def test_a_released_lease_takes_its_prompt_out_of_the_prefill_backlog() -> None:
 
 
 def test_a_pairs_decode_worker_has_no_prefill_to_do() -> None:
-    from picker.decisions import Choice
-    from picker.speed import Observation
+    from picker.fleet.speed import Observation
+    from picker.routing.router import Choice
 
     r = router(*fleet(2))
     decode, prefill = r.registry.workers()
@@ -440,7 +440,7 @@ def test_prefix_metrics_report_match_buckets_and_index_size() -> None:
                                               (0.5, "26-50"), (0.75, "51-75"), (0.99, "76-99"),
                                               (1.0, "100")])
 def test_match_bucket(rate: float | None, bucket: str) -> None:
-    from picker.telemetry import match_bucket
+    from picker.observe.metrics import match_bucket
 
     assert match_bucket(rate) == bucket
 
@@ -459,7 +459,7 @@ def test_imbalance_and_indexer_status_metrics() -> None:
 def test_a_policy_chosen_per_request_runs_with_its_configured_params() -> None:
     """w1: short engine queue, busy picker; w2 the reverse. Configured weights (queue only)
     always choose w1; the default weights (queue 1, in_flight 1) tie them."""
-    from picker.load_signals import EngineLoad
+    from picker.fleet.engine_load import EngineLoad
 
     def configured(weights: dict[str, float] | None) -> PickerRuntime:
         policies = {} if weights is None else {"weighted": {"scorers": weights, "seed": 1}}

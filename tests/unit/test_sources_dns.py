@@ -16,11 +16,11 @@ pytest.importorskip("dnslib")
 from dnslib import AAAA, QTYPE, RR, SRV, A, DNSRecord  # noqa: E402
 from dnslib.server import BaseResolver, DNSServer  # noqa: E402
 
-from picker.discovery import DiscoverySettings  # noqa: E402
-from picker.fleet import WorkerManager  # noqa: E402
-from picker.registry import WorkerRegistry  # noqa: E402
-from picker.sources.dns import DnsSource  # noqa: E402
-from picker.sources.settings import DnsSettings  # noqa: E402
+from picker.fleet.manager import WorkerManager  # noqa: E402
+from picker.fleet.registry import WorkerRegistry  # noqa: E402
+from picker.fleet.served_models import DiscoverySettings  # noqa: E402
+from picker.fleet.sources.dns import DnsSource  # noqa: E402
+from picker.fleet.sources.settings import DnsSettings  # noqa: E402
 from tests.unit.test_sources_kubernetes import IPS, _free_port, vllm_models  # noqa: E402
 
 NAME = "vllm.ns.svc.cluster.local."

@@ -19,12 +19,12 @@ pytest.importorskip("kubernetes_asyncio")
 from aiohttp import web  # noqa: E402 - after the extra's check
 
 from picker.config import load_config  # noqa: E402
-from picker.discovery import DiscoverySettings  # noqa: E402
 from picker.errors import ConfigError  # noqa: E402
-from picker.fleet import WorkerManager  # noqa: E402
-from picker.registry import WorkerRegistry  # noqa: E402
-from picker.sources.kubernetes import KubernetesSource  # noqa: E402
-from picker.sources.settings import KubernetesSettings  # noqa: E402
+from picker.fleet.manager import WorkerManager  # noqa: E402
+from picker.fleet.registry import WorkerRegistry  # noqa: E402
+from picker.fleet.served_models import DiscoverySettings  # noqa: E402
+from picker.fleet.sources.kubernetes import KubernetesSource  # noqa: E402
+from picker.fleet.sources.settings import KubernetesSettings  # noqa: E402
 from tests.k8s_api import FakeKubeApi, pod, pool  # noqa: E402
 
 IPS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")

@@ -1,4 +1,4 @@
-"""Learning engine speed (picker/speed.py) through the registry, and scoring on it."""
+"""Learning engine speed (picker/fleet/speed.py) through the registry, and scoring on it."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from dataclasses import replace
 
 import pytest
 
-from picker.load_signals import EngineCounter, EngineLoad
+from picker.fleet.engine_load import EngineCounter, EngineLoad
+from picker.fleet.speed import Observation, PrefillBacklog, SpeedModel, predicted_ttft
+from picker.fleet.worker_spec import WorkerSpec
 from picker.policies import create_policy
 from picker.prefix import PrefixMatch
-from picker.request import Api, RoutingRequest
-from picker.speed import Observation, PrefillBacklog, SpeedModel, predicted_ttft
-from picker.workers import WorkerSpec
+from picker.routing.request import Api, RoutingRequest
 from tests.live import Fleet
 
 C = EngineCounter

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from picker.circuit import CircuitSettings, CircuitState
 from picker.config import PickerConfig
 from picker.errors import NoHealthyWorker
-from picker.registry import WorkerRegistry
-from picker.request import Api, RoutingRequest
+from picker.fleet.circuit import CircuitSettings, CircuitState
+from picker.fleet.registry import WorkerRegistry
+from picker.fleet.worker_spec import WorkerSpec
+from picker.observe.metrics import CONTENT_TYPE, PickerMetrics, match_bucket
+from picker.routing.request import Api, RoutingRequest
 from picker.runtime import PickerRuntime
-from picker.telemetry import CONTENT_TYPE, PickerMetrics, match_bucket
-from picker.workers import WorkerSpec
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -180,11 +180,11 @@ def runtime(*specs: WorkerSpec, **settings: object) -> PickerRuntime:
 
 
 def test_learned_speed_and_index_sizing_are_exported_per_worker() -> None:
-    from picker.load_signals import EngineCounter, EngineLoad
+    from picker.fleet.engine_load import EngineCounter, EngineLoad
+    from picker.fleet.speed import Observation
     from picker.prefix.approx import ApproxPrefixIndex
     from picker.prefix.calibration import Calibration
     from picker.prefix.index import PrefixIndex
-    from picker.speed import Observation
 
     workers = registry("a")
     (a,) = workers.workers()

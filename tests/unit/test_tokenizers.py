@@ -11,12 +11,12 @@ import pytest
 
 from picker.config import PickerConfig, load_config
 from picker.errors import ConfigError, NoHealthyWorker
+from picker.fleet.registry import Worker
+from picker.fleet.worker_spec import WorkerSpec
 from picker.prefix.producer import PrefixProducer, PrefixSettings
 from picker.prefix.tokenizers import RemoteTokenizer, TokenizerSettings, load_hf_tokenizer
-from picker.registry import Worker
-from picker.request import Api, RoutingRequest
+from picker.routing.request import Api, RoutingRequest
 from picker.runtime import PickerRuntime
-from picker.workers import WorkerSpec
 from picker_bench.workload import make_workload
 from picker_sim.engine import prompt_tokens, token_ids
 from picker_sim.hf_twin import write_hf_twin

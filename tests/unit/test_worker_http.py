@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from picker.registry import WorkerRegistry
-from picker.worker_http import WorkerRequests
-from picker.workers import WorkerSpec
+from picker.fleet.registry import WorkerRegistry
+from picker.fleet.worker_http import WorkerRequests
+from picker.fleet.worker_spec import WorkerSpec
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -180,7 +180,7 @@ async def test_a_pool_that_lost_its_slots_is_replaced(monkeypatch: pytest.Monkey
 
 async def test_plain_http_workers_get_their_key_on_one_kept_connection(
         requests: WorkerRequests) -> None:
-    """Plain http workers go through picker.plain_get: the API key is sent, the connection is
+    """Plain http workers go through picker.fleet.plain_get: the API key is sent, the connection is
     kept between requests, and a removed worker's connection is closed."""
     heads: list[bytes] = []
     connections: list[asyncio.StreamWriter] = []

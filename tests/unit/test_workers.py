@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from picker.workers import (
+from picker.fleet.worker_spec import (
     ConnectionMode,
     HealthOverrides,
     RuntimeType,
@@ -250,7 +250,7 @@ def test_derived_id_is_stable_across_processes() -> None:
     import subprocess
     import sys
 
-    code = "from picker.workers import WorkerSpec; print(WorkerSpec(url='h:1').id)"
+    code = "from picker.fleet.worker_spec import WorkerSpec; print(WorkerSpec(url='h:1').id)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONHASHSEED": "12345"})
     assert out.stdout.strip() == WorkerSpec(url="h:1").id

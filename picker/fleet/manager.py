@@ -1,0 +1,330 @@
+"""WorkerManager: the runtime changes to the fleet (register, patch, drain) and who owns each.
+
+One owner per worker, so no change is silently undone by another source:
+
+- a worker declared in the configuration file belongs to the file (`declare`): the admin API
+  refuses to change or delete it (409 naming the file); editing the file changes it on reload;
+- a worker added through the admin API (`register`) belongs to the API and lives until it is
+  deleted or the picker restarts (runtime-only: declare it in the file to keep it);
+- a worker the file newly declares at an API worker's url is taken over by the file.
+
+Both sources go through the same path: conflict checks before any network call, discovery,
+one worker per data-parallel rank, and `drain` (never a bare remove) on removal or replacement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from picker.errors import ConfigError, PickerError, UnknownWorker, WorkerConflict
+from picker.fleet.registry import Worker, WorkerRegistry
+from picker.fleet.served_models import (
+    DiscoverySettings,
+    WorkerUnreachable,
+    discover,
+    expand_dp_ranks,
+)
+from picker.fleet.worker_spec import (
+    U32,
+    HealthOverrides,
+    Labels,
+    WorkerSpec,
+    WorkerType,
+    redact_url,
+    unpaired_role,
+)
+from picker.strict import StrictModel
+
+__all__ = ["DeclaredInFile", "Registered", "WorkerManager", "WorkerPatch"]
+
+log = logging.getLogger("llm_picker.fleet")
+
+
+class WorkerPatch(StrictModel):
+    """What may change on a registered worker without re-registering it."""
+
+    priority: U32 | None = None
+    cost: float | None = Field(default=None, gt=0)
+    labels: Labels | None = None
+    health: HealthOverrides | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fixed_fields(cls, data: Any) -> Any:
+        """Say how to change what PATCH cannot, rather than pydantic's 'extra inputs', and
+        refuse null: it would reach the worker's spec, where None is not a value."""
+        if isinstance(data, dict):
+            fixed = sorted(k for k in data if k in WorkerSpec.model_fields
+                           and k not in cls.model_fields)
+            if fixed:
+                raise PydanticCustomError(
+                    "fixed_field",
+                    "{field} cannot be changed on a registered worker: DELETE the worker and "
+                    "POST it again with the new value",
+                    {"field": fixed[0]},
+                )
+            nulls = sorted(k for k, v in data.items() if v is None and k in cls.model_fields)
+            if nulls:
+                raise PydanticCustomError(
+                    "null_field", "{field} cannot be null: give a value, or leave the field "
+                    "out to keep the current one", {"field": nulls[0]})
+        return data
+
+
+PATCHABLE = frozenset(WorkerPatch.model_fields)
+
+
+class DeclaredInFile(WorkerConflict):
+    """The admin API may not change a worker the configuration file owns: the next reload
+    would silently undo it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """The workers one registration made (one per DP rank); `reached`: discovery got an answer.
+    An unreached worker (one whose models were given) waits, unhealthy, for health checks."""
+
+    workers: list[Worker]
+    reached: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Registration:
+    spec: WorkerSpec  # as declared or posted, before discovery
+    declared_in: str | None  # the owning file; None: the admin API
+    urls: tuple[str, ...]  # the workers it registered
+
+
+class WorkerManager:
+    def __init__(self, workers: WorkerRegistry, settings: DiscoverySettings,
+                 health_checked: bool = True, pd_paired: bool = False,
+                 keys_refused: str | None = None) -> None:
+        """`health_checked`: active health checks run, so a worker registered before it
+        answered is admitted once it does; without them such a registration is refused.
+        `pd_paired`: prefill and decode workers are paired (enable_igw); without it they are
+        refused. `keys_refused`: why workers with an api_key may not be registered (the
+        running ext_proc port does not authenticate its clients), None when they may: checked
+        here, on the one path of the admin API, a config reload and discovery alike."""
+        self.workers = workers
+        self._settings = settings
+        self._health_checked = health_checked
+        self._pd_paired = pd_paired
+        self._keys_refused = keys_refused
+        self._client: httpx.AsyncClient | None = None
+        self._registrations: dict[str, _Registration] = {}  # by spec url
+        self._registration_of: dict[str, str] = {}  # worker url -> spec url
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient()
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    # -- lookups ------------------------------------------------------------------------------
+
+    def find(self, key: str) -> Worker:
+        """A worker by url (as registered, or in any form WorkerSpec normalises) or by id."""
+        worker = self.workers.get_by_url(key) or self.workers.get(key)
+        if worker is None:
+            try:
+                worker = self.workers.get_by_url(WorkerSpec(url=key).url)
+            except ValueError:
+                worker = None
+        if worker is None:
+            raise UnknownWorker(f"no worker with url or id {redact_url(key)[:200]!r}")
+        return worker
+
+    def declared_in(self, worker: Worker) -> str | None:
+        """The configuration file that owns `worker`; None when the admin API may change it."""
+        registration = self._registrations.get(self._registration_of.get(worker.url, ""))
+        return None if registration is None else registration.declared_in
+
+    # -- the admin API's calls ----------------------------------------------------------------
+
+    async def register(self, spec: WorkerSpec) -> Registered:
+        """Check conflicts, discover what the spec leaves out, register (one per DP rank)."""
+        return await self._register(spec, declared_in=None)
+
+    def change(self, key: str, patch: WorkerPatch) -> Worker:
+        worker = self._api_owned(self.find(key))
+        changes = patch.model_dump(exclude_unset=True)
+        if changes.get("health") is not None:
+            changes["health"] = {**worker.spec.health.model_dump(exclude_unset=True),
+                                 **changes["health"]}
+        self.workers.replace_spec(worker, worker.spec.updated(**changes))
+        return worker
+
+    async def delete(self, key: str, timeout_secs: float) -> tuple[Worker, bool]:
+        worker = self._api_owned(self.find(key))
+        return worker, await self.drain(worker, timeout_secs)
+
+    def _api_owned(self, worker: Worker) -> Worker:
+        path = self.declared_in(worker)
+        if path is not None:
+            raise DeclaredInFile(
+                f"worker {worker.id} is declared in {path}: {_how_to_change(path)}; the admin "
+                "API changes only the workers it added")
+        return worker
+
+    # -- the configuration file's call --------------------------------------------------------
+
+    async def declare(self, path: str, specs: Sequence[WorkerSpec],
+                      drain_timeout_secs: float = 30.0) -> None:
+        """Make the workers `path` owns exactly `specs`, through the same path as the API.
+
+        Unchanged workers are left alone; a change to patchable fields (priority, cost, labels,
+        health) applies in place; any other change (id, models, dp_size...) drains the old
+        workers and registers the new spec; workers no longer declared are drained. A spec that
+        cannot be applied is logged and retried on the next reload.
+        """
+        wanted = {spec.url: spec for spec in specs}
+        gone = [r for key, r in self._registrations.items()
+                if r.declared_in == path and key not in wanted]
+        jobs = [self._retire(r, drain_timeout_secs) for r in gone]
+        jobs += [self._converge(spec, path, drain_timeout_secs) for spec in wanted.values()]
+        for spec_url, result in zip([r.spec.url for r in gone] + list(wanted),
+                                    await asyncio.gather(*jobs, return_exceptions=True),
+                                    strict=True):
+            if isinstance(result, PickerError):
+                log.error("worker %s from %s not applied: %s", spec_url, path, result)
+            elif isinstance(result, BaseException):
+                raise result
+
+    async def _converge(self, spec: WorkerSpec, path: str, drain_timeout_secs: float) -> None:
+        registration = self._registrations.get(spec.url)
+        group = self._group(spec.url)
+        if not group:
+            await self._register(spec, declared_in=path)
+        elif registration is not None and registration.spec == spec:
+            self._record(spec, path, group)  # unchanged (or taken over from the API)
+        elif registration is None and [w.spec for w in group] == expand_dp_ranks(spec):
+            self._record(spec, path, group)  # registered as declared before we knew of it
+        elif registration is not None and _only_patchable_differ(registration.spec, spec):
+            changes = {name: getattr(spec, name) for name in PATCHABLE}
+            for worker in group:
+                self.workers.replace_spec(worker, worker.spec.updated(**changes))
+            self._record(spec, path, group)
+        else:
+            await asyncio.gather(*(self.drain(w, drain_timeout_secs) for w in group))
+            await self._register(spec, declared_in=path)
+
+    async def _retire(self, registration: _Registration, drain_timeout_secs: float) -> None:
+        await asyncio.gather(*(self.drain(w, drain_timeout_secs)
+                               for w in self._group(registration.spec.url)))
+
+    # -- shared steps -------------------------------------------------------------------------
+
+    async def _register(self, spec: WorkerSpec, declared_in: str | None) -> Registered:
+        if spec.worker_type is not WorkerType.REGULAR and not self._pd_paired:
+            raise ConfigError("worker_type", unpaired_role(spec.worker_type))
+        if spec.api_key is not None and self._keys_refused is not None:
+            raise ConfigError("api_key", f"refused: {self._keys_refused}")
+        self._check_free(spec)  # before any network call: a conflict is not worth a wait
+        complete, reached = await self._discover(spec)
+        self._check_free(complete)  # discovery may have found dp_size; others may have won
+        added: list[Worker] = []
+        try:
+            for rank_spec in expand_dp_ranks(complete):
+                added.append(self.workers.add(rank_spec))
+        except WorkerConflict:
+            for worker in added:  # all ranks or none
+                self.workers.remove(worker.url)
+            raise
+        if not reached:
+            for worker in added:
+                self.workers.set_healthy(worker, False)
+        self._record(spec, declared_in, added)
+        return Registered(added, reached)
+
+    async def _discover(self, spec: WorkerSpec) -> tuple[WorkerSpec, bool]:
+        """The completed spec, and whether the worker answered. With `models` given, one try:
+        a worker that is not up yet registers unhealthy and health checks bring it in."""
+        assert self._client is not None, "WorkerManager.start() was not awaited"
+        if not spec.models or not self._health_checked:
+            return await discover(spec, self._client, self._settings), True
+        try:
+            return await discover(spec, self._client, self._settings, attempts=1), True
+        except WorkerUnreachable:
+            return spec, False
+
+    def _check_free(self, spec: WorkerSpec) -> None:
+        for candidate in (spec, *expand_dp_ranks(spec)):
+            taken = self.workers.get_by_url(candidate.url)
+            if taken is not None or self._group(candidate.url):
+                raise WorkerConflict(f"worker {candidate.url} is already registered"
+                                     + _owned_by(self.declared_in(taken) if taken else None))
+            taken = self.workers.get(candidate.id or "")
+            if taken is not None:
+                raise WorkerConflict(f"worker id {candidate.id!r} is already registered"
+                                     + _owned_by(self.declared_in(taken)))
+
+    def _group(self, spec_url: str) -> list[Worker]:
+        """The registered workers for a spec url: the worker itself, or its DP ranks."""
+        single = self.workers.get_by_url(spec_url)
+        if single is not None:
+            return [single]
+        return [w for w in self.workers.workers() if w.spec.dp_base_url == spec_url]
+
+    def _record(self, spec: WorkerSpec, declared_in: str | None,
+                workers: Sequence[Worker]) -> None:
+        urls = tuple(w.url for w in workers)
+        self._registrations[spec.url] = _Registration(spec, declared_in, urls)
+        for url in urls:
+            self._registration_of[url] = spec.url
+
+    def _forget(self, worker: Worker) -> None:
+        spec_url = self._registration_of.pop(worker.url, None)
+        registration = self._registrations.get(spec_url or "")
+        if registration is None:
+            return
+        urls = tuple(u for u in registration.urls if u != worker.url)
+        if urls:
+            self._registrations[registration.spec.url] = _Registration(
+                registration.spec, registration.declared_in, urls)
+        else:
+            del self._registrations[registration.spec.url]
+
+    async def drain(self, worker: Worker, timeout_secs: float) -> bool:
+        """Stop new requests, wait for in-flight ones (bounded), then remove.
+
+        Returns whether the worker went idle in time; it is removed either way, and requests
+        still running finish normally (their slots are released on the removed record).
+        """
+        self.workers.set_draining(worker)
+        deadline = time.monotonic() + timeout_secs
+        while worker.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        drained = worker.in_flight == 0
+        if self.workers.get_by_url(worker.url) is worker:
+            self.workers.remove(worker.url)
+            self._forget(worker)
+        return drained
+
+
+def _only_patchable_differ(old: WorkerSpec, new: WorkerSpec) -> bool:
+    return (old.model_dump(exclude=set(PATCHABLE)) == new.model_dump(exclude=set(PATCHABLE))
+            and old.api_key == new.api_key)
+
+
+def _how_to_change(owner: str) -> str:
+    """Owners are a configuration file's path or a discovery source (`kubernetes:ns/pool`,
+    `dns:name`): each is changed where it lives."""
+    if owner.startswith("kubernetes:"):
+        return "change the pods or the InferencePool (the picker follows them)"
+    if owner.startswith("dns:"):
+        return "change the DNS records (the picker polls them)"
+    return "edit that file to change or remove it (it is re-read on change and on SIGHUP)"
+
+
+def _owned_by(path: str | None) -> str:
+    return "" if path is None else f" (declared in {path})"

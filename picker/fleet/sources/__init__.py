@@ -1,0 +1,58 @@
+"""Discovery sources that find workers by themselves: Kubernetes (InferencePool or a label
+selector, list + watch) and DNS (a headless Service, polled).
+
+Each source owns the workers it found through `WorkerManager.declare(owner, specs)`, as the
+configuration file owns its own: discovery of models, one worker per data-parallel rank, and
+drain (never a bare remove) when an address goes away. `synced` turns true once the source has
+applied its first complete view, which readiness waits for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
+
+from picker.errors import ConfigError
+
+if TYPE_CHECKING:  # picker.fleet.served_models imports this package's settings
+    from picker.fleet.manager import WorkerManager
+    from picker.fleet.served_models import DiscoverySettings
+
+__all__ = ["Source", "build_sources"]
+
+
+class Source(Protocol):
+    @property
+    def synced(self) -> bool:
+        """The first complete view has been applied."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def build_sources(settings: DiscoverySettings, manager: WorkerManager) -> list[Source]:
+    """The configured sources, built (no I/O); their client libraries are imported here, so a
+    missing extra is a clear error at start-up."""
+    sources: list[Source] = []
+    if settings.kubernetes is not None:
+        with _extra("kubernetes"):
+            from picker.fleet.sources.kubernetes import KubernetesSource
+        sources.append(KubernetesSource(settings.kubernetes, manager))
+    if settings.dns is not None:
+        with _extra("dns"):
+            from picker.fleet.sources.dns import DnsSource
+        sources.append(DnsSource(settings.dns, manager))
+    return sources
+
+
+@contextlib.contextmanager
+def _extra(name: str) -> Iterator[None]:
+    """A source's client library missing is a configuration error naming the key."""
+    try:
+        yield
+    except ImportError as exc:
+        raise ConfigError(f"discovery.{name}", f"needs the {name!r} extra: pip install "
+                          f"'llm-picker[{name}]' ({exc})") from exc

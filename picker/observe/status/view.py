@@ -1,0 +1,69 @@
+"""What the status page polls (`/debug/status`) and the page's own files.
+
+One JSON document per poll, so the page cannot show workers from one moment and decisions from
+another: the workers' live state, the history behind the plots, the policies in force and the
+newest decision records (when explain is enabled). Nothing secret is in it: worker views leave
+out api keys (the admin API's worker view) and decision records hold no prompt text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from picker.fleet.registry import Worker
+    from picker.runtime import PickerRuntime
+
+__all__ = ["RECENT_DECISIONS", "first_page", "static_file", "status_view"]
+
+RECENT_DECISIONS = 20
+# The page's files, by the name it is served under, with their media type.
+_SCRIPT = '<script src="status/status.js"></script>'
+_STATIC = {
+    "index.html": "text/html; charset=utf-8",
+    "status.js": "text/javascript; charset=utf-8",
+    "status.css": "text/css; charset=utf-8",
+}
+
+
+def static_file(name: str) -> tuple[bytes, str] | None:
+    """(content, media type) of one of the page's files; None for any other name."""
+    media_type = _STATIC.get(name)
+    if media_type is None:
+        return None
+    return (resources.files("picker.observe.status").joinpath("static", name).read_bytes(),
+            media_type)
+
+
+def first_page(status: dict[str, Any]) -> bytes:
+    """index.html carrying the status it opens with, so the first paint shows workers (a
+    screenshot taken at load showed "loading..." and empty tables until the first poll). The
+    JSON sits in a data block; `<` is escaped so no text from the fleet can close the tag."""
+    page = resources.files("picker.observe.status").joinpath("static", "index.html").read_text()
+    data = json.dumps(status, separators=(",", ":")).replace("<", "\\u003c")
+    block = f'<script id="first-status" type="application/json">{data}</script>\n'
+    return page.replace(_SCRIPT, block + _SCRIPT, 1).encode()
+
+
+def status_view(runtime: PickerRuntime,
+                worker_view: Callable[[Worker], dict[str, Any]]) -> dict[str, Any]:
+    """`worker_view`: the admin API's view of a worker, so the page shows what /workers does."""
+    workers = runtime.registry.workers()
+    config = runtime.config
+    log = runtime.router.decisions
+    return {
+        "workers": [worker_view(w) for w in workers],
+        "stats": runtime.registry.stats(),
+        "active_requests": runtime.leases.active,
+        "draining": runtime.draining,
+        "history": runtime.history.view([w.id for w in workers]),
+        "policy": config.policy.name,
+        "policies": {name: params.model_dump(mode="json")
+                     for name, params in sorted(config.policy_params().items())},
+        "explain": {"enabled": log is not None, "allow_header": config.explain.allow_header},
+        "decisions": [] if log is None else
+        [d.to_dict() for d in log.recent(RECENT_DECISIONS)],
+    }

@@ -1,0 +1,188 @@
+"""The lease book: every in-flight request's slot, from admission to its one release.
+
+One lock guards the open leases and the outcome counts; admission (the global concurrency
+limit and its waiting queue) is taken just before a lease opens (`admit` / `admit_now`, by the
+runtime) and given back when it closes - or with `cancel_admission` when no worker fits - so
+"one admission slot per lease" holds whatever the adapter does. Adapters learn that a request
+ended from several places (stream end, reset, error, timeout) and may report it more than once:
+only the first report counts, so load returns to exactly zero whatever the order of events.
+
+A lease may move once it is open: when the proxy reports that another worker served the
+request (Envoy retried down the picker's fallback list), the in-flight slot follows it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+
+from picker.fleet.registry import Worker, WorkerRegistry
+from picker.observe.metrics import PickerMetrics
+from picker.pd.protocols import Forward
+from picker.routing.admission import Admission, LimitSettings
+from picker.routing.response_stats import ResponseSample
+from picker.routing.router import Choice
+
+__all__ = ["Lease", "LeaseBook"]
+
+# What each request outcome tells the worker's circuit breaker; cancellations say nothing.
+_CIRCUIT_OUTCOMES = {"completed": True, "upstream_error": False}
+
+
+class Lease:
+    """One request's in-flight slot on a worker; `release` it once the request is over.
+
+    A prefill/decode pair is one lease: `worker` is where the proxy sends the request (decode),
+    `prefill` the worker that prefilled it, whose slot is held and released with it. `forward`
+    is what the proxy sends instead of the client's request, when the pair's protocol says.
+    `choice` says who chose the worker and why (its record when explain is enabled)."""
+
+    __slots__ = ("_worker", "choice", "prefill", "started", "_book", "_open", "_forward")
+
+    def __init__(self, choice: Choice, book: LeaseBook, prefill: Worker | None = None) -> None:
+        self._worker = choice.worker
+        self.choice = choice
+        self.prefill = prefill
+        self.started = time.monotonic()
+        self._book = book
+        self._open = True
+        self._forward: Forward | None = None
+
+    @property
+    def forward(self) -> Forward | None:
+        return self._forward
+
+    def forward_as(self, forward: Forward) -> None:
+        """Set by the runtime once the pair's protocol step is done."""
+        self._forward = forward
+
+    @property
+    def worker(self) -> Worker:
+        """The worker holding the slot: the chosen one, or the one that served (`move_to`)."""
+        return self._worker
+
+    def release(self, outcome: str, response: ResponseSample | None = None) -> bool:
+        """Free the slot once, with what was observed of the response if the adapter saw it;
+        returns False if it was already released."""
+        return self._book.close(self, outcome, response)
+
+    def move_to(self, worker: Worker) -> bool:
+        """The request was served by `worker`, not the chosen one: move the slot there (the
+        chosen worker's circuit breaker hears it failed this request). False if released or
+        already there."""
+        return self._book.move(self, worker)
+
+    @property
+    def open(self) -> bool:
+        return self._open
+
+
+class LeaseBook:
+    def __init__(self, workers: WorkerRegistry, limits: LimitSettings,
+                 metrics: PickerMetrics) -> None:
+        self._workers = workers
+        self._limits = limits
+        self._metrics = metrics
+        self._admission = Admission(limits)
+        self._lock = threading.Lock()
+        self._open: dict[int, Lease] = {}
+        self._outcomes: dict[str, int] = {}  # finished requests by outcome (success ratio)
+        metrics.watch_admission(self._admission, self._outcomes)
+
+    @property
+    def queueing(self) -> bool:
+        """True when admission may have to wait (a limit with a waiting queue): then only the
+        async path can admit."""
+        return self._admission.limit > 0 and self._limits.queue_size > 0
+
+    @property
+    def active(self) -> int:
+        """Admitted requests not yet released."""
+        return self._admission.active
+
+    @property
+    def limit(self) -> int | None:
+        """The global concurrency limit, None when unlimited."""
+        return self._admission.limit or None
+
+    @property
+    def outcomes(self) -> Mapping[str, int]:
+        return self._outcomes
+
+    def admit_now(self) -> None:
+        """Take an admission slot now or raise Overloaded (no waiting)."""
+        self._admission.try_enter()
+
+    async def admit(self) -> None:
+        """Take an admission slot, waiting in the bounded queue if configured."""
+        await self._admission.enter()
+
+    def cancel_admission(self) -> None:
+        """Give back a slot taken by `admit` or `admit_now` when no lease was opened on it."""
+        self._admission.leave()
+
+    def open(self, choice: Choice, prefill: Worker | None = None) -> Lease:
+        """Open a lease on an admission slot already taken; the worker's in-flight grows (and
+        the prefill worker's, for a pair), and so does its prefill backlog (a pair's decode
+        worker receives the prompt's KV and prefills nothing)."""
+        self._workers.acquire(choice.worker)
+        if prefill is not None:
+            self._workers.acquire(prefill)
+        else:
+            self._workers.sent_prefill(choice.worker, choice.uncached_tokens)
+        lease = Lease(choice, self, prefill)
+        with self._lock:
+            self._open[id(lease)] = lease
+        return lease
+
+    def close(self, lease: Lease, outcome: str, response: ResponseSample | None = None) -> bool:
+        with self._lock:
+            if not lease._open:
+                return False
+            lease._open = False
+            self._open.pop(id(lease), None)
+            self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
+            worker = lease._worker
+        self._admission.leave()
+        verdict = _CIRCUIT_OUTCOMES.get(outcome)
+        for held in (worker, lease.prefill):
+            if held is not None:
+                self._workers.release(held)
+        if lease.prefill is None:
+            self._workers.ended_prefill(worker, lease.choice.uncached_tokens)
+        if verdict is not None:
+            # The outcome is the served (decode) engine's. A pair's answer proves its prefill
+            # too, but a failure does not blame it: a dead decode engine must not open the
+            # circuit of the healthy prefill it was paired with. The prefill's own failures are
+            # counted where the picker sends it (picker.pd.prefill).
+            self._workers.record_outcome(worker, verdict)
+            if verdict and lease.prefill is not None:
+                self._workers.record_outcome(lease.prefill, True)
+        if response is not None:
+            self._workers.record_response(worker, response)
+            self._metrics.observe_response(worker.id, response)
+        self._metrics.requests.labels(outcome).inc()
+        return True
+
+    def move(self, lease: Lease, worker: Worker) -> bool:
+        with self._lock:
+            if not lease._open or lease._worker is worker:
+                return False
+            previous, lease._worker = lease._worker, worker
+            # Under the book's lock, so a concurrent close releases exactly one of the two.
+            self._workers.acquire(worker)
+            self._workers.release(previous)
+            if lease.prefill is None:  # the prompt went to the worker that served it
+                tokens = lease.choice.uncached_tokens
+                self._workers.ended_prefill(previous, tokens)
+                self._workers.sent_prefill(worker, tokens)
+        self._workers.record_outcome(previous, False)
+        return True
+
+    def expire(self, now: float | None = None) -> int:
+        """Release leases older than limits.timeout_secs (the picker never heard their end)."""
+        cutoff = (now if now is not None else time.monotonic()) - self._limits.timeout_secs
+        with self._lock:
+            stale = [lease for lease in self._open.values() if lease.started < cutoff]
+        return sum(lease.release("timeout") for lease in stale)

@@ -1,0 +1,195 @@
+"""Router: the decision alone - a RoutingRequest and the registry's candidates in, one worker out.
+
+Synchronous and free of I/O and of bookkeeping: admission and in-flight slots are the lease
+book's (picker.routing.leases), the awaited steps and the order of calls the runtime's
+(picker.runtime).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import NamedTuple
+
+from picker.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    NoHealthyWorker,
+    Overloaded,
+    RequestError,
+)
+from picker.fleet.registry import Worker, WorkerRegistry
+from picker.observe.decisions import Decision, DecisionLog, exclusion
+from picker.observe.metrics import IMBALANCE_ABS_COUNT, PickerMetrics, match_bucket
+from picker.policies import POLICIES, Policy, PolicyParams, create_policy, parse_params
+from picker.policies.scorers import uncached_tokens
+from picker.prefix.index import PromptBlocks
+from picker.prefix.producer import PrefixProducer
+from picker.routing import control_headers
+from picker.routing.admission import LimitSettings
+from picker.routing.request import RoutingRequest
+
+__all__ = ["STRATEGY_HEADER", "Choice", "Router"]
+
+
+# A request may name another policy than the configured one (documented in the README).
+STRATEGY_HEADER = control_headers.STRATEGY
+
+
+class Choice(NamedTuple):
+    """The router's answer: the worker, the policy that chose it, the winner's prefix match
+    (None without a prefix index), the record when explain is enabled, and the prompt tokens
+    the worker is believed not to hold (its prefill work, counted when the lease opens)."""
+
+    worker: Worker
+    policy: str
+    match: float | None
+    decision: Decision | None
+    uncached_tokens: float = 0.0
+
+
+class Router:
+    """Chooses a worker for a request among the registry's routable candidates."""
+
+    def __init__(self, workers: WorkerRegistry, policy: str, params: Mapping[str, PolicyParams],
+                 metrics: PickerMetrics, prefix: PrefixProducer | None = None,
+                 limits: LimitSettings | None = None, stale_after_secs: float | None = None,
+                 decisions: DecisionLog | None = None,
+                 pool: Callable[[Worker], bool] | None = None) -> None:
+        """`params`: the configured parameters by policy name (the default `policy`'s
+        included, or it runs with its defaults); a policy named by a request's
+        x-routing-strategy runs with its configured parameters too. `decisions`: where to
+        record each decision (explain.enabled), None to record nothing. `pool`: the workers
+        this router may choose (a role and connection mode, under enable_igw); None: all."""
+        self._pool = pool
+        self._workers = workers
+        self._metrics = metrics
+        self._prefix = prefix
+        self._limits = limits or LimitSettings()
+        self._stale = stale_after_secs
+        self._params = dict(params)
+        self._decisions = decisions
+        self._lock = threading.Lock()
+        self._policies: dict[str, Policy] = {}
+        self._default = self._policy_named(policy)
+        self.default_policy = policy  # the name, for requests without x-routing-strategy
+
+    @property
+    def decisions(self) -> DecisionLog | None:
+        """The decision records, None unless explain.enabled."""
+        return self._decisions
+
+    def choose(self, request: RoutingRequest, allowed: Collection[str] | None = None) -> Choice:
+        """The decision alone. `allowed` (worker ids) narrows the candidates further, e.g. to
+        the deployments LiteLLM has not cooled down. Records it when explain is enabled."""
+        started = time.perf_counter()
+        policy = self._policy_for(request)
+        serving = self._workers.for_model(request.model)
+        if self._pool is not None:
+            serving = tuple(filter(self._pool, serving))
+        candidates: list[Worker] = []
+        try:
+            request, candidates, worker = self._pick(request, policy, serving, allowed)
+        except RequestError as error:
+            if self._decisions is not None:
+                self._record(request, policy, serving, candidates, allowed, None, error.code)
+            raise
+        if len(candidates) > 1:
+            loads = [w.in_flight for w in candidates]
+            if max(loads) - min(loads) > IMBALANCE_ABS_COUNT:
+                self._metrics.load_imbalance.inc()
+        self._metrics.decision_seconds.observe(time.perf_counter() - started)
+        self._metrics.decisions.labels(policy.name, worker.id).inc()
+        # Only registered model names become label values: a wildcard worker must not let
+        # clients mint time series with made-up model names.
+        model = request.model if request.model in self._workers.models() else "other"
+        rate = None if request.prefix is None else request.prefix.rate(worker.id)
+        self._metrics.routing_decisions.labels(model, policy.name, match_bucket(rate)).inc()
+        if rate:
+            self._metrics.prefix_hits.labels(worker.id).inc()
+        decision = None if self._decisions is None else \
+            self._record(request, policy, serving, candidates, allowed, worker, None)
+        return Choice(worker, policy.name, rate, decision, uncached_tokens(request, worker))
+
+    def _pick(self, request: RoutingRequest, policy: Policy, serving: Sequence[Worker],
+              allowed: Collection[str] | None) -> tuple[RoutingRequest, list[Worker], Worker]:
+        """Filter, annotate the prefix match, pick: (the annotated request, candidates, the
+        winner)."""
+        if not serving:
+            raise ModelNotFound(f"no worker serves model {request.model[:100]!r}", param="model")
+        candidates = [w for w in serving
+                      if w.routable and (allowed is None or w.id in allowed)]
+        if not candidates:
+            why = Counter(exclusion(w, allowed).value.replace("_", " ") for w in serving)
+            raise NoHealthyWorker(f"no routable worker for model {request.model[:100]!r} ("
+                                  + ", ".join(f"{n} {reason}" for reason, n in sorted(
+                                      why.items())) + ")")
+        cap = self._limits.per_worker_max
+        if cap:
+            candidates = [w for w in candidates if w.in_flight < cap]
+            if not candidates:
+                raise Overloaded(f"every worker serving {request.model[:100]!r} is at its limit "
+                                 f"of {cap} requests; retry later",
+                                 retry_after=self._limits.retry_after_secs)
+        prompt: PromptBlocks | None = None
+        if self._prefix is not None:
+            request, prompt = self._prefix.annotate(request, candidates)
+        worker = policy.pick(request, candidates)
+        if self._prefix is not None and prompt is not None:
+            self._prefix.record(prompt, worker)
+        return request, candidates, worker
+
+    def _record(self, request: RoutingRequest, policy: Policy, serving: Sequence[Worker],
+                candidates: Sequence[Worker], allowed: Collection[str] | None,
+                worker: Worker | None, error: str | None) -> Decision:
+        assert self._decisions is not None
+        reads_prefix = self._params[policy.name].needs_prefix()
+        return self._decisions.record(request, policy, reads_prefix, serving, candidates,
+                                      self._workers.workers(), allowed, worker, error)
+
+    def fallbacks(self, request: RoutingRequest, primary: Worker, count: int,
+                  allowed: Collection[str] | None = None) -> list[Worker]:
+        """Up to `count` workers for the proxy to retry on if `primary` fails, least loaded
+        first: routable, serving the model, inside `allowed`, at another address, and able to
+        take the request with the primary's headers (same API key and data-parallel rank).
+
+        Not a decision: the policy's state and the decision metrics are left alone, since the
+        request normally never reaches them."""
+        if count <= 0:
+            return []
+        spec = primary.spec
+        others = [w for w in self._workers.for_model(request.model)
+                  if w.routable and w.host_port != primary.host_port
+                  and (allowed is None or w.id in allowed)
+                  and w.spec.api_key == spec.api_key and w.spec.dp_rank == spec.dp_rank]
+        others.sort(key=lambda w: (w.in_flight, w.id))
+        return others[:count]
+
+    def _policy_for(self, request: RoutingRequest) -> Policy:
+        name = request.headers.get(STRATEGY_HEADER)
+        if not name:
+            return self._default
+        policy = self._policies.get(name)
+        if policy is not None:
+            return policy
+        if name not in POLICIES:
+            known = ", ".join(sorted(POLICIES))
+            raise InvalidRequest(f"unknown {STRATEGY_HEADER} {name[:100]!r} (known: {known})",
+                                 param=STRATEGY_HEADER)
+        return self._policy_named(name)
+
+    def _policy_named(self, name: str) -> Policy:
+        """The one instance of policy `name` (its cursor or tree is shared by its requests)."""
+        with self._lock:
+            policy = self._policies.get(name)
+            if policy is not None:
+                return policy
+            params = self._params.get(name) or parse_params(name, {}, stale_after_secs=self._stale)
+            if params.needs_prefix() and self._prefix is None:
+                raise InvalidRequest(f"{STRATEGY_HEADER} {name} needs the prefix index, which "
+                                     "is not enabled (prefix.enabled)", param=STRATEGY_HEADER)
+            self._params[name] = params
+            policy = self._policies[name] = create_policy(name, params)
+            return policy
