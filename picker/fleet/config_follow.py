@@ -67,8 +67,11 @@ class ConfigReloader:
     async def _follow(self) -> None:
         seen = self._mtime()
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # arrives as the event is set (CPython bpo-42130) and this loop would outlive stop().
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_secs)
+                async with asyncio.timeout(self._poll_secs):
+                    await self._wake.wait()
             signalled = self._wake.is_set()
             self._wake.clear()
             mtime = self._mtime()

@@ -89,8 +89,10 @@ class _Link:
         settings = self._sharing.settings
         while True:
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(*self._address), settings.connect_timeout_secs)
+                # asyncio.timeout, not wait_for: see _read_frame (a stop() arriving as the
+                # connection completed was swallowed and the link ran on, never joined).
+                async with asyncio.timeout(settings.connect_timeout_secs):
+                    reader, writer = await asyncio.open_connection(*self._address)
             except (OSError, TimeoutError) as exc:
                 log.debug("replica %s unreachable: %s", self.name, exc)
             else:

@@ -175,8 +175,11 @@ class KubernetesSource(SourceStatus):
         """Declare the current view after each change (bursts coalesce into one call), and
         every resync_secs so a worker whose engine did not answer yet is retried."""
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # arrives as the event is set (CPython bpo-42130) and this loop would outlive stop().
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self._settings.resync_secs)
+                async with asyncio.timeout(self._settings.resync_secs):
+                    await self._changed.wait()
             self._changed.clear()
             if not self._listed:
                 continue
