@@ -89,7 +89,7 @@ async def test_reload_of_a_dp_worker_expands_its_ranks_like_post(
             app=create_admin_app(posted))) as admin:
         assert (await admin.post("/workers", json=declared)).status_code == 201
     await manager.stop()
-    assert rank_specs(picker.routing.router) == rank_specs(posted)
+    assert rank_specs(picker.router) == rank_specs(posted)
 
 
 async def test_a_dp_worker_declared_at_start_up_is_expanded(tmp_path: Path) -> None:
@@ -107,44 +107,44 @@ async def test_a_dp_worker_declared_at_start_up_is_expanded(tmp_path: Path) -> N
 
 
 async def test_a_worker_whose_id_changes_is_drained_not_dropped(picker: Picker) -> None:
-    old = picker.routing.router.registry.get("a")
+    old = picker.router.registry.get("a")
     assert old is not None
-    lease = picker.routing.router.route_sync(CHAT)
+    lease = picker.router.route_sync(CHAT)
     assert lease.worker is old
     picker.write([{"url": "http://127.0.0.1:1", "id": "renamed", "models": ["m"]}])
     reload = asyncio.create_task(picker.reloader.reload())
     await asyncio.sleep(0.3)
     # In flight: the old record stays (its in-flight count is the engine's real load), takes
     # no new requests, and the new id waits for it.
-    assert picker.routing.router.registry.get("a") is old and old.draining and not old.routable
-    assert picker.routing.router.registry.get("renamed") is None
+    assert picker.router.registry.get("a") is old and old.draining and not old.routable
+    assert picker.router.registry.get("renamed") is None
     lease.release("completed")
     await asyncio.wait_for(reload, 5)
     assert picker.ids() == ["renamed"]
-    assert picker.routing.router.registry.get("a") is None
+    assert picker.router.registry.get("a") is None
 
 
 async def test_patchable_changes_in_the_file_apply_in_place(picker: Picker) -> None:
-    before = picker.routing.router.registry.get("a")
+    before = picker.router.registry.get("a")
     picker.write([{"url": "http://127.0.0.1:1", "id": "a", "models": ["m"], "priority": 80}])
     await picker.reloader.reload()
-    after = picker.routing.router.registry.get("a")
+    after = picker.router.registry.get("a")
     assert after is before and after is not None and after.spec.priority == 80
 
 
 async def test_the_file_owns_its_workers_and_the_api_its_own(picker: Picker) -> None:
     # The API cannot undo the file (the next reload would silently put it back).
-    refused = await picker.admin.api.delete("/workers/a")
+    refused = await picker.admin.delete("/workers/a")
     assert refused.status_code == 409 and str(picker.path) in refused.json()["error"]["message"]
-    assert (await picker.admin.api.patch("/workers/a", json={"priority": 1})).status_code == 409
+    assert (await picker.admin.patch("/workers/a", json={"priority": 1})).status_code == 409
     # A worker the API added, and its patched priority, survive an unrelated edit of the file.
-    posted = await picker.admin.api.post("/workers", json={"url": "http://127.0.0.1:2", "id": "b",
+    posted = await picker.admin.post("/workers", json={"url": "http://127.0.0.1:2", "id": "b",
                                                        "models": ["m"]})
     assert posted.status_code == 202  # nothing answers there: unhealthy until health checks
-    assert (await picker.admin.api.patch("/workers/b", json={"priority": 90})).status_code == 200
+    assert (await picker.admin.patch("/workers/b", json={"priority": 90})).status_code == 200
     picker.write([{"url": "http://127.0.0.1:1", "id": "a", "models": ["m"], "cost": 2}])
     await picker.reloader.reload()
-    b = picker.routing.router.registry.get("b")
+    b = picker.router.registry.get("b")
     assert picker.ids() == ["a", "b"] and b is not None and b.spec.priority == 90
     # Removing a worker from the file removes it (drained): the file owns it.
     picker.write([])
