@@ -24,20 +24,19 @@ from dataclasses import dataclass
 
 from authz.tokens import LEASE_HEADER, new_token
 from picker.errors import BodyTooLarge, ProxyMisconfigured, RequestError, UnsupportedPath
-from picker.fleet.registry import Worker
 from picker.routing import control_headers
+from picker.routing.contract import Picker
+from picker.routing.destination import Headers, reach_headers
 from picker.routing.gateway_probes import is_probe, probe_target
 from picker.routing.leases import Lease
 from picker.routing.model_list import model_object, models_path_id
 from picker.routing.openai_body import parse_request
+from picker.routing.outcome import Outcome
 from picker.routing.request import RoutingRequest
-from picker.runtime import PickerRuntime
 
 __all__ = ["Answer", "Checker"]
-DESTINATION_HEADER = control_headers.DESTINATION
 # Added by envoy-authz.yaml's /v1/models route, which skips the check: answer, do not check.
 DIRECT_HEADER = control_headers.DIRECT
-DP_RANK_HEADER = control_headers.DP_RANK
 # Envoy's ext_authz removes the request headers named here (comma-separated) before forwarding:
 # every control header the answer does not set (a client's own rank, strategy, SLO...) is
 # removed, none reaches the worker (picker.routing.control_headers).
@@ -59,10 +58,10 @@ class Answer:
 class Checker:
     """Turns checks into leases and access-log entries into releases; owns the token table."""
 
-    def __init__(self, runtime: PickerRuntime, max_body_bytes: int,
+    def __init__(self, picker: Picker, max_body_bytes: int,
                  token_prefix: str = "") -> None:
         """`token_prefix`: this process's (authz.tokens.process_prefix) in `serve --workers`."""
-        self._runtime = runtime
+        self._picker = picker
         self._token_prefix = token_prefix
         self._max_body = max_body_bytes
         self._leases: dict[str, Lease] = {}
@@ -95,12 +94,12 @@ class Checker:
             return self.deny(error)
 
     def check(self, path: str, headers: dict[str, str], body: bytes) -> Answer:
-        """The whole check when routing needs no await (`runtime.awaits` is False)."""
+        """The whole check when routing needs no await (`Picker.awaits` is False)."""
         request = self.parse(path, headers, body)
         if isinstance(request, Answer):
             return request
         try:
-            lease = self._runtime.route_sync(request)
+            lease = self._picker.route_sync(request)
         except RequestError as error:
             return self.deny(error)
         return self.allow(lease)
@@ -111,7 +110,7 @@ class Checker:
         if isinstance(request, Answer):
             return request
         try:
-            lease = await self._runtime.route(request)
+            lease = await self._picker.route(request)
         except RequestError as error:
             return self.deny(error)
         return self.allow(lease)
@@ -123,7 +122,7 @@ class Checker:
         try:
             if model_id is None:
                 raise UnsupportedPath(f"no such path: {path[:100]!r}")
-            body = model_object(self._runtime.registry.workers(), model_id)
+            body = model_object(self._picker.workers(), model_id)
         except RequestError as error:
             return self.deny(error)
         return Answer(200, (_JSON,), b"" if headers.get(":method") == "HEAD" else body)
@@ -132,27 +131,24 @@ class Checker:
         """A health probe through the gateway: to a routable worker, no lease
         (picker.routing.gateway_probes)."""
         try:
-            worker = probe_target(self._runtime.registry.workers())
+            worker = probe_target(self._picker.workers())
         except RequestError as error:
             return self.deny(error)
-        return _routed(_to_worker(worker))
+        return _routed(reach_headers(worker))
 
     def allow(self, lease: Lease) -> Answer:
         forward = lease.forward
         if forward is not None and forward.body is not None:
             # ext_authz can add headers but never replace the body a PD protocol rewrites.
-            lease.release("cancelled")
+            lease.release(Outcome.CANCELLED)
             return self.deny(ProxyMisconfigured(
                 "this prefill/decode protocol rewrites the body: serve it over ext_proc"))
         token = new_token(self._token_prefix)
         self._leases[token] = lease
-        headers = [*_to_worker(lease.worker), (LEASE_HEADER, token)]
-        if forward is not None:
-            headers.extend(forward.headers)
-        return _routed(headers)
+        return _routed((*lease.headers, (LEASE_HEADER, token)))
 
     def deny(self, error: RequestError) -> Answer:
-        self._runtime.reject(error)
+        self._picker.reject(error)
         return Answer(error.status, (_JSON, *error.headers().items()), error.to_json())
 
     def ended(self, token: str, status: int, client_gone: bool, lag: float | None) -> bool:
@@ -162,11 +158,11 @@ class Checker:
         if lease is None:
             return False
         if status >= 500:
-            outcome = "upstream_error"
+            outcome = Outcome.UPSTREAM_ERROR
         elif client_gone:
-            outcome = "cancelled"
+            outcome = Outcome.CANCELLED
         else:
-            outcome = "completed"
+            outcome = Outcome.COMPLETED
         if lag is not None:
             self.lags.append(lag)
         lease.release(outcome)
@@ -180,19 +176,7 @@ class Checker:
         return len(stale)
 
 
-def _to_worker(worker: Worker) -> list[tuple[str, str]]:
-    """What reaching `worker` takes, for a request and a gateway health probe alike: its
-    address, its data-parallel rank and its own key."""
-    spec = worker.spec
-    headers = [(DESTINATION_HEADER, worker.host_port)]
-    if spec.dp_rank is not None:
-        headers.append((DP_RANK_HEADER, str(spec.dp_rank)))
-    if spec.api_key is not None:
-        headers.append(("authorization", f"Bearer {spec.api_key.get_secret_value()}"))
-    return headers
-
-
-def _routed(headers: list[tuple[str, str]]) -> Answer:
+def _routed(headers: Headers) -> Answer:
     """Allowed with `headers` set, and every control header the picker did not set removed."""
     written = {key for key, _ in headers}
     return Answer(200, (*headers, (_REMOVE_HEADER, ",".join(

@@ -72,7 +72,7 @@ async def serve_authz(
     runtime = PickerRuntime(config, Host.SERVE, config_path, overrides, group)
     if group is not None:
         authz_port += group.index
-    checker = Checker(runtime, config.max_body_bytes,
+    checker = Checker(runtime.routing, config.max_body_bytes,
                       "" if group is None else process_prefix(group.index))
     host, port = config.extproc.host, config.extproc.port
     check_free(host, port, "access-log gRPC")
@@ -91,13 +91,13 @@ async def serve_authz(
     sweeper = asyncio.create_task(_sweep(checker))
     try:
         await grpc_server.start()
-        http_server = await serve_http(checker, runtime.awaits, sock)
+        http_server = await serve_http(checker, runtime.routing.awaits, sock)
         log.info("llm-picker serving (authz mode%s): checks on %s:%d, access log on %s:%d, "
                  "policy %s, %d workers",
                  "" if group is None else f", process {group.index} of {group.count}",
                  host, sock.getsockname()[1], host, port,
                  config.policy.name,
-                 len(runtime.registry.workers()))
+                 len(runtime.routing.workers()))
         await stop.wait()
     finally:
         log.info(_lag_summary(checker))

@@ -13,11 +13,11 @@ from google.protobuf import struct_pb2
 from extproc._pb import ext_proc_pb2 as pb
 from picker.errors import RequestError
 from picker.routing import control_headers
+from picker.routing.destination import Headers
 
 __all__ = [
     "BODY_CHUNK_BYTES",
     "DESTINATION_HEADER",
-    "DP_RANK_HEADER",
     "LB_METADATA_NAMESPACE",
     "SERVED_KEY",
     "SUBSET_KEY",
@@ -44,9 +44,6 @@ __all__ = [
 # (ORIGINAL_DST with use_http_header, or metadata-keyed LB) work unchanged.
 DESTINATION_HEADER = control_headers.DESTINATION
 LB_METADATA_NAMESPACE = "envoy.lb"
-# Data-parallel rank for engines that run several ranks behind one port: vLLM and SGLang both
-# read this header (vLLM's OpenAI server, SGLang's DataParallelController).
-DP_RANK_HEADER = control_headers.DP_RANK
 # Endpoint Picker Protocol v1 (gateway-api-inference-extension, proposal 004): the gateway may
 # restrict the candidates (request metadata) and reports the endpoint that served (response
 # metadata), since its retries may have walked the fallback list.
@@ -114,32 +111,20 @@ def _destination_metadata(response: pb.ProcessingResponse, destination: str) -> 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where a request goes and what the worker needs to accept it."""
+    """Where a request goes: the destination (`host:port`, with fallbacks after commas) for
+    the `envoy.lb` metadata, and every header to set on the way (destination included:
+    picker.routing.destination)."""
 
-    host_port: str
-    dp_rank: int | None = None
-    api_key: str | None = None  # the worker's own key, sent as Authorization: Bearer
-    headers: tuple[tuple[str, str], ...] = ()  # more to set (a prefill/decode protocol's)
-    fallbacks: tuple[str, ...] = ()  # host:port to retry on, in order, after host_port
-
-    @property
-    def destination(self) -> str:
-        """The header and metadata value: `primary` or `primary,fallback,...`."""
-        return ",".join((self.host_port, *self.fallbacks)) if self.fallbacks else self.host_port
+    destination: str
+    headers: Headers = ()
 
 
 def _route(mutation: pb.HeaderMutation, route: Route) -> None:
     """Set what the worker needs and remove every other control header a client sent
     (picker.routing.control_headers): a header is either set here or removed, never passed on."""
-    sets = [(DESTINATION_HEADER, route.destination)]
-    if route.dp_rank is not None:
-        sets.append((DP_RANK_HEADER, str(route.dp_rank)))
-    if route.api_key is not None:
-        sets.append(("authorization", f"Bearer {route.api_key}"))
-    sets.extend(route.headers)
-    for key, value in sets:
+    for key, value in route.headers:
         _set_header(mutation, key, value)
-    written = {key for key, _ in sets}
+    written = {key for key, _ in route.headers}
     mutation.remove_headers.extend(name for name in control_headers.STRIPPED
                                    if name not in written)
 

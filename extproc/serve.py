@@ -33,9 +33,11 @@ async def serve(
     A busy ext_proc or admin port is an OSError naming it, before anything serves."""
     runtime = PickerRuntime(config, Host.SERVE, config_path, overrides, group)
     health = HealthService(runtime, SERVICE_NAME)
+    extproc = config.extproc
     grpc_server, grpc_port = create_server(
-        runtime, config.extproc.host, config.extproc.port, config.max_body_bytes,
-        config.extproc.tls, AccessLog() if config.log.access else None, health,
+        runtime.routing, extproc.host, extproc.port, config.max_body_bytes, extproc.tls,
+        AccessLog() if config.log.access else None, health, extproc.fallbacks,
+        extproc.conformance,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -54,7 +56,7 @@ async def serve(
             "llm-picker serving%s: ext_proc on %s:%d (%s), %s, policy %s, %d workers",
             "" if group is None else f" (process {group.index} of {group.count})",
             config.extproc.host, grpc_port, _transport(config), admin, config.policy.name,
-            len(runtime.registry.workers()),
+            len(runtime.routing.workers()),
         )
         await stop.wait()
     finally:

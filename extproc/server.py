@@ -15,7 +15,7 @@ from extproc.subset import SubsetMatcher
 from picker.config import TlsConfig
 from picker.listen import check_free
 from picker.observe.access_log import AccessLog
-from picker.runtime import PickerRuntime
+from picker.routing.contract import Picker
 
 __all__ = ["SERVICE_NAME", "create_server"]
 
@@ -23,16 +23,19 @@ SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 
 class _Processor:
-    def __init__(self, runtime: PickerRuntime, max_body_bytes: int,
-                 access: AccessLog | None) -> None:
-        self._runtime = runtime
+    def __init__(self, picker: Picker, max_body_bytes: int, access: AccessLog | None,
+                 fallbacks: int, conformance: bool) -> None:
+        self._picker = picker
         self._max_body = max_body_bytes
         self._access = access
+        self._fallbacks = fallbacks
+        self._conformance = conformance
         self._subsets = SubsetMatcher()  # its hostname cache is shared by every stream
 
     async def process(self, _requests: object, context: grpc.aio.ServicerContext) -> None:
         """One HTTP request's stream; read/write calls avoid async-generator overhead."""
-        stream = RequestStream(self._runtime, self._max_body, self._access, self._subsets)
+        stream = RequestStream(self._picker, self._max_body, self._access, self._subsets,
+                               self._fallbacks, self._conformance)
         # The RPC's own end, not the handler's, says whether Envoy half-closed the stream or
         # reset it: a reset can surface in the handler as a plain EOF.
         context.add_done_callback(lambda done: stream.close(done.cancelled()))
@@ -48,12 +51,13 @@ class _Processor:
 
 
 def create_server(
-    runtime: PickerRuntime, host: str, port: int, max_body_bytes: int,
+    picker: Picker, host: str, port: int, max_body_bytes: int,
     tls: TlsConfig | Literal["self_signed"] | None = None, access: AccessLog | None = None,
-    health: HealthService | None = None,
+    health: HealthService | None = None, fallbacks: int = 0, conformance: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
-    """A server bound to host:port (0 picks a free port), not yet started; returns the port."""
-    processor = _Processor(runtime, max_body_bytes, access)
+    """A server bound to host:port (0 picks a free port), not yet started; returns the port.
+    `fallbacks`, `conformance`: extproc.fallbacks and extproc.conformance."""
+    processor = _Processor(picker, max_body_bytes, access, fallbacks, conformance)
     handler = grpc.method_handlers_generic_handler(
         SERVICE_NAME,
         {

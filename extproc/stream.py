@@ -29,17 +29,18 @@ from picker.errors import (
     ProxyMisconfigured,
     RequestError,
 )
-from picker.fleet.registry import Worker
 from picker.observe.access_log import AccessEntry, AccessLog
-from picker.observe.decisions import EXPLAIN_HEADER, explain_line
+from picker.observe.decisions import EXPLAIN_HEADER
+from picker.routing.contract import Picker
+from picker.routing.destination import reach_headers
 from picker.routing.gateway_probes import is_probe, probe_target
 from picker.routing.leases import Lease
 from picker.routing.model_list import model_object, models_path_id
 from picker.routing.openai_body import parse_request
+from picker.routing.outcome import Outcome
 from picker.routing.request import RoutingRequest
 from picker.routing.response_stats import ResponseObserver
 from picker.routing.router import STRATEGY_HEADER
-from picker.runtime import PickerRuntime
 
 __all__ = ["CONFORMANCE_SELECTION_HEADER", "CONFORMANCE_SERVED_HEADER", "RequestStream"]
 
@@ -70,16 +71,20 @@ def _mode_of(config: pb.ProtocolConfiguration) -> _Mode:
 
 class RequestStream:
     __slots__ = (
-        "_runtime", "_max_body", "_mode", "_headers", "_chunks", "_size", "_lease",
-        "_finished", "_upstream_status", "_pending", "_access", "_started", "_model",
-        "_echo", "_sees_body", "_observer", "_subset", "_subsets",
+        "_picker", "_fallbacks", "_conformance", "_max_body", "_mode", "_headers", "_chunks",
+        "_size", "_lease", "_finished", "_upstream_status", "_pending", "_access", "_started",
+        "_model", "_echo", "_sees_body", "_observer", "_subset", "_subsets",
     )
 
-    def __init__(self, runtime: PickerRuntime, max_body_bytes: int,
+    def __init__(self, picker: Picker, max_body_bytes: int,
                  access: AccessLog | None = None,
-                 subsets: SubsetMatcher | None = None) -> None:
-        """`subsets`: the server's, shared by its streams (else one of this stream's own)."""
-        self._runtime = runtime
+                 subsets: SubsetMatcher | None = None, fallbacks: int = 0,
+                 conformance: bool = False) -> None:
+        """`subsets`: the server's, shared by its streams (else one of this stream's own).
+        `fallbacks` and `conformance`: extproc.fallbacks and extproc.conformance."""
+        self._picker = picker
+        self._fallbacks = fallbacks
+        self._conformance = conformance
         self._subsets = subsets or SubsetMatcher()
         self._max_body = max_body_bytes
         self._access = access
@@ -114,10 +119,10 @@ class RequestStream:
         self._pending = None
         try:
             allowed = self._allowed()
-            lease = await self._runtime.route(request, allowed)
+            lease = await self._picker.route(request, allowed, self._fallbacks)
         except RequestError as error:
             return self._reject(error)
-        return self._answer(lease, request, allowed, body, end_of_stream, ack_trailers)
+        return self._answer(lease, request, body, end_of_stream, ack_trailers)
 
     def handle(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         """Responses to send for one incoming message, in order (possibly none yet)."""
@@ -143,21 +148,21 @@ class RequestStream:
         if self._lease is None:
             return
         if self._upstream_status >= 500:
-            outcome = "upstream_error"
+            outcome = Outcome.UPSTREAM_ERROR
         elif self._sees_body and self._upstream_status:
             # The body's end would have released the slot: the response was cut short, by the
             # client going away or the upstream resetting mid-stream - unless all of it passed.
             complete = self._observer is not None and self._observer.complete
-            outcome = "completed" if complete else "cancelled"
+            outcome = Outcome.COMPLETED if complete else Outcome.CANCELLED
         elif self._upstream_status or not cancelled:
             # Without the body, Envoy may reset rather than half-close the stream once it has
             # nothing more to send; the status, not the way the stream ended, decides.
-            outcome = "completed"
+            outcome = Outcome.COMPLETED
         else:
-            outcome = "cancelled"
+            outcome = Outcome.CANCELLED
         self._release(outcome)
 
-    def _release(self, outcome: str) -> None:
+    def _release(self, outcome: Outcome) -> None:
         assert self._lease is not None
         sample = self._observer.sample() if self._observer is not None else None
         if self._lease.release(outcome, sample) and self._access is not None:
@@ -223,49 +228,42 @@ class RequestStream:
         except RequestError as error:
             return self._reject(error)
         self._model = request.model
-        if self._runtime.awaits:
+        if self._picker.awaits:
             self._pending = (request, body, end_of_stream, ack_trailers)
             return _NO_RESPONSES
         try:
             allowed = self._allowed()
-            lease = self._runtime.route_sync(request, allowed)
+            lease = self._picker.route_sync(request, allowed, self._fallbacks)
         except RequestError as error:
             return self._reject(error)
-        return self._answer(lease, request, allowed, body, end_of_stream, ack_trailers)
+        return self._answer(lease, request, body, end_of_stream, ack_trailers)
 
     def _allowed(self) -> set[str] | None:
         """Worker ids the gateway's subset hint (and, in conformance mode, the test's steering
         header) allow; None when nothing restricts the candidates."""
         allowed: set[str] | None = None
         if self._subset is not None:
-            allowed = self._subsets.allowed(self._runtime.registry.workers(), self._subset)
+            allowed = self._subsets.allowed(self._picker.workers(), self._subset)
             if not allowed:
                 raise NoHealthyWorker(f"none of the {len(self._subset)} endpoints in the "
                                       "gateway's subset hint is a worker of this picker")
         steering = (self._headers or {}).get(CONFORMANCE_SELECTION_HEADER)
-        if steering and self._runtime.config.extproc.conformance:
+        if steering and self._conformance:
             # Pod IPs in the suite; host:port works too (local tests share one IP).
             wanted = {part.strip() for part in steering.split(",")}
-            steered = {w.id for w in self._runtime.registry.workers()
+            steered = {w.id for w in self._picker.workers()
                        if w.host_port in wanted or w.host_port.rpartition(":")[0] in wanted}
             if steered:  # the suite's own picker ignores a header naming no endpoint it has
                 allowed = steered if allowed is None else allowed & steered
         return allowed
 
-    def _answer(self, lease: Lease, request: RoutingRequest, allowed: set[str] | None,
-                body: bytes, end_of_stream: bool,
+    def _answer(self, lease: Lease, request: RoutingRequest, body: bytes, end_of_stream: bool,
                 ack_trailers: bool) -> list[pb.ProcessingResponse]:
         self._lease = lease
         self._finished = True
         trailers = [codec.continue_trailers()] if ack_trailers else []
         forward = lease.forward
-        # A prefill/decode pair is bound to its decode worker: no fallback can take over.
-        others = [] if forward is not None else self._runtime.router.fallbacks(
-            request, lease.worker, self._runtime.config.extproc.fallbacks, allowed)
-        route = _route_to(
-            lease.worker, (*(() if forward is None else forward.headers),
-                           *self._path_fix(request)),
-            tuple(w.host_port for w in others))
+        route = codec.Route(lease.destination, (*lease.headers, *self._path_fix(request)))
         rewritten = None if forward is None else forward.body
         if self._mode is _Mode.DUPLEX:
             return [*codec.route_streamed(route, rewritten or body, end_of_stream), *trailers]
@@ -285,15 +283,15 @@ class RequestStream:
         """A health probe through the gateway: to a routable worker, no lease
         (picker.routing.gateway_probes)."""
         try:
-            worker = probe_target(self._runtime.registry.workers())
+            worker = probe_target(self._picker.workers())
         except RequestError as error:
             return self._reject(error)
         self._finished = True
-        return [codec.route_headers(_route_to(worker))]
+        return [codec.route_headers(codec.Route(worker.host_port, reach_headers(worker)))]
 
     def _list_models(self, model_id: str) -> list[pb.ProcessingResponse]:
         try:
-            body = model_object(self._runtime.registry.workers(), model_id)
+            body = model_object(self._picker.workers(), model_id)
         except RequestError as error:
             return self._reject(error)
         self._finished = True
@@ -301,19 +299,19 @@ class RequestStream:
 
     def _reject(self, error: RequestError) -> list[pb.ProcessingResponse]:
         self._finished = True
-        self._runtime.reject(error)
+        self._picker.reject(error)
         if self._access is not None:
-            self._log("rejected", error.status, None)
+            self._log(Outcome.REJECTED, error.status, None)
         return [codec.immediate_error(error)]
 
-    def _log(self, outcome: str, status: int | None, lease: Lease | None) -> None:
+    def _log(self, outcome: Outcome, status: int | None, lease: Lease | None) -> None:
         assert self._access is not None
         headers = self._headers or {}
         choice = None if lease is None else lease.choice
         self._access.record(AccessEntry(
             request_id=headers.get("x-request-id", ""), model=self._model,
             policy=choice.policy if choice is not None
-            else headers.get(STRATEGY_HEADER) or self._runtime.router.default_policy,
+            else headers.get(STRATEGY_HEADER) or self._picker.default_policy,
             worker=None if lease is None else lease.worker.id,
             match=None if choice is None else choice.match,
             outcome=outcome, status=status,
@@ -335,14 +333,14 @@ class RequestStream:
         served = codec.metadata_string(message, codec.LB_METADATA_NAMESPACE, codec.SERVED_KEY)
         lease = self._lease
         if served and lease is not None and served != lease.worker.host_port:
-            worker = self._worker_at(served)
+            worker = self._picker.worker_at(served)
             if worker is not None:
                 lease.move_to(worker)
         mutation: dict[str, str] = {}
         explanation = self._explanation()
         if explanation is not None:  # an upstream's own copy is overwritten, never trusted
             mutation[EXPLAIN_HEADER] = explanation
-        if self._runtime.config.extproc.conformance:
+        if self._conformance:
             mutation[CONFORMANCE_SERVED_HEADER] = served or "fail: missing destination endpoint " \
                                                             "served metadata"
         if self._sees_body and lease is not None:
@@ -358,8 +356,7 @@ class RequestStream:
         """The explain header's line, when allowed and asked for (picker.observe.decisions)."""
         if self._lease is None or self._headers is None:
             return None
-        return explain_line(self._runtime.config.explain, self._headers,
-                            self._lease.choice.decision)
+        return self._picker.explanation(self._headers, self._lease)
 
     def _on_response_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
         chunk = body.body
@@ -374,19 +371,5 @@ class RequestStream:
     def _response_over(self) -> None:
         """The response's last byte passed (last chunk, trailers or a bodiless response)."""
         if self._lease is not None:
-            self._release("upstream_error" if self._upstream_status >= 500 else "completed")
-
-    def _worker_at(self, host_port: str) -> Worker | None:
-        for worker in self._runtime.registry.workers():
-            if worker.host_port == host_port:
-                return worker
-        return None
-
-
-def _route_to(worker: Worker, headers: tuple[tuple[str, str], ...] = (),
-              fallbacks: tuple[str, ...] = ()) -> codec.Route:
-    """What reaching `worker` takes (its address, data-parallel rank and own key), for a
-    routed request and a gateway health probe alike."""
-    spec = worker.spec
-    key = None if spec.api_key is None else spec.api_key.get_secret_value()
-    return codec.Route(worker.host_port, spec.dp_rank, key, headers, fallbacks)
+            self._release(Outcome.UPSTREAM_ERROR if self._upstream_status >= 500
+                          else Outcome.COMPLETED)

@@ -9,21 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from litellm.exceptions import ServiceUnavailableError
 
+from litellm_plugin.deployments import DeploymentSource, wait_for, wait_for_async
 from litellm_plugin.errors import to_litellm_error
-from litellm_plugin.fleet import DeploymentFleet
 from litellm_plugin.tracking import InFlightTracker, Observer, caller_metadata
 from picker.errors import RequestError
-from picker.observe.decisions import explain_line
+from picker.routing.contract import Picker
 from picker.routing.leases import Lease
 from picker.routing.openai_body import request_from_data
 from picker.routing.request import Api, RoutingRequest
-from picker.runtime import PickerRuntime
 
 __all__ = ["EXPLAIN_KEY", "Call", "choose_deployment", "choose_deployment_sync"]
 
@@ -39,29 +38,30 @@ class Call:
 
     model: str
     healthy: list[Deployment]
-    all_deployments: Iterable[Mapping[str, Any]]
     messages: list[Any] | None
     input: Any
     request_kwargs: dict[str, Any] | None
 
 
-async def choose_deployment(runtime: PickerRuntime, fleet: DeploymentFleet,
+async def choose_deployment(picker: Picker, fleet: DeploymentSource,
                             tracker: InFlightTracker, call: Call) -> Deployment:
     """The picker's policy among LiteLLM's healthy deployments; takes the in-flight slot."""
-    choice = _Choice(runtime, fleet, call)
+    await wait_for_async(fleet.catch_up(call.healthy))
+    choice = _Choice(picker, fleet, call)
     if choice.request is not None:
-        with _refusals(runtime, call.model):
-            choice.lease = await runtime.route(choice.request, set(choice.by_worker))
+        with _refusals(picker, call.model):
+            choice.lease = await picker.route(choice.request, set(choice.by_worker))
     return choice.hand_over(tracker)
 
 
-def choose_deployment_sync(runtime: PickerRuntime, fleet: DeploymentFleet,
+def choose_deployment_sync(picker: Picker, fleet: DeploymentSource,
                            tracker: InFlightTracker, call: Call) -> Deployment:
     """`choose_deployment` for LiteLLM's synchronous `completion()`."""
-    choice = _Choice(runtime, fleet, call)
+    wait_for(fleet.catch_up(call.healthy))
+    choice = _Choice(picker, fleet, call)
     if choice.request is not None:
-        with _refusals(runtime, call.model):
-            choice.lease = runtime.route_sync(choice.request, set(choice.by_worker))
+        with _refusals(picker, call.model):
+            choice.lease = picker.route_sync(choice.request, set(choice.by_worker))
     return choice.hand_over(tracker)
 
 
@@ -69,34 +69,32 @@ class _Choice:
     """One call's routing request and candidates by worker id; `request` is None when the
     picker has nothing to decide (no engine it knows among the healthy deployments)."""
 
-    def __init__(self, runtime: PickerRuntime, fleet: DeploymentFleet, call: Call) -> None:
+    def __init__(self, picker: Picker, fleet: DeploymentSource, call: Call) -> None:
         if not call.healthy:
             raise ServiceUnavailableError(message=f"no healthy deployment for {call.model}",
                                           model=call.model, llm_provider="")
         self._call = call
         self.lease: Lease | None = None
         self.request: RoutingRequest | None = None
-        fleet.sync(call.all_deployments)
         self.by_worker: dict[str, Deployment] = {}
         for deployment in call.healthy:
             worker_id = fleet.worker_id(deployment)
             if worker_id is not None:
                 self.by_worker.setdefault(worker_id, deployment)
         if self.by_worker:
-            with _refusals(runtime, call.model):
+            with _refusals(picker, call.model):
                 self.request = _routing_request(call)
-        self._explain = runtime.config.explain
-        self._registry = runtime.registry
+        self._picker = picker
 
     def hand_over(self, tracker: InFlightTracker) -> Deployment:
         if self.lease is None:
             return random.choice(self._call.healthy)  # none is an engine the picker knows
         assert self.request is not None
         # The call's timing and usage, when LiteLLM reports them, teach the engine's speed.
-        observer = Observer(self._registry, len(self.request.prompt_text))
+        observer = Observer(self._picker, len(self.request.prompt_text))
         caller = caller_metadata(self._call.request_kwargs)
         own = tracker.begin(self._call.request_kwargs, self.lease, observer)
-        line = explain_line(self._explain, self.request.headers, self.lease.choice.decision)
+        line = self._picker.explanation(self.request.headers, self.lease)
         if line is not None:
             # The proxy's response-headers hook sends it from the call's own metadata; an SDK
             # caller reads it from the dict it passed.
@@ -120,12 +118,12 @@ def _routing_request(call: Call) -> RoutingRequest:
 
 
 @contextlib.contextmanager
-def _refusals(runtime: PickerRuntime, model: str) -> Iterator[None]:
+def _refusals(picker: Picker, model: str) -> Iterator[None]:
     """The picker's refusal, counted, as LiteLLM's exception of the same meaning."""
     try:
         yield
     except RequestError as error:
-        runtime.reject(error)
+        picker.reject(error)
         raise to_litellm_error(error, model) from error
 
 

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-import time
 from typing import Any
 
 from litellm_plugin.choose import EXPLAIN_KEY, Call, choose_deployment
-from litellm_plugin.fleet import DeploymentFleet
+from litellm_plugin.deployments import OWNER, DeploymentSource
 from litellm_plugin.tracking import InFlightTracker
 from picker.config import load_config
 from picker.observe.decisions import EXPLAIN_HEADER
@@ -31,15 +29,14 @@ __all__ = ["CONFIG_ENV", "ProxyPicker"]
 # Names the picker YAML file; read by the proxy hook only (not a config key).
 CONFIG_ENV = "LLM_PICKER_CONFIG"
 log = logging.getLogger("llm_picker.litellm")
-# How often the proxy's model list is compared with the picker's workers between requests.
-_FOLLOW_SECS = 1.0
 
 
 class ProxyPicker(InFlightTracker):
-    def __init__(self, runtime: PickerRuntime) -> None:
+    def __init__(self, runtime: PickerRuntime, deployments: DeploymentSource) -> None:
         super().__init__()
         self.runtime = runtime
-        self._fleet = DeploymentFleet(runtime.registry)
+        self._picker = runtime.routing
+        self._deployments = deployments
 
     @classmethod
     def from_environment(cls) -> ProxyPicker:
@@ -47,40 +44,25 @@ class ProxyPicker(InFlightTracker):
         its own: the proxy's loop is not running yet when callbacks are imported)."""
         config = load_config(os.environ.get(CONFIG_ENV), env=os.environ)
         _log_to_stderr(config.log.level)
-        runtime = PickerRuntime(config, Host.LITELLM)
+        # The proxy's router may not exist yet: the source follows its model list (/model/new,
+        # /model/delete) from the first moment it does, so health checks and engine metrics
+        # start before the first request.
+        deployments = DeploymentSource(_proxy_model_list, "the proxy's")
+        runtime = PickerRuntime(config, Host.LITELLM, deployments=deployments)
         runtime.start_in_thread()
-        log.info("llm-picker attached to the LiteLLM proxy: policy %s, config %s",
-                 config.policy.name, os.environ.get(CONFIG_ENV) or "from LLM_PICKER_* only")
-        picker = cls(runtime)
-        threading.Thread(target=picker._follow_model_list, name="llm-picker-models",
-                         daemon=True).start()
-        return picker
-
-    def _follow_model_list(self) -> None:
-        """Register the proxy's deployments as soon as its router exists, and follow its
-        model list (/model/new, /model/delete) between requests too: without this the picker
-        knew no worker, checked no engine's health and read no metrics until the first
-        request. Requests still sync at once (`choose_deployment`)."""
-        announced = False
-        while True:
-            deployments = _proxy_model_list()
-            if deployments:
-                self._fleet.sync(deployments)
-                if not announced:
-                    announced = True
-                    log.info("llm-picker routes %d of the proxy's %d deployments, as %d "
-                             "workers (deployments without api_base are left to LiteLLM)",
-                             sum(self._fleet.worker_id(d) is not None for d in deployments),
-                             len(deployments), len(self.runtime.registry.workers()))
-            time.sleep(_FOLLOW_SECS)
+        log.info("llm-picker attached to the LiteLLM proxy: policy %s, config %s; its "
+                 "deployments with an api_base become workers owned by %r",
+                 config.policy.name, os.environ.get(CONFIG_ENV) or "from LLM_PICKER_* only",
+                 OWNER)
+        return cls(runtime, deployments)
 
     async def async_filter_deployments(
         self, model: str, healthy_deployments: list[Any], messages: list[Any] | None,
         request_kwargs: dict[str, Any] | None = None, parent_otel_span: Any = None,
     ) -> list[dict[str, Any]]:
-        call = Call(model, healthy_deployments, _proxy_model_list() or healthy_deployments,
-                    messages, (request_kwargs or {}).get("input"), request_kwargs)
-        return [await choose_deployment(self.runtime, self._fleet, self, call)]
+        call = Call(model, healthy_deployments, messages, (request_kwargs or {}).get("input"),
+                    request_kwargs)
+        return [await choose_deployment(self._picker, self._deployments, self, call)]
 
 
     async def async_post_call_response_headers_hook(

@@ -25,7 +25,7 @@ from litellm.router import Router as LiteLLMRouter
 from litellm.types.router import CustomRoutingStrategyBase
 
 from litellm_plugin.choose import Call, choose_deployment, choose_deployment_sync
-from litellm_plugin.fleet import DeploymentFleet
+from litellm_plugin.deployments import DeploymentSource
 from litellm_plugin.tracking import InFlightTracker
 from picker.config import load_config
 from picker.runtime import Host, PickerRuntime
@@ -34,10 +34,12 @@ __all__ = ["PickerStrategy"]
 
 
 class PickerStrategy(CustomRoutingStrategyBase):
-    def __init__(self, router: LiteLLMRouter, runtime: PickerRuntime) -> None:
+    def __init__(self, router: LiteLLMRouter, runtime: PickerRuntime,
+                 deployments: DeploymentSource) -> None:
         self._router = router
         self.runtime = runtime
-        self.fleet = DeploymentFleet(runtime.registry)
+        self._picker = runtime.routing
+        self._deployments = deployments
         self.tracker = InFlightTracker.installed()
 
     @classmethod
@@ -47,11 +49,10 @@ class PickerStrategy(CustomRoutingStrategyBase):
         `prefix={"enabled": True}`), overriding the file; workers come from LiteLLM."""
         overrides = {key: value for key, value in settings.items()}
         picker_config = load_config(config, env=os.environ, overrides=overrides)
-        runtime = PickerRuntime(picker_config, Host.LITELLM)
+        deployments = DeploymentSource(lambda: router.model_list, "the Router's")
+        runtime = PickerRuntime(picker_config, Host.LITELLM, deployments=deployments)
         runtime.start_in_thread()
-        strategy = cls(router, runtime)
-        # Workers now, not at the first call: health checks and engine metrics start at once.
-        strategy.fleet.sync(router.model_list)
+        strategy = cls(router, runtime, deployments)
         router.set_custom_routing_strategy(strategy)
         return strategy
 
@@ -63,7 +64,7 @@ class PickerStrategy(CustomRoutingStrategyBase):
             installed = self._router.__dict__.get(name)
             if getattr(installed, "__self__", None) is self:
                 delattr(self._router, name)
-        self.tracker.drop(self.runtime.registry)
+        self.tracker.drop(self._picker)
         self.runtime.stop_thread()
 
     # LiteLLM's base class annotates these as returning None; they return the deployment.
@@ -78,8 +79,8 @@ class PickerStrategy(CustomRoutingStrategyBase):
         )
         if isinstance(healthy, dict):
             return healthy  # a specific deployment was asked for
-        call = Call(model, healthy, self._router.model_list, messages, input, request_kwargs)
-        return await choose_deployment(self.runtime, self.fleet, self.tracker, call)
+        call = Call(model, healthy, messages, input, request_kwargs)
+        return await choose_deployment(self._picker, self._deployments, self.tracker, call)
 
     def get_available_deployment(  # type: ignore[override]
         self, model: str, messages: list[dict[str, str]] | None = None,
@@ -92,5 +93,5 @@ class PickerStrategy(CustomRoutingStrategyBase):
         healthy = found[0] if isinstance(found, tuple) else found
         if isinstance(healthy, dict):
             return healthy  # a specific deployment was asked for
-        call = Call(model, healthy, self._router.model_list, messages, input, request_kwargs)
-        return choose_deployment_sync(self.runtime, self.fleet, self.tracker, call)
+        call = Call(model, healthy, messages, input, request_kwargs)
+        return choose_deployment_sync(self._picker, self._deployments, self.tracker, call)

@@ -23,9 +23,10 @@ from typing import Any
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
-from picker.fleet.registry import WorkerRegistry
 from picker.fleet.speed import Observation
+from picker.routing.contract import Picker
 from picker.routing.leases import Lease
+from picker.routing.outcome import Outcome
 
 __all__ = ["LEASE_KEY", "InFlightTracker", "Observer", "caller_metadata", "observation_of"]
 
@@ -56,9 +57,9 @@ def _token(kwargs: dict[str, Any]) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Observer:
-    """Where a call's observation goes, and the prompt characters the picker routed on."""
+    """The picker that routed a call, and the prompt characters it routed on."""
 
-    registry: WorkerRegistry
+    picker: Picker
     prompt_chars: int
 
 
@@ -129,12 +130,12 @@ class InFlightTracker(CustomLogger):
         the same request kwargs, so it finds its failed attempt's token in the copy."""
         metadata = caller_metadata(request_kwargs)
         if request_kwargs is None or not isinstance(metadata, dict | None):
-            lease.release("untracked")
+            lease.release(Outcome.UNTRACKED)
             return None
         own = dict(metadata or {})
         previous = own.get(LEASE_KEY)
         if isinstance(previous, str):
-            self.end(previous, "upstream_error")  # this is a retry of a failed attempt
+            self.end(previous, Outcome.UPSTREAM_ERROR)  # this is a retry of a failed attempt
         token = uuid.uuid4().hex
         with self._lock:
             self._leases[token] = (lease, observer)
@@ -142,20 +143,20 @@ class InFlightTracker(CustomLogger):
         request_kwargs[_metadata_key(request_kwargs)] = own
         return own
 
-    def drop(self, registry: WorkerRegistry) -> None:
-        """Release every open call routed by the runtime owning `registry` (its strategy is
-        being detached: their ends may never be reported to a picker that still runs)."""
+    def drop(self, picker: Picker) -> None:
+        """Release every open call `picker` routed (its strategy is being detached: their
+        ends may never be reported to a picker that still runs)."""
         with self._lock:
             dropped = [token for token, (_, observer) in self._leases.items()
-                       if observer is not None and observer.registry is registry]
+                       if observer is not None and observer.picker is picker]
         for token in dropped:
-            self.end(token, "cancelled")
+            self.end(token, Outcome.CANCELLED)
 
-    def end(self, token: str | None, outcome: str) -> None:
+    def end(self, token: str | None, outcome: Outcome) -> None:
         """Release the lease behind `token` (once; later calls do nothing)."""
         self._pop(token, outcome)
 
-    def _pop(self, token: str | None, outcome: str) -> tuple[Lease, Observer | None] | None:
+    def _pop(self, token: str | None, outcome: Outcome) -> tuple[Lease, Observer | None] | None:
         with self._lock:
             held = self._leases.pop(token, None) if token else None
         if held is not None:
@@ -163,11 +164,10 @@ class InFlightTracker(CustomLogger):
         return held
 
     def _succeeded(self, kwargs: dict[str, Any], response: Any, start: Any, end: Any) -> None:
-        held = self._pop(_token(kwargs), "completed")
+        held = self._pop(_token(kwargs), Outcome.COMPLETED)
         if held is not None and held[1] is not None:
             lease, observer = held[0], held[1]
-            observer.registry.observe(lease.worker, observation_of(
-                kwargs, response, start, end, observer.prompt_chars))
+            lease.observe(observation_of(kwargs, response, start, end, observer.prompt_chars))
 
     # -- LiteLLM hooks ----------------------------------------------------------------------
 
@@ -181,8 +181,8 @@ class InFlightTracker(CustomLogger):
 
     def log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any,
                           end_time: Any) -> None:
-        self.end(_token(kwargs), "upstream_error")
+        self.end(_token(kwargs), Outcome.UPSTREAM_ERROR)
 
     async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any,
                                       start_time: Any, end_time: Any) -> None:
-        self.end(_token(kwargs), "upstream_error")
+        self.end(_token(kwargs), Outcome.UPSTREAM_ERROR)

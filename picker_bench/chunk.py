@@ -30,7 +30,7 @@ def _headers(items: dict[str, str], into: pb.HeaderMap) -> None:
 
 def _streaming_request(runtime: PickerRuntime) -> RequestStream:
     """A stream routed and past its response headers, ready for response chunks."""
-    stream = RequestStream(runtime, 1 << 20)
+    stream = RequestStream(runtime.routing, 1 << 20)
     start = pb.ProcessingRequest()
     start.protocol_config.request_body_mode = pb.FULL_DUPLEX_STREAMED
     start.protocol_config.response_body_mode = pb.FULL_DUPLEX_STREAMED

@@ -10,6 +10,7 @@ import time
 
 from picker.config import load_config
 from picker.routing.openai_body import parse_request
+from picker.routing.outcome import Outcome
 from picker.routing.request import Api, RoutingRequest
 from picker.runtime import PickerRuntime
 
@@ -34,9 +35,9 @@ def decision_latency(policy: str, workers: int = 8, prompt_chars: int = 8192,
     timings = []
     for request in requests:
         started = time.perf_counter()
-        lease = runtime.route_sync(request)
+        lease = runtime.routing.route_sync(request)
         timings.append(time.perf_counter() - started)
-        lease.release("completed")
+        lease.release(Outcome.COMPLETED)
     cuts = statistics.quantiles(timings, n=100)
     return cuts[49] * 1e6, cuts[98] * 1e6
 
@@ -79,7 +80,7 @@ def long_prompt_latency(chars: int, api: Api, ascii_only: bool = True, requests:
         started = time.perf_counter()
         request = parse_request(api.value, body, headers)
         parsed = time.perf_counter()
-        runtime.route_sync(request).release("completed")
+        runtime.routing.route_sync(request).release(Outcome.COMPLETED)
         total_times.append(time.perf_counter() - started)
         parse_times.append(parsed - started)
     return statistics.median(parse_times) * 1e6, statistics.median(total_times) * 1e6

@@ -19,6 +19,7 @@ from litellm.router import Router as LiteLLMRouter  # noqa: E402
 
 from litellm_plugin import PickerStrategy  # noqa: E402
 from litellm_plugin.tracking import LEASE_KEY, InFlightTracker  # noqa: E402
+from picker.routing.outcome import Outcome as LeaseOutcome  # noqa: E402
 from picker_bench.routing import Driver, Outcome  # noqa: E402
 from picker_bench.workload import Workload  # noqa: E402
 
@@ -90,7 +91,8 @@ def selection_overhead(strategy: str, deployments: int = 8, prompt_chars: int = 
                 model=MODEL_GROUP, messages=messages, request_kwargs=kwargs)
             timings.append(time.perf_counter() - begun)
             # Release the slot the picker took, as LiteLLM's success hook would.
-            InFlightTracker.installed().end(kwargs["metadata"].get(LEASE_KEY), "completed")
+            InFlightTracker.installed().end(kwargs["metadata"].get(LEASE_KEY),
+                                            LeaseOutcome.COMPLETED)
         return timings
 
     timings = asyncio.run(measure())

@@ -14,10 +14,9 @@ rule (picker.fleet.manager). Secrets never leave: `api_key` is excluded from eve
 from __future__ import annotations
 
 import hmac
-import ssl
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -45,7 +44,6 @@ from picker.admin.schema import (
     WorkerView,
     errors,
 )
-from picker.config import TlsConfig
 from picker.errors import ConfigError, UnknownWorker, WorkerConflict
 from picker.fleet.manager import DeclaredInFile, WorkerPatch
 from picker.fleet.registry import Worker
@@ -53,13 +51,27 @@ from picker.fleet.served_models import WorkerUnreachable
 from picker.fleet.worker_spec import ConnectionMode, WorkerSpec, WorkerType
 from picker.observe.decisions import MAX_CAPACITY, DecisionLog
 from picker.observe.metrics import CONTENT_TYPE
-from picker.observe.status import first_page, static_file, status_view
+from picker.observe.status import StatusSubject, first_page, static_file, status_view
 from picker.routing.json_kind import json_type
 
 if TYPE_CHECKING:
-    from picker.runtime import PickerRuntime
+    from picker.fleet.manager import WorkerManager
+    from picker.observe.metrics import PickerMetrics
+    from picker.routing.router_manager import RouterManager
 
-__all__ = ["MAX_BODY_BYTES", "READ_COOKIE", "admin_tls", "create_admin_app", "worker_view"]
+__all__ = ["MAX_BODY_BYTES", "READ_COOKIE", "create_admin_app", "worker_view"]
+
+class AdminSubject(StatusSubject, Protocol):
+    """What the admin API reads and changes of a running picker (the runtime provides it)."""
+
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def discovery_synced(self) -> bool: ...
+    manager: WorkerManager
+    metrics: PickerMetrics
+    routers: RouterManager
+
 
 # Set by `/?token=<token>`: the status page's script polls /debug/status with it, since a page
 # loaded by a browser cannot add an Authorization header to its own fetches. Reads only:
@@ -183,7 +195,7 @@ def _read_credential(request: Request) -> str | None:
     return request.cookies.get(READ_COOKIE) if given is None else given
 
 
-def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None,
+def create_admin_app(runtime: AdminSubject, token: SecretStr | None = None,
                      read_token: SecretStr | None = None) -> FastAPI:
     """The admin API of a running picker; reads and changes go through its runtime."""
     manager, workers = runtime.manager, runtime.registry
@@ -353,14 +365,14 @@ def create_admin_app(runtime: PickerRuntime, token: SecretStr | None = None,
     return app
 
 
-def add_status_routes(app: FastAPI, runtime: PickerRuntime,
+def add_status_routes(app: FastAPI, runtime: AdminSubject,
                       view: Callable[[Worker], dict[str, Any]], reading: list[Any],
                       check_read: Callable[[str | None], None] | None) -> None:
     """The status page and the reads behind it; `reading` guards the reads, and with
     `check_read` (a read token is set) `/?token=` hands the page its cookie."""
 
     def records() -> DecisionLog:
-        log = runtime.router.decisions
+        log = runtime.decisions
         if log is None:
             raise _Disabled()
         return log
@@ -433,14 +445,3 @@ def _static(name: str) -> Response:
         raise HTTPException(404, f"no status page file {name[:100]!r}")
     content, media_type = found
     return Response(content, media_type=media_type, headers={"cache-control": "no-cache"})
-
-
-def admin_tls(tls: TlsConfig | None) -> dict[str, Any]:
-    """uvicorn's TLS settings for the admin API (client certificates required with a CA)."""
-    if tls is None:
-        return {}
-    settings: dict[str, Any] = {"ssl_certfile": str(tls.cert_file),
-                                "ssl_keyfile": str(tls.key_file)}
-    if tls.client_ca_file is not None:
-        settings.update(ssl_ca_certs=str(tls.client_ca_file), ssl_cert_reqs=ssl.CERT_REQUIRED)
-    return settings

@@ -10,6 +10,10 @@ One owner per worker, so no change is silently undone by another source:
 
 Both sources go through the same path: conflict checks before any network call, discovery,
 one worker per data-parallel rank, and `drain` (never a bare remove) on removal or replacement.
+Discovery sources (Kubernetes, DNS) declare as files do, under their own owner name. Owners
+that already know their workers - the configuration at start-up, LiteLLM's deployments -
+`adopt` them as given. The manager is the only writer of membership; a follower process of
+`serve --workers` has none running and mirrors the primary's registry (picker.processes.mirror).
 """
 
 from __future__ import annotations
@@ -222,13 +226,60 @@ class WorkerManager:
         await asyncio.gather(*(self.drain(w, drain_timeout_secs)
                                for w in self._group(registration.spec.url)))
 
+    # -- owners that know their workers -------------------------------------------------------
+
+    def adopt(self, owner: str | None, specs: Sequence[WorkerSpec]) -> dict[str, Worker]:
+        """Make the workers `owner` owns exactly `specs`, as given: no discovery and no
+        drain, for owners that already know their workers and whose requests stop with them
+        (LiteLLM's deployments; the configuration's workers at start-up, owner None: the
+        admin API may change those unless a followed file takes them over). One worker per
+        data-parallel rank, as a POST registers them. A changed spec applies in place under
+        the worker's id; a spec whose url another owner holds is logged and skipped. Returns
+        the owner's (first) worker by spec url."""
+        wanted = {spec.url: spec for spec in specs}
+        # None is the admin API's own: only ever added to here, never taken from.
+        for registration in [r for r in self._registrations.values() if owner is not None
+                             and r.declared_in == owner and r.spec.url not in wanted]:
+            for worker in self._group(registration.spec.url):
+                self.workers.remove(worker.url)
+                self._forget(worker)
+        adopted: dict[str, Worker] = {}
+        for url, spec in wanted.items():
+            try:
+                adopted[url] = self._adopt_one(owner, spec)
+            except (PickerError, ValueError) as exc:
+                if owner is None:
+                    raise  # the configuration's own: refused at start-up, naming the key
+                log.warning("worker %s from %s not routed: %s", redact_url(url), owner, exc)
+        return adopted
+
+    def _adopt_one(self, owner: str | None, spec: WorkerSpec) -> Worker:
+        if owner is not None:  # the configuration's were checked as it loaded (load_config)
+            self._check_admissible(spec)
+        group = self._group(spec.url)
+        if not group:
+            self._check_free(spec)
+            group = [self.workers.add(rank) for rank in expand_dp_ranks(spec)]
+        elif self.declared_in(group[0]) != owner and group[0].url in self._registration_of:
+            raise WorkerConflict(f"worker {spec.url} is already registered"
+                                 + _owned_by(self.declared_in(group[0])))
+        elif len(group) == 1 and group[0].spec != spec.updated(id=group[0].id):
+            self.workers.replace_spec(group[0], spec.updated(id=group[0].id))
+        self._record(spec, owner, group)
+        return group[0]
+
     # -- shared steps -------------------------------------------------------------------------
 
-    async def _register(self, spec: WorkerSpec, declared_in: str | None) -> Registered:
+    def _check_admissible(self, spec: WorkerSpec) -> None:
+        """What this picker refuses whoever registers it: a prefill or decode worker without
+        enable_igw, a key the ext_proc port would hand to unauthenticated clients."""
         if spec.worker_type is not WorkerType.REGULAR and not self._pd_paired:
             raise ConfigError("worker_type", unpaired_role(spec.worker_type))
         if spec.api_key is not None and self._keys_refused is not None:
             raise ConfigError("api_key", f"refused: {self._keys_refused}")
+
+    async def _register(self, spec: WorkerSpec, declared_in: str | None) -> Registered:
+        self._check_admissible(spec)
         self._check_free(spec)  # before any network call: a conflict is not worth a wait
         complete, reached = await self._discover(spec)
         self._check_free(complete)  # discovery may have found dp_size; others may have won
@@ -317,12 +368,14 @@ def _only_patchable_differ(old: WorkerSpec, new: WorkerSpec) -> bool:
 
 
 def _how_to_change(owner: str) -> str:
-    """Owners are a configuration file's path or a discovery source (`kubernetes:ns/pool`,
-    `dns:name`): each is changed where it lives."""
+    """Owners are a configuration file's path, a discovery source (`kubernetes:ns/pool`,
+    `dns:name`) or LiteLLM's model list (`litellm`): each is changed where it lives."""
     if owner.startswith("kubernetes:"):
         return "change the pods or the InferencePool (the picker follows them)"
     if owner.startswith("dns:"):
         return "change the DNS records (the picker polls them)"
+    if owner == "litellm":
+        return "change LiteLLM's model list (the picker follows it)"
     return "edit that file to change or remove it (it is re-read on change and on SIGHUP)"
 
 

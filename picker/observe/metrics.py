@@ -24,6 +24,7 @@ from picker.fleet.registry import Worker, WorkerRegistry
 from picker.prefix.calibration import Calibration
 from picker.prefix.index import PrefixIndex
 from picker.routing.admission import Admission
+from picker.routing.outcome import Outcome
 from picker.routing.response_stats import ResponseSample
 
 __all__ = ["CONTENT_TYPE", "IMBALANCE_ABS_COUNT", "PickerMetrics", "ReplicaMetrics",
@@ -108,7 +109,7 @@ class _WorkerStateCollector(Collector):
             yield GaugeMetricFamily(
                 "llm_picker_success_ratio",
                 "completed / finished requests since start (1 before any finished)",
-                value=self.outcomes.get("completed", 0) / finished if finished else 1.0)
+                value=self.outcomes.get(Outcome.COMPLETED, 0) / finished if finished else 1.0)
         if self.prefix_index is not None:
             yield blocks
             status = GaugeMetricFamily(

@@ -4,7 +4,6 @@ from picker.pd.prefill import PrefillClient
 from picker.pd.protocols import (
     PREFILLER_HEADER,
     REQUEST_ID_HEADER,
-    Forward,
     PdProtocol,
     SglangPair,
     nixl_prefill_body,
@@ -14,7 +13,7 @@ from picker.pd.protocols import (
 )
 
 __all__ = [
-    "PREFILLER_HEADER", "REQUEST_ID_HEADER", "Forward", "PdProtocol", "PrefillClient",
+    "PREFILLER_HEADER", "REQUEST_ID_HEADER", "PdProtocol", "PrefillClient",
     "SglangPair",
     "nixl_prefill_body", "protocol_of", "with_bootstrap", "with_kv_transfer_params",
 ]

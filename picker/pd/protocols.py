@@ -28,7 +28,7 @@ from picker.routing import control_headers
 from picker.routing.request import Api
 
 __all__ = [
-    "PREFILLER_HEADER", "REQUEST_ID_HEADER", "Forward", "PdProtocol", "SglangPair",
+    "PREFILLER_HEADER", "REQUEST_ID_HEADER", "PdProtocol", "SglangPair",
     "nixl_prefill_body", "protocol_of", "with_bootstrap", "with_kv_transfer_params",
 ]
 
@@ -73,15 +73,6 @@ def protocol_of(decode: WorkerSpec) -> PdProtocol:
     if (decode.kv_connector or "").lower() in _SIDECAR_CONNECTORS:
         return PdProtocol.SIDECAR
     return PdProtocol.NIXL
-
-
-@dataclass(frozen=True, slots=True)
-class Forward:
-    """What the proxy sends to the decode worker instead of the client's request: a new body
-    (None: unchanged) and headers to set."""
-
-    body: bytes | None = None
-    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

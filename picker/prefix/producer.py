@@ -62,12 +62,11 @@ class PrefixSettings(StrictModel):
 class PrefixProducer:
     """Built at start-up (an hf tokenizer file is read here, so a bad path fails early).
 
-    `publish` receives every pick recorded into the approximate index (worker id, prompt
-    units, predicted blocks, block hashes), for peer replicas (picker/replicas), whose picks
-    come back through `apply`."""
+    `publish_to` names where every pick recorded into the approximate index goes (worker
+    id, prompt units, predicted blocks, block hashes): peer replicas (picker/replicas), whose
+    picks come back through `apply`."""
 
-    def __init__(self, settings: PrefixSettings, index: PrefixIndex | None = None,
-                 publish: Callable[[str, int, int, list[int]], None] | None = None) -> None:
+    def __init__(self, settings: PrefixSettings, index: PrefixIndex | None = None) -> None:
         kind = settings.tokenizer.kind
         path = settings.tokenizer.path
         self._hf = (load_hf_tokenizer(path, settings.tokenizer.chat_template)
@@ -88,7 +87,7 @@ class PrefixProducer:
             assert self._approx is not None
             self.index = self._approx
         self._units_per_block = settings.block_size
-        self._publish = publish
+        self._publish: Callable[[str, int, int, list[int]], None] | None = None
         # Under kv_events the approximate index only ever sees character (fallback) prompts.
         sees_tokens = self._hf is not None or (self.remote is not None
                                                and self._approx is self.index)
@@ -139,6 +138,9 @@ class PrefixProducer:
         self._learn(approx, worker, len(prompt.units), predicted, hashes)
         if self._publish is not None:
             self._publish(worker.id, len(prompt.units), predicted, hashes)
+
+    def publish_to(self, publish: Callable[[str, int, int, list[int]], None]) -> None:
+        self._publish = publish
 
     def apply(self, pick: Pick, worker: Worker) -> None:
         """A peer replica's pick: learned as if this replica had made it, never published."""

@@ -73,6 +73,13 @@ class ProcessGroup:
             raise ConfigError(GROUP_ENV, f"is set by `llm-picker serve --workers`, not by "
                               f"hand ({exc})") from exc
 
+    def pick_sharing_for(self, config: PickerConfig) -> ReplicaSettings | None:
+        """With an approximate prefix index, the group's processes share their picks as
+        replicas do; otherwise whatever `replicas:` says."""
+        if config.prefix.enabled and config.prefix.index == "approximate":
+            return self.pick_sharing()
+        return config.replicas
+
     def pick_sharing(self) -> ReplicaSettings:
         """Share approximate-index picks among the group's processes, as replicas do."""
         peers = [f"127.0.0.1:{port}" for port in self.pick_ports]

@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from picker.fleet.registry import Worker, WorkerRegistry
+from picker.fleet.speed import Observation
 from picker.observe.metrics import PickerMetrics
-from picker.pd.protocols import Forward
 from picker.routing.admission import Admission, LimitSettings
+from picker.routing.destination import Forward, Headers, destination, reach_headers
+from picker.routing.outcome import Outcome
 from picker.routing.response_stats import ResponseSample
 from picker.routing.router import Choice
 
 __all__ = ["Lease", "LeaseBook"]
 
 # What each request outcome tells the worker's circuit breaker; cancellations say nothing.
-_CIRCUIT_OUTCOMES = {"completed": True, "upstream_error": False}
+_CIRCUIT_OUTCOMES = {Outcome.COMPLETED: True, Outcome.UPSTREAM_ERROR: False}
 
 
 class Lease:
@@ -36,14 +38,18 @@ class Lease:
     A prefill/decode pair is one lease: `worker` is where the proxy sends the request (decode),
     `prefill` the worker that prefilled it, whose slot is held and released with it. `forward`
     is what the proxy sends instead of the client's request, when the pair's protocol says.
-    `choice` says who chose the worker and why (its record when explain is enabled)."""
+    `choice` says who chose the worker and why (its record when explain is enabled);
+    `fallbacks` where a proxy that retries should go next, chosen by the same router."""
 
-    __slots__ = ("_worker", "choice", "prefill", "started", "_book", "_open", "_forward")
+    __slots__ = ("_worker", "choice", "prefill", "fallbacks", "started", "_book", "_open",
+                 "_forward")
 
-    def __init__(self, choice: Choice, book: LeaseBook, prefill: Worker | None = None) -> None:
+    def __init__(self, choice: Choice, book: LeaseBook, prefill: Worker | None = None,
+                 fallbacks: Sequence[Worker] = ()) -> None:
         self._worker = choice.worker
         self.choice = choice
         self.prefill = prefill
+        self.fallbacks = tuple(fallbacks)
         self.started = time.monotonic()
         self._book = book
         self._open = True
@@ -62,10 +68,27 @@ class Lease:
         """The worker holding the slot: the chosen one, or the one that served (`move_to`)."""
         return self._worker
 
-    def release(self, outcome: str, response: ResponseSample | None = None) -> bool:
+    @property
+    def destination(self) -> str:
+        """`host:port` of the worker, then of each fallback, comma-separated."""
+        return destination(self._worker, self.fallbacks)
+
+    @property
+    def headers(self) -> Headers:
+        """Every header the proxy sets on the way to the worker: the destination (with the
+        fallbacks), rank and key, and what a prefill/decode protocol adds."""
+        extra = () if self._forward is None else self._forward.headers
+        return (*reach_headers(self._worker, self.fallbacks), *extra)
+
+    def release(self, outcome: Outcome, response: ResponseSample | None = None) -> bool:
         """Free the slot once, with what was observed of the response if the adapter saw it;
         returns False if it was already released."""
         return self._book.close(self, outcome, response)
+
+    def observe(self, observation: Observation) -> None:
+        """The finished request's timing and usage as the proxy reported them (LiteLLM's
+        success callback): they teach the serving worker's speed."""
+        self._book.observe(self._worker, observation)
 
     def move_to(self, worker: Worker) -> bool:
         """The request was served by `worker`, not the chosen one: move the slot there (the
@@ -122,7 +145,8 @@ class LeaseBook:
         """Give back a slot taken by `admit` or `admit_now` when no lease was opened on it."""
         self._admission.leave()
 
-    def open(self, choice: Choice, prefill: Worker | None = None) -> Lease:
+    def open(self, choice: Choice, prefill: Worker | None = None,
+             fallbacks: Sequence[Worker] = ()) -> Lease:
         """Open a lease on an admission slot already taken; the worker's in-flight grows (and
         the prefill worker's, for a pair), and so does its prefill backlog (a pair's decode
         worker receives the prompt's KV and prefills nothing)."""
@@ -131,12 +155,13 @@ class LeaseBook:
             self._workers.acquire(prefill)
         else:
             self._workers.sent_prefill(choice.worker, choice.uncached_tokens)
-        lease = Lease(choice, self, prefill)
+        lease = Lease(choice, self, prefill, fallbacks)
         with self._lock:
             self._open[id(lease)] = lease
         return lease
 
-    def close(self, lease: Lease, outcome: str, response: ResponseSample | None = None) -> bool:
+    def close(self, lease: Lease, outcome: Outcome,
+              response: ResponseSample | None = None) -> bool:
         with self._lock:
             if not lease._open:
                 return False
@@ -185,4 +210,7 @@ class LeaseBook:
         cutoff = (now if now is not None else time.monotonic()) - self._limits.timeout_secs
         with self._lock:
             stale = [lease for lease in self._open.values() if lease.started < cutoff]
-        return sum(lease.release("timeout") for lease in stale)
+        return sum(lease.release(Outcome.TIMEOUT) for lease in stale)
+
+    def observe(self, worker: Worker, observation: Observation) -> None:
+        self._workers.observe(worker, observation)

@@ -86,9 +86,7 @@ class Router:
         the deployments LiteLLM has not cooled down. Records it when explain is enabled."""
         started = time.perf_counter()
         policy = self._policy_for(request)
-        serving = self._workers.for_model(request.model)
-        if self._pool is not None:
-            serving = tuple(filter(self._pool, serving))
+        serving = self._serving(request)
         candidates: list[Worker] = []
         try:
             request, candidates, worker = self._pick(request, policy, serving, allowed)
@@ -160,12 +158,18 @@ class Router:
         if count <= 0:
             return []
         spec = primary.spec
-        others = [w for w in self._workers.for_model(request.model)
+        others = [w for w in self._serving(request)
                   if w.routable and w.host_port != primary.host_port
                   and (allowed is None or w.id in allowed)
                   and w.spec.api_key == spec.api_key and w.spec.dp_rank == spec.dp_rank]
         others.sort(key=lambda w: (w.in_flight, w.id))
         return others[:count]
+
+    def _serving(self, request: RoutingRequest) -> tuple[Worker, ...]:
+        """The workers of this router's pool (all, without enable_igw) serving the model: a
+        regular router's fallbacks are never a prefill or decode worker."""
+        serving = self._workers.for_model(request.model)
+        return serving if self._pool is None else tuple(filter(self._pool, serving))
 
     def _policy_for(self, request: RoutingRequest) -> Policy:
         name = request.headers.get(STRATEGY_HEADER)

@@ -23,7 +23,7 @@ BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[PickerRuntime, grpc.aio.Channel]]:
     router = PickerRuntime(PickerConfig(workers=[WorkerSpec(url="127.0.0.1:8001", models=["m"])]))
-    server, port = create_server(router, "127.0.0.1", 0, 1 << 20)
+    server, port = create_server(router.routing, "127.0.0.1", 0, 1 << 20)
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     yield router, channel

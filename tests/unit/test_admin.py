@@ -61,7 +61,7 @@ async def test_health_is_liveness_only(admin: Admin) -> None:
     assert response.json() == {"status": "healthy", "active_requests": 0,
                                "max_concurrent_requests": None}
     admin.registry.add(WorkerSpec(url="a:1", models=["m"]))
-    lease = admin.runtime.route_sync(RoutingRequest(model="m", api=Api.CHAT))
+    lease = admin.runtime.routing.route_sync(RoutingRequest(model="m", api=Api.CHAT))
     assert (await admin.client.get("/health")).json()["active_requests"] == 1
     lease.release("completed")
     await admin.runtime.stop()  # drains
@@ -112,7 +112,7 @@ async def test_ready_follows_the_registry(admin: Admin) -> None:
 
 async def test_metrics_content_type_and_content(admin: Admin) -> None:
     admin.registry.add(WorkerSpec(url="a:1", id="a", models=["m"]))
-    admin.runtime.route_sync(RoutingRequest(model="m", api=Api.CHAT)).release("completed")
+    admin.runtime.routing.route_sync(RoutingRequest(model="m", api=Api.CHAT)).release("completed")
     response = await admin.client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"] == CONTENT_TYPE
@@ -255,7 +255,7 @@ async def test_patch_is_visible_in_the_next_decision(admin: Admin) -> None:
     request = RoutingRequest(model="m", api=Api.CHAT)
     picks = set()
     for _ in range(10):
-        lease = admin.runtime.route_sync(request)
+        lease = admin.runtime.routing.route_sync(request)
         picks.add(lease.worker.id)
         lease.release("completed")
     assert picks == {"b"}  # equal load: least_load prefers the higher priority
@@ -265,7 +265,7 @@ async def test_patch_is_visible_in_the_next_decision(admin: Admin) -> None:
 
 async def test_delete_drains_then_removes(admin: Admin) -> None:
     worker = admin.registry.add(WorkerSpec(url="a:1", id="a", models=["m"]))
-    lease = admin.runtime.route_sync(RoutingRequest(model="m", api=Api.CHAT))
+    lease = admin.runtime.routing.route_sync(RoutingRequest(model="m", api=Api.CHAT))
     timed_out = await admin.client.delete("/workers/a", params={"drain_timeout_secs": 0.1})
     assert timed_out.json()["drained"] is False
     assert admin.registry.get("a") is None
@@ -363,7 +363,7 @@ async def test_secrets_never_appear_in_responses_or_metrics(admin: Admin) -> Non
 
 async def test_metrics_show_live_worker_state(admin: Admin) -> None:
     admin.registry.add(WorkerSpec(url="a:1", id="a", models=["m"]))
-    admin.runtime.route_sync(RoutingRequest(model="m", api=Api.CHAT))
+    admin.runtime.routing.route_sync(RoutingRequest(model="m", api=Api.CHAT))
     text = (await admin.client.get("/metrics")).text
     samples = {(s.name, tuple(s.labels.items())): s.value
                for f in text_string_to_metric_families(text) for s in f.samples}

@@ -35,7 +35,7 @@ def client(r: PickerRuntime, token: str | None = None) -> httpx.AsyncClient:
 
 
 def route(r: PickerRuntime, request_id: str, model: str = "m") -> str:
-    lease = r.route_sync(RoutingRequest(model=model, api=Api.CHAT, prompt_text=PROMPT,
+    lease = r.routing.route_sync(RoutingRequest(model=model, api=Api.CHAT, prompt_text=PROMPT,
                                         headers={"x-request-id": request_id}))
     return lease.worker.id
 

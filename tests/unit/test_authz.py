@@ -26,14 +26,20 @@ PATH = "/v1/chat/completions"
 JSON = {"content-type": "application/json"}
 
 
+# Each checker's runtime, for reading the fleet the checker's Picker routes over.
+RUNTIME_OF: dict[Checker, PickerRuntime] = {}
+
+
 def checker(*urls: str, **settings: object) -> Checker:
     specs = [WorkerSpec(url=u, models=["m"]) for u in urls or ("http://10.0.0.1:8000",)]
     runtime = PickerRuntime(PickerConfig.model_validate({"workers": specs, **settings}))
-    return Checker(runtime, max_body_bytes=1024)
+    check = Checker(runtime.routing, max_body_bytes=1024)
+    RUNTIME_OF[check] = runtime
+    return check
 
 
 def in_flight(check: Checker) -> int:
-    return sum(w.in_flight for w in check._runtime.registry.workers())
+    return sum(w.in_flight for w in RUNTIME_OF[check].registry.workers())
 
 
 def log_entry(token: str, status: int = 200, client_gone: bool = False) -> pb.HTTPAccessLogEntry:
@@ -102,7 +108,7 @@ def test_an_access_log_entry_releases_its_lease_once(status: int, client_gone: b
     assert service.consume(batch(log_entry(token, status, client_gone))) == 1
     assert service.consume(batch(log_entry(token))) == 0  # a replay changes nothing
     assert in_flight(check) == 0
-    assert check._runtime.leases.outcomes == {outcome: 1}
+    assert RUNTIME_OF[check].leases.outcomes == {outcome: 1}
 
 
 def test_unknown_and_missing_tokens_are_ignored() -> None:
@@ -184,7 +190,7 @@ async def test_http_answers_the_model_list_sent_straight_to_it() -> None:
 def test_a_health_probe_is_allowed_to_a_routable_worker_without_a_lease() -> None:
     """Issue 31 item 11 (picker.routing.gateway_probes), as in ext_proc mode."""
     check = checker("http://10.0.0.1:8000", "http://10.0.0.2:8000")
-    registry = check._runtime.registry  # noqa: SLF001 - the test sets a worker's health
+    registry = RUNTIME_OF[check].registry  # the test sets a worker's health
     registry.set_healthy(registry.workers()[0], False)
     answer = check.check("/health", {":method": "GET"}, b"")
     headers = dict(answer.headers)

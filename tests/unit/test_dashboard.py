@@ -26,10 +26,10 @@ def exported_samples() -> set[str]:
         "policy": "prefix_cache", "prefix": {"enabled": True},
         "limits": {"max_concurrent_requests": 8}}))
     request = RoutingRequest(model="m", api=Api.CHAT, prompt_text="shared system prompt " * 20)
-    r.route_sync(request).release("completed")
-    r.route_sync(request).release("completed")
+    r.routing.route_sync(request).release("completed")
+    r.routing.route_sync(request).release("completed")
     r.metrics.tokenizer_fallbacks.inc(0)
-    r.reject(Overloaded("full", retry_after=1))
+    r.routing.reject(Overloaded("full", retry_after=1))
     text = r.metrics.render().decode()
     return {s.name for family in text_string_to_metric_families(text) for s in family.samples}
 

@@ -37,20 +37,20 @@ def test_forced_imbalance_shows_the_passed_over_worker_and_why() -> None:
     """w0 holds the prompt, but it carries 20 requests and the others none: prefix_cache (its
     imbalance rule, 16) goes to an idle worker, and the record says so."""
     r = runtime()
-    first = r.route_sync(chat())
+    first = r.routing.route_sync(chat())
     hot = first.worker.id  # it now holds the prompt
     first.release("completed")
-    held = [r.route_sync(chat(f"unrelated {i} " * 40)) for i in range(60)]
+    held = [r.routing.route_sync(chat(f"unrelated {i} " * 40)) for i in range(60)]
     for lease in held:
         if lease.worker.id != hot:
             lease.release("completed")  # leave only the hot worker loaded
     load = {w.id: w.in_flight for w in r.registry.workers()}
     assert load[hot] > 16 and sum(load.values()) == load[hot], load
-    lease = r.route_sync(chat(**{"x-request-id": "req-1"}))
+    lease = r.routing.route_sync(chat(**{"x-request-id": "req-1"}))
     assert lease.worker.id != hot
     decision = lease.choice.decision
-    assert decision is not None and r.router.decisions is not None
-    assert r.router.decisions.find("req-1") is decision
+    assert decision is not None and r.decisions is not None
+    assert r.decisions.find("req-1") is decision
     record = decision.to_dict()
     assert record["reason"] == "load-over-prefix"
     by_worker = {c["worker"]: c for c in record["candidates"]}
@@ -63,8 +63,8 @@ def test_forced_imbalance_shows_the_passed_over_worker_and_why() -> None:
 
 def test_best_prefix_reason_and_header_line() -> None:
     r = runtime()
-    r.route_sync(chat()).release("completed")
-    lease = r.route_sync(chat(**{EXPLAIN_HEADER: "1"}))
+    r.routing.route_sync(chat()).release("completed")
+    lease = r.routing.route_sync(chat(**{EXPLAIN_HEADER: "1"}))
     decision = lease.choice.decision
     assert decision is not None and decision.reason == "best-prefix"
     assert decision.header_line() == f"policy=prefix_cache; worker={lease.worker.id}; " \
@@ -85,7 +85,7 @@ def test_filtered_workers_are_listed_with_their_reason(how: str, reason: str) ->
     else:
         for _ in range(3):
             r.registry.record_outcome(worker, False)
-    decision = r.route_sync(chat()).choice.decision
+    decision = r.routing.route_sync(chat()).choice.decision
     assert decision is not None
     assert ("w1", reason) in [(w, e.value) for w, e in decision.excluded()]
     assert "w1" not in [c["worker"] for c in decision.to_dict()["candidates"]]
@@ -93,21 +93,21 @@ def test_filtered_workers_are_listed_with_their_reason(how: str, reason: str) ->
 
 def test_not_allowed_and_cap_reached_and_refusals_are_recorded() -> None:
     r = runtime("least_load", limits={"per_worker_max": 1})
-    lease = r.route_sync(chat(), allowed={"w0", "w1"})
+    lease = r.routing.route_sync(chat(), allowed={"w0", "w1"})
     decision = lease.choice.decision
     assert decision is not None and ("w2", "not_allowed") in decision.excluded()
-    r.route_sync(chat(), allowed={"w0", "w1"})
+    r.routing.route_sync(chat(), allowed={"w0", "w1"})
     with pytest.raises(Overloaded):
-        r.route_sync(chat(**{"x-request-id": "refused-1"}), allowed={"w0", "w1"})
-    assert r.router.decisions is not None
-    refused = r.router.decisions.find("refused-1")
+        r.routing.route_sync(chat(**{"x-request-id": "refused-1"}), allowed={"w0", "w1"})
+    assert r.decisions is not None
+    refused = r.decisions.find("refused-1")
     assert refused is not None and refused.winner is None
     record = refused.to_dict()
     assert record["error"] == "overloaded" and record["reason"] == "overloaded"
     assert {(e["worker"], e["reason"]) for e in record["excluded"]} >= {
         ("w0", "cap_reached"), ("w1", "cap_reached"), ("w2", "not_allowed")}
     with pytest.raises(NoHealthyWorker):
-        r.route_sync(chat(), allowed=set())
+        r.routing.route_sync(chat(), allowed=set())
 
 
 def test_weighted_records_each_scorers_score() -> None:
@@ -116,8 +116,8 @@ def test_weighted_records_each_scorers_score() -> None:
                         for i in range(2)],
             "policy": {"name": "weighted", "params": {"scorers": {"in_flight": 2, "prefix": 1}}},
             "prefix": {"enabled": True}, "explain": {"enabled": True}}))
-    held = r.route_sync(chat("x" * 300))
-    decision = r.route_sync(chat()).choice.decision
+    held = r.routing.route_sync(chat("x" * 300))
+    decision = r.routing.route_sync(chat()).choice.decision
     assert decision is not None and decision.reason == "best-score"
     record = decision.to_dict()
     scores = {c["worker"]: c["scores"] for c in record["candidates"]}
@@ -129,10 +129,10 @@ def test_weighted_records_each_scorers_score() -> None:
 
 def test_ring_buffer_stays_bounded_under_10k_decisions() -> None:
     r = runtime("round_robin", explain={"enabled": True, "capacity": 500})
-    log = r.router.decisions
+    log = r.decisions
     assert log is not None
     for i in range(10_000):
-        r.route_sync(chat(f"prompt {i} " * 30, **{"x-request-id": f"r{i}"})).release(
+        r.routing.route_sync(chat(f"prompt {i} " * 30, **{"x-request-id": f"r{i}"})).release(
             "completed")
         assert len(log) <= 500
     assert len(log) == 500
@@ -148,9 +148,9 @@ def test_records_and_header_hold_no_prompt_text_or_secret() -> None:
     r = runtime(explain={"enabled": True, "allow_header": True})
     leases: list[Lease] = []
     for _ in range(3):
-        leases.append(r.route_sync(chat(**{EXPLAIN_HEADER: "1"})))
-    assert r.router.decisions is not None
-    dumped = json.dumps([d.to_dict() for d in r.router.decisions.recent(100)])
+        leases.append(r.routing.route_sync(chat(**{EXPLAIN_HEADER: "1"})))
+    assert r.decisions is not None
+    dumped = json.dumps([d.to_dict() for d in r.decisions.recent(100)])
     lines = [explain_line(r.config.explain, {EXPLAIN_HEADER: "1"}, lease.choice.decision)
              for lease in leases]
     for text in (dumped, *map(str, lines)):
@@ -169,7 +169,7 @@ def test_explain_header_only_when_allowed_and_asked(settings: dict[str, object],
                                                     asked: str | None, expected: bool) -> None:
     r = runtime(explain=settings)
     headers = {} if asked is None else {EXPLAIN_HEADER: asked}
-    lease = r.route_sync(chat(**headers))
+    lease = r.routing.route_sync(chat(**headers))
     line = explain_line(r.config.explain, headers, lease.choice.decision)
     assert (line is not None) is expected
     if expected:
@@ -188,8 +188,8 @@ def test_header_line_cannot_be_split_by_a_worker_id() -> None:
 
 def test_explain_off_records_nothing() -> None:
     r = runtime(explain={"enabled": False})
-    lease = r.route_sync(chat())
-    assert r.router.decisions is None and lease.choice.decision is None
+    lease = r.routing.route_sync(chat())
+    assert r.decisions is None and lease.choice.decision is None
     assert lease.choice.policy == "prefix_cache" and lease.choice.match == 0.0
 
 
@@ -209,7 +209,7 @@ async def test_a_pair_decision_names_the_other_role_as_such() -> None:
             {"url": "d:1", "id": "d", "models": ["m"], "worker_type": "decode",
              "kv_connector": "llm-d"},
             {"url": "o:1", "id": "o", "models": ["other-model"]}]}))
-    lease = await r.route(RoutingRequest(model="m", api=Api.CHAT))
+    lease = await r.routing.route(RoutingRequest(model="m", api=Api.CHAT))
     decision = lease.choice.decision
     assert decision is not None and lease.worker.id == "d"
     assert sorted(decision.excluded()) == [("o", "other_model"), ("p", "other_role")]

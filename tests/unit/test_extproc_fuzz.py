@@ -50,7 +50,7 @@ def _parse_or_empty(raw: bytes) -> pb.ProcessingRequest:
 @given(st.lists(messages, max_size=8), st.booleans())
 def test_random_message_sequences(sequence: list[pb.ProcessingRequest], cancelled: bool) -> None:
     router = make_router("127.0.0.1:8001")
-    stream = RequestStream(router, max_body_bytes=256)
+    stream = RequestStream(router.routing, max_body_bytes=256)
     for message in sequence:
         for response in stream.handle(message):
             assert response.WhichOneof("response") is not None
@@ -66,7 +66,7 @@ def test_random_message_sequences(sequence: list[pb.ProcessingRequest], cancelle
 def test_after_a_real_pick_any_noise_still_releases_once(
         duplex: bool, noise: list[pb.ProcessingRequest], cancelled: bool) -> None:
     router = make_router("127.0.0.1:8001")
-    stream = RequestStream(router, max_body_bytes=1 << 16)
+    stream = RequestStream(router.routing, max_body_bytes=1 << 16)
     stream.handle(headers_msg(duplex=duplex))
     stream.handle(body_msg(GOOD, True))
     assert stream.lease is not None and router.leases.active == 1

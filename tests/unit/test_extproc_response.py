@@ -51,7 +51,9 @@ def response_body(chunk: bytes, end_of_stream: bool) -> pb.ProcessingRequest:
 
 
 def routed(runtime: PickerRuntime, **kwargs: object) -> tuple[RequestStream, pb.ProcessingResponse]:
-    stream = RequestStream(runtime, 1 << 20)
+    extproc = runtime.config.extproc  # the settings `serve` hands its streams
+    stream = RequestStream(runtime.routing, 1 << 20, fallbacks=extproc.fallbacks,
+                           conformance=extproc.conformance)
     assert stream.handle(duplex_both_ways(**kwargs)) == []  # type: ignore[arg-type]
     responses = stream.handle(body_msg(BODY, True))
     return stream, responses[0]
@@ -132,7 +134,7 @@ def test_bodiless_response_ends_at_its_headers() -> None:
 
 def test_buffered_response_mode_is_acknowledged_without_a_mutation() -> None:
     runtime = make_router(A)
-    stream = RequestStream(runtime, 1 << 20)
+    stream = RequestStream(runtime.routing, 1 << 20)
     msg = headers_msg(duplex=False)
     msg.protocol_config.response_body_mode = pb.BUFFERED
     stream.handle(msg)
@@ -156,7 +158,7 @@ def test_subset_hint_restricts_the_candidates() -> None:
 @pytest.mark.parametrize("subset", [[], ["10.0.0.9:8000"]])
 def test_empty_or_foreign_subset_is_503(subset: list[str]) -> None:
     runtime = make_router(A, B)
-    stream = RequestStream(runtime, 1 << 20)
+    stream = RequestStream(runtime.routing, 1 << 20)
     stream.handle(duplex_both_ways(metadata={codec.SUBSET_NAMESPACE: {codec.SUBSET_KEY: subset}}))
     (reply,) = stream.handle(body_msg(BODY, True))
     assert reply.immediate_response.status.code == 503
@@ -249,7 +251,7 @@ def test_subset_hint_matches_by_address_as_the_reference_picker(
     runtime = runtime_of(*(WorkerSpec(url=u, id=f"w{i}", models=["m"])
                            for i, u in enumerate(workers)))
     assert SubsetMatcher().allowed(runtime.registry.workers(), hint) == expected
-    stream = RequestStream(runtime, 1 << 20)
+    stream = RequestStream(runtime.routing, 1 << 20)
     stream.handle(duplex_both_ways(metadata={codec.SUBSET_NAMESPACE: {codec.SUBSET_KEY: hint}}))
     (reply, *_) = stream.handle(body_msg(BODY, True))
     assert (reply.immediate_response.status.code == 503) == (not expected)

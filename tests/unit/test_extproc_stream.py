@@ -61,7 +61,7 @@ def set_headers(mutation: pb.HeaderMutation) -> dict[str, str]:
 
 def test_duplex_routes_once_body_is_complete_and_returns_body_unchanged() -> None:
     router = make_router("127.0.0.1:8001")
-    stream = RequestStream(router, 1 << 20)
+    stream = RequestStream(router.routing, 1 << 20)
     assert stream.handle(headers_msg()) == []
     assert stream.handle(body_msg(BODY[:10], False)) == []
     headers, body = stream.handle(body_msg(BODY[10:], True))
@@ -83,7 +83,7 @@ def test_duplex_routes_once_body_is_complete_and_returns_body_unchanged() -> Non
 @pytest.mark.parametrize("split", [1, 7, len(BODY) - 1])
 def test_duplex_body_split_anywhere_routes_the_same(split: int) -> None:
     router = make_router("127.0.0.1:8001")
-    stream = RequestStream(router, 1 << 20)
+    stream = RequestStream(router.routing, 1 << 20)
     stream.handle(headers_msg())
     stream.handle(body_msg(BODY[:split], False))
     responses = stream.handle(body_msg(BODY[split:], True))
@@ -92,7 +92,7 @@ def test_duplex_body_split_anywhere_routes_the_same(split: int) -> None:
 
 def test_buffered_answers_headers_at_once_and_routes_on_body() -> None:
     router = make_router("127.0.0.1:8001")
-    stream = RequestStream(router, 1 << 20)
+    stream = RequestStream(router.routing, 1 << 20)
     (first,) = stream.handle(headers_msg(duplex=False))
     removed = first.request_headers.response.header_mutation.remove_headers
     assert list(removed) == list(control_headers.STRIPPED)
@@ -107,7 +107,7 @@ def test_buffered_answers_headers_at_once_and_routes_on_body() -> None:
 
 def test_client_destination_header_is_overwritten_not_honoured() -> None:
     router = make_router("127.0.0.1:8001")
-    stream = RequestStream(router, 1 << 20)
+    stream = RequestStream(router.routing, 1 << 20)
     stream.handle(headers_msg(extra={codec.DESTINATION_HEADER: "10.9.9.9:22"}))
     headers, _ = stream.handle(body_msg(BODY, True))
     mutation = headers.request_headers.response.header_mutation
@@ -129,7 +129,7 @@ def test_bad_requests_become_immediate_json_errors(
     path: str, body: bytes, status: int, code: str
 ) -> None:
     router = make_router("127.0.0.1:8001")
-    stream = RequestStream(router, 1 << 20)
+    stream = RequestStream(router.routing, 1 << 20)
     stream.handle(headers_msg(path=path))
     (response,) = stream.handle(body_msg(body, True))
     immediate = response.immediate_response
@@ -144,7 +144,7 @@ def test_bad_requests_become_immediate_json_errors(
 def test_no_healthy_worker_is_503() -> None:
     router = make_router("127.0.0.1:8001")
     router.registry.set_healthy(router.registry.workers()[0], False)
-    stream = RequestStream(router, 1 << 20)
+    stream = RequestStream(router.routing, 1 << 20)
     stream.handle(headers_msg())
     (response,) = stream.handle(body_msg(BODY, True))
     assert response.immediate_response.status.code == 503
@@ -152,7 +152,7 @@ def test_no_healthy_worker_is_503() -> None:
 
 def test_body_over_limit_is_413_before_buffering_more() -> None:
     router = make_router("127.0.0.1:8001")
-    stream = RequestStream(router, 100)
+    stream = RequestStream(router.routing, 100)
     stream.handle(headers_msg())
     assert stream.handle(body_msg(b"x" * 60, False)) == []
     (response,) = stream.handle(body_msg(b"x" * 60, False))
@@ -161,7 +161,7 @@ def test_body_over_limit_is_413_before_buffering_more() -> None:
 
 
 def test_headers_without_body_is_a_clear_400() -> None:
-    stream = RequestStream(make_router("127.0.0.1:8001"), 1 << 20)
+    stream = RequestStream(make_router("127.0.0.1:8001").routing, 1 << 20)
     (response,) = stream.handle(headers_msg(end_of_stream=True))
     assert response.immediate_response.status.code == 400
 
@@ -169,7 +169,7 @@ def test_headers_without_body_is_a_clear_400() -> None:
 @pytest.mark.parametrize("cancelled", [False, True])
 def test_close_releases_the_slot_exactly_once(cancelled: bool) -> None:
     router = make_router("127.0.0.1:8001")
-    stream = RequestStream(router, 1 << 20)
+    stream = RequestStream(router.routing, 1 << 20)
     stream.handle(headers_msg())
     stream.handle(body_msg(BODY, True))
     stream.close(cancelled)
@@ -182,7 +182,7 @@ def test_close_releases_the_slot_exactly_once(cancelled: bool) -> None:
 
 def test_upstream_5xx_seen_in_response_headers_is_the_outcome() -> None:
     router = make_router("127.0.0.1:8001")
-    stream = RequestStream(router, 1 << 20)
+    stream = RequestStream(router.routing, 1 << 20)
     stream.handle(headers_msg())
     stream.handle(body_msg(BODY, True))
     msg = pb.ProcessingRequest()
@@ -196,7 +196,7 @@ def test_upstream_5xx_seen_in_response_headers_is_the_outcome() -> None:
 
 def test_trailers_after_duplex_body_route_and_are_acknowledged() -> None:
     router = make_router("127.0.0.1:8001")
-    stream = RequestStream(router, 1 << 20)
+    stream = RequestStream(router.routing, 1 << 20)
     stream.handle(headers_msg())
     assert stream.handle(body_msg(BODY, False)) == []
     trailers = pb.ProcessingRequest()
@@ -213,7 +213,7 @@ def test_trailers_after_duplex_body_route_and_are_acknowledged() -> None:
 )
 def test_messages_out_of_order_get_a_local_reply_not_a_crash(first: pb.ProcessingRequest) -> None:
     router = make_router("127.0.0.1:8001")
-    stream = RequestStream(router, 1 << 20)
+    stream = RequestStream(router.routing, 1 << 20)
     (response,) = stream.handle(first)
     assert response.immediate_response.status.code == 400
     stream.close(cancelled=False)
@@ -224,7 +224,7 @@ def test_streamed_body_mode_is_refused_with_a_clear_500() -> None:
     """STREAMED answers headers before the body exists, so a body-based pick cannot route."""
     msg = headers_msg()
     msg.protocol_config.request_body_mode = pb.STREAMED
-    (response,) = RequestStream(make_router("127.0.0.1:8001"), 1 << 20).handle(msg)
+    (response,) = RequestStream(make_router("127.0.0.1:8001").routing, 1 << 20).handle(msg)
     assert response.immediate_response.status.code == 500
     assert b"request_body_mode" in response.immediate_response.body
 
@@ -232,30 +232,30 @@ def test_streamed_body_mode_is_refused_with_a_clear_500() -> None:
 @pytest.mark.parametrize("duplex", [True, False])
 def test_dp_rank_header_set_for_rank_workers_and_client_copy_removed(duplex: bool) -> None:
     router = runtime_of(WorkerSpec(url="http://127.0.0.1:8001@3", dp_size=4, models=["m"]))
-    stream = RequestStream(router, 1 << 20)
-    first = stream.handle(headers_msg(duplex=duplex, extra={codec.DP_RANK_HEADER: "0"}))
+    stream = RequestStream(router.routing, 1 << 20)
+    first = stream.handle(headers_msg(duplex=duplex, extra={control_headers.DP_RANK: "0"}))
     responses = stream.handle(body_msg(BODY, True))
     routed = responses[0]
     common = routed.request_headers.response if duplex else routed.request_body.response
-    assert set_headers(common.header_mutation)[codec.DP_RANK_HEADER] == "3"
+    assert set_headers(common.header_mutation)[control_headers.DP_RANK] == "3"
     assert set_headers(common.header_mutation)[codec.DESTINATION_HEADER] == "127.0.0.1:8001"
     if not duplex:
         removed = first[0].request_headers.response.header_mutation.remove_headers
-        assert codec.DP_RANK_HEADER in removed
+        assert control_headers.DP_RANK in removed
 
 
 def test_non_rank_worker_strips_a_client_rank_header() -> None:
-    stream = RequestStream(make_router("127.0.0.1:8001"), 1 << 20)
-    stream.handle(headers_msg(extra={codec.DP_RANK_HEADER: "1"}))
+    stream = RequestStream(make_router("127.0.0.1:8001").routing, 1 << 20)
+    stream.handle(headers_msg(extra={control_headers.DP_RANK: "1"}))
     headers, _ = stream.handle(body_msg(BODY, True))
     mutation = headers.request_headers.response.header_mutation
-    assert codec.DP_RANK_HEADER not in set_headers(mutation)
-    assert codec.DP_RANK_HEADER in mutation.remove_headers
+    assert control_headers.DP_RANK not in set_headers(mutation)
+    assert control_headers.DP_RANK in mutation.remove_headers
 
 
 def test_worker_api_key_is_set_on_the_routed_request() -> None:
     router = runtime_of(WorkerSpec(url="127.0.0.1:8001", models=["m"], api_key="sk-w"))
-    stream = RequestStream(router, 1 << 20)
+    stream = RequestStream(router.routing, 1 << 20)
     stream.handle(headers_msg(duplex=False, extra={"authorization": "Bearer client-key"}))
     (routed,) = stream.handle(body_msg(BODY, True))
     assert set_headers(routed.request_body.response.header_mutation)["authorization"] == \
@@ -270,7 +270,7 @@ async def test_remote_tokenizer_makes_routing_an_awaited_step() -> None:
             WorkerSpec(url="127.0.0.1:8001", models=["m"]), policy="prefix_cache",
             prefix={"enabled": True, "block_size": 2,
                     "tokenizer": {"kind": "remote", "endpoint": url}})
-        stream = RequestStream(router, 1 << 20)
+        stream = RequestStream(router.routing, 1 << 20)
         stream.handle(headers_msg(duplex=False))
         assert stream.handle(body_msg(BODY, True)) == [] and stream.pending
         (routed,) = await stream.finish()
@@ -311,7 +311,7 @@ def test_duplex_echoes_a_large_body_in_chunks_of_at_most_62000_bytes(
 def test_duplex_stream_answers_a_megabyte_body_in_chunks() -> None:
     big = json.dumps({"model": "m", "messages": [{"role": "user",
                                                     "content": "x" * 1_200_000}]}).encode()
-    stream = RequestStream(make_router("127.0.0.1:8001"), 1 << 22)
+    stream = RequestStream(make_router("127.0.0.1:8001").routing, 1 << 22)
     stream.handle(headers_msg())
     responses = stream.handle(body_msg(big, True))
     bodies = _streamed(responses[1:], request=True)
@@ -330,7 +330,7 @@ def test_a_health_probe_goes_to_a_routable_worker_without_a_lease(method: str) -
     requests to a random endpoint; the picker does for health probes, to a routable one."""
     runtime = make_router("127.0.0.1:8001", "127.0.0.1:8002")
     runtime.registry.set_healthy(runtime.registry.workers()[0], False)
-    stream = RequestStream(runtime, 1 << 20)
+    stream = RequestStream(runtime.routing, 1 << 20)
     (routed,) = stream.handle(_probe_msg(method))
     mutation = routed.request_headers.response.header_mutation
     assert set_headers(mutation) == {codec.DESTINATION_HEADER: "127.0.0.1:8002"}
@@ -340,13 +340,13 @@ def test_a_health_probe_goes_to_a_routable_worker_without_a_lease(method: str) -
 def test_a_health_probe_with_no_routable_worker_is_503() -> None:
     runtime = make_router("127.0.0.1:8001")
     runtime.registry.set_healthy(runtime.registry.workers()[0], False)
-    (reply,) = RequestStream(runtime, 1 << 20).handle(_probe_msg())
+    (reply,) = RequestStream(runtime.routing, 1 << 20).handle(_probe_msg())
     assert reply.immediate_response.status.code == 503
 
 
 def test_other_bodiless_requests_keep_their_clear_errors() -> None:
     runtime = make_router("127.0.0.1:8001")
-    (post,) = RequestStream(runtime, 1 << 20).handle(_probe_msg("POST", "/health"))
-    (metrics,) = RequestStream(runtime, 1 << 20).handle(_probe_msg("GET", "/metrics"))
+    (post,) = RequestStream(runtime.routing, 1 << 20).handle(_probe_msg("POST", "/health"))
+    (metrics,) = RequestStream(runtime.routing, 1 << 20).handle(_probe_msg("GET", "/metrics"))
     assert post.immediate_response.status.code == 404
     assert metrics.immediate_response.status.code == 404

@@ -93,12 +93,13 @@ async def test_reload_of_a_dp_worker_expands_its_ranks_like_post(
 
 
 async def test_a_dp_worker_declared_at_start_up_is_expanded(tmp_path: Path) -> None:
-    """The runtime registers the file's specs as written; claiming them expands the ranks."""
+    """The runtime registers the file's specs one worker per rank, as a POST does (it used to
+    register them as written until the file's first reload); claiming them keeps the ranks."""
     path = tmp_path / "picker.yaml"
     path.write_text(yaml.safe_dump({"workers": [
         {"url": "http://127.0.0.1:1", "id": "e", "models": ["m"], "dp_size": 3}]}))
     p = Picker(path)
-    assert p.ids() == ["e"]
+    assert p.ids() == ["e@0", "e@1", "e@2"]
     await p.manager.start()
     await p.reloader.start()
     assert p.ids() == ["e@0", "e@1", "e@2"]
@@ -109,7 +110,7 @@ async def test_a_dp_worker_declared_at_start_up_is_expanded(tmp_path: Path) -> N
 async def test_a_worker_whose_id_changes_is_drained_not_dropped(picker: Picker) -> None:
     old = picker.router.registry.get("a")
     assert old is not None
-    lease = picker.router.route_sync(CHAT)
+    lease = picker.router.routing.route_sync(CHAT)
     assert lease.worker is old
     picker.write([{"url": "http://127.0.0.1:1", "id": "renamed", "models": ["m"]}])
     reload = asyncio.create_task(picker.reloader.reload())

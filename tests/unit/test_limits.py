@@ -27,20 +27,20 @@ def router(workers: int = 2, **limits: float) -> PickerRuntime:
 
 def test_global_limit_refuses_with_retry_after_and_recovers() -> None:
     r = router(max_concurrent_requests=2, retry_after_secs=3)
-    leases = [r.route_sync(REQ), r.route_sync(REQ)]
+    leases = [r.routing.route_sync(REQ), r.routing.route_sync(REQ)]
     with pytest.raises(Overloaded) as caught:
-        r.route_sync(REQ)
+        r.routing.route_sync(REQ)
     assert caught.value.status == 429 and caught.value.headers() == {"retry-after": "3"}
     leases[0].release("completed")
-    r.route_sync(REQ)
+    r.routing.route_sync(REQ)
     assert r.leases.active == 2
 
 
 def test_per_worker_cap() -> None:
     r = router(per_worker_max=1)
-    r.route_sync(REQ), r.route_sync(REQ)
+    r.routing.route_sync(REQ), r.routing.route_sync(REQ)
     with pytest.raises(Overloaded, match="per|limit"):
-        r.route_sync(REQ)
+        r.routing.route_sync(REQ)
     assert r.leases.active == 2  # the refused pick gave its admission slot back
 
 
@@ -63,7 +63,7 @@ async def test_queue_waits_for_a_release_then_times_out() -> None:
 
 def test_expire_releases_leases_whose_end_never_came() -> None:
     r = router(timeout_secs=10)
-    lease = r.route_sync(REQ)
+    lease = r.routing.route_sync(REQ)
     assert r.leases.expire(now=lease.started + 5) == 0
     assert r.leases.expire(now=lease.started + 11) == 1
     assert not lease.open and r.leases.active == 0
@@ -79,7 +79,7 @@ def test_thousands_of_mixed_outcomes_leave_every_counter_at_zero() -> None:
     refused = 0
     for _ in range(5000):
         try:
-            leases.append(r.route_sync(REQ))
+            leases.append(r.routing.route_sync(REQ))
         except Overloaded:
             refused += 1
             victim = leases.pop(rng.randrange(len(leases)))

@@ -124,18 +124,35 @@ DECODE = {"url": "d:1", "id": "d", "worker_type": "decode"}
 
 
 async def test_a_model_with_only_regular_workers_goes_regular() -> None:
-    lease = await runtime(REGULAR).route(REQ)
+    lease = await runtime(REGULAR).routing.route(REQ)
     assert lease.worker.id == "r" and lease.prefill is None and lease.forward is None
 
 
 async def test_an_incomplete_pd_set_falls_back_to_regular() -> None:
-    lease = await runtime(REGULAR, DECODE).route(REQ)
+    lease = await runtime(REGULAR, DECODE).routing.route(REQ)
     assert lease.worker.id == "r" and lease.prefill is None
+
+
+async def test_a_regular_requests_fallbacks_are_regular_workers_only() -> None:
+    """Issue 34: the fallbacks came from the default router (every worker), not from the
+    regular router that chose, so Envoy could retry a regular request on a decode engine."""
+    other = {"url": "r2:1", "id": "r2"}
+    lease = await runtime(REGULAR, other, DECODE).routing.route(REQ, fallbacks=3)
+    assert {lease.worker.id, *(w.id for w in lease.fallbacks)} == {"r", "r2"}
+    assert "d:1" not in lease.destination
+
+
+async def test_a_pair_has_no_fallbacks() -> None:
+    """A pair is bound to its decode worker: nothing else can take its request over."""
+    lease = await runtime(PREFILL, DECODE, {"url": "d2:1", "id": "d2",
+                                            "worker_type": "decode"}).routing.route(
+        REQ, fallbacks=2)
+    assert lease.prefill is not None and lease.fallbacks == ()
 
 
 async def test_a_complete_pd_set_is_preferred_and_holds_both_slots() -> None:
     r = runtime(REGULAR, PREFILL, DECODE)
-    lease = await r.route(REQ)
+    lease = await r.routing.route(REQ)
     assert (lease.worker.id, lease.prefill and lease.prefill.id) == ("d", "p")
     assert lease.forward is not None and lease.forward.headers == ((PREFILLER_HEADER, "p:1"),)
     assert {w.id: w.in_flight for w in r.registry.workers()} == {"r": 0, "p": 1, "d": 1}
@@ -148,7 +165,7 @@ async def test_a_failed_pair_is_the_decode_engines_failure() -> None:
     must not open the circuit of the healthy prefill it was paired with."""
     r = runtime(PREFILL, DECODE)
     for _ in range(3):  # circuit.failure_threshold
-        (await r.route(REQ)).release("upstream_error")
+        (await r.routing.route(REQ)).release("upstream_error")
     circuits = {w.id: w.circuit.state.value for w in r.registry.workers()}
     assert circuits == {"p": "closed", "d": "open"}
 
@@ -156,30 +173,30 @@ async def test_a_failed_pair_is_the_decode_engines_failure() -> None:
 async def test_an_unhealthy_prefill_breaks_the_pair() -> None:
     r = runtime(REGULAR, PREFILL, DECODE)
     r.registry.set_healthy(r.registry.get("p"), False)  # type: ignore[arg-type]
-    assert (await r.route(REQ)).worker.id == "r"
+    assert (await r.routing.route(REQ)).worker.id == "r"
 
 
 async def test_no_regular_and_no_complete_pair_is_a_503_naming_what_is_missing() -> None:
     r = runtime(DECODE)
     with pytest.raises(NoHealthyWorker) as caught:
-        await r.route(REQ)
+        await r.routing.route(REQ)
     assert "'m'" in caught.value.message and "prefill: 0 routable of 0" in caught.value.message
     assert r.leases.active == 0
     with pytest.raises(ModelNotFound):
-        await r.route(RoutingRequest(model="other", api=Api.CHAT))
+        await r.routing.route(RoutingRequest(model="other", api=Api.CHAT))
 
 
 async def test_grpc_only_models_are_named_as_such() -> None:
     r = runtime({**REGULAR, "url": "grpc://r:1", "connection_mode": "grpc"})
     with pytest.raises(NoHealthyWorker, match="only over grpc"):
-        await r.route(REQ)
+        await r.routing.route(REQ)
 
 
 def test_igw_off_keeps_one_router_over_every_worker() -> None:
     r = PickerRuntime(PickerConfig.model_validate({"workers": [
         {**DECODE, "models": ["m"]}, {**PREFILL, "models": ["m"]}]}))
     assert [v["router"] for v in r.routers.describe()] == ["http-regular"]
-    assert r.route_sync(REQ).prefill is None
+    assert r.routing.route_sync(REQ).prefill is None
 
 
 def test_pd_policies_are_checked_at_start_up() -> None:
@@ -212,7 +229,7 @@ async def test_a_client_gone_during_the_prefill_step_leaks_no_slot() -> None:
         r = PickerRuntime(PickerConfig.model_validate({"enable_igw": True, "workers": [
             {"url": f"127.0.0.1:{port}", "id": "p", "models": ["m"], "worker_type": "prefill"},
             {"url": "d:1", "id": "d", "models": ["m"], "worker_type": "decode"}]}))
-        routing = asyncio.create_task(r.route(RoutingRequest(
+        routing = asyncio.create_task(r.routing.route(RoutingRequest(
             model="m", api=Api.CHAT, body={"model": "m", "messages": []})))
         await asyncio.sleep(0.3)
         assert r.leases.active == 1

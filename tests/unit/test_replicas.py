@@ -189,9 +189,11 @@ SETTINGS = PrefixSettings(enabled=True, block_size=16, autotune_capacity=False)
 def test_recorded_picks_are_published_and_peers_apply_without_republishing() -> None:
     fleet = [worker("a"), worker("b")]
     published: list[Pick] = []
-    deciding = PrefixProducer(SETTINGS, publish=lambda *pick: published.append(Pick(*pick)))
+    deciding = PrefixProducer(SETTINGS)
+    deciding.publish_to(lambda *pick: published.append(Pick(*pick)))
     echoed: list[Pick] = []
-    peer = PrefixProducer(SETTINGS, publish=lambda *pick: echoed.append(Pick(*pick)))
+    peer = PrefixProducer(SETTINGS)
+    peer.publish_to(lambda *pick: echoed.append(Pick(*pick)))
     routed(deciding, SYSTEM + "first question", fleet[1], fleet)
     (pick,) = published
     assert pick.worker == "b" and pick.units == len(SYSTEM + "first question")

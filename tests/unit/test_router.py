@@ -89,7 +89,7 @@ def fleet(n: int, **fields: object) -> list[WorkerSpec]:
 
 def test_pick_takes_a_slot_and_release_counts_once() -> None:
     r = router(WorkerSpec(url="a:1", id="a", models=["m"]))
-    lease = r.route_sync(req())
+    lease = r.routing.route_sync(req())
     assert lease.worker is r.registry.get("a")
     assert lease.worker.in_flight == 1 and lease.open and r.leases.active == 1
     assert r.registry.stats()["total_load"] == 1
@@ -117,7 +117,7 @@ def test_a_lease_brings_its_uncached_prompt_to_the_prefill_backlog(prompt: str,
     r = router(WorkerSpec(url="a:1", id="w"))
     worker = r.registry.workers()[0]
     r.registry.observe(worker, Observation(prompt_tokens=1000, cached_tokens=0, ttft_secs=1.0))
-    lease = r.route_sync(RoutingRequest(model="m", api=Api.CHAT, prompt_text=prompt))
+    lease = r.routing.route_sync(RoutingRequest(model="m", api=Api.CHAT, prompt_text=prompt))
     assert lease.choice.uncached_tokens == ahead
     assert worker.prefill_ahead(time.monotonic()) == pytest.approx(ahead, abs=5.0)
     lease.release("completed")
@@ -132,7 +132,7 @@ def test_a_released_lease_takes_its_prompt_out_of_the_prefill_backlog() -> None:
     worker = r.registry.workers()[0]
     r.registry.observe(worker, Observation(prompt_tokens=1000, cached_tokens=0,
                                            ttft_secs=100.0))  # 10 tokens/s
-    leases = [r.route_sync(RoutingRequest(model="m", api=Api.CHAT, prompt_text="x" * 4000))
+    leases = [r.routing.route_sync(RoutingRequest(model="m", api=Api.CHAT, prompt_text="x" * 4000))
               for _ in range(2)]
     assert worker.prefill_ahead(time.monotonic()) == pytest.approx(2000.0, abs=5.0)
     leases[0].release("completed")
@@ -159,7 +159,7 @@ def test_a_pairs_decode_worker_has_no_prefill_to_do() -> None:
 
 def test_held_leases_add_up_and_release_to_zero() -> None:
     r = router(*fleet(3))
-    leases = [r.route_sync(req()) for _ in range(9)]
+    leases = [r.routing.route_sync(req()) for _ in range(9)]
     assert [w.in_flight for w in r.registry.workers()] == [3, 3, 3]
     assert r.leases.active == 9
     for lease in leases:
@@ -171,7 +171,7 @@ def test_held_leases_add_up_and_release_to_zero() -> None:
 def test_racing_releases_count_once() -> None:
     """Stream end, reset and timeout may report the same request's end on different threads."""
     r = router(*fleet(2))
-    leases = [r.route_sync(req()) for _ in range(200)]
+    leases = [r.routing.route_sync(req()) for _ in range(200)]
     results: list[bool] = []
 
     def release_all(outcome: str) -> None:
@@ -200,7 +200,7 @@ def test_unknown_model_is_404_naming_the_model(specs: tuple[WorkerSpec, ...],
                                                 model: str) -> None:
     r = router(*specs)
     with pytest.raises(ModelNotFound) as caught:
-        r.route_sync(req(model))
+        r.routing.route_sync(req(model))
     error = caught.value
     assert error.status == 404 and error.param == "model" and error.code == "model_not_found"
     assert repr(model) in error.message
@@ -210,7 +210,7 @@ def test_unknown_model_is_404_naming_the_model(specs: tuple[WorkerSpec, ...],
 
 def test_a_worker_listing_no_models_serves_any_model() -> None:
     r = router(WorkerSpec(url="a:1", id="any"))
-    assert r.route_sync(req("whatever-model")).worker.id == "any"
+    assert r.routing.route_sync(req("whatever-model")).worker.id == "any"
 
 
 def disable(r: PickerRuntime, worker: Worker, how: str) -> None:
@@ -234,7 +234,7 @@ def test_no_routable_worker_is_503(hows: tuple[str, ...],
     for worker, how in zip(r.registry.workers(), hows, strict=True):
         disable(r, worker, how)
     with pytest.raises(NoHealthyWorker) as caught:
-        r.route_sync(req())
+        r.routing.route_sync(req())
     error = caught.value
     assert error.status == 503 and error.code == "no_healthy_worker"
     reasons = {"unhealthy": "unhealthy", "draining": "draining", "circuit": "circuit open"}
@@ -261,7 +261,7 @@ def test_only_routable_workers_reach_the_policy(hows: dict[str, str], offered: l
         worker = r.registry.get(worker_id)
         assert worker is not None
         disable(r, worker, how)
-    lease = r.route_sync(req())
+    lease = r.routing.route_sync(req())
     assert policy.offered == [offered]
     assert lease.worker.id == offered[-1]
 
@@ -271,25 +271,25 @@ def test_recovered_worker_is_offered_again(recording_router: RecordingFactory) -
     worker = r.registry.get("w1")
     assert worker is not None
     r.registry.set_healthy(worker, False)
-    r.route_sync(req()).release("completed")
+    r.routing.route_sync(req()).release("completed")
     r.registry.set_healthy(worker, True)
-    r.route_sync(req()).release("completed")
+    r.routing.route_sync(req()).release("completed")
     assert policy.offered == [["w2"], ["w1", "w2"]]
 
 
 def test_allowed_narrows_the_candidates(recording_router: RecordingFactory) -> None:
     r, policy = recording_router(*fleet(3))
-    assert r.router.choose(req(), allowed={"w1", "w3"}).worker.id == "w3"
+    assert r.routers.default.choose(req(), allowed={"w1", "w3"}).worker.id == "w3"
     assert policy.offered == [["w1", "w3"]]
     with pytest.raises(NoHealthyWorker):
-        r.router.choose(req(), allowed=set())
+        r.routers.default.choose(req(), allowed=set())
 
 
 def test_decision_and_request_counters() -> None:
     r = router(*fleet(2), policy="round_robin")
     outcomes = ["completed", "completed", "cancelled", "upstream_error", "completed"]
     for outcome in outcomes:
-        r.route_sync(req()).release(outcome)
+        r.routing.route_sync(req()).release(outcome)
     decisions = samples(r, "llm_picker_decisions_total")
     assert decisions == {(("policy", "round_robin"), ("worker", "w1")): 3,
                          (("policy", "round_robin"), ("worker", "w2")): 2}
@@ -305,14 +305,14 @@ def test_decision_and_request_counters() -> None:
 def test_refused_requests_are_not_counted_as_decisions() -> None:
     r = router(WorkerSpec(url="a:1", models=["m"]))
     with pytest.raises(ModelNotFound):
-        r.route_sync(req("nope"))
+        r.routing.route_sync(req("nope"))
     assert samples(r, "llm_picker_decisions_total") == {}
     assert samples(r, "llm_picker_decision_duration_seconds_count") == {(): 0}
 
 
 def test_unregistered_model_names_do_not_become_label_values() -> None:
     r = router(WorkerSpec(url="a:1", id="any"), WorkerSpec(url="b:1", id="b", models=["m"]))
-    r.route_sync(req("client-invented-name")).release("completed")
+    r.routing.route_sync(req("client-invented-name")).release("completed")
     models = {dict(labels)["model"] for labels in samples(r, "llm_picker_routing_decisions_total")}
     assert models == {"other"}
 
@@ -324,8 +324,8 @@ def test_unregistered_model_names_do_not_become_label_values() -> None:
 )
 def test_reject_counts_by_code(error: RequestError) -> None:
     r = router(WorkerSpec(url="a:1"))
-    r.reject(error)
-    r.reject(error)
+    r.routing.reject(error)
+    r.routing.reject(error)
     assert samples(r, "llm_picker_rejections_total") == {(("code", error.code),): 2}
     assert samples(r, "llm_picker_requests_total") == {(("outcome", "rejected"),): 2}
 
@@ -369,12 +369,12 @@ def test_upstream_errors_open_the_circuit_and_stop_routing_there() -> None:
     bad = r.registry.get("a")
     assert bad is not None
     for _ in range(CircuitSettings().failure_threshold):
-        lease = r.route_sync(req())
+        lease = r.routing.route_sync(req())
         while lease.worker is not bad:
             lease.release("completed")
-            lease = r.route_sync(req())
+            lease = r.routing.route_sync(req())
         lease.release("upstream_error")
-    assert {r.route_sync(req()).worker.id for _ in range(6)} == {"b"}
+    assert {r.routing.route_sync(req()).worker.id for _ in range(6)} == {"b"}
 
 
 def prefix_router(policy: str = "prefix_cache") -> PickerRuntime:
@@ -394,39 +394,39 @@ def test_shared_prefix_groups_stick_to_one_worker(policy: str) -> None:
     homes: dict[int, set[str]] = {g: set() for g in range(4)}
     for i in range(40):  # leases held: in-flight load builds up as in a busy fleet
         g = i % 4
-        homes[g].add(r.route_sync(chat_req(systems[g], f"question {i}")).worker.id)
+        homes[g].add(r.routing.route_sync(chat_req(systems[g], f"question {i}")).worker.id)
     assert all(len(h) == 1 for h in homes.values()), homes
     assert len(set().union(*homes.values())) == 4  # first picks went to idle workers
 
 
 def test_removed_worker_leaves_the_index() -> None:
     r = prefix_router()
-    lease = r.route_sync(chat_req("x" * 64, "q"))
+    lease = r.routing.route_sync(chat_req("x" * 64, "q"))
     lease.release("completed")
     r.registry.remove(lease.worker.url)
     index = r.prefix_index()
     assert index is not None and index.blocks_of(lease.worker.id) == 0
-    again = {r.route_sync(chat_req("x" * 64, "q")).worker.id for _ in range(3)}
+    again = {r.routing.route_sync(chat_req("x" * 64, "q")).worker.id for _ in range(3)}
     assert lease.worker.id not in again
 
 
 def test_strategy_header_overrides_and_unknown_is_400() -> None:
     r = prefix_router("prefix_cache")
-    lease = r.route_sync(chat_req("s", "q", **{"x-routing-strategy": "round_robin"}))
+    lease = r.routing.route_sync(chat_req("s", "q", **{"x-routing-strategy": "round_robin"}))
     line = f'llm_picker_decisions_total{{policy="round_robin",worker="{lease.worker.id}"}}'
     assert sample(r, line) == 1
     with pytest.raises(InvalidRequest) as caught:
-        r.route_sync(chat_req("s", "q", **{"x-routing-strategy": "fastest"}))
+        r.routing.route_sync(chat_req("s", "q", **{"x-routing-strategy": "fastest"}))
     assert caught.value.status == 400 and caught.value.param == "x-routing-strategy"
     plain = router(WorkerSpec(url="a:1", models=["m"]))
     with pytest.raises(InvalidRequest, match="prefix index"):
-        plain.route_sync(chat_req("s", "q", **{"x-routing-strategy": "prefix_cache"}))
+        plain.routing.route_sync(chat_req("s", "q", **{"x-routing-strategy": "prefix_cache"}))
 
 
 def test_prefix_metrics_report_match_buckets_and_index_size() -> None:
     r = prefix_router()
     for _ in range(2):
-        r.route_sync(chat_req("p" * 320, "")).release("completed")
+        r.routing.route_sync(chat_req("p" * 320, "")).release("completed")
     text = r.metrics.render().decode()
     assert ('llm_picker_routing_decisions_total{match_percent_bucket="0",model="m",'
             'policy="prefix_cache"} 1.0') in text
@@ -450,7 +450,7 @@ def test_imbalance_and_indexer_status_metrics() -> None:
     busy = r.registry.workers()[0]
     for _ in range(20):
         r.registry.acquire(busy)
-    r.route_sync(chat_req("s", "q")).release("completed")
+    r.routing.route_sync(chat_req("s", "q")).release("completed")
     text = r.metrics.render().decode()
     assert "llm_picker_load_imbalance_total 1.0" in text
     assert 'llm_picker_prefix_indexer_status{kind="approximate",model="m"} 1.0' in text
@@ -475,7 +475,7 @@ def test_a_policy_chosen_per_request_runs_with_its_configured_params() -> None:
     def picks(r: PickerRuntime) -> set[str]:
         chosen = set()
         for _ in range(30):
-            lease = r.route_sync(chat_req("s", "q", **{"x-routing-strategy": "weighted"}))
+            lease = r.routing.route_sync(chat_req("s", "q", **{"x-routing-strategy": "weighted"}))
             chosen.add(lease.worker.id)
             lease.release("completed")
         return chosen

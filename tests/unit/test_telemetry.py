@@ -126,7 +126,7 @@ def test_instances_do_not_share_a_registry() -> None:
 
 def test_no_secret_reaches_the_metrics() -> None:
     r = runtime(WorkerSpec(url="h:1", id="a", api_key="sk-METRICS-SECRET"), policy="least_load")
-    r.route_sync(RoutingRequest(model="m", api=Api.CHAT)).release("completed")
+    r.routing.route_sync(RoutingRequest(model="m", api=Api.CHAT)).release("completed")
     assert b"sk-METRICS-SECRET" not in r.metrics.render()
 
 
@@ -139,7 +139,7 @@ def test_router_wires_admission_gauges_and_success_ratio() -> None:
         return parse(r.metrics)[1][(name, ())]
 
     assert gauge("llm_picker_success_ratio") == 1.0  # nothing finished yet
-    leases = [r.route_sync(request) for _ in range(3)]
+    leases = [r.routing.route_sync(request) for _ in range(3)]
     assert gauge("llm_picker_active_requests") == 3
     assert gauge("llm_picker_utilization") == 0.75
     assert gauge("llm_picker_queued_requests") == 0
@@ -152,8 +152,8 @@ def test_router_wires_admission_gauges_and_success_ratio() -> None:
 
 def test_decisions_and_rejections_show_up_as_counters() -> None:
     r = runtime(WorkerSpec(url="h:1", id="a"))
-    r.route_sync(RoutingRequest(model="m", api=Api.CHAT)).release("completed")
-    r.reject(NoHealthyWorker("none"))
+    r.routing.route_sync(RoutingRequest(model="m", api=Api.CHAT)).release("completed")
+    r.routing.reject(NoHealthyWorker("none"))
     samples = parse(r.metrics)[1]
     assert samples[("llm_picker_decisions_total",
                     (("policy", "round_robin"), ("worker", "a")))] == 1

@@ -96,8 +96,8 @@ async def test_route_awaits_the_tokenizer_and_counts_fallbacks() -> None:
         "prefix": {"enabled": True, "tokenizer": {
             "kind": "remote", "endpoint": "http://127.0.0.1:1", "retries": 0,
             "fallback": True}}}))
-    assert runtime.awaits
-    lease = await runtime.route(RoutingRequest(model="m", api=Api.COMPLETIONS,
+    assert runtime.routing.awaits
+    lease = await runtime.routing.route(RoutingRequest(model="m", api=Api.COMPLETIONS,
                                                prompt_text="p"))
     assert lease.worker.url == "http://a:1"
     assert "llm_picker_tokenizer_fallbacks_total 1.0" in runtime.metrics.render().decode()

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # picker.fleet.served_models imports this package's settings
     from picker.fleet.manager import WorkerManager
     from picker.fleet.served_models import DiscoverySettings
 
-__all__ = ["Source", "build_sources"]
+__all__ = ["OwnedSource", "Source", "build_sources"]
 
 
 class Source(Protocol):
@@ -31,6 +31,12 @@ class Source(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+class OwnedSource(Source, Protocol):
+    """A source the host builds (LiteLLM's deployments); the runtime hands it the manager."""
+
+    def attach(self, manager: WorkerManager) -> None: ...
 
 
 def build_sources(settings: DiscoverySettings, manager: WorkerManager) -> list[Source]:

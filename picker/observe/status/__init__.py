@@ -3,6 +3,6 @@
 admin API at `/`; plain HTML and JS, no build step, no CDN)."""
 
 from picker.observe.status.history import ActivityHistory
-from picker.observe.status.view import first_page, static_file, status_view
+from picker.observe.status.view import StatusSubject, first_page, static_file, status_view
 
-__all__ = ["ActivityHistory", "first_page", "static_file", "status_view"]
+__all__ = ["ActivityHistory", "StatusSubject", "first_page", "static_file", "status_view"]

@@ -11,13 +11,29 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from picker.fleet.registry import Worker
-    from picker.runtime import PickerRuntime
+    from picker.config import PickerConfig
+    from picker.fleet.registry import Worker, WorkerRegistry
+    from picker.observe.decisions import DecisionLog
+    from picker.observe.status.history import ActivityHistory
+    from picker.routing.leases import LeaseBook
 
-__all__ = ["RECENT_DECISIONS", "first_page", "static_file", "status_view"]
+__all__ = ["RECENT_DECISIONS", "StatusSubject", "first_page", "static_file", "status_view"]
+
+
+class StatusSubject(Protocol):
+    """What the status page reads of a running picker (the runtime provides it)."""
+
+    @property
+    def config(self) -> PickerConfig: ...
+    @property
+    def draining(self) -> bool: ...
+    registry: WorkerRegistry
+    leases: LeaseBook
+    history: ActivityHistory
+    decisions: DecisionLog | None
 
 RECENT_DECISIONS = 20
 # The page's files, by the name it is served under, with their media type.
@@ -48,12 +64,12 @@ def first_page(status: dict[str, Any]) -> bytes:
     return page.replace(_SCRIPT, block + _SCRIPT, 1).encode()
 
 
-def status_view(runtime: PickerRuntime,
+def status_view(runtime: StatusSubject,
                 worker_view: Callable[[Worker], dict[str, Any]]) -> dict[str, Any]:
     """`worker_view`: the admin API's view of a worker, so the page shows what /workers does."""
     workers = runtime.registry.workers()
     config = runtime.config
-    log = runtime.router.decisions
+    log = runtime.decisions
     return {
         "workers": [worker_view(w) for w in workers],
         "stats": runtime.registry.stats(),

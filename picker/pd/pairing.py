@@ -1,0 +1,72 @@
+"""The step between choosing a prefill/decode pair and forwarding to its decode worker.
+
+Each decode worker's protocol says how the pair learns about each other (picker.pd.protocols):
+a sidecar in front of the decode engine is told the prefiller's address; SGLang's pair shares a
+bootstrap room while the picker sends the prefill leg itself; vLLM's NIXL pair gets the KV
+transfer parameters the prefill leg answered with. A prefill that fails raises PrefillFailed
+(and counts against its worker), so the router can try another pair.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+
+from picker.fleet.registry import Worker, WorkerRegistry
+from picker.observe.metrics import PickerMetrics
+from picker.pd.prefill import PrefillClient
+from picker.pd.protocols import (
+    PREFILLER_HEADER,
+    REQUEST_ID_HEADER,
+    PdProtocol,
+    nixl_prefill_body,
+    protocol_of,
+    with_bootstrap,
+    with_kv_transfer_params,
+)
+from picker.routing.destination import Forward
+from picker.routing.request import RoutingRequest
+
+__all__ = ["PairStep"]
+
+
+class PairStep:
+    def __init__(self, workers: WorkerRegistry, metrics: PickerMetrics,
+                 prefill_timeout_secs: float) -> None:
+        self._workers = workers
+        self._metrics = metrics
+        self._prefill = PrefillClient(prefill_timeout_secs, self._prefill_failed)
+        self._rng = random.Random()  # SGLang bootstrap rooms
+
+    async def close(self) -> None:
+        await self._prefill.close()
+
+    async def forward(self, request: RoutingRequest, prefill: Worker,
+                      decode: Worker) -> Forward:
+        """Tell the pair about each other, as the decode worker's protocol says; what the
+        proxy sends the decode worker instead of the client's request."""
+        protocol = protocol_of(decode.spec)
+        if protocol is PdProtocol.SIDECAR:
+            return Forward(headers=((PREFILLER_HEADER, prefill.host_port),))
+        data = request.body or {}
+        path = request.api.value
+        # One id on both legs: the client's (Envoy adds one when it sent none), else ours.
+        sent = request.headers.get(REQUEST_ID_HEADER)
+        request_id = sent or uuid.uuid4().hex
+        headers = () if sent else ((REQUEST_ID_HEADER, request_id),)
+        if protocol is PdProtocol.SGLANG:
+            pair = with_bootstrap(data, prefill.spec, decode.spec, self._rng)
+            await self._prefill.dispatch(prefill, path, pair.prefill, request_id)
+            body = pair.decode
+        else:
+            params = await self._prefill.kv_transfer_params(
+                prefill, path, nixl_prefill_body(data, request.api), request_id)
+            if params is None:
+                return Forward(headers=headers)
+            body = with_kv_transfer_params(data, params)
+        return Forward(body=json.dumps(body, ensure_ascii=False).encode(), headers=headers)
+
+    def _prefill_failed(self, worker: Worker) -> None:
+        self._workers.record_outcome(worker, False)
+        self._metrics.prefill_failures.labels(worker.id).inc()

@@ -1,0 +1,45 @@
+"""Joining a picker to its peer replicas: picks go out to them and theirs come into the index.
+
+Only an approximate prefix index is shared (a KV-event index follows the engines themselves).
+Block hashes are Python's salted string hash, so every replica needs the same PYTHONHASHSEED:
+refused at start-up otherwise, rather than sharing picks that never match.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from picker.errors import ConfigError
+from picker.fleet.registry import WorkerRegistry
+from picker.observe.metrics import ReplicaMetrics
+from picker.prefix.producer import PrefixProducer
+from picker.replicas.settings import ReplicaSettings
+
+if TYPE_CHECKING:
+    from picker.replicas.sharing import PickSharing
+    from picker.replicas.wire import Pick
+
+__all__ = ["join_replicas"]
+
+
+def join_replicas(settings: ReplicaSettings, block_size: int, workers: WorkerRegistry,
+                  prefix: PrefixProducer | None, metrics: ReplicaMetrics) -> PickSharing:
+    """The pick sharing service (not started) linking `prefix` to the peers `settings` name."""
+    if os.environ.get("PYTHONHASHSEED", "random") == "random":
+        raise ConfigError("replicas", "block hashes are Python's salted string hash: set "
+                          "the same PYTHONHASHSEED (e.g. a random 32-bit number) in every "
+                          "replica's environment")
+    from picker.replicas.sharing import PickSharing  # msgspec only when configured
+
+    def apply(pick: Pick) -> bool:
+        worker = workers.get(pick.worker)
+        if worker is None or prefix is None:
+            return False
+        prefix.apply(pick, worker)
+        return True
+
+    sharing = PickSharing(settings, block_size, metrics, apply)
+    if prefix is not None:
+        prefix.publish_to(sharing.publish)
+    return sharing

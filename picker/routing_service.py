@@ -1,0 +1,176 @@
+"""RoutingService: the adapters' Picker (picker.routing.contract), over the routing parts.
+
+One request: the remote tokenizer when configured, admission, the router manager's choice of
+router, the decision, then the lease - on one worker with the fallbacks of the router that
+chose it, or on a prefill/decode pair whose protocol step ran (a prefill that fails frees both
+and another pair is tried, pd.max_attempts). The awaited steps run on the picker's loop,
+wherever the caller is: `attach` names that loop once the runtime runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
+
+from picker.errors import PrefillFailed, RequestError
+from picker.fleet.registry import Worker, WorkerRegistry
+from picker.observe.decisions import ExplainSettings, explain_line
+from picker.observe.metrics import PickerMetrics
+from picker.pd.pairing import PairStep
+from picker.prefix.producer import PrefixProducer
+from picker.routing.leases import Lease, LeaseBook
+from picker.routing.outcome import Outcome
+from picker.routing.request import RoutingRequest
+from picker.routing.router import Router
+from picker.routing.router_manager import PdRouters, RouterManager
+
+__all__ = ["RoutingService"]
+
+
+class RoutingService:
+    def __init__(self, workers: WorkerRegistry, routers: RouterManager, leases: LeaseBook,
+                 metrics: PickerMetrics, prefix: PrefixProducer | None, pairs: PairStep,
+                 explain: ExplainSettings, pd_attempts: int, pd_paired: bool) -> None:
+        """`pd_paired`: prefill/decode pairs may be chosen (enable_igw)."""
+        self._workers = workers
+        self._routers = routers
+        self._leases = leases
+        self._metrics = metrics
+        self._remote = None if prefix is None else prefix.remote
+        self._pairs = pairs
+        self._explain = explain
+        self._pd_attempts = pd_attempts
+        self._awaits = self._remote is not None or leases.queueing or pd_paired
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop the awaited steps run on (the runtime's, once started)."""
+        self._loop = loop
+
+    @property
+    def awaits(self) -> bool:
+        return self._awaits
+
+    @property
+    def default_policy(self) -> str:
+        return self._routers.default.default_policy
+
+    def workers(self) -> Sequence[Worker]:
+        return self._workers.workers()
+
+    def worker_at(self, host_port: str) -> Worker | None:
+        for worker in self._workers.workers():
+            if worker.host_port == host_port:
+                return worker
+        return None
+
+    def explanation(self, headers: Mapping[str, str], lease: Lease) -> str | None:
+        return explain_line(self._explain, headers, lease.choice.decision)
+
+    def reject(self, error: RequestError) -> None:
+        self._metrics.requests.labels(Outcome.REJECTED).inc()
+        self._metrics.rejections.labels(error.code).inc()
+
+    async def route(self, request: RoutingRequest, allowed: Collection[str] | None = None,
+                    fallbacks: int = 0) -> Lease:
+        if not self._awaits:
+            return self._route_now(request, allowed, fallbacks)
+        if self._loop is None or asyncio.get_running_loop() is self._loop:
+            return await self._route_awaited(request, allowed, fallbacks)
+        future = asyncio.run_coroutine_threadsafe(
+            self._route_awaited(request, allowed, fallbacks), self._loop)
+        return await asyncio.wrap_future(future)
+
+    def route_sync(self, request: RoutingRequest, allowed: Collection[str] | None = None,
+                   fallbacks: int = 0) -> Lease:
+        if not self._awaits:
+            return self._route_now(request, allowed, fallbacks)
+        if self._loop is None or not self._loop.is_running():
+            raise RuntimeError("the picker runtime is not running: start it first")
+        if _running_loop() is self._loop:
+            raise RuntimeError("route_sync on the picker's own loop: await route()")
+        future = asyncio.run_coroutine_threadsafe(
+            self._route_awaited(request, allowed, fallbacks), self._loop)
+        return future.result()
+
+    def _route_now(self, request: RoutingRequest, allowed: Collection[str] | None,
+                   fallbacks: int) -> Lease:
+        self._leases.admit_now()
+        return self._open(self._routers.default, request, allowed, fallbacks)
+
+    async def _route_awaited(self, request: RoutingRequest, allowed: Collection[str] | None,
+                             fallbacks: int) -> Lease:
+        if self._remote is not None:
+            tokens = await self._remote.tokens(request)
+            if tokens is None:
+                self._metrics.tokenizer_fallbacks.inc()
+            else:
+                request = replace(request, tokens=tokens)
+        await self._leases.admit()
+        try:
+            target = self._routers.select(request)
+        except RequestError:
+            self._leases.cancel_admission()
+            raise
+        if isinstance(target, PdRouters):
+            return await self._open_pair(target, request, allowed)
+        return self._open(target, request, allowed, fallbacks)
+
+    def _open(self, router: Router, request: RoutingRequest,
+              allowed: Collection[str] | None, fallbacks: int) -> Lease:
+        """On an admission slot already taken: decide, then open the lease (or give the slot
+        back if no worker fits). The fallbacks come from the router that chose."""
+        try:
+            choice = router.choose(request, allowed)
+        except RequestError:
+            self._leases.cancel_admission()
+            raise
+        others = router.fallbacks(request, choice.worker, fallbacks, allowed)
+        return self._leases.open(choice, fallbacks=others)
+
+    async def _open_pair(self, routers: PdRouters, request: RoutingRequest,
+                         allowed: Collection[str] | None) -> Lease:
+        """Choose a prefill/decode pair, hold both, and run the pair's protocol step. A pair
+        is bound to its decode worker: its lease has no fallbacks."""
+        failed: set[str] = set()
+        for attempt in range(self._pd_attempts):
+            try:
+                prefill_choice = routers.prefill.choose(request, self._excluding(allowed, failed))
+                decode = routers.decode.choose(request, allowed)
+            except RequestError:
+                self._leases.cancel_admission()
+                raise
+            prefill = prefill_choice.worker
+            if decode.decision is not None and prefill_choice.decision is not None:
+                decode.decision.paired_with(prefill_choice.decision)
+            lease = self._leases.open(decode, prefill)
+            try:
+                lease.forward_as(await self._pairs.forward(request, prefill, decode.worker))
+                return lease
+            except PrefillFailed:
+                failed.add(prefill.id)
+                lease.release(Outcome.CANCELLED)  # the prefill's failure is already recorded
+                if attempt + 1 == self._pd_attempts:
+                    raise
+                self._leases.admit_now()  # the next pair's slot
+            except BaseException:
+                # Cancelled (the client went away) or failed unexpectedly: nobody else holds
+                # this lease, so it is released here or never.
+                lease.release(Outcome.CANCELLED)
+                raise
+        raise AssertionError("unreachable: pd.max_attempts >= 1")
+
+    def _excluding(self, allowed: Collection[str] | None,
+                   failed: set[str]) -> Collection[str] | None:
+        if not failed:
+            return allowed
+        ids = allowed if allowed is not None else [w.id for w in self._workers.workers()]
+        return set(ids) - failed
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
