@@ -188,6 +188,24 @@ class ReplicaMetrics:
                                      registry=registry, multiprocess_mode="livesum")
 
 
+class _Children:
+    """A labelled metric's children by label values. prometheus_client's `labels()` checks
+    and converts the values and takes the metric's lock on every call; per request, the few
+    label combinations the hot path uses are found again with one dict lookup instead."""
+
+    __slots__ = ("_metric", "_known")
+
+    def __init__(self, metric: Counter) -> None:
+        self._metric = metric
+        self._known: dict[tuple[str, ...], Counter] = {}
+
+    def __call__(self, *values: str) -> Counter:
+        child = self._known.get(values)
+        if child is None:  # two threads may both get here: labels() returns the same child
+            child = self._known[values] = self._metric.labels(*values)
+        return child
+
+
 class PickerMetrics:
     def __init__(self, workers: WorkerRegistry, processes_dir: Path | None = None) -> None:
         """`processes_dir`: the multiprocess files of every process of this picker, which
@@ -257,6 +275,10 @@ class PickerMetrics:
             "completion, cached: prompt tokens the engine served from its prefix cache)",
             ["worker", "kind"], registry=self.registry,
         )
+        self._requests = _Children(self.requests)
+        self._decisions = _Children(self.decisions)
+        self._routing_decisions = _Children(self.routing_decisions)
+        self._prefix_hits = _Children(self.prefix_hits)
         self._state = _WorkerStateCollector(workers)
         self.registry.register(self._state)
         self._exposed = self.registry
@@ -273,6 +295,18 @@ class PickerMetrics:
     def watch_admission(self, admission: Admission, outcomes: Mapping[str, int]) -> None:
         self._state.admission = admission
         self._state.outcomes = outcomes
+
+    def request_ended(self, outcome: str) -> None:
+        self._requests(outcome).inc()
+
+    def decided(self, policy: str, worker_id: str, model: str, match_rate: float | None,
+                seconds: float) -> None:
+        """One routing decision's counters and duration (the router's hot path)."""
+        self.decision_seconds.observe(seconds)
+        self._decisions(policy, worker_id).inc()
+        self._routing_decisions(model, policy, match_bucket(match_rate)).inc()
+        if match_rate:
+            self._prefix_hits(worker_id).inc()
 
     def observe_response(self, worker_id: str, sample: ResponseSample) -> None:
         if sample.ttft_secs is not None:
