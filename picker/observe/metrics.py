@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -188,18 +189,23 @@ class ReplicaMetrics:
                                      registry=registry, multiprocess_mode="livesum")
 
 
-class _Children:
+_Labelled = TypeVar("_Labelled", Counter, Histogram)
+
+
+class _Children(Generic[_Labelled]):
     """A labelled metric's children by label values. prometheus_client's `labels()` checks
-    and converts the values and takes the metric's lock on every call; per request, the few
-    label combinations the hot path uses are found again with one dict lookup instead."""
+    and converts the values and takes the metric's lock on every call (1.06 us with the
+    increment, 0.44 us this way); per request, the few label combinations the hot path uses
+    are found again with one dict lookup. Children are never removed, so none goes stale.
+    The increments themselves keep prometheus_client's lock: it has no lock-free value."""
 
     __slots__ = ("_metric", "_known")
 
-    def __init__(self, metric: Counter) -> None:
-        self._metric = metric
-        self._known: dict[tuple[str, ...], Counter] = {}
+    def __init__(self, metric: _Labelled) -> None:
+        self._metric: _Labelled = metric
+        self._known: dict[tuple[str, ...], _Labelled] = {}
 
-    def __call__(self, *values: str) -> Counter:
+    def __call__(self, *values: str) -> _Labelled:
         child = self._known.get(values)
         if child is None:  # two threads may both get here: labels() returns the same child
             child = self._known[values] = self._metric.labels(*values)
@@ -279,6 +285,9 @@ class PickerMetrics:
         self._decisions = _Children(self.decisions)
         self._routing_decisions = _Children(self.routing_decisions)
         self._prefix_hits = _Children(self.prefix_hits)
+        self._ttft = _Children(self.worker_ttft_seconds)
+        self._per_chunk = _Children(self.worker_chunk_seconds)
+        self._tokens = _Children(self.worker_tokens)
         self._state = _WorkerStateCollector(workers)
         self.registry.register(self._state)
         self._exposed = self.registry
@@ -310,15 +319,15 @@ class PickerMetrics:
 
     def observe_response(self, worker_id: str, sample: ResponseSample) -> None:
         if sample.ttft_secs is not None:
-            self.worker_ttft_seconds.labels(worker_id).observe(sample.ttft_secs)
+            self._ttft(worker_id).observe(sample.ttft_secs)
         if sample.per_chunk_secs is not None:
-            self.worker_chunk_seconds.labels(worker_id).observe(sample.per_chunk_secs)
+            self._per_chunk(worker_id).observe(sample.per_chunk_secs)
         usage = sample.usage
         if usage is not None:
             for kind, count in (("prompt", usage.prompt_tokens),
                                 ("completion", usage.completion_tokens),
                                 ("cached", usage.cached_tokens)):
-                self.worker_tokens.labels(worker_id, kind).inc(count)
+                self._tokens(worker_id, kind).inc(count)
 
     def render(self) -> bytes:
         return generate_latest(self._exposed)
