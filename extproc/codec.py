@@ -6,6 +6,7 @@ without gRPC and every response shape is written once.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from google.protobuf import struct_pb2
@@ -124,18 +125,14 @@ def _route(mutation: pb.HeaderMutation, route: Route) -> None:
     (picker.routing.control_headers): a header is either set here or removed, never passed on."""
     for key, value in route.headers:
         _set_header(mutation, key, value)
-    written = {key for key, _ in route.headers}
-    mutation.remove_headers.extend(name for name in control_headers.STRIPPED
-                                   if name not in written)
+    mutation.remove_headers.extend(_removed_besides(tuple(key for key, _ in route.headers)))
 
 
-def continue_headers() -> pb.ProcessingResponse:
-    """BUFFERED mode's answer to the headers, before routing: let them through minus every
-    control header (the routing answer, on the body, removes them again with its own sets)."""
-    response = pb.ProcessingResponse()
-    response.request_headers.response.header_mutation.remove_headers.extend(
-        control_headers.STRIPPED)
-    return response
+@functools.cache
+def _removed_besides(written: tuple[str, ...]) -> tuple[str, ...]:
+    """The control headers to remove when `written` are set: a handful of distinct sets
+    (destination, rank, key, a PD protocol's), so each list is built once."""
+    return tuple(name for name in control_headers.STRIPPED if name not in written)
 
 
 # Answers that never vary are built once; grpc only reads them to serialize.
@@ -144,6 +141,17 @@ _CONTINUE_TRAILERS = pb.ProcessingResponse(request_trailers=pb.TrailersResponse(
 _CONTINUE_RESPONSE_BODY = pb.ProcessingResponse(
     response_body=pb.BodyResponse(response=pb.CommonResponse()))
 _CONTINUE_RESPONSE_TRAILERS = pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
+
+
+_CONTINUE_HEADERS = pb.ProcessingResponse()
+_CONTINUE_HEADERS.request_headers.response.header_mutation.remove_headers.extend(
+    control_headers.STRIPPED)
+
+
+def continue_headers() -> pb.ProcessingResponse:
+    """BUFFERED mode's answer to the headers, before routing: let them through minus every
+    control header (the routing answer, on the body, removes them again with its own sets)."""
+    return _CONTINUE_HEADERS
 
 
 def continue_body() -> pb.ProcessingResponse:

@@ -164,6 +164,8 @@ class RequestStream:
 
     def _release(self, outcome: Outcome) -> None:
         assert self._lease is not None
+        if not self._lease.open:  # the response's end released it already
+            return
         sample = self._observer.sample() if self._observer is not None else None
         if self._lease.release(outcome, sample) and self._access is not None:
             self._log(outcome, self._upstream_status or None, self._lease)

@@ -69,7 +69,7 @@ class RoutingService:
         return explain_line(self._explain, headers, lease.choice.decision)
 
     def reject(self, error: RequestError) -> None:
-        self._metrics.requests.labels(Outcome.REJECTED).inc()
+        self._metrics.request_ended(Outcome.REJECTED)
         self._metrics.rejections.labels(error.code).inc()
 
     async def route(self, request: RoutingRequest, allowed: Collection[str] | None = None,

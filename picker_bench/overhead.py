@@ -20,6 +20,12 @@ The upstream is an Envoy answering a fixed chat completion (direct_response), so
 upstream nor Python on the server side is what gets measured. The load generator is a small
 keep-alive HTTP/1.1 client on raw asyncio sockets (httpx would cost more than the picker).
 
+For the ext_proc scenarios the first table also shows the floor of grpc.aio itself, measured in
+the same run: a server that echoes bytes (picker_bench.grpc_echo) driven with one stream per
+request carrying as many messages as Envoy sent the picker per request, at the same concurrency.
+The picker's CPU per request over that floor is what its own work costs on top of the gRPC
+runtime it cannot avoid.
+
 `stream` is a second table: 200-token streamed answers from a simulated engine (profile
 8b-h100-like), Envoy alone (static cluster) against Envoy + picker with both bodies duplex,
 with the picker's CPU per ext_proc message next to the floor of grpc.aio itself, measured in
@@ -42,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from picker_bench.grpc_echo import drive
+from picker_bench.grpc_echo import drive, drive_streams
 from picker_bench.longcontext import print_long_context, run_long_context
 from picker_bench.stack import (
     Process,
@@ -190,31 +196,52 @@ class Result:
     rps: float
     errors: int
     picker_cpu_us: float | None = None  # picker CPU per request during the measured load
+    messages: float | None = None  # ext_proc messages Envoy sent the picker per request
+    floor_cpu_us: float | None = None  # grpc.aio echo CPU per stream of as many messages
 
 
 def _measure(scenario: str, port: int, concurrency: int, requests: int,
-             picker: Process | None) -> Result:
+             picker: Process | None, envoy_admin: int | None = None) -> Result:
+    """One scenario at one concurrency; with `envoy_admin` (an ext_proc scenario), the
+    messages Envoy sent the picker per request too."""
     asyncio.run(_load(port, concurrency, min(200, requests)))  # warm connections and caches
     cpu = cpu_seconds(picker) if picker is not None else 0.0
+    sent = _ext_proc_messages(envoy_admin)[0] if envoy_admin is not None else 0
     latencies, elapsed, errors = asyncio.run(_load(port, concurrency, requests))
     cuts = statistics.quantiles(latencies, n=100)
     result = Result(scenario, concurrency, cuts[49] * 1e6, cuts[98] * 1e6,
                     len(latencies) / elapsed, errors)
     if picker is not None:
         result.picker_cpu_us = (cpu_seconds(picker) - cpu) * 1e6 / len(latencies)
+    if envoy_admin is not None:
+        result.messages = (_ext_proc_messages(envoy_admin)[0] - sent) / len(latencies)
     return result
+
+
+def _measure_floor(result: Result, echo: Process, echo_port: int, requests: int) -> None:
+    """The grpc.aio echo floor for `result`: one stream per request with as many messages as
+    Envoy sent the picker per request (rounded), at the same concurrency."""
+    assert result.messages is not None
+    per_stream = max(1, round(result.messages))
+    asyncio.run(drive_streams(echo_port, result.concurrency, min(200, requests), per_stream,
+                              256))  # warm the channel
+    cpu = cpu_seconds(echo)
+    streams = asyncio.run(drive_streams(echo_port, result.concurrency, requests, per_stream,
+                                        256))
+    result.floor_cpu_us = (cpu_seconds(echo) - cpu) * 1e6 / streams
 
 
 @contextmanager
 def _scenario(name: str, upstream_port: int,
-              workdir: Path) -> Iterator[tuple[int, Process | None]]:
-    """Start what scenario `name` needs; yield the port clients should hit and the picker."""
+              workdir: Path) -> Iterator[tuple[int, Process | None, int | None]]:
+    """Start what scenario `name` needs; yield the port clients should hit, the picker and,
+    for the ext_proc scenarios, the admin port of the Envoy calling it."""
     with ExitStack() as stack:
         listen = free_port()
         if name == "sglang":
             stack.callback(start_sglang_router(
                 listen, [f"http://127.0.0.1:{upstream_port}"], "round_robin", workdir).stop)
-            yield listen, None
+            yield listen, None, None
             return
         picker_port = None
         picker = None
@@ -230,7 +257,7 @@ def _scenario(name: str, upstream_port: int,
             manager = front["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
             del manager["typed_config"]["access_log"]  # nobody to release anything
             stack.callback(start_envoy(front, workdir, name=f"envoy-{name}").stop)
-            yield listen, None
+            yield listen, None, None
             return
         if name != "envoy":
             picker_port = free_port_run(processes)
@@ -249,7 +276,7 @@ def _scenario(name: str, upstream_port: int,
                                         processes=processes)
             stack.callback(start_envoy(authz, workdir, name=f"envoy-{name}").stop)
             wait_listening([authz_port + i for i in range(processes)])
-            yield listen, picker
+            yield listen, picker, None
             return
         body_mode = "FULL_DUPLEX_STREAMED" if name in ("duplex", "duplex2") else "BUFFERED"
         envoy_admin = free_port()
@@ -264,20 +291,26 @@ def _scenario(name: str, upstream_port: int,
         stack.callback(start_envoy(envoy_config, workdir, name=f"envoy-{name}").stop)
         if processes > 1:
             wait_picker_hosts(f"http://127.0.0.1:{envoy_admin}", processes)
-        yield listen, picker
+        yield listen, picker, None if picker_port is None else envoy_admin
 
 
 def _print_table(results: list[Result]) -> None:
     baseline = {r.concurrency: r for r in results if r.scenario == "envoy"}
     print(f"{'scenario':<12}{'conc':>5}{'p50 us':>9}{'p99 us':>9}{'req/s':>9}"
-          f"{'errors':>7}{'p50 +us vs envoy':>18}{'rps vs envoy':>14}{'picker CPU us/req':>19}")
+          f"{'errors':>7}{'p50 +us vs envoy':>18}{'rps vs envoy':>14}{'picker CPU us/req':>19}"
+          f"{'msgs/req':>9}{'floor us/req':>13}{'CPU vs floor':>13}")
     for r in results:
         base = baseline.get(r.concurrency)
         extra = f"{r.p50_us - base.p50_us:+.0f}" if base else "-"
         ratio = f"{r.rps / base.rps:.2f}x" if base else "-"
         cpu = "-" if r.picker_cpu_us is None else f"{r.picker_cpu_us:.0f}"
+        messages = "-" if r.messages is None else f"{r.messages:.2f}"
+        floor = "-" if r.floor_cpu_us is None else f"{r.floor_cpu_us:.0f}"
+        vs = ("-" if r.floor_cpu_us is None or r.picker_cpu_us is None
+              else f"{r.picker_cpu_us / r.floor_cpu_us:.2f}x")
         print(f"{r.scenario:<12}{r.concurrency:>5}{r.p50_us:>9.0f}{r.p99_us:>9.0f}"
-              f"{r.rps:>9.0f}{r.errors:>7}{extra:>18}{ratio:>14}{cpu:>19}")
+              f"{r.rps:>9.0f}{r.errors:>7}{extra:>18}{ratio:>14}{cpu:>19}"
+              f"{messages:>9}{floor:>13}{vs:>13}")
 
 
 def _idle_cpu_rate(proc: Process, window_secs: float = 3.0) -> float:
@@ -418,15 +451,23 @@ def run_overhead(requests: int = 2000, concurrency: list[int] | None = None,
         upstream_port = free_port()
         upstream = start_envoy(_upstream_config(upstream_port, free_port()), workdir, "upstream")
         stack.callback(upstream.stop)
+        echo_port = free_port()
+        echo = spawn("grpc-echo-floor", [sys.executable, "-m", "picker_bench.grpc_echo",
+                                         str(echo_port)], workdir)
+        stack.callback(echo.stop)
+        wait_listening([echo_port])
         for name in scenarios:
             if name == "stream":
                 # A 200-token stream takes ~1.2 s: fewer requests give the same precision.
                 streams = _stream_scenarios(max(8, requests // 20), levels, workdir)
                 continue
-            with _scenario(name, upstream_port, workdir) as (port, picker):
+            with _scenario(name, upstream_port, workdir) as (port, picker, envoy_admin):
                 for level in levels:
-                    results.append(_measure(name, port, level, requests, picker))
+                    results.append(_measure(name, port, level, requests, picker, envoy_admin))
                     print(f"  measured {name} at concurrency {level}", file=sys.stderr)
+            for result in results:
+                if result.scenario == name and result.messages is not None:
+                    _measure_floor(result, echo, echo_port, requests)
             if name.startswith("authz") and picker is not None:
                 # The picker logs, as it stops, how long after each request ended its slot
                 # was released (Envoy's access-log flush and the stream's delivery).

@@ -270,6 +270,10 @@ class WorkerRegistry:
     def models(self) -> frozenset[str]:
         return frozenset(self._by_model)
 
+    def has_model(self, model: str) -> bool:
+        """`model in models()` without building the set (once per decision)."""
+        return model in self._by_model
+
     # -- live state -------------------------------------------------------------------------
 
     def acquire(self, worker: Worker) -> None:

@@ -187,7 +187,7 @@ class LeaseBook:
         if response is not None:
             self._workers.record_response(worker, response)
             self._metrics.observe_response(worker.id, response)
-        self._metrics.requests.labels(outcome).inc()
+        self._metrics.request_ended(outcome)
         return True
 
     def move(self, lease: Lease, worker: Worker) -> bool:

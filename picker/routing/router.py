@@ -22,7 +22,7 @@ from picker.errors import (
 )
 from picker.fleet.registry import Worker, WorkerRegistry
 from picker.observe.decisions import Decision, DecisionLog, exclusion
-from picker.observe.metrics import IMBALANCE_ABS_COUNT, PickerMetrics, match_bucket
+from picker.observe.metrics import IMBALANCE_ABS_COUNT, PickerMetrics
 from picker.policies import POLICIES, Policy, PolicyParams, create_policy, parse_params
 from picker.policies.scorers import uncached_tokens
 from picker.prefix.index import PromptBlocks
@@ -98,15 +98,12 @@ class Router:
             loads = [w.in_flight for w in candidates]
             if max(loads) - min(loads) > IMBALANCE_ABS_COUNT:
                 self._metrics.load_imbalance.inc()
-        self._metrics.decision_seconds.observe(time.perf_counter() - started)
-        self._metrics.decisions.labels(policy.name, worker.id).inc()
         # Only registered model names become label values: a wildcard worker must not let
         # clients mint time series with made-up model names.
-        model = request.model if request.model in self._workers.models() else "other"
+        model = request.model if self._workers.has_model(request.model) else "other"
         rate = None if request.prefix is None else request.prefix.rate(worker.id)
-        self._metrics.routing_decisions.labels(model, policy.name, match_bucket(rate)).inc()
-        if rate:
-            self._metrics.prefix_hits.labels(worker.id).inc()
+        self._metrics.decided(policy.name, worker.id, model, rate,
+                              time.perf_counter() - started)
         decision = None if self._decisions is None else \
             self._record(request, policy, serving, candidates, allowed, worker, None)
         return Choice(worker, policy.name, rate, decision, uncached_tokens(request, worker))

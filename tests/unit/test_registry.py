@@ -87,6 +87,8 @@ def test_for_model_includes_workers_that_list_no_models() -> None:
     assert {w.url for w in registry.for_model("b")} == {url(2), url(3)}
     assert {w.url for w in registry.for_model("zzz")} == {url(3)}
     assert registry.models() == {"a", "b"}
+    # A wildcard worker serves "zzz" but does not make it a listed model (metric labels).
+    assert [registry.has_model(m) for m in ("a", "b", "zzz")] == [True, True, False]
     registry.remove(url(3))
     assert registry.for_model("zzz") == ()
     assert {w.url for w in registry.for_model("a")} == {url(1), url(2)}

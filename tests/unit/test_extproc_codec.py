@@ -1,0 +1,41 @@
+"""Routing answers remove every control header they do not set, whatever was set before: the
+removal lists are built once per set of written headers, so a list kept for the wrong set
+would pass a client's header on (or drop one the picker set)."""
+
+from __future__ import annotations
+
+import pytest
+
+from extproc import codec
+from extproc._pb import ext_proc_pb2 as pb
+from picker.routing import control_headers
+
+ROUTES = [
+    codec.Route("10.0.0.1:8000"),
+    codec.Route("10.0.0.1:8000", dp_rank=2),
+    codec.Route("10.0.0.1:8000", api_key="sk-w"),
+    codec.Route("10.0.0.1:8000", dp_rank=1, api_key="sk-w",
+                headers=((control_headers.PREFILLER, "10.0.0.2:8000"),)),
+]
+
+
+def _written_and_removed(route: codec.Route) -> tuple[set[str], list[str]]:
+    mutation: pb.HeaderMutation = codec.route_headers(route).request_headers.response \
+        .header_mutation
+    return {option.header.key for option in mutation.set_headers}, list(mutation.remove_headers)
+
+
+@pytest.mark.parametrize("order", [ROUTES, ROUTES[::-1]], ids=["forward", "reverse"])
+def test_each_answer_removes_exactly_the_control_headers_it_does_not_set(
+        order: list[codec.Route]) -> None:
+    for route in [*order, *order]:  # the second round reads the kept lists
+        written, removed = _written_and_removed(route)
+        assert removed == [name for name in control_headers.STRIPPED if name not in written]
+        assert codec.DESTINATION_HEADER in written
+
+
+def test_the_buffered_headers_answer_removes_every_control_header() -> None:
+    first, second = codec.continue_headers(), codec.continue_headers()
+    for answer in (first, second):
+        assert list(answer.request_headers.response.header_mutation.remove_headers) == list(
+            control_headers.STRIPPED)
