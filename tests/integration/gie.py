@@ -1,0 +1,122 @@
+"""A picker started the way the Gateway API Inference Extension's inferencepool chart starts its
+endpoint picker, against the loopback Kubernetes API server holding the chart's InferencePool
+(one pod serving two simulated engines on two target ports).
+
+Ports and listen addresses move to free loopback ones through LLM_PICKER_* variables (which
+the chart's inferenceExtension.env can set too); the chart's own 9002/9003/9090 are checked in
+tests/unit/test_gie.py. The process finds the ConfigMap in the test's directory rather than
+/config (the only change to the args).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from picker_bench.stack import (
+    ENVOY_DIR,
+    Process,
+    SimSpec,
+    free_port,
+    render_envoy_config,
+    spawn,
+    start_envoy,
+    start_sims,
+)
+from tests.gie_chart import CONFIG_MOUNT, epp_args, plugins_config
+from tests.integration.conftest import MODEL, SIM_HEADER
+from tests.k8s_api import FakeKubeApi, pod, pool, serving_in_thread
+
+__all__ = ["NAMESPACE", "RELEASE", "ChartPicker", "chart_picker", "routed_through_envoy"]
+
+RELEASE, NAMESPACE = "vllm-llama3-8b", "ns"  # FakeKubeApi's objects live in namespace ns
+
+
+@dataclass
+class ChartPicker:
+    process: Process
+    extproc_port: int
+    health_port: int
+    metrics_port: int
+    engine_ports: list[int]
+    workdir: Path
+
+    def serving(self, service: str) -> bool:
+        """Whether the gRPC health `service` answers SERVING (False while not listening)."""
+        if self.process.popen.poll() is not None:
+            raise AssertionError(f"the picker exited:\n{self.process.log_tail()}")
+        with contextlib.suppress(grpc.RpcError), \
+                grpc.insecure_channel(f"127.0.0.1:{self.health_port}") as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=2)
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        return False
+
+
+@contextlib.contextmanager
+def chart_picker(values: dict[str, Any]) -> Iterator[ChartPicker]:
+    workdir = Path(tempfile.mkdtemp(prefix="llm-picker-gie-"))
+    started: list[Process] = []
+    api = FakeKubeApi()
+    try:
+        sims = [SimSpec(worker, MODEL, ["--ttft-ms", "2", "--tpot-ms", "1"])
+                for worker in ("sim-a", "sim-b")]
+        started += start_sims(sims, workdir)
+        ports = [sim.port for sim in sims]
+        with serving_in_thread(api) as loop:
+            labels = {"app": RELEASE}
+            for resource, obj in (("inferencepools", pool(RELEASE, labels, ports)),
+                                  ("pods", pod("vllm-0", "127.0.0.1", labels))):
+                asyncio.run_coroutine_threadsafe(api.put(resource, obj), loop).result(5)
+            (workdir / "kubeconfig").write_text(api.kubeconfig())
+            name, text = plugins_config(values)
+            (workdir / name).write_text(text)
+            args = [a.replace(f"{CONFIG_MOUNT}/", f"{workdir}/")
+                    for a in epp_args(values, RELEASE, NAMESPACE)]
+            extproc, health, metrics = free_port(), free_port(), free_port()
+            env = {"KUBECONFIG": str(workdir / "kubeconfig"), "NAMESPACE": NAMESPACE,
+                   "LLM_PICKER_EXTPROC__HOST": "127.0.0.1", "LLM_PICKER_ADMIN__HOST": "127.0.0.1",
+                   "LLM_PICKER_EXTPROC__PORT": str(extproc),
+                   "LLM_PICKER_EXTPROC__HEALTH_PORT": str(health),
+                   "LLM_PICKER_ADMIN__PORT": str(metrics)}
+            process = spawn("picker", [sys.executable, "-m", "llm_picker", *args], workdir, env)
+            try:
+                yield ChartPicker(process, extproc, health, metrics, ports, workdir)
+            finally:  # before the API server goes: a picker that lost it logs errors
+                process.stop(timeout=15)
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def routed_through_envoy(picker: ChartPicker, requests: int = 6) -> set[str]:
+    """Send chat requests through real Envoy configured as a gateway configures it (TLS to the
+    picker, bodies streamed both ways); every one must succeed. The engines that served."""
+    listen, admin = free_port(), free_port()
+    envoy = start_envoy(render_envoy_config(
+        listen_port=listen, admin_port=admin, picker_port=picker.extproc_port,
+        body_mode="FULL_DUPLEX_STREAMED", template=ENVOY_DIR / "envoy-gateway.yaml",
+        fallback_ports=picker.engine_ports), picker.workdir)
+    served: set[str] = set()
+    try:
+        for i in range(requests):
+            response = httpx.post(f"http://127.0.0.1:{listen}/v1/chat/completions", json={
+                "model": MODEL, "max_tokens": 2,
+                "messages": [{"role": "user", "content": f"question {i}"}]}, timeout=10)
+            assert response.status_code == 200, response.text
+            served.add(response.headers[SIM_HEADER])
+    finally:
+        envoy.stop()
+    return served
