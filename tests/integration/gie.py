@@ -1,11 +1,12 @@
 """A picker started the way the Gateway API Inference Extension's inferencepool chart starts its
 endpoint picker, against the loopback Kubernetes API server holding the chart's InferencePool
-(one pod serving two simulated engines on two target ports).
+(one pod serving two simulated engines on two target ports): as a local process, or in the
+container image (`image`, run with podman as a kubelet would run it).
 
 Ports and listen addresses move to free loopback ones through LLM_PICKER_* variables (which
 the chart's inferenceExtension.env can set too); the chart's own 9002/9003/9090 are checked in
-tests/unit/test_gie.py. The process finds the ConfigMap in the test's directory rather than
-/config (the only change to the args).
+tests/unit/test_gie.py. A local process finds the ConfigMap in the test's directory rather than
+/config (the only change to the args); the container gets it mounted at /config.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import contextlib
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,15 @@ from tests.gie_chart import CONFIG_MOUNT, epp_args, plugins_config
 from tests.integration.conftest import MODEL, SIM_HEADER
 from tests.k8s_api import FakeKubeApi, pod, pool, serving_in_thread
 
-__all__ = ["NAMESPACE", "RELEASE", "ChartPicker", "chart_picker", "routed_through_envoy"]
+__all__ = ["NAMESPACE", "PODMAN_RUN", "RELEASE", "ChartPicker", "chart_picker",
+           "routed_through_envoy"]
 
 RELEASE, NAMESPACE = "vllm-llama3-8b", "ns"  # FakeKubeApi's objects live in namespace ns
+# crun refuses this machine's cgroups (v1 with a v2 hierarchy beside: "cgroups in hybrid mode
+# not supported"), and its root lacks CAP_SYS_RESOURCE, so podman's default limits (1048576
+# open files) cannot be set: runc, with limits under the host's.
+PODMAN_RUN = ("podman", "--runtime", "runc", "run", "--ulimit", "nofile=1024:1024",
+              "--ulimit", "nproc=1024:1024")
 
 
 @dataclass
@@ -65,8 +72,9 @@ class ChartPicker:
 
 
 @contextlib.contextmanager
-def chart_picker(values: dict[str, Any]) -> Iterator[ChartPicker]:
+def chart_picker(values: dict[str, Any], image: str | None = None) -> Iterator[ChartPicker]:
     workdir = Path(tempfile.mkdtemp(prefix="llm-picker-gie-"))
+    workdir.chmod(0o755)  # the image's user reads the ConfigMap and kubeconfig from here
     started: list[Process] = []
     api = FakeKubeApi()
     try:
@@ -82,15 +90,15 @@ def chart_picker(values: dict[str, Any]) -> Iterator[ChartPicker]:
             (workdir / "kubeconfig").write_text(api.kubeconfig())
             name, text = plugins_config(values)
             (workdir / name).write_text(text)
-            args = [a.replace(f"{CONFIG_MOUNT}/", f"{workdir}/")
-                    for a in epp_args(values, RELEASE, NAMESPACE)]
+            args = epp_args(values, RELEASE, NAMESPACE)
             extproc, health, metrics = free_port(), free_port(), free_port()
-            env = {"KUBECONFIG": str(workdir / "kubeconfig"), "NAMESPACE": NAMESPACE,
+            env = {"NAMESPACE": NAMESPACE,
                    "LLM_PICKER_EXTPROC__HOST": "127.0.0.1", "LLM_PICKER_ADMIN__HOST": "127.0.0.1",
                    "LLM_PICKER_EXTPROC__PORT": str(extproc),
                    "LLM_PICKER_EXTPROC__HEALTH_PORT": str(health),
                    "LLM_PICKER_ADMIN__PORT": str(metrics)}
-            process = spawn("picker", [sys.executable, "-m", "llm_picker", *args], workdir, env)
+            process = spawn("picker", _command(args, env, workdir, image), workdir,
+                            None if image else {**env, "KUBECONFIG": str(workdir / "kubeconfig")})
             try:
                 yield ChartPicker(process, extproc, health, metrics, ports, workdir)
             finally:  # before the API server goes: a picker that lost it logs errors
@@ -99,6 +107,19 @@ def chart_picker(values: dict[str, Any]) -> Iterator[ChartPicker]:
         for proc in reversed(started):
             proc.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _command(args: Sequence[str], env: dict[str, str], workdir: Path,
+             image: str | None) -> list[str]:
+    """The picker's command line: the chart's args after the image's entrypoint."""
+    if image is None:
+        local = [a.replace(f"{CONFIG_MOUNT}/", f"{workdir}/") for a in args]
+        return [sys.executable, "-m", "llm_picker", *local]
+    variables = {**env, "KUBECONFIG": f"{CONFIG_MOUNT}/kubeconfig"}
+    return [*PODMAN_RUN, "--rm", "--network", "host", "--read-only", "--tmpfs", "/tmp",
+            "--volume", f"{workdir}:{CONFIG_MOUNT}:ro",
+            *[item for key, value in variables.items() for item in ("--env", f"{key}={value}")],
+            image, *args]
 
 
 def routed_through_envoy(picker: ChartPicker, requests: int = 6) -> set[str]:
