@@ -68,7 +68,8 @@ async def serve(
         # Graceful shutdown: /ready turns 503 at once; requests in flight get the grace
         # period to finish (their streams end normally); then everything stops.
         await health.stop()
-        await runtime.stop(config.limits.shutdown_grace_secs)
+        await runtime.stop(config.limits.shutdown_grace_secs,
+                           config.limits.shutdown_delay_secs)
         await grpc_server.stop(1.0)
         if probes is not None:  # last: probes see NOT_SERVING until the end, not a refusal
             await probes[0].stop(None)

@@ -15,7 +15,8 @@ __all__ = ["CORE", "CRDS", "check_fields", "check_manifest"]
 CORE = {("v1", "ServiceAccount"): "V1ServiceAccount", ("v1", "ConfigMap"): "V1ConfigMap",
         ("v1", "Service"): "V1Service", ("apps/v1", "Deployment"): "V1Deployment",
         ("rbac.authorization.k8s.io/v1", "Role"): "V1Role",
-        ("rbac.authorization.k8s.io/v1", "RoleBinding"): "V1RoleBinding"}
+        ("rbac.authorization.k8s.io/v1", "RoleBinding"): "V1RoleBinding",
+        ("policy/v1", "PodDisruptionBudget"): "V1PodDisruptionBudget"}
 CRDS = {("inference.networking.k8s.io/v1", "InferencePool"),
         ("gateway.networking.k8s.io/v1", "HTTPRoute"),
         ("gateway.networking.k8s.io/v1", "Gateway"),

@@ -42,6 +42,8 @@ def epp_config(argv: Sequence[str], env: Mapping[str, str]) -> tuple[PickerConfi
         "extproc": {"host": "0.0.0.0", "port": 9002, "health_port": 9003, "tls": "self_signed"},
         "admin": {"host": "0.0.0.0", "port": 9090},
         "discovery": {"kubernetes": {}},
+        # The chart gives 130 s to terminate: 5 s for gateways to stop sending, then drain.
+        "limits": {"shutdown_delay_secs": 5.0},
     }
     for settings in (translation.settings, invocation.settings):
         for key, value in settings.items():

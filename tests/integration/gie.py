@@ -96,7 +96,8 @@ def chart_picker(values: dict[str, Any], image: str | None = None) -> Iterator[C
                    "LLM_PICKER_EXTPROC__HOST": "127.0.0.1", "LLM_PICKER_ADMIN__HOST": "127.0.0.1",
                    "LLM_PICKER_EXTPROC__PORT": str(extproc),
                    "LLM_PICKER_EXTPROC__HEALTH_PORT": str(health),
-                   "LLM_PICKER_ADMIN__PORT": str(metrics)}
+                   "LLM_PICKER_ADMIN__PORT": str(metrics),
+                   "LLM_PICKER_LIMITS__SHUTDOWN_DELAY_SECS": "0"}  # no balancer to wait for
             process = spawn("picker", _command(args, env, workdir, image), workdir,
                             None if image else {**env, "KUBECONFIG": str(workdir / "kubeconfig")})
             try:
