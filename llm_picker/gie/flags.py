@@ -253,7 +253,8 @@ def _read(argv: Sequence[str]) -> dict[str, Any]:
                               "(`llm-picker epp --help` lists them)")
         flag = FLAGS.get(name)
         if flag is None:
-            raise ConfigError(f"--{name}", "unknown flag (`llm-picker epp --help` lists them)")
+            raise ConfigError(f"--{name}", "unknown flag (`llm-picker epp --help` lists them; "
+                              "the picker's own commands come first: `llm-picker serve ...`)")
         if not eq:
             if flag.kind is Kind.BOOL:
                 text = "true"
