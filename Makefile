@@ -4,12 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench proto clean
+.PHONY: demo test lint bench proto clean image image-test
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= localhost/llm-picker:$(VERSION)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,bench,litellm]'
+	$(BIN)/python -m pip install -q -e '.[dev,bench,litellm,helm]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -21,6 +23,16 @@ test: lint
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# The container image (deploy/image/Dockerfile) with buildah, from Debian packages: needs root,
+# buildah, podman, skopeo, debootstrap and runc (.ci/run installs them); a minute or two the
+# first time (the base image is kept), so not part of `make test`.
+image: $(STAMP)
+	IMAGE=$(IMAGE) PYTHON=$(BIN)/python bash deploy/image/build.sh
+
+# Build the image, then run it: its configuration, --version, the picker in it behind Envoy.
+image-test: image
+	LLM_PICKER_IMAGE=$(IMAGE) $(BIN)/python -m pytest -q -p no:xdist tests/integration/test_image.py
 
 bench: $(STAMP)
 	$(BIN)/llm-picker bench overhead

@@ -105,5 +105,6 @@ async def serve_authz(
         if http_server is not None:
             http_server.close()
         # Requests in flight get the grace period; their access-log entries still arrive.
-        await runtime.stop(config.limits.shutdown_grace_secs)
+        await runtime.stop(config.limits.shutdown_grace_secs,
+                           config.limits.shutdown_delay_secs)
         await grpc_server.stop(1.0)

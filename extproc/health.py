@@ -6,9 +6,15 @@ Gateways and Kubernetes probe an endpoint picker with the standard grpc.health.v
   readiness                                    PickerRuntime.ready: a worker is routable,
                                                discovery synced, not draining
   envoy.service.ext_proc.v3.ExternalProcessor  same as readiness: ext_proc can route
+  inference-extension                          same as readiness: what the Gateway API Inference
+                                               Extension's inferencepool chart probes with one
+                                               replica (v1.5.0 config/charts/epplib/templates/
+                                               _deployment.yaml:160-181)
 
 The picker has no leader election, so a replica that can route is ready. Statuses are recomputed
-on a short period rather than per check, so Watch streams see changes too.
+on a short period rather than per check, so Watch streams see changes too. They are served on
+the ext_proc port, and with `extproc.health_port` also on a plaintext port of their own
+(`health_server`): Kubernetes gRPC probes speak no TLS.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ import asyncio
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from picker.listen import check_free
 from picker.runtime import PickerRuntime
 
-__all__ = ["LIVENESS", "READINESS", "HealthService"]
+__all__ = ["INFERENCE_EXTENSION", "LIVENESS", "READINESS", "HealthService", "health_server"]
 
 LIVENESS = "liveness"
 READINESS = "readiness"
+INFERENCE_EXTENSION = "inference-extension"
 _PERIOD_SECS = 0.25
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -32,7 +40,7 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class HealthService:
     def __init__(self, runtime: PickerRuntime, ext_proc_service: str) -> None:
         self._runtime = runtime
-        self._ready_services = (READINESS, ext_proc_service)
+        self._ready_services = (READINESS, INFERENCE_EXTENSION, ext_proc_service)
         self._servicer = health.aio.HealthServicer()
         self._task: asyncio.Task[None] | None = None
 
@@ -60,3 +68,16 @@ class HealthService:
         await self._servicer.set(LIVENESS, _NOT_SERVING if draining else _SERVING)
         for service in self._ready_services:
             await self._servicer.set(service, _SERVING if ready else _NOT_SERVING)
+
+
+def health_server(health: HealthService, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server of the health services alone, bound to host:port (0: a free port)
+    and not yet started; returns the port."""
+    check_free(host, port, "extproc.health_port")  # gRPC's SO_REUSEPORT would share it
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health.add_to(server)
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:  # taken between the check and the bind
+        raise OSError(f"extproc.health_port cannot listen on {host}:{port}") from exc
+    return server, bound

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from extproc.health import HealthService
+from extproc.health import HealthService, health_server
 from extproc.server import SERVICE_NAME, create_server
 from picker.config import PickerConfig
 from picker.observe.access_log import AccessLog
@@ -39,6 +39,9 @@ async def serve(
         AccessLog() if config.log.access else None, health, extproc.fallbacks,
         extproc.conformance,
     )
+    health_port = config.extproc.health_port
+    probes = None if health_port is None else health_server(health, config.extproc.host,
+                                                            health_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -48,14 +51,18 @@ async def serve(
     try:
         await health.start()
         await grpc_server.start()
+        if probes is not None:
+            await probes[0].start()
         admin = (f"admin on {config.admin.host}:{runtime.admin_port}"
                  if runtime.admin_port is not None
                  else "admin in process 0" if group is not None and not group.primary
                  else "admin off")
         log.info(
-            "llm-picker serving%s: ext_proc on %s:%d (%s), %s, policy %s, %d workers",
+            "llm-picker serving%s: ext_proc on %s:%d (%s)%s, %s, policy %s, %d workers",
             "" if group is None else f" (process {group.index} of {group.count})",
-            config.extproc.host, grpc_port, _transport(config), admin, config.policy.name,
+            config.extproc.host, grpc_port, _transport(config),
+            "" if probes is None else f", gRPC health on {config.extproc.host}:{probes[1]}",
+            admin, config.policy.name,
             len(runtime.routing.workers()),
         )
         await stop.wait()
@@ -63,8 +70,11 @@ async def serve(
         # Graceful shutdown: /ready turns 503 at once; requests in flight get the grace
         # period to finish (their streams end normally); then everything stops.
         await health.stop()
-        await runtime.stop(config.limits.shutdown_grace_secs)
+        await runtime.stop(config.limits.shutdown_grace_secs,
+                           config.limits.shutdown_delay_secs)
         await grpc_server.stop(1.0)
+        if probes is not None:  # last: probes see NOT_SERVING until the end, not a refusal
+            await probes[0].stop(None)
 
 
 def _transport(config: PickerConfig) -> str:

@@ -1,5 +1,6 @@
-"""`llm-picker serve | envoy-config | check-config | sim | demo | bench`; each subcommand
-imports only what it needs."""
+"""`llm-picker serve | epp | envoy-config | check-config | sim | demo | bench`; each
+subcommand imports only what it needs. Flags with no subcommand (`llm-picker --pool-name p ...`)
+are `epp`'s: the way the inferencepool Helm chart starts its endpoint picker image."""
 
 from __future__ import annotations
 
@@ -10,16 +11,19 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from picker.errors import ConfigError
 
 if TYPE_CHECKING:
     from picker.config import PickerConfig
+    from picker.processes.group import ProcessGroup
 
 __all__ = ["main"]
+
+log = logging.getLogger("llm_picker")
 
 
 def _config_path(ns: argparse.Namespace) -> str | None:
@@ -52,11 +56,9 @@ def _serve(ns: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"llm-picker: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log.level, format="%(asctime)s %(levelname)s %(message)s")
-    if config.log.level == "INFO":
-        # httpx logs every request at INFO: each health check and metrics scrape, several a
-        # second, would drown the start-up lines INFO is for (DEBUG still shows them).
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+    from llm_picker.logs import configure_logging
+
+    configure_logging(config.log)
     config_file = Path(path) if path else None
     if group is None and ns.workers > 1:
         from llm_picker.supervisor import run_group
@@ -67,17 +69,46 @@ def _serve(ns: argparse.Namespace) -> int:
             print(f"llm-picker: {exc}", file=sys.stderr)
             return 1
     if group is not None:  # one of the supervisor's processes: its own ext_proc port
-        extproc = config.extproc.model_copy(update={"port": config.extproc.port + group.index})
+        health = config.extproc.health_port
+        extproc = config.extproc.model_copy(update={
+            "port": config.extproc.port + group.index,
+            "health_port": None if health is None else health + group.index})
         config = config.model_copy(update={"extproc": extproc})
+    return _run(config, config_file, overrides, group, _authz_port(ns))
+
+
+def _epp(argv: list[str]) -> int:
+    """GIE's endpoint picker flags (llm_picker/gie): ext_proc, as `serve` runs it."""
+    from llm_picker.gie import epp_config, usage
+    from llm_picker.logs import configure_logging
+
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(usage())
+        return 0
+    try:
+        config, notes = epp_config(argv, os.environ)
+        check_ports(config, 1, None)
+    except ConfigError as exc:
+        print(f"llm-picker epp: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log)
+    for note in notes:
+        log.warning("%s", note)
+    return _run(config, None, None, None, None)
+
+
+def _run(config: PickerConfig, config_file: Path | None, overrides: Mapping[str, Any] | None,
+         group: ProcessGroup | None, authz_port: int | None) -> int:
+    """Serve ext_proc, or ext_authz on `authz_port`, until stopped; the exit code."""
     from llm_picker.allocator import bound_large_allocations
 
     bound_large_allocations()
     try:
         # The Envoy adapters live outside the core; only this command needs grpc.
-        if ns.mode == "authz":
+        if authz_port is not None:
             from authz.serve import serve_authz
 
-            asyncio.run(serve_authz(config, ns.authz_port, config_file, overrides, group))
+            asyncio.run(serve_authz(config, authz_port, config_file, overrides, group))
         else:
             from extproc.serve import serve
 
@@ -103,13 +134,14 @@ def check_ports(config: PickerConfig, workers: int, authz_port: int | None) -> N
     With `--workers N` process i listens on each port + i; `authz_port`: --mode authz."""
     from picker.processes.group import check_group_config
 
-    count, extproc = workers, config.extproc.port
+    count, extproc, health = workers, config.extproc.port, config.extproc.health_port
     authz = authz_port is not None
-    if count > 1 and (not extproc or (authz and not authz_port)):
+    if count > 1 and (not extproc or (authz and not authz_port) or health == 0):
         raise ConfigError("extproc.port", "--workers gives process i the port extproc.port + "
-                          "i (and --authz-port + i): set ports, not 0")
+                          "i (and --authz-port + i, extproc.health_port + i): set ports, not 0")
     each = f" with --workers {count} (process i listens on port + i)" if count > 1 else ""
     ranges = [("extproc.port", extproc)] + ([("--authz-port", authz_port or 0)] if authz else [])
+    ranges += [("extproc.health_port", health)] if health is not None else []
     taken: dict[int, str] = {}
     for key, first in ranges:
         last = first + count - 1
@@ -264,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="processes acting as one picker, process i on extproc.port + i "
                             "(ext_proc mode; pair with `envoy-config --workers N`)")
     serve.set_defaults(run=_serve)
+    # Parsed by main() before argparse (GIE's Go flag syntax): listed here for --help only.
+    commands.add_parser("epp", add_help=False,
+                        help="ext_proc started with the Gateway API Inference Extension's "
+                             "endpoint picker flags (the inferencepool Helm chart's); "
+                             "`epp --help` lists them")
 
     envoy = commands.add_parser(
         "envoy-config", help="print an Envoy bootstrap matching the picker configuration")
@@ -421,6 +458,10 @@ def _positive(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["epp"]:
+        return _epp(argv[1:])
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        return _epp(argv)  # the inferencepool chart passes GIE's flags with no subcommand
     ns = build_parser().parse_args(argv)
     ns.argv = argv  # `serve --workers N` starts N copies of this very command
     code: int = ns.run(ns)

@@ -87,7 +87,8 @@ def run_group(config: PickerConfig, count: int, serve_argv: Sequence[str],
                 preexec_fn=lambda: _child_setup(supervisor)))
         log.info("llm-picker: %d processes, ext_proc on %s:%d-%d, admin API in process 0",
                  count, host, base, base + count - 1)
-        return group.supervise(config.limits.shutdown_grace_secs + _STOP_MARGIN_SECS)
+        return group.supervise(config.limits.shutdown_grace_secs
+                               + config.limits.shutdown_delay_secs + _STOP_MARGIN_SECS)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 

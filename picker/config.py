@@ -88,6 +88,9 @@ class ExtprocConfig(ListenConfig):
     # Worker api_keys travel to Envoy in header mutations: whoever completes an ext_proc stream
     # reads them. Off, keyed workers need mutual TLS here (worker_keys_problem).
     allow_unauthenticated_keys: bool = False
+    # The gRPC health services also on a plaintext port of their own: Kubernetes gRPC probes
+    # speak no TLS (GIE's --grpc-health-port, where the inferencepool chart's probes go).
+    health_port: int | None = Field(default=None, ge=0, le=65535)
 
     @property
     def authenticates_clients(self) -> bool:
@@ -184,6 +187,8 @@ class LogConfig(StrictModel):
     the hot path, and operators who have Envoy's access log may not want a second one."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # json: one JSON object per line (what log collectors parse; GIE's --zap-encoder json).
+    format: Literal["text", "json"] = "text"
     access: bool = False
 
     @field_validator("level", mode="before")

@@ -282,9 +282,14 @@ class PickerRuntime:
                 raise OSError(f"no registry from process 0 within {_MIRROR_START_SECS:.0f}s")
             await asyncio.sleep(0.01)
 
-    async def stop(self, grace_secs: float = 0.0) -> None:
-        """Drain (up to `grace_secs` for requests in flight), then stop every service."""
+    async def stop(self, grace_secs: float = 0.0, delay_secs: float = 0.0) -> None:
+        """Not ready at once; route new requests for `delay_secs` more (balancers take that
+        long to stop sending them), drain (up to `grace_secs` for requests in flight), then
+        stop every service."""
         self._draining = True
+        if delay_secs:
+            log.info("not ready: still routing for %.1fs while balancers notice", delay_secs)
+            await asyncio.sleep(delay_secs)
         if self.leases.active:
             log.info("draining: %d requests in flight, up to %.0fs", self.leases.active,
                      grace_secs)

@@ -12,15 +12,18 @@ mid-stream, as when an API server restarts).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-__all__ = ["FakeKubeApi", "pod", "pool"]
+__all__ = ["FakeKubeApi", "pod", "pool", "serving_in_thread"]
 
 POOLS = "/apis/inference.networking.k8s.io/v1/namespaces/{ns}/inferencepools"
 PODS = "/api/v1/namespaces/{ns}/pods"
@@ -185,6 +188,32 @@ class FakeKubeApi:
             self._open.remove(request)
         await response.write_eof()
         return response
+
+
+@contextlib.contextmanager
+def serving_in_thread(api: FakeKubeApi) -> Iterator[asyncio.AbstractEventLoop]:
+    """Serve `api` from a loop of its own on a daemon thread, for tests whose client is another
+    process; yields that loop (change objects with asyncio.run_coroutine_threadsafe)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="k8s-api", daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(api.start(), loop).result(10)
+    try:
+        yield loop
+    finally:
+        asyncio.run_coroutine_threadsafe(api.close(), loop).result(10)
+        asyncio.run_coroutine_threadsafe(_cancel_the_rest(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+async def _cancel_the_rest() -> None:
+    """Handlers still running (watches cut from the server side end on their next write)."""
+    rest = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in rest:
+        task.cancel()
+    await asyncio.gather(*rest, return_exceptions=True)
 
 
 def _matches(obj: dict[str, Any], query: dict[str, str]) -> bool:

@@ -32,6 +32,10 @@ class LimitSettings(StrictModel):
     # On SIGTERM, how long requests in flight may take to finish (a long generation streams
     # for minutes; deploy/'s terminationGracePeriodSeconds leaves 10 s more).
     shutdown_grace_secs: float = Field(default=120.0, ge=0)
+    # On SIGTERM, readiness turns false at once, and new requests are still routed for this
+    # long, while load balancers and gateways notice (their health checks, Kubernetes
+    # removing the pod's endpoint); then the drain. 0: drain at once.
+    shutdown_delay_secs: float = Field(default=0.0, ge=0, le=600)
 
 
 class Admission:
