@@ -73,6 +73,7 @@ from picker.routing.leases import Lease, LeaseBook
 from picker.routing.request import RoutingRequest
 from picker.routing.router import Router
 from picker.routing.router_manager import PdRouters, RouterManager
+from picker.trace import TraceRecorder
 
 if TYPE_CHECKING:
     from picker.replicas.sharing import PickSharing
@@ -114,6 +115,9 @@ class PickerRuntime:
         self._overrides = dict(overrides or {})
         if group is not None:
             check_group_config(config)
+            if config.trace is not None:
+                raise ConfigError("trace", "serve --workers N would record N traces with N "
+                                  "keys, none joinable with another: record with one process")
         self._group = group
         self._follower = group is not None and not group.primary
         self.registry = WorkerRegistry(circuit=config.circuit)
@@ -137,9 +141,10 @@ class PickerRuntime:
         self.routers = RouterManager(self.registry, config, self.metrics, self._prefix,
                                      decisions)
         self.router = self.routers.default  # enable_igw off: the one router
+        self._recorder = TraceRecorder(config.trace) if config.trace is not None else None
         self.leases = LeaseBook(
             self.registry, config.limits if group is None else group.share_of(config.limits),
-            self.metrics)
+            self.metrics, () if self._recorder is None else (self._recorder,))
         self.history = ActivityHistory(self.metrics)  # the status page's plots
         # Workers registered before they answer are admitted by health checks, when they run.
         self.manager = WorkerManager(self.registry, config.discovery,
@@ -239,7 +244,7 @@ class PickerRuntime:
         except RequestError:
             self.leases.cancel_admission()
             raise
-        return self.leases.open(choice)
+        return self.leases.open(choice, request=request)
 
     async def _open_pair(self, routers: PdRouters, request: RoutingRequest,
                          allowed: Collection[str] | None) -> Lease:
@@ -256,7 +261,7 @@ class PickerRuntime:
             prefill = prefill_choice.worker
             if decode.decision is not None and prefill_choice.decision is not None:
                 decode.decision.paired_with(prefill_choice.decision)
-            lease = self.leases.open(decode, prefill)
+            lease = self.leases.open(decode, prefill, request)
             try:
                 lease.forward_as(await self._pd_step(request, prefill, decode.worker))
                 return lease
@@ -402,6 +407,8 @@ class PickerRuntime:
                 await self._sharing.start()
                 running.push_async_callback(self._sharing.stop)
             running.push_async_callback(self._prefill.close)
+            if self._recorder is not None:
+                running.callback(self._recorder.close)
             expiry = asyncio.create_task(self._expire_forever())
             running.push_async_callback(_cancel, expiry)
             if self.admin_enabled:
