@@ -1,5 +1,5 @@
-"""`llm-picker serve | envoy-config | check-config | sim | demo | bench`; each subcommand
-imports only what it needs."""
+"""`llm-picker serve | envoy-config | check-config | sim | replay | trace | demo | bench`;
+each subcommand imports only what it needs."""
 
 from __future__ import annotations
 
@@ -296,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sim_arguments(sim)
     sim.set_defaults(run=_sim)
+
+    from picker_bench.replay.command import add_replay_parser, add_trace_parser
+
+    add_replay_parser(commands)
+    add_trace_parser(commands)
 
     demo = commands.add_parser("demo", help="Envoy + picker + 3 simulated engines, end to end")
     demo.add_argument("--requests", type=_positive, default=200)
