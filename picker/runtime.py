@@ -73,7 +73,7 @@ from picker.routing.leases import Lease, LeaseBook
 from picker.routing.request import RoutingRequest
 from picker.routing.router import Router
 from picker.routing.router_manager import PdRouters, RouterManager
-from picker.trace import TraceRecorder
+from picker.trace import PredictionAudit, TraceRecorder
 
 if TYPE_CHECKING:
     from picker.replicas.sharing import PickSharing
@@ -141,10 +141,13 @@ class PickerRuntime:
         self.routers = RouterManager(self.registry, config, self.metrics, self._prefix,
                                      decisions)
         self.router = self.routers.default  # enable_igw off: the one router
+        # What each request's end is compared with: the audit always, the recording if asked.
+        self.audit = PredictionAudit(self.metrics.registry)
         self._recorder = TraceRecorder(config.trace) if config.trace is not None else None
         self.leases = LeaseBook(
             self.registry, config.limits if group is None else group.share_of(config.limits),
-            self.metrics, () if self._recorder is None else (self._recorder,))
+            self.metrics, (self.audit,) if self._recorder is None
+            else (self.audit, self._recorder))
         self.history = ActivityHistory(self.metrics)  # the status page's plots
         # Workers registered before they answer are admitted by health checks, when they run.
         self.manager = WorkerManager(self.registry, config.discovery,

@@ -1,7 +1,8 @@
-"""Record through real Envoy and simulated engines, replay in process."""
+"""Record through real Envoy and simulated engines, replay in process, audit live predictions."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,8 @@ from picker_bench.replay.fleet import replay_policy
 from picker_bench.replay.report import summarise
 from picker_bench.stack import ENVOY_DIR, Fleet, SimSpec, local_fleet
 from picker_sim.engine import SimConfig
-from tests.integration.conftest import MODEL, wait_until
+from tests.browser import Chromium, find_chromium
+from tests.integration.conftest import MODEL, metric_values, wait_until
 
 pytestmark = pytest.mark.xdist_group("trace_replay")
 
@@ -73,3 +75,52 @@ def test_a_recorded_trace_replays_to_the_live_hit_rate(recorded: tuple[Path, flo
     # Round robin on the same trace does measurably worse: the replay sees routing.
     rr = summarise("round_robin", replay_policy(lines, "round_robin", fleet), 3).hit_rate
     assert rr < replayed - 0.05
+
+
+def test_engines_reporting_no_hits_the_picker_predicted_raise_drift(tmp_path: Path) -> None:
+    """Engines that keep nothing cached (one block) behind a picker whose prefix index
+    predicts hits: what a chat template mismatch looks like from the picker."""
+    body = {"model": MODEL, "max_tokens": 2, "stream": True,
+            "stream_options": {"include_usage": True}}
+    system = " ".join(f"w{i}" for i in range(400))
+    bodies = [{**body, "messages": [{"role": "system", "content": system},
+                                    {"role": "user", "content": f"question {i}"}]}
+              for i in range(30)]
+    settings = {**_SELF_SIGNED, "prefix": {"enabled": True}, "explain": {"enabled": True}}
+    chromium = find_chromium()
+    results = {}
+    for name, blocks in (("forgetful", "1"), ("caching", "20000")):
+        sims = [SimSpec(f"{name}-{i}", MODEL, ["--ttft-ms", "1", "--tpot-ms", "0.2",
+                                                "--cache-blocks", blocks]) for i in range(2)]
+        with local_fleet(sims, policy="prefix_cache", **_GATEWAY,
+                         picker_settings=settings) as fleet:
+            _send(fleet, bodies)
+            status = httpx.get(f"{fleet.admin_url}/debug/status", timeout=5).json()
+            drift = metric_values(fleet, "llm_picker_audit_drift")
+            page = None if chromium is None else asyncio.run(_audit_table(chromium, fleet))
+            results[name] = (status, drift, page)
+    status, drift, page = results["forgetful"]
+    drifting = [w for w, view in status["audit"].items() if view["drift"]]
+    assert drifting and all(drift[(("worker", w),)] == 1 for w in drifting)
+    assert page is None or {f"{w}:DRIFT" for w in drifting} <= set(page)
+    decision = status["decisions"][0]
+    assert decision["audit"]["predicted_hit"] > 0.5 and decision["audit"]["observed_hit"] < 0.1
+    status, drift, page = results["caching"]
+    assert not any(view["drift"] for view in status["audit"].values()) and \
+        not any(drift.values())
+    assert page is None or page and all(row.endswith(":ok") for row in page)
+    assert status["decisions"][0]["audit"]["observed_hit"] > 0.5
+    if chromium is None:
+        pytest.skip("NO BROWSER: the status page's audit table is NOT tested in a browser "
+                    "(apt-get install -y chromium)")
+
+
+async def _audit_table(chromium: str, fleet: Fleet) -> list[str]:
+    """The status page's audit rows, `worker:drift state`, as a browser draws them."""
+    async with Chromium(chromium) as browser:
+        await browser.open(f"{fleet.admin_url}/")
+        await browser.wait_for("document.querySelectorAll('#audit tbody tr').length > 0")
+        rows: str = await browser.evaluate(
+            "[...document.querySelectorAll('#audit tbody tr')]"
+            ".map(r => r.dataset.worker + ':' + r.lastChild.textContent).join(',')")
+    return rows.split(",")

@@ -64,6 +64,7 @@ def status_view(runtime: PickerRuntime,
         "policies": {name: params.model_dump(mode="json")
                      for name, params in sorted(config.policy_params().items())},
         "explain": {"enabled": log is not None, "allow_header": config.explain.allow_header},
+        "audit": runtime.audit.view(),
         "decisions": [] if log is None else
         [d.to_dict() for d in log.recent(RECENT_DECISIONS)],
     }
