@@ -33,7 +33,7 @@ def add_replay_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
     replay = commands.add_parser(
         "replay", help="replay a trace through policies against simulated engines, in "
-                       "virtual time")
+                       "virtual time (or fit the simulator to it: --calibrate)")
     replay.add_argument("trace", type=Path, help="trace JSONL (recorded, imported or Mooncake)")
     replay.add_argument("--policies", default="round_robin,least_load,cache_aware",
                         help="comma-separated policy names, each with its parameters from "
@@ -49,6 +49,9 @@ def add_replay_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     replay.add_argument("--record", type=Path,
                         help="write the first policy's replayed requests as a trace (with "
                              "TTFT and latency observed in the simulation)")
+    replay.add_argument("--calibrate", action="store_true",
+                        help="fit each engine's prefill rate and decode step to the trace's "
+                             "observed TTFT and latency instead of replaying")
     replay.set_defaults(run=_replay)
 
 
@@ -82,6 +85,7 @@ def _import(ns: argparse.Namespace) -> int:
 
 def _replay(ns: argparse.Namespace) -> int:
     from picker.config import load_config
+    from picker_bench.replay.calibrate import calibrate, format_fits
     from picker_bench.replay.fleet import Fleet, replay_policy
     from picker_bench.replay.report import (
         PolicyReport,
@@ -94,6 +98,9 @@ def _replay(ns: argparse.Namespace) -> int:
 
     try:
         lines = read_lines(ns.trace, ns.limit)
+        if ns.calibrate:
+            print(format_fits(calibrate(lines)))
+            return 0
         if ns.speedup <= 0:
             raise ValueError(f"--speedup must be more than 0, not {ns.speedup}")
         config = load_config(ns.config)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from llm_picker.cli import main
 from picker.config import PickerConfig
+from picker.trace.line import TraceLine
 from picker_bench.mooncake import SAMPLE_TRACE
-from picker_bench.replay.command import read_lines
+from picker_bench.replay.calibrate import calibrate
+from picker_bench.replay.command import read_lines, served_lines
 from picker_bench.replay.fleet import Fleet, replay_policy
 from picker_bench.replay.importers import import_trace
 from picker_bench.replay.report import oracle_hit_rate, summarise
@@ -45,7 +48,29 @@ def test_a_bad_mooncake_line_is_refused_naming_line_and_field(tmp_path: Path) ->
         list(import_trace(path, "mooncake"))
 
 
-def test_the_commands_import_replay_and_plot(tmp_path: Path,
+def test_calibration_recovers_the_simulator_that_produced_a_trace() -> None:
+    engine = SimConfig(ttft_ms=8.0, tpot_ms=4.0, prefill_tokens_per_sec=15_000.0,
+                       cache_blocks=28_000, block_tokens=16)
+    # One request every 5 s on 2 engines: no queueing, a batch of one (what the fit models).
+    lines = [replace(line, timestamp=i * 5000.0)
+             for i, line in enumerate(read_lines(SAMPLE_TRACE, 120))]
+    fleet = Fleet(PickerConfig(), engine, engines=2, seed=1)
+    recorded = served_lines(lines, replay_policy(lines, "round_robin", fleet), "round_robin")
+    fits = calibrate(recorded)
+    assert [f.worker for f in fits] == ["sim-0", "sim-1"]
+    for fit in fits:
+        assert fit.prefill_tokens_per_sec == pytest.approx(15_000, rel=0.1)
+        assert fit.decode_step_ms == pytest.approx(4.0, rel=0.1)
+        assert fit.fixed_ms == pytest.approx(8.0, rel=0.1)
+        assert fit.ttft_error < 0.05
+
+
+def test_calibration_without_observed_ttft_says_what_is_missing() -> None:
+    with pytest.raises(ValueError, match="ttft_ms"):
+        calibrate([TraceLine(0.0, 10, 1, ())])
+
+
+def test_the_commands_import_replay_plot_and_calibrate(tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     trace, svg, replayed = tmp_path / "t.jsonl", tmp_path / "r.svg", tmp_path / "replayed.jsonl"
     assert main(["trace", "import", str(SAMPLE_TRACE), "--format", "mooncake",
@@ -55,7 +80,9 @@ def test_the_commands_import_replay_and_plot(tmp_path: Path,
     table = capsys.readouterr().out.splitlines()
     assert [row.split()[0] for row in table[-2:]] == ["round_robin", "cache_aware"]
     assert svg.read_text().startswith("<svg") and "cache_aware" in svg.read_text()
-    assert {line.worker for line in read_lines(replayed)} == {"sim-0", "sim-1", "sim-2"}
+    assert main(["replay", str(replayed), "--calibrate"]) == 0
+    assert [row.split()[0] for row in capsys.readouterr().out.splitlines()[1:]] == \
+        ["sim-0", "sim-1", "sim-2"]
 
 
 def test_an_unknown_policy_is_refused_naming_it(tmp_path: Path,
