@@ -14,11 +14,13 @@ from picker.errors import ConfigError
 from picker.fleet.registry import WorkerRegistry
 from picker.fleet.worker_spec import WorkerSpec
 from picker.observe.metrics import PickerMetrics
+from picker.processes.group import ProcessGroup
 from picker.routing.admission import LimitSettings
 from picker.routing.leases import LeaseBook
 from picker.routing.request import Api, RoutingRequest
 from picker.routing.response_stats import ResponseSample, Usage
 from picker.routing.router import Choice
+from picker.runtime import PickerRuntime
 from picker.trace.files import RotatingLines
 from picker.trace.hashing import TraceHasher
 from picker.trace.line import parse_line
@@ -110,3 +112,10 @@ def test_bad_trace_settings_are_refused_naming_the_key(trace: dict[str, object],
                                                        key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         config_from_data({"trace": trace})
+
+
+def test_serve_workers_refuses_a_recording_naming_trace(tmp_path: Path) -> None:
+    """N processes would write N traces under N keys, none joinable with another."""
+    config = config_from_data({"trace": {"path": str(tmp_path / "t.jsonl")}})
+    with pytest.raises(ConfigError, match=r"^trace: serve --workers"):
+        PickerRuntime(config, group=ProcessGroup(0, 2, tmp_path, (1, 2)))
