@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from picker.errors import ConfigError
 from picker.trace.line import TraceLine, parse_line
 
-__all__ = ["add_replay_parser", "add_trace_parser", "read_lines", "served_lines"]
+__all__ = ["add_replay_parser", "add_trace_parser", "read_lines"]
 
 
 def read_lines(path: Path, limit: int | None = None) -> list[TraceLine]:
@@ -86,7 +85,7 @@ def _import(ns: argparse.Namespace) -> int:
 def _replay(ns: argparse.Namespace) -> int:
     from picker.config import load_config
     from picker_bench.replay.calibrate import calibrate, format_fits
-    from picker_bench.replay.fleet import Fleet, replay_policy
+    from picker_bench.replay.fleet import Fleet, as_trace, replay_policy
     from picker_bench.replay.report import (
         PolicyReport,
         format_table,
@@ -118,7 +117,7 @@ def _replay(ns: argparse.Namespace) -> int:
                   f"({len(lines) / cpu if cpu else 0:.0f} requests/s)", file=sys.stderr)
             if ns.record is not None and not reports:
                 ns.record.write_text("".join(line.to_json() + "\n"
-                                             for line in served_lines(lines, served, policy)))
+                                             for line in as_trace(lines, served, policy)))
             reports.append(summarise(policy, served, ns.engines))
     except (ConfigError, OSError, ValueError) as exc:
         print(f"llm-picker replay: {exc}", file=sys.stderr)
@@ -129,25 +128,6 @@ def _replay(ns: argparse.Namespace) -> int:
         ns.plot.write_text(plot_svg(f"{ns.trace.name}, {ns.engines} x {ns.profile}", reports,
                                     oracle))
     return 0
-
-
-def served_lines(lines: Sequence[TraceLine], served: Sequence[object],
-                 policy: str) -> list[TraceLine]:
-    """The replayed requests as a trace with what the simulation observed."""
-    from dataclasses import replace
-
-    from picker_bench.replay.fleet import Served
-
-    out = []
-    for line, one in zip(lines, served, strict=True):
-        assert isinstance(one, Served)
-        if one.worker is None:
-            continue
-        out.append(replace(line, worker=one.worker, policy=policy,
-                           ttft_ms=round(one.ttft_secs * 1000, 3),
-                           latency_ms=round(one.e2e_secs * 1000, 3),
-                           cached_tokens=one.cached_tokens, outcome="completed"))
-    return out
 
 
 def _positive(text: str) -> int:

@@ -29,6 +29,7 @@ from picker.fleet.registry import Worker, WorkerRegistry
 from picker.fleet.worker_spec import WorkerSpec
 from picker.observe.metrics import PickerMetrics
 from picker.policies import PolicyParams, parse_params
+from picker.policies.base import SeededParams
 from picker.prefix.producer import PrefixProducer
 from picker.routing.leases import LeaseBook
 from picker.routing.request import Api, RoutingRequest
@@ -39,7 +40,7 @@ from picker_bench.replay.clock import VirtualTimeLoop
 from picker_bench.replay.prompts import block_text, prompt_shape
 from picker_sim.engine import SimConfig, SimEngine
 
-__all__ = ["Fleet", "Served", "replay_policy"]
+__all__ = ["Fleet", "Served", "as_trace", "engine_id", "policy_params", "replay_policy"]
 
 _MODEL = "trace-model"  # what a line without a model asks for
 
@@ -80,9 +81,25 @@ def policy_params(config: PickerConfig, policy: str, seed: int) -> PolicyParams:
     configuration leaves its seed unset."""
     params = config.policy_params().get(policy) or parse_params(
         policy, {}, "--policies", config.load.stale_after_secs)
-    if getattr(params, "seed", 0) is None:
+    if isinstance(params, SeededParams) and params.seed is None:
         params = params.model_copy(update={"seed": seed})
     return params
+
+
+def engine_id(index: int) -> str:
+    """The replay's name for engine `index`."""
+    return f"sim-{index}"
+
+
+def as_trace(lines: Sequence[TraceLine], served: Sequence[Served],
+             policy: str) -> list[TraceLine]:
+    """The replayed requests as a trace, with what the simulation observed (what
+    `--calibrate` reads, as it reads a recorded trace)."""
+    return [replace(line, worker=one.worker, policy=policy,
+                    ttft_ms=round(one.ttft_secs * 1000, 3),
+                    latency_ms=round(one.e2e_secs * 1000, 3),
+                    cached_tokens=one.cached_tokens, outcome="completed")
+            for line, one in zip(lines, served, strict=True) if one.worker is not None]
 
 
 class _Run:
@@ -94,8 +111,8 @@ class _Run:
         self._registry = WorkerRegistry(circuit=config.circuit)
         self._engines: dict[str, SimEngine] = {}
         for i in range(fleet.engines):
-            worker = self._registry.add(WorkerSpec(url=f"http://sim-{i}.replay.invalid:8000",
-                                                   id=f"sim-{i}"))
+            worker = self._registry.add(WorkerSpec(
+                url=f"http://{engine_id(i)}.replay.invalid:8000", id=engine_id(i)))
             self._engines[worker.id] = SimEngine(
                 replace(fleet.engine, worker_id=worker.id, seed=fleet.seed + i),
                 clock=loop.time)

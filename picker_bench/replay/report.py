@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from picker.trace.line import TraceLine
 from picker_bench.plot import bar_chart_svg
-from picker_bench.replay.fleet import Served
+from picker_bench.replay.fleet import Served, engine_id
 from picker_bench.replay.prompts import prompt_shape
 
 __all__ = ["PolicyReport", "format_table", "oracle_hit_rate", "plot_svg", "summarise"]
@@ -41,7 +41,7 @@ def summarise(policy: str, served: Sequence[Served], engines: int) -> PolicyRepo
     done = [s for s in served if s.worker is not None]
     prompt = sum(s.prompt_tokens for s in done)
     per_engine = Counter(s.worker for s in done)
-    counts = [per_engine.get(f"sim-{i}", 0) for i in range(engines)]
+    counts = [per_engine.get(engine_id(i), 0) for i in range(engines)]
     mean = len(done) / engines if engines else 0.0
     ttfts = [s.ttft_secs for s in done]
     e2es = [s.e2e_secs for s in done]

@@ -13,8 +13,8 @@ from picker.config import PickerConfig
 from picker.trace.line import TraceLine
 from picker_bench.mooncake import SAMPLE_TRACE
 from picker_bench.replay.calibrate import calibrate
-from picker_bench.replay.command import read_lines, served_lines
-from picker_bench.replay.fleet import Fleet, replay_policy
+from picker_bench.replay.command import read_lines
+from picker_bench.replay.fleet import Fleet, as_trace, replay_policy
 from picker_bench.replay.importers import import_trace
 from picker_bench.replay.report import oracle_hit_rate, summarise
 from picker_sim.engine import SimConfig
@@ -55,7 +55,7 @@ def test_calibration_recovers_the_simulator_that_produced_a_trace() -> None:
     lines = [replace(line, timestamp=i * 5000.0)
              for i, line in enumerate(read_lines(SAMPLE_TRACE, 120))]
     fleet = Fleet(PickerConfig(), engine, engines=2, seed=1)
-    recorded = served_lines(lines, replay_policy(lines, "round_robin", fleet), "round_robin")
+    recorded = as_trace(lines, replay_policy(lines, "round_robin", fleet), "round_robin")
     fits = calibrate(recorded)
     assert [f.worker for f in fits] == ["sim-0", "sim-1"]
     for fit in fits:
