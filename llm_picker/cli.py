@@ -212,6 +212,10 @@ def _bench(ns: argparse.Namespace) -> int:
         from picker_bench.pd import run_pd
 
         return run_pd(requests=ns.requests, rate=ns.rate, seed=ns.seed)
+    if ns.bench == "lease-watch":
+        from picker_bench.lease_watch import run_lease_watch
+
+        return run_lease_watch(requests=ns.requests)
     if ns.bench == "chunk":
         from picker_bench.chunk import run_chunk
 
@@ -379,6 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     chunk = which.add_parser("chunk", help="in-process cost of one echoed response chunk")
     chunk.add_argument("--chunks", type=int, default=100_000)
     chunk.set_defaults(run=_bench)
+    watch = which.add_parser("lease-watch", help="in-process cost of the prediction audit and "
+                                                  "trace recording per request")
+    watch.add_argument("--requests", type=int, default=20_000)
+    watch.set_defaults(run=_bench)
     long = which.add_parser("longprompt", help="in-process cost of long prompts: parse + route")
     long.add_argument("--sizes", type=int, nargs="+", default=[225_280, 1_048_576],
                       help="prompt characters")

@@ -35,6 +35,7 @@ class TraceHasher:
         """`key`: the trace's secret (random when None; tests pass one to compare)."""
         self.block_tokens = block_tokens
         self._key = key if key is not None else os.urandom(32)
+        self._keyed = hashlib.blake2b(key=self._key, digest_size=_DIGEST_BYTES)
 
     def blocks(self, tokens: Sequence[int] | None, text: str) -> list[int]:
         """The complete blocks' chained hashes, of the tokens when known, else of the text
@@ -56,9 +57,12 @@ class TraceHasher:
     def _chain(self, blocks: list[bytes]) -> list[int]:
         ids: list[int] = []
         previous = b""
+        keyed = self._keyed
         for block in blocks:
-            previous = hashlib.blake2b(previous + block, key=self._key,
-                                       digest_size=_DIGEST_BYTES).digest()
+            step = keyed.copy()  # the key's block is absorbed once, not per block
+            step.update(previous)
+            step.update(block)
+            previous = step.digest()
             # 63 bits: a non-negative int every JSON reader keeps exact as a 64-bit integer.
             ids.append(int.from_bytes(previous, "big") >> 1)
         return ids

@@ -15,7 +15,7 @@ No field holds prompt text: `hash_ids` are keyed hashes (picker.trace.hashing).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any, TypeGuard
 
 __all__ = ["MOONCAKE_BLOCK_TOKENS", "TraceLine", "parse_line"]
@@ -45,12 +45,14 @@ class TraceLine:
     predicted_ttft_ms: float | None = None
 
     def to_json(self) -> str:
-        """One line, unknown fields left out (a Mooncake-shaped line stays one)."""
-        data = {k: (list(v) if k == "hash_ids" else v)
-                for k, v in asdict(self).items() if v is not None}
+        """One line, unknown fields left out (a Mooncake-shaped line stays one). Fields are
+        read directly: dataclasses.asdict deep-copies every hash id (measured: 80% of a
+        recorded request's cost)."""
+        data = {name: value for name in _FIELDS if (value := getattr(self, name)) is not None}
         return json.dumps(data, separators=(",", ":"))
 
 
+_FIELDS = tuple(f.name for f in fields(TraceLine))
 _INTS = ("input_length", "output_length", "block_size", "max_tokens", "cached_tokens")
 _FLOATS = ("ttft_ms", "latency_ms", "predicted_hit", "predicted_ttft_ms")
 _TEXTS = ("model", "api", "session", "outcome", "worker", "policy")
