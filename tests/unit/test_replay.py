@@ -107,3 +107,21 @@ def test_an_openai_jsonl_imports_with_shared_prefixes(tmp_path: Path) -> None:
     source.write_text('{"body": {"messages": "hi"}}\n')
     with pytest.raises(ValueError, match=r"requests.jsonl:1: a request needs 'messages'"):
         list(import_trace(source, "openai"))
+
+
+def test_policies_take_their_parameters_from_the_config_as_serve_reads_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """cache_threshold 1.0: only a whole-prompt match counts as a hit, so follow-up turns
+    (their history matched, their new turn not) go by load instead."""
+    strict = tmp_path / "picker.yaml"
+    strict.write_text("policies:\n  cache_aware:\n    cache_threshold: 1.0\n")
+
+    def hit_rate(*config: str) -> float:
+        assert main(["replay", str(SAMPLE_TRACE), "--policies", "cache_aware",
+                     *config]) == 0
+        return float(capsys.readouterr().out.splitlines()[-1].split()[3])
+
+    assert hit_rate("--config", str(strict)) < hit_rate() - 0.1
+    strict.write_text("policies:\n  cache_aware:\n    cache_threshold: 2\n")
+    assert main(["replay", str(SAMPLE_TRACE), "--config", str(strict)]) == 2
+    assert "policies.cache_aware.cache_threshold" in capsys.readouterr().err
