@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -125,3 +128,14 @@ def test_policies_take_their_parameters_from_the_config_as_serve_reads_them(
     strict.write_text("policies:\n  cache_aware:\n    cache_threshold: 2\n")
     assert main(["replay", str(SAMPLE_TRACE), "--config", str(strict)]) == 2
     assert "policies.cache_aware.cache_threshold" in capsys.readouterr().err
+
+
+def test_a_replay_is_the_same_in_another_process_with_another_hash_seed() -> None:
+    """Python salts str hashes per process (the prefix index's seeds use them): a replay
+    must not depend on it."""
+    argv = [sys.executable, "-m", "llm_picker", "replay", str(SAMPLE_TRACE), "--policies",
+            "cache_aware,prefix_cache,power_of_two", "--limit", "120"]
+    tables = {subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120,
+                             env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+              for seed in ("1", "2")}
+    assert len(tables) == 1 and "prefix_cache" in tables.pop()
