@@ -85,7 +85,7 @@ def _import(ns: argparse.Namespace) -> int:
 def _replay(ns: argparse.Namespace) -> int:
     from picker.config import load_config
     from picker_bench.replay.calibrate import calibrate, format_fits
-    from picker_bench.replay.fleet import Fleet, as_trace, replay_policy
+    from picker_bench.replay.fleet import SimulatedFleet, as_trace, replay_policy
     from picker_bench.replay.report import (
         PolicyReport,
         format_table,
@@ -106,7 +106,7 @@ def _replay(ns: argparse.Namespace) -> int:
         policies = [p.strip() for p in ns.policies.split(",") if p.strip()]
         if not policies:
             raise ValueError("--policies names no policy")
-        fleet = Fleet(config, SimConfig.from_profile(ns.profile), ns.engines, ns.speedup,
+        fleet = SimulatedFleet(config, SimConfig.from_profile(ns.profile), ns.engines, ns.speedup,
                       ns.seed)
         reports: list[PolicyReport] = []
         for policy in policies:

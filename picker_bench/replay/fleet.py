@@ -18,6 +18,7 @@ request's prompt as still ahead - bounded by the open requests, as it is live.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -40,13 +41,13 @@ from picker_bench.replay.clock import VirtualTimeLoop
 from picker_bench.replay.prompts import block_text, prompt_shape
 from picker_sim.engine import SimConfig, SimEngine
 
-__all__ = ["Fleet", "Served", "as_trace", "engine_id", "policy_params", "replay_policy"]
+__all__ = ["SimulatedFleet", "Served", "as_trace", "engine_id", "policy_params", "replay_policy"]
 
 _MODEL = "trace-model"  # what a line without a model asks for
 
 
 @dataclass(frozen=True, slots=True)
-class Fleet:
+class SimulatedFleet:
     """What every policy of one replay runs against."""
 
     config: PickerConfig  # policies' parameters, prefix, load and limits settings
@@ -67,7 +68,7 @@ class Served:
     e2e_secs: float
 
 
-def replay_policy(lines: Sequence[TraceLine], policy: str, fleet: Fleet) -> list[Served]:
+def replay_policy(lines: Sequence[TraceLine], policy: str, fleet: SimulatedFleet) -> list[Served]:
     """Every line through `policy`, in trace order; deterministic for `fleet.seed`."""
     loop = VirtualTimeLoop()
     try:
@@ -103,7 +104,7 @@ def as_trace(lines: Sequence[TraceLine], served: Sequence[Served],
 
 
 class _Run:
-    def __init__(self, lines: Sequence[TraceLine], policy: str, fleet: Fleet,
+    def __init__(self, lines: Sequence[TraceLine], policy: str, fleet: SimulatedFleet,
                  loop: asyncio.AbstractEventLoop) -> None:
         config = fleet.config
         self._lines = lines
@@ -139,6 +140,8 @@ class _Run:
             pending.append(loop.create_task(self._one(index, line)))
         await asyncio.gather(*pending)
         scraper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await scraper
         return [s for s in self._served if s is not None]
 
     async def _one(self, index: int, line: TraceLine) -> None:

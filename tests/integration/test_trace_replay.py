@@ -13,8 +13,7 @@ import pytest
 from picker.config import PickerConfig
 from picker_bench.mooncake import SAMPLE_TRACE, read_trace, trace_workload
 from picker_bench.replay.command import read_lines
-from picker_bench.replay.fleet import Fleet as ReplayFleet
-from picker_bench.replay.fleet import replay_policy
+from picker_bench.replay.fleet import SimulatedFleet, replay_policy
 from picker_bench.replay.report import summarise
 from picker_bench.stack import ENVOY_DIR, Fleet, SimSpec, local_fleet
 from picker_sim.engine import SimConfig
@@ -68,7 +67,7 @@ def test_a_recorded_trace_replays_to_the_live_hit_rate(recorded: tuple[Path, flo
     lines = read_lines(trace)
     assert all(line.outcome == "completed" and line.worker is not None
                and line.cached_tokens is not None and line.ttft_ms is not None for line in lines)
-    fleet = ReplayFleet(PickerConfig(), _SIM, engines=3)
+    fleet = SimulatedFleet(PickerConfig(), _SIM, engines=3)
     replayed = summarise("cache_aware", replay_policy(lines, "cache_aware", fleet), 3).hit_rate
     assert live > 0.2  # the sample shares prefixes: a hit rate worth reproducing
     assert abs(replayed - live) <= 0.05, (replayed, live)

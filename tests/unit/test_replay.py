@@ -17,12 +17,12 @@ from picker.trace.line import TraceLine
 from picker_bench.mooncake import SAMPLE_TRACE
 from picker_bench.replay.calibrate import calibrate
 from picker_bench.replay.command import read_lines
-from picker_bench.replay.fleet import Fleet, as_trace, replay_policy
+from picker_bench.replay.fleet import SimulatedFleet, as_trace, replay_policy
 from picker_bench.replay.importers import import_trace
 from picker_bench.replay.report import oracle_hit_rate, summarise
 from picker_sim.engine import SimConfig
 
-_FLEET = Fleet(PickerConfig(), SimConfig.from_profile("8b-h100-tokens"), engines=4, seed=3)
+_FLEET = SimulatedFleet(PickerConfig(), SimConfig.from_profile("8b-h100-tokens"), engines=4, seed=3)
 
 
 def test_the_same_replay_twice_gives_identical_results() -> None:
@@ -57,7 +57,7 @@ def test_calibration_recovers_the_simulator_that_produced_a_trace() -> None:
     # One request every 5 s on 2 engines: no queueing, a batch of one (what the fit models).
     lines = [replace(line, timestamp=i * 5000.0)
              for i, line in enumerate(read_lines(SAMPLE_TRACE, 120))]
-    fleet = Fleet(PickerConfig(), engine, engines=2, seed=1)
+    fleet = SimulatedFleet(PickerConfig(), engine, engines=2, seed=1)
     recorded = as_trace(lines, replay_policy(lines, "round_robin", fleet), "round_robin")
     fits = calibrate(recorded)
     assert [f.worker for f in fits] == ["sim-0", "sim-1"]
