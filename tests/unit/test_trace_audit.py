@@ -36,17 +36,21 @@ class _Fleet:
         return self.metrics.get_sample_value("llm_picker_audit_drift", {"worker": "w1"})
 
 
-def test_predicted_hits_the_engine_never_reports_raise_drift_and_its_end() -> None:
+def test_predicted_hits_the_engine_never_reports_raise_drift_and_its_end(
+        caplog: pytest.LogCaptureFixture) -> None:
     fleet = _Fleet()
     for _ in range(9):
         fleet.serve(0.9, 0)
     assert fleet.drift() is None  # too few to judge
     fleet.serve(0.9, 0)
     assert fleet.drift() == 1 and fleet.audit.view()["w1"]["drift"] is True
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and warned[0].startswith("prediction drift on worker w1")
     assert fleet.audit.view()["w1"]["hit_error"] == pytest.approx(0.9)
     for _ in range(20):
         fleet.serve(0.9, 85)
     assert fleet.drift() == 0 and fleet.audit.view()["w1"]["drift"] is False
+    assert "is over" in caplog.records[-1].getMessage()
 
 
 def test_no_cached_count_is_no_evidence_and_accurate_predictions_no_drift() -> None:
