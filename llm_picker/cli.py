@@ -1,6 +1,6 @@
-"""`llm-picker serve | epp | envoy-config | check-config | sim | demo | bench`; each
-subcommand imports only what it needs. Flags with no subcommand (`llm-picker --pool-name p ...`)
-are `epp`'s: the way the inferencepool Helm chart starts its endpoint picker image."""
+"""`llm-picker serve | epp | envoy-config | check-config | sim | replay | trace | demo | bench`;
+each subcommand imports only what it needs. Flags with no subcommand (`llm-picker --pool-name p
+...`) are `epp`'s: the way the inferencepool Helm chart starts its endpoint picker image."""
 
 from __future__ import annotations
 
@@ -244,6 +244,10 @@ def _bench(ns: argparse.Namespace) -> int:
         from picker_bench.pd import run_pd
 
         return run_pd(requests=ns.requests, rate=ns.rate, seed=ns.seed)
+    if ns.bench == "lease-watch":
+        from picker_bench.lease_watch import run_lease_watch
+
+        return run_lease_watch(requests=ns.requests)
     if ns.bench == "chunk":
         from picker_bench.chunk import run_chunk
 
@@ -334,6 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_sim_arguments(sim)
     sim.set_defaults(run=_sim)
 
+    from picker_bench.replay.command import add_replay_parser, add_trace_parser
+
+    add_replay_parser(commands)
+    add_trace_parser(commands)
+
     demo = commands.add_parser("demo", help="Envoy + picker + 3 simulated engines, end to end")
     demo.add_argument("--requests", type=_positive, default=200)
     demo.add_argument("--policy", default="least_load")
@@ -411,6 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
     chunk = which.add_parser("chunk", help="in-process cost of one echoed response chunk")
     chunk.add_argument("--chunks", type=int, default=100_000)
     chunk.set_defaults(run=_bench)
+    watch = which.add_parser("lease-watch", help="in-process cost of the prediction audit and "
+                                                  "trace recording per request")
+    watch.add_argument("--requests", type=int, default=20_000)
+    watch.set_defaults(run=_bench)
     long = which.add_parser("longprompt", help="in-process cost of long prompts: parse + route")
     long.add_argument("--sizes", type=int, nargs="+", default=[225_280, 1_048_576],
                       help="prompt characters")

@@ -35,6 +35,7 @@ from picker.prefix.producer import PrefixSettings
 from picker.replicas.settings import ReplicaSettings
 from picker.routing.admission import LimitSettings
 from picker.strict import StrictModel
+from picker.trace.settings import TraceSettings
 
 __all__ = [
     "CONFIG_ENV", "ENV_PREFIX", "GROUP_ENV", "AdminConfig", "ExtprocConfig", "ListenConfig",
@@ -220,6 +221,8 @@ class PickerConfig(StrictModel):
     enable_igw: bool = False
     pd: PdConfig = Field(default_factory=PdConfig)
     explain: ExplainSettings = Field(default_factory=ExplainSettings)
+    # Record one line per request for `llm-picker replay` (picker.trace); off when absent.
+    trace: TraceSettings | None = None
 
     @field_validator("policy", mode="before")
     @classmethod

@@ -127,7 +127,7 @@ class RoutingService:
             self._leases.cancel_admission()
             raise
         others = router.fallbacks(request, choice.worker, fallbacks, allowed)
-        return self._leases.open(choice, fallbacks=others)
+        return self._leases.open(choice, fallbacks=others, request=request)
 
     async def _open_pair(self, routers: PdRouters, request: RoutingRequest,
                          allowed: Collection[str] | None) -> Lease:
@@ -144,7 +144,7 @@ class RoutingService:
             prefill = prefill_choice.worker
             if decode.decision is not None and prefill_choice.decision is not None:
                 decode.decision.paired_with(prefill_choice.decision)
-            lease = self._leases.open(decode, prefill)
+            lease = self._leases.open(decode, prefill, request=request)
             try:
                 lease.forward_as(await self._pairs.forward(request, prefill, decode.worker))
                 return lease

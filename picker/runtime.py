@@ -55,6 +55,7 @@ from picker.replicas.joining import join_replicas
 from picker.routing.leases import LeaseBook
 from picker.routing.router_manager import RouterManager
 from picker.routing_service import RoutingService
+from picker.trace import PredictionAudit, TraceRecorder
 
 __all__ = ["Host", "PickerRuntime"]
 
@@ -92,6 +93,9 @@ class PickerRuntime:
         self._overrides = dict(overrides or {})
         if group is not None:
             check_group_config(config)
+            if config.trace is not None:
+                raise ConfigError("trace", "serve --workers N would record N traces with N "
+                                  "keys, none joinable with another: record with one process")
         self._group = group
         self._follower = group is not None and not group.primary
         self.registry = WorkerRegistry(circuit=config.circuit)
@@ -112,9 +116,13 @@ class PickerRuntime:
         self.decisions = DecisionLog(config.explain) if config.explain.enabled else None
         self.routers = RouterManager(self.registry, config, self.metrics, self._prefix,
                                      self.decisions)
+        # What each request's end is compared with: the audit always, the recording if asked.
+        self.audit = PredictionAudit(self.metrics.registry)
+        self._recorder = TraceRecorder(config.trace) if config.trace is not None else None
         self.leases = LeaseBook(
             self.registry, config.limits if group is None else group.share_of(config.limits),
-            self.metrics)
+            self.metrics, (self.audit,) if self._recorder is None
+            else (self.audit, self._recorder))
         self.history = ActivityHistory(self.metrics)  # the status page's plots
         # Workers registered before they answer are admitted by health checks, when they run.
         self.manager = WorkerManager(self.registry, config.discovery,
@@ -214,6 +222,8 @@ class PickerRuntime:
                 await self._sharing.start()
                 running.push_async_callback(self._sharing.stop)
             running.push_async_callback(self._pairs.close)
+            if self._recorder is not None:
+                running.callback(self._recorder.close)
             expiry = asyncio.create_task(self._expire_forever())
             running.push_async_callback(_cancel, expiry)
             if self.admin_enabled:

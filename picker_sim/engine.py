@@ -17,7 +17,7 @@ import asyncio
 import random
 import time
 import zlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,6 +29,8 @@ __all__ = [
     "PROFILES", "SimConfig", "SimEngine", "SimRun", "prompt_tokens", "token_ids", "toy_tokens",
 ]
 
+# Tokens decoded per timer by `SimRun.decode` without the step scheduler.
+_DECODE_RUN = 16
 _WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "again")
 
 
@@ -114,6 +116,15 @@ PROFILES: Mapping[str, Mapping[str, Any]] = {
         "decode_ms_per_running": 0.1, "max_concurrency": 32, "block_tokens": 16,
         "cache_blocks": 2_500, "max_batched_tokens": 8_192,
     },
+    # The same engine at real token counts, for replays of traces (picker_bench.replay): its
+    # cache holds what an H100 holds for an 8B model in fp16 - 128 KiB of KV per token (32
+    # layers x 8 KV heads x 128 dims x key and value x 2 bytes), ~55 GiB left beside the
+    # weights: ~450k tokens.
+    "8b-h100-tokens": {
+        "ttft_ms": 5.0, "tpot_ms": 6.0, "prefill_tokens_per_sec": 20_000.0,
+        "decode_ms_per_running": 0.1, "max_concurrency": 64, "block_tokens": 16,
+        "cache_blocks": 28_000,
+    },
     "instant": {"ttft_ms": 0.0, "tpot_ms": 0.0},
 }
 
@@ -156,7 +167,7 @@ class SimRun:
     engine: SimEngine
     prompt_tokens: int
     cached_tokens: int
-    arrived: float = 0.0  # time.monotonic() when the request reached the engine
+    arrived: float = 0.0  # engine.clock() when the request reached the engine
     finished: bool = False
 
     def finish(self) -> None:
@@ -179,19 +190,33 @@ class SimRun:
             await asyncio.sleep(prefill)
         engine.prefill_secs_total += prefill
         engine.prefill_tokens_total += uncached
-        engine.ttft_secs_total += time.monotonic() - self.arrived
+        engine.ttft_secs_total += engine.clock() - self.arrived
         engine.ttft_count += 1
 
     async def next_token(self) -> None:
+        await self.decode(1)
+
+    async def decode(self, tokens: int) -> None:
+        """The next `tokens` tokens. Under the step scheduler each is a step shared with the
+        batch; otherwise they are decoded `_DECODE_RUN` at a time, each run's step time taken
+        at the batch size when it starts: the same per-token cost as one sleep per token (what
+        a streaming response needs), with one timer per run instead of per token (what a
+        replay of hundreds of thousands of requests needs)."""
         engine = self.engine
-        started = time.monotonic()
-        if engine.scheduler is not None:
-            await engine.scheduler.decode()
-        else:
-            await asyncio.sleep((engine.config.tpot_ms
-                                 + engine.config.decode_ms_per_running * engine.running) / 1000)
-        engine.itl_secs_total += time.monotonic() - started
-        engine.itl_count += 1
+        config = engine.config
+        while tokens > 0:
+            started = engine.clock()
+            if engine.scheduler is not None:
+                run = 1
+                await engine.scheduler.decode()
+            else:
+                run = min(tokens, _DECODE_RUN)
+                await asyncio.sleep(run * (config.tpot_ms
+                                           + config.decode_ms_per_running * engine.running)
+                                    / 1000)
+            engine.itl_secs_total += engine.clock() - started
+            engine.itl_count += run
+            tokens -= run
 
 
 @dataclass(slots=True)
@@ -223,6 +248,9 @@ class SimEngine:
     # end by its length cap (EOS or a stop string first; aborted): no kv_transfer_params.
     prefill_stops_early: int = 0
     events: KvEventSink | None = None
+    # What the engine's own timings read: the loop's clock when a replay runs it in virtual
+    # time (picker_bench.replay.clock).
+    clock: Callable[[], float] = time.monotonic
     cache: BlockCache = field(init=False)
     scheduler: StepScheduler | None = field(init=False)
     _rng: random.Random = field(init=False)
@@ -235,7 +263,7 @@ class SimEngine:
         config = self.config
         self.scheduler = StepScheduler(
             config.max_batched_tokens, config.tpot_ms, config.decode_ms_per_running,
-            config.prefill_tokens_per_sec) if config.max_batched_tokens else None
+            config.prefill_tokens_per_sec, self.clock) if config.max_batched_tokens else None
 
     def requests_waiting(self) -> int:
         """vLLM's num_requests_waiting: waiting for a slot, or admitted but not yet given a
@@ -257,9 +285,23 @@ class SimEngine:
         sleep), or while its stream was parked at a `yield` (GeneratorExit when the server
         closes the abandoned generator).
         """
+        hashes = token_block_hashes(prompt, self.config.block_tokens)
+        events = self.events
+        claimed = None if events is None else \
+            (lambda claim: events.claimed(prompt, hashes, claim))
+        async with self.admitted_blocks(hashes, len(prompt), prefilled, claimed) as run:
+            yield run
+
+    @asynccontextmanager
+    async def admitted_blocks(self, hashes: Sequence[int], tokens: int,
+                              prefilled: bool = False,
+                              claimed: Callable[[Claim], None] | None = None,
+                              ) -> AsyncIterator[SimRun]:
+        """`admitted` for a prompt known by its cache block hashes and length alone (a
+        replayed trace has no text); `claimed` hears what the request did to the cache."""
         self.requests_total += 1
         self.waiting += 1
-        arrived = time.monotonic()
+        arrived = self.clock()
         try:
             await self._slots.acquire()
         except asyncio.CancelledError:
@@ -268,16 +310,14 @@ class SimEngine:
         finally:
             self.waiting -= 1
         self.running += 1
-        hashes = token_block_hashes(prompt, self.config.block_tokens)
         claim = self.cache.acquire(hashes)
-        if self.events is not None:
-            self.events.claimed(prompt, hashes, claim)
+        if claimed is not None:
+            claimed(claim)
         # A decode worker of a PD pair received the prompt's KV: it pays no prefill.
-        cached = len(prompt) if prefilled else min(len(prompt),
-                                                   claim.hit_blocks * self.config.block_tokens)
-        self.prompt_tokens_total += len(prompt)
+        cached = tokens if prefilled else min(tokens, claim.hit_blocks * self.config.block_tokens)
+        self.prompt_tokens_total += tokens
         self.cached_tokens_total += cached
-        run = SimRun(self, len(prompt), cached, arrived)
+        run = SimRun(self, tokens, cached, arrived)
         try:
             yield run
         except (asyncio.CancelledError, GeneratorExit):

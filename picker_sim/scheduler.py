@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 __all__ = ["Step", "StepScheduler", "plan_step"]
@@ -66,7 +66,7 @@ def plan_step(budget: int, decodes: int, prefills: Sequence[int]) -> Step:
 class _Prefill:
     remaining: int
     done: asyncio.Future[float]
-    started: float | None = None  # time.monotonic() when its first chunk was scheduled
+    started: float | None = None  # the clock when its first chunk was scheduled
 
 
 class StepScheduler:
@@ -77,7 +77,10 @@ class StepScheduler:
     """
 
     def __init__(self, budget: int, fixed_ms: float, decode_ms: float,
-                 prefill_tokens_per_sec: float) -> None:
+                 prefill_tokens_per_sec: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """`clock`: the engine's (virtual in a replay)."""
+        self._clock = clock
         self._budget = budget
         self._cost = (fixed_ms, decode_ms, prefill_tokens_per_sec)
         self._prefills: deque[_Prefill] = deque()
@@ -117,7 +120,7 @@ class StepScheduler:
             if not (self._prefills or decodes):
                 return
             step = plan_step(self._budget, len(decodes), [p.remaining for p in self._prefills])
-            now = time.monotonic()
+            now = self._clock()
             for prefill, chunk in zip(self._prefills, step.chunks, strict=False):
                 prefill.started = now if prefill.started is None else prefill.started
                 prefill.remaining -= chunk
@@ -126,7 +129,7 @@ class StepScheduler:
             for future in decodes:
                 if not future.done():
                     future.set_result(None)
-            ended = time.monotonic()
+            ended = self._clock()
             while self._prefills and self._prefills[0].remaining <= 0:
                 finished = self._prefills.popleft()
                 if not finished.done.done():

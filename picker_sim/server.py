@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from picker_sim.engine import SimConfig, SimEngine, prompt_tokens, token_ids
+from picker_sim.engine import SimConfig, SimEngine, SimRun, prompt_tokens, token_ids
 from picker_sim.pd import PdPeer
 
 __all__ = ["WORKER_HEADER", "create_app", "run_sim"]
@@ -204,7 +204,7 @@ def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASG
         extra: dict[str, Any] = {}
         if pd is not None and pd.role == "prefill":
             n_out = 1  # a prefill engine computes the prompt's KV and one token
-        usage = {"prompt_tokens": len(prompt), "completion_tokens": n_out,
+        usage: dict[str, Any] = {"prompt_tokens": len(prompt), "completion_tokens": n_out,
                  "total_tokens": len(prompt) + n_out}
         reply_id = f"{'chatcmpl' if chat else 'cmpl'}-{config.worker_id}-{next(ids)}"
         created = int(time.time())
@@ -217,9 +217,9 @@ def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASG
             )
         async with engine.admitted(prompt, prefilled=fetched) as run:
             await run.first_token()
-            for _ in range(n_out - 1):
-                await run.next_token()
+            await run.decode(n_out - 1)
             run.finish()
+        usage["prompt_tokens_details"] = _cached(run)
         finish = "length"
         if pd is not None and pd.role == "prefill":
             by_length = not engine.prefill_stops_early
@@ -304,9 +304,17 @@ def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASG
     return _WorkerHeader(app, config.worker_id)
 
 
+def _cached(run: SimRun) -> dict[str, int]:
+    """`usage.prompt_tokens_details`: the prompt tokens served from the prefix cache, as
+    SGLang reports them (with --enable-cache-report) and vLLM (--enable-prompt-tokens-details;
+    vllm/entrypoints/openai/serving_chat.py sets it only when some tokens were cached, so
+    there an absent count may mean 0 - the sim always sends it, 0 included)."""
+    return {"cached_tokens": run.cached_tokens}
+
+
 async def _stream(
     engine: SimEngine, prompt: list[str], chat: bool, base: dict[str, Any], n_out: int,
-    usage: dict[str, int], prefilled: bool = False,
+    usage: dict[str, Any], prefilled: bool = False,
 ) -> AsyncIterator[bytes]:
     """SSE chunks, one per token, then a finish chunk, a usage chunk and `data: [DONE]`.
 
@@ -333,6 +341,7 @@ async def _stream(
             else:
                 yield event([{"index": 0, "text": token, "finish_reason": None}])
         run.finish()
+    usage["prompt_tokens_details"] = _cached(run)
     last: dict[str, Any] = {"index": 0, "finish_reason": "length"}
     if chat:
         last["delta"] = {}

@@ -130,6 +130,24 @@ class DecisionExclusion(BaseModel):
     # cap_reached
 
 
+class DecisionAudit(BaseModel):
+    """What a decision predicted and what the response showed (picker.trace.audit)."""
+
+    predicted_hit: float | None  # share of the prompt's blocks the winner was believed to hold
+    observed_hit: float | None  # share of the prompt the engine reported cached
+    predicted_ttft_secs: float | None
+    observed_ttft_secs: float | None
+
+
+class WorkerAudit(BaseModel):
+    """A worker's recent prediction errors (picker.trace.audit)."""
+
+    samples: int
+    hit_error: float | None  # mean predicted minus reported cached share
+    ttft_error_secs: float | None  # mean observed minus predicted TTFT
+    drift: bool  # predicted hits keep not happening
+
+
 class DecisionView(BaseModel):
     """One decision (picker.observe.decisions): no prompt text, no worker url or key."""
 
@@ -147,6 +165,7 @@ class DecisionView(BaseModel):
     prompt_blocks: int | None
     candidates: list[DecisionCandidate]
     excluded: list[DecisionExclusion]
+    audit: DecisionAudit | None  # predicted against observed, once the response was seen
 
 
 class DecisionList(BaseModel):
@@ -183,6 +202,7 @@ class StatusView(BaseModel):
     policies: dict[str, dict[str, Any]]
     explain: ExplainView
     decisions: list[DecisionView]
+    audit: dict[str, WorkerAudit]  # by worker id
 
 
 ERRORS = {

@@ -94,8 +94,8 @@ class Decision:
     """One decision as it happened; read-only, and derived views are computed on read."""
 
     __slots__ = ("request_id", "model", "policy", "winner", "error", "match", "scores",
-                 "at", "role", "partner", "_candidates", "_excluded", "_serving", "_everyone",
-                 "_reads_prefix")
+                 "at", "role", "partner", "outcome", "_candidates", "_excluded", "_serving",
+                 "_everyone", "_reads_prefix")
 
     def __init__(self, request_id: str, model: str, policy: str, winner: str | None,
                  error: str | None, candidates: tuple[_Snapshot, ...],
@@ -114,6 +114,8 @@ class Decision:
         self.at = time.monotonic()
         self.role = role
         self.partner: str | None = None  # the pair's other worker, once the pair is chosen
+        # Predicted against observed (picker.trace.audit), once the response has been seen.
+        self.outcome: dict[str, float | None] | None = None
         self._candidates = candidates
         self._excluded = excluded
         self._serving = serving
@@ -158,6 +160,11 @@ class Decision:
         """The two halves of a prefill/decode pair name each other: a record, or the explain
         line, that showed one engine would hide the other."""
         self.partner, other.partner = other.winner, self.winner
+
+    def audited(self, outcome: dict[str, float | None]) -> None:
+        """What the response showed of the predictions (hit and TTFT, predicted and observed),
+        set once it ended."""
+        self.outcome = outcome
 
     def header_line(self) -> str:
         """The one line of the explain response header (ids made header-safe)."""
@@ -206,6 +213,7 @@ class Decision:
             "prompt_blocks": None if match is None else match.total_blocks,
             "candidates": candidates,
             "excluded": [{"worker": w, "reason": r.value} for w, r in self.excluded()],
+            "audit": self.outcome,
         }
 
 

@@ -327,7 +327,7 @@ class PickerMetrics:
         if usage is not None:
             for kind, count in (("prompt", usage.prompt_tokens),
                                 ("completion", usage.completion_tokens),
-                                ("cached", usage.cached_tokens)):
+                                ("cached", usage.cached_tokens or 0)):
                 self._tokens(worker_id, kind).inc(count)
 
     def render(self) -> bytes:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 from picker.fleet.registry import Worker, WorkerRegistry
 from picker.fleet.speed import Observation
@@ -23,13 +24,27 @@ from picker.observe.metrics import PickerMetrics
 from picker.routing.admission import Admission, LimitSettings
 from picker.routing.destination import Forward, Headers, destination, reach_headers
 from picker.routing.outcome import Outcome
+from picker.routing.request import RoutingRequest
 from picker.routing.response_stats import ResponseSample
 from picker.routing.router import Choice
 
-__all__ = ["Lease", "LeaseBook"]
+__all__ = ["Lease", "LeaseBook", "LeaseEnd", "LeaseWatcher"]
 
 # What each request outcome tells the worker's circuit breaker; cancellations say nothing.
 _CIRCUIT_OUTCOMES = {Outcome.COMPLETED: True, Outcome.UPSTREAM_ERROR: False}
+
+# What a watcher wants done when the lease it was shown closes: (lease, outcome, response).
+LeaseEnd = Callable[["Lease", Outcome, ResponseSample | None], None]
+
+
+class LeaseWatcher(Protocol):
+    """Learns what was decided for a request and, at its end, what came of it (trace recording
+    and the prediction audit, picker.trace): the two points where a request's outcome meets its
+    decision. `opened` runs before the lease counts on the worker, so what the watcher reads of
+    the worker's load is what the decision saw; it returns what to call at the end (None: this
+    request does not interest it)."""
+
+    def opened(self, choice: Choice, request: RoutingRequest) -> LeaseEnd | None: ...
 
 
 class Lease:
@@ -42,10 +57,11 @@ class Lease:
     `fallbacks` where a proxy that retries should go next, chosen by the same router."""
 
     __slots__ = ("_worker", "choice", "prefill", "fallbacks", "started", "_book", "_open",
-                 "_forward")
+                 "_forward", "_ends")
 
     def __init__(self, choice: Choice, book: LeaseBook, prefill: Worker | None = None,
-                 fallbacks: Sequence[Worker] = ()) -> None:
+                 fallbacks: Sequence[Worker] = (), ends: Sequence[LeaseEnd] = ()) -> None:
+        self._ends = ends
         self._worker = choice.worker
         self.choice = choice
         self.prefill = prefill
@@ -103,7 +119,8 @@ class Lease:
 
 class LeaseBook:
     def __init__(self, workers: WorkerRegistry, limits: LimitSettings,
-                 metrics: PickerMetrics) -> None:
+                 metrics: PickerMetrics, watchers: Sequence[LeaseWatcher] = ()) -> None:
+        self._watchers = tuple(watchers)
         self._workers = workers
         self._limits = limits
         self._metrics = metrics
@@ -146,16 +163,20 @@ class LeaseBook:
         self._admission.leave()
 
     def open(self, choice: Choice, prefill: Worker | None = None,
-             fallbacks: Sequence[Worker] = ()) -> Lease:
+             fallbacks: Sequence[Worker] = (), request: RoutingRequest | None = None) -> Lease:
         """Open a lease on an admission slot already taken; the worker's in-flight grows (and
         the prefill worker's, for a pair), and so does its prefill backlog (a pair's decode
-        worker receives the prompt's KV and prefills nothing)."""
+        worker receives the prompt's KV and prefills nothing). `request`: what the watchers
+        are shown (none are without it)."""
+        ends = () if request is None else tuple(
+            end for watcher in self._watchers
+            if (end := watcher.opened(choice, request)) is not None)
         self._workers.acquire(choice.worker)
         if prefill is not None:
             self._workers.acquire(prefill)
         else:
             self._workers.sent_prefill(choice.worker, choice.uncached_tokens)
-        lease = Lease(choice, self, prefill, fallbacks)
+        lease = Lease(choice, self, prefill, fallbacks, ends)
         with self._lock:
             self._open[id(lease)] = lease
         return lease
@@ -187,6 +208,8 @@ class LeaseBook:
         if response is not None:
             self._workers.record_response(worker, response)
             self._metrics.observe_response(worker.id, response)
+        for end in lease._ends:
+            end(lease, outcome, response)
         self._metrics.request_ended(outcome)
         return True
 

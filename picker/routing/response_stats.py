@@ -36,7 +36,9 @@ class Usage:
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cached_tokens: int = 0  # usage.prompt_tokens_details.cached_tokens (vLLM, SGLang, OpenAI)
+    # usage.prompt_tokens_details.cached_tokens (vLLM, SGLang, OpenAI); None when the engine
+    # sent no count, which is not 0 cached: the prediction audit must not read it as a miss.
+    cached_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +155,7 @@ def _usage_of(value: Mapping[str, Any]) -> Usage:
     details = value.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
     return Usage(_count(value.get("prompt_tokens")), _count(value.get("completion_tokens")),
-                 _count(cached))
+                 None if cached is None else _count(cached))
 
 
 def _count(value: object) -> int:

@@ -17,6 +17,7 @@ import pytest
 from litellm_plugin import PickerStrategy
 from picker.errors import ConfigError
 from picker.fleet.registry import Worker
+from picker.trace import parse_line
 from picker_bench.stack import Process, SimSpec, start_sims
 from tests.waiting import wait_until
 
@@ -131,3 +132,24 @@ def test_what_litellm_mode_cannot_run_is_refused_at_attach() -> None:
         PickerStrategy.attach(router, policy={"name": "weighted",
                                               "params": {"scorerz": {"queue": 1}}})
     assert caught.value.key == "policy.params.scorerz"
+
+
+def test_calls_through_litellm_are_recorded_without_their_text(
+        sims: tuple[list[SimSpec], dict[str, Process]], tmp_path: Path) -> None:
+    """`trace:` inside LiteLLM: a line per call, its worker one of the deployments."""
+    specs, _ = sims
+    trace = tmp_path / "trace.jsonl"
+    router, strategy = attached(specs, policy="round_robin", trace={"path": str(trace)})
+    try:
+        for i in range(4):
+            router.completion(model="my-model", max_tokens=2, messages=[
+                {"role": "user", "content": f"the secret recipe number {i}"}])
+        # LiteLLM reports a call's success after returning it: the lease ends then.
+        wait_until(lambda: strategy.runtime.leases.active == 0, what="every call reported")
+    finally:
+        strategy.detach()
+    lines = [parse_line(text, "trace") for text in trace.read_text().splitlines()]
+    assert [line.outcome for line in lines] == ["completed"] * 4
+    assert {line.worker for line in lines} == {w.id for w in strategy.runtime.registry.workers()}
+    assert all(line.policy == "round_robin" and line.latency_ms for line in lines)
+    assert "secret" not in trace.read_text()

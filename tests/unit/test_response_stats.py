@@ -15,14 +15,14 @@ from picker.routing.response_stats import (
 
 @pytest.mark.parametrize(("tail", "usage"), [
     (b'{"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}',
-     Usage(3, 4, 0)),
+     Usage(3, 4, None)),
     (b'data: {"usage": {"prompt_tokens": 5, "completion_tokens": 1, "prompt_tokens_details": '
      b'{"cached_tokens": 2}}}\n\ndata: [DONE]\n\n', Usage(5, 1, 2)),
     # The last usage wins; `"usage": null` chunks are skipped on the way back.
     (b'data: {"usage": {"prompt_tokens": 1}}\n\ndata: {"usage": {"prompt_tokens": 2}}\n\n'
-     b'data: {"usage": null}\n\n', Usage(2, 0, 0)),
+     b'data: {"usage": null}\n\n', Usage(2, 0, None)),
     (b'data: {"choices": [{"delta": {"content": "the word \\"usage\\""}}]}\n\n', None),
-    (b'{"usage": {"prompt_tokens": "many", "completion_tokens": -1}}', Usage(0, 0, 0)),
+    (b'{"usage": {"prompt_tokens": "many", "completion_tokens": -1}}', Usage(0, 0, None)),
     (b'{"usage": {"prompt_tok', None),  # cut off: nothing rather than a guess
     (b"", None),
 ])
@@ -40,13 +40,13 @@ def test_observer_times_a_stream_from_the_pick_and_finds_usage_split_across_chun
     sample = observer.sample()
     assert sample.ttft_secs == pytest.approx(0.5)
     assert sample.per_chunk_secs == pytest.approx(0.01)
-    assert (sample.chunks, sample.usage) == (7, Usage(8, 0, 0))
+    assert (sample.chunks, sample.usage) == (7, Usage(8, 0, None))
 
 
 def test_a_json_answer_has_no_ttft() -> None:
     observer = ResponseObserver(started=0.0, streamed=False)
     observer.chunk(b'{"usage": {"completion_tokens": 2}}', 3.0)
-    assert observer.sample() == ResponseSample(None, None, 1, Usage(0, 2, 0))
+    assert observer.sample() == ResponseSample(None, None, 1, Usage(0, 2, None))
 
 
 def test_stats_are_moving_averages_that_ignore_missing_values() -> None:

@@ -47,7 +47,27 @@ def test_chat_completion_shape_usage_and_worker_header(sim_url: str) -> None:
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"]["role"] == "assistant"
     assert len(body["choices"][0]["message"]["content"].split()) == 4
-    assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8}
+    assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_usage_reports_the_prompt_tokens_served_from_the_cache(sim_url: str,
+                                                               stream: bool) -> None:
+    """What the picker's prediction audit compares its predicted hits with."""
+    body = {"model": "m", "messages": [{"role": "user", "content": " ".join(["w"] * 40)}],
+            "max_tokens": 2, "stream": stream}
+
+    def usage() -> dict[str, object]:
+        response = httpx.post(f"{sim_url}/v1/chat/completions", json=body)
+        if not stream:
+            return dict(response.json()["usage"])
+        events = [line[6:] for line in response.text.splitlines() if line.startswith("data: {")]
+        return dict(json.loads(events[-1])["usage"])
+
+    assert usage()["prompt_tokens_details"] == {"cached_tokens": 0}
+    # 41 tokens ("user" and 40 words): two whole blocks of 16 are cached the second time.
+    assert usage()["prompt_tokens_details"] == {"cached_tokens": 32}
 
 
 def test_completions_shape(sim_url: str) -> None:
@@ -91,7 +111,8 @@ def test_completions_stream_and_max_completion_tokens(sim_url: str) -> None:
     assert {c["object"] for c in chunks} == {"text_completion"}
     assert len([c for c in chunks if c["choices"] and c["choices"][0]["text"]]) == 3
     assert chunks[-1]["usage"] == {"prompt_tokens": 1, "completion_tokens": 3,
-                                   "total_tokens": 4}
+                                   "total_tokens": 4,
+                                   "prompt_tokens_details": {"cached_tokens": 0}}
     assert httpx.get(f"{sim_url}/sim/stats").json()["completed"] == 1
 
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from picker.observe.decisions import DecisionLog
     from picker.observe.status.history import ActivityHistory
     from picker.routing.leases import LeaseBook
+    from picker.trace import PredictionAudit
 
 __all__ = ["RECENT_DECISIONS", "StatusSubject", "first_page", "static_file", "status_view"]
 
@@ -34,6 +35,7 @@ class StatusSubject(Protocol):
     leases: LeaseBook
     history: ActivityHistory
     decisions: DecisionLog | None
+    audit: PredictionAudit
 
 RECENT_DECISIONS = 20
 # The page's files, by the name it is served under, with their media type.
@@ -80,6 +82,7 @@ def status_view(runtime: StatusSubject,
         "policies": {name: params.model_dump(mode="json")
                      for name, params in sorted(config.policy_params().items())},
         "explain": {"enabled": log is not None, "allow_header": config.explain.allow_header},
+        "audit": runtime.audit.view(),
         "decisions": [] if log is None else
         [d.to_dict() for d in log.recent(RECENT_DECISIONS)],
     }

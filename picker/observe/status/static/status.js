@@ -110,9 +110,23 @@ function renderDecisions(status) {
     const excluded = el("td", d.excluded.map((e) => e.worker + ": " + e.reason).join(", "),
                         "excluded");
     tr.append(excluded);
+    tr.append(el("td", d.audit ? percent(d.audit.observed_hit) : "", "num"));
     return tr;
   });
   document.querySelector("#decisions tbody").replaceChildren(...rows);
+}
+
+function renderAudit(status) {
+  const rows = Object.entries(status.audit).map(([worker, a]) => {
+    const tr = el("tr");
+    tr.dataset.worker = worker;
+    const ttft = a.ttft_error_secs === null ? "–" : num(a.ttft_error_secs * 1000, 0) + " ms";
+    tr.append(el("td", worker), el("td", String(a.samples), "num"),
+              el("td", a.hit_error === null ? "–" : num(a.hit_error * 100, 0) + " pts", "num"),
+              el("td", ttft, "num"), el("td", a.drift ? "DRIFT" : "ok", a.drift ? "problem" : ""));
+    return tr;
+  });
+  document.querySelector("#audit tbody").replaceChildren(...rows);
 }
 
 function renderPolicies(status) {
@@ -136,6 +150,7 @@ function render(status) {
     "updated " + new Date().toLocaleTimeString();
   renderWorkers(status);
   renderDecisions(status);
+  renderAudit(status);
   renderPolicies(status);
 }
 

@@ -1,0 +1,29 @@
+"""What the picker predicted for a request at its decision, for the record and the audit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from picker.fleet.speed import predicted_ttft
+from picker.routing.router import Choice
+
+__all__ = ["Predicted"]
+
+
+@dataclass(frozen=True, slots=True)
+class Predicted:
+    """The winner's predicted prefix match (0..1; None without a prefix index) and time to
+    first token (None while the worker's prefill rate is unknown)."""
+
+    hit: float | None
+    ttft_secs: float | None
+
+    @classmethod
+    def of(cls, choice: Choice, now: float) -> Predicted:
+        """Taken before the lease counts this request's own prefill as work ahead of it:
+        the same prediction the TTFT scorers make (picker.policies.scorers.request_ttft)."""
+        worker = choice.worker
+        engine = worker.engine
+        waiting = engine.waiting if engine is not None and engine.waiting is not None else 0.0
+        return cls(choice.match, predicted_ttft(worker.speed, choice.uncached_tokens, waiting,
+                                                worker.prefill_ahead(now)))

@@ -1,0 +1,52 @@
+"""Virtual time for a replay: an asyncio loop whose clock jumps to the next timer.
+
+Why: the simulated engines (picker_sim.engine) model latency with `asyncio.sleep`, so the same
+engine code that serves HTTP in tests can be driven in process by a replay. On this loop a
+sleep costs no wall time: when nothing is ready to run, `select` is asked to wait for the
+next timer and, instead of waiting, the clock moves forward by that much. A replay is then as
+fast as the Python it runs, and deterministic: one thread, timers in (deadline, insertion)
+order, no real I/O.
+
+asyncio's loop computes the select timeout from its own `time()` and its earliest timer
+(CPython Lib/asyncio/base_events.py, `BaseEventLoop._run_once`), and `SelectorEventLoop`
+accepts the selector it uses as an argument, so both seams used here are public.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+
+__all__ = ["StalledReplay", "VirtualTimeLoop"]
+
+
+class StalledReplay(RuntimeError):
+    """Nothing is ready and no timer is pending, yet the replay has not ended: a request is
+    waiting for something that cannot happen in a simulation (a deadlock in the model)."""
+
+
+class _SkippingSelector(selectors.DefaultSelector):
+    """Polls without blocking and advances the virtual clock by the timeout instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is None:
+            raise StalledReplay("the replay has nothing to run and no timer to wait for")
+        ready = super().select(0)
+        if not ready and timeout > 0:
+            self.now += timeout
+        return ready
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """`loop.time()` is virtual seconds since the loop was made."""
+
+    def __init__(self) -> None:
+        self._skipping = _SkippingSelector()
+        super().__init__(self._skipping)
+
+    def time(self) -> float:
+        return self._skipping.now

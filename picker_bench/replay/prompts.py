@@ -1,0 +1,84 @@
+"""A trace line's prompt as the simulated engines and the picker see it, built from its block
+hashes: no text exists, only which blocks two prompts share.
+
+Block `k` of a line covers tokens [k*B, (k+1)*B) of its prompt (B = its `block_size`). A
+Mooncake line's last id is the partial tail (`len(hash_ids) == ceil(input_length / B)`,
+kvcache-ai/Mooncake FAST25-release/README.md); a recorded line hashes complete blocks only,
+the rest of its prompt being its own. Recorded without a tokenizer, a block's B tokens are
+an estimate (picker.trace.hashing) and may exceed the engine's count: the prompt is then as
+long as its blocks, so that cached and prompt tokens keep their ratio.
+
+- The engine: its cache blocks (`block_tokens` S, dividing B) are identified by the trace
+  block and their place in it; the unhashed rest by the request and place, so they match
+  nothing. No token list is built: an engine only needs its block hashes and the length.
+- The picker: token ids (the prefix index hashes them with its own block size), the trace
+  block's id scaled by B plus the offset, and negative ids for the unhashed rest; and a text
+  for the policies that match text (cache_aware's radix tree): 2 characters per engine block,
+  28 bits of its hash, so texts share a prefix where engine blocks do (two different blocks
+  after the same prefix look alike once in 2^28).
+"""
+
+from __future__ import annotations
+
+import sys
+from array import array
+
+from picker.trace.line import TraceLine
+
+__all__ = ["PromptShape", "block_text", "prompt_shape"]
+
+_TEXT_BASE = 0x4E00  # CJK ideographs: 2^14 code points from here are all letters
+
+
+class PromptShape:
+    """One line's prompt: its length and the part its hash ids cover."""
+
+    __slots__ = ("tokens", "hashed", "ids", "block", "index")
+
+    def __init__(self, tokens: int, hashed: int, ids: tuple[int, ...], block: int,
+                 index: int) -> None:
+        self.tokens = tokens
+        self.hashed = hashed
+        self.ids = ids
+        self.block = block
+        self.index = index  # the line's place in the trace: its own blocks are unique
+
+    def engine_blocks(self, block_tokens: int) -> list[int]:
+        """The engine's cache block hashes for the prompt's complete blocks."""
+        per = self.block // block_tokens
+        blocks = [hash((block_id, part)) for block_id in self.ids for part in range(per)]
+        del blocks[self.hashed // block_tokens:]
+        blocks += [hash((-1, self.index, start))
+                   for start in range(self.hashed, self.tokens - block_tokens + 1, block_tokens)]
+        return blocks
+
+    def token_ids(self) -> list[int]:
+        """Token ids for the picker's prefix index."""
+        size = self.block
+        ids: list[int] = []
+        for block_id in self.ids:
+            ids.extend(range(block_id * size, block_id * size + size))
+        del ids[self.hashed:]
+        base = -(self.index << 40) - 1
+        ids.extend(range(base - self.hashed, base - self.tokens, -1))
+        return ids
+
+
+def prompt_shape(line: TraceLine, index: int, block_tokens: int) -> PromptShape:
+    """Raises ValueError when the engine's block does not divide the trace's."""
+    size, count, length = line.block_size, len(line.hash_ids), line.input_length
+    if size % block_tokens:
+        raise ValueError(f"the engines' block_tokens ({block_tokens}) must divide the trace's "
+                         f"block_size ({size})")
+    if count == -(-length // size):  # Mooncake's convention: the last id is the partial tail
+        return PromptShape(length, length, line.hash_ids, size, index)
+    return PromptShape(max(length, count * size), count * size, line.hash_ids, size, index)
+
+
+def block_text(blocks: list[int]) -> str:
+    """A text standing for engine blocks: 2 characters of 14 bits of each block's hash."""
+    codes = array("I")
+    for block in blocks:
+        codes.append(_TEXT_BASE + (block & 0x3FFF))
+        codes.append(_TEXT_BASE + ((block >> 14) & 0x3FFF))
+    return codes.tobytes().decode("utf-32-le" if sys.byteorder == "little" else "utf-32-be")
