@@ -183,6 +183,7 @@ class LeaseBook:
 
     def close(self, lease: Lease, outcome: Outcome,
               response: ResponseSample | None = None) -> bool:
+        outcome = Outcome(outcome)  # a misspelt string fails here, not silently below
         with self._lock:
             if not lease._open:
                 return False

@@ -10,12 +10,19 @@ from extproc import codec
 from extproc._pb import ext_proc_pb2 as pb
 from picker.routing import control_headers
 
+_AT = "10.0.0.1:8000"
+
+
+def _route(*headers: tuple[str, str]) -> codec.Route:
+    return codec.Route(_AT, ((control_headers.DESTINATION, _AT), *headers))
+
+
 ROUTES = [
-    codec.Route("10.0.0.1:8000"),
-    codec.Route("10.0.0.1:8000", dp_rank=2),
-    codec.Route("10.0.0.1:8000", api_key="sk-w"),
-    codec.Route("10.0.0.1:8000", dp_rank=1, api_key="sk-w",
-                headers=((control_headers.PREFILLER, "10.0.0.2:8000"),)),
+    _route(),
+    _route((control_headers.DP_RANK, "2")),
+    _route(("authorization", "Bearer sk-w")),
+    _route((control_headers.DP_RANK, "1"), ("authorization", "Bearer sk-w"),
+           (control_headers.PREFILLER, "10.0.0.2:8000")),
 ]
 
 
