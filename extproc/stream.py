@@ -31,6 +31,7 @@ from picker.errors import (
 )
 from picker.observe.access_log import AccessEntry, AccessLog
 from picker.observe.decisions import EXPLAIN_HEADER
+from picker.routing import control_headers
 from picker.routing.contract import Picker
 from picker.routing.destination import reach_headers
 from picker.routing.gateway_probes import is_probe, probe_target
@@ -40,7 +41,6 @@ from picker.routing.openai_body import parse_request
 from picker.routing.outcome import Outcome
 from picker.routing.request import RoutingRequest
 from picker.routing.response_stats import ResponseObserver
-from picker.routing.router import STRATEGY_HEADER
 
 __all__ = ["CONFORMANCE_SELECTION_HEADER", "CONFORMANCE_SERVED_HEADER", "RequestStream"]
 
@@ -313,7 +313,7 @@ class RequestStream:
         self._access.record(AccessEntry(
             request_id=headers.get("x-request-id", ""), model=self._model,
             policy=choice.policy if choice is not None
-            else headers.get(STRATEGY_HEADER) or self._picker.default_policy,
+            else headers.get(control_headers.STRATEGY) or self._picker.default_policy,
             worker=None if lease is None else lease.worker.id,
             match=None if choice is None else choice.match,
             outcome=outcome, status=status,

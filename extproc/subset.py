@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from picker.fleet.registry import Worker
+from picker.routing.contract import Worker
 
 __all__ = ["SubsetMatcher"]
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from llm_picker.ports import check_ports  # the same port checks serve runs
 from picker.config import CONFIG_ENV, ENV_PREFIX, PickerConfig, config_from_data, read_config_text
 from picker.errors import ConfigError
 
@@ -26,7 +27,6 @@ _CONFIG_SUFFIXES = (".yaml", ".yml")
 def check_files(paths: list[str], env: Mapping[str, str]) -> list[tuple[bool, str]]:
     """(passed, line) per configuration found: OK with a summary, or the error; then a note
     naming the environment variables that took part, if any did."""
-    from llm_picker.cli import check_ports  # the same port checks serve runs
 
     lines: list[tuple[bool, str]] = []
     for path in paths:

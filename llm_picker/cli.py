@@ -38,6 +38,7 @@ def _serve(ns: argparse.Namespace) -> int:
     if ns.workers > 1:
         # A hangup (a config reload) must not kill the supervisor while it is starting.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    from llm_picker.ports import check_ports
     from picker.config import load_config
     from picker.processes.group import ProcessGroup
 
@@ -81,6 +82,7 @@ def _epp(argv: list[str]) -> int:
     """GIE's endpoint picker flags (llm_picker/gie): ext_proc, as `serve` runs it."""
     from llm_picker.gie import epp_config, usage
     from llm_picker.logs import configure_logging
+    from llm_picker.ports import check_ports
 
     if any(arg in ("-h", "--help") for arg in argv):
         print(usage())
@@ -128,42 +130,9 @@ def _authz_port(ns: argparse.Namespace) -> int | None:
     return port if ns.mode == "authz" else None
 
 
-def check_ports(config: PickerConfig, workers: int, authz_port: int | None) -> None:
-    """Ports that would collide, and what `--workers N` cannot do, refused before anything
-    listens (and by envoy-config and check-config, which must describe the same processes).
-    With `--workers N` process i listens on each port + i; `authz_port`: --mode authz."""
-    from picker.processes.group import check_group_config
-
-    count, extproc, health = workers, config.extproc.port, config.extproc.health_port
-    authz = authz_port is not None
-    if count > 1 and (not extproc or (authz and not authz_port) or health == 0):
-        raise ConfigError("extproc.port", "--workers gives process i the port extproc.port + "
-                          "i (and --authz-port + i, extproc.health_port + i): set ports, not 0")
-    each = f" with --workers {count} (process i listens on port + i)" if count > 1 else ""
-    ranges = [("extproc.port", extproc)] + ([("--authz-port", authz_port or 0)] if authz else [])
-    ranges += [("extproc.health_port", health)] if health is not None else []
-    taken: dict[int, str] = {}
-    for key, first in ranges:
-        last = first + count - 1
-        if last > 65535:
-            raise ConfigError(key, f"{first}-{last} with --workers {count} runs past port 65535")
-        for port in range(first, last + 1) if first else ():  # 0: any free port
-            if port in taken:
-                clash = (f"{first}-{last} overlaps {taken[port]}'s ports{each}" if count > 1
-                         else f"{first} is also {taken[port]}")
-                raise ConfigError(key, f"{clash}: move one of them")
-            taken[port] = key
-    admin = config.admin.port
-    if config.admin.enabled is not False and admin in taken:
-        clash = (f"is one of {taken[admin]}'s ports{each}" if count > 1
-                 else f"is also {taken[admin]}")
-        raise ConfigError("admin.port", f"{admin} {clash}: move admin.port or {taken[admin]}")
-    if count > 1:
-        check_group_config(config)
-
-
 def _envoy_config(ns: argparse.Namespace) -> int:
     from extproc.bootstrap import render_bootstrap
+    from llm_picker.ports import check_ports
     from picker.config import TlsConfig, load_config
 
     try:

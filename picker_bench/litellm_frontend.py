@@ -19,9 +19,8 @@ from litellm.router import Router as LiteLLMRouter  # noqa: E402
 
 from litellm_plugin import PickerStrategy  # noqa: E402
 from litellm_plugin.tracking import LEASE_KEY, InFlightTracker  # noqa: E402
-from picker.routing.outcome import Outcome as LeaseOutcome  # noqa: E402
-from picker_bench.routing import Driver, Outcome  # noqa: E402
-from picker_bench.workload import Workload  # noqa: E402
+from picker.routing.outcome import Outcome  # noqa: E402
+from picker_bench.workload import Driver, Served, Workload  # noqa: E402
 
 __all__ = ["litellm_driver", "selection_overhead"]
 
@@ -39,7 +38,7 @@ def _router(strategy: str, engine_urls: list[str]) -> LiteLLMRouter:
     return router
 
 
-async def _one(router: LiteLLMRouter, body: dict[str, Any]) -> Outcome:
+async def _one(router: LiteLLMRouter, body: dict[str, Any]) -> Served:
     started = time.perf_counter()
     ttft = 0.0
     try:
@@ -52,16 +51,16 @@ async def _one(router: LiteLLMRouter, body: dict[str, Any]) -> Outcome:
     except Exception:  # noqa: BLE001 - a benchmark counts failures, whatever their type
         status = 500
     e2e = time.perf_counter() - started
-    return Outcome("-", status, ttft or e2e, e2e)
+    return Served("-", status, ttft or e2e, e2e)
 
 
 def litellm_driver(strategy: str, engine_urls: list[str]) -> Driver:
     router = _router(strategy, engine_urls)
 
-    async def drive(workload: Workload) -> tuple[list[Outcome], float]:
+    async def drive(workload: Workload) -> tuple[list[Served], float]:
         started = time.perf_counter()
 
-        async def scheduled(at: float, body: dict[str, Any]) -> Outcome:
+        async def scheduled(at: float, body: dict[str, Any]) -> Served:
             await asyncio.sleep(max(0.0, at - (time.perf_counter() - started)))
             return await _one(router, body)
 
@@ -92,7 +91,7 @@ def selection_overhead(strategy: str, deployments: int = 8, prompt_chars: int = 
             timings.append(time.perf_counter() - begun)
             # Release the slot the picker took, as LiteLLM's success hook would.
             InFlightTracker.installed().end(kwargs["metadata"].get(LEASE_KEY),
-                                            LeaseOutcome.COMPLETED)
+                                            Outcome.COMPLETED)
         return timings
 
     timings = asyncio.run(measure())

@@ -21,7 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,7 +45,7 @@ from picker_bench.stack import (
     start_sglang_router,
     start_sim,
 )
-from picker_bench.workload import Workload, make_workload, oracle_hit_rate
+from picker_bench.workload import Driver, Served, Workload, make_workload, oracle_hit_rate
 from picker_sim.engine import PROFILES, prompt_tokens
 from picker_sim.hf_twin import write_hf_twin
 
@@ -64,14 +64,6 @@ _POLICY_CONFIG: dict[str, Any] = {}
 _HETERO_TTFT_MS = 20.0
 MAX_OUTSTANDING = 256
 WORKER_HEADER = "x-picker-sim-worker"
-
-
-@dataclass
-class Outcome:
-    worker: str
-    status: int
-    ttft: float
-    e2e: float
 
 
 @dataclass
@@ -95,7 +87,7 @@ class Report:
     ttft_by_class: dict[str, list[float]]
 
 
-async def _one(client: httpx.AsyncClient, body: dict[str, Any]) -> Outcome:
+async def _one(client: httpx.AsyncClient, body: dict[str, Any]) -> Served:
     started = time.perf_counter()
     ttft = 0.0
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
@@ -103,19 +95,19 @@ async def _one(client: httpx.AsyncClient, body: dict[str, Any]) -> Outcome:
             if not ttft and line.startswith("data: {") and '"content"' in line:
                 ttft = time.perf_counter() - started
     e2e = time.perf_counter() - started
-    return Outcome(response.headers.get(WORKER_HEADER, "-"), response.status_code,
+    return Served(response.headers.get(WORKER_HEADER, "-"), response.status_code,
                    ttft or e2e, e2e)
 
 
 async def _drive(base_url: str, workload: Workload,
-                 headers: dict[str, str]) -> tuple[list[Outcome], float]:
+                 headers: dict[str, str]) -> tuple[list[Served], float]:
     gate = asyncio.Semaphore(MAX_OUTSTANDING)
     limits = httpx.Limits(max_connections=MAX_OUTSTANDING, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits,
                                  headers=headers) as client:
         started = time.perf_counter()
 
-        async def scheduled(at: float, body: dict[str, Any]) -> Outcome:
+        async def scheduled(at: float, body: dict[str, Any]) -> Served:
             await asyncio.sleep(max(0.0, at - (time.perf_counter() - started)))
             async with gate:
                 return await _one(client, body)
@@ -138,9 +130,6 @@ def _engine_counters(url: str) -> tuple[float, float, float]:
             elif sample.name == "vllm:request_success_total":
                 requests += sample.value
     return queries, hits, requests
-
-
-Driver = Callable[[Workload], Coroutine[Any, Any, tuple[list[Outcome], float]]]
 
 
 @dataclass(frozen=True)
@@ -259,7 +248,7 @@ def _speed_args(fleet: str, index: int, engines: int) -> list[str]:
             "--tpot-ms", str(float(profile["tpot_ms"]) * slow)]
 
 
-def _stickiness(workload: Workload, outcomes: list[Outcome]) -> tuple[int, int, int, int]:
+def _stickiness(workload: Workload, outcomes: list[Served]) -> tuple[int, int, int, int]:
     """(follow-up turns on the previous turn's engine, follow-up turns, groups split over
     engines, groups), over the requests that succeeded."""
     engines: dict[str, set[str]] = {}
@@ -325,7 +314,7 @@ def _measure(name: str, engines: int, workload: Workload, workdir: Path,
 TTFT_CLASSES = ("fast warm", "fast cold", "slow warm", "slow cold")
 
 
-def _ttft_by_class(workload: Workload, outcomes: list[Outcome],
+def _ttft_by_class(workload: Workload, outcomes: list[Served],
                    engines: int) -> dict[str, list[float]]:
     """TTFTs split by where a request ran (the fleet's fast or slow half, `_speed_args`) and
     whether any engine could hold its prefix yet (cold: the first request of its group): what

@@ -13,6 +13,7 @@ router can do better, so it is the yardstick for routing quality.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,3 +95,18 @@ def oracle_hit_rate(workload: Workload, block_tokens: int) -> float:
         total += len(tokens)
         seen.update(hashes)
     return hits / total if total else 0.0
+
+
+@dataclass
+class Served:
+    """One request of a workload as a driver saw it: which engine, status, TTFT, end to end."""
+
+    worker: str
+    status: int
+    ttft: float
+    e2e: float
+
+
+# Runs a workload against one front end (the picker through Envoy, LiteLLM, a peer router):
+# every request's result, and the wall time it took.
+Driver = Callable[[Workload], Coroutine[Any, Any, tuple[list[Served], float]]]

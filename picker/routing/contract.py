@@ -18,7 +18,7 @@ from picker.fleet.registry import Worker
 from picker.routing.leases import Lease
 from picker.routing.request import RoutingRequest
 
-__all__ = ["Picker"]
+__all__ = ["Picker", "Worker"]  # Worker: the type of what workers() and leases hand out
 
 
 class Picker(Protocol):

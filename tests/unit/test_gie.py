@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from llm_picker.cli import check_ports
 from llm_picker.gie import epp_config
 from llm_picker.gie.plugins import translate
+from llm_picker.ports import check_ports
 from picker.errors import ConfigError
 from tests.gie_chart import (
     EXT_PROC_PORT,

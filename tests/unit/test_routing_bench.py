@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from picker_bench.routing import Outcome, _stickiness, _ttft_by_class, _Variant
-from picker_bench.workload import Workload
+from picker_bench.routing import _stickiness, _ttft_by_class, _Variant
+from picker_bench.workload import Served, Workload
 
 
 def _workload(keys: list[tuple[str, int]]) -> Workload:
@@ -16,21 +16,21 @@ def _workload(keys: list[tuple[str, int]]) -> Workload:
 
 def test_a_turn_is_sticky_only_on_its_previous_turns_engine() -> None:
     workload = _workload([("c0", 0), ("c0", 1), ("c0", 2), ("g0", 0), ("g0", 0)])
-    outcomes = [Outcome("e0", 200, 0.1, 0.2), Outcome("e0", 200, 0.1, 0.2),
-                Outcome("e1", 200, 0.1, 0.2), Outcome("e2", 200, 0.1, 0.2),
-                Outcome("e2", 200, 0.1, 0.2)]
+    outcomes = [Served("e0", 200, 0.1, 0.2), Served("e0", 200, 0.1, 0.2),
+                Served("e1", 200, 0.1, 0.2), Served("e2", 200, 0.1, 0.2),
+                Served("e2", 200, 0.1, 0.2)]
     # Turn 1 stayed on e0, turn 2 moved; c0 is split over two engines, g0 is not.
     assert _stickiness(workload, outcomes) == (1, 2, 1, 2)
 
 
 def test_classes_split_by_engine_half_and_first_request_of_a_group() -> None:
     workload = _workload([("g0", 0), ("g0", 0), ("g1", 0), ("g1", 0), ("g0", 0), ("g2", 0)])
-    outcomes = [Outcome("e0", 200, 0.09, 0.2),  # g0 first: fast cold
-                Outcome("e0", 200, 0.04, 0.2),  # fast warm
-                Outcome("e3", 200, 0.27, 0.4),  # g1 first on a slow engine: slow cold
-                Outcome("e2", 200, 0.07, 0.2),  # slow warm
-                Outcome("e1", 500, 0.0, 0.0),  # failed: in no class
-                Outcome("e2", 200, 0.30, 0.5)]  # g2 first: slow cold
+    outcomes = [Served("e0", 200, 0.09, 0.2),  # g0 first: fast cold
+                Served("e0", 200, 0.04, 0.2),  # fast warm
+                Served("e3", 200, 0.27, 0.4),  # g1 first on a slow engine: slow cold
+                Served("e2", 200, 0.07, 0.2),  # slow warm
+                Served("e1", 500, 0.0, 0.0),  # failed: in no class
+                Served("e2", 200, 0.30, 0.5)]  # g2 first: slow cold
     by_class = _ttft_by_class(workload, outcomes, engines=4)
     assert by_class == {"fast warm": [0.04], "fast cold": [0.09], "slow warm": [0.07],
                         "slow cold": [0.27, 0.30]}
@@ -40,7 +40,7 @@ def test_a_failed_first_request_still_makes_the_group_warm() -> None:
     """Cold means "no engine could hold the prefix yet", decided by arrival order: a first
     request that failed does not make the next one cold."""
     workload = _workload([("g0", 0), ("g0", 0)])
-    outcomes = [Outcome("e0", 503, 0.0, 0.0), Outcome("e0", 200, 0.05, 0.1)]
+    outcomes = [Served("e0", 503, 0.0, 0.0), Served("e0", 200, 0.05, 0.1)]
     assert _ttft_by_class(workload, outcomes, engines=2)["fast warm"] == [0.05]
 
 
