@@ -1,4 +1,4 @@
-"""The picker's exceptions, one tree shared by the core and both adapters.
+"""The picker's exceptions, one tree shared by the core and every adapter.
 
     PickerError
     ├── ConfigError            bad configuration; raised at start-up, names the key
