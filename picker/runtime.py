@@ -56,6 +56,7 @@ from picker.routing.leases import LeaseBook
 from picker.routing.router_manager import RouterManager
 from picker.routing_service import RoutingService
 from picker.trace import PredictionAudit, TraceRecorder
+from picker.trace.latency_learner import LatencyLearner
 
 __all__ = ["Host", "PickerRuntime"]
 
@@ -117,12 +118,14 @@ class PickerRuntime:
         self.routers = RouterManager(self.registry, config, self.metrics, self._prefix,
                                      self.decisions)
         # What each request's end is compared with: the audit always, the recording if asked.
-        self.audit = PredictionAudit(self.metrics.registry)
+        # The audit predicts with each worker's latency model before the learner updates it.
+        self.audit = PredictionAudit(self.metrics.registry, config.load.stale_after_secs)
+        learner = LatencyLearner(self.registry, config.load.stale_after_secs)
         self._recorder = TraceRecorder(config.trace) if config.trace is not None else None
         self.leases = LeaseBook(
             self.registry, config.limits if group is None else group.share_of(config.limits),
-            self.metrics, (self.audit,) if self._recorder is None
-            else (self.audit, self._recorder))
+            self.metrics, (self.audit, learner) if self._recorder is None
+            else (self.audit, learner, self._recorder))
         self.history = ActivityHistory(self.metrics)  # the status page's plots
         # Workers registered before they answer are admitted by health checks, when they run.
         self.manager = WorkerManager(self.registry, config.discovery,

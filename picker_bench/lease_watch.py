@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -26,16 +26,20 @@ from picker.routing.request import Api, RoutingRequest
 from picker.routing.response_stats import ResponseSample, Usage
 from picker.routing.router import Choice
 from picker.trace import PredictionAudit, TraceRecorder, TraceSettings
+from picker.trace.latency_learner import LatencyLearner
 
 __all__ = ["run_lease_watch"]
 
 _PROMPT = "You are a careful assistant. Answer briefly and cite the house rules. " * 110
 
 
-def _per_lease_us(watchers: Sequence[LeaseWatcher], requests: int) -> float:
+Watchers = Callable[[WorkerRegistry], Sequence[LeaseWatcher]]
+
+
+def _per_lease_us(watchers: Watchers, requests: int) -> float:
     registry = WorkerRegistry()
     worker = registry.add(WorkerSpec(url="http://10.0.0.1:8000", id="w1"))
-    book = LeaseBook(registry, LimitSettings(), PickerMetrics(registry), watchers)
+    book = LeaseBook(registry, LimitSettings(), PickerMetrics(registry), watchers(registry))
     request = RoutingRequest(model="m", api=Api.CHAT, prompt_text=_PROMPT,
                              body={"max_tokens": 16})
     sample = ResponseSample(0.02, 0.005, 16, Usage(2000, 16, 1500))
@@ -50,10 +54,12 @@ def _per_lease_us(watchers: Sequence[LeaseWatcher], requests: int) -> float:
 def run_lease_watch(requests: int = 20_000) -> int:
     with tempfile.TemporaryDirectory() as root:
         recorder = TraceRecorder(TraceSettings(path=Path(root) / "trace.jsonl"))
-        scenarios: list[tuple[str, Sequence[LeaseWatcher]]] = [
-            ("no watcher", ()),
-            ("audit", (PredictionAudit(CollectorRegistry()),)),
-            ("audit + trace", (PredictionAudit(CollectorRegistry()), recorder)),
+        scenarios: list[tuple[str, Watchers]] = [
+            ("no watcher", lambda _: ()),
+            ("audit", lambda _: (PredictionAudit(CollectorRegistry()),)),
+            ("audit + learn", lambda workers: (PredictionAudit(CollectorRegistry()),
+                                               LatencyLearner(workers, 5.0))),
+            ("audit + trace", lambda _: (PredictionAudit(CollectorRegistry()), recorder)),
         ]
         base = None
         print(f"{'scenario':<14} {'us per lease':>12} {'vs none':>8}  ({requests} leases, "

@@ -22,6 +22,7 @@ from typing import Protocol, TypedDict
 from picker.errors import UnknownWorker, WorkerConflict
 from picker.fleet.circuit import CircuitBreaker, CircuitSettings
 from picker.fleet.engine_load import EngineLoad
+from picker.fleet.latency_fit import LatencyFit, features
 from picker.fleet.speed import Observation, PrefillBacklog, SpeedModel
 from picker.fleet.worker_spec import ConnectionMode, WorkerSpec, WorkerType
 from picker.processes.counts import SharedCounts
@@ -38,7 +39,7 @@ class Worker:
     __slots__ = (
         "_spec", "id", "url", "_host_port", "_in_flight", "_healthy", "_draining", "_engine",
         "_circuit", "_last_health_check", "_speed", "_response", "_backlog", "_counts",
-        "_column",
+        "_column", "_latency",
     )
 
     def __init__(self, spec: WorkerSpec, circuit: CircuitSettings | None = None,
@@ -54,6 +55,7 @@ class Worker:
         self._circuit = CircuitBreaker(circuit or CircuitSettings())
         self._last_health_check: float | None = None
         self._speed = SpeedModel()
+        self._latency = LatencyFit()
         self._response = ResponseStats()
         self._backlog = PrefillBacklog()
         self._counts = counts
@@ -94,9 +96,21 @@ class Worker:
         return self._engine
 
     @property
+    def latency(self) -> LatencyFit:
+        """Time to first token as learned from this worker's answers (picker.fleet.latency_fit)."""
+        return self._latency
+
+    @property
     def speed(self) -> SpeedModel:
         """The engine's speed as learned from scrapes and finished requests (picker.fleet.speed)."""
         return self._speed
+
+    def latency_features(self, uncached_tokens: float, now: float,
+                         stale_after: float) -> tuple[float, ...]:
+        """What the learned latency model reads for a request on this worker, now."""
+        engine = self._engine
+        return features(uncached_tokens, engine, self.prefill_ahead(now),
+                        engine is not None and engine.fresh(now, stale_after))
 
     def prefill_ahead(self, now: float) -> float:
         """Uncached prompt tokens the picker has sent here and believes not yet prefilled at
@@ -322,6 +336,11 @@ class WorkerRegistry:
                 worker._speed = worker._speed.scraped(worker._engine, load)
             worker._engine = load
             self._load_version += 1
+
+    def learn_latency(self, worker: Worker, x: tuple[float, ...], ttft_secs: float) -> None:
+        """One observed first token, with the features its request was decided on."""
+        with self._lock:
+            worker._latency = worker._latency.learned(x, ttft_secs)
 
     def observe(self, worker: Worker, observation: Observation) -> None:
         """A finished request's timing and usage, as a proxy saw it: the one entry point every

@@ -144,6 +144,15 @@ def _ttft(request: RoutingRequest, candidates: Sequence[Worker], now: float,
                               for w in candidates])
 
 
+def _learned_ttft(request: RoutingRequest, candidates: Sequence[Worker], now: float,
+                  stale_after: float) -> list[float | None]:
+    """Faster first token as each engine's own latency model predicts it
+    (picker.fleet.latency_fit): neutral for an engine whose model is still learning."""
+    return _faster_is_better([
+        w.latency.predict(w.latency_features(uncached_tokens(request, w), now, stale_after))
+        for w in candidates])
+
+
 def _decode(_: RoutingRequest, candidates: Sequence[Worker], now: float,
             stale_after: float) -> list[float | None]:
     return _faster_is_better([w.speed.decode_step_secs for w in candidates])
@@ -179,6 +188,7 @@ SCORERS: Mapping[str, Scorer] = {
     "in_flight": Scorer(_in_flight),
     "prefix": Scorer(_prefix, needs_prefix=True),
     "ttft": Scorer(_ttft),
+    "learned_ttft": Scorer(_learned_ttft),
     "cache_space": Scorer(_cache_space, needs_prefix=True),
     "decode": Scorer(_decode),
 }

@@ -24,6 +24,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
+from picker.policies.scorers import DEFAULT_STALE_SECS
 from picker.routing.leases import Lease, LeaseEnd
 from picker.routing.request import RoutingRequest
 from picker.routing.response_stats import ResponseSample
@@ -48,11 +49,13 @@ class Audited:
     observed_hit: float | None
     predicted_ttft_secs: float | None
     observed_ttft_secs: float | None
+    learned_ttft_secs: float | None = None
 
     def to_dict(self) -> dict[str, float | None]:
         return {k: None if v is None else round(v, 4) for k, v in (
             ("predicted_hit", self.predicted_hit), ("observed_hit", self.observed_hit),
             ("predicted_ttft_secs", self.predicted_ttft_secs),
+            ("learned_ttft_secs", self.learned_ttft_secs),
             ("observed_ttft_secs", self.observed_ttft_secs))}
 
 
@@ -63,12 +66,17 @@ class _Window:
         self.hits: deque[tuple[float, float]] = deque(maxlen=size)
         self.hit_errors: deque[float] = deque(maxlen=size)
         self.ttft_errors: deque[float] = deque(maxlen=size)
+        self.learned_errors: deque[float] = deque(maxlen=size)
         self.drifting = False
 
 
 class PredictionAudit:
-    def __init__(self, registry: CollectorRegistry, window: int = 50,
+    def __init__(self, registry: CollectorRegistry,
+                 stale_after_secs: float = DEFAULT_STALE_SECS, window: int = 50,
                  min_samples: int = 20) -> None:
+        """`stale_after_secs`: engine signals older than this are unknown
+        (load.stale_after_secs)."""
+        self._stale = stale_after_secs
         self._min = min_samples
         self._size = window
         self._lock = threading.Lock()
@@ -82,6 +90,11 @@ class PredictionAudit:
             "llm_picker_audit_ttft_error_seconds",
             "Observed minus predicted time to first token, per streamed response",
             ["worker"], buckets=_TTFT_BUCKETS, registry=registry)
+        self.learned_ttft_error = Histogram(
+            "llm_picker_audit_learned_ttft_error_seconds",
+            "Observed minus learned (picker.fleet.latency_fit) time to first token, per streamed "
+            "response once the worker's model has its first samples",
+            ["worker"], buckets=_TTFT_BUCKETS, registry=registry)
         self.drift = Gauge(
             "llm_picker_audit_drift",
             "1 while the prefix hits predicted for the worker keep not happening (the prefix "
@@ -89,7 +102,7 @@ class PredictionAudit:
             ["worker"], registry=registry, multiprocess_mode="max")
 
     def opened(self, choice: Choice, request: RoutingRequest) -> LeaseEnd:
-        predicted = Predicted.of(choice, time.monotonic())
+        predicted = Predicted.of(choice, time.monotonic(), self._stale)
 
         def ended(lease: Lease, outcome: str, response: ResponseSample | None) -> None:
             if response is not None:
@@ -104,6 +117,7 @@ class PredictionAudit:
                 "samples": len(w.hit_errors),
                 "hit_error": _mean(w.hit_errors),
                 "ttft_error_secs": _mean(w.ttft_errors),
+                "learned_ttft_error_secs": _mean(w.learned_errors),
                 "drift": w.drifting,
             } for worker, w in sorted(self._workers.items())}
 
@@ -128,9 +142,13 @@ class PredictionAudit:
             if ttft is not None and predicted.ttft_secs is not None:
                 window.ttft_errors.append(ttft - predicted.ttft_secs)
                 self.ttft_error.labels(worker).observe(ttft - predicted.ttft_secs)
+            if ttft is not None and predicted.learned_ttft_secs is not None:
+                window.learned_errors.append(ttft - predicted.learned_ttft_secs)
+                self.learned_ttft_error.labels(worker).observe(
+                    ttft - predicted.learned_ttft_secs)
         if choice.decision is not None:
             choice.decision.audited(Audited(predicted.hit, observed_hit, predicted.ttft_secs,
-                                            ttft).to_dict())
+                                            ttft, predicted.learned_ttft_secs).to_dict())
 
     def _judge(self, worker: str, window: _Window) -> None:
         if len(window.hits) < self._min:
