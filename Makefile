@@ -11,7 +11,7 @@ IMAGE ?= localhost/llm-picker:$(VERSION)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,bench,litellm,helm]'
+	$(BIN)/python -m pip install -q -e '.[dev,bench,litellm,helm,grpc-engines]'
 	touch $(STAMP)
 
 demo: $(STAMP)
