@@ -33,12 +33,12 @@ from picker.fleet.worker_loops import WorkerTasks
 from picker.fleet.worker_spec import ConnectionMode, RuntimeType
 from picker.strict import StrictModel
 
-log = logging.getLogger("llm_picker.load")
-
 __all__ = [
     "ENGINE_METRICS", "EngineMetrics", "LoadMonitor", "LoadSettings", "parse_engine_load",
     "scraped",
 ]
+
+log = logging.getLogger("llm_picker.load")
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +254,8 @@ class LoadMonitor:
 
     @staticmethod
     def _reads(worker: Worker) -> bool:
+        """Whether the worker publishes load the picker can read: over gRPC, an engine service
+        it knows; over HTTP, metric names it knows."""
         if worker.spec.connection_mode is ConnectionMode.GRPC:
             return speaks_grpc(worker.spec)
         return scraped(worker.spec.runtime_type)
