@@ -11,7 +11,7 @@ IMAGE ?= localhost/llm-picker:$(VERSION)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,bench,litellm,helm]'
+	$(BIN)/python -m pip install -q -e '.[dev,bench,litellm,helm,grpc-engines]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -37,10 +37,12 @@ image-test: image
 bench: $(STAMP)
 	$(BIN)/llm-picker bench overhead
 
-# Regenerate the C-backed protobuf modules from the project's own minimal ext_proc and access-log .protos.
+# Regenerate the C-backed protobuf modules from the project's own minimal ext_proc, access-log
+# and engine-signal .protos.
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iextproc/proto --python_out=extproc/_pb --pyi_out=extproc/_pb extproc/proto/ext_proc.proto
 	$(BIN)/python -m grpc_tools.protoc -Iauthz/proto --python_out=authz/_pb --pyi_out=authz/_pb authz/proto/als.proto
+	$(BIN)/python -m grpc_tools.protoc -Ipicker/fleet/proto --python_out=picker/fleet/_pb --pyi_out=picker/fleet/_pb picker/fleet/proto/engine_signals.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

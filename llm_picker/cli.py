@@ -162,15 +162,17 @@ def _check_config(ns: argparse.Namespace) -> int:
 
 def _sim(ns: argparse.Namespace) -> int:
     from picker.listen import check_free
-    from picker_sim import config_from_args, run_sim
+    from picker_sim import sim_runner
 
     try:
-        config = config_from_args(ns)
+        run = sim_runner(ns)
         check_free(ns.host, ns.port, "the sim")
+        if ns.bootstrap_port is not None:
+            check_free(ns.host, ns.bootstrap_port, "the sim's bootstrap port")
     except (ValueError, OSError) as exc:
         print(f"llm-picker sim: {exc}", file=sys.stderr)
         return 2
-    run_sim(config, ns.host, ns.port)
+    run()
     return 0
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "free_port_run",
     "port_range",
     "spawn",
+    "wait_grpc",
     "wait_http",
     "local_fleet",
     "render_authz_config",
@@ -251,6 +252,25 @@ def wait_http(proc: Process, url: str, timeout: float = 20.0) -> None:
     raise TimeoutError(f"{proc.name} not ready at {url} after {timeout}s:\n{proc.log_tail()}")
 
 
+def wait_grpc(proc: Process, target: str, timeout: float = 20.0) -> None:
+    """Wait until a gRPC server at `target` takes connections (a gRPC sim binds its port once
+    its service is registered); fail with the child's log if it dies or never does."""
+    import grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        while time.monotonic() < deadline:
+            if proc.popen.poll() is not None:
+                code = proc.popen.returncode
+                raise RuntimeError(f"{proc.name} exited with {code}:\n{proc.log_tail()}")
+            with contextlib.suppress(grpc.FutureTimeoutError):
+                grpc.channel_ready_future(channel).result(timeout=0.2)
+                return
+    proc.kill()
+    raise TimeoutError(f"{proc.name} not ready at {target} after {timeout}s:\n"
+                       f"{proc.log_tail()}")
+
+
 @dataclass
 class SimSpec:
     """One simulated engine to start; `args` are extra `llm-picker sim` flags."""
@@ -281,7 +301,10 @@ def start_sims(specs: Sequence[SimSpec], workdir: Path) -> list[Process]:
                 *(["--api-key", spec.api_key] if spec.api_key else []),
             ], workdir))
         for spec, proc in zip(specs, procs, strict=True):
-            wait_http(proc, f"http://127.0.0.1:{spec.port}/health")
+            if "--grpc" in spec.args:
+                wait_grpc(proc, f"127.0.0.1:{spec.port}")
+            else:
+                wait_http(proc, f"http://127.0.0.1:{spec.port}/health")
     except BaseException:
         for proc in procs:
             proc.kill()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
+from collections.abc import Callable
+from pathlib import Path
 
 from picker_sim.engine import PROFILES, SimConfig
 from picker_sim.server import WORKER_HEADER, create_app, run_sim
@@ -14,6 +17,7 @@ __all__ = [
     "config_from_args",
     "create_app",
     "run_sim",
+    "sim_runner",
 ]
 
 
@@ -54,6 +58,14 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
                              "sidecar running the NIXL prefill itself (default sglang)")
     parser.add_argument("--kv-encoding", choices=("map", "array"),
                         help="event encoding: map (vLLM 0.33, tagged events) or array (vLLM 0.11)")
+    parser.add_argument("--grpc", action="store_true",
+                        help="serve SGLang's gRPC scheduler service (token ids in and out) "
+                             "instead of HTTP; needs the grpc-engines extra")
+    parser.add_argument("--tokenizer", type=Path, metavar="DIR",
+                        help="(--grpc) tokenizer directory: answer with ids of its vocabulary "
+                             "and stream it on GetTokenizer (default: the toy ids)")
+    parser.add_argument("--bootstrap-port", type=_port,
+                        help="(--grpc --role prefill) where decode sims ask for prefilled rooms")
 
 
 def _port(text: str) -> int:
@@ -81,3 +93,41 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
     if ns.profile:
         return SimConfig.from_profile(ns.profile, **identity, **explicit)
     return SimConfig(**identity, **explicit)
+
+
+
+def sim_runner(ns: argparse.Namespace) -> Callable[[], None]:
+    """What serves the sim these flags describe, HTTP or gRPC, until interrupted. Every flag
+    is checked here, before anything binds: a ValueError names the flag."""
+    if (problem := _grpc_problem(ns)) is not None:
+        raise ValueError(problem)
+    config = config_from_args(ns)
+    if not ns.grpc:
+        return functools.partial(run_sim, config, ns.host, ns.port)
+    try:
+        from picker_sim.grpc_server import run_grpc_sim
+        from picker_sim.token_vocab import SimVocabulary
+    except ImportError as exc:
+        raise ValueError(f"--grpc needs the grpc-engines extra (pip install "
+                         f"'llm-picker[grpc-engines]'): {exc}") from exc
+    vocabulary = (SimVocabulary.toy() if ns.tokenizer is None
+                  else SimVocabulary.from_directory(ns.tokenizer))
+    return functools.partial(run_grpc_sim, config, vocabulary, ns.host, ns.port,
+                             ns.bootstrap_port)
+
+
+def _grpc_problem(ns: argparse.Namespace) -> str | None:
+    """Why these flags make no gRPC sim (or no HTTP one), naming the flag; None when fine."""
+    if not ns.grpc:
+        for flag, value in (("--tokenizer", ns.tokenizer), ("--bootstrap-port", ns.bootstrap_port)):
+            if value is not None:
+                return f"{flag} is for a gRPC sim (--grpc)"
+        return None
+    for flag, value in (("--api-key", ns.api_key), ("--kv-events-port", ns.kv_events_port)):
+        if value is not None:
+            return f"{flag} is not served over gRPC: leave it out with --grpc"
+    if ns.pd_protocol not in (None, "sglang"):
+        return "--pd-protocol: a gRPC sim pairs as SGLang does (bootstrap rooms): sglang only"
+    if (ns.role == "prefill") != (ns.bootstrap_port is not None):
+        return "--bootstrap-port is needed by, and only by, a gRPC sim with --role prefill"
+    return None

@@ -1,8 +1,11 @@
 import argparse
 
-from picker_sim import add_sim_arguments, config_from_args, run_sim
+from picker_sim import add_sim_arguments, sim_runner
 
 parser = argparse.ArgumentParser(prog="python -m picker_sim")
 add_sim_arguments(parser)
-ns = parser.parse_args()
-run_sim(config_from_args(ns), ns.host, ns.port)
+try:
+    run = sim_runner(parser.parse_args())
+except ValueError as exc:
+    parser.error(str(exc))
+run()

@@ -26,12 +26,14 @@ from picker_sim.cache import BlockCache, Claim, token_block_hashes
 from picker_sim.scheduler import StepScheduler
 
 __all__ = [
-    "PROFILES", "SimConfig", "SimEngine", "SimRun", "prompt_tokens", "token_ids", "toy_tokens",
+    "PROFILES", "WORDS", "SimConfig", "SimEngine", "SimRun", "prompt_tokens", "token_ids",
+    "toy_tokens",
 ]
 
 # Tokens decoded per timer by `SimRun.decode` without the step scheduler.
 _DECODE_RUN = 16
-_WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "again")
+# What the sim generates, cycled (and, over gRPC, encoded with its tokenizer).
+WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "again")
 
 
 @dataclass(slots=True)
@@ -354,7 +356,7 @@ class SimEngine:
 
     @staticmethod
     def token(index: int) -> str:
-        return _WORDS[index % len(_WORDS)] + " "
+        return WORDS[index % len(WORDS)] + " "
 
     def kv_cache_usage(self) -> float:
         """Share of running slots in use, standing in for vLLM's KV usage (0..1)."""

@@ -1,4 +1,5 @@
-"""Engine load signals: scrape each worker's Prometheus /metrics into an EngineLoad.
+"""Engine load signals: scrape each worker's Prometheus /metrics into an EngineLoad (a gRPC
+worker's GetLoads answer: picker.fleet.grpc_load).
 
 The poller does the I/O; `parse_engine_load` is a pure function of the text; the metric names
 of each engine are the data table ENGINE_METRICS, not branches.
@@ -14,6 +15,7 @@ are averaged: a sum of fractions is no fraction.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -23,16 +25,20 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import Field
 
 from picker.fleet.engine_load import EngineCounter, EngineLoad
+from picker.fleet.grpc_calls import EngineCallFailed, EngineCalls, speaks_grpc
+from picker.fleet.grpc_load import load_from_loads
 from picker.fleet.registry import Worker, WorkerRegistry
 from picker.fleet.worker_http import WorkerRequests
 from picker.fleet.worker_loops import WorkerTasks
-from picker.fleet.worker_spec import RuntimeType
+from picker.fleet.worker_spec import ConnectionMode, RuntimeType
 from picker.strict import StrictModel
 
 __all__ = [
     "ENGINE_METRICS", "EngineMetrics", "LoadMonitor", "LoadSettings", "parse_engine_load",
     "scraped",
 ]
+
+log = logging.getLogger("llm_picker.load")
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +222,7 @@ class LoadMonitor:
         self._clock = clock
         self._tasks = WorkerTasks(workers, self._poll)
         self._requests = WorkerRequests(settings.max_concurrency)
+        self._engines = EngineCalls()
 
     async def start(self) -> None:
         if not self._settings.enabled:
@@ -226,25 +233,45 @@ class LoadMonitor:
     async def stop(self) -> None:
         await self._tasks.stop()
         await self._requests.stop()
+        await self._engines.close()
 
     async def _poll(self, worker: Worker) -> None:
         try:
             await self._poll_forever(worker)
         finally:
             self._requests.forget(worker)
+            self._engines.forget(worker.spec)
 
     async def _poll_forever(self, worker: Worker) -> None:
         while True:
             # Re-read each round: PATCH /workers may change the runtime or the interval. A
             # worker health checks ejected is routed nothing, so its load is worth no request
             # (an unreachable one costs ~0.17 ms of CPU per try); scrapes resume on readmission.
-            if worker.healthy and scraped(worker.spec.runtime_type):
+            if worker.healthy and self._reads(worker):
                 await self.scrape(worker)
             interval = worker.spec.load_monitor_interval_secs or self._settings.interval_secs
             await asyncio.sleep(interval)
 
+    @staticmethod
+    def _reads(worker: Worker) -> bool:
+        """Whether the worker publishes load the picker can read: over gRPC, an engine service
+        it knows; over HTTP, metric names it knows."""
+        if worker.spec.connection_mode is ConnectionMode.GRPC:
+            return speaks_grpc(worker.spec)
+        return scraped(worker.spec.runtime_type)
+
     async def scrape(self, worker: Worker) -> None:
-        """One scrape; a failure keeps the previous value, which then goes stale."""
+        """One scrape (a gRPC worker's GetLoads); a failure keeps the previous value, which
+        then goes stale."""
+        if worker.spec.connection_mode is ConnectionMode.GRPC:
+            try:
+                answer = await self._engines.loads(worker.spec, self._settings.timeout_secs)
+            except EngineCallFailed as exc:
+                log.debug("worker %s: %s", worker.id, exc)
+                return
+            self._workers.set_engine_load(
+                worker, load_from_loads(answer, self._clock(), worker.spec.dp_rank))
+            return
         response = await self._requests.get(worker, "/metrics", self._settings.timeout_secs)
         if response is not None and response.is_success:
             self._workers.set_engine_load(

@@ -1,4 +1,5 @@
-"""Active health checks: poll each worker's health endpoint and flip its `healthy` flag.
+"""Active health checks: poll each worker's health endpoint (a gRPC worker's HealthCheck) and
+flip its `healthy` flag.
 
 Thresholds avoid flapping: a worker is ejected after `failure_threshold` consecutive failures
 and readmitted after `success_threshold` consecutive successes (the same two knobs as Envoy's
@@ -16,9 +17,11 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
+from picker.fleet.grpc_calls import EngineCallFailed, EngineCalls
 from picker.fleet.registry import Worker, WorkerRegistry
 from picker.fleet.worker_http import WorkerRequests
 from picker.fleet.worker_loops import WorkerTasks
+from picker.fleet.worker_spec import ConnectionMode
 from picker.strict import StrictModel
 
 __all__ = ["HealthChecker", "HealthSettings"]
@@ -78,6 +81,7 @@ class HealthChecker:
         self._settings = settings
         self._tasks = WorkerTasks(workers, self._watch)
         self._requests = WorkerRequests(settings.max_concurrency)
+        self._engines = EngineCalls()
 
     async def start(self) -> None:
         self._requests.start()
@@ -86,12 +90,26 @@ class HealthChecker:
     async def stop(self) -> None:
         await self._tasks.stop()
         await self._requests.stop()
+        await self._engines.close()
 
     async def _watch(self, worker: Worker) -> None:
         try:
             await self._check_forever(worker)
         finally:
             self._requests.forget(worker)
+            self._engines.forget(worker.spec)
+
+    async def _probe(self, worker: Worker, plan: _Effective) -> bool:
+        """HTTP: the endpoint answers 2xx. gRPC: the engine's HealthCheck answers healthy
+        (sglang_scheduler.proto:376-379), the endpoint setting aside."""
+        if worker.spec.connection_mode is ConnectionMode.GRPC:
+            try:
+                return (await self._engines.health(worker.spec, plan.timeout)).healthy
+            except EngineCallFailed as exc:
+                log.debug("worker %s: %s", worker.id, exc)
+                return False
+        response = await self._requests.get(worker, plan.endpoint, plan.timeout)
+        return response is not None and response.is_success
 
     async def _check_forever(self, worker: Worker) -> None:
         failures = successes = 0
@@ -101,8 +119,7 @@ class HealthChecker:
             if plan is None:
                 await asyncio.sleep(self._settings.interval_secs)
                 continue
-            response = await self._requests.get(worker, plan.endpoint, plan.timeout)
-            ok = response is not None and response.is_success
+            ok = await self._probe(worker, plan)
             self._workers.record_health_check(worker, time.monotonic())
             failures, successes = (0, successes + 1) if ok else (failures + 1, 0)
             if worker.healthy and failures >= plan.failures_to_eject:

@@ -1,4 +1,5 @@
-"""Ask a worker what it serves: OpenAI `/v1/models`, and SGLang's model and server info.
+"""Ask a worker what it serves: OpenAI `/v1/models`, and SGLang's model and server info (over
+gRPC for a gRPC worker: picker.fleet.grpc_discovery).
 
 Used when a worker is registered without `models`, and to learn data-parallel size: a DP engine
 becomes one logical worker per rank (`{base}@{rank}`), so load is tracked per rank.
@@ -14,8 +15,9 @@ import httpx
 from pydantic import Field
 
 from picker.errors import PickerError
+from picker.fleet.grpc_discovery import complete_grpc
 from picker.fleet.sources.settings import DnsSettings, KubernetesSettings
-from picker.fleet.worker_spec import MAX_NAME_CHARS, RuntimeType, WorkerSpec
+from picker.fleet.worker_spec import MAX_NAME_CHARS, ConnectionMode, RuntimeType, WorkerSpec
 from picker.strict import StrictModel
 
 __all__ = ["DiscoverySettings", "WorkerUnreachable", "discover", "expand_dp_ranks"]
@@ -88,6 +90,8 @@ async def discover(
 
 
 async def _complete(spec: WorkerSpec, client: httpx.AsyncClient, timeout: float) -> WorkerSpec:
+    if spec.connection_mode is ConnectionMode.GRPC:
+        return await complete_grpc(spec, timeout)
     update: dict[str, Any] = {}
     if spec.models:
         # Reachability only: the operator said what it serves.

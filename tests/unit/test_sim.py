@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from picker_sim import WORKER_HEADER, SimConfig, add_sim_arguments, config_from_args
+from picker_sim import WORKER_HEADER, SimConfig, add_sim_arguments, config_from_args, sim_runner
 from picker_sim.engine import SimEngine
 from tests.sim_thread import running_sim
 from tests.waiting import wait_until
@@ -303,3 +303,21 @@ def test_bad_controls_are_400_naming_the_key_and_change_nothing(
 @pytest.mark.parametrize("body", [b"{nope", b"[1, 2]", b"NaN"])
 def test_control_body_must_be_a_json_object(sim_url: str, body: bytes) -> None:
     assert httpx.post(f"{sim_url}/sim/control", content=body).status_code == 400
+
+
+@pytest.mark.parametrize(("argv", "flag"), [
+    (["--tokenizer", "/tmp/t"], "--tokenizer"),
+    (["--bootstrap-port", "9"], "--bootstrap-port"),
+    (["--grpc", "--api-key", "k"], "--api-key"),
+    (["--grpc", "--kv-events-port", "9"], "--kv-events-port"),
+    (["--grpc", "--role", "decode", "--pd-protocol", "nixl"], "--pd-protocol"),
+    (["--grpc", "--role", "prefill"], "--bootstrap-port"),
+    (["--grpc", "--bootstrap-port", "9"], "--bootstrap-port"),
+    (["--grpc", "--tokenizer", "/nonexistent/dir"], "tokenizer.json"),
+])
+def test_grpc_flags_that_make_no_sim_are_refused_naming_the_flag(argv: list[str],
+                                                                 flag: str) -> None:
+    parser = argparse.ArgumentParser()
+    add_sim_arguments(parser)
+    with pytest.raises(ValueError, match=flag):
+        sim_runner(parser.parse_args(["--port", "8000", *argv]))

@@ -1,0 +1,83 @@
+"""Workers with `connection_mode: grpc`: the picker's discovery, health checks and load polling
+speak the engine's gRPC service (a gRPC sim process, real sockets on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+from smg_grpc_proto.generated import sglang_scheduler_pb2 as pb
+from smg_grpc_proto.generated import sglang_scheduler_pb2_grpc as pb_grpc
+
+from picker.fleet.engine_scrape import LoadMonitor, LoadSettings
+from picker.fleet.health import HealthChecker, HealthSettings
+from picker.fleet.manager import WorkerManager
+from picker.fleet.registry import WorkerRegistry
+from picker.fleet.served_models import DiscoverySettings
+from picker.fleet.worker_spec import ConnectionMode, RuntimeType, WorkerSpec
+from picker_bench.stack import SimSpec, start_sims
+from tests.waiting import eventually
+
+
+@contextlib.asynccontextmanager
+async def streams(target: str, count: int) -> AsyncIterator[None]:
+    """`count` long generations in flight on the sim while the block runs."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.SglangSchedulerStub(channel)
+
+        async def one(rid: str) -> None:
+            request = pb.GenerateRequest(
+                request_id=rid, tokenized=pb.TokenizedInput(input_ids=[1, 2, 3]),
+                sampling_params=pb.SamplingParams(max_new_tokens=500), stream=True)
+            async for _ in stub.Generate(request):
+                pass
+
+        tasks = [asyncio.create_task(one(f"s{i}")) for i in range(count)]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_grpc_worker_is_discovered_loaded_and_ejected_when_killed(
+        tmp_path: Path) -> None:
+    spec = SimSpec("g1", "sim-model", ["--grpc", "--max-concurrency", "1", "--tpot-ms", "20"])
+    [sim] = start_sims([spec], tmp_path)
+    registry = WorkerRegistry([])
+    manager = WorkerManager(registry, DiscoverySettings())
+    health = HealthChecker(registry, HealthSettings(interval_secs=0.1, timeout_secs=1.0))
+    load = LoadMonitor(registry, LoadSettings(interval_secs=0.1, timeout_secs=1.0))
+    await manager.start()
+    try:
+        # Registered without models: GetModelInfo names them, GetServerInfo the ranks.
+        registered = await manager.register(WorkerSpec(
+            url=f"grpc://127.0.0.1:{spec.port}", connection_mode=ConnectionMode.GRPC,
+            runtime_type=RuntimeType.SGLANG))
+        [worker] = registered.workers
+        assert (worker.spec.models, worker.spec.model_id, worker.spec.dp_size) == (
+            ["sim-model"], "sim-model", 1)
+        await health.start()
+        await load.start()
+        await eventually(lambda: worker.engine is not None, what="a first GetLoads")
+        assert worker.engine is not None
+        assert (worker.engine.running, worker.engine.waiting, worker.engine.kv_usage) == (
+            0.0, 0.0, 0.0)
+        async with streams(f"127.0.0.1:{spec.port}", 3):
+            # One running slot: one request runs, two wait, its one slot is all in use.
+            await eventually(lambda: worker.engine is not None and (
+                worker.engine.running, worker.engine.waiting, worker.engine.kv_usage) == (
+                1.0, 2.0, 1.0), what="the sim's load under three streams")
+        assert worker.healthy
+        sim.kill()
+        # failure_threshold 2 at 0.1 s: ejected well within a second of the kill.
+        await eventually(lambda: not worker.healthy, timeout=3, what="the ejection")
+    finally:
+        await load.stop()
+        await health.stop()
+        await manager.stop()
+        sim.stop()
