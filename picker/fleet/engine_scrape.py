@@ -25,11 +25,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import Field
 
 from picker.fleet.engine_load import EngineCounter, EngineLoad
-from picker.fleet.grpc_calls import EngineCallFailed, EngineCalls, speaks_grpc
+from picker.fleet.grpc_calls import EngineCallFailed, speaks_grpc
 from picker.fleet.grpc_load import load_from_loads
 from picker.fleet.registry import Worker, WorkerRegistry
-from picker.fleet.worker_http import WorkerRequests
-from picker.fleet.worker_loops import WorkerTasks
+from picker.fleet.worker_loops import WorkerLoops
 from picker.fleet.worker_spec import ConnectionMode, RuntimeType
 from picker.strict import StrictModel
 
@@ -220,27 +219,15 @@ class LoadMonitor:
         self._workers = workers
         self._settings = settings
         self._clock = clock
-        self._tasks = WorkerTasks(workers, self._poll)
-        self._requests = WorkerRequests(settings.max_concurrency)
-        self._engines = EngineCalls()
+        self._loops = WorkerLoops(workers, self._poll_forever, settings.max_concurrency)
 
     async def start(self) -> None:
         if not self._settings.enabled:
             return
-        self._requests.start()
-        self._tasks.start()
+        self._loops.start()
 
     async def stop(self) -> None:
-        await self._tasks.stop()
-        await self._requests.stop()
-        await self._engines.close()
-
-    async def _poll(self, worker: Worker) -> None:
-        try:
-            await self._poll_forever(worker)
-        finally:
-            self._requests.forget(worker)
-            self._engines.forget(worker.spec)
+        await self._loops.stop()
 
     async def _poll_forever(self, worker: Worker) -> None:
         while True:
@@ -265,14 +252,14 @@ class LoadMonitor:
         then goes stale."""
         if worker.spec.connection_mode is ConnectionMode.GRPC:
             try:
-                answer = await self._engines.loads(worker.spec, self._settings.timeout_secs)
+                answer = await self._loops.engines.loads(worker.spec, self._settings.timeout_secs)
             except EngineCallFailed as exc:
                 log.debug("worker %s: %s", worker.id, exc)
                 return
             self._workers.set_engine_load(
                 worker, load_from_loads(answer, self._clock(), worker.spec.dp_rank))
             return
-        response = await self._requests.get(worker, "/metrics", self._settings.timeout_secs)
+        response = await self._loops.requests.get(worker, "/metrics", self._settings.timeout_secs)
         if response is not None and response.is_success:
             self._workers.set_engine_load(
                 worker, parse_engine_load(response.text, worker.spec.runtime_type, self._clock(),

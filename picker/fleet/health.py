@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
-from picker.fleet.grpc_calls import EngineCallFailed, EngineCalls
+from picker.fleet.grpc_calls import EngineCallFailed
 from picker.fleet.registry import Worker, WorkerRegistry
-from picker.fleet.worker_http import WorkerRequests
-from picker.fleet.worker_loops import WorkerTasks
+from picker.fleet.worker_loops import WorkerLoops
 from picker.fleet.worker_spec import ConnectionMode
 from picker.strict import StrictModel
 
@@ -79,36 +78,24 @@ class HealthChecker:
     def __init__(self, workers: WorkerRegistry, settings: HealthSettings) -> None:
         self._workers = workers
         self._settings = settings
-        self._tasks = WorkerTasks(workers, self._watch)
-        self._requests = WorkerRequests(settings.max_concurrency)
-        self._engines = EngineCalls()
+        self._loops = WorkerLoops(workers, self._check_forever, settings.max_concurrency)
 
     async def start(self) -> None:
-        self._requests.start()
-        self._tasks.start()
+        self._loops.start()
 
     async def stop(self) -> None:
-        await self._tasks.stop()
-        await self._requests.stop()
-        await self._engines.close()
-
-    async def _watch(self, worker: Worker) -> None:
-        try:
-            await self._check_forever(worker)
-        finally:
-            self._requests.forget(worker)
-            self._engines.forget(worker.spec)
+        await self._loops.stop()
 
     async def _probe(self, worker: Worker, plan: _Effective) -> bool:
         """HTTP: the endpoint answers 2xx. gRPC: the engine's HealthCheck answers healthy
         (sglang_scheduler.proto:376-379), the endpoint setting aside."""
         if worker.spec.connection_mode is ConnectionMode.GRPC:
             try:
-                return (await self._engines.health(worker.spec, plan.timeout)).healthy
+                return (await self._loops.engines.health(worker.spec, plan.timeout)).healthy
             except EngineCallFailed as exc:
                 log.debug("worker %s: %s", worker.id, exc)
                 return False
-        response = await self._requests.get(worker, plan.endpoint, plan.timeout)
+        response = await self._loops.requests.get(worker, plan.endpoint, plan.timeout)
         return response is not None and response.is_success
 
     async def _check_forever(self, worker: Worker) -> None:

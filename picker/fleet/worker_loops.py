@@ -1,8 +1,11 @@
-"""WorkerTasks: one asyncio task per registered worker, following the registry.
+"""WorkerTasks: one asyncio task per registered worker, following the registry; WorkerLoops:
+such a task per worker with the channels it talks to its worker through.
 
 Health checks, metrics scraping and KV-event subscriptions all need "a loop per worker, started
-when it is added and cancelled when it goes"; this is that, once. (The HTTP requests those loops
-send are bounded in picker.fleet.worker_http.)
+when it is added and cancelled when it goes"; this is that, once. Health checks and scraping
+also share how they reach a worker - bounded HTTP GETs (picker.fleet.worker_http) or the
+engine's gRPC service (picker.fleet.grpc_calls) - and both must let a worker's connections go
+when its loop ends, however it ended: WorkerLoops is that, once.
 Registry changes may come from any thread (the admin API, config reload, LiteLLM's threads);
 tasks always live on the loop that started them.
 """
@@ -13,9 +16,11 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from picker.fleet.grpc_calls import EngineCalls
 from picker.fleet.registry import Worker, WorkerRegistry
+from picker.fleet.worker_http import WorkerRequests
 
-__all__ = ["WorkerTasks"]
+__all__ = ["WorkerLoops", "WorkerTasks"]
 
 
 class WorkerTasks:
@@ -66,3 +71,31 @@ class WorkerTasks:
         task = self._tasks.pop(worker.url, None)
         if task is not None:
             task.cancel()
+
+
+class WorkerLoops:
+    def __init__(self, workers: WorkerRegistry,
+                 loop: Callable[[Worker], Coroutine[Any, Any, None]],
+                 max_concurrency: int) -> None:
+        """`loop`: what runs for each worker; it reaches the worker through `requests` (HTTP)
+        or `engines` (gRPC)."""
+        self._loop = loop
+        self.requests = WorkerRequests(max_concurrency)
+        self.engines = EngineCalls()
+        self._tasks = WorkerTasks(workers, self._run)
+
+    def start(self) -> None:
+        self.requests.start()
+        self._tasks.start()
+
+    async def stop(self) -> None:
+        await self._tasks.stop()
+        await self.requests.stop()
+        await self.engines.close()
+
+    async def _run(self, worker: Worker) -> None:
+        try:
+            await self._loop(worker)
+        finally:
+            self.requests.forget(worker)
+            self.engines.forget(worker.spec)
