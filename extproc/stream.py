@@ -73,7 +73,7 @@ class RequestStream:
     __slots__ = (
         "_picker", "_fallbacks", "_conformance", "_max_body", "_mode", "_headers", "_chunks",
         "_size", "_lease", "_finished", "_upstream_status", "_pending", "_access", "_started",
-        "_model", "_echo", "_sees_body", "_observer", "_subset", "_subsets",
+        "_model", "_echo", "_sees_body", "_observer", "_subset", "_subsets", "_prefilled",
     )
 
     def __init__(self, picker: Picker, max_body_bytes: int,
@@ -102,6 +102,7 @@ class RequestStream:
         self._sees_body = False  # response body sent to us: its end is the request's end
         self._observer: ResponseObserver | None = None
         self._subset: list[str] | None = None  # the gateway's endpoint subset hint
+        self._prefilled = False  # the lease heard of the response's first bytes
 
     @property
     def lease(self) -> Lease | None:
@@ -362,6 +363,9 @@ class RequestStream:
 
     def _on_response_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
         chunk = body.body
+        if chunk and not self._prefilled and self._lease is not None:
+            self._prefilled = True
+            self._lease.first_token()
         if self._observer is not None:
             self._observer.chunk(chunk, time.monotonic())
         if body.end_of_stream:

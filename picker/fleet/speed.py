@@ -125,10 +125,10 @@ class PrefillBacklog:
 
     The bound is a count, not an estimate (issue 35.3): an ended request has certainly been
     prefilled, so what the fluid queue still holds beyond the open requests' tokens is an
-    underestimated prefill rate, not work. The count ends at the request's end, since the core
-    does not see first tokens as they pass (extproc reports the TTFT when the stream closes);
-    a first-token hook would end it sooner. Immutable: the registry replaces a worker's on each
-    request sent and ended, as it does its `SpeedModel`."""
+    underestimated prefill rate, not work. The count ends at the response's first bytes where
+    the adapter sees them (`Lease.first_token`: ext_proc with a response body mode), else at
+    the request's end. Immutable: the registry replaces a worker's on each request sent and
+    ended, as it does its `SpeedModel`."""
 
     tokens: float = 0.0
     at: float = 0.0

@@ -57,11 +57,12 @@ class Lease:
     `fallbacks` where a proxy that retries should go next, chosen by the same router."""
 
     __slots__ = ("_worker", "choice", "prefill", "fallbacks", "started", "_book", "_open",
-                 "_forward", "_ends")
+                 "_forward", "_ends", "_prefilled")
 
     def __init__(self, choice: Choice, book: LeaseBook, prefill: Worker | None = None,
                  fallbacks: Sequence[Worker] = (), ends: Sequence[LeaseEnd] = ()) -> None:
         self._ends = ends
+        self._prefilled = False  # its first token passed: its prefill is no longer work ahead
         self._worker = choice.worker
         self.choice = choice
         self.prefill = prefill
@@ -100,6 +101,12 @@ class Lease:
         """Free the slot once, with what was observed of the response if the adapter saw it;
         returns False if it was already released."""
         return self._book.close(self, outcome, response)
+
+    def first_token(self) -> None:
+        """The response's first bytes passed (an adapter that sees the response body): the
+        prompt is prefilled, so it stops counting as prefill work ahead on the worker now,
+        not when the request ends (issue 35.3)."""
+        self._book.first_token(self)
 
     def observe(self, observation: Observation) -> None:
         """The finished request's timing and usage as the proxy reported them (LiteLLM's
@@ -196,7 +203,7 @@ class LeaseBook:
         for held in (worker, lease.prefill):
             if held is not None:
                 self._workers.release(held)
-        if lease.prefill is None:
+        if lease.prefill is None and not lease._prefilled:
             self._workers.ended_prefill(worker, lease.choice.uncached_tokens)
         if verdict is not None:
             # The outcome is the served (decode) engine's. A pair's answer proves its prefill
@@ -222,12 +229,20 @@ class LeaseBook:
             # Under the book's lock, so a concurrent close releases exactly one of the two.
             self._workers.acquire(worker)
             self._workers.release(previous)
-            if lease.prefill is None:  # the prompt went to the worker that served it
+            if lease.prefill is None and not lease._prefilled:  # the prompt went where served
                 tokens = lease.choice.uncached_tokens
                 self._workers.ended_prefill(previous, tokens)
                 self._workers.sent_prefill(worker, tokens)
         self._workers.record_outcome(previous, False)
         return True
+
+    def first_token(self, lease: Lease) -> None:
+        with self._lock:
+            if not lease._open or lease._prefilled or lease.prefill is not None:
+                return  # a pair's decode worker prefilled nothing (its prefill's is not here)
+            lease._prefilled = True
+            worker = lease._worker
+        self._workers.ended_prefill(worker, lease.choice.uncached_tokens)
 
     def expire(self, now: float | None = None) -> int:
         """Release leases older than limits.timeout_secs (the picker never heard their end)."""

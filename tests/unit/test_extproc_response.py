@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -10,6 +11,7 @@ from extproc import codec
 from extproc._pb import ext_proc_pb2 as pb
 from extproc.stream import CONFORMANCE_SELECTION_HEADER, CONFORMANCE_SERVED_HEADER, RequestStream
 from extproc.subset import SubsetMatcher
+from picker.fleet.speed import Observation
 from picker.fleet.worker_spec import WorkerSpec
 from picker.runtime import PickerRuntime
 from tests.unit.test_extproc_stream import BODY, body_msg, headers_msg, make_router, runtime_of
@@ -284,3 +286,19 @@ def test_a_zoned_ipv6_answer_keeps_the_other_addresses() -> None:
     matcher._store("engine.local", [  # noqa: SLF001 - what getaddrinfo answers, as tuples
         (None, None, None, "", ("fe80::1%eth0", 0, 0, 2)), (None, None, None, "", ("10.0.0.5", 0))])
     assert matcher._addresses("engine.local") == {"engine.local", "fe80::1", "10.0.0.5"}  # noqa: SLF001
+
+
+def test_the_first_response_chunk_ends_the_prompts_prefill_work() -> None:
+    """Issue 35.3: with a response body mode the picker sees the first token pass, and the
+    prompt stops counting as prefill ahead on the engine then, not at the response's end."""
+    runtime = make_router(A)
+    (worker,) = runtime.registry.workers()
+    runtime.registry.observe(worker, Observation(prompt_tokens=100, cached_tokens=0,
+                                                 ttft_secs=1.0))  # 100 tokens/s: work stays
+    stream, _ = routed(runtime)
+    assert worker.prefill_ahead(time.monotonic()) > 0.0
+    stream.handle(response_headers())
+    stream.handle(response_body(b'data: {"choices": []}\n\n', False))
+    assert worker.prefill_ahead(time.monotonic()) == 0.0 and worker.in_flight == 1
+    stream.handle(response_body(b"data: [DONE]\n\n", True))
+    assert worker.in_flight == 0

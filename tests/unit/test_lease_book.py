@@ -6,6 +6,8 @@ tells the circuit breaker, and stale leases expire."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from picker.errors import Overloaded
@@ -105,3 +107,30 @@ def test_stale_leases_expire_once() -> None:
     assert leases.expire(now=lease.started + LimitSettings().timeout_secs + 1) == 1
     assert leases.expire(now=lease.started + LimitSettings().timeout_secs + 2) == 0
     assert leases.outcomes == {Outcome.TIMEOUT: 1} and leases.active == 0
+
+
+def slow_engine(workers: WorkerRegistry, worker_id: str) -> Worker:
+    """A worker whose engine prefills 100 tokens a second: sent work stays ahead for a while."""
+    from picker.fleet.speed import Observation
+
+    found = worker(workers, worker_id)
+    workers.observe(found, Observation(prompt_tokens=100, cached_tokens=0, ttft_secs=1.0))
+    return found
+
+
+def test_the_first_token_ends_the_prompts_prefill_work_before_the_request_ends() -> None:
+    """Issue 35.3: a streamed answer's prompt is prefilled at its first token; counting it as
+    work ahead until the request ends would make a long answer's engine look busy."""
+    leases, workers, _ = book()
+    a = slow_engine(workers, "a")
+    leases.admit_now()
+    lease = leases.open(choice(a, uncached=2000.0))
+    assert a.prefill_ahead(time.monotonic()) > 1500.0
+    lease.first_token()
+    lease.first_token()  # once only: the second changes nothing
+    assert a.prefill_ahead(time.monotonic()) == 0.0 and a.in_flight == 1
+    lease.release(Outcome.COMPLETED)
+    leases.admit_now()
+    other = leases.open(choice(a, uncached=500.0))
+    assert a.prefill_ahead(time.monotonic()) == pytest.approx(500.0, abs=5.0)  # not -1500
+    other.release(Outcome.COMPLETED)
