@@ -138,6 +138,17 @@ class AdminConfig(ListenConfig):
     # half-open connection holds the port.
     header_timeout_secs: float = Field(default=10.0, gt=0, le=3600)
     keep_alive_timeout_secs: int = Field(default=5, ge=1, le=3600)
+    # Where the workers added, changed and drained through the API are saved, so that they
+    # survive a restart (picker.fleet.api_state); None: they live until the picker stops.
+    state_file: Path | None = None
+
+    @field_validator("state_file")
+    @classmethod
+    def _state_directory_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.parent.is_dir():
+            raise ValueError(f"the directory {path.parent} does not exist (the picker creates "
+                             "the file, not its directory)")
+        return path
 
     @model_validator(mode="after")
     def _no_open_admin(self) -> AdminConfig:

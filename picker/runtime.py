@@ -37,6 +37,7 @@ from picker.admin.api import create_admin_app
 from picker.admin.server import serve_admin
 from picker.config import PickerConfig
 from picker.errors import ConfigError
+from picker.fleet.api_state import StateFile
 from picker.fleet.config_follow import ConfigReloader
 from picker.fleet.engine_scrape import LoadMonitor
 from picker.fleet.health import HealthChecker
@@ -131,7 +132,9 @@ class PickerRuntime:
                                      # Inside LiteLLM keys stay in the process; under
                                      # serve they go out on the ext_proc port.
                                      keys_refused=None if host is Host.LITELLM
-                                     else config.extproc.worker_keys_problem())
+                                     else config.extproc.worker_keys_problem(),
+                                     state=None if config.admin.state_file is None
+                                     else StateFile(config.admin.state_file))
         if not self._follower:  # followers get every worker, config's included, mirrored
             self.manager.adopt(None, config.workers)
         self._sources: list[Source] = build_sources(config.discovery, self.manager)
@@ -275,6 +278,7 @@ class PickerRuntime:
                                       self.manager, self.metrics)
             await reloader.start()
             running.push_async_callback(reloader.stop)
+        await self.manager.restore()  # after the configuration's workers: they take precedence
         if self._group is not None:
             from picker.processes.mirror import StatePublisher
 
