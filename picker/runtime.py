@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from picker.admin.api import create_admin_app
 from picker.admin.server import serve_admin
@@ -57,6 +57,9 @@ from picker.routing.leases import LeaseBook
 from picker.routing.router_manager import RouterManager
 from picker.routing_service import RoutingService
 from picker.trace import PredictionAudit, TraceRecorder
+
+if TYPE_CHECKING:
+    from picker.observe.tracing import DecisionTracer
 
 __all__ = ["Host", "PickerRuntime"]
 
@@ -148,7 +151,8 @@ class PickerRuntime:
         self._pairs = PairStep(self.registry, self.metrics, config.pd.prefill_timeout_secs)
         self.routing = RoutingService(self.registry, self.routers, self.leases, self.metrics,
                                       self._prefix, self._pairs, config.explain,
-                                      config.pd.max_attempts, pd_paired=config.enable_igw)
+                                      config.pd.max_attempts, pd_paired=config.enable_igw,
+                                      tracer=_decision_tracer(config))
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -376,6 +380,18 @@ def _check_litellm_config(config: PickerConfig) -> None:
         raise ConfigError("enable_igw", "LiteLLM deployments are regular workers: "
                           "prefill/decode pairs and per-mode routers need `llm-picker serve` "
                           "behind Envoy")
+
+
+def _decision_tracer(config: PickerConfig) -> DecisionTracer | None:
+    """A span per decision when tracing.enabled; opentelemetry only imported then."""
+    if not config.tracing.enabled:
+        return None
+    try:
+        from picker.observe.tracing import DecisionTracer
+    except ImportError as exc:
+        raise ConfigError("tracing.enabled", "needs OpenTelemetry: pip install "
+                          "'llm-picker[tracing]'") from exc
+    return DecisionTracer()
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:
