@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from ssl import SSLContext
 from typing import cast
 
 from authz.check import Answer, Checker
@@ -169,8 +170,11 @@ class _Connection(asyncio.Protocol):
 
 async def serve_http(checker: Checker, awaits: bool, sock: socket.socket,
                      head_timeout_secs: float = HEAD_TIMEOUT_SECS,
-                     idle_timeout_secs: float = IDLE_TIMEOUT_SECS) -> asyncio.Server:
-    """Serving on a listening socket (picker.listen) until the returned server is closed."""
+                     idle_timeout_secs: float = IDLE_TIMEOUT_SECS,
+                     ssl: SSLContext | None = None) -> asyncio.Server:
+    """Serving on a listening socket (picker.listen) until the returned server is closed;
+    over TLS with `ssl` (extproc.tls). A handshake must complete within the head timeout."""
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: _Connection(checker, awaits, head_timeout_secs, idle_timeout_secs), sock=sock)
+        lambda: _Connection(checker, awaits, head_timeout_secs, idle_timeout_secs), sock=sock,
+        ssl=ssl, ssl_handshake_timeout=None if ssl is None else head_timeout_secs)

@@ -2,7 +2,8 @@
 service in front of one PickerRuntime, on one asyncio loop.
 
 The gRPC port (extproc.host/port) carries the access-log stream instead of ext_proc streams;
-the check server listens on its own port (`--authz-port`).
+the check server listens on its own port (`--authz-port`). extproc.tls covers both (extproc.tls):
+with a client CA, only a client with a certificate from it - Envoy - is served on either.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from authz.als import AccessLogService
 from authz.check import Checker
 from authz.http import serve_http
 from authz.tokens import process_prefix
-from picker.config import PickerConfig
+from extproc.tls import grpc_credentials, ssl_context
+from picker.config import PickerConfig, TlsConfig
 from picker.errors import ConfigError
 from picker.listen import check_free, listen_socket
 from picker.processes.group import ProcessGroup
@@ -50,6 +52,12 @@ def _lag_summary(checker: Checker) -> str:
             f"{cuts[49] * 1e3:.2f} ms, p99 {cuts[98] * 1e3:.2f} ms, max {lags[-1] * 1e3:.2f} ms")
 
 
+def _security(tls: TlsConfig | None) -> str:
+    if tls is None:
+        return "plaintext"
+    return "mutual TLS" if tls.client_ca_file is not None else "TLS"
+
+
 async def serve_authz(
     config: PickerConfig, authz_port: int, config_path: Path | None = None,
     overrides: Mapping[str, Any] | None = None, group: ProcessGroup | None = None,
@@ -59,16 +67,21 @@ async def serve_authz(
     `group`: this process's place in `serve --workers N`: its check server listens on
     `authz_port` + i (its access-log gRPC port is already extproc.port + i), and its lease
     tokens carry its prefix so that Envoy logs each request to the process holding it."""
-    # The check server and the access-log port are plain: extproc.tls authenticates nobody
-    # here, so worker keys (in every check's answer) need the explicit opt-out.
-    config = config.model_copy(update={"extproc": config.extproc.model_copy(
-        update={"tls": None})})
+    # extproc.tls covers both ports here (extproc.tls): with a client CA only Envoy, holding
+    # a client certificate, completes a handshake, so it alone reads the worker keys in the
+    # checks' answers; without one, keys need the explicit opt-out.
+    tls = config.extproc.tls
+    if tls == "self_signed":
+        raise ConfigError("extproc.tls", "--mode authz serves a standalone Envoy, which can "
+                          "verify the picker: give cert_file and key_file (and client_ca_file "
+                          "for mutual TLS) instead of self_signed")
     keyed = [i for i, spec in enumerate(config.workers) if spec.api_key is not None]
-    if keyed and not config.extproc.allow_unauthenticated_keys:
-        raise ConfigError(f"workers.{keyed[0]}.api_key", "--mode authz answers checks over "
-                          "plain HTTP with the worker's key in them, to any client reaching the "
-                          "check port: set extproc.allow_unauthenticated_keys: true to accept "
-                          "that, or serve ext_proc with mutual TLS (extproc.tls.client_ca_file)")
+    if keyed and config.extproc.worker_keys_problem() is not None:
+        raise ConfigError(f"workers.{keyed[0]}.api_key", "--mode authz answers checks with the "
+                          "worker's key in them, to any client completing a connection to the "
+                          "check port: set extproc.tls with client_ca_file (mutual TLS on the "
+                          "check and access-log ports), or extproc.allow_unauthenticated_keys: "
+                          "true to accept that")
     runtime = PickerRuntime(config, Host.SERVE, config_path, overrides, group)
     if group is not None:
         authz_port += group.index
@@ -79,7 +92,10 @@ async def serve_authz(
     sock = listen_socket(host, authz_port, "authz HTTP")
     grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     AccessLogService(checker).add_to(grpc_server)
-    grpc_server.add_insecure_port(f"{host}:{port}")
+    if tls is None:
+        grpc_server.add_insecure_port(f"{host}:{port}")
+    else:
+        grpc_server.add_secure_port(f"{host}:{port}", grpc_credentials(tls, host))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -91,11 +107,12 @@ async def serve_authz(
     sweeper = asyncio.create_task(_sweep(checker))
     try:
         await grpc_server.start()
-        http_server = await serve_http(checker, runtime.routing.awaits, sock)
-        log.info("llm-picker serving (authz mode%s): checks on %s:%d, access log on %s:%d, "
-                 "policy %s, %d workers",
+        http_server = await serve_http(checker, runtime.routing.awaits, sock,
+                                       ssl=None if tls is None else ssl_context(tls))
+        log.info("llm-picker serving (authz mode%s): checks on %s:%d, access log on %s:%d "
+                 "(%s), policy %s, %d workers",
                  "" if group is None else f", process {group.index} of {group.count}",
-                 host, sock.getsockname()[1], host, port,
+                 host, sock.getsockname()[1], host, port, _security(tls),
                  config.policy.name,
                  len(runtime.routing.workers()))
         await stop.wait()

@@ -9,9 +9,9 @@ import grpc
 
 from extproc._pb import ext_proc_pb2 as pb
 from extproc.health import HealthService
-from extproc.self_signed import self_signed_pair
 from extproc.stream import RequestStream
 from extproc.subset import SubsetMatcher
+from extproc.tls import grpc_credentials
 from picker.config import TlsConfig
 from picker.listen import check_free
 from picker.observe.access_log import AccessLog
@@ -86,16 +86,8 @@ def create_server(
     try:
         if tls is None:
             bound = server.add_insecure_port(f"{host}:{port}")
-        elif tls == "self_signed":
-            bound = server.add_secure_port(
-                f"{host}:{port}", grpc.ssl_server_credentials([self_signed_pair(host)]))
         else:
-            credentials = grpc.ssl_server_credentials(
-                [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
-                root_certificates=tls.client_ca_file.read_bytes() if tls.client_ca_file else None,
-                require_client_auth=tls.client_ca_file is not None,
-            )
-            bound = server.add_secure_port(f"{host}:{port}", credentials)
+            bound = server.add_secure_port(f"{host}:{port}", grpc_credentials(tls, host))
     except RuntimeError as exc:  # taken between the check and the bind
         raise OSError(f"ext_proc cannot listen on {host}:{port}") from exc
     return server, bound

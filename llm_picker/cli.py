@@ -103,9 +103,12 @@ def _run(config: PickerConfig, config_file: Path | None, overrides: Mapping[str,
          group: ProcessGroup | None, authz_port: int | None) -> int:
     """Serve ext_proc, or ext_authz on `authz_port`, until stopped; the exit code."""
     from llm_picker.allocator import bound_large_allocations
+    from llm_picker.tracing import export_traces
 
     bound_large_allocations()
+    stop_tracing = None
     try:
+        stop_tracing = export_traces(config)
         # The Envoy adapters live outside the core; only this command needs grpc.
         if authz_port is not None:
             from authz.serve import serve_authz
@@ -121,6 +124,9 @@ def _run(config: PickerConfig, config_file: Path | None, overrides: Mapping[str,
     except OSError as exc:
         print(f"llm-picker: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if stop_tracing is not None:
+            stop_tracing()  # exports the spans still batched
     return 0
 
 

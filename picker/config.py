@@ -39,8 +39,8 @@ from picker.trace.settings import TraceSettings
 
 __all__ = [
     "CONFIG_ENV", "ENV_PREFIX", "GROUP_ENV", "AdminConfig", "ExtprocConfig", "ListenConfig",
-    "LogConfig", "PickerConfig", "PolicyConfig", "TlsConfig", "config_from_data", "load_config",
-    "read_config_text",
+    "LogConfig", "PickerConfig", "PolicyConfig", "TlsConfig", "TracingConfig", "config_from_data",
+    "load_config", "read_config_text",
 ]
 
 ENV_PREFIX = "LLM_PICKER_"
@@ -138,6 +138,17 @@ class AdminConfig(ListenConfig):
     # half-open connection holds the port.
     header_timeout_secs: float = Field(default=10.0, gt=0, le=3600)
     keep_alive_timeout_secs: int = Field(default=5, ge=1, le=3600)
+    # Where the workers added, changed and drained through the API are saved, so that they
+    # survive a restart (picker.fleet.api_state); None: they live until the picker stops.
+    state_file: Path | None = None
+
+    @field_validator("state_file")
+    @classmethod
+    def _state_directory_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.parent.is_dir():
+            raise ValueError(f"the directory {path.parent} does not exist (the picker creates "
+                             "the file, not its directory)")
+        return path
 
     @model_validator(mode="after")
     def _no_open_admin(self) -> AdminConfig:
@@ -183,6 +194,15 @@ class PdConfig(StrictModel):
         return PolicyConfig(name="cache_aware" if prefix_enabled else "least_load")
 
 
+class TracingConfig(StrictModel):
+    """OpenTelemetry spans, one per routing decision (picker.observe.tracing; the `tracing`
+    extra). Where they go is OpenTelemetry's own environment: OTEL_EXPORTER_OTLP_ENDPOINT
+    (default localhost:4317, OTLP/gRPC), OTEL_TRACES_SAMPLER and its argument,
+    OTEL_SERVICE_NAME (default llm-picker)."""
+
+    enabled: bool = False
+
+
 class LogConfig(StrictModel):
     """Process logging. The access log is opt-in: one JSON line per request is real I/O on
     the hot path, and operators who have Envoy's access log may not want a second one."""
@@ -216,6 +236,7 @@ class PickerConfig(StrictModel):
     # `x-routing-strategy` (unlisted ones run with their defaults).
     policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
     log: LogConfig = Field(default_factory=LogConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     # SGLang gateway's "IGW" mode: a router per connection mode and worker role (regular,
     # prefill/decode pairs), chosen per request; off: one router over all workers.
     enable_igw: bool = False

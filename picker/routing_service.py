@@ -10,8 +10,10 @@ wherever the caller is: `attach` names that loop once the runtime runs.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from picker.errors import PrefillFailed, RequestError
 from picker.fleet.registry import Worker, WorkerRegistry
@@ -25,14 +27,19 @@ from picker.routing.request import RoutingRequest
 from picker.routing.router import Router
 from picker.routing.router_manager import PdRouters, RouterManager
 
+if TYPE_CHECKING:
+    from picker.observe.tracing import DecisionTracer
+
 __all__ = ["RoutingService"]
 
 
 class RoutingService:
     def __init__(self, workers: WorkerRegistry, routers: RouterManager, leases: LeaseBook,
                  metrics: PickerMetrics, prefix: PrefixProducer | None, pairs: PairStep,
-                 explain: ExplainSettings, pd_attempts: int, pd_paired: bool) -> None:
-        """`pd_paired`: prefill/decode pairs may be chosen (enable_igw)."""
+                 explain: ExplainSettings, pd_attempts: int, pd_paired: bool,
+                 tracer: DecisionTracer | None = None) -> None:
+        """`pd_paired`: prefill/decode pairs may be chosen (enable_igw). `tracer`: a span
+        per lease (tracing.enabled)."""
         self._workers = workers
         self._routers = routers
         self._leases = leases
@@ -42,6 +49,7 @@ class RoutingService:
         self._explain = explain
         self._pd_attempts = pd_attempts
         self._awaits = self._remote is not None or leases.queueing or pd_paired
+        self._tracer = tracer
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -96,29 +104,34 @@ class RoutingService:
 
     def _route_now(self, request: RoutingRequest, allowed: Collection[str] | None,
                    fallbacks: int) -> Lease:
+        started = time.time_ns() if self._tracer is not None else 0
         self._leases.admit_now()
-        return self._open(self._routers.default, request, allowed, fallbacks)
+        return self._open(self._routers.default, request, allowed, fallbacks, started)
 
     async def _route_awaited(self, request: RoutingRequest, allowed: Collection[str] | None,
                              fallbacks: int) -> Lease:
+        started = time.time_ns() if self._tracer is not None else 0
         if self._remote is not None:
             tokens = await self._remote.tokens(request)
             if tokens is None:
                 self._metrics.tokenizer_fallbacks.inc()
             else:
                 request = replace(request, tokens=tokens)
+        queued = time.monotonic()
         await self._leases.admit()
+        waited = time.monotonic() - queued
         try:
             target = self._routers.select(request)
         except RequestError:
             self._leases.cancel_admission()
             raise
         if isinstance(target, PdRouters):
-            return await self._open_pair(target, request, allowed)
-        return self._open(target, request, allowed, fallbacks)
+            return await self._open_pair(target, request, allowed, started, waited)
+        return self._open(target, request, allowed, fallbacks, started, waited)
 
     def _open(self, router: Router, request: RoutingRequest,
-              allowed: Collection[str] | None, fallbacks: int) -> Lease:
+              allowed: Collection[str] | None, fallbacks: int, started_ns: int,
+              waited: float = 0.0) -> Lease:
         """On an admission slot already taken: decide, then open the lease (or give the slot
         back if no worker fits). The fallbacks come from the router that chose."""
         try:
@@ -127,10 +140,14 @@ class RoutingService:
             self._leases.cancel_admission()
             raise
         others = router.fallbacks(request, choice.worker, fallbacks, allowed)
-        return self._leases.open(choice, fallbacks=others, request=request)
+        lease = self._leases.open(choice, fallbacks=others, request=request)
+        if self._tracer is not None:
+            self._tracer.trace(lease, request, started_ns, waited)
+        return lease
 
     async def _open_pair(self, routers: PdRouters, request: RoutingRequest,
-                         allowed: Collection[str] | None) -> Lease:
+                         allowed: Collection[str] | None, started_ns: int,
+                         waited: float) -> Lease:
         """Choose a prefill/decode pair, hold both, and run the pair's protocol step. A pair
         is bound to its decode worker: its lease has no fallbacks."""
         failed: set[str] = set()
@@ -147,6 +164,8 @@ class RoutingService:
             lease = self._leases.open(decode, prefill, request=request)
             try:
                 lease.forward_as(await self._pairs.forward(request, prefill, decode.worker))
+                if self._tracer is not None:
+                    self._tracer.trace(lease, request, started_ns, waited)
                 return lease
             except PrefillFailed:
                 failed.add(prefill.id)

@@ -31,12 +31,13 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from picker.admin.api import create_admin_app
 from picker.admin.server import serve_admin
 from picker.config import PickerConfig
 from picker.errors import ConfigError
+from picker.fleet.api_state import StateFile
 from picker.fleet.config_follow import ConfigReloader
 from picker.fleet.engine_scrape import LoadMonitor
 from picker.fleet.health import HealthChecker
@@ -57,6 +58,9 @@ from picker.routing.router_manager import RouterManager
 from picker.routing_service import RoutingService
 from picker.trace import PredictionAudit, TraceRecorder
 from picker.trace.latency_learner import LatencyLearner
+
+if TYPE_CHECKING:
+    from picker.observe.tracing import DecisionTracer
 
 __all__ = ["Host", "PickerRuntime"]
 
@@ -134,7 +138,9 @@ class PickerRuntime:
                                      # Inside LiteLLM keys stay in the process; under
                                      # serve they go out on the ext_proc port.
                                      keys_refused=None if host is Host.LITELLM
-                                     else config.extproc.worker_keys_problem())
+                                     else config.extproc.worker_keys_problem(),
+                                     state=None if config.admin.state_file is None
+                                     else StateFile(config.admin.state_file))
         if not self._follower:  # followers get every worker, config's included, mirrored
             self.manager.adopt(None, config.workers)
         self._sources: list[Source] = build_sources(config.discovery, self.manager)
@@ -148,7 +154,8 @@ class PickerRuntime:
         self._pairs = PairStep(self.registry, self.metrics, config.pd.prefill_timeout_secs)
         self.routing = RoutingService(self.registry, self.routers, self.leases, self.metrics,
                                       self._prefix, self._pairs, config.explain,
-                                      config.pd.max_attempts, pd_paired=config.enable_igw)
+                                      config.pd.max_attempts, pd_paired=config.enable_igw,
+                                      tracer=_decision_tracer(config))
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -278,6 +285,7 @@ class PickerRuntime:
                                       self.manager, self.metrics)
             await reloader.start()
             running.push_async_callback(reloader.stop)
+        await self.manager.restore()  # after the configuration's workers: they take precedence
         if self._group is not None:
             from picker.processes.mirror import StatePublisher
 
@@ -375,6 +383,18 @@ def _check_litellm_config(config: PickerConfig) -> None:
         raise ConfigError("enable_igw", "LiteLLM deployments are regular workers: "
                           "prefill/decode pairs and per-mode routers need `llm-picker serve` "
                           "behind Envoy")
+
+
+def _decision_tracer(config: PickerConfig) -> DecisionTracer | None:
+    """A span per decision when tracing.enabled; opentelemetry only imported then."""
+    if not config.tracing.enabled:
+        return None
+    try:
+        from picker.observe.tracing import DecisionTracer
+    except ImportError as exc:
+        raise ConfigError("tracing.enabled", "needs OpenTelemetry: pip install "
+                          "'llm-picker[tracing]'") from exc
+    return DecisionTracer()
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import yaml
 
-from extproc.bootstrap import ENVOY_DIR, ext_proc_config, point_authz
+from extproc.bootstrap import ENVOY_DIR, authz_over_tls, ext_proc_config, point_authz
 
 __all__ = [
     "ENVOY_AUTHZ",
@@ -392,11 +392,7 @@ def render_envoy_config(
     the ext_proc cluster (Envoy round-robins its streams over them), checked with the gRPC
     `readiness` service so that a replica gone stops getting streams within a second.
     """
-    text = template.read_text()
-    for name, path in (tls_files or {}).items():
-        # The mTLS template names /etc/llm-picker/tls/<file>; point them at these files.
-        text = text.replace(f"/etc/llm-picker/tls/{name}", path)
-    config: dict[str, Any] = yaml.safe_load(text)
+    config: dict[str, Any] = yaml.safe_load(_with_files(template.read_text(), tls_files or {}))
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     listener = config["static_resources"]["listeners"][0]
     listener["address"]["socket_address"]["port_value"] = listen_port
@@ -442,6 +438,13 @@ def render_envoy_config(
     return config
 
 
+def _with_files(template: str, tls_files: Mapping[str, str]) -> str:
+    """The mTLS template names /etc/llm-picker/tls/<file>; point them at these files."""
+    for name, path in tls_files.items():
+        template = template.replace(f"/etc/llm-picker/tls/{name}", path)
+    return template
+
+
 def duplex_both_ways(envoy_config: dict[str, Any]) -> None:
     """Switch the rendered envoy.yaml's ext_proc filter to what gateways generate."""
     manager = envoy_config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
@@ -455,10 +458,14 @@ def duplex_both_ways(envoy_config: dict[str, Any]) -> None:
 
 
 def render_authz_config(*, listen_port: int, admin_port: int, picker_port: int,
-                        authz_port: int, processes: int = 1) -> dict[str, Any]:
+                        authz_port: int, processes: int = 1,
+                        tls_files: Mapping[str, str] | None = None) -> dict[str, Any]:
     """envoy/envoy-authz.yaml with its ports changed (the picker's gRPC port carries the
-    access log; `authz_port` is its HTTP check server; `processes`: `serve --workers N`)."""
+    access log; `authz_port` is its HTTP check server; `processes`: `serve --workers N`;
+    `tls_files`: both over TLS, with envoy/envoy-mtls.yaml's files named as given)."""
     config: dict[str, Any] = yaml.safe_load(ENVOY_AUTHZ.read_text())
+    if tls_files is not None:
+        authz_over_tls(config, _with_files(ENVOY_MTLS.read_text(), tls_files))
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = \
         listen_port
@@ -541,7 +548,7 @@ def local_fleet(
         if authz_port is not None:
             envoy_config = render_authz_config(listen_port=listen_port, admin_port=envoy_admin,
                                                picker_port=picker_port, authz_port=authz_port,
-                                               processes=processes)
+                                               processes=processes, tls_files=tls_files)
         else:
             envoy_config = render_envoy_config(
                 listen_port=listen_port, admin_port=envoy_admin, picker_port=picker_port,

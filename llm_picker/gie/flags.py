@@ -197,8 +197,7 @@ FLAGS: Mapping[str, Flag] = {
     "zap-log-level": Flag(Kind.TEXT, _zap_level),
     "zap-stacktrace-level": Flag(Kind.TEXT, _note("a Go logger option: no effect here")),
     "zap-time-encoding": Flag(Kind.TEXT, _note("a Go logger option: no effect here")),
-    "tracing": Flag(Kind.BOOL, _note(
-        "the picker emits no traces yet: OTEL_* variables are unused", when=bool)),
+    "tracing": Flag(Kind.BOOL, _setting("tracing.enabled")),
     "health-checking": Flag(Kind.BOOL, _note(
         "the gRPC health services are always served (on --grpc-health-port and the ext_proc "
         "port)")),

@@ -349,7 +349,7 @@ def create_admin_app(runtime: AdminSubject, token: SecretStr | None = None,
     async def patch_worker(url: str, patch: WorkerPatch) -> dict[str, Any]:
         """Change priority, cost, labels or health overrides; url, id and models are fixed
         (DELETE and POST again). Workers declared in the configuration file: edit the file."""
-        return view(manager.change(url, patch))
+        return view(await manager.change(url, patch))
 
     @app.delete("/workers/{url:path}", dependencies=mutating, response_model=DrainResult,
                 responses=errors(401, 403, 404, 409, 422))

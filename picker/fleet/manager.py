@@ -5,8 +5,11 @@ One owner per worker, so no change is silently undone by another source:
 - a worker declared in the configuration file belongs to the file (`declare`): the admin API
   refuses to change or delete it (409 naming the file); editing the file changes it on reload;
 - a worker added through the admin API (`register`) belongs to the API and lives until it is
-  deleted or the picker restarts (runtime-only: declare it in the file to keep it);
-- a worker the file newly declares at an API worker's url is taken over by the file.
+  deleted; with admin.state_file it survives restarts too (`restore`, picker.fleet.api_state:
+  each change the API makes is saved before the API answers), else it lives until the picker
+  stops;
+- a worker the file newly declares at an API worker's url is taken over by the file, at a reload
+  or a restart alike (at a restart named in the log, and dropped from the saved state).
 
 Both sources go through the same path: conflict checks before any network call, discovery,
 one worker per data-parallel rank, and `drain` (never a bare remove) on removal or replacement.
@@ -30,6 +33,7 @@ from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from picker.errors import ConfigError, PickerError, UnknownWorker, WorkerConflict
+from picker.fleet.api_state import SavedRegistration, StateFile
 from picker.fleet.registry import Worker, WorkerRegistry
 from picker.fleet.served_models import (
     DiscoverySettings,
@@ -106,18 +110,20 @@ class _Registration:
     spec: WorkerSpec  # as declared or posted, before discovery
     declared_in: str | None  # the owning file; None: the admin API
     urls: tuple[str, ...]  # the workers it registered
+    posted: bool = False  # POSTed to the admin API (what admin.state_file keeps)
 
 
 class WorkerManager:
     def __init__(self, workers: WorkerRegistry, settings: DiscoverySettings,
                  health_checked: bool = True, pd_paired: bool = False,
-                 keys_refused: str | None = None) -> None:
+                 keys_refused: str | None = None, state: StateFile | None = None) -> None:
         """`health_checked`: active health checks run, so a worker registered before it
         answered is admitted once it does; without them such a registration is refused.
         `pd_paired`: prefill and decode workers are paired (enable_igw); without it they are
         refused. `keys_refused`: why workers with an api_key may not be registered (the
         running ext_proc port does not authenticate its clients), None when they may: checked
-        here, on the one path of the admin API, a config reload and discovery alike."""
+        here, on the one path of the admin API, a config reload and discovery alike.
+        `state`: where the admin API's workers are saved (admin.state_file); None: nowhere."""
         self.workers = workers
         self._settings = settings
         self._health_checked = health_checked
@@ -126,6 +132,9 @@ class WorkerManager:
         self._client: httpx.AsyncClient | None = None
         self._registrations: dict[str, _Registration] = {}  # by spec url
         self._registration_of: dict[str, str] = {}  # worker url -> spec url
+        self._state = state
+        self._saving = asyncio.Lock()  # one write at a time, each of the state as it starts
+        self._saved: list[SavedRegistration] | None = None  # what the file holds, once read
 
     async def start(self) -> None:
         self._client = httpx.AsyncClient()
@@ -157,19 +166,24 @@ class WorkerManager:
 
     async def register(self, spec: WorkerSpec) -> Registered:
         """Check conflicts, discover what the spec leaves out, register (one per DP rank)."""
-        return await self._register(spec, declared_in=None)
+        registered = await self._register(spec, declared_in=None)
+        await self._save()
+        return registered
 
-    def change(self, key: str, patch: WorkerPatch) -> Worker:
+    async def change(self, key: str, patch: WorkerPatch) -> Worker:
         worker = self._api_owned(self.find(key))
         changes = patch.model_dump(exclude_unset=True)
         if changes.get("health") is not None:
             changes["health"] = {**worker.spec.health.model_dump(exclude_unset=True),
                                  **changes["health"]}
         self.workers.replace_spec(worker, worker.spec.updated(**changes))
+        await self._save()
         return worker
 
     async def delete(self, key: str, timeout_secs: float) -> tuple[Worker, bool]:
         worker = self._api_owned(self.find(key))
+        self.workers.set_draining(worker)
+        await self._save()  # gone from the saved state already: a restart mid-drain keeps it gone
         return worker, await self.drain(worker, timeout_secs)
 
     def _api_owned(self, worker: Worker) -> Worker:
@@ -179,6 +193,84 @@ class WorkerManager:
                 f"worker {worker.id} is declared in {path}: {_how_to_change(path)}; the admin "
                 "API changes only the workers it added")
         return worker
+
+    # -- the admin API's workers across restarts (admin.state_file) ---------------------------
+
+    async def restore(self) -> None:
+        """Register again the workers the admin API had added before a restart, as they were
+        (discovery's answers and PATCHes kept, no call to the engines: health checks judge
+        them as they judge the configuration's). Call it once the configuration's workers are
+        in (declared or adopted): a saved worker the configuration now has (same url or id) is
+        the configuration's, named in the log and dropped from the state.
+
+        ConfigError naming admin.state_file when the file cannot be read, when a saved worker
+        is one this picker's settings refuse (a role without enable_igw, a key without mutual
+        TLS), or when the file cannot be written (it is written once here, so an unwritable
+        path fails at start-up rather than at the first POST)."""
+        if self._state is None:
+            return
+        path = self._state.path
+        for saved in await asyncio.to_thread(self._state.read):
+            holder = self._holder(saved)
+            if holder is not None:
+                log.warning("worker %s saved in %s is also in the configuration%s: the "
+                            "configuration owns it now; dropped from %s",
+                            redact_url(saved.spec.url), path, _owned_by(self.declared_in(holder)),
+                            path)
+                continue
+            try:
+                self._check_admissible(saved.spec)
+            except ConfigError as exc:
+                raise ConfigError("admin.state_file", f"{path}: worker "
+                                  f"{redact_url(saved.spec.url)}: {exc}") from exc
+            self._record(saved.spec, None, [self.workers.add(w) for w in saved.workers],
+                         posted=True)
+        try:
+            await self._save(must=True)
+        except OSError as exc:
+            raise ConfigError("admin.state_file", f"cannot write {path}: {exc}") from exc
+
+    def _holder(self, saved: SavedRegistration) -> Worker | None:
+        """The registered worker holding a url or id of a saved registration, if any."""
+        for spec in saved.workers:
+            taken = self.workers.get_by_url(spec.url) or self.workers.get(spec.id or "")
+            if taken is not None:
+                return taken
+        return None
+
+    def _posted(self) -> list[SavedRegistration]:
+        """The admin API's registrations as they stand; draining workers are left out."""
+        saved = []
+        for registration in self._registrations.values():
+            if not registration.posted or registration.declared_in is not None:
+                continue
+            live = tuple(w.spec for url in registration.urls
+                         if (w := self.workers.get_by_url(url)) is not None and not w.draining)
+            if live:
+                saved.append(SavedRegistration(registration.spec, live))
+        return saved
+
+    async def _save(self, must: bool = False) -> None:
+        """Write the admin API's registrations if they changed since the last write, off the
+        event loop (a write and two fsyncs take milliseconds, and routing shares the loop).
+        A failure is logged (raised with `must`): the change stands in this process only.
+        Nothing is written before `restore` has read the file (a reload's declare comes
+        first), which would replace the saved workers with none."""
+        if self._state is None or (self._saved is None and not must):
+            return
+        async with self._saving:
+            posted = self._posted()
+            if posted == self._saved and not must:
+                return
+            try:
+                await asyncio.to_thread(self._state.write, posted)
+            except OSError as exc:
+                if must:
+                    raise
+                log.error("the admin API's workers could not be saved to %s (%s): this change "
+                          "is lost at the next restart", self._state.path, exc)
+                return
+            self._saved = posted
 
     # -- the configuration file's call --------------------------------------------------------
 
@@ -203,6 +295,7 @@ class WorkerManager:
                 log.error("worker %s from %s not applied: %s", spec_url, path, result)
             elif isinstance(result, BaseException):
                 raise result
+        await self._save()  # the file may have taken workers over from the admin API
 
     async def _converge(self, spec: WorkerSpec, path: str, drain_timeout_secs: float) -> None:
         registration = self._registrations.get(spec.url)
@@ -294,7 +387,7 @@ class WorkerManager:
         if not reached:
             for worker in added:
                 self.workers.set_healthy(worker, False)
-        self._record(spec, declared_in, added)
+        self._record(spec, declared_in, added, posted=declared_in is None)
         return Registered(added, reached)
 
     async def _discover(self, spec: WorkerSpec) -> tuple[WorkerSpec, bool]:
@@ -327,9 +420,9 @@ class WorkerManager:
         return [w for w in self.workers.workers() if w.spec.dp_base_url == spec_url]
 
     def _record(self, spec: WorkerSpec, declared_in: str | None,
-                workers: Sequence[Worker]) -> None:
+                workers: Sequence[Worker], posted: bool = False) -> None:
         urls = tuple(w.url for w in workers)
-        self._registrations[spec.url] = _Registration(spec, declared_in, urls)
+        self._registrations[spec.url] = _Registration(spec, declared_in, urls, posted)
         for url in urls:
             self._registration_of[url] = spec.url
 
@@ -341,7 +434,7 @@ class WorkerManager:
         urls = tuple(u for u in registration.urls if u != worker.url)
         if urls:
             self._registrations[registration.spec.url] = _Registration(
-                registration.spec, registration.declared_in, urls)
+                registration.spec, registration.declared_in, urls, registration.posted)
         else:
             del self._registrations[registration.spec.url]
 

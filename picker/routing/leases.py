@@ -57,7 +57,7 @@ class Lease:
     `fallbacks` where a proxy that retries should go next, chosen by the same router."""
 
     __slots__ = ("_worker", "choice", "prefill", "fallbacks", "started", "_book", "_open",
-                 "_forward", "_ends", "_prefilled")
+                 "_forward", "_ends", "_prefilled", "_trace")
 
     def __init__(self, choice: Choice, book: LeaseBook, prefill: Worker | None = None,
                  fallbacks: Sequence[Worker] = (), ends: Sequence[LeaseEnd] = ()) -> None:
@@ -71,6 +71,7 @@ class Lease:
         self._book = book
         self._open = True
         self._forward: Forward | None = None
+        self._trace: Headers = ()
 
     @property
     def forward(self) -> Forward | None:
@@ -79,6 +80,12 @@ class Lease:
     def forward_as(self, forward: Forward) -> None:
         """Set by the runtime once the pair's protocol step is done."""
         self._forward = forward
+
+    def trace_as(self, headers: Headers, end: LeaseEnd) -> None:
+        """Set by the routing service as the lease opens (tracing.enabled): the trace
+        context headers the worker gets, and what to call when the lease closes."""
+        self._trace = headers
+        self._ends = (*self._ends, end)
 
     @property
     def worker(self) -> Worker:
@@ -93,9 +100,9 @@ class Lease:
     @property
     def headers(self) -> Headers:
         """Every header the proxy sets on the way to the worker: the destination (with the
-        fallbacks), rank and key, and what a prefill/decode protocol adds."""
+        fallbacks), rank and key, what a prefill/decode protocol adds, and the trace context."""
         extra = () if self._forward is None else self._forward.headers
-        return (*reach_headers(self._worker, self.fallbacks), *extra)
+        return (*reach_headers(self._worker, self.fallbacks), *extra, *self._trace)
 
     def release(self, outcome: Outcome, response: ResponseSample | None = None) -> bool:
         """Free the slot once, with what was observed of the response if the adapter saw it;

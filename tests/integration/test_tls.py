@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
 import subprocess
 import sys
@@ -31,7 +32,13 @@ from picker_bench.stack import (
     spawn,
     wait_http,
 )
-from tests.integration.conftest import MODEL, SIM_HEADER, mtls_settings
+from tests.integration.conftest import (
+    MODEL,
+    SIM_HEADER,
+    mtls_settings,
+    total_in_flight,
+    wait_until,
+)
 from tests.unit.test_extproc_stream import body_msg, headers_msg, set_headers
 
 KEY = "sk-only-for-envoy-5b7e"
@@ -152,11 +159,17 @@ def test_missing_certificate_file_is_a_config_error(tmp_path: Path) -> None:
     assert caught.value.key == "extproc.tls" and "cert_file" in str(caught.value)
 
 
-def test_authz_mode_refuses_keyed_workers_even_with_mutual_tls_configured(
+def _server_only_tls(pki: dict[str, str]) -> dict[str, object]:
+    """TLS that encrypts but asks no client certificate: authenticates nobody."""
+    return {"extproc": {"tls": {"cert_file": pki["server.pem"], "key_file": pki["server.key"]}}}
+
+
+def test_authz_mode_refuses_keyed_workers_without_mutual_tls(
         pki: dict[str, str], tmp_path: Path) -> None:
-    """Its check port is plain HTTP and answers with the key: extproc.tls protects nothing."""
+    """Its check port answers with the key: TLS without client certificates hands it to
+    anyone connecting."""
     path = tmp_path / "picker.yaml"
-    path.write_text(json.dumps({**mtls_settings(pki), "admin": {"port": free_port()},
+    path.write_text(json.dumps({**_server_only_tls(pki), "admin": {"port": free_port()},
                                 "workers": [{"url": "http://127.0.0.1:1", "models": [MODEL],
                                              "api_key": KEY}]}))
     done = subprocess.run([sys.executable, "-m", "llm_picker", "serve", "--config", str(path),
@@ -169,11 +182,11 @@ def test_authz_mode_refuses_keyed_workers_even_with_mutual_tls_configured(
 
 def test_authz_mode_refuses_a_keyed_worker_posted_at_runtime_too(
         pki: dict[str, str], tmp_path: Path) -> None:
-    """The admin API judges keys against the port that really serves: in authz mode a plain
-    check port, whatever extproc.tls says (the gap a review left open)."""
+    """The admin API judges keys against the port that really serves: in authz mode the check
+    port, with TLS that asks for no client certificate here (the gap a review left open)."""
     admin = free_port()
     path = tmp_path / "picker.yaml"
-    path.write_text(json.dumps({**mtls_settings(pki), "admin": {"port": admin}}))
+    path.write_text(json.dumps({**_server_only_tls(pki), "admin": {"port": admin}}))
     picker = spawn("picker-authz", [sys.executable, "-m", "llm_picker", "serve", "--config",
                                     str(path), "--mode", "authz", "--authz-port",
                                     str(free_port()), "--extproc-port", str(free_port())],
@@ -187,3 +200,70 @@ def test_authz_mode_refuses_a_keyed_worker_posted_at_runtime_too(
         assert error["field"] == "api_key" and KEY not in posted.text
     finally:
         picker.stop()
+
+
+def test_authz_mode_over_mutual_tls_routes_keyed_workers_and_refuses_clients_without_a_cert(
+        pki: dict[str, str]) -> None:
+    """extproc.tls with a client CA covers both authz-mode ports: Envoy, with its client
+    certificate, gets checks answered (the worker's key included) and logs requests' ends; a
+    client without the certificate completes no handshake on either port, plaintext or TLS."""
+    with local_fleet([SimSpec("a", MODEL, api_key=KEY)], picker_settings=mtls_settings(pki),
+                     tls_files=pki, authz=True) as fleet:
+        response = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", timeout=10,
+                              json={"model": MODEL, "messages": [{"role": "user",
+                                                                  "content": "hi"}]})
+        assert response.status_code == 200 and response.headers[SIM_HEADER] == "a"
+        wait_until(lambda: total_in_flight(fleet) == 0, what="the access log's release")
+        started = fleet.processes["picker"].log_path.read_text()
+        found = re.search(r"checks on 127.0.0.1:(\d+), access log on 127.0.0.1:(\d+) "
+                          r"\(mutual TLS\)", started)
+        assert found is not None, started
+        check_port, log_port = int(found[1]), int(found[2])
+        url = f"https://127.0.0.1:{check_port}/v1/models"
+        direct = {"x-llm-picker-direct": "models"}  # answered, not checked (Envoy's route)
+        with_cert = ssl.create_default_context(cafile=pki["ca.pem"])
+        with_cert.load_cert_chain(pki["envoy-client.pem"], pki["envoy-client.key"])
+        assert httpx.get(url, headers=direct, verify=with_cert, timeout=5).status_code == 200
+        without_cert = ssl.create_default_context(cafile=pki["ca.pem"])
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url, headers=direct, verify=without_cert, timeout=5)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{check_port}/v1/models", headers=direct, timeout=5)
+
+        async def log_channel_ready(certificate: bool) -> bool:
+            credentials = grpc.ssl_channel_credentials(
+                Path(pki["ca.pem"]).read_bytes(),
+                Path(pki["envoy-client.key"]).read_bytes() if certificate else None,
+                Path(pki["envoy-client.pem"]).read_bytes() if certificate else None)
+            options = [("grpc.ssl_target_name_override", "llm-picker.local")]
+            async with grpc.aio.secure_channel(f"127.0.0.1:{log_port}", credentials,
+                                               options=options) as channel:
+                try:
+                    await asyncio.wait_for(channel.channel_ready(), 3)
+                except TimeoutError:
+                    return False
+                return True
+
+        assert asyncio.run(log_channel_ready(True))
+        assert not asyncio.run(log_channel_ready(False))
+
+
+def test_admin_api_with_a_client_ca_refuses_clients_without_a_certificate(
+        pki: dict[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    path = tmp_path / "picker.yaml"
+    path.write_text(json.dumps({"admin": {"port": port, "tls": {
+        "cert_file": pki["server.pem"], "key_file": pki["server.key"],
+        "client_ca_file": pki["ca.pem"]}}}))
+    runtime = PickerRuntime(load_config(path))
+    runtime.start_in_thread()
+    try:
+        with_cert = ssl.create_default_context(cafile=pki["ca.pem"])
+        with_cert.load_cert_chain(pki["envoy-client.pem"], pki["envoy-client.key"])
+        url = f"https://127.0.0.1:{port}/health"
+        assert httpx.get(url, verify=with_cert, timeout=5).status_code == 200
+        trusted = ssl.create_default_context(cafile=pki["ca.pem"])
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url, verify=trusted, timeout=5)
+    finally:
+        runtime.stop_thread()

@@ -48,6 +48,26 @@ def test_tls_picks_the_mtls_template(tmp_path: Path) -> None:
     assert "request_body_mode: FULL_DUPLEX_STREAMED" in text
 
 
+def test_authz_mode_with_tls_connects_both_picker_ports_over_it(tmp_path: Path) -> None:
+    """`envoy-config --mode authz` for a picker serving extproc.tls: the check server's cluster
+    (HTTP/1.1) and each process's access-log cluster (HTTP/2) present Envoy's certificate."""
+    for name in ("c.pem", "k.pem"):
+        (tmp_path / name).write_text("x")
+    config = load_config(overrides={"extproc.tls": {"cert_file": str(tmp_path / "c.pem"),
+                                                    "key_file": str(tmp_path / "k.pem")}})
+    text = render_bootstrap(config, tls_dir="/srv/tls", authz_port=9004, processes=2)
+    clusters = {c["name"]: c for c in yaml.safe_load(text)["static_resources"]["clusters"]}
+    alpn = {name: cluster["transport_socket"]["typed_config"]["common_tls_context"]
+            for name, cluster in clusters.items() if name.startswith("llm_picker")}
+    assert {name: tls["alpn_protocols"] for name, tls in alpn.items()} == {
+        "llm_picker": ["h2"], "llm_picker_1": ["h2"], "llm_picker_authz": ["http/1.1"]}
+    assert alpn["llm_picker_authz"]["tls_certificates"][0]["certificate_chain"] == {
+        "filename": "/srv/tls/envoy-client.pem"}
+    assert "transport_socket" not in clusters["llm_workers"]
+    with pytest.raises(ValueError, match="not self_signed"):
+        render_bootstrap(load_config(overrides={"extproc.tls": "self_signed"}), authz_port=9004)
+
+
 def test_plain_config_has_no_tls() -> None:
     assert "transport_socket" not in _picker_cluster(
         yaml.safe_load(render_bootstrap(load_config())))

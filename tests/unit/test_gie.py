@@ -137,10 +137,19 @@ def test_refused_flags_name_themselves(flags: list[str], key: str, words: str) -
 
 def test_accepted_flags_without_an_effect_are_noted() -> None:
     _, notes = epp_config(["--pool-name", "p", "--pool-namespace", "ns", "--enable-pprof",
-                           "--zap-devel", "--ha-enable-leader-election", "--tracing"], {})
+                           "--zap-devel", "--ha-enable-leader-election"], {})
     named = {note.split("=", 1)[0] for note in notes}
-    assert {"--enable-pprof", "--zap-devel", "--ha-enable-leader-election",
-            "--tracing"} <= named
+    assert {"--enable-pprof", "--zap-devel", "--ha-enable-leader-election"} <= named
+
+
+@pytest.mark.parametrize(("flags", "enabled"), [
+    ([], True), (["--tracing"], True), (["--tracing=false"], False)])
+def test_tracing_is_gies_default_and_its_flag_switches_it(flags: list[str],
+                                                           enabled: bool) -> None:
+    """GIE traces unless told not to (options.go's default); the chart passes the flag."""
+    config, notes = epp_config(["--pool-name", "p", "--pool-namespace", "ns", *flags], {})
+    assert config.tracing.enabled is enabled
+    assert not [note for note in notes if note.startswith("--tracing")]
 
 
 def plugins(plugin_list: str, profile: str = "") -> str:

@@ -129,7 +129,7 @@ async def test_the_deployments_workers_are_litellms_not_the_admin_apis(
     (worker,) = followed.workers.workers()
     assert followed.manager.declared_in(worker) == OWNER
     with pytest.raises(WorkerConflict, match=OWNER):
-        followed.manager.change(worker.id, WorkerPatch(priority=3))
+        await followed.manager.change(worker.id, WorkerPatch(priority=3))
     await followed.manager.start()
     try:
         with pytest.raises(WorkerConflict, match="already registered"):
