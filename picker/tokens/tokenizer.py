@@ -37,6 +37,7 @@ from typing import Any
 
 from picker.errors import ConfigError, InvalidRequest
 from picker.tokens.conversation import to_conversation, to_tools
+from picker.tokens.segments import SegmentEncoder
 from picker.tokens.template import ChatTemplate, TemplateProblem
 
 __all__ = ["EngineTokenizer", "load_tokenizer"]
@@ -55,8 +56,9 @@ class EngineTokenizer:
     """Token ids an engine computes for a chat or a completion, from the model's own files."""
 
     def __init__(self, tokenizer: Any, templates: Mapping[str, ChatTemplate],
-                 special_tokens: Mapping[str, str]) -> None:
+                 special_tokens: Mapping[str, str], pre_tokenizer: Any = None) -> None:
         self._tokenizer = tokenizer
+        self._segments = SegmentEncoder(tokenizer, pre_tokenizer)
         self._templates = dict(templates)
         self.special_tokens = dict(special_tokens)
 
@@ -122,7 +124,10 @@ class EngineTokenizer:
         return self.encode(text, add_special_tokens=_flag(body, "add_special_tokens", False))
 
     def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
-        ids: list[int] = self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        """The tokenizer's ids; without special tokens (every chat) from cached pieces."""
+        if not add_special_tokens:
+            return self._segments.encode(text)
+        ids: list[int] = self._tokenizer.encode(text, add_special_tokens=True).ids
         return ids
 
 
@@ -150,6 +155,7 @@ def load_tokenizer(path: str, chat_template: str | None = None, *,
         raise ConfigError(f"{key}.path", f"no tokenizer.json at {path}")
     try:
         tokenizer = Tokenizer.from_file(str(file))
+        pre_tokenizer = json.loads(file.read_bytes()).get("pre_tokenizer")
     except Exception as exc:  # the library raises bare Exception on malformed files
         raise ConfigError(f"{key}.path", f"cannot load {file}: {exc}") from exc
     config = _json(where / "tokenizer_config.json", key) if where.is_dir() else {}
@@ -170,7 +176,7 @@ def load_tokenizer(path: str, chat_template: str | None = None, *,
     if templates and "default" not in templates:
         raise ConfigError(f"{key}.chat_template", f"{path} has named chat templates "
                           f"{sorted(templates)} but no default; name one in chat_template")
-    return EngineTokenizer(tokenizer, templates, special)
+    return EngineTokenizer(tokenizer, templates, special, pre_tokenizer)
 
 
 def _json(file: Path, key: str) -> dict[str, Any]:
