@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 from picker.errors import NoHealthyWorker
 from picker.routing.request import Api, RoutingRequest
 from picker.strict import StrictModel
-from picker.tokens import EngineTokenizer, load_tokenizer
+from picker.tokens import EngineTokenizer, MediaPart, load_tokenizer
 
 __all__ = ["HfTokenizer", "RemoteTokenizer", "TokenizerSettings", "load_hf_tokenizer"]
 
@@ -63,13 +63,17 @@ class HfTokenizer:
 
     def units(self, request: RoutingRequest) -> list[int]:
         """Token ids of the prompt the engine sees. A chat or a completion with a string
-        prompt goes through the engine's rules; other inputs (a chat without a template, the
-        Responses API, a prompt array) are their prompt text encoded as it is."""
+        prompt goes through the engine's rules; other inputs (a chat without a template or
+        with an image, the Responses API, a prompt array) are their prompt text encoded as it
+        is. A chat its template refuses is a 400, as the engine would answer."""
         body = request.body
         if (request.api is Api.CHAT and request.messages is not None
                 and self._engine.has_chat_template):
-            return self._engine.body_ids(body if body is not None
-                                         else {"messages": request.messages})
+            try:
+                return self._engine.body_ids(body if body is not None
+                                             else {"messages": request.messages})
+            except MediaPart:
+                pass  # routed on its text: its blocks match nothing, the request still goes
         if (request.api is Api.COMPLETIONS and body is not None
                 and isinstance(body.get("prompt"), str)):
             return self._engine.body_ids(body)

@@ -33,13 +33,17 @@ from typing import Any
 from picker.errors import InvalidRequest
 from picker.tokens.template import ContentFormat
 
-__all__ = ["to_conversation", "to_tools"]
+__all__ = ["MediaPart", "to_conversation", "to_tools"]
 
 _TEXT_PARTS = {"text": "text", "input_text": "text", "output_text": "text",
                "refusal": "refusal", "thinking": "thinking"}
 # Fields a text part is made of; any other field travels with an "openai" part.
 _PART_FIELDS = frozenset({"type", "text", "refusal", "thinking", "closed", "uuid"})
 _BILLING_HEADER = "x-anthropic-billing-header"
+
+
+class MediaPart(InvalidRequest):
+    """A part only the model's own code turns into prompt tokens (an image, audio, video)."""
 
 
 def to_conversation(messages: Sequence[Any], content_format: ContentFormat) -> list[dict[str, Any]]:
@@ -121,8 +125,8 @@ def _parts(content: Any, where: str) -> list[dict[str, Any]]:
             extra = {k: v for k, v in part.items() if k not in _PART_FIELDS}
         else:
             kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
-            raise InvalidRequest(f"{where}[{i}]: a {kind!s} part has no text the picker can "
-                                 "tokenize as the engine does")
+            raise MediaPart(f"{where}[{i}]: the picker cannot tokenize a part of type "
+                            f"{kind!r} as the engine does")
         if text is None:
             continue
         if not isinstance(text, str):

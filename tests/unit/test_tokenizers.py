@@ -18,6 +18,7 @@ from picker.prefix.tokenizers import RemoteTokenizer, TokenizerSettings, load_hf
 from picker.routing.openai_body import parse_request
 from picker.routing.request import Api, RoutingRequest
 from picker.runtime import PickerRuntime
+from picker.tokens import MediaPart, load_tokenizer
 from picker_bench.tokenizer_dirs import build_tokenizer_dir
 from picker_bench.workload import make_workload
 from picker_sim.engine import prompt_tokens, token_ids
@@ -183,3 +184,18 @@ def test_kv_event_blocks_of_a_chat_with_tools_match_the_engines(tmp_path: Path) 
     annotated, prompt = producer.annotate(request, [Worker(WorkerSpec(url="a:1", id="a"))])
     assert list(prompt.units) == engine_ids
     assert annotated.prefix is not None and annotated.prefix.matched == {"a": full}
+
+
+def test_hf_prefix_tokenizer_routes_an_image_chat_on_its_text(tmp_path: Path) -> None:
+    """The engine alone turns an image into tokens: the picker routes such a chat on its text
+    (no prefix match) instead of refusing it; picker/tokens itself refuses it, naming the part."""
+    directory = build_tokenizer_dir(tmp_path / "vl", "qwen2.5-vl")
+    messages = [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "text", "text": "what is the weather"}]}]
+    request = parse_request("/v1/chat/completions",
+                            json.dumps({"model": "m", "messages": messages}).encode(), {})
+    tokenizer = load_hf_tokenizer(str(directory))
+    assert tokenizer.units(request) == tokenizer.units(replace(request, api=Api.RESPONSES))
+    with pytest.raises(MediaPart, match=r"messages\[0\].content\[0\]: .* type 'image_url'"):
+        load_tokenizer(str(directory)).body_ids(request.body or {})
