@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 from pydantic import Field, model_validator
 
-from picker.errors import NoHealthyWorker
+from picker.errors import ConfigError, NoHealthyWorker
 from picker.routing.request import Api, RoutingRequest
 from picker.strict import StrictModel
-from picker.tokens import EngineTokenizer, MediaPart, load_tokenizer
+
+if TYPE_CHECKING:
+    # Imported where an hf tokenizer is loaded: jinja2 and tokenizers are the `hf` extra.
+    from picker.tokens import EngineTokenizer
 
 __all__ = ["HfTokenizer", "RemoteTokenizer", "TokenizerSettings", "load_hf_tokenizer"]
 
@@ -59,7 +62,10 @@ class HfTokenizer:
     """The prefix index's view of picker/tokens: a request's token ids as the engine has them."""
 
     def __init__(self, engine: EngineTokenizer) -> None:
+        from picker.tokens import MediaPart
+
         self._engine = engine
+        self._media_part = MediaPart
 
     def units(self, request: RoutingRequest) -> list[int]:
         """Token ids of the prompt the engine sees. A chat or a completion with a string
@@ -72,7 +78,7 @@ class HfTokenizer:
             try:
                 return self._engine.body_ids(body if body is not None
                                              else {"messages": request.messages})
-            except MediaPart:
+            except self._media_part:
                 pass  # routed on its text: its blocks match nothing, the request still goes
         if (request.api is Api.COMPLETIONS and body is not None
                 and isinstance(body.get("prompt"), str)):
@@ -82,6 +88,11 @@ class HfTokenizer:
 
 def load_hf_tokenizer(path: str, chat_template: str | None = None) -> HfTokenizer:
     """Load at start-up so a wrong path fails before serving, naming the key."""
+    try:
+        from picker.tokens import load_tokenizer
+    except ImportError as exc:
+        raise ConfigError("prefix.tokenizer.kind", "hf needs jinja2 and tokenizers: "
+                                                   "pip install 'llm-picker[hf]'") from exc
     return HfTokenizer(load_tokenizer(path, chat_template, key="prefix.tokenizer"))
 
 
