@@ -13,7 +13,7 @@ The same request renders differently depending on these steps, so they follow vL
 - an assistant message keeps `tool_calls`, whose `arguments` JSON string is decoded into an
   object (an invalid or non-object one into {}), and an empty list is dropped (L699-L771);
   reasoning, sent as `reasoning` or the deprecated `reasoning_content`, goes to the template
-  under both names (L651-L656; entrypoints/openai/chat_completion/protocol.py L586-L602);
+  under both names (L654-L660; entrypoints/openai/chat_completion/protocol.py L586-L602);
 - a system text part starting with "x-anthropic-billing-header" loses that line (L574-L608);
 - tools reach the template as `tool.model_dump()` (renderers/online_renderer.py L294-L299):
   `{"type": "function", "function": {"name", "description", "parameters"}}` with null for an

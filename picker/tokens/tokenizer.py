@@ -14,7 +14,7 @@ Loading follows transformers 5.22.2 (the newest release vLLM 0.34 accepts,
   `cls_token`, `mask_token`, L986-L994) come from tokenizer_config.json, or from
   special_tokens_map.json when the config has no `added_tokens_decoder` (L1893-L1910); they are
   template variables, and tokens the config declares that tokenizer.json lacks are added to it
-  (tokenization_utils_tokenizers.py L470-L502).
+  (tokenization_utils_tokenizers.py L470-L504).
 
 Encoding follows vLLM: a chat is rendered to text (tokenize=False, vllm 0.34.0
 renderers/online_renderer.py L801-L808) and encoded with `add_special_tokens=False` (the chat

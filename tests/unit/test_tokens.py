@@ -243,3 +243,41 @@ def test_malformed_messages_are_400s_naming_the_field(dirs: dict[str, Path]) -> 
             ([], "messages")):
         with pytest.raises(InvalidRequest, match=field.replace("[", r"\[").replace("]", r"\]")):
             mine.chat_ids(messages)
+
+
+def test_vllm_message_rules_reach_the_template(dirs: dict[str, Path], tmp_path: Path) -> None:
+    """Reasoning under every name templates read, a Claude Code billing line dropped from the
+    system prompt, invalid tool arguments as {}, an empty tool_calls list dropped, strict kept
+    on a tool only when set: the rendered text equals transformers' on vLLM's conversation."""
+    source = dirs["qwen2.5"]
+    config = json.loads((source / "tokenizer_config.json").read_text())
+    config["chat_template"] = (
+        "{% for m in messages %}{{ m.role }}:{{ m.content }}|{{ m.reasoning_content }}|"
+        "{{ m.thinking }}|{{ m.tool_calls | tojson if m.tool_calls is defined else '-' }}\n"
+        "{% endfor %}{{ tools | tojson }}")
+    directory = _copy_dir(source, tmp_path / "rules", config)
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "x-anthropic-billing-header: "
+                                        "cch=1\nyou are a helpful assistant"}]},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "hi", "reasoning_content": "think step",
+         "tool_calls": [{"id": "c1", "type": "function",
+                         "function": {"name": "f", "arguments": "{not json"}}]},
+        {"role": "assistant", "content": "done", "tool_calls": []}]
+    tools = [{"type": "function", "function": {"name": "f", "strict": True}}, BARE_TOOL]
+    conversation = [
+        {"role": "system", "content": "you are a helpful assistant"},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "hi", "reasoning": "think step",
+         "reasoning_content": "think step",
+         "tool_calls": [{"id": "c1", "type": "function",
+                         "function": {"name": "f", "arguments": {}}}]},
+        {"role": "assistant", "content": "done"}]
+    rendered_tools = [{"type": "function", "function": {"name": "f", "description": None,
+                                                         "parameters": None, "strict": True}},
+                      BARE_TOOL_DUMPED]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
+    expected = tokenizer.apply_chat_template(conversation, tools=rendered_tools, tokenize=False,
+                                             add_generation_prompt=True)
+    assert "think step|think step|" in expected and "billing" not in expected
+    assert load_tokenizer(str(directory)).chat_text(messages, tools=tools) == expected
