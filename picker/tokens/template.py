@@ -57,7 +57,7 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
                       sort_keys=sort_keys)
 
 
-def _strftime_now(format: str) -> str:  # noqa: A002 - the name templates call it with
+def _strftime_now(format: str) -> str:
     return datetime.now().strftime(format)
 
 
@@ -80,7 +80,7 @@ class _TemplateDict:
 class _TemplateNamespace(jinja2.utils.Namespace):
     """Jinja's namespace, refusing the dunder names that lead to interpreter internals."""
 
-    def __init__(*args: Any, **kwargs: Any) -> None:  # noqa: N805 - Jinja's own signature
+    def __init__(*args: Any, **kwargs: Any) -> None:  # Jinja's signature: namespace(self=...)
         self, rest = args[0], args[1:]
         attrs = dict(*rest, **kwargs)
         for name in attrs:
