@@ -229,6 +229,10 @@ def _bench(ns: argparse.Namespace) -> int:
         from picker_bench.chunk import run_chunk
 
         return run_chunk(chunks=ns.chunks)
+    if ns.bench == "tokenize":
+        from picker_bench.tokenizing import run_tokenize
+
+        return run_tokenize(family=ns.family, repeats=ns.repeats)
     if ns.bench == "longprompt":
         from picker_bench.decision import run_long_prompt
 
@@ -406,6 +410,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="prompt characters")
     long.add_argument("--requests", type=int, default=100, help="per size and body shape")
     long.set_defaults(run=_bench)
+    tokenize = which.add_parser("tokenize", help="engine-exact chat tokenization (template + "
+                                "encode) of 1k/8k/32k-token chats vs transformers and vs the "
+                                "picker's decision")
+    tokenize.add_argument("--family", default="qwen2.5",
+                          choices=["llama-3.1", "qwen2.5", "mistral-nemo", "deepseek-r1"],
+                          help="the published chat template and special tokens to use")
+    tokenize.add_argument("--repeats", type=int, default=20, help="timed runs per size")
+    tokenize.set_defaults(run=_bench)
     spread = which.add_parser("spread", help="a least_load burst over 4 engines with "
                               "`serve --workers N`, per process count")
     spread.add_argument("--requests", type=int, default=2000)

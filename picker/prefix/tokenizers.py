@@ -1,22 +1,23 @@
 """How a request becomes the units its prefix blocks are made of.
 
 - `character` (default, no dependencies): the prompt text itself; blocks are characters.
-- `hf`: HuggingFace `tokenizers` from a tokenizer.json on disk (the `hf` extra); blocks are
-  token ids, the same ids the engine computes when the file is the model's.
+- `hf`: the model's tokenizer directory in-process (the `hf` extra; picker/tokens): chats
+  rendered through its chat template and encoded as vLLM does, completions with the special
+  tokens vLLM adds, so blocks are the token ids the engine computes and hashes. A tokenizer.json
+  file alone still works, without the directory's template and special tokens.
 - `remote`: the engine's own `POST /tokenize` (vLLM's API: completion form {model, prompt},
   chat form {model, messages, add_generation_prompt} -> {tokens, count, max_model_len}); exact
   by construction, one HTTP call per request, so it is the only tokenizer the router awaits.
 
 Misconfiguration is caught at start-up: a remote tokenizer without an endpoint, an hf
-tokenizer whose file is missing or unreadable.
+tokenizer whose files are missing or unreadable, a chat template that does not parse.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 from pydantic import Field, model_validator
@@ -24,6 +25,10 @@ from pydantic import Field, model_validator
 from picker.errors import ConfigError, NoHealthyWorker
 from picker.routing.request import Api, RoutingRequest
 from picker.strict import StrictModel
+
+if TYPE_CHECKING:
+    # Imported where an hf tokenizer is loaded: jinja2 and tokenizers are the `hf` extra.
+    from picker.tokens import EngineTokenizer
 
 __all__ = ["HfTokenizer", "RemoteTokenizer", "TokenizerSettings", "load_hf_tokenizer"]
 
@@ -33,9 +38,11 @@ log = logging.getLogger("llm_picker.tokenizer")
 class TokenizerSettings(StrictModel):
 
     kind: Literal["character", "hf", "remote"] = "character"
-    path: str | None = Field(default=None, description="hf: tokenizer.json file")
+    path: str | None = Field(default=None, description="hf: the model's tokenizer directory "
+                             "(tokenizer.json, tokenizer_config.json), or a tokenizer.json file")
     chat_template: str | None = Field(
-        default=None, description="hf: Jinja chat template file applied to chat messages")
+        default=None, description="hf: replaces the directory's chat template: a Jinja file, "
+                                  "or the name of one of its templates (vLLM's --chat-template)")
     endpoint: str | None = Field(default=None, description="remote: base url with /tokenize")
     timeout_secs: float = Field(default=0.5, gt=0)
     retries: int = Field(default=1, ge=0)
@@ -46,56 +53,47 @@ class TokenizerSettings(StrictModel):
         if self.kind == "remote" and not self.endpoint:
             raise ValueError("a remote tokenizer needs an endpoint (prefix.tokenizer.endpoint)")
         if self.kind == "hf" and not self.path:
-            raise ValueError("an hf tokenizer needs a path to tokenizer.json "
-                             "(prefix.tokenizer.path)")
+            raise ValueError("an hf tokenizer needs the path of the model's tokenizer directory "
+                             "or tokenizer.json (prefix.tokenizer.path)")
         return self
 
 
 class HfTokenizer:
-    def __init__(self, tokenizer: Any, template: Any = None) -> None:
-        self._tokenizer = tokenizer
-        self._template = template
+    """The prefix index's view of picker/tokens: a request's token ids as the engine has them."""
+
+    def __init__(self, engine: EngineTokenizer) -> None:
+        from picker.tokens import MediaPart
+
+        self._engine = engine
+        self._media_part = MediaPart
 
     def units(self, request: RoutingRequest) -> list[int]:
-        """Token ids of the text the engine sees: chat messages rendered through the model's
-        chat template when one is configured (as vLLM does before tokenizing)."""
-        text = request.prompt_text
-        if self._template is not None and request.messages is not None:
-            text = self._template.render(messages=list(request.messages),
-                                         add_generation_prompt=True)
-        ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False).ids
-        return ids
-
-
-def _load_template(path: str) -> Any:
-    try:
-        from jinja2 import TemplateError
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-    except ImportError as exc:
-        raise ConfigError("prefix.tokenizer.chat_template",
-                          "needs jinja2: pip install 'llm-picker[hf]'") from exc
-    try:
-        source = Path(path).read_text()
-        # Sandboxed, as Hugging Face renders chat templates: the file is configuration, not code.
-        return ImmutableSandboxedEnvironment().from_string(source)
-    except (OSError, TemplateError) as exc:
-        raise ConfigError("prefix.tokenizer.chat_template", f"cannot load {path}: {exc}") from exc
+        """Token ids of the prompt the engine sees. A chat or a completion with a string
+        prompt goes through the engine's rules; other inputs (a chat without a template or
+        with an image, the Responses API, a prompt array) are their prompt text encoded as it
+        is. A chat its template refuses is a 400, as the engine would answer."""
+        body = request.body
+        if (request.api is Api.CHAT and request.messages is not None
+                and self._engine.has_chat_template):
+            try:
+                return self._engine.body_ids(body if body is not None
+                                             else {"messages": request.messages})
+            except self._media_part:
+                pass  # routed on its text: its blocks match nothing, the request still goes
+        if (request.api is Api.COMPLETIONS and body is not None
+                and isinstance(body.get("prompt"), str)):
+            return self._engine.body_ids(body)
+        return self._engine.encode(request.prompt_text, add_special_tokens=False)
 
 
 def load_hf_tokenizer(path: str, chat_template: str | None = None) -> HfTokenizer:
     """Load at start-up so a wrong path fails before serving, naming the key."""
     try:
-        from tokenizers import Tokenizer
+        from picker.tokens import load_tokenizer
     except ImportError as exc:
-        raise ConfigError("prefix.tokenizer.kind",
-                          "hf needs the tokenizers package: pip install 'llm-picker[hf]'") from exc
-    if not Path(path).is_file():
-        raise ConfigError("prefix.tokenizer.path", f"no tokenizer file at {path}")
-    try:
-        tokenizer = Tokenizer.from_file(path)
-    except Exception as exc:  # the library raises bare Exception on malformed files
-        raise ConfigError("prefix.tokenizer.path", f"cannot load {path}: {exc}") from exc
-    return HfTokenizer(tokenizer, _load_template(chat_template) if chat_template else None)
+        raise ConfigError("prefix.tokenizer.kind", "hf needs jinja2 and tokenizers: "
+                                                   "pip install 'llm-picker[hf]'") from exc
+    return HfTokenizer(load_tokenizer(path, chat_template, key="prefix.tokenizer"))
 
 
 class RemoteTokenizer:

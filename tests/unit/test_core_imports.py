@@ -66,3 +66,19 @@ print(sorted(m for m in sys.modules if m.startswith(("picker.prefix.kv_", "zmq",
                          cwd=Path(__file__).parents[2])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_default_tokenizer_loads_no_hf_library() -> None:
+    """jinja2 and tokenizers are the `hf` extra: without prefix.tokenizer.kind hf the picker
+    runs without them installed."""
+    code = """
+import sys
+from picker.config import load_config
+from picker.runtime import PickerRuntime
+PickerRuntime(load_config(overrides={"prefix.enabled": True, "policy.name": "prefix_cache"}))
+print(sorted(m for m in sys.modules if m.startswith(("jinja2", "tokenizers", "picker.tokens"))))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -15,8 +15,11 @@ from picker.fleet.registry import Worker
 from picker.fleet.worker_spec import WorkerSpec
 from picker.prefix.producer import PrefixProducer, PrefixSettings
 from picker.prefix.tokenizers import RemoteTokenizer, TokenizerSettings, load_hf_tokenizer
+from picker.routing.openai_body import parse_request
 from picker.routing.request import Api, RoutingRequest
 from picker.runtime import PickerRuntime
+from picker.tokens import MediaPart, load_tokenizer
+from picker_bench.tokenizer_dirs import build_tokenizer_dir
 from picker_bench.workload import make_workload
 from picker_sim.engine import prompt_tokens, token_ids
 from picker_sim.hf_twin import write_hf_twin
@@ -41,7 +44,7 @@ def test_configuration_rules_at_start_up(tmp_path: Path, tokenizer: dict[str, st
 
 
 def test_missing_or_broken_hf_file_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no tokenizer file"):
+    with pytest.raises(ConfigError, match="no tokenizer.json"):
         load_hf_tokenizer(str(tmp_path / "absent.json"))
     broken = tmp_path / "tokenizer.json"
     broken.write_text("{not a tokenizer")
@@ -150,3 +153,49 @@ def test_the_hf_twin_yields_the_simulators_token_ids(tmp_path: Path) -> None:
         request = RoutingRequest(model="m", api=Api.CHAT, prompt_text="ignored",
                                  messages=body["messages"])
         assert tokenizer.units(request) == token_ids(prompt_tokens(body))
+
+
+def test_kv_event_blocks_of_a_chat_with_tools_match_the_engines(tmp_path: Path) -> None:
+    """The engine stores KV blocks of the token ids it computed (here transformers', as vLLM
+    computes them); an hf prefix tokenizer given the model's directory cuts the same chat,
+    parsed from its JSON body with its tools, into the same blocks, so every full block
+    matches. Before picker/tokens the template rendered without bos_token and tools: none did."""
+    transformers = pytest.importorskip("transformers")
+    directory = build_tokenizer_dir(tmp_path / "llama", "llama-3.1")
+    tool = {"type": "function", "function": {"name": "get_current_temperature",
+                                             "description": "temperature at a location",
+                                             "parameters": {"type": "object"}}}
+    messages = [{"role": "system", "content": "you are a helpful assistant"},
+                {"role": "user", "content": [{"type": "text", "text": "the weather"},
+                                             {"type": "text", "text": "in Paris today?"}]}]
+    engine_ids = transformers.AutoTokenizer.from_pretrained(str(directory)).apply_chat_template(
+        [messages[0], {"role": "user", "content": "the weather\nin Paris today?"}],
+        tools=[tool], add_generation_prompt=True, tokenize=True, return_dict=False)
+    block = 8
+    full = len(engine_ids) // block
+    assert full >= 10
+    producer = PrefixProducer(PrefixSettings(
+        enabled=True, index="kv_events",
+        tokenizer=TokenizerSettings(kind="hf", path=str(directory))))
+    producer.sync_index().stored("a", [f"h{i}" for i in range(full)], None,
+                                 engine_ids[:full * block], block)
+    body = json.dumps({"model": "m", "messages": messages, "tools": [tool]}).encode()
+    request = parse_request("/v1/chat/completions", body, {})
+    annotated, prompt = producer.annotate(request, [Worker(WorkerSpec(url="a:1", id="a"))])
+    assert list(prompt.units) == engine_ids
+    assert annotated.prefix is not None and annotated.prefix.matched == {"a": full}
+
+
+def test_hf_prefix_tokenizer_routes_an_image_chat_on_its_text(tmp_path: Path) -> None:
+    """The engine alone turns an image into tokens: the picker routes such a chat on its text
+    (no prefix match) instead of refusing it; picker/tokens itself refuses it, naming the part."""
+    directory = build_tokenizer_dir(tmp_path / "vl", "qwen2.5-vl")
+    messages = [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "text", "text": "what is the weather"}]}]
+    request = parse_request("/v1/chat/completions",
+                            json.dumps({"model": "m", "messages": messages}).encode(), {})
+    tokenizer = load_hf_tokenizer(str(directory))
+    assert tokenizer.units(request) == tokenizer.units(replace(request, api=Api.RESPONSES))
+    with pytest.raises(MediaPart, match=r"messages\[0\].content\[0\]: .* type 'image_url'"):
+        load_tokenizer(str(directory)).body_ids(request.body or {})
