@@ -1,6 +1,7 @@
 """RoutingService: the adapters' Picker (picker.routing.contract), over the routing parts.
 
-One request: the remote tokenizer when configured, admission, the router manager's choice of
+One request: the remote tokenizer when configured, loading its LoRA adapter when no engine
+serves it (lora.load_on_demand), admission, the router manager's choice of
 router, the decision, then the lease - on one worker with the fallbacks of the router that
 chose it, or on a prefill/decode pair whose protocol step ran (a prefill that fails frees both
 and another pair is tried, pd.max_attempts). The awaited steps run on the picker's loop,
@@ -14,6 +15,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 
 from picker.errors import PrefillFailed, RequestError
+from picker.fleet.lora_loading import AdapterLoader
 from picker.fleet.registry import Worker, WorkerRegistry
 from picker.observe.decisions import ExplainSettings, explain_line
 from picker.observe.metrics import PickerMetrics
@@ -31,8 +33,10 @@ __all__ = ["RoutingService"]
 class RoutingService:
     def __init__(self, workers: WorkerRegistry, routers: RouterManager, leases: LeaseBook,
                  metrics: PickerMetrics, prefix: PrefixProducer | None, pairs: PairStep,
-                 explain: ExplainSettings, pd_attempts: int, pd_paired: bool) -> None:
-        """`pd_paired`: prefill/decode pairs may be chosen (enable_igw)."""
+                 explain: ExplainSettings, pd_attempts: int, pd_paired: bool,
+                 adapters: AdapterLoader | None = None) -> None:
+        """`pd_paired`: prefill/decode pairs may be chosen (enable_igw). `adapters`: loads a
+        declared LoRA adapter no engine serves before routing (lora.load_on_demand)."""
         self._workers = workers
         self._routers = routers
         self._leases = leases
@@ -41,7 +45,9 @@ class RoutingService:
         self._pairs = pairs
         self._explain = explain
         self._pd_attempts = pd_attempts
-        self._awaits = self._remote is not None or leases.queueing or pd_paired
+        self._adapters = adapters if adapters is not None and adapters.enabled else None
+        self._awaits = self._remote is not None or leases.queueing or pd_paired \
+            or self._adapters is not None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -107,6 +113,8 @@ class RoutingService:
                 self._metrics.tokenizer_fallbacks.inc()
             else:
                 request = replace(request, tokens=tokens)
+        if self._adapters is not None:
+            await self._adapters.ensure(request)  # before admission: no slot held meanwhile
         await self._leases.admit()
         try:
             target = self._routers.select(request)
