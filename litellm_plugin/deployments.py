@@ -4,7 +4,8 @@ Deployments are matched by `model_info.id`; several deployments on one engine (o
 group) share its worker, so its load is counted once. The worker is named by the operator's own
 `model_info.id`, or by the engine's host:port when LiteLLM made the id up. Deployments without
 an `api_base` (hosted providers) are not engines the picker can reason about and are left to
-LiteLLM.
+LiteLLM. A deployment whose `model_info.base_model` names another model group on its engine
+is a LoRA adapter of that model (WorkerSpec.adapters), for LoRA affinity.
 
 Like Kubernetes or DNS discovery, the source writes nothing itself: it follows the model list
 on the picker's loop (every second) and hands the workers to the worker manager under the
@@ -114,6 +115,7 @@ class DeploymentSource:
             return
         assert self._manager is not None, "DeploymentSource.attach() was not called"
         wanted: dict[str, tuple[set[str], set[str], str | None]] = {}
+        bases: dict[str, dict[str, str]] = {}  # engine url -> model name -> its base_model
         for deployment in deployments:
             api_base = _api_base(deployment)
             if not api_base:
@@ -124,12 +126,20 @@ class DeploymentSource:
             models, ids_here, _ = wanted.setdefault(url, (set(), set(), key))
             models.add(str(deployment.get("model_name")))
             ids_here.add(str(deployment.get("model_info", {}).get("id")))
+            base = deployment.get("model_info", {}).get("base_model")
+            if isinstance(base, str):
+                bases.setdefault(url, {})[str(deployment.get("model_name"))] = base
         specs: list[WorkerSpec] = []
         for url, (models, dep_ids, api_key) in wanted.items():
+            # A LoRA adapter is a deployment whose model_info.base_model names another model
+            # group on the same engine (LiteLLM's own base_model values, such as
+            # "azure/gpt-4", name no group there and are left alone).
+            adapters = {name: base for name, base in bases.get(url, {}).items()
+                        if base != name and base in models}
             try:
                 specs.append(WorkerSpec.model_validate({
                     "url": url, "id": _worker_name(dep_ids, url), "models": sorted(models),
-                    "api_key": api_key}))
+                    "adapters": adapters, "api_key": api_key}))
             except ValueError as exc:
                 log.warning("deployment at %s not routed by the picker: %s", redact_url(url),
                             exc)
@@ -167,8 +177,9 @@ def _worker_name(deployment_ids: set[str], url: str) -> str:
 def _what_matters(deployment: Mapping[str, Any]) -> tuple[str, ...]:
     """What of a deployment its worker depends on."""
     params = deployment.get("litellm_params", {})
-    return (str(deployment.get("model_info", {}).get("id")), str(deployment.get("model_name")),
-            str(params.get("api_base")), str(params.get("api_key")))
+    info = deployment.get("model_info", {})
+    return (str(info.get("id")), str(deployment.get("model_name")),
+            str(params.get("api_base")), str(params.get("api_key")), str(info.get("base_model")))
 
 
 def _api_base(deployment: Mapping[str, Any]) -> str:

@@ -199,6 +199,13 @@ def _bench(ns: argparse.Namespace) -> int:
         from picker_bench.soak import run_soak
 
         return run_soak(minutes=ns.minutes, users=ns.users, kill_every=ns.kill_every)
+    if ns.bench == "lora":
+        from picker_bench.lora import run_lora
+
+        return run_lora(adapters=ns.adapters, engines=ns.engines, max_loras=ns.max_loras,
+                        requests=ns.requests, concurrency=ns.concurrency, zipf_s=ns.zipf_s,
+                        load_ms=ns.load_ms, max_tokens=ns.max_tokens, seed=ns.seed,
+                        policies=ns.policies or None)
     if ns.bench == "spread":
         from picker_bench.spread import run_spread
 
@@ -418,6 +425,23 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the published chat template and special tokens to use")
     tokenize.add_argument("--repeats", type=int, default=20, help="timed runs per size")
     tokenize.set_defaults(run=_bench)
+    lora = which.add_parser("lora", help="many LoRA adapters, Zipf popularity: TTFT and "
+                            "adapter loads per policy, LoRA affinity against least_load and "
+                            "round_robin")
+    lora.add_argument("--adapters", type=int, default=40)
+    lora.add_argument("--engines", type=int, default=4)
+    lora.add_argument("--max-loras", type=int, default=4)
+    lora.add_argument("--requests", type=int, default=1200)
+    lora.add_argument("--concurrency", type=int, default=32)
+    lora.add_argument("--zipf-s", type=float, default=1.0)
+    lora.add_argument("--load-ms", type=float, default=50.0,
+                      help="cost of copying an adapter into a GPU slot")
+    lora.add_argument("--max-tokens", type=int, default=16)
+    lora.add_argument("--seed", type=int, default=7)
+    lora.add_argument("--policies", nargs="+",
+                      help="default: lora_affinity, weighted (lora + in_flight), least_load, "
+                           "round_robin")
+    lora.set_defaults(run=_bench)
     spread = which.add_parser("spread", help="a least_load burst over 4 engines with "
                               "`serve --workers N`, per process count")
     spread.add_argument("--requests", type=int, default=2000)

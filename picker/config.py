@@ -27,6 +27,7 @@ from picker.errors import ConfigError
 from picker.fleet.circuit import CircuitSettings
 from picker.fleet.engine_scrape import LoadSettings
 from picker.fleet.health import HealthSettings
+from picker.fleet.lora_loading import LoraSettings
 from picker.fleet.served_models import DiscoverySettings
 from picker.fleet.worker_spec import WorkerSpec, WorkerType, unpaired_role
 from picker.observe.decisions import ExplainSettings
@@ -242,6 +243,9 @@ class PickerConfig(StrictModel):
     enable_igw: bool = False
     pd: PdConfig = Field(default_factory=PdConfig)
     explain: ExplainSettings = Field(default_factory=ExplainSettings)
+    # LoRA adapters declared with their base model and path, and loading them on an engine
+    # when none serves one (picker.fleet.lora_loading).
+    lora: LoraSettings = Field(default_factory=LoraSettings)
     # Record one line per request for `llm-picker replay` (picker.trace); off when absent.
     trace: TraceSettings | None = None
 
@@ -280,7 +284,7 @@ class PickerConfig(StrictModel):
             wait += tokenizer.timeout_secs * (tokenizer.retries + 1)
         if self.enable_igw:
             wait += self.pd.prefill_timeout_secs * self.pd.max_attempts
-        return wait
+        return wait + self.lora.longest_wait_secs()
 
     def pd_policies(self) -> dict[str, tuple[str, PolicyParams]]:
         """The prefill and decode policies (enable_igw) by role: name and parsed params."""

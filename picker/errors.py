@@ -13,6 +13,7 @@
         ├── Overloaded         429: at the concurrency limit (with Retry-After)
         ├── NoHealthyWorker    503: workers serve the model, none is routable now
         ├── PrefillFailed      503: every prefill/decode pair tried failed at prefill
+        ├── AdapterLoadFailed  503: no engine loaded a LoRA adapter the picker asked it to
         └── ProxyMisconfigured 500: the proxy calls the picker in a way it cannot route
 
 Adapters translate a RequestError in one place each (an Envoy ImmediateResponse, a LiteLLM
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 
 __all__ = [
+    "AdapterLoadFailed",
     "BodyTooLarge",
     "ConfigError",
     "InvalidRequest",
@@ -127,6 +129,12 @@ class NoHealthyWorker(RequestError):
 class PrefillFailed(RequestError):
     status = 503
     code = "prefill_failed"
+    error_type = "service_unavailable_error"
+
+
+class AdapterLoadFailed(RequestError):
+    status = 503
+    code = "adapter_load_failed"
     error_type = "service_unavailable_error"
 
 

@@ -1,6 +1,7 @@
 """RoutingService: the adapters' Picker (picker.routing.contract), over the routing parts.
 
-One request: the remote tokenizer when configured, admission, the router manager's choice of
+One request: the remote tokenizer when configured, loading its LoRA adapter when no engine
+serves it (lora.load_on_demand), admission, the router manager's choice of
 router, the decision, then the lease - on one worker with the fallbacks of the router that
 chose it, or on a prefill/decode pair whose protocol step ran (a prefill that fails frees both
 and another pair is tried, pd.max_attempts). The awaited steps run on the picker's loop,
@@ -16,6 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from picker.errors import PrefillFailed, RequestError
+from picker.fleet.lora_loading import AdapterLoader
 from picker.fleet.registry import Worker, WorkerRegistry
 from picker.observe.decisions import ExplainSettings, explain_line
 from picker.observe.metrics import PickerMetrics
@@ -37,9 +39,11 @@ class RoutingService:
     def __init__(self, workers: WorkerRegistry, routers: RouterManager, leases: LeaseBook,
                  metrics: PickerMetrics, prefix: PrefixProducer | None, pairs: PairStep,
                  explain: ExplainSettings, pd_attempts: int, pd_paired: bool,
-                 tracer: DecisionTracer | None = None) -> None:
+                 tracer: DecisionTracer | None = None,
+                 adapters: AdapterLoader | None = None) -> None:
         """`pd_paired`: prefill/decode pairs may be chosen (enable_igw). `tracer`: a span
-        per lease (tracing.enabled)."""
+        per lease (tracing.enabled). `adapters`: loads a declared LoRA adapter no engine
+        serves before routing (lora.load_on_demand)."""
         self._workers = workers
         self._routers = routers
         self._leases = leases
@@ -48,8 +52,10 @@ class RoutingService:
         self._pairs = pairs
         self._explain = explain
         self._pd_attempts = pd_attempts
-        self._awaits = self._remote is not None or leases.queueing or pd_paired
         self._tracer = tracer
+        self._adapters = adapters if adapters is not None and adapters.enabled else None
+        self._awaits = self._remote is not None or leases.queueing or pd_paired \
+            or self._adapters is not None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -117,6 +123,8 @@ class RoutingService:
                 self._metrics.tokenizer_fallbacks.inc()
             else:
                 request = replace(request, tokens=tokens)
+        if self._adapters is not None:
+            await self._adapters.ensure(request)  # before admission: no slot held meanwhile
         queued = time.monotonic()
         await self._leases.admit()
         waited = time.monotonic() - queued

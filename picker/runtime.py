@@ -41,6 +41,7 @@ from picker.fleet.api_state import StateFile
 from picker.fleet.config_follow import ConfigReloader
 from picker.fleet.engine_scrape import LoadMonitor
 from picker.fleet.health import HealthChecker
+from picker.fleet.lora_loading import AdapterLoader
 from picker.fleet.manager import WorkerManager
 from picker.fleet.registry import WorkerRegistry
 from picker.fleet.sources import OwnedSource, Source, build_sources
@@ -155,7 +156,9 @@ class PickerRuntime:
         self.routing = RoutingService(self.registry, self.routers, self.leases, self.metrics,
                                       self._prefix, self._pairs, config.explain,
                                       config.pd.max_attempts, pd_paired=config.enable_igw,
-                                      tracer=_decision_tracer(config))
+                                      tracer=_decision_tracer(config),
+                                      adapters=AdapterLoader(self.registry, config.lora,
+                                                             self.manager.served_adapter))
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

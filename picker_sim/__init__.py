@@ -56,6 +56,15 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how a prefill/decode pair hands over the KV: SGLang bootstrap "
                              "rooms, vLLM NIXL kv_transfer_params, or (decode) an llm-d "
                              "sidecar running the NIXL prefill itself (default sglang)")
+    parser.add_argument("--max-loras", type=int,
+                        help="LoRA adapters in one batch, as vLLM's --max-loras (0: LoRA off)")
+    parser.add_argument("--lora-modules", nargs="+", metavar="NAME[=PATH]",
+                        help="adapters registered at start, as vLLM's --lora-modules")
+    parser.add_argument("--lora-load-ms", type=float,
+                        help="cost of copying an adapter into a GPU slot")
+    parser.add_argument("--allow-runtime-lora-updating", action="store_true", default=None,
+                        help="serve /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM: "
+                             "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)")
     parser.add_argument("--kv-encoding", choices=("map", "array"),
                         help="event encoding: map (vLLM 0.33, tagged events) or array (vLLM 0.11)")
     parser.add_argument("--grpc", action="store_true",
@@ -87,6 +96,9 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
         "block_tokens": ns.block_tokens, "cache_blocks": ns.cache_blocks,
         "kv_events_port": ns.kv_events_port, "kv_replay_port": ns.kv_replay_port,
         "kv_encoding": ns.kv_encoding, "role": ns.role, "pd_protocol": ns.pd_protocol,
+        "max_loras": ns.max_loras, "lora_load_ms": ns.lora_load_ms,
+        "lora_modules": None if ns.lora_modules is None else tuple(ns.lora_modules),
+        "runtime_lora_updating": ns.allow_runtime_lora_updating,
     }
     explicit = {k: v for k, v in given.items() if v is not None}
     identity = {"model": ns.model, "worker_id": ns.worker_id or f"sim-{ns.port}"}

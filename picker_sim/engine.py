@@ -14,6 +14,7 @@ each step's token budget the way vLLM's scheduler shares `max_num_batched_tokens
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import zlib
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from picker_sim.cache import BlockCache, Claim, token_block_hashes
+from picker_sim.lora import SimLoras
 from picker_sim.scheduler import StepScheduler
 
 __all__ = [
@@ -63,6 +65,14 @@ class SimConfig:
     role: str = "regular"
     pd_protocol: str = "sglang"
     pd_wait_ms: float = 5000.0  # how long a decode sim waits for its prefill
+    # LoRA (picker_sim.lora): vLLM's --max-loras (0: LoRA off, no adapter and no LoRA metric),
+    # the adapters registered at start ("name=path", or a name, served from /adapters/<name>),
+    # what copying an adapter into a GPU slot costs, and whether /v1/load_lora_adapter and
+    # /v1/unload_lora_adapter exist (vLLM: VLLM_ALLOW_RUNTIME_LORA_UPDATING).
+    max_loras: int = 0
+    lora_modules: tuple[str, ...] = ()
+    lora_load_ms: float = 0.0
+    runtime_lora_updating: bool = False
 
     def __post_init__(self) -> None:
         at_least_0, at_least_1 = "at least 0", "at least 1"
@@ -88,11 +98,22 @@ class SimConfig:
                             and (self.pd_protocol != "sidecar" or self.role == "decode"),
                             "sglang or nixl, or sidecar with role decode"),
             "pd_wait_ms": (self.pd_wait_ms > 0, "more than 0"),
+            "max_loras": (self.max_loras >= 0, at_least_0),
+            "lora_modules": (not self.lora_modules or self.max_loras >= 1,
+                             "empty unless max_loras is at least 1"),
+            "lora_load_ms": (self.lora_load_ms >= 0, at_least_0),
+            "runtime_lora_updating": (not self.runtime_lora_updating or self.max_loras >= 1,
+                                      "false unless max_loras is at least 1"),
         }
         for name, (ok, valid) in checks.items():
             if not ok:
                 raise ValueError(f"sim config: {name} must be {valid}, got "
                                  f"{getattr(self, name)!r}")
+
+    def adapters(self) -> dict[str, str]:
+        """The start-up adapters, name -> path (vLLM's --lora-modules name=path)."""
+        pairs = (m.partition("=") for m in self.lora_modules)
+        return {name: path or f"/adapters/{name}" for name, _, path in pairs}
 
     @classmethod
     def from_profile(cls, profile: str, **overrides: Any) -> SimConfig:
@@ -249,11 +270,13 @@ class SimEngine:
     # 1: a NIXL prefill sim answers as vLLM's NixlConnector does for a prefill that did not
     # end by its length cap (EOS or a stop string first; aborted): no kv_transfer_params.
     prefill_stops_early: int = 0
+    lora_load_calls: int = 0  # POST /v1/load_lora_adapter received, refused ones included
     events: KvEventSink | None = None
     # What the engine's own timings read: the loop's clock when a replay runs it in virtual
     # time (picker_bench.replay.clock).
     clock: Callable[[], float] = time.monotonic
     cache: BlockCache = field(init=False)
+    loras: SimLoras | None = field(init=False)
     scheduler: StepScheduler | None = field(init=False)
     _rng: random.Random = field(init=False)
     _slots: asyncio.Semaphore = field(init=False)
@@ -263,6 +286,8 @@ class SimEngine:
         self._slots = asyncio.Semaphore(self.config.max_concurrency)
         self.cache = BlockCache(self.config.cache_blocks)
         config = self.config
+        self.loras = SimLoras(config.model, config.max_loras, config.lora_load_ms,
+                              config.adapters()) if config.max_loras else None
         self.scheduler = StepScheduler(
             config.max_batched_tokens, config.tpot_ms, config.decode_ms_per_running,
             config.prefill_tokens_per_sec, self.clock) if config.max_batched_tokens else None
@@ -278,9 +303,11 @@ class SimEngine:
         return self.running - (self.scheduler.unstarted if self.scheduler is not None else 0)
 
     @asynccontextmanager
-    async def admitted(self, prompt: Sequence[str] = (),
-                       prefilled: bool = False) -> AsyncIterator[SimRun]:
+    async def admitted(self, prompt: Sequence[str] = (), prefilled: bool = False,
+                       adapter: str | None = None) -> AsyncIterator[SimRun]:
         """Wait for a running slot, claim the prompt's cache blocks, release both at the end.
+        A request on a LoRA `adapter` first waits for the adapter's place in the batch and
+        pays its copy into a GPU slot if it is not in one (picker_sim.lora).
 
         A request that leaves before `SimRun.finish()` counts as cancelled: the client went away
         while it queued (CancelledError in the wait), while it generated (CancelledError in a
@@ -291,8 +318,19 @@ class SimEngine:
         events = self.events
         claimed = None if events is None else \
             (lambda claim: events.claimed(prompt, hashes, claim))
-        async with self.admitted_blocks(hashes, len(prompt), prefilled, claimed) as run:
-            yield run
+        async with contextlib.AsyncExitStack() as stack:
+            if adapter is not None and self.loras is not None:
+                self.waiting += 1
+                try:
+                    await stack.enter_async_context(self.loras.serving(adapter))
+                except asyncio.CancelledError:
+                    self.requests_total += 1
+                    self.cancelled += 1
+                    raise
+                finally:
+                    self.waiting -= 1
+            async with self.admitted_blocks(hashes, len(prompt), prefilled, claimed) as run:
+                yield run
 
     @asynccontextmanager
     async def admitted_blocks(self, hashes: Sequence[int], tokens: int,

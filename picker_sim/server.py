@@ -25,6 +25,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from picker_sim.engine import SimConfig, SimEngine, SimRun, prompt_tokens, token_ids
+from picker_sim.lora import LoraRefusal, SimLoras
 from picker_sim.pd import PdPeer
 
 __all__ = ["WORKER_HEADER", "create_app", "run_sim"]
@@ -87,6 +88,8 @@ class _VllmMetrics(Collector):
                                  labels=["block_size", "num_gpu_blocks"])
         info.add_metric([str(engine.config.block_tokens), str(engine.config.cache_blocks)], 1)
         yield info
+        if engine.loras is not None:
+            yield _lora_info(engine.loras)
         for name, doc, count in (
             ("vllm:request_success", "Finished requests", engine.completed),
             ("vllm:prompt_tokens", "Prompt tokens received", engine.prompt_tokens_total),
@@ -115,6 +118,17 @@ class _VllmMetrics(Collector):
             yield histogram
 
 
+def _lora_info(loras: SimLoras) -> Metric:
+    """vLLM's LoRA info gauge: one series per adapter combination, valued the time it was
+    current (picker_sim.lora; vllm/v1/metrics/loggers.py:1103-1111, label order as there)."""
+    gauge = GaugeMetricFamily("vllm:lora_requests_info", "Running stats on lora requests.",
+                              labels=["max_lora", "waiting_lora_adapters",
+                                      "running_lora_adapters"])
+    for labels, at in loras.info_series():
+        gauge.add_metric(list(labels), at)
+    return gauge
+
+
 class _WorkerHeader:
     """Stamps every response, errors and 404s included, so routing is observable by clients."""
 
@@ -140,6 +154,14 @@ async def _json_object(request: Request) -> dict[str, Any] | Response:
     if not isinstance(body, dict):
         return _error(400, "body must be a JSON object", "invalid_request_error", "invalid")
     return body
+
+
+def _vllm_error(refusal: LoraRefusal) -> JSONResponse:
+    """vLLM's ErrorResponse: `code` is the HTTP status (vllm/entrypoints/serve/engine/
+    protocol.py:79-87)."""
+    return JSONResponse({"error": {"message": refusal.message, "type": refusal.error_type,
+                                   "param": None, "code": refusal.status}},
+                        status_code=refusal.status)
 
 
 def _error(status: int, message: str, error_type: str, code: str) -> JSONResponse:
@@ -182,9 +204,12 @@ def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASG
         if not isinstance(model, str) or not model:
             return _error(400, "model must be a non-empty string", "invalid_request_error",
                           "missing_model")
+        adapter = None
         if model != config.model:
-            return _error(404, f"model {str(body.get('model'))[:100]!r} not served here",
-                          "not_found_error", "model_not_found")
+            if engine.loras is None or model not in engine.loras.registered:
+                return _error(404, f"model {str(body.get('model'))[:100]!r} not served here",
+                              "not_found_error", "model_not_found")
+            adapter = model
         if engine.should_fail():
             engine.requests_total += 1
             engine.failed += 1
@@ -208,14 +233,14 @@ def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASG
                  "total_tokens": len(prompt) + n_out}
         reply_id = f"{'chatcmpl' if chat else 'cmpl'}-{config.worker_id}-{next(ids)}"
         created = int(time.time())
-        base = {"id": reply_id, "created": created, "model": config.model}
+        base = {"id": reply_id, "created": created, "model": model}
 
         if body.get("stream") is True and (pd is None or decode):
             return StreamingResponse(
-                _stream(engine, prompt, chat, base, n_out, usage, fetched),
+                _stream(engine, prompt, chat, base, n_out, usage, fetched, adapter),
                 media_type="text/event-stream",
             )
-        async with engine.admitted(prompt, prefilled=fetched) as run:
+        async with engine.admitted(prompt, prefilled=fetched, adapter=adapter) as run:
             await run.first_token()
             await run.decode(n_out - 1)
             run.finish()
@@ -238,9 +263,35 @@ def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASG
     async def models(request: Request) -> Response:
         if (denied := unauthorised(request)) is not None:
             return denied
+        adapters = [] if engine.loras is None else engine.loras.model_cards()
         return JSONResponse({"object": "list", "data": [
-            {"id": config.model, "object": "model", "created": 0, "owned_by": "llm-picker-sim"}
+            {"id": config.model, "object": "model", "created": 0, "owned_by": "llm-picker-sim",
+             "root": config.model, "parent": None}, *adapters
         ]})
+
+    async def load_lora_adapter(request: Request) -> Response:
+        """vLLM's POST /v1/load_lora_adapter {lora_name, lora_path, load_inplace}."""
+        assert engine.loras is not None
+        body = await _json_object(request)
+        if isinstance(body, Response):
+            return body
+        engine.lora_load_calls += 1
+        refusal = engine.loras.load(body.get("lora_name"), body.get("lora_path"),
+                                    body.get("load_inplace", False))
+        if refusal is not None:
+            return _vllm_error(refusal)
+        return Response(f"Success: LoRA adapter '{body['lora_name']}' added successfully.")
+
+    async def unload_lora_adapter(request: Request) -> Response:
+        """vLLM's POST /v1/unload_lora_adapter {lora_name}."""
+        assert engine.loras is not None
+        body = await _json_object(request)
+        if isinstance(body, Response):
+            return body
+        refusal = engine.loras.unload(body.get("lora_name"))
+        if refusal is not None:
+            return _vllm_error(refusal)
+        return Response(f"Success: LoRA adapter '{body['lora_name']}' removed successfully.")
 
     async def health(_: Request) -> Response:
         if engine.health_delay_ms:
@@ -287,6 +338,9 @@ def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASG
             "completed": engine.completed, "failed": engine.failed,
             "cancelled": engine.cancelled, "prompt_tokens": engine.prompt_tokens_total,
             "cached_tokens": engine.cached_tokens_total, "cache_blocks": len(engine.cache),
+            "lora_loads": 0 if engine.loras is None else engine.loras.loads,
+            "lora_load_calls": engine.lora_load_calls,
+            "lora_adapters": [] if engine.loras is None else list(engine.loras.registered),
         })
 
     app = Starlette(routes=[
@@ -300,6 +354,9 @@ def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASG
         Route("/sim/control", control, methods=["POST"]),
         Route("/tokenize", tokenize, methods=["POST"]),
         *(pd.routes() if pd is not None else []),
+        *([Route("/v1/load_lora_adapter", load_lora_adapter, methods=["POST"]),
+           Route("/v1/unload_lora_adapter", unload_lora_adapter, methods=["POST"])]
+          if config.runtime_lora_updating else []),
     ])
     return _WorkerHeader(app, config.worker_id)
 
@@ -314,7 +371,7 @@ def _cached(run: SimRun) -> dict[str, int]:
 
 async def _stream(
     engine: SimEngine, prompt: list[str], chat: bool, base: dict[str, Any], n_out: int,
-    usage: dict[str, Any], prefilled: bool = False,
+    usage: dict[str, Any], prefilled: bool = False, adapter: str | None = None,
 ) -> AsyncIterator[bytes]:
     """SSE chunks, one per token, then a finish chunk, a usage chunk and `data: [DONE]`.
 
@@ -329,7 +386,7 @@ async def _stream(
         return b"data: " + json.dumps({**base, "object": obj, "choices": choices,
                                        **extra}).encode() + b"\n\n"
 
-    async with engine.admitted(prompt, prefilled) as run:
+    async with engine.admitted(prompt, prefilled, adapter) as run:
         await run.first_token()
         for i in range(n_out):
             if i:

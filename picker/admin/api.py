@@ -113,6 +113,9 @@ def worker_view(worker: Worker, declared_in: str | None) -> dict[str, Any]:
         "engine": None if engine is None else {
             "running": engine.running, "waiting": engine.waiting, "kv_usage": engine.kv_usage,
             "block_size": engine.block_size, "num_gpu_blocks": engine.num_gpu_blocks,
+            "lora": None if engine.lora is None else {
+                "running": sorted(engine.lora.running), "waiting": sorted(engine.lora.waiting),
+                "max_lora": engine.lora.max_loras},
             "age_secs": round(now - engine.scraped_at, 3),
         },
     }

@@ -29,6 +29,14 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+class LoraView(BaseModel):
+    """The engine's LoRA adapters with requests running / waiting, and its adapter places."""
+
+    running: list[str]
+    waiting: list[str]
+    max_lora: int | None = None
+
+
 class EngineView(BaseModel):
     """What the engine's last scrape said; a value it did not report is left out."""
 
@@ -37,6 +45,7 @@ class EngineView(BaseModel):
     kv_usage: float | None = None
     block_size: int | None = None
     num_gpu_blocks: int | None = None
+    lora: LoraView | None = None
     age_secs: float
 
 

@@ -6,7 +6,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["EngineCounter", "EngineLoad", "EngineSignal"]
+__all__ = ["EngineCounter", "EngineLoad", "EngineSignal", "LoraLoad"]
 
 
 class EngineCounter(enum.Enum):
@@ -27,6 +27,24 @@ class EngineCounter(enum.Enum):
 
 
 @dataclass(slots=True, frozen=True)
+class LoraLoad:
+    """An engine's LoRA adapters as `vllm:lora_requests_info` reports them: the adapters with
+    requests running and waiting, and how many adapters fit in one batch (`max_lora`).
+
+    vLLM 0.33 lists every adapter with any request in both sets (picker_sim.lora cites why):
+    an adapter is never known to be only waiting there; older versions told them apart."""
+
+    running: frozenset[str] = frozenset()
+    waiting: frozenset[str] = frozenset()
+    max_loras: int | None = None  # None when the engine did not say
+
+    @property
+    def in_use(self) -> int:
+        """Distinct adapters with requests: the batch places taken or asked for."""
+        return len(self.running | self.waiting)
+
+
+@dataclass(slots=True, frozen=True)
 class EngineLoad:
     """One scrape of an engine's metrics; a field is None when the engine does not export it.
 
@@ -39,8 +57,9 @@ class EngineLoad:
     kv_usage: float | None = None  # fraction of KV cache in use, 0..1
     block_size: int | None = None
     num_gpu_blocks: int | None = None
-    # LoRA adapters loaded and serving or queued (vllm:lora_requests_info), for adapter affinity.
-    loras: frozenset[str] = frozenset()
+    # LoRA adapters with requests, and the engine's adapter places (vllm:lora_requests_info);
+    # None when the engine reports no LoRA (LoRA off, or not vLLM).
+    lora: LoraLoad | None = None
     counters: Mapping[EngineCounter, float] = field(default_factory=dict)
 
     def delta(self, before: EngineLoad, counter: EngineCounter) -> float | None:
@@ -61,10 +80,13 @@ class EngineSignal(enum.Enum):
     RUNNING = "running"
     WAITING = "waiting"
     KV_USAGE = "kv_usage"
+    LORA = "lora"  # adapters with requests (LoraLoad.in_use); the LoRA scorers read all of it
 
     def read(self, load: EngineLoad) -> float | None:
         if self is EngineSignal.RUNNING:
             return load.running
         if self is EngineSignal.WAITING:
             return load.waiting
+        if self is EngineSignal.LORA:
+            return None if load.lora is None else float(load.lora.in_use)
         return load.kv_usage

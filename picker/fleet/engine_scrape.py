@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import Field
 
-from picker.fleet.engine_load import EngineCounter, EngineLoad
+from picker.fleet.engine_load import EngineCounter, EngineLoad, LoraLoad
 from picker.fleet.grpc_calls import EngineCallFailed, speaks_grpc
 from picker.fleet.grpc_load import load_from_loads
 from picker.fleet.registry import Worker, WorkerRegistry
@@ -180,8 +180,7 @@ def parse_engine_load(text: str, runtime: RuntimeType, now: float,
         for key, name in zip(_GEOMETRY, table.geometry_gauges, strict=True):
             if counts.get(name) and (size := int(sums[name] / counts[name])) > 0:
                 geometry[key] = size
-    loras = set() if newest_lora is None else {
-        n for key in _LORA_LABELS for n in newest_lora[1].get(key, "").split(",") if n}
+    lora = None if newest_lora is None else _lora_load(newest_lora[1])
 
     def first(names: tuple[str, ...], ratio: bool = False) -> float | None:
         name = next((n for n in names if n in sums), None)
@@ -195,9 +194,19 @@ def parse_engine_load(text: str, runtime: RuntimeType, now: float,
     return EngineLoad(
         scraped_at=now, running=values.get("running"), waiting=values.get("waiting"),
         kv_usage=values.get("kv_usage"), block_size=geometry.get("block_size"),
-        num_gpu_blocks=geometry.get("num_gpu_blocks"), loras=frozenset(loras),
+        num_gpu_blocks=geometry.get("num_gpu_blocks"), lora=lora,
         counters=counters,
     )
+
+
+def _lora_load(labels: Mapping[str, str]) -> LoraLoad:
+    """The LoRA info gauge's labels: comma-joined adapter names, and `max_lora` (vLLM
+    vllm/v1/metrics/loggers.py:1099-1111,1224-1236)."""
+    running, waiting = (frozenset(n for n in labels.get(key, "").split(",") if n)
+                        for key in _LORA_LABELS)
+    slots = labels.get("max_lora", "")
+    max_loras = int(slots) if slots.isascii() and slots.isdigit() else None
+    return LoraLoad(running, waiting, max_loras)
 
 
 def _counts(labels: Mapping[str, str], table: EngineMetrics, rank: int | None) -> bool:

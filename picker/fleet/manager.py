@@ -438,6 +438,18 @@ class WorkerManager:
         else:
             del self._registrations[registration.spec.url]
 
+    def served_adapter(self, worker: Worker, adapter: str, base: str) -> None:
+        """The engine behind `worker` now serves LoRA `adapter` of `base` (the picker loaded it
+        there, picker.fleet.lora_loading): every worker of that engine (each data-parallel
+        rank) lists it. What the engine serves is the engine's to say, so this changes the
+        spec whoever owns the worker; a config reload that drops it costs one load request,
+        which the engine answers "already loaded"."""
+        for same in self.workers.workers():
+            if same.spec.network_url == worker.spec.network_url \
+                    and adapter not in same.spec.adapters:
+                self.workers.replace_spec(same, same.spec.updated(
+                    adapters={**same.spec.adapters, adapter: base}))
+
     async def drain(self, worker: Worker, timeout_secs: float) -> bool:
         """Stop new requests, wait for in-flight ones (bounded), then remove.
 

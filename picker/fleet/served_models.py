@@ -100,8 +100,9 @@ async def _complete(spec: WorkerSpec, client: httpx.AsyncClient, timeout: float)
         response.raise_for_status()
     else:
         listing = await _get_json(client, spec, "/v1/models", timeout)
-        listed = [m["id"] for m in listing.get("data", []) if isinstance(m, dict)
-                  and isinstance(m.get("id"), str) and m["id"]]
+        cards = [m for m in listing.get("data", []) if isinstance(m, dict)
+                 and isinstance(m.get("id"), str) and m["id"]]
+        listed = [m["id"] for m in cards]
         # A request names its model in at most MAX_NAME_CHARS: a longer one (vLLM lists the
         # model's path by default) could never be asked for. It is left out, not fatal.
         models = [m for m in listed if len(m) <= MAX_NAME_CHARS]
@@ -114,11 +115,22 @@ async def _complete(spec: WorkerSpec, client: httpx.AsyncClient, timeout: float)
                              "characters")
         update["models"] = models
         update["model_id"] = spec.model_id or models[0]
+        if not spec.adapters:
+            update["adapters"] = _adapters(cards, models)
     if spec.runtime_type is RuntimeType.SGLANG:
         update.update(await _sglang_info(spec, client, timeout))
     # Discovery fills gaps; it never overrides what the operator set.
-    return spec.updated(**{k: v for k, v in update.items() if k == "models"
+    return spec.updated(**{k: v for k, v in update.items() if k in ("models", "adapters")
                            or getattr(spec, k) is None})
+
+
+def _adapters(cards: list[dict[str, Any]], models: list[str]) -> dict[str, str]:
+    """LoRA adapters among listed models: vLLM lists each with `parent` = its base model and
+    `root` = its path, the base model with no parent (vllm/entrypoints/openai/models/
+    serving.py:149-165)."""
+    return {card["id"]: card["parent"] for card in cards
+            if card["id"] in models and isinstance(card.get("parent"), str)
+            and card["parent"] in models and card["parent"] != card["id"]}
 
 
 async def _sglang_info(spec: WorkerSpec, client: httpx.AsyncClient,

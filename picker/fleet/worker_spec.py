@@ -142,6 +142,10 @@ class WorkerSpec(StrictModel):
     models: list[Name] = Field(
         default_factory=list, description="Served model names; empty means any model"
     )
+    adapters: dict[Name, Name] = Field(
+        default_factory=dict,
+        description="LoRA adapters the worker serves, adapter -> its base model (discovered "
+                    "from /v1/models' parent when unset); each is a served model too")
     worker_type: WorkerType = WorkerType.REGULAR
     connection_mode: ConnectionMode = ConnectionMode.HTTP
     runtime_type: RuntimeType = RuntimeType.VLLM
@@ -212,6 +216,23 @@ class WorkerSpec(StrictModel):
             if not name.strip():
                 raise ValueError("model names must be non-empty")
         return models
+
+    @model_validator(mode="after")
+    def _adapters_served(self) -> WorkerSpec:
+        """An adapter is a model the worker serves, of a base model it serves: with `models`
+        listed, adapters join them (so a spec read back is posted again unchanged)."""
+        for adapter, base in self.adapters.items():
+            if adapter == base:
+                raise PydanticCustomError("adapter_is_base", "adapter {adapter} names itself "
+                                          "as its base model",
+                                          {"adapter": adapter[:100], "field": "adapters"})
+            if self.models and base not in self.models:
+                raise PydanticCustomError(
+                    "adapter_base", "adapter {adapter}'s base model {base} is not in models",
+                    {"adapter": adapter[:100], "base": base[:100], "field": "adapters"})
+        if self.models:
+            self.models += [a for a in self.adapters if a not in self.models]
+        return self
 
     @model_validator(mode="after")
     def _derive(self) -> WorkerSpec:

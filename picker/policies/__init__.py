@@ -12,6 +12,7 @@ from picker.policies import (
     cache_aware,
     engine_signal,
     least_load,
+    lora_affinity,
     power_of_two,
     prefix_cache,
     random,
@@ -29,7 +30,7 @@ POLICIES: Mapping[str, PolicyDescriptor[Any]] = {
         round_robin.DESCRIPTOR, random.DESCRIPTOR, least_load.DESCRIPTOR,
         power_of_two.DESCRIPTOR, prefix_cache.DESCRIPTOR, cache_aware.DESCRIPTOR,
         session_affinity.DESCRIPTOR, engine_signal.LEAST_QUEUE, engine_signal.LEAST_KV,
-        weighted.DESCRIPTOR,
+        weighted.DESCRIPTOR, lora_affinity.DESCRIPTOR,
     )
 }
 

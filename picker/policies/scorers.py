@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from picker.fleet.engine_load import EngineSignal
 from picker.fleet.registry import Worker
 from picker.fleet.speed import predicted_ttft
+from picker.policies.lora_scores import lora_scores
 from picker.routing.request import RoutingRequest
 
 __all__ = ["DEFAULT_STALE_SECS", "SCORERS", "Scorer", "ScorerFn", "fresh_engine_value",
@@ -191,4 +192,7 @@ SCORERS: Mapping[str, Scorer] = {
     "learned_ttft": Scorer(_learned_ttft),
     "cache_space": Scorer(_cache_space, needs_prefix=True),
     "decode": Scorer(_decode),
+    # llm-d's LoRA affinity (picker.policies.lora_scores); weighted also keeps a new adapter
+    # off engines at max_lora when it weighs this.
+    "lora": Scorer(lora_scores, reads=EngineSignal.LORA),
 }

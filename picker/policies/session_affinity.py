@@ -33,7 +33,10 @@ class SessionAffinity:
         key = request.headers.get(self._header) if self._header else request.session_key
         if not key:
             return self._fallback.pick(request, candidates)
-        return max(candidates, key=lambda w: _weight(key, w.id))
+        # Per model: a user's sessions on two LoRA adapters (or base models) are placed
+        # independently, each among the engines serving that adapter.
+        scoped = f"{request.model}\x00{key}"
+        return max(candidates, key=lambda w: _weight(scoped, w.id))
 
 
 def _weight(key: str, worker_id: str) -> int:

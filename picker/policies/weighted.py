@@ -15,6 +15,9 @@ A profile weighing `cache_space` also places a prompt no engine holds only on th
 fits in without filling their caches (`scorers.with_room`), when there are any: free cache is
 then a condition, not only a score the speed scorers can outweigh.
 
+A profile weighing `lora` also keeps a request on a LoRA adapter off the engines whose adapter
+places are all taken by other adapters (`lora_scores.with_lora_place`), when another will do.
+
 A request may carry `x-slo-ttft-ms`: candidates predicted to miss it are left out unless all
 are (the scorers then choose among the rest; a worker of unknown speed is not predicted).
 """
@@ -32,6 +35,7 @@ from pydantic import Field, field_validator
 from picker.fleet.engine_load import EngineSignal
 from picker.fleet.registry import Worker
 from picker.policies.base import PolicyDescriptor, StaleAfterParams
+from picker.policies.lora_scores import with_lora_place
 from picker.policies.scorers import DEFAULT_STALE_SECS, SCORERS, request_ttft, with_room
 from picker.routing.request import RoutingRequest
 
@@ -79,12 +83,15 @@ class Weighted:
         self._scorers = [(name, SCORERS[name].score, weight)
                          for name, weight in params.profile().items() if weight]
         self._spreads = bool(params.profile().get("cache_space"))
+        self._lora = bool(params.profile().get("lora"))
         self._stale = params.stale_after_secs or DEFAULT_STALE_SECS
         self._rng = _random.Random(params.seed)
 
     def pick(self, request: RoutingRequest, candidates: Sequence[Worker]) -> Worker:
         if self._spreads:
             candidates = with_room(request, candidates)
+        if self._lora:
+            candidates = with_lora_place(request, candidates, time.monotonic(), self._stale)
         slo = request.slo_ttft_secs
         if slo is not None:
             candidates = self._meeting(request, candidates, slo, time.monotonic())

@@ -333,3 +333,54 @@ def test_deployments_added_and_deleted_at_runtime_are_followed(
                     for _ in range(4))
     assert set(later) == {bases[1], bases[2]}
     assert len(strategy_of(router).runtime.registry.workers()) == 2
+
+
+def test_lora_affinity_keeps_a_new_adapter_off_engines_at_max_lora(tmp_path: Path) -> None:
+    """Deployments of adapter "new" (model_info.base_model: my-model) on three engines; e0 and
+    e1 have both adapter places taken by x and y: every call goes to e2. On-demand loading has
+    no LiteLLM counterpart: LiteLLM routes a model group only to its listed deployments."""
+    import contextlib
+
+    import httpx
+
+    specs = [SimSpec(f"e{i}", "my-model", ["--ttft-ms", "2", "--tpot-ms", "5", "--max-loras",
+                                           "2", "--lora-modules", "x", "y", "new"])
+             for i in range(3)]
+    procs = start_sims(specs, tmp_path)
+    bases = [f"http://127.0.0.1:{s.port}" for s in specs]
+    try:
+        router = litellm.Router(model_list=[
+            {"model_name": name, "litellm_params": {"model": f"hosted_vllm/{name}",
+                                                    "api_base": f"{base}/v1", "api_key": "x"},
+             "model_info": {"id": f"{name}-{i}", **info}}
+            for i, base in enumerate(bases)
+            for name, info in (("my-model", {}), ("new", {"base_model": "my-model"}))])
+        strategy = PickerStrategy.attach(router, policy="lora_affinity",
+                                         load={"interval_secs": 0.05})
+        with contextlib.ExitStack() as stack:
+            client = stack.enter_context(httpx.Client(timeout=30))
+            streams = []  # held open: a collected line iterator closes its response
+            for base in bases[:2]:
+                for adapter in ("x", "y"):
+                    response = stack.enter_context(client.stream(
+                        "POST", f"{base}/v1/completions", json={
+                            "model": adapter, "prompt": "long", "max_tokens": 3000,
+                            "stream": True}))
+                    streams.append(response.iter_lines())
+                    next(streams[-1])
+
+            def full(worker_id: str) -> bool:
+                worker = strategy.runtime.registry.get(worker_id)
+                lora = None if worker is None or worker.engine is None else worker.engine.lora
+                return lora is not None and lora.running == {"x", "y"}
+
+            deadline = time.monotonic() + 5
+            while not (full("my-model-0") and full("my-model-1")):
+                assert time.monotonic() < deadline, "the picker never saw e0 and e1 full"
+                time.sleep(0.05)
+            counts = Counter(served(router.completion(model="new", messages=MESSAGES,
+                                                      max_tokens=2)) for _ in range(9))
+        assert counts == {f"{bases[2]}/v1": 9}, counts
+    finally:
+        for proc in procs:
+            proc.stop()

@@ -40,6 +40,26 @@ async def test_models_discovered_from_v1_models() -> None:
     assert spec.models == ["llama"] and spec.model_id == "llama"
 
 
+async def test_lora_adapters_discovered_from_parent() -> None:
+    """vLLM lists adapters with `parent` = the base model; the base has none."""
+    with running_sim(model="llama", max_loras=2, lora_modules=("sql", "chat")) as url:
+        async with httpx.AsyncClient() as client:
+            spec = await discover(WorkerSpec(url=url), client, FAST)
+            declared = await discover(WorkerSpec(url=url, adapters={"sql": "llama"}),
+                                      client, FAST)
+    assert spec.models == ["llama", "sql", "chat"]
+    assert spec.adapters == {"sql": "llama", "chat": "llama"}
+    assert spec.model_id == "llama"
+    assert declared.adapters == {"sql": "llama"}  # the operator's word is kept
+
+
+def test_declared_adapters_are_served_models_of_a_served_base() -> None:
+    spec = WorkerSpec(url="h:1", models=["llama"], adapters={"sql": "llama"})
+    assert spec.models == ["llama", "sql"] and spec.updated().models == ["llama", "sql"]
+    with pytest.raises(ValueError, match="base model other is not in models"):
+        WorkerSpec(url="h:1", models=["llama"], adapters={"sql": "other"})
+
+
 async def test_operator_values_are_kept() -> None:
     with running_sim(model="llama") as url:
         async with httpx.AsyncClient() as client:

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from picker.config import load_config
 from picker.errors import ConfigError
+from picker.fleet.engine_load import LoraLoad
 from picker.fleet.engine_scrape import (
     ENGINE_METRICS,
     LoadMonitor,
@@ -35,7 +36,8 @@ vllm:num_requests_running{model_name="b"} 1
 vllm:num_requests_waiting{model_name="a"} 7
 vllm:kv_cache_usage_perc{model_name="a"} 0.25
 vllm:cache_config_info{block_size="16",num_gpu_blocks="4096"} 1
-vllm:lora_requests_info{max_lora="4",running_lora_adapters="sql,chat",waiting_lora_adapters=""} 1
+vllm:lora_requests_info{max_lora="4",running_lora_adapters="sql,chat",\
+waiting_lora_adapters="chat,new"} 1
 """
 OLD_VLLM = "vllm:gpu_cache_usage_perc 0.5\nvllm:num_requests_waiting 2\n"
 # Both names exported (a transition release): the newer one wins, they are not added up.
@@ -84,9 +86,14 @@ def test_parse(text: str, runtime: RuntimeType,
     assert load.scraped_at == 10.0
 
 
-def test_lora_adapters_are_read_from_the_info_gauge() -> None:
-    assert parse_engine_load(VLLM, RuntimeType.VLLM, 0.0).loras == {"sql", "chat"}
-    assert parse_engine_load(VLLM, RuntimeType.SGLANG, 0.0).loras == frozenset()
+def test_lora_adapters_and_places_are_read_from_the_info_gauge() -> None:
+    lora = parse_engine_load(VLLM, RuntimeType.VLLM, 0.0).lora
+    assert lora == LoraLoad(frozenset({"sql", "chat"}), frozenset({"chat", "new"}), 4)
+    assert lora.in_use == 3  # an adapter in both sets takes one place
+    assert parse_engine_load(VLLM, RuntimeType.SGLANG, 0.0).lora is None
+    assert parse_engine_load(OLD_VLLM, RuntimeType.VLLM, 0.0).lora is None  # LoRA off
+    odd = 'vllm:lora_requests_info{max_lora="x",running_lora_adapters=""} 1\n'
+    assert parse_engine_load(odd, RuntimeType.VLLM, 0.0).lora == LoraLoad()
 
 
 def test_every_runtime_has_a_table_entry_and_only_prometheus_engines_are_scraped() -> None:
@@ -310,9 +317,10 @@ def test_vllm_lora_info_is_read_from_its_newest_series_only() -> None:
     """The newest combination ("" running: nothing) wins over the stale "sql" and
     "old-a,old-b", which vLLM keeps exporting."""
     load = parse_engine_load(_vllm_dp_metrics(), RuntimeType.VLLM, 0.0)
-    assert load.loras == frozenset()
+    assert load.lora == LoraLoad(max_loras=4)
     text = _vllm_dp_metrics(("old-a,old-b", "", "sql"))
-    assert parse_engine_load(text, RuntimeType.VLLM, 0.0).loras == {"sql"}
+    lora = parse_engine_load(text, RuntimeType.VLLM, 0.0).lora
+    assert lora is not None and lora.running == {"sql"}
 
 
 def _sglang_metrics() -> str:
