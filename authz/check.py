@@ -139,10 +139,12 @@ class Checker:
     def allow(self, lease: Lease) -> Answer:
         forward = lease.forward
         if forward is not None and forward.body is not None:
-            # ext_authz can add headers but never replace the body a PD protocol rewrites.
+            # ext_authz can add headers but never replace the body a PD protocol or a model
+            # rewrite gives the engine.
             lease.release(Outcome.CANCELLED)
             return self.deny(ProxyMisconfigured(
-                "this prefill/decode protocol rewrites the body: serve it over ext_proc"))
+                "the picker rewrites this request's body (a prefill/decode protocol or a model "
+                "rewrite): serve it over ext_proc"))
         token = new_token(self._token_prefix)
         self._leases[token] = lease
         return _routed((*lease.headers, (LEASE_HEADER, token)))

@@ -34,6 +34,7 @@ from picker.policies import PolicyParams, parse_params
 from picker.prefix.producer import PrefixSettings
 from picker.replicas.settings import ReplicaSettings
 from picker.routing.admission import LimitSettings
+from picker.routing.model_rewrite import ModelRewriteSettings
 from picker.strict import StrictModel
 from picker.trace.settings import TraceSettings
 
@@ -221,6 +222,7 @@ class PickerConfig(StrictModel):
     enable_igw: bool = False
     pd: PdConfig = Field(default_factory=PdConfig)
     explain: ExplainSettings = Field(default_factory=ExplainSettings)
+    model_rewrites: ModelRewriteSettings = Field(default_factory=ModelRewriteSettings)
     # Record one line per request for `llm-picker replay` (picker.trace); off when absent.
     trace: TraceSettings | None = None
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from picker.prefix.index import PrefixMatch
+from picker.routing.model_rewrite import Rewrite
 
 __all__ = ["Api", "RoutingRequest"]
 
@@ -44,3 +45,6 @@ class RoutingRequest:
     body: Mapping[str, Any] | None = None
     # The client's time-to-first-token target (x-slo-ttft-ms or llm-d's alias), in seconds.
     slo_ttft_secs: float | None = None
+    # Set when a model rewrite sent the request on as another model (`model` is the target,
+    # `body` carries it): what was asked for, and by which rule.
+    rewrite: Rewrite | None = None
