@@ -36,7 +36,7 @@ from picker.routing.destination import reach_headers
 from picker.routing.gateway_probes import is_probe, probe_target
 from picker.routing.leases import Lease
 from picker.routing.model_list import model_object, models_path_id
-from picker.routing.openai_body import parse_request
+from picker.routing.openai_body import api_of, parse_request
 from picker.routing.outcome import Outcome
 from picker.routing.request import RoutingRequest
 from picker.routing.response_stats import ResponseObserver
@@ -304,7 +304,8 @@ class RequestStream:
         self._picker.reject(error)
         if self._access is not None:
             self._log(Outcome.REJECTED, error.status, None)
-        return [codec.immediate_error(error)]
+        api = api_of((self._headers or {}).get(":path", ""))
+        return [codec.immediate_error(error, api is not None and api.anthropic)]
 
     def _log(self, outcome: Outcome, status: int | None, lease: Lease | None) -> None:
         assert self._access is not None

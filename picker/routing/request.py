@@ -14,12 +14,20 @@ __all__ = ["Api", "RoutingRequest"]
 
 
 class Api(enum.Enum):
-    """The OpenAI endpoint a request targets; engines cache prompts differently per API."""
+    """The API a request targets (its path); engines cache prompts differently per API."""
 
     CHAT = "/v1/chat/completions"
     COMPLETIONS = "/v1/completions"
     RESPONSES = "/v1/responses"
     EMBEDDINGS = "/v1/embeddings"
+    # Anthropic's Messages API and its token count, which vLLM and SGLang serve.
+    MESSAGES = "/v1/messages"
+    COUNT_TOKENS = "/v1/messages/count_tokens"
+
+    @property
+    def anthropic(self) -> bool:
+        """Answered in Anthropic's shapes (errors included), not OpenAI's."""
+        return self in (Api.MESSAGES, Api.COUNT_TOKENS)
 
 
 @dataclass(slots=True, frozen=True)

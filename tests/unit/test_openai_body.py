@@ -17,7 +17,8 @@ CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 RESPONSES = "/v1/responses"
 EMBEDDINGS = "/v1/embeddings"
-PATHS = [CHAT, COMPLETIONS, RESPONSES, EMBEDDINGS]
+MESSAGES = "/v1/messages"
+PATHS = [CHAT, COMPLETIONS, RESPONSES, EMBEDDINGS, MESSAGES]
 
 
 def body(**fields: object) -> bytes:
@@ -249,6 +250,48 @@ def test_bad_bodies_name_what_is_wrong(
     assert fragment in caught.value.message
     assert caught.value.status == 400
     assert len(caught.value.message) < 300  # never echoes large input
+
+
+def test_anthropic_messages_read_as_the_engine_renders_them() -> None:
+    """System first (blocks joined, Claude Code's per-request billing block dropped, as vLLM
+    does; system-role messages hoisted into it): the same text as the equal chat request."""
+    anthropic = parse_request(MESSAGES, body(
+        model="m", max_tokens=5, stream=True,
+        system=[{"type": "text", "text": "x-anthropic-billing-header: cch=1;"},
+                {"type": "text", "text": "You are "}, {"type": "text", "text": "helpful."}],
+        messages=[{"role": "system", "content": " Be brief."},
+                  {"role": "user", "content": [{"type": "text", "text": "hi"}]}]), {})
+    same = parse_request(CHAT, chat({"role": "system", "content": "You are helpful. Be brief."},
+                                    user("hi")), {})
+    assert anthropic.api is Api.MESSAGES and anthropic.stream
+    assert anthropic.prompt_text == same.prompt_text
+    count = parse_request("/v1/messages/count_tokens",
+                          body(model="m", system="S", messages=[user("hi")]), {})
+    assert count.api is Api.COUNT_TOKENS and count.api.anthropic and not Api.CHAT.anthropic
+    assert count.prompt_text == parse_request(
+        CHAT, chat({"role": "system", "content": "S"}, user("hi")), {}).prompt_text
+
+
+@pytest.mark.parametrize(("raw", "param", "fragment"), [
+    (body(model="m", messages="hi"), "messages", "must be an array"),
+    (body(model="m"), "messages", "'messages' is required"),
+    (body(model="m", system=5, messages=[]), "system", "string or an array of content blocks"),
+    (body(model="m", system=["x"], messages=[]), "system[0]", "must be an object"),
+    (body(model="m", messages=[{"role": "system", "content": 3}]), "messages[0].content",
+     "string or an array of content blocks"),
+])
+def test_bad_anthropic_bodies_name_the_field(raw: bytes, param: str, fragment: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(MESSAGES, raw, {})
+    assert (caught.value.param, fragment in caught.value.message) == (param, True)
+
+
+def test_anthropic_errors_have_anthropic_shape() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(MESSAGES, b"{", {})
+    error = json.loads(caught.value.to_json(anthropic=True))
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert "invalid JSON" in error["error"]["message"]
 
 
 @pytest.mark.parametrize("path", ["/v1/models", "/", "", "/v2/chat/completions",
