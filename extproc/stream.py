@@ -122,7 +122,7 @@ class RequestStream:
             lease = await self._picker.route(request, allowed, self._fallbacks)
         except RequestError as error:
             return self._reject(error)
-        return self._answer(lease, request, body, end_of_stream, ack_trailers)
+        return self._answer(lease, body, end_of_stream, ack_trailers)
 
     def handle(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         """Responses to send for one incoming message, in order (possibly none yet)."""
@@ -238,7 +238,7 @@ class RequestStream:
             lease = self._picker.route_sync(request, allowed, self._fallbacks)
         except RequestError as error:
             return self._reject(error)
-        return self._answer(lease, request, body, end_of_stream, ack_trailers)
+        return self._answer(lease, body, end_of_stream, ack_trailers)
 
     def _allowed(self) -> set[str] | None:
         """Worker ids the gateway's subset hint (and, in conformance mode, the test's steering
@@ -259,27 +259,29 @@ class RequestStream:
                 allowed = steered if allowed is None else allowed & steered
         return allowed
 
-    def _answer(self, lease: Lease, request: RoutingRequest, body: bytes, end_of_stream: bool,
+    def _answer(self, lease: Lease, body: bytes, end_of_stream: bool,
                 ack_trailers: bool) -> list[pb.ProcessingResponse]:
         self._lease = lease
         self._finished = True
         trailers = [codec.continue_trailers()] if ack_trailers else []
         forward = lease.forward
-        route = codec.Route(lease.destination, (*lease.headers, *self._path_fix(request)))
+        route = codec.Route(lease.destination, (*lease.headers, *self._path_fix()))
         rewritten = None if forward is None else forward.body
         if self._mode is _Mode.DUPLEX:
             return [*codec.route_streamed(route, rewritten or body, end_of_stream), *trailers]
         return [codec.route_buffered(route, rewritten), *trailers]
 
-    def _path_fix(self, request: RoutingRequest) -> tuple[tuple[str, str], ...]:
+    def _path_fix(self) -> tuple[tuple[str, str], ...]:
         """`/v1/chat/completions/` is routed as `/v1/chat/completions` (openai_body ignores
         trailing slashes, as llm-d-router's MatchPathSuffix does); the engine gets the path it
         serves too, since vLLM's and SGLang's FastAPI apps answer the slashed one with a 307
-        redirect that OpenAI's SDKs do not follow."""
+        redirect that OpenAI's SDKs do not follow. Otherwise the client's path goes on as sent
+        (`/rerank` stays `/rerank`: engines serve different forms of one API)."""
         path, mark, query = (self._headers or {}).get(":path", "").partition("?")
-        if path == request.api.value:
+        routed = path.rstrip("/")
+        if path == routed:
             return ()
-        return ((":path", request.api.value + mark + query),)
+        return ((":path", routed + mark + query),)
 
     def _probe(self) -> list[pb.ProcessingResponse]:
         """A health probe through the gateway: to a routable worker, no lease

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from picker_sim import anthropic
+from picker_sim import anthropic, scoring
 from picker_sim.engine import SimConfig, SimEngine, SimRun, prompt_tokens, token_ids
 from picker_sim.pd import PdPeer
 
@@ -212,6 +212,15 @@ def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASG
         reply_id = f"msg-{config.worker_id}-{next(ids)}"
         return await anthropic.messages(engine, body, reply_id, config.model)
 
+    async def cross_encode(request: Request) -> Response:
+        """Rerank and score, at every path vLLM serves them (picker_sim.scoring)."""
+        body = await accepted(request)
+        if isinstance(body, Response):
+            return body
+        kind = "rerank" if request.url.path.endswith("rerank") else "score"
+        reply = scoring.rerank if kind == "rerank" else scoring.score
+        return await reply(engine, body, f"{kind}-{config.worker_id}-{next(ids)}", config.model)
+
     async def generate(request: Request) -> Response:
         chat = request.url.path.endswith("/chat/completions")
         body = await accepted(request)
@@ -322,6 +331,8 @@ def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASG
         Route("/v1/completions", generate, methods=["POST"]),
         Route("/v1/messages", messages, methods=["POST"]),
         Route("/v1/messages/count_tokens", messages, methods=["POST"]),
+        *(Route(path, cross_encode, methods=["POST"])
+          for path in ("/v1/rerank", "/rerank", "/v2/rerank", "/v1/score", "/score")),
         Route("/v1/models", models),
         Route("/health", health),
         Route("/metrics", prometheus),

@@ -19,6 +19,9 @@ hashes). Its layout, with separators that do not occur in ordinary text:
     / embeddings       space-separated numbers
     messages           Anthropic's: rendered as the engines turn them into chat (below), so a
     / count_tokens     system prompt shared with chat requests gives the same text
+    rerank / score     the query (what the cross-encoder reads first of every pair, so the
+                       prefix documents share), a list of queries joined by "\\1", multimodal
+                       inputs as compact JSON, SGLang's token ids as numbers
 
 vLLM and SGLang serve Anthropic's Messages API by converting it to a chat request: `system` (a
 string, or text blocks joined) becomes the first message, system-role messages in `messages`
@@ -54,7 +57,11 @@ from picker.routing.request import Api, RoutingRequest
 
 __all__ = ["api_of", "parse_request", "request_from_data"]
 
-_APIS = {api.value: api for api in Api}
+# Every routed path: each API's own, and the other forms vLLM serves rerank and score at
+# (vllm/entrypoints/pooling/scoring/api_router.py:29, :66 and :103 at facb56e; SGLang serves
+# only the /v1 forms). The engine receives the path the client used.
+_APIS = {**{api.value: api for api in Api},
+         "/score": Api.SCORE, "/rerank": Api.RERANK, "/v2/rerank": Api.RERANK}
 _ROLE = "\x00"
 _PART = "\x01"
 _NAME = "\x02"
@@ -63,7 +70,7 @@ _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 # The field that carries the prompt, for errors about the prompt as a whole.
 _PROMPT_PARAM = {Api.CHAT: "messages", Api.COMPLETIONS: "prompt", Api.RESPONSES: "input",
                  Api.EMBEDDINGS: "input", Api.MESSAGES: "messages",
-                 Api.COUNT_TOKENS: "messages"}
+                 Api.COUNT_TOKENS: "messages", Api.RERANK: "query", Api.SCORE: "queries"}
 # Anthropic system text blocks vLLM leaves out of the prompt (see the module's docstring).
 _BILLING_HEADER = "x-anthropic-billing-header"
 # Count fields of the OpenAI APIs (and vLLM/SGLang's extras): `json` reads 1e999 as infinity
@@ -431,6 +438,42 @@ def _messages_api_text(data: Mapping[str, Any]) -> str:
     return f"{_ROLE}system{_ROLE}{''.join(system)}{rest}" if system else rest
 
 
+def _score_input_text(value: object, param: str) -> str:
+    """One rerank/score input: text, or multimodal content as compact JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return _json_text(value, param)
+    raise InvalidRequest(f"'{param}' must be a string or an object, not {json_type(value)}",
+                         param=param)
+
+
+def _rerank_text(data: Mapping[str, Any]) -> str:
+    if "query" not in data:
+        raise InvalidRequest("'query' is required", param="query")
+    return _score_input_text(data["query"], "query")
+
+
+# The first side of a score request, by each engine's name for it (vLLM
+# entrypoints/pooling/scoring/protocol.py, the Score*Request classes at 004706d; SGLang's
+# ScoringRequest has `query`).
+_SCORE_FIRST = ("queries", "text_1", "data_1", "query")
+
+
+def _score_text(data: Mapping[str, Any]) -> str:
+    param = next((name for name in _SCORE_FIRST if name in data), None)
+    if param is None:
+        raise InvalidRequest("one of 'queries', 'text_1', 'data_1' or 'query' is required",
+                             param="queries")
+    value = data[param]
+    if isinstance(value, list):
+        if value and all(type(item) is int for item in value):  # SGLang: token ids
+            return " ".join(map(str, value))
+        return _PART.join([_score_input_text(item, f"{param}[{i}]")
+                           for i, item in enumerate(value)])
+    return _score_input_text(value, param)
+
+
 _PROMPT_TEXT = {
     Api.CHAT: _chat_text,
     Api.COMPLETIONS: _completions_text,
@@ -438,4 +481,6 @@ _PROMPT_TEXT = {
     Api.EMBEDDINGS: _embeddings_text,
     Api.MESSAGES: _messages_api_text,
     Api.COUNT_TOKENS: _messages_api_text,
+    Api.RERANK: _rerank_text,
+    Api.SCORE: _score_text,
 }

@@ -23,6 +23,10 @@ class Api(enum.Enum):
     # Anthropic's Messages API and its token count, which vLLM and SGLang serve.
     MESSAGES = "/v1/messages"
     COUNT_TOKENS = "/v1/messages/count_tokens"
+    # Cross-encoder APIs (Jina/Cohere-style rerank, vLLM's and SGLang's score); the other paths
+    # engines serve them at are in openai_body's path table.
+    RERANK = "/v1/rerank"
+    SCORE = "/v1/score"
 
     @property
     def anthropic(self) -> bool:

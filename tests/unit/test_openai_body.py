@@ -18,7 +18,7 @@ COMPLETIONS = "/v1/completions"
 RESPONSES = "/v1/responses"
 EMBEDDINGS = "/v1/embeddings"
 MESSAGES = "/v1/messages"
-PATHS = [CHAT, COMPLETIONS, RESPONSES, EMBEDDINGS, MESSAGES]
+PATHS = [CHAT, COMPLETIONS, RESPONSES, EMBEDDINGS, MESSAGES, "/rerank", "/v1/score"]
 
 
 def body(**fields: object) -> bytes:
@@ -294,6 +294,35 @@ def test_anthropic_errors_have_anthropic_shape() -> None:
     assert "invalid JSON" in error["error"]["message"]
 
 
+@pytest.mark.parametrize(("path", "fields", "api", "text"), [
+    ("/v1/rerank", {"query": "q", "documents": ["a", "b"]}, Api.RERANK, "q"),
+    ("/rerank/", {"query": "q", "documents": []}, Api.RERANK, "q"),
+    ("/v2/rerank", {"query": {"content": [{"type": "text", "text": "q"}]}, "documents": []},
+     Api.RERANK, '{"content":[{"text":"q","type":"text"}]}'),
+    ("/v1/score", {"text_1": "q", "text_2": ["a"]}, Api.SCORE, "q"),
+    ("/score", {"queries": ["q", "r"], "documents": ["a", "b"]}, Api.SCORE, "q\x01r"),
+    ("/score", {"data_1": "q", "data_2": "a"}, Api.SCORE, "q"),
+    ("/v1/score", {"query": [1, 2], "items": [[3]]}, Api.SCORE, "1 2"),  # SGLang's token ids
+])
+def test_rerank_and_score_are_read_by_their_query(path: str, fields: dict[str, object],
+                                                   api: Api, text: str) -> None:
+    request = parse_request(path, body(model="m", **fields), {})
+    assert (request.api, request.prompt_text) == (api, text)
+
+
+@pytest.mark.parametrize(("path", "fields", "param"), [
+    ("/v1/rerank", {"documents": []}, "query"),
+    ("/v1/rerank", {"query": 3}, "query"),
+    ("/v1/score", {"text_2": "a"}, "queries"),
+    ("/v1/score", {"text_1": ["q", None]}, "text_1[1]"),
+])
+def test_bad_rerank_and_score_bodies_name_the_field(path: str, fields: dict[str, object],
+                                                    param: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(path, body(model="m", **fields), {})
+    assert caught.value.param == param
+
+
 @pytest.mark.parametrize("path", ["/v1/models", "/", "", "/v2/chat/completions",
                                   "/v1/chat/completions/x", "/x" * 500],
                          ids=["models", "root", "empty", "v2", "sub-path", "huge"])
@@ -356,7 +385,8 @@ def test_arbitrary_bytes_only_raise_request_errors(raw: bytes, path: str) -> Non
 
 
 @FUZZ
-@given(json_values, json_values, st.sampled_from(["messages", "prompt", "input"]),
+@given(json_values, json_values,
+       st.sampled_from(["messages", "prompt", "input", "query", "queries", "text_1"]),
        json_values, st.sampled_from(PATHS))
 def test_arbitrary_json_only_raises_request_errors(
     model: object, value: object, key: str, extra: object, path: str
