@@ -76,6 +76,7 @@ class Exclusion(enum.StrEnum):
     CIRCUIT_OPEN = "circuit_open"
     NOT_ALLOWED = "not_allowed"  # the host ruled it out, e.g. a LiteLLM cooldown
     CAP_REACHED = "cap_reached"  # limits.per_worker_max
+    OVERFLOW = "overflow"  # an overflow worker, left alone while the regular ones had room
 
 
 @runtime_checkable
@@ -231,6 +232,8 @@ def exclusion(worker: Worker, allowed: Collection[str] | None) -> Exclusion:
         return Exclusion.NOT_ALLOWED
     if not worker.routable:
         return Exclusion.CIRCUIT_OPEN
+    if worker.spec.overflow:
+        return Exclusion.OVERFLOW
     return Exclusion.CAP_REACHED
 
 

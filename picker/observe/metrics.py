@@ -259,6 +259,11 @@ class PickerMetrics:
             "Requests a model_rewrites rule sent on, by rule, requested model and target model",
             ["rule", "model", "target"], registry=self.registry,
         )
+        self.spillovers = Counter(
+            "llm_picker_spillovers",
+            "Requests sent to an overflow worker because every regular worker serving the "
+            "model was at limits.per_worker_max", ["model", "worker"], registry=self.registry,
+        )
         self.tokenizer_fallbacks = Counter(
             "llm_picker_tokenizer_fallbacks", "Requests whose remote tokenization failed and "
             "fell back to character blocks", registry=self.registry,
@@ -317,6 +322,10 @@ class PickerMetrics:
     def rewrite_decided(self, rule: str, model: str, target: str) -> None:
         """A model_rewrites rule sent a request for `model` on as `target`."""
         self.model_rewrites.labels(rule, model, target).inc()
+
+    def spilled(self, model: str, worker_id: str) -> None:
+        """A request of `model` went to overflow worker `worker_id` (spill-over)."""
+        self.spillovers.labels(model, worker_id).inc()
 
     def request_ended(self, outcome: str) -> None:
         self._requests(outcome).inc()
