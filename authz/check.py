@@ -30,7 +30,7 @@ from picker.routing.destination import Headers, reach_headers
 from picker.routing.gateway_probes import is_probe, probe_target
 from picker.routing.leases import Lease
 from picker.routing.model_list import model_object, models_path_id
-from picker.routing.openai_body import parse_request
+from picker.routing.openai_body import api_of, parse_request
 from picker.routing.outcome import Outcome
 from picker.routing.request import RoutingRequest
 
@@ -87,11 +87,11 @@ class Checker:
         if not body and is_probe(headers.get(":method", ""), path):
             return self._probe()
         if len(body) > self._max_body:
-            return self.deny(self.too_large())
+            return self.deny(self.too_large(), path)
         try:
             return parse_request(path, body, headers)
         except RequestError as error:
-            return self.deny(error)
+            return self.deny(error, path)
 
     def check(self, path: str, headers: dict[str, str], body: bytes) -> Answer:
         """The whole check when routing needs no await (`Picker.awaits` is False)."""
@@ -101,8 +101,8 @@ class Checker:
         try:
             lease = self._picker.route_sync(request)
         except RequestError as error:
-            return self.deny(error)
-        return self.allow(lease)
+            return self.deny(error, path)
+        return self.allow(lease, path)
 
     async def check_async(self, path: str, headers: dict[str, str], body: bytes) -> Answer:
         """The check when routing awaits (remote tokenizer, admission queue, PD step)."""
@@ -112,8 +112,8 @@ class Checker:
         try:
             lease = await self._picker.route(request)
         except RequestError as error:
-            return self.deny(error)
-        return self.allow(lease)
+            return self.deny(error, path)
+        return self.allow(lease, path)
 
     def _models(self, path: str, headers: dict[str, str]) -> Answer:
         """GET (or HEAD) /v1/models or /v1/models/{id}, as the ext_proc adapter answers it
@@ -136,20 +136,26 @@ class Checker:
             return self.deny(error)
         return _routed(reach_headers(worker))
 
-    def allow(self, lease: Lease) -> Answer:
+    def allow(self, lease: Lease, path: str = "") -> Answer:
         forward = lease.forward
         if forward is not None and forward.body is not None:
-            # ext_authz can add headers but never replace the body a PD protocol rewrites.
+            # ext_authz can add headers but never replace the body a PD protocol or a model
+            # rewrite gives the engine.
             lease.release(Outcome.CANCELLED)
             return self.deny(ProxyMisconfigured(
-                "this prefill/decode protocol rewrites the body: serve it over ext_proc"))
+                "the picker rewrites this request's body (a prefill/decode protocol or a model "
+                "rewrite): serve it over ext_proc"), path)
         token = new_token(self._token_prefix)
         self._leases[token] = lease
         return _routed((*lease.headers, (LEASE_HEADER, token)))
 
-    def deny(self, error: RequestError) -> Answer:
+    def deny(self, error: RequestError, path: str = "") -> Answer:
+        """The refusal, in the error shape of the API `path` targets (Anthropic's on its
+        paths, OpenAI's otherwise)."""
         self._picker.reject(error)
-        return Answer(error.status, (_JSON, *error.headers().items()), error.to_json())
+        api = api_of(path)
+        return Answer(error.status, (_JSON, *error.headers().items()),
+                      error.to_json(api is not None and api.anthropic))
 
     def ended(self, token: str, status: int, client_gone: bool, lag: float | None) -> bool:
         """An access-log entry for the request holding `token`: release its slot once. False

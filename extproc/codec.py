@@ -244,15 +244,16 @@ def route_streamed(route: Route, body: bytes,
     return [headers, *_streamed_bodies(body, end_of_stream, request=True)]
 
 
-def immediate_error(error: RequestError) -> pb.ProcessingResponse:
-    """A local reply with the OpenAI-shaped JSON error; Envoy sends it instead of proxying."""
+def immediate_error(error: RequestError, anthropic: bool = False) -> pb.ProcessingResponse:
+    """A local reply with the JSON error, OpenAI-shaped (Anthropic-shaped on Anthropic's
+    paths); Envoy sends it instead of proxying."""
     response = pb.ProcessingResponse()
     immediate = response.immediate_response
     immediate.status.code = error.status
     _set_header(immediate.headers, "content-type", "application/json")
     for name, value in error.headers().items():
         _set_header(immediate.headers, name, value)
-    immediate.body = error.to_json()
+    immediate.body = error.to_json(anthropic)
     immediate.details = f"llm_picker_{error.code}"
     return response
 

@@ -37,7 +37,7 @@ from picker.routing.destination import reach_headers
 from picker.routing.gateway_probes import is_probe, probe_target
 from picker.routing.leases import Lease
 from picker.routing.model_list import model_object, models_path_id
-from picker.routing.openai_body import parse_request
+from picker.routing.openai_body import api_of, parse_request
 from picker.routing.outcome import Outcome
 from picker.routing.request import RoutingRequest
 from picker.routing.response_stats import ResponseObserver
@@ -123,7 +123,7 @@ class RequestStream:
             lease = await self._picker.route(request, allowed, self._fallbacks)
         except RequestError as error:
             return self._reject(error)
-        return self._answer(lease, request, body, end_of_stream, ack_trailers)
+        return self._answer(lease, body, end_of_stream, ack_trailers)
 
     def handle(self, message: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         """Responses to send for one incoming message, in order (possibly none yet)."""
@@ -239,7 +239,7 @@ class RequestStream:
             lease = self._picker.route_sync(request, allowed, self._fallbacks)
         except RequestError as error:
             return self._reject(error)
-        return self._answer(lease, request, body, end_of_stream, ack_trailers)
+        return self._answer(lease, body, end_of_stream, ack_trailers)
 
     def _allowed(self) -> set[str] | None:
         """Worker ids the gateway's subset hint (and, in conformance mode, the test's steering
@@ -260,27 +260,29 @@ class RequestStream:
                 allowed = steered if allowed is None else allowed & steered
         return allowed
 
-    def _answer(self, lease: Lease, request: RoutingRequest, body: bytes, end_of_stream: bool,
+    def _answer(self, lease: Lease, body: bytes, end_of_stream: bool,
                 ack_trailers: bool) -> list[pb.ProcessingResponse]:
         self._lease = lease
         self._finished = True
         trailers = [codec.continue_trailers()] if ack_trailers else []
         forward = lease.forward
-        route = codec.Route(lease.destination, (*lease.headers, *self._path_fix(request)))
+        route = codec.Route(lease.destination, (*lease.headers, *self._path_fix()))
         rewritten = None if forward is None else forward.body
         if self._mode is _Mode.DUPLEX:
             return [*codec.route_streamed(route, rewritten or body, end_of_stream), *trailers]
         return [codec.route_buffered(route, rewritten), *trailers]
 
-    def _path_fix(self, request: RoutingRequest) -> tuple[tuple[str, str], ...]:
+    def _path_fix(self) -> tuple[tuple[str, str], ...]:
         """`/v1/chat/completions/` is routed as `/v1/chat/completions` (openai_body ignores
         trailing slashes, as llm-d-router's MatchPathSuffix does); the engine gets the path it
         serves too, since vLLM's and SGLang's FastAPI apps answer the slashed one with a 307
-        redirect that OpenAI's SDKs do not follow."""
+        redirect that OpenAI's SDKs do not follow. Otherwise the client's path goes on as sent
+        (`/rerank` stays `/rerank`: engines serve different forms of one API)."""
         path, mark, query = (self._headers or {}).get(":path", "").partition("?")
-        if path == request.api.value:
+        routed = path.rstrip("/")
+        if path == routed:
             return ()
-        return ((":path", request.api.value + mark + query),)
+        return ((":path", routed + mark + query),)
 
     def _probe(self) -> list[pb.ProcessingResponse]:
         """A health probe through the gateway: to a routable worker, no lease
@@ -305,7 +307,8 @@ class RequestStream:
         self._picker.reject(error)
         if self._access is not None:
             self._log(Outcome.REJECTED, error.status, None)
-        return [codec.immediate_error(error)]
+        api = api_of((self._headers or {}).get(":path", ""))
+        return [codec.immediate_error(error, api is not None and api.anthropic)]
 
     def _log(self, outcome: Outcome, status: int | None, lease: Lease | None) -> None:
         assert self._access is not None

@@ -105,9 +105,17 @@ class _Choice:
 
 
 def _routing_request(call: Call) -> RoutingRequest:
+    """The call as the core reads it: chat, Anthropic Messages (Router.aanthropic_messages
+    passes `system` among the call's kwargs), rerank (Router.arerank passes `query` and
+    `documents` there, and no messages) or embeddings."""
     data: dict[str, Any] = {"model": call.model}
+    kwargs = call.request_kwargs or {}
     if call.messages is not None:
         api, data["messages"] = Api.CHAT, [_plain(m) for m in call.messages]
+        if kwargs.get("system") is not None:
+            api, data["system"] = Api.MESSAGES, kwargs["system"]
+    elif "query" in kwargs and "documents" in kwargs:
+        api, data["query"] = Api.RERANK, kwargs["query"]
     else:
         api, data["input"] = Api.EMBEDDINGS, call.input if call.input is not None else ""
     headers: Mapping[str, str] = {}

@@ -27,12 +27,15 @@ from urllib.parse import urlsplit
 from picker.fleet.manager import WorkerManager
 from picker.fleet.worker_spec import WorkerSpec, redact_url
 
-__all__ = ["OWNER", "DeploymentSource", "engine_url"]
+__all__ = ["OVERFLOW_KEY", "OWNER", "DeploymentSource", "engine_url"]
 
 log = logging.getLogger("llm_picker.litellm")
 
 # The owner the worker manager names for these workers (admin API refusals, logs).
 OWNER = "litellm"
+# `model_info: {llm_picker_overflow: true}` marks a deployment's engine as spill-over only
+# (WorkerSpec.overflow): it gets the group's calls while its other engines are saturated.
+OVERFLOW_KEY = "llm_picker_overflow"
 # What LiteLLM fills an unset model_info.id with: the sha256 hex digest of the deployment's
 # model group and params (Router.generate_model_id, litellm/router.py in 1.106).
 _GENERATED_ID = re.compile(r"[0-9a-f]{64}")
@@ -114,7 +117,7 @@ class DeploymentSource:
         if seen == self._seen:
             return
         assert self._manager is not None, "DeploymentSource.attach() was not called"
-        wanted: dict[str, tuple[set[str], set[str], str | None]] = {}
+        wanted: dict[str, tuple[set[str], set[str], str | None, bool]] = {}
         bases: dict[str, dict[str, str]] = {}  # engine url -> model name -> its base_model
         for deployment in deployments:
             api_base = _api_base(deployment)
@@ -123,14 +126,16 @@ class DeploymentSource:
             url = engine_url(api_base)
             # An empty key (a common placeholder for engines without one) is no key.
             key = deployment.get("litellm_params", {}).get("api_key") or None
-            models, ids_here, _ = wanted.setdefault(url, (set(), set(), key))
+            info = deployment.get("model_info", {})
+            models, ids_here, _, _ = wanted.setdefault(
+                url, (set(), set(), key, info.get(OVERFLOW_KEY) is True))
             models.add(str(deployment.get("model_name")))
-            ids_here.add(str(deployment.get("model_info", {}).get("id")))
-            base = deployment.get("model_info", {}).get("base_model")
+            ids_here.add(str(info.get("id")))
+            base = info.get("base_model")
             if isinstance(base, str):
                 bases.setdefault(url, {})[str(deployment.get("model_name"))] = base
         specs: list[WorkerSpec] = []
-        for url, (models, dep_ids, api_key) in wanted.items():
+        for url, (models, dep_ids, api_key, overflow) in wanted.items():
             # A LoRA adapter is a deployment whose model_info.base_model names another model
             # group on the same engine (LiteLLM's own base_model values, such as
             # "azure/gpt-4", name no group there and are left alone).
@@ -139,12 +144,12 @@ class DeploymentSource:
             try:
                 specs.append(WorkerSpec.model_validate({
                     "url": url, "id": _worker_name(dep_ids, url), "models": sorted(models),
-                    "adapters": adapters, "api_key": api_key}))
+                    "adapters": adapters, "api_key": api_key, "overflow": overflow}))
             except ValueError as exc:
                 log.warning("deployment at %s not routed by the picker: %s", redact_url(url),
                             exc)
         workers = self._manager.adopt(OWNER, specs)
-        self._worker_of = {dep_id: workers[url].id for url, (_, dep_ids, _) in wanted.items()
+        self._worker_of = {dep_id: workers[url].id for url, (_, dep_ids, _, _) in wanted.items()
                            if url in workers for dep_id in dep_ids}
         self._seen = seen
         if deployments and not self._announced:
@@ -179,7 +184,8 @@ def _what_matters(deployment: Mapping[str, Any]) -> tuple[str, ...]:
     params = deployment.get("litellm_params", {})
     info = deployment.get("model_info", {})
     return (str(info.get("id")), str(deployment.get("model_name")),
-            str(params.get("api_base")), str(params.get("api_key")), str(info.get("base_model")))
+            str(params.get("api_base")), str(params.get("api_key")), str(info.get("base_model")),
+            str(info.get(OVERFLOW_KEY)))
 
 
 def _api_base(deployment: Mapping[str, Any]) -> str:

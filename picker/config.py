@@ -35,6 +35,7 @@ from picker.policies import PolicyParams, parse_params
 from picker.prefix.producer import PrefixSettings
 from picker.replicas.settings import ReplicaSettings
 from picker.routing.admission import LimitSettings
+from picker.routing.model_rewrite import ModelRewriteSettings
 from picker.strict import StrictModel
 from picker.trace.settings import TraceSettings
 
@@ -246,6 +247,7 @@ class PickerConfig(StrictModel):
     # LoRA adapters declared with their base model and path, and loading them on an engine
     # when none serves one (picker.fleet.lora_loading).
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    model_rewrites: ModelRewriteSettings = Field(default_factory=ModelRewriteSettings)
     # Record one line per request for `llm-picker replay` (picker.trace); off when absent.
     trace: TraceSettings | None = None
 

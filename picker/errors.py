@@ -45,6 +45,14 @@ __all__ = [
 ]
 
 
+# Anthropic's error types by HTTP status (docs.claude.com/en/api/errors, "HTTP errors"); it
+# uses invalid_request_error for other 4xx, and says overloaded_error (its 529) where the
+# picker's fleet is out of capacity (503).
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                    403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+                    429: "rate_limit_error", 500: "api_error", 503: "overloaded_error"}
+
+
 class PickerError(Exception):
     """Base of every error the picker raises on purpose."""
 
@@ -81,8 +89,15 @@ class RequestError(PickerError):
         """Extra response headers the client should see (e.g. Retry-After)."""
         return {}
 
-    def to_json(self) -> bytes:
-        """OpenAI-compatible error body, so OpenAI SDKs show `message` to the caller."""
+    def to_json(self, anthropic: bool = False) -> bytes:
+        """OpenAI-compatible error body, so OpenAI SDKs show `message` to the caller; with
+        `anthropic`, Anthropic's (`{"type": "error", "error": {"type", "message"}}`) for
+        requests on its Messages paths, which Anthropic's SDKs read."""
+        if anthropic:
+            kind = _ANTHROPIC_TYPES.get(self.status, "invalid_request_error" if self.status < 500
+                                        else "api_error")
+            return json.dumps({"type": "error",
+                               "error": {"type": kind, "message": self.message}}).encode()
         error = {"message": self.message, "type": self.error_type, "code": self.code}
         if self.param is not None:
             error["param"] = self.param

@@ -1,7 +1,8 @@
 """RoutingService: the adapters' Picker (picker.routing.contract), over the routing parts.
 
-One request: the remote tokenizer when configured, loading its LoRA adapter when no engine
-serves it (lora.load_on_demand), admission, the router manager's choice of
+One request: a model rewrite when one applies (picker.routing.model_rewrite), the remote
+tokenizer when configured, loading its LoRA adapter when no engine serves it
+(lora.load_on_demand), admission, the router manager's choice of
 router, the decision, then the lease - on one worker with the fallbacks of the router that
 chose it, or on a prefill/decode pair whose protocol step ran (a prefill that fails frees both
 and another pair is tried, pd.max_attempts). The awaited steps run on the picker's loop,
@@ -11,6 +12,7 @@ wherever the caller is: `attach` names that loop once the runtime runs.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
@@ -23,7 +25,9 @@ from picker.observe.decisions import ExplainSettings, explain_line
 from picker.observe.metrics import PickerMetrics
 from picker.pd.pairing import PairStep
 from picker.prefix.producer import PrefixProducer
+from picker.routing.destination import Forward
 from picker.routing.leases import Lease, LeaseBook
+from picker.routing.model_rewrite import ModelRewriter
 from picker.routing.outcome import Outcome
 from picker.routing.request import RoutingRequest
 from picker.routing.router import Router
@@ -40,10 +44,13 @@ class RoutingService:
                  metrics: PickerMetrics, prefix: PrefixProducer | None, pairs: PairStep,
                  explain: ExplainSettings, pd_attempts: int, pd_paired: bool,
                  tracer: DecisionTracer | None = None,
-                 adapters: AdapterLoader | None = None) -> None:
+                 adapters: AdapterLoader | None = None,
+                 rewriter: ModelRewriter | None = None) -> None:
         """`pd_paired`: prefill/decode pairs may be chosen (enable_igw). `tracer`: a span
         per lease (tracing.enabled). `adapters`: loads a declared LoRA adapter no engine
-        serves before routing (lora.load_on_demand)."""
+        serves before routing (lora.load_on_demand). `rewriter`: the model_rewrites rules
+        (None: none, and the rewrite header is not read)."""
+        self._rewriter = rewriter
         self._workers = workers
         self._routers = routers
         self._leases = leases
@@ -108,15 +115,25 @@ class RoutingService:
             self._route_awaited(request, allowed, fallbacks), self._loop)
         return future.result()
 
+    def _rewritten(self, request: RoutingRequest) -> RoutingRequest:
+        return request if self._rewriter is None else self._rewriter.apply(request)
+
     def _route_now(self, request: RoutingRequest, allowed: Collection[str] | None,
                    fallbacks: int) -> Lease:
         started = time.time_ns() if self._tracer is not None else 0
+        request = self._rewritten(request)
         self._leases.admit_now()
-        return self._open(self._routers.default, request, allowed, fallbacks, started)
+        return _carrying(self._open(self._routers.default, request, allowed, fallbacks,
+                                    started), request)
 
     async def _route_awaited(self, request: RoutingRequest, allowed: Collection[str] | None,
                              fallbacks: int) -> Lease:
         started = time.time_ns() if self._tracer is not None else 0
+        request = self._rewritten(request)
+        return _carrying(await self._route_as(request, allowed, fallbacks, started), request)
+
+    async def _route_as(self, request: RoutingRequest, allowed: Collection[str] | None,
+                        fallbacks: int, started: int) -> Lease:
         if self._remote is not None:
             tokens = await self._remote.tokens(request)
             if tokens is None:
@@ -194,6 +211,17 @@ class RoutingService:
             return allowed
         ids = allowed if allowed is not None else [w.id for w in self._workers.workers()]
         return set(ids) - failed
+
+
+def _carrying(lease: Lease, request: RoutingRequest) -> Lease:
+    """A rewritten request's lease sends the engine the body naming the target model, in both
+    body modes, unless a prefill/decode protocol's body (built from the rewritten request's,
+    so naming the target too) already replaces it."""
+    forward = lease.forward
+    if request.rewrite is not None and (forward is None or forward.body is None):
+        body = json.dumps(request.body, ensure_ascii=False).encode()
+        lease.forward_as(Forward(body=body, headers=() if forward is None else forward.headers))
+    return lease
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

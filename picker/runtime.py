@@ -55,6 +55,7 @@ from picker.processes.counts import SharedCounts
 from picker.processes.group import ProcessGroup, check_group_config
 from picker.replicas.joining import join_replicas
 from picker.routing.leases import LeaseBook
+from picker.routing.model_rewrite import ModelRewriter
 from picker.routing.router_manager import RouterManager
 from picker.routing_service import RoutingService
 from picker.trace import PredictionAudit, TraceRecorder
@@ -153,12 +154,14 @@ class PickerRuntime:
 
             self._sources = [StateFollower(self.registry, group.feed_path)]
         self._pairs = PairStep(self.registry, self.metrics, config.pd.prefill_timeout_secs)
+        rewriter = ModelRewriter(config.model_rewrites, count=self.metrics.rewrite_decided)
         self.routing = RoutingService(self.registry, self.routers, self.leases, self.metrics,
                                       self._prefix, self._pairs, config.explain,
                                       config.pd.max_attempts, pd_paired=config.enable_igw,
                                       tracer=_decision_tracer(config),
                                       adapters=AdapterLoader(self.registry, config.lora,
-                                                             self.manager.served_adapter))
+                                                             self.manager.served_adapter),
+                                      rewriter=rewriter)
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -377,6 +380,10 @@ def _check_litellm_config(config: PickerConfig) -> None:
     if config.prefix.enabled and config.prefix.index == "kv_events":
         raise ConfigError("prefix.index", "kv_events needs workers declaring kv_events "
                           "endpoints, which LiteLLM deployments cannot: use approximate")
+    if config.model_rewrites.rules:
+        raise ConfigError("model_rewrites", "LiteLLM picks the model group before the picker "
+                          "sees the call, and the picker cannot change the deployment's model: "
+                          "use LiteLLM's own model_group_alias or deployment weights")
     for name in ("kubernetes", "dns"):
         if getattr(config.discovery, name) is not None:
             raise ConfigError(f"discovery.{name}", "inside LiteLLM the workers are LiteLLM's "

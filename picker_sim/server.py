@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from picker_sim import anthropic, scoring
 from picker_sim.engine import SimConfig, SimEngine, SimRun, prompt_tokens, token_ids
 from picker_sim.lora import LoraRefusal, SimLoras
 from picker_sim.pd import PdPeer
@@ -193,27 +194,63 @@ def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASG
             return None
         return _error(401, "missing or wrong API key", "authentication_error", "invalid_api_key")
 
-    async def generate(request: Request) -> Response:
-        if (denied := unauthorised(request)) is not None:
-            return denied
-        chat = request.url.path.endswith("/chat/completions")
+    async def accepted(request: Request) -> dict[str, Any] | Response:
+        """The body of a request this engine serves, or the error it answers instead (in
+        Anthropic's shape on Anthropic's paths, as vLLM answers there)."""
+        shaped = request.url.path.startswith("/v1/messages")
+
+        def refuse(status: int, message: str, error_type: str, code: str) -> Response:
+            return (anthropic.anthropic_error(status, message, error_type) if shaped
+                    else _error(status, message, error_type, code))
+
+        if unauthorised(request) is not None:
+            return refuse(401, "missing or wrong API key", "authentication_error",
+                          "invalid_api_key")
         body = await _json_object(request)
         if isinstance(body, Response):
-            return body
+            return refuse(400, "the body must be a JSON object", "invalid_request_error",
+                          "invalid_json") if shaped else body
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            return _error(400, "model must be a non-empty string", "invalid_request_error",
+            return refuse(400, "model must be a non-empty string", "invalid_request_error",
                           "missing_model")
-        adapter = None
-        if model != config.model:
-            if engine.loras is None or model not in engine.loras.registered:
-                return _error(404, f"model {str(body.get('model'))[:100]!r} not served here",
-                              "not_found_error", "model_not_found")
-            adapter = model
+        adapters = () if engine.loras is None else engine.loras.registered
+        if model != config.model and model not in adapters:
+            return refuse(404, f"model {str(body.get('model'))[:100]!r} not served here",
+                          "not_found_error", "model_not_found")
         if engine.should_fail():
             engine.requests_total += 1
             engine.failed += 1
-            return _error(500, "simulated engine failure", "server_error", "sim_failure")
+            return refuse(500, "simulated engine failure",
+                          "api_error" if shaped else "server_error", "sim_failure")
+        return body
+
+    async def messages(request: Request) -> Response:
+        """Anthropic's /v1/messages and /v1/messages/count_tokens (picker_sim.anthropic)."""
+        body = await accepted(request)
+        if isinstance(body, Response):
+            return body
+        if request.url.path.endswith("/count_tokens"):
+            return anthropic.count_tokens(body)
+        reply_id = f"msg-{config.worker_id}-{next(ids)}"
+        return await anthropic.messages(engine, body, reply_id, config.model)
+
+    async def cross_encode(request: Request) -> Response:
+        """Rerank and score, at every path vLLM serves them (picker_sim.scoring)."""
+        body = await accepted(request)
+        if isinstance(body, Response):
+            return body
+        kind = "rerank" if request.url.path.endswith("rerank") else "score"
+        reply = scoring.rerank if kind == "rerank" else scoring.score
+        return await reply(engine, body, f"{kind}-{config.worker_id}-{next(ids)}", config.model)
+
+    async def generate(request: Request) -> Response:
+        chat = request.url.path.endswith("/chat/completions")
+        body = await accepted(request)
+        if isinstance(body, Response):
+            return body
+        model = body["model"]
+        adapter = None if model == config.model else model  # a LoRA adapter it serves
         try:
             n_out = engine.output_tokens(body)
         except ValueError as exc:
@@ -346,6 +383,10 @@ def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASG
     app = Starlette(routes=[
         Route("/v1/chat/completions", generate, methods=["POST"]),
         Route("/v1/completions", generate, methods=["POST"]),
+        Route("/v1/messages", messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", messages, methods=["POST"]),
+        *(Route(path, cross_encode, methods=["POST"])
+          for path in ("/v1/rerank", "/rerank", "/v2/rerank", "/v1/score", "/score")),
         Route("/v1/models", models),
         Route("/health", health),
         Route("/metrics", prometheus),

@@ -153,6 +153,10 @@ class WorkerSpec(StrictModel):
     labels: Labels = Field(default_factory=dict)
     priority: U32 = Field(default=50, description="Higher is preferred where a policy uses it")
     cost: float = Field(default=1.0, gt=0, description="Relative cost; 1.0 is the baseline")
+    overflow: bool = Field(default=False, description=(
+        "Spill-over only: takes a model's requests when every other worker serving it is at "
+        "limits.per_worker_max (e.g. another pool, or an external OpenAI-compatible endpoint "
+        "with its own api_key)"))
     api_key: SecretStr | None = Field(default=None, exclude=True, description="Write-only")
     bootstrap_port: Port | None = None
     bootstrap_host: str | None = Field(default=None, description="Derived from url when unset")

@@ -76,6 +76,7 @@ class Exclusion(enum.StrEnum):
     CIRCUIT_OPEN = "circuit_open"
     NOT_ALLOWED = "not_allowed"  # the host ruled it out, e.g. a LiteLLM cooldown
     CAP_REACHED = "cap_reached"  # limits.per_worker_max
+    OVERFLOW = "overflow"  # an overflow worker, left alone while the regular ones had room
 
 
 @runtime_checkable
@@ -94,8 +95,8 @@ class Decision:
     """One decision as it happened; read-only, and derived views are computed on read."""
 
     __slots__ = ("request_id", "model", "policy", "winner", "error", "match", "scores",
-                 "at", "role", "partner", "outcome", "_candidates", "_excluded", "_serving",
-                 "_everyone", "_reads_prefix")
+                 "at", "role", "partner", "outcome", "rewrite", "_candidates", "_excluded",
+                 "_serving", "_everyone", "_reads_prefix")
 
     def __init__(self, request_id: str, model: str, policy: str, winner: str | None,
                  error: str | None, candidates: tuple[_Snapshot, ...],
@@ -114,6 +115,8 @@ class Decision:
         self.at = time.monotonic()
         self.role = role
         self.partner: str | None = None  # the pair's other worker, once the pair is chosen
+        # (requested model, rule or None for the header) when a model rewrite applied.
+        self.rewrite: tuple[str, str | None] | None = None
         # Predicted against observed (picker.trace.audit), once the response has been seen.
         self.outcome: dict[str, float | None] | None = None
         self._candidates = candidates
@@ -203,6 +206,8 @@ class Decision:
             "time": round(time.time() - (now - self.at), 3),
             "age_secs": round(now - self.at, 3),
             "model": self.model,
+            "requested_model": None if self.rewrite is None else self.rewrite[0],
+            "rewrite_rule": None if self.rewrite is None else self.rewrite[1],
             "policy": self.policy,
             "worker": self.winner,
             "role": self.role,
@@ -227,6 +232,8 @@ def exclusion(worker: Worker, allowed: Collection[str] | None) -> Exclusion:
         return Exclusion.NOT_ALLOWED
     if not worker.routable:
         return Exclusion.CIRCUIT_OPEN
+    if worker.spec.overflow:
+        return Exclusion.OVERFLOW
     return Exclusion.CAP_REACHED
 
 
@@ -270,6 +277,8 @@ class DecisionLog:
             tuple((w.id, w.in_flight, w.circuit.state, w.engine) for w in candidates),
             excluded, serving, everyone, request.prefix, scores, reads_prefix,
             None if role is WorkerType.REGULAR else role.value)
+        if request.rewrite is not None:
+            decision.rewrite = (request.rewrite.requested[:_MAX_TEXT], request.rewrite.rule)
         self._records.append(decision)
         return decision
 

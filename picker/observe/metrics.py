@@ -251,6 +251,19 @@ class PickerMetrics:
             f"{IMBALANCE_ABS_COUNT} (AIBrix's default imbalance threshold)",
             registry=self.registry,
         )
+        # GIE's inference_extension_model_rewrite_decisions_total under this project's prefix
+        # (pkg/epp/metrics/metrics.go:389-396 at c9332cb); only rules' draws, whose labels the
+        # configuration bounds (a header's target is client text).
+        self.model_rewrites = Counter(
+            "llm_picker_model_rewrite_decisions",
+            "Requests a model_rewrites rule sent on, by rule, requested model and target model",
+            ["rule", "model", "target"], registry=self.registry,
+        )
+        self.spillovers = Counter(
+            "llm_picker_spillovers",
+            "Requests sent to an overflow worker because every regular worker serving the "
+            "model was at limits.per_worker_max", ["model", "worker"], registry=self.registry,
+        )
         self.tokenizer_fallbacks = Counter(
             "llm_picker_tokenizer_fallbacks", "Requests whose remote tokenization failed and "
             "fell back to character blocks", registry=self.registry,
@@ -305,6 +318,14 @@ class PickerMetrics:
     def watch_admission(self, admission: Admission, outcomes: Mapping[str, int]) -> None:
         self._state.admission = admission
         self._state.outcomes = outcomes
+
+    def rewrite_decided(self, rule: str, model: str, target: str) -> None:
+        """A model_rewrites rule sent a request for `model` on as `target`."""
+        self.model_rewrites.labels(rule, model, target).inc()
+
+    def spilled(self, model: str, worker_id: str) -> None:
+        """A request of `model` went to overflow worker `worker_id` (spill-over)."""
+        self.spillovers.labels(model, worker_id).inc()
 
     def request_ended(self, outcome: str) -> None:
         self._requests(outcome).inc()

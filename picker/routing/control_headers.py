@@ -70,7 +70,7 @@ SLO_TTFT = "x-slo-ttft-ms"
 SLO_TPOT = "x-slo-tpot-ms"  # not read yet; stripped like its sibling
 OBJECTIVE = "x-gateway-inference-objective"  # not read yet (objectives are another issue)
 FAIRNESS_ID = "x-gateway-inference-fairness-id"  # not read yet
-MODEL_NAME_REWRITE = "x-gateway-model-name-rewrite"  # not read yet
+MODEL_NAME_REWRITE = "x-gateway-model-name-rewrite"  # picker.routing.model_rewrite
 
 # llm-d's current name -> the name this project reads (llm-d-router
 # pkg/epp/metadata/consts.go:38-55: the x-gateway-* and x-slo-* names are its deprecated

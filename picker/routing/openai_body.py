@@ -17,6 +17,20 @@ hashes). Its layout, with separators that do not occur in ordinary text:
                        "[{type}:{url or data}]", hashed (blake2b) when longer than 256 chars
     completions        the prompt; strings or token id lists joined by "\\1", token ids as
     / embeddings       space-separated numbers
+    messages           Anthropic's: rendered as the engines turn them into chat (below), so a
+    / count_tokens     system prompt shared with chat requests gives the same text
+    rerank / score     the query (what the cross-encoder reads first of every pair, so the
+                       prefix documents share), a list of queries joined by "\\1", multimodal
+                       inputs as compact JSON, SGLang's token ids as numbers
+
+vLLM and SGLang serve Anthropic's Messages API by converting it to a chat request: `system` (a
+string, or text blocks joined) becomes the first message, system-role messages in `messages`
+are hoisted into it, and the other messages follow in order (vLLM
+entrypoints/anthropic/serving.py, _convert_system_message and _convert_messages, at 0001948;
+SGLang entrypoints/anthropic/serving.py, _convert_to_chat_completion_request, at 0198d48).
+vLLM also drops text blocks starting `x-anthropic-billing-header` (Claude Code's per-request
+hash, which would defeat prefix caching), and so does the prompt text here. SGLang joins
+system blocks with a newline where vLLM joins them with nothing; the text here follows vLLM.
 """
 
 from __future__ import annotations
@@ -41,9 +55,13 @@ from picker.routing import control_headers
 from picker.routing.json_kind import json_type
 from picker.routing.request import Api, RoutingRequest
 
-__all__ = ["parse_request", "request_from_data"]
+__all__ = ["api_of", "parse_request", "request_from_data"]
 
-_APIS = {api.value: api for api in Api}
+# Every routed path: each API's own, and the other forms vLLM serves rerank and score at
+# (vllm/entrypoints/pooling/scoring/api_router.py:29, :66 and :103 at facb56e; SGLang serves
+# only the /v1 forms). The engine receives the path the client used.
+_APIS = {**{api.value: api for api in Api},
+         "/score": Api.SCORE, "/rerank": Api.RERANK, "/v2/rerank": Api.RERANK}
 _ROLE = "\x00"
 _PART = "\x01"
 _NAME = "\x02"
@@ -51,7 +69,10 @@ _INLINE_LIMIT = 256
 _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 # The field that carries the prompt, for errors about the prompt as a whole.
 _PROMPT_PARAM = {Api.CHAT: "messages", Api.COMPLETIONS: "prompt", Api.RESPONSES: "input",
-                 Api.EMBEDDINGS: "input"}
+                 Api.EMBEDDINGS: "input", Api.MESSAGES: "messages",
+                 Api.COUNT_TOKENS: "messages", Api.RERANK: "query", Api.SCORE: "queries"}
+# Anthropic system text blocks vLLM leaves out of the prompt (see the module's docstring).
+_BILLING_HEADER = "x-anthropic-billing-header"
 # Count fields of the OpenAI APIs (and vLLM/SGLang's extras): `json` reads 1e999 as infinity
 # (only the words Infinity/NaN reach parse_constant), and engines read these as integers.
 _INTEGER_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "n", "seed",
@@ -63,9 +84,15 @@ def _clip(value: str, limit: int = 100) -> str:
     return value if len(value) <= limit else value[:limit] + "..."
 
 
+def api_of(path: str) -> Api | None:
+    """The API a request path targets (query and trailing slashes ignored), if one is routed;
+    adapters read it to answer errors in the API's own shape."""
+    return _APIS.get(path.split("?", 1)[0].rstrip("/"))
+
+
 def parse_request(path: str, body: bytes, headers: Mapping[str, str]) -> RoutingRequest:
     """Route-relevant facts of one HTTP request; `headers` keys are lower-case."""
-    api = _APIS.get(path.split("?", 1)[0].rstrip("/"))
+    api = api_of(path)
     if api is None:
         raise UnsupportedPath(f"the picker routes only {', '.join(_APIS)}; got {_clip(path)!r}")
     method = headers.get(":method", "POST")
@@ -264,8 +291,10 @@ def _content_text(content: object, param: str) -> str:
     return _PART.join([_part_text(part, f"{param}[{i}]") for i, part in enumerate(content)])
 
 
-def _messages_text(messages: object, param: str, items: bool = False) -> str:
-    """Chat messages, or Responses input items (`items`: role-less typed items allowed)."""
+def _messages_text(messages: object, param: str, items: bool = False,
+                   skip_system: bool = False) -> str:
+    """Chat messages, or Responses input items (`items`: role-less typed items allowed);
+    `skip_system`: system messages are checked but left out (Anthropic's, hoisted before)."""
     if not isinstance(messages, list):
         raise InvalidRequest(f"'{param}' must be an array, not {json_type(messages)}",
                              param=param)
@@ -298,6 +327,8 @@ def _messages_text(messages: object, param: str, items: bool = False) -> str:
         content = message.get("content")
         text = (content if isinstance(content, str)
                 else _content_text(content, f"{param}[{index}].content"))
+        if skip_system and role == "system":
+            continue
         pieces += (_ROLE, role, _ROLE, text)
         tool_calls = message.get("tool_calls")
         if tool_calls is not None:
@@ -372,9 +403,84 @@ def _responses_text(data: Mapping[str, Any]) -> str:
     return prefix + _messages_text(value, "input", items=True)
 
 
+def _anthropic_system(value: object, param: str) -> list[str]:
+    """Anthropic system text: a string, or the text of text blocks (others carry none)."""
+    if value is None or isinstance(value, str):
+        return [value] if value else []
+    if not isinstance(value, list):
+        raise InvalidRequest(f"'{param}' must be a string or an array of content blocks, not "
+                             f"{json_type(value)}", param=param)
+    texts = []
+    for index, block in enumerate(value):
+        where = f"{param}[{index}]"
+        if not isinstance(block, dict):
+            raise InvalidRequest(f"'{where}' must be an object, not {json_type(block)}",
+                                 param=where)
+        if block.get("type") == "text":
+            text = _part_text(block, where)
+            if text and not text.startswith(_BILLING_HEADER):
+                texts.append(text)
+    return texts
+
+
+def _messages_api_text(data: Mapping[str, Any]) -> str:
+    """Anthropic Messages (and count_tokens) as the engine's chat rendering orders it."""
+    if "messages" not in data:
+        raise InvalidRequest("'messages' is required", param="messages")
+    messages = data["messages"]
+    system = _anthropic_system(data.get("system"), "system")
+    if isinstance(messages, list):
+        for index, message in enumerate(messages):
+            if isinstance(message, dict) and message.get("role") == "system":
+                system += _anthropic_system(message.get("content"),
+                                            f"messages[{index}].content")
+    rest = _messages_text(messages, "messages", skip_system=True)
+    return f"{_ROLE}system{_ROLE}{''.join(system)}{rest}" if system else rest
+
+
+def _score_input_text(value: object, param: str) -> str:
+    """One rerank/score input: text, or multimodal content as compact JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return _json_text(value, param)
+    raise InvalidRequest(f"'{param}' must be a string or an object, not {json_type(value)}",
+                         param=param)
+
+
+def _rerank_text(data: Mapping[str, Any]) -> str:
+    if "query" not in data:
+        raise InvalidRequest("'query' is required", param="query")
+    return _score_input_text(data["query"], "query")
+
+
+# The first side of a score request, by each engine's name for it (vLLM
+# entrypoints/pooling/scoring/protocol.py, the Score*Request classes at 004706d; SGLang's
+# ScoringRequest has `query`).
+_SCORE_FIRST = ("queries", "text_1", "data_1", "query")
+
+
+def _score_text(data: Mapping[str, Any]) -> str:
+    param = next((name for name in _SCORE_FIRST if name in data), None)
+    if param is None:
+        raise InvalidRequest("one of 'queries', 'text_1', 'data_1' or 'query' is required",
+                             param="queries")
+    value = data[param]
+    if isinstance(value, list):
+        if value and all(type(item) is int for item in value):  # SGLang: token ids
+            return " ".join(map(str, value))
+        return _PART.join([_score_input_text(item, f"{param}[{i}]")
+                           for i, item in enumerate(value)])
+    return _score_input_text(value, param)
+
+
 _PROMPT_TEXT = {
     Api.CHAT: _chat_text,
     Api.COMPLETIONS: _completions_text,
     Api.RESPONSES: _responses_text,
     Api.EMBEDDINGS: _embeddings_text,
+    Api.MESSAGES: _messages_api_text,
+    Api.COUNT_TOKENS: _messages_api_text,
+    Api.RERANK: _rerank_text,
+    Api.SCORE: _score_text,
 }

@@ -8,17 +8,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from picker.prefix.index import PrefixMatch
+from picker.routing.model_rewrite import Rewrite
 
 __all__ = ["Api", "RoutingRequest"]
 
 
 class Api(enum.Enum):
-    """The OpenAI endpoint a request targets; engines cache prompts differently per API."""
+    """The API a request targets (its path); engines cache prompts differently per API."""
 
     CHAT = "/v1/chat/completions"
     COMPLETIONS = "/v1/completions"
     RESPONSES = "/v1/responses"
     EMBEDDINGS = "/v1/embeddings"
+    # Anthropic's Messages API and its token count, which vLLM and SGLang serve.
+    MESSAGES = "/v1/messages"
+    COUNT_TOKENS = "/v1/messages/count_tokens"
+    # Cross-encoder APIs (Jina/Cohere-style rerank, vLLM's and SGLang's score); the other paths
+    # engines serve them at are in openai_body's path table.
+    RERANK = "/v1/rerank"
+    SCORE = "/v1/score"
+
+    @property
+    def anthropic(self) -> bool:
+        """Answered in Anthropic's shapes (errors included), not OpenAI's."""
+        return self in (Api.MESSAGES, Api.COUNT_TOKENS)
 
 
 @dataclass(slots=True, frozen=True)
@@ -44,3 +57,6 @@ class RoutingRequest:
     body: Mapping[str, Any] | None = None
     # The client's time-to-first-token target (x-slo-ttft-ms or llm-d's alias), in seconds.
     slo_ttft_secs: float | None = None
+    # Set when a model rewrite sent the request on as another model (`model` is the target,
+    # `body` carries it): what was asked for, and by which rule.
+    rewrite: Rewrite | None = None

@@ -27,6 +27,9 @@ __all__ = ["ResponseObserver", "ResponseSample", "ResponseStats", "Usage", "find
 _EWMA_WEIGHT = 0.2
 _USAGE_KEY = b'"usage"'
 _SSE_DONE = b"data: [DONE]\n\n"
+# The end of an Anthropic Messages stream: its last event's data line
+# (`event: message_stop` + `data: {"type": "message_stop"}`, as vLLM and SGLang send it too).
+_MESSAGE_STOP = b'"message_stop"}'
 _DECODER = json.JSONDecoder()
 
 
@@ -118,10 +121,14 @@ class ResponseObserver:
     def complete(self) -> bool:
         """The whole answer went by, even if the end-of-stream mark did not: OpenAI clients
         hang up once they read `data: [DONE]`, often before the proxy passes the stream's end
-        on, and that is a finished request, not a cancelled one."""
+        on, and that is a finished request, not a cancelled one (Anthropic's SDKs likewise
+        once they read `message_stop`)."""
         if self._length is not None:
             return self._seen >= self._length
-        return bool(self._tail) and self._tail[-1].endswith(_SSE_DONE)
+        if not self._tail:
+            return False
+        last = self._tail[-1]
+        return last.endswith(_SSE_DONE) or last.rstrip().endswith(_MESSAGE_STOP)
 
     def sample(self) -> ResponseSample:
         streamed = self._streamed and self._chunks > 0
@@ -152,6 +159,12 @@ def find_usage(tail: bytes) -> Usage | None:
 
 
 def _usage_of(value: Mapping[str, Any]) -> Usage:
+    """OpenAI's usage object, or Anthropic's (`input_tokens`, `output_tokens`,
+    `cache_read_input_tokens`: the Messages API's names, which vLLM and SGLang use there)."""
+    if "input_tokens" in value or "output_tokens" in value:
+        cached = value.get("cache_read_input_tokens")
+        return Usage(_count(value.get("input_tokens")), _count(value.get("output_tokens")),
+                     None if cached is None else _count(cached))
     details = value.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
     return Usage(_count(value.get("prompt_tokens")), _count(value.get("completion_tokens")),

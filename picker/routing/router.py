@@ -31,11 +31,13 @@ from picker.routing import control_headers
 from picker.routing.admission import LimitSettings
 from picker.routing.request import RoutingRequest
 
-__all__ = ["STRATEGY_HEADER", "Choice", "Router"]
+__all__ = ["SPILLOVER", "STRATEGY_HEADER", "Choice", "Router"]
 
 
 # A request may name another policy than the configured one (documented in the README).
 STRATEGY_HEADER = control_headers.STRATEGY
+# The policy name of a decision that spilled to an overflow worker (metrics, access log).
+SPILLOVER = "spillover"
 
 
 class Choice(NamedTuple):
@@ -102,11 +104,13 @@ class Router:
         # clients mint time series with made-up model names.
         model = request.model if self._workers.has_model(request.model) else "other"
         rate = None if request.prefix is None else request.prefix.rate(worker.id)
-        self._metrics.decided(policy.name, worker.id, model, rate,
-                              time.perf_counter() - started)
+        # A spill-over is no choice of the policy's: it is named as what it is.
+        name = SPILLOVER if worker.spec.overflow and any(
+            not w.spec.overflow for w in serving) else policy.name
+        self._metrics.decided(name, worker.id, model, rate, time.perf_counter() - started)
         decision = None if self._decisions is None else \
             self._record(request, policy, serving, candidates, allowed, worker, None)
-        return Choice(worker, policy.name, rate, decision, uncached_tokens(request, worker))
+        return Choice(worker, name, rate, decision, uncached_tokens(request, worker))
 
     def _pick(self, request: RoutingRequest, policy: Policy, serving: Sequence[Worker],
               allowed: Collection[str] | None) -> tuple[RoutingRequest, list[Worker], Worker]:
@@ -114,16 +118,23 @@ class Router:
         winner)."""
         if not serving:
             raise ModelNotFound(f"no worker serves model {request.model[:100]!r}", param="model")
-        candidates = [w for w in serving
+        # Overflow workers take a model's requests only once its regular workers are
+        # saturated; a model that only overflow workers serve has nothing to spill from.
+        regular = [w for w in serving if not w.spec.overflow] or serving
+        candidates = [w for w in regular
                       if w.routable and (allowed is None or w.id in allowed)]
         if not candidates:
-            why = Counter(exclusion(w, allowed).value.replace("_", " ") for w in serving)
+            why = Counter(exclusion(w, allowed).value.replace("_", " ") for w in regular)
             raise NoHealthyWorker(f"no routable worker for model {request.model[:100]!r} ("
                                   + ", ".join(f"{n} {reason}" for reason, n in sorted(
                                       why.items())) + ")")
         cap = self._limits.per_worker_max
         if cap:
             candidates = [w for w in candidates if w.in_flight < cap]
+            spill = None if candidates or regular is serving else \
+                self._spill(request, serving, allowed)
+            if spill is not None:
+                return request, [spill], spill
             if not candidates:
                 raise Overloaded(f"every worker serving {request.model[:100]!r} is at its limit "
                                  f"of {cap} requests; retry later",
@@ -135,6 +146,20 @@ class Router:
         if self._prefix is not None and prompt is not None:
             self._prefix.record(prompt, worker)
         return request, candidates, worker
+
+    def _spill(self, request: RoutingRequest, serving: Sequence[Worker],
+               allowed: Collection[str] | None) -> Worker | None:
+        """Every regular worker of the model is saturated: the least loaded routable overflow
+        worker serving it (not held to per_worker_max: its capacity is not the fleet's), or
+        None when there is none."""
+        spill = [w for w in serving if w.spec.overflow and w.routable
+                 and (allowed is None or w.id in allowed)]
+        if not spill:
+            return None
+        worker = min(spill, key=lambda w: (w.in_flight, w.id))
+        model = request.model if self._workers.has_model(request.model) else "other"
+        self._metrics.spilled(model, worker.id)
+        return worker
 
     def _record(self, request: RoutingRequest, policy: Policy, serving: Sequence[Worker],
                 candidates: Sequence[Worker], allowed: Collection[str] | None,
@@ -157,6 +182,7 @@ class Router:
         spec = primary.spec
         others = [w for w in self._serving(request)
                   if w.routable and w.host_port != primary.host_port
+                  and w.spec.overflow == spec.overflow
                   and (allowed is None or w.id in allowed)
                   and w.spec.api_key == spec.api_key and w.spec.dp_rank == spec.dp_rank]
         others.sort(key=lambda w: (w.in_flight, w.id))

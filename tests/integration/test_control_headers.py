@@ -44,6 +44,8 @@ def client_headers(victim: StubServer) -> dict[str, str]:
         control_headers.STRATEGY: "round_robin",
         control_headers.SLO_TTFT: "5000", "x-llm-d-slo-ttft-ms": "5000",
         control_headers.EXPLAIN: "1",
+        # A model name (the one requested: a rewrite to another is test_more_apis's).
+        control_headers.MODEL_NAME_REWRITE: MODEL, "x-llm-d-model-name-rewrite": MODEL,
     })
     return values
 

@@ -384,3 +384,81 @@ def test_lora_affinity_keeps_a_new_adapter_off_engines_at_max_lora(tmp_path: Pat
     finally:
         for proc in procs:
             proc.stop()
+
+
+async def _engine_of_each_call(bases: list[str], call: Any, count: int) -> list[str]:
+    """Which engine served each of `count` calls, from the engines' own request counts (an
+    Anthropic or rerank reply from LiteLLM does not say which api_base served it)."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=5) as client:
+        async def totals() -> dict[str, int]:
+            return {base: (await client.get(base.removesuffix("/v1") + "/sim/stats"))
+                    .json()["requests_total"] for base in bases}
+
+        served_by: list[str] = []
+        for i in range(count):
+            before = await totals()
+            await call(i)
+            after = await totals()
+            [base] = [b for b in bases if after[b] > before[b]]
+            served_by.append(base)
+    return served_by
+
+
+def test_anthropic_system_prompts_and_rerank_queries_keep_their_engine(
+        engines: tuple[list[str], dict]) -> None:
+    """Router.aanthropic_messages passes `system` beside the messages, Router.arerank the
+    query: the picker reads them as ext_proc does, so calls sharing one share an engine."""
+    bases, _ = engines
+    router = make_router(bases, policy="prefix_cache")
+
+    async def anthropic(i: int) -> None:
+        system = f"group {i % 2}: " + "shared instructions " * 60
+        await router.aanthropic_messages(model="my-model", max_tokens=1, system=system,
+                                         messages=[{"role": "user", "content": f"q{i}"}])
+
+    async def rerank(i: int) -> None:
+        await router.arerank(model="my-model", query=f"query {i % 2} " + "topic " * 60,
+                             documents=["a b", f"doc {i}"])
+
+    async def run() -> dict[str, list[str]]:
+        served_by = {call.__name__: await _engine_of_each_call(bases, call, 8)
+                     for call in (anthropic, rerank)}
+        await wait_idle(strategy_of(router))
+        return served_by
+
+    for name, served_by in asyncio.run(run()).items():
+        homes: dict[int, set[str]] = {0: set(), 1: set()}
+        for i, base in enumerate(served_by):
+            homes[i % 2].add(base)
+        assert all(len(h) == 1 for h in homes.values()), (name, homes)
+
+
+def test_an_overflow_deployment_takes_calls_only_while_the_others_are_saturated(
+        engines: tuple[list[str], dict]) -> None:
+    """`model_info: {llm_picker_overflow: true}`: with per_worker_max 1 and two regular
+    engines, two concurrent calls fill them and a third spills; calls one at a time never
+    do."""
+    bases, _ = engines
+    router = litellm.Router(model_list=[
+        {"model_name": "my-model", "model_info": {"id": f"d{i}", **(
+            {"llm_picker_overflow": True} if i == 2 else {})},
+         "litellm_params": {"model": "hosted_vllm/my-model", "api_base": base, "api_key": "x"}}
+        for i, base in enumerate(bases)])
+    PickerStrategy.attach(router, policy="least_load", limits={"per_worker_max": 1})
+    strategy = strategy_of(router)
+
+    async def burst(n: int) -> list[str]:
+        replies = await asyncio.gather(*(router.acompletion(
+            model="my-model", messages=MESSAGES, max_tokens=30) for _ in range(n)))
+        await wait_idle(strategy)
+        return [served(r) for r in replies]
+
+    async def run() -> tuple[list[str], list[str]]:
+        alone = [(await burst(1))[0] for _ in range(4)]
+        return alone, await burst(3)
+
+    alone, together = asyncio.run(run())
+    assert bases[2] not in alone
+    assert sorted(together) == sorted(bases)

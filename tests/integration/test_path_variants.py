@@ -37,3 +37,22 @@ def test_a_trailing_slash_reaches_the_engine_as_the_path_it_serves(
                     for sent, _ in CASES]
     assert statuses == [200] * len(CASES)
     assert [path for path, _, _ in engine.posts] == [served for _, served in CASES]
+
+
+@pytest.mark.parametrize("mode", ["BUFFERED", "FULL_DUPLEX_STREAMED"])
+def test_an_engine_gets_the_form_of_an_api_path_the_client_used(
+        mode: str, stubs: tuple[StubServer, StubServer]) -> None:
+    """vLLM serves rerank at /rerank, /v1/rerank and /v2/rerank, SGLang only at /v1/rerank:
+    the picker routes all three as one API and changes none into another."""
+    engine, _ = stubs
+    worker = {"url": engine.url, "id": "engine", "models": [MODEL]}
+    rerank = {"model": MODEL, "query": "q", "documents": ["a"]}
+    sent = ["/rerank", "/v2/rerank/", "/v1/rerank", "/score"]
+    with local_fleet([], picker_settings={"workers": [worker]}, body_mode=mode) as fleet:
+        statuses = [httpx.post(f"{fleet.envoy_url}{path}", timeout=10,
+                               json=rerank if "rerank" in path else
+                               {"model": MODEL, "text_1": "q", "text_2": "a"}).status_code
+                    for path in sent]
+    assert statuses == [200] * len(sent)
+    assert [path for path, _, _ in engine.posts] == ["/rerank", "/v2/rerank", "/v1/rerank",
+                                                     "/score"]

@@ -17,7 +17,8 @@ CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 RESPONSES = "/v1/responses"
 EMBEDDINGS = "/v1/embeddings"
-PATHS = [CHAT, COMPLETIONS, RESPONSES, EMBEDDINGS]
+MESSAGES = "/v1/messages"
+PATHS = [CHAT, COMPLETIONS, RESPONSES, EMBEDDINGS, MESSAGES, "/rerank", "/v1/score"]
 
 
 def body(**fields: object) -> bytes:
@@ -251,6 +252,77 @@ def test_bad_bodies_name_what_is_wrong(
     assert len(caught.value.message) < 300  # never echoes large input
 
 
+def test_anthropic_messages_read_as_the_engine_renders_them() -> None:
+    """System first (blocks joined, Claude Code's per-request billing block dropped, as vLLM
+    does; system-role messages hoisted into it): the same text as the equal chat request."""
+    anthropic = parse_request(MESSAGES, body(
+        model="m", max_tokens=5, stream=True,
+        system=[{"type": "text", "text": "x-anthropic-billing-header: cch=1;"},
+                {"type": "text", "text": "You are "}, {"type": "text", "text": "helpful."}],
+        messages=[{"role": "system", "content": " Be brief."},
+                  {"role": "user", "content": [{"type": "text", "text": "hi"}]}]), {})
+    same = parse_request(CHAT, chat({"role": "system", "content": "You are helpful. Be brief."},
+                                    user("hi")), {})
+    assert anthropic.api is Api.MESSAGES and anthropic.stream
+    assert anthropic.prompt_text == same.prompt_text
+    count = parse_request("/v1/messages/count_tokens",
+                          body(model="m", system="S", messages=[user("hi")]), {})
+    assert count.api is Api.COUNT_TOKENS and count.api.anthropic and not Api.CHAT.anthropic
+    assert count.prompt_text == parse_request(
+        CHAT, chat({"role": "system", "content": "S"}, user("hi")), {}).prompt_text
+
+
+@pytest.mark.parametrize(("raw", "param", "fragment"), [
+    (body(model="m", messages="hi"), "messages", "must be an array"),
+    (body(model="m"), "messages", "'messages' is required"),
+    (body(model="m", system=5, messages=[]), "system", "string or an array of content blocks"),
+    (body(model="m", system=["x"], messages=[]), "system[0]", "must be an object"),
+    (body(model="m", messages=[{"role": "system", "content": 3}]), "messages[0].content",
+     "string or an array of content blocks"),
+])
+def test_bad_anthropic_bodies_name_the_field(raw: bytes, param: str, fragment: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(MESSAGES, raw, {})
+    assert (caught.value.param, fragment in caught.value.message) == (param, True)
+
+
+def test_anthropic_errors_have_anthropic_shape() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(MESSAGES, b"{", {})
+    error = json.loads(caught.value.to_json(anthropic=True))
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert "invalid JSON" in error["error"]["message"]
+
+
+@pytest.mark.parametrize(("path", "fields", "api", "text"), [
+    ("/v1/rerank", {"query": "q", "documents": ["a", "b"]}, Api.RERANK, "q"),
+    ("/rerank/", {"query": "q", "documents": []}, Api.RERANK, "q"),
+    ("/v2/rerank", {"query": {"content": [{"type": "text", "text": "q"}]}, "documents": []},
+     Api.RERANK, '{"content":[{"text":"q","type":"text"}]}'),
+    ("/v1/score", {"text_1": "q", "text_2": ["a"]}, Api.SCORE, "q"),
+    ("/score", {"queries": ["q", "r"], "documents": ["a", "b"]}, Api.SCORE, "q\x01r"),
+    ("/score", {"data_1": "q", "data_2": "a"}, Api.SCORE, "q"),
+    ("/v1/score", {"query": [1, 2], "items": [[3]]}, Api.SCORE, "1 2"),  # SGLang's token ids
+])
+def test_rerank_and_score_are_read_by_their_query(path: str, fields: dict[str, object],
+                                                   api: Api, text: str) -> None:
+    request = parse_request(path, body(model="m", **fields), {})
+    assert (request.api, request.prompt_text) == (api, text)
+
+
+@pytest.mark.parametrize(("path", "fields", "param"), [
+    ("/v1/rerank", {"documents": []}, "query"),
+    ("/v1/rerank", {"query": 3}, "query"),
+    ("/v1/score", {"text_2": "a"}, "queries"),
+    ("/v1/score", {"text_1": ["q", None]}, "text_1[1]"),
+])
+def test_bad_rerank_and_score_bodies_name_the_field(path: str, fields: dict[str, object],
+                                                    param: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(path, body(model="m", **fields), {})
+    assert caught.value.param == param
+
+
 @pytest.mark.parametrize("path", ["/v1/models", "/", "", "/v2/chat/completions",
                                   "/v1/chat/completions/x", "/x" * 500],
                          ids=["models", "root", "empty", "v2", "sub-path", "huge"])
@@ -313,7 +385,8 @@ def test_arbitrary_bytes_only_raise_request_errors(raw: bytes, path: str) -> Non
 
 
 @FUZZ
-@given(json_values, json_values, st.sampled_from(["messages", "prompt", "input"]),
+@given(json_values, json_values,
+       st.sampled_from(["messages", "prompt", "input", "query", "queries", "text_1"]),
        json_values, st.sampled_from(PATHS))
 def test_arbitrary_json_only_raises_request_errors(
     model: object, value: object, key: str, extra: object, path: str

@@ -25,6 +25,11 @@ from picker.routing.response_stats import (
     (b'{"usage": {"prompt_tokens": "many", "completion_tokens": -1}}', Usage(0, 0, None)),
     (b'{"usage": {"prompt_tok', None),  # cut off: nothing rather than a guess
     (b"", None),
+    # Anthropic's names (a Messages answer, and a stream's final message_delta).
+    (b'{"type":"message","usage":{"input_tokens":7,"output_tokens":3,'
+     b'"cache_read_input_tokens":4}}', Usage(7, 3, 4)),
+    (b'event: message_delta\ndata: {"type": "message_delta", "usage": {"output_tokens": 9}}\n\n'
+     b'event: message_stop\ndata: {"type": "message_stop"}\n\n', Usage(0, 9, None)),
 ])
 def test_find_usage(tail: bytes, usage: Usage | None) -> None:
     assert find_usage(tail) == usage
@@ -55,3 +60,16 @@ def test_stats_are_moving_averages_that_ignore_missing_values() -> None:
     stats = stats.updated(ResponseSample(2.0, None, 1, None))
     assert stats.ttft_secs == pytest.approx(1.2) and stats.per_chunk_secs == 0.1
     assert stats.responses == 2
+
+
+@pytest.mark.parametrize(("last", "complete"), [
+    (b"data: [DONE]\n\n", True),
+    (b'event: message_stop\ndata: {"type":"message_stop"}\n\n', True),  # Anthropic's end
+    (b'event: content_block_delta\ndata: {"type":"content_block_delta"}\n\n', False),
+])
+def test_a_stream_is_complete_once_its_last_event_went_by(last: bytes, complete: bool) -> None:
+    """A client that hangs up after the stream's last event finished its request."""
+    observer = ResponseObserver(started=0.0, streamed=True)
+    observer.chunk(b"data: {}\n\n", 1.0)
+    observer.chunk(last, 2.0)
+    assert observer.complete is complete

@@ -51,6 +51,8 @@ def test_render_is_valid_prometheus_text_with_every_family() -> None:
         "llm_picker_requests": "counter",
         "llm_picker_rejections": "counter",
         "llm_picker_decisions": "counter",
+        "llm_picker_model_rewrite_decisions": "counter",
+        "llm_picker_spillovers": "counter",
         "llm_picker_routing_decisions": "counter",
         "llm_picker_decision_duration_seconds": "histogram",
         "llm_picker_load_imbalance": "counter",
