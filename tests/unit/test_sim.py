@@ -190,7 +190,9 @@ def test_control_knobs_change_health_and_metrics(sim_url: str) -> None:
     assert httpx.post(f"{sim_url}/sim/control", json={"health_status": "x"}).status_code == 400
 
 
-@pytest.mark.parametrize("sim_url", [{"ttft_ms": 400, "max_concurrency": 1}], indirect=True)
+# The first request holds the only slot for 1.5 s: long enough for the second to queue and be
+# seen queued on a loaded machine (400 ms was not, under -n 4 with other work running).
+@pytest.mark.parametrize("sim_url", [{"ttft_ms": 1500, "max_concurrency": 1}], indirect=True)
 def test_beyond_max_concurrency_requests_wait_and_may_leave_the_queue(sim_url: str) -> None:
     first = threading.Thread(
         target=httpx.post, args=(f"{sim_url}/v1/chat/completions",), kwargs={"json": chat()}
