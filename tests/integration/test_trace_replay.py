@@ -102,8 +102,12 @@ def test_engines_reporting_no_hits_the_picker_predicted_raise_drift(tmp_path: Pa
     drifting = [w for w, view in status["audit"].items() if view["drift"]]
     assert drifting and all(drift[(("worker", w),)] == 1 for w in drifting)
     assert page is None or {f"{w}:DRIFT" for w in drifting} <= set(page)
-    decision = status["decisions"][0]
-    assert decision["audit"]["predicted_hit"] > 0.5 and decision["audit"]["observed_hit"] < 0.1
+    # The records show the misses: a predicted hit the engine did not serve. Not necessarily
+    # the newest record: prefix_cache sends a request elsewhere when load is imbalanced, and
+    # there it predicts no hit (the newest was such a one once, on a loaded machine).
+    audits = [d["audit"] for d in status["decisions"] if d.get("audit")]
+    assert any(a["predicted_hit"] is not None and a["predicted_hit"] > 0.5
+               and a["observed_hit"] is not None and a["observed_hit"] < 0.1 for a in audits)
     status, drift, page = results["caching"]
     assert not any(view["drift"] for view in status["audit"].values()) and \
         not any(drift.values())

@@ -72,7 +72,10 @@ async def test_a_decode_step_beside_a_prefill_chunk_is_slower() -> None:
     await scheduler.decode()
     beside = time.monotonic() - started
     await prefill
-    assert alone < 0.03 and beside >= 0.1, (alone, beside)
+    # The step alone is 5 ms; a loaded machine stretched it to 45 ms once (against a 30 ms
+    # bound), so it is compared with the step beside the prefill, which must take the
+    # prefill's 100 ms.
+    assert beside >= 0.1 and alone < beside / 2, (alone, beside)
 
 
 @pytest.mark.xdist_group("timing")  # bounds a wall-clock time: tests/conftest.py
