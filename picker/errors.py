@@ -12,6 +12,8 @@
         ├── UnsupportedMediaType 415: a content-type that is not JSON
         ├── Overloaded         429: at the concurrency limit (with Retry-After)
         ├── NoHealthyWorker    503: workers serve the model, none is routable now
+        ├── FlowRefused        503: flow control did not dispatch it; `code` says why
+        │                      (queue_full, shed, ttl_expired, no_ready_worker), Retry-After
         ├── PrefillFailed      503: every prefill/decode pair tried failed at prefill
         └── ProxyMisconfigured 500: the proxy calls the picker in a way it cannot route
 
@@ -26,6 +28,7 @@ import json
 __all__ = [
     "BodyTooLarge",
     "ConfigError",
+    "FlowRefused",
     "InvalidRequest",
     "MethodNotAllowed",
     "ModelNotFound",
@@ -162,3 +165,19 @@ class Overloaded(RequestError):
 class UnsupportedMediaType(RequestError):
     status = 415
     code = "unsupported_media_type"
+
+
+class FlowRefused(RequestError):
+    """Flow control could not dispatch the request (picker.routing.flow): the fleet is full
+    now, so 503 with Retry-After; `code` names the reason."""
+
+    status = 503
+    error_type = "service_unavailable_error"
+
+    def __init__(self, message: str, code: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after)}

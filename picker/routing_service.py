@@ -1,7 +1,8 @@
 """RoutingService: the adapters' Picker (picker.routing.contract), over the routing parts.
 
-One request: the remote tokenizer when configured, admission, the router manager's choice of
-router, the decision, then the lease - on one worker with the fallbacks of the router that
+One request: the remote tokenizer when configured, admission (or flow control, which may hold
+the request in its band's queue: picker.routing.flow), the router manager's choice of router,
+the decision, then the lease - on one worker with the fallbacks of the router that
 chose it, or on a prefill/decode pair whose protocol step ran (a prefill that fails frees both
 and another pair is tried, pd.max_attempts). The awaited steps run on the picker's loop,
 wherever the caller is: `attach` names that loop once the runtime runs.
@@ -19,10 +20,12 @@ from picker.observe.decisions import ExplainSettings, explain_line
 from picker.observe.metrics import PickerMetrics
 from picker.pd.pairing import PairStep
 from picker.prefix.producer import PrefixProducer
-from picker.routing.leases import Lease, LeaseBook
+from picker.routing.flow import FlowController, FlowSettings, Ticket, flow_ask
+from picker.routing.leases import Lease, LeaseBook, LeaseEnd
 from picker.routing.outcome import Outcome
 from picker.routing.request import RoutingRequest
-from picker.routing.router import Router
+from picker.routing.response_stats import ResponseSample
+from picker.routing.router import Choice, Router
 from picker.routing.router_manager import PdRouters, RouterManager
 
 __all__ = ["RoutingService"]
@@ -31,8 +34,10 @@ __all__ = ["RoutingService"]
 class RoutingService:
     def __init__(self, workers: WorkerRegistry, routers: RouterManager, leases: LeaseBook,
                  metrics: PickerMetrics, prefix: PrefixProducer | None, pairs: PairStep,
-                 explain: ExplainSettings, pd_attempts: int, pd_paired: bool) -> None:
-        """`pd_paired`: prefill/decode pairs may be chosen (enable_igw)."""
+                 explain: ExplainSettings, pd_attempts: int, pd_paired: bool,
+                 flow: tuple[FlowSettings, FlowController] | None = None) -> None:
+        """`pd_paired`: prefill/decode pairs may be chosen (enable_igw). `flow`: flow control
+        admits requests instead of the lease book's admission queue."""
         self._workers = workers
         self._routers = routers
         self._leases = leases
@@ -41,7 +46,9 @@ class RoutingService:
         self._pairs = pairs
         self._explain = explain
         self._pd_attempts = pd_attempts
-        self._awaits = self._remote is not None or leases.queueing or pd_paired
+        self._flow = flow
+        self._awaits = self._remote is not None or leases.queueing or pd_paired \
+            or flow is not None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -97,7 +104,7 @@ class RoutingService:
     def _route_now(self, request: RoutingRequest, allowed: Collection[str] | None,
                    fallbacks: int) -> Lease:
         self._leases.admit_now()
-        return self._open(self._routers.default, request, allowed, fallbacks)
+        return self._open(self._routers.default, request, allowed, fallbacks, None)
 
     async def _route_awaited(self, request: RoutingRequest, allowed: Collection[str] | None,
                              fallbacks: int) -> Lease:
@@ -107,30 +114,59 @@ class RoutingService:
                 self._metrics.tokenizer_fallbacks.inc()
             else:
                 request = replace(request, tokens=tokens)
-        await self._leases.admit()
+        ticket = await self._admit(request)
         try:
             target = self._routers.select(request)
         except RequestError:
-            self._leases.cancel_admission()
+            self._cancel(ticket)
             raise
         if isinstance(target, PdRouters):
-            return await self._open_pair(target, request, allowed)
-        return self._open(target, request, allowed, fallbacks)
+            return await self._open_pair(target, request, allowed, ticket)
+        return self._open(target, request, allowed, fallbacks, ticket)
+
+    async def _admit(self, request: RoutingRequest) -> Ticket | None:
+        """Take an admission slot: from flow control when configured (the ticket that the
+        lease hands back at its end), else from the lease book's queue."""
+        if self._flow is None:
+            await self._leases.admit()
+            return None
+        settings, controller = self._flow
+        ticket = await controller.admit(flow_ask(request, settings))
+        try:
+            self._leases.admit_now()  # does not refuse: flow control holds the same limit
+        except BaseException:
+            ticket.cancel()
+            raise
+        return ticket
+
+    def _cancel(self, ticket: Ticket | None) -> None:
+        """Give back what `_admit` took when no lease was opened on it."""
+        self._leases.cancel_admission()
+        if ticket is not None:
+            ticket.cancel()
+
+    def _lease(self, choice: Choice, ticket: Ticket | None, prefill: Worker | None = None,
+               fallbacks: Sequence[Worker] = (), request: RoutingRequest | None = None) -> Lease:
+        lease = self._leases.open(choice, prefill, fallbacks, request,
+                                  None if ticket is None else _finishes(ticket))
+        if ticket is not None:
+            ticket.opened()
+        return lease
 
     def _open(self, router: Router, request: RoutingRequest,
-              allowed: Collection[str] | None, fallbacks: int) -> Lease:
+              allowed: Collection[str] | None, fallbacks: int, ticket: Ticket | None) -> Lease:
         """On an admission slot already taken: decide, then open the lease (or give the slot
         back if no worker fits). The fallbacks come from the router that chose."""
         try:
             choice = router.choose(request, allowed)
         except RequestError:
-            self._leases.cancel_admission()
+            self._cancel(ticket)
             raise
         others = router.fallbacks(request, choice.worker, fallbacks, allowed)
-        return self._leases.open(choice, fallbacks=others, request=request)
+        return self._lease(choice, ticket, fallbacks=others, request=request)
 
     async def _open_pair(self, routers: PdRouters, request: RoutingRequest,
-                         allowed: Collection[str] | None) -> Lease:
+                         allowed: Collection[str] | None, ticket: Ticket | None) -> Lease:
         """Choose a prefill/decode pair, hold both, and run the pair's protocol step. A pair
         is bound to its decode worker: its lease has no fallbacks."""
         failed: set[str] = set()
@@ -139,12 +175,12 @@ class RoutingService:
                 prefill_choice = routers.prefill.choose(request, self._excluding(allowed, failed))
                 decode = routers.decode.choose(request, allowed)
             except RequestError:
-                self._leases.cancel_admission()
+                self._cancel(ticket)
                 raise
             prefill = prefill_choice.worker
             if decode.decision is not None and prefill_choice.decision is not None:
                 decode.decision.paired_with(prefill_choice.decision)
-            lease = self._leases.open(decode, prefill, request=request)
+            lease = self._lease(decode, ticket, prefill, request=request)
             try:
                 lease.forward_as(await self._pairs.forward(request, prefill, decode.worker))
                 return lease
@@ -154,6 +190,8 @@ class RoutingService:
                 if attempt + 1 == self._pd_attempts:
                     raise
                 self._leases.admit_now()  # the next pair's slot
+                if ticket is not None:  # and its place in flow control, held all along
+                    ticket = ticket.again()
             except BaseException:
                 # Cancelled (the client went away) or failed unexpectedly: nobody else holds
                 # this lease, so it is released here or never.
@@ -167,6 +205,20 @@ class RoutingService:
             return allowed
         ids = allowed if allowed is not None else [w.id for w in self._workers.workers()]
         return set(ids) - failed
+
+
+def _finishes(ticket: Ticket) -> LeaseEnd:
+    """The lease end that hands a flow control ticket back, with the tokens generated (the
+    response's usage, else its streamed chunks: one token each) when the adapter saw them."""
+
+    def end(lease: Lease, outcome: Outcome, response: ResponseSample | None) -> None:
+        generated = 0.0
+        if response is not None:
+            generated = float(response.usage.completion_tokens if response.usage is not None
+                              else response.chunks)
+        ticket.finish(generated)
+
+    return end
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -44,6 +44,7 @@ from picker.fleet.manager import WorkerManager
 from picker.fleet.registry import WorkerRegistry
 from picker.fleet.sources import OwnedSource, Source, build_sources
 from picker.observe.decisions import DecisionLog
+from picker.observe.flow_metrics import FlowMetrics
 from picker.observe.metrics import PickerMetrics, ReplicaMetrics
 from picker.observe.status import ActivityHistory
 from picker.pd.pairing import PairStep
@@ -52,6 +53,7 @@ from picker.prefix.producer import PrefixProducer
 from picker.processes.counts import SharedCounts
 from picker.processes.group import ProcessGroup, check_group_config
 from picker.replicas.joining import join_replicas
+from picker.routing.flow import FlowController, SaturationDetector
 from picker.routing.leases import LeaseBook
 from picker.routing.router_manager import RouterManager
 from picker.routing_service import RoutingService
@@ -63,6 +65,8 @@ log = logging.getLogger("llm_picker")
 
 # How often leases whose end never arrived are looked for (limits.timeout_secs).
 _EXPIRY_PERIOD_SECS = 1.0
+# How often flow control looks for room that appeared without a request ending.
+_FLOW_TICK_SECS = 0.05
 # How long a follower process waits for the primary's first registry snapshot.
 _MIRROR_START_SECS = 60.0
 
@@ -143,9 +147,15 @@ class PickerRuntime:
 
             self._sources = [StateFollower(self.registry, group.feed_path)]
         self._pairs = PairStep(self.registry, self.metrics, config.pd.prefill_timeout_secs)
+        self.flow = FlowController(
+            config.flow, SaturationDetector(self.registry, config.flow.saturation),
+            self.leases.limit or 0, FlowMetrics(self.metrics.registry)) \
+            if config.flow.enabled else None
         self.routing = RoutingService(self.registry, self.routers, self.leases, self.metrics,
                                       self._prefix, self._pairs, config.explain,
-                                      config.pd.max_attempts, pd_paired=config.enable_igw)
+                                      config.pd.max_attempts, pd_paired=config.enable_igw,
+                                      flow=None if self.flow is None
+                                      else (config.flow, self.flow))
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -226,6 +236,9 @@ class PickerRuntime:
                 running.callback(self._recorder.close)
             expiry = asyncio.create_task(self._expire_forever())
             running.push_async_callback(_cancel, expiry)
+            if self.flow is not None:
+                ticks = asyncio.create_task(_tick_forever(self.flow))
+                running.push_async_callback(_cancel, ticks)
             if self.admin_enabled:
                 sampler = asyncio.create_task(self.history.run())
                 running.push_async_callback(_cancel, sampler)
@@ -372,6 +385,14 @@ def _check_litellm_config(config: PickerConfig) -> None:
         raise ConfigError("enable_igw", "LiteLLM deployments are regular workers: "
                           "prefill/decode pairs and per-mode routers need `llm-picker serve` "
                           "behind Envoy")
+
+
+async def _tick_forever(flow: FlowController) -> None:
+    """Flow control re-checks for room on its own: engine signals and worker readiness (a
+    worker starting while requests wait for one) change without a request ending."""
+    while True:
+        await asyncio.sleep(_FLOW_TICK_SECS)
+        flow.tick()
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

@@ -163,14 +163,18 @@ class LeaseBook:
         self._admission.leave()
 
     def open(self, choice: Choice, prefill: Worker | None = None,
-             fallbacks: Sequence[Worker] = (), request: RoutingRequest | None = None) -> Lease:
+             fallbacks: Sequence[Worker] = (), request: RoutingRequest | None = None,
+             on_close: LeaseEnd | None = None) -> Lease:
         """Open a lease on an admission slot already taken; the worker's in-flight grows (and
         the prefill worker's, for a pair), and so does its prefill backlog (a pair's decode
         worker receives the prompt's KV and prefills nothing). `request`: what the watchers
-        are shown (none are without it)."""
+        are shown (none are without it). `on_close`: this request's own end hook (its flow
+        control ticket)."""
         ends = () if request is None else tuple(
             end for watcher in self._watchers
             if (end := watcher.opened(choice, request)) is not None)
+        if on_close is not None:
+            ends = (*ends, on_close)
         self._workers.acquire(choice.worker)
         if prefill is not None:
             self._workers.acquire(prefill)

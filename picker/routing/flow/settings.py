@@ -1,0 +1,70 @@
+"""`flow:` in the configuration: who is which flow, the bands, the queues' bounds and when an
+engine counts as saturated.
+
+Off unless `flow.enabled`: then flow control replaces the single admission queue of `limits:`
+(whose `max_concurrent_requests` still caps what is dispatched at once).
+"""
+
+from __future__ import annotations
+
+import enum
+
+from pydantic import Field, model_validator
+
+from picker.strict import StrictModel
+
+__all__ = ["FairnessKind", "FlowSettings", "OrderingKind", "SaturationSettings"]
+
+FlowId = str
+
+
+class FairnessKind(enum.StrEnum):
+    """How a band shares dispatch between its backlogged flows."""
+
+    ROUND_ROBIN = "round_robin"  # one request per flow in turn
+    TOKENS = "tokens"  # least served tokens first (prompt + generated), VTC-style
+
+
+class OrderingKind(enum.StrEnum):
+    """The order inside one flow's queue."""
+
+    FCFS = "fcfs"
+    EDF = "edf"  # earliest deadline: arrival + x-slo-ttft-ms, else arrival + ttl
+
+
+class SaturationSettings(StrictModel):
+    """When a worker takes no more dispatches (0: no limit)."""
+
+    max_in_flight_per_worker: int = Field(default=0, ge=0)
+
+
+class FlowSettings(StrictModel):
+    enabled: bool = False
+    # Client-sent flow and objective headers are honoured only when the proxy in front sets
+    # or vets them; otherwise every request is the default flow at priority 0.
+    trust_client_headers: bool = False
+    # Another header naming the flow (e.g. one the gateway sets from an API key), trusted like
+    # the others; read before x-gateway-inference-fairness-id.
+    fairness_header: str | None = Field(default=None, min_length=1, pattern=r"^[a-z0-9-]+$")
+    default_flow: FlowId = Field(default="default-flow", min_length=1, max_length=200)
+    # InferenceObjective name -> priority (higher first; negative is sheddable).
+    objectives: dict[str, int] = Field(default_factory=dict)
+    fairness: FairnessKind = FairnessKind.ROUND_ROBIN
+    ordering: OrderingKind = OrderingKind.FCFS
+    # How many may wait in all, and per band (priority -> bound; other bands share `max_queued`).
+    max_queued: int = Field(default=1000, ge=0)
+    band_max_queued: dict[int, int] = Field(default_factory=dict)
+    # Under envoy/envoy.yaml's 5 s ext_proc message_timeout (llm-picker envoy-config raises it).
+    ttl_secs: float = Field(default=3.0, gt=0)
+    # How long a request may wait while its model has no routable worker (scale from zero);
+    # 0: refuse at once, as without flow control.
+    no_worker_ttl_secs: float = Field(default=0.0, ge=0)
+    retry_after_secs: int = Field(default=1, ge=0)
+    saturation: SaturationSettings = Field(default_factory=SaturationSettings)
+
+    @model_validator(mode="after")
+    def _bands_bounded(self) -> FlowSettings:
+        for priority, bound in self.band_max_queued.items():
+            if bound < 0:
+                raise ValueError(f"band_max_queued.{priority}: must be >= 0")
+        return self
