@@ -11,6 +11,7 @@
         ├── BodyTooLarge       413: body over the configured limit
         ├── UnsupportedMediaType 415: a content-type that is not JSON
         ├── Overloaded         429: at the concurrency limit (with Retry-After)
+        │   └── QuotaExceeded  429: the request's flow is over its requests/tokens per minute
         ├── NoHealthyWorker    503: workers serve the model, none is routable now
         ├── FlowRefused        503: flow control did not dispatch it; `code` says why
         │                      (queue_full, shed, ttl_expired, no_ready_worker), Retry-After
@@ -38,6 +39,7 @@ __all__ = [
     "PrefillFailed",
     "PrefillRejected",
     "ProxyMisconfigured",
+    "QuotaExceeded",
     "RequestError",
     "UnknownWorker",
     "UnsupportedMediaType",
@@ -160,6 +162,13 @@ class Overloaded(RequestError):
 
     def headers(self) -> dict[str, str]:
         return {"retry-after": str(self.retry_after)}
+
+
+class QuotaExceeded(Overloaded):
+    """The request's flow spent its budget (picker.routing.flow.quota); Retry-After says when
+    the budget will hold the request."""
+
+    code = "quota_exceeded"
 
 
 class UnsupportedMediaType(RequestError):

@@ -208,15 +208,10 @@ class RoutingService:
 
 
 def _finishes(ticket: Ticket) -> LeaseEnd:
-    """The lease end that hands a flow control ticket back, with the tokens generated (the
-    response's usage, else its streamed chunks: one token each) when the adapter saw them."""
+    """The lease end that hands a flow control ticket back with the tokens generated."""
 
     def end(lease: Lease, outcome: Outcome, response: ResponseSample | None) -> None:
-        generated = 0.0
-        if response is not None:
-            generated = float(response.usage.completion_tokens if response.usage is not None
-                              else response.chunks)
-        ticket.finish(generated)
+        ticket.finish(float(lease.generated_tokens(response)))
 
     return end
 

@@ -57,7 +57,7 @@ class Lease:
     `fallbacks` where a proxy that retries should go next, chosen by the same router."""
 
     __slots__ = ("_worker", "choice", "prefill", "fallbacks", "started", "_book", "_open",
-                 "_forward", "_ends")
+                 "_forward", "_ends", "_generated")
 
     def __init__(self, choice: Choice, book: LeaseBook, prefill: Worker | None = None,
                  fallbacks: Sequence[Worker] = (), ends: Sequence[LeaseEnd] = ()) -> None:
@@ -70,6 +70,7 @@ class Lease:
         self._book = book
         self._open = True
         self._forward: Forward | None = None
+        self._generated: int | None = None
 
     @property
     def forward(self) -> Forward | None:
@@ -103,8 +104,17 @@ class Lease:
 
     def observe(self, observation: Observation) -> None:
         """The finished request's timing and usage as the proxy reported them (LiteLLM's
-        success callback): they teach the serving worker's speed."""
+        success callback, before the release): they teach the serving worker's speed."""
+        self._generated = observation.output_tokens
         self._book.observe(self._worker, observation)
+
+    def generated_tokens(self, response: ResponseSample | None) -> int:
+        """Tokens the request generated, as far as the adapter saw: the response's usage,
+        else its streamed chunks (one token each), else what `observe` reported; 0 unseen."""
+        if response is not None:
+            return response.usage.completion_tokens if response.usage is not None \
+                else response.chunks
+        return self._generated or 0
 
     def move_to(self, worker: Worker) -> bool:
         """The request was served by `worker`, not the chosen one: move the slot there (the

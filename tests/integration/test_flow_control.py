@@ -1,5 +1,5 @@
 """Flow control through the real Envoy and simulated engines (issue 26): priority bands,
-fairness between flows, TTL, client hang-ups, trusted headers.
+fairness between flows, TTL, client hang-ups, trusted headers, quotas.
 
 One engine with room for one request at a time (flow.saturation.max_in_flight_per_worker: 1):
 a long "blocker" request holds it while the requests under test queue behind it in the
@@ -22,7 +22,8 @@ from tests.integration.conftest import FAST_HEALTH, MODEL, metric_values, wait_u
 SIM = ["--ttft-ms", "30", "--tpot-ms", "5"]
 FLOW = {"enabled": True, "trust_client_headers": True,
         "objectives": {"interactive": 10, "batch": -1}, "ttl_secs": 1.5, "max_queued": 20,
-        "saturation": {"max_in_flight_per_worker": 1}}
+        "saturation": {"max_in_flight_per_worker": 1},
+        "quotas": {"greedy": {"tokens_per_minute": 50}}}
 
 
 @contextlib.contextmanager
@@ -45,9 +46,9 @@ def headers(flow: str, objective: str | None = None) -> dict[str, str]:
     return out
 
 
-async def send(client: httpx.AsyncClient, sent: Mapping[str, str],
-               max_tokens: int = 1) -> tuple[httpx.Response, float]:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+async def send(client: httpx.AsyncClient, sent: Mapping[str, str], max_tokens: int = 1,
+               content: str = "hi") -> tuple[httpx.Response, float]:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": content}],
             "max_tokens": max_tokens}
     response = await client.post("/v1/chat/completions", json=body, headers=dict(sent))
     return response, time.monotonic()
@@ -153,3 +154,23 @@ def test_client_flow_headers_are_ignored_unless_trusted() -> None:
         outcomes = metric_values(fleet, "llm_picker_flow_requests_total")
         assert outcomes == {(("flow", "default-flow"), ("outcome", "dispatched"),
                              ("priority", "0")): 1.0}
+
+
+def test_a_flow_over_its_tokens_per_minute_gets_429_while_others_are_served(
+        fleet: Fleet) -> None:
+    long_prompt = "word " * 80  # ~100 tokens as estimated: over greedy's whole minute (50)
+
+    async def scenario() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=fleet.envoy_url, timeout=10) as client:
+            first, _ = await send(client, headers("greedy"), content=long_prompt)
+            results = await asyncio.gather(
+                send(client, headers("greedy"), content=long_prompt),
+                *(send(client, headers("polite"), content=long_prompt) for _ in range(3)))
+            return [first, *(response for response, _ in results)]
+
+    first, refused, *polite = asyncio.run(scenario())
+    assert first.status_code == 200  # a full bucket lets one oversized request through
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "quota_exceeded"
+    assert 50 <= int(refused.headers["retry-after"]) <= 60  # a minute refills the bucket
+    assert [r.status_code for r in polite] == [200, 200, 200]

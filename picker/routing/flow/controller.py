@@ -1,7 +1,9 @@
 """The flow controller: every request either dispatches or is refused, once, with a reason.
 
-    request ─┬─ room and nobody waiting ahead ────────────────────────► dispatched
-             └─ wait in band/flow queue ─ pump ───────────────────────► dispatched
+    request ─ quota ─(429 quota_exceeded, Retry-After when the budget holds it)
+                │
+                ├─ room and nobody waiting ahead ─────────────────────────► dispatched
+                └─ wait in band/flow queue ─ pump ───────────────────────► dispatched
                        ├─ queue full, nothing lower to shed (503 queue_full)
                        ├─ shed for a higher band               (503 shed)
                        ├─ TTL over                              (503 ttl_expired)
@@ -16,8 +18,8 @@ queues are full a newcomer may displace the newest waiter of a lower band, as ll
 displacement does (README.md:16-20); otherwise the newcomer is refused.
 
 Unlike llm-d, which answers a TTL expiry with 429 while endpoints exist
-(pkg/epp/requestcontrol/admission.go:243-268), every refusal is a 503 here: 429 is kept for
-"you, this flow, sent too much" (quotas); 503 says "the fleet is full now".
+(pkg/epp/requestcontrol/admission.go:243-268), every refusal but a quota's is a 503 here: 429
+is kept for "you, this flow, sent too much"; 503 says "the fleet is full now".
 
 A `Ticket` is what a dispatched request holds; the lease that carries it tells it when a worker
 took the request (`opened`) and when it ended (`finish`), exactly once each; a ticket whose
@@ -35,10 +37,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from picker.errors import FlowRefused
+from picker.errors import FlowRefused, QuotaExceeded
 from picker.routing.flow.fairness import fairness_policy
 from picker.routing.flow.key import FlowAsk, FlowKey
 from picker.routing.flow.queues import Band, Waiter
+from picker.routing.flow.quota import QuotaBook
 from picker.routing.flow.saturation import Room, SaturationDetector
 from picker.routing.flow.settings import FlowSettings
 
@@ -49,6 +52,7 @@ class FlowOutcome(enum.StrEnum):
     """How a request left flow control; the reason code of a refusal."""
 
     DISPATCHED = "dispatched"
+    QUOTA_EXCEEDED = "quota_exceeded"
     QUEUE_FULL = "queue_full"
     SHED = "shed"
     TTL_EXPIRED = "ttl_expired"
@@ -91,12 +95,13 @@ class Ticket:
         self._controller._opened(self)
 
     def finish(self, generated_tokens: float = 0.0) -> None:
-        """The request ended; its generated tokens count against its flow's share."""
-        self._controller._finished(self, generated_tokens)
+        """The request ended; its generated tokens count against its flow's share and
+        quota."""
+        self._controller._finished(self, generated_tokens, refund=False)
 
     def cancel(self) -> None:
-        """The request never reached a worker (no worker fitted)."""
-        self._controller._finished(self, 0.0)
+        """The request never reached a worker (no worker fitted): its charge goes back."""
+        self._controller._finished(self, 0.0, refund=True)
 
     def again(self) -> Ticket:
         """A new ticket for the same request, dispatched at once: its first worker failed
@@ -121,6 +126,7 @@ class FlowController:
         self._max_active = max_active
         self._observer = observer or FlowObserver()
         self._clock = clock
+        self._quotas = QuotaBook(settings, clock)
         self._lock = threading.Lock()
         self._bands: dict[int, Band] = {}
         self._queued = 0
@@ -130,8 +136,13 @@ class FlowController:
     # -- entry points --------------------------------------------------------------------
 
     async def admit(self, ask: FlowAsk) -> Ticket:
-        """Dispatch now, or wait until dispatched; raises FlowRefused."""
+        """Dispatch now, or wait until dispatched; raises QuotaExceeded or FlowRefused."""
         arrived = self._clock()
+        try:
+            self._quotas.take(ask.key.fairness_id, ask.tokens)
+        except QuotaExceeded:
+            self._observer.left(ask.key, FlowOutcome.QUOTA_EXCEEDED, 0.0)
+            raise
         loop = asyncio.get_running_loop()
         with self._lock:
             if not self._queued:
@@ -302,7 +313,7 @@ class FlowController:
             ticket._state = "open"
             self._pending[ticket.ask.model] -= 1
 
-    def _finished(self, ticket: Ticket, generated: float) -> None:
+    def _finished(self, ticket: Ticket, generated: float, refund: bool) -> None:
         ask = ticket.ask
         with self._lock:
             if ticket._state == "done":
@@ -316,15 +327,21 @@ class FlowController:
                 band.fairness.generated(ask.key.fairness_id, generated)
             if self._queued:
                 self._pump()
+        if refund:
+            self._quotas.give_back(ask.key.fairness_id, ask.tokens)
+        elif generated:
+            self._quotas.generated(ask.key.fairness_id, generated)
 
     # -- refusals --------------------------------------------------------------------------
 
     def _refuse_locked(self, ask: FlowAsk, outcome: FlowOutcome) -> None:
         """Refuse a newcomer while holding the lock (it never queued)."""
+        self._quotas.give_back(ask.key.fairness_id, ask.tokens)
         self._observer.left(ask.key, outcome, 0.0)
         raise self._refusal(outcome)
 
     def _refuse(self, ask: FlowAsk, outcome: FlowOutcome, waited: float) -> None:
+        self._quotas.give_back(ask.key.fairness_id, ask.tokens)
         self._observer.left(ask.key, outcome, waited)
 
     def _resolve_refused(self, waiter: Waiter, outcome: FlowOutcome) -> None:

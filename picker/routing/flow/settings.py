@@ -1,5 +1,5 @@
-"""`flow:` in the configuration: who is which flow, the bands, the queues' bounds and when an
-engine counts as saturated.
+"""`flow:` in the configuration: who is which flow, the bands, the queues' bounds, the quotas
+and when an engine counts as saturated.
 
 Off unless `flow.enabled`: then flow control replaces the single admission queue of `limits:`
 (whose `max_concurrent_requests` still caps what is dispatched at once).
@@ -8,12 +8,13 @@ Off unless `flow.enabled`: then flow control replaces the single admission queue
 from __future__ import annotations
 
 import enum
+from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from picker.strict import StrictModel
 
-__all__ = ["FairnessKind", "FlowSettings", "OrderingKind", "SaturationSettings"]
+__all__ = ["FairnessKind", "FlowSettings", "OrderingKind", "QuotaSettings", "SaturationSettings"]
 
 FlowId = str
 
@@ -30,6 +31,13 @@ class OrderingKind(enum.StrEnum):
 
     FCFS = "fcfs"
     EDF = "edf"  # earliest deadline: arrival + x-slo-ttft-ms, else arrival + ttl
+
+
+class QuotaSettings(StrictModel):
+    """A flow's budget per rolling minute; 0: no limit on that dimension."""
+
+    requests_per_minute: int = Field(default=0, ge=0)
+    tokens_per_minute: int = Field(default=0, ge=0)
 
 
 class SaturationSettings(StrictModel):
@@ -53,18 +61,17 @@ class FlowSettings(StrictModel):
     ordering: OrderingKind = OrderingKind.FCFS
     # How many may wait in all, and per band (priority -> bound; other bands share `max_queued`).
     max_queued: int = Field(default=1000, ge=0)
-    band_max_queued: dict[int, int] = Field(default_factory=dict)
+    band_max_queued: dict[int, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
     # Under envoy/envoy.yaml's 5 s ext_proc message_timeout (llm-picker envoy-config raises it).
     ttl_secs: float = Field(default=3.0, gt=0)
     # How long a request may wait while its model has no routable worker (scale from zero);
     # 0: refuse at once, as without flow control.
     no_worker_ttl_secs: float = Field(default=0.0, ge=0)
     retry_after_secs: int = Field(default=1, ge=0)
+    # Per flow id; flows not listed get `default_quota` (each flow its own budget of that size).
+    quotas: dict[FlowId, QuotaSettings] = Field(default_factory=dict)
+    default_quota: QuotaSettings = Field(default_factory=QuotaSettings)
     saturation: SaturationSettings = Field(default_factory=SaturationSettings)
 
-    @model_validator(mode="after")
-    def _bands_bounded(self) -> FlowSettings:
-        for priority, bound in self.band_max_queued.items():
-            if bound < 0:
-                raise ValueError(f"band_max_queued.{priority}: must be >= 0")
-        return self
+    def quota(self, flow: FlowId) -> QuotaSettings:
+        return self.quotas.get(flow, self.default_quota)
