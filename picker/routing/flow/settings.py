@@ -41,9 +41,17 @@ class QuotaSettings(StrictModel):
 
 
 class SaturationSettings(StrictModel):
-    """When a worker takes no more dispatches (0: no limit)."""
+    """When a worker takes no more dispatches: any threshold reached (0 turns one off).
+
+    In-flight is the picker's own exact count; waiting and KV usage come from the engine's
+    metrics scrape (`load:`), ignored when older than `max_age_secs`; the predicted TTFT needs
+    the engine's prefill rate learned (picker.fleet.speed)."""
 
     max_in_flight_per_worker: int = Field(default=0, ge=0)
+    max_waiting: float = Field(default=0.0, ge=0)
+    max_kv_usage: float = Field(default=0.0, ge=0, le=1)
+    max_predicted_ttft_secs: float = Field(default=0.0, ge=0)
+    max_age_secs: float = Field(default=5.0, gt=0)
 
 
 class FlowSettings(StrictModel):
