@@ -1,5 +1,5 @@
 """Flow control through the real Envoy and simulated engines (issue 26): priority bands,
-fairness between flows, TTL, client hang-ups, trusted headers, quotas.
+fairness between flows, TTL, client hang-ups, trusted headers, quotas, scale from zero.
 
 One engine with room for one request at a time (flow.saturation.max_in_flight_per_worker: 1):
 a long "blocker" request holds it while the requests under test queue behind it in the
@@ -16,8 +16,8 @@ from collections.abc import Iterator, Mapping
 import httpx
 import pytest
 
-from picker_bench.stack import Fleet, SimSpec, local_fleet
-from tests.integration.conftest import FAST_HEALTH, MODEL, metric_values, wait_until
+from picker_bench.stack import Fleet, SimSpec, free_port, local_fleet, start_sims
+from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER, metric_values, wait_until
 
 SIM = ["--ttft-ms", "30", "--tpot-ms", "5"]
 FLOW = {"enabled": True, "trust_client_headers": True,
@@ -174,3 +174,31 @@ def test_a_flow_over_its_tokens_per_minute_gets_429_while_others_are_served(
     assert refused.json()["error"]["code"] == "quota_exceeded"
     assert 50 <= int(refused.headers["retry-after"]) <= 60  # a minute refills the bucket
     assert [r.status_code for r in polite] == [200, 200, 200]
+
+
+def test_requests_for_a_model_without_a_ready_worker_wait_for_one_to_start() -> None:
+    a = SimSpec("a", MODEL, SIM, port=free_port())
+    late = SimSpec("late", "late-model", SIM, port=free_port())  # registered, not started
+    workers = [{"url": f"http://127.0.0.1:{s.port}", "id": s.worker_id, "models": [s.model]}
+               for s in (a, late)]
+    settings = {**FAST_HEALTH, "workers": workers,
+                "flow": {**FLOW, "ttl_secs": 1.0, "no_worker_ttl_secs": 20}}
+    with local_fleet([a], picker_settings=settings) as fleet:
+        wait_until(lambda: metric_values(fleet, "llm_picker_worker_healthy")[
+            (("worker", "late"),)] == 0, 5, "the late worker to be found down")
+
+        async def scenario() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=fleet.envoy_url, timeout=30) as client:
+                body = {"model": "late-model", "max_tokens": 1,
+                        "messages": [{"role": "user", "content": "hi"}]}
+                waiting = [asyncio.create_task(client.post("/v1/chat/completions", json=body))
+                           for _ in range(2)]
+                await asyncio.to_thread(wait_until, lambda: queued(fleet) == 2, 5, "2 held")
+                await asyncio.sleep(1.5)  # past ttl_secs: held by no_worker_ttl_secs instead
+                procs = await asyncio.to_thread(start_sims, [late], fleet.workdir)
+                fleet.processes["sim-late"] = procs[0]
+                return list(await asyncio.gather(*waiting))
+
+        responses = asyncio.run(scenario())
+        assert [r.status_code for r in responses] == [200, 200]
+        assert {r.headers[SIM_HEADER] for r in responses} == {"late"}

@@ -72,8 +72,9 @@ class FlowSettings(StrictModel):
     band_max_queued: dict[int, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
     # Under envoy/envoy.yaml's 5 s ext_proc message_timeout (llm-picker envoy-config raises it).
     ttl_secs: float = Field(default=3.0, gt=0)
-    # How long a request may wait while its model has no routable worker (scale from zero);
-    # 0: refuse at once, as without flow control.
+    # How long a request that found no routable worker for its model may wait for one (scale
+    # from zero; llm-d-router's noEndpointRequestTTL, pkg/epp/flowcontrol/README.md:68-75,
+    # except that the budget is fixed on arrival). 0: refuse at once, as without flow control.
     no_worker_ttl_secs: float = Field(default=0.0, ge=0)
     retry_after_secs: int = Field(default=1, ge=0)
     # Per flow id; flows not listed get `default_quota` (each flow its own budget of that size).
