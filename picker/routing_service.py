@@ -11,12 +11,13 @@ wherever the caller is: `attach` names that loop once the runtime runs.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 
 from picker.errors import PrefillFailed, RequestError
 from picker.fleet.registry import Worker, WorkerRegistry
-from picker.observe.decisions import ExplainSettings, explain_line
+from picker.observe.decisions import DecisionLog, ExplainSettings, explain_line
 from picker.observe.metrics import PickerMetrics
 from picker.pd.pairing import PairStep
 from picker.prefix.producer import PrefixProducer
@@ -35,9 +36,11 @@ class RoutingService:
     def __init__(self, workers: WorkerRegistry, routers: RouterManager, leases: LeaseBook,
                  metrics: PickerMetrics, prefix: PrefixProducer | None, pairs: PairStep,
                  explain: ExplainSettings, pd_attempts: int, pd_paired: bool,
-                 flow: tuple[FlowSettings, FlowController] | None = None) -> None:
+                 flow: tuple[FlowSettings, FlowController] | None = None,
+                 decisions: DecisionLog | None = None) -> None:
         """`pd_paired`: prefill/decode pairs may be chosen (enable_igw). `flow`: flow control
-        admits requests instead of the lease book's admission queue."""
+        admits requests instead of the lease book's admission queue. `decisions`: where flow
+        control's refusals are recorded (explain.enabled)."""
         self._workers = workers
         self._routers = routers
         self._leases = leases
@@ -47,6 +50,7 @@ class RoutingService:
         self._explain = explain
         self._pd_attempts = pd_attempts
         self._flow = flow
+        self._decisions = decisions
         self._awaits = self._remote is not None or leases.queueing or pd_paired \
             or flow is not None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -131,7 +135,15 @@ class RoutingService:
             await self._leases.admit()
             return None
         settings, controller = self._flow
-        ticket = await controller.admit(flow_ask(request, settings))
+        ask = flow_ask(request, settings)
+        arrived = time.monotonic()
+        try:
+            ticket = await controller.admit(ask)
+        except RequestError as refused:
+            if self._decisions is not None:
+                self._decisions.refused_in_flow(request, ask.key.fairness_id, ask.key.priority,
+                                                refused.code, time.monotonic() - arrived)
+            raise
         try:
             self._leases.admit_now()  # does not refuse: flow control holds the same limit
         except BaseException:
@@ -151,6 +163,9 @@ class RoutingService:
                                   None if ticket is None else _finishes(ticket))
         if ticket is not None:
             ticket.opened()
+            if choice.decision is not None:
+                key = ticket.ask.key
+                choice.decision.waited(key.fairness_id, key.priority, ticket.waited_secs)
         return lease
 
     def _open(self, router: Router, request: RoutingRequest,

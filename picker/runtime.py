@@ -155,7 +155,7 @@ class PickerRuntime:
                                       self._prefix, self._pairs, config.explain,
                                       config.pd.max_attempts, pd_paired=config.enable_igw,
                                       flow=None if self.flow is None
-                                      else (config.flow, self.flow))
+                                      else (config.flow, self.flow), decisions=self.decisions)
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
