@@ -44,3 +44,6 @@ class RoutingRequest:
     body: Mapping[str, Any] | None = None
     # The client's time-to-first-token target (x-slo-ttft-ms or llm-d's alias), in seconds.
     slo_ttft_secs: float | None = None
+    # The flow (picker.routing.flow) an adapter's host vouches for, from its own
+    # authentication (LiteLLM's team or key); trusted where client headers may not be.
+    flow_id: str | None = None

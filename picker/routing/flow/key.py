@@ -76,5 +76,6 @@ def flow_ask(request: RoutingRequest, settings: FlowSettings) -> FlowAsk:
     request was tokenized, else estimated from its text) and first-token deadline."""
     tokens = len(request.tokens) if request.tokens is not None \
         else -(-len(request.prompt_text) // CHARS_PER_TOKEN)
-    return FlowAsk(flow_key(request.headers, settings), request.model, float(tokens),
+    return FlowAsk(flow_key(request.headers, settings, request.flow_id), request.model,
+                   float(tokens),
                    request.slo_ttft_secs)
