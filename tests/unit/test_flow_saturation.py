@@ -62,3 +62,12 @@ def test_no_ready_worker_is_worth_waiting_for_an_unserved_model_is_not() -> None
     assert detector.room("nobody-serves-this", 0) is Room.UNSERVED
     workers.registry.set_healthy(workers[1], False)
     assert detector.room("nobody-serves-this", 0) is Room.NO_WORKER  # the fleet is at zero
+
+
+def test_sheddable_requests_leave_headroom_for_the_bands_above() -> None:
+    workers = fleet()
+    detector = SaturationDetector(workers.registry, SaturationSettings(
+        max_in_flight_per_worker=4, sheddable_share=0.5))
+    workers.set_in_flight(workers[0], 2)
+    assert detector.room("m", 0, sheddable=True) is Room.SATURATED
+    assert detector.room("m", 0) is Room.FREE

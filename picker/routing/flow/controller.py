@@ -168,7 +168,8 @@ class FlowController:
     # -- dispatch --------------------------------------------------------------------------
 
     def _try_now(self, ask: FlowAsk) -> Ticket | None:
-        return self._dispatch(ask, 0.0) if self._passes(self._room(ask.model)) else None
+        room = self._room(ask.model, ask.key.sheddable)
+        return self._dispatch(ask, 0.0) if self._passes(room) else None
 
     def _passes(self, room: Room) -> bool:
         """Dispatch on this room: free, or nothing to wait for (the router then refuses as it
@@ -177,10 +178,10 @@ class FlowController:
         return room is Room.FREE or room is Room.UNSERVED or (
             room is Room.NO_WORKER and not self._settings.no_worker_ttl_secs)
 
-    def _room(self, model: str) -> Room:
+    def _room(self, model: str, sheddable: bool = False) -> Room:
         if self._max_active and self._active >= self._max_active:
             return Room.SATURATED
-        return self._detector.room(model, self._pending.get(model, 0))
+        return self._detector.room(model, self._pending.get(model, 0), sheddable)
 
     def _dispatch(self, ask: FlowAsk, waited: float, first: bool = True) -> Ticket:
         self._active += 1
@@ -192,7 +193,7 @@ class FlowController:
 
     def _pump(self) -> None:
         now = self._clock()
-        rooms: dict[str, Room] = {}
+        rooms: dict[tuple[str, bool], Room] = {}
         progress = True
         while progress and self._queued:
             progress = False
@@ -202,10 +203,10 @@ class FlowController:
                     waiter = band.head(flow)
                     if waiter is None:
                         continue
-                    model = waiter.ask.model
-                    room = rooms.get(model)
+                    where = (waiter.ask.model, waiter.ask.key.sheddable)
+                    room = rooms.get(where)
                     if room is None:
-                        room = rooms[model] = self._room(model)
+                        room = rooms[where] = self._room(*where)
                     if not self._passes(room):
                         continue
                     self._take_out(waiter)

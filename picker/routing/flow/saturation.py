@@ -12,6 +12,11 @@ Per worker, any threshold reached (each 0 when off) saturates it:
   (`load:`) and lag by up to a scrape interval; a scrape older than `max_age_secs` is ignored
   (llm-d counts a stale endpoint as saturated, detector.go:142-146: the picker also runs
   without scraping, and would then never dispatch);
+- for sheddable (negative priority) requests, a ceiling of `sheddable_share` of that capacity
+  on the worker's in-flight count (every band's): a slot is not preempted, so a band above
+  finds one free only if the bands below leave headroom - llm-d's priority holdback, which
+  lowers the admission ceiling of low-priority traffic as utilization rises
+  (pkg/epp/flowcontrol/README.md:76-79);
 - the TTFT the picker predicts for a request arriving now (the queue ahead of it at the
   engine's learned prefill rate, picker.fleet.speed.predicted_ttft), once the rate is known.
 
@@ -50,7 +55,9 @@ class SaturationDetector:
         self._settings = settings
         self._clock = clock
 
-    def room(self, model: str, pending: int) -> Room:
+    def room(self, model: str, pending: int, sheddable: bool = False) -> Room:
+        """`sheddable`: for a negative priority, which may only fill `sheddable_share` of the
+        in-flight capacity (the rest is headroom for the bands above)."""
         serving = self._registry.for_model(model)
         workers = [w for w in serving if w.routable]
         if not workers:
@@ -60,6 +67,8 @@ class SaturationDetector:
         now = self._clock()
         free = [w for w in workers if not self._engine_saturated(w, now)]
         limit = self._settings.max_in_flight_per_worker
+        if sheddable and limit:
+            limit = max(1, int(limit * self._settings.sheddable_share))
         if not free or (limit and sum(max(0, limit - w.in_flight) for w in free) <= pending):
             return Room.SATURATED
         return Room.FREE

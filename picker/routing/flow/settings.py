@@ -48,6 +48,10 @@ class SaturationSettings(StrictModel):
     the engine's prefill rate learned (picker.fleet.speed)."""
 
     max_in_flight_per_worker: int = Field(default=0, ge=0)
+    # Sheddable (negative priority) requests are dispatched to a worker only while its
+    # in-flight count, every band's, is under this part of max_in_flight_per_worker: the rest
+    # is headroom for higher bands, whose requests then need not wait for a slot to end.
+    sheddable_share: float = Field(default=1.0, gt=0, le=1)
     max_waiting: float = Field(default=0.0, ge=0)
     max_kv_usage: float = Field(default=0.0, ge=0, le=1)
     max_predicted_ttft_secs: float = Field(default=0.0, ge=0)
