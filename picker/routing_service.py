@@ -21,7 +21,7 @@ from picker.observe.decisions import DecisionLog, ExplainSettings, explain_line
 from picker.observe.metrics import PickerMetrics
 from picker.pd.pairing import PairStep
 from picker.prefix.producer import PrefixProducer
-from picker.routing.flow import FlowController, FlowSettings, Ticket, flow_ask
+from picker.routing.flow import FlowControl, Ticket
 from picker.routing.leases import Lease, LeaseBook, LeaseEnd
 from picker.routing.outcome import Outcome
 from picker.routing.request import RoutingRequest
@@ -36,7 +36,7 @@ class RoutingService:
     def __init__(self, workers: WorkerRegistry, routers: RouterManager, leases: LeaseBook,
                  metrics: PickerMetrics, prefix: PrefixProducer | None, pairs: PairStep,
                  explain: ExplainSettings, pd_attempts: int, pd_paired: bool,
-                 flow: tuple[FlowSettings, FlowController] | None = None,
+                 flow: FlowControl | None = None,
                  decisions: DecisionLog | None = None) -> None:
         """`pd_paired`: prefill/decode pairs may be chosen (enable_igw). `flow`: flow control
         admits requests instead of the lease book's admission queue. `decisions`: where flow
@@ -134,11 +134,10 @@ class RoutingService:
         if self._flow is None:
             await self._leases.admit()
             return None
-        settings, controller = self._flow
-        ask = flow_ask(request, settings)
+        ask = self._flow.ask(request)
         arrived = time.monotonic()
         try:
-            ticket = await controller.admit(ask)
+            ticket = await self._flow.controller.admit(ask)
         except RequestError as refused:
             if self._decisions is not None:
                 self._decisions.refused_in_flow(request, ask.key.fairness_id, ask.key.priority,

@@ -53,7 +53,7 @@ from picker.prefix.producer import PrefixProducer
 from picker.processes.counts import SharedCounts
 from picker.processes.group import ProcessGroup, check_group_config
 from picker.replicas.joining import join_replicas
-from picker.routing.flow import FlowController, SaturationDetector
+from picker.routing.flow import FlowControl, FlowController, Objectives, SaturationDetector
 from picker.routing.leases import LeaseBook
 from picker.routing.router_manager import RouterManager
 from picker.routing_service import RoutingService
@@ -138,7 +138,11 @@ class PickerRuntime:
                                      else config.extproc.worker_keys_problem())
         if not self._follower:  # followers get every worker, config's included, mirrored
             self.manager.adopt(None, config.workers)
-        self._sources: list[Source] = build_sources(config.discovery, self.manager)
+        # InferenceObjective priorities: the configuration's, and the cluster's when
+        # Kubernetes discovery follows them (flow control on).
+        objectives = Objectives(config.flow.objectives)
+        self._sources: list[Source] = build_sources(
+            config.discovery, self.manager, objectives if config.flow.enabled else None)
         if deployments is not None:
             deployments.attach(self.manager)
             self._sources.append(deployments)
@@ -155,7 +159,8 @@ class PickerRuntime:
                                       self._prefix, self._pairs, config.explain,
                                       config.pd.max_attempts, pd_paired=config.enable_igw,
                                       flow=None if self.flow is None
-                                      else (config.flow, self.flow), decisions=self.decisions)
+                                      else FlowControl(config.flow, objectives, self.flow),
+                                      decisions=self.decisions)
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from picker.errors import InvalidRequest
 from picker.routing import control_headers
+from picker.routing.flow.objectives import Objectives
 from picker.routing.flow.settings import FlowSettings
 from picker.routing.request import RoutingRequest
 from picker.trace.hashing import CHARS_PER_TOKEN
@@ -47,7 +48,7 @@ class FlowAsk:
     slo_ttft_secs: float | None = None  # the client's deadline for its first token
 
 
-def flow_key(headers: Mapping[str, str], settings: FlowSettings,
+def flow_key(headers: Mapping[str, str], settings: FlowSettings, objectives: Objectives,
              override: str | None = None) -> FlowKey:
     """The request's flow. `override`: a fairness id the host itself vouches for (LiteLLM's
     key or team), used before any header."""
@@ -60,9 +61,7 @@ def flow_key(headers: Mapping[str, str], settings: FlowSettings,
             fairness_id = control_headers.client_value(headers, control_headers.FAIRNESS_ID)
         objective = control_headers.client_value(headers, control_headers.OBJECTIVE)
         if objective is not None:
-            # An objective nobody declared is priority 0, as llm-d-router's director treats one
-            # it cannot find (pkg/epp/requestcontrol/director.go:222-234).
-            priority = settings.objectives.get(objective, 0)
+            priority = objectives.priority(objective)
     if not fairness_id:
         fairness_id = settings.default_flow
     if len(fairness_id) > _MAX_ID:
@@ -71,11 +70,11 @@ def flow_key(headers: Mapping[str, str], settings: FlowSettings,
     return FlowKey(priority, fairness_id)
 
 
-def flow_ask(request: RoutingRequest, settings: FlowSettings) -> FlowAsk:
+def flow_ask(request: RoutingRequest, settings: FlowSettings,
+             objectives: Objectives) -> FlowAsk:
     """What flow control needs of `request`: its flow, model, prompt tokens (counted when the
     request was tokenized, else estimated from its text) and first-token deadline."""
     tokens = len(request.tokens) if request.tokens is not None \
         else -(-len(request.prompt_text) // CHARS_PER_TOKEN)
-    return FlowAsk(flow_key(request.headers, settings, request.flow_id), request.model,
-                   float(tokens),
-                   request.slo_ttft_secs)
+    key = flow_key(request.headers, settings, objectives, request.flow_id)
+    return FlowAsk(key, request.model, float(tokens), request.slo_ttft_secs)
