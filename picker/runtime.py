@@ -151,15 +151,16 @@ class PickerRuntime:
 
             self._sources = [StateFollower(self.registry, group.feed_path)]
         self._pairs = PairStep(self.registry, self.metrics, config.pd.prefill_timeout_secs)
+        flow = config.flow if group is None else group.share_of_flow(config.flow)
         self.flow = FlowController(
-            config.flow, SaturationDetector(self.registry, config.flow.saturation),
+            flow, SaturationDetector(self.registry, flow.saturation),
             self.leases.limit or 0, FlowMetrics(self.metrics.registry)) \
-            if config.flow.enabled else None
+            if flow.enabled else None
         self.routing = RoutingService(self.registry, self.routers, self.leases, self.metrics,
                                       self._prefix, self._pairs, config.explain,
                                       config.pd.max_attempts, pd_paired=config.enable_igw,
                                       flow=None if self.flow is None
-                                      else FlowControl(config.flow, objectives, self.flow),
+                                      else FlowControl(flow, objectives, self.flow),
                                       decisions=self.decisions)
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -9,8 +9,8 @@ rather than being refused forever. Its generated tokens are taken when the respo
 may drive the bucket below zero: a flow that generates much waits longer before its next
 request. A request refused after its charge (shed, expired, gone) gets the charge back.
 
-Each picker process keeps its own buckets: with `serve --workers N` or replicas, each enforces
-the whole budget on the requests it sees (see README: up to N times the budget in all).
+Each picker process keeps its own buckets: under `serve --workers N` each holds 1/N of every
+budget (picker.processes.group.share_of_flow); replicas each enforce the whole budget.
 """
 
 from __future__ import annotations
