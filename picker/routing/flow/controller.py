@@ -11,9 +11,10 @@
                        └─ client gone                           (cancelled: nobody to answer)
 
 `pump` dispatches while there is room: bands in strict priority order, the band's fairness
-policy choosing between flows, each flow's queue in its order - llm-d-router's dispatch cycle
-(pkg/epp/flowcontrol/README.md:146-157). It runs when a request arrives, when a dispatched one
-ends, and on `tick()` (engine signals and worker readiness change on their own). When the
+policy choosing between flows, each flow's queue in its order - the two tiers of policy
+llm-d-router's controller applies (pkg/epp/flowcontrol/README.md:146-157). It runs when a
+request arrives, when a dispatched one ends, and on `tick()` (engine signals and worker
+readiness change on their own). When the
 queues are full a newcomer may displace the newest waiter of a lower band, as llm-d's
 displacement does (README.md:16-20); otherwise the newcomer is refused.
 
@@ -30,6 +31,7 @@ waiters' futures are resolved on their own loops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import math
 import threading
@@ -224,15 +226,12 @@ class FlowController:
                  loop: asyncio.AbstractEventLoop) -> Waiter:
         settings = self._settings
         priority = ask.key.priority
+        band = self._band(priority)
         band_bound = settings.band_max_queued.get(priority)
-        band = self._bands.get(priority)
-        if band_bound is not None and band is not None and band.size >= band_bound:
-            self._refuse_locked(ask, FlowOutcome.QUEUE_FULL)
-        if band_bound == 0:
+        if band_bound is not None and band.size >= band_bound:
             self._refuse_locked(ask, FlowOutcome.QUEUE_FULL)
         if self._queued >= settings.max_queued and not self._shed_below(priority):
             self._refuse_locked(ask, FlowOutcome.QUEUE_FULL)
-        band = self._band(priority)
         deadline = arrived + (ask.slo_ttft_secs if ask.slo_ttft_secs is not None
                               else settings.ttl_secs)
         budget = settings.no_worker_ttl_secs if self._room(ask.model) is Room.NO_WORKER \
@@ -271,11 +270,11 @@ class FlowController:
 
     async def _wait(self, waiter: Waiter) -> Ticket:
         try:
-            try:
-                return await asyncio.wait_for(asyncio.shield(waiter.future),
-                                              max(0.0, waiter.expires - self._clock()))
-            except TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation arriving
+            # as the future completes (CPython bpo-42130), and a client gone would keep a slot.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, waiter.expires - self._clock())):
+                    return await asyncio.shield(waiter.future)
             with self._lock:
                 queued = waiter.queued
                 if queued:
@@ -301,6 +300,15 @@ class FlowController:
                 waiter.future.result().cancel()
             raise
 
+    def _unpend(self, model: str) -> None:
+        """One fewer dispatched request of `model` without a lease; a model at none is
+        forgotten (model names are client text: the dict must not grow with them)."""
+        left = self._pending[model] - 1
+        if left:
+            self._pending[model] = left
+        else:
+            del self._pending[model]
+
     def _again(self, ticket: Ticket) -> Ticket:
         with self._lock:
             return self._dispatch(ticket.ask, ticket.waited_secs, first=False)
@@ -312,7 +320,7 @@ class FlowController:
             if ticket._state != "pending":
                 return
             ticket._state = "open"
-            self._pending[ticket.ask.model] -= 1
+            self._unpend(ticket.ask.model)
 
     def _finished(self, ticket: Ticket, generated: float, refund: bool) -> None:
         ask = ticket.ask
@@ -320,7 +328,7 @@ class FlowController:
             if ticket._state == "done":
                 return
             if ticket._state == "pending":
-                self._pending[ask.model] -= 1
+                self._unpend(ask.model)
             ticket._state = "done"
             self._active -= 1
             band = self._bands.get(ask.key.priority)

@@ -25,6 +25,9 @@ from picker.routing.flow.settings import FairnessKind
 
 __all__ = ["Fairness", "RoundRobin", "TokenWeighted", "fairness_policy"]
 
+# Token counters kept per band before those of flows not waiting are dropped.
+_MAX_COUNTERS = 10_000
+
 
 class Fairness(Protocol):
     def order(self, backlogged: Sequence[str]) -> list[str]:
@@ -74,13 +77,12 @@ class TokenWeighted:
         return sorted(backlogged, key=lambda flow: (self._served.get(flow, 0.0), flow))
 
     def joined(self, flow: str, backlogged: Sequence[str]) -> None:
-        floor = min((self._served.get(other, 0.0) for other in backlogged), default=None)
-        if floor is not None:
-            self._served[flow] = max(self._served.get(flow, 0.0), floor)
-        if not backlogged:
-            # Alone in the band: counters only compare flows that wait together, so start
-            # everyone afresh (and forget flows long gone: the dict stays small).
-            self._served = {flow: 0.0}
+        if not backlogged or len(self._served) > _MAX_COUNTERS:
+            # Counters only compare flows that wait together: alone in the band, everyone
+            # starts afresh; and flows not waiting are forgotten before the dict grows large.
+            self._served = {other: self._served.get(other, 0.0) for other in backlogged}
+        floor = min((self._served.get(other, 0.0) for other in backlogged), default=0.0)
+        self._served[flow] = max(self._served.get(flow, 0.0), floor)
 
     def dispatched(self, flow: str, tokens: float) -> None:
         self._served[flow] = self._served.get(flow, 0.0) + tokens
