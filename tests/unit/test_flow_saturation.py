@@ -8,6 +8,7 @@ import time
 import pytest
 
 from picker.fleet.engine_load import EngineLoad
+from picker.fleet.speed import Observation
 from picker.fleet.worker_spec import WorkerSpec
 from picker.routing.flow import Room, SaturationDetector
 from picker.routing.flow.settings import SaturationSettings
@@ -71,3 +72,16 @@ def test_sheddable_requests_leave_headroom_for_the_bands_above() -> None:
     workers.set_in_flight(workers[0], 2)
     assert detector.room("m", 0, sheddable=True) is Room.SATURATED
     assert detector.room("m", 0) is Room.FREE
+
+
+def test_a_predicted_ttft_over_the_threshold_saturates_once_the_speed_is_known() -> None:
+    workers = fleet()
+    detector = SaturationDetector(workers.registry, SaturationSettings(
+        max_predicted_ttft_secs=1.0))
+    workers.set_engine(workers[0], EngineLoad(time.monotonic(), waiting=10.0))
+    assert detector.room("m", 0) is Room.FREE  # no speed learned: nothing predicted
+    # 1,000 prompt tokens in 0.5 s: 2,000 tokens/s, a mean TTFT of 0.5 s; 10 waiting ahead.
+    workers.registry.observe(workers[0], Observation(prompt_tokens=1000, ttft_secs=0.5))
+    assert detector.room("m", 0) is Room.SATURATED
+    workers.set_engine(workers[0], EngineLoad(time.monotonic(), waiting=1.0))
+    assert detector.room("m", 0) is Room.FREE  # 0.5 s predicted
