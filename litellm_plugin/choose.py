@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from litellm.exceptions import ServiceUnavailableError
@@ -119,10 +119,23 @@ def _routing_request(call: Call) -> RoutingRequest:
     else:
         api, data["input"] = Api.EMBEDDINGS, call.input if call.input is not None else ""
     headers: Mapping[str, str] = {}
+    flow_id = None
     metadata = caller_metadata(call.request_kwargs)
-    if isinstance(metadata, dict) and isinstance(metadata.get("headers"), dict):
-        headers = {str(k).lower(): str(v) for k, v in metadata["headers"].items()}
-    return request_from_data(api, data, headers)
+    if isinstance(metadata, dict):
+        if isinstance(metadata.get("headers"), dict):
+            headers = {str(k).lower(): str(v) for k, v in metadata["headers"].items()}
+        flow_id = _flow_id(metadata)
+    return replace(request_from_data(api, data, headers), flow_id=flow_id)
+
+
+def _flow_id(metadata: Mapping[str, Any]) -> str | None:
+    """The flow LiteLLM's proxy authenticated the call as: its team, else its key's alias
+    (the proxy's `user_api_key_team_id` / `user_api_key_alias` metadata); None without."""
+    for key, kind in (("user_api_key_team_id", "team"), ("user_api_key_alias", "key")):
+        value = metadata.get(key)
+        if isinstance(value, str) and value:
+            return f"{kind}:{value}"
+    return None
 
 
 @contextlib.contextmanager

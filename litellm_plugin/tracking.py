@@ -164,10 +164,16 @@ class InFlightTracker(CustomLogger):
         return held
 
     def _succeeded(self, kwargs: dict[str, Any], response: Any, start: Any, end: Any) -> None:
-        held = self._pop(_token(kwargs), Outcome.COMPLETED)
-        if held is not None and held[1] is not None:
-            lease, observer = held[0], held[1]
+        token = _token(kwargs)
+        with self._lock:
+            held = self._leases.pop(token, None) if token else None
+        if held is None:
+            return
+        lease, observer = held
+        if observer is not None:
+            # Before the release: the lease's end (flow control's quota) reads the usage.
             lease.observe(observation_of(kwargs, response, start, end, observer.prompt_chars))
+        lease.release(Outcome.COMPLETED)
 
     # -- LiteLLM hooks ----------------------------------------------------------------------
 

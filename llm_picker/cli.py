@@ -206,6 +206,10 @@ def _bench(ns: argparse.Namespace) -> int:
                         requests=ns.requests, concurrency=ns.concurrency, zipf_s=ns.zipf_s,
                         load_ms=ns.load_ms, max_tokens=ns.max_tokens, seed=ns.seed,
                         policies=ns.policies or None)
+    if ns.bench == "flow":
+        from picker_bench.flow import run_flow
+
+        return run_flow(seconds=ns.seconds, seed=ns.seed, sheddable_share=ns.sheddable_share)
     if ns.bench == "spread":
         from picker_bench.spread import run_spread
 
@@ -442,6 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="default: lora_affinity, weighted (lora + in_flight), least_load, "
                            "round_robin")
     lora.set_defaults(run=_bench)
+    flow = which.add_parser("flow", help="a fleet offered 2x its capacity in two priority "
+                            "bands: flow control against the single admission queue")
+    flow.add_argument("--seconds", type=float, default=15.0, help="per phase")
+    flow.add_argument("--seed", type=int, default=1)
+    flow.add_argument("--sheddable-share", type=float, default=0.5,
+                      help="flow.saturation.sheddable_share: the slots the batch band may fill")
+    flow.set_defaults(run=_bench)
     spread = which.add_parser("spread", help="a least_load burst over 4 engines with "
                               "`serve --workers N`, per process count")
     spread.add_argument("--requests", type=int, default=2000)

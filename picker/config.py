@@ -35,6 +35,7 @@ from picker.policies import PolicyParams, parse_params
 from picker.prefix.producer import PrefixSettings
 from picker.replicas.settings import ReplicaSettings
 from picker.routing.admission import LimitSettings
+from picker.routing.flow.settings import FlowSettings
 from picker.routing.model_rewrite import ModelRewriteSettings
 from picker.strict import StrictModel
 from picker.trace.settings import TraceSettings
@@ -233,6 +234,7 @@ class PickerConfig(StrictModel):
     replicas: ReplicaSettings | None = None
     load: LoadSettings = Field(default_factory=LoadSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    flow: FlowSettings = Field(default_factory=FlowSettings)
     workers: list[WorkerSpec] = Field(default_factory=list)
     # Parameters of other policies, by name, for requests choosing them with
     # `x-routing-strategy` (unlisted ones run with their defaults).
@@ -281,6 +283,8 @@ class PickerConfig(StrictModel):
         limits = self.limits
         if limits.max_concurrent_requests and limits.queue_size:
             wait += limits.queue_timeout_secs
+        if self.flow.enabled:
+            wait += max(self.flow.ttl_secs, self.flow.no_worker_ttl_secs)
         tokenizer = self.prefix.tokenizer
         if self.prefix.enabled and tokenizer.kind == "remote":
             wait += tokenizer.timeout_secs * (tokenizer.retries + 1)
@@ -365,6 +369,10 @@ def _validate(data: dict[str, Any]) -> PickerConfig:
     if config.prefix.enabled and (problem := config.prefix.engine_tokens_problem()):
         raise ConfigError("prefix.tokenizer.kind", problem)
     _check_policies(config)
+    if config.flow.enabled and config.limits.queue_size:
+        raise ConfigError("limits.queue_size", "flow control (flow.enabled) replaces the "
+                          "admission queue: set limits.queue_size to 0 (flow.max_queued bounds "
+                          "the queues)")
     if config.replicas is not None and not (config.prefix.enabled
                                             and config.prefix.index == "approximate"):
         raise ConfigError("replicas", "replicas share the picks of the approximate prefix "

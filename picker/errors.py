@@ -11,7 +11,10 @@
         ├── BodyTooLarge       413: body over the configured limit
         ├── UnsupportedMediaType 415: a content-type that is not JSON
         ├── Overloaded         429: at the concurrency limit (with Retry-After)
+        │   └── QuotaExceeded  429: the request's flow is over its requests/tokens per minute
         ├── NoHealthyWorker    503: workers serve the model, none is routable now
+        ├── FlowRefused        503: flow control did not dispatch it; `code` says why
+        │                      (queue_full, shed, ttl_expired, no_ready_worker), Retry-After
         ├── PrefillFailed      503: every prefill/decode pair tried failed at prefill
         ├── AdapterLoadFailed  503: no engine loaded a LoRA adapter the picker asked it to
         └── ProxyMisconfigured 500: the proxy calls the picker in a way it cannot route
@@ -28,6 +31,7 @@ __all__ = [
     "AdapterLoadFailed",
     "BodyTooLarge",
     "ConfigError",
+    "FlowRefused",
     "InvalidRequest",
     "MethodNotAllowed",
     "ModelNotFound",
@@ -37,6 +41,7 @@ __all__ = [
     "PrefillFailed",
     "PrefillRejected",
     "ProxyMisconfigured",
+    "QuotaExceeded",
     "RequestError",
     "UnknownWorker",
     "UnsupportedMediaType",
@@ -182,6 +187,29 @@ class Overloaded(RequestError):
         return {"retry-after": str(self.retry_after)}
 
 
+class QuotaExceeded(Overloaded):
+    """The request's flow spent its budget (picker.routing.flow.quota); Retry-After says when
+    the budget will hold the request."""
+
+    code = "quota_exceeded"
+
+
 class UnsupportedMediaType(RequestError):
     status = 415
     code = "unsupported_media_type"
+
+
+class FlowRefused(RequestError):
+    """Flow control could not dispatch the request (picker.routing.flow): the fleet is full
+    now, so 503 with Retry-After; `code` names the reason."""
+
+    status = 503
+    error_type = "service_unavailable_error"
+
+    def __init__(self, message: str, code: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after)}

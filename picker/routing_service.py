@@ -2,7 +2,8 @@
 
 One request: a model rewrite when one applies (picker.routing.model_rewrite), the remote
 tokenizer when configured, loading its LoRA adapter when no engine serves it
-(lora.load_on_demand), admission, the router manager's choice of
+(lora.load_on_demand), admission (or flow control, which may hold the request in its band's
+queue: picker.routing.flow), the router manager's choice of
 router, the decision, then the lease - on one worker with the fallbacks of the router that
 chose it, or on a prefill/decode pair whose protocol step ran (a prefill that fails frees both
 and another pair is tried, pd.max_attempts). The awaited steps run on the picker's loop,
@@ -21,16 +22,18 @@ from typing import TYPE_CHECKING
 from picker.errors import PrefillFailed, RequestError
 from picker.fleet.lora_loading import AdapterLoader
 from picker.fleet.registry import Worker, WorkerRegistry
-from picker.observe.decisions import ExplainSettings, explain_line
+from picker.observe.decisions import DecisionLog, ExplainSettings, explain_line
 from picker.observe.metrics import PickerMetrics
 from picker.pd.pairing import PairStep
 from picker.prefix.producer import PrefixProducer
 from picker.routing.destination import Forward
-from picker.routing.leases import Lease, LeaseBook
+from picker.routing.flow import FlowControl, Ticket
+from picker.routing.leases import Lease, LeaseBook, LeaseEnd
 from picker.routing.model_rewrite import ModelRewriter
 from picker.routing.outcome import Outcome
 from picker.routing.request import RoutingRequest
-from picker.routing.router import Router
+from picker.routing.response_stats import ResponseSample
+from picker.routing.router import Choice, Router
 from picker.routing.router_manager import PdRouters, RouterManager
 
 if TYPE_CHECKING:
@@ -45,11 +48,14 @@ class RoutingService:
                  explain: ExplainSettings, pd_attempts: int, pd_paired: bool,
                  tracer: DecisionTracer | None = None,
                  adapters: AdapterLoader | None = None,
-                 rewriter: ModelRewriter | None = None) -> None:
+                 rewriter: ModelRewriter | None = None, flow: FlowControl | None = None,
+                 decisions: DecisionLog | None = None) -> None:
         """`pd_paired`: prefill/decode pairs may be chosen (enable_igw). `tracer`: a span
         per lease (tracing.enabled). `adapters`: loads a declared LoRA adapter no engine
         serves before routing (lora.load_on_demand). `rewriter`: the model_rewrites rules
-        (None: none, and the rewrite header is not read)."""
+        (None: none, and the rewrite header is not read). `flow`: flow control admits
+        requests instead of the lease book's admission queue. `decisions`: where flow
+        control's refusals are recorded (explain.enabled)."""
         self._rewriter = rewriter
         self._workers = workers
         self._routers = routers
@@ -61,8 +67,10 @@ class RoutingService:
         self._pd_attempts = pd_attempts
         self._tracer = tracer
         self._adapters = adapters if adapters is not None and adapters.enabled else None
+        self._flow = flow
+        self._decisions = decisions
         self._awaits = self._remote is not None or leases.queueing or pd_paired \
-            or self._adapters is not None
+            or self._adapters is not None or flow is not None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -124,7 +132,7 @@ class RoutingService:
         request = self._rewritten(request)
         self._leases.admit_now()
         return _carrying(self._open(self._routers.default, request, allowed, fallbacks,
-                                    started), request)
+                                    started, None), request)
 
     async def _route_awaited(self, request: RoutingRequest, allowed: Collection[str] | None,
                              fallbacks: int) -> Lease:
@@ -143,36 +151,75 @@ class RoutingService:
         if self._adapters is not None:
             await self._adapters.ensure(request)  # before admission: no slot held meanwhile
         queued = time.monotonic()
-        await self._leases.admit()
+        ticket = await self._admit(request)
         waited = time.monotonic() - queued
         try:
             target = self._routers.select(request)
         except RequestError:
-            self._leases.cancel_admission()
+            self._cancel(ticket)
             raise
         if isinstance(target, PdRouters):
-            return await self._open_pair(target, request, allowed, started, waited)
-        return self._open(target, request, allowed, fallbacks, started, waited)
+            return await self._open_pair(target, request, allowed, started, ticket, waited)
+        return self._open(target, request, allowed, fallbacks, started, ticket, waited)
+
+    async def _admit(self, request: RoutingRequest) -> Ticket | None:
+        """Take an admission slot: from flow control when configured (the ticket that the
+        lease hands back at its end), else from the lease book's queue."""
+        if self._flow is None:
+            await self._leases.admit()
+            return None
+        ask = self._flow.ask(request)
+        arrived = time.monotonic()
+        try:
+            ticket = await self._flow.controller.admit(ask)
+        except RequestError as refused:
+            if self._decisions is not None:
+                self._decisions.refused_in_flow(request, ask.key.fairness_id, ask.key.priority,
+                                                refused.code, time.monotonic() - arrived)
+            raise
+        try:
+            self._leases.admit_now()  # does not refuse: flow control holds the same limit
+        except BaseException:
+            ticket.cancel()
+            raise
+        return ticket
+
+    def _cancel(self, ticket: Ticket | None) -> None:
+        """Give back what `_admit` took when no lease was opened on it."""
+        self._leases.cancel_admission()
+        if ticket is not None:
+            ticket.cancel()
+
+    def _lease(self, choice: Choice, ticket: Ticket | None, prefill: Worker | None = None,
+               fallbacks: Sequence[Worker] = (), request: RoutingRequest | None = None) -> Lease:
+        lease = self._leases.open(choice, prefill, fallbacks, request,
+                                  None if ticket is None else _finishes(ticket))
+        if ticket is not None:
+            ticket.opened()
+            if choice.decision is not None:
+                key = ticket.ask.key
+                choice.decision.waited(key.fairness_id, key.priority, ticket.waited_secs)
+        return lease
 
     def _open(self, router: Router, request: RoutingRequest,
               allowed: Collection[str] | None, fallbacks: int, started_ns: int,
-              waited: float = 0.0) -> Lease:
+              ticket: Ticket | None, waited: float = 0.0) -> Lease:
         """On an admission slot already taken: decide, then open the lease (or give the slot
         back if no worker fits). The fallbacks come from the router that chose."""
         try:
             choice = router.choose(request, allowed)
         except RequestError:
-            self._leases.cancel_admission()
+            self._cancel(ticket)
             raise
         others = router.fallbacks(request, choice.worker, fallbacks, allowed)
-        lease = self._leases.open(choice, fallbacks=others, request=request)
+        lease = self._lease(choice, ticket, fallbacks=others, request=request)
         if self._tracer is not None:
             self._tracer.trace(lease, request, started_ns, waited)
         return lease
 
     async def _open_pair(self, routers: PdRouters, request: RoutingRequest,
                          allowed: Collection[str] | None, started_ns: int,
-                         waited: float) -> Lease:
+                         ticket: Ticket | None, waited: float) -> Lease:
         """Choose a prefill/decode pair, hold both, and run the pair's protocol step. A pair
         is bound to its decode worker: its lease has no fallbacks."""
         failed: set[str] = set()
@@ -181,12 +228,12 @@ class RoutingService:
                 prefill_choice = routers.prefill.choose(request, self._excluding(allowed, failed))
                 decode = routers.decode.choose(request, allowed)
             except RequestError:
-                self._leases.cancel_admission()
+                self._cancel(ticket)
                 raise
             prefill = prefill_choice.worker
             if decode.decision is not None and prefill_choice.decision is not None:
                 decode.decision.paired_with(prefill_choice.decision)
-            lease = self._leases.open(decode, prefill, request=request)
+            lease = self._lease(decode, ticket, prefill, request=request)
             try:
                 lease.forward_as(await self._pairs.forward(request, prefill, decode.worker))
                 if self._tracer is not None:
@@ -198,6 +245,8 @@ class RoutingService:
                 if attempt + 1 == self._pd_attempts:
                     raise
                 self._leases.admit_now()  # the next pair's slot
+                if ticket is not None:  # and its place in flow control, held all along
+                    ticket = ticket.again()
             except BaseException:
                 # Cancelled (the client went away) or failed unexpectedly: nobody else holds
                 # this lease, so it is released here or never.
@@ -222,6 +271,15 @@ def _carrying(lease: Lease, request: RoutingRequest) -> Lease:
         body = json.dumps(request.body, ensure_ascii=False).encode()
         lease.forward_as(Forward(body=body, headers=() if forward is None else forward.headers))
     return lease
+
+
+def _finishes(ticket: Ticket) -> LeaseEnd:
+    """The lease end that hands a flow control ticket back with the tokens generated."""
+
+    def end(lease: Lease, outcome: Outcome, response: ResponseSample | None) -> None:
+        ticket.finish(float(lease.generated_tokens(response)))
+
+    return end
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

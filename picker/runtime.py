@@ -46,6 +46,7 @@ from picker.fleet.manager import WorkerManager
 from picker.fleet.registry import WorkerRegistry
 from picker.fleet.sources import OwnedSource, Source, build_sources
 from picker.observe.decisions import DecisionLog
+from picker.observe.flow_metrics import FlowMetrics
 from picker.observe.metrics import PickerMetrics, ReplicaMetrics
 from picker.observe.status import ActivityHistory
 from picker.pd.pairing import PairStep
@@ -54,6 +55,7 @@ from picker.prefix.producer import PrefixProducer
 from picker.processes.counts import SharedCounts
 from picker.processes.group import ProcessGroup, check_group_config
 from picker.replicas.joining import join_replicas
+from picker.routing.flow import FlowControl, FlowController, Objectives, SaturationDetector
 from picker.routing.leases import LeaseBook
 from picker.routing.model_rewrite import ModelRewriter
 from picker.routing.router_manager import RouterManager
@@ -70,6 +72,8 @@ log = logging.getLogger("llm_picker")
 
 # How often leases whose end never arrived are looked for (limits.timeout_secs).
 _EXPIRY_PERIOD_SECS = 1.0
+# How often flow control looks for room that appeared without a request ending.
+_FLOW_TICK_SECS = 0.05
 # How long a follower process waits for the primary's first registry snapshot.
 _MIRROR_START_SECS = 60.0
 
@@ -145,7 +149,11 @@ class PickerRuntime:
                                      else StateFile(config.admin.state_file))
         if not self._follower:  # followers get every worker, config's included, mirrored
             self.manager.adopt(None, config.workers)
-        self._sources: list[Source] = build_sources(config.discovery, self.manager)
+        # InferenceObjective priorities: the configuration's, and the cluster's when
+        # Kubernetes discovery follows them (flow control on).
+        objectives = Objectives(config.flow.objectives)
+        self._sources: list[Source] = build_sources(
+            config.discovery, self.manager, objectives if config.flow.enabled else None)
         if deployments is not None:
             deployments.attach(self.manager)
             self._sources.append(deployments)
@@ -155,13 +163,21 @@ class PickerRuntime:
             self._sources = [StateFollower(self.registry, group.feed_path)]
         self._pairs = PairStep(self.registry, self.metrics, config.pd.prefill_timeout_secs)
         rewriter = ModelRewriter(config.model_rewrites, count=self.metrics.rewrite_decided)
+        flow = config.flow if group is None else group.share_of_flow(config.flow)
+        self.flow = FlowController(
+            flow, SaturationDetector(self.registry, flow.saturation),
+            self.leases.limit or 0, FlowMetrics(self.metrics.registry)) \
+            if flow.enabled else None
         self.routing = RoutingService(self.registry, self.routers, self.leases, self.metrics,
                                       self._prefix, self._pairs, config.explain,
                                       config.pd.max_attempts, pd_paired=config.enable_igw,
                                       tracer=_decision_tracer(config),
                                       adapters=AdapterLoader(self.registry, config.lora,
                                                              self.manager.served_adapter),
-                                      rewriter=rewriter)
+                                      rewriter=rewriter,
+                                      flow=None if self.flow is None
+                                      else FlowControl(flow, objectives, self.flow),
+                                      decisions=self.decisions)
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -240,6 +256,9 @@ class PickerRuntime:
             running.push_async_callback(self._pairs.close)
             if self._recorder is not None:
                 running.callback(self._recorder.close)
+            if self.flow is not None:
+                ticks = asyncio.create_task(_tick_forever(self.flow))
+                running.push_async_callback(_cancel, ticks)
             expiry = asyncio.create_task(self._expire_forever())
             running.push_async_callback(_cancel, expiry)
             if self.admin_enabled:
@@ -410,3 +429,11 @@ def _decision_tracer(config: PickerConfig) -> DecisionTracer | None:
 async def _cancel(task: asyncio.Task[Any]) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+async def _tick_forever(flow: FlowController) -> None:
+    """Flow control re-checks for room on its own: engine signals and worker readiness (a
+    worker starting while requests wait for one) change without a request ending."""
+    while True:
+        await asyncio.sleep(_FLOW_TICK_SECS)
+        flow.tick()

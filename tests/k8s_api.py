@@ -23,9 +23,10 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["FakeKubeApi", "pod", "pool", "serving_in_thread"]
+__all__ = ["FakeKubeApi", "objective", "pod", "pool", "serving_in_thread"]
 
 POOLS = "/apis/inference.networking.k8s.io/v1/namespaces/{ns}/inferencepools"
+OBJECTIVES = "/apis/inference.networking.x-k8s.io/v1alpha2/namespaces/{ns}/inferenceobjectives"
 PODS = "/api/v1/namespaces/{ns}/pods"
 
 
@@ -47,10 +48,19 @@ def pool(name: str, labels: dict[str, str], ports: list[int]) -> dict[str, Any]:
                      "endpointPickerRef": {"name": "picker", "port": {"number": 9002}}}}
 
 
+def objective(name: str, pool_name: str, priority: int | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"poolRef": {"name": pool_name}}
+    if priority is not None:
+        spec["priority"] = priority
+    return {"apiVersion": "inference.networking.x-k8s.io/v1alpha2",
+            "kind": "InferenceObjective", "metadata": {"name": name, "namespace": "ns"},
+            "spec": spec}
+
+
 @dataclass
 class _Event:
     version: int
-    resource: str  # "pods" | "inferencepools"
+    resource: str  # "pods" | "inferencepools" | "inferenceobjectives"
     type: str
     obj: dict[str, Any]
 
@@ -64,7 +74,8 @@ class FakeKubeApi:
 
     def __post_init__(self) -> None:
         self._version = 100
-        self._objects: dict[str, dict[str, dict[str, Any]]] = {"pods": {}, "inferencepools": {}}
+        self._objects: dict[str, dict[str, dict[str, Any]]] = {
+            "pods": {}, "inferencepools": {}, "inferenceobjectives": {}}
         self._events: list[_Event] = []
         self._oldest = 100  # watches from before this version get 410 Gone
         self._wake = asyncio.Condition()
@@ -76,6 +87,7 @@ class FakeKubeApi:
         app = web.Application()
         app.router.add_get(PODS.format(ns="{ns}"), self._handler("pods"))
         app.router.add_get(POOLS.format(ns="{ns}"), self._handler("inferencepools"))
+        app.router.add_get(OBJECTIVES.format(ns="{ns}"), self._handler("inferenceobjectives"))
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

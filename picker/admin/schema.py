@@ -157,6 +157,14 @@ class WorkerAudit(BaseModel):
     drift: bool  # predicted hits keep not happening
 
 
+class DecisionFlow(BaseModel):
+    """Which flow and band flow control put the request in, and how long it waited there."""
+
+    flow: str
+    priority: int
+    waited_secs: float
+
+
 class DecisionView(BaseModel):
     """One decision (picker.observe.decisions): no prompt text, no worker url or key."""
 
@@ -175,6 +183,7 @@ class DecisionView(BaseModel):
     candidates: list[DecisionCandidate]
     excluded: list[DecisionExclusion]
     audit: DecisionAudit | None  # predicted against observed, once the response was seen
+    flow: DecisionFlow | None  # flow control's part, when it is enabled
 
 
 class DecisionList(BaseModel):
@@ -199,6 +208,19 @@ class ExplainView(BaseModel):
     allow_header: bool
 
 
+class FlowQueue(BaseModel):
+    priority: int
+    flow: str
+    count: int
+
+
+class FlowView(BaseModel):
+    """Flow control's queues, highest band first, and its dispatched requests not ended."""
+
+    active: int
+    queued: list[FlowQueue]
+
+
 class StatusView(BaseModel):
     """Everything the status page shows, in one poll."""
 
@@ -212,6 +234,7 @@ class StatusView(BaseModel):
     explain: ExplainView
     decisions: list[DecisionView]
     audit: dict[str, WorkerAudit]  # by worker id
+    flow: FlowView | None  # None: flow control is off
 
 
 ERRORS = {

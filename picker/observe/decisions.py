@@ -40,8 +40,10 @@ from picker.routing.request import RoutingRequest
 from picker.strict import StrictModel
 
 __all__ = ["EXPLAIN_HEADER", "MAX_CAPACITY", "Decision", "DecisionLog", "Exclusion",
-           "ExplainSettings", "Scoring", "exclusion", "explain_line"]
+           "ExplainSettings", "FlowRecord", "Scoring", "exclusion", "explain_line"]
 
+# A decision's flow control part: flow id, priority and seconds waited.
+FlowRecord = dict[str, str | int | float]
 # Request header asking for the explanation (honoured only with explain.allow_header), and the
 # response header carrying it.
 EXPLAIN_HEADER = control_headers.EXPLAIN
@@ -95,7 +97,8 @@ class Decision:
     """One decision as it happened; read-only, and derived views are computed on read."""
 
     __slots__ = ("request_id", "model", "policy", "winner", "error", "match", "scores",
-                 "at", "role", "partner", "outcome", "rewrite", "_candidates", "_excluded",
+                 "at", "role", "partner", "outcome", "rewrite", "flow", "_candidates",
+                 "_excluded",
                  "_serving", "_everyone", "_reads_prefix")
 
     def __init__(self, request_id: str, model: str, policy: str, winner: str | None,
@@ -119,6 +122,9 @@ class Decision:
         self.rewrite: tuple[str, str | None] | None = None
         # Predicted against observed (picker.trace.audit), once the response has been seen.
         self.outcome: dict[str, float | None] | None = None
+        # Flow control's part (picker.routing.flow): the request's flow and band, and how long
+        # it waited before dispatch or refusal.
+        self.flow: FlowRecord | None = None
         self._candidates = candidates
         self._excluded = excluded
         self._serving = serving
@@ -163,6 +169,11 @@ class Decision:
         """The two halves of a prefill/decode pair name each other: a record, or the explain
         line, that showed one engine would hide the other."""
         self.partner, other.partner = other.winner, self.winner
+
+    def waited(self, flow: str, priority: int, waited_secs: float) -> None:
+        """Flow control dispatched the request after `waited_secs` in its band's queue."""
+        self.flow = {"flow": flow[:_MAX_TEXT], "priority": priority,
+                     "waited_secs": round(waited_secs, 4)}
 
     def audited(self, outcome: dict[str, float | None]) -> None:
         """What the response showed of the predictions (hit and TTFT, predicted and observed),
@@ -219,6 +230,7 @@ class Decision:
             "candidates": candidates,
             "excluded": [{"worker": w, "reason": r.value} for w, r in self.excluded()],
             "audit": self.outcome,
+            "flow": self.flow,
         }
 
 
@@ -279,6 +291,17 @@ class DecisionLog:
             None if role is WorkerType.REGULAR else role.value)
         if request.rewrite is not None:
             decision.rewrite = (request.rewrite.requested[:_MAX_TEXT], request.rewrite.rule)
+        self._records.append(decision)
+        return decision
+
+    def refused_in_flow(self, request: RoutingRequest, flow: str, priority: int, code: str,
+                        waited_secs: float) -> Decision:
+        """Keep the record of a request flow control refused before any worker was chosen
+        (`code`: quota_exceeded, queue_full, shed, ttl_expired, no_ready_worker)."""
+        request_id = request.headers.get("x-request-id") or f"picker-{next(self._ids)}"
+        decision = Decision(request_id[:_MAX_TEXT], request.model[:_MAX_TEXT], "flow_control",
+                            None, code, (), (), (), (), None, None, False)
+        decision.waited(flow, priority, waited_secs)
         self._records.append(decision)
         return decision
 

@@ -19,6 +19,7 @@ from picker.config import GROUP_ENV, PickerConfig
 from picker.errors import ConfigError
 from picker.replicas.settings import ReplicaSettings
 from picker.routing.admission import LimitSettings
+from picker.routing.flow.settings import FlowSettings, QuotaSettings
 
 __all__ = ["ProcessGroup", "check_group_config"]
 
@@ -98,6 +99,29 @@ class ProcessGroup:
                                              self.index),
             "queue_size": _part(limits.queue_size, self.count, self.index),
         })
+
+
+    def share_of_flow(self, flow: FlowSettings) -> FlowSettings:
+        """This process's part of flow control's bounds and quotas, split as `share_of` splits
+        the limits: each process queues and counts budgets on its own, Envoy spreads streams
+        over them round-robin, so the parts add up to the configured whole - as long as
+        each flow's requests spread evenly (a flow whose requests all reach one process gets
+        that process's part of its quota only)."""
+        def quota(settings: QuotaSettings) -> QuotaSettings:
+            return QuotaSettings(
+                requests_per_minute=self._part(settings.requests_per_minute),
+                tokens_per_minute=self._part(settings.tokens_per_minute))
+
+        return flow.model_copy(update={
+            "max_queued": self._part(flow.max_queued),
+            "band_max_queued": {band: self._part(bound)
+                                for band, bound in flow.band_max_queued.items()},
+            "quotas": {name: quota(settings) for name, settings in flow.quotas.items()},
+            "default_quota": quota(flow.default_quota),
+        })
+
+    def _part(self, total: int) -> int:
+        return _part(total, self.count, self.index)
 
 
 def _part(total: int, count: int, index: int) -> int:

@@ -68,8 +68,10 @@ STRATEGY = "x-routing-strategy"
 EXPLAIN = "x-llm-picker-explain"
 SLO_TTFT = "x-slo-ttft-ms"
 SLO_TPOT = "x-slo-tpot-ms"  # not read yet; stripped like its sibling
-OBJECTIVE = "x-gateway-inference-objective"  # not read yet (objectives are another issue)
-FAIRNESS_ID = "x-gateway-inference-fairness-id"  # not read yet
+# Flow control's band and flow (picker.routing.flow.key), read only when flow control is on and
+# flow.trust_client_headers says the proxy in front sets or vets them.
+OBJECTIVE = "x-gateway-inference-objective"
+FAIRNESS_ID = "x-gateway-inference-fairness-id"
 MODEL_NAME_REWRITE = "x-gateway-model-name-rewrite"  # picker.routing.model_rewrite
 
 # llm-d's current name -> the name this project reads (llm-d-router

@@ -57,7 +57,7 @@ class Lease:
     `fallbacks` where a proxy that retries should go next, chosen by the same router."""
 
     __slots__ = ("_worker", "choice", "prefill", "fallbacks", "started", "_book", "_open",
-                 "_forward", "_ends", "_prefilled", "_trace")
+                 "_forward", "_ends", "_prefilled", "_trace", "_generated")
 
     def __init__(self, choice: Choice, book: LeaseBook, prefill: Worker | None = None,
                  fallbacks: Sequence[Worker] = (), ends: Sequence[LeaseEnd] = ()) -> None:
@@ -72,6 +72,7 @@ class Lease:
         self._open = True
         self._forward: Forward | None = None
         self._trace: Headers = ()
+        self._generated: int | None = None
 
     @property
     def forward(self) -> Forward | None:
@@ -117,8 +118,17 @@ class Lease:
 
     def observe(self, observation: Observation) -> None:
         """The finished request's timing and usage as the proxy reported them (LiteLLM's
-        success callback): they teach the serving worker's speed."""
+        success callback, before the release): they teach the serving worker's speed."""
+        self._generated = observation.output_tokens
         self._book.observe(self._worker, observation)
+
+    def generated_tokens(self, response: ResponseSample | None) -> int:
+        """Tokens the request generated, as far as the adapter saw: the response's usage,
+        else its streamed chunks (one token each), else what `observe` reported; 0 unseen."""
+        if response is not None:
+            return response.usage.completion_tokens if response.usage is not None \
+                else response.chunks
+        return self._generated or 0
 
     def move_to(self, worker: Worker) -> bool:
         """The request was served by `worker`, not the chosen one: move the slot there (the
@@ -177,14 +187,18 @@ class LeaseBook:
         self._admission.leave()
 
     def open(self, choice: Choice, prefill: Worker | None = None,
-             fallbacks: Sequence[Worker] = (), request: RoutingRequest | None = None) -> Lease:
+             fallbacks: Sequence[Worker] = (), request: RoutingRequest | None = None,
+             on_close: LeaseEnd | None = None) -> Lease:
         """Open a lease on an admission slot already taken; the worker's in-flight grows (and
         the prefill worker's, for a pair), and so does its prefill backlog (a pair's decode
         worker receives the prompt's KV and prefills nothing). `request`: what the watchers
-        are shown (none are without it)."""
+        are shown (none are without it). `on_close`: this request's own end hook (its flow
+        control ticket)."""
         ends = () if request is None else tuple(
             end for watcher in self._watchers
             if (end := watcher.opened(choice, request)) is not None)
+        if on_close is not None:
+            ends = (*ends, on_close)
         self._workers.acquire(choice.worker)
         if prefill is not None:
             self._workers.acquire(prefill)

@@ -60,3 +60,6 @@ class RoutingRequest:
     # Set when a model rewrite sent the request on as another model (`model` is the target,
     # `body` carries it): what was asked for, and by which rule.
     rewrite: Rewrite | None = None
+    # The flow (picker.routing.flow) an adapter's host vouches for, from its own
+    # authentication (LiteLLM's team or key); trusted where client headers may not be.
+    flow_id: str | None = None

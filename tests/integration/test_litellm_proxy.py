@@ -9,6 +9,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,7 @@ import openai
 import pytest
 
 from picker_bench.stack import Process, SimSpec, free_port, spawn, start_sims, wait_http
+from tests.waiting import wait_until
 
 CONFIG = Path(__file__).resolve().parents[2] / "examples" / "litellm" / "config.yaml"
 MASTER_KEY = "sk-llm-picker-example"  # the example's general_settings.master_key
@@ -155,3 +157,51 @@ def test_the_explain_header_through_the_proxy_only_when_allowed_and_asked(
         # The example config's deployment ids name the engines the sims answer as.
         assert worker == {"A": "engine-a", "B": "engine-b"}[asked.headers[SERVED_BY]]
         assert "hi" not in line.split("; ")  # no prompt text
+
+
+def test_flow_control_in_the_proxy_quotas_and_ttl_answer_with_retry_after(
+        tmp_path: Path) -> None:
+    env = {"LLM_PICKER_FLOW__ENABLED": "true", "LLM_PICKER_FLOW__TRUST_CLIENT_HEADERS": "true",
+           "LLM_PICKER_FLOW__TTL_SECS": "0.5",
+           "LLM_PICKER_FLOW__SATURATION__MAX_IN_FLIGHT_PER_WORKER": "1",
+           "LLM_PICKER_FLOW__QUOTAS": "{greedy: {tokens_per_minute: 50}}"}
+    with proxy(tmp_path, env) as (url, sims, process):
+        wait_http(process, f"{url}/health/liveliness", timeout=90)
+
+        def chat(client: httpx.Client, flow: str, max_tokens: int = 1,
+                 content: str = "hi") -> httpx.Response:
+            return client.post("/v1/chat/completions", headers={
+                "authorization": f"Bearer {MASTER_KEY}",
+                "x-gateway-inference-fairness-id": flow}, json={
+                "model": "my-model", "max_tokens": max_tokens,
+                "messages": [{"role": "user", "content": content}]})
+
+        with httpx.Client(base_url=url, timeout=30) as client:
+            long_prompt = "word " * 80  # ~100 tokens as estimated: over greedy's 50 a minute
+            assert chat(client, "greedy", content=long_prompt).status_code == 200
+            over = chat(client, "greedy", content=long_prompt)
+            assert over.status_code == 429
+            # A minute refills the bucket; the token generated (LiteLLM reports usage) costs
+            # 60/50 s more.
+            assert int(over.headers["retry-after"]) in (61, 62)
+            assert "quota" in over.json()["error"]["message"]
+            assert chat(client, "polite", content=long_prompt).status_code == 200
+
+            # Both engines busy for ~2 s (1000 tokens at 2 ms): a third request waits its
+            # 0.5 s TTL in the picker, then is refused.
+            with ThreadPoolExecutor(2) as pool:
+                busy = [pool.submit(chat, client, "long", 1000) for _ in range(2)]
+                wait_until(lambda: sum(running(spec) for spec in sims) == 2, 10,
+                           "both engines busy")
+                expired = chat(client, "late")
+                assert [b.result().status_code for b in busy] == [200, 200]
+        assert expired.status_code == 503
+        assert expired.headers["retry-after"] == "1"
+        assert "time-to-live" in expired.json()["error"]["message"]
+
+
+def running(spec: SimSpec) -> float:
+    """The sim's own count of requests running (vLLM's gauge)."""
+    text = httpx.get(f"http://127.0.0.1:{spec.port}/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:num_requests_running"))

@@ -70,11 +70,13 @@ def _one(kind: str) -> dict[str, Any]:
     return docs[0]
 
 
-def test_rbac_is_read_only_on_pods_and_inferencepools() -> None:
+def test_rbac_is_read_only_on_pods_inferencepools_and_objectives() -> None:
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): sorted(r["verbs"])
              for r in _one("Role")["rules"]}
     assert rules == {(("",), ("pods",)): ["get", "list", "watch"],
                      (("inference.networking.k8s.io",), ("inferencepools",)):
+                         ["get", "list", "watch"],
+                     (("inference.networking.x-k8s.io",), ("inferenceobjectives",)):
                          ["get", "list", "watch"]}
     assert _one("RoleBinding")["subjects"][0]["name"] == _one("ServiceAccount")["metadata"]["name"]
 

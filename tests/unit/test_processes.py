@@ -21,6 +21,7 @@ from picker.processes.counts import SharedCounts
 from picker.processes.group import ProcessGroup
 from picker.processes.mirror import StateFollower, StatePublisher, WorkerState
 from picker.routing.admission import LimitSettings
+from picker.routing.flow import FlowSettings
 from picker.runtime import PickerRuntime
 from tests.waiting import eventually
 
@@ -83,6 +84,19 @@ def test_limits_are_split_over_the_processes() -> None:
     tiny = ProcessGroup(2, 3, Path("/x"), (1, 2, 3)).share_of(
         LimitSettings(max_concurrent_requests=1))
     assert tiny.max_concurrent_requests == 1  # never 0, which would mean unlimited
+
+
+def test_flow_bounds_and_quotas_are_split_over_the_processes() -> None:
+    flow = FlowSettings.model_validate({
+        "enabled": True, "max_queued": 10, "band_max_queued": {-1: 4},
+        "quotas": {"a": {"requests_per_minute": 7, "tokens_per_minute": 0}},
+        "default_quota": {"tokens_per_minute": 3000}})
+    parts = [ProcessGroup(i, 3, Path("/x"), (1, 2, 3)).share_of_flow(flow) for i in range(3)]
+    assert [p.max_queued for p in parts] == [4, 3, 3]
+    assert [p.band_max_queued[-1] for p in parts] == [2, 1, 1]
+    assert [p.quotas["a"].requests_per_minute for p in parts] == [3, 2, 2]
+    assert {p.quotas["a"].tokens_per_minute for p in parts} == {0}  # unlimited stays so
+    assert [p.default_quota.tokens_per_minute for p in parts] == [1000, 1000, 1000]
 
 
 def test_group_travels_in_one_variable() -> None:

@@ -25,7 +25,8 @@ from picker.fleet.registry import WorkerRegistry  # noqa: E402
 from picker.fleet.served_models import DiscoverySettings  # noqa: E402
 from picker.fleet.sources.kubernetes import KubernetesSource  # noqa: E402
 from picker.fleet.sources.settings import KubernetesSettings  # noqa: E402
-from tests.k8s_api import FakeKubeApi, pod, pool  # noqa: E402
+from picker.routing.flow import Objectives  # noqa: E402
+from tests.k8s_api import FakeKubeApi, objective, pod, pool  # noqa: E402
 
 IPS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 VLLM = {"app": "vllm"}
@@ -83,14 +84,16 @@ async def api() -> AsyncIterator[FakeKubeApi]:
 
 
 class Fleet:
-    def __init__(self, api: FakeKubeApi, tmp_path: Path, **settings: Any) -> None:
+    def __init__(self, api: FakeKubeApi, tmp_path: Path, objectives: Objectives | None = None,
+                 **settings: Any) -> None:
         kubeconfig = tmp_path / "kubeconfig"
         kubeconfig.write_text(api.kubeconfig())
         self.registry = WorkerRegistry([])
         self.manager = WorkerManager(self.registry, DiscoverySettings(max_wait_secs=2))
         self.source = KubernetesSource(KubernetesSettings(
             namespace="ns", kubeconfig=str(kubeconfig), watch_timeout_secs=1,
-            drain_timeout_secs=0.5, resync_secs=0.5, **settings), self.manager, environ={})
+            drain_timeout_secs=0.5, resync_secs=0.5, **settings), self.manager, environ={},
+            objectives=objectives)
 
     def ids(self) -> set[str]:
         return {w.id for w in self.registry.workers()}
@@ -285,3 +288,27 @@ async def test_ready_waits_for_the_first_sync(api: FakeKubeApi, tmp_path: Path,
         assert runtime.discovery_synced
     finally:
         await runtime.stop()
+
+
+async def test_the_pools_inference_objectives_are_followed(
+        api: FakeKubeApi, tmp_path: Path, engines: tuple[int, int]) -> None:
+    await api.put("inferencepools", pool("pool", VLLM, [engines[0]]))
+    await api.put("inferenceobjectives", objective("critical", "pool", 10))
+    await api.put("inferenceobjectives", objective("plain", "pool", None))  # unset: 0
+    await api.put("inferenceobjectives", objective("elsewhere", "other-pool", 99))
+    objectives = Objectives({"configured": 5, "critical": 1})
+    fleet = Fleet(api, tmp_path, inference_pool="pool", objectives=objectives)
+    await fleet.manager.start()
+    await fleet.source.start()
+    try:
+        await fleet.until(lambda: objectives.priority("critical") == 10, "the objectives")
+        assert [objectives.priority(name) for name in ("plain", "elsewhere", "configured")] \
+            == [0, 0, 5]
+        await api.put("inferenceobjectives", objective("critical", "pool", -3))
+        await fleet.until(lambda: objectives.priority("critical") == -3, "the change")
+        await api.delete("inferenceobjectives", "critical")
+        # Gone from the cluster: the configuration's value again.
+        await fleet.until(lambda: objectives.priority("critical") == 1, "the deletion")
+    finally:
+        await fleet.source.stop()
+        await fleet.manager.stop()

@@ -10,7 +10,7 @@ applied its first complete view, which readiness waits for.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from picker.errors import ConfigError
@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # picker.fleet.served_models imports this package's settings
     from picker.fleet.manager import WorkerManager
     from picker.fleet.served_models import DiscoverySettings
 
-__all__ = ["OwnedSource", "Source", "build_sources"]
+__all__ = ["ObjectiveSink", "OwnedSource", "Source", "build_sources"]
 
 
 class Source(Protocol):
@@ -33,20 +33,29 @@ class Source(Protocol):
     async def stop(self) -> None: ...
 
 
+class ObjectiveSink(Protocol):
+    """Where Kubernetes discovery reports the InferenceObjectives of its pool, name ->
+    priority, the whole set each time (picker.routing.flow.objectives reads them)."""
+
+    def discovered(self, priorities: Mapping[str, int]) -> None: ...
+
+
 class OwnedSource(Source, Protocol):
     """A source the host builds (LiteLLM's deployments); the runtime hands it the manager."""
 
     def attach(self, manager: WorkerManager) -> None: ...
 
 
-def build_sources(settings: DiscoverySettings, manager: WorkerManager) -> list[Source]:
+def build_sources(settings: DiscoverySettings, manager: WorkerManager,
+                  objectives: ObjectiveSink | None = None) -> list[Source]:
     """The configured sources, built (no I/O); their client libraries are imported here, so a
-    missing extra is a clear error at start-up."""
+    missing extra is a clear error at start-up. `objectives`: where Kubernetes discovery
+    reports the InferenceObjectives of its pool (None: not followed)."""
     sources: list[Source] = []
     if settings.kubernetes is not None:
         with _extra("kubernetes"):
             from picker.fleet.sources.kubernetes import KubernetesSource
-        sources.append(KubernetesSource(settings.kubernetes, manager))
+        sources.append(KubernetesSource(settings.kubernetes, manager, objectives=objectives))
     if settings.dns is not None:
         with _extra("dns"):
             from picker.fleet.sources.dns import DnsSource

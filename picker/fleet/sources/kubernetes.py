@@ -1,6 +1,8 @@
 """Workers from the Kubernetes API: an InferencePool (or a label selector) and its ready pods.
 
-Two reflectors (list, then watch from the list's resourceVersion) follow the pool and its pods;
+Two reflectors (list, then watch from the list's resourceVersion) follow the pool and its pods
+(a third, with flow control on, the InferenceObjectives that refer to the pool: their
+priorities go to the ObjectiveSink);
 one applier turns what they hold into `WorkerManager.declare("kubernetes:<ns>/<pool>", specs)`,
 coalescing bursts of events into one call. The protocol, as the API defines it:
 
@@ -33,6 +35,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from picker.errors import ConfigError
 from picker.fleet.manager import WorkerManager
+from picker.fleet.sources import ObjectiveSink
 from picker.fleet.sources.pods import (
     PoolTarget,
     pool_target,
@@ -48,6 +51,10 @@ __all__ = ["KubernetesSource"]
 log = logging.getLogger("llm_picker.sources.kubernetes")
 
 POOL_GROUP, POOL_VERSION, POOL_PLURAL = "inference.networking.k8s.io", "v1", "inferencepools"
+# The Gateway API Inference Extension's InferenceObjective (its
+# apix/v1alpha2/zz_generated.register.go:31-34; llm-d-router serves the same kind as llm-d.ai).
+OBJECTIVE_GROUP, OBJECTIVE_VERSION, OBJECTIVE_PLURAL = \
+    "inference.networking.x-k8s.io", "v1alpha2", "inferenceobjectives"
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 _BACKOFF_INITIAL_SECS, _BACKOFF_MAX_SECS = 0.2, 10.0
 
@@ -59,8 +66,11 @@ Watcher = Callable[[str, Callable[[str, Object], None]], Awaitable[str]]
 
 class KubernetesSource(SourceStatus):
     def __init__(self, settings: KubernetesSettings, manager: WorkerManager,
-                 environ: Mapping[str, str] = os.environ) -> None:
+                 environ: Mapping[str, str] = os.environ,
+                 objectives: ObjectiveSink | None = None) -> None:
         super().__init__(log)
+        self._objective_sink = objectives
+        self._objectives: dict[str, Object] = {}
         self._settings = settings
         self._manager = manager
         self._environ = environ
@@ -102,6 +112,10 @@ class KubernetesSource(SourceStatus):
             self._tasks.append(asyncio.create_task(self._reflect(
                 f"inferencepools/{self._settings.inference_pool}", self._list_pool,
                 self._watch_pool, self._pool_listed, self._pool_event)))
+            if self._objective_sink is not None:
+                self._tasks.append(asyncio.create_task(self._reflect(
+                    OBJECTIVE_PLURAL, self._list_objectives, self._watch_objectives,
+                    self._objectives_listed, self._objective_event)))
 
     async def stop(self) -> None:
         tasks = [*self._tasks, *([self._pods_task] if self._pods_task else [])]
@@ -170,6 +184,35 @@ class KubernetesSource(SourceStatus):
         else:
             self._pods[name] = pod
         self._changed.set()
+
+    def _objectives_listed(self, objectives: list[Object]) -> None:
+        self._objectives = {o["metadata"]["name"]: o for o in objectives}
+        self._report_objectives()
+
+    def _objective_event(self, kind: str, objective: Object) -> None:
+        name = objective["metadata"]["name"]
+        if kind == "DELETED":
+            self._objectives.pop(name, None)
+        else:
+            self._objectives[name] = objective
+        self._report_objectives()
+
+    def _report_objectives(self) -> None:
+        """The priorities of the objectives that refer to this pool (`spec.poolRef.name`);
+        an unset priority is 0, a malformed one is skipped with a warning."""
+        assert self._objective_sink is not None
+        priorities: dict[str, int] = {}
+        for name, objective in self._objectives.items():
+            spec = objective.get("spec") or {}
+            if (spec.get("poolRef") or {}).get("name") != self._settings.inference_pool:
+                continue
+            priority = spec.get("priority", 0)
+            if isinstance(priority, int) and not isinstance(priority, bool):
+                priorities[name] = priority
+            else:
+                log.warning("InferenceObjective %s/%s: spec.priority %r is not an integer; "
+                            "ignored", self._namespace, name, priority)
+        self._objective_sink.discovered(priorities)
 
     async def _apply_forever(self) -> None:
         """Declare the current view after each change (bursts coalesce into one call), and
@@ -245,6 +288,19 @@ class KubernetesSource(SourceStatus):
             self._namespace, POOL_PLURAL,
             field_selector=f"metadata.name={self._settings.inference_pool}")
 
+    async def _list_objectives(self) -> tuple[list[Object], str]:
+        custom = client.CustomObjectsApi(self._api)
+        return await _listed(custom.list_namespaced_custom_object(
+            OBJECTIVE_GROUP, OBJECTIVE_VERSION, self._namespace, OBJECTIVE_PLURAL,
+            _preload_content=False))
+
+    async def _watch_objectives(self, version: str,
+                                on_event: Callable[[str, Object], None]) -> str:
+        custom = client.CustomObjectsApi(self._api)
+        return await self._watch(
+            custom.list_namespaced_custom_object, version, on_event, OBJECTIVE_GROUP,
+            OBJECTIVE_VERSION, self._namespace, OBJECTIVE_PLURAL)
+
     async def _watch(self, call: Any, version: str, on_event: Callable[[str, Object], None],
                      *args: Any, **kwargs: Any) -> str:
         async with watch.Watch() as stream:
@@ -272,7 +328,8 @@ async def _listed(call: Awaitable[Any]) -> tuple[list[Object], str]:
 def _api_error(exc: ApiException, what: str, namespace: str) -> str:
     if exc.status == 403:
         resource = what.split("/")[0]
-        group = f" (API group {POOL_GROUP})" if resource == POOL_PLURAL else ""
+        group = {POOL_PLURAL: f" (API group {POOL_GROUP})",
+                 OBJECTIVE_PLURAL: f" (API group {OBJECTIVE_GROUP})"}.get(resource, "")
         return (f"forbidden to list/watch {resource}{group} in namespace {namespace}: the "
                 f"service account needs get, list and watch on {resource} there (Role + "
                 f"RoleBinding, see deploy/): {exc.reason}"[:400])

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from picker.fleet.registry import Worker, WorkerRegistry
     from picker.observe.decisions import DecisionLog
     from picker.observe.status.history import ActivityHistory
+    from picker.routing.flow import FlowController
     from picker.routing.leases import LeaseBook
     from picker.trace import PredictionAudit
 
@@ -36,6 +37,7 @@ class StatusSubject(Protocol):
     history: ActivityHistory
     decisions: DecisionLog | None
     audit: PredictionAudit
+    flow: FlowController | None
 
 RECENT_DECISIONS = 20
 # The page's files, by the name it is served under, with their media type.
@@ -83,6 +85,16 @@ def status_view(runtime: StatusSubject,
                      for name, params in sorted(config.policy_params().items())},
         "explain": {"enabled": log is not None, "allow_header": config.explain.allow_header},
         "audit": runtime.audit.view(),
+        "flow": None if runtime.flow is None else _flow_view(runtime.flow),
         "decisions": [] if log is None else
         [d.to_dict() for d in log.recent(RECENT_DECISIONS)],
     }
+
+
+def _flow_view(flow: FlowController) -> dict[str, Any]:
+    """Flow control's queues: who waits, per band (highest first) and flow."""
+    stats = flow.stats()
+    return {"active": stats.active,
+            "queued": [{"priority": priority, "flow": name, "count": count}
+                       for (priority, name), count in sorted(
+                           stats.queued.items(), key=lambda item: (-item[0][0], item[0][1]))]}

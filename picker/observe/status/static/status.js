@@ -140,12 +140,26 @@ function renderPolicies(status) {
   document.getElementById("policies").replaceChildren(...blocks);
 }
 
+// Flow control's queues: "· 3 waiting (10: a 1, b 1; -1: batch 1)".
+function flowSummary(flow) {
+  if (!flow) return "";
+  const bands = new Map();
+  let total = 0;
+  for (const q of flow.queued) {
+    total += q.count;
+    if (!bands.has(q.priority)) bands.set(q.priority, []);
+    bands.get(q.priority).push(q.flow + " " + q.count);
+  }
+  const parts = [...bands].map(([priority, flows]) => priority + ": " + flows.join(", "));
+  return " · " + total + " waiting" + (parts.length ? " (" + parts.join("; ") + ")" : "");
+}
+
 function render(status) {
   const s = status.stats;
   document.getElementById("summary").textContent =
     "policy " + status.policy + " · " + s.healthy_workers + "/" + s.total_workers +
     " workers healthy · " + status.active_requests + " requests in flight" +
-    (status.draining ? " · draining" : "");
+    flowSummary(status.flow) + (status.draining ? " · draining" : "");
   document.getElementById("updated").textContent =
     "updated " + new Date().toLocaleTimeString();
   renderWorkers(status);

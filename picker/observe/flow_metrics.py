@@ -1,0 +1,42 @@
+"""Flow control's metrics, per band (priority) and flow: how many wait, how long requests
+waited, and how each left flow control (dispatched, queue_full, shed, ttl_expired,
+no_ready_worker, cancelled).
+
+Flow ids are label values: with `flow.trust_client_headers` they are client text, bounded in
+length by picker.routing.flow.key; an operator trusting the ids trusts their number too.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from picker.routing.flow import FlowKey, FlowObserver, FlowOutcome
+
+__all__ = ["FlowMetrics"]
+
+# From dispatched at once to a long TTL.
+_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                 60.0)
+
+
+class FlowMetrics(FlowObserver):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._queued = Gauge(
+            "llm_picker_flow_queued", "Requests waiting in flow control, by band and flow",
+            ["priority", "flow"], registry=registry, multiprocess_mode="livesum")
+        self._requests = Counter(
+            "llm_picker_flow_requests",
+            "Requests leaving flow control, by band, flow and outcome",
+            ["priority", "flow", "outcome"], registry=registry)
+        self._waited = Histogram(
+            "llm_picker_flow_wait_seconds",
+            "Time requests waited in flow control before leaving it, by band and outcome",
+            ["priority", "outcome"], buckets=_WAIT_BUCKETS, registry=registry)
+
+    def queued(self, key: FlowKey, change: int) -> None:
+        self._queued.labels(str(key.priority), key.fairness_id).inc(change)
+
+    def left(self, key: FlowKey, outcome: FlowOutcome, waited_secs: float) -> None:
+        priority = str(key.priority)
+        self._requests.labels(priority, key.fairness_id, outcome.value).inc()
+        self._waited.labels(priority, outcome.value).observe(waited_secs)

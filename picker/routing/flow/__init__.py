@@ -1,0 +1,13 @@
+"""Flow control: priority bands, fairness between flows, bounded queues with a TTL and a
+saturation detector, in front of the router (see controller.py)."""
+
+from picker.routing.flow.control import FlowControl
+from picker.routing.flow.controller import FlowController, FlowObserver, FlowOutcome, Ticket
+from picker.routing.flow.key import FlowAsk, FlowKey, flow_ask, flow_key
+from picker.routing.flow.objectives import Objectives
+from picker.routing.flow.saturation import Room, SaturationDetector
+from picker.routing.flow.settings import FlowSettings
+
+__all__ = ["FlowAsk", "FlowControl", "FlowController", "FlowKey", "FlowObserver",
+           "FlowOutcome", "FlowSettings", "Objectives", "Room", "SaturationDetector", "Ticket",
+           "flow_ask", "flow_key"]

@@ -1,0 +1,182 @@
+"""`llm-picker bench flow`: a fleet offered twice its capacity, with flow control and with the
+single admission queue it replaces.
+
+Two simulated engines of `SLOTS` running slots each, behind Envoy and the picker. Three phases
+of `seconds` each, in one run:
+
+- alone: the interactive band by itself (priority 10, 40% of capacity, 4 tenants, one sending
+  10x each of the others) - the TTFT it gets with the fleet to itself;
+- flow: interactive plus a batch band (priority -1, two tenants offering 120% and 40% of
+  capacity: both more than half the spare, so both stay backlogged), under flow control
+  (bands, round robin between flows, the engines' slots as the saturation limit with a part
+  kept free of the batch band - `sheddable_share`, 0.5 by default - and a TTL);
+- single: the same load under `limits:` (one concurrency limit of the engines' slots, one FIFO
+  queue with the same bound and timeout) - what the picker did before flow control.
+
+Reported per phase: interactive TTFT p50/p99 (client-observed, first streamed chunk) and its
+p99 against `alone`, batch requests served per second, Jain's fairness index of the tokens
+served to the batch tenants (both backlogged: they offer far more than the spare capacity),
+and every request accounted for: served, or refused with a status and a reason code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from picker_bench.stack import SimSpec, local_fleet
+
+__all__ = ["jain", "run_flow"]
+
+MODEL = "flow-model"
+ENGINES = 2
+SLOTS = 4
+OUTPUT_TOKENS = 16
+TTFT_MS, TPOT_MS = 40, 20
+# One request holds a slot for about TTFT + OUTPUT_TOKENS x TPOT.
+SERVICE_SECS = (TTFT_MS + OUTPUT_TOKENS * TPOT_MS) / 1000
+CAPACITY_RPS = ENGINES * SLOTS / SERVICE_SECS
+TTL_SECS = 2.0
+
+# (tenant, band, share of capacity offered)
+INTERACTIVE = [("heavy", "interactive", 0.4 * 10 / 13)] + [
+    (f"light-{i}", "interactive", 0.4 / 13) for i in range(3)]
+# Both batch tenants offer more than half the spare capacity: both stay backlogged.
+BATCH = [("batch-big", "batch", 1.2), ("batch-small", "batch", 0.4)]
+
+
+def jain(values: Sequence[float]) -> float:
+    """Jain's fairness index: 1 when all equal, 1/n when one gets everything."""
+    total = sum(values)
+    squares = sum(v * v for v in values)
+    return total * total / (len(values) * squares) if squares else 1.0
+
+
+@dataclass
+class _Tally:
+    ttft: dict[str, list[float]] = field(default_factory=dict)  # band -> seconds
+    served: Counter[str] = field(default_factory=Counter)  # tenant -> requests
+    tokens: Counter[str] = field(default_factory=Counter)  # tenant -> chunks streamed
+    refused: Counter[str] = field(default_factory=Counter)  # "band status code"
+    sent: int = 0
+
+
+async def _one(client: httpx.AsyncClient, tenant: str, band: str, tally: _Tally) -> None:
+    body = {"model": MODEL, "max_tokens": OUTPUT_TOKENS, "stream": True,
+            "messages": [{"role": "user", "content": f"{tenant} says hi"}]}
+    headers = {"x-gateway-inference-fairness-id": tenant,
+               "x-gateway-inference-objective": band}
+    started = time.perf_counter()
+    tally.sent += 1
+    try:
+        async with client.stream("POST", "/v1/chat/completions", json=body,
+                                 headers=headers) as response:
+            if response.status_code != 200:
+                text = (await response.aread()).decode(errors="replace")
+                code = _error_code(text)
+                retry = "retry-after" if "retry-after" in response.headers else "no-retry-after"
+                tally.refused[f"{band} {response.status_code} {code} {retry}"] += 1
+                return
+            first = True
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                if first:
+                    tally.ttft.setdefault(band, []).append(time.perf_counter() - started)
+                    first = False
+                tally.tokens[tenant] += 1
+            tally.served[tenant] += 1
+    except httpx.HTTPError as exc:
+        tally.refused[f"{band} transport {type(exc).__name__}"] += 1
+
+
+def _error_code(text: str) -> str:
+    try:
+        return str(json.loads(text)["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return "unparsed"
+
+
+async def _offer(url: str, tenants: Sequence[tuple[str, str, float]], seconds: float,
+                 seed: int) -> _Tally:
+    """Poisson arrivals per tenant at its share of capacity, for `seconds`; then waits for
+    every request to end."""
+    tally = _Tally()
+    rng = random.Random(seed)
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+        tasks: list[asyncio.Task[None]] = []
+
+        async def arrivals(tenant: str, band: str, share: float) -> None:
+            rate = share * CAPACITY_RPS
+            end = time.perf_counter() + seconds
+            while True:
+                await asyncio.sleep(rng.expovariate(rate))
+                if time.perf_counter() >= end:
+                    return
+                tasks.append(asyncio.create_task(_one(client, tenant, band, tally)))
+
+        await asyncio.gather(*(arrivals(*tenant) for tenant in tenants))
+        await asyncio.gather(*tasks)
+    return tally
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def _picker_flow(sheddable_share: float) -> Mapping[str, Any]:
+    return {"flow": {
+        "enabled": True, "trust_client_headers": True,
+        "objectives": {"interactive": 10, "batch": -1},
+        "ttl_secs": TTL_SECS, "max_queued": 200,
+        "saturation": {"max_in_flight_per_worker": SLOTS, "sheddable_share": sheddable_share}}}
+
+
+_PICKER_SINGLE: Mapping[str, Any] = {"limits": {
+    "max_concurrent_requests": ENGINES * SLOTS, "queue_size": 200,
+    "queue_timeout_secs": TTL_SECS}}
+
+
+def run_flow(seconds: float = 15.0, seed: int = 1, sheddable_share: float = 0.5) -> int:
+    sims = [SimSpec(f"sim-{i}", MODEL, ["--ttft-ms", str(TTFT_MS), "--tpot-ms", str(TPOT_MS),
+                                         "--max-concurrency", str(SLOTS)])
+            for i in range(ENGINES)]
+    print(f"{ENGINES} engines x {SLOTS} slots, ~{CAPACITY_RPS:.0f} req/s capacity; "
+          f"{seconds:.0f} s per phase; interactive 40% (4 tenants, 10:1:1:1), batch 160% "
+          f"(2 tenants, 3:1); TTL {TTL_SECS:.0f} s; batch may fill {sheddable_share:.0%} of "
+          "the slots")
+    flow = _picker_flow(sheddable_share)
+    phases = [("alone", flow, INTERACTIVE), ("flow", flow, INTERACTIVE + BATCH),
+              ("single", _PICKER_SINGLE, INTERACTIVE + BATCH)]
+    print(f"{'phase':<8}{'int. TTFT p50':>14}{'p99':>8}{'p99/alone':>10}{'batch req/s':>12}"
+          f"{'Jain batch':>11}{'sent':>7}{'served':>8}{'refused':>8}")
+    alone_p99 = float("nan")
+    unaccounted = 0
+    for name, settings, tenants in phases:
+        with local_fleet(sims, policy="least_load",
+                         picker_settings={"health": {"enabled": False}, **settings}) as fleet:
+            tally = asyncio.run(_offer(fleet.envoy_url, tenants, seconds, seed))
+        ttft = tally.ttft.get("interactive", [])
+        p50, p99 = _percentile(ttft, 0.5), _percentile(ttft, 0.99)
+        if name == "alone":
+            alone_p99 = p99
+        batch_rps = sum(tally.served[t] for t, band, _ in BATCH) / seconds
+        fairness = jain([tally.tokens[t] for t, _, _ in BATCH]) if name != "alone" else 1.0
+        served, refused = sum(tally.served.values()), sum(tally.refused.values())
+        unaccounted += tally.sent - served - refused
+        print(f"{name:<8}{p50 * 1000:>12.0f}ms{p99 * 1000:>6.0f}ms{p99 / alone_p99:>9.2f}x"
+              f"{batch_rps:>12.1f}{fairness:>11.3f}{tally.sent:>7}{served:>8}{refused:>8}")
+        for reason, count in sorted(tally.refused.items()):
+            print(f"{'':<8}refused {count} x {reason}")
+    print(f"requests unaccounted for: {unaccounted}")
+    return 0 if unaccounted == 0 else 1

@@ -1,0 +1,147 @@
+"""The flow controller's decisions on a registry of real workers, without a running picker:
+shedding order, bounds, EDF, fairness by tokens, a ticket's exactly-once end."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from picker.errors import FlowRefused
+from picker.fleet.worker_spec import WorkerSpec
+from picker.routing.flow import (
+    FlowAsk,
+    FlowController,
+    FlowKey,
+    FlowSettings,
+    SaturationDetector,
+    Ticket,
+)
+from tests.live import Fleet
+
+MODEL = "m"
+
+
+def controller(**settings: object) -> tuple[FlowController, Fleet]:
+    """A controller over one worker with room for one request."""
+    fleet = Fleet([WorkerSpec(url="http://127.0.0.1:1", id="w", models=[MODEL])])
+    flow = FlowSettings.model_validate({"enabled": True, "ttl_secs": 5.0,
+                                        "saturation": {"max_in_flight_per_worker": 1},
+                                        **settings})
+    return FlowController(flow, SaturationDetector(fleet.registry, flow.saturation)), fleet
+
+
+def ask(priority: int, flow: str, tokens: float = 1.0,
+        slo_ttft_secs: float | None = None) -> FlowAsk:
+    return FlowAsk(FlowKey(priority, flow), MODEL, tokens, slo_ttft_secs)
+
+
+async def hold(flow: FlowController, fleet: Fleet) -> Ticket:
+    """Take the one place: dispatched and opened on the worker."""
+    ticket = await flow.admit(ask(0, "holder"))
+    fleet.set_in_flight(fleet[0], 1)
+    ticket.opened()
+    return ticket
+
+
+async def served(flow: FlowController, fleet: Fleet, holder: Ticket,
+                 waiting: Sequence[asyncio.Task[Ticket]]) -> list[FlowAsk]:
+    """Release the place, then serve the waiters one at a time; their asks in dispatch order."""
+    order: list[FlowAsk] = []
+    fleet.set_in_flight(fleet[0], 0)
+    holder.finish()
+    pending = set(waiting)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            ticket = task.result()
+            order.append(ticket.ask)
+            ticket.finish()
+    return order
+
+
+async def queue(flow: FlowController, asks: Sequence[FlowAsk]) -> list[asyncio.Task[Ticket]]:
+    tasks = []
+    for one in asks:
+        tasks.append(asyncio.create_task(flow.admit(one)))
+        await asyncio.sleep(0)  # queued in this order
+    return tasks
+
+
+def test_a_full_queue_sheds_the_newest_of_the_lowest_band_for_a_higher_one() -> None:
+    async def scenario() -> tuple[FlowRefused, list[FlowAsk]]:
+        flow, fleet = controller(max_queued=3)
+        holder = await hold(flow, fleet)
+        old, new, mid = await queue(flow, [ask(-5, "old"), ask(-5, "new"), ask(-1, "mid")])
+        vip = await queue(flow, [ask(3, "vip")])
+        with pytest.raises(FlowRefused) as shed:
+            await new
+        return shed.value, await served(flow, fleet, holder, [old, mid, *vip])
+
+    shed, order = asyncio.run(scenario())
+    assert (shed.status, shed.code) == (503, "shed")
+    assert [one.key.fairness_id for one in order] == ["vip", "mid", "old"]
+
+
+def test_a_newcomer_with_nothing_lower_to_shed_is_refused() -> None:
+    async def scenario() -> FlowRefused:
+        flow, fleet = controller(max_queued=1)
+        await hold(flow, fleet)
+        await queue(flow, [ask(2, "first")])
+        with pytest.raises(FlowRefused) as refused:
+            await flow.admit(ask(2, "second"))
+        return refused.value
+
+    refused = asyncio.run(scenario())
+    assert (refused.status, refused.code, refused.headers()) == \
+        (503, "queue_full", {"retry-after": "1"})
+
+
+def test_a_band_bound_refuses_in_that_band_only() -> None:
+    async def scenario() -> None:
+        flow, fleet = controller(band_max_queued={-1: 1})
+        await hold(flow, fleet)
+        await queue(flow, [ask(-1, "a"), ask(0, "b")])
+        with pytest.raises(FlowRefused):
+            await flow.admit(ask(-1, "c"))
+        await queue(flow, [ask(0, "d")])
+        assert flow.stats().queued == {(-1, "a"): 1, (0, "b"): 1, (0, "d"): 1}
+
+    asyncio.run(scenario())
+
+
+def test_edf_serves_the_earliest_first_token_deadline_first() -> None:
+    async def scenario() -> list[float]:
+        flow, fleet = controller(ordering="edf")
+        holder = await hold(flow, fleet)
+        waiting = await queue(flow, [ask(0, "t", 1), ask(0, "t", 2, slo_ttft_secs=0.5),
+                                     ask(0, "t", 3, slo_ttft_secs=2.0)])
+        return [one.tokens for one in await served(flow, fleet, holder, waiting)]
+
+    # Without a deadline of its own a request's is its TTL's (5 s): last.
+    assert asyncio.run(scenario()) == [2.0, 3.0, 1.0]
+
+
+def test_token_fairness_serves_the_flow_that_was_served_fewer_tokens() -> None:
+    async def scenario() -> list[FlowAsk]:
+        flow, fleet = controller(fairness="tokens")
+        holder = await hold(flow, fleet)
+        # "big" asks for 100 tokens a request, "small" for 10: small gets ~10 for big's 1.
+        waiting = await queue(flow, [ask(0, "big", 100)] * 3 + [ask(0, "small", 10)] * 12)
+        return await served(flow, fleet, holder, waiting)
+
+    order = [one.key.fairness_id for one in asyncio.run(scenario())]
+    assert order[:12].count("small") >= 10
+
+
+def test_a_ticket_ends_once_whatever_reports_it() -> None:
+    async def scenario() -> int:
+        flow, fleet = controller()
+        ticket = await hold(flow, fleet)
+        ticket.finish()
+        ticket.finish()
+        ticket.cancel()
+        return flow.stats().active
+
+    assert asyncio.run(scenario()) == 0
