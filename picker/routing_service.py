@@ -2,8 +2,9 @@
 
 One request: the remote tokenizer when configured, admission, the router manager's choice of
 router, the decision, then the lease - on one worker with the fallbacks of the router that
-chose it, or on a prefill/decode pair whose protocol step ran (a prefill that fails frees both
-and another pair is tried, pd.max_attempts). The awaited steps run on the picker's loop,
+chose it (for a gRPC worker with the transcoder of its Generate call, picker.grpc_route), or
+on a prefill/decode pair whose protocol step ran (a prefill that fails frees both and another
+pair is tried, pd.max_attempts). The awaited steps run on the picker's loop,
 wherever the caller is: `attach` names that loop once the runtime runs.
 """
 
@@ -15,8 +16,10 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from picker.errors import PrefillFailed, RequestError
+from picker.errors import NoHealthyWorker, PrefillFailed, RequestError
 from picker.fleet.registry import Worker, WorkerRegistry
+from picker.fleet.worker_spec import ConnectionMode
+from picker.grpc_route.transcoder import GrpcTranscoder, WorkerTokenizers
 from picker.observe.decisions import ExplainSettings, explain_line
 from picker.observe.metrics import PickerMetrics
 from picker.pd.pairing import PairStep
@@ -51,6 +54,7 @@ class RoutingService:
         self._awaits = self._remote is not None or leases.queueing or pd_paired
         self._tracer = tracer
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._tokenizers = WorkerTokenizers()
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop the awaited steps run on (the runtime's, once started)."""
@@ -139,8 +143,21 @@ class RoutingService:
         except RequestError:
             self._leases.cancel_admission()
             raise
-        others = router.fallbacks(request, choice.worker, fallbacks, allowed)
+        worker = choice.worker
+        transcoder = None
+        if worker.spec.connection_mode is ConnectionMode.GRPC:
+            try:
+                transcoder = GrpcTranscoder(self._tokenizers.for_worker(worker), request)
+            except RequestError:
+                self._leases.cancel_admission()
+                raise
+        # A fallback must speak what the request was rewritten into (without enable_igw one
+        # router holds workers of both connection modes).
+        others = [w for w in router.fallbacks(request, worker, fallbacks, allowed)
+                  if w.spec.connection_mode is worker.spec.connection_mode]
         lease = self._leases.open(choice, fallbacks=others, request=request)
+        if transcoder is not None:
+            lease.transcode_as(transcoder)
         if self._tracer is not None:
             self._tracer.trace(lease, request, started_ns, waited)
         return lease
@@ -159,6 +176,10 @@ class RoutingService:
                 self._leases.cancel_admission()
                 raise
             prefill = prefill_choice.worker
+            if prefill.spec.connection_mode is ConnectionMode.GRPC:
+                self._leases.cancel_admission()
+                raise NoHealthyWorker("prefill/decode over gRPC is not served yet (issue 25 "
+                                      "item 3): register the pair's workers over HTTP")
             if decode.decision is not None and prefill_choice.decision is not None:
                 decode.decision.paired_with(prefill_choice.decision)
             lease = self._leases.open(decode, prefill, request=request)
