@@ -5,6 +5,7 @@ into SGLang's Generate call and the engine's stream back into OpenAI JSON and SS
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from picker.tokens import load_tokenizer
 from picker_bench.stack import ENVOY_DIR, Fleet, SimSpec, free_port, local_fleet
 from picker_bench.tokenizer_dirs import build_tokenizer_dir
 from picker_sim.token_vocab import SimVocabulary
-from tests.integration.conftest import FAST_HEALTH, MODEL
+from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER
 from tests.waiting import wait_until
 
 GATEWAY = ENVOY_DIR / "envoy-gateway.yaml"
@@ -148,3 +149,33 @@ def test_every_lease_is_released(fleet: Fleet) -> None:
                    if line.startswith("llm_picker_worker_in_flight"))
     post(fleet, "/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "max_tokens": 3})
     wait_until(lambda: in_flight() == 0, what="in-flight back to 0")
+
+
+def test_a_model_on_http_and_grpc_workers_keeps_each_request_within_one_router(
+        tokenizer_dir: Path) -> None:
+    """enable_igw: the HTTP router and the gRPC router both serve the model; the less loaded
+    one takes a request (a tie: HTTP). While a long HTTP stream runs, the next request goes to
+    the gRPC worker, transcoded; the HTTP one reaches its engine untouched."""
+    sims = [grpc_sim("g-mixed", tokenizer_dir),
+            SimSpec("h-mixed", MODEL, ["--ttft-ms", "5", "--tpot-ms", "20"])]
+    with local_fleet(sims, policy="round_robin", body_mode="FULL_DUPLEX_STREAMED",
+                     envoy_template=GATEWAY,
+                     picker_settings={"extproc": {"tls": "self_signed", "fallbacks": 1},
+                                      "enable_igw": True, **FAST_HEALTH}) as mixed:
+        long = {"model": MODEL, "messages": MESSAGES, "max_tokens": 60, "stream": True}
+        with httpx.stream("POST", f"{mixed.envoy_url}/v1/chat/completions", json=long,
+                          timeout=30) as streaming:
+            assert streaming.headers[SIM_HEADER] == "h-mixed"
+            lines = streaming.iter_lines()
+            next(lines)
+            time.sleep(0.1)  # the HTTP engine holds the stream for ~1.1 s more
+            response = post(mixed, "/v1/chat/completions",
+                            {"model": MODEL, "messages": MESSAGES, "max_tokens": 4})
+            assert SIM_HEADER not in response.headers  # not the HTTP sim's answer
+            assert response.json()["choices"][0]["message"]["content"] == \
+                expected_text(tokenizer_dir, 4)
+            assert "data: [DONE]" in list(lines)
+        # Idle again: a tie, the HTTP router.
+        again = post(mixed, "/v1/chat/completions",
+                     {"model": MODEL, "messages": MESSAGES, "max_tokens": 2})
+        assert again.headers[SIM_HEADER] == "h-mixed"
