@@ -42,6 +42,12 @@ class GrpcAnswer:
         self.status = 0  # the HTTP status the client gets (0: not known yet)
 
     @property
+    def abandoned(self) -> bool:
+        """The engine's answer was neither whole nor failed when the stream ended: the client
+        went away (or the proxy gave up) while the engine still generates."""
+        return not self._passthrough and not self._transcoder.answer.over
+
+    @property
     def content_type(self) -> str:
         return self._transcoder.answer.content_type
 

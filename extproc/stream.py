@@ -150,6 +150,16 @@ class RequestStream:
             return [codec.continue_response_trailers()]
         return _NO_RESPONSES  # an empty oneof: nothing to answer
 
+    @property
+    def abandoned_generation(self) -> tuple[str, str] | None:
+        """After `close`: a gRPC worker's generation the client left unfinished, as
+        (worker host:port, Generate request_id) for an Abort; None otherwise."""
+        lease = self._lease
+        if self._grpc is None or lease is None or lease.transcoder is None \
+                or not self._grpc.abandoned:
+            return None
+        return lease.worker.host_port, lease.transcoder.request_id
+
     def close(self, cancelled: bool) -> None:
         """The stream ended; release the slot with the best outcome we know of (a no-op when
         the response's end already released it)."""

@@ -67,6 +67,11 @@ class OpenAIAnswer:
         return self._stream
 
     @property
+    def over(self) -> bool:
+        """Complete, or failed: the engine has nothing more to say (no Abort to send)."""
+        return self._complete or self._failed
+
+    @property
     def complete(self) -> bool:
         """The GenerateComplete passed: the answer is whole, whatever the stream does next."""
         return self._complete

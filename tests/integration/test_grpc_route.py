@@ -179,3 +179,14 @@ def test_a_model_on_http_and_grpc_workers_keeps_each_request_within_one_router(
         again = post(mixed, "/v1/chat/completions",
                      {"model": MODEL, "messages": MESSAGES, "max_tokens": 2})
         assert again.headers[SIM_HEADER] == "h-mixed"
+
+
+def test_a_client_that_hangs_up_mid_stream_makes_the_picker_send_abort(fleet: Fleet) -> None:
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 400, "stream": True}
+    with httpx.stream("POST", f"{fleet.envoy_url}/v1/chat/completions", json=body,
+                      headers={"x-request-id": "hang-up-1"}, timeout=30) as streaming:
+        assert streaming.status_code == 200
+        next(streaming.iter_lines())  # generating: 400 tokens take the sim ~1 s
+    sim = fleet.processes["sim-g1"]
+    wait_until(lambda: "Abort 'hang-up-1' (client disconnected)" in sim.log_tail(200),
+               what="the sim's Abort line")
