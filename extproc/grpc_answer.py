@@ -86,7 +86,7 @@ class GrpcAnswer:
         if end_of_stream:  # no trailers: no status either
             out += answer.end(0, "")
             self.status = self.status or 502
-        return out, [*self._release_headers(), *codec.echo_response_body(out, end_of_stream)]
+        return out, self._send(out, end_of_stream)
 
     def trailers(self, trailers: dict[str, str]
                  ) -> tuple[bytes, list[pb.ProcessingResponse]]:
@@ -97,17 +97,22 @@ class GrpcAnswer:
                                           _message(trailers))
         if out and self._held:
             self.status = _failure_status(trailers)
-        return out, [*self._release_headers(), *codec.echo_response_body(out, False),
+        return out, [*self._send(out, False),
                      codec.continue_response_trailers(remove=_GRPC_HEADERS)]
 
-    def _release_headers(self) -> list[pb.ProcessingResponse]:
-        """The held headers answer, once the body decided the status."""
-        answer = self._transcoder.answer
-        if not self._held or not (answer.complete or self.status):
-            return []
-        self._held = False
-        self.status = self.status or 200
-        return [self._headers_answer(self.status)]
+    def _send(self, out: bytes, end_of_stream: bool) -> list[pb.ProcessingResponse]:
+        """`out` as body mutations - after the held headers answer, which Envoy must get
+        first: until the body decides the status, nothing is sent (a non-streamed answer has
+        no bytes before its end anyway)."""
+        if self._held:
+            answer = self._transcoder.answer
+            if not (answer.complete or self.status or end_of_stream):
+                return []
+            self._held = False
+            self.status = self.status or 200
+            return [self._headers_answer(self.status),
+                    *codec.echo_response_body(out, end_of_stream)]
+        return codec.echo_response_body(out, end_of_stream)
 
     def _headers_answer(self, status: int) -> pb.ProcessingResponse:
         return codec.continue_response_headers(

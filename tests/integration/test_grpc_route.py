@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
+from smg_grpc_proto.generated import sglang_scheduler_pb2 as upstream
 from tokenizers import Tokenizer
 
 from picker.tokens import load_tokenizer
@@ -190,3 +193,53 @@ def test_a_client_that_hangs_up_mid_stream_makes_the_picker_send_abort(fleet: Fl
     sim = fleet.processes["sim-g1"]
     wait_until(lambda: "Abort 'hang-up-1' (client disconnected)" in sim.log_tail(200),
                what="the sim's Abort line")
+
+
+class _FailingMidway:
+    """An engine that streams one token, then fails the call (status in the trailers)."""
+
+    def generate(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        yield upstream.GenerateResponse(request_id=request.request_id, chunk=(
+            upstream.GenerateStreamChunk(token_ids=[request.tokenized.input_ids[0]],
+                                         prompt_tokens=3, completion_tokens=1)))
+        context.abort(grpc.StatusCode.UNAVAILABLE, "engine restarting")
+
+    def health(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return upstream.HealthCheckResponse(healthy=True)
+
+
+def test_a_failure_after_the_first_token_reaches_the_client_as_an_error_event(
+        tokenizer_dir: Path) -> None:
+    engine, port = _FailingMidway(), free_port()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "sglang.grpc.scheduler.SglangScheduler", {
+            "Generate": grpc.unary_stream_rpc_method_handler(
+                engine.generate, request_deserializer=upstream.GenerateRequest.FromString,
+                response_serializer=upstream.GenerateResponse.SerializeToString),
+            "HealthCheck": grpc.unary_unary_rpc_method_handler(
+                engine.health, request_deserializer=upstream.HealthCheckRequest.FromString,
+                response_serializer=upstream.HealthCheckResponse.SerializeToString)}),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    worker = {"url": f"grpc://127.0.0.1:{port}", "connection_mode": "grpc", "models": [MODEL],
+              "runtime_type": "sglang", "tokenizer_path": str(tokenizer_dir)}
+    try:
+        with local_fleet([], body_mode="FULL_DUPLEX_STREAMED", envoy_template=GATEWAY,
+                         picker_settings={"extproc": {"tls": "self_signed"},
+                                          "workers": [worker]}) as fleet:
+            response = post(fleet, "/v1/chat/completions",
+                            {"model": MODEL, "messages": MESSAGES, "stream": True})
+            assert response.status_code == 200
+            lines = [line for line in response.text.split("\n") if line.startswith("data: ")]
+            assert json.loads(lines[0][6:])["choices"][0]["delta"]["role"] == "assistant"
+            error = json.loads(lines[-2][6:])["error"]
+            assert "engine restarting" in error["message"] and error["code"] == 503
+            assert lines[-1] == "data: [DONE]"
+            assert "grpc-status" not in response.headers
+            unstreamed = post(fleet, "/v1/chat/completions",
+                              {"model": MODEL, "messages": MESSAGES})
+            assert unstreamed.status_code == 503
+            assert "engine restarting" in unstreamed.json()["error"]["message"]
+    finally:
+        server.stop(None)

@@ -12,6 +12,8 @@ import pytest
 from smg_grpc_proto.generated import sglang_scheduler_pb2 as upstream
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from extproc._pb import ext_proc_pb2 as ext_pb
+from extproc.stream import RequestStream
 from picker.config import PickerConfig
 from picker.errors import InvalidRequest
 from picker.fleet.registry import WorkerRegistry
@@ -28,6 +30,8 @@ from picker.routing.router_manager import RouterManager
 from picker.runtime import PickerRuntime
 from picker.tokens import load_tokenizer
 from picker_bench.tokenizer_dirs import build_tokenizer_dir
+from tests.unit.test_extproc_response import duplex_both_ways, response_body, response_headers
+from tests.unit.test_extproc_stream import body_msg, headers_msg
 
 # Every field of each message the picker's proto holds, set to a value that is not its default.
 MESSAGES: list[tuple[Any, Any, dict[str, Any]]] = [
@@ -192,3 +196,55 @@ def test_with_igw_a_model_on_both_modes_goes_to_the_less_loaded_router(
     assert grpc is not http
     assert isinstance(grpc, Router) and grpc.choose(request).worker.id in {"g0", "g1"}
     assert routers.select(request, ConnectionMode.HTTP) is http
+
+
+def grpc_runtime(tokenizer_dir: Path) -> PickerRuntime:
+    return PickerRuntime(PickerConfig.model_validate({"workers": [WorkerSpec(
+        url="grpc://127.0.0.1:9100", models=["m"], connection_mode=ConnectionMode.GRPC,
+        tokenizer_path=str(tokenizer_dir))]}))
+
+
+def stream_body(text: str) -> bytes:
+    return json.dumps({"model": "m", "messages": [{"role": "user", "content": text}],
+                       "stream": True, "max_tokens": 5}).encode()
+
+
+def test_a_grpc_worker_behind_an_envoy_that_hides_the_response_is_a_clear_500(
+        tokenizer_dir: Path) -> None:
+    stream = RequestStream(grpc_runtime(tokenizer_dir).routing, 1 << 20)
+    assert stream.handle(headers_msg()) == []  # duplex request, response body NONE
+    [reply] = stream.handle(body_msg(stream_body("hi"), True))
+    assert reply.immediate_response.status.code == 500
+    assert b"response_body_mode must be FULL_DUPLEX_STREAMED" in reply.immediate_response.body
+
+
+def test_a_stream_that_fails_midway_ends_with_an_error_event_and_no_grpc_trailers(
+        tokenizer_dir: Path) -> None:
+    runtime = grpc_runtime(tokenizer_dir)
+    stream = RequestStream(runtime.routing, 1 << 20)
+    assert stream.handle(duplex_both_ways()) == []
+    routed = stream.handle(body_msg(stream_body("hi"), True))
+    headers = {o.header.key: o.header.raw_value.decode()
+               for o in routed[0].request_headers.response.header_mutation.set_headers}
+    assert headers[":path"] == "/sglang.grpc.scheduler.SglangScheduler/Generate"
+    assert headers["content-type"] == "application/grpc"
+    [answer] = stream.handle(response_headers(content_type="application/grpc"))
+    assert {o.header.key: o.header.raw_value.decode() for o in
+            answer.response_headers.response.header_mutation.set_headers}[
+        "content-type"] == "text/event-stream"
+    piece = frame(pb.GenerateResponse(chunk=pb.GenerateStreamChunk(
+        token_ids=[5], prompt_tokens=3, completion_tokens=1)).SerializeToString())
+    [first] = stream.handle(response_body(piece, False))
+    assert first.response_body.response.body_mutation.streamed_response.body.startswith(
+        b'data: {"id"')
+    trailers = ext_pb.ProcessingRequest()
+    for key, value in (("grpc-status", "14"), ("grpc-message", "engine%20restarting")):
+        header = trailers.response_trailers.trailers.headers.add()
+        header.key, header.raw_value = key, value.encode()
+    error, end = stream.handle(trailers)
+    sent = error.response_body.response.body_mutation.streamed_response.body
+    assert sent.startswith(b'data: {"error"') and b"engine restarting" in sent
+    assert sent.endswith(b"data: [DONE]\n\n")
+    assert "grpc-status" in end.response_trailers.header_mutation.remove_headers
+    assert [w.in_flight for w in runtime.registry.workers()] == [0]
+    assert stream.abandoned_generation is None  # the engine said it is over: no Abort
