@@ -186,6 +186,10 @@ def test_a_model_on_http_and_grpc_workers_keeps_each_request_within_one_router(
 
 def test_a_client_that_hangs_up_mid_stream_makes_the_picker_send_abort(fleet: Fleet) -> None:
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 400, "stream": True}
+    finished = httpx.post(f"{fleet.envoy_url}/v1/chat/completions",
+                          json={**body, "max_tokens": 3}, headers={"x-request-id": "whole-1"},
+                          timeout=30)
+    assert finished.text.endswith("data: [DONE]\n\n")
     with httpx.stream("POST", f"{fleet.envoy_url}/v1/chat/completions", json=body,
                       headers={"x-request-id": "hang-up-1"}, timeout=30) as streaming:
         assert streaming.status_code == 200
@@ -193,6 +197,7 @@ def test_a_client_that_hangs_up_mid_stream_makes_the_picker_send_abort(fleet: Fl
     sim = fleet.processes["sim-g1"]
     wait_until(lambda: "Abort 'hang-up-1' (client disconnected)" in sim.log_tail(200),
                what="the sim's Abort line")
+    assert "'whole-1'" not in sim.log_tail(200)  # an answer that ended needs no Abort
 
 
 class _FailingMidway:
