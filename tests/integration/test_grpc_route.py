@@ -88,6 +88,11 @@ def test_non_streamed_chat_returns_the_engines_text_and_usage(
     assert answer["usage"]["prompt_tokens"] == prompt
     assert answer["usage"]["completion_tokens"] == 7
     assert answer["usage"]["total_tokens"] == prompt + 7
+    # The same prompt again: the engine reports the blocks it had cached.
+    again = post(fleet, "/v1/chat/completions", body).json()["usage"]
+    sim_block_tokens = 16  # picker_sim.engine.SimConfig.block_tokens
+    assert again["prompt_tokens_details"]["cached_tokens"] == \
+        prompt // sim_block_tokens * sim_block_tokens > 0
 
 
 def test_streamed_chat_arrives_as_sse_with_usage(fleet: Fleet, tokenizer_dir: Path) -> None:
