@@ -4,7 +4,8 @@ When the client goes away, Envoy resets the upstream stream; the picker also sen
 Abort RPC with the Generate call's request_id (sglang_scheduler.proto:22, :381-384), as SMG's
 gRPC client does for every Generate stream dropped before its end (lightseekorg/smg
 crates/grpc_client/src/sglang_scheduler.rs, `AbortOnDropStream`'s Drop, reason "Stream
-dropped"): an engine that missed the reset, or queued the request, frees it. Sent in the
+dropped"): an engine that missed the reset, or queued the request, frees it. A stop string
+that ends a streamed answer while the engine generates on aborts the rest the same way. Sent in the
 background from the ext_proc server's loop; a failure is logged, never raised.
 """
 
@@ -31,15 +32,15 @@ class Aborts:
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def send(self, host_port: str, request_id: str) -> None:
+    def send(self, host_port: str, request_id: str, reason: str) -> None:
         """Start the call on the running loop (the ext_proc server's)."""
-        task = asyncio.get_running_loop().create_task(_abort(host_port, request_id))
+        task = asyncio.get_running_loop().create_task(_abort(host_port, request_id, reason))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
 
-async def _abort(host_port: str, request_id: str) -> None:
-    request = pb.AbortRequest(request_id=request_id, reason="client disconnected")
+async def _abort(host_port: str, request_id: str, reason: str) -> None:
+    request = pb.AbortRequest(request_id=request_id, reason=reason)
     try:
         async with grpc.aio.insecure_channel(host_port) as channel:
             call = channel.unary_unary(ABORT_PATH,

@@ -48,6 +48,11 @@ class GrpcAnswer:
         return not self._passthrough and not self._transcoder.answer.over
 
     @property
+    def cut_short(self) -> bool:
+        """A stop string ended the client's answer; the engine still generates."""
+        return not self._passthrough and self._transcoder.answer.cut_short
+
+    @property
     def content_type(self) -> str:
         return self._transcoder.answer.content_type
 

@@ -39,12 +39,12 @@ class _Processor:
         stream.close(cancelled)
         abandoned = stream.abandoned_generation
         if abandoned is not None:
-            self._aborts.send(*abandoned)
+            self._aborts.send(*abandoned, "client disconnected")
 
     async def process(self, _requests: object, context: grpc.aio.ServicerContext) -> None:
         """One HTTP request's stream; read/write calls avoid async-generator overhead."""
         stream = RequestStream(self._picker, self._max_body, self._access, self._subsets,
-                               self._fallbacks, self._conformance)
+                               self._fallbacks, self._conformance, self._aborts.send)
         # The RPC's own end, not the handler's, says whether Envoy half-closed the stream or
         # reset it: a reset can surface in the handler as a plain EOF.
         context.add_done_callback(lambda done: self._ended(stream, done.cancelled()))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 
 from extproc import codec
 from extproc._pb import ext_proc_pb2 as pb
@@ -75,15 +76,18 @@ class RequestStream:
         "_picker", "_fallbacks", "_conformance", "_max_body", "_mode", "_headers", "_chunks",
         "_size", "_lease", "_finished", "_upstream_status", "_pending", "_access", "_started",
         "_model", "_echo", "_sees_body", "_observer", "_subset", "_subsets", "_prefilled",
-        "_grpc",
+        "_grpc", "_abort",
     )
 
     def __init__(self, picker: Picker, max_body_bytes: int,
                  access: AccessLog | None = None,
                  subsets: SubsetMatcher | None = None, fallbacks: int = 0,
-                 conformance: bool = False) -> None:
+                 conformance: bool = False,
+                 abort: Callable[[str, str, str], None] | None = None) -> None:
         """`subsets`: the server's, shared by its streams (else one of this stream's own).
-        `fallbacks` and `conformance`: extproc.fallbacks and extproc.conformance."""
+        `fallbacks` and `conformance`: extproc.fallbacks and extproc.conformance. `abort`:
+        sends a gRPC worker's Abort (host:port, request_id, reason) when a stop string ends
+        the answer while the engine still generates."""
         self._picker = picker
         self._fallbacks = fallbacks
         self._conformance = conformance
@@ -106,6 +110,7 @@ class RequestStream:
         self._subset: list[str] | None = None  # the gateway's endpoint subset hint
         self._prefilled = False  # the lease heard of the response's first bytes
         self._grpc: GrpcAnswer | None = None  # a gRPC worker's answer, rewritten into OpenAI's
+        self._abort = abort
 
     @property
     def lease(self) -> Lease | None:
@@ -406,6 +411,11 @@ class RequestStream:
         """What the client gets of a gRPC worker's answer, seen as an HTTP answer's would be."""
         assert self._grpc is not None
         self._observe(chunk)
+        if self._grpc.cut_short and self._abort is not None:
+            lease = self._lease
+            assert lease is not None and lease.transcoder is not None
+            self._abort(lease.worker.host_port, lease.transcoder.request_id, "stop string")
+            self._abort = None  # once
         if over:
             self._upstream_status = self._grpc.status or self._upstream_status
             self._response_over()

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from picker.grpc_route._pb import generate_pb2 as pb
 from picker.grpc_route.framing import FrameReader, FramingError
+from picker.grpc_route.stops import StopStrings
 from picker.routing.request import Api
 
 if TYPE_CHECKING:  # picker.tokens needs the hf extra: imported where a tokenizer loads
@@ -39,10 +41,11 @@ class OpenAIAnswer:
     """One request's answer, built from the engine's messages as they pass."""
 
     __slots__ = ("_detokenizer", "_api", "_model", "_id", "_stream", "_usage_chunk", "_created",
-                 "_frames", "_text", "_counts", "_started", "_complete", "_failed")
+                 "_frames", "_text", "_counts", "_started", "_complete", "_failed", "_stops",
+                 "_cut")
 
     def __init__(self, detokenizer: Detokenizer, api: Api, model: str, request_id: str,
-                 stream: bool, usage_chunk: bool) -> None:
+                 stream: bool, usage_chunk: bool, stops: Sequence[str] = ()) -> None:
         self._detokenizer = detokenizer
         self._api = api
         self._model = model
@@ -57,6 +60,8 @@ class OpenAIAnswer:
         self._started = False  # the first event (the assistant role) is out
         self._complete = False
         self._failed = False
+        self._stops = StopStrings(stops)
+        self._cut = False  # a stop string ended the answer while the engine generates on
 
     @property
     def content_type(self) -> str:
@@ -70,6 +75,11 @@ class OpenAIAnswer:
     def over(self) -> bool:
         """Complete, or failed: the engine has nothing more to say (no Abort to send)."""
         return self._complete or self._failed
+
+    @property
+    def cut_short(self) -> bool:
+        """A stop string ended the answer before the engine did: its generation is waste."""
+        return self._cut
 
     @property
     def complete(self) -> bool:
@@ -117,24 +127,33 @@ class OpenAIAnswer:
 
     def _chunk(self, chunk: pb.GenerateStreamChunk) -> bytes:
         self._counts = (chunk.prompt_tokens, chunk.completion_tokens, chunk.cached_tokens)
-        text = self._detokenizer.step(list(chunk.token_ids))
+        text, stopped = self._stops.feed(self._detokenizer.step(list(chunk.token_ids)))
+        if stopped:
+            self._cut = True
+            return self._close(text, "stop")
         if not self._stream:
             self._text.append(text)
             return b""
         return self._event(text, None) if text or not self._started else b""
 
     def _finish(self, complete: pb.GenerateComplete) -> bytes:
-        self._complete = True
         self._counts = (complete.prompt_tokens, complete.completion_tokens,
                         complete.cached_tokens)
         # A streamed GenerateComplete repeats the last chunk's ids (SGLang's servicer builds it
         # from the last output; picker_sim.grpc_server says where): already decoded.
-        text = "" if self._stream else self._detokenizer.step(list(complete.output_ids))
-        reason = complete.finish_reason or "stop"
+        ids = [] if self._stream else list(complete.output_ids)
+        text, stopped = self._stops.feed(self._detokenizer.step(ids))
+        if stopped:
+            return self._close(text, "stop")
+        return self._close(text + self._stops.flush(), complete.finish_reason or "stop")
+
+    def _close(self, text: str, reason: str) -> bytes:
+        """The answer's end: its last text, finish_reason and usage."""
+        self._complete = True
         if not self._stream:
-            self._text.append(text)
-            return self._document("".join(self._text), reason)
-        out = [self._event("", reason)]
+            return self._document("".join(self._text) + text, reason)
+        out = [self._event(text, None)] if text else []
+        out.append(self._event("", reason))
         if self._usage_chunk:
             out.append(_sse({**self._head(), "choices": [], "usage": self._usage()}))
         out.append(_DONE)

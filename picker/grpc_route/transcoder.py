@@ -82,4 +82,4 @@ class GrpcTranscoder:
         usage = request.stream and include_usage(request.body)
         self.answer = OpenAIAnswer(tokenizer.detokenizer(call.sampling_params.skip_special_tokens),
                                    request.api, request.model, self.request_id,
-                                   request.stream, usage)
+                                   request.stream, usage, list(call.sampling_params.stop))

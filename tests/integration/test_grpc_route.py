@@ -253,3 +253,32 @@ def test_a_failure_after_the_first_token_reaches_the_client_as_an_error_event(
             assert "engine restarting" in unstreamed.json()["error"]["message"]
     finally:
         server.stop(None)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_stop_string_ends_the_answer_before_it_and_aborts_the_generation(
+        fleet: Fleet, tokenizer_dir: Path, stream: bool) -> None:
+    """The sim ignores `stop` (it generates its words to max_tokens): the picker cuts the
+    text before the stop string and says finish_reason "stop"; streamed, it aborts the rest
+    (a non-streamed Generate answers once, with everything generated)."""
+    full = expected_text(tokenizer_dir, 300)
+    stop = full.split()[4]  # a word a few tokens in
+    rid = f"stop-{stream}"
+    started = time.monotonic()
+    response = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", timeout=30,
+                          headers={"x-request-id": rid},
+                          json={"model": MODEL, "messages": MESSAGES, "max_tokens": 300,
+                                "stop": [stop], "stream": stream})
+    if stream:
+        chunks = events(response)
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+        reason = chunks[-1]["choices"][0]["finish_reason"]
+    else:
+        choice = response.json()["choices"][0]
+        text, reason = choice["message"]["content"], choice["finish_reason"]
+    assert (text, reason) == (full[:full.index(stop)], "stop")
+    if stream:
+        sim = fleet.processes["sim-g1"]
+        wait_until(lambda: f"Abort {rid!r} (stop string)" in sim.log_tail(200),
+                   what="the sim's Abort line")
+        assert time.monotonic() - started < 300 * 0.002  # well before 300 tokens at 2 ms

@@ -22,6 +22,7 @@ from picker.grpc_route._pb import generate_pb2 as pb
 from picker.grpc_route.answer import OpenAIAnswer
 from picker.grpc_route.framing import FrameReader, frame
 from picker.grpc_route.request import generate_request
+from picker.grpc_route.stops import StopStrings
 from picker.observe.metrics import PickerMetrics
 from picker.routing.outcome import Outcome
 from picker.routing.request import Api, RoutingRequest
@@ -248,3 +249,22 @@ def test_a_stream_that_fails_midway_ends_with_an_error_event_and_no_grpc_trailer
     assert "grpc-status" in end.response_trailers.header_mutation.remove_headers
     assert [w.in_flight for w in runtime.registry.workers()] == [0]
     assert stream.abandoned_generation is None  # the engine said it is over: no Abort
+
+
+@pytest.mark.parametrize(("pieces", "stops", "sent", "stopped"), [
+    (["the qu", "ick fox"], ["quick"], "the ", True),
+    (["abc", "de"], ["xyz"], "abcde", False),
+    (["ab", "c"], ["bcd"], "a", False),  # "bc" held: it may start "bcd"
+    (["say ##", "#END"], ["###", "END"], "say ", True),
+    (["café", "!"], [], "café!", False),
+])
+def test_stop_strings_end_the_text_before_them(pieces: list[str], stops: list[str], sent: str,
+                                               stopped: bool) -> None:
+    matcher = StopStrings(stops)
+    out, ended = "", False
+    for piece in pieces:
+        text, ended = matcher.feed(piece)
+        out += text
+        if ended:
+            break
+    assert (out, ended) == (sent, stopped)
