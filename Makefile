@@ -37,12 +37,13 @@ image-test: image
 bench: $(STAMP)
 	$(BIN)/llm-picker bench overhead
 
-# Regenerate the C-backed protobuf modules from the project's own minimal ext_proc, access-log
-# and engine-signal .protos.
+# Regenerate the C-backed protobuf modules from the project's own minimal ext_proc, access-log,
+# engine-signal and Generate .protos.
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iextproc/proto --python_out=extproc/_pb --pyi_out=extproc/_pb extproc/proto/ext_proc.proto
 	$(BIN)/python -m grpc_tools.protoc -Iauthz/proto --python_out=authz/_pb --pyi_out=authz/_pb authz/proto/als.proto
 	$(BIN)/python -m grpc_tools.protoc -Ipicker/fleet/proto --python_out=picker/fleet/_pb --pyi_out=picker/fleet/_pb picker/fleet/proto/engine_signals.proto
+	$(BIN)/python -m grpc_tools.protoc -Ipicker/grpc_route/proto --python_out=picker/grpc_route/_pb --pyi_out=picker/grpc_route/_pb picker/grpc_route/proto/generate.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

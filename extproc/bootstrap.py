@@ -1,10 +1,13 @@
 """`llm-picker envoy-config`: envoy/envoy.yaml with the settings that must match the picker's.
 
-Four things in an Envoy bootstrap have to agree with the picker configuration, and editing them by
+Five things in an Envoy bootstrap have to agree with the picker configuration, and editing them by
 hand is how they drift: where the picker's ext_proc server listens (the `llm_picker` cluster),
 whether it speaks TLS (then envoy/envoy-mtls.yaml is the template), the largest body (Envoy's
 buffer limit must equal `max_body_bytes`, or one of the two answers 413 first with its own
-wording), and the body mode. The templates stay the documented source; this only sets values.
+wording), the body mode, and - with gRPC workers configured - the response passing through the
+picker (FULL_DUPLEX_STREAMED), which rewrites their answers. Every ext_proc template routes the
+Generate path to `llm_workers_grpc`, an HTTP/2 cluster beside the HTTP one. The templates stay
+the documented source; this only sets values.
 
 `--mode authz` renders envoy/envoy-authz.yaml instead: the same listener settings, the check
 server's and the access-log stream's addresses and, for `serve --workers N`, one endpoint per
@@ -23,6 +26,7 @@ import yaml
 
 from authz.tokens import LEASE_HEADER, process_prefix
 from picker.config import PickerConfig
+from picker.fleet.worker_spec import ConnectionMode
 
 __all__ = ["ENVOY_DIR", "authz_over_tls", "ext_proc_config", "parse_address", "point_authz",
            "render_bootstrap"]
@@ -91,10 +95,17 @@ def render_bootstrap(config: PickerConfig, *, listen: str = ":10000", admin: str
     listener["address"] = _socket(*parse_address(listen))
     listener["per_connection_buffer_limit_bytes"] = config.max_body_bytes
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    grpc_workers = any(w.connection_mode is ConnectionMode.GRPC for w in config.workers)
     for http_filter in manager["http_filters"]:
         if (ext_proc := ext_proc_config(http_filter)) is not None:
             if body_mode is not None:  # else the template's: BUFFERED, or the gateway's
                 ext_proc["processing_mode"]["request_body_mode"] = body_mode
+            if grpc_workers and authz_port is None:
+                # The picker rewrites a gRPC worker's answer into OpenAI's: every response
+                # chunk and the trailers (grpc-status) must pass through it.
+                ext_proc["processing_mode"].update(
+                    response_header_mode="SEND", response_body_mode="FULL_DUPLEX_STREAMED",
+                    response_trailer_mode="SEND")
             ext_proc["message_timeout"] = _message_timeout(ext_proc["message_timeout"],
                                                            config.longest_wait_secs())
     picker_host = _WILDCARDS.get(config.extproc.host, config.extproc.host)

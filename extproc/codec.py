@@ -34,6 +34,7 @@ __all__ = [
     "headers_to_dict",
     "immediate_error",
     "immediate_json",
+    "immediate_reply",
     "metadata_string",
     "metadata_strings",
     "route_buffered",
@@ -162,13 +163,14 @@ def continue_trailers() -> pb.ProcessingResponse:
     return _CONTINUE_TRAILERS
 
 
-def continue_response_headers(set_headers: dict[str, str] | None = None
-                              ) -> pb.ProcessingResponse:
+def continue_response_headers(set_headers: dict[str, str] | None = None,
+                              remove: tuple[str, ...] = ()) -> pb.ProcessingResponse:
     response = pb.ProcessingResponse()
     common = response.response_headers.response
     common.SetInParent()
     for key, value in (set_headers or {}).items():
         _set_header(common.header_mutation, key, value)
+    common.header_mutation.remove_headers.extend(remove)
     return response
 
 
@@ -200,8 +202,12 @@ def continue_response_body() -> pb.ProcessingResponse:
     return _CONTINUE_RESPONSE_BODY
 
 
-def continue_response_trailers() -> pb.ProcessingResponse:
-    return _CONTINUE_RESPONSE_TRAILERS
+def continue_response_trailers(remove: tuple[str, ...] = ()) -> pb.ProcessingResponse:
+    if not remove:
+        return _CONTINUE_RESPONSE_TRAILERS
+    response = pb.ProcessingResponse()
+    response.response_trailers.header_mutation.remove_headers.extend(remove)
+    return response
 
 
 def route_buffered(route: Route, body: bytes | None = None) -> pb.ProcessingResponse:
@@ -255,6 +261,19 @@ def immediate_error(error: RequestError, anthropic: bool = False) -> pb.Processi
         _set_header(immediate.headers, name, value)
     immediate.body = error.to_json(anthropic)
     immediate.details = f"llm_picker_{error.code}"
+    return response
+
+
+def immediate_reply(status: int, content_type: str, body: bytes,
+                    details: str) -> pb.ProcessingResponse:
+    """A local reply the picker builds from what the upstream said (a gRPC engine's error,
+    rewritten into OpenAI's), sent instead of the upstream's response."""
+    response = pb.ProcessingResponse()
+    immediate = response.immediate_response
+    immediate.status.code = status
+    _set_header(immediate.headers, "content-type", content_type)
+    immediate.body = body
+    immediate.details = details
     return response
 
 

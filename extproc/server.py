@@ -8,6 +8,7 @@ from typing import Literal
 import grpc
 
 from extproc._pb import ext_proc_pb2 as pb
+from extproc.grpc_abort import Aborts
 from extproc.health import HealthService
 from extproc.stream import RequestStream
 from extproc.subset import SubsetMatcher
@@ -31,14 +32,22 @@ class _Processor:
         self._fallbacks = fallbacks
         self._conformance = conformance
         self._subsets = SubsetMatcher()  # its hostname cache is shared by every stream
+        self._aborts = Aborts()
+
+    def _ended(self, stream: RequestStream, cancelled: bool) -> None:
+        """The stream's end: its lease released, and a generation the client left aborted."""
+        stream.close(cancelled)
+        abandoned = stream.abandoned_generation
+        if abandoned is not None:
+            self._aborts.send(*abandoned, "client disconnected")
 
     async def process(self, _requests: object, context: grpc.aio.ServicerContext) -> None:
         """One HTTP request's stream; read/write calls avoid async-generator overhead."""
         stream = RequestStream(self._picker, self._max_body, self._access, self._subsets,
-                               self._fallbacks, self._conformance)
+                               self._fallbacks, self._conformance, self._aborts.send)
         # The RPC's own end, not the handler's, says whether Envoy half-closed the stream or
         # reset it: a reset can surface in the handler as a plain EOF.
-        context.add_done_callback(lambda done: stream.close(done.cancelled()))
+        context.add_done_callback(lambda done: self._ended(stream, done.cancelled()))
         while True:
             message = await context.read()
             if message is grpc.aio.EOF:

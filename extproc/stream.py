@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 
 from extproc import codec
 from extproc._pb import ext_proc_pb2 as pb
+from extproc.grpc_answer import GrpcAnswer
 from extproc.subset import SubsetMatcher
 from picker.errors import (
     BodyTooLarge,
@@ -74,14 +76,18 @@ class RequestStream:
         "_picker", "_fallbacks", "_conformance", "_max_body", "_mode", "_headers", "_chunks",
         "_size", "_lease", "_finished", "_upstream_status", "_pending", "_access", "_started",
         "_model", "_echo", "_sees_body", "_observer", "_subset", "_subsets", "_prefilled",
+        "_grpc", "_abort",
     )
 
     def __init__(self, picker: Picker, max_body_bytes: int,
                  access: AccessLog | None = None,
                  subsets: SubsetMatcher | None = None, fallbacks: int = 0,
-                 conformance: bool = False) -> None:
+                 conformance: bool = False,
+                 abort: Callable[[str, str, str], None] | None = None) -> None:
         """`subsets`: the server's, shared by its streams (else one of this stream's own).
-        `fallbacks` and `conformance`: extproc.fallbacks and extproc.conformance."""
+        `fallbacks` and `conformance`: extproc.fallbacks and extproc.conformance. `abort`:
+        sends a gRPC worker's Abort (host:port, request_id, reason) when a stop string ends
+        the answer while the engine still generates."""
         self._picker = picker
         self._fallbacks = fallbacks
         self._conformance = conformance
@@ -103,6 +109,8 @@ class RequestStream:
         self._observer: ResponseObserver | None = None
         self._subset: list[str] | None = None  # the gateway's endpoint subset hint
         self._prefilled = False  # the lease heard of the response's first bytes
+        self._grpc: GrpcAnswer | None = None  # a gRPC worker's answer, rewritten into OpenAI's
+        self._abort = abort
 
     @property
     def lease(self) -> Lease | None:
@@ -139,9 +147,23 @@ class RequestStream:
         if kind == "response_headers":
             return self._on_response_headers(message)
         if kind == "response_trailers":
+            if self._grpc is not None:
+                out, responses = self._grpc.trailers(
+                    codec.headers_to_dict(message.response_trailers.trailers))
+                return self._on_grpc_response(out, responses, True)
             self._response_over()
             return [codec.continue_response_trailers()]
         return _NO_RESPONSES  # an empty oneof: nothing to answer
+
+    @property
+    def abandoned_generation(self) -> tuple[str, str] | None:
+        """After `close`: a gRPC worker's generation the client left unfinished, as
+        (worker host:port, Generate request_id) for an Abort; None otherwise."""
+        lease = self._lease
+        if self._grpc is None or lease is None or lease.transcoder is None \
+                or not self._grpc.abandoned:
+            return None
+        return lease.worker.host_port, lease.transcoder.request_id
 
     def close(self, cancelled: bool) -> None:
         """The stream ended; release the slot with the best outcome we know of (a no-op when
@@ -262,6 +284,14 @@ class RequestStream:
 
     def _answer(self, lease: Lease, body: bytes, end_of_stream: bool,
                 ack_trailers: bool) -> list[pb.ProcessingResponse]:
+        if lease.transcoder is not None:
+            if not self._echo:
+                lease.release(Outcome.CANCELLED)
+                return self._reject(ProxyMisconfigured(
+                    f"model {self._model[:100]!r} is served by gRPC workers, whose answers the "
+                    "picker rewrites: the ext_proc filter's response_body_mode must be "
+                    "FULL_DUPLEX_STREAMED"))
+            self._grpc = GrpcAnswer(lease.transcoder)
         self._lease = lease
         self._finished = True
         trailers = [codec.continue_trailers()] if ack_trailers else []
@@ -342,6 +372,8 @@ class RequestStream:
             worker = self._picker.worker_at(served)
             if worker is not None:
                 lease.move_to(worker)
+        if self._grpc is not None and lease is not None:
+            return self._grpc_headers(lease, headers, message.response_headers.end_of_stream)
         mutation: dict[str, str] = {}
         explanation = self._explanation()
         if explanation is not None:  # an upstream's own copy is overwritten, never trusted
@@ -364,13 +396,47 @@ class RequestStream:
             return None
         return self._picker.explanation(self._headers, self._lease)
 
-    def _on_response_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
-        chunk = body.body
+    def _grpc_headers(self, lease: Lease, headers: dict[str, str],
+                      end_of_stream: bool) -> list[pb.ProcessingResponse]:
+        """A gRPC worker's response headers (extproc.grpc_answer); the explain and conformance
+        headers are not added to transcoded answers yet."""
+        assert self._grpc is not None
+        self._observer = ResponseObserver(
+            lease.started, self._grpc.content_type == "text/event-stream")
+        out = self._grpc.headers(headers, end_of_stream)
+        if end_of_stream or any(r.HasField("immediate_response") for r in out):
+            self._upstream_status = self._grpc.status
+            self._response_over()
+        return out
+
+    def _on_grpc_response(self, chunk: bytes, responses: list[pb.ProcessingResponse],
+                          over: bool) -> list[pb.ProcessingResponse]:
+        """What the client gets of a gRPC worker's answer, seen as an HTTP answer's would be."""
+        assert self._grpc is not None
+        self._observe(chunk)
+        if self._grpc.cut_short and self._abort is not None:
+            lease = self._lease
+            assert lease is not None and lease.transcoder is not None
+            self._abort(lease.worker.host_port, lease.transcoder.request_id, "stop string")
+            self._abort = None  # once
+        if over:
+            self._upstream_status = self._grpc.status or self._upstream_status
+            self._response_over()
+        return responses
+
+    def _observe(self, chunk: bytes) -> None:
         if chunk and not self._prefilled and self._lease is not None:
             self._prefilled = True
             self._lease.first_token()
         if self._observer is not None:
             self._observer.chunk(chunk, time.monotonic())
+
+    def _on_response_body(self, body: pb.HttpBody) -> list[pb.ProcessingResponse]:
+        if self._grpc is not None:
+            out, responses = self._grpc.body(body.body, body.end_of_stream)
+            return self._on_grpc_response(out, responses, body.end_of_stream)
+        chunk = body.body
+        self._observe(chunk)
         if body.end_of_stream:
             self._response_over()
         if self._echo:

@@ -5,8 +5,9 @@ tokenizer when configured, loading its LoRA adapter when no engine serves it
 (lora.load_on_demand), admission (or flow control, which may hold the request in its band's
 queue: picker.routing.flow), the router manager's choice of
 router, the decision, then the lease - on one worker with the fallbacks of the router that
-chose it, or on a prefill/decode pair whose protocol step ran (a prefill that fails frees both
-and another pair is tried, pd.max_attempts). The awaited steps run on the picker's loop,
+chose it (for a gRPC worker with the transcoder of its Generate call, picker.grpc_route), or
+on a prefill/decode pair whose protocol step ran (a prefill that fails frees both and another
+pair is tried, pd.max_attempts). The awaited steps run on the picker's loop,
 wherever the caller is: `attach` names that loop once the runtime runs.
 """
 
@@ -19,9 +20,11 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from picker.errors import PrefillFailed, RequestError
+from picker.errors import NoHealthyWorker, PrefillFailed, RequestError
 from picker.fleet.lora_loading import AdapterLoader
 from picker.fleet.registry import Worker, WorkerRegistry
+from picker.fleet.worker_spec import ConnectionMode
+from picker.grpc_route.transcoder import GrpcTranscoder, WorkerTokenizers
 from picker.observe.decisions import DecisionLog, ExplainSettings, explain_line
 from picker.observe.metrics import PickerMetrics
 from picker.pd.pairing import PairStep
@@ -72,6 +75,7 @@ class RoutingService:
         self._awaits = self._remote is not None or leases.queueing or pd_paired \
             or self._adapters is not None or flow is not None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._tokenizers = WorkerTokenizers()
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop the awaited steps run on (the runtime's, once started)."""
@@ -211,8 +215,21 @@ class RoutingService:
         except RequestError:
             self._cancel(ticket)
             raise
-        others = router.fallbacks(request, choice.worker, fallbacks, allowed)
+        worker = choice.worker
+        transcoder = None
+        if worker.spec.connection_mode is ConnectionMode.GRPC:
+            try:
+                transcoder = GrpcTranscoder(self._tokenizers.for_worker(worker), request)
+            except RequestError:
+                self._cancel(ticket)
+                raise
+        # A fallback must speak what the request was rewritten into (without enable_igw one
+        # router holds workers of both connection modes).
+        others = [w for w in router.fallbacks(request, worker, fallbacks, allowed)
+                  if w.spec.connection_mode is worker.spec.connection_mode]
         lease = self._lease(choice, ticket, fallbacks=others, request=request)
+        if transcoder is not None:
+            lease.transcode_as(transcoder)
         if self._tracer is not None:
             self._tracer.trace(lease, request, started_ns, waited)
         return lease
@@ -231,6 +248,10 @@ class RoutingService:
                 self._cancel(ticket)
                 raise
             prefill = prefill_choice.worker
+            if prefill.spec.connection_mode is ConnectionMode.GRPC:
+                self._cancel(ticket)
+                raise NoHealthyWorker("prefill/decode over gRPC is not served yet (issue 25 "
+                                      "item 3): register the pair's workers over HTTP")
             if decode.decision is not None and prefill_choice.decision is not None:
                 decode.decision.paired_with(prefill_choice.decision)
             lease = self._lease(decode, ticket, prefill, request=request)

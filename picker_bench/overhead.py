@@ -68,7 +68,7 @@ from picker_bench.stack import (
     wait_picker_hosts,
 )
 
-__all__ = ["run_overhead"]
+__all__ = ["ext_proc_messages", "run_overhead"]
 
 MODEL = "bench-model"
 BODY = json.dumps(
@@ -206,7 +206,7 @@ def _measure(scenario: str, port: int, concurrency: int, requests: int,
     messages Envoy sent the picker per request too."""
     asyncio.run(_load(port, concurrency, min(200, requests)))  # warm connections and caches
     cpu = cpu_seconds(picker) if picker is not None else 0.0
-    sent = _ext_proc_messages(envoy_admin)[0] if envoy_admin is not None else 0
+    sent = ext_proc_messages(envoy_admin)[0] if envoy_admin is not None else 0
     latencies, elapsed, errors = asyncio.run(_load(port, concurrency, requests))
     cuts = statistics.quantiles(latencies, n=100)
     result = Result(scenario, concurrency, cuts[49] * 1e6, cuts[98] * 1e6,
@@ -214,7 +214,7 @@ def _measure(scenario: str, port: int, concurrency: int, requests: int,
     if picker is not None:
         result.picker_cpu_us = (cpu_seconds(picker) - cpu) * 1e6 / len(latencies)
     if envoy_admin is not None:
-        result.messages = (_ext_proc_messages(envoy_admin)[0] - sent) / len(latencies)
+        result.messages = (ext_proc_messages(envoy_admin)[0] - sent) / len(latencies)
     return result
 
 
@@ -320,7 +320,7 @@ def _idle_cpu_rate(proc: Process, window_secs: float = 3.0) -> float:
     return (cpu_seconds(proc) - before) / (time.monotonic() - started)
 
 
-def _ext_proc_messages(admin_port: int) -> tuple[int, int]:
+def ext_proc_messages(admin_port: int) -> tuple[int, int]:
     """(messages Envoy sent to the picker, responses it received), from Envoy's own stats."""
     import httpx
 
@@ -380,12 +380,12 @@ def _stream_scenarios(requests: int, levels: list[int], workdir: Path) -> list[S
             for name, port in (("envoy", alone), ("picker", front)):
                 asyncio.run(_load(port, level, level, body))  # warm connections
                 idle_rate = _idle_cpu_rate(picker)
-                cpu, (sent, answered) = cpu_seconds(picker), _ext_proc_messages(admin)
+                cpu, (sent, answered) = cpu_seconds(picker), ext_proc_messages(admin)
                 latencies, elapsed, errors = asyncio.run(_load(port, level, requests, body))
                 cuts = statistics.quantiles(latencies, n=100)
                 result = StreamResult(name, level, cuts[49] * 1e3, cuts[98] * 1e3, errors)
                 if name == "picker":
-                    sent2, answered2 = _ext_proc_messages(admin)
+                    sent2, answered2 = ext_proc_messages(admin)
                     result.messages = answered2 - answered
                     # The picker's background tasks (lease expiry, admin API) tick during a
                     # slow stream too: their idle rate is not per-message work.

@@ -169,6 +169,9 @@ class SglangSchedulerSim:
             event.set()
         # The servicer's message (sglang/servicer.py:484-487).
         found = "aborted" if event is not None else "not found"
+        # One line per Abort, so a test can tell that a gateway sent it (an aborted stream
+        # whose client already reset it is "not found": its generation had stopped).
+        print(f"Abort {request.request_id!r} ({request.reason}): {found}", flush=True)
         return pb.AbortResponse(success=event is not None,
                                 message=f"Request {request.request_id} {found}")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from picker.fleet.registry import Worker, WorkerRegistry
 from picker.fleet.speed import Observation
@@ -27,6 +27,9 @@ from picker.routing.outcome import Outcome
 from picker.routing.request import RoutingRequest
 from picker.routing.response_stats import ResponseSample
 from picker.routing.router import Choice
+
+if TYPE_CHECKING:
+    from picker.grpc_route.transcoder import GrpcTranscoder
 
 __all__ = ["Lease", "LeaseBook", "LeaseEnd", "LeaseWatcher"]
 
@@ -57,7 +60,7 @@ class Lease:
     `fallbacks` where a proxy that retries should go next, chosen by the same router."""
 
     __slots__ = ("_worker", "choice", "prefill", "fallbacks", "started", "_book", "_open",
-                 "_forward", "_ends", "_prefilled", "_trace", "_generated")
+                 "_forward", "_ends", "_prefilled", "_trace", "_generated", "_transcoder")
 
     def __init__(self, choice: Choice, book: LeaseBook, prefill: Worker | None = None,
                  fallbacks: Sequence[Worker] = (), ends: Sequence[LeaseEnd] = ()) -> None:
@@ -73,6 +76,7 @@ class Lease:
         self._forward: Forward | None = None
         self._trace: Headers = ()
         self._generated: int | None = None
+        self._transcoder: GrpcTranscoder | None = None
 
     @property
     def forward(self) -> Forward | None:
@@ -81,6 +85,17 @@ class Lease:
     def forward_as(self, forward: Forward) -> None:
         """Set by the runtime once the pair's protocol step is done."""
         self._forward = forward
+
+    @property
+    def transcoder(self) -> GrpcTranscoder | None:
+        """A gRPC worker's request: what rewrites the engine's answer into OpenAI's (the
+        request itself is `forward`, the Generate call); None for an HTTP worker."""
+        return self._transcoder
+
+    def transcode_as(self, transcoder: GrpcTranscoder) -> None:
+        """Set by the routing service as a lease on a gRPC worker opens."""
+        self._transcoder = transcoder
+        self._forward = Forward(transcoder.body, transcoder.headers)
 
     def trace_as(self, headers: Headers, end: LeaseEnd) -> None:
         """Set by the routing service as the lease opens (tracing.enabled): the trace

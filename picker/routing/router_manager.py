@@ -3,7 +3,8 @@
 `enable_igw: false` (the default): one router over every worker, as the picker always had.
 `enable_igw: true`: a router per connection mode and kind - regular workers, or prefill/decode
 pairs - created as its first worker appears and retired with its last. Per request: the
-routers with workers for the model, over the request's connection mode; a complete healthy
+routers with workers for the model, over each connection mode that serves it (the least
+loaded one wins: picker.grpc_route transcodes a request for a gRPC worker); a complete healthy
 prefill/decode set is preferred, else regular workers, else a 503 naming what is missing.
 """
 
@@ -25,6 +26,9 @@ from picker.routing.request import RoutingRequest
 from picker.routing.router import Router
 
 __all__ = ["PdRouters", "RouterManager"]
+
+# The order ties between connection modes break in.
+_MODE_ORDER = (ConnectionMode.HTTP, ConnectionMode.GRPC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,16 +61,38 @@ class RouterManager:
         return self._config.enable_igw
 
     def select(self, request: RoutingRequest,
-               mode: ConnectionMode = ConnectionMode.HTTP) -> Router | PdRouters:
+               mode: ConnectionMode | None = None) -> Router | PdRouters:
         """The router for `request`; raises ModelNotFound / NoHealthyWorker naming what is
-        missing."""
+        missing. `mode`: only that connection mode's routers; None: the model's routers over
+        every connection mode that can serve it, the one whose routable workers carry the
+        fewest requests each (ties: HTTP), so a model served over HTTP and gRPC spreads over
+        both while each request stays within one router's workers."""
         if not self._config.enable_igw:
             return self.default
         model = request.model[:100]
         serving = self._workers.for_model(request.model)
         if not serving:
             raise ModelNotFound(f"no worker serves model {model!r}", param="model")
-        mine = [w for w in serving if w.spec.connection_mode is mode]
+        modes = [mode] if mode is not None else sorted(
+            {w.spec.connection_mode for w in serving}, key=_MODE_ORDER.index)
+        found: list[tuple[float, int, Router | PdRouters]] = []
+        errors: list[NoHealthyWorker] = []
+        for index, each in enumerate(modes):
+            mine = [w for w in serving if w.spec.connection_mode is each]
+            try:
+                router = self._select_in(model, serving, mine, each)
+            except NoHealthyWorker as error:
+                errors.append(error)
+                continue
+            routable = [w for w in mine if w.routable]
+            found.append((sum(w.in_flight for w in routable) / max(1, len(routable)), index,
+                          router))
+        if not found:
+            raise errors[0]
+        return min(found, key=lambda item: item[:2])[2]
+
+    def _select_in(self, model: str, serving: tuple[Worker, ...], mine: list[Worker],
+                   mode: ConnectionMode) -> Router | PdRouters:
         if not mine:
             raise NoHealthyWorker(f"model {model!r} is served only over "
                                   f"{', '.join(sorted({w.spec.connection_mode for w in serving}))}"
@@ -81,8 +107,8 @@ class RouterManager:
         # circuit is open is not "healthy" here either).
         counts = ", ".join(f"{role}: {ready[role]} routable of {len(roles[role])}"
                            for role in WorkerType)
-        raise NoHealthyWorker(f"model {model!r} has no routable regular worker and no "
-                              f"complete routable prefill/decode pair ({counts})")
+        raise NoHealthyWorker(f"model {model!r} has no routable {mode} regular worker and no "
+                              f"complete routable {mode} prefill/decode pair ({counts})")
 
     def describe(self) -> list[dict[str, Any]]:
         """The routers in service, for GET /routers."""

@@ -37,6 +37,7 @@ from typing import Any
 
 from picker.errors import ConfigError, InvalidRequest
 from picker.tokens.conversation import to_conversation, to_tools
+from picker.tokens.detokenize import Detokenizer
 from picker.tokens.segments import SegmentEncoder
 from picker.tokens.template import ChatTemplate, TemplateProblem
 
@@ -122,6 +123,10 @@ class EngineTokenizer:
                               add_generation_prompt=_flag(body, "add_generation_prompt", True),
                               variables=variables)
         return self.encode(text, add_special_tokens=_flag(body, "add_special_tokens", False))
+
+    def detokenizer(self, skip_special_tokens: bool = True) -> Detokenizer:
+        """A fresh incremental decoder of one generation's ids."""
+        return Detokenizer(self._tokenizer, skip_special_tokens)
 
     def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
         """The tokenizer's ids; without special tokens (every chat) from cached pieces."""

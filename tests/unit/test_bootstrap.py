@@ -131,3 +131,26 @@ def test_every_bootstrap_closes_quiet_client_connections(name: str,
     assert settings["request_headers_timeout"] == "10s", name
     assert settings["common_http_protocol_options"]["idle_timeout"] == "30s", name
     assert "stream_idle_timeout" not in settings  # Envoy's 5 minutes: generations run long
+
+
+def test_grpc_workers_get_an_http2_cluster_and_their_answers_pass_the_picker() -> None:
+    """The Generate path goes to an HTTP/2 ORIGINAL_DST cluster beside the HTTP one; with a
+    gRPC worker configured, the response body and trailers pass through the picker."""
+    plain = yaml.safe_load(render_bootstrap(load_config()))
+    clusters = {c["name"]: c for c in plain["static_resources"]["clusters"]}
+    grpc = clusters["llm_workers_grpc"]
+    assert grpc["type"] == "ORIGINAL_DST"
+    options = grpc["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert "http2_protocol_options" in options["explicit_http_config"]
+    manager = plain["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    routes = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    assert routes[0] == {"match": {"prefix": "/sglang.grpc.scheduler.SglangScheduler/"},
+                         "route": {"cluster": "llm_workers_grpc", "timeout": "600s"}}
+    assert "response_body_mode: NONE" in render_bootstrap(load_config())
+    with_grpc = load_config(overrides={"workers": [{
+        "url": "grpc://127.0.0.1:30000", "connection_mode": "grpc", "models": ["m"],
+        "tokenizer_path": "/models/m"}]})
+    text = render_bootstrap(with_grpc)
+    assert "response_body_mode: FULL_DUPLEX_STREAMED" in text
+    assert "response_trailer_mode: SEND" in text

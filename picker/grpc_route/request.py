@@ -1,0 +1,101 @@
+"""An OpenAI chat or completion body as SGLang's Generate call (sglang_scheduler.proto:124-174).
+
+The prompt's token ids come from the worker's tokenizer directory (picker.tokens, as vLLM
+renders and encodes them); the sampling options map onto SamplingParams field for field. What
+the router does not translate yet is refused with a 400 naming the field, never dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from picker.errors import InvalidRequest
+from picker.grpc_route._pb import generate_pb2 as pb
+from picker.routing.request import Api
+
+if TYPE_CHECKING:  # picker.tokens needs the hf extra: imported where a tokenizer loads
+    from picker.tokens.tokenizer import EngineTokenizer
+
+__all__ = ["generate_request", "include_usage"]
+
+# SGLang's semantic defaults where proto3's zero means something else (sglang_scheduler.proto
+# :70-74; sglang/srt/sampling/sampling_params.py: temperature 1.0, top_p 1.0, top_k -1,
+# repetition_penalty 1.0).
+_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "min_p": 0.0,
+             "frequency_penalty": 0.0, "presence_penalty": 0.0, "repetition_penalty": 1.0}
+# Fields whose translation (logprobs, structured output, several choices, echo) is not built:
+# a 400 says so instead of an answer that silently ignored them.
+_NOT_YET = ("logprobs", "top_logprobs", "echo", "suffix", "best_of", "logit_bias")
+
+
+def generate_request(body: Mapping[str, Any], api: Api, tokenizer: EngineTokenizer,
+                     request_id: str, stream: bool) -> pb.GenerateRequest:
+    """The Generate call for `body`; InvalidRequest names a field the router cannot send."""
+    if api not in (Api.CHAT, Api.COMPLETIONS):
+        raise InvalidRequest(f"{api.value} is not served by gRPC workers yet")
+    for name in _NOT_YET:
+        if body.get(name) not in (None, False, 0):
+            raise InvalidRequest(f"{name} is not supported for gRPC workers yet", param=name)
+    n = body.get("n", 1)
+    if n != 1:
+        raise InvalidRequest("n must be 1 for gRPC workers", param="n")
+    response_format = body.get("response_format")
+    if response_format is not None and (not isinstance(response_format, Mapping)
+                                        or response_format.get("type") != "text"):
+        raise InvalidRequest("response_format other than text is not supported for gRPC "
+                             "workers yet", param="response_format")
+    ids = tokenizer.body_ids(body)
+    if not ids:
+        raise InvalidRequest("the prompt encodes to no token", param="prompt")
+    params = pb.SamplingParams(
+        **{name: _number(body, name, default) for name, default in _DEFAULTS.items()},
+        stop=_stop(body), skip_special_tokens=_flag(body, "skip_special_tokens", True),
+        spaces_between_special_tokens=_flag(body, "spaces_between_special_tokens", True),
+        ignore_eos=_flag(body, "ignore_eos", False), n=1)
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    if limit is not None:
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise InvalidRequest("max_tokens must be a positive integer", param="max_tokens")
+        params.max_new_tokens = limit
+    return pb.GenerateRequest(request_id=request_id, tokenized=pb.TokenizedInput(input_ids=ids),
+                              sampling_params=params, stream=stream)
+
+
+def include_usage(body: Mapping[str, Any]) -> bool:
+    """A streamed answer ends with a usage chunk when `stream_options.include_usage` asks."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, Mapping):
+        raise InvalidRequest("stream_options must be an object", param="stream_options")
+    return _flag(options, "include_usage", False)
+
+
+def _number(body: Mapping[str, Any], name: str, default: float) -> Any:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(f"{name} must be a number", param=name)
+    if isinstance(default, int) and not isinstance(value, int):
+        raise InvalidRequest(f"{name} must be an integer", param=name)
+    return value
+
+
+def _flag(body: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{name} must be a boolean", param=name)
+    return value
+
+
+def _stop(body: Mapping[str, Any]) -> list[str]:
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return stop
+    raise InvalidRequest("stop must be a string or a list of strings", param="stop")

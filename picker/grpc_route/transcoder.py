@@ -1,0 +1,85 @@
+"""GrpcTranscoder: one OpenAI request to a gRPC worker, both ways.
+
+The routing service makes one when it opens a lease on a worker with `connection_mode: grpc`
+(the lease carries it, picker.routing.leases); the adapter that proxies the request applies it:
+`headers` and `body` replace the client's request (SGLang's Generate call, gRPC-framed, for an
+HTTP/2 upstream), and `answer` turns the engine's response body and status into the OpenAI
+answer. Tokenizers are loaded once per worker tokenizer directory (`WorkerTokenizers`).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import TYPE_CHECKING
+
+from picker.errors import ConfigError, RequestError
+from picker.fleet.registry import Worker
+from picker.grpc_route.answer import OpenAIAnswer
+from picker.grpc_route.framing import frame
+from picker.grpc_route.request import generate_request, include_usage
+from picker.routing.destination import Headers
+from picker.routing.request import RoutingRequest
+
+if TYPE_CHECKING:  # picker.tokens needs the hf extra: imported where a tokenizer loads
+    from picker.tokens.tokenizer import EngineTokenizer
+
+__all__ = ["GENERATE_PATH", "GrpcTranscoder", "TokenizerUnavailable", "WorkerTokenizers"]
+
+# The method's HTTP/2 path: /<package>.<service>/<method> (sglang_scheduler.proto:3, :11, :13;
+# grpc doc/PROTOCOL-HTTP2.md "Path"). Envoy routes this prefix to its HTTP/2 worker cluster.
+GENERATE_PATH = "/sglang.grpc.scheduler.SglangScheduler/Generate"
+
+
+class TokenizerUnavailable(RequestError):
+    """A gRPC worker whose tokenizer the picker cannot load: no request can be sent to it."""
+
+    status = 503
+    code = "tokenizer_unavailable"
+    error_type = "service_unavailable_error"
+
+
+class WorkerTokenizers:
+    """A gRPC worker's tokenizer (its `tokenizer_path` and `chat_template`), loaded on the first
+    request to it and kept: workers of one model share one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loaded: dict[tuple[str, str | None], EngineTokenizer] = {}
+
+    def for_worker(self, worker: Worker) -> EngineTokenizer:
+        spec = worker.spec
+        if not spec.tokenizer_path:
+            raise TokenizerUnavailable(
+                f"gRPC worker {spec.id!r} has no tokenizer_path (the engine takes token ids: "
+                "set it in the worker's entry, or let discovery read it from GetModelInfo)")
+        key = (spec.tokenizer_path, spec.chat_template)
+        with self._lock:
+            loaded = self._loaded.get(key)
+            if loaded is None:
+                from picker.tokens.tokenizer import load_tokenizer
+
+                try:
+                    loaded = load_tokenizer(*key, key=f"workers[{spec.id}]")
+                except ConfigError as exc:
+                    raise TokenizerUnavailable(str(exc)) from exc
+                self._loaded[key] = loaded
+            return loaded
+
+
+class GrpcTranscoder:
+    __slots__ = ("body", "headers", "answer", "request_id")
+
+    def __init__(self, tokenizer: EngineTokenizer, request: RoutingRequest) -> None:
+        """Raises InvalidRequest naming what the Generate call cannot carry."""
+        assert request.body is not None, "parse_request keeps the body"
+        self.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        call = generate_request(request.body, request.api, tokenizer, self.request_id,
+                                request.stream)
+        self.body = frame(call.SerializeToString())
+        self.headers: Headers = ((":path", GENERATE_PATH), ("content-type", "application/grpc"),
+                                 ("te", "trailers"))
+        usage = request.stream and include_usage(request.body)
+        self.answer = OpenAIAnswer(tokenizer.detokenizer(call.sampling_params.skip_special_tokens),
+                                   request.api, request.model, self.request_id,
+                                   request.stream, usage, list(call.sampling_params.stop))
