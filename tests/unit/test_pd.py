@@ -186,9 +186,12 @@ async def test_no_regular_and_no_complete_pair_is_a_503_naming_what_is_missing()
         await r.routing.route(RoutingRequest(model="other", api=Api.CHAT))
 
 
-async def test_grpc_only_models_are_named_as_such() -> None:
+async def test_a_grpc_only_model_goes_to_its_grpc_worker() -> None:
+    """It was a 503 naming the connection mode until the gRPC router existed (issue 25): the
+    request now reaches the gRPC router, whose worker here lacks the tokenizer the transcoder
+    needs - a 503 naming that instead."""
     r = runtime({**REGULAR, "url": "grpc://r:1", "connection_mode": "grpc"})
-    with pytest.raises(NoHealthyWorker, match="only over grpc"):
+    with pytest.raises(TokenizerUnavailable, match="tokenizer_path"):
         await r.routing.route(REQ)
 
 
