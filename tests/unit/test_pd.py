@@ -10,6 +10,7 @@ import pytest
 from picker.config import PickerConfig, load_config
 from picker.errors import ConfigError, ModelNotFound, NoHealthyWorker
 from picker.fleet.worker_spec import WorkerSpec
+from picker.grpc_route.transcoder import TokenizerUnavailable
 from picker.pd import (
     PREFILLER_HEADER,
     PdProtocol,
