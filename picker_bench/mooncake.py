@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from picker.trace.line import json_object_line
 from picker_bench.workload import Workload
 
 __all__ = ["SAMPLE_TRACE", "TraceRecord", "read_trace", "synthetic_trace", "trace_workload"]
@@ -56,12 +57,7 @@ def _count(where: str, data: dict[str, Any], name: str, minimum: int) -> int:
 
 def parse_record(line: str, where: str) -> TraceRecord:
     """One trace line; errors name the line and the field."""
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{where}: not JSON ({error.msg})") from error
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: a trace line must be a JSON object")
+    data = json_object_line(line, where)
     timestamp = data.get("timestamp")
     if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)) or timestamp < 0:
         raise ValueError(f"{where}: 'timestamp' must be a number of ms >= 0, not {timestamp!r}")

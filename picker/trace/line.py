@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any, TypeGuard
 
-__all__ = ["MOONCAKE_BLOCK_TOKENS", "TraceLine", "parse_line"]
+__all__ = ["json_object_line", "MOONCAKE_BLOCK_TOKENS", "TraceLine", "parse_line"]
 
 # kvcache-ai/Mooncake FAST25-release/README.md: one hash id per 512-token block.
 MOONCAKE_BLOCK_TOKENS = 512
@@ -59,14 +59,21 @@ _TEXTS = ("model", "api", "session", "outcome", "worker", "policy")
 _MINIMUM = {"input_length": 1, "block_size": 1, "max_tokens": 1}
 
 
-def parse_line(text: str, where: str) -> TraceLine:
-    """A line of a trace; an error names `where` (file:line) and the field."""
+def json_object_line(text: str, where: str, what: str = "a trace line") -> dict[str, Any]:
+    """One line of a JSON-lines file as an object; an error names `where` (file:line). Every
+    JSONL reader of traces (this project's, Mooncake's, OpenAI-style requests) starts here."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"{where}: not JSON ({error.msg})") from error
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: a trace line must be a JSON object")
+        raise ValueError(f"{where}: {what} must be a JSON object")
+    return data
+
+
+def parse_line(text: str, where: str) -> TraceLine:
+    """A line of a trace; an error names `where` (file:line) and the field."""
+    data = json_object_line(text, where)
     unknown = set(data) - set(TraceLine.__dataclass_fields__)
     if unknown:
         raise ValueError(f"{where}: unknown field {sorted(unknown)[0]!r}")

@@ -12,13 +12,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from picker.trace.hashing import TraceHasher
-from picker.trace.line import MOONCAKE_BLOCK_TOKENS, TraceLine
+from picker.trace.line import MOONCAKE_BLOCK_TOKENS, TraceLine, json_object_line
 from picker_bench.mooncake import parse_record
 from picker_sim.engine import prompt_tokens, token_ids
 
@@ -49,12 +48,7 @@ def import_trace(path: Path, kind: str) -> Iterator[TraceLine]:
 
 
 def _openai_line(text: str, where: str, number: int, hasher: TraceHasher) -> TraceLine:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{where}: not JSON ({error.msg})") from error
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: a request must be a JSON object")
+    data = json_object_line(text, where, "a request")
     timestamp: Any = (number - 1) * 1000.0
     body: Any = data
     if "body" in data:
