@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 
 from picker.config import PickerConfig
-from picker.errors import ConfigError
+from picker.errors import extra_needed
 
 __all__ = ["export_traces"]
 
@@ -26,15 +26,12 @@ def export_traces(config: PickerConfig) -> Callable[[], None] | None:
     exit (None when tracing is off)."""
     if not config.tracing.enabled:
         return None
-    try:
+    with extra_needed("tracing.enabled", "tracing", "the OpenTelemetry SDK and OTLP exporter"):
         from opentelemetry import trace
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    except ImportError as exc:
-        raise ConfigError("tracing.enabled", "needs the OpenTelemetry SDK and OTLP exporter: "
-                          "pip install 'llm-picker[tracing]'") from exc
     resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", _SERVICE)})
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))

@@ -25,7 +25,9 @@ exception); the JSON body follows OpenAI's error shape so SDK clients surface th
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 
 __all__ = [
     "AdapterLoadFailed",
@@ -47,6 +49,7 @@ __all__ = [
     "UnsupportedMediaType",
     "UnsupportedPath",
     "WorkerConflict",
+    "extra_needed",
 ]
 
 
@@ -68,6 +71,17 @@ class ConfigError(PickerError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
+
+
+@contextlib.contextmanager
+def extra_needed(key: str, extra: str, what: str) -> Iterator[None]:
+    """An optional dependency imported inside this block and missing is a ConfigError naming
+    the setting that asked for it and the extra that installs it, at start-up."""
+    try:
+        yield
+    except ImportError as exc:
+        raise ConfigError(key, f"needs {what}: pip install 'llm-picker[{extra}]' "
+                          f"({exc})") from exc
 
 
 class WorkerConflict(PickerError):

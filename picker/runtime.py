@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from picker.admin.api import create_admin_app
 from picker.admin.server import serve_admin
 from picker.config import PickerConfig
-from picker.errors import ConfigError
+from picker.errors import ConfigError, extra_needed
 from picker.fleet.api_state import StateFile
 from picker.fleet.config_follow import ConfigReloader
 from picker.fleet.engine_scrape import LoadMonitor
@@ -418,11 +418,8 @@ def _decision_tracer(config: PickerConfig) -> DecisionTracer | None:
     """A span per decision when tracing.enabled; opentelemetry only imported then."""
     if not config.tracing.enabled:
         return None
-    try:
+    with extra_needed("tracing.enabled", "tracing", "OpenTelemetry"):
         from picker.observe.tracing import DecisionTracer
-    except ImportError as exc:
-        raise ConfigError("tracing.enabled", "needs OpenTelemetry: pip install "
-                          "'llm-picker[tracing]'") from exc
     return DecisionTracer()
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 from pydantic import Field, model_validator
 
-from picker.errors import ConfigError, NoHealthyWorker
+from picker.errors import NoHealthyWorker, extra_needed
 from picker.routing.request import Api, RoutingRequest
 from picker.strict import StrictModel
 
@@ -88,11 +88,8 @@ class HfTokenizer:
 
 def load_hf_tokenizer(path: str, chat_template: str | None = None) -> HfTokenizer:
     """Load at start-up so a wrong path fails before serving, naming the key."""
-    try:
+    with extra_needed("prefix.tokenizer.kind", "hf", "jinja2 and tokenizers (kind hf)"):
         from picker.tokens import load_tokenizer
-    except ImportError as exc:
-        raise ConfigError("prefix.tokenizer.kind", "hf needs jinja2 and tokenizers: "
-                                                   "pip install 'llm-picker[hf]'") from exc
     return HfTokenizer(load_tokenizer(path, chat_template, key="prefix.tokenizer"))
 
 

@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from picker.errors import ConfigError, InvalidRequest
+from picker.errors import ConfigError, InvalidRequest, extra_needed
 from picker.tokens.conversation import to_conversation, to_tools
 from picker.tokens.detokenize import Detokenizer
 from picker.tokens.segments import SegmentEncoder
@@ -149,11 +149,8 @@ def load_tokenizer(path: str, chat_template: str | None = None, *,
 
     `path` is a model's tokenizer directory, or a tokenizer.json file alone; `chat_template`
     replaces the directory's template: a Jinja file, or the name of one of its templates."""
-    try:
+    with extra_needed(f"{key}.kind", "hf", "the tokenizers package (kind hf)"):
         from tokenizers import AddedToken, Tokenizer
-    except ImportError as exc:
-        raise ConfigError(f"{key}.kind", "hf needs the tokenizers package: "
-                                         "pip install 'llm-picker[hf]'") from exc
     where = Path(path)
     file = where / "tokenizer.json" if where.is_dir() else where
     if not file.is_file():

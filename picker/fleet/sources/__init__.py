@@ -9,11 +9,10 @@ applied its first complete view, which readiness waits for.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from picker.errors import ConfigError
+from picker.errors import extra_needed
 
 if TYPE_CHECKING:  # picker.fleet.served_models imports this package's settings
     from picker.fleet.manager import WorkerManager
@@ -53,21 +52,12 @@ def build_sources(settings: DiscoverySettings, manager: WorkerManager,
     reports the InferenceObjectives of its pool (None: not followed)."""
     sources: list[Source] = []
     if settings.kubernetes is not None:
-        with _extra("kubernetes"):
+        with extra_needed("discovery.kubernetes", "kubernetes", "the 'kubernetes' extra"):
             from picker.fleet.sources.kubernetes import KubernetesSource
         sources.append(KubernetesSource(settings.kubernetes, manager, objectives=objectives))
     if settings.dns is not None:
-        with _extra("dns"):
+        with extra_needed("discovery.dns", "dns", "the 'dns' extra"):
             from picker.fleet.sources.dns import DnsSource
         sources.append(DnsSource(settings.dns, manager))
     return sources
 
-
-@contextlib.contextmanager
-def _extra(name: str) -> Iterator[None]:
-    """A source's client library missing is a configuration error naming the key."""
-    try:
-        yield
-    except ImportError as exc:
-        raise ConfigError(f"discovery.{name}", f"needs the {name!r} extra: pip install "
-                          f"'llm-picker[{name}]' ({exc})") from exc
