@@ -24,11 +24,13 @@ ENGINE_A = "http://127.0.0.1:1"
 ENGINE_B = "http://127.0.0.1:2"
 
 
-def _config(tmp_path: Path, admin: int, workers: list[dict[str, Any]] | None = None
-            ) -> dict[str, Any]:
-    return {"extproc": {"port": free_port()},
-            "admin": {"port": admin, "state_file": str(tmp_path / "state" / "workers.json")},
-            "workers": workers or []}
+def _config(tmp_path: Path) -> tuple[dict[str, Any], str]:
+    """A picker's settings with its state file in a fresh directory, and its admin API's URL."""
+    (tmp_path / "state").mkdir()
+    admin = free_port()
+    return ({"extproc": {"port": free_port()},
+             "admin": {"port": admin, "state_file": str(tmp_path / "state" / "workers.json")},
+             "workers": []}, f"http://127.0.0.1:{admin}")
 
 
 def _workers(admin_url: str) -> dict[str, dict[str, Any]]:
@@ -38,10 +40,7 @@ def _workers(admin_url: str) -> dict[str, dict[str, Any]]:
 
 def test_workers_added_changed_and_drained_through_the_api_survive_a_restart(
         tmp_path: Path) -> None:
-    (tmp_path / "state").mkdir()
-    admin = free_port()
-    url = f"http://127.0.0.1:{admin}"
-    config = _config(tmp_path, admin)
+    config, url = _config(tmp_path)
     picker = start_picker(config, tmp_path)
     try:
         for engine, worker_id in ((ENGINE_A, "a"), (ENGINE_B, "b")):
@@ -71,10 +70,7 @@ def test_workers_added_changed_and_drained_through_the_api_survive_a_restart(
 
 def test_a_worker_the_configuration_now_declares_is_the_files_and_named(
         tmp_path: Path) -> None:
-    (tmp_path / "state").mkdir()
-    admin = free_port()
-    url = f"http://127.0.0.1:{admin}"
-    config = _config(tmp_path, admin)
+    config, url = _config(tmp_path)
     picker = start_picker(config, tmp_path)
     try:
         for engine in (ENGINE_A, ENGINE_B):
@@ -105,10 +101,7 @@ def test_a_picker_killed_mid_write_restarts_with_the_old_or_the_new_state(
     """PATCHes as fast as the API takes them while the picker is SIGKILLed at a random moment,
     a few times over: each restart finds the last acknowledged priority or the one in flight,
     never a broken file (which would stop the picker at start-up)."""
-    (tmp_path / "state").mkdir()
-    admin = free_port()
-    url = f"http://127.0.0.1:{admin}"
-    config = _config(tmp_path, admin)
+    config, url = _config(tmp_path)
     picker = start_picker(config, tmp_path)
     assert httpx.post(f"{url}/workers", timeout=10, json={
         "url": ENGINE_A, "id": "a", "models": [MODEL]}).status_code == 202
@@ -150,8 +143,7 @@ def test_a_state_file_that_is_not_one_stops_the_start_naming_the_setting(
         tmp_path: Path) -> None:
     """Never written by the picker (its writes are whole): someone else's file is not guessed
     at, and the picker does not start."""
-    (tmp_path / "state").mkdir()
-    config = _config(tmp_path, free_port())
+    config, _ = _config(tmp_path)
     Path(config["admin"]["state_file"]).write_text('{"format": 1, "registrations": [')
     path = tmp_path / "picker.yaml"
     path.write_text(yaml.safe_dump(config))
