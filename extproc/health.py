@@ -20,14 +20,15 @@ the ext_proc port, and with `extproc.health_port` also on a plaintext port of th
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from picker.listen import check_free
-from picker.runtime import PickerRuntime
 
-__all__ = ["INFERENCE_EXTENSION", "LIVENESS", "READINESS", "HealthService", "health_server"]
+__all__ = ["INFERENCE_EXTENSION", "LIVENESS", "READINESS", "HealthService", "Readiness",
+           "health_server"]
 
 LIVENESS = "liveness"
 READINESS = "readiness"
@@ -37,8 +38,18 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+class Readiness(Protocol):
+    """What the health services read of the picker (its runtime): nothing else."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+
 class HealthService:
-    def __init__(self, runtime: PickerRuntime, ext_proc_service: str) -> None:
+    def __init__(self, runtime: Readiness, ext_proc_service: str) -> None:
         self._runtime = runtime
         self._ready_services = (READINESS, INFERENCE_EXTENSION, ext_proc_service)
         self._servicer = health.aio.HealthServicer()

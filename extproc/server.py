@@ -13,8 +13,7 @@ from extproc.health import HealthService
 from extproc.stream import RequestStream
 from extproc.subset import SubsetMatcher
 from extproc.tls import grpc_credentials
-from picker.config import TlsConfig
-from picker.listen import check_free
+from picker.listen import TlsConfig, check_free
 from picker.observe.access_log import AccessLog
 from picker.routing.contract import Picker
 

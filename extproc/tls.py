@@ -14,7 +14,7 @@ from typing import Literal
 import grpc
 
 from extproc.self_signed import self_signed_pair
-from picker.config import TlsConfig
+from picker.listen import TlsConfig
 
 __all__ = ["grpc_credentials", "ssl_context"]
 

@@ -20,9 +20,8 @@ from typing import Any
 from litellm_plugin.choose import EXPLAIN_KEY, Call, choose_deployment
 from litellm_plugin.deployments import OWNER, DeploymentSource
 from litellm_plugin.tracking import InFlightTracker
-from picker.config import load_config
 from picker.observe.decisions import EXPLAIN_HEADER
-from picker.runtime import Host, PickerRuntime
+from picker.runtime import PickerRuntime
 
 __all__ = ["CONFIG_ENV", "ProxyPicker"]
 
@@ -42,18 +41,14 @@ class ProxyPicker(InFlightTracker):
     def from_environment(cls) -> ProxyPicker:
         """Load the configuration from the environment and start the runtime (on a thread of
         its own: the proxy's loop is not running yet when callbacks are imported)."""
-        config = load_config(os.environ.get(CONFIG_ENV), env=os.environ)
-        _log_to_stderr(config.log.level)
         # The proxy's router may not exist yet: the source follows its model list (/model/new,
         # /model/delete) from the first moment it does, so health checks and engine metrics
         # start before the first request.
         deployments = DeploymentSource(_proxy_model_list, "the proxy's")
-        runtime = PickerRuntime(config, Host.LITELLM, deployments=deployments)
-        runtime.start_in_thread()
-        log.info("llm-picker attached to the LiteLLM proxy: policy %s, config %s; its "
-                 "deployments with an api_base become workers owned by %r",
-                 config.policy.name, os.environ.get(CONFIG_ENV) or "from LLM_PICKER_* only",
-                 OWNER)
+        runtime = PickerRuntime.in_litellm(os.environ.get(CONFIG_ENV), deployments,
+                                           started_as="attached to the LiteLLM proxy",
+                                           log_to_stderr=True)
+        log.info("the proxy's deployments with an api_base become workers owned by %r", OWNER)
         return cls(runtime, deployments)
 
     async def async_filter_deployments(
@@ -77,18 +72,6 @@ class ProxyPicker(InFlightTracker):
             if isinstance(holder, dict) and isinstance(holder.get(EXPLAIN_KEY), str):
                 return {EXPLAIN_HEADER: holder[EXPLAIN_KEY]}
         return None
-
-
-def _log_to_stderr(level: str) -> None:
-    """The proxy configures no handler for other libraries' loggers: without one the picker's
-    start-up lines (and any warning below WARNING's last-resort handler) would not show."""
-    picker_log = logging.getLogger("llm_picker")
-    if not picker_log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-        picker_log.addHandler(handler)
-        picker_log.setLevel(level)
-        picker_log.propagate = False  # once, even if the proxy's root logger gains a handler
 
 
 def _proxy_model_list() -> list[dict[str, Any]]:

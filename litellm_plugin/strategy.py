@@ -17,7 +17,6 @@ when enabled) on a thread of its own; `detach` stops it.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,7 @@ from litellm.types.router import CustomRoutingStrategyBase
 from litellm_plugin.choose import Call, choose_deployment, choose_deployment_sync
 from litellm_plugin.deployments import DeploymentSource
 from litellm_plugin.tracking import InFlightTracker
-from picker.config import load_config
-from picker.runtime import Host, PickerRuntime
+from picker.runtime import PickerRuntime
 
 __all__ = ["PickerStrategy"]
 
@@ -47,11 +45,9 @@ class PickerStrategy(CustomRoutingStrategyBase):
                **settings: Any) -> PickerStrategy:
         """Install on `router`: settings are picker config keys (`policy="least_load"`,
         `prefix={"enabled": True}`), overriding the file; workers come from LiteLLM."""
-        overrides = {key: value for key, value in settings.items()}
-        picker_config = load_config(config, env=os.environ, overrides=overrides)
         deployments = DeploymentSource(lambda: router.model_list, "the Router's")
-        runtime = PickerRuntime(picker_config, Host.LITELLM, deployments=deployments)
-        runtime.start_in_thread()
+        runtime = PickerRuntime.in_litellm(config, deployments, settings,
+                                           started_as="installed as a LiteLLM Router strategy")
         strategy = cls(router, runtime, deployments)
         router.set_custom_routing_strategy(strategy)
         return strategy

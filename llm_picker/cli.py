@@ -111,11 +111,11 @@ def _run(config: PickerConfig, config_file: Path | None, overrides: Mapping[str,
         stop_tracing = export_traces(config)
         # The Envoy adapters live outside the core; only this command needs grpc.
         if authz_port is not None:
-            from authz.serve import serve_authz
+            from llm_picker.serve_authz import serve_authz
 
             asyncio.run(serve_authz(config, authz_port, config_file, overrides, group))
         else:
-            from extproc.serve import serve
+            from llm_picker.serve_extproc import serve
 
             asyncio.run(serve(config, config_file, overrides, group))
     except ConfigError as exc:  # found while building (e.g. a tokenizer file that won't load)
@@ -137,9 +137,10 @@ def _authz_port(ns: argparse.Namespace) -> int | None:
 
 
 def _envoy_config(ns: argparse.Namespace) -> int:
-    from extproc.bootstrap import render_bootstrap
+    from llm_picker.envoy_config import render_bootstrap
     from llm_picker.ports import check_ports
-    from picker.config import TlsConfig, load_config
+    from picker.config import load_config
+    from picker.listen import TlsConfig
 
     try:
         config = load_config(_config_path(ns), env=os.environ)

@@ -30,6 +30,7 @@ from picker.fleet.health import HealthSettings
 from picker.fleet.lora_loading import LoraSettings
 from picker.fleet.served_models import DiscoverySettings
 from picker.fleet.worker_spec import WorkerSpec, WorkerType, unpaired_role
+from picker.listen import ListenConfig, TlsConfig
 from picker.observe.decisions import ExplainSettings
 from picker.policies import PolicyParams, parse_params
 from picker.prefix.producer import PrefixSettings
@@ -51,28 +52,6 @@ ENV_PREFIX = "LLM_PICKER_"
 CONFIG_ENV = "LLM_PICKER_CONFIG"
 # Set by `serve --workers N` for each of its processes (picker.processes.group); not a key.
 GROUP_ENV = "LLM_PICKER_PROCESS_GROUP"
-
-
-class TlsConfig(StrictModel):
-    """Serve TLS; with `client_ca_file`, require client certificates signed by it (mTLS)."""
-
-    cert_file: Path
-    key_file: Path
-    client_ca_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _files_exist(self) -> TlsConfig:
-        for name in ("cert_file", "key_file", "client_ca_file"):
-            path = getattr(self, name)
-            if path is not None and not path.is_file():
-                raise ValueError(f"{name} {path} does not exist")
-        return self
-
-
-class ListenConfig(StrictModel):
-    host: str = "127.0.0.1"
-    port: int = Field(ge=0, le=65535)
-    tls: TlsConfig | None = None
 
 
 class ExtprocConfig(ListenConfig):

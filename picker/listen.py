@@ -1,15 +1,43 @@
-"""Listening sockets that fail with one clear line when the address is taken.
+"""Listening: the settings every server shares (host, port, TLS), and sockets that fail clearly.
 
 gRPC and uvicorn both report a busy port badly: gRPC (with its default SO_REUSEPORT) shares
 the port with the process already there, and uvicorn logs a traceback after the picker has
-said it is serving. Binding here first turns both into an OSError naming what and where.
+said it is serving. Binding here first turns both into an OSError naming what and where,
+in one line.
 """
 
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
-__all__ = ["check_free", "listen_socket"]
+from pydantic import Field, model_validator
+
+from picker.strict import StrictModel
+
+__all__ = ["ListenConfig", "TlsConfig", "check_free", "listen_socket"]
+
+
+class TlsConfig(StrictModel):
+    """Serve TLS; with `client_ca_file`, require client certificates signed by it (mTLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> TlsConfig:
+        for name in ("cert_file", "key_file", "client_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path} does not exist")
+        return self
+
+
+class ListenConfig(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+    tls: TlsConfig | None = None
 
 
 def listen_socket(host: str, port: int, what: str) -> socket.socket:

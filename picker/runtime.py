@@ -27,6 +27,7 @@ import concurrent.futures
 import contextlib
 import enum
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from picker.admin.api import create_admin_app
 from picker.admin.server import serve_admin
-from picker.config import PickerConfig
+from picker.config import PickerConfig, load_config
 from picker.errors import ConfigError, extra_needed
 from picker.fleet.api_state import StateFile
 from picker.fleet.config_follow import ConfigReloader
@@ -349,6 +350,24 @@ class PickerRuntime:
             await running.aclose()
             log.info("llm-picker runtime stopped (%s)", self._host.value)
 
+    @classmethod
+    def in_litellm(cls, config_path: str | Path | None, deployments: OwnedSource,
+                   overrides: Mapping[str, Any] | None = None, *, started_as: str,
+                   log_to_stderr: bool = False) -> PickerRuntime:
+        """A picker inside LiteLLM, started on a thread of its own: its configuration from
+        `config_path` (None: none), LLM_PICKER_* variables and `overrides` (config keys); its
+        workers LiteLLM's `deployments`. `log_to_stderr`: give the picker's logger a handler
+        at `log.level` (the LiteLLM proxy configures none for other libraries' loggers, so
+        the start-up lines would not show). The adapters never see the configuration."""
+        config = load_config(config_path, env=os.environ, overrides=overrides)
+        if log_to_stderr:
+            _log_to_stderr(config.log.level)
+        runtime = cls(config, Host.LITELLM, deployments=deployments)
+        runtime.start_in_thread()
+        log.info("llm-picker %s: policy %s, config %s", started_as, config.policy.name,
+                 config_path or "from LLM_PICKER_* only")
+        return runtime
+
     def start_in_thread(self) -> None:
         """Run the runtime on a daemon thread with its own loop (hosts whose callers are sync
         or on loops that come and go); returns once started, raising what start() raised."""
@@ -389,6 +408,16 @@ class PickerRuntime:
             if expired:
                 log.warning("released %d requests older than %.0fs", expired,
                             self._config.limits.timeout_secs)
+
+
+def _log_to_stderr(level: str) -> None:
+    picker_log = logging.getLogger("llm_picker")
+    if not picker_log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        picker_log.addHandler(handler)
+        picker_log.setLevel(level)
+        picker_log.propagate = False  # once, even if the host's root logger gains a handler
 
 
 def _check_litellm_config(config: PickerConfig) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from extproc.bootstrap import ENVOY_DIR
+from llm_picker.envoy_config import ENVOY_DIR
 from picker_bench.overhead import ext_proc_messages
 from picker_bench.stack import SimSpec, cpu_seconds, free_port, local_fleet
 from picker_bench.tokenizer_dirs import build_tokenizer_dir

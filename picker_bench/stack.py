@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import yaml
 
-from extproc.bootstrap import ENVOY_DIR, authz_over_tls, ext_proc_config, point_authz
+from llm_picker.envoy_config import ENVOY_DIR, authz_over_tls, ext_proc_config, point_authz
 
 __all__ = [
     "ENVOY_AUTHZ",

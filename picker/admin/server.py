@@ -17,8 +17,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from picker.admin.head_deadline import head_deadline_protocol
-from picker.config import AdminConfig, TlsConfig
-from picker.listen import listen_socket
+from picker.config import AdminConfig
+from picker.listen import TlsConfig, listen_socket
 
 __all__ = ["serve_admin"]
 

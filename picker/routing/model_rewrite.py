@@ -25,18 +25,16 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from dataclasses import replace
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from picker.errors import InvalidRequest
 from picker.fleet.worker_spec import MAX_NAME_CHARS
 from picker.routing import control_headers
+from picker.routing.request import Rewrite, RoutingRequest
 from picker.strict import StrictModel
-
-if TYPE_CHECKING:
-    from picker.routing.request import RoutingRequest
 
 __all__ = ["ModelMatch", "ModelRewriter", "ModelRewriteSettings", "Rewrite", "RewriteRule",
            "RewriteMatch", "RewriteTarget"]
@@ -85,15 +83,6 @@ class ModelRewriteSettings(StrictModel):
         if duplicate is not None:
             raise ValueError(f"rules: the name {duplicate!r} is used twice")
         return self
-
-
-@dataclass(frozen=True, slots=True)
-class Rewrite:
-    """What one request was rewritten to: `rule` None when the header named the target."""
-
-    requested: str
-    target: str
-    rule: str | None
 
 
 class _Split:

@@ -8,9 +8,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from picker.prefix.index import PrefixMatch
-from picker.routing.model_rewrite import Rewrite
 
-__all__ = ["Api", "RoutingRequest"]
+__all__ = ["Api", "Rewrite", "RoutingRequest"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """What one request was rewritten to: `rule` None when the header named the target."""
+
+    requested: str
+    target: str
+    rule: str | None
 
 
 class Api(enum.Enum):

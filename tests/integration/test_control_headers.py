@@ -17,7 +17,7 @@ import pytest
 import trustme
 import yaml
 
-from extproc.bootstrap import ENVOY_DIR, point_authz
+from llm_picker.envoy_config import ENVOY_DIR, point_authz
 from picker.routing import control_headers
 from picker_bench.stack import (
     ENVOY_FAIL_OPEN,

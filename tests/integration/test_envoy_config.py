@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from extproc.bootstrap import ext_proc_config
+from llm_picker.envoy_config import ext_proc_config
 from picker_bench.stack import ENVOY_TEMPLATE, envoy_binary, render_envoy_config
 
 
@@ -48,7 +48,7 @@ def test_envoy_alone_variant_has_no_ext_proc(tmp_path: Path) -> None:
 def test_authz_bootstrap_for_every_process_is_valid(tmp_path: Path, processes: int) -> None:
     """`envoy-config --mode authz --workers N`: N check endpoints, and N access loggers each
     keeping the entries whose lease token carries its process's prefix."""
-    from extproc.bootstrap import render_bootstrap
+    from llm_picker.envoy_config import render_bootstrap
     from picker.config import load_config
 
     text = render_bootstrap(load_config(overrides={"extproc.port": 19002}),

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from extproc.bootstrap import ext_proc_config
+from llm_picker.envoy_config import ext_proc_config
 from picker_bench.stack import ENVOY_DIR, Fleet, SimSpec, free_port, local_fleet
 from tests.integration.conftest import (
     FAST_HEALTH,

@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from extproc.bootstrap import ENVOY_DIR
+from llm_picker.envoy_config import ENVOY_DIR
 from picker_bench.stack import (
     Fleet,
     SimSpec,

@@ -47,8 +47,9 @@ def _run(installed: tuple[Path, dict[str, str]], *args: str,
 
 def test_the_installed_package_is_the_wheels(installed: tuple[Path, dict[str, str]]) -> None:
     bin_dir, env = installed
-    found = subprocess.run([str(bin_dir / "python"), "-c", "import llm_picker, extproc.bootstrap"
-                            " as b; print(llm_picker.__file__); print(b.ENVOY_DIR)"],
+    found = subprocess.run([str(bin_dir / "python"), "-c",
+                            "import llm_picker, llm_picker.envoy_config as b;"
+                            " print(llm_picker.__file__); print(b.ENVOY_DIR)"],
                            capture_output=True, text=True, env=env, cwd=bin_dir.parent,
                            timeout=60, check=True).stdout.split()
     assert all(path.startswith(str(bin_dir.parent)) for path in found), found

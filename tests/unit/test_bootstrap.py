@@ -1,4 +1,5 @@
-"""extproc.bootstrap: the settings an Envoy bootstrap must share with the picker (item 16)."""
+"""llm_picker.envoy_config (`llm-picker envoy-config`): the settings an Envoy bootstrap must
+share with the picker (item 16)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from extproc.bootstrap import ext_proc_config, parse_address, render_bootstrap
+from llm_picker.envoy_config import ext_proc_config, parse_address, render_bootstrap
 from picker.config import load_config
 from tests.unit.test_control_headers import all_bootstraps
 

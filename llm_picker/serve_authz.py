@@ -1,5 +1,7 @@
-"""`llm-picker serve --mode authz`: the ext_authz HTTP check server and the access-log gRPC
-service in front of one PickerRuntime, on one asyncio loop.
+"""`llm-picker serve --mode authz`: ext_authz check server and access-log service, one loop.
+
+The ext_authz HTTP check server and the access-log gRPC service in front of one PickerRuntime,
+on one asyncio loop.
 
 The gRPC port (extproc.host/port) carries the access-log stream instead of ext_proc streams;
 the check server listens on its own port (`--authz-port`). extproc.tls covers both (extproc.tls):
@@ -23,9 +25,9 @@ from authz.check import Checker
 from authz.http import serve_http
 from authz.tokens import process_prefix
 from extproc.tls import grpc_credentials, ssl_context
-from picker.config import PickerConfig, TlsConfig
+from picker.config import PickerConfig
 from picker.errors import ConfigError
-from picker.listen import check_free, listen_socket
+from picker.listen import TlsConfig, check_free, listen_socket
 from picker.processes.group import ProcessGroup
 from picker.runtime import Host, PickerRuntime
 
