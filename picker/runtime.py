@@ -128,15 +128,15 @@ class PickerRuntime:
         self.decisions = DecisionLog(config.explain) if config.explain.enabled else None
         self.routers = RouterManager(self.registry, config, self.metrics, self._prefix,
                                      self.decisions)
-        # What each request's end is compared with: the audit always, the recording if asked.
-        # The audit predicts with each worker's latency model before the learner updates it.
-        self.audit = PredictionAudit(self.metrics.registry, config.load.stale_after_secs)
-        learner = LatencyLearner(self.registry, config.load.stale_after_secs)
+        # What each request's end is compared with: the audit always, the recording if asked;
+        # all read the one prediction the lease book takes at the decision.
+        self.audit = PredictionAudit(self.metrics.registry)
+        learner = LatencyLearner(self.registry)
         self._recorder = TraceRecorder(config.trace) if config.trace is not None else None
         self.leases = LeaseBook(
             self.registry, config.limits if group is None else group.share_of(config.limits),
             self.metrics, (self.audit, learner) if self._recorder is None
-            else (self.audit, learner, self._recorder))
+            else (self.audit, learner, self._recorder), config.load.stale_after_secs)
         self.history = ActivityHistory(self.metrics)  # the status page's plots
         # Workers registered before they answer are admitted by health checks, when they run.
         self.manager = WorkerManager(self.registry, config.discovery,

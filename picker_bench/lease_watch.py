@@ -58,7 +58,7 @@ def run_lease_watch(requests: int = 20_000) -> int:
             ("no watcher", lambda _: ()),
             ("audit", lambda _: (PredictionAudit(CollectorRegistry()),)),
             ("audit + learn", lambda workers: (PredictionAudit(CollectorRegistry()),
-                                               LatencyLearner(workers, 5.0))),
+                                               LatencyLearner(workers))),
             ("audit + trace", lambda _: (PredictionAudit(CollectorRegistry()), recorder)),
         ]
         base = None

@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Protocol
 from picker.fleet.registry import Worker, WorkerRegistry
 from picker.fleet.speed import Observation
 from picker.observe.metrics import PickerMetrics
+from picker.policies.scorers import DEFAULT_STALE_SECS
 from picker.routing.admission import Admission, LimitSettings
 from picker.routing.destination import Forward, Headers, destination, reach_headers
 from picker.routing.outcome import Outcome
+from picker.routing.predicted import Predicted
 from picker.routing.request import RoutingRequest
 from picker.routing.response_stats import ResponseSample
 from picker.routing.router import Choice
@@ -44,10 +46,12 @@ class LeaseWatcher(Protocol):
     """Learns what was decided for a request and, at its end, what came of it (trace recording
     and the prediction audit, picker.trace): the two points where a request's outcome meets its
     decision. `opened` runs before the lease counts on the worker, so what the watcher reads of
-    the worker's load is what the decision saw; it returns what to call at the end (None: this
+    the worker's load is what the decision saw, and `predicted` (taken then, once for every
+    watcher) is what the picker expected of it; it returns what to call at the end (None: this
     request does not interest it)."""
 
-    def opened(self, choice: Choice, request: RoutingRequest) -> LeaseEnd | None: ...
+    def opened(self, choice: Choice, request: RoutingRequest,
+               predicted: Predicted) -> LeaseEnd | None: ...
 
 
 class Lease:
@@ -158,8 +162,12 @@ class Lease:
 
 class LeaseBook:
     def __init__(self, workers: WorkerRegistry, limits: LimitSettings,
-                 metrics: PickerMetrics, watchers: Sequence[LeaseWatcher] = ()) -> None:
+                 metrics: PickerMetrics, watchers: Sequence[LeaseWatcher] = (),
+                 stale_after_secs: float = DEFAULT_STALE_SECS) -> None:
+        """`stale_after_secs`: engine signals older than this do not feed the predictions
+        the watchers are shown (load.stale_after_secs, as the scorers read them)."""
         self._watchers = tuple(watchers)
+        self._stale = stale_after_secs
         self._workers = workers
         self._limits = limits
         self._metrics = metrics
@@ -209,9 +217,11 @@ class LeaseBook:
         worker receives the prompt's KV and prefills nothing). `request`: what the watchers
         are shown (none are without it). `on_close`: this request's own end hook (its flow
         control ticket)."""
-        ends = () if request is None else tuple(
-            end for watcher in self._watchers
-            if (end := watcher.opened(choice, request)) is not None)
+        ends: tuple[LeaseEnd, ...] = ()
+        if request is not None and self._watchers:
+            predicted = Predicted.of(choice, time.monotonic(), self._stale)
+            ends = tuple(end for watcher in self._watchers
+                         if (end := watcher.opened(choice, request, predicted)) is not None)
         if on_close is not None:
             ends = (*ends, on_close)
         self._workers.acquire(choice.worker)

@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
-from picker.policies.scorers import DEFAULT_STALE_SECS
 from picker.routing.leases import Lease, LeaseEnd
+from picker.routing.predicted import Predicted
 from picker.routing.request import RoutingRequest
 from picker.routing.response_stats import ResponseSample
 from picker.routing.router import Choice
-from picker.trace.predicted import Predicted
 
 __all__ = ["Audited", "PredictionAudit"]
 
@@ -71,12 +69,8 @@ class _Window:
 
 
 class PredictionAudit:
-    def __init__(self, registry: CollectorRegistry,
-                 stale_after_secs: float = DEFAULT_STALE_SECS, window: int = 50,
+    def __init__(self, registry: CollectorRegistry, window: int = 50,
                  min_samples: int = 20) -> None:
-        """`stale_after_secs`: engine signals older than this are unknown
-        (load.stale_after_secs)."""
-        self._stale = stale_after_secs
         self._min = min_samples
         self._size = window
         self._lock = threading.Lock()
@@ -101,8 +95,8 @@ class PredictionAudit:
             "index or the tokenization does not match the engine's)",
             ["worker"], registry=registry, multiprocess_mode="max")
 
-    def opened(self, choice: Choice, request: RoutingRequest) -> LeaseEnd:
-        predicted = Predicted.of(choice, time.monotonic(), self._stale)
+    def opened(self, choice: Choice, request: RoutingRequest,
+               predicted: Predicted) -> LeaseEnd:
 
         def ended(lease: Lease, outcome: str, response: ResponseSample | None) -> None:
             if response is not None:

@@ -14,13 +14,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from picker.routing.leases import Lease, LeaseEnd
+from picker.routing.predicted import Predicted
 from picker.routing.request import RoutingRequest
 from picker.routing.response_stats import ResponseSample
 from picker.routing.router import Choice
 from picker.trace.files import RotatingLines
 from picker.trace.hashing import CHARS_PER_TOKEN, TraceHasher
 from picker.trace.line import TraceLine
-from picker.trace.predicted import Predicted
 from picker.trace.settings import TraceSettings
 
 __all__ = ["TraceRecorder"]
@@ -37,14 +37,14 @@ class TraceRecorder:
         self._rng = random.Random()
         self._start: float | None = None
 
-    def opened(self, choice: Choice, request: RoutingRequest) -> LeaseEnd | None:
+    def opened(self, choice: Choice, request: RoutingRequest,
+               predicted: Predicted) -> LeaseEnd | None:
         if self._rate < 1.0 and self._rng.random() >= self._rate:
             return None
         now = time.monotonic()
         if self._start is None:
             self._start = now
         arrived = (now - self._start) * 1000
-        predicted = Predicted.of(choice, now)
 
         def ended(lease: Lease, outcome: str, response: ResponseSample | None) -> None:
             line = self._line(request, choice, predicted, arrived, lease, outcome, response)

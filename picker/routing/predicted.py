@@ -1,4 +1,5 @@
-"""What the picker predicted for a request at its decision, for the record and the audit."""
+"""What the picker predicted for a request at its decision, for the record, the audit and the
+latency learner: taken once per lease, at its opening (picker.routing.leases)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ class Predicted:
 
     hit: float | None
     ttft_secs: float | None
-    learned_ttft_secs: float | None = None
+    learned_ttft_secs: float | None
+    # What the learned model read (picker.fleet.latency_fit.features): the learner's update
+    # at the request's end pairs them with the observed TTFT.
+    features: tuple[float, ...]
 
     @classmethod
     def of(cls, choice: Choice, now: float,
@@ -29,7 +33,7 @@ class Predicted:
         worker = choice.worker
         engine = worker.engine
         waiting = engine.waiting if engine is not None and engine.waiting is not None else 0.0
-        learned = worker.latency.predict(
-            worker.latency_features(choice.uncached_tokens, now, stale_after))
+        features = worker.latency_features(choice.uncached_tokens, now, stale_after)
         return cls(choice.match, predicted_ttft(worker.speed, choice.uncached_tokens, waiting,
-                                                worker.prefill_ahead(now)), learned)
+                                                worker.prefill_ahead(now)),
+                   worker.latency.predict(features), features)
