@@ -4,7 +4,7 @@ one table per kind, the only place a name is written."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from picker.parsers.calls import ToolFormat
 from picker.parsers.deepseek import DeepSeekFormat
@@ -26,7 +26,7 @@ REASONING_PARSERS: dict[str, bool] = {
 }
 
 
-def check_parser_name(name: str | None, table: dict[str, object], field: str) -> str | None:
+def check_parser_name(name: str | None, table: Collection[str], field: str) -> str | None:
     """`name` when the table holds it; a ValueError naming the field and the choices if not."""
     if name is not None and name not in table:
         raise ValueError(f"{field} {name[:100]!r} is not a known parser: one of "
