@@ -18,7 +18,7 @@ from picker.errors import ConfigError, RequestError
 from picker.fleet.registry import Worker
 from picker.grpc_route.answer import OpenAIAnswer
 from picker.grpc_route.framing import frame
-from picker.grpc_route.parsing import answer_parser
+from picker.grpc_route.parsing import answer_parser, may_call_tools
 from picker.grpc_route.request import generate_request, include_usage
 from picker.routing.destination import Headers
 from picker.routing.request import RoutingRequest
@@ -85,7 +85,9 @@ class GrpcTranscoder:
                                  ("te", "trailers"))
         usage = request.stream and include_usage(request.body)
         parser = answer_parser(request.body, request.api, tool_parser, reasoning_parser)
-        self.answer = OpenAIAnswer(tokenizer.detokenizer(call.sampling_params.skip_special_tokens),
+        skip = call.sampling_params.skip_special_tokens and not may_call_tools(request.body,
+                                                                              request.api)
+        self.answer = OpenAIAnswer(tokenizer.detokenizer(skip),
                                    request.api, request.model, self.request_id,
                                    request.stream, usage, list(call.sampling_params.stop),
                                    parser)

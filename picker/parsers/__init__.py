@@ -1,6 +1,7 @@
-"""Tool-call and reasoning parsers, named per worker as SMG names them: a model's output text
-as OpenAI's `content`, `reasoning_content` and `tool_calls`, streamed or whole (output.py;
-one module per model family's syntax, registry.py holds the names)."""
+"""Tool-call and reasoning parsers, named per worker as SMG names them.
+
+A model's output text as OpenAI's `content`, `reasoning_content` and `tool_calls`, streamed or
+whole (output.py; one module per model family's syntax, registry.py holds the names)."""
 
 from picker.parsers.calls import ToolCall
 from picker.parsers.output import OutputParser, Parsed

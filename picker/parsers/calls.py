@@ -1,5 +1,7 @@
-"""What a tool parser returns, and the pieces every family shares: the compact JSON SMG writes
-arguments as, and where a marker (or the start of one) begins in text still streaming in."""
+"""What a tool parser returns, and the pieces every tool-call family shares.
+
+The compact JSON SMG writes arguments as, and where a marker (or the start of one) begins in
+text still streaming in."""
 
 from __future__ import annotations
 

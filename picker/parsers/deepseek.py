@@ -1,4 +1,6 @@
-"""DeepSeek V3 tool calls (SMG crates/tool_parser/src/parsers/deepseek.rs):
+"""DeepSeek V3 tool calls, `<｜tool▁calls▁begin｜>...` blocks.
+
+SMG crates/tool_parser/src/parsers/deepseek.rs; the output looks like:
 
     <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME
     ```json

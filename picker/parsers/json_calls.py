@@ -1,5 +1,6 @@
-"""Plain JSON tool calls: `{"name": ..., "arguments": {...}}` or a list of them, anywhere in
-the output (SMG's `json` parser, crates/tool_parser/src/parsers/json.rs).
+"""Plain JSON tool calls: `{"name": ..., "arguments": {...}}` or a list of them.
+
+Anywhere in the output (SMG's `json` parser, crates/tool_parser/src/parsers/json.rs).
 
 The first balanced `{...}` or `[...]` that is valid JSON is the call (or the list of calls),
 found by a scan that tracks strings and escapes (:66-127; a quote toggles the string state

@@ -1,6 +1,7 @@
-"""Llama 3.x tool calls: `<|python_tag|>{"name": ..., "parameters": {...}}`, or the JSON alone
-at the start of the output; several calls separated by `;` (SMG crates/tool_parser/src/parsers/
-llama.rs).
+"""Llama 3.x tool calls: `<|python_tag|>{"name": ..., "parameters": {...}}`.
+
+Or the JSON alone at the start of the output; several calls separated by `;` (SMG
+crates/tool_parser/src/parsers/llama.rs).
 
 After `<|python_tag|>` (normal text: what precedes it, :59-69), or from the start when the
 output begins with `{` after whitespace (:138-139), the rest is one JSON object, or, when it

@@ -1,5 +1,6 @@
-"""Mistral tool calls: `[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]` (SMG crates/
-tool_parser/src/parsers/mistral.rs).
+"""Mistral tool calls: `[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]`.
+
+SMG crates/tool_parser/src/parsers/mistral.rs.
 
 The array starts at the first `[TOOL_CALLS] [` and ends at its matching `]`, found by counting
 brackets outside strings (a backslash escapes the next character anywhere, :107-156). It must

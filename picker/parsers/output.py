@@ -1,5 +1,6 @@
-"""An answer's text as OpenAI's chat fields: reasoning first, then tool calls in what remains
-(SMG's order: model_gateway/src/routers/grpc/regular/processor.rs:103-190), streamed or whole.
+"""An answer's text as OpenAI's chat fields: reasoning, then tool calls in what remains.
+
+SMG's order (model_gateway/src/routers/grpc/regular/processor.rs:103-190), streamed or whole.
 
 `feed` takes each piece of detokenized text (after stop strings) and returns what it makes
 certain; `finish` the rest once the engine is done. The whole answer is `feed(text)` then

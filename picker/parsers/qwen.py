@@ -1,4 +1,6 @@
-"""Qwen / Hermes tool calls: `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`.
+"""Qwen / Hermes tool calls: JSON between `<tool_call>` and `</tool_call>` lines.
+
+The output: `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`.
 
 SMG crates/tool_parser/src/parsers/qwen.rs: the calls are every `<tool_call>\n(.*?)\n</tool_call>`
 match (:46) whose trimmed JSON has a string `name` (:66-85; `arguments` defaults to {});

@@ -1,6 +1,7 @@
-"""The parser names a worker may set (`tool_parser`, `reasoning_parser`), as SMG names them
-(crates/tool_parser/src/factory.rs:311-347, crates/reasoning_parser/src/factory.rs:118-175):
-one table per kind, the only place a name is written."""
+"""The parser names a worker may set (`tool_parser`, `reasoning_parser`), as SMG names them.
+
+crates/tool_parser/src/factory.rs:311-347, crates/reasoning_parser/src/factory.rs:118-175: one
+table per kind, the only place a name is written."""
 
 from __future__ import annotations
 
