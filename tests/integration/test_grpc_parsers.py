@@ -113,8 +113,15 @@ def test_a_tool_call_reaches_the_client_as_tool_calls(fleet: Fleet, model: str) 
     assert normalised(choice["message"]) == expected(model)
     assert choice["finish_reason"] == "tool_calls"
     streamed = post(fleet, "/v1/chat/completions", chat(model, stream=True))
-    message, reason = merged(events(streamed))
+    chunks = events(streamed)
+    message, reason = merged(chunks)
     assert normalised(message) == expected(model) and reason == "tool_calls"
+    # OpenAI's streamed shape: the call's index, id, type and name, then its arguments.
+    deltas = [d for c in chunks for d in c["choices"][0]["delta"].get("tool_calls") or []]
+    assert [sorted(d) for d in deltas] == [["function", "id", "index", "type"],
+                                           ["function", "index"]]
+    assert deltas[0]["function"] == {"name": "get_weather", "arguments": ""}
+    assert deltas[1]["function"] == {"arguments": MODELS[model][3][2]}
 
 
 def test_without_tools_the_text_is_content_and_reasoning(fleet: Fleet) -> None:
