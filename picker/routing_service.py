@@ -219,7 +219,9 @@ class RoutingService:
         transcoder = None
         if worker.spec.connection_mode is ConnectionMode.GRPC:
             try:
-                transcoder = GrpcTranscoder(self._tokenizers.for_worker(worker), request)
+                spec = worker.spec
+                transcoder = GrpcTranscoder(self._tokenizers.for_worker(worker), request,
+                                            spec.tool_parser, spec.reasoning_parser)
             except RequestError:
                 self._cancel(ticket)
                 raise

@@ -73,6 +73,9 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", type=Path, metavar="DIR",
                         help="(--grpc) tokenizer directory: answer with ids of its vocabulary "
                              "and stream it on GetTokenizer (default: the toy ids)")
+    parser.add_argument("--output-text", metavar="TEXT",
+                        help="(--grpc --tokenizer) answer every request with this text, encoded "
+                             "by the tokenizer, then stop (e.g. a tool call to parse)")
     parser.add_argument("--bootstrap-port", type=_port,
                         help="(--grpc --role prefill) where decode sims ask for prefilled rooms")
 
@@ -123,7 +126,7 @@ def sim_runner(ns: argparse.Namespace) -> Callable[[], None]:
         raise ValueError(f"--grpc needs the grpc-engines extra (pip install "
                          f"'llm-picker[grpc-engines]'): {exc}") from exc
     vocabulary = (SimVocabulary.toy() if ns.tokenizer is None
-                  else SimVocabulary.from_directory(ns.tokenizer))
+                  else SimVocabulary.from_directory(ns.tokenizer, ns.output_text))
     return functools.partial(run_grpc_sim, config, vocabulary, ns.host, ns.port,
                              ns.bootstrap_port)
 
@@ -131,13 +134,16 @@ def sim_runner(ns: argparse.Namespace) -> Callable[[], None]:
 def _grpc_problem(ns: argparse.Namespace) -> str | None:
     """Why these flags make no gRPC sim (or no HTTP one), naming the flag; None when fine."""
     if not ns.grpc:
-        for flag, value in (("--tokenizer", ns.tokenizer), ("--bootstrap-port", ns.bootstrap_port)):
+        for flag, value in (("--tokenizer", ns.tokenizer), ("--bootstrap-port", ns.bootstrap_port),
+                            ("--output-text", ns.output_text)):
             if value is not None:
                 return f"{flag} is for a gRPC sim (--grpc)"
         return None
     for flag, value in (("--api-key", ns.api_key), ("--kv-events-port", ns.kv_events_port)):
         if value is not None:
             return f"{flag} is not served over gRPC: leave it out with --grpc"
+    if ns.output_text is not None and ns.tokenizer is None:
+        return "--output-text needs --tokenizer (the text is encoded by it)"
     if ns.pd_protocol not in (None, "sglang"):
         return "--pd-protocol: a gRPC sim pairs as SGLang does (bootstrap rooms): sglang only"
     if (ns.role == "prefill") != (ns.bootstrap_port is not None):

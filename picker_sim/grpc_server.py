@@ -118,6 +118,9 @@ class SglangSchedulerSim:
         prefilled = await self._fetch_prefill(request, context)
         if self._pd is not None and self._pd.role == "prefill":
             n_out = 1  # a prefill engine computes the prompt's KV and one token
+        ends = vocabulary.whole and n_out >= len(vocabulary.output_ids)
+        if vocabulary.whole:
+            n_out = min(n_out, len(vocabulary.output_ids))
         key = request.request_id or f"sim-{next(self._keys)}"
         aborted = self._aborted[key] = asyncio.Event()
         output: list[int] = []
@@ -143,7 +146,8 @@ class SglangSchedulerSim:
         if self._pd is not None and self._pd.role == "prefill":
             self._pd.prefilled(_bootstrap(request), {}, by_length=True)
         yield pb.GenerateResponse(request_id=request.request_id, complete=pb.GenerateComplete(
-            output_ids=output[-1:] if request.stream else output, finish_reason="length",
+            output_ids=output[-1:] if request.stream else output,
+            finish_reason="stop" if ends else "length",
             completion_tokens=len(output), **counts))
 
     async def _fetch_prefill(self, request: Any,

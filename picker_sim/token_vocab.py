@@ -3,8 +3,9 @@
 A gRPC engine works in token ids: the gateway detokenizes what it streams back. So the sim's
 output ids must belong to the tokenizer the gateway loaded, or the answer decodes to nonsense.
 Given a tokenizer directory (tokenizer.json and, optionally, tokenizer_config.json), the sim
-answers with its words encoded by that tokenizer; without one, with the toy ids the HTTP sim's
-/tokenize returns (picker_sim.engine.token_ids).
+answers with its words encoded by that tokenizer (or with a given text, once, as a model whose
+output a test fixes: a tool call, a reasoning block); without one, with the toy ids the HTTP
+sim's /tokenize returns (picker_sim.engine.token_ids).
 """
 
 from __future__ import annotations
@@ -37,15 +38,17 @@ class SimVocabulary:
     # the servicer builds its archive once and serves it from memory
     # (smg_grpc_servicer tokenizer_bundle.py:67-80), so the directory may go afterwards.
     bundle: bytes | None = None
+    # The output ids are one whole answer (a fixed text): it ends after them with "stop".
+    whole: bool = False
 
     @classmethod
     def toy(cls) -> SimVocabulary:
         return cls(tuple(token_ids(WORDS)), _TOY_VOCAB)
 
     @classmethod
-    def from_directory(cls, directory: Path) -> SimVocabulary:
+    def from_directory(cls, directory: Path, text: str | None = None) -> SimVocabulary:
         """Read `directory` as an engine loads a tokenizer; a bad directory is a ValueError
-        naming the file."""
+        naming the file. `text`: the answer, encoded, instead of the sim's words cycled."""
         from tokenizers import Tokenizer
 
         path = directory / "tokenizer.json"
@@ -53,7 +56,8 @@ class SimVocabulary:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises its own Exception for a bad file
             raise ValueError(f"tokenizer: cannot load {path}: {exc}"[:300]) from exc
-        output = tokenizer.encode(" ".join(WORDS), add_special_tokens=False).ids
+        output = tokenizer.encode(" ".join(WORDS) if text is None else text,
+                                  add_special_tokens=False).ids
         if not output:
             raise ValueError(f"tokenizer: {path} encodes the sim's words to no token")
         config = _json_object(directory / "tokenizer_config.json")
@@ -66,7 +70,8 @@ class SimVocabulary:
 
         eos, bos = special("eos_token"), special("bos_token")
         return cls(tuple(output), tokenizer.get_vocab_size(with_added_tokens=True),
-                   () if eos is None else (eos,), bos or 0, directory, _zip(directory))
+                   () if eos is None else (eos,), bos or 0, directory, _zip(directory),
+                   text is not None)
 
     def token(self, index: int) -> int:
         return self.output_ids[index % len(self.output_ids)]

@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from picker.parsers import REASONING_PARSERS, TOOL_PARSERS, check_parser_name
 from picker.strict import StrictModel
 
 __all__ = [
@@ -188,6 +189,17 @@ class WorkerSpec(StrictModel):
             raise ValueError("must be non-empty printable ASCII without spaces (it is sent in "
                              "the Authorization header)")
         return key
+
+    @field_validator("tool_parser")
+    @classmethod
+    def _known_tool_parser(cls, name: str | None) -> str | None:
+        """A parser the gRPC router has (picker.parsers), or no request could be answered."""
+        return check_parser_name(name, TOOL_PARSERS, "tool_parser")
+
+    @field_validator("reasoning_parser")
+    @classmethod
+    def _known_reasoning_parser(cls, name: str | None) -> str | None:
+        return check_parser_name(name, REASONING_PARSERS, "reasoning_parser")
 
     @field_validator("url")
     @classmethod

@@ -4,9 +4,12 @@ Fed the response body's pieces as the proxy passes them (picker.grpc_route.frami
 messages), it returns the bytes to send on: for a streamed request one server-sent event per
 GenerateStreamChunk (text detokenized incrementally, picker.tokens.detokenize), then the
 finish_reason, the usage chunk when asked and `[DONE]`; otherwise one JSON document once the
-GenerateComplete arrives. The gRPC status (trailers) ends it: a failure becomes an OpenAI error
-object, as a JSON body or, mid-stream, as a `data: {"error": ...}` event (vLLM's shape,
-entrypoints/openai/serving_chat.py `create_streaming_error_response`).
+GenerateComplete arrives. A chat answer for a worker with parsers passes its text through them
+(picker.parsers): `reasoning_content` and `tool_calls` beside `content`, and finish_reason
+`tool_calls` when calls came out (SMG processor.rs:170-186). The gRPC status (trailers) ends
+it: a failure becomes an OpenAI error object, as a JSON body or, mid-stream, as a
+`data: {"error": ...}` event (vLLM's shape, entrypoints/openai/serving_chat.py
+`create_streaming_error_response`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from picker.grpc_route._pb import generate_pb2 as pb
 from picker.grpc_route.framing import FrameReader, FramingError
 from picker.grpc_route.stops import StopStrings
+from picker.parsers import OutputParser, Parsed, ToolCall, call_id
 from picker.routing.request import Api
 
 if TYPE_CHECKING:  # picker.tokens needs the hf extra: imported where a tokenizer loads
@@ -42,10 +46,11 @@ class OpenAIAnswer:
 
     __slots__ = ("_detokenizer", "_api", "_model", "_id", "_stream", "_usage_chunk", "_created",
                  "_frames", "_text", "_counts", "_started", "_complete", "_failed", "_stops",
-                 "_cut")
+                 "_cut", "_parser", "_calls")
 
     def __init__(self, detokenizer: Detokenizer, api: Api, model: str, request_id: str,
-                 stream: bool, usage_chunk: bool, stops: Sequence[str] = ()) -> None:
+                 stream: bool, usage_chunk: bool, stops: Sequence[str] = (),
+                 parser: OutputParser | None = None) -> None:
         self._detokenizer = detokenizer
         self._api = api
         self._model = model
@@ -62,6 +67,8 @@ class OpenAIAnswer:
         self._failed = False
         self._stops = StopStrings(stops)
         self._cut = False  # a stop string ended the answer while the engine generates on
+        self._parser = parser
+        self._calls = 0  # tool calls sent (a streamed call's index)
 
     @property
     def content_type(self) -> str:
@@ -134,7 +141,7 @@ class OpenAIAnswer:
         if not self._stream:
             self._text.append(text)
             return b""
-        return self._event(text, None) if text or not self._started else b""
+        return self._emit(text)
 
     def _finish(self, complete: pb.GenerateComplete) -> bytes:
         self._counts = (complete.prompt_tokens, complete.completion_tokens,
@@ -152,7 +159,10 @@ class OpenAIAnswer:
         self._complete = True
         if not self._stream:
             return self._document("".join(self._text) + text, reason)
-        out = [self._event(text, None)] if text else []
+        out = [self._emit(text)] if text else []
+        if self._parser is not None:
+            out.append(self._parsed_events(self._parser.finish()))
+            reason = "tool_calls" if self._parser.called else reason
         out.append(self._event("", reason))
         if self._usage_chunk:
             out.append(_sse({**self._head(), "choices": [], "usage": self._usage()}))
@@ -175,27 +185,74 @@ class OpenAIAnswer:
             usage["prompt_tokens_details"] = {"cached_tokens": cached}
         return usage
 
+    def _emit(self, text: str) -> bytes:
+        """The events for a piece of the answer's text (the first one at least names the
+        role)."""
+        if self._parser is not None:
+            return self._parsed_events(self._parser.feed(text))
+        return self._event(text, None) if text or not self._started else b""
+
+    def _parsed_events(self, parsed: Parsed) -> bytes:
+        """Reasoning, content and each new tool call: its id, type and name, then its
+        arguments (OpenAI's streamed tool_calls, by index)."""
+        out = [] if self._started else [self._delta({"content": ""}, None)]
+        if parsed.reasoning:
+            out.append(self._delta({"reasoning_content": parsed.reasoning}, None))
+        if parsed.content:
+            out.append(self._delta({"content": parsed.content}, None))
+        for call in parsed.calls:
+            head = {"index": self._calls, **_call(call, "")}
+            out.append(self._delta({"tool_calls": [head]}, None))
+            out.append(self._delta({"tool_calls": [{"index": self._calls, "function": {
+                "arguments": call.arguments}}]}, None))
+            self._calls += 1
+        return b"".join(out)
+
     def _event(self, text: str, reason: str | None) -> bytes:
         if self._api is Api.CHAT:
-            delta: dict[str, Any] = {"content": text}
-            if not self._started:
-                delta = {"role": "assistant", **delta}
-            choice: dict[str, Any] = {"index": 0, "delta": delta}
-        else:
-            choice = {"index": 0, "text": text}
+            return self._delta({"content": text}, reason)
         self._started = True
-        choice.update(logprobs=None, finish_reason=reason)
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
         return _sse({**self._head(), "choices": [choice]})
+
+    def _delta(self, delta: dict[str, Any], reason: str | None) -> bytes:
+        if not self._started:
+            delta = {"role": "assistant", **delta}
+        self._started = True
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+        return _sse({**self._head(), "choices": [choice]})
+
+    def _message(self, text: str) -> tuple[dict[str, Any], bool]:
+        """The chat answer's message, and whether it called tools. Parsed, it is SMG's
+        (processor.rs:204-212, protocols chat.rs:730-739): content left out when only
+        whitespace remains, tool_calls when there are some, reasoning_content always."""
+        if self._parser is None:
+            return {"role": "assistant", "content": text}, False
+        parsed = self._parser.feed(text)
+        parsed += self._parser.finish()
+        message: dict[str, Any] = {"role": "assistant"}
+        if parsed.content.strip():
+            message["content"] = parsed.content
+        if parsed.calls:
+            message["tool_calls"] = [_call(call, call.arguments) for call in parsed.calls]
+        message["reasoning_content"] = parsed.reasoning or None
+        return message, bool(parsed.calls)
 
     def _document(self, text: str, reason: str) -> bytes:
         if self._api is Api.CHAT:
-            choice: dict[str, Any] = {"index": 0,
-                                      "message": {"role": "assistant", "content": text}}
+            message, called = self._message(text)
+            reason = "tool_calls" if called else reason
+            choice: dict[str, Any] = {"index": 0, "message": message}
         else:
             choice = {"index": 0, "text": text}
         choice.update(logprobs=None, finish_reason=reason)
         return json.dumps({**self._head(), "choices": [choice],
                            "usage": self._usage()}).encode()
+
+
+def _call(call: ToolCall, arguments: str) -> dict[str, Any]:
+    return {"id": call_id(), "type": "function",
+            "function": {"name": call.name, "arguments": arguments}}
 
 
 def _sse(event: dict[str, Any]) -> bytes:

@@ -4,7 +4,8 @@ The routing service makes one when it opens a lease on a worker with `connection
 (the lease carries it, picker.routing.leases); the adapter that proxies the request applies it:
 `headers` and `body` replace the client's request (SGLang's Generate call, gRPC-framed, for an
 HTTP/2 upstream), and `answer` turns the engine's response body and status into the OpenAI
-answer. Tokenizers are loaded once per worker tokenizer directory (`WorkerTokenizers`).
+answer, through the worker's tool-call and reasoning parsers (picker.grpc_route.parsing).
+Tokenizers are loaded once per worker tokenizer directory (`WorkerTokenizers`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from picker.errors import ConfigError, RequestError
 from picker.fleet.registry import Worker
 from picker.grpc_route.answer import OpenAIAnswer
 from picker.grpc_route.framing import frame
+from picker.grpc_route.parsing import answer_parser, may_call_tools
 from picker.grpc_route.request import generate_request, include_usage
 from picker.routing.destination import Headers
 from picker.routing.request import RoutingRequest
@@ -70,8 +72,10 @@ class WorkerTokenizers:
 class GrpcTranscoder:
     __slots__ = ("body", "headers", "answer", "request_id")
 
-    def __init__(self, tokenizer: EngineTokenizer, request: RoutingRequest) -> None:
-        """Raises InvalidRequest naming what the Generate call cannot carry."""
+    def __init__(self, tokenizer: EngineTokenizer, request: RoutingRequest,
+                 tool_parser: str | None = None, reasoning_parser: str | None = None) -> None:
+        """Raises InvalidRequest naming what the Generate call cannot carry. The parser names
+        are the chosen worker's (its spec checked them)."""
         assert request.body is not None, "parse_request keeps the body"
         self.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         call = generate_request(request.body, request.api, tokenizer, self.request_id,
@@ -80,6 +84,10 @@ class GrpcTranscoder:
         self.headers: Headers = ((":path", GENERATE_PATH), ("content-type", "application/grpc"),
                                  ("te", "trailers"))
         usage = request.stream and include_usage(request.body)
-        self.answer = OpenAIAnswer(tokenizer.detokenizer(call.sampling_params.skip_special_tokens),
+        parser = answer_parser(request.body, request.api, tool_parser, reasoning_parser)
+        skip = call.sampling_params.skip_special_tokens and not may_call_tools(request.body,
+                                                                              request.api)
+        self.answer = OpenAIAnswer(tokenizer.detokenizer(skip),
                                    request.api, request.model, self.request_id,
-                                   request.stream, usage, list(call.sampling_params.stop))
+                                   request.stream, usage, list(call.sampling_params.stop),
+                                   parser)

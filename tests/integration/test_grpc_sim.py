@@ -214,13 +214,14 @@ async def _collect(call: Any) -> list[Any]:
 
 
 @contextlib.contextmanager
-def smg_gateway(worker_url: str, workdir: Path) -> Iterator[str]:
-    """The real SMG gateway (PyPI smg) in gRPC worker mode, on loopback; yields its url."""
+def smg_gateway(worker_url: str, workdir: Path, *args: str) -> Iterator[str]:
+    """The real SMG gateway (PyPI smg) in gRPC worker mode, on loopback; yields its url.
+    `args`: more `smg launch` flags (parsers, ...)."""
     port, metrics = free_port(), free_port()
     proc: Process = spawn("smg", [
         sys.executable, "-m", "smg", "launch", "--host", "127.0.0.1", "--port", str(port),
         "--prometheus-host", "127.0.0.1", "--prometheus-port", str(metrics),
-        "--worker-urls", worker_url, "--log-level", "warn"], workdir)
+        "--worker-urls", worker_url, "--log-level", "warn", *args], workdir)
     try:
         wait_http(proc, f"http://127.0.0.1:{port}/health")
         yield f"http://127.0.0.1:{port}"
@@ -244,7 +245,7 @@ def test_smg_routes_chat_and_completions_to_the_grpc_sim(tmp_path: Path) -> None
             rendered = "system what is two plus two user hello there how are you assistant "
             prompt_ids = tokenizer.encode(rendered, add_special_tokens=False).ids
             body = {"model": MODEL, "messages": messages, "max_tokens": 5}
-            answer = _post_until_served(f"{smg}/v1/chat/completions", body)
+            answer = post_until_served(f"{smg}/v1/chat/completions", body)
             expected = tokenizer.decode(
                 tokenizer.encode(" ".join(WORDS), add_special_tokens=False).ids[:5])
             assert expected == "the quick brown fox jumps"
@@ -270,7 +271,7 @@ def test_smg_routes_chat_and_completions_to_the_grpc_sim(tmp_path: Path) -> None
         sim.stop()
 
 
-def _post_until_served(url: str, body: dict[str, Any]) -> dict[str, Any]:
+def post_until_served(url: str, body: dict[str, Any]) -> dict[str, Any]:
     """SMG registers the worker and fetches its tokenizer after it answers /health; a request
     before the tokenizer is in is a 503 (bounded wait)."""
     answers: list[httpx.Response] = []
