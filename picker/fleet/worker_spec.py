@@ -107,9 +107,12 @@ class HealthOverrides(StrictModel):
 class KvEventsEndpoint(StrictModel):
     """Where an engine publishes its KV-cache events (vLLM `--kv-events-config`'s endpoint and
     replay_endpoint, seen from the picker). A data-parallel rank r publishes on port + r, as
-    vLLM offsets them, so one entry serves every rank of an engine."""
+    vLLM offsets them, so one entry serves every rank of an engine. A gRPC worker may leave
+    `endpoint` out: its engine's SubscribeKvEvents stream carries them (picker.prefix.kv_grpc)."""
 
-    endpoint: str = Field(description="ZMQ PUB address, e.g. tcp://10.0.0.5:5557")
+    endpoint: str | None = Field(
+        default=None, description="ZMQ PUB address, e.g. tcp://10.0.0.5:5557; unset on a gRPC "
+                                  "worker: its SubscribeKvEvents stream")
     replay_endpoint: str | None = Field(default=None,
                                         description="ZMQ ROUTER address for missed batches")
     topic: str = ""
@@ -236,6 +239,20 @@ class WorkerSpec(StrictModel):
                     {"adapter": adapter[:100], "base": base[:100], "field": "adapters"})
         if self.models:
             self.models += [a for a in self.adapters if a not in self.models]
+        return self
+
+    @model_validator(mode="after")
+    def _kv_events_source(self) -> WorkerSpec:
+        """Without a ZMQ endpoint the events come over the worker's gRPC service."""
+        events = self.kv_events
+        if events is not None and events.endpoint is None and (
+                self.connection_mode is not ConnectionMode.GRPC
+                or events.replay_endpoint is not None or events.topic):
+            raise PydanticCustomError(
+                "kv_events_endpoint", "kv_events.endpoint is needed with replay_endpoint or "
+                "topic, and on a worker that is not connection_mode grpc (a gRPC worker without "
+                "one subscribes to its engine's SubscribeKvEvents)",
+                {"field": "kv_events.endpoint"})
         return self
 
     @model_validator(mode="after")
