@@ -241,19 +241,18 @@ class WorkerSpec(StrictModel):
             self.models += [a for a in self.adapters if a not in self.models]
         return self
 
-    @model_validator(mode="after")
-    def _kv_events_source(self) -> WorkerSpec:
+    @field_validator("kv_events")
+    @classmethod
+    def _kv_events_source(cls, events: KvEventsEndpoint | None,
+                          info: ValidationInfo) -> KvEventsEndpoint | None:
         """Without a ZMQ endpoint the events come over the worker's gRPC service."""
-        events = self.kv_events
         if events is not None and events.endpoint is None and (
-                self.connection_mode is not ConnectionMode.GRPC
+                info.data.get("connection_mode") is not ConnectionMode.GRPC
                 or events.replay_endpoint is not None or events.topic):
-            raise PydanticCustomError(
-                "kv_events_endpoint", "kv_events.endpoint is needed with replay_endpoint or "
-                "topic, and on a worker that is not connection_mode grpc (a gRPC worker without "
-                "one subscribes to its engine's SubscribeKvEvents)",
-                {"field": "kv_events.endpoint"})
-        return self
+            raise ValueError("endpoint is needed with replay_endpoint or topic, and on a worker "
+                             "that is not connection_mode grpc (a gRPC worker without one "
+                             "subscribes to its engine's SubscribeKvEvents)")
+        return events
 
     @model_validator(mode="after")
     def _derive(self) -> WorkerSpec:
