@@ -38,6 +38,12 @@ class KvEventStream:
         self._history: deque[Any] = deque(maxlen=history)
         self._normalizer = Normalizer()
         self._subscribers: set[asyncio.Queue[Any]] = set()
+        self.dropped_next = 0  # test knob: leave this many batches out of live streams
+
+    @property
+    def subscribers(self) -> int:
+        """Streams open now (a test waits for its subscriber before publishing)."""
+        return len(self._subscribers)
 
     def publish(self, events: Sequence[KvEvent]) -> None:
         if not events:
@@ -46,6 +52,9 @@ class KvEventStream:
         batch = self._normalizer.normalize_batch(decode_batch(payload), self._next, 0)
         self._next += 1
         self._history.append(batch)
+        if self.dropped_next:
+            self.dropped_next -= 1
+            return
         for queue in self._subscribers:
             queue.put_nowait(batch)
 
