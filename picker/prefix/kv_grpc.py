@@ -36,6 +36,8 @@ __all__ = ["GrpcKvSubscription"]
 log = logging.getLogger("llm_picker.kv_events")
 
 _FIRST_DELAY_SECS = 0.1
+# Statuses after which the worker's state cannot be trusted, and the problem each counts as.
+_LOST = {"OUT_OF_RANGE": "replay_failed", "DATA_LOSS": "gap"}
 
 
 class _Resubscribe(Exception):
@@ -66,8 +68,8 @@ class GrpcKvSubscription:
                     self._clear("a sequence skipped on a stream of several ranks")
                 continue
             except EngineCallFailed as exc:
-                if exc.status in ("OUT_OF_RANGE", "DATA_LOSS"):
-                    self._applier.count_problem("replay_failed" if start else "gap")
+                if exc.status in _LOST:
+                    self._applier.count_problem(_LOST[exc.status])
                     self._clear(str(exc))
                     continue
                 log.debug("kv events of %s: %s", self._worker.id, exc)
