@@ -76,6 +76,8 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-text", metavar="TEXT",
                         help="(--grpc --tokenizer) answer every request with this text, encoded "
                              "by the tokenizer, then stop (e.g. a tool call to parse)")
+    parser.add_argument("--kv-events", action="store_true",
+                        help="(--grpc) stream the cache's KV events on SubscribeKvEvents")
     parser.add_argument("--bootstrap-port", type=_port,
                         help="(--grpc --role prefill) where decode sims ask for prefilled rooms")
 
@@ -128,14 +130,15 @@ def sim_runner(ns: argparse.Namespace) -> Callable[[], None]:
     vocabulary = (SimVocabulary.toy() if ns.tokenizer is None
                   else SimVocabulary.from_directory(ns.tokenizer, ns.output_text))
     return functools.partial(run_grpc_sim, config, vocabulary, ns.host, ns.port,
-                             ns.bootstrap_port)
+                             ns.bootstrap_port, ns.kv_events)
 
 
 def _grpc_problem(ns: argparse.Namespace) -> str | None:
     """Why these flags make no gRPC sim (or no HTTP one), naming the flag; None when fine."""
     if not ns.grpc:
         for flag, value in (("--tokenizer", ns.tokenizer), ("--bootstrap-port", ns.bootstrap_port),
-                            ("--output-text", ns.output_text)):
+                            ("--output-text", ns.output_text),
+                            ("--kv-events", ns.kv_events or None)):
             if value is not None:
                 return f"{flag} is for a gRPC sim (--grpc)"
         return None

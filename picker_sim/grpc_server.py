@@ -17,6 +17,7 @@ sglang/servicer.py, the servicer SGLang 0.5.23's grpc_server.py delegates to):
 - Abort: marks the request finished; its stream ends without a GenerateComplete, as the
   request manager stops forwarding outputs (request_manager.py:584-592).
 - HealthCheck, GetModelInfo, GetServerInfo, GetLoads, GetTokenizer: see each method.
+- SubscribeKvEvents (with `--kv-events`): the cache's events, picker_sim.kv_stream.
 - PD: a prefill sim computes the prompt and one token, then holds the request's bootstrap room,
   and serves its bootstrap port over HTTP (picker_sim.pd's routes, as the HTTP sims do); a
   decode sim refuses a request without DisaggregatedParams (proto :114-118), waits for the
@@ -42,6 +43,9 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 
 from picker_sim.engine import SimConfig, SimEngine
+from picker_sim.kv_publisher import CacheEvents
+from picker_sim.kv_stream import KvEventStream
+from picker_sim.kv_stream import handler as kv_stream_handler
 from picker_sim.pd import PdPeer
 from picker_sim.token_vocab import SimVocabulary
 
@@ -61,11 +65,17 @@ _PD_STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 503: grpc.StatusCode.UNAVAI
 
 class SglangSchedulerSim:
     """The service's methods; registered by name (`handlers`), so an RPC the sim does not
-    serve (Embed, LoRA, profiling, KV events) answers UNIMPLEMENTED."""
+    serve (Embed, LoRA, profiling; KV events unless `kv_events`) answers UNIMPLEMENTED."""
 
     def __init__(self, config: SimConfig, vocabulary: SimVocabulary,
-                 pd: PdPeer | None = None, bootstrap_port: int | None = None) -> None:
+                 pd: PdPeer | None = None, bootstrap_port: int | None = None,
+                 kv_events: bool = False) -> None:
         self.engine = SimEngine(config)
+        self._kv_events: KvEventStream | None = None
+        if kv_events:
+            self._kv_events = KvEventStream()
+            self.engine.events = CacheEvents(self._kv_events, config.block_tokens,
+                                             lambda tokens: [int(token) for token in tokens])
         self._config = config
         self._vocabulary = vocabulary
         self._pd = pd
@@ -94,6 +104,8 @@ class SglangSchedulerSim:
         ):
             methods[name] = unary(method, request_deserializer=request.FromString,
                                   response_serializer=response.SerializeToString)
+        if self._kv_events is not None:
+            methods["SubscribeKvEvents"] = kv_stream_handler(self._kv_events)
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 
     # -- generation -----------------------------------------------------------------------------
@@ -273,14 +285,14 @@ def _bootstrap(request: Any) -> dict[str, Any]:
 
 
 async def serve_grpc(config: SimConfig, vocabulary: SimVocabulary, host: str, port: int,
-                     bootstrap_port: int | None = None) -> None:
+                     bootstrap_port: int | None = None, kv_events: bool = False) -> None:
     """Serve until cancelled; a prefill sim also serves its bootstrap port."""
     pd = None
     if config.role != "regular":
         pd = PdPeer(config.role, "sglang", config.worker_id, host, bootstrap_port or port,
                     config.pd_wait_ms / 1000)
     sim = SglangSchedulerSim(config, vocabulary, pd,
-                             bootstrap_port if config.role == "prefill" else None)
+                             bootstrap_port if config.role == "prefill" else None, kv_events)
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((sim.handlers(),))
     server.add_insecure_port(f"{host}:{port}")
@@ -301,5 +313,5 @@ async def serve_grpc(config: SimConfig, vocabulary: SimVocabulary, host: str, po
 
 
 def run_grpc_sim(config: SimConfig, vocabulary: SimVocabulary, host: str, port: int,
-                 bootstrap_port: int | None = None) -> None:
-    asyncio.run(serve_grpc(config, vocabulary, host, port, bootstrap_port))
+                 bootstrap_port: int | None = None, kv_events: bool = False) -> None:
+    asyncio.run(serve_grpc(config, vocabulary, host, port, bootstrap_port, kv_events))

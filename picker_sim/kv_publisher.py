@@ -21,13 +21,17 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import zmq
 
 from picker_sim.cache import Claim
 from picker_sim.engine import token_ids
 from picker_sim.kv_formats import WIRE, Encoding, KvEvent, WireFormat
+
+if TYPE_CHECKING:  # the gRPC sim's publisher needs the grpc-engines extra
+    from picker_sim.kv_stream import KvEventStream
 
 __all__ = ["CacheEvents", "KvEventPublisher"]
 
@@ -117,12 +121,15 @@ class CacheEvents:
     parent is the block before the run). Evicting first is exact: a stored block is pinned, so
     a claim never evicts what it stores. Hashes go out as bytes in the map encoding and as ints
     in the array encoding, so a subscriber meets both kinds vLLM declares (ExternalBlockHash).
+    `ids`: the token ids of the prompt's tokens (the gRPC sim's tokens are ids already).
     """
 
-    def __init__(self, publisher: KvEventPublisher, block_tokens: int) -> None:
+    def __init__(self, publisher: KvEventPublisher | KvEventStream, block_tokens: int,
+                 ids: Callable[[Sequence[str]], list[int]] = token_ids) -> None:
         self._publisher = publisher
         self._wire = publisher.wire
         self._block = block_tokens
+        self._token_ids = ids
         self._as_bytes = publisher.wire is WIRE["map"]
 
     def claimed(self, prompt: Sequence[str], hashes: Sequence[int], claim: Claim) -> None:
@@ -142,7 +149,7 @@ class CacheEvents:
             events.append(self._wire.stored_event(
                 self._ids([hashes[i] for i in run]),
                 self._ids([hashes[first - 1]])[0] if first else None,
-                token_ids(prompt[first * size:(last + 1) * size]), size))
+                self._token_ids(prompt[first * size:(last + 1) * size]), size))
         self._publisher.publish(events)
 
     def dropped(self, hashes: Sequence[int], everything: bool) -> None:

@@ -14,7 +14,7 @@ worker speaks it (tests/unit/test_core_imports.py).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeVar
 
 from picker.fleet._pb import engine_signals_pb2 as pb
@@ -34,7 +34,12 @@ _Answer = TypeVar("_Answer")
 
 
 class EngineCallFailed(ConnectionError):
-    """A call to a worker's gRPC service failed: its status and details, or no such service."""
+    """A call to a worker's gRPC service failed: its status and details, or no such service.
+    `status`: the gRPC status code's name (e.g. "OUT_OF_RANGE"); None when no call was made."""
+
+    def __init__(self, message: str, status: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def speaks_grpc(spec: WorkerSpec) -> bool:
@@ -72,6 +77,19 @@ class EngineCalls:
         return await self._call(spec, "GetServerInfo", pb.GetServerInfoRequest(),
                                 pb.GetServerInfoResponse, timeout)
 
+    def tokenizer_chunks(self, spec: WorkerSpec) -> AsyncIterator[pb.GetTokenizerChunk]:
+        """GetTokenizer's stream (sglang_scheduler.proto:45, vllm_engine.proto:44); the caller
+        bounds its time."""
+        return self._stream(spec, "GetTokenizer", pb.GetTokenizerRequest(),
+                            pb.GetTokenizerChunk)
+
+    def kv_events(self, spec: WorkerSpec, start: int) -> AsyncIterator[pb.KvEventBatch]:
+        """SubscribeKvEvents from sequence `start` (0: live from now on; sglang_scheduler.proto
+        :48-49, vllm_engine.proto:47-48); it runs until the engine ends it or the caller
+        stops reading."""
+        request = pb.SubscribeKvEventsRequest(start_sequence_number=start)
+        return self._stream(spec, "SubscribeKvEvents", request, pb.KvEventBatch)
+
     def forget(self, spec: WorkerSpec) -> None:
         """Close the worker's channel (it was removed); safe when it has none."""
         channel = self._channels.pop(spec.url, None)
@@ -95,19 +113,30 @@ class EngineCalls:
                     answer: type[_Answer], timeout: float) -> _Answer:
         import grpc
 
-        service = SERVICES.get(spec.runtime_type)
-        if service is None:
-            raise EngineCallFailed(f"no gRPC service is known for runtime_type "
-                                   f"{spec.runtime_type.value} ({spec.url})")
         call = self._channel(spec).unary_unary(
-            f"/{service}/{method}", request_serializer=type(request).SerializeToString,
+            _path(spec, method), request_serializer=type(request).SerializeToString,
             response_deserializer=answer.FromString)  # type: ignore[attr-defined]
         try:
             result: _Answer = await call(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            raise EngineCallFailed(f"{method} on {spec.url}: {exc.code().name} "
-                                   f"{exc.details() or ''}"[:300]) from exc
+            raise _failed(spec, method, exc) from exc
         return result
+
+    async def _stream(self, spec: WorkerSpec, method: str, request: Any,
+                      answer: type[_Answer]) -> AsyncIterator[_Answer]:
+        import grpc
+
+        call = self._channel(spec).unary_stream(
+            _path(spec, method), request_serializer=type(request).SerializeToString,
+            response_deserializer=answer.FromString)  # type: ignore[attr-defined]
+        stream = call(request)
+        try:
+            async for message in stream:
+                yield message
+        except grpc.aio.AioRpcError as exc:
+            raise _failed(spec, method, exc) from exc
+        finally:
+            stream.cancel()
 
     def _channel(self, spec: WorkerSpec) -> Any:
         import grpc
@@ -121,3 +150,16 @@ class EngineCalls:
                 channel = grpc.aio.insecure_channel(target)
             self._channels[spec.url] = channel
         return channel
+
+
+def _path(spec: WorkerSpec, method: str) -> str:
+    service = SERVICES.get(spec.runtime_type)
+    if service is None:
+        raise EngineCallFailed(f"no gRPC service is known for runtime_type "
+                               f"{spec.runtime_type.value} ({spec.url})")
+    return f"/{service}/{method}"
+
+
+def _failed(spec: WorkerSpec, method: str, exc: Any) -> EngineCallFailed:
+    return EngineCallFailed(f"{method} on {spec.url}: {exc.code().name} "
+                            f"{exc.details() or ''}"[:300], exc.code().name)

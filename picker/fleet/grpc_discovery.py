@@ -4,26 +4,45 @@ The gRPC twin of picker.fleet.served_models' HTTP reads (/v1/models, /get_model_
 /get_server_info): a worker registered without `models` serves GetModelInfo's
 `served_model_name` (sglang_scheduler.proto:516); `tokenizer_path` (:512) and the server args'
 `dp_size` (GetServerInfoResponse.server_args, :543, SGLang's ServerArgs names) fill what the
-spec leaves out. Discovery fills gaps; it never overrides what the operator set.
+spec leaves out. A worker without `tokenizer_path` gets its engine's own tokenizer with
+GetTokenizer (picker.fleet.grpc_tokenizer), or, from an engine that serves none, GetModelInfo's
+path. Discovery fills gaps; it never overrides what the operator set.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from picker.fleet._pb import engine_signals_pb2 as pb
 from picker.fleet.grpc_calls import EngineCallFailed, EngineCalls
+from picker.fleet.grpc_tokenizer import fetch_tokenizer
 from picker.fleet.worker_spec import MAX_NAME_CHARS, RuntimeType, WorkerSpec
 
 __all__ = ["complete_grpc"]
 
 
-async def complete_grpc(spec: WorkerSpec, timeout: float) -> WorkerSpec:
+# What an engine without a tokenizer to send answers (the servicer without a tokenizer path:
+# FAILED_PRECONDITION; one without the method: UNIMPLEMENTED).
+_NO_TOKENIZER = frozenset({"FAILED_PRECONDITION", "UNIMPLEMENTED"})
+
+
+async def complete_grpc(spec: WorkerSpec, timeout: float, tokenizer_cache: Path) -> WorkerSpec:
     """The spec with what the worker says filled in; EngineCallFailed (an OSError) when it
-    does not answer, ValueError when what it says cannot be served."""
+    does not answer, ValueError when what it says cannot be served. `timeout` bounds each
+    unary call; the caller bounds the whole (a tokenizer's stream included)."""
     calls = EngineCalls()
     try:
-        return await _complete(spec, calls, timeout)
+        complete = await _complete(spec, calls, timeout)
+        if spec.tokenizer_path is None:
+            try:
+                fetched = await fetch_tokenizer(calls, spec, tokenizer_cache)
+            except EngineCallFailed as exc:
+                if exc.status not in _NO_TOKENIZER:
+                    raise
+            else:
+                complete = complete.updated(tokenizer_path=str(fetched))
+        return complete
     finally:
         await calls.close()
 

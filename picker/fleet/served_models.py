@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ from pydantic import Field
 
 from picker.errors import PickerError
 from picker.fleet.grpc_discovery import complete_grpc
+from picker.fleet.grpc_tokenizer import default_cache_dir
 from picker.fleet.sources.settings import DnsSettings, KubernetesSettings
 from picker.fleet.worker_spec import MAX_NAME_CHARS, ConnectionMode, RuntimeType, WorkerSpec
 from picker.strict import StrictModel
@@ -33,6 +35,9 @@ class DiscoverySettings(StrictModel):
     # Bounds every registration's wait, whatever a worker's max_connection_attempts says: an
     # admin call or a reload must not hang for half a minute on an engine that is down.
     max_wait_secs: float = Field(default=10.0, gt=0)
+    # Where tokenizers fetched from gRPC engines (GetTokenizer) are unpacked, one directory per
+    # bundle, the 16 most recently used kept; unset: llm-picker-tokenizers in the temp dir.
+    tokenizer_cache_dir: str | None = None
     # Sources that find workers by themselves; each owns the workers it found (WorkerManager).
     kubernetes: KubernetesSettings | None = None
     dns: DnsSettings | None = None
@@ -77,7 +82,7 @@ async def discover(
         made += 1
         try:
             async with asyncio.timeout(left):  # TimeoutError is an OSError
-                return await _complete(spec, client, settings.attempt_timeout_secs)
+                return await _complete(spec, client, settings)
         except (httpx.HTTPError, httpx.InvalidURL, ValueError, OSError) as exc:
             last_error = f"{type(exc).__name__}: {exc}"[:200]
         if made < attempts:
@@ -89,9 +94,13 @@ async def discover(
     )
 
 
-async def _complete(spec: WorkerSpec, client: httpx.AsyncClient, timeout: float) -> WorkerSpec:
+async def _complete(spec: WorkerSpec, client: httpx.AsyncClient,
+                    settings: DiscoverySettings) -> WorkerSpec:
+    timeout = settings.attempt_timeout_secs
     if spec.connection_mode is ConnectionMode.GRPC:
-        return await complete_grpc(spec, timeout)
+        cache = settings.tokenizer_cache_dir
+        return await complete_grpc(spec, timeout,
+                                   default_cache_dir() if cache is None else Path(cache))
     update: dict[str, Any] = {}
     if spec.models:
         # Reachability only: the operator said what it serves.

@@ -108,9 +108,12 @@ class HealthOverrides(StrictModel):
 class KvEventsEndpoint(StrictModel):
     """Where an engine publishes its KV-cache events (vLLM `--kv-events-config`'s endpoint and
     replay_endpoint, seen from the picker). A data-parallel rank r publishes on port + r, as
-    vLLM offsets them, so one entry serves every rank of an engine."""
+    vLLM offsets them, so one entry serves every rank of an engine. A gRPC worker may leave
+    `endpoint` out: its engine's SubscribeKvEvents stream carries them (picker.prefix.kv_grpc)."""
 
-    endpoint: str = Field(description="ZMQ PUB address, e.g. tcp://10.0.0.5:5557")
+    endpoint: str | None = Field(
+        default=None, description="ZMQ PUB address, e.g. tcp://10.0.0.5:5557; unset on a gRPC "
+                                  "worker: its SubscribeKvEvents stream")
     replay_endpoint: str | None = Field(default=None,
                                         description="ZMQ ROUTER address for missed batches")
     topic: str = ""
@@ -249,6 +252,19 @@ class WorkerSpec(StrictModel):
         if self.models:
             self.models += [a for a in self.adapters if a not in self.models]
         return self
+
+    @field_validator("kv_events")
+    @classmethod
+    def _kv_events_source(cls, events: KvEventsEndpoint | None,
+                          info: ValidationInfo) -> KvEventsEndpoint | None:
+        """Without a ZMQ endpoint the events come over the worker's gRPC service."""
+        if events is not None and events.endpoint is None and (
+                info.data.get("connection_mode") is not ConnectionMode.GRPC
+                or events.replay_endpoint is not None or events.topic):
+            raise ValueError("endpoint is needed with replay_endpoint or topic, and on a worker "
+                             "that is not connection_mode grpc (a gRPC worker without one "
+                             "subscribes to its engine's SubscribeKvEvents)")
+        return events
 
     @model_validator(mode="after")
     def _derive(self) -> WorkerSpec:

@@ -1,6 +1,9 @@
 """KV-event subscriber: keeps the sync index equal to what each engine reports caching.
 
-Per worker with `kv_events`, a ZMQ SUB socket receives the engine's multipart messages
+A gRPC worker whose `kv_events` names no endpoint follows its engine's SubscribeKvEvents
+stream instead (picker.prefix.kv_grpc), through the same EventApplier and metrics.
+
+Per worker with a `kv_events` endpoint, a ZMQ SUB socket receives the engine's multipart messages
 `[topic, seq (8-byte big-endian), payload]` (vllm/distributed/kv_events.py, ZmqEventPublisher;
 SGLang's is the same). Sequence numbers are consecutive per publisher, starting at 0:
 - connecting to the engine, or a message that skips numbers, triggers a replay from the
@@ -34,6 +37,7 @@ import zmq.asyncio
 import zmq.utils.monitor
 from prometheus_client import CollectorRegistry, Counter
 
+from picker.fleet.grpc_calls import EngineCalls
 from picker.fleet.registry import Worker, WorkerRegistry
 from picker.fleet.worker_loops import WorkerTasks
 from picker.fleet.worker_spec import KvEventsEndpoint
@@ -99,6 +103,7 @@ class KvEventHub:
         self._metrics = metrics
         self._tasks = WorkerTasks(workers, self._follow)
         self._context: zmq.asyncio.Context | None = None
+        self._calls = EngineCalls()  # channels to gRPC workers, opened on first use
 
     async def start(self) -> None:
         self._context = zmq.asyncio.Context()
@@ -106,6 +111,7 @@ class KvEventHub:
 
     async def stop(self) -> None:
         await self._tasks.stop()
+        await self._calls.close()
         if self._context is not None:
             self._context.destroy(linger=0)
 
@@ -116,6 +122,12 @@ class KvEventHub:
         block_size = worker.spec.kv_block_size
         if block_size:
             self._index.expect(worker.id, block_size)
+        if spec.endpoint is None:  # a gRPC worker's own stream (WorkerSpec checks)
+            from picker.prefix.kv_grpc import GrpcKvSubscription
+
+            await GrpcKvSubscription(worker, self._calls, self._index, self._settings,
+                                     self._metrics).run()
+            return
         subscription = _Subscription(worker, spec, self._context, self._index, self._settings,
                                      self._metrics)
         try:
@@ -128,6 +140,7 @@ class _Subscription:
     def __init__(self, worker: Worker, spec: KvEventsEndpoint, context: zmq.asyncio.Context,
                  index: SyncPrefixIndex, settings: KvEventSettings,
                  metrics: KvEventMetrics) -> None:
+        assert spec.endpoint is not None, "a ZMQ subscription needs the endpoint"
         self._worker = worker
         self._rank = worker.spec.dp_rank
         self._spec = spec
@@ -262,6 +275,10 @@ class EventApplier:
         except ValueError as exc:
             self.undecodable(str(exc))
             return
+        self.apply_batch(batch)
+
+    def apply_batch(self, batch: DecodedBatch) -> None:
+        """A batch decoded from either wire (msgpack over ZMQ, or KvEventBatch over gRPC)."""
         if batch.skipped:
             self.count_problem("skipped_event", batch.skipped)
             self._log(f"{batch.skipped} events of unknown kind or shape skipped")

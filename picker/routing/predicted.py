@@ -1,5 +1,7 @@
-"""What the picker predicted for a request at its decision, for the record, the audit and the
-latency learner: taken once per lease, at its opening (picker.routing.leases)."""
+"""What the picker predicted for a request at its decision, taken once per lease at its opening.
+
+The lease book (picker.routing.leases) shows it to every watcher: the trace recording, the
+prediction audit and the latency learner."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Workers with `connection_mode: grpc`: the picker's discovery, health checks and load polling
-speak the engine's gRPC service (a gRPC sim process, real sockets on loopback)."""
+"""Workers with `connection_mode: grpc`: the picker's discovery (its tokenizer included), health
+checks and load polling speak the engine's gRPC service (a gRPC sim process, real sockets on
+loopback)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from picker.fleet.manager import WorkerManager
 from picker.fleet.registry import WorkerRegistry
 from picker.fleet.served_models import DiscoverySettings
 from picker.fleet.worker_spec import ConnectionMode, RuntimeType, WorkerSpec
+from picker.tokens import load_tokenizer
 from picker_bench.stack import SimSpec, start_sims
+from picker_bench.tokenizer_dirs import build_tokenizer_dir
 from tests.waiting import eventually
 
 
@@ -79,5 +82,30 @@ async def test_a_grpc_worker_is_discovered_loaded_and_ejected_when_killed(
     finally:
         await load.stop()
         await health.stop()
+        await manager.stop()
+        sim.stop()
+
+
+async def test_a_worker_without_tokenizer_path_gets_its_engines_tokenizer(
+        tmp_path: Path) -> None:
+    """GetTokenizer streams the sim's tokenizer directory; the picker unpacks it into its cache
+    and loads it: the same token ids as the directory itself."""
+    directory = build_tokenizer_dir(tmp_path / "llama", "llama-3.1")
+    spec = SimSpec("g2", "sim-model", ["--grpc", "--tokenizer", str(directory)])
+    [sim] = start_sims([spec], tmp_path)
+    cache = tmp_path / "cache"
+    manager = WorkerManager(WorkerRegistry([]), DiscoverySettings(tokenizer_cache_dir=str(cache)))
+    await manager.start()
+    try:
+        [worker] = (await manager.register(WorkerSpec(
+            url=f"grpc://127.0.0.1:{spec.port}", connection_mode=ConnectionMode.GRPC,
+            runtime_type=RuntimeType.SGLANG))).workers
+        fetched = Path(worker.spec.tokenizer_path or "")
+        assert fetched.parent == cache  # not GetModelInfo's path: the engine's own files
+        body = {"messages": [{"role": "system", "content": "be brief"},
+                             {"role": "user", "content": "say café"}]}
+        assert load_tokenizer(str(fetched)).body_ids(body) == \
+            load_tokenizer(str(directory)).body_ids(body)
+    finally:
         await manager.stop()
         sim.stop()

@@ -168,7 +168,7 @@ def test_env_params_under_a_shorthand_policy(tmp_path: Path) -> None:
          "workers.0.kv_events.endpoint"),
         ("workers: [{url: 'a:1', kv_events: {endpoint: 'http://a:1'}}]\n", {},
          "workers.0.kv_events.endpoint"),
-        ("workers: [{url: 'a:1', kv_events: {}}]\n", {}, "workers.0.kv_events.endpoint"),
+        ("workers: [{url: 'a:1', kv_events: {}}]\n", {}, "workers.0.kv_events"),
         ("workers: [{url: 'a:1', tool_parser: hermes}]\n", {}, "workers.0.tool_parser"),
         ("workers: [{url: 'a:1', reasoning_parser: think}]\n", {},
          "workers.0.reasoning_parser"),

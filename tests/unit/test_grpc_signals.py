@@ -9,6 +9,7 @@ import pytest
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.unknown_fields import UnknownFieldSet
+from smg_grpc_proto.generated import common_pb2 as common
 from smg_grpc_proto.generated import sglang_scheduler_pb2 as sglang
 from smg_grpc_proto.generated import vllm_engine_pb2 as vllm
 
@@ -23,7 +24,22 @@ COUNTERPARTS: dict[str, tuple[Any, ...]] = {
     "GetServerInfoRequest": (sglang,), "GetServerInfoResponse": (sglang,),
     "GetLoadsRequest": (sglang, vllm), "GetLoadsResponse": (sglang, vllm),
     "SchedulerLoad": (sglang, vllm),
+    **{name: (common,) for name in (
+        "GetTokenizerRequest", "GetTokenizerChunk", "SubscribeKvEventsRequest", "KvEventBatch",
+        "EngineLoad", "KvCacheEvent", "KvBlocksStored", "KvBlockExtraKey", "KvMultimodalKey",
+        "KvBlock", "KvBlocksRemoved", "KvCacheCleared")},
 }
+_BLOCK = {"block_hash": -2**63, "token_ids": [0, 2**32 - 1, 7], "block_size": 3,
+          "lora_id": 2**40, "extra_keys": [{"text": "adapter"}, {"blob": "AAE="},
+                                           {"number": -5},
+                                           {"multimodal": {"identifier": "img", "offset": 4}}]}
+_STORED = {"blocks": [_BLOCK, {"block_hash": 2**63 - 1, "token_ids": [1, 2, 3],
+                               "block_size": 3}],
+           "parent_block_hash": 0, "tier": "KV_CACHE_TIER_HOST", "medium": "CPU",
+           "group_idx": 0, "locality": "KV_CACHE_LOCALITY_LOCAL", "lora_name": "a",
+           "cache_salt": "s"}
+_REMOVED = {"block_hashes": [-1, 1], "tier": "KV_CACHE_TIER_DEVICE", "medium": "GPU",
+            "group_idx": 2, "locality": "KV_CACHE_LOCALITY_REMOTE"}
 # One message of each type with every field set to a value no default shares.
 SAMPLES: dict[str, dict[str, Any]] = {
     "HealthCheckRequest": {},
@@ -40,6 +56,19 @@ SAMPLES: dict[str, dict[str, Any]] = {
          "token_usage": 1e-300}]},
     "SchedulerLoad": {"dp_rank": 5, "num_running_reqs": 2, "num_waiting_reqs": 1,
                       "token_usage": 0.5},
+    "GetTokenizerRequest": {},
+    "GetTokenizerChunk": {"data": "UEsDBA==", "sha256": "ab" * 32},
+    "SubscribeKvEventsRequest": {"start_sequence_number": 2**64 - 1},
+    "KvEventBatch": {"sequence_number": 9, "dp_rank": 0, "load": {"load_only": True},
+                     "events": [{"stored": _STORED}, {"removed": _REMOVED}, {"cleared": {}}]},
+    "EngineLoad": {"load_only": True},
+    "KvCacheEvent": {"stored": _STORED},
+    "KvBlocksStored": _STORED,
+    "KvBlockExtraKey": {"multimodal": {"identifier": "img", "offset": -1}},
+    "KvMultimodalKey": {"identifier": "img", "offset": 2**40},
+    "KvBlock": _BLOCK,
+    "KvBlocksRemoved": _REMOVED,
+    "KvCacheCleared": {},
 }
 PAIRS = [(name, module) for name, modules in COUNTERPARTS.items() for module in modules]
 

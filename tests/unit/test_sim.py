@@ -313,6 +313,7 @@ def test_control_body_must_be_a_json_object(sim_url: str, body: bytes) -> None:
 @pytest.mark.parametrize(("argv", "flag"), [
     (["--tokenizer", "/tmp/t"], "--tokenizer"),
     (["--bootstrap-port", "9"], "--bootstrap-port"),
+    (["--kv-events"], "--kv-events"),
     (["--grpc", "--api-key", "k"], "--api-key"),
     (["--grpc", "--kv-events-port", "9"], "--kv-events-port"),
     (["--grpc", "--role", "decode", "--pd-protocol", "nixl"], "--pd-protocol"),

@@ -25,13 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x65ngine_signals.proto\x12\x19llm_picker.engine_signals\x1a\x1cgoogle/protobuf/struct.proto\"\x14\n\x12HealthCheckRequest\"7\n\x13HealthCheckResponse\x12\x0f\n\x07healthy\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x15\n\x13GetModelInfoRequest\"I\n\x14GetModelInfoResponse\x12\x16\n\x0etokenizer_path\x18\x02 \x01(\t\x12\x19\n\x11served_model_name\x18\x06 \x01(\t\"\x16\n\x14GetServerInfoRequest\"E\n\x15GetServerInfoResponse\x12,\n\x0bserver_args\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"D\n\x0fGetLoadsRequest\x12\x14\n\x07\x64p_rank\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07include\x18\x02 \x03(\tB\n\n\x08_dp_rank\"K\n\x10GetLoadsResponse\x12\x37\n\x05loads\x18\x04 \x03(\x0b\x32(.llm_picker.engine_signals.SchedulerLoad\"i\n\rSchedulerLoad\x12\x0f\n\x07\x64p_rank\x18\x01 \x01(\x05\x12\x18\n\x10num_running_reqs\x18\x02 \x01(\x05\x12\x18\n\x10num_waiting_reqs\x18\x03 \x01(\x05\x12\x13\n\x0btoken_usage\x18\x07 \x01(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x65ngine_signals.proto\x12\x19llm_picker.engine_signals\x1a\x1cgoogle/protobuf/struct.proto\"\x14\n\x12HealthCheckRequest\"7\n\x13HealthCheckResponse\x12\x0f\n\x07healthy\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x15\n\x13GetModelInfoRequest\"I\n\x14GetModelInfoResponse\x12\x16\n\x0etokenizer_path\x18\x02 \x01(\t\x12\x19\n\x11served_model_name\x18\x06 \x01(\t\"\x16\n\x14GetServerInfoRequest\"E\n\x15GetServerInfoResponse\x12,\n\x0bserver_args\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"D\n\x0fGetLoadsRequest\x12\x14\n\x07\x64p_rank\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07include\x18\x02 \x03(\tB\n\n\x08_dp_rank\"K\n\x10GetLoadsResponse\x12\x37\n\x05loads\x18\x04 \x03(\x0b\x32(.llm_picker.engine_signals.SchedulerLoad\"i\n\rSchedulerLoad\x12\x0f\n\x07\x64p_rank\x18\x01 \x01(\x05\x12\x18\n\x10num_running_reqs\x18\x02 \x01(\x05\x12\x18\n\x10num_waiting_reqs\x18\x03 \x01(\x05\x12\x13\n\x0btoken_usage\x18\x07 \x01(\x01\"\x15\n\x13GetTokenizerRequest\"1\n\x11GetTokenizerChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"9\n\x18SubscribeKvEventsRequest\x12\x1d\n\x15start_sequence_number\x18\x01 \x01(\x04\"\xb7\x01\n\x0cKvEventBatch\x12\x17\n\x0fsequence_number\x18\x01 \x01(\x04\x12\x37\n\x06\x65vents\x18\x03 \x03(\x0b\x32\'.llm_picker.engine_signals.KvCacheEvent\x12\x14\n\x07\x64p_rank\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x33\n\x04load\x18\x08 \x01(\x0b\x32%.llm_picker.engine_signals.EngineLoadB\n\n\x08_dp_rank\"\x1f\n\nEngineLoad\x12\x11\n\tload_only\x18\t \x01(\x08\"\xd0\x01\n\x0cKvCacheEvent\x12;\n\x06stored\x18\x02 \x01(\x0b\x32).llm_picker.engine_signals.KvBlocksStoredH\x00\x12=\n\x07removed\x18\x03 \x01(\x0b\x32*.llm_picker.engine_signals.KvBlocksRemovedH\x00\x12<\n\x07\x63leared\x18\x04 \x01(\x0b\x32).llm_picker.engine_signals.KvCacheClearedH\x00\x42\x06\n\x04\x64\x61ta\"\xa2\x03\n\x0eKvBlocksStored\x12\x32\n\x06\x62locks\x18\x01 \x03(\x0b\x32\".llm_picker.engine_signals.KvBlock\x12\x1e\n\x11parent_block_hash\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x39\n\x04tier\x18\x03 \x01(\x0e\x32&.llm_picker.engine_signals.KvCacheTierH\x01\x88\x01\x01\x12\x13\n\x06medium\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x16\n\tgroup_idx\x18\x05 \x01(\rH\x03\x88\x01\x01\x12\x41\n\x08locality\x18\x08 \x01(\x0e\x32*.llm_picker.engine_signals.KvCacheLocalityH\x04\x88\x01\x01\x12\x16\n\tlora_name\x18\x0b \x01(\tH\x05\x88\x01\x01\x12\x17\n\ncache_salt\x18\x0c \x01(\tH\x06\x88\x01\x01\x42\x14\n\x12_parent_block_hashB\x07\n\x05_tierB\t\n\x07_mediumB\x0c\n\n_group_idxB\x0b\n\t_localityB\x0c\n\n_lora_nameB\r\n\x0b_cache_salt\"\x8c\x01\n\x0fKvBlockExtraKey\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0e\n\x04\x62lob\x18\x02 \x01(\x0cH\x00\x12\x10\n\x06number\x18\x03 \x01(\x03H\x00\x12@\n\nmultimodal\x18\x04 \x01(\x0b\x32*.llm_picker.engine_signals.KvMultimodalKeyH\x00\x42\x05\n\x03key\"5\n\x0fKvMultimodalKey\x12\x12\n\nidentifier\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"\xa6\x01\n\x07KvBlock\x12\x12\n\nblock_hash\x18\x01 \x01(\x03\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x12\n\nblock_size\x18\x03 \x01(\x05\x12\x14\n\x07lora_id\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12>\n\nextra_keys\x18\x06 \x03(\x0b\x32*.llm_picker.engine_signals.KvBlockExtraKeyB\n\n\x08_lora_id\"\x81\x02\n\x0fKvBlocksRemoved\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x03\x12\x39\n\x04tier\x18\x03 \x01(\x0e\x32&.llm_picker.engine_signals.KvCacheTierH\x00\x88\x01\x01\x12\x13\n\x06medium\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x16\n\tgroup_idx\x18\x05 \x01(\rH\x02\x88\x01\x01\x12\x41\n\x08locality\x18\x06 \x01(\x0e\x32*.llm_picker.engine_signals.KvCacheLocalityH\x03\x88\x01\x01\x42\x07\n\x05_tierB\t\n\x07_mediumB\x0c\n\n_group_idxB\x0b\n\t_locality\"\x10\n\x0eKvCacheCleared*\x92\x01\n\x0bKvCacheTier\x12\x1d\n\x19KV_CACHE_TIER_UNSPECIFIED\x10\x00\x12\x18\n\x14KV_CACHE_TIER_DEVICE\x10\x01\x12\x16\n\x12KV_CACHE_TIER_HOST\x10\x02\x12\x16\n\x12KV_CACHE_TIER_DISK\x10\x03\x12\x1a\n\x16KV_CACHE_TIER_EXTERNAL\x10\x04*o\n\x0fKvCacheLocality\x12!\n\x1dKV_CACHE_LOCALITY_UNSPECIFIED\x10\x00\x12\x1b\n\x17KV_CACHE_LOCALITY_LOCAL\x10\x01\x12\x1c\n\x18KV_CACHE_LOCALITY_REMOTE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'engine_signals_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_KVCACHETIER']._serialized_start=2237
+  _globals['_KVCACHETIER']._serialized_end=2383
+  _globals['_KVCACHELOCALITY']._serialized_start=2385
+  _globals['_KVCACHELOCALITY']._serialized_end=2496
   _globals['_HEALTHCHECKREQUEST']._serialized_start=81
   _globals['_HEALTHCHECKREQUEST']._serialized_end=101
   _globals['_HEALTHCHECKRESPONSE']._serialized_start=103
@@ -50,4 +54,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETLOADSRESPONSE']._serialized_end=498
   _globals['_SCHEDULERLOAD']._serialized_start=500
   _globals['_SCHEDULERLOAD']._serialized_end=605
+  _globals['_GETTOKENIZERREQUEST']._serialized_start=607
+  _globals['_GETTOKENIZERREQUEST']._serialized_end=628
+  _globals['_GETTOKENIZERCHUNK']._serialized_start=630
+  _globals['_GETTOKENIZERCHUNK']._serialized_end=679
+  _globals['_SUBSCRIBEKVEVENTSREQUEST']._serialized_start=681
+  _globals['_SUBSCRIBEKVEVENTSREQUEST']._serialized_end=738
+  _globals['_KVEVENTBATCH']._serialized_start=741
+  _globals['_KVEVENTBATCH']._serialized_end=924
+  _globals['_ENGINELOAD']._serialized_start=926
+  _globals['_ENGINELOAD']._serialized_end=957
+  _globals['_KVCACHEEVENT']._serialized_start=960
+  _globals['_KVCACHEEVENT']._serialized_end=1168
+  _globals['_KVBLOCKSSTORED']._serialized_start=1171
+  _globals['_KVBLOCKSSTORED']._serialized_end=1589
+  _globals['_KVBLOCKEXTRAKEY']._serialized_start=1592
+  _globals['_KVBLOCKEXTRAKEY']._serialized_end=1732
+  _globals['_KVMULTIMODALKEY']._serialized_start=1734
+  _globals['_KVMULTIMODALKEY']._serialized_end=1787
+  _globals['_KVBLOCK']._serialized_start=1790
+  _globals['_KVBLOCK']._serialized_end=1956
+  _globals['_KVBLOCKSREMOVED']._serialized_start=1959
+  _globals['_KVBLOCKSREMOVED']._serialized_end=2216
+  _globals['_KVCACHECLEARED']._serialized_start=2218
+  _globals['_KVCACHECLEARED']._serialized_end=2234
 # @@protoc_insertion_point(module_scope)
