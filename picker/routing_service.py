@@ -6,7 +6,8 @@ tokenizer when configured, loading its LoRA adapter when no engine serves it
 queue: picker.routing.flow), the router manager's choice of
 router, the decision, then the lease - on one worker with the fallbacks of the router that
 chose it (for a gRPC worker with the transcoder of its Generate call, picker.grpc_route), or
-on a prefill/decode pair whose protocol step ran (a prefill that fails frees both and another
+on a prefill/decode pair whose protocol step ran (over gRPC: its decode worker's Generate call
+carrying the pair's DisaggregatedParams; a prefill that fails frees both and another
 pair is tried, pd.max_attempts). The awaited steps run on the picker's loop,
 wherever the caller is: `attach` names that loop once the runtime runs.
 """
@@ -18,9 +19,10 @@ import json
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING
 
-from picker.errors import NoHealthyWorker, PrefillFailed, RequestError
+from picker.errors import PrefillFailed, RequestError
 from picker.fleet.lora_loading import AdapterLoader
 from picker.fleet.registry import Worker, WorkerRegistry
 from picker.fleet.worker_spec import ConnectionMode
@@ -28,6 +30,7 @@ from picker.grpc_route.transcoder import GrpcTranscoder, WorkerTokenizers
 from picker.observe.decisions import DecisionLog, ExplainSettings, explain_line
 from picker.observe.metrics import PickerMetrics
 from picker.pd.pairing import PairStep
+from picker.pd.protocols import Bootstrap
 from picker.prefix.producer import PrefixProducer
 from picker.routing.destination import Forward
 from picker.routing.flow import FlowControl, Ticket
@@ -219,9 +222,7 @@ class RoutingService:
         transcoder = None
         if worker.spec.connection_mode is ConnectionMode.GRPC:
             try:
-                spec = worker.spec
-                transcoder = GrpcTranscoder(self._tokenizers.for_worker(worker), request,
-                                            spec.tool_parser, spec.reasoning_parser)
+                transcoder = self._transcoder(worker, request)
             except RequestError:
                 self._cancel(ticket)
                 raise
@@ -250,15 +251,15 @@ class RoutingService:
                 self._cancel(ticket)
                 raise
             prefill = prefill_choice.worker
-            if prefill.spec.connection_mode is ConnectionMode.GRPC:
-                self._cancel(ticket)
-                raise NoHealthyWorker("prefill/decode over gRPC is not served yet (issue 25 "
-                                      "item 3): register the pair's workers over HTTP")
             if decode.decision is not None and prefill_choice.decision is not None:
                 decode.decision.paired_with(prefill_choice.decision)
             lease = self._lease(decode, ticket, prefill, request=request)
             try:
-                lease.forward_as(await self._pairs.forward(request, prefill, decode.worker))
+                if decode.worker.spec.connection_mode is ConnectionMode.GRPC:
+                    lease.transcode_as(await self._pairs.transcoded(
+                        prefill, decode.worker, partial(self._transcoder, decode.worker, request)))
+                else:
+                    lease.forward_as(await self._pairs.forward(request, prefill, decode.worker))
                 if self._tracer is not None:
                     self._tracer.trace(lease, request, started_ns, waited)
                 return lease
@@ -276,6 +277,14 @@ class RoutingService:
                 lease.release(Outcome.CANCELLED)
                 raise
         raise AssertionError("unreachable: pd.max_attempts >= 1")
+
+    def _transcoder(self, worker: Worker, request: RoutingRequest,
+                    bootstrap: Bootstrap | None = None) -> GrpcTranscoder:
+        """The Generate call for a gRPC worker (`bootstrap`: its pair's rendezvous, for a
+        decode worker); raises RequestError when the request cannot be sent to it."""
+        spec = worker.spec
+        return GrpcTranscoder(self._tokenizers.for_worker(worker), request, spec.tool_parser,
+                              spec.reasoning_parser, bootstrap)
 
     def _excluding(self, allowed: Collection[str] | None,
                    failed: set[str]) -> Collection[str] | None:

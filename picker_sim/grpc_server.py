@@ -21,7 +21,8 @@ sglang/servicer.py, the servicer SGLang 0.5.23's grpc_server.py delegates to):
 - PD: a prefill sim computes the prompt and one token, then holds the request's bootstrap room,
   and serves its bootstrap port over HTTP (picker_sim.pd's routes, as the HTTP sims do); a
   decode sim refuses a request without DisaggregatedParams (proto :114-118), waits for the
-  prefill named there to hold the room, and decodes without paying prefill.
+  prefill named there to hold the room, and decodes without paying prefill. Each logs the
+  DisaggregatedParams it got (`PD <role> <request id>: room R at host:port`).
 """
 
 from __future__ import annotations
@@ -127,6 +128,12 @@ class SglangSchedulerSim:
             engine.requests_total += 1
             engine.failed += 1
             await context.abort(grpc.StatusCode.INTERNAL, "simulated engine failure")
+        if self._pd is not None:
+            # One line per PD request, so a test can tell both engines of a pair met in
+            # one room.
+            params = request.disaggregated_params
+            print(f"PD {self._pd.role} {request.request_id!r}: room {params.bootstrap_room} "
+                  f"at {params.bootstrap_host}:{params.bootstrap_port}", flush=True)
         prefilled = await self._fetch_prefill(request, context)
         if self._pd is not None and self._pd.role == "prefill":
             n_out = 1  # a prefill engine computes the prompt's KV and one token

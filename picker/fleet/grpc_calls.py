@@ -3,9 +3,10 @@
 A worker with `connection_mode: grpc` speaks its engine's gRPC service instead of HTTP: SGLang's
 `sglang.grpc.scheduler.SglangScheduler` or vLLM's `vllm.grpc.engine.VllmEngine`, as
 smg-grpc-proto 0.4.28 declares them (sglang_scheduler.proto:11-63, vllm_engine.proto:10-48).
-Health checks, load polling and discovery call it through here: one channel per worker (gRPC
-reconnects it with its own backoff), a deadline on every call, and gRPC's errors translated at
-this boundary into EngineCallFailed, an OSError like the HTTP paths' connection errors.
+Health checks, load polling, discovery and the prefill leg of a gRPC prefill/decode pair
+(picker.pd.prefill) call it through here: one channel per worker (gRPC reconnects it with its
+own backoff), a deadline on every call, and gRPC's errors translated at this boundary into
+EngineCallFailed, an OSError like the HTTP paths' connection errors.
 
 grpc is imported on the first call, not with this module: the core loads no gRPC module until a
 worker speaks it (tests/unit/test_core_imports.py).
@@ -15,10 +16,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from picker.fleet._pb import engine_signals_pb2 as pb
 from picker.fleet.worker_spec import RuntimeType, WorkerSpec
+
+if TYPE_CHECKING:  # at run time imported by `generate`: picker.grpc_route imports picker.pd
+    from picker.grpc_route._pb import generate_pb2
 
 __all__ = ["SERVICES", "EngineCallFailed", "EngineCalls", "speaks_grpc"]
 
@@ -35,11 +39,15 @@ _Answer = TypeVar("_Answer")
 
 class EngineCallFailed(ConnectionError):
     """A call to a worker's gRPC service failed: its status and details, or no such service.
-    `status`: the gRPC status code's name (e.g. "OUT_OF_RANGE"); None when no call was made."""
+    `status`: the gRPC status code's name (e.g. "OUT_OF_RANGE"), `code` its number; None when
+    no call was made. `details`: the engine's message alone (the message names the url)."""
 
-    def __init__(self, message: str, status: str | None = None) -> None:
+    def __init__(self, message: str, status: str | None = None, code: int | None = None,
+                 details: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.code = code
+        self.details = details
 
 
 def speaks_grpc(spec: WorkerSpec) -> bool:
@@ -89,6 +97,15 @@ class EngineCalls:
         stops reading."""
         request = pb.SubscribeKvEventsRequest(start_sequence_number=start)
         return self._stream(spec, "SubscribeKvEvents", request, pb.KvEventBatch)
+
+    def generate(self, spec: WorkerSpec, request: generate_pb2.GenerateRequest,
+                 ) -> AsyncIterator[generate_pb2.GenerateResponse]:
+        """A Generate stream (sglang_scheduler.proto:13-14, SGLang's service only); the caller
+        bounds its time."""
+        from picker.grpc_route._pb import generate_pb2
+
+        self._sglang_only(spec, "Generate")
+        return self._stream(spec, "Generate", request, generate_pb2.GenerateResponse)
 
     def forget(self, spec: WorkerSpec) -> None:
         """Close the worker's channel (it was removed); safe when it has none."""
@@ -162,4 +179,5 @@ def _path(spec: WorkerSpec, method: str) -> str:
 
 def _failed(spec: WorkerSpec, method: str, exc: Any) -> EngineCallFailed:
     return EngineCallFailed(f"{method} on {spec.url}: {exc.code().name} "
-                            f"{exc.details() or ''}"[:300], exc.code().name)
+                            f"{exc.details() or ''}"[:300], exc.code().name, exc.code().value[0],
+                            (exc.details() or "")[:300])

@@ -2,7 +2,8 @@
 
 The prompt's token ids come from the worker's tokenizer directory (picker.tokens, as vLLM
 renders and encodes them); the sampling options map onto SamplingParams field for field. What
-the router does not translate yet is refused with a 400 naming the field, never dropped.
+the router does not translate yet is refused with a 400 naming the field, never dropped. A
+prefill/decode pair's call carries the pair's DisaggregatedParams (picker.pd.protocols).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from picker.errors import InvalidRequest
 from picker.grpc_route._pb import generate_pb2 as pb
+from picker.pd.protocols import Bootstrap
 from picker.routing.request import Api
 
 if TYPE_CHECKING:  # picker.tokens needs the hf extra: imported where a tokenizer loads
@@ -30,8 +32,10 @@ _NOT_YET = ("logprobs", "top_logprobs", "echo", "suffix", "best_of", "logit_bias
 
 
 def generate_request(body: Mapping[str, Any], api: Api, tokenizer: EngineTokenizer,
-                     request_id: str, stream: bool) -> pb.GenerateRequest:
-    """The Generate call for `body`; InvalidRequest names a field the router cannot send."""
+                     request_id: str, stream: bool,
+                     bootstrap: Bootstrap | None = None) -> pb.GenerateRequest:
+    """The Generate call for `body`; InvalidRequest names a field the router cannot send.
+    `bootstrap`: a prefill/decode pair's rendezvous, None for a regular worker."""
     if api not in (Api.CHAT, Api.COMPLETIONS):
         raise InvalidRequest(f"{api.value} is not served by gRPC workers yet")
     for name in _NOT_YET:
@@ -58,8 +62,13 @@ def generate_request(body: Mapping[str, Any], api: Api, tokenizer: EngineTokeniz
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise InvalidRequest("max_tokens must be a positive integer", param="max_tokens")
         params.max_new_tokens = limit
-    return pb.GenerateRequest(request_id=request_id, tokenized=pb.TokenizedInput(input_ids=ids),
+    call = pb.GenerateRequest(request_id=request_id, tokenized=pb.TokenizedInput(input_ids=ids),
                               sampling_params=params, stream=stream)
+    if bootstrap is not None:
+        call.disaggregated_params.CopyFrom(pb.DisaggregatedParams(
+            bootstrap_host=bootstrap.host, bootstrap_port=bootstrap.port,
+            bootstrap_room=bootstrap.room))
+    return call
 
 
 def include_usage(body: Mapping[str, Any]) -> bool:

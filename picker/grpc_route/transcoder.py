@@ -5,6 +5,8 @@ The routing service makes one when it opens a lease on a worker with `connection
 `headers` and `body` replace the client's request (SGLang's Generate call, gRPC-framed, for an
 HTTP/2 upstream), and `answer` turns the engine's response body and status into the OpenAI
 answer, through the worker's tool-call and reasoning parsers (picker.grpc_route.parsing).
+For a prefill/decode pair the proxy takes the call to decode while the picker sends the same
+`call` to prefill (picker.pd.pairing).
 Tokenizers are loaded once per worker tokenizer directory (`WorkerTokenizers`).
 """
 
@@ -20,6 +22,7 @@ from picker.grpc_route.answer import OpenAIAnswer
 from picker.grpc_route.framing import frame
 from picker.grpc_route.parsing import answer_parser, may_call_tools
 from picker.grpc_route.request import generate_request, include_usage
+from picker.pd.protocols import Bootstrap
 from picker.routing.destination import Headers
 from picker.routing.request import RoutingRequest
 
@@ -70,16 +73,17 @@ class WorkerTokenizers:
 
 
 class GrpcTranscoder:
-    __slots__ = ("body", "headers", "answer", "request_id")
+    __slots__ = ("call", "body", "headers", "answer", "request_id")
 
     def __init__(self, tokenizer: EngineTokenizer, request: RoutingRequest,
-                 tool_parser: str | None = None, reasoning_parser: str | None = None) -> None:
+                 tool_parser: str | None = None, reasoning_parser: str | None = None,
+                 bootstrap: Bootstrap | None = None) -> None:
         """Raises InvalidRequest naming what the Generate call cannot carry. The parser names
-        are the chosen worker's (its spec checked them)."""
+        are the chosen worker's (its spec checked them); `bootstrap`, a pair's rendezvous."""
         assert request.body is not None, "parse_request keeps the body"
         self.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        call = generate_request(request.body, request.api, tokenizer, self.request_id,
-                                request.stream)
+        call = self.call = generate_request(request.body, request.api, tokenizer,
+                                            self.request_id, request.stream, bootstrap)
         self.body = frame(call.SerializeToString())
         self.headers: Headers = ((":path", GENERATE_PATH), ("content-type", "application/grpc"),
                                  ("te", "trailers"))

@@ -3,8 +3,10 @@
 Each decode worker's protocol says how the pair learns about each other (picker.pd.protocols):
 a sidecar in front of the decode engine is told the prefiller's address; SGLang's pair shares a
 bootstrap room while the picker sends the prefill leg itself; vLLM's NIXL pair gets the KV
-transfer parameters the prefill leg answered with. A prefill that fails raises PrefillFailed
-(and counts against its worker), so the router can try another pair.
+transfer parameters the prefill leg answered with. A gRPC pair (SMG's gRPC PD router) is
+SGLang's bootstrap in the Generate call: the proxy sends the call to decode, the picker the
+same call to prefill (`transcoded`). A prefill that fails raises PrefillFailed (and counts
+against its worker), so the router can try another pair.
 """
 
 from __future__ import annotations
@@ -12,14 +14,19 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from picker.errors import NoHealthyWorker
 from picker.fleet.registry import Worker, WorkerRegistry
 from picker.observe.metrics import PickerMetrics
 from picker.pd.prefill import PrefillClient
 from picker.pd.protocols import (
     PREFILLER_HEADER,
     REQUEST_ID_HEADER,
+    Bootstrap,
     PdProtocol,
+    grpc_bootstrap,
     nixl_prefill_body,
     protocol_of,
     with_bootstrap,
@@ -27,6 +34,9 @@ from picker.pd.protocols import (
 )
 from picker.routing.destination import Forward
 from picker.routing.request import RoutingRequest
+
+if TYPE_CHECKING:  # picker.grpc_route imports picker.pd
+    from picker.grpc_route.transcoder import GrpcTranscoder
 
 __all__ = ["PairStep"]
 
@@ -66,6 +76,19 @@ class PairStep:
                 return Forward(headers=headers)
             body = with_kv_transfer_params(data, params)
         return Forward(body=json.dumps(body, ensure_ascii=False).encode(), headers=headers)
+
+    async def transcoded(self, prefill: Worker, decode: Worker,
+                         transcoder: Callable[[Bootstrap], GrpcTranscoder]) -> GrpcTranscoder:
+        """A gRPC pair: the decode worker's Generate call (made by `transcoder` with the pair's
+        DisaggregatedParams), once the same call is under way to the prefill worker."""
+        if protocol_of(decode.spec) is not PdProtocol.SGLANG:
+            raise NoHealthyWorker(
+                f"prefill/decode over gRPC is SGLang's bootstrap (SMG sends vLLM's gRPC pairs "
+                f"kv_transfer_params, not served here): decode worker {decode.id!r} is "
+                f"runtime_type {decode.spec.runtime_type.value}, not sglang")
+        call = transcoder(grpc_bootstrap(prefill.spec, self._rng))
+        await self._prefill.dispatch_generate(prefill, call.call)
+        return call
 
     def _prefill_failed(self, worker: Worker) -> None:
         self._workers.record_outcome(worker, False)

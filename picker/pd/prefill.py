@@ -1,11 +1,14 @@
 """The picker's own requests to prefill workers (SGLang bootstrap and vLLM NIXL two-step).
 
 The client's request goes through the proxy to the decode worker; the prefill request is the
-picker's, sent on its event loop with one shared HTTP client. A prefill that cannot start
-(connection refused, an error status before the two-step's answer) is a PrefillFailed, so the
-runtime can choose another pair; an SGLang prefill that fails after it was dispatched is only
-counted: its decode worker fails the request when the room never fills. A two-step answer
-without `kv_transfer_params` is a healthy engine's (below), not a failure.
+picker's, sent on its event loop with one shared HTTP client, or for a gRPC worker as the same
+Generate call the decode worker gets, over one channel per worker (picker.fleet.grpc_calls). A
+prefill that cannot start (connection refused, an error status before the two-step's answer)
+is a PrefillFailed, so the runtime can choose another pair; an SGLang prefill that fails after
+it was dispatched is only counted: its decode worker fails the request when the room never
+fills. A two-step answer without `kv_transfer_params` is a healthy engine's (below), not a
+failure. An error the engine puts on the request (HTTP 4xx, or the gRPC statuses that map to
+one) is the client's: PrefillRejected, no strike on the worker.
 """
 
 from __future__ import annotations
@@ -13,14 +16,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from picker.errors import PrefillFailed, PrefillRejected
+from picker.fleet.grpc_calls import EngineCallFailed, EngineCalls
 from picker.fleet.registry import Worker
+from picker.grpc_route.answer import http_status
 from picker.pd.protocols import REQUEST_ID_HEADER
+
+if TYPE_CHECKING:
+    from picker.grpc_route._pb import generate_pb2
 
 __all__ = ["PrefillClient"]
 
@@ -38,7 +46,8 @@ class PrefillClient:
         self._timeout = timeout_secs
         self._on_failure = on_failure
         self._client: httpx.AsyncClient | None = None
-        self._background: set[asyncio.Task[httpx.Response]] = set()
+        self._engines = EngineCalls()  # gRPC prefill workers' channels, opened on first use
+        self._background: set[asyncio.Task[object]] = set()
 
     async def close(self) -> None:
         for task in self._background:
@@ -46,12 +55,28 @@ class PrefillClient:
         await asyncio.gather(*self._background, return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
+        await self._engines.close()
 
     async def dispatch(self, worker: Worker, path: str, body: Mapping[str, Any],
                        request_id: str) -> None:
         """Send the SGLang prefill and return once it is under way (its answer is not
         awaited); raises PrefillFailed if it fails at once."""
-        task = asyncio.create_task(self._post(worker, path, body, request_id))
+        await self._under_way(self._post(worker, path, body, request_id))
+
+    async def dispatch_generate(self, worker: Worker,
+                                call: generate_pb2.GenerateRequest) -> None:
+        """`dispatch` over gRPC: the pair's Generate call to the prefill worker, its stream
+        read to the end in the background. SMG starts both legs at once and fails the request
+        when the prefill's stream cannot start (model_gateway/src/routers/grpc/common/stages/
+        request_execution.rs:499-523). It reads the prefill's stream for prompt logprobs
+        (regular/streaming.rs:728-742; common/response_collection.rs:39-55), which this
+        router does not ask for, so the answer waits on decode's stream alone."""
+        await self._under_way(self._generate(worker, call))
+
+    async def _under_way(self, work: Coroutine[Any, Any, object]) -> None:
+        """Run `work` until it is under way: what it raises at once (PrefillFailed,
+        PrefillRejected) is raised here; later failures are only logged."""
+        task: asyncio.Task[object] = asyncio.create_task(work)
         done, _ = await asyncio.wait({task}, timeout=_DISPATCH_WINDOW_SECS)
         if done:
             task.result()  # raises PrefillFailed
@@ -114,7 +139,25 @@ class PrefillClient:
         self._on_failure(worker)
         raise PrefillFailed(f"prefill on worker {worker.id} failed: {failure}")
 
-    def _settled(self, task: asyncio.Task[httpx.Response]) -> None:
+    async def _generate(self, worker: Worker, call: generate_pb2.GenerateRequest) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                async for _ in self._engines.generate(worker.spec, call):
+                    pass
+        except EngineCallFailed as exc:
+            status = 502 if exc.code is None else http_status(exc.code)
+            if 400 <= status < 500 and status not in _ENGINE_TROUBLE:
+                raise PrefillRejected("the prefill engine refused the request: "
+                                      f"{exc.details or exc.status}", status) from exc
+            failure = exc.status or "no gRPC service"  # not str(exc): it names the url
+        except TimeoutError:
+            failure = f"no answer within {self._timeout}s"
+        else:
+            return
+        self._on_failure(worker)
+        raise PrefillFailed(f"prefill on worker {worker.id} failed: {failure}")
+
+    def _settled(self, task: asyncio.Task[object]) -> None:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("%s", task.exception())

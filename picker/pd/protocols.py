@@ -5,6 +5,8 @@
   `bootstrap_room` (a random 63-bit id; one per prompt for batched inputs); the decode worker
   pulls the KV cache of that room from the prefill worker. With data-parallel ranks the room
   names the prefill rank too (`room % dp_size`), and the rank fields say it outright.
+  Over gRPC (SMG's gRPC PD router) the same three travel in the Generate call's
+  DisaggregatedParams, identical on both legs (`grpc_bootstrap`).
 - vLLM NIXL two-step (vLLM's disaggregated-serving proxy): the prefill worker gets the body
   capped at one output token, `stream: false` and `kv_transfer_params: {do_remote_decode:
   true}`; its reply's `kv_transfer_params` go into the decode worker's body. A reply without
@@ -28,8 +30,9 @@ from picker.routing import control_headers
 from picker.routing.request import Api
 
 __all__ = [
-    "PREFILLER_HEADER", "REQUEST_ID_HEADER", "PdProtocol", "SglangPair",
-    "nixl_prefill_body", "protocol_of", "with_bootstrap", "with_kv_transfer_params",
+    "PREFILLER_HEADER", "REQUEST_ID_HEADER", "Bootstrap", "PdProtocol", "SglangPair",
+    "grpc_bootstrap", "nixl_prefill_body", "protocol_of", "with_bootstrap",
+    "with_kv_transfer_params",
 ]
 
 # llm-d's routing sidecar reads the prefill worker's address from this request header.
@@ -53,6 +56,14 @@ _PREFILL_TOKEN_LIMITS: Mapping[Api, tuple[str, ...]] = {
 # Capped only when the client sent it (vLLM's toy proxy: `if "max_completion_tokens" in
 # req_data`): completions does not declare it.
 _PREFILL_LIMITS_IF_SENT = ("max_completion_tokens",)
+
+# The bootstrap port SGLang's prefill engines listen on unless told another
+# (--disaggregation-bootstrap-port), which SMG assumes for a worker that names none
+# (model_gateway/src/worker/worker.rs:71, DEFAULT_BOOTSTRAP_PORT).
+DEFAULT_BOOTSTRAP_PORT = 8998
+# DisaggregatedParams.bootstrap_room is an int32 (sglang_scheduler.proto:117); SMG draws it from
+# 0..i32::MAX (model_gateway/src/routers/grpc/common/stages/helpers.rs:442).
+_GRPC_ROOMS = 2**31 - 1
 
 # kv_connector values (case-insensitive) that mean the llm-d routing sidecar does the prefill.
 _SIDECAR_CONNECTORS = frozenset({"llm-d", "llm-d-sidecar", "sidecar"})
@@ -116,6 +127,27 @@ def with_bootstrap(data: Mapping[str, Any], prefill: WorkerSpec, decode: WorkerS
     decode_ranks = {} if decode.dp_rank is None else {"routed_dp_rank": decode.dp_rank}
     return SglangPair({**body, "routed_dp_rank": rank},
                       {**body, "disagg_prefill_dp_rank": rank, **decode_ranks})
+
+
+@dataclass(frozen=True, slots=True)
+class Bootstrap:
+    """A gRPC pair's DisaggregatedParams: the prefill engine's bootstrap server and the room
+    the decode engine fetches the prompt's KV from."""
+
+    host: str
+    port: int
+    room: int
+
+
+def grpc_bootstrap(prefill: WorkerSpec, rng: random.Random) -> Bootstrap:
+    """One room per request, sent to both engines of the pair, as SMG does
+    (model_gateway/src/routers/grpc/common/stages/helpers.rs:435-462: one DisaggregatedParams
+    from the prefill worker's bootstrap host and port; request_execution.rs:480-502 sends that
+    same call to prefill and decode at once)."""
+    host = prefill.bootstrap_host
+    assert host is not None, "WorkerSpec derives bootstrap_host from its url"
+    return Bootstrap(host, prefill.bootstrap_port or DEFAULT_BOOTSTRAP_PORT,
+                     rng.randrange(_GRPC_ROOMS))
 
 
 def nixl_prefill_body(data: Mapping[str, Any], api: Api) -> dict[str, Any]:

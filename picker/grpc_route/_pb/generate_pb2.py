@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0egenerate.proto\x12\x13llm_picker.generate\"\xdc\x02\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05min_p\x18\x04 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x05 \x01(\x02\x12\x18\n\x10presence_penalty\x18\x06 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x07 \x01(\x02\x12\x1b\n\x0emax_new_tokens\x18\x08 \x01(\rH\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\t \x03(\t\x12\x16\n\x0estop_token_ids\x18\n \x03(\r\x12\x1b\n\x13skip_special_tokens\x18\x0b \x01(\x08\x12%\n\x1dspaces_between_special_tokens\x18\x0c \x01(\x08\x12\t\n\x01n\x18\x11 \x01(\r\x12\x12\n\nignore_eos\x18\x13 \x01(\x08\x42\x11\n\x0f_max_new_tokens\"\xab\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x36\n\ttokenized\x18\x02 \x01(\x0b\x32#.llm_picker.generate.TokenizedInput\x12<\n\x0fsampling_params\x18\x04 \x01(\x0b\x32#.llm_picker.generate.SamplingParams\x12\x0e\n\x06stream\x18\x11 \x01(\x08\":\n\x0eTokenizedInput\x12\x15\n\roriginal_text\x18\x01 \x01(\t\x12\x11\n\tinput_ids\x18\x02 \x03(\r\"\xa8\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x39\n\x05\x63hunk\x18\x02 \x01(\x0b\x32(.llm_picker.generate.GenerateStreamChunkH\x00\x12\x39\n\x08\x63omplete\x18\x03 \x01(\x0b\x32%.llm_picker.generate.GenerateCompleteH\x00\x42\n\n\x08response\"q\n\x13GenerateStreamChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x15\n\rcached_tokens\x18\x04 \x01(\r\"\xce\x01\n\x10GenerateComplete\x12\x12\n\noutput_ids\x18\x01 \x03(\r\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\r\x12\x15\n\rcached_tokens\x18\x05 \x01(\r\x12\x1a\n\x10matched_token_id\x18\x08 \x01(\rH\x00\x12\x1a\n\x10matched_stop_str\x18\t \x01(\tH\x00\x42\x0e\n\x0cmatched_stop\"2\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0egenerate.proto\x12\x13llm_picker.generate\"\xdc\x02\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05min_p\x18\x04 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x05 \x01(\x02\x12\x18\n\x10presence_penalty\x18\x06 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x07 \x01(\x02\x12\x1b\n\x0emax_new_tokens\x18\x08 \x01(\rH\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\t \x03(\t\x12\x16\n\x0estop_token_ids\x18\n \x03(\r\x12\x1b\n\x13skip_special_tokens\x18\x0b \x01(\x08\x12%\n\x1dspaces_between_special_tokens\x18\x0c \x01(\x08\x12\t\n\x01n\x18\x11 \x01(\r\x12\x12\n\nignore_eos\x18\x13 \x01(\x08\x42\x11\n\x0f_max_new_tokens\"]\n\x13\x44isaggregatedParams\x12\x16\n\x0e\x62ootstrap_host\x18\x01 \x01(\t\x12\x16\n\x0e\x62ootstrap_port\x18\x02 \x01(\x05\x12\x16\n\x0e\x62ootstrap_room\x18\x03 \x01(\x05\"\xf3\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x36\n\ttokenized\x18\x02 \x01(\x0b\x32#.llm_picker.generate.TokenizedInput\x12<\n\x0fsampling_params\x18\x04 \x01(\x0b\x32#.llm_picker.generate.SamplingParams\x12\x46\n\x14\x64isaggregated_params\x18\n \x01(\x0b\x32(.llm_picker.generate.DisaggregatedParams\x12\x0e\n\x06stream\x18\x11 \x01(\x08\":\n\x0eTokenizedInput\x12\x15\n\roriginal_text\x18\x01 \x01(\t\x12\x11\n\tinput_ids\x18\x02 \x03(\r\"\xa8\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x39\n\x05\x63hunk\x18\x02 \x01(\x0b\x32(.llm_picker.generate.GenerateStreamChunkH\x00\x12\x39\n\x08\x63omplete\x18\x03 \x01(\x0b\x32%.llm_picker.generate.GenerateCompleteH\x00\x42\n\n\x08response\"q\n\x13GenerateStreamChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x15\n\rcached_tokens\x18\x04 \x01(\r\"\xce\x01\n\x10GenerateComplete\x12\x12\n\noutput_ids\x18\x01 \x03(\r\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\r\x12\x15\n\rcached_tokens\x18\x05 \x01(\r\x12\x1a\n\x10matched_token_id\x18\x08 \x01(\rH\x00\x12\x1a\n\x10matched_stop_str\x18\t \x01(\tH\x00\x42\x0e\n\x0cmatched_stop\"2\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,16 +33,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLINGPARAMS']._serialized_start=40
   _globals['_SAMPLINGPARAMS']._serialized_end=388
-  _globals['_GENERATEREQUEST']._serialized_start=391
-  _globals['_GENERATEREQUEST']._serialized_end=562
-  _globals['_TOKENIZEDINPUT']._serialized_start=564
-  _globals['_TOKENIZEDINPUT']._serialized_end=622
-  _globals['_GENERATERESPONSE']._serialized_start=625
-  _globals['_GENERATERESPONSE']._serialized_end=793
-  _globals['_GENERATESTREAMCHUNK']._serialized_start=795
-  _globals['_GENERATESTREAMCHUNK']._serialized_end=908
-  _globals['_GENERATECOMPLETE']._serialized_start=911
-  _globals['_GENERATECOMPLETE']._serialized_end=1117
-  _globals['_ABORTREQUEST']._serialized_start=1119
-  _globals['_ABORTREQUEST']._serialized_end=1169
+  _globals['_DISAGGREGATEDPARAMS']._serialized_start=390
+  _globals['_DISAGGREGATEDPARAMS']._serialized_end=483
+  _globals['_GENERATEREQUEST']._serialized_start=486
+  _globals['_GENERATEREQUEST']._serialized_end=729
+  _globals['_TOKENIZEDINPUT']._serialized_start=731
+  _globals['_TOKENIZEDINPUT']._serialized_end=789
+  _globals['_GENERATERESPONSE']._serialized_start=792
+  _globals['_GENERATERESPONSE']._serialized_end=960
+  _globals['_GENERATESTREAMCHUNK']._serialized_start=962
+  _globals['_GENERATESTREAMCHUNK']._serialized_end=1075
+  _globals['_GENERATECOMPLETE']._serialized_start=1078
+  _globals['_GENERATECOMPLETE']._serialized_end=1284
+  _globals['_ABORTREQUEST']._serialized_start=1286
+  _globals['_ABORTREQUEST']._serialized_end=1336
 # @@protoc_insertion_point(module_scope)
