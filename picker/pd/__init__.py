@@ -4,8 +4,10 @@ from picker.pd.prefill import PrefillClient
 from picker.pd.protocols import (
     PREFILLER_HEADER,
     REQUEST_ID_HEADER,
+    Bootstrap,
     PdProtocol,
     SglangPair,
+    grpc_bootstrap,
     nixl_prefill_body,
     protocol_of,
     with_bootstrap,
@@ -13,7 +15,7 @@ from picker.pd.protocols import (
 )
 
 __all__ = [
-    "PREFILLER_HEADER", "REQUEST_ID_HEADER", "PdProtocol", "PrefillClient",
-    "SglangPair",
+    "PREFILLER_HEADER", "REQUEST_ID_HEADER", "Bootstrap", "PdProtocol", "PrefillClient",
+    "SglangPair", "grpc_bootstrap",
     "nixl_prefill_body", "protocol_of", "with_bootstrap", "with_kv_transfer_params",
 ]

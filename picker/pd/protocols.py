@@ -61,8 +61,10 @@ _PREFILL_LIMITS_IF_SENT = ("max_completion_tokens",)
 # (--disaggregation-bootstrap-port), which SMG assumes for a worker that names none
 # (model_gateway/src/worker/worker.rs:71, DEFAULT_BOOTSTRAP_PORT).
 DEFAULT_BOOTSTRAP_PORT = 8998
-# DisaggregatedParams.bootstrap_room is an int32 (sglang_scheduler.proto:117); SMG draws it from
-# 0..i32::MAX (model_gateway/src/routers/grpc/common/stages/helpers.rs:442).
+# Rooms are 63-bit in SGLang's HTTP bodies; DisaggregatedParams.bootstrap_room is an int32
+# (sglang_scheduler.proto:117), and SMG draws it from 0..i32::MAX
+# (model_gateway/src/routers/grpc/common/stages/helpers.rs:442).
+_HTTP_ROOMS = 2**63
 _GRPC_ROOMS = 2**31 - 1
 
 # kv_connector values (case-insensitive) that mean the llm-d routing sidecar does the prefill.
@@ -108,16 +110,9 @@ def with_bootstrap(data: Mapping[str, Any], prefill: WorkerSpec, decode: WorkerS
     declares them in srt/entrypoints/openai/protocol.py:348-359.
     """
     size = _batch_size(data)
-    rank, ranks = prefill.dp_rank, prefill.dp_size or 1
-
-    def room() -> int:
-        drawn = rng.getrandbits(63)
-        if rank is None or ranks == 1:
-            return drawn
-        aligned = drawn - drawn % ranks + rank
-        return aligned if aligned < 2**63 else aligned - ranks
-
-    rooms: int | list[int] = room() if size is None else [room() for _ in range(size)]
+    rank = prefill.dp_rank
+    rooms: int | list[int] = _room(prefill, rng, _HTTP_ROOMS) if size is None else [
+        _room(prefill, rng, _HTTP_ROOMS) for _ in range(size)]
     host, port = prefill.bootstrap_host, prefill.bootstrap_port
     hosts: str | None | list[str | None] = host if size is None else [host] * size
     ports: int | None | list[int | None] = port if size is None else [port] * size
@@ -143,11 +138,25 @@ def grpc_bootstrap(prefill: WorkerSpec, rng: random.Random) -> Bootstrap:
     """One room per request, sent to both engines of the pair, as SMG does
     (model_gateway/src/routers/grpc/common/stages/helpers.rs:435-462: one DisaggregatedParams
     from the prefill worker's bootstrap host and port; request_execution.rs:480-502 sends that
-    same call to prefill and decode at once)."""
+    same call to prefill and decode at once). A data-parallel prefill rank is named by the
+    room, as over HTTP (SMG pins it with data_parallel_rank instead, which this router's
+    Generate call does not carry)."""
     host = prefill.bootstrap_host
     assert host is not None, "WorkerSpec derives bootstrap_host from its url"
     return Bootstrap(host, prefill.bootstrap_port or DEFAULT_BOOTSTRAP_PORT,
-                     rng.randrange(_GRPC_ROOMS))
+                     _room(prefill, rng, _GRPC_ROOMS))
+
+
+def _room(prefill: WorkerSpec, rng: random.Random, rooms: int) -> int:
+    """A random room below `rooms` that names the prefill worker's data-parallel rank, if it
+    has one: SGLang sends a request to rank `room % dp_size` unless told a rank (see
+    `with_bootstrap`)."""
+    drawn = rng.randrange(rooms)
+    rank, ranks = prefill.dp_rank, prefill.dp_size or 1
+    if rank is None or ranks == 1:
+        return drawn
+    aligned = drawn - drawn % ranks + rank
+    return aligned if aligned < rooms else aligned - ranks
 
 
 def nixl_prefill_body(data: Mapping[str, Any], api: Api) -> dict[str, Any]:

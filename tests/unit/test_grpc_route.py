@@ -24,6 +24,7 @@ from picker.grpc_route.framing import FrameReader, frame
 from picker.grpc_route.request import generate_request
 from picker.grpc_route.stops import StopStrings
 from picker.observe.metrics import PickerMetrics
+from picker.pd.protocols import Bootstrap
 from picker.routing.outcome import Outcome
 from picker.routing.request import Api, RoutingRequest
 from picker.routing.router import Router
@@ -43,7 +44,11 @@ MESSAGES: list[tuple[Any, Any, dict[str, Any]]] = [
                             "frequency_penalty": 0.2, "presence_penalty": 0.3,
                             "repetition_penalty": 1.1, "max_new_tokens": 0, "stop": ["x", "y"],
                             "stop_token_ids": [7], "skip_special_tokens": True,
-                            "spaces_between_special_tokens": True, "n": 1, "ignore_eos": True}}),
+                            "spaces_between_special_tokens": True, "n": 1, "ignore_eos": True},
+        "disaggregated_params": {"bootstrap_host": "10.0.0.1", "bootstrap_port": 8998,
+                                 "bootstrap_room": 2**31 - 2}}),
+    (pb.DisaggregatedParams, upstream.DisaggregatedParams, {
+        "bootstrap_host": "h", "bootstrap_port": 1, "bootstrap_room": 0}),
     (pb.GenerateResponse, upstream.GenerateResponse, {
         "request_id": "r1", "chunk": {"token_ids": [5, 6], "prompt_tokens": 3,
                                       "completion_tokens": 2, "cached_tokens": 1}}),
@@ -86,6 +91,16 @@ def test_the_generate_call_carries_the_engines_token_ids_and_sampling(
             params.top_p, params.repetition_penalty) == (9, ["END"], 0.0, -1, 1.0, 1.0)
     unbounded = generate_request({**body, "max_tokens": None}, Api.CHAT, tokenizer, "r", False)
     assert not unbounded.sampling_params.HasField("max_new_tokens")
+    assert not call.HasField("disaggregated_params")  # a regular worker's call
+
+
+def test_a_pairs_call_carries_its_disaggregated_params(tokenizer_dir: Path) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
+    call = generate_request(body, Api.CHAT, load_tokenizer(str(tokenizer_dir)), "rid", True,
+                            Bootstrap("10.0.0.1", 8998, 12345))
+    theirs = upstream.GenerateRequest.FromString(call.SerializeToString())
+    assert (theirs.disaggregated_params.bootstrap_host, theirs.disaggregated_params.bootstrap_port,
+            theirs.disaggregated_params.bootstrap_room) == ("10.0.0.1", 8998, 12345)
 
 
 @pytest.mark.parametrize(("field", "value"), [

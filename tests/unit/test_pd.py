@@ -13,7 +13,9 @@ from picker.fleet.worker_spec import WorkerSpec
 from picker.grpc_route.transcoder import TokenizerUnavailable
 from picker.pd import (
     PREFILLER_HEADER,
+    Bootstrap,
     PdProtocol,
+    grpc_bootstrap,
     nixl_prefill_body,
     protocol_of,
     with_bootstrap,
@@ -40,6 +42,22 @@ def test_bootstrap_rooms_one_per_prompt(prompt: Any, rooms: int | None) -> None:
         assert len(set(body["bootstrap_room"])) == rooms
         assert body["bootstrap_host"] == ["10.0.0.1"] * rooms
         assert body["bootstrap_port"] == [8998] * rooms
+
+
+@pytest.mark.parametrize(("fields", "port"), [({"bootstrap_port": 9000}, 9000), ({}, 8998)])
+def test_a_grpc_pair_gets_an_int32_room_and_the_prefill_bootstrap_server(
+        fields: dict[str, Any], port: int) -> None:
+    """DisaggregatedParams.bootstrap_room is an int32 (sglang_scheduler.proto:117), drawn as SMG
+    draws it (helpers.rs:442); a prefill worker naming no port gets SGLang's default, 8998
+    (SMG worker.rs:71)."""
+    prefill = WorkerSpec.model_validate({"url": "grpc://10.0.0.1:30000", **fields})
+    drawn = [grpc_bootstrap(prefill, random.Random(seed)) for seed in range(200)]
+    assert all(b.host == "10.0.0.1" and b.port == port and 0 <= b.room < 2**31 - 1
+               for b in drawn)
+    assert len({b.room for b in drawn}) == 200
+    ranked = WorkerSpec.model_validate({"url": "grpc://10.0.0.1:30000@2", "dp_size": 3})
+    assert {grpc_bootstrap(ranked, random.Random(s)).room % 3 for s in range(50)} == {2}
+    assert isinstance(drawn[0], Bootstrap)
 
 
 @pytest.mark.parametrize("rank", [0, 1, 6])
