@@ -11,7 +11,7 @@ import grpc
 import pytest
 from smg_grpc_proto.generated import sglang_scheduler_pb2 as upstream
 
-from picker.errors import PrefillFailed, PrefillRejected
+from picker.errors import PrefillFailed, PrefillRejected, RequestError
 from picker.fleet.registry import Worker, WorkerRegistry
 from picker.fleet.worker_spec import WorkerSpec
 from picker.grpc_route._pb import generate_pb2 as pb
@@ -79,14 +79,14 @@ async def test_the_engine_gets_the_call_and_its_failure_counts_against_it() -> N
     (grpc.StatusCode.RESOURCE_EXHAUSTED, PrefillFailed, 503),  # overload: the engine's
     (grpc.StatusCode.INTERNAL, PrefillFailed, 503)])
 async def test_a_refusal_is_the_clients_and_a_fault_the_engines(
-        status: grpc.StatusCode, error: type[Exception], http: int) -> None:
+        status: grpc.StatusCode, error: type[RequestError], http: int) -> None:
     blamed: list[str] = []
     server, port = await serve(status, [])
     client = PrefillClient(5.0, lambda w: blamed.append(w.id))
     try:
         with pytest.raises(error) as caught:
             await client.dispatch_generate(worker(port), call())
-        assert getattr(caught.value, "status") == http
+        assert caught.value.status == http
         assert bool(blamed) is (error is PrefillFailed)
         if error is PrefillRejected:
             assert "prompt longer than the context" in str(caught.value)
