@@ -138,8 +138,8 @@ def test_smg_gives_the_same_answer_for_the_same_output(
     spec = parser_sim("qwen-model", tokenizer_dirs["qwen-model"])
     [sim] = start_sims([spec], tmp_path)
     try:
-        with smg_gateway(f"grpc://127.0.0.1:{spec.port}", tmp_path, "--tool-call-parser",
-                         "qwen", "--reasoning-parser", "qwen3") as smg:
+        with smg_gateway(["--worker-urls", f"grpc://127.0.0.1:{spec.port}"], tmp_path,
+                         "--tool-call-parser", "qwen", "--reasoning-parser", "qwen3") as smg:
             theirs = post_until_served(f"{smg}/v1/chat/completions", chat("qwen-model"))
             ours = post(fleet, "/v1/chat/completions", chat("qwen-model")).json()
             assert normalised(ours["choices"][0]["message"]) == \

@@ -1,7 +1,8 @@
 """The gRPC prefill/decode router through real Envoy (the gateway configuration) and
 `llm-picker sim --grpc` processes in prefill and decode roles: Envoy takes the transcoded
 Generate call to the decode sim, the picker sends the same call to the prefill sim, and both
-meet in the bootstrap room the call's DisaggregatedParams name (as SMG's gRPC PD router does)."""
+meet in the bootstrap room the call's DisaggregatedParams name (as SMG's gRPC PD router does);
+and the real SMG gateway in PD mode against the same sims, which answer it the same way."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from tests.integration.test_grpc_route import (
     grpc_sim,
     post,
 )
+from tests.integration.test_grpc_sim import post_until_served, smg_gateway
 from tests.waiting import wait_until
 
 # "PD <role> <request id>: room R at host:port", one line per Generate (picker_sim.grpc_server).
@@ -143,3 +145,27 @@ def test_a_killed_prefill_engine_means_the_next_pair_then_a_503(tokenizer_dir: P
         refused = post(fleet, "/v1/chat/completions", body)
         assert refused.status_code == 503, refused.text
         assert refused.json()["error"]["message"]
+
+
+def test_smg_in_pd_mode_pairs_the_same_sims_the_same_way(
+        fleet: Fleet, tokenizer_dir: Path, tmp_path: Path) -> None:
+    """SMG (`smg launch --pd-disaggregation`) sends both sims one Generate call with one room,
+    as the picker does (the sims log it), and answers with the decode sim's text and counts:
+    the sims speak what SMG expects of SGLang engines in PD mode."""
+    prefill, decode = fleet.sims["p0"], fleet.sims["d0"]
+    bootstrap = prefill.worker["bootstrap_port"]
+    workers = ["--pd-disaggregation", "--prefill", f"grpc://127.0.0.1:{prefill.port}",
+               str(bootstrap), "--decode", f"grpc://127.0.0.1:{decode.port}"]
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 6}
+    with smg_gateway(workers, tmp_path) as smg:
+        theirs = post_until_served(f"{smg}/v1/chat/completions", body)
+    ours = post(fleet, "/v1/chat/completions", body).json()
+    assert theirs["choices"][0]["message"]["content"] == expected_text(tokenizer_dir, 6) == \
+        ours["choices"][0]["message"]["content"]
+    assert theirs["choices"][0]["finish_reason"] == ours["choices"][0]["finish_reason"]
+    assert (theirs["usage"]["prompt_tokens"], theirs["usage"]["completion_tokens"]) == \
+        (ours["usage"]["prompt_tokens"], ours["usage"]["completion_tokens"])
+    smg_id = theirs["id"]  # SMG's request id is its answer's id
+    wait_until(lambda: smg_id in rooms(fleet, "p0"), what="the prefill sim's PD line for SMG")
+    assert rooms(fleet, "d0")[smg_id] == rooms(fleet, "p0")[smg_id]
+    assert rooms(fleet, "d0")[smg_id][1:] == ("127.0.0.1", bootstrap)

@@ -11,7 +11,7 @@ import json
 import shutil
 import sys
 import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -214,14 +214,16 @@ async def _collect(call: Any) -> list[Any]:
 
 
 @contextlib.contextmanager
-def smg_gateway(worker_url: str, workdir: Path, *args: str) -> Iterator[str]:
+def smg_gateway(workers: Sequence[str], workdir: Path, *args: str) -> Iterator[str]:
     """The real SMG gateway (PyPI smg) in gRPC worker mode, on loopback; yields its url.
-    `args`: more `smg launch` flags (parsers, ...)."""
+    `workers`: how it is told its workers (`--worker-urls URL`, or the PD mode's
+    `--pd-disaggregation --prefill URL PORT --decode URL`); `args`: more `smg launch` flags
+    (parsers, ...)."""
     port, metrics = free_port(), free_port()
     proc: Process = spawn("smg", [
         sys.executable, "-m", "smg", "launch", "--host", "127.0.0.1", "--port", str(port),
         "--prometheus-host", "127.0.0.1", "--prometheus-port", str(metrics),
-        "--worker-urls", worker_url, "--log-level", "warn", *args], workdir)
+        *workers, "--log-level", "warn", *args], workdir)
     try:
         wait_http(proc, f"http://127.0.0.1:{port}/health")
         yield f"http://127.0.0.1:{port}"
@@ -239,7 +241,7 @@ def test_smg_routes_chat_and_completions_to_the_grpc_sim(tmp_path: Path) -> None
     [sim] = start_sims([spec], tmp_path)
     shutil.rmtree(tmp_path / "tok")
     try:
-        with smg_gateway(f"grpc://127.0.0.1:{spec.port}", tmp_path) as smg:
+        with smg_gateway(["--worker-urls", f"grpc://127.0.0.1:{spec.port}"], tmp_path) as smg:
             messages = [{"role": "system", "content": "what is two plus two"},
                         {"role": "user", "content": "hello there how are you"}]
             rendered = "system what is two plus two user hello there how are you assistant "
