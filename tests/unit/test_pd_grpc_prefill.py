@@ -1,6 +1,6 @@
 """The gRPC prefill leg (picker.pd.prefill.PrefillClient.dispatch_generate) against a real
 gRPC server on loopback: what the engine says decides between "the client's fault" and "try
-another pair", as on the HTTP path."""
+another pair", as on the HTTP path; and the gRPC pairs the pair step does not serve."""
 
 from __future__ import annotations
 
@@ -11,11 +11,15 @@ import grpc
 import pytest
 from smg_grpc_proto.generated import sglang_scheduler_pb2 as upstream
 
-from picker.errors import PrefillFailed, PrefillRejected, RequestError
+from picker.errors import NoHealthyWorker, PrefillFailed, PrefillRejected, RequestError
 from picker.fleet.registry import Worker, WorkerRegistry
 from picker.fleet.worker_spec import WorkerSpec
 from picker.grpc_route._pb import generate_pb2 as pb
+from picker.grpc_route.transcoder import GrpcTranscoder
+from picker.observe.metrics import PickerMetrics
+from picker.pd.pairing import PairStep
 from picker.pd.prefill import PrefillClient
+from picker.pd.protocols import Bootstrap
 from picker_bench.stack import free_port
 
 SERVICE = "sglang.grpc.scheduler.SglangScheduler"
@@ -94,3 +98,23 @@ async def test_a_refusal_is_the_clients_and_a_fault_the_engines(
     finally:
         await client.close()
         await server.stop(grace=None)
+
+
+async def test_a_grpc_pair_of_vllm_engines_is_refused_naming_the_runtime() -> None:
+    """SMG pairs vLLM's gRPC engines with kv_transfer_params (request_execution.rs:260-275),
+    which this router does not send: a 503 that says so, and no prefill sent."""
+    registry = WorkerRegistry()
+    prefill, decode = (registry.add(WorkerSpec.model_validate(
+        {"url": f"grpc://127.0.0.1:{port}", "id": role, "connection_mode": "grpc",
+         "runtime_type": "vllm", "worker_type": role})) for role, port in
+        (("prefill", 1001), ("decode", 1002)))
+    pairs = PairStep(registry, PickerMetrics(registry), 5.0)
+
+    def never(_: Bootstrap) -> GrpcTranscoder:
+        raise AssertionError("no call is made for a pair it cannot serve")
+
+    try:
+        with pytest.raises(NoHealthyWorker, match="runtime_type vllm, not sglang"):
+            await pairs.transcoded(prefill, decode, never)
+    finally:
+        await pairs.close()
