@@ -240,7 +240,8 @@ class PickerRuntime:
             if not self._follower:  # the fleet's owner
                 await self._start_fleet_services(running)
             if self._prefix is not None and config.prefix.index == "kv_events":
-                from picker.prefix.kv_events import KvEventHub, KvEventMetrics
+                from picker.prefix.kv_apply import KvEventMetrics
+                from picker.prefix.kv_events import KvEventHub
 
                 hub = KvEventHub(self.registry, self._prefix.sync_index(),
                                  config.prefix.kv_events, KvEventMetrics(self.metrics.registry))
