@@ -196,10 +196,10 @@ def test_a_flow_over_its_tokens_per_minute_gets_429_while_others_are_served(
             return [first, *(response for response, _ in results)]
 
     first, refused, *polite = asyncio.run(scenario())
-    assert first.status_code == 200  # a full bucket lets one oversized request through
+    assert first.status_code == 200  # an empty minute lets one oversized request through
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "quota_exceeded"
-    assert 50 <= int(refused.headers["retry-after"]) <= 60  # a minute refills the bucket
+    assert 50 <= int(refused.headers["retry-after"]) <= 60  # when the first leaves the minute
     assert [r.status_code for r in polite] == [200, 200, 200]
 
 

@@ -44,6 +44,7 @@ from picker.routing.flow.fairness import fairness_policy
 from picker.routing.flow.key import FlowAsk, FlowKey
 from picker.routing.flow.queues import Band, Waiter
 from picker.routing.flow.quota import QuotaBook
+from picker.routing.flow.quota_table import QuotaTable
 from picker.routing.flow.saturation import Room, SaturationDetector
 from picker.routing.flow.settings import FlowSettings
 
@@ -79,6 +80,10 @@ class FlowObserver:
 
     def left(self, key: FlowKey, outcome: FlowOutcome, waited_secs: float) -> None:
         """A request left flow control: dispatched or refused, after `waited_secs`."""
+
+    def quota_table_full(self) -> None:
+        """A flow with a budget found no slot in the quota table: refused, or its generated
+        tokens not charged."""
 
 
 class Ticket:
@@ -122,13 +127,17 @@ class FlowStats:
 class FlowController:
     def __init__(self, settings: FlowSettings, detector: SaturationDetector,
                  max_active: int = 0, observer: FlowObserver | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 quota_table: QuotaTable | None = None) -> None:
+        """`quota_table`: where budgets are spent, shared by a group's processes; private
+        when None."""
         self._settings = settings
         self._detector = detector
         self._max_active = max_active
         self._observer = observer or FlowObserver()
         self._clock = clock
-        self._quotas = QuotaBook(settings, clock)
+        self._quotas = QuotaBook(settings, quota_table, clock,
+                                 self._observer.quota_table_full)
         self._lock = threading.Lock()
         self._bands: dict[int, Band] = {}
         self._queued = 0
