@@ -108,3 +108,14 @@ def test_a_full_table_refuses_and_is_counted_and_frees_after_a_minute(tmp_path: 
     quotas.take("flow-0", 0)  # flows holding a slot go on
     clock.now += 61
     quotas.take("one-more", 0)  # spending older than the minute frees its slot
+
+
+def test_a_replica_enforces_its_share_of_each_budget() -> None:
+    settings = FlowSettings.model_validate({
+        "replica_share": 0.5, "quotas": {"f": {"requests_per_minute": 5}}})
+    quotas = QuotaBook(settings, clock=Clock())
+    for _ in range(3):  # half of 5, rounded up
+        quotas.take("f", 0)
+    with pytest.raises(QuotaExceeded):
+        quotas.take("f", 0)
+    assert settings.quota("other").requests_per_minute == 0  # unlimited stays so
