@@ -17,6 +17,7 @@ table and enforce the whole budget each (docs/benchmarks.md measures the drift).
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 
@@ -38,6 +39,7 @@ class QuotaBook:
         self._table = table or QuotaTable()
         self._clock = clock
         self._full = full
+        self._lock = threading.Lock()  # a check and its charge, one step in this process
 
     def take(self, flow: str, tokens: float) -> None:
         """Charge one request and its prompt tokens to `flow`, or raise QuotaExceeded."""
@@ -47,10 +49,14 @@ class QuotaBook:
             ("tokens", quota.tokens_per_minute, math.ceil(tokens))) if per_minute]
         if not wanted:
             return
+        with self._lock:
+            self._take(flow, wanted)
+
+    def _take(self, flow: str, wanted: list[tuple[str, int, int]]) -> None:
         now = self._clock()
         # Two processes may both see room for the last request of a minute and both take it:
-        # a check and a charge are not one step across processes (the overshoot is at most one
-        # request per process racing in the same instant).
+        # a check and a charge are one step in a process, not across processes (the overshoot
+        # is at most one request per other process racing in the same instant).
         kind, wait = max(((kind, self._wait(_key(flow, kind), per_minute, need, now))
                           for kind, per_minute, need in wanted), key=lambda pair: pair[1])
         if wait > 0:
