@@ -57,6 +57,7 @@ from picker.processes.counts import SharedCounts
 from picker.processes.group import ProcessGroup, check_group_config
 from picker.replicas.joining import join_replicas
 from picker.routing.flow import FlowControl, FlowController, Objectives, SaturationDetector
+from picker.routing.flow.quota_table import QuotaTable
 from picker.routing.leases import LeaseBook
 from picker.routing.model_rewrite import ModelRewriter
 from picker.routing.router_manager import RouterManager
@@ -167,7 +168,9 @@ class PickerRuntime:
         flow = config.flow if group is None else group.share_of_flow(config.flow)
         self.flow = FlowController(
             flow, SaturationDetector(self.registry, flow.saturation),
-            self.leases.limit or 0, FlowMetrics(self.metrics.registry)) \
+            self.leases.limit or 0, FlowMetrics(self.metrics.registry),
+            quota_table=None if group is None
+            else QuotaTable(group.quotas_path, group.count, group.index)) \
             if flow.enabled else None
         self.routing = RoutingService(self.registry, self.routers, self.leases, self.metrics,
                                       self._prefix, self._pairs, config.explain,

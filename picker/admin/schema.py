@@ -209,16 +209,21 @@ class ExplainView(BaseModel):
 
 
 class FlowQueue(BaseModel):
+    """One flow of one band: waiting now, the oldest's wait, and requests that left it by
+    outcome (picker.routing.flow.FlowOutcome's values)."""
+
     priority: int
     flow: str
-    count: int
+    queued: int
+    oldest_wait_secs: float
+    left: dict[str, int]
 
 
 class FlowView(BaseModel):
-    """Flow control's queues, highest band first, and its dispatched requests not ended."""
+    """Flow control's flows, highest band first, and its dispatched requests not ended."""
 
     active: int
-    queued: list[FlowQueue]
+    flows: list[FlowQueue]
 
 
 class StatusView(BaseModel):

@@ -294,3 +294,37 @@ def test_what_workers_cannot_do_is_a_config_error(
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert message in done.stderr, done.stderr
+
+
+def test_quotas_are_one_budget_across_processes() -> None:
+    """Issue 26, item 6: a flow has one budget whichever process serves it. Flow `rpm`'s
+    requests alternate with another flow's, so Envoy's round robin over the two processes
+    gives all of them to one process (a process holding half the budget admitted 3 of 6);
+    flow `tpm`'s requests each ask 0.8 of its minute (two processes holding half each
+    admitted one each: 1.6 of the budget)."""
+    flow = {"enabled": True, "trust_client_headers": True,
+            "quotas": {"rpm": {"requests_per_minute": 6},
+                       "tpm": {"tokens_per_minute": 1000}}}
+    sims = [SimSpec("sim-0", MODEL)]
+    with local_fleet(sims, processes=2, picker_settings={**FAST_HEALTH, "flow": flow}) as fleet:
+
+        def send(flow_id: str, prompt: str = "hello") -> httpx.Response:
+            body = {**_chat(), "messages": [{"role": "user", "content": prompt}]}
+            with httpx.Client(base_url=fleet.envoy_url, timeout=10) as client:  # a connection
+                return client.post("/v1/chat/completions", json=body,
+                                   headers={"x-gateway-inference-fairness-id": flow_id})
+
+        before = _served_by_process(fleet)
+        rpm = []
+        for _ in range(18):  # 3x the budget, well inside one minute
+            assert send("other").status_code == 200
+            rpm.append(send("rpm"))
+        tpm = [send("tpm", "word " * 640) for _ in range(4)]  # 3200 characters: 800 tokens
+        after = _served_by_process(fleet)
+    assert all(b - a >= 10 for a, b in zip(before, after, strict=True)), (before, after)
+    for responses, admitted in ((rpm, 6), (tpm, 1)):
+        assert [r.status_code for r in responses].count(200) == admitted
+        refused = [r for r in responses if r.status_code != 200]
+        assert {r.status_code for r in refused} == {429}
+        assert {r.json()["error"]["code"] for r in refused} == {"quota_exceeded"}
+        assert all(1 <= int(r.headers["retry-after"]) <= 60 for r in refused)

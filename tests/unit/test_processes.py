@@ -86,7 +86,7 @@ def test_limits_are_split_over_the_processes() -> None:
     assert tiny.max_concurrent_requests == 1  # never 0, which would mean unlimited
 
 
-def test_flow_bounds_and_quotas_are_split_over_the_processes() -> None:
+def test_flow_queue_bounds_are_split_over_the_processes_and_quotas_are_not() -> None:
     flow = FlowSettings.model_validate({
         "enabled": True, "max_queued": 10, "band_max_queued": {-1: 4},
         "quotas": {"a": {"requests_per_minute": 7, "tokens_per_minute": 0}},
@@ -94,9 +94,9 @@ def test_flow_bounds_and_quotas_are_split_over_the_processes() -> None:
     parts = [ProcessGroup(i, 3, Path("/x"), (1, 2, 3)).share_of_flow(flow) for i in range(3)]
     assert [p.max_queued for p in parts] == [4, 3, 3]
     assert [p.band_max_queued[-1] for p in parts] == [2, 1, 1]
-    assert [p.quotas["a"].requests_per_minute for p in parts] == [3, 2, 2]
-    assert {p.quotas["a"].tokens_per_minute for p in parts} == {0}  # unlimited stays so
-    assert [p.default_quota.tokens_per_minute for p in parts] == [1000, 1000, 1000]
+    # Quotas are spent in the group's shared table (picker.routing.flow.quota_table).
+    assert {p.quotas["a"].requests_per_minute for p in parts} == {7}
+    assert {p.default_quota.tokens_per_minute for p in parts} == {3000}
 
 
 def test_group_travels_in_one_variable() -> None:

@@ -44,10 +44,11 @@ from picker.routing.flow.fairness import fairness_policy
 from picker.routing.flow.key import FlowAsk, FlowKey
 from picker.routing.flow.queues import Band, Waiter
 from picker.routing.flow.quota import QuotaBook
+from picker.routing.flow.quota_table import QuotaTable
 from picker.routing.flow.saturation import Room, SaturationDetector
 from picker.routing.flow.settings import FlowSettings
 
-__all__ = ["FlowController", "FlowObserver", "FlowOutcome", "FlowStats", "Ticket"]
+__all__ = ["FlowController", "FlowObserver", "FlowOutcome", "FlowRow", "FlowStats", "Ticket"]
 
 
 class FlowOutcome(enum.StrEnum):
@@ -79,6 +80,10 @@ class FlowObserver:
 
     def left(self, key: FlowKey, outcome: FlowOutcome, waited_secs: float) -> None:
         """A request left flow control: dispatched or refused, after `waited_secs`."""
+
+    def quota_table_full(self) -> None:
+        """A flow with a budget found no slot in the quota table: refused, or its generated
+        tokens not charged."""
 
 
 class Ticket:
@@ -112,28 +117,48 @@ class Ticket:
 
 
 @dataclass(frozen=True, slots=True)
-class FlowStats:
-    """Queue lengths by (priority, flow) and dispatched requests not yet ended."""
+class FlowRow:
+    """One flow of one band: how many wait, since when, and how requests left it so far."""
 
-    queued: Mapping[tuple[int, str], int]
+    key: FlowKey
+    queued: int
+    oldest_wait_secs: float  # 0 when nobody waits
+    left: Mapping[FlowOutcome, int]
+
+
+@dataclass(frozen=True, slots=True)
+class FlowStats:
+    """Every flow seen (highest band first, then by flow id), and dispatched requests not yet
+    ended."""
+
+    flows: tuple[FlowRow, ...]
     active: int
 
 
 class FlowController:
     def __init__(self, settings: FlowSettings, detector: SaturationDetector,
                  max_active: int = 0, observer: FlowObserver | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 quota_table: QuotaTable | None = None) -> None:
+        """`quota_table`: where budgets are spent, shared by a group's processes; private
+        when None."""
         self._settings = settings
         self._detector = detector
         self._max_active = max_active
         self._observer = observer or FlowObserver()
         self._clock = clock
-        self._quotas = QuotaBook(settings, clock)
+        self._quotas = QuotaBook(settings, quota_table, clock,
+                                 self._observer.quota_table_full)
         self._lock = threading.Lock()
         self._bands: dict[int, Band] = {}
         self._queued = 0
         self._active = 0
         self._pending: dict[str, int] = {}  # dispatched, no lease opened yet, per model
+        # How requests left each flow, for the status page (the metrics count the same; their
+        # flows are as many as the metrics' label values). Its own lock: some refusals are
+        # counted outside the controller's.
+        self._left: dict[FlowKey, dict[FlowOutcome, int]] = {}
+        self._left_lock = threading.Lock()
 
     # -- entry points --------------------------------------------------------------------
 
@@ -143,7 +168,7 @@ class FlowController:
         try:
             self._quotas.take(ask.key.fairness_id, ask.tokens)
         except QuotaExceeded:
-            self._observer.left(ask.key, FlowOutcome.QUOTA_EXCEEDED, 0.0)
+            self._count_left(ask.key, FlowOutcome.QUOTA_EXCEEDED, 0.0)
             raise
         loop = asyncio.get_running_loop()
         with self._lock:
@@ -162,10 +187,20 @@ class FlowController:
                 self._pump()
 
     def stats(self) -> FlowStats:
+        now = self._clock()
         with self._lock:
-            queued = {(band.priority, flow): count for band in self._bands.values()
-                      for flow, count in band.flow_sizes().items()}
-            return FlowStats(queued, self._active)
+            waiting = {FlowKey(band.priority, flow): (count, band.oldest(flow))
+                       for band in self._bands.values()
+                       for flow, count in band.flow_sizes().items()}
+            active = self._active
+        with self._left_lock:
+            left = {key: dict(counts) for key, counts in self._left.items()}
+        rows = []
+        for key in sorted(waiting.keys() | left.keys(),
+                          key=lambda key: (-key.priority, key.fairness_id)):
+            count, arrived = waiting.get(key, (0, now))
+            rows.append(FlowRow(key, count, now - arrived, left.get(key, {})))
+        return FlowStats(tuple(rows), active)
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -190,7 +225,7 @@ class FlowController:
         self._pending[ask.model] = self._pending.get(ask.model, 0) + 1
         self._band(ask.key.priority).fairness.dispatched(ask.key.fairness_id, ask.tokens)
         if first:
-            self._observer.left(ask.key, FlowOutcome.DISPATCHED, waited)
+            self._count_left(ask.key, FlowOutcome.DISPATCHED, waited)
         return Ticket(self, ask, waited)
 
     def _pump(self) -> None:
@@ -343,15 +378,21 @@ class FlowController:
 
     # -- refusals --------------------------------------------------------------------------
 
+    def _count_left(self, key: FlowKey, outcome: FlowOutcome, waited: float) -> None:
+        with self._left_lock:
+            counts = self._left.setdefault(key, {})
+            counts[outcome] = counts.get(outcome, 0) + 1
+        self._observer.left(key, outcome, waited)
+
     def _refuse_locked(self, ask: FlowAsk, outcome: FlowOutcome) -> None:
         """Refuse a newcomer while holding the lock (it never queued)."""
         self._quotas.give_back(ask.key.fairness_id, ask.tokens)
-        self._observer.left(ask.key, outcome, 0.0)
+        self._count_left(ask.key, outcome, 0.0)
         raise self._refusal(outcome)
 
     def _refuse(self, ask: FlowAsk, outcome: FlowOutcome, waited: float) -> None:
         self._quotas.give_back(ask.key.fairness_id, ask.tokens)
-        self._observer.left(ask.key, outcome, waited)
+        self._count_left(ask.key, outcome, waited)
 
     def _resolve_refused(self, waiter: Waiter, outcome: FlowOutcome) -> None:
         self._refuse(waiter.ask, outcome, self._clock() - waiter.arrived)

@@ -94,5 +94,9 @@ class Band:
                     found = waiter
         return found
 
+    def oldest(self, flow: str) -> float:
+        """When the flow's longest waiter arrived (the flow has one)."""
+        return min(waiter.arrived for _, waiter in self._flows[flow] if waiter.queued)
+
     def flow_sizes(self) -> dict[str, int]:
         return dict(self._counts)
