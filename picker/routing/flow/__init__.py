@@ -8,12 +8,12 @@ from picker.routing.flow.controller import (
     FlowOutcome,
     FlowRow,
     FlowStats,
-    Ticket,
 )
 from picker.routing.flow.key import FlowAsk, FlowKey, flow_ask, flow_key
 from picker.routing.flow.objectives import Objectives
 from picker.routing.flow.saturation import Room, SaturationDetector
 from picker.routing.flow.settings import FlowSettings
+from picker.routing.flow.ticket import Ticket
 
 __all__ = ["FlowAsk", "FlowControl", "FlowController", "FlowKey", "FlowObserver",
            "FlowOutcome", "FlowRow", "FlowSettings", "FlowStats", "Objectives", "Room",

@@ -22,9 +22,8 @@ Unlike llm-d, which answers a TTL expiry with 429 while endpoints exist
 (pkg/epp/requestcontrol/admission.go:243-268), every refusal but a quota's is a 503 here: 429
 is kept for "you, this flow, sent too much"; 503 says "the fleet is full now".
 
-A `Ticket` is what a dispatched request holds; the lease that carries it tells it when a worker
-took the request (`opened`) and when it ended (`finish`), exactly once each; a ticket whose
-request never reached a worker is `cancel`led. One lock guards the queues and counts;
+A dispatched request holds a `Ticket` (picker.routing.flow.ticket), which tells the controller
+when a worker took the request and when it ended. One lock guards the queues and counts;
 waiters' futures are resolved on their own loops.
 """
 
@@ -47,8 +46,9 @@ from picker.routing.flow.quota import QuotaBook
 from picker.routing.flow.quota_table import QuotaTable
 from picker.routing.flow.saturation import Room, SaturationDetector
 from picker.routing.flow.settings import FlowSettings
+from picker.routing.flow.ticket import Ticket
 
-__all__ = ["FlowController", "FlowObserver", "FlowOutcome", "FlowRow", "FlowStats", "Ticket"]
+__all__ = ["FlowController", "FlowObserver", "FlowOutcome", "FlowRow", "FlowStats"]
 
 
 class FlowOutcome(enum.StrEnum):
@@ -84,36 +84,6 @@ class FlowObserver:
     def quota_table_full(self) -> None:
         """A flow with a budget found no slot in the quota table: refused, or its generated
         tokens not charged."""
-
-
-class Ticket:
-    """A dispatched request's place in flow control, from dispatch to the end of its lease."""
-
-    __slots__ = ("_controller", "ask", "waited_secs", "_state")
-
-    def __init__(self, controller: FlowController, ask: FlowAsk, waited_secs: float) -> None:
-        self._controller = controller
-        self.ask = ask
-        self.waited_secs = waited_secs
-        self._state = "pending"  # -> open -> done, or pending -> done
-
-    def opened(self) -> None:
-        """A worker's lease now counts the request (the router chose)."""
-        self._controller._opened(self)
-
-    def finish(self, generated_tokens: float = 0.0) -> None:
-        """The request ended; its generated tokens count against its flow's share and
-        quota."""
-        self._controller._finished(self, generated_tokens, refund=False)
-
-    def cancel(self) -> None:
-        """The request never reached a worker (no worker fitted): its charge goes back."""
-        self._controller._finished(self, 0.0, refund=True)
-
-    def again(self) -> Ticket:
-        """A new ticket for the same request, dispatched at once: its first worker failed
-        before serving it (a prefill/decode pair's prefill) and this one ended with it."""
-        return self._controller._again(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,27 +314,27 @@ class FlowController:
         else:
             del self._pending[model]
 
-    def _again(self, ticket: Ticket) -> Ticket:
+    def ticket_again(self, ticket: Ticket) -> Ticket:
         with self._lock:
             return self._dispatch(ticket.ask, ticket.waited_secs, first=False)
 
     # -- ends ------------------------------------------------------------------------------
 
-    def _opened(self, ticket: Ticket) -> None:
+    def ticket_opened(self, ticket: Ticket) -> None:
         with self._lock:
-            if ticket._state != "pending":
+            if ticket.state != "pending":
                 return
-            ticket._state = "open"
+            ticket.state = "open"
             self._unpend(ticket.ask.model)
 
-    def _finished(self, ticket: Ticket, generated: float, refund: bool) -> None:
+    def ticket_finished(self, ticket: Ticket, generated: float, refund: bool) -> None:
         ask = ticket.ask
         with self._lock:
-            if ticket._state == "done":
+            if ticket.state == "done":
                 return
-            if ticket._state == "pending":
+            if ticket.state == "pending":
                 self._unpend(ask.model)
-            ticket._state = "done"
+            ticket.state = "done"
             self._active -= 1
             band = self._bands.get(ask.key.priority)
             if band is not None and generated:

@@ -12,14 +12,11 @@ import asyncio
 import heapq
 import itertools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from picker.routing.flow.fairness import Fairness
 from picker.routing.flow.key import FlowAsk
 from picker.routing.flow.settings import OrderingKind
-
-if TYPE_CHECKING:
-    from picker.routing.flow.controller import Ticket
+from picker.routing.flow.ticket import Ticket
 
 __all__ = ["Band", "Waiter"]
 
