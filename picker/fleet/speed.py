@@ -121,34 +121,60 @@ class SpeedModel:
 class PrefillBacklog:
     """Uncached prompt tokens sent to one engine and not yet prefilled, as a fluid queue
     draining at the engine's prefill rate from `at` (time.monotonic()) on, bounded by
-    `open_tokens`: the uncached prompt tokens of the requests sent there that have not ended.
+    `open_tokens` (the uncached prompt tokens of the requests sent there that have not ended)
+    plus what is left of `peer_tokens`.
 
     The bound is a count, not an estimate (issue 35.3): an ended request has certainly been
     prefilled, so what the fluid queue still holds beyond the open requests' tokens is an
     underestimated prefill rate, not work. The count ends at the response's first bytes where
     the adapter sees them (`Lease.first_token`: ext_proc with a response body mode), else at
-    the request's end. Immutable: the registry replaces a worker's on each request sent and
-    ended, as it does its `SpeedModel`."""
+    the request's end.
+
+    Peer replicas' sends (`peer_sent`) join the same queue - the engine prefills every
+    replica's prompts in one queue, at one rate - but nobody here sees them end, so their part
+    of the bound is a fluid of its own: their tokens drained at the full rate as if the engine
+    prefilled nothing else, the least of them that can still be left.
+
+    Immutable: the registry replaces a worker's on each request sent and ended, as it does its
+    `SpeedModel`; in a multi-process picker the value lives in a table every process shares
+    (picker.processes.backlog)."""
 
     tokens: float = 0.0
     at: float = 0.0
     open_tokens: float = 0.0
+    peer_tokens: float = 0.0
 
     def left(self, rate: float | None, now: float) -> float:
         """Tokens still ahead at `now`; 0 while the rate is unknown (nothing could use them)."""
         if rate is None or rate <= 0:
             return 0.0
-        return min(self.open_tokens, max(0.0, self.tokens - rate * (now - self.at)))
+        drained = rate * (now - self.at)
+        return min(self.open_tokens + max(0.0, self.peer_tokens - drained),
+                   max(0.0, self.tokens - drained))
 
     def plus(self, tokens: float, rate: float | None, now: float) -> PrefillBacklog:
         """A request with `tokens` uncached prompt tokens was sent."""
         tokens = max(0.0, tokens)
-        return PrefillBacklog(self.left(rate, now) + tokens, now, self.open_tokens + tokens)
+        return PrefillBacklog(self.left(rate, now) + tokens, now, self.open_tokens + tokens,
+                              self._peers_left(rate, now))
+
+    def peer_sent(self, tokens: float, rate: float | None, now: float) -> PrefillBacklog:
+        """A peer replica sent a request with `tokens` uncached prompt tokens."""
+        tokens = max(0.0, tokens)
+        return PrefillBacklog(self.left(rate, now) + tokens, now, self.open_tokens,
+                              self._peers_left(rate, now) + tokens)
 
     def ended(self, tokens: float, rate: float | None, now: float) -> PrefillBacklog:
         """A request sent with `tokens` (as given to `plus`) has ended."""
         still_open = max(0.0, self.open_tokens - max(0.0, tokens))
-        return PrefillBacklog(min(still_open, self.left(rate, now)), now, still_open)
+        peers = self._peers_left(rate, now)
+        return PrefillBacklog(min(still_open + peers, self.left(rate, now)), now, still_open,
+                              peers)
+
+    def _peers_left(self, rate: float | None, now: float) -> float:
+        if rate is None or rate <= 0:
+            return 0.0
+        return max(0.0, self.peer_tokens - rate * (now - self.at))
 
 
 def predicted_ttft(speed: SpeedModel, uncached_tokens: float, waiting: float,

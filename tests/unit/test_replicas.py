@@ -259,8 +259,8 @@ async def test_every_pick_reaches_every_other_replica_once(trio: list[Replica]) 
     await eventually(lambda: all(r.metric("llm_picker_replica_peers_connected") == 2 for r in trio))
     for replica in trio:
         assert len(replica.sharing.peers()) == 2  # its own address recognised and left idle
-    trio[0].sharing.publish("a", 100, 0, [1, 2, 3])
-    trio[1].sharing.publish("b", 50, 1, [4])
+    trio[0].sharing.publish("a", 100, 0, [1, 2, 3], 0)
+    trio[1].sharing.publish("b", 50, 1, [4], 0)
     await eventually(lambda: len(trio[2].applied) == 2 and len(trio[0].applied) == 1
                 and len(trio[1].applied) == 1)
     assert trio[1].applied == [Pick("a", 100, 0, [1, 2, 3])]
@@ -275,13 +275,13 @@ async def test_every_pick_reaches_every_other_replica_once(trio: list[Replica]) 
 
 async def test_publish_from_another_thread(trio: list[Replica]) -> None:
     await eventually(lambda: trio[0].metric("llm_picker_replica_peers_connected") == 2)
-    await asyncio.to_thread(trio[0].sharing.publish, "a", 1, 0, [9])
+    await asyncio.to_thread(trio[0].sharing.publish, "a", 1, 0, [9], 0)
     await eventually(lambda: len(trio[1].applied) == 1 and len(trio[2].applied) == 1)
 
 
 async def test_unknown_workers_are_counted_not_applied(trio: list[Replica]) -> None:
     await eventually(lambda: trio[0].metric("llm_picker_replica_peers_connected") == 2)
-    trio[0].sharing.publish("gone", 1, 0, [9])
+    trio[0].sharing.publish("gone", 1, 0, [9], 0)
     await eventually(lambda: trio[1].metric("llm_picker_replica_picks_dropped_total",
                                        reason="unknown_worker") == 1)
     assert trio[1].applied == []
@@ -293,22 +293,22 @@ async def test_a_peer_down_costs_its_picks_only_and_it_is_rejoined() -> None:
     await first.sharing.start()
     try:
         await eventually(lambda: len(first.sharing.peers()) == 1)  # its own address recognised
-        first.sharing.publish("a", 1, 0, [1])  # nobody there yet
+        first.sharing.publish("a", 1, 0, [1], 0)  # nobody there yet
         await eventually(lambda: first.metric("llm_picker_replica_picks_dropped_total",
                                          reason="peer_down") == 1)
         await second.sharing.start()
         await eventually(lambda: first.metric("llm_picker_replica_peers_connected") == 1)
-        first.sharing.publish("a", 2, 0, [2])
+        first.sharing.publish("a", 2, 0, [2], 0)
         await eventually(lambda: [p.units for p in second.applied] == [2])
         await second.sharing.stop()
         await eventually(lambda: first.metric("llm_picker_replica_peers_connected") == 0)
-        first.sharing.publish("a", 3, 0, [3])
+        first.sharing.publish("a", 3, 0, [3], 0)
         await eventually(lambda: first.metric("llm_picker_replica_picks_dropped_total",
                                          reason="peer_down") == 2)
         second = Replica(ports[1], ports)  # a new process on the same address
         await second.sharing.start()
         await eventually(lambda: first.metric("llm_picker_replica_peers_connected") == 1)
-        first.sharing.publish("a", 4, 0, [4])
+        first.sharing.publish("a", 4, 0, [4], 0)
         await eventually(lambda: [p.units for p in second.applied] == [4])
     finally:
         await first.sharing.stop()
@@ -321,7 +321,7 @@ async def test_overload_drops_instead_of_queueing_without_bound() -> None:
     await replica.sharing.start()
     try:
         for units in range(5):  # no await between: the sender task cannot run
-            replica.sharing.publish("a", units, 0, [units])
+            replica.sharing.publish("a", units, 0, [units], 0)
         assert replica.metric("llm_picker_replica_picks_dropped_total", reason="overload") == 3
     finally:
         await replica.sharing.stop()
