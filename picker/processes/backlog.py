@@ -38,9 +38,9 @@ class SharedBacklog:
     def __init__(self, path: Path, rows: int, row: int, columns: int = COLUMNS) -> None:
         """Map the table at `path` (created and sized by `create`) as process `row`."""
         self._row = row
-        self._stride = columns * _CELLS
+        self._block = rows * _CELLS  # a column's cells, every row's side by side
         with path.open("r+b") as file:
-            self._map = mmap.mmap(file.fileno(), rows * self._stride * _ITEM)
+            self._map = mmap.mmap(file.fileno(), columns * self._block * _ITEM)
         self._cells = memoryview(self._map).cast("d")
 
     @staticmethod
@@ -54,7 +54,7 @@ class SharedBacklog:
         replicas' part: a group has none, picker.processes.group)."""
         cells = self._cells
         open_tokens = tokens = at = 0.0
-        for start in range(column * _CELLS, len(cells), self._stride):
+        for start in range(column * self._block, (column + 1) * self._block, _CELLS):
             open_tokens += cells[start]
             if cells[start + 2] > at:
                 tokens, at = cells[start + 1], cells[start + 2]
@@ -64,7 +64,7 @@ class SharedBacklog:
         """This process changed the combined backlog into `backlog` by sending (`open_change`
         > 0) or ending (< 0) a request of `abs(open_change)` uncached tokens."""
         cells = self._cells
-        start = self._row * self._stride + column * _CELLS
+        start = column * self._block + self._row * _CELLS
         cells[start] = max(0.0, cells[start] + open_change)
         cells[start + 1] = backlog.tokens
         cells[start + 2] = backlog.at
