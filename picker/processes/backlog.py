@@ -3,7 +3,8 @@
 The engine prefills what all the picker's processes sent it in one queue at one rate, so the
 processes must not keep a fluid queue each: N queues each drained at the engine's full rate
 drain N times too fast. A file-backed mmap (in the group's directory, beside the in-flight
-table, with the same columns) holds per process and worker three 64-bit floats:
+table, with the same columns; a worker's rows side by side, so that one read touches one or two
+cache lines) holds per process and worker three 64-bit floats:
 
 - `open`: the uncached prompt tokens of this process's requests there not yet ended. Only this
   process writes it, so the sum over rows is the exact bound of picker.fleet.speed's
