@@ -1,9 +1,9 @@
 """`llm-picker serve --workers 2` behind a real Envoy listing both processes (issue 17, item 3):
 the two processes act as one picker. In-flight counts are shared (a least_load pick in one
 process sees the other's streams; per_worker_max holds across both), and so are prefill
-backlogs, a worker added through
-the one admin API is routed to by both, and /metrics counts both processes' requests. In
-`--mode authz` each request's access-log entry reaches the process that admitted it."""
+backlogs; a worker added through the one admin API is routed to by both, and /metrics counts
+both processes' requests. In `--mode authz` each request's access-log entry reaches the
+process that admitted it."""
 
 from __future__ import annotations
 
@@ -331,12 +331,12 @@ def test_each_process_waits_behind_the_prefills_the_other_sent() -> None:
             seen, routed_by = [], []
             async with httpx.AsyncClient(base_url=fleet.envoy_url, timeout=60) as client:
                 sent = []
-                for seed in (100, 101):  # ~3000 tokens: ~7 s of prefill each
+                for count, seed in enumerate((100, 101), 1):  # ~7 s of prefill each
                     before = _served_by_process(fleet)
                     sent.append(asyncio.create_task(client.post(
                         "/v1/chat/completions", json=_long_chat(seed, 3000))))
-                    await asyncio.to_thread(wait_until, lambda n=len(sent): total_in_flight(
-                        fleet) == n, what=f"{len(sent)} in flight")
+                    await asyncio.to_thread(wait_until, lambda n=count: total_in_flight(
+                        fleet) == n, what=f"{count} in flight")
                     after = _served_by_process(fleet)
                     routed_by += [i for i, (a, b) in enumerate(zip(before, after, strict=True))
                                   if b > a]
