@@ -53,6 +53,7 @@ from picker.observe.status import ActivityHistory
 from picker.pd.pairing import PairStep
 from picker.prefix.index import PrefixIndex
 from picker.prefix.producer import PrefixProducer
+from picker.processes.backlog import SharedBacklog
 from picker.processes.counts import SharedCounts
 from picker.processes.group import ProcessGroup, check_group_config
 from picker.replicas.joining import join_replicas
@@ -115,7 +116,8 @@ class PickerRuntime:
         self._counts: SharedCounts | None = None
         if group is not None:
             self._counts = SharedCounts(group.counts_path, group.count, group.index)
-            self.registry.share_in_flight(self._counts)
+            self.registry.share_in_flight(self._counts, SharedBacklog(
+                group.backlog_path, group.count, group.index))
         self.metrics = PickerMetrics(self.registry,
                                      None if group is None else group.metrics_dir)
         self._prefix = PrefixProducer(config.prefix) if config.prefix.enabled else None
@@ -125,7 +127,7 @@ class PickerRuntime:
         sharing = config.replicas if group is None else group.pick_sharing_for(config)
         self._sharing = None if sharing is None else join_replicas(
             sharing, config.prefix.block_size, self.registry, self._prefix,
-            ReplicaMetrics(self.metrics.registry))
+            ReplicaMetrics(self.metrics.registry), loads=group is None)
         self.decisions = DecisionLog(config.explain) if config.explain.enabled else None
         self.routers = RouterManager(self.registry, config, self.metrics, self._prefix,
                                      self.decisions)

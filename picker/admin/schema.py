@@ -54,6 +54,7 @@ class WorkerState(BaseModel):
     routable: bool
     draining: bool
     in_flight: int
+    prefill_ahead: int  # uncached prompt tokens sent there, believed not yet prefilled
     circuit: dict[str, Any]
     last_health_check_age_secs: float | None = None  # absent: not checked yet
     engine: EngineView | None = None  # absent: not scraped (yet, or not a scraped runtime)
@@ -128,6 +129,7 @@ class DecisionCandidate(BaseModel):
     queue: float | None
     kv_usage: float | None
     engine_age_secs: float | None
+    prefill_ahead: int  # uncached prompt tokens sent there, believed not yet prefilled
     match: float | None  # share of the prompt's blocks it was believed to hold
     match_blocks: int | None
     scores: dict[str, float] | None  # per scorer and `total`, for policies that score

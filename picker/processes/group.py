@@ -1,10 +1,10 @@
 """ProcessGroup: where one process of a multi-process picker sits in its group.
 
 The supervisor (`llm-picker serve --workers N`) makes a directory holding the shared in-flight
-and quota tables, the registry feed's socket and prometheus_client's multiprocess files, and
-hands each process its place through one environment variable. Process 0, the primary, owns
-everything that changes the fleet (admin API, discovery, health checks, engine scraping, config
-reload); the others mirror its registry and only route.
+and quota tables, the prefill backlog table, the registry feed's socket and prometheus_client's
+multiprocess files, and hands each process its place through one environment variable. Process
+0, the primary, owns everything that changes the fleet (admin API, discovery, health checks,
+engine scraping, config reload); the others mirror its registry and only route.
 """
 
 from __future__ import annotations
@@ -52,6 +52,10 @@ class ProcessGroup:
     @property
     def quotas_path(self) -> Path:
         return self.directory / "quotas"
+
+    @property
+    def backlog_path(self) -> Path:
+        return self.directory / "prefill_backlog"
 
     @property
     def feed_path(self) -> Path:

@@ -87,6 +87,7 @@ function renderWorkers(status) {
     stateCell.append(el("span", state, "state state-" + state));
     tr.append(stateCell, el("td", w.state.circuit.state));
     tr.append(el("td", w.state.in_flight, "num"));
+    tr.append(el("td", w.state.prefill_ahead, "num"));
     tr.append(el("td", engine ? num(engine.waiting, 0) : "–", "num"));
     tr.append(el("td", engine ? percent(engine.kv_usage) : "–", "num"));
     const rate = el("td");
