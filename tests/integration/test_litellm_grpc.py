@@ -111,3 +111,9 @@ async def test_bad_litellm_params_are_named(sim: tuple[SimSpec, Process],
                        or "tool_parser" in params else litellm.exceptions.ServiceUnavailableError,
                        match=named.replace(".", r"\.")):
         await litellm.acompletion(**{**ask(sim), **params})
+
+
+def test_the_readme_shows_the_grpc_example_as_the_proxy_test_runs_it() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "litellm" / "grpc.yaml"
+    readme = example.parents[2] / "README.md"
+    assert "model_list:" + example.read_text().split("model_list:", 1)[1] in readme.read_text()
