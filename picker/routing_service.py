@@ -217,7 +217,7 @@ class RoutingService:
             raise
         worker = choice.worker
         transcoder = None
-        if worker.spec.connection_mode is ConnectionMode.GRPC:
+        if worker.spec.connection_mode is ConnectionMode.GRPC and not request.caller_transcodes:
             try:
                 spec = worker.spec
                 transcoder = GrpcTranscoder(self._tokenizers.for_worker(worker), request,

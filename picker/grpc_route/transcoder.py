@@ -55,22 +55,25 @@ class WorkerTokenizers:
             raise TokenizerUnavailable(
                 f"gRPC worker {spec.id!r} has no tokenizer_path (the engine takes token ids: "
                 "set it in the worker's entry, or let discovery read it from GetModelInfo)")
-        key = (spec.tokenizer_path, spec.chat_template)
+        return self.load(spec.tokenizer_path, spec.chat_template, f"workers[{spec.id}]")
+
+    def load(self, path: str, chat_template: str | None, key: str) -> EngineTokenizer:
+        """The tokenizer of directory `path` (`key` names where it was configured)."""
         with self._lock:
-            loaded = self._loaded.get(key)
+            loaded = self._loaded.get((path, chat_template))
             if loaded is None:
                 from picker.tokens.tokenizer import load_tokenizer
 
                 try:
-                    loaded = load_tokenizer(*key, key=f"workers[{spec.id}]")
+                    loaded = load_tokenizer(path, chat_template, key=key)
                 except ConfigError as exc:
                     raise TokenizerUnavailable(str(exc)) from exc
-                self._loaded[key] = loaded
+                self._loaded[(path, chat_template)] = loaded
             return loaded
 
 
 class GrpcTranscoder:
-    __slots__ = ("body", "headers", "answer", "request_id")
+    __slots__ = ("message", "body", "headers", "answer", "request_id")
 
     def __init__(self, tokenizer: EngineTokenizer, request: RoutingRequest,
                  tool_parser: str | None = None, reasoning_parser: str | None = None) -> None:
@@ -80,7 +83,8 @@ class GrpcTranscoder:
         self.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         call = generate_request(request.body, request.api, tokenizer, self.request_id,
                                 request.stream)
-        self.body = frame(call.SerializeToString())
+        self.message = call.SerializeToString()  # for a gRPC client; `body` for a proxy
+        self.body = frame(self.message)
         self.headers: Headers = ((":path", GENERATE_PATH), ("content-type", "application/grpc"),
                                  ("te", "trailers"))
         usage = request.stream and include_usage(request.body)
