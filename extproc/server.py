@@ -8,11 +8,11 @@ from typing import Literal
 import grpc
 
 from extproc._pb import ext_proc_pb2 as pb
-from extproc.grpc_abort import Aborts
 from extproc.health import HealthService
 from extproc.stream import RequestStream
 from extproc.subset import SubsetMatcher
 from extproc.tls import grpc_credentials
+from picker.grpc_route.abort import Aborts
 from picker.listen import TlsConfig, check_free
 from picker.observe.access_log import AccessLog
 from picker.routing.contract import Picker

@@ -24,7 +24,7 @@ from picker.routing.leases import Lease
 from picker.routing.openai_body import request_from_data
 from picker.routing.request import Api, RoutingRequest
 
-__all__ = ["EXPLAIN_KEY", "Call", "choose_deployment", "choose_deployment_sync"]
+__all__ = ["EXPLAIN_KEY", "Call", "choose_deployment", "choose_deployment_sync", "plain"]
 
 # Where a call's explain line waits in its metadata for the response (explain.allow_header).
 EXPLAIN_KEY = "llm_picker_explain"
@@ -111,7 +111,7 @@ def _routing_request(call: Call) -> RoutingRequest:
     data: dict[str, Any] = {"model": call.model}
     kwargs = call.request_kwargs or {}
     if call.messages is not None:
-        api, data["messages"] = Api.CHAT, [_plain(m) for m in call.messages]
+        api, data["messages"] = Api.CHAT, [plain(m) for m in call.messages]
         if kwargs.get("system") is not None:
             api, data["system"] = Api.MESSAGES, kwargs["system"]
     elif "query" in kwargs and "documents" in kwargs:
@@ -125,7 +125,10 @@ def _routing_request(call: Call) -> RoutingRequest:
         if isinstance(metadata.get("headers"), dict):
             headers = {str(k).lower(): str(v) for k, v in metadata["headers"].items()}
         flow_id = _flow_id(metadata)
-    return replace(request_from_data(api, data, headers), flow_id=flow_id)
+    # A gRPC deployment's call is transcoded by LiteLLM's provider (grpc_provider), with the
+    # call's sampling parameters this request does not carry.
+    return replace(request_from_data(api, data, headers), flow_id=flow_id,
+                   caller_transcodes=True)
 
 
 def _flow_id(metadata: Mapping[str, Any]) -> str | None:
@@ -148,7 +151,7 @@ def _refusals(picker: Picker, model: str) -> Iterator[None]:
         raise to_litellm_error(error, model) from error
 
 
-def _plain(message: Any) -> Any:
+def plain(message: Any) -> Any:
     """LiteLLM may hand over its pydantic `Message` objects instead of dicts; the core reads
     OpenAI JSON, so they are turned back into it (unset fields left out, as a client sends)."""
     dump = getattr(message, "model_dump", None)

@@ -4,7 +4,9 @@ Deployments are matched by `model_info.id`; several deployments on one engine (o
 group) share its worker, so its load is counted once. The worker is named by the operator's own
 `model_info.id`, or by the engine's host:port when LiteLLM made the id up. Deployments without
 an `api_base` (hosted providers) are not engines the picker can reason about and are left to
-LiteLLM. A deployment whose `model_info.base_model` names another model group on its engine
+LiteLLM. A gRPC deployment (litellm_plugin.grpc_deployment) is a gRPC worker: the picker checks
+its health and reads its load over the engine's gRPC service. A deployment whose
+`model_info.base_model` names another model group on its engine
 is a LoRA adapter of that model (WorkerSpec.adapters), for LoRA affinity.
 
 Like Kubernetes or DNS discovery, the source writes nothing itself: it follows the model list
@@ -24,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from litellm_plugin.grpc_deployment import ENGINE_KEYS, engine_fields, is_grpc_deployment
 from picker.fleet.manager import WorkerManager
 from picker.fleet.worker_spec import WorkerSpec, redact_url
 
@@ -118,14 +121,18 @@ class DeploymentSource:
             return
         assert self._manager is not None, "DeploymentSource.attach() was not called"
         wanted: dict[str, tuple[set[str], set[str], str | None, bool]] = {}
+        grpc: dict[str, dict[str, Any]] = {}  # engine url -> its gRPC worker fields
         bases: dict[str, dict[str, str]] = {}  # engine url -> model name -> its base_model
         for deployment in deployments:
             api_base = _api_base(deployment)
             if not api_base:
                 continue
             url = engine_url(api_base)
+            params = deployment.get("litellm_params", {})
+            if is_grpc_deployment(params):
+                grpc[url] = engine_fields(params)
             # An empty key (a common placeholder for engines without one) is no key.
-            key = deployment.get("litellm_params", {}).get("api_key") or None
+            key = params.get("api_key") or None
             info = deployment.get("model_info", {})
             models, ids_here, _, _ = wanted.setdefault(
                 url, (set(), set(), key, info.get(OVERFLOW_KEY) is True))
@@ -144,7 +151,8 @@ class DeploymentSource:
             try:
                 specs.append(WorkerSpec.model_validate({
                     "url": url, "id": _worker_name(dep_ids, url), "models": sorted(models),
-                    "adapters": adapters, "api_key": api_key, "overflow": overflow}))
+                    "adapters": adapters, "api_key": api_key, "overflow": overflow,
+                    **grpc.get(url, {})}))
             except ValueError as exc:
                 log.warning("deployment at %s not routed by the picker: %s", redact_url(url),
                             exc)
@@ -183,9 +191,9 @@ def _what_matters(deployment: Mapping[str, Any]) -> tuple[str, ...]:
     """What of a deployment its worker depends on."""
     params = deployment.get("litellm_params", {})
     info = deployment.get("model_info", {})
-    return (str(info.get("id")), str(deployment.get("model_name")),
+    return (str(info.get("id")), str(deployment.get("model_name")), str(params.get("model")),
             str(params.get("api_base")), str(params.get("api_key")), str(info.get("base_model")),
-            str(info.get(OVERFLOW_KEY)))
+            str(info.get(OVERFLOW_KEY)), *(str(params.get(key)) for key in ENGINE_KEYS))
 
 
 def _api_base(deployment: Mapping[str, Any]) -> str:

@@ -211,6 +211,10 @@ def _bench(ns: argparse.Namespace) -> int:
         from picker_bench.flow import run_flow
 
         return run_flow(seconds=ns.seconds, seed=ns.seed, sheddable_share=ns.sheddable_share)
+    if ns.bench == "quota-drift":
+        from picker_bench.quota_drift import run_quota_drift
+
+        return run_quota_drift(replicas=ns.replicas, budget=ns.budget, seconds=ns.seconds)
     if ns.bench == "spread":
         from picker_bench.spread import run_spread
 
@@ -454,6 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("--sheddable-share", type=float, default=0.5,
                       help="flow.saturation.sheddable_share: the slots the batch band may fill")
     flow.set_defaults(run=_bench)
+    drift = which.add_parser("quota-drift", help="one flow offered 3x its requests/min "
+                             "budget through replicas that each enforce it")
+    drift.add_argument("--replicas", type=int, default=2)
+    drift.add_argument("--budget", type=int, default=30, help="requests per minute")
+    drift.add_argument("--seconds", type=float, default=30.0, help="per phase, at most 60")
+    drift.set_defaults(run=_bench)
     spread = which.add_parser("spread", help="a least_load burst over 4 engines with "
                               "`serve --workers N`, per process count")
     spread.add_argument("--requests", type=int, default=2000)

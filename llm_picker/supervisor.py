@@ -33,8 +33,10 @@ from types import FrameType
 
 from picker.config import GROUP_ENV, PickerConfig
 from picker.listen import check_free
+from picker.processes.backlog import SharedBacklog
 from picker.processes.counts import SharedCounts
 from picker.processes.group import ProcessGroup
+from picker.routing.flow.quota_table import QuotaTable
 
 __all__ = ["run_group"]
 
@@ -69,6 +71,8 @@ def run_group(config: PickerConfig, count: int, serve_argv: Sequence[str],
     try:
         lock = _hold_lock(directory)
         SharedCounts.create(directory / "in_flight", count)
+        QuotaTable.create(directory / "quotas", count)
+        SharedBacklog.create(directory / "prefill_backlog", count)
         (directory / "metrics").mkdir()
         ports = _free_loopback_ports(count)
         env = dict(os.environ)

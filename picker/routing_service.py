@@ -220,7 +220,7 @@ class RoutingService:
             raise
         worker = choice.worker
         transcoder = None
-        if worker.spec.connection_mode is ConnectionMode.GRPC:
+        if worker.spec.connection_mode is ConnectionMode.GRPC and not request.caller_transcodes:
             try:
                 transcoder = self._transcoder(worker, request)
             except RequestError:

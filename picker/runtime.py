@@ -53,10 +53,12 @@ from picker.observe.status import ActivityHistory
 from picker.pd.pairing import PairStep
 from picker.prefix.index import PrefixIndex
 from picker.prefix.producer import PrefixProducer
+from picker.processes.backlog import SharedBacklog
 from picker.processes.counts import SharedCounts
 from picker.processes.group import ProcessGroup, check_group_config
 from picker.replicas.joining import join_replicas
 from picker.routing.flow import FlowControl, FlowController, Objectives, SaturationDetector
+from picker.routing.flow.quota_table import QuotaTable
 from picker.routing.leases import LeaseBook
 from picker.routing.model_rewrite import ModelRewriter
 from picker.routing.router_manager import RouterManager
@@ -114,7 +116,8 @@ class PickerRuntime:
         self._counts: SharedCounts | None = None
         if group is not None:
             self._counts = SharedCounts(group.counts_path, group.count, group.index)
-            self.registry.share_in_flight(self._counts)
+            self.registry.share_in_flight(self._counts, SharedBacklog(
+                group.backlog_path, group.count, group.index))
         self.metrics = PickerMetrics(self.registry,
                                      None if group is None else group.metrics_dir)
         self._prefix = PrefixProducer(config.prefix) if config.prefix.enabled else None
@@ -124,7 +127,7 @@ class PickerRuntime:
         sharing = config.replicas if group is None else group.pick_sharing_for(config)
         self._sharing = None if sharing is None else join_replicas(
             sharing, config.prefix.block_size, self.registry, self._prefix,
-            ReplicaMetrics(self.metrics.registry))
+            ReplicaMetrics(self.metrics.registry), loads=group is None)
         self.decisions = DecisionLog(config.explain) if config.explain.enabled else None
         self.routers = RouterManager(self.registry, config, self.metrics, self._prefix,
                                      self.decisions)
@@ -167,7 +170,9 @@ class PickerRuntime:
         flow = config.flow if group is None else group.share_of_flow(config.flow)
         self.flow = FlowController(
             flow, SaturationDetector(self.registry, flow.saturation),
-            self.leases.limit or 0, FlowMetrics(self.metrics.registry)) \
+            self.leases.limit or 0, FlowMetrics(self.metrics.registry),
+            quota_table=None if group is None
+            else QuotaTable(group.quotas_path, group.count, group.index)) \
             if flow.enabled else None
         self.routing = RoutingService(self.registry, self.routers, self.leases, self.metrics,
                                       self._prefix, self._pairs, config.explain,
@@ -240,7 +245,8 @@ class PickerRuntime:
             if not self._follower:  # the fleet's owner
                 await self._start_fleet_services(running)
             if self._prefix is not None and config.prefix.index == "kv_events":
-                from picker.prefix.kv_events import KvEventHub, KvEventMetrics
+                from picker.prefix.kv_apply import KvEventMetrics
+                from picker.prefix.kv_events import KvEventHub
 
                 hub = KvEventHub(self.registry, self._prefix.sync_index(),
                                  config.prefix.kv_events, KvEventMetrics(self.metrics.registry))

@@ -29,7 +29,8 @@ from extproc._pb import PROCESS_METHOD
 from extproc._pb import ext_proc_pb2 as pb
 from picker.fleet.registry import Worker, WorkerRegistry
 from picker.fleet.worker_spec import KvEventsEndpoint, WorkerSpec
-from picker.prefix.kv_events import EventApplier, KvEventHub, KvEventMetrics
+from picker.prefix.kv_apply import EventApplier, KvEventMetrics
+from picker.prefix.kv_events import KvEventHub
 from picker.prefix.kv_index import SyncPrefixIndex
 from picker.prefix.kv_settings import KvEventSettings
 from picker_bench.stack import SimSpec, free_port, start_picker, start_sims

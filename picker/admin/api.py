@@ -107,6 +107,7 @@ def worker_view(worker: Worker, declared_in: str | None) -> dict[str, Any]:
         "routable": worker.routable,
         "draining": worker.draining,
         "in_flight": worker.in_flight,
+        "prefill_ahead": round(worker.prefill_ahead(now)),
         "circuit": worker.circuit.snapshot(),
         "last_health_check_age_secs": None if worker.last_health_check is None
         else round(now - worker.last_health_check, 3),

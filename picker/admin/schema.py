@@ -54,6 +54,7 @@ class WorkerState(BaseModel):
     routable: bool
     draining: bool
     in_flight: int
+    prefill_ahead: int  # uncached prompt tokens sent there, believed not yet prefilled
     circuit: dict[str, Any]
     last_health_check_age_secs: float | None = None  # absent: not checked yet
     engine: EngineView | None = None  # absent: not scraped (yet, or not a scraped runtime)
@@ -128,6 +129,7 @@ class DecisionCandidate(BaseModel):
     queue: float | None
     kv_usage: float | None
     engine_age_secs: float | None
+    prefill_ahead: int  # uncached prompt tokens sent there, believed not yet prefilled
     match: float | None  # share of the prompt's blocks it was believed to hold
     match_blocks: int | None
     scores: dict[str, float] | None  # per scorer and `total`, for policies that score
@@ -209,16 +211,21 @@ class ExplainView(BaseModel):
 
 
 class FlowQueue(BaseModel):
+    """One flow of one band: waiting now, the oldest's wait, and requests that left it by
+    outcome (picker.routing.flow.FlowOutcome's values)."""
+
     priority: int
     flow: str
-    count: int
+    queued: int
+    oldest_wait_secs: float
+    left: dict[str, int]
 
 
 class FlowView(BaseModel):
-    """Flow control's queues, highest band first, and its dispatched requests not ended."""
+    """Flow control's flows, highest band first, and its dispatched requests not ended."""
 
     active: int
-    queued: list[FlowQueue]
+    flows: list[FlowQueue]
 
 
 class StatusView(BaseModel):

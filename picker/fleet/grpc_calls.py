@@ -98,10 +98,11 @@ class EngineCalls:
         request = pb.SubscribeKvEventsRequest(start_sequence_number=start)
         return self._stream(spec, "SubscribeKvEvents", request, pb.KvEventBatch)
 
-    def generate(self, spec: WorkerSpec, request: generate_pb2.GenerateRequest,
+    def generate(self, spec: WorkerSpec, request: bytes,
                  ) -> AsyncIterator[generate_pb2.GenerateResponse]:
-        """A Generate stream (sglang_scheduler.proto:13-14, SGLang's service only); the caller
-        bounds its time."""
+        """A Generate stream (sglang_scheduler.proto:13-14, SGLang's service only) for a
+        GenerateRequest serialized already (GrpcTranscoder.message); the caller bounds its
+        time."""
         from picker.grpc_route._pb import generate_pb2
 
         self._sglang_only(spec, "Generate")
@@ -141,10 +142,12 @@ class EngineCalls:
 
     async def _stream(self, spec: WorkerSpec, method: str, request: Any,
                       answer: type[_Answer]) -> AsyncIterator[_Answer]:
+        """`request`: a message, or its bytes (sent as they are)."""
         import grpc
 
         call = self._channel(spec).unary_stream(
-            _path(spec, method), request_serializer=type(request).SerializeToString,
+            _path(spec, method), request_serializer=None if isinstance(request, bytes)
+            else type(request).SerializeToString,
             response_deserializer=answer.FromString)  # type: ignore[attr-defined]
         stream = call(request)
         try:

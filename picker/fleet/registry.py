@@ -7,9 +7,9 @@ each change is a registry method taking the same lock, so asyncio handlers, the 
 background tasks and adapter threads (LiteLLM's sync selector) can share one registry, and a
 reader of `Worker` sees read-only properties.
 
-In a multi-process picker (`serve --workers N`, picker.processes) in-flight counts also live in
-a table every process shares: a worker's `in_flight` is then the whole picker's, while the
-registry still writes only this process's share.
+In a multi-process picker (`serve --workers N`, picker.processes) in-flight counts and prefill
+backlogs also live in tables every process shares: a worker's `in_flight` and `prefill_ahead`
+are then the whole picker's, while the registry still writes only this process's share.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from picker.fleet.engine_load import EngineLoad
 from picker.fleet.latency_fit import LatencyFit, features
 from picker.fleet.speed import Observation, PrefillBacklog, SpeedModel
 from picker.fleet.worker_spec import ConnectionMode, WorkerSpec, WorkerType
+from picker.processes.backlog import SharedBacklog
 from picker.processes.counts import SharedCounts
 from picker.routing.response_stats import ResponseSample, ResponseStats
 
@@ -39,11 +40,12 @@ class Worker:
     __slots__ = (
         "_spec", "id", "url", "_host_port", "_in_flight", "_healthy", "_draining", "_engine",
         "_circuit", "_last_health_check", "_speed", "_response", "_backlog", "_counts",
-        "_column", "_latency",
+        "_column", "_latency", "_shared_backlog",
     )
 
     def __init__(self, spec: WorkerSpec, circuit: CircuitSettings | None = None,
-                 counts: SharedCounts | None = None, column: int = 0) -> None:
+                 counts: SharedCounts | None = None, column: int = 0,
+                 backlog: SharedBacklog | None = None) -> None:
         self._spec = spec
         self.id: str = spec.id or spec.url
         self.url = spec.url
@@ -60,6 +62,7 @@ class Worker:
         self._backlog = PrefillBacklog()
         self._counts = counts
         self._column = column
+        self._shared_backlog = backlog
 
     @property
     def spec(self) -> WorkerSpec:
@@ -115,7 +118,14 @@ class Worker:
     def prefill_ahead(self, now: float) -> float:
         """Uncached prompt tokens the picker has sent here and believes not yet prefilled at
         `now` (time.monotonic()): the queue a new request would wait behind (picker.fleet.speed)."""
-        return self._backlog.left(self._speed.prefill_tokens_per_sec, now)
+        return self.backlog.left(self._speed.prefill_tokens_per_sec, now)
+
+    @property
+    def backlog(self) -> PrefillBacklog:
+        """The prefill work sent here: this process's, or with a shared backlog every
+        process's."""
+        shared = self._shared_backlog
+        return self._backlog if shared is None else shared.read(self._column)
 
     @property
     def circuit(self) -> CircuitBreaker:
@@ -170,6 +180,7 @@ class WorkerRegistry:
         self._by_type: dict[WorkerType, tuple[Worker, ...]] = {}
         self._by_mode: dict[ConnectionMode, tuple[Worker, ...]] = {}
         self._counts: SharedCounts | None = None
+        self._shared_backlog: SharedBacklog | None = None
         # Bumped by changes a mirror must follow (picker.processes.mirror): the fleet's
         # (membership, spec, health, draining) at once, engine scrapes on a slower beat.
         self._version = 0
@@ -183,12 +194,13 @@ class WorkerRegistry:
         """Be told of every later add/remove (health checks, load scraping follow the fleet)."""
         self._listeners.append(listener)
 
-    def share_in_flight(self, counts: SharedCounts) -> None:
-        """Count in-flight requests in `counts`, shared with the picker's other processes;
-        called before any worker is added."""
+    def share_in_flight(self, counts: SharedCounts, backlog: SharedBacklog) -> None:
+        """Count in-flight requests in `counts` and prefill backlogs in `backlog`, shared with
+        the picker's other processes; called before any worker is added."""
         if self._all:
             raise RuntimeError("share_in_flight before any worker is registered")
         self._counts = counts
+        self._shared_backlog = backlog
 
     @property
     def version(self) -> int:
@@ -211,7 +223,8 @@ class WorkerRegistry:
                 raise WorkerConflict(f"worker id {worker_id!r} is already registered")
             if column is None and self._counts is not None:
                 column = self._counts.allocate()
-            worker = Worker(spec, self._circuit, self._counts, column or 0)
+            worker = Worker(spec, self._circuit, self._counts, column or 0,
+                            self._shared_backlog)
             self._by_url[worker.url] = worker
             self._by_id[worker.id] = worker
             self._reindex()
@@ -301,16 +314,32 @@ class WorkerRegistry:
         (`Worker.prefill_ahead`)."""
         now = time.monotonic()
         with self._lock:
-            worker._backlog = worker._backlog.plus(tokens, worker._speed.prefill_tokens_per_sec,
-                                                   now)
+            self._set_backlog(worker, worker.backlog.plus(
+                tokens, worker._speed.prefill_tokens_per_sec, now), max(0.0, tokens))
+
+    def peer_sent_prefill(self, worker: Worker, tokens: float) -> None:
+        """A peer replica routed a request to `worker` with `tokens` of prompt it is believed
+        not to hold; its end is never seen here (PrefillBacklog.peer_sent)."""
+        now = time.monotonic()
+        with self._lock:
+            self._set_backlog(worker, worker.backlog.peer_sent(
+                tokens, worker._speed.prefill_tokens_per_sec, now), 0.0)
 
     def ended_prefill(self, worker: Worker, tokens: float) -> None:
         """A request given to `sent_prefill` with `tokens` has ended: its prompt is no longer
         ahead of anything (picker.fleet.speed.PrefillBacklog.ended)."""
         now = time.monotonic()
         with self._lock:
-            worker._backlog = worker._backlog.ended(tokens, worker._speed.prefill_tokens_per_sec,
-                                                    now)
+            self._set_backlog(worker, worker.backlog.ended(
+                tokens, worker._speed.prefill_tokens_per_sec, now), -max(0.0, tokens))
+
+    def _set_backlog(self, worker: Worker, backlog: PrefillBacklog, open_change: float) -> None:
+        """Called with the lock held: `open_change` is this process's own open tokens' change."""
+        shared = worker._shared_backlog
+        if shared is None:
+            worker._backlog = backlog
+        else:
+            shared.write(worker._column, backlog, open_change)
 
     def release(self, worker: Worker) -> None:
         with self._lock:

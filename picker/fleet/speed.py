@@ -24,12 +24,15 @@ waiting count is up to a scrape interval old while a burst of cold prefills last
 milliseconds, so the picker counts the uncached prompt tokens of each request it sends there and
 lets them drain at the engine's learned prefill rate (the first token is not seen when Envoy
 does not pass response bodies, so the rate, not the response, ends the work), and never more
-than the requests still open there were sent with.
+than the requests still open there were sent with. The processes of one picker keep one such
+queue per engine between them (picker.processes.backlog); peer replicas add theirs to it
+(picker.replicas).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from picker.fleet.engine_load import EngineCounter, EngineLoad
 
@@ -117,38 +120,67 @@ class SpeedModel:
         return speed
 
 
-@dataclass(frozen=True, slots=True)
-class PrefillBacklog:
+class PrefillBacklog(NamedTuple):
     """Uncached prompt tokens sent to one engine and not yet prefilled, as a fluid queue
     draining at the engine's prefill rate from `at` (time.monotonic()) on, bounded by
-    `open_tokens`: the uncached prompt tokens of the requests sent there that have not ended.
+    `open_tokens` (the uncached prompt tokens of the requests sent there that have not ended)
+    plus what is left of `peer_tokens`.
 
     The bound is a count, not an estimate (issue 35.3): an ended request has certainly been
     prefilled, so what the fluid queue still holds beyond the open requests' tokens is an
     underestimated prefill rate, not work. The count ends at the response's first bytes where
     the adapter sees them (`Lease.first_token`: ext_proc with a response body mode), else at
-    the request's end. Immutable: the registry replaces a worker's on each request sent and
-    ended, as it does its `SpeedModel`."""
+    the request's end.
+
+    Peer replicas' sends (`peer_sent`) join the same queue - the engine prefills every
+    replica's prompts in one queue, at one rate - but nobody here sees them end, so their part
+    of the bound is a fluid of its own: their tokens drained at the full rate as if the engine
+    prefilled nothing else, the least of them that can still be left.
+
+    Immutable (a NamedTuple: made on every request sent and ended, cheaper than a frozen
+    dataclass): the registry replaces a worker's on each request sent and ended, as it does its
+    `SpeedModel`; in a multi-process picker the value lives in a table every process shares
+    (picker.processes.backlog)."""
 
     tokens: float = 0.0
     at: float = 0.0
     open_tokens: float = 0.0
+    peer_tokens: float = 0.0
 
     def left(self, rate: float | None, now: float) -> float:
         """Tokens still ahead at `now`; 0 while the rate is unknown (nothing could use them)."""
-        if rate is None or rate <= 0:
-            return 0.0
-        return min(self.open_tokens, max(0.0, self.tokens - rate * (now - self.at)))
+        return self._at(rate, now)[0]
 
     def plus(self, tokens: float, rate: float | None, now: float) -> PrefillBacklog:
         """A request with `tokens` uncached prompt tokens was sent."""
         tokens = max(0.0, tokens)
-        return PrefillBacklog(self.left(rate, now) + tokens, now, self.open_tokens + tokens)
+        left, peers = self._at(rate, now)
+        return PrefillBacklog(left + tokens, now, self.open_tokens + tokens, peers)
+
+    def peer_sent(self, tokens: float, rate: float | None, now: float) -> PrefillBacklog:
+        """A peer replica sent a request with `tokens` uncached prompt tokens."""
+        tokens = max(0.0, tokens)
+        left, peers = self._at(rate, now)
+        return PrefillBacklog(left + tokens, now, self.open_tokens, peers + tokens)
 
     def ended(self, tokens: float, rate: float | None, now: float) -> PrefillBacklog:
         """A request sent with `tokens` (as given to `plus`) has ended."""
         still_open = max(0.0, self.open_tokens - max(0.0, tokens))
-        return PrefillBacklog(min(still_open, self.left(rate, now)), now, still_open)
+        left, peers = self._at(rate, now)
+        return PrefillBacklog(min(still_open + peers, left), now, still_open, peers)
+
+    def _at(self, rate: float | None, now: float) -> tuple[float, float]:
+        """(tokens ahead, peers' part of the bound) at `now`."""
+        if rate is None or rate <= 0:
+            return 0.0, 0.0
+        drained = rate * (now - self.at)
+        peers = self.peer_tokens - drained
+        if peers < 0.0:
+            peers = 0.0
+        tokens = self.tokens - drained
+        if tokens <= 0.0:
+            return 0.0, peers
+        return min(self.open_tokens + peers, tokens), peers
 
 
 def predicted_ttft(speed: SpeedModel, uncached_tokens: float, waiting: float,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from picker.grpc_route._pb import generate_pb2 as pb
@@ -98,8 +98,19 @@ class OpenAIAnswer:
         if self._complete or self._failed:
             return b""
         try:
-            messages = [pb.GenerateResponse.FromString(m) for m in self._frames.feed(piece)]
-        except (FramingError, ValueError) as exc:  # protobuf's DecodeError is a ValueError
+            raw = self._frames.feed(piece)
+        except FramingError as exc:
+            return self.fail(500, f"the engine's answer could not be read: {exc}")
+        return self.feed_messages(raw)
+
+    def feed_messages(self, raw: Iterable[bytes]) -> bytes:
+        """`feed` for a caller that receives whole GenerateResponse messages (a gRPC client,
+        such as LiteLLM's provider, rather than a proxy's body pieces)."""
+        if self._complete or self._failed:
+            return b""
+        try:
+            messages = [pb.GenerateResponse.FromString(m) for m in raw]
+        except ValueError as exc:  # protobuf's DecodeError is a ValueError
             return self.fail(500, f"the engine's answer could not be read: {exc}")
         out = []
         for message in messages:

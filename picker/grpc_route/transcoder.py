@@ -6,7 +6,7 @@ The routing service makes one when it opens a lease on a worker with `connection
 HTTP/2 upstream), and `answer` turns the engine's response body and status into the OpenAI
 answer, through the worker's tool-call and reasoning parsers (picker.grpc_route.parsing).
 For a prefill/decode pair the proxy takes the call to decode while the picker sends the same
-`call` to prefill (picker.pd.pairing).
+`message` to prefill (picker.pd.pairing).
 Tokenizers are loaded once per worker tokenizer directory (`WorkerTokenizers`).
 """
 
@@ -58,22 +58,25 @@ class WorkerTokenizers:
             raise TokenizerUnavailable(
                 f"gRPC worker {spec.id!r} has no tokenizer_path (the engine takes token ids: "
                 "set it in the worker's entry, or let discovery read it from GetModelInfo)")
-        key = (spec.tokenizer_path, spec.chat_template)
+        return self.load(spec.tokenizer_path, spec.chat_template, f"workers[{spec.id}]")
+
+    def load(self, path: str, chat_template: str | None, key: str) -> EngineTokenizer:
+        """The tokenizer of directory `path` (`key` names where it was configured)."""
         with self._lock:
-            loaded = self._loaded.get(key)
+            loaded = self._loaded.get((path, chat_template))
             if loaded is None:
                 from picker.tokens.tokenizer import load_tokenizer
 
                 try:
-                    loaded = load_tokenizer(*key, key=f"workers[{spec.id}]")
+                    loaded = load_tokenizer(path, chat_template, key=key)
                 except ConfigError as exc:
                     raise TokenizerUnavailable(str(exc)) from exc
-                self._loaded[key] = loaded
+                self._loaded[(path, chat_template)] = loaded
             return loaded
 
 
 class GrpcTranscoder:
-    __slots__ = ("call", "body", "headers", "answer", "request_id")
+    __slots__ = ("message", "body", "headers", "answer", "request_id")
 
     def __init__(self, tokenizer: EngineTokenizer, request: RoutingRequest,
                  tool_parser: str | None = None, reasoning_parser: str | None = None,
@@ -82,9 +85,10 @@ class GrpcTranscoder:
         are the chosen worker's (its spec checked them); `bootstrap`, a pair's rendezvous."""
         assert request.body is not None, "parse_request keeps the body"
         self.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        call = self.call = generate_request(request.body, request.api, tokenizer,
-                                            self.request_id, request.stream, bootstrap)
-        self.body = frame(call.SerializeToString())
+        call = generate_request(request.body, request.api, tokenizer, self.request_id,
+                                request.stream, bootstrap)
+        self.message = call.SerializeToString()  # for a gRPC client; `body` for a proxy
+        self.body = frame(self.message)
         self.headers: Headers = ((":path", GENERATE_PATH), ("content-type", "application/grpc"),
                                  ("te", "trailers"))
         usage = request.stream and include_usage(request.body)

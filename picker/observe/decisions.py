@@ -3,10 +3,11 @@
 With `explain.enabled`, every decision - routed or refused - leaves a `Decision` in a bounded
 ring buffer that the admin API (/debug/decisions), the status page and the explain response
 header read. The record is cheap to take because it is mostly references: per candidate the few
-numbers the policy read (in-flight, circuit state, the engine's immutable load scrape), the
-immutable prefix match, and the reason each filtered-out worker was dropped (only computed when
-one was). What is derived - workers serving other models, the reason the winner won, JSON, the
-header line - is computed when someone reads the record, never on the hot path.
+numbers the policy read (in-flight, circuit state, the engine's immutable load scrape, prefill
+backlog and speed), the immutable prefix match, and the reason each filtered-out worker was
+dropped (only computed when one was). What is derived - workers serving other models, the
+reason the winner won, the prefill tokens ahead, JSON, the header line - is computed when
+someone reads the record, never on the hot path.
 
 The winner's reason is read off the recorded inputs, not asked of the policy: `best-score` (the
 policy scores candidates), `best-prefix` / `load-over-prefix` (the policy reads the prefix index
@@ -32,6 +33,7 @@ from pydantic import Field
 from picker.fleet.circuit import CircuitState
 from picker.fleet.engine_load import EngineLoad
 from picker.fleet.registry import Worker
+from picker.fleet.speed import PrefillBacklog, SpeedModel
 from picker.fleet.worker_spec import WorkerType
 from picker.policies import Policy
 from picker.prefix.index import PrefixMatch
@@ -89,8 +91,9 @@ class Scoring(Protocol):
                candidates: Sequence[Worker]) -> list[dict[str, float]]: ...
 
 
-# (worker id, in-flight, circuit state, engine load scrape) at decision time.
-_Snapshot = tuple[str, int, CircuitState, EngineLoad | None]
+# (worker id, in-flight, circuit state, engine load scrape, prefill backlog, speed) at decision
+# time.
+_Snapshot = tuple[str, int, CircuitState, EngineLoad | None, PrefillBacklog, SpeedModel]
 
 
 class Decision:
@@ -198,7 +201,8 @@ class Decision:
         now = time.monotonic() if now is None else now
         match = self.match
         candidates = []
-        for i, (worker_id, in_flight, circuit, engine) in enumerate(self._candidates):
+        for i, (worker_id, in_flight, circuit, engine, backlog, speed) in enumerate(
+                self._candidates):
             candidates.append({
                 "worker": worker_id,
                 "in_flight": in_flight,
@@ -207,6 +211,7 @@ class Decision:
                 "kv_usage": None if engine is None else engine.kv_usage,
                 "engine_age_secs": None if engine is None else round(self.at - engine.scraped_at,
                                                                      3),
+                "prefill_ahead": round(backlog.left(speed.prefill_tokens_per_sec, self.at)),
                 "match": None if match is None else round(match.rate(worker_id), 4),
                 "match_blocks": None if match is None else match.blocks(worker_id),
                 "scores": None if self.scores is None else
@@ -286,7 +291,8 @@ class DecisionLog:
         decision = Decision(
             request_id[:_MAX_TEXT], request.model[:_MAX_TEXT], policy.name,
             None if winner is None else winner.id, error,
-            tuple((w.id, w.in_flight, w.circuit.state, w.engine) for w in candidates),
+            tuple((w.id, w.in_flight, w.circuit.state, w.engine, w.backlog, w.speed)
+                  for w in candidates),
             excluded, serving, everyone, request.prefix, scores, reads_prefix,
             None if role is WorkerType.REGULAR else role.value)
         if request.rewrite is not None:

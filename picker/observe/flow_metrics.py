@@ -1,6 +1,6 @@
 """Flow control's metrics, per band (priority) and flow: how many wait, how long requests
 waited, and how each left flow control (dispatched, queue_full, shed, ttl_expired,
-no_ready_worker, cancelled).
+no_ready_worker, cancelled), and when the quota table was full.
 
 Flow ids are label values: with `flow.trust_client_headers` they are client text, bounded in
 length by picker.routing.flow.key; an operator trusting the ids trusts their number too.
@@ -32,6 +32,10 @@ class FlowMetrics(FlowObserver):
             "llm_picker_flow_wait_seconds",
             "Time requests waited in flow control before leaving it, by band and outcome",
             ["priority", "outcome"], buckets=_WAIT_BUCKETS, registry=registry)
+        self._table_full = Counter(
+            "llm_picker_flow_quota_table_full",
+            "Times a flow with a budget found no slot in the quota table (request refused, "
+            "or generated tokens not charged)", registry=registry)
 
     def queued(self, key: FlowKey, change: int) -> None:
         self._queued.labels(str(key.priority), key.fairness_id).inc(change)
@@ -40,3 +44,6 @@ class FlowMetrics(FlowObserver):
         priority = str(key.priority)
         self._requests.labels(priority, key.fairness_id, outcome.value).inc()
         self._waited.labels(priority, outcome.value).observe(waited_secs)
+
+    def quota_table_full(self) -> None:
+        self._table_full.inc()

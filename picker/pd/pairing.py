@@ -87,7 +87,7 @@ class PairStep:
                 f"kv_transfer_params, not served here): decode worker {decode.id!r} is "
                 f"runtime_type {decode.spec.runtime_type.value}, not sglang")
         call = transcoder(grpc_bootstrap(prefill.spec, self._rng))
-        await self._prefill.dispatch_generate(prefill, call.call)
+        await self._prefill.dispatch_generate(prefill, call.message)
         return call
 
     def _prefill_failed(self, worker: Worker) -> None:

@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
@@ -26,9 +26,6 @@ from picker.fleet.grpc_calls import EngineCallFailed, EngineCalls
 from picker.fleet.registry import Worker
 from picker.grpc_route.answer import http_status
 from picker.pd.protocols import REQUEST_ID_HEADER
-
-if TYPE_CHECKING:
-    from picker.grpc_route._pb import generate_pb2
 
 __all__ = ["PrefillClient"]
 
@@ -63,14 +60,13 @@ class PrefillClient:
         awaited); raises PrefillFailed if it fails at once."""
         await self._under_way(self._post(worker, path, body, request_id))
 
-    async def dispatch_generate(self, worker: Worker,
-                                call: generate_pb2.GenerateRequest) -> None:
-        """`dispatch` over gRPC: the pair's Generate call to the prefill worker, its stream
-        read to the end in the background. SMG starts both legs at once and fails the request
-        when the prefill's stream cannot start (model_gateway/src/routers/grpc/common/stages/
-        request_execution.rs:499-523). It reads the prefill's stream for prompt logprobs
-        (regular/streaming.rs:728-742; common/response_collection.rs:39-55), which this
-        router does not ask for, so the answer waits on decode's stream alone."""
+    async def dispatch_generate(self, worker: Worker, call: bytes) -> None:
+        """`dispatch` over gRPC: the pair's Generate call (serialized) to the prefill worker,
+        its stream read to the end in the background. SMG starts both legs at once and fails
+        the request when the prefill's stream cannot start (model_gateway/src/routers/grpc/
+        common/stages/request_execution.rs:499-523). It reads the prefill's stream for prompt
+        logprobs (regular/streaming.rs:728-742; common/response_collection.rs:39-55), which
+        this router does not ask for, so the answer waits on decode's stream alone."""
         await self._under_way(self._generate(worker, call))
 
     async def _under_way(self, work: Coroutine[Any, Any, object]) -> None:
@@ -139,7 +135,7 @@ class PrefillClient:
         self._on_failure(worker)
         raise PrefillFailed(f"prefill on worker {worker.id} failed: {failure}")
 
-    async def _generate(self, worker: Worker, call: generate_pb2.GenerateRequest) -> None:
+    async def _generate(self, worker: Worker, call: bytes) -> None:
         try:
             async with asyncio.timeout(self._timeout):
                 async for _ in self._engines.generate(worker.spec, call):

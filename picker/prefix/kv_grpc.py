@@ -26,7 +26,7 @@ import logging
 
 from picker.fleet.grpc_calls import EngineCallFailed, EngineCalls
 from picker.fleet.registry import Worker
-from picker.prefix.kv_events import EventApplier, KvEventMetrics
+from picker.prefix.kv_apply import EventApplier, KvEventMetrics
 from picker.prefix.kv_grpc_wire import decode_grpc_batch
 from picker.prefix.kv_index import SyncPrefixIndex
 from picker.prefix.kv_settings import KvEventSettings

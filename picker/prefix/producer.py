@@ -87,7 +87,7 @@ class PrefixProducer:
             assert self._approx is not None
             self.index = self._approx
         self._units_per_block = settings.block_size
-        self._publish: Callable[[str, int, int, list[int]], None] | None = None
+        self._publish: Callable[[str, int, int, list[int], int], None] | None = None
         # Under kv_events the approximate index only ever sees character (fallback) prompts.
         sees_tokens = self._hf is not None or (self.remote is not None
                                                and self._approx is self.index)
@@ -130,16 +130,18 @@ class PrefixProducer:
             index.record(prompt, worker.id)
             return
         predicted = 0
+        match = None
         if self.calibration is not None or self._publish is not None:
             # The decision's own prediction (matching again would walk a long prompt twice).
             match = prompt.predicted or approx.match(prompt, (worker.id,))
             predicted = match.blocks(worker.id)
         hashes = prompt.hashes(approx.block_size)
         self._learn(approx, worker, len(prompt.units), predicted, hashes)
-        if self._publish is not None:
-            self._publish(worker.id, len(prompt.units), predicted, hashes)
+        if self._publish is not None and match is not None:
+            self._publish(worker.id, len(prompt.units), predicted, hashes,
+                          round(match.uncached_tokens(worker.id)))
 
-    def publish_to(self, publish: Callable[[str, int, int, list[int]], None]) -> None:
+    def publish_to(self, publish: Callable[[str, int, int, list[int], int], None]) -> None:
         self._publish = publish
 
     def apply(self, pick: Pick, worker: Worker) -> None:

@@ -1,10 +1,10 @@
 """ProcessGroup: where one process of a multi-process picker sits in its group.
 
 The supervisor (`llm-picker serve --workers N`) makes a directory holding the shared in-flight
-table, the registry feed's socket and prometheus_client's multiprocess files, and hands each
-process its place through one environment variable. Process 0, the primary, owns everything
-that changes the fleet (admin API, discovery, health checks, engine scraping, config reload);
-the others mirror its registry and only route.
+and quota tables, the prefill backlog table, the registry feed's socket and prometheus_client's
+multiprocess files, and hands each process its place through one environment variable. Process
+0, the primary, owns everything that changes the fleet (admin API, discovery, health checks,
+engine scraping, config reload); the others mirror its registry and only route.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from picker.config import GROUP_ENV, PickerConfig
 from picker.errors import ConfigError
 from picker.replicas.settings import ReplicaSettings
 from picker.routing.admission import LimitSettings
-from picker.routing.flow.settings import FlowSettings, QuotaSettings
+from picker.routing.flow.settings import FlowSettings
 
 __all__ = ["ProcessGroup", "check_group_config"]
 
@@ -48,6 +48,14 @@ class ProcessGroup:
     @property
     def counts_path(self) -> Path:
         return self.directory / "in_flight"
+
+    @property
+    def quotas_path(self) -> Path:
+        return self.directory / "quotas"
+
+    @property
+    def backlog_path(self) -> Path:
+        return self.directory / "prefill_backlog"
 
     @property
     def feed_path(self) -> Path:
@@ -102,22 +110,13 @@ class ProcessGroup:
 
 
     def share_of_flow(self, flow: FlowSettings) -> FlowSettings:
-        """This process's part of flow control's bounds and quotas, split as `share_of` splits
-        the limits: each process queues and counts budgets on its own, Envoy spreads streams
-        over them round-robin, so the parts add up to the configured whole - as long as
-        each flow's requests spread evenly (a flow whose requests all reach one process gets
-        that process's part of its quota only)."""
-        def quota(settings: QuotaSettings) -> QuotaSettings:
-            return QuotaSettings(
-                requests_per_minute=self._part(settings.requests_per_minute),
-                tokens_per_minute=self._part(settings.tokens_per_minute))
-
+        """This process's part of flow control's queue bounds, split as `share_of` splits the
+        limits (each process queues on its own). Quotas are not split: the processes spend
+        them in one shared table (picker.routing.flow.quota_table)."""
         return flow.model_copy(update={
             "max_queued": self._part(flow.max_queued),
             "band_max_queued": {band: self._part(bound)
                                 for band, bound in flow.band_max_queued.items()},
-            "quotas": {name: quota(settings) for name, settings in flow.quotas.items()},
-            "default_quota": quota(flow.default_quota),
         })
 
     def _part(self, total: int) -> int:

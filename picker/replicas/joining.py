@@ -1,6 +1,8 @@
 """Joining a picker to its peer replicas: picks go out to them and theirs come into the index.
 
 Only an approximate prefix index is shared (a KV-event index follows the engines themselves).
+Each pick also carries the prompt tokens the engine was believed not to hold, which peers add
+to that engine's prefill backlog (picker.fleet.speed.PrefillBacklog.peer_sent).
 Block hashes are Python's salted string hash, so every replica needs the same PYTHONHASHSEED:
 refused at start-up otherwise, rather than sharing picks that never match.
 """
@@ -24,8 +26,11 @@ __all__ = ["join_replicas"]
 
 
 def join_replicas(settings: ReplicaSettings, block_size: int, workers: WorkerRegistry,
-                  prefix: PrefixProducer | None, metrics: ReplicaMetrics) -> PickSharing:
-    """The pick sharing service (not started) linking `prefix` to the peers `settings` name."""
+                  prefix: PrefixProducer | None, metrics: ReplicaMetrics,
+                  loads: bool) -> PickSharing:
+    """The pick sharing service (not started) linking `prefix` to the peers `settings` name.
+    `loads`: peers' picks grow the prefill backlog (False for the processes of one picker,
+    which share theirs in a table: picker.processes.backlog)."""
     if os.environ.get("PYTHONHASHSEED", "random") == "random":
         raise ConfigError("replicas", "block hashes are Python's salted string hash: set "
                           "the same PYTHONHASHSEED (e.g. a random 32-bit number) in every "
@@ -37,6 +42,8 @@ def join_replicas(settings: ReplicaSettings, block_size: int, workers: WorkerReg
         if worker is None or prefix is None:
             return False
         prefix.apply(pick, worker)
+        if loads and pick.uncached:
+            workers.peer_sent_prefill(worker, pick.uncached)
         return True
 
     sharing = PickSharing(settings, block_size, metrics, apply)

@@ -185,9 +185,10 @@ class PickSharing:
         """Peer address -> connected, this replica's own address left out."""
         return {link.name: link.connected for link in self._links.values() if not link.is_self}
 
-    def publish(self, worker: str, units: int, predicted: int, hashes: list[int]) -> None:
+    def publish(self, worker: str, units: int, predicted: int, hashes: list[int],
+                uncached: int) -> None:
         """Hand a pick recorded by this replica to its peers; never blocks, from any thread."""
-        pick = Pick(worker, units, predicted, hashes)
+        pick = Pick(worker, units, predicted, hashes, uncached)
         loop = self._loop
         if loop is None:
             return

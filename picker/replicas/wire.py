@@ -60,6 +60,11 @@ class Pick(msgspec.Struct, array_like=True, frozen=True):
     units: int  # prompt length (characters or tokens): peers' index calibration counts it
     predicted: int  # leading blocks the deciding replica believed cached on `worker`
     hashes: list[int]
+    # Prompt tokens `worker` was believed not to hold: its prefill backlog grows by them
+    # (picker.fleet.speed.PrefillBacklog.peer_sent). Last and defaulted, so that peers of
+    # the same VERSION without it still talk: msgspec fills a missing trailing field of an
+    # array_like struct with its default and skips an unknown trailing one.
+    uncached: int = 0
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -112,6 +117,6 @@ def decode_proof(body: bytes) -> Proof:
 
 def decode_pick(body: bytes) -> Pick:
     pick = _pick.decode(body)
-    if len(pick.hashes) > MAX_BLOCKS or pick.units < 0 or pick.predicted < 0:
+    if len(pick.hashes) > MAX_BLOCKS or min(pick.units, pick.predicted, pick.uncached) < 0:
         raise msgspec.ValidationError("pick out of bounds")
     return pick

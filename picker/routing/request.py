@@ -71,3 +71,6 @@ class RoutingRequest:
     # The flow (picker.routing.flow) an adapter's host vouches for, from its own
     # authentication (LiteLLM's team or key); trusted where client headers may not be.
     flow_id: str | None = None
+    # The adapter's host sends the request to a gRPC worker itself (LiteLLM's gRPC provider
+    # builds the Generate call when the call reaches it): the lease carries no transcoder.
+    caller_transcodes: bool = False

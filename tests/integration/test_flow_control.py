@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from picker_bench.stack import Fleet, SimSpec, free_port, local_fleet, start_sims
+from tests.browser import Chromium, find_chromium
 from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER, metric_values, wait_until
 
 SIM = ["--ttft-ms", "30", "--tpot-ms", "5"]
@@ -139,10 +140,13 @@ def test_the_status_page_shows_the_queues_and_records_say_how_long_a_request_wai
             async with httpx.AsyncClient(base_url=fleet.admin_url) as admin:
                 status = (await admin.get("/debug/status")).json()
             await blocker
-            return status["flow"]["queued"], (await waiting)[0]
+            return status["flow"]["flows"], (await waiting)[0]
 
     shown, served = asyncio.run(scenario())
-    assert shown == [{"priority": 10, "flow": "patient", "count": 1}]
+    waiting = [row for row in shown if row["queued"]]
+    assert [(row["priority"], row["flow"], row["queued"]) for row in waiting] == \
+        [(10, "patient", 1)]
+    assert 0 < waiting[0]["oldest_wait_secs"] < 5
     assert served.status_code == 200
     records = httpx.get(f"{fleet.admin_url}/debug/decisions").json()["decisions"]
     record = next(r for r in records if r["flow"] and r["flow"]["flow"] == "patient")
@@ -196,11 +200,45 @@ def test_a_flow_over_its_tokens_per_minute_gets_429_while_others_are_served(
             return [first, *(response for response, _ in results)]
 
     first, refused, *polite = asyncio.run(scenario())
-    assert first.status_code == 200  # a full bucket lets one oversized request through
+    assert first.status_code == 200  # an empty minute lets one oversized request through
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "quota_exceeded"
-    assert 50 <= int(refused.headers["retry-after"]) <= 60  # a minute refills the bucket
+    assert 50 <= int(refused.headers["retry-after"]) <= 60  # when the first leaves the minute
     assert [r.status_code for r in polite] == [200, 200, 200]
+
+
+async def test_the_status_page_shows_the_queues_in_a_browser(fleet: Fleet) -> None:
+    """Item 7: the page's queue table, in a real Chromium: a waiting request's row (loaded
+    while it waits), then the same row counting its TTL expiry and a quota refusal."""
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("NO BROWSER: Debian's chromium is not installed (apt-get install -y chromium)")
+
+    def cell(flow: str, column: int) -> str:
+        return (f"document.querySelector('#flows tr[data-flow=\"{flow}\"] "
+                f"td:nth-child({column})')?.textContent")
+
+    async with Chromium(chromium, width=1400) as browser, \
+            httpx.AsyncClient(base_url=fleet.envoy_url, timeout=10) as client:
+        blocker = asyncio.create_task(send(client, headers("blocker"), 600))  # about 3 s
+        await asyncio.to_thread(wait_until, lambda: in_flight(fleet) == 1, 5, "blocker")
+        watched = asyncio.create_task(send(client, headers("watched", "interactive")))
+        await asyncio.to_thread(wait_until, lambda: queued(fleet) == 1, 5, "queued")
+        await browser.open(f"{fleet.admin_url}/")  # the page opens with the status of now
+        await browser.wait_for("document.readyState === 'complete'")
+        assert await browser.evaluate(cell("watched", 1)) == "10"
+        assert await browser.evaluate(cell("watched", 3)) == "1"  # queued
+        assert (await browser.evaluate(cell("watched", 4))).endswith(" s")  # oldest wait
+        expired, _ = await watched
+        assert expired.status_code == 503
+        await blocker
+        greedy = [(await send(client, headers("greedy"), content="many words " * 30))[0]
+                  for _ in range(2)]  # 83 tokens each, 50 a minute: the second is refused
+        assert [r.status_code for r in greedy][-1] == 429
+        await browser.wait_for(cell("watched", 7) + " === '1'")  # expired, on a later poll
+        assert await browser.evaluate(cell("watched", 3)) == "0"
+        assert int(await browser.wait_for(cell("greedy", 8))) >= 1  # quota refused
+        assert await browser.evaluate("document.getElementById('flow').hidden") is False
 
 
 def test_requests_for_a_model_without_a_ready_worker_wait_for_one_to_start() -> None:

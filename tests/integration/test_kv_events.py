@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry
 from picker.fleet.registry import WorkerRegistry
 from picker.fleet.worker_spec import KvEventsEndpoint, WorkerSpec
 from picker.prefix.index import PromptBlocks
-from picker.prefix.kv_events import KvEventHub, KvEventMetrics
+from picker.prefix.kv_apply import KvEventMetrics
+from picker.prefix.kv_events import KvEventHub
 from picker.prefix.kv_index import SyncPrefixIndex
 from picker.prefix.kv_settings import KvEventSettings
 from picker_bench.stack import free_port

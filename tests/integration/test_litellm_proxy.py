@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,25 +16,30 @@ import httpx
 import openai
 import pytest
 
+from picker.tokens import load_tokenizer
 from picker_bench.stack import Process, SimSpec, free_port, spawn, start_sims, wait_http
+from picker_bench.tokenizer_dirs import build_tokenizer_dir
+from tests.integration.test_grpc_route import expected_text
 from tests.waiting import wait_until
 
 CONFIG = Path(__file__).resolve().parents[2] / "examples" / "litellm" / "config.yaml"
+GRPC_CONFIG = CONFIG.with_name("grpc.yaml")
 MASTER_KEY = "sk-llm-picker-example"  # the example's general_settings.master_key
 SERVED_BY = "llm_provider-x-picker-sim-worker"  # the sim's header, as LiteLLM forwards it
 
 
 @contextlib.contextmanager
-def proxy(workdir: Path, env: dict[str, str]) -> Iterator[tuple[str, list[SimSpec], Process]]:
-    """Two sims and the real LiteLLM proxy running the example config with `env` added;
-    yields the proxy's url, the sims and the proxy process (not waited for: callers decide
-    what start-up should look like)."""
-    sims = [SimSpec(name, "my-model") for name in ("A", "B")]
+def proxy(workdir: Path, env: dict[str, str], example: Path = CONFIG,
+          sim_args: Sequence[str] = ()) -> Iterator[tuple[str, list[SimSpec], Process]]:
+    """Two sims (`llm-picker sim` with `sim_args`) and the real LiteLLM proxy running an
+    example config with `env` added; yields the proxy's url, the sims and the proxy process
+    (not waited for: callers decide what start-up should look like)."""
+    sims = [SimSpec(name, "my-model", sim_args) for name in ("A", "B")]
     procs = start_sims(sims, workdir)
     port = free_port()
     # The example names the README's sim ports; these sims run on free ports instead.
     config = workdir / "config.yaml"
-    config.write_text(CONFIG.read_text().replace("127.0.0.1:8001", f"127.0.0.1:{sims[0].port}")
+    config.write_text(example.read_text().replace("127.0.0.1:8001", f"127.0.0.1:{sims[0].port}")
                       .replace("127.0.0.1:8002", f"127.0.0.1:{sims[1].port}"))
     env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", **env}
     saved = {key: os.environ.get(key) for key in env}
@@ -181,9 +186,9 @@ def test_flow_control_in_the_proxy_quotas_and_ttl_answer_with_retry_after(
             assert chat(client, "greedy", content=long_prompt).status_code == 200
             over = chat(client, "greedy", content=long_prompt)
             assert over.status_code == 429
-            # A minute refills the bucket; the token generated (LiteLLM reports usage) costs
-            # 60/50 s more.
-            assert int(over.headers["retry-after"]) in (61, 62)
+            # Both charges, the prompt's and the generated token's (LiteLLM reports usage),
+            # must leave the rolling minute: a minute after them, in one-second steps.
+            assert int(over.headers["retry-after"]) in (59, 60)
             assert "quota" in over.json()["error"]["message"]
             assert chat(client, "polite", content=long_prompt).status_code == 200
 
@@ -205,3 +210,42 @@ def running(spec: SimSpec) -> float:
     text = httpx.get(f"http://127.0.0.1:{spec.port}/metrics", timeout=5).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("vllm:num_requests_running"))
+
+
+def test_grpc_deployments_through_the_provider_chosen_by_the_picker(tmp_path: Path) -> None:
+    """examples/litellm/grpc.yaml: two gRPC sims as `llm-picker-grpc` deployments (their
+    tokenizer fetched with GetTokenizer), the picker choosing round robin among them."""
+    directory = build_tokenizer_dir(tmp_path / "tok", "llama-3.1")
+    env = {"LLM_PICKER_POLICY__NAME": "round_robin", "LLM_PICKER_EXPLAIN__ENABLED": "true",
+           "LLM_PICKER_EXPLAIN__ALLOW_HEADER": "true"}
+    with proxy(tmp_path, env, GRPC_CONFIG, ["--grpc", "--tokenizer", str(directory)]) as (
+            url, _, process):
+        wait_http(process, f"{url}/health/liveliness", timeout=90)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=MASTER_KEY, max_retries=0,
+                               default_headers={"x-llm-picker-explain": "1"})
+        messages = [{"role": "user", "content": "say café"}]
+        prompt = len(load_tokenizer(str(directory)).body_ids({"messages": messages}))
+        chosen = Counter()
+        for _ in range(4):
+            raw = client.chat.completions.with_raw_response.create(
+                model="my-model", messages=messages, max_tokens=5)
+            answer = raw.parse()
+            assert answer.choices[0].message.content == expected_text(directory, 5)
+            assert answer.choices[0].finish_reason == "length"
+            assert answer.usage is not None
+            assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (prompt, 5)
+            chosen[raw.headers["x-llm-picker-explain"].split("worker=", 1)[1].split(";")[0]] += 1
+        assert chosen == {"grpc-a": 2, "grpc-b": 2}  # the picker's round robin, over gRPC
+        stream = client.chat.completions.create(
+            model="my-model", messages=messages, max_tokens=8, stream=True,
+            stream_options={"include_usage": True})
+        chunks = list(stream)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
+            expected_text(directory, 8)
+        usage = chunks[-1].usage
+        assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (prompt, 8)
+        # A request the engine's Generate call cannot carry: the provider's 400, named.
+        refused = httpx.post(f"{url}/v1/chat/completions", timeout=30, headers={
+            "authorization": f"Bearer {MASTER_KEY}"}, json={
+            "model": "my-model", "messages": messages, "n": 2})
+        assert refused.status_code == 400 and "n must be 1" in refused.text

@@ -6,10 +6,11 @@ survivors' agreement."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,18 +78,19 @@ class Stack:
 
 
 @contextlib.contextmanager
-def replicas_behind_envoy(count: int, share: bool) -> Iterator[Stack]:
+def replicas_behind_envoy(count: int, share: bool, engines: int = 3,
+                          engine_args: Sequence[str] = ("--ttft-ms", "1", "--tpot-ms", "1"),
+                          settings: Mapping[str, Any] | None = None) -> Iterator[Stack]:
     workdir = Path(tempfile.mkdtemp(prefix="llm-picker-replicas-"))
     started: list[Process] = []
     try:
-        sims = [SimSpec(f"e{i}", MODEL, ["--ttft-ms", "1", "--tpot-ms", "1"])
-                for i in range(3)]
+        sims = [SimSpec(f"e{i}", MODEL, list(engine_args)) for i in range(engines)]
         started += start_sims(sims, workdir)
         workers = [{"url": f"http://127.0.0.1:{s.port}", "id": s.worker_id, "models": [MODEL]}
                    for s in sims]
         configs = replica_configs({**FAST_HEALTH, "policy": "prefix_cache",
-                                   "prefix": {"enabled": True}, "workers": workers},
-                                  count, share)
+                                   "prefix": {"enabled": True}, "workers": workers,
+                                   **(settings or {})}, count, share)
         pickers: list[Process] = []
         for i, config in enumerate(configs):  # each stopped below even if a later one fails
             pickers.append(start_picker(config, workdir, name=f"picker-{i}"))
@@ -147,3 +149,43 @@ def test_a_replica_killed_costs_neither_routing_nor_agreement() -> None:
         # The survivors kept publishing to the dead peer's address: those picks were dropped.
         assert sum(stack.metric(i, "llm_picker_replica_picks_dropped_total",
                                 reason="peer_down") for i in range(2)) > 0
+
+
+def test_a_replica_waits_behind_the_prefill_a_peer_sent() -> None:
+    """Issue 35.3: replica A sends a long prompt to a slow-prefilling engine; replica B, which
+    routed nothing there and holds no lease on it, counts the prompt ahead on that engine at
+    once (its picks carry the uncached tokens), as A does."""
+    with replicas_behind_envoy(2, share=True, engines=1,
+                               engine_args=("--prefill-tokens-per-sec", "400", "--ttft-ms", "5",
+                                            "--tpot-ms", "5"),
+                               settings={"load": {"interval_secs": 0.1}}) as stack:
+        with httpx.Client(base_url=stack.envoy_url, timeout=30) as client:
+            for group in range(4):  # both replicas scrape the engine's prefill counters
+                assert client.post("/v1/chat/completions",
+                                   json=chat(100 + group, "q")).status_code == 200
+        wait_until(lambda: all(stack.metric(r, "llm_picker_worker_prefill_tokens_per_second")
+                               > 0 for r in range(2)), what="both replicas know the rate")
+
+        def in_flight(replica: int) -> float:
+            return stack.metric(replica, "llm_picker_worker_in_flight")
+
+        def ahead(replica: int) -> int:
+            port = stack.configs[replica]["admin"]["port"]
+            view = httpx.get(f"http://127.0.0.1:{port}/workers/e0", timeout=5).json()
+            return int(view["state"]["prefill_ahead"])
+
+        async def run() -> tuple[int, int]:
+            long_prompt = {"model": MODEL, "max_tokens": 1, "messages": [
+                {"role": "user", "content": " ".join(f"doc-{j}" for j in range(3000))}]}
+            async with httpx.AsyncClient(base_url=stack.envoy_url, timeout=60) as client:
+                sent = asyncio.create_task(client.post("/v1/chat/completions",
+                                                       json=long_prompt))
+                await asyncio.to_thread(wait_until, lambda: sum(
+                    in_flight(r) for r in range(2)) == 1, what="the prompt routed")
+                deciding = 0 if in_flight(0) == 1 else 1
+                seen = await asyncio.to_thread(lambda: (ahead(deciding), ahead(1 - deciding)))
+                assert (await sent).status_code == 200
+            return seen
+
+        mine, peers = asyncio.run(run())
+        assert mine > 1000 and peers == pytest.approx(mine, rel=0.2), (mine, peers)

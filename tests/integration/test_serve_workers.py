@@ -1,8 +1,9 @@
 """`llm-picker serve --workers 2` behind a real Envoy listing both processes (issue 17, item 3):
 the two processes act as one picker. In-flight counts are shared (a least_load pick in one
-process sees the other's streams; per_worker_max holds across both), a worker added through
-the one admin API is routed to by both, and /metrics counts both processes' requests. In
-`--mode authz` each request's access-log entry reaches the process that admitted it."""
+process sees the other's streams; per_worker_max holds across both), and so are prefill
+backlogs; a worker added through the one admin API is routed to by both, and /metrics counts
+both processes' requests. In `--mode authz` each request's access-log entry reaches the
+process that admitted it."""
 
 from __future__ import annotations
 
@@ -294,3 +295,91 @@ def test_what_workers_cannot_do_is_a_config_error(
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert message in done.stderr, done.stderr
+
+
+def test_quotas_are_one_budget_across_processes() -> None:
+    """Issue 26, item 6: a flow has one budget whichever process serves it. Flow `rpm`'s
+    requests alternate with another flow's, so Envoy's round robin over the two processes
+    gives all of them to one process (a process holding half the budget admitted 3 of 6);
+    flow `tpm`'s requests each ask 0.8 of its minute (two processes holding half each
+    admitted one each: 1.6 of the budget)."""
+    flow = {"enabled": True, "trust_client_headers": True,
+            "quotas": {"rpm": {"requests_per_minute": 6},
+                       "tpm": {"tokens_per_minute": 1000}}}
+    sims = [SimSpec("sim-0", MODEL)]
+    with local_fleet(sims, processes=2, picker_settings={**FAST_HEALTH, "flow": flow}) as fleet:
+
+        def send(flow_id: str, prompt: str = "hello") -> httpx.Response:
+            body = {**_chat(), "messages": [{"role": "user", "content": prompt}]}
+            with httpx.Client(base_url=fleet.envoy_url, timeout=10) as client:  # a connection
+                return client.post("/v1/chat/completions", json=body,
+                                   headers={"x-gateway-inference-fairness-id": flow_id})
+
+        before = _served_by_process(fleet)
+        rpm = []
+        for _ in range(18):  # 3x the budget, well inside one minute
+            assert send("other").status_code == 200
+            rpm.append(send("rpm"))
+        tpm = [send("tpm", "word " * 640) for _ in range(4)]  # 3200 characters: 800 tokens
+        after = _served_by_process(fleet)
+    assert all(b - a >= 10 for a, b in zip(before, after, strict=True)), (before, after)
+    for responses, admitted in ((rpm, 6), (tpm, 1)):
+        assert [r.status_code for r in responses].count(200) == admitted
+        refused = [r for r in responses if r.status_code != 200]
+        assert {r.status_code for r in refused} == {429}
+        assert {r.json()["error"]["code"] for r in refused} == {"quota_exceeded"}
+        assert all(1 <= int(r.headers["retry-after"]) <= 60 for r in refused)
+
+
+def _long_chat(seed: int, words: int) -> dict[str, object]:
+    """A prompt no other shares (no prefix hit anywhere), `words` words long."""
+    return {"model": MODEL, "max_tokens": 1,
+            "messages": [{"role": "user", "content": " ".join(f"w{seed}-{j}"
+                                                               for j in range(words))}]}
+
+
+def test_each_process_waits_behind_the_prefills_the_other_sent() -> None:
+    """Issue 35.3: two long prompts to one slow-prefilling engine, routed one by each process:
+    the primary's view of the engine's prefill backlog holds both (a process counting its
+    own would show one, or none when the follower routed the first)."""
+    engine = "sim-slow-prefill"
+    sims = [SimSpec(engine, MODEL, ["--prefill-tokens-per-sec", "400", "--ttft-ms", "5",
+                                    "--tpot-ms", "5"])]
+    settings = {**FAST_HEALTH, "load": {"interval_secs": 0.1}}
+    with local_fleet(sims, policy="least_load", processes=2, picker_settings=settings) as fleet:
+        with httpx.Client(base_url=fleet.envoy_url, timeout=30) as client:
+            # The engine's scraped prefill counters teach both processes its rate (the
+            # follower from the scrapes the primary mirrors to it).
+            for seed in range(4):
+                assert client.post("/v1/chat/completions",
+                                   json=_long_chat(seed, 300)).status_code == 200
+        wait_until(lambda: metric_values(fleet, "llm_picker_worker_prefill_tokens_per_second")
+                   .get((("worker", engine),), 0.0) > 0, what="the prefill rate learned")
+        time.sleep(1.0)  # the mirror sends engine scrapes at most every 0.5 s
+
+        def ahead() -> int:
+            view = httpx.get(f"{fleet.admin_url}/workers/{engine}", timeout=5).json()
+            return int(view["state"]["prefill_ahead"])
+
+        async def run() -> tuple[list[int], list[int]]:
+            seen, routed_by = [], []
+            async with httpx.AsyncClient(base_url=fleet.envoy_url, timeout=60) as client:
+                sent = []
+                for count, seed in enumerate((100, 101), 1):  # ~7 s of prefill each
+                    before = _served_by_process(fleet)
+                    sent.append(asyncio.create_task(client.post(
+                        "/v1/chat/completions", json=_long_chat(seed, 3000))))
+                    await asyncio.to_thread(wait_until, lambda n=count: total_in_flight(
+                        fleet) == n, what=f"{count} in flight")
+                    after = _served_by_process(fleet)
+                    routed_by += [i for i, (a, b) in enumerate(zip(before, after, strict=True))
+                                  if b > a]
+                    seen.append(await asyncio.to_thread(ahead))
+                responses = await asyncio.gather(*sent)
+            assert all(r.status_code == 200 for r in responses), responses
+            return seen, routed_by
+
+        seen, routed_by = asyncio.run(run())
+        assert sorted(routed_by) == [0, 1], routed_by  # Envoy alternates the processes
+        assert seen[0] > 1000, seen
+        assert seen[1] == pytest.approx(2 * seen[0], rel=0.2), seen

@@ -126,7 +126,7 @@ async def test_status_page_renders_workers_and_follows_a_kill(fleet: Fleet,
                 "?.textContent.includes('sim-b: ')")
             # A dead worker serves nothing: no hit rate, rather than its last one.
             await browser.wait_for(
-                "document.querySelector('#workers tr[data-worker=\"sim-b\"] td:nth-child(8)')"
+                "document.querySelector('#workers tr[data-worker=\"sim-b\"] td:nth-child(9)')"
                 ".textContent.trim() === '–'", timeout=20)
             assert await browser.evaluate(
                 "document.documentElement.scrollWidth <= window.innerWidth")

@@ -599,6 +599,7 @@ async def test_a_worker_view_shows_what_is_set_not_thirty_nulls(admin: Admin) ->
         assert view["id"] == "plain" and view["models"] == ["m"]
         assert "dp_rank" not in view and "chat_template" not in view
         assert view["state"]["in_flight"] == 0 and "engine" not in view["state"]
+        assert view["state"]["prefill_ahead"] == 0
     assert len(listed) <= 16, sorted(listed)
 
 

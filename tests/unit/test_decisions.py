@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from picker.config import PickerConfig, load_config
 from picker.errors import ConfigError, NoHealthyWorker, Overloaded
+from picker.fleet.speed import Observation
 from picker.observe.decisions import EXPLAIN_HEADER, ExplainSettings, explain_line
 from picker.routing.leases import Lease
 from picker.routing.request import Api, RoutingRequest
@@ -125,6 +126,23 @@ def test_weighted_records_each_scorers_score() -> None:
     winner = record["worker"]
     assert winner != held.worker.id and scores[winner]["in_flight"] == 1.0
     assert scores[winner]["total"] == pytest.approx(2 * 1.0 + 1 * scores[winner]["prefix"])
+
+
+def test_records_show_the_prefill_tokens_ahead_on_each_candidate() -> None:
+    """Uncached prompt tokens sent to a worker and not yet prefilled, as the decision saw them
+    (the request's own prompt not among them)."""
+    r = runtime("round_robin", workers=2)
+    for worker in r.registry.workers():
+        r.registry.observe(worker, Observation(prompt_tokens=100, cached_tokens=0,
+                                               ttft_secs=10.0))  # 10 tokens/s
+    held = r.routing.route_sync(chat())
+    sent = held.choice.uncached_tokens
+    assert sent > 100
+    decision = r.routing.route_sync(chat("another prompt " * 30)).choice.decision
+    assert decision is not None
+    ahead = {c["worker"]: c["prefill_ahead"] for c in decision.to_dict()["candidates"]}
+    assert ahead[held.worker.id] == pytest.approx(sent, abs=2)
+    assert sum(ahead.values()) == ahead[held.worker.id]
 
 
 def test_ring_buffer_stays_bounded_under_10k_decisions() -> None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from picker.errors import FlowRefused
+from picker.errors import FlowRefused, QuotaExceeded
 from picker.fleet.worker_spec import WorkerSpec
 from picker.routing.flow import (
     FlowAsk,
@@ -106,7 +106,9 @@ def test_a_band_bound_refuses_in_that_band_only() -> None:
         with pytest.raises(FlowRefused):
             await flow.admit(ask(-1, "c"))
         await queue(flow, [ask(0, "d")])
-        assert flow.stats().queued == {(-1, "a"): 1, (0, "b"): 1, (0, "d"): 1}
+        queued = {(row.key.priority, row.key.fairness_id): row.queued
+                  for row in flow.stats().flows if row.queued}
+        assert queued == {(-1, "a"): 1, (0, "b"): 1, (0, "d"): 1}
 
     asyncio.run(scenario())
 
@@ -145,3 +147,36 @@ def test_a_ticket_ends_once_whatever_reports_it() -> None:
         return flow.stats().active
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_stats_show_each_flows_queue_oldest_wait_and_how_requests_left() -> None:
+    """What the status page's queue table shows (picker.observe.status.view._flow_view)."""
+    from picker.observe.status.view import _flow_view
+
+    async def scenario() -> tuple[dict[str, object], dict[str, object]]:
+        flow, fleet = controller(max_queued=2, quotas={"greedy": {"requests_per_minute": 1}})
+        (await flow.admit(ask(5, "greedy"))).finish()
+        with pytest.raises(QuotaExceeded):
+            await flow.admit(ask(5, "greedy"))
+        holder = await hold(flow, fleet)
+        waiting = await queue(flow, [ask(-1, "old"), ask(-1, "new")])
+        await asyncio.sleep(0.05)
+        await queue(flow, [ask(3, "vip")])  # sheds "new"
+        during = _flow_view(flow)
+        holder.finish()
+        fleet.set_in_flight(fleet[0], 0)
+        with pytest.raises(FlowRefused):
+            await waiting[1]
+        return during, _flow_view(flow)
+
+    during, _ = asyncio.run(scenario())
+    rows = {(row["priority"], row["flow"]): row for row in during["flows"]}  # type: ignore
+    assert list(rows) == [(5, "greedy"), (3, "vip"), (0, "holder"), (-1, "new"), (-1, "old")]
+    assert rows[(3, "vip")]["queued"] == 1 and rows[(-1, "old")]["queued"] == 1
+    assert rows[(-1, "old")]["oldest_wait_secs"] >= 0.05
+    assert rows[(-1, "new")]["queued"] == 0 and rows[(-1, "new")]["left"]["shed"] == 1
+    assert rows[(5, "greedy")]["left"]["dispatched"] == 1
+    assert rows[(5, "greedy")]["left"]["quota_exceeded"] == 1
+    assert rows[(0, "holder")]["left"] == {
+        "dispatched": 1, "quota_exceeded": 0, "queue_full": 0, "shed": 0, "ttl_expired": 0,
+        "no_ready_worker": 0, "cancelled": 0}

@@ -13,7 +13,7 @@ from picker.fleet._pb import engine_signals_pb2 as pb
 from picker.fleet.registry import Worker
 from picker.fleet.worker_spec import WorkerSpec
 from picker.prefix.index import PromptBlocks
-from picker.prefix.kv_events import EventApplier, KvEventMetrics
+from picker.prefix.kv_apply import EventApplier, KvEventMetrics
 from picker.prefix.kv_grpc_wire import decode_grpc_batch
 from picker.prefix.kv_index import SyncPrefixIndex
 from picker.prefix.kv_settings import KvEventSettings

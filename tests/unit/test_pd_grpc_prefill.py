@@ -54,11 +54,11 @@ def worker(port: int) -> Worker:
          "worker_type": "prefill"}))
 
 
-def call() -> pb.GenerateRequest:
+def call() -> bytes:
     return pb.GenerateRequest(request_id="r1", tokenized=pb.TokenizedInput(input_ids=[1, 2]),
                               disaggregated_params=pb.DisaggregatedParams(
                                   bootstrap_host="127.0.0.1", bootstrap_port=8998,
-                                  bootstrap_room=7))
+                                  bootstrap_room=7)).SerializeToString()
 
 
 async def test_the_engine_gets_the_call_and_its_failure_counts_against_it() -> None:

@@ -16,7 +16,9 @@ from picker.config import GROUP_ENV, load_config
 from picker.errors import ConfigError
 from picker.fleet.engine_load import EngineCounter, EngineLoad
 from picker.fleet.registry import WorkerRegistry
+from picker.fleet.speed import PrefillBacklog
 from picker.fleet.worker_spec import WorkerSpec
+from picker.processes.backlog import SharedBacklog
 from picker.processes.counts import SharedCounts
 from picker.processes.group import ProcessGroup
 from picker.processes.mirror import StateFollower, StatePublisher, WorkerState
@@ -30,6 +32,12 @@ def _table(tmp_path: Path, rows: int = 2, columns: int = 4) -> list[SharedCounts
     path = tmp_path / "in_flight"
     SharedCounts.create(path, rows, columns)
     return [SharedCounts(path, rows, row, columns) for row in range(rows)]
+
+
+def _backlogs(tmp_path: Path, rows: int = 2, columns: int = 4) -> list[SharedBacklog]:
+    path = tmp_path / "prefill_backlog"
+    SharedBacklog.create(path, rows, columns)
+    return [SharedBacklog(path, rows, row, columns) for row in range(rows)]
 
 
 def test_each_process_writes_its_row_and_reads_the_sum(tmp_path: Path) -> None:
@@ -59,9 +67,10 @@ def test_a_retired_column_is_reused_only_once_nobody_holds_it(tmp_path: Path) ->
 def test_registries_sharing_a_table_see_each_others_in_flight(tmp_path: Path) -> None:
     spec = WorkerSpec(url="http://127.0.0.1:8001", id="w1")
     primary_counts, follower_counts = _table(tmp_path)
+    backlogs = _backlogs(tmp_path)
     primary, follower = WorkerRegistry(), WorkerRegistry()
-    primary.share_in_flight(primary_counts)
-    follower.share_in_flight(follower_counts)
+    primary.share_in_flight(primary_counts, backlogs[0])
+    follower.share_in_flight(follower_counts, backlogs[1])
     mine = primary.add(spec)
     theirs = follower.add(spec, column=mine.column)
     primary.acquire(mine)
@@ -71,7 +80,65 @@ def test_registries_sharing_a_table_see_each_others_in_flight(tmp_path: Path) ->
     follower.release(theirs)
     assert mine.in_flight == 2
     with pytest.raises(RuntimeError, match="before any worker"):
-        primary.share_in_flight(primary_counts)
+        primary.share_in_flight(primary_counts, backlogs[0])
+
+
+def test_the_processes_backlog_is_one_queue_drained_once(tmp_path: Path) -> None:
+    """Two processes each send 1000 uncached tokens to one engine (1000 tokens/s), 0.1 s
+    apart: 0.5 s after the first 1500 are left, as of one queue; two queues drained at the
+    full rate each would leave 1000. The bound is the sum of both rows' open tokens."""
+    primary, follower = _backlogs(tmp_path)
+    rate = 1000.0
+    primary.write(1, primary.read(1).plus(1000.0, rate, 10.0), 1000.0)
+    follower.write(1, follower.read(1).plus(1000.0, rate, 10.1), 1000.0)
+    combined = primary.read(1)
+    assert combined == follower.read(1)
+    assert (combined.tokens, combined.at, combined.open_tokens) == pytest.approx(
+        (1900.0, 10.1, 2000.0))
+    assert combined.left(rate, 10.5) == pytest.approx(1500.0)
+    # The follower's request ends (first token): the queue is what the primary's holds.
+    follower.write(1, follower.read(1).ended(1000.0, rate, 10.6), -1000.0)
+    after = primary.read(1)
+    assert (after.tokens, after.at, after.open_tokens) == pytest.approx((1000.0, 10.6, 1000.0))
+    assert primary.read(0) == PrefillBacklog() and primary.read(2) == PrefillBacklog()
+
+
+_SEND = """
+import sys
+import time
+from pathlib import Path
+from picker.fleet.registry import WorkerRegistry
+from picker.fleet.speed import Observation
+from picker.fleet.worker_spec import WorkerSpec
+from picker.processes.backlog import SharedBacklog
+from picker.processes.counts import SharedCounts
+
+directory, row = Path(sys.argv[1]), int(sys.argv[2])
+registry = WorkerRegistry()
+registry.share_in_flight(SharedCounts(directory / "in_flight", 2, row, 4),
+                         SharedBacklog(directory / "prefill_backlog", 2, row, 4))
+worker = registry.add(WorkerSpec(url="http://127.0.0.1:8001", id="w1"), column=1)
+registry.observe(worker, Observation(prompt_tokens=1000, cached_tokens=0, ttft_secs=100.0))
+registry.sent_prefill(worker, float(sys.argv[3]))
+print(round(worker.prefill_ahead(time.monotonic())))
+"""
+
+
+def test_two_os_processes_see_each_others_prefill_backlog(tmp_path: Path) -> None:
+    """Two real processes map the tables (as `serve --workers 2` does) and each routes one
+    long prompt to the same engine (learned at 10 tokens/s): the second sees both."""
+    _table(tmp_path)
+    _backlogs(tmp_path)
+    seen = []
+    for row, tokens in ((0, 6000), (1, 4000)):
+        done = subprocess.run(
+            [sys.executable, "-c", _SEND, str(tmp_path), str(row), str(tokens)],
+            capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        seen.append(int(done.stdout))
+    # 10 tokens/s drain a few tokens between the processes' sends.
+    assert seen[0] == pytest.approx(6000, abs=50)
+    assert seen[1] == pytest.approx(10000, abs=100)
 
 
 def test_limits_are_split_over_the_processes() -> None:
@@ -86,7 +153,7 @@ def test_limits_are_split_over_the_processes() -> None:
     assert tiny.max_concurrent_requests == 1  # never 0, which would mean unlimited
 
 
-def test_flow_bounds_and_quotas_are_split_over_the_processes() -> None:
+def test_flow_queue_bounds_are_split_over_the_processes_and_quotas_are_not() -> None:
     flow = FlowSettings.model_validate({
         "enabled": True, "max_queued": 10, "band_max_queued": {-1: 4},
         "quotas": {"a": {"requests_per_minute": 7, "tokens_per_minute": 0}},
@@ -94,9 +161,9 @@ def test_flow_bounds_and_quotas_are_split_over_the_processes() -> None:
     parts = [ProcessGroup(i, 3, Path("/x"), (1, 2, 3)).share_of_flow(flow) for i in range(3)]
     assert [p.max_queued for p in parts] == [4, 3, 3]
     assert [p.band_max_queued[-1] for p in parts] == [2, 1, 1]
-    assert [p.quotas["a"].requests_per_minute for p in parts] == [3, 2, 2]
-    assert {p.quotas["a"].tokens_per_minute for p in parts} == {0}  # unlimited stays so
-    assert [p.default_quota.tokens_per_minute for p in parts] == [1000, 1000, 1000]
+    # Quotas are spent in the group's shared table (picker.routing.flow.quota_table).
+    assert {p.quotas["a"].requests_per_minute for p in parts} == {7}
+    assert {p.default_quota.tokens_per_minute for p in parts} == {3000}
 
 
 def test_group_travels_in_one_variable() -> None:
@@ -111,9 +178,10 @@ def test_group_travels_in_one_variable() -> None:
 
 async def test_follower_mirrors_the_primarys_fleet(tmp_path: Path) -> None:
     primary_counts, follower_counts = _table(tmp_path, columns=8)
+    backlogs = _backlogs(tmp_path, columns=8)
     primary, follower = WorkerRegistry(), WorkerRegistry()
-    primary.share_in_flight(primary_counts)
-    follower.share_in_flight(follower_counts)
+    primary.share_in_flight(primary_counts, backlogs[0])
+    follower.share_in_flight(follower_counts, backlogs[1])
     a = primary.add(WorkerSpec(url="http://127.0.0.1:8001", id="a", models=["m"]))
     publisher = StatePublisher(primary, tmp_path / "feed.sock", period_secs=0.005)
     mirror = StateFollower(follower, tmp_path / "feed.sock")
@@ -158,12 +226,12 @@ async def test_follower_mirrors_the_primarys_fleet(tmp_path: Path) -> None:
 
 
 async def test_a_worker_re_added_under_a_new_column_is_replaced(tmp_path: Path) -> None:
-    counts = _table(tmp_path, columns=8)
+    counts, backlogs = _table(tmp_path, columns=8), _backlogs(tmp_path, columns=8)
     follower = WorkerRegistry()
-    follower.share_in_flight(counts[1])
+    follower.share_in_flight(counts[1], backlogs[1])
     mirror = StateFollower(follower, tmp_path / "unused.sock")
     primary = WorkerRegistry()
-    primary.share_in_flight(counts[0])
+    primary.share_in_flight(counts[0], backlogs[0])
     spec = WorkerSpec(url="http://127.0.0.1:8001", id="a")
 
     def state(column: int, draining: bool = False) -> WorkerState:
@@ -187,6 +255,7 @@ async def test_a_worker_re_added_under_a_new_column_is_replaced(tmp_path: Path) 
 
 _COUNT = """
 import sys
+import time
 from pathlib import Path
 from picker.fleet.registry import WorkerRegistry
 from picker.observe.metrics import PickerMetrics
@@ -216,6 +285,7 @@ async def test_a_follower_waiting_for_the_fleet_stops_when_asked(tmp_path: Path)
     """A follower waits (up to a minute) for process 0's first snapshot before serving; a
     SIGTERM meanwhile (process 0 failed at start-up) used to wait that minute out."""
     SharedCounts.create(tmp_path / "in_flight", 2)
+    SharedBacklog.create(tmp_path / "prefill_backlog", 2)
     (tmp_path / "metrics").mkdir()
     follower = PickerRuntime(load_config(), group=ProcessGroup(1, 2, tmp_path, (1, 2)))
     stop = asyncio.Event()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,11 +16,13 @@ from pydantic import SecretStr
 
 from picker.config import load_config
 from picker.errors import ConfigError
-from picker.fleet.registry import Worker
+from picker.fleet.registry import Worker, WorkerRegistry
+from picker.fleet.speed import Observation, predicted_ttft
 from picker.fleet.worker_spec import WorkerSpec
 from picker.observe.metrics import ReplicaMetrics
 from picker.prefix.index import PromptBlocks
 from picker.prefix.producer import PrefixProducer, PrefixSettings
+from picker.replicas.joining import join_replicas
 from picker.replicas.settings import ReplicaSettings, host_port
 from picker.replicas.sharing import PickSharing
 from picker.replicas.wire import (
@@ -73,10 +76,30 @@ def test_proofs_need_the_key_and_the_role_and_both_challenges() -> None:
     assert not proof_valid(SECRET.encode(), mac, False, b"b" * 32, b"c" * 32)  # stale challenge
 
 
+class _PickOfVersion2(msgspec.Struct, array_like=True, frozen=True):
+    """A Pick as peers before issue 35 encoded and decoded it."""
+
+    worker: str
+    units: int
+    predicted: int
+    hashes: list[int]
+
+
+def test_picks_with_and_without_uncached_tokens_cross_versions() -> None:
+    """The uncached tokens came without a VERSION bump: a frame without them decodes as 0, and
+    a peer that does not know the field skips it."""
+    old = _PickOfVersion2("w", 8000, 3, [1, 2])
+    assert decode_pick(msgspec.msgpack.encode(old)) == Pick("w", 8000, 3, [1, 2], 0)
+    new = msgspec.msgpack.encode(Pick("w", 8000, 3, [1, 2], 1500))
+    assert msgspec.msgpack.decode(new, type=_PickOfVersion2) == old
+    assert decode_pick(new).uncached == 1500
+
+
 @pytest.mark.parametrize("payload", [
     b"\xc1",  # not MessagePack
     msgspec.msgpack.encode(["w", 1, 0, ["not a hash"]]),
     msgspec.msgpack.encode(["w", -1, 0, []]),
+    msgspec.msgpack.encode(["w", 1, 0, [], -5]),
     msgspec.msgpack.encode(["w", 1, 0, [1] * (MAX_BLOCKS + 1)]),
     msgspec.msgpack.encode(Hello(VERSION, 1, 128, 0, b"")),  # a greeting is no pick
 ])
@@ -259,8 +282,8 @@ async def test_every_pick_reaches_every_other_replica_once(trio: list[Replica]) 
     await eventually(lambda: all(r.metric("llm_picker_replica_peers_connected") == 2 for r in trio))
     for replica in trio:
         assert len(replica.sharing.peers()) == 2  # its own address recognised and left idle
-    trio[0].sharing.publish("a", 100, 0, [1, 2, 3])
-    trio[1].sharing.publish("b", 50, 1, [4])
+    trio[0].sharing.publish("a", 100, 0, [1, 2, 3], 0)
+    trio[1].sharing.publish("b", 50, 1, [4], 0)
     await eventually(lambda: len(trio[2].applied) == 2 and len(trio[0].applied) == 1
                 and len(trio[1].applied) == 1)
     assert trio[1].applied == [Pick("a", 100, 0, [1, 2, 3])]
@@ -275,13 +298,13 @@ async def test_every_pick_reaches_every_other_replica_once(trio: list[Replica]) 
 
 async def test_publish_from_another_thread(trio: list[Replica]) -> None:
     await eventually(lambda: trio[0].metric("llm_picker_replica_peers_connected") == 2)
-    await asyncio.to_thread(trio[0].sharing.publish, "a", 1, 0, [9])
+    await asyncio.to_thread(trio[0].sharing.publish, "a", 1, 0, [9], 0)
     await eventually(lambda: len(trio[1].applied) == 1 and len(trio[2].applied) == 1)
 
 
 async def test_unknown_workers_are_counted_not_applied(trio: list[Replica]) -> None:
     await eventually(lambda: trio[0].metric("llm_picker_replica_peers_connected") == 2)
-    trio[0].sharing.publish("gone", 1, 0, [9])
+    trio[0].sharing.publish("gone", 1, 0, [9], 0)
     await eventually(lambda: trio[1].metric("llm_picker_replica_picks_dropped_total",
                                        reason="unknown_worker") == 1)
     assert trio[1].applied == []
@@ -293,22 +316,22 @@ async def test_a_peer_down_costs_its_picks_only_and_it_is_rejoined() -> None:
     await first.sharing.start()
     try:
         await eventually(lambda: len(first.sharing.peers()) == 1)  # its own address recognised
-        first.sharing.publish("a", 1, 0, [1])  # nobody there yet
+        first.sharing.publish("a", 1, 0, [1], 0)  # nobody there yet
         await eventually(lambda: first.metric("llm_picker_replica_picks_dropped_total",
                                          reason="peer_down") == 1)
         await second.sharing.start()
         await eventually(lambda: first.metric("llm_picker_replica_peers_connected") == 1)
-        first.sharing.publish("a", 2, 0, [2])
+        first.sharing.publish("a", 2, 0, [2], 0)
         await eventually(lambda: [p.units for p in second.applied] == [2])
         await second.sharing.stop()
         await eventually(lambda: first.metric("llm_picker_replica_peers_connected") == 0)
-        first.sharing.publish("a", 3, 0, [3])
+        first.sharing.publish("a", 3, 0, [3], 0)
         await eventually(lambda: first.metric("llm_picker_replica_picks_dropped_total",
                                          reason="peer_down") == 2)
         second = Replica(ports[1], ports)  # a new process on the same address
         await second.sharing.start()
         await eventually(lambda: first.metric("llm_picker_replica_peers_connected") == 1)
-        first.sharing.publish("a", 4, 0, [4])
+        first.sharing.publish("a", 4, 0, [4], 0)
         await eventually(lambda: [p.units for p in second.applied] == [4])
     finally:
         await first.sharing.stop()
@@ -321,7 +344,7 @@ async def test_overload_drops_instead_of_queueing_without_bound() -> None:
     await replica.sharing.start()
     try:
         for units in range(5):  # no await between: the sender task cannot run
-            replica.sharing.publish("a", units, 0, [units])
+            replica.sharing.publish("a", units, 0, [units], 0)
         assert replica.metric("llm_picker_replica_picks_dropped_total", reason="overload") == 3
     finally:
         await replica.sharing.stop()
@@ -412,3 +435,64 @@ async def test_replicas_with_different_secrets_share_nothing(
     finally:
         await first.sharing.stop()
         await second.sharing.stop()
+
+
+class _Side:
+    """One replica as the runtime joins it: a registry of engines x and y, the approximate
+    index, and pick sharing over loopback."""
+
+    def __init__(self, port: int, peers: list[int], loads: bool = True) -> None:
+        self.registry = WorkerRegistry()
+        self.prefix = PrefixProducer(SETTINGS)
+        self.registry.add_listener(self.prefix)
+        for name in ("x", "y"):
+            self.registry.add(WorkerSpec(url=f"http://{name}:1", id=name, models=["m"]))
+        self.sharing = join_replicas(
+            ReplicaSettings(listen=f"127.0.0.1:{port}", max_backoff_secs=0.2,
+                            peers=[f"127.0.0.1:{p}" for p in peers], secret=SecretStr(SECRET),
+                            connect_timeout_secs=0.5),
+            16, self.registry, self.prefix, ReplicaMetrics(CollectorRegistry()), loads)
+
+    def engine(self, name: str) -> Worker:
+        worker = self.registry.get(name)
+        assert worker is not None
+        return worker
+
+
+@pytest.mark.parametrize("loads", [True, False])
+async def test_a_peers_long_prompt_is_ahead_of_requests_here(
+        loads: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replica A sends a long prompt to engine x, which has reported no load: replica B's
+    backlog and predicted TTFT for x count it at once, y's do not. The processes of one
+    picker (loads False) share their backlog in a table instead: no double count."""
+    monkeypatch.setenv("PYTHONHASHSEED", "1234")
+    ports = [free_port(), free_port()]
+    a, b = _Side(ports[0], ports), _Side(ports[1], ports, loads)
+    rate = 100.0  # tokens/s, as B learned from x's earlier answers: the backlog barely drains
+    for engine in ("x", "y"):
+        b.registry.observe(b.engine(engine), Observation(prompt_tokens=int(rate),
+                                                         cached_tokens=0, ttft_secs=1.0))
+    await a.sharing.start()
+    await b.sharing.start()
+    try:
+        await eventually(lambda: a.sharing.peers() == {f"127.0.0.1:{ports[1]}": True})
+        text = SYSTEM * 10 + "summarise"
+        request, blocks = a.prefix.annotate(
+            RoutingRequest(model="m", api=Api.CHAT, prompt_text=text), a.registry.workers())
+        assert request.prefix is not None
+        uncached = request.prefix.uncached_tokens("x")
+        assert uncached > 1000
+        a.prefix.record(blocks, a.engine("x"))  # what A's router does once it chose x
+        x, y = b.engine("x"), b.engine("y")
+        await eventually(lambda: b.prefix.index.blocks_of("x") > 0)  # the pick arrived
+        now = time.monotonic()
+        expected = uncached if loads else 0.0
+        assert x.prefill_ahead(now) == pytest.approx(expected, abs=rate)
+        assert y.prefill_ahead(now) == 0.0 and x.engine is None
+        # A new 100-token prompt on x waits for A's prompt; on y it does not.
+        assert predicted_ttft(x.speed, 100, 0, x.prefill_ahead(now)) == pytest.approx(
+            (expected + 100) / rate, abs=1.0)
+        assert x.prefill_ahead(now + (uncached + 1) / rate) == 0.0  # drained at x's rate
+    finally:
+        await a.sharing.stop()
+        await b.sharing.stop()

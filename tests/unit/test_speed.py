@@ -115,6 +115,22 @@ def test_prefill_backlog_is_never_more_than_the_open_requests_were_sent_with() -
     assert backlog.ended(500.0, slow, 3.0).open_tokens == 0.0  # never below empty
 
 
+def test_peers_sends_join_the_queue_and_drain_without_an_end() -> None:
+    """A peer replica's prompt is prefilled in the same queue as this replica's, but its end is
+    never seen here: it leaves the bound as it would drain alone at the engine's rate."""
+    rate = 1000.0
+    backlog = PrefillBacklog().peer_sent(1000.0, rate, 0.0).plus(1000.0, rate, 0.0)
+    assert backlog.left(rate, 0.5) == pytest.approx(1500.0)  # one queue, drained once
+    assert backlog.left(rate, 2.5) == 0.0
+    # A rate learned too low: once this replica's request ended, only what the peer's tokens
+    # could still hold at the learned rate stays ahead.
+    slow = 100.0
+    backlog = PrefillBacklog().peer_sent(1000.0, slow, 0.0).plus(1000.0, slow, 0.0)
+    backlog = backlog.ended(1000.0, slow, 4.0)
+    assert backlog.left(slow, 4.0) == pytest.approx(600.0)
+    assert backlog.left(slow, 10.0) == 0.0
+
+
 def fleet_with_speeds(*rates: float | None) -> Fleet:
     fleet = Fleet(WorkerSpec(url=f"h:{i + 1}", id=f"w{i}") for i in range(len(rates)))
     for worker, rate in zip(fleet, rates, strict=True):

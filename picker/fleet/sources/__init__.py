@@ -9,40 +9,16 @@ applied its first complete view, which readiness waits for.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from picker.errors import extra_needed
+from picker.fleet.sources.protocols import ObjectiveSink, OwnedSource, Source
 
 if TYPE_CHECKING:  # picker.fleet.served_models imports this package's settings
     from picker.fleet.manager import WorkerManager
     from picker.fleet.served_models import DiscoverySettings
 
 __all__ = ["ObjectiveSink", "OwnedSource", "Source", "build_sources"]
-
-
-class Source(Protocol):
-    @property
-    def synced(self) -> bool:
-        """The first complete view has been applied."""
-        ...
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
-class ObjectiveSink(Protocol):
-    """Where Kubernetes discovery reports the InferenceObjectives of its pool, name ->
-    priority, the whole set each time (picker.routing.flow.objectives reads them)."""
-
-    def discovered(self, priorities: Mapping[str, int]) -> None: ...
-
-
-class OwnedSource(Source, Protocol):
-    """A source the host builds (LiteLLM's deployments); the runtime hands it the manager."""
-
-    def attach(self, manager: WorkerManager) -> None: ...
 
 
 def build_sources(settings: DiscoverySettings, manager: WorkerManager,

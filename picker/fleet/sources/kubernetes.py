@@ -35,7 +35,6 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from picker.errors import ConfigError
 from picker.fleet.manager import WorkerManager
-from picker.fleet.sources import ObjectiveSink
 from picker.fleet.sources.pods import (
     PoolTarget,
     pool_target,
@@ -43,6 +42,7 @@ from picker.fleet.sources.pods import (
     settings_target,
     worker_specs,
 )
+from picker.fleet.sources.protocols import ObjectiveSink
 from picker.fleet.sources.settings import KubernetesSettings
 from picker.fleet.sources.status import SourceStatus
 

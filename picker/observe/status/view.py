@@ -13,6 +13,8 @@ from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Protocol
 
+from picker.routing.flow import FlowOutcome
+
 if TYPE_CHECKING:
     from picker.config import PickerConfig
     from picker.fleet.registry import Worker, WorkerRegistry
@@ -92,9 +94,13 @@ def status_view(runtime: StatusSubject,
 
 
 def _flow_view(flow: FlowController) -> dict[str, Any]:
-    """Flow control's queues: who waits, per band (highest first) and flow."""
+    """Flow control's queues, per band (highest first) and flow: who waits, for how long, and
+    how this process's requests left them so far (an outcome never seen is 0)."""
     stats = flow.stats()
     return {"active": stats.active,
-            "queued": [{"priority": priority, "flow": name, "count": count}
-                       for (priority, name), count in sorted(
-                           stats.queued.items(), key=lambda item: (-item[0][0], item[0][1]))]}
+            "flows": [{"priority": row.key.priority, "flow": row.key.fairness_id,
+                       "queued": row.queued,
+                       "oldest_wait_secs": round(row.oldest_wait_secs, 3),
+                       "left": {outcome.value: row.left.get(outcome, 0)
+                                for outcome in FlowOutcome}}
+                      for row in stats.flows]}

@@ -22,9 +22,8 @@ Unlike llm-d, which answers a TTL expiry with 429 while endpoints exist
 (pkg/epp/requestcontrol/admission.go:243-268), every refusal but a quota's is a 503 here: 429
 is kept for "you, this flow, sent too much"; 503 says "the fleet is full now".
 
-A `Ticket` is what a dispatched request holds; the lease that carries it tells it when a worker
-took the request (`opened`) and when it ended (`finish`), exactly once each; a ticket whose
-request never reached a worker is `cancel`led. One lock guards the queues and counts;
+A dispatched request holds a `Ticket` (picker.routing.flow.ticket), which tells the controller
+when a worker took the request and when it ended. One lock guards the queues and counts;
 waiters' futures are resolved on their own loops.
 """
 
@@ -44,10 +43,12 @@ from picker.routing.flow.fairness import fairness_policy
 from picker.routing.flow.key import FlowAsk, FlowKey
 from picker.routing.flow.queues import Band, Waiter
 from picker.routing.flow.quota import QuotaBook
+from picker.routing.flow.quota_table import QuotaTable
 from picker.routing.flow.saturation import Room, SaturationDetector
 from picker.routing.flow.settings import FlowSettings
+from picker.routing.flow.ticket import Ticket
 
-__all__ = ["FlowController", "FlowObserver", "FlowOutcome", "FlowStats", "Ticket"]
+__all__ = ["FlowController", "FlowObserver", "FlowOutcome", "FlowRow", "FlowStats"]
 
 
 class FlowOutcome(enum.StrEnum):
@@ -80,60 +81,54 @@ class FlowObserver:
     def left(self, key: FlowKey, outcome: FlowOutcome, waited_secs: float) -> None:
         """A request left flow control: dispatched or refused, after `waited_secs`."""
 
+    def quota_table_full(self) -> None:
+        """A flow with a budget found no slot in the quota table: refused, or its generated
+        tokens not charged."""
 
-class Ticket:
-    """A dispatched request's place in flow control, from dispatch to the end of its lease."""
 
-    __slots__ = ("_controller", "ask", "waited_secs", "_state")
+@dataclass(frozen=True, slots=True)
+class FlowRow:
+    """One flow of one band: how many wait, since when, and how requests left it so far."""
 
-    def __init__(self, controller: FlowController, ask: FlowAsk, waited_secs: float) -> None:
-        self._controller = controller
-        self.ask = ask
-        self.waited_secs = waited_secs
-        self._state = "pending"  # -> open -> done, or pending -> done
-
-    def opened(self) -> None:
-        """A worker's lease now counts the request (the router chose)."""
-        self._controller._opened(self)
-
-    def finish(self, generated_tokens: float = 0.0) -> None:
-        """The request ended; its generated tokens count against its flow's share and
-        quota."""
-        self._controller._finished(self, generated_tokens, refund=False)
-
-    def cancel(self) -> None:
-        """The request never reached a worker (no worker fitted): its charge goes back."""
-        self._controller._finished(self, 0.0, refund=True)
-
-    def again(self) -> Ticket:
-        """A new ticket for the same request, dispatched at once: its first worker failed
-        before serving it (a prefill/decode pair's prefill) and this one ended with it."""
-        return self._controller._again(self)
+    key: FlowKey
+    queued: int
+    oldest_wait_secs: float  # 0 when nobody waits
+    left: Mapping[FlowOutcome, int]
 
 
 @dataclass(frozen=True, slots=True)
 class FlowStats:
-    """Queue lengths by (priority, flow) and dispatched requests not yet ended."""
+    """Every flow seen (highest band first, then by flow id), and dispatched requests not yet
+    ended."""
 
-    queued: Mapping[tuple[int, str], int]
+    flows: tuple[FlowRow, ...]
     active: int
 
 
 class FlowController:
     def __init__(self, settings: FlowSettings, detector: SaturationDetector,
                  max_active: int = 0, observer: FlowObserver | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 quota_table: QuotaTable | None = None) -> None:
+        """`quota_table`: where budgets are spent, shared by a group's processes; private
+        when None."""
         self._settings = settings
         self._detector = detector
         self._max_active = max_active
         self._observer = observer or FlowObserver()
         self._clock = clock
-        self._quotas = QuotaBook(settings, clock)
+        self._quotas = QuotaBook(settings, quota_table, clock,
+                                 self._observer.quota_table_full)
         self._lock = threading.Lock()
         self._bands: dict[int, Band] = {}
         self._queued = 0
         self._active = 0
         self._pending: dict[str, int] = {}  # dispatched, no lease opened yet, per model
+        # How requests left each flow, for the status page (the metrics count the same; their
+        # flows are as many as the metrics' label values). Its own lock: some refusals are
+        # counted outside the controller's.
+        self._left: dict[FlowKey, dict[FlowOutcome, int]] = {}
+        self._left_lock = threading.Lock()
 
     # -- entry points --------------------------------------------------------------------
 
@@ -143,7 +138,7 @@ class FlowController:
         try:
             self._quotas.take(ask.key.fairness_id, ask.tokens)
         except QuotaExceeded:
-            self._observer.left(ask.key, FlowOutcome.QUOTA_EXCEEDED, 0.0)
+            self._count_left(ask.key, FlowOutcome.QUOTA_EXCEEDED, 0.0)
             raise
         loop = asyncio.get_running_loop()
         with self._lock:
@@ -162,10 +157,20 @@ class FlowController:
                 self._pump()
 
     def stats(self) -> FlowStats:
+        now = self._clock()
         with self._lock:
-            queued = {(band.priority, flow): count for band in self._bands.values()
-                      for flow, count in band.flow_sizes().items()}
-            return FlowStats(queued, self._active)
+            waiting = {FlowKey(band.priority, flow): (count, band.oldest(flow))
+                       for band in self._bands.values()
+                       for flow, count in band.flow_sizes().items()}
+            active = self._active
+        with self._left_lock:
+            left = {key: dict(counts) for key, counts in self._left.items()}
+        rows = []
+        for key in sorted(waiting.keys() | left.keys(),
+                          key=lambda key: (-key.priority, key.fairness_id)):
+            count, arrived = waiting.get(key, (0, now))
+            rows.append(FlowRow(key, count, now - arrived, left.get(key, {})))
+        return FlowStats(tuple(rows), active)
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -190,7 +195,7 @@ class FlowController:
         self._pending[ask.model] = self._pending.get(ask.model, 0) + 1
         self._band(ask.key.priority).fairness.dispatched(ask.key.fairness_id, ask.tokens)
         if first:
-            self._observer.left(ask.key, FlowOutcome.DISPATCHED, waited)
+            self._count_left(ask.key, FlowOutcome.DISPATCHED, waited)
         return Ticket(self, ask, waited)
 
     def _pump(self) -> None:
@@ -309,27 +314,27 @@ class FlowController:
         else:
             del self._pending[model]
 
-    def _again(self, ticket: Ticket) -> Ticket:
+    def ticket_again(self, ticket: Ticket) -> Ticket:
         with self._lock:
             return self._dispatch(ticket.ask, ticket.waited_secs, first=False)
 
     # -- ends ------------------------------------------------------------------------------
 
-    def _opened(self, ticket: Ticket) -> None:
+    def ticket_opened(self, ticket: Ticket) -> None:
         with self._lock:
-            if ticket._state != "pending":
+            if ticket.state != "pending":
                 return
-            ticket._state = "open"
+            ticket.state = "open"
             self._unpend(ticket.ask.model)
 
-    def _finished(self, ticket: Ticket, generated: float, refund: bool) -> None:
+    def ticket_finished(self, ticket: Ticket, generated: float, refund: bool) -> None:
         ask = ticket.ask
         with self._lock:
-            if ticket._state == "done":
+            if ticket.state == "done":
                 return
-            if ticket._state == "pending":
+            if ticket.state == "pending":
                 self._unpend(ask.model)
-            ticket._state = "done"
+            ticket.state = "done"
             self._active -= 1
             band = self._bands.get(ask.key.priority)
             if band is not None and generated:
@@ -343,15 +348,21 @@ class FlowController:
 
     # -- refusals --------------------------------------------------------------------------
 
+    def _count_left(self, key: FlowKey, outcome: FlowOutcome, waited: float) -> None:
+        with self._left_lock:
+            counts = self._left.setdefault(key, {})
+            counts[outcome] = counts.get(outcome, 0) + 1
+        self._observer.left(key, outcome, waited)
+
     def _refuse_locked(self, ask: FlowAsk, outcome: FlowOutcome) -> None:
         """Refuse a newcomer while holding the lock (it never queued)."""
         self._quotas.give_back(ask.key.fairness_id, ask.tokens)
-        self._observer.left(ask.key, outcome, 0.0)
+        self._count_left(ask.key, outcome, 0.0)
         raise self._refusal(outcome)
 
     def _refuse(self, ask: FlowAsk, outcome: FlowOutcome, waited: float) -> None:
         self._quotas.give_back(ask.key.fairness_id, ask.tokens)
-        self._observer.left(ask.key, outcome, waited)
+        self._count_left(ask.key, outcome, waited)
 
     def _resolve_refused(self, waiter: Waiter, outcome: FlowOutcome) -> None:
         self._refuse(waiter.ask, outcome, self._clock() - waiter.arrived)

@@ -12,14 +12,11 @@ import asyncio
 import heapq
 import itertools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from picker.routing.flow.fairness import Fairness
 from picker.routing.flow.key import FlowAsk
 from picker.routing.flow.settings import OrderingKind
-
-if TYPE_CHECKING:
-    from picker.routing.flow.controller import Ticket
+from picker.routing.flow.ticket import Ticket
 
 __all__ = ["Band", "Waiter"]
 
@@ -93,6 +90,10 @@ class Band:
                 if waiter.queued and (found is None or waiter.arrived > found.arrived):
                     found = waiter
         return found
+
+    def oldest(self, flow: str) -> float:
+        """When the flow's longest waiter arrived (the flow has one)."""
+        return min(waiter.arrived for _, waiter in self._flows[flow] if waiter.queued)
 
     def flow_sizes(self) -> dict[str, int]:
         return dict(self._counts)

@@ -8,6 +8,7 @@ Off unless `flow.enabled`: then flow control replaces the single admission queue
 from __future__ import annotations
 
 import enum
+import math
 from typing import Annotated
 
 from pydantic import Field
@@ -84,7 +85,17 @@ class FlowSettings(StrictModel):
     # Per flow id; flows not listed get `default_quota` (each flow its own budget of that size).
     quotas: dict[FlowId, QuotaSettings] = Field(default_factory=dict)
     default_quota: QuotaSettings = Field(default_factory=QuotaSettings)
+    # The part of every quota this picker enforces: replicas share no budget, so R replicas
+    # behind a proxy spreading streams evenly over them each take 1/R (rounded up; at least
+    # one request or token). 1: each replica enforces the whole budget.
+    replica_share: float = Field(default=1.0, gt=0, le=1)
     saturation: SaturationSettings = Field(default_factory=SaturationSettings)
 
     def quota(self, flow: FlowId) -> QuotaSettings:
-        return self.quotas.get(flow, self.default_quota)
+        """`flow`'s budget as this picker enforces it (its `replica_share`)."""
+        quota = self.quotas.get(flow, self.default_quota)
+        if self.replica_share == 1:
+            return quota
+        return QuotaSettings(
+            requests_per_minute=math.ceil(quota.requests_per_minute * self.replica_share),
+            tokens_per_minute=math.ceil(quota.tokens_per_minute * self.replica_share))

@@ -87,6 +87,7 @@ function renderWorkers(status) {
     stateCell.append(el("span", state, "state state-" + state));
     tr.append(stateCell, el("td", w.state.circuit.state));
     tr.append(el("td", w.state.in_flight, "num"));
+    tr.append(el("td", w.state.prefill_ahead, "num"));
     tr.append(el("td", engine ? num(engine.waiting, 0) : "–", "num"));
     tr.append(el("td", engine ? percent(engine.kv_usage) : "–", "num"));
     const rate = el("td");
@@ -145,13 +146,33 @@ function flowSummary(flow) {
   if (!flow) return "";
   const bands = new Map();
   let total = 0;
-  for (const q of flow.queued) {
-    total += q.count;
-    if (!bands.has(q.priority)) bands.set(q.priority, []);
-    bands.get(q.priority).push(q.flow + " " + q.count);
+  for (const row of flow.flows) {
+    if (!row.queued) continue;
+    total += row.queued;
+    if (!bands.has(row.priority)) bands.set(row.priority, []);
+    bands.get(row.priority).push(row.flow + " " + row.queued);
   }
   const parts = [...bands].map(([priority, flows]) => priority + ": " + flows.join(", "));
   return " · " + total + " waiting" + (parts.length ? " (" + parts.join("; ") + ")" : "");
+}
+
+// The outcomes shown, in the table's column order (picker.routing.flow.FlowOutcome values).
+const FLOW_OUTCOMES = ["dispatched", "shed", "ttl_expired", "quota_exceeded", "queue_full",
+                       "no_ready_worker", "cancelled"];
+
+function renderFlows(status) {
+  document.getElementById("flow").hidden = !status.flow;
+  if (!status.flow) return;
+  const rows = status.flow.flows.map((row) => {
+    const tr = el("tr");
+    tr.dataset.priority = row.priority;
+    tr.dataset.flow = row.flow;
+    tr.append(el("td", row.priority, "num"), el("td", row.flow), el("td", row.queued, "num"),
+              el("td", row.queued ? num(row.oldest_wait_secs, 2) + " s" : "–", "num"),
+              ...FLOW_OUTCOMES.map((outcome) => el("td", row.left[outcome], "num")));
+    return tr;
+  });
+  document.querySelector("#flows tbody").replaceChildren(...rows);
 }
 
 function render(status) {
@@ -163,6 +184,7 @@ function render(status) {
   document.getElementById("updated").textContent =
     "updated " + new Date().toLocaleTimeString();
   renderWorkers(status);
+  renderFlows(status);
   renderDecisions(status);
   renderAudit(status);
   renderPolicies(status);
