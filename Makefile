@@ -43,7 +43,7 @@ proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iextproc/proto --python_out=extproc/_pb --pyi_out=extproc/_pb extproc/proto/ext_proc.proto
 	$(BIN)/python -m grpc_tools.protoc -Iauthz/proto --python_out=authz/_pb --pyi_out=authz/_pb authz/proto/als.proto
 	$(BIN)/python -m grpc_tools.protoc -Ipicker/fleet/proto --python_out=picker/fleet/_pb --pyi_out=picker/fleet/_pb picker/fleet/proto/engine_signals.proto
-	$(BIN)/python -m grpc_tools.protoc -Ipicker/grpc_route/proto --python_out=picker/grpc_route/_pb --pyi_out=picker/grpc_route/_pb picker/grpc_route/proto/generate.proto
+	$(BIN)/python -m grpc_tools.protoc -Ipicker/grpc_route/proto --python_out=picker/grpc_route/_pb --pyi_out=picker/grpc_route/_pb picker/grpc_route/proto/generate.proto picker/grpc_route/proto/vllm_generate.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

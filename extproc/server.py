@@ -38,7 +38,7 @@ class _Processor:
         stream.close(cancelled)
         abandoned = stream.abandoned_generation
         if abandoned is not None:
-            self._aborts.send(*abandoned, "client disconnected")
+            self._aborts.send(*abandoned)
 
     async def process(self, _requests: object, context: grpc.aio.ServicerContext) -> None:
         """One HTTP request's stream; read/write calls avoid async-generator overhead."""

@@ -31,6 +31,7 @@ from picker.errors import (
     ProxyMisconfigured,
     RequestError,
 )
+from picker.grpc_route.abort import AbortCall
 from picker.observe.access_log import AccessEntry, AccessLog
 from picker.observe.decisions import EXPLAIN_HEADER
 from picker.routing import control_headers
@@ -83,10 +84,10 @@ class RequestStream:
                  access: AccessLog | None = None,
                  subsets: SubsetMatcher | None = None, fallbacks: int = 0,
                  conformance: bool = False,
-                 abort: Callable[[str, str, str], None] | None = None) -> None:
+                 abort: Callable[[str, AbortCall], None] | None = None) -> None:
         """`subsets`: the server's, shared by its streams (else one of this stream's own).
         `fallbacks` and `conformance`: extproc.fallbacks and extproc.conformance. `abort`:
-        sends a gRPC worker's Abort (host:port, request_id, reason) when a stop string ends
+        sends a gRPC worker's Abort (host:port, the engine's call) when a stop string ends
         the answer while the engine still generates."""
         self._picker = picker
         self._fallbacks = fallbacks
@@ -156,14 +157,14 @@ class RequestStream:
         return _NO_RESPONSES  # an empty oneof: nothing to answer
 
     @property
-    def abandoned_generation(self) -> tuple[str, str] | None:
+    def abandoned_generation(self) -> tuple[str, AbortCall] | None:
         """After `close`: a gRPC worker's generation the client left unfinished, as
-        (worker host:port, Generate request_id) for an Abort; None otherwise."""
+        (worker host:port, its engine's Abort call); None otherwise."""
         lease = self._lease
         if self._grpc is None or lease is None or lease.transcoder is None \
                 or not self._grpc.abandoned:
             return None
-        return lease.worker.host_port, lease.transcoder.request_id
+        return lease.worker.host_port, lease.transcoder.abort("client disconnected")
 
     def close(self, cancelled: bool) -> None:
         """The stream ended; release the slot with the best outcome we know of (a no-op when
@@ -417,7 +418,7 @@ class RequestStream:
         if self._grpc.cut_short and self._abort is not None:
             lease = self._lease
             assert lease is not None and lease.transcoder is not None
-            self._abort(lease.worker.host_port, lease.transcoder.request_id, "stop string")
+            self._abort(lease.worker.host_port, lease.transcoder.abort("stop string"))
             self._abort = None  # once
         if over:
             self._upstream_status = self._grpc.status or self._upstream_status

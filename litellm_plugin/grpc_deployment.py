@@ -34,7 +34,7 @@ def is_grpc_deployment(litellm_params: Mapping[str, Any]) -> bool:
 
 def engine_fields(params: Mapping[str, Any]) -> dict[str, Any]:
     """The WorkerSpec fields (beyond url) of a gRPC deployment's engine: SGLang's service,
-    which the provider calls (picker.grpc_route.GENERATE_PATH)."""
+    which the provider calls (picker.grpc_route.engines)."""
     return {"connection_mode": ConnectionMode.GRPC, "runtime_type": RuntimeType.SGLANG,
             **{key: params[key] for key in ENGINE_KEYS if params.get(key) is not None}}
 

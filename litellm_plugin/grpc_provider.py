@@ -44,7 +44,7 @@ from picker.errors import RequestError
 from picker.fleet.grpc_calls import EngineCallFailed, EngineCalls
 from picker.fleet.grpc_tokenizer import default_cache_dir, fetch_tokenizer
 from picker.fleet.worker_spec import WorkerSpec
-from picker.grpc_route import GENERATE_PATH, GrpcTranscoder, TokenizerUnavailable
+from picker.grpc_route import GrpcTranscoder, TokenizerUnavailable, engine_for
 from picker.grpc_route.abort import Aborts
 from picker.grpc_route.transcoder import WorkerTokenizers
 from picker.routing.openai_body import request_from_data
@@ -143,13 +143,13 @@ class GrpcEngines(CustomLLM):
             body.update(model=model, messages=[plain(m) for m in messages], stream=stream)
             if stream:  # always: LiteLLM shows it only to callers that asked (see above)
                 body["stream_options"] = {"include_usage": True}
-            transcoder = GrpcTranscoder(await self._tokenizer(spec),
+            transcoder = GrpcTranscoder(engine_for(spec), await self._tokenizer(spec),
                                         request_from_data(Api.CHAT, body, headers),
                                         spec.tool_parser, spec.reasoning_parser)
         except RequestError as error:
             raise to_litellm_error(error, model) from error
         answer = transcoder.answer
-        call = self._channel(spec).unary_stream(GENERATE_PATH)(
+        call = self._channel(spec).unary_stream(transcoder.engine.generate_path)(
             transcoder.message, timeout=timeout if isinstance(timeout, int | float) else None)
         try:
             try:
@@ -169,7 +169,7 @@ class GrpcEngines(CustomLLM):
             if answer.cut_short or not answer.over:
                 call.cancel()
                 reason = "stop string" if answer.cut_short else "client disconnected"
-                self._aborts.send(spec.host_port, transcoder.request_id, reason)
+                self._aborts.send(spec.host_port, transcoder.abort(reason))
 
     async def _tokenizer(self, spec: WorkerSpec) -> EngineTokenizer:
         path = spec.tokenizer_path or await self._fetch_tokenizer(spec)

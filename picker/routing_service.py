@@ -26,6 +26,7 @@ from picker.errors import PrefillFailed, RequestError
 from picker.fleet.lora_loading import AdapterLoader
 from picker.fleet.registry import Worker, WorkerRegistry
 from picker.fleet.worker_spec import ConnectionMode
+from picker.grpc_route.engines import engine_for
 from picker.grpc_route.transcoder import GrpcTranscoder, WorkerTokenizers
 from picker.observe.decisions import DecisionLog, ExplainSettings, explain_line
 from picker.observe.metrics import PickerMetrics
@@ -283,8 +284,8 @@ class RoutingService:
         """The Generate call for a gRPC worker (`bootstrap`: its pair's rendezvous, for a
         decode worker); raises RequestError when the request cannot be sent to it."""
         spec = worker.spec
-        return GrpcTranscoder(self._tokenizers.for_worker(worker), request, spec.tool_parser,
-                              spec.reasoning_parser, bootstrap)
+        return GrpcTranscoder(engine_for(spec), self._tokenizers.for_worker(worker), request,
+                              spec.tool_parser, spec.reasoning_parser, bootstrap)
 
     def _excluding(self, allowed: Collection[str] | None,
                    failed: set[str]) -> Collection[str] | None:

@@ -1,7 +1,8 @@
 """The engine's streamed GenerateResponses as the OpenAI answer the client asked for.
 
 Fed the response body's pieces as the proxy passes them (picker.grpc_route.framing splits the
-messages), it returns the bytes to send on: for a streamed request one server-sent event per
+messages; the worker's engine adapter, picker.grpc_route.engines, reads them), it returns the
+bytes to send on: for a streamed request one server-sent event per
 GenerateStreamChunk (text detokenized incrementally, picker.tokens.detokenize), then the
 finish_reason, the usage chunk when asked and `[DONE]`; otherwise one JSON document once the
 GenerateComplete arrives. A chat answer for a worker with parsers passes its text through them
@@ -19,13 +20,15 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from picker.grpc_route._pb import generate_pb2 as pb
 from picker.grpc_route.framing import FrameReader, FramingError
 from picker.grpc_route.stops import StopStrings
 from picker.parsers import OutputParser, Parsed, ToolCall, call_id
 from picker.routing.request import Api
 
-if TYPE_CHECKING:  # picker.tokens needs the hf extra: imported where a tokenizer loads
+# For annotations only: picker.pd.prefill imports this module and picker.grpc_route.engines
+# imports picker.pd; picker.tokens needs the hf extra (imported where a tokenizer loads).
+if TYPE_CHECKING:
+    from picker.grpc_route.engines import Complete, GrpcEngine, StreamChunk
     from picker.tokens.detokenize import Detokenizer
 
 __all__ = ["OpenAIAnswer", "http_status"]
@@ -44,13 +47,14 @@ def http_status(grpc_status: int) -> int:
 class OpenAIAnswer:
     """One request's answer, built from the engine's messages as they pass."""
 
-    __slots__ = ("_detokenizer", "_api", "_model", "_id", "_stream", "_usage_chunk", "_created",
-                 "_frames", "_text", "_counts", "_started", "_complete", "_failed", "_stops",
-                 "_cut", "_parser", "_calls")
+    __slots__ = ("_engine", "_detokenizer", "_api", "_model", "_id", "_stream", "_usage_chunk",
+                 "_created", "_frames", "_text", "_counts", "_started", "_complete", "_failed",
+                 "_stops", "_cut", "_parser", "_calls")
 
-    def __init__(self, detokenizer: Detokenizer, api: Api, model: str, request_id: str,
-                 stream: bool, usage_chunk: bool, stops: Sequence[str] = (),
+    def __init__(self, engine: GrpcEngine, detokenizer: Detokenizer, api: Api, model: str,
+                 request_id: str, stream: bool, usage_chunk: bool, stops: Sequence[str] = (),
                  parser: OutputParser | None = None) -> None:
+        self._engine = engine
         self._detokenizer = detokenizer
         self._api = api
         self._model = model
@@ -109,7 +113,7 @@ class OpenAIAnswer:
         if self._complete or self._failed:
             return b""
         try:
-            messages = [pb.GenerateResponse.FromString(m) for m in raw]
+            messages = [self._engine.response(m) for m in raw]
         except ValueError as exc:  # protobuf's DecodeError is a ValueError
             return self.fail(500, f"the engine's answer could not be read: {exc}")
         out = []
@@ -143,8 +147,11 @@ class OpenAIAnswer:
 
     # -- messages ---------------------------------------------------------------------------
 
-    def _chunk(self, chunk: pb.GenerateStreamChunk) -> bytes:
-        self._counts = (chunk.prompt_tokens, chunk.completion_tokens, chunk.cached_tokens)
+    def _chunk(self, chunk: StreamChunk) -> bytes:
+        # vLLM counts each chunk's own tokens; SMG adds them up (response_formatting.rs:45-51).
+        completion = self._counts[1] + len(chunk.token_ids) if self._engine.counts_are_deltas \
+            else chunk.completion_tokens
+        self._counts = (chunk.prompt_tokens, completion, chunk.cached_tokens)
         text, stopped = self._stops.feed(self._detokenizer.step(list(chunk.token_ids)))
         if stopped:
             self._cut = True
@@ -154,10 +161,14 @@ class OpenAIAnswer:
             return b""
         return self._emit(text)
 
-    def _finish(self, complete: pb.GenerateComplete) -> bytes:
-        self._counts = (complete.prompt_tokens, complete.completion_tokens,
+    def _finish(self, complete: Complete) -> bytes:
+        # Streamed, vLLM's GenerateComplete counts only the last delta: the chunks' sum stands
+        # (SMG response_formatting.rs:53-64). Unstreamed, it counts the whole output.
+        summed = self._stream and self._engine.counts_are_deltas
+        self._counts = (complete.prompt_tokens,
+                        self._counts[1] if summed else complete.completion_tokens,
                         complete.cached_tokens)
-        # A streamed GenerateComplete repeats the last chunk's ids (SGLang's servicer builds it
+        # A streamed GenerateComplete repeats the last chunk's ids (both servicers build it
         # from the last output; picker_sim.grpc_server says where): already decoded.
         ids = [] if self._stream else list(complete.output_ids)
         text, stopped = self._stops.feed(self._detokenizer.step(ids))

@@ -2,8 +2,9 @@
 
 The routing service makes one when it opens a lease on a worker with `connection_mode: grpc`
 (the lease carries it, picker.routing.leases); the adapter that proxies the request applies it:
-`headers` and `body` replace the client's request (SGLang's Generate call, gRPC-framed, for an
-HTTP/2 upstream), and `answer` turns the engine's response body and status into the OpenAI
+`headers` and `body` replace the client's request (the Generate call of the worker's engine,
+SGLang's or vLLM's by its runtime_type (picker.grpc_route.engines), gRPC-framed, for an HTTP/2
+upstream), and `answer` turns the engine's response body and status into the OpenAI
 answer, through the worker's tool-call and reasoning parsers (picker.grpc_route.parsing).
 For a prefill/decode pair the proxy takes the call to decode while the picker sends the same
 `message` to prefill (picker.pd.pairing).
@@ -18,10 +19,12 @@ from typing import TYPE_CHECKING
 
 from picker.errors import ConfigError, RequestError
 from picker.fleet.registry import Worker
+from picker.grpc_route.abort import AbortCall
 from picker.grpc_route.answer import OpenAIAnswer
+from picker.grpc_route.engines import GrpcEngine
 from picker.grpc_route.framing import frame
 from picker.grpc_route.parsing import answer_parser, may_call_tools
-from picker.grpc_route.request import generate_request, include_usage
+from picker.grpc_route.request import generate_call, include_usage
 from picker.pd.protocols import Bootstrap
 from picker.routing.destination import Headers
 from picker.routing.request import RoutingRequest
@@ -29,11 +32,7 @@ from picker.routing.request import RoutingRequest
 if TYPE_CHECKING:  # picker.tokens needs the hf extra: imported where a tokenizer loads
     from picker.tokens.tokenizer import EngineTokenizer
 
-__all__ = ["GENERATE_PATH", "GrpcTranscoder", "TokenizerUnavailable", "WorkerTokenizers"]
-
-# The method's HTTP/2 path: /<package>.<service>/<method> (sglang_scheduler.proto:3, :11, :13;
-# grpc doc/PROTOCOL-HTTP2.md "Path"). Envoy routes this prefix to its HTTP/2 worker cluster.
-GENERATE_PATH = "/sglang.grpc.scheduler.SglangScheduler/Generate"
+__all__ = ["GrpcTranscoder", "TokenizerUnavailable", "WorkerTokenizers"]
 
 
 class TokenizerUnavailable(RequestError):
@@ -76,26 +75,32 @@ class WorkerTokenizers:
 
 
 class GrpcTranscoder:
-    __slots__ = ("message", "body", "headers", "answer", "request_id")
+    __slots__ = ("engine", "message", "body", "headers", "answer", "request_id")
 
-    def __init__(self, tokenizer: EngineTokenizer, request: RoutingRequest,
+    def __init__(self, engine: GrpcEngine, tokenizer: EngineTokenizer, request: RoutingRequest,
                  tool_parser: str | None = None, reasoning_parser: str | None = None,
                  bootstrap: Bootstrap | None = None) -> None:
-        """Raises InvalidRequest naming what the Generate call cannot carry. The parser names
-        are the chosen worker's (its spec checked them); `bootstrap`, a pair's rendezvous."""
+        """Raises InvalidRequest naming what the Generate call cannot carry. `engine`: the
+        worker's service (picker.grpc_route.engines.engine_for). The parser names are the
+        chosen worker's (its spec checked them); `bootstrap`, a pair's rendezvous."""
         assert request.body is not None, "parse_request keeps the body"
+        self.engine = engine
         self.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        call = generate_request(request.body, request.api, tokenizer, self.request_id,
-                                request.stream, bootstrap)
-        self.message = call.SerializeToString()  # for a gRPC client; `body` for a proxy
+        call = generate_call(request.body, request.api, tokenizer, self.request_id,
+                             request.stream, bootstrap)
+        self.message = engine.request(call)  # for a gRPC client; `body` for a proxy
         self.body = frame(self.message)
-        self.headers: Headers = ((":path", GENERATE_PATH), ("content-type", "application/grpc"),
-                                 ("te", "trailers"))
+        self.headers: Headers = ((":path", engine.generate_path),
+                                 ("content-type", "application/grpc"), ("te", "trailers"))
         usage = request.stream and include_usage(request.body)
         parser = answer_parser(request.body, request.api, tool_parser, reasoning_parser)
-        skip = call.sampling_params.skip_special_tokens and not may_call_tools(request.body,
-                                                                              request.api)
-        self.answer = OpenAIAnswer(tokenizer.detokenizer(skip),
+        skip = call.sampling.skip_special_tokens and not may_call_tools(request.body,
+                                                                         request.api)
+        self.answer = OpenAIAnswer(engine, tokenizer.detokenizer(skip),
                                    request.api, request.model, self.request_id,
-                                   request.stream, usage, list(call.sampling_params.stop),
-                                   parser)
+                                   request.stream, usage, call.sampling.stop, parser)
+
+    def abort(self, reason: str) -> AbortCall:
+        """The engine's Abort for this request (picker.grpc_route.abort sends it)."""
+        return AbortCall(self.engine.abort_path, self.engine.abort(self.request_id, reason),
+                         self.request_id)

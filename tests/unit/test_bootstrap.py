@@ -11,6 +11,7 @@ import yaml
 
 from llm_picker.envoy_config import ext_proc_config, parse_address, render_bootstrap
 from picker.config import load_config
+from picker.grpc_route.engines import ENGINES
 from tests.unit.test_control_headers import all_bootstraps
 
 
@@ -146,8 +147,11 @@ def test_grpc_workers_get_an_http2_cluster_and_their_answers_pass_the_picker() -
     assert "http2_protocol_options" in options["explicit_http_config"]
     manager = plain["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     routes = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
-    assert routes[0] == {"match": {"prefix": "/sglang.grpc.scheduler.SglangScheduler/"},
-                         "route": {"cluster": "llm_workers_grpc", "timeout": "600s"}}
+    # Each engine's service the picker rewrites requests into (picker.grpc_route.engines).
+    assert routes[:len(ENGINES)] == [
+        {"match": {"prefix": engine.generate_path.rsplit("/", 1)[0] + "/"},
+         "route": {"cluster": "llm_workers_grpc", "timeout": "600s"}}
+        for engine in ENGINES.values()]
     assert "response_body_mode: NONE" in render_bootstrap(load_config())
     with_grpc = load_config(overrides={"workers": [{
         "url": "grpc://127.0.0.1:30000", "connection_mode": "grpc", "models": ["m"],
