@@ -68,8 +68,11 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-encoding", choices=("map", "array"),
                         help="event encoding: map (vLLM 0.33, tagged events) or array (vLLM 0.11)")
     parser.add_argument("--grpc", action="store_true",
-                        help="serve SGLang's gRPC scheduler service (token ids in and out) "
-                             "instead of HTTP; needs the grpc-engines extra")
+                        help="serve an engine's gRPC service (token ids in and out) instead of "
+                             "HTTP: SGLang's scheduler, or vLLM's with --runtime vllm; needs the "
+                             "grpc-engines extra")
+    parser.add_argument("--runtime", choices=("sglang", "vllm"),
+                        help="(--grpc) whose gRPC service: sglang (default) or vllm")
     parser.add_argument("--tokenizer", type=Path, metavar="DIR",
                         help="(--grpc) tokenizer directory: answer with ids of its vocabulary "
                              "and stream it on GetTokenizer (default: the toy ids)")
@@ -130,7 +133,7 @@ def sim_runner(ns: argparse.Namespace) -> Callable[[], None]:
     vocabulary = (SimVocabulary.toy() if ns.tokenizer is None
                   else SimVocabulary.from_directory(ns.tokenizer, ns.output_text))
     return functools.partial(run_grpc_sim, config, vocabulary, ns.host, ns.port,
-                             ns.bootstrap_port, ns.kv_events)
+                             ns.bootstrap_port, ns.kv_events, ns.runtime or "sglang")
 
 
 def _grpc_problem(ns: argparse.Namespace) -> str | None:
@@ -138,7 +141,7 @@ def _grpc_problem(ns: argparse.Namespace) -> str | None:
     if not ns.grpc:
         for flag, value in (("--tokenizer", ns.tokenizer), ("--bootstrap-port", ns.bootstrap_port),
                             ("--output-text", ns.output_text),
-                            ("--kv-events", ns.kv_events or None)):
+                            ("--kv-events", ns.kv_events or None), ("--runtime", ns.runtime)):
             if value is not None:
                 return f"{flag} is for a gRPC sim (--grpc)"
         return None
@@ -147,6 +150,8 @@ def _grpc_problem(ns: argparse.Namespace) -> str | None:
             return f"{flag} is not served over gRPC: leave it out with --grpc"
     if ns.output_text is not None and ns.tokenizer is None:
         return "--output-text needs --tokenizer (the text is encoded by it)"
+    if ns.runtime == "vllm" and ns.role not in (None, "regular"):
+        return "--role: a vLLM gRPC sim is a regular worker (PD is simulated over SGLang's)"
     if ns.pd_protocol not in (None, "sglang"):
         return "--pd-protocol: a gRPC sim pairs as SGLang does (bootstrap rooms): sglang only"
     if (ns.role == "prefill") != (ns.bootstrap_port is not None):

@@ -1,10 +1,12 @@
 """The simulated engine's gRPC face: SGLang's scheduler service, token ids in and out.
 
 `llm-picker sim --grpc` serves `sglang.grpc.scheduler.SglangScheduler` as smg-grpc-proto 0.4.28
-declares it (sglang_scheduler.proto:11-63; the `grpc-engines` extra) over the engine the HTTP
-face uses (picker_sim.engine): the same running slots, block cache and latency model, with the
-prompt's token ids as its tokens. So a gateway that tokenizes (SMG, the picker's gRPC routers)
-sees cache hits, queueing and load as it would on an SGLang engine started with `--grpc-mode`.
+declares it (sglang_scheduler.proto:11-63; the `grpc-engines` extra), or with `--runtime vllm`
+vLLM's service (picker_sim.grpc_vllm, a subclass that changes only the messages), over the
+engine the HTTP face uses (picker_sim.engine): the same running slots, block cache and latency
+model, with the prompt's token ids as its tokens. So a gateway that tokenizes (SMG, the picker's
+gRPC routers) sees cache hits, queueing and load as it would on an SGLang engine started with
+`--grpc-mode` (or a vLLM one behind smg-grpc-servicer).
 
 What each RPC answers, and the engine-side code it follows (smg_grpc_servicer 0.14.1,
 sglang/servicer.py, the servicer SGLang 0.5.23's grpc_server.py delegates to):
@@ -50,7 +52,7 @@ from picker_sim.kv_stream import handler as kv_stream_handler
 from picker_sim.pd import PdPeer
 from picker_sim.token_vocab import SimVocabulary
 
-__all__ = ["SERVICE", "run_grpc_sim"]
+__all__ = ["SERVICE", "SglangSchedulerSim", "run_grpc_sim"]
 
 SERVICE = "sglang.grpc.scheduler.SglangScheduler"
 # What the HTTP sim's /tokenize reports as max_model_len.
@@ -66,7 +68,13 @@ _PD_STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 503: grpc.StatusCode.UNAVAI
 
 class SglangSchedulerSim:
     """The service's methods; registered by name (`handlers`), so an RPC the sim does not
-    serve (Embed, LoRA, profiling; KV events unless `kv_events`) answers UNIMPLEMENTED."""
+    serve (Embed, LoRA, profiling; KV events unless `kv_events`) answers UNIMPLEMENTED.
+    `service` and `pb` name the service and its generated messages; the `_chunk`,
+    `_complete`, `_max_tokens`, `_loads` hooks, Abort and GetServerInfo are what another
+    engine's service (picker_sim.grpc_vllm) writes differently."""
+
+    service = SERVICE
+    pb: Any = pb
 
     def __init__(self, config: SimConfig, vocabulary: SimVocabulary,
                  pd: PdPeer | None = None, bootstrap_port: int | None = None,
@@ -89,25 +97,21 @@ class SglangSchedulerSim:
         unary = grpc.unary_unary_rpc_method_handler
         methods: dict[str, grpc.RpcMethodHandler] = {
             "Generate": grpc.unary_stream_rpc_method_handler(
-                self.Generate, request_deserializer=pb.GenerateRequest.FromString,
-                response_serializer=pb.GenerateResponse.SerializeToString),
+                self.Generate, request_deserializer=self.pb.GenerateRequest.FromString,
+                response_serializer=self.pb.GenerateResponse.SerializeToString),
             "GetTokenizer": grpc.unary_stream_rpc_method_handler(
                 self.GetTokenizer, request_deserializer=common_pb2.GetTokenizerRequest.FromString,
                 response_serializer=common_pb2.GetTokenizerChunk.SerializeToString),
         }
-        for name, request, response, method in (
-            ("HealthCheck", pb.HealthCheckRequest, pb.HealthCheckResponse, self.HealthCheck),
-            ("Abort", pb.AbortRequest, pb.AbortResponse, self.Abort),
-            ("GetModelInfo", pb.GetModelInfoRequest, pb.GetModelInfoResponse, self.GetModelInfo),
-            ("GetServerInfo", pb.GetServerInfoRequest, pb.GetServerInfoResponse,
-             self.GetServerInfo),
-            ("GetLoads", pb.GetLoadsRequest, pb.GetLoadsResponse, self.GetLoads),
-        ):
+        for name, method in (("HealthCheck", self.HealthCheck), ("Abort", self.Abort),
+                             ("GetModelInfo", self.GetModelInfo),
+                             ("GetServerInfo", self.GetServerInfo), ("GetLoads", self.GetLoads)):
+            request, response = (getattr(self.pb, name + kind) for kind in ("Request", "Response"))
             methods[name] = unary(method, request_deserializer=request.FromString,
                                   response_serializer=response.SerializeToString)
         if self._kv_events is not None:
             methods["SubscribeKvEvents"] = kv_stream_handler(self._kv_events)
-        return grpc.method_handlers_generic_handler(SERVICE, methods)
+        return grpc.method_handlers_generic_handler(self.service, methods)
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -119,11 +123,11 @@ class SglangSchedulerSim:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "tokenized.input_ids is empty: the engine takes token ids")
         params = request.sampling_params
-        n_out = (params.max_new_tokens if params.HasField("max_new_tokens")
-                 else self._config.max_tokens_default)
+        limit = self._max_tokens(params)
+        n_out = self._config.max_tokens_default if limit is None else limit
         if n_out < 1:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "sampling_params.max_new_tokens must be at least 1")
+                                f"sampling_params.{self._max_tokens_field} must be at least 1")
         if engine.should_fail():
             engine.requests_total += 1
             engine.failed += 1
@@ -155,18 +159,29 @@ class SglangSchedulerSim:
                         return
                     output.append(vocabulary.token(index))
                     if request.stream:
-                        yield pb.GenerateResponse(request_id=request.request_id, chunk=(
-                            pb.GenerateStreamChunk(token_ids=output[-1:],
-                                                   completion_tokens=len(output), **counts)))
+                        yield self._chunk(request, output, counts)
                 run.finish()
         finally:
             if self._aborted.get(key) is aborted:
                 del self._aborted[key]
         if self._pd is not None and self._pd.role == "prefill":
             self._pd.prefilled(_bootstrap(request), {}, by_length=True)
-        yield pb.GenerateResponse(request_id=request.request_id, complete=pb.GenerateComplete(
-            output_ids=output[-1:] if request.stream else output,
-            finish_reason="stop" if ends else "length",
+        yield self._complete(request, output, "stop" if ends else "length", counts)
+
+    # The messages, SGLang's: counts cumulative (sglang_scheduler.proto:231-252).
+    _max_tokens_field = "max_new_tokens"
+
+    def _max_tokens(self, params: Any) -> int | None:
+        return params.max_new_tokens if params.HasField("max_new_tokens") else None
+
+    def _chunk(self, request: Any, output: list[int], counts: dict[str, int]) -> Any:
+        return pb.GenerateResponse(request_id=request.request_id, chunk=pb.GenerateStreamChunk(
+            token_ids=output[-1:], completion_tokens=len(output), **counts))
+
+    def _complete(self, request: Any, output: list[int], finish: str,
+                  counts: dict[str, int]) -> Any:
+        return pb.GenerateResponse(request_id=request.request_id, complete=pb.GenerateComplete(
+            output_ids=output[-1:] if request.stream else output, finish_reason=finish,
             completion_tokens=len(output), **counts))
 
     async def _fetch_prefill(self, request: Any,
@@ -187,29 +202,34 @@ class SglangSchedulerSim:
         return outcome is True
 
     async def Abort(self, request: Any, _: grpc.aio.ServicerContext) -> Any:
-        event = self._aborted.get(request.request_id)
+        found = self._abort(request.request_id, request.reason)
+        # The servicer's message (sglang/servicer.py:484-487).
+        return pb.AbortResponse(success=found, message=f"Request {request.request_id} "
+                                                       f"{'aborted' if found else 'not found'}")
+
+    def _abort(self, request_id: str, reason: str) -> bool:
+        """Stop the request's generation; whether it was running. One line per Abort, so a
+        test can tell that a gateway sent it (an aborted stream whose client already reset it
+        is "not found": its generation had stopped)."""
+        event = self._aborted.get(request_id)
         if event is not None:
             event.set()
-        # The servicer's message (sglang/servicer.py:484-487).
         found = "aborted" if event is not None else "not found"
-        # One line per Abort, so a test can tell that a gateway sent it (an aborted stream
-        # whose client already reset it is "not found": its generation had stopped).
-        print(f"Abort {request.request_id!r} ({request.reason}): {found}", flush=True)
-        return pb.AbortResponse(success=event is not None,
-                                message=f"Request {request.request_id} {found}")
+        print(f"Abort {request_id!r} ({reason}): {found}", flush=True)
+        return event is not None
 
     # -- engine facts -----------------------------------------------------------------------------
 
     async def HealthCheck(self, _: Any, __: grpc.aio.ServicerContext) -> Any:
         """The servicer generates one token to answer (sglang/servicer.py:356-470); the sim's
         engine is always able to."""
-        return pb.HealthCheckResponse(healthy=True, message="")
+        return self.pb.HealthCheckResponse(healthy=True, message="")
 
     async def GetModelInfo(self, _: Any, __: grpc.aio.ServicerContext) -> Any:
         """Fields as the servicer fills them from its server args and model config
-        (sglang/servicer.py:525-557)."""
+        (sglang/servicer.py:525-557); vLLM's message has these under the same names."""
         config, vocabulary = self._config, self._vocabulary
-        return pb.GetModelInfoResponse(
+        return self.pb.GetModelInfoResponse(
             model_path=config.model, served_model_name=config.model,
             tokenizer_path=str(vocabulary.directory or ""), is_generation=True,
             max_context_length=MAX_CONTEXT, max_req_input_len=MAX_CONTEXT - 1,
@@ -254,19 +274,25 @@ class SglangSchedulerSim:
         running, waiting = engine.requests_running(), engine.requests_waiting()
         usage = engine.kv_cache_usage()
         hit_rate = engine.cached_tokens_total / max(1, engine.prompt_tokens_total)
-        load = pb.SchedulerLoad(
+        load = self.pb.SchedulerLoad(
             dp_rank=0, num_running_reqs=running, num_waiting_reqs=waiting,
             num_total_reqs=running + waiting,
             num_used_tokens=len(engine.cache) * config.block_tokens,
             max_total_num_tokens=config.cache_blocks * config.block_tokens, token_usage=usage,
             cache_hit_rate=hit_rate, utilization=running / config.max_concurrency,
             max_running_requests=config.max_concurrency)
-        return pb.GetLoadsResponse(
+        response = self.pb.GetLoadsResponse(
             timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            version="llm-picker-sim", dp_rank_count=1, loads=[load],
-            aggregate=pb.AggregateMetrics(total_running_reqs=running, total_waiting_reqs=waiting,
-                                          total_reqs=running + waiting, avg_token_usage=usage,
-                                          avg_utilization=load.utilization))
+            version="llm-picker-sim", dp_rank_count=1, loads=[load])
+        self._aggregate(response, load)
+        return response
+
+    def _aggregate(self, response: Any, load: Any) -> None:
+        """SGLang's answer sums the ranks (sglang_scheduler.proto's AggregateMetrics)."""
+        response.aggregate.CopyFrom(pb.AggregateMetrics(
+            total_running_reqs=load.num_running_reqs, total_waiting_reqs=load.num_waiting_reqs,
+            total_reqs=load.num_total_reqs, avg_token_usage=load.token_usage,
+            avg_utilization=load.utilization))
 
     async def GetTokenizer(self, _: Any, context: grpc.aio.ServicerContext,
                            ) -> AsyncIterator[Any]:
@@ -292,14 +318,22 @@ def _bootstrap(request: Any) -> dict[str, Any]:
 
 
 async def serve_grpc(config: SimConfig, vocabulary: SimVocabulary, host: str, port: int,
-                     bootstrap_port: int | None = None, kv_events: bool = False) -> None:
-    """Serve until cancelled; a prefill sim also serves its bootstrap port."""
+                     bootstrap_port: int | None = None, kv_events: bool = False,
+                     runtime: str = "sglang") -> None:
+    """Serve until cancelled; a prefill sim also serves its bootstrap port. `runtime`: whose
+    service, "sglang" or "vllm" (no PD roles: vLLM's gRPC pairs are not simulated)."""
+    service: type[SglangSchedulerSim] = SglangSchedulerSim
+    if runtime == "vllm":
+        from picker_sim.grpc_vllm import VllmEngineSim  # it subclasses this module's sim
+
+        service = VllmEngineSim
     pd = None
     if config.role != "regular":
+        assert runtime == "sglang", "PD roles are simulated over SGLang's service only"
         pd = PdPeer(config.role, "sglang", config.worker_id, host, bootstrap_port or port,
                     config.pd_wait_ms / 1000)
-    sim = SglangSchedulerSim(config, vocabulary, pd,
-                             bootstrap_port if config.role == "prefill" else None, kv_events)
+    sim = service(config, vocabulary, pd, bootstrap_port if config.role == "prefill" else None,
+                  kv_events)
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((sim.handlers(),))
     server.add_insecure_port(f"{host}:{port}")
@@ -312,7 +346,7 @@ async def serve_grpc(config: SimConfig, vocabulary: SimVocabulary, host: str, po
             log_level="warning", access_log=False, lifespan="off"))
         jobs.append(bootstrap.serve())
     print(f"llm-picker sim {config.worker_id!r} serving model {config.model!r} over gRPC "
-          f"({SERVICE}) on {host}:{port}", flush=True)
+          f"({sim.service}) on {host}:{port}", flush=True)
     try:
         await asyncio.gather(*jobs)
     finally:
@@ -320,5 +354,6 @@ async def serve_grpc(config: SimConfig, vocabulary: SimVocabulary, host: str, po
 
 
 def run_grpc_sim(config: SimConfig, vocabulary: SimVocabulary, host: str, port: int,
-                 bootstrap_port: int | None = None, kv_events: bool = False) -> None:
-    asyncio.run(serve_grpc(config, vocabulary, host, port, bootstrap_port, kv_events))
+                 bootstrap_port: int | None = None, kv_events: bool = False,
+                 runtime: str = "sglang") -> None:
+    asyncio.run(serve_grpc(config, vocabulary, host, port, bootstrap_port, kv_events, runtime))

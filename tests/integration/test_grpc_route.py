@@ -28,12 +28,14 @@ GATEWAY = ENVOY_DIR / "envoy-gateway.yaml"
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "say café"}]
 
 
-def grpc_sim(worker_id: str, directory: Path, *args: str) -> SimSpec:
+def grpc_sim(worker_id: str, directory: Path, *args: str, runtime: str = "sglang") -> SimSpec:
+    """A gRPC sim serving `runtime`'s service, registered as that runtime_type."""
     port = free_port()
-    return SimSpec(worker_id, MODEL, ["--grpc", "--tokenizer", str(directory), "--ttft-ms", "5",
-                                      "--tpot-ms", "2", *args], port=port,
+    return SimSpec(worker_id, MODEL, ["--grpc", "--runtime", runtime, "--tokenizer",
+                                      str(directory), "--ttft-ms", "5", "--tpot-ms", "2", *args],
+                   port=port,
                    worker={"url": f"grpc://127.0.0.1:{port}", "connection_mode": "grpc",
-                           "runtime_type": "sglang", "tokenizer_path": str(directory)})
+                           "runtime_type": runtime, "tokenizer_path": str(directory)})
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from smg_grpc_proto.generated import common_pb2
+from smg_grpc_proto.generated import common_pb2, vllm_engine_pb2_grpc
 from smg_grpc_proto.generated import sglang_scheduler_pb2 as pb
 from smg_grpc_proto.generated import sglang_scheduler_pb2_grpc as pb_grpc
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -53,18 +53,20 @@ def write_tokenizer(directory: Path) -> Tokenizer:
 
 
 @contextlib.asynccontextmanager
-async def grpc_sim(tmp_path: Path, **settings: Any) -> AsyncIterator[Any]:
-    """A gRPC sim served on this loop (real sockets on loopback), and a stub to call it."""
+async def grpc_sim(tmp_path: Path, runtime: str = "sglang", **settings: Any) -> AsyncIterator[Any]:
+    """A gRPC sim served on this loop (real sockets on loopback), and a stub (smg-grpc-proto's,
+    for the `runtime`'s service) to call it."""
     config = SimConfig(**{"model": MODEL, "worker_id": "g1", "ttft_ms": 1, "tpot_ms": 1,
                           **settings})
     write_tokenizer(tmp_path / "tok")
     port = free_port()
     task = asyncio.create_task(serve_grpc(config, SimVocabulary.from_directory(tmp_path / "tok"),
-                                          "127.0.0.1", port))
+                                          "127.0.0.1", port, runtime=runtime))
+    stubs = {"sglang": pb_grpc.SglangSchedulerStub, "vllm": vllm_engine_pb2_grpc.VllmEngineStub}
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await asyncio.wait_for(channel.channel_ready(), 10)
-            yield pb_grpc.SglangSchedulerStub(channel)
+            yield stubs[runtime](channel)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

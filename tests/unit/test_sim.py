@@ -322,6 +322,8 @@ def test_control_body_must_be_a_json_object(sim_url: str, body: bytes) -> None:
     (["--grpc", "--tokenizer", "/nonexistent/dir"], "tokenizer.json"),
     (["--output-text", "hi"], "--output-text"),
     (["--grpc", "--output-text", "hi"], "--output-text"),
+    (["--runtime", "vllm"], "--runtime"),
+    (["--grpc", "--runtime", "vllm", "--role", "prefill", "--bootstrap-port", "9"], "--role"),
 ])
 def test_grpc_flags_that_make_no_sim_are_refused_naming_the_flag(argv: list[str],
                                                                  flag: str) -> None:
