@@ -1,9 +1,10 @@
 """What a gRPC deployment's litellm_params say: its engine, as the WorkerSpec the picker knows.
 
-A deployment `model: llm-picker-grpc/<model>` with `api_base: grpc://host:port` is an SGLang
-engine's gRPC service, called by LiteLLM's custom provider (litellm_plugin.grpc_provider). Its
-gRPC worker fields (`tokenizer_path`, `chat_template`, `tool_parser`, `reasoning_parser`) sit in
-litellm_params beside `model`; LiteLLM hands such unknown keys to the provider among its
+A deployment `model: llm-picker-grpc/<model>` with `api_base: grpc://host:port` is an engine's
+gRPC service (SGLang's, or vLLM's with `runtime_type: vllm`), called by LiteLLM's custom
+provider (litellm_plugin.grpc_provider). Its gRPC worker fields (`runtime_type`,
+`tokenizer_path`, `chat_template`, `tool_parser`, `reasoning_parser`) sit in litellm_params
+beside `model`; LiteLLM hands such unknown keys to the provider among its
 `optional_params`. One reading serves the provider (which sends the call) and the picker's
 deployment source (which health-checks the engine over gRPC and routes to it), so both check
 the same fields the same way, with WorkerSpec's own validators.
@@ -25,7 +26,8 @@ __all__ = ["ENGINE_KEYS", "PROVIDER", "engine_fields", "engine_spec", "is_grpc_d
 # The provider name a deployment's `model` starts with, and custom_provider_map's `provider`.
 PROVIDER = "llm-picker-grpc"
 # litellm_params keys that describe the engine, not the request.
-ENGINE_KEYS = ("tokenizer_path", "chat_template", "tool_parser", "reasoning_parser")
+ENGINE_KEYS = ("runtime_type", "tokenizer_path", "chat_template", "tool_parser",
+               "reasoning_parser")
 
 
 def is_grpc_deployment(litellm_params: Mapping[str, Any]) -> bool:
@@ -33,8 +35,9 @@ def is_grpc_deployment(litellm_params: Mapping[str, Any]) -> bool:
 
 
 def engine_fields(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The WorkerSpec fields (beyond url) of a gRPC deployment's engine: SGLang's service,
-    which the provider calls (picker.grpc_route.engines)."""
+    """The WorkerSpec fields (beyond url) of a gRPC deployment's engine: SGLang's service
+    unless `runtime_type` names another, which the provider calls
+    (picker.grpc_route.engines)."""
     return {"connection_mode": ConnectionMode.GRPC, "runtime_type": RuntimeType.SGLANG,
             **{key: params[key] for key in ENGINE_KEYS if params.get(key) is not None}}
 

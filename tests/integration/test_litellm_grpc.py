@@ -117,3 +117,20 @@ def test_the_readme_shows_the_grpc_example_as_the_proxy_test_runs_it() -> None:
     example = Path(__file__).resolve().parents[2] / "examples" / "litellm" / "grpc.yaml"
     readme = example.parents[2] / "README.md"
     assert "model_list:" + example.read_text().split("model_list:", 1)[1] in readme.read_text()
+
+
+def test_a_vllm_deployment_is_called_over_vllms_service(tokenizer_dir: Path,
+                                                       tmp_path: Path) -> None:
+    """litellm_params `runtime_type: vllm`: vLLM's Generate (its chunks' delta counts summed)
+    and its GetTokenizer, through the same provider."""
+    spec = grpc_sim("v1", tokenizer_dir, runtime="vllm")
+    (process,) = start_sims([spec], tmp_path)
+    try:
+        chunks = list(litellm.completion(**ask((spec, process), runtime_type="vllm",
+                                               max_tokens=7, stream=True,
+                                               stream_options={"include_usage": True})))
+    finally:
+        process.stop()
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected_text(tokenizer_dir, 7)
+    assert chunks[-1].usage.completion_tokens == 7
