@@ -71,13 +71,15 @@ class UnservedRuntime(RequestError):
 
 @dataclass(frozen=True, slots=True)
 class GrpcEngine:
-    runtime: RuntimeType
+    """One service's calls: `request` writes a GenerateCall as its GenerateRequest, `response`
+    reads one GenerateResponse, `abort` writes the AbortRequest for (request_id, reason)."""
+
     generate_path: str
     abort_path: str
     counts_are_deltas: bool
     request: Callable[[GenerateCall], bytes]
     response: Callable[[bytes], Response]
-    abort: Callable[[str, str], bytes]  # (request_id, reason) -> AbortRequest
+    abort: Callable[[str, str], bytes]
 
 
 # SGLang's defaults for what the request leaves out (sglang_scheduler.proto:70-74: proto3's
@@ -142,15 +144,15 @@ def _path(runtime: RuntimeType, method: str) -> str:
 
 ENGINES: Mapping[RuntimeType, GrpcEngine] = {
     RuntimeType.SGLANG: GrpcEngine(
-        RuntimeType.SGLANG, _path(RuntimeType.SGLANG, "Generate"),
-        _path(RuntimeType.SGLANG, "Abort"), counts_are_deltas=False, request=_sglang_request,
+        _path(RuntimeType.SGLANG, "Generate"), _path(RuntimeType.SGLANG, "Abort"),
+        counts_are_deltas=False, request=_sglang_request,
         response=sglang.GenerateResponse.FromString,
         abort=lambda rid, reason: sglang.AbortRequest(
             request_id=rid, reason=reason).SerializeToString()),
     # SMG sends vLLM's Abort with the one id and drops the reason (crates/grpc_client/src/
     # vllm_engine.rs:79-91).
     RuntimeType.VLLM: GrpcEngine(
-        RuntimeType.VLLM, _path(RuntimeType.VLLM, "Generate"), _path(RuntimeType.VLLM, "Abort"),
+        _path(RuntimeType.VLLM, "Generate"), _path(RuntimeType.VLLM, "Abort"),
         counts_are_deltas=True, request=_vllm_request,
         response=vllm.GenerateResponse.FromString,
         abort=lambda rid, _reason: vllm.AbortRequest(request_ids=[rid]).SerializeToString()),
