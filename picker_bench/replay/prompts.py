@@ -10,22 +10,27 @@ long as its blocks, so that cached and prompt tokens keep their ratio.
 
 - The engine: its cache blocks (`block_tokens` S, dividing B) are identified by the trace
   block and their place in it; the unhashed rest by the request and place, so they match
-  nothing. No token list is built: an engine only needs its block hashes and the length.
+  nothing. No token list is built: an engine only needs its blocks and the length, given as
+  runs - a trace block's B/S blocks, the rest's blocks - to its run cache
+  (picker_sim.run_cache), which holds a trace block as one entry, not B/S.
 - The picker: token ids (the prefix index hashes them with its own block size), the trace
   block's id scaled by B plus the offset, and negative ids for the unhashed rest; and a text
   for the policies that match text (cache_aware's radix tree): 2 characters per engine block,
   28 bits of its hash, so texts share a prefix where engine blocks do (two different blocks
-  after the same prefix look alike once in 2^28).
+  after the same prefix look alike once in 2^28). A trace block's text is made once per
+  replay (`BlockTexts`): most blocks recur, and a replay would otherwise hash every engine
+  block of every prompt again.
 """
 
 from __future__ import annotations
 
 import sys
 from array import array
+from collections.abc import Hashable
 
 from picker.trace.line import TraceLine
 
-__all__ = ["PromptShape", "block_text", "prompt_shape"]
+__all__ = ["BlockTexts", "PromptShape", "block_text", "prompt_shape"]
 
 _TEXT_BASE = 0x4E00  # CJK ideographs: 2^14 code points from here are all letters
 
@@ -44,13 +49,29 @@ class PromptShape:
         self.index = index  # the line's place in the trace: its own blocks are unique
 
     def engine_blocks(self, block_tokens: int) -> list[int]:
-        """The engine's cache block hashes for the prompt's complete blocks."""
+        """The engine's cache block hashes for the prompt's complete blocks: block `part` of
+        trace block `block_id` is hash((block_id, part)), the rest's hash((-1, index, start))."""
         per = self.block // block_tokens
-        blocks = [hash((block_id, part)) for block_id in self.ids for part in range(per)]
+        blocks = [block for block_id in self.ids for block in _trace_blocks(block_id, per)]
         del blocks[self.hashed // block_tokens:]
-        blocks += [hash((-1, self.index, start))
-                   for start in range(self.hashed, self.tokens - block_tokens + 1, block_tokens)]
-        return blocks
+        return blocks + self.rest_blocks(block_tokens)
+
+    def engine_runs(self, block_tokens: int) -> list[tuple[Hashable, int]]:
+        """`engine_blocks` as runs for picker_sim.run_cache: (trace block id, its blocks), and
+        ((-1, index), the rest's blocks) - the same blocks, the same identities."""
+        per, whole = self.block // block_tokens, self.hashed // block_tokens
+        runs: list[tuple[Hashable, int]] = [(block_id, per) for block_id in self.ids[:whole // per]]
+        if whole % per:
+            runs.append((self.ids[whole // per], whole % per))
+        rest = (self.tokens - self.hashed) // block_tokens
+        if rest:
+            runs.append(((-1, self.index), rest))
+        return runs
+
+    def rest_blocks(self, block_tokens: int) -> list[int]:
+        """The engine's block hashes for the part of the prompt no trace block covers."""
+        return [hash((-1, self.index, start))
+                for start in range(self.hashed, self.tokens - block_tokens + 1, block_tokens)]
 
     def token_ids(self) -> list[int]:
         """Token ids for the picker's prefix index."""
@@ -82,3 +103,31 @@ def block_text(blocks: list[int]) -> str:
         codes.append(_TEXT_BASE + (block & 0x3FFF))
         codes.append(_TEXT_BASE + ((block >> 14) & 0x3FFF))
     return codes.tobytes().decode("utf-32-le" if sys.byteorder == "little" else "utf-32-be")
+
+
+class BlockTexts:
+    """`block_text(shape.engine_blocks(S))` of prompts, each trace block's text made once."""
+
+    def __init__(self, block_tokens: int) -> None:
+        self._block_tokens = block_tokens
+        self._made: dict[int, str] = {}  # trace block id -> the text of all its blocks
+
+    def of(self, shape: PromptShape, runs: list[tuple[Hashable, int]]) -> str:
+        """`runs`: shape.engine_runs(S)."""
+        per = shape.block // self._block_tokens
+        pieces: list[str] = []
+        for block_id, blocks in runs:
+            if not isinstance(block_id, int):  # the unhashed rest: the request's own
+                pieces.append(block_text(shape.rest_blocks(self._block_tokens)))
+                continue
+            text = self._made.get(block_id)
+            if text is None or len(text) < 2 * blocks:
+                text = block_text(_trace_blocks(block_id, max(per, blocks)))
+                self._made[block_id] = text
+            pieces.append(text if len(text) == 2 * blocks else text[:2 * blocks])
+        return "".join(pieces)
+
+
+def _trace_blocks(block_id: int, blocks: int) -> list[int]:
+    """The engine's block hashes for the first `blocks` blocks of a trace block."""
+    return [hash((block_id, part)) for part in range(blocks)]
