@@ -13,8 +13,12 @@ long as its blocks, so that cached and prompt tokens keep their ratio.
   nothing. No token list is built: an engine only needs its blocks and the length, given as
   runs - a trace block's B/S blocks, the rest's blocks - to its run cache
   (picker_sim.run_cache), which holds a trace block as one entry, not B/S.
-- The picker: token ids (the prefix index hashes them with its own block size), the trace
-  block's id scaled by B plus the offset, and negative ids for the unhashed rest; and a text
+- The picker: token ids (the prefix index hashes them with its own block size): the trace
+  block's id at the block's first token and 0 at its other B-1, and negative ids for the
+  unhashed rest. Two prompts then have equal first L tokens exactly when their blocks
+  starting before L are equal (the index cannot tell these ids from any others with that
+  property, such as id * B + offset: its matches depend only on which hashes are equal), and
+  a prompt's list is one allocation and one slice assignment, not a new int per token; and a text
   for the policies that match text (cache_aware's radix tree): 2 characters per engine block,
   28 bits of its hash, so texts share a prefix where engine blocks do (two different blocks
   after the same prefix look alike once in 2^28). A trace block's text is made once per
@@ -27,6 +31,7 @@ from __future__ import annotations
 import sys
 from array import array
 from collections.abc import Hashable
+from itertools import product
 
 from picker.trace.line import TraceLine
 
@@ -52,7 +57,7 @@ class PromptShape:
         """The engine's cache block hashes for the prompt's complete blocks: block `part` of
         trace block `block_id` is hash((block_id, part)), the rest's hash((-1, index, start))."""
         per = self.block // block_tokens
-        blocks = [block for block_id in self.ids for block in _trace_blocks(block_id, per)]
+        blocks = list(map(hash, product(self.ids, range(per))))
         del blocks[self.hashed // block_tokens:]
         return blocks + self.rest_blocks(block_tokens)
 
@@ -75,11 +80,8 @@ class PromptShape:
 
     def token_ids(self) -> list[int]:
         """Token ids for the picker's prefix index."""
-        size = self.block
-        ids: list[int] = []
-        for block_id in self.ids:
-            ids.extend(range(block_id * size, block_id * size + size))
-        del ids[self.hashed:]
+        ids = [0] * self.hashed
+        ids[::self.block] = self.ids[:-(-self.hashed // self.block)]
         base = -(self.index << 40) - 1
         ids.extend(range(base - self.hashed, base - self.tokens, -1))
         return ids
@@ -106,7 +108,8 @@ def block_text(blocks: list[int]) -> str:
 
 
 class BlockTexts:
-    """`block_text(shape.engine_blocks(S))` of prompts, each trace block's text made once."""
+    """`block_text(shape.engine_blocks(S))` of prompts, each trace block's text made once (the
+    blocks a prompt brings new in one pass: a call per block would cost as much again)."""
 
     def __init__(self, block_tokens: int) -> None:
         self._block_tokens = block_tokens
@@ -114,20 +117,16 @@ class BlockTexts:
 
     def of(self, shape: PromptShape, runs: list[tuple[Hashable, int]]) -> str:
         """`runs`: shape.engine_runs(S)."""
+        made = self._made
         per = shape.block // self._block_tokens
-        pieces: list[str] = []
-        for block_id, blocks in runs:
-            if not isinstance(block_id, int):  # the unhashed rest: the request's own
-                pieces.append(block_text(shape.rest_blocks(self._block_tokens)))
-                continue
-            text = self._made.get(block_id)
-            if text is None or len(text) < 2 * blocks:
-                text = block_text(_trace_blocks(block_id, max(per, blocks)))
-                self._made[block_id] = text
-            pieces.append(text if len(text) == 2 * blocks else text[:2 * blocks])
+        new = [block_id for block_id, blocks in runs if isinstance(block_id, int)
+               and len(made.get(block_id, "")) < 2 * blocks]
+        if new:
+            text = block_text(list(map(hash, product(new, range(per)))))
+            made.update(zip(new, (text[i:i + 2 * per] for i in range(0, len(text), 2 * per)),
+                            strict=True))
+        pieces = [made[block_id][:2 * blocks] if isinstance(block_id, int)
+                  else block_text(shape.rest_blocks(self._block_tokens))  # the request's own
+                  for block_id, blocks in runs]
         return "".join(pieces)
 
-
-def _trace_blocks(block_id: int, blocks: int) -> list[int]:
-    """The engine's block hashes for the first `blocks` blocks of a trace block."""
-    return [hash((block_id, part)) for part in range(blocks)]
