@@ -81,21 +81,17 @@ class RunCache:
         picker_sim.cache.BlockCache.acquire does for the same blocks one by one."""
         claim = RunClaim(self.cached_prefix(runs), next(self._numbers))
         self._running[claim.number] = []
-        for key, n in runs:
-            at = 0
-            while at < n:
-                piece = self._piece_at(key, at)
-                if piece is not None:
-                    if piece.hi > n:
-                        self._cut(piece, n)
-                    self._use(piece, claim.number)
-                    at = piece.hi
-                    continue
-                end = min((p.lo for p in self._pieces.get(key, ()) if p.lo > at), default=n)
-                stored = self._store(key, at, min(end, n), claim.number)
-                if at + stored < min(end, n):
-                    return claim  # full of pinned blocks: the rest is neither kept nor pinned
-                at += stored
+        at = 0
+        while at < len(runs):
+            new = self._new_stretch(runs, at)
+            if new:
+                if not self._store_new(runs[at:at + new], claim.number):
+                    break
+                at += new
+            elif self._acquire_run(*runs[at], claim.number):
+                at += 1
+            else:
+                break  # full of pinned blocks: the rest is neither kept nor pinned
         return claim
 
     def release(self, claim: RunClaim) -> None:
@@ -133,18 +129,60 @@ class RunCache:
         self._lru[rest.stamp] = rest
         self._pieces[piece.key].append(rest)
 
-    def _store(self, key: Hashable, lo: int, hi: int, claim: int) -> int:
-        """Store blocks [lo, hi) for `claim`, evicting the least recently used unpinned
-        blocks they need; returns how many fit (fewer when the rest is pinned)."""
-        wanted = hi - lo - (self.capacity - self._size)
-        if wanted > 0:
-            hi -= wanted - self._evict(wanted)
+    def _new_stretch(self, runs: Sequence[tuple[Hashable, int]], at: int) -> int:
+        """How many runs from `at` on have no block cached (nor come twice): a stretch that
+        is stored whole, evicting for all of it at once - the blocks block-by-block storing
+        would evict, as none of them can be among the victims."""
+        seen: set[Hashable] = set()
+        end = at
+        while end < len(runs) and (key := runs[end][0]) not in self._pieces and key not in seen:
+            seen.add(key)
+            end += 1
+        return end - at
+
+    def _store_new(self, runs: Sequence[tuple[Hashable, int]], claim: int) -> bool:
+        """Store `runs` (none cached) for `claim`; False when the cache filled first."""
+        room = self._room(sum(n for _, n in runs))
+        for key, n in runs:
+            self._insert(key, 0, min(n, room), claim)
+            if room < n:
+                return False
+            room -= n
+        return True
+
+    def _acquire_run(self, key: Hashable, n: int, claim: int) -> bool:
+        """Blocks 0..n-1 of `key`, cached pieces and missing ones in turn; False when the
+        cache filled first."""
+        at = 0
+        while at < n:
+            piece = self._piece_at(key, at)
+            if piece is not None:
+                if piece.hi > n:
+                    self._cut(piece, n)
+                self._use(piece, claim)
+                at = piece.hi
+                continue
+            end = min((p.lo for p in self._pieces.get(key, ()) if p.lo > at), default=n)
+            end = min(end, n)
+            room = self._room(end - at)
+            self._insert(key, at, at + room, claim)
+            if at + room < end:
+                return False
+            at = end
+        return True
+
+    def _room(self, blocks: int) -> int:
+        """How many of `blocks` new blocks fit, evicting the least recently used unpinned
+        blocks they need."""
+        wanted = blocks - (self.capacity - self._size)
+        return blocks if wanted <= 0 else blocks - wanted + self._evict(wanted)
+
+    def _insert(self, key: Hashable, lo: int, hi: int, claim: int) -> None:
         if hi > lo:
             piece = _Piece(key, lo, hi, claim, next(self._stamps), [])
             self._lru[piece.stamp] = piece
             self._pieces.setdefault(key, []).append(piece)
             self._size += hi - lo
-        return hi - lo
 
     def _evict(self, wanted: int) -> int:
         """Evict up to `wanted` blocks, oldest unpinned first; returns how many."""
