@@ -99,12 +99,38 @@ def prompt_shape(line: TraceLine, index: int, block_tokens: int) -> PromptShape:
 
 
 def block_text(blocks: list[int]) -> str:
-    """A text standing for engine blocks: 2 characters of 14 bits of each block's hash."""
-    codes = array("I")
-    for block in blocks:
-        codes.append(_TEXT_BASE + (block & 0x3FFF))
-        codes.append(_TEXT_BASE + ((block >> 14) & 0x3FFF))
-    return codes.tobytes().decode("utf-32-le" if sys.byteorder == "little" else "utf-32-be")
+    """A text standing for engine blocks: 2 characters of 14 bits of each block's hash (bits
+    0-13, then 14-27), code points _TEXT_BASE + v.
+
+    Made with byte operations over all blocks at once rather than a loop per block (half of
+    a prefix policy's replay went to that loop): the code point of v is the UTF-16LE pair
+    (v & 0xFF, 0x4E + (v >> 8)), and with b0..b3 the low bytes of a hash, the first v is
+    (b0, b1 & 0x3F) and the second ((b1 >> 6) | (b2 & 0x3F) << 2, (b2 >> 6) | (b3 & 0x0F) << 2).
+    """
+    raw = array("q", blocks)
+    if sys.byteorder == "big":
+        raw.byteswap()
+    data = raw.tobytes()
+    b1, b2, b3 = data[1::8], data[2::8], data[3::8]
+    pairs = bytearray(4 * len(blocks))
+    pairs[0::4] = data[0::8]
+    pairs[1::4] = b1.translate(_FIRST_HIGH)
+    pairs[2::4] = _either(b1.translate(_TOP_2), b2.translate(_LOW_6_UP_2))
+    pairs[3::4] = _either(b2.translate(_TOP_2), b3.translate(_LOW_4_UP_2)).translate(_PAGE)
+    return pairs.decode("utf-16-le")
+
+
+_PAGE = bytes(((_TEXT_BASE >> 8) + b) & 0xFF for b in range(256))  # 0x4E + b, b < 0x40
+_FIRST_HIGH = bytes((_TEXT_BASE >> 8) + (b & 0x3F) for b in range(256))
+_TOP_2 = bytes(b >> 6 for b in range(256))
+_LOW_6_UP_2 = bytes((b & 0x3F) << 2 for b in range(256))
+_LOW_4_UP_2 = bytes((b & 0x0F) << 2 for b in range(256))
+
+
+def _either(one: bytes, other: bytes) -> bytes:
+    """Bytewise OR of two equally long byte strings."""
+    return (int.from_bytes(one, "little") | int.from_bytes(other, "little")).to_bytes(
+        len(one), "little")
 
 
 class BlockTexts:
