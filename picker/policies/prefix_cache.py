@@ -51,9 +51,18 @@ class PrefixCache:
             matched = sorted((w for w in pool if match.blocks(w.id)),
                              key=lambda w: (-match.blocks(w.id), w.in_flight))
             if matched:
-                ceiling = statistics.fmean(loads) + self._factor * statistics.pstdev(loads)
+                mean = statistics.fmean(loads)
+                ceiling: float | None = None
                 for worker in matched:
-                    if worker.in_flight <= ceiling:
+                    load = worker.in_flight
+                    # The ceiling is at least the mean (factor >= 0, finite): a load not above the
+                    # mean needs no standard deviation, which (exact, over Fractions) is the
+                    # most expensive step of a decision.
+                    if load <= mean:
+                        return worker
+                    if ceiling is None:
+                        ceiling = mean + self._factor * statistics.pstdev(loads)
+                    if load <= ceiling:
                         return worker
         return self._fallback.pick(request, pool)
 

@@ -38,6 +38,7 @@ from picker.trace.line import TraceLine
 __all__ = ["BlockTexts", "PromptShape", "block_text", "prompt_shape"]
 
 _TEXT_BASE = 0x4E00  # CJK ideographs: 2^14 code points from here are all letters
+_TEXTS_KEPT = 1 << 18  # trace blocks' texts kept at most (~60 MB)
 
 
 class PromptShape:
@@ -148,6 +149,8 @@ class BlockTexts:
         new = [block_id for block_id, blocks in runs if isinstance(block_id, int)
                and len(made.get(block_id, "")) < 2 * blocks]
         if new:
+            if len(made) > _TEXTS_KEPT:
+                made.clear()  # a day of traffic has millions of blocks: bound the memory
             text = block_text(list(map(hash, product(new, range(per)))))
             made.update(zip(new, (text[i:i + 2 * per] for i in range(0, len(text), 2 * per)),
                             strict=True))
