@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -29,6 +30,29 @@ def test_the_same_replay_twice_gives_identical_results() -> None:
     lines = read_lines(SAMPLE_TRACE)
     for policy in ("cache_aware", "power_of_two", "prefix_cache"):
         assert replay_policy(lines, policy, _FLEET) == replay_policy(lines, policy, _FLEET)
+
+
+# What replays of the sample gave before the replay was made faster (main at 3a80228, before
+# picker_sim.run_cache and the byte-wise texts): sha256 of repr(served), first 16 digits. The
+# tight fleet fills its small caches with pinned prompts (stores cut short, runs evicted in
+# part); the roomy one is the default profile.
+_TIGHT = SimulatedFleet(PickerConfig(), SimConfig.from_profile(
+    "8b-h100-tokens", cache_blocks=1500, max_concurrency=8), engines=3, speedup=20.0, seed=5)
+_BEFORE = {
+    ("roomy", "round_robin"): "5641492479cd520b", ("roomy", "power_of_two"): "eeb0ded901ef84f5",
+    ("roomy", "cache_aware"): "26849cd13e6d5725", ("roomy", "prefix_cache"): "c11445d0ddebbe69",
+    ("tight", "round_robin"): "9f09566b01898749", ("tight", "power_of_two"): "177fa113c90a9b5a",
+    ("tight", "cache_aware"): "cef24df3e0520a4f", ("tight", "prefix_cache"): "90379a3c8728e1e1",
+}
+
+
+def test_a_replay_gives_what_it_gave_before_it_was_made_faster() -> None:
+    lines = read_lines(SAMPLE_TRACE)
+    fleets = {"roomy": _FLEET, "tight": _TIGHT}
+    got = {(fleet, policy): hashlib.sha256(
+               repr(replay_policy(lines, policy, fleets[fleet])).encode()).hexdigest()[:16]
+           for fleet, policy in _BEFORE}
+    assert got == _BEFORE
 
 
 def test_a_mooncake_file_imports_and_replays(tmp_path: Path) -> None:
