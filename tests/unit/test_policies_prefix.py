@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from picker.fleet.worker_spec import WorkerSpec
 from picker.policies import create_policy
 from picker.policies.cache_aware import routing_text
+from picker.policies.prefix_cache import pstdev
 from picker.prefix import PrefixMatch
 from picker.routing.request import Api, RoutingRequest
 from tests.live import Fleet
@@ -170,3 +171,10 @@ def test_cache_aware_forgets_a_worker_not_chosen_for_forget_after_secs() -> None
         policy.pick(text_req(f"other prompt {step} " * 4), only_w1)
     assert policy._tree.chars("w0") == 0  # noqa: SLF001 - the tree is the policy's own
     assert policy._tree.chars("w1") > 0  # noqa: SLF001
+
+
+@settings(max_examples=2000, deadline=None)
+@given(loads=st.lists(st.one_of(st.integers(0, 64), st.integers(0, 2**60)), min_size=1,
+                      max_size=40))
+def test_pstdev_is_statistics_pstdev(loads: list[int]) -> None:
+    assert pstdev(loads) == statistics.pstdev(loads)
