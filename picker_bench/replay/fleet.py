@@ -39,7 +39,7 @@ from picker.routing.response_stats import ResponseSample, Usage
 from picker.routing.router import Router
 from picker.trace.line import TraceLine
 from picker_bench.replay.clock import VirtualTimeLoop
-from picker_bench.replay.prompts import BlockTexts, prompt_shape
+from picker_bench.replay.prompts import BlockTexts, length_text, prompt_shape
 from picker_sim.engine import SimConfig, SimEngine
 
 __all__ = ["SimulatedFleet", "Served", "as_trace", "engine_id", "policy_params", "replay_policy"]
@@ -129,7 +129,9 @@ class _Run:
                               config.limits, config.load.stale_after_secs)
         self._book = LeaseBook(self._registry, config.limits, metrics)
         self._served: list[Served | None] = [None] * len(lines)
-        self._texts = BlockTexts(fleet.engine.block_tokens)
+        # The text only a text-matching policy reads; the others, its length (tokens go to
+        # the prefix producer whenever there is one).
+        self._texts = BlockTexts(fleet.engine.block_tokens) if params.matches_text() else None
 
     async def run(self) -> list[Served]:
         loop = asyncio.get_running_loop()
@@ -155,7 +157,8 @@ class _Run:
         runs = shape.engine_runs(engine_config.block_tokens)
         request = RoutingRequest(
             model=line.model or _MODEL, api=_APIS.get(line.api or "", Api.CHAT),
-            session_key=line.session, prompt_text=self._texts.of(shape, runs),
+            session_key=line.session,
+            prompt_text=length_text(runs) if self._texts is None else self._texts.of(shape, runs),
             tokens=shape.token_ids() if self._prefix is not None else None)
         try:
             self._book.admit_now()

@@ -23,7 +23,9 @@ long as its blocks, so that cached and prompt tokens keep their ratio.
   28 bits of its hash, so texts share a prefix where engine blocks do (two different blocks
   after the same prefix look alike once in 2^28). A trace block's text is made once per
   replay (`BlockTexts`): most blocks recur, and a replay would otherwise hash every engine
-  block of every prompt again.
+  block of every prompt again. For a policy that reads only the text's length (all but
+  those whose params say `matches_text()`), a text of that length, all one character
+  (`length_text`): making the real one was an eighth of a prefix_cache replay.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from itertools import product
 
 from picker.trace.line import TraceLine
 
-__all__ = ["BlockTexts", "PromptShape", "block_text", "prompt_shape"]
+__all__ = ["BlockTexts", "PromptShape", "block_text", "length_text", "prompt_shape"]
 
 _TEXT_BASE = 0x4E00  # CJK ideographs: 2^14 code points from here are all letters
+_FILL = chr(_TEXT_BASE)
 _TEXTS_KEPT = 1 << 18  # trace blocks' texts kept at most (~60 MB)
 
 
@@ -132,6 +135,11 @@ def _either(one: bytes, other: bytes) -> bytes:
     """Bytewise OR of two equally long byte strings."""
     return (int.from_bytes(one, "little") | int.from_bytes(other, "little")).to_bytes(
         len(one), "little")
+
+
+def length_text(runs: list[tuple[Hashable, int]]) -> str:
+    """A text as long as `BlockTexts.of` makes for `runs` (2 characters per engine block)."""
+    return _FILL * (2 * sum(blocks for _, blocks in runs))
 
 
 class BlockTexts:
