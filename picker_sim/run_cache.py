@@ -105,9 +105,6 @@ class RunCache:
                 return piece
         return None
 
-    def _pinned(self, piece: _Piece) -> bool:
-        return piece.owner in self._running or bool(piece.holders)
-
     def _use(self, piece: _Piece, claim: int) -> None:
         """Pin a cached piece for `claim` and make it the most recent."""
         if piece.owner in self._running:  # its owner still runs, and holds it besides claim
@@ -188,10 +185,11 @@ class RunCache:
         """Evict up to `wanted` blocks, oldest unpinned first; returns how many."""
         victims: list[_Piece] = []
         found = 0
+        running = self._running
         for piece in self._lru.values():
             if found >= wanted:
                 break
-            if not self._pinned(piece):
+            if piece.owner not in running and not piece.holders:  # not pinned
                 victims.append(piece)
                 found += piece.hi - piece.lo
         evicted = 0
