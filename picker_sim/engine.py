@@ -18,7 +18,7 @@ import contextlib
 import random
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -205,13 +205,13 @@ class SimRun:
         config = engine.config
         uncached = self.prompt_tokens - self.cached_tokens
         if engine.scheduler is not None:
-            await asyncio.sleep(config.ttft_ms / 1000)
+            await engine.sleep(config.ttft_ms / 1000)
             prefill = await engine.scheduler.prefill(uncached)
         else:
             prefill = config.ttft_ms / 1000
             if config.prefill_tokens_per_sec:
                 prefill += uncached / config.prefill_tokens_per_sec
-            await asyncio.sleep(prefill)
+            await engine.sleep(prefill)
         engine.prefill_secs_total += prefill
         engine.prefill_tokens_total += uncached
         engine.ttft_secs_total += engine.clock() - self.arrived
@@ -235,7 +235,7 @@ class SimRun:
                 await engine.scheduler.decode()
             else:
                 run = min(tokens, _DECODE_RUN)
-                await asyncio.sleep(run * (config.tpot_ms
+                await engine.sleep(run * (config.tpot_ms
                                            + config.decode_ms_per_running * engine.running)
                                     / 1000)
             engine.itl_secs_total += engine.clock() - started
@@ -276,6 +276,8 @@ class SimEngine:
     # What the engine's own timings read: the loop's clock when a replay runs it in virtual
     # time (picker_bench.replay.clock).
     clock: Callable[[], float] = time.monotonic
+    # How the engine waits out a prefill or a decode run: a replay's loop has a leaner sleep.
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     cache: BlockCache = field(init=False)
     # The same cache for prompts given as runs of blocks (replays); an engine serves one kind.
     runs_cache: RunCache = field(init=False)

@@ -123,7 +123,7 @@ class _Unobserved(PickerMetrics):
 
 class _Run:
     def __init__(self, lines: Sequence[TraceLine], policy: str, fleet: SimulatedFleet,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: VirtualTimeLoop) -> None:
         config = fleet.config
         self._lines = lines
         self._fleet = fleet
@@ -134,7 +134,7 @@ class _Run:
                 url=f"http://{engine_id(i)}.replay.invalid:8000", id=engine_id(i)))
             self._engines[worker.id] = SimEngine(
                 replace(fleet.engine, worker_id=worker.id, seed=fleet.seed + i),
-                clock=loop.time)
+                clock=loop.time, sleep=loop.sleep)
         metrics = _Unobserved(self._registry)
         params = policy_params(config, policy, fleet.seed)
         self._prefix = PrefixProducer(config.prefix) \
