@@ -1,7 +1,8 @@
 """Virtual time for a replay: an asyncio loop whose clock jumps to the next timer.
 
-Why: the simulated engines (picker_sim.engine) model latency with `asyncio.sleep`, so the same
-engine code that serves HTTP in tests can be driven in process by a replay. On this loop a
+Why: the simulated engines (picker_sim.engine) model latency with sleeps (`asyncio.sleep`, or
+this loop's leaner `sleep` when a replay hands it to them), so the same engine code that
+serves HTTP in tests can be driven in process by a replay. On this loop a
 sleep costs no wall time: when nothing is ready to run, `select` is asked to wait for the
 next timer and, instead of waiting, the clock moves forward by that much. A replay is then as
 fast as the Python it runs, and deterministic: one thread, timers in (deadline, insertion)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from picker.config import PickerConfig
 from picker.trace.line import TraceLine
 from picker_bench.mooncake import SAMPLE_TRACE
 from picker_bench.replay.calibrate import calibrate
+from picker_bench.replay.clock import VirtualTimeLoop
 from picker_bench.replay.command import read_lines
 from picker_bench.replay.fleet import SimulatedFleet, as_trace, replay_policy
 from picker_bench.replay.importers import import_trace
@@ -163,3 +166,28 @@ def test_a_replay_is_the_same_in_another_process_with_another_hash_seed() -> Non
                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout
               for seed in ("1", "2")}
     assert len(tables) == 1 and "prefix_cache" in tables.pop()
+
+
+def test_the_virtual_loops_sleep_wakes_tasks_as_asyncio_sleep_does() -> None:
+    """Same delays (0, equal ones, tiny ones), same order of wake-ups at the same times."""
+    delays = [0.0, 0.5, 0.5, 1e-9, 0.25, 0.0, 0.75, 0.5]
+
+    def woken(sleep: Callable[[VirtualTimeLoop], Callable[[float], Awaitable[None]]]
+              ) -> list[tuple[int, int, float]]:
+        loop = VirtualTimeLoop()
+        order: list[tuple[int, int, float]] = []
+
+        async def sleeper(name: int) -> None:
+            for turn, delay in enumerate(delays[name:] + delays[:name]):
+                await sleep(loop)(delay)
+                order.append((name, turn, loop.time()))
+
+        async def main() -> None:
+            await asyncio.gather(*(sleeper(name) for name in range(len(delays))))
+        try:
+            loop.run_until_complete(main())
+        finally:
+            loop.close()
+        return order
+
+    assert woken(lambda loop: loop.sleep) == woken(lambda loop: asyncio.sleep)
