@@ -18,13 +18,14 @@ import contextlib
 import random
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from picker_sim.cache import BlockCache, Claim, token_block_hashes
 from picker_sim.lora import SimLoras
+from picker_sim.run_cache import RunCache
 from picker_sim.scheduler import StepScheduler
 
 __all__ = [
@@ -204,13 +205,13 @@ class SimRun:
         config = engine.config
         uncached = self.prompt_tokens - self.cached_tokens
         if engine.scheduler is not None:
-            await asyncio.sleep(config.ttft_ms / 1000)
+            await engine.sleep(config.ttft_ms / 1000)
             prefill = await engine.scheduler.prefill(uncached)
         else:
             prefill = config.ttft_ms / 1000
             if config.prefill_tokens_per_sec:
                 prefill += uncached / config.prefill_tokens_per_sec
-            await asyncio.sleep(prefill)
+            await engine.sleep(prefill)
         engine.prefill_secs_total += prefill
         engine.prefill_tokens_total += uncached
         engine.ttft_secs_total += engine.clock() - self.arrived
@@ -234,7 +235,7 @@ class SimRun:
                 await engine.scheduler.decode()
             else:
                 run = min(tokens, _DECODE_RUN)
-                await asyncio.sleep(run * (config.tpot_ms
+                await engine.sleep(run * (config.tpot_ms
                                            + config.decode_ms_per_running * engine.running)
                                     / 1000)
             engine.itl_secs_total += engine.clock() - started
@@ -275,7 +276,11 @@ class SimEngine:
     # What the engine's own timings read: the loop's clock when a replay runs it in virtual
     # time (picker_bench.replay.clock).
     clock: Callable[[], float] = time.monotonic
+    # How the engine waits out a prefill or a decode run: a replay's loop has a leaner sleep.
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     cache: BlockCache = field(init=False)
+    # The same cache for prompts given as runs of blocks (replays); an engine serves one kind.
+    runs_cache: RunCache = field(init=False)
     loras: SimLoras | None = field(init=False)
     scheduler: StepScheduler | None = field(init=False)
     _rng: random.Random = field(init=False)
@@ -285,6 +290,7 @@ class SimEngine:
         self._rng = random.Random(self.config.seed)
         self._slots = asyncio.Semaphore(self.config.max_concurrency)
         self.cache = BlockCache(self.config.cache_blocks)
+        self.runs_cache = RunCache(self.config.cache_blocks)
         config = self.config
         self.loras = SimLoras(config.model, config.max_loras, config.lora_load_ms,
                               config.adapters()) if config.max_loras else None
@@ -332,13 +338,32 @@ class SimEngine:
             async with self.admitted_blocks(hashes, len(prompt), prefilled, claimed) as run:
                 yield run
 
+    def admitted_blocks(self, hashes: Sequence[int], tokens: int, prefilled: bool = False,
+                        claimed: Callable[[Claim], None] | None = None,
+                        ) -> contextlib.AbstractAsyncContextManager[SimRun]:
+        """`admitted` for a prompt known by its cache block hashes and length alone;
+        `claimed` hears what the request did to the cache."""
+        def claim() -> tuple[int, Callable[[], None]]:
+            held = self.cache.acquire(hashes)
+            if claimed is not None:
+                claimed(held)
+            return held.hit_blocks, lambda: self.cache.release(held)
+        return self._admitted(claim, tokens, prefilled)
+
+    def admitted_runs(self, runs: Sequence[tuple[Hashable, int]], tokens: int,
+                      ) -> contextlib.AbstractAsyncContextManager[SimRun]:
+        """`admitted` for a prompt known by runs of cache blocks (a replayed trace's blocks,
+        which have no text) and its length, on `runs_cache` (picker_sim.run_cache)."""
+        def claim() -> tuple[int, Callable[[], None]]:
+            held = self.runs_cache.acquire(runs)
+            return held.hit_blocks, lambda: self.runs_cache.release(held)
+        return self._admitted(claim, tokens, False)
+
     @asynccontextmanager
-    async def admitted_blocks(self, hashes: Sequence[int], tokens: int,
-                              prefilled: bool = False,
-                              claimed: Callable[[Claim], None] | None = None,
-                              ) -> AsyncIterator[SimRun]:
-        """`admitted` for a prompt known by its cache block hashes and length alone (a
-        replayed trace has no text); `claimed` hears what the request did to the cache."""
+    async def _admitted(self, claim: Callable[[], tuple[int, Callable[[], None]]], tokens: int,
+                        prefilled: bool) -> AsyncIterator[SimRun]:
+        """Wait for a running slot, `claim` the prompt's cache blocks (-> hit blocks and how to
+        release them), release both at the end."""
         self.requests_total += 1
         self.waiting += 1
         arrived = self.clock()
@@ -350,11 +375,9 @@ class SimEngine:
         finally:
             self.waiting -= 1
         self.running += 1
-        claim = self.cache.acquire(hashes)
-        if claimed is not None:
-            claimed(claim)
+        hit_blocks, release = claim()
         # A decode worker of a PD pair received the prompt's KV: it pays no prefill.
-        cached = tokens if prefilled else min(tokens, claim.hit_blocks * self.config.block_tokens)
+        cached = tokens if prefilled else min(tokens, hit_blocks * self.config.block_tokens)
         self.prompt_tokens_total += tokens
         self.cached_tokens_total += cached
         run = SimRun(self, tokens, cached, arrived)
@@ -365,7 +388,7 @@ class SimEngine:
                 self.cancelled += 1
             raise
         finally:
-            self.cache.release(claim)
+            release()
             self.running -= 1
             self._slots.release()
 

@@ -42,6 +42,12 @@ class PolicyParams(StrictModel):
     def engine_signals(self) -> frozenset[EngineSignal]:
         return frozenset()
 
+    def matches_text(self) -> bool:
+        """Whether the policy compares prompts' text itself, not only its length: a host
+        without the text (a replayed trace) then has to make one that shares prefixes where
+        the prompts do, and may otherwise save that work."""
+        return False
+
 
 class SeededParams(PolicyParams):
     """Policies that break ties at random; a seed makes them repeatable (tests, benchmarks)."""

@@ -62,6 +62,9 @@ class CacheAwareParams(SeededParams):
     # sglang-router forgets a worker when it is removed; this policy does not see removals.
     forget_after_secs: float = Field(default=600, gt=0)
 
+    def matches_text(self) -> bool:
+        return True  # the radix tree holds prompts' text
+
 
 def routing_text(request: RoutingRequest) -> str:
     """The text sglang-router matches: chat messages' text (string contents, text parts,

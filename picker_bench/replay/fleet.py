@@ -39,12 +39,13 @@ from picker.routing.response_stats import ResponseSample, Usage
 from picker.routing.router import Router
 from picker.trace.line import TraceLine
 from picker_bench.replay.clock import VirtualTimeLoop
-from picker_bench.replay.prompts import block_text, prompt_shape
+from picker_bench.replay.prompts import BlockTexts, length_text, prompt_shape
 from picker_sim.engine import SimConfig, SimEngine
 
 __all__ = ["SimulatedFleet", "Served", "as_trace", "engine_id", "policy_params", "replay_policy"]
 
 _MODEL = "trace-model"  # what a line without a model asks for
+_APIS = {api.value: api for api in Api}  # a line's `api`; without one (or unknown), chat
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +105,25 @@ def as_trace(lines: Sequence[TraceLine], served: Sequence[Served],
             for line, one in zip(lines, served, strict=True) if one.worker is not None]
 
 
+class _Unobserved(PickerMetrics):
+    """The picker's metrics without the per-request observations: a replay's are never read,
+    and their histograms and labelled counters were ~4% of it. Nothing a policy reads is a
+    metric, so the decisions are the same."""
+
+    def decided(self, policy: str, worker_id: str, model: str, match_rate: float | None,
+                seconds: float) -> None:
+        pass
+
+    def observe_response(self, worker_id: str, sample: ResponseSample) -> None:
+        pass
+
+    def request_ended(self, outcome: str) -> None:
+        pass
+
+
 class _Run:
     def __init__(self, lines: Sequence[TraceLine], policy: str, fleet: SimulatedFleet,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: VirtualTimeLoop) -> None:
         config = fleet.config
         self._lines = lines
         self._fleet = fleet
@@ -117,8 +134,8 @@ class _Run:
                 url=f"http://{engine_id(i)}.replay.invalid:8000", id=engine_id(i)))
             self._engines[worker.id] = SimEngine(
                 replace(fleet.engine, worker_id=worker.id, seed=fleet.seed + i),
-                clock=loop.time)
-        metrics = PickerMetrics(self._registry)
+                clock=loop.time, sleep=loop.sleep)
+        metrics = _Unobserved(self._registry)
         params = policy_params(config, policy, fleet.seed)
         self._prefix = PrefixProducer(config.prefix) \
             if config.prefix.enabled or params.needs_prefix() else None
@@ -128,6 +145,9 @@ class _Run:
                               config.limits, config.load.stale_after_secs)
         self._book = LeaseBook(self._registry, config.limits, metrics)
         self._served: list[Served | None] = [None] * len(lines)
+        # The text only a text-matching policy reads; the others, its length (tokens go to
+        # the prefix producer whenever there is one).
+        self._texts = BlockTexts(fleet.engine.block_tokens) if params.matches_text() else None
 
     async def run(self) -> list[Served]:
         loop = asyncio.get_running_loop()
@@ -150,10 +170,11 @@ class _Run:
         arrived = loop.time()
         engine_config = self._fleet.engine
         shape = prompt_shape(line, index, engine_config.block_tokens)
-        blocks = shape.engine_blocks(engine_config.block_tokens)
+        runs = shape.engine_runs(engine_config.block_tokens)
         request = RoutingRequest(
-            model=line.model or _MODEL, api=_api(line.api), session_key=line.session,
-            prompt_text=block_text(blocks),
+            model=line.model or _MODEL, api=_APIS.get(line.api or "", Api.CHAT),
+            session_key=line.session,
+            prompt_text=length_text(runs) if self._texts is None else self._texts.of(shape, runs),
             tokens=shape.token_ids() if self._prefix is not None else None)
         try:
             self._book.admit_now()
@@ -168,7 +189,7 @@ class _Run:
         lease = self._book.open(choice)
         engine = self._engines[choice.worker.id]
         output = max(1, line.output_length)
-        async with engine.admitted_blocks(blocks, shape.tokens) as run:
+        async with engine.admitted_runs(runs, shape.tokens) as run:
             await run.first_token()
             first = loop.time()
             await run.decode(output - 1)
@@ -193,7 +214,7 @@ class _Run:
         config = engine.config
         return EngineLoad(
             scraped_at=time.monotonic(), running=engine.requests_running(),
-            waiting=engine.requests_waiting(), kv_usage=engine.cache.usage(),
+            waiting=engine.requests_waiting(), kv_usage=engine.runs_cache.usage(),
             block_size=config.block_tokens, num_gpu_blocks=config.cache_blocks,
             counters={
                 EngineCounter.PROMPT_TOKENS: engine.prompt_tokens_total,
@@ -206,10 +227,3 @@ class _Run:
                 EngineCounter.PREFILL_SECS: engine.prefill_secs_total,
                 EngineCounter.PREFILL_TOKENS: engine.prefill_tokens_total,
             })
-
-
-def _api(path: str | None) -> Api:
-    for api in Api:
-        if api.value == path:
-            return api
-    return Api.CHAT

@@ -6,13 +6,15 @@ import dataclasses
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
 from picker.errors import ConfigError
 from picker.fleet.registry import Worker
 from picker.fleet.worker_spec import WorkerSpec
-from picker.policies import POLICIES, create_policy
+from picker.policies import POLICIES, create_policy, parse_params
+from picker.policies.base import SeededParams
 from picker.routing.request import Api, RoutingRequest
 from tests.live import Fleet
 
@@ -72,6 +74,26 @@ def test_every_policy_returns_a_candidate_and_handles_one(name: str) -> None:
     (only,) = workers(5)
     for _ in range(3):
         assert policy.pick(req(), [only]) is only
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_only_a_policy_saying_it_matches_text_decides_by_the_text(name: str) -> None:
+    """`matches_text()` lets a replay give a policy a text of the right length only (all one
+    character): a policy that answers False must pick the same workers for it. Distinct
+    prompts on equally loaded workers: a text-matching policy spreads them, and sends every
+    one of the look-alikes where the first went."""
+    params = parse_params(name, {})
+    if isinstance(params, SeededParams):
+        params = params.model_copy(update={"seed": 7})
+    texts = [f"prompt {i} " * (3 + i % 5) for i in range(24)]
+
+    def picks(text: Callable[[str], str]) -> list[str]:
+        policy, pool = create_policy(name, params), workers(0, 0, 0, 0)
+        return [policy.pick(RoutingRequest(model="m", api=Api.COMPLETIONS,
+                                           prompt_text=text(one)), pool).id for one in texts]
+
+    assert (picks(lambda one: one) != picks(lambda one: "x" * len(one))) \
+        == params.matches_text()
 
 
 # -- round robin -----------------------------------------------------------------------------

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from picker.fleet.worker_spec import WorkerSpec
 from picker.policies import create_policy
 from picker.policies.cache_aware import routing_text
+from picker.policies.prefix_cache import pstdev
 from picker.prefix import PrefixMatch
 from picker.routing.request import Api, RoutingRequest
 from tests.live import Fleet
@@ -44,6 +49,30 @@ def test_prefix_cache(loads: tuple[int, ...], matched: dict[str, int],
                       params: dict[str, float], expected: str) -> None:
     policy = create_policy("prefix_cache", {"seed": 0, **params})
     assert policy.pick(req(10, **matched), pool(*loads)).id == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(loads=st.lists(st.integers(0, 30), min_size=1, max_size=8),
+       blocks=st.lists(st.integers(0, 4), max_size=8),
+       factor=st.sampled_from([0.0, 0.3, 2.0]))
+def test_prefix_cache_takes_the_first_match_within_mean_plus_factor_sd(
+        loads: list[int], blocks: list[int], factor: float) -> None:
+    """The ceiling as the docstring defines it (the policy skips computing it when a load
+    is not above the mean)."""
+    matched = {f"w{i}": b for i, b in enumerate(blocks[:len(loads)]) if b}
+    workers = pool(*loads)
+    pick = create_policy("prefix_cache", {"seed": 0, "std_dev_factor": factor}).pick(
+        req(10, **matched), workers)
+    pooled = [w for w in workers if w.in_flight == min(loads)] \
+        if max(loads) - min(loads) > 16 else list(workers)
+    ceiling = statistics.fmean(loads) + factor * statistics.pstdev(loads)
+    within = [w for w in sorted((w for w in pooled if w.id in matched),
+                                key=lambda w: (-matched[w.id], w.in_flight))
+              if w.in_flight <= ceiling]
+    if within:
+        assert pick is within[0]
+    else:
+        assert pick.in_flight == min(w.in_flight for w in pooled)
 
 
 def text_req(text: str) -> RoutingRequest:
@@ -142,3 +171,10 @@ def test_cache_aware_forgets_a_worker_not_chosen_for_forget_after_secs() -> None
         policy.pick(text_req(f"other prompt {step} " * 4), only_w1)
     assert policy._tree.chars("w0") == 0  # noqa: SLF001 - the tree is the policy's own
     assert policy._tree.chars("w1") > 0  # noqa: SLF001
+
+
+@settings(max_examples=2000, deadline=None)
+@given(loads=st.lists(st.one_of(st.integers(0, 64), st.integers(0, 2**60)), min_size=1,
+                      max_size=40))
+def test_pstdev_is_statistics_pstdev(loads: list[int]) -> None:
+    assert pstdev(loads) == statistics.pstdev(loads)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from picker.config import PickerConfig
 from picker.trace.line import TraceLine
 from picker_bench.mooncake import SAMPLE_TRACE
 from picker_bench.replay.calibrate import calibrate
+from picker_bench.replay.clock import VirtualTimeLoop
 from picker_bench.replay.command import read_lines
 from picker_bench.replay.fleet import SimulatedFleet, as_trace, replay_policy
 from picker_bench.replay.importers import import_trace
@@ -29,6 +33,29 @@ def test_the_same_replay_twice_gives_identical_results() -> None:
     lines = read_lines(SAMPLE_TRACE)
     for policy in ("cache_aware", "power_of_two", "prefix_cache"):
         assert replay_policy(lines, policy, _FLEET) == replay_policy(lines, policy, _FLEET)
+
+
+# What replays of the sample gave before the replay was made faster (main at 3a80228, before
+# picker_sim.run_cache and the byte-wise texts): sha256 of repr(served), first 16 digits. The
+# tight fleet fills its small caches with pinned prompts (stores cut short, runs evicted in
+# part); the roomy one is the default profile.
+_TIGHT = SimulatedFleet(PickerConfig(), SimConfig.from_profile(
+    "8b-h100-tokens", cache_blocks=1500, max_concurrency=8), engines=3, speedup=20.0, seed=5)
+_BEFORE = {
+    ("roomy", "round_robin"): "5641492479cd520b", ("roomy", "power_of_two"): "eeb0ded901ef84f5",
+    ("roomy", "cache_aware"): "26849cd13e6d5725", ("roomy", "prefix_cache"): "c11445d0ddebbe69",
+    ("tight", "round_robin"): "9f09566b01898749", ("tight", "power_of_two"): "177fa113c90a9b5a",
+    ("tight", "cache_aware"): "cef24df3e0520a4f", ("tight", "prefix_cache"): "90379a3c8728e1e1",
+}
+
+
+def test_a_replay_gives_what_it_gave_before_it_was_made_faster() -> None:
+    lines = read_lines(SAMPLE_TRACE)
+    fleets = {"roomy": _FLEET, "tight": _TIGHT}
+    got = {(fleet, policy): hashlib.sha256(
+               repr(replay_policy(lines, policy, fleets[fleet])).encode()).hexdigest()[:16]
+           for fleet, policy in _BEFORE}
+    assert got == _BEFORE
 
 
 def test_a_mooncake_file_imports_and_replays(tmp_path: Path) -> None:
@@ -139,3 +166,28 @@ def test_a_replay_is_the_same_in_another_process_with_another_hash_seed() -> Non
                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout
               for seed in ("1", "2")}
     assert len(tables) == 1 and "prefix_cache" in tables.pop()
+
+
+def test_the_virtual_loops_sleep_wakes_tasks_as_asyncio_sleep_does() -> None:
+    """Same delays (0, equal ones, tiny ones), same order of wake-ups at the same times."""
+    delays = [0.0, 0.5, 0.5, 1e-9, 0.25, 0.0, 0.75, 0.5]
+
+    def woken(sleep: Callable[[VirtualTimeLoop], Callable[[float], Awaitable[None]]]
+              ) -> list[tuple[int, int, float]]:
+        loop = VirtualTimeLoop()
+        order: list[tuple[int, int, float]] = []
+
+        async def sleeper(name: int) -> None:
+            for turn, delay in enumerate(delays[name:] + delays[:name]):
+                await sleep(loop)(delay)
+                order.append((name, turn, loop.time()))
+
+        async def main() -> None:
+            await asyncio.gather(*(sleeper(name) for name in range(len(delays))))
+        try:
+            loop.run_until_complete(main())
+        finally:
+            loop.close()
+        return order
+
+    assert woken(lambda loop: loop.sleep) == woken(lambda loop: asyncio.sleep)
