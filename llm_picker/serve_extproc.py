@@ -59,7 +59,7 @@ async def serve(
                  else "admin off")
         log.info(
             "llm-picker serving%s: ext_proc on %s:%d (%s)%s, %s, policy %s, %d workers, "
-            "%s loop",
+            "event loop %s",
             "" if group is None else f" (process {group.index} of {group.count})",
             config.extproc.host, grpc_port, _transport(config),
             "" if probes is None else f", gRPC health on {config.extproc.host}:{probes[1]}",

@@ -101,7 +101,7 @@ def test_the_event_loop_serve_runs_on(tmp_path: Path, choice: str, loop: str) ->
     finally:
         proc.stop()
     log = proc.log_path.read_text()
-    assert f" workers, {loop} loop" in log, log
+    assert f" workers, event loop {loop}" in log, log
 
 
 def test_event_loop_uvloop_without_uvloop_is_a_configuration_error(
