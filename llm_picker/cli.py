@@ -101,7 +101,7 @@ def _epp(argv: list[str]) -> int:
 
 def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event loop the picker serves on (`event_loop`): uvloop, when installed under
-    `auto`, takes about a quarter off the picker's CPU per BUFFERED ext_proc request
+    `auto`, takes about a fifth off the picker's CPU per BUFFERED ext_proc request
     (grpc.aio's reads and writes are loop callbacks; docs/benchmarks.md, issue 27). None:
     asyncio's own."""
     if choice == "asyncio":
