@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +99,23 @@ def _epp(argv: list[str]) -> int:
     return _run(config, None, None, None, None)
 
 
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop the picker serves on (`event_loop`): uvloop, when installed under
+    `auto`, takes about a fifth off the picker's CPU per BUFFERED ext_proc request
+    (grpc.aio's reads and writes are loop callbacks; docs/benchmarks.md, issue 27). None:
+    asyncio's own."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("event_loop", "uvloop is not installed (pip install uvloop)"
+                              ) from None
+        return None
+    return uvloop.new_event_loop
+
+
 def _run(config: PickerConfig, config_file: Path | None, overrides: Mapping[str, Any] | None,
          group: ProcessGroup | None, authz_port: int | None) -> int:
     """Serve ext_proc, or ext_authz on `authz_port`, until stopped; the exit code."""
@@ -110,14 +127,15 @@ def _run(config: PickerConfig, config_file: Path | None, overrides: Mapping[str,
     try:
         stop_tracing = export_traces(config)
         # The Envoy adapters live outside the core; only this command needs grpc.
-        if authz_port is not None:
-            from llm_picker.serve_authz import serve_authz
+        with asyncio.Runner(loop_factory=_loop_factory(config.event_loop)) as runner:
+            if authz_port is not None:
+                from llm_picker.serve_authz import serve_authz
 
-            asyncio.run(serve_authz(config, authz_port, config_file, overrides, group))
-        else:
-            from llm_picker.serve_extproc import serve
+                runner.run(serve_authz(config, authz_port, config_file, overrides, group))
+            else:
+                from llm_picker.serve_extproc import serve
 
-            asyncio.run(serve(config, config_file, overrides, group))
+                runner.run(serve(config, config_file, overrides, group))
     except ConfigError as exc:  # found while building (e.g. a tokenizer file that won't load)
         print(f"llm-picker: configuration error: {exc}", file=sys.stderr)
         return 2

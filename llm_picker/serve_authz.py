@@ -112,11 +112,12 @@ async def serve_authz(
         http_server = await serve_http(checker, runtime.routing.awaits, sock,
                                        ssl=None if tls is None else ssl_context(tls))
         log.info("llm-picker serving (authz mode%s): checks on %s:%d, access log on %s:%d "
-                 "(%s), policy %s, %d workers",
+                 "(%s), policy %s, %d workers, event loop %s",
                  "" if group is None else f", process {group.index} of {group.count}",
                  host, sock.getsockname()[1], host, port, _security(tls),
                  config.policy.name,
-                 len(runtime.routing.workers()))
+                 len(runtime.routing.workers()),
+                 type(asyncio.get_running_loop()).__module__.partition(".")[0])
         await stop.wait()
     finally:
         log.info(_lag_summary(checker))

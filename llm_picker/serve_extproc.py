@@ -1,4 +1,4 @@
-"""`llm-picker serve`: the ext_proc gRPC server in front of a PickerRuntime, on one asyncio loop."""
+"""`llm-picker serve`: the ext_proc gRPC server in front of a PickerRuntime, on one event loop."""
 
 from __future__ import annotations
 
@@ -58,12 +58,13 @@ async def serve(
                  else "admin in process 0" if group is not None and not group.primary
                  else "admin off")
         log.info(
-            "llm-picker serving%s: ext_proc on %s:%d (%s)%s, %s, policy %s, %d workers",
+            "llm-picker serving%s: ext_proc on %s:%d (%s)%s, %s, policy %s, %d workers, "
+            "event loop %s",
             "" if group is None else f" (process {group.index} of {group.count})",
             config.extproc.host, grpc_port, _transport(config),
             "" if probes is None else f", gRPC health on {config.extproc.host}:{probes[1]}",
             admin, config.policy.name,
-            len(runtime.routing.workers()),
+            len(runtime.routing.workers()), type(loop).__module__.partition(".")[0],
         )
         await stop.wait()
     finally:

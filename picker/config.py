@@ -231,6 +231,9 @@ class PickerConfig(StrictModel):
     model_rewrites: ModelRewriteSettings = Field(default_factory=ModelRewriteSettings)
     # Record one line per request for `llm-picker replay` (picker.trace); off when absent.
     trace: TraceSettings | None = None
+    # The event loop `serve` runs on: auto is uvloop when installed (less CPU per ext_proc
+    # request, docs/benchmarks.md), else asyncio's; uvloop refuses to start without it.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     @field_validator("policy", mode="before")
     @classmethod

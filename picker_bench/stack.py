@@ -407,8 +407,8 @@ def render_envoy_config(
             f for f in manager["http_filters"] if f["name"] != EXT_PROC_FILTER
         ]
         endpoint["address"]["socket_address"]["port_value"] = upstream_port
-        route = manager["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
-        route["cluster"] = "llm_picker"
+        for route in manager["route_config"]["virtual_hosts"][0]["routes"]:
+            route["route"]["cluster"] = "llm_picker"  # the gRPC workers' route comes first
         picker_cluster["typed_extension_protocol_options"] = {}
         return config
     endpoint["address"]["socket_address"]["port_value"] = picker_port

@@ -16,6 +16,9 @@ from picker.prefix.index import PrefixMatch, PromptBlocks
 
 __all__ = ["ApproxPrefixIndex"]
 
+# Blocks hashed before the first look at the index: 8k characters at the default block size.
+_FIRST_HASHED = 64
+
 
 class ApproxPrefixIndex:
     kind = "approximate"
@@ -33,9 +36,19 @@ class ApproxPrefixIndex:
         self._lock = threading.Lock()
 
     def match(self, prompt: PromptBlocks, worker_ids: Iterable[str]) -> PrefixMatch:
-        hashes = prompt.hashes(self.block_size)
-        return PrefixMatch(len(hashes),
-                           self._holders.leading(hashes, self._holders.mask_of(worker_ids)))
+        """Hashes only as far as some candidate may hold the prompt: the chain grows 4x at a
+        time while a candidate holds its last block, since the walk (`Holders.leading`) stops
+        at the first block no candidate holds. A new prompt is hashed up to its first part."""
+        holders = self._holders
+        alive = holders.mask_of(worker_ids)
+        total = prompt.blocks(self.block_size)
+        want = _FIRST_HASHED
+        hashes = prompt.leading(self.block_size, want)
+        masks = holders.masks
+        while len(hashes) < total and masks.get(hashes[-1], 0) & alive:
+            want *= 4
+            hashes = prompt.leading(self.block_size, want)
+        return PrefixMatch(total, holders.leading(hashes, alive))
 
     def record(self, prompt: PromptBlocks, worker_id: str) -> None:
         self.record_hashes(prompt.hashes(self.block_size), worker_id)

@@ -26,20 +26,23 @@ def namespace_hash(model: str, lora: str | None = None, salt: str = "") -> int:
     return hash(("llm-picker/prefix", model, "" if lora is None else f"lora:{lora}", salt))
 
 
-def block_hashes(seed: int, units: str | Sequence[int], block_size: int) -> list[int]:
+def block_hashes(seed: int, units: str | Sequence[int], block_size: int, start: int = 0,
+                 stop: int | None = None) -> list[int]:
     """Hashes of each *complete* block of `units` (characters or token ids), chained from `seed`.
 
-    A trailing partial block is left out: engines cache whole blocks only. This is the hot loop
-    of long prompts (1,760 blocks for 220 KB), so `next_hash` is inlined: one slice, one tuple
-    and one hash per block, nothing else allocated; token ids become one tuple first, whose
-    slices are the tuples `next_hash` would build.
+    A trailing partial block is left out: engines cache whole blocks only. `start`/`stop`
+    (block numbers) hash a part of the chain: `seed` is then the hash of block `start - 1`.
+    This is the hot loop of long prompts (1,760 blocks for 220 KB), so `next_hash` is inlined:
+    one slice, one tuple and one hash per block, nothing else allocated; token ids become one
+    tuple first, whose slices are the tuples `next_hash` would build.
     """
     if not isinstance(units, (str, tuple)):
         units = tuple(units)
+    last = len(units) // block_size if stop is None else min(stop, len(units) // block_size)
     hashes: list[int] = []
     append = hashes.append
     current = seed
-    for end in range(block_size, len(units) + 1, block_size):
+    for end in range((start + 1) * block_size, last * block_size + 1, block_size):
         current = hash((current, units[end - block_size:end]))
         append(current)
     return hashes

@@ -50,32 +50,50 @@ class PromptBlocks:
 
     Indexes hash with their own block size (the KV-event index with each engine's), so the
     prompt is hashed lazily and each (seed, block size) once per request: the router's match
-    and record, and engines sharing a geometry, reuse one computation.
+    and record, and engines sharing a geometry, reuse one computation. A chain may be hashed
+    in parts (`leading`): a match that stops at the first block no candidate holds leaves the
+    rest to the recording, which runs after the answer (picker/prefix/producer.py).
     """
 
     __slots__ = ("model", "units", "is_tokens", "predicted", "_hashes")
 
     def __init__(self, model: str, units: str | Sequence[int], is_tokens: bool) -> None:
         self.model = model
-        self.units = units
+        # Token ids as one tuple: every part of every chain slices it without converting again.
+        self.units = units if isinstance(units, (str, tuple)) else tuple(units)
         self.is_tokens = is_tokens
         # The match computed for the decision, set by the producer: what the index predicted
         # for the pick, read again when the pick is recorded instead of matching twice.
         self.predicted: PrefixMatch | None = None
         self._hashes: dict[tuple[int | None, int], list[int]] = {}
 
+    def blocks(self, block_size: int) -> int:
+        """How many complete blocks the prompt has (its chain's length), without hashing."""
+        return len(self.units) // block_size
+
     def hashes(self, block_size: int, seed: int | None = None) -> list[int]:
         """Chained hashes of the complete blocks; `seed` defaults to the model's namespace, in
         which character and token blocks never meet (a fallback to characters cannot claim a
         match against token blocks)."""
+        return self.leading(block_size, len(self.units) // block_size, seed)
+
+    def leading(self, block_size: int, count: int, seed: int | None = None) -> list[int]:
+        """At least the first `count` hashes of the chain (all of it when shorter), hashing
+        only the blocks not hashed yet. The list returned grows when more is asked for."""
         key = (seed, block_size)
-        cached = self._hashes.get(key)
-        if cached is None:
-            if seed is None:
-                seed = namespace_hash(self.model,
-                                      salt="tokens" if self.is_tokens else "characters")
-            cached = self._hashes[key] = block_hashes(seed, self.units, block_size)
-        return cached
+        done = self._hashes.get(key)
+        if done is None:
+            done = self._hashes[key] = []
+        if len(done) < count:
+            if done:
+                previous = done[-1]
+            elif seed is None:
+                previous = namespace_hash(self.model,
+                                          salt="tokens" if self.is_tokens else "characters")
+            else:
+                previous = seed
+            done += block_hashes(previous, self.units, block_size, len(done), count)
+        return done
 
 
 class PrefixIndex(Protocol):

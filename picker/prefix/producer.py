@@ -6,6 +6,8 @@ index holds them; policies only read `request.prefix`.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Literal
@@ -88,6 +90,10 @@ class PrefixProducer:
             self.index = self._approx
         self._units_per_block = settings.block_size
         self._publish: Callable[[str, int, int, list[int], int], None] | None = None
+        # Picks made and not yet learned (`record`), and the lock that makes learning them
+        # one step for a match on another thread.
+        self._pending: list[tuple[PromptBlocks, Worker]] = []
+        self._pending_lock = threading.Lock()
         # Under kv_events the approximate index only ever sees character (fallback) prompts.
         sees_tokens = self._hf is not None or (self.remote is not None
                                                and self._approx is self.index)
@@ -106,6 +112,8 @@ class PrefixProducer:
     def annotate(
         self, request: RoutingRequest, candidates: Sequence[Worker]
     ) -> tuple[RoutingRequest, PromptBlocks]:
+        if self._pending:
+            self.flush()
         prompt: PromptBlocks
         if request.tokens is not None:
             prompt = PromptBlocks(request.model, request.tokens, is_tokens=True)
@@ -124,6 +132,28 @@ class PrefixProducer:
         return replace(request, prefix=match), prompt
 
     def record(self, prompt: PromptBlocks, worker: Worker) -> None:
+        """The pick is learned after the answer: on an event loop, once the callback that
+        decided yields (the one writing the answer to the proxy), with the prompt's blocks the
+        match did not hash. Any match before that learns the pending picks first (`annotate`),
+        so no decision misses an earlier one. Off a loop (synchronous callers), at once."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._record_now(prompt, worker)
+            return
+        with self._pending_lock:
+            self._pending.append((prompt, worker))
+            if len(self._pending) == 1:
+                loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Learn the pending picks, in the order they were made."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+            for prompt, worker in pending:
+                self._record_now(prompt, worker)
+
+    def _record_now(self, prompt: PromptBlocks, worker: Worker) -> None:
         index = self._index_for(prompt)
         approx = self._approx
         if index is not approx or approx is None:
@@ -182,6 +212,7 @@ class PrefixProducer:
         pass
 
     def worker_removed(self, worker: Worker) -> None:
+        self.flush()  # a pending pick must not bring the worker's blocks back
         self.index.remove_worker(worker.id)
         if self._approx is not None and self._approx is not self.index:
             self._approx.remove_worker(worker.id)

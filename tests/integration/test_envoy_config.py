@@ -41,6 +41,9 @@ def test_envoy_alone_variant_has_no_ext_proc(tmp_path: Path) -> None:
                                  upstream_port=18003)
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     assert all(ext_proc_config(f) is None for f in manager["typed_config"]["http_filters"])
+    # Every route goes to the upstream: the ORIGINAL_DST cluster would refuse every request.
+    routes = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    assert {route["route"]["cluster"] for route in routes} == {"llm_picker"}
     validate(config, tmp_path)
 
 

@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
+from picker.errors import ConfigError
 from picker.listen import listen_socket
 from picker_bench.stack import (
     SimSpec,
@@ -86,6 +88,30 @@ def test_log_level(tmp_path: Path) -> None:
         assert (" INFO llm-picker serving: ext_proc on " in log) is shown, log
         assert ("(plaintext), admin on " in log) is shown, log  # the transport, said
         assert "WARNING llm-picker serving" not in log
+
+
+@pytest.mark.parametrize(("choice", "loop"), [("auto", "uvloop"), ("asyncio", "asyncio")])
+def test_the_event_loop_serve_runs_on(tmp_path: Path, choice: str, loop: str) -> None:
+    """Issue 27: uvloop (installed with the picker) unless `event_loop` says asyncio; the
+    serving line names the loop."""
+    path, _, admin = _config(tmp_path, event_loop=choice)
+    proc = spawn(f"picker-{choice}", [*PICKER, "serve", "--config", str(path)], tmp_path)
+    try:
+        wait_http(proc, f"http://127.0.0.1:{admin}/health")
+    finally:
+        proc.stop()
+    log = proc.log_path.read_text()
+    assert f" workers, event loop {loop}" in log, log
+
+
+def test_event_loop_uvloop_without_uvloop_is_a_configuration_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_picker.cli import _loop_factory
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # importing it now raises ImportError
+    assert _loop_factory("auto") is None
+    with pytest.raises(ConfigError, match="^event_loop: uvloop is not installed"):
+        _loop_factory("uvloop")
 
 
 def test_envoy_config_matches_the_picker(tmp_path: Path) -> None:

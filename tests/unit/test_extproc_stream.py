@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -262,6 +263,24 @@ def test_worker_api_key_is_set_on_the_routed_request() -> None:
         "Bearer sk-w"
 
 
+async def test_a_pick_not_learned_yet_still_steers_the_next_request_by_prefix() -> None:
+    """Picks are learned after the answer, on the loop's next turn; two streams deciding in
+    the same turn (back-to-back requests with one long prompt) must still meet on one
+    worker under prefix_cache, not be spread by load."""
+    router = runtime_of(WorkerSpec(url="127.0.0.1:8001", models=["m"]),
+                        WorkerSpec(url="127.0.0.1:8002", models=["m"]),
+                        policy="prefix_cache", prefix={"enabled": True})
+    body = json.dumps({"model": "m", "prompt": "a shared document " * 2000}).encode()
+    served = []
+    for _ in range(2):
+        stream = RequestStream(router.routing, 1 << 20)
+        stream.handle(headers_msg(path="/v1/completions", duplex=False))
+        (routed,) = stream.handle(body_msg(body, True))
+        served.append(set_headers(routed.request_body.response.header_mutation)[
+            codec.DESTINATION_HEADER])
+    assert served[0] == served[1]
+
+
 async def test_remote_tokenizer_makes_routing_an_awaited_step() -> None:
     from tests.sim_thread import running_sim
 
@@ -278,7 +297,11 @@ async def test_remote_tokenizer_makes_routing_an_awaited_step() -> None:
         headers = set_headers(routed.request_body.response.header_mutation)
         assert headers[codec.DESTINATION_HEADER] == "127.0.0.1:8001"
         index = router.prefix_index()
-        assert index is not None and index.blocks_of(router.registry.workers()[0].id) == 1
+        worker_id = router.registry.workers()[0].id
+        # The pick is learned after the answer, once the loop turns.
+        assert index is not None and index.blocks_of(worker_id) == 0
+        await asyncio.sleep(0)
+        assert index.blocks_of(worker_id) == 1
 
 
 def _streamed(responses: list[pb.ProcessingResponse], request: bool) -> list[tuple[int, bool]]:

@@ -51,6 +51,23 @@ def test_match_is_the_longest_leading_run_per_worker() -> None:
     assert index.match(text(prompt), ["w2"]).blocks("w1") == 0  # only candidates reported
 
 
+def test_a_match_hashes_only_as_far_as_a_candidate_may_hold_the_prompt() -> None:
+    """The chain is hashed in parts growing 4x while a candidate holds the last block hashed:
+    a prompt nobody holds is hashed up to its first part, one held to its end is matched to
+    its end; the rest of the chain is the same when hashed later (for the recording)."""
+    index = ApproxPrefixIndex(block_size=2)
+    units = "".join(chr(33 + i % 90) for i in range(1000))  # 500 blocks
+    new = text(units)
+    assert index.match(new, ["w1"]).matched == {}
+    assert len(new.leading(2, 0)) == 64
+    assert new.hashes(2) == block_hashes(namespace_hash("m", salt="characters"), units, 2)
+    index.record(text(units[:800]), "w1")
+    held = text(units)
+    match = index.match(held, ["w1", "w2"])
+    assert (match.total_blocks, match.blocks("w1")) == (500, 400)
+    assert len(held.leading(2, 0)) == 500  # 64, 256, then past the 400 held blocks
+
+
 def test_characters_and_tokens_never_match_each_other() -> None:
     index = ApproxPrefixIndex(block_size=2)
     index.record(PromptBlocks("m", [1, 2, 3, 4], is_tokens=True), "w")

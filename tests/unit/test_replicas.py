@@ -232,6 +232,22 @@ def test_recorded_picks_are_published_and_peers_apply_without_republishing() -> 
     assert published[1].predicted == len(SYSTEM) // 16  # the decision's own prediction
 
 
+async def test_a_pick_on_the_loop_is_published_after_the_answer_with_every_hash() -> None:
+    """On the picker's loop a pick is learned and published once the deciding callback
+    yields; the match hashed only the prompt's first blocks (nobody held them), the peers
+    still get the whole chain."""
+    fleet = [worker("a"), worker("b")]
+    published: list[Pick] = []
+    deciding = PrefixProducer(SETTINGS)
+    deciding.publish_to(lambda *pick: published.append(Pick(*pick)))
+    text = SYSTEM * 40 + "a long new prompt"
+    routed(deciding, text, fleet[0], fleet)
+    assert published == []
+    await asyncio.sleep(0)
+    (pick,) = published
+    assert pick.hashes == prompt(text).hashes(16) and len(pick.hashes) == len(text) // 16
+
+
 def test_peers_picks_feed_the_index_calibration() -> None:
     """The engines count every replica's traffic: calibration must see peers' picks too."""
     settings = PrefixSettings(enabled=True, block_size=16)
