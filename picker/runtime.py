@@ -63,8 +63,9 @@ from picker.routing.leases import LeaseBook
 from picker.routing.model_rewrite import ModelRewriter
 from picker.routing.router_manager import RouterManager
 from picker.routing_service import RoutingService
-from picker.trace import PredictionAudit, TraceRecorder
+from picker.trace.audit import PredictionAudit
 from picker.trace.latency_learner import LatencyLearner
+from picker.trace.recorder import TraceRecorder
 
 if TYPE_CHECKING:
     from picker.observe.tracing import DecisionTracer

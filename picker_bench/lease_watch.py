@@ -25,8 +25,10 @@ from picker.routing.outcome import Outcome
 from picker.routing.request import Api, RoutingRequest
 from picker.routing.response_stats import ResponseSample, Usage
 from picker.routing.router import Choice
-from picker.trace import PredictionAudit, TraceRecorder, TraceSettings
+from picker.trace.audit import PredictionAudit
 from picker.trace.latency_learner import LatencyLearner
+from picker.trace.recorder import TraceRecorder
+from picker.trace.settings import TraceSettings
 
 __all__ = ["run_lease_watch"]
 

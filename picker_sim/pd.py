@@ -23,15 +23,17 @@ import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from picker.pd.protocols import PREFILLER_HEADER, REQUEST_ID_HEADER, nixl_prefill_body
 from picker.routing.request import Api
+
+if TYPE_CHECKING:  # imported where used: every simulated engine would pay for it at start-up
+    import httpx
 
 __all__ = ["PdPeer"]
 
@@ -93,6 +95,8 @@ class PdPeer:
         """Wait for the prefilled KV this request names: True once it is there, False when
         the request names none and the prompt is computed here; an error response if the KV
         cannot be had."""
+        import httpx
+
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=max(self._wait, 1.0))
         if self._protocol == "sidecar":
@@ -145,6 +149,8 @@ class PdPeer:
         return host, port, [str(block) for block in blocks]
 
     async def _peer_holds(self, host: str, port: int, key: str) -> bool:
+        import httpx
+
         assert self._client is not None
         try:
             answer = await self._client.get(f"http://{host}:{port}/sim/pd/held/{key}")

@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from picker.fleet.runtime_type import RuntimeType
 from picker.parsers import REASONING_PARSERS, TOOL_PARSERS, check_parser_name
 from picker.strict import StrictModel
 
@@ -83,15 +84,6 @@ class WorkerType(enum.StrEnum):
 class ConnectionMode(enum.StrEnum):
     HTTP = "http"
     GRPC = "grpc"
-
-
-class RuntimeType(enum.StrEnum):
-    """Which engine is behind the url; selects metric names and discovery endpoints."""
-
-    SGLANG = "sglang"
-    VLLM = "vllm"
-    TRTLLM = "trtllm"
-    EXTERNAL = "external"
 
 
 class HealthOverrides(StrictModel):

@@ -23,11 +23,14 @@ import enum
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from picker.fleet.worker_spec import RuntimeType, WorkerSpec
+from picker.fleet.runtime_type import RuntimeType
 from picker.routing import control_headers
 from picker.routing.request import Api
+
+if TYPE_CHECKING:  # the simulated engines import this module without the models
+    from picker.fleet.worker_spec import WorkerSpec
 
 __all__ = [
     "PREFILLER_HEADER", "REQUEST_ID_HEADER", "Bootstrap", "PdProtocol", "SglangPair",

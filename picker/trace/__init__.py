@@ -3,11 +3,3 @@
 
 Nothing here holds prompt text: prompts become keyed block hashes (picker.trace.hashing).
 """
-
-from picker.trace.audit import Audited, PredictionAudit
-from picker.trace.line import TraceLine, parse_line
-from picker.trace.recorder import TraceRecorder
-from picker.trace.settings import TraceSettings
-
-__all__ = ["Audited", "PredictionAudit", "TraceLine", "TraceRecorder", "TraceSettings",
-           "parse_line"]

@@ -17,7 +17,7 @@ import pytest
 from litellm_plugin import PickerStrategy
 from picker.errors import ConfigError
 from picker.fleet.registry import Worker
-from picker.trace import parse_line
+from picker.trace.line import parse_line
 from picker_bench.stack import Process, SimSpec, start_sims
 from tests.waiting import wait_until
 

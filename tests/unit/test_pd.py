@@ -11,7 +11,7 @@ from picker.config import PickerConfig, load_config
 from picker.errors import ConfigError, ModelNotFound, NoHealthyWorker
 from picker.fleet.worker_spec import WorkerSpec
 from picker.grpc_route.transcoder import TokenizerUnavailable
-from picker.pd import (
+from picker.pd.protocols import (
     PREFILLER_HEADER,
     Bootstrap,
     PdProtocol,

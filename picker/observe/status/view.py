@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from picker.observe.status.history import ActivityHistory
     from picker.routing.flow import FlowController
     from picker.routing.leases import LeaseBook
-    from picker.trace import PredictionAudit
+    from picker.trace.audit import PredictionAudit
 
 __all__ = ["RECENT_DECISIONS", "StatusSubject", "first_page", "static_file", "status_view"]
 
