@@ -229,10 +229,11 @@ def _report(phases: Sequence[Phase], sims: int, tokens: int, rounds: int,
     print("picker / smg per round (min-max over rounds):")
     for level in sorted({p.concurrency for p in phases}):
         smg, picker = per_round[("smg", level)], per_round[("picker", level)]
-        for label, get in (("req/s", lambda p: p.rps), ("TTFT p50", lambda p: p.ttft_p50_ms),
-                           ("TTFT p99", lambda p: p.ttft_p99_ms),
-                           ("CPU/req", lambda p: p.cpu_ms_per_request)):
-            ratios = [get(b) / get(a) for a, b in zip(smg, picker, strict=True) if get(a)]
+        for label, field in (("req/s", "rps"), ("TTFT p50", "ttft_p50_ms"),
+                             ("TTFT p99", "ttft_p99_ms"), ("CPU/req", "cpu_ms_per_request")):
+            pairs = [(getattr(a, field), getattr(b, field))
+                     for a, b in zip(smg, picker, strict=True)]
+            ratios = [theirs_ours[1] / theirs_ours[0] for theirs_ours in pairs if theirs_ours[0]]
             if ratios:
                 print(f"  c={level:<3} {label:9} {min(ratios):.2f}x - {max(ratios):.2f}x "
                       f"(median {statistics.median(ratios):.2f}x)")
