@@ -248,7 +248,7 @@ def _bench(ns: argparse.Namespace) -> int:
     if ns.bench == "tokenize":
         from picker_bench.tokenizing import run_tokenize
 
-        return run_tokenize(family=ns.family, repeats=ns.repeats)
+        return run_tokenize(family=ns.family, repeats=ns.repeats, profile=ns.profile)
     if ns.bench == "grpc-smg":
         from picker_bench.grpc_smg import run_grpc_smg
 
@@ -442,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
                           choices=["llama-3.1", "qwen2.5", "mistral-nemo", "deepseek-r1"],
                           help="the published chat template and special tokens to use")
     tokenize.add_argument("--repeats", type=int, default=20, help="timed runs per size")
+    tokenize.add_argument("--profile", action="store_true",
+                          help="cProfile's top functions for a never-seen and a next-turn 8k chat")
     tokenize.set_defaults(run=_bench)
     lora = which.add_parser("lora", help="many LoRA adapters, Zipf popularity: TTFT and "
                             "adapter loads per policy, LoRA affinity against least_load and "

@@ -51,10 +51,10 @@ class SegmentEncoder:
         return self._cuts is not None
 
     def encode(self, text: str) -> list[int]:
-        """`tokenizer.encode(text, add_special_tokens=False).ids`, from cached pieces; the
-        pieces not cached are encoded in one call, each once."""
+        """`tokenizer.encode(text, add_special_tokens=False).ids`, from cached pieces; a piece
+        not cached is encoded once, however often it occurs."""
         if self._cuts is None:
-            return self._encode([text])[0]
+            return self._encode(text)
         parts = self._cuts.split(text)
         known = self._pieces
         out: list[int] = []
@@ -63,7 +63,7 @@ class SegmentEncoder:
             return out
         # The first piece not cached, and every one after it (a chat's new turns).
         new = list(dict.fromkeys(p for p in parts[stop::2] if p and p not in known))
-        fresh = dict(zip(new, self._encode(new), strict=True))
+        fresh = {piece: self._encode(piece) for piece in new}
         self._assemble(parts, stop, out, known, fresh)
         for piece, ids in fresh.items():
             if len(known) >= self._max_pieces:
@@ -90,12 +90,13 @@ class SegmentEncoder:
                 out += cached
         return len(parts)
 
-    def _encode(self, texts: list[str]) -> list[list[int]]:
-        """Ids only: `encode_batch_fast` skips the character offsets `encode` computes and
-        the picker never reads (~20% of an 8k-token chat's encode, `llm-picker bench
-        tokenize`); tokenizers 0.20, huggingface/tokenizers#1587."""
-        return [encoding.ids for encoding in
-                self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    def _encode(self, text: str) -> list[int]:
+        """Ids only: `encode_batch_fast` skips the character offsets `encode` computes and the
+        picker never reads (tokenizers 0.20, huggingface/tokenizers#1587): ~20% of a never-seen
+        chat's encode (`llm-picker bench tokenize`). One text per call: a batch of several
+        goes to the library's thread pool, which costs more CPU than it saves here."""
+        ids: list[int] = self._tokenizer.encode_batch_fast([text], add_special_tokens=False)[0].ids
+        return ids
 
 
 def _cacheable(added: list[Any], pre_tokenizer: Any) -> bool:

@@ -75,19 +75,18 @@ class _CountingBackend:
         return self._backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
 
 
-def test_new_pieces_are_encoded_in_one_call_each_once(tmp_path: Path) -> None:
-    """A chat's new pieces go to the library together (one call per request, not one per
-    message) and a piece repeated in the text is encoded once; the next turn encodes only
-    what is new."""
+def test_new_pieces_are_encoded_once_without_offsets(tmp_path: Path) -> None:
+    """A piece repeated in the text is encoded once, by the library's ids-only call; the next
+    turn encodes only what is new, a chat sent again nothing."""
     directory = build_tokenizer_dir(tmp_path / "qwen", "qwen2.5")
     backend = Tokenizer.from_file(str(directory / "tokenizer.json"))
     counting = _CountingBackend(backend)
     encoder = SegmentEncoder(counting, None)
     text = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>a\n"
     assert encoder.encode(text) == backend.encode(text, add_special_tokens=False).ids
-    assert counting.calls == [["user\nhi", "\n", "a\n"]]
+    assert counting.calls == [["user\nhi"], ["\n"], ["a\n"]]
     longer = text + "yes<|im_end|>\n<|im_start|>user\nwhy?<|im_end|>\n"
     assert encoder.encode(longer) == backend.encode(longer, add_special_tokens=False).ids
-    assert counting.calls[1:] == [["a\nyes", "user\nwhy?"]]
+    assert counting.calls[3:] == [["a\nyes"], ["user\nwhy?"]]
     assert encoder.encode(longer) == backend.encode(longer, add_special_tokens=False).ids
-    assert len(counting.calls) == 2
+    assert len(counting.calls) == 5
