@@ -58,11 +58,13 @@ def _median_us(calls: Sequence[Callable[[], object]]) -> float:
     return statistics.median(timings) * 1e6
 
 
-def _variants(body: dict[str, Any], repeats: int, cold: bool) -> list[dict[str, Any]]:
+def _variants(body: dict[str, Any], repeats: int, cold: bool,
+              first: int = 0) -> list[dict[str, Any]]:
     """Bodies no earlier call saw in full: every message new (cold), or only the last user
-    message new (the next turn of a conversation whose history was tokenized before)."""
+    message new (the next turn of a conversation whose history was tokenized before);
+    numbered from `first`, so a later series repeats none of an earlier one."""
     out = []
-    for i in range(repeats):
+    for i in range(first, first + repeats):
         messages = body["messages"]
         if cold:
             messages = [{**m, "content": f"{i} {m['content']}"} for m in messages]
@@ -72,11 +74,13 @@ def _variants(body: dict[str, Any], repeats: int, cold: bool) -> list[dict[str, 
     return out
 
 
-def _profile(tokenizer: EngineTokenizer, body: dict[str, Any], repeats: int) -> None:
+def _profile(tokenizer: EngineTokenizer, body: dict[str, Any], repeats: int) -> list[str]:
+    """Right after the timed runs of `body`, while its history's pieces are cached."""
+    report = []
     for label, cold in (("next turn", False), ("never seen", True)):
         profiler = cProfile.Profile()
         calls = [partial(tokenizer.body_ids, variant)
-                 for variant in _variants(body, repeats, cold=cold)]
+                 for variant in _variants(body, repeats, cold=cold, first=repeats)]
         profiler.enable()
         for call in calls:
             call()
@@ -85,9 +89,9 @@ def _profile(tokenizer: EngineTokenizer, body: dict[str, Any], repeats: int) -> 
         pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(8)
         lines = [line for line in out.getvalue().splitlines() if line.strip()]
         start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls"))
-        print(f"profile, 8k chat, {label} ({repeats} calls; tottime s, cumtime s):")
-        for line in lines[start:]:
-            print("  " + line.replace(str(Path.cwd()) + "/", "")[:150])
+        report.append(f"profile, 8k chat, {label} ({repeats} calls; tottime s, cumtime s):")
+        report += ["  " + line.replace(str(Path.cwd()) + "/", "")[:150] for line in lines[start:]]
+    return report
 
 
 def run_tokenize(family: str = "qwen2.5", repeats: int = 20, profile: bool = False) -> int:
@@ -100,7 +104,7 @@ def run_tokenize(family: str = "qwen2.5", repeats: int = 20, profile: bool = Fal
         directory = build_tokenizer_dir(Path(workdir) / family, family, vocab_size=2000)
         tokenizer = load_tokenizer(str(directory))
         backend = Tokenizer.from_file(str(directory / "tokenizer.json"))
-        profiled: dict[str, Any] | None = None
+        profiled: list[str] = []
         oracle = (oracle_module.AutoTokenizer.from_pretrained(str(directory))
                   if oracle_module is not None else None)
         baseline, _ = decision_latency("prefix_cache", picks=3000)
@@ -141,9 +145,9 @@ def run_tokenize(family: str = "qwen2.5", repeats: int = 20, profile: bool = Fal
                   f"{render:>10.0f} {cold:>9.0f} {alone:>14.0f} {cold / baseline:>13.0f}x "
                   f"{warm:>13.0f} {warm / baseline:>13.1f}x {theirs:>16} {ratio:>18}")
             if profile and size == 8_000:
-                profiled = body
-        if profiled is not None:
-            _profile(tokenizer, profiled, repeats)
+                profiled = _profile(tokenizer, body, repeats)
+        if profiled:
+            print("\n".join(profiled))
     if oracle is None:
         print("transformers is not installed (pip install 'llm-picker[dev]'): no comparison")
     return 0
