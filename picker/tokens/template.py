@@ -167,11 +167,12 @@ class ChatTemplate:
 
 
 def _alias_reasoning(message: Mapping[str, Any]) -> Mapping[str, Any]:
-    reasoning = next((message[key] for key in _REASONING_FIELDS
-                      if message.get(key) is not None), None)
-    if reasoning is None:
-        return message
-    return {"thinking": reasoning, **message, "reasoning_content": reasoning}
+    """A plain loop: per message of every render, a generator cost ~1 us."""
+    for key in _REASONING_FIELDS:
+        reasoning = message.get(key)
+        if reasoning is not None:
+            return {"thinking": reasoning, **message, "reasoning_content": reasoning}
+    return message
 
 
 # --- content format: does the template loop over a message's content? ----------------------
