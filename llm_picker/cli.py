@@ -266,7 +266,16 @@ def _bench(ns: argparse.Namespace) -> int:
     if ns.bench == "tokenize":
         from picker_bench.tokenizing import run_tokenize
 
-        return run_tokenize(family=ns.family, repeats=ns.repeats)
+        return run_tokenize(family=ns.family, repeats=ns.repeats, profile=ns.profile)
+    if ns.bench == "grpc-smg":
+        from picker_bench.grpc_smg import run_grpc_smg
+
+        return run_grpc_smg(sims=ns.sims, requests=ns.requests, levels=ns.concurrency,
+                            rounds=ns.rounds, tokens=ns.max_tokens)
+    if ns.bench == "grpc-route":
+        from picker_bench.grpc_route import run_grpc_route
+
+        return run_grpc_route(requests=ns.requests, block=ns.block)
     if ns.bench == "longprompt":
         from picker_bench.decision import run_long_prompt
 
@@ -451,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
                           choices=["llama-3.1", "qwen2.5", "mistral-nemo", "deepseek-r1"],
                           help="the published chat template and special tokens to use")
     tokenize.add_argument("--repeats", type=int, default=20, help="timed runs per size")
+    tokenize.add_argument("--profile", action="store_true",
+                          help="cProfile's top functions for a never-seen and a next-turn 8k chat")
     tokenize.set_defaults(run=_bench)
     lora = which.add_parser("lora", help="many LoRA adapters, Zipf popularity: TTFT and "
                             "adapter loads per policy, LoRA affinity against least_load and "
@@ -504,6 +515,20 @@ def build_parser() -> argparse.ArgumentParser:
     large.add_argument("--requests", type=int, default=120)
     large.add_argument("--concurrency", type=int, default=2)
     large.set_defaults(run=_bench)
+    smg = which.add_parser("grpc-smg", help="Envoy + picker against the SMG gateway on the "
+                           "same gRPC sim fleet: req/s, TTFT p50/p99 and gateway CPU")
+    smg.add_argument("--sims", type=int, default=2)
+    smg.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    smg.add_argument("--requests", type=int, nargs="+", default=[40, 160],
+                     help="per phase, one per --concurrency")
+    smg.add_argument("--rounds", type=int, default=3, help="alternations of the two gateways")
+    smg.add_argument("--max-tokens", type=int, default=64)
+    smg.set_defaults(run=_bench)
+    route = which.add_parser("grpc-route", help="picker CPU per 200-token streamed chat, gRPC "
+                             "worker against HTTP worker, through Envoy")
+    route.add_argument("--requests", type=int, default=60, help="per worker kind")
+    route.add_argument("--block", type=int, default=10, help="requests per alternating block")
+    route.set_defaults(run=_bench)
     return parser
 
 

@@ -1,6 +1,6 @@
 """Picker CPU per 200-token streamed chat, gRPC worker against HTTP worker, through Envoy.
 
-`python -m picker_bench.grpc_route [--requests N]`: one HTTP sim and one gRPC sim (same
+`llm-picker bench grpc-route [--requests N]`: one HTTP sim and one gRPC sim (same
 latency model, each serving a model of its own), the picker over self-signed TLS behind the
 gateway configuration (both bodies FULL_DUPLEX_STREAMED, envoy/envoy-gateway.yaml), requests
 sent one at a time in alternating blocks so both see the same machine. For an HTTP worker the
@@ -13,7 +13,6 @@ small chunks may coalesce.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -25,18 +24,15 @@ from picker_bench.overhead import ext_proc_messages
 from picker_bench.stack import SimSpec, cpu_seconds, free_port, local_fleet
 from picker_bench.tokenizer_dirs import build_tokenizer_dir
 
-__all__ = ["main"]
+__all__ = ["run_grpc_route"]
 
 _TOKENS = 200
 _MESSAGES = [{"role": "system", "content": "be brief"},
              {"role": "user", "content": "tell me a long story about a quick brown fox"}]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=60, help="per worker kind")
-    parser.add_argument("--block", type=int, default=10)
-    ns = parser.parse_args(argv)
+def run_grpc_route(requests: int = 60, block: int = 10) -> int:
+    """`requests` per worker kind, in alternating blocks of `block`."""
     with tempfile.TemporaryDirectory(prefix="llm-picker-grpc-bench-") as root:
         tokenizer = build_tokenizer_dir(Path(root) / "tok", "llama-3.1")
         port = free_port()
@@ -57,16 +53,16 @@ def main(argv: list[str] | None = None) -> None:
             with httpx.Client(base_url=fleet.envoy_url, timeout=60) as client:
                 for model in cpu:  # warm-up: the tokenizer loads on the first gRPC request
                     _one(client, model)
-                for _ in range(ns.requests // ns.block):
+                for _ in range(requests // block):
                     for model in cpu:
                         sent = ext_proc_messages(envoy_admin)[0]
                         before, started = cpu_seconds(picker), time.monotonic()
-                        for _ in range(ns.block):
+                        for _ in range(block):
                             _one(client, model)
                         cpu[model] += cpu_seconds(picker) - before
                         messages[model] += ext_proc_messages(envoy_admin)[0] - sent
                         wall[model] += time.monotonic() - started
-    count = ns.requests // ns.block * ns.block
+    count = requests // block * block
     print(f"{'worker':8} {'requests':>8} {'picker CPU ms/req':>18} {'wall ms/req':>12} "
           f"{'ext_proc msgs/req':>18} {'CPU us/msg':>11}")
     for model, label in (("http-model", "http"), ("grpc-model", "grpc")):
@@ -74,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{wall[model] * 1e3 / count:12.2f} {messages[model] / count:18.1f} "
               f"{cpu[model] * 1e6 / max(1, messages[model]):11.1f}")
     print(f"grpc/http picker CPU ratio: {cpu['grpc-model'] / cpu['http-model']:.2f}x")
+    return 0
 
 
 def _one(client: httpx.Client, model: str) -> None:
@@ -83,7 +80,3 @@ def _one(client: httpx.Client, model: str) -> None:
         text = b"".join(response.iter_bytes())
     if not text.endswith(b"data: [DONE]\n\n"):
         raise RuntimeError(f"{model}: the stream did not end with [DONE]: {text[-200:]!r}")
-
-
-if __name__ == "__main__":
-    main()

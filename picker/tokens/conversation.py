@@ -82,11 +82,16 @@ def _message(message: Any, index: int, content_format: ContentFormat) -> dict[st
     if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
         raise InvalidRequest(f"{where}.role must be a string")
     role = message["role"]
-    parts = _parts(message.get("content"), f"{where}.content")
-    if role == "system":
-        parts = _without_billing_header(parts)
-    content: Any = (parts if content_format == "openai"
-                    else "\n".join(part["text"] for part in parts))
+    content: Any = message.get("content")
+    if not (isinstance(content, str) and content_format == "string"
+            and not (role == "system" and content.startswith(_BILLING_HEADER))):
+        # A string for a "string" template is its own one part joined (most messages: this
+        # skips building the parts, ~1/4 of an 8k-token chat's conversion).
+        parts = _parts(content, f"{where}.content")
+        if role == "system":
+            parts = _without_billing_header(parts)
+        content = (parts if content_format == "openai"
+                   else "\n".join(part["text"] for part in parts))
     result: dict[str, Any] = {"role": role, "content": content}
     if role == "assistant":
         calls = message.get("tool_calls")

@@ -1,6 +1,6 @@
 """SegmentEncoder: the ids of a rendered chat, re-encoding only the text not seen before.
 
-Encoding is ~1 us per token (an 8k-token chat: ~8 ms, `llm-picker bench tokenize`), and a
+Encoding is ~0.7-1 us per token (an 8k-token chat: 6-8 ms, `llm-picker bench tokenize`), and a
 multi-turn chat repeats its history on every request. The `tokenizers` library cuts the input
 at its added tokens first and normalizes, pre-tokenizes and encodes each piece between them on
 its own (AddedVocabulary::extract_and_normalize); chat templates put a control token around
@@ -51,23 +51,52 @@ class SegmentEncoder:
         return self._cuts is not None
 
     def encode(self, text: str) -> list[int]:
-        """`tokenizer.encode(text, add_special_tokens=False).ids`, from cached pieces."""
+        """`tokenizer.encode(text, add_special_tokens=False).ids`, from cached pieces; a piece
+        not cached is encoded once, however often it occurs."""
         if self._cuts is None:
-            ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False).ids
-            return ids
+            return self._encode(text)
+        parts = self._cuts.split(text)
+        known = self._pieces
         out: list[int] = []
-        for i, piece in enumerate(self._cuts.split(text)):
-            if i % 2:
-                out.append(self._ids[piece])
-            elif piece:
-                cached = self._pieces.get(piece)
-                if cached is None:
-                    cached = self._tokenizer.encode(piece, add_special_tokens=False).ids
-                    if len(self._pieces) >= self._max_pieces:
-                        self._pieces.clear()
-                    self._pieces[piece] = cached
-                out += cached
+        stop = self._assemble(parts, 0, out, known, {})
+        if stop == len(parts):  # every piece cached (a chat sent again)
+            return out
+        # The first piece not cached, and every one after it (a chat's new turns).
+        new = list(dict.fromkeys(p for p in parts[stop::2] if p and p not in known))
+        fresh = {piece: self._encode(piece) for piece in new}
+        self._assemble(parts, stop, out, known, fresh)
+        for piece, ids in fresh.items():
+            if len(known) >= self._max_pieces:
+                known.clear()
+            known[piece] = ids
         return out
+
+    def _assemble(self, parts: list[str], start: int, out: list[int],
+                  known: dict[str, list[int]], fresh: dict[str, list[int]]) -> int:
+        """Append the ids of `parts[start:]` to `out`, from the cache or this call's `fresh`
+        pieces; return where a piece was in neither (len(parts) when none was). `parts`
+        alternate text pieces (even) and added tokens (odd)."""
+        ids = self._ids
+        for i in range(start, len(parts)):
+            piece = parts[i]
+            if i % 2:
+                out.append(ids[piece])
+            elif piece:
+                cached = known.get(piece)
+                if cached is None:
+                    cached = fresh.get(piece)
+                    if cached is None:
+                        return i
+                out += cached
+        return len(parts)
+
+    def _encode(self, text: str) -> list[int]:
+        """Ids only: `encode_batch_fast` skips the character offsets `encode` computes and the
+        picker never reads (tokenizers 0.20, huggingface/tokenizers#1587): ~20% of a never-seen
+        chat's encode (`llm-picker bench tokenize`). One text per call: a batch of several
+        goes to the library's thread pool, which costs more CPU than it saves here."""
+        ids: list[int] = self._tokenizer.encode_batch_fast([text], add_special_tokens=False)[0].ids
+        return ids
 
 
 def _cacheable(added: list[Any], pre_tokenizer: Any) -> bool:

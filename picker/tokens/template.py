@@ -108,9 +108,29 @@ class _Generation(jinja2.ext.Extension):
         return str(caller())
 
 
+# What `getattr` finds on a plain dict: its type's attributes, nothing else (no __dict__).
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, with `message.role` on a plain dict looked up without the AttributeError
+    Jinja's `getattr` raises and catches first (jinja2/sandbox.py, SandboxedEnvironment.getattr:
+    the attribute, then the item, then undefined). For a name that is not an attribute of
+    dict the outcome is the same - the item or undefined - at a third of the cost: templates
+    written `message.content` (Qwen's) render ~1/4 faster (`llm-picker bench tokenize`)."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+
 def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[_Generation, jinja2.ext.loopcontrols])
+    env = _Sandbox(trim_blocks=True, lstrip_blocks=True,
+                   extensions=[_Generation, jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
@@ -147,11 +167,12 @@ class ChatTemplate:
 
 
 def _alias_reasoning(message: Mapping[str, Any]) -> Mapping[str, Any]:
-    reasoning = next((message[key] for key in _REASONING_FIELDS
-                      if message.get(key) is not None), None)
-    if reasoning is None:
-        return message
-    return {"thinking": reasoning, **message, "reasoning_content": reasoning}
+    """A plain loop: per message of every render, a generator cost ~1 us."""
+    for key in _REASONING_FIELDS:
+        reasoning = message.get(key)
+        if reasoning is not None:
+            return {"thinking": reasoning, **message, "reasoning_content": reasoning}
+    return message
 
 
 # --- content format: does the template loop over a message's content? ----------------------

@@ -281,3 +281,32 @@ def test_vllm_message_rules_reach_the_template(dirs: dict[str, Path], tmp_path: 
                                              add_generation_prompt=True)
     assert "think step|think step|" in expected and "billing" not in expected
     assert load_tokenizer(str(directory)).chat_text(messages, tools=tools) == expected
+
+
+@pytest.mark.parametrize("expression", [
+    "m.role", "m.content", "m.missing is defined", "m.missing | default('d')",
+    "m.items() | list | length", "m.get('role')", "m.keys() | list | join(',')",
+    "m.tool_calls[0].function.name", "m.update is defined", "m.__class__ is defined",
+    "m.pop is defined", "m.values | string | length > 0", "(m.role ~ '!') | upper",
+])
+def test_attribute_lookup_on_dicts_is_jinjas(expression: str) -> None:
+    """The template sandbox looks `message.role` up on a plain dict without Jinja's
+    AttributeError round trip; what a template sees is what Jinja's own immutable sandbox
+    (transformers' renderer) gives, dict methods and unsafe names included."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from picker.tokens import ChatTemplate
+
+    source = "{{ " + expression + " }}"
+    message = {"role": "user", "content": "hi", "tool_calls": [CALL_DECODED]}
+    stock = ImmutableSandboxedEnvironment().from_string(source).render(m=message)
+    assert ChatTemplate("{% set m = messages[0] %}" + source).render([message]) == stock
+
+
+def test_dict_methods_stay_unsafe_to_call() -> None:
+    from picker.tokens import ChatTemplate, TemplateProblem
+
+    with pytest.raises(TemplateProblem, match="unsafe"):
+        ChatTemplate("{{ messages[0].pop('role') }}").render([{"role": "user"}])
+    with pytest.raises(TemplateProblem, match="unsafe"):
+        ChatTemplate("{{ messages[0].update({'a': 1}) }}").render([{"role": "user"}])

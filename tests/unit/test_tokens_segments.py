@@ -58,3 +58,35 @@ def test_the_cache_is_bounded(tmp_path: Path) -> None:
         text = f"<|im_start|>word{i} the<|im_end|>"
         assert encoder.encode(text) == backend.encode(text, add_special_tokens=False).ids
         assert len(encoder) <= 3
+
+
+class _CountingBackend:
+    """The library's tokenizer, counting the texts it is asked to encode."""
+
+    def __init__(self, backend: Tokenizer) -> None:
+        self._backend = backend
+        self.calls: list[list[str]] = []
+
+    def get_added_tokens_decoder(self) -> object:
+        return self._backend.get_added_tokens_decoder()
+
+    def encode_batch_fast(self, texts: list[str], add_special_tokens: bool) -> object:
+        self.calls.append(list(texts))
+        return self._backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
+
+
+def test_new_pieces_are_encoded_once_without_offsets(tmp_path: Path) -> None:
+    """A piece repeated in the text is encoded once, by the library's ids-only call; the next
+    turn encodes only what is new, a chat sent again nothing."""
+    directory = build_tokenizer_dir(tmp_path / "qwen", "qwen2.5")
+    backend = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    counting = _CountingBackend(backend)
+    encoder = SegmentEncoder(counting, None)
+    text = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>a\n"
+    assert encoder.encode(text) == backend.encode(text, add_special_tokens=False).ids
+    assert counting.calls == [["user\nhi"], ["\n"], ["a\n"]]
+    longer = text + "yes<|im_end|>\n<|im_start|>user\nwhy?<|im_end|>\n"
+    assert encoder.encode(longer) == backend.encode(longer, add_special_tokens=False).ids
+    assert counting.calls[3:] == [["a\nyes"], ["user\nwhy?"]]
+    assert encoder.encode(longer) == backend.encode(longer, add_special_tokens=False).ids
+    assert len(counting.calls) == 5
