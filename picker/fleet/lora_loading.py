@@ -28,6 +28,7 @@ from pydantic import Field
 from picker.errors import AdapterLoadFailed
 from picker.fleet.registry import Worker, WorkerRegistry
 from picker.fleet.worker_spec import Name, WorkerSpec
+from picker.fleet.worker_tls import worker_tls
 from picker.policies.least_load import load_key
 from picker.policies.lora_scores import FREE_PLACE, place_score
 from picker.routing.request import RoutingRequest
@@ -142,7 +143,7 @@ class AdapterLoader:
             "authorization": f"Bearer {spec.api_key.get_secret_value()}"}
         self.loads += 1
         try:  # a client per load: loads are rare, and nothing is left to close at stop
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncClient(verify=worker_tls()) as client:
                 response = await client.post(
                     spec.network_url + _LOAD_PATH, headers=headers,
                     json={"lora_name": adapter, "lora_path": path},

@@ -50,6 +50,7 @@ from picker.fleet.worker_spec import (
     redact_url,
     unpaired_role,
 )
+from picker.fleet.worker_tls import worker_tls
 from picker.strict import StrictModel
 
 __all__ = ["DeclaredInFile", "Registered", "WorkerManager", "WorkerPatch"]
@@ -137,7 +138,7 @@ class WorkerManager:
         self._saved: list[SavedRegistration] | None = None  # what the file holds, once read
 
     async def start(self) -> None:
-        self._client = httpx.AsyncClient()
+        self._client = httpx.AsyncClient(verify=worker_tls())
 
     async def stop(self) -> None:
         if self._client is not None:

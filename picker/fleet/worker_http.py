@@ -40,6 +40,7 @@ import httpx
 
 from picker.fleet.plain_get import Answer, PlainGetter
 from picker.fleet.registry import Worker
+from picker.fleet.worker_tls import worker_tls
 
 __all__ = ["WorkerRequests"]
 
@@ -92,6 +93,7 @@ class WorkerRequests:
         # hand out at once: reused, new, or made by closing an idle one.
         slots = len(_Lane) * self._concurrency
         return httpx.AsyncClient(
+            verify=worker_tls(),
             limits=httpx.Limits(max_connections=slots, max_keepalive_connections=_KEEPALIVE))
 
     async def stop(self) -> None:

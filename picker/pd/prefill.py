@@ -24,6 +24,7 @@ import httpx
 from picker.errors import PrefillFailed, PrefillRejected
 from picker.fleet.grpc_calls import EngineCallFailed, EngineCalls
 from picker.fleet.registry import Worker
+from picker.fleet.worker_tls import worker_tls
 from picker.grpc_route.answer import http_status
 from picker.pd.protocols import REQUEST_ID_HEADER
 
@@ -115,7 +116,7 @@ class PrefillClient:
                     request_id: str) -> httpx.Response:
         """POST the prefill; its body is read whole (an SGLang prefill may stream it)."""
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._timeout)
+            self._client = httpx.AsyncClient(timeout=self._timeout, verify=worker_tls())
         headers = {"content-type": "application/json", REQUEST_ID_HEADER: request_id}
         if worker.spec.api_key is not None:
             headers["authorization"] = f"Bearer {worker.spec.api_key.get_secret_value()}"

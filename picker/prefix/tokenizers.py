@@ -23,6 +23,7 @@ import httpx
 from pydantic import Field, model_validator
 
 from picker.errors import NoHealthyWorker, extra_needed
+from picker.fleet.worker_tls import worker_tls
 from picker.routing.request import Api, RoutingRequest
 from picker.strict import StrictModel
 
@@ -106,7 +107,7 @@ class RemoteTokenizer:
     async def tokens(self, request: RoutingRequest) -> list[int] | None:
         """Token ids, or None when the call failed and fallback to characters is allowed."""
         if self._client is None:
-            self._client = httpx.AsyncClient()
+            self._client = httpx.AsyncClient(verify=worker_tls())
         payload: dict[str, Any] = {"model": request.model}
         if request.api is Api.CHAT and request.messages is not None:
             payload.update(messages=list(request.messages), add_generation_prompt=True)
