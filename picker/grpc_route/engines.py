@@ -27,9 +27,9 @@ __all__ = ["ENGINES", "Complete", "GrpcEngine", "Response", "StreamChunk",
            "UnservedRuntime", "engine_for"]
 
 
-class StreamChunk(Protocol):
-    @property
-    def token_ids(self) -> Sequence[int]: ...
+class _Counts(Protocol):
+    """The token counts both kinds of message carry."""
+
     @property
     def prompt_tokens(self) -> int: ...
     @property
@@ -38,17 +38,16 @@ class StreamChunk(Protocol):
     def cached_tokens(self) -> int: ...
 
 
-class Complete(Protocol):
+class StreamChunk(_Counts, Protocol):
+    @property
+    def token_ids(self) -> Sequence[int]: ...
+
+
+class Complete(_Counts, Protocol):
     @property
     def output_ids(self) -> Sequence[int]: ...
     @property
     def finish_reason(self) -> str: ...
-    @property
-    def prompt_tokens(self) -> int: ...
-    @property
-    def completion_tokens(self) -> int: ...
-    @property
-    def cached_tokens(self) -> int: ...
 
 
 class Response(Protocol):
