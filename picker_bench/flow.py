@@ -8,8 +8,9 @@ of `seconds` each, in one run:
   10x each of the others) - the TTFT it gets with the fleet to itself;
 - flow: interactive plus a batch band (priority -1, two tenants offering 120% and 40% of
   capacity: both more than half the spare, so both stay backlogged), under flow control
-  (bands, round robin between flows, the engines' slots as the saturation limit with a part
-  kept free of the batch band - `sheddable_share`, 0.5 by default - and a TTL);
+  (bands, round robin between flows, the engines' slots as the saturation limit, the batch
+  band leaving the interactive band the headroom its recent demand needs -
+  `headroom_miss_rate`, and optionally a fixed `sheddable_share` - and a TTL);
 - single: the same load under `limits:` (one concurrency limit of the engines' slots, one FIFO
   queue with the same bound and timeout) - what the picker did before flow control.
 
@@ -134,12 +135,13 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def _picker_flow(sheddable_share: float) -> Mapping[str, Any]:
+def _picker_flow(sheddable_share: float, headroom_miss_rate: float) -> Mapping[str, Any]:
     return {"flow": {
         "enabled": True, "trust_client_headers": True,
         "objectives": {"interactive": 10, "batch": -1},
         "ttl_secs": TTL_SECS, "max_queued": 200,
-        "saturation": {"max_in_flight_per_worker": SLOTS, "sheddable_share": sheddable_share}}}
+        "saturation": {"max_in_flight_per_worker": SLOTS, "sheddable_share": sheddable_share,
+                       "headroom_miss_rate": headroom_miss_rate}}}
 
 
 _PICKER_SINGLE: Mapping[str, Any] = {"limits": {
@@ -147,15 +149,16 @@ _PICKER_SINGLE: Mapping[str, Any] = {"limits": {
     "queue_timeout_secs": TTL_SECS}}
 
 
-def run_flow(seconds: float = 15.0, seed: int = 1, sheddable_share: float = 0.5) -> int:
+def run_flow(seconds: float = 15.0, seed: int = 1, sheddable_share: float = 1.0,
+             headroom_miss_rate: float = 0.01) -> int:
     sims = [SimSpec(f"sim-{i}", MODEL, ["--ttft-ms", str(TTFT_MS), "--tpot-ms", str(TPOT_MS),
                                          "--max-concurrency", str(SLOTS)])
             for i in range(ENGINES)]
     print(f"{ENGINES} engines x {SLOTS} slots, ~{CAPACITY_RPS:.0f} req/s capacity; "
           f"{seconds:.0f} s per phase; interactive 40% (4 tenants, 10:1:1:1), batch 160% "
           f"(2 tenants, 3:1); TTL {TTL_SECS:.0f} s; batch may fill {sheddable_share:.0%} of "
-          "the slots")
-    flow = _picker_flow(sheddable_share)
+          f"the slots; headroom miss rate {headroom_miss_rate:g}")
+    flow = _picker_flow(sheddable_share, headroom_miss_rate)
     phases = [("alone", flow, INTERACTIVE), ("flow", flow, INTERACTIVE + BATCH),
               ("single", _PICKER_SINGLE, INTERACTIVE + BATCH)]
     print(f"{'phase':<8}{'int. TTFT p50':>14}{'p99':>8}{'p99/alone':>10}{'batch req/s':>12}"
