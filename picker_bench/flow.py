@@ -17,7 +17,10 @@ of `seconds` each, in one run:
 Reported per phase: interactive TTFT p50/p99 (client-observed, first streamed chunk) and its
 p99 against `alone`, batch requests served per second, Jain's fairness index of the tokens
 served to the batch tenants (both backlogged: they offer far more than the spare capacity),
-and every request accounted for: served, or refused with a status and a reason code.
+and every request accounted for: served, or refused with a status and a reason code. Under
+flow control also how many interactive requests waited for a slot (over 10 ms, over 50 ms;
+the picker's wait histogram): the part of their TTFT that sharing slots with the batch band
+decides, apart from the shared machine's own delays.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from picker_bench.stack import SimSpec, local_fleet
 
@@ -130,6 +134,25 @@ async def _offer(url: str, tenants: Sequence[tuple[str, str, float]], seconds: f
     return tally
 
 
+def _slot_waits(admin_url: str) -> tuple[int, int, int]:
+    """Interactive requests dispatched by flow control, and how many of them waited over 10 ms
+    and over 50 ms for a slot (its wait histogram): the part of their TTFT the bands' sharing
+    of slots decides, apart from the machine's own delays."""
+    text = httpx.get(f"{admin_url}/metrics", timeout=10).text
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "llm_picker_flow_wait_seconds":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if (sample.name.endswith("_bucket") and labels.get("priority") == "10"
+                    and labels.get("outcome") == "dispatched"):
+                buckets[float(labels["le"])] = sample.value
+    total = buckets.get(float("inf"), 0.0)
+    return (int(total), int(total - buckets.get(0.01, total)),
+            int(total - buckets.get(0.05, total)))
+
+
 def _percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -169,6 +192,7 @@ def run_flow(seconds: float = 15.0, seed: int = 1, sheddable_share: float = 1.0,
         with local_fleet(sims, policy="least_load",
                          picker_settings={"health": {"enabled": False}, **settings}) as fleet:
             tally = asyncio.run(_offer(fleet.envoy_url, tenants, seconds, seed))
+            waits = _slot_waits(fleet.admin_url) if settings is flow else None
         ttft = tally.ttft.get("interactive", [])
         p50, p99 = _percentile(ttft, 0.5), _percentile(ttft, 0.99)
         if name == "alone":
@@ -179,6 +203,9 @@ def run_flow(seconds: float = 15.0, seed: int = 1, sheddable_share: float = 1.0,
         unaccounted += tally.sent - served - refused
         print(f"{name:<8}{p50 * 1000:>12.0f}ms{p99 * 1000:>6.0f}ms{p99 / alone_p99:>9.2f}x"
               f"{batch_rps:>12.1f}{fairness:>11.3f}{tally.sent:>7}{served:>8}{refused:>8}")
+        if waits is not None:
+            print(f"{'':<8}interactive dispatched by flow control {waits[0]}, of which waited "
+                  f"for a slot > 10 ms: {waits[1]}, > 50 ms: {waits[2]}")
         for reason, count in sorted(tally.refused.items()):
             print(f"{'':<8}refused {count} x {reason}")
     print(f"requests unaccounted for: {unaccounted}")
