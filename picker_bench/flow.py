@@ -2,7 +2,8 @@
 single admission queue it replaces.
 
 Two simulated engines of `SLOTS` running slots each, behind Envoy and the picker. Three phases
-of `seconds` each, in one run:
+of `seconds` each, in one run, each after `warmup` seconds (default 0) of the interactive band
+alone, unmeasured (a steady state for batch to arrive into, instead of an empty fleet):
 
 - alone: the interactive band by itself (priority 10, 40% of capacity, 4 tenants, one sending
   10x each of the others) - the TTFT it gets with the fleet to itself;
@@ -74,7 +75,9 @@ class _Tally:
     sent: int = 0
 
 
-async def _one(client: httpx.AsyncClient, tenant: str, band: str, tally: _Tally) -> None:
+async def _one(client: httpx.AsyncClient, tenant: str, band: str, tally: _Tally,
+               measured: bool) -> None:
+    """`measured`: its TTFT counts (sent after the warm-up); every request is accounted for."""
     body = {"model": MODEL, "max_tokens": OUTPUT_TOKENS, "stream": True,
             "messages": [{"role": "user", "content": f"{tenant} says hi"}]}
     headers = {"x-gateway-inference-fairness-id": tenant,
@@ -94,7 +97,7 @@ async def _one(client: httpx.AsyncClient, tenant: str, band: str, tally: _Tally)
             async for line in response.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
-                if first:
+                if first and measured:
                     tally.ttft.setdefault(band, []).append(time.perf_counter() - started)
                     first = False
                 tally.tokens[tenant] += 1
@@ -111,23 +114,30 @@ def _error_code(text: str) -> str:
 
 
 async def _offer(url: str, tenants: Sequence[tuple[str, str, float]], seconds: float,
-                 seed: int) -> _Tally:
-    """Poisson arrivals per tenant at its share of capacity, for `seconds`; then waits for
-    every request to end."""
+                 seed: int, warmup: float) -> _Tally:
+    """Poisson arrivals per tenant at its share of capacity, for `seconds`, the interactive
+    band also for the `warmup` seconds before (their TTFT not measured); then waits for every
+    request to end."""
     tally = _Tally()
     rng = random.Random(seed)
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
         tasks: list[asyncio.Task[None]] = []
 
+        measured_from = time.perf_counter() + warmup
+        end = measured_from + seconds
+
         async def arrivals(tenant: str, band: str, share: float) -> None:
             rate = share * CAPACITY_RPS
-            end = time.perf_counter() + seconds
+            if band != "interactive" and warmup:
+                await asyncio.sleep(warmup)
             while True:
                 await asyncio.sleep(rng.expovariate(rate))
-                if time.perf_counter() >= end:
+                now = time.perf_counter()
+                if now >= end:
                     return
-                tasks.append(asyncio.create_task(_one(client, tenant, band, tally)))
+                tasks.append(asyncio.create_task(
+                    _one(client, tenant, band, tally, now >= measured_from)))
 
         await asyncio.gather(*(arrivals(*tenant) for tenant in tenants))
         await asyncio.gather(*tasks)
@@ -173,14 +183,14 @@ _PICKER_SINGLE: Mapping[str, Any] = {"limits": {
 
 
 def run_flow(seconds: float = 15.0, seed: int = 1, sheddable_share: float = 1.0,
-             headroom_miss_rate: float = 0.01) -> int:
+             headroom_miss_rate: float = 0.01, warmup: float = 0.0) -> int:
     sims = [SimSpec(f"sim-{i}", MODEL, ["--ttft-ms", str(TTFT_MS), "--tpot-ms", str(TPOT_MS),
                                          "--max-concurrency", str(SLOTS)])
             for i in range(ENGINES)]
     print(f"{ENGINES} engines x {SLOTS} slots, ~{CAPACITY_RPS:.0f} req/s capacity; "
           f"{seconds:.0f} s per phase; interactive 40% (4 tenants, 10:1:1:1), batch 160% "
           f"(2 tenants, 3:1); TTL {TTL_SECS:.0f} s; batch may fill {sheddable_share:.0%} of "
-          f"the slots; headroom miss rate {headroom_miss_rate:g}")
+          f"the slots; headroom miss rate {headroom_miss_rate:g}; {warmup:g} s warm-up")
     flow = _picker_flow(sheddable_share, headroom_miss_rate)
     phases = [("alone", flow, INTERACTIVE), ("flow", flow, INTERACTIVE + BATCH),
               ("single", _PICKER_SINGLE, INTERACTIVE + BATCH)]
@@ -191,7 +201,7 @@ def run_flow(seconds: float = 15.0, seed: int = 1, sheddable_share: float = 1.0,
     for name, settings, tenants in phases:
         with local_fleet(sims, policy="least_load",
                          picker_settings={"health": {"enabled": False}, **settings}) as fleet:
-            tally = asyncio.run(_offer(fleet.envoy_url, tenants, seconds, seed))
+            tally = asyncio.run(_offer(fleet.envoy_url, tenants, seconds, seed, warmup))
             waits = _slot_waits(fleet.admin_url) if settings is flow else None
         ttft = tally.ttft.get("interactive", [])
         p50, p99 = _percentile(ttft, 0.5), _percentile(ttft, 0.99)
