@@ -1,5 +1,6 @@
-"""Headroom: how many of a model's slots sheddable requests leave free for the bands above,
-sized on those bands' recent in-flight count.
+"""Headroom: the slots sheddable requests leave free for the bands above, sized on their demand.
+
+How many of a model's slots: enough for those bands' recent in-flight count.
 
 A running request is never preempted, so a higher-band request finds a slot at once only if
 the sheddable bands left one free. How many to leave depends on the higher bands' demand: the
