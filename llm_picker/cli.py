@@ -228,7 +228,8 @@ def _bench(ns: argparse.Namespace) -> int:
     if ns.bench == "flow":
         from picker_bench.flow import run_flow
 
-        return run_flow(seconds=ns.seconds, seed=ns.seed, sheddable_share=ns.sheddable_share)
+        return run_flow(seconds=ns.seconds, seed=ns.seed, sheddable_share=ns.sheddable_share,
+                        headroom_miss_rate=ns.headroom_miss_rate, warmup=ns.warmup)
     if ns.bench == "quota-drift":
         from picker_bench.quota_drift import run_quota_drift
 
@@ -484,8 +485,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "bands: flow control against the single admission queue")
     flow.add_argument("--seconds", type=float, default=15.0, help="per phase")
     flow.add_argument("--seed", type=int, default=1)
-    flow.add_argument("--sheddable-share", type=float, default=0.5,
+    flow.add_argument("--sheddable-share", type=float, default=1.0,
                       help="flow.saturation.sheddable_share: the slots the batch band may fill")
+    flow.add_argument("--headroom-miss-rate", type=float, default=0.01,
+                      help="flow.saturation.headroom_miss_rate (0: no adaptive headroom)")
+    flow.add_argument("--warmup", type=float, default=0.0,
+                      help="seconds the interactive band runs alone, unmeasured, before "
+                           "the measured phase (steady state instead of a cold start)")
     flow.set_defaults(run=_bench)
     drift = which.add_parser("quota-drift", help="one flow offered 3x its requests/min "
                              "budget through replicas that each enforce it")

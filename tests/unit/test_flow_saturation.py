@@ -70,7 +70,7 @@ def test_sheddable_requests_leave_headroom_for_the_bands_above() -> None:
     detector = SaturationDetector(workers.registry, SaturationSettings(
         max_in_flight_per_worker=4, sheddable_share=0.5))
     workers.set_in_flight(workers[0], 2)
-    assert detector.room("m", 0, sheddable=True) is Room.SATURATED
+    assert detector.room("m", 0, lambda capacity: 0) is Room.SATURATED
     assert detector.room("m", 0) is Room.FREE
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import math
 import threading
 import time
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 
 from picker.errors import FlowRefused, QuotaExceeded
 from picker.routing.flow.fairness import fairness_policy
+from picker.routing.flow.headroom import Headroom
 from picker.routing.flow.key import FlowAsk, FlowKey
 from picker.routing.flow.queues import Band, Waiter
 from picker.routing.flow.quota import QuotaBook
@@ -124,6 +126,8 @@ class FlowController:
         self._queued = 0
         self._active = 0
         self._pending: dict[str, int] = {}  # dispatched, no lease opened yet, per model
+        # The higher (non-sheddable) bands' demand, which sheddable dispatches leave room for.
+        self._headroom = Headroom(settings.saturation.headroom_miss_rate, clock)
         # How requests left each flow, for the status page (the metrics count the same; their
         # flows are as many as the metrics' label values). Its own lock: some refusals are
         # counted outside the controller's.
@@ -188,11 +192,14 @@ class FlowController:
     def _room(self, model: str, sheddable: bool = False) -> Room:
         if self._max_active and self._active >= self._max_active:
             return Room.SATURATED
-        return self._detector.room(model, self._pending.get(model, 0), sheddable)
+        keep_free = functools.partial(self._headroom.slots, model) if sheddable else None
+        return self._detector.room(model, self._pending.get(model, 0), keep_free)
 
     def _dispatch(self, ask: FlowAsk, waited: float, first: bool = True) -> Ticket:
         self._active += 1
         self._pending[ask.model] = self._pending.get(ask.model, 0) + 1
+        if not ask.key.sheddable:
+            self._headroom.change(ask.model, 1)
         self._band(ask.key.priority).fairness.dispatched(ask.key.fairness_id, ask.tokens)
         if first:
             self._count_left(ask.key, FlowOutcome.DISPATCHED, waited)
@@ -336,6 +343,8 @@ class FlowController:
                 self._unpend(ask.model)
             ticket.state = "done"
             self._active -= 1
+            if not ask.key.sheddable:
+                self._headroom.change(ask.model, -1)
             band = self._bands.get(ask.key.priority)
             if band is not None and generated:
                 band.fairness.generated(ask.key.fairness_id, generated)

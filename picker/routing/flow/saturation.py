@@ -12,11 +12,13 @@ Per worker, any threshold reached (each 0 when off) saturates it:
   (`load:`) and lag by up to a scrape interval; a scrape older than `max_age_secs` is ignored
   (llm-d counts a stale endpoint as saturated, detector.go:142-146: the picker also runs
   without scraping, and would then never dispatch);
-- for sheddable (negative priority) requests, a ceiling of `sheddable_share` of that capacity
-  on the worker's in-flight count (every band's): a slot is not preempted, so a band above
-  finds one free only if the bands below leave headroom - llm-d's priority holdback, which
-  lowers the admission ceiling of low-priority traffic as utilization rises
-  (pkg/epp/flowcontrol/README.md:76-79);
+- for sheddable (negative priority) requests, headroom for the bands above: a slot is not
+  preempted, so a band above finds one free only if the bands below leave it. The model's
+  free slots must exceed what `keep_free` asks of its capacity (picker.routing.flow.headroom
+  sizes it on the higher bands' recent demand), and, when set, each worker's in-flight count
+  (every band's) must be under `sheddable_share` of its capacity - a fixed ceiling, as
+  llm-d's priority holdback lowers the admission ceiling of low-priority traffic as
+  utilization rises (pkg/epp/flowcontrol/README.md:76-79);
 - the TTFT the picker predicts for a request arriving now (the queue ahead of it at the
   engine's learned prefill rate, picker.fleet.speed.predicted_ttft), once the rate is known.
 
@@ -55,9 +57,11 @@ class SaturationDetector:
         self._settings = settings
         self._clock = clock
 
-    def room(self, model: str, pending: int, sheddable: bool = False) -> Room:
-        """`sheddable`: for a negative priority, which may only fill `sheddable_share` of the
-        in-flight capacity (the rest is headroom for the bands above)."""
+    def room(self, model: str, pending: int,
+             keep_free: Callable[[int], int] | None = None) -> Room:
+        """`keep_free`: for a negative priority, how many of the model's slots (its argument)
+        to leave free for the bands above; it may also fill only `sheddable_share` of each
+        worker's."""
         serving = self._registry.for_model(model)
         workers = [w for w in serving if w.routable]
         if not workers:
@@ -67,10 +71,18 @@ class SaturationDetector:
         now = self._clock()
         free = [w for w in workers if not self._engine_saturated(w, now)]
         limit = self._settings.max_in_flight_per_worker
-        if sheddable and limit:
-            limit = max(1, int(limit * self._settings.sheddable_share))
-        if not free or (limit and sum(max(0, limit - w.in_flight) for w in free) <= pending):
+        if not free:
             return Room.SATURATED
+        if not limit:
+            return Room.FREE
+        open_slots = sum(max(0, limit - w.in_flight) for w in free) - pending
+        if open_slots <= 0:
+            return Room.SATURATED
+        if keep_free is not None:
+            ceiling = max(1, int(limit * self._settings.sheddable_share))
+            if (sum(max(0, ceiling - w.in_flight) for w in free) <= pending
+                    or open_slots <= keep_free(limit * len(workers))):
+                return Room.SATURATED
         return Room.FREE
 
     def _engine_saturated(self, worker: Worker, now: float) -> bool:

@@ -53,6 +53,10 @@ class SaturationSettings(StrictModel):
     # in-flight count, every band's, is under this part of max_in_flight_per_worker: the rest
     # is headroom for higher bands, whose requests then need not wait for a slot to end.
     sheddable_share: float = Field(default=1.0, gt=0, le=1)
+    # With max_in_flight_per_worker: sheddable requests also leave free as many of the
+    # model's slots as the higher bands need to find one free all but this share of the time,
+    # sized on their recent in-flight count (picker.routing.flow.headroom). 0: none kept.
+    headroom_miss_rate: float = Field(default=0.01, ge=0, lt=1)
     max_waiting: float = Field(default=0.0, ge=0)
     max_kv_usage: float = Field(default=0.0, ge=0, le=1)
     max_predicted_ttft_secs: float = Field(default=0.0, ge=0)
