@@ -78,6 +78,9 @@ log = logging.getLogger("llm_picker")
 _EXPIRY_PERIOD_SECS = 1.0
 # How often flow control looks for room that appeared without a request ending.
 _FLOW_TICK_SECS = 0.05
+# On SIGTERM after the shutdown delay: no request for this long means the balancers stopped
+# sending here (with Envoy's checks every 0.25-1 s, several intervals of a busy stream).
+_QUIET_SECS = 0.3
 # How long a follower process waits for the primary's first registry snapshot.
 _MIRROR_START_SECS = 60.0
 
@@ -344,6 +347,13 @@ class PickerRuntime:
         if delay_secs:
             log.info("not ready: still routing for %.1fs while balancers notice", delay_secs)
             await asyncio.sleep(delay_secs)
+            # A balancer slower than the delay (a loaded node, health checks that time out
+            # before they fail) still sends: routing goes on while requests keep arriving,
+            # until none came for _QUIET_SECS, for at most the delay again.
+            quiet_by = time.monotonic() + delay_secs
+            while (time.monotonic() - self.leases.last_opened < _QUIET_SECS
+                   and time.monotonic() < quiet_by):
+                await asyncio.sleep(0.05)
         if self.leases.active:
             log.info("draining: %d requests in flight, up to %.0fs", self.leases.active,
                      grace_secs)

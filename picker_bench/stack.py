@@ -416,9 +416,13 @@ def render_envoy_config(
         lb_endpoints = picker_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
         lb_endpoints += [{"endpoint": {"address": {"socket_address": {
             "address": "127.0.0.1", "port_value": port}}}} for port in replica_ports]
+        # A NOT_SERVING answer is seen within two checks (0.25-0.5 s: inside a replica's
+        # shutdown delay); one slow answer on a loaded machine marks no replica down (with
+        # one threshold and a short timeout, two replicas counted down at once put Envoy in
+        # panic mode, sending streams to a replica still starting).
         picker_cluster["health_checks"] = [{
-            "timeout": "0.5s", "interval": "0.25s", "no_traffic_interval": "0.25s",
-            "unhealthy_threshold": 1,
+            "timeout": "2s", "interval": "0.25s", "no_traffic_interval": "0.25s",
+            "unhealthy_threshold": 2,
             "healthy_threshold": 1, "grpc_health_check": {"service_name": "readiness"}}]
     if route_timeout is not None:
         for route in manager["route_config"]["virtual_hosts"][0]["routes"]:

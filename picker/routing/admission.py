@@ -34,7 +34,8 @@ class LimitSettings(StrictModel):
     shutdown_grace_secs: float = Field(default=120.0, ge=0)
     # On SIGTERM, readiness turns false at once, and new requests are still routed for this
     # long, while load balancers and gateways notice (their health checks, Kubernetes
-    # removing the pod's endpoint); then the drain. 0: drain at once.
+    # removing the pod's endpoint), and then while they keep arriving (up to this long
+    # again); then the drain. 0: drain at once.
     shutdown_delay_secs: float = Field(default=0.0, ge=0, le=600)
 
 

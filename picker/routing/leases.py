@@ -174,6 +174,9 @@ class LeaseBook:
         self._admission = Admission(limits)
         self._lock = threading.Lock()
         self._open: dict[int, Lease] = {}
+        # When the last lease was opened (time.monotonic()): a draining picker keeps routing
+        # until its balancer has stopped sending (picker.runtime).
+        self.last_opened = 0.0
         self._outcomes: dict[str, int] = {}  # finished requests by outcome (success ratio)
         metrics.watch_admission(self._admission, self._outcomes)
 
@@ -230,6 +233,7 @@ class LeaseBook:
         else:
             self._workers.sent_prefill(choice.worker, choice.uncached_tokens)
         lease = Lease(choice, self, prefill, fallbacks, ends)
+        self.last_opened = time.monotonic()
         with self._lock:
             self._open[id(lease)] = lease
         return lease

@@ -104,7 +104,8 @@ def test_replacing_one_of_two_replicas_under_load_loses_no_request() -> None:
             for client in clients:
                 client.join(15)
         assert sum(statuses.values()) - before > 50, statuses  # under load throughout
-        assert statuses == {200: sum(statuses.values())}, (statuses, events, failures)
+        assert statuses == {200: sum(statuses.values())}, "\n".join(
+            [str(statuses), *events, *failures, pickers[0].log_tail(40)])
         assert "still routing for 1.0s" in pickers[0].log_path.read_text()
     finally:
         for proc in reversed(started):
