@@ -23,16 +23,15 @@ time.monotonic() is one clock for every process of a host.
 
 from __future__ import annotations
 
-import mmap
 from pathlib import Path
 
 from picker.fleet.speed import PrefillBacklog
 from picker.processes.counts import COLUMNS
+from picker.processes.table_file import create_table, map_table
 
 __all__ = ["SharedBacklog"]
 
 _CELLS = 3  # open, tokens, at
-_ITEM = 8  # bytes per cell ("d")
 
 
 class SharedBacklog:
@@ -40,15 +39,12 @@ class SharedBacklog:
         """Map the table at `path` (created and sized by `create`) as process `row`."""
         self._row = row
         self._block = rows * _CELLS  # a column's cells, every row's side by side
-        with path.open("r+b") as file:
-            self._map = mmap.mmap(file.fileno(), columns * self._block * _ITEM)
-        self._cells = memoryview(self._map).cast("d")
+        self._cells = map_table(path, columns * self._block).cast("d")
 
     @staticmethod
     def create(path: Path, rows: int, columns: int = COLUMNS) -> None:
         """The zeroed table file, made once by the supervisor before any process starts."""
-        with path.open("wb") as file:
-            file.truncate(rows * columns * _CELLS * _ITEM)
+        create_table(path, rows * columns * _CELLS)
 
     def read(self, column: int) -> PrefillBacklog:
         """The backlog of the worker in `column`, as every process together sent it (no peer

@@ -13,12 +13,12 @@ in every row: a process may still hold leases on a worker the primary has alread
 
 from __future__ import annotations
 
-import mmap
 from pathlib import Path
+
+from picker.processes.table_file import create_table, map_table
 
 __all__ = ["COLUMNS", "SharedCounts"]
 
-_ITEM = 8  # bytes per counter ("q")
 # Workers a picker can have registered at once (and removed ones still finishing requests):
 # 128 KiB per process.
 COLUMNS = 16384
@@ -30,17 +30,14 @@ class SharedCounts:
         self._rows = rows
         self._row = row
         self._columns = columns
-        with path.open("r+b") as file:
-            self._map = mmap.mmap(file.fileno(), rows * columns * _ITEM)
-        self._cells = memoryview(self._map).cast("q")
+        self._cells = map_table(path, rows * columns).cast("q")
         self._next = 0
         self._retired: list[int] = []
 
     @staticmethod
     def create(path: Path, rows: int, columns: int = COLUMNS) -> None:
         """The zeroed table file, made once by the supervisor before any process starts."""
-        with path.open("wb") as file:
-            file.truncate(rows * columns * _ITEM)
+        create_table(path, rows * columns)
 
     @property
     def columns(self) -> int:

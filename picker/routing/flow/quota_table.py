@@ -25,14 +25,14 @@ hash), `spend` says so and the caller refuses: a flow is never admitted unaccoun
 from __future__ import annotations
 
 import hashlib
-import mmap
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from picker.processes.table_file import create_table, map_table
+
 __all__ = ["PROBES", "SLOTS", "WINDOW", "QuotaTable", "Spent"]
 
-_ITEM = 8  # bytes per word ("q")
 WINDOW = 60  # cells per slot: the rolling minute, one per second
 SLOTS = 4096  # per process row: 4096 * 61 words = about 2 MiB, a sparse file
 PROBES = 8  # slots a flow may occupy, from its hash onwards
@@ -59,20 +59,13 @@ class QuotaTable:
         self._rows = rows
         self._row = row
         self._slots = slots
-        size = rows * slots * _SLOT_WORDS * _ITEM
-        if path is None:
-            self._map = mmap.mmap(-1, size)
-        else:
-            with path.open("r+b") as file:
-                self._map = mmap.mmap(file.fileno(), size)
-        self._words = memoryview(self._map).cast("q")
+        self._words = map_table(path, rows * slots * _SLOT_WORDS).cast("q")
         self._lock = threading.Lock()  # this process's writers of its own row
 
     @staticmethod
     def create(path: Path, rows: int, slots: int = SLOTS) -> None:
         """The zeroed table file, made once by the supervisor before any process starts."""
-        with path.open("wb") as file:
-            file.truncate(rows * slots * _SLOT_WORDS * _ITEM)
+        create_table(path, rows * slots * _SLOT_WORDS)
 
     def spent(self, key: str, now: float) -> Spent:
         """What `key` spent in the minute up to `now`, in every process."""
