@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from picker.errors import RequestError
 from picker.fleet.grpc_calls import SERVICES
 from picker.fleet.worker_spec import RuntimeType, WorkerSpec
 from picker.grpc_route._pb import generate_pb2 as sglang
 from picker.grpc_route._pb import vllm_generate_pb2 as vllm
-from picker.grpc_route.request import GenerateCall
+from picker.grpc_route.request import GenerateCall, Sampling
 
 __all__ = ["ENGINES", "Complete", "GrpcEngine", "Response", "StreamChunk",
            "UnservedRuntime", "engine_for"]
@@ -86,18 +86,23 @@ class GrpcEngine:
 _SGLANG_TEMPERATURE, _SGLANG_TOP_K = 1.0, -1
 
 
+def _shared(sampling: Sampling) -> dict[str, Any]:
+    """The sampling fields both services name and take as the request gives them."""
+    return {"top_p": sampling.top_p, "min_p": sampling.min_p,
+            "frequency_penalty": sampling.frequency_penalty,
+            "presence_penalty": sampling.presence_penalty,
+            "repetition_penalty": sampling.repetition_penalty, "stop": sampling.stop,
+            "skip_special_tokens": sampling.skip_special_tokens,
+            "spaces_between_special_tokens": sampling.spaces_between_special_tokens,
+            "ignore_eos": sampling.ignore_eos, "n": 1}
+
+
 def _sglang_request(call: GenerateCall) -> bytes:
     sampling = call.sampling
     params = sglang.SamplingParams(
         temperature=_SGLANG_TEMPERATURE if sampling.temperature is None
         else sampling.temperature,
-        top_k=_SGLANG_TOP_K if sampling.top_k is None else sampling.top_k,
-        top_p=sampling.top_p, min_p=sampling.min_p,
-        frequency_penalty=sampling.frequency_penalty, presence_penalty=sampling.presence_penalty,
-        repetition_penalty=sampling.repetition_penalty, stop=sampling.stop,
-        skip_special_tokens=sampling.skip_special_tokens,
-        spaces_between_special_tokens=sampling.spaces_between_special_tokens,
-        ignore_eos=sampling.ignore_eos, n=1)
+        top_k=_SGLANG_TOP_K if sampling.top_k is None else sampling.top_k, **_shared(sampling))
     if sampling.max_tokens is not None:
         params.max_new_tokens = sampling.max_tokens
     message = sglang.GenerateRequest(
@@ -118,13 +123,7 @@ def _vllm_request(call: GenerateCall) -> bytes:
     # picker.pd.pairing sends only SGLang pairs over gRPC (vLLM's carry kv_transfer_params).
     assert call.bootstrap is None, "a vLLM gRPC call has no DisaggregatedParams"
     sampling = call.sampling
-    params = vllm.SamplingParams(
-        top_k=max(0, sampling.top_k or 0), top_p=sampling.top_p, min_p=sampling.min_p,
-        frequency_penalty=sampling.frequency_penalty, presence_penalty=sampling.presence_penalty,
-        repetition_penalty=sampling.repetition_penalty, stop=sampling.stop,
-        skip_special_tokens=sampling.skip_special_tokens,
-        spaces_between_special_tokens=sampling.spaces_between_special_tokens,
-        ignore_eos=sampling.ignore_eos, n=1)
+    params = vllm.SamplingParams(top_k=max(0, sampling.top_k or 0), **_shared(sampling))
     if sampling.temperature is not None:
         params.temperature = sampling.temperature
     if sampling.max_tokens is not None:
