@@ -173,11 +173,9 @@ class GrpcEngines(CustomLLM):
 
     async def _tokenizer(self, spec: WorkerSpec) -> EngineTokenizer:
         path = spec.tokenizer_path or await self._fetch_tokenizer(spec)
-        try:
-            return await asyncio.to_thread(self._tokenizers.load, path, spec.chat_template,
-                                           "litellm_params.tokenizer_path")
-        except TokenizerUnavailable as exc:
-            raise TokenizerUnavailable(f"{exc} (litellm_params.tokenizer_path)") from exc
+        # A directory that does not load is a TokenizerUnavailable naming the key given here.
+        return await asyncio.to_thread(self._tokenizers.load, path, spec.chat_template,
+                                       "litellm_params.tokenizer_path")
 
     async def _fetch_tokenizer(self, spec: WorkerSpec) -> str:
         """The engine's own tokenizer (GetTokenizer), fetched on its first call."""
