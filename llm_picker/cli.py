@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import logging
 import os
 import signal
@@ -305,7 +304,7 @@ def _bench(ns: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-picker", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"llm-picker {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the ext_proc server and the admin API")
@@ -538,8 +537,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _VersionAction(argparse.Action):
+    """`--version`: the installed package's version, looked up only when asked for, because
+    importlib.metadata costs every start (a simulated engine's among them) ~50 ms of CPU."""
+
+    def __init__(self, option_strings: list[str], dest: str) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(f"llm-picker {_version()}")  # on stdout, as argparse's own "version" action
+        parser.exit()
+
+
 def _version() -> str:
     """The installed package's version; a source tree run without installing has none."""
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("llm-picker")
     except importlib.metadata.PackageNotFoundError:
