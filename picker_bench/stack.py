@@ -21,12 +21,13 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import yaml
 
 from llm_picker.envoy_config import ENVOY_DIR, authz_over_tls, ext_proc_config, point_authz
+from picker_bench.forkserver import ForkServer
 
 __all__ = [
     "ENVOY_AUTHZ",
@@ -183,12 +184,26 @@ def wait_picker_hosts(envoy_admin: str, count: int, timeout: float = 20.0) -> No
     raise TimeoutError(f"Envoy did not see {count} healthy picker processes in {timeout}s")
 
 
+class Child(Protocol):
+    """What the harness and the tests use of a child: `subprocess.Popen`'s, or a fork
+    server's child (picker_bench.forkserver.ForkedChild)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def kill(self) -> None: ...
+
+
 @dataclass
 class Process:
     """A child process with its output in a log file, stopped with SIGTERM then SIGKILL."""
 
     name: str
-    popen: subprocess.Popen[bytes]
+    popen: Child
     log_path: Path
 
     def log_tail(self, lines: int = 30) -> str:
@@ -216,7 +231,7 @@ class Process:
 # Every child spawned here, killed at exit if still running: a test or benchmark that fails
 # between starting two servers (`[start_sim(s) for s in specs]`) must not leave the first one
 # running after it.
-_SPAWNED: list[subprocess.Popen[bytes]] = []
+_SPAWNED: list[Child] = []
 
 
 @atexit.register
@@ -228,13 +243,40 @@ def _kill_leftovers() -> None:
 
 def spawn(name: str, argv: Sequence[str], workdir: Path,
           env: Mapping[str, str] | None = None) -> Process:
-    """`env`: variables added to this process's environment."""
+    """`env`: variables added to this process's environment. `llm-picker serve` (one process)
+    and `llm-picker sim` come from the fork server when PICKER_BENCH_FORK_SERVER=1."""
     log_path = workdir / f"{name}.log"
-    with log_path.open("wb") as log:
-        popen = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT,
-                                 env=None if env is None else {**os.environ, **env})
+    popen: Child
+    if _forkable(argv, env or {}):
+        popen = _fork_server().spawn(argv[3:], {**os.environ, **(env or {}),
+                                                "PYTHONHASHSEED": ForkServer.HASH_SEED},
+                                     log_path)
+    else:
+        with log_path.open("wb") as log:
+            popen = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT,
+                                     env=None if env is None else {**os.environ, **env})
     _SPAWNED.append(popen)
     return Process(name, popen, log_path)
+
+
+FORK_SERVER_ENV = "PICKER_BENCH_FORK_SERVER"
+_FORK_SERVER: ForkServer | None = None
+
+
+def _fork_server() -> ForkServer:
+    global _FORK_SERVER
+    if _FORK_SERVER is None:
+        _FORK_SERVER = ForkServer()
+    return _FORK_SERVER
+
+
+def _forkable(argv: Sequence[str], env: Mapping[str, str]) -> bool:
+    """This interpreter's `-m llm_picker serve|sim`, not `--workers` (it starts copies of
+    itself with sys.argv), with the server's hash seed if the caller names one."""
+    return (os.environ.get(FORK_SERVER_ENV) == "1"
+            and list(argv[:3]) == [sys.executable, "-m", "llm_picker"]
+            and argv[3:4] in (["serve"], ["sim"]) and "--workers" not in argv
+            and env.get("PYTHONHASHSEED", ForkServer.HASH_SEED) == ForkServer.HASH_SEED)
 
 
 def wait_http(proc: Process, url: str, timeout: float = 20.0) -> None:

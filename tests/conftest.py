@@ -10,8 +10,17 @@ Tests go to workers one by one, except those in one xdist group, which one worke
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from _pytest.nodeid import NodeId
+
+from picker_bench.stack import FORK_SERVER_ENV
+
+# Pickers and sims the harness starts come from a fork server (picker_bench/forkserver.py):
+# ~0.2-0.8 s of CPU of imports each, ~1,000 starts per run. `PICKER_BENCH_FORK_SERVER=0 make
+# test` starts every one as a fresh interpreter instead.
+os.environ.setdefault(FORK_SERVER_ENV, "1")
 
 # Session fixtures are left out: each worker has its own session anyway.
 _SHARED_SCOPES = ("class", "module", "package")

@@ -1,0 +1,232 @@
+"""A fork server for `llm-picker serve` and `llm-picker sim`: the suite's start-up cost, cut.
+
+The suite starts ~600 simulated engines and ~360 pickers; a fresh interpreter spends most of a
+second of CPU importing the picker (pydantic models, FastAPI, grpc) before it serves, so on two
+cores the imports alone were minutes of every run. This server imports those modules once, then
+forks a child per start that runs `llm_picker.cli.main(argv)` exactly as the console script
+would, with the requested environment, working directory and log file, and exits through the
+same atexit handlers. It is how a preloading server (gunicorn's `--preload`) starts workers.
+
+Used by picker_bench.stack.spawn when `PICKER_BENCH_FORK_SERVER=1` (tests/conftest.py sets it;
+`PICKER_BENCH_FORK_SERVER=0 make test` runs every start as a fresh interpreter). The server must
+stay single-threaded until it forks: nothing imported here starts a thread or gRPC's core
+(checked at start).
+
+Protocol, one JSON object per line: requests on stdin `{"argv", "env", "cwd", "log"}`, answers
+on stdout `{"pid"}` or `{"error"}`. A child's exit status is written to `<log>.exit` (the
+waitpid code as `Popen.returncode` gives it) when the server reaps it. On end of input (the
+harness went away) the server kills its remaining children and exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["ForkedChild", "ForkServer", "exit_path"]
+
+# What `serve` (ext_proc and authz) and `sim` (HTTP and gRPC) import before they serve.
+_PRELOAD = ("llm_picker.cli", "llm_picker.serve_extproc", "llm_picker.serve_authz",
+            "llm_picker.logs", "picker.config", "picker_sim", "picker_sim.grpc_server")
+
+
+def exit_path(log: Path) -> Path:
+    """Where the server writes a child's exit status: beside its log."""
+    return log.with_name(log.name + ".exit")
+
+
+def _child(request: Mapping[str, Any], server_fds: Sequence[int]) -> None:
+    """In the forked child: become the command, then exit as the interpreter would."""
+    code = 1
+    try:
+        for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(number, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        for fd in server_fds:
+            os.close(fd)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(null)
+        os.close(log)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        random.seed()  # the server's state would make every child draw the same numbers
+        argv: list[str] = request["argv"]
+        sys.argv = ["llm-picker", *argv]
+        from llm_picker.cli import main
+
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if not isinstance(exc.code, int | None):
+            print(exc.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001 - the child reports what killed it, as Python would
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(code)
+
+
+def _serve() -> None:
+    """The server's loop: fork on each request line, reap children as they exit."""
+    for name in _PRELOAD:
+        __import__(name)
+    if threading.active_count() != 1:
+        raise SystemExit(f"fork server: imports started threads: {threading.enumerate()}")
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    logs: dict[int, str] = {}
+    requests = sys.stdin.buffer
+    answers = sys.stdout
+    print(json.dumps({"ready": os.getpid()}), file=answers, flush=True)
+    while True:
+        readable, _, _ = select.select([requests, wake_read], [], [], 1.0)
+        if wake_read in readable:
+            os.read(wake_read, 512)
+        _reap(logs)
+        if requests not in readable:
+            continue
+        line = requests.readline()
+        if not line:
+            break
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            _child(request, [wake_read, wake_write])
+        logs[pid] = request["log"]
+        print(json.dumps({"pid": pid}), file=answers, flush=True)
+    for pid in logs:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while logs and time.monotonic() < deadline:
+        _reap(logs)
+        time.sleep(0.01)
+
+
+def _reap(logs: dict[int, str]) -> None:
+    while logs:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        log = logs.pop(pid, None)
+        if log is not None:
+            temp = Path(log + ".exit.tmp")
+            temp.write_text(str(os.waitstatus_to_exitcode(status)))
+            temp.replace(exit_path(Path(log)))
+
+
+class ForkedChild:
+    """A child of the fork server, with the part of `subprocess.Popen`'s interface the harness
+    and the tests use (its exit status arrives through the file the server writes)."""
+
+    def __init__(self, pid: int, args: Sequence[str], log: Path) -> None:
+        self.pid = pid
+        self.args = list(args)
+        self.returncode: int | None = None
+        self._exit = exit_path(log)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                self.returncode = int(self._exit.read_text())
+            except (FileNotFoundError, ValueError):
+                return None
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+            time.sleep(0.01)
+        return code
+
+    def send_signal(self, number: int) -> None:
+        if self.poll() is None:  # not reaped, so the pid is still this child's
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, number)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class ForkServer:
+    """The harness's side: one server per test process, started on first use."""
+
+    # Replicas sharing picks need one hash seed (picker_bench.stack.REPLICA_ENV); every
+    # child of one server has the server's, so the server is started with that seed.
+    HASH_SEED = "20240515"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[str] | None = None
+
+    def _started(self) -> subprocess.Popen[str]:
+        if self._process is None or self._process.poll() is not None:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "picker_bench.forkserver"], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, text=True, env={**os.environ,
+                                                        "PYTHONHASHSEED": self.HASH_SEED})
+            answers: IO[str] | None = process.stdout
+            assert answers is not None
+            ready = answers.readline()
+            if not ready:
+                raise RuntimeError("the fork server did not start (see stderr)")
+            self._process = process
+            atexit.register(self._stop, process)
+        return self._process
+
+    @staticmethod
+    def _stop(process: subprocess.Popen[str]) -> None:
+        """End of input: the server kills the children still running, then exits."""
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+    def spawn(self, argv: Sequence[str], env: Mapping[str, str], log: Path) -> ForkedChild:
+        """`argv` after `llm-picker`, with exactly `env` as its environment."""
+        exit_path(log).unlink(missing_ok=True)
+        with self._lock:
+            process = self._started()
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write(json.dumps({"argv": list(argv), "env": dict(env),
+                                            "cwd": os.getcwd(), "log": str(log)}) + "\n")
+            process.stdin.flush()
+            answer = json.loads(process.stdout.readline())
+        return ForkedChild(answer["pid"], ["llm-picker", *argv], log)
+
+
+if __name__ == "__main__":
+    _serve()
