@@ -77,7 +77,8 @@ class ApproxPrefixIndex:
             # The oldest blocks go once the prompt is in, not one per block stored: the same
             # blocks, since the prompt's own are all newer than what is evicted (at most
             # `capacity` of them) and the LRU held at most `capacity` before.
-            self._evict_oldest(lru, len(lru) - capacity, bit)
+            if len(lru) > capacity:
+                self._evict_oldest(lru, len(lru) - capacity, bit)
 
     def remove_worker(self, worker_id: str) -> None:
         with self._lock:
@@ -89,7 +90,7 @@ class ApproxPrefixIndex:
         with self._lock:
             capacity = self._capacity_of[worker_id] = max(1, blocks)
             lru = self._lru.get(worker_id)
-            if lru is not None:
+            if lru is not None and len(lru) > capacity:
                 self._evict_oldest(lru, len(lru) - capacity, self._holders.bit(worker_id))
 
     def _evict_oldest(self, lru: OrderedDict[int, None], count: int, bit: int) -> None:
