@@ -31,7 +31,7 @@ queue per engine between them (picker.processes.backlog); peer replicas add thei
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from picker.fleet.engine_load import EngineCounter, EngineLoad
@@ -74,29 +74,28 @@ class SpeedModel:
         return self.prefill_tokens_per_sec is not None
 
     def observe(self, obs: Observation) -> SpeedModel:
-        """This model updated with one finished request."""
-        speed = self
+        """This model updated with one finished request (built once, not field by field with
+        dataclasses.replace: this runs for every request the picker sees finish)."""
+        prefill, decode, ttft, chars = (self.prefill_tokens_per_sec, self.decode_step_secs,
+                                        self.ttft_secs, self.chars_per_token)
         if obs.ttft_secs is not None and obs.ttft_secs > 0:
-            speed = replace(speed, ttft_secs=_mix(speed.ttft_secs, obs.ttft_secs))
+            ttft = _mix(ttft, obs.ttft_secs)
             if obs.prompt_tokens is not None:
                 uncached = obs.prompt_tokens - (obs.cached_tokens or 0)
                 if uncached >= _MIN_PREFILL_TOKENS:
-                    speed = replace(speed, prefill_tokens_per_sec=_mix(
-                        speed.prefill_tokens_per_sec, uncached / obs.ttft_secs))
+                    prefill = _mix(prefill, uncached / obs.ttft_secs)
         if (obs.decode_secs is not None and obs.output_tokens is not None
                 and obs.output_tokens > 1 and obs.decode_secs > 0):
-            speed = replace(speed, decode_step_secs=_mix(
-                speed.decode_step_secs, obs.decode_secs / (obs.output_tokens - 1)))
+            decode = _mix(decode, obs.decode_secs / (obs.output_tokens - 1))
         if obs.prompt_chars and obs.prompt_tokens:
-            speed = replace(speed, chars_per_token=_mix(
-                speed.chars_per_token, obs.prompt_chars / obs.prompt_tokens))
-        return speed
+            chars = _mix(chars, obs.prompt_chars / obs.prompt_tokens)
+        return SpeedModel(prefill, decode, ttft, chars)
 
     def scraped(self, before: EngineLoad | None, after: EngineLoad) -> SpeedModel:
         """This model updated with what the engine counted between two scrapes."""
         if before is None:
             return self
-        speed = self
+        prefill, decode, ttft = self.prefill_tokens_per_sec, self.decode_step_secs, self.ttft_secs
 
         def grew(counter: EngineCounter) -> float:
             return after.delta(before, counter) or 0.0
@@ -104,20 +103,19 @@ class SpeedModel:
         requests = grew(EngineCounter.TTFT_COUNT)
         ttft_total = grew(EngineCounter.TTFT_SUM)
         if requests > 0 and ttft_total > 0:
-            speed = replace(speed, ttft_secs=_mix(speed.ttft_secs, ttft_total / requests))
-        computed, prefill = grew(EngineCounter.PREFILL_TOKENS), grew(EngineCounter.PREFILL_SECS)
-        if not (computed and prefill):
+            ttft = _mix(ttft, ttft_total / requests)
+        computed, prefill_secs = grew(EngineCounter.PREFILL_TOKENS), \
+            grew(EngineCounter.PREFILL_SECS)
+        if not (computed and prefill_secs):
             # No prefill timing (SGLang): uncached tokens over whole TTFTs, a lower bound.
             computed = grew(EngineCounter.PREFIX_QUERIES) - grew(EngineCounter.PREFIX_HITS)
-            prefill = ttft_total
-        if computed >= _MIN_PREFILL_TOKENS * max(1.0, requests) and prefill > 0:
-            speed = replace(speed, prefill_tokens_per_sec=_mix(
-                speed.prefill_tokens_per_sec, computed / prefill))
+            prefill_secs = ttft_total
+        if computed >= _MIN_PREFILL_TOKENS * max(1.0, requests) and prefill_secs > 0:
+            prefill = _mix(prefill, computed / prefill_secs)
         steps, step_total = grew(EngineCounter.ITL_COUNT), grew(EngineCounter.ITL_SUM)
         if steps > 0 and step_total > 0:
-            speed = replace(speed, decode_step_secs=_mix(speed.decode_step_secs,
-                                                         step_total / steps))
-        return speed
+            decode = _mix(decode, step_total / steps)
+        return SpeedModel(prefill, decode, ttft, self.chars_per_token)
 
 
 class PrefillBacklog(NamedTuple):

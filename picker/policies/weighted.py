@@ -118,7 +118,9 @@ class Weighted:
                  ) -> list[tuple[str, float, list[float]]]:
         """(scorer, weight, clamped scores by candidate); unknown scores are neutral."""
         now = time.monotonic()
-        return [(name, weight, [_NEUTRAL if v is None else min(1.0, max(0.0, v))
+        # min(1.0, max(0.0, v)) without two calls per score (NaN and -0.0 give 0.0 as well).
+        return [(name, weight, [_NEUTRAL if v is None else
+                                v if 0.0 < v < 1.0 else 1.0 if v >= 1.0 else 0.0
                                 for v in score(request, candidates, now, self._stale)])
                 for name, score, weight in self._scorers]
 

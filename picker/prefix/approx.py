@@ -67,23 +67,18 @@ class ApproxPrefixIndex:
             # long prompt that keeps missing (an engine cache smaller than its working set)
             # spent half its time in the calls.
             masks = self._holders.masks
-            touch, evict, free = lru.move_to_end, lru.popitem, ~bit
-            size = len(lru)
+            touch, get = lru.move_to_end, masks.get
             for block in reversed(hashes[:capacity]):
                 if block in lru:
                     touch(block)
-                    continue
-                lru[block] = None
-                masks[block] = masks.get(block, 0) | bit
-                size += 1
-                if size > capacity:
-                    old = evict(last=False)[0]
-                    size -= 1
-                    mask = masks.get(old, 0) & free
-                    if mask:
-                        masks[old] = mask
-                    else:
-                        masks.pop(old, None)
+                else:
+                    lru[block] = None
+                    masks[block] = get(block, 0) | bit
+            # The oldest blocks go once the prompt is in, not one per block stored: the same
+            # blocks, since the prompt's own are all newer than what is evicted (at most
+            # `capacity` of them) and the LRU held at most `capacity` before.
+            if len(lru) > capacity:
+                self._evict_oldest(lru, len(lru) - capacity, bit)
 
     def remove_worker(self, worker_id: str) -> None:
         with self._lock:
@@ -93,10 +88,24 @@ class ApproxPrefixIndex:
     def set_capacity(self, worker_id: str, blocks: int) -> None:
         """Size one worker's LRU like its engine's cache, trimming it at once if smaller."""
         with self._lock:
-            self._capacity_of[worker_id] = max(1, blocks)
+            capacity = self._capacity_of[worker_id] = max(1, blocks)
             lru = self._lru.get(worker_id)
-            while lru is not None and len(lru) > max(1, blocks):
-                self._holders.discard(lru.popitem(last=False)[0], self._holders.bit(worker_id))
+            if lru is not None and len(lru) > capacity:
+                self._evict_oldest(lru, len(lru) - capacity, self._holders.bit(worker_id))
+
+    def _evict_oldest(self, lru: OrderedDict[int, None], count: int, bit: int) -> None:
+        """Forget the worker's `count` least recently used blocks (under the lock). Calibrated
+        capacities move a few percent at most scrapes, so this loop runs for every block a
+        shrinking capacity trims: Holders.discard is inlined, the worker's bit taken once."""
+        masks = self._holders.masks
+        evict, get, free = lru.popitem, masks.get, ~bit
+        for _ in range(count):
+            old = evict(False)[0]
+            mask = get(old, 0) & free
+            if mask:
+                masks[old] = mask
+            else:
+                masks.pop(old, None)
 
     def blocks_of(self, worker_id: str) -> int:
         return len(self._lru.get(worker_id, ()))

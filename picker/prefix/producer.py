@@ -17,7 +17,7 @@ from pydantic import Field
 from picker.fleet.registry import Worker
 from picker.prefix.approx import ApproxPrefixIndex
 from picker.prefix.calibration import Calibration
-from picker.prefix.index import PrefixIndex, PromptBlocks
+from picker.prefix.index import PrefixIndex, PrefixMatch, PromptBlocks
 from picker.prefix.kv_settings import KvEventSettings
 from picker.prefix.tokenizers import RemoteTokenizer, TokenizerSettings, load_hf_tokenizer
 from picker.routing.request import RoutingRequest
@@ -124,10 +124,12 @@ class PrefixProducer:
         index = self._index_for(prompt)
         match = index.match(prompt, (w.id for w in candidates))
         approx = self._approx
-        match = replace(match, held={w.id: index.blocks_of(w.id) for w in candidates},
-                        tokens_per_block=self._tokens_per_block(prompt, match.total_blocks),
-                        capacity={} if index is not approx or approx is None else
-                        {w.id: approx.capacity_of(w.id) for w in candidates})
+        # Built directly (dataclasses.replace introspects the fields on every call).
+        match = PrefixMatch(match.total_blocks, match.matched,
+                            {w.id: index.blocks_of(w.id) for w in candidates},
+                            self._tokens_per_block(prompt, match.total_blocks),
+                            {} if index is not approx or approx is None else
+                            {w.id: approx.capacity_of(w.id) for w in candidates})
         prompt.predicted = match
         return replace(request, prefix=match), prompt
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import random
 import sys
+from collections import OrderedDict
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from picker.prefix import ApproxPrefixIndex, PromptBlocks, block_hashes, namespace_hash
 from picker.prefix.blocks import next_hash
@@ -168,3 +172,67 @@ def test_the_producer_reports_the_approximate_index_capacity() -> None:
     producer.record(prompt, fleet[0])
     request, _ = producer.annotate(request, fleet)
     assert request.prefix is not None and request.prefix.held == {"w": 10}
+
+
+class _PerBlockLru:
+    """The approximate index's LRUs by their definition, one block at a time: each block of
+    the prompt's leading `capacity`, last first, is touched or stored, and every store past
+    the capacity evicts the least recently used block (`set_capacity` trims at once)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.capacity_of: dict[str, int] = {}
+        self.lru: dict[str, OrderedDict[int, None]] = {}
+
+    def record(self, hashes: list[int], worker: str) -> None:
+        lru = self.lru.setdefault(worker, OrderedDict())
+        capacity = self.capacity_of.get(worker, self.capacity)
+        for block in reversed(hashes[:capacity]):
+            if block in lru:
+                lru.move_to_end(block)
+                continue
+            lru[block] = None
+            if len(lru) > capacity:
+                lru.popitem(last=False)
+
+    def set_capacity(self, worker: str, blocks: int) -> None:
+        self.capacity_of[worker] = max(1, blocks)
+        lru = self.lru.get(worker)
+        while lru is not None and len(lru) > max(1, blocks):
+            lru.popitem(last=False)
+
+    def masks(self, bits: dict[str, int]) -> dict[int, int]:
+        masks: dict[int, int] = {}
+        for worker, lru in self.lru.items():
+            for block in lru:
+                masks[block] = masks.get(block, 0) | bits[worker]
+        return masks
+
+
+_prompts = st.lists(st.integers(0, 30), max_size=14)
+_ops = st.lists(st.one_of(
+    st.tuples(st.just("record"), st.sampled_from("abc"), _prompts),
+    st.tuples(st.just("capacity"), st.sampled_from("abc"), st.integers(0, 14))), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(capacity=st.integers(1, 12), ops=_ops)
+def test_the_lru_of_each_worker_is_the_one_block_at_a_time_definition(
+        capacity: int, ops: list[tuple[str, str, Any]]) -> None:
+    """record_hashes evicts once the prompt is in, and set_capacity trims in one loop: the
+    same blocks in the same order (and the same holders) as touching, storing and evicting
+    block by block. Prompts repeat blocks (a chain cannot, short of a collision) to hold
+    the claim to any list."""
+    index = ApproxPrefixIndex(capacity_blocks=capacity, block_size=1)
+    model = _PerBlockLru(capacity)
+    for op, worker, arg in ops:
+        if op == "record":
+            index.record_hashes(arg, worker)
+            model.record(arg, worker)
+        else:
+            index.set_capacity(worker, arg)
+            model.set_capacity(worker, arg)
+        assert {w: list(lru) for w, lru in index._lru.items()} == \
+            {w: list(lru) for w, lru in model.lru.items()}
+        bits = {w: index._holders.bit(w) for w in model.lru}
+        assert index._holders.masks == model.masks(bits)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import os
@@ -191,3 +192,23 @@ def test_the_virtual_loops_sleep_wakes_tasks_as_asyncio_sleep_does() -> None:
         return order
 
     assert woken(lambda loop: loop.sleep) == woken(lambda loop: asyncio.sleep)
+
+
+def test_a_replay_runs_the_cyclic_collector_rarely_and_gives_it_back_as_it_was() -> None:
+    """picker_bench.replay.fleet._rare_collections: the default thresholds collected 9
+    times in a replay of the sample; the caller's thresholds and frozen objects afterwards."""
+    lines = read_lines(SAMPLE_TRACE)
+    collections: list[int] = []
+
+    def heard(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    before = gc.get_threshold(), gc.get_freeze_count()
+    gc.callbacks.append(heard)
+    try:
+        replay_policy(lines, "prefix_cache", _FLEET)
+    finally:
+        gc.callbacks.remove(heard)
+    assert len(collections) <= 2, collections
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before

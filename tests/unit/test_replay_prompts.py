@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from array import array
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -56,3 +57,36 @@ def test_runs_and_texts_are_the_engine_blocks(lines: list[TraceLine]) -> None:
         assert expanded[:len(expanded) - len(rest)] == blocks[:len(blocks) - len(rest)]
         assert len(expanded) == len(blocks)
         assert texts.of(shape, runs) == _defined_text(blocks)
+
+
+def _leading_equal(a: list[int], b: list[int]) -> int:
+    same = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        same += 1
+    return same
+
+
+def _defined_ids(line: TraceLine, index: int) -> list[int]:
+    """Token ids by their definition: id * B + place over the trace blocks, then the line's
+    own ids for the rest of the prompt."""
+    shape = prompt_shape(line, index, 16)
+    ids = [line.hash_ids[t // shape.block] * shape.block + t % shape.block
+           for t in range(shape.hashed)]
+    return ids + [-(index + 1) * 10**9 - t for t in range(shape.hashed, shape.tokens)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(_LINE, min_size=2, max_size=6))
+def test_prompts_share_as_many_leading_token_ids_as_their_trace_blocks_make_them(
+        lines: list[TraceLine]) -> None:
+    """What the prefix index reads of the ids: how far two prompts are equal, the same as for
+    ids defined as id * B + place (one trace, one block size B)."""
+    lines = [replace(line, block_size=lines[0].block_size) for line in lines]
+    ids = [prompt_shape(line, i, 16).token_ids() for i, line in enumerate(lines)]
+    defined = [_defined_ids(line, i) for i, line in enumerate(lines)]
+    for i, mine in enumerate(ids):
+        assert len(mine) == len(defined[i])
+        for j in range(i + 1, len(lines)):
+            assert _leading_equal(mine, ids[j]) == _leading_equal(defined[i], defined[j])
