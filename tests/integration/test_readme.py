@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from picker_bench.stack import FORK_SERVER_ENV
+
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 LANGUAGES = {"sh", "text", "yaml", "python"}
@@ -86,8 +88,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def test_readme_commands_run_as_written(tmp_path: Path) -> None:
     taken = [port for port in PORTS if _port_taken(port)]
     assert not taken, f"ports the README uses are taken (another run?): {taken}"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    # As a reader's shell has it: no fork server (tests/conftest.py) for what `make demo` starts.
+    env = {key: value for key, value in os.environ.items() if key != FORK_SERVER_ENV}
+    env.update({"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
     servers: list[tuple[str, subprocess.Popen[bytes], Path]] = []
     try:
         for i, line in enumerate(commands()):
