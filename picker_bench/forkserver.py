@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import json
 import os
 import random
@@ -37,9 +38,13 @@ from typing import IO, Any
 
 __all__ = ["ForkedChild", "ForkServer", "exit_path"]
 
-# What `serve` (ext_proc and authz) and `sim` (HTTP and gRPC) import before they serve.
+# What `serve` (ext_proc and authz) and `sim` (HTTP and gRPC) import before they serve, and what
+# they import as they start (the event loop, the HTTP client's transport, FastAPI's checks).
 _PRELOAD = ("llm_picker.cli", "llm_picker.serve_extproc", "llm_picker.serve_authz",
-            "llm_picker.logs", "picker.config", "picker_sim", "picker_sim.grpc_server")
+            "llm_picker.logs", "llm_picker.ports", "llm_picker.allocator", "llm_picker.tracing",
+            "picker.config", "picker_sim", "picker_sim.grpc_server",
+            "picker_bench.replay.command", "uvloop", "httpcore", "h2.connection", "certifi",
+            "anyio._backends._asyncio", "pydantic.v1", "uvicorn.lifespan.off")
 
 
 def exit_path(log: Path) -> Path:
@@ -94,6 +99,10 @@ def _serve() -> None:
         __import__(name)
     if threading.active_count() != 1:
         raise SystemExit(f"fork server: imports started threads: {threading.enumerate()}")
+    # The imported modules' objects out of the collector's sight: each child's first full
+    # collection would walk them all (~0.1 s) and copy the pages it touches (as gunicorn's
+    # preload users do, the CPython docs' advice for gc.freeze before fork).
+    gc.freeze()
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)

@@ -343,7 +343,7 @@ async def serve_grpc(config: SimConfig, vocabulary: SimVocabulary, host: str, po
         assert bootstrap_port is not None, "a prefill sim needs a bootstrap port"
         bootstrap = uvicorn.Server(uvicorn.Config(
             Starlette(routes=pd.routes()), host=host, port=bootstrap_port,
-            log_level="warning", access_log=False, lifespan="off"))
+            log_level="warning", access_log=False, lifespan="off", ws="none"))
         jobs.append(bootstrap.serve())
     print(f"llm-picker sim {config.worker_id!r} serving model {config.model!r} over gRPC "
           f"({sim.service}) on {host}:{port}", flush=True)

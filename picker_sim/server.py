@@ -468,7 +468,8 @@ def run_sim(config: SimConfig, host: str = "127.0.0.1", port: int = 8000) -> Non
     """Serve until interrupted; one start-up line, then warnings only and no access log, so a
     fleet of sims stays quiet."""
     server_config = uvicorn.Config(create_app(config, host, port), host=host, port=port,
-                                   log_level="warning", access_log=False, lifespan="off")
+                                   log_level="warning", access_log=False, lifespan="off",
+                                   ws="none")
     line = (f"llm-picker sim {config.worker_id!r} serving model {config.model!r} on "
             f"http://{host}:{port}")
     _AnnouncingServer(server_config, line).run()

@@ -107,7 +107,8 @@ def test_engines_reporting_no_hits_the_picker_predicted_raise_drift(tmp_path: Pa
     # there it predicts no hit (the newest was such a one once, on a loaded machine).
     audits = [d["audit"] for d in status["decisions"] if d.get("audit")]
     assert any(a["predicted_hit"] is not None and a["predicted_hit"] > 0.5
-               and a["observed_hit"] is not None and a["observed_hit"] < 0.1 for a in audits)
+               and a["observed_hit"] is not None and a["observed_hit"] < 0.1
+               for a in audits), audits
     status, drift, page = results["caching"]
     assert not any(view["drift"] for view in status["audit"].values()) and \
         not any(drift.values())
