@@ -4,6 +4,7 @@ ships or renders agreeing with it (issue 30 items 5-6, issue 31 items 4 and 10).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ def _rendered() -> dict[str, dict[str, Any]]:
     }
 
 
+@functools.cache  # two modules parametrize on them at collection, in every xdist worker
 def all_bootstraps() -> dict[str, dict[str, Any]]:
     shipped = {path.name: yaml.safe_load(path.read_text())
                for path in sorted(ENVOY_DIR.glob("*.yaml"))}

@@ -21,7 +21,13 @@ from picker.errors import ConfigError, InvalidRequest
 from picker.tokens import EngineTokenizer, load_tokenizer
 from picker_bench.tokenizer_dirs import FAMILIES, build_tokenizer_dir, sample_text
 
-transformers = pytest.importorskip("transformers")
+
+def _oracle_tokenizer(directory: Path) -> Any:
+    """transformers' tokenizer for `directory`; transformers is imported here, when a test
+    needs it, not when every pytest-xdist worker collects this module (~1 s of CPU each)."""
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(str(directory))
+
 
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_current_temperature",
@@ -95,7 +101,7 @@ def _as_parts(message: dict[str, Any]) -> dict[str, Any]:
 
 def _oracle(directory: Path, conversation: list[dict[str, Any]], tools: list[Any] | None,
             **kwargs: Any) -> list[int]:
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
+    tokenizer = _oracle_tokenizer(directory)
     ids: list[int] = tokenizer.apply_chat_template(
         copy.deepcopy(conversation), tools=copy.deepcopy(tools), add_generation_prompt=True,
         tokenize=True, return_dict=False, **kwargs)
@@ -146,7 +152,7 @@ def test_template_variables_from_the_request(dirs: dict[str, Path]) -> None:
     messages = [{"role": "user", "content": "what is the weather?"}]
     body = {"model": "m", "messages": messages, "add_generation_prompt": False,
             "chat_template_kwargs": {"date_string": "01 Jan 2026", "not_a_template_var": 1}}
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(dirs["llama-3.1"]))
+    tokenizer = _oracle_tokenizer(dirs["llama-3.1"])
     expected = tokenizer.apply_chat_template(messages, add_generation_prompt=False,
                                              date_string="01 Jan 2026", tokenize=True,
                                              return_dict=False)
@@ -159,7 +165,7 @@ def test_completion_ids_equal_transformers(dirs: dict[str, Path], family: str) -
     """A completion prompt is encoded with the special tokens tokenizer.json's post-processor
     adds (BOS for Llama 3, Mistral, DeepSeek; none for Qwen), as vLLM's default does."""
     mine = load_tokenizer(str(dirs[family]))
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(dirs[family]))
+    tokenizer = _oracle_tokenizer(dirs[family])
     rng = random.Random(7)
     for words in (1, 12, 300):
         prompt = sample_text(rng, words) + " <|im_end|> [INST]"
@@ -180,7 +186,7 @@ def test_tokens_only_the_config_declares_are_added(dirs: dict[str, Path]) -> Non
     text = "call <tool_call> now"
     with_config = load_tokenizer(str(dirs["qwen2.5"]))
     alone = load_tokenizer(str(dirs["qwen2.5"] / "tokenizer.json"))
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(dirs["qwen2.5"]))
+    tokenizer = _oracle_tokenizer(dirs["qwen2.5"])
     expected = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert with_config.encode(text, add_special_tokens=False) == expected
     assert alone.encode(text, add_special_tokens=False) != expected
@@ -206,7 +212,7 @@ def test_named_templates_and_template_files(dirs: dict[str, Path], tmp_path: Pat
                                {"name": "tool_use", "template": tool_use}]
     named = _copy_dir(source, tmp_path / "named", config)
     mine = load_tokenizer(str(named))
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(named))
+    tokenizer = _oracle_tokenizer(named)
     messages = [{"role": "user", "content": "hello"}]
     for tools in (None, [WEATHER_TOOL]):
         assert mine.chat_ids(messages, tools=tools) == tokenizer.apply_chat_template(
@@ -276,7 +282,7 @@ def test_vllm_message_rules_reach_the_template(dirs: dict[str, Path], tmp_path: 
     rendered_tools = [{"type": "function", "function": {"name": "f", "description": None,
                                                          "parameters": None, "strict": True}},
                       BARE_TOOL_DUMPED]
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
+    tokenizer = _oracle_tokenizer(directory)
     expected = tokenizer.apply_chat_template(conversation, tools=rendered_tools, tokenize=False,
                                              add_generation_prompt=True)
     assert "think step|think step|" in expected and "billing" not in expected
