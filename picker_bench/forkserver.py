@@ -13,7 +13,7 @@ stay single-threaded until it forks: nothing imported here starts a thread or gR
 (checked at start).
 
 Protocol, one JSON object per line: requests on stdin `{"argv", "env", "cwd", "log"}`, answers
-on stdout `{"pid"}` or `{"error"}`. A child's exit status is written to `<log>.exit` (the
+on stdout `{"pid"}`. A child's exit status is written to `<log>.<pid>.exit` (the
 waitpid code as `Popen.returncode` gives it) when the server reaps it. On end of input (the
 harness went away) the server kills its remaining children and exits.
 """
@@ -47,9 +47,10 @@ _PRELOAD = ("llm_picker.cli", "llm_picker.serve_extproc", "llm_picker.serve_auth
             "anyio._backends._asyncio", "pydantic.v1", "uvicorn.lifespan.off")
 
 
-def exit_path(log: Path) -> Path:
-    """Where the server writes a child's exit status: beside its log."""
-    return log.with_name(log.name + ".exit")
+def exit_path(log: Path, pid: int) -> Path:
+    """Where the server writes a child's exit status: beside its log, named by its pid, so a
+    restart logging to the same file never reads its predecessor's."""
+    return log.with_name(f"{log.name}.{pid}.exit")
 
 
 def _child(request: Mapping[str, Any], server_fds: Sequence[int]) -> None:
@@ -145,9 +146,10 @@ def _reap(logs: dict[int, str]) -> None:
             return
         log = logs.pop(pid, None)
         if log is not None:
-            temp = Path(log + ".exit.tmp")
+            final = exit_path(Path(log), pid)
+            temp = final.with_name(final.name + ".tmp")
             temp.write_text(str(os.waitstatus_to_exitcode(status)))
-            temp.replace(exit_path(Path(log)))
+            temp.replace(final)
 
 
 class ForkedChild:
@@ -158,7 +160,7 @@ class ForkedChild:
         self.pid = pid
         self.args = list(args)
         self.returncode: int | None = None
-        self._exit = exit_path(log)
+        self._exit = exit_path(log, pid)
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -226,7 +228,6 @@ class ForkServer:
 
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], log: Path) -> ForkedChild:
         """`argv` after `llm-picker`, with exactly `env` as its environment."""
-        exit_path(log).unlink(missing_ok=True)
         with self._lock:
             process = self._started()
             assert process.stdin is not None and process.stdout is not None

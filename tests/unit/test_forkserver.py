@@ -49,6 +49,21 @@ def test_exit_codes_and_signals_read_as_popen_gives_them(server: ForkServer,
     child.kill()  # reaped: no signal goes to a pid that may be someone else's now
 
 
+def test_a_restart_logging_to_the_same_file_is_not_taken_for_its_predecessor(
+        server: ForkServer, tmp_path: Path) -> None:
+    log = tmp_path / "picker.log"
+    ports = [free_port(), free_port()]
+    first = server.spawn(["sim", "--port", str(ports[0]), "--model", "m"], dict(os.environ), log)
+    first.kill()  # not waited for: its exit is reaped after the next start
+    second = server.spawn(["sim", "--port", str(ports[1]), "--model", "m"], dict(os.environ),
+                          log)
+    assert first.wait(10) == -signal.SIGKILL
+    wait_until(lambda: _answers(f"http://127.0.0.1:{ports[1]}/health"), 20, "the second sim")
+    assert second.poll() is None
+    second.kill()
+    assert second.wait(10) == -signal.SIGKILL
+
+
 def test_the_harness_uses_the_server_only_when_asked(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(FORK_SERVER_ENV, "1")
