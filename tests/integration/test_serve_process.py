@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from picker_bench.stack import (
     start_sim,
     wait_http,
 )
+from tests.waiting import wait_until
 
 PICKER = [sys.executable, "-m", "llm_picker"]
 
@@ -82,12 +84,20 @@ def test_log_level(tmp_path: Path) -> None:
                                          "--log-level", level], tmp_path)
         try:
             wait_http(proc, f"http://127.0.0.1:{admin}/health")
+            if shown:  # the admin API answers before the runtime has started, and a SIGTERM
+                # then ends the start with nothing logged (seen once on a loaded machine)
+                wait_until(functools.partial(_logged, proc.log_path, "llm-picker serving"),
+                           20, f"the serving line at {level}")
         finally:
             proc.stop()
         log = proc.log_path.read_text()
         assert (" INFO llm-picker serving: ext_proc on " in log) is shown, log
         assert ("(plaintext), admin on " in log) is shown, log  # the transport, said
         assert "WARNING llm-picker serving" not in log
+
+
+def _logged(log: Path, text: str) -> bool:
+    return text in log.read_text()
 
 
 @pytest.mark.parametrize(("choice", "loop"), [("auto", "uvloop"), ("asyncio", "asyncio")])
