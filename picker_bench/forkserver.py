@@ -56,9 +56,11 @@ def exit_path(log: Path, pid: int) -> Path:
 def _child(request: Mapping[str, Any], server_fds: Sequence[int]) -> None:
     """In the forked child: become the command, then exit as the interpreter would."""
     code = 1
+    interrupted = False
     try:
-        for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
             signal.signal(number, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as a fresh interpreter's
         signal.set_wakeup_fd(-1)
         for fd in server_fds:
             os.close(fd)
@@ -82,15 +84,25 @@ def _child(request: Mapping[str, Any], server_fds: Sequence[int]) -> None:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if not isinstance(exc.code, int | None):
             print(exc.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        import traceback
+
+        traceback.print_exc()
+        interrupted = True
     except BaseException:  # noqa: BLE001 - the child reports what killed it, as Python would
         import traceback
 
         traceback.print_exc()
     finally:
+        with contextlib.suppress(Exception):
+            threading._shutdown()  # type: ignore[attr-defined]  # joins non-daemon threads
         atexit._run_exitfuncs()
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
+        if interrupted:  # Python ends an uncaught KeyboardInterrupt by SIGINT itself
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
         os._exit(code)
 
 
@@ -98,12 +110,14 @@ def _serve() -> None:
     """The server's loop: fork on each request line, reap children as they exit."""
     for name in _PRELOAD:
         __import__(name)
-    if threading.active_count() != 1:
-        raise SystemExit(f"fork server: imports started threads: {threading.enumerate()}")
+    threads = os.listdir("/proc/self/task")  # native ones too (gRPC's core would show here)
+    if len(threads) != 1:
+        raise SystemExit(f"fork server: imports started threads: {threads}")
     # The imported modules' objects out of the collector's sight: each child's first full
     # collection would walk them all (~0.1 s) and copy the pages it touches (as gunicorn's
     # preload users do, the CPython docs' advice for gc.freeze before fork).
     gc.freeze()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the harness: it ends our input
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
@@ -112,44 +126,53 @@ def _serve() -> None:
     requests = sys.stdin.buffer
     answers = sys.stdout
     print(json.dumps({"ready": os.getpid()}), file=answers, flush=True)
-    while True:
-        readable, _, _ = select.select([requests, wake_read], [], [], 1.0)
-        if wake_read in readable:
-            os.read(wake_read, 512)
-        _reap(logs)
-        if requests not in readable:
-            continue
-        line = requests.readline()
-        if not line:
-            break
-        request = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            _child(request, [wake_read, wake_write])
-        logs[pid] = request["log"]
-        print(json.dumps({"pid": pid}), file=answers, flush=True)
-    for pid in logs:
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while logs and time.monotonic() < deadline:
-        _reap(logs)
-        time.sleep(0.01)
+    try:
+        while True:
+            readable, _, _ = select.select([requests, wake_read], [], [], 1.0)
+            if wake_read in readable:
+                os.read(wake_read, 512)
+            _reap(logs)
+            if requests not in readable:
+                continue
+            line = requests.readline()
+            if not line:
+                break
+            request = json.loads(line)
+            pid = os.fork()
+            if pid == 0:
+                _child(request, [wake_read, wake_write])
+            logs[pid] = request["log"]
+            print(json.dumps({"pid": pid}), file=answers, flush=True)
+    finally:  # end of input, or the server failing: no child outlives it
+        for pid in logs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while logs and time.monotonic() < deadline:
+            _reap(logs)
+            time.sleep(0.01)
 
 
 def _reap(logs: dict[int, str]) -> None:
+    """Write each exited child's status, then reap it: its pid stays its own (a zombie) until
+    the file exists, so the harness never signals a pid reused by another process."""
     while logs:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
             return
-        if pid == 0:
+        if exited is None:
             return
+        pid = exited.si_pid
+        status = exited.si_status if exited.si_code == os.CLD_EXITED else -exited.si_status
         log = logs.pop(pid, None)
         if log is not None:
             final = exit_path(Path(log), pid)
             temp = final.with_name(final.name + ".tmp")
-            temp.write_text(str(os.waitstatus_to_exitcode(status)))
-            temp.replace(final)
+            with contextlib.suppress(OSError):  # its directory may be gone: nobody waits then
+                temp.write_text(str(status))
+                temp.replace(final)
+        os.waitpid(pid, 0)
 
 
 class ForkedChild:
@@ -193,25 +216,38 @@ class ForkedChild:
 class ForkServer:
     """The harness's side: one server per test process, started on first use."""
 
-    # Replicas sharing picks need one hash seed (picker_bench.stack.REPLICA_ENV); every
-    # child of one server has the server's, so the server is started with that seed.
+    # Replicas sharing picks need one hash seed (picker_bench.stack.REPLICA_ENV): the server
+    # runs with it, unless this process's environment names another.
     HASH_SEED = "20240515"
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._process: subprocess.Popen[str] | None = None
+        # What the interpreter reads of its environment as it starts (hash seed, warnings,
+        # dev mode, buffering, path...): a child asked for with other values must be a fresh
+        # interpreter, since a fork keeps the server's.
+        self._interpreter = {key: value for key, value in os.environ.items()
+                             if key.startswith("PYTHON")}
+        self._interpreter.setdefault("PYTHONHASHSEED", self.HASH_SEED)
+
+    def runs_alike(self, env: Mapping[str, str]) -> bool:
+        """Whether a child with environment `env` behaves as a fresh interpreter would (no
+        hash seed asked for is fine: a fresh one draws a random seed, any seed is one)."""
+        asked = {key: value for key, value in env.items() if key.startswith("PYTHON")}
+        asked.setdefault("PYTHONHASHSEED", self._interpreter["PYTHONHASHSEED"])
+        return asked == self._interpreter
 
     def _started(self) -> subprocess.Popen[str]:
         if self._process is None or self._process.poll() is not None:
             process = subprocess.Popen(
                 [sys.executable, "-m", "picker_bench.forkserver"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, text=True, env={**os.environ,
-                                                        "PYTHONHASHSEED": self.HASH_SEED})
+                stdout=subprocess.PIPE, text=True, env={**os.environ, **self._interpreter})
             answers: IO[str] | None = process.stdout
             assert answers is not None
             ready = answers.readline()
-            if not ready:
-                raise RuntimeError("the fork server did not start (see stderr)")
+            if not ready.startswith('{"ready"'):
+                process.kill()
+                raise RuntimeError(f"the fork server did not start ({ready!r}; see stderr)")
             self._process = process
             atexit.register(self._stop, process)
         return self._process
@@ -227,15 +263,19 @@ class ForkServer:
             process.kill()
 
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], log: Path) -> ForkedChild:
-        """`argv` after `llm-picker`, with exactly `env` as its environment."""
+        """`argv` after `llm-picker`, with exactly `env` as its environment (check
+        `runs_alike` first). The log is truncated here, as a fresh start's is."""
+        log.open("wb").close()
         with self._lock:
             process = self._started()
             assert process.stdin is not None and process.stdout is not None
             process.stdin.write(json.dumps({"argv": list(argv), "env": dict(env),
                                             "cwd": os.getcwd(), "log": str(log)}) + "\n")
             process.stdin.flush()
-            answer = json.loads(process.stdout.readline())
-        return ForkedChild(answer["pid"], ["llm-picker", *argv], log)
+            answer = process.stdout.readline()
+        if not answer:
+            raise RuntimeError("the fork server stopped (see stderr)")
+        return ForkedChild(json.loads(answer)["pid"], ["llm-picker", *argv], log)
 
 
 if __name__ == "__main__":

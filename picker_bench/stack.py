@@ -247,10 +247,8 @@ def spawn(name: str, argv: Sequence[str], workdir: Path,
     and `llm-picker sim` come from the fork server when PICKER_BENCH_FORK_SERVER=1."""
     log_path = workdir / f"{name}.log"
     popen: Child
-    if _forkable(argv, env or {}):
-        popen = _fork_server().spawn(argv[3:], {**os.environ, **(env or {}),
-                                                "PYTHONHASHSEED": ForkServer.HASH_SEED},
-                                     log_path)
+    if _forkable(argv, environment := {**os.environ, **(env or {})}):
+        popen = _fork_server().spawn(argv[3:], environment, log_path)
     else:
         with log_path.open("wb") as log:
             popen = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT,
@@ -272,11 +270,11 @@ def _fork_server() -> ForkServer:
 
 def _forkable(argv: Sequence[str], env: Mapping[str, str]) -> bool:
     """This interpreter's `-m llm_picker serve|sim`, not `--workers` (it starts copies of
-    itself with sys.argv), with the server's hash seed if the caller names one."""
+    itself with sys.argv), with the interpreter settings the server started with."""
     return (os.environ.get(FORK_SERVER_ENV) == "1"
             and list(argv[:3]) == [sys.executable, "-m", "llm_picker"]
             and argv[3:4] in (["serve"], ["sim"]) and "--workers" not in argv
-            and env.get("PYTHONHASHSEED", ForkServer.HASH_SEED) == ForkServer.HASH_SEED)
+            and _fork_server().runs_alike(env))
 
 
 def wait_http(proc: Process, url: str, timeout: float = 20.0) -> None:

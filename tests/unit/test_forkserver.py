@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,6 +63,37 @@ def test_a_restart_logging_to_the_same_file_is_not_taken_for_its_predecessor(
     assert second.poll() is None
     second.kill()
     assert second.wait(10) == -signal.SIGKILL
+
+
+def test_a_restart_starts_a_fresh_log_and_a_vanished_directory_stops_nothing(
+        server: ForkServer, tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    port = free_port()
+    doomed = server.spawn(["sim", "--port", str(port), "--model", "m"], dict(os.environ),
+                          gone / "sim.log")
+    wait_until(lambda: _answers(f"http://127.0.0.1:{port}/health"), 20, "the doomed sim")
+    shutil.rmtree(gone)  # the test's directory removed with its child still running
+    doomed.kill()
+    log = tmp_path / "picker.log"
+    for text in ("first", "second"):
+        child = server.spawn(["check-config", text], dict(os.environ), log)
+        assert child.wait(30) == 2
+        assert text in log.read_text()
+    assert "first" not in log.read_text()  # truncated as a fresh start's log is
+    wait_until(lambda: not process_running(doomed.pid), 10, "the doomed sim gone")
+
+
+def test_interpreter_settings_the_server_lacks_get_a_fresh_interpreter(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(FORK_SERVER_ENV, "1")
+    argv = [sys.executable, "-m", "llm_picker", "sim", "--help"]
+    for env, fresh in (({}, False), ({"PYTHONDEVMODE": "1"}, True),
+                       ({"PYTHONHASHSEED": "7"}, True),
+                       ({"PYTHONHASHSEED": ForkServer.HASH_SEED}, False)):
+        proc = spawn("cli", argv, tmp_path, env)
+        assert isinstance(proc.popen, subprocess.Popen) is fresh, env
+        assert proc.popen.wait(30) == 0
 
 
 def test_the_harness_uses_the_server_only_when_asked(tmp_path: Path,
