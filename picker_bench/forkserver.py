@@ -3,9 +3,12 @@
 The suite starts ~600 simulated engines and ~360 pickers; a fresh interpreter spends most of a
 second of CPU importing the picker (pydantic models, FastAPI, grpc) before it serves, so on two
 cores the imports alone were minutes of every run. This server imports those modules once, then
-forks a child per start that runs `llm_picker.cli.main(argv)` exactly as the console script
-would, with the requested environment, working directory and log file, and exits through the
-same atexit handlers. It is how a preloading server (gunicorn's `--preload`) starts workers.
+forks a child per start that runs `llm_picker.cli.main(argv)` as the console script would, with
+the requested environment, working directory and log file, a fresh random seed, and the same
+exit path (atexit handlers, exit status, signals). What a fork cannot change, the interpreter's
+own start-up settings (the hash seed, PYTHON* variables), is the server's: a start asking for
+others gets a fresh interpreter (`ForkServer.runs_alike`). It is how a preloading server
+(gunicorn's `--preload`) starts workers.
 
 Used by picker_bench.stack.spawn when `PICKER_BENCH_FORK_SERVER=1` (tests/conftest.py sets it;
 `PICKER_BENCH_FORK_SERVER=0 make test` runs every start as a fresh interpreter). The server must
@@ -15,7 +18,7 @@ stay single-threaded until it forks: nothing imported here starts a thread or gR
 Protocol, one JSON object per line: requests on stdin `{"argv", "env", "cwd", "log"}`, answers
 on stdout `{"pid"}`. A child's exit status is written to `<log>.<pid>.exit` (the
 waitpid code as `Popen.returncode` gives it) when the server reaps it. On end of input (the
-harness went away) the server kills its remaining children and exits.
+harness went away) or a failure of its own, the server kills its remaining children.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["ForkedChild", "ForkServer", "exit_path"]
+__all__ = ["ForkedChild", "ForkServer"]
 
 # What `serve` (ext_proc and authz) and `sim` (HTTP and gRPC) import before they serve, and what
 # they import as they start (the event loop, the HTTP client's transport, FastAPI's checks).
