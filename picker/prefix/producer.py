@@ -125,11 +125,12 @@ class PrefixProducer:
         match = index.match(prompt, (w.id for w in candidates))
         approx = self._approx
         # Built directly (dataclasses.replace introspects the fields on every call).
-        match = PrefixMatch(match.total_blocks, match.matched,
-                            {w.id: index.blocks_of(w.id) for w in candidates},
-                            self._tokens_per_block(prompt, match.total_blocks),
-                            {} if index is not approx or approx is None else
-                            {w.id: approx.capacity_of(w.id) for w in candidates})
+        match = PrefixMatch(
+            total_blocks=match.total_blocks, matched=match.matched,
+            held={w.id: index.blocks_of(w.id) for w in candidates},
+            tokens_per_block=self._tokens_per_block(prompt, match.total_blocks),
+            capacity={} if index is not approx or approx is None else
+            {w.id: approx.capacity_of(w.id) for w in candidates})
         prompt.predicted = match
         return replace(request, prefix=match), prompt
 
