@@ -86,10 +86,11 @@ class PromptShape:
 
     def token_ids(self) -> list[int]:
         """Token ids for the picker's prefix index."""
+        blocks = -(-self.hashed // self.block)  # trace blocks the hashed part starts
         ids = list(_filler(self.block))
-        ids *= -(-self.hashed // self.block)
+        ids *= blocks
         del ids[self.hashed:]
-        ids[::self.block] = self.ids[:-(-self.hashed // self.block)]
+        ids[::self.block] = self.ids[:blocks]
         base = -(self.index << 40) - 1
         ids.extend(range(base - self.hashed, base - self.tokens, -1))
         return ids
