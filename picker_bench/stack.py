@@ -252,7 +252,7 @@ def spawn(name: str, argv: Sequence[str], workdir: Path,
     else:
         with log_path.open("wb") as log:
             popen = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT,
-                                     env=None if env is None else {**os.environ, **env})
+                                     env=environment)
     _SPAWNED.append(popen)
     return Process(name, popen, log_path)
 
