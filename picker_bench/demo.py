@@ -17,6 +17,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from picker.policies import parse_params
+from picker_bench.loopback import loopback
 from picker_bench.stack import Fleet, SimSpec, local_fleet
 
 __all__ = ["demo_settings", "run_demo"]
@@ -74,7 +75,7 @@ async def _drive(base_url: str, requests: int) -> list[Outcome]:
 
 
 def _decisions(fleet: Fleet) -> Counter[str]:
-    text = httpx.get(f"{fleet.admin_url}/metrics", timeout=5.0).text
+    text = loopback().get(f"{fleet.admin_url}/metrics", timeout=5.0).text
     counts: Counter[str] = Counter()
     for family in text_string_to_metric_families(text):
         if family.name == "llm_picker_decisions":

@@ -38,6 +38,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import SimSpec, local_fleet
 
 __all__ = ["jain", "run_flow"]
@@ -148,7 +149,7 @@ def _slot_waits(admin_url: str) -> tuple[int, int, int]:
     """Interactive requests dispatched by flow control, and how many of them waited over 10 ms
     and over 50 ms for a slot (its wait histogram): the part of their TTFT the bands' sharing
     of slots decides, apart from the machine's own delays."""
-    text = httpx.get(f"{admin_url}/metrics", timeout=10).text
+    text = loopback().get(f"{admin_url}/metrics", timeout=10).text
     buckets: dict[float, float] = {}
     for family in text_string_to_metric_families(text):
         if family.name != "llm_picker_flow_wait_seconds":

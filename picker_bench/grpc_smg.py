@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from llm_picker.envoy_config import ENVOY_DIR
+from picker_bench.loopback import loopback
 from picker_bench.stack import (
     Process,
     SimSpec,
@@ -145,7 +146,7 @@ def _wait_served(url: str, body: dict[str, Any], timeout: float = 60.0) -> None:
     """SMG registers its workers after /health answers: a request before that is a 503."""
     deadline = time.monotonic() + timeout
     while True:
-        answer = httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": False},
+        answer = loopback().post(f"{url}/v1/chat/completions", json={**body, "stream": False},
                             timeout=30)
         if answer.status_code == 200:
             return

@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 import httpx
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import Process, cpu_seconds, free_port, start_picker
 
 __all__ = ["HealthStub", "delete_workers", "register_workers", "run_health_scale",
@@ -154,7 +155,7 @@ def _measure(name: str, picker: Process, admin_url: str, stub: HealthStub,
     routable: list[float] = []
     while time.monotonic() - start < seconds:
         time.sleep(3.0)
-        listed = httpx.get(f"{admin_url}/workers", params={"model": MODEL}, timeout=30).json()
+        listed = loopback().get(f"{admin_url}/workers", params={"model": MODEL}, timeout=30).json()
         live_set = set(live)
         states = [w["state"]["routable"] for w in listed["workers"] if w["url"] in live_set]
         routable.append(sum(states) / len(live))

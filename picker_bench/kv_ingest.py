@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import httpx
 from prometheus_client import CollectorRegistry
 
 from extproc._pb import PROCESS_METHOD
@@ -33,6 +32,7 @@ from picker.prefix.kv_apply import EventApplier, KvEventMetrics
 from picker.prefix.kv_events import KvEventHub
 from picker.prefix.kv_index import SyncPrefixIndex
 from picker.prefix.kv_settings import KvEventSettings
+from picker_bench.loopback import loopback
 from picker_bench.stack import SimSpec, free_port, start_picker, start_sims
 from picker_sim.hf_twin import write_hf_twin
 from picker_sim.kv_formats import WIRE, KvEvent, WireFormat
@@ -167,7 +167,7 @@ def _publish_at(publishers: list[KvEventPublisher], rate: int, stop: threading.E
 
 
 def _applied(admin_port: int) -> float:
-    text = httpx.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).text
+    text = loopback().get(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("llm_picker_kv_events_total{"))
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import Fleet, SimSpec, local_fleet
 
 __all__ = ["run_lora"]
@@ -93,7 +94,7 @@ def _one(policy: str, sims: list[SimSpec], sequence: Sequence[str], concurrency:
         started = time.perf_counter()
         ttft, errors = asyncio.run(_drive(fleet, sequence, concurrency, max_tokens))
         secs = time.perf_counter() - started
-        loads = sum(httpx.get(f"{fleet.sim_url(s.worker_id)}/sim/stats").json()["lora_loads"]
+        loads = sum(loopback().get(f"{fleet.sim_url(s.worker_id)}/sim/stats").json()["lora_loads"]
                     for s in sims)
     return Result(policy, ttft, loads, secs, errors)
 

@@ -50,6 +50,7 @@ from typing import Any
 
 from picker_bench.grpc_echo import drive, drive_streams
 from picker_bench.longcontext import print_long_context, run_long_context
+from picker_bench.loopback import loopback
 from picker_bench.stack import (
     Process,
     SimSpec,
@@ -322,9 +323,8 @@ def _idle_cpu_rate(proc: Process, window_secs: float = 3.0) -> float:
 
 def ext_proc_messages(admin_port: int) -> tuple[int, int]:
     """(messages Envoy sent to the picker, responses it received), from Envoy's own stats."""
-    import httpx
 
-    text = httpx.get(f"http://127.0.0.1:{admin_port}/stats?filter=ext_proc", timeout=5).text
+    text = loopback().get(f"http://127.0.0.1:{admin_port}/stats?filter=ext_proc", timeout=5).text
     counts = {"stream_msgs_sent": 0, "stream_msgs_received": 0}
     for line in text.splitlines():
         name, _, value = line.partition(": ")

@@ -32,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from picker.routing.control_headers import SLO_TTFT
 from picker_bench.decision import decision_latency
+from picker_bench.loopback import loopback
 from picker_bench.mooncake import read_trace, trace_workload
 from picker_bench.plot import bar_chart_svg
 from picker_bench.stack import (
@@ -121,7 +122,7 @@ async def _drive(base_url: str, workload: Workload,
 def _engine_counters(url: str) -> tuple[float, float, float]:
     """(prompt tokens looked up, prompt tokens hit, requests) from one engine."""
     queries = hits = requests = 0.0
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+    for family in text_string_to_metric_families(loopback().get(f"{url}/metrics").text):
         for sample in family.samples:
             if sample.name == "vllm:prefix_cache_queries_total":
                 queries += sample.value
@@ -203,7 +204,7 @@ def _contender(name: str, engines: int, workdir: Path, workload: Workload,
             # Workers are added asynchronously after start-up; wait until one request routes.
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                probe = httpx.post(f"http://127.0.0.1:{listen}/v1/chat/completions", json={
+                probe = loopback().post(f"http://127.0.0.1:{listen}/v1/chat/completions", json={
                     "model": "sim-model", "messages": [{"role": "user", "content": "warm"}],
                     "max_tokens": 1}, timeout=10)
                 if probe.status_code == 200:

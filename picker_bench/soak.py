@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import ENVOY_FAIL_OPEN, Fleet, SimSpec, local_fleet, start_picker, start_sim
 
 __all__ = ["run_soak"]
@@ -103,8 +104,8 @@ def run_soak(minutes: float = 10.0, users: int = 8, kill_every: float = 60.0) ->
         outcomes = asyncio.run(_run(fleet, minutes * 60, users, kill_every, log, rss))
         time.sleep(2)
         rss["end"] = _rss_kib(fleet.processes["picker"].popen.pid)
-        metrics = httpx.get(f"{fleet.admin_url}/metrics", timeout=5).text
-        health = httpx.get(f"{fleet.admin_url}/health", timeout=5).json()
+        metrics = loopback().get(f"{fleet.admin_url}/metrics", timeout=5).text
+        health = loopback().get(f"{fleet.admin_url}/health", timeout=5).json()
     in_flight = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                     if line.startswith("llm_picker_worker_in_flight{"))
     total = sum(outcomes.values())

@@ -28,6 +28,7 @@ import yaml
 
 from llm_picker.envoy_config import ENVOY_DIR, authz_over_tls, ext_proc_config, point_authz
 from picker_bench.forkserver import ForkServer
+from picker_bench.loopback import loopback
 
 __all__ = [
     "ENVOY_AUTHZ",
@@ -176,7 +177,7 @@ def wait_picker_hosts(envoy_admin: str, count: int, timeout: float = 20.0) -> No
     once it mirrored the fleet, a moment after the primary)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text = httpx.get(f"{envoy_admin}/clusters", timeout=5).text
+        text = loopback().get(f"{envoy_admin}/clusters", timeout=5).text
         if sum(1 for line in text.splitlines() if line.startswith("llm_picker::")
                and line.endswith("::health_flags::healthy")) == count:
             return
@@ -285,7 +286,7 @@ def wait_http(proc: Process, url: str, timeout: float = 20.0) -> None:
             code = proc.popen.returncode
             raise RuntimeError(f"{proc.name} exited with {code}:\n{proc.log_tail()}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1.0).is_success:
+            if loopback().get(url, timeout=1.0).is_success:
                 return
         time.sleep(0.05)
     proc.kill()

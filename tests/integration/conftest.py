@@ -11,6 +11,7 @@ import pytest
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import Fleet, SimSpec, local_fleet
 from tests.waiting import wait_until as wait_until  # where the integration tests import it from
 
@@ -62,7 +63,7 @@ def rr_fleet(request: pytest.FixtureRequest) -> Iterator[Fleet]:
 
 def metric_values(fleet: Fleet, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     """Samples of one metric from the picker's /metrics, keyed by their sorted labels."""
-    text = httpx.get(f"{fleet.admin_url}/metrics", timeout=5.0).text
+    text = loopback().get(f"{fleet.admin_url}/metrics", timeout=5.0).text
     out: dict[tuple[tuple[str, str], ...], float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import (
     ENVOY_DIR,
     Process,
@@ -134,7 +134,7 @@ def routed_through_envoy(picker: ChartPicker, requests: int = 6) -> set[str]:
     served: set[str] = set()
     try:
         for i in range(requests):
-            response = httpx.post(f"http://127.0.0.1:{listen}/v1/chat/completions", json={
+            response = loopback().post(f"http://127.0.0.1:{listen}/v1/chat/completions", json={
                 "model": MODEL, "max_tokens": 2,
                 "messages": [{"role": "user", "content": f"question {i}"}]}, timeout=10)
             assert response.status_code == 200, response.text

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
-import httpx
 import pytest
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import SimSpec, local_fleet
 from tests.integration.conftest import FAST_HEALTH, SIM_HEADER
 
@@ -29,7 +29,7 @@ def _homes_by_system(fleet_url: str, stream: bool) -> dict[int, set[str]]:
                            {"type": "text", "text": system}],
                 "messages": [{"role": "user", "content": [
                     {"type": "text", "text": f"question {i}"}]}]}
-        with httpx.stream("POST", f"{fleet_url}/v1/messages", json=body, timeout=10) as reply:
+        with loopback().stream("POST", f"{fleet_url}/v1/messages", json=body, timeout=10) as reply:
             text = reply.read().decode()
             assert reply.status_code == 200, text
             homes[group].add(reply.headers[SIM_HEADER])
@@ -53,13 +53,13 @@ def test_anthropic_messages_with_a_shared_system_prompt_land_on_one_engine(mode:
         for stream in (False, True):
             homes = _homes_by_system(fleet.envoy_url, stream)
             assert all(len(engines) == 1 for engines in homes.values()), homes
-        count = httpx.post(f"{fleet.envoy_url}/v1/messages/count_tokens", timeout=10, json={
+        count = loopback().post(f"{fleet.envoy_url}/v1/messages/count_tokens", timeout=10, json={
             "model": "claude-sim", "messages": [{"role": "user", "content": "two words"}]})
         assert count.status_code == 200 and count.json() == {"input_tokens": 3}
         # The picker's own refusals on this path are in Anthropic's error shape.
-        missing = httpx.post(f"{fleet.envoy_url}/v1/messages", timeout=10, json={
+        missing = loopback().post(f"{fleet.envoy_url}/v1/messages", timeout=10, json={
             "model": "nobody-serves-this", "max_tokens": 1, "messages": []})
-        bad = httpx.post(f"{fleet.envoy_url}/v1/messages", timeout=10,
+        bad = loopback().post(f"{fleet.envoy_url}/v1/messages", timeout=10,
                          content=b"{not json", headers={"content-type": "application/json"})
     assert missing.status_code == 404
     assert missing.json()["type"] == "error"

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import yaml
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import Process, free_port, start_picker
 from tests.integration.conftest import MODEL
 
@@ -34,7 +35,7 @@ def _config(tmp_path: Path) -> tuple[dict[str, Any], str]:
 
 
 def _workers(admin_url: str) -> dict[str, dict[str, Any]]:
-    listed = httpx.get(f"{admin_url}/workers", timeout=5).json()["workers"]
+    listed = loopback().get(f"{admin_url}/workers", timeout=5).json()["workers"]
     return {w["url"]: w for w in listed}
 
 
@@ -44,13 +45,13 @@ def test_workers_added_changed_and_drained_through_the_api_survive_a_restart(
     picker = start_picker(config, tmp_path)
     try:
         for engine, worker_id in ((ENGINE_A, "a"), (ENGINE_B, "b")):
-            posted = httpx.post(f"{url}/workers", timeout=10, json={
+            posted = loopback().post(f"{url}/workers", timeout=10, json={
                 "url": engine, "id": worker_id, "models": [MODEL]})
             assert posted.status_code == 202, posted.text
-        patched = httpx.patch(f"{url}/workers/a", timeout=5,
+        patched = loopback().patch(f"{url}/workers/a", timeout=5,
                               json={"priority": 77, "labels": {"zone": "b"}})
         assert patched.status_code == 200, patched.text
-        deleted = httpx.delete(f"{url}/workers/b", timeout=10)
+        deleted = loopback().delete(f"{url}/workers/b", timeout=10)
         assert deleted.status_code == 200, deleted.text
     finally:
         picker.stop()
@@ -62,7 +63,7 @@ def test_workers_added_changed_and_drained_through_the_api_survive_a_restart(
         assert restored[ENGINE_A]["labels"] == {"zone": "b"}
         assert restored[ENGINE_A]["models"] == [MODEL]
         assert "declared_in" not in restored[ENGINE_A]  # still the API's: it may change it
-        assert httpx.patch(f"{url}/workers/a", json={"priority": 5}, timeout=5).status_code \
+        assert loopback().patch(f"{url}/workers/a", json={"priority": 5}, timeout=5).status_code \
             == 200
     finally:
         picker.stop()
@@ -74,7 +75,7 @@ def test_a_worker_the_configuration_now_declares_is_the_files_and_named(
     picker = start_picker(config, tmp_path)
     try:
         for engine in (ENGINE_A, ENGINE_B):
-            assert httpx.post(f"{url}/workers", timeout=10, json={
+            assert loopback().post(f"{url}/workers", timeout=10, json={
                 "url": engine, "models": [MODEL]}).status_code == 202
     finally:
         picker.stop()
@@ -103,7 +104,7 @@ def test_a_picker_killed_mid_write_restarts_with_the_old_or_the_new_state(
     never a broken file (which would stop the picker at start-up)."""
     config, url = _config(tmp_path)
     picker = start_picker(config, tmp_path)
-    assert httpx.post(f"{url}/workers", timeout=10, json={
+    assert loopback().post(f"{url}/workers", timeout=10, json={
         "url": ENGINE_A, "id": "a", "models": [MODEL]}).status_code == 202
     acknowledged = 50  # the default priority
     rng = random.Random(33)

@@ -8,6 +8,7 @@ import time
 
 import httpx
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import SimSpec, local_fleet
 from tests.integration.conftest import FAST_HEALTH, MODEL, total_in_flight, wait_until
 
@@ -30,10 +31,10 @@ def test_over_the_limit_is_429_with_retry_after_and_counted() -> None:
         refused = next(r for r in responses if r.status_code == 429)
         assert refused.headers["retry-after"] == "2"
         assert refused.json()["error"]["code"] == "overloaded"
-        health = httpx.get(f"{fleet.admin_url}/health").json()
+        health = loopback().get(f"{fleet.admin_url}/health").json()
         assert health["max_concurrent_requests"] == 2
         wait_until(lambda: total_in_flight(fleet) == 0, what="in-flight back to 0")
-        metrics = httpx.get(f"{fleet.admin_url}/metrics").text
+        metrics = loopback().get(f"{fleet.admin_url}/metrics").text
         assert 'llm_picker_rejections_total{code="overloaded"} 4.0' in metrics
 
 

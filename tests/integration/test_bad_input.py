@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import Fleet, SimSpec, local_fleet
 from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER
 
@@ -58,28 +59,29 @@ CASES = [
                          ids=[c[0] for c in CASES])
 def test_catalogue(fleet: Fleet, name: str, path: str, body: bytes, headers: dict[str, str],
                    status: int) -> None:
-    response = httpx.post(f"{fleet.envoy_url}{path}", content=body, headers=headers, timeout=10)
+    response = loopback().post(f"{fleet.envoy_url}{path}", content=body, headers=headers,
+                               timeout=10)
     assert response.status_code == status, response.text[:300]
     if status >= 400:
         error = response.json()["error"]
         assert error["message"] and error["code"]
-    assert httpx.get(f"{fleet.admin_url}/health").status_code == 200  # the picker is fine
+    assert loopback().get(f"{fleet.admin_url}/health").status_code == 200  # the picker is fine
 
 
 def test_headers_over_envoys_limit_never_reach_the_picker(fleet: Fleet) -> None:
     try:
-        response = httpx.post(f"{fleet.envoy_url}{CHAT}", json=GOOD, timeout=10,
+        response = loopback().post(f"{fleet.envoy_url}{CHAT}", json=GOOD, timeout=10,
                               headers={"x-junk": "j" * 70_000})
         assert response.status_code == 431
     except (httpx.RemoteProtocolError, httpx.ReadError):
         pass  # Envoy's HTTP/1 codec may close or reset the connection instead of a 431
-    assert httpx.get(f"{fleet.admin_url}/health").status_code == 200
+    assert loopback().get(f"{fleet.admin_url}/health").status_code == 200
 
 
 def test_client_destination_header_is_removed_and_the_picker_routes(fleet: Fleet) -> None:
     sim_a = fleet.sims["a"].port
     served = {
-        httpx.post(f"{fleet.envoy_url}{CHAT}", json=GOOD, timeout=10, headers={
+        loopback().post(f"{fleet.envoy_url}{CHAT}", json=GOOD, timeout=10, headers={
             "x-gateway-destination-endpoint": f"127.0.0.1:{sim_a}"}).headers[SIM_HEADER]
         for _ in range(4)
     }
@@ -90,6 +92,6 @@ def test_chunked_body_split_everywhere_still_routes(fleet: Fleet) -> None:
     raw = json.dumps(GOOD).encode()
     for size in (1, 3, 7, len(raw) - 1):
         chunks = (raw[i:i + size] for i in range(0, len(raw), size))
-        response = httpx.post(f"{fleet.envoy_url}{CHAT}", content=chunks, headers=JSON,
+        response = loopback().post(f"{fleet.envoy_url}{CHAT}", content=chunks, headers=JSON,
                               timeout=10)
         assert response.status_code == 200, size

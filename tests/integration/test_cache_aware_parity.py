@@ -44,6 +44,7 @@ from typing import Any
 
 import httpx
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import (
     Fleet,
     SimSpec,
@@ -144,7 +145,7 @@ def _sglang_workers(base_url: str) -> list[str]:
     """sglang-router's worker URLs in its own order, once all four are registered."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        listed = httpx.get(f"{base_url}/workers", timeout=5).json().get("workers", [])
+        listed = loopback().get(f"{base_url}/workers", timeout=5).json().get("workers", [])
         if len(listed) == 4:
             return [worker["url"] for worker in listed]
         time.sleep(0.2)

@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trustme
 import yaml
 
 from llm_picker.envoy_config import ENVOY_DIR, point_authz
 from picker.routing import control_headers
+from picker_bench.loopback import loopback
 from picker_bench.stack import (
     ENVOY_FAIL_OPEN,
     ENVOY_TEMPLATE,
@@ -105,7 +105,7 @@ def test_picker_down_never_routes_to_a_client_named_host(
     config, listen = with_picker_down(bootstrap, engine.port, root)
     envoy = start_envoy(config, root)
     try:
-        response = httpx.post(f"http://127.0.0.1:{listen}/v1/chat/completions", json=CHAT,
+        response = loopback().post(f"http://127.0.0.1:{listen}/v1/chat/completions", json=CHAT,
                               headers=client_headers(victim), timeout=10)
     finally:
         envoy.kill()
@@ -134,7 +134,7 @@ def test_no_client_control_header_reaches_the_engine(
                      body_mode="BUFFERED" if mode == "fail-open" else mode,
                      envoy_template=template) as fleet:
         sent = client_headers(victim)
-        response = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", json=CHAT,
+        response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=CHAT,
                               headers=sent, timeout=10)
     assert response.status_code == 200, response.text
     assert victim.posts == []

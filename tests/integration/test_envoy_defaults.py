@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import Fleet, SimSpec, free_port, local_fleet
 from tests.integration.conftest import MODEL, wait_until
 
@@ -58,23 +59,24 @@ def test_envoy_local_replies_are_openai_json(fleet: Fleet) -> None:
     url = f"{fleet.envoy_url}/v1/chat/completions"
     # The body is over Envoy's buffer (the picker's max_body_bytes is 4096, the template's
     # Envoy buffer 8 MiB: over both, Envoy answers first).
-    too_large = httpx.post(url, json=_chat(MODEL, "x" * 9_000_000), timeout=10)
+    too_large = loopback().post(url, json=_chat(MODEL, "x" * 9_000_000), timeout=10)
     assert too_large.status_code == 413
     assert _openai_error(too_large)["code"] == "body_too_large"
-    unreachable = httpx.post(url, json=_chat("dead-model"), timeout=10)
+    unreachable = loopback().post(url, json=_chat("dead-model"), timeout=10)
     assert unreachable.status_code == 503
     assert "connection" in str(_openai_error(unreachable)["message"])
-    slow = httpx.post(url, json=_chat("slow-model"), timeout=10)
+    slow = loopback().post(url, json=_chat("slow-model"), timeout=10)
     assert slow.status_code == 504, slow.text
     assert _openai_error(slow)["type"] == "timeout_error"
 
 
 def test_picker_replies_keep_their_own_json(fleet: Fleet) -> None:
     """The local-reply mappers must leave the picker's ImmediateResponses untouched."""
-    response = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", json=_chat("nobody"))
+    response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=_chat("nobody"))
     assert response.status_code == 404
     assert _openai_error(response)["code"] == "model_not_found"
-    response = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", json=_chat(MODEL, "x" * 5000))
+    response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions",
+                               json=_chat(MODEL, "x" * 5000))
     assert (response.status_code, _openai_error(response)["code"]) == (413, "body_too_large")
     assert "4096" in str(_openai_error(response)["message"])  # the picker's wording
 
@@ -87,16 +89,16 @@ def test_models_list_through_envoy(fleet: Fleet) -> None:
     assert client.models.retrieve(MODEL).id == MODEL
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("nobody")
-    head = httpx.head(f"{fleet.envoy_url}/v1/models", timeout=5.0)
+    head = loopback().head(f"{fleet.envoy_url}/v1/models", timeout=5.0)
     assert head.status_code == 200 and head.headers["content-type"] == "application/json"
 
 
 def test_access_log_one_json_line_per_request(fleet: Fleet) -> None:
     """Item 11: with log.access, one JSON line per request; no prompt text, no api key."""
-    response = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", json=_chat(MODEL),
+    response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=_chat(MODEL),
                           headers={"x-request-id": "req-access-1"})
     assert response.status_code == 200
-    httpx.post(f"{fleet.envoy_url}/v1/chat/completions", json=_chat("nobody"),
+    loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=_chat("nobody"),
                headers={"x-request-id": "req-access-2"})
     log_path = fleet.processes["picker"].log_path
 
@@ -119,7 +121,7 @@ def test_access_log_one_json_line_per_request(fleet: Fleet) -> None:
 def test_client_values_in_the_access_log_are_capped(fleet: Fleet) -> None:
     """Issue 30 item 14: a 5 KB request id and a 10 KB strategy name were written whole."""
     request_id = "req-long-" + "i" * 5000
-    response = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", json=_chat(MODEL),
+    response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=_chat(MODEL),
                           headers={"x-request-id": request_id,
                                    "x-routing-strategy": "s" * 10_000})
     assert response.status_code == 400  # an unknown strategy

@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from picker.fleet.circuit import CircuitSettings
+from picker_bench.loopback import loopback
 from picker_bench.stack import Fleet, SimSpec, local_fleet
 from tests.integration.conftest import (
     FAST_HEALTH,
@@ -85,7 +86,7 @@ def test_unknown_model_is_404_with_openai_error(rr_fleet: Fleet) -> None:
     ],
 )
 def test_bad_bodies_are_400_with_json_error(rr_fleet: Fleet, body: bytes, fragment: str) -> None:
-    response = httpx.post(
+    response = loopback().post(
         f"{rr_fleet.envoy_url}/v1/chat/completions", content=body,
         headers={"content-type": "application/json"}, timeout=5.0,
     )
@@ -97,10 +98,10 @@ def test_bad_bodies_are_400_with_json_error(rr_fleet: Fleet, body: bytes, fragme
 
 def assert_method_and_encoding_named(envoy_url: str) -> None:
     """A GET of an inference path is a 405, a compressed body a 415, each saying why."""
-    got = httpx.get(f"{envoy_url}/v1/chat/completions", timeout=5.0)
+    got = loopback().get(f"{envoy_url}/v1/chat/completions", timeout=5.0)
     assert got.status_code == 405 and got.headers["allow"] == "POST"
     assert got.json()["error"]["message"] == "/v1/chat/completions takes POST, not GET"
-    gzipped = httpx.post(f"{envoy_url}/v1/chat/completions", content=b"\x1f\x8b",
+    gzipped = loopback().post(f"{envoy_url}/v1/chat/completions", content=b"\x1f\x8b",
                          headers={"content-type": "application/json",
                                   "content-encoding": "gzip"}, timeout=5.0)
     assert gzipped.status_code == 415
@@ -152,7 +153,7 @@ def test_in_flight_returns_to_zero_after_burst_with_cancelled_streams(rr_fleet: 
     assert outcomes.get((("outcome", "completed"),), 0) >= 12
 
     def cancelled_at_sims() -> int:
-        return sum(httpx.get(f"{rr_fleet.sim_url(w)}/sim/stats").json()["cancelled"]
+        return sum(loopback().get(f"{rr_fleet.sim_url(w)}/sim/stats").json()["cancelled"]
                    for w in ("sim-a", "sim-b", "sim-c"))
 
     # The engine learns of a reset when Envoy passes it on, which may come after the picker's
@@ -198,7 +199,7 @@ def test_upstream_failure_releases_the_slot() -> None:
     with local_fleet(sims, policy="round_robin") as fleet:
         # As many failures as the circuit breaker takes before it opens (then 503s follow).
         for _ in range(CircuitSettings().failure_threshold):
-            response = httpx.post(
+            response = loopback().post(
                 f"{fleet.envoy_url}/v1/chat/completions",
                 json={"model": MODEL, "messages": MESSAGES}, timeout=5.0,
             )
@@ -213,8 +214,8 @@ def test_a_body_over_a_megabyte_arrives_whole(rr_fleet: Fleet) -> None:
     for the same body sent to it directly)."""
     body = {"model": MODEL, "max_tokens": 1,
             "messages": [{"role": "user", "content": "lorem ipsum " * 120_000}]}
-    through = httpx.post(f"{rr_fleet.envoy_url}/v1/chat/completions", json=body, timeout=30)
+    through = loopback().post(f"{rr_fleet.envoy_url}/v1/chat/completions", json=body, timeout=30)
     assert through.status_code == 200, through.text[:300]
-    direct = httpx.post(f"{rr_fleet.sim_url(through.headers[SIM_HEADER])}/v1/chat/completions",
+    direct = loopback().post(f"{rr_fleet.sim_url(through.headers[SIM_HEADER])}/v1/chat/completions",
                         json=body, timeout=30)
     assert through.json()["usage"]["prompt_tokens"] == direct.json()["usage"]["prompt_tokens"]

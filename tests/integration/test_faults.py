@@ -7,6 +7,7 @@ import time
 
 import httpx
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import SimSpec, local_fleet
 from tests.integration.conftest import MODEL, SIM_HEADER, metric_values, total_in_flight, wait_until
 
@@ -106,7 +107,7 @@ def test_engine_that_never_answers_is_bounded_by_timeouts() -> None:
     settings = {"health": {"interval_secs": 30}, "limits": {"timeout_secs": 2}}
     with local_fleet(sims, picker_settings=settings, route_timeout="1s") as fleet:
         started = time.monotonic()
-        response = httpx.post(f"{fleet.envoy_url}/v1/chat/completions",
+        response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions",
                               json={"model": MODEL, "messages": MESSAGES}, timeout=30)
         assert response.status_code == 504  # Envoy's route timeout
         assert time.monotonic() - started < 5

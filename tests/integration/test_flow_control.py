@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 import httpx
 import pytest
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import Fleet, SimSpec, free_port, local_fleet, start_sims
 from tests.browser import Chromium, find_chromium
 from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER, metric_values, wait_until
@@ -122,7 +123,7 @@ def test_waiting_past_the_ttl_is_503_with_retry_after(fleet: Fleet) -> None:
     assert expired.json()["error"]["code"] == "ttl_expired"
     expired_count = metric_values(fleet, "llm_picker_flow_requests_total")
     assert expired_count[(("flow", "late"), ("outcome", "ttl_expired"), ("priority", "0"))] >= 1
-    records = httpx.get(f"{fleet.admin_url}/debug/decisions").json()["decisions"]
+    records = loopback().get(f"{fleet.admin_url}/debug/decisions").json()["decisions"]
     refusal = next(r for r in records if r["flow"] and r["flow"]["flow"] == "late")
     assert (refusal["policy"], refusal["worker"], refusal["reason"]) == \
         ("flow_control", None, "ttl_expired")
@@ -148,7 +149,7 @@ def test_the_status_page_shows_the_queues_and_records_say_how_long_a_request_wai
         [(10, "patient", 1)]
     assert 0 < waiting[0]["oldest_wait_secs"] < 5
     assert served.status_code == 200
-    records = httpx.get(f"{fleet.admin_url}/debug/decisions").json()["decisions"]
+    records = loopback().get(f"{fleet.admin_url}/debug/decisions").json()["decisions"]
     record = next(r for r in records if r["flow"] and r["flow"]["flow"] == "patient")
     assert record["worker"] == "a" and record["flow"]["priority"] == 10
     assert record["flow"]["waited_secs"] > 0.1
@@ -177,7 +178,7 @@ def test_a_client_hanging_up_while_queued_frees_its_place() -> None:
 
 def test_client_flow_headers_are_ignored_unless_trusted() -> None:
     with flow_fleet(trust_client_headers=False) as fleet:
-        response = httpx.post(f"{fleet.envoy_url}/v1/chat/completions",
+        response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions",
                               json={"model": MODEL, "max_tokens": 1,
                                     "messages": [{"role": "user", "content": "hi"}]},
                               headers=headers("tenant-a", "interactive"), timeout=10)

@@ -24,6 +24,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llm_picker.envoy_config import ext_proc_config
+from picker_bench.loopback import loopback
 from picker_bench.stack import ENVOY_DIR, Fleet, SimSpec, free_port, local_fleet
 from tests.integration.conftest import (
     FAST_HEALTH,
@@ -99,7 +100,7 @@ def test_200_chunk_stream_arrives_as_the_engine_sent_it(gateway_fleet: Fleet) ->
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 200, "stream": True}
 
     def normalised(url: str) -> tuple[bytes, str]:
-        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as r:
+        with loopback().stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as r:
             raw = r.read()
             worker = r.headers[SIM_HEADER]
         raw = re.sub(rb'"id": "chatcmpl-[^"]+"', b'"id": "ID"', raw)
@@ -165,7 +166,7 @@ def test_grpc_health_services_over_the_self_signed_tls(gateway_fleet: Fleet) -> 
     assert check("no-such-service") == -1
     # Readiness follows the workers: none routable -> NOT_SERVING, liveness unaffected.
     for worker in ("sim-a", "sim-b"):
-        httpx.post(f"{gateway_fleet.sim_url(worker)}/sim/control", json={"health_status": 503})
+        loopback().post(f"{gateway_fleet.sim_url(worker)}/sim/control", json={"health_status": 503})
     try:
         wait_until(lambda: check("readiness") == health_pb2.HealthCheckResponse.NOT_SERVING,
                    what="readiness NOT_SERVING")
@@ -173,7 +174,8 @@ def test_grpc_health_services_over_the_self_signed_tls(gateway_fleet: Fleet) -> 
         assert check("liveness") == serving
     finally:
         for worker in ("sim-a", "sim-b"):
-            httpx.post(f"{gateway_fleet.sim_url(worker)}/sim/control", json={"health_status": 200})
+            loopback().post(f"{gateway_fleet.sim_url(worker)}/sim/control",
+                            json={"health_status": 200})
     wait_until(lambda: check("readiness") == serving, what="readiness SERVING again")
 
 

@@ -10,9 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
+from picker_bench.loopback import loopback
 from tests.gie_chart import CONFIG_MOUNT, epp_args, probe_services, with_values
 from tests.integration.conftest import wait_until
 
@@ -28,7 +28,7 @@ def test_default_chart_invocation_routes_through_envoy() -> None:
         wait_until(lambda: picker.serving(readiness), 20, "the readiness probe's service")
         assert picker.serving(liveness)
         # The chart's metrics port (9090) serves the picker's metrics.
-        metrics = httpx.get(f"http://127.0.0.1:{picker.metrics_port}/metrics", timeout=5)
+        metrics = loopback().get(f"http://127.0.0.1:{picker.metrics_port}/metrics", timeout=5)
         assert metrics.status_code == 200 and "llm_picker_worker_healthy" in metrics.text
         # The EndpointPickerConfig's profile (queue 2, kv 2, prefix 3) is the policy; the log
         # is JSON lines (--zap-encoder json) naming what the chart's defaults ask that the
@@ -37,7 +37,7 @@ def test_default_chart_invocation_routes_through_envoy() -> None:
         assert "policy weighted" in log, log
         assert '"level": "warning"' in log and "--metrics-endpoint-auth=true" in log
         assert routed_through_envoy(picker) <= {"sim-a", "sim-b"}
-        decisions = httpx.get(f"http://127.0.0.1:{picker.metrics_port}/metrics").text
+        decisions = loopback().get(f"http://127.0.0.1:{picker.metrics_port}/metrics").text
         assert 'llm_picker_decisions_total{policy="weighted"' in decisions
 
 

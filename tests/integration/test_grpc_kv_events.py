@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from picker.fleet.worker_spec import ConnectionMode, KvEventsEndpoint, RuntimeType, WorkerSpec
+from picker_bench.loopback import loopback
 from picker_bench.stack import Fleet, free_port, local_fleet
 from picker_bench.tokenizer_dirs import build_tokenizer_dir
 from picker_sim.grpc_server import SERVICE
@@ -33,7 +34,7 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def stored(fleet: Fleet) -> dict[str, float]:
     """llm_picker_kv_events_total{event="stored"} by worker, from the picker's metrics."""
-    text = httpx.get(f"{fleet.admin_url}/metrics", timeout=5).text
+    text = loopback().get(f"{fleet.admin_url}/metrics", timeout=5).text
     return {sample.labels["worker"]: sample.value
             for family in text_string_to_metric_families(text)
             if family.name == "llm_picker_kv_events"

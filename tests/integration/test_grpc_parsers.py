@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import Fleet, SimSpec, local_fleet, start_sims
 from picker_bench.tokenizer_dirs import build_tokenizer_dir
 from tests.integration.conftest import FAST_HEALTH
@@ -148,7 +148,7 @@ def test_smg_gives_the_same_answer_for_the_same_output(
             # Only the output's count: with `tools` the two render different prompts (SMG 1.13
             # 345 tokens, the picker 327 for this chat), the tokenizer's concern, not the parsers'.
             assert ours["usage"]["completion_tokens"] == theirs["usage"]["completion_tokens"]
-            streamed = httpx.post(f"{smg}/v1/chat/completions", timeout=10,
+            streamed = loopback().post(f"{smg}/v1/chat/completions", timeout=10,
                                   json=chat("qwen-model", stream=True))
             smg_events = [json.loads(line[6:]) for line in streamed.text.splitlines()
                           if line.startswith("data: {")]

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 
 from picker.tokens import load_tokenizer
+from picker_bench.loopback import loopback
 from picker_bench.stack import Fleet, SimSpec, free_port, local_fleet
 from picker_bench.tokenizer_dirs import build_tokenizer_dir
 from tests.integration.conftest import MODEL
@@ -81,7 +81,7 @@ def prompt_tokens(directory: Path, body: dict[str, object]) -> int:
 def test_non_streamed_chat_is_decoded_from_the_prefilled_room(
         fleet: Fleet, tokenizer_dir: Path) -> None:
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 7}
-    response = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", json=body, timeout=30,
+    response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=body, timeout=30,
                           headers={"x-request-id": "pd-plain-1"})
     assert response.status_code == 200, response.text
     answer = response.json()
@@ -118,14 +118,14 @@ def test_streamed_chat_arrives_as_sse_with_usage(fleet: Fleet, tokenizer_dir: Pa
 
 def test_each_request_gets_a_room_of_its_own(fleet: Fleet) -> None:
     for i in range(3):
-        response = httpx.post(f"{fleet.envoy_url}/v1/completions", timeout=30,
+        response = loopback().post(f"{fleet.envoy_url}/v1/completions", timeout=30,
                               headers={"x-request-id": f"pd-room-{i}"},
                               json={"model": MODEL, "prompt": f"tell {i}", "max_tokens": 2})
         assert response.status_code == 200, response.text
     wait_until(lambda: "pd-room-2" in rooms(fleet, "p0"), what="the prefill sim's PD lines")
     decoded = rooms(fleet, "d0")
     assert len({decoded[f"pd-room-{i}"][0] for i in range(3)}) == 3
-    routers = httpx.get(f"{fleet.admin_url}/routers", timeout=5).json()["routers"]
+    routers = loopback().get(f"{fleet.admin_url}/routers", timeout=5).json()["routers"]
     assert [r["router"] for r in routers] == ["grpc-pd"]
 
 
@@ -141,10 +141,10 @@ def test_a_killed_prefill_engine_means_the_next_pair_then_a_503(tokenizer_dir: P
         # policy may prefer p1, as in the HTTP test), bounded.
         for _ in range(30):
             statuses.append(post(fleet, "/v1/chat/completions", body).status_code)
-            if failure in httpx.get(f"{fleet.admin_url}/metrics", timeout=5).text:
+            if failure in loopback().get(f"{fleet.admin_url}/metrics", timeout=5).text:
                 break
         assert statuses == [200] * len(statuses)  # the dead prefill was tried, then p1
-        assert failure in httpx.get(f"{fleet.admin_url}/metrics", timeout=5).text
+        assert failure in loopback().get(f"{fleet.admin_url}/metrics", timeout=5).text
         fleet.processes["sim-p1"].stop()
         refused = post(fleet, "/v1/chat/completions", body)
         assert refused.status_code == 503, refused.text

@@ -18,6 +18,7 @@ from smg_grpc_proto.generated import sglang_scheduler_pb2 as upstream
 from tokenizers import Tokenizer
 
 from picker.tokens import load_tokenizer
+from picker_bench.loopback import loopback
 from picker_bench.stack import ENVOY_DIR, Fleet, SimSpec, free_port, local_fleet
 from picker_bench.tokenizer_dirs import build_tokenizer_dir
 from picker_sim.token_vocab import SimVocabulary
@@ -66,7 +67,7 @@ def expected_text(directory: Path, tokens: int) -> str:
 
 
 def post(fleet: Fleet, path: str, body: dict[str, Any]) -> httpx.Response:
-    return httpx.post(f"{fleet.envoy_url}{path}", json=body, timeout=30)
+    return loopback().post(f"{fleet.envoy_url}{path}", json=body, timeout=30)
 
 
 def events(response: httpx.Response) -> list[Any]:
@@ -154,7 +155,7 @@ def test_an_engine_error_is_an_openai_error(fleet: Fleet, stream: bool) -> None:
 
 def test_every_lease_is_released(fleet: Fleet) -> None:
     def in_flight() -> float:
-        text = httpx.get(f"{fleet.admin_url}/metrics", timeout=5).text
+        text = loopback().get(f"{fleet.admin_url}/metrics", timeout=5).text
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith("llm_picker_worker_in_flight"))
     post(fleet, "/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "max_tokens": 3})
@@ -173,7 +174,7 @@ def test_a_model_on_http_and_grpc_workers_keeps_each_request_within_one_router(
                      picker_settings={"extproc": {"tls": "self_signed", "fallbacks": 1},
                                       "enable_igw": True, **FAST_HEALTH}) as mixed:
         long = {"model": MODEL, "messages": MESSAGES, "max_tokens": 60, "stream": True}
-        with httpx.stream("POST", f"{mixed.envoy_url}/v1/chat/completions", json=long,
+        with loopback().stream("POST", f"{mixed.envoy_url}/v1/chat/completions", json=long,
                           timeout=30) as streaming:
             assert streaming.headers[SIM_HEADER] == "h-mixed"
             lines = streaming.iter_lines()
@@ -193,11 +194,11 @@ def test_a_model_on_http_and_grpc_workers_keeps_each_request_within_one_router(
 
 def test_a_client_that_hangs_up_mid_stream_makes_the_picker_send_abort(fleet: Fleet) -> None:
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 400, "stream": True}
-    finished = httpx.post(f"{fleet.envoy_url}/v1/chat/completions",
+    finished = loopback().post(f"{fleet.envoy_url}/v1/chat/completions",
                           json={**body, "max_tokens": 3}, headers={"x-request-id": "whole-1"},
                           timeout=30)
     assert finished.text.endswith("data: [DONE]\n\n")
-    with httpx.stream("POST", f"{fleet.envoy_url}/v1/chat/completions", json=body,
+    with loopback().stream("POST", f"{fleet.envoy_url}/v1/chat/completions", json=body,
                       headers={"x-request-id": "hang-up-1"}, timeout=30) as streaming:
         assert streaming.status_code == 200
         next(streaming.iter_lines())  # generating: 400 tokens take the sim ~1 s
@@ -267,7 +268,7 @@ def test_a_stop_string_ends_the_answer_before_it_and_aborts_the_generation(
     stop = full.split()[4]  # a word a few tokens in
     rid = f"stop-{stream}"
     started = time.monotonic()
-    response = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", timeout=30,
+    response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", timeout=30,
                           headers={"x-request-id": rid},
                           json={"model": MODEL, "messages": MESSAGES, "max_tokens": 300,
                                 "stop": [stop], "stream": stream})

@@ -23,6 +23,7 @@ from smg_grpc_proto.generated import sglang_scheduler_pb2 as pb
 from smg_grpc_proto.generated import sglang_scheduler_pb2_grpc as pb_grpc
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import Process, SimSpec, free_port, spawn, start_sims, wait_http
 from picker_sim.engine import WORDS, SimConfig
 from picker_sim.grpc_server import serve_grpc
@@ -258,7 +259,7 @@ def test_smg_routes_chat_and_completions_to_the_grpc_sim(tmp_path: Path) -> None
             usage = answer["usage"]
             assert (usage["prompt_tokens"], usage["completion_tokens"]) == (len(prompt_ids), 5)
             # The same prompt again: its full blocks of 4 are served from the sim's cache.
-            streamed = httpx.post(f"{smg}/v1/chat/completions", timeout=10, json={
+            streamed = loopback().post(f"{smg}/v1/chat/completions", timeout=10, json={
                 **body, "stream": True, "stream_options": {"include_usage": True}})
             events = [json.loads(line[6:]) for line in streamed.text.splitlines()
                       if line.startswith("data: {")]
@@ -267,7 +268,7 @@ def test_smg_routes_chat_and_completions_to_the_grpc_sim(tmp_path: Path) -> None
             assert text == expected
             cached = events[-1]["usage"]["prompt_tokens_details"]["cached_tokens"]
             assert cached == len(prompt_ids) // 4 * 4
-            completion = httpx.post(f"{smg}/v1/completions", timeout=10, json={
+            completion = loopback().post(f"{smg}/v1/completions", timeout=10, json={
                 "model": MODEL, "prompt": "hello there", "max_tokens": 3}).json()
             assert completion["choices"][0]["text"] == "the quick brown"
             assert completion["usage"]["prompt_tokens"] == 2
@@ -276,13 +277,15 @@ def test_smg_routes_chat_and_completions_to_the_grpc_sim(tmp_path: Path) -> None
 
 
 def post_until_served(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    """SMG registers the worker and fetches its tokenizer after it answers /health; a request
-    before the tokenizer is in is a 503 (bounded wait)."""
+    """SMG registers the worker and fetches its tokenizer after it answers /health: a request
+    before the worker is registered is a 404 naming no worker for the model, one before the
+    tokenizer is in a 503 (bounded wait)."""
     answers: list[httpx.Response] = []
 
     def served() -> bool:
-        answers.append(httpx.post(url, json=body, timeout=10))
-        return answers[-1].status_code != 503
+        answers.append(loopback().post(url, json=body, timeout=10))
+        unregistered = answers[-1].status_code == 404 and "No worker" in answers[-1].text
+        return answers[-1].status_code != 503 and not unregistered
 
     wait_until(served, timeout=15, what=f"SMG serving {url}")
     assert answers[-1].status_code == 200, answers[-1].text

@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-import httpx
-
 from picker_bench.health_scale import delete_workers, register_workers, unreachable_urls
+from picker_bench.loopback import loopback
 from picker_bench.stack import Fleet, SimSpec, local_fleet
 from tests.integration.conftest import MODEL
 
@@ -28,7 +27,7 @@ def live_engines_keep_up(fleet: Fleet, seconds: float) -> None:
     a chat completion through Envoy answered."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        listed = httpx.get(f"{fleet.admin_url}/workers", params={"model": MODEL},
+        listed = loopback().get(f"{fleet.admin_url}/workers", params={"model": MODEL},
                            timeout=10).json()["workers"]
         states = {w["id"]: w["state"] for w in listed}
         assert sorted(states) == ["a", "b"]
@@ -36,7 +35,7 @@ def live_engines_keep_up(fleet: Fleet, seconds: float) -> None:
             age = state["last_health_check_age_secs"]
             assert state["routable"], (worker_id, state)
             assert age is not None and age < INTERVAL * FAILURES, (worker_id, state)
-        response = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", timeout=10, json={
+        response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", timeout=10, json={
             "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
         assert response.status_code == 200, response.text
         time.sleep(0.2)
@@ -49,6 +48,6 @@ def test_unreachable_workers_cost_live_ones_nothing_and_deleting_them_recovers()
         asyncio.run(register_workers(fleet.admin_url, dead))
         live_engines_keep_up(fleet, seconds=4.0)
         asyncio.run(delete_workers(fleet.admin_url, dead))
-        total = httpx.get(f"{fleet.admin_url}/workers", timeout=10).json()["total"]
+        total = loopback().get(f"{fleet.admin_url}/workers", timeout=10).json()["total"]
         assert total == 2
         live_engines_keep_up(fleet, seconds=3.0)

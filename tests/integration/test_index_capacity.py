@@ -11,8 +11,7 @@ from __future__ import annotations
 import random
 import time
 
-import httpx
-
+from picker_bench.loopback import loopback
 from picker_bench.stack import SimSpec, free_port, local_fleet
 from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER
 
@@ -32,7 +31,7 @@ def test_sessions_are_not_forgotten_before_the_engine_forgets_them() -> None:
                 "prefix": {"enabled": True, "block_size": 64}}
     with local_fleet(sims, policy="prefix_cache", picker_settings=settings) as fleet:
         def send(messages: list[dict[str, str]]) -> str:
-            response = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", timeout=10, json={
+            response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", timeout=10, json={
                 "model": MODEL, "max_tokens": 1, "messages": messages})
             assert response.status_code == 200
             time.sleep(0.06)  # a scrape between requests, as under steady traffic
@@ -50,5 +49,5 @@ def test_sessions_are_not_forgotten_before_the_engine_forgets_them() -> None:
                         {"role": "user", "content": _words(rng, 10)}]
             sticky += send(history) == first
         assert sticky == 6
-        metrics = httpx.get(f"{fleet.admin_url}/metrics").text
+        metrics = loopback().get(f"{fleet.admin_url}/metrics").text
         assert "llm_picker_prefix_units_per_token" in metrics

@@ -9,10 +9,10 @@ import time
 from typing import Any
 
 import grpc
-import httpx
 
 from extproc._pb import PROCESS_METHOD
 from extproc._pb import ext_proc_pb2 as pb
+from picker_bench.loopback import loopback
 from picker_bench.stack import SimSpec, free_port, local_fleet, start_picker
 from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER
 from tests.unit.test_extproc_stream import body_msg, headers_msg, set_headers
@@ -39,7 +39,7 @@ def decide(extproc_port: int, body: dict[str, Any]) -> str:
 
 
 def match_buckets(admin_port: int) -> dict[str, float]:
-    text = httpx.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).text
+    text = loopback().get(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).text
     buckets: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("llm_picker_routing_decisions_total{"):
@@ -72,7 +72,7 @@ def test_replicas_following_kv_events_agree_after_traffic_only_one_routed() -> N
         try:
             homes = set()
             for i in range(4):  # only the Envoy-fronted picker sees this traffic
-                response = httpx.post(f"{fleet.envoy_url}/v1/chat/completions",
+                response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions",
                                       json=chat(f"question {i}"), timeout=10)
                 assert response.status_code == 200, response.text
                 homes.add(response.headers[SIM_HEADER])

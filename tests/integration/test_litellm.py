@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from picker_bench.loopback import loopback
+
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # before litellm is imported: no network
 
 import asyncio
@@ -186,7 +188,6 @@ def test_in_flight_returns_to_zero_after_streams_and_failures(
 
 
 def test_picker_metrics_on_its_admin_port_when_enabled(engines: tuple[list[str], dict]) -> None:
-    import httpx
 
     from picker_bench.stack import free_port
 
@@ -196,9 +197,9 @@ def test_picker_metrics_on_its_admin_port_when_enabled(engines: tuple[list[str],
     port = free_port()
     PickerStrategy.attach(router, policy="least_load", admin={"enabled": True, "port": port})
     router.completion(model="my-model", messages=MESSAGES, max_tokens=2)
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    text = loopback().get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     assert 'llm_picker_decisions_total{policy="least_load"' in text
-    listed = httpx.get(f"http://127.0.0.1:{port}/workers", timeout=5).json()
+    listed = loopback().get(f"http://127.0.0.1:{port}/workers", timeout=5).json()
     assert listed["total"] == 3
 
 

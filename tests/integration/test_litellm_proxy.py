@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from picker.tokens import load_tokenizer
+from picker_bench.loopback import loopback
 from picker_bench.stack import Process, SimSpec, free_port, spawn, start_sims, wait_http
 from picker_bench.tokenizer_dirs import build_tokenizer_dir
 from tests.integration.test_grpc_route import expected_text
@@ -111,7 +112,7 @@ def test_least_queue_in_the_proxy_reads_the_engines_queues(tmp_path: Path) -> No
     with proxy(tmp_path, env) as (url, sims, process):
         wait_http(process, f"{url}/health/liveliness", timeout=90)
         for spec, waiting in zip(sims, (9, 0), strict=True):
-            httpx.post(f"http://127.0.0.1:{spec.port}/sim/control",
+            loopback().post(f"http://127.0.0.1:{spec.port}/sim/control",
                        json={"extra_waiting": waiting}, timeout=5).raise_for_status()
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=MASTER_KEY, max_retries=0)
         ask = {"model": "my-model", "messages": [{"role": "user", "content": "hi"}],
@@ -119,7 +120,8 @@ def test_least_queue_in_the_proxy_reads_the_engines_queues(tmp_path: Path) -> No
         # No request yet: the picker follows the proxy's model list from start-up.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            workers = httpx.get(f"http://127.0.0.1:{admin}/workers", timeout=5).json()["workers"]
+            workers = loopback().get(f"http://127.0.0.1:{admin}/workers",
+                                     timeout=5).json()["workers"]
             if len(workers) == 2 and all("engine" in w["state"] for w in workers):
                 break
             time.sleep(0.1)
@@ -151,9 +153,9 @@ def test_the_explain_header_through_the_proxy_only_when_allowed_and_asked(
         ask = {"model": "my-model", "messages": [{"role": "user", "content": "hi"}],
                "max_tokens": 1}
         headers = {"authorization": f"Bearer {MASTER_KEY}"}
-        plain = httpx.post(f"{url}/v1/chat/completions", json=ask, headers=headers, timeout=30)
+        plain = loopback().post(f"{url}/v1/chat/completions", json=ask, headers=headers, timeout=30)
         assert plain.status_code == 200 and "x-llm-picker-explain" not in plain.headers
-        asked = httpx.post(f"{url}/v1/chat/completions", json=ask, timeout=30,
+        asked = loopback().post(f"{url}/v1/chat/completions", json=ask, timeout=30,
                            headers={**headers, "x-llm-picker-explain": "1"})
         assert asked.status_code == 200
         line = asked.headers["x-llm-picker-explain"]
@@ -207,7 +209,7 @@ def test_flow_control_in_the_proxy_quotas_and_ttl_answer_with_retry_after(
 
 def running(spec: SimSpec) -> float:
     """The sim's own count of requests running (vLLM's gauge)."""
-    text = httpx.get(f"http://127.0.0.1:{spec.port}/metrics", timeout=5).text
+    text = loopback().get(f"http://127.0.0.1:{spec.port}/metrics", timeout=5).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("vllm:num_requests_running"))
 
@@ -245,7 +247,7 @@ def test_grpc_deployments_through_the_provider_chosen_by_the_picker(tmp_path: Pa
         usage = chunks[-1].usage
         assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (prompt, 8)
         # A request the engine's Generate call cannot carry: the provider's 400, named.
-        refused = httpx.post(f"{url}/v1/chat/completions", timeout=30, headers={
+        refused = loopback().post(f"{url}/v1/chat/completions", timeout=30, headers={
             "authorization": f"Bearer {MASTER_KEY}"}, json={
             "model": "my-model", "messages": messages, "n": 2})
         assert refused.status_code == 400 and "n must be 1" in refused.text

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import litellm
 import pytest
 
@@ -18,6 +17,7 @@ from litellm_plugin import PickerStrategy
 from picker.errors import ConfigError
 from picker.fleet.registry import Worker
 from picker.trace.line import parse_line
+from picker_bench.loopback import loopback
 from picker_bench.stack import Process, SimSpec, start_sims
 from tests.waiting import wait_until
 
@@ -39,7 +39,7 @@ def base(spec: SimSpec) -> str:
 
 
 def control(spec: SimSpec, **knobs: object) -> None:
-    httpx.post(f"http://127.0.0.1:{spec.port}/sim/control", json=knobs,
+    loopback().post(f"http://127.0.0.1:{spec.port}/sim/control", json=knobs,
                timeout=5).raise_for_status()
 
 

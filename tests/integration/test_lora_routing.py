@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import Fleet, SimSpec, local_fleet
 from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER, wait_until
 
@@ -42,7 +43,7 @@ def fleet(request: pytest.FixtureRequest) -> Iterator[Fleet]:
 
 def ask(fleet: Fleet, model: str, strategy: str | None = None) -> str:
     headers = {"x-routing-strategy": strategy} if strategy else {}
-    response = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", headers=headers,
+    response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", headers=headers,
                           timeout=20, json={"model": model, "max_tokens": 2,
                                             "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 200, response.text
@@ -52,7 +53,7 @@ def ask(fleet: Fleet, model: str, strategy: str | None = None) -> str:
 
 def lora_running(fleet: Fleet) -> dict[str, list[str]]:
     """What the picker last scraped: each worker's adapters with requests."""
-    workers = httpx.get(f"{fleet.admin_url}/workers", timeout=5).json()["workers"]
+    workers = loopback().get(f"{fleet.admin_url}/workers", timeout=5).json()["workers"]
     return {w["id"]: w["state"].get("engine", {}).get("lora", {}).get("running", [])
             for w in workers}
 
@@ -95,11 +96,11 @@ def test_a_new_adapter_lands_where_a_place_is_free_never_on_a_full_engine(
 def test_an_adapter_no_engine_serves_is_loaded_once_then_routed_there(fleet: Fleet) -> None:
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         first = Counter(pool.map(lambda _: ask(fleet, "fin"), range(6)))
-    stats = {sim: httpx.get(f"{fleet.sim_url(sim)}/sim/stats").json() for sim in ADAPTERS}
+    stats = {sim: loopback().get(f"{fleet.sim_url(sim)}/sim/stats").json() for sim in ADAPTERS}
     loaded = [sim for sim, s in stats.items() if "fin" in s["lora_adapters"]]
     assert sum(s["lora_load_calls"] for s in stats.values()) == 1, stats
     assert len(loaded) == 1 and first == {loaded[0]: 6}
     later = Counter(ask(fleet, "fin") for _ in range(6))
     assert later == {loaded[0]: 6}
-    assert sum(httpx.get(f"{fleet.sim_url(sim)}/sim/stats").json()["lora_load_calls"]
+    assert sum(loopback().get(f"{fleet.sim_url(sim)}/sim/stats").json()["lora_load_calls"]
                for sim in ADAPTERS) == 1

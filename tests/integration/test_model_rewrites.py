@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-import httpx
 import pytest
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import SimSpec, local_fleet
 from tests.integration.conftest import FAST_HEALTH, SIM_HEADER
 
@@ -27,11 +27,11 @@ def test_a_rewritten_request_reaches_an_engine_serving_the_target(body_mode: str
         for i in range(40):
             body = {"model": "food", "max_tokens": 2, "stream": i % 2 == 0,
                     "messages": [{"role": "user", "content": f"dish {i}"}]}
-            response = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", json=body,
+            response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=body,
                                   timeout=10)
             assert response.status_code == 200, response.text
             served[response.headers[SIM_HEADER]] += 1
-        metrics = httpx.get(f"{fleet.admin_url}/metrics").text
+        metrics = loopback().get(f"{fleet.admin_url}/metrics").text
     assert served["v1"] > 0 and served["v2"] > 0, served
     for worker, target in (("v1", "food-v1"), ("v2", "food-v2")):
         line = (f'llm_picker_model_rewrite_decisions_total{{model="food",rule="food-ab",'

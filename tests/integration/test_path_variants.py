@@ -8,9 +8,9 @@ rewrites :path in ext_proc mode; envoy-authz.yaml's route does it in authz mode.
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import local_fleet
 from tests.http_stub import StubServer
 from tests.integration.conftest import MODEL
@@ -33,7 +33,7 @@ def test_a_trailing_slash_reaches_the_engine_as_the_path_it_serves(
     worker = {"url": engine.url, "id": "engine", "models": [MODEL]}
     with local_fleet([], picker_settings={"workers": [worker]}, authz=mode == "authz",
                      body_mode="BUFFERED" if mode == "authz" else mode) as fleet:
-        statuses = [httpx.post(f"{fleet.envoy_url}{sent}", json=CHAT, timeout=10).status_code
+        statuses = [loopback().post(f"{fleet.envoy_url}{sent}", json=CHAT, timeout=10).status_code
                     for sent, _ in CASES]
     assert statuses == [200] * len(CASES)
     assert [path for path, _, _ in engine.posts] == [served for _, served in CASES]
@@ -49,7 +49,7 @@ def test_an_engine_gets_the_form_of_an_api_path_the_client_used(
     rerank = {"model": MODEL, "query": "q", "documents": ["a"]}
     sent = ["/rerank", "/v2/rerank/", "/v1/rerank", "/score"]
     with local_fleet([], picker_settings={"workers": [worker]}, body_mode=mode) as fleet:
-        statuses = [httpx.post(f"{fleet.envoy_url}{path}", timeout=10,
+        statuses = [loopback().post(f"{fleet.envoy_url}{path}", timeout=10,
                                json=rerank if "rerank" in path else
                                {"model": MODEL, "text_1": "q", "text_2": "a"}).status_code
                     for path in sent]

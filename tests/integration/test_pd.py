@@ -8,10 +8,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import Fleet, SimSpec, free_port, local_fleet, start_sims
 
 MODEL = "pd-model"
@@ -45,14 +45,14 @@ def fleet(request: pytest.FixtureRequest) -> Iterator[Fleet]:
 
 
 def pd_report(fleet: Fleet, worker_id: str) -> dict[str, Any]:
-    answer = httpx.get(f"{fleet.sim_url(worker_id)}/sim/pd", timeout=5)
+    answer = loopback().get(f"{fleet.sim_url(worker_id)}/sim/pd", timeout=5)
     answer.raise_for_status()
     report: dict[str, Any] = answer.json()
     return report
 
 
 def in_flight(fleet: Fleet) -> int:
-    workers = httpx.get(f"{fleet.admin_url}/workers", timeout=5).json()["workers"]
+    workers = loopback().get(f"{fleet.admin_url}/workers", timeout=5).json()["workers"]
     return sum(int(w["state"]["in_flight"]) for w in workers)
 
 
@@ -103,14 +103,14 @@ def test_a_request_an_engine_refuses_is_the_clients_error_not_the_engines(fleet:
     it does not open the prefill engines' circuits for everyone else."""
     bad = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}
     for _ in range(4):
-        reply = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", json=bad, timeout=10)
+        reply = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=bad, timeout=10)
         assert reply.status_code == 400, reply.text
         assert "127.0.0.1" not in reply.text
     client = openai.OpenAI(base_url=f"{fleet.envoy_url}/v1", api_key="x", max_retries=0)
     for i in range(4):  # every pair still serves
         client.chat.completions.create(model=MODEL, max_tokens=2,
                                        messages=[{"role": "user", "content": f"ok {i}"}])
-    metrics = httpx.get(f"{fleet.admin_url}/metrics", timeout=5).text
+    metrics = loopback().get(f"{fleet.admin_url}/metrics", timeout=5).text
     assert "llm_picker_pd_prefill_failures_total{" not in metrics
     wait_idle(fleet)
 
@@ -118,7 +118,7 @@ def test_a_request_an_engine_refuses_is_the_clients_error_not_the_engines(fleet:
 def test_the_decode_engine_got_the_room_its_prefill_engine_filled() -> None:
     with local_fleet(pd_sims("sglang", prefills=1, decodes=1),
                      picker_settings={"enable_igw": True}) as fleet:
-        reply = httpx.post(f"{fleet.envoy_url}/v1/completions", timeout=10, json={
+        reply = loopback().post(f"{fleet.envoy_url}/v1/completions", timeout=10, json={
             "model": MODEL, "prompt": ["first prompt", "second prompt"], "max_tokens": 2})
         assert reply.status_code == 200, reply.text
         (entry,) = pd_report(fleet, "d0")["received"]
@@ -127,7 +127,7 @@ def test_the_decode_engine_got_the_room_its_prefill_engine_filled() -> None:
         assert all(0 <= room < 2**63 for room in rooms) and rooms[0] != rooms[1]
         assert entry["bootstrap_port"] == [fleet.sims["p0"].port] * 2
         assert pd_report(fleet, "p0")["held"] == 2
-        routers = httpx.get(f"{fleet.admin_url}/routers", timeout=5).json()
+        routers = loopback().get(f"{fleet.admin_url}/routers", timeout=5).json()
         assert routers["enable_igw"] is True
         assert [r["router"] for r in routers["routers"]] == ["http-pd"]
 
@@ -139,7 +139,7 @@ def test_a_nixl_prefill_that_stopped_early_sends_decode_the_clients_request() ->
     decode engine computes the prompt itself."""
     with local_fleet(pd_sims("nixl", prefills=1, decodes=1),
                      picker_settings={"enable_igw": True}) as fleet:
-        httpx.post(f"{fleet.sim_url('p0')}/sim/control", json={"prefill_stops_early": 1},
+        loopback().post(f"{fleet.sim_url('p0')}/sim/control", json={"prefill_stops_early": 1},
                    timeout=5).raise_for_status()
         client = openai.OpenAI(base_url=f"{fleet.envoy_url}/v1", api_key="x", max_retries=0)
         for i in range(6):
@@ -149,7 +149,7 @@ def test_a_nixl_prefill_that_stopped_early_sends_decode_the_clients_request() ->
         received = pd_report(fleet, "d0")["received"]
         assert len(received) == 6 and not any("kv_transfer_params" in e for e in received)
         assert len(pd_report(fleet, "p0")["received"]) == 6  # every request was prefilled
-        metrics = httpx.get(f"{fleet.admin_url}/metrics", timeout=5).text
+        metrics = loopback().get(f"{fleet.admin_url}/metrics", timeout=5).text
         assert "llm_picker_pd_prefill_failures_total{" not in metrics
         wait_idle(fleet)
 
@@ -162,7 +162,7 @@ def test_both_legs_carry_one_request_id(protocol: str) -> None:
                      picker_settings={"enable_igw": True}) as fleet:
         body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
         for headers in ({"x-request-id": "client-id-7"}, {}):
-            reply = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", json=body,
+            reply = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=body,
                                headers=headers, timeout=10)
             assert reply.status_code == 200, reply.text
         prefilled = [e.get("x-request-id") for e in pd_report(fleet, "p0")["received"]]
@@ -189,10 +189,10 @@ def test_a_killed_prefill_engine_makes_the_picker_choose_another_pair() -> None:
                 outcomes.append("ok")
             except openai.APIStatusError as error:
                 outcomes.append(str(error.status_code))
-            if failure in httpx.get(f"{fleet.admin_url}/metrics", timeout=5).text:
+            if failure in loopback().get(f"{fleet.admin_url}/metrics", timeout=5).text:
                 break
         assert outcomes == ["ok"] * len(outcomes)  # the dead prefill was tried, then the live one
-        assert failure in httpx.get(f"{fleet.admin_url}/metrics", timeout=5).text
+        assert failure in loopback().get(f"{fleet.admin_url}/metrics", timeout=5).text
         wait_idle(fleet)
 
 
@@ -200,7 +200,7 @@ def test_routers_appear_and_retire_with_their_workers(tmp_path: Any) -> None:
     regular = SimSpec("r0", MODEL, ["--ttft-ms", "1", "--tpot-ms", "1"])
     with local_fleet([regular], picker_settings={"enable_igw": True}) as fleet:
         def kinds() -> list[str]:
-            answer = httpx.get(f"{fleet.admin_url}/routers", timeout=5).json()
+            answer = loopback().get(f"{fleet.admin_url}/routers", timeout=5).json()
             return [r["router"] for r in answer["routers"]]
 
         assert kinds() == ["http-regular"]
@@ -208,16 +208,16 @@ def test_routers_appear_and_retire_with_their_workers(tmp_path: Any) -> None:
         procs = start_sims(extra, tmp_path)
         try:
             for spec in extra:
-                posted = httpx.post(f"{fleet.admin_url}/workers", timeout=10, json={
+                posted = loopback().post(f"{fleet.admin_url}/workers", timeout=10, json={
                     "url": f"http://127.0.0.1:{spec.port}", "id": spec.worker_id,
                     "models": [MODEL], **spec.worker})
                 assert posted.status_code == 201, posted.text
             assert kinds() == ["http-pd", "http-regular"]
-            reply = httpx.post(f"{fleet.envoy_url}/v1/completions", timeout=10, json={
+            reply = loopback().post(f"{fleet.envoy_url}/v1/completions", timeout=10, json={
                 "model": MODEL, "prompt": "hello", "max_tokens": 1})
             assert reply.headers["x-picker-sim-worker"] == "d0"  # PD preferred when complete
             for spec in extra:
-                gone = httpx.delete(f"{fleet.admin_url}/workers/{spec.worker_id}", timeout=10)
+                gone = loopback().delete(f"{fleet.admin_url}/workers/{spec.worker_id}", timeout=10)
                 assert gone.status_code == 200
             assert kinds() == ["http-regular"]
         finally:
@@ -231,7 +231,7 @@ def test_the_rewritten_body_reaches_decode_whole_in_both_body_modes(body_mode: s
     Content-Length would cut it, and the decode sim would refuse the JSON."""
     with local_fleet(pd_sims("nixl", prefills=1, decodes=1), body_mode=body_mode,
                      picker_settings={"enable_igw": True}) as fleet:
-        reply = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", timeout=10, json={
+        reply = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", timeout=10, json={
             "model": MODEL, "messages": [{"role": "user", "content": "hi " * 50}],
             "max_tokens": 2})
         assert reply.status_code == 200, reply.text
@@ -243,13 +243,13 @@ def test_the_explain_line_and_records_name_both_workers_of_the_pair() -> None:
     settings = {"enable_igw": True, "explain": {"enabled": True, "allow_header": True}}
     with local_fleet(pd_sims("sglang", prefills=1, decodes=1), policy="round_robin",
                      picker_settings=settings) as running:
-        answer = httpx.post(f"{running.envoy_url}/v1/chat/completions", timeout=10, headers={
+        answer = loopback().post(f"{running.envoy_url}/v1/chat/completions", timeout=10, headers={
             "x-llm-picker-explain": "1", "x-request-id": "pair-1"}, json={
             "model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
         answer.raise_for_status()
         line = answer.headers["x-llm-picker-explain"]
         assert "worker=d0; role=decode; prefill=p0;" in line, line
-        records = httpx.get(f"{running.admin_url}/debug/decisions", timeout=5).json()
+        records = loopback().get(f"{running.admin_url}/debug/decisions", timeout=5).json()
         halves = {(d["role"], d["worker"], d["pair"]) for d in records["decisions"]
                   if d["request_id"] == "pair-1"}
         assert halves == {("prefill", "p0", "d0"), ("decode", "d0", "p0")}

@@ -9,6 +9,7 @@ from collections import Counter
 import httpx
 import yaml
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import ENVOY_FAIL_OPEN, Fleet, SimSpec, local_fleet, start_picker
 from tests.integration.conftest import FAST_HEALTH, MODEL, metric_values
 from tests.waiting import wait_until
@@ -78,7 +79,7 @@ def test_fail_open_no_client_sees_the_picker_die() -> None:
         def routed_again() -> bool:
             """One more request, then whether the restarted picker decided any: under a
             loaded machine its start, or Envoy's reconnect to it, may outlast the load."""
-            assert httpx.post(f"{fleet.envoy_url}/v1/chat/completions", json=BODY,
+            assert loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=BODY,
                               timeout=5).status_code == 200
             return sum(metric_values(fleet, "llm_picker_decisions_total").values()) > 0
 

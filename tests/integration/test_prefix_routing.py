@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import httpx
 import pytest
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import SimSpec, free_port, local_fleet
 from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER
 
@@ -28,13 +28,13 @@ def test_shared_prefix_groups_stay_on_one_engine_and_hit_its_cache(tokenizer: st
             body = {"model": MODEL, "max_tokens": 1, "messages": [
                 {"role": "system", "content": system},
                 {"role": "user", "content": f"question {i}"}]}
-            response = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", json=body,
+            response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=body,
                                   timeout=10)
             assert response.status_code == 200
             homes[group].add(response.headers[SIM_HEADER])
         assert all(len(engines) == 1 for engines in homes.values()), homes
-        stats = [httpx.get(f"{fleet.sim_url(s.worker_id)}/sim/stats").json() for s in sims]
+        stats = [loopback().get(f"{fleet.sim_url(s.worker_id)}/sim/stats").json() for s in sims]
         hit_rate = sum(s["cached_tokens"] for s in stats) / sum(s["prompt_tokens"] for s in stats)
         assert hit_rate > 0.7, hit_rate  # 20 of 24 requests reuse their group's prompt
-        metrics = httpx.get(f"{fleet.admin_url}/metrics").text
+        metrics = loopback().get(f"{fleet.admin_url}/metrics").text
         assert "llm_picker_tokenizer_fallbacks_total 0.0" in metrics

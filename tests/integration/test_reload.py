@@ -5,9 +5,9 @@ from __future__ import annotations
 import signal
 from collections import Counter
 
-import httpx
 import yaml
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import SimSpec, local_fleet, start_sim
 from tests.integration.conftest import (
     FAST_HEALTH,
@@ -21,7 +21,8 @@ from tests.integration.conftest import (
 def served(fleet_url: str, n: int) -> Counter[str]:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
     return Counter(
-        httpx.post(f"{fleet_url}/v1/chat/completions", json=body, timeout=10).headers[SIM_HEADER]
+        loopback().post(f"{fleet_url}/v1/chat/completions", json=body,
+                        timeout=10).headers[SIM_HEADER]
         for _ in range(n)
     )
 
@@ -54,7 +55,7 @@ def test_file_change_adds_and_removes_workers_and_a_broken_file_is_rejected() ->
             config["workers"] = [w for w in config["workers"] if w["id"] != "a"]
             path.write_text(yaml.safe_dump(config))
             wait_until(lambda: set(served(fleet.envoy_url, 2)) == {"b"}, what="a drained")
-            listed = httpx.get(f"{fleet.admin_url}/workers").json()
+            listed = loopback().get(f"{fleet.admin_url}/workers").json()
             assert [w["id"] for w in listed["workers"]] == ["b"]
         finally:
             proc.stop()

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import (
     Process,
     SimSpec,
@@ -64,14 +65,14 @@ class Stack:
         return served
 
     def healthy_replicas(self) -> int:
-        text = httpx.get(f"{self.envoy_admin}/clusters", timeout=5).text
+        text = loopback().get(f"{self.envoy_admin}/clusters", timeout=5).text
         return sum(1 for line in text.splitlines()
                    if line.startswith("llm_picker::") and "::health_flags::healthy" in line)
 
     def metric(self, replica: int, name: str, **labels: str) -> float:
         """Sum of a replica's samples of `name` having `labels`."""
         port = self.configs[replica]["admin"]["port"]
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        text = loopback().get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         return sum(sample.value for family in text_string_to_metric_families(text)
                    for sample in family.samples
                    if sample.name == name and labels.items() <= sample.labels.items())
@@ -171,7 +172,7 @@ def test_a_replica_waits_behind_the_prefill_a_peer_sent() -> None:
 
         def ahead(replica: int) -> int:
             port = stack.configs[replica]["admin"]["port"]
-            view = httpx.get(f"http://127.0.0.1:{port}/workers/e0", timeout=5).json()
+            view = loopback().get(f"http://127.0.0.1:{port}/workers/e0", timeout=5).json()
             return int(view["state"]["prefill_ahead"])
 
         async def run() -> tuple[int, int]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import httpx
-
+from picker_bench.loopback import loopback
 from picker_bench.stack import SimSpec, local_fleet
 from tests.integration.conftest import FAST_HEALTH, SIM_HEADER
 
@@ -25,10 +24,10 @@ def test_rerank_and_score_reach_an_engine_of_the_model_with_affinity_on_the_quer
             body = ({"model": "rerank-sim", "query": query, "documents": ["a b", f"doc {i}"]}
                     if "rerank" in path else
                     {"model": "rerank-sim", "text_1": query, "text_2": ["a b", f"doc {i}"]})
-            response = httpx.post(f"{fleet.envoy_url}{path}", json=body, timeout=10)
+            response = loopback().post(f"{fleet.envoy_url}{path}", json=body, timeout=10)
             assert response.status_code == 200, (path, response.text)
             assert len(response.json()["results" if "rerank" in path else "data"]) == 2
             homes[i % 2].add(response.headers[SIM_HEADER])
-        chat_stats = httpx.get(f"{fleet.sim_url('chat')}/sim/stats").json()
+        chat_stats = loopback().get(f"{fleet.sim_url('chat')}/sim/stats").json()
     assert all(len(engines) == 1 for engines in homes.values()), homes
     assert chat_stats["requests_total"] == 0

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import httpx
-
+from picker_bench.loopback import loopback
 from picker_bench.stack import ENVOY_MTLS, SimSpec, local_fleet, start_sim
 from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER, mtls_settings
 
@@ -22,7 +21,7 @@ def test_api_keys_and_admin_token_appear_in_no_response_log_or_metric(
                      tls_files=pki) as fleet:
         # Routed requests carry the worker's key (the sim answers 401 without it), replacing
         # whatever the client sent.
-        response = httpx.post(
+        response = loopback().post(
             f"{fleet.envoy_url}/v1/chat/completions",
             json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
             headers={"authorization": "Bearer client-token"}, timeout=10,
@@ -33,22 +32,22 @@ def test_api_keys_and_admin_token_appear_in_no_response_log_or_metric(
         extra = SimSpec("locked-2", MODEL, api_key=OTHER_KEY)
         proc = start_sim(extra, fleet.workdir)
         try:
-            added = httpx.post(f"{fleet.admin_url}/workers", timeout=30, headers=auth, json={
+            added = loopback().post(f"{fleet.admin_url}/workers", timeout=30, headers=auth, json={
                 "url": f"http://127.0.0.1:{extra.port}", "id": "locked-2", "api_key": OTHER_KEY})
             assert added.status_code == 201, added.text
             texts = [
                 added.text,
-                httpx.get(f"{fleet.admin_url}/workers").text,
-                httpx.get(f"{fleet.admin_url}/workers/locked").text,
+                loopback().get(f"{fleet.admin_url}/workers").text,
+                loopback().get(f"{fleet.admin_url}/workers/locked").text,
                 # (locked-2: the API may change it; "locked" belongs to the config file)
-                httpx.patch(f"{fleet.admin_url}/workers/locked-2", json={"cost": 2},
+                loopback().patch(f"{fleet.admin_url}/workers/locked-2", json={"cost": 2},
                             headers=auth).text,
                 # A wrong token's refusal must not echo either token.
-                httpx.patch(f"{fleet.admin_url}/workers/locked", json={"cost": 3},
+                loopback().patch(f"{fleet.admin_url}/workers/locked", json={"cost": 3},
                             headers={"authorization": f"Bearer {ADMIN_TOKEN}x"}).text,
-                httpx.get(f"{fleet.admin_url}/metrics").text,
-                httpx.get(f"{fleet.admin_url}/openapi.json").text,
-                httpx.delete(f"{fleet.admin_url}/workers/locked-2", headers=auth).text,
+                loopback().get(f"{fleet.admin_url}/metrics").text,
+                loopback().get(f"{fleet.admin_url}/openapi.json").text,
+                loopback().delete(f"{fleet.admin_url}/workers/locked-2", headers=auth).text,
             ]
         finally:
             proc.stop()

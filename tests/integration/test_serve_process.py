@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from picker.errors import ConfigError
 from picker.listen import listen_socket
+from picker_bench.loopback import loopback
 from picker_bench.stack import (
     SimSpec,
     envoy_binary,
@@ -146,11 +146,11 @@ def test_envoy_config_matches_the_picker(tmp_path: Path) -> None:
         wait_http(picker, f"http://127.0.0.1:{admin}/health")
         wait_http(envoy, f"http://127.0.0.1:{envoy_admin}/ready")
         body = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}]}
-        reply = httpx.post(f"http://127.0.0.1:{listen}/v1/chat/completions", json=body,
+        reply = loopback().post(f"http://127.0.0.1:{listen}/v1/chat/completions", json=body,
                            timeout=10)
         assert reply.status_code == 200 and reply.headers["x-picker-sim-worker"] == "a"
         big = {**body, "messages": [{"role": "user", "content": "x" * 200_000}]}
-        reply = httpx.post(f"http://127.0.0.1:{listen}/v1/chat/completions", json=big,
+        reply = loopback().post(f"http://127.0.0.1:{listen}/v1/chat/completions", json=big,
                            timeout=10)
         assert reply.status_code == 413 and reply.json()["error"]["code"] == "body_too_large"
     finally:

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from llm_picker.envoy_config import ENVOY_DIR
+from picker_bench.loopback import loopback
 from picker_bench.stack import (
     Fleet,
     SimSpec,
@@ -81,7 +82,7 @@ async def _held_streams(fleet: Fleet, count: int) -> AsyncIterator[list[str]]:
 def _served_by_process(fleet: Fleet, cluster: str = "llm_picker") -> list[int]:
     """ext_proc streams (or authz checks) Envoy sent to each picker process (its cluster's
     per-host rq_total)."""
-    text = httpx.get(f"{fleet.envoy_admin_url}/clusters", timeout=5).text
+    text = loopback().get(f"{fleet.envoy_admin_url}/clusters", timeout=5).text
     return [int(line.rsplit("::", 1)[1]) for line in sorted(text.splitlines())
             if line.startswith(f"{cluster}::") and "::rq_total::" in line]
 
@@ -128,7 +129,7 @@ def test_worker_added_through_the_admin_api_reaches_both(fleet: Fleet) -> None:
             assert client.post("/v1/chat/completions",
                                json=_chat("solo-model")).status_code == 404
             url = f"http://127.0.0.1:{solo.port}"
-            added = httpx.post(f"{fleet.admin_url}/workers",
+            added = loopback().post(f"{fleet.admin_url}/workers",
                                json={"url": url, "id": "sim-solo", "models": ["solo-model"]})
             assert added.status_code in (200, 201, 202), added.text
             wait_until(lambda: client.post("/v1/chat/completions", json=_chat("solo-model"))
@@ -138,7 +139,8 @@ def test_worker_added_through_the_admin_api_reaches_both(fleet: Fleet) -> None:
                 response = client.post("/v1/chat/completions", json=_chat("solo-model"))
                 assert response.status_code == 200, response.text
                 assert response.headers[SIM_HEADER] == "sim-solo"
-            assert httpx.delete(f"{fleet.admin_url}/workers/sim-solo").status_code in (200, 202)
+            deleted = loopback().delete(f"{fleet.admin_url}/workers/sim-solo")
+            assert deleted.status_code in (200, 202)
             wait_until(lambda: all(client.post("/v1/chat/completions",
                                                json=_chat("solo-model")).status_code == 404
                                    for _ in range(4)), what="the worker gone in both")
@@ -358,7 +360,7 @@ def test_each_process_waits_behind_the_prefills_the_other_sent() -> None:
         time.sleep(1.0)  # the mirror sends engine scrapes at most every 0.5 s
 
         def ahead() -> int:
-            view = httpx.get(f"{fleet.admin_url}/workers/{engine}", timeout=5).json()
+            view = loopback().get(f"{fleet.admin_url}/workers/{engine}", timeout=5).json()
             return int(view["state"]["prefill_ahead"])
 
         async def run() -> tuple[list[int], list[int]]:

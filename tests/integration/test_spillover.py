@@ -4,8 +4,7 @@ picker sets, which that engine requires - and back to the pool once its load fal
 
 from __future__ import annotations
 
-import httpx
-
+from picker_bench.loopback import loopback
 from picker_bench.stack import SimSpec, local_fleet
 from tests.integration.conftest import FAST_HEALTH, SIM_HEADER, total_in_flight
 from tests.waiting import wait_until
@@ -21,20 +20,20 @@ def test_a_saturated_pool_spills_to_the_overflow_endpoint_and_returns_when_load_
     settings = {**FAST_HEALTH, "limits": {"per_worker_max": 1},
                 "extproc": {"allow_unauthenticated_keys": True}}
     with local_fleet(sims, policy="least_load", picker_settings=settings) as fleet:
-        before = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", json=CHAT, timeout=10)
+        before = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=CHAT, timeout=10)
         long = {**CHAT, "max_tokens": 60, "stream": True}  # about 2.4 s on the pool engine
-        with httpx.stream("POST", f"{fleet.envoy_url}/v1/chat/completions", json=long,
+        with loopback().stream("POST", f"{fleet.envoy_url}/v1/chat/completions", json=long,
                           timeout=10) as held:
             lines = held.iter_lines()
             next(lines)  # under way: the pool's one slot is taken
             assert held.headers[SIM_HEADER] == "pool"
-            during = [httpx.post(f"{fleet.envoy_url}/v1/chat/completions", json=CHAT,
+            during = [loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=CHAT,
                                  timeout=10) for _ in range(3)]
             for _ in lines:
                 pass
         wait_until(lambda: total_in_flight(fleet) == 0, what="the held stream's release")
-        after = httpx.post(f"{fleet.envoy_url}/v1/chat/completions", json=CHAT, timeout=10)
-        metrics = httpx.get(f"{fleet.admin_url}/metrics").text
+        after = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=CHAT, timeout=10)
+        metrics = loopback().get(f"{fleet.admin_url}/metrics").text
     assert before.status_code == 200 and before.headers[SIM_HEADER] == "pool"
     assert [r.status_code for r in during] == [200] * 3, [r.text for r in during]
     assert {r.headers[SIM_HEADER] for r in during} == {"overflow"}

@@ -20,6 +20,7 @@ import pytest
 
 from picker.config import load_config
 from picker.runtime import PickerRuntime
+from picker_bench.loopback import loopback
 from picker_bench.stack import Fleet, SimSpec, free_port, local_fleet
 from tests.browser import Chromium, find_chromium
 from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER
@@ -41,7 +42,7 @@ def fleet() -> Iterator[Fleet]:
 
 def chat(fleet: Fleet, system: str, question: str,
          headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.post(f"{fleet.envoy_url}/v1/chat/completions", headers=headers or {},
+    return loopback().post(f"{fleet.envoy_url}/v1/chat/completions", headers=headers or {},
                       timeout=10.0, json={"model": MODEL, "max_tokens": 2, "messages": [
                           {"role": "system", "content": system},
                           {"role": "user", "content": question}]})
@@ -59,9 +60,9 @@ def test_explain_header_only_when_asked(fleet: Fleet) -> None:
     plain = chat(fleet, system, "no explanation please")
     assert plain.status_code == 200 and EXPLAIN not in plain.headers
     # Envoy returns the request id it made, so a caller can look its decision up.
-    found = httpx.get(f"{fleet.admin_url}/debug/decisions/{plain.headers['x-request-id']}")
+    found = loopback().get(f"{fleet.admin_url}/debug/decisions/{plain.headers['x-request-id']}")
     assert found.status_code == 200 and found.json()["worker"] == plain.headers[SIM_HEADER]
-    record = httpx.get(f"{fleet.admin_url}/debug/decisions",
+    record = loopback().get(f"{fleet.admin_url}/debug/decisions",
                        params={"limit": 1, "worker": worker}).json()["decisions"][0]
     assert record["worker"] == worker and record["reason"] == "best-prefix"
     assert "hunter2" not in str(record) and "house rules" not in str(record)

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from picker.config import PickerConfig
+from picker_bench.loopback import loopback
 from picker_bench.mooncake import SAMPLE_TRACE, read_trace, trace_workload
 from picker_bench.replay.command import read_lines
 from picker_bench.replay.fleet import SimulatedFleet, replay_policy
@@ -94,8 +95,8 @@ def test_engines_reporting_no_hits_the_picker_predicted_raise_drift(tmp_path: Pa
         with local_fleet(sims, policy="prefix_cache", **_GATEWAY,
                          picker_settings=settings) as fleet:
             _send(fleet, bodies)
-            status = httpx.get(f"{fleet.admin_url}/debug/status", timeout=5).json()
-            records = httpx.get(f"{fleet.admin_url}/debug/decisions", params={"limit": 100},
+            status = loopback().get(f"{fleet.admin_url}/debug/status", timeout=5).json()
+            records = loopback().get(f"{fleet.admin_url}/debug/decisions", params={"limit": 100},
                                 timeout=5).json()["decisions"]
             drift = metric_values(fleet, "llm_picker_audit_drift")
             page = None if chromium is None else asyncio.run(_audit_table(chromium, fleet))

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
-import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from picker.observe.tracing import SPAN_NAME
+from picker_bench.loopback import loopback
 from picker_bench.stack import local_fleet
 from tests.http_stub import StubServer
 from tests.integration.conftest import MODEL, wait_until
@@ -70,7 +70,7 @@ def test_the_engine_continues_the_clients_trace_as_a_child_of_the_pickers_span(
                 "workers": [{"url": engine.url, "id": "engine", "models": [MODEL]}],
                 "tracing": {"enabled": True}, "health": {"enabled": False},
                 "load": {"enabled": False}}) as fleet:
-            response = httpx.post(
+            response = loopback().post(
                 f"{fleet.envoy_url}/v1/chat/completions", timeout=10,
                 headers={"traceparent": f"00-{trace_id}-{client_span}-01",
                          "tracestate": "vendor=kept"},
@@ -108,7 +108,7 @@ def test_without_a_client_trace_the_pickers_span_starts_one_the_engine_continues
                 "workers": [{"url": engine.url, "id": "engine", "models": [MODEL]}],
                 "tracing": {"enabled": True}, "health": {"enabled": False},
                 "load": {"enabled": False}}) as fleet:
-            assert httpx.post(f"{fleet.envoy_url}/v1/chat/completions", timeout=10, json={
+            assert loopback().post(f"{fleet.envoy_url}/v1/chat/completions", timeout=10, json={
                 "model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
                 ).status_code == 200
             wait_until(spans.routed, timeout=10, what="the picker's span exported")

@@ -7,6 +7,7 @@ from collections import Counter
 
 import httpx
 
+from picker_bench.loopback import loopback
 from picker_bench.stack import SimSpec, local_fleet, start_sim
 from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER, total_in_flight, wait_until
 
@@ -14,7 +15,7 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 def chat(fleet_url: str) -> str:
-    response = httpx.post(f"{fleet_url}/v1/chat/completions",
+    response = loopback().post(f"{fleet_url}/v1/chat/completions",
                           json={"model": MODEL, "messages": MESSAGES, "max_tokens": 2}, timeout=10)
     assert response.status_code == 200, response.text
     return response.headers[SIM_HEADER]
@@ -26,7 +27,7 @@ def test_added_worker_is_discovered_then_routed_to() -> None:
         extra = SimSpec("b", MODEL)
         proc = start_sim(extra, fleet.workdir)
         try:
-            added = httpx.post(f"{fleet.admin_url}/workers", timeout=30,
+            added = loopback().post(f"{fleet.admin_url}/workers", timeout=30,
                                json={"url": f"http://127.0.0.1:{extra.port}", "id": "b"})
             assert added.status_code == 201, added.text
             assert added.json()["models"] == [MODEL]  # discovered from /v1/models
@@ -42,7 +43,7 @@ def test_delete_while_streams_are_in_flight_loses_none() -> None:
         extra = SimSpec("a", MODEL, sim_args)
         proc = start_sim(extra, fleet.workdir)
         try:
-            added = httpx.post(f"{fleet.admin_url}/workers", timeout=30,
+            added = loopback().post(f"{fleet.admin_url}/workers", timeout=30,
                                json={"url": f"http://127.0.0.1:{extra.port}", "id": "a"})
             assert added.status_code == 201, added.text
 
@@ -81,18 +82,18 @@ def test_patch_priority_steers_least_load_and_file_workers_are_the_files() -> No
         proc = start_sim(extra, fleet.workdir)
         try:
             url = f"http://127.0.0.1:{extra.port}"
-            assert httpx.post(f"{fleet.admin_url}/workers", json={"url": url, "id": "b"},
+            assert loopback().post(f"{fleet.admin_url}/workers", json={"url": url, "id": "b"},
                               timeout=30).status_code == 201
-            patched = httpx.patch(f"{fleet.admin_url}/workers/b", json={"priority": 90},
+            patched = loopback().patch(f"{fleet.admin_url}/workers/b", json={"priority": 90},
                                   timeout=5)
             assert patched.status_code == 200 and patched.json()["priority"] == 90
             assert {chat(fleet.envoy_url) for _ in range(6)} == {"b"}
             # "a" is declared in the picker's configuration file: the API says to edit it.
-            refused = httpx.patch(f"{fleet.admin_url}/workers/a", json={"priority": 99},
+            refused = loopback().patch(f"{fleet.admin_url}/workers/a", json={"priority": 99},
                                   timeout=5)
             assert refused.status_code == 409
             assert str(fleet.workdir / "picker.yaml") in refused.json()["error"]["message"]
-            assert httpx.delete(f"{fleet.admin_url}/workers/a", timeout=5).status_code == 409
+            assert loopback().delete(f"{fleet.admin_url}/workers/a", timeout=5).status_code == 409
             assert {chat(fleet.envoy_url) for _ in range(6)} == {"b"}
         finally:
             proc.stop()
@@ -102,9 +103,10 @@ def test_least_queue_follows_engine_metrics_and_state_is_visible() -> None:
     settings = {**FAST_HEALTH, "load": {"interval_secs": 0.1}}
     with local_fleet([SimSpec("a", MODEL), SimSpec("b", MODEL)], policy="least_queue",
                      picker_settings=settings) as fleet:
-        httpx.post(f"{fleet.sim_url('a')}/sim/control", json={"extra_waiting": 12}, timeout=5)
-        wait_until(lambda: (httpx.get(f"{fleet.admin_url}/workers/a").json()["state"].get("engine")
-                            or {}).get("waiting") == 12, what="a's queue scraped")
+        loopback().post(f"{fleet.sim_url('a')}/sim/control", json={"extra_waiting": 12}, timeout=5)
+        wait_until(lambda: (loopback().get(f"{fleet.admin_url}/workers/a").json()["state"]
+                            .get("engine") or {}).get("waiting") == 12,
+                   what="a's queue scraped")
         assert {chat(fleet.envoy_url) for _ in range(6)} == {"b"}
-        engine = httpx.get(f"{fleet.admin_url}/workers/a").json()["state"]["engine"]
+        engine = loopback().get(f"{fleet.admin_url}/workers/a").json()["state"]["engine"]
         assert 0 <= engine["age_secs"] < 5

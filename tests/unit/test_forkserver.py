@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from picker_bench.forkserver import ForkedChild, ForkServer
+from picker_bench.loopback import loopback
 from picker_bench.stack import FORK_SERVER_ENV, SimSpec, free_port, spawn, start_sim
 from tests.waiting import process_running, wait_until
 
@@ -137,6 +138,6 @@ def test_children_die_when_the_harness_goes_away(tmp_path: Path) -> None:
 
 def _answers(url: str) -> bool:
     try:
-        return httpx.get(url, timeout=1).is_success
+        return loopback().get(url, timeout=1).is_success
     except httpx.HTTPError:
         return False

@@ -8,7 +8,6 @@ import contextlib
 import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from picker.errors import AdapterLoadFailed
@@ -18,6 +17,7 @@ from picker.fleet.manager import WorkerManager
 from picker.fleet.served_models import DiscoverySettings
 from picker.fleet.worker_spec import WorkerSpec
 from picker.routing.request import Api, RoutingRequest
+from picker_bench.loopback import loopback
 from tests.live import Fleet
 from tests.sim_thread import running_sim
 
@@ -46,7 +46,7 @@ def loader(workers: Fleet, manager: WorkerManager, path: str = "/adapters/sql",
 
 
 def calls(url: str) -> int:
-    return int(httpx.get(f"{url}/sim/stats").json()["lora_load_calls"])
+    return int(loopback().get(f"{url}/sim/stats").json()["lora_load_calls"])
 
 
 SQL = RoutingRequest(model="sql", api=Api.CHAT)
@@ -63,7 +63,7 @@ async def test_loads_once_on_an_engine_with_a_free_place_then_it_serves_the_adap
     assert [calls(url) for url in sims] == [0, 1, 0]
     assert [w.id for w in workers.registry.for_model("sql")] == ["w1"]
     assert workers[1].spec.adapters == {"sql": "m"}
-    assert httpx.post(f"{sims[1]}/v1/completions",
+    assert loopback().post(f"{sims[1]}/v1/completions",
                       json={"model": "sql", "prompt": "a"}).status_code == 200
 
 
@@ -79,7 +79,7 @@ async def test_refusals_try_the_next_engine_up_to_max_attempts_then_fail(
 
 
 async def test_an_engine_that_already_has_it_counts_as_loaded(sims: list[str]) -> None:
-    httpx.post(f"{sims[0]}/v1/load_lora_adapter",
+    loopback().post(f"{sims[0]}/v1/load_lora_adapter",
                json={"lora_name": "sql", "lora_path": "/adapters/sql"})
     workers, manager = fleet(sims[:1])
     await loader(workers, manager).ensure(SQL)

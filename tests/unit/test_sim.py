@@ -13,6 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from picker_bench.loopback import loopback
 from picker_sim import WORKER_HEADER, SimConfig, add_sim_arguments, config_from_args, sim_runner
 from picker_sim.engine import SimEngine
 from tests.sim_thread import running_sim
@@ -31,7 +32,7 @@ def chat(stream: bool = False, **extra: object) -> dict[str, object]:
 
 
 def metric(base: str, name: str) -> float:
-    text = httpx.get(f"{base}/metrics").text
+    text = loopback().get(f"{base}/metrics").text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name:
@@ -40,7 +41,7 @@ def metric(base: str, name: str) -> float:
 
 
 def test_chat_completion_shape_usage_and_worker_header(sim_url: str) -> None:
-    response = httpx.post(f"{sim_url}/v1/chat/completions", json=chat(max_tokens=4))
+    response = loopback().post(f"{sim_url}/v1/chat/completions", json=chat(max_tokens=4))
     assert response.status_code == 200
     assert response.headers[WORKER_HEADER] == "w1"
     body = response.json()
@@ -59,7 +60,7 @@ def test_usage_reports_the_prompt_tokens_served_from_the_cache(sim_url: str,
             "max_tokens": 2, "stream": stream}
 
     def usage() -> dict[str, object]:
-        response = httpx.post(f"{sim_url}/v1/chat/completions", json=body)
+        response = loopback().post(f"{sim_url}/v1/chat/completions", json=body)
         if not stream:
             return dict(response.json()["usage"])
         events = [line[6:] for line in response.text.splitlines() if line.startswith("data: {")]
@@ -72,13 +73,13 @@ def test_usage_reports_the_prompt_tokens_served_from_the_cache(sim_url: str,
 
 def test_completions_shape(sim_url: str) -> None:
     body = {"model": "m", "prompt": "hello there", "max_tokens": 2}
-    response = httpx.post(f"{sim_url}/v1/completions", json=body).json()
+    response = loopback().post(f"{sim_url}/v1/completions", json=body).json()
     assert response["object"] == "text_completion"
     assert len(response["choices"][0]["text"].split()) == 2
 
 
 def test_stream_has_one_chunk_per_token_then_usage_then_done(sim_url: str) -> None:
-    with httpx.stream("POST", f"{sim_url}/v1/chat/completions",
+    with loopback().stream("POST", f"{sim_url}/v1/chat/completions",
                       json=chat(stream=True, max_tokens=5)) as response:
         assert response.headers[WORKER_HEADER] == "w1"
         events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
@@ -95,7 +96,7 @@ def test_stream_has_one_chunk_per_token_then_usage_then_done(sim_url: str) -> No
     [(b"{nope", 400), (json.dumps({"model": "other", "messages": []}).encode(), 404)],
 )
 def test_errors_are_openai_shaped(sim_url: str, body: bytes, status: int) -> None:
-    response = httpx.post(f"{sim_url}/v1/chat/completions", content=body)
+    response = loopback().post(f"{sim_url}/v1/chat/completions", content=body)
     assert response.status_code == status
     assert response.headers[WORKER_HEADER] == "w1"
     assert set(response.json()["error"]) == {"message", "type", "code"}
@@ -104,7 +105,7 @@ def test_errors_are_openai_shaped(sim_url: str, body: bytes, status: int) -> Non
 def test_completions_stream_and_max_completion_tokens(sim_url: str) -> None:
     body = {"model": "m", "prompt": "hi", "stream": True, "max_tokens": 9,
             "max_completion_tokens": 3}
-    with httpx.stream("POST", f"{sim_url}/v1/completions", json=body) as response:
+    with loopback().stream("POST", f"{sim_url}/v1/completions", json=body) as response:
         events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
@@ -113,7 +114,7 @@ def test_completions_stream_and_max_completion_tokens(sim_url: str) -> None:
     assert chunks[-1]["usage"] == {"prompt_tokens": 1, "completion_tokens": 3,
                                    "total_tokens": 4,
                                    "prompt_tokens_details": {"cached_tokens": 0}}
-    assert httpx.get(f"{sim_url}/sim/stats").json()["completed"] == 1
+    assert loopback().get(f"{sim_url}/sim/stats").json()["completed"] == 1
 
 
 @pytest.mark.parametrize(
@@ -124,14 +125,14 @@ def test_completions_stream_and_max_completion_tokens(sim_url: str) -> None:
      ([1, 2], "invalid")],
 )
 def test_bad_requests_are_400_naming_the_problem(sim_url: str, body: object, code: str) -> None:
-    response = httpx.post(f"{sim_url}/v1/chat/completions", json=body)
+    response = loopback().post(f"{sim_url}/v1/chat/completions", json=body)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == code
 
 
 def test_models_and_health(sim_url: str) -> None:
-    assert httpx.get(f"{sim_url}/health").status_code == 200
-    assert [m["id"] for m in httpx.get(f"{sim_url}/v1/models").json()["data"]] == ["m"]
+    assert loopback().get(f"{sim_url}/health").status_code == 200
+    assert [m["id"] for m in loopback().get(f"{sim_url}/v1/models").json()["data"]] == ["m"]
 
 
 @pytest.mark.parametrize("sim_url", [{"ttft_ms": 1000}], indirect=True)
@@ -160,18 +161,18 @@ def test_metrics_use_vllm_names_and_follow_running_requests(sim_url: str) -> Non
 @pytest.mark.parametrize("sim_url", [{"failure_rate": 1.0}], indirect=True)
 def test_failure_rate_one_fails_every_request(sim_url: str) -> None:
     for _ in range(3):
-        assert httpx.post(f"{sim_url}/v1/chat/completions", json=chat()).status_code == 500
-    assert httpx.get(f"{sim_url}/sim/stats").json()["failed"] == 3
+        assert loopback().post(f"{sim_url}/v1/chat/completions", json=chat()).status_code == 500
+    assert loopback().get(f"{sim_url}/sim/stats").json()["failed"] == 3
 
 
 @pytest.mark.parametrize("sim_url", [{"tpot_ms": 50}], indirect=True)
 def test_cancelled_stream_is_counted_and_frees_the_slot(sim_url: str) -> None:
-    with httpx.stream("POST", f"{sim_url}/v1/chat/completions",
+    with loopback().stream("POST", f"{sim_url}/v1/chat/completions",
                       json=chat(stream=True, max_tokens=50)) as response:
         next(response.iter_lines())
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        stats = httpx.get(f"{sim_url}/sim/stats").json()
+        stats = loopback().get(f"{sim_url}/sim/stats").json()
         if stats["cancelled"] == 1 and stats["running"] == 0:
             return
         time.sleep(0.05)
@@ -184,13 +185,13 @@ def test_config_validation_names_the_field() -> None:
 
 
 def test_control_knobs_change_health_and_metrics(sim_url: str) -> None:
-    assert httpx.post(f"{sim_url}/sim/control",
+    assert loopback().post(f"{sim_url}/sim/control",
                       json={"health_status": 503, "extra_waiting": 4}).status_code == 200
-    assert httpx.get(f"{sim_url}/health").status_code == 503
+    assert loopback().get(f"{sim_url}/health").status_code == 503
     assert metric(sim_url, "vllm:num_requests_waiting") == 4
-    bad = httpx.post(f"{sim_url}/sim/control", json={"colour": 1})
+    bad = loopback().post(f"{sim_url}/sim/control", json={"colour": 1})
     assert bad.status_code == 400 and "colour" in bad.json()["error"]["message"]
-    assert httpx.post(f"{sim_url}/sim/control", json={"health_status": "x"}).status_code == 400
+    assert loopback().post(f"{sim_url}/sim/control", json={"health_status": "x"}).status_code == 400
 
 
 # The first request holds the only slot for 1.5 s: long enough for the second to queue and be
@@ -203,13 +204,13 @@ def test_beyond_max_concurrency_requests_wait_and_may_leave_the_queue(sim_url: s
     first.start()
     # Conditions, not sleeps: on a busy machine either request may take longer to arrive.
     wait_until(lambda: metric(sim_url, "vllm:num_requests_running") == 1, what="the first")
-    with httpx.stream("POST", f"{sim_url}/v1/chat/completions", json=chat(stream=True)):
+    with loopback().stream("POST", f"{sim_url}/v1/chat/completions", json=chat(stream=True)):
         wait_until(lambda: metric(sim_url, "vllm:num_requests_waiting") == 1, what="queued")
         assert metric(sim_url, "vllm:num_requests_waiting") == 1
         assert metric(sim_url, "vllm:num_requests_running") == 1
         assert metric(sim_url, "vllm:kv_cache_usage_perc") == 1
     first.join()
-    stats = httpx.get(f"{sim_url}/sim/stats").json()
+    stats = loopback().get(f"{sim_url}/sim/stats").json()
     assert (stats["waiting"], stats["running"]) == (0, 0)
     assert (stats["completed"], stats["cancelled"]) == (1, 1)
 
@@ -247,7 +248,7 @@ def test_cli_flags_build_the_config_and_profiles_yield_to_explicit_flags() -> No
 
 
 def cache_config_labels(base: str) -> dict[str, str]:
-    for family in text_string_to_metric_families(httpx.get(f"{base}/metrics").text):
+    for family in text_string_to_metric_families(loopback().get(f"{base}/metrics").text):
         for sample in family.samples:
             if sample.name == "vllm:cache_config_info":
                 assert sample.value == 1
@@ -263,18 +264,18 @@ def test_cache_config_info_reports_the_sim_cache_geometry(sim_url: str) -> None:
 
 @pytest.mark.xdist_group("timing")  # bounds a wall-clock time: tests/conftest.py
 def test_control_knobs_kv_usage_and_health_delay(sim_url: str) -> None:
-    assert httpx.post(f"{sim_url}/sim/control",
+    assert loopback().post(f"{sim_url}/sim/control",
                       json={"kv_usage": 0.75, "health_delay_ms": 300}).status_code == 200
     assert metric(sim_url, "vllm:kv_cache_usage_perc") == 0.75
     started = time.monotonic()
-    assert httpx.get(f"{sim_url}/health").status_code == 200
+    assert loopback().get(f"{sim_url}/health").status_code == 200
     assert time.monotonic() - started >= 0.3
     with pytest.raises(httpx.TimeoutException):
-        httpx.get(f"{sim_url}/health", timeout=0.1)
-    assert httpx.post(f"{sim_url}/sim/control",
+        loopback().get(f"{sim_url}/health", timeout=0.1)
+    assert loopback().post(f"{sim_url}/sim/control",
                       json={"health_delay_ms": 0, "extra_waiting": 0}).status_code == 200
     started = time.monotonic()
-    httpx.get(f"{sim_url}/health")
+    loopback().get(f"{sim_url}/health")
     assert time.monotonic() - started < 0.3
 
 
@@ -298,16 +299,16 @@ def test_control_knobs_kv_usage_and_health_delay(sim_url: str) -> None:
 )
 def test_bad_controls_are_400_naming_the_key_and_change_nothing(
         sim_url: str, changes: dict[str, object], key: str) -> None:
-    reply = httpx.post(f"{sim_url}/sim/control", json=changes)
+    reply = loopback().post(f"{sim_url}/sim/control", json=changes)
     assert reply.status_code == 400
     assert key in reply.json()["error"]["message"]
     assert metric(sim_url, "vllm:num_requests_waiting") == 0
-    assert httpx.get(f"{sim_url}/health").status_code == 200
+    assert loopback().get(f"{sim_url}/health").status_code == 200
 
 
 @pytest.mark.parametrize("body", [b"{nope", b"[1, 2]", b"NaN"])
 def test_control_body_must_be_a_json_object(sim_url: str, body: bytes) -> None:
-    assert httpx.post(f"{sim_url}/sim/control", content=body).status_code == 400
+    assert loopback().post(f"{sim_url}/sim/control", content=body).status_code == 400
 
 
 @pytest.mark.parametrize(("argv", "flag"), [

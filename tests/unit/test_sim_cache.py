@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import pytest
 
+from picker_bench.loopback import loopback
 from picker_sim.cache import BlockCache, token_block_hashes
 from picker_sim.engine import PROFILES, SimConfig
 from tests.sim_thread import running_sim
@@ -41,7 +41,7 @@ def test_profiles_are_valid_configs() -> None:
 
 
 def metric(base: str, name: str) -> float:
-    for line in httpx.get(f"{base}/metrics").text.splitlines():
+    for line in loopback().get(f"{base}/metrics").text.splitlines():
         if line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(name)
@@ -51,7 +51,7 @@ def timed_chat(base: str, system: str, question: str) -> float:
     body = {"model": "m", "max_tokens": 1, "messages": [
         {"role": "system", "content": system}, {"role": "user", "content": question}]}
     started = time.perf_counter()
-    assert httpx.post(f"{base}/v1/chat/completions", json=body).status_code == 200
+    assert loopback().post(f"{base}/v1/chat/completions", json=body).status_code == 200
     return time.perf_counter() - started
 
 
@@ -69,5 +69,5 @@ def test_cached_prefix_shortens_time_to_first_token_and_is_counted() -> None:
         queries = metric(base, "vllm:prefix_cache_queries_total")
         hits = metric(base, "vllm:prefix_cache_hits_total")
         assert queries == 2 * 3004 and 2990 <= hits <= 3001
-        assert httpx.post(f"{base}/reset_prefix_cache").status_code == 200
+        assert loopback().post(f"{base}/reset_prefix_cache").status_code == 200
         assert timed_chat(base, system, "third question") > 0.12

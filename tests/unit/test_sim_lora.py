@@ -11,6 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from picker_bench.loopback import loopback
 from picker_sim import SimConfig, add_sim_arguments, config_from_args
 from tests.sim_thread import running_sim
 from tests.waiting import wait_until
@@ -24,12 +25,12 @@ def lora_sim() -> Iterator[str]:
 
 
 def ask(base: str, model: str, max_tokens: int = 1) -> httpx.Response:
-    return httpx.post(f"{base}/v1/completions", timeout=10,
+    return loopback().post(f"{base}/v1/completions", timeout=10,
                       json={"model": model, "prompt": "a b", "max_tokens": max_tokens})
 
 
 def lora_series(base: str) -> list[tuple[dict[str, str], float]]:
-    text = httpx.get(f"{base}/metrics").text
+    text = loopback().get(f"{base}/metrics").text
     return [(dict(s.labels), s.value) for family in text_string_to_metric_families(text)
             for s in family.samples if s.name == "vllm:lora_requests_info"]
 
@@ -40,7 +41,7 @@ def newest(base: str) -> dict[str, str]:
 
 def test_models_list_adapters_with_parent_and_root_and_adapters_are_served(
         lora_sim: str) -> None:
-    cards = httpx.get(f"{lora_sim}/v1/models").json()["data"]
+    cards = loopback().get(f"{lora_sim}/v1/models").json()["data"]
     assert [(c["id"], c["parent"], c["root"]) for c in cards] == [
         ("m", None, "m"), ("sql", "m", "/adapters/sql"), ("chat", "m", "/adapters/chat")]
     response = ask(lora_sim, "sql")
@@ -50,7 +51,7 @@ def test_models_list_adapters_with_parent_and_root_and_adapters_are_served(
 
 def test_load_and_unload_answer_as_vllm(lora_sim: str) -> None:
     def load(**body: object) -> httpx.Response:
-        return httpx.post(f"{lora_sim}/v1/load_lora_adapter", json=body)
+        return loopback().post(f"{lora_sim}/v1/load_lora_adapter", json=body)
 
     ok = load(lora_name="new", lora_path="/adapters/new")
     assert (ok.status_code, ok.text) == (200, "Success: LoRA adapter 'new' added successfully.")
@@ -64,18 +65,18 @@ def test_load_and_unload_answer_as_vllm(lora_sim: str) -> None:
         assert (refused.status_code, error["code"]) == (status, status), body
         assert error["type"] == ("NotFoundError" if status == 404 else "InvalidUserInput")
     assert load(lora_name="new", lora_path="/b", load_inplace=True).status_code == 200
-    gone = httpx.post(f"{lora_sim}/v1/unload_lora_adapter", json={"lora_name": "new"})
+    gone = loopback().post(f"{lora_sim}/v1/unload_lora_adapter", json={"lora_name": "new"})
     assert (gone.status_code, gone.text) == (
         200, "Success: LoRA adapter 'new' removed successfully.")
-    again = httpx.post(f"{lora_sim}/v1/unload_lora_adapter", json={"lora_name": "new"})
+    again = loopback().post(f"{lora_sim}/v1/unload_lora_adapter", json={"lora_name": "new"})
     assert again.status_code == 404 and again.json()["error"]["type"] == "NotFoundError"
     assert ask(lora_sim, "new").status_code == 404
-    assert httpx.get(f"{lora_sim}/sim/stats").json()["lora_load_calls"] == 6
+    assert loopback().get(f"{lora_sim}/sim/stats").json()["lora_load_calls"] == 6
 
 
 def test_load_endpoints_exist_only_with_runtime_updating() -> None:
     with running_sim(max_loras=2, lora_modules=("sql",)) as url:
-        response = httpx.post(f"{url}/v1/load_lora_adapter",
+        response = loopback().post(f"{url}/v1/load_lora_adapter",
                               json={"lora_name": "x", "lora_path": "/x"})
         assert response.status_code == 404
 
@@ -96,7 +97,7 @@ def test_info_gauge_lists_adapters_with_requests_and_beyond_max_loras_they_wait(
                what="chat listed")
     assert newest(lora_sim) == {"max_lora": "1", "waiting_lora_adapters": "sql,chat",
                                 "running_lora_adapters": "sql,chat"}
-    stats = httpx.get(f"{lora_sim}/sim/stats").json()
+    stats = loopback().get(f"{lora_sim}/sim/stats").json()
     assert (stats["running"], stats["waiting"]) == (1, 1)
     first.join()
     second.join()
@@ -105,7 +106,7 @@ def test_info_gauge_lists_adapters_with_requests_and_beyond_max_loras_they_wait(
     assert len(lora_series(lora_sim)) >= 3  # old combinations stay, as in vLLM
     # Each adapter was copied into the one GPU slot once; a second "chat" finds it there.
     assert ask(lora_sim, "chat").status_code == 200
-    assert httpx.get(f"{lora_sim}/sim/stats").json()["lora_loads"] == 2
+    assert loopback().get(f"{lora_sim}/sim/stats").json()["lora_loads"] == 2
 
 
 def test_no_lora_metric_without_lora_and_config_checks_name_the_field() -> None:
