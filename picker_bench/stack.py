@@ -213,6 +213,15 @@ class Process:
         except OSError:
             return ""
 
+    def wait_logged(self, text: str, timeout: float = 20.0) -> None:
+        """Until `text` is in the log; fail with the log if the process dies or never says it."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log_path.read_text(errors="replace"):
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} never logged {text!r} (exit status "
+                                   f"{self.popen.poll()}):\n{self.log_tail()}")
+            time.sleep(0.02)
+
     def stop(self, timeout: float = 5.0) -> None:
         if self.popen.poll() is not None:
             return
@@ -362,7 +371,8 @@ REPLICA_ENV = {"PYTHONHASHSEED": "20240515",
 def start_picker(config: dict[str, Any], workdir: Path, name: str = "picker",
                  authz_port: int | None = None, processes: int = 1) -> Process:
     """`llm-picker serve` with `config` written as YAML (with `authz_port`: `--mode authz`;
-    with `processes` > 1: `--workers N`); waits for its admin /health."""
+    with `processes` > 1: `--workers N`); waits until it says it serves (its admin /health
+    answers first, its ext_proc or authz port a moment later)."""
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     argv = [sys.executable, "-m", "llm_picker", "serve", "--config", str(path)]
@@ -372,6 +382,8 @@ def start_picker(config: dict[str, Any], workdir: Path, name: str = "picker",
         argv += ["--workers", str(processes)]
     proc = spawn(name, argv, workdir, REPLICA_ENV if "replicas" in config else None)
     wait_http(proc, f"http://127.0.0.1:{config['admin']['port']}/health")
+    if config.get("log", {}).get("level", "INFO").upper() in ("DEBUG", "INFO"):
+        proc.wait_logged("llm-picker serving")
     return proc
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
 import sys
@@ -22,7 +21,6 @@ from picker_bench.stack import (
     start_sim,
     wait_http,
 )
-from tests.waiting import wait_until
 
 PICKER = [sys.executable, "-m", "llm_picker"]
 
@@ -86,18 +84,13 @@ def test_log_level(tmp_path: Path) -> None:
             wait_http(proc, f"http://127.0.0.1:{admin}/health")
             if shown:  # the admin API answers before the runtime has started, and a SIGTERM
                 # then ends the start with nothing logged (seen once on a loaded machine)
-                wait_until(functools.partial(_logged, proc.log_path, "llm-picker serving"),
-                           20, f"the serving line at {level}")
+                proc.wait_logged("llm-picker serving")
         finally:
             proc.stop()
         log = proc.log_path.read_text()
         assert (" INFO llm-picker serving: ext_proc on " in log) is shown, log
         assert ("(plaintext), admin on " in log) is shown, log  # the transport, said
         assert "WARNING llm-picker serving" not in log
-
-
-def _logged(log: Path, text: str) -> bool:
-    return text in log.read_text()
 
 
 @pytest.mark.parametrize(("choice", "loop"), [("auto", "uvloop"), ("asyncio", "asyncio")])
@@ -108,6 +101,8 @@ def test_the_event_loop_serve_runs_on(tmp_path: Path, choice: str, loop: str) ->
     proc = spawn(f"picker-{choice}", [*PICKER, "serve", "--config", str(path)], tmp_path)
     try:
         wait_http(proc, f"http://127.0.0.1:{admin}/health")
+        # The admin server answers before the serving line is written.
+        proc.wait_logged("llm-picker serving")
     finally:
         proc.stop()
     log = proc.log_path.read_text()
