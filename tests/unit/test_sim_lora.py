@@ -90,7 +90,10 @@ def test_info_gauge_lists_adapters_with_requests_and_beyond_max_loras_they_wait(
     done: list[int] = []
     first = threading.Thread(target=lambda: done.append(ask(lora_sim, "sql", 40).status_code))
     first.start()
-    wait_until(lambda: newest(lora_sim)["running_lora_adapters"] == "sql", what="sql running")
+    wait_until(lambda: newest(lora_sim)["running_lora_adapters"] == "sql", what="sql listed")
+    # Listed as soon as it is asked for; running once its adapter is loaded (30 ms).
+    wait_until(lambda: loopback().get(f"{lora_sim}/sim/stats").json()["running"] == 1,
+               what="sql running")
     second = threading.Thread(target=lambda: done.append(ask(lora_sim, "chat").status_code))
     second.start()
     wait_until(lambda: newest(lora_sim)["running_lora_adapters"] == "sql,chat",
