@@ -1,24 +1,31 @@
-"""A fork server for `llm-picker serve` and `llm-picker sim`: the suite's start-up cost, cut.
+"""A fork server for `llm-picker serve` and `llm-picker sim`, and for the LiteLLM proxy: the
+suite's start-up cost, cut.
 
 The suite starts ~600 simulated engines and ~360 pickers; a fresh interpreter spends most of a
 second of CPU importing the picker (pydantic models, FastAPI, grpc) before it serves, so on two
 cores the imports alone were minutes of every run. This server imports those modules once, then
 forks a child per start that runs `llm_picker.cli.main(argv)` as the console script would, with
 the requested environment, working directory and log file, a fresh random seed, and the same
-exit path (atexit handlers, exit status, signals). What a fork cannot change, the interpreter's
-own start-up settings (the hash seed, PYTHON* variables), is the server's: a start asking for
-others gets a fresh interpreter (`ForkServer.runs_alike`). It is how a preloading server
-(gunicorn's `--preload`) starts workers.
+exit path (atexit handlers, exit status, signals). What a fork cannot change, what was read of
+the environment before it (the interpreter's own start-up settings: the hash seed, PYTHON*
+variables), is the server's: a start asking for other values gets a fresh interpreter
+(`ForkServer.runs_alike`). It is how a preloading server (gunicorn's `--preload`) starts
+workers. The LiteLLM proxy (`litellm --config ...`) is a second `Program`: its import took ~9 s
+of CPU per start, and LiteLLM itself preloads its app and forks workers under gunicorn
+(litellm/proxy/proxy_cli.py, run_gunicorn_server). It reads its environment as it imports, so a
+proxy start is forked only when all its environment but the picker's settings (LLM_PICKER_*,
+read when the proxy starts) is the server's.
 
 Used by picker_bench.stack.spawn when `PICKER_BENCH_FORK_SERVER=1` (tests/conftest.py sets it;
-`PICKER_BENCH_FORK_SERVER=0 make test` runs every start as a fresh interpreter). The server must
-stay single-threaded until it forks: nothing imported here starts a thread or gRPC's core
-(checked at start).
+`PICKER_BENCH_FORK_SERVER=0 make test` runs every start as a fresh interpreter), one server per
+program, started on its first use. A server must stay single-threaded until it forks: nothing
+it imports may start a thread or gRPC's core (checked at start).
 
-Protocol, one JSON object per line: requests on stdin `{"argv", "env", "cwd", "log"}`, answers
-on stdout `{"pid"}`. A child's exit status is written to `<log>.<pid>.exit` (the
-waitpid code as `Popen.returncode` gives it) when the server reaps it. On end of input (the
-harness went away) or a failure of its own, the server kills its remaining children.
+`python -m picker_bench.forkserver PROGRAM`. Protocol, one JSON object per line: requests on
+stdin `{"argv", "env", "cwd", "log"}`, answers on stdout `{"pid"}`. A child's exit status is
+written to `<log>.<pid>.exit` (the waitpid code as `Popen.returncode` gives it) when the server
+reaps it. On end of input (the harness went away) or a failure of its own, the server kills its
+remaining children.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import gc
+import importlib
 import json
 import os
 import random
@@ -35,11 +43,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["ForkedChild", "ForkServer"]
+__all__ = ["HASH_SEED", "LITELLM", "PICKER", "ForkedChild", "ForkServer", "Program"]
 
 # What `serve` (ext_proc and authz) and `sim` (HTTP and gRPC) import before they serve, and what
 # they import as they start (the event loop, the HTTP client's transport, FastAPI's checks).
@@ -50,13 +59,57 @@ _PRELOAD = ("llm_picker.cli", "llm_picker.serve_extproc", "llm_picker.serve_auth
             "anyio._backends._asyncio", "pydantic.v1", "uvicorn.lifespan.off")
 
 
+# Replicas sharing picks need one hash seed (picker_bench.stack.REPLICA_ENV): the picker's server
+# runs with it, unless the harness's environment names another.
+HASH_SEED = "20240515"
+
+
+def _interpreter_settings(env: Mapping[str, str]) -> dict[str, str]:
+    """What an interpreter reads of its environment as it starts (hash seed, warnings, dev
+    mode, buffering, path...)."""
+    return {key: value for key, value in env.items() if key.startswith("PYTHON")}
+
+
+def _all_but_picker_settings(env: Mapping[str, str]) -> dict[str, str]:
+    """LiteLLM reads its settings as it imports; the picker's plugin reads its own when the
+    proxy starts. pytest names the running test in PYTEST_CURRENT_TEST, which the litellm
+    package never reads (no mention of it in litellm/ 1.106)."""
+    return {key: value for key, value in env.items()
+            if not key.startswith("LLM_PICKER_") and key != "PYTEST_CURRENT_TEST"}
+
+
+@dataclass(frozen=True)
+class Program:
+    """A command a server can become."""
+
+    name: str  # the console script: the child's sys.argv[0]
+    preload: tuple[str, ...]  # imported once, by the server
+    entry: str  # "module:callable", called with the argument list; returns or exits the code
+    # The server's environment where the harness's names nothing else.
+    defaults: Mapping[str, str]
+    # The part of an environment the server has read by the time it forks: a start asking for
+    # other values is not forked.
+    read_before_fork: Callable[[Mapping[str, str]], dict[str, str]]
+
+
+PICKER = Program("llm-picker", _PRELOAD, "llm_picker.cli:main", {"PYTHONHASHSEED": HASH_SEED},
+                 _interpreter_settings)
+# numpy's BLAS (imported by LiteLLM) would start its thread pool at import: one thread, none
+# started. The tests run LiteLLM without network: its cost map from the package, not fetched.
+LITELLM = Program("litellm", ("litellm.proxy.proxy_cli", "litellm.proxy.proxy_server"),
+                  "litellm.proxy.proxy_cli:run_server",
+                  {"OPENBLAS_NUM_THREADS": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+                  _all_but_picker_settings)
+_PROGRAMS = {program.name: program for program in (PICKER, LITELLM)}
+
+
 def exit_path(log: Path, pid: int) -> Path:
     """Where the server writes a child's exit status: beside its log, named by its pid, so a
     restart logging to the same file never reads its predecessor's."""
     return log.with_name(f"{log.name}.{pid}.exit")
 
 
-def _child(request: Mapping[str, Any], server_fds: Sequence[int]) -> None:
+def _child(program: Program, request: Mapping[str, Any], server_fds: Sequence[int]) -> None:
     """In the forked child: become the command, then exit as the interpreter would."""
     code = 1
     interrupted = False
@@ -79,10 +132,10 @@ def _child(request: Mapping[str, Any], server_fds: Sequence[int]) -> None:
         os.environ.update(request["env"])
         random.seed()  # the server's state would make every child draw the same numbers
         argv: list[str] = request["argv"]
-        sys.argv = ["llm-picker", *argv]
-        from llm_picker.cli import main
-
-        code = main(argv)
+        sys.argv = [program.name, *argv]
+        module, name = program.entry.split(":")
+        result = getattr(importlib.import_module(module), name)(argv)
+        code = result if isinstance(result, int) else 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if not isinstance(exc.code, int | None):
@@ -109,10 +162,10 @@ def _child(request: Mapping[str, Any], server_fds: Sequence[int]) -> None:
         os._exit(code)
 
 
-def _serve() -> None:
+def _serve(program: Program) -> None:
     """The server's loop: fork on each request line, reap children as they exit."""
-    for name in _PRELOAD:
-        __import__(name)
+    for name in program.preload:
+        importlib.import_module(name)
     threads = os.listdir("/proc/self/task")  # native ones too (gRPC's core would show here)
     if len(threads) != 1:
         raise SystemExit(f"fork server: imports started threads: {threads}")
@@ -143,7 +196,7 @@ def _serve() -> None:
             request = json.loads(line)
             pid = os.fork()
             if pid == 0:
-                _child(request, [wake_read, wake_write])
+                _child(program, request, [wake_read, wake_write])
             logs[pid] = request["log"]
             print(json.dumps({"pid": pid}), file=answers, flush=True)
     finally:  # end of input, or the server failing: no child outlives it
@@ -217,34 +270,27 @@ class ForkedChild:
 
 
 class ForkServer:
-    """The harness's side: one server per test process, started on first use."""
+    """The harness's side: one server per program and test process, started on first use,
+    with this process's environment (the program's defaults where it names nothing)."""
 
-    # Replicas sharing picks need one hash seed (picker_bench.stack.REPLICA_ENV): the server
-    # runs with it, unless this process's environment names another.
-    HASH_SEED = "20240515"
-
-    def __init__(self) -> None:
+    def __init__(self, program: Program = PICKER) -> None:
+        self.program = program
         self._lock = threading.Lock()
         self._process: subprocess.Popen[str] | None = None
-        # What the interpreter reads of its environment as it starts (hash seed, warnings,
-        # dev mode, buffering, path...): a child asked for with other values must be a fresh
-        # interpreter, since a fork keeps the server's.
-        self._interpreter = {key: value for key, value in os.environ.items()
-                             if key.startswith("PYTHON")}
-        self._interpreter.setdefault("PYTHONHASHSEED", self.HASH_SEED)
+        self._environment = {**program.defaults, **os.environ}
+        self._read = program.read_before_fork(self._environment)
 
     def runs_alike(self, env: Mapping[str, str]) -> bool:
-        """Whether a child with environment `env` behaves as a fresh interpreter would (no
-        hash seed asked for is fine: a fresh one draws a random seed, any seed is one)."""
-        asked = {key: value for key, value in env.items() if key.startswith("PYTHON")}
-        asked.setdefault("PYTHONHASHSEED", self._interpreter["PYTHONHASHSEED"])
-        return asked == self._interpreter
+        """Whether a child with environment `env` behaves as a fresh start would: what the
+        server read before forking is what `env` says (a default left unnamed is fine: for the
+        hash seed, a fresh interpreter draws a random one, any seed is one)."""
+        return self.program.read_before_fork({**self.program.defaults, **env}) == self._read
 
     def _started(self) -> subprocess.Popen[str]:
         if self._process is None or self._process.poll() is not None:
             process = subprocess.Popen(
-                [sys.executable, "-m", "picker_bench.forkserver"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, text=True, env={**os.environ, **self._interpreter})
+                [sys.executable, "-m", "picker_bench.forkserver", self.program.name],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=self._environment)
             answers: IO[str] | None = process.stdout
             assert answers is not None
             ready = answers.readline()
@@ -266,7 +312,7 @@ class ForkServer:
             process.kill()
 
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], log: Path) -> ForkedChild:
-        """`argv` after `llm-picker`, with exactly `env` as its environment (check
+        """`argv` after the program's name, with exactly `env` as its environment (check
         `runs_alike` first). The log is truncated here, as a fresh start's is."""
         log.open("wb").close()
         with self._lock:
@@ -278,8 +324,8 @@ class ForkServer:
             answer = process.stdout.readline()
         if not answer:
             raise RuntimeError("the fork server stopped (see stderr)")
-        return ForkedChild(json.loads(answer)["pid"], ["llm-picker", *argv], log)
+        return ForkedChild(json.loads(answer)["pid"], [self.program.name, *argv], log)
 
 
 if __name__ == "__main__":
-    _serve()
+    _serve(_PROGRAMS[sys.argv[1]])

@@ -27,7 +27,7 @@ import httpx
 import yaml
 
 from llm_picker.envoy_config import ENVOY_DIR, authz_over_tls, ext_proc_config, point_authz
-from picker_bench.forkserver import ForkServer
+from picker_bench.forkserver import LITELLM, PICKER, ForkServer, Program
 from picker_bench.loopback import loopback
 
 __all__ = [
@@ -253,12 +253,15 @@ def _kill_leftovers() -> None:
 
 def spawn(name: str, argv: Sequence[str], workdir: Path,
           env: Mapping[str, str] | None = None) -> Process:
-    """`env`: variables added to this process's environment. `llm-picker serve` (one process)
-    and `llm-picker sim` come from the fork server when PICKER_BENCH_FORK_SERVER=1."""
+    """`env`: variables added to this process's environment. `llm-picker serve` (one process),
+    `llm-picker sim` and the LiteLLM proxy come from a fork server when
+    PICKER_BENCH_FORK_SERVER=1."""
     log_path = workdir / f"{name}.log"
     popen: Child
-    if _forkable(argv, environment := {**os.environ, **(env or {})}):
-        popen = _fork_server().spawn(argv[3:], environment, log_path)
+    environment = {**os.environ, **(env or {})}
+    if (forked := _fork_server_for(argv, environment)) is not None:
+        server, arguments = forked
+        popen = server.spawn(arguments, environment, log_path)
     else:
         with log_path.open("wb") as log:
             popen = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT,
@@ -268,23 +271,27 @@ def spawn(name: str, argv: Sequence[str], workdir: Path,
 
 
 FORK_SERVER_ENV = "PICKER_BENCH_FORK_SERVER"
-_FORK_SERVER: ForkServer | None = None
+_FORK_SERVERS: dict[str, ForkServer] = {}
 
 
-def _fork_server() -> ForkServer:
-    global _FORK_SERVER
-    if _FORK_SERVER is None:
-        _FORK_SERVER = ForkServer()
-    return _FORK_SERVER
-
-
-def _forkable(argv: Sequence[str], env: Mapping[str, str]) -> bool:
-    """This interpreter's `-m llm_picker serve|sim`, not `--workers` (it starts copies of
-    itself with sys.argv), with the interpreter settings the server started with."""
-    return (os.environ.get(FORK_SERVER_ENV) == "1"
-            and list(argv[:3]) == [sys.executable, "-m", "llm_picker"]
-            and argv[3:4] in (["serve"], ["sim"]) and "--workers" not in argv
-            and _fork_server().runs_alike(env))
+def _fork_server_for(argv: Sequence[str],
+                     env: Mapping[str, str]) -> tuple[ForkServer, list[str]] | None:
+    """The server and the arguments for a start it can fork, if asked to: this interpreter's
+    `-m llm_picker serve|sim`, not `--workers` (it starts copies of itself with sys.argv), or
+    this environment's `litellm` console script; with what the server read of its environment
+    before forking."""
+    if os.environ.get(FORK_SERVER_ENV) != "1":
+        return None
+    program: Program
+    if (list(argv[:3]) == [sys.executable, "-m", "llm_picker"]
+            and argv[3:4] in (["serve"], ["sim"]) and "--workers" not in argv):
+        program, arguments = PICKER, list(argv[3:])
+    elif argv[:1] == [str(Path(sys.executable).parent / LITELLM.name)]:
+        program, arguments = LITELLM, list(argv[1:])
+    else:
+        return None
+    server = _FORK_SERVERS.setdefault(program.name, ForkServer(program))
+    return (server, arguments) if server.runs_alike(env) else None
 
 
 def wait_http(proc: Process, url: str, timeout: float = 20.0) -> None:

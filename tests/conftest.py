@@ -5,7 +5,10 @@ Tests go to workers one by one, except those in one xdist group, which one worke
   wheel), grouped by module: a worker would otherwise start that fixture again for each of
   them it got;
 - `xdist_group("timing")`: tests that bound a wall-clock time under a second, so that at
-  least they do not run beside each other.
+  least they do not run beside each other;
+- the modules that pay for importing LiteLLM (_LITELLM_GROUPS): in the test process (~4 s of
+  CPU in each worker that imports it), or in the LiteLLM proxies' fork server (~9 s in each
+  worker that starts a proxy).
 """
 
 from __future__ import annotations
@@ -26,8 +29,20 @@ os.environ.setdefault(FORK_SERVER_ENV, "1")
 _SHARED_SCOPES = ("class", "module", "package")
 
 
+_LITELLM_GROUPS = {
+    **dict.fromkeys(("tests/integration/test_litellm.py", "tests/integration/test_litellm_grpc.py",
+                     "tests/integration/test_litellm_runtime.py",
+                     "tests/unit/test_litellm_deployments.py", "tests/unit/test_litellm_flow.py",
+                     "tests/unit/test_litellm_observations.py"), "litellm"),
+    "tests/integration/test_litellm_proxy.py": "litellm-proxy",
+}
+
+
 def pytest_itemcollected(item: pytest.Item) -> None:
     if not isinstance(item, pytest.Function) or item.get_closest_marker("xdist_group"):
+        return
+    if group := _LITELLM_GROUPS.get(item.nodeid.split("::")[0]):
+        item.add_marker(pytest.mark.xdist_group(group))
         return
     # _fixtureinfo: pytest offers no public view of an item's fixture definitions.
     shared = [name for name, chain in item._fixtureinfo.name2fixturedefs.items()

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from picker_bench.forkserver import ForkedChild, ForkServer
+from picker_bench.forkserver import HASH_SEED, LITELLM, ForkedChild, ForkServer
 from picker_bench.loopback import loopback
 from picker_bench.stack import FORK_SERVER_ENV, SimSpec, free_port, spawn, start_sim
 from tests.waiting import process_running, wait_until
@@ -91,10 +91,20 @@ def test_interpreter_settings_the_server_lacks_get_a_fresh_interpreter(
     argv = [sys.executable, "-m", "llm_picker", "sim", "--help"]
     for env, fresh in (({}, False), ({"PYTHONDEVMODE": "1"}, True),
                        ({"PYTHONHASHSEED": "7"}, True),
-                       ({"PYTHONHASHSEED": ForkServer.HASH_SEED}, False)):
+                       ({"PYTHONHASHSEED": HASH_SEED}, False)):
         proc = spawn("cli", argv, tmp_path, env)
         assert isinstance(proc.popen, subprocess.Popen) is fresh, env
         assert proc.popen.wait(30) == 0
+
+
+def test_a_proxy_is_forked_unless_litellm_would_have_read_another_environment() -> None:
+    """LiteLLM reads its environment as it imports: only the picker's settings (read when
+    the proxy starts) and pytest's name for the running test may differ from the server's."""
+    server = ForkServer(LITELLM)  # not started: that takes a start
+    assert server.runs_alike({**os.environ, "LLM_PICKER_POLICY__NAME": "least_load",
+                              "PYTEST_CURRENT_TEST": "another test"})
+    assert not server.runs_alike({**os.environ, "LITELLM_LOG": "DEBUG"})
+    assert not server.runs_alike({**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "False"})
 
 
 def test_the_harness_uses_the_server_only_when_asked(tmp_path: Path,
