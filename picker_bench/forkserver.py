@@ -288,9 +288,12 @@ class ForkServer:
 
     def _started(self) -> subprocess.Popen[str]:
         if self._process is None or self._process.poll() is not None:
+            # Started where this package is, so that it imports the same checkout as the
+            # harness whatever the harness's directory (a test may have changed it).
             process = subprocess.Popen(
                 [sys.executable, "-m", "picker_bench.forkserver", self.program.name],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=self._environment)
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=self._environment,
+                cwd=Path(__file__).resolve().parents[1])
             answers: IO[str] | None = process.stdout
             assert answers is not None
             ready = answers.readline()
