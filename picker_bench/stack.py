@@ -277,14 +277,14 @@ _FORK_SERVERS: dict[str, ForkServer] = {}
 def _fork_server_for(argv: Sequence[str],
                      env: Mapping[str, str]) -> tuple[ForkServer, list[str]] | None:
     """The server and the arguments for a start it can fork, if asked to: this interpreter's
-    `-m llm_picker serve|sim`, not `--workers` (it starts copies of itself with sys.argv), or
-    this environment's `litellm` console script; with what the server read of its environment
-    before forking."""
+    `-m llm_picker serve|sim` (with `--workers N`, the supervisor: the processes it starts are
+    fresh interpreters, as in production), or this environment's `litellm` console script;
+    with what the server read of its environment before forking."""
     if os.environ.get(FORK_SERVER_ENV) != "1":
         return None
     program: Program
     if (list(argv[:3]) == [sys.executable, "-m", "llm_picker"]
-            and argv[3:4] in (["serve"], ["sim"]) and "--workers" not in argv):
+            and argv[3:4] in (["serve"], ["sim"])):
         program, arguments = PICKER, list(argv[3:])
     elif argv[:1] == [str(Path(sys.executable).parent / LITELLM.name)]:
         program, arguments = LITELLM, list(argv[1:])
