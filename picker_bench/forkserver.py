@@ -13,8 +13,10 @@ variables), is the server's: a start asking for other values gets a fresh interp
 workers. The LiteLLM proxy (`litellm --config ...`) is a second `Program`: its import took ~9 s
 of CPU per start, and LiteLLM itself preloads its app and forks workers under gunicorn
 (litellm/proxy/proxy_cli.py, run_gunicorn_server). It reads its environment as it imports, so a
-proxy start is forked only when all its environment but the picker's settings (LLM_PICKER_*,
-read when the proxy starts) is the server's.
+proxy start is forked only when all its environment is the server's but the picker's settings
+(LLM_PICKER_*, read when the proxy starts) and pytest's name for the running test. What its
+imports add to the environment (LiteLLM loads a `.env` file) each child gets too, where its own
+environment names nothing else, as `load_dotenv` does in a fresh process.
 
 Used by picker_bench.stack.spawn when `PICKER_BENCH_FORK_SERVER=1` (tests/conftest.py sets it;
 `PICKER_BENCH_FORK_SERVER=0 make test` runs every start as a fresh interpreter), one server per
@@ -85,7 +87,8 @@ class Program:
     name: str  # the console script: the child's sys.argv[0]
     preload: tuple[str, ...]  # imported once, by the server
     entry: str  # "module:callable", called with the argument list; returns or exits the code
-    # The server's environment where the harness's names nothing else.
+    # The server's environment where the harness's names nothing else: settings a child may
+    # leave unnamed, as a fresh start would behave alike with or without them.
     defaults: Mapping[str, str]
     # The part of an environment the server has read by the time it forks: a start asking for
     # other values is not forked.
@@ -95,10 +98,9 @@ class Program:
 PICKER = Program("llm-picker", _PRELOAD, "llm_picker.cli:main", {"PYTHONHASHSEED": HASH_SEED},
                  _interpreter_settings)
 # numpy's BLAS (imported by LiteLLM) would start its thread pool at import: one thread, none
-# started. The tests run LiteLLM without network: its cost map from the package, not fetched.
+# started (the proxy does no linear algebra).
 LITELLM = Program("litellm", ("litellm.proxy.proxy_cli", "litellm.proxy.proxy_server"),
-                  "litellm.proxy.proxy_cli:run_server",
-                  {"OPENBLAS_NUM_THREADS": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+                  "litellm.proxy.proxy_cli:run_server", {"OPENBLAS_NUM_THREADS": "1"},
                   _all_but_picker_settings)
 _PROGRAMS = {program.name: program for program in (PICKER, LITELLM)}
 
@@ -109,7 +111,8 @@ def exit_path(log: Path, pid: int) -> Path:
     return log.with_name(f"{log.name}.{pid}.exit")
 
 
-def _child(program: Program, request: Mapping[str, Any], server_fds: Sequence[int]) -> None:
+def _child(program: Program, request: Mapping[str, Any], server_fds: Sequence[int],
+           imported_env: Mapping[str, str]) -> None:
     """In the forked child: become the command, then exit as the interpreter would."""
     code = 1
     interrupted = False
@@ -129,7 +132,7 @@ def _child(program: Program, request: Mapping[str, Any], server_fds: Sequence[in
         os.close(log)
         os.chdir(request["cwd"])
         os.environ.clear()
-        os.environ.update(request["env"])
+        os.environ.update({**imported_env, **request["env"]})
         random.seed()  # the server's state would make every child draw the same numbers
         argv: list[str] = request["argv"]
         sys.argv = [program.name, *argv]
@@ -164,8 +167,10 @@ def _child(program: Program, request: Mapping[str, Any], server_fds: Sequence[in
 
 def _serve(program: Program) -> None:
     """The server's loop: fork on each request line, reap children as they exit."""
+    before = dict(os.environ)
     for name in program.preload:
         importlib.import_module(name)
+    imported_env = {key: value for key, value in os.environ.items() if key not in before}
     threads = os.listdir("/proc/self/task")  # native ones too (gRPC's core would show here)
     if len(threads) != 1:
         raise SystemExit(f"fork server: imports started threads: {threads}")
@@ -196,7 +201,7 @@ def _serve(program: Program) -> None:
             request = json.loads(line)
             pid = os.fork()
             if pid == 0:
-                _child(program, request, [wake_read, wake_write])
+                _child(program, request, [wake_read, wake_write], imported_env)
             logs[pid] = request["log"]
             print(json.dumps({"pid": pid}), file=answers, flush=True)
     finally:  # end of input, or the server failing: no child outlives it
@@ -271,19 +276,22 @@ class ForkedChild:
 
 class ForkServer:
     """The harness's side: one server per program and test process, started on first use,
-    with this process's environment (the program's defaults where it names nothing)."""
+    with `environment` (this process's by default; the program's defaults where it names
+    nothing)."""
 
-    def __init__(self, program: Program = PICKER) -> None:
+    def __init__(self, program: Program = PICKER,
+                 environment: Mapping[str, str] | None = None) -> None:
         self.program = program
         self._lock = threading.Lock()
         self._process: subprocess.Popen[str] | None = None
-        self._environment = {**program.defaults, **os.environ}
+        self._environment = {**program.defaults, **(os.environ if environment is None
+                                                    else environment)}
         self._read = program.read_before_fork(self._environment)
 
     def runs_alike(self, env: Mapping[str, str]) -> bool:
         """Whether a child with environment `env` behaves as a fresh start would: what the
-        server read before forking is what `env` says (a default left unnamed is fine: for the
-        hash seed, a fresh interpreter draws a random one, any seed is one)."""
+        server read before forking is what `env` says (a default left unnamed is fine: a fresh
+        interpreter draws a random hash seed, any seed is one; BLAS threads are no behaviour)."""
         return self.program.read_before_fork({**self.program.defaults, **env}) == self._read
 
     def _started(self) -> subprocess.Popen[str]:

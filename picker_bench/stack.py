@@ -213,13 +213,15 @@ class Process:
         except OSError:
             return ""
 
-    def wait_logged(self, text: str, timeout: float = 20.0) -> None:
-        """Until `text` is in the log; fail with the log if the process dies or never says it."""
+    def wait_logged(self, text: str, timeout: float = 20.0, times: int = 1) -> None:
+        """Until `text` is in the log `times` times; else kill the process and fail with its
+        log."""
         deadline = time.monotonic() + timeout
-        while text not in self.log_path.read_text(errors="replace"):
+        while self.log_path.read_text(errors="replace").count(text) < times:
             if self.popen.poll() is not None or time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} never logged {text!r} (exit status "
-                                   f"{self.popen.poll()}):\n{self.log_tail()}")
+                self.kill()
+                raise TimeoutError(f"{self.name} logged {text!r} fewer than {times} times "
+                                   f"(exit status {self.popen.poll()}):\n{self.log_tail()}")
             time.sleep(0.02)
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -253,9 +255,9 @@ def _kill_leftovers() -> None:
 
 def spawn(name: str, argv: Sequence[str], workdir: Path,
           env: Mapping[str, str] | None = None) -> Process:
-    """`env`: variables added to this process's environment. `llm-picker serve` (one process),
-    `llm-picker sim` and the LiteLLM proxy come from a fork server when
-    PICKER_BENCH_FORK_SERVER=1."""
+    """`env`: variables added to this process's environment. `llm-picker serve` (with
+    `--workers N`, its supervisor), `llm-picker sim` and the LiteLLM proxy come from a fork
+    server when PICKER_BENCH_FORK_SERVER=1."""
     log_path = workdir / f"{name}.log"
     popen: Child
     environment = {**os.environ, **(env or {})}
@@ -290,7 +292,9 @@ def _fork_server_for(argv: Sequence[str],
         program, arguments = LITELLM, list(argv[1:])
     else:
         return None
-    server = _FORK_SERVERS.setdefault(program.name, ForkServer(program))
+    if program.name not in _FORK_SERVERS:  # the first start's environment is the server's
+        _FORK_SERVERS[program.name] = ForkServer(program, env)
+    server = _FORK_SERVERS[program.name]
     return (server, arguments) if server.runs_alike(env) else None
 
 
@@ -390,7 +394,7 @@ def start_picker(config: dict[str, Any], workdir: Path, name: str = "picker",
     proc = spawn(name, argv, workdir, REPLICA_ENV if "replicas" in config else None)
     wait_http(proc, f"http://127.0.0.1:{config['admin']['port']}/health")
     if config.get("log", {}).get("level", "INFO").upper() in ("DEBUG", "INFO"):
-        proc.wait_logged("llm-picker serving")
+        proc.wait_logged("llm-picker serving", times=processes)  # each process says it
     return proc
 
 

@@ -20,8 +20,9 @@ from _pytest.nodeid import NodeId
 
 from picker_bench.stack import FORK_SERVER_ENV
 
-# Pickers and sims the harness starts come from a fork server (picker_bench/forkserver.py):
-# ~0.2-0.8 s of CPU of imports each, ~1,000 starts per run. `PICKER_BENCH_FORK_SERVER=0 make
+# Pickers, sims and LiteLLM proxies the harness starts come from fork servers
+# (picker_bench/forkserver.py): ~0.2-0.8 s of CPU of imports each (~9 s a proxy), ~1,000 starts
+# per run. `PICKER_BENCH_FORK_SERVER=0 make
 # test` starts every one as a fresh interpreter instead.
 os.environ.setdefault(FORK_SERVER_ENV, "1")
 

@@ -100,11 +100,15 @@ def test_interpreter_settings_the_server_lacks_get_a_fresh_interpreter(
 def test_a_proxy_is_forked_unless_litellm_would_have_read_another_environment() -> None:
     """LiteLLM reads its environment as it imports: only the picker's settings (read when
     the proxy starts) and pytest's name for the running test may differ from the server's."""
-    server = ForkServer(LITELLM)  # not started: that takes a start
-    assert server.runs_alike({**os.environ, "LLM_PICKER_POLICY__NAME": "least_load",
+    offline = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    server = ForkServer(LITELLM, offline)  # not started: that takes a start
+    assert server.runs_alike({**offline, "LLM_PICKER_POLICY__NAME": "least_load",
                               "PYTEST_CURRENT_TEST": "another test"})
-    assert not server.runs_alike({**os.environ, "LITELLM_LOG": "DEBUG"})
-    assert not server.runs_alike({**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "False"})
+    assert not server.runs_alike({**offline, "LITELLM_LOG": "DEBUG"})
+    assert not server.runs_alike({**offline, "LITELLM_LOCAL_MODEL_COST_MAP": "False"})
+    # Unnamed, a fresh proxy would fetch its cost map: not what the server did.
+    assert not server.runs_alike({key: value for key, value in offline.items()
+                                  if key != "LITELLM_LOCAL_MODEL_COST_MAP"})
 
 
 def test_the_harness_uses_the_server_only_when_asked(tmp_path: Path,
