@@ -320,13 +320,20 @@ def wait_grpc(proc: Process, target: str, timeout: float = 20.0) -> None:
 
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(target) as channel:
-        while time.monotonic() < deadline:
-            if proc.popen.poll() is not None:
-                code = proc.popen.returncode
-                raise RuntimeError(f"{proc.name} exited with {code}:\n{proc.log_tail()}")
-            with contextlib.suppress(grpc.FutureTimeoutError):
-                grpc.channel_ready_future(channel).result(timeout=0.2)
-                return
+        # One future for the whole wait, cancelled before the channel closes: each future polls
+        # the channel on a thread of its own until it is done or cancelled, and one still
+        # polling a closed channel raises there ("Cannot invoke RPC: Channel closed!").
+        ready = grpc.channel_ready_future(channel)
+        try:
+            while time.monotonic() < deadline:
+                if proc.popen.poll() is not None:
+                    code = proc.popen.returncode
+                    raise RuntimeError(f"{proc.name} exited with {code}:\n{proc.log_tail()}")
+                with contextlib.suppress(grpc.FutureTimeoutError):
+                    ready.result(timeout=0.2)
+                    return
+        finally:
+            ready.cancel()
     proc.kill()
     raise TimeoutError(f"{proc.name} not ready at {target} after {timeout}s:\n"
                        f"{proc.log_tail()}")
