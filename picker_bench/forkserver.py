@@ -61,8 +61,9 @@ _PRELOAD = ("llm_picker.cli", "llm_picker.serve_extproc", "llm_picker.serve_auth
             "anyio._backends._asyncio", "pydantic.v1", "uvicorn.lifespan.off")
 
 
-# Replicas sharing picks need one hash seed (picker_bench.stack.REPLICA_ENV): the picker's server
-# runs with it, unless the harness's environment names another.
+# Replicas sharing picks need one hash seed (picker_bench.stack.REPLICA_ENV has this one): the
+# picker's server runs with it, unless the harness's environment names another, so that their
+# starts are forked too.
 HASH_SEED = "20240515"
 
 

@@ -147,7 +147,7 @@ def _wait_served(url: str, body: dict[str, Any], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         answer = loopback().post(f"{url}/v1/chat/completions", json={**body, "stream": False},
-                            timeout=30)
+                                 timeout=30)
         if answer.status_code == 200:
             return
         if time.monotonic() > deadline:

@@ -323,7 +323,6 @@ def _idle_cpu_rate(proc: Process, window_secs: float = 3.0) -> float:
 
 def ext_proc_messages(admin_port: int) -> tuple[int, int]:
     """(messages Envoy sent to the picker, responses it received), from Envoy's own stats."""
-
     text = loopback().get(f"http://127.0.0.1:{admin_port}/stats?filter=ext_proc", timeout=5).text
     counts = {"stream_msgs_sent": 0, "stream_msgs_received": 0}
     for line in text.splitlines():

@@ -27,7 +27,7 @@ import httpx
 import yaml
 
 from llm_picker.envoy_config import ENVOY_DIR, authz_over_tls, ext_proc_config, point_authz
-from picker_bench.forkserver import LITELLM, PICKER, ForkServer, Program
+from picker_bench.forkserver import HASH_SEED, LITELLM, PICKER, ForkServer, Program
 from picker_bench.loopback import loopback
 
 __all__ = [
@@ -382,7 +382,7 @@ def start_sims(specs: Sequence[SimSpec], workdir: Path) -> list[Process]:
 
 # Replicas sharing picks must hash prompts alike (picker/replicas/wire.py), and hold one
 # secret to authenticate their links.
-REPLICA_ENV = {"PYTHONHASHSEED": "20240515",
+REPLICA_ENV = {"PYTHONHASHSEED": HASH_SEED,
                "LLM_PICKER_REPLICAS__SECRET": "bench-replicas-shared-secret"}
 
 

@@ -22,8 +22,7 @@ from picker_bench.stack import FORK_SERVER_ENV
 
 # Pickers, sims and LiteLLM proxies the harness starts come from fork servers
 # (picker_bench/forkserver.py): ~0.2-0.8 s of CPU of imports each (~9 s a proxy), ~1,000 starts
-# per run. `PICKER_BENCH_FORK_SERVER=0 make
-# test` starts every one as a fresh interpreter instead.
+# per run. `PICKER_BENCH_FORK_SERVER=0 make test` starts every one as a fresh interpreter.
 os.environ.setdefault(FORK_SERVER_ENV, "1")
 
 # Session fixtures are left out: each worker has its own session anyway.
@@ -42,14 +41,15 @@ _LITELLM_GROUPS = {
 def pytest_itemcollected(item: pytest.Item) -> None:
     if not isinstance(item, pytest.Function) or item.get_closest_marker("xdist_group"):
         return
-    if group := _LITELLM_GROUPS.get(item.nodeid.split("::")[0]):
+    module = item.nodeid.split("::")[0]
+    if group := _LITELLM_GROUPS.get(module):
         item.add_marker(pytest.mark.xdist_group(group))
         return
     # _fixtureinfo: pytest offers no public view of an item's fixture definitions.
     shared = [name for name, chain in item._fixtureinfo.name2fixturedefs.items()
               if chain[-1].scope in _SHARED_SCOPES and chain[-1].baseid.startswith("tests")]
     if shared:
-        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+        item.add_marker(pytest.mark.xdist_group(module))
 
 
 # The longest modules (each 30-100 s of one worker: `pytest --durations=40`), started first: the

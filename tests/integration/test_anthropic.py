@@ -60,7 +60,7 @@ def test_anthropic_messages_with_a_shared_system_prompt_land_on_one_engine(mode:
         missing = loopback().post(f"{fleet.envoy_url}/v1/messages", timeout=10, json={
             "model": "nobody-serves-this", "max_tokens": 1, "messages": []})
         bad = loopback().post(f"{fleet.envoy_url}/v1/messages", timeout=10,
-                         content=b"{not json", headers={"content-type": "application/json"})
+                              content=b"{not json", headers={"content-type": "application/json"})
     assert missing.status_code == 404
     assert missing.json()["type"] == "error"
     assert missing.json()["error"]["type"] == "not_found_error"

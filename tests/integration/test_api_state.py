@@ -49,7 +49,7 @@ def test_workers_added_changed_and_drained_through_the_api_survive_a_restart(
                 "url": engine, "id": worker_id, "models": [MODEL]})
             assert posted.status_code == 202, posted.text
         patched = loopback().patch(f"{url}/workers/a", timeout=5,
-                              json={"priority": 77, "labels": {"zone": "b"}})
+                                   json={"priority": 77, "labels": {"zone": "b"}})
         assert patched.status_code == 200, patched.text
         deleted = loopback().delete(f"{url}/workers/b", timeout=10)
         assert deleted.status_code == 200, deleted.text

@@ -76,8 +76,8 @@ def test_unknown_model_is_404_with_openai_error(authz_fleet: Fleet) -> None:
 
 def test_bad_body_is_400_with_json_error(authz_fleet: Fleet) -> None:
     response = loopback().post(f"{authz_fleet.envoy_url}/v1/chat/completions",
-                          content=b"{this is not json",
-                          headers={"content-type": "application/json"}, timeout=5.0)
+                               content=b"{this is not json",
+                               headers={"content-type": "application/json"}, timeout=5.0)
     assert response.status_code == 400
     assert response.headers["content-type"] == "application/json"
     assert "invalid JSON" in response.json()["error"]["message"]
@@ -97,7 +97,7 @@ def test_the_model_list_is_answered_by_the_picker_as_in_ext_proc_mode(
     assert posted.status_code == 404 and posted.json()["error"]["code"] == "unsupported_path"
     # Only a bodiless GET skips the check: with a body it is checked, and bounded there.
     huge = loopback().request("GET", f"{authz_fleet.envoy_url}/v1/models", content=b"x" * 9_000_000,
-                         timeout=10.0)
+                              timeout=10.0)
     assert huge.status_code == 413 and huge.json()["error"]["code"] == "body_too_large"
 
 
@@ -165,7 +165,7 @@ def test_over_the_limit_is_shed_with_429_and_retry_after() -> None:
         wait_until(lambda: total_in_flight(fleet) == 0, what="in-flight back to 0")
         # The slot came back with the access log: the next request is admitted.
         response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", timeout=5.0,
-                              json={"model": MODEL, "messages": MESSAGES, "max_tokens": 2})
+                                   json={"model": MODEL, "messages": MESSAGES, "max_tokens": 2})
         assert response.status_code == 200 and response.headers[SIM_HEADER] == "slow"
 
 
@@ -173,7 +173,7 @@ def test_upstream_failure_releases_the_slot_as_an_error() -> None:
     sims = [SimSpec("broken", MODEL, ["--failure-rate", "1"])]
     with local_fleet(sims, policy="round_robin", authz=True) as fleet:
         response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", timeout=5.0,
-                              json={"model": MODEL, "messages": MESSAGES})
+                                   json={"model": MODEL, "messages": MESSAGES})
         assert response.status_code == 500 and response.headers[SIM_HEADER] == "broken"
         wait_until(lambda: total_in_flight(fleet) == 0, what="in-flight back to 0")
         assert outcome(fleet, "upstream_error") == 1.0

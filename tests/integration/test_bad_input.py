@@ -71,7 +71,7 @@ def test_catalogue(fleet: Fleet, name: str, path: str, body: bytes, headers: dic
 def test_headers_over_envoys_limit_never_reach_the_picker(fleet: Fleet) -> None:
     try:
         response = loopback().post(f"{fleet.envoy_url}{CHAT}", json=GOOD, timeout=10,
-                              headers={"x-junk": "j" * 70_000})
+                                   headers={"x-junk": "j" * 70_000})
         assert response.status_code == 431
     except (httpx.RemoteProtocolError, httpx.ReadError):
         pass  # Envoy's HTTP/1 codec may close or reset the connection instead of a 431
@@ -93,5 +93,5 @@ def test_chunked_body_split_everywhere_still_routes(fleet: Fleet) -> None:
     for size in (1, 3, 7, len(raw) - 1):
         chunks = (raw[i:i + size] for i in range(0, len(raw), size))
         response = loopback().post(f"{fleet.envoy_url}{CHAT}", content=chunks, headers=JSON,
-                              timeout=10)
+                                   timeout=10)
         assert response.status_code == 200, size

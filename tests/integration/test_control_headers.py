@@ -106,7 +106,7 @@ def test_picker_down_never_routes_to_a_client_named_host(
     envoy = start_envoy(config, root)
     try:
         response = loopback().post(f"http://127.0.0.1:{listen}/v1/chat/completions", json=CHAT,
-                              headers=client_headers(victim), timeout=10)
+                                   headers=client_headers(victim), timeout=10)
     finally:
         envoy.kill()
     assert victim.posts == []
@@ -135,7 +135,7 @@ def test_no_client_control_header_reaches_the_engine(
                      envoy_template=template) as fleet:
         sent = client_headers(victim)
         response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=CHAT,
-                              headers=sent, timeout=10)
+                                   headers=sent, timeout=10)
     assert response.status_code == 200, response.text
     assert victim.posts == []
     [(_, received, _)] = engine.posts

@@ -96,10 +96,10 @@ def test_models_list_through_envoy(fleet: Fleet) -> None:
 def test_access_log_one_json_line_per_request(fleet: Fleet) -> None:
     """Item 11: with log.access, one JSON line per request; no prompt text, no api key."""
     response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=_chat(MODEL),
-                          headers={"x-request-id": "req-access-1"})
+                               headers={"x-request-id": "req-access-1"})
     assert response.status_code == 200
     loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=_chat("nobody"),
-               headers={"x-request-id": "req-access-2"})
+                    headers={"x-request-id": "req-access-2"})
     log_path = fleet.processes["picker"].log_path
 
     def entries() -> dict[str, dict[str, object]]:
@@ -122,7 +122,7 @@ def test_client_values_in_the_access_log_are_capped(fleet: Fleet) -> None:
     """Issue 30 item 14: a 5 KB request id and a 10 KB strategy name were written whole."""
     request_id = "req-long-" + "i" * 5000
     response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=_chat(MODEL),
-                          headers={"x-request-id": request_id,
+                               headers={"x-request-id": request_id,
                                    "x-routing-strategy": "s" * 10_000})
     assert response.status_code == 400  # an unknown strategy
     log_path = fleet.processes["picker"].log_path

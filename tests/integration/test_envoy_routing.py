@@ -102,7 +102,7 @@ def assert_method_and_encoding_named(envoy_url: str) -> None:
     assert got.status_code == 405 and got.headers["allow"] == "POST"
     assert got.json()["error"]["message"] == "/v1/chat/completions takes POST, not GET"
     gzipped = loopback().post(f"{envoy_url}/v1/chat/completions", content=b"\x1f\x8b",
-                         headers={"content-type": "application/json",
+                              headers={"content-type": "application/json",
                                   "content-encoding": "gzip"}, timeout=5.0)
     assert gzipped.status_code == 415
     assert "content-encoding 'gzip' is not supported" in gzipped.json()["error"]["message"]
@@ -217,5 +217,5 @@ def test_a_body_over_a_megabyte_arrives_whole(rr_fleet: Fleet) -> None:
     through = loopback().post(f"{rr_fleet.envoy_url}/v1/chat/completions", json=body, timeout=30)
     assert through.status_code == 200, through.text[:300]
     direct = loopback().post(f"{rr_fleet.sim_url(through.headers[SIM_HEADER])}/v1/chat/completions",
-                        json=body, timeout=30)
+                             json=body, timeout=30)
     assert through.json()["usage"]["prompt_tokens"] == direct.json()["usage"]["prompt_tokens"]

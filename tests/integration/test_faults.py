@@ -108,7 +108,7 @@ def test_engine_that_never_answers_is_bounded_by_timeouts() -> None:
     with local_fleet(sims, picker_settings=settings, route_timeout="1s") as fleet:
         started = time.monotonic()
         response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions",
-                              json={"model": MODEL, "messages": MESSAGES}, timeout=30)
+                                   json={"model": MODEL, "messages": MESSAGES}, timeout=30)
         assert response.status_code == 504  # Envoy's route timeout
         assert time.monotonic() - started < 5
         wait_until(lambda: total_in_flight(fleet) == 0, timeout=5, what="slot released")

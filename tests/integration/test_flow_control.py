@@ -179,9 +179,9 @@ def test_a_client_hanging_up_while_queued_frees_its_place() -> None:
 def test_client_flow_headers_are_ignored_unless_trusted() -> None:
     with flow_fleet(trust_client_headers=False) as fleet:
         response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions",
-                              json={"model": MODEL, "max_tokens": 1,
+                                   json={"model": MODEL, "max_tokens": 1,
                                     "messages": [{"role": "user", "content": "hi"}]},
-                              headers=headers("tenant-a", "interactive"), timeout=10)
+                                   headers=headers("tenant-a", "interactive"), timeout=10)
         assert response.status_code == 200
         outcomes = metric_values(fleet, "llm_picker_flow_requests_total")
         assert outcomes == {(("flow", "default-flow"), ("outcome", "dispatched"),

@@ -149,7 +149,7 @@ def test_smg_gives_the_same_answer_for_the_same_output(
             # 345 tokens, the picker 327 for this chat), the tokenizer's concern, not the parsers'.
             assert ours["usage"]["completion_tokens"] == theirs["usage"]["completion_tokens"]
             streamed = loopback().post(f"{smg}/v1/chat/completions", timeout=10,
-                                  json=chat("qwen-model", stream=True))
+                                       json=chat("qwen-model", stream=True))
             smg_events = [json.loads(line[6:]) for line in streamed.text.splitlines()
                           if line.startswith("data: {")]
             our_events = events(post(fleet, "/v1/chat/completions",

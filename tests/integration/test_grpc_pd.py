@@ -82,7 +82,7 @@ def test_non_streamed_chat_is_decoded_from_the_prefilled_room(
         fleet: Fleet, tokenizer_dir: Path) -> None:
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 7}
     response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=body, timeout=30,
-                          headers={"x-request-id": "pd-plain-1"})
+                               headers={"x-request-id": "pd-plain-1"})
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["choices"][0]["message"] == {"role": "assistant",
@@ -119,8 +119,8 @@ def test_streamed_chat_arrives_as_sse_with_usage(fleet: Fleet, tokenizer_dir: Pa
 def test_each_request_gets_a_room_of_its_own(fleet: Fleet) -> None:
     for i in range(3):
         response = loopback().post(f"{fleet.envoy_url}/v1/completions", timeout=30,
-                              headers={"x-request-id": f"pd-room-{i}"},
-                              json={"model": MODEL, "prompt": f"tell {i}", "max_tokens": 2})
+                                   headers={"x-request-id": f"pd-room-{i}"},
+                                   json={"model": MODEL, "prompt": f"tell {i}", "max_tokens": 2})
         assert response.status_code == 200, response.text
     wait_until(lambda: "pd-room-2" in rooms(fleet, "p0"), what="the prefill sim's PD lines")
     decoded = rooms(fleet, "d0")

@@ -175,7 +175,7 @@ def test_a_model_on_http_and_grpc_workers_keeps_each_request_within_one_router(
                                       "enable_igw": True, **FAST_HEALTH}) as mixed:
         long = {"model": MODEL, "messages": MESSAGES, "max_tokens": 60, "stream": True}
         with loopback().stream("POST", f"{mixed.envoy_url}/v1/chat/completions", json=long,
-                          timeout=30) as streaming:
+                               timeout=30) as streaming:
             assert streaming.headers[SIM_HEADER] == "h-mixed"
             lines = streaming.iter_lines()
             next(lines)
@@ -195,11 +195,11 @@ def test_a_model_on_http_and_grpc_workers_keeps_each_request_within_one_router(
 def test_a_client_that_hangs_up_mid_stream_makes_the_picker_send_abort(fleet: Fleet) -> None:
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 400, "stream": True}
     finished = loopback().post(f"{fleet.envoy_url}/v1/chat/completions",
-                          json={**body, "max_tokens": 3}, headers={"x-request-id": "whole-1"},
-                          timeout=30)
+                               json={**body, "max_tokens": 3}, headers={"x-request-id": "whole-1"},
+                               timeout=30)
     assert finished.text.endswith("data: [DONE]\n\n")
     with loopback().stream("POST", f"{fleet.envoy_url}/v1/chat/completions", json=body,
-                      headers={"x-request-id": "hang-up-1"}, timeout=30) as streaming:
+                           headers={"x-request-id": "hang-up-1"}, timeout=30) as streaming:
         assert streaming.status_code == 200
         next(streaming.iter_lines())  # generating: 400 tokens take the sim ~1 s
     sim = fleet.processes["sim-g1"]
@@ -269,8 +269,8 @@ def test_a_stop_string_ends_the_answer_before_it_and_aborts_the_generation(
     rid = f"stop-{stream}"
     started = time.monotonic()
     response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", timeout=30,
-                          headers={"x-request-id": rid},
-                          json={"model": MODEL, "messages": MESSAGES, "max_tokens": 300,
+                               headers={"x-request-id": rid},
+                               json={"model": MODEL, "messages": MESSAGES, "max_tokens": 300,
                                 "stop": [stop], "stream": stream})
     if stream:
         chunks = events(response)

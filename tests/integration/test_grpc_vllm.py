@@ -137,7 +137,7 @@ def test_completions_streamed_and_not(fleet: Fleet, tokenizer_dir: Path) -> None
 def test_a_client_that_hangs_up_reaches_the_sim_as_vllms_abort(fleet: Fleet) -> None:
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 400, "stream": True}
     with loopback().stream("POST", f"{fleet.envoy_url}/v1/chat/completions", json=body,
-                      headers={"x-request-id": "hang-up-v"}, timeout=30) as streaming:
+                           headers={"x-request-id": "hang-up-v"}, timeout=30) as streaming:
         assert streaming.status_code == 200
         next(streaming.iter_lines())  # generating: 400 tokens take the sim ~1 s
     sim = fleet.processes["sim-v1"]
@@ -164,7 +164,7 @@ def test_smg_and_the_picker_give_one_answer_from_the_same_vllm_sim(tmp_path: Pat
         with smg_gateway(["--worker-urls", f"grpc://127.0.0.1:{spec.port}"], tmp_path) as smg:
             theirs = post_until_served(f"{smg}/v1/chat/completions", body)
             their_events = streamed_answer(loopback().post(f"{smg}/v1/chat/completions",
-                                                      json=stream, timeout=10))
+                                                           json=stream, timeout=10))
         with local_fleet([], body_mode="FULL_DUPLEX_STREAMED", envoy_template=GATEWAY,
                          picker_settings={"extproc": {"tls": "self_signed"},
                                           "workers": [worker]}) as fleet:

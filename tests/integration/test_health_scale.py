@@ -28,7 +28,7 @@ def live_engines_keep_up(fleet: Fleet, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         listed = loopback().get(f"{fleet.admin_url}/workers", params={"model": MODEL},
-                           timeout=10).json()["workers"]
+                                timeout=10).json()["workers"]
         states = {w["id"]: w["state"] for w in listed}
         assert sorted(states) == ["a", "b"]
         for worker_id, state in states.items():

@@ -73,7 +73,7 @@ def test_replicas_following_kv_events_agree_after_traffic_only_one_routed() -> N
             homes = set()
             for i in range(4):  # only the Envoy-fronted picker sees this traffic
                 response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions",
-                                      json=chat(f"question {i}"), timeout=10)
+                                           json=chat(f"question {i}"), timeout=10)
                 assert response.status_code == 200, response.text
                 homes.add(response.headers[SIM_HEADER])
             assert len(homes) == 1, homes

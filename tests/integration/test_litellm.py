@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-from picker_bench.loopback import loopback
-
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # before litellm is imported: no network
 
 import asyncio
@@ -21,6 +19,7 @@ import pytest
 
 from examples.litellm.sdk import make_router
 from litellm_plugin import PickerStrategy
+from picker_bench.loopback import loopback
 from picker_bench.stack import Process, SimSpec, start_sims
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -188,7 +187,6 @@ def test_in_flight_returns_to_zero_after_streams_and_failures(
 
 
 def test_picker_metrics_on_its_admin_port_when_enabled(engines: tuple[list[str], dict]) -> None:
-
     from picker_bench.stack import free_port
 
     bases, _ = engines

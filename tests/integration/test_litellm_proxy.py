@@ -113,7 +113,7 @@ def test_least_queue_in_the_proxy_reads_the_engines_queues(tmp_path: Path) -> No
         wait_http(process, f"{url}/health/liveliness", timeout=90)
         for spec, waiting in zip(sims, (9, 0), strict=True):
             loopback().post(f"http://127.0.0.1:{spec.port}/sim/control",
-                       json={"extra_waiting": waiting}, timeout=5).raise_for_status()
+                            json={"extra_waiting": waiting}, timeout=5).raise_for_status()
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=MASTER_KEY, max_retries=0)
         ask = {"model": "my-model", "messages": [{"role": "user", "content": "hi"}],
                "max_tokens": 1}
@@ -156,7 +156,7 @@ def test_the_explain_header_through_the_proxy_only_when_allowed_and_asked(
         plain = loopback().post(f"{url}/v1/chat/completions", json=ask, headers=headers, timeout=30)
         assert plain.status_code == 200 and "x-llm-picker-explain" not in plain.headers
         asked = loopback().post(f"{url}/v1/chat/completions", json=ask, timeout=30,
-                           headers={**headers, "x-llm-picker-explain": "1"})
+                                headers={**headers, "x-llm-picker-explain": "1"})
         assert asked.status_code == 200
         line = asked.headers["x-llm-picker-explain"]
         assert line.startswith("policy=least_load; worker=") and "reason=" in line

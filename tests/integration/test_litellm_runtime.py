@@ -40,7 +40,7 @@ def base(spec: SimSpec) -> str:
 
 def control(spec: SimSpec, **knobs: object) -> None:
     loopback().post(f"http://127.0.0.1:{spec.port}/sim/control", json=knobs,
-               timeout=5).raise_for_status()
+                    timeout=5).raise_for_status()
 
 
 def attached(specs: list[SimSpec], **settings: Any) -> tuple[litellm.Router, PickerStrategy]:

@@ -44,7 +44,7 @@ def fleet(request: pytest.FixtureRequest) -> Iterator[Fleet]:
 def ask(fleet: Fleet, model: str, strategy: str | None = None) -> str:
     headers = {"x-routing-strategy": strategy} if strategy else {}
     response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", headers=headers,
-                          timeout=20, json={"model": model, "max_tokens": 2,
+                               timeout=20, json={"model": model, "max_tokens": 2,
                                             "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 200, response.text
     assert response.json()["model"] == model

@@ -28,7 +28,7 @@ def test_a_rewritten_request_reaches_an_engine_serving_the_target(body_mode: str
             body = {"model": "food", "max_tokens": 2, "stream": i % 2 == 0,
                     "messages": [{"role": "user", "content": f"dish {i}"}]}
             response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=body,
-                                  timeout=10)
+                                       timeout=10)
             assert response.status_code == 200, response.text
             served[response.headers[SIM_HEADER]] += 1
         metrics = loopback().get(f"{fleet.admin_url}/metrics").text

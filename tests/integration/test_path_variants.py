@@ -50,8 +50,8 @@ def test_an_engine_gets_the_form_of_an_api_path_the_client_used(
     sent = ["/rerank", "/v2/rerank/", "/v1/rerank", "/score"]
     with local_fleet([], picker_settings={"workers": [worker]}, body_mode=mode) as fleet:
         statuses = [loopback().post(f"{fleet.envoy_url}{path}", timeout=10,
-                               json=rerank if "rerank" in path else
-                               {"model": MODEL, "text_1": "q", "text_2": "a"}).status_code
+                                    json=rerank if "rerank" in path else
+                                    {"model": MODEL, "text_1": "q", "text_2": "a"}).status_code
                     for path in sent]
     assert statuses == [200] * len(sent)
     assert [path for path, _, _ in engine.posts] == ["/rerank", "/v2/rerank", "/v1/rerank",

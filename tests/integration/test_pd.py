@@ -140,7 +140,7 @@ def test_a_nixl_prefill_that_stopped_early_sends_decode_the_clients_request() ->
     with local_fleet(pd_sims("nixl", prefills=1, decodes=1),
                      picker_settings={"enable_igw": True}) as fleet:
         loopback().post(f"{fleet.sim_url('p0')}/sim/control", json={"prefill_stops_early": 1},
-                   timeout=5).raise_for_status()
+                        timeout=5).raise_for_status()
         client = openai.OpenAI(base_url=f"{fleet.envoy_url}/v1", api_key="x", max_retries=0)
         for i in range(6):
             reply = client.chat.completions.create(
@@ -163,7 +163,7 @@ def test_both_legs_carry_one_request_id(protocol: str) -> None:
         body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
         for headers in ({"x-request-id": "client-id-7"}, {}):
             reply = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=body,
-                               headers=headers, timeout=10)
+                                    headers=headers, timeout=10)
             assert reply.status_code == 200, reply.text
         prefilled = [e.get("x-request-id") for e in pd_report(fleet, "p0")["received"]]
         decoded = [e.get("x-request-id") for e in pd_report(fleet, "d0")["received"]]

@@ -80,7 +80,7 @@ def test_fail_open_no_client_sees_the_picker_die() -> None:
             """One more request, then whether the restarted picker decided any: under a
             loaded machine its start, or Envoy's reconnect to it, may outlast the load."""
             assert loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=BODY,
-                              timeout=5).status_code == 200
+                                   timeout=5).status_code == 200
             return sum(metric_values(fleet, "llm_picker_decisions_total").values()) > 0
 
         wait_until(routed_again, timeout=15.0, what="the restarted picker routing again")

@@ -29,7 +29,7 @@ def test_shared_prefix_groups_stay_on_one_engine_and_hit_its_cache(tokenizer: st
                 {"role": "system", "content": system},
                 {"role": "user", "content": f"question {i}"}]}
             response = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=body,
-                                  timeout=10)
+                                       timeout=10)
             assert response.status_code == 200
             homes[group].add(response.headers[SIM_HEADER])
         assert all(len(engines) == 1 for engines in homes.values()), homes

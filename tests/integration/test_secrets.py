@@ -41,10 +41,10 @@ def test_api_keys_and_admin_token_appear_in_no_response_log_or_metric(
                 loopback().get(f"{fleet.admin_url}/workers/locked").text,
                 # (locked-2: the API may change it; "locked" belongs to the config file)
                 loopback().patch(f"{fleet.admin_url}/workers/locked-2", json={"cost": 2},
-                            headers=auth).text,
+                                 headers=auth).text,
                 # A wrong token's refusal must not echo either token.
                 loopback().patch(f"{fleet.admin_url}/workers/locked", json={"cost": 3},
-                            headers={"authorization": f"Bearer {ADMIN_TOKEN}x"}).text,
+                                 headers={"authorization": f"Bearer {ADMIN_TOKEN}x"}).text,
                 loopback().get(f"{fleet.admin_url}/metrics").text,
                 loopback().get(f"{fleet.admin_url}/openapi.json").text,
                 loopback().delete(f"{fleet.admin_url}/workers/locked-2", headers=auth).text,

@@ -142,11 +142,11 @@ def test_envoy_config_matches_the_picker(tmp_path: Path) -> None:
         wait_http(envoy, f"http://127.0.0.1:{envoy_admin}/ready")
         body = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}]}
         reply = loopback().post(f"http://127.0.0.1:{listen}/v1/chat/completions", json=body,
-                           timeout=10)
+                                timeout=10)
         assert reply.status_code == 200 and reply.headers["x-picker-sim-worker"] == "a"
         big = {**body, "messages": [{"role": "user", "content": "x" * 200_000}]}
         reply = loopback().post(f"http://127.0.0.1:{listen}/v1/chat/completions", json=big,
-                           timeout=10)
+                                timeout=10)
         assert reply.status_code == 413 and reply.json()["error"]["code"] == "body_too_large"
     finally:
         for proc in (envoy, picker, sim_proc):

@@ -130,7 +130,7 @@ def test_worker_added_through_the_admin_api_reaches_both(fleet: Fleet) -> None:
                                json=_chat("solo-model")).status_code == 404
             url = f"http://127.0.0.1:{solo.port}"
             added = loopback().post(f"{fleet.admin_url}/workers",
-                               json={"url": url, "id": "sim-solo", "models": ["solo-model"]})
+                                    json={"url": url, "id": "sim-solo", "models": ["solo-model"]})
             assert added.status_code in (200, 201, 202), added.text
             wait_until(lambda: client.post("/v1/chat/completions", json=_chat("solo-model"))
                        .status_code == 200, what="the new worker routable")

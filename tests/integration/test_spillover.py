@@ -23,12 +23,12 @@ def test_a_saturated_pool_spills_to_the_overflow_endpoint_and_returns_when_load_
         before = loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=CHAT, timeout=10)
         long = {**CHAT, "max_tokens": 60, "stream": True}  # about 2.4 s on the pool engine
         with loopback().stream("POST", f"{fleet.envoy_url}/v1/chat/completions", json=long,
-                          timeout=10) as held:
+                               timeout=10) as held:
             lines = held.iter_lines()
             next(lines)  # under way: the pool's one slot is taken
             assert held.headers[SIM_HEADER] == "pool"
             during = [loopback().post(f"{fleet.envoy_url}/v1/chat/completions", json=CHAT,
-                                 timeout=10) for _ in range(3)]
+                                      timeout=10) for _ in range(3)]
             for _ in lines:
                 pass
         wait_until(lambda: total_in_flight(fleet) == 0, what="the held stream's release")

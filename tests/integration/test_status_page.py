@@ -43,7 +43,7 @@ def fleet() -> Iterator[Fleet]:
 def chat(fleet: Fleet, system: str, question: str,
          headers: dict[str, str] | None = None) -> httpx.Response:
     return loopback().post(f"{fleet.envoy_url}/v1/chat/completions", headers=headers or {},
-                      timeout=10.0, json={"model": MODEL, "max_tokens": 2, "messages": [
+                           timeout=10.0, json={"model": MODEL, "max_tokens": 2, "messages": [
                           {"role": "system", "content": system},
                           {"role": "user", "content": question}]})
 
@@ -63,7 +63,7 @@ def test_explain_header_only_when_asked(fleet: Fleet) -> None:
     found = loopback().get(f"{fleet.admin_url}/debug/decisions/{plain.headers['x-request-id']}")
     assert found.status_code == 200 and found.json()["worker"] == plain.headers[SIM_HEADER]
     record = loopback().get(f"{fleet.admin_url}/debug/decisions",
-                       params={"limit": 1, "worker": worker}).json()["decisions"][0]
+                            params={"limit": 1, "worker": worker}).json()["decisions"][0]
     assert record["worker"] == worker and record["reason"] == "best-prefix"
     assert "hunter2" not in str(record) and "house rules" not in str(record)
 

@@ -97,7 +97,7 @@ def test_engines_reporting_no_hits_the_picker_predicted_raise_drift(tmp_path: Pa
             _send(fleet, bodies)
             status = loopback().get(f"{fleet.admin_url}/debug/status", timeout=5).json()
             records = loopback().get(f"{fleet.admin_url}/debug/decisions", params={"limit": 100},
-                                timeout=5).json()["decisions"]
+                                     timeout=5).json()["decisions"]
             drift = metric_values(fleet, "llm_picker_audit_drift")
             page = None if chromium is None else asyncio.run(_audit_table(chromium, fleet))
             results[name] = (status, drift, page, records)

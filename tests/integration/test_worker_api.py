@@ -15,8 +15,8 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 def chat(fleet_url: str) -> str:
-    response = loopback().post(f"{fleet_url}/v1/chat/completions",
-                          json={"model": MODEL, "messages": MESSAGES, "max_tokens": 2}, timeout=10)
+    response = loopback().post(f"{fleet_url}/v1/chat/completions", timeout=10,
+                               json={"model": MODEL, "messages": MESSAGES, "max_tokens": 2})
     assert response.status_code == 200, response.text
     return response.headers[SIM_HEADER]
 
@@ -28,7 +28,7 @@ def test_added_worker_is_discovered_then_routed_to() -> None:
         proc = start_sim(extra, fleet.workdir)
         try:
             added = loopback().post(f"{fleet.admin_url}/workers", timeout=30,
-                               json={"url": f"http://127.0.0.1:{extra.port}", "id": "b"})
+                                    json={"url": f"http://127.0.0.1:{extra.port}", "id": "b"})
             assert added.status_code == 201, added.text
             assert added.json()["models"] == [MODEL]  # discovered from /v1/models
             assert Counter(chat(fleet.envoy_url) for _ in range(10)) == {"a": 5, "b": 5}
@@ -44,7 +44,7 @@ def test_delete_while_streams_are_in_flight_loses_none() -> None:
         proc = start_sim(extra, fleet.workdir)
         try:
             added = loopback().post(f"{fleet.admin_url}/workers", timeout=30,
-                               json={"url": f"http://127.0.0.1:{extra.port}", "id": "a"})
+                                    json={"url": f"http://127.0.0.1:{extra.port}", "id": "a"})
             assert added.status_code == 201, added.text
 
             async def scenario() -> tuple[list[tuple[int, str, int]], dict[str, object]]:
@@ -83,14 +83,14 @@ def test_patch_priority_steers_least_load_and_file_workers_are_the_files() -> No
         try:
             url = f"http://127.0.0.1:{extra.port}"
             assert loopback().post(f"{fleet.admin_url}/workers", json={"url": url, "id": "b"},
-                              timeout=30).status_code == 201
+                                   timeout=30).status_code == 201
             patched = loopback().patch(f"{fleet.admin_url}/workers/b", json={"priority": 90},
-                                  timeout=5)
+                                       timeout=5)
             assert patched.status_code == 200 and patched.json()["priority"] == 90
             assert {chat(fleet.envoy_url) for _ in range(6)} == {"b"}
             # "a" is declared in the picker's configuration file: the API says to edit it.
             refused = loopback().patch(f"{fleet.admin_url}/workers/a", json={"priority": 99},
-                                  timeout=5)
+                                       timeout=5)
             assert refused.status_code == 409
             assert str(fleet.workdir / "picker.yaml") in refused.json()["error"]["message"]
             assert loopback().delete(f"{fleet.admin_url}/workers/a", timeout=5).status_code == 409

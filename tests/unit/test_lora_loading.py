@@ -64,7 +64,7 @@ async def test_loads_once_on_an_engine_with_a_free_place_then_it_serves_the_adap
     assert [w.id for w in workers.registry.for_model("sql")] == ["w1"]
     assert workers[1].spec.adapters == {"sql": "m"}
     assert loopback().post(f"{sims[1]}/v1/completions",
-                      json={"model": "sql", "prompt": "a"}).status_code == 200
+                           json={"model": "sql", "prompt": "a"}).status_code == 200
 
 
 async def test_refusals_try_the_next_engine_up_to_max_attempts_then_fail(
@@ -80,7 +80,7 @@ async def test_refusals_try_the_next_engine_up_to_max_attempts_then_fail(
 
 async def test_an_engine_that_already_has_it_counts_as_loaded(sims: list[str]) -> None:
     loopback().post(f"{sims[0]}/v1/load_lora_adapter",
-               json={"lora_name": "sql", "lora_path": "/adapters/sql"})
+                    json={"lora_name": "sql", "lora_path": "/adapters/sql"})
     workers, manager = fleet(sims[:1])
     await loader(workers, manager).ensure(SQL)
     assert calls(sims[0]) == 2 and workers[0].spec.adapters == {"sql": "m"}

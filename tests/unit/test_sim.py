@@ -80,7 +80,7 @@ def test_completions_shape(sim_url: str) -> None:
 
 def test_stream_has_one_chunk_per_token_then_usage_then_done(sim_url: str) -> None:
     with loopback().stream("POST", f"{sim_url}/v1/chat/completions",
-                      json=chat(stream=True, max_tokens=5)) as response:
+                           json=chat(stream=True, max_tokens=5)) as response:
         assert response.headers[WORKER_HEADER] == "w1"
         events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
@@ -168,7 +168,7 @@ def test_failure_rate_one_fails_every_request(sim_url: str) -> None:
 @pytest.mark.parametrize("sim_url", [{"tpot_ms": 50}], indirect=True)
 def test_cancelled_stream_is_counted_and_frees_the_slot(sim_url: str) -> None:
     with loopback().stream("POST", f"{sim_url}/v1/chat/completions",
-                      json=chat(stream=True, max_tokens=50)) as response:
+                           json=chat(stream=True, max_tokens=50)) as response:
         next(response.iter_lines())
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
@@ -186,7 +186,7 @@ def test_config_validation_names_the_field() -> None:
 
 def test_control_knobs_change_health_and_metrics(sim_url: str) -> None:
     assert loopback().post(f"{sim_url}/sim/control",
-                      json={"health_status": 503, "extra_waiting": 4}).status_code == 200
+                           json={"health_status": 503, "extra_waiting": 4}).status_code == 200
     assert loopback().get(f"{sim_url}/health").status_code == 503
     assert metric(sim_url, "vllm:num_requests_waiting") == 4
     bad = loopback().post(f"{sim_url}/sim/control", json={"colour": 1})
@@ -265,7 +265,7 @@ def test_cache_config_info_reports_the_sim_cache_geometry(sim_url: str) -> None:
 @pytest.mark.xdist_group("timing")  # bounds a wall-clock time: tests/conftest.py
 def test_control_knobs_kv_usage_and_health_delay(sim_url: str) -> None:
     assert loopback().post(f"{sim_url}/sim/control",
-                      json={"kv_usage": 0.75, "health_delay_ms": 300}).status_code == 200
+                           json={"kv_usage": 0.75, "health_delay_ms": 300}).status_code == 200
     assert metric(sim_url, "vllm:kv_cache_usage_perc") == 0.75
     started = time.monotonic()
     assert loopback().get(f"{sim_url}/health").status_code == 200
@@ -273,7 +273,7 @@ def test_control_knobs_kv_usage_and_health_delay(sim_url: str) -> None:
     with pytest.raises(httpx.TimeoutException):
         loopback().get(f"{sim_url}/health", timeout=0.1)
     assert loopback().post(f"{sim_url}/sim/control",
-                      json={"health_delay_ms": 0, "extra_waiting": 0}).status_code == 200
+                           json={"health_delay_ms": 0, "extra_waiting": 0}).status_code == 200
     started = time.monotonic()
     loopback().get(f"{sim_url}/health")
     assert time.monotonic() - started < 0.3

@@ -26,7 +26,7 @@ def lora_sim() -> Iterator[str]:
 
 def ask(base: str, model: str, max_tokens: int = 1) -> httpx.Response:
     return loopback().post(f"{base}/v1/completions", timeout=10,
-                      json={"model": model, "prompt": "a b", "max_tokens": max_tokens})
+                           json={"model": model, "prompt": "a b", "max_tokens": max_tokens})
 
 
 def lora_series(base: str) -> list[tuple[dict[str, str], float]]:
@@ -77,7 +77,7 @@ def test_load_and_unload_answer_as_vllm(lora_sim: str) -> None:
 def test_load_endpoints_exist_only_with_runtime_updating() -> None:
     with running_sim(max_loras=2, lora_modules=("sql",)) as url:
         response = loopback().post(f"{url}/v1/load_lora_adapter",
-                              json={"lora_name": "x", "lora_path": "/x"})
+                                   json={"lora_name": "x", "lora_path": "/x"})
         assert response.status_code == 404
 
 
