@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= localhost/llm-picker:$(VERSION)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml hatch_build.py picker/prefix/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,bench,litellm,helm,grpc-engines]'
@@ -26,6 +26,7 @@ test: lint
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/mypy --strict hatch_build.py
 
 # The container image (deploy/image/Dockerfile) with buildah, from Debian packages: needs root,
 # buildah, podman, skopeo, debootstrap and runc (.ci/run installs them); a minute or two the

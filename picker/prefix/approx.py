@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from picker.prefix.holders import Holders
 from picker.prefix.index import PrefixMatch, PromptBlocks
+from picker.prefix.native import evict_oldest, record
 
 __all__ = ["ApproxPrefixIndex"]
 
@@ -57,28 +58,10 @@ class ApproxPrefixIndex:
         """`record` of a prompt already hashed at this index's block size (a peer replica's
         pick arrives so)."""
         with self._lock:
-            bit = self._holders.bit(worker_id)
             lru = self._lru.setdefault(worker_id, OrderedDict())
-            capacity = self._capacity_of.get(worker_id, self._capacity)
-            # Newest last, and leading blocks touched last: like the engines, evict a prompt's
-            # tail before its shared head. A prompt longer than the LRU would evict its own
-            # tail while recording it: only its leading `capacity` blocks can stay.
-            # Holders.add/discard are inlined: this loop runs once per prompt block, and a
-            # long prompt that keeps missing (an engine cache smaller than its working set)
-            # spent half its time in the calls.
-            masks = self._holders.masks
-            touch, get = lru.move_to_end, masks.get
-            for block in reversed(hashes[:capacity]):
-                if block in lru:
-                    touch(block)
-                else:
-                    lru[block] = None
-                    masks[block] = get(block, 0) | bit
-            # The oldest blocks go once the prompt is in, not one per block stored: the same
-            # blocks, since the prompt's own are all newer than what is evicted (at most
-            # `capacity` of them) and the LRU held at most `capacity` before.
-            if len(lru) > capacity:
-                self._evict_oldest(lru, len(lru) - capacity, bit)
+            record(lru, self._holders.masks, hashes, self._capacity_of.get(worker_id,
+                                                                          self._capacity),
+                   self._holders.bit(worker_id))
 
     def remove_worker(self, worker_id: str) -> None:
         with self._lock:
@@ -91,21 +74,8 @@ class ApproxPrefixIndex:
             capacity = self._capacity_of[worker_id] = max(1, blocks)
             lru = self._lru.get(worker_id)
             if lru is not None and len(lru) > capacity:
-                self._evict_oldest(lru, len(lru) - capacity, self._holders.bit(worker_id))
-
-    def _evict_oldest(self, lru: OrderedDict[int, None], count: int, bit: int) -> None:
-        """Forget the worker's `count` least recently used blocks (under the lock). Calibrated
-        capacities move a few percent at most scrapes, so this loop runs for every block a
-        shrinking capacity trims: Holders.discard is inlined, the worker's bit taken once."""
-        masks = self._holders.masks
-        evict, get, free = lru.popitem, masks.get, ~bit
-        for _ in range(count):
-            old = evict(False)[0]
-            mask = get(old, 0) & free
-            if mask:
-                masks[old] = mask
-            else:
-                masks.pop(old, None)
+                evict_oldest(lru, self._holders.masks, len(lru) - capacity,
+                             self._holders.bit(worker_id))
 
     def blocks_of(self, worker_id: str) -> int:
         return len(self._lru.get(worker_id, ()))

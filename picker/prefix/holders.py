@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from picker.prefix.native import drops
+
 __all__ = ["Holders"]
 
 
@@ -59,18 +61,8 @@ class Holders:
     def leading(self, hashes: list[int], alive: int) -> dict[str, int]:
         """Per worker of `alive`, how many of `hashes` it holds from the first on."""
         matched: dict[str, int] = {}
-        masks = self.masks
-        depth = 0
-        for block in hashes:
-            still = masks.get(block, 0) & alive
-            if depth and still != alive:
-                self._credit(alive & ~still, depth, matched)
-            alive = still
-            if not alive:
-                break
-            depth += 1
-        if alive:
-            self._credit(alive, depth, matched)
+        for mask, depth in drops(self.masks, hashes, alive):
+            self._credit(mask, depth, matched)
         return matched
 
     def _credit(self, mask: int, depth: int, matched: dict[str, int]) -> None:

@@ -43,6 +43,16 @@ def test_version_in_the_container() -> None:
     assert done.stdout.strip() == f"llm-picker {importlib.metadata.version('llm-picker')}"
 
 
+def test_the_image_runs_the_compiled_prefix_loops() -> None:
+    """The wheel `make image` installs was built with the host's compiler for the image's
+    Python (both 3.11): the picker in the image uses picker/prefix/_native.c, not the fallback."""
+    done = subprocess.run([*PODMAN_RUN, "--rm", "--read-only", "--entrypoint", "python", IMAGE,
+                           "-c", "from picker.prefix import native; print(native.IMPLEMENTATION)"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "c"
+
+
 def test_chart_invocation_in_the_container_routes_through_envoy() -> None:
     values = with_values()
     _, readiness = probe_services(values)

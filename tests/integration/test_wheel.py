@@ -56,6 +56,20 @@ def test_the_installed_package_is_the_wheels(installed: tuple[Path, dict[str, st
     assert found[1].endswith("llm_picker/envoy_bootstraps")
 
 
+def test_the_wheel_carries_the_compiled_prefix_loops(
+        installed: tuple[Path, dict[str, str]]) -> None:
+    """hatch_build.py compiles picker/prefix/_native.c into the wheel (this machine has a C
+    compiler), and the installed package uses it."""
+    bin_dir, env = installed
+    found = subprocess.run([str(bin_dir / "python"), "-c",
+                            "from picker.prefix import native, _native;"
+                            " print(native.IMPLEMENTATION); print(_native.__file__)"],
+                           capture_output=True, text=True, env=env, cwd=bin_dir.parent,
+                           timeout=60, check=True).stdout.split()
+    assert found[0] == "c"
+    assert found[1].startswith(str(bin_dir.parent)), found
+
+
 @pytest.mark.parametrize("args", [(), ("--mode", "authz")])
 def test_envoy_config_renders_from_the_wheels_bootstraps(
         installed: tuple[Path, dict[str, str]], args: tuple[str, ...]) -> None:
