@@ -74,12 +74,22 @@ static inline Py_hash_t item_hash(PyObject *item) {
     return PyObject_Hash(item);
 }
 
-/* hash(units[start:end]) for a tuple, without the slice. */
-static Py_hash_t tuple_slice_hash(PyObject *units, Py_ssize_t start, Py_ssize_t end) {
+/* hash(tuple(units[start:end])) for a tuple or a list, without the slice. An item's hash may
+   run Python code that shortens a list: each of a list's items is read after checking its
+   length, and held while hashed. */
+static Py_hash_t items_slice_hash(PyObject *units, Py_ssize_t start, Py_ssize_t end) {
+    int is_list = PyList_Check(units);
     TupleHash state;
     tuple_start(&state);
     for (Py_ssize_t i = start; i < end; i++) {
-        Py_hash_t lane = item_hash(PyTuple_GET_ITEM(units, i));
+        if (is_list && i >= PyList_GET_SIZE(units)) {
+            PyErr_SetString(PyExc_RuntimeError, "the token list changed while it was hashed");
+            return -1;
+        }
+        PyObject *item = is_list ? PyList_GET_ITEM(units, i) : PyTuple_GET_ITEM(units, i);
+        Py_INCREF(item);
+        Py_hash_t lane = item_hash(item);
+        Py_DECREF(item);
         if (lane == -1)
             return -1;
         tuple_lane(&state, (Py_uhash_t)lane);
@@ -97,7 +107,8 @@ static Py_hash_t str_slice_hash(PyObject *units, Py_ssize_t start, Py_ssize_t en
 }
 
 /* chain(seed, units, block_size, first, last) -> the hashes of blocks first..last-1, chained
-   from seed (the hash of block first - 1, or the namespace's). */
+   from seed (the hash of block first - 1, or the namespace's). A list of token ids hashes as
+   the tuple of them would: no copy of a long prompt's ids. */
 static PyObject *chain(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     Py_ssize_t block_size, first, last;
     if (nargs != 5) {
@@ -106,8 +117,8 @@ static PyObject *chain(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     }
     PyObject *units = args[1];
     int is_str = PyUnicode_Check(units);
-    if (!is_str && !PyTuple_Check(units)) {
-        PyErr_SetString(PyExc_TypeError, "units must be a str or a tuple");
+    if (!is_str && !PyTuple_Check(units) && !PyList_Check(units)) {
+        PyErr_SetString(PyExc_TypeError, "units must be a str, a tuple or a list");
         return NULL;
     }
     if ((block_size = PyLong_AsSsize_t(args[2])) == -1 && PyErr_Occurred())
@@ -116,7 +127,7 @@ static PyObject *chain(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     if ((last = PyLong_AsSsize_t(args[4])) == -1 && PyErr_Occurred())
         return NULL;
-    Py_ssize_t length = is_str ? PyUnicode_GET_LENGTH(units) : PyTuple_GET_SIZE(units);
+    Py_ssize_t length = is_str ? PyUnicode_GET_LENGTH(units) : Py_SIZE(units);
     if (block_size < 1 || first < 0 || last > length / block_size) {
         PyErr_SetString(PyExc_ValueError, "blocks out of the units' range");
         return NULL;
@@ -130,7 +141,7 @@ static PyObject *chain(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     for (Py_ssize_t block = first; block < last; block++) {
         Py_ssize_t end = (block + 1) * block_size;
         Py_hash_t part = is_str ? str_slice_hash(units, end - block_size, end)
-                                : tuple_slice_hash(units, end - block_size, end);
+                                : items_slice_hash(units, end - block_size, end);
         if (part == -1)
             goto fail;
         TupleHash pair;

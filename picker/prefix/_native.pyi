@@ -2,7 +2,7 @@
 
 from collections import OrderedDict
 
-def chain(seed: int, units: str | tuple[int, ...], block_size: int, first: int,
+def chain(seed: int, units: str | tuple[int, ...] | list[int], block_size: int, first: int,
           last: int) -> list[int]: ...
 def drops(masks: dict[int, int], hashes: list[int], alive: int
           ) -> list[tuple[int, int]]: ...

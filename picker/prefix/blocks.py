@@ -35,10 +35,10 @@ def block_hashes(seed: int, units: str | Sequence[int], block_size: int, start: 
     A trailing partial block is left out: engines cache whole blocks only. `start`/`stop`
     (block numbers) hash a part of the chain: `seed` is then the hash of block `start - 1`.
     This is the hot loop of long prompts (1,760 blocks for 220 KB): compiled where the install
-    could (picker/prefix/native.py). Token ids become one tuple first, whose slices are the
-    tuples `next_hash` would build.
+    could (picker/prefix/native.py). Token ids are hashed from a tuple or a list as they come
+    (a list's block as the tuple `next_hash` would build); other sequences become a tuple.
     """
-    if not isinstance(units, (str, tuple)):
+    if not isinstance(units, (str, tuple, list)):
         units = tuple(units)
     last = len(units) // block_size if stop is None else min(stop, len(units) // block_size)
     return chain(seed, units, block_size, start, last)

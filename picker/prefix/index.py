@@ -59,8 +59,9 @@ class PromptBlocks:
 
     def __init__(self, model: str, units: str | Sequence[int], is_tokens: bool) -> None:
         self.model = model
-        # Token ids as one tuple: every part of every chain slices it without converting again.
-        self.units = units if isinstance(units, (str, tuple)) else tuple(units)
+        # Token ids as they come when a tuple or a list (a 100k-token prompt is not copied; the
+        # request owns them and no one changes them), other sequences as one tuple.
+        self.units = units if isinstance(units, (str, tuple, list)) else tuple(units)
         self.is_tokens = is_tokens
         # The match computed for the decision, set by the producer: what the index predicted
         # for the pick, read again when the pick is recorded instead of matching twice.

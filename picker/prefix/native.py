@@ -18,13 +18,19 @@ from collections.abc import Callable
 __all__ = ["IMPLEMENTATION", "chain", "drops", "evict_oldest", "record"]
 
 
-def py_chain(seed: int, units: str | tuple[int, ...], block_size: int, first: int,
+def py_chain(seed: int, units: str | tuple[int, ...] | list[int], block_size: int, first: int,
              last: int) -> list[int]:
     """Hashes of blocks `first`..`last - 1` of `units`, chained from `seed` (the hash of block
-    `first - 1`): one slice, one tuple and one hash per block, nothing else allocated."""
+    `first - 1`): one slice, one tuple and one hash per block, nothing else allocated. A list's
+    block is hashed as the tuple of its ids."""
     hashes: list[int] = []
     append = hashes.append
     current = seed
+    if isinstance(units, list):
+        for end in range((first + 1) * block_size, last * block_size + 1, block_size):
+            current = hash((current, tuple(units[end - block_size:end])))
+            append(current)
+        return hashes
     for end in range((first + 1) * block_size, last * block_size + 1, block_size):
         current = hash((current, units[end - block_size:end]))
         append(current)
@@ -87,13 +93,13 @@ def py_evict_oldest(lru: OrderedDict[int, None], masks: dict[int, int], count: i
             masks.pop(old, None)
 
 
-def _agrees(compiled_chain: Callable[[int, str | tuple[int, ...], int, int, int], list[int]]
-            ) -> bool:
+def _agrees(compiled_chain: Callable[[int, str | tuple[int, ...] | list[int], int, int, int],
+                                     list[int]]) -> bool:
     """Whether the compiled chain hashes text and token ids (small, negative, huge) as Python
     does: a build for an interpreter whose hashing differs is not used."""
-    samples: list[str | tuple[int, ...]] = [
-        "the quick brown fox jumps over the lazy dog, twice",
-        (0, 1, -1, -2, 7, 2**61 - 1, 2**61, -(2**63), 2**64 + 5, 151_643, 42, 3, 9, 8, 4, 2)]
+    ids = (0, 1, -1, -2, 7, 2**61 - 1, 2**61, -(2**63), 2**64 + 5, 151_643, 42, 3, 9, 8, 4, 2)
+    samples: list[str | tuple[int, ...] | list[int]] = [
+        "the quick brown fox jumps over the lazy dog, twice", ids, list(ids)]
     return all(compiled_chain(seed, units, 4, 0, len(units) // 4) ==
                py_chain(seed, units, 4, 0, len(units) // 4)
                for units in samples for seed in (0, -1, 2**63 - 1, hash("llm-picker")))

@@ -64,13 +64,32 @@ def test_token_blocks_hash_as_python_hashes_them(seed: int, tokens: list[int], b
     units = tuple(tokens)
     last = len(units) // block_size
     first = min(first, last)
-    assert _compiled().chain(seed, units, block_size, first, last) == \
-        native.py_chain(seed, units, block_size, first, last)
+    expected = native.py_chain(seed, units, block_size, first, last)
+    # A list of ids hashes as their tuple, compiled or not (prompts are not copied into one).
+    assert _compiled().chain(seed, units, block_size, first, last) == expected
+    assert _compiled().chain(seed, tokens, block_size, first, last) == expected
+    assert native.py_chain(seed, tokens, block_size, first, last) == expected
 
 
 def test_blocks_of_other_hashable_items_hash_as_python_hashes_them() -> None:
     units = ("a", 1.5, True, None, (1, 2), -1, 2**100, b"x")
     assert _compiled().chain(7, units, 2, 0, 4) == native.py_chain(7, units, 2, 0, 4)
+    assert _compiled().chain(7, list(units), 2, 0, 4) == native.py_chain(7, units, 2, 0, 4)
+
+
+def test_a_token_list_shortened_while_hashed_is_an_error_not_a_crash() -> None:
+    class Shrinking:
+        def __init__(self, ids: list[object]) -> None:
+            self.ids = ids
+
+        def __hash__(self) -> int:
+            self.ids.clear()  # frees every other item of the list being hashed
+            return 1
+
+    ids: list[object] = [1, 2, 3, 4]
+    ids.insert(1, Shrinking(ids))
+    with pytest.raises(RuntimeError, match="changed while it was hashed"):
+        _compiled().chain(0, ids, 5, 0, 1)
 
 
 # Holder masks of up to 70 workers: walks in machine words (alive < 2**63) and in ints.
@@ -115,7 +134,7 @@ def test_recording_and_trimming_leave_the_lru_and_masks_as_python_leaves_them(
 
 
 @pytest.mark.parametrize("call, error", [
-    (lambda n: n.chain(0, [1, 2, 3], 1, 0, 3), TypeError),  # a list, not a tuple
+    (lambda n: n.chain(0, range(3), 1, 0, 3), TypeError),  # not a str, tuple or list
     (lambda n: n.chain(0, "abc", 0, 0, 1), ValueError),
     (lambda n: n.chain(0, "abc", 1, 0, 4), ValueError),  # past the end
     (lambda n: n.chain(0, "abc", 1, -1, 2), ValueError),
