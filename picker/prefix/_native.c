@@ -162,6 +162,18 @@ fail:
     return NULL;
 }
 
+/* Item i of a list of block hashes, which must be ints: an int's hash and equality run no
+   Python code, so nothing can change the list or the dicts while a loop walks them. */
+static PyObject *block_at(PyObject *hashes, Py_ssize_t i) {
+    PyObject *block = PyList_GET_ITEM(hashes, i);
+    if (!PyLong_CheckExact(block)) {
+        PyErr_Format(PyExc_TypeError, "block hashes must be ints, not %.100s",
+                     Py_TYPE(block)->tp_name);
+        return NULL;
+    }
+    return block;
+}
+
 /* Appends (mask, depth) to drops. */
 static int add_drop(PyObject *drops, PyObject *mask, Py_ssize_t depth) {
     PyObject *pair = Py_BuildValue("(On)", mask, depth);
@@ -178,7 +190,10 @@ static int drops_in_words(PyObject *masks, PyObject *hashes, unsigned long long 
                           PyObject *drops) {
     Py_ssize_t depth = 0, count = PyList_GET_SIZE(hashes);
     for (Py_ssize_t i = 0; i < count && alive; i++) {
-        PyObject *found = PyDict_GetItemWithError(masks, PyList_GET_ITEM(hashes, i));
+        PyObject *block = block_at(hashes, i);
+        if (block == NULL)
+            return -1;
+        PyObject *found = PyDict_GetItemWithError(masks, block);
         unsigned long long still = 0;
         if (found != NULL) {
             still = PyLong_AsUnsignedLongLongMask(found);
@@ -217,7 +232,8 @@ static int drops_in_ints(PyObject *masks, PyObject *hashes, PyObject *alive, PyO
     Py_INCREF(alive);
     int status = 0, any = PyObject_IsTrue(alive);
     for (Py_ssize_t i = 0; i < count && any > 0 && status == 0; i++) {
-        PyObject *found = PyDict_GetItemWithError(masks, PyList_GET_ITEM(hashes, i));
+        PyObject *block = block_at(hashes, i);
+        PyObject *found = block == NULL ? NULL : PyDict_GetItemWithError(masks, block);
         if (found == NULL && PyErr_Occurred()) {
             status = -1;
             break;
@@ -307,7 +323,10 @@ static int evict(PyObject *lru, PyObject *masks, Py_ssize_t count, PyObject *bit
             status = -1;
             break;
         }
-        status = drop_bit(masks, PyTuple_GET_ITEM(item, 0), free_bits);
+        status = PyTuple_Check(item) && PyTuple_GET_SIZE(item) == 2
+            ? drop_bit(masks, PyTuple_GET_ITEM(item, 0), free_bits) : -1;
+        if (status < 0 && !PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "lru.popitem() must return a (key, value) pair");
         Py_DECREF(item);
     }
     Py_XDECREF(popitem);
@@ -336,7 +355,11 @@ static PyObject *record(PyObject *module, PyObject *const *args, Py_ssize_t narg
         count = capacity;
     int status = 0;
     for (Py_ssize_t i = count - 1; i >= 0 && status == 0; i--) {
-        PyObject *block = PyList_GET_ITEM(hashes, i);
+        PyObject *block = block_at(hashes, i);
+        if (block == NULL) {
+            status = -1;
+            break;
+        }
         Py_INCREF(block);
         status = PyDict_Contains(lru, block);
         if (status > 0) {

@@ -145,6 +145,9 @@ def test_recording_and_trimming_leave_the_lru_and_masks_as_python_leaves_them(
     (lambda n: n.record(OrderedDict(), {}, [1], 1, "bit"), TypeError),
     (lambda n: n.evict_oldest(OrderedDict(), {}, 1, 1), KeyError),  # more than it holds
     (lambda n: n.drops({}, (1,), 1), TypeError),
+    (lambda n: n.drops({}, ["x"], 1), TypeError),  # block hashes are ints
+    (lambda n: n.drops({}, ["x"], 2**70), TypeError),
+    (lambda n: n.record(OrderedDict(), {}, [1, "x"], 2, 1), TypeError),
     (lambda n: n.drops({1: "x"}, [1], 1), TypeError),  # a mask that is not an int
     (lambda n: n.drops({1: "x"}, [1], 2**70), TypeError),
 ])
