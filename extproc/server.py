@@ -3,6 +3,9 @@ the gRPC health services on the same port)."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
 from typing import Literal
 
 import grpc
@@ -20,6 +23,8 @@ from picker.routing.contract import Picker
 __all__ = ["SERVICE_NAME", "create_server"]
 
 SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+_log = logging.getLogger(__name__)
 
 
 class _Processor:
@@ -43,7 +48,8 @@ class _Processor:
     async def process(self, _requests: object, context: grpc.aio.ServicerContext) -> None:
         """One HTTP request's stream; read/write calls avoid async-generator overhead."""
         stream = RequestStream(self._picker, self._max_body, self._access, self._subsets,
-                               self._fallbacks, self._conformance, self._aborts.send)
+                               self._fallbacks, self._conformance, self._aborts.send,
+                               functools.partial(_write_unasked, context))
         # The RPC's own end, not the handler's, says whether Envoy half-closed the stream or
         # reset it: a reset can surface in the handler as a plain EOF.
         context.add_done_callback(lambda done: self._ended(stream, done.cancelled()))
@@ -56,6 +62,25 @@ class _Processor:
             if stream.pending:
                 for response in await stream.finish():
                     await context.write(response)
+
+
+# Unasked writes in progress: a task the loop does not hold is collected mid-write.
+_UNASKED: set[asyncio.Task[None]] = set()
+
+
+def _write_unasked(context: grpc.aio.ServicerContext, response: pb.ProcessingResponse) -> None:
+    """Write `response` on the stream now, beside the handler's read of the next message (a
+    stream with no message pending from Envoy has its handler waiting in `read`)."""
+    task = asyncio.ensure_future(_write(context, response))
+    _UNASKED.add(task)
+    task.add_done_callback(_UNASKED.discard)
+
+
+async def _write(context: grpc.aio.ServicerContext, response: pb.ProcessingResponse) -> None:
+    try:
+        await context.write(response)
+    except Exception as exc:  # the stream ended meanwhile: nothing left to end
+        _log.debug("unasked ext_proc message not written: %s", exc)
 
 
 def create_server(

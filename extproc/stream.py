@@ -16,6 +16,7 @@ trailers. Without a response body mode the stream's end (`close`) is the only si
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from extproc.grpc_answer import GrpcAnswer
 from extproc.subset import SubsetMatcher
 from picker.errors import (
     BodyTooLarge,
+    FlowRefused,
     InvalidRequest,
     NoHealthyWorker,
     ProxyMisconfigured,
@@ -77,18 +79,21 @@ class RequestStream:
         "_picker", "_fallbacks", "_conformance", "_max_body", "_mode", "_headers", "_chunks",
         "_size", "_lease", "_finished", "_upstream_status", "_pending", "_access", "_started",
         "_model", "_echo", "_sees_body", "_observer", "_subset", "_subsets", "_prefilled",
-        "_grpc", "_abort",
+        "_grpc", "_abort", "_interrupt",
     )
 
     def __init__(self, picker: Picker, max_body_bytes: int,
                  access: AccessLog | None = None,
                  subsets: SubsetMatcher | None = None, fallbacks: int = 0,
                  conformance: bool = False,
-                 abort: Callable[[str, AbortCall], None] | None = None) -> None:
+                 abort: Callable[[str, AbortCall], None] | None = None,
+                 interrupt: Callable[[pb.ProcessingResponse], None] | None = None) -> None:
         """`subsets`: the server's, shared by its streams (else one of this stream's own).
         `fallbacks` and `conformance`: extproc.fallbacks and extproc.conformance. `abort`:
         sends a gRPC worker's Abort (host:port, the engine's call) when a stop string ends
-        the answer while the engine still generates."""
+        the answer while the engine still generates. `interrupt`: writes a message Envoy did
+        not ask for on the stream (flow control ending the request, `flow.preempt`); without
+        it the request cannot be preempted."""
         self._picker = picker
         self._fallbacks = fallbacks
         self._conformance = conformance
@@ -112,6 +117,7 @@ class RequestStream:
         self._prefilled = False  # the lease heard of the response's first bytes
         self._grpc: GrpcAnswer | None = None  # a gRPC worker's answer, rewritten into OpenAI's
         self._abort = abort
+        self._interrupt = interrupt
 
     @property
     def lease(self) -> Lease | None:
@@ -295,6 +301,12 @@ class RequestStream:
             self._grpc = GrpcAnswer(lease.transcoder)
         self._lease = lease
         self._finished = True
+        if self._interrupt is not None:
+            loop = asyncio.get_running_loop()
+
+            def end(error: FlowRefused) -> None:
+                loop.call_soon_threadsafe(self._end_early, error)
+            lease.preemptible(end)
         trailers = [codec.continue_trailers()] if ack_trailers else []
         forward = lease.forward
         route = codec.Route(lease.destination, (*lease.headers, *self._path_fix()))
@@ -302,6 +314,18 @@ class RequestStream:
         if self._mode is _Mode.DUPLEX:
             return [*codec.route_streamed(route, rewritten or body, end_of_stream), *trailers]
         return [codec.route_buffered(route, rewritten), *trailers]
+
+    def _end_early(self, error: FlowRefused) -> None:
+        """Flow control ends the request to free its slot for a higher band: an immediate
+        response Envoy did not ask for ends the HTTP request - a 503 `preempted` with
+        Retry-After, or a reset stream if the answer had begun - and Envoy resets the
+        upstream, which makes vLLM abort it (vllm/entrypoints/utils.py, `with_cancellation`).
+        llm-d-router's evictor ends a request the same way (pkg/epp/flowcontrol/eviction/
+        evictor.go, ImmediateResponseEvictor). The slot is released at once."""
+        if self._lease is None or not self._lease.open or self._interrupt is None:
+            return  # it ended meanwhile
+        self._interrupt(codec.immediate_error(error))
+        self._release(Outcome.PREEMPTED)
 
     def _path_fix(self) -> tuple[tuple[str, str], ...]:
         """`/v1/chat/completions/` is routed as `/v1/chat/completions` (openai_body ignores

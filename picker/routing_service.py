@@ -204,6 +204,7 @@ class RoutingService:
                                   None if ticket is None else _finishes(ticket))
         if ticket is not None:
             ticket.opened()
+            lease.preempted_through(ticket.preemptible)
             if choice.decision is not None:
                 key = ticket.ask.key
                 choice.decision.waited(key.fairness_id, key.priority, ticket.waited_secs)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from picker.errors import FlowRefused
 from picker.fleet.registry import Worker, WorkerRegistry
 from picker.fleet.speed import Observation
 from picker.observe.metrics import PickerMetrics
@@ -64,7 +65,8 @@ class Lease:
     `fallbacks` where a proxy that retries should go next, chosen by the same router."""
 
     __slots__ = ("_worker", "choice", "prefill", "fallbacks", "started", "_book", "_open",
-                 "_forward", "_ends", "_prefilled", "_trace", "_generated", "_transcoder")
+                 "_forward", "_ends", "_prefilled", "_trace", "_generated", "_transcoder",
+                 "_preempt")
 
     def __init__(self, choice: Choice, book: LeaseBook, prefill: Worker | None = None,
                  fallbacks: Sequence[Worker] = (), ends: Sequence[LeaseEnd] = ()) -> None:
@@ -81,6 +83,8 @@ class Lease:
         self._trace: Headers = ()
         self._generated: int | None = None
         self._transcoder: GrpcTranscoder | None = None
+        # Flow control's ticket's `preemptible`, for a request flow control may end early.
+        self._preempt: Callable[[Callable[[FlowRefused], None]], bool] | None = None
 
     @property
     def forward(self) -> Forward | None:
@@ -128,6 +132,20 @@ class Lease:
         """Free the slot once, with what was observed of the response if the adapter saw it;
         returns False if it was already released."""
         return self._book.close(self, outcome, response)
+
+    def preemptible(self, end: Callable[[FlowRefused], None]) -> bool:
+        """The adapter can end this request early (ext_proc: an immediate response to Envoy):
+        flow control may then call `end` with the error to answer, once, from any thread and
+        under its lock (`end` must only schedule the ending), to free the slot for a
+        higher-priority request; the adapter releases the lease with Outcome.PREEMPTED. False
+        when that never happens (no flow control, flow.preempt off, a request that is not
+        sheddable)."""
+        return self._preempt is not None and self._preempt(end)
+
+    def preempted_through(self, preemptible: Callable[[Callable[[FlowRefused], None]], bool]
+                          ) -> None:
+        """Set by the routing service: the flow control ticket's `preemptible`."""
+        self._preempt = preemptible
 
     def first_token(self) -> None:
         """The response's first bytes passed (an adapter that sees the response body): the

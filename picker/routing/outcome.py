@@ -14,6 +14,7 @@ class Outcome(enum.StrEnum):
     COMPLETED = "completed"
     UPSTREAM_ERROR = "upstream_error"  # the engine answered 5xx or failed the call
     CANCELLED = "cancelled"  # the client went away, or the picker gave the slot back
+    PREEMPTED = "preempted"  # ended by flow control for a higher band (flow.preempt)
     TIMEOUT = "timeout"  # the picker never heard the end (limits.timeout_secs)
     UNTRACKED = "untracked"  # released at once: its end can never be reported
     REJECTED = "rejected"  # refused before any lease (counted, never released)

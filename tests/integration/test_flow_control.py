@@ -270,3 +270,34 @@ def test_requests_for_a_model_without_a_ready_worker_wait_for_one_to_start() -> 
         responses = asyncio.run(scenario())
         assert [r.status_code for r in responses] == [200, 200]
         assert {r.headers[SIM_HEADER] for r in responses} == {"late"}
+
+
+def test_a_waiting_interactive_request_preempts_a_running_batch_one() -> None:
+    """flow.preempt through real Envoy: the one slot is held by a batch request with ~2 s of
+    generation left; an interactive request ends it instead of waiting. The batch client gets
+    the picker's 503 `preempted` with Retry-After (Envoy honours an immediate response the
+    picker sends unasked), the interactive one is served at once, and nothing is counted
+    twice or left in flight."""
+    saturation = {"max_in_flight_per_worker": 1, "headroom_miss_rate": 0}
+    with flow_fleet(preempt=True, saturation=saturation) as fleet:
+        async def scenario() -> tuple[httpx.Response, httpx.Response, float]:
+            async with httpx.AsyncClient(base_url=fleet.envoy_url, timeout=10) as client:
+                batch = asyncio.create_task(send(client, headers("bulk", "batch"), 400))
+                await asyncio.to_thread(wait_until, lambda: in_flight(fleet) == 1, 5,
+                                        "the batch request")
+                asked = time.monotonic()
+                interactive, served = await send(client, headers("chat", "interactive"))
+                return (await batch)[0], interactive, served - asked
+
+        batch, interactive, waited = asyncio.run(scenario())
+        assert interactive.status_code == 200
+        assert waited < 1.0  # not the ~2 s the batch request had left
+        assert batch.status_code == 503, batch.text
+        assert batch.json()["error"]["code"] == "preempted"
+        assert batch.headers["retry-after"] == "1"
+        flows = metric_values(fleet, "llm_picker_flow_requests_total")
+        assert flows[(("flow", "bulk"), ("outcome", "preempted"), ("priority", "-1"))] == 1
+        assert flows[(("flow", "chat"), ("outcome", "dispatched"), ("priority", "10"))] == 1
+        ended = metric_values(fleet, "llm_picker_requests_total")
+        assert sum(v for k, v in ended.items() if ("outcome", "preempted") in k) == 1
+        wait_until(lambda: in_flight(fleet) == 0, 5, "no slot kept")

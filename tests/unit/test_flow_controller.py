@@ -179,4 +179,62 @@ def test_stats_show_each_flows_queue_oldest_wait_and_how_requests_left() -> None
     assert rows[(5, "greedy")]["left"]["quota_exceeded"] == 1
     assert rows[(0, "holder")]["left"] == {
         "dispatched": 1, "quota_exceeded": 0, "queue_full": 0, "shed": 0, "ttl_expired": 0,
-        "no_ready_worker": 0, "cancelled": 0}
+        "no_ready_worker": 0, "cancelled": 0, "preempted": 0}
+
+
+def test_a_waiting_higher_band_request_ends_the_newest_of_the_lowest_running_band() -> None:
+    """flow.preempt: one running sheddable request is ended per blocked non-sheddable waiter
+    (llm-d-router's demand-driven eviction), the lowest band first and in it the newest; the
+    waiter gets the slot once the ended request's lease ends."""
+    async def run() -> None:
+        flow, fleet = controller(preempt=True,
+                                 saturation={"max_in_flight_per_worker": 3})
+        ended: list[tuple[str, str]] = []
+        running = []
+        for priority, name in ((-1, "old"), (-2, "low"), (-1, "new")):
+            ticket = await flow.admit(ask(priority, name))
+            ticket.opened()
+            assert ticket.preemptible(
+                lambda error, name=name: ended.append((name, error.code)))
+            running.append(ticket)
+        fleet.set_in_flight(fleet[0], 3)
+        first = asyncio.create_task(flow.admit(ask(0, "interactive")))
+        await asyncio.sleep(0)
+        assert ended == [("low", "preempted")]  # the lowest band, whatever its age
+        second = asyncio.create_task(flow.admit(ask(5, "urgent")))
+        await asyncio.sleep(0)
+        assert ended == [("low", "preempted"), ("new", "preempted")]  # then the newest
+        assert not first.done() and not second.done()  # until a slot is free
+        fleet.set_in_flight(fleet[0], 2)
+        running[1].finish()
+        urgent = await second
+        assert urgent.ask.key.priority == 5
+        urgent.opened()
+        # The other waiter already has a request ending for it: nothing more is ended.
+        assert ended == [("low", "preempted"), ("new", "preempted")]
+        fleet.set_in_flight(fleet[0], 2)  # "old" and "urgent"
+        running[2].finish()
+        assert (await first).ask.key.priority == 0
+        rows = {(row.key.priority, row.key.fairness_id): row.left
+                for row in flow.stats().flows}
+        assert rows[(-2, "low")]["preempted"] == 1 and "preempted" not in rows[(-1, "old")]
+
+    asyncio.run(run())
+
+
+def test_without_preempt_or_for_a_request_that_is_not_sheddable_nothing_is_ended() -> None:
+    async def run() -> None:
+        for preempt, priority in ((False, -1), (True, 0)):
+            flow, fleet = controller(preempt=preempt)
+            ticket = await flow.admit(ask(priority, "running"))
+            ticket.opened()
+            assert not ticket.preemptible(lambda error: pytest.fail("ended"))
+            fleet.set_in_flight(fleet[0], 1)
+            waiting = asyncio.create_task(flow.admit(ask(10, "interactive")))
+            await asyncio.sleep(0)
+            assert not waiting.done()
+            fleet.set_in_flight(fleet[0], 0)
+            ticket.finish()
+            await waiting
+
+    asyncio.run(run())

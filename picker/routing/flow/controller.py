@@ -63,6 +63,7 @@ class FlowOutcome(enum.StrEnum):
     TTL_EXPIRED = "ttl_expired"
     NO_READY_WORKER = "no_ready_worker"
     CANCELLED = "cancelled"
+    PREEMPTED = "preempted"  # dispatched, then ended to free its slot for a higher band
 
 
 _MESSAGES: Mapping[FlowOutcome, str] = {
@@ -70,6 +71,7 @@ _MESSAGES: Mapping[FlowOutcome, str] = {
     FlowOutcome.SHED: "shed from the queue to make room for higher-priority requests",
     FlowOutcome.TTL_EXPIRED: "waited in the queue for its whole time-to-live",
     FlowOutcome.NO_READY_WORKER: "no ready worker serves this model (waited for one to start)",
+    FlowOutcome.PREEMPTED: "ended to make room for a higher-priority request",
 }
 
 
@@ -133,6 +135,10 @@ class FlowController:
         # counted outside the controller's.
         self._left: dict[FlowKey, dict[FlowOutcome, int]] = {}
         self._left_lock = threading.Lock()
+        # Running sheddable requests their adapter can end (flow.preempt), oldest first, and
+        # those asked to end whose slot is not free yet, per model.
+        self._preemptible: dict[Ticket, Callable[[FlowRefused], None]] = {}
+        self._ending: dict[Ticket, None] = {}
 
     # -- entry points --------------------------------------------------------------------
 
@@ -231,6 +237,33 @@ class FlowController:
                     break
                 if progress:
                     break
+        if self._preemptible and self._queued:
+            self._preempt()
+
+    def _preempt(self) -> None:
+        """For each non-sheddable waiter whose model has no free slot, and no request already
+        ending for it, end one running sheddable request of that model: the lowest band
+        first, in it the most recently dispatched (the least work lost). Their slots free when
+        their leases end, and `ticket_finished` pumps again."""
+        blocked: dict[str, int] = {}
+        for priority, band in self._bands.items():
+            if priority >= 0 and band.size:
+                for model, count in band.waiting_per_model().items():
+                    blocked[model] = blocked.get(model, 0) + count
+        for ending in self._ending:
+            if blocked.get(ending.ask.model):
+                blocked[ending.ask.model] -= 1
+        for model, count in blocked.items():
+            if count <= 0 or self._room(model) is not Room.SATURATED:
+                continue
+            running = [t for t in self._preemptible if t.ask.model == model]
+            order = sorted(range(len(running)),
+                           key=lambda i: (running[i].ask.key.priority, -i))
+            for victim in (running[i] for i in order[:count]):
+                end = self._preemptible.pop(victim)
+                self._ending[victim] = None
+                self._count_left(victim.ask.key, FlowOutcome.PREEMPTED, 0.0)
+                end(self._refusal(FlowOutcome.PREEMPTED))
 
     # -- waiting ---------------------------------------------------------------------------
 
@@ -325,6 +358,18 @@ class FlowController:
         with self._lock:
             return self._dispatch(ticket.ask, ticket.waited_secs, first=False)
 
+    def ticket_preemptible(self, ticket: Ticket, end: Callable[[FlowRefused], None]) -> bool:
+        if not self._settings.preempt or not ticket.ask.key.sheddable:
+            return False
+        with self._lock:
+            if ticket.state == "done":
+                return False
+            # Newest last: dicts keep insertion order, and `_preempt` sorts stably by band.
+            self._preemptible[ticket] = end
+            if self._queued:
+                self._preempt()
+        return True
+
     # -- ends ------------------------------------------------------------------------------
 
     def ticket_opened(self, ticket: Ticket) -> None:
@@ -342,6 +387,8 @@ class FlowController:
             if ticket.state == "pending":
                 self._unpend(ask.model)
             ticket.state = "done"
+            self._preemptible.pop(ticket, None)
+            self._ending.pop(ticket, None)
             self._active -= 1
             if not ask.key.sheddable:
                 self._headroom.change(ask.model, -1)

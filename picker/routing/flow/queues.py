@@ -97,3 +97,12 @@ class Band:
 
     def flow_sizes(self) -> dict[str, int]:
         return dict(self._counts)
+
+    def waiting_per_model(self) -> dict[str, int]:
+        """How many wait, per model asked for."""
+        counts: dict[str, int] = {}
+        for heap in self._flows.values():
+            for _, waiter in heap:
+                if waiter.queued:
+                    counts[waiter.ask.model] = counts.get(waiter.ask.model, 0) + 1
+        return counts

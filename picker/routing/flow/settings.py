@@ -94,6 +94,13 @@ class FlowSettings(StrictModel):
     # one request or token). 1: each replica enforces the whole budget.
     replica_share: float = Field(default=1.0, gt=0, le=1)
     saturation: SaturationSettings = Field(default_factory=SaturationSettings)
+    # When a request of a non-sheddable band (priority >= 0) finds no free slot for its model,
+    # end a running request of a sheddable band (negative priority) to make one, as
+    # llm-d-router's flow control evicts (pkg/epp/flowcontrol/eviction/
+    # demand_driven_handler.go: a lower band's in-flight requests, one per blocked request).
+    # That client gets 503 `preempted` with Retry-After, or a reset stream if its answer had
+    # begun. Only requests the adapter can end take part: ext_proc's.
+    preempt: bool = False
 
     def quota(self, flow: FlowId) -> QuotaSettings:
         """`flow`'s budget as this picker enforces it (its `replica_share`)."""

@@ -7,8 +7,10 @@ Each transition goes to the desk that issued the ticket (the controller), under 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, Protocol
 
+from picker.errors import FlowRefused
 from picker.routing.flow.key import FlowAsk
 
 __all__ = ["Ticket", "TicketDesk"]
@@ -25,6 +27,8 @@ class TicketDesk(Protocol):
     def ticket_finished(self, ticket: Ticket, generated: float, refund: bool) -> None: ...
 
     def ticket_again(self, ticket: Ticket) -> Ticket: ...
+
+    def ticket_preemptible(self, ticket: Ticket, end: Callable[[FlowRefused], None]) -> bool: ...
 
 
 class Ticket:
@@ -48,6 +52,13 @@ class Ticket:
     def cancel(self) -> None:
         """The request never reached a worker (no worker fitted): its charge goes back."""
         self._desk.ticket_finished(self, 0.0, refund=True)
+
+    def preemptible(self, end: Callable[[FlowRefused], None]) -> bool:
+        """The adapter can end the running request: flow control may call `end` with the
+        error to answer (once, from any thread, holding its lock: `end` must only schedule
+        the ending) to free the slot for a higher band. False when it never will (preemption
+        off, or the request is not sheddable)."""
+        return self._desk.ticket_preemptible(self, end)
 
     def again(self) -> Ticket:
         """A new ticket for the same request, dispatched at once: its first worker failed
