@@ -13,6 +13,7 @@ it; a wheel gets it as a file of its own and a platform tag.
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -31,11 +32,15 @@ def compile_native(source: Path, output: Path) -> str | None:
     include = sysconfig.get_paths()["include"]
     if not link or not (Path(include) / "Python.h").exists():
         return f"no C build for this interpreter (LDSHARED {link!r}, Python.h in {include})"
-    command = [*shlex.split(link), "-O2", "-fPIC", f"-I{include}", str(source), "-o",
+    # The interpreter's own flags (-DNDEBUG, -fwrapv, its optimisation), as its extensions get.
+    flags = shlex.split(sysconfig.get_config_var("CFLAGS") or "")
+    command = [*shlex.split(link), *flags, "-fPIC", f"-I{include}", str(source), "-o",
                str(output)]
+    output.unlink(missing_ok=True)  # a failed build must not leave an older module in use
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    except OSError as exc:
+        done = subprocess.run(command, capture_output=True, text=True, errors="replace",
+                              timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
         return f"{command[0]}: {exc}"
     if done.returncode != 0:
         return f"{' '.join(command)} exited {done.returncode}: {done.stderr.strip()[-500:]}"
@@ -44,6 +49,7 @@ def compile_native(source: Path, output: Path) -> str | None:
 
 class NativeLoops(BuildHookInterface):  # type: ignore[type-arg]
     PLUGIN_NAME = "custom"
+    _built: Path | None = None  # a wheel's module, outside the source tree until it is packed
 
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         if self.target_name != "wheel":
@@ -53,7 +59,8 @@ class NativeLoops(BuildHookInterface):  # type: ignore[type-arg]
         if version == "editable":
             output = source.with_name(name)
         else:
-            output = Path(tempfile.mkdtemp(prefix="llm-picker-native-")) / name
+            self._built = Path(tempfile.mkdtemp(prefix="llm-picker-native-"))
+            output = self._built / name
         failure = compile_native(source, output)
         if failure is not None:
             print(f"llm-picker: the prefix index's loops run in Python ({failure})",
@@ -63,3 +70,7 @@ class NativeLoops(BuildHookInterface):  # type: ignore[type-arg]
         build_data["infer_tag"] = True
         if version != "editable":
             build_data["force_include"][str(output)] = str(SOURCE.with_name(name))
+
+    def finalize(self, version: str, build_data: dict[str, Any], artifact_path: str) -> None:
+        if self._built is not None:
+            shutil.rmtree(self._built, ignore_errors=True)

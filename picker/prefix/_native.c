@@ -162,9 +162,14 @@ fail:
     return NULL;
 }
 
-/* Item i of a list of block hashes, which must be ints: an int's hash and equality run no
-   Python code, so nothing can change the list or the dicts while a loop walks them. */
+/* Item i of a list of block hashes, which must be ints. The loops call no Python code on
+   their own (exact ints, dicts and OrderedDicts only), but a dict lookup may still compare
+   with a stored key of another type: the list's length is checked at every read. */
 static PyObject *block_at(PyObject *hashes, Py_ssize_t i) {
+    if (i >= PyList_GET_SIZE(hashes)) {
+        PyErr_SetString(PyExc_RuntimeError, "the block hashes changed while they were read");
+        return NULL;
+    }
     PyObject *block = PyList_GET_ITEM(hashes, i);
     if (!PyLong_CheckExact(block)) {
         PyErr_Format(PyExc_TypeError, "block hashes must be ints, not %.100s",
@@ -172,6 +177,16 @@ static PyObject *block_at(PyObject *hashes, Py_ssize_t i) {
         return NULL;
     }
     return block;
+}
+
+/* A holders mask read from the masks dict: an exact int (another type's operators would run
+   Python code in the middle of a walk). */
+static int is_mask(PyObject *mask) {
+    if (PyLong_CheckExact(mask))
+        return 1;
+    PyErr_Format(PyExc_TypeError, "holder masks must be ints, not %.100s",
+                 Py_TYPE(mask)->tp_name);
+    return 0;
 }
 
 /* Appends (mask, depth) to drops. */
@@ -196,6 +211,8 @@ static int drops_in_words(PyObject *masks, PyObject *hashes, unsigned long long 
         PyObject *found = PyDict_GetItemWithError(masks, block);
         unsigned long long still = 0;
         if (found != NULL) {
+            if (!is_mask(found))
+                return -1;
             still = PyLong_AsUnsignedLongLongMask(found);
             if (still == (unsigned long long)-1 && PyErr_Occurred())
                 return -1;
@@ -234,7 +251,7 @@ static int drops_in_ints(PyObject *masks, PyObject *hashes, PyObject *alive, PyO
     for (Py_ssize_t i = 0; i < count && any > 0 && status == 0; i++) {
         PyObject *block = block_at(hashes, i);
         PyObject *found = block == NULL ? NULL : PyDict_GetItemWithError(masks, block);
-        if (found == NULL && PyErr_Occurred()) {
+        if ((found == NULL && PyErr_Occurred()) || (found != NULL && !is_mask(found))) {
             status = -1;
             break;
         }
@@ -253,6 +270,8 @@ static int drops_in_ints(PyObject *masks, PyObject *hashes, PyObject *alive, PyO
             Py_XDECREF(lost);
         }
         Py_SETREF(alive, still);
+        if (status < 0)
+            break;
         any = PyObject_IsTrue(alive);
         if (any > 0)
             depth++;
@@ -268,8 +287,8 @@ static int drops_in_ints(PyObject *masks, PyObject *hashes, PyObject *alive, PyO
 
 /* drops(masks, hashes, alive) -> [(mask, depth)]: Holders.leading's walk down a prompt. */
 static PyObject *drops(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3 || !PyDict_Check(args[0]) || !PyList_Check(args[1]) ||
-        !PyLong_Check(args[2])) {
+    if (nargs != 3 || !PyDict_CheckExact(args[0]) || !PyList_Check(args[1]) ||
+        !PyLong_CheckExact(args[2])) {
         PyErr_SetString(PyExc_TypeError, "drops(masks: dict, hashes: list, alive: int)");
         return NULL;
     }
@@ -297,6 +316,8 @@ static int drop_bit(PyObject *masks, PyObject *block, PyObject *free_bits) {
     PyObject *mask = PyDict_GetItemWithError(masks, block);
     if (mask == NULL)
         return PyErr_Occurred() ? -1 : 0;
+    if (!is_mask(mask))
+        return -1;
     PyObject *left = PyNumber_And(mask, free_bits);
     if (left == NULL)
         return -1;
@@ -336,8 +357,8 @@ static int evict(PyObject *lru, PyObject *masks, Py_ssize_t count, PyObject *bit
 
 /* record(lru, masks, hashes, capacity, bit): ApproxPrefixIndex.record_hashes' loop. */
 static PyObject *record(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5 || !PyODict_Check(args[0]) || !PyDict_Check(args[1]) ||
-        !PyList_Check(args[2]) || !PyLong_Check(args[4])) {
+    if (nargs != 5 || !PyODict_CheckExact(args[0]) || !PyDict_CheckExact(args[1]) ||
+        !PyList_Check(args[2]) || !PyLong_CheckExact(args[4])) {
         PyErr_SetString(PyExc_TypeError,
                         "record(lru: OrderedDict, masks: dict, hashes: list, capacity: int, "
                         "bit: int)");
@@ -347,6 +368,10 @@ static PyObject *record(PyObject *module, PyObject *const *args, Py_ssize_t narg
     Py_ssize_t capacity = PyLong_AsSsize_t(args[3]);
     if (capacity == -1 && PyErr_Occurred())
         return NULL;
+    if (capacity < 0) {
+        PyErr_SetString(PyExc_ValueError, "capacity must be 0 or more");
+        return NULL;
+    }
     PyObject *touch = PyObject_GetAttrString(lru, "move_to_end");
     if (touch == NULL)
         return NULL;
@@ -369,7 +394,8 @@ static PyObject *record(PyObject *module, PyObject *const *args, Py_ssize_t narg
         } else if (status == 0) {
             status = PyODict_SetItem(lru, block, Py_None);
             PyObject *mask = status == 0 ? PyDict_GetItemWithError(masks, block) : NULL;
-            if (status == 0 && mask == NULL && PyErr_Occurred())
+            if (status == 0 && ((mask == NULL && PyErr_Occurred()) ||
+                                (mask != NULL && !is_mask(mask))))
                 status = -1;
             if (status == 0) {
                 PyObject *joined = mask == NULL ? Py_NewRef(bit) : PyNumber_Or(mask, bit);
@@ -391,8 +417,8 @@ static PyObject *record(PyObject *module, PyObject *const *args, Py_ssize_t narg
 
 /* evict(lru, masks, count, bit): ApproxPrefixIndex's trim of a worker's oldest blocks. */
 static PyObject *evict_oldest(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4 || !PyODict_Check(args[0]) || !PyDict_Check(args[1]) ||
-        !PyLong_Check(args[3])) {
+    if (nargs != 4 || !PyODict_CheckExact(args[0]) || !PyDict_CheckExact(args[1]) ||
+        !PyLong_CheckExact(args[3])) {
         PyErr_SetString(PyExc_TypeError,
                         "evict_oldest(lru: OrderedDict, masks: dict, count: int, bit: int)");
         return NULL;

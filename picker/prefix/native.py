@@ -111,7 +111,7 @@ try:
     from picker.prefix._native import evict_oldest as _c_evict_oldest
     from picker.prefix._native import record as _c_record
     _COMPILED = _agrees(_c_chain)
-except ImportError:
+except Exception:  # not built, or built from other code (an older module): the Python loops
     _COMPILED = False
 
 chain = _c_chain if _COMPILED else py_chain
