@@ -228,7 +228,8 @@ def _bench(ns: argparse.Namespace) -> int:
         from picker_bench.flow import run_flow
 
         return run_flow(seconds=ns.seconds, seed=ns.seed, sheddable_share=ns.sheddable_share,
-                        headroom_miss_rate=ns.headroom_miss_rate, warmup=ns.warmup)
+                        headroom_miss_rate=ns.headroom_miss_rate, warmup=ns.warmup,
+                        preempt=ns.preempt)
     if ns.bench == "quota-drift":
         from picker_bench.quota_drift import run_quota_drift
 
@@ -491,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("--warmup", type=float, default=0.0,
                       help="seconds the interactive band runs alone, unmeasured, before "
                            "the measured phase (steady state instead of a cold start)")
+    flow.add_argument("--preempt", action="store_true",
+                      help="flow.preempt: interactive requests end running batch ones")
     flow.set_defaults(run=_bench)
     drift = which.add_parser("quota-drift", help="one flow offered 3x its requests/min "
                              "budget through replicas that each enforce it")

@@ -11,7 +11,9 @@ alone, unmeasured (a steady state for batch to arrive into, instead of an empty 
   capacity: both more than half the spare, so both stay backlogged), under flow control
   (bands, round robin between flows, the engines' slots as the saturation limit, the batch
   band leaving the interactive band the headroom its recent demand needs -
-  `headroom_miss_rate`, and optionally a fixed `sheddable_share` - and a TTL);
+  `headroom_miss_rate`, and optionally a fixed `sheddable_share` - and a TTL; with `preempt`,
+  an interactive request that finds no slot ends a running batch one, whose client then sees
+  its stream reset: counted as refused, "transport");
 - single: the same load under `limits:` (one concurrency limit of the engines' slots, one FIFO
   queue with the same bound and timeout) - what the picker did before flow control.
 
@@ -169,11 +171,12 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def _picker_flow(sheddable_share: float, headroom_miss_rate: float) -> Mapping[str, Any]:
+def _picker_flow(sheddable_share: float, headroom_miss_rate: float,
+                 preempt: bool) -> Mapping[str, Any]:
     return {"flow": {
         "enabled": True, "trust_client_headers": True,
         "objectives": {"interactive": 10, "batch": -1},
-        "ttl_secs": TTL_SECS, "max_queued": 200,
+        "ttl_secs": TTL_SECS, "max_queued": 200, "preempt": preempt,
         "saturation": {"max_in_flight_per_worker": SLOTS, "sheddable_share": sheddable_share,
                        "headroom_miss_rate": headroom_miss_rate}}}
 
@@ -184,15 +187,17 @@ _PICKER_SINGLE: Mapping[str, Any] = {"limits": {
 
 
 def run_flow(seconds: float = 15.0, seed: int = 1, sheddable_share: float = 1.0,
-             headroom_miss_rate: float = 0.01, warmup: float = 0.0) -> int:
+             headroom_miss_rate: float = 0.01, warmup: float = 0.0,
+             preempt: bool = False) -> int:
     sims = [SimSpec(f"sim-{i}", MODEL, ["--ttft-ms", str(TTFT_MS), "--tpot-ms", str(TPOT_MS),
                                          "--max-concurrency", str(SLOTS)])
             for i in range(ENGINES)]
     print(f"{ENGINES} engines x {SLOTS} slots, ~{CAPACITY_RPS:.0f} req/s capacity; "
           f"{seconds:.0f} s per phase; interactive 40% (4 tenants, 10:1:1:1), batch 160% "
           f"(2 tenants, 3:1); TTL {TTL_SECS:.0f} s; batch may fill {sheddable_share:.0%} of "
-          f"the slots; headroom miss rate {headroom_miss_rate:g}; {warmup:g} s warm-up")
-    flow = _picker_flow(sheddable_share, headroom_miss_rate)
+          f"the slots; headroom miss rate {headroom_miss_rate:g}; {warmup:g} s warm-up"
+          f"{'; batch requests preempted for interactive ones' if preempt else ''}")
+    flow = _picker_flow(sheddable_share, headroom_miss_rate, preempt)
     phases = [("alone", flow, INTERACTIVE), ("flow", flow, INTERACTIVE + BATCH),
               ("single", _PICKER_SINGLE, INTERACTIVE + BATCH)]
     print(f"{'phase':<8}{'int. TTFT p50':>14}{'p99':>8}{'p99/alone':>10}{'batch req/s':>12}"

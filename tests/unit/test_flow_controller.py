@@ -238,3 +238,22 @@ def test_without_preempt_or_for_a_request_that_is_not_sheddable_nothing_is_ended
             await waiting
 
     asyncio.run(run())
+
+
+def test_in_a_band_the_flow_holding_the_most_slots_is_preempted_first() -> None:
+    """Ending the newest request whatever its flow would take slots from the flow that dispatch
+    just served, undoing its fairness: the flow holding more slots gives one back first."""
+    async def run() -> None:
+        flow, fleet = controller(preempt=True, saturation={"max_in_flight_per_worker": 3})
+        ended: list[str] = []
+        for name in ("big", "big", "small"):  # "small" is the newest
+            ticket = await flow.admit(ask(-1, name))
+            ticket.opened()
+            ticket.preemptible(lambda error, name=name: ended.append(name))
+        fleet.set_in_flight(fleet[0], 3)
+        waiting = asyncio.create_task(flow.admit(ask(10, "interactive")))
+        await asyncio.sleep(0)
+        assert ended == ["big"]
+        waiting.cancel()
+
+    asyncio.run(run())

@@ -36,6 +36,7 @@ import functools
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -243,8 +244,10 @@ class FlowController:
     def _preempt(self) -> None:
         """For each non-sheddable waiter whose model has no free slot, and no request already
         ending for it, end one running sheddable request of that model: the lowest band
-        first, in it the most recently dispatched (the least work lost). Their slots free when
-        their leases end, and `ticket_finished` pumps again."""
+        first; in it, of the flow holding the most running requests (preemption must not undo
+        the fairness between flows that dispatch kept), and of those the most recently
+        dispatched (the least work lost). Their slots free when their leases end, and
+        `ticket_finished` pumps again."""
         blocked: dict[str, int] = {}
         for priority, band in self._bands.items():
             if priority >= 0 and band.size:
@@ -257,9 +260,11 @@ class FlowController:
             if count <= 0 or self._room(model) is not Room.SATURATED:
                 continue
             running = [t for t in self._preemptible if t.ask.model == model]
-            order = sorted(range(len(running)),
-                           key=lambda i: (running[i].ask.key.priority, -i))
-            for victim in (running[i] for i in order[:count]):
+            for _ in range(min(count, len(running))):
+                held = Counter(t.ask.key for t in running)
+                victim = running[min(range(len(running)), key=lambda i: (
+                    running[i].ask.key.priority, -held[running[i].ask.key], -i))]
+                running.remove(victim)
                 end = self._preemptible.pop(victim)
                 self._ending[victim] = None
                 self._count_left(victim.ask.key, FlowOutcome.PREEMPTED, 0.0)
