@@ -1,6 +1,8 @@
 """Flow control's metrics, per band (priority) and flow: how many wait, how long requests
 waited, and how each left flow control (dispatched, queue_full, shed, ttl_expired,
-no_ready_worker, cancelled), and when the quota table was full.
+no_ready_worker, cancelled), how many dispatched ones were preempted later (flow.preempt:
+outcome `preempted`, counted besides their dispatch, not a wait), and when the quota table was
+full.
 
 Flow ids are label values: with `flow.trust_client_headers` they are client text, bounded in
 length by picker.routing.flow.key; an operator trusting the ids trusts their number too.
@@ -43,7 +45,8 @@ class FlowMetrics(FlowObserver):
     def left(self, key: FlowKey, outcome: FlowOutcome, waited_secs: float) -> None:
         priority = str(key.priority)
         self._requests.labels(priority, key.fairness_id, outcome.value).inc()
-        self._waited.labels(priority, outcome.value).observe(waited_secs)
+        if outcome is not FlowOutcome.PREEMPTED:
+            self._waited.labels(priority, outcome.value).observe(waited_secs)
 
     def quota_table_full(self) -> None:
         self._table_full.inc()

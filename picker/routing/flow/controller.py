@@ -84,7 +84,8 @@ class FlowObserver:
         """The flow's queue grew (+1) or shrank (-1)."""
 
     def left(self, key: FlowKey, outcome: FlowOutcome, waited_secs: float) -> None:
-        """A request left flow control: dispatched or refused, after `waited_secs`."""
+        """A request left flow control: dispatched or refused, after `waited_secs`; or a
+        dispatched one was preempted (PREEMPTED, waited 0)."""
 
     def quota_table_full(self) -> None:
         """A flow with a budget found no slot in the quota table: refused, or its generated
