@@ -45,14 +45,18 @@ def _run(installed: tuple[Path, dict[str, str]], *args: str,
                           timeout=timeout, env=env, cwd=bin_dir.parent)
 
 
-def test_the_installed_package_is_the_wheels(installed: tuple[Path, dict[str, str]]) -> None:
+def _printed(installed: tuple[Path, dict[str, str]], code: str) -> list[str]:
+    """What `code` prints, run by the fresh environment's Python, split into words."""
     bin_dir, env = installed
-    found = subprocess.run([str(bin_dir / "python"), "-c",
-                            "import llm_picker, llm_picker.envoy_config as b;"
-                            " print(llm_picker.__file__); print(b.ENVOY_DIR)"],
-                           capture_output=True, text=True, env=env, cwd=bin_dir.parent,
-                           timeout=60, check=True).stdout.split()
-    assert all(path.startswith(str(bin_dir.parent)) for path in found), found
+    return subprocess.run([str(bin_dir / "python"), "-c", code], capture_output=True,
+                          text=True, env=env, cwd=bin_dir.parent, timeout=60,
+                          check=True).stdout.split()
+
+
+def test_the_installed_package_is_the_wheels(installed: tuple[Path, dict[str, str]]) -> None:
+    found = _printed(installed, "import llm_picker, llm_picker.envoy_config as b;"
+                                " print(llm_picker.__file__); print(b.ENVOY_DIR)")
+    assert all(path.startswith(str(installed[0].parent)) for path in found), found
     assert found[1].endswith("llm_picker/envoy_bootstraps")
 
 
@@ -60,14 +64,10 @@ def test_the_wheel_carries_the_compiled_prefix_loops(
         installed: tuple[Path, dict[str, str]]) -> None:
     """hatch_build.py compiles picker/prefix/_native.c into the wheel (this machine has a C
     compiler), and the installed package uses it."""
-    bin_dir, env = installed
-    found = subprocess.run([str(bin_dir / "python"), "-c",
-                            "from picker.prefix import native, _native;"
-                            " print(native.IMPLEMENTATION); print(_native.__file__)"],
-                           capture_output=True, text=True, env=env, cwd=bin_dir.parent,
-                           timeout=60, check=True).stdout.split()
+    found = _printed(installed, "from picker.prefix import native, _native;"
+                                " print(native.IMPLEMENTATION); print(_native.__file__)")
     assert found[0] == "c"
-    assert found[1].startswith(str(bin_dir.parent)), found
+    assert found[1].startswith(str(installed[0].parent)), found
 
 
 @pytest.mark.parametrize("args", [(), ("--mode", "authz")])
