@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, NamedTuple
 
 import uvicorn
@@ -157,6 +158,28 @@ async def _json_object(request: Request) -> dict[str, Any] | Response:
     return body
 
 
+async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, SimRun]
+                               ) -> SimRun | None:
+    """`work`, cancelled if the client disconnects first (None then): an engine stops
+    generating an answer nobody will read. vLLM's endpoints do so for non-streamed requests
+    too (vllm/entrypoints/utils.py, `with_cancellation`: the handler races a task waiting for
+    `http.disconnect`); a streamed one notices at its next chunk. The body has been read, so
+    the next message the server receives is the disconnect."""
+    generation = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    await asyncio.wait((generation, gone), return_when=asyncio.FIRST_COMPLETED)
+    for task in (generation, gone):
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        return await generation
+    return None
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def _vllm_error(refusal: LoraRefusal) -> JSONResponse:
     """vLLM's ErrorResponse: `code` is the HTTP status (vllm/entrypoints/serve/engine/
     protocol.py:79-87)."""
@@ -277,10 +300,17 @@ def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASG
                 _stream(engine, prompt, chat, base, n_out, usage, fetched, adapter),
                 media_type="text/event-stream",
             )
-        async with engine.admitted(prompt, prefilled=fetched, adapter=adapter) as run:
-            await run.first_token()
-            await run.decode(n_out - 1)
-            run.finish()
+        async def whole() -> SimRun:
+            async with engine.admitted(prompt, prefilled=fetched, adapter=adapter) as run:
+                await run.first_token()
+                await run.decode(n_out - 1)
+                run.finish()
+            return run
+
+        done = await _unless_disconnected(request, whole())
+        if done is None:
+            return Response(status_code=499)  # nobody is left to read it
+        run = done
         usage["prompt_tokens_details"] = _cached(run)
         finish = "length"
         if pd is not None and pd.role == "prefill":

@@ -301,3 +301,7 @@ def test_a_waiting_interactive_request_preempts_a_running_batch_one() -> None:
         ended = metric_values(fleet, "llm_picker_requests_total")
         assert sum(v for k, v in ended.items() if ("outcome", "preempted") in k) == 1
         wait_until(lambda: in_flight(fleet) == 0, 5, "no slot kept")
+        # Envoy reset the upstream request, and the engine stopped generating it (as vLLM
+        # does for a client gone), long before its 400 tokens.
+        stats = loopback().get(f"{fleet.sim_url('a')}/sim/stats").json()
+        assert (stats["cancelled"], stats["completed"]) == (1, 1)
