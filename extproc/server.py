@@ -66,6 +66,7 @@ class _Processor:
 
 # Unasked writes in progress: a task the loop does not hold is collected mid-write.
 _UNASKED: set[asyncio.Task[None]] = set()
+_UNASKED_TRIES = 5
 
 
 def _write_unasked(context: grpc.aio.ServicerContext, response: pb.ProcessingResponse) -> None:
@@ -77,10 +78,20 @@ def _write_unasked(context: grpc.aio.ServicerContext, response: pb.ProcessingRes
 
 
 async def _write(context: grpc.aio.ServicerContext, response: pb.ProcessingResponse) -> None:
-    try:
-        await context.write(response)
-    except Exception as exc:  # the stream ended meanwhile: nothing left to end
-        _log.debug("unasked ext_proc message not written: %s", exc)
+    """grpc.aio takes one write at a time per call: one that meets the handler's own (answering
+    a message Envoy sent just then) fails with GRPC_CALL_ERROR_TOO_MANY_OPERATIONS, so it is
+    tried again once that is out. A call already ended has nothing left to end."""
+    for attempt in range(_UNASKED_TRIES):
+        try:
+            await context.write(response)
+            return
+        except Exception as exc:
+            if context.done():
+                return
+            _log.debug("unasked ext_proc message not written (try %d): %s", attempt + 1, exc)
+            await asyncio.sleep(0.001 * (attempt + 1))
+    _log.warning("an ext_proc stream took no unasked message in %d tries: its request was "
+                 "not ended", _UNASKED_TRIES)
 
 
 def create_server(
