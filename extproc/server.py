@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 from typing import Literal
 
 import grpc
@@ -69,27 +70,32 @@ _UNASKED: set[asyncio.Task[None]] = set()
 _UNASKED_TRIES = 5
 
 
-def _write_unasked(context: grpc.aio.ServicerContext, response: pb.ProcessingResponse) -> None:
+def _write_unasked(context: grpc.aio.ServicerContext, response: pb.ProcessingResponse,
+                   written: Callable[[], None]) -> None:
     """Write `response` on the stream now, beside the handler's read of the next message (a
-    stream with no message pending from Envoy has its handler waiting in `read`)."""
-    task = asyncio.ensure_future(_write(context, response))
+    stream with no message pending from Envoy has its handler waiting in `read`); `written`
+    once it is."""
+    task = asyncio.ensure_future(_write(context, response, written))
     _UNASKED.add(task)
     task.add_done_callback(_UNASKED.discard)
 
 
-async def _write(context: grpc.aio.ServicerContext, response: pb.ProcessingResponse) -> None:
+async def _write(context: grpc.aio.ServicerContext, response: pb.ProcessingResponse,
+                 written: Callable[[], None]) -> None:
     """grpc.aio takes one write at a time per call: one that meets the handler's own (answering
     a message Envoy sent just then) fails with GRPC_CALL_ERROR_TOO_MANY_OPERATIONS, so it is
     tried again once that is out. A call already ended has nothing left to end."""
     for attempt in range(_UNASKED_TRIES):
         try:
             await context.write(response)
-            return
         except Exception as exc:
             if context.done():
                 return
             _log.debug("unasked ext_proc message not written (try %d): %s", attempt + 1, exc)
             await asyncio.sleep(0.001 * (attempt + 1))
+        else:
+            written()
+            return
     _log.warning("an ext_proc stream took no unasked message in %d tries: its request was "
                  "not ended", _UNASKED_TRIES)
 

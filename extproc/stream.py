@@ -87,13 +87,14 @@ class RequestStream:
                  subsets: SubsetMatcher | None = None, fallbacks: int = 0,
                  conformance: bool = False,
                  abort: Callable[[str, AbortCall], None] | None = None,
-                 interrupt: Callable[[pb.ProcessingResponse], None] | None = None) -> None:
+                 interrupt: Callable[[pb.ProcessingResponse, Callable[[], None]], None]
+                 | None = None) -> None:
         """`subsets`: the server's, shared by its streams (else one of this stream's own).
         `fallbacks` and `conformance`: extproc.fallbacks and extproc.conformance. `abort`:
         sends a gRPC worker's Abort (host:port, the engine's call) when a stop string ends
         the answer while the engine still generates. `interrupt`: writes a message Envoy did
-        not ask for on the stream (flow control ending the request, `flow.preempt`); without
-        it the request cannot be preempted."""
+        not ask for on the stream (flow control ending the request, `flow.preempt`), then
+        calls back once it is written; without it the request cannot be preempted."""
         self._picker = picker
         self._fallbacks = fallbacks
         self._conformance = conformance
@@ -321,11 +322,17 @@ class RequestStream:
         Retry-After, or a reset stream if the answer had begun - and Envoy resets the
         upstream, which makes vLLM abort it (vllm/entrypoints/utils.py, `with_cancellation`).
         llm-d-router's evictor ends a request the same way (pkg/epp/flowcontrol/eviction/
-        evictor.go, ImmediateResponseEvictor). The slot is released at once."""
+        evictor.go, ImmediateResponseEvictor). The slot is released once Envoy has the
+        message: a message that cannot be written leaves the request running, and counted."""
         if self._lease is None or not self._lease.open or self._interrupt is None:
             return  # it ended meanwhile
-        self._interrupt(codec.immediate_error(error))
-        self._release(Outcome.PREEMPTED)
+        api = api_of((self._headers or {}).get(":path", ""))
+        self._interrupt(codec.immediate_error(error, api is not None and api.anthropic),
+                        self._preempted)
+
+    def _preempted(self) -> None:
+        if self._lease is not None and self._lease.open:
+            self._release(Outcome.PREEMPTED)
 
     def _path_fix(self) -> tuple[tuple[str, str], ...]:
         """`/v1/chat/completions/` is routed as `/v1/chat/completions` (openai_body ignores

@@ -15,6 +15,8 @@ _METHOD = "/test.Unasked/Process"
 
 
 def test_an_unasked_message_meeting_the_handlers_write_is_sent_after_it() -> None:
+    written: list[bool] = []
+
     async def handler(_: object, context: grpc.aio.ServicerContext) -> None:
         await context.read()
         answer = pb.ProcessingResponse()
@@ -23,7 +25,7 @@ def test_an_unasked_message_meeting_the_handlers_write_is_sent_after_it() -> Non
         unasked.immediate_response.details = "unasked"
         writing = asyncio.ensure_future(context.write(answer))
         await asyncio.sleep(0)
-        server._write_unasked(context, unasked)  # meets the write in progress
+        server._write_unasked(context, unasked, lambda: written.append(True))  # meets it
         await writing
         await context.read()  # until the client is done
 
@@ -51,3 +53,4 @@ def test_an_unasked_message_meeting_the_handlers_write_is_sent_after_it() -> Non
             await grpc_server.stop(0)
 
     assert sorted(asyncio.run(run())) == ["answer", "unasked"]
+    assert written == [True]  # told once it was out, not before

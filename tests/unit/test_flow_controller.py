@@ -257,3 +257,37 @@ def test_in_a_band_the_flow_holding_the_most_slots_is_preempted_first() -> None:
         waiting.cancel()
 
     asyncio.run(run())
+
+
+def test_a_waiter_ends_one_request_even_while_the_slot_it_freed_does_not_show() -> None:
+    """The ended request's lease ends at once, but the room it frees may not show yet (engine
+    signals change at the next scrape; another process may take the slot): the waiter must not
+    end one running request after another meanwhile."""
+    async def run() -> None:
+        flow, fleet = controller(preempt=True, saturation={"max_in_flight_per_worker": 3})
+        ended: list[Ticket] = []
+        loop = asyncio.get_running_loop()
+        for _ in range(3):
+            ticket = await flow.admit(ask(-1, "bulk"))
+            ticket.opened()
+            # As the ext_proc stream does: the request ends soon after (scheduled, since `end`
+            # runs under the controller's lock), its ticket with it.
+            ticket.preemptible(lambda error, ticket=ticket: (ended.append(ticket),
+                                                             loop.call_soon(ticket.finish)))
+        fleet.set_in_flight(fleet[0], 3)  # still counted full, as a stale signal would be
+        waiting = asyncio.create_task(flow.admit(ask(10, "interactive")))
+        for _ in range(5):
+            await asyncio.sleep(0)
+            flow.tick()
+        assert len(ended) == 1
+        fleet.set_in_flight(fleet[0], 2)  # the signal catches up
+        flow.tick()
+        (await waiting).finish()
+        # The waiter dispatched, its promise is spent: a new waiter may end another.
+        fleet.set_in_flight(fleet[0], 3)
+        second = asyncio.create_task(flow.admit(ask(10, "interactive")))
+        await asyncio.sleep(0)
+        assert len(ended) == 2
+        second.cancel()
+
+    asyncio.run(run())

@@ -137,10 +137,12 @@ class FlowController:
         # counted outside the controller's.
         self._left: dict[FlowKey, dict[FlowOutcome, int]] = {}
         self._left_lock = threading.Lock()
-        # Running sheddable requests their adapter can end (flow.preempt), oldest first, and
-        # those asked to end whose slot is not free yet, per model.
+        # Running sheddable requests their adapter can end (flow.preempt), oldest first; and
+        # per model, the requests ended for waiters not dispatched yet. A slot freed by one
+        # may not show as room at once (engine signals change at the next scrape; another
+        # process may take it): until its waiter is dispatched or gone, it is the waiter's.
         self._preemptible: dict[Ticket, Callable[[FlowRefused], None]] = {}
-        self._ending: dict[Ticket, None] = {}
+        self._promised: dict[str, int] = {}
 
     # -- entry points --------------------------------------------------------------------
 
@@ -208,6 +210,9 @@ class FlowController:
         self._pending[ask.model] = self._pending.get(ask.model, 0) + 1
         if not ask.key.sheddable:
             self._headroom.change(ask.model, 1)
+            promised = self._promised.get(ask.model)
+            if promised:  # the slot a preempted request freed for it, if it was one
+                self._promised[ask.model] = promised - 1
         self._band(ask.key.priority).fairness.dispatched(ask.key.fairness_id, ask.tokens)
         if first:
             self._count_left(ask.key, FlowOutcome.DISPATCHED, waited)
@@ -243,8 +248,8 @@ class FlowController:
             self._preempt()
 
     def _preempt(self) -> None:
-        """For each non-sheddable waiter whose model has no free slot, and no request already
-        ending for it, end one running sheddable request of that model: the lowest band
+        """For each non-sheddable waiter whose model has no free slot, and no request ended
+        for it already, end one running sheddable request of that model: the lowest band
         first; in it, of the flow holding the most running requests (preemption must not undo
         the fairness between flows that dispatch kept), and of those the most recently
         dispatched (the least work lost). Their slots free when their leases end, and
@@ -254,20 +259,21 @@ class FlowController:
             if priority >= 0 and band.size:
                 for model, count in band.waiting_per_model().items():
                     blocked[model] = blocked.get(model, 0) + count
-        for ending in self._ending:
-            if blocked.get(ending.ask.model):
-                blocked[ending.ask.model] -= 1
+        # A promise outlives no waiter: those gone (expired, cancelled) release theirs.
+        self._promised = {model: min(count, blocked[model])
+                          for model, count in self._promised.items() if blocked.get(model)}
         for model, count in blocked.items():
-            if count <= 0 or self._room(model) is not Room.SATURATED:
+            need = count - self._promised.get(model, 0)
+            if need <= 0 or self._room(model) is not Room.SATURATED:
                 continue
             running = [t for t in self._preemptible if t.ask.model == model]
-            for _ in range(min(count, len(running))):
+            for _ in range(min(need, len(running))):
                 held = Counter(t.ask.key for t in running)
                 victim = running[min(range(len(running)), key=lambda i: (
                     running[i].ask.key.priority, -held[running[i].ask.key], -i))]
                 running.remove(victim)
                 end = self._preemptible.pop(victim)
-                self._ending[victim] = None
+                self._promised[model] = self._promised.get(model, 0) + 1
                 self._count_left(victim.ask.key, FlowOutcome.PREEMPTED, 0.0)
                 end(self._refusal(FlowOutcome.PREEMPTED))
 
@@ -394,7 +400,6 @@ class FlowController:
                 self._unpend(ask.model)
             ticket.state = "done"
             self._preemptible.pop(ticket, None)
-            self._ending.pop(ticket, None)
             self._active -= 1
             if not ask.key.sheddable:
                 self._headroom.change(ask.model, -1)
