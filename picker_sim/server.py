@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import time
@@ -167,12 +166,17 @@ async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, SimRu
     the next message the server receives is the disconnect."""
     generation = asyncio.ensure_future(work)
     gone = asyncio.ensure_future(_disconnected(request))
-    await asyncio.wait((generation, gone), return_when=asyncio.FIRST_COMPLETED)
-    for task in (generation, gone):
-        task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
+        await asyncio.wait((generation, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:  # the handler itself cancelled (server shutdown) ends both as well
+        gone.cancel()
+        generation.cancel()
+    try:
         return await generation
-    return None
+    except asyncio.CancelledError:
+        if gone.done() and not gone.cancelled():
+            return None  # the client left first
+        raise
 
 
 async def _disconnected(request: Request) -> None:
