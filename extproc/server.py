@@ -50,7 +50,8 @@ class _Processor:
         """One HTTP request's stream; read/write calls avoid async-generator overhead."""
         stream = RequestStream(self._picker, self._max_body, self._access, self._subsets,
                                self._fallbacks, self._conformance, self._aborts.send,
-                               functools.partial(_write_unasked, context))
+                               functools.partial(_write_unasked,
+                                                 asyncio.get_running_loop(), context))
         # The RPC's own end, not the handler's, says whether Envoy half-closed the stream or
         # reset it: a reset can surface in the handler as a plain EOF.
         context.add_done_callback(lambda done: self._ended(stream, done.cancelled()))
@@ -70,11 +71,16 @@ _UNASKED: set[asyncio.Task[None]] = set()
 _UNASKED_TRIES = 5
 
 
-def _write_unasked(context: grpc.aio.ServicerContext, response: pb.ProcessingResponse,
-                   written: Callable[[], None]) -> None:
-    """Write `response` on the stream now, beside the handler's read of the next message (a
-    stream with no message pending from Envoy has its handler waiting in `read`); `written`
-    once it is."""
+def _write_unasked(loop: asyncio.AbstractEventLoop, context: grpc.aio.ServicerContext,
+                   response: pb.ProcessingResponse, written: Callable[[], None]) -> None:
+    """Have `response` written on the stream, from any thread: on the stream's `loop`, beside
+    the handler's read of the next message (a stream with no message pending from Envoy has
+    its handler waiting in `read`); `written` once it is."""
+    loop.call_soon_threadsafe(_start_write, context, response, written)
+
+
+def _start_write(context: grpc.aio.ServicerContext, response: pb.ProcessingResponse,
+                 written: Callable[[], None]) -> None:
     task = asyncio.ensure_future(_write(context, response, written))
     _UNASKED.add(task)
     task.add_done_callback(_UNASKED.discard)

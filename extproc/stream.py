@@ -16,7 +16,6 @@ trailers. Without a response body mode the stream's end (`close`) is the only si
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import time
 from collections.abc import Callable
@@ -92,9 +91,10 @@ class RequestStream:
         """`subsets`: the server's, shared by its streams (else one of this stream's own).
         `fallbacks` and `conformance`: extproc.fallbacks and extproc.conformance. `abort`:
         sends a gRPC worker's Abort (host:port, the engine's call) when a stop string ends
-        the answer while the engine still generates. `interrupt`: writes a message Envoy did
-        not ask for on the stream (flow control ending the request, `flow.preempt`), then
-        calls back once it is written; without it the request cannot be preempted."""
+        the answer while the engine still generates. `interrupt`: from any thread, has a
+        message Envoy did not ask for written on the stream (flow control ending the request,
+        `flow.preempt`), then calls back on the stream's loop once it is written; without it
+        the request cannot be preempted."""
         self._picker = picker
         self._fallbacks = fallbacks
         self._conformance = conformance
@@ -303,11 +303,7 @@ class RequestStream:
         self._lease = lease
         self._finished = True
         if self._interrupt is not None:
-            loop = asyncio.get_running_loop()
-
-            def end(error: FlowRefused) -> None:
-                loop.call_soon_threadsafe(self._end_early, error)
-            lease.preemptible(end)
+            lease.preemptible(self._end_early)
         trailers = [codec.continue_trailers()] if ack_trailers else []
         forward = lease.forward
         route = codec.Route(lease.destination, (*lease.headers, *self._path_fix()))
@@ -323,7 +319,8 @@ class RequestStream:
         upstream, which makes vLLM abort it (vllm/entrypoints/utils.py, `with_cancellation`).
         llm-d-router's evictor ends a request the same way (pkg/epp/flowcontrol/eviction/
         evictor.go, ImmediateResponseEvictor). The slot is released once Envoy has the
-        message: a message that cannot be written leaves the request running, and counted."""
+        message: a message that cannot be written leaves the request running, and counted.
+        Called by flow control under its lock, from any thread: `interrupt` only schedules."""
         if self._lease is None or not self._lease.open or self._interrupt is None:
             return  # it ended meanwhile
         api = api_of((self._headers or {}).get(":path", ""))

@@ -25,7 +25,8 @@ def test_an_unasked_message_meeting_the_handlers_write_is_sent_after_it() -> Non
         unasked.immediate_response.details = "unasked"
         writing = asyncio.ensure_future(context.write(answer))
         await asyncio.sleep(0)
-        server._write_unasked(context, unasked, lambda: written.append(True))  # meets it
+        server._write_unasked(asyncio.get_running_loop(), context, unasked,
+                              lambda: written.append(True))  # meets the write in progress
         await writing
         await context.read()  # until the client is done
 
