@@ -19,9 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from llm_picker.envoy_config import ENVOY_DIR
 from picker_bench.overhead import ext_proc_messages
-from picker_bench.stack import SimSpec, cpu_seconds, free_port, local_fleet
+from picker_bench.stack import ENVOY_GATEWAY, SimSpec, cpu_seconds, free_port, local_fleet
 from picker_bench.tokenizer_dirs import build_tokenizer_dir
 
 __all__ = ["run_grpc_route"]
@@ -43,7 +42,7 @@ def run_grpc_route(requests: int = 60, block: int = 10) -> int:
                         worker={"url": f"grpc://127.0.0.1:{port}", "connection_mode": "grpc",
                                 "runtime_type": "sglang", "tokenizer_path": str(tokenizer)})]
         with local_fleet(sims, body_mode="FULL_DUPLEX_STREAMED",
-                         envoy_template=ENVOY_DIR / "envoy-gateway.yaml",
+                         envoy_template=ENVOY_GATEWAY,
                          picker_settings={"extproc": {"tls": "self_signed"}}) as fleet:
             picker = fleet.processes["picker"]
             cpu = {"http-model": 0.0, "grpc-model": 0.0}

@@ -26,9 +26,9 @@ from typing import Any
 
 import httpx
 
-from llm_picker.envoy_config import ENVOY_DIR
 from picker_bench.loopback import loopback
 from picker_bench.stack import (
+    ENVOY_GATEWAY,
     Process,
     SimSpec,
     cpu_seconds,
@@ -171,7 +171,7 @@ def run_grpc_smg(sims: int = 2, requests: Sequence[int] = (40, 160),
                                  "runtime_type": "sglang", "tokenizer_path": str(tokenizer)})
                  for i, port in enumerate(ports)]
         with local_fleet(specs, body_mode="FULL_DUPLEX_STREAMED",
-                         envoy_template=ENVOY_DIR / "envoy-gateway.yaml",
+                         envoy_template=ENVOY_GATEWAY,
                          picker_settings={"extproc": {"tls": "self_signed"}},
                          workdir=Path(root)) as fleet:
             smg_url, smg = _start_smg(ports, tokenizer, Path(root))

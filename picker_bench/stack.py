@@ -34,6 +34,7 @@ __all__ = [
     "ENVOY_AUTHZ",
     "ENVOY_FAIL_OPEN",
     "ENVOY_MTLS",
+    "ENVOY_GATEWAY",
     "ENVOY_TEMPLATE",
     "FIXED_PORTS_BELOW",
     "Fleet",
@@ -60,6 +61,8 @@ __all__ = [
 ENVOY_TEMPLATE = ENVOY_DIR / "envoy.yaml"
 ENVOY_FAIL_OPEN = ENVOY_DIR / "envoy-fail-open.yaml"
 ENVOY_MTLS = ENVOY_DIR / "envoy-mtls.yaml"
+# As a Gateway writes the filter: both bodies FULL_DUPLEX_STREAMED, TLS to the picker.
+ENVOY_GATEWAY = ENVOY_DIR / "envoy-gateway.yaml"
 ENVOY_AUTHZ = ENVOY_DIR / "envoy-authz.yaml"
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 

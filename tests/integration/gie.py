@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from picker_bench.loopback import loopback
 from picker_bench.stack import (
-    ENVOY_DIR,
+    ENVOY_GATEWAY,
     Process,
     SimSpec,
     free_port,
@@ -129,7 +129,7 @@ def routed_through_envoy(picker: ChartPicker, requests: int = 6) -> set[str]:
     listen, admin = free_port(), free_port()
     envoy = start_envoy(render_envoy_config(
         listen_port=listen, admin_port=admin, picker_port=picker.extproc_port,
-        body_mode="FULL_DUPLEX_STREAMED", template=ENVOY_DIR / "envoy-gateway.yaml",
+        body_mode="FULL_DUPLEX_STREAMED", template=ENVOY_GATEWAY,
         fallback_ports=picker.engine_ports), picker.workdir)
     served: set[str] = set()
     try:

@@ -17,7 +17,15 @@ import httpx
 import pytest
 
 from picker_bench.loopback import loopback
-from picker_bench.stack import Fleet, SimSpec, free_port, local_fleet, start_sims
+from picker_bench.stack import (
+    ENVOY_GATEWAY,
+    ENVOY_TEMPLATE,
+    Fleet,
+    SimSpec,
+    free_port,
+    local_fleet,
+    start_sims,
+)
 from tests.browser import Chromium, find_chromium
 from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER, metric_values, wait_until
 
@@ -29,9 +37,14 @@ FLOW = {"enabled": True, "trust_client_headers": True,
 
 
 @contextlib.contextmanager
-def flow_fleet(**flow: object) -> Iterator[Fleet]:
-    settings = {**FAST_HEALTH, "flow": {**FLOW, **flow}, "explain": {"enabled": True}}
-    with local_fleet([SimSpec("a", MODEL, SIM)], picker_settings=settings) as fleet:
+def flow_fleet(gateway: bool = False, **flow: object) -> Iterator[Fleet]:
+    """`gateway`: Envoy as a Gateway configures the filter (both bodies FULL_DUPLEX_STREAMED,
+    TLS to the picker) instead of the repository's envoy/envoy.yaml (request body BUFFERED)."""
+    settings = {**FAST_HEALTH, "flow": {**FLOW, **flow}, "explain": {"enabled": True},
+                **({"extproc": {"tls": "self_signed"}} if gateway else {})}
+    with local_fleet([SimSpec("a", MODEL, SIM)], picker_settings=settings,
+                     body_mode="FULL_DUPLEX_STREAMED" if gateway else "BUFFERED",
+                     envoy_template=ENVOY_GATEWAY if gateway else ENVOY_TEMPLATE) as fleet:
         yield fleet
 
 
@@ -272,14 +285,15 @@ def test_requests_for_a_model_without_a_ready_worker_wait_for_one_to_start() -> 
         assert {r.headers[SIM_HEADER] for r in responses} == {"late"}
 
 
-def test_a_waiting_interactive_request_preempts_a_running_batch_one() -> None:
+@pytest.mark.parametrize("gateway", [False, True], ids=["envoy.yaml", "gateway"])
+def test_a_waiting_interactive_request_preempts_a_running_batch_one(gateway: bool) -> None:
     """flow.preempt through real Envoy: the one slot is held by a batch request with ~2 s of
     generation left; an interactive request ends it instead of waiting. The batch client gets
     the picker's 503 `preempted` with Retry-After (Envoy honours an immediate response the
     picker sends unasked), the interactive one is served at once, and nothing is counted
     twice or left in flight."""
     saturation = {"max_in_flight_per_worker": 1, "headroom_miss_rate": 0}
-    with flow_fleet(preempt=True, saturation=saturation) as fleet:
+    with flow_fleet(gateway, preempt=True, saturation=saturation) as fleet:
         async def scenario() -> tuple[httpx.Response, httpx.Response, float]:
             async with httpx.AsyncClient(base_url=fleet.envoy_url, timeout=10) as client:
                 batch = asyncio.create_task(send(client, headers("bulk", "batch"), 400))

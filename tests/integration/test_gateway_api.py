@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llm_picker.envoy_config import ext_proc_config
 from picker_bench.loopback import loopback
-from picker_bench.stack import ENVOY_DIR, Fleet, SimSpec, free_port, local_fleet
+from picker_bench.stack import ENVOY_DIR, ENVOY_GATEWAY, Fleet, SimSpec, free_port, local_fleet
 from tests.integration.conftest import (
     FAST_HEALTH,
     MODEL,
@@ -36,7 +36,6 @@ from tests.integration.conftest import (
     wait_until,
 )
 
-GATEWAY = ENVOY_DIR / "envoy-gateway.yaml"
 METADATA = ENVOY_DIR / "envoy-gateway-metadata.yaml"
 MESSAGES = [{"role": "user", "content": "say something"}]
 SUBSET_HEADER = "x-test-subset"  # the test's stand-in for a gateway setting the subset hint
@@ -64,7 +63,7 @@ def gateway_fleet() -> Iterator[Fleet]:
     sims = [SimSpec(worker_id, MODEL, ["--ttft-ms", str(TTFT_MS), "--tpot-ms", "2"])
             for worker_id in ("sim-a", "sim-b")]
     with local_fleet(sims, policy="round_robin", body_mode="FULL_DUPLEX_STREAMED",
-                     envoy_template=GATEWAY,
+                     envoy_template=ENVOY_GATEWAY,
                      picker_settings={"extproc": {"tls": "self_signed"}, **FAST_HEALTH}) as fleet:
         yield fleet
 
@@ -271,7 +270,7 @@ def test_fallback_serves_when_the_primary_is_dead_and_the_lease_follows(
 
 def test_buffered_both_ways_works_too(tmp_path: Path) -> None:
     """The gateways' "buffered" option: request and response bodies BUFFERED."""
-    config: dict[str, Any] = yaml.safe_load(GATEWAY.read_text())
+    config: dict[str, Any] = yaml.safe_load(ENVOY_GATEWAY.read_text())
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     [ext_proc] = [ext for f in manager["typed_config"]["http_filters"]
                   if (ext := ext_proc_config(f)) is not None]

@@ -16,13 +16,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from picker.fleet.worker_spec import ConnectionMode, KvEventsEndpoint, RuntimeType, WorkerSpec
 from picker_bench.loopback import loopback
-from picker_bench.stack import Fleet, free_port, local_fleet
+from picker_bench.stack import ENVOY_GATEWAY, Fleet, free_port, local_fleet
 from picker_bench.tokenizer_dirs import build_tokenizer_dir
 from picker_sim.grpc_server import SERVICE
 from picker_sim.kv_stream import KvEventStream
 from picker_sim.kv_stream import handler as kv_stream_handler
 from tests.integration.conftest import FAST_HEALTH, MODEL
-from tests.integration.test_grpc_route import GATEWAY, grpc_sim, post
+from tests.integration.test_grpc_route import grpc_sim, post
 from tests.integration.test_kv_events import B, h, subscribe
 from tests.waiting import eventually, wait_until
 
@@ -59,7 +59,7 @@ def test_the_next_request_with_a_prefix_goes_to_the_engine_holding_it(
     settings = {"prefix": {"enabled": True, "index": "kv_events", "kv_events": {
         "pending_secs": 0}, "tokenizer": {"kind": "hf", "path": str(tokenizer_dir)}}}
     with local_fleet(sims, policy="prefix_cache", body_mode="FULL_DUPLEX_STREAMED",
-                     envoy_template=GATEWAY,
+                     envoy_template=ENVOY_GATEWAY,
                      picker_settings={"extproc": {"tls": "self_signed"}, **FAST_HEALTH,
                                       **settings}) as fleet:
         body = {"model": MODEL, "max_tokens": 1, "messages": [

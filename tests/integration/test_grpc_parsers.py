@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from picker_bench.loopback import loopback
-from picker_bench.stack import Fleet, SimSpec, local_fleet, start_sims
+from picker_bench.stack import ENVOY_GATEWAY, Fleet, SimSpec, local_fleet, start_sims
 from picker_bench.tokenizer_dirs import build_tokenizer_dir
 from tests.integration.conftest import FAST_HEALTH
-from tests.integration.test_grpc_route import GATEWAY, events, grpc_sim, post
+from tests.integration.test_grpc_route import events, grpc_sim, post
 from tests.integration.test_grpc_sim import post_until_served, smg_gateway
 
 QWEN_TEXT = ('<think>the user wants the weather</think>\n\n<tool_call>\n{"name": "get_weather", '
@@ -58,7 +58,7 @@ def tokenizer_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def fleet(tokenizer_dirs: dict[str, Path]) -> Iterator[Fleet]:
     sims = [parser_sim(model, directory) for model, directory in tokenizer_dirs.items()]
     with local_fleet(sims, policy="round_robin", body_mode="FULL_DUPLEX_STREAMED",
-                     envoy_template=GATEWAY,
+                     envoy_template=ENVOY_GATEWAY,
                      picker_settings={"extproc": {"tls": "self_signed"}, **FAST_HEALTH}) as fleet:
         yield fleet
 

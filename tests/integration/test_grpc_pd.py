@@ -15,11 +15,10 @@ import pytest
 
 from picker.tokens import load_tokenizer
 from picker_bench.loopback import loopback
-from picker_bench.stack import Fleet, SimSpec, free_port, local_fleet
+from picker_bench.stack import ENVOY_GATEWAY, Fleet, SimSpec, free_port, local_fleet
 from picker_bench.tokenizer_dirs import build_tokenizer_dir
 from tests.integration.conftest import MODEL
 from tests.integration.test_grpc_route import (
-    GATEWAY,
     MESSAGES,
     events,
     expected_text,
@@ -51,7 +50,7 @@ def pd_sims(directory: Path, prefills: int) -> list[SimSpec]:
 @contextmanager
 def start(sims: list[SimSpec]) -> Iterator[Fleet]:
     with local_fleet(sims, policy="round_robin", body_mode="FULL_DUPLEX_STREAMED",
-                     envoy_template=GATEWAY,
+                     envoy_template=ENVOY_GATEWAY,
                      picker_settings={"extproc": {"tls": "self_signed"}, "enable_igw": True,
                                       "health": {"interval_secs": 60}}) as fleet:
         yield fleet

@@ -19,13 +19,12 @@ from tokenizers import Tokenizer
 
 from picker.tokens import load_tokenizer
 from picker_bench.loopback import loopback
-from picker_bench.stack import ENVOY_DIR, Fleet, SimSpec, free_port, local_fleet
+from picker_bench.stack import ENVOY_GATEWAY, Fleet, SimSpec, free_port, local_fleet
 from picker_bench.tokenizer_dirs import build_tokenizer_dir
 from picker_sim.token_vocab import SimVocabulary
 from tests.integration.conftest import FAST_HEALTH, MODEL, SIM_HEADER
 from tests.waiting import wait_until
 
-GATEWAY = ENVOY_DIR / "envoy-gateway.yaml"
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "say café"}]
 
 
@@ -53,7 +52,7 @@ def fleet(tokenizer_dir: Path) -> Iterator[Fleet]:
     failing.model = "failing-model"
     sims.append(failing)
     with local_fleet(sims, policy="round_robin", body_mode="FULL_DUPLEX_STREAMED",
-                     envoy_template=GATEWAY,
+                     envoy_template=ENVOY_GATEWAY,
                      picker_settings={"extproc": {"tls": "self_signed"}, **FAST_HEALTH}) as fleet:
         yield fleet
 
@@ -170,7 +169,7 @@ def test_a_model_on_http_and_grpc_workers_keeps_each_request_within_one_router(
     sims = [grpc_sim("g-mixed", tokenizer_dir),
             SimSpec("h-mixed", MODEL, ["--ttft-ms", "5", "--tpot-ms", "20"])]
     with local_fleet(sims, policy="round_robin", body_mode="FULL_DUPLEX_STREAMED",
-                     envoy_template=GATEWAY,
+                     envoy_template=ENVOY_GATEWAY,
                      picker_settings={"extproc": {"tls": "self_signed", "fallbacks": 1},
                                       "enable_igw": True, **FAST_HEALTH}) as mixed:
         long = {"model": MODEL, "messages": MESSAGES, "max_tokens": 60, "stream": True}
@@ -238,7 +237,7 @@ def test_a_failure_after_the_first_token_reaches_the_client_as_an_error_event(
     worker = {"url": f"grpc://127.0.0.1:{port}", "connection_mode": "grpc", "models": [MODEL],
               "runtime_type": "sglang", "tokenizer_path": str(tokenizer_dir)}
     try:
-        with local_fleet([], body_mode="FULL_DUPLEX_STREAMED", envoy_template=GATEWAY,
+        with local_fleet([], body_mode="FULL_DUPLEX_STREAMED", envoy_template=ENVOY_GATEWAY,
                          picker_settings={"extproc": {"tls": "self_signed"},
                                           "workers": [worker]}) as fleet:
             response = post(fleet, "/v1/chat/completions",

@@ -17,12 +17,11 @@ from tokenizers import Tokenizer
 
 from picker.tokens import load_tokenizer
 from picker_bench.loopback import loopback
-from picker_bench.stack import Fleet, SimSpec, local_fleet, start_sims
+from picker_bench.stack import ENVOY_GATEWAY, Fleet, SimSpec, local_fleet, start_sims
 from picker_bench.tokenizer_dirs import build_tokenizer_dir
 from picker_sim.engine import WORDS
 from tests.integration.conftest import FAST_HEALTH, MODEL
 from tests.integration.test_grpc_route import (
-    GATEWAY,
     MESSAGES,
     events,
     expected_text,
@@ -88,7 +87,7 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fleet(tokenizer_dir: Path) -> Iterator[Fleet]:
     """One vLLM gRPC sim behind Envoy (both bodies FULL_DUPLEX_STREAMED)."""
     with local_fleet([grpc_sim("v1", tokenizer_dir, runtime="vllm")], policy="round_robin",
-                     body_mode="FULL_DUPLEX_STREAMED", envoy_template=GATEWAY,
+                     body_mode="FULL_DUPLEX_STREAMED", envoy_template=ENVOY_GATEWAY,
                      picker_settings={"extproc": {"tls": "self_signed"}, **FAST_HEALTH}) as fleet:
         yield fleet
 
@@ -165,7 +164,7 @@ def test_smg_and_the_picker_give_one_answer_from_the_same_vllm_sim(tmp_path: Pat
             theirs = post_until_served(f"{smg}/v1/chat/completions", body)
             their_events = streamed_answer(loopback().post(f"{smg}/v1/chat/completions",
                                                            json=stream, timeout=10))
-        with local_fleet([], body_mode="FULL_DUPLEX_STREAMED", envoy_template=GATEWAY,
+        with local_fleet([], body_mode="FULL_DUPLEX_STREAMED", envoy_template=ENVOY_GATEWAY,
                          picker_settings={"extproc": {"tls": "self_signed"},
                                           "workers": [worker]}) as fleet:
             ours = post(fleet, "/v1/chat/completions", body).json()

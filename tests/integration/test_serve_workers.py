@@ -23,9 +23,9 @@ import httpx
 import pytest
 import yaml
 
-from llm_picker.envoy_config import ENVOY_DIR
 from picker_bench.loopback import loopback
 from picker_bench.stack import (
+    ENVOY_GATEWAY,
     Fleet,
     SimSpec,
     free_port,
@@ -170,7 +170,7 @@ def test_gateway_configuration_with_two_processes() -> None:
     processes: streams complete through both, and every slot is released at its end."""
     sims = [SimSpec(f"sim-{i}", MODEL, ["--ttft-ms", "5", "--tpot-ms", "2"]) for i in range(2)]
     with local_fleet(sims, policy="least_load", body_mode="FULL_DUPLEX_STREAMED",
-                     envoy_template=ENVOY_DIR / "envoy-gateway.yaml", processes=2,
+                     envoy_template=ENVOY_GATEWAY, processes=2,
                      picker_settings={"extproc": {"tls": "self_signed"}, **FAST_HEALTH}) as fleet:
         # Both processes serve; the gateway's cluster is LEAST_REQUEST, not round robin, so
         # short streams need not alternate (3/5, 1/7 and 0/8 were seen): 8 streams, then more

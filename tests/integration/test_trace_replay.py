@@ -16,7 +16,7 @@ from picker_bench.mooncake import SAMPLE_TRACE, read_trace, trace_workload
 from picker_bench.replay.command import read_lines
 from picker_bench.replay.fleet import SimulatedFleet, replay_policy
 from picker_bench.replay.report import summarise
-from picker_bench.stack import ENVOY_DIR, Fleet, SimSpec, local_fleet
+from picker_bench.stack import ENVOY_GATEWAY, Fleet, SimSpec, local_fleet
 from picker_sim.engine import SimConfig
 from tests.browser import Chromium, find_chromium
 from tests.integration.conftest import MODEL, metric_values, wait_until
@@ -24,7 +24,7 @@ from tests.integration.conftest import MODEL, metric_values, wait_until
 pytestmark = pytest.mark.xdist_group("trace_replay")
 
 # Envoy as gateways configure it: response bodies pass the picker, which learns usage and TTFT.
-_GATEWAY = {"body_mode": "FULL_DUPLEX_STREAMED", "envoy_template": ENVOY_DIR / "envoy-gateway.yaml"}
+_GATEWAY = {"body_mode": "FULL_DUPLEX_STREAMED", "envoy_template": ENVOY_GATEWAY}
 _SELF_SIGNED = {"extproc": {"tls": "self_signed"}}
 
 # Engines fast enough that 120 requests take seconds, with room for the whole sample.
