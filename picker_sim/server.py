@@ -7,7 +7,7 @@ import json
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import uvicorn
 from prometheus_client import CollectorRegistry, generate_latest
@@ -30,6 +30,8 @@ from picker_sim.lora import LoraRefusal, SimLoras
 from picker_sim.pd import PdPeer
 
 __all__ = ["WORKER_HEADER", "create_app", "run_sim"]
+
+_T = TypeVar("_T")
 
 WORKER_HEADER = "x-picker-sim-worker"
 
@@ -157,8 +159,7 @@ async def _json_object(request: Request) -> dict[str, Any] | Response:
     return body
 
 
-async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, SimRun]
-                               ) -> SimRun | None:
+async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, _T]) -> _T | None:
     """`work`, cancelled if the client disconnects first (None then): an engine stops
     generating an answer nobody will read. vLLM's endpoints do so for non-streamed requests
     too (vllm/entrypoints/utils.py, `with_cancellation`: the handler races a task waiting for
@@ -177,6 +178,19 @@ async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, SimRu
         if gone.done() and not gone.cancelled():
             return None  # the client left first
         raise
+
+
+async def _answer_unless_disconnected(request: Request,
+                                     answer: Coroutine[Any, Any, Response]) -> Response:
+    """`answer` (a streamed one returns at once, and notices a disconnect at its next chunk),
+    or 499 for a client that left while it was made."""
+    done = await _unless_disconnected(request, answer)
+    return _client_gone() if done is None else done
+
+
+def _client_gone() -> Response:
+    """nginx's "client closed request": nobody is left to read it."""
+    return Response(status_code=499)
 
 
 async def _disconnected(request: Request) -> None:
@@ -260,7 +274,8 @@ def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASG
         if request.url.path.endswith("/count_tokens"):
             return anthropic.count_tokens(body)
         reply_id = f"msg-{config.worker_id}-{next(ids)}"
-        return await anthropic.messages(engine, body, reply_id, config.model)
+        return await _answer_unless_disconnected(
+            request, anthropic.messages(engine, body, reply_id, config.model))
 
     async def cross_encode(request: Request) -> Response:
         """Rerank and score, at every path vLLM serves them (picker_sim.scoring)."""
@@ -269,7 +284,8 @@ def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASG
             return body
         kind = "rerank" if request.url.path.endswith("rerank") else "score"
         reply = scoring.rerank if kind == "rerank" else scoring.score
-        return await reply(engine, body, f"{kind}-{config.worker_id}-{next(ids)}", config.model)
+        return await _answer_unless_disconnected(
+            request, reply(engine, body, f"{kind}-{config.worker_id}-{next(ids)}", config.model))
 
     async def generate(request: Request) -> Response:
         chat = request.url.path.endswith("/chat/completions")
@@ -313,7 +329,7 @@ def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASG
 
         done = await _unless_disconnected(request, whole())
         if done is None:
-            return Response(status_code=499)  # nobody is left to read it
+            return _client_gone()
         run = done
         usage["prompt_tokens_details"] = _cached(run)
         finish = "length"

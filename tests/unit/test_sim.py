@@ -179,6 +179,25 @@ def test_cancelled_stream_is_counted_and_frees_the_slot(sim_url: str) -> None:
     raise AssertionError(f"cancel not observed: {stats}")
 
 
+@pytest.mark.parametrize("sim_url", [{"ttft_ms": 3000}], indirect=True)
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/chat/completions", chat()),
+    ("/v1/messages", {"model": "m", "max_tokens": 5,
+                      "messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1/rerank", {"model": "m", "query": "q", "documents": ["a", "b"]}),
+])
+def test_a_non_streamed_answer_whose_client_left_is_cancelled(
+        sim_url: str, path: str, body: dict[str, object]) -> None:
+    """As vLLM's `with_cancellation` handlers do: the engine stops computing an answer nobody
+    will read, and its slot frees (it would otherwise run the whole 3 s first token)."""
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{sim_url}{path}", json=body, timeout=0.3)
+    wait_until(lambda: loopback().get(f"{sim_url}/sim/stats").json()["cancelled"] == 1,
+               timeout=2, what="the engine cancelling it")
+    stats = loopback().get(f"{sim_url}/sim/stats").json()
+    assert (stats["running"], stats["completed"]) == (0, 0)
+
+
 def test_config_validation_names_the_field() -> None:
     with pytest.raises(ValueError, match="failure_rate"):
         SimConfig(failure_rate=2.0)
