@@ -120,9 +120,13 @@ async def _offer(url: str, tenants: Sequence[tuple[str, str, float]], seconds: f
                  seed: int, warmup: float) -> _Tally:
     """Poisson arrivals per tenant at its share of capacity, for `seconds`, the interactive
     band also for the `warmup` seconds before (their TTFT not measured); then waits for every
-    request to end."""
+    request to end.
+
+    Each tenant draws its arrivals from its own generator, seeded by `seed` and its name: the
+    interactive tenants then send the same sequence in every phase of a run, with or without
+    the batch band beside them. Their bursts (a 1% tail is a few of them) are the same in the
+    phases compared, rather than another draw in each."""
     tally = _Tally()
-    rng = random.Random(seed)
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
         tasks: list[asyncio.Task[None]] = []
@@ -132,6 +136,7 @@ async def _offer(url: str, tenants: Sequence[tuple[str, str, float]], seconds: f
 
         async def arrivals(tenant: str, band: str, share: float) -> None:
             rate = share * CAPACITY_RPS
+            rng = random.Random(f"{seed}/{tenant}")
             if band != "interactive" and warmup:
                 await asyncio.sleep(warmup)
             while True:
