@@ -55,9 +55,16 @@ from picker.prefix.index import PrefixIndex
 from picker.prefix.producer import PrefixProducer
 from picker.processes.backlog import SharedBacklog
 from picker.processes.counts import SharedCounts
+from picker.processes.flow_snapshots import FlowSnapshots
 from picker.processes.group import ProcessGroup, check_group_config
 from picker.replicas.joining import join_replicas
-from picker.routing.flow import FlowControl, FlowController, Objectives, SaturationDetector
+from picker.routing.flow import (
+    FlowControl,
+    FlowController,
+    FlowStats,
+    Objectives,
+    SaturationDetector,
+)
 from picker.routing.flow.quota_table import QuotaTable
 from picker.routing.leases import LeaseBook
 from picker.routing.model_rewrite import ModelRewriter
@@ -78,6 +85,8 @@ log = logging.getLogger("llm_picker")
 _EXPIRY_PERIOD_SECS = 1.0
 # How often flow control looks for room that appeared without a request ending.
 _FLOW_TICK_SECS = 0.05
+# How often a follower process writes its flow control queues for process 0's status page.
+_FLOW_PUBLISH_SECS = 1.0
 # On SIGTERM after the shutdown delay: no request for this long means the balancers stopped
 # sending here (with Envoy's checks every 0.25-1 s, several intervals of a busy stream).
 _QUIET_SECS = 0.3
@@ -178,6 +187,10 @@ class PickerRuntime:
             quota_table=None if group is None
             else QuotaTable(group.quotas_path, group.count, group.index)) \
             if flow.enabled else None
+        # Under --workers only process 0 serves the status page: the others publish their
+        # queues for it.
+        self._flow_snapshots = None if group is None or self.flow is None \
+            else FlowSnapshots(group.directory, group.index, group.count)
         self.routing = RoutingService(self.registry, self.routers, self.leases, self.metrics,
                                       self._prefix, self._pairs, config.explain,
                                       config.pd.max_attempts, pd_paired=config.enable_igw,
@@ -197,6 +210,13 @@ class PickerRuntime:
     @property
     def config(self) -> PickerConfig:
         return self._config
+
+    def flow_stats(self) -> FlowStats | None:
+        """Flow control's queues, every process's under `serve --workers`; None when off."""
+        if self.flow is None:
+            return None
+        own = self.flow.stats()
+        return own if self._flow_snapshots is None else self._flow_snapshots.merged(own)
 
     def prefix_index(self) -> PrefixIndex | None:
         """The prefix index routing reads (None when prefix.enabled is false)."""
@@ -270,6 +290,10 @@ class PickerRuntime:
             if self.flow is not None:
                 ticks = asyncio.create_task(_tick_forever(self.flow))
                 running.push_async_callback(_cancel, ticks)
+                if self._follower and self._flow_snapshots is not None:
+                    publish = asyncio.create_task(
+                        _publish_forever(self.flow, self._flow_snapshots))
+                    running.push_async_callback(_cancel, publish)
             expiry = asyncio.create_task(self._expire_forever())
             running.push_async_callback(_cancel, expiry)
             if self.admin_enabled:
@@ -472,6 +496,16 @@ def _decision_tracer(config: PickerConfig) -> DecisionTracer | None:
 async def _cancel(task: asyncio.Task[Any]) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+async def _publish_forever(flow: FlowController, snapshots: FlowSnapshots) -> None:
+    """A follower's queues, for process 0's status page."""
+    while True:
+        try:
+            snapshots.publish(flow.stats())
+        except OSError as exc:  # the group directory is gone: the supervisor is stopping
+            log.debug("flow stats not published: %s", exc)
+        await asyncio.sleep(_FLOW_PUBLISH_SECS)
 
 
 async def _tick_forever(flow: FlowController) -> None:

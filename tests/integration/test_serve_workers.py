@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -385,3 +386,46 @@ def test_each_process_waits_behind_the_prefills_the_other_sent() -> None:
         assert sorted(routed_by) == [0, 1], routed_by  # Envoy alternates the processes
         assert seen[0] > 1000, seen
         assert seen[1] == pytest.approx(2 * seen[0], rel=0.2), seen
+
+
+def test_the_status_page_shows_every_process_queues() -> None:
+    """Issue 26, item 7 under --workers: requests waiting in flow control in either process
+    are on the status page process 0 serves (each process queues on its own; the others
+    publish their queues), as /metrics counts them."""
+    flow = {"enabled": True, "trust_client_headers": True,
+            "saturation": {"max_in_flight_per_worker": 1}}
+    sims = [SimSpec("sim-0", MODEL, SLOW)]
+    with local_fleet(sims, processes=2, picker_settings={**FAST_HEALTH, "flow": flow}) as fleet:
+
+        def flows() -> dict[str, dict[str, Any]]:
+            status = loopback().get(f"{fleet.admin_url}/debug/status", timeout=5).json()
+            return {row["flow"]: row for row in status["flow"]["flows"]}
+
+        async def scenario() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=fleet.envoy_url, timeout=20) as client:
+                def send(flow_id: str, max_tokens: int = 1) -> asyncio.Task[httpx.Response]:
+                    return asyncio.create_task(client.post(
+                        "/v1/chat/completions", json=_chat(max_tokens=max_tokens),
+                        headers={"x-gateway-inference-fairness-id": flow_id}))
+
+                blocker = send("blocker", 50)  # ~2 s on the only slot
+                await asyncio.to_thread(wait_until, lambda: total_in_flight(fleet) == 1, 5,
+                                        "the blocker")
+                before = _served_by_process(fleet)
+                waiters = [send("waiting") for _ in range(4)]
+                await asyncio.to_thread(
+                    wait_until, lambda: sum(metric_values(fleet, "llm_picker_flow_queued")
+                                            .values()) == 4, 5, "4 queued")
+                spread = [b - a for a, b in zip(before, _served_by_process(fleet),
+                                                strict=True)]
+                assert all(spread), f"every process holds some: {spread}"
+                await asyncio.to_thread(
+                    wait_until, lambda: flows().get("waiting", {}).get("queued") == 4, 3,
+                    "the page showing all 4")
+                return [await blocker, *await asyncio.gather(*waiters)]
+
+        responses = asyncio.run(scenario())
+        assert [r.status_code for r in responses] == [200] * 5
+        wait_until(lambda: flows()["waiting"]["left"]["dispatched"] == 4, 3,
+                   "4 dispatched on the page")
+        assert sum(flows()["waiting"]["left"].values()) == 4

@@ -162,12 +162,12 @@ def test_stats_show_each_flows_queue_oldest_wait_and_how_requests_left() -> None
         waiting = await queue(flow, [ask(-1, "old"), ask(-1, "new")])
         await asyncio.sleep(0.05)
         await queue(flow, [ask(3, "vip")])  # sheds "new"
-        during = _flow_view(flow)
+        during = _flow_view(flow.stats())
         holder.finish()
         fleet.set_in_flight(fleet[0], 0)
         with pytest.raises(FlowRefused):
             await waiting[1]
-        return during, _flow_view(flow)
+        return during, _flow_view(flow.stats())
 
     during, _ = asyncio.run(scenario())
     rows = {(row["priority"], row["flow"]): row for row in during["flows"]}  # type: ignore

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from picker.fleet.registry import Worker, WorkerRegistry
     from picker.observe.decisions import DecisionLog
     from picker.observe.status.history import ActivityHistory
-    from picker.routing.flow import FlowController
+    from picker.routing.flow import FlowStats
     from picker.routing.leases import LeaseBook
     from picker.trace.audit import PredictionAudit
 
@@ -39,7 +39,7 @@ class StatusSubject(Protocol):
     history: ActivityHistory
     decisions: DecisionLog | None
     audit: PredictionAudit
-    flow: FlowController | None
+    def flow_stats(self) -> FlowStats | None: ...
 
 RECENT_DECISIONS = 20
 # The page's files, by the name it is served under, with their media type.
@@ -87,16 +87,17 @@ def status_view(runtime: StatusSubject,
                      for name, params in sorted(config.policy_params().items())},
         "explain": {"enabled": log is not None, "allow_header": config.explain.allow_header},
         "audit": runtime.audit.view(),
-        "flow": None if runtime.flow is None else _flow_view(runtime.flow),
+        "flow": _flow_view(runtime.flow_stats()),
         "decisions": [] if log is None else
         [d.to_dict() for d in log.recent(RECENT_DECISIONS)],
     }
 
 
-def _flow_view(flow: FlowController) -> dict[str, Any]:
+def _flow_view(stats: FlowStats | None) -> dict[str, Any] | None:
     """Flow control's queues, per band (highest first) and flow: who waits, for how long, and
-    how this process's requests left them so far (an outcome never seen is 0)."""
-    stats = flow.stats()
+    how requests left them so far (an outcome never seen is 0); None when it is off."""
+    if stats is None:
+        return None
     return {"active": stats.active,
             "flows": [{"priority": row.key.priority, "flow": row.key.fairness_id,
                        "queued": row.queued,
