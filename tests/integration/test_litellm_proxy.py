@@ -207,6 +207,40 @@ def test_flow_control_in_the_proxy_quotas_and_ttl_answer_with_retry_after(
         assert "time-to-live" in expired.json()["error"]["message"]
 
 
+def test_flow_control_in_the_proxy_serves_a_higher_band_first(tmp_path: Path) -> None:
+    """Issue 26 through the real LiteLLM proxy: with both engines busy, two batch requests
+    queue in the picker, then two interactive ones; when the engines free, the interactive
+    ones are dispatched first (FIFO would serve batch first), so both end before either batch
+    one (each answer ~100 ms: 50 tokens at 2 ms)."""
+    env = {"LLM_PICKER_FLOW__ENABLED": "true", "LLM_PICKER_FLOW__TRUST_CLIENT_HEADERS": "true",
+           "LLM_PICKER_FLOW__OBJECTIVES": "{interactive: 10, batch: -1}",
+           "LLM_PICKER_FLOW__SATURATION__MAX_IN_FLIGHT_PER_WORKER": "1"}
+    with proxy(tmp_path, env) as (url, sims, process):
+        wait_http(process, f"{url}/health/liveliness", timeout=90)
+
+        def chat(client: httpx.Client, band: str, max_tokens: int) -> tuple[int, float]:
+            status = client.post("/v1/chat/completions", headers={
+                "authorization": f"Bearer {MASTER_KEY}",
+                "x-gateway-inference-fairness-id": band,
+                "x-gateway-inference-objective": band}, json={
+                "model": "my-model", "max_tokens": max_tokens,
+                "messages": [{"role": "user", "content": "hi"}]}).status_code
+            return status, time.monotonic()
+
+        with httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(6) as pool:
+            busy = [pool.submit(chat, client, "interactive", 500) for _ in range(2)]  # ~1 s
+            wait_until(lambda: sum(running(spec) for spec in sims) == 2, 10,
+                       "both engines busy")
+            batch = [pool.submit(chat, client, "batch", 50) for _ in range(2)]
+            time.sleep(0.3)  # the batch requests reach the picker's queue first
+            interactive = [pool.submit(chat, client, "interactive", 50) for _ in range(2)]
+            first = [f.result() for f in interactive]
+            later = [f.result() for f in batch]
+            assert [f.result()[0] for f in busy] == [200, 200]
+    assert [status for status, _ in first + later] == [200] * 4
+    assert max(end for _, end in first) < min(end for _, end in later)
+
+
 def running(spec: SimSpec) -> float:
     """The sim's own count of requests running (vLLM's gauge)."""
     text = loopback().get(f"http://127.0.0.1:{spec.port}/metrics", timeout=5).text
