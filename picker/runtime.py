@@ -55,7 +55,7 @@ from picker.prefix.index import PrefixIndex
 from picker.prefix.producer import PrefixProducer
 from picker.processes.backlog import SharedBacklog
 from picker.processes.counts import SharedCounts
-from picker.processes.flow_snapshots import FlowSnapshots
+from picker.processes.flow_snapshots import PUBLISH_SECS, FlowSnapshots
 from picker.processes.group import ProcessGroup, check_group_config
 from picker.replicas.joining import join_replicas
 from picker.routing.flow import (
@@ -85,8 +85,6 @@ log = logging.getLogger("llm_picker")
 _EXPIRY_PERIOD_SECS = 1.0
 # How often flow control looks for room that appeared without a request ending.
 _FLOW_TICK_SECS = 0.05
-# How often a follower process writes its flow control queues for process 0's status page.
-_FLOW_PUBLISH_SECS = 1.0
 # On SIGTERM after the shutdown delay: no request for this long means the balancers stopped
 # sending here (with Envoy's checks every 0.25-1 s, several intervals of a busy stream).
 _QUIET_SECS = 0.3
@@ -190,7 +188,7 @@ class PickerRuntime:
         # Under --workers only process 0 serves the status page: the others publish their
         # queues for it.
         self._flow_snapshots = None if group is None or self.flow is None \
-            else FlowSnapshots(group.directory, group.index, group.count)
+            else FlowSnapshots(group)
         self.routing = RoutingService(self.registry, self.routers, self.leases, self.metrics,
                                       self._prefix, self._pairs, config.explain,
                                       config.pd.max_attempts, pd_paired=config.enable_igw,
@@ -499,13 +497,19 @@ async def _cancel(task: asyncio.Task[Any]) -> None:
 
 
 async def _publish_forever(flow: FlowController, snapshots: FlowSnapshots) -> None:
-    """A follower's queues, for process 0's status page."""
+    """A follower's queues, for process 0's status page. A failed write (a full disk; the
+    group directory gone while the supervisor stops) is logged once and tried again."""
+    failing = False
     while True:
         try:
             snapshots.publish(flow.stats())
-        except OSError as exc:  # the group directory is gone: the supervisor is stopping
-            log.debug("flow stats not published: %s", exc)
-        await asyncio.sleep(_FLOW_PUBLISH_SECS)
+            failing = False
+        except Exception:
+            if not failing:
+                log.warning("flow control queues not written for the status page",
+                            exc_info=True)
+            failing = True
+        await asyncio.sleep(PUBLISH_SECS)
 
 
 async def _tick_forever(flow: FlowController) -> None:

@@ -33,8 +33,8 @@ from picker_bench.loopback import loopback
 __all__ = [
     "ENVOY_AUTHZ",
     "ENVOY_FAIL_OPEN",
-    "ENVOY_MTLS",
     "ENVOY_GATEWAY",
+    "ENVOY_MTLS",
     "ENVOY_TEMPLATE",
     "FIXED_PORTS_BELOW",
     "Fleet",

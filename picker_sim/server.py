@@ -175,8 +175,9 @@ async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, _T]) 
     try:
         return await generation
     except asyncio.CancelledError:
-        if gone.done() and not gone.cancelled():
-            return None  # the client left first
+        this = asyncio.current_task()
+        if gone.done() and not gone.cancelled() and not (this and this.cancelling()):
+            return None  # the client left first (and the handler itself is not being ended)
         raise
 
 

@@ -2,10 +2,10 @@
 
 Each process of `serve --workers N` queues on its own (ProcessGroup.share_of_flow), and only
 process 0 serves the admin API. So every other process writes its FlowStats to the group
-directory about once a second, and process 0 adds them to its own when the page asks: the
-page then shows every process's waiters, as /metrics (prometheus_client's multiprocess files)
-already counts them. A file not rewritten for `_STALE_SECS` is a process that stopped, and is
-left out.
+directory every PUBLISH_SECS, and process 0 adds them to its own when the page asks: the page
+then shows every process's waiters, as /metrics (prometheus_client's multiprocess files)
+already counts them. A follower's oldest wait is advanced by the age of its file; a file
+older than a few periods is a process that stopped, and is left out.
 """
 
 from __future__ import annotations
@@ -15,36 +15,35 @@ import logging
 import os
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-from picker.routing.flow import FlowKey, FlowOutcome, FlowRow, FlowStats
+from picker.processes.group import ProcessGroup
+from picker.routing.flow import FlowKey, FlowOutcome, FlowRow, FlowStats, listing_order
 
-__all__ = ["FlowSnapshots"]
+__all__ = ["PUBLISH_SECS", "FlowSnapshots"]
 
 _log = logging.getLogger(__name__)
 
-# Several publishing periods: a process busy for a moment is not dropped from the page.
-_STALE_SECS = 5.0
+# How often a follower writes its queues: the page polls about as often.
+PUBLISH_SECS = 1.0
+# Several periods: a process busy for a moment is not dropped from the page.
+_STALE_SECS = 5 * PUBLISH_SECS
 
 
 class FlowSnapshots:
-    def __init__(self, directory: Path, index: int, count: int) -> None:
-        self._directory = directory
-        self._index = index
-        self._count = count
+    """One process's side of the exchange: `publish` in a follower, `merged` in process 0."""
 
-    def _path(self, index: int) -> Path:
-        return self._directory / f"flow-{index}.json"
+    def __init__(self, group: ProcessGroup) -> None:
+        self._group = group
 
     def publish(self, stats: FlowStats) -> None:
         """This process's stats, replacing its previous ones whole (a reader never sees half a
         file)."""
-        document = {"active": stats.active,
+        document = {"at": time.time(), "active": stats.active,
                     "flows": [[row.key.priority, row.key.fairness_id, row.queued,
                                row.oldest_wait_secs, {o.value: n for o, n in row.left.items()}]
                               for row in stats.flows]}
-        path = self._path(self._index)
+        path = self._group.flow_stats_path(self._group.index)
         draft = path.with_suffix(".tmp")
         draft.write_text(json.dumps(document, separators=(",", ":")))
         os.replace(draft, path)
@@ -61,32 +60,33 @@ class FlowSnapshots:
                 queued[row.key] += row.queued
                 oldest[row.key] = max(oldest.get(row.key, 0.0), row.oldest_wait_secs)
                 left.setdefault(row.key, Counter()).update(row.left)
-        keys = sorted(oldest, key=lambda key: (-key.priority, key.fairness_id))
         return FlowStats(tuple(FlowRow(key, queued[key], oldest[key], dict(left[key]))
-                               for key in keys), sum(stats.active for stats in everyone))
+                               for key in sorted(oldest, key=listing_order)),
+                         sum(stats.active for stats in everyone))
 
     def _others(self) -> list[FlowStats]:
         """The other processes' stats, from fresh files only."""
         now = time.time()
         found: list[FlowStats] = []
-        for index in range(self._count):
-            if index == self._index:
+        for index in range(self._group.count):
+            if index == self._group.index:
                 continue
-            path = self._path(index)
             try:
-                if now - path.stat().st_mtime > _STALE_SECS:
-                    continue
-                found.append(_stats(json.loads(path.read_text())))
+                document = json.loads(self._group.flow_stats_path(index).read_text())
+                age = now - float(document["at"])
+                if age <= _STALE_SECS:
+                    found.append(_stats(document, max(0.0, age)))
             except FileNotFoundError:
                 continue  # not published yet
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 _log.debug("process %d's flow stats unreadable: %s", index, exc)
         return found
 
 
-def _stats(document: dict[str, Any]) -> FlowStats:
+def _stats(document: dict[str, Any], age: float) -> FlowStats:
+    """A published document as FlowStats, its waiters `age` seconds older than written."""
     return FlowStats(tuple(FlowRow(FlowKey(int(priority), str(flow)), int(queued),
-                                   float(oldest),
+                                   float(oldest) + age if int(queued) else 0.0,
                                    {FlowOutcome(o): int(n) for o, n in left.items()})
                            for priority, flow, queued, oldest, left in document["flows"]),
                      int(document["active"]))

@@ -65,6 +65,11 @@ class ProcessGroup:
     def metrics_dir(self) -> Path:
         return self.directory / "metrics"
 
+    def flow_stats_path(self, index: int) -> Path:
+        """Where process `index` writes its flow control queues (picker.processes.
+        flow_snapshots)."""
+        return self.directory / f"flow-{index}.json"
+
     def to_env(self) -> str:
         return json.dumps({"index": self.index, "count": self.count,
                            "directory": str(self.directory), "pick_ports": self.pick_ports})

@@ -37,7 +37,7 @@ FLOW = {"enabled": True, "trust_client_headers": True,
 
 
 @contextlib.contextmanager
-def flow_fleet(gateway: bool = False, **flow: object) -> Iterator[Fleet]:
+def flow_fleet(*, gateway: bool = False, **flow: object) -> Iterator[Fleet]:
     """`gateway`: Envoy as a Gateway configures the filter (both bodies FULL_DUPLEX_STREAMED,
     TLS to the picker) instead of the repository's envoy/envoy.yaml (request body BUFFERED)."""
     settings = {**FAST_HEALTH, "flow": {**FLOW, **flow}, "explain": {"enabled": True},
@@ -293,7 +293,7 @@ def test_a_waiting_interactive_request_preempts_a_running_batch_one(gateway: boo
     picker sends unasked), the interactive one is served at once, and nothing is counted
     twice or left in flight."""
     saturation = {"max_in_flight_per_worker": 1, "headroom_miss_rate": 0}
-    with flow_fleet(gateway, preempt=True, saturation=saturation) as fleet:
+    with flow_fleet(gateway=gateway, preempt=True, saturation=saturation) as fleet:
         async def scenario() -> tuple[httpx.Response, httpx.Response, float]:
             async with httpx.AsyncClient(base_url=fleet.envoy_url, timeout=10) as client:
                 batch = asyncio.create_task(send(client, headers("bulk", "batch"), 400))

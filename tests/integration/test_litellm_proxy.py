@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from picker.tokens import load_tokenizer
 from picker_bench.loopback import loopback
@@ -209,12 +210,14 @@ def test_flow_control_in_the_proxy_quotas_and_ttl_answer_with_retry_after(
 
 def test_flow_control_in_the_proxy_serves_a_higher_band_first(tmp_path: Path) -> None:
     """Issue 26 through the real LiteLLM proxy: with both engines busy, two batch requests
-    queue in the picker, then two interactive ones; when the engines free, the interactive
-    ones are dispatched first (FIFO would serve batch first), so both end before either batch
-    one (each answer ~100 ms: 50 tokens at 2 ms)."""
+    queue in the picker (its admin API, asked for, counts them), then two interactive ones;
+    when the engines free, the interactive ones are dispatched first (FIFO would serve batch
+    first), so both end (~100 ms answers) before either batch one (~500 ms)."""
+    admin = free_port()
     env = {"LLM_PICKER_FLOW__ENABLED": "true", "LLM_PICKER_FLOW__TRUST_CLIENT_HEADERS": "true",
            "LLM_PICKER_FLOW__OBJECTIVES": "{interactive: 10, batch: -1}",
-           "LLM_PICKER_FLOW__SATURATION__MAX_IN_FLIGHT_PER_WORKER": "1"}
+           "LLM_PICKER_FLOW__SATURATION__MAX_IN_FLIGHT_PER_WORKER": "1",
+           "LLM_PICKER_ADMIN__ENABLED": "true", "LLM_PICKER_ADMIN__PORT": str(admin)}
     with proxy(tmp_path, env) as (url, sims, process):
         wait_http(process, f"{url}/health/liveliness", timeout=90)
 
@@ -227,13 +230,20 @@ def test_flow_control_in_the_proxy_serves_a_higher_band_first(tmp_path: Path) ->
                 "messages": [{"role": "user", "content": "hi"}]}).status_code
             return status, time.monotonic()
 
+        def queued(priority: str) -> float:
+            text = loopback().get(f"http://127.0.0.1:{admin}/metrics", timeout=5).text
+            return sum(sample.value for family in text_string_to_metric_families(text)
+                       if family.name == "llm_picker_flow_queued"
+                       for sample in family.samples if sample.labels["priority"] == priority)
+
         with httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(6) as pool:
-            busy = [pool.submit(chat, client, "interactive", 500) for _ in range(2)]  # ~1 s
+            busy = [pool.submit(chat, client, "interactive", 1000) for _ in range(2)]  # ~2 s
             wait_until(lambda: sum(running(spec) for spec in sims) == 2, 10,
                        "both engines busy")
-            batch = [pool.submit(chat, client, "batch", 50) for _ in range(2)]
-            time.sleep(0.3)  # the batch requests reach the picker's queue first
+            batch = [pool.submit(chat, client, "batch", 250) for _ in range(2)]
+            wait_until(lambda: queued("-1") == 2, 10, "both batch requests queued")
             interactive = [pool.submit(chat, client, "interactive", 50) for _ in range(2)]
+            wait_until(lambda: queued("10") == 2, 10, "both interactive requests queued")
             first = [f.result() for f in interactive]
             later = [f.result() for f in batch]
             assert [f.result()[0] for f in busy] == [200, 200]

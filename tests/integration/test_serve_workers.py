@@ -392,7 +392,7 @@ def test_the_status_page_shows_every_process_queues() -> None:
     """Issue 26, item 7 under --workers: requests waiting in flow control in either process
     are on the status page process 0 serves (each process queues on its own; the others
     publish their queues), as /metrics counts them."""
-    flow = {"enabled": True, "trust_client_headers": True,
+    flow = {"enabled": True, "trust_client_headers": True, "ttl_secs": 10,
             "saturation": {"max_in_flight_per_worker": 1}}
     sims = [SimSpec("sim-0", MODEL, SLOW)]
     with local_fleet(sims, processes=2, picker_settings={**FAST_HEALTH, "flow": flow}) as fleet:
@@ -408,7 +408,7 @@ def test_the_status_page_shows_every_process_queues() -> None:
                         "/v1/chat/completions", json=_chat(max_tokens=max_tokens),
                         headers={"x-gateway-inference-fairness-id": flow_id}))
 
-                blocker = send("blocker", 50)  # ~2 s on the only slot
+                blocker = send("blocker", 100)  # ~4 s on the only slot
                 await asyncio.to_thread(wait_until, lambda: total_in_flight(fleet) == 1, 5,
                                         "the blocker")
                 before = _served_by_process(fleet)
@@ -420,7 +420,7 @@ def test_the_status_page_shows_every_process_queues() -> None:
                                                 strict=True)]
                 assert all(spread), f"every process holds some: {spread}"
                 await asyncio.to_thread(
-                    wait_until, lambda: flows().get("waiting", {}).get("queued") == 4, 3,
+                    wait_until, lambda: flows().get("waiting", {}).get("queued") == 4, 5,
                     "the page showing all 4")
                 return [await blocker, *await asyncio.gather(*waiters)]
 

@@ -185,13 +185,14 @@ def test_cancelled_stream_is_counted_and_frees_the_slot(sim_url: str) -> None:
     ("/v1/messages", {"model": "m", "max_tokens": 5,
                       "messages": [{"role": "user", "content": "hi"}]}),
     ("/v1/rerank", {"model": "m", "query": "q", "documents": ["a", "b"]}),
+    ("/v1/score", {"model": "m", "text_1": "q", "text_2": ["a", "b"]}),
 ])
 def test_a_non_streamed_answer_whose_client_left_is_cancelled(
         sim_url: str, path: str, body: dict[str, object]) -> None:
     """As vLLM's `with_cancellation` handlers do: the engine stops computing an answer nobody
     will read, and its slot frees (it would otherwise run the whole 3 s first token)."""
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{sim_url}{path}", json=body, timeout=0.3)
+    with pytest.raises(httpx.ReadTimeout):  # the client leaves once the request is sent
+        loopback().post(f"{sim_url}{path}", json=body, timeout=httpx.Timeout(5, read=0.3))
     wait_until(lambda: loopback().get(f"{sim_url}/sim/stats").json()["cancelled"] == 1,
                timeout=2, what="the engine cancelling it")
     stats = loopback().get(f"{sim_url}/sim/stats").json()

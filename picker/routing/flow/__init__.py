@@ -9,7 +9,7 @@ from picker.routing.flow.controller import (
     FlowRow,
     FlowStats,
 )
-from picker.routing.flow.key import FlowAsk, FlowKey, flow_ask, flow_key
+from picker.routing.flow.key import FlowAsk, FlowKey, flow_ask, flow_key, listing_order
 from picker.routing.flow.objectives import Objectives
 from picker.routing.flow.saturation import Room, SaturationDetector
 from picker.routing.flow.settings import FlowSettings
@@ -17,4 +17,4 @@ from picker.routing.flow.ticket import Ticket
 
 __all__ = ["FlowAsk", "FlowControl", "FlowController", "FlowKey", "FlowObserver",
            "FlowOutcome", "FlowRow", "FlowSettings", "FlowStats", "Objectives", "Room",
-           "SaturationDetector", "Ticket", "flow_ask", "flow_key"]
+           "SaturationDetector", "Ticket", "flow_ask", "flow_key", "listing_order"]

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from picker.errors import FlowRefused, QuotaExceeded
 from picker.routing.flow.fairness import fairness_policy
 from picker.routing.flow.headroom import Headroom
-from picker.routing.flow.key import FlowAsk, FlowKey
+from picker.routing.flow.key import FlowAsk, FlowKey, listing_order
 from picker.routing.flow.queues import Band, Waiter
 from picker.routing.flow.quota import QuotaBook
 from picker.routing.flow.quota_table import QuotaTable
@@ -180,8 +180,7 @@ class FlowController:
         with self._left_lock:
             left = {key: dict(counts) for key, counts in self._left.items()}
         rows = []
-        for key in sorted(waiting.keys() | left.keys(),
-                          key=lambda key: (-key.priority, key.fairness_id)):
+        for key in sorted(waiting.keys() | left.keys(), key=listing_order):
             count, arrived = waiting.get(key, (0, now))
             rows.append(FlowRow(key, count, now - arrived, left.get(key, {})))
         return FlowStats(tuple(rows), active)

@@ -22,7 +22,7 @@ from picker.routing.flow.settings import FlowSettings
 from picker.routing.request import RoutingRequest
 from picker.trace.hashing import CHARS_PER_TOKEN
 
-__all__ = ["FlowAsk", "FlowKey", "flow_ask", "flow_key"]
+__all__ = ["FlowAsk", "FlowKey", "flow_ask", "flow_key", "listing_order"]
 
 # A client-chosen id becomes a metrics label and a dict key: bounded.
 _MAX_ID = 200
@@ -36,6 +36,11 @@ class FlowKey:
     @property
     def sheddable(self) -> bool:
         return self.priority < 0
+
+
+def listing_order(key: FlowKey) -> tuple[int, str]:
+    """How flows are listed (status page, stats): the highest band first, then by flow id."""
+    return -key.priority, key.fairness_id
 
 
 @dataclass(frozen=True, slots=True)
