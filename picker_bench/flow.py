@@ -131,21 +131,24 @@ async def _offer(url: str, tenants: Sequence[tuple[str, str, float]], seconds: f
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
         tasks: list[asyncio.Task[None]] = []
 
-        measured_from = time.perf_counter() + warmup
+        started = time.perf_counter()
+        measured_from = started + warmup
         end = measured_from + seconds
 
         async def arrivals(tenant: str, band: str, share: float) -> None:
+            """Each arrival at its own time from the phase's start, not a gap after the
+            previous wake-up: a loop slowed by a busier phase delays one request, not every
+            later one."""
             rate = share * CAPACITY_RPS
             rng = random.Random(f"{seed}/{tenant}")
-            if band != "interactive" and warmup:
-                await asyncio.sleep(warmup)
+            due = started + (warmup if band != "interactive" else 0.0)
             while True:
-                await asyncio.sleep(rng.expovariate(rate))
-                now = time.perf_counter()
-                if now >= end:
+                due += rng.expovariate(rate)
+                if due >= end:
                     return
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 tasks.append(asyncio.create_task(
-                    _one(client, tenant, band, tally, now >= measured_from)))
+                    _one(client, tenant, band, tally, due >= measured_from)))
 
         await asyncio.gather(*(arrivals(*tenant) for tenant in tenants))
         await asyncio.gather(*tasks)
