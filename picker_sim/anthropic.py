@@ -68,10 +68,7 @@ async def messages(engine: SimEngine, body: Mapping[str, Any], reply_id: str,
     if body.get("stream") is True:
         return StreamingResponse(_stream(engine, prompt, n_out, message),
                                  media_type="text/event-stream")
-    async with engine.admitted(prompt) as run:
-        await run.first_token()
-        await run.decode(n_out - 1)
-        run.finish()
+    await engine.generated(prompt, n_out)
     text = "".join(engine.token(i) for i in range(n_out))
     return JSONResponse({**message, "content": [{"type": "text", "text": text}],
                          "stop_reason": "max_tokens", "stop_sequence": None,

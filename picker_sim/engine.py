@@ -338,6 +338,15 @@ class SimEngine:
             async with self.admitted_blocks(hashes, len(prompt), prefilled, claimed) as run:
                 yield run
 
+    async def generated(self, prompt: Sequence[str], output_tokens: int, prefilled: bool = False,
+                        adapter: str | None = None) -> SimRun:
+        """A non-streamed answer's whole run: admitted, first token, the rest decoded."""
+        async with self.admitted(prompt, prefilled=prefilled, adapter=adapter) as run:
+            await run.first_token()
+            await run.decode(output_tokens - 1)
+            run.finish()
+        return run
+
     def admitted_blocks(self, hashes: Sequence[int], tokens: int, prefilled: bool = False,
                         claimed: Callable[[Claim], None] | None = None,
                         ) -> contextlib.AbstractAsyncContextManager[SimRun]:

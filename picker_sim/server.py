@@ -321,14 +321,8 @@ def create_app(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> ASG
                 _stream(engine, prompt, chat, base, n_out, usage, fetched, adapter),
                 media_type="text/event-stream",
             )
-        async def whole() -> SimRun:
-            async with engine.admitted(prompt, prefilled=fetched, adapter=adapter) as run:
-                await run.first_token()
-                await run.decode(n_out - 1)
-                run.finish()
-            return run
-
-        done = await _unless_disconnected(request, whole())
+        done = await _unless_disconnected(
+            request, engine.generated(prompt, n_out, prefilled=fetched, adapter=adapter))
         if done is None:
             return _client_gone()
         run = done
