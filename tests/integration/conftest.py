@@ -63,7 +63,12 @@ def rr_fleet(request: pytest.FixtureRequest) -> Iterator[Fleet]:
 
 def metric_values(fleet: Fleet, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     """Samples of one metric from the picker's /metrics, keyed by their sorted labels."""
-    text = loopback().get(f"{fleet.admin_url}/metrics", timeout=5.0).text
+    return metrics_at(fleet.admin_url, name)
+
+
+def metrics_at(admin_url: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """`metric_values` of a picker not started as a Fleet (inside the LiteLLM proxy)."""
+    text = loopback().get(f"{admin_url}/metrics", timeout=5.0).text
     out: dict[tuple[tuple[str, str], ...], float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

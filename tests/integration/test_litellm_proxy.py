@@ -15,12 +15,12 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from picker.tokens import load_tokenizer
 from picker_bench.loopback import loopback
 from picker_bench.stack import Process, SimSpec, free_port, spawn, start_sims, wait_http
 from picker_bench.tokenizer_dirs import build_tokenizer_dir
+from tests.integration.conftest import metrics_at
 from tests.integration.test_grpc_route import expected_text
 from tests.waiting import wait_until
 
@@ -231,10 +231,9 @@ def test_flow_control_in_the_proxy_serves_a_higher_band_first(tmp_path: Path) ->
             return status, time.monotonic()
 
         def queued(priority: str) -> float:
-            text = loopback().get(f"http://127.0.0.1:{admin}/metrics", timeout=5).text
-            return sum(sample.value for family in text_string_to_metric_families(text)
-                       if family.name == "llm_picker_flow_queued"
-                       for sample in family.samples if sample.labels["priority"] == priority)
+            return sum(value for labels, value in
+                       metrics_at(f"http://127.0.0.1:{admin}", "llm_picker_flow_queued").items()
+                       if ("priority", priority) in labels)
 
         with httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(6) as pool:
             busy = [pool.submit(chat, client, "interactive", 1000) for _ in range(2)]  # ~2 s
