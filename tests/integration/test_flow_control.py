@@ -291,7 +291,13 @@ def test_a_waiting_interactive_request_preempts_a_running_batch_one(gateway: boo
     generation left; an interactive request ends it instead of waiting. The batch client gets
     the picker's 503 `preempted` with Retry-After (Envoy honours an immediate response the
     picker sends unasked), the interactive one is served at once, and nothing is counted
-    twice or left in flight."""
+    twice or left in flight.
+
+    Why Envoy takes it unasked: envoyproxy/envoy source/extensions/filters/http/ext_proc/
+    ext_proc.cc, `Filter::onReceiveMessage`, `case ProcessingResponse::ResponseCase::
+    kImmediateResponse` - unlike the headers, body and trailers cases it checks no processing
+    state (only the filter's `disable_immediate_response`), closes the stream and sends the
+    local reply."""
     saturation = {"max_in_flight_per_worker": 1, "headroom_miss_rate": 0}
     with flow_fleet(gateway=gateway, preempt=True, saturation=saturation) as fleet:
         async def scenario() -> tuple[httpx.Response, httpx.Response, float]:
