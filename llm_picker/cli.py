@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from picker.config import PickerConfig
     from picker.processes.group import ProcessGroup
 
-__all__ = ["main"]
+__all__ = ["event_loop_factory", "main"]
 
 log = logging.getLogger("llm_picker")
 
@@ -98,7 +98,7 @@ def _epp(argv: list[str]) -> int:
     return _run(config, None, None, None, None)
 
 
-def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event loop the picker serves on (`event_loop`): uvloop, when installed under
     `auto`, takes about a fifth off the picker's CPU per BUFFERED ext_proc request
     (grpc.aio's reads and writes are loop callbacks; docs/benchmarks.md, issue 27). None:
@@ -126,7 +126,7 @@ def _run(config: PickerConfig, config_file: Path | None, overrides: Mapping[str,
     try:
         stop_tracing = export_traces(config)
         # The Envoy adapters live outside the core; only this command needs grpc.
-        with asyncio.Runner(loop_factory=_loop_factory(config.event_loop)) as runner:
+        with asyncio.Runner(loop_factory=event_loop_factory(config.event_loop)) as runner:
             if authz_port is not None:
                 from llm_picker.serve_authz import serve_authz
 
@@ -391,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     overhead.add_argument(
         "--peers", nargs="+",
         default=["envoy", "buffered", "authz", "duplex", "duplex2", "sglang", "stream"],
-        help="scenarios to run (also: explain - buffered with explain.enabled; buffered2, "
+        help="scenarios to run (also: bare - buffered's Envoy with a bare Python router, "
+             "picker_bench.bare_router; explain - buffered with explain.enabled; buffered2, "
              "authz2 - buffered, authz with `serve --workers 2`; authz-floor - authz's Envoy "
              "with checks answered by an Envoy)",
     )

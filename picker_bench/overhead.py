@@ -5,6 +5,8 @@ a noisy machine:
 
   envoy     client -> Envoy -> upstream                       (no ext_proc: the baseline)
   buffered  client -> Envoy -> ext_proc(picker, BUFFERED) -> upstream
+  bare      the same Envoy, its ext_proc answered by the least a Python router does
+            (picker_bench.bare_router: headers read, body decoded, one destination)
   buffered2 the same with `serve --workers 2` (Envoy round-robins streams over both processes)
   duplex    client -> Envoy -> ext_proc(picker, FULL_DUPLEX_STREAMED request body) -> upstream
   duplex2   the same with the response body FULL_DUPLEX_STREAMED too (what gateways generate:
@@ -260,7 +262,14 @@ def _scenario(name: str, upstream_port: int,
             stack.callback(start_envoy(front, workdir, name=f"envoy-{name}").stop)
             yield listen, None, None
             return
-        if name != "envoy":
+        if name == "bare":
+            picker_port = free_port()
+            picker = spawn("bare-router", [sys.executable, "-m", "picker_bench.bare_router",
+                                           str(picker_port), f"127.0.0.1:{upstream_port}"],
+                           workdir)
+            stack.callback(picker.stop)
+            wait_listening([picker_port])
+        elif name != "envoy":
             picker_port = free_port_run(processes)
             config = {"extproc": {"port": picker_port}, "admin": {"port": free_port()},
                       "policy": "round_robin", "health": {"enabled": False},
