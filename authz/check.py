@@ -89,7 +89,8 @@ class Checker:
         if len(body) > self._max_body:
             return self.deny(self.too_large(), path)
         try:
-            return parse_request(path, body, headers)
+            # Envoy's access log, all the picker hears of the answer, carries no usage.
+            return parse_request(path, body, headers, answer_seen=False)
         except RequestError as error:
             return self.deny(error, path)
 

@@ -257,7 +257,8 @@ class RequestStream:
         body = b"".join(self._chunks)
         self._chunks.clear()
         try:
-            request = parse_request(self._headers.get(":path", ""), body, self._headers)
+            request = parse_request(self._headers.get(":path", ""), body, self._headers,
+                                    answer_seen=self._sees_body)
         except RequestError as error:
             return self._reject(error)
         self._model = request.model

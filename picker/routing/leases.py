@@ -49,7 +49,11 @@ class LeaseWatcher(Protocol):
     decision. `opened` runs before the lease counts on the worker, so what the watcher reads of
     the worker's load is what the decision saw, and `predicted` (taken then, once for every
     watcher) is what the picker expected of it; it returns what to call at the end (None: this
-    request does not interest it)."""
+    request does not interest it). A watcher that `needs_answer` is shown only requests whose
+    answer the adapter will see (RoutingRequest.answer_seen): it would learn nothing from the
+    others, and their prediction is then not taken at all."""
+
+    needs_answer: bool
 
     def opened(self, choice: Choice, request: RoutingRequest,
                predicted: Predicted) -> LeaseEnd | None: ...
@@ -65,7 +69,7 @@ class Lease:
     `fallbacks` where a proxy that retries should go next, chosen by the same router."""
 
     __slots__ = ("_worker", "choice", "prefill", "fallbacks", "started", "_book", "_open",
-                 "_forward", "_ends", "_prefilled", "_trace", "_generated", "_transcoder",
+                 "_forward", "_ends", "_prefilled", "_trace", "_reported", "_transcoder",
                  "_preempt")
 
     def __init__(self, choice: Choice, book: LeaseBook, prefill: Worker | None = None,
@@ -81,7 +85,7 @@ class Lease:
         self._open = True
         self._forward: Forward | None = None
         self._trace: Headers = ()
-        self._generated: int | None = None
+        self._reported: ResponseSample | None = None  # the answer as `observe` heard of it
         self._transcoder: GrpcTranscoder | None = None
         # Flow control's ticket's `preemptible`, for a request flow control may end early.
         self._preempt: Callable[[Callable[[FlowRefused], None]], bool] | None = None
@@ -155,17 +159,19 @@ class Lease:
 
     def observe(self, observation: Observation) -> None:
         """The finished request's timing and usage as the proxy reported them (LiteLLM's
-        success callback, before the release): they teach the serving worker's speed."""
-        self._generated = observation.output_tokens
+        success callback, before the release): they teach the serving worker's speed, and the
+        lease's watchers get them at its end as the answer (its usage, its first token)."""
+        self._reported = ResponseSample.reported(observation)
         self._book.observe(self._worker, observation)
 
-    def generated_tokens(self, response: ResponseSample | None) -> int:
-        """Tokens the request generated, as far as the adapter saw: the response's usage,
-        else its streamed chunks (one token each), else what `observe` reported; 0 unseen."""
-        if response is not None:
-            return response.usage.completion_tokens if response.usage is not None \
-                else response.chunks
-        return self._generated or 0
+    @staticmethod
+    def generated_tokens(response: ResponseSample | None) -> int:
+        """Tokens the request generated, as far as the adapter saw: the answer's usage, else
+        its streamed chunks (one token each); 0 unseen."""
+        if response is None:
+            return 0
+        return response.usage.completion_tokens if response.usage is not None \
+            else response.chunks
 
     def move_to(self, worker: Worker) -> bool:
         """The request was served by `worker`, not the chosen one: move the slot there (the
@@ -185,6 +191,7 @@ class LeaseBook:
         """`stale_after_secs`: engine signals older than this do not feed the predictions
         the watchers are shown (load.stale_after_secs, as the scorers read them)."""
         self._watchers = tuple(watchers)
+        self._blind_watchers = tuple(w for w in self._watchers if not w.needs_answer)
         self._stale = stale_after_secs
         self._workers = workers
         self._limits = limits
@@ -239,9 +246,12 @@ class LeaseBook:
         are shown (none are without it). `on_close`: this request's own end hook (its flow
         control ticket)."""
         ends: tuple[LeaseEnd, ...] = ()
-        if request is not None and self._watchers:
+        watchers = () if request is None else \
+            self._watchers if request.answer_seen else self._blind_watchers
+        if watchers:
+            assert request is not None
             predicted = Predicted.of(choice, time.monotonic(), self._stale)
-            ends = tuple(end for watcher in self._watchers
+            ends = tuple(end for watcher in watchers
                          if (end := watcher.opened(choice, request, predicted)) is not None)
         if on_close is not None:
             ends = (*ends, on_close)
@@ -281,11 +291,13 @@ class LeaseBook:
             self._workers.record_outcome(worker, verdict)
             if verdict and lease.prefill is not None:
                 self._workers.record_outcome(lease.prefill, True)
-        if response is not None:
+        if response is not None:  # seen passing by: the worker's observed stats learn it
             self._workers.record_response(worker, response)
-            self._metrics.observe_response(worker.id, response)
+        answer = response if response is not None else lease._reported
+        if answer is not None:
+            self._metrics.observe_response(worker.id, answer)
         for end in lease._ends:
-            end(lease, outcome, response)
+            end(lease, outcome, answer)
         self._metrics.request_ended(outcome)
         return True
 

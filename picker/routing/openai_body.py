@@ -90,8 +90,10 @@ def api_of(path: str) -> Api | None:
     return _APIS.get(path.split("?", 1)[0].rstrip("/"))
 
 
-def parse_request(path: str, body: bytes, headers: Mapping[str, str]) -> RoutingRequest:
-    """Route-relevant facts of one HTTP request; `headers` keys are lower-case."""
+def parse_request(path: str, body: bytes, headers: Mapping[str, str],
+                  answer_seen: bool = True) -> RoutingRequest:
+    """Route-relevant facts of one HTTP request; `headers` keys are lower-case.
+    `answer_seen`: RoutingRequest.answer_seen."""
     api = api_of(path)
     if api is None:
         raise UnsupportedPath(f"the picker routes only {', '.join(_APIS)}; got {_clip(path)!r}")
@@ -112,17 +114,17 @@ def parse_request(path: str, body: bytes, headers: Mapping[str, str]) -> Routing
         data = None
     if not isinstance(data, dict):
         # Malformed, or valid but not a plain JSON object: the standard library decides.
-        request = request_from_data(api, _load_object(body), headers)
+        request = request_from_data(api, _load_object(body), headers, answer_seen)
         # A lone surrogate can only come from a JSON escape (strict UTF-8 admits none), and
         # msgspec refuses those, so only bodies parsed here need the check.
         if b"\\ud" in body or b"\\uD" in body:
             _check_unicode(request)
         return request
-    return request_from_data(api, data, headers)
+    return request_from_data(api, data, headers, answer_seen)
 
 
-def request_from_data(api: Api, data: Mapping[str, Any],
-                      headers: Mapping[str, str]) -> RoutingRequest:
+def request_from_data(api: Api, data: Mapping[str, Any], headers: Mapping[str, str],
+                      answer_seen: bool = True) -> RoutingRequest:
     """A request already decoded (LiteLLM hands over Python objects, not bytes)."""
     model = data.get("model")
     if not isinstance(model, str):
@@ -155,6 +157,7 @@ def request_from_data(api: Api, data: Mapping[str, Any],
         messages=data["messages"] if api is Api.CHAT else None,
         body=data,
         slo_ttft_secs=slo,
+        answer_seen=answer_seen,
     )
 
 

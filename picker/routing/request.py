@@ -74,3 +74,7 @@ class RoutingRequest:
     # The adapter's host sends the request to a gRPC worker itself (LiteLLM's gRPC provider
     # builds the Generate call when the call reaches it): the lease carries no transcoder.
     caller_transcodes: bool = False
+    # The adapter will see the answer (its usage, and its first token when streamed): LiteLLM
+    # reports every call's, ext_proc when the response body passes the picker. Without it
+    # the lease book makes no prediction that only the answer could check.
+    answer_seen: bool = True

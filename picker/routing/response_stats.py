@@ -53,6 +53,22 @@ class ResponseSample:
     chunks: int
     usage: Usage | None
 
+    @classmethod
+    def reported(cls, observation: Observation) -> ResponseSample:
+        """A response its proxy reported instead of passing it by (LiteLLM's success
+        callback), for what reads answers: the prediction audit, the latency learner, the
+        trace, a flow's token count."""
+        out = observation.output_tokens
+        decode = observation.decode_secs
+        known = observation.prompt_tokens is not None or out is not None
+        return cls(
+            ttft_secs=observation.ttft_secs,
+            per_chunk_secs=decode / (out - 1) if decode is not None and out and out > 1
+            else None,
+            chunks=out or 0,
+            usage=Usage(observation.prompt_tokens or 0, out or 0, observation.cached_tokens)
+            if known else None)
+
     def observation(self) -> Observation:
         """What the speed model learns from it (picker.fleet.speed)."""
         usage = self.usage

@@ -69,6 +69,8 @@ class _Window:
 
 
 class PredictionAudit:
+    needs_answer = True  # a prediction is checked against the answer only
+
     def __init__(self, registry: CollectorRegistry, window: int = 50,
                  min_samples: int = 20) -> None:
         self._min = min_samples

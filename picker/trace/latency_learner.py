@@ -21,6 +21,8 @@ __all__ = ["LatencyLearner"]
 
 
 class LatencyLearner:
+    needs_answer = True  # it learns from the answer's first token only
+
     def __init__(self, workers: WorkerRegistry) -> None:
         self._workers = workers
 

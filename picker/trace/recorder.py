@@ -29,6 +29,8 @@ _MAX_TOKENS_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
 class TraceRecorder:
+    needs_answer = False  # every request is a line of the trace, answered or not
+
     def __init__(self, settings: TraceSettings, hasher: TraceHasher | None = None) -> None:
         """`hasher`: the trace's keyed hasher (a fresh random key when None)."""
         self._rate = settings.sample_rate

@@ -186,6 +186,32 @@ def test_in_flight_returns_to_zero_after_streams_and_failures(
     assert 'llm_picker_requests_total{outcome="upstream_error"}' in text
 
 
+def test_what_litellm_reports_of_each_answer_checks_and_teaches_the_predictions(
+        engines: tuple[list[str], dict]) -> None:
+    """LiteLLM reports each answer (its success callback) instead of passing it by: its usage
+    reaches the prediction audit, and a stream's first token the engine's latency model."""
+    bases, _ = engines
+    router = make_router(bases[:1])  # prefix_cache: each decision predicts a hit
+    strategy = strategy_of(router)
+
+    async def calls() -> None:
+        for _ in range(3):
+            await router.acompletion(model="my-model", messages=MESSAGES, max_tokens=2)
+            stream = await router.acompletion(model="my-model", messages=MESSAGES,
+                                              max_tokens=5, stream=True)
+            async for _chunk in stream:
+                pass
+        await wait_idle(strategy)
+
+    asyncio.run(calls())
+    [worker] = strategy.runtime.registry.workers()
+    deadline = time.monotonic() + 5  # the success callback may land after the slot's count
+    while worker.latency.samples < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert worker.latency.samples == 3  # the streams' first tokens
+    assert strategy.runtime.audit.view()[worker.id]["samples"] >= 3  # usage's cached tokens
+
+
 def test_picker_metrics_on_its_admin_port_when_enabled(engines: tuple[list[str], dict]) -> None:
     from picker_bench.stack import free_port
 

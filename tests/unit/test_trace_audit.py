@@ -11,6 +11,8 @@ from picker.fleet.worker_spec import WorkerSpec
 from picker.observe.metrics import PickerMetrics
 from picker.routing.admission import LimitSettings
 from picker.routing.leases import LeaseBook
+from picker.routing.outcome import Outcome
+from picker.routing.predicted import Predicted
 from picker.routing.request import Api, RoutingRequest
 from picker.routing.response_stats import ResponseSample, Usage
 from picker.routing.router import Choice
@@ -72,3 +74,41 @@ def test_ttft_error_is_observed_minus_predicted() -> None:
     assert fleet.metrics.get_sample_value("llm_picker_audit_ttft_error_seconds_count",
                                           {"worker": "w1"}) == 1
 
+
+
+def test_an_answer_litellm_reported_is_audited_like_one_seen_passing() -> None:
+    """LiteLLM reports the answer (its success callback) instead of passing it by: the audit
+    must check the decision against it all the same."""
+    fleet = _Fleet()
+    fleet.book.admit_now()
+    lease = fleet.book.open(Choice(fleet.worker, "prefix_cache", 0.9, None, 10.0),
+                            request=RoutingRequest(model="m", api=Api.CHAT))
+    lease.observe(Observation(prompt_tokens=100, cached_tokens=0, output_tokens=5,
+                              ttft_secs=0.2, decode_secs=0.04))
+    lease.release(Outcome.COMPLETED)
+    assert fleet.audit.view()["w1"]["samples"] == 1
+    assert fleet.audit.view()["w1"]["hit_error"] == pytest.approx(0.9)
+
+
+def test_an_answer_the_adapter_will_not_see_takes_no_prediction() -> None:
+    """Behind an ext_proc filter that sends no response body nothing can check a prediction:
+    a watcher that needs the answer (the audit, the latency learner) is not shown the request;
+    one of every request (the trace) still is."""
+    fleet = _Fleet()
+    shown: list[str] = []
+
+    class _Spy:
+        def __init__(self, name: str, needs_answer: bool) -> None:
+            self.name, self.needs_answer = name, needs_answer
+
+        def opened(self, choice: Choice, request: RoutingRequest,
+                   predicted: Predicted) -> None:
+            shown.append(self.name)
+
+    book = LeaseBook(fleet.registry, LimitSettings(), PickerMetrics(fleet.registry),
+                     (_Spy("audit", True), _Spy("trace", False)))
+    for seen in (False, True):
+        book.admit_now()
+        book.open(Choice(fleet.worker, "prefix_cache", 0.9, None, 10.0), request=RoutingRequest(
+            model="m", api=Api.CHAT, answer_seen=seen)).release(Outcome.COMPLETED)
+    assert shown == ["trace", "audit", "trace"]
