@@ -139,6 +139,8 @@ def _removed_besides(written: tuple[str, ...]) -> tuple[str, ...]:
 # Answers that never vary are built once; grpc only reads them to serialize.
 _CONTINUE_BODY = pb.ProcessingResponse(request_body=pb.BodyResponse(response=pb.CommonResponse()))
 _CONTINUE_TRAILERS = pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
+_CONTINUE_RESPONSE_HEADERS = pb.ProcessingResponse(
+    response_headers=pb.HeadersResponse(response=pb.CommonResponse()))
 _CONTINUE_RESPONSE_BODY = pb.ProcessingResponse(
     response_body=pb.BodyResponse(response=pb.CommonResponse()))
 _CONTINUE_RESPONSE_TRAILERS = pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
@@ -165,6 +167,8 @@ def continue_trailers() -> pb.ProcessingResponse:
 
 def continue_response_headers(set_headers: dict[str, str] | None = None,
                               remove: tuple[str, ...] = ()) -> pb.ProcessingResponse:
+    if not set_headers and not remove:
+        return _CONTINUE_RESPONSE_HEADERS
     response = pb.ProcessingResponse()
     common = response.response_headers.response
     common.SetInParent()
@@ -214,6 +218,22 @@ def route_buffered(route: Route, body: bytes | None = None) -> pb.ProcessingResp
     """BUFFERED mode: the whole body arrived in one message; headers may still be mutated.
     `body`: sent upstream instead of the client's (a prefill/decode rewrite), with its length.
     """
+    if body is None:
+        return _route_answer(route)
+    return _route_buffered(route, body)
+
+
+@functools.lru_cache(maxsize=1024)
+def _route_answer(route: Route) -> pb.ProcessingResponse:
+    """The answer to a body left as it is, built once per route: a fleet's requests go to a
+    few destinations with a few header sets, and building the message (a header mutation, the
+    removals, the metadata) allocated ~20 objects and took ~7 us of a BUFFERED request in
+    process. grpc only reads it to serialize; routes that never repeat (trace context
+    headers) just pass through."""
+    return _route_buffered(route, None)
+
+
+def _route_buffered(route: Route, body: bytes | None) -> pb.ProcessingResponse:
     response = pb.ProcessingResponse()
     common = response.request_body.response
     _route(common.header_mutation, route)

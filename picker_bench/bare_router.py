@@ -51,7 +51,6 @@ def bare_server(upstream: str, port: int = 0) -> tuple[grpc.aio.Server, int]:
                 await context.write(codec.continue_headers())
             elif kind == "request_body":
                 body_model.decode(message.request_body.body)
-                # Built per request, as a router's changing decision is.
                 await context.write(codec.route_buffered(codec.Route(upstream, destination)))
             elif kind == "response_headers":
                 codec.headers_to_dict(message.response_headers.headers).get(":status")

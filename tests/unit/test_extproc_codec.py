@@ -46,3 +46,17 @@ def test_the_buffered_headers_answer_removes_every_control_header() -> None:
     for answer in (first, second):
         assert list(answer.request_headers.response.header_mutation.remove_headers) == list(
             control_headers.STRIPPED)
+
+
+def test_a_kept_buffered_answer_routes_each_request_to_its_own_route() -> None:
+    """BUFFERED routing answers are kept per route: each must still carry its own route's
+    destination and headers, and a rewritten body (a prefill/decode pair's) is never kept."""
+    for route in [*ROUTES, *ROUTES]:
+        answer = codec.route_buffered(route).request_body.response
+        assert {(o.header.key, o.header.raw_value.decode())
+                for o in answer.header_mutation.set_headers} == set(route.headers)
+        assert answer.clear_route_cache and not answer.HasField("body_mutation")
+    rewritten = [codec.route_buffered(ROUTES[0], body) for body in (b"{}", b'{"a": 1}')]
+    assert [r.request_body.response.body_mutation.body for r in rewritten] == [b"{}",
+                                                                             b'{"a": 1}']
+    assert codec.route_buffered(ROUTES[0]) is codec.route_buffered(_route())
