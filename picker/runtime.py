@@ -335,6 +335,7 @@ class PickerRuntime:
         running.push_async_callback(health.stop)
         await self.manager.start()
         running.push_async_callback(self.manager.stop)
+        self.manager.complete_adopted(config.workers)
         load = LoadMonitor(self.registry, config.load)
         await load.start()
         running.push_async_callback(load.stop)

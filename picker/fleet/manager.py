@@ -15,8 +15,11 @@ Both sources go through the same path: conflict checks before any network call, 
 one worker per data-parallel rank, and `drain` (never a bare remove) on removal or replacement.
 Discovery sources (Kubernetes, DNS) declare as files do, under their own owner name. Owners
 that already know their workers - the configuration at start-up, LiteLLM's deployments -
-`adopt` them as given. The manager is the only writer of membership; a follower process of
-`serve --workers` has none running and mirrors the primary's registry (picker.processes.mirror).
+`adopt` them as given; what a configuration's worker leaves out (its models, a gRPC worker's
+tokenizer) is then discovered in the background (`complete_adopted`), so that the picker
+serves before its engines answer. The manager is the only writer of membership; a follower
+process of `serve --workers` has none running and mirrors the primary's registry
+(picker.processes.mirror).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from picker.fleet.served_models import (
 )
 from picker.fleet.worker_spec import (
     U32,
+    ConnectionMode,
     HealthOverrides,
     Labels,
     WorkerSpec,
@@ -136,13 +140,58 @@ class WorkerManager:
         self._state = state
         self._saving = asyncio.Lock()  # one write at a time, each of the state as it starts
         self._saved: list[SavedRegistration] | None = None  # what the file holds, once read
+        self._completing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._client = httpx.AsyncClient(verify=worker_tls())
 
     async def stop(self) -> None:
+        for task in self._completing:
+            task.cancel()
+        await asyncio.gather(*self._completing, return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
+
+    def complete_adopted(self, specs: Sequence[WorkerSpec]) -> None:
+        """Discover in the background what adopted `specs` leave out that routing needs - the
+        models (none declared means any model, and an empty /v1/models), a gRPC worker's
+        tokenizer (without one it cannot be sent a chat) - as a POST or a reload does before
+        registering. One try at a time, with discovery's backoff between tries, until the
+        engine answers or the worker is no longer as adopted (removed, replaced by a reload,
+        PATCHed). Declared data-parallel ranks stay as declared."""
+        for spec in specs:
+            if not spec.models or (spec.connection_mode is ConnectionMode.GRPC
+                                   and spec.tokenizer_path is None):
+                task = asyncio.create_task(self._complete_adopted(spec))
+                self._completing.add(task)
+                task.add_done_callback(self._completing.discard)
+
+    async def _complete_adopted(self, spec: WorkerSpec) -> None:
+        assert self._client is not None, "WorkerManager.start() was not awaited"
+        adopted = [w.spec for w in self._group(spec.url)]
+        delay = self._settings.backoff_initial_secs
+        told = False
+        while [w.spec for w in self._group(spec.url)] == adopted and adopted:
+            try:
+                complete = await discover(spec, self._client, self._settings, attempts=1)
+            except WorkerUnreachable as exc:
+                if not told:
+                    log.warning("a worker of the configuration: %s; what it leaves out "
+                                "(models, tokenizer) is discovered once it answers", exc)
+                    told = True
+                await asyncio.sleep(delay)
+                delay = min(max(delay * 2, self._settings.backoff_initial_secs),
+                            self._settings.backoff_max_secs)
+                continue
+            group = self._group(spec.url)
+            if [w.spec for w in group] != adopted:
+                return  # changed meanwhile: the change wins
+            ranks = expand_dp_ranks(complete.updated(dp_size=spec.dp_size))
+            for worker, rank in zip(group, ranks, strict=True):
+                self.workers.replace_spec(worker, rank.updated(id=worker.id))
+            log.info("worker %s from the configuration serves %s", redact_url(spec.url),
+                     ", ".join(complete.models)[:300])
+            return
 
     # -- lookups ------------------------------------------------------------------------------
 

@@ -13,14 +13,16 @@ import grpc
 from smg_grpc_proto.generated import sglang_scheduler_pb2 as pb
 from smg_grpc_proto.generated import sglang_scheduler_pb2_grpc as pb_grpc
 
+from picker.config import PickerConfig
 from picker.fleet.engine_scrape import LoadMonitor, LoadSettings
 from picker.fleet.health import HealthChecker, HealthSettings
 from picker.fleet.manager import WorkerManager
 from picker.fleet.registry import WorkerRegistry
 from picker.fleet.served_models import DiscoverySettings
 from picker.fleet.worker_spec import ConnectionMode, RuntimeType, WorkerSpec
+from picker.runtime import PickerRuntime
 from picker.tokens import load_tokenizer
-from picker_bench.stack import SimSpec, start_sims
+from picker_bench.stack import SimSpec, free_port, start_sims
 from picker_bench.tokenizer_dirs import build_tokenizer_dir
 from tests.waiting import eventually
 
@@ -108,4 +110,42 @@ async def test_a_worker_without_tokenizer_path_gets_its_engines_tokenizer(
             load_tokenizer(str(directory)).body_ids(body)
     finally:
         await manager.stop()
+        sim.stop()
+
+
+async def test_the_configurations_workers_are_discovered_once_their_engines_answer(
+        tmp_path: Path) -> None:
+    """The configuration's workers are adopted as given at start-up, so the picker serves
+    before its engines answer; what they leave out is discovered after: a gRPC worker's models
+    and tokenizer (without which it cannot take a chat), and the models of an HTTP engine
+    that starts after the picker (until then none declared means any model)."""
+    grpc_engine = SimSpec("g1", "sim-model", ["--grpc", "--tokenizer",
+                                              str(build_tokenizer_dir(tmp_path / "tok",
+                                                                      "llama-3.1"))])
+    late = SimSpec("h1", "late-model", [], port=free_port())
+    [sim] = start_sims([grpc_engine], tmp_path)
+    runtime = PickerRuntime(PickerConfig.model_validate({
+        "admin": {"enabled": False}, "health": {"enabled": False},
+        "discovery": {"backoff_initial_secs": 0.05, "backoff_max_secs": 0.2},
+        "workers": [{"url": f"grpc://127.0.0.1:{grpc_engine.port}", "connection_mode": "grpc",
+                     "runtime_type": "sglang"},
+                    {"url": f"http://127.0.0.1:{late.port}"}]}))
+    on_grpc, on_http = runtime.registry.workers()
+    await runtime.start()
+    try:
+        await eventually(lambda: on_grpc.spec.models == ["sim-model"], what="GetModelInfo")
+        tokenizer = on_grpc.spec.tokenizer_path
+        assert tokenizer is not None and load_tokenizer(tokenizer).encode(
+            "hello", add_special_tokens=False)
+        await asyncio.sleep(0.5)  # tries against the engine that is not up yet
+        assert on_http.spec.models == []
+        [late_sim] = start_sims([late], tmp_path)
+        try:
+            await eventually(lambda: on_http.spec.models == ["late-model"],
+                             what="/v1/models once the engine is up")
+            assert runtime.registry.get_by_url(on_http.url) is on_http  # in place
+        finally:
+            late_sim.stop()
+    finally:
+        await runtime.stop()
         sim.stop()
