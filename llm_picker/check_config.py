@@ -18,6 +18,7 @@ import yaml
 from llm_picker.ports import check_ports  # the same port checks serve runs
 from picker.config import CONFIG_ENV, ENV_PREFIX, PickerConfig, config_from_data, read_config_text
 from picker.errors import ConfigError
+from picker.replicas.settings import check_hash_seed
 
 __all__ = ["check_files"]
 
@@ -39,6 +40,8 @@ def check_files(paths: list[str], env: Mapping[str, str]) -> list[tuple[bool, st
             try:
                 config = config_from_data(data, env)
                 check_ports(config, workers=1, authz_port=None)
+                if config.replicas is not None:
+                    check_hash_seed(env)
             except ConfigError as exc:
                 lines.append((False, f"{source}: configuration error: {exc}"))
             else:

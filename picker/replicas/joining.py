@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from picker.errors import ConfigError
 from picker.fleet.registry import WorkerRegistry
 from picker.observe.metrics import ReplicaMetrics
 from picker.prefix.producer import PrefixProducer
-from picker.replicas.settings import ReplicaSettings
+from picker.replicas.settings import ReplicaSettings, check_hash_seed
 
 if TYPE_CHECKING:
     from picker.replicas.sharing import PickSharing
@@ -31,10 +30,7 @@ def join_replicas(settings: ReplicaSettings, block_size: int, workers: WorkerReg
     """The pick sharing service (not started) linking `prefix` to the peers `settings` name.
     `loads`: peers' picks grow the prefill backlog (False for the processes of one picker,
     which share theirs in a table: picker.processes.backlog)."""
-    if os.environ.get("PYTHONHASHSEED", "random") == "random":
-        raise ConfigError("replicas", "block hashes are Python's salted string hash: set "
-                          "the same PYTHONHASHSEED (e.g. a random 32-bit number) in every "
-                          "replica's environment")
+    check_hash_seed(os.environ)
     from picker.replicas.sharing import PickSharing  # msgspec only when configured
 
     def apply(pick: Pick) -> bool:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 
+from picker.errors import ConfigError
 from picker.fleet.worker_spec import Port
 from picker.strict import StrictModel
 
-__all__ = ["MIN_SECRET_CHARS", "PeerDnsSettings", "ReplicaSettings", "host_port"]
+__all__ = ["MIN_SECRET_CHARS", "PeerDnsSettings", "ReplicaSettings", "check_hash_seed",
+           "host_port"]
 
 # A shared secret guessable offline from one recorded handshake is no secret: 16 characters at
 # least (`openssl rand -hex 16` gives 32).
@@ -104,3 +107,12 @@ def _checked(text: str) -> str:
 
 # A `host:port` setting, checked where it is read.
 HostPort = Annotated[str, AfterValidator(_checked)]
+
+
+def check_hash_seed(env: Mapping[str, str]) -> None:
+    """ConfigError unless `env` fixes PYTHONHASHSEED: replicas compare block hashes, which are
+    Python's salted string hash (`check-config` asks it of the environment it is given)."""
+    if env.get("PYTHONHASHSEED", "random") == "random":
+        raise ConfigError("replicas", "block hashes are Python's salted string hash: set "
+                          "the same PYTHONHASHSEED (e.g. a random 32-bit number) in every "
+                          "replica's environment")

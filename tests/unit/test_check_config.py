@@ -82,3 +82,16 @@ def test_the_command_exits_2_on_any_failure_and_0_when_all_pass(tmp_path: Path) 
     assert "no workers and no discovery" in ok.stdout
     failed = run(good, bad)
     assert failed.returncode == 2 and "policy.name: unknown policy" in failed.stderr
+
+
+def test_replicas_need_a_fixed_hash_seed_in_the_environment_checked(tmp_path: Path) -> None:
+    """serve refuses `replicas:` without PYTHONHASHSEED; check-config must say the same of the
+    environment it checks with, not pass a file serve would refuse."""
+    path = tmp_path / "picker.yaml"
+    path.write_text("prefix: {enabled: true}\nreplicas: {listen: '127.0.0.1:9004', "
+                    "peers: ['10.0.0.5:9004'], secret: 0123456789abcdef0123}\n")
+    [(passed, line)] = check_files([str(path)], env={})
+    assert not passed and "replicas: block hashes are Python's salted string hash" in line
+    assert "PYTHONHASHSEED" in line
+    [(passed, line)] = check_files([str(path)], env={"PYTHONHASHSEED": "1234"})
+    assert passed, line
