@@ -13,6 +13,7 @@ request (Envoy retried down the picker's fallback list), the in-flight slot foll
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from picker.grpc_route.transcoder import GrpcTranscoder
 
 __all__ = ["Lease", "LeaseBook", "LeaseEnd", "LeaseWatcher"]
+
+log = logging.getLogger("llm_picker.leases")
 
 # What each request outcome tells the worker's circuit breaker; cancellations say nothing.
 _CIRCUIT_OUTCOMES = {Outcome.COMPLETED: True, Outcome.UPSTREAM_ERROR: False}
@@ -297,7 +300,10 @@ class LeaseBook:
         if answer is not None:
             self._metrics.observe_response(worker.id, answer)
         for end in lease._ends:
-            end(lease, outcome, answer)
+            try:
+                end(lease, outcome, answer)
+            except Exception:  # one watcher's failure must not cost the others or the count
+                log.exception("a lease's end hook failed (%s)", getattr(end, "__qualname__", end))
         self._metrics.request_ended(outcome)
         return True
 

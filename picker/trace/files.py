@@ -12,8 +12,9 @@ __all__ = ["RotatingLines"]
 class RotatingLines:
     """Appends lines to `path`; a line that would take it past `max_bytes` first moves it to
     `path.1` (and `path.1` to `path.2` ... `path.<backups>`, the oldest dropped), so the
-    recording never holds more than about (backups + 1) x max_bytes. Thread-safe; the file
-    is opened at the first line, not at construction."""
+    recording never holds more than about (backups + 1) x max_bytes. Thread-safe. The file
+    is opened at construction, so a path that cannot be written fails there (OSError), not at
+    the first line."""
 
     def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
         self._path = path
@@ -22,6 +23,11 @@ class RotatingLines:
         self._lock = threading.Lock()
         self._file: TextIO | None = None
         self._size = 0
+        self._open()
+
+    @property
+    def path(self) -> Path:
+        return self._path
 
     def write(self, line: str) -> None:
         data = line + "\n"
@@ -49,6 +55,7 @@ class RotatingLines:
     def _rotate(self) -> None:
         assert self._file is not None
         self._file.close()
+        self._file = None  # reopened by the next write if the new file cannot be opened now
         for index in range(self._backups, 0, -1):
             older = self._path if index == 1 else self._path.with_name(
                 f"{self._path.name}.{index - 1}")

@@ -8,11 +8,13 @@ hashed at the end, off the decision's path, and only for sampled requests.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from picker.errors import ConfigError
 from picker.routing.leases import Lease, LeaseEnd
 from picker.routing.predicted import Predicted
 from picker.routing.request import RoutingRequest
@@ -25,6 +27,8 @@ from picker.trace.settings import TraceSettings
 
 __all__ = ["TraceRecorder"]
 
+log = logging.getLogger("llm_picker.trace")
+
 _MAX_TOKENS_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
@@ -35,7 +39,11 @@ class TraceRecorder:
         """`hasher`: the trace's keyed hasher (a fresh random key when None)."""
         self._rate = settings.sample_rate
         self._hasher = hasher or TraceHasher(settings.block_tokens)
-        self._lines = RotatingLines(settings.path, settings.max_bytes, settings.backups)
+        try:
+            self._lines = RotatingLines(settings.path, settings.max_bytes, settings.backups)
+        except OSError as exc:
+            raise ConfigError("trace.path", f"cannot write {settings.path}: {exc}") from exc
+        self._failing = False  # a write failed: said once, until one succeeds again
         self._rng = random.Random()
         self._start: float | None = None
 
@@ -50,7 +58,15 @@ class TraceRecorder:
 
         def ended(lease: Lease, outcome: str, response: ResponseSample | None) -> None:
             line = self._line(request, choice, predicted, arrived, lease, outcome, response)
-            self._lines.write(line.to_json())
+            try:
+                self._lines.write(line.to_json())
+            except OSError as exc:  # a full disk, a removed directory: the request is fine
+                if not self._failing:
+                    log.warning("trace recording: cannot write %s (%s); lines are dropped "
+                                "until it can", self._lines.path, exc)
+                self._failing = True
+            else:
+                self._failing = False
 
         return ended
 

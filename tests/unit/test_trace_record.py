@@ -17,6 +17,7 @@ from picker.observe.metrics import PickerMetrics
 from picker.processes.group import ProcessGroup
 from picker.routing.admission import LimitSettings
 from picker.routing.leases import LeaseBook
+from picker.routing.outcome import Outcome
 from picker.routing.request import Api, RoutingRequest
 from picker.routing.response_stats import ResponseSample, Usage
 from picker.routing.router import Choice
@@ -119,3 +120,80 @@ def test_serve_workers_refuses_a_recording_naming_trace(tmp_path: Path) -> None:
     config = config_from_data({"trace": {"path": str(tmp_path / "t.jsonl")}})
     with pytest.raises(ConfigError, match=r"^trace: serve --workers"):
         PickerRuntime(config, group=ProcessGroup(0, 2, tmp_path, (1, 2)))
+
+
+def test_a_trace_path_that_cannot_be_written_stops_the_start_naming_it(tmp_path: Path) -> None:
+    config = config_from_data({"trace": {"path": str(tmp_path / "missing" / "t.jsonl")}}, {})
+    with pytest.raises(ConfigError, match=r"trace\.path: cannot write .*missing/t\.jsonl"):
+        PickerRuntime(config)
+
+
+def test_a_failing_write_loses_the_line_not_the_requests_end(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A full disk or a removed directory after start-up: the request still ends, counted, and
+    every other end hook runs; the failure is said once, until a write succeeds again."""
+    registry = WorkerRegistry()
+    worker = registry.add(WorkerSpec(url="http://10.0.0.1:8000", id="w1"))
+    recorder = TraceRecorder(TraceSettings(path=tmp_path / "t.jsonl"))
+    metrics = PickerMetrics(registry)
+    ended: list[str] = []
+
+    class _After:
+        needs_answer = False
+
+        def opened(self, choice: Choice, request: RoutingRequest,
+                   predicted: object) -> object:
+            return lambda lease, outcome, answer: ended.append(outcome)
+
+    book = LeaseBook(registry, LimitSettings(), metrics, (recorder, _After()))  # type: ignore[arg-type]
+
+    def serve() -> None:
+        book.admit_now()
+        book.open(Choice(worker, "round_robin", None, None, 10.0),
+                  request=RoutingRequest(model="m", api=Api.CHAT)).release(Outcome.COMPLETED)
+
+    def full(line: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    working = recorder._lines.write
+    recorder._lines.write = full  # type: ignore[method-assign]
+    for _ in range(3):
+        serve()
+    assert ended == ["completed"] * 3
+    assert metrics.registry.get_sample_value(
+        "llm_picker_requests_total", {"outcome": "completed"}) == 3
+    said = [r.getMessage() for r in caplog.records if "trace recording" in r.getMessage()]
+    assert len(said) == 1 and "No space left on device" in said[0]
+    recorder._lines.write = working  # type: ignore[method-assign]
+    serve()
+    recorder.close()
+    assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 1
+
+
+def test_an_end_hook_that_raises_costs_neither_the_others_nor_the_count() -> None:
+    registry = WorkerRegistry()
+    worker = registry.add(WorkerSpec(url="http://10.0.0.1:8000", id="w1"))
+    metrics = PickerMetrics(registry)
+    ended: list[str] = []
+
+    class _Hook:
+        needs_answer = False
+
+        def __init__(self, fails: bool) -> None:
+            self.fails = fails
+
+        def opened(self, choice: Choice, request: RoutingRequest, predicted: object) -> object:
+            def end(lease: object, outcome: str, answer: object) -> None:
+                if self.fails:
+                    raise RuntimeError("a watcher's bug")
+                ended.append(outcome)
+            return end
+
+    book = LeaseBook(registry, LimitSettings(), metrics,
+                     (_Hook(True), _Hook(False)))  # type: ignore[arg-type]
+    book.admit_now()
+    book.open(Choice(worker, "round_robin", None, None, 10.0),
+              request=RoutingRequest(model="m", api=Api.CHAT)).release(Outcome.COMPLETED)
+    assert ended == ["completed"] and worker.in_flight == 0
+    assert metrics.registry.get_sample_value(
+        "llm_picker_requests_total", {"outcome": "completed"}) == 1
