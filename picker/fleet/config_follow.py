@@ -3,7 +3,9 @@
 The file owns the workers it declares (WorkerManager.declare: the admin API cannot change them,
 and workers the API added are left alone). They go through the API's path: discovery,
 data-parallel ranks, drain on removal or replacement. A file that fails validation is rejected
-with its error logged, and the running configuration keeps serving. Other settings (ports,
+with its error logged, and the running configuration keeps serving; so is an empty one (what a
+file being rewritten in place holds for a moment: `sed ... > file` truncates first), and a
+changed file is read only once it has not changed for `_SETTLE_SECS`. Other settings (ports,
 policy) take effect on restart; a change to them is logged as such rather than half-applied.
 """
 
@@ -18,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from picker.config import PickerConfig, load_config
+from picker.config import PickerConfig, load_config, read_config_text
 from picker.errors import ConfigError
 from picker.fleet.manager import WorkerManager
 from picker.observe.metrics import PickerMetrics
@@ -26,6 +28,8 @@ from picker.observe.metrics import PickerMetrics
 __all__ = ["ConfigReloader"]
 
 log = logging.getLogger("llm_picker.reload")
+
+_SETTLE_SECS = 0.2
 
 
 class ConfigReloader:
@@ -75,14 +79,21 @@ class ConfigReloader:
             signalled = self._wake.is_set()
             self._wake.clear()
             mtime = self._mtime()
+            if not signalled and mtime != seen:
+                await asyncio.sleep(_SETTLE_SECS)
+                if self._mtime() != mtime:
+                    continue  # still being written: read it once it settles
             if signalled or mtime != seen:
                 seen = mtime
                 await self.reload()
 
     async def reload(self) -> None:
         try:
+            if not read_config_text(self._path.read_text(), str(self._path)):
+                raise ConfigError("config", f"{self._path} is empty (rewritten in place, or "
+                                  "truncated); to remove every worker, write `workers: []`")
             new = load_config(self._path, env=os.environ, overrides=self._overrides)
-        except ConfigError as exc:
+        except (ConfigError, OSError, UnicodeDecodeError) as exc:
             self._metrics.config_reloads.labels("rejected").inc()
             log.error("configuration reload rejected, previous configuration kept: %s", exc)
             return

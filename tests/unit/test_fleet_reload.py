@@ -185,3 +185,18 @@ async def test_a_reload_cannot_bring_in_a_keyed_worker_the_running_port_would_le
     assert picker.ids() == ["a"]
     refused = [r.getMessage() for r in caplog.records if "api_key" in r.getMessage()]
     assert refused and "extproc.tls" in refused[0] and "sk-secret-key" not in caplog.text
+
+
+async def test_an_empty_file_is_rejected_not_read_as_no_workers(picker: Picker) -> None:
+    """`sed ... > picker.yaml` truncates the file before writing it: a reload that read it
+    then would drain every worker the file declares. Empty (or comments only), it is rejected;
+    `workers: []` still removes them."""
+    for empty in ("", "# being rewritten\n"):
+        picker.path.write_text(empty)
+        await picker.reloader.reload()
+        assert picker.ids() == ["a"]
+    assert picker.router.metrics.registry.get_sample_value(
+        "llm_picker_config_reloads_total", {"result": "rejected"}) == 2
+    picker.path.write_text("workers: []\n")
+    await picker.reloader.reload()
+    assert picker.ids() == []
