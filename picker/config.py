@@ -200,11 +200,16 @@ class LogConfig(StrictModel):
         return value.upper() if isinstance(value, str) else value
 
 
+# The largest body limit the ext_proc server can take: gRPC's message length limits are signed
+# 32-bit, and the server allows the body plus 64 KiB of framing (extproc/server.py).
+MAX_BODY_BYTES_LIMIT = 2**31 - 1 - 64 * 1024
+
+
 class PickerConfig(StrictModel):
     extproc: ExtprocConfig = Field(default_factory=lambda: ExtprocConfig(port=9002))
     admin: AdminConfig = Field(default_factory=lambda: AdminConfig(port=9003))
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1, le=MAX_BODY_BYTES_LIMIT)
     health: HealthSettings = Field(default_factory=HealthSettings)
     circuit: CircuitSettings = Field(default_factory=CircuitSettings)
     discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)

@@ -29,7 +29,7 @@ from picker.fleet.grpc_calls import EngineCallFailed, speaks_grpc
 from picker.fleet.grpc_load import load_from_loads
 from picker.fleet.registry import Worker, WorkerRegistry
 from picker.fleet.worker_loops import WorkerLoops
-from picker.fleet.worker_spec import ConnectionMode, RuntimeType
+from picker.fleet.worker_spec import ConnectionMode, PollSecs, RuntimeType
 from picker.strict import StrictModel
 
 __all__ = [
@@ -135,7 +135,7 @@ def scraped(runtime: RuntimeType) -> bool:
 class LoadSettings(StrictModel):
 
     enabled: bool = True
-    interval_secs: float = Field(default=1.0, gt=0)
+    interval_secs: PollSecs = 1.0
     timeout_secs: float = Field(default=1.0, gt=0)
     stale_after_secs: float = Field(default=5.0, gt=0)
     max_concurrency: int = Field(default=16, ge=1)

@@ -20,7 +20,7 @@ from pydantic import Field
 from picker.fleet.grpc_calls import EngineCallFailed
 from picker.fleet.registry import Worker, WorkerRegistry
 from picker.fleet.worker_loops import WorkerLoops
-from picker.fleet.worker_spec import ConnectionMode
+from picker.fleet.worker_spec import ConnectionMode, HealthPath, PollSecs
 from picker.strict import StrictModel
 
 __all__ = ["HealthChecker", "HealthSettings"]
@@ -31,12 +31,12 @@ log = logging.getLogger("llm_picker.health")
 class HealthSettings(StrictModel):
 
     enabled: bool = True
-    endpoint: str = "/health"
+    endpoint: HealthPath = "/health"
     # A dead engine is ejected within interval x failure_threshold (~2 s when its port refuses,
     # up to ~6 s when it hangs until timeout_secs) even with no traffic to trip the circuit
     # breaker; one GET per second per engine costs nothing next to inference. Measured in the
     # README (time to eject).
-    interval_secs: float = Field(default=1.0, gt=0)
+    interval_secs: PollSecs = 1.0
     timeout_secs: float = Field(default=2.0, gt=0)
     failure_threshold: int = Field(default=2, ge=1)
     success_threshold: int = Field(default=2, ge=1)

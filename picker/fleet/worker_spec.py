@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -63,6 +64,25 @@ _ID = re.compile(r"[A-Za-z0-9\[][A-Za-z0-9._:@\[\]-]*")
 # a typo (dp_size: 100000) would make the picker spend itself on ranks that do not exist.
 MAX_DP_SIZE = 256
 Port = Annotated[int, Field(ge=1, le=65535)]
+# How often a worker may be probed or scraped at most: 100 times a second. A smaller interval
+# (a typo of 1e-9) would spend the picker's CPU on one engine.
+PollSecs = Annotated[float, Field(ge=0.01)]
+
+
+def _health_path(value: str) -> str:
+    """A path on the worker: it is appended to the worker's url, so without its leading `/`
+    the probe would miss (`health` gives http://h:8000health), and `@other:1/health` would
+    send it to another host and report that host's health as this worker's."""
+    if not value.startswith("/") or value.startswith("//"):
+        raise PydanticCustomError("health_endpoint", "must be a path starting with one /, "
+                                  "like /health; got {value}", {"value": repr(value[:100])})
+    if any(c.isspace() or not c.isprintable() for c in value) or len(value) > 512:
+        raise PydanticCustomError("health_endpoint", "must be a path of printable characters "
+                                  "without spaces, at most 512")
+    return value
+
+
+HealthPath = Annotated[str, AfterValidator(_health_path)]
 # Bounded like Kubernetes labels (63-character keys), so one request cannot make every worker
 # view, listing and reindex carry megabytes.
 MAX_LABELS = 64
@@ -89,8 +109,8 @@ class ConnectionMode(enum.StrEnum):
 class HealthOverrides(StrictModel):
     """Per-worker overrides of the global health-check settings; unset fields inherit them."""
 
-    endpoint: str | None = None
-    interval_secs: float | None = Field(default=None, gt=0)
+    endpoint: HealthPath | None = None
+    interval_secs: PollSecs | None = None
     timeout_secs: float | None = Field(default=None, gt=0)
     failure_threshold: int | None = Field(default=None, ge=1)
     success_threshold: int | None = Field(default=None, ge=1)
@@ -166,7 +186,7 @@ class WorkerSpec(StrictModel):
         default=None, description="Subscribe to the engine's KV events (prefix.index kv_events)")
     health: HealthOverrides = Field(default_factory=HealthOverrides)
     max_connection_attempts: int = Field(default=20, ge=1, le=100)
-    load_monitor_interval_secs: float | None = Field(default=None, gt=0)
+    load_monitor_interval_secs: PollSecs | None = None
     model_id: str | None = None
     tokenizer_path: str | None = None
     reasoning_parser: str | None = None

@@ -161,6 +161,12 @@ def test_env_params_under_a_shorthand_policy(tmp_path: Path) -> None:
         ("extproc: 5\n", {"LLM_PICKER_EXTPROC__PORT": "1"}, "extproc"),
         ("health: {interval_secs: 0}\n", {}, "health.interval_secs"),
         ("max_body_bytes: 0\n", {}, "max_body_bytes"),
+        ("max_body_bytes: 3000000000\n", {}, "max_body_bytes"),  # over gRPC's int32 limits
+        ("health: {endpoint: health}\n", {}, "health.endpoint"),  # appended to the url
+        ("workers: [{url: 'a:1', health: {endpoint: '@b:1/health'}}]\n", {},
+         "workers.0.health.endpoint"),  # would probe another host
+        ("health: {interval_secs: 1.0e-9}\n", {}, "health.interval_secs"),
+        ("load: {interval_secs: 0.001}\n", {}, "load.interval_secs"),
         ("prefix: {enabled: true, index: kv_events}\n", {}, "prefix.tokenizer.kind"),
         ("prefix: {index: exact}\n", {}, "prefix.index"),
         ("prefix: {kv_events: {pending_secs: -1}}\n", {}, "prefix.kv_events.pending_secs"),
