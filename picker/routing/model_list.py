@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from urllib.parse import unquote
 
 from picker.errors import ModelNotFound
 from picker.fleet.registry import Worker
@@ -25,8 +26,9 @@ def models_path_id(path: str) -> str | None:
     if path == MODELS_PATH:
         return ""
     prefix = f"{MODELS_PATH}/"
-    # Model ids may hold slashes (`meta-llama/Llama-3-8B`): everything after the prefix.
-    return path[len(prefix):] if path.startswith(prefix) else None
+    # Model ids may hold slashes (`meta-llama/Llama-3-8B`): everything after the prefix,
+    # percent-decoded as a path segment is (OpenAI's SDKs send `org%2FModel-X`).
+    return unquote(path[len(prefix):]) if path.startswith(prefix) else None
 
 
 def served_models(workers: Iterable[Worker]) -> list[str]:

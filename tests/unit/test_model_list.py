@@ -16,6 +16,9 @@ from picker.routing.model_list import model_object, models_path_id
 @pytest.mark.parametrize(("path", "model_id"), [
     ("/v1/models", ""), ("/v1/models/", ""), ("/v1/models?x=1", ""),
     ("/v1/models/meta-llama/Llama-3-8B", "meta-llama/Llama-3-8B"),
+    # OpenAI's SDKs percent-encode the id (models.retrieve("org/Model-X")).
+    ("/v1/models/org%2FModel-X", "org/Model-X"), ("/v1/models/a%20b", "a b"),
+    ("/v1/models/%C3%A9-model", "\u00e9-model"),
     ("/v1/chat/completions", None), ("/v1/modelsx", None),
 ])
 def test_models_path_id(path: str, model_id: str | None) -> None:
