@@ -69,14 +69,19 @@ def _configurations(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
         yield path, read_config_text(text, path)
         return
     maps = [m for m in manifests if m["kind"] == "ConfigMap"]
-    entries = [(m, key) for m in maps for key in sorted(m.get("data") or {})
+    for manifest in maps:
+        for field in ("data", "metadata"):
+            if not isinstance(manifest.get(field) or {}, dict):
+                raise ConfigError("config", f"{path}: a ConfigMap's {field} must be a "
+                                  f"mapping, not {type(manifest[field]).__name__}")
+    entries = [(m, key) for m in maps for key in sorted(m.get("data") or {}, key=str)
                if str(key).endswith(_CONFIG_SUFFIXES)]
     if not entries:
         kinds = ", ".join(sorted({str(m["kind"]) for m in manifests}))
         raise ConfigError("config", f"{path} holds Kubernetes manifests ({kinds}) but no "
                           "ConfigMap with a data key ending in .yaml or .yml")
     for manifest, key in entries:
-        name = (manifest.get("metadata") or {}).get("name", "?")
+        name = str((manifest.get("metadata") or {}).get("name", "?"))
         source = f"{path}: ConfigMap {name}, data.{key}"
         value = manifest["data"][key]
         if not isinstance(value, str):

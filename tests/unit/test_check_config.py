@@ -95,3 +95,14 @@ def test_replicas_need_a_fixed_hash_seed_in_the_environment_checked(tmp_path: Pa
     assert "PYTHONHASHSEED" in line
     [(passed, line)] = check_files([str(path)], env={"PYTHONHASHSEED": "1234"})
     assert passed, line
+
+
+def test_a_malformed_configmap_is_an_error_naming_it_not_a_traceback(tmp_path: Path) -> None:
+    for field, value in (("data", "5"), ("metadata", "5"), ("data", "[a.yaml]")):
+        path = tmp_path / "bundle.yaml"
+        body = {"data": "{picker.yaml: 'policy: random'}", "metadata": "{name: p}",
+                field: value}
+        path.write_text(f"apiVersion: v1\nkind: ConfigMap\nmetadata: {body['metadata']}\n"
+                        f"data: {body['data']}\n")
+        [(passed, line)] = check_files([str(path)], env={})
+        assert not passed and f"a ConfigMap's {field} must be a mapping" in line, line
