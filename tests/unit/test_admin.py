@@ -402,6 +402,17 @@ async def test_a_json_body_is_json_whatever_its_content_type(
         assert patched.status_code == 200 and patched.json()["priority"] == 7
 
 
+@pytest.mark.parametrize("body", [b'{"priority": ' + b"9" * 5000 + b"}",
+                                  b'{"labels": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001])
+async def test_json_pythons_parser_refuses_is_invalid_json_saying_why(
+        admin: Admin, body: bytes) -> None:
+    response = await admin.client.post("/workers", content=body,
+                                       headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_json"
+    assert "4,300 digits, or nesting too deep" in response.json()["error"]["message"]
+
+
 async def test_a_non_json_body_is_400_saying_so(admin: Admin) -> None:
     form = {"content-type": "application/x-www-form-urlencoded"}
     response = await admin.client.post("/workers", content=b"url=a:1", headers=form)
