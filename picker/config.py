@@ -115,8 +115,8 @@ class AdminConfig(ListenConfig):
     allow_insecure: bool = Field(
         default=False, description="Allow a non-loopback listener without a token"
     )
-    # A connection must send a whole request head this soon after opening (or after its first
-    # byte following a response), and is closed after this long idle between requests: no
+    # A connection must send a whole request (head and body) this soon after opening (or after
+    # its first byte following a response), and is closed after this long idle between requests: no
     # half-open connection holds the port.
     header_timeout_secs: float = Field(default=10.0, gt=0, le=3600)
     keep_alive_timeout_secs: int = Field(default=5, ge=1, le=3600)

@@ -1,10 +1,12 @@
-"""uvicorn's h11 protocol with a deadline for reading each request head.
+"""uvicorn's h11 protocol with a deadline for reading each request, head and body.
 
 uvicorn (0.55) closes an idle keep-alive connection `timeout_keep_alive` after a response, but
 a connection that sends nothing, or part of a request line, stays open for ever: its keep-alive
 timer starts only after a response, and is cancelled by the first byte of the next request.
-Half-open connections held the admin port for 150 s and more (issue 30). Here the head must be
-complete within `secs` of the connection opening, or of the first byte after a response.
+Half-open connections held the admin port for 150 s and more (issue 30); so did a request whose
+body stopped short of its content-length. Here the request, head and body, must be complete
+within `secs` of the connection opening, or of the first byte after a response (the admin API
+takes bodies of at most 64 KiB).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 __all__ = ["head_deadline_protocol"]
+
+# The client's side of a request still being read: its head (IDLE), or its body.
+_READING = (h11.IDLE, h11.SEND_BODY)
 
 
 class _HeadDeadline(H11Protocol):
@@ -28,7 +33,7 @@ class _HeadDeadline(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.conn.their_state is h11.IDLE:  # bytes of a head, not yet all of it
+        if self.conn.their_state in _READING:  # bytes of a request, not yet all of it
             self._arm()
         else:
             self._disarm()
@@ -48,7 +53,7 @@ class _HeadDeadline(H11Protocol):
 
     def _expired(self) -> None:
         self._head_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if self.conn.their_state in _READING and not self.transport.is_closing():
             self.transport.close()
 
 

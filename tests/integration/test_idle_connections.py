@@ -40,9 +40,11 @@ def seconds_until_closed(sock: socket.socket, limit: float = 10.0) -> float:
     return time.monotonic() - started
 
 
-@pytest.mark.parametrize("sent", [b"", b"GET /hea", b"GET /health HTTP/1.1\r\nhost: x\r\n"],
-                         ids=["nothing", "part of the request line", "headers not ended"])
-def test_an_unfinished_request_head_is_closed_after_the_header_timeout(
+@pytest.mark.parametrize("sent", [
+    b"", b"GET /hea", b"GET /health HTTP/1.1\r\nhost: x\r\n",
+    b'PATCH /workers/w HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{"prio'],
+    ids=["nothing", "part of the request line", "headers not ended", "body cut short"])
+def test_an_unfinished_request_is_closed_after_the_header_timeout(
         admin_port: int, sent: bytes) -> None:
     with socket.create_connection(("127.0.0.1", admin_port)) as sock:
         sock.sendall(sent)
