@@ -367,8 +367,9 @@ def create_admin_app(runtime: AdminSubject, token: SecretStr | None = None,
         drain_timeout_secs: Annotated[float, Query(ge=0, le=3600, allow_inf_nan=False)] = 30.0,
     ) -> dict[str, Any]:
         """Drain: no new requests; waits for in-flight ones up to the timeout, then removes."""
-        worker, drained = await manager.delete(url, drain_timeout_secs)
-        return {"worker": view(worker), "drained": drained}
+        workers, drained = await manager.delete(url, drain_timeout_secs)
+        return {"worker": view(workers[0]), "drained": drained,
+                "ranks": [view(w) for w in workers] if len(workers) > 1 else None}
 
     add_status_routes(app, runtime, view, reading, None if read_token is None else check_read)
     return app

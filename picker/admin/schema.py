@@ -93,6 +93,9 @@ class WorkerList(WorkerGroup):
 class DrainResult(BaseModel):
     worker: WorkerView
     drained: bool
+    # Every rank, when the key named a data-parallel worker by its registered url or id
+    # (`worker` is then rank 0).
+    ranks: list[WorkerView] | None = None
 
 
 class RouterView(BaseModel):

@@ -230,11 +230,26 @@ class WorkerManager:
         await self._save()
         return worker
 
-    async def delete(self, key: str, timeout_secs: float) -> tuple[Worker, bool]:
-        worker = self._api_owned(self.find(key))
-        self.workers.set_draining(worker)
+    async def delete(self, key: str, timeout_secs: float) -> tuple[list[Worker], bool]:
+        """Drain and remove the worker `key` names - or, named by the url or id it was
+        registered with, every rank of a data-parallel worker; whether all went idle in time."""
+        workers = [self._api_owned(worker) for worker in self._named(key)]
+        for worker in workers:
+            self.workers.set_draining(worker)
         await self._save()  # gone from the saved state already: a restart mid-drain keeps it gone
-        return worker, await self.drain(worker, timeout_secs)
+        drained = await asyncio.gather(*(self.drain(w, timeout_secs) for w in workers))
+        return workers, all(drained)
+
+    def _named(self, key: str) -> list[Worker]:
+        """The ranks of the data-parallel registration whose url or id is `key`, else the one
+        worker `find` names."""
+        for registration in self._registrations.values():
+            if len(registration.urls) > 1 and key in (registration.spec.url,
+                                                      registration.spec.id):
+                group = self._group(registration.spec.url)
+                if group:
+                    return group
+        return [self.find(key)]
 
     def _api_owned(self, worker: Worker) -> Worker:
         path = self.declared_in(worker)

@@ -263,6 +263,21 @@ async def test_patch_is_visible_in_the_next_decision(admin: Admin) -> None:
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "url"
 
 
+@pytest.mark.parametrize("key", ["x", "http://127.0.0.1:1"])
+async def test_a_data_parallel_worker_is_deleted_by_what_it_was_posted_as(
+        admin: Admin, key: str) -> None:
+    """POSTed with dp_size 3 it became x@0, x@1, x@2: its own id or url deletes every rank."""
+    posted = await admin.client.post("/workers", json={
+        "url": "http://127.0.0.1:1", "id": "x", "models": ["m"], "dp_size": 3})
+    assert posted.status_code in (201, 202)
+    assert sorted(w.id for w in admin.registry.workers()) == ["x@0", "x@1", "x@2"]
+    deleted = await admin.client.delete(f"/workers/{key}", params={"drain_timeout_secs": 0})
+    assert deleted.status_code == 200, deleted.text
+    assert [r["id"] for r in deleted.json()["ranks"]] == ["x@0", "x@1", "x@2"]
+    assert deleted.json()["drained"] is True and not admin.registry.workers()
+    assert (await admin.client.delete("/workers/x")).status_code == 404
+
+
 async def test_delete_drains_then_removes(admin: Admin) -> None:
     worker = admin.registry.add(WorkerSpec(url="a:1", id="a", models=["m"]))
     lease = admin.runtime.routing.route_sync(RoutingRequest(model="m", api=Api.CHAT))
