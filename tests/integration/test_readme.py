@@ -40,7 +40,7 @@ FENCE = re.compile(r"^```(\S*)\s*$")
 # The ports the README's commands listen on (sims, picker, Envoy, Envoy admin, LiteLLM).
 PORTS = (8001, 8002, 9002, 9003, 10000, 9901, 4000, 10001, 9902, 9012, 9013, 9014, 10002, 9903,
          8011, 8012, 9022, 9023, 10003, 9904, 8021, 8022, 5557, 5558, 5567, 5568, 9032, 9033,
-         10004, 9905)
+         10004, 9905, 9042, 9043, 9044, 10005, 9906)
 
 
 def blocks(text: str) -> list[tuple[str, list[str]]]:
