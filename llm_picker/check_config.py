@@ -96,7 +96,8 @@ def _summary(config: PickerConfig) -> str:
     if sources:
         parts.append(f"discovery: {', '.join(sources)}")
     elif not config.workers:
-        parts.append("no workers and no discovery: add workers through the admin API")
+        parts.append("no workers and no discovery: under serve, add workers through the admin "
+                     "API; under LiteLLM, its deployments are the workers")
     if config.prefix.enabled:
         parts.append(f"prefix index {config.prefix.index}")
     if config.enable_igw:
