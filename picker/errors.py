@@ -45,6 +45,7 @@ __all__ = [
     "ProxyMisconfigured",
     "QuotaExceeded",
     "RequestError",
+    "RoutingLoop",
     "UnknownWorker",
     "UnsupportedMediaType",
     "UnsupportedPath",
@@ -185,6 +186,15 @@ class PrefillRejected(RequestError):
 class ProxyMisconfigured(RequestError):
     status = 500
     code = "proxy_misconfigured"
+    error_type = "server_error"
+
+
+class RoutingLoop(RequestError):
+    """The request came back through the picker (picker.routing.hops): 508 Loop Detected
+    (RFC 5842), as a proxy answers a loop it found."""
+
+    status = 508
+    code = "routing_loop"
     error_type = "server_error"
 
 

@@ -33,6 +33,7 @@ from picker.observe.metrics import PickerMetrics
 from picker.pd.pairing import PairStep
 from picker.pd.protocols import Bootstrap
 from picker.prefix.producer import PrefixProducer
+from picker.routing import hops
 from picker.routing.destination import Forward
 from picker.routing.flow import FlowControl, Ticket
 from picker.routing.leases import Lease, LeaseBook, LeaseEnd
@@ -137,6 +138,7 @@ class RoutingService:
     def _route_now(self, request: RoutingRequest, allowed: Collection[str] | None,
                    fallbacks: int) -> Lease:
         started = time.time_ns() if self._tracer is not None else 0
+        hops.check(request.headers)
         request = self._rewritten(request)
         self._leases.admit_now()
         return _carrying(self._open(self._routers.default, request, allowed, fallbacks,
@@ -145,6 +147,7 @@ class RoutingService:
     async def _route_awaited(self, request: RoutingRequest, allowed: Collection[str] | None,
                              fallbacks: int) -> Lease:
         started = time.time_ns() if self._tracer is not None else 0
+        hops.check(request.headers)
         request = self._rewritten(request)
         return _carrying(await self._route_as(request, allowed, fallbacks, started), request)
 
@@ -297,9 +300,11 @@ class RoutingService:
 
 
 def _carrying(lease: Lease, request: RoutingRequest) -> Lease:
-    """A rewritten request's lease sends the engine the body naming the target model, in both
-    body modes, unless a prefill/decode protocol's body (built from the rewritten request's,
-    so naming the target too) already replaces it."""
+    """The lease carries the request's hop list on (picker.routing.hops); a rewritten
+    request's lease sends the engine the body naming the target model, in both body modes,
+    unless a prefill/decode protocol's body (built from the rewritten request's, so naming the
+    target too) already replaces it."""
+    lease.hop_as(hops.onward(request.headers))
     forward = lease.forward
     if request.rewrite is not None and (forward is None or forward.body is None):
         body = json.dumps(request.body, ensure_ascii=False).encode()

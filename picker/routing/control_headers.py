@@ -31,6 +31,7 @@ __all__ = [
     "DP_RANK",
     "EXPLAIN",
     "FAIRNESS_ID",
+    "HOP",
     "LEASE",
     "MODEL_NAME_REWRITE",
     "OBJECTIVE",
@@ -62,6 +63,11 @@ LEASE = "x-llm-picker-lease"
 DIRECT = "x-llm-picker-direct"
 
 PICKER_SET: tuple[str, ...] = (DESTINATION, SUBSET, SERVED, DP_RANK, PREFILLER, LEASE, DIRECT)
+
+# -- set by the picker, and read back when the request comes round again ----------------------
+# The pickers a request has passed (picker.routing.hops): neither removed before the picker
+# reads it nor left as a client sent it (every routed request gets it set).
+HOP = "x-llm-picker-hop"
 
 # -- sent by clients as routing input --------------------------------------------------------
 STRATEGY = "x-routing-strategy"

@@ -25,6 +25,7 @@ from picker.fleet.speed import Observation
 from picker.observe.metrics import PickerMetrics
 from picker.policies.scorers import DEFAULT_STALE_SECS
 from picker.routing.admission import Admission, LimitSettings
+from picker.routing.control_headers import HOP
 from picker.routing.destination import Forward, Headers, destination, reach_headers
 from picker.routing.outcome import Outcome
 from picker.routing.predicted import Predicted
@@ -73,7 +74,7 @@ class Lease:
 
     __slots__ = ("_worker", "choice", "prefill", "fallbacks", "started", "_book", "_open",
                  "_forward", "_ends", "_prefilled", "_trace", "_reported", "_transcoder",
-                 "_preempt")
+                 "_preempt", "_hop")
 
     def __init__(self, choice: Choice, book: LeaseBook, prefill: Worker | None = None,
                  fallbacks: Sequence[Worker] = (), ends: Sequence[LeaseEnd] = ()) -> None:
@@ -88,6 +89,7 @@ class Lease:
         self._open = True
         self._forward: Forward | None = None
         self._trace: Headers = ()
+        self._hop: Headers = ()
         self._reported: ResponseSample | None = None  # the answer as `observe` heard of it
         self._transcoder: GrpcTranscoder | None = None
         # Flow control's ticket's `preemptible`, for a request flow control may end early.
@@ -112,6 +114,11 @@ class Lease:
         self._transcoder = transcoder
         self._forward = Forward(transcoder.body, transcoder.headers)
 
+    def hop_as(self, hops: str) -> None:
+        """Set by the routing service: the pickers the request has passed, this one last
+        (picker.routing.hops)."""
+        self._hop = ((HOP, hops),)
+
     def trace_as(self, headers: Headers, end: LeaseEnd) -> None:
         """Set by the routing service as the lease opens (tracing.enabled): the trace
         context headers the worker gets, and what to call when the lease closes."""
@@ -133,7 +140,7 @@ class Lease:
         """Every header the proxy sets on the way to the worker: the destination (with the
         fallbacks), rank and key, what a prefill/decode protocol adds, and the trace context."""
         extra = () if self._forward is None else self._forward.headers
-        return (*reach_headers(self._worker, self.fallbacks), *extra, *self._trace)
+        return (*reach_headers(self._worker, self.fallbacks), *extra, *self._trace, *self._hop)
 
     def release(self, outcome: Outcome, response: ResponseSample | None = None) -> bool:
         """Free the slot once, with what was observed of the response if the adapter saw it;

@@ -86,9 +86,9 @@ def test_authz_sends_the_client_input_and_copies_what_the_picker_sets() -> None:
     ext_authz = next(f for f in _manager(bootstrap)["http_filters"]
                      if f["name"] == "envoy.filters.http.ext_authz")["typed_config"]
     sent = {p["exact"] for p in ext_authz["allowed_headers"]["patterns"]}
-    assert set(control_headers.CLIENT_INPUT) <= sent
+    assert set(control_headers.CLIENT_INPUT) | {control_headers.HOP} <= sent
     upstream = {p["exact"] for p in
                 ext_authz["http_service"]["authorization_response"]["allowed_upstream_headers"]
                 ["patterns"]}
     assert {control_headers.DESTINATION, control_headers.LEASE, control_headers.DP_RANK,
-            control_headers.PREFILLER} <= upstream
+            control_headers.PREFILLER, control_headers.HOP} <= upstream

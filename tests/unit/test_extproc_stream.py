@@ -12,7 +12,7 @@ from extproc._pb import ext_proc_pb2 as pb
 from extproc.stream import RequestStream
 from picker.config import PickerConfig
 from picker.fleet.worker_spec import WorkerSpec
-from picker.routing import control_headers
+from picker.routing import control_headers, hops
 from picker.runtime import PickerRuntime
 
 BODY = json.dumps(
@@ -70,6 +70,7 @@ def test_duplex_routes_once_body_is_complete_and_returns_body_unchanged() -> Non
     assert set_headers(common.header_mutation) == {
         codec.DESTINATION_HEADER: "127.0.0.1:8001",
         "content-length": str(len(BODY)),
+        control_headers.HOP: hops.TOKEN,
     }
     assert common.clear_route_cache
     lb = headers.dynamic_metadata.fields[codec.LB_METADATA_NAMESPACE].struct_value
@@ -99,7 +100,8 @@ def test_buffered_answers_headers_at_once_and_routes_on_body() -> None:
     assert list(removed) == list(control_headers.STRIPPED)
     (routed,) = stream.handle(body_msg(BODY, True))
     common = routed.request_body.response
-    assert set_headers(common.header_mutation) == {codec.DESTINATION_HEADER: "127.0.0.1:8001"}
+    assert set_headers(common.header_mutation) == {codec.DESTINATION_HEADER: "127.0.0.1:8001",
+                                                   control_headers.HOP: hops.TOKEN}
     # Every other control header is removed again by the answer Envoy applies with the route.
     assert list(common.header_mutation.remove_headers) == [
         name for name in control_headers.STRIPPED if name != codec.DESTINATION_HEADER]
