@@ -154,6 +154,7 @@ def test_env_params_under_a_shorthand_policy(tmp_path: Path) -> None:
         ("just text\n", {}, "config"),
         ("a: [unclosed\n", {}, "config"),  # invalid YAML
         ("a: b: c\n", {}, "config"),
+        ("policy: random\nworkers: []\npolicy: least_load\n", {}, "config"),  # a key twice
         ("", {"LLM_PICKER_ADMIN__PORT": "70000"}, "admin.port"),
         ("", {"LLM_PICKER_EXTPROC__PORT": "[unclosed"}, "extproc.port"),
         ("", {"LLM_PICKER_POLICY__NAME": "fastest"}, "policy.name"),
