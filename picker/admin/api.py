@@ -301,6 +301,15 @@ def create_admin_app(runtime: AdminSubject, token: SecretStr | None = None,
                 "total_workers": len(workers.workers())}
         return JSONResponse(body, status_code=200 if ok else 503)
 
+    # Load balancers' and uptime checkers' probes that send HEAD: the GET's status, no body.
+    @app.head("/health", include_in_schema=False)
+    async def health_head() -> Response:
+        return Response(status_code=200)
+
+    @app.head("/ready", include_in_schema=False)
+    async def ready_head() -> Response:
+        return Response(status_code=(await ready()).status_code)
+
     @app.get("/routers", response_model=RouterList, dependencies=reading,
              responses=errors(401, 403))
     async def routers() -> dict[str, Any]:

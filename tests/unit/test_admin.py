@@ -54,6 +54,14 @@ async def admin() -> AsyncIterator[Admin]:
     await a.manager.stop()
 
 
+async def test_head_probes_get_the_gets_status_without_a_body(admin: Admin) -> None:
+    health = await admin.client.head("/health")
+    assert health.status_code == 200 and health.content == b""
+    assert (await admin.client.head("/ready")).status_code == 503  # no worker yet
+    admin.registry.add(WorkerSpec(url="a:1", models=["m"]))
+    assert (await admin.client.head("/ready")).status_code == 200
+
+
 async def test_health_is_liveness_only(admin: Admin) -> None:
     response = await admin.client.get("/health")
     assert response.status_code == 200
