@@ -82,6 +82,9 @@ def render_bootstrap(config: PickerConfig, *, listen: str = ":10000", admin: str
     its client certificate for extproc.tls files (default: the template's)."""
     if body_mode is not None and body_mode not in _BODY_MODES:
         raise ValueError(f"body mode {body_mode!r} is not one of {', '.join(_BODY_MODES)}")
+    if config.extproc.port == 0:
+        raise ValueError("extproc.port: 0 lets serve take any free port, which Envoy cannot be "
+                         "told in advance: give the port the picker listens on")
     tls = config.extproc.tls
     if authz_port is not None and tls == "self_signed":
         raise ValueError("extproc.tls: --mode authz serves a standalone Envoy, which verifies "

@@ -70,6 +70,11 @@ def test_authz_mode_with_tls_connects_both_picker_ports_over_it(tmp_path: Path) 
         render_bootstrap(load_config(overrides={"extproc.tls": "self_signed"}), authz_port=9004)
 
 
+def test_a_picker_on_any_free_port_cannot_be_rendered_for() -> None:
+    with pytest.raises(ValueError, match="extproc.port: 0 lets serve take any free port"):
+        render_bootstrap(load_config(overrides={"extproc.port": 0}))
+
+
 def test_plain_config_has_no_tls() -> None:
     assert "transport_socket" not in _picker_cluster(
         yaml.safe_load(render_bootstrap(load_config())))
