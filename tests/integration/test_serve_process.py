@@ -111,12 +111,12 @@ def test_the_event_loop_serve_runs_on(tmp_path: Path, choice: str, loop: str) ->
 
 def test_event_loop_uvloop_without_uvloop_is_a_configuration_error(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from llm_picker.cli import _loop_factory
+    from llm_picker.cli import event_loop_factory
 
     monkeypatch.setitem(sys.modules, "uvloop", None)  # importing it now raises ImportError
-    assert _loop_factory("auto") is None
+    assert event_loop_factory("auto") is None
     with pytest.raises(ConfigError, match="^event_loop: uvloop is not installed"):
-        _loop_factory("uvloop")
+        event_loop_factory("uvloop")
 
 
 def test_envoy_config_matches_the_picker(tmp_path: Path) -> None:
