@@ -102,8 +102,13 @@ class ConfigReloader:
         if changed:
             log.warning("%s: changes to %s apply on restart (workers apply now)", self._path,
                         ", ".join(changed))
-        await self._manager.declare(self._owner, new.workers, self._drain_timeout)
+        refused = await self._manager.declare(self._owner, new.workers, self._drain_timeout)
         # Counted once the workers are applied, so a watcher of the metric sees the new fleet.
         self._metrics.config_reloads.labels("applied").inc()
-        log.info("configuration reloaded from %s: %d workers from the file",
-                    self._path, len(new.workers))
+        if refused:
+            log.warning("configuration reloaded from %s: %d of its %d workers applied, %d not "
+                        "(logged above; retried at the next reload)", self._path,
+                        len(new.workers) - refused, len(new.workers), refused)
+        else:
+            log.info("configuration reloaded from %s: %d workers from the file",
+                     self._path, len(new.workers))

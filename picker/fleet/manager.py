@@ -340,8 +340,9 @@ class WorkerManager:
     # -- the configuration file's call --------------------------------------------------------
 
     async def declare(self, path: str, specs: Sequence[WorkerSpec],
-                      drain_timeout_secs: float = 30.0) -> None:
-        """Make the workers `path` owns exactly `specs`, through the same path as the API.
+                      drain_timeout_secs: float = 30.0) -> int:
+        """Make the workers `path` owns exactly `specs`, through the same path as the API;
+        returns how many specs could not be applied.
 
         Unchanged workers are left alone; a change to patchable fields (priority, cost, labels,
         health) applies in place; any other change (id, models, dp_size...) drains the old
@@ -353,14 +354,17 @@ class WorkerManager:
                 if r.declared_in == path and key not in wanted]
         jobs = [self._retire(r, drain_timeout_secs) for r in gone]
         jobs += [self._converge(spec, path, drain_timeout_secs) for spec in wanted.values()]
+        refused = 0
         for spec_url, result in zip([r.spec.url for r in gone] + list(wanted),
                                     await asyncio.gather(*jobs, return_exceptions=True),
                                     strict=True):
             if isinstance(result, PickerError):
                 log.error("worker %s from %s not applied: %s", spec_url, path, result)
+                refused += 1
             elif isinstance(result, BaseException):
                 raise result
         await self._save()  # the file may have taken workers over from the admin API
+        return refused
 
     async def _converge(self, spec: WorkerSpec, path: str, drain_timeout_secs: float) -> None:
         registration = self._registrations.get(spec.url)

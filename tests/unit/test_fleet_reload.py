@@ -200,3 +200,18 @@ async def test_an_empty_file_is_rejected_not_read_as_no_workers(picker: Picker) 
     picker.path.write_text("workers: []\n")
     await picker.reloader.reload()
     assert picker.ids() == []
+
+
+async def test_a_reload_says_how_many_of_its_workers_were_not_applied(
+        picker: Picker, caplog: pytest.LogCaptureFixture) -> None:
+    """A worker the file declares under an id the admin API's worker holds is refused; the
+    reload still applies the rest, and its summary says one was not, not 'N workers'."""
+    posted = await picker.admin.post("/workers", json={"url": "http://127.0.0.1:3", "id": "c",
+                                                       "models": ["m"]})
+    assert posted.status_code in (201, 202)
+    picker.write([{"url": "http://127.0.0.1:1", "id": "a", "models": ["m"]},
+                  {"url": "http://127.0.0.1:2", "id": "c", "models": ["m"]}])
+    await picker.reloader.reload()
+    summary = caplog.records[-1].getMessage()
+    assert "1 of its 2 workers applied, 1 not" in summary, summary
+    assert picker.ids() == ["a", "c"]
