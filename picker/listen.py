@@ -8,10 +8,12 @@ in one line.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import socket
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from picker.strict import StrictModel
 
@@ -34,10 +36,25 @@ class TlsConfig(StrictModel):
         return self
 
 
+_HOST_NAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+")
+
+
 class ListenConfig(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(ge=0, le=65535)
     tls: TlsConfig | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _an_address_or_a_name(cls, host: str) -> str:
+        """Checked here, so that a typo is named as one rather than as the bind failing, or as
+        a check on the address it was meant to be (a non-loopback admin needing a token)."""
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if not _HOST_NAME.fullmatch(host):
+                raise ValueError(f"{host[:100]!r} is not an IP address or a host name") from None
+        return host
 
 
 def listen_socket(host: str, port: int, what: str) -> socket.socket:

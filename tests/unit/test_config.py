@@ -155,6 +155,7 @@ def test_env_params_under_a_shorthand_policy(tmp_path: Path) -> None:
         ("a: [unclosed\n", {}, "config"),  # invalid YAML
         ("a: b: c\n", {}, "config"),
         ("policy: random\nworkers: []\npolicy: least_load\n", {}, "config"),  # a key twice
+        ("admin: {host: 'not a host'}\n", {}, "admin.host"),  # not "needs admin.token"
         ("", {"LLM_PICKER_ADMIN__PORT": "70000"}, "admin.port"),
         ("", {"LLM_PICKER_EXTPROC__PORT": "[unclosed"}, "extproc.port"),
         ("", {"LLM_PICKER_POLICY__NAME": "fastest"}, "policy.name"),
