@@ -36,7 +36,9 @@ class TlsConfig(StrictModel):
         return self
 
 
-_HOST_NAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+")
+# One label of a host name: letters, digits, hyphens and (container runtimes' service names)
+# underscores, not starting or ending with a hyphen.
+_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
 class ListenConfig(StrictModel):
@@ -49,11 +51,16 @@ class ListenConfig(StrictModel):
     def _an_address_or_a_name(cls, host: str) -> str:
         """Checked here, so that a typo is named as one rather than as the bind failing, or as
         a check on the address it was meant to be (a non-loopback admin needing a token)."""
+        if not host:  # every interface, as bind takes it
+            return host
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            if not _HOST_NAME.fullmatch(host):
-                raise ValueError(f"{host[:100]!r} is not an IP address or a host name") from None
+            labels = host.removesuffix(".").split(".")
+            if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+                hint = " (an IPv6 address goes without brackets)" if host.startswith("[") else ""
+                raise ValueError(f"{host[:100]!r} is not an IP address or a host name{hint}"
+                                 ) from None
         return host
 
 

@@ -157,21 +157,22 @@ class WorkerManager:
         models (none declared means any model, and an empty /v1/models), a gRPC worker's
         tokenizer (without one it cannot be sent a chat) - as a POST or a reload does before
         registering. One try at a time, with discovery's backoff between tries, until the
-        engine answers or the worker is no longer as adopted (removed, replaced by a reload,
-        PATCHed). Declared data-parallel ranks stay as declared."""
+        engine answers or the adopted workers are gone (removed, or replaced by a reload). What
+        is found fills only what the workers' specs still leave out, so a PATCH meanwhile
+        stands; declared data-parallel ranks stay as declared."""
         for spec in specs:
-            if not spec.models or (spec.connection_mode is ConnectionMode.GRPC
-                                   and spec.tokenizer_path is None):
+            if _leaves_out(spec):
                 task = asyncio.create_task(self._complete_adopted(spec))
                 self._completing.add(task)
                 task.add_done_callback(self._completing.discard)
+                task.add_done_callback(_completed)
 
     async def _complete_adopted(self, spec: WorkerSpec) -> None:
         assert self._client is not None, "WorkerManager.start() was not awaited"
-        adopted = [w.spec for w in self._group(spec.url)]
+        adopted = self._group(spec.url)
         delay = self._settings.backoff_initial_secs
         told = False
-        while [w.spec for w in self._group(spec.url)] == adopted and adopted:
+        while adopted and _same(self._group(spec.url), adopted):
             try:
                 complete = await discover(spec, self._client, self._settings, attempts=1)
             except WorkerUnreachable as exc:
@@ -183,12 +184,14 @@ class WorkerManager:
                 delay = min(max(delay * 2, self._settings.backoff_initial_secs),
                             self._settings.backoff_max_secs)
                 continue
-            group = self._group(spec.url)
-            if [w.spec for w in group] != adopted:
-                return  # changed meanwhile: the change wins
-            ranks = expand_dp_ranks(complete.updated(dp_size=spec.dp_size))
-            for worker, rank in zip(group, ranks, strict=True):
-                self.workers.replace_spec(worker, rank.updated(id=worker.id))
+            if not _same(self._group(spec.url), adopted):
+                return  # replaced meanwhile: the new registration discovers for itself
+            found = {name: getattr(complete, name) for name in _DISCOVERED}
+            for worker in adopted:
+                gaps = {name: value for name, value in found.items()
+                        if value and not getattr(worker.spec, name)}
+                if gaps:
+                    self.workers.replace_spec(worker, worker.spec.updated(**gaps))
             log.info("worker %s from the configuration serves %s", redact_url(spec.url),
                      ", ".join(complete.models)[:300])
             return
@@ -244,8 +247,8 @@ class WorkerManager:
         """The ranks of the data-parallel registration whose url or id is `key`, else the one
         worker `find` names."""
         for registration in self._registrations.values():
-            if len(registration.urls) > 1 and key in (registration.spec.url,
-                                                      registration.spec.id):
+            if len(expand_dp_ranks(registration.spec)) > 1 and key in (registration.spec.url,
+                                                                      registration.spec.id):
                 group = self._group(registration.spec.url)
                 if group:
                     return group
@@ -534,6 +537,28 @@ class WorkerManager:
             self.workers.remove(worker.url)
             self._forget(worker)
         return drained
+
+
+# What `complete_adopted` fills in: what routing needs and discovery finds (dp_size excepted:
+# the adopted ranks are the declared ones).
+_DISCOVERED = ("models", "model_id", "adapters", "tokenizer_path")
+
+
+def _leaves_out(spec: WorkerSpec) -> bool:
+    return not spec.models or (spec.connection_mode is ConnectionMode.GRPC
+                               and spec.tokenizer_path is None)
+
+
+def _same(group: list[Worker], adopted: list[Worker]) -> bool:
+    """The same registered workers (objects), not equal specs: a PATCH keeps a worker."""
+    return len(group) == len(adopted) and all(a is b for a, b in zip(group, adopted, strict=True))
+
+
+def _completed(task: asyncio.Task[None]) -> None:
+    """A background discovery's end: a failure the loop does not expect is logged, not lost."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background discovery of a configuration worker failed",
+                  exc_info=task.exception())
 
 
 def _only_patchable_differ(old: WorkerSpec, new: WorkerSpec) -> bool:

@@ -16,7 +16,7 @@ from smg_grpc_proto.generated import sglang_scheduler_pb2_grpc as pb_grpc
 from picker.config import PickerConfig
 from picker.fleet.engine_scrape import LoadMonitor, LoadSettings
 from picker.fleet.health import HealthChecker, HealthSettings
-from picker.fleet.manager import WorkerManager
+from picker.fleet.manager import WorkerManager, WorkerPatch
 from picker.fleet.registry import WorkerRegistry
 from picker.fleet.served_models import DiscoverySettings
 from picker.fleet.worker_spec import ConnectionMode, RuntimeType, WorkerSpec
@@ -139,11 +139,13 @@ async def test_the_configurations_workers_are_discovered_once_their_engines_answ
             "hello", add_special_tokens=False)
         await asyncio.sleep(0.5)  # tries against the engine that is not up yet
         assert on_http.spec.models == []
+        await runtime.manager.change(on_http.id, WorkerPatch(priority=7))  # it stands
         [late_sim] = start_sims([late], tmp_path)
         try:
             await eventually(lambda: on_http.spec.models == ["late-model"],
                              what="/v1/models once the engine is up")
             assert runtime.registry.get_by_url(on_http.url) is on_http  # in place
+            assert on_http.spec.priority == 7
         finally:
             late_sim.stop()
     finally:
