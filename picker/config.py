@@ -44,7 +44,7 @@ from picker.trace.settings import TraceSettings
 __all__ = [
     "CONFIG_ENV", "ENV_PREFIX", "GROUP_ENV", "AdminConfig", "ExtprocConfig", "ListenConfig",
     "LogConfig", "PickerConfig", "PolicyConfig", "TlsConfig", "TracingConfig", "config_from_data",
-    "load_config", "read_config_text",
+    "load_config", "read_config_file", "read_config_text",
 ]
 
 ENV_PREFIX = "LLM_PICKER_"
@@ -294,9 +294,14 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> PickerConfig:
     """Merge file, env and dotted-key overrides, validate, and check the policy can be built."""
-    data: dict[str, Any] = read_config_text(_read_text(Path(path)), str(path)) \
-        if path is not None else {}
+    data = read_config_file(Path(path)) if path is not None else {}
     return config_from_data(data, env, overrides)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A configuration file's YAML as a mapping; ConfigError naming the file when it cannot be
+    read or is not one."""
+    return read_config_text(_read_text(path), str(path))
 
 
 def config_from_data(data: dict[str, Any], env: Mapping[str, str] | None = None,

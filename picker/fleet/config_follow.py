@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from picker.config import PickerConfig, load_config, read_config_text
+from picker.config import PickerConfig, config_from_data, read_config_file
 from picker.errors import ConfigError
 from picker.fleet.manager import WorkerManager
 from picker.observe.metrics import PickerMetrics
@@ -89,11 +89,13 @@ class ConfigReloader:
 
     async def reload(self) -> None:
         try:
-            if not read_config_text(self._path.read_text(), str(self._path)):
-                raise ConfigError("config", f"{self._path} is empty (rewritten in place, or "
-                                  "truncated); to remove every worker, write `workers: []`")
-            new = load_config(self._path, env=os.environ, overrides=self._overrides)
-        except (ConfigError, OSError, UnicodeDecodeError) as exc:
+            data = read_config_file(self._path)  # read once: the check and the load agree
+            if not data:
+                raise ConfigError("config", f"{self._path} holds no settings (rewritten in "
+                                  "place, or truncated); to remove every worker, write "
+                                  "`workers: []`")
+            new = config_from_data(data, os.environ, self._overrides)
+        except ConfigError as exc:
             self._metrics.config_reloads.labels("rejected").inc()
             log.error("configuration reload rejected, previous configuration kept: %s", exc)
             return
