@@ -256,9 +256,10 @@ def create_admin_app(runtime: AdminSubject, token: SecretStr | None = None,
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
             # FastAPI's answer when json.loads fails with other than a syntax error: Python
-            # refuses integers over 4,300 digits and nesting deeper than its recursion limit.
-            return _error(400, "invalid_json", "body is not valid JSON for Python's parser: a "
-                          "number of over 4,300 digits, or nesting too deep")
+            # refuses integers over 4,300 digits, nesting deeper than its recursion limit and
+            # bytes that are not UTF-8.
+            return _error(400, "invalid_json", "body is not valid JSON for Python's parser: "
+                          "not UTF-8, a number of over 4,300 digits, or nesting too deep")
         codes = {401: "unauthorized", 403: "forbidden", 404: "not_found",
                  405: "method_not_allowed"}
         return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))

@@ -5,15 +5,19 @@ by a token holder) sends each request back through the picker, which routes it t
 Envoy stops it only at its circuit breaker, about a thousand hops later, with the client
 waiting all the while.
 
-Every routed request carries `x-llm-picker-hop`: the hop list it came with plus this process's
-token. A request whose list already holds the token has been here: it is refused (508). The
-list is appended to, not overwritten, so a loop through several processes or replicas is
-caught at the first one it meets again; its length is bounded, so no header grows for ever.
-A client cannot cause a refusal without knowing a token, which is random per process.
+Every request the proxy routes (ext_proc, ext_authz) carries `x-llm-picker-hop`: the hop list it
+came with plus this process's token. A request whose list already holds the token has been
+here: it is refused. The list is appended to, not overwritten, so a loop through several
+processes or replicas is caught at the first one it meets again; only well-formed tokens count
+and at most MAX_HOPS are kept, so the header stays small whatever a client sends. A client can
+get its own request refused (a list of MAX_HOPS made-up tokens), no one else's: the tokens are
+random per process. Not covered: the picker's own prefill requests to a prefill/decode pair's
+prefill engine, and LiteLLM's calls, which the proxy does not route.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Mapping
 
@@ -23,17 +27,24 @@ from picker.routing.control_headers import HOP
 __all__ = ["MAX_HOPS", "TOKEN", "check", "onward"]
 
 TOKEN = secrets.token_hex(6)
+_TOKEN = re.compile(r"[0-9a-f]{12}")
 # Pickers a request may pass through, in tiers of gateways: beyond this it is a loop whatever
 # the tokens say.
 MAX_HOPS = 8
 
 
-def check(headers: Mapping[str, str]) -> None:
-    """RoutingLoop if the request has passed this process, or too many pickers."""
+def _passed(headers: Mapping[str, str]) -> list[str]:
+    """The well-formed tokens of the request's hop list (a client's junk left out), bounded."""
     passed = headers.get(HOP)
     if not passed:
-        return
-    tokens = passed.split(",")
+        return []
+    return [t for t in (part.strip() for part in passed[:MAX_HOPS * 16].split(","))
+            if _TOKEN.fullmatch(t)][-MAX_HOPS:]
+
+
+def check(headers: Mapping[str, str]) -> None:
+    """RoutingLoop if the request has passed this process, or too many pickers."""
+    tokens = _passed(headers)
     if TOKEN in tokens:
         raise RoutingLoop("routing loop: this request already passed this picker (a worker "
                           "that sends requests back through the proxy, e.g. its own listener)")
@@ -43,5 +54,4 @@ def check(headers: Mapping[str, str]) -> None:
 
 def onward(headers: Mapping[str, str]) -> str:
     """The hop list to send on: the one the request came with, and this process."""
-    passed = headers.get(HOP)
-    return f"{passed},{TOKEN}" if passed else TOKEN
+    return ",".join([*_passed(headers), TOKEN])

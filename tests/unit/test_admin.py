@@ -433,7 +433,8 @@ async def test_json_pythons_parser_refuses_is_invalid_json_saying_why(
                                        headers={"content-type": "application/json"})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
-    assert "4,300 digits, or nesting too deep" in response.json()["error"]["message"]
+    assert "a number of over 4,300 digits, or nesting too deep" in response.json()["error"][
+        "message"]
 
 
 async def test_a_non_json_body_is_400_saying_so(admin: Admin) -> None:
