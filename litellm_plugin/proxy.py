@@ -13,14 +13,17 @@ still apply; the same callback tracks in-flight requests (it is the process's In
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from litellm_plugin.choose import EXPLAIN_KEY, Call, choose_deployment
 from litellm_plugin.deployments import OWNER, DeploymentSource
-from litellm_plugin.tracking import InFlightTracker
+from litellm_plugin.tracking import InFlightTracker, lease_token
 from picker.observe.decisions import EXPLAIN_HEADER
+from picker.routing.outcome import Outcome
 from picker.runtime import PickerRuntime
 
 __all__ = ["CONFIG_ENV", "ProxyPicker"]
@@ -59,6 +62,24 @@ class ProxyPicker(InFlightTracker):
                     request_kwargs)
         return [await choose_deployment(self._picker, self._deployments, self, call)]
 
+
+    async def async_post_call_streaming_iterator_hook(
+        self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any],
+    ) -> AsyncGenerator[Any, None]:
+        """Every chunk as it comes; a stream the client leaves before its end releases its slot
+        here, as cancelled. LiteLLM reports neither success nor failure for it: its streaming
+        path re-raises the cancellation before the stream's deferred logging
+        (litellm/proxy/utils.py, ProxyLogging.async_post_call_streaming_iterator_hook), so the
+        slot would be held until limits.timeout_secs."""
+        try:
+            async for chunk in response:
+                yield chunk
+        except (GeneratorExit, asyncio.CancelledError):
+            logging_obj = getattr(response, "logging_obj", None)
+            details = getattr(logging_obj, "model_call_details", None)
+            self.end(lease_token(details if isinstance(details, dict) else request_data),
+                     Outcome.CANCELLED)
+            raise
 
     async def async_post_call_response_headers_hook(
         self, data: dict[str, Any], user_api_key_dict: Any, response: object,

@@ -28,7 +28,8 @@ from picker.routing.contract import Picker
 from picker.routing.leases import Lease
 from picker.routing.outcome import Outcome
 
-__all__ = ["LEASE_KEY", "InFlightTracker", "Observer", "caller_metadata", "observation_of"]
+__all__ = ["LEASE_KEY", "InFlightTracker", "Observer", "caller_metadata", "lease_token",
+           "observation_of"]
 
 LEASE_KEY = "llm_picker_lease"
 # Where LiteLLM keeps a call's metadata: `litellm_metadata` on routes whose API has a
@@ -46,7 +47,8 @@ def caller_metadata(request_kwargs: dict[str, Any] | None) -> Any:
     return None if request_kwargs is None else request_kwargs.get(_metadata_key(request_kwargs))
 
 
-def _token(kwargs: dict[str, Any]) -> str | None:
+def lease_token(kwargs: dict[str, Any]) -> str | None:
+    """The lease token LiteLLM's call details (a callback's kwargs) carry, if any."""
     params = kwargs.get("litellm_params") or {}
     for holder in (*(params.get(key) for key in _METADATA_KEYS),
                    *(kwargs.get(key) for key in _METADATA_KEYS)):
@@ -164,7 +166,7 @@ class InFlightTracker(CustomLogger):
         return held
 
     def _succeeded(self, kwargs: dict[str, Any], response: Any, start: Any, end: Any) -> None:
-        token = _token(kwargs)
+        token = lease_token(kwargs)
         with self._lock:
             held = self._leases.pop(token, None) if token else None
         if held is None:
@@ -187,8 +189,8 @@ class InFlightTracker(CustomLogger):
 
     def log_failure_event(self, kwargs: dict[str, Any], response_obj: Any, start_time: Any,
                           end_time: Any) -> None:
-        self.end(_token(kwargs), Outcome.UPSTREAM_ERROR)
+        self.end(lease_token(kwargs), Outcome.UPSTREAM_ERROR)
 
     async def async_log_failure_event(self, kwargs: dict[str, Any], response_obj: Any,
                                       start_time: Any, end_time: Any) -> None:
-        self.end(_token(kwargs), Outcome.UPSTREAM_ERROR)
+        self.end(lease_token(kwargs), Outcome.UPSTREAM_ERROR)

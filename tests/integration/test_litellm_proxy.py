@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -294,3 +296,32 @@ def test_grpc_deployments_through_the_provider_chosen_by_the_picker(tmp_path: Pa
             "authorization": f"Bearer {MASTER_KEY}"}, json={
             "model": "my-model", "messages": messages, "n": 2})
         assert refused.status_code == 400 and "n must be 1" in refused.text
+
+
+def test_a_stream_the_client_leaves_before_its_first_chunk_releases_its_slot(
+        tmp_path: Path) -> None:
+    """LiteLLM reports neither success nor failure for a stream cut before its end (its
+    streaming path re-raises the cancellation before the deferred logging): the picker's
+    streaming hook releases the slot, which was otherwise held until limits.timeout_secs and,
+    with flow control, kept new requests queued."""
+    admin = free_port()
+    env = {"LLM_PICKER_ADMIN__ENABLED": "true", "LLM_PICKER_ADMIN__PORT": str(admin)}
+    with proxy(tmp_path, env, sim_args=["--ttft-ms", "1500"]) as (url, _, process):
+        wait_http(process, f"{url}/health/liveliness", timeout=90)
+
+        def in_flight() -> float:
+            return sum(metrics_at(f"http://127.0.0.1:{admin}",
+                                  "llm_picker_worker_in_flight").values())
+
+        body = json.dumps({"model": "my-model", "stream": True, "max_tokens": 5,
+                           "messages": [{"role": "user", "content": "hi"}]}).encode()
+        port = int(url.rsplit(":", 1)[1])
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                             b"authorization: Bearer " + MASTER_KEY.encode() + b"\r\n"
+                             b"content-type: application/json\r\ncontent-length: "
+                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+                # routed; left before the engine's first token (1.5 s), as curl -m does
+                wait_until(lambda: in_flight() > 0, 10, "the call routed")
+        wait_until(lambda: in_flight() == 0, 5, "every slot released")
