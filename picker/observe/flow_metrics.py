@@ -5,7 +5,9 @@ outcome `preempted`, counted besides their dispatch, not a wait), and when the q
 full.
 
 Flow ids are label values: with `flow.trust_client_headers` they are client text, bounded in
-length by picker.routing.flow.key; an operator trusting the ids trusts their number too.
+length by picker.routing.flow.key. Their number is bounded here: the first MAX_FLOW_LABELS ids
+seen keep their own series, later ones are counted under OTHER_FLOWS, so a client sending a new
+id per request cannot grow /metrics (and Prometheus) without end.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from picker.routing.flow import FlowKey, FlowObserver, FlowOutcome
 
-__all__ = ["FlowMetrics"]
+__all__ = ["MAX_FLOW_LABELS", "OTHER_FLOWS", "FlowMetrics"]
+
+MAX_FLOW_LABELS = 1000
+# Not a flow id a request can carry: those are header values, and this has a space.
+OTHER_FLOWS = "(other flows)"
 
 # From dispatched at once to a long TTL.
 _WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -38,13 +44,22 @@ class FlowMetrics(FlowObserver):
             "llm_picker_flow_quota_table_full",
             "Times a flow with a budget found no slot in the quota table (request refused, "
             "or generated tokens not charged)", registry=registry)
+        self._labelled: set[str] = set()  # only grows, so an id keeps its label
+
+    def _flow(self, fairness_id: str) -> str:
+        if fairness_id in self._labelled:
+            return fairness_id
+        if len(self._labelled) >= MAX_FLOW_LABELS:
+            return OTHER_FLOWS
+        self._labelled.add(fairness_id)
+        return fairness_id
 
     def queued(self, key: FlowKey, change: int) -> None:
-        self._queued.labels(str(key.priority), key.fairness_id).inc(change)
+        self._queued.labels(str(key.priority), self._flow(key.fairness_id)).inc(change)
 
     def left(self, key: FlowKey, outcome: FlowOutcome, waited_secs: float) -> None:
         priority = str(key.priority)
-        self._requests.labels(priority, key.fairness_id, outcome.value).inc()
+        self._requests.labels(priority, self._flow(key.fairness_id), outcome.value).inc()
         if outcome is not FlowOutcome.PREEMPTED:
             self._waited.labels(priority, outcome.value).observe(waited_secs)
 
