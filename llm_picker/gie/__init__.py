@@ -71,6 +71,9 @@ def _plugin_config(given: Mapping[str, Any]) -> tuple[str, str]:
             return file.read(), str(path)
     except OSError as exc:
         raise ConfigError("--config-file", f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError("--config-file", f"{path} is not UTF-8 text: {exc.reason} at byte "
+                          f"{exc.start}") from exc
 
 
 def _put(data: dict[str, Any], key: str, value: Any) -> None:

@@ -125,8 +125,13 @@ def _replay(ns: argparse.Namespace) -> int:
     oracle = oracle_hit_rate(lines, fleet.engine.block_tokens)
     print(format_table(reports, oracle))
     if ns.plot is not None:
-        ns.plot.write_text(plot_svg(f"{ns.trace.name}, {ns.engines} x {ns.profile}", reports,
-                                    oracle))
+        try:
+            ns.plot.write_text(plot_svg(f"{ns.trace.name}, {ns.engines} x {ns.profile}",
+                                        reports, oracle))
+        except OSError as exc:
+            print(f"llm-picker replay: --plot: cannot write {ns.plot}: {exc.strerror}",
+                  file=sys.stderr)
+            return 2
     return 0
 
 

@@ -135,6 +135,14 @@ def test_refused_flags_name_themselves(flags: list[str], key: str, words: str) -
     assert words in str(caught.value)
 
 
+def test_a_config_file_of_bytes_is_refused_naming_it(tmp_path: Path) -> None:
+    binary = tmp_path / "bin.dat"
+    binary.write_bytes(b"\x00\xff\xfe")
+    with pytest.raises(ConfigError, match="is not UTF-8 text") as caught:
+        epp_config(["--pool-name", "p", "--config-file", str(binary)], {})
+    assert caught.value.key == "--config-file"
+
+
 def test_accepted_flags_without_an_effect_are_noted() -> None:
     _, notes = epp_config(["--pool-name", "p", "--pool-namespace", "ns", "--enable-pprof",
                            "--zap-devel", "--ha-enable-leader-election"], {})

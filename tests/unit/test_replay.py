@@ -116,6 +116,13 @@ def test_the_commands_import_replay_plot_and_calibrate(tmp_path: Path,
         ["sim-0", "sim-1", "sim-2"]
 
 
+def test_a_plot_path_that_cannot_be_written_is_an_error_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(SAMPLE_TRACE), "--policies", "round_robin", "--limit", "20",
+                 "--plot", str(tmp_path)]) == 2
+    assert f"--plot: cannot write {tmp_path}" in capsys.readouterr().err
+
+
 def test_an_unknown_policy_is_refused_naming_it(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["replay", str(SAMPLE_TRACE), "--policies", "round_robin,fastest"]) == 2
