@@ -345,10 +345,15 @@ def _validate(data: dict[str, Any]) -> PickerConfig:
         config = PickerConfig.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        # Union members appear in the location as "function-after[..., TlsConfig]": not keys.
-        key = ".".join(str(part) for part in first["loc"] if "[" not in str(part)) or "<root>"
+        loc = [str(part) for part in first["loc"]]
         # A validator's own ValueError already says what is wrong: no "Value error, " before it.
-        raise ConfigError(key, first["msg"].removeprefix("Value error, ")) from exc
+        message = first["msg"].removeprefix("Value error, ")
+        if loc[-1:] == ["[key]"]:  # a mapping's key, not its value, is wrong: name it so
+            *loc, bad = loc[:-1]
+            message = f"key {bad[:60]!r}{'...' if len(bad) > 60 else ''}: {message}"
+        # Union members appear in the location as "function-after[..., TlsConfig]": not keys.
+        key = ".".join(part for part in loc if "[" not in part) or "<root>"
+        raise ConfigError(key, message) from exc
     _check_unique_workers(config.workers)
     if not config.enable_igw:
         for i, spec in enumerate(config.workers):

@@ -156,6 +156,8 @@ def test_env_params_under_a_shorthand_policy(tmp_path: Path) -> None:
         ("a: b: c\n", {}, "config"),
         ("policy: random\nworkers: []\npolicy: least_load\n", {}, "config"),  # a key twice
         ("admin: {host: 'not a host'}\n", {}, "admin.host"),  # not "needs admin.token"
+        ("flow: {quotas: {'': {requests_per_minute: 1}}}\n", {}, "flow.quotas"),  # a bad key
+        ("workers: [{url: 'a:1', labels: {'': v}}]\n", {}, "workers.0.labels"),
         ("extproc: {host: '[::1]', port: 1}\n", {}, "extproc.host"),
         ("extproc: {host: '" + "a" * 60 + "!', port: 1}\n", {}, "extproc.host"),  # at once
         ("", {"LLM_PICKER_ADMIN__PORT": "70000"}, "admin.port"),

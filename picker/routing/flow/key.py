@@ -18,14 +18,12 @@ from dataclasses import dataclass
 from picker.errors import InvalidRequest
 from picker.routing import control_headers
 from picker.routing.flow.objectives import Objectives
-from picker.routing.flow.settings import FlowSettings
+from picker.routing.flow.settings import MAX_FLOW_ID_CHARS, FlowSettings
 from picker.routing.request import RoutingRequest
 from picker.trace.hashing import CHARS_PER_TOKEN
 
 __all__ = ["FlowAsk", "FlowKey", "flow_ask", "flow_key", "listing_order"]
 
-# A client-chosen id becomes a metrics label and a dict key: bounded.
-_MAX_ID = 200
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -69,8 +67,8 @@ def flow_key(headers: Mapping[str, str], settings: FlowSettings, objectives: Obj
             priority = objectives.priority(objective)
     if not fairness_id:
         fairness_id = settings.default_flow
-    if len(fairness_id) > _MAX_ID:
-        raise InvalidRequest(f"fairness id longer than {_MAX_ID} characters",
+    if len(fairness_id) > MAX_FLOW_ID_CHARS:
+        raise InvalidRequest(f"fairness id longer than {MAX_FLOW_ID_CHARS} characters",
                              param=control_headers.FAIRNESS_ID)
     return FlowKey(priority, fairness_id)
 

@@ -15,9 +15,13 @@ from pydantic import Field
 
 from picker.strict import StrictModel
 
-__all__ = ["FairnessKind", "FlowSettings", "OrderingKind", "QuotaSettings", "SaturationSettings"]
+__all__ = ["MAX_FLOW_ID_CHARS", "FairnessKind", "FlowSettings", "OrderingKind", "QuotaSettings",
+           "SaturationSettings"]
 
-FlowId = str
+# A client-chosen id becomes a metrics label and a dict key: bounded (a longer one is refused
+# on the request, so a configured one could never match).
+MAX_FLOW_ID_CHARS = 200
+FlowId = Annotated[str, Field(min_length=1, max_length=MAX_FLOW_ID_CHARS)]
 
 
 class FairnessKind(enum.StrEnum):
@@ -71,7 +75,7 @@ class FlowSettings(StrictModel):
     # Another header naming the flow (e.g. one the gateway sets from an API key), trusted like
     # the others; read before x-gateway-inference-fairness-id.
     fairness_header: str | None = Field(default=None, min_length=1, pattern=r"^[a-z0-9-]+$")
-    default_flow: FlowId = Field(default="default-flow", min_length=1, max_length=200)
+    default_flow: FlowId = "default-flow"
     # InferenceObjective name -> priority (higher first; negative is sheddable).
     objectives: dict[str, int] = Field(default_factory=dict)
     fairness: FairnessKind = FairnessKind.ROUND_ROBIN
