@@ -32,6 +32,8 @@ from picker.pd.protocols import (
     with_bootstrap,
     with_kv_transfer_params,
 )
+from picker.routing import hops
+from picker.routing.control_headers import HOP
 from picker.routing.destination import Forward
 from picker.routing.request import RoutingRequest
 
@@ -65,13 +67,16 @@ class PairStep:
         sent = request.headers.get(REQUEST_ID_HEADER)
         request_id = sent or uuid.uuid4().hex
         headers = () if sent else ((REQUEST_ID_HEADER, request_id),)
+        # The prefill call goes out from here, not through the proxy: it carries the hop list
+        # itself, so a prefill worker that is the proxy sends it back to a refusal.
+        onward = {REQUEST_ID_HEADER: request_id, HOP: hops.onward(request.headers)}
         if protocol is PdProtocol.SGLANG:
             pair = with_bootstrap(data, prefill.spec, decode.spec, self._rng)
-            await self._prefill.dispatch(prefill, path, pair.prefill, request_id)
+            await self._prefill.dispatch(prefill, path, pair.prefill, onward)
             body = pair.decode
         else:
             params = await self._prefill.kv_transfer_params(
-                prefill, path, nixl_prefill_body(data, request.api), request_id)
+                prefill, path, nixl_prefill_body(data, request.api), onward)
             if params is None:
                 return Forward(headers=headers)
             body = with_kv_transfer_params(data, params)

@@ -26,7 +26,6 @@ from picker.fleet.grpc_calls import EngineCallFailed, EngineCalls
 from picker.fleet.registry import Worker
 from picker.fleet.worker_tls import worker_tls
 from picker.grpc_route.answer import http_status
-from picker.pd.protocols import REQUEST_ID_HEADER
 
 __all__ = ["PrefillClient"]
 
@@ -56,10 +55,10 @@ class PrefillClient:
         await self._engines.close()
 
     async def dispatch(self, worker: Worker, path: str, body: Mapping[str, Any],
-                       request_id: str) -> None:
+                       onward: Mapping[str, str]) -> None:
         """Send the SGLang prefill and return once it is under way (its answer is not
         awaited); raises PrefillFailed if it fails at once."""
-        await self._under_way(self._post(worker, path, body, request_id))
+        await self._under_way(self._post(worker, path, body, onward))
 
     async def dispatch_generate(self, worker: Worker, call: bytes) -> None:
         """`dispatch` over gRPC: the pair's Generate call (serialized) to the prefill worker,
@@ -82,7 +81,7 @@ class PrefillClient:
         task.add_done_callback(self._settled)
 
     async def kv_transfer_params(self, worker: Worker, path: str, body: Mapping[str, Any],
-                                 request_id: str) -> dict[str, Any] | None:
+                                 onward: Mapping[str, str]) -> dict[str, Any] | None:
         """The NIXL two-step's first step: the prefill worker's `kv_transfer_params`, or None
         when its successful answer has none.
 
@@ -97,7 +96,7 @@ class PrefillClient:
         does (pkg/sidecar/proxy/connector_nixlv2.go:281-284): decode computes the prompt
         itself. No strike on the prefill worker.
         """
-        response = await self._post(worker, path, body, request_id)
+        response = await self._post(worker, path, body, onward)
         try:
             reply = response.json()
         except ValueError:
@@ -113,11 +112,12 @@ class PrefillClient:
         return params
 
     async def _post(self, worker: Worker, path: str, body: Mapping[str, Any],
-                    request_id: str) -> httpx.Response:
-        """POST the prefill; its body is read whole (an SGLang prefill may stream it)."""
+                    onward: Mapping[str, str]) -> httpx.Response:
+        """POST the prefill with `onward` (the pair's request id, the hop list:
+        picker.routing.hops); its body is read whole (an SGLang prefill may stream it)."""
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self._timeout, verify=worker_tls())
-        headers = {"content-type": "application/json", REQUEST_ID_HEADER: request_id}
+        headers = {"content-type": "application/json", **onward}
         if worker.spec.api_key is not None:
             headers["authorization"] = f"Bearer {worker.spec.api_key.get_secret_value()}"
         try:

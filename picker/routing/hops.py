@@ -11,8 +11,8 @@ here: it is refused. The list is appended to, not overwritten, so a loop through
 processes or replicas is caught at the first one it meets again; only well-formed tokens count
 and at most MAX_HOPS are kept, so the header stays small whatever a client sends. A client can
 get its own request refused (a list of MAX_HOPS made-up tokens), no one else's: the tokens are
-random per process. Not covered: the picker's own prefill requests to a prefill/decode pair's
-prefill engine, and LiteLLM's calls, which the proxy does not route.
+random per process. A prefill/decode pair's prefill call, which the picker sends itself, carries
+the list too (picker.pd.pairing); LiteLLM's calls, which no proxy routes back, do not.
 """
 
 from __future__ import annotations
