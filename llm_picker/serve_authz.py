@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import statistics
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +24,7 @@ from authz.check import Checker
 from authz.http import serve_http
 from authz.tokens import process_prefix
 from extproc.tls import grpc_credentials, ssl_context
+from llm_picker.stopping import stop_on_signals
 from picker.config import PickerConfig
 from picker.errors import ConfigError
 from picker.listen import TlsConfig, check_free, listen_socket
@@ -99,9 +99,7 @@ async def serve_authz(
     else:
         grpc_server.add_secure_port(f"{host}:{port}", grpc_credentials(tls, host))
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop, lambda: runtime.leases.active)
     if not await runtime.start_unless(stop):
         sock.close()
         return

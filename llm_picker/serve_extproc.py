@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from extproc.health import HealthService, health_server
 from extproc.server import SERVICE_NAME, create_server
+from llm_picker.stopping import stop_on_signals
 from picker.config import PickerConfig
 from picker.observe.access_log import AccessLog
 from picker.processes.group import ProcessGroup
@@ -43,9 +43,8 @@ async def serve(
     probes = None if health_port is None else health_server(health, config.extproc.host,
                                                             health_port)
     stop = asyncio.Event()
+    stop_on_signals(stop, lambda: runtime.leases.active)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     if not await runtime.start_unless(stop):
         return
     try:

@@ -66,3 +66,31 @@ def test_sigterm_drains_then_exits() -> None:
         assert ready_during_drain == 503
         assert finished == 200
         assert picker.popen.wait(timeout=10) == 0
+
+
+def test_a_second_sigterm_exits_at_once_cutting_what_is_in_flight() -> None:
+    """The first SIGTERM drains (a 60 s grace here); a second is the operator wanting out now,
+    as Ctrl-C twice is: the picker exits 1 at once, saying how many requests it cuts."""
+    settings = {**FAST_HEALTH, "limits": {"shutdown_grace_secs": 60}}
+    long = ["--ttft-ms", "5", "--tpot-ms", "50"]
+    with local_fleet([SimSpec("a", MODEL, long)], picker_settings=settings) as fleet:
+        picker = fleet.processes["picker"]
+
+        async def scenario() -> float:
+            async with httpx.AsyncClient(base_url=fleet.envoy_url, timeout=30) as client:
+                streaming = asyncio.create_task(client.post("/v1/chat/completions", json={
+                    **BODY, "max_tokens": 400, "stream": True}))
+                await asyncio.sleep(0.3)
+                picker.popen.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.5)
+                assert picker.popen.poll() is None  # draining: the stream has ~20 s left
+                started = time.monotonic()
+                picker.popen.send_signal(signal.SIGTERM)
+                picker.popen.wait(timeout=5)
+                streaming.cancel()
+                return time.monotonic() - started
+
+        assert asyncio.run(scenario()) < 3
+        assert picker.popen.returncode == 1
+        assert "a second stop signal: exiting now, cutting 1 requests in flight" in \
+            picker.log_tail()
