@@ -156,8 +156,8 @@ class WorkerManager:
         """Discover in the background what adopted `specs` leave out that routing needs - the
         models (none declared means any model, and an empty /v1/models), a gRPC worker's
         tokenizer (without one it cannot be sent a chat) - as a POST or a reload does before
-        registering. One try at a time, with discovery's backoff between tries, until the
-        engine answers or the adopted workers are gone (removed, or replaced by a reload). What
+        registering. Discovery's own tries and backoff, then again after backoff_max_secs, until
+        the engine answers or the adopted workers are gone (removed, or replaced by a reload). What
         is found fills only what the workers' specs still leave out, so a PATCH meanwhile
         stands; declared data-parallel ranks stay as declared."""
         for spec in specs:
@@ -170,19 +170,16 @@ class WorkerManager:
     async def _complete_adopted(self, spec: WorkerSpec) -> None:
         assert self._client is not None, "WorkerManager.start() was not awaited"
         adopted = self._group(spec.url)
-        delay = self._settings.backoff_initial_secs
         told = False
         while adopted and _same(self._group(spec.url), adopted):
             try:
-                complete = await discover(spec, self._client, self._settings, attempts=1)
+                complete = await discover(spec, self._client, self._settings)
             except WorkerUnreachable as exc:
                 if not told:
                     log.warning("a worker of the configuration: %s; what it leaves out "
                                 "(models, tokenizer) is discovered once it answers", exc)
                     told = True
-                await asyncio.sleep(delay)
-                delay = min(max(delay * 2, self._settings.backoff_initial_secs),
-                            self._settings.backoff_max_secs)
+                await asyncio.sleep(self._settings.backoff_max_secs)
                 continue
             if not _same(self._group(spec.url), adopted):
                 return  # replaced meanwhile: the new registration discovers for itself
