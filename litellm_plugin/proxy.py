@@ -62,7 +62,6 @@ class ProxyPicker(InFlightTracker):
                     request_kwargs)
         return [await choose_deployment(self._picker, self._deployments, self, call)]
 
-
     async def async_post_call_streaming_iterator_hook(
         self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any],
     ) -> AsyncGenerator[Any, None]:

@@ -79,13 +79,14 @@ class ConfigReloader:
             signalled = self._wake.is_set()
             self._wake.clear()
             mtime = self._mtime()
-            if not signalled and mtime != seen:
+            if not signalled and mtime == seen:
+                continue
+            if not signalled:
                 await asyncio.sleep(_SETTLE_SECS)
                 if self._mtime() != mtime:
                     continue  # still being written: read it once it settles
-            if signalled or mtime != seen:
-                seen = mtime
-                await self.reload()
+            seen = mtime
+            await self.reload()
 
     async def reload(self) -> None:
         try:
