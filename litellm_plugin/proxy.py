@@ -67,9 +67,10 @@ class ProxyPicker(InFlightTracker):
     ) -> AsyncGenerator[Any, None]:
         """Every chunk as it comes; a stream the client leaves before its end releases its slot
         here, as cancelled. LiteLLM reports neither success nor failure for it: its streaming
-        path re-raises the cancellation before the stream's deferred logging
-        (litellm/proxy/utils.py, ProxyLogging.async_post_call_streaming_iterator_hook), so the
-        slot would be held until limits.timeout_secs."""
+        path re-raises the cancellation before the stream's deferred logging (litellm 1.106.12,
+        litellm/proxy/utils.py:4351-4357 and 4432, ProxyLogging.
+        async_post_call_streaming_iterator_hook), so the slot would be held until
+        limits.timeout_secs."""
         try:
             async for chunk in response:
                 yield chunk

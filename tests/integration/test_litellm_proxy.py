@@ -301,7 +301,8 @@ def test_grpc_deployments_through_the_provider_chosen_by_the_picker(tmp_path: Pa
 def test_a_stream_the_client_leaves_before_its_first_chunk_releases_its_slot(
         tmp_path: Path) -> None:
     """LiteLLM reports neither success nor failure for a stream cut before its end (its
-    streaming path re-raises the cancellation before the deferred logging): the picker's
+    streaming path re-raises the cancellation before the deferred logging: litellm 1.106.12,
+    litellm/proxy/utils.py:4351-4357 and 4432): the picker's
     streaming hook releases the slot, which was otherwise held until limits.timeout_secs and,
     with flow control, kept new requests queued."""
     admin = free_port()
